@@ -1,0 +1,210 @@
+//! Loading the eBPF object with pinned maps, and attaching the XDP program to
+//! interfaces through pinned links, so that the data plane outlives the agent.
+//!
+//! A restarted or upgraded agent finds the pinned link and swaps its own
+//! program in atomically (`bpf_link_update`), so no packet sees a detached
+//! interface, and the pinned maps (conntrack included) carry over.
+use std::{fmt, fs, io, path::PathBuf};
+
+use aya::{
+    Ebpf, EbpfLoader,
+    programs::{
+        ProgramError, Xdp, XdpMode,
+        links::{FdLink, LinkError, PinnedLink},
+        xdp::XdpLink,
+    },
+};
+use tracing::{info, warn};
+
+use crate::{
+    PinLayout,
+    ebpf_object::{EBPF_OBJECT, XDP_PROGRAM},
+};
+
+/// Which XDP mode the operator asks for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum XdpModePreference {
+    /// Native (driver) mode, falling back to generic where the driver lacks XDP.
+    Auto,
+    /// Native mode only; fail where the driver cannot do it.
+    Driver,
+    /// Generic (skb) mode, which every interface supports, at a higher cost per packet.
+    Generic,
+}
+
+/// How the program ended up on an interface.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Attachment {
+    Driver,
+    Generic,
+    /// A pinned link from an earlier agent now runs this agent's program; its
+    /// mode is whatever that agent chose.
+    ReplacedPinned,
+}
+
+impl fmt::Display for Attachment {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Attachment::Driver => "driver",
+            Attachment::Generic => "generic",
+            Attachment::ReplacedPinned => "replaced-pinned",
+        })
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AttachError {
+    #[error(
+        "cannot create pin directory {path}: {source} (is bpffs mounted there? try `mount -t bpf bpf /sys/fs/bpf`)"
+    )]
+    PinDir { path: PathBuf, source: io::Error },
+    #[error("cannot load the eBPF object: {0}")]
+    Load(#[from] aya::EbpfError),
+    #[error("the eBPF object has no program {XDP_PROGRAM}")]
+    MissingProgram,
+    #[error("program {XDP_PROGRAM}: {0}")]
+    Program(#[from] ProgramError),
+    #[error("cannot attach XDP to interface {interface} in {mode:?} mode: {source}")]
+    Attach {
+        interface: String,
+        mode: XdpMode,
+        source: ProgramError,
+    },
+    #[error("cannot open pinned link {path}: {source}")]
+    OpenPinnedLink { path: PathBuf, source: LinkError },
+    #[error("cannot pin the XDP link of {interface} at {path}: {source}")]
+    PinLink {
+        interface: String,
+        path: PathBuf,
+        source: aya::pin::PinError,
+    },
+}
+
+/// Loads the object, reusing maps already pinned under `pins` and pinning new ones.
+pub fn load(pins: &PinLayout) -> Result<Ebpf, AttachError> {
+    let maps_dir = pins.maps_dir();
+    create_dir(&maps_dir)?;
+    create_dir(&pins.links_dir())?;
+    let mut ebpf = EbpfLoader::new()
+        .default_map_pin_directory(&maps_dir)
+        .load(EBPF_OBJECT)?;
+    xdp_program(&mut ebpf)?.load()?;
+    Ok(ebpf)
+}
+
+fn create_dir(path: &std::path::Path) -> Result<(), AttachError> {
+    fs::create_dir_all(path).map_err(|source| AttachError::PinDir {
+        path: path.to_owned(),
+        source,
+    })
+}
+
+fn xdp_program(ebpf: &mut Ebpf) -> Result<&mut Xdp, AttachError> {
+    Ok(ebpf
+        .program_mut(XDP_PROGRAM)
+        .ok_or(AttachError::MissingProgram)?
+        .try_into()?)
+}
+
+/// Puts the loaded XDP program on `interface`, through a pinned link.
+pub fn attach_xdp(
+    ebpf: &mut Ebpf,
+    pins: &PinLayout,
+    interface: &str,
+    preference: XdpModePreference,
+) -> Result<Attachment, AttachError> {
+    let program = xdp_program(ebpf)?;
+    let link_path = pins.xdp_link(interface);
+    if link_path.exists() {
+        let pinned =
+            PinnedLink::from_pin(&link_path).map_err(|source| AttachError::OpenPinnedLink {
+                path: link_path.clone(),
+                source,
+            })?;
+        let link = XdpLink::try_from(FdLink::from(pinned)).map_err(|source| {
+            AttachError::OpenPinnedLink {
+                path: link_path.clone(),
+                source,
+            }
+        })?;
+        program.attach_to_link(link)?;
+        info!(interface, "replaced the program on the pinned XDP link");
+        return Ok(Attachment::ReplacedPinned);
+    }
+
+    let (link_id, attachment) = attach_with_fallback(program, interface, preference)?;
+    let link: FdLink =
+        program
+            .take_link(link_id)?
+            .try_into()
+            .map_err(|source| AttachError::OpenPinnedLink {
+                path: link_path.clone(),
+                source,
+            })?;
+    link.pin(&link_path)
+        .map_err(|source| AttachError::PinLink {
+            interface: interface.to_owned(),
+            path: link_path.clone(),
+            source,
+        })?;
+    info!(interface, mode = %attachment, pin = %link_path.display(), "attached XDP");
+    Ok(attachment)
+}
+
+fn attach_with_fallback(
+    program: &mut Xdp,
+    interface: &str,
+    preference: XdpModePreference,
+) -> Result<(aya::programs::xdp::XdpLinkId, Attachment), AttachError> {
+    let attach = |program: &mut Xdp, mode: XdpMode| {
+        program
+            .attach(interface, mode)
+            .map_err(|source| AttachError::Attach {
+                interface: interface.to_owned(),
+                mode,
+                source,
+            })
+    };
+    match preference {
+        XdpModePreference::Driver => Ok((attach(program, XdpMode::Driver)?, Attachment::Driver)),
+        XdpModePreference::Generic => Ok((attach(program, XdpMode::Skb)?, Attachment::Generic)),
+        XdpModePreference::Auto => match attach(program, XdpMode::Driver) {
+            Ok(id) => Ok((id, Attachment::Driver)),
+            Err(err) => {
+                warn!(interface, error = %err, "driver-mode XDP failed; falling back to generic mode");
+                Ok((attach(program, XdpMode::Skb)?, Attachment::Generic))
+            }
+        },
+    }
+}
+
+/// What `cleanup` removed.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct CleanupReport {
+    pub removed_pins: Vec<PathBuf>,
+}
+
+/// Removes every pin under Porter's bpffs directory, all layout versions.
+/// Unpinning the last reference to a link detaches its program.
+pub fn cleanup(pins: &PinLayout) -> io::Result<CleanupReport> {
+    let mut report = CleanupReport::default();
+    let root = pins.root();
+    if !root.exists() {
+        return Ok(report);
+    }
+    remove_tree(root, &mut report)?;
+    Ok(report)
+}
+
+fn remove_tree(dir: &std::path::Path, report: &mut CleanupReport) -> io::Result<()> {
+    for entry in fs::read_dir(dir)? {
+        let path = entry?.path();
+        if path.is_dir() {
+            remove_tree(&path, report)?;
+        } else {
+            fs::remove_file(&path)?;
+            report.removed_pins.push(path);
+        }
+    }
+    fs::remove_dir(dir)
+}

@@ -1,0 +1,2 @@
+//! The controller: assigns EIPs from pools to Services that opt in, and
+//! announces each EIP over BGP with one path per node that serves it.

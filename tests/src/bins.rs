@@ -1,0 +1,24 @@
+//! Locates Porter's binaries built in the same target directory as the test.
+use std::path::PathBuf;
+
+use anyhow::{Result, bail};
+
+/// Path of workspace binary `name` in the profile directory that holds the
+/// running test (`target/<profile>/deps/<test>` → `target/<profile>/<name>`).
+///
+/// `cargo xtask test` builds the binaries before the tests; run
+/// `cargo build --workspace --bins` first when invoking `cargo test` directly.
+pub fn binary(name: &str) -> Result<PathBuf> {
+    let exe = std::env::current_exe()?;
+    let profile_dir = exe
+        .ancestors()
+        .find(|dir| dir.join(name).is_file())
+        .map(|dir| dir.join(name));
+    match profile_dir {
+        Some(path) => Ok(path),
+        None => bail!(
+            "binary {name} not found next to {}; run `cargo build --workspace --bins` (cargo xtask test does)",
+            exe.display()
+        ),
+    }
+}

@@ -1,0 +1,6 @@
+//! Shared by the privileged integration tests and by `cargo xtask demo`: a lab of
+//! network namespaces that tears itself down, and helpers to find Porter's binaries.
+pub mod bins;
+pub mod lab;
+pub mod privilege;
+pub mod scenarios;

@@ -1,0 +1,68 @@
+//! Installs what the demo and the tests need on a fresh Debian or Ubuntu
+//! machine: the Debian packages, a mounted bpffs, and the eBPF toolchain.
+use std::{path::Path, process::Command};
+
+use anyhow::{Context, Result};
+
+use crate::{cmd, toolchain};
+
+/// Debian packages the lab, the tests and the benchmarks use.
+pub const DEBIAN_PACKAGES: &[&str] = &[
+    "bird2",
+    "frr",
+    "gobgpd",
+    "bpftool",
+    "iproute2",
+    "iptables",
+    "iputils-ping",
+    "curl",
+    "iperf3",
+    "file",
+];
+
+pub fn ensure_all() -> Result<()> {
+    if porter_tests::privilege::is_root() {
+        ensure_debian_packages()?;
+        ensure_bpffs()?;
+    } else {
+        eprintln!(
+            "not root: skipping Debian packages and bpffs (privileged tests will be skipped)"
+        );
+    }
+    toolchain::ensure_ebpf_toolchain()
+}
+
+fn ensure_debian_packages() -> Result<()> {
+    let missing: Vec<&str> = DEBIAN_PACKAGES
+        .iter()
+        .copied()
+        .filter(|package| !installed(package))
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    eprintln!("installing Debian packages: {}", missing.join(" "));
+    cmd::run(Command::new("apt-get").args(["update", "-q"]))?;
+    cmd::run(
+        Command::new("apt-get")
+            .args(["install", "-y", "-q", "--no-install-recommends"])
+            .args(&missing)
+            .env("DEBIAN_FRONTEND", "noninteractive"),
+    )
+    .context("installing the Debian packages the lab needs")
+}
+
+fn installed(package: &str) -> bool {
+    cmd::stdout(Command::new("dpkg-query").args(["-W", "-f=${Status}", package]))
+        .is_some_and(|status| status.contains("install ok installed"))
+}
+
+fn ensure_bpffs() -> Result<()> {
+    let bpffs = Path::new("/sys/fs/bpf");
+    if cmd::stdout(Command::new("mountpoint").args(["-q"]).arg(bpffs)).is_some() {
+        return Ok(());
+    }
+    std::fs::create_dir_all(bpffs)?;
+    cmd::run(Command::new("mount").args(["-t", "bpf", "bpf"]).arg(bpffs))
+        .context("mounting bpffs at /sys/fs/bpf")
+}

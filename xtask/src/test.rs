@@ -1,0 +1,45 @@
+//! `cargo xtask test`: everything CI checks, in the order that fails fastest.
+use anyhow::Result;
+
+use crate::{cmd, ebpf, setup};
+
+#[derive(clap::Args)]
+pub struct TestArgs {
+    /// Extra arguments for `cargo test` (after `--`), e.g. a test name filter.
+    #[arg(last = true)]
+    pub cargo_test_args: Vec<String>,
+}
+
+pub fn run(args: &TestArgs) -> Result<()> {
+    setup::ensure_all()?;
+    cmd::run(cmd::cargo().args(["fmt", "--all", "--check"]))?;
+    cmd::run(cmd::cargo().args([
+        "fmt",
+        "--check",
+        "--manifest-path",
+        "porter-ebpf/Cargo.toml",
+    ]))?;
+    // clippy compiles porter-agent, whose build script builds the eBPF object,
+    // so the eBPF build comes first and fails on its own, with a clear message.
+    let object = ebpf::build(&ebpf::BuildArgs { release: false })?;
+    eprintln!("eBPF object: {}", object.display());
+    cmd::run(cmd::cargo().args([
+        "clippy",
+        "--workspace",
+        "--all-targets",
+        "--",
+        "-D",
+        "warnings",
+    ]))?;
+    // The privileged tests start the binaries themselves.
+    cmd::run(cmd::cargo().args(["build", "--workspace", "--bins"]))?;
+    if !porter_tests::privilege::is_root() {
+        eprintln!("not root: privileged tests (netns, BPF) will print SKIP and pass");
+    }
+    cmd::run(
+        cmd::cargo()
+            .args(["test", "--workspace"])
+            .arg("--")
+            .args(&args.cargo_test_args),
+    )
+}
