@@ -129,7 +129,7 @@ fn raise_memlock_limit() {
     };
     // SAFETY: setrlimit reads the struct we pass and has no other effect on memory.
     if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &unlimited) } != 0 {
-        warn!(error = %std::io::Error::last_os_error(), "cannot raise RLIMIT_MEMLOCK; fine on kernels with memcg accounting");
+        info!(error = %std::io::Error::last_os_error(), "RLIMIT_MEMLOCK not raised; kernels >= 5.11 account BPF memory to the cgroup instead, so this is harmless there");
     }
 }
 
