@@ -262,9 +262,37 @@ impl Router {
             }
             Daemon::Gobgp => {
                 let out = self.gobgp(lab, &["neighbor", &neighbor.to_string()])?;
-                out.contains("BGP state = established")
+                out.to_lowercase().contains("bgp state = established")
             }
         })
+    }
+
+    /// The daemon's own view of its sessions and its log, for failure messages.
+    pub fn describe(&self, lab: &Lab) -> String {
+        let view = match self.config.daemon {
+            Daemon::Bird => self.birdc(lab, &["show", "protocols", "all"]),
+            Daemon::Frr => self.vtysh(lab, "show bgp neighbors"),
+            Daemon::Gobgp => self.gobgp(lab, &["neighbor"]),
+        };
+        let logs: String = std::fs::read_dir(lab.run_dir())
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter(|entry| entry.path().extension().is_some_and(|ext| ext == "log"))
+            .map(|entry| {
+                let text = std::fs::read_to_string(entry.path()).unwrap_or_default();
+                let tail: Vec<&str> = text.lines().rev().take(30).collect();
+                format!(
+                    "--- {}\n{}\n",
+                    entry.path().display(),
+                    tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+                )
+            })
+            .collect();
+        format!(
+            "{}\n{logs}",
+            view.unwrap_or_else(|error| format!("{error:#}"))
+        )
     }
 
     fn neighbor_index(&self, neighbor: IpAddr) -> Result<usize> {
@@ -284,18 +312,7 @@ impl Router {
 
     pub fn vtysh(&self, lab: &Lab, command: &str) -> Result<String> {
         let dir = self.dir.to_str().unwrap_or_default();
-        lab.exec(
-            &self.ns,
-            &[
-                "vtysh",
-                "-N",
-                &self.name,
-                "--vty_socket",
-                dir,
-                "-c",
-                command,
-            ],
-        )
+        lab.exec(&self.ns, &["vtysh", "--vty_socket", dir, "-c", command])
     }
 
     pub fn gobgp(&self, lab: &Lab, args: &[&str]) -> Result<String> {

@@ -94,6 +94,11 @@ impl PorterSpeaker {
             .run(async move { speaker.set_routes(routes).await })
     }
 
+    fn status(&self) -> Result<Vec<porter_bgp::PeerStatus>> {
+        let speaker = self.speaker()?;
+        self.runtime.run(async move { speaker.peer_status().await })
+    }
+
     fn state(&self) -> Result<SessionState> {
         let speaker = self.speaker()?;
         let status = self
@@ -116,6 +121,13 @@ fn wait_established(lab: &BgpLab, router: &Router, speaker: &PorterSpeaker) -> R
         Ok((speaker.state()? == SessionState::Established
             && router.established(&lab.lab, "172.30.0.10".parse()?)?)
         .then_some(()))
+    })
+    .with_context(|| {
+        format!(
+            "speaker: {:?}\nrouter: {}",
+            speaker.status(),
+            router.describe(&lab.lab)
+        )
     })
 }
 
