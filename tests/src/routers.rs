@@ -407,12 +407,14 @@ impl BgpLab {
         })
     }
 
-    /// Starts `daemon` in the router namespace, AS 65001, peering with the speaker (AS 65000).
+    /// Starts `daemon` in the router namespace, AS 65001, peering with the
+    /// speaker (AS 65000); `passive`: only wait for the speaker to connect.
     pub fn start_router(
         &mut self,
         daemon: Daemon,
         md5_password: Option<&str>,
         graceful_restart: bool,
+        passive: bool,
     ) -> Result<Router> {
         let ns = self.router_ns.clone();
         Router::start(
@@ -429,7 +431,7 @@ impl BgpLab {
                     md5_password: md5_password.map(str::to_owned),
                 }],
                 graceful_restart,
-                passive: true,
+                passive,
             },
         )
     }

@@ -155,7 +155,7 @@ fn wait_next_hops(
 
 fn interop(daemon: Daemon) -> Result<()> {
     let mut lab = BgpLab::new(&format!("{daemon:?}").to_lowercase())?;
-    let router = lab.start_router(daemon, Some(PASSWORD), true)?;
+    let router = lab.start_router(daemon, Some(PASSWORD), true, true)?;
     let v4_hops = ips(&["172.30.0.11", "172.30.0.12"]);
     let v6_hops = ips(&["fd00:30::11", "fd00:30::12"]);
 
