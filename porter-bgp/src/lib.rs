@@ -1,2 +1,128 @@
 //! An announce-only BGP speaker: it sends the routes it is given to its peers,
 //! one path per next hop with ADD-PATH, and never installs what it receives.
+//!
+//! Layers, each in its own module:
+//! - [`codec`]: framing and NOTIFICATION mapping over netgauze-bgp-pkt;
+//! - `fsm`: the RFC 4271 state machine, pure (events in, actions out);
+//! - `rib`: per-peer Adj-RIB-Out, diffing and UPDATE packing, pure;
+//! - `session`: one tokio task per peer doing the I/O and timers;
+//! - `speaker`: the public handle, the listener and the peer table.
+pub mod codec;
+mod fsm;
+mod rib;
+mod session;
+mod socket;
+mod speaker;
+
+use std::{
+    net::{IpAddr, Ipv4Addr, SocketAddr},
+    time::Duration,
+};
+
+pub use fsm::{State as SessionState, backoff};
+pub use rib::{Routes, path_id};
+pub use speaker::Speaker;
+
+/// The default passive port, as in the Porter seed (179 needs privileges).
+pub const DEFAULT_LISTEN_PORT: u16 = 17900;
+
+/// Address families the speaker can announce.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Family {
+    Ipv4Unicast,
+    Ipv6Unicast,
+}
+
+/// RFC 4724 graceful restart as the restarting speaker.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GracefulRestart {
+    /// How long peers should keep our routes after the session drops, in seconds (≤ 4095).
+    pub restart_time: u16,
+    /// Set the restart flag in the first OPEN to each peer: this speaker
+    /// instance follows an earlier one whose routes the peers may still hold.
+    pub restarting: bool,
+}
+
+#[derive(Clone, Debug)]
+pub struct SpeakerConfig {
+    pub local_as: u32,
+    pub router_id: Ipv4Addr,
+    /// Passive listener; the seed uses port 17900. Only configured peers are accepted.
+    pub listen: Option<SocketAddr>,
+    pub graceful_restart: Option<GracefulRestart>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PeerConfig {
+    pub address: IpAddr,
+    pub remote_as: u32,
+    pub remote_port: u16,
+    /// Wait for the peer to connect instead of connecting to it.
+    pub passive: bool,
+    /// Proposed hold time in seconds (0, or ≥ 3).
+    pub hold_time: u16,
+    /// Base of the reconnect backoff.
+    pub connect_retry: Duration,
+    pub md5_password: Option<String>,
+    /// eBGP multihop: the TTL of our packets. Without it eBGP uses TTL 1.
+    pub ebgp_multihop_ttl: Option<u8>,
+    /// Paths per prefix with ADD-PATH; 0 disables ADD-PATH.
+    pub add_path_send_max: u8,
+    pub families: Vec<Family>,
+    pub local_address: Option<IpAddr>,
+}
+
+impl PeerConfig {
+    /// A peer on port 179 with common defaults: active, hold 90 s, connect
+    /// retry 5 s, ADD-PATH send-max 8, the family of its address.
+    pub fn new(address: IpAddr, remote_as: u32) -> Self {
+        Self {
+            address,
+            remote_as,
+            remote_port: 179,
+            passive: false,
+            hold_time: 90,
+            connect_retry: Duration::from_secs(5),
+            md5_password: None,
+            ebgp_multihop_ttl: None,
+            add_path_send_max: 8,
+            families: vec![match address {
+                IpAddr::V4(_) => Family::Ipv4Unicast,
+                IpAddr::V6(_) => Family::Ipv6Unicast,
+            }],
+            local_address: None,
+        }
+    }
+}
+
+/// A peer's session as seen from outside, for status and metrics.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PeerStatus {
+    pub address: IpAddr,
+    pub remote_as: u32,
+    pub state: SessionState,
+    /// How long the session has been Established.
+    pub uptime: Option<Duration>,
+    /// Times the session reached Established.
+    pub established_count: u64,
+    pub messages_sent: u64,
+    pub messages_received: u64,
+    pub updates_sent: u64,
+    /// Paths the peer currently holds from us.
+    pub paths_announced: u64,
+    pub families: Vec<Family>,
+    /// Families where ADD-PATH send was negotiated.
+    pub add_path: Vec<Family>,
+    pub last_error: Option<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BgpError {
+    #[error(
+        "cannot listen for BGP on {address}: {source}; is another speaker using the port? Set another listen port or none"
+    )]
+    Listen {
+        address: SocketAddr,
+        source: std::io::Error,
+    },
+}

@@ -2,5 +2,7 @@
 //! network namespaces that tears itself down, and helpers to find Porter's binaries.
 pub mod bins;
 pub mod lab;
+pub mod netns_runtime;
 pub mod privilege;
+pub mod routers;
 pub mod scenarios;

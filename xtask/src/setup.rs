@@ -18,6 +18,13 @@ pub const DEBIAN_PACKAGES: &[&str] = &[
     "curl",
     "iperf3",
     "file",
+    // `bench bgp` drives GoBGP over gRPC from Debian's python3 with stubs
+    // generated from the .proto files GoBGP's -dev package ships.
+    "python3-grpcio",
+    "python3-protobuf",
+    "protobuf-compiler",
+    "protobuf-compiler-grpc",
+    "golang-github-osrg-gobgp-dev",
 ];
 
 pub fn ensure_all() -> Result<()> {

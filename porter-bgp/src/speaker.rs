@@ -1,0 +1,275 @@
+//! The public handle: the peer table, the shared desired routes, and the
+//! passive listener that hands connections to their peer's session.
+use std::{
+    collections::{BTreeMap, BTreeSet, HashMap},
+    hash::{DefaultHasher, Hash, Hasher},
+    net::IpAddr,
+    sync::{Arc, Mutex},
+};
+
+use ipnet::IpNet;
+use netgauze_bgp_pkt::notification::CeaseError;
+use tokio::{
+    net::TcpListener,
+    sync::{Mutex as AsyncMutex, mpsc, watch},
+    task::JoinHandle,
+};
+use tracing::{info, warn};
+
+use crate::{
+    BgpError, PeerConfig, PeerStatus, Routes, SpeakerConfig,
+    fsm::{FsmConfig, cease},
+    session::{self, Command, STOP_TIMEOUT, Session},
+    socket,
+};
+
+struct Peer {
+    config: PeerConfig,
+    commands: mpsc::Sender<Command>,
+    status: Arc<Mutex<PeerStatus>>,
+    task: JoinHandle<()>,
+}
+
+struct Inner {
+    config: SpeakerConfig,
+    routes: watch::Sender<Arc<Routes>>,
+    peers: AsyncMutex<HashMap<IpAddr, Peer>>,
+    listener: Option<Arc<TcpListener>>,
+    accept_task: Mutex<Option<JoinHandle<()>>>,
+}
+
+/// A running speaker. Cheap to clone; every clone drives the same sessions.
+#[derive(Clone)]
+pub struct Speaker {
+    inner: Arc<Inner>,
+}
+
+impl Speaker {
+    /// Starts the speaker and, when configured, its passive listener.
+    pub async fn start(config: SpeakerConfig) -> Result<Speaker, BgpError> {
+        let listener = match config.listen {
+            Some(address) => Some(Arc::new(
+                socket::listen(address).map_err(|source| BgpError::Listen { address, source })?,
+            )),
+            None => None,
+        };
+        let (routes, _) = watch::channel(Arc::new(Routes::new()));
+        let speaker = Speaker {
+            inner: Arc::new(Inner {
+                config,
+                routes,
+                peers: AsyncMutex::new(HashMap::new()),
+                listener: listener.clone(),
+                accept_task: Mutex::new(None),
+            }),
+        };
+        if let Some(listener) = listener {
+            // The accept loop holds only a weak reference, so dropping every
+            // handle ends it.
+            let weak = Arc::downgrade(&speaker.inner);
+            let task = tokio::spawn(async move { accept_loop(listener, weak).await });
+            if let Ok(mut slot) = speaker.inner.accept_task.lock() {
+                *slot = Some(task);
+            }
+        }
+        info!(local_as = speaker.inner.config.local_as, router_id = %speaker.inner.config.router_id, listen = ?speaker.inner.config.listen, "BGP speaker started");
+        Ok(speaker)
+    }
+
+    /// Adds a peer, or changes one (restarting only that peer's session).
+    /// An unchanged configuration leaves the session alone.
+    pub async fn upsert_peer(&self, peer: PeerConfig) {
+        let mut peers = self.inner.peers.lock().await;
+        if let Some(existing) = peers.get(&peer.address) {
+            if existing.config == peer {
+                return;
+            }
+            info!(peer = %peer.address, "peer configuration changed; restarting its session");
+            if let Some(old) = peers.remove(&peer.address) {
+                self.stop_peer(
+                    old,
+                    Some(cease(CeaseError::OtherConfigurationChange {
+                        value: Box::new([]),
+                    })),
+                )
+                .await;
+            }
+        }
+        self.set_listener_md5(&peer, peer.md5_password.as_deref());
+        let status = Arc::new(Mutex::new(session::initial_status(&peer)));
+        let (commands, receiver) = mpsc::channel(8);
+        let config = &self.inner.config;
+        let mut hasher = DefaultHasher::new();
+        (config.router_id, peer.address).hash(&mut hasher);
+        let fsm = FsmConfig {
+            local_as: config.local_as,
+            router_id: config.router_id,
+            remote_as: peer.remote_as,
+            passive: peer.passive,
+            hold_time: peer.hold_time,
+            connect_retry: peer.connect_retry,
+            families: peer.families.clone(),
+            add_path_send_max: peer.add_path_send_max,
+            graceful_restart: config.graceful_restart.as_ref().map(|gr| gr.restart_time),
+            restarting: config
+                .graceful_restart
+                .as_ref()
+                .is_some_and(|gr| gr.restarting),
+            jitter_seed: hasher.finish(),
+        };
+        let session = Session::new(
+            peer.clone(),
+            fsm,
+            self.inner.routes.subscribe(),
+            Arc::clone(&status),
+        );
+        let task = tokio::spawn(session.run(receiver));
+        info!(peer = %peer.address, remote_as = peer.remote_as, passive = peer.passive, "peer added");
+        peers.insert(
+            peer.address,
+            Peer {
+                config: peer,
+                commands,
+                status,
+                task,
+            },
+        );
+    }
+
+    /// Removes a peer: its session ends with a Cease (peer de-configured).
+    pub async fn remove_peer(&self, address: IpAddr) {
+        let removed = self.inner.peers.lock().await.remove(&address);
+        if let Some(peer) = removed {
+            self.set_listener_md5(&peer.config, None);
+            self.stop_peer(
+                peer,
+                Some(cease(CeaseError::PeerDeConfigured {
+                    value: Box::new([]),
+                })),
+            )
+            .await;
+            info!(peer = %address, "peer removed");
+        }
+    }
+
+    /// Sets the desired routes: prefix → next hops. Each session sends its
+    /// peer only the difference; calls in quick succession coalesce.
+    pub async fn set_routes(&self, routes: BTreeMap<IpNet, BTreeSet<IpAddr>>) {
+        let routes: Routes = routes
+            .into_iter()
+            .filter(|(_, next_hops)| !next_hops.is_empty())
+            .map(|(prefix, next_hops)| (prefix.trunc(), next_hops))
+            .collect();
+        self.inner.routes.send_replace(Arc::new(routes));
+    }
+
+    /// The bound address of the passive listener (useful with port 0).
+    pub fn listen_address(&self) -> Option<std::net::SocketAddr> {
+        self.inner.listener.as_ref()?.local_addr().ok()
+    }
+
+    pub async fn peer_status(&self) -> Vec<PeerStatus> {
+        let peers = self.inner.peers.lock().await;
+        let mut statuses: Vec<PeerStatus> = peers
+            .values()
+            .filter_map(|peer| peer.status.lock().ok().map(|status| status.clone()))
+            .collect();
+        statuses.sort_by_key(|status| status.address);
+        statuses
+    }
+
+    /// Stops every session and the listener. With graceful restart
+    /// configured the connections just close, so peers keep our routes for
+    /// the restart time (a restart is the usual reason to stop); without it
+    /// peers get a Cease and withdraw them. Call `set_routes` with an empty
+    /// set first to withdraw everything regardless.
+    pub async fn shutdown(self) {
+        if let Ok(mut slot) = self.inner.accept_task.lock()
+            && let Some(task) = slot.take()
+        {
+            task.abort();
+        }
+        let notification = match self.inner.config.graceful_restart {
+            Some(_) => None,
+            None => Some(cease(CeaseError::AdministrativeShutdown {
+                value: Box::new([]),
+            })),
+        };
+        let peers: Vec<Peer> = self
+            .inner
+            .peers
+            .lock()
+            .await
+            .drain()
+            .map(|(_, peer)| peer)
+            .collect();
+        for peer in peers {
+            self.stop_peer(peer, notification.clone()).await;
+        }
+        info!("BGP speaker stopped");
+    }
+
+    async fn stop_peer(
+        &self,
+        peer: Peer,
+        notification: Option<netgauze_bgp_pkt::notification::BgpNotificationMessage>,
+    ) {
+        let Peer {
+            commands, mut task, ..
+        } = peer;
+        let _ = commands.send(Command::Stop(notification)).await;
+        if tokio::time::timeout(STOP_TIMEOUT, &mut task).await.is_err() {
+            warn!("a session did not stop in time; aborting it");
+            task.abort();
+        }
+    }
+
+    fn set_listener_md5(&self, peer: &PeerConfig, password: Option<&str>) {
+        let Some(listener) = &self.inner.listener else {
+            return;
+        };
+        let result = socket::listener_peer_address(listener, peer.address).and_then(|address| {
+            socket::set_md5(
+                listener.as_ref(),
+                address,
+                password.unwrap_or("").as_bytes(),
+            )
+        });
+        match (result, password) {
+            (Ok(()), _) => {}
+            // Removing a key that was never set fails harmlessly (ENOENT).
+            (Err(_), None) => {}
+            (Err(error), Some(_)) => {
+                warn!(peer = %peer.address, %error, "cannot set the TCP MD5 key on the listener; the peer's connections will fail")
+            }
+        }
+    }
+}
+
+async fn accept_loop(listener: Arc<TcpListener>, speaker: std::sync::Weak<Inner>) {
+    loop {
+        let (stream, remote) = match listener.accept().await {
+            Ok(accepted) => accepted,
+            Err(error) => {
+                warn!(%error, "accepting a BGP connection failed");
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let Some(inner) = speaker.upgrade() else {
+            return;
+        };
+        let address = remote.ip().to_canonical();
+        let peers = inner.peers.lock().await;
+        match peers.get(&address) {
+            Some(peer) => {
+                if peer.commands.send(Command::Incoming(stream)).await.is_err() {
+                    warn!(peer = %address, "session gone; dropping its connection");
+                }
+            }
+            None => {
+                info!(remote = %address, "refusing a BGP connection from an address that is not a configured peer");
+            }
+        }
+    }
+}

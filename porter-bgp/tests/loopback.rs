@@ -1,0 +1,297 @@
+//! The whole speaker over real TCP on loopback, against a scripted peer:
+//! passive accept of a configured peer only, OPEN negotiation, ADD-PATH
+//! UPDATEs with one path id per next hop, End-of-RIB, withdraws, route
+//! refresh, and a NOTIFICATION for malformed input.
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::{IpAddr, Ipv4Addr, SocketAddr},
+    time::Duration,
+};
+
+use futures::{SinkExt, StreamExt};
+use ipnet::IpNet;
+use netgauze_bgp_pkt::{
+    BgpMessage,
+    capabilities::{
+        AddPathAddressFamily, AddPathCapability, BgpCapability, FourOctetAsCapability,
+        MultiProtocolExtensionsCapability,
+    },
+    iana::RouteRefreshSubcode,
+    open::{BgpOpenMessage, BgpOpenMessageParameter},
+    path_attribute::PathAttributeValue,
+    route_refresh::BgpRouteRefreshMessage,
+};
+use netgauze_iana::address_family::AddressType;
+use porter_bgp::{PeerConfig, SessionState, Speaker, SpeakerConfig, codec::WireCodec, path_id};
+use tokio::{io::AsyncWriteExt, net::TcpStream};
+use tokio_util::codec::Framed;
+
+const TIMEOUT: Duration = Duration::from_secs(10);
+
+async fn speaker() -> (Speaker, SocketAddr) {
+    let speaker = Speaker::start(SpeakerConfig {
+        local_as: 65000,
+        router_id: Ipv4Addr::new(10, 0, 0, 1),
+        listen: Some("127.0.0.1:0".parse().expect("addr")),
+        graceful_restart: None,
+    })
+    .await
+    .expect("speaker starts");
+    let mut peer = PeerConfig::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 65001);
+    peer.passive = true;
+    peer.connect_retry = Duration::from_millis(100);
+    // Loopback needs no TTL limit, and eBGP would otherwise set TTL 1: fine on lo.
+    speaker.upsert_peer(peer).await;
+    let address = speaker.listen_address().expect("listening");
+    (speaker, address)
+}
+
+fn open(add_path: bool) -> BgpMessage {
+    let mut caps = vec![
+        BgpCapability::MultiProtocolExtensions(MultiProtocolExtensionsCapability::new(
+            AddressType::Ipv4Unicast,
+        )),
+        BgpCapability::FourOctetAs(FourOctetAsCapability::new(65001)),
+        BgpCapability::RouteRefresh,
+    ];
+    if add_path {
+        caps.push(BgpCapability::AddPath(AddPathCapability::new(vec![
+            AddPathAddressFamily::new(AddressType::Ipv4Unicast, false, true),
+        ])));
+    }
+    BgpMessage::Open(BgpOpenMessage::new(
+        65001,
+        9,
+        Ipv4Addr::new(10, 0, 0, 2),
+        vec![BgpOpenMessageParameter::Capabilities(caps.into())],
+    ))
+}
+
+type Peer = Framed<TcpStream, WireCodec>;
+
+async fn recv(peer: &mut Peer) -> BgpMessage {
+    tokio::time::timeout(TIMEOUT, peer.next())
+        .await
+        .expect("a message in time")
+        .expect("connection open")
+        .expect("well-formed")
+}
+
+/// Connects and completes the OPEN exchange; returns the speaker's OPEN.
+async fn establish(address: SocketAddr, add_path: bool) -> (Peer, BgpOpenMessage) {
+    let stream = TcpStream::connect(address).await.expect("connects");
+    let codec = if add_path {
+        WireCodec::expecting_path_ids()
+    } else {
+        WireCodec::new()
+    };
+    let mut peer = Framed::new(stream, codec);
+    peer.send(open(add_path)).await.expect("send OPEN");
+    let BgpMessage::Open(their_open) = recv(&mut peer).await else {
+        panic!("OPEN first");
+    };
+    assert_eq!(recv(&mut peer).await, BgpMessage::KeepAlive);
+    peer.send(BgpMessage::KeepAlive)
+        .await
+        .expect("send KEEPALIVE");
+    (peer, their_open)
+}
+
+/// Reads UPDATEs until End-of-RIB; returns (prefix, path id) → next hop.
+async fn paths_until_eor(peer: &mut Peer) -> BTreeMap<(IpNet, Option<u32>), IpAddr> {
+    let mut paths = BTreeMap::new();
+    loop {
+        match recv(peer).await {
+            BgpMessage::Update(update) if update.end_of_rib().is_some() => return paths,
+            BgpMessage::Update(update) => {
+                let next_hop = update
+                    .path_attributes()
+                    .iter()
+                    .find_map(|attr| match attr.value() {
+                        PathAttributeValue::NextHop(nh) => Some(IpAddr::V4(nh.next_hop())),
+                        _ => None,
+                    })
+                    .expect("NEXT_HOP");
+                for nlri in update.nlri() {
+                    paths.insert(
+                        (IpNet::V4(nlri.network().address()), nlri.path_id()),
+                        next_hop,
+                    );
+                }
+            }
+            BgpMessage::KeepAlive => {}
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+}
+
+fn routes(entries: &[(&str, &[&str])]) -> BTreeMap<IpNet, BTreeSet<IpAddr>> {
+    entries
+        .iter()
+        .map(|(prefix, hops)| {
+            (
+                prefix.parse().expect("prefix"),
+                hops.iter().map(|hop| hop.parse().expect("hop")).collect(),
+            )
+        })
+        .collect()
+}
+
+fn ip(text: &str) -> IpAddr {
+    text.parse().expect("ip")
+}
+
+#[tokio::test]
+async fn add_path_peer_gets_every_next_hop_then_withdraws_and_refresh() {
+    let (speaker, address) = speaker().await;
+    speaker
+        .set_routes(routes(&[(
+            "192.0.2.10/32",
+            &["172.30.0.11", "172.30.0.12"],
+        )]))
+        .await;
+    let (mut peer, their_open) = establish(address, true).await;
+    assert_eq!(their_open.my_asn4(), 65000);
+
+    let paths = paths_until_eor(&mut peer).await;
+    let prefix: IpNet = "192.0.2.10/32".parse().expect("prefix");
+    assert_eq!(
+        paths,
+        BTreeMap::from([
+            (
+                (prefix, Some(path_id(ip("172.30.0.11")))),
+                ip("172.30.0.11")
+            ),
+            (
+                (prefix, Some(path_id(ip("172.30.0.12")))),
+                ip("172.30.0.12")
+            ),
+        ])
+    );
+
+    let status = speaker.peer_status().await;
+    assert_eq!(status[0].state, SessionState::Established);
+    assert_eq!(status[0].paths_announced, 2);
+    assert_eq!(status[0].add_path, vec![porter_bgp::Family::Ipv4Unicast]);
+
+    // Dropping one next hop withdraws exactly its path.
+    speaker
+        .set_routes(routes(&[("192.0.2.10/32", &["172.30.0.12"])]))
+        .await;
+    let BgpMessage::Update(update) = recv(&mut peer).await else {
+        panic!("UPDATE");
+    };
+    let withdrawn: Vec<_> = update
+        .withdraw_routes()
+        .iter()
+        .map(|w| w.path_id())
+        .collect();
+    assert_eq!(withdrawn, vec![Some(path_id(ip("172.30.0.11")))]);
+
+    // Route refresh re-sends what the peer should hold.
+    peer.send(BgpMessage::RouteRefresh(BgpRouteRefreshMessage::new(
+        AddressType::Ipv4Unicast,
+        RouteRefreshSubcode::NormalRequest,
+    )))
+    .await
+    .expect("send ROUTE-REFRESH");
+    let BgpMessage::Update(update) = recv(&mut peer).await else {
+        panic!("UPDATE");
+    };
+    assert_eq!(update.nlri().len(), 1);
+    assert_eq!(update.nlri()[0].path_id(), Some(path_id(ip("172.30.0.12"))));
+
+    speaker.shutdown().await;
+    match recv(&mut peer).await {
+        BgpMessage::Notification(n) => assert_eq!(porter_bgp::codec::notification_code(&n), (6, 2)),
+        other => panic!("Cease expected, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn peer_without_add_path_gets_one_path_per_prefix() {
+    let (speaker, address) = speaker().await;
+    speaker
+        .set_routes(routes(&[(
+            "192.0.2.10/32",
+            &["172.30.0.12", "172.30.0.11"],
+        )]))
+        .await;
+    let (mut peer, _) = establish(address, false).await;
+    let paths = paths_until_eor(&mut peer).await;
+    assert_eq!(
+        paths,
+        BTreeMap::from([(
+            ("192.0.2.10/32".parse().expect("prefix"), None),
+            ip("172.30.0.11")
+        )])
+    );
+    speaker.shutdown().await;
+}
+
+#[tokio::test]
+async fn malformed_update_gets_a_notification_and_the_speaker_carries_on() {
+    let (speaker, address) = speaker().await;
+    let (peer, _) = establish(address, true).await;
+    let mut stream = peer.into_inner();
+    // An UPDATE whose withdrawn-routes length runs past the message.
+    let mut bad = vec![0xff; 16];
+    bad.extend_from_slice(&23u16.to_be_bytes());
+    bad.push(2);
+    bad.extend_from_slice(&[0x00, 0x40, 0x00, 0x00]);
+    stream.write_all(&bad).await.expect("write");
+    let mut peer = Framed::new(stream, WireCodec::new());
+    loop {
+        match recv(&mut peer).await {
+            BgpMessage::KeepAlive | BgpMessage::Update(_) => continue,
+            BgpMessage::Notification(n) => {
+                assert_eq!(
+                    porter_bgp::codec::notification_code(&n).0,
+                    3,
+                    "UPDATE Message Error"
+                );
+                break;
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    // The session resets and, after its backoff, takes a new connection.
+    let deadline = tokio::time::Instant::now() + TIMEOUT;
+    loop {
+        let status = speaker.peer_status().await;
+        if status[0].state == SessionState::Active {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "session never left Idle: {status:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (_peer, _) = establish(address, true).await;
+    speaker.shutdown().await;
+}
+
+#[tokio::test]
+async fn unconfigured_addresses_are_refused() {
+    let speaker = Speaker::start(SpeakerConfig {
+        local_as: 65000,
+        router_id: Ipv4Addr::new(10, 0, 0, 1),
+        listen: Some("127.0.0.1:0".parse().expect("addr")),
+        graceful_restart: None,
+    })
+    .await
+    .expect("starts");
+    let address = speaker.listen_address().expect("listening");
+    let stream = TcpStream::connect(address).await.expect("TCP connects");
+    let mut peer = Framed::new(stream, WireCodec::new());
+    peer.send(open(true)).await.expect("send");
+    let next = tokio::time::timeout(TIMEOUT, peer.next())
+        .await
+        .expect("closed in time");
+    assert!(
+        next.is_none() || matches!(next, Some(Err(_))),
+        "no OPEN for strangers: {next:?}"
+    );
+    speaker.shutdown().await;
+}

@@ -1,0 +1,438 @@
+//! Real BGP daemons (BIRD 2, FRR, GoBGP) started inside a lab namespace as
+//! children of the lab, so they die with it. Used by the BGP interop tests,
+//! the end-to-end suite, the demo and `cargo xtask bench bgp`.
+use std::{
+    collections::BTreeSet, fmt::Write as _, net::IpAddr, path::PathBuf, process::Command,
+    time::Duration,
+};
+
+use anyhow::{Context, Result};
+
+use crate::lab::{Lab, wait_for};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Daemon {
+    Bird,
+    Frr,
+    Gobgp,
+}
+
+/// One neighbour of the router: the Porter speaker (or another speaker).
+#[derive(Clone, Debug)]
+pub struct Neighbor {
+    pub address: IpAddr,
+    pub remote_as: u32,
+    pub md5_password: Option<String>,
+}
+
+/// How to configure the router.
+#[derive(Clone, Debug)]
+pub struct RouterConfig {
+    pub daemon: Daemon,
+    pub router_id: String,
+    pub local_address: IpAddr,
+    pub local_as: u32,
+    pub neighbors: Vec<Neighbor>,
+    /// Act as graceful-restart helper (keep a restarting neighbour's routes).
+    pub graceful_restart: bool,
+    /// Only wait for neighbours to connect.
+    pub passive: bool,
+}
+
+/// A router daemon running in `ns`. The lab stops it.
+pub struct Router {
+    pub config: RouterConfig,
+    pub ns: String,
+    dir: PathBuf,
+    name: String,
+}
+
+impl Router {
+    /// Writes the config and starts the daemon inside `ns`.
+    pub fn start(lab: &mut Lab, ns: &str, config: RouterConfig) -> Result<Router> {
+        let name = format!("{:?}", config.daemon).to_lowercase();
+        let dir = lab.run_dir().join(&name);
+        std::fs::create_dir_all(&dir)?;
+        let router = Router {
+            config,
+            ns: ns.to_owned(),
+            dir,
+            name,
+        };
+        router.spawn(lab)?;
+        Ok(router)
+    }
+
+    fn spawn(&self, lab: &mut Lab) -> Result<()> {
+        let dir = &self.dir;
+        match self.config.daemon {
+            Daemon::Bird => {
+                std::fs::write(dir.join("bird.conf"), self.bird_conf())?;
+                let mut command = lab.command(&self.ns, "bird");
+                command
+                    .arg("-f")
+                    .arg("-c")
+                    .arg(dir.join("bird.conf"))
+                    .arg("-s")
+                    .arg(dir.join("bird.ctl"))
+                    .arg("-P")
+                    .arg(dir.join("bird.pid"));
+                lab.spawn(&self.name, command)?;
+            }
+            Daemon::Frr => {
+                std::fs::write(dir.join("frr.conf"), self.frr_conf())?;
+                // FRR drops privileges to user frr, which must read its files.
+                let _ = Command::new("chown")
+                    .args(["-R", "frr:frr"])
+                    .arg(dir)
+                    .status();
+                let _ = Command::new("chmod")
+                    .args(["755"])
+                    .arg(dir.parent().unwrap_or(dir))
+                    .status();
+                for daemon in ["zebra", "bgpd"] {
+                    let mut command = lab.command(&self.ns, format!("/usr/lib/frr/{daemon}"));
+                    command
+                        .arg("-N")
+                        .arg(&self.name)
+                        .arg("-f")
+                        .arg(dir.join("frr.conf"))
+                        .arg("-i")
+                        .arg(dir.join(format!("{daemon}.pid")))
+                        .arg("--vty_socket")
+                        .arg(dir)
+                        .arg("-z")
+                        .arg(dir.join("zserv.api"));
+                    if daemon == "bgpd" {
+                        // No other bgpd instance may share the port; -p keeps 179
+                        // (each lab has its own namespace).
+                        command.args(["-p", "179"]);
+                    }
+                    lab.spawn(&format!("{}-{daemon}", self.name), command)?;
+                    if daemon == "zebra" {
+                        let api = dir.join("zserv.api");
+                        wait_for("zebra's API socket", Duration::from_secs(10), || {
+                            Ok(api.exists().then_some(()))
+                        })?;
+                    }
+                }
+            }
+            Daemon::Gobgp => {
+                std::fs::write(dir.join("gobgp.toml"), self.gobgp_conf())?;
+                let mut command = lab.command(&self.ns, "gobgpd");
+                command.arg("-f").arg(dir.join("gobgp.toml")).args([
+                    "-t",
+                    "toml",
+                    "--api-hosts",
+                    "127.0.0.1:50051",
+                ]);
+                lab.spawn(&self.name, command)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Stops the daemon the way an operator restart would, and starts it again.
+    pub fn restart(&self, lab: &mut Lab) -> Result<()> {
+        match self.config.daemon {
+            Daemon::Frr => {
+                lab.stop(&format!("{}-bgpd", self.name), Duration::from_secs(5))?;
+                lab.stop(&format!("{}-zebra", self.name), Duration::from_secs(5))?;
+                let _ = std::fs::remove_file(self.dir.join("zserv.api"));
+            }
+            _ => lab.stop(&self.name, Duration::from_secs(5))?,
+        }
+        self.spawn(lab)
+    }
+
+    fn bird_conf(&self) -> String {
+        let c = &self.config;
+        let mut conf = format!(
+            "router id {};\nprotocol device {{}}\n\
+             protocol kernel {{ ipv4 {{ export all; import none; }}; merge paths on; }}\n\
+             protocol kernel {{ ipv6 {{ export all; import none; }}; merge paths on; }}\n",
+            c.router_id
+        );
+        for (index, neighbor) in c.neighbors.iter().enumerate() {
+            let _ = write!(
+                conf,
+                "protocol bgp n{index} {{\n  local {} as {};\n  neighbor {} as {};\n",
+                c.local_address, c.local_as, neighbor.address, neighbor.remote_as
+            );
+            if let Some(password) = &neighbor.md5_password {
+                let _ = writeln!(conf, "  password \"{password}\";");
+            }
+            if c.graceful_restart {
+                conf.push_str("  graceful restart on;\n");
+            }
+            if c.passive {
+                conf.push_str("  passive on;\n");
+            }
+            conf.push_str(
+                "  connect retry time 1;\n  error wait time 1, 5;\n\
+                 ipv4 { import all; export none; add paths rx; };\n\
+                 ipv6 { import all; export none; add paths rx; };\n}\n",
+            );
+        }
+        conf
+    }
+
+    fn frr_conf(&self) -> String {
+        let c = &self.config;
+        let mut conf = format!(
+            "frr defaults traditional\nrouter bgp {}\n bgp router-id {}\n no bgp ebgp-requires-policy\n\
+             bgp bestpath as-path multipath-relax\n",
+            c.local_as, c.router_id
+        );
+        if c.graceful_restart {
+            conf.push_str(" bgp graceful-restart\n");
+        }
+        for neighbor in &c.neighbors {
+            let _ = writeln!(
+                conf,
+                " neighbor {} remote-as {}\n neighbor {} timers connect 1",
+                neighbor.address, neighbor.remote_as, neighbor.address
+            );
+            if let Some(password) = &neighbor.md5_password {
+                let _ = writeln!(conf, " neighbor {} password {password}", neighbor.address);
+            }
+            if c.passive {
+                let _ = writeln!(conf, " neighbor {} passive", neighbor.address);
+            }
+        }
+        for family in ["ipv4", "ipv6"] {
+            let _ = writeln!(conf, " address-family {family} unicast\n  maximum-paths 16");
+            for neighbor in &c.neighbors {
+                let _ = writeln!(conf, "  neighbor {} activate", neighbor.address);
+            }
+            conf.push_str(" exit-address-family\n");
+        }
+        conf
+    }
+
+    fn gobgp_conf(&self) -> String {
+        let c = &self.config;
+        let mut conf = format!(
+            "[global.config]\n  as = {}\n  router-id = \"{}\"\n  port = 179\n",
+            c.local_as, c.router_id
+        );
+        for neighbor in &c.neighbors {
+            let _ = write!(
+                conf,
+                "[[neighbors]]\n  [neighbors.config]\n    neighbor-address = \"{}\"\n    peer-as = {}\n",
+                neighbor.address, neighbor.remote_as
+            );
+            if let Some(password) = &neighbor.md5_password {
+                let _ = writeln!(conf, "    auth-password = \"{password}\"");
+            }
+            if c.passive {
+                conf.push_str("  [neighbors.transport.config]\n    passive-mode = true\n");
+            }
+            conf.push_str("  [neighbors.timers.config]\n    connect-retry = 1\n");
+            if c.graceful_restart {
+                conf.push_str(
+                    "  [neighbors.graceful-restart.config]\n    enabled = true\n    helper-only = true\n",
+                );
+            }
+            for family in ["ipv4-unicast", "ipv6-unicast"] {
+                let _ = write!(
+                    conf,
+                    "  [[neighbors.afi-safis]]\n    [neighbors.afi-safis.config]\n      afi-safi-name = \"{family}\"\n\
+                     \x20   [neighbors.afi-safis.add-paths.config]\n      receive = true\n"
+                );
+                if c.graceful_restart {
+                    conf.push_str("    [neighbors.afi-safis.mp-graceful-restart.config]\n      enabled = true\n");
+                }
+            }
+        }
+        conf
+    }
+
+    /// True when the daemon reports the session with `neighbor` Established.
+    pub fn established(&self, lab: &Lab, neighbor: IpAddr) -> Result<bool> {
+        Ok(match self.config.daemon {
+            Daemon::Bird => {
+                let index = self.neighbor_index(neighbor)?;
+                let out = self.birdc(lab, &["show", "protocols", &format!("n{index}")])?;
+                out.contains("Established")
+            }
+            Daemon::Frr => {
+                let out = self.vtysh(lab, &format!("show bgp neighbors {neighbor}"))?;
+                out.contains("BGP state = Established")
+            }
+            Daemon::Gobgp => {
+                let out = self.gobgp(lab, &["neighbor", &neighbor.to_string()])?;
+                out.to_lowercase().contains("bgp state = established")
+            }
+        })
+    }
+
+    /// The daemon's own view of its sessions and its log, for failure messages.
+    pub fn describe(&self, lab: &Lab) -> String {
+        let view = match self.config.daemon {
+            Daemon::Bird => self.birdc(lab, &["show", "protocols", "all"]),
+            Daemon::Frr => self.vtysh(lab, "show bgp neighbors"),
+            Daemon::Gobgp => self.gobgp(lab, &["neighbor"]),
+        };
+        let logs: String = std::fs::read_dir(lab.run_dir())
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter(|entry| entry.path().extension().is_some_and(|ext| ext == "log"))
+            .map(|entry| {
+                let text = std::fs::read_to_string(entry.path()).unwrap_or_default();
+                let tail: Vec<&str> = text.lines().rev().take(30).collect();
+                format!(
+                    "--- {}\n{}\n",
+                    entry.path().display(),
+                    tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+                )
+            })
+            .collect();
+        format!(
+            "{}\n{logs}",
+            view.unwrap_or_else(|error| format!("{error:#}"))
+        )
+    }
+
+    fn neighbor_index(&self, neighbor: IpAddr) -> Result<usize> {
+        self.config
+            .neighbors
+            .iter()
+            .position(|n| n.address == neighbor)
+            .with_context(|| format!("{neighbor} is not a configured neighbour"))
+    }
+
+    pub fn birdc(&self, lab: &Lab, args: &[&str]) -> Result<String> {
+        let socket = self.dir.join("bird.ctl");
+        let mut all = vec!["birdc", "-s", socket.to_str().unwrap_or_default()];
+        all.extend_from_slice(args);
+        lab.exec(&self.ns, &all)
+    }
+
+    pub fn vtysh(&self, lab: &Lab, command: &str) -> Result<String> {
+        let dir = self.dir.to_str().unwrap_or_default();
+        lab.exec(&self.ns, &["vtysh", "--vty_socket", dir, "-c", command])
+    }
+
+    pub fn gobgp(&self, lab: &Lab, args: &[&str]) -> Result<String> {
+        let mut all = vec!["gobgp", "-u", "127.0.0.1", "-p", "50051"];
+        all.extend_from_slice(args);
+        lab.exec(&self.ns, &all)
+    }
+
+    /// The next hops the router uses for `prefix`: from the kernel's FIB for
+    /// BIRD and FRR (they install routes), from the RIB for GoBGP (which
+    /// installs nothing without zebra).
+    pub fn next_hops(&self, lab: &Lab, prefix: &str) -> Result<BTreeSet<IpAddr>> {
+        let text = match self.config.daemon {
+            Daemon::Bird | Daemon::Frr => {
+                let family = if prefix.contains(':') { "-6" } else { "-4" };
+                lab.ip(&self.ns, &[family, "route", "show", prefix])?
+            }
+            Daemon::Gobgp => {
+                let family = if prefix.contains(':') { "ipv6" } else { "ipv4" };
+                let out = self.gobgp(lab, &["global", "rib", "-a", family, prefix])?;
+                // Columns: status, network, next hop, ...; keep the next hops.
+                return Ok(out
+                    .lines()
+                    .filter(|line| line.contains(prefix))
+                    .filter_map(|line| {
+                        line.split_whitespace()
+                            .find_map(|word| word.parse::<IpAddr>().ok())
+                    })
+                    .collect());
+            }
+        };
+        // `via X` in `ip route` output, for single and multipath routes.
+        let words: Vec<&str> = text.split_whitespace().collect();
+        Ok(words
+            .windows(2)
+            .filter(|pair| pair[0] == "via")
+            .filter_map(|pair| pair[1].parse().ok())
+            .collect())
+    }
+}
+
+/// The router and speaker addresses of [`BgpLab`].
+pub const ROUTER_V4: &str = "172.30.0.1";
+pub const SPEAKER_V4: &str = "172.30.0.10";
+pub const ROUTER_V6: &str = "fd00:30::1";
+pub const SPEAKER_V6: &str = "fd00:30::10";
+
+/// Two namespaces on one link: `r` (router daemon) and `ctl` (the speaker),
+/// with IPv4 172.30.0.0/24 and IPv6 fd00:30::/64; node next hops
+/// 172.30.0.11.. and fd00:30::11.. are on that link.
+pub struct BgpLab {
+    pub lab: Lab,
+    pub router_ns: String,
+    pub speaker_ns: String,
+}
+
+impl BgpLab {
+    pub fn new(tag: &str) -> Result<Self> {
+        let mut lab = Lab::new(tag)?;
+        let router_ns = lab.netns("r")?;
+        let speaker_ns = lab.netns("ctl")?;
+        lab.veth((&router_ns, "eth0"), (&speaker_ns, "eth0"))?;
+        lab.addr(&router_ns, "eth0", &format!("{ROUTER_V4}/24"))?;
+        lab.addr(&speaker_ns, "eth0", &format!("{SPEAKER_V4}/24"))?;
+        // nodad: the addresses are usable at once instead of after DAD.
+        lab.ip(
+            &router_ns,
+            &[
+                "addr",
+                "add",
+                &format!("{ROUTER_V6}/64"),
+                "dev",
+                "eth0",
+                "nodad",
+            ],
+        )?;
+        lab.ip(
+            &speaker_ns,
+            &[
+                "addr",
+                "add",
+                &format!("{SPEAKER_V6}/64"),
+                "dev",
+                "eth0",
+                "nodad",
+            ],
+        )?;
+        Ok(Self {
+            lab,
+            router_ns,
+            speaker_ns,
+        })
+    }
+
+    /// Starts `daemon` in the router namespace, AS 65001, peering with the
+    /// speaker (AS 65000); `passive`: only wait for the speaker to connect.
+    pub fn start_router(
+        &mut self,
+        daemon: Daemon,
+        md5_password: Option<&str>,
+        graceful_restart: bool,
+        passive: bool,
+    ) -> Result<Router> {
+        let ns = self.router_ns.clone();
+        Router::start(
+            &mut self.lab,
+            &ns,
+            RouterConfig {
+                daemon,
+                router_id: ROUTER_V4.into(),
+                local_address: ROUTER_V4.parse()?,
+                local_as: 65001,
+                neighbors: vec![Neighbor {
+                    address: SPEAKER_V4.parse()?,
+                    remote_as: 65000,
+                    md5_password: md5_password.map(str::to_owned),
+                }],
+                graceful_restart,
+                passive,
+            },
+        )
+    }
+}
