@@ -2,5 +2,6 @@
 //! network namespaces that tears itself down, and helpers to find Porter's binaries.
 pub mod bins;
 pub mod lab;
+pub mod packets;
 pub mod privilege;
 pub mod scenarios;

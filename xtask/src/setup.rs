@@ -18,6 +18,7 @@ pub const DEBIAN_PACKAGES: &[&str] = &[
     "curl",
     "iperf3",
     "file",
+    "ethtool",
 ];
 
 pub fn ensure_all() -> Result<()> {
