@@ -62,17 +62,6 @@ impl DataplaneConfig {
     }
 }
 
-/// Where the tc reverse-NAT program runs.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum TcHook {
-    /// Egress of the uplink: sees replies after the node's netfilter, which
-    /// saw the forward path too (XDP passes translated packets to the
-    /// kernel), so a MASQUERADE rule for the pod subnet leaves them alone.
-    UplinkEgress,
-    /// Ingress of a pod's host-side interface, before netfilter.
-    PodIngress,
-}
-
 #[derive(Debug, thiserror::Error)]
 pub enum DataplaneError {
     #[error(transparent)]
@@ -226,13 +215,19 @@ impl Dataplane {
         )?)
     }
 
-    /// Attaches the reverse-NAT program at `hook` on `interface` through a
-    /// pinned TCX link, replacing the program of an earlier agent in place.
-    pub fn attach_tc(&mut self, interface: &str, hook: TcHook) -> Result<(), DataplaneError> {
-        let (attach_type, direction) = match hook {
-            TcHook::UplinkEgress => (TcAttachType::Egress, "egress"),
-            TcHook::PodIngress => (TcAttachType::Ingress, "ingress"),
-        };
+    /// Attaches the reverse-NAT program to the egress of uplink `interface`
+    /// through a pinned TCX link, replacing an earlier agent's program in place.
+    ///
+    /// Why uplink egress: XDP passes translated packets to the kernel, so the
+    /// node's netfilter sees both directions of every flow as client <-> pod.
+    /// A MASQUERADE rule for the pod subnet (Calico natOutgoing, flannel)
+    /// decides on a flow's first packet, which comes from the client, so the
+    /// replies keep the pod's address until they leave here, where they
+    /// become `VIP:port`. (Had XDP redirected past netfilter, a reply would
+    /// look like a new pod-to-outside flow and be masqueraded before reaching
+    /// this hook.)
+    pub fn attach_tc_egress(&mut self, interface: &str) -> Result<(), DataplaneError> {
+        let direction = "egress";
         let path = self
             .pins
             .links_dir()
@@ -271,7 +266,9 @@ impl Dataplane {
         }
         // Only needed for the netlink fallback on kernels without TCX.
         let _ = tc::qdisc_add_clsact(interface);
-        let id = program.attach(interface, attach_type).map_err(tc_err)?;
+        let id = program
+            .attach(interface, TcAttachType::Egress)
+            .map_err(tc_err)?;
         let link: FdLink = program
             .take_link(id)
             .map_err(tc_err)?

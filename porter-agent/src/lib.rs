@@ -10,7 +10,7 @@ pub mod xdp_attach;
 
 pub use pins::PinLayout;
 
-pub use dataplane::{Dataplane, DataplaneConfig, DataplaneError, TcHook};
+pub use dataplane::{Dataplane, DataplaneConfig, DataplaneError};
 pub use service::{Backend, Protocol, ServiceAddr, ServiceSpec};
 
 /// Default Maglev table size M (a prime).

@@ -340,9 +340,10 @@ fn echo_reply(data: usize, data_end: usize, h: &Headers) -> Option<()> {
 }
 
 /// Reverse NAT for replies from backends: source `backend:targetPort` becomes
-/// `VIP:port`. Attached where the reply has not yet met netfilter's NAT of
-/// the node, or after it, as long as the forward path was seen by netfilter
-/// too (see the agent's docs). Everything else passes untouched.
+/// `VIP:port`. Runs on the uplink's egress, after the node's netfilter, which
+/// saw the forward path too (see `Dataplane::attach_tc_egress` for why that
+/// keeps a pod-subnet MASQUERADE rule away from replies). Everything else
+/// passes untouched.
 #[classifier]
 pub fn porter_tc_revnat(ctx: TcContext) -> i32 {
     // Only the headers need to be linear.

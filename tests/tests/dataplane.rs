@@ -13,6 +13,7 @@ use porter_tests::{
     lab::Lab,
     packets::{self, L4, Rng, Vlan, checked_summary},
     privilege,
+    scenarios::PodLab,
 };
 
 const XDP_DROP: u32 = 1;
@@ -464,4 +465,107 @@ fn random_and_malformed_packets_are_never_modified() -> Result<()> {
     }
     assert!(checked >= 90_000, "checked {checked} packets");
     Ok(())
+}
+
+/// Client → node (XDP + tc) → two pods, without and with the MASQUERADE rule
+/// for the pod subnet that Calico and flannel install on nodes.
+#[test]
+fn end_to_end_through_the_node_to_local_pods() -> Result<()> {
+    if !privilege::can_run("end_to_end_through_the_node_to_local_pods") {
+        return Ok(());
+    }
+    for masquerade in [false, true] {
+        end_to_end(masquerade).with_context(|| format!("masquerade={masquerade}"))?;
+    }
+    Ok(())
+}
+
+fn end_to_end(masquerade: bool) -> Result<()> {
+    let lab = PodLab::new(if masquerade { "e2em" } else { "e2e" })?;
+    if masquerade {
+        lab.add_pod_masquerade()?;
+    }
+    let config = DataplaneConfig {
+        maglev_size: 251,
+        max_services: 4,
+    };
+    let mut dataplane = lab.start_dataplane(config)?;
+    dataplane.upsert_service(&PodLab::service(80, &[0, 1])?)?;
+
+    let answers = lab.spread(80, 200)?;
+    let pod1 = answers.get("pod1").copied().unwrap_or(0);
+    assert_eq!(
+        answers.values().sum::<usize>(),
+        200,
+        "every connection answered: {answers:?}"
+    );
+    assert!(
+        (70..=130).contains(&pod1),
+        "200 connections split 35-65% between the pods: {answers:?}"
+    );
+
+    // Hold a connection to pod2, then take pod1 away.
+    let mut held = (0..50)
+        .map(|_| lab.connect(80))
+        .find(|client| client.as_ref().is_ok_and(|c| c.server == "pod2"))
+        .context("no connection reached pod2 in 50 tries")??;
+    assert_eq!(held.echo("before")?, "pod2:before");
+    dataplane.upsert_service(&PodLab::service(80, &[1])?)?;
+    let answers = lab.spread(80, 20)?;
+    assert_eq!(
+        answers.get("pod2"),
+        Some(&20),
+        "new connections go to the survivor: {answers:?}"
+    );
+    assert_eq!(
+        held.echo("after")?,
+        "pod2:after",
+        "the open connection keeps working"
+    );
+
+    // An agent restart: the new one reads the pinned services back and
+    // adopts the pinned links; conntrack (and the open connection) carry over.
+    drop(dataplane);
+    let mut dataplane = lab.start_dataplane(config)?;
+    assert_eq!(dataplane.services(), vec![PodLab::service(80, &[1])?]);
+    assert_eq!(held.echo("restarted")?, "pod2:restarted");
+    dataplane.reconcile(&[PodLab::service(80, &[0, 1])?])?;
+    let answers = lab.spread(80, 40)?;
+    assert!(
+        answers.get("pod1").is_some_and(|&n| n > 0),
+        "pod1 is back: {answers:?}"
+    );
+
+    // Ping to the EIP is answered by XDP.
+    let echoes = stat(&dataplane, Stat::EchoReplied)?;
+    lab.lab.exec(
+        &lab.client,
+        &["ping", "-c", "3", "-i", "0.2", "-W", "1", PodLab::EIP],
+    )?;
+    assert!(
+        stat(&dataplane, Stat::EchoReplied)? >= echoes + 3,
+        "echo answered in XDP"
+    );
+
+    // An unknown port on the EIP: dropped and counted, so no answer at all.
+    let drops = stat(&dataplane, Stat::DropUnknownPort)?;
+    let unknown = lab.connect(81);
+    assert!(unknown.is_err(), "nothing answers on an unknown port");
+    assert!(
+        stat(&dataplane, Stat::DropUnknownPort)? > drops,
+        "the SYN was dropped and counted"
+    );
+    assert!(
+        stat(&dataplane, Stat::RevNatApplied)? > 0,
+        "replies were reverse-NATed by tc"
+    );
+    Ok(())
+}
+
+fn stat(dataplane: &Dataplane, wanted: Stat) -> Result<u64> {
+    Ok(dataplane
+        .global_counters()?
+        .into_iter()
+        .find_map(|(stat, value)| (stat == wanted).then_some(value))
+        .unwrap_or(0))
 }
