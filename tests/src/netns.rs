@@ -71,12 +71,20 @@ impl NamedServer {
                 }
             };
             while !flag.load(Ordering::Relaxed) {
-                match listener.accept() {
-                    Ok((stream, _)) => {
-                        let name = name.clone();
-                        thread::spawn(move || serve(stream, &name));
-                    }
-                    Err(_) => thread::sleep(Duration::from_millis(10)),
+                // Wait for a connection without spinning, waking now and
+                // then to notice the stop flag.
+                let mut ready = libc::pollfd {
+                    fd: listener.as_raw_fd(),
+                    events: libc::POLLIN,
+                    revents: 0,
+                };
+                // SAFETY: one valid pollfd for the duration of the call.
+                if unsafe { libc::poll(&mut ready, 1, 50) } <= 0 {
+                    continue;
+                }
+                if let Ok((stream, _)) = listener.accept() {
+                    let name = name.clone();
+                    thread::spawn(move || serve(stream, &name));
                 }
             }
         });

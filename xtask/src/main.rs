@@ -1,4 +1,5 @@
 //! `cargo xtask <task>`: the project's build, test and demo entry points.
+mod bench;
 mod cmd;
 mod demo;
 mod ebpf;
@@ -25,6 +26,8 @@ enum Task {
     Test(test::TestArgs),
     /// Build everything and show Porter working in a network-namespace lab (needs root).
     Demo(demo::DemoArgs),
+    /// Run a benchmark suite; prints JSON lines with a same-run baseline (needs root).
+    Bench(bench::BenchArgs),
     /// Install the Debian packages, bpffs mount and eBPF toolchain that `test` and
     /// `demo` need (both run this first).
     Setup,
@@ -40,5 +43,6 @@ fn main() -> Result<()> {
         Task::Test(args) => test::run(&args),
         Task::Demo(args) => demo::run(&args),
         Task::Setup => setup::ensure_all(),
+        Task::Bench(args) => bench::run(&args),
     }
 }

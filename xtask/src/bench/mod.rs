@@ -1,0 +1,36 @@
+//! `cargo xtask bench <suite>`: prints one JSON object per line,
+//! `{"suite":..,"case":..,"metric":..,"value":..,"unit":..}`, each suite with
+//! a baseline measured in the same run.
+mod dataplane;
+
+use anyhow::Result;
+
+#[derive(clap::Args)]
+pub struct BenchArgs {
+    /// Which suite to run.
+    #[arg(value_enum)]
+    pub suite: Suite,
+    /// Seconds per throughput measurement (lab suites).
+    #[arg(long, default_value_t = 3)]
+    pub seconds: u64,
+}
+
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+pub enum Suite {
+    /// XDP per-packet cost (BPF_PROG_TEST_RUN) and lab throughput vs iptables DNAT.
+    Dataplane,
+}
+
+pub fn run(args: &BenchArgs) -> Result<()> {
+    match args.suite {
+        Suite::Dataplane => dataplane::run(args),
+    }
+}
+
+/// Prints one result line.
+pub fn emit(suite: &str, case: &str, metric: &str, value: f64, unit: &str) {
+    println!(
+        "{}",
+        serde_json::json!({"suite": suite, "case": case, "metric": metric, "value": value, "unit": unit})
+    );
+}
