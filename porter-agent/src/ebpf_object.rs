@@ -6,4 +6,4 @@ pub static EBPF_OBJECT: &[u8] =
     aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/porter.bpf.o"));
 
 /// Name of the XDP entry point in [`EBPF_OBJECT`].
-pub const XDP_PROGRAM: &str = "porter_xdp";
+pub const XDP_PROGRAM: &str = porter_common::program_names::XDP;

@@ -1,8 +1,17 @@
 //! The node agent: loads Porter's eBPF programs, attaches them to the node's
 //! uplinks, pins them so they outlive the process, and reads their counters.
+pub mod dataplane;
 pub mod ebpf_object;
+pub mod maglev;
 pub mod pins;
+pub mod service;
 pub mod stats;
 pub mod xdp_attach;
 
 pub use pins::PinLayout;
+
+pub use dataplane::{Dataplane, DataplaneConfig, DataplaneError};
+pub use service::{Backend, Protocol, ServiceAddr, ServiceSpec};
+
+/// Default Maglev table size M (a prime).
+pub const DEFAULT_MAGLEV_SIZE: u32 = porter_common::limits::DEFAULT_MAGLEV_SIZE;

@@ -80,14 +80,25 @@ pub enum AttachError {
     },
 }
 
-/// Loads the object, reusing maps already pinned under `pins` and pinning new ones.
+/// Loads the object, reusing maps already pinned under `pins` and pinning new
+/// ones with their compiled-in sizes.
 pub fn load(pins: &PinLayout) -> Result<Ebpf, AttachError> {
+    load_with(pins, |_| {})
+}
+
+/// Like [`load`], letting `configure` adjust the loader (e.g. map sizes)
+/// before maps are created.
+pub fn load_with(
+    pins: &PinLayout,
+    configure: impl FnOnce(&mut EbpfLoader<'_>),
+) -> Result<Ebpf, AttachError> {
     let maps_dir = pins.maps_dir();
     create_dir(&maps_dir)?;
     create_dir(&pins.links_dir())?;
-    let mut ebpf = EbpfLoader::new()
-        .default_map_pin_directory(&maps_dir)
-        .load(EBPF_OBJECT)?;
+    let mut loader = EbpfLoader::new();
+    loader.default_map_pin_directory(&maps_dir);
+    configure(&mut loader);
+    let mut ebpf = loader.load(EBPF_OBJECT)?;
     xdp_program(&mut ebpf)?.load()?;
     Ok(ebpf)
 }

@@ -2,34 +2,232 @@
 //!
 //! Everything here is `no_std` and `#[repr(C)]`, because the same bytes are
 //! read by the kernel program and by userspace through the BPF maps.
+//!
+//! Conventions: addresses are 16 bytes; an IPv4 address sits in the first four
+//! (the rest zero) and `family` says which. Addresses and ports are in network
+//! byte order, exactly as they appear in packets, so the hot path never swaps
+//! bytes. Padding is explicit, so keys hash the same on both sides.
 #![no_std]
 
 /// Names of the BPF maps, so that the loader and the programs agree on them.
 pub mod map_names {
     /// Per-CPU array of global counters, indexed by [`crate::Stat`].
     pub const STATS: &str = "PORTER_STATS";
+    /// Hash: [`crate::ServiceKey`] → [`crate::ServiceValue`].
+    pub const SERVICES: &str = "PORTER_SERVICES";
+    /// Hash: [`crate::VipKey`] → number of services on that address.
+    pub const VIPS: &str = "PORTER_VIPS";
+    /// Hash: backend id (`u32`) → [`crate::BackendValue`].
+    pub const BACKENDS: &str = "PORTER_BACKENDS";
+    /// Array of backend ids: every service owns two Maglev tables of M slots.
+    pub const MAGLEV: &str = "PORTER_MAGLEV";
+    /// LRU hash: client-side [`crate::FlowKey`] → [`crate::CtValue`].
+    pub const CONNTRACK: &str = "PORTER_CT";
+    /// LRU hash: backend-side (reply) [`crate::FlowKey`] → [`crate::RevNatValue`].
+    pub const REVNAT: &str = "PORTER_REVNAT";
+    /// Per-CPU array of [`crate::ServiceCounters`], indexed by service id.
+    pub const SERVICE_COUNTERS: &str = "PORTER_SVC_STATS";
 }
 
-/// Global per-CPU counters kept by the XDP program.
-#[repr(u32)]
+/// Program names in the eBPF object.
+pub mod program_names {
+    /// The XDP load balancer for the uplink.
+    pub const XDP: &str = "porter_xdp";
+    /// An XDP program that only passes: the benchmark's baseline.
+    pub const XDP_EMPTY: &str = "porter_xdp_empty";
+    /// tc classifier that rewrites replies from backends back to `VIP:port`.
+    pub const TC_REVNAT: &str = "porter_tc_revnat";
+}
+
+/// Compile-time capacities of the maps (userspace may resize some at load).
+pub mod limits {
+    /// Default Maglev table size M (prime). Userspace can choose another prime.
+    pub const DEFAULT_MAGLEV_SIZE: u32 = 65_537;
+    /// Default number of services (each owns two Maglev tables).
+    pub const DEFAULT_MAX_SERVICES: u32 = 64;
+    pub const MAX_BACKENDS: u32 = 65_536;
+    pub const CONNTRACK_ENTRIES: u32 = 262_144;
+}
+
+pub const FAMILY_V4: u8 = 4;
+pub const FAMILY_V6: u8 = 6;
+pub const PROTO_TCP: u8 = 6;
+pub const PROTO_UDP: u8 = 17;
+
+/// A service: `(vip, port, proto)`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ServiceKey {
+    pub addr: [u8; 16],
+    /// Network byte order.
+    pub port: u16,
+    pub proto: u8,
+    pub family: u8,
+}
+
+/// What the data plane needs to pick a backend for a new flow.
+#[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Stat {
-    /// Every packet the XDP program saw.
-    PacketsSeen = 0,
+pub struct ServiceValue {
+    /// Index into the per-service counters; also names the service's tables.
+    pub id: u32,
+    /// First slot of the active Maglev table in [`map_names::MAGLEV`].
+    /// Userspace writes the spare table, then flips this (one map update).
+    pub table_base: u32,
+    /// M, the size of this service's table (prime).
+    pub table_size: u32,
+    /// Number of backends; 0 means the service exists but has none here.
+    pub backend_count: u32,
+}
+
+/// An address that carries at least one service (for echo replies and
+/// dropping unknown ports).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct VipKey {
+    pub addr: [u8; 16],
+    pub family: u8,
+    pub _pad: [u8; 3],
+}
+
+/// A local endpoint (pod) of one service.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BackendValue {
+    pub addr: [u8; 16],
+    /// Target port, network byte order.
+    pub port: u16,
+    pub family: u8,
+    pub _pad: u8,
+    /// The service this backend id belongs to; a conntrack entry whose
+    /// backend id was reused by another service is treated as stale.
+    pub service_id: u32,
+}
+
+/// A 5-tuple as seen in one direction.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct FlowKey {
+    pub src: [u8; 16],
+    pub dst: [u8; 16],
+    pub sport: u16,
+    pub dport: u16,
+    pub proto: u8,
+    pub family: u8,
+    pub _pad: [u8; 2],
+}
+
+/// Conntrack entry of a flow toward a service.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CtValue {
+    pub backend_id: u32,
+    pub service_id: u32,
+    /// `bpf_ktime_get_ns` when the flow was first seen and last refreshed.
+    pub created_ns: u64,
+    pub last_seen_ns: u64,
+}
+
+/// How to rewrite a reply from a backend: its source becomes `vip:port`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RevNatValue {
+    pub vip: [u8; 16],
+    /// Network byte order.
+    pub port: u16,
+    pub _pad: [u8; 2],
+    pub service_id: u32,
+}
+
+/// Per-service, per-CPU traffic counters.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ServiceCounters {
+    pub packets: u64,
+    pub bytes: u64,
+    pub new_flows: u64,
+}
+
+macro_rules! stats {
+    ($($variant:ident = $index:literal => $name:literal, $doc:literal;)+) => {
+        /// Global per-CPU counters: what the programs did with packets, and why.
+        #[repr(u32)]
+        #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+        pub enum Stat {
+            $(#[doc = $doc] $variant = $index,)+
+        }
+
+        impl Stat {
+            pub const ALL: &[Stat] = &[$(Stat::$variant,)+];
+            /// Number of slots in the [`map_names::STATS`] array.
+            pub const COUNT: u32 = Self::ALL.len() as u32;
+
+            pub const fn name(self) -> &'static str {
+                match self {
+                    $(Stat::$variant => $name,)+
+                }
+            }
+        }
+    };
+}
+
+stats! {
+    PacketsSeen = 0 => "packets_seen", "Every packet the XDP program saw.";
+    PassNotIp = 1 => "pass_not_ip", "Passed: not IPv4/IPv6 (ARP, LLDP, ...).";
+    PassTruncated = 2 => "pass_truncated", "Passed: headers shorter than they claim.";
+    PassFragment = 3 => "pass_fragment", "Passed: an IP fragment.";
+    PassUnknownHeader = 4 => "pass_unknown_header", "Passed: an IPv6 extension header we do not walk, or too many.";
+    PassNotService = 5 => "pass_not_service", "Passed: not addressed to a service address.";
+    PassIcmp = 6 => "pass_icmp", "Passed: ICMP to a service address other than echo (errors included).";
+    Forwarded = 7 => "forwarded", "Translated to a backend and passed on.";
+    DropUnknownPort = 8 => "drop_unknown_port", "Dropped: to a service address on a port or protocol no service uses.";
+    DropNoBackend = 9 => "drop_no_backend", "Dropped: the service has no local backend.";
+    EchoReplied = 10 => "echo_replied", "ICMP echo to a service address answered in XDP.";
+    RevNatApplied = 11 => "revnat_applied", "Replies rewritten back to the service address by tc.";
+    RevNatFailed = 12 => "revnat_failed", "Replies whose rewrite failed in tc (passed unchanged).";
 }
 
 impl Stat {
-    /// Number of slots in the [`map_names::STATS`] array.
-    pub const COUNT: u32 = 1;
-    pub const ALL: [Stat; Self::COUNT as usize] = [Stat::PacketsSeen];
-
     pub const fn index(self) -> u32 {
         self as u32
     }
+}
 
-    pub const fn name(self) -> &'static str {
-        match self {
-            Stat::PacketsSeen => "packets_seen",
+#[cfg(feature = "user")]
+mod pod {
+    use super::*;
+    // SAFETY: all of these are #[repr(C)], contain only integers and byte
+    // arrays, and have explicit padding, so every bit pattern is valid.
+    unsafe impl aya::Pod for ServiceKey {}
+    unsafe impl aya::Pod for ServiceValue {}
+    unsafe impl aya::Pod for VipKey {}
+    unsafe impl aya::Pod for BackendValue {}
+    unsafe impl aya::Pod for FlowKey {}
+    unsafe impl aya::Pod for CtValue {}
+    unsafe impl aya::Pod for RevNatValue {}
+    unsafe impl aya::Pod for ServiceCounters {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use core::mem::size_of;
+
+    #[test]
+    fn layouts_have_no_implicit_padding() {
+        assert_eq!(size_of::<ServiceKey>(), 20);
+        assert_eq!(size_of::<ServiceValue>(), 16);
+        assert_eq!(size_of::<VipKey>(), 20);
+        assert_eq!(size_of::<BackendValue>(), 24);
+        assert_eq!(size_of::<FlowKey>(), 40);
+        assert_eq!(size_of::<CtValue>(), 24);
+        assert_eq!(size_of::<RevNatValue>(), 24);
+    }
+
+    #[test]
+    fn stat_indices_are_dense() {
+        for (position, stat) in Stat::ALL.iter().enumerate() {
+            assert_eq!(stat.index() as usize, position);
         }
     }
 }

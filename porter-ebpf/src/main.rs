@@ -1,18 +1,59 @@
 //! Porter's kernel programs. Built by `porter-agent/build.rs` (or
 //! `cargo xtask build-ebpf`) for `bpfel-unknown-none` and embedded in the agent.
+//!
+//! - `porter_xdp` (uplink ingress): matches `VIP:port/proto`, keeps flows on
+//!   their backend through conntrack, picks new flows' backends from the
+//!   service's Maglev table, DNATs to the backend and passes the packet to the
+//!   kernel, which routes it to the pod. Answers ICMP echo to a VIP, drops
+//!   traffic to a VIP port no service uses.
+//! - `porter_tc_revnat` (tc): rewrites replies from a backend back to `VIP:port`.
+//! - `porter_xdp_empty`: passes everything; the benchmark's baseline.
 #![no_std]
 #![no_main]
 
+mod csum;
+mod parse;
+
 use aya_ebpf::{
-    bindings::xdp_action,
-    macros::{map, xdp},
-    maps::PerCpuArray,
-    programs::XdpContext,
+    bindings::{BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR, TC_ACT_OK, xdp_action},
+    helpers::bpf_ktime_get_ns,
+    macros::{classifier, map, xdp},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray},
+    programs::{TcContext, XdpContext},
 };
-use porter_common::Stat;
+use parse::{Headers, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP, load, store};
+use porter_common::{
+    BackendValue, CtValue, FAMILY_V4, FlowKey, RevNatValue, ServiceCounters, ServiceKey,
+    ServiceValue, Stat, VipKey, limits,
+};
 
 #[map(name = "PORTER_STATS")]
 static STATS: PerCpuArray<u64> = PerCpuArray::pinned(Stat::COUNT, 0);
+#[map(name = "PORTER_SERVICES")]
+static SERVICES: HashMap<ServiceKey, ServiceValue> =
+    HashMap::pinned(limits::DEFAULT_MAX_SERVICES, 0);
+#[map(name = "PORTER_VIPS")]
+static VIPS: HashMap<VipKey, u32> = HashMap::pinned(limits::DEFAULT_MAX_SERVICES, 0);
+#[map(name = "PORTER_BACKENDS")]
+static BACKENDS: HashMap<u32, BackendValue> = HashMap::pinned(limits::MAX_BACKENDS, 0);
+#[map(name = "PORTER_MAGLEV")]
+static MAGLEV: Array<u32> = Array::pinned(
+    limits::DEFAULT_MAX_SERVICES * 2 * limits::DEFAULT_MAGLEV_SIZE,
+    0,
+);
+#[map(name = "PORTER_CT")]
+static CONNTRACK: LruHashMap<FlowKey, CtValue> = LruHashMap::pinned(limits::CONNTRACK_ENTRIES, 0);
+#[map(name = "PORTER_REVNAT")]
+static REVNAT: LruHashMap<FlowKey, RevNatValue> = LruHashMap::pinned(limits::CONNTRACK_ENTRIES, 0);
+#[map(name = "PORTER_SVC_STATS")]
+static SERVICE_STATS: PerCpuArray<ServiceCounters> =
+    PerCpuArray::pinned(limits::DEFAULT_MAX_SERVICES, 0);
+
+/// Conntrack and reverse-NAT entries are refreshed at most this often, so an
+/// established flow costs lookups, not writes.
+const REFRESH_NS: u64 = 1_000_000_000;
+const TCP_CHECK_OFF: usize = 16;
+const UDP_CHECK_OFF: usize = 6;
 
 #[inline(always)]
 fn count(stat: Stat) {
@@ -23,9 +64,357 @@ fn count(stat: Stat) {
 }
 
 #[xdp]
-pub fn porter_xdp(_ctx: XdpContext) -> u32 {
+pub fn porter_xdp(ctx: XdpContext) -> u32 {
     count(Stat::PacketsSeen);
+    let (action, stat) = xdp_decide(&ctx);
+    count(stat);
+    action
+}
+
+#[xdp]
+pub fn porter_xdp_empty(_ctx: XdpContext) -> u32 {
     xdp_action::XDP_PASS
+}
+
+#[inline(always)]
+fn xdp_decide(ctx: &XdpContext) -> (u32, Stat) {
+    let (data, data_end) = (ctx.data(), ctx.data_end());
+    let h = match parse::parse(data, data_end) {
+        Ok(h) => h,
+        Err(stat) => return (xdp_action::XDP_PASS, stat),
+    };
+    let is_icmp = (h.family == FAMILY_V4 && h.proto == IPPROTO_ICMP)
+        || (h.family != FAMILY_V4 && h.proto == IPPROTO_ICMPV6);
+    if h.proto != IPPROTO_TCP && h.proto != IPPROTO_UDP {
+        let vip = VipKey {
+            addr: h.dst,
+            family: h.family,
+            _pad: [0; 3],
+        };
+        if VIPS.get_ptr(&vip).is_none() {
+            return (xdp_action::XDP_PASS, Stat::PassNotService);
+        }
+        if !is_icmp {
+            return (xdp_action::XDP_DROP, Stat::DropUnknownPort);
+        }
+        return match echo_reply(data, data_end, &h) {
+            Some(()) => (xdp_action::XDP_TX, Stat::EchoReplied),
+            // Errors (e.g. fragmentation needed) and other ICMP pass untouched.
+            None => (xdp_action::XDP_PASS, Stat::PassIcmp),
+        };
+    }
+    let key = ServiceKey {
+        addr: h.dst,
+        port: h.dport,
+        proto: h.proto,
+        family: h.family,
+    };
+    let Some(service) = SERVICES.get_ptr(&key) else {
+        let vip = VipKey {
+            addr: h.dst,
+            family: h.family,
+            _pad: [0; 3],
+        };
+        if VIPS.get_ptr(&vip).is_some() {
+            return (xdp_action::XDP_DROP, Stat::DropUnknownPort);
+        }
+        return (xdp_action::XDP_PASS, Stat::PassNotService);
+    };
+    // SAFETY: map values stay valid for the program's run (RCU).
+    let service = unsafe { *service };
+    let flow = FlowKey {
+        src: h.src,
+        dst: h.dst,
+        sport: h.sport,
+        dport: h.dport,
+        proto: h.proto,
+        family: h.family,
+        _pad: [0; 2],
+    };
+    let Some((backend, new_flow)) = choose_backend(&flow, &service) else {
+        return (xdp_action::XDP_DROP, Stat::DropNoBackend);
+    };
+    if let Some(counters) = SERVICE_STATS.get_ptr_mut(service.id) {
+        // SAFETY: per-CPU slot, only this CPU writes it.
+        unsafe {
+            (*counters).packets += 1;
+            (*counters).bytes += (data_end - data) as u64;
+            (*counters).new_flows += new_flow as u64;
+        }
+    }
+    if dnat(data, data_end, &h, &backend).is_none() {
+        // Cannot happen after a successful parse; never forward half-rewritten.
+        return (xdp_action::XDP_DROP, Stat::PassTruncated);
+    }
+    (xdp_action::XDP_PASS, Stat::Forwarded)
+}
+
+/// The flow's backend: from conntrack while that backend still exists,
+/// otherwise from the Maglev table (then recorded). Returns whether the flow is new.
+#[inline(always)]
+fn choose_backend(flow: &FlowKey, service: &ServiceValue) -> Option<(BackendValue, bool)> {
+    let now = unsafe { bpf_ktime_get_ns() };
+    if let Some(ct) = CONNTRACK.get_ptr_mut(flow) {
+        // SAFETY: valid for this run; a racing update at worst loses a refresh.
+        let entry = unsafe { *ct };
+        if entry.service_id == service.id {
+            if let Some(backend) = BACKENDS.get_ptr(&entry.backend_id) {
+                let backend = unsafe { *backend };
+                if backend.service_id == service.id {
+                    if now.wrapping_sub(entry.last_seen_ns) > REFRESH_NS {
+                        unsafe { (*ct).last_seen_ns = now };
+                        record_revnat(flow, &backend, service.id);
+                    }
+                    return Some((backend, false));
+                }
+            }
+        }
+    }
+    if service.backend_count == 0 || service.table_size == 0 {
+        return None;
+    }
+    let slot = service.table_base + flow_hash(flow) % service.table_size;
+    let backend_id = *MAGLEV.get(slot)?;
+    // SAFETY: copied out at once.
+    let backend = unsafe { *BACKENDS.get_ptr(&backend_id)? };
+    if backend.service_id != service.id {
+        return None;
+    }
+    let entry = CtValue {
+        backend_id,
+        service_id: service.id,
+        created_ns: now,
+        last_seen_ns: now,
+    };
+    // A full LRU evicts the oldest flow; failure only costs the next packet a lookup.
+    let _ = CONNTRACK.insert(flow, &entry, 0);
+    record_revnat(flow, &backend, service.id);
+    Some((backend, true))
+}
+
+#[inline(always)]
+fn record_revnat(flow: &FlowKey, backend: &BackendValue, service_id: u32) {
+    let reply = FlowKey {
+        src: backend.addr,
+        dst: flow.src,
+        sport: backend.port,
+        dport: flow.sport,
+        proto: flow.proto,
+        family: flow.family,
+        _pad: [0; 2],
+    };
+    let value = RevNatValue {
+        vip: flow.dst,
+        port: flow.dport,
+        _pad: [0; 2],
+        service_id,
+    };
+    let _ = REVNAT.insert(&reply, &value, 0);
+}
+
+/// A flow hash over the 5-tuple (murmur3-style mixing of its words).
+#[inline(always)]
+fn flow_hash(flow: &FlowKey) -> u32 {
+    let mut hash: u32 = 0x9747_b28c;
+    let mut mix = |word: u32| {
+        let mut k = word.wrapping_mul(0xcc9e_2d51);
+        k = k.rotate_left(15).wrapping_mul(0x1b87_3593);
+        hash ^= k;
+        hash = hash
+            .rotate_left(13)
+            .wrapping_mul(5)
+            .wrapping_add(0xe654_6b64);
+    };
+    for chunk in 0..4 {
+        let i = chunk * 4;
+        mix(u32::from_ne_bytes([
+            flow.src[i],
+            flow.src[i + 1],
+            flow.src[i + 2],
+            flow.src[i + 3],
+        ]));
+        mix(u32::from_ne_bytes([
+            flow.dst[i],
+            flow.dst[i + 1],
+            flow.dst[i + 2],
+            flow.dst[i + 3],
+        ]));
+    }
+    mix(((flow.sport as u32) << 16) | flow.dport as u32);
+    mix(flow.proto as u32);
+    hash ^= hash >> 16;
+    hash = hash.wrapping_mul(0x85eb_ca6b);
+    hash ^= hash >> 13;
+    hash = hash.wrapping_mul(0xc2b2_ae35);
+    hash ^ (hash >> 16)
+}
+
+/// Rewrites destination address and port to the backend's, updating the IPv4
+/// header checksum and the L4 checksum (pseudo-header included) incrementally.
+#[inline(always)]
+fn dnat(data: usize, data_end: usize, h: &Headers, backend: &BackendValue) -> Option<()> {
+    let check_off = h.l4_off
+        + if h.proto == IPPROTO_TCP {
+            TCP_CHECK_OFF
+        } else {
+            UDP_CHECK_OFF
+        };
+    let old_check: u16 = load(data, data_end, check_off)?;
+    let mut acc = csum::add_word(0, h.dport, backend.port);
+    if h.family == FAMILY_V4 {
+        let old: [u8; 4] = [h.dst[0], h.dst[1], h.dst[2], h.dst[3]];
+        let new: [u8; 4] = [
+            backend.addr[0],
+            backend.addr[1],
+            backend.addr[2],
+            backend.addr[3],
+        ];
+        let ip_check: u16 = load(data, data_end, h.l3_off + 10)?;
+        store(
+            data,
+            data_end,
+            h.l3_off + 10,
+            csum::apply(ip_check, csum::add_bytes(0, &old, &new)),
+        )?;
+        store(data, data_end, h.l3_off + 16, new)?;
+        acc = csum::add_bytes(acc, &old, &new);
+    } else {
+        store(data, data_end, h.l3_off + 24, backend.addr)?;
+        acc = csum::add_bytes(acc, &h.dst, &backend.addr);
+    }
+    store(data, data_end, h.l4_off + 2, backend.port)?;
+    // An IPv4 UDP checksum of 0 means "none" and must stay 0; a computed 0 is sent as 0xffff.
+    let udp = h.proto == IPPROTO_UDP;
+    if !(udp && h.family == FAMILY_V4 && old_check == 0) {
+        let mut check = csum::apply(old_check, acc);
+        if udp && check == 0 {
+            check = 0xffff;
+        }
+        store(data, data_end, check_off, check)?;
+    }
+    Some(())
+}
+
+/// Turns an echo request into its reply in place (for XDP_TX). None if the
+/// packet is not an echo request.
+#[inline(always)]
+fn echo_reply(data: usize, data_end: usize, h: &Headers) -> Option<()> {
+    let (request, reply) = if h.family == FAMILY_V4 {
+        (8u8, 0u8)
+    } else {
+        (128u8, 129u8)
+    };
+    if h.icmp_type != request {
+        return None;
+    }
+    let macs: [u8; 12] = load(data, data_end, 0)?;
+    let mut swapped = [0u8; 12];
+    swapped[..6].copy_from_slice(&macs[6..]);
+    swapped[6..].copy_from_slice(&macs[..6]);
+    store(data, data_end, 0, swapped)?;
+    // Swapping source and destination leaves every sum unchanged.
+    if h.family == FAMILY_V4 {
+        store(
+            data,
+            data_end,
+            h.l3_off + 12,
+            [h.dst[0], h.dst[1], h.dst[2], h.dst[3]],
+        )?;
+        store(
+            data,
+            data_end,
+            h.l3_off + 16,
+            [h.src[0], h.src[1], h.src[2], h.src[3]],
+        )?;
+    } else {
+        store(data, data_end, h.l3_off + 8, h.dst)?;
+        store(data, data_end, h.l3_off + 24, h.src)?;
+    }
+    let type_code: [u8; 2] = load(data, data_end, h.l4_off)?;
+    let new_type_code = [reply, type_code[1]];
+    let check: u16 = load(data, data_end, h.l4_off + 2)?;
+    let acc = csum::add_bytes(0, &type_code, &new_type_code);
+    store(data, data_end, h.l4_off, new_type_code)?;
+    store(data, data_end, h.l4_off + 2, csum::apply(check, acc))?;
+    Some(())
+}
+
+/// Reverse NAT for replies from backends: source `backend:targetPort` becomes
+/// `VIP:port`. Runs on the uplink's egress, after the node's netfilter, which
+/// saw the forward path too (see `Dataplane::attach_tc_egress` for why that
+/// keeps a pod-subnet MASQUERADE rule away from replies). Everything else
+/// passes untouched.
+#[classifier]
+pub fn porter_tc_revnat(ctx: TcContext) -> i32 {
+    // Only the headers need to be linear.
+    let _ = ctx.pull_data(ctx.len().min(128));
+    let (data, data_end) = (ctx.data(), ctx.data_end());
+    let Ok(h) = parse::parse(data, data_end) else {
+        return TC_ACT_OK as i32;
+    };
+    if h.proto != IPPROTO_TCP && h.proto != IPPROTO_UDP {
+        return TC_ACT_OK as i32;
+    }
+    let flow = FlowKey {
+        src: h.src,
+        dst: h.dst,
+        sport: h.sport,
+        dport: h.dport,
+        proto: h.proto,
+        family: h.family,
+        _pad: [0; 2],
+    };
+    let Some(revnat) = REVNAT.get_ptr(&flow) else {
+        return TC_ACT_OK as i32;
+    };
+    // SAFETY: copied out at once.
+    let revnat = unsafe { *revnat };
+    match revnat_rewrite(&ctx, &h, &revnat) {
+        Ok(()) => count(Stat::RevNatApplied),
+        Err(_) => count(Stat::RevNatFailed),
+    }
+    TC_ACT_OK as i32
+}
+
+/// Uses the skb helpers, which know whether the L4 checksum is complete or
+/// only the pseudo-header part (CHECKSUM_PARTIAL, as replies from local pods are).
+#[inline(always)]
+fn revnat_rewrite(ctx: &TcContext, h: &Headers, revnat: &RevNatValue) -> Result<(), i64> {
+    let check_off = h.l4_off
+        + if h.proto == IPPROTO_TCP {
+            TCP_CHECK_OFF
+        } else {
+            UDP_CHECK_OFF
+        };
+    let mangled_0 = if h.proto == IPPROTO_UDP {
+        BPF_F_MARK_MANGLED_0 as u64
+    } else {
+        0
+    };
+    let pseudo = BPF_F_PSEUDO_HDR as u64 | mangled_0;
+    if h.family == FAMILY_V4 {
+        let old = u32::from_ne_bytes([h.src[0], h.src[1], h.src[2], h.src[3]]);
+        let new = u32::from_ne_bytes([revnat.vip[0], revnat.vip[1], revnat.vip[2], revnat.vip[3]]);
+        ctx.l4_csum_replace(check_off, old as u64, new as u64, pseudo | 4)?;
+        ctx.l3_csum_replace(h.l3_off + 10, old as u64, new as u64, 4)?;
+        ctx.store(h.l3_off + 12, &new, 0)?;
+    } else {
+        for word in 0..4 {
+            let i = word * 4;
+            let old = u32::from_ne_bytes([h.src[i], h.src[i + 1], h.src[i + 2], h.src[i + 3]]);
+            let new = u32::from_ne_bytes([
+                revnat.vip[i],
+                revnat.vip[i + 1],
+                revnat.vip[i + 2],
+                revnat.vip[i + 3],
+            ]);
+            ctx.l4_csum_replace(check_off, old as u64, new as u64, pseudo | 4)?;
+        }
+        ctx.store(h.l3_off + 8, &revnat.vip, 0)?;
+    }
+    ctx.l4_csum_replace(check_off, h.sport as u64, revnat.port as u64, mangled_0 | 2)?;
+    ctx.store(h.l4_off, &revnat.port, 0)?;
+    Ok(())
 }
 
 #[cfg(not(test))]

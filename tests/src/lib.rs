@@ -2,7 +2,9 @@
 //! network namespaces that tears itself down, and helpers to find Porter's binaries.
 pub mod bins;
 pub mod lab;
+pub mod netns;
 pub mod netns_runtime;
+pub mod packets;
 pub mod privilege;
 pub mod routers;
 pub mod scenarios;

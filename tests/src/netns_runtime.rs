@@ -2,7 +2,7 @@
 //! (the BGP speaker) can run in-process yet open its sockets inside the lab.
 //! Network namespaces are per thread: every socket the runtime's tasks create
 //! belongs to the namespace the thread entered.
-use std::{fs::File, os::fd::AsRawFd, thread};
+use std::thread;
 
 use anyhow::{Context, Result, bail};
 use tokio::{runtime::Handle, sync::oneshot};
@@ -16,17 +16,14 @@ pub struct NetnsRuntime {
 impl NetnsRuntime {
     /// Starts a current-thread runtime on a thread inside namespace `ns`.
     pub fn new(ns: &str) -> Result<Self> {
-        let path = format!("/run/netns/{ns}");
-        let netns = File::open(&path).with_context(|| format!("opening {path}"))?;
+        let namespace = ns.to_owned();
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
         let (stop, stopped) = oneshot::channel::<()>();
         let thread = thread::Builder::new()
             .name(format!("netns-{ns}"))
             .spawn(move || {
-                // SAFETY: setns on this thread only; the fd is a valid netns file.
-                if unsafe { libc::setns(netns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-                    let _ =
-                        ready_tx.send(Err(format!("setns: {}", std::io::Error::last_os_error())));
+                if let Err(error) = crate::netns::enter(&namespace) {
+                    let _ = ready_tx.send(Err(format!("{error:#}")));
                     return;
                 }
                 let runtime = match tokio::runtime::Builder::new_current_thread()

@@ -1,13 +1,23 @@
 //! Labs assembled for a purpose, shared by the tests and `cargo xtask demo`.
-use std::{path::PathBuf, process::Command, time::Duration};
+use std::{
+    collections::BTreeMap, net::SocketAddr, path::PathBuf, process::Command, time::Duration,
+};
 
-use anyhow::{Context, Result};
-use porter_agent::{PinLayout, stats};
-use porter_common::Stat;
+use anyhow::{Context, Result, bail};
+use aya::{
+    Ebpf, EbpfLoader,
+    programs::{Xdp, XdpMode},
+};
+use porter_agent::{
+    Backend, Dataplane, DataplaneConfig, PinLayout, Protocol, ServiceAddr, ServiceSpec,
+    ebpf_object::EBPF_OBJECT, stats, xdp_attach::XdpModePreference,
+};
+use porter_common::{Stat, program_names};
 
 use crate::{
     bins,
     lab::{Lab, wait_for},
+    netns::{NamedClient, NamedServer, run_in},
 };
 
 /// A client and one node joined by a veth pair, with `porter-agent` attaching
@@ -107,4 +117,186 @@ impl SingleNodeLab {
         let link = self.lab.ip(&self.node, &["link", "show", "eth0"])?;
         Ok(link.contains("xdp"))
     }
+}
+
+/// A client, a node running the data plane on its uplink, and two pods on
+/// that node, each serving TCP/8080 with a [`NamedServer`] that says which
+/// pod it is:
+///
+/// ```text
+/// client 172.31.0.2 ── eth0 172.31.0.1  node  vp1 ── pod1 10.244.1.2
+///   (EIP 192.0.2.10 routed via the node)       vp2 ── pod2 10.244.2.2
+/// ```
+///
+/// The client's uplink sends complete checksums, as a wire does (veth would
+/// otherwise hand over offloaded, unfinished ones).
+pub struct PodLab {
+    /// Detached and stopped before the lab goes (fields drop in order).
+    _client_xdp: Ebpf,
+    _servers: Vec<NamedServer>,
+    pub lab: Lab,
+    pub client: String,
+    pub node: String,
+    pub pods: [String; 2],
+    pub bpffs: PathBuf,
+}
+
+impl PodLab {
+    pub const EIP: &'static str = "192.0.2.10";
+    pub const POD_IPS: [&'static str; 2] = ["10.244.1.2", "10.244.2.2"];
+    pub const POD_SUBNET: &'static str = "10.244.0.0/16";
+    pub const TARGET_PORT: u16 = 8080;
+
+    pub fn new(tag: &str) -> Result<Self> {
+        let mut lab = Lab::new(tag)?;
+        let client = lab.netns("cl")?;
+        let node = lab.netns("n1")?;
+        lab.veth((&client, "eth0"), (&node, "eth0"))?;
+        lab.addr(&client, "eth0", "172.31.0.2/24")?;
+        lab.addr(&node, "eth0", "172.31.0.1/24")?;
+        lab.ip(
+            &client,
+            &[
+                "route",
+                "add",
+                &format!("{}/32", Self::EIP),
+                "via",
+                "172.31.0.1",
+            ],
+        )?;
+        // Full checksums from the client, as from a wire.
+        lab.exec(
+            &client,
+            &["ethtool", "-K", "eth0", "tx", "off", "gro", "on"],
+        )?;
+        lab.exec(&node, &["sysctl", "-qw", "net.ipv4.ip_forward=1"])?;
+        let mut pods = Vec::new();
+        let mut servers = Vec::new();
+        for (index, pod_ip) in Self::POD_IPS.iter().enumerate() {
+            let pod = lab.netns(&format!("p{}", index + 1))?;
+            let host_side = format!("vp{}", index + 1);
+            lab.veth((&node, &host_side), (&pod, "eth0"))?;
+            let gateway = format!("10.244.{}.1", index + 1);
+            lab.addr(&node, &host_side, &format!("{gateway}/24"))?;
+            lab.addr(&pod, "eth0", &format!("{pod_ip}/24"))?;
+            lab.ip(&pod, &["route", "add", "default", "via", &gateway])?;
+            servers.push(NamedServer::start(
+                &pod,
+                Self::TARGET_PORT,
+                &format!("pod{}", index + 1),
+            )?);
+            pods.push(pod);
+        }
+        let bpffs = lab.bpffs()?;
+        // A veth only takes frames sent back with XDP_TX (echo replies) when
+        // its peer runs XDP too; a physical NIC needs nothing of the sort.
+        let client_xdp = attach_pass_xdp(&client, lab.bpffs()?)?;
+        let pods: [String; 2] = pods.try_into().map_err(|_| anyhow::anyhow!("two pods"))?;
+        Ok(Self {
+            _client_xdp: client_xdp,
+            _servers: servers,
+            lab,
+            client,
+            node,
+            pods,
+            bpffs,
+        })
+    }
+
+    /// What Calico's natOutgoing and flannel install: masquerade pod traffic
+    /// leaving the pod network.
+    pub fn add_pod_masquerade(&self) -> Result<()> {
+        self.lab.exec(
+            &self.node,
+            &[
+                "iptables",
+                "-t",
+                "nat",
+                "-A",
+                "POSTROUTING",
+                "-s",
+                Self::POD_SUBNET,
+                "!",
+                "-d",
+                Self::POD_SUBNET,
+                "-j",
+                "MASQUERADE",
+            ],
+        )?;
+        Ok(())
+    }
+
+    /// Opens the data plane on the node's bpffs, with XDP on the uplink and
+    /// reverse NAT on its egress (attached from inside the node namespace).
+    pub fn start_dataplane(&self, config: DataplaneConfig) -> Result<Dataplane> {
+        let pins = PinLayout::new(&self.bpffs);
+        run_in(&self.node, move || {
+            let mut dataplane = Dataplane::open(&pins, config)?;
+            dataplane.attach_xdp("eth0", XdpModePreference::Driver)?;
+            dataplane.attach_tc_egress("eth0")?;
+            Ok(dataplane)
+        })
+    }
+
+    /// The service `EIP:port/tcp` with the given pods (indices) as backends.
+    pub fn service(port: u16, pods: &[usize]) -> Result<ServiceSpec> {
+        Ok(ServiceSpec {
+            addr: ServiceAddr {
+                vip: Self::EIP.parse()?,
+                port,
+                proto: Protocol::Tcp,
+            },
+            backends: pods
+                .iter()
+                .map(|&pod| {
+                    Ok(Backend {
+                        addr: Self::POD_IPS.get(pod).context("pod index")?.parse()?,
+                        port: Self::TARGET_PORT,
+                    })
+                })
+                .collect::<Result<_>>()?,
+        })
+    }
+
+    /// Opens a connection from the client to `EIP:port`.
+    pub fn connect(&self, port: u16) -> Result<NamedClient> {
+        let addr = SocketAddr::new(Self::EIP.parse()?, port);
+        run_in(&self.client, move || NamedClient::connect(addr))
+    }
+
+    /// Opens `count` connections one after another and counts who answered.
+    pub fn spread(&self, port: u16, count: usize) -> Result<BTreeMap<String, usize>> {
+        let addr = SocketAddr::new(Self::EIP.parse()?, port);
+        run_in(&self.client, move || {
+            let mut answers = BTreeMap::new();
+            for _ in 0..count {
+                let client = NamedClient::connect(addr)?;
+                if client.peer()? != addr {
+                    bail!(
+                        "connection answered by {} instead of {addr}",
+                        client.peer()?
+                    );
+                }
+                *answers.entry(client.server).or_insert(0) += 1;
+            }
+            Ok(answers)
+        })
+    }
+}
+
+/// Puts Porter's pass-everything XDP program on `ns`'s eth0 (its maps pinned
+/// under `bpffs`, apart from any data plane's); detached when dropped.
+fn attach_pass_xdp(ns: &str, bpffs: PathBuf) -> Result<Ebpf> {
+    run_in(ns, move || {
+        let mut ebpf = EbpfLoader::new()
+            .default_map_pin_directory(&bpffs)
+            .load(EBPF_OBJECT)?;
+        let program: &mut Xdp = ebpf
+            .program_mut(program_names::XDP_EMPTY)
+            .context("no empty XDP program")?
+            .try_into()?;
+        program.load()?;
+        program.attach("eth0", XdpMode::Driver)?;
+        Ok(ebpf)
+    })
 }

@@ -26,7 +26,7 @@ enum Task {
     Test(test::TestArgs),
     /// Build everything and show Porter working in a network-namespace lab (needs root).
     Demo(demo::DemoArgs),
-    /// Run a benchmark suite (bgp) and print JSON lines.
+    /// Run a benchmark suite; prints JSON lines with a same-run baseline (needs root).
     Bench(bench::BenchArgs),
     /// Install the Debian packages, bpffs mount and eBPF toolchain that `test` and
     /// `demo` need (both run this first).

@@ -25,6 +25,7 @@ pub const DEBIAN_PACKAGES: &[&str] = &[
     "protobuf-compiler",
     "protobuf-compiler-grpc",
     "golang-github-osrg-gobgp-dev",
+    "ethtool",
 ];
 
 pub fn ensure_all() -> Result<()> {

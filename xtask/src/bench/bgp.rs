@@ -17,7 +17,7 @@ use porter_tests::{
     routers::{BgpLab, Daemon, ROUTER_V4, Router, SPEAKER_V4},
 };
 
-use super::report;
+use super::emit;
 use crate::cmd;
 
 const PREFIXES: u32 = 10_000;
@@ -64,16 +64,16 @@ pub fn run() -> Result<()> {
     let case = format!("{PREFIXES}x{NEXT_HOPS}_into_bird");
 
     let porter = measure_porter(&lab, &router, &load)?;
-    report("bgp", &case, "seconds_to_converge", porter.seconds, "s");
-    report(
+    emit("bgp", &case, "seconds_to_converge", porter.seconds, "s");
+    emit(
         "bgp",
         &case,
         "seconds_after_established",
         porter.seconds_after_established,
         "s",
     );
-    report("bgp", &case, "cpu_seconds", porter.cpu_seconds, "s");
-    report("bgp", &case, "peak_rss_mib", porter.peak_rss_mib, "MiB");
+    emit("bgp", &case, "cpu_seconds", porter.cpu_seconds, "s");
+    emit("bgp", &case, "peak_rss_mib", porter.peak_rss_mib, "MiB");
 
     // A fresh BIRD for the baseline, so that neither speaker meets a BIRD
     // still backing off from the previous session.
@@ -82,24 +82,24 @@ pub fn run() -> Result<()> {
 
     let gobgp = measure_gobgp(&mut lab, &router)?;
     let baseline = format!("{case}_gobgp");
-    report("bgp", &baseline, "seconds_to_converge", gobgp.seconds, "s");
-    report(
+    emit("bgp", &baseline, "seconds_to_converge", gobgp.seconds, "s");
+    emit(
         "bgp",
         &baseline,
         "seconds_after_established",
         gobgp.seconds_after_established,
         "s",
     );
-    report("bgp", &baseline, "cpu_seconds", gobgp.cpu_seconds, "s");
-    report("bgp", &baseline, "peak_rss_mib", gobgp.peak_rss_mib, "MiB");
-    report(
+    emit("bgp", &baseline, "cpu_seconds", gobgp.cpu_seconds, "s");
+    emit("bgp", &baseline, "peak_rss_mib", gobgp.peak_rss_mib, "MiB");
+    emit(
         "bgp",
         &case,
         "ratio_vs_gobgp",
         porter.seconds / gobgp.seconds,
         "ratio",
     );
-    report(
+    emit(
         "bgp",
         &case,
         "ratio_vs_gobgp_after_established",

@@ -1,24 +1,37 @@
-//! `cargo xtask bench <suite>`: benchmarks that print one JSON object per line,
-//! `{"suite":..,"case":..,"metric":..,"value":..,"unit":..}`.
+//! `cargo xtask bench <suite>`: prints one JSON object per line,
+//! `{"suite":..,"case":..,"metric":..,"value":..,"unit":..}`, each suite with
+//! a baseline measured in the same run.
 mod bgp;
+mod dataplane;
 
-use anyhow::{Result, bail};
+use anyhow::Result;
 
 #[derive(clap::Args)]
 pub struct BenchArgs {
-    /// The suite to run: bgp.
-    pub suite: String,
+    /// Which suite to run.
+    #[arg(value_enum)]
+    pub suite: Suite,
+    /// Seconds per throughput measurement (lab suites).
+    #[arg(long, default_value_t = 3)]
+    pub seconds: u64,
+}
+
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+pub enum Suite {
+    /// XDP per-packet cost (BPF_PROG_TEST_RUN) and lab throughput vs iptables DNAT.
+    Dataplane,
+    /// 10,000 prefixes x 4 next hops into BIRD, against GoBGP loading the same set.
+    Bgp,
 }
 
 pub fn run(args: &BenchArgs) -> Result<()> {
-    match args.suite.as_str() {
-        "bgp" => bgp::run(),
-        other => bail!("unknown bench suite {other:?}; known: bgp"),
+    match args.suite {
+        Suite::Dataplane => dataplane::run(args),
+        Suite::Bgp => bgp::run(),
     }
 }
-
 /// Prints one result line.
-pub fn report(suite: &str, case: &str, metric: &str, value: f64, unit: &str) {
+pub fn emit(suite: &str, case: &str, metric: &str, value: f64, unit: &str) {
     println!(
         "{}",
         serde_json::json!({"suite": suite, "case": case, "metric": metric, "value": value, "unit": unit})

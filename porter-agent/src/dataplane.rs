@@ -1,0 +1,524 @@
+//! The userspace data plane API: installs services and their local backends
+//! into the pinned maps, builds and swaps Maglev tables, reads counters, and
+//! picks up the pinned state of an earlier agent.
+//!
+//! Table swaps are double-buffered: every service owns two tables of M slots
+//! in the Maglev array. An update writes the spare one, then rewrites the
+//! service's value (one atomic map update) to point at it, so a packet sees
+//! either the old table or the new one, never a mix.
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    path::PathBuf,
+};
+
+use aya::{
+    Ebpf,
+    maps::{Array, HashMap, MapData, MapError, PerCpuArray, PerCpuValues},
+    programs::{
+        ProgramError, SchedClassifier, TcAttachType,
+        links::{FdLink, LinkError, PinnedLink},
+        tc,
+    },
+};
+use porter_common::{
+    BackendValue, ServiceCounters, ServiceKey, ServiceValue, VipKey, map_names, program_names,
+};
+use tracing::{debug, info};
+
+use crate::{
+    PinLayout, maglev,
+    service::{Backend, ServiceAddr, ServiceSpec, SpecError},
+    stats,
+    xdp_attach::{self, AttachError, Attachment, XdpModePreference},
+};
+
+/// Sizes fixed when the maps are first created (and pinned).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DataplaneConfig {
+    /// M, the Maglev table size: a prime at least 100x the most backends a service has.
+    pub maglev_size: u32,
+    /// Most services (VIP:port/proto) this node can serve.
+    pub max_services: u32,
+}
+
+impl Default for DataplaneConfig {
+    fn default() -> Self {
+        Self {
+            maglev_size: porter_common::limits::DEFAULT_MAGLEV_SIZE,
+            max_services: porter_common::limits::DEFAULT_MAX_SERVICES,
+        }
+    }
+}
+
+impl DataplaneConfig {
+    fn maglev_entries(&self) -> u32 {
+        self.max_services
+            .saturating_mul(2)
+            .saturating_mul(self.maglev_size)
+    }
+
+    fn table_base(&self, service_id: u32, buffer: u32) -> u32 {
+        (service_id * 2 + buffer) * self.maglev_size
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DataplaneError {
+    #[error(transparent)]
+    Attach(#[from] AttachError),
+    #[error(transparent)]
+    Spec(#[from] SpecError),
+    #[error(transparent)]
+    Maglev(#[from] maglev::MaglevError),
+    #[error("the eBPF object has no map {0}; agent and object are out of step")]
+    MissingMap(&'static str),
+    #[error("map {map}: {source}")]
+    Map { map: &'static str, source: MapError },
+    #[error(
+        "pinned map {map} holds {found} entries but this configuration needs {wanted}; \
+         run `porter-agent cleanup` (drops conntrack) or keep the old Maglev size and service limit"
+    )]
+    PinnedSizeMismatch {
+        map: &'static str,
+        found: u32,
+        wanted: u32,
+    },
+    #[error("no room for service {0}: all service slots are used; raise max_services")]
+    ServiceSlotsFull(ServiceAddr),
+    #[error("no free backend id for service {0}")]
+    BackendIdsFull(ServiceAddr),
+    #[error("program {name}: {source}")]
+    Program {
+        name: &'static str,
+        source: ProgramError,
+    },
+    #[error("tc on {interface}: {source}")]
+    Tc {
+        interface: String,
+        source: ProgramError,
+    },
+    #[error("cannot use pinned tc link {path}: {source}")]
+    TcLink { path: PathBuf, source: LinkError },
+    #[error("cannot pin tc link at {path}: {source}")]
+    TcPin {
+        path: PathBuf,
+        source: aya::pin::PinError,
+    },
+    #[error("cannot count CPUs: {0}")]
+    Cpus(String),
+    #[error(transparent)]
+    Stats(#[from] stats::StatsError),
+}
+
+fn map_err(map: &'static str) -> impl Fn(MapError) -> DataplaneError {
+    move |source| DataplaneError::Map { map, source }
+}
+
+/// A service as installed in the maps.
+#[derive(Clone, Debug)]
+struct Installed {
+    id: u32,
+    /// Which of the service's two tables is live.
+    active: u32,
+    backends: BTreeMap<Backend, u32>,
+}
+
+pub struct Dataplane {
+    ebpf: Ebpf,
+    pins: PinLayout,
+    config: DataplaneConfig,
+    services: HashMap<MapData, ServiceKey, ServiceValue>,
+    vips: HashMap<MapData, VipKey, u32>,
+    backends: HashMap<MapData, u32, BackendValue>,
+    maglev: Array<MapData, u32>,
+    service_stats: PerCpuArray<MapData, ServiceCounters>,
+    installed: BTreeMap<ServiceAddr, Installed>,
+}
+
+impl Dataplane {
+    /// Loads the programs with the maps pinned under `pins` (creating them
+    /// the first time), and reads back what an earlier agent installed.
+    pub fn open(pins: &PinLayout, config: DataplaneConfig) -> Result<Self, DataplaneError> {
+        let mut ebpf = xdp_attach::load_with(pins, |loader| {
+            loader
+                .map_max_entries(map_names::MAGLEV, config.maglev_entries())
+                .map_max_entries(map_names::SERVICES, config.max_services)
+                .map_max_entries(map_names::VIPS, config.max_services)
+                .map_max_entries(map_names::SERVICE_COUNTERS, config.max_services);
+        })?;
+        let tc: &mut SchedClassifier = ebpf
+            .program_mut(program_names::TC_REVNAT)
+            .ok_or(AttachError::MissingProgram)?
+            .try_into()
+            .map_err(|source| DataplaneError::Program {
+                name: program_names::TC_REVNAT,
+                source,
+            })?;
+        tc.load().map_err(|source| DataplaneError::Program {
+            name: program_names::TC_REVNAT,
+            source,
+        })?;
+        let maglev_map = ebpf
+            .take_map(map_names::MAGLEV)
+            .ok_or(DataplaneError::MissingMap(map_names::MAGLEV))?;
+        let found = match &maglev_map {
+            aya::maps::Map::Array(data) => data
+                .info()
+                .map_err(map_err(map_names::MAGLEV))?
+                .max_entries(),
+            _ => 0,
+        };
+        // Pinned maps are reused as they are, whatever size we asked for.
+        if found != config.maglev_entries() {
+            return Err(DataplaneError::PinnedSizeMismatch {
+                map: map_names::MAGLEV,
+                found,
+                wanted: config.maglev_entries(),
+            });
+        }
+        let maglev = Array::try_from(maglev_map).map_err(map_err(map_names::MAGLEV))?;
+        let mut dataplane = Self {
+            services: take(&mut ebpf, map_names::SERVICES)?,
+            vips: take(&mut ebpf, map_names::VIPS)?,
+            backends: take(&mut ebpf, map_names::BACKENDS)?,
+            service_stats: take(&mut ebpf, map_names::SERVICE_COUNTERS)?,
+            maglev,
+            ebpf,
+            pins: pins.clone(),
+            config,
+            installed: BTreeMap::new(),
+        };
+        dataplane.read_back()?;
+        Ok(dataplane)
+    }
+
+    pub fn config(&self) -> DataplaneConfig {
+        self.config
+    }
+
+    /// The loaded programs, e.g. for BPF_PROG_TEST_RUN.
+    pub fn ebpf_mut(&mut self) -> &mut Ebpf {
+        &mut self.ebpf
+    }
+
+    /// Attaches the XDP program to `interface` through a pinned link.
+    pub fn attach_xdp(
+        &mut self,
+        interface: &str,
+        mode: XdpModePreference,
+    ) -> Result<Attachment, DataplaneError> {
+        Ok(xdp_attach::attach_xdp(
+            &mut self.ebpf,
+            &self.pins,
+            interface,
+            mode,
+        )?)
+    }
+
+    /// Attaches the reverse-NAT program to the egress of uplink `interface`
+    /// through a pinned TCX link, replacing an earlier agent's program in place.
+    ///
+    /// Why uplink egress: XDP passes translated packets to the kernel, so the
+    /// node's netfilter sees both directions of every flow as client <-> pod.
+    /// A MASQUERADE rule for the pod subnet (Calico natOutgoing, flannel)
+    /// decides on a flow's first packet, which comes from the client, so the
+    /// replies keep the pod's address until they leave here, where they
+    /// become `VIP:port`. (Had XDP redirected past netfilter, a reply would
+    /// look like a new pod-to-outside flow and be masqueraded before reaching
+    /// this hook.)
+    pub fn attach_tc_egress(&mut self, interface: &str) -> Result<(), DataplaneError> {
+        let direction = "egress";
+        let path = self
+            .pins
+            .links_dir()
+            .join(format!("tc-{direction}-{interface}"));
+        let program: &mut SchedClassifier = self
+            .ebpf
+            .program_mut(program_names::TC_REVNAT)
+            .ok_or(AttachError::MissingProgram)?
+            .try_into()
+            .map_err(|source| DataplaneError::Program {
+                name: program_names::TC_REVNAT,
+                source,
+            })?;
+        let tc_err = |source| DataplaneError::Tc {
+            interface: interface.to_owned(),
+            source,
+        };
+        if path.exists() {
+            let pinned = PinnedLink::from_pin(&path).map_err(|source| DataplaneError::TcLink {
+                path: path.clone(),
+                source,
+            })?;
+            let link =
+                FdLink::from(pinned)
+                    .try_into()
+                    .map_err(|source| DataplaneError::TcLink {
+                        path: path.clone(),
+                        source,
+                    })?;
+            program.attach_to_link(link).map_err(tc_err)?;
+            info!(
+                interface,
+                direction, "replaced the program on the pinned tc link"
+            );
+            return Ok(());
+        }
+        // Only needed for the netlink fallback on kernels without TCX.
+        let _ = tc::qdisc_add_clsact(interface);
+        let id = program
+            .attach(interface, TcAttachType::Egress)
+            .map_err(tc_err)?;
+        let link: FdLink = program
+            .take_link(id)
+            .map_err(tc_err)?
+            .try_into()
+            .map_err(|source| DataplaneError::TcLink {
+                path: path.clone(),
+                source,
+            })?;
+        link.pin(&path).map_err(|source| DataplaneError::TcPin {
+            path: path.clone(),
+            source,
+        })?;
+        info!(interface, direction, pin = %path.display(), "attached tc reverse NAT");
+        Ok(())
+    }
+
+    /// The services installed now, backends sorted.
+    pub fn services(&self) -> Vec<ServiceSpec> {
+        self.installed
+            .iter()
+            .map(|(addr, installed)| ServiceSpec {
+                addr: *addr,
+                backends: installed.backends.keys().copied().collect(),
+            })
+            .collect()
+    }
+
+    /// Makes the maps serve exactly `desired`: upserts each, removes the rest.
+    pub fn reconcile(&mut self, desired: &[ServiceSpec]) -> Result<(), DataplaneError> {
+        let wanted: BTreeSet<ServiceAddr> = desired.iter().map(|spec| spec.addr).collect();
+        let stale: Vec<ServiceAddr> = self
+            .installed
+            .keys()
+            .filter(|addr| !wanted.contains(addr))
+            .copied()
+            .collect();
+        for addr in stale {
+            self.remove_service(&addr)?;
+        }
+        desired
+            .iter()
+            .try_for_each(|spec| self.upsert_service(spec))
+    }
+
+    /// Installs `spec`, or changes its backends. A no-op when nothing changed.
+    pub fn upsert_service(&mut self, spec: &ServiceSpec) -> Result<(), DataplaneError> {
+        let wanted = spec.backend_set()?;
+        maglev::validate_size(self.config.maglev_size, wanted.len())?;
+        let addr = spec.addr;
+        let existing = self.installed.get(&addr).cloned();
+        if let Some(existing) = &existing
+            && existing.backends.keys().eq(wanted.iter())
+        {
+            return Ok(());
+        }
+        let is_new = existing.is_none();
+        let mut installed = match existing {
+            Some(installed) => installed,
+            None => Installed {
+                id: self.free_service_id(addr)?,
+                // The first table written is buffer 0: "flip" from 1.
+                active: 1,
+                backends: BTreeMap::new(),
+            },
+        };
+        if is_new {
+            self.reset_counters(installed.id)?;
+        }
+
+        // New backends get ids (and map entries) before any table names them.
+        let mut next_backends = BTreeMap::new();
+        for backend in &wanted {
+            let id = match installed.backends.get(backend) {
+                Some(&id) => id,
+                None => {
+                    let id = self.free_backend_id(addr)?;
+                    self.backends
+                        .insert(id, backend.value(installed.id), 0)
+                        .map_err(map_err(map_names::BACKENDS))?;
+                    id
+                }
+            };
+            next_backends.insert(*backend, id);
+        }
+
+        let names: Vec<String> = next_backends.keys().map(Backend::to_string).collect();
+        let ids: Vec<u32> = next_backends.values().copied().collect();
+        let table = maglev::build(&names, self.config.maglev_size)?;
+        let spare = 1 - installed.active;
+        let base = self.config.table_base(installed.id, spare);
+        for (slot, &backend_index) in table.iter().enumerate() {
+            self.maglev
+                .set(base + slot as u32, ids[backend_index as usize], 0)
+                .map_err(map_err(map_names::MAGLEV))?;
+        }
+        let value = ServiceValue {
+            id: installed.id,
+            table_base: base,
+            table_size: self.config.maglev_size,
+            backend_count: next_backends.len() as u32,
+        };
+        self.services
+            .insert(addr.key(), value, 0)
+            .map_err(map_err(map_names::SERVICES))?;
+        if is_new {
+            let vip = addr.vip_key();
+            let users = self.vips.get(&vip, 0).unwrap_or(0);
+            self.vips
+                .insert(vip, users + 1, 0)
+                .map_err(map_err(map_names::VIPS))?;
+        }
+        // Only after the flip: no live table names these any more.
+        for (backend, id) in &installed.backends {
+            if !next_backends.contains_key(backend) {
+                self.remove_backend(*id)?;
+            }
+        }
+        installed.active = spare;
+        installed.backends = next_backends;
+        info!(service = %addr, backends = installed.backends.len(), table = spare, "service installed");
+        self.installed.insert(addr, installed);
+        Ok(())
+    }
+
+    /// Stops serving `addr`. Unknown services are ignored.
+    pub fn remove_service(&mut self, addr: &ServiceAddr) -> Result<(), DataplaneError> {
+        let Some(installed) = self.installed.remove(addr) else {
+            return Ok(());
+        };
+        ignore_missing(self.services.remove(&addr.key())).map_err(map_err(map_names::SERVICES))?;
+        let vip = addr.vip_key();
+        match self.vips.get(&vip, 0) {
+            Ok(users) if users > 1 => self
+                .vips
+                .insert(vip, users - 1, 0)
+                .map_err(map_err(map_names::VIPS))?,
+            _ => ignore_missing(self.vips.remove(&vip)).map_err(map_err(map_names::VIPS))?,
+        }
+        for id in installed.backends.values() {
+            self.remove_backend(*id)?;
+        }
+        info!(service = %addr, "service removed");
+        Ok(())
+    }
+
+    /// Packets, bytes and new flows of one service, summed over CPUs.
+    pub fn service_counters(
+        &self,
+        addr: &ServiceAddr,
+    ) -> Result<Option<ServiceCounters>, DataplaneError> {
+        let Some(installed) = self.installed.get(addr) else {
+            return Ok(None);
+        };
+        let per_cpu = self
+            .service_stats
+            .get(&installed.id, 0)
+            .map_err(map_err(map_names::SERVICE_COUNTERS))?;
+        Ok(Some(per_cpu.iter().fold(
+            ServiceCounters::default(),
+            |sum, cpu| ServiceCounters {
+                packets: sum.packets + cpu.packets,
+                bytes: sum.bytes + cpu.bytes,
+                new_flows: sum.new_flows + cpu.new_flows,
+            },
+        )))
+    }
+
+    /// Global pass/drop reason counters, summed over CPUs.
+    pub fn global_counters(&self) -> Result<Vec<(porter_common::Stat, u64)>, DataplaneError> {
+        Ok(stats::read_global_stats(&self.pins)?)
+    }
+
+    fn remove_backend(&mut self, id: u32) -> Result<(), DataplaneError> {
+        ignore_missing(self.backends.remove(&id)).map_err(map_err(map_names::BACKENDS))
+    }
+
+    fn free_service_id(&self, addr: ServiceAddr) -> Result<u32, DataplaneError> {
+        let used: BTreeSet<u32> = self.installed.values().map(|i| i.id).collect();
+        (0..self.config.max_services)
+            .find(|id| !used.contains(id))
+            .ok_or(DataplaneError::ServiceSlotsFull(addr))
+    }
+
+    fn free_backend_id(&self, addr: ServiceAddr) -> Result<u32, DataplaneError> {
+        // Ids in the map (not only ours): never hand out one still in use.
+        (0..porter_common::limits::MAX_BACKENDS)
+            .find(|id| self.backends.get(id, 0).is_err())
+            .ok_or(DataplaneError::BackendIdsFull(addr))
+    }
+
+    fn reset_counters(&mut self, id: u32) -> Result<(), DataplaneError> {
+        let cpus = aya::util::nr_cpus()
+            .map_err(|(what, err)| DataplaneError::Cpus(format!("{what}: {err}")))?;
+        let zeros = PerCpuValues::try_from(vec![ServiceCounters::default(); cpus])
+            .map_err(|err| DataplaneError::Cpus(err.to_string()))?;
+        self.service_stats
+            .set(id, zeros, 0)
+            .map_err(map_err(map_names::SERVICE_COUNTERS))
+    }
+
+    /// Rebuilds `installed` from the pinned maps (after an agent restart).
+    fn read_back(&mut self) -> Result<(), DataplaneError> {
+        let mut by_service: BTreeMap<u32, BTreeMap<Backend, u32>> = BTreeMap::new();
+        for entry in self.backends.iter() {
+            let (id, value) = entry.map_err(map_err(map_names::BACKENDS))?;
+            if let Some(backend) = Backend::from_value(&value) {
+                by_service
+                    .entry(value.service_id)
+                    .or_default()
+                    .insert(backend, id);
+            }
+        }
+        for entry in self.services.iter() {
+            let (key, value) = entry.map_err(map_err(map_names::SERVICES))?;
+            let Some(addr) = ServiceAddr::from_key(&key) else {
+                continue;
+            };
+            let active = u32::from(value.table_base != self.config.table_base(value.id, 0));
+            let backends = by_service.remove(&value.id).unwrap_or_default();
+            debug!(service = %addr, backends = backends.len(), "found pinned service");
+            self.installed.insert(
+                addr,
+                Installed {
+                    id: value.id,
+                    active,
+                    backends,
+                },
+            );
+        }
+        // Backends of services that are gone (an agent died mid-update).
+        for id in by_service.into_values().flat_map(BTreeMap::into_values) {
+            self.remove_backend(id)?;
+        }
+        Ok(())
+    }
+}
+
+fn take<T: TryFrom<aya::maps::Map, Error = MapError>>(
+    ebpf: &mut Ebpf,
+    name: &'static str,
+) -> Result<T, DataplaneError> {
+    let map = ebpf
+        .take_map(name)
+        .ok_or(DataplaneError::MissingMap(name))?;
+    T::try_from(map).map_err(map_err(name))
+}
+
+fn ignore_missing(result: Result<(), MapError>) -> Result<(), MapError> {
+    match result {
+        Err(MapError::KeyNotFound) => Ok(()),
+        other => other,
+    }
+}

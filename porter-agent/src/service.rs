@@ -1,0 +1,251 @@
+//! What the data plane serves, in userspace terms, and its encoding into the
+//! map keys and values of `porter-common`. Pure: no maps, no syscalls.
+use std::{
+    collections::BTreeSet,
+    fmt,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+};
+
+use porter_common::{BackendValue, FAMILY_V4, FAMILY_V6, PROTO_TCP, PROTO_UDP, ServiceKey, VipKey};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Protocol {
+    Tcp,
+    Udp,
+}
+
+impl Protocol {
+    pub fn number(self) -> u8 {
+        match self {
+            Protocol::Tcp => PROTO_TCP,
+            Protocol::Udp => PROTO_UDP,
+        }
+    }
+
+    pub fn from_number(number: u8) -> Option<Self> {
+        match number {
+            PROTO_TCP => Some(Protocol::Tcp),
+            PROTO_UDP => Some(Protocol::Udp),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for Protocol {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Protocol::Tcp => "tcp",
+            Protocol::Udp => "udp",
+        })
+    }
+}
+
+/// Where a service listens: `vip:port/proto`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ServiceAddr {
+    pub vip: IpAddr,
+    pub port: u16,
+    pub proto: Protocol,
+}
+
+impl fmt::Display for ServiceAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.vip {
+            IpAddr::V4(ip) => write!(f, "{ip}:{}/{}", self.port, self.proto),
+            IpAddr::V6(ip) => write!(f, "[{ip}]:{}/{}", self.port, self.proto),
+        }
+    }
+}
+
+/// A local endpoint: `podIP:targetPort`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Backend {
+    pub addr: IpAddr,
+    pub port: u16,
+}
+
+impl fmt::Display for Backend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.addr {
+            IpAddr::V4(ip) => write!(f, "{ip}:{}", self.port),
+            IpAddr::V6(ip) => write!(f, "[{ip}]:{}", self.port),
+        }
+    }
+}
+
+/// A service and its backends on this node.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ServiceSpec {
+    pub addr: ServiceAddr,
+    pub backends: Vec<Backend>,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum SpecError {
+    #[error("service {service}: backend {backend} is not the same IP family as the service")]
+    FamilyMismatch {
+        service: ServiceAddr,
+        backend: Backend,
+    },
+    #[error("service {service}: port 0 is not a valid {what} port")]
+    PortZero {
+        service: ServiceAddr,
+        what: &'static str,
+    },
+}
+
+impl ServiceSpec {
+    /// The backends, deduplicated and sorted (the order Maglev is built in).
+    pub fn backend_set(&self) -> Result<BTreeSet<Backend>, SpecError> {
+        if self.addr.port == 0 {
+            return Err(SpecError::PortZero {
+                service: self.addr,
+                what: "service",
+            });
+        }
+        self.backends
+            .iter()
+            .map(|&backend| {
+                if backend.addr.is_ipv4() != self.addr.vip.is_ipv4() {
+                    Err(SpecError::FamilyMismatch {
+                        service: self.addr,
+                        backend,
+                    })
+                } else if backend.port == 0 {
+                    Err(SpecError::PortZero {
+                        service: self.addr,
+                        what: "backend",
+                    })
+                } else {
+                    Ok(backend)
+                }
+            })
+            .collect()
+    }
+}
+
+/// `(family, 16 address bytes)` as the maps hold addresses.
+pub fn encode_ip(ip: IpAddr) -> (u8, [u8; 16]) {
+    let mut bytes = [0u8; 16];
+    match ip {
+        IpAddr::V4(v4) => {
+            bytes[..4].copy_from_slice(&v4.octets());
+            (FAMILY_V4, bytes)
+        }
+        IpAddr::V6(v6) => (FAMILY_V6, v6.octets()),
+    }
+}
+
+pub fn decode_ip(family: u8, bytes: [u8; 16]) -> Option<IpAddr> {
+    match family {
+        FAMILY_V4 => Some(IpAddr::V4(Ipv4Addr::new(
+            bytes[0], bytes[1], bytes[2], bytes[3],
+        ))),
+        FAMILY_V6 => Some(IpAddr::V6(Ipv6Addr::from(bytes))),
+        _ => None,
+    }
+}
+
+impl ServiceAddr {
+    pub fn key(&self) -> ServiceKey {
+        let (family, addr) = encode_ip(self.vip);
+        ServiceKey {
+            addr,
+            port: self.port.to_be(),
+            proto: self.proto.number(),
+            family,
+        }
+    }
+
+    pub fn vip_key(&self) -> VipKey {
+        let (family, addr) = encode_ip(self.vip);
+        VipKey {
+            addr,
+            family,
+            _pad: [0; 3],
+        }
+    }
+
+    pub fn from_key(key: &ServiceKey) -> Option<Self> {
+        Some(Self {
+            vip: decode_ip(key.family, key.addr)?,
+            port: u16::from_be(key.port),
+            proto: Protocol::from_number(key.proto)?,
+        })
+    }
+}
+
+impl Backend {
+    pub fn value(&self, service_id: u32) -> BackendValue {
+        let (family, addr) = encode_ip(self.addr);
+        BackendValue {
+            addr,
+            port: self.port.to_be(),
+            family,
+            _pad: 0,
+            service_id,
+        }
+    }
+
+    pub fn from_value(value: &BackendValue) -> Option<Self> {
+        Some(Self {
+            addr: decode_ip(value.family, value.addr)?,
+            port: u16::from_be(value.port),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn service(vip: &str, backends: &[(&str, u16)]) -> ServiceSpec {
+        ServiceSpec {
+            addr: ServiceAddr {
+                vip: vip.parse().expect("test ip"),
+                port: 80,
+                proto: Protocol::Tcp,
+            },
+            backends: backends
+                .iter()
+                .map(|(ip, port)| Backend {
+                    addr: ip.parse().expect("test ip"),
+                    port: *port,
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn keys_round_trip_in_network_order() {
+        for vip in ["192.0.2.10", "2001:db8::10"] {
+            let spec = service(vip, &[]);
+            let key = spec.addr.key();
+            assert_eq!(key.port, 80u16.to_be());
+            assert_eq!(ServiceAddr::from_key(&key), Some(spec.addr));
+        }
+        let backend = Backend {
+            addr: "10.244.1.5".parse().expect("ip"),
+            port: 8080,
+        };
+        let value = backend.value(3);
+        assert_eq!(&value.addr[..4], &[10, 244, 1, 5]);
+        assert_eq!(Backend::from_value(&value), Some(backend));
+    }
+
+    #[test]
+    fn backend_sets_are_sorted_deduplicated_and_same_family() {
+        let spec = service(
+            "192.0.2.10",
+            &[("10.0.0.2", 80), ("10.0.0.1", 80), ("10.0.0.2", 80)],
+        );
+        let set: Vec<Backend> = spec.backend_set().expect("valid").into_iter().collect();
+        assert_eq!(set.len(), 2);
+        assert!(set[0] < set[1]);
+        let mixed = service("192.0.2.10", &[("fd00::1", 80)]);
+        assert!(matches!(
+            mixed.backend_set(),
+            Err(SpecError::FamilyMismatch { .. })
+        ));
+    }
+}

@@ -1,0 +1,203 @@
+//! Header parsing shared by the XDP and tc programs: Ethernet with up to two
+//! VLAN tags, IPv4 (with options) or IPv6 (with a bounded extension header
+//! walk), then the first bytes of TCP, UDP or ICMP.
+//!
+//! Everything works on `[data, data_end)` with a bounds check before every
+//! read, so the verifier accepts it and a short packet is reported, not read
+//! past.
+use core::mem::size_of;
+
+use porter_common::{FAMILY_V4, FAMILY_V6, Stat};
+
+pub const ETH_P_IP: u16 = 0x0800;
+pub const ETH_P_IPV6: u16 = 0x86dd;
+const ETH_P_8021Q: u16 = 0x8100;
+const ETH_P_8021AD: u16 = 0x88a8;
+pub const IPPROTO_ICMP: u8 = 1;
+pub const IPPROTO_ICMPV6: u8 = 58;
+pub const IPPROTO_TCP: u8 = 6;
+pub const IPPROTO_UDP: u8 = 17;
+const ETH_HLEN: usize = 14;
+const MAX_VLAN_TAGS: usize = 2;
+const MAX_V6_EXT_HEADERS: usize = 4;
+/// Offsets never exceed this, which keeps the verifier's ranges small.
+const MAX_L4_OFFSET: usize = 512;
+
+/// Reads a `T` at `off` if the packet is long enough.
+#[inline(always)]
+pub fn load<T: Copy>(data: usize, data_end: usize, off: usize) -> Option<T> {
+    if off > MAX_L4_OFFSET + 64 {
+        return None;
+    }
+    let start = data + off;
+    if start + size_of::<T>() > data_end {
+        return None;
+    }
+    // SAFETY: bounds checked above; packets are not aligned, hence read_unaligned.
+    Some(unsafe { core::ptr::read_unaligned(start as *const T) })
+}
+
+/// Writes `value` at `off` if the packet is long enough.
+#[inline(always)]
+pub fn store<T: Copy>(data: usize, data_end: usize, off: usize, value: T) -> Option<()> {
+    if off > MAX_L4_OFFSET + 64 {
+        return None;
+    }
+    let start = data + off;
+    if start + size_of::<T>() > data_end {
+        return None;
+    }
+    // SAFETY: bounds checked above.
+    unsafe { core::ptr::write_unaligned(start as *mut T, value) };
+    Some(())
+}
+
+/// The headers of one packet, as far as the data plane cares.
+#[derive(Clone, Copy)]
+pub struct Headers {
+    pub family: u8,
+    pub proto: u8,
+    /// Offset of the IP header.
+    pub l3_off: usize,
+    /// Offset of the TCP/UDP/ICMP header.
+    pub l4_off: usize,
+    pub src: [u8; 16],
+    pub dst: [u8; 16],
+    /// Network byte order; 0 for protocols without ports.
+    pub sport: u16,
+    pub dport: u16,
+    /// ICMP type, for ICMP and ICMPv6.
+    pub icmp_type: u8,
+}
+
+/// Parses the packet, or says why it must pass untouched.
+#[inline(always)]
+pub fn parse(data: usize, data_end: usize) -> Result<Headers, Stat> {
+    let mut ethertype = u16::from_be(load::<u16>(data, data_end, 12).ok_or(Stat::PassTruncated)?);
+    let mut off = ETH_HLEN;
+    for _ in 0..MAX_VLAN_TAGS {
+        if ethertype != ETH_P_8021Q && ethertype != ETH_P_8021AD {
+            break;
+        }
+        ethertype = u16::from_be(load::<u16>(data, data_end, off + 2).ok_or(Stat::PassTruncated)?);
+        off += 4;
+    }
+    let mut headers = Headers {
+        family: 0,
+        proto: 0,
+        l3_off: off,
+        l4_off: 0,
+        src: [0; 16],
+        dst: [0; 16],
+        sport: 0,
+        dport: 0,
+        icmp_type: 0,
+    };
+    match ethertype {
+        ETH_P_IP => parse_v4(data, data_end, &mut headers)?,
+        ETH_P_IPV6 => parse_v6(data, data_end, &mut headers)?,
+        _ => return Err(Stat::PassNotIp),
+    }
+    parse_l4(data, data_end, &mut headers)?;
+    Ok(headers)
+}
+
+#[inline(always)]
+fn parse_v4(data: usize, data_end: usize, h: &mut Headers) -> Result<(), Stat> {
+    let off = h.l3_off;
+    let header: [u8; 20] = load(data, data_end, off).ok_or(Stat::PassTruncated)?;
+    if header[0] >> 4 != 4 {
+        return Err(Stat::PassTruncated);
+    }
+    let ihl = ((header[0] & 0x0f) as usize) * 4;
+    let total_len = u16::from_be_bytes([header[2], header[3]]) as usize;
+    if ihl < 20 || total_len < ihl || data + off + total_len > data_end {
+        return Err(Stat::PassTruncated);
+    }
+    // More-fragments flag or a fragment offset: only the first fragment has
+    // ports, and the rest cannot be matched, so none of them are touched.
+    if u16::from_be_bytes([header[6], header[7]]) & 0x3fff != 0 {
+        return Err(Stat::PassFragment);
+    }
+    h.family = FAMILY_V4;
+    h.proto = header[9];
+    h.src[..4].copy_from_slice(&header[12..16]);
+    h.dst[..4].copy_from_slice(&header[16..20]);
+    h.l4_off = off + ihl;
+    Ok(())
+}
+
+#[inline(always)]
+fn parse_v6(data: usize, data_end: usize, h: &mut Headers) -> Result<(), Stat> {
+    let off = h.l3_off;
+    let first: [u8; 8] = load(data, data_end, off).ok_or(Stat::PassTruncated)?;
+    if first[0] >> 4 != 6 {
+        return Err(Stat::PassTruncated);
+    }
+    h.src = load(data, data_end, off + 8).ok_or(Stat::PassTruncated)?;
+    h.dst = load(data, data_end, off + 24).ok_or(Stat::PassTruncated)?;
+    h.family = FAMILY_V6;
+    let mut next = first[6];
+    let mut l4_off = off + 40;
+    for _ in 0..MAX_V6_EXT_HEADERS {
+        let length = match next {
+            // Hop-by-hop, routing, destination options: (len + 1) * 8 bytes.
+            0 | 43 | 60 => {
+                let ext: [u8; 2] = load(data, data_end, l4_off).ok_or(Stat::PassTruncated)?;
+                next = ext[0];
+                (ext[1] as usize + 1) * 8
+            }
+            // Authentication header: (len + 2) * 4 bytes.
+            51 => {
+                let ext: [u8; 2] = load(data, data_end, l4_off).ok_or(Stat::PassTruncated)?;
+                next = ext[0];
+                (ext[1] as usize + 2) * 4
+            }
+            44 => return Err(Stat::PassFragment),
+            _ => break,
+        };
+        l4_off += length;
+        if l4_off > MAX_L4_OFFSET {
+            return Err(Stat::PassUnknownHeader);
+        }
+    }
+    if matches!(next, 0 | 43 | 60 | 51 | 44) {
+        return Err(Stat::PassUnknownHeader);
+    }
+    // A payload that is really there (jumbograms, length 0, pass). Checked
+    // last: done first, it lets the compiler drop bounds checks the verifier
+    // cannot prove on its own.
+    let payload_len = u16::from_be_bytes([first[4], first[5]]) as usize;
+    if payload_len == 0 || data + off + 40 + payload_len > data_end {
+        return Err(Stat::PassTruncated);
+    }
+    h.proto = next;
+    h.l4_off = l4_off;
+    Ok(())
+}
+
+#[inline(always)]
+fn parse_l4(data: usize, data_end: usize, h: &mut Headers) -> Result<(), Stat> {
+    if h.l4_off > MAX_L4_OFFSET {
+        return Err(Stat::PassUnknownHeader);
+    }
+    match h.proto {
+        IPPROTO_TCP => {
+            // Ports through the checksum: the whole fixed header must be there.
+            let tcp: [u8; 20] = load(data, data_end, h.l4_off).ok_or(Stat::PassTruncated)?;
+            h.sport = u16::from_ne_bytes([tcp[0], tcp[1]]);
+            h.dport = u16::from_ne_bytes([tcp[2], tcp[3]]);
+        }
+        IPPROTO_UDP => {
+            let udp: [u8; 8] = load(data, data_end, h.l4_off).ok_or(Stat::PassTruncated)?;
+            h.sport = u16::from_ne_bytes([udp[0], udp[1]]);
+            h.dport = u16::from_ne_bytes([udp[2], udp[3]]);
+        }
+        IPPROTO_ICMP | IPPROTO_ICMPV6 => {
+            let icmp: [u8; 8] = load(data, data_end, h.l4_off).ok_or(Stat::PassTruncated)?;
+            h.icmp_type = icmp[0];
+        }
+        _ => {}
+    }
+    Ok(())
+}

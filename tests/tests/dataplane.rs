@@ -1,0 +1,571 @@
+//! The XDP data plane, packet by packet, through BPF_PROG_TEST_RUN: service
+//! matching, DNAT with checksums, conntrack, Maglev table swaps, echo
+//! replies, drops, and everything that must pass untouched.
+use std::net::IpAddr;
+
+use anyhow::{Context, Result};
+use aya::programs::{TestRun, TestRunOptions, Xdp};
+use porter_agent::{
+    Backend, Dataplane, DataplaneConfig, PinLayout, Protocol, ServiceAddr, ServiceSpec,
+};
+use porter_common::{Stat, program_names};
+use porter_tests::{
+    lab::Lab,
+    packets::{self, L4, Rng, Vlan, checked_summary},
+    privilege,
+    scenarios::PodLab,
+};
+
+const XDP_DROP: u32 = 1;
+const XDP_PASS: u32 = 2;
+const XDP_TX: u32 = 3;
+
+const VIP4: &str = "192.0.2.10";
+const VIP6: &str = "2001:db8::10";
+const CLIENT4: &str = "198.51.100.7";
+const CLIENT6: &str = "2001:db8:1::7";
+const PODS4: [&str; 2] = ["10.244.1.2", "10.244.1.3"];
+const PODS6: [&str; 2] = ["fd00::2", "fd00::3"];
+
+fn ip(text: &str) -> IpAddr {
+    text.parse().expect("test address")
+}
+
+fn spec(vip: &str, port: u16, proto: Protocol, pods: &[&str], target: u16) -> ServiceSpec {
+    ServiceSpec {
+        addr: ServiceAddr {
+            vip: ip(vip),
+            port,
+            proto,
+        },
+        backends: pods
+            .iter()
+            .map(|pod| Backend {
+                addr: ip(pod),
+                port: target,
+            })
+            .collect(),
+    }
+}
+
+/// A data plane on a private bpffs with four services: TCP/80 → 8080 and
+/// UDP/53 → 5353, on a v4 and a v6 VIP, two pods each.
+struct Bench {
+    _lab: Lab,
+    dataplane: Dataplane,
+}
+
+impl Bench {
+    fn new(tag: &str) -> Result<Self> {
+        let mut lab = Lab::new(tag)?;
+        let bpffs = lab.bpffs()?;
+        let config = DataplaneConfig {
+            maglev_size: 251,
+            max_services: 8,
+        };
+        let mut dataplane = Dataplane::open(&PinLayout::new(&bpffs), config)?;
+        dataplane.reconcile(&[
+            spec(VIP4, 80, Protocol::Tcp, &PODS4, 8080),
+            spec(VIP4, 53, Protocol::Udp, &PODS4, 5353),
+            spec(VIP6, 80, Protocol::Tcp, &PODS6, 8080),
+            spec(VIP6, 53, Protocol::Udp, &PODS6, 5353),
+        ])?;
+        Ok(Self {
+            _lab: lab,
+            dataplane,
+        })
+    }
+
+    fn run(&mut self, packet: &[u8]) -> Result<(u32, Vec<u8>)> {
+        let program: &mut Xdp = self
+            .dataplane
+            .ebpf_mut()
+            .program_mut(program_names::XDP)
+            .context("xdp program")?
+            .try_into()?;
+        let mut out = vec![0u8; packet.len() + 512];
+        let mut options = TestRunOptions::new();
+        options.data_in = Some(packet);
+        options.data_out = Some(&mut out);
+        let result = program.test_run(options)?;
+        out.truncate(result.data_size_out as usize);
+        Ok((result.return_value, out))
+    }
+
+    fn stat(&self, wanted: Stat) -> Result<u64> {
+        Ok(self
+            .dataplane
+            .global_counters()?
+            .into_iter()
+            .find_map(|(stat, value)| (stat == wanted).then_some(value))
+            .unwrap_or(0))
+    }
+}
+
+fn tcp(sport: u16, dport: u16) -> L4 {
+    L4::Tcp {
+        sport,
+        dport,
+        syn: true,
+    }
+}
+
+fn udp(sport: u16, dport: u16) -> L4 {
+    L4::Udp { sport, dport }
+}
+
+/// Asserts that `out` is `input` translated to one of `pods`:`target`, with
+/// every other header field kept and every checksum valid. Returns the pod.
+fn assert_dnat(input: &[u8], out: &[u8], pods: &[&str], target: u16, case: &str) -> IpAddr {
+    let before = checked_summary(input).expect("test input is valid");
+    let after = checked_summary(out).unwrap_or_else(|err| panic!("{case}: {err:#}"));
+    assert!(
+        pods.iter().any(|pod| ip(pod) == after.dst),
+        "{case}: rewritten to a backend, got {}",
+        after.dst
+    );
+    assert_eq!(after.dport, target, "{case}: target port");
+    assert_eq!(
+        (after.src, after.sport, after.proto),
+        (before.src, before.sport, before.proto),
+        "{case}: source and protocol kept"
+    );
+    assert_eq!(input.len(), out.len(), "{case}: length kept");
+    after.dst
+}
+
+#[test]
+fn service_packets_are_translated_with_valid_checksums() -> Result<()> {
+    if !privilege::can_run("service_packets_are_translated_with_valid_checksums") {
+        return Ok(());
+    }
+    let mut bench = Bench::new("dpnat")?;
+    let cases: Vec<(&str, Vec<u8>, &[&str], u16)> = vec![
+        (
+            "v4 tcp syn",
+            packets::build(ip(CLIENT4), ip(VIP4), tcp(40000, 80), Vlan::None)?,
+            &PODS4,
+            8080,
+        ),
+        (
+            "v4 udp",
+            packets::build(ip(CLIENT4), ip(VIP4), udp(40001, 53), Vlan::None)?,
+            &PODS4,
+            5353,
+        ),
+        (
+            "v6 tcp syn",
+            packets::build(ip(CLIENT6), ip(VIP6), tcp(40002, 80), Vlan::None)?,
+            &PODS6,
+            8080,
+        ),
+        (
+            "v6 udp",
+            packets::build(ip(CLIENT6), ip(VIP6), udp(40003, 53), Vlan::None)?,
+            &PODS6,
+            5353,
+        ),
+        (
+            "v4 tcp, one vlan tag",
+            packets::build(ip(CLIENT4), ip(VIP4), tcp(40004, 80), Vlan::Single)?,
+            &PODS4,
+            8080,
+        ),
+        (
+            "v4 udp, two vlan tags",
+            packets::build(ip(CLIENT4), ip(VIP4), udp(40005, 53), Vlan::Double)?,
+            &PODS4,
+            5353,
+        ),
+        (
+            "v6 tcp, two vlan tags",
+            packets::build(ip(CLIENT6), ip(VIP6), tcp(40006, 80), Vlan::Double)?,
+            &PODS6,
+            8080,
+        ),
+        (
+            "v4 tcp with ip options",
+            packets::tcp_v4_with_options([198, 51, 100, 7], [192, 0, 2, 10], 40007, 80)?,
+            &PODS4,
+            8080,
+        ),
+        (
+            "v6 tcp after hop-by-hop options",
+            packets::insert_v6_extension(
+                &packets::build(ip(CLIENT6), ip(VIP6), tcp(40008, 80), Vlan::None)?,
+                0,
+            ),
+            &PODS6,
+            8080,
+        ),
+        (
+            "v6 udp after destination options",
+            packets::insert_v6_extension(
+                &packets::build(ip(CLIENT6), ip(VIP6), udp(40009, 53), Vlan::None)?,
+                60,
+            ),
+            &PODS6,
+            5353,
+        ),
+    ];
+    for (case, input, pods, target) in &cases {
+        let before = bench.stat(Stat::Forwarded)?;
+        let (action, out) = bench.run(input)?;
+        assert_eq!(
+            action, XDP_PASS,
+            "{case}: translated packets go to the kernel"
+        );
+        assert_dnat(input, &out, pods, *target, case);
+        assert_eq!(bench.stat(Stat::Forwarded)?, before + 1, "{case}: counted");
+    }
+
+    // A v4 UDP checksum of 0 means "no checksum" and must stay 0.
+    let mut no_checksum = packets::build(ip(CLIENT4), ip(VIP4), udp(40010, 53), Vlan::None)?;
+    no_checksum[14 + 20 + 6..14 + 20 + 8].copy_from_slice(&[0, 0]);
+    let (action, out) = bench.run(&no_checksum)?;
+    assert_eq!(action, XDP_PASS);
+    assert_dnat(&no_checksum, &out, &PODS4, 5353, "v4 udp without checksum");
+    assert_eq!(checked_summary(&out)?.l4_check, 0, "UDP checksum 0 stays 0");
+    Ok(())
+}
+
+#[test]
+fn conntrack_keeps_flows_and_maglev_swaps_move_only_removed_backends_flows() -> Result<()> {
+    if !privilege::can_run(
+        "conntrack_keeps_flows_and_maglev_swaps_move_only_removed_backends_flows",
+    ) {
+        return Ok(());
+    }
+    let mut bench = Bench::new("dpct")?;
+    let service = ServiceAddr {
+        vip: ip(VIP4),
+        port: 80,
+        proto: Protocol::Tcp,
+    };
+    let mut first_backend = Vec::new();
+    for sport in 20000..20200u16 {
+        let packet = packets::build(ip(CLIENT4), ip(VIP4), tcp(sport, 80), Vlan::None)?;
+        let (_, out) = bench.run(&packet)?;
+        let pod = assert_dnat(&packet, &out, &PODS4, 8080, "new flow");
+        // The second packet of the flow (not a SYN) hits conntrack.
+        let ack = packets::build(
+            ip(CLIENT4),
+            ip(VIP4),
+            L4::Tcp {
+                sport,
+                dport: 80,
+                syn: false,
+            },
+            Vlan::None,
+        )?;
+        let (_, out) = bench.run(&ack)?;
+        assert_eq!(assert_dnat(&ack, &out, &PODS4, 8080, "established"), pod);
+        first_backend.push((sport, pod));
+    }
+    let on_first = first_backend
+        .iter()
+        .filter(|(_, pod)| *pod == ip(PODS4[0]))
+        .count();
+    assert!(
+        (70..=130).contains(&on_first),
+        "200 flows split between two backends, {on_first} on the first"
+    );
+    let counters = bench
+        .dataplane
+        .service_counters(&service)?
+        .context("installed")?;
+    assert_eq!(counters.new_flows, 200, "one new flow per connection");
+    assert_eq!(counters.packets, 400);
+
+    // Remove the first pod: its flows move to the survivor, the survivor's stay.
+    bench
+        .dataplane
+        .upsert_service(&spec(VIP4, 80, Protocol::Tcp, &PODS4[1..], 8080))?;
+    for (sport, _) in &first_backend {
+        let ack = packets::build(
+            ip(CLIENT4),
+            ip(VIP4),
+            L4::Tcp {
+                sport: *sport,
+                dport: 80,
+                syn: false,
+            },
+            Vlan::None,
+        )?;
+        let (_, out) = bench.run(&ack)?;
+        assert_eq!(
+            assert_dnat(&ack, &out, &PODS4, 8080, "after removal"),
+            ip(PODS4[1]),
+            "every flow now goes to the surviving pod"
+        );
+    }
+    // The pinned state reads back as installed (what a restarted agent sees).
+    let pins = bench.dataplane.services();
+    assert_eq!(pins.len(), 4);
+    assert!(
+        pins.iter()
+            .any(|s| s.addr == service && s.backends.len() == 1)
+    );
+    Ok(())
+}
+
+#[test]
+fn eip_traffic_is_answered_dropped_or_passed_untouched() -> Result<()> {
+    if !privilege::can_run("eip_traffic_is_answered_dropped_or_passed_untouched") {
+        return Ok(());
+    }
+    let mut bench = Bench::new("dpeip")?;
+
+    for (case, src, vip) in [("v4", CLIENT4, VIP4), ("v6", CLIENT6, VIP6)] {
+        let echo = packets::build(ip(src), ip(vip), L4::EchoRequest, Vlan::None)?;
+        let (action, out) = bench.run(&echo)?;
+        assert_eq!(action, XDP_TX, "{case}: echo to the EIP is answered in XDP");
+        let reply = checked_summary(&out)?;
+        assert_eq!(
+            (reply.src, reply.dst),
+            (ip(vip), ip(src)),
+            "{case}: reply addresses"
+        );
+        assert_eq!(reply.icmp_type, Some(if case == "v4" { 0 } else { 129 }));
+        assert_eq!(
+            &out[..6],
+            &packets::CLIENT_MAC,
+            "{case}: back to the sender's MAC"
+        );
+    }
+
+    let drops = bench.stat(Stat::DropUnknownPort)?;
+    for (case, packet) in [
+        (
+            "v4 tcp/81",
+            packets::build(ip(CLIENT4), ip(VIP4), tcp(1, 81), Vlan::None)?,
+        ),
+        (
+            "v4 udp/80",
+            packets::build(ip(CLIENT4), ip(VIP4), udp(1, 80), Vlan::None)?,
+        ),
+        (
+            "v6 tcp/443",
+            packets::build(ip(CLIENT6), ip(VIP6), tcp(1, 443), Vlan::None)?,
+        ),
+    ] {
+        assert_eq!(
+            bench.run(&packet)?.0,
+            XDP_DROP,
+            "{case}: unknown port on an EIP is dropped"
+        );
+    }
+    assert_eq!(
+        bench.stat(Stat::DropUnknownPort)?,
+        drops + 3,
+        "drops are counted"
+    );
+
+    let service_syn = packets::build(ip(CLIENT4), ip(VIP4), tcp(40000, 80), Vlan::None)?;
+    let mut v4_fragment = service_syn.clone();
+    packets::make_v4_fragment(&mut v4_fragment);
+    let v6_service = packets::build(ip(CLIENT6), ip(VIP6), tcp(40000, 80), Vlan::None)?;
+    let untouched: Vec<(&str, Vec<u8>)> = vec![
+        (
+            "non-service v4",
+            packets::build(ip(CLIENT4), ip("192.0.2.99"), tcp(1, 80), Vlan::None)?,
+        ),
+        (
+            "non-service v6",
+            packets::build(ip(CLIENT6), ip("2001:db8::99"), udp(1, 53), Vlan::None)?,
+        ),
+        ("v4 fragment of a service flow", v4_fragment),
+        (
+            "v6 fragment of a service flow",
+            packets::insert_v6_extension(&v6_service, 44),
+        ),
+        ("truncated tcp header", service_syn[..14 + 20 + 10].to_vec()),
+        ("truncated ip header", service_syn[..14 + 12].to_vec()),
+        ("ethernet only", service_syn[..14].to_vec()),
+        (
+            "icmp frag-needed toward the EIP",
+            packets::icmp_frag_needed([203, 0, 113, 1], [192, 0, 2, 10], &service_syn)?,
+        ),
+    ];
+    for (case, packet) in &untouched {
+        let (action, out) = bench.run(packet)?;
+        assert_eq!(action, XDP_PASS, "{case}: passes");
+        assert_eq!(&out, packet, "{case}: unmodified");
+    }
+    Ok(())
+}
+
+#[test]
+fn random_and_malformed_packets_are_never_modified() -> Result<()> {
+    if !privilege::can_run("random_and_malformed_packets_are_never_modified") {
+        return Ok(());
+    }
+    let mut bench = Bench::new("dprand")?;
+    let mut rng = Rng::new(0x5eed);
+    let templates = [
+        packets::build(ip(CLIENT4), ip(VIP4), tcp(40000, 80), Vlan::None)?,
+        packets::build(ip(CLIENT4), ip(VIP4), udp(40000, 53), Vlan::Single)?,
+        packets::build(ip(CLIENT6), ip(VIP6), tcp(40000, 80), Vlan::Double)?,
+        packets::insert_v6_extension(
+            &packets::build(ip(CLIENT6), ip(VIP6), udp(40000, 53), Vlan::None)?,
+            0,
+        ),
+        packets::tcp_v4_with_options([198, 51, 100, 7], [192, 0, 2, 10], 40000, 80)?,
+    ];
+    let vips = [ip(VIP4), ip(VIP6)];
+    let mut checked = 0;
+    for round in 0..100_000u32 {
+        let template = &templates[rng.below(templates.len())];
+        let packet = match round % 3 {
+            // Pure noise of any length a link can deliver (the kernel
+            // refuses test frames shorter than an Ethernet header).
+            0 => {
+                let mut noise = vec![0u8; 14 + rng.below(146)];
+                rng.fill(&mut noise);
+                // Bias the ethertype toward IPv4/IPv6/VLAN so parsing goes deep.
+                let types: [[u8; 2]; 4] = [[8, 0], [0x86, 0xdd], [0x81, 0], [0x88, 0xa8]];
+                noise[12..14].copy_from_slice(&types[rng.below(4)]);
+                noise
+            }
+            // A service packet cut short inside its headers.
+            1 => template[..14 + rng.below(template.len().min(14 + 40 + 8 + 20) - 14)].to_vec(),
+            // A service packet with its destination randomised.
+            _ => {
+                let mut changed = template.clone();
+                let dst = checked_summary(template)?.dst;
+                let dst_bytes: Vec<u8> = match dst {
+                    IpAddr::V4(v4) => v4.octets().to_vec(),
+                    IpAddr::V6(v6) => v6.octets().to_vec(),
+                };
+                let at = changed
+                    .windows(dst_bytes.len())
+                    .position(|w| w == dst_bytes)
+                    .context("destination in template")?;
+                rng.fill(&mut changed[at..at + dst_bytes.len()]);
+                changed
+            }
+        };
+        // Whatever etherparse reads as addressed to a VIP is out of scope:
+        // such noise may legitimately be translated, answered or dropped.
+        if let Ok(summary) = checked_summary(&packet)
+            && vips.contains(&summary.dst)
+        {
+            continue;
+        }
+        let (action, out) = bench.run(&packet)?;
+        assert_eq!(
+            out, packet,
+            "round {round}: packet modified (action {action})"
+        );
+        assert_eq!(
+            action, XDP_PASS,
+            "round {round}: non-service packet must pass"
+        );
+        checked += 1;
+    }
+    assert!(checked >= 90_000, "checked {checked} packets");
+    Ok(())
+}
+
+/// Client → node (XDP + tc) → two pods, without and with the MASQUERADE rule
+/// for the pod subnet that Calico and flannel install on nodes.
+#[test]
+fn end_to_end_through_the_node_to_local_pods() -> Result<()> {
+    if !privilege::can_run("end_to_end_through_the_node_to_local_pods") {
+        return Ok(());
+    }
+    for masquerade in [false, true] {
+        end_to_end(masquerade).with_context(|| format!("masquerade={masquerade}"))?;
+    }
+    Ok(())
+}
+
+fn end_to_end(masquerade: bool) -> Result<()> {
+    let lab = PodLab::new(if masquerade { "e2em" } else { "e2e" })?;
+    if masquerade {
+        lab.add_pod_masquerade()?;
+    }
+    let config = DataplaneConfig {
+        maglev_size: 251,
+        max_services: 4,
+    };
+    let mut dataplane = lab.start_dataplane(config)?;
+    dataplane.upsert_service(&PodLab::service(80, &[0, 1])?)?;
+
+    let answers = lab.spread(80, 200)?;
+    let pod1 = answers.get("pod1").copied().unwrap_or(0);
+    assert_eq!(
+        answers.values().sum::<usize>(),
+        200,
+        "every connection answered: {answers:?}"
+    );
+    assert!(
+        (70..=130).contains(&pod1),
+        "200 connections split 35-65% between the pods: {answers:?}"
+    );
+
+    // Hold a connection to pod2, then take pod1 away.
+    let mut held = (0..50)
+        .map(|_| lab.connect(80))
+        .find(|client| client.as_ref().is_ok_and(|c| c.server == "pod2"))
+        .context("no connection reached pod2 in 50 tries")??;
+    assert_eq!(held.echo("before")?, "pod2:before");
+    dataplane.upsert_service(&PodLab::service(80, &[1])?)?;
+    let answers = lab.spread(80, 20)?;
+    assert_eq!(
+        answers.get("pod2"),
+        Some(&20),
+        "new connections go to the survivor: {answers:?}"
+    );
+    assert_eq!(
+        held.echo("after")?,
+        "pod2:after",
+        "the open connection keeps working"
+    );
+
+    // An agent restart: the new one reads the pinned services back and
+    // adopts the pinned links; conntrack (and the open connection) carry over.
+    drop(dataplane);
+    let mut dataplane = lab.start_dataplane(config)?;
+    assert_eq!(dataplane.services(), vec![PodLab::service(80, &[1])?]);
+    assert_eq!(held.echo("restarted")?, "pod2:restarted");
+    dataplane.reconcile(&[PodLab::service(80, &[0, 1])?])?;
+    let answers = lab.spread(80, 40)?;
+    assert!(
+        answers.get("pod1").is_some_and(|&n| n > 0),
+        "pod1 is back: {answers:?}"
+    );
+
+    // Ping to the EIP is answered by XDP.
+    let echoes = stat(&dataplane, Stat::EchoReplied)?;
+    lab.lab.exec(
+        &lab.client,
+        &["ping", "-c", "3", "-i", "0.2", "-W", "1", PodLab::EIP],
+    )?;
+    assert!(
+        stat(&dataplane, Stat::EchoReplied)? >= echoes + 3,
+        "echo answered in XDP"
+    );
+
+    // An unknown port on the EIP: dropped and counted, so no answer at all.
+    let drops = stat(&dataplane, Stat::DropUnknownPort)?;
+    let unknown = lab.connect(81);
+    assert!(unknown.is_err(), "nothing answers on an unknown port");
+    assert!(
+        stat(&dataplane, Stat::DropUnknownPort)? > drops,
+        "the SYN was dropped and counted"
+    );
+    assert!(
+        stat(&dataplane, Stat::RevNatApplied)? > 0,
+        "replies were reverse-NATed by tc"
+    );
+    Ok(())
+}
+
+fn stat(dataplane: &Dataplane, wanted: Stat) -> Result<u64> {
+    Ok(dataplane
+        .global_counters()?
+        .into_iter()
+        .find_map(|(stat, value)| (stat == wanted).then_some(value))
+        .unwrap_or(0))
+}

@@ -1,0 +1,274 @@
+//! The data plane suite.
+//!
+//! Per-packet cost: each case runs the XDP program through BPF_PROG_TEST_RUN
+//! with `repeat = 1`, call after call, on one pinned CPU; the kernel's own
+//! timing of each run is collected and the median reported, minus the median
+//! of the empty XDP program measured the same way in the same run (`net_ns`).
+//! One call per run matters: with `repeat > 1` the kernel feeds the rewritten
+//! packet back in, which would measure something else.
+//!
+//! Lab throughput: TCP connections per second (connect, read the server's
+//! greeting, close) from a client namespace to a service with two pods on a
+//! node, once through Porter (XDP + tc) and once through iptables DNAT rules
+//! shaped like kube-proxy's, in the same run.
+use std::{
+    net::IpAddr,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, Result, bail};
+use aya::programs::{TestRun, TestRunOptions, Xdp};
+use porter_agent::{Dataplane, DataplaneConfig, PinLayout};
+use porter_common::program_names;
+use porter_tests::{
+    lab::Lab,
+    netns::{NamedClient, run_in},
+    packets::{self, L4, Vlan},
+    privilege,
+    scenarios::PodLab,
+};
+
+use super::{BenchArgs, emit};
+
+const SUITE: &str = "dataplane";
+const CALLS: usize = 20_000;
+const CPU: usize = 1;
+
+pub fn run(args: &BenchArgs) -> Result<()> {
+    if !privilege::is_root() {
+        bail!("the dataplane benchmark loads BPF and builds network namespaces: run it as root");
+    }
+    per_packet()?;
+    throughput(Duration::from_secs(args.seconds))
+}
+
+fn ip(text: &str) -> IpAddr {
+    text.parse().expect("benchmark address")
+}
+
+fn per_packet() -> Result<()> {
+    pin_to_cpu(CPU)?;
+    let mut lab = Lab::new("bench")?;
+    let bpffs = lab.bpffs()?;
+    let mut dataplane = Dataplane::open(&PinLayout::new(&bpffs), DataplaneConfig::default())?;
+    dataplane.reconcile(&[PodLab::service(80, &[0, 1])?, udp_service()?])?;
+    // Load the empty program too; the data plane only loads what it runs.
+    let empty: &mut Xdp = dataplane
+        .ebpf_mut()
+        .program_mut(program_names::XDP_EMPTY)
+        .context("no empty XDP program")?
+        .try_into()?;
+    empty.load()?;
+
+    let client = ip("198.51.100.7");
+    let eip = ip(PodLab::EIP);
+    let syn = |sport| L4::Tcp {
+        sport,
+        dport: 80,
+        syn: true,
+    };
+    let non_service = packets::build(client, ip("198.51.100.99"), syn(40000), Vlan::None)?;
+    let established = packets::build(
+        client,
+        eip,
+        L4::Tcp {
+            sport: 40000,
+            dport: 80,
+            syn: false,
+        },
+        Vlan::None,
+    )?;
+    let udp = packets::build(
+        client,
+        eip,
+        L4::Udp {
+            sport: 40000,
+            dport: 53,
+        },
+        Vlan::None,
+    )?;
+    // Every SYN a flow never seen before: distinct source ports and addresses.
+    let new_flows: Vec<Vec<u8>> = (0..CALLS)
+        .map(|i| {
+            let source = ip(&format!(
+                "198.51.{}.{}",
+                100 + i / 60_000,
+                1 + (i / 250) % 250
+            ));
+            packets::build(source, eip, syn(1024 + (i % 60_000) as u16), Vlan::None)
+        })
+        .collect::<Result<_>>()?;
+
+    let baseline = median_ns(
+        &mut dataplane,
+        program_names::XDP_EMPTY,
+        std::slice::from_ref(&non_service),
+    )?;
+    emit(SUITE, "empty_program", "median_ns", baseline, "ns");
+    let cases: [(&str, &[Vec<u8>]); 4] = [
+        ("non_service", std::slice::from_ref(&non_service)),
+        ("new_flow_tcp_syn", &new_flows),
+        ("established_tcp", std::slice::from_ref(&established)),
+        ("udp", std::slice::from_ref(&udp)),
+    ];
+    for (case, packets) in cases {
+        let median = median_ns(&mut dataplane, program_names::XDP, packets)?;
+        emit(SUITE, case, "median_ns", median, "ns");
+        emit(SUITE, case, "net_ns", median - baseline, "ns");
+    }
+    drop(dataplane);
+    drop(lab);
+    Ok(())
+}
+
+fn udp_service() -> Result<porter_agent::ServiceSpec> {
+    let mut service = PodLab::service(53, &[0, 1])?;
+    service.addr.proto = porter_agent::Protocol::Udp;
+    Ok(service)
+}
+
+/// Median kernel-measured time of `CALLS` single runs of `program`, cycling
+/// through `packets`.
+fn median_ns(dataplane: &mut Dataplane, program: &str, packets: &[Vec<u8>]) -> Result<f64> {
+    let program: &mut Xdp = dataplane
+        .ebpf_mut()
+        .program_mut(program)
+        .with_context(|| format!("no program {program}"))?
+        .try_into()?;
+    let mut out = vec![0u8; 2048];
+    let mut samples = Vec::with_capacity(CALLS);
+    for i in 0..CALLS {
+        let mut options = TestRunOptions::new();
+        options.data_in = Some(&packets[i % packets.len()]);
+        options.data_out = Some(&mut out);
+        let result = program.test_run(options)?;
+        samples.push(result.duration.as_nanos() as f64);
+    }
+    samples.sort_by(f64::total_cmp);
+    Ok(samples[samples.len() / 2])
+}
+
+fn pin_to_cpu(cpu: usize) -> Result<()> {
+    // SAFETY: a zeroed cpu_set_t is valid; CPU_SET writes inside it.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        if libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &set) != 0 {
+            bail!(
+                "cannot pin to CPU {cpu}: {}",
+                std::io::Error::last_os_error()
+            );
+        }
+    }
+    Ok(())
+}
+
+fn throughput(duration: Duration) -> Result<()> {
+    let iptables = {
+        let lab = PodLab::new("bipt")?;
+        install_kube_proxy_like_dnat(&lab)?;
+        connections_per_second(&lab, duration)?
+    };
+    emit(
+        SUITE,
+        "lab_tcp_connect_iptables",
+        "connections_per_s",
+        iptables,
+        "1/s",
+    );
+    let porter = {
+        let lab = PodLab::new("bxdp")?;
+        let mut dataplane = lab.start_dataplane(DataplaneConfig::default())?;
+        dataplane.upsert_service(&PodLab::service(80, &[0, 1])?)?;
+        connections_per_second(&lab, duration)?
+    };
+    emit(
+        SUITE,
+        "lab_tcp_connect_porter",
+        "connections_per_s",
+        porter,
+        "1/s",
+    );
+    emit(
+        SUITE,
+        "lab_tcp_connect",
+        "ratio_vs_iptables",
+        porter / iptables,
+        "ratio",
+    );
+    Ok(())
+}
+
+/// kube-proxy's shape: a service chain picking an endpoint chain at random,
+/// each endpoint chain a DNAT.
+fn install_kube_proxy_like_dnat(lab: &PodLab) -> Result<()> {
+    let ipt = |args: &[&str]| -> Result<()> {
+        let mut full = vec!["iptables", "-t", "nat"];
+        full.extend_from_slice(args);
+        lab.lab.exec(&lab.node, &full)?;
+        Ok(())
+    };
+    for chain in ["KUBE-SVC-BENCH", "KUBE-SEP-1", "KUBE-SEP-2"] {
+        ipt(&["-N", chain])?;
+    }
+    let eip = format!("{}/32", PodLab::EIP);
+    ipt(&[
+        "-A",
+        "PREROUTING",
+        "-d",
+        &eip,
+        "-p",
+        "tcp",
+        "--dport",
+        "80",
+        "-j",
+        "KUBE-SVC-BENCH",
+    ])?;
+    ipt(&[
+        "-A",
+        "KUBE-SVC-BENCH",
+        "-m",
+        "statistic",
+        "--mode",
+        "random",
+        "--probability",
+        "0.5",
+        "-j",
+        "KUBE-SEP-1",
+    ])?;
+    ipt(&["-A", "KUBE-SVC-BENCH", "-j", "KUBE-SEP-2"])?;
+    for (index, pod) in PodLab::POD_IPS.iter().enumerate() {
+        let target = format!("{pod}:{}", PodLab::TARGET_PORT);
+        let chain = format!("KUBE-SEP-{}", index + 1);
+        ipt(&[
+            "-A",
+            &chain,
+            "-p",
+            "tcp",
+            "-j",
+            "DNAT",
+            "--to-destination",
+            &target,
+        ])?;
+    }
+    Ok(())
+}
+
+fn connections_per_second(lab: &PodLab, duration: Duration) -> Result<f64> {
+    let addr = std::net::SocketAddr::new(ip(PodLab::EIP), 80);
+    lab.lab
+        .exec(&lab.client, &["sysctl", "-qw", "net.ipv4.tcp_tw_reuse=1"])?;
+    run_in(&lab.client, move || {
+        // Warm up ARP and caches.
+        for _ in 0..50 {
+            NamedClient::connect(addr)?;
+        }
+        let start = Instant::now();
+        let mut done = 0u64;
+        while start.elapsed() < duration {
+            NamedClient::connect(addr)?;
+            done += 1;
+        }
+        Ok(done as f64 / start.elapsed().as_secs_f64())
+    })
+}
