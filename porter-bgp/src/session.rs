@@ -54,7 +54,7 @@ pub struct Session {
     rib: AdjRibOut,
     policy: Option<SendPolicy>,
     routes: watch::Receiver<Arc<Routes>>,
-    status: Arc<Mutex<PeerStatus>>,
+    status: Arc<Mutex<SharedStatus>>,
     established_at: Option<Instant>,
 }
 
@@ -67,20 +67,38 @@ fn ttl(peer: &PeerConfig, local_as: u32) -> Option<u8> {
     }
 }
 
-pub fn initial_status(peer: &PeerConfig) -> PeerStatus {
-    PeerStatus {
-        address: peer.address,
-        remote_as: peer.remote_as,
-        state: SessionState::Idle,
-        uptime: None,
-        established_count: 0,
-        messages_sent: 0,
-        messages_received: 0,
-        updates_sent: 0,
-        paths_announced: 0,
-        families: Vec::new(),
-        add_path: Vec::new(),
-        last_error: None,
+/// A session's status as the speaker handle reads it.
+pub struct SharedStatus {
+    pub status: PeerStatus,
+    /// When the session reached Established; uptime is computed on read.
+    pub established_at: Option<Instant>,
+}
+
+impl SharedStatus {
+    pub fn snapshot(&self) -> PeerStatus {
+        let mut status = self.status.clone();
+        status.uptime = self.established_at.map(|at| at.elapsed());
+        status
+    }
+}
+
+pub fn initial_status(peer: &PeerConfig) -> SharedStatus {
+    SharedStatus {
+        established_at: None,
+        status: PeerStatus {
+            address: peer.address,
+            remote_as: peer.remote_as,
+            state: SessionState::Idle,
+            uptime: None,
+            established_count: 0,
+            messages_sent: 0,
+            messages_received: 0,
+            updates_sent: 0,
+            paths_announced: 0,
+            families: Vec::new(),
+            add_path: Vec::new(),
+            last_error: None,
+        },
     }
 }
 
@@ -89,7 +107,7 @@ impl Session {
         peer: PeerConfig,
         fsm_config: FsmConfig,
         routes: watch::Receiver<Arc<Routes>>,
-        status: Arc<Mutex<PeerStatus>>,
+        status: Arc<Mutex<SharedStatus>>,
     ) -> Self {
         let local_as = fsm_config.local_as;
         let options = ConnectOptions {
@@ -114,8 +132,15 @@ impl Session {
     }
 
     fn update_status(&self, change: impl FnOnce(&mut PeerStatus)) {
-        if let Ok(mut status) = self.status.lock() {
-            change(&mut status);
+        if let Ok(mut shared) = self.status.lock() {
+            change(&mut shared.status);
+        }
+    }
+
+    fn set_established_at(&mut self, at: Option<Instant>) {
+        self.established_at = at;
+        if let Ok(mut shared) = self.status.lock() {
+            shared.established_at = at;
         }
     }
 
@@ -173,8 +198,8 @@ impl Session {
             Some(frame) = async { match conn.as_mut() { Some(c) => Some(c.next().await), None => None } }, if conn.is_some() => {
                 Wake::Event(match frame {
                     Some(Ok(message)) => {
-                        if let Ok(mut status) = self.status.lock() {
-                            status.messages_received += 1;
+                        if let Ok(mut shared) = self.status.lock() {
+                            shared.status.messages_received += 1;
                         }
                         Event::Message(message)
                     }
@@ -225,11 +250,9 @@ impl Session {
             debug!(peer = %self.peer.address, from = ?before, to = ?state, "state change");
         }
         let last_error = self.fsm.last_error().map(str::to_owned);
-        let uptime_since = self.established_at;
         self.update_status(|status| {
             status.state = state;
             status.last_error = last_error;
-            status.uptime = uptime_since.map(|at| at.elapsed());
         });
     }
 
@@ -285,7 +308,7 @@ impl Session {
                 info!(peer = %self.peer.address, %reason, "session down");
                 self.policy = None;
                 self.rib = AdjRibOut::default();
-                self.established_at = None;
+                self.set_established_at(None);
                 self.update_status(|status| {
                     status.paths_announced = 0;
                     status.families.clear();
@@ -341,7 +364,7 @@ impl Session {
             add_path = ?negotiated.add_path,
             "session established"
         );
-        self.established_at = Some(Instant::now());
+        self.set_established_at(Some(Instant::now()));
         self.rib = AdjRibOut::default();
         self.update_status(|status| {
             status.established_count += 1;

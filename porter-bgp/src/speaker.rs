@@ -26,7 +26,7 @@ use crate::{
 struct Peer {
     config: PeerConfig,
     commands: mpsc::Sender<Command>,
-    status: Arc<Mutex<PeerStatus>>,
+    status: Arc<Mutex<session::SharedStatus>>,
     task: JoinHandle<()>,
 }
 
@@ -172,7 +172,7 @@ impl Speaker {
         let peers = self.inner.peers.lock().await;
         let mut statuses: Vec<PeerStatus> = peers
             .values()
-            .filter_map(|peer| peer.status.lock().ok().map(|status| status.clone()))
+            .filter_map(|peer| peer.status.lock().ok().map(|shared| shared.snapshot()))
             .collect();
         statuses.sort_by_key(|status| status.address);
         statuses
