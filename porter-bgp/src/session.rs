@@ -56,6 +56,8 @@ pub struct Session {
     routes: watch::Receiver<Arc<Routes>>,
     status: Arc<Mutex<SharedStatus>>,
     established_at: Option<Instant>,
+    /// A write failed or stalled; the FSM hears of it as a lost connection.
+    write_failure: Option<String>,
 }
 
 /// The TTL of our packets: eBGP peers are one hop away unless multihop says otherwise.
@@ -128,6 +130,7 @@ impl Session {
             routes,
             status,
             established_at: None,
+            write_failure: None,
         }
     }
 
@@ -147,6 +150,10 @@ impl Session {
     pub async fn run(mut self, mut commands: mpsc::Receiver<Command>) {
         self.dispatch(Event::Start).await;
         loop {
+            if let Some(reason) = self.write_failure.take() {
+                self.dispatch(Event::TcpFailed(reason)).await;
+                continue;
+            }
             let event = match self.wait(&mut commands).await {
                 Wake::Event(event) => event,
                 Wake::Incoming(stream) => {
@@ -256,28 +263,49 @@ impl Session {
         });
     }
 
+    /// How long a write may block before the peer counts as gone: a peer
+    /// that stops reading would otherwise stall this session forever (its
+    /// hold timer cannot fire while we wait on the socket).
+    fn write_timeout(&self) -> Duration {
+        match self.peer.hold_time {
+            0 => Duration::from_secs(240),
+            hold => Duration::from_secs(u64::from(hold.max(3))),
+        }
+    }
+
+    /// Marks the connection failed; `run` feeds the FSM the failure next.
+    fn write_failed(&mut self, reason: String) {
+        debug!(peer = %self.peer.address, %reason, "write failed");
+        self.conn = None;
+        self.write_failure.get_or_insert(reason);
+    }
+
     async fn send(&mut self, message: BgpMessage) {
         let is_update = matches!(message, BgpMessage::Update(_));
+        let timeout = self.write_timeout();
         let Some(conn) = self.conn.as_mut() else {
             return;
         };
-        // feed() only buffers; flush() writes. A write error shows up as a
-        // read error or EOF on the same socket, which the FSM handles.
-        if let Err(error) = conn.feed(message).await {
-            debug!(peer = %self.peer.address, %error, "write failed");
-            return;
+        // feed() buffers, and writes out only when the buffer is full.
+        match tokio::time::timeout(timeout, conn.feed(message)).await {
+            Ok(Ok(())) => self.update_status(|status| {
+                status.messages_sent += 1;
+                status.updates_sent += u64::from(is_update);
+            }),
+            Ok(Err(error)) => self.write_failed(error.to_string()),
+            Err(_) => self.write_failed(format!("the peer read nothing for {timeout:?}")),
         }
-        self.update_status(|status| {
-            status.messages_sent += 1;
-            status.updates_sent += u64::from(is_update);
-        });
     }
 
     async fn flush(&mut self) {
-        if let Some(conn) = self.conn.as_mut()
-            && let Err(error) = conn.flush().await
-        {
-            debug!(peer = %self.peer.address, %error, "flush failed");
+        let timeout = self.write_timeout();
+        let Some(conn) = self.conn.as_mut() else {
+            return;
+        };
+        match tokio::time::timeout(timeout, conn.flush()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => self.write_failed(error.to_string()),
+            Err(_) => self.write_failed(format!("the peer read nothing for {timeout:?}")),
         }
     }
 
@@ -384,6 +412,7 @@ impl Session {
         };
         let routes = Arc::clone(&self.routes.borrow_and_update());
         let (desired, omitted) = rib::desired_paths(&routes, &policy);
+        debug!(peer = %self.peer.address, ?omitted, "paths not sent to this peer");
         if omitted.next_hop_family_mismatch > 0 {
             warn!(
                 peer = %self.peer.address,

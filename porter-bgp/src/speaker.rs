@@ -262,9 +262,11 @@ async fn accept_loop(listener: Arc<TcpListener>, speaker: std::sync::Weak<Inner>
         let address = remote.ip().to_canonical();
         let peers = inner.peers.lock().await;
         match peers.get(&address) {
+            // try_send: a session busy writing to its peer must not stall
+            // the listener (and the peer table lock) for everyone else.
             Some(peer) => {
-                if peer.commands.send(Command::Incoming(stream)).await.is_err() {
-                    warn!(peer = %address, "session gone; dropping its connection");
+                if peer.commands.try_send(Command::Incoming(stream)).is_err() {
+                    warn!(peer = %address, "session busy or gone; dropping the new connection");
                 }
             }
             None => {
