@@ -106,7 +106,14 @@ impl Speaker {
             router_id: config.router_id,
             remote_as: peer.remote_as,
             passive: peer.passive,
-            hold_time: peer.hold_time,
+            hold_time: match peer.hold_time {
+                // RFC 4271: 0 or at least 3; peers refuse 1 and 2.
+                1 | 2 => {
+                    warn!(peer = %peer.address, hold_time = peer.hold_time, "hold time must be 0 or at least 3 s; using 3");
+                    3
+                }
+                hold => hold,
+            },
             connect_retry: peer.connect_retry,
             families: peer.families.clone(),
             add_path_send_max: peer.add_path_send_max,
