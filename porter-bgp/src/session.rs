@@ -54,8 +54,10 @@ pub struct Session {
     rib: AdjRibOut,
     policy: Option<SendPolicy>,
     routes: watch::Receiver<Arc<Routes>>,
-    status: Arc<Mutex<PeerStatus>>,
+    status: Arc<Mutex<SharedStatus>>,
     established_at: Option<Instant>,
+    /// A write failed or stalled; the FSM hears of it as a lost connection.
+    write_failure: Option<String>,
 }
 
 /// The TTL of our packets: eBGP peers are one hop away unless multihop says otherwise.
@@ -67,20 +69,38 @@ fn ttl(peer: &PeerConfig, local_as: u32) -> Option<u8> {
     }
 }
 
-pub fn initial_status(peer: &PeerConfig) -> PeerStatus {
-    PeerStatus {
-        address: peer.address,
-        remote_as: peer.remote_as,
-        state: SessionState::Idle,
-        uptime: None,
-        established_count: 0,
-        messages_sent: 0,
-        messages_received: 0,
-        updates_sent: 0,
-        paths_announced: 0,
-        families: Vec::new(),
-        add_path: Vec::new(),
-        last_error: None,
+/// A session's status as the speaker handle reads it.
+pub struct SharedStatus {
+    pub status: PeerStatus,
+    /// When the session reached Established; uptime is computed on read.
+    pub established_at: Option<Instant>,
+}
+
+impl SharedStatus {
+    pub fn snapshot(&self) -> PeerStatus {
+        let mut status = self.status.clone();
+        status.uptime = self.established_at.map(|at| at.elapsed());
+        status
+    }
+}
+
+pub fn initial_status(peer: &PeerConfig) -> SharedStatus {
+    SharedStatus {
+        established_at: None,
+        status: PeerStatus {
+            address: peer.address,
+            remote_as: peer.remote_as,
+            state: SessionState::Idle,
+            uptime: None,
+            established_count: 0,
+            messages_sent: 0,
+            messages_received: 0,
+            updates_sent: 0,
+            paths_announced: 0,
+            families: Vec::new(),
+            add_path: Vec::new(),
+            last_error: None,
+        },
     }
 }
 
@@ -89,7 +109,7 @@ impl Session {
         peer: PeerConfig,
         fsm_config: FsmConfig,
         routes: watch::Receiver<Arc<Routes>>,
-        status: Arc<Mutex<PeerStatus>>,
+        status: Arc<Mutex<SharedStatus>>,
     ) -> Self {
         let local_as = fsm_config.local_as;
         let options = ConnectOptions {
@@ -110,18 +130,30 @@ impl Session {
             routes,
             status,
             established_at: None,
+            write_failure: None,
         }
     }
 
     fn update_status(&self, change: impl FnOnce(&mut PeerStatus)) {
-        if let Ok(mut status) = self.status.lock() {
-            change(&mut status);
+        if let Ok(mut shared) = self.status.lock() {
+            change(&mut shared.status);
+        }
+    }
+
+    fn set_established_at(&mut self, at: Option<Instant>) {
+        self.established_at = at;
+        if let Ok(mut shared) = self.status.lock() {
+            shared.established_at = at;
         }
     }
 
     pub async fn run(mut self, mut commands: mpsc::Receiver<Command>) {
         self.dispatch(Event::Start).await;
         loop {
+            if let Some(reason) = self.write_failure.take() {
+                self.dispatch(Event::TcpFailed(reason)).await;
+                continue;
+            }
             let event = match self.wait(&mut commands).await {
                 Wake::Event(event) => event,
                 Wake::Incoming(stream) => {
@@ -173,8 +205,8 @@ impl Session {
             Some(frame) = async { match conn.as_mut() { Some(c) => Some(c.next().await), None => None } }, if conn.is_some() => {
                 Wake::Event(match frame {
                     Some(Ok(message)) => {
-                        if let Ok(mut status) = self.status.lock() {
-                            status.messages_received += 1;
+                        if let Ok(mut shared) = self.status.lock() {
+                            shared.status.messages_received += 1;
                         }
                         Event::Message(message)
                     }
@@ -225,36 +257,55 @@ impl Session {
             debug!(peer = %self.peer.address, from = ?before, to = ?state, "state change");
         }
         let last_error = self.fsm.last_error().map(str::to_owned);
-        let uptime_since = self.established_at;
         self.update_status(|status| {
             status.state = state;
             status.last_error = last_error;
-            status.uptime = uptime_since.map(|at| at.elapsed());
         });
+    }
+
+    /// How long a write may block before the peer counts as gone: a peer
+    /// that stops reading would otherwise stall this session forever (its
+    /// hold timer cannot fire while we wait on the socket).
+    fn write_timeout(&self) -> Duration {
+        match self.peer.hold_time {
+            0 => Duration::from_secs(240),
+            hold => Duration::from_secs(u64::from(hold.max(3))),
+        }
+    }
+
+    /// Marks the connection failed; `run` feeds the FSM the failure next.
+    fn write_failed(&mut self, reason: String) {
+        debug!(peer = %self.peer.address, %reason, "write failed");
+        self.conn = None;
+        self.write_failure.get_or_insert(reason);
     }
 
     async fn send(&mut self, message: BgpMessage) {
         let is_update = matches!(message, BgpMessage::Update(_));
+        let timeout = self.write_timeout();
         let Some(conn) = self.conn.as_mut() else {
             return;
         };
-        // feed() only buffers; flush() writes. A write error shows up as a
-        // read error or EOF on the same socket, which the FSM handles.
-        if let Err(error) = conn.feed(message).await {
-            debug!(peer = %self.peer.address, %error, "write failed");
-            return;
+        // feed() buffers, and writes out only when the buffer is full.
+        match tokio::time::timeout(timeout, conn.feed(message)).await {
+            Ok(Ok(())) => self.update_status(|status| {
+                status.messages_sent += 1;
+                status.updates_sent += u64::from(is_update);
+            }),
+            Ok(Err(error)) => self.write_failed(error.to_string()),
+            Err(_) => self.write_failed(format!("the peer read nothing for {timeout:?}")),
         }
-        self.update_status(|status| {
-            status.messages_sent += 1;
-            status.updates_sent += u64::from(is_update);
-        });
     }
 
     async fn flush(&mut self) {
-        if let Some(conn) = self.conn.as_mut()
-            && let Err(error) = conn.flush().await
-        {
-            debug!(peer = %self.peer.address, %error, "flush failed");
+        let timeout = self.write_timeout();
+        let Some(conn) = self.conn.as_mut() else {
+            return;
+        };
+        match tokio::time::timeout(timeout, conn.flush()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => self.write_failed(error.to_string()),
+            Err(_) => self.write_failed(format!("the peer read nothing for {timeout:?}")),
         }
     }
 
@@ -285,7 +336,7 @@ impl Session {
                 info!(peer = %self.peer.address, %reason, "session down");
                 self.policy = None;
                 self.rib = AdjRibOut::default();
-                self.established_at = None;
+                self.set_established_at(None);
                 self.update_status(|status| {
                     status.paths_announced = 0;
                     status.families.clear();
@@ -341,7 +392,7 @@ impl Session {
             add_path = ?negotiated.add_path,
             "session established"
         );
-        self.established_at = Some(Instant::now());
+        self.set_established_at(Some(Instant::now()));
         self.rib = AdjRibOut::default();
         self.update_status(|status| {
             status.established_count += 1;
@@ -361,6 +412,7 @@ impl Session {
         };
         let routes = Arc::clone(&self.routes.borrow_and_update());
         let (desired, omitted) = rib::desired_paths(&routes, &policy);
+        debug!(peer = %self.peer.address, ?omitted, "paths not sent to this peer");
         if omitted.next_hop_family_mismatch > 0 {
             warn!(
                 peer = %self.peer.address,

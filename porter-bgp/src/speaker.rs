@@ -26,7 +26,7 @@ use crate::{
 struct Peer {
     config: PeerConfig,
     commands: mpsc::Sender<Command>,
-    status: Arc<Mutex<PeerStatus>>,
+    status: Arc<Mutex<session::SharedStatus>>,
     task: JoinHandle<()>,
 }
 
@@ -106,7 +106,14 @@ impl Speaker {
             router_id: config.router_id,
             remote_as: peer.remote_as,
             passive: peer.passive,
-            hold_time: peer.hold_time,
+            hold_time: match peer.hold_time {
+                // RFC 4271: 0 or at least 3; peers refuse 1 and 2.
+                1 | 2 => {
+                    warn!(peer = %peer.address, hold_time = peer.hold_time, "hold time must be 0 or at least 3 s; using 3");
+                    3
+                }
+                hold => hold,
+            },
             connect_retry: peer.connect_retry,
             families: peer.families.clone(),
             add_path_send_max: peer.add_path_send_max,
@@ -172,7 +179,7 @@ impl Speaker {
         let peers = self.inner.peers.lock().await;
         let mut statuses: Vec<PeerStatus> = peers
             .values()
-            .filter_map(|peer| peer.status.lock().ok().map(|status| status.clone()))
+            .filter_map(|peer| peer.status.lock().ok().map(|shared| shared.snapshot()))
             .collect();
         statuses.sort_by_key(|status| status.address);
         statuses
@@ -262,9 +269,11 @@ async fn accept_loop(listener: Arc<TcpListener>, speaker: std::sync::Weak<Inner>
         let address = remote.ip().to_canonical();
         let peers = inner.peers.lock().await;
         match peers.get(&address) {
+            // try_send: a session busy writing to its peer must not stall
+            // the listener (and the peer table lock) for everyone else.
             Some(peer) => {
-                if peer.commands.send(Command::Incoming(stream)).await.is_err() {
-                    warn!(peer = %address, "session gone; dropping its connection");
+                if peer.commands.try_send(Command::Incoming(stream)).is_err() {
+                    warn!(peer = %address, "session busy or gone; dropping the new connection");
                 }
             }
             None => {

@@ -295,3 +295,54 @@ async fn unconfigured_addresses_are_refused() {
     );
     speaker.shutdown().await;
 }
+
+/// A peer that keeps sending garbage and reconnecting does not disturb a
+/// healthy peer's session, which keeps receiving route changes.
+#[tokio::test]
+async fn a_flapping_peer_does_not_disturb_the_others() {
+    let (speaker, address) = speaker().await;
+    let mut healthy_peer = PeerConfig::new(IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2)), 65001);
+    healthy_peer.passive = true;
+    speaker.upsert_peer(healthy_peer).await;
+
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket
+        .bind("127.0.0.2:0".parse().expect("addr"))
+        .expect("bind 127.0.0.2");
+    let stream = socket.connect(address).await.expect("connects");
+    let mut healthy = Framed::new(stream, WireCodec::expecting_path_ids());
+    healthy.send(open(true)).await.expect("OPEN");
+    assert!(matches!(recv(&mut healthy).await, BgpMessage::Open(_)));
+    assert_eq!(recv(&mut healthy).await, BgpMessage::KeepAlive);
+    healthy
+        .send(BgpMessage::KeepAlive)
+        .await
+        .expect("KEEPALIVE");
+    assert!(paths_until_eor(&mut healthy).await.is_empty());
+
+    for _ in 0..5 {
+        if let Ok(mut flapper) = TcpStream::connect(address).await {
+            let _ = flapper.write_all(&[0xff; 40]).await;
+        }
+        speaker
+            .set_routes(routes(&[("192.0.2.10/32", &["172.30.0.11"])]))
+            .await;
+        let BgpMessage::Update(update) = recv(&mut healthy).await else {
+            panic!("the healthy peer gets the UPDATE");
+        };
+        assert_eq!(update.nlri().len(), 1);
+        speaker.set_routes(routes(&[])).await;
+        let BgpMessage::Update(update) = recv(&mut healthy).await else {
+            panic!("the healthy peer gets the withdraw");
+        };
+        assert_eq!(update.withdraw_routes().len(), 1);
+    }
+    let status = speaker.peer_status().await;
+    let healthy_status = status
+        .iter()
+        .find(|s| s.address == IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2)))
+        .expect("status");
+    assert_eq!(healthy_status.state, SessionState::Established);
+    assert_eq!(healthy_status.established_count, 1);
+    speaker.shutdown().await;
+}

@@ -23,6 +23,22 @@ pub struct Neighbor {
     pub address: IpAddr,
     pub remote_as: u32,
     pub md5_password: Option<String>,
+    /// The neighbour's BGP port when it is not 179 (Porter's passive listener uses 17900).
+    pub port: Option<u16>,
+    /// eBGP multihop: the neighbour is this many hops away.
+    pub multihop: Option<u8>,
+}
+
+impl Neighbor {
+    pub fn new(address: IpAddr, remote_as: u32) -> Self {
+        Self {
+            address,
+            remote_as,
+            md5_password: None,
+            port: None,
+            multihop: None,
+        }
+    }
 }
 
 /// How to configure the router.
@@ -148,19 +164,29 @@ impl Router {
     fn bird_conf(&self) -> String {
         let c = &self.config;
         let mut conf = format!(
-            "router id {};\nprotocol device {{}}\n\
-             protocol kernel {{ ipv4 {{ export all; import none; }}; merge paths on; }}\n\
-             protocol kernel {{ ipv6 {{ export all; import none; }}; merge paths on; }}\n",
+            // `direct` puts the connected networks in BIRD's tables, so that
+            // next hops of multihop sessions resolve (recursively) to them;
+            // only BGP routes go to the kernel.
+            "router id {};\nprotocol device {{}}\nprotocol direct {{ ipv4; ipv6; }}\n\
+             protocol kernel {{ ipv4 {{ export where source = RTS_BGP; import none; }}; merge paths on; }}\n\
+             protocol kernel {{ ipv6 {{ export where source = RTS_BGP; import none; }}; merge paths on; }}\n",
             c.router_id
         );
         for (index, neighbor) in c.neighbors.iter().enumerate() {
             let _ = write!(
                 conf,
-                "protocol bgp n{index} {{\n  local {} as {};\n  neighbor {} as {};\n",
-                c.local_address, c.local_as, neighbor.address, neighbor.remote_as
+                "protocol bgp n{index} {{\n  local {} as {};\n  neighbor {} port {} as {};\n",
+                c.local_address,
+                c.local_as,
+                neighbor.address,
+                neighbor.port.unwrap_or(179),
+                neighbor.remote_as
             );
             if let Some(password) = &neighbor.md5_password {
                 let _ = writeln!(conf, "  password \"{password}\";");
+            }
+            if let Some(hops) = neighbor.multihop {
+                let _ = writeln!(conf, "  multihop {hops};");
             }
             if c.graceful_restart {
                 conf.push_str("  graceful restart on;\n");
@@ -196,6 +222,12 @@ impl Router {
             if let Some(password) = &neighbor.md5_password {
                 let _ = writeln!(conf, " neighbor {} password {password}", neighbor.address);
             }
+            if let Some(port) = neighbor.port {
+                let _ = writeln!(conf, " neighbor {} port {port}", neighbor.address);
+            }
+            if let Some(hops) = neighbor.multihop {
+                let _ = writeln!(conf, " neighbor {} ebgp-multihop {hops}", neighbor.address);
+            }
             if c.passive {
                 let _ = writeln!(conf, " neighbor {} passive", neighbor.address);
             }
@@ -225,8 +257,17 @@ impl Router {
             if let Some(password) = &neighbor.md5_password {
                 let _ = writeln!(conf, "    auth-password = \"{password}\"");
             }
-            if c.passive {
-                conf.push_str("  [neighbors.transport.config]\n    passive-mode = true\n");
+            let _ = writeln!(
+                conf,
+                "  [neighbors.transport.config]\n    passive-mode = {}\n    remote-port = {}",
+                c.passive,
+                neighbor.port.unwrap_or(179)
+            );
+            if let Some(hops) = neighbor.multihop {
+                let _ = writeln!(
+                    conf,
+                    "  [neighbors.ebgp-multihop.config]\n    enabled = true\n    multihop-ttl = {hops}"
+                );
             }
             conf.push_str("  [neighbors.timers.config]\n    connect-retry = 1\n");
             if c.graceful_restart {
@@ -426,9 +467,8 @@ impl BgpLab {
                 local_address: ROUTER_V4.parse()?,
                 local_as: 65001,
                 neighbors: vec![Neighbor {
-                    address: SPEAKER_V4.parse()?,
-                    remote_as: 65000,
                     md5_password: md5_password.map(str::to_owned),
+                    ..Neighbor::new(SPEAKER_V4.parse()?, 65000)
                 }],
                 graceful_restart,
                 passive,

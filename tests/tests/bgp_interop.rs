@@ -15,10 +15,10 @@ use anyhow::{Context, Result, ensure};
 use ipnet::IpNet;
 use porter_bgp::{Family, GracefulRestart, PeerConfig, SessionState, Speaker, SpeakerConfig};
 use porter_tests::{
-    lab::wait_for,
+    lab::{Lab, wait_for},
     netns_runtime::NetnsRuntime,
     privilege,
-    routers::{BgpLab, Daemon, ROUTER_V4, Router},
+    routers::{BgpLab, Daemon, Neighbor, ROUTER_V4, Router, RouterConfig, SPEAKER_V4},
 };
 
 const PASSWORD: &str = "porter-md5-secret";
@@ -58,10 +58,11 @@ struct PorterSpeaker {
 }
 
 impl PorterSpeaker {
+    /// A speaker with graceful restart (restart time 120 s).
     fn start(ns: &str, restarting: bool) -> Result<Self> {
-        let runtime = NetnsRuntime::new(ns)?;
-        let speaker = runtime.run(async move {
-            Speaker::start(SpeakerConfig {
+        Self::start_with(
+            ns,
+            SpeakerConfig {
                 local_as: 65000,
                 router_id: Ipv4Addr::new(172, 30, 0, 10),
                 listen: None,
@@ -69,9 +70,13 @@ impl PorterSpeaker {
                     restart_time: 120,
                     restarting,
                 }),
-            })
-            .await
-        })??;
+            },
+        )
+    }
+
+    fn start_with(ns: &str, config: SpeakerConfig) -> Result<Self> {
+        let runtime = NetnsRuntime::new(ns)?;
+        let speaker = runtime.run(async move { Speaker::start(config).await })??;
         Ok(Self {
             runtime,
             speaker: Some(speaker),
@@ -244,4 +249,134 @@ fn gobgp_interop() -> Result<()> {
         return Ok(());
     }
     interop(Daemon::Gobgp)
+}
+
+/// Passive mode: the speaker listens on the seed's port 17900 with an MD5
+/// key for its configured peer, and BIRD connects to it.
+#[test]
+fn bird_connects_to_passive_speaker_with_md5() -> Result<()> {
+    if !privilege::can_run("bird_connects_to_passive_speaker_with_md5") {
+        return Ok(());
+    }
+    let mut lab = BgpLab::new("passive")?;
+    let ns = lab.router_ns.clone();
+    let router = Router::start(
+        &mut lab.lab,
+        &ns,
+        RouterConfig {
+            daemon: Daemon::Bird,
+            router_id: ROUTER_V4.into(),
+            local_address: ROUTER_V4.parse()?,
+            local_as: 65001,
+            neighbors: vec![Neighbor {
+                md5_password: Some(PASSWORD.into()),
+                port: Some(porter_bgp::DEFAULT_LISTEN_PORT),
+                ..Neighbor::new(SPEAKER_V4.parse()?, 65000)
+            }],
+            graceful_restart: false,
+            passive: false,
+        },
+    )?;
+    let speaker = PorterSpeaker::start_with(
+        &lab.speaker_ns,
+        SpeakerConfig {
+            local_as: 65000,
+            router_id: Ipv4Addr::new(172, 30, 0, 10),
+            listen: Some(format!("{SPEAKER_V4}:{}", porter_bgp::DEFAULT_LISTEN_PORT).parse()?),
+            graceful_restart: None,
+        },
+    )?;
+    let mut passive = peer(PASSWORD);
+    passive.passive = true;
+    speaker.upsert(passive)?;
+    speaker.set_routes(announcement())?;
+    wait_established(&lab, &router, &speaker)?;
+    wait_next_hops(
+        &lab,
+        &router,
+        V4_PREFIX,
+        &ips(&["172.30.0.11", "172.30.0.12"]),
+    )?;
+    speaker.stop()
+}
+
+/// eBGP multihop: with the router two hops away, the default eBGP TTL of 1
+/// never reaches it; a multihop TTL of 2 establishes.
+#[test]
+fn ebgp_multihop_ttl_reaches_a_router_two_hops_away() -> Result<()> {
+    if !privilege::can_run("ebgp_multihop_ttl_reaches_a_router_two_hops_away") {
+        return Ok(());
+    }
+    let mut lab = Lab::new("multihop")?;
+    let router_ns = lab.netns("r")?;
+    let middle = lab.netns("mid")?;
+    let speaker_ns = lab.netns("ctl")?;
+    lab.veth((&router_ns, "eth0"), (&middle, "eth0"))?;
+    lab.veth((&middle, "eth1"), (&speaker_ns, "eth0"))?;
+    lab.addr(&router_ns, "eth0", "172.30.0.1/24")?;
+    lab.addr(&middle, "eth0", "172.30.0.2/24")?;
+    lab.addr(&middle, "eth1", "172.29.0.1/24")?;
+    lab.addr(&speaker_ns, "eth0", "172.29.0.10/24")?;
+    lab.exec(&middle, &["sysctl", "-qw", "net.ipv4.ip_forward=1"])?;
+    lab.ip(
+        &router_ns,
+        &["route", "add", "172.29.0.0/24", "via", "172.30.0.2"],
+    )?;
+    lab.ip(
+        &speaker_ns,
+        &["route", "add", "default", "via", "172.29.0.1"],
+    )?;
+    let router = Router::start(
+        &mut lab,
+        &router_ns,
+        RouterConfig {
+            daemon: Daemon::Bird,
+            router_id: ROUTER_V4.into(),
+            local_address: ROUTER_V4.parse()?,
+            local_as: 65001,
+            neighbors: vec![Neighbor {
+                multihop: Some(2),
+                ..Neighbor::new("172.29.0.10".parse()?, 65000)
+            }],
+            graceful_restart: false,
+            passive: true,
+        },
+    )?;
+    let speaker = PorterSpeaker::start_with(
+        &speaker_ns,
+        SpeakerConfig {
+            local_as: 65000,
+            router_id: Ipv4Addr::new(172, 29, 0, 10),
+            listen: None,
+            graceful_restart: None,
+        },
+    )?;
+    let mut single_hop = PeerConfig::new(ROUTER_V4.parse()?, 65001);
+    single_hop.connect_retry = Duration::from_millis(500);
+    speaker.upsert(single_hop.clone())?;
+    std::thread::sleep(Duration::from_secs(4));
+    ensure!(
+        speaker.state()? != SessionState::Established,
+        "an eBGP session with TTL 1 crossed a router"
+    );
+
+    let mut multihop = single_hop;
+    multihop.ebgp_multihop_ttl = Some(2);
+    speaker.upsert(multihop)?;
+    speaker.set_routes(BTreeMap::from([(
+        V4_PREFIX.parse()?,
+        ips(&["172.30.0.11", "172.30.0.12"]),
+    )]))?;
+    wait_for("the multihop session", SETTLE, || {
+        Ok((speaker.state()? == SessionState::Established
+            && router.established(&lab, "172.29.0.10".parse()?)?)
+        .then_some(()))
+    })?;
+    wait_for("the ECMP route over the multihop session", SETTLE, || {
+        Ok(
+            (router.next_hops(&lab, V4_PREFIX)? == ips(&["172.30.0.11", "172.30.0.12"]))
+                .then_some(()),
+        )
+    })?;
+    speaker.stop()
 }
