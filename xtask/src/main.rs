@@ -2,6 +2,7 @@
 mod cmd;
 mod demo;
 mod ebpf;
+mod gen_crds;
 mod setup;
 mod test;
 mod toolchain;
@@ -28,6 +29,8 @@ enum Task {
     /// Install the Debian packages, bpffs mount and eBPF toolchain that `test` and
     /// `demo` need (both run this first).
     Setup,
+    /// Regenerate deploy/crds/*.yaml from porter-api's CRD types.
+    GenCrds,
 }
 
 fn main() -> Result<()> {
@@ -40,5 +43,6 @@ fn main() -> Result<()> {
         Task::Test(args) => test::run(&args),
         Task::Demo(args) => demo::run(&args),
         Task::Setup => setup::ensure_all(),
+        Task::GenCrds => gen_crds::run(),
     }
 }
