@@ -4,6 +4,7 @@
 
 pub mod annotations;
 pub mod crd;
+pub mod source;
 
 pub use crd::{BgpConf, BgpConfSpec, BgpPeer, BgpPeerSpec, Eip, EipSpec, EipStatus};
 
