@@ -2,5 +2,6 @@
 //! announces each EIP over BGP with one path per node that serves it.
 
 pub mod announce;
+pub mod bgp;
 pub mod ipam;
 pub mod service;
