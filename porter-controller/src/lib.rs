@@ -4,4 +4,5 @@
 pub mod announce;
 pub mod bgp;
 pub mod ipam;
+pub mod reconcile;
 pub mod service;
