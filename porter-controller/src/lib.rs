@@ -4,5 +4,7 @@
 pub mod announce;
 pub mod bgp;
 pub mod ipam;
+pub mod metrics;
 pub mod reconcile;
+pub mod run;
 pub mod service;

@@ -131,12 +131,6 @@ impl Reconciler {
                     Ok(ips) => {
                         self.failed.remove(&req.key);
                         plan.allocated += ips.len() as u64;
-                        plan.events.push(Event {
-                            regarding: Regarding::Service(req.key.clone()),
-                            type_: EventType::Normal,
-                            reason: REASON_ALLOCATED,
-                            message: format!("assigned {}", join(&ips)),
-                        });
                     }
                     Err(e) => {
                         plan.failures.push(failure_kind(&e));
@@ -159,6 +153,16 @@ impl Reconciler {
                 plan.finalizers.push((req.key.clone(), true));
             }
             if desired != req.current.as_slice() {
+                // Reported when published rather than when chosen, so that a
+                // follower's pass does not swallow the event.
+                if !desired.is_empty() {
+                    plan.events.push(Event {
+                        regarding: Regarding::Service(req.key.clone()),
+                        type_: EventType::Normal,
+                        reason: REASON_ALLOCATED,
+                        message: format!("assigned {}", join(desired)),
+                    });
+                }
                 plan.ingress.push((req.key.clone(), desired.to_vec()));
             }
         }

@@ -5,6 +5,7 @@
 //! follows the same contract.
 
 pub mod dir;
+pub mod kube;
 
 use std::future::Future;
 use std::net::IpAddr;
@@ -71,7 +72,7 @@ pub enum WriteError {
     #[error("the API server refused {what}: {source}")]
     Api {
         what: String,
-        source: Box<kube::Error>,
+        source: Box<::kube::Error>,
     },
 }
 
