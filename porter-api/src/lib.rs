@@ -2,5 +2,40 @@
 //! keys a Service opts in with, and the cluster-state sources (`kube`, `dir`)
 //! that the controller and the agent both read through.
 
-/// Annotation with which a Service opts in to Porter (the seed's key).
-pub const LB_ANNOTATION: &str = "lb.kubesphere.io/v1alpha1";
+pub mod annotations;
+pub mod crd;
+pub mod source;
+
+pub use crd::{BgpConf, BgpConfSpec, BgpPeer, BgpPeerSpec, Eip, EipSpec, EipStatus};
+
+/// A namespaced object's identity, displayed as `namespace/name` (the form
+/// `Eip.status.used` and the logs use).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ObjectKey {
+    pub namespace: String,
+    pub name: String,
+}
+
+impl ObjectKey {
+    pub fn new(namespace: impl Into<String>, name: impl Into<String>) -> Self {
+        Self {
+            namespace: namespace.into(),
+            name: name.into(),
+        }
+    }
+
+    /// The key of a namespaced object; an object without a namespace (as a
+    /// manifest may be) lands in `default`, as `kubectl apply` would put it.
+    pub fn of(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> Self {
+        Self::new(
+            meta.namespace.as_deref().unwrap_or("default"),
+            meta.name.as_deref().unwrap_or_default(),
+        )
+    }
+}
+
+impl std::fmt::Display for ObjectKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.namespace, self.name)
+    }
+}

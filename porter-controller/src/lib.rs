@@ -1,2 +1,10 @@
 //! The controller: assigns EIPs from pools to Services that opt in, and
 //! announces each EIP over BGP with one path per node that serves it.
+
+pub mod announce;
+pub mod bgp;
+pub mod ipam;
+pub mod metrics;
+pub mod reconcile;
+pub mod run;
+pub mod service;

@@ -3,6 +3,7 @@ mod bench;
 mod cmd;
 mod demo;
 mod ebpf;
+mod gen_crds;
 mod setup;
 mod test;
 mod toolchain;
@@ -31,6 +32,8 @@ enum Task {
     /// Install the Debian packages, bpffs mount and eBPF toolchain that `test` and
     /// `demo` need (both run this first).
     Setup,
+    /// Regenerate deploy/crds/*.yaml from porter-api's CRD types.
+    GenCrds,
 }
 
 fn main() -> Result<()> {
@@ -44,5 +47,6 @@ fn main() -> Result<()> {
         Task::Demo(args) => demo::run(&args),
         Task::Setup => setup::ensure_all(),
         Task::Bench(args) => bench::run(&args),
+        Task::GenCrds => gen_crds::run(),
     }
 }

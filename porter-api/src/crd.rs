@@ -1,0 +1,337 @@
+//! The custom resources: `Eip` (v1alpha2 stored, v1alpha1 served for the
+//! seed's manifests), `BgpConf` and `BgpPeer`, all cluster-scoped in
+//! `network.kubesphere.io`. Field names follow OpenELB so that its objects
+//! apply unchanged.
+
+// Each `printcolumn(...)` repeats `type_ = "integer"` and the like; clippy
+// reads those as duplicated attributes although they are separate columns.
+#![allow(clippy::duplicated_attributes)]
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use kube::CustomResource;
+use kube::core::CustomResourceExt;
+use kube::core::crd::merge_crds;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+pub const GROUP: &str = "network.kubesphere.io";
+
+/// An address pool Services are given external IPs from.
+#[derive(CustomResource, Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[kube(
+    group = "network.kubesphere.io",
+    version = "v1alpha2",
+    kind = "Eip",
+    status = "EipStatus",
+    derive = "PartialEq",
+    derive = "Default",
+    printcolumn(name = "CIDR", type_ = "string", json_path = ".spec.address"),
+    printcolumn(name = "Usage", type_ = "integer", json_path = ".status.usage"),
+    printcolumn(name = "Total", type_ = "integer", json_path = ".status.poolSize"),
+    printcolumn(name = "Disabled", type_ = "boolean", json_path = ".spec.disable"),
+    printcolumn(name = "Ready", type_ = "boolean", json_path = ".status.ready"),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
+)]
+#[serde(rename_all = "camelCase")]
+pub struct EipSpec {
+    /// A single IP (`10.0.0.5`), a CIDR (`10.0.0.0/24`, `2001:db8::/64`) or an
+    /// inclusive range (`10.0.0.10-10.0.0.20`). IPv4 or IPv6.
+    pub address: String,
+    /// How the addresses are announced: `bgp` (the default when empty) or `layer2`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub protocol: Option<String>,
+    /// For `layer2`: the NIC to answer on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interface: Option<String>,
+    /// Stop handing out new addresses from this pool; addresses already given keep working.
+    #[serde(default)]
+    pub disable: bool,
+    /// Order among the pools a Service may use: lower wins.
+    #[serde(default)]
+    pub priority: i32,
+    /// Only Services in these namespaces are given addresses from this pool
+    /// automatically (together with `namespaceSelector`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub namespaces: Vec<String>,
+    /// Only Services in namespaces with all of these labels are given
+    /// addresses from this pool automatically (together with `namespaces`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub namespace_selector: BTreeMap<String, String>,
+}
+
+/// What the controller reports about a pool.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct EipStatus {
+    /// Every address is in use.
+    #[serde(default)]
+    pub occupied: bool,
+    /// Addresses in use.
+    #[serde(default)]
+    pub usage: i64,
+    /// Addresses in the pool; saturates at 2^63-1 for very large IPv6 pools.
+    #[serde(default)]
+    pub pool_size: i64,
+    /// Address → the Services using it, as `namespace/name` joined by `;`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub used: BTreeMap<String, String>,
+    #[serde(default, rename = "firstIP", skip_serializing_if = "Option::is_none")]
+    pub first_ip: Option<String>,
+    #[serde(default, rename = "lastIP", skip_serializing_if = "Option::is_none")]
+    pub last_ip: Option<String>,
+    /// The pool holds IPv4 addresses.
+    #[serde(default)]
+    pub v4: bool,
+    /// The pool is valid, does not overlap another, and can be allocated from.
+    #[serde(default)]
+    pub ready: bool,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+}
+
+/// The seed's (Porter v0.1–v0.3) `Eip`: served so that old manifests apply as
+/// they are. With no conversion webhook the API server maps the fields by
+/// name, which is right because v1alpha1's are a subset of v1alpha2's.
+pub mod v1alpha1 {
+    use super::*;
+
+    #[derive(
+        CustomResource, Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema,
+    )]
+    #[kube(
+        group = "network.kubesphere.io",
+        version = "v1alpha1",
+        kind = "Eip",
+        status = "EipStatus",
+        printcolumn(name = "CIDR", type_ = "string", json_path = ".spec.address"),
+        printcolumn(name = "Usage", type_ = "integer", json_path = ".status.usage"),
+        printcolumn(name = "Total", type_ = "integer", json_path = ".status.poolSize"),
+        printcolumn(name = "Disabled", type_ = "boolean", json_path = ".spec.disable"),
+        printcolumn(
+            name = "Age",
+            type_ = "date",
+            json_path = ".metadata.creationTimestamp"
+        )
+    )]
+    #[serde(rename_all = "camelCase")]
+    pub struct EipSpec {
+        /// A single IP, a CIDR or an inclusive range `a-b`.
+        pub address: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub protocol: Option<String>,
+        #[serde(default)]
+        pub disable: bool,
+    }
+}
+
+/// Cluster-wide BGP settings; only the object named `default` is read.
+#[derive(CustomResource, Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[kube(
+    group = "network.kubesphere.io",
+    version = "v1alpha2",
+    kind = "BgpConf",
+    derive = "PartialEq",
+    printcolumn(name = "AS", type_ = "integer", json_path = ".spec.as"),
+    printcolumn(name = "RouterID", type_ = "string", json_path = ".spec.routerId"),
+    printcolumn(name = "ListenPort", type_ = "integer", json_path = ".spec.listenPort")
+)]
+#[serde(rename_all = "camelCase")]
+pub struct BgpConfSpec {
+    /// Our AS number.
+    #[serde(rename = "as")]
+    pub as_number: u32,
+    /// Our BGP identifier, an IPv4 address. Required: the controller is not
+    /// tied to one node, so it cannot borrow a node's address.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub router_id: Option<String>,
+    /// Port to accept passive sessions on; 17900 when unset (the seed's
+    /// default), negative to not listen at all.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub listen_port: Option<i32>,
+    /// RFC 4724 graceful restart: peers keep our routes while a new leader takes over.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub graceful_restart: Option<GracefulRestart>,
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct GracefulRestart {
+    #[serde(default)]
+    pub enabled: bool,
+    /// Seconds peers keep our routes after the session drops (default 120).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restart_time: Option<u16>,
+}
+
+/// One BGP neighbour to announce to.
+#[derive(CustomResource, Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[kube(
+    group = "network.kubesphere.io",
+    version = "v1alpha2",
+    kind = "BgpPeer",
+    derive = "PartialEq",
+    printcolumn(
+        name = "Neighbor",
+        type_ = "string",
+        json_path = ".spec.conf.neighborAddress"
+    ),
+    printcolumn(name = "PeerAS", type_ = "integer", json_path = ".spec.conf.peerAs")
+)]
+#[serde(rename_all = "camelCase")]
+pub struct BgpPeerSpec {
+    pub conf: PeerConf,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub transport: Option<Transport>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ebgp_multihop: Option<EbgpMultihop>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timers: Option<Timers>,
+    /// Address families and ADD-PATH; empty means the neighbour's own family
+    /// with `sendMax` 10.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub afi_safis: Vec<AfiSafi>,
+    /// OpenELB runs a speaker per node and picks nodes with this. Porter's
+    /// controller is the only speaker, so it is accepted and reported as not
+    /// applicable.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub node_selector: BTreeMap<String, String>,
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PeerConf {
+    pub peer_as: u32,
+    pub neighbor_address: String,
+    /// TCP MD5 (RFC 2385) password.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auth_password: Option<String>,
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Transport {
+    /// Wait for the neighbour to connect instead of connecting out.
+    #[serde(default)]
+    pub passive_mode: bool,
+    /// The neighbour's port (default 179).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub remote_port: Option<u16>,
+    /// Our source address for the session.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub local_address: Option<String>,
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct EbgpMultihop {
+    #[serde(default)]
+    pub enabled: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub multihop_ttl: Option<u8>,
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Timers {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config: Option<TimersConfig>,
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TimersConfig {
+    /// Seconds; 90 when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hold_time: Option<u16>,
+    /// Seconds; a third of the hold time when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keepalive_interval: Option<u16>,
+    /// Seconds between connection attempts; 30 when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub connect_retry: Option<u16>,
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AfiSafi {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config: Option<AfiSafiConfig>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub add_paths: Option<AddPaths>,
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AfiSafiConfig {
+    pub family: Family,
+    #[serde(default = "enabled_by_default")]
+    pub enabled: bool,
+}
+
+fn enabled_by_default() -> bool {
+    true
+}
+
+/// GoBGP spelling: `afi: AFI_IP | AFI_IP6`, `safi: SAFI_UNICAST`.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+pub struct Family {
+    pub afi: String,
+    pub safi: String,
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AddPaths {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config: Option<AddPathsConfig>,
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AddPathsConfig {
+    /// Paths per prefix to send (RFC 7911); 0 or 1 disables ADD-PATH.
+    #[serde(default)]
+    pub send_max: u8,
+}
+
+/// Every CRD this project defines, keyed by the file name under `deploy/crds/`.
+pub fn crds() -> Result<Vec<(&'static str, CustomResourceDefinition)>, kube::core::crd::MergeError>
+{
+    let eip = merge_crds(vec![v1alpha1::Eip::crd(), Eip::crd()], "v1alpha2")?;
+    Ok(vec![
+        ("eip.yaml", eip),
+        ("bgpconf.yaml", BgpConf::crd()),
+        ("bgppeer.yaml", BgpPeer::crd()),
+    ])
+}
+
+/// The CRDs rendered as the YAML `cargo xtask gen-crds` writes.
+pub fn crd_manifests() -> Result<Vec<(&'static str, String)>, CrdRenderError> {
+    crds()?
+        .into_iter()
+        .map(|(file, crd)| {
+            let yaml = serde_yaml::to_string(&crd)?;
+            Ok((
+                file,
+                format!(
+                    "# Generated by `cargo xtask gen-crds` from porter-api; do not edit.\n{yaml}"
+                ),
+            ))
+        })
+        .collect()
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CrdRenderError {
+    #[error("the Eip versions cannot be merged into one CRD: {0}")]
+    Merge(#[from] kube::core::crd::MergeError),
+    #[error("a CRD cannot be rendered as YAML: {0}")]
+    Yaml(#[from] serde_yaml::Error),
+}

@@ -1,0 +1,387 @@
+//! `--source dir:PATH`: the cluster as a directory of Kubernetes YAML
+//! manifests (any `*.yaml`, `*.yml`, `*.json`, multi-document allowed),
+//! polled for changes. What the core writes goes beside them, under
+//! `PATH/status/`: one `<kind>_<namespace>_<name>.yaml` per object holding
+//! its `status` and `finalizers` (read back over the manifest on the next
+//! load, as the API server would), and Events appended to `events.jsonl`.
+//! The netns lab and standalone use run on this.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use k8s_openapi::api::core::v1::{
+    ConfigMap, LoadBalancerIngress, LoadBalancerStatus, Namespace, Node, Service, ServiceStatus,
+};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+
+use super::{Event, EventType, Regarding, Snapshot, SnapshotReceiver, StatusWriter, WriteError};
+use crate::annotations::{
+    SEED_BGP_CONFIGMAP_NAME, SEED_BGP_CONFIGMAP_NAMESPACE, SERVICE_FINALIZER,
+};
+use crate::{BgpConf, BgpPeer, Eip, EipStatus, ObjectKey};
+
+const STATUS_DIR: &str = "status";
+const EVENTS_FILE: &str = "events.jsonl";
+
+/// What the core wrote about one object.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+struct StatusFile {
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    finalizers: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    status: Option<serde_yaml::Value>,
+}
+
+/// A manifest that could not be used, with why; loading goes on without it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LoadProblem {
+    pub file: PathBuf,
+    pub problem: String,
+}
+
+fn status_path(root: &Path, kind: &str, namespace: &str, name: &str) -> PathBuf {
+    root.join(STATUS_DIR)
+        .join(format!("{kind}_{namespace}_{name}.yaml"))
+}
+
+fn manifest_files(root: &Path) -> std::io::Result<Vec<PathBuf>> {
+    let mut out = Vec::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir)? {
+            let path = entry?.path();
+            if path.is_dir() {
+                if path != root.join(STATUS_DIR) {
+                    stack.push(path);
+                }
+            } else if matches!(
+                path.extension().and_then(|e| e.to_str()),
+                Some("yaml" | "yml" | "json")
+            ) {
+                out.push(path);
+            }
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// Size and mtime of every file that feeds a snapshot, status files
+/// included; a change in any of them means a new snapshot.
+fn fingerprint(root: &Path) -> Vec<(PathBuf, Option<SystemTime>, u64)> {
+    let mut files = manifest_files(root).unwrap_or_default();
+    files.extend(
+        std::fs::read_dir(root.join(STATUS_DIR))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| p.extension().is_some_and(|e| e == "yaml")),
+    );
+    files
+        .into_iter()
+        .map(|p| {
+            let meta = std::fs::metadata(&p).ok();
+            let modified = meta.as_ref().and_then(|m| m.modified().ok());
+            let len = meta.map_or(0, |m| m.len());
+            (p, modified, len)
+        })
+        .collect()
+}
+
+fn read_status(root: &Path, kind: &str, namespace: &str, name: &str) -> Option<StatusFile> {
+    let text = std::fs::read_to_string(status_path(root, kind, namespace, name)).ok()?;
+    serde_yaml::from_str(&text).ok()
+}
+
+fn overlay_status<S: serde::de::DeserializeOwned>(
+    file: &StatusFile,
+    status: &mut Option<S>,
+    finalizers: &mut Option<Vec<String>>,
+) {
+    if let Some(s) = file
+        .status
+        .clone()
+        .and_then(|v| serde_yaml::from_value(v).ok())
+    {
+        *status = Some(s);
+    }
+    if !file.finalizers.is_empty() {
+        *finalizers = Some(file.finalizers.clone());
+    }
+}
+
+/// Reads every manifest under `root` into a snapshot.
+pub fn load(root: &Path) -> std::io::Result<(Snapshot, Vec<LoadProblem>)> {
+    let mut snap = Snapshot::default();
+    let mut problems = Vec::new();
+    for file in manifest_files(root)? {
+        let text = match std::fs::read_to_string(&file) {
+            Ok(t) => t,
+            Err(e) => {
+                problems.push(LoadProblem {
+                    file,
+                    problem: e.to_string(),
+                });
+                continue;
+            }
+        };
+        for doc in serde_yaml::Deserializer::from_str(&text) {
+            let value = match serde_yaml::Value::deserialize(doc) {
+                Ok(serde_yaml::Value::Null) => continue,
+                Ok(v) => v,
+                Err(e) => {
+                    problems.push(LoadProblem {
+                        file: file.clone(),
+                        problem: format!("not YAML: {e}"),
+                    });
+                    break;
+                }
+            };
+            if let Err(problem) = add_object(root, &mut snap, value) {
+                problems.push(LoadProblem {
+                    file: file.clone(),
+                    problem,
+                });
+            }
+        }
+    }
+    Ok((snap, problems))
+}
+
+fn parse<T: serde::de::DeserializeOwned>(
+    kind: &str,
+    value: serde_yaml::Value,
+) -> Result<T, String> {
+    serde_yaml::from_value(value).map_err(|e| format!("invalid {kind}: {e}"))
+}
+
+fn add_object(root: &Path, snap: &mut Snapshot, value: serde_yaml::Value) -> Result<(), String> {
+    let kind = value
+        .get("kind")
+        .and_then(|k| k.as_str())
+        .ok_or("a document without `kind`")?
+        .to_string();
+    match kind.as_str() {
+        "Service" => {
+            let mut svc: Service = parse(&kind, value)?;
+            let key = ObjectKey::of(&svc.metadata);
+            if let Some(f) = read_status(root, "Service", &key.namespace, &key.name) {
+                overlay_status(&f, &mut svc.status, &mut svc.metadata.finalizers);
+            }
+            snap.services.push(Arc::new(svc));
+        }
+        "EndpointSlice" => snap
+            .endpoint_slices
+            .push(Arc::new(parse::<EndpointSlice>(&kind, value)?)),
+        "Node" => snap.nodes.push(Arc::new(parse::<Node>(&kind, value)?)),
+        "Namespace" => snap
+            .namespaces
+            .push(Arc::new(parse::<Namespace>(&kind, value)?)),
+        // `EIP` is how the seed's oldest manifests spell the kind.
+        "Eip" | "EIP" => {
+            let mut eip: Eip = parse(&kind, value)?;
+            let name = eip.metadata.name.clone().unwrap_or_default();
+            if let Some(f) = read_status(root, "Eip", "", &name) {
+                overlay_status(&f, &mut eip.status, &mut eip.metadata.finalizers);
+            }
+            snap.eips.push(Arc::new(eip));
+        }
+        "BgpConf" => snap
+            .bgp_confs
+            .push(Arc::new(parse::<BgpConf>(&kind, value)?)),
+        "BgpPeer" => snap
+            .bgp_peers
+            .push(Arc::new(parse::<BgpPeer>(&kind, value)?)),
+        "ConfigMap" => {
+            let cm: ConfigMap = parse(&kind, value)?;
+            if cm.metadata.name.as_deref() == Some(SEED_BGP_CONFIGMAP_NAME)
+                && cm.metadata.namespace.as_deref() == Some(SEED_BGP_CONFIGMAP_NAMESPACE)
+            {
+                snap.config_maps.push(Arc::new(cm));
+            }
+        }
+        // Deployments, RBAC and the like sit next to these in real manifests.
+        _ => {}
+    }
+    Ok(())
+}
+
+/// Starts polling `root` every `poll`; the first snapshot is loaded before
+/// this returns, so a bad path fails at once.
+pub fn start(root: PathBuf, poll: Duration) -> std::io::Result<(SnapshotReceiver, DirWriter)> {
+    // Fingerprint before loading: a change made while loading is seen next poll.
+    let mut seen = fingerprint(&root);
+    let (first, problems) = load(&root)?;
+    report(&problems);
+    let (tx, rx) = watch::channel(Arc::new(first));
+    let writer = DirWriter { root: root.clone() };
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(poll).await;
+            let now = fingerprint(&root);
+            if now == seen {
+                continue;
+            }
+            seen = now;
+            match load(&root) {
+                Ok((snap, problems)) => {
+                    report(&problems);
+                    if tx.send(Arc::new(snap)).is_err() {
+                        return;
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(dir = %root.display(), error = %e, "cannot read manifests; keeping the last snapshot")
+                }
+            }
+        }
+    });
+    Ok((rx, writer))
+}
+
+fn report(problems: &[LoadProblem]) {
+    for p in problems {
+        tracing::warn!(file = %p.file.display(), problem = %p.problem, "manifest skipped; fix it and it is read again");
+    }
+}
+
+/// Writes status beside the manifests.
+#[derive(Debug, Clone)]
+pub struct DirWriter {
+    root: PathBuf,
+}
+
+impl DirWriter {
+    pub fn new(root: PathBuf) -> Self {
+        Self { root }
+    }
+
+    /// Read-modify-write of one status file; untouched when nothing changes,
+    /// so that an idempotent write does not trigger a reload.
+    fn update(
+        &self,
+        kind: &str,
+        namespace: &str,
+        name: &str,
+        f: impl FnOnce(&mut StatusFile),
+    ) -> Result<(), WriteError> {
+        let path = status_path(&self.root, kind, namespace, name);
+        let what = || format!("{}", path.display());
+        let old = read_status(&self.root, kind, namespace, name).unwrap_or_default();
+        let mut new = old.clone();
+        f(&mut new);
+        if new == old {
+            return Ok(());
+        }
+        let text = serde_yaml::to_string(&new).map_err(|source| WriteError::Encode {
+            what: what(),
+            source,
+        })?;
+        let io = |source| WriteError::Io {
+            what: what(),
+            source,
+        };
+        std::fs::create_dir_all(self.root.join(STATUS_DIR)).map_err(io)?;
+        // Write then rename, so that the poller never reads half a file.
+        let tmp = path.with_extension("tmp");
+        std::fs::write(&tmp, text).map_err(io)?;
+        std::fs::rename(&tmp, &path).map_err(io)
+    }
+}
+
+fn to_value<T: Serialize>(what: &str, v: &T) -> Result<serde_yaml::Value, WriteError> {
+    serde_yaml::to_value(v).map_err(|source| WriteError::Encode {
+        what: what.to_string(),
+        source,
+    })
+}
+
+impl StatusWriter for DirWriter {
+    async fn service_ingress(
+        &self,
+        service: &ObjectKey,
+        ingress: &[IpAddr],
+    ) -> Result<(), WriteError> {
+        let status = ServiceStatus {
+            load_balancer: Some(LoadBalancerStatus {
+                ingress: Some(
+                    ingress
+                        .iter()
+                        .map(|ip| LoadBalancerIngress {
+                            ip: Some(ip.to_string()),
+                            ip_mode: Some("VIP".into()),
+                            ..Default::default()
+                        })
+                        .collect(),
+                ),
+            }),
+            conditions: None,
+        };
+        let value = to_value("Service status", &status)?;
+        self.update("Service", &service.namespace, &service.name, |f| {
+            f.status = Some(value)
+        })
+    }
+
+    async fn service_finalizer(
+        &self,
+        service: &ObjectKey,
+        present: bool,
+    ) -> Result<(), WriteError> {
+        self.update("Service", &service.namespace, &service.name, |f| {
+            f.finalizers.retain(|x| x != SERVICE_FINALIZER);
+            if present {
+                f.finalizers.push(SERVICE_FINALIZER.to_string());
+            }
+        })
+    }
+
+    async fn eip_status(&self, eip: &str, status: &EipStatus) -> Result<(), WriteError> {
+        let value = to_value("Eip status", status)?;
+        self.update("Eip", "", eip, |f| f.status = Some(value))
+    }
+
+    async fn event(&self, event: &Event) -> Result<(), WriteError> {
+        use std::io::Write;
+        let regarding = match &event.regarding {
+            Regarding::Service(k) => format!("Service {k}"),
+            Regarding::Eip(n) => format!("Eip {n}"),
+        };
+        let line: BTreeMap<&str, &str> = [
+            ("regarding", regarding.as_str()),
+            (
+                "type",
+                match event.type_ {
+                    EventType::Normal => "Normal",
+                    EventType::Warning => "Warning",
+                },
+            ),
+            ("reason", event.reason),
+            ("message", event.message.as_str()),
+        ]
+        .into();
+        let path = self.root.join(STATUS_DIR).join(EVENTS_FILE);
+        let io = |source| WriteError::Io {
+            what: path.display().to_string(),
+            source,
+        };
+        std::fs::create_dir_all(self.root.join(STATUS_DIR)).map_err(io)?;
+        let mut file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .map_err(io)?;
+        // serde_json of a map of strings cannot fail.
+        let text = serde_json::to_string(&line).unwrap_or_default();
+        writeln!(file, "{text}").map_err(io)
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,203 @@
+use super::*;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+/// A scratch directory removed on drop.
+struct Scratch(PathBuf);
+
+impl Scratch {
+    fn new() -> Self {
+        static N: AtomicU32 = AtomicU32::new(0);
+        let p = std::env::temp_dir().join(format!(
+            "porter-dir-test-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
+        std::fs::create_dir_all(&p).expect("scratch dir");
+        Self(p)
+    }
+
+    fn write(&self, name: &str, text: &str) {
+        std::fs::write(self.0.join(name), text).expect("write manifest");
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+const SEED: &str = r#"
+apiVersion: network.kubesphere.io/v1alpha1
+kind: EIP
+metadata:
+  name: eip-sample-pool
+spec:
+  address: 192.168.0.100
+  disable: false
+---
+apiVersion: v1
+kind: Service
+metadata:
+  name: mylbapp-svc
+  annotations:
+    lb.kubesphere.io/v1alpha1: porter
+spec:
+  type: LoadBalancer
+  selector:
+    app: mylbapp
+  ports:
+  - name: http
+    port: 8088
+    targetPort: 80
+---
+apiVersion: v1
+kind: ConfigMap
+metadata:
+  name: bgp-cfg
+  namespace: porter-system
+data:
+  config.toml: |
+    [global.config]
+    as = 65000
+---
+apiVersion: v1
+kind: ConfigMap
+metadata:
+  name: unrelated
+  namespace: porter-system
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: ignored
+"#;
+
+#[test]
+fn loads_the_seed_manifests_as_they_are() {
+    let dir = Scratch::new();
+    dir.write("seed.yaml", SEED);
+    let (snap, problems) = load(&dir.0).expect("load");
+    assert!(problems.is_empty(), "{problems:?}");
+    assert_eq!(snap.eips.len(), 1);
+    assert_eq!(snap.eips[0].spec.address, "192.168.0.100");
+    assert!(!snap.eips[0].spec.disable);
+    assert_eq!(snap.services.len(), 1);
+    assert_eq!(
+        ObjectKey::of(&snap.services[0].metadata).to_string(),
+        "default/mylbapp-svc"
+    );
+    assert_eq!(snap.config_maps.len(), 1, "only bgp-cfg is kept");
+}
+
+#[test]
+fn a_broken_manifest_is_reported_and_the_rest_loaded() {
+    let dir = Scratch::new();
+    dir.write("good.yaml", SEED);
+    dir.write(
+        "bad.yaml",
+        "kind: Eip\nmetadata: {name: x}\nspec: {address: [1, 2]}\n",
+    );
+    dir.write("worse.yml", "kind: [\n");
+    dir.write("notes.txt", "kind: Service\n");
+    let (snap, problems) = load(&dir.0).expect("load");
+    assert_eq!(snap.eips.len(), 1);
+    let files: Vec<_> = problems
+        .iter()
+        .map(|p| p.file.file_name().and_then(|f| f.to_str()).unwrap_or(""))
+        .collect();
+    assert_eq!(files, ["bad.yaml", "worse.yml"], "{problems:?}");
+    assert!(problems[0].problem.contains("invalid Eip"), "{problems:?}");
+}
+
+#[tokio::test]
+async fn written_status_reads_back_and_rewriting_it_changes_nothing() {
+    let dir = Scratch::new();
+    dir.write("seed.yaml", SEED);
+    let w = DirWriter::new(dir.0.clone());
+    let key = ObjectKey::new("default", "mylbapp-svc");
+    let ip: IpAddr = "192.168.0.100".parse().expect("ip");
+    w.service_ingress(&key, &[ip]).await.expect("status");
+    w.service_finalizer(&key, true).await.expect("finalizer");
+    let status = EipStatus {
+        usage: 1,
+        pool_size: 1,
+        ready: true,
+        v4: true,
+        ..Default::default()
+    };
+    w.eip_status("eip-sample-pool", &status)
+        .await
+        .expect("eip status");
+    w.event(&Event {
+        regarding: Regarding::Service(key.clone()),
+        type_: EventType::Normal,
+        reason: "IPAllocated",
+        message: "192.168.0.100".into(),
+    })
+    .await
+    .expect("event");
+
+    let (snap, _) = load(&dir.0).expect("load");
+    let svc = &snap.services[0];
+    let ingress = svc
+        .status
+        .as_ref()
+        .and_then(|s| s.load_balancer.as_ref())
+        .and_then(|l| l.ingress.as_ref());
+    assert_eq!(
+        ingress.and_then(|i| i[0].ip.as_deref()),
+        Some("192.168.0.100")
+    );
+    assert_eq!(
+        svc.metadata.finalizers.as_deref(),
+        Some(&[SERVICE_FINALIZER.to_string()][..])
+    );
+    assert_eq!(snap.eips[0].status.as_ref(), Some(&status));
+    let events = std::fs::read_to_string(dir.0.join("status/events.jsonl")).expect("events");
+    assert!(
+        events.contains(r#""reason":"IPAllocated""#)
+            && events.contains("Service default/mylbapp-svc")
+    );
+
+    let before = fingerprint(&dir.0);
+    w.service_ingress(&key, &[ip]).await.expect("same status");
+    w.service_finalizer(&key, true)
+        .await
+        .expect("same finalizer");
+    assert_eq!(
+        fingerprint(&dir.0),
+        before,
+        "an idempotent write must not trigger a reload"
+    );
+
+    w.service_finalizer(&key, false)
+        .await
+        .expect("remove finalizer");
+    let (snap, _) = load(&dir.0).expect("load");
+    assert_eq!(snap.services[0].metadata.finalizers, None);
+}
+
+#[tokio::test]
+async fn a_changed_manifest_publishes_a_new_snapshot() {
+    let dir = Scratch::new();
+    dir.write("seed.yaml", SEED);
+    let (mut rx, _w) = start(dir.0.clone(), Duration::from_millis(20)).expect("start");
+    assert_eq!(rx.borrow().eips.len(), 1);
+    dir.write(
+        "more.yaml",
+        "kind: Eip\nmetadata: {name: second}\nspec: {address: 10.0.0.0/24}\n",
+    );
+    // The bound only keeps a broken poller from hanging the suite.
+    tokio::time::timeout(Duration::from_secs(30), rx.changed())
+        .await
+        .expect("a new snapshot within 30 s")
+        .expect("source alive");
+    assert_eq!(rx.borrow().eips.len(), 2);
+}
+
+#[test]
+fn a_missing_directory_fails_with_its_path() {
+    let err = load(Path::new("/nonexistent/porter-dir")).expect_err("missing dir");
+    assert_eq!(err.kind(), std::io::ErrorKind::NotFound);
+}

@@ -1,0 +1,304 @@
+//! `--source kube`: the cluster through kube-rs reflectors, with status and
+//! finalizers written by server-side apply under the field manager
+//! `porter-controller`, and Events through the events.k8s.io API.
+
+use std::fmt::Debug;
+use std::hash::Hash;
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Node, ObjectReference, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use kube::api::{Patch, PatchParams};
+use kube::runtime::events::{Event as KubeEvent, EventType as KubeEventType, Recorder, Reporter};
+use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Api, Client, Resource, ResourceExt};
+use serde::de::DeserializeOwned;
+use serde_json::json;
+use tokio::sync::{Notify, watch};
+
+use super::{Event, EventType, Regarding, Snapshot, SnapshotReceiver, StatusWriter, WriteError};
+use crate::annotations::{
+    FIELD_MANAGER, SEED_BGP_CONFIGMAP_NAME, SEED_BGP_CONFIGMAP_NAMESPACE, SERVICE_FINALIZER,
+};
+use crate::{BgpConf, BgpPeer, Eip, EipStatus, ObjectKey};
+
+/// Coalesces bursts of watch events into one snapshot.
+const DEBOUNCE: Duration = Duration::from_millis(50);
+
+/// The reflector stores behind the snapshots.
+#[derive(Clone)]
+pub struct Stores {
+    pub services: Store<Service>,
+    pub endpoint_slices: Store<EndpointSlice>,
+    pub nodes: Store<Node>,
+    pub namespaces: Store<Namespace>,
+    pub eips: Store<Eip>,
+    pub bgp_confs: Store<BgpConf>,
+    pub bgp_peers: Store<BgpPeer>,
+    pub config_maps: Store<ConfigMap>,
+}
+
+impl Stores {
+    pub fn snapshot(&self) -> Snapshot {
+        Snapshot {
+            services: self.services.state(),
+            endpoint_slices: self.endpoint_slices.state(),
+            nodes: self.nodes.state(),
+            namespaces: self.namespaces.state(),
+            eips: self.eips.state(),
+            bgp_confs: self.bgp_confs.state(),
+            bgp_peers: self.bgp_peers.state(),
+            config_maps: self.config_maps.state(),
+        }
+    }
+}
+
+/// Starts one reflector per kind; `managedFields` (and a node's image list)
+/// are dropped before caching, as nothing reads them and they are most of
+/// the bytes.
+fn reflect<K>(
+    api: Api<K>,
+    config: watcher::Config,
+    changed: Arc<Notify>,
+    strip: fn(&mut K),
+) -> Store<K>
+where
+    K: Resource + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
+    K::DynamicType: Default + Eq + Hash + Clone,
+{
+    let (reader, writer) = reflector::store();
+    let stream = watcher(api, config)
+        .default_backoff()
+        .modify(move |o: &mut K| {
+            o.meta_mut().managed_fields = None;
+            strip(o);
+        })
+        .reflect(writer);
+    tokio::spawn(async move {
+        let mut stream = std::pin::pin!(stream);
+        while let Some(event) = stream.next().await {
+            match event {
+                Ok(_) => changed.notify_one(),
+                Err(e) => {
+                    tracing::warn!(kind = %K::kind(&K::DynamicType::default()), error = %e, "watch failed; retrying with backoff")
+                }
+            }
+        }
+    });
+    reader
+}
+
+fn keep<K>(_: &mut K) {}
+
+/// Starts the reflectors and returns once every store has its first full
+/// list, so the first snapshot is complete.
+pub async fn start(client: Client) -> (SnapshotReceiver, Stores) {
+    let changed = Arc::new(Notify::new());
+    let all = watcher::Config::default();
+    let stores = Stores {
+        services: reflect(Api::all(client.clone()), all.clone(), changed.clone(), keep),
+        endpoint_slices: reflect(Api::all(client.clone()), all.clone(), changed.clone(), keep),
+        nodes: reflect(
+            Api::all(client.clone()),
+            all.clone(),
+            changed.clone(),
+            |n: &mut Node| {
+                if let Some(s) = n.status.as_mut() {
+                    s.images = None;
+                }
+            },
+        ),
+        namespaces: reflect(Api::all(client.clone()), all.clone(), changed.clone(), keep),
+        eips: reflect(Api::all(client.clone()), all.clone(), changed.clone(), keep),
+        bgp_confs: reflect(Api::all(client.clone()), all.clone(), changed.clone(), keep),
+        bgp_peers: reflect(Api::all(client.clone()), all.clone(), changed.clone(), keep),
+        config_maps: reflect(
+            Api::namespaced(client.clone(), SEED_BGP_CONFIGMAP_NAMESPACE),
+            all.fields(&format!("metadata.name={SEED_BGP_CONFIGMAP_NAME}")),
+            changed.clone(),
+            keep,
+        ),
+    };
+    wait_ready(&stores).await;
+    let (tx, rx) = watch::channel(Arc::new(stores.snapshot()));
+    let publisher = stores.clone();
+    tokio::spawn(async move {
+        loop {
+            changed.notified().await;
+            tokio::time::sleep(DEBOUNCE).await;
+            if tx.send(Arc::new(publisher.snapshot())).is_err() {
+                return;
+            }
+        }
+    });
+    (rx, stores)
+}
+
+async fn wait_ready(s: &Stores) {
+    // An error here means the writer side was dropped, which only happens at shutdown.
+    let _ = tokio::join!(
+        s.services.wait_until_ready(),
+        s.endpoint_slices.wait_until_ready(),
+        s.nodes.wait_until_ready(),
+        s.namespaces.wait_until_ready(),
+        s.eips.wait_until_ready(),
+        s.bgp_confs.wait_until_ready(),
+        s.bgp_peers.wait_until_ready(),
+        s.config_maps.wait_until_ready(),
+    );
+}
+
+/// Writes through the API server. Events need the object's uid, which comes
+/// from the reflector stores when there are any.
+#[derive(Clone)]
+pub struct KubeWriter {
+    client: Client,
+    recorder: Recorder,
+    stores: Option<Stores>,
+}
+
+impl KubeWriter {
+    /// `instance` names this replica in Events (the pod name).
+    pub fn new(client: Client, instance: Option<String>, stores: Option<Stores>) -> Self {
+        let reporter = Reporter {
+            controller: FIELD_MANAGER.into(),
+            instance,
+        };
+        Self {
+            recorder: Recorder::new(client.clone(), reporter),
+            client,
+            stores,
+        }
+    }
+
+    fn apply_params() -> PatchParams {
+        PatchParams::apply(FIELD_MANAGER).force()
+    }
+
+    fn reference(&self, regarding: &Regarding) -> ObjectReference {
+        match regarding {
+            Regarding::Service(k) => ObjectReference {
+                api_version: Some("v1".into()),
+                kind: Some("Service".into()),
+                namespace: Some(k.namespace.clone()),
+                name: Some(k.name.clone()),
+                uid: self.stores.as_ref().and_then(|s| {
+                    s.services
+                        .get(&ObjectRef::new(&k.name).within(&k.namespace))
+                        .and_then(|o| o.uid())
+                }),
+                ..Default::default()
+            },
+            Regarding::Eip(name) => ObjectReference {
+                api_version: Some(Eip::api_version(&()).into_owned()),
+                kind: Some("Eip".into()),
+                name: Some(name.clone()),
+                uid: self
+                    .stores
+                    .as_ref()
+                    .and_then(|s| s.eips.get(&ObjectRef::new(name)).and_then(|o| o.uid())),
+                ..Default::default()
+            },
+        }
+    }
+}
+
+fn api_error(what: String) -> impl FnOnce(kube::Error) -> WriteError {
+    move |source| WriteError::Api {
+        what,
+        source: Box::new(source),
+    }
+}
+
+/// `status.loadBalancer.ingress` as applied: the IPs, mode VIP (the node
+/// does not take the address, the data plane answers for it).
+pub fn ingress_patch(ingress: &[IpAddr]) -> serde_json::Value {
+    let ingress: Vec<_> = ingress
+        .iter()
+        .map(|ip| json!({"ip": ip.to_string(), "ipMode": "VIP"}))
+        .collect();
+    json!({
+        "apiVersion": "v1",
+        "kind": "Service",
+        "status": {"loadBalancer": {"ingress": ingress}},
+    })
+}
+
+impl StatusWriter for KubeWriter {
+    async fn service_ingress(
+        &self,
+        service: &ObjectKey,
+        ingress: &[IpAddr],
+    ) -> Result<(), WriteError> {
+        let api: Api<Service> = Api::namespaced(self.client.clone(), &service.namespace);
+        api.patch_status(
+            &service.name,
+            &Self::apply_params(),
+            &Patch::Apply(ingress_patch(ingress)),
+        )
+        .await
+        .map(drop)
+        .map_err(api_error(format!("status of Service {service}")))
+    }
+
+    async fn service_finalizer(
+        &self,
+        service: &ObjectKey,
+        present: bool,
+    ) -> Result<(), WriteError> {
+        // Applying without the finalizer drops it: server-side apply removes
+        // list items this manager owned and no longer sets.
+        let finalizers: Vec<&str> = if present {
+            vec![SERVICE_FINALIZER]
+        } else {
+            vec![]
+        };
+        let patch = json!({
+            "apiVersion": "v1",
+            "kind": "Service",
+            "metadata": {"name": service.name, "finalizers": finalizers},
+        });
+        let api: Api<Service> = Api::namespaced(self.client.clone(), &service.namespace);
+        api.patch(&service.name, &Self::apply_params(), &Patch::Apply(patch))
+            .await
+            .map(drop)
+            .map_err(api_error(format!("finalizer of Service {service}")))
+    }
+
+    async fn eip_status(&self, eip: &str, status: &EipStatus) -> Result<(), WriteError> {
+        let patch = json!({
+            "apiVersion": Eip::api_version(&()),
+            "kind": "Eip",
+            "status": status,
+        });
+        let api: Api<Eip> = Api::all(self.client.clone());
+        api.patch_status(eip, &Self::apply_params(), &Patch::Apply(patch))
+            .await
+            .map(drop)
+            .map_err(api_error(format!("status of Eip {eip}")))
+    }
+
+    async fn event(&self, event: &Event) -> Result<(), WriteError> {
+        let ev = KubeEvent {
+            type_: match event.type_ {
+                EventType::Normal => KubeEventType::Normal,
+                EventType::Warning => KubeEventType::Warning,
+            },
+            reason: event.reason.into(),
+            note: Some(event.message.clone()),
+            action: event.reason.into(),
+            secondary: None,
+        };
+        self.recorder
+            .publish(&ev, &self.reference(&event.regarding))
+            .await
+            .map_err(api_error(format!("Event {}", event.reason)))
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,100 @@
+//! How both binaries read the cluster and write back to it, independent of
+//! where the cluster lives. A source publishes [`Snapshot`]s on a watch
+//! channel, newest wins; a [`StatusWriter`] takes what the core decided.
+//! Implementations: [`dir`] (manifests in a directory); the kube-rs one
+//! follows the same contract.
+
+pub mod dir;
+pub mod kube;
+
+use std::future::Future;
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Node, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+
+use crate::{BgpConf, BgpPeer, Eip, EipStatus, ObjectKey};
+
+/// Everything the controller and the agent read, as of one moment. Objects
+/// are shared, so publishing a snapshot copies pointers, not objects.
+#[derive(Debug, Clone, Default)]
+pub struct Snapshot {
+    pub services: Vec<Arc<Service>>,
+    pub endpoint_slices: Vec<Arc<EndpointSlice>>,
+    pub nodes: Vec<Arc<Node>>,
+    pub namespaces: Vec<Arc<Namespace>>,
+    pub eips: Vec<Arc<Eip>>,
+    pub bgp_confs: Vec<Arc<BgpConf>>,
+    pub bgp_peers: Vec<Arc<BgpPeer>>,
+    /// Only the seed's `porter-system/bgp-cfg`.
+    pub config_maps: Vec<Arc<ConfigMap>>,
+}
+
+/// The receiving end of a source: `borrow()` is the latest snapshot,
+/// `changed()` waits for the next one.
+pub type SnapshotReceiver = tokio::sync::watch::Receiver<Arc<Snapshot>>;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EventType {
+    Normal,
+    Warning,
+}
+
+/// The object an Event is about.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Regarding {
+    Service(ObjectKey),
+    Eip(String),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Event {
+    pub regarding: Regarding,
+    pub type_: EventType,
+    /// CamelCase reason: `IPAllocated`, `AllocationFailed`, `Announced`.
+    pub reason: &'static str,
+    pub message: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum WriteError {
+    #[error("cannot write {what}: {source}")]
+    Io {
+        what: String,
+        source: std::io::Error,
+    },
+    #[error("cannot encode {what}: {source}")]
+    Encode {
+        what: String,
+        source: serde_yaml::Error,
+    },
+    #[error("the API server refused {what}: {source}")]
+    Api {
+        what: String,
+        source: Box<::kube::Error>,
+    },
+}
+
+/// Where the core's decisions go. Every call is idempotent: writing what is
+/// already there changes nothing.
+pub trait StatusWriter: Send + Sync {
+    /// Sets `status.loadBalancer.ingress` to exactly `ingress`.
+    fn service_ingress(
+        &self,
+        service: &ObjectKey,
+        ingress: &[IpAddr],
+    ) -> impl Future<Output = Result<(), WriteError>> + Send;
+    /// Adds or removes [`crate::annotations::SERVICE_FINALIZER`].
+    fn service_finalizer(
+        &self,
+        service: &ObjectKey,
+        present: bool,
+    ) -> impl Future<Output = Result<(), WriteError>> + Send;
+    fn eip_status(
+        &self,
+        eip: &str,
+        status: &EipStatus,
+    ) -> impl Future<Output = Result<(), WriteError>> + Send;
+    fn event(&self, event: &Event) -> impl Future<Output = Result<(), WriteError>> + Send;
+}

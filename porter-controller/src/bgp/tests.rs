@@ -1,0 +1,268 @@
+use super::*;
+use ipnet::IpNet;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use porter_api::crd::{
+    AddPaths, AddPathsConfig, AfiSafi, AfiSafiConfig, EbgpMultihop, PeerConf, Transport,
+};
+use porter_api::{BgpConfSpec, BgpPeerSpec};
+
+fn conf(name: &str, router_id: Option<&str>) -> BgpConf {
+    BgpConf {
+        metadata: ObjectMeta {
+            name: Some(name.into()),
+            ..Default::default()
+        },
+        spec: BgpConfSpec {
+            as_number: 65000,
+            router_id: router_id.map(str::to_string),
+            ..Default::default()
+        },
+    }
+}
+
+fn peer(name: &str, address: &str, f: impl FnOnce(&mut BgpPeerSpec)) -> BgpPeer {
+    let mut spec = BgpPeerSpec {
+        conf: PeerConf {
+            peer_as: 65001,
+            neighbor_address: address.into(),
+            auth_password: None,
+        },
+        ..Default::default()
+    };
+    f(&mut spec);
+    BgpPeer {
+        metadata: ObjectMeta {
+            name: Some(name.into()),
+            ..Default::default()
+        },
+        spec,
+    }
+}
+
+fn ip(s: &str) -> IpAddr {
+    s.parse().expect("test IP")
+}
+
+#[test]
+fn crds_translate_with_openelb_defaults() {
+    let confs = [conf("default", Some("10.0.0.1"))];
+    let peers = [
+        peer("plain", "192.168.1.1", |_| {}),
+        peer("full", "2001:db8::1", |s| {
+            s.conf.auth_password = Some("s3cret".into());
+            s.transport = Some(Transport {
+                passive_mode: true,
+                remote_port: Some(1790),
+                local_address: Some("2001:db8::2".into()),
+            });
+            s.ebgp_multihop = Some(EbgpMultihop {
+                enabled: true,
+                multihop_ttl: None,
+            });
+            s.afi_safis = vec![
+                AfiSafi {
+                    config: Some(AfiSafiConfig {
+                        family: porter_api::crd::Family {
+                            afi: "AFI_IP".into(),
+                            safi: "SAFI_UNICAST".into(),
+                        },
+                        enabled: true,
+                    }),
+                    add_paths: Some(AddPaths {
+                        config: Some(AddPathsConfig { send_max: 4 }),
+                    }),
+                },
+                AfiSafi {
+                    config: Some(AfiSafiConfig {
+                        family: porter_api::crd::Family {
+                            afi: "AFI_IP6".into(),
+                            safi: "SAFI_UNICAST".into(),
+                        },
+                        enabled: true,
+                    }),
+                    add_paths: None,
+                },
+            ];
+        }),
+    ];
+    let d = from_crds(&confs, &peers);
+    let speaker = d.speaker.expect("speaker");
+    assert_eq!(speaker.local_as, 65000);
+    assert_eq!(speaker.listen.map(|l| l.port()), Some(DEFAULT_LISTEN_PORT));
+    assert_eq!(
+        speaker.graceful_restart.map(|g| g.restart_time),
+        Some(120),
+        "graceful restart on by default"
+    );
+    let plain = &d.peers[&ip("192.168.1.1")];
+    assert_eq!(
+        (plain.remote_port, plain.hold_time, plain.add_path_send_max),
+        (179, 90, 10)
+    );
+    assert_eq!(plain.families, [Family::Ipv4Unicast]);
+    let full = &d.peers[&ip("2001:db8::1")];
+    assert!(full.passive);
+    assert_eq!(full.remote_port, 1790);
+    assert_eq!(full.md5_password.as_deref(), Some("s3cret"));
+    assert_eq!(full.ebgp_multihop_ttl, Some(255));
+    assert_eq!(full.add_path_send_max, 4);
+    assert_eq!(full.families, [Family::Ipv4Unicast, Family::Ipv6Unicast]);
+    assert_eq!(full.local_address, Some(ip("2001:db8::2")));
+    assert!(d.notes.is_empty(), "{:?}", d.notes);
+}
+
+#[test]
+fn bad_crds_are_refused_with_a_note() {
+    let confs = [conf("default", None), conf("other", Some("10.0.0.1"))];
+    let peers = [
+        peer("bad", "not-an-ip", |_| {}),
+        peer("a", "192.168.1.1", |s| {
+            s.node_selector = [("rack".to_string(), "1".to_string())].into()
+        }),
+        peer("b", "192.168.1.1", |_| {}),
+    ];
+    let d = from_crds(&confs, &peers);
+    assert_eq!(d.speaker, None);
+    let text: Vec<&str> = d.notes.iter().map(|n| n.message.as_str()).collect();
+    let has = |s: &str| text.iter().any(|t| t.contains(s));
+    assert!(has("routerId"), "{text:?}");
+    assert!(has("BgpConf `other` is ignored"), "{text:?}");
+    assert!(has("BgpPeer `bad` is ignored: neighborAddress"), "{text:?}");
+    assert!(has("nodeSelector does not apply"), "{text:?}");
+    assert!(has("configured twice"), "{text:?}");
+    assert_eq!(d.peers.len(), 1);
+}
+
+const SEED_TOML: &str = r#"
+[global.config]
+  as = 65000
+  router-id = "10.0.255.254"
+  port = 17900
+[porter-config]
+  using-port-forward = true
+[[neighbors]]
+  [neighbors.config]
+    neighbor-address = "10.10.12.1"
+    peer-as = 65001
+  [neighbors.add-paths.config]
+    send-max = 8
+[[neighbors]]
+  neighbor-address = "10.10.12.2"
+  peer-as = 65002
+  [neighbors.timers]
+    hold-time = 30
+"#;
+
+#[test]
+fn seed_toml_translates_and_explains_what_does_not_apply() {
+    let d = from_seed_toml(SEED_TOML);
+    let s = d.speaker.expect("speaker");
+    assert_eq!(
+        (s.local_as, s.router_id),
+        (65000, "10.0.255.254".parse().expect("id"))
+    );
+    assert_eq!(s.listen.map(|l| l.port()), Some(17900));
+    assert_eq!(d.peers[&ip("10.10.12.1")].add_path_send_max, 8);
+    assert_eq!(d.peers[&ip("10.10.12.1")].remote_as, 65001);
+    assert_eq!(d.peers[&ip("10.10.12.2")].remote_as, 65002);
+    let text: Vec<&str> = d.notes.iter().map(|n| n.message.as_str()).collect();
+    assert!(
+        text.iter()
+            .any(|t| t.contains("using-port-forward does not apply: Porter connects out")),
+        "{text:?}"
+    );
+    assert!(
+        text.iter()
+            .any(|t| t.contains("10.10.12.2: timers does not apply")),
+        "{text:?}"
+    );
+    assert!(
+        from_seed_toml("[global").notes[0]
+            .message
+            .contains("not valid TOML")
+    );
+}
+
+#[test]
+fn crds_win_over_the_seed_configmap_with_a_warning() {
+    use k8s_openapi::api::core::v1::ConfigMap;
+    use std::sync::Arc;
+    let cm = ConfigMap {
+        data: Some([("config.toml".to_string(), SEED_TOML.to_string())].into()),
+        ..Default::default()
+    };
+    let mut snap = Snapshot {
+        config_maps: vec![Arc::new(cm)],
+        ..Default::default()
+    };
+    assert_eq!(
+        desired(&snap).peers.len(),
+        2,
+        "the seed alone configures BGP"
+    );
+    snap.bgp_confs = vec![Arc::new(conf("default", Some("10.0.0.1")))];
+    snap.bgp_peers = vec![Arc::new(peer("p", "192.168.9.9", |_| {}))];
+    let d = desired(&snap);
+    assert_eq!(
+        d.peers.keys().copied().collect::<Vec<_>>(),
+        [ip("192.168.9.9")]
+    );
+    assert!(
+        d.notes
+            .iter()
+            .any(|n| n.warning && n.message.contains("the CRDs win"))
+    );
+}
+
+#[test]
+fn driver_changes_only_what_changed() {
+    let mut rec = Recorder::default();
+    let mut driver = BgpDriver::default();
+    let confs = [conf("default", Some("10.0.0.1"))];
+    let a = peer("a", "192.168.1.1", |_| {});
+    let b = peer("b", "192.168.1.2", |_| {});
+    let b2 = peer("b", "192.168.1.2", |s| s.conf.peer_as = 65099);
+    let c = peer("c", "192.168.1.3", |_| {});
+
+    driver.configure(from_crds(&confs, [&a, &b]), &mut rec);
+    assert!(matches!(rec.calls[0], Call::Start(_)));
+    assert_eq!(rec.calls.len(), 3);
+    rec.calls.clear();
+
+    driver.configure(from_crds(&confs, [&a, &b2, &c]), &mut rec);
+    let changed: Vec<_> = rec
+        .calls
+        .iter()
+        .map(|c| match c {
+            Call::Upsert(p) => p.address.to_string(),
+            other => format!("{other:?}"),
+        })
+        .collect();
+    assert_eq!(
+        changed,
+        ["192.168.1.2", "192.168.1.3"],
+        "peer a keeps its session"
+    );
+    rec.calls.clear();
+
+    driver.configure(from_crds(&confs, [&a, &c]), &mut rec);
+    assert_eq!(rec.calls, [Call::Remove(ip("192.168.1.2"))]);
+    rec.calls.clear();
+
+    let routes: Routes = [(IpNet::from(ip("10.9.0.1")), [ip("192.168.0.10")].into())].into();
+    assert!(driver.routes(&routes, &mut rec));
+    assert!(
+        !driver.routes(&routes, &mut rec),
+        "unchanged routes are not re-sent"
+    );
+
+    // A new router id restarts the speaker and re-adds every peer and route.
+    rec.calls.clear();
+    driver.configure(
+        from_crds(&[conf("default", Some("10.0.0.2"))], [&a, &c]),
+        &mut rec,
+    );
+    assert!(matches!(rec.calls[0], Call::Start(_)));
+    assert_eq!(rec.calls.len(), 3);
+    assert!(driver.routes(&routes, &mut rec));
+}

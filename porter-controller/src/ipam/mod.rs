@@ -1,0 +1,431 @@
+//! Address management over `Eip` pools: which Service holds which address.
+//!
+//! Pure and deterministic. The reconciler feeds it the pools and the Services
+//! and writes out what it decides. Existing holdings (from memory, or after a
+//! restart from the Services' own status) are always honoured before anything
+//! new is handed out, so no Service's address changes because of a restart.
+
+mod pool;
+mod range;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
+
+use porter_api::ObjectKey;
+
+pub use pool::{Pool, PoolState};
+pub use range::{Family, IpRange, RangeError};
+
+use crate::service::{FamilyPolicy, Port, ServiceRequest};
+
+/// Labels of each namespace, for `Eip.spec.namespaceSelector`.
+pub type NamespaceLabels = BTreeMap<String, BTreeMap<String, String>>;
+
+/// Who holds one address.
+#[derive(Debug, Clone, Default, PartialEq)]
+struct Holding {
+    pool: String,
+    sharing_key: Option<String>,
+    users: BTreeMap<ObjectKey, BTreeSet<Port>>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AllocError {
+    #[error(
+        "requested address `{0}` is not an IP address; fix the annotation or spec.loadBalancerIP"
+    )]
+    InvalidRequest(String),
+    #[error("pool `{0}` named by annotation does not exist")]
+    PoolNotFound(String),
+    #[error("pool `{pool}` cannot be used: {why}")]
+    PoolUnusable { pool: String, why: String },
+    #[error(
+        "pool `{pool}` is not open to namespace `{namespace}` (see its namespaces/namespaceSelector)"
+    )]
+    PoolNotAllowed { pool: String, namespace: String },
+    #[error("no {0} pool is open to this Service; create an Eip or mark one default")]
+    NoPool(Family),
+    #[error("no free {family} address in pool(s) {pools}; it is retried when one frees up")]
+    Exhausted { family: Family, pools: String },
+    #[error("requested address {0} is in no usable pool")]
+    NotInPool(IpAddr),
+    #[error(
+        "requested address {ip} is held by {holders} and cannot be shared (sharing needs the same allow-shared-ip key and no common port)"
+    )]
+    InUse { ip: IpAddr, holders: String },
+    #[error("{0} addresses were requested but the Service's ipFamilies do not include {0}")]
+    FamilyNotWanted(Family),
+}
+
+#[derive(Debug, Default, Clone)]
+pub struct Ipam {
+    pools: BTreeMap<String, Pool>,
+    holdings: BTreeMap<IpAddr, Holding>,
+    services: BTreeMap<ObjectKey, Vec<IpAddr>>,
+}
+
+impl Ipam {
+    /// Replaces the pool set. Addresses outside every accepted pool are
+    /// released; holdings in a disabled pool stay.
+    pub fn set_pools(&mut self, pools: Vec<Pool>) {
+        let mut next = pool::accept(pools);
+        for (name, p) in &mut next {
+            if let Some(old) = self.pools.get(name) {
+                p.inherit_cursor(old);
+            }
+        }
+        self.pools = next;
+        let orphaned: Vec<ObjectKey> = self
+            .services
+            .iter()
+            .filter(|(_, ips)| ips.iter().any(|ip| self.accepting_pool_of(*ip).is_none()))
+            .map(|(k, _)| k.clone())
+            .collect();
+        for key in orphaned {
+            self.release(&key);
+        }
+    }
+
+    pub fn pools(&self) -> impl Iterator<Item = &Pool> {
+        self.pools.values()
+    }
+
+    pub fn addresses_of(&self, key: &ObjectKey) -> Option<&[IpAddr]> {
+        self.services.get(key).map(Vec::as_slice)
+    }
+
+    pub fn allocations(&self) -> &BTreeMap<ObjectKey, Vec<IpAddr>> {
+        &self.services
+    }
+
+    /// Services using each address of `pool`, for `Eip.status.used`.
+    pub fn used_in(&self, pool: &str) -> BTreeMap<IpAddr, Vec<&ObjectKey>> {
+        self.holdings
+            .iter()
+            .filter(|(_, h)| h.pool == pool)
+            .map(|(ip, h)| (*ip, h.users.keys().collect()))
+            .collect()
+    }
+
+    /// Gives up `key`'s addresses.
+    pub fn release(&mut self, key: &ObjectKey) -> Vec<IpAddr> {
+        let ips = self.services.remove(key).unwrap_or_default();
+        for ip in &ips {
+            if let Some(h) = self.holdings.get_mut(ip) {
+                h.users.remove(key);
+                if h.users.is_empty() {
+                    self.holdings.remove(ip);
+                }
+            }
+        }
+        ips
+    }
+
+    /// Keeps what `req` already holds, in memory or in its status, if it still
+    /// fits the request. Returns whether it now holds addresses. Called for
+    /// every Service before any [`Ipam::allocate`], so that new allocations
+    /// never take an address a Service already shows in its status.
+    pub fn keep_existing(&mut self, req: &ServiceRequest, labels: &NamespaceLabels) -> bool {
+        if let Some(ips) = self.services.get(&req.key).cloned() {
+            if self.fits(req, &ips, labels) {
+                // Ports or the sharing key may have changed: re-check sharing.
+                self.release(&req.key);
+                if self.can_take_all(req, &ips) {
+                    self.take(req, &ips);
+                    return true;
+                }
+                return false;
+            }
+            self.release(&req.key);
+        }
+        if req.current.is_empty()
+            || !self.fits(req, &req.current, labels)
+            || !self.can_take_all(req, &req.current)
+        {
+            return false;
+        }
+        let ips = req.current.clone();
+        self.take(req, &ips);
+        true
+    }
+
+    /// Hands out addresses to a Service that holds none.
+    pub fn allocate(
+        &mut self,
+        req: &ServiceRequest,
+        labels: &NamespaceLabels,
+    ) -> Result<Vec<IpAddr>, AllocError> {
+        if let Some(bad) = &req.invalid_request {
+            return Err(AllocError::InvalidRequest(bad.clone()));
+        }
+        for ip in &req.requested {
+            if !req.families.contains(&Family::of(*ip)) {
+                return Err(AllocError::FamilyNotWanted(Family::of(*ip)));
+            }
+        }
+        let mut got = Vec::new();
+        let mut first_error = None;
+        for family in &req.families {
+            let wanted = req.requested.iter().find(|ip| Family::of(**ip) == *family);
+            let result = match wanted {
+                Some(ip) => self.check_requested(req, *ip, labels).map(|()| *ip),
+                None if !req.requested.is_empty() && req.policy == FamilyPolicy::SingleStack => {
+                    continue;
+                }
+                None => self.pick(req, *family, labels),
+            };
+            match result {
+                Ok(ip) => {
+                    self.take(req, &[ip]);
+                    got.push(ip);
+                }
+                Err(e) => {
+                    first_error.get_or_insert(e);
+                }
+            }
+        }
+        let complete = match req.policy {
+            FamilyPolicy::RequireDualStack => first_error.is_none(),
+            _ => !got.is_empty(),
+        };
+        if complete {
+            return Ok(got);
+        }
+        self.release(&req.key);
+        Err(first_error.unwrap_or(AllocError::NoPool(req.families[0])))
+    }
+
+    fn accepting_pool_of(&self, ip: IpAddr) -> Option<&Pool> {
+        self.pools
+            .values()
+            .find(|p| p.state == PoolState::Accepted && p.range.is_some_and(|r| r.contains(ip)))
+    }
+
+    /// Whether `ips` satisfy the request: each in an accepted pool (disabled
+    /// is fine, it keeps what it gave), in the named pool if any, the
+    /// requested ones if any, and the families the policy allows.
+    fn fits(&self, req: &ServiceRequest, ips: &[IpAddr], labels: &NamespaceLabels) -> bool {
+        if req.invalid_request.is_some() {
+            return false;
+        }
+        let families: BTreeSet<Family> = ips.iter().map(|ip| Family::of(*ip)).collect();
+        if families.len() != ips.len() || !families.iter().all(|f| req.families.contains(f)) {
+            return false;
+        }
+        if req.policy == FamilyPolicy::RequireDualStack && families.len() < req.families.len() {
+            return false;
+        }
+        if !req.requested.is_empty() && !req.requested.iter().all(|r| ips.contains(r)) {
+            return false;
+        }
+        ips.iter().all(|ip| match self.accepting_pool_of(*ip) {
+            None => false,
+            Some(p) => {
+                req.pool.as_ref().is_none_or(|name| *name == p.name)
+                    && (req.pool.is_some()
+                        || !req.requested.is_empty()
+                        || p.open_to(&req.key.namespace, labels))
+            }
+        })
+    }
+
+    fn can_take_all(&self, req: &ServiceRequest, ips: &[IpAddr]) -> bool {
+        ips.iter().all(|ip| self.shareable(req, *ip).is_ok())
+    }
+
+    /// Whether `req` may use `ip` given its current holders.
+    fn shareable(&self, req: &ServiceRequest, ip: IpAddr) -> Result<(), AllocError> {
+        let Some(h) = self.holdings.get(&ip) else {
+            return Ok(());
+        };
+        let others: Vec<_> = h.users.iter().filter(|(k, _)| **k != req.key).collect();
+        let ok = others.is_empty()
+            || (req.sharing_key.is_some()
+                && h.sharing_key == req.sharing_key
+                && others
+                    .iter()
+                    .all(|(_, ports)| ports.is_disjoint(&req.ports)));
+        if ok {
+            Ok(())
+        } else {
+            let holders = others
+                .iter()
+                .map(|(k, _)| k.to_string())
+                .collect::<Vec<_>>()
+                .join(", ");
+            Err(AllocError::InUse { ip, holders })
+        }
+    }
+
+    fn take(&mut self, req: &ServiceRequest, ips: &[IpAddr]) {
+        for ip in ips {
+            let pool = self
+                .accepting_pool_of(*ip)
+                .map(|p| p.name.clone())
+                .unwrap_or_default();
+            let h = self.holdings.entry(*ip).or_insert_with(|| Holding {
+                pool,
+                sharing_key: req.sharing_key.clone(),
+                users: BTreeMap::new(),
+            });
+            h.users.insert(req.key.clone(), req.ports.clone());
+            let held = self.services.entry(req.key.clone()).or_default();
+            if !held.contains(ip) {
+                held.push(*ip);
+            }
+        }
+    }
+
+    fn check_requested(
+        &self,
+        req: &ServiceRequest,
+        ip: IpAddr,
+        labels: &NamespaceLabels,
+    ) -> Result<(), AllocError> {
+        let pool = self
+            .accepting_pool_of(ip)
+            .ok_or(AllocError::NotInPool(ip))?;
+        if let Some(name) = &req.pool
+            && *name != pool.name
+        {
+            return Err(AllocError::NotInPool(ip));
+        }
+        self.check_usable(pool, req, labels)?;
+        self.shareable(req, ip)
+    }
+
+    fn check_usable(
+        &self,
+        pool: &Pool,
+        req: &ServiceRequest,
+        labels: &NamespaceLabels,
+    ) -> Result<(), AllocError> {
+        if pool.disabled {
+            return Err(AllocError::PoolUnusable {
+                pool: pool.name.clone(),
+                why: "it is disabled".into(),
+            });
+        }
+        if !pool.open_to(&req.key.namespace, labels) {
+            return Err(AllocError::PoolNotAllowed {
+                pool: pool.name.clone(),
+                namespace: req.key.namespace.clone(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Pool order for automatic allocation: pools reserved for the Service's
+    /// namespace (by priority), then the default pool, then open pools (by
+    /// priority). A named pool is the only candidate.
+    fn candidates(
+        &self,
+        req: &ServiceRequest,
+        family: Family,
+        labels: &NamespaceLabels,
+    ) -> Result<Vec<&Pool>, AllocError> {
+        if let Some(name) = &req.pool {
+            let pool = self
+                .pools
+                .get(name)
+                .ok_or_else(|| AllocError::PoolNotFound(name.clone()))?;
+            if let PoolState::Refused(why) = &pool.state {
+                return Err(AllocError::PoolUnusable {
+                    pool: name.clone(),
+                    why: why.clone(),
+                });
+            }
+            self.check_usable(pool, req, labels)?;
+            return Ok(vec![pool]
+                .into_iter()
+                .filter(|p| p.family() == Some(family))
+                .collect());
+        }
+        let mut usable: Vec<&Pool> = self
+            .pools
+            .values()
+            .filter(|p| p.state == PoolState::Accepted && !p.disabled && p.family() == Some(family))
+            .filter(|p| p.open_to(&req.key.namespace, labels))
+            .collect();
+        usable.sort_by_key(|p| (tier(p), p.priority, p.name.clone()));
+        Ok(usable)
+    }
+
+    fn pick(
+        &mut self,
+        req: &ServiceRequest,
+        family: Family,
+        labels: &NamespaceLabels,
+    ) -> Result<IpAddr, AllocError> {
+        let candidates = self.candidates(req, family, labels)?;
+        if candidates.is_empty() {
+            return Err(AllocError::NoPool(family));
+        }
+        let names: Vec<String> = candidates.iter().map(|p| p.name.clone()).collect();
+        // Sharing first: an address already given to the same key, in pool order.
+        if req.sharing_key.is_some() {
+            for name in &names {
+                let shared = self.holdings.iter().find(|(ip, h)| {
+                    h.pool == *name
+                        && Family::of(**ip) == family
+                        && self.shareable(req, **ip).is_ok()
+                });
+                if let Some((ip, _)) = shared {
+                    return Ok(*ip);
+                }
+            }
+        }
+        for name in &names {
+            if let Some(ip) = self.next_free(name) {
+                return Ok(ip);
+            }
+        }
+        Err(AllocError::Exhausted {
+            family,
+            pools: names.join(", "),
+        })
+    }
+
+    /// The first free address at or after the pool's cursor, wrapping once.
+    /// The cursor makes filling a pool linear instead of quadratic.
+    fn next_free(&mut self, name: &str) -> Option<IpAddr> {
+        let pool = self.pools.get(name)?;
+        let range = pool.range?;
+        let size = range.size();
+        let start = pool.cursor % size;
+        let found = self
+            .gap_in(&range, start, size)
+            .or_else(|| self.gap_in(&range, 0, start))?;
+        if let Some(p) = self.pools.get_mut(name) {
+            p.cursor = found.wrapping_add(1);
+        }
+        range.nth(found)
+    }
+
+    /// The first offset in `from..to` of `range` that nobody holds.
+    fn gap_in(&self, range: &IpRange, from: u128, to: u128) -> Option<u128> {
+        let mut next = from;
+        let first = range.nth(from)?;
+        for ip in self.holdings.range(first..=range.last()).map(|(ip, _)| *ip) {
+            if next >= to || range.offset_of(ip) != Some(next) {
+                break;
+            }
+            next += 1;
+        }
+        (next < to).then_some(next)
+    }
+}
+
+/// 0: reserved for the namespace; 1: default; 2: open to all.
+fn tier(pool: &Pool) -> u8 {
+    if pool.restricted() {
+        0
+    } else if pool.is_default {
+        1
+    } else {
+        2
+    }
+}
+
+#[cfg(test)]
+mod tests;

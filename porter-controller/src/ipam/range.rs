@@ -1,0 +1,253 @@
+//! Pool address ranges as u128 intervals, so that any IPv6 pool (a /64 has
+//! 2^64 addresses) is sized and walked without overflow.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use ipnet::IpNet;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Family {
+    V4,
+    V6,
+}
+
+impl Family {
+    pub fn of(ip: IpAddr) -> Self {
+        match ip {
+            IpAddr::V4(_) => Family::V4,
+            IpAddr::V6(_) => Family::V6,
+        }
+    }
+}
+
+impl std::fmt::Display for Family {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Family::V4 => "IPv4",
+            Family::V6 => "IPv6",
+        })
+    }
+}
+
+/// An inclusive interval of addresses of one family.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IpRange {
+    pub family: Family,
+    pub start: u128,
+    pub end: u128,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RangeError {
+    #[error("`{0}` is not an IP, a CIDR or a range `a-b`")]
+    Syntax(String),
+    #[error("range `{0}` mixes IPv4 and IPv6")]
+    MixedFamilies(String),
+    #[error("range `{0}` ends before it starts")]
+    Reversed(String),
+}
+
+pub fn to_u128(ip: IpAddr) -> u128 {
+    match ip {
+        IpAddr::V4(v4) => u32::from(v4).into(),
+        IpAddr::V6(v6) => u128::from(v6),
+    }
+}
+
+fn from_u128(family: Family, value: u128) -> IpAddr {
+    match family {
+        // Values of a V4 range never exceed u32::MAX: they come from to_u128 of a V4 address.
+        Family::V4 => IpAddr::V4(Ipv4Addr::from(value as u32)),
+        Family::V6 => IpAddr::V6(Ipv6Addr::from(value)),
+    }
+}
+
+impl IpRange {
+    /// Parses an `Eip.spec.address`: `10.0.0.1`, `10.0.0.0/24` or `10.0.0.1-10.0.0.9`.
+    pub fn parse(text: &str) -> Result<Self, RangeError> {
+        let text = text.trim();
+        let syntax = || RangeError::Syntax(text.to_string());
+        if let Some((a, b)) = text.split_once('-') {
+            let a: IpAddr = a.trim().parse().map_err(|_| syntax())?;
+            let b: IpAddr = b.trim().parse().map_err(|_| syntax())?;
+            if Family::of(a) != Family::of(b) {
+                return Err(RangeError::MixedFamilies(text.to_string()));
+            }
+            let (start, end) = (to_u128(a), to_u128(b));
+            if end < start {
+                return Err(RangeError::Reversed(text.to_string()));
+            }
+            return Ok(Self {
+                family: Family::of(a),
+                start,
+                end,
+            });
+        }
+        if text.contains('/') {
+            let net: IpNet = text.parse().map_err(|_| syntax())?;
+            return Ok(Self {
+                family: Family::of(net.addr()),
+                start: to_u128(net.network()),
+                end: to_u128(net.broadcast()),
+            });
+        }
+        let ip: IpAddr = text.parse().map_err(|_| syntax())?;
+        Ok(Self::single(ip))
+    }
+
+    pub fn single(ip: IpAddr) -> Self {
+        Self {
+            family: Family::of(ip),
+            start: to_u128(ip),
+            end: to_u128(ip),
+        }
+    }
+
+    /// Number of addresses; `::/0` (2^128) saturates at u128::MAX.
+    pub fn size(&self) -> u128 {
+        (self.end - self.start).saturating_add(1)
+    }
+
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        Family::of(ip) == self.family && (self.start..=self.end).contains(&to_u128(ip))
+    }
+
+    pub fn overlaps(&self, other: &IpRange) -> bool {
+        self.family == other.family && self.start <= other.end && other.start <= self.end
+    }
+
+    pub fn first(&self) -> IpAddr {
+        from_u128(self.family, self.start)
+    }
+
+    pub fn last(&self) -> IpAddr {
+        from_u128(self.family, self.end)
+    }
+
+    /// The address at `offset` from the start, if inside the range.
+    pub fn nth(&self, offset: u128) -> Option<IpAddr> {
+        let value = self.start.checked_add(offset)?;
+        (value <= self.end).then(|| from_u128(self.family, value))
+    }
+
+    pub fn offset_of(&self, ip: IpAddr) -> Option<u128> {
+        self.contains(ip).then(|| to_u128(ip) - self.start)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_every_pool_syntax_and_sizes_it() {
+        let cases: &[(&str, Family, &str, &str, u128)] = &[
+            (
+                "192.168.0.100",
+                Family::V4,
+                "192.168.0.100",
+                "192.168.0.100",
+                1,
+            ),
+            ("10.0.0.0/24", Family::V4, "10.0.0.0", "10.0.0.255", 256),
+            ("10.0.0.7/24", Family::V4, "10.0.0.0", "10.0.0.255", 256),
+            (
+                "10.0.0.10-10.0.0.20",
+                Family::V4,
+                "10.0.0.10",
+                "10.0.0.20",
+                11,
+            ),
+            (
+                " 10.0.0.1 - 10.0.0.1 ",
+                Family::V4,
+                "10.0.0.1",
+                "10.0.0.1",
+                1,
+            ),
+            (
+                "0.0.0.0/0",
+                Family::V4,
+                "0.0.0.0",
+                "255.255.255.255",
+                1 << 32,
+            ),
+            ("2001:db8::1", Family::V6, "2001:db8::1", "2001:db8::1", 1),
+            (
+                "2001:db8::/64",
+                Family::V6,
+                "2001:db8::",
+                "2001:db8::ffff:ffff:ffff:ffff",
+                1 << 64,
+            ),
+            (
+                "2001:db8::/32",
+                Family::V6,
+                "2001:db8::",
+                "2001:db8:ffff:ffff:ffff:ffff:ffff:ffff",
+                1 << 96,
+            ),
+            (
+                "::/0",
+                Family::V6,
+                "::",
+                "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff",
+                u128::MAX,
+            ),
+            (
+                "2001:db8::a-2001:db8::f",
+                Family::V6,
+                "2001:db8::a",
+                "2001:db8::f",
+                6,
+            ),
+        ];
+        for (text, family, first, last, size) in cases {
+            let r = IpRange::parse(text).unwrap_or_else(|e| panic!("{text}: {e}"));
+            assert_eq!(r.family, *family, "{text}");
+            assert_eq!(r.first().to_string(), *first, "{text}");
+            assert_eq!(r.last().to_string(), *last, "{text}");
+            assert_eq!(r.size(), *size, "{text}");
+        }
+    }
+
+    #[test]
+    fn rejects_malformed_pools_with_a_reason() {
+        let cases: &[(&str, RangeError)] = &[
+            ("", RangeError::Syntax("".into())),
+            ("10.0.0", RangeError::Syntax("10.0.0".into())),
+            ("10.0.0.0/33", RangeError::Syntax("10.0.0.0/33".into())),
+            (
+                "10.0.0.9-10.0.0.1",
+                RangeError::Reversed("10.0.0.9-10.0.0.1".into()),
+            ),
+            (
+                "10.0.0.1-2001:db8::1",
+                RangeError::MixedFamilies("10.0.0.1-2001:db8::1".into()),
+            ),
+            ("10.0.0.1-x", RangeError::Syntax("10.0.0.1-x".into())),
+        ];
+        for (text, want) in cases {
+            assert_eq!(IpRange::parse(text).as_ref(), Err(want), "{text}");
+        }
+    }
+
+    #[test]
+    fn overlap_needs_same_family_and_shared_addresses() {
+        let r = |s| IpRange::parse(s).expect("valid");
+        assert!(r("10.0.0.0/24").overlaps(&r("10.0.0.255-10.0.1.5")));
+        assert!(!r("10.0.0.0/24").overlaps(&r("10.0.1.0/24")));
+        // ::a00:0 is numerically 10.0.0.0 but another family.
+        assert!(!r("10.0.0.0/24").overlaps(&r("::a00:0/120")));
+        assert!(r("2001:db8::/64").overlaps(&r("2001:db8::ffff:ffff:ffff:ffff")));
+    }
+
+    #[test]
+    fn nth_walks_a_v6_64_at_its_far_end() {
+        let r = IpRange::parse("2001:db8::/64").expect("valid");
+        let last = r.nth((1u128 << 64) - 1).expect("inside");
+        assert_eq!(last.to_string(), "2001:db8::ffff:ffff:ffff:ffff");
+        assert_eq!(r.nth(1u128 << 64), None);
+        assert_eq!(r.offset_of(last), Some((1u128 << 64) - 1));
+    }
+}

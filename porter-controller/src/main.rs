@@ -1,0 +1,178 @@
+//! `porter-controller`: EIP allocation for LoadBalancer Services and their
+//! BGP announcements. See docs/controller.md.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use clap::Parser;
+use porter_api::source::{dir, kube as kube_source};
+use porter_controller::bgp::LogAnnouncer;
+use porter_controller::metrics::{self, Metrics};
+use porter_controller::run::{Controller, Settings, run};
+use tokio::sync::watch;
+
+#[derive(Debug, Clone)]
+enum Source {
+    Kube,
+    Dir(PathBuf),
+}
+
+fn parse_source(s: &str) -> Result<Source, String> {
+    match s {
+        "kube" => Ok(Source::Kube),
+        _ => match s.strip_prefix("dir:") {
+            Some(path) if !path.is_empty() => Ok(Source::Dir(path.into())),
+            _ => Err(format!("`{s}` is neither `kube` nor `dir:PATH`")),
+        },
+    }
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    let (number, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
+    let n: u64 = number
+        .parse()
+        .map_err(|_| format!("`{s}` is not a duration like 500ms, 5s or 2m"))?;
+    match unit {
+        "ms" => Ok(Duration::from_millis(n)),
+        "s" | "" => Ok(Duration::from_secs(n)),
+        "m" => Ok(Duration::from_secs(n * 60)),
+        _ => Err(format!("`{s}`: unit must be ms, s or m")),
+    }
+}
+
+/// Gives LoadBalancer Services an external IP from Eip pools and announces
+/// each one over BGP, with one path per node that has a ready endpoint.
+#[derive(Parser, Debug)]
+#[command(name = "porter-controller", version)]
+struct Args {
+    /// Where the cluster state comes from: `kube` (the API server, from the
+    /// in-cluster config or KUBECONFIG) or `dir:PATH` (a directory of YAML
+    /// manifests, watched; status and events are written to PATH/status/).
+    #[arg(long, default_value = "kube", value_parser = parse_source, env = "PORTER_SOURCE")]
+    source: Source,
+    /// Address to serve Prometheus metrics on, at /metrics.
+    #[arg(long, default_value = "0.0.0.0:9190", env = "PORTER_METRICS_ADDR")]
+    metrics_addr: SocketAddr,
+    /// How often `dir:` checks its directory for changes.
+    #[arg(long, default_value = "1s", value_parser = parse_duration)]
+    poll_interval: Duration,
+    /// A full pass at least this often, even without changes (retries and drift).
+    #[arg(long, default_value = "60s", value_parser = parse_duration)]
+    resync_interval: Duration,
+    /// Wait before retrying after a write to the cluster failed.
+    #[arg(long, default_value = "2s", value_parser = parse_duration)]
+    retry_interval: Duration,
+    /// Lease (coordination.k8s.io) the replicas elect a leader with; `kube` only.
+    #[arg(long, default_value = "porter-controller")]
+    lease_name: String,
+    /// Namespace of the lease; the pod's own namespace in a Deployment.
+    #[arg(long, default_value = "porter-system", env = "POD_NAMESPACE")]
+    lease_namespace: String,
+    /// This replica's name in the lease and in Events; the pod name in a Deployment.
+    #[arg(long, env = "POD_NAME")]
+    identity: Option<String>,
+    /// Seconds a leader holds the lease without renewing it. A failover takes
+    /// at most this long; BGP graceful restart keeps routes meanwhile.
+    #[arg(long, default_value_t = 15)]
+    lease_duration: u64,
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
+    let args = Args::parse();
+    if args.lease_duration < 2 {
+        bail!("--lease-duration must be at least 2 seconds");
+    }
+    let metrics = Arc::new(Metrics::default());
+    let listener = tokio::net::TcpListener::bind(args.metrics_addr)
+        .await
+        .with_context(|| format!("cannot listen on --metrics-addr {}", args.metrics_addr))?;
+    tokio::spawn(metrics::serve(listener, metrics.clone()));
+    tracing::info!(addr = %args.metrics_addr, "metrics served at /metrics");
+    tracing::warn!("porter-bgp is not wired in yet: announcements are logged, not sent");
+    let controller = Controller::new(LogAnnouncer, metrics);
+    let settings = Settings {
+        resync: args.resync_interval,
+        retry: args.retry_interval,
+    };
+    match args.source {
+        Source::Dir(path) => {
+            let (snapshots, writer) = dir::start(path.clone(), args.poll_interval)
+                .with_context(|| format!("cannot read manifests in {}", path.display()))?;
+            tracing::info!(dir = %path.display(), "reading the cluster from manifests");
+            // One process owns a directory: it is always the leader.
+            let (_keep, leader) = watch::channel(true);
+            run(controller, snapshots, writer, leader, settings).await;
+        }
+        Source::Kube => {
+            let client = kube::Client::try_default()
+                .await
+                .context("cannot reach the API server: run in a pod or set KUBECONFIG")?;
+            let identity = args.identity.unwrap_or_else(hostname);
+            let lease =
+                kube_lease_manager::LeaseManagerBuilder::new(client.clone(), &args.lease_name)
+                    .with_namespace(&args.lease_namespace)
+                    .with_identity(&identity)
+                    .with_duration(args.lease_duration)
+                    .with_grace((args.lease_duration / 3).max(1))
+                    .with_field_manager(porter_api::annotations::FIELD_MANAGER)
+                    .build()
+                    .await
+                    .with_context(|| {
+                        format!(
+                            "cannot set up the lease {}/{}",
+                            args.lease_namespace, args.lease_name
+                        )
+                    })?;
+            let (leader, lease_task) = lease.watch().await;
+            tracing::info!(identity, "waiting for the cluster state");
+            let (snapshots, stores) = kube_source::start(client.clone()).await;
+            let writer = kube_source::KubeWriter::new(client, Some(identity), Some(stores));
+            // Without a working election this replica cannot know whether it
+            // may write: stop, and let the Deployment restart it.
+            tokio::select! {
+                () = run(controller, snapshots, writer, leader, settings) => {}
+                r = lease_task => match r {
+                    Ok(Ok(_)) => bail!("leader election ended"),
+                    Ok(Err(e)) => bail!("leader election failed: {e}"),
+                    Err(e) => bail!("leader election task died: {e}"),
+                },
+            }
+        }
+    }
+    Ok(())
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_else(|_| "porter-controller".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_parse() {
+        assert!(matches!(parse_source("kube"), Ok(Source::Kube)));
+        assert!(
+            matches!(parse_source("dir:/tmp/x"), Ok(Source::Dir(p)) if p == std::path::Path::new("/tmp/x"))
+        );
+        assert!(parse_source("dir:").is_err());
+        assert!(parse_source("etcd").is_err());
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert!(parse_duration("fast").is_err());
+        assert!(parse_duration("5h").is_err());
+    }
+}

@@ -1,0 +1,328 @@
+//! One pass from a [`Snapshot`] to a [`Plan`]: what to write to the cluster
+//! and what to announce. Pure apart from the memory it keeps between passes
+//! (the IPAM, and what was last reported so that Events are not repeated).
+//! [`apply`] carries a plan out through a [`StatusWriter`].
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::net::IpAddr;
+
+use ipnet::IpNet;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use porter_api::annotations::SERVICE_FINALIZER;
+use porter_api::source::{Event, EventType, Regarding, Snapshot, StatusWriter, WriteError};
+use porter_api::{EipStatus, ObjectKey};
+
+use crate::announce::{self, Routes};
+use crate::bgp::{self, BgpDesired};
+use crate::ipam::{Ipam, NamespaceLabels, Pool, PoolState};
+use crate::service::{self, ServiceRequest};
+
+pub const REASON_ALLOCATED: &str = "IPAllocated";
+pub const REASON_FAILED: &str = "AllocationFailed";
+pub const REASON_ANNOUNCED: &str = "Announced";
+
+/// What one pass decided.
+#[derive(Debug, Default)]
+pub struct Plan {
+    /// Services whose `status.loadBalancer.ingress` must become this list.
+    pub ingress: Vec<(ObjectKey, Vec<IpAddr>)>,
+    /// Finalizers to add (`true`) or remove.
+    pub finalizers: Vec<(ObjectKey, bool)>,
+    pub eip_status: Vec<(String, EipStatus)>,
+    pub events: Vec<Event>,
+    pub routes: Routes,
+    pub bgp: BgpDesired,
+    /// Addresses newly handed out in this pass.
+    pub allocated: u64,
+    /// Failure reasons (the error's kind) of Services left without an address.
+    pub failures: Vec<&'static str>,
+}
+
+#[derive(Debug, Default)]
+pub struct Reconciler {
+    ipam: Ipam,
+    /// Last failure message per Service, so that AllocationFailed is sent once per reason.
+    failed: HashMap<ObjectKey, String>,
+    /// Routes at the last pass, for Announced events.
+    announced: Routes,
+}
+
+impl Reconciler {
+    pub fn ipam(&self) -> &Ipam {
+        &self.ipam
+    }
+
+    /// Forgets which Events were sent, so that a new leader reports afresh.
+    pub fn forget_reported(&mut self) {
+        self.failed.clear();
+        self.announced.clear();
+    }
+
+    pub fn plan(&mut self, snap: &Snapshot, now: &Time) -> Plan {
+        let mut plan = Plan::default();
+        self.ipam
+            .set_pools(snap.eips.iter().map(|e| Pool::from_eip(e)).collect());
+        let labels: NamespaceLabels = snap
+            .namespaces
+            .iter()
+            .filter_map(|n| {
+                Some((
+                    n.metadata.name.clone()?,
+                    n.metadata.labels.clone().unwrap_or_default(),
+                ))
+            })
+            .collect();
+
+        let mut active: Vec<(Option<Time>, ServiceRequest, bool)> = Vec::new();
+        for svc in &snap.services {
+            let has_finalizer = svc
+                .metadata
+                .finalizers
+                .iter()
+                .flatten()
+                .any(|f| f == SERVICE_FINALIZER);
+            if service::opted_in(svc) && !service::deleting(svc) {
+                active.push((
+                    svc.metadata.creation_timestamp.clone(),
+                    service::request(svc),
+                    has_finalizer,
+                ));
+                continue;
+            }
+            // Deleted, opted out or no longer a LoadBalancer: release, and
+            // undo what we wrote if we wrote anything (the finalizer says so).
+            let key = ObjectKey::of(&svc.metadata);
+            self.ipam.release(&key);
+            self.failed.remove(&key);
+            if has_finalizer {
+                if !service::deleting(svc) && !service::request(svc).current.is_empty() {
+                    plan.ingress.push((key.clone(), Vec::new()));
+                }
+                plan.finalizers.push((key, false));
+            }
+        }
+        // Older Services first: on a conflict between two statuses the older
+        // keeps its address. Objects without a timestamp (manifests) go last.
+        active.sort_by(|a, b| {
+            let at = a.0.as_ref().map(|t| t.0);
+            let bt = b.0.as_ref().map(|t| t.0);
+            (at.is_none(), at, &a.1.key).cmp(&(bt.is_none(), bt, &b.1.key))
+        });
+        let live: HashSet<&ObjectKey> = active.iter().map(|(_, r, _)| &r.key).collect();
+        let gone: Vec<ObjectKey> = self
+            .ipam
+            .allocations()
+            .keys()
+            .filter(|k| !live.contains(k))
+            .cloned()
+            .collect();
+        for key in gone {
+            self.ipam.release(&key);
+        }
+        self.failed.retain(|k, _| live.contains(k));
+
+        let holding: Vec<bool> = active
+            .iter()
+            .map(|(_, req, _)| self.ipam.keep_existing(req, &labels))
+            .collect();
+        for ((_, req, has_finalizer), held) in active.iter().zip(holding) {
+            if !held {
+                match self.ipam.allocate(req, &labels) {
+                    Ok(ips) => {
+                        self.failed.remove(&req.key);
+                        plan.allocated += ips.len() as u64;
+                    }
+                    Err(e) => {
+                        plan.failures.push(failure_kind(&e));
+                        let message = e.to_string();
+                        if self.failed.get(&req.key) != Some(&message) {
+                            tracing::warn!(service = %req.key, reason = %message, "no address");
+                            plan.events.push(Event {
+                                regarding: Regarding::Service(req.key.clone()),
+                                type_: EventType::Warning,
+                                reason: REASON_FAILED,
+                                message: message.clone(),
+                            });
+                            self.failed.insert(req.key.clone(), message);
+                        }
+                    }
+                }
+            }
+            let desired = self.ipam.addresses_of(&req.key).unwrap_or_default();
+            if !desired.is_empty() && !has_finalizer {
+                plan.finalizers.push((req.key.clone(), true));
+            }
+            if desired != req.current.as_slice() {
+                // Reported when published rather than when chosen, so that a
+                // follower's pass does not swallow the event.
+                if !desired.is_empty() {
+                    plan.events.push(Event {
+                        regarding: Regarding::Service(req.key.clone()),
+                        type_: EventType::Normal,
+                        reason: REASON_ALLOCATED,
+                        message: format!("assigned {}", join(desired)),
+                    });
+                }
+                plan.ingress.push((req.key.clone(), desired.to_vec()));
+            }
+        }
+
+        for eip in &snap.eips {
+            let name = eip.metadata.name.clone().unwrap_or_default();
+            if let Some(pool) = self.ipam.pools().find(|p| p.name == name) {
+                let status = eip_status(
+                    pool,
+                    &self.ipam,
+                    eip.status.as_ref(),
+                    eip.metadata.generation,
+                    now,
+                );
+                if eip.status.as_ref() != Some(&status) {
+                    plan.eip_status.push((name, status));
+                }
+            }
+        }
+
+        let serving = announce::serving_nodes(snap.endpoint_slices.iter().map(|s| s.as_ref()));
+        let nodes = announce::node_addresses(snap.nodes.iter().map(|n| n.as_ref()));
+        plan.routes = announce::routes(self.ipam.allocations(), &serving, &nodes);
+        self.announcement_events(&plan.routes, &mut plan.events);
+        self.announced = plan.routes.clone();
+        plan.bgp = bgp::desired(snap);
+        plan
+    }
+
+    /// An Announced event on each Service whose EIP gained or lost next hops.
+    fn announcement_events(&self, routes: &Routes, events: &mut Vec<Event>) {
+        let changed: BTreeSet<&IpNet> = routes
+            .keys()
+            .chain(self.announced.keys())
+            .filter(|p| routes.get(*p) != self.announced.get(*p))
+            .collect();
+        if changed.is_empty() {
+            return;
+        }
+        for (key, ips) in self.ipam.allocations() {
+            for ip in ips {
+                let prefix = IpNet::from(*ip);
+                if !changed.contains(&prefix) {
+                    continue;
+                }
+                let message = match routes.get(&prefix) {
+                    Some(hops) => format!(
+                        "{ip} announced with next hop(s) {}",
+                        join(&hops.iter().copied().collect::<Vec<_>>())
+                    ),
+                    None => format!("{ip} withdrawn: no Ready node has a ready endpoint"),
+                };
+                events.push(Event {
+                    regarding: Regarding::Service(key.clone()),
+                    type_: EventType::Normal,
+                    reason: REASON_ANNOUNCED,
+                    message,
+                });
+            }
+        }
+    }
+}
+
+fn join(ips: &[IpAddr]) -> String {
+    ips.iter()
+        .map(IpAddr::to_string)
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn failure_kind(e: &crate::ipam::AllocError) -> &'static str {
+    use crate::ipam::AllocError::*;
+    match e {
+        InvalidRequest(_) | FamilyNotWanted(_) => "invalid_request",
+        PoolNotFound(_) | PoolUnusable { .. } | PoolNotAllowed { .. } | NoPool(_) => "no_pool",
+        Exhausted { .. } => "exhausted",
+        NotInPool(_) | InUse { .. } => "requested_unavailable",
+    }
+}
+
+/// The status an `Eip` should show. The Ready condition keeps its transition
+/// time while its status stays the same, so an unchanged pool is not rewritten.
+pub fn eip_status(
+    pool: &Pool,
+    ipam: &Ipam,
+    prev: Option<&EipStatus>,
+    generation: Option<i64>,
+    now: &Time,
+) -> EipStatus {
+    let used: BTreeMap<String, String> = ipam
+        .used_in(&pool.name)
+        .into_iter()
+        .map(|(ip, users)| {
+            (
+                ip.to_string(),
+                users
+                    .iter()
+                    .map(|k| k.to_string())
+                    .collect::<Vec<_>>()
+                    .join(";"),
+            )
+        })
+        .collect();
+    let size = pool.range.map_or(0, |r| r.size());
+    let (ready, reason, message) = match &pool.state {
+        PoolState::Accepted => (true, "Accepted", "addresses can be allocated".to_string()),
+        PoolState::Refused(why) => (false, "Refused", why.clone()),
+    };
+    let status_word = if ready { "True" } else { "False" };
+    let transition = prev
+        .and_then(|p| p.conditions.iter().find(|c| c.type_ == "Ready"))
+        .filter(|c| c.status == status_word)
+        .map_or_else(|| now.clone(), |c| c.last_transition_time.clone());
+    EipStatus {
+        occupied: size > 0 && used.len() as u128 >= size,
+        usage: used.len() as i64,
+        pool_size: i64::try_from(size).unwrap_or(i64::MAX),
+        first_ip: pool.range.map(|r| r.first().to_string()),
+        last_ip: pool.range.map(|r| r.last().to_string()),
+        v4: pool.family() == Some(crate::ipam::Family::V4),
+        ready,
+        used,
+        conditions: vec![Condition {
+            type_: "Ready".into(),
+            status: status_word.into(),
+            reason: reason.into(),
+            message,
+            last_transition_time: transition,
+            observed_generation: generation,
+        }],
+    }
+}
+
+/// Writes a plan out. A finalizer is added before the address is published
+/// and removed after it is cleared, so a deletion can never skip the release.
+/// Errors are collected, not fatal: the next pass retries what is still off.
+pub async fn apply<W: StatusWriter>(plan: &Plan, writer: &W) -> Vec<WriteError> {
+    let mut errors = Vec::new();
+    let mut note = |r: Result<(), WriteError>| {
+        if let Err(e) = r {
+            errors.push(e);
+        }
+    };
+    for (key, _) in plan.finalizers.iter().filter(|(_, add)| *add) {
+        note(writer.service_finalizer(key, true).await);
+    }
+    for (key, ips) in &plan.ingress {
+        note(writer.service_ingress(key, ips).await);
+    }
+    for (key, _) in plan.finalizers.iter().filter(|(_, add)| !*add) {
+        note(writer.service_finalizer(key, false).await);
+    }
+    for (name, status) in &plan.eip_status {
+        note(writer.eip_status(name, status).await);
+    }
+    for event in &plan.events {
+        note(writer.event(event).await);
+    }
+    errors
+}
+
+#[cfg(test)]
+mod tests;

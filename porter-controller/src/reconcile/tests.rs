@@ -1,0 +1,477 @@
+use super::*;
+use std::sync::Arc;
+
+use k8s_openapi::api::core::v1::{
+    LoadBalancerIngress, LoadBalancerStatus, Node, NodeAddress, NodeCondition, NodeStatus, Service,
+    ServicePort, ServiceSpec, ServiceStatus,
+};
+use k8s_openapi::api::discovery::v1::{Endpoint, EndpointConditions, EndpointSlice};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use porter_api::{Eip, EipSpec};
+
+fn now() -> Time {
+    Time(k8s_openapi::jiff::Timestamp::from_second(1_700_000_000).expect("ts"))
+}
+
+fn svc(name: &str, annotations: &[(&str, &str)]) -> Service {
+    Service {
+        metadata: ObjectMeta {
+            name: Some(name.into()),
+            namespace: Some("default".into()),
+            annotations: Some(
+                annotations
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect(),
+            ),
+            ..Default::default()
+        },
+        spec: Some(ServiceSpec {
+            type_: Some("LoadBalancer".into()),
+            ports: Some(vec![ServicePort {
+                port: 80,
+                ..Default::default()
+            }]),
+            ..Default::default()
+        }),
+        status: None,
+    }
+}
+
+fn porter_svc(name: &str) -> Service {
+    svc(name, &[("lb.kubesphere.io/v1alpha1", "porter")])
+}
+
+fn pool(name: &str, address: &str) -> Eip {
+    Eip {
+        metadata: ObjectMeta {
+            name: Some(name.into()),
+            generation: Some(1),
+            ..Default::default()
+        },
+        spec: EipSpec {
+            address: address.into(),
+            ..Default::default()
+        },
+        status: None,
+    }
+}
+
+fn node(name: &str, ip: &str) -> Node {
+    Node {
+        metadata: ObjectMeta {
+            name: Some(name.into()),
+            ..Default::default()
+        },
+        spec: None,
+        status: Some(NodeStatus {
+            conditions: Some(vec![NodeCondition {
+                type_: "Ready".into(),
+                status: "True".into(),
+                ..Default::default()
+            }]),
+            addresses: Some(vec![NodeAddress {
+                type_: "InternalIP".into(),
+                address: ip.into(),
+            }]),
+            ..Default::default()
+        }),
+    }
+}
+
+fn slice(service: &str, nodes: &[&str]) -> EndpointSlice {
+    EndpointSlice {
+        metadata: ObjectMeta {
+            name: Some(format!("{service}-x")),
+            namespace: Some("default".into()),
+            labels: Some(
+                [(
+                    "kubernetes.io/service-name".to_string(),
+                    service.to_string(),
+                )]
+                .into(),
+            ),
+            ..Default::default()
+        },
+        address_type: "IPv4".into(),
+        endpoints: Some(
+            nodes
+                .iter()
+                .map(|n| Endpoint {
+                    addresses: vec!["10.244.0.9".into()],
+                    node_name: Some(n.to_string()),
+                    conditions: Some(EndpointConditions {
+                        ready: Some(true),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                })
+                .collect(),
+        ),
+        ports: None,
+    }
+}
+
+fn key(name: &str) -> ObjectKey {
+    ObjectKey::new("default", name)
+}
+
+/// What the API server would hold after the plan's writes.
+fn settle(snap: &Snapshot, plan: &Plan) -> Snapshot {
+    let mut out = snap.clone();
+    out.services = snap
+        .services
+        .iter()
+        .filter_map(|s| {
+            let mut s = (**s).clone();
+            let k = ObjectKey::of(&s.metadata);
+            for (_, ips) in plan.ingress.iter().filter(|(p, _)| *p == k) {
+                s.status = Some(ServiceStatus {
+                    load_balancer: Some(LoadBalancerStatus {
+                        ingress: Some(
+                            ips.iter()
+                                .map(|ip| LoadBalancerIngress {
+                                    ip: Some(ip.to_string()),
+                                    ..Default::default()
+                                })
+                                .collect(),
+                        ),
+                    }),
+                    conditions: None,
+                });
+            }
+            for (_, add) in plan.finalizers.iter().filter(|(p, _)| *p == k) {
+                let f = s.metadata.finalizers.get_or_insert_with(Vec::new);
+                f.retain(|x| x != SERVICE_FINALIZER);
+                if *add {
+                    f.push(SERVICE_FINALIZER.into());
+                }
+            }
+            let finalized = s.metadata.finalizers.as_ref().is_none_or(|f| f.is_empty());
+            // A deleted object goes once its last finalizer is removed.
+            (!(service::deleting(&s) && finalized)).then(|| Arc::new(s))
+        })
+        .collect();
+    out.eips = snap
+        .eips
+        .iter()
+        .map(|e| {
+            let mut e = (**e).clone();
+            for (_, st) in plan
+                .eip_status
+                .iter()
+                .filter(|(n, _)| Some(n) == e.metadata.name.as_ref())
+            {
+                e.status = Some(st.clone());
+            }
+            Arc::new(e)
+        })
+        .collect();
+    out
+}
+
+fn reasons(plan: &Plan) -> Vec<&'static str> {
+    plan.events.iter().map(|e| e.reason).collect()
+}
+
+fn ingress_of(snap: &Snapshot, name: &str) -> Vec<String> {
+    snap.services
+        .iter()
+        .find(|s| s.metadata.name.as_deref() == Some(name))
+        .and_then(|s| s.status.as_ref()?.load_balancer.as_ref()?.ingress.clone())
+        .into_iter()
+        .flatten()
+        .filter_map(|i| i.ip)
+        .collect()
+}
+
+fn seed() -> Snapshot {
+    Snapshot {
+        services: vec![Arc::new(porter_svc("web")), Arc::new(svc("other", &[]))],
+        endpoint_slices: vec![Arc::new(slice("web", &["n1", "n2"]))],
+        nodes: vec![
+            Arc::new(node("n1", "192.168.1.1")),
+            Arc::new(node("n2", "192.168.1.2")),
+        ],
+        eips: vec![Arc::new(pool(
+            "eip-sample-pool",
+            "192.168.0.100-192.168.0.101",
+        ))],
+        ..Default::default()
+    }
+}
+
+#[test]
+fn allocates_publishes_announces_then_stays_quiet() {
+    let mut r = Reconciler::default();
+    let snap = seed();
+    let plan = r.plan(&snap, &now());
+    assert_eq!(plan.finalizers, [(key("web"), true)]);
+    assert_eq!(
+        plan.ingress,
+        [(key("web"), vec!["192.168.0.100".parse().expect("ip")])]
+    );
+    assert_eq!(reasons(&plan), [REASON_ALLOCATED, REASON_ANNOUNCED]);
+    assert_eq!(plan.allocated, 1);
+    let hops: Vec<String> = plan
+        .routes
+        .values()
+        .flatten()
+        .map(|h| h.to_string())
+        .collect();
+    assert_eq!(hops, ["192.168.1.1", "192.168.1.2"]);
+    let (_, st) = &plan.eip_status[0];
+    assert_eq!(
+        (st.usage, st.pool_size, st.ready, st.v4, st.occupied),
+        (1, 2, true, true, false)
+    );
+    assert_eq!(
+        st.used.get("192.168.0.100").map(String::as_str),
+        Some("default/web")
+    );
+
+    let settled = settle(&snap, &plan);
+    let again = r.plan(&settled, &now());
+    assert!(
+        again.ingress.is_empty() && again.finalizers.is_empty() && again.eip_status.is_empty(),
+        "{again:?}"
+    );
+    assert!(again.events.is_empty(), "{:?}", again.events);
+    assert_eq!(again.routes, plan.routes);
+}
+
+#[test]
+fn a_restarted_controller_keeps_every_address() {
+    let mut first = Reconciler::default();
+    let mut snap = seed();
+    snap.services
+        .insert(0, Arc::new(porter_svc("zz-older-name")));
+    let plan = first.plan(&snap, &now());
+    let settled = settle(&snap, &plan);
+    let before: Vec<_> = ["web", "zz-older-name"]
+        .iter()
+        .map(|n| ingress_of(&settled, n))
+        .collect();
+
+    // New process, Services listed in another order, plus a newcomer.
+    let mut restarted = Reconciler::default();
+    let mut shuffled = settled.clone();
+    shuffled.services.reverse();
+    shuffled.eips = vec![Arc::new(pool(
+        "eip-sample-pool",
+        "192.168.0.100-192.168.0.102",
+    ))];
+    shuffled.services.push(Arc::new(porter_svc("newcomer")));
+    let plan = restarted.plan(&shuffled, &now());
+    assert_eq!(
+        plan.ingress,
+        [(key("newcomer"), vec!["192.168.0.102".parse().expect("ip")])]
+    );
+    let after: Vec<_> = ["web", "zz-older-name"]
+        .iter()
+        .map(|n| ingress_of(&settle(&shuffled, &plan), n))
+        .collect();
+    assert_eq!(before, after);
+}
+
+#[test]
+fn deletion_releases_withdraws_and_lets_the_object_go() {
+    let mut r = Reconciler::default();
+    let snap = seed();
+    let snap = settle(&snap, &r.plan(&snap, &now()));
+    let mut deleting = snap.clone();
+    deleting.services = snap
+        .services
+        .iter()
+        .map(|s| {
+            let mut s = (**s).clone();
+            if s.metadata.name.as_deref() == Some("web") {
+                s.metadata.deletion_timestamp = Some(now());
+            }
+            Arc::new(s)
+        })
+        .collect();
+    let plan = r.plan(&deleting, &now());
+    assert_eq!(plan.finalizers, [(key("web"), false)]);
+    assert!(plan.routes.is_empty(), "route withdrawn");
+    assert!(
+        reasons(&plan).is_empty(),
+        "the Service is going away: nothing to tell it"
+    );
+    assert_eq!(plan.eip_status[0].1.usage, 0);
+    let gone = settle(&deleting, &plan);
+    assert!(
+        gone.services
+            .iter()
+            .all(|s| s.metadata.name.as_deref() != Some("web"))
+    );
+}
+
+#[test]
+fn opting_out_or_changing_type_clears_what_was_written() {
+    for change in ["opt-out", "type"] {
+        let mut r = Reconciler::default();
+        let snap = seed();
+        let snap = settle(&snap, &r.plan(&snap, &now()));
+        let mut changed = snap.clone();
+        changed.services = snap
+            .services
+            .iter()
+            .map(|s| {
+                let mut s = (**s).clone();
+                if s.metadata.name.as_deref() == Some("web") {
+                    match change {
+                        "opt-out" => s.metadata.annotations = None,
+                        _ => s.spec.as_mut().expect("spec").type_ = Some("ClusterIP".into()),
+                    }
+                }
+                Arc::new(s)
+            })
+            .collect();
+        let plan = r.plan(&changed, &now());
+        assert_eq!(plan.ingress, [(key("web"), vec![])], "{change}");
+        assert_eq!(plan.finalizers, [(key("web"), false)], "{change}");
+        assert!(plan.routes.is_empty(), "{change}");
+    }
+}
+
+#[test]
+fn exhaustion_is_reported_once_and_retried_when_space_frees() {
+    let mut r = Reconciler::default();
+    let mut snap = seed();
+    snap.eips = vec![Arc::new(pool("tiny", "192.168.0.100"))];
+    let mut second = porter_svc("second");
+    // Created after `web`, so it is the one left out.
+    second.metadata.creation_timestamp = Some(now());
+    let mut web = porter_svc("web");
+    web.metadata.creation_timestamp = Some(Time(
+        k8s_openapi::jiff::Timestamp::from_second(1).expect("ts"),
+    ));
+    snap.services = vec![Arc::new(second), Arc::new(web)];
+    let plan = r.plan(&snap, &now());
+    let failed: Vec<_> = plan
+        .events
+        .iter()
+        .filter(|e| e.reason == REASON_FAILED)
+        .collect();
+    assert_eq!(failed.len(), 1);
+    assert_eq!(failed[0].regarding, Regarding::Service(key("second")));
+    assert!(
+        failed[0]
+            .message
+            .contains("no free IPv4 address in pool(s) tiny"),
+        "{}",
+        failed[0].message
+    );
+    assert_eq!(plan.failures, ["exhausted"]);
+    let snap = settle(&snap, &plan);
+    let plan = r.plan(&snap, &now());
+    assert!(
+        plan.events.iter().all(|e| e.reason != REASON_FAILED),
+        "not repeated"
+    );
+
+    let mut freed = snap.clone();
+    freed
+        .services
+        .retain(|s| s.metadata.name.as_deref() != Some("web"));
+    let plan = r.plan(&freed, &now());
+    assert_eq!(
+        plan.ingress,
+        [(key("second"), vec!["192.168.0.100".parse().expect("ip")])]
+    );
+}
+
+#[test]
+fn other_load_balancers_are_left_alone() {
+    let mut r = Reconciler::default();
+    let mut snap = seed();
+    let mut foreign = svc("metallb", &[]);
+    foreign.spec.as_mut().expect("spec").load_balancer_class = Some("metallb.io/metallb".into());
+    foreign.status = Some(ServiceStatus {
+        load_balancer: Some(LoadBalancerStatus {
+            ingress: Some(vec![LoadBalancerIngress {
+                ip: Some("192.168.0.100".into()),
+                ..Default::default()
+            }]),
+        }),
+        conditions: None,
+    });
+    snap.services.push(Arc::new(foreign));
+    let plan = r.plan(&snap, &now());
+    let touched: BTreeSet<String> = plan
+        .ingress
+        .iter()
+        .map(|(k, _)| k.name.clone())
+        .chain(plan.finalizers.iter().map(|(k, _)| k.name.clone()))
+        .collect();
+    assert_eq!(touched, BTreeSet::from(["web".to_string()]));
+}
+
+#[test]
+fn overlapping_pool_shows_a_refused_condition() {
+    let mut r = Reconciler::default();
+    let mut snap = seed();
+    snap.eips.push(Arc::new(pool("z-overlap", "192.168.0.101")));
+    let plan = r.plan(&snap, &now());
+    let (_, st) = plan
+        .eip_status
+        .iter()
+        .find(|(n, _)| n == "z-overlap")
+        .expect("status");
+    assert!(!st.ready);
+    assert_eq!(st.conditions[0].reason, "Refused");
+    assert!(
+        st.conditions[0]
+            .message
+            .contains("overlaps pool `eip-sample-pool`")
+    );
+}
+
+#[tokio::test]
+async fn apply_adds_the_finalizer_before_publishing_the_address() {
+    #[derive(Default)]
+    struct Log(std::sync::Mutex<Vec<String>>);
+    impl StatusWriter for Log {
+        async fn service_ingress(&self, s: &ObjectKey, i: &[IpAddr]) -> Result<(), WriteError> {
+            self.0
+                .lock()
+                .expect("lock")
+                .push(format!("ingress {s} {i:?}"));
+            Ok(())
+        }
+        async fn service_finalizer(&self, s: &ObjectKey, p: bool) -> Result<(), WriteError> {
+            self.0
+                .lock()
+                .expect("lock")
+                .push(format!("finalizer {s} {p}"));
+            Ok(())
+        }
+        async fn eip_status(&self, e: &str, _: &EipStatus) -> Result<(), WriteError> {
+            self.0.lock().expect("lock").push(format!("eip {e}"));
+            Ok(())
+        }
+        async fn event(&self, e: &Event) -> Result<(), WriteError> {
+            self.0
+                .lock()
+                .expect("lock")
+                .push(format!("event {}", e.reason));
+            Ok(())
+        }
+    }
+    let mut r = Reconciler::default();
+    let plan = r.plan(&seed(), &now());
+    let log = Log::default();
+    assert!(apply(&plan, &log).await.is_empty());
+    let calls = log.0.into_inner().expect("lock");
+    assert_eq!(calls[0], "finalizer default/web true");
+    assert_eq!(calls[1], "ingress default/web [192.168.0.100]");
+    assert_eq!(
+        &calls[2..],
+        [
+            "eip eip-sample-pool",
+            "event IPAllocated",
+            "event Announced"
+        ]
+    );
+}

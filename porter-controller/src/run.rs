@@ -1,0 +1,133 @@
+//! The loop that ties a source, the reconciler, a writer and the speaker
+//! together. Every replica computes; only the leader writes and announces,
+//! so a follower is hot and takes over with one pass.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use porter_api::source::{Snapshot, SnapshotReceiver, StatusWriter};
+use tokio::sync::watch;
+
+use crate::bgp::{Announcer, BgpDriver};
+use crate::metrics::Metrics;
+use crate::reconcile::{Reconciler, apply};
+
+pub struct Settings {
+    /// Full pass even without a change: retries failed writes and catches drift.
+    pub resync: Duration,
+    /// Wait before retrying after a failed write.
+    pub retry: Duration,
+}
+
+/// What one pass did.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Step {
+    pub writes: usize,
+    pub failed_writes: usize,
+}
+
+pub struct Controller<A: Announcer> {
+    reconciler: Reconciler,
+    bgp: BgpDriver,
+    announcer: A,
+    metrics: Arc<Metrics>,
+    was_leader: bool,
+}
+
+impl<A: Announcer> Controller<A> {
+    pub fn new(announcer: A, metrics: Arc<Metrics>) -> Self {
+        Self {
+            reconciler: Reconciler::default(),
+            bgp: BgpDriver::default(),
+            announcer,
+            metrics,
+            was_leader: false,
+        }
+    }
+
+    pub fn announcer(&self) -> &A {
+        &self.announcer
+    }
+
+    /// One pass over `snap`. Writes and BGP only when `leader`.
+    pub async fn step<W: StatusWriter>(
+        &mut self,
+        snap: &Snapshot,
+        leader: bool,
+        writer: &W,
+    ) -> Step {
+        if leader != self.was_leader {
+            tracing::info!(leader, "leadership changed");
+            // A new leader re-sends everything: its predecessor's state is unknown.
+            self.reconciler.forget_reported();
+            self.bgp.reset();
+            self.was_leader = leader;
+        }
+        let started = Instant::now();
+        let now = Time(k8s_openapi::jiff::Timestamp::now());
+        let plan = self.reconciler.plan(snap, &now);
+        let mut step = Step::default();
+        if leader {
+            step.writes = plan.ingress.len()
+                + plan.finalizers.len()
+                + plan.eip_status.len()
+                + plan.events.len();
+            for e in apply(&plan, writer).await {
+                step.failed_writes += 1;
+                tracing::warn!(error = %e, "write failed; retrying");
+            }
+            for note in self.bgp.configure(plan.bgp.clone(), &mut self.announcer) {
+                if note.warning {
+                    tracing::warn!("{}", note.message);
+                } else {
+                    tracing::info!("{}", note.message);
+                }
+            }
+            if self.bgp.routes(&plan.routes, &mut self.announcer) {
+                tracing::info!(
+                    prefixes = plan.routes.len(),
+                    paths = plan.routes.values().map(|h| h.len()).sum::<usize>(),
+                    "announcements updated"
+                );
+            }
+        }
+        self.metrics.observe(
+            &plan,
+            self.reconciler.ipam(),
+            &self.announcer.peer_status(),
+            started.elapsed().as_secs_f64(),
+        );
+        step
+    }
+}
+
+/// Runs until the source goes away.
+pub async fn run<A: Announcer, W: StatusWriter>(
+    mut controller: Controller<A>,
+    mut snapshots: SnapshotReceiver,
+    writer: W,
+    mut leader: watch::Receiver<bool>,
+    settings: Settings,
+) {
+    // A fixed leadership (dir source) has no sender; stop listening to it then.
+    let mut leader_open = true;
+    loop {
+        let snap = snapshots.borrow_and_update().clone();
+        let is_leader = *leader.borrow_and_update();
+        let step = controller.step(&snap, is_leader, &writer).await;
+        let wait = if step.failed_writes > 0 {
+            settings.retry
+        } else {
+            settings.resync
+        };
+        tokio::select! {
+            r = snapshots.changed() => if r.is_err() { return },
+            r = leader.changed(), if leader_open => leader_open = r.is_ok(),
+            _ = tokio::time::sleep(wait) => {},
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,151 @@
+use super::*;
+use std::net::IpAddr;
+use std::sync::Mutex;
+
+use k8s_openapi::api::core::v1::{Service, ServiceSpec};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use porter_api::source::{Event, WriteError};
+use porter_api::{BgpConf, BgpConfSpec, Eip, EipSpec, EipStatus, ObjectKey};
+
+use crate::bgp::{Call, Recorder};
+
+#[derive(Default)]
+struct Counting(Mutex<Vec<String>>);
+
+impl StatusWriter for Counting {
+    async fn service_ingress(&self, s: &ObjectKey, i: &[IpAddr]) -> Result<(), WriteError> {
+        self.0
+            .lock()
+            .expect("lock")
+            .push(format!("ingress {s} {i:?}"));
+        Ok(())
+    }
+    async fn service_finalizer(&self, s: &ObjectKey, p: bool) -> Result<(), WriteError> {
+        self.0
+            .lock()
+            .expect("lock")
+            .push(format!("finalizer {s} {p}"));
+        Ok(())
+    }
+    async fn eip_status(&self, e: &str, _: &EipStatus) -> Result<(), WriteError> {
+        self.0.lock().expect("lock").push(format!("eip {e}"));
+        Ok(())
+    }
+    async fn event(&self, e: &Event) -> Result<(), WriteError> {
+        self.0
+            .lock()
+            .expect("lock")
+            .push(format!("event {}", e.reason));
+        Ok(())
+    }
+}
+
+fn snapshot() -> Snapshot {
+    let svc = Service {
+        metadata: ObjectMeta {
+            name: Some("web".into()),
+            namespace: Some("default".into()),
+            annotations: Some(
+                [(
+                    "lb.kubesphere.io/v1alpha1".to_string(),
+                    "porter".to_string(),
+                )]
+                .into(),
+            ),
+            ..Default::default()
+        },
+        spec: Some(ServiceSpec {
+            type_: Some("LoadBalancer".into()),
+            ..Default::default()
+        }),
+        status: None,
+    };
+    let eip = Eip {
+        metadata: ObjectMeta {
+            name: Some("pool".into()),
+            ..Default::default()
+        },
+        spec: EipSpec {
+            address: "10.0.0.0/24".into(),
+            ..Default::default()
+        },
+        status: None,
+    };
+    let conf = BgpConf {
+        metadata: ObjectMeta {
+            name: Some("default".into()),
+            ..Default::default()
+        },
+        spec: BgpConfSpec {
+            as_number: 65000,
+            router_id: Some("10.0.0.1".into()),
+            ..Default::default()
+        },
+    };
+    Snapshot {
+        services: vec![Arc::new(svc)],
+        eips: vec![Arc::new(eip)],
+        bgp_confs: vec![Arc::new(conf)],
+        ..Default::default()
+    }
+}
+
+#[tokio::test]
+async fn only_the_leader_writes_and_announces() {
+    let mut c = Controller::new(Recorder::default(), Arc::new(Metrics::default()));
+    let writer = Counting::default();
+    let snap = snapshot();
+
+    let follower = c.step(&snap, false, &writer).await;
+    assert_eq!(follower, Step::default());
+    assert!(
+        writer.0.lock().expect("lock").is_empty(),
+        "a follower writes nothing"
+    );
+    assert!(c.announcer().calls.is_empty(), "a follower runs no BGP");
+
+    let leader = c.step(&snap, true, &writer).await;
+    assert_eq!(leader.failed_writes, 0);
+    let calls = writer.0.lock().expect("lock").clone();
+    assert!(
+        calls.contains(&"ingress default/web [10.0.0.0]".to_string()),
+        "{calls:?}"
+    );
+    assert!(
+        calls.contains(&"finalizer default/web true".to_string()),
+        "{calls:?}"
+    );
+    assert!(
+        calls.contains(&"event IPAllocated".to_string()),
+        "{calls:?}"
+    );
+    assert!(matches!(c.announcer().calls.first(), Some(Call::Start(_))));
+
+    // The follower that computed the same state hands over the same address.
+    let mut standby = Controller::new(Recorder::default(), Arc::new(Metrics::default()));
+    let w2 = Counting::default();
+    standby.step(&snap, false, &w2).await;
+    standby.step(&snap, true, &w2).await;
+    assert!(
+        w2.0.lock()
+            .expect("lock")
+            .contains(&"ingress default/web [10.0.0.0]".to_string())
+    );
+}
+
+#[tokio::test]
+async fn metrics_report_pools_and_allocations() {
+    let metrics = Arc::new(Metrics::default());
+    let mut c = Controller::new(Recorder::default(), metrics.clone());
+    c.step(&snapshot(), true, &Counting::default()).await;
+    let text = metrics.render();
+    for line in [
+        "porter_pool_size{pool=\"pool\"} 256.0",
+        "porter_pool_usage{pool=\"pool\"} 1",
+        "porter_allocations_total 1",
+        "porter_announced_prefixes 0",
+        "porter_reconcile_duration_seconds_count 1",
+    ] {
+        assert!(text.contains(line), "missing {line} in\n{text}");
+    }
+}

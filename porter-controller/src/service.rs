@@ -1,0 +1,250 @@
+//! What a Service asks of Porter, read from its spec and annotations. Pure:
+//! the IPAM works on [`ServiceRequest`]s, never on API objects.
+
+use std::collections::BTreeSet;
+use std::net::IpAddr;
+
+use k8s_openapi::api::core::v1::Service;
+use porter_api::ObjectKey;
+use porter_api::annotations::{
+    ALLOW_SHARED_IP, EIP_POOL, EIP_REQUEST, LB, LB_ANNOTATION_VALUES, LOAD_BALANCER_CLASS,
+};
+
+use crate::ipam::Family;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FamilyPolicy {
+    SingleStack,
+    PreferDualStack,
+    RequireDualStack,
+}
+
+/// A port as the sharing rule sees it: two Services may share an IP only if
+/// no (protocol, port) pair is in both.
+pub type Port = (String, i32);
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ServiceRequest {
+    pub key: ObjectKey,
+    /// Pool named by annotation.
+    pub pool: Option<String>,
+    /// Addresses asked for by annotation or `spec.loadBalancerIP`.
+    pub requested: Vec<IpAddr>,
+    /// A requested address that does not parse: the Service cannot be served
+    /// until it is fixed.
+    pub invalid_request: Option<String>,
+    pub sharing_key: Option<String>,
+    pub ports: BTreeSet<Port>,
+    /// Families in preference order.
+    pub families: Vec<Family>,
+    pub policy: FamilyPolicy,
+    /// Addresses in `status.loadBalancer.ingress`: what a previous run gave it.
+    pub current: Vec<IpAddr>,
+}
+
+/// Whether Porter serves this Service: `type: LoadBalancer`, opted in by
+/// annotation or class, and not claimed by another load-balancer class.
+pub fn opted_in(svc: &Service) -> bool {
+    let Some(spec) = &svc.spec else { return false };
+    if spec.type_.as_deref() != Some("LoadBalancer") {
+        return false;
+    }
+    match spec.load_balancer_class.as_deref() {
+        Some(class) => class == LOAD_BALANCER_CLASS,
+        None => LB
+            .get(svc.metadata.annotations.as_ref())
+            .is_some_and(|v| LB_ANNOTATION_VALUES.contains(&v)),
+    }
+}
+
+/// Whether the Service is going away (its finalizer is what keeps it here).
+pub fn deleting(svc: &Service) -> bool {
+    svc.metadata.deletion_timestamp.is_some()
+}
+
+pub fn request(svc: &Service) -> ServiceRequest {
+    let annotations = svc.metadata.annotations.as_ref();
+    let spec = svc.spec.clone().unwrap_or_default();
+    let mut requested = Vec::new();
+    let mut invalid = Vec::new();
+    let asked = EIP_REQUEST.get(annotations).or(spec
+        .load_balancer_ip
+        .as_deref()
+        .filter(|s| !s.trim().is_empty()));
+    for part in asked.into_iter().flat_map(|s| s.split(',')) {
+        let part = part.trim();
+        match part.parse::<IpAddr>() {
+            Ok(ip) => requested.push(ip),
+            Err(_) => invalid.push(part.to_string()),
+        }
+    }
+    let policy = match spec.ip_family_policy.as_deref() {
+        Some("PreferDualStack") => FamilyPolicy::PreferDualStack,
+        Some("RequireDualStack") => FamilyPolicy::RequireDualStack,
+        _ => FamilyPolicy::SingleStack,
+    };
+    let mut families: Vec<Family> = Vec::new();
+    for f in spec.ip_families.iter().flatten() {
+        let f = if f == "IPv6" { Family::V6 } else { Family::V4 };
+        if !families.contains(&f) {
+            families.push(f);
+        }
+    }
+    // The API server fills ipFamilies; an object from a manifest may lack it.
+    if families.is_empty() {
+        families.push(requested.first().map_or(Family::V4, |ip| Family::of(*ip)));
+    }
+    if policy != FamilyPolicy::SingleStack && families.len() == 1 {
+        let other = if families[0] == Family::V4 {
+            Family::V6
+        } else {
+            Family::V4
+        };
+        families.push(other);
+    }
+    if policy == FamilyPolicy::SingleStack {
+        families.truncate(1);
+    }
+    let ports = spec
+        .ports
+        .iter()
+        .flatten()
+        .map(|p| (p.protocol.clone().unwrap_or_else(|| "TCP".into()), p.port))
+        .collect();
+    let current = svc
+        .status
+        .as_ref()
+        .and_then(|s| s.load_balancer.as_ref())
+        .and_then(|lb| lb.ingress.as_ref())
+        .into_iter()
+        .flatten()
+        .filter_map(|i| i.ip.as_deref()?.parse().ok())
+        .collect();
+    ServiceRequest {
+        key: ObjectKey::of(&svc.metadata),
+        pool: EIP_POOL.get(annotations).map(str::to_string),
+        requested,
+        invalid_request: (!invalid.is_empty()).then(|| invalid.join(",")),
+        sharing_key: ALLOW_SHARED_IP.get(annotations).map(str::to_string),
+        ports,
+        families,
+        policy,
+        current,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::api::core::v1::{ServicePort, ServiceSpec};
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+
+    fn svc(annotations: &[(&str, &str)], spec: ServiceSpec) -> Service {
+        Service {
+            metadata: ObjectMeta {
+                name: Some("web".into()),
+                namespace: Some("shop".into()),
+                annotations: Some(
+                    annotations
+                        .iter()
+                        .map(|(k, v)| (k.to_string(), v.to_string()))
+                        .collect(),
+                ),
+                ..Default::default()
+            },
+            spec: Some(spec),
+            status: None,
+        }
+    }
+
+    fn lb(class: Option<&str>) -> ServiceSpec {
+        ServiceSpec {
+            type_: Some("LoadBalancer".into()),
+            load_balancer_class: class.map(str::to_string),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn opt_in_by_annotation_or_class_only() {
+        let ann = [("lb.kubesphere.io/v1alpha1", "porter")];
+        let openelb = [("lb.kubesphere.io/v1alpha1", "openelb")];
+        let cases: Vec<(&str, Service, bool)> = vec![
+            ("seed annotation", svc(&ann, lb(None)), true),
+            ("openelb value", svc(&openelb, lb(None)), true),
+            ("our class", svc(&[], lb(Some(LOAD_BALANCER_CLASS))), true),
+            ("no opt-in", svc(&[], lb(None)), false),
+            (
+                "other value",
+                svc(&[("lb.kubesphere.io/v1alpha1", "metallb")], lb(None)),
+                false,
+            ),
+            (
+                "another class wins over annotation",
+                svc(&ann, lb(Some("metallb.io/x"))),
+                false,
+            ),
+            (
+                "not a LoadBalancer",
+                svc(
+                    &ann,
+                    ServiceSpec {
+                        type_: Some("NodePort".into()),
+                        ..Default::default()
+                    },
+                ),
+                false,
+            ),
+        ];
+        for (name, s, want) in cases {
+            assert_eq!(opted_in(&s), want, "{name}");
+        }
+    }
+
+    #[test]
+    fn reads_requests_families_and_ports() {
+        let mut spec = lb(None);
+        spec.ip_family_policy = Some("RequireDualStack".into());
+        spec.ip_families = Some(vec!["IPv6".into(), "IPv4".into()]);
+        spec.ports = Some(vec![
+            ServicePort {
+                port: 80,
+                ..Default::default()
+            },
+            ServicePort {
+                port: 53,
+                protocol: Some("UDP".into()),
+                ..Default::default()
+            },
+        ]);
+        let r = request(&svc(
+            &[
+                (
+                    "eip.openelb.kubesphere.io/v1alpha1",
+                    "2001:db8::5, 10.0.0.5",
+                ),
+                ("eip.porter.kubesphere.io/v1alpha2", "pool-a"),
+                ("porter.kubesphere.io/allow-shared-ip", "k"),
+            ],
+            spec,
+        ));
+        assert_eq!(r.key.to_string(), "shop/web");
+        assert_eq!(r.families, [Family::V6, Family::V4]);
+        assert_eq!(r.policy, FamilyPolicy::RequireDualStack);
+        assert_eq!(r.requested.len(), 2);
+        assert_eq!(r.invalid_request, None);
+        assert_eq!(r.pool.as_deref(), Some("pool-a"));
+        assert_eq!(r.sharing_key.as_deref(), Some("k"));
+        assert!(r.ports.contains(&("TCP".into(), 80)) && r.ports.contains(&("UDP".into(), 53)));
+    }
+
+    #[test]
+    fn bad_requested_ip_is_reported_not_dropped() {
+        let mut spec = lb(None);
+        spec.load_balancer_ip = Some("10.0.0.300".into());
+        let r = request(&svc(&[], spec));
+        assert!(r.requested.is_empty());
+        assert_eq!(r.invalid_request.as_deref(), Some("10.0.0.300"));
+        assert_eq!(r.families, [Family::V4]);
+    }
+}
