@@ -129,7 +129,7 @@ pub struct Dataplane {
     config: DataplaneConfig,
     services: HashMap<MapData, ServiceKey, ServiceValue>,
     vips: HashMap<MapData, VipKey, u32>,
-    backends: HashMap<MapData, u32, BackendValue>,
+    backends: Array<MapData, BackendValue>,
     maglev: Array<MapData, u32>,
     service_stats: PerCpuArray<MapData, ServiceCounters>,
     installed: BTreeMap<ServiceAddr, Installed>,
@@ -339,14 +339,16 @@ impl Dataplane {
         }
 
         // New backends get ids (and map entries) before any table names them.
+        let mut taken = self.backend_ids_in_use();
         let mut next_backends = BTreeMap::new();
         for backend in &wanted {
             let id = match installed.backends.get(backend) {
                 Some(&id) => id,
                 None => {
-                    let id = self.free_backend_id(addr)?;
+                    let id = free_backend_id(&taken).ok_or(DataplaneError::BackendIdsFull(addr))?;
+                    taken.insert(id);
                     self.backends
-                        .insert(id, backend.value(installed.id), 0)
+                        .set(id, backend.value(installed.id), 0)
                         .map_err(map_err(map_names::BACKENDS))?;
                     id
                 }
@@ -442,7 +444,16 @@ impl Dataplane {
     }
 
     fn remove_backend(&mut self, id: u32) -> Result<(), DataplaneError> {
-        ignore_missing(self.backends.remove(&id)).map_err(map_err(map_names::BACKENDS))
+        self.backends
+            .set(id, FREE_BACKEND, 0)
+            .map_err(map_err(map_names::BACKENDS))
+    }
+
+    fn backend_ids_in_use(&self) -> BTreeSet<u32> {
+        self.installed
+            .values()
+            .flat_map(|installed| installed.backends.values().copied())
+            .collect()
     }
 
     fn free_service_id(&self, addr: ServiceAddr) -> Result<u32, DataplaneError> {
@@ -450,13 +461,6 @@ impl Dataplane {
         (0..self.config.max_services)
             .find(|id| !used.contains(id))
             .ok_or(DataplaneError::ServiceSlotsFull(addr))
-    }
-
-    fn free_backend_id(&self, addr: ServiceAddr) -> Result<u32, DataplaneError> {
-        // Ids in the map (not only ours): never hand out one still in use.
-        (0..porter_common::limits::MAX_BACKENDS)
-            .find(|id| self.backends.get(id, 0).is_err())
-            .ok_or(DataplaneError::BackendIdsFull(addr))
     }
 
     fn reset_counters(&mut self, id: u32) -> Result<(), DataplaneError> {
@@ -472,9 +476,11 @@ impl Dataplane {
     /// Rebuilds `installed` from the pinned maps (after an agent restart).
     fn read_back(&mut self) -> Result<(), DataplaneError> {
         let mut by_service: BTreeMap<u32, BTreeMap<Backend, u32>> = BTreeMap::new();
-        for entry in self.backends.iter() {
-            let (id, value) = entry.map_err(map_err(map_names::BACKENDS))?;
+        for (id, entry) in self.backends.iter().enumerate() {
+            let value = entry.map_err(map_err(map_names::BACKENDS))?;
+            // Free slots (family 0) decode to None.
             if let Some(backend) = Backend::from_value(&value) {
+                let id = id as u32;
                 by_service
                     .entry(value.service_id)
                     .or_default()
@@ -504,6 +510,18 @@ impl Dataplane {
         }
         Ok(())
     }
+}
+
+const FREE_BACKEND: BackendValue = BackendValue {
+    addr: [0; 4],
+    port: 0,
+    family: 0,
+    _pad: 0,
+    service_id: 0,
+};
+
+fn free_backend_id(taken: &BTreeSet<u32>) -> Option<u32> {
+    (0..porter_common::limits::MAX_BACKENDS).find(|id| !taken.contains(id))
 }
 
 fn take<T: TryFrom<aya::maps::Map, Error = MapError>>(

@@ -3,10 +3,12 @@
 //! Everything here is `no_std` and `#[repr(C)]`, because the same bytes are
 //! read by the kernel program and by userspace through the BPF maps.
 //!
-//! Conventions: addresses are 16 bytes; an IPv4 address sits in the first four
-//! (the rest zero) and `family` says which. Addresses and ports are in network
-//! byte order, exactly as they appear in packets, so the hot path never swaps
-//! bytes. Padding is explicit, so keys hash the same on both sides.
+//! Conventions: addresses are four 32-bit words holding the address bytes in
+//! network order, exactly as in packets (word-sized so the kernel program
+//! moves them with word loads); an IPv4 address is the first word, the rest
+//! zero, and `family` says which. Ports are in network byte order too, so the
+//! hot path never swaps bytes. Padding is explicit, so keys hash the same on
+//! both sides.
 #![no_std]
 
 /// Names of the BPF maps, so that the loader and the programs agree on them.
@@ -17,7 +19,7 @@ pub mod map_names {
     pub const SERVICES: &str = "PORTER_SERVICES";
     /// Hash: [`crate::VipKey`] → number of services on that address.
     pub const VIPS: &str = "PORTER_VIPS";
-    /// Hash: backend id (`u32`) → [`crate::BackendValue`].
+    /// Array: backend id → [`crate::BackendValue`]; `family == 0` marks a free id.
     pub const BACKENDS: &str = "PORTER_BACKENDS";
     /// Array of backend ids: every service owns two Maglev tables of M slots.
     pub const MAGLEV: &str = "PORTER_MAGLEV";
@@ -58,7 +60,7 @@ pub const PROTO_UDP: u8 = 17;
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ServiceKey {
-    pub addr: [u8; 16],
+    pub addr: [u32; 4],
     /// Network byte order.
     pub port: u16,
     pub proto: u8,
@@ -85,16 +87,16 @@ pub struct ServiceValue {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct VipKey {
-    pub addr: [u8; 16],
+    pub addr: [u32; 4],
     pub family: u8,
     pub _pad: [u8; 3],
 }
 
-/// A local endpoint (pod) of one service.
+/// A local endpoint (pod) of one service. All zeros (family 0) is a free slot.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct BackendValue {
-    pub addr: [u8; 16],
+    pub addr: [u32; 4],
     /// Target port, network byte order.
     pub port: u16,
     pub family: u8,
@@ -108,8 +110,8 @@ pub struct BackendValue {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct FlowKey {
-    pub src: [u8; 16],
-    pub dst: [u8; 16],
+    pub src: [u32; 4],
+    pub dst: [u32; 4],
     pub sport: u16,
     pub dport: u16,
     pub proto: u8,
@@ -132,7 +134,7 @@ pub struct CtValue {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct RevNatValue {
-    pub vip: [u8; 16],
+    pub vip: [u32; 4],
     /// Network byte order.
     pub port: u16,
     pub _pad: [u8; 2],

@@ -35,7 +35,7 @@ static SERVICES: HashMap<ServiceKey, ServiceValue> =
 #[map(name = "PORTER_VIPS")]
 static VIPS: HashMap<VipKey, u32> = HashMap::pinned(limits::DEFAULT_MAX_SERVICES, 0);
 #[map(name = "PORTER_BACKENDS")]
-static BACKENDS: HashMap<u32, BackendValue> = HashMap::pinned(limits::MAX_BACKENDS, 0);
+static BACKENDS: Array<BackendValue> = Array::pinned(limits::MAX_BACKENDS, 0);
 #[map(name = "PORTER_MAGLEV")]
 static MAGLEV: Array<u32> = Array::pinned(
     limits::DEFAULT_MAX_SERVICES * 2 * limits::DEFAULT_MAGLEV_SIZE,
@@ -158,9 +158,9 @@ fn choose_backend(flow: &FlowKey, service: &ServiceValue) -> Option<(BackendValu
         // SAFETY: valid for this run; a racing update at worst loses a refresh.
         let entry = unsafe { *ct };
         if entry.service_id == service.id {
-            if let Some(backend) = BACKENDS.get_ptr(&entry.backend_id) {
-                let backend = unsafe { *backend };
-                if backend.service_id == service.id {
+            if let Some(backend) = BACKENDS.get(entry.backend_id) {
+                let backend = *backend;
+                if backend.family != 0 && backend.service_id == service.id {
                     if now.wrapping_sub(entry.last_seen_ns) > REFRESH_NS {
                         unsafe { (*ct).last_seen_ns = now };
                         record_revnat(flow, &backend, service.id);
@@ -175,9 +175,8 @@ fn choose_backend(flow: &FlowKey, service: &ServiceValue) -> Option<(BackendValu
     }
     let slot = service.table_base + flow_hash(flow) % service.table_size;
     let backend_id = *MAGLEV.get(slot)?;
-    // SAFETY: copied out at once.
-    let backend = unsafe { *BACKENDS.get_ptr(&backend_id)? };
-    if backend.service_id != service.id {
+    let backend = *BACKENDS.get(backend_id)?;
+    if backend.family == 0 || backend.service_id != service.id {
         return None;
     }
     let entry = CtValue {
@@ -225,20 +224,9 @@ fn flow_hash(flow: &FlowKey) -> u32 {
             .wrapping_mul(5)
             .wrapping_add(0xe654_6b64);
     };
-    for chunk in 0..4 {
-        let i = chunk * 4;
-        mix(u32::from_ne_bytes([
-            flow.src[i],
-            flow.src[i + 1],
-            flow.src[i + 2],
-            flow.src[i + 3],
-        ]));
-        mix(u32::from_ne_bytes([
-            flow.dst[i],
-            flow.dst[i + 1],
-            flow.dst[i + 2],
-            flow.dst[i + 3],
-        ]));
+    for i in 0..4 {
+        mix(flow.src[i]);
+        mix(flow.dst[i]);
     }
     mix(((flow.sport as u32) << 16) | flow.dport as u32);
     mix(flow.proto as u32);
@@ -262,25 +250,19 @@ fn dnat(data: usize, data_end: usize, h: &Headers, backend: &BackendValue) -> Op
     let old_check: u16 = load(data, data_end, check_off)?;
     let mut acc = csum::add_word(0, h.dport, backend.port);
     if h.family == FAMILY_V4 {
-        let old: [u8; 4] = [h.dst[0], h.dst[1], h.dst[2], h.dst[3]];
-        let new: [u8; 4] = [
-            backend.addr[0],
-            backend.addr[1],
-            backend.addr[2],
-            backend.addr[3],
-        ];
+        let (old, new) = (h.dst[0], backend.addr[0]);
         let ip_check: u16 = load(data, data_end, h.l3_off + 10)?;
         store(
             data,
             data_end,
             h.l3_off + 10,
-            csum::apply(ip_check, csum::add_bytes(0, &old, &new)),
+            csum::apply(ip_check, csum::add_u32(0, old, new)),
         )?;
         store(data, data_end, h.l3_off + 16, new)?;
-        acc = csum::add_bytes(acc, &old, &new);
+        acc = csum::add_u32(acc, old, new);
     } else {
         store(data, data_end, h.l3_off + 24, backend.addr)?;
-        acc = csum::add_bytes(acc, &h.dst, &backend.addr);
+        acc = csum::add_addr(acc, &h.dst, &backend.addr);
     }
     store(data, data_end, h.l4_off + 2, backend.port)?;
     // An IPv4 UDP checksum of 0 means "none" and must stay 0; a computed 0 is sent as 0xffff.
@@ -314,18 +296,8 @@ fn echo_reply(data: usize, data_end: usize, h: &Headers) -> Option<()> {
     store(data, data_end, 0, swapped)?;
     // Swapping source and destination leaves every sum unchanged.
     if h.family == FAMILY_V4 {
-        store(
-            data,
-            data_end,
-            h.l3_off + 12,
-            [h.dst[0], h.dst[1], h.dst[2], h.dst[3]],
-        )?;
-        store(
-            data,
-            data_end,
-            h.l3_off + 16,
-            [h.src[0], h.src[1], h.src[2], h.src[3]],
-        )?;
+        store(data, data_end, h.l3_off + 12, h.dst[0])?;
+        store(data, data_end, h.l3_off + 16, h.src[0])?;
     } else {
         store(data, data_end, h.l3_off + 8, h.dst)?;
         store(data, data_end, h.l3_off + 24, h.src)?;
@@ -333,7 +305,11 @@ fn echo_reply(data: usize, data_end: usize, h: &Headers) -> Option<()> {
     let type_code: [u8; 2] = load(data, data_end, h.l4_off)?;
     let new_type_code = [reply, type_code[1]];
     let check: u16 = load(data, data_end, h.l4_off + 2)?;
-    let acc = csum::add_bytes(0, &type_code, &new_type_code);
+    let acc = csum::add_word(
+        0,
+        u16::from_ne_bytes(type_code),
+        u16::from_ne_bytes(new_type_code),
+    );
     store(data, data_end, h.l4_off, new_type_code)?;
     store(data, data_end, h.l4_off + 2, csum::apply(check, acc))?;
     Some(())
@@ -393,21 +369,13 @@ fn revnat_rewrite(ctx: &TcContext, h: &Headers, revnat: &RevNatValue) -> Result<
     };
     let pseudo = BPF_F_PSEUDO_HDR as u64 | mangled_0;
     if h.family == FAMILY_V4 {
-        let old = u32::from_ne_bytes([h.src[0], h.src[1], h.src[2], h.src[3]]);
-        let new = u32::from_ne_bytes([revnat.vip[0], revnat.vip[1], revnat.vip[2], revnat.vip[3]]);
+        let (old, new) = (h.src[0], revnat.vip[0]);
         ctx.l4_csum_replace(check_off, old as u64, new as u64, pseudo | 4)?;
         ctx.l3_csum_replace(h.l3_off + 10, old as u64, new as u64, 4)?;
         ctx.store(h.l3_off + 12, &new, 0)?;
     } else {
-        for word in 0..4 {
-            let i = word * 4;
-            let old = u32::from_ne_bytes([h.src[i], h.src[i + 1], h.src[i + 2], h.src[i + 3]]);
-            let new = u32::from_ne_bytes([
-                revnat.vip[i],
-                revnat.vip[i + 1],
-                revnat.vip[i + 2],
-                revnat.vip[i + 3],
-            ]);
+        for i in 0..4 {
+            let (old, new) = (h.src[i], revnat.vip[i]);
             ctx.l4_csum_replace(check_off, old as u64, new as u64, pseudo | 4)?;
         }
         ctx.store(h.l3_off + 8, &revnat.vip, 0)?;
