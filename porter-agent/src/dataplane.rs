@@ -21,12 +21,14 @@ use aya::{
     },
 };
 use porter_common::{
-    BackendValue, ServiceCounters, ServiceKey, ServiceValue, VipKey, map_names, program_names,
+    BackendKey, BackendValue, RevNatValue, ServiceCounters, ServiceKey, ServiceValue, VipKey,
+    map_names, program_names,
 };
 use tracing::{debug, info};
 
 use crate::{
     PinLayout, maglev,
+    plan::{self, Desired, PlannedService},
     service::{Backend, ServiceAddr, ServiceSpec, SpecError},
     stats,
     xdp_attach::{self, AttachError, Attachment, XdpModePreference},
@@ -130,9 +132,12 @@ pub struct Dataplane {
     services: HashMap<MapData, ServiceKey, ServiceValue>,
     vips: HashMap<MapData, VipKey, u32>,
     backends: Array<MapData, BackendValue>,
+    backend_revnat: HashMap<MapData, BackendKey, RevNatValue>,
     maglev: Array<MapData, u32>,
     service_stats: PerCpuArray<MapData, ServiceCounters>,
     installed: BTreeMap<ServiceAddr, Installed>,
+    /// What the backend and reverse-NAT maps hold (in use, not free slots).
+    written: Desired,
 }
 
 impl Dataplane {
@@ -181,12 +186,14 @@ impl Dataplane {
             services: take(&mut ebpf, map_names::SERVICES)?,
             vips: take(&mut ebpf, map_names::VIPS)?,
             backends: take(&mut ebpf, map_names::BACKENDS)?,
+            backend_revnat: take(&mut ebpf, map_names::BACKEND_REVNAT)?,
             service_stats: take(&mut ebpf, map_names::SERVICE_COUNTERS)?,
             maglev,
             ebpf,
             pins: pins.clone(),
             config,
             installed: BTreeMap::new(),
+            written: Desired::default(),
         };
         dataplane.read_back()?;
         Ok(dataplane)
@@ -338,8 +345,7 @@ impl Dataplane {
             self.reset_counters(installed.id)?;
         }
 
-        // New backends get ids (and map entries) before any table names them.
-        let mut taken = self.backend_ids_in_use();
+        let mut taken: BTreeSet<u32> = self.written.backends.keys().copied().collect();
         let mut next_backends = BTreeMap::new();
         for backend in &wanted {
             let id = match installed.backends.get(backend) {
@@ -347,14 +353,23 @@ impl Dataplane {
                 None => {
                     let id = free_backend_id(&taken).ok_or(DataplaneError::BackendIdsFull(addr))?;
                     taken.insert(id);
-                    self.backends
-                        .set(id, backend.value(installed.id), 0)
-                        .map_err(map_err(map_names::BACKENDS))?;
                     id
                 }
             };
             next_backends.insert(*backend, id);
         }
+        // New backends get their entries before any table names them; old
+        // ones keep theirs until no live table does.
+        let mut after = self.installed.clone();
+        after.insert(
+            addr,
+            Installed {
+                backends: next_backends.clone(),
+                ..installed.clone()
+            },
+        );
+        let plan = plan_for(&after);
+        self.write(&plan, false)?;
 
         let names: Vec<String> = next_backends.keys().map(Backend::to_string).collect();
         let ids: Vec<u32> = next_backends.values().copied().collect();
@@ -382,24 +397,53 @@ impl Dataplane {
                 .insert(vip, users + 1, 0)
                 .map_err(map_err(map_names::VIPS))?;
         }
-        // Only after the flip: no live table names these any more.
-        for (backend, id) in &installed.backends {
-            if !next_backends.contains_key(backend) {
-                self.remove_backend(*id)?;
-            }
-        }
         installed.active = spare;
         installed.backends = next_backends;
         info!(service = %addr, backends = installed.backends.len(), table = spare, "service installed");
         self.installed.insert(addr, installed);
+        // After the flip: no live table names the removed backends any more.
+        self.write(&plan, true)
+    }
+
+    /// Brings the backend and reverse-NAT maps to `plan`: writes what
+    /// differs, and with `remove`, frees what `plan` does not name.
+    fn write(&mut self, plan: &Desired, remove: bool) -> Result<(), DataplaneError> {
+        let backends = plan::diff(&self.written.backends, &plan.backends);
+        for (id, value) in backends.upserts {
+            self.backends
+                .set(id, value, 0)
+                .map_err(map_err(map_names::BACKENDS))?;
+            self.written.backends.insert(id, value);
+        }
+        let revnat = plan::diff(&self.written.revnat, &plan.revnat);
+        for (key, value) in revnat.upserts {
+            self.backend_revnat
+                .insert(key, value, 0)
+                .map_err(map_err(map_names::BACKEND_REVNAT))?;
+            self.written.revnat.insert(key, value);
+        }
+        if !remove {
+            return Ok(());
+        }
+        for id in backends.removals {
+            self.backends
+                .set(id, FREE_BACKEND, 0)
+                .map_err(map_err(map_names::BACKENDS))?;
+            self.written.backends.remove(&id);
+        }
+        for key in revnat.removals {
+            ignore_missing(self.backend_revnat.remove(&key))
+                .map_err(map_err(map_names::BACKEND_REVNAT))?;
+            self.written.revnat.remove(&key);
+        }
         Ok(())
     }
 
     /// Stops serving `addr`. Unknown services are ignored.
     pub fn remove_service(&mut self, addr: &ServiceAddr) -> Result<(), DataplaneError> {
-        let Some(installed) = self.installed.remove(addr) else {
+        if self.installed.remove(addr).is_none() {
             return Ok(());
-        };
+        }
         ignore_missing(self.services.remove(&addr.key())).map_err(map_err(map_names::SERVICES))?;
         let vip = addr.vip_key();
         match self.vips.get(&vip, 0) {
@@ -409,9 +453,8 @@ impl Dataplane {
                 .map_err(map_err(map_names::VIPS))?,
             _ => ignore_missing(self.vips.remove(&vip)).map_err(map_err(map_names::VIPS))?,
         }
-        for id in installed.backends.values() {
-            self.remove_backend(*id)?;
-        }
+        let plan = plan_for(&self.installed);
+        self.write(&plan, true)?;
         info!(service = %addr, "service removed");
         Ok(())
     }
@@ -443,19 +486,6 @@ impl Dataplane {
         Ok(stats::read_global_stats(&self.pins)?)
     }
 
-    fn remove_backend(&mut self, id: u32) -> Result<(), DataplaneError> {
-        self.backends
-            .set(id, FREE_BACKEND, 0)
-            .map_err(map_err(map_names::BACKENDS))
-    }
-
-    fn backend_ids_in_use(&self) -> BTreeSet<u32> {
-        self.installed
-            .values()
-            .flat_map(|installed| installed.backends.values().copied())
-            .collect()
-    }
-
     fn free_service_id(&self, addr: ServiceAddr) -> Result<u32, DataplaneError> {
         let used: BTreeSet<u32> = self.installed.values().map(|i| i.id).collect();
         (0..self.config.max_services)
@@ -481,6 +511,7 @@ impl Dataplane {
             // Free slots (family 0) decode to None.
             if let Some(backend) = Backend::from_value(&value) {
                 let id = id as u32;
+                self.written.backends.insert(id, value);
                 by_service
                     .entry(value.service_id)
                     .or_default()
@@ -504,11 +535,14 @@ impl Dataplane {
                 },
             );
         }
-        // Backends of services that are gone (an agent died mid-update).
-        for id in by_service.into_values().flat_map(BTreeMap::into_values) {
-            self.remove_backend(id)?;
+        for entry in self.backend_revnat.iter() {
+            let (key, value) = entry.map_err(map_err(map_names::BACKEND_REVNAT))?;
+            self.written.revnat.insert(key, value);
         }
-        Ok(())
+        // Frees what services that are gone left behind (an agent that died
+        // mid-update), and fixes anything else out of step.
+        let plan = plan_for(&self.installed);
+        self.write(&plan, true)
     }
 }
 
@@ -516,9 +550,17 @@ const FREE_BACKEND: BackendValue = BackendValue {
     addr: [0; 4],
     port: 0,
     family: 0,
-    _pad: 0,
+    flags: 0,
     service_id: 0,
 };
+
+fn plan_for(installed: &BTreeMap<ServiceAddr, Installed>) -> Desired {
+    plan::desired(installed.iter().map(|(addr, service)| PlannedService {
+        addr: *addr,
+        id: service.id,
+        backends: &service.backends,
+    }))
+}
 
 fn free_backend_id(taken: &BTreeSet<u32>) -> Option<u32> {
     (0..porter_common::limits::MAX_BACKENDS).find(|id| !taken.contains(id))

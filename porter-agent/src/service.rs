@@ -195,7 +195,7 @@ impl Backend {
             addr,
             port: self.port.to_be(),
             family,
-            _pad: 0,
+            flags: 0,
             service_id,
         }
     }

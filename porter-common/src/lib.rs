@@ -25,7 +25,11 @@ pub mod map_names {
     pub const MAGLEV: &str = "PORTER_MAGLEV";
     /// LRU hash: client-side [`crate::FlowKey`] → [`crate::CtValue`].
     pub const CONNTRACK: &str = "PORTER_CT";
-    /// LRU hash: backend-side (reply) [`crate::FlowKey`] → [`crate::RevNatValue`].
+    /// Hash: [`crate::BackendKey`] → [`crate::RevNatValue`], kept by
+    /// userspace: how replies from a backend are rewritten.
+    pub const BACKEND_REVNAT: &str = "PORTER_BE_REVNAT";
+    /// LRU hash: backend-side (reply) [`crate::FlowKey`] → [`crate::RevNatValue`],
+    /// only for flows to backends that serve several services ([`crate::BACKEND_SHARED`]).
     pub const REVNAT: &str = "PORTER_REVNAT";
     /// Per-CPU array of [`crate::ServiceCounters`], indexed by service id.
     pub const SERVICE_COUNTERS: &str = "PORTER_SVC_STATS";
@@ -100,10 +104,27 @@ pub struct BackendValue {
     /// Target port, network byte order.
     pub port: u16,
     pub family: u8,
-    pub _pad: u8,
+    /// [`BACKEND_SHARED`] or 0.
+    pub flags: u8,
     /// The service this backend id belongs to; a conntrack entry whose
     /// backend id was reused by another service is treated as stale.
     pub service_id: u32,
+}
+
+/// This `addr:port/proto` serves more than one service, so its replies
+/// cannot be mapped back by address alone: the XDP program records each
+/// flow's service in the per-flow reverse NAT map.
+pub const BACKEND_SHARED: u8 = 1;
+
+/// A backend as its replies show it: `addr:port/proto`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct BackendKey {
+    pub addr: [u32; 4],
+    /// Network byte order.
+    pub port: u16,
+    pub proto: u8,
+    pub family: u8,
 }
 
 /// A 5-tuple as seen in one direction.
@@ -137,7 +158,9 @@ pub struct RevNatValue {
     pub vip: [u32; 4],
     /// Network byte order.
     pub port: u16,
-    pub _pad: [u8; 2],
+    /// [`BACKEND_SHARED`] (then look for a per-flow entry first) or 0.
+    pub flags: u8,
+    pub _pad: u8,
     pub service_id: u32,
 }
 
@@ -204,6 +227,7 @@ mod pod {
     unsafe impl aya::Pod for ServiceValue {}
     unsafe impl aya::Pod for VipKey {}
     unsafe impl aya::Pod for BackendValue {}
+    unsafe impl aya::Pod for BackendKey {}
     unsafe impl aya::Pod for FlowKey {}
     unsafe impl aya::Pod for CtValue {}
     unsafe impl aya::Pod for RevNatValue {}
@@ -221,6 +245,7 @@ mod tests {
         assert_eq!(size_of::<ServiceValue>(), 16);
         assert_eq!(size_of::<VipKey>(), 20);
         assert_eq!(size_of::<BackendValue>(), 24);
+        assert_eq!(size_of::<BackendKey>(), 20);
         assert_eq!(size_of::<FlowKey>(), 40);
         assert_eq!(size_of::<CtValue>(), 24);
         assert_eq!(size_of::<RevNatValue>(), 24);

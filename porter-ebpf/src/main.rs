@@ -23,8 +23,8 @@ use aya_ebpf::{
 };
 use parse::{Headers, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP, load, store};
 use porter_common::{
-    BackendValue, CtValue, FAMILY_V4, FlowKey, RevNatValue, ServiceCounters, ServiceKey,
-    ServiceValue, Stat, VipKey, limits,
+    BACKEND_SHARED, BackendKey, BackendValue, CtValue, FAMILY_V4, FlowKey, RevNatValue,
+    ServiceCounters, ServiceKey, ServiceValue, Stat, VipKey, limits,
 };
 
 #[map(name = "PORTER_STATS")]
@@ -43,6 +43,8 @@ static MAGLEV: Array<u32> = Array::pinned(
 );
 #[map(name = "PORTER_CT")]
 static CONNTRACK: LruHashMap<FlowKey, CtValue> = LruHashMap::pinned(limits::CONNTRACK_ENTRIES, 0);
+#[map(name = "PORTER_BE_REVNAT")]
+static BACKEND_REVNAT: HashMap<BackendKey, RevNatValue> = HashMap::pinned(limits::MAX_BACKENDS, 0);
 #[map(name = "PORTER_REVNAT")]
 static REVNAT: LruHashMap<FlowKey, RevNatValue> = LruHashMap::pinned(limits::CONNTRACK_ENTRIES, 0);
 #[map(name = "PORTER_SVC_STATS")]
@@ -83,17 +85,18 @@ fn xdp_decide(ctx: &XdpContext) -> (u32, Stat) {
         Ok(h) => h,
         Err(stat) => return (xdp_action::XDP_PASS, stat),
     };
-    let is_icmp = (h.family == FAMILY_V4 && h.proto == IPPROTO_ICMP)
-        || (h.family != FAMILY_V4 && h.proto == IPPROTO_ICMPV6);
+    // Most traffic a node sees is not for a service: one lookup settles it.
+    let vip = VipKey {
+        addr: h.dst,
+        family: h.family,
+        _pad: [0; 3],
+    };
+    if VIPS.get_ptr(&vip).is_none() {
+        return (xdp_action::XDP_PASS, Stat::PassNotService);
+    }
     if h.proto != IPPROTO_TCP && h.proto != IPPROTO_UDP {
-        let vip = VipKey {
-            addr: h.dst,
-            family: h.family,
-            _pad: [0; 3],
-        };
-        if VIPS.get_ptr(&vip).is_none() {
-            return (xdp_action::XDP_PASS, Stat::PassNotService);
-        }
+        let is_icmp = (h.family == FAMILY_V4 && h.proto == IPPROTO_ICMP)
+            || (h.family != FAMILY_V4 && h.proto == IPPROTO_ICMPV6);
         if !is_icmp {
             return (xdp_action::XDP_DROP, Stat::DropUnknownPort);
         }
@@ -109,16 +112,10 @@ fn xdp_decide(ctx: &XdpContext) -> (u32, Stat) {
         proto: h.proto,
         family: h.family,
     };
+    // The address is an EIP, so a port no service uses must not loop back
+    // to the router: drop.
     let Some(service) = SERVICES.get_ptr(&key) else {
-        let vip = VipKey {
-            addr: h.dst,
-            family: h.family,
-            _pad: [0; 3],
-        };
-        if VIPS.get_ptr(&vip).is_some() {
-            return (xdp_action::XDP_DROP, Stat::DropUnknownPort);
-        }
-        return (xdp_action::XDP_PASS, Stat::PassNotService);
+        return (xdp_action::XDP_DROP, Stat::DropUnknownPort);
     };
     // SAFETY: map values stay valid for the program's run (RCU).
     let service = unsafe { *service };
@@ -191,8 +188,13 @@ fn choose_backend(flow: &FlowKey, service: &ServiceValue) -> Option<(BackendValu
     Some((backend, true))
 }
 
+/// Per-flow reverse NAT, needed only when the backend serves several
+/// services; otherwise tc maps replies back by the backend's address alone.
 #[inline(always)]
 fn record_revnat(flow: &FlowKey, backend: &BackendValue, service_id: u32) {
+    if backend.flags & BACKEND_SHARED == 0 {
+        return;
+    }
     let reply = FlowKey {
         src: backend.addr,
         dst: flow.src,
@@ -205,7 +207,8 @@ fn record_revnat(flow: &FlowKey, backend: &BackendValue, service_id: u32) {
     let value = RevNatValue {
         vip: flow.dst,
         port: flow.dport,
-        _pad: [0; 2],
+        flags: 0,
+        _pad: 0,
         service_id,
     };
     let _ = REVNAT.insert(&reply, &value, 0);
@@ -331,20 +334,33 @@ pub fn porter_tc_revnat(ctx: TcContext) -> i32 {
     if h.proto != IPPROTO_TCP && h.proto != IPPROTO_UDP {
         return TC_ACT_OK as i32;
     }
-    let flow = FlowKey {
-        src: h.src,
-        dst: h.dst,
-        sport: h.sport,
-        dport: h.dport,
+    let backend = BackendKey {
+        addr: h.src,
+        port: h.sport,
         proto: h.proto,
         family: h.family,
-        _pad: [0; 2],
     };
-    let Some(revnat) = REVNAT.get_ptr(&flow) else {
+    let Some(by_backend) = BACKEND_REVNAT.get_ptr(&backend) else {
         return TC_ACT_OK as i32;
     };
     // SAFETY: copied out at once.
-    let revnat = unsafe { *revnat };
+    let mut revnat = unsafe { *by_backend };
+    if revnat.flags & BACKEND_SHARED != 0 {
+        let flow = FlowKey {
+            src: h.src,
+            dst: h.dst,
+            sport: h.sport,
+            dport: h.dport,
+            proto: h.proto,
+            family: h.family,
+            _pad: [0; 2],
+        };
+        // Flows from before the backend became shared have no entry; the
+        // backend's own value names the service it served first.
+        if let Some(by_flow) = REVNAT.get_ptr(&flow) {
+            revnat = unsafe { *by_flow };
+        }
+    }
     match revnat_rewrite(&ctx, &h, &revnat) {
         Ok(()) => count(Stat::RevNatApplied),
         Err(_) => count(Stat::RevNatFailed),
