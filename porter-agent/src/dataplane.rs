@@ -131,6 +131,7 @@ pub struct Dataplane {
     config: DataplaneConfig,
     services: HashMap<MapData, ServiceKey, ServiceValue>,
     vips: HashMap<MapData, VipKey, u32>,
+    vip_filter: Array<MapData, u32>,
     backends: Array<MapData, BackendValue>,
     backend_revnat: HashMap<MapData, BackendKey, RevNatValue>,
     maglev: Array<MapData, u32>,
@@ -185,6 +186,7 @@ impl Dataplane {
         let mut dataplane = Self {
             services: take(&mut ebpf, map_names::SERVICES)?,
             vips: take(&mut ebpf, map_names::VIPS)?,
+            vip_filter: take(&mut ebpf, map_names::VIP_FILTER)?,
             backends: take(&mut ebpf, map_names::BACKENDS)?,
             backend_revnat: take(&mut ebpf, map_names::BACKEND_REVNAT)?,
             service_stats: take(&mut ebpf, map_names::SERVICE_COUNTERS)?,
@@ -390,13 +392,6 @@ impl Dataplane {
         self.services
             .insert(addr.key(), value, 0)
             .map_err(map_err(map_names::SERVICES))?;
-        if is_new {
-            let vip = addr.vip_key();
-            let users = self.vips.get(&vip, 0).unwrap_or(0);
-            self.vips
-                .insert(vip, users + 1, 0)
-                .map_err(map_err(map_names::VIPS))?;
-        }
         installed.active = spare;
         installed.backends = next_backends;
         info!(service = %addr, backends = installed.backends.len(), table = spare, "service installed");
@@ -422,8 +417,32 @@ impl Dataplane {
                 .map_err(map_err(map_names::BACKEND_REVNAT))?;
             self.written.revnat.insert(key, value);
         }
+        let vips = plan::diff(&self.written.vips, &plan.vips);
+        for (key, value) in vips.upserts {
+            self.vips
+                .insert(key, value, 0)
+                .map_err(map_err(map_names::VIPS))?;
+            self.written.vips.insert(key, value);
+        }
+        let filter = plan::diff(&self.written.vip_filter, &plan.vip_filter);
+        for (slot, value) in filter.upserts {
+            self.vip_filter
+                .set(slot, value, 0)
+                .map_err(map_err(map_names::VIP_FILTER))?;
+            self.written.vip_filter.insert(slot, value);
+        }
         if !remove {
             return Ok(());
+        }
+        for key in vips.removals {
+            ignore_missing(self.vips.remove(&key)).map_err(map_err(map_names::VIPS))?;
+            self.written.vips.remove(&key);
+        }
+        for slot in filter.removals {
+            self.vip_filter
+                .set(slot, 0, 0)
+                .map_err(map_err(map_names::VIP_FILTER))?;
+            self.written.vip_filter.remove(&slot);
         }
         for id in backends.removals {
             self.backends
@@ -445,14 +464,6 @@ impl Dataplane {
             return Ok(());
         }
         ignore_missing(self.services.remove(&addr.key())).map_err(map_err(map_names::SERVICES))?;
-        let vip = addr.vip_key();
-        match self.vips.get(&vip, 0) {
-            Ok(users) if users > 1 => self
-                .vips
-                .insert(vip, users - 1, 0)
-                .map_err(map_err(map_names::VIPS))?,
-            _ => ignore_missing(self.vips.remove(&vip)).map_err(map_err(map_names::VIPS))?,
-        }
         let plan = plan_for(&self.installed);
         self.write(&plan, true)?;
         info!(service = %addr, "service removed");
@@ -538,6 +549,16 @@ impl Dataplane {
         for entry in self.backend_revnat.iter() {
             let (key, value) = entry.map_err(map_err(map_names::BACKEND_REVNAT))?;
             self.written.revnat.insert(key, value);
+        }
+        for entry in self.vips.iter() {
+            let (key, value) = entry.map_err(map_err(map_names::VIPS))?;
+            self.written.vips.insert(key, value);
+        }
+        for (slot, entry) in self.vip_filter.iter().enumerate() {
+            let value = entry.map_err(map_err(map_names::VIP_FILTER))?;
+            if value != 0 {
+                self.written.vip_filter.insert(slot as u32, value);
+            }
         }
         // Frees what services that are gone left behind (an agent that died
         // mid-update), and fixes anything else out of step.

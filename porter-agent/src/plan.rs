@@ -3,7 +3,9 @@
 //! applies the result.
 use std::collections::BTreeMap;
 
-use porter_common::{BACKEND_SHARED, BackendKey, BackendValue, RevNatValue};
+use porter_common::{
+    BACKEND_SHARED, BackendKey, BackendValue, RevNatValue, VipKey, vip_filter_slot,
+};
 
 use crate::service::{Backend, ServiceAddr, encode_ip};
 
@@ -15,11 +17,16 @@ pub struct PlannedService<'a> {
     pub backends: &'a BTreeMap<Backend, u32>,
 }
 
-/// The wanted contents of the backend array and the per-backend reverse NAT map.
+/// The wanted contents of the maps that follow from the set of services
+/// (all but the services and their Maglev tables, which are written first).
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Desired {
     pub backends: BTreeMap<u32, BackendValue>,
     pub revnat: BTreeMap<BackendKey, RevNatValue>,
+    /// Services per VIP.
+    pub vips: BTreeMap<VipKey, u32>,
+    /// VIPs per filter slot (absent: zero).
+    pub vip_filter: BTreeMap<u32, u32>,
 }
 
 /// A backend `addr:port/proto` that serves one service is mapped back by its
@@ -29,7 +36,9 @@ pub struct Desired {
 pub fn desired<'a>(services: impl IntoIterator<Item = PlannedService<'a>>) -> Desired {
     let mut users: BTreeMap<BackendKey, Vec<(u32, ServiceAddr)>> = BTreeMap::new();
     let mut ids: Vec<(u32, Backend, u32, BackendKey)> = Vec::new();
+    let mut vips: BTreeMap<VipKey, u32> = BTreeMap::new();
     for service in services {
+        *vips.entry(service.addr.vip_key()).or_default() += 1;
         for (backend, &backend_id) in service.backends {
             let key = backend_key(backend, service.addr);
             users
@@ -66,7 +75,16 @@ pub fn desired<'a>(services: impl IntoIterator<Item = PlannedService<'a>>) -> De
             ))
         })
         .collect();
-    Desired { backends, revnat }
+    let mut vip_filter: BTreeMap<u32, u32> = BTreeMap::new();
+    for vip in vips.keys() {
+        *vip_filter.entry(vip_filter_slot(&vip.addr)).or_default() += 1;
+    }
+    Desired {
+        backends,
+        revnat,
+        vips,
+        vip_filter,
+    }
 }
 
 fn backend_key(backend: &Backend, service: ServiceAddr) -> BackendKey {
@@ -176,6 +194,9 @@ mod tests {
         let shared: Vec<&RevNatValue> = plan.revnat.values().filter(|r| r.flags != 0).collect();
         assert_eq!(shared.len(), 1);
         assert_eq!((shared[0].service_id, shared[0].port), (4, 80u16.to_be()));
+        // One VIP with two services: one filter entry.
+        assert_eq!(plan.vips.values().collect::<Vec<_>>(), [&2]);
+        assert_eq!(plan.vip_filter.values().sum::<u32>(), 1);
     }
 
     #[test]

@@ -19,6 +19,10 @@ pub mod map_names {
     pub const SERVICES: &str = "PORTER_SERVICES";
     /// Hash: [`crate::VipKey`] → number of services on that address.
     pub const VIPS: &str = "PORTER_VIPS";
+    /// Array indexed by [`crate::vip_filter_slot`]: how many VIPs fall in
+    /// each slot. A zero settles "not a service address" with one array
+    /// read, which costs far less than a hash lookup.
+    pub const VIP_FILTER: &str = "PORTER_VIP_FILTER";
     /// Array: backend id → [`crate::BackendValue`]; `family == 0` marks a free id.
     pub const BACKENDS: &str = "PORTER_BACKENDS";
     /// Array of backend ids: every service owns two Maglev tables of M slots.
@@ -55,6 +59,18 @@ pub mod limits {
     pub const CONNTRACK_ENTRIES: u32 = 262_144;
 }
 
+/// Number of slots of [`map_names::VIP_FILTER`] (a power of two).
+pub const VIP_FILTER_SLOTS: u32 = 65_536;
+
+/// The [`map_names::VIP_FILTER`] slot of an address (words as in keys).
+#[inline(always)]
+pub fn vip_filter_slot(addr: &[u32; 4]) -> u32 {
+    let mut folded =
+        addr[0] ^ addr[1].rotate_left(8) ^ addr[2].rotate_left(16) ^ addr[3].rotate_left(24);
+    folded ^= folded >> 16;
+    folded & (VIP_FILTER_SLOTS - 1)
+}
+
 pub const FAMILY_V4: u8 = 4;
 pub const FAMILY_V6: u8 = 6;
 pub const PROTO_TCP: u8 = 6;
@@ -89,7 +105,7 @@ pub struct ServiceValue {
 /// An address that carries at least one service (for echo replies and
 /// dropping unknown ports).
 #[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct VipKey {
     pub addr: [u32; 4],
     pub family: u8,

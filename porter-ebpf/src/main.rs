@@ -24,7 +24,8 @@ use aya_ebpf::{
 use parse::{Headers, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP, load, store};
 use porter_common::{
     BACKEND_SHARED, BackendKey, BackendValue, CtValue, FAMILY_V4, FlowKey, RevNatValue,
-    ServiceCounters, ServiceKey, ServiceValue, Stat, VipKey, limits,
+    ServiceCounters, ServiceKey, ServiceValue, Stat, VIP_FILTER_SLOTS, VipKey, limits,
+    vip_filter_slot,
 };
 
 #[map(name = "PORTER_STATS")]
@@ -34,6 +35,8 @@ static SERVICES: HashMap<ServiceKey, ServiceValue> =
     HashMap::pinned(limits::DEFAULT_MAX_SERVICES, 0);
 #[map(name = "PORTER_VIPS")]
 static VIPS: HashMap<VipKey, u32> = HashMap::pinned(limits::DEFAULT_MAX_SERVICES, 0);
+#[map(name = "PORTER_VIP_FILTER")]
+static VIP_FILTER: Array<u32> = Array::pinned(VIP_FILTER_SLOTS, 0);
 #[map(name = "PORTER_BACKENDS")]
 static BACKENDS: Array<BackendValue> = Array::pinned(limits::MAX_BACKENDS, 0);
 #[map(name = "PORTER_MAGLEV")]
@@ -85,19 +88,42 @@ fn xdp_decide(ctx: &XdpContext) -> (u32, Stat) {
         Ok(h) => h,
         Err(stat) => return (xdp_action::XDP_PASS, stat),
     };
-    // Most traffic a node sees is not for a service: one lookup settles it.
+    // Most traffic a node sees is not for a service: one array read settles it.
+    if VIP_FILTER
+        .get(vip_filter_slot(&h.dst))
+        .is_none_or(|&vips| vips == 0)
+    {
+        return (xdp_action::XDP_PASS, Stat::PassNotService);
+    }
     let vip = VipKey {
         addr: h.dst,
         family: h.family,
         _pad: [0; 3],
     };
-    if VIPS.get_ptr(&vip).is_none() {
+    let (service, is_vip) = if h.proto == IPPROTO_TCP || h.proto == IPPROTO_UDP {
+        let key = ServiceKey {
+            addr: h.dst,
+            port: h.dport,
+            proto: h.proto,
+            family: h.family,
+        };
+        match SERVICES.get_ptr(&key) {
+            Some(service) => (Some(service), true),
+            None => (None, VIPS.get_ptr(&vip).is_some()),
+        }
+    } else {
+        (None, VIPS.get_ptr(&vip).is_some())
+    };
+    if !is_vip {
+        // Another address in a filter slot that a VIP uses.
         return (xdp_action::XDP_PASS, Stat::PassNotService);
     }
-    if h.proto != IPPROTO_TCP && h.proto != IPPROTO_UDP {
+    let Some(service) = service else {
         let is_icmp = (h.family == FAMILY_V4 && h.proto == IPPROTO_ICMP)
             || (h.family != FAMILY_V4 && h.proto == IPPROTO_ICMPV6);
         if !is_icmp {
+            // An EIP is not a local address: passed, this would loop back
+            // to the router until its TTL ran out.
             return (xdp_action::XDP_DROP, Stat::DropUnknownPort);
         }
         return match echo_reply(data, data_end, &h) {
@@ -105,17 +131,6 @@ fn xdp_decide(ctx: &XdpContext) -> (u32, Stat) {
             // Errors (e.g. fragmentation needed) and other ICMP pass untouched.
             None => (xdp_action::XDP_PASS, Stat::PassIcmp),
         };
-    }
-    let key = ServiceKey {
-        addr: h.dst,
-        port: h.dport,
-        proto: h.proto,
-        family: h.family,
-    };
-    // The address is an EIP, so a port no service uses must not loop back
-    // to the router: drop.
-    let Some(service) = SERVICES.get_ptr(&key) else {
-        return (xdp_action::XDP_DROP, Stat::DropUnknownPort);
     };
     // SAFETY: map values stay valid for the program's run (RCU).
     let service = unsafe { *service };
