@@ -21,12 +21,14 @@ use aya::{
     },
 };
 use porter_common::{
-    BackendValue, ServiceCounters, ServiceKey, ServiceValue, VipKey, map_names, program_names,
+    BackendKey, BackendValue, RevNatValue, ServiceCounters, ServiceKey, ServiceValue, VipKey,
+    map_names, program_names,
 };
 use tracing::{debug, info};
 
 use crate::{
     PinLayout, maglev,
+    plan::{self, Desired, PlannedService},
     service::{Backend, ServiceAddr, ServiceSpec, SpecError},
     stats,
     xdp_attach::{self, AttachError, Attachment, XdpModePreference},
@@ -129,10 +131,14 @@ pub struct Dataplane {
     config: DataplaneConfig,
     services: HashMap<MapData, ServiceKey, ServiceValue>,
     vips: HashMap<MapData, VipKey, u32>,
-    backends: HashMap<MapData, u32, BackendValue>,
+    vip_filter: Array<MapData, u32>,
+    backends: Array<MapData, BackendValue>,
+    backend_revnat: HashMap<MapData, BackendKey, RevNatValue>,
     maglev: Array<MapData, u32>,
     service_stats: PerCpuArray<MapData, ServiceCounters>,
     installed: BTreeMap<ServiceAddr, Installed>,
+    /// What the backend and reverse-NAT maps hold (in use, not free slots).
+    written: Desired,
 }
 
 impl Dataplane {
@@ -180,13 +186,16 @@ impl Dataplane {
         let mut dataplane = Self {
             services: take(&mut ebpf, map_names::SERVICES)?,
             vips: take(&mut ebpf, map_names::VIPS)?,
+            vip_filter: take(&mut ebpf, map_names::VIP_FILTER)?,
             backends: take(&mut ebpf, map_names::BACKENDS)?,
+            backend_revnat: take(&mut ebpf, map_names::BACKEND_REVNAT)?,
             service_stats: take(&mut ebpf, map_names::SERVICE_COUNTERS)?,
             maglev,
             ebpf,
             pins: pins.clone(),
             config,
             installed: BTreeMap::new(),
+            written: Desired::default(),
         };
         dataplane.read_back()?;
         Ok(dataplane)
@@ -338,21 +347,31 @@ impl Dataplane {
             self.reset_counters(installed.id)?;
         }
 
-        // New backends get ids (and map entries) before any table names them.
+        let mut taken: BTreeSet<u32> = self.written.backends.keys().copied().collect();
         let mut next_backends = BTreeMap::new();
         for backend in &wanted {
             let id = match installed.backends.get(backend) {
                 Some(&id) => id,
                 None => {
-                    let id = self.free_backend_id(addr)?;
-                    self.backends
-                        .insert(id, backend.value(installed.id), 0)
-                        .map_err(map_err(map_names::BACKENDS))?;
+                    let id = free_backend_id(&taken).ok_or(DataplaneError::BackendIdsFull(addr))?;
+                    taken.insert(id);
                     id
                 }
             };
             next_backends.insert(*backend, id);
         }
+        // New backends get their entries before any table names them; old
+        // ones keep theirs until no live table does.
+        let mut after = self.installed.clone();
+        after.insert(
+            addr,
+            Installed {
+                backends: next_backends.clone(),
+                ..installed.clone()
+            },
+        );
+        let plan = plan_for(&after);
+        self.write(&plan, false)?;
 
         let names: Vec<String> = next_backends.keys().map(Backend::to_string).collect();
         let ids: Vec<u32> = next_backends.values().copied().collect();
@@ -373,43 +392,80 @@ impl Dataplane {
         self.services
             .insert(addr.key(), value, 0)
             .map_err(map_err(map_names::SERVICES))?;
-        if is_new {
-            let vip = addr.vip_key();
-            let users = self.vips.get(&vip, 0).unwrap_or(0);
-            self.vips
-                .insert(vip, users + 1, 0)
-                .map_err(map_err(map_names::VIPS))?;
-        }
-        // Only after the flip: no live table names these any more.
-        for (backend, id) in &installed.backends {
-            if !next_backends.contains_key(backend) {
-                self.remove_backend(*id)?;
-            }
-        }
         installed.active = spare;
         installed.backends = next_backends;
         info!(service = %addr, backends = installed.backends.len(), table = spare, "service installed");
         self.installed.insert(addr, installed);
+        // After the flip: no live table names the removed backends any more.
+        self.write(&plan, true)
+    }
+
+    /// Brings the backend and reverse-NAT maps to `plan`: writes what
+    /// differs, and with `remove`, frees what `plan` does not name.
+    fn write(&mut self, plan: &Desired, remove: bool) -> Result<(), DataplaneError> {
+        let backends = plan::diff(&self.written.backends, &plan.backends);
+        for (id, value) in backends.upserts {
+            self.backends
+                .set(id, value, 0)
+                .map_err(map_err(map_names::BACKENDS))?;
+            self.written.backends.insert(id, value);
+        }
+        let revnat = plan::diff(&self.written.revnat, &plan.revnat);
+        for (key, value) in revnat.upserts {
+            self.backend_revnat
+                .insert(key, value, 0)
+                .map_err(map_err(map_names::BACKEND_REVNAT))?;
+            self.written.revnat.insert(key, value);
+        }
+        let vips = plan::diff(&self.written.vips, &plan.vips);
+        for (key, value) in vips.upserts {
+            self.vips
+                .insert(key, value, 0)
+                .map_err(map_err(map_names::VIPS))?;
+            self.written.vips.insert(key, value);
+        }
+        let filter = plan::diff(&self.written.vip_filter, &plan.vip_filter);
+        for (slot, value) in filter.upserts {
+            self.vip_filter
+                .set(slot, value, 0)
+                .map_err(map_err(map_names::VIP_FILTER))?;
+            self.written.vip_filter.insert(slot, value);
+        }
+        if !remove {
+            return Ok(());
+        }
+        for key in vips.removals {
+            ignore_missing(self.vips.remove(&key)).map_err(map_err(map_names::VIPS))?;
+            self.written.vips.remove(&key);
+        }
+        for slot in filter.removals {
+            self.vip_filter
+                .set(slot, 0, 0)
+                .map_err(map_err(map_names::VIP_FILTER))?;
+            self.written.vip_filter.remove(&slot);
+        }
+        for id in backends.removals {
+            self.backends
+                .set(id, FREE_BACKEND, 0)
+                .map_err(map_err(map_names::BACKENDS))?;
+            self.written.backends.remove(&id);
+        }
+        for key in revnat.removals {
+            ignore_missing(self.backend_revnat.remove(&key))
+                .map_err(map_err(map_names::BACKEND_REVNAT))?;
+            self.written.revnat.remove(&key);
+        }
         Ok(())
     }
 
     /// Stops serving `addr`. Unknown services are ignored.
     pub fn remove_service(&mut self, addr: &ServiceAddr) -> Result<(), DataplaneError> {
-        let Some(installed) = self.installed.remove(addr) else {
+        if self.installed.remove(addr).is_none() {
             return Ok(());
-        };
+        }
         ignore_missing(self.services.remove(&addr.key())).map_err(map_err(map_names::SERVICES))?;
-        let vip = addr.vip_key();
-        match self.vips.get(&vip, 0) {
-            Ok(users) if users > 1 => self
-                .vips
-                .insert(vip, users - 1, 0)
-                .map_err(map_err(map_names::VIPS))?,
-            _ => ignore_missing(self.vips.remove(&vip)).map_err(map_err(map_names::VIPS))?,
-        }
-        for id in installed.backends.values() {
-            self.remove_backend(*id)?;
-        }
+        let plan = plan_for(&self.installed);
+        self.write(&plan, true)?;
         info!(service = %addr, "service removed");
         Ok(())
     }
@@ -441,22 +497,11 @@ impl Dataplane {
         Ok(stats::read_global_stats(&self.pins)?)
     }
 
-    fn remove_backend(&mut self, id: u32) -> Result<(), DataplaneError> {
-        ignore_missing(self.backends.remove(&id)).map_err(map_err(map_names::BACKENDS))
-    }
-
     fn free_service_id(&self, addr: ServiceAddr) -> Result<u32, DataplaneError> {
         let used: BTreeSet<u32> = self.installed.values().map(|i| i.id).collect();
         (0..self.config.max_services)
             .find(|id| !used.contains(id))
             .ok_or(DataplaneError::ServiceSlotsFull(addr))
-    }
-
-    fn free_backend_id(&self, addr: ServiceAddr) -> Result<u32, DataplaneError> {
-        // Ids in the map (not only ours): never hand out one still in use.
-        (0..porter_common::limits::MAX_BACKENDS)
-            .find(|id| self.backends.get(id, 0).is_err())
-            .ok_or(DataplaneError::BackendIdsFull(addr))
     }
 
     fn reset_counters(&mut self, id: u32) -> Result<(), DataplaneError> {
@@ -472,9 +517,12 @@ impl Dataplane {
     /// Rebuilds `installed` from the pinned maps (after an agent restart).
     fn read_back(&mut self) -> Result<(), DataplaneError> {
         let mut by_service: BTreeMap<u32, BTreeMap<Backend, u32>> = BTreeMap::new();
-        for entry in self.backends.iter() {
-            let (id, value) = entry.map_err(map_err(map_names::BACKENDS))?;
+        for (id, entry) in self.backends.iter().enumerate() {
+            let value = entry.map_err(map_err(map_names::BACKENDS))?;
+            // Free slots (family 0) decode to None.
             if let Some(backend) = Backend::from_value(&value) {
+                let id = id as u32;
+                self.written.backends.insert(id, value);
                 by_service
                     .entry(value.service_id)
                     .or_default()
@@ -498,12 +546,45 @@ impl Dataplane {
                 },
             );
         }
-        // Backends of services that are gone (an agent died mid-update).
-        for id in by_service.into_values().flat_map(BTreeMap::into_values) {
-            self.remove_backend(id)?;
+        for entry in self.backend_revnat.iter() {
+            let (key, value) = entry.map_err(map_err(map_names::BACKEND_REVNAT))?;
+            self.written.revnat.insert(key, value);
         }
-        Ok(())
+        for entry in self.vips.iter() {
+            let (key, value) = entry.map_err(map_err(map_names::VIPS))?;
+            self.written.vips.insert(key, value);
+        }
+        for (slot, entry) in self.vip_filter.iter().enumerate() {
+            let value = entry.map_err(map_err(map_names::VIP_FILTER))?;
+            if value != 0 {
+                self.written.vip_filter.insert(slot as u32, value);
+            }
+        }
+        // Frees what services that are gone left behind (an agent that died
+        // mid-update), and fixes anything else out of step.
+        let plan = plan_for(&self.installed);
+        self.write(&plan, true)
     }
+}
+
+const FREE_BACKEND: BackendValue = BackendValue {
+    addr: [0; 4],
+    port: 0,
+    family: 0,
+    flags: 0,
+    service_id: 0,
+};
+
+fn plan_for(installed: &BTreeMap<ServiceAddr, Installed>) -> Desired {
+    plan::desired(installed.iter().map(|(addr, service)| PlannedService {
+        addr: *addr,
+        id: service.id,
+        backends: &service.backends,
+    }))
+}
+
+fn free_backend_id(taken: &BTreeSet<u32>) -> Option<u32> {
+    (0..porter_common::limits::MAX_BACKENDS).find(|id| !taken.contains(id))
 }
 
 fn take<T: TryFrom<aya::maps::Map, Error = MapError>>(

@@ -4,6 +4,7 @@ pub mod dataplane;
 pub mod ebpf_object;
 pub mod maglev;
 pub mod pins;
+pub mod plan;
 pub mod service;
 pub mod stats;
 pub mod xdp_attach;

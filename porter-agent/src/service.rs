@@ -124,19 +124,32 @@ impl ServiceSpec {
     }
 }
 
-/// `(family, 16 address bytes)` as the maps hold addresses.
-pub fn encode_ip(ip: IpAddr) -> (u8, [u8; 16]) {
+/// `(family, address words)` as the maps hold addresses: the address bytes
+/// in network order, in memory order within each word.
+pub fn encode_ip(ip: IpAddr) -> (u8, [u32; 4]) {
     let mut bytes = [0u8; 16];
-    match ip {
+    let family = match ip {
         IpAddr::V4(v4) => {
             bytes[..4].copy_from_slice(&v4.octets());
-            (FAMILY_V4, bytes)
+            FAMILY_V4
         }
-        IpAddr::V6(v6) => (FAMILY_V6, v6.octets()),
+        IpAddr::V6(v6) => {
+            bytes = v6.octets();
+            FAMILY_V6
+        }
+    };
+    let mut words = [0u32; 4];
+    for (word, chunk) in words.iter_mut().zip(bytes.chunks_exact(4)) {
+        *word = u32::from_ne_bytes([chunk[0], chunk[1], chunk[2], chunk[3]]);
     }
+    (family, words)
 }
 
-pub fn decode_ip(family: u8, bytes: [u8; 16]) -> Option<IpAddr> {
+pub fn decode_ip(family: u8, words: [u32; 4]) -> Option<IpAddr> {
+    let mut bytes = [0u8; 16];
+    for (chunk, word) in bytes.chunks_exact_mut(4).zip(words) {
+        chunk.copy_from_slice(&word.to_ne_bytes());
+    }
     match family {
         FAMILY_V4 => Some(IpAddr::V4(Ipv4Addr::new(
             bytes[0], bytes[1], bytes[2], bytes[3],
@@ -182,7 +195,7 @@ impl Backend {
             addr,
             port: self.port.to_be(),
             family,
-            _pad: 0,
+            flags: 0,
             service_id,
         }
     }
@@ -229,7 +242,8 @@ mod tests {
             port: 8080,
         };
         let value = backend.value(3);
-        assert_eq!(&value.addr[..4], &[10, 244, 1, 5]);
+        assert_eq!(value.addr[0].to_ne_bytes(), [10, 244, 1, 5]);
+        assert_eq!(value.addr[1..], [0, 0, 0]);
         assert_eq!(Backend::from_value(&value), Some(backend));
     }
 

@@ -3,10 +3,12 @@
 //! Everything here is `no_std` and `#[repr(C)]`, because the same bytes are
 //! read by the kernel program and by userspace through the BPF maps.
 //!
-//! Conventions: addresses are 16 bytes; an IPv4 address sits in the first four
-//! (the rest zero) and `family` says which. Addresses and ports are in network
-//! byte order, exactly as they appear in packets, so the hot path never swaps
-//! bytes. Padding is explicit, so keys hash the same on both sides.
+//! Conventions: addresses are four 32-bit words holding the address bytes in
+//! network order, exactly as in packets (word-sized so the kernel program
+//! moves them with word loads); an IPv4 address is the first word, the rest
+//! zero, and `family` says which. Ports are in network byte order too, so the
+//! hot path never swaps bytes. Padding is explicit, so keys hash the same on
+//! both sides.
 #![no_std]
 
 /// Names of the BPF maps, so that the loader and the programs agree on them.
@@ -17,13 +19,21 @@ pub mod map_names {
     pub const SERVICES: &str = "PORTER_SERVICES";
     /// Hash: [`crate::VipKey`] → number of services on that address.
     pub const VIPS: &str = "PORTER_VIPS";
-    /// Hash: backend id (`u32`) → [`crate::BackendValue`].
+    /// Array indexed by [`crate::vip_filter_slot`]: how many VIPs fall in
+    /// each slot. A zero settles "not a service address" with one array
+    /// read, which costs far less than a hash lookup.
+    pub const VIP_FILTER: &str = "PORTER_VIP_FILTER";
+    /// Array: backend id → [`crate::BackendValue`]; `family == 0` marks a free id.
     pub const BACKENDS: &str = "PORTER_BACKENDS";
     /// Array of backend ids: every service owns two Maglev tables of M slots.
     pub const MAGLEV: &str = "PORTER_MAGLEV";
     /// LRU hash: client-side [`crate::FlowKey`] → [`crate::CtValue`].
     pub const CONNTRACK: &str = "PORTER_CT";
-    /// LRU hash: backend-side (reply) [`crate::FlowKey`] → [`crate::RevNatValue`].
+    /// Hash: [`crate::BackendKey`] → [`crate::RevNatValue`], kept by
+    /// userspace: how replies from a backend are rewritten.
+    pub const BACKEND_REVNAT: &str = "PORTER_BE_REVNAT";
+    /// LRU hash: backend-side (reply) [`crate::FlowKey`] → [`crate::RevNatValue`],
+    /// only for flows to backends that serve several services ([`crate::BACKEND_SHARED`]).
     pub const REVNAT: &str = "PORTER_REVNAT";
     /// Per-CPU array of [`crate::ServiceCounters`], indexed by service id.
     pub const SERVICE_COUNTERS: &str = "PORTER_SVC_STATS";
@@ -49,6 +59,18 @@ pub mod limits {
     pub const CONNTRACK_ENTRIES: u32 = 262_144;
 }
 
+/// Number of slots of [`map_names::VIP_FILTER`] (a power of two).
+pub const VIP_FILTER_SLOTS: u32 = 65_536;
+
+/// The [`map_names::VIP_FILTER`] slot of an address (words as in keys).
+#[inline(always)]
+pub fn vip_filter_slot(addr: &[u32; 4]) -> u32 {
+    let mut folded =
+        addr[0] ^ addr[1].rotate_left(8) ^ addr[2].rotate_left(16) ^ addr[3].rotate_left(24);
+    folded ^= folded >> 16;
+    folded & (VIP_FILTER_SLOTS - 1)
+}
+
 pub const FAMILY_V4: u8 = 4;
 pub const FAMILY_V6: u8 = 6;
 pub const PROTO_TCP: u8 = 6;
@@ -58,7 +80,7 @@ pub const PROTO_UDP: u8 = 17;
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ServiceKey {
-    pub addr: [u8; 16],
+    pub addr: [u32; 4],
     /// Network byte order.
     pub port: u16,
     pub proto: u8,
@@ -83,33 +105,50 @@ pub struct ServiceValue {
 /// An address that carries at least one service (for echo replies and
 /// dropping unknown ports).
 #[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct VipKey {
-    pub addr: [u8; 16],
+    pub addr: [u32; 4],
     pub family: u8,
     pub _pad: [u8; 3],
 }
 
-/// A local endpoint (pod) of one service.
+/// A local endpoint (pod) of one service. All zeros (family 0) is a free slot.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct BackendValue {
-    pub addr: [u8; 16],
+    pub addr: [u32; 4],
     /// Target port, network byte order.
     pub port: u16,
     pub family: u8,
-    pub _pad: u8,
+    /// [`BACKEND_SHARED`] or 0.
+    pub flags: u8,
     /// The service this backend id belongs to; a conntrack entry whose
     /// backend id was reused by another service is treated as stale.
     pub service_id: u32,
+}
+
+/// This `addr:port/proto` serves more than one service, so its replies
+/// cannot be mapped back by address alone: the XDP program records each
+/// flow's service in the per-flow reverse NAT map.
+pub const BACKEND_SHARED: u8 = 1;
+
+/// A backend as its replies show it: `addr:port/proto`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct BackendKey {
+    pub addr: [u32; 4],
+    /// Network byte order.
+    pub port: u16,
+    pub proto: u8,
+    pub family: u8,
 }
 
 /// A 5-tuple as seen in one direction.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct FlowKey {
-    pub src: [u8; 16],
-    pub dst: [u8; 16],
+    pub src: [u32; 4],
+    pub dst: [u32; 4],
     pub sport: u16,
     pub dport: u16,
     pub proto: u8,
@@ -132,10 +171,12 @@ pub struct CtValue {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct RevNatValue {
-    pub vip: [u8; 16],
+    pub vip: [u32; 4],
     /// Network byte order.
     pub port: u16,
-    pub _pad: [u8; 2],
+    /// [`BACKEND_SHARED`] (then look for a per-flow entry first) or 0.
+    pub flags: u8,
+    pub _pad: u8,
     pub service_id: u32,
 }
 
@@ -202,6 +243,7 @@ mod pod {
     unsafe impl aya::Pod for ServiceValue {}
     unsafe impl aya::Pod for VipKey {}
     unsafe impl aya::Pod for BackendValue {}
+    unsafe impl aya::Pod for BackendKey {}
     unsafe impl aya::Pod for FlowKey {}
     unsafe impl aya::Pod for CtValue {}
     unsafe impl aya::Pod for RevNatValue {}
@@ -219,6 +261,7 @@ mod tests {
         assert_eq!(size_of::<ServiceValue>(), 16);
         assert_eq!(size_of::<VipKey>(), 20);
         assert_eq!(size_of::<BackendValue>(), 24);
+        assert_eq!(size_of::<BackendKey>(), 20);
         assert_eq!(size_of::<FlowKey>(), 40);
         assert_eq!(size_of::<CtValue>(), 24);
         assert_eq!(size_of::<RevNatValue>(), 24);

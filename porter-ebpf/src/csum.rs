@@ -10,17 +10,18 @@ pub fn add_word(acc: u32, old: u16, new: u16) -> u32 {
     acc + (!old) as u32 + new as u32
 }
 
-/// Accumulates the change of `old` to `new`, both `N` bytes (N even).
+/// Accumulates the change of a 32-bit word (as read from memory).
 #[inline(always)]
-pub fn add_bytes<const N: usize>(mut acc: u32, old: &[u8; N], new: &[u8; N]) -> u32 {
-    let mut i = 0;
-    while i + 1 < N {
-        acc = add_word(
-            acc,
-            u16::from_ne_bytes([old[i], old[i + 1]]),
-            u16::from_ne_bytes([new[i], new[i + 1]]),
-        );
-        i += 2;
+pub fn add_u32(acc: u32, old: u32, new: u32) -> u32 {
+    let acc = add_word(acc, old as u16, new as u16);
+    add_word(acc, (old >> 16) as u16, (new >> 16) as u16)
+}
+
+/// Accumulates the change of an IPv6 address.
+#[inline(always)]
+pub fn add_addr(mut acc: u32, old: &[u32; 4], new: &[u32; 4]) -> u32 {
+    for i in 0..4 {
+        acc = add_u32(acc, old[i], new[i]);
     }
     acc
 }

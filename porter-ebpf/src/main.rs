@@ -23,8 +23,9 @@ use aya_ebpf::{
 };
 use parse::{Headers, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP, load, store};
 use porter_common::{
-    BackendValue, CtValue, FAMILY_V4, FlowKey, RevNatValue, ServiceCounters, ServiceKey,
-    ServiceValue, Stat, VipKey, limits,
+    BACKEND_SHARED, BackendKey, BackendValue, CtValue, FAMILY_V4, FlowKey, RevNatValue,
+    ServiceCounters, ServiceKey, ServiceValue, Stat, VIP_FILTER_SLOTS, VipKey, limits,
+    vip_filter_slot,
 };
 
 #[map(name = "PORTER_STATS")]
@@ -34,8 +35,10 @@ static SERVICES: HashMap<ServiceKey, ServiceValue> =
     HashMap::pinned(limits::DEFAULT_MAX_SERVICES, 0);
 #[map(name = "PORTER_VIPS")]
 static VIPS: HashMap<VipKey, u32> = HashMap::pinned(limits::DEFAULT_MAX_SERVICES, 0);
+#[map(name = "PORTER_VIP_FILTER")]
+static VIP_FILTER: Array<u32> = Array::pinned(VIP_FILTER_SLOTS, 0);
 #[map(name = "PORTER_BACKENDS")]
-static BACKENDS: HashMap<u32, BackendValue> = HashMap::pinned(limits::MAX_BACKENDS, 0);
+static BACKENDS: Array<BackendValue> = Array::pinned(limits::MAX_BACKENDS, 0);
 #[map(name = "PORTER_MAGLEV")]
 static MAGLEV: Array<u32> = Array::pinned(
     limits::DEFAULT_MAX_SERVICES * 2 * limits::DEFAULT_MAGLEV_SIZE,
@@ -43,6 +46,8 @@ static MAGLEV: Array<u32> = Array::pinned(
 );
 #[map(name = "PORTER_CT")]
 static CONNTRACK: LruHashMap<FlowKey, CtValue> = LruHashMap::pinned(limits::CONNTRACK_ENTRIES, 0);
+#[map(name = "PORTER_BE_REVNAT")]
+static BACKEND_REVNAT: HashMap<BackendKey, RevNatValue> = HashMap::pinned(limits::MAX_BACKENDS, 0);
 #[map(name = "PORTER_REVNAT")]
 static REVNAT: LruHashMap<FlowKey, RevNatValue> = LruHashMap::pinned(limits::CONNTRACK_ENTRIES, 0);
 #[map(name = "PORTER_SVC_STATS")]
@@ -83,18 +88,42 @@ fn xdp_decide(ctx: &XdpContext) -> (u32, Stat) {
         Ok(h) => h,
         Err(stat) => return (xdp_action::XDP_PASS, stat),
     };
-    let is_icmp = (h.family == FAMILY_V4 && h.proto == IPPROTO_ICMP)
-        || (h.family != FAMILY_V4 && h.proto == IPPROTO_ICMPV6);
-    if h.proto != IPPROTO_TCP && h.proto != IPPROTO_UDP {
-        let vip = VipKey {
+    // Most traffic a node sees is not for a service: one array read settles it.
+    if VIP_FILTER
+        .get(vip_filter_slot(&h.dst))
+        .is_none_or(|&vips| vips == 0)
+    {
+        return (xdp_action::XDP_PASS, Stat::PassNotService);
+    }
+    let vip = VipKey {
+        addr: h.dst,
+        family: h.family,
+        _pad: [0; 3],
+    };
+    let (service, is_vip) = if h.proto == IPPROTO_TCP || h.proto == IPPROTO_UDP {
+        let key = ServiceKey {
             addr: h.dst,
+            port: h.dport,
+            proto: h.proto,
             family: h.family,
-            _pad: [0; 3],
         };
-        if VIPS.get_ptr(&vip).is_none() {
-            return (xdp_action::XDP_PASS, Stat::PassNotService);
+        match SERVICES.get_ptr(&key) {
+            Some(service) => (Some(service), true),
+            None => (None, VIPS.get_ptr(&vip).is_some()),
         }
+    } else {
+        (None, VIPS.get_ptr(&vip).is_some())
+    };
+    if !is_vip {
+        // Another address in a filter slot that a VIP uses.
+        return (xdp_action::XDP_PASS, Stat::PassNotService);
+    }
+    let Some(service) = service else {
+        let is_icmp = (h.family == FAMILY_V4 && h.proto == IPPROTO_ICMP)
+            || (h.family != FAMILY_V4 && h.proto == IPPROTO_ICMPV6);
         if !is_icmp {
+            // An EIP is not a local address: passed, this would loop back
+            // to the router until its TTL ran out.
             return (xdp_action::XDP_DROP, Stat::DropUnknownPort);
         }
         return match echo_reply(data, data_end, &h) {
@@ -102,23 +131,6 @@ fn xdp_decide(ctx: &XdpContext) -> (u32, Stat) {
             // Errors (e.g. fragmentation needed) and other ICMP pass untouched.
             None => (xdp_action::XDP_PASS, Stat::PassIcmp),
         };
-    }
-    let key = ServiceKey {
-        addr: h.dst,
-        port: h.dport,
-        proto: h.proto,
-        family: h.family,
-    };
-    let Some(service) = SERVICES.get_ptr(&key) else {
-        let vip = VipKey {
-            addr: h.dst,
-            family: h.family,
-            _pad: [0; 3],
-        };
-        if VIPS.get_ptr(&vip).is_some() {
-            return (xdp_action::XDP_DROP, Stat::DropUnknownPort);
-        }
-        return (xdp_action::XDP_PASS, Stat::PassNotService);
     };
     // SAFETY: map values stay valid for the program's run (RCU).
     let service = unsafe { *service };
@@ -158,9 +170,9 @@ fn choose_backend(flow: &FlowKey, service: &ServiceValue) -> Option<(BackendValu
         // SAFETY: valid for this run; a racing update at worst loses a refresh.
         let entry = unsafe { *ct };
         if entry.service_id == service.id {
-            if let Some(backend) = BACKENDS.get_ptr(&entry.backend_id) {
-                let backend = unsafe { *backend };
-                if backend.service_id == service.id {
+            if let Some(backend) = BACKENDS.get(entry.backend_id) {
+                let backend = *backend;
+                if backend.family != 0 && backend.service_id == service.id {
                     if now.wrapping_sub(entry.last_seen_ns) > REFRESH_NS {
                         unsafe { (*ct).last_seen_ns = now };
                         record_revnat(flow, &backend, service.id);
@@ -175,9 +187,8 @@ fn choose_backend(flow: &FlowKey, service: &ServiceValue) -> Option<(BackendValu
     }
     let slot = service.table_base + flow_hash(flow) % service.table_size;
     let backend_id = *MAGLEV.get(slot)?;
-    // SAFETY: copied out at once.
-    let backend = unsafe { *BACKENDS.get_ptr(&backend_id)? };
-    if backend.service_id != service.id {
+    let backend = *BACKENDS.get(backend_id)?;
+    if backend.family == 0 || backend.service_id != service.id {
         return None;
     }
     let entry = CtValue {
@@ -192,8 +203,13 @@ fn choose_backend(flow: &FlowKey, service: &ServiceValue) -> Option<(BackendValu
     Some((backend, true))
 }
 
+/// Per-flow reverse NAT, needed only when the backend serves several
+/// services; otherwise tc maps replies back by the backend's address alone.
 #[inline(always)]
 fn record_revnat(flow: &FlowKey, backend: &BackendValue, service_id: u32) {
+    if backend.flags & BACKEND_SHARED == 0 {
+        return;
+    }
     let reply = FlowKey {
         src: backend.addr,
         dst: flow.src,
@@ -206,7 +222,8 @@ fn record_revnat(flow: &FlowKey, backend: &BackendValue, service_id: u32) {
     let value = RevNatValue {
         vip: flow.dst,
         port: flow.dport,
-        _pad: [0; 2],
+        flags: 0,
+        _pad: 0,
         service_id,
     };
     let _ = REVNAT.insert(&reply, &value, 0);
@@ -225,20 +242,9 @@ fn flow_hash(flow: &FlowKey) -> u32 {
             .wrapping_mul(5)
             .wrapping_add(0xe654_6b64);
     };
-    for chunk in 0..4 {
-        let i = chunk * 4;
-        mix(u32::from_ne_bytes([
-            flow.src[i],
-            flow.src[i + 1],
-            flow.src[i + 2],
-            flow.src[i + 3],
-        ]));
-        mix(u32::from_ne_bytes([
-            flow.dst[i],
-            flow.dst[i + 1],
-            flow.dst[i + 2],
-            flow.dst[i + 3],
-        ]));
+    for i in 0..4 {
+        mix(flow.src[i]);
+        mix(flow.dst[i]);
     }
     mix(((flow.sport as u32) << 16) | flow.dport as u32);
     mix(flow.proto as u32);
@@ -262,25 +268,19 @@ fn dnat(data: usize, data_end: usize, h: &Headers, backend: &BackendValue) -> Op
     let old_check: u16 = load(data, data_end, check_off)?;
     let mut acc = csum::add_word(0, h.dport, backend.port);
     if h.family == FAMILY_V4 {
-        let old: [u8; 4] = [h.dst[0], h.dst[1], h.dst[2], h.dst[3]];
-        let new: [u8; 4] = [
-            backend.addr[0],
-            backend.addr[1],
-            backend.addr[2],
-            backend.addr[3],
-        ];
+        let (old, new) = (h.dst[0], backend.addr[0]);
         let ip_check: u16 = load(data, data_end, h.l3_off + 10)?;
         store(
             data,
             data_end,
             h.l3_off + 10,
-            csum::apply(ip_check, csum::add_bytes(0, &old, &new)),
+            csum::apply(ip_check, csum::add_u32(0, old, new)),
         )?;
         store(data, data_end, h.l3_off + 16, new)?;
-        acc = csum::add_bytes(acc, &old, &new);
+        acc = csum::add_u32(acc, old, new);
     } else {
         store(data, data_end, h.l3_off + 24, backend.addr)?;
-        acc = csum::add_bytes(acc, &h.dst, &backend.addr);
+        acc = csum::add_addr(acc, &h.dst, &backend.addr);
     }
     store(data, data_end, h.l4_off + 2, backend.port)?;
     // An IPv4 UDP checksum of 0 means "none" and must stay 0; a computed 0 is sent as 0xffff.
@@ -314,18 +314,8 @@ fn echo_reply(data: usize, data_end: usize, h: &Headers) -> Option<()> {
     store(data, data_end, 0, swapped)?;
     // Swapping source and destination leaves every sum unchanged.
     if h.family == FAMILY_V4 {
-        store(
-            data,
-            data_end,
-            h.l3_off + 12,
-            [h.dst[0], h.dst[1], h.dst[2], h.dst[3]],
-        )?;
-        store(
-            data,
-            data_end,
-            h.l3_off + 16,
-            [h.src[0], h.src[1], h.src[2], h.src[3]],
-        )?;
+        store(data, data_end, h.l3_off + 12, h.dst[0])?;
+        store(data, data_end, h.l3_off + 16, h.src[0])?;
     } else {
         store(data, data_end, h.l3_off + 8, h.dst)?;
         store(data, data_end, h.l3_off + 24, h.src)?;
@@ -333,7 +323,11 @@ fn echo_reply(data: usize, data_end: usize, h: &Headers) -> Option<()> {
     let type_code: [u8; 2] = load(data, data_end, h.l4_off)?;
     let new_type_code = [reply, type_code[1]];
     let check: u16 = load(data, data_end, h.l4_off + 2)?;
-    let acc = csum::add_bytes(0, &type_code, &new_type_code);
+    let acc = csum::add_word(
+        0,
+        u16::from_ne_bytes(type_code),
+        u16::from_ne_bytes(new_type_code),
+    );
     store(data, data_end, h.l4_off, new_type_code)?;
     store(data, data_end, h.l4_off + 2, csum::apply(check, acc))?;
     Some(())
@@ -355,20 +349,33 @@ pub fn porter_tc_revnat(ctx: TcContext) -> i32 {
     if h.proto != IPPROTO_TCP && h.proto != IPPROTO_UDP {
         return TC_ACT_OK as i32;
     }
-    let flow = FlowKey {
-        src: h.src,
-        dst: h.dst,
-        sport: h.sport,
-        dport: h.dport,
+    let backend = BackendKey {
+        addr: h.src,
+        port: h.sport,
         proto: h.proto,
         family: h.family,
-        _pad: [0; 2],
     };
-    let Some(revnat) = REVNAT.get_ptr(&flow) else {
+    let Some(by_backend) = BACKEND_REVNAT.get_ptr(&backend) else {
         return TC_ACT_OK as i32;
     };
     // SAFETY: copied out at once.
-    let revnat = unsafe { *revnat };
+    let mut revnat = unsafe { *by_backend };
+    if revnat.flags & BACKEND_SHARED != 0 {
+        let flow = FlowKey {
+            src: h.src,
+            dst: h.dst,
+            sport: h.sport,
+            dport: h.dport,
+            proto: h.proto,
+            family: h.family,
+            _pad: [0; 2],
+        };
+        // Flows from before the backend became shared have no entry; the
+        // backend's own value names the service it served first.
+        if let Some(by_flow) = REVNAT.get_ptr(&flow) {
+            revnat = unsafe { *by_flow };
+        }
+    }
     match revnat_rewrite(&ctx, &h, &revnat) {
         Ok(()) => count(Stat::RevNatApplied),
         Err(_) => count(Stat::RevNatFailed),
@@ -393,21 +400,13 @@ fn revnat_rewrite(ctx: &TcContext, h: &Headers, revnat: &RevNatValue) -> Result<
     };
     let pseudo = BPF_F_PSEUDO_HDR as u64 | mangled_0;
     if h.family == FAMILY_V4 {
-        let old = u32::from_ne_bytes([h.src[0], h.src[1], h.src[2], h.src[3]]);
-        let new = u32::from_ne_bytes([revnat.vip[0], revnat.vip[1], revnat.vip[2], revnat.vip[3]]);
+        let (old, new) = (h.src[0], revnat.vip[0]);
         ctx.l4_csum_replace(check_off, old as u64, new as u64, pseudo | 4)?;
         ctx.l3_csum_replace(h.l3_off + 10, old as u64, new as u64, 4)?;
         ctx.store(h.l3_off + 12, &new, 0)?;
     } else {
-        for word in 0..4 {
-            let i = word * 4;
-            let old = u32::from_ne_bytes([h.src[i], h.src[i + 1], h.src[i + 2], h.src[i + 3]]);
-            let new = u32::from_ne_bytes([
-                revnat.vip[i],
-                revnat.vip[i + 1],
-                revnat.vip[i + 2],
-                revnat.vip[i + 3],
-            ]);
+        for i in 0..4 {
+            let (old, new) = (h.src[i], revnat.vip[i]);
             ctx.l4_csum_replace(check_off, old as u64, new as u64, pseudo | 4)?;
         }
         ctx.store(h.l3_off + 8, &revnat.vip, 0)?;

@@ -4,7 +4,7 @@
 use std::net::IpAddr;
 
 use anyhow::{Context, Result};
-use aya::programs::{TestRun, TestRunOptions, Xdp};
+use aya::programs::{SchedClassifier, TestRun, TestRunOptions, Xdp};
 use porter_agent::{
     Backend, Dataplane, DataplaneConfig, PinLayout, Protocol, ServiceAddr, ServiceSpec,
 };
@@ -76,6 +76,7 @@ impl Bench {
         })
     }
 
+    /// Runs the XDP program on `packet` (as received on the uplink).
     fn run(&mut self, packet: &[u8]) -> Result<(u32, Vec<u8>)> {
         let program: &mut Xdp = self
             .dataplane
@@ -83,13 +84,20 @@ impl Bench {
             .program_mut(program_names::XDP)
             .context("xdp program")?
             .try_into()?;
-        let mut out = vec![0u8; packet.len() + 512];
-        let mut options = TestRunOptions::new();
-        options.data_in = Some(packet);
-        options.data_out = Some(&mut out);
-        let result = program.test_run(options)?;
-        out.truncate(result.data_size_out as usize);
-        Ok((result.return_value, out))
+        test_run(program, packet)
+    }
+
+    /// Runs the tc reverse-NAT program on `packet` (as leaving the uplink).
+    fn run_tc(&mut self, packet: &[u8]) -> Result<Vec<u8>> {
+        let program: &mut SchedClassifier = self
+            .dataplane
+            .ebpf_mut()
+            .program_mut(program_names::TC_REVNAT)
+            .context("tc program")?
+            .try_into()?;
+        let (action, out) = test_run(program, packet)?;
+        assert_eq!(action, 0, "tc always lets replies go (TC_ACT_OK)");
+        Ok(out)
     }
 
     fn stat(&self, wanted: Stat) -> Result<u64> {
@@ -100,6 +108,20 @@ impl Bench {
             .find_map(|(stat, value)| (stat == wanted).then_some(value))
             .unwrap_or(0))
     }
+}
+
+/// One BPF_PROG_TEST_RUN: the program's return code and the packet it left.
+fn test_run<P>(program: &P, packet: &[u8]) -> Result<(u32, Vec<u8>)>
+where
+    P: for<'a> TestRun<Opts<'a> = TestRunOptions<'a>, Result = aya::programs::TestRunResult>,
+{
+    let mut out = vec![0u8; packet.len() + 512];
+    let mut options = TestRunOptions::new();
+    options.data_in = Some(packet);
+    options.data_out = Some(&mut out);
+    let result = program.test_run(options)?;
+    out.truncate(result.data_size_out as usize);
+    Ok((result.return_value, out))
 }
 
 fn tcp(sport: u16, dport: u16) -> L4 {
@@ -391,6 +413,76 @@ fn eip_traffic_is_answered_dropped_or_passed_untouched() -> Result<()> {
         let (action, out) = bench.run(packet)?;
         assert_eq!(action, XDP_PASS, "{case}: passes");
         assert_eq!(&out, packet, "{case}: unmodified");
+    }
+    Ok(())
+}
+
+/// Asserts `out` is the reply `input` with its source turned into `vip:port`.
+fn assert_revnat(input: &[u8], out: &[u8], vip: &str, port: u16, case: &str) {
+    let before = checked_summary(input).expect("test input is valid");
+    let after = checked_summary(out).unwrap_or_else(|err| panic!("{case}: {err:#}"));
+    assert_eq!((after.src, after.sport), (ip(vip), port), "{case}: source");
+    assert_eq!(
+        (after.dst, after.dport, after.proto),
+        (before.dst, before.dport, before.proto),
+        "{case}: destination kept"
+    );
+}
+
+#[test]
+fn replies_are_reverse_translated_by_tc() -> Result<()> {
+    if !privilege::can_run("replies_are_reverse_translated_by_tc") {
+        return Ok(());
+    }
+    let mut bench = Bench::new("dptc")?;
+    let cases = [
+        ("v4 tcp", PODS4[0], CLIENT4, tcp(8080, 40000), VIP4, 80),
+        ("v4 udp", PODS4[1], CLIENT4, udp(5353, 40000), VIP4, 53),
+        ("v6 tcp", PODS6[0], CLIENT6, tcp(8080, 40000), VIP6, 80),
+        ("v6 udp", PODS6[1], CLIENT6, udp(5353, 40000), VIP6, 53),
+    ];
+    for (case, pod, client, l4, vip, port) in cases {
+        for vlan in [Vlan::None, Vlan::Single] {
+            let reply = packets::build(ip(pod), ip(client), l4, vlan)?;
+            let out = bench.run_tc(&reply)?;
+            assert_revnat(&reply, &out, vip, port, case);
+        }
+    }
+    let mut no_checksum = packets::build(ip(PODS4[0]), ip(CLIENT4), udp(5353, 1), Vlan::None)?;
+    no_checksum[14 + 20 + 6..14 + 20 + 8].copy_from_slice(&[0, 0]);
+    let out = bench.run_tc(&no_checksum)?;
+    assert_revnat(&no_checksum, &out, VIP4, 53, "v4 udp without checksum");
+    assert_eq!(checked_summary(&out)?.l4_check, 0, "UDP checksum 0 stays 0");
+
+    for (case, packet) in [
+        (
+            "pod to elsewhere, other port",
+            packets::build(ip(PODS4[0]), ip(CLIENT4), tcp(9000, 1), Vlan::None)?,
+        ),
+        (
+            "not from a pod",
+            packets::build(ip(CLIENT4), ip(PODS4[0]), tcp(8080, 1), Vlan::None)?,
+        ),
+        (
+            "udp source port of a tcp backend",
+            packets::build(ip(PODS4[0]), ip(CLIENT4), udp(8080, 1), Vlan::None)?,
+        ),
+    ] {
+        assert_eq!(bench.run_tc(&packet)?, packet, "{case}: untouched");
+    }
+
+    // Two service ports onto one target port: each reply goes back to the
+    // port its flow came in on.
+    bench
+        .dataplane
+        .upsert_service(&spec(VIP4, 8080, Protocol::Tcp, &PODS4, 8080))?;
+    for (sport, port) in [(41000u16, 80u16), (41001, 8080), (41002, 80), (41003, 8080)] {
+        let request = packets::build(ip(CLIENT4), ip(VIP4), tcp(sport, port), Vlan::None)?;
+        let (_, forwarded) = bench.run(&request)?;
+        let pod = checked_summary(&forwarded)?.dst;
+        let reply = packets::build(pod, ip(CLIENT4), tcp(8080, sport), Vlan::None)?;
+        let out = bench.run_tc(&reply)?;
+        assert_revnat(&reply, &out, VIP4, port, "shared backend");
     }
     Ok(())
 }
