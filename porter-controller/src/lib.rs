@@ -3,6 +3,7 @@
 
 pub mod announce;
 pub mod bgp;
+pub mod bgp_speaker;
 pub mod ipam;
 pub mod metrics;
 pub mod reconcile;

@@ -9,7 +9,7 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use clap::Parser;
 use porter_api::source::{dir, kube as kube_source};
-use porter_controller::bgp::LogAnnouncer;
+use porter_controller::bgp_speaker::SpeakerAnnouncer;
 use porter_controller::metrics::{self, Metrics};
 use porter_controller::run::{Controller, Settings, run};
 use tokio::sync::watch;
@@ -98,8 +98,7 @@ async fn main() -> Result<()> {
         .with_context(|| format!("cannot listen on --metrics-addr {}", args.metrics_addr))?;
     tokio::spawn(metrics::serve(listener, metrics.clone()));
     tracing::info!(addr = %args.metrics_addr, "metrics served at /metrics");
-    tracing::warn!("porter-bgp is not wired in yet: announcements are logged, not sent");
-    let controller = Controller::new(LogAnnouncer, metrics);
+    let controller = Controller::new(SpeakerAnnouncer::spawn(), metrics);
     let settings = Settings {
         resync: args.resync_interval,
         retry: args.retry_interval,

@@ -1,7 +1,9 @@
 //! Shared by the privileged integration tests and by `cargo xtask demo`: a lab of
 //! network namespaces that tears itself down, and helpers to find Porter's binaries.
 pub mod bins;
+pub mod datacenter;
 pub mod lab;
+pub mod manifests;
 pub mod netns;
 pub mod netns_runtime;
 pub mod packets;

@@ -1,0 +1,302 @@
+//! [`Announcer`] over porter-bgp's [`Speaker`]: what `porter-controller`
+//! really peers and announces with.
+//!
+//! The controller calls the trait synchronously from its loop; the speaker is
+//! async. The adapter records each call as the desired state and wakes one
+//! task that owns the speaker and brings it to that state. Calls made in one
+//! controller pass are applied together, routes before peers, so a session
+//! that comes up after a restart finds the full route set ready and sends it
+//! before its End-of-RIB: a graceful-restart helper then never flushes routes
+//! it still holds from the previous instance.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use porter_bgp::Speaker;
+use tokio::sync::Notify;
+
+use crate::announce::Routes;
+use crate::bgp::{Announcer, Family, PeerConfig, PeerStatus, SpeakerConfig};
+
+/// How often peer status is refreshed and a failed start retried.
+const TICK: Duration = Duration::from_secs(1);
+
+#[derive(Default)]
+struct Desired {
+    speaker: Option<SpeakerConfig>,
+    peers: BTreeMap<IpAddr, PeerConfig>,
+    routes: Routes,
+}
+
+#[derive(Default)]
+struct Shared {
+    desired: Mutex<Desired>,
+    wake: Notify,
+    status: Mutex<Vec<PeerStatus>>,
+}
+
+/// The real speaker behind the controller. Create it inside a tokio runtime;
+/// dropping it stops the speaker gracefully (peers keep the routes for the
+/// graceful-restart time).
+pub struct SpeakerAnnouncer {
+    shared: Arc<Shared>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl SpeakerAnnouncer {
+    pub fn spawn() -> Self {
+        let shared = Arc::new(Shared::default());
+        let task = tokio::spawn(drive(Arc::clone(&shared)));
+        Self { shared, task }
+    }
+
+    fn change(&self, f: impl FnOnce(&mut Desired)) {
+        if let Ok(mut desired) = self.shared.desired.lock() {
+            f(&mut desired);
+        }
+        self.shared.wake.notify_one();
+    }
+}
+
+impl Drop for SpeakerAnnouncer {
+    fn drop(&mut self) {
+        // Aborting drops the speaker's handles: its sessions close without a
+        // NOTIFICATION, which is what graceful restart expects of a restart.
+        self.task.abort();
+    }
+}
+
+impl Announcer for SpeakerAnnouncer {
+    fn start(&mut self, config: &SpeakerConfig) {
+        let config = config.clone();
+        self.change(|d| {
+            d.speaker = Some(config);
+            // A new speaker starts with no sessions: the driver re-adds the
+            // peers the controller configures next.
+            d.peers.clear();
+        });
+    }
+
+    fn upsert_peer(&mut self, peer: &PeerConfig) {
+        let peer = peer.clone();
+        self.change(|d| {
+            d.peers.insert(peer.address, peer);
+        });
+    }
+
+    fn remove_peer(&mut self, address: IpAddr) {
+        self.change(|d| {
+            d.peers.remove(&address);
+        });
+    }
+
+    fn set_routes(&mut self, routes: &Routes) {
+        let routes = routes.clone();
+        self.change(|d| d.routes = routes);
+    }
+
+    fn peer_status(&self) -> Vec<PeerStatus> {
+        self.shared
+            .status
+            .lock()
+            .map(|s| s.clone())
+            .unwrap_or_default()
+    }
+}
+
+/// What is running now.
+#[derive(Default)]
+struct Applied {
+    speaker: Option<(SpeakerConfig, Speaker)>,
+    peers: BTreeMap<IpAddr, PeerConfig>,
+    routes: Option<Routes>,
+}
+
+async fn drive(shared: Arc<Shared>) {
+    let mut applied = Applied::default();
+    let mut tick = tokio::time::interval(TICK);
+    loop {
+        tokio::select! {
+            () = shared.wake.notified() => {}
+            _ = tick.tick() => {}
+        }
+        let (speaker, peers, routes) = match shared.desired.lock() {
+            Ok(d) => (d.speaker.clone(), d.peers.clone(), d.routes.clone()),
+            Err(_) => return,
+        };
+        apply(&mut applied, speaker, peers, routes).await;
+        let status = match &applied.speaker {
+            Some((_, speaker)) => speaker
+                .peer_status()
+                .await
+                .into_iter()
+                .map(|s| PeerStatus {
+                    address: s.address,
+                    established: s.state == porter_bgp::SessionState::Established,
+                })
+                .collect(),
+            None => Vec::new(),
+        };
+        if let Ok(mut slot) = shared.status.lock() {
+            *slot = status;
+        }
+    }
+}
+
+async fn apply(
+    applied: &mut Applied,
+    speaker: Option<SpeakerConfig>,
+    peers: BTreeMap<IpAddr, PeerConfig>,
+    routes: Routes,
+) {
+    if applied.speaker.as_ref().map(|(c, _)| c) != speaker.as_ref() {
+        if let Some((_, old)) = applied.speaker.take() {
+            old.shutdown().await;
+        }
+        applied.peers.clear();
+        applied.routes = None;
+        if let Some(config) = speaker {
+            match Speaker::start(speaker_config(&config)).await {
+                Ok(started) => applied.speaker = Some((config, started)),
+                // Retried on the next tick: the port may be freed meanwhile.
+                Err(error) => {
+                    tracing::error!(%error, "cannot start the BGP speaker; retrying");
+                    return;
+                }
+            }
+        }
+    }
+    let Some((_, speaker)) = &applied.speaker else {
+        return;
+    };
+    if applied.routes.as_ref() != Some(&routes) {
+        speaker.set_routes(routes.clone()).await;
+        applied.routes = Some(routes);
+    }
+    let gone: Vec<IpAddr> = applied
+        .peers
+        .keys()
+        .filter(|a| !peers.contains_key(a))
+        .copied()
+        .collect();
+    for address in gone {
+        speaker.remove_peer(address).await;
+        applied.peers.remove(&address);
+    }
+    for (address, peer) in peers {
+        if applied.peers.get(&address) != Some(&peer) {
+            speaker.upsert_peer(peer_config(&peer)).await;
+            applied.peers.insert(address, peer);
+        }
+    }
+}
+
+fn speaker_config(c: &SpeakerConfig) -> porter_bgp::SpeakerConfig {
+    porter_bgp::SpeakerConfig {
+        local_as: c.local_as,
+        router_id: c.router_id,
+        listen: c.listen,
+        graceful_restart: c
+            .graceful_restart
+            .as_ref()
+            .map(|gr| porter_bgp::GracefulRestart {
+                restart_time: gr.restart_time,
+                // A new speaker always follows an earlier instance whose
+                // routes the peers may still hold: a previous process, a
+                // previous leader, or the speaker this one replaces.
+                restarting: true,
+            }),
+    }
+}
+
+fn peer_config(p: &PeerConfig) -> porter_bgp::PeerConfig {
+    porter_bgp::PeerConfig {
+        address: p.address,
+        remote_as: p.remote_as,
+        remote_port: p.remote_port,
+        passive: p.passive,
+        hold_time: p.hold_time,
+        connect_retry: p.connect_retry,
+        md5_password: p.md5_password.clone(),
+        ebgp_multihop_ttl: p.ebgp_multihop_ttl,
+        add_path_send_max: p.add_path_send_max,
+        families: p
+            .families
+            .iter()
+            .map(|f| match f {
+                Family::Ipv4Unicast => porter_bgp::Family::Ipv4Unicast,
+                Family::Ipv6Unicast => porter_bgp::Family::Ipv6Unicast,
+            })
+            .collect(),
+        local_address: p.local_address,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::{Ipv4Addr, SocketAddr};
+
+    /// Two speakers on loopback: the controller's, driven through the
+    /// trait, and a passive porter-bgp listener standing in for the router
+    /// only to prove the session comes up through the adapter.
+    #[tokio::test]
+    async fn the_adapter_starts_the_speaker_and_peers() {
+        let router = porter_bgp::Speaker::start(porter_bgp::SpeakerConfig {
+            local_as: 65001,
+            router_id: Ipv4Addr::new(127, 0, 0, 1),
+            listen: Some(SocketAddr::from(([127, 0, 0, 1], 0))),
+            graceful_restart: None,
+        })
+        .await
+        .expect("router listens on loopback");
+        let port = router.listen_address().expect("bound").port();
+        let mut passive = porter_bgp::PeerConfig::new(IpAddr::from([127, 0, 0, 2]), 65000);
+        passive.passive = true;
+        router.upsert_peer(passive).await;
+
+        let mut announcer = SpeakerAnnouncer::spawn();
+        announcer.start(&SpeakerConfig {
+            local_as: 65000,
+            router_id: Ipv4Addr::new(127, 0, 0, 2),
+            listen: None,
+            graceful_restart: None,
+        });
+        announcer.upsert_peer(&PeerConfig {
+            address: IpAddr::from([127, 0, 0, 1]),
+            remote_as: 65001,
+            remote_port: port,
+            passive: false,
+            hold_time: 9,
+            connect_retry: Duration::from_secs(1),
+            md5_password: None,
+            ebgp_multihop_ttl: None,
+            add_path_send_max: 8,
+            families: vec![Family::Ipv4Unicast],
+            local_address: Some(IpAddr::from([127, 0, 0, 2])),
+        });
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let status = announcer.peer_status();
+            if status.iter().any(|s| s.established) {
+                break;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "session not established through the adapter: {status:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        announcer.remove_peer(IpAddr::from([127, 0, 0, 1]));
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while !announcer.peer_status().is_empty() {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "peer still reported after removal"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}

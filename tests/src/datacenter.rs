@@ -1,0 +1,625 @@
+//! The full lab of `shared/LAB.md`: a small data centre on one machine.
+//!
+//! ```text
+//!   cl (client 172.31.0.2) ── r (router: BIRD, 172.31.0.1 / 172.30.0.1)
+//!                                 │  bridge "lan" 172.30.0.0/24, fd00:30::/64
+//!             ┌───────────────────┼──────────────────┬──────────────────┐
+//!        ctl 172.30.0.10     n1 172.30.0.11     n2 172.30.0.12     n3 172.30.0.13
+//!    (porter-controller)    (porter-agent)      (porter-agent)     (porter-agent)
+//!                            └─ pods 10.244.1.x  └─ pods 10.244.2.x  └─ pods 10.244.3.x
+//! ```
+//!
+//! The cluster is a directory of manifests (the controller's and agents'
+//! `dir:` source): the lab writes the Nodes and EndpointSlices that the
+//! kubelet and the endpoint controller would publish, and the tests write
+//! Services and pools. Each pod runs an HTTP server on port 80 answering
+//! with its name (`n2-p1`), so a client knows which pod and node served it.
+//! The router hashes flows by L4 ports over the ECMP next hops.
+use std::{
+    collections::BTreeMap,
+    io::{Read, Write},
+    net::{IpAddr, SocketAddr, TcpStream},
+    path::{Path, PathBuf},
+    process::Command,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    thread::JoinHandle,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, Result, bail};
+
+use crate::{
+    bins,
+    lab::{Lab, wait_for},
+    manifests::{self, Endpoint},
+    netns::run_in,
+    routers::{Daemon, Neighbor, Router, RouterConfig},
+};
+
+pub const ROUTER_AS: u32 = 65001;
+pub const PORTER_AS: u32 = 65000;
+pub const CONTROLLER_V4: &str = "172.30.0.10";
+pub const ROUTER_LAN_V4: &str = "172.30.0.1";
+pub const CLIENT_V4: &str = "172.31.0.2";
+/// The port every pod serves HTTP on (the Services' targetPort).
+pub const POD_PORT: u16 = 80;
+
+const CONTROLLER: &str = "controller";
+
+pub struct Pod {
+    /// `n<node>-p<index>`, also what its server answers.
+    pub name: String,
+    pub ns: String,
+    pub ip: IpAddr,
+    pub ip6: IpAddr,
+}
+
+pub struct LabNode {
+    /// The Node object's name, `n1`...
+    pub name: String,
+    pub ns: String,
+    pub ip: IpAddr,
+    pub ip6: IpAddr,
+    /// This node's own bpffs (as a node has its own kernel).
+    pub bpffs: PathBuf,
+    pub pods: Vec<Pod>,
+    ready: bool,
+}
+
+pub struct Datacenter {
+    pub lab: Lab,
+    pub router: Router,
+    pub router_ns: String,
+    pub ctl: String,
+    pub client: String,
+    pub nodes: Vec<LabNode>,
+    /// The `dir:` source both binaries read.
+    pub manifests: PathBuf,
+}
+
+impl Datacenter {
+    /// Builds the lab with `pods_per_node[i]` pods on node `i + 1`, BIRD on
+    /// the router (passive, graceful-restart helper, ADD-PATH receive), the
+    /// Nodes written as Ready. Starts no Porter binary.
+    pub fn new(tag: &str, pods_per_node: &[usize]) -> Result<Self> {
+        let mut lab = Lab::new(tag)?;
+        let router_ns = lab.netns("r")?;
+        let ctl = lab.netns("ctl")?;
+        let client = lab.netns("cl")?;
+        for sysctl in [
+            "net.ipv4.ip_forward=1",
+            "net.ipv6.conf.all.forwarding=1",
+            // Spread flows over the ECMP next hops by ports too, not only addresses.
+            "net.ipv4.fib_multipath_hash_policy=1",
+            "net.ipv6.fib_multipath_hash_policy=1",
+        ] {
+            lab.exec(&router_ns, &["sysctl", "-qw", sysctl])?;
+        }
+        lab.ip(&router_ns, &["link", "add", "lan", "type", "bridge"])?;
+        lab.ip(&router_ns, &["link", "set", "lan", "up"])?;
+        add_addr(&lab, &router_ns, "lan", "172.30.0.1/24")?;
+        add_addr(&lab, &router_ns, "lan", "fd00:30::1/64")?;
+
+        lab.veth((&router_ns, "v-cl"), (&client, "eth0"))?;
+        add_addr(&lab, &router_ns, "v-cl", "172.31.0.1/24")?;
+        add_addr(&lab, &router_ns, "v-cl", "fd00:31::1/64")?;
+        add_addr(&lab, &client, "eth0", &format!("{CLIENT_V4}/24"))?;
+        add_addr(&lab, &client, "eth0", "fd00:31::2/64")?;
+        lab.ip(&client, &["route", "add", "default", "via", "172.31.0.1"])?;
+        lab.ip(
+            &client,
+            &["-6", "route", "add", "default", "via", "fd00:31::1"],
+        )?;
+        // Full checksums from the client, as from a wire: XDP on a veth
+        // would otherwise see offloaded, unfinished ones.
+        lab.exec(&client, &["ethtool", "-K", "eth0", "tx", "off"])?;
+
+        attach_to_lan(&lab, &router_ns, &ctl, "v-ctl")?;
+        add_addr(&lab, &ctl, "eth0", &format!("{CONTROLLER_V4}/24"))?;
+        add_addr(&lab, &ctl, "eth0", "fd00:30::10/64")?;
+
+        let mut nodes = Vec::new();
+        for (index, &pod_count) in pods_per_node.iter().enumerate() {
+            let n = index + 1;
+            let name = format!("n{n}");
+            let ns = lab.netns(&name)?;
+            attach_to_lan(&lab, &router_ns, &ns, &format!("v-{name}"))?;
+            let ip: IpAddr = format!("172.30.0.{}", 10 + n).parse()?;
+            let ip6: IpAddr = format!("fd00:30::{}", 10 + n).parse()?;
+            add_addr(&lab, &ns, "eth0", &format!("{ip}/24"))?;
+            add_addr(&lab, &ns, "eth0", &format!("{ip6}/64"))?;
+            lab.ip(&ns, &["route", "add", "default", "via", ROUTER_LAN_V4])?;
+            lab.ip(&ns, &["-6", "route", "add", "default", "via", "fd00:30::1"])?;
+            lab.exec(&ns, &["sysctl", "-qw", "net.ipv4.ip_forward=1"])?;
+            lab.exec(&ns, &["sysctl", "-qw", "net.ipv6.conf.all.forwarding=1"])?;
+            let bpffs = lab.bpffs()?;
+            let mut pods = Vec::new();
+            for p in 1..=pod_count {
+                pods.push(add_pod(&mut lab, &ns, n, p)?);
+            }
+            nodes.push(LabNode {
+                name,
+                ns,
+                ip,
+                ip6,
+                bpffs,
+                pods,
+                ready: true,
+            });
+        }
+
+        let router = Router::start(
+            &mut lab,
+            &router_ns,
+            RouterConfig {
+                daemon: Daemon::Bird,
+                router_id: ROUTER_LAN_V4.into(),
+                local_address: ROUTER_LAN_V4.parse()?,
+                local_as: ROUTER_AS,
+                neighbors: vec![Neighbor::new(CONTROLLER_V4.parse()?, PORTER_AS)],
+                graceful_restart: true,
+                passive: true,
+            },
+        )?;
+        let manifests = lab.run_dir().join("cluster");
+        std::fs::create_dir_all(&manifests)?;
+        let dc = Self {
+            lab,
+            router,
+            router_ns,
+            ctl,
+            client,
+            nodes,
+            manifests,
+        };
+        dc.write_nodes()?;
+        for node in &dc.nodes {
+            for pod in &node.pods {
+                let (ip, ns) = (pod.ip, node.ns.clone());
+                wait_for(
+                    &format!("{}'s HTTP server", pod.name),
+                    Duration::from_secs(10),
+                    move || {
+                        let ns = ns.clone();
+                        Ok(run_in(&ns, move || http_get(SocketAddr::new(ip, POD_PORT))).ok())
+                    },
+                )?;
+            }
+        }
+        Ok(dc)
+    }
+
+    /// Writes `text` as manifest `file` (atomically: the sources never read half a file).
+    pub fn apply(&self, file: &str, text: &str) -> Result<()> {
+        let path = self.manifests.join(file);
+        let tmp = path.with_extension("tmp");
+        std::fs::write(&tmp, text).with_context(|| format!("writing {}", tmp.display()))?;
+        std::fs::rename(&tmp, &path)?;
+        Ok(())
+    }
+
+    /// Copies a manifest file (e.g. from deploy/samples) into the cluster.
+    pub fn apply_file(&self, source: &Path) -> Result<()> {
+        let text = std::fs::read_to_string(source)
+            .with_context(|| format!("reading {}", source.display()))?;
+        let name = source
+            .file_name()
+            .and_then(|n| n.to_str())
+            .context("manifest without a file name")?;
+        self.apply(name, &text)
+    }
+
+    /// Deletes manifest `file`, as `kubectl delete -f` would the objects in it.
+    pub fn delete(&self, file: &str) -> Result<()> {
+        std::fs::remove_file(self.manifests.join(file)).with_context(|| format!("deleting {file}"))
+    }
+
+    fn write_nodes(&self) -> Result<()> {
+        let text: Vec<String> = self
+            .nodes
+            .iter()
+            .map(|n| manifests::node(&n.name, &[n.ip, n.ip6], n.ready))
+            .collect();
+        self.apply("nodes.yaml", &text.join("---\n"))
+    }
+
+    /// Marks node `index` Ready or NotReady, as its kubelet's heartbeat would.
+    pub fn set_node_ready(&mut self, index: usize, ready: bool) -> Result<()> {
+        self.nodes.get_mut(index).context("no such node")?.ready = ready;
+        self.write_nodes()
+    }
+
+    /// Every pod (both families) of the given nodes, as ready endpoints.
+    pub fn endpoints_on(&self, nodes: &[usize]) -> Vec<Endpoint> {
+        nodes
+            .iter()
+            .filter_map(|&i| self.nodes.get(i))
+            .flat_map(|node| {
+                node.pods.iter().flat_map(move |pod| {
+                    [pod.ip, pod.ip6].map(|address| Endpoint {
+                        address,
+                        node: node.name.clone(),
+                        ready: true,
+                    })
+                })
+            })
+            .collect()
+    }
+
+    /// Publishes the EndpointSlices (v4 and v6) of `namespace/service`.
+    pub fn set_endpoints(
+        &self,
+        namespace: &str,
+        service: &str,
+        endpoints: &[Endpoint],
+    ) -> Result<()> {
+        let text = [false, true]
+            .map(|v6| manifests::endpoint_slice(namespace, service, v6, POD_PORT, endpoints))
+            .join("---\n");
+        self.apply(&format!("endpoints-{namespace}-{service}.yaml"), &text)
+    }
+
+    /// Starts `porter-controller --source dir:<manifests>` in `ctl`.
+    pub fn start_controller(&mut self) -> Result<PathBuf> {
+        let mut command = self
+            .lab
+            .command(&self.ctl, bins::binary("porter-controller")?);
+        command
+            .arg("--source")
+            .arg(format!("dir:{}", self.manifests.display()))
+            .args(["--poll-interval", "100ms"])
+            .args(["--metrics-addr", &format!("{CONTROLLER_V4}:9190")])
+            .env("RUST_LOG", "info");
+        self.lab.spawn(CONTROLLER, command)
+    }
+
+    /// Stops the controller the way a rollout would (SIGTERM).
+    pub fn stop_controller(&mut self) -> Result<()> {
+        self.lab.stop(CONTROLLER, Duration::from_secs(5))
+    }
+
+    /// `porter-agent run` for node `index`, reading the same manifests.
+    pub fn agent_command(&self, index: usize) -> Result<Command> {
+        let node = self.nodes.get(index).context("no such node")?;
+        let mut command = self.lab.command(&node.ns, bins::binary("porter-agent")?);
+        command
+            .args(["run", "--node-name", &node.name, "--interface", "eth0"])
+            .arg("--source")
+            .arg(format!("dir:{}", self.manifests.display()))
+            .arg("--bpffs")
+            .arg(&node.bpffs)
+            .env("RUST_LOG", "info");
+        Ok(command)
+    }
+
+    /// Starts the agent of node `index` and waits for its data plane.
+    pub fn start_agent(&mut self, index: usize) -> Result<PathBuf> {
+        let command = self.agent_command(index)?;
+        let name = agent_name(index);
+        let log = self.lab.spawn(&name, command)?;
+        wait_for(
+            &format!("{name} to report its data plane ready"),
+            Duration::from_secs(20),
+            || {
+                let text = std::fs::read_to_string(&log)?;
+                Ok(text.contains("data plane ready").then_some(()))
+            },
+        )
+        .with_context(|| {
+            format!(
+                "{name} log:\n{}",
+                std::fs::read_to_string(&log).unwrap_or_default()
+            )
+        })?;
+        Ok(log)
+    }
+
+    /// Stops the agent of node `index` (SIGTERM); its data plane stays pinned.
+    pub fn stop_agent(&mut self, index: usize) -> Result<()> {
+        self.lab.stop(&agent_name(index), Duration::from_secs(5))
+    }
+
+    /// The addresses the controller wrote into the Service's status.
+    pub fn service_ips(&self, namespace: &str, name: &str) -> Result<Vec<IpAddr>> {
+        let (snapshot, _) = porter_api::source::dir::load(&self.manifests)?;
+        Ok(snapshot
+            .services
+            .iter()
+            .filter(|s| {
+                s.metadata.namespace.as_deref() == Some(namespace)
+                    && s.metadata.name.as_deref() == Some(name)
+            })
+            .filter_map(|s| s.status.as_ref()?.load_balancer.as_ref()?.ingress.clone())
+            .flatten()
+            .filter_map(|ingress| ingress.ip?.parse().ok())
+            .collect())
+    }
+
+    /// Waits until the Service has an external IP and returns the first.
+    pub fn wait_service_ip(
+        &self,
+        namespace: &str,
+        name: &str,
+        timeout: Duration,
+    ) -> Result<IpAddr> {
+        wait_for(
+            &format!("an external IP for {namespace}/{name}"),
+            timeout,
+            || Ok(self.service_ips(namespace, name)?.first().copied()),
+        )
+        .with_context(|| self.describe())
+    }
+
+    /// Events the controller wrote (`status/events.jsonl`), each as
+    /// (reason, regarding, message).
+    pub fn events(&self) -> Result<Vec<(String, String, String)>> {
+        let path = self.manifests.join("status").join("events.jsonl");
+        let text = match std::fs::read_to_string(&path) {
+            Ok(text) => text,
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => String::new(),
+            Err(error) => return Err(error.into()),
+        };
+        Ok(text
+            .lines()
+            .filter_map(|line| serde_json::from_str::<BTreeMap<String, String>>(line).ok())
+            .map(|mut event| {
+                let mut take = |key: &str| event.remove(key).unwrap_or_default();
+                (take("reason"), take("regarding"), take("message"))
+            })
+            .collect())
+    }
+
+    /// The router's next hops for `eip` (from its kernel FIB).
+    pub fn next_hops(&self, eip: IpAddr) -> Result<Vec<IpAddr>> {
+        let prefix = match eip {
+            IpAddr::V4(_) => format!("{eip}/32"),
+            IpAddr::V6(_) => format!("{eip}/128"),
+        };
+        Ok(self
+            .router
+            .next_hops(&self.lab, &prefix)?
+            .into_iter()
+            .collect())
+    }
+
+    /// Waits until the router's route to `eip` has exactly these next hops
+    /// (none: withdrawn), and returns how long that took.
+    pub fn wait_next_hops(
+        &self,
+        eip: IpAddr,
+        want: &[IpAddr],
+        timeout: Duration,
+    ) -> Result<Duration> {
+        let started = Instant::now();
+        let mut want = want.to_vec();
+        want.sort();
+        wait_for(
+            &format!("the router's route to {eip} via {want:?}"),
+            timeout,
+            || Ok((self.next_hops(eip)? == want).then_some(())),
+        )
+        .with_context(|| self.describe())?;
+        Ok(started.elapsed())
+    }
+
+    /// The node next hops of nodes `indices`, in the family of `eip`.
+    pub fn hops_of(&self, eip: IpAddr, indices: &[usize]) -> Vec<IpAddr> {
+        indices
+            .iter()
+            .filter_map(|&i| self.nodes.get(i))
+            .map(|n| if eip.is_ipv6() { n.ip6 } else { n.ip })
+            .collect()
+    }
+
+    /// One HTTP request from the client; returns the pod that answered.
+    pub fn request(&self, addr: SocketAddr) -> Result<String> {
+        run_in(&self.client, move || http_get(addr))
+    }
+
+    /// `count` requests from the client, each on a new connection; returns
+    /// how many each pod answered. Fails on the first failed request.
+    pub fn spread(&self, addr: SocketAddr, count: usize) -> Result<BTreeMap<String, usize>> {
+        run_in(&self.client, move || {
+            let mut answers = BTreeMap::new();
+            for attempt in 0..count {
+                let pod =
+                    http_get(addr).with_context(|| format!("request {attempt} of {count}"))?;
+                *answers.entry(pod).or_insert(0) += 1;
+            }
+            Ok(answers)
+        })
+    }
+
+    /// Starts requests from the client in a loop until the returned load is stopped.
+    pub fn load(&self, addr: SocketAddr) -> Load {
+        Load::start(self.client.clone(), addr)
+    }
+
+    /// The routers' and daemons' view, for failure messages.
+    pub fn describe(&self) -> String {
+        let routes = self
+            .lab
+            .ip(&self.router_ns, &["route"])
+            .unwrap_or_else(|e| format!("{e:#}"));
+        format!(
+            "router routes:\n{routes}\n{}",
+            self.router.describe(&self.lab)
+        )
+    }
+
+    /// Leaves everything running (for `cargo xtask demo --keep`).
+    pub fn keep(self) {
+        self.lab.keep();
+    }
+}
+
+/// Per-node counts from per-pod counts (pods are named `<node>-p<i>`).
+pub fn per_node(per_pod: &BTreeMap<String, usize>) -> BTreeMap<String, usize> {
+    let mut out = BTreeMap::new();
+    for (pod, count) in per_pod {
+        let node = pod.split('-').next().unwrap_or(pod).to_owned();
+        *out.entry(node).or_insert(0) += count;
+    }
+    out
+}
+
+fn agent_name(index: usize) -> String {
+    format!("agent-n{}", index + 1)
+}
+
+fn add_addr(lab: &Lab, ns: &str, interface: &str, cidr: &str) -> Result<()> {
+    // nodad: IPv6 addresses are usable at once instead of after DAD.
+    let mut args = vec!["addr", "add", cidr, "dev", interface];
+    if cidr.contains(':') {
+        args.push("nodad");
+    }
+    lab.ip(ns, &args)?;
+    Ok(())
+}
+
+/// Connects `ns`'s `eth0` to the router's bridge through port `port`.
+fn attach_to_lan(lab: &Lab, router_ns: &str, ns: &str, port: &str) -> Result<()> {
+    lab.veth((router_ns, port), (ns, "eth0"))?;
+    lab.ip(router_ns, &["link", "set", port, "master", "lan"])?;
+    Ok(())
+}
+
+/// Pod `p` of node `n`: its own namespace behind a veth, addresses
+/// 10.244.<n>.<p+1> and fd00:244:<n>::<p+1>, routed by the node (the way
+/// Calico wires pods: a /32 route per pod, the node as gateway).
+fn add_pod(lab: &mut Lab, node_ns: &str, n: usize, p: usize) -> Result<Pod> {
+    let name = format!("n{n}-p{p}");
+    let ns = lab.netns(&format!("n{n}p{p}"))?;
+    let host_side = format!("vp{p}");
+    lab.veth((node_ns, &host_side), (&ns, "eth0"))?;
+    let (gateway, gateway6) = (format!("10.244.{n}.1"), format!("fd00:244:{n}::1"));
+    let ip: IpAddr = format!("10.244.{n}.{}", p + 1).parse()?;
+    let ip6: IpAddr = format!("fd00:244:{n}::{}", p + 1).parse()?;
+    add_addr(lab, node_ns, &host_side, &format!("{gateway}/32"))?;
+    add_addr(lab, node_ns, &host_side, &format!("{gateway6}/128"))?;
+    lab.ip(
+        node_ns,
+        &["route", "add", &format!("{ip}/32"), "dev", &host_side],
+    )?;
+    lab.ip(
+        node_ns,
+        &[
+            "-6",
+            "route",
+            "add",
+            &format!("{ip6}/128"),
+            "dev",
+            &host_side,
+        ],
+    )?;
+    add_addr(lab, &ns, "eth0", &format!("{ip}/32"))?;
+    add_addr(lab, &ns, "eth0", &format!("{ip6}/128"))?;
+    lab.ip(&ns, &["route", "add", &gateway, "dev", "eth0"])?;
+    lab.ip(&ns, &["route", "add", "default", "via", &gateway])?;
+    lab.ip(&ns, &["-6", "route", "add", &gateway6, "dev", "eth0"])?;
+    lab.ip(&ns, &["-6", "route", "add", "default", "via", &gateway6])?;
+    // The server answers every path with the pod's name.
+    let www = lab.run_dir().join("www").join(&name);
+    std::fs::create_dir_all(&www)?;
+    std::fs::write(www.join("index.html"), format!("{name}\n"))?;
+    let mut server = lab.command(&ns, "python3");
+    server
+        .args(["-m", "http.server", &POD_PORT.to_string(), "--directory"])
+        .arg(&www);
+    lab.spawn(&format!("http-{name}"), server)?;
+    Ok(Pod { name, ns, ip, ip6 })
+}
+
+/// `GET /` over a new connection from the calling thread's namespace;
+/// returns the body, trimmed (a pod's name).
+pub fn http_get(addr: SocketAddr) -> Result<String> {
+    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(1))
+        .with_context(|| format!("connecting to {addr}"))?;
+    stream.set_read_timeout(Some(Duration::from_secs(2)))?;
+    stream.set_write_timeout(Some(Duration::from_secs(2)))?;
+    write!(stream, "GET / HTTP/1.0\r\nHost: {addr}\r\n\r\n")?;
+    let mut response = String::new();
+    stream
+        .read_to_string(&mut response)
+        .with_context(|| format!("reading the answer of {addr}"))?;
+    let (head, body) = response
+        .split_once("\r\n\r\n")
+        .with_context(|| format!("{addr} sent no complete HTTP response: {response:?}"))?;
+    if !head.starts_with("HTTP/1.0 200") && !head.starts_with("HTTP/1.1 200") {
+        bail!(
+            "{addr} answered {}",
+            head.lines().next().unwrap_or_default()
+        );
+    }
+    Ok(body.trim().to_owned())
+}
+
+/// Requests in a loop from the client, each on a new connection, counting
+/// successes and keeping the failures.
+pub struct Load {
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<Result<LoadReport>>>,
+}
+
+#[derive(Debug, Default)]
+pub struct LoadReport {
+    pub ok: usize,
+    pub failures: Vec<String>,
+    pub per_pod: BTreeMap<String, usize>,
+}
+
+impl Load {
+    fn start(client: String, addr: SocketAddr) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::spawn(move || {
+            crate::netns::enter(&client)?;
+            let mut report = LoadReport::default();
+            while !flag.load(Ordering::Relaxed) {
+                match http_get(addr) {
+                    Ok(pod) => {
+                        report.ok += 1;
+                        *report.per_pod.entry(pod).or_insert(0) += 1;
+                    }
+                    Err(error) => report.failures.push(format!("{error:#}")),
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            Ok(report)
+        });
+        Self {
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    pub fn stop(mut self) -> Result<LoadReport> {
+        self.stop.store(true, Ordering::Relaxed);
+        match self.thread.take() {
+            Some(thread) => thread
+                .join()
+                .map_err(|_| anyhow::anyhow!("the load thread panicked"))?,
+            None => bail!("load already stopped"),
+        }
+    }
+}
+
+impl Drop for Load {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// `deploy/samples/` of this repository: the manifests users apply.
+pub fn samples_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("..")
+        .join("deploy")
+        .join("samples")
+}

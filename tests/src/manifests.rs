@@ -1,0 +1,159 @@
+//! The Kubernetes objects a lab writes into the `dir:` source: what the
+//! kubelet (Nodes) and the endpoint controller (EndpointSlices) would
+//! publish in a cluster, and Services the tests create. YAML text, so that
+//! someone exploring a kept lab reads what a cluster would hold.
+use std::{fmt::Write as _, net::IpAddr};
+
+/// A Node with its `InternalIP`s and its Ready condition.
+pub fn node(name: &str, addresses: &[IpAddr], ready: bool) -> String {
+    let mut out =
+        format!("apiVersion: v1\nkind: Node\nmetadata:\n  name: {name}\nstatus:\n  addresses:\n");
+    for address in addresses {
+        let _ = writeln!(out, "    - type: InternalIP\n      address: \"{address}\"");
+    }
+    let status = if ready { "True" } else { "False" };
+    let _ = writeln!(
+        out,
+        "  conditions:\n    - type: Ready\n      status: \"{status}\""
+    );
+    out
+}
+
+/// One endpoint of a Service: a pod on a node.
+#[derive(Clone, Debug)]
+pub struct Endpoint {
+    pub address: IpAddr,
+    pub node: String,
+    pub ready: bool,
+}
+
+/// The EndpointSlice of Service `namespace/service` for one address family
+/// (the API keeps families in separate slices), pods serving on `port`.
+pub fn endpoint_slice(
+    namespace: &str,
+    service: &str,
+    v6: bool,
+    port: u16,
+    endpoints: &[Endpoint],
+) -> String {
+    let (family, suffix) = if v6 { ("IPv6", "v6") } else { ("IPv4", "v4") };
+    let mut out = format!(
+        "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: {service}-{suffix}\n  \
+         namespace: {namespace}\n  labels:\n    kubernetes.io/service-name: {service}\n\
+         addressType: {family}\nports:\n  - name: http\n    protocol: TCP\n    port: {port}\nendpoints:\n"
+    );
+    let mine: Vec<&Endpoint> = endpoints
+        .iter()
+        .filter(|e| e.address.is_ipv6() == v6)
+        .collect();
+    if mine.is_empty() {
+        out.truncate(out.len() - "endpoints:\n".len());
+        out.push_str("endpoints: []\n");
+    }
+    for e in mine {
+        let _ = writeln!(
+            out,
+            "  - addresses: [\"{}\"]\n    nodeName: {}\n    conditions:\n      ready: {}",
+            e.address, e.node, e.ready
+        );
+    }
+    out
+}
+
+/// A Service of type LoadBalancer that opts in to Porter, one TCP port.
+pub struct ServiceSpec<'a> {
+    pub namespace: &'a str,
+    pub name: &'a str,
+    pub port: u16,
+    pub target_port: u16,
+    /// Extra annotations (pool, shared IP key, requested address).
+    pub annotations: &'a [(&'a str, &'a str)],
+}
+
+pub fn service(spec: &ServiceSpec) -> String {
+    let mut out = format!(
+        "apiVersion: v1\nkind: Service\nmetadata:\n  name: {}\n  namespace: {}\n  annotations:\n    \
+         lb.kubesphere.io/v1alpha1: porter\n",
+        spec.name, spec.namespace
+    );
+    for (key, value) in spec.annotations {
+        let _ = writeln!(out, "    {key}: \"{value}\"");
+    }
+    let _ = write!(
+        out,
+        "spec:\n  type: LoadBalancer\n  externalTrafficPolicy: Local\n  selector:\n    app: {}\n  \
+         ports:\n    - name: http\n      protocol: TCP\n      port: {}\n      targetPort: {}\n",
+        spec.name, spec.port, spec.target_port
+    );
+    out
+}
+
+/// An Eip pool (`v1alpha2`).
+pub fn eip(name: &str, address: &str) -> String {
+    format!(
+        "apiVersion: network.kubesphere.io/v1alpha2\nkind: Eip\nmetadata:\n  name: {name}\n\
+         spec:\n  address: {address}\n  protocol: bgp\n"
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn yaml(text: &str) -> serde_yaml::Value {
+        serde_yaml::from_str(text).expect("valid YAML")
+    }
+
+    #[test]
+    fn objects_parse_as_their_kinds() {
+        let n: k8s_openapi::api::core::v1::Node = serde_yaml::from_value(yaml(&node(
+            "n1",
+            &[
+                "172.30.0.11".parse().unwrap(),
+                "fd00:30::11".parse().unwrap(),
+            ],
+            true,
+        )))
+        .expect("a Node");
+        let status = n.status.expect("status");
+        assert_eq!(status.addresses.expect("addresses").len(), 2);
+        let endpoints = [
+            Endpoint {
+                address: "10.244.1.2".parse().unwrap(),
+                node: "n1".into(),
+                ready: true,
+            },
+            Endpoint {
+                address: "fd00:244:1::2".parse().unwrap(),
+                node: "n1".into(),
+                ready: false,
+            },
+        ];
+        let v4: k8s_openapi::api::discovery::v1::EndpointSlice =
+            serde_yaml::from_value(yaml(&endpoint_slice("default", "a", false, 80, &endpoints)))
+                .expect("an EndpointSlice");
+        assert_eq!(v4.endpoints.unwrap_or_default().len(), 1);
+        assert_eq!(v4.address_type, "IPv4");
+        let empty: k8s_openapi::api::discovery::v1::EndpointSlice =
+            serde_yaml::from_value(yaml(&endpoint_slice("default", "a", false, 80, &[])))
+                .expect("an empty EndpointSlice");
+        assert!(empty.endpoints.unwrap_or_default().is_empty());
+        let s: k8s_openapi::api::core::v1::Service =
+            serde_yaml::from_value(yaml(&service(&ServiceSpec {
+                namespace: "default",
+                name: "web",
+                port: 8088,
+                target_port: 80,
+                annotations: &[("porter.kubesphere.io/allow-shared-ip", "k")],
+            })))
+            .expect("a Service");
+        assert_eq!(
+            s.metadata.annotations.expect("annotations").len(),
+            2,
+            "opt-in plus the extra one"
+        );
+        let e: porter_api::Eip =
+            serde_yaml::from_value(yaml(&eip("pool", "192.168.2.0/30"))).expect("an Eip");
+        assert_eq!(e.spec.address, "192.168.2.0/30");
+    }
+}
