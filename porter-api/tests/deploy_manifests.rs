@@ -1,0 +1,453 @@
+//! deploy/porter.yaml and deploy/samples/ are what users apply. Every
+//! document must be a well-typed object of its kind with no field the API
+//! would drop, the bundle's CRDs must be the generated ones, the samples must
+//! pass the CRDs' schemas, and the RBAC and pod specs must keep their
+//! least-privilege promises.
+
+use std::path::{Path, PathBuf};
+
+use k8s_openapi::api::apps::v1::{DaemonSet, Deployment};
+use k8s_openapi::api::core::v1::{Namespace, Service, ServiceAccount};
+use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use serde::Deserialize;
+use serde_json::Value;
+
+fn deploy_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy")
+}
+
+/// Every YAML document of `path`, as JSON values.
+fn documents(path: &Path) -> Vec<Value> {
+    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    serde_yaml::Deserializer::from_str(&text)
+        .map(|doc| serde_yaml::Value::deserialize(doc).expect("valid YAML"))
+        .filter(|v| !v.is_null())
+        .map(|v| serde_json::to_value(v).expect("YAML maps to JSON"))
+        .collect()
+}
+
+fn sample_files() -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(deploy_dir().join("samples"))
+        .expect("deploy/samples exists")
+        .map(|e| e.expect("readable entry").path())
+        .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
+        .collect();
+    files.sort();
+    files
+}
+
+/// Paths present in `original` but absent or different after a typed round
+/// trip: fields the type does not know (a typo, or a field the API drops).
+fn lost_fields(original: &Value, typed: &Value, path: &str, out: &mut Vec<String>) {
+    match (original, typed) {
+        (Value::Object(a), Value::Object(b)) => {
+            for (key, value) in a {
+                match b.get(key) {
+                    Some(t) => lost_fields(value, t, &format!("{path}.{key}"), out),
+                    None if value.is_null() => {}
+                    None => out.push(format!("{path}.{key}")),
+                }
+            }
+        }
+        (Value::Array(a), Value::Array(b)) if a.len() == b.len() => {
+            for (i, (x, y)) in a.iter().zip(b).enumerate() {
+                lost_fields(x, y, &format!("{path}[{i}]"), out);
+            }
+        }
+        (a, b) if a == b => {}
+        (a, b) => out.push(format!("{path}: {a} became {b}")),
+    }
+}
+
+fn round_trip<T: serde::de::DeserializeOwned + serde::Serialize>(doc: &Value) -> Result<T, String> {
+    let typed: T = serde_json::from_value(doc.clone()).map_err(|e| e.to_string())?;
+    let back = serde_json::to_value(&typed).map_err(|e| e.to_string())?;
+    let mut lost = Vec::new();
+    lost_fields(doc, &back, "", &mut lost);
+    if lost.is_empty() {
+        Ok(typed)
+    } else {
+        Err(format!("fields the type does not keep: {lost:?}"))
+    }
+}
+
+/// Parses `doc` as the typed object its apiVersion/kind names.
+fn check_typed(doc: &Value) -> Result<(), String> {
+    let api = doc["apiVersion"].as_str().unwrap_or_default();
+    let kind = doc["kind"].as_str().unwrap_or_default();
+    match (api, kind) {
+        ("v1", "Namespace") => round_trip::<Namespace>(doc).map(drop),
+        ("v1", "ServiceAccount") => round_trip::<ServiceAccount>(doc).map(drop),
+        ("v1", "Service") => round_trip::<Service>(doc).map(drop),
+        ("apiextensions.k8s.io/v1", "CustomResourceDefinition") => {
+            round_trip::<CustomResourceDefinition>(doc).map(drop)
+        }
+        ("rbac.authorization.k8s.io/v1", "ClusterRole") => round_trip::<ClusterRole>(doc).map(drop),
+        ("rbac.authorization.k8s.io/v1", "ClusterRoleBinding") => {
+            round_trip::<ClusterRoleBinding>(doc).map(drop)
+        }
+        ("rbac.authorization.k8s.io/v1", "Role") => round_trip::<Role>(doc).map(drop),
+        ("rbac.authorization.k8s.io/v1", "RoleBinding") => round_trip::<RoleBinding>(doc).map(drop),
+        ("apps/v1", "Deployment") => round_trip::<Deployment>(doc).map(drop),
+        ("apps/v1", "DaemonSet") => round_trip::<DaemonSet>(doc).map(drop),
+        ("network.kubesphere.io/v1alpha2", "Eip") => round_trip::<porter_api::Eip>(doc).map(drop),
+        ("network.kubesphere.io/v1alpha1", "Eip") => {
+            round_trip::<porter_api::crd::v1alpha1::Eip>(doc).map(drop)
+        }
+        ("network.kubesphere.io/v1alpha2", "BgpConf") => {
+            round_trip::<porter_api::BgpConf>(doc).map(drop)
+        }
+        ("network.kubesphere.io/v1alpha2", "BgpPeer") => {
+            round_trip::<porter_api::BgpPeer>(doc).map(drop)
+        }
+        _ => Err(format!("unexpected {api} {kind}")),
+    }
+}
+
+#[test]
+fn every_manifest_is_a_typed_object_without_unknown_fields() {
+    let mut files = vec![deploy_dir().join("porter.yaml")];
+    files.extend(sample_files());
+    let mut problems = Vec::new();
+    let mut count = 0;
+    for file in &files {
+        for doc in documents(file) {
+            count += 1;
+            if let Err(e) = check_typed(&doc) {
+                problems.push(format!(
+                    "{} {} {}: {e}",
+                    file.display(),
+                    doc["kind"],
+                    doc["metadata"]["name"]
+                ));
+            }
+        }
+    }
+    assert!(problems.is_empty(), "{problems:#?}");
+    assert!(count > 20, "only {count} documents found");
+}
+
+#[test]
+fn the_bundle_carries_the_generated_crds() {
+    let generated: Vec<Value> = porter_api::crd::crds()
+        .expect("CRDs render")
+        .into_iter()
+        .map(|(_, crd)| serde_json::to_value(crd).expect("CRD to JSON"))
+        .collect();
+    let bundled: Vec<Value> = documents(&deploy_dir().join("porter.yaml"))
+        .into_iter()
+        .filter(|d| d["kind"] == "CustomResourceDefinition")
+        .collect();
+    assert_eq!(bundled.len(), generated.len(), "one of each CRD");
+    for crd in &generated {
+        assert!(
+            bundled.contains(crd),
+            "deploy/porter.yaml has a stale {}: run `cargo xtask gen-crds`",
+            crd["metadata"]["name"]
+        );
+    }
+}
+
+/// The structural-schema rules the API server applies to a custom object:
+/// types, required fields, enums, bounds, and no unknown fields (it would
+/// prune them, silently dropping the setting).
+fn validate(schema: &Value, value: &Value, path: &str, errors: &mut Vec<String>) {
+    if value.is_null() {
+        if schema["nullable"] != true {
+            errors.push(format!("{path}: null is not allowed"));
+        }
+        return;
+    }
+    if schema["x-kubernetes-int-or-string"] == true {
+        if !(value.is_i64() || value.is_u64() || value.is_string()) {
+            errors.push(format!("{path}: must be an integer or a string"));
+        }
+        return;
+    }
+    for key in ["anyOf", "oneOf"] {
+        if let Some(options) = schema[key].as_array() {
+            let fits = options.iter().any(|option| {
+                let mut e = Vec::new();
+                validate(option, value, path, &mut e);
+                e.is_empty()
+            });
+            if !fits {
+                errors.push(format!("{path}: matches none of {key}"));
+            }
+        }
+    }
+    if let Some(all) = schema["allOf"].as_array() {
+        for option in all {
+            validate(option, value, path, errors);
+        }
+    }
+    if let Some(allowed) = schema["enum"].as_array()
+        && !allowed.contains(value)
+    {
+        errors.push(format!("{path}: {value} is not one of {allowed:?}"));
+    }
+    if let Some(min) = schema["minimum"].as_f64()
+        && value.as_f64().is_some_and(|v| v < min)
+    {
+        errors.push(format!("{path}: {value} is below {min}"));
+    }
+    if let Some(max) = schema["maximum"].as_f64()
+        && value.as_f64().is_some_and(|v| v > max)
+    {
+        errors.push(format!("{path}: {value} is above {max}"));
+    }
+    let type_ok = match schema["type"].as_str() {
+        None => true,
+        Some("object") => value.is_object(),
+        Some("array") => value.is_array(),
+        Some("string") => value.is_string(),
+        Some("integer") => value.is_i64() || value.is_u64(),
+        Some("number") => value.is_number(),
+        Some("boolean") => value.is_boolean(),
+        Some(other) => {
+            errors.push(format!("{path}: unknown schema type {other}"));
+            true
+        }
+    };
+    if !type_ok {
+        errors.push(format!("{path}: {value} is not of type {}", schema["type"]));
+        return;
+    }
+    if let Some(object) = value.as_object() {
+        for required in schema["required"].as_array().into_iter().flatten() {
+            if let Some(name) = required.as_str()
+                && !object.contains_key(name)
+            {
+                errors.push(format!("{path}.{name}: required"));
+            }
+        }
+        let preserve = schema["x-kubernetes-preserve-unknown-fields"] == true;
+        for (key, field) in object {
+            let sub = format!("{path}.{key}");
+            if let Some(property) = schema["properties"].get(key) {
+                validate(property, field, &sub, errors);
+            } else if schema["additionalProperties"].is_object() {
+                validate(&schema["additionalProperties"], field, &sub, errors);
+            } else if !preserve && schema.get("properties").is_some() {
+                errors.push(format!(
+                    "{sub}: unknown field; the API server would prune it"
+                ));
+            }
+        }
+    }
+    if let (Some(items), Some(array)) = (schema.get("items"), value.as_array()) {
+        for (i, item) in array.iter().enumerate() {
+            validate(items, item, &format!("{path}[{i}]"), errors);
+        }
+    }
+}
+
+#[test]
+fn samples_pass_the_crd_schemas() {
+    let crds: Vec<CustomResourceDefinition> = porter_api::crd::crds()
+        .expect("CRDs render")
+        .into_iter()
+        .map(|(_, crd)| crd)
+        .collect();
+    let mut checked = 0;
+    let mut errors = Vec::new();
+    for file in sample_files() {
+        for doc in documents(&file) {
+            let api = doc["apiVersion"].as_str().unwrap_or_default();
+            let Some((group, version)) = api.split_once('/') else {
+                continue;
+            };
+            let Some(crd) = crds.iter().find(|c| {
+                c.spec.group == group && c.spec.names.kind == doc["kind"].as_str().unwrap_or("")
+            }) else {
+                assert_ne!(
+                    group,
+                    "network.kubesphere.io",
+                    "{}: no CRD has kind {}",
+                    file.display(),
+                    doc["kind"]
+                );
+                continue;
+            };
+            let served = crd
+                .spec
+                .versions
+                .iter()
+                .find(|v| v.name == version && v.served);
+            let schema = served
+                .and_then(|v| v.schema.as_ref())
+                .and_then(|s| s.open_api_v3_schema.as_ref())
+                .unwrap_or_else(|| panic!("{}: {api} is not a served version", file.display()));
+            let schema = serde_json::to_value(schema).expect("schema to JSON");
+            let mut object = doc.clone();
+            if let Some(o) = object.as_object_mut() {
+                // The API server handles these itself.
+                o.remove("apiVersion");
+                o.remove("kind");
+                o.remove("metadata");
+            }
+            let name = format!("{}:{}", file.display(), doc["metadata"]["name"]);
+            validate(&schema, &object, &name, &mut errors);
+            checked += 1;
+        }
+    }
+    assert!(errors.is_empty(), "{errors:#?}");
+    assert!(checked >= 5, "only {checked} custom objects in the samples");
+}
+
+#[test]
+fn the_schema_check_catches_what_the_api_server_would_refuse() {
+    let crds = porter_api::crd::crds().expect("CRDs render");
+    let (_, peer) = crds
+        .iter()
+        .find(|(f, _)| *f == "bgppeer.yaml")
+        .expect("BgpPeer CRD");
+    let schema = serde_json::to_value(
+        peer.spec.versions[0]
+            .schema
+            .as_ref()
+            .and_then(|s| s.open_api_v3_schema.as_ref())
+            .expect("schema"),
+    )
+    .expect("to JSON");
+    let bad = serde_json::json!({
+        "spec": {"conf": {"peerAs": "not a number", "neighborAdress": "10.0.0.1"}}
+    });
+    let mut errors = Vec::new();
+    validate(&schema, &bad, "peer", &mut errors);
+    let text = errors.join("\n");
+    assert!(text.contains("peerAs"), "{text}");
+    assert!(text.contains("neighborAdress: unknown field"), "{text}");
+    assert!(text.contains("neighborAddress: required"), "{text}");
+}
+
+fn bundle_of<T: serde::de::DeserializeOwned>(kind: &str) -> Vec<T> {
+    documents(&deploy_dir().join("porter.yaml"))
+        .into_iter()
+        .filter(|d| d["kind"] == kind)
+        .map(|d| serde_json::from_value(d).expect("typed"))
+        .collect()
+}
+
+#[test]
+fn rbac_is_least_privilege() {
+    let roles: Vec<(String, Vec<k8s_openapi::api::rbac::v1::PolicyRule>)> =
+        bundle_of::<ClusterRole>("ClusterRole")
+            .into_iter()
+            .map(|r| {
+                (
+                    r.metadata.name.unwrap_or_default(),
+                    r.rules.unwrap_or_default(),
+                )
+            })
+            .chain(bundle_of::<Role>("Role").into_iter().map(|r| {
+                (
+                    r.metadata.name.unwrap_or_default(),
+                    r.rules.unwrap_or_default(),
+                )
+            }))
+            .collect();
+    for (name, rules) in &roles {
+        for rule in rules {
+            let all = rule
+                .verbs
+                .iter()
+                .chain(rule.resources.iter().flatten())
+                .chain(rule.api_groups.iter().flatten());
+            for word in all {
+                assert_ne!(word, "*", "role {name} uses a wildcard");
+            }
+            assert!(
+                !rule.resources.iter().flatten().any(|r| r == "secrets"),
+                "role {name} reads Secrets"
+            );
+        }
+    }
+    // The agent only reads: every role bound to it has read verbs alone.
+    let bound_to_agent: Vec<String> = bundle_of::<ClusterRoleBinding>("ClusterRoleBinding")
+        .into_iter()
+        .map(|b| (b.role_ref.name, b.subjects.unwrap_or_default()))
+        .chain(
+            bundle_of::<RoleBinding>("RoleBinding")
+                .into_iter()
+                .map(|b| (b.role_ref.name, b.subjects.unwrap_or_default())),
+        )
+        .filter(|(_, subjects)| subjects.iter().any(|s| s.name == "porter-agent"))
+        .map(|(role, _)| role)
+        .collect();
+    assert!(!bound_to_agent.is_empty(), "the agent has no role at all");
+    for role in &bound_to_agent {
+        let (_, rules) = roles
+            .iter()
+            .find(|(n, _)| n == role)
+            .expect("bound role exists");
+        for rule in rules {
+            for verb in &rule.verbs {
+                assert!(
+                    ["get", "list", "watch"].contains(&verb.as_str()),
+                    "the agent may {verb} through role {role}"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn workloads_keep_their_promises() {
+    let [controller]: [Deployment; 1] = bundle_of("Deployment").try_into().expect("one Deployment");
+    let spec = controller.spec;
+    assert_eq!(spec.replicas, Some(2), "two controller replicas");
+    let pod = spec.template.spec.expect("pod spec");
+    let c = &pod.containers[0];
+    assert!(
+        c.args
+            .iter()
+            .flatten()
+            .any(|a| a.starts_with("--lease-name"))
+    );
+    assert!(
+        c.env.iter().flatten().any(|e| e.name == "POD_NAME"),
+        "identity for the lease"
+    );
+    for (what, probe) in [
+        ("liveness", &c.liveness_probe),
+        ("readiness", &c.readiness_probe),
+    ] {
+        assert!(probe.is_some(), "controller {what} probe");
+    }
+    assert!(
+        c.resources
+            .as_ref()
+            .and_then(|r| r.requests.as_ref())
+            .is_some()
+    );
+
+    let [agent]: [DaemonSet; 1] = bundle_of("DaemonSet").try_into().expect("one DaemonSet");
+    let pod = agent.spec.template.spec.expect("pod spec");
+    assert_eq!(pod.host_network, Some(true));
+    let bpffs = pod
+        .volumes
+        .iter()
+        .flatten()
+        .find_map(|v| v.host_path.as_ref())
+        .expect("a hostPath volume");
+    assert_eq!(bpffs.path, "/sys/fs/bpf");
+    let c = &pod.containers[0];
+    assert!(c.liveness_probe.is_some() && c.readiness_probe.is_some());
+    let security = c.security_context.as_ref().expect("securityContext");
+    assert_ne!(
+        security.privileged,
+        Some(true),
+        "the agent is not privileged"
+    );
+    let caps = security.capabilities.as_ref().expect("capabilities");
+    assert_eq!(caps.drop.as_deref(), Some(&["ALL".to_string()][..]));
+    let mut added = caps.add.clone().unwrap_or_default();
+    added.sort();
+    assert_eq!(added, ["BPF", "NET_ADMIN", "PERFMON", "SYS_RESOURCE"]);
+    assert!(
+        c.env.iter().flatten().any(|e| e.name == "NODE_NAME"),
+        "the agent knows its node"
+    );
+}
