@@ -96,7 +96,10 @@ pub fn load_with(
     create_dir(&maps_dir)?;
     create_dir(&pins.links_dir())?;
     let mut loader = EbpfLoader::new();
-    loader.default_map_pin_directory(&maps_dir);
+    // Every map is pinned by name: an existing pin is reused as it is.
+    for name in porter_common::map_names::ALL {
+        loader.map_pin_path(name, maps_dir.join(name));
+    }
     configure(&mut loader);
     let mut ebpf = loader.load(EBPF_OBJECT)?;
     xdp_program(&mut ebpf)?.load()?;

@@ -37,6 +37,20 @@ pub mod map_names {
     pub const REVNAT: &str = "PORTER_REVNAT";
     /// Per-CPU array of [`crate::ServiceCounters`], indexed by service id.
     pub const SERVICE_COUNTERS: &str = "PORTER_SVC_STATS";
+
+    /// Every map, for pinning: all of them outlive the agent.
+    pub const ALL: &[&str] = &[
+        STATS,
+        SERVICES,
+        VIPS,
+        VIP_FILTER,
+        BACKENDS,
+        MAGLEV,
+        CONNTRACK,
+        BACKEND_REVNAT,
+        REVNAT,
+        SERVICE_COUNTERS,
+    ];
 }
 
 /// Program names in the eBPF object.

@@ -16,9 +16,9 @@ mod parse;
 
 use aya_ebpf::{
     bindings::{BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR, TC_ACT_OK, xdp_action},
+    btf_maps::{Array, HashMap, LruHashMap, PerCpuArray},
     helpers::bpf_ktime_get_ns,
-    macros::{classifier, map, xdp},
-    maps::{Array, HashMap, LruHashMap, PerCpuArray},
+    macros::{btf_map, classifier, xdp},
     programs::{TcContext, XdpContext},
 };
 use parse::{Headers, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP, load, store};
@@ -28,31 +28,35 @@ use porter_common::{
     vip_filter_slot,
 };
 
-#[map(name = "PORTER_STATS")]
-static STATS: PerCpuArray<u64> = PerCpuArray::pinned(Stat::COUNT, 0);
-#[map(name = "PORTER_SERVICES")]
-static SERVICES: HashMap<ServiceKey, ServiceValue> =
-    HashMap::pinned(limits::DEFAULT_MAX_SERVICES, 0);
-#[map(name = "PORTER_VIPS")]
-static VIPS: HashMap<VipKey, u32> = HashMap::pinned(limits::DEFAULT_MAX_SERVICES, 0);
-#[map(name = "PORTER_VIP_FILTER")]
-static VIP_FILTER: Array<u32> = Array::pinned(VIP_FILTER_SLOTS, 0);
-#[map(name = "PORTER_BACKENDS")]
-static BACKENDS: Array<BackendValue> = Array::pinned(limits::MAX_BACKENDS, 0);
-#[map(name = "PORTER_MAGLEV")]
-static MAGLEV: Array<u32> = Array::pinned(
-    limits::DEFAULT_MAX_SERVICES * 2 * limits::DEFAULT_MAGLEV_SIZE,
-    0,
-);
-#[map(name = "PORTER_CT")]
-static CONNTRACK: LruHashMap<FlowKey, CtValue> = LruHashMap::pinned(limits::CONNTRACK_ENTRIES, 0);
-#[map(name = "PORTER_BE_REVNAT")]
-static BACKEND_REVNAT: HashMap<BackendKey, RevNatValue> = HashMap::pinned(limits::MAX_BACKENDS, 0);
-#[map(name = "PORTER_REVNAT")]
-static REVNAT: LruHashMap<FlowKey, RevNatValue> = LruHashMap::pinned(limits::CONNTRACK_ENTRIES, 0);
-#[map(name = "PORTER_SVC_STATS")]
-static SERVICE_STATS: PerCpuArray<ServiceCounters> =
-    PerCpuArray::pinned(limits::DEFAULT_MAX_SERVICES, 0);
+// BTF-defined maps: `bpftool map dump` shows their field names. They carry
+// no pinning attribute; the agent pins each one by name in its versioned
+// directory (see `porter_common::map_names::ALL`).
+const MAX_SERVICES: usize = limits::DEFAULT_MAX_SERVICES as usize;
+const MAX_BACKENDS: usize = limits::MAX_BACKENDS as usize;
+const CONNTRACK_ENTRIES: usize = limits::CONNTRACK_ENTRIES as usize;
+
+#[btf_map(name = "PORTER_STATS")]
+static STATS: PerCpuArray<u64, { Stat::COUNT as usize }> = PerCpuArray::new();
+#[btf_map(name = "PORTER_SERVICES")]
+static SERVICES: HashMap<ServiceKey, ServiceValue, MAX_SERVICES> = HashMap::new();
+#[btf_map(name = "PORTER_VIPS")]
+static VIPS: HashMap<VipKey, u32, MAX_SERVICES> = HashMap::new();
+#[btf_map(name = "PORTER_VIP_FILTER")]
+static VIP_FILTER: Array<u32, { VIP_FILTER_SLOTS as usize }> = Array::new();
+#[btf_map(name = "PORTER_BACKENDS")]
+static BACKENDS: Array<BackendValue, MAX_BACKENDS> = Array::new();
+/// Userspace sizes it at load: two tables of M slots per service.
+#[btf_map(name = "PORTER_MAGLEV")]
+static MAGLEV: Array<u32, { MAX_SERVICES * 2 * limits::DEFAULT_MAGLEV_SIZE as usize }> =
+    Array::new();
+#[btf_map(name = "PORTER_CT")]
+static CONNTRACK: LruHashMap<FlowKey, CtValue, CONNTRACK_ENTRIES> = LruHashMap::new();
+#[btf_map(name = "PORTER_BE_REVNAT")]
+static BACKEND_REVNAT: HashMap<BackendKey, RevNatValue, MAX_BACKENDS> = HashMap::new();
+#[btf_map(name = "PORTER_REVNAT")]
+static REVNAT: LruHashMap<FlowKey, RevNatValue, CONNTRACK_ENTRIES> = LruHashMap::new();
+#[btf_map(name = "PORTER_SVC_STATS")]
+static SERVICE_STATS: PerCpuArray<ServiceCounters, MAX_SERVICES> = PerCpuArray::new();
 
 /// Conntrack and reverse-NAT entries are refreshed at most this often, so an
 /// established flow costs lookups, not writes.

@@ -5,7 +5,7 @@ use std::{
 
 use anyhow::{Context, Result, bail};
 use aya::{
-    Ebpf, EbpfLoader,
+    Ebpf,
     programs::{Xdp, XdpMode},
 };
 use porter_agent::{
@@ -190,7 +190,7 @@ impl PodLab {
         let bpffs = lab.bpffs()?;
         // A veth only takes frames sent back with XDP_TX (echo replies) when
         // its peer runs XDP too; a physical NIC needs nothing of the sort.
-        let client_xdp = attach_pass_xdp(&client, lab.bpffs()?)?;
+        let client_xdp = attach_pass_xdp(&client)?;
         let pods: [String; 2] = pods.try_into().map_err(|_| anyhow::anyhow!("two pods"))?;
         Ok(Self {
             _client_xdp: client_xdp,
@@ -284,13 +284,11 @@ impl PodLab {
     }
 }
 
-/// Puts Porter's pass-everything XDP program on `ns`'s eth0 (its maps pinned
-/// under `bpffs`, apart from any data plane's); detached when dropped.
-fn attach_pass_xdp(ns: &str, bpffs: PathBuf) -> Result<Ebpf> {
+/// Puts Porter's pass-everything XDP program on `ns`'s eth0 (with maps of
+/// its own, unpinned); detached when dropped.
+fn attach_pass_xdp(ns: &str) -> Result<Ebpf> {
     run_in(ns, move || {
-        let mut ebpf = EbpfLoader::new()
-            .default_map_pin_directory(&bpffs)
-            .load(EBPF_OBJECT)?;
+        let mut ebpf = Ebpf::load(EBPF_OBJECT)?;
         let program: &mut Xdp = ebpf
             .program_mut(program_names::XDP_EMPTY)
             .context("no empty XDP program")?

@@ -52,6 +52,7 @@ fn spec(vip: &str, port: u16, proto: Protocol, pods: &[&str], target: u16) -> Se
 /// UDP/53 → 5353, on a v4 and a v6 VIP, two pods each.
 struct Bench {
     _lab: Lab,
+    pins: PinLayout,
     dataplane: Dataplane,
 }
 
@@ -63,7 +64,8 @@ impl Bench {
             maglev_size: 251,
             max_services: 8,
         };
-        let mut dataplane = Dataplane::open(&PinLayout::new(&bpffs), config)?;
+        let pins = PinLayout::new(&bpffs);
+        let mut dataplane = Dataplane::open(&pins, config)?;
         dataplane.reconcile(&[
             spec(VIP4, 80, Protocol::Tcp, &PODS4, 8080),
             spec(VIP4, 53, Protocol::Udp, &PODS4, 5353),
@@ -72,6 +74,7 @@ impl Bench {
         ])?;
         Ok(Self {
             _lab: lab,
+            pins,
             dataplane,
         })
     }
@@ -483,6 +486,27 @@ fn replies_are_reverse_translated_by_tc() -> Result<()> {
         let reply = packets::build(pod, ip(CLIENT4), tcp(8080, sport), Vlan::None)?;
         let out = bench.run_tc(&reply)?;
         assert_revnat(&reply, &out, VIP4, port, "shared backend");
+    }
+    Ok(())
+}
+
+#[test]
+fn bpftool_shows_map_field_names() -> Result<()> {
+    if !privilege::can_run("bpftool_shows_map_field_names") {
+        return Ok(());
+    }
+    let bench = Bench::new("dpbtf")?;
+    for (map, field) in [
+        (porter_common::map_names::SERVICES, "table_base"),
+        (porter_common::map_names::BACKEND_REVNAT, "service_id"),
+    ] {
+        let path = bench.pins.map(map);
+        let dump = porter_tests::lab::run(
+            std::process::Command::new("bpftool")
+                .args(["map", "dump", "pinned"])
+                .arg(&path),
+        )?;
+        assert!(dump.contains(field), "{map} dump names its fields:\n{dump}");
     }
     Ok(())
 }
