@@ -145,6 +145,7 @@ impl Dataplane {
     /// Loads the programs with the maps pinned under `pins` (creating them
     /// the first time), and reads back what an earlier agent installed.
     pub fn open(pins: &PinLayout, config: DataplaneConfig) -> Result<Self, DataplaneError> {
+        maglev::validate_size(config.maglev_size, 1)?;
         let mut ebpf = xdp_attach::load_with(pins, |loader| {
             loader
                 .map_max_entries(map_names::MAGLEV, config.maglev_entries())

@@ -81,13 +81,7 @@ pub enum AttachError {
 }
 
 /// Loads the object, reusing maps already pinned under `pins` and pinning new
-/// ones with their compiled-in sizes.
-pub fn load(pins: &PinLayout) -> Result<Ebpf, AttachError> {
-    load_with(pins, |_| {})
-}
-
-/// Like [`load`], letting `configure` adjust the loader (e.g. map sizes)
-/// before maps are created.
+/// ones; `configure` adjusts the loader (e.g. map sizes) before maps are created.
 pub fn load_with(
     pins: &PinLayout,
     configure: impl FnOnce(&mut EbpfLoader<'_>),

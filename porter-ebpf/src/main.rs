@@ -8,6 +8,16 @@
 //!   traffic to a VIP port no service uses.
 //! - `porter_tc_revnat` (tc): rewrites replies from a backend back to `VIP:port`.
 //! - `porter_xdp_empty`: passes everything; the benchmark's baseline.
+//!
+//! Why translated packets are passed to the kernel rather than redirected to
+//! the pod's interface: the node's netfilter then sees both directions of
+//! every flow as client <-> pod, so the node's own rules keep working on
+//! service traffic (NetworkPolicy of iptables-based CNIs, conntrack-based
+//! INVALID drops, and a MASQUERADE rule for the pod subnet, which leaves the
+//! replies alone because the flow's first packet came from the client).
+//! Redirecting would skip the routing and netfilter cost, but the replies
+//! would then look like new pod-to-outside flows and be masqueraded, and
+//! veth targets only take redirected frames when the pod side runs XDP too.
 #![no_std]
 #![no_main]
 
