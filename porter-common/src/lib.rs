@@ -239,7 +239,8 @@ stats! {
     DropNoBackend = 9 => "drop_no_backend", "Dropped: the service has no local backend.";
     EchoReplied = 10 => "echo_replied", "ICMP echo to a service address answered in XDP.";
     RevNatApplied = 11 => "revnat_applied", "Replies rewritten back to the service address by tc.";
-    RevNatFailed = 12 => "revnat_failed", "Replies whose rewrite failed in tc (passed unchanged).";
+    RevNatFailed = 12 => "revnat_failed", "Replies whose rewrite failed in tc (dropped).";
+    DropRewriteFailed = 13 => "drop_rewrite_failed", "Dropped: a rewrite failed half-way (parsing rules this out; never forwarded half-rewritten).";
 }
 
 impl Stat {

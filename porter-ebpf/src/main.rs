@@ -25,7 +25,7 @@ mod csum;
 mod parse;
 
 use aya_ebpf::{
-    bindings::{BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR, TC_ACT_OK, xdp_action},
+    bindings::{BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR, TC_ACT_OK, TC_ACT_SHOT, xdp_action},
     btf_maps::{Array, HashMap, LruHashMap, PerCpuArray},
     helpers::bpf_ktime_get_ns,
     macros::{btf_map, classifier, xdp},
@@ -140,10 +140,14 @@ fn xdp_decide(ctx: &XdpContext) -> (u32, Stat) {
             // to the router until its TTL ran out.
             return (xdp_action::XDP_DROP, Stat::DropUnknownPort);
         }
+        let echo_request = if h.family == FAMILY_V4 { 8 } else { 128 };
+        if h.icmp_type != echo_request {
+            // Errors (e.g. fragmentation needed) and other ICMP pass untouched.
+            return (xdp_action::XDP_PASS, Stat::PassIcmp);
+        }
         return match echo_reply(data, data_end, &h) {
             Some(()) => (xdp_action::XDP_TX, Stat::EchoReplied),
-            // Errors (e.g. fragmentation needed) and other ICMP pass untouched.
-            None => (xdp_action::XDP_PASS, Stat::PassIcmp),
+            None => (xdp_action::XDP_DROP, Stat::DropRewriteFailed),
         };
     };
     // SAFETY: map values stay valid for the program's run (RCU).
@@ -170,7 +174,7 @@ fn xdp_decide(ctx: &XdpContext) -> (u32, Stat) {
     }
     if dnat(data, data_end, &h, &backend).is_none() {
         // Cannot happen after a successful parse; never forward half-rewritten.
-        return (xdp_action::XDP_DROP, Stat::PassTruncated);
+        return (xdp_action::XDP_DROP, Stat::DropRewriteFailed);
     }
     (xdp_action::XDP_PASS, Stat::Forwarded)
 }
@@ -309,18 +313,11 @@ fn dnat(data: usize, data_end: usize, h: &Headers, backend: &BackendValue) -> Op
     Some(())
 }
 
-/// Turns an echo request into its reply in place (for XDP_TX). None if the
-/// packet is not an echo request.
+/// Turns an echo request into its reply in place (for XDP_TX). None only
+/// if a write fails, which the parse's bounds checks rule out.
 #[inline(always)]
 fn echo_reply(data: usize, data_end: usize, h: &Headers) -> Option<()> {
-    let (request, reply) = if h.family == FAMILY_V4 {
-        (8u8, 0u8)
-    } else {
-        (128u8, 129u8)
-    };
-    if h.icmp_type != request {
-        return None;
-    }
+    let reply: u8 = if h.family == FAMILY_V4 { 0 } else { 129 };
     let macs: [u8; 12] = load(data, data_end, 0)?;
     let mut swapped = [0u8; 12];
     swapped[..6].copy_from_slice(&macs[6..]);
@@ -391,10 +388,16 @@ pub fn porter_tc_revnat(ctx: TcContext) -> i32 {
         }
     }
     match revnat_rewrite(&ctx, &h, &revnat) {
-        Ok(()) => count(Stat::RevNatApplied),
-        Err(_) => count(Stat::RevNatFailed),
+        Ok(()) => {
+            count(Stat::RevNatApplied);
+            TC_ACT_OK as i32
+        }
+        Err(_) => {
+            // Possibly half-rewritten: never let it out.
+            count(Stat::RevNatFailed);
+            TC_ACT_SHOT as i32
+        }
     }
-    TC_ACT_OK as i32
 }
 
 /// Uses the skb helpers, which know whether the L4 checksum is complete or
