@@ -4,7 +4,7 @@ use std::{path::PathBuf, time::Duration};
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use porter_agent::{
-    Dataplane, DataplaneConfig, PinLayout, stats,
+    Dataplane, DataplaneConfig, Forwarding, PinLayout, stats,
     xdp_attach::{self, XdpModePreference},
 };
 use tracing::{info, warn};
@@ -103,6 +103,7 @@ async fn run(args: RunArgs) -> Result<()> {
     let config = DataplaneConfig {
         maglev_size: args.maglev_size,
         max_services: args.max_services,
+        forwarding: Forwarding::Kernel,
     };
     let mut dataplane = Dataplane::open(&pins, config).context("loading the data plane")?;
     for interface in &args.interfaces {

@@ -25,16 +25,22 @@ mod csum;
 mod parse;
 
 use aya_ebpf::{
-    bindings::{BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR, TC_ACT_OK, TC_ACT_SHOT, xdp_action},
+    bindings::{
+        BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR, BPF_FIB_LKUP_RET_SUCCESS, TC_ACT_OK, TC_ACT_SHOT,
+        bpf_fib_lookup as FibParams, xdp_action,
+    },
     btf_maps::{Array, HashMap, LruHashMap, PerCpuArray},
-    helpers::bpf_ktime_get_ns,
+    helpers::{
+        bpf_ktime_get_ns,
+        generated::{bpf_fib_lookup, bpf_redirect},
+    },
     macros::{btf_map, classifier, xdp},
     programs::{TcContext, XdpContext},
 };
 use parse::{Headers, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP, load, store};
 use porter_common::{
     BACKEND_SHARED, BackendKey, BackendValue, CtValue, FAMILY_V4, FlowKey, RevNatValue,
-    ServiceCounters, ServiceKey, ServiceValue, Stat, VIP_FILTER_SLOTS, VipKey, limits,
+    ServiceCounters, ServiceKey, ServiceValue, Stat, VIP_FILTER_SLOTS, VipKey, config, limits,
     vip_filter_slot,
 };
 
@@ -45,6 +51,8 @@ const MAX_SERVICES: usize = limits::DEFAULT_MAX_SERVICES as usize;
 const MAX_BACKENDS: usize = limits::MAX_BACKENDS as usize;
 const CONNTRACK_ENTRIES: usize = limits::CONNTRACK_ENTRIES as usize;
 
+#[btf_map(name = "PORTER_CONFIG")]
+static CONFIG: Array<u32, { config::SLOTS as usize }> = Array::new();
 #[btf_map(name = "PORTER_STATS")]
 static STATS: PerCpuArray<u64, { Stat::COUNT as usize }> = PerCpuArray::new();
 #[btf_map(name = "PORTER_SERVICES")]
@@ -72,6 +80,8 @@ static SERVICE_STATS: PerCpuArray<ServiceCounters, MAX_SERVICES> = PerCpuArray::
 /// established flow costs lookups, not writes.
 const REFRESH_NS: u64 = 1_000_000_000;
 const TCP_CHECK_OFF: usize = 16;
+const AF_INET: u8 = 2;
+const AF_INET6: u8 = 10;
 const UDP_CHECK_OFF: usize = 6;
 
 #[inline(always)]
@@ -175,6 +185,13 @@ fn xdp_decide(ctx: &XdpContext) -> (u32, Stat) {
     if dnat(data, data_end, &h, &backend).is_none() {
         // Cannot happen after a successful parse; never forward half-rewritten.
         return (xdp_action::XDP_DROP, Stat::DropRewriteFailed);
+    }
+    if CONFIG
+        .get(config::FORWARD)
+        .is_some_and(|&mode| mode == config::FORWARD_REDIRECT)
+        && let Some(action) = redirect(ctx, data, data_end, &h, &backend)
+    {
+        return (action, Stat::Redirected);
     }
     (xdp_action::XDP_PASS, Stat::Forwarded)
 }
@@ -311,6 +328,53 @@ fn dnat(data: usize, data_end: usize, h: &Headers, backend: &BackendValue) -> Op
         store(data, data_end, check_off, check)?;
     }
     Some(())
+}
+
+/// Redirect mode: routes the translated packet in XDP (FIB lookup) and
+/// sends it out of the backend's interface. None (pass to the kernel) when
+/// the kernel must do it, e.g. while the pod's neighbour entry is missing.
+/// Unlike the kernel, it leaves the TTL alone: the mode exists to measure.
+#[inline(always)]
+fn redirect(
+    ctx: &XdpContext,
+    data: usize,
+    data_end: usize,
+    h: &Headers,
+    backend: &BackendValue,
+) -> Option<u32> {
+    // SAFETY: a plain C struct; all zeros is a valid request.
+    let mut fib: FibParams = unsafe { core::mem::zeroed() };
+    fib.l4_protocol = h.proto;
+    fib.sport = h.sport;
+    fib.dport = backend.port;
+    fib.ifindex = ctx.ingress_ifindex() as u32;
+    if h.family == FAMILY_V4 {
+        fib.family = AF_INET;
+        fib.__bindgen_anon_1.tot_len = u16::from_be(load(data, data_end, h.l3_off + 2)?);
+        fib.__bindgen_anon_3.ipv4_src = h.src[0];
+        fib.__bindgen_anon_4.ipv4_dst = backend.addr[0];
+    } else {
+        fib.family = AF_INET6;
+        fib.__bindgen_anon_1.tot_len = u16::from_be(load(data, data_end, h.l3_off + 4)?) + 40;
+        fib.__bindgen_anon_3.ipv6_src = h.src;
+        fib.__bindgen_anon_4.ipv6_dst = backend.addr;
+    }
+    // SAFETY: the helper reads and writes `fib`, which lives on our stack.
+    let rc = unsafe {
+        bpf_fib_lookup(
+            ctx.ctx.cast(),
+            &mut fib,
+            core::mem::size_of::<FibParams>() as i32,
+            0,
+        )
+    };
+    if rc != BPF_FIB_LKUP_RET_SUCCESS as i64 {
+        return None;
+    }
+    store(data, data_end, 0, fib.dmac)?;
+    store(data, data_end, 6, fib.smac)?;
+    // SAFETY: no memory effects beyond the redirect decision.
+    Some(unsafe { bpf_redirect(fib.ifindex, 0) } as u32)
 }
 
 /// Turns an echo request into its reply in place (for XDP_TX). None only

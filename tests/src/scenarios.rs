@@ -132,7 +132,7 @@ impl SingleNodeLab {
 /// otherwise hand over offloaded, unfinished ones).
 pub struct PodLab {
     /// Detached and stopped before the lab goes (fields drop in order).
-    _client_xdp: Ebpf,
+    pass_xdp: Vec<Ebpf>,
     _servers: Vec<NamedServer>,
     pub lab: Lab,
     pub client: String,
@@ -193,7 +193,7 @@ impl PodLab {
         let client_xdp = attach_pass_xdp(&client)?;
         let pods: [String; 2] = pods.try_into().map_err(|_| anyhow::anyhow!("two pods"))?;
         Ok(Self {
-            _client_xdp: client_xdp,
+            pass_xdp: vec![client_xdp],
             _servers: servers,
             lab,
             client,
@@ -201,6 +201,15 @@ impl PodLab {
             pods,
             bpffs,
         })
+    }
+
+    /// Runs a pass-everything XDP program on the pods' interfaces too, as
+    /// veth needs before it takes frames redirected from XDP.
+    pub fn enable_pod_xdp(&mut self) -> Result<()> {
+        for pod in &self.pods {
+            self.pass_xdp.push(attach_pass_xdp(pod)?);
+        }
+        Ok(())
     }
 
     /// What Calico's natOutgoing and flannel install: masquerade pod traffic

@@ -18,8 +18,8 @@ use std::{
 
 use anyhow::{Context, Result, bail};
 use aya::programs::{TestRun, TestRunOptions, Xdp};
-use porter_agent::{Dataplane, DataplaneConfig, PinLayout};
-use porter_common::program_names;
+use porter_agent::{Dataplane, DataplaneConfig, Forwarding, PinLayout};
+use porter_common::{Stat, program_names};
 use porter_tests::{
     lab::Lab,
     netns::{NamedClient, run_in},
@@ -167,17 +167,33 @@ fn pin_to_cpu(cpu: usize) -> Result<()> {
 const ROUNDS: usize = 5;
 
 fn throughput(duration: Duration) -> Result<()> {
-    let iptables_lab = PodLab::new("bipt")?;
+    let mut iptables_lab = PodLab::new("bipt")?;
     install_kube_proxy_like_dnat(&iptables_lab)?;
-    let porter_lab = PodLab::new("bxdp")?;
-    let mut dataplane = porter_lab.start_dataplane(DataplaneConfig::default())?;
-    dataplane.upsert_service(&PodLab::service(80, &[0, 1])?)?;
-    let (mut iptables, mut porter) = (Vec::new(), Vec::new());
+    let mut kernel_lab = PodLab::new("bxdp")?;
+    let mut redirect_lab = PodLab::new("bred")?;
+    // Equal footing: redirect needs XDP on the pods' veths, so all get it.
+    for lab in [&mut iptables_lab, &mut kernel_lab, &mut redirect_lab] {
+        lab.enable_pod_xdp()?;
+    }
+    let mut dataplanes = Vec::new();
+    for (lab, forwarding) in [
+        (&kernel_lab, Forwarding::Kernel),
+        (&redirect_lab, Forwarding::Redirect),
+    ] {
+        let mut dataplane = lab.start_dataplane(DataplaneConfig {
+            forwarding,
+            ..DataplaneConfig::default()
+        })?;
+        dataplane.upsert_service(&PodLab::service(80, &[0, 1])?)?;
+        dataplanes.push(dataplane);
+    }
+    let (mut iptables, mut kernel, mut redirect) = (Vec::new(), Vec::new(), Vec::new());
     for _ in 0..ROUNDS {
         iptables.push(connections_per_second(&iptables_lab, duration)?);
-        porter.push(connections_per_second(&porter_lab, duration)?);
+        kernel.push(connections_per_second(&kernel_lab, duration)?);
+        redirect.push(connections_per_second(&redirect_lab, duration)?);
     }
-    let (iptables, porter) = (median(iptables), median(porter));
+    let (iptables, kernel, redirect) = (median(iptables), median(kernel), median(redirect));
     emit(
         SUITE,
         "lab_tcp_connect_iptables",
@@ -189,15 +205,47 @@ fn throughput(duration: Duration) -> Result<()> {
         SUITE,
         "lab_tcp_connect_porter",
         "connections_per_s",
-        porter,
+        kernel,
         "1/s",
     );
     emit(
         SUITE,
         "lab_tcp_connect",
         "ratio_vs_iptables",
-        porter / iptables,
+        kernel / iptables,
         "ratio",
+    );
+    // The forwarding Porter does not use by default, measured for the choice.
+    emit(
+        SUITE,
+        "lab_tcp_connect_porter_redirect",
+        "connections_per_s",
+        redirect,
+        "1/s",
+    );
+    emit(
+        SUITE,
+        "lab_tcp_connect_redirect",
+        "ratio_vs_iptables",
+        redirect / iptables,
+        "ratio",
+    );
+    let redirected = dataplanes
+        .last()
+        .map(|dataplane| dataplane.global_counters())
+        .transpose()?
+        .and_then(|counters| {
+            counters
+                .into_iter()
+                .find_map(|(stat, value)| (stat == Stat::Redirected).then_some(value))
+        })
+        .unwrap_or(0);
+    emit(
+        SUITE,
+        "lab_tcp_connect_porter_redirect",
+        "packets_redirected",
+        redirected as f64,
+        "packets",
     );
     Ok(())
 }
