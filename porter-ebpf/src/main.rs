@@ -80,9 +80,9 @@ static SERVICE_STATS: PerCpuArray<ServiceCounters, MAX_SERVICES> = PerCpuArray::
 /// established flow costs lookups, not writes.
 const REFRESH_NS: u64 = 1_000_000_000;
 const TCP_CHECK_OFF: usize = 16;
+const UDP_CHECK_OFF: usize = 6;
 const AF_INET: u8 = 2;
 const AF_INET6: u8 = 10;
-const UDP_CHECK_OFF: usize = 6;
 
 #[inline(always)]
 fn count(stat: Stat) {
@@ -435,7 +435,7 @@ pub fn porter_tc_revnat(ctx: TcContext) -> i32 {
     };
     // SAFETY: copied out at once.
     let mut revnat = unsafe { *by_backend };
-    if revnat.flags & BACKEND_SHARED != 0 {
+    let by_flow = if revnat.flags & BACKEND_SHARED != 0 {
         let flow = FlowKey {
             src: h.src,
             dst: h.dst,
@@ -445,10 +445,34 @@ pub fn porter_tc_revnat(ctx: TcContext) -> i32 {
             family: h.family,
             _pad: [0; 2],
         };
-        // Flows from before the backend became shared have no entry; the
-        // backend's own value names the service it served first.
-        if let Some(by_flow) = REVNAT.get_ptr(&flow) {
-            revnat = unsafe { *by_flow };
+        REVNAT.get_ptr(&flow)
+    } else {
+        None
+    };
+    match by_flow {
+        // Recorded by XDP for exactly this flow.
+        Some(by_flow) => revnat = unsafe { *by_flow },
+        // Only replies of flows XDP translated: the pod may also be reached
+        // directly (routed pod networks), and those replies must keep its
+        // address. For a shared backend whose flow has no entry (it began
+        // before the backend was shared), the backend's value names the
+        // service it served first, and conntrack confirms it.
+        None => {
+            let forward = FlowKey {
+                src: h.dst,
+                dst: revnat.vip,
+                sport: h.dport,
+                dport: revnat.port,
+                proto: h.proto,
+                family: h.family,
+                _pad: [0; 2],
+            };
+            let translated = CONNTRACK
+                .get_ptr(&forward)
+                .is_some_and(|ct| unsafe { (*ct).service_id } == revnat.service_id);
+            if !translated {
+                return TC_ACT_OK as i32;
+            }
         }
     }
     match revnat_rewrite(&ctx, &h, &revnat) {

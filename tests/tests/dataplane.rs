@@ -91,6 +91,24 @@ impl Bench {
         test_run(program, packet)
     }
 
+    /// Sends a request of a new flow through XDP and returns the reply the
+    /// chosen pod would send.
+    fn reply_of_new_flow(
+        &mut self,
+        (client, client_port): (IpAddr, u16),
+        (vip, port, proto): (IpAddr, u16, Protocol),
+        target: u16,
+        vlan: Vlan,
+    ) -> Result<Vec<u8>> {
+        let (request, reply) = match proto {
+            Protocol::Tcp => (tcp(client_port, port), tcp(target, client_port)),
+            Protocol::Udp => (udp(client_port, port), udp(target, client_port)),
+        };
+        let (_, forwarded) = self.run(&packets::build(client, vip, request, vlan)?)?;
+        let pod = checked_summary(&forwarded)?.dst;
+        packets::build(pod, client, reply, vlan)
+    }
+
     /// Runs the tc reverse-NAT program on `packet` (as leaving the uplink).
     fn run_tc(&mut self, packet: &[u8]) -> Result<Vec<u8>> {
         let program: &mut SchedClassifier = self
@@ -440,19 +458,31 @@ fn replies_are_reverse_translated_by_tc() -> Result<()> {
     }
     let mut bench = Bench::new("dptc")?;
     let cases = [
-        ("v4 tcp", PODS4[0], CLIENT4, tcp(8080, 40000), VIP4, 80),
-        ("v4 udp", PODS4[1], CLIENT4, udp(5353, 40000), VIP4, 53),
-        ("v6 tcp", PODS6[0], CLIENT6, tcp(8080, 40000), VIP6, 80),
-        ("v6 udp", PODS6[1], CLIENT6, udp(5353, 40000), VIP6, 53),
+        ("v4 tcp", CLIENT4, VIP4, Protocol::Tcp, 80, 8080),
+        ("v4 udp", CLIENT4, VIP4, Protocol::Udp, 53, 5353),
+        ("v6 tcp", CLIENT6, VIP6, Protocol::Tcp, 80, 8080),
+        ("v6 udp", CLIENT6, VIP6, Protocol::Udp, 53, 5353),
     ];
-    for (case, pod, client, l4, vip, port) in cases {
+    let mut client_port = 42000;
+    for (case, client, vip, proto, port, target) in cases {
         for vlan in [Vlan::None, Vlan::Single] {
-            let reply = packets::build(ip(pod), ip(client), l4, vlan)?;
+            client_port += 1;
+            let reply = bench.reply_of_new_flow(
+                (ip(client), client_port),
+                (ip(vip), port, proto),
+                target,
+                vlan,
+            )?;
             let out = bench.run_tc(&reply)?;
             assert_revnat(&reply, &out, vip, port, case);
         }
     }
-    let mut no_checksum = packets::build(ip(PODS4[0]), ip(CLIENT4), udp(5353, 1), Vlan::None)?;
+    let mut no_checksum = bench.reply_of_new_flow(
+        (ip(CLIENT4), 1),
+        (ip(VIP4), 53, Protocol::Udp),
+        5353,
+        Vlan::None,
+    )?;
     no_checksum[14 + 20 + 6..14 + 20 + 8].copy_from_slice(&[0, 0]);
     let out = bench.run_tc(&no_checksum)?;
     assert_revnat(&no_checksum, &out, VIP4, 53, "v4 udp without checksum");
@@ -470,6 +500,10 @@ fn replies_are_reverse_translated_by_tc() -> Result<()> {
         (
             "udp source port of a tcp backend",
             packets::build(ip(PODS4[0]), ip(CLIENT4), udp(8080, 1), Vlan::None)?,
+        ),
+        (
+            "reply of a direct connection to the pod (no service flow)",
+            packets::build(ip(PODS4[0]), ip(CLIENT4), tcp(8080, 43999), Vlan::None)?,
         ),
     ] {
         assert_eq!(bench.run_tc(&packet)?, packet, "{case}: untouched");
