@@ -652,9 +652,9 @@ fn end_to_end(masquerade: bool, forwarding: Forwarding) -> Result<()> {
         forwarding,
     };
     let mut dataplane = lab.start_dataplane(config)?;
-    dataplane.upsert_service(&PodLab::service(80, &[0, 1])?)?;
+    dataplane.upsert_service(&PodLab::service(PodLab::EIP, 80, &[0, 1])?)?;
 
-    let answers = lab.spread(80, 200)?;
+    let answers = lab.spread(PodLab::EIP, 80, 200)?;
     let pod1 = answers.get("pod1").copied().unwrap_or(0);
     assert_eq!(
         answers.values().sum::<usize>(),
@@ -668,12 +668,12 @@ fn end_to_end(masquerade: bool, forwarding: Forwarding) -> Result<()> {
 
     // Hold a connection to pod2, then take pod1 away.
     let mut held = (0..50)
-        .map(|_| lab.connect(80))
+        .map(|_| lab.connect(PodLab::EIP, 80))
         .find(|client| client.as_ref().is_ok_and(|c| c.server == "pod2"))
         .context("no connection reached pod2 in 50 tries")??;
     assert_eq!(held.echo("before")?, "pod2:before");
-    dataplane.upsert_service(&PodLab::service(80, &[1])?)?;
-    let answers = lab.spread(80, 20)?;
+    dataplane.upsert_service(&PodLab::service(PodLab::EIP, 80, &[1])?)?;
+    let answers = lab.spread(PodLab::EIP, 80, 20)?;
     assert_eq!(
         answers.get("pod2"),
         Some(&20),
@@ -689,29 +689,43 @@ fn end_to_end(masquerade: bool, forwarding: Forwarding) -> Result<()> {
     // adopts the pinned links; conntrack (and the open connection) carry over.
     drop(dataplane);
     let mut dataplane = lab.start_dataplane(config)?;
-    assert_eq!(dataplane.services(), vec![PodLab::service(80, &[1])?]);
+    assert_eq!(
+        dataplane.services(),
+        vec![PodLab::service(PodLab::EIP, 80, &[1])?]
+    );
     assert_eq!(held.echo("restarted")?, "pod2:restarted");
-    dataplane.reconcile(&[PodLab::service(80, &[0, 1])?])?;
-    let answers = lab.spread(80, 40)?;
+    dataplane.reconcile(&[PodLab::service(PodLab::EIP, 80, &[0, 1])?])?;
+    let answers = lab.spread(PodLab::EIP, 80, 40)?;
     assert!(
         answers.get("pod1").is_some_and(|&n| n > 0),
         "pod1 is back: {answers:?}"
     );
 
-    // Ping to the EIP is answered by XDP.
-    let echoes = stat(&dataplane, Stat::EchoReplied)?;
-    lab.lab.exec(
-        &lab.client,
-        &["ping", "-c", "3", "-i", "0.2", "-W", "1", PodLab::EIP],
-    )?;
+    // The same over IPv6: an IPv6 EIP onto the pods' IPv6 addresses.
+    dataplane.upsert_service(&PodLab::service(PodLab::EIP6, 80, &[0, 1])?)?;
+    let answers = lab.spread(PodLab::EIP6, 80, 100)?;
+    let pod1 = answers.get("pod1").copied().unwrap_or(0);
     assert!(
-        stat(&dataplane, Stat::EchoReplied)? >= echoes + 3,
-        "echo answered in XDP"
+        (35..=65).contains(&pod1) && answers.values().sum::<usize>() == 100,
+        "100 IPv6 connections split 35-65% between the pods: {answers:?}"
     );
+
+    // Ping to either EIP is answered by XDP.
+    for eip in [PodLab::EIP, PodLab::EIP6] {
+        let echoes = stat(&dataplane, Stat::EchoReplied)?;
+        lab.lab.exec(
+            &lab.client,
+            &["ping", "-c", "3", "-i", "0.2", "-W", "1", eip],
+        )?;
+        assert!(
+            stat(&dataplane, Stat::EchoReplied)? >= echoes + 3,
+            "echo to {eip} answered in XDP"
+        );
+    }
 
     // An unknown port on the EIP: dropped and counted, so no answer at all.
     let drops = stat(&dataplane, Stat::DropUnknownPort)?;
-    let unknown = lab.connect(81);
+    let unknown = lab.connect(PodLab::EIP, 81);
     assert!(unknown.is_err(), "nothing answers on an unknown port");
     assert!(
         stat(&dataplane, Stat::DropUnknownPort)? > drops,

@@ -51,7 +51,7 @@ fn per_packet() -> Result<()> {
     let mut lab = Lab::new("bench")?;
     let bpffs = lab.bpffs()?;
     let mut dataplane = Dataplane::open(&PinLayout::new(&bpffs), DataplaneConfig::default())?;
-    dataplane.reconcile(&[PodLab::service(80, &[0, 1])?, udp_service()?])?;
+    dataplane.reconcile(&[PodLab::service(PodLab::EIP, 80, &[0, 1])?, udp_service()?])?;
     // Load the empty program too; the data plane only loads what it runs.
     let empty: &mut Xdp = dataplane
         .ebpf_mut()
@@ -122,7 +122,7 @@ fn per_packet() -> Result<()> {
 }
 
 fn udp_service() -> Result<porter_agent::ServiceSpec> {
-    let mut service = PodLab::service(53, &[0, 1])?;
+    let mut service = PodLab::service(PodLab::EIP, 53, &[0, 1])?;
     service.addr.proto = porter_agent::Protocol::Udp;
     Ok(service)
 }
@@ -184,7 +184,7 @@ fn throughput(duration: Duration) -> Result<()> {
             forwarding,
             ..DataplaneConfig::default()
         })?;
-        dataplane.upsert_service(&PodLab::service(80, &[0, 1])?)?;
+        dataplane.upsert_service(&PodLab::service(PodLab::EIP, 80, &[0, 1])?)?;
         dataplanes.push(dataplane);
     }
     let (mut iptables, mut kernel, mut redirect) = (Vec::new(), Vec::new(), Vec::new());
