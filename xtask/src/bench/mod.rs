@@ -11,8 +11,8 @@ pub struct BenchArgs {
     /// Which suite to run.
     #[arg(value_enum)]
     pub suite: Suite,
-    /// Seconds per throughput measurement (lab suites).
-    #[arg(long, default_value_t = 3)]
+    /// Seconds per throughput measurement (lab suites; each side is measured 5 times).
+    #[arg(long, default_value_t = 2)]
     pub seconds: u64,
 }
 
