@@ -1,4 +1,5 @@
 //! `cargo xtask <task>`: the project's build, test and demo entry points.
+mod bench;
 mod cmd;
 mod demo;
 mod ebpf;
@@ -31,6 +32,8 @@ enum Task {
     Setup,
     /// Regenerate deploy/crds/*.yaml from porter-api's CRD types.
     GenCrds,
+    /// Run a benchmark suite (`controller`) and print JSON lines.
+    Bench(bench::BenchArgs),
 }
 
 fn main() -> Result<()> {
@@ -44,5 +47,6 @@ fn main() -> Result<()> {
         Task::Demo(args) => demo::run(&args),
         Task::Setup => setup::ensure_all(),
         Task::GenCrds => gen_crds::run(),
+        Task::Bench(args) => bench::run(&args),
     }
 }
