@@ -20,10 +20,10 @@ use tokio_util::codec::Framed;
 use tracing::{debug, info, warn};
 
 use crate::{
-    Family, PeerConfig, PeerStatus, Routes, SessionState,
+    Family, PeerConfig, PeerStatus, SessionState,
     codec::{DecodeError, WireCodec},
     fsm::{Action, Event, Fsm, FsmConfig, Negotiated, Timer},
-    rib::{self, AdjRibOut, FamilyPolicy, SendPolicy},
+    rib::{self, AdjRibOut, FamilyPolicy, SendPolicy, SharedPaths},
     socket::{self, ConnectOptions},
 };
 
@@ -53,7 +53,7 @@ pub struct Session {
     timers: HashMap<Timer, Instant>,
     rib: AdjRibOut,
     policy: Option<SendPolicy>,
-    routes: watch::Receiver<Arc<Routes>>,
+    routes: watch::Receiver<Arc<SharedPaths>>,
     status: Arc<Mutex<SharedStatus>>,
     established_at: Option<Instant>,
     /// A write failed or stalled; the FSM hears of it as a lost connection.
@@ -108,7 +108,7 @@ impl Session {
     pub fn new(
         peer: PeerConfig,
         fsm_config: FsmConfig,
-        routes: watch::Receiver<Arc<Routes>>,
+        routes: watch::Receiver<Arc<SharedPaths>>,
         status: Arc<Mutex<SharedStatus>>,
     ) -> Self {
         let local_as = fsm_config.local_as;
@@ -378,6 +378,8 @@ impl Session {
             }
         }
         self.policy = Some(SendPolicy {
+            peer: self.peer.address,
+            peer_policy: self.peer.policy.clone(),
             local_as: self.local_as,
             ebgp: self.peer.remote_as != self.local_as,
             asn4: negotiated.asn4,
