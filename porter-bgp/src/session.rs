@@ -20,7 +20,7 @@ use tokio_util::codec::Framed;
 use tracing::{debug, info, warn};
 
 use crate::{
-    Family, PeerConfig, PeerStatus, SessionState,
+    Family, PeerConfig, PeerPolicy, PeerStatus, SessionState,
     codec::{DecodeError, WireCodec},
     fsm::{Action, Event, Fsm, FsmConfig, Negotiated, Timer},
     rib::{self, AdjRibOut, FamilyPolicy, SendPolicy, SharedPaths},
@@ -32,12 +32,16 @@ pub enum Command {
     Incoming(TcpStream),
     /// End the session (with a NOTIFICATION, or silently for graceful restart).
     Stop(Option<BgpNotificationMessage>),
+    /// The peer's outbound policy changed: re-shape and send what differs,
+    /// without resetting the session.
+    SetPolicy(PeerPolicy),
 }
 
 enum Wake {
     Event(Event),
     Incoming(TcpStream),
     RoutesChanged,
+    PolicyChanged(PeerPolicy),
     Stop(Option<BgpNotificationMessage>),
 }
 
@@ -164,6 +168,15 @@ impl Session {
                     self.sync_routes().await;
                     continue;
                 }
+                Wake::PolicyChanged(policy) => {
+                    info!(peer = %self.peer.address, ?policy, "outbound policy changed");
+                    if let Some(send) = self.policy.as_mut() {
+                        send.peer_policy = policy.clone();
+                    }
+                    self.peer.policy = policy;
+                    self.sync_routes().await;
+                    continue;
+                }
                 Wake::Stop(notification) => {
                     self.dispatch(Event::Stop(notification)).await;
                     return;
@@ -187,6 +200,7 @@ impl Session {
             command = commands.recv() => match command {
                 Some(Command::Incoming(stream)) => Wake::Incoming(stream),
                 Some(Command::Stop(notification)) => Wake::Stop(notification),
+                Some(Command::SetPolicy(policy)) => Wake::PolicyChanged(policy),
                 None => Wake::Stop(None),
             },
             Some(result) = async { match connecting.as_mut() { Some(c) => Some(c.await), None => None } }, if connecting.is_some() => {

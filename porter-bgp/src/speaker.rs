@@ -78,11 +78,27 @@ impl Speaker {
     }
 
     /// Adds a peer, or changes one (restarting only that peer's session).
-    /// An unchanged configuration leaves the session alone.
+    /// An unchanged configuration leaves the session alone; a change of
+    /// [`PeerConfig::policy`] alone re-sends the affected paths without a
+    /// restart.
     pub async fn upsert_peer(&self, peer: PeerConfig) {
         let mut peers = self.inner.peers.lock().await;
-        if let Some(existing) = peers.get(&peer.address) {
+        if let Some(existing) = peers.get_mut(&peer.address) {
             if existing.config == peer {
+                return;
+            }
+            let only_policy = PeerConfig {
+                policy: peer.policy.clone(),
+                ..existing.config.clone()
+            } == peer;
+            if only_policy
+                && existing
+                    .commands
+                    .send(Command::SetPolicy(peer.policy.clone()))
+                    .await
+                    .is_ok()
+            {
+                existing.config = peer;
                 return;
             }
             info!(peer = %peer.address, "peer configuration changed; restarting its session");

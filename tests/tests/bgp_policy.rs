@@ -1,0 +1,376 @@
+//! BGP policy against real daemons: FRR and BIRD receive the communities,
+//! large communities and LOCAL_PREF Porter's speaker attaches (iBGP, where
+//! LOCAL_PREF applies), and see changes to them; FRR turns the link bandwidth
+//! extended community into weighted ECMP in the kernel, in the transitive and
+//! the non-transitive form, over eBGP.
+use std::{
+    collections::BTreeMap,
+    net::{IpAddr, Ipv4Addr},
+    time::Duration,
+};
+
+use anyhow::{Context, Result, ensure};
+use porter_bgp::{
+    Family, LinkBandwidth, LinkBandwidthPolicy, PathAttributes, PathTable, PeerConfig, PeerPolicy,
+    SpeakerConfig,
+};
+use porter_tests::{
+    lab::wait_for,
+    privilege,
+    routers::{BgpLab, Daemon, LabSpeaker, Neighbor, ROUTER_V4, Router, RouterConfig, SPEAKER_V4},
+};
+use serde_json::Value;
+
+const SETTLE: Duration = Duration::from_secs(30);
+const PREFIX: &str = "192.0.2.10/32";
+const NODE_A: &str = "172.30.0.11";
+const NODE_B: &str = "172.30.0.12";
+const SPEAKER_AS: u32 = 65000;
+const ROUTER_AS: u32 = 65001;
+
+fn ip(text: &str) -> IpAddr {
+    text.parse().unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED))
+}
+
+/// `asn:value` as an RFC 1997 community.
+fn community(asn: u16, value: u16) -> u32 {
+    (u32::from(asn) << 16) | u32::from(value)
+}
+
+/// One prefix through `NODE_A` and `NODE_B`, each with its own attributes.
+fn two_paths(a: PathAttributes, b: PathAttributes) -> Result<PathTable> {
+    Ok(BTreeMap::from([(
+        PREFIX.parse()?,
+        BTreeMap::from([(ip(NODE_A), a), (ip(NODE_B), b)]),
+    )]))
+}
+
+fn speaker(lab: &BgpLab, remote_as: u32) -> Result<LabSpeaker> {
+    let speaker = LabSpeaker::start(
+        &lab.speaker_ns,
+        SpeakerConfig {
+            local_as: SPEAKER_AS,
+            router_id: SPEAKER_V4.parse()?,
+            listen: None,
+            graceful_restart: None,
+        },
+    )?;
+    let mut peer = PeerConfig::new(ROUTER_V4.parse()?, remote_as);
+    peer.connect_retry = Duration::from_millis(500);
+    peer.hold_time = 9;
+    peer.families = vec![Family::Ipv4Unicast];
+    speaker.upsert_peer(peer)?;
+    Ok(speaker)
+}
+
+/// A router in the lab's router namespace peering with the speaker in
+/// `router_as` (the speaker's AS makes it iBGP).
+fn router(lab: &mut BgpLab, daemon: Daemon, router_as: u32) -> Result<Router> {
+    let ns = lab.router_ns.clone();
+    Router::start(
+        &mut lab.lab,
+        &ns,
+        RouterConfig {
+            daemon,
+            router_id: ROUTER_V4.into(),
+            local_address: ROUTER_V4.parse()?,
+            local_as: router_as,
+            neighbors: vec![Neighbor::new(SPEAKER_V4.parse()?, SPEAKER_AS)],
+            graceful_restart: false,
+            passive: false,
+        },
+    )
+}
+
+/// What a router shows of one path's policy attributes, normalised across daemons.
+#[derive(Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord)]
+struct Seen {
+    next_hop: String,
+    local_pref: Option<u64>,
+    /// `asn:value`, in the router's order.
+    communities: Vec<String>,
+    /// `global:local1:local2`.
+    large_communities: Vec<String>,
+}
+
+fn frr_seen(router: &Router, lab: &BgpLab) -> Result<Vec<Seen>> {
+    let json = router.frr_route_json(&lab.lab, PREFIX)?;
+    let words = |value: &Value, key: &str| -> Vec<String> {
+        value
+            .get(key)
+            .and_then(|list| list.get("string"))
+            .and_then(Value::as_str)
+            .map(|text| text.split_whitespace().map(str::to_owned).collect())
+            .unwrap_or_default()
+    };
+    let mut seen: Vec<Seen> = json
+        .get("paths")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .map(|path| Seen {
+            next_hop: path
+                .pointer("/nexthops/0/ip")
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_owned(),
+            local_pref: path.get("locPrf").and_then(Value::as_u64),
+            communities: words(path, "community"),
+            large_communities: words(path, "largeCommunity"),
+        })
+        .collect();
+    seen.sort();
+    Ok(seen)
+}
+
+/// Parses BIRD's `show route ... all`: each path starts with a line holding
+/// `via <next hop>`, followed by its `BGP.*` attribute lines.
+fn bird_seen(router: &Router, lab: &BgpLab) -> Result<Vec<Seen>> {
+    let text = router.bird_route_all(&lab.lab, PREFIX)?;
+    let mut seen = Vec::new();
+    for line in text.lines() {
+        let words: Vec<&str> = line.split_whitespace().collect();
+        if let Some(at) = words.iter().position(|word| *word == "via") {
+            seen.push(Seen {
+                next_hop: words.get(at + 1).copied().unwrap_or_default().to_owned(),
+                ..Seen::default()
+            });
+            continue;
+        }
+        let Some(current) = seen.last_mut() else {
+            continue;
+        };
+        let Some((key, value)) = line.trim().split_once(':') else {
+            continue;
+        };
+        // (65000,100) (65000,200)  and  (65000, 1, 2)
+        let tuples = |value: &str| -> Vec<String> {
+            value
+                .split(')')
+                .map(|part| part.trim().trim_start_matches('(').replace([' '], ""))
+                .filter(|part| !part.is_empty())
+                .map(|part| part.replace(',', ":"))
+                .collect()
+        };
+        match key.trim() {
+            "BGP.local_pref" => current.local_pref = value.trim().parse().ok(),
+            "BGP.community" => current.communities = tuples(value),
+            "BGP.large_community" => current.large_communities = tuples(value),
+            _ => {}
+        }
+    }
+    seen.sort();
+    Ok(seen)
+}
+
+fn seen(router: &Router, lab: &BgpLab) -> Result<Vec<Seen>> {
+    match router.config.daemon {
+        Daemon::Frr => frr_seen(router, lab),
+        Daemon::Bird => bird_seen(router, lab),
+        Daemon::Gobgp => anyhow::bail!("not checked with GoBGP"),
+    }
+}
+
+fn expect(
+    next_hop: &str,
+    local_pref: u64,
+    communities: &[&str],
+    large_communities: &[&str],
+) -> Seen {
+    Seen {
+        next_hop: next_hop.into(),
+        local_pref: Some(local_pref),
+        communities: communities.iter().map(|c| (*c).to_owned()).collect(),
+        large_communities: large_communities.iter().map(|c| (*c).to_owned()).collect(),
+    }
+}
+
+fn wait_seen(router: &Router, lab: &BgpLab, expected: &[Seen]) -> Result<()> {
+    let mut last = Vec::new();
+    wait_for("the router to hold the expected paths", SETTLE, || {
+        last = seen(router, lab)?;
+        Ok((last == expected).then_some(()))
+    })
+    .with_context(|| {
+        format!(
+            "expected {expected:#?}\nthe router holds {last:#?}\n{}",
+            router.describe(&lab.lab)
+        )
+    })
+}
+
+/// Communities, large communities and LOCAL_PREF reach the router over
+/// iBGP, per path; changing them replaces the paths there.
+fn policy_attributes_reach(daemon: Daemon) -> Result<()> {
+    let mut lab = BgpLab::new(&format!("pol{:?}", daemon).to_lowercase())?;
+    let router = router(&mut lab, daemon, SPEAKER_AS)?;
+    let speaker = speaker(&lab, SPEAKER_AS)?;
+    speaker.wait_established(&lab.lab, &router, SETTLE)?;
+
+    let pool = PathAttributes {
+        communities: vec![community(65000, 200), community(65000, 100)],
+        large_communities: vec![(65000, 1, 2)],
+        local_pref: Some(250),
+        ..PathAttributes::default()
+    };
+    let plain = PathAttributes::default();
+    speaker.set_paths(two_paths(pool.clone(), plain)?)?;
+    wait_seen(
+        &router,
+        &lab,
+        &[
+            expect(NODE_A, 250, &["65000:100", "65000:200"], &["65000:1:2"]),
+            expect(NODE_B, 100, &[], &[]),
+        ],
+    )?;
+
+    // A Service annotation adds a community, the pool changes its preference.
+    let changed = PathAttributes {
+        communities: vec![community(65000, 300)],
+        large_communities: vec![(4_200_000_000, 7, 8)],
+        local_pref: Some(150),
+        ..PathAttributes::default()
+    };
+    speaker.set_paths(two_paths(changed.clone(), changed)?)?;
+    wait_seen(
+        &router,
+        &lab,
+        &[
+            expect(NODE_A, 150, &["65000:300"], &["4200000000:7:8"]),
+            expect(NODE_B, 150, &["65000:300"], &["4200000000:7:8"]),
+        ],
+    )
+}
+
+#[test]
+fn frr_receives_communities_and_local_pref() -> Result<()> {
+    if !privilege::can_run("frr_receives_communities_and_local_pref") {
+        return Ok(());
+    }
+    policy_attributes_reach(Daemon::Frr)
+}
+
+#[test]
+fn bird_receives_communities_and_local_pref() -> Result<()> {
+    if !privilege::can_run("bird_receives_communities_and_local_pref") {
+        return Ok(());
+    }
+    policy_attributes_reach(Daemon::Bird)
+}
+
+/// The kernel weights of `PREFIX`'s next hops on the router, `NODE_A` first.
+fn weights(router: &Router, lab: &BgpLab) -> Result<(u32, u32)> {
+    let weights = router.route_weights(&lab.lab, PREFIX)?;
+    match (
+        weights.get(&ip(NODE_A)),
+        weights.get(&ip(NODE_B)),
+        weights.len(),
+    ) {
+        (Some(a), Some(b), 2) => Ok((*a, *b)),
+        _ => anyhow::bail!("not an ECMP route over both nodes: {weights:?}"),
+    }
+}
+
+/// Waits until the kernel weights satisfy `ok`.
+fn wait_weights(
+    router: &Router,
+    lab: &BgpLab,
+    what: &str,
+    ok: impl Fn(u32, u32) -> bool,
+) -> Result<()> {
+    wait_for(what, SETTLE, || {
+        let (a, b) = weights(router, lab)?;
+        Ok(ok(a, b).then_some(()))
+    })
+    .with_context(|| {
+        format!(
+            "kernel: {:?}\nFRR: {:#}\n{}",
+            router.route_weights(&lab.lab, PREFIX),
+            router.frr_route_json(&lab.lab, PREFIX).unwrap_or_default(),
+            router.describe(&lab.lab)
+        )
+    })
+}
+
+/// The link bandwidth FRR shows on each path, e.g. `LB:65000:125000000 (1.000 Gbps)`.
+fn frr_link_bandwidths(router: &Router, lab: &BgpLab) -> Result<Vec<String>> {
+    let json = router.frr_route_json(&lab.lab, PREFIX)?;
+    Ok(json
+        .get("paths")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(|path| path.pointer("/extendedCommunity/string"))
+        .filter_map(Value::as_str)
+        .map(str::to_owned)
+        .collect())
+}
+
+/// Two next hops with link bandwidth 1:3 over eBGP: FRR installs a weighted
+/// ECMP route whose kernel weights are in the same proportion; a change of
+/// endpoint counts moves the weights; switching link bandwidth off for the
+/// peer (without a session reset) gives plain ECMP.
+fn weighted_ecmp(transitive: bool) -> Result<()> {
+    let tag = if transitive { "lbt" } else { "lbn" };
+    let mut lab = BgpLab::new(tag)?;
+    let router = router(&mut lab, Daemon::Frr, ROUTER_AS)?;
+    let speaker = speaker(&lab, ROUTER_AS)?;
+    speaker.wait_established(&lab.lab, &router, SETTLE)?;
+    let with_endpoints = |endpoints| PathAttributes {
+        link_bandwidth: Some(LinkBandwidth::for_endpoints(endpoints, transitive)),
+        ..PathAttributes::default()
+    };
+
+    speaker.set_paths(two_paths(with_endpoints(1), with_endpoints(3))?)?;
+    wait_weights(&router, &lab, "weights 1:3", |a, b| a * 3 == b)?;
+    let mut shown = frr_link_bandwidths(&router, &lab)?;
+    shown.sort();
+    ensure!(
+        shown
+            == [
+                "LB:65000:125000000 (1.000 Gbps)",
+                "LB:65000:375000000 (3.000 Gbps)"
+            ],
+        "FRR shows the link bandwidths {shown:?}"
+    );
+
+    speaker.set_paths(two_paths(with_endpoints(3), with_endpoints(1))?)?;
+    wait_weights(&router, &lab, "weights 3:1", |a, b| a == b * 3)?;
+
+    let mut peer = PeerConfig::new(ROUTER_V4.parse()?, ROUTER_AS);
+    peer.connect_retry = Duration::from_millis(500);
+    peer.hold_time = 9;
+    peer.families = vec![Family::Ipv4Unicast];
+    peer.policy = PeerPolicy {
+        link_bandwidth: LinkBandwidthPolicy::Off,
+        ..PeerPolicy::default()
+    };
+    speaker.upsert_peer(peer)?;
+    wait_weights(&router, &lab, "equal weights", |a, b| a == b)?;
+    ensure!(
+        frr_link_bandwidths(&router, &lab)?.is_empty(),
+        "no link bandwidth left at the router"
+    );
+    let established = speaker.status()?.first().map(|s| s.established_count);
+    ensure!(
+        established == Some(1),
+        "a policy change re-sends paths without resetting the session: {established:?}"
+    );
+    Ok(())
+}
+
+#[test]
+fn frr_weighted_ecmp_from_transitive_link_bandwidth() -> Result<()> {
+    if !privilege::can_run("frr_weighted_ecmp_from_transitive_link_bandwidth") {
+        return Ok(());
+    }
+    weighted_ecmp(true)
+}
+
+#[test]
+fn frr_weighted_ecmp_from_non_transitive_link_bandwidth() -> Result<()> {
+    if !privilege::can_run("frr_weighted_ecmp_from_non_transitive_link_bandwidth") {
+        return Ok(());
+    }
+    weighted_ecmp(false)
+}
