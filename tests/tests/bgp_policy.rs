@@ -2,7 +2,9 @@
 //! large communities and LOCAL_PREF Porter's speaker attaches (iBGP, where
 //! LOCAL_PREF applies), and see changes to them; FRR turns the link bandwidth
 //! extended community into weighted ECMP in the kernel, in the transitive and
-//! the non-transitive form, over eBGP.
+//! the non-transitive form, over eBGP, with its stock configuration (what
+//! `bgp bestpath bandwidth` changes is checked too). docs/bgp-policy.md
+//! summarises what these tests found.
 use std::{
     collections::BTreeMap,
     net::{IpAddr, Ipv4Addr},
@@ -308,8 +310,10 @@ fn frr_link_bandwidths(router: &Router, lab: &BgpLab) -> Result<Vec<String>> {
 
 /// Two next hops with link bandwidth 1:3 over eBGP: FRR installs a weighted
 /// ECMP route whose kernel weights are in the same proportion; a change of
-/// endpoint counts moves the weights; switching link bandwidth off for the
-/// peer (without a session reset) gives plain ECMP.
+/// endpoint counts moves the weights; a path without link bandwidth makes
+/// FRR fall back to plain ECMP unless `bgp bestpath bandwidth` says
+/// otherwise; switching link bandwidth off for the peer (without a session
+/// reset) gives plain ECMP.
 fn weighted_ecmp(transitive: bool) -> Result<()> {
     let tag = if transitive { "lbt" } else { "lbn" };
     let mut lab = BgpLab::new(tag)?;
@@ -334,6 +338,29 @@ fn weighted_ecmp(transitive: bool) -> Result<()> {
         "FRR shows the link bandwidths {shown:?}"
     );
 
+    speaker.set_paths(two_paths(with_endpoints(3), with_endpoints(1))?)?;
+    wait_weights(&router, &lab, "weights 3:1", |a, b| a == b * 3)?;
+
+    // A node without link bandwidth (e.g. switched off there during a
+    // rollout): FRR's default is plain ECMP over all paths.
+    let plain = PathAttributes::default();
+    speaker.set_paths(two_paths(with_endpoints(3), plain.clone())?)?;
+    wait_weights(&router, &lab, "equal weights", |a, b| a == b)?;
+    // `bgp bestpath bandwidth skip-missing`: only paths with link bandwidth.
+    router.frr_configure(&lab.lab, &["bgp bestpath bandwidth skip-missing"])?;
+    wait_for("a route through NODE_A only", SETTLE, || {
+        let weights = router.route_weights(&lab.lab, PREFIX)?;
+        Ok((weights.keys().copied().collect::<Vec<_>>() == [ip(NODE_A)]).then_some(()))
+    })?;
+    // `default-weight-for-missing`: paths without it get the least weight.
+    router.frr_configure(
+        &lab.lab,
+        &["bgp bestpath bandwidth default-weight-for-missing"],
+    )?;
+    wait_weights(&router, &lab, "weight 1 for the path without", |a, b| {
+        b == 1 && a > b
+    })?;
+    router.frr_configure(&lab.lab, &["no bgp bestpath bandwidth"])?;
     speaker.set_paths(two_paths(with_endpoints(3), with_endpoints(1))?)?;
     wait_weights(&router, &lab, "weights 3:1", |a, b| a == b * 3)?;
 
