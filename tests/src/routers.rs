@@ -75,6 +75,18 @@ impl Router {
     /// Writes the config and starts the daemon inside `ns`.
     pub fn start(lab: &mut Lab, ns: &str, config: RouterConfig) -> Result<Router> {
         let name = format!("{:?}", config.daemon).to_lowercase();
+        Self::start_named(lab, ns, &name, config)
+    }
+
+    /// Like [`Router::start`], under `name`, so that a lab can run two
+    /// routers of the same daemon (a leaf and a spine).
+    pub fn start_named(
+        lab: &mut Lab,
+        ns: &str,
+        name: &str,
+        config: RouterConfig,
+    ) -> Result<Router> {
+        let name = name.to_owned();
         let dir = lab.run_dir().join(&name);
         std::fs::create_dir_all(&dir)?;
         let router = Router {

@@ -3,7 +3,8 @@
 //! LOCAL_PREF applies), and see changes to them; FRR turns the link bandwidth
 //! extended community into weighted ECMP in the kernel, in the transitive and
 //! the non-transitive form, over eBGP, with its stock configuration (what
-//! `bgp bestpath bandwidth` changes is checked too). docs/bgp-policy.md
+//! `bgp bestpath bandwidth` changes is checked too), and what an FRR leaf
+//! passes on to its spine. docs/bgp-policy.md
 //! summarises what these tests found.
 use std::{
     collections::BTreeMap,
@@ -400,4 +401,84 @@ fn frr_weighted_ecmp_from_non_transitive_link_bandwidth() -> Result<()> {
         return Ok(());
     }
     weighted_ecmp(false)
+}
+
+/// What a spine learns from the leaf: FRR passes a link bandwidth received
+/// over eBGP on to another eBGP peer or not, depending on the form.
+fn spine_sees(transitive: bool) -> Result<Vec<String>> {
+    let mut lab = BgpLab::new(if transitive { "spt" } else { "spn" })?;
+    let spine_ns = lab.lab.netns("s")?;
+    lab.lab
+        .veth((&lab.router_ns, "eth1"), (&spine_ns, "eth0"))?;
+    lab.lab.addr(&lab.router_ns, "eth1", "172.30.1.1/24")?;
+    lab.lab.addr(&spine_ns, "eth0", "172.30.1.2/24")?;
+    let ns = lab.router_ns.clone();
+    let leaf = Router::start_named(
+        &mut lab.lab,
+        &ns,
+        "leaf",
+        RouterConfig {
+            daemon: Daemon::Frr,
+            router_id: ROUTER_V4.into(),
+            local_address: ROUTER_V4.parse()?,
+            local_as: ROUTER_AS,
+            neighbors: vec![
+                Neighbor::new(SPEAKER_V4.parse()?, SPEAKER_AS),
+                Neighbor::new("172.30.1.2".parse()?, 65002),
+            ],
+            graceful_restart: false,
+            passive: false,
+        },
+    )?;
+    let spine = Router::start_named(
+        &mut lab.lab,
+        &spine_ns,
+        "spine",
+        RouterConfig {
+            daemon: Daemon::Frr,
+            router_id: "172.30.1.2".into(),
+            local_address: "172.30.1.2".parse()?,
+            local_as: 65002,
+            neighbors: vec![Neighbor::new("172.30.1.1".parse()?, ROUTER_AS)],
+            graceful_restart: false,
+            passive: false,
+        },
+    )?;
+    let speaker = speaker(&lab, ROUTER_AS)?;
+    speaker.wait_established(&lab.lab, &leaf, SETTLE)?;
+    let with_endpoints = |endpoints| PathAttributes {
+        link_bandwidth: Some(LinkBandwidth::for_endpoints(endpoints, transitive)),
+        ..PathAttributes::default()
+    };
+    speaker.set_paths(two_paths(with_endpoints(1), with_endpoints(3))?)?;
+    wait_weights(&leaf, &lab, "weights 1:3 at the leaf", |a, b| a * 3 == b)?;
+    wait_for("the spine to learn the prefix", SETTLE, || {
+        let hops = spine.next_hops(&lab.lab, PREFIX)?;
+        Ok((!hops.is_empty()).then_some(()))
+    })
+    .with_context(|| spine.describe(&lab.lab))?;
+    frr_link_bandwidths(&spine, &lab)
+}
+
+/// In a leaf-spine fabric the transitive form carries the weighting one tier
+/// up: the FRR leaf re-advertises the prefix to its eBGP spine with the sum
+/// of its paths' bandwidth (4 endpoints here) under its own AS, so spines
+/// can weight leaves by endpoints too. The non-transitive form stops at the
+/// leaf (RFC 4360), and spines split evenly across leaves.
+#[test]
+fn frr_leaf_passes_transitive_link_bandwidth_to_its_spine_as_the_sum() -> Result<()> {
+    if !privilege::can_run("frr_leaf_passes_transitive_link_bandwidth_to_its_spine_as_the_sum") {
+        return Ok(());
+    }
+    let transitive = spine_sees(true)?;
+    ensure!(
+        transitive == ["LB:65001:500000000 (4.000 Gbps)"],
+        "the spine sees {transitive:?}"
+    );
+    let non_transitive = spine_sees(false)?;
+    ensure!(
+        non_transitive.is_empty(),
+        "the spine sees {non_transitive:?}"
+    );
+    Ok(())
 }
