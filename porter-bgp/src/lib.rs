@@ -23,8 +23,8 @@ use std::{
 
 pub use fsm::{State as SessionState, backoff};
 pub use policy::{
-    DEFAULT_LOCAL_PREF, LinkBandwidth, LinkBandwidthPolicy, MAX_COMMUNITIES, MAX_LARGE_COMMUNITIES,
-    PathAttributes, PeerPolicy,
+    CommunityError, DEFAULT_LOCAL_PREF, LinkBandwidth, LinkBandwidthPolicy, MAX_COMMUNITIES,
+    MAX_LARGE_COMMUNITIES, PathAttributes, PeerPolicy, parse_community, parse_large_community,
 };
 pub use rib::{PathTable, Routes, path_id};
 pub use speaker::Speaker;

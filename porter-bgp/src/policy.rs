@@ -147,6 +147,52 @@ impl PathAttributes {
     }
 }
 
+/// A community or large community written by a user could not be read.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CommunityError {
+    #[error(
+        "{0:?} is not a BGP community: write ASN:VALUE with each part 0..=65535 (e.g. 65000:100), or one of no-export, no-advertise, no-export-subconfed, no-peer, blackhole"
+    )]
+    Community(String),
+    #[error(
+        "{0:?} is not a BGP large community: write GLOBAL:LOCAL1:LOCAL2 with each part 0..=4294967295 (e.g. 65000:1:2)"
+    )]
+    LargeCommunity(String),
+}
+
+/// Reads an RFC 1997 community as users write it: `65000:100`, or a
+/// well-known name (RFC 1997, RFC 3765, RFC 7999).
+pub fn parse_community(text: &str) -> Result<u32, CommunityError> {
+    let text = text.trim();
+    let well_known = match text.to_ascii_lowercase().as_str() {
+        "no-export" => Some(0xFFFF_FF01),
+        "no-advertise" => Some(0xFFFF_FF02),
+        "no-export-subconfed" => Some(0xFFFF_FF03),
+        "no-peer" => Some(0xFFFF_FF04),
+        "blackhole" => Some(0xFFFF_029A),
+        _ => None,
+    };
+    if let Some(value) = well_known {
+        return Ok(value);
+    }
+    let error = || CommunityError::Community(text.to_owned());
+    let (asn, value) = text.split_once(':').ok_or_else(error)?;
+    let asn: u16 = asn.parse().map_err(|_| error())?;
+    let value: u16 = value.parse().map_err(|_| error())?;
+    Ok((u32::from(asn) << 16) | u32::from(value))
+}
+
+/// Reads an RFC 8092 large community: `GLOBAL:LOCAL1:LOCAL2`.
+pub fn parse_large_community(text: &str) -> Result<(u32, u32, u32), CommunityError> {
+    let text = text.trim();
+    let error = || CommunityError::LargeCommunity(text.to_owned());
+    let mut parts = text.split(':').map(|part| part.parse::<u32>());
+    match (parts.next(), parts.next(), parts.next(), parts.next()) {
+        (Some(Ok(global)), Some(Ok(one)), Some(Ok(two)), None) => Ok((global, one, two)),
+        _ => Err(error()),
+    }
+}
+
 /// Whether and how a peer gets the link bandwidth community.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum LinkBandwidthPolicy {
@@ -334,6 +380,25 @@ mod tests {
 
     fn ip(text: &str) -> IpAddr {
         text.parse().expect("test address")
+    }
+
+    #[test]
+    fn communities_parse_as_users_write_them() {
+        assert_eq!(parse_community("65000:100"), Ok(0xfde8_0064));
+        assert_eq!(parse_community(" NO-EXPORT "), Ok(0xffff_ff01));
+        assert_eq!(parse_community("blackhole"), Ok(0xffff_029a));
+        for bad in ["65536:1", "1:65536", "65000", "a:b", "1:2:3", ""] {
+            assert!(parse_community(bad).is_err(), "{bad:?}");
+        }
+        assert_eq!(
+            parse_large_community("4200000000:1:2"),
+            Ok((4_200_000_000, 1, 2))
+        );
+        for bad in ["1:2", "1:2:3:4", "1:2:x", "4294967296:1:2"] {
+            assert!(parse_large_community(bad).is_err(), "{bad:?}");
+        }
+        let message = parse_community("65000").err().map(|e| e.to_string());
+        assert!(message.is_some_and(|m| m.contains("ASN:VALUE")));
     }
 
     #[test]
