@@ -25,9 +25,23 @@ use porter_tests::{
 use serde_json::Value;
 
 const SETTLE: Duration = Duration::from_secs(30);
-const PREFIX: &str = "192.0.2.10/32";
-const NODE_A: &str = "172.30.0.11";
-const NODE_B: &str = "172.30.0.12";
+/// A prefix announced through two nodes, `a` and `b`.
+struct Prefix {
+    net: &'static str,
+    a: &'static str,
+    b: &'static str,
+}
+
+const V4: Prefix = Prefix {
+    net: "192.0.2.10/32",
+    a: "172.30.0.11",
+    b: "172.30.0.12",
+};
+const V6: Prefix = Prefix {
+    net: "2001:db8:10::/64",
+    a: "fd00:30::11",
+    b: "fd00:30::12",
+};
 const SPEAKER_AS: u32 = 65000;
 const ROUTER_AS: u32 = 65001;
 
@@ -40,11 +54,11 @@ fn community(asn: u16, value: u16) -> u32 {
     (u32::from(asn) << 16) | u32::from(value)
 }
 
-/// One prefix through `NODE_A` and `NODE_B`, each with its own attributes.
-fn two_paths(a: PathAttributes, b: PathAttributes) -> Result<PathTable> {
+/// `prefix` through its two nodes, each with its own attributes.
+fn two_paths(prefix: &Prefix, a: PathAttributes, b: PathAttributes) -> Result<PathTable> {
     Ok(BTreeMap::from([(
-        PREFIX.parse()?,
-        BTreeMap::from([(ip(NODE_A), a), (ip(NODE_B), b)]),
+        prefix.net.parse()?,
+        BTreeMap::from([(ip(prefix.a), a), (ip(prefix.b), b)]),
     )]))
 }
 
@@ -61,7 +75,7 @@ fn speaker(lab: &BgpLab, remote_as: u32) -> Result<LabSpeaker> {
     let mut peer = PeerConfig::new(ROUTER_V4.parse()?, remote_as);
     peer.connect_retry = Duration::from_millis(500);
     peer.hold_time = 9;
-    peer.families = vec![Family::Ipv4Unicast];
+    peer.families = vec![Family::Ipv4Unicast, Family::Ipv6Unicast];
     speaker.upsert_peer(peer)?;
     Ok(speaker)
 }
@@ -97,7 +111,7 @@ struct Seen {
 }
 
 fn frr_seen(router: &Router, lab: &BgpLab) -> Result<Vec<Seen>> {
-    let json = router.frr_route_json(&lab.lab, PREFIX)?;
+    let json = router.frr_route_json(&lab.lab, V4.net)?;
     let words = |value: &Value, key: &str| -> Vec<String> {
         value
             .get(key)
@@ -129,7 +143,7 @@ fn frr_seen(router: &Router, lab: &BgpLab) -> Result<Vec<Seen>> {
 /// Parses BIRD's `show route ... all`: each path starts with a line holding
 /// `via <next hop>`, followed by its `BGP.*` attribute lines.
 fn bird_seen(router: &Router, lab: &BgpLab) -> Result<Vec<Seen>> {
-    let text = router.bird_route_all(&lab.lab, PREFIX)?;
+    let text = router.bird_route_all(&lab.lab, V4.net)?;
     let mut seen = Vec::new();
     for line in text.lines() {
         let words: Vec<&str> = line.split_whitespace().collect();
@@ -217,13 +231,13 @@ fn policy_attributes_reach(daemon: Daemon) -> Result<()> {
         ..PathAttributes::default()
     };
     let plain = PathAttributes::default();
-    speaker.set_paths(two_paths(pool.clone(), plain)?)?;
+    speaker.set_paths(two_paths(&V4, pool.clone(), plain)?)?;
     wait_seen(
         &router,
         &lab,
         &[
-            expect(NODE_A, 250, &["65000:100", "65000:200"], &["65000:1:2"]),
-            expect(NODE_B, 100, &[], &[]),
+            expect(V4.a, 250, &["65000:100", "65000:200"], &["65000:1:2"]),
+            expect(V4.b, 100, &[], &[]),
         ],
     )?;
 
@@ -234,13 +248,13 @@ fn policy_attributes_reach(daemon: Daemon) -> Result<()> {
         local_pref: Some(150),
         ..PathAttributes::default()
     };
-    speaker.set_paths(two_paths(changed.clone(), changed)?)?;
+    speaker.set_paths(two_paths(&V4, changed.clone(), changed)?)?;
     wait_seen(
         &router,
         &lab,
         &[
-            expect(NODE_A, 150, &["65000:300"], &["4200000000:7:8"]),
-            expect(NODE_B, 150, &["65000:300"], &["4200000000:7:8"]),
+            expect(V4.a, 150, &["65000:300"], &["4200000000:7:8"]),
+            expect(V4.b, 150, &["65000:300"], &["4200000000:7:8"]),
         ],
     )
 }
@@ -261,12 +275,12 @@ fn bird_receives_communities_and_local_pref() -> Result<()> {
     policy_attributes_reach(Daemon::Bird)
 }
 
-/// The kernel weights of `PREFIX`'s next hops on the router, `NODE_A` first.
-fn weights(router: &Router, lab: &BgpLab) -> Result<(u32, u32)> {
-    let weights = router.route_weights(&lab.lab, PREFIX)?;
+/// The kernel weights of `prefix`'s next hops on the router, node `a` first.
+fn weights(router: &Router, lab: &BgpLab, prefix: &Prefix) -> Result<(u32, u32)> {
+    let weights = router.route_weights(&lab.lab, prefix.net)?;
     match (
-        weights.get(&ip(NODE_A)),
-        weights.get(&ip(NODE_B)),
+        weights.get(&ip(prefix.a)),
+        weights.get(&ip(prefix.b)),
         weights.len(),
     ) {
         (Some(a), Some(b), 2) => Ok((*a, *b)),
@@ -278,26 +292,29 @@ fn weights(router: &Router, lab: &BgpLab) -> Result<(u32, u32)> {
 fn wait_weights(
     router: &Router,
     lab: &BgpLab,
+    prefix: &Prefix,
     what: &str,
     ok: impl Fn(u32, u32) -> bool,
 ) -> Result<()> {
     wait_for(what, SETTLE, || {
-        let (a, b) = weights(router, lab)?;
+        let (a, b) = weights(router, lab, prefix)?;
         Ok(ok(a, b).then_some(()))
     })
     .with_context(|| {
         format!(
             "kernel: {:?}\nFRR: {:#}\n{}",
-            router.route_weights(&lab.lab, PREFIX),
-            router.frr_route_json(&lab.lab, PREFIX).unwrap_or_default(),
+            router.route_weights(&lab.lab, prefix.net),
+            router
+                .frr_route_json(&lab.lab, prefix.net)
+                .unwrap_or_default(),
             router.describe(&lab.lab)
         )
     })
 }
 
 /// The link bandwidth FRR shows on each path, e.g. `LB:65000:125000000 (1.000 Gbps)`.
-fn frr_link_bandwidths(router: &Router, lab: &BgpLab) -> Result<Vec<String>> {
-    let json = router.frr_route_json(&lab.lab, PREFIX)?;
+fn frr_link_bandwidths(router: &Router, lab: &BgpLab, prefix: &Prefix) -> Result<Vec<String>> {
+    let json = router.frr_route_json(&lab.lab, prefix.net)?;
     Ok(json
         .get("paths")
         .and_then(Value::as_array)
@@ -326,9 +343,9 @@ fn weighted_ecmp(transitive: bool) -> Result<()> {
         ..PathAttributes::default()
     };
 
-    speaker.set_paths(two_paths(with_endpoints(1), with_endpoints(3))?)?;
-    wait_weights(&router, &lab, "weights 1:3", |a, b| a * 3 == b)?;
-    let mut shown = frr_link_bandwidths(&router, &lab)?;
+    speaker.set_paths(two_paths(&V4, with_endpoints(1), with_endpoints(3))?)?;
+    wait_weights(&router, &lab, &V4, "weights 1:3", |a, b| a * 3 == b)?;
+    let mut shown = frr_link_bandwidths(&router, &lab, &V4)?;
     shown.sort();
     ensure!(
         shown
@@ -339,44 +356,48 @@ fn weighted_ecmp(transitive: bool) -> Result<()> {
         "FRR shows the link bandwidths {shown:?}"
     );
 
-    speaker.set_paths(two_paths(with_endpoints(3), with_endpoints(1))?)?;
-    wait_weights(&router, &lab, "weights 3:1", |a, b| a == b * 3)?;
+    speaker.set_paths(two_paths(&V4, with_endpoints(3), with_endpoints(1))?)?;
+    wait_weights(&router, &lab, &V4, "weights 3:1", |a, b| a == b * 3)?;
 
     // A node without link bandwidth (e.g. switched off there during a
     // rollout): FRR's default is plain ECMP over all paths.
     let plain = PathAttributes::default();
-    speaker.set_paths(two_paths(with_endpoints(3), plain.clone())?)?;
-    wait_weights(&router, &lab, "equal weights", |a, b| a == b)?;
+    speaker.set_paths(two_paths(&V4, with_endpoints(3), plain.clone())?)?;
+    wait_weights(&router, &lab, &V4, "equal weights", |a, b| a == b)?;
     // `bgp bestpath bandwidth skip-missing`: only paths with link bandwidth.
     router.frr_configure(&lab.lab, &["bgp bestpath bandwidth skip-missing"])?;
-    wait_for("a route through NODE_A only", SETTLE, || {
-        let weights = router.route_weights(&lab.lab, PREFIX)?;
-        Ok((weights.keys().copied().collect::<Vec<_>>() == [ip(NODE_A)]).then_some(()))
+    wait_for("a route through node a only", SETTLE, || {
+        let weights = router.route_weights(&lab.lab, V4.net)?;
+        Ok((weights.keys().copied().collect::<Vec<_>>() == [ip(V4.a)]).then_some(()))
     })?;
     // `default-weight-for-missing`: paths without it get the least weight.
     router.frr_configure(
         &lab.lab,
         &["bgp bestpath bandwidth default-weight-for-missing"],
     )?;
-    wait_weights(&router, &lab, "weight 1 for the path without", |a, b| {
-        b == 1 && a > b
-    })?;
+    wait_weights(
+        &router,
+        &lab,
+        &V4,
+        "weight 1 for the path without",
+        |a, b| b == 1 && a > b,
+    )?;
     router.frr_configure(&lab.lab, &["no bgp bestpath bandwidth"])?;
-    speaker.set_paths(two_paths(with_endpoints(3), with_endpoints(1))?)?;
-    wait_weights(&router, &lab, "weights 3:1", |a, b| a == b * 3)?;
+    speaker.set_paths(two_paths(&V4, with_endpoints(3), with_endpoints(1))?)?;
+    wait_weights(&router, &lab, &V4, "weights 3:1", |a, b| a == b * 3)?;
 
     let mut peer = PeerConfig::new(ROUTER_V4.parse()?, ROUTER_AS);
     peer.connect_retry = Duration::from_millis(500);
     peer.hold_time = 9;
-    peer.families = vec![Family::Ipv4Unicast];
+    peer.families = vec![Family::Ipv4Unicast, Family::Ipv6Unicast];
     peer.policy = PeerPolicy {
         link_bandwidth: LinkBandwidthPolicy::Off,
         ..PeerPolicy::default()
     };
     speaker.upsert_peer(peer)?;
-    wait_weights(&router, &lab, "equal weights", |a, b| a == b)?;
+    wait_weights(&router, &lab, &V4, "equal weights", |a, b| a == b)?;
     ensure!(
-        frr_link_bandwidths(&router, &lab)?.is_empty(),
+        frr_link_bandwidths(&router, &lab, &V4)?.is_empty(),
         "no link bandwidth left at the router"
     );
     let established = speaker.status()?.first().map(|s| s.established_count);
@@ -450,14 +471,16 @@ fn spine_sees(transitive: bool) -> Result<Vec<String>> {
         link_bandwidth: Some(LinkBandwidth::for_endpoints(endpoints, transitive)),
         ..PathAttributes::default()
     };
-    speaker.set_paths(two_paths(with_endpoints(1), with_endpoints(3))?)?;
-    wait_weights(&leaf, &lab, "weights 1:3 at the leaf", |a, b| a * 3 == b)?;
+    speaker.set_paths(two_paths(&V4, with_endpoints(1), with_endpoints(3))?)?;
+    wait_weights(&leaf, &lab, &V4, "weights 1:3 at the leaf", |a, b| {
+        a * 3 == b
+    })?;
     wait_for("the spine to learn the prefix", SETTLE, || {
-        let hops = spine.next_hops(&lab.lab, PREFIX)?;
+        let hops = spine.next_hops(&lab.lab, V4.net)?;
         Ok((!hops.is_empty()).then_some(()))
     })
     .with_context(|| spine.describe(&lab.lab))?;
-    frr_link_bandwidths(&spine, &lab)
+    frr_link_bandwidths(&spine, &lab, &V4)
 }
 
 /// In a leaf-spine fabric the transitive form carries the weighting one tier
@@ -481,4 +504,23 @@ fn frr_leaf_passes_transitive_link_bandwidth_to_its_spine_as_the_sum() -> Result
         "the spine sees {non_transitive:?}"
     );
     Ok(())
+}
+
+/// IPv6 paths (MP_REACH) carry the same extended community: FRR weights
+/// them 1:3 as well.
+#[test]
+fn frr_weighted_ecmp_for_ipv6() -> Result<()> {
+    if !privilege::can_run("frr_weighted_ecmp_for_ipv6") {
+        return Ok(());
+    }
+    let mut lab = BgpLab::new("lb6")?;
+    let router = router(&mut lab, Daemon::Frr, ROUTER_AS)?;
+    let speaker = speaker(&lab, ROUTER_AS)?;
+    speaker.wait_established(&lab.lab, &router, SETTLE)?;
+    let with_endpoints = |endpoints| PathAttributes {
+        link_bandwidth: Some(LinkBandwidth::for_endpoints(endpoints, true)),
+        ..PathAttributes::default()
+    };
+    speaker.set_paths(two_paths(&V6, with_endpoints(1), with_endpoints(3))?)?;
+    wait_weights(&router, &lab, &V6, "IPv6 weights 1:3", |a, b| a * 3 == b)
 }
