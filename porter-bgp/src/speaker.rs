@@ -206,6 +206,10 @@ impl Speaker {
     /// what had to be fixed is logged.
     pub async fn set_paths(&self, paths: PathTable) {
         let mut shared = SharedPaths::new();
+        // One warning per call, not one per path: a pool's bad attributes
+        // would otherwise repeat for every address in it.
+        let mut fixed_paths = 0usize;
+        let mut example = None;
         for (prefix, next_hops) in paths {
             if next_hops.is_empty() {
                 continue;
@@ -215,10 +219,14 @@ impl Speaker {
             for (next_hop, attributes) in next_hops {
                 let (attributes, fixed) = attributes.sanitized();
                 if !fixed.is_empty() {
-                    warn!(%prefix, %next_hop, ?fixed, "path attributes were out of bounds and have been fixed");
+                    fixed_paths += 1;
+                    example.get_or_insert((prefix, next_hop, fixed));
                 }
                 entry.insert(next_hop, Arc::new(attributes));
             }
+        }
+        if let Some((prefix, next_hop, fixed)) = example {
+            warn!(paths = fixed_paths, %prefix, %next_hop, ?fixed, "path attributes were out of bounds and have been fixed (first example shown)");
         }
         self.inner.routes.send_replace(Arc::new(shared));
     }
