@@ -29,6 +29,13 @@ pub use policy::{
 pub use rib::{PathTable, Routes, path_id};
 pub use speaker::Speaker;
 
+/// Next hop self: a path with this next hop is sent with the session's own
+/// IPv4 address as next hop, whatever it is (the per-node speaker mode). A
+/// session without an address of the prefix's family leaves the path out.
+pub const NEXT_HOP_SELF_V4: IpAddr = IpAddr::V4(Ipv4Addr::UNSPECIFIED);
+/// Next hop self for IPv6 prefixes: the session's own IPv6 address.
+pub const NEXT_HOP_SELF_V6: IpAddr = IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED);
+
 /// The default passive port, as in the Porter seed (179 needs privileges).
 pub const DEFAULT_LISTEN_PORT: u16 = 17900;
 

@@ -72,6 +72,9 @@ pub struct FamilyPolicy {
 pub struct SendPolicy {
     /// The peer's address, for paths scoped to some peers.
     pub peer: IpAddr,
+    /// Our end of the session, which replaces the unspecified next hop
+    /// ("next hop self", as in the per-node speaker mode).
+    pub local_address: Option<IpAddr>,
     pub peer_policy: PeerPolicy,
     pub local_as: u32,
     /// eBGP: prepend our AS; iBGP: empty AS_PATH and LOCAL_PREF.
@@ -126,6 +129,9 @@ pub struct Omitted {
     pub next_hop_family_mismatch: usize,
     /// Paths scoped to other peers.
     pub scoped_to_other_peers: usize,
+    /// Next hop self (the unspecified address) where the session has no
+    /// local address of that family.
+    pub next_hop_self_unavailable: usize,
 }
 
 /// The paths this peer should have. Next hops are taken in address order, so
@@ -142,18 +148,41 @@ pub fn desired_paths(
             continue;
         };
         let mut paths = Paths::new();
-        let in_scope = next_hops
+        let in_scope: Vec<_> = next_hops
             .iter()
-            .filter(|(_, attributes)| policy::applies_to(attributes, policy.peer));
-        omitted.scoped_to_other_peers += next_hops.len() - in_scope.clone().count();
-        let usable = in_scope.filter(|(nh, _)| nh.is_ipv4() == prefix.addr().is_ipv4());
-        for (index, (next_hop, attributes)) in usable.enumerate() {
+            .filter(|(_, attributes)| policy::applies_to(attributes, policy.peer))
+            .collect();
+        omitted.scoped_to_other_peers += next_hops.len() - in_scope.len();
+        let mut usable = Vec::new();
+        for (next_hop, attributes) in in_scope {
+            let next_hop = if next_hop.is_unspecified() {
+                // Next hop self: this session's own address of that family.
+                match policy
+                    .local_address
+                    .filter(|local| local.is_ipv4() == next_hop.is_ipv4())
+                {
+                    Some(local) => local,
+                    None => {
+                        omitted.next_hop_self_unavailable += 1;
+                        continue;
+                    }
+                }
+            } else {
+                *next_hop
+            };
+            if next_hop.is_ipv4() != prefix.addr().is_ipv4() {
+                omitted.next_hop_family_mismatch += 1;
+                continue;
+            }
+            usable.push((next_hop, attributes));
+        }
+        for (index, (next_hop, attributes)) in usable.into_iter().enumerate() {
             if index >= family.max_paths {
                 omitted.paths_over_limit += 1;
                 continue;
             }
             let mut id = if family.add_path {
-                path_id(*next_hop)
+                path_id(next_hop)
             } else {
                 0
             };
@@ -164,15 +193,11 @@ pub fn desired_paths(
             paths.insert(
                 id,
                 SentPath {
-                    next_hop: *next_hop,
+                    next_hop,
                     attributes,
                 },
             );
         }
-        omitted.next_hop_family_mismatch += next_hops
-            .keys()
-            .filter(|nh| nh.is_ipv4() != prefix.addr().is_ipv4())
-            .count();
         if !paths.is_empty() {
             out.insert(*prefix, paths);
         }
@@ -494,6 +519,7 @@ mod tests {
         };
         SendPolicy {
             peer: ip("172.30.0.1"),
+            local_address: Some(ip("172.30.0.10")),
             peer_policy: PeerPolicy::default(),
             local_as: 65000,
             ebgp: true,
@@ -630,6 +656,33 @@ mod tests {
         assert_eq!(hops, vec![ip("10.0.0.1"), ip("10.0.0.2")]);
         assert_eq!(omitted.paths_over_limit, 1);
         assert_eq!(omitted.next_hop_family_mismatch, 1);
+    }
+
+    #[test]
+    fn next_hop_self_is_the_sessions_own_address() {
+        let policy = policy(true, 8);
+        let (desired, omitted) = desired_paths(
+            &routes(&[("1.1.1.1/32", &["0.0.0.0"]), ("fd00:1::/64", &["::"])]),
+            &policy,
+        );
+        let paths: Vec<(IpNet, IpAddr, u32)> = desired
+            .iter()
+            .flat_map(|(prefix, paths)| {
+                paths.iter().map(|(id, path)| (*prefix, path.next_hop, *id))
+            })
+            .collect();
+        assert_eq!(
+            paths,
+            vec![(
+                net("1.1.1.1/32"),
+                ip("172.30.0.10"),
+                path_id(ip("172.30.0.10"))
+            )]
+        );
+        assert_eq!(
+            omitted.next_hop_self_unavailable, 1,
+            "no IPv6 address on an IPv4 session"
+        );
     }
 
     #[test]

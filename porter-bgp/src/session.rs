@@ -391,8 +391,14 @@ impl Session {
                 );
             }
         }
+        let local_address = self
+            .conn
+            .as_ref()
+            .and_then(|conn| conn.get_ref().local_addr().ok())
+            .map(|address| address.ip().to_canonical());
         self.policy = Some(SendPolicy {
             peer: self.peer.address,
+            local_address,
             peer_policy: self.peer.policy.clone(),
             local_as: self.local_as,
             ebgp: self.peer.remote_as != self.local_as,
@@ -429,6 +435,13 @@ impl Session {
         let routes = Arc::clone(&self.routes.borrow_and_update());
         let (desired, omitted) = rib::desired_paths(&routes, &policy);
         debug!(peer = %self.peer.address, ?omitted, "paths not sent to this peer");
+        if omitted.next_hop_self_unavailable > 0 {
+            warn!(
+                peer = %self.peer.address,
+                paths = omitted.next_hop_self_unavailable,
+                "next hop self needs a session address of the prefix's family; those paths are not announced"
+            );
+        }
         if omitted.next_hop_family_mismatch > 0 {
             warn!(
                 peer = %self.peer.address,

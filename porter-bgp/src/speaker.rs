@@ -204,6 +204,9 @@ impl Speaker {
     /// re-announced under the same path id; an unchanged one is not sent.
     /// Attributes are sanitised first (see [`PathAttributes::sanitized`]);
     /// what had to be fixed is logged.
+    ///
+    /// A next hop of [`crate::NEXT_HOP_SELF_V4`] / [`crate::NEXT_HOP_SELF_V6`]
+    /// is sent as each session's own address (the per-node speaker mode).
     pub async fn set_paths(&self, paths: PathTable) {
         let mut shared = SharedPaths::new();
         // One warning per call, not one per path: a pool's bad attributes

@@ -7,15 +7,15 @@
 //! passes on to its spine. docs/bgp-policy.md
 //! summarises what these tests found.
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, BTreeSet},
     net::{IpAddr, Ipv4Addr},
     time::Duration,
 };
 
 use anyhow::{Context, Result, ensure};
 use porter_bgp::{
-    Family, LinkBandwidth, LinkBandwidthPolicy, PathAttributes, PathTable, PeerConfig, PeerPolicy,
-    SpeakerConfig,
+    Family, LinkBandwidth, LinkBandwidthPolicy, NEXT_HOP_SELF_V4, PathAttributes, PathTable,
+    PeerConfig, PeerPolicy, SpeakerConfig,
 };
 use porter_tests::{
     lab::wait_for,
@@ -523,4 +523,38 @@ fn frr_weighted_ecmp_for_ipv6() -> Result<()> {
     };
     speaker.set_paths(two_paths(&V6, with_endpoints(1), with_endpoints(3))?)?;
     wait_weights(&router, &lab, &V6, "IPv6 weights 1:3", |a, b| a * 3 == b)
+}
+
+/// Node mode: an agent announces its EIPs with next hop self, and the
+/// router installs them through the agent's own address on that link.
+#[test]
+fn frr_routes_next_hop_self_through_the_node_speaker() -> Result<()> {
+    if !privilege::can_run("frr_routes_next_hop_self_through_the_node_speaker") {
+        return Ok(());
+    }
+    let mut lab = BgpLab::new("nhself")?;
+    let router = router(&mut lab, Daemon::Frr, ROUTER_AS)?;
+    let speaker = speaker(&lab, ROUTER_AS)?;
+    speaker.wait_established(&lab.lab, &router, SETTLE)?;
+    speaker.set_paths(BTreeMap::from([(
+        V4.net.parse()?,
+        BTreeMap::from([(
+            NEXT_HOP_SELF_V4,
+            PathAttributes {
+                link_bandwidth: Some(LinkBandwidth::for_endpoints(2, true)),
+                ..PathAttributes::default()
+            },
+        )]),
+    )]))?;
+    let expected = BTreeSet::from([ip(SPEAKER_V4)]);
+    wait_for("the route via the node speaker", SETTLE, || {
+        Ok((router.next_hops(&lab.lab, V4.net)? == expected).then_some(()))
+    })
+    .with_context(|| router.describe(&lab.lab))?;
+    let shown = frr_link_bandwidths(&router, &lab, &V4)?;
+    ensure!(
+        shown == ["LB:65000:250000000 (2.000 Gbps)"],
+        "FRR shows {shown:?}"
+    );
+    Ok(())
 }
