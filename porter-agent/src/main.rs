@@ -4,7 +4,7 @@ use std::{path::PathBuf, time::Duration};
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use porter_agent::{
-    PinLayout, stats,
+    Dataplane, DataplaneConfig, Forwarding, PinLayout, stats,
     xdp_attach::{self, XdpModePreference},
 };
 use tracing::{info, warn};
@@ -53,6 +53,14 @@ struct RunArgs {
     /// How often to log the packet counters (0 disables).
     #[arg(long, default_value = "30s", value_parser = parse_duration)]
     stats_interval: Duration,
+    /// Maglev table size M: a prime at least 100x the most local backends of a
+    /// service. Fixed when the maps are first created; changing it needs `cleanup`.
+    #[arg(long, default_value_t = DataplaneConfig::default().maglev_size)]
+    maglev_size: u32,
+    /// Most services (EIP:port/protocol) this node serves; each costs two
+    /// Maglev tables of M slots. Fixed like --maglev-size.
+    #[arg(long, default_value_t = DataplaneConfig::default().max_services)]
+    max_services: u32,
     #[command(flatten)]
     pins: PinArgs,
 }
@@ -92,11 +100,20 @@ async fn main() -> Result<()> {
 async fn run(args: RunArgs) -> Result<()> {
     raise_memlock_limit();
     let pins = PinLayout::new(&args.pins.bpffs);
-    let mut ebpf = xdp_attach::load(&pins).context("loading the data plane")?;
+    let config = DataplaneConfig {
+        maglev_size: args.maglev_size,
+        max_services: args.max_services,
+        forwarding: Forwarding::Kernel,
+    };
+    let mut dataplane = Dataplane::open(&pins, config).context("loading the data plane")?;
     for interface in &args.interfaces {
-        let attachment = xdp_attach::attach_xdp(&mut ebpf, &pins, interface, args.xdp_mode)
+        let attachment = dataplane
+            .attach_xdp(interface, args.xdp_mode)
             .with_context(|| format!("attaching XDP to {interface}"))?;
-        info!(interface, mode = %attachment, "data plane ready");
+        dataplane
+            .attach_tc_egress(interface)
+            .with_context(|| format!("attaching tc reverse NAT to {interface}"))?;
+        info!(interface, mode = %attachment, services = dataplane.services().len(), "data plane ready");
     }
 
     let mut ticker =

@@ -2,6 +2,7 @@
 //! `{"suite":..,"case":..,"metric":..,"value":..,"unit":..}`, each suite with
 //! a baseline measured in the same run.
 mod bgp;
+mod controller;
 mod dataplane;
 
 use anyhow::Result;
@@ -11,8 +12,8 @@ pub struct BenchArgs {
     /// Which suite to run.
     #[arg(value_enum)]
     pub suite: Suite,
-    /// Seconds per throughput measurement (lab suites).
-    #[arg(long, default_value_t = 3)]
+    /// Seconds per throughput measurement (lab suites; each side is measured 5 times).
+    #[arg(long, default_value_t = 2)]
     pub seconds: u64,
 }
 
@@ -22,14 +23,18 @@ pub enum Suite {
     Dataplane,
     /// 10,000 prefixes x 4 next hops into BIRD, against GoBGP loading the same set.
     Bgp,
+    /// IPAM and announcements for 10,000 Services over 1,000 nodes.
+    Controller,
 }
 
 pub fn run(args: &BenchArgs) -> Result<()> {
     match args.suite {
         Suite::Dataplane => dataplane::run(args),
         Suite::Bgp => bgp::run(),
+        Suite::Controller => controller::run(),
     }
 }
+
 /// Prints one result line.
 pub fn emit(suite: &str, case: &str, metric: &str, value: f64, unit: &str) {
     println!(
