@@ -231,6 +231,8 @@ fn peer_config(p: &PeerConfig) -> porter_bgp::PeerConfig {
             })
             .collect(),
         local_address: p.local_address,
+        // Communities and the like are not configurable from the CRDs yet.
+        policy: porter_bgp::PeerPolicy::default(),
     }
 }
 
