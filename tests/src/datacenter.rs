@@ -177,10 +177,10 @@ impl Datacenter {
         };
         dc.write_nodes()?;
         for node in &dc.nodes {
-            for pod in &node.pods {
-                let (ip, ns) = (pod.ip, node.ns.clone());
+            for (pod, ip) in node.pods.iter().flat_map(|p| [(p, p.ip), (p, p.ip6)]) {
+                let ns = node.ns.clone();
                 wait_for(
-                    &format!("{}'s HTTP server", pod.name),
+                    &format!("{}'s HTTP server on {ip}", pod.name),
                     Duration::from_secs(10),
                     move || {
                         let ns = ns.clone();
@@ -351,6 +351,18 @@ impl Datacenter {
             || Ok(self.service_ips(namespace, name)?.first().copied()),
         )
         .with_context(|| self.describe())
+    }
+
+    /// The addresses pool `eip` reports in use (`status.used`: ip -> Service).
+    pub fn eip_used(&self, eip: &str) -> Result<BTreeMap<String, String>> {
+        let (snapshot, _) = porter_api::source::dir::load(&self.manifests)?;
+        Ok(snapshot
+            .eips
+            .iter()
+            .find(|e| e.metadata.name.as_deref() == Some(eip))
+            .and_then(|e| e.status.as_ref())
+            .map(|s| s.used.clone())
+            .unwrap_or_default())
     }
 
     /// Events the controller wrote (`status/events.jsonl`), each as
@@ -526,8 +538,10 @@ fn add_pod(lab: &mut Lab, node_ns: &str, n: usize, p: usize) -> Result<Pod> {
     std::fs::create_dir_all(&www)?;
     std::fs::write(www.join("index.html"), format!("{name}\n"))?;
     let mut server = lab.command(&ns, "python3");
+    // `--bind ::` makes it dual-stack (IPv4 too); without it, IPv4 only.
     server
-        .args(["-m", "http.server", &POD_PORT.to_string(), "--directory"])
+        .args(["-m", "http.server", &POD_PORT.to_string(), "--bind", "::"])
+        .arg("--directory")
         .arg(&www);
     lab.spawn(&format!("http-{name}"), server)?;
     Ok(Pod { name, ns, ip, ip6 })

@@ -1,0 +1,420 @@
+//! End to end: the controller, three agents, BIRD and a client in the
+//! data-centre lab (tests/src/datacenter.rs), driven through the manifests
+//! a cluster would hold. One lab is shared by all cases (building it is the
+//! slow part); each case leaves it as it found it and prints its measured
+//! convergence time.
+//!
+//! `cargo test -p porter-tests --test e2e [-- NAME...]` runs the cases whose
+//! name contains one of the NAMEs (all by default); `-- --list` lists them.
+use std::{
+    net::{IpAddr, SocketAddr},
+    process::ExitCode,
+    thread,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, Result, ensure};
+use porter_tests::{
+    datacenter::{CONTROLLER_V4, Datacenter, per_node, samples_dir},
+    lab::wait_for,
+    manifests::{self, ServiceSpec},
+    privilege,
+};
+
+const NS: &str = "default";
+const POOL_V4: &str = "lab-v4";
+const POOL_V6: &str = "lab-v6";
+const POOL_TINY: &str = "tiny";
+const WAIT: Duration = Duration::from_secs(30);
+const POOL_ANNOTATION: &str = "eip.porter.kubesphere.io/v1alpha2";
+
+/// State carried between cases.
+struct Ctx {
+    dc: Datacenter,
+    /// The external IP of Service `web` (cases 1 to 6).
+    web: Option<IpAddr>,
+}
+
+type Case = fn(&mut Ctx) -> Result<Duration>;
+
+const CASES: &[(&str, Case)] = &[
+    ("new_service_is_reachable", new_service_is_reachable),
+    ("scale_node_to_zero_withdraws_its_path", scale_node_to_zero),
+    ("node_failure_withdraws_its_path", node_failure),
+    ("controller_restart_loses_no_request", controller_restart),
+    ("agent_restart_loses_no_request", agent_restart),
+    ("delete_service_withdraws_and_releases", delete_service),
+    ("two_services_share_one_ip", shared_ip),
+    ("ipv6_eip_end_to_end", ipv6_end_to_end),
+    ("exhausted_pool_reports_and_others_work", exhausted_pool),
+];
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.iter().any(|a| a == "--list") {
+        for (name, _) in CASES {
+            println!("{name}: test");
+        }
+        return ExitCode::SUCCESS;
+    }
+    let filters: Vec<&String> = args.iter().filter(|a| !a.starts_with('-')).collect();
+    let selected: Vec<&(&str, Case)> = CASES
+        .iter()
+        .filter(|(name, _)| filters.is_empty() || filters.iter().any(|f| name.contains(f.as_str())))
+        .collect();
+    if selected.is_empty() || !privilege::can_run("e2e") {
+        return ExitCode::SUCCESS;
+    }
+    let started = Instant::now();
+    let mut ctx = match setup() {
+        Ok(ctx) => ctx,
+        Err(error) => {
+            println!("FAIL setting up the lab: {error:#}");
+            return ExitCode::FAILURE;
+        }
+    };
+    println!("lab ready in {:?}", started.elapsed());
+    let mut failed = Vec::new();
+    for (name, case) in selected {
+        let case_started = Instant::now();
+        match case(&mut ctx) {
+            Ok(convergence) => println!(
+                "ok   {name}: converged in {convergence:?} (case {:?})",
+                case_started.elapsed()
+            ),
+            Err(error) => {
+                println!("FAIL {name}: {error:#}\n{}", ctx.dc.describe());
+                failed.push(*name);
+            }
+        }
+    }
+    println!(
+        "e2e: {} failed, total {:?}",
+        failed.len(),
+        started.elapsed()
+    );
+    if failed.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        println!("failed: {failed:?}");
+        ExitCode::FAILURE
+    }
+}
+
+fn setup() -> Result<Ctx> {
+    let mut dc = Datacenter::new("e2e", &[1, 2, 3])?;
+    dc.apply_file(&samples_dir().join("bgp.yaml"))?;
+    let pools = [
+        manifests::eip(POOL_V4, "192.168.2.0/28"),
+        manifests::eip(POOL_V6, "fd00:40::/124"),
+        manifests::eip(POOL_TINY, "192.168.9.1"),
+    ];
+    dc.apply("pools.yaml", &pools.join("---\n"))?;
+    for index in 0..dc.nodes.len() {
+        dc.start_agent(index)?;
+    }
+    dc.start_controller()?;
+    let controller: IpAddr = CONTROLLER_V4.parse()?;
+    wait_for("BIRD's session with the controller", WAIT, || {
+        Ok(dc.router.established(&dc.lab, controller)?.then_some(()))
+    })
+    .with_context(|| dc.describe())?;
+    Ok(Ctx { dc, web: None })
+}
+
+/// Writes Service `name` (opted in, `port` -> 80) with its pods on `nodes`.
+fn add_service(
+    dc: &Datacenter,
+    name: &str,
+    port: u16,
+    nodes: &[usize],
+    annotations: &[(&str, &str)],
+) -> Result<()> {
+    dc.set_endpoints(NS, name, &dc.endpoints_on(nodes))?;
+    let text = manifests::service(&ServiceSpec {
+        namespace: NS,
+        name,
+        port,
+        target_port: porter_tests::datacenter::POD_PORT,
+        annotations,
+    });
+    dc.apply(&format!("svc-{name}.yaml"), &text)
+}
+
+fn remove_service(dc: &Datacenter, name: &str) -> Result<()> {
+    dc.delete(&format!("svc-{name}.yaml"))?;
+    dc.delete(&format!("endpoints-{NS}-{name}.yaml"))
+}
+
+fn all_nodes(dc: &Datacenter) -> Vec<usize> {
+    (0..dc.nodes.len()).collect()
+}
+
+/// Waits until a request to `addr` succeeds; returns the time it took.
+fn first_answer(dc: &Datacenter, addr: SocketAddr, since: Instant) -> Result<Duration> {
+    wait_for(&format!("a first answer from {addr}"), WAIT, || {
+        Ok(dc.request(addr).ok())
+    })
+    .with_context(|| dc.describe())?;
+    Ok(since.elapsed())
+}
+
+/// `count` requests that must all succeed, served only by pods on `nodes`,
+/// every one of which must serve some.
+fn expect_spread(dc: &Datacenter, addr: SocketAddr, count: usize, nodes: &[usize]) -> Result<()> {
+    let per_pod = dc.spread(addr, count)?;
+    let served = per_node(&per_pod);
+    let want: Vec<&str> = nodes.iter().map(|&i| dc.nodes[i].name.as_str()).collect();
+    let got: Vec<&str> = served.keys().map(String::as_str).collect();
+    ensure!(
+        got == want,
+        "{count} requests to {addr} were served by nodes {got:?} (pods {per_pod:?}), expected {want:?}"
+    );
+    println!("     {addr}: per node {served:?}");
+    Ok(())
+}
+
+fn web(ctx: &Ctx) -> Result<SocketAddr> {
+    let ip = ctx.web.context("Service web has no IP (case 1 failed)")?;
+    Ok(SocketAddr::new(ip, 8088))
+}
+
+/// 1. Service creation -> first successful request through its EIP.
+fn new_service_is_reachable(ctx: &mut Ctx) -> Result<Duration> {
+    let dc = &ctx.dc;
+    let nodes = all_nodes(dc);
+    let started = Instant::now();
+    add_service(dc, "web", 8088, &nodes, &[(POOL_ANNOTATION, POOL_V4)])?;
+    let ip = dc.wait_service_ip(NS, "web", WAIT)?;
+    ctx.web = Some(ip);
+    let convergence = first_answer(dc, SocketAddr::new(ip, 8088), started)?;
+    dc.wait_next_hops(ip, &dc.hops_of(ip, &nodes), WAIT)?;
+    expect_spread(dc, SocketAddr::new(ip, 8088), 60, &nodes)?;
+    Ok(convergence)
+}
+
+/// 2. All pods of n3 gone: n3's path is withdrawn, the rest serve.
+fn scale_node_to_zero(ctx: &mut Ctx) -> Result<Duration> {
+    let addr = web(ctx)?;
+    let dc = &ctx.dc;
+    let load = dc.load(addr);
+    dc.set_endpoints(NS, "web", &dc.endpoints_on(&[0, 1]))?;
+    let convergence = dc.wait_next_hops(addr.ip(), &dc.hops_of(addr.ip(), &[0, 1]), WAIT)?;
+    let during = load.stop()?;
+    println!(
+        "     while converging: {} answered, {} failed",
+        during.ok,
+        during.failures.len()
+    );
+    expect_spread(dc, addr, 60, &[0, 1])?;
+    dc.set_endpoints(NS, "web", &dc.endpoints_on(&all_nodes(dc)))?;
+    dc.wait_next_hops(addr.ip(), &dc.hops_of(addr.ip(), &all_nodes(dc)), WAIT)?;
+    Ok(convergence)
+}
+
+/// 3. n2 fails: NotReady and its switch port down. Its path goes; the
+///    others serve.
+fn node_failure(ctx: &mut Ctx) -> Result<Duration> {
+    let addr = web(ctx)?;
+    let port = format!("v-{}", ctx.dc.nodes[1].name);
+    let router_ns = ctx.dc.router_ns.clone();
+    let started = Instant::now();
+    ctx.dc.lab.ip(&router_ns, &["link", "set", &port, "down"])?;
+    ctx.dc.set_node_ready(1, false)?;
+    let dc = &ctx.dc;
+    dc.wait_next_hops(addr.ip(), &dc.hops_of(addr.ip(), &[0, 2]), WAIT)?;
+    let convergence = started.elapsed();
+    expect_spread(dc, addr, 60, &[0, 2])?;
+    ctx.dc.lab.ip(&router_ns, &["link", "set", &port, "up"])?;
+    ctx.dc.set_node_ready(1, true)?;
+    let dc = &ctx.dc;
+    dc.wait_next_hops(addr.ip(), &dc.hops_of(addr.ip(), &all_nodes(dc)), WAIT)?;
+    // The switch port is back when the node answers again.
+    expect_spread_eventually(dc, addr, &all_nodes(dc))?;
+    Ok(convergence)
+}
+
+fn expect_spread_eventually(dc: &Datacenter, addr: SocketAddr, nodes: &[usize]) -> Result<()> {
+    wait_for("every node to serve again", WAIT, || {
+        Ok(expect_spread(dc, addr, 30, nodes).ok())
+    })
+}
+
+/// 4. The controller restarts under load: BIRD keeps the routes (graceful
+///    restart) and no request fails.
+fn controller_restart(ctx: &mut Ctx) -> Result<Duration> {
+    let addr = web(ctx)?;
+    let hops = ctx.dc.hops_of(addr.ip(), &all_nodes(&ctx.dc));
+    let load = ctx.dc.load(addr);
+    thread::sleep(Duration::from_millis(300));
+    ctx.dc.stop_controller()?;
+    // The controller is gone: the router must still route to every node.
+    thread::sleep(Duration::from_secs(1));
+    let kept = ctx.dc.next_hops(addr.ip())?;
+    ensure!(
+        kept == sorted(&hops),
+        "with the controller down BIRD routes {addr} via {kept:?}, not {hops:?}"
+    );
+    let started = Instant::now();
+    ctx.dc.start_controller()?;
+    let dc = &ctx.dc;
+    let controller: IpAddr = CONTROLLER_V4.parse()?;
+    wait_for("BIRD's session with the restarted controller", WAIT, || {
+        Ok(dc.router.established(&dc.lab, controller)?.then_some(()))
+    })
+    .with_context(|| dc.describe())?;
+    let convergence = started.elapsed();
+    // After End-of-RIB the stale routes are gone or refreshed: same hops.
+    thread::sleep(Duration::from_secs(1));
+    let after = dc.next_hops(addr.ip())?;
+    let report = load.stop()?;
+    ensure!(
+        after == sorted(&hops),
+        "after the restart BIRD routes via {after:?}"
+    );
+    ensure!(
+        report.failures.is_empty(),
+        "{} of {} requests failed across the restart: {:?}",
+        report.failures.len(),
+        report.ok + report.failures.len(),
+        report.failures.iter().take(3).collect::<Vec<_>>()
+    );
+    ensure!(
+        dc.service_ips(NS, "web")? == vec![addr.ip()],
+        "the Service's IP changed"
+    );
+    println!("     {} requests, none failed", report.ok);
+    Ok(convergence)
+}
+
+fn sorted(hops: &[IpAddr]) -> Vec<IpAddr> {
+    let mut hops = hops.to_vec();
+    hops.sort();
+    hops
+}
+
+/// 5. Every agent restarts under load; the pinned data plane keeps serving.
+fn agent_restart(ctx: &mut Ctx) -> Result<Duration> {
+    let addr = web(ctx)?;
+    let load = ctx.dc.load(addr);
+    let mut slowest = Duration::ZERO;
+    for index in 0..ctx.dc.nodes.len() {
+        thread::sleep(Duration::from_millis(200));
+        ctx.dc.stop_agent(index)?;
+        let started = Instant::now();
+        ctx.dc.start_agent(index)?;
+        slowest = slowest.max(started.elapsed());
+    }
+    thread::sleep(Duration::from_millis(300));
+    let report = load.stop()?;
+    ensure!(
+        report.failures.is_empty(),
+        "{} of {} requests failed across agent restarts: {:?}",
+        report.failures.len(),
+        report.ok + report.failures.len(),
+        report.failures.iter().take(3).collect::<Vec<_>>()
+    );
+    ensure!(report.ok > 0, "no request was made");
+    println!(
+        "     {} requests, none failed; per pod {:?}",
+        report.ok, report.per_pod
+    );
+    Ok(slowest)
+}
+
+/// 6. Deleting the Service withdraws its route and frees its address.
+fn delete_service(ctx: &mut Ctx) -> Result<Duration> {
+    let addr = web(ctx)?;
+    let dc = &ctx.dc;
+    remove_service(dc, "web")?;
+    let convergence = dc.wait_next_hops(addr.ip(), &[], WAIT)?;
+    let ip = addr.ip().to_string();
+    wait_for(&format!("pool {POOL_V4} to release {ip}"), WAIT, || {
+        Ok((!dc.eip_used(POOL_V4)?.contains_key(&ip)).then_some(()))
+    })?;
+    ensure!(dc.request(addr).is_err(), "{addr} still answers");
+    ctx.web = None;
+    Ok(convergence)
+}
+
+/// 7. Two Services with one shared-IP key and different ports get one IP.
+fn shared_ip(ctx: &mut Ctx) -> Result<Duration> {
+    let dc = &ctx.dc;
+    let nodes = all_nodes(dc);
+    let annotations = [
+        (POOL_ANNOTATION, POOL_V4),
+        ("porter.kubesphere.io/allow-shared-ip", "front"),
+    ];
+    let started = Instant::now();
+    add_service(dc, "shared-a", 80, &nodes, &annotations)?;
+    add_service(dc, "shared-b", 8080, &nodes, &annotations)?;
+    let a = dc.wait_service_ip(NS, "shared-a", WAIT)?;
+    let b = dc.wait_service_ip(NS, "shared-b", WAIT)?;
+    ensure!(a == b, "shared-a got {a}, shared-b got {b}");
+    first_answer(dc, SocketAddr::new(a, 80), started)?;
+    let convergence = first_answer(dc, SocketAddr::new(a, 8080), started)?;
+    expect_spread(dc, SocketAddr::new(a, 80), 30, &nodes)?;
+    expect_spread(dc, SocketAddr::new(a, 8080), 30, &nodes)?;
+    remove_service(dc, "shared-a")?;
+    // The IP stays announced for shared-b alone.
+    thread::sleep(Duration::from_millis(500));
+    expect_spread(dc, SocketAddr::new(a, 8080), 10, &nodes)?;
+    remove_service(dc, "shared-b")?;
+    dc.wait_next_hops(a, &[], WAIT)?;
+    Ok(convergence)
+}
+
+/// 8. An IPv6 pool: the route has the nodes' IPv6 next hops and the
+///    client reaches the pods over IPv6.
+fn ipv6_end_to_end(ctx: &mut Ctx) -> Result<Duration> {
+    let dc = &ctx.dc;
+    let nodes = all_nodes(dc);
+    let started = Instant::now();
+    add_service(dc, "web6", 8088, &nodes, &[(POOL_ANNOTATION, POOL_V6)])?;
+    let ip = dc.wait_service_ip(NS, "web6", WAIT)?;
+    ensure!(ip.is_ipv6(), "web6 got {ip} from the IPv6 pool");
+    let convergence = first_answer(dc, SocketAddr::new(ip, 8088), started)?;
+    dc.wait_next_hops(ip, &dc.hops_of(ip, &nodes), WAIT)?;
+    expect_spread(dc, SocketAddr::new(ip, 8088), 60, &nodes)?;
+    // web6 stays: the next case checks it keeps working.
+    Ok(convergence)
+}
+
+/// 9. A one-address pool: the second Service gets an AllocationFailed
+///    Event; the first and the others keep working.
+fn exhausted_pool(ctx: &mut Ctx) -> Result<Duration> {
+    let dc = &ctx.dc;
+    let nodes = all_nodes(dc);
+    add_service(dc, "filler", 8088, &nodes, &[(POOL_ANNOTATION, POOL_TINY)])?;
+    let filler = dc.wait_service_ip(NS, "filler", WAIT)?;
+    let started = Instant::now();
+    add_service(
+        dc,
+        "overflow",
+        8088,
+        &nodes,
+        &[(POOL_ANNOTATION, POOL_TINY)],
+    )?;
+    let event = wait_for("an AllocationFailed Event for overflow", WAIT, || {
+        Ok(dc.events()?.into_iter().find(|(reason, regarding, _)| {
+            reason == "AllocationFailed" && regarding.contains("overflow")
+        }))
+    })?;
+    let convergence = started.elapsed();
+    println!("     Event: {} {}: {}", event.0, event.1, event.2);
+    ensure!(
+        dc.service_ips(NS, "overflow")?.is_empty(),
+        "overflow got an address from a full pool"
+    );
+    expect_spread(dc, SocketAddr::new(filler, 8088), 30, &nodes)?;
+    // The Service of case 8, when it ran, is unaffected.
+    let web6 = dc.service_ips(NS, "web6")?;
+    if let Some(&web6) = web6.first() {
+        expect_spread(dc, SocketAddr::new(web6, 8088), 30, &nodes)?;
+        remove_service(dc, "web6")?;
+    }
+    for name in ["overflow", "filler"] {
+        remove_service(dc, name)?;
+    }
+    Ok(convergence)
+}
