@@ -9,7 +9,7 @@ use ipnet::IpNet;
 use k8s_openapi::api::core::v1::Node;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use porter_api::ObjectKey;
-use porter_api::annotations::SERVICE_NAME_LABEL;
+use porter_api::service::{endpoint_serving, slice_service};
 
 use crate::ipam::Family;
 
@@ -23,23 +23,13 @@ pub fn serving_nodes<'a>(
 ) -> HashMap<ObjectKey, BTreeSet<&'a str>> {
     let mut out: HashMap<ObjectKey, BTreeSet<&str>> = HashMap::new();
     for slice in slices {
-        let Some(service) = slice
-            .metadata
-            .labels
-            .as_ref()
-            .and_then(|l| l.get(SERVICE_NAME_LABEL))
-        else {
+        let Some(key) = slice_service(slice) else {
             continue;
         };
-        let key = ObjectKey::new(
-            slice.metadata.namespace.as_deref().unwrap_or("default"),
-            service.as_str(),
-        );
         let nodes = out.entry(key).or_default();
+        // The same predicate the agent programs its node with.
         for ep in slice.endpoints.iter().flatten() {
-            // The API defines an unset `ready` as ready.
-            let ready = ep.conditions.as_ref().and_then(|c| c.ready).unwrap_or(true);
-            if let (true, Some(node)) = (ready, ep.node_name.as_deref()) {
+            if let (true, Some(node)) = (endpoint_serving(ep), ep.node_name.as_deref()) {
                 nodes.insert(node);
             }
         }
@@ -118,6 +108,7 @@ mod tests {
     use k8s_openapi::api::core::v1::{NodeAddress, NodeCondition, NodeStatus};
     use k8s_openapi::api::discovery::v1::{Endpoint, EndpointConditions};
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+    use porter_api::annotations::SERVICE_NAME_LABEL;
 
     fn node(name: &str, ready: &str, addrs: &[&str]) -> Node {
         Node {

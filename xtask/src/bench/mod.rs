@@ -1,6 +1,7 @@
 //! `cargo xtask bench <suite>`: prints one JSON object per line,
 //! `{"suite":..,"case":..,"metric":..,"value":..,"unit":..}`, each suite with
 //! a baseline measured in the same run.
+mod agent;
 mod bgp;
 mod dataplane;
 
@@ -22,12 +23,15 @@ pub enum Suite {
     Dataplane,
     /// 10,000 prefixes x 4 next hops into BIRD, against GoBGP loading the same set.
     Bgp,
+    /// Agent sync: 1,000 services x 10 local backends from empty, and one endpoint change.
+    Agent,
 }
 
 pub fn run(args: &BenchArgs) -> Result<()> {
     match args.suite {
         Suite::Dataplane => dataplane::run(args),
         Suite::Bgp => bgp::run(),
+        Suite::Agent => agent::run(),
     }
 }
 /// Prints one result line.
