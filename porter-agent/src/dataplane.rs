@@ -41,6 +41,21 @@ pub struct DataplaneConfig {
     pub maglev_size: u32,
     /// Most services (VIP:port/proto) this node can serve.
     pub max_services: u32,
+    /// How translated packets reach the pod (a runtime setting).
+    pub forwarding: Forwarding,
+}
+
+/// How translated packets reach the pod.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum Forwarding {
+    /// Pass to the kernel, which routes them (through netfilter) to the pod.
+    /// Correct with the node's own rules; see porter-ebpf's docs.
+    #[default]
+    Kernel,
+    /// Redirect from XDP to the pod's interface, past netfilter. Only for
+    /// measurement: replies get masqueraded where the node masquerades pod
+    /// traffic, and veth pods only take redirected frames if they run XDP.
+    Redirect,
 }
 
 impl Default for DataplaneConfig {
@@ -48,6 +63,7 @@ impl Default for DataplaneConfig {
         Self {
             maglev_size: porter_common::limits::DEFAULT_MAGLEV_SIZE,
             max_services: porter_common::limits::DEFAULT_MAX_SERVICES,
+            forwarding: Forwarding::Kernel,
         }
     }
 }
@@ -145,6 +161,7 @@ impl Dataplane {
     /// Loads the programs with the maps pinned under `pins` (creating them
     /// the first time), and reads back what an earlier agent installed.
     pub fn open(pins: &PinLayout, config: DataplaneConfig) -> Result<Self, DataplaneError> {
+        maglev::validate_size(config.maglev_size, 1)?;
         let mut ebpf = xdp_attach::load_with(pins, |loader| {
             loader
                 .map_max_entries(map_names::MAGLEV, config.maglev_entries())
@@ -183,6 +200,14 @@ impl Dataplane {
             });
         }
         let maglev = Array::try_from(maglev_map).map_err(map_err(map_names::MAGLEV))?;
+        let mut settings: Array<MapData, u32> = take(&mut ebpf, map_names::CONFIG)?;
+        let mode = match config.forwarding {
+            Forwarding::Kernel => porter_common::config::FORWARD_KERNEL,
+            Forwarding::Redirect => porter_common::config::FORWARD_REDIRECT,
+        };
+        settings
+            .set(porter_common::config::FORWARD, mode, 0)
+            .map_err(map_err(map_names::CONFIG))?;
         let mut dataplane = Self {
             services: take(&mut ebpf, map_names::SERVICES)?,
             vips: take(&mut ebpf, map_names::VIPS)?,

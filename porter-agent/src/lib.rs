@@ -18,7 +18,7 @@ pub mod xdp_mode;
 
 pub use pins::PinLayout;
 
-pub use dataplane::{Dataplane, DataplaneConfig, DataplaneError};
+pub use dataplane::{Dataplane, DataplaneConfig, DataplaneError, Forwarding};
 pub use service::{Backend, Protocol, ServiceAddr, ServiceSpec};
 
 /// Default Maglev table size M (a prime).

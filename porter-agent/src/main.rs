@@ -133,6 +133,7 @@ async fn run(args: RunArgs) -> Result<()> {
         config: DataplaneConfig {
             maglev_size: args.maglev_size,
             max_services: args.max_services,
+            ..DataplaneConfig::default()
         },
         resync: args.resync_interval,
     };

@@ -81,13 +81,7 @@ pub enum AttachError {
 }
 
 /// Loads the object, reusing maps already pinned under `pins` and pinning new
-/// ones with their compiled-in sizes.
-pub fn load(pins: &PinLayout) -> Result<Ebpf, AttachError> {
-    load_with(pins, |_| {})
-}
-
-/// Like [`load`], letting `configure` adjust the loader (e.g. map sizes)
-/// before maps are created.
+/// ones; `configure` adjusts the loader (e.g. map sizes) before maps are created.
 pub fn load_with(
     pins: &PinLayout,
     configure: impl FnOnce(&mut EbpfLoader<'_>),
@@ -96,7 +90,10 @@ pub fn load_with(
     create_dir(&maps_dir)?;
     create_dir(&pins.links_dir())?;
     let mut loader = EbpfLoader::new();
-    loader.default_map_pin_directory(&maps_dir);
+    // Every map is pinned by name: an existing pin is reused as it is.
+    for name in porter_common::map_names::ALL {
+        loader.map_pin_path(name, maps_dir.join(name));
+    }
     configure(&mut loader);
     let mut ebpf = loader.load(EBPF_OBJECT)?;
     xdp_program(&mut ebpf)?.load()?;

@@ -37,6 +37,24 @@ pub mod map_names {
     pub const REVNAT: &str = "PORTER_REVNAT";
     /// Per-CPU array of [`crate::ServiceCounters`], indexed by service id.
     pub const SERVICE_COUNTERS: &str = "PORTER_SVC_STATS";
+
+    /// Array of `u32` settings, indexed by [`crate::config`] constants.
+    pub const CONFIG: &str = "PORTER_CONFIG";
+
+    /// Every map, for pinning: all of them outlive the agent.
+    pub const ALL: &[&str] = &[
+        CONFIG,
+        STATS,
+        SERVICES,
+        VIPS,
+        VIP_FILTER,
+        BACKENDS,
+        MAGLEV,
+        CONNTRACK,
+        BACKEND_REVNAT,
+        REVNAT,
+        SERVICE_COUNTERS,
+    ];
 }
 
 /// Program names in the eBPF object.
@@ -57,6 +75,19 @@ pub mod limits {
     pub const DEFAULT_MAX_SERVICES: u32 = 64;
     pub const MAX_BACKENDS: u32 = 65_536;
     pub const CONNTRACK_ENTRIES: u32 = 262_144;
+}
+
+/// Settings in [`map_names::CONFIG`].
+pub mod config {
+    /// Slot of the forwarding mode: [`FORWARD_KERNEL`] or [`FORWARD_REDIRECT`].
+    pub const FORWARD: u32 = 0;
+    pub const SLOTS: u32 = 1;
+    /// Translated packets go to the kernel, which routes them to the pod.
+    pub const FORWARD_KERNEL: u32 = 0;
+    /// Translated packets are redirected straight to the pod's interface
+    /// (FIB lookup in XDP), bypassing the node's netfilter. For measurement:
+    /// see porter-ebpf's docs for why it is not the default.
+    pub const FORWARD_REDIRECT: u32 = 1;
 }
 
 /// Number of slots of [`map_names::VIP_FILTER`] (a power of two).
@@ -225,7 +256,9 @@ stats! {
     DropNoBackend = 9 => "drop_no_backend", "Dropped: the service has no local backend.";
     EchoReplied = 10 => "echo_replied", "ICMP echo to a service address answered in XDP.";
     RevNatApplied = 11 => "revnat_applied", "Replies rewritten back to the service address by tc.";
-    RevNatFailed = 12 => "revnat_failed", "Replies whose rewrite failed in tc (passed unchanged).";
+    RevNatFailed = 12 => "revnat_failed", "Replies whose rewrite failed in tc (dropped).";
+    DropRewriteFailed = 13 => "drop_rewrite_failed", "Dropped: a rewrite failed half-way (parsing rules this out; never forwarded half-rewritten).";
+    Redirected = 14 => "redirected", "Translated and redirected to the backend's interface (redirect mode).";
 }
 
 impl Stat {

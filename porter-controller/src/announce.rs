@@ -4,12 +4,14 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use ipnet::IpNet;
 use k8s_openapi::api::core::v1::Node;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use porter_api::ObjectKey;
-use porter_api::service::{endpoint_serving, slice_service};
+use porter_api::annotations::SERVICE_NAME_LABEL;
+use porter_api::service::endpoint_serving;
 
 use crate::ipam::Family;
 
@@ -17,35 +19,36 @@ use crate::ipam::Family;
 /// which is what withdraws it.
 pub type Routes = BTreeMap<IpNet, BTreeSet<IpAddr>>;
 
-/// The nodes that run a ready endpoint of each Service.
-pub fn serving_nodes<'a>(
-    slices: impl IntoIterator<Item = &'a EndpointSlice>,
-) -> HashMap<ObjectKey, BTreeSet<&'a str>> {
-    let mut out: HashMap<ObjectKey, BTreeSet<&str>> = HashMap::new();
+/// The nodes with a ready endpoint in these slices of one Service.
+fn ready_nodes<'a>(slices: impl IntoIterator<Item = &'a EndpointSlice>) -> BTreeSet<String> {
+    let mut nodes = BTreeSet::new();
     for slice in slices {
-        let Some(key) = slice_service(slice) else {
-            continue;
-        };
-        let nodes = out.entry(key).or_default();
         // The same predicate the agent programs its node with.
         for ep in slice.endpoints.iter().flatten() {
             if let (true, Some(node)) = (endpoint_serving(ep), ep.node_name.as_deref()) {
-                nodes.insert(node);
+                nodes.insert(node.to_string());
             }
         }
     }
-    out
+    nodes
+}
+
+/// The Service an EndpointSlice belongs to, borrowed.
+fn owner(slice: &EndpointSlice) -> Option<(&str, &str)> {
+    let service = slice.metadata.labels.as_ref()?.get(SERVICE_NAME_LABEL)?;
+    Some((
+        slice.metadata.namespace.as_deref().unwrap_or("default"),
+        service.as_str(),
+    ))
 }
 
 /// Each Ready node's `InternalIP`s, by name.
-pub fn node_addresses<'a>(
-    nodes: impl IntoIterator<Item = &'a Node>,
-) -> HashMap<&'a str, Vec<IpAddr>> {
+fn node_addresses<'a>(nodes: impl IntoIterator<Item = &'a Node>) -> HashMap<String, Vec<IpAddr>> {
     nodes
         .into_iter()
         .filter(|n| node_ready(n))
         .filter_map(|n| {
-            let name = n.metadata.name.as_deref()?;
+            let name = n.metadata.name.clone()?;
             let addrs: Vec<IpAddr> = n
                 .status
                 .as_ref()?
@@ -77,29 +80,217 @@ fn next_hop(addrs: &[IpAddr], eip: IpAddr) -> Option<IpAddr> {
         .copied()
 }
 
-/// The routes for every allocated EIP.
-pub fn routes(
-    allocations: &BTreeMap<ObjectKey, Vec<IpAddr>>,
-    serving: &HashMap<ObjectKey, BTreeSet<&str>>,
-    nodes: &HashMap<&str, Vec<IpAddr>>,
-) -> Routes {
-    let mut out = Routes::new();
-    for (service, eips) in allocations {
-        let Some(on) = serving.get(service) else {
-            continue;
-        };
-        for eip in eips {
-            let hops: BTreeSet<IpAddr> = on
-                .iter()
-                .filter_map(|n| nodes.get(n))
-                .filter_map(|addrs| next_hop(addrs, *eip))
+/// One allocated Service's part in the routes, as of the last update.
+#[derive(Debug, Default)]
+struct Served {
+    eips: Vec<IpAddr>,
+    nodes: BTreeSet<String>,
+}
+
+/// The routes, kept up to date incrementally. An update finds the
+/// EndpointSlices that changed by identity (sources share unchanged objects),
+/// recomputes only their Services and only the EIPs those use; a change of
+/// the nodes or of the allocations walks every Service. A fresh table's first
+/// update is the plain function of (allocations, EndpointSlices, Nodes).
+#[derive(Debug, Default)]
+pub struct RouteTable {
+    last_nodes: Vec<Arc<Node>>,
+    last_slices: Vec<Arc<EndpointSlice>>,
+    /// `None` before the first update.
+    last_allocations: Option<u64>,
+    nodes: HashMap<String, Vec<IpAddr>>,
+    /// Every Service's slices, allocated or not.
+    slices: HashMap<ObjectKey, Vec<Arc<EndpointSlice>>>,
+    services: HashMap<ObjectKey, Served>,
+    users: HashMap<IpAddr, BTreeSet<ObjectKey>>,
+    routes: Arc<Routes>,
+}
+
+fn same_objects<T>(a: &[Arc<T>], b: &[Arc<T>]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).all(|(x, y)| Arc::ptr_eq(x, y))
+}
+
+/// Slices in `old` and not in `new`, and the reverse, by identity.
+fn diff<'a>(
+    old: &'a [Arc<EndpointSlice>],
+    new: &'a [Arc<EndpointSlice>],
+) -> (Vec<&'a Arc<EndpointSlice>>, Vec<&'a Arc<EndpointSlice>>) {
+    if old.len() == new.len() {
+        // Sources keep their order while nothing is added or removed, so a
+        // positional comparison finds the handful of replaced objects.
+        let changed: Vec<usize> = (0..old.len())
+            .filter(|i| !Arc::ptr_eq(&old[*i], &new[*i]))
+            .collect();
+        return (
+            changed.iter().map(|i| &old[*i]).collect(),
+            changed.iter().map(|i| &new[*i]).collect(),
+        );
+    }
+    let ptrs = |v: &[Arc<EndpointSlice>]| {
+        v.iter()
+            .map(Arc::as_ptr)
+            .collect::<std::collections::HashSet<_>>()
+    };
+    let (old_ptrs, new_ptrs) = (ptrs(old), ptrs(new));
+    (
+        old.iter()
+            .filter(|s| !new_ptrs.contains(&Arc::as_ptr(s)))
+            .collect(),
+        new.iter()
+            .filter(|s| !old_ptrs.contains(&Arc::as_ptr(s)))
+            .collect(),
+    )
+}
+
+impl RouteTable {
+    pub fn routes(&self) -> &Arc<Routes> {
+        &self.routes
+    }
+
+    /// Brings the routes up to date and returns the EIPs whose next hops
+    /// changed. `generation` identifies the allocations: equal generations
+    /// mean equal allocations (see [`crate::ipam::Ipam::generation`]).
+    pub fn update(
+        &mut self,
+        allocations: &BTreeMap<ObjectKey, Vec<IpAddr>>,
+        generation: u64,
+        slices: &[Arc<EndpointSlice>],
+        nodes: &[Arc<Node>],
+    ) -> BTreeSet<IpAddr> {
+        let mut dirty: BTreeSet<IpAddr> = BTreeSet::new();
+        if !same_objects(&self.last_nodes, nodes) {
+            self.last_nodes = nodes.to_vec();
+            let addresses = node_addresses(nodes.iter().map(|n| n.as_ref()));
+            if addresses != self.nodes {
+                // Served node names stay valid; their addresses feed every route.
+                self.nodes = addresses;
+                dirty.extend(self.users.keys());
+            }
+        }
+
+        let mut touched: BTreeSet<ObjectKey> = BTreeSet::new();
+        let (removed, added) = diff(&self.last_slices, slices);
+        for slice in removed {
+            if let Some((ns, name)) = owner(slice) {
+                let key = ObjectKey::new(ns, name);
+                if let Some(list) = self.slices.get_mut(&key) {
+                    list.retain(|s| !Arc::ptr_eq(s, slice));
+                    if list.is_empty() {
+                        self.slices.remove(&key);
+                    }
+                }
+                touched.insert(key);
+            }
+        }
+        for slice in added {
+            if let Some((ns, name)) = owner(slice) {
+                let key = ObjectKey::new(ns, name);
+                self.slices
+                    .entry(key.clone())
+                    .or_default()
+                    .push(slice.clone());
+                touched.insert(key);
+            }
+        }
+        self.last_slices = slices.to_vec();
+
+        if self.last_allocations != Some(generation) {
+            self.last_allocations = Some(generation);
+            let gone: Vec<ObjectKey> = self
+                .services
+                .keys()
+                .filter(|k| !allocations.contains_key(*k))
+                .cloned()
                 .collect();
-            if !hops.is_empty() {
-                out.entry(IpNet::from(*eip)).or_default().extend(hops);
+            for key in gone {
+                if let Some(old) = self.services.remove(&key) {
+                    self.forget_user(&key, &old.eips, &mut dirty);
+                }
+            }
+            for (key, eips) in allocations {
+                let same_eips = self.services.get(key).is_some_and(|s| s.eips == *eips);
+                if !same_eips || touched.remove(key) {
+                    self.serve(key, eips, &mut dirty);
+                }
+            }
+        }
+        for key in touched {
+            if let Some(eips) = allocations.get(&key) {
+                self.serve(&key, eips, &mut dirty);
+            }
+        }
+
+        let mut changed = BTreeSet::new();
+        for eip in dirty {
+            let hops: BTreeSet<IpAddr> = self
+                .users
+                .get(&eip)
+                .into_iter()
+                .flatten()
+                .filter_map(|k| self.services.get(k))
+                .flat_map(|s| s.nodes.iter())
+                .filter_map(|n| self.nodes.get(n))
+                .filter_map(|addrs| next_hop(addrs, eip))
+                .collect();
+            let prefix = IpNet::from(eip);
+            let current = self.routes.get(&prefix);
+            let unchanged = if hops.is_empty() {
+                current.is_none()
+            } else {
+                current == Some(&hops)
+            };
+            if unchanged {
+                continue;
+            }
+            let routes = Arc::make_mut(&mut self.routes);
+            if hops.is_empty() {
+                routes.remove(&prefix);
+            } else {
+                routes.insert(prefix, hops);
+            }
+            changed.insert(eip);
+        }
+        changed
+    }
+
+    /// Recomputes one allocated Service's serving nodes and marks its EIPs.
+    fn serve(&mut self, key: &ObjectKey, eips: &[IpAddr], dirty: &mut BTreeSet<IpAddr>) {
+        let nodes = ready_nodes(
+            self.slices
+                .get(key)
+                .into_iter()
+                .flatten()
+                .map(|s| s.as_ref()),
+        );
+        let served = Served {
+            eips: eips.to_vec(),
+            nodes,
+        };
+        if let Some(old) = self.services.insert(key.clone(), served) {
+            self.forget_user(key, &old.eips, dirty);
+        }
+        for eip in eips {
+            self.users.entry(*eip).or_default().insert(key.clone());
+            dirty.insert(*eip);
+        }
+    }
+
+    fn forget_user(&mut self, key: &ObjectKey, eips: &[IpAddr], dirty: &mut BTreeSet<IpAddr>) {
+        for eip in eips {
+            if let Some(users) = self.users.get_mut(eip) {
+                users.remove(key);
+                if users.is_empty() {
+                    self.users.remove(eip);
+                }
+                dirty.insert(*eip);
             }
         }
     }
-    out
+
+    /// The Services using `eip`.
+    pub fn users(&self, eip: &IpAddr) -> impl Iterator<Item = &ObjectKey> {
+        self.users.get(eip).into_iter().flatten()
+    }
 }
 
 #[cfg(test)]
@@ -108,7 +299,6 @@ mod tests {
     use k8s_openapi::api::core::v1::{NodeAddress, NodeCondition, NodeStatus};
     use k8s_openapi::api::discovery::v1::{Endpoint, EndpointConditions};
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-    use porter_api::annotations::SERVICE_NAME_LABEL;
 
     fn node(name: &str, ready: &str, addrs: &[&str]) -> Node {
         Node {
@@ -186,8 +376,13 @@ mod tests {
                 )
             })
             .collect();
-        routes(&allocations, &serving_nodes(slices), &node_addresses(nodes))
-            .into_iter()
+        let slices: Vec<_> = slices.iter().cloned().map(Arc::new).collect();
+        let nodes: Vec<_> = nodes.iter().cloned().map(Arc::new).collect();
+        let mut table = RouteTable::default();
+        table.update(&allocations, 0, &slices, &nodes);
+        table
+            .routes()
+            .iter()
             .map(|(net, hops)| {
                 (
                     net.to_string(),
@@ -300,6 +495,86 @@ mod tests {
         ];
         for (name, allocs, slices, expected) in cases {
             assert_eq!(compute(&allocs, &slices, &nodes), want(&expected), "{name}");
+        }
+    }
+
+    /// An incremental update must land exactly where a fresh computation does.
+    #[test]
+    fn incremental_updates_match_a_fresh_computation() {
+        let allocations = |list: &[(&str, &str)]| -> BTreeMap<ObjectKey, Vec<IpAddr>> {
+            list.iter()
+                .map(|(s, e)| (ObjectKey::new("ns", *s), vec![ip(e)]))
+                .collect()
+        };
+        let arcs = |v: Vec<EndpointSlice>| v.into_iter().map(Arc::new).collect::<Vec<_>>();
+        let web = Arc::new(slice("web", &[("n1", Some(true))]));
+        let dns = Arc::new(slice("dns", &[("n2", Some(true))]));
+        let n1 = Arc::new(node("n1", "True", &["192.168.1.1"]));
+        let n2 = Arc::new(node("n2", "True", &["192.168.1.2"]));
+        let n2_down = Arc::new(node("n2", "False", &["192.168.1.2"]));
+        type Step = (
+            BTreeMap<ObjectKey, Vec<IpAddr>>,
+            Vec<Arc<EndpointSlice>>,
+            Vec<Arc<Node>>,
+        );
+        let steps: Vec<Step> = vec![
+            (
+                allocations(&[("web", "10.0.0.1"), ("dns", "10.0.0.2")]),
+                vec![web.clone(), dns.clone()],
+                vec![n1.clone(), n2.clone()],
+            ),
+            // dns moves to n1 (a new slice object), web unchanged
+            (
+                allocations(&[("web", "10.0.0.1"), ("dns", "10.0.0.2")]),
+                vec![web.clone()]
+                    .into_iter()
+                    .chain(arcs(vec![slice("dns", &[("n1", Some(true))])]))
+                    .collect(),
+                vec![n1.clone(), n2.clone()],
+            ),
+            // dns shares web's address
+            (
+                allocations(&[("web", "10.0.0.1"), ("dns", "10.0.0.1")]),
+                vec![web.clone(), dns.clone()],
+                vec![n1.clone(), n2.clone()],
+            ),
+            // node n2 goes NotReady
+            (
+                allocations(&[("web", "10.0.0.1"), ("dns", "10.0.0.1")]),
+                vec![web.clone(), dns.clone()],
+                vec![n1.clone(), n2_down.clone()],
+            ),
+            // web released
+            (
+                allocations(&[("dns", "10.0.0.1")]),
+                vec![web.clone(), dns.clone()],
+                vec![n1.clone(), n2.clone()],
+            ),
+            // everything gone
+            (allocations(&[]), vec![], vec![n1.clone()]),
+        ];
+        let mut live = RouteTable::default();
+        let mut last: Routes = Routes::new();
+        for (n, (allocs, slices, nodes)) in steps.iter().enumerate() {
+            // Each step's allocations are a new generation, except where they repeat.
+            let generation = if n > 0 && steps[n - 1].0 == *allocs {
+                n as u64 - 1
+            } else {
+                n as u64
+            };
+            let changed = live.update(allocs, generation, slices, nodes);
+            let mut fresh = RouteTable::default();
+            fresh.update(allocs, 0, slices, nodes);
+            assert_eq!(live.routes(), fresh.routes(), "step {n}");
+            let really: BTreeSet<IpAddr> = fresh
+                .routes()
+                .keys()
+                .chain(last.keys())
+                .filter(|p| fresh.routes().get(*p) != last.get(*p))
+                .map(|p| p.addr())
+                .collect();
+            assert_eq!(changed, really, "step {n}: reported changes");
+            last = (**live.routes()).clone();
         }
     }
 }

@@ -5,6 +5,7 @@
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::Arc;
 use std::time::Duration;
 
 use porter_api::annotations::BGP_CONF_NAME;
@@ -467,7 +468,7 @@ fn seed_neighbor(n: &toml::Value, out: &mut BgpDesired) {
 pub struct BgpDriver {
     speaker: Option<SpeakerConfig>,
     peers: BTreeMap<IpAddr, PeerConfig>,
-    routes: Option<Routes>,
+    routes: Option<Arc<Routes>>,
     notes: Vec<Note>,
 }
 
@@ -522,8 +523,12 @@ impl BgpDriver {
     }
 
     /// Sends `routes` if they differ from what was last sent; returns whether it did.
-    pub fn routes(&mut self, routes: &Routes, announcer: &mut dyn Announcer) -> bool {
-        if self.speaker.is_none() || self.routes.as_ref() == Some(routes) {
+    pub fn routes(&mut self, routes: &Arc<Routes>, announcer: &mut dyn Announcer) -> bool {
+        let unchanged = self
+            .routes
+            .as_ref()
+            .is_some_and(|sent| Arc::ptr_eq(sent, routes) || sent == routes);
+        if self.speaker.is_none() || unchanged {
             return false;
         }
         announcer.set_routes(routes);

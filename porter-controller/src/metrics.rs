@@ -58,7 +58,7 @@ impl Default for Metrics {
         );
         registry.register(
             "allocation_failures",
-            "Services left without an address at a reconcile pass, by reason",
+            "AllocationFailed events: a Service left without an address, by reason",
             m.failures.clone(),
         );
         registry.register(

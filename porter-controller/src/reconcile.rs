@@ -5,14 +5,16 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use ipnet::IpNet;
+use k8s_openapi::api::core::v1::{Namespace, Service};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use porter_api::annotations::SERVICE_FINALIZER;
 use porter_api::source::{Event, EventType, Regarding, Snapshot, StatusWriter, WriteError};
-use porter_api::{EipStatus, ObjectKey};
+use porter_api::{Eip, EipStatus, ObjectKey};
 
-use crate::announce::{self, Routes};
+use crate::announce::{RouteTable, Routes};
 use crate::bgp::{self, BgpDesired};
 use crate::ipam::{Ipam, NamespaceLabels, Pool, PoolState};
 use crate::service::{self, ServiceRequest};
@@ -30,11 +32,11 @@ pub struct Plan {
     pub finalizers: Vec<(ObjectKey, bool)>,
     pub eip_status: Vec<(String, EipStatus)>,
     pub events: Vec<Event>,
-    pub routes: Routes,
+    pub routes: Arc<Routes>,
     pub bgp: BgpDesired,
     /// Addresses newly handed out in this pass.
     pub allocated: u64,
-    /// Failure reasons (the error's kind) of Services left without an address.
+    /// Kinds of the AllocationFailed events in this plan.
     pub failures: Vec<&'static str>,
 }
 
@@ -43,8 +45,76 @@ pub struct Reconciler {
     ipam: Ipam,
     /// Last failure message per Service, so that AllocationFailed is sent once per reason.
     failed: HashMap<ObjectKey, String>,
-    /// Routes at the last pass, for Announced events.
-    announced: Routes,
+    /// The announcements, updated incrementally.
+    routes: RouteTable,
+    /// The inputs and outcome of the last address plan.
+    last_addresses: Option<(AddressInputs, Memo)>,
+}
+
+/// What the address plan reads, by identity.
+#[derive(Debug)]
+struct AddressInputs {
+    services: Vec<Arc<Service>>,
+    eips: Vec<Arc<Eip>>,
+    namespaces: Vec<Arc<Namespace>>,
+}
+
+fn same_objects<T>(a: &[Arc<T>], b: &[Arc<T>]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).all(|(x, y)| Arc::ptr_eq(x, y))
+}
+
+impl AddressInputs {
+    fn of(snap: &Snapshot) -> Self {
+        Self {
+            services: snap.services.clone(),
+            eips: snap.eips.clone(),
+            namespaces: snap.namespaces.clone(),
+        }
+    }
+
+    fn same(&self, other: &Self) -> bool {
+        same_objects(&self.services, &other.services)
+            && same_objects(&self.eips, &other.eips)
+            && same_objects(&self.namespaces, &other.namespaces)
+    }
+}
+
+/// The part of an address plan a rerun on the same inputs would produce
+/// again: the writes and the IPAllocated events that come with them.
+/// AllocationFailed is reported once per reason, so a rerun has none, and
+/// nothing new was allocated.
+#[derive(Debug)]
+struct Memo {
+    ingress: Vec<(ObjectKey, Vec<IpAddr>)>,
+    finalizers: Vec<(ObjectKey, bool)>,
+    eip_status: Vec<(String, EipStatus)>,
+    events: Vec<Event>,
+}
+
+impl Memo {
+    fn of(plan: &Plan) -> Self {
+        Self {
+            ingress: plan.ingress.clone(),
+            finalizers: plan.finalizers.clone(),
+            eip_status: plan.eip_status.clone(),
+            events: plan
+                .events
+                .iter()
+                .filter(|e| e.reason == REASON_ALLOCATED)
+                .cloned()
+                .collect(),
+        }
+    }
+
+    fn replay(&self) -> Plan {
+        Plan {
+            ingress: self.ingress.clone(),
+            finalizers: self.finalizers.clone(),
+            eip_status: self.eip_status.clone(),
+            events: self.events.clone(),
+            ..Plan::default()
+        }
+    }
 }
 
 impl Reconciler {
@@ -55,10 +125,41 @@ impl Reconciler {
     /// Forgets which Events were sent, so that a new leader reports afresh.
     pub fn forget_reported(&mut self) {
         self.failed.clear();
-        self.announced.clear();
+        self.routes = RouteTable::default();
+        self.last_addresses = None;
     }
 
     pub fn plan(&mut self, snap: &Snapshot, now: &Time) -> Plan {
+        let inputs = AddressInputs::of(snap);
+        let mut plan = match self.last_addresses.take() {
+            // Nothing the address plan depends on changed (the sources keep
+            // an unchanged object's Arc): the last one stands. This is what
+            // keeps an EndpointSlice change cheap at 10,000 Services.
+            Some((last, addresses)) if last.same(&inputs) => {
+                let plan = addresses.replay();
+                self.last_addresses = Some((last, addresses));
+                plan
+            }
+            _ => {
+                let plan = self.plan_addresses(snap, now);
+                self.last_addresses = Some((inputs, Memo::of(&plan)));
+                plan
+            }
+        };
+        let changed = self.routes.update(
+            self.ipam.allocations(),
+            self.ipam.generation(),
+            &snap.endpoint_slices,
+            &snap.nodes,
+        );
+        plan.routes = self.routes.routes().clone();
+        self.announcement_events(&changed, &mut plan.events);
+        plan.bgp = bgp::desired(snap);
+        plan
+    }
+
+    /// Allocation, statuses, finalizers and their events.
+    fn plan_addresses(&mut self, snap: &Snapshot, now: &Time) -> Plan {
         let mut plan = Plan::default();
         self.ipam
             .set_pools(snap.eips.iter().map(|e| Pool::from_eip(e)).collect());
@@ -133,9 +234,9 @@ impl Reconciler {
                         plan.allocated += ips.len() as u64;
                     }
                     Err(e) => {
-                        plan.failures.push(failure_kind(&e));
                         let message = e.to_string();
                         if self.failed.get(&req.key) != Some(&message) {
+                            plan.failures.push(failure_kind(&e));
                             tracing::warn!(service = %req.key, reason = %message, "no address");
                             plan.events.push(Event {
                                 regarding: Regarding::Service(req.key.clone()),
@@ -182,44 +283,26 @@ impl Reconciler {
                 }
             }
         }
-
-        let serving = announce::serving_nodes(snap.endpoint_slices.iter().map(|s| s.as_ref()));
-        let nodes = announce::node_addresses(snap.nodes.iter().map(|n| n.as_ref()));
-        plan.routes = announce::routes(self.ipam.allocations(), &serving, &nodes);
-        self.announcement_events(&plan.routes, &mut plan.events);
-        self.announced = plan.routes.clone();
-        plan.bgp = bgp::desired(snap);
         plan
     }
 
     /// An Announced event on each Service whose EIP gained or lost next hops.
-    fn announcement_events(&self, routes: &Routes, events: &mut Vec<Event>) {
-        let changed: BTreeSet<&IpNet> = routes
-            .keys()
-            .chain(self.announced.keys())
-            .filter(|p| routes.get(*p) != self.announced.get(*p))
-            .collect();
-        if changed.is_empty() {
-            return;
-        }
-        for (key, ips) in self.ipam.allocations() {
-            for ip in ips {
-                let prefix = IpNet::from(*ip);
-                if !changed.contains(&prefix) {
-                    continue;
-                }
-                let message = match routes.get(&prefix) {
-                    Some(hops) => format!(
-                        "{ip} announced with next hop(s) {}",
-                        join(&hops.iter().copied().collect::<Vec<_>>())
-                    ),
-                    None => format!("{ip} withdrawn: no Ready node has a ready endpoint"),
-                };
+    fn announcement_events(&self, changed: &BTreeSet<IpAddr>, events: &mut Vec<Event>) {
+        let routes = self.routes.routes();
+        for ip in changed {
+            let message = match routes.get(&IpNet::from(*ip)) {
+                Some(hops) => format!(
+                    "{ip} announced with next hop(s) {}",
+                    join(&hops.iter().copied().collect::<Vec<_>>())
+                ),
+                None => format!("{ip} withdrawn: no Ready node has a ready endpoint"),
+            };
+            for key in self.routes.users(ip) {
                 events.push(Event {
                     regarding: Regarding::Service(key.clone()),
                     type_: EventType::Normal,
                     reason: REASON_ANNOUNCED,
-                    message,
+                    message: message.clone(),
                 });
             }
         }

@@ -8,6 +8,16 @@
 //!   traffic to a VIP port no service uses.
 //! - `porter_tc_revnat` (tc): rewrites replies from a backend back to `VIP:port`.
 //! - `porter_xdp_empty`: passes everything; the benchmark's baseline.
+//!
+//! Why translated packets are passed to the kernel rather than redirected to
+//! the pod's interface: the node's netfilter then sees both directions of
+//! every flow as client <-> pod, so the node's own rules keep working on
+//! service traffic (NetworkPolicy of iptables-based CNIs, conntrack-based
+//! INVALID drops, and a MASQUERADE rule for the pod subnet, which leaves the
+//! replies alone because the flow's first packet came from the client).
+//! Redirecting would skip the routing and netfilter cost, but the replies
+//! would then look like new pod-to-outside flows and be masqueraded, and
+//! veth targets only take redirected frames when the pod side runs XDP too.
 #![no_std]
 #![no_main]
 
@@ -15,50 +25,64 @@ mod csum;
 mod parse;
 
 use aya_ebpf::{
-    bindings::{BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR, TC_ACT_OK, xdp_action},
-    helpers::bpf_ktime_get_ns,
-    macros::{classifier, map, xdp},
-    maps::{Array, HashMap, LruHashMap, PerCpuArray},
+    bindings::{
+        BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR, BPF_FIB_LKUP_RET_SUCCESS, TC_ACT_OK, TC_ACT_SHOT,
+        bpf_fib_lookup as FibParams, xdp_action,
+    },
+    btf_maps::{Array, HashMap, LruHashMap, PerCpuArray},
+    helpers::{
+        bpf_ktime_get_ns,
+        generated::{bpf_fib_lookup, bpf_redirect},
+    },
+    macros::{btf_map, classifier, xdp},
     programs::{TcContext, XdpContext},
 };
 use parse::{Headers, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP, load, store};
 use porter_common::{
     BACKEND_SHARED, BackendKey, BackendValue, CtValue, FAMILY_V4, FlowKey, RevNatValue,
-    ServiceCounters, ServiceKey, ServiceValue, Stat, VIP_FILTER_SLOTS, VipKey, limits,
+    ServiceCounters, ServiceKey, ServiceValue, Stat, VIP_FILTER_SLOTS, VipKey, config, limits,
     vip_filter_slot,
 };
 
-#[map(name = "PORTER_STATS")]
-static STATS: PerCpuArray<u64> = PerCpuArray::pinned(Stat::COUNT, 0);
-#[map(name = "PORTER_SERVICES")]
-static SERVICES: HashMap<ServiceKey, ServiceValue> =
-    HashMap::pinned(limits::DEFAULT_MAX_SERVICES, 0);
-#[map(name = "PORTER_VIPS")]
-static VIPS: HashMap<VipKey, u32> = HashMap::pinned(limits::DEFAULT_MAX_SERVICES, 0);
-#[map(name = "PORTER_VIP_FILTER")]
-static VIP_FILTER: Array<u32> = Array::pinned(VIP_FILTER_SLOTS, 0);
-#[map(name = "PORTER_BACKENDS")]
-static BACKENDS: Array<BackendValue> = Array::pinned(limits::MAX_BACKENDS, 0);
-#[map(name = "PORTER_MAGLEV")]
-static MAGLEV: Array<u32> = Array::pinned(
-    limits::DEFAULT_MAX_SERVICES * 2 * limits::DEFAULT_MAGLEV_SIZE,
-    0,
-);
-#[map(name = "PORTER_CT")]
-static CONNTRACK: LruHashMap<FlowKey, CtValue> = LruHashMap::pinned(limits::CONNTRACK_ENTRIES, 0);
-#[map(name = "PORTER_BE_REVNAT")]
-static BACKEND_REVNAT: HashMap<BackendKey, RevNatValue> = HashMap::pinned(limits::MAX_BACKENDS, 0);
-#[map(name = "PORTER_REVNAT")]
-static REVNAT: LruHashMap<FlowKey, RevNatValue> = LruHashMap::pinned(limits::CONNTRACK_ENTRIES, 0);
-#[map(name = "PORTER_SVC_STATS")]
-static SERVICE_STATS: PerCpuArray<ServiceCounters> =
-    PerCpuArray::pinned(limits::DEFAULT_MAX_SERVICES, 0);
+// BTF-defined maps: `bpftool map dump` shows their field names. They carry
+// no pinning attribute; the agent pins each one by name in its versioned
+// directory (see `porter_common::map_names::ALL`).
+const MAX_SERVICES: usize = limits::DEFAULT_MAX_SERVICES as usize;
+const MAX_BACKENDS: usize = limits::MAX_BACKENDS as usize;
+const CONNTRACK_ENTRIES: usize = limits::CONNTRACK_ENTRIES as usize;
+
+#[btf_map(name = "PORTER_CONFIG")]
+static CONFIG: Array<u32, { config::SLOTS as usize }> = Array::new();
+#[btf_map(name = "PORTER_STATS")]
+static STATS: PerCpuArray<u64, { Stat::COUNT as usize }> = PerCpuArray::new();
+#[btf_map(name = "PORTER_SERVICES")]
+static SERVICES: HashMap<ServiceKey, ServiceValue, MAX_SERVICES> = HashMap::new();
+#[btf_map(name = "PORTER_VIPS")]
+static VIPS: HashMap<VipKey, u32, MAX_SERVICES> = HashMap::new();
+#[btf_map(name = "PORTER_VIP_FILTER")]
+static VIP_FILTER: Array<u32, { VIP_FILTER_SLOTS as usize }> = Array::new();
+#[btf_map(name = "PORTER_BACKENDS")]
+static BACKENDS: Array<BackendValue, MAX_BACKENDS> = Array::new();
+/// Userspace sizes it at load: two tables of M slots per service.
+#[btf_map(name = "PORTER_MAGLEV")]
+static MAGLEV: Array<u32, { MAX_SERVICES * 2 * limits::DEFAULT_MAGLEV_SIZE as usize }> =
+    Array::new();
+#[btf_map(name = "PORTER_CT")]
+static CONNTRACK: LruHashMap<FlowKey, CtValue, CONNTRACK_ENTRIES> = LruHashMap::new();
+#[btf_map(name = "PORTER_BE_REVNAT")]
+static BACKEND_REVNAT: HashMap<BackendKey, RevNatValue, MAX_BACKENDS> = HashMap::new();
+#[btf_map(name = "PORTER_REVNAT")]
+static REVNAT: LruHashMap<FlowKey, RevNatValue, CONNTRACK_ENTRIES> = LruHashMap::new();
+#[btf_map(name = "PORTER_SVC_STATS")]
+static SERVICE_STATS: PerCpuArray<ServiceCounters, MAX_SERVICES> = PerCpuArray::new();
 
 /// Conntrack and reverse-NAT entries are refreshed at most this often, so an
 /// established flow costs lookups, not writes.
 const REFRESH_NS: u64 = 1_000_000_000;
 const TCP_CHECK_OFF: usize = 16;
 const UDP_CHECK_OFF: usize = 6;
+const AF_INET: u8 = 2;
+const AF_INET6: u8 = 10;
 
 #[inline(always)]
 fn count(stat: Stat) {
@@ -126,10 +150,14 @@ fn xdp_decide(ctx: &XdpContext) -> (u32, Stat) {
             // to the router until its TTL ran out.
             return (xdp_action::XDP_DROP, Stat::DropUnknownPort);
         }
+        let echo_request = if h.family == FAMILY_V4 { 8 } else { 128 };
+        if h.icmp_type != echo_request {
+            // Errors (e.g. fragmentation needed) and other ICMP pass untouched.
+            return (xdp_action::XDP_PASS, Stat::PassIcmp);
+        }
         return match echo_reply(data, data_end, &h) {
             Some(()) => (xdp_action::XDP_TX, Stat::EchoReplied),
-            // Errors (e.g. fragmentation needed) and other ICMP pass untouched.
-            None => (xdp_action::XDP_PASS, Stat::PassIcmp),
+            None => (xdp_action::XDP_DROP, Stat::DropRewriteFailed),
         };
     };
     // SAFETY: map values stay valid for the program's run (RCU).
@@ -156,7 +184,14 @@ fn xdp_decide(ctx: &XdpContext) -> (u32, Stat) {
     }
     if dnat(data, data_end, &h, &backend).is_none() {
         // Cannot happen after a successful parse; never forward half-rewritten.
-        return (xdp_action::XDP_DROP, Stat::PassTruncated);
+        return (xdp_action::XDP_DROP, Stat::DropRewriteFailed);
+    }
+    if CONFIG
+        .get(config::FORWARD)
+        .is_some_and(|&mode| mode == config::FORWARD_REDIRECT)
+        && let Some(action) = redirect(ctx, data, data_end, &h, &backend)
+    {
+        return (action, Stat::Redirected);
     }
     (xdp_action::XDP_PASS, Stat::Forwarded)
 }
@@ -295,18 +330,58 @@ fn dnat(data: usize, data_end: usize, h: &Headers, backend: &BackendValue) -> Op
     Some(())
 }
 
-/// Turns an echo request into its reply in place (for XDP_TX). None if the
-/// packet is not an echo request.
+/// Redirect mode: routes the translated packet in XDP (FIB lookup) and
+/// sends it out of the backend's interface. None (pass to the kernel) when
+/// the kernel must do it, e.g. while the pod's neighbour entry is missing.
+/// Unlike the kernel, it leaves the TTL alone: the mode exists to measure.
 #[inline(always)]
-fn echo_reply(data: usize, data_end: usize, h: &Headers) -> Option<()> {
-    let (request, reply) = if h.family == FAMILY_V4 {
-        (8u8, 0u8)
+fn redirect(
+    ctx: &XdpContext,
+    data: usize,
+    data_end: usize,
+    h: &Headers,
+    backend: &BackendValue,
+) -> Option<u32> {
+    // SAFETY: a plain C struct; all zeros is a valid request.
+    let mut fib: FibParams = unsafe { core::mem::zeroed() };
+    fib.l4_protocol = h.proto;
+    fib.sport = h.sport;
+    fib.dport = backend.port;
+    fib.ifindex = ctx.ingress_ifindex() as u32;
+    if h.family == FAMILY_V4 {
+        fib.family = AF_INET;
+        fib.__bindgen_anon_1.tot_len = u16::from_be(load(data, data_end, h.l3_off + 2)?);
+        fib.__bindgen_anon_3.ipv4_src = h.src[0];
+        fib.__bindgen_anon_4.ipv4_dst = backend.addr[0];
     } else {
-        (128u8, 129u8)
+        fib.family = AF_INET6;
+        fib.__bindgen_anon_1.tot_len = u16::from_be(load(data, data_end, h.l3_off + 4)?) + 40;
+        fib.__bindgen_anon_3.ipv6_src = h.src;
+        fib.__bindgen_anon_4.ipv6_dst = backend.addr;
+    }
+    // SAFETY: the helper reads and writes `fib`, which lives on our stack.
+    let rc = unsafe {
+        bpf_fib_lookup(
+            ctx.ctx.cast(),
+            &mut fib,
+            core::mem::size_of::<FibParams>() as i32,
+            0,
+        )
     };
-    if h.icmp_type != request {
+    if rc != BPF_FIB_LKUP_RET_SUCCESS as i64 {
         return None;
     }
+    store(data, data_end, 0, fib.dmac)?;
+    store(data, data_end, 6, fib.smac)?;
+    // SAFETY: no memory effects beyond the redirect decision.
+    Some(unsafe { bpf_redirect(fib.ifindex, 0) } as u32)
+}
+
+/// Turns an echo request into its reply in place (for XDP_TX). None only
+/// if a write fails, which the parse's bounds checks rule out.
+#[inline(always)]
+fn echo_reply(data: usize, data_end: usize, h: &Headers) -> Option<()> {
+    let reply: u8 = if h.family == FAMILY_V4 { 0 } else { 129 };
     let macs: [u8; 12] = load(data, data_end, 0)?;
     let mut swapped = [0u8; 12];
     swapped[..6].copy_from_slice(&macs[6..]);
@@ -360,7 +435,7 @@ pub fn porter_tc_revnat(ctx: TcContext) -> i32 {
     };
     // SAFETY: copied out at once.
     let mut revnat = unsafe { *by_backend };
-    if revnat.flags & BACKEND_SHARED != 0 {
+    let by_flow = if revnat.flags & BACKEND_SHARED != 0 {
         let flow = FlowKey {
             src: h.src,
             dst: h.dst,
@@ -370,17 +445,47 @@ pub fn porter_tc_revnat(ctx: TcContext) -> i32 {
             family: h.family,
             _pad: [0; 2],
         };
-        // Flows from before the backend became shared have no entry; the
-        // backend's own value names the service it served first.
-        if let Some(by_flow) = REVNAT.get_ptr(&flow) {
-            revnat = unsafe { *by_flow };
+        REVNAT.get_ptr(&flow)
+    } else {
+        None
+    };
+    match by_flow {
+        // Recorded by XDP for exactly this flow.
+        Some(by_flow) => revnat = unsafe { *by_flow },
+        // Only replies of flows XDP translated: the pod may also be reached
+        // directly (routed pod networks), and those replies must keep its
+        // address. For a shared backend whose flow has no entry (it began
+        // before the backend was shared), the backend's value names the
+        // service it served first, and conntrack confirms it.
+        None => {
+            let forward = FlowKey {
+                src: h.dst,
+                dst: revnat.vip,
+                sport: h.dport,
+                dport: revnat.port,
+                proto: h.proto,
+                family: h.family,
+                _pad: [0; 2],
+            };
+            let translated = CONNTRACK
+                .get_ptr(&forward)
+                .is_some_and(|ct| unsafe { (*ct).service_id } == revnat.service_id);
+            if !translated {
+                return TC_ACT_OK as i32;
+            }
         }
     }
     match revnat_rewrite(&ctx, &h, &revnat) {
-        Ok(()) => count(Stat::RevNatApplied),
-        Err(_) => count(Stat::RevNatFailed),
+        Ok(()) => {
+            count(Stat::RevNatApplied);
+            TC_ACT_OK as i32
+        }
+        Err(_) => {
+            // Possibly half-rewritten: never let it out.
+            count(Stat::RevNatFailed);
+            TC_ACT_SHOT as i32
+        }
     }
-    TC_ACT_OK as i32
 }
 
 /// Uses the skb helpers, which know whether the L4 checksum is complete or

@@ -56,7 +56,8 @@ impl NamedServer {
         let (ns, name, flag) = (ns.to_owned(), name.to_owned(), stop.clone());
         let thread = thread::spawn(move || {
             let listener = enter(&ns).and_then(|()| {
-                let listener = TcpListener::bind(("0.0.0.0", port))?;
+                // Dual-stack: IPv4 clients arrive as mapped addresses.
+                let listener = TcpListener::bind(("::", port))?;
                 listener.set_nonblocking(true)?;
                 Ok(listener)
             });

@@ -1,11 +1,15 @@
 //! Labs assembled for a purpose, shared by the tests and `cargo xtask demo`.
 use std::{
-    collections::BTreeMap, net::SocketAddr, path::PathBuf, process::Command, time::Duration,
+    collections::BTreeMap,
+    net::{IpAddr, SocketAddr},
+    path::PathBuf,
+    process::Command,
+    time::Duration,
 };
 
 use anyhow::{Context, Result, bail};
 use aya::{
-    Ebpf, EbpfLoader,
+    Ebpf,
     programs::{Xdp, XdpMode},
 };
 use porter_agent::{
@@ -149,7 +153,7 @@ pub fn spawn_agent(lab: &mut Lab, name: &str, command: Command) -> Result<PathBu
 /// otherwise hand over offloaded, unfinished ones).
 pub struct PodLab {
     /// Detached and stopped before the lab goes (fields drop in order).
-    _client_xdp: Ebpf,
+    pass_xdp: Vec<Ebpf>,
     _servers: Vec<NamedServer>,
     pub lab: Lab,
     pub client: String,
@@ -160,7 +164,9 @@ pub struct PodLab {
 
 impl PodLab {
     pub const EIP: &'static str = "192.0.2.10";
+    pub const EIP6: &'static str = "2001:db8::10";
     pub const POD_IPS: [&'static str; 2] = ["10.244.1.2", "10.244.2.2"];
+    pub const POD_IPS6: [&'static str; 2] = ["fd00:244:1::2", "fd00:244:2::2"];
     pub const POD_SUBNET: &'static str = "10.244.0.0/16";
     pub const TARGET_PORT: u16 = 8080;
 
@@ -171,22 +177,25 @@ impl PodLab {
         lab.veth((&client, "eth0"), (&node, "eth0"))?;
         lab.addr(&client, "eth0", "172.31.0.2/24")?;
         lab.addr(&node, "eth0", "172.31.0.1/24")?;
-        lab.ip(
-            &client,
+        add_addr6(&lab, &client, "eth0", "fd00:31::2/64")?;
+        add_addr6(&lab, &node, "eth0", "fd00:31::1/64")?;
+        for (eip, via) in [
+            (format!("{}/32", Self::EIP), "172.31.0.1"),
+            (format!("{}/128", Self::EIP6), "fd00:31::1"),
+        ] {
+            lab.ip(&client, &["route", "add", &eip, "via", via])?;
+        }
+        // Full checksums from the client, as from a wire.
+        lab.exec(&client, &["ethtool", "-K", "eth0", "tx", "off"])?;
+        lab.exec(
+            &node,
             &[
-                "route",
-                "add",
-                &format!("{}/32", Self::EIP),
-                "via",
-                "172.31.0.1",
+                "sysctl",
+                "-qw",
+                "net.ipv4.ip_forward=1",
+                "net.ipv6.conf.all.forwarding=1",
             ],
         )?;
-        // Full checksums from the client, as from a wire.
-        lab.exec(
-            &client,
-            &["ethtool", "-K", "eth0", "tx", "off", "gro", "on"],
-        )?;
-        lab.exec(&node, &["sysctl", "-qw", "net.ipv4.ip_forward=1"])?;
         let mut pods = Vec::new();
         let mut servers = Vec::new();
         for (index, pod_ip) in Self::POD_IPS.iter().enumerate() {
@@ -197,6 +206,10 @@ impl PodLab {
             lab.addr(&node, &host_side, &format!("{gateway}/24"))?;
             lab.addr(&pod, "eth0", &format!("{pod_ip}/24"))?;
             lab.ip(&pod, &["route", "add", "default", "via", &gateway])?;
+            let gateway6 = format!("fd00:244:{}::1", index + 1);
+            add_addr6(&lab, &node, &host_side, &format!("{gateway6}/64"))?;
+            add_addr6(&lab, &pod, "eth0", &format!("{}/64", Self::POD_IPS6[index]))?;
+            lab.ip(&pod, &["-6", "route", "add", "default", "via", &gateway6])?;
             servers.push(NamedServer::start(
                 &pod,
                 Self::TARGET_PORT,
@@ -207,10 +220,10 @@ impl PodLab {
         let bpffs = lab.bpffs()?;
         // A veth only takes frames sent back with XDP_TX (echo replies) when
         // its peer runs XDP too; a physical NIC needs nothing of the sort.
-        let client_xdp = attach_pass_xdp(&client, lab.bpffs()?)?;
+        let client_xdp = attach_pass_xdp(&client)?;
         let pods: [String; 2] = pods.try_into().map_err(|_| anyhow::anyhow!("two pods"))?;
         Ok(Self {
-            _client_xdp: client_xdp,
+            pass_xdp: vec![client_xdp],
             _servers: servers,
             lab,
             client,
@@ -218,6 +231,15 @@ impl PodLab {
             pods,
             bpffs,
         })
+    }
+
+    /// Runs a pass-everything XDP program on the pods' interfaces too, as
+    /// veth needs before it takes frames redirected from XDP.
+    pub fn enable_pod_xdp(&mut self) -> Result<()> {
+        for pod in &self.pods {
+            self.pass_xdp.push(attach_pass_xdp(pod)?);
+        }
+        Ok(())
     }
 
     /// What Calico's natOutgoing and flannel install: masquerade pod traffic
@@ -255,11 +277,18 @@ impl PodLab {
         })
     }
 
-    /// The service `EIP:port/tcp` with the given pods (indices) as backends.
-    pub fn service(port: u16, pods: &[usize]) -> Result<ServiceSpec> {
+    /// The service `eip:port/tcp` ([`Self::EIP`] or [`Self::EIP6`]) with the
+    /// given pods (indices) as backends, in the EIP's family.
+    pub fn service(eip: &str, port: u16, pods: &[usize]) -> Result<ServiceSpec> {
+        let vip: IpAddr = eip.parse()?;
+        let pod_ips = if vip.is_ipv4() {
+            Self::POD_IPS
+        } else {
+            Self::POD_IPS6
+        };
         Ok(ServiceSpec {
             addr: ServiceAddr {
-                vip: Self::EIP.parse()?,
+                vip,
                 port,
                 proto: Protocol::Tcp,
             },
@@ -267,7 +296,7 @@ impl PodLab {
                 .iter()
                 .map(|&pod| {
                     Ok(Backend {
-                        addr: Self::POD_IPS.get(pod).context("pod index")?.parse()?,
+                        addr: pod_ips.get(pod).context("pod index")?.parse()?,
                         port: Self::TARGET_PORT,
                     })
                 })
@@ -275,15 +304,16 @@ impl PodLab {
         })
     }
 
-    /// Opens a connection from the client to `EIP:port`.
-    pub fn connect(&self, port: u16) -> Result<NamedClient> {
-        let addr = SocketAddr::new(Self::EIP.parse()?, port);
+    /// Opens a connection from the client to `eip:port`.
+    pub fn connect(&self, eip: &str, port: u16) -> Result<NamedClient> {
+        let addr = SocketAddr::new(eip.parse()?, port);
         run_in(&self.client, move || NamedClient::connect(addr))
     }
 
-    /// Opens `count` connections one after another and counts who answered.
-    pub fn spread(&self, port: u16, count: usize) -> Result<BTreeMap<String, usize>> {
-        let addr = SocketAddr::new(Self::EIP.parse()?, port);
+    /// Opens `count` connections to `eip:port` one after another and counts
+    /// who answered.
+    pub fn spread(&self, eip: &str, port: u16, count: usize) -> Result<BTreeMap<String, usize>> {
+        let addr = SocketAddr::new(eip.parse()?, port);
         run_in(&self.client, move || {
             let mut answers = BTreeMap::new();
             for _ in 0..count {
@@ -301,13 +331,17 @@ impl PodLab {
     }
 }
 
-/// Puts Porter's pass-everything XDP program on `ns`'s eth0 (its maps pinned
-/// under `bpffs`, apart from any data plane's); detached when dropped.
-fn attach_pass_xdp(ns: &str, bpffs: PathBuf) -> Result<Ebpf> {
+/// IPv6 addresses without duplicate address detection, usable at once.
+fn add_addr6(lab: &Lab, ns: &str, interface: &str, cidr: &str) -> Result<()> {
+    lab.ip(ns, &["-6", "addr", "add", cidr, "dev", interface, "nodad"])?;
+    Ok(())
+}
+
+/// Puts Porter's pass-everything XDP program on `ns`'s eth0 (with maps of
+/// its own, unpinned); detached when dropped.
+fn attach_pass_xdp(ns: &str) -> Result<Ebpf> {
     run_in(ns, move || {
-        let mut ebpf = EbpfLoader::new()
-            .default_map_pin_directory(&bpffs)
-            .load(EBPF_OBJECT)?;
+        let mut ebpf = Ebpf::load(EBPF_OBJECT)?;
         let program: &mut Xdp = ebpf
             .program_mut(program_names::XDP_EMPTY)
             .context("no empty XDP program")?

@@ -197,7 +197,7 @@ fn agent_programs_follows_edits_restarts_hitlessly_and_cleans_up() -> Result<()>
     );
 
     // Traffic to EIP:port reaches both pods (named targetPort resolved).
-    let answers = lab.pods.spread(80, 40)?;
+    let answers = lab.pods.spread(PodLab::EIP, 80, 40)?;
     assert_eq!(answers.values().sum::<usize>(), 40, "{answers:?}");
     assert!(answers.len() == 2, "both pods answer: {answers:?}");
 
@@ -214,7 +214,7 @@ fn agent_programs_follows_edits_restarts_hitlessly_and_cleans_up() -> Result<()>
         || Ok((lab.backends(&http)? == pod2_only).then_some(())),
     )
     .with_context(|| format!("edit made {:?} ago", edited.elapsed()))?;
-    let answers = lab.pods.spread(80, 20)?;
+    let answers = lab.pods.spread(PodLab::EIP, 80, 20)?;
     assert_eq!(answers.get("pod2"), Some(&20), "{answers:?}");
     std::fs::write(lab.manifests.join("web.yaml"), manifests(&PodLab::POD_IPS))?;
     wait_for("pod1 to come back", Duration::from_secs(5), || {
@@ -231,7 +231,7 @@ fn agent_programs_follows_edits_restarts_hitlessly_and_cleans_up() -> Result<()>
 
     // A restart under load: continuous UDP and held TCP connections.
     let mut held = (0..4)
-        .map(|_| lab.pods.connect(80))
+        .map(|_| lab.pods.connect(PodLab::EIP, 80))
         .collect::<Result<Vec<_>>>()?;
     for (i, client) in held.iter_mut().enumerate() {
         let line = format!("before-{i}");

@@ -6,7 +6,7 @@ use std::net::IpAddr;
 use anyhow::{Context, Result};
 use aya::programs::{SchedClassifier, TestRun, TestRunOptions, Xdp};
 use porter_agent::{
-    Backend, Dataplane, DataplaneConfig, PinLayout, Protocol, ServiceAddr, ServiceSpec,
+    Backend, Dataplane, DataplaneConfig, Forwarding, PinLayout, Protocol, ServiceAddr, ServiceSpec,
 };
 use porter_common::{Stat, program_names};
 use porter_tests::{
@@ -52,6 +52,7 @@ fn spec(vip: &str, port: u16, proto: Protocol, pods: &[&str], target: u16) -> Se
 /// UDP/53 → 5353, on a v4 and a v6 VIP, two pods each.
 struct Bench {
     _lab: Lab,
+    pins: PinLayout,
     dataplane: Dataplane,
 }
 
@@ -62,8 +63,10 @@ impl Bench {
         let config = DataplaneConfig {
             maglev_size: 251,
             max_services: 8,
+            ..DataplaneConfig::default()
         };
-        let mut dataplane = Dataplane::open(&PinLayout::new(&bpffs), config)?;
+        let pins = PinLayout::new(&bpffs);
+        let mut dataplane = Dataplane::open(&pins, config)?;
         dataplane.reconcile(&[
             spec(VIP4, 80, Protocol::Tcp, &PODS4, 8080),
             spec(VIP4, 53, Protocol::Udp, &PODS4, 5353),
@@ -72,6 +75,7 @@ impl Bench {
         ])?;
         Ok(Self {
             _lab: lab,
+            pins,
             dataplane,
         })
     }
@@ -85,6 +89,24 @@ impl Bench {
             .context("xdp program")?
             .try_into()?;
         test_run(program, packet)
+    }
+
+    /// Sends a request of a new flow through XDP and returns the reply the
+    /// chosen pod would send.
+    fn reply_of_new_flow(
+        &mut self,
+        (client, client_port): (IpAddr, u16),
+        (vip, port, proto): (IpAddr, u16, Protocol),
+        target: u16,
+        vlan: Vlan,
+    ) -> Result<Vec<u8>> {
+        let (request, reply) = match proto {
+            Protocol::Tcp => (tcp(client_port, port), tcp(target, client_port)),
+            Protocol::Udp => (udp(client_port, port), udp(target, client_port)),
+        };
+        let (_, forwarded) = self.run(&packets::build(client, vip, request, vlan)?)?;
+        let pod = checked_summary(&forwarded)?.dst;
+        packets::build(pod, client, reply, vlan)
     }
 
     /// Runs the tc reverse-NAT program on `packet` (as leaving the uplink).
@@ -436,19 +458,31 @@ fn replies_are_reverse_translated_by_tc() -> Result<()> {
     }
     let mut bench = Bench::new("dptc")?;
     let cases = [
-        ("v4 tcp", PODS4[0], CLIENT4, tcp(8080, 40000), VIP4, 80),
-        ("v4 udp", PODS4[1], CLIENT4, udp(5353, 40000), VIP4, 53),
-        ("v6 tcp", PODS6[0], CLIENT6, tcp(8080, 40000), VIP6, 80),
-        ("v6 udp", PODS6[1], CLIENT6, udp(5353, 40000), VIP6, 53),
+        ("v4 tcp", CLIENT4, VIP4, Protocol::Tcp, 80, 8080),
+        ("v4 udp", CLIENT4, VIP4, Protocol::Udp, 53, 5353),
+        ("v6 tcp", CLIENT6, VIP6, Protocol::Tcp, 80, 8080),
+        ("v6 udp", CLIENT6, VIP6, Protocol::Udp, 53, 5353),
     ];
-    for (case, pod, client, l4, vip, port) in cases {
+    let mut client_port = 42000;
+    for (case, client, vip, proto, port, target) in cases {
         for vlan in [Vlan::None, Vlan::Single] {
-            let reply = packets::build(ip(pod), ip(client), l4, vlan)?;
+            client_port += 1;
+            let reply = bench.reply_of_new_flow(
+                (ip(client), client_port),
+                (ip(vip), port, proto),
+                target,
+                vlan,
+            )?;
             let out = bench.run_tc(&reply)?;
             assert_revnat(&reply, &out, vip, port, case);
         }
     }
-    let mut no_checksum = packets::build(ip(PODS4[0]), ip(CLIENT4), udp(5353, 1), Vlan::None)?;
+    let mut no_checksum = bench.reply_of_new_flow(
+        (ip(CLIENT4), 1),
+        (ip(VIP4), 53, Protocol::Udp),
+        5353,
+        Vlan::None,
+    )?;
     no_checksum[14 + 20 + 6..14 + 20 + 8].copy_from_slice(&[0, 0]);
     let out = bench.run_tc(&no_checksum)?;
     assert_revnat(&no_checksum, &out, VIP4, 53, "v4 udp without checksum");
@@ -467,6 +501,10 @@ fn replies_are_reverse_translated_by_tc() -> Result<()> {
             "udp source port of a tcp backend",
             packets::build(ip(PODS4[0]), ip(CLIENT4), udp(8080, 1), Vlan::None)?,
         ),
+        (
+            "reply of a direct connection to the pod (no service flow)",
+            packets::build(ip(PODS4[0]), ip(CLIENT4), tcp(8080, 43999), Vlan::None)?,
+        ),
     ] {
         assert_eq!(bench.run_tc(&packet)?, packet, "{case}: untouched");
     }
@@ -483,6 +521,27 @@ fn replies_are_reverse_translated_by_tc() -> Result<()> {
         let reply = packets::build(pod, ip(CLIENT4), tcp(8080, sport), Vlan::None)?;
         let out = bench.run_tc(&reply)?;
         assert_revnat(&reply, &out, VIP4, port, "shared backend");
+    }
+    Ok(())
+}
+
+#[test]
+fn bpftool_shows_map_field_names() -> Result<()> {
+    if !privilege::can_run("bpftool_shows_map_field_names") {
+        return Ok(());
+    }
+    let bench = Bench::new("dpbtf")?;
+    for (map, field) in [
+        (porter_common::map_names::SERVICES, "table_base"),
+        (porter_common::map_names::BACKEND_REVNAT, "service_id"),
+    ] {
+        let path = bench.pins.map(map);
+        let dump = porter_tests::lab::run(
+            std::process::Command::new("bpftool")
+                .args(["map", "dump", "pinned"])
+                .arg(&path),
+        )?;
+        assert!(dump.contains(field), "{map} dump names its fields:\n{dump}");
     }
     Ok(())
 }
@@ -566,25 +625,36 @@ fn end_to_end_through_the_node_to_local_pods() -> Result<()> {
     if !privilege::can_run("end_to_end_through_the_node_to_local_pods") {
         return Ok(());
     }
-    for masquerade in [false, true] {
-        end_to_end(masquerade).with_context(|| format!("masquerade={masquerade}"))?;
+    // Redirect (measurement only) is not run with MASQUERADE: bypassing
+    // netfilter on the way in is exactly what makes replies get masqueraded.
+    for (masquerade, forwarding) in [
+        (false, Forwarding::Kernel),
+        (true, Forwarding::Kernel),
+        (false, Forwarding::Redirect),
+    ] {
+        end_to_end(masquerade, forwarding)
+            .with_context(|| format!("masquerade={masquerade} forwarding={forwarding:?}"))?;
     }
     Ok(())
 }
 
-fn end_to_end(masquerade: bool) -> Result<()> {
-    let lab = PodLab::new(if masquerade { "e2em" } else { "e2e" })?;
+fn end_to_end(masquerade: bool, forwarding: Forwarding) -> Result<()> {
+    let mut lab = PodLab::new(if masquerade { "e2em" } else { "e2e" })?;
     if masquerade {
         lab.add_pod_masquerade()?;
+    }
+    if forwarding == Forwarding::Redirect {
+        lab.enable_pod_xdp()?;
     }
     let config = DataplaneConfig {
         maglev_size: 251,
         max_services: 4,
+        forwarding,
     };
     let mut dataplane = lab.start_dataplane(config)?;
-    dataplane.upsert_service(&PodLab::service(80, &[0, 1])?)?;
+    dataplane.upsert_service(&PodLab::service(PodLab::EIP, 80, &[0, 1])?)?;
 
-    let answers = lab.spread(80, 200)?;
+    let answers = lab.spread(PodLab::EIP, 80, 200)?;
     let pod1 = answers.get("pod1").copied().unwrap_or(0);
     assert_eq!(
         answers.values().sum::<usize>(),
@@ -598,12 +668,12 @@ fn end_to_end(masquerade: bool) -> Result<()> {
 
     // Hold a connection to pod2, then take pod1 away.
     let mut held = (0..50)
-        .map(|_| lab.connect(80))
+        .map(|_| lab.connect(PodLab::EIP, 80))
         .find(|client| client.as_ref().is_ok_and(|c| c.server == "pod2"))
         .context("no connection reached pod2 in 50 tries")??;
     assert_eq!(held.echo("before")?, "pod2:before");
-    dataplane.upsert_service(&PodLab::service(80, &[1])?)?;
-    let answers = lab.spread(80, 20)?;
+    dataplane.upsert_service(&PodLab::service(PodLab::EIP, 80, &[1])?)?;
+    let answers = lab.spread(PodLab::EIP, 80, 20)?;
     assert_eq!(
         answers.get("pod2"),
         Some(&20),
@@ -619,34 +689,60 @@ fn end_to_end(masquerade: bool) -> Result<()> {
     // adopts the pinned links; conntrack (and the open connection) carry over.
     drop(dataplane);
     let mut dataplane = lab.start_dataplane(config)?;
-    assert_eq!(dataplane.services(), vec![PodLab::service(80, &[1])?]);
+    assert_eq!(
+        dataplane.services(),
+        vec![PodLab::service(PodLab::EIP, 80, &[1])?]
+    );
     assert_eq!(held.echo("restarted")?, "pod2:restarted");
-    dataplane.reconcile(&[PodLab::service(80, &[0, 1])?])?;
-    let answers = lab.spread(80, 40)?;
+    dataplane.reconcile(&[PodLab::service(PodLab::EIP, 80, &[0, 1])?])?;
+    let answers = lab.spread(PodLab::EIP, 80, 40)?;
     assert!(
         answers.get("pod1").is_some_and(|&n| n > 0),
         "pod1 is back: {answers:?}"
     );
 
-    // Ping to the EIP is answered by XDP.
-    let echoes = stat(&dataplane, Stat::EchoReplied)?;
-    lab.lab.exec(
-        &lab.client,
-        &["ping", "-c", "3", "-i", "0.2", "-W", "1", PodLab::EIP],
-    )?;
+    // The same over IPv6: an IPv6 EIP onto the pods' IPv6 addresses.
+    dataplane.upsert_service(&PodLab::service(PodLab::EIP6, 80, &[0, 1])?)?;
+    let answers = lab.spread(PodLab::EIP6, 80, 100)?;
+    let pod1 = answers.get("pod1").copied().unwrap_or(0);
     assert!(
-        stat(&dataplane, Stat::EchoReplied)? >= echoes + 3,
-        "echo answered in XDP"
+        (35..=65).contains(&pod1) && answers.values().sum::<usize>() == 100,
+        "100 IPv6 connections split 35-65% between the pods: {answers:?}"
     );
+
+    // Ping to either EIP is answered by XDP.
+    for eip in [PodLab::EIP, PodLab::EIP6] {
+        let echoes = stat(&dataplane, Stat::EchoReplied)?;
+        lab.lab.exec(
+            &lab.client,
+            &["ping", "-c", "3", "-i", "0.2", "-W", "1", eip],
+        )?;
+        assert!(
+            stat(&dataplane, Stat::EchoReplied)? >= echoes + 3,
+            "echo to {eip} answered in XDP"
+        );
+    }
 
     // An unknown port on the EIP: dropped and counted, so no answer at all.
     let drops = stat(&dataplane, Stat::DropUnknownPort)?;
-    let unknown = lab.connect(81);
+    let unknown = lab.connect(PodLab::EIP, 81);
     assert!(unknown.is_err(), "nothing answers on an unknown port");
     assert!(
         stat(&dataplane, Stat::DropUnknownPort)? > drops,
         "the SYN was dropped and counted"
     );
+    let (forwarded, redirected) = (
+        stat(&dataplane, Stat::Forwarded)?,
+        stat(&dataplane, Stat::Redirected)?,
+    );
+    match forwarding {
+        Forwarding::Kernel => assert_eq!(redirected, 0, "nothing redirected"),
+        // The first packets to a pod wait for its neighbour entry in the kernel.
+        Forwarding::Redirect => assert!(
+            redirected > forwarded,
+            "{redirected} redirected, {forwarded} passed"
+        ),
+    }
     assert!(
         stat(&dataplane, Stat::RevNatApplied)? > 0,
         "replies were reverse-NATed by tc"

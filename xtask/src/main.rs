@@ -23,7 +23,7 @@ enum Task {
     /// Install what the eBPF build needs (nightly, rust-src, bpf-linker), build
     /// the eBPF object, and print its path.
     BuildEbpf(ebpf::BuildArgs),
-    /// fmt, clippy, the eBPF build, then every test (privileged ones when root).
+    /// fmt, the eBPF build, clippy, then every test (privileged ones when root).
     Test(test::TestArgs),
     /// Build everything and show Porter working in a network-namespace lab (needs root).
     Demo(demo::DemoArgs),

@@ -5,6 +5,7 @@ use porter_api::crd::{
     AddPaths, AddPathsConfig, AfiSafi, AfiSafiConfig, EbgpMultihop, PeerConf, Transport,
 };
 use porter_api::{BgpConfSpec, BgpPeerSpec};
+use std::sync::Arc;
 
 fn conf(name: &str, router_id: Option<&str>) -> BgpConf {
     BgpConf {
@@ -249,7 +250,8 @@ fn driver_changes_only_what_changed() {
     assert_eq!(rec.calls, [Call::Remove(ip("192.168.1.2"))]);
     rec.calls.clear();
 
-    let routes: Routes = [(IpNet::from(ip("10.9.0.1")), [ip("192.168.0.10")].into())].into();
+    let routes: Arc<Routes> =
+        Arc::new([(IpNet::from(ip("10.9.0.1")), [ip("192.168.0.10")].into())].into());
     assert!(driver.routes(&routes, &mut rec));
     assert!(
         !driver.routes(&routes, &mut rec),

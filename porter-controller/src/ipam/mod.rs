@@ -62,12 +62,20 @@ pub struct Ipam {
     pools: BTreeMap<String, Pool>,
     holdings: BTreeMap<IpAddr, Holding>,
     services: BTreeMap<ObjectKey, Vec<IpAddr>>,
+    generation: u64,
 }
 
 impl Ipam {
+    /// Changes whenever the allocations may have changed; equal values mean
+    /// equal allocations, which lets the route table skip unchanged work.
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
     /// Replaces the pool set. Addresses outside every accepted pool are
     /// released; holdings in a disabled pool stay.
     pub fn set_pools(&mut self, pools: Vec<Pool>) {
+        self.generation += 1;
         let mut next = pool::accept(pools);
         for (name, p) in &mut next {
             if let Some(old) = self.pools.get(name) {
@@ -109,6 +117,7 @@ impl Ipam {
 
     /// Gives up `key`'s addresses.
     pub fn release(&mut self, key: &ObjectKey) -> Vec<IpAddr> {
+        self.generation += 1;
         let ips = self.services.remove(key).unwrap_or_default();
         for ip in &ips {
             if let Some(h) = self.holdings.get_mut(ip) {
@@ -258,6 +267,7 @@ impl Ipam {
     }
 
     fn take(&mut self, req: &ServiceRequest, ips: &[IpAddr]) {
+        self.generation += 1;
         for ip in ips {
             let pool = self
                 .accepting_pool_of(*ip)

@@ -475,3 +475,23 @@ async fn apply_adds_the_finalizer_before_publishing_the_address() {
         ]
     );
 }
+
+#[test]
+fn an_endpoint_change_alone_moves_the_route_and_nothing_else() {
+    let mut r = Reconciler::default();
+    let snap = seed();
+    let snap = settle(&snap, &r.plan(&snap, &now()));
+    assert!(r.plan(&snap, &now()).ingress.is_empty());
+    let mut moved = snap.clone();
+    moved.endpoint_slices = vec![Arc::new(slice("web", &["n2"]))];
+    let plan = r.plan(&moved, &now());
+    let hops: Vec<String> = plan
+        .routes
+        .values()
+        .flatten()
+        .map(|h| h.to_string())
+        .collect();
+    assert_eq!(hops, ["192.168.1.2"]);
+    assert_eq!(reasons(&plan), [REASON_ANNOUNCED]);
+    assert!(plan.ingress.is_empty() && plan.finalizers.is_empty() && plan.eip_status.is_empty());
+}

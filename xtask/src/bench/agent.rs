@@ -58,6 +58,7 @@ fn measure(case: &str, services: u32, maglev_size: u32) -> Result<()> {
     let config = DataplaneConfig {
         maglev_size,
         max_services: services,
+        ..DataplaneConfig::default()
     };
     let mut dataplane = Dataplane::open(&PinLayout::new(&bpffs), config)?;
     let mut snapshot = cluster(services);

@@ -3,6 +3,7 @@
 //! a baseline measured in the same run.
 mod agent;
 mod bgp;
+mod controller;
 mod dataplane;
 
 use anyhow::Result;
@@ -12,8 +13,8 @@ pub struct BenchArgs {
     /// Which suite to run.
     #[arg(value_enum)]
     pub suite: Suite,
-    /// Seconds per throughput measurement (lab suites).
-    #[arg(long, default_value_t = 3)]
+    /// Seconds per throughput measurement (lab suites; each side is measured 5 times).
+    #[arg(long, default_value_t = 2)]
     pub seconds: u64,
 }
 
@@ -23,6 +24,8 @@ pub enum Suite {
     Dataplane,
     /// 10,000 prefixes x 4 next hops into BIRD, against GoBGP loading the same set.
     Bgp,
+    /// IPAM and announcements for 10,000 Services over 1,000 nodes.
+    Controller,
     /// Agent sync: 1,000 services x 10 local backends from empty, and one endpoint change.
     Agent,
 }
@@ -31,9 +34,11 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     match args.suite {
         Suite::Dataplane => dataplane::run(args),
         Suite::Bgp => bgp::run(),
+        Suite::Controller => controller::run(),
         Suite::Agent => agent::run(),
     }
 }
+
 /// Prints one result line.
 pub fn emit(suite: &str, case: &str, metric: &str, value: f64, unit: &str) {
     println!(
