@@ -4,6 +4,8 @@
 
 pub mod annotations;
 pub mod crd;
+pub mod metrics_http;
+pub mod service;
 pub mod source;
 
 pub use crd::{BgpConf, BgpConfSpec, BgpPeer, BgpPeerSpec, Eip, EipSpec, EipStatus};

@@ -287,6 +287,7 @@ impl Datacenter {
         let mut command = self.lab.command(&node.ns, bins::binary("porter-agent")?);
         command
             .args(["run", "--node-name", &node.name, "--interface", "eth0"])
+            .args(["--poll-interval", "100ms"])
             .arg("--source")
             .arg(format!("dir:{}", self.manifests.display()))
             .arg("--bpffs")

@@ -157,7 +157,7 @@ fn print_explore(dc: &Datacenter, ip: std::net::IpAddr) -> Result<()> {
          ip -n {r} route show {ip}\n  \
          ip netns exec {cl} curl -s http://{ip}:8088/\n  \
          {agent} inspect --bpffs {bpffs}\n  \
-         bpftool map dump pinned {bpffs}/porter/v1/maps/PORTER_SVC_STATS\n  \
+         bpftool map dump pinned {bpffs}/porter/v{layout}/maps/PORTER_SVC_STATS\n  \
          ip netns exec {n1ns} bpftool net show dev eth0\n  \
          cat {m}/status/events.jsonl; ls {m}\n\
          Edit or add manifests in {m} and both binaries follow within a second.\n\
@@ -173,6 +173,7 @@ fn print_explore(dc: &Datacenter, ip: std::net::IpAddr) -> Result<()> {
         m = dc.manifests.display(),
         id = dc.lab.id(),
         agent = agent.display(),
+        layout = porter_agent::pins::PIN_LAYOUT_VERSION,
     );
     Ok(())
 }
