@@ -418,7 +418,7 @@ pub fn porter_tc_revnat(ctx: TcContext) -> i32 {
     // Only the headers need to be linear.
     let _ = ctx.pull_data(ctx.len().min(128));
     let (data, data_end) = (ctx.data(), ctx.data_end());
-    let Ok(h) = parse::parse(data, data_end) else {
+    let Ok(h) = parse::parse_skb_headers(data, data_end) else {
         return TC_ACT_OK as i32;
     };
     if h.proto != IPPROTO_TCP && h.proto != IPPROTO_UDP {

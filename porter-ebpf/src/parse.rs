@@ -77,9 +77,23 @@ pub struct Headers {
     pub icmp_type: u8,
 }
 
-/// Parses the packet, or says why it must pass untouched.
+/// Parses the packet, or says why it must pass untouched. The whole packet
+/// must be in `data..data_end`, as it always is in XDP.
 #[inline(always)]
 pub fn parse(data: usize, data_end: usize) -> Result<Headers, Stat> {
+    parse_inner(data, data_end, true)
+}
+
+/// As [`parse`], for an skb whose payload may lie beyond `data_end` in page
+/// fragments (tc): only the headers must be linear. A reply with a payload,
+/// e.g. an HTTP response, is usually built that way.
+#[inline(always)]
+pub fn parse_skb_headers(data: usize, data_end: usize) -> Result<Headers, Stat> {
+    parse_inner(data, data_end, false)
+}
+
+#[inline(always)]
+fn parse_inner(data: usize, data_end: usize, whole: bool) -> Result<Headers, Stat> {
     let mut ethertype = u16::from_be(load::<u16>(data, data_end, 12).ok_or(Stat::PassTruncated)?);
     let mut off = ETH_HLEN;
     for _ in 0..MAX_VLAN_TAGS {
@@ -101,8 +115,8 @@ pub fn parse(data: usize, data_end: usize) -> Result<Headers, Stat> {
         icmp_type: 0,
     };
     match ethertype {
-        ETH_P_IP => parse_v4(data, data_end, &mut headers)?,
-        ETH_P_IPV6 => parse_v6(data, data_end, &mut headers)?,
+        ETH_P_IP => parse_v4(data, data_end, &mut headers, whole)?,
+        ETH_P_IPV6 => parse_v6(data, data_end, &mut headers, whole)?,
         _ => return Err(Stat::PassNotIp),
     }
     parse_l4(data, data_end, &mut headers)?;
@@ -110,7 +124,7 @@ pub fn parse(data: usize, data_end: usize) -> Result<Headers, Stat> {
 }
 
 #[inline(always)]
-fn parse_v4(data: usize, data_end: usize, h: &mut Headers) -> Result<(), Stat> {
+fn parse_v4(data: usize, data_end: usize, h: &mut Headers, whole: bool) -> Result<(), Stat> {
     let off = h.l3_off;
     // One check for the fixed header; the field loads below fall inside it.
     if data + off + 20 > data_end {
@@ -123,7 +137,7 @@ fn parse_v4(data: usize, data_end: usize, h: &mut Headers) -> Result<(), Stat> {
     let ihl = ((version_ihl & 0x0f) as usize) * 4;
     let total_len =
         u16::from_be(load(data, data_end, off + 2).ok_or(Stat::PassTruncated)?) as usize;
-    if ihl < 20 || total_len < ihl || data + off + total_len > data_end {
+    if ihl < 20 || total_len < ihl || (whole && data + off + total_len > data_end) {
         return Err(Stat::PassTruncated);
     }
     // More-fragments flag or a fragment offset: only the first fragment has
@@ -141,7 +155,7 @@ fn parse_v4(data: usize, data_end: usize, h: &mut Headers) -> Result<(), Stat> {
 }
 
 #[inline(always)]
-fn parse_v6(data: usize, data_end: usize, h: &mut Headers) -> Result<(), Stat> {
+fn parse_v6(data: usize, data_end: usize, h: &mut Headers, whole: bool) -> Result<(), Stat> {
     let off = h.l3_off;
     if data + off + 40 > data_end {
         return Err(Stat::PassTruncated);
@@ -185,7 +199,7 @@ fn parse_v6(data: usize, data_end: usize, h: &mut Headers) -> Result<(), Stat> {
     // cannot prove on its own.
     let payload_len =
         u16::from_be(load(data, data_end, off + 4).ok_or(Stat::PassTruncated)?) as usize;
-    if payload_len == 0 || data + off + 40 + payload_len > data_end {
+    if payload_len == 0 || (whole && data + off + 40 + payload_len > data_end) {
         return Err(Stat::PassTruncated);
     }
     h.proto = next;

@@ -351,7 +351,6 @@ impl Datacenter {
             timeout,
             || Ok(self.service_ips(namespace, name)?.first().copied()),
         )
-        .with_context(|| self.describe())
     }
 
     /// The addresses pool `eip` reports in use (`status.used`: ip -> Service).
@@ -414,7 +413,7 @@ impl Datacenter {
             timeout,
             || Ok((self.next_hops(eip)? == want).then_some(())),
         )
-        .with_context(|| self.describe())?;
+        .with_context(|| format!("the router has {:?}", self.next_hops(eip)))?;
         Ok(started.elapsed())
     }
 

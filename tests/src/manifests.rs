@@ -68,6 +68,8 @@ pub struct ServiceSpec<'a> {
     pub target_port: u16,
     /// Extra annotations (pool, shared IP key, requested address).
     pub annotations: &'a [(&'a str, &'a str)],
+    /// `ipFamilies: [IPv6]` (what the API server fills in for an IPv6 Service).
+    pub ipv6: bool,
 }
 
 pub fn service(spec: &ServiceSpec) -> String {
@@ -85,6 +87,9 @@ pub fn service(spec: &ServiceSpec) -> String {
          ports:\n    - name: http\n      protocol: TCP\n      port: {}\n      targetPort: {}\n",
         spec.name, spec.port, spec.target_port
     );
+    if spec.ipv6 {
+        out.push_str("  ipFamilyPolicy: SingleStack\n  ipFamilies: [IPv6]\n");
+    }
     out
 }
 
@@ -145,8 +150,13 @@ mod tests {
                 port: 8088,
                 target_port: 80,
                 annotations: &[("porter.kubesphere.io/allow-shared-ip", "k")],
+                ipv6: true,
             })))
             .expect("a Service");
+        assert_eq!(
+            s.spec.and_then(|spec| spec.ip_families),
+            Some(vec!["IPv6".to_string()])
+        );
         assert_eq!(
             s.metadata.annotations.expect("annotations").len(),
             2,

@@ -1,9 +1,13 @@
 //! `cargo xtask demo`: Porter at work in the data-centre lab of
 //! `shared/LAB.md` (router with BIRD, the controller, three nodes with one to
 //! three pods each, a client), driven by the samples in `deploy/samples/`.
-use std::{net::SocketAddr, process::Command, time::Duration};
+use std::{
+    net::{IpAddr, SocketAddr},
+    process::Command,
+    time::Duration,
+};
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Result, bail};
 use porter_tests::{
     bins,
     datacenter::{Datacenter, per_node, samples_dir},
@@ -35,6 +39,22 @@ pub fn run(args: &DemoArgs) -> Result<()> {
 
     step("creating the lab: router (BIRD) + controller + 3 nodes with 1, 2 and 3 pods + client");
     let mut dc = Datacenter::new("demo", &PODS_PER_NODE)?;
+    let shown = show(&mut dc);
+    if shown.is_err() {
+        println!("the lab when the demo failed:\n{}", dc.describe());
+    }
+    if args.keep {
+        // Kept even when a step failed: that is when exploring helps most.
+        print_explore(&dc, shown.as_ref().ok().copied())?;
+        dc.keep();
+    } else {
+        step("tearing the lab down");
+    }
+    shown.map(drop)
+}
+
+/// Everything the demo shows, in a lab that exists; returns the Service's IP.
+fn show(dc: &mut Datacenter) -> Result<IpAddr> {
     println!(
         "    client {}  ->  router 172.31.0.1 | 172.30.0.1 (bridge lan)",
         porter_tests::datacenter::CLIENT_V4
@@ -58,14 +78,9 @@ pub fn run(args: &DemoArgs) -> Result<()> {
         dc.manifests.display()
     );
 
-    // Until the agent reads the cluster (issue 6) the demo stops at the route.
-    let agent_help = lab::run(Command::new(bins::binary("porter-agent")?).args(["run", "--help"]));
-    let agents = agent_help.is_ok_and(|help| help.contains("--node-name"));
-    if agents {
-        step("starting porter-agent on every node (XDP on eth0, maps pinned in the node's bpffs)");
-        for index in 0..dc.nodes.len() {
-            dc.start_agent(index)?;
-        }
+    step("starting porter-agent on every node (XDP on eth0, maps pinned in the node's bpffs)");
+    for index in 0..dc.nodes.len() {
+        dc.start_agent(index)?;
     }
 
     step(
@@ -106,22 +121,11 @@ pub fn run(args: &DemoArgs) -> Result<()> {
         println!("    birdc    | {}", line.trim());
     }
 
-    if agents {
-        traffic(&dc, ip)?;
-    } else {
-        step("this porter-agent does not read the cluster yet: no data plane, so no traffic");
-    }
-
-    if args.keep {
-        print_explore(&dc, ip)?;
-        dc.keep();
-    } else {
-        step("tearing the lab down");
-    }
-    Ok(())
+    traffic(dc, ip)?;
+    Ok(ip)
 }
 
-fn traffic(dc: &Datacenter, ip: std::net::IpAddr) -> Result<()> {
+fn traffic(dc: &Datacenter, ip: IpAddr) -> Result<()> {
     step(&format!(
         "{REQUESTS} HTTP requests from the client to {ip}:8088"
     ));
@@ -129,8 +133,7 @@ fn traffic(dc: &Datacenter, ip: std::net::IpAddr) -> Result<()> {
     let per_pod = lab::wait_for("the first answer", Duration::from_secs(10), || {
         Ok(dc.request(addr).ok())
     })
-    .and_then(|_| dc.spread(addr, REQUESTS))
-    .with_context(|| dc.describe())?;
+    .and_then(|_| dc.spread(addr, REQUESTS))?;
     println!("    per pod:  {}", counts(&per_pod));
     println!("    per node: {}", counts(&per_node(&per_pod)));
 
@@ -148,7 +151,8 @@ fn traffic(dc: &Datacenter, ip: std::net::IpAddr) -> Result<()> {
     Ok(())
 }
 
-fn print_explore(dc: &Datacenter, ip: std::net::IpAddr) -> Result<()> {
+fn print_explore(dc: &Datacenter, ip: Option<IpAddr>) -> Result<()> {
+    let ip = ip.map_or_else(|| "192.168.2.2".to_owned(), |ip| ip.to_string());
     let agent = bins::binary("porter-agent")?;
     let n1 = &dc.nodes[0];
     println!(
