@@ -48,6 +48,8 @@ pub const CLIENT_V4: &str = "172.31.0.2";
 pub const POD_PORT: u16 = 80;
 
 const CONTROLLER: &str = "controller";
+/// The agent's capabilities in the DaemonSet (deploy/porter.yaml), as setpriv spells them.
+pub const AGENT_CAPABILITIES: &str = "+bpf,+net_admin,+perfmon,+sys_resource";
 
 pub struct Pod {
     /// `n<node>-p<index>`, also what its server answers.
@@ -284,8 +286,12 @@ impl Datacenter {
     /// `porter-agent run` for node `index`, reading the same manifests.
     pub fn agent_command(&self, index: usize) -> Result<Command> {
         let node = self.nodes.get(index).context("no such node")?;
-        let mut command = self.lab.command(&node.ns, bins::binary("porter-agent")?);
+        // Exactly the capabilities deploy/porter.yaml gives the DaemonSet,
+        // so the lab proves the agent needs nothing more.
+        let mut command = self.lab.command(&node.ns, "setpriv");
         command
+            .arg(format!("--bounding-set=-all,{AGENT_CAPABILITIES}"))
+            .arg(bins::binary("porter-agent")?)
             .args(["run", "--node-name", &node.name, "--interface", "eth0"])
             .args(["--poll-interval", "100ms"])
             .arg("--source")

@@ -144,7 +144,8 @@ fn traffic(dc: &Datacenter, ip: IpAddr) -> Result<()> {
                 .args(["inspect", "--bpffs"])
                 .arg(&node.bpffs),
         )?;
-        for line in out.lines() {
+        // The services table of `inspect`: per-service packets, bytes and new flows.
+        for line in out.lines().take_while(|line| !line.trim().is_empty()) {
             println!("    {} | {line}", node.name);
         }
     }
