@@ -5,7 +5,6 @@
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::sync::Arc;
 use std::time::Duration;
 
 use porter_api::annotations::BGP_CONF_NAME;
@@ -468,7 +467,8 @@ fn seed_neighbor(n: &toml::Value, out: &mut BgpDesired) {
 pub struct BgpDriver {
     speaker: Option<SpeakerConfig>,
     peers: BTreeMap<IpAddr, PeerConfig>,
-    routes: Option<Arc<Routes>>,
+    /// Version of the routes last sent.
+    routes: Option<u64>,
     notes: Vec<Note>,
 }
 
@@ -522,17 +522,14 @@ impl BgpDriver {
         fresh
     }
 
-    /// Sends `routes` if they differ from what was last sent; returns whether it did.
-    pub fn routes(&mut self, routes: &Arc<Routes>, announcer: &mut dyn Announcer) -> bool {
-        let unchanged = self
-            .routes
-            .as_ref()
-            .is_some_and(|sent| Arc::ptr_eq(sent, routes) || sent == routes);
-        if self.speaker.is_none() || unchanged {
+    /// Sends `routes` unless this `version` of them was sent already;
+    /// returns whether it did.
+    pub fn routes(&mut self, routes: &Routes, version: u64, announcer: &mut dyn Announcer) -> bool {
+        if self.speaker.is_none() || self.routes == Some(version) {
             return false;
         }
         announcer.set_routes(routes);
-        self.routes = Some(routes.clone());
+        self.routes = Some(version);
         true
     }
 }
