@@ -12,6 +12,7 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 use porter_api::ObjectKey;
 use porter_api::annotations::SERVICE_NAME_LABEL;
 
+use crate::identity::{is, remember, same_objects};
 use crate::ipam::Family;
 
 /// EIP (as a host prefix) → next hops. An EIP with no next hop is absent,
@@ -97,7 +98,7 @@ struct Served {
 /// update is the plain function of (allocations, EndpointSlices, Nodes).
 #[derive(Debug, Default)]
 pub struct RouteTable {
-    /// The last inputs, by identity (see `reconcile::AddressInputs` on Weak).
+    /// The last inputs, by identity (see [`crate::identity`]).
     last_nodes: Vec<Weak<Node>>,
     last_slices: Vec<Weak<EndpointSlice>>,
     /// `None` before the first update.
@@ -112,14 +113,6 @@ pub struct RouteTable {
     /// Services using each EIP; usually one, more when shared.
     users: HashMap<IpAddr, Vec<ObjectKey>>,
     routes: Arc<Routes>,
-}
-
-fn same_objects<T>(last: &[Weak<T>], now: &[Arc<T>]) -> bool {
-    last.len() == now.len() && last.iter().zip(now).all(|(w, a)| is(w, a))
-}
-
-fn is<T>(w: &Weak<T>, a: &Arc<T>) -> bool {
-    std::ptr::eq(w.as_ptr(), Arc::as_ptr(a))
 }
 
 /// Slices in `old` and not in `new` (as identities), and the reverse.
@@ -163,7 +156,7 @@ impl RouteTable {
     ) -> BTreeSet<IpAddr> {
         let mut dirty: BTreeSet<IpAddr> = BTreeSet::new();
         if !same_objects(&self.last_nodes, nodes) {
-            self.last_nodes = nodes.iter().map(Arc::downgrade).collect();
+            self.last_nodes = remember(nodes);
             let addresses = node_addresses(nodes.iter().map(|n| n.as_ref()));
             if addresses != self.nodes {
                 // Served node names stay valid; their addresses feed every route.
@@ -197,7 +190,7 @@ impl RouteTable {
                 touched.insert(key);
             }
         }
-        self.last_slices = slices.iter().map(Arc::downgrade).collect();
+        self.last_slices = remember(slices);
 
         if self.last_allocations != Some(generation) {
             self.last_allocations = Some(generation);

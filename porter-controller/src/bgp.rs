@@ -534,8 +534,8 @@ impl BgpDriver {
     }
 }
 
-/// An [`Announcer`] that keeps the calls it gets and logs them: the tests'
-/// and the benchmark's speaker, and the binary's until porter-bgp is wired in.
+/// An [`Announcer`] that keeps the calls it gets, for tests.
+#[cfg(test)]
 #[derive(Debug, Default, Clone)]
 pub struct Recorder {
     pub calls: Vec<Call>,
@@ -543,6 +543,7 @@ pub struct Recorder {
     pub established: Vec<IpAddr>,
 }
 
+#[cfg(test)]
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Call {
     Start(SpeakerConfig),
@@ -551,24 +552,21 @@ pub enum Call {
     Routes(Routes),
 }
 
+#[cfg(test)]
 impl Announcer for Recorder {
     fn start(&mut self, config: &SpeakerConfig) {
-        tracing::info!(local_as = config.local_as, router_id = %config.router_id, "BGP speaker (re)started");
         self.calls.push(Call::Start(config.clone()));
     }
 
     fn upsert_peer(&mut self, peer: &PeerConfig) {
-        tracing::info!(peer = %peer.address, remote_as = peer.remote_as, "BGP peer configured");
         self.calls.push(Call::Upsert(peer.clone()));
     }
 
     fn remove_peer(&mut self, address: IpAddr) {
-        tracing::info!(peer = %address, "BGP peer removed");
         self.calls.push(Call::Remove(address));
     }
 
     fn set_routes(&mut self, routes: &Routes) {
-        tracing::debug!(prefixes = routes.len(), "routes handed to the speaker");
         self.calls.push(Call::Routes(routes.clone()));
     }
 

@@ -3,6 +3,7 @@
 
 pub mod announce;
 pub mod bgp;
+mod identity;
 pub mod ipam;
 pub mod metrics;
 pub mod reconcile;

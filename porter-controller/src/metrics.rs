@@ -101,7 +101,7 @@ impl Metrics {
             self.pool_size
                 .get_or_create(&label("pool", &pool.name))
                 .set(size);
-            let used = ipam.used_in(&pool.name).len();
+            let used = ipam.usage(&pool.name);
             self.pool_usage
                 .get_or_create(&label("pool", &pool.name))
                 .set(i64::try_from(used).unwrap_or(i64::MAX));

@@ -16,6 +16,7 @@ use porter_api::{Eip, EipStatus, ObjectKey};
 
 use crate::announce::{RouteTable, Routes};
 use crate::bgp::{self, BgpDesired};
+use crate::identity::{remember, same_objects};
 use crate::ipam::{Ipam, NamespaceLabels, Pool, PoolState};
 use crate::service::{self, ServiceRequest};
 
@@ -55,9 +56,7 @@ pub struct Reconciler {
     last_addresses: Option<(AddressInputs, Memo)>,
 }
 
-/// What the address plan reads, by identity. Weak references keep the
-/// identities unique (an allocation is not reused while a Weak points to it)
-/// without keeping replaced objects' contents alive.
+/// What the address plan reads, by identity (see [`crate::identity`]).
 #[derive(Debug)]
 struct AddressInputs {
     services: Vec<Weak<Service>>,
@@ -65,24 +64,12 @@ struct AddressInputs {
     namespaces: Vec<Weak<Namespace>>,
 }
 
-fn weak<T>(v: &[Arc<T>]) -> Vec<Weak<T>> {
-    v.iter().map(Arc::downgrade).collect()
-}
-
-fn same_objects<T>(last: &[Weak<T>], now: &[Arc<T>]) -> bool {
-    last.len() == now.len()
-        && last
-            .iter()
-            .zip(now)
-            .all(|(w, a)| std::ptr::eq(w.as_ptr(), Arc::as_ptr(a)))
-}
-
 impl AddressInputs {
     fn of(snap: &Snapshot) -> Self {
         Self {
-            services: weak(&snap.services),
-            eips: weak(&snap.eips),
-            namespaces: weak(&snap.namespaces),
+            services: remember(&snap.services),
+            eips: remember(&snap.eips),
+            namespaces: remember(&snap.namespaces),
         }
     }
 
@@ -221,7 +208,7 @@ impl Reconciler {
             self.ipam.release(&key);
             self.failed.remove(&key);
             if has_finalizer {
-                if !service::deleting(svc) && !service::request(svc).current.is_empty() {
+                if !service::deleting(svc) && !service::published(svc).is_empty() {
                     plan.ingress.push((key.clone(), Vec::new()));
                 }
                 plan.finalizers.push((key, false));
