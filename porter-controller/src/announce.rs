@@ -297,66 +297,10 @@ impl RouteTable {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use k8s_openapi::api::core::v1::{NodeAddress, NodeCondition, NodeStatus};
-    use k8s_openapi::api::discovery::v1::{Endpoint, EndpointConditions};
-    use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+    use crate::testing::{node, slice as slice_in};
 
-    fn node(name: &str, ready: &str, addrs: &[&str]) -> Node {
-        Node {
-            metadata: ObjectMeta {
-                name: Some(name.into()),
-                ..Default::default()
-            },
-            spec: None,
-            status: Some(NodeStatus {
-                conditions: Some(vec![NodeCondition {
-                    type_: "Ready".into(),
-                    status: ready.into(),
-                    ..Default::default()
-                }]),
-                addresses: Some(
-                    addrs
-                        .iter()
-                        .map(|a| NodeAddress {
-                            type_: "InternalIP".into(),
-                            address: a.to_string(),
-                        })
-                        .chain([NodeAddress {
-                            type_: "ExternalIP".into(),
-                            address: "203.0.113.1".into(),
-                        }])
-                        .collect(),
-                ),
-                ..Default::default()
-            }),
-        }
-    }
-
-    /// `eps`: (node, ready) per endpoint; `None` leaves `ready` unset.
     fn slice(service: &str, eps: &[(&str, Option<bool>)]) -> EndpointSlice {
-        EndpointSlice {
-            metadata: ObjectMeta {
-                name: Some(format!("{service}-abc")),
-                namespace: Some("ns".into()),
-                labels: Some([(SERVICE_NAME_LABEL.to_string(), service.to_string())].into()),
-                ..Default::default()
-            },
-            address_type: "IPv4".into(),
-            endpoints: Some(
-                eps.iter()
-                    .map(|(n, ready)| Endpoint {
-                        node_name: Some(n.to_string()),
-                        conditions: Some(EndpointConditions {
-                            ready: *ready,
-                            ..Default::default()
-                        }),
-                        addresses: vec!["10.244.0.5".into()],
-                        ..Default::default()
-                    })
-                    .collect(),
-            ),
-            ports: None,
-        }
+        slice_in("ns", service, eps)
     }
 
     fn ip(s: &str) -> IpAddr {

@@ -600,8 +600,9 @@ impl Announcer for LogAnnouncer {
     }
 
     fn set_routes(&mut self, routes: &Routes) {
+        // run.rs logs the totals at info; one line per route is for debugging.
         for (prefix, hops) in routes {
-            tracing::info!(eip = %prefix, next_hops = ?hops, "route");
+            tracing::debug!(eip = %prefix, next_hops = ?hops, "route");
         }
     }
 

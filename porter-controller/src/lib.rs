@@ -9,3 +9,5 @@ pub mod metrics;
 pub mod reconcile;
 pub mod run;
 pub mod service;
+#[cfg(test)]
+mod testing;
