@@ -112,3 +112,67 @@ async fn metrics_report_pools_and_allocations() {
         assert!(text.contains(line), "missing {line} in\n{text}");
     }
 }
+
+/// What a real API server would answer, enough for the client to decode.
+fn api_reply(request: &porter_api::testing::Seen) -> serde_json::Value {
+    if request.uri.contains("/events") {
+        serde_json::json!({"apiVersion": "events.k8s.io/v1", "kind": "Event",
+            "metadata": {"name": "e", "namespace": "default"}, "eventTime": "2026-01-01T00:00:00.000000Z"})
+    } else if request.uri.contains("/eips/") {
+        serde_json::json!({"apiVersion": "network.kubesphere.io/v1alpha2", "kind": "Eip",
+            "metadata": {"name": "pool"}, "spec": {"address": "10.0.0.0/24"}})
+    } else {
+        serde_json::json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "web", "namespace": "default"}})
+    }
+}
+
+#[tokio::test]
+async fn against_the_api_server_a_follower_sends_nothing_and_the_leader_applies() {
+    use porter_api::source::kube::KubeWriter;
+    use porter_api::testing::{mock_client, seen};
+
+    let (client, log) = mock_client(api_reply);
+    let writer = KubeWriter::new(client, Some("porter-0".into()), None);
+    let mut c = Controller::new(Recorder::default(), Arc::new(Metrics::default()));
+    let snap = snapshot();
+
+    assert_eq!(c.step(&snap, false, &writer).await, Step::default());
+    assert!(
+        seen(&log).is_empty(),
+        "a follower made API calls: {:?}",
+        seen(&log)
+    );
+
+    let step = c.step(&snap, true, &writer).await;
+    assert_eq!(step.failed_writes, 0);
+    let calls: Vec<(String, String)> = seen(&log)
+        .iter()
+        .map(|s| {
+            (
+                s.method.to_string(),
+                s.uri.split('?').next().unwrap_or_default().to_string(),
+            )
+        })
+        .collect();
+    let expect = [
+        ("PATCH", "/api/v1/namespaces/default/services/web"),
+        ("PATCH", "/api/v1/namespaces/default/services/web/status"),
+        (
+            "PATCH",
+            "/apis/network.kubesphere.io/v1alpha2/eips/pool/status",
+        ),
+        ("POST", "/apis/events.k8s.io/v1/namespaces/default/events"),
+    ];
+    for (method, path) in expect {
+        assert!(
+            calls.iter().any(|(m, p)| m == method && p == path),
+            "no {method} {path} in {calls:?}"
+        );
+    }
+    let finalizer = &seen(&log)[0];
+    assert_eq!(
+        finalizer.body["metadata"]["finalizers"][0],
+        porter_api::annotations::SERVICE_FINALIZER,
+        "the finalizer goes first"
+    );
+}
