@@ -111,3 +111,57 @@ async fn events_name_the_service_and_the_reason() {
     assert_eq!(seen[0].body["regarding"]["name"], "web");
     assert_eq!(seen[0].body["note"], "no free IPv4 address in pool(s) tiny");
 }
+
+/// The API server's answer to a list (one Service, everything else empty)
+/// or, for a watch, an empty stream.
+fn cluster_reply(request: &crate::testing::Seen) -> serde_json::Value {
+    if request.uri.contains("watch=true") {
+        return serde_json::Value::Null;
+    }
+    let items = if request.uri.starts_with("/api/v1/services") {
+        vec![json!({"apiVersion": "v1", "kind": "Service",
+                    "metadata": {"name": "web", "namespace": "shop", "resourceVersion": "1"},
+                    "spec": {"type": "LoadBalancer"}})]
+    } else {
+        vec![]
+    };
+    json!({"apiVersion": "v1", "kind": "List", "metadata": {"resourceVersion": "1"}, "items": items})
+}
+
+#[tokio::test]
+async fn the_first_snapshot_holds_every_kind_once_listed() {
+    let (client, log) = mock_client(cluster_reply);
+    let (rx, stores) = start(client).await;
+    let snap = rx.borrow().clone();
+    assert_eq!(snap.services.len(), 1);
+    assert_eq!(snap.services[0].metadata.name.as_deref(), Some("web"));
+    assert!(snap.eips.is_empty() && snap.nodes.is_empty());
+    assert_eq!(stores.services.state().len(), 1);
+    let paths: Vec<String> = seen(&log)
+        .iter()
+        .map(|s| s.uri.split('?').next().unwrap_or_default().to_string())
+        .collect();
+    for path in [
+        "/api/v1/services",
+        "/apis/discovery.k8s.io/v1/endpointslices",
+        "/api/v1/nodes",
+        "/api/v1/namespaces",
+        "/apis/network.kubesphere.io/v1alpha2/eips",
+        "/apis/network.kubesphere.io/v1alpha2/bgpconfs",
+        "/apis/network.kubesphere.io/v1alpha2/bgppeers",
+        "/api/v1/namespaces/porter-system/configmaps",
+    ] {
+        assert!(
+            paths.iter().any(|p| p == path),
+            "{path} never listed: {paths:?}"
+        );
+    }
+    let cm = seen(&log).into_iter().find(|s| {
+        s.uri
+            .starts_with("/api/v1/namespaces/porter-system/configmaps")
+    });
+    assert!(
+        cm.is_some_and(|s| s.uri.contains("fieldSelector=metadata.name%3Dbgp-cfg")),
+        "only bgp-cfg is watched"
+    );
+}
