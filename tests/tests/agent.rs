@@ -445,3 +445,46 @@ impl UdpStream {
             .map_err(|_| anyhow::anyhow!("UDP client thread panicked"))?
     }
 }
+
+/// A missing interface is a clear, retried error, not a crash.
+#[test]
+fn missing_interface_is_reported_and_retried() -> Result<()> {
+    if !privilege::can_run("missing_interface_is_reported_and_retried") {
+        return Ok(());
+    }
+    let mut lab = porter_tests::scenarios::SingleNodeLab::new("missif")?;
+    let manifests = lab.lab.run_dir().join("manifests");
+    std::fs::create_dir_all(&manifests)?;
+    let source = format!("dir:{}", manifests.display());
+    let command = lab.agent_command(&[
+        "run",
+        "--node-name",
+        "n1",
+        "--interface",
+        "nosuch0",
+        "--source",
+        &source,
+    ])?;
+    let log = lab.lab.spawn(AGENT, command)?;
+    let message = "interface nosuch0 does not exist in this network namespace; check --interface";
+    let text = wait_for(
+        "the agent to report the missing interface twice (a retry)",
+        Duration::from_secs(10),
+        || {
+            let text = std::fs::read_to_string(&log)?;
+            Ok((text.matches(message).count() >= 2).then_some(text))
+        },
+    )?;
+    assert!(
+        !text.contains("panicked") && !text.contains("backtrace"),
+        "no crash:\n{text}"
+    );
+    assert!(
+        text.contains("retrying with backoff"),
+        "the log says it retries:\n{text}"
+    );
+    lab.stop_agent()?;
+    let output = lab.agent_command(&["cleanup"])?.output()?;
+    assert!(output.status.success(), "cleanup: {output:?}");
+    Ok(())
+}
