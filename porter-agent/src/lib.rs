@@ -7,6 +7,7 @@ pub mod ebpf_object;
 pub mod inspect;
 pub mod interfaces;
 pub mod maglev;
+pub mod map_batch;
 pub mod metrics;
 pub mod pins;
 pub mod plan;

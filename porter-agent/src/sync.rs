@@ -19,7 +19,7 @@ use tracing::{error, info, warn};
 use crate::{
     Dataplane, DataplaneConfig, DataplaneError, PinLayout, ServiceSpec,
     desired::{self, Desired},
-    interfaces,
+    interfaces, maglev,
     metrics::{self, Metrics, Stage},
     xdp_attach::XdpModePreference,
 };
@@ -236,12 +236,29 @@ pub fn apply(
             failed(addr.to_string(), source);
         }
     }
-    for spec in &changes.upserts {
-        if let Err(source) = dataplane.upsert_service(spec) {
-            failed(spec.addr.to_string(), source);
+    let maglev_size = dataplane.config().maglev_size;
+    let mut valid = Vec::with_capacity(changes.upserts.len());
+    for spec in changes.upserts {
+        let checked = spec
+            .backend_set()
+            .map_err(DataplaneError::from)
+            .and_then(|set| Ok(maglev::validate_size(maglev_size, set.len())?));
+        match checked {
+            Ok(()) => valid.push(spec.clone()),
+            Err(source) => failed(spec.addr.to_string(), source),
         }
     }
-    first_error.map_or(Ok((changes.upserts.len(), changes.removals.len())), Err)
+    // One batch, so that planning the shared maps happens once; should it
+    // fail (say, the service slots run out), one by one, so that every
+    // service that fits is served.
+    if dataplane.upsert_services(&valid).is_err() {
+        for spec in &valid {
+            if let Err(source) = dataplane.upsert_service(spec) {
+                failed(spec.addr.to_string(), source);
+            }
+        }
+    }
+    first_error.map_or(Ok((valid.len(), changes.removals.len())), Err)
 }
 
 /// Doubles the wait after each failure, from `min` up to `max`.

@@ -7,6 +7,8 @@ pub mod crd;
 pub mod metrics_http;
 pub mod service;
 pub mod source;
+#[cfg(feature = "testing")]
+pub mod testing;
 
 pub use crd::{BgpConf, BgpConfSpec, BgpPeer, BgpPeerSpec, Eip, EipSpec, EipStatus};
 

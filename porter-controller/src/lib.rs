@@ -4,8 +4,11 @@
 pub mod announce;
 pub mod bgp;
 pub mod bgp_speaker;
+mod identity;
 pub mod ipam;
 pub mod metrics;
 pub mod reconcile;
 pub mod run;
 pub mod service;
+#[cfg(test)]
+mod testing;

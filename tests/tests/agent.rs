@@ -18,7 +18,9 @@ use std::{
 };
 
 use anyhow::{Context, Result};
-use porter_agent::{PinLayout, inspect};
+use aya::maps::{HashMap, Map, MapData};
+use porter_agent::{PinLayout, ServiceAddr, inspect};
+use porter_common::{ServiceKey, ServiceValue, map_names};
 use porter_tests::{
     bins,
     lab::wait_for,
@@ -154,6 +156,21 @@ impl AgentLab {
             .unwrap_or_default())
     }
 
+    /// How many backends the live table of `EIP:port/proto` spreads over:
+    /// one map lookup, cheap enough to poll for a deadline.
+    fn backend_count(&self, service: &str) -> Result<Option<u32>> {
+        let data = MapData::from_pin(self.pins().map(map_names::SERVICES))?;
+        let services: HashMap<MapData, ServiceKey, ServiceValue> =
+            HashMap::try_from(Map::HashMap(data))?;
+        for entry in services.iter() {
+            let (key, value) = entry?;
+            if ServiceAddr::from_key(&key).is_some_and(|addr| addr.to_string() == service) {
+                return Ok(Some(value.backend_count));
+            }
+        }
+        Ok(None)
+    }
+
     fn metrics(&self) -> Result<String> {
         run_in(&self.pods.node, || {
             let mut conn = TcpStream::connect(METRICS)?;
@@ -211,9 +228,10 @@ fn agent_programs_follows_edits_restarts_hitlessly_and_cleans_up() -> Result<()>
     wait_for(
         "the EndpointSlice edit to reach the data plane",
         Duration::from_secs(1),
-        || Ok((lab.backends(&http)? == pod2_only).then_some(())),
+        || Ok((lab.backend_count(&http)? == Some(1)).then_some(())),
     )
     .with_context(|| format!("edit made {:?} ago", edited.elapsed()))?;
+    assert_eq!(lab.backends(&http)?, pod2_only);
     let answers = lab.pods.spread(PodLab::EIP, 80, 20)?;
     assert_eq!(answers.get("pod2"), Some(&20), "{answers:?}");
     std::fs::write(lab.manifests.join("web.yaml"), manifests(&PodLab::POD_IPS))?;
@@ -426,4 +444,47 @@ impl UdpStream {
             .join()
             .map_err(|_| anyhow::anyhow!("UDP client thread panicked"))?
     }
+}
+
+/// A missing interface is a clear, retried error, not a crash.
+#[test]
+fn missing_interface_is_reported_and_retried() -> Result<()> {
+    if !privilege::can_run("missing_interface_is_reported_and_retried") {
+        return Ok(());
+    }
+    let mut lab = porter_tests::scenarios::SingleNodeLab::new("missif")?;
+    let manifests = lab.lab.run_dir().join("manifests");
+    std::fs::create_dir_all(&manifests)?;
+    let source = format!("dir:{}", manifests.display());
+    let command = lab.agent_command(&[
+        "run",
+        "--node-name",
+        "n1",
+        "--interface",
+        "nosuch0",
+        "--source",
+        &source,
+    ])?;
+    let log = lab.lab.spawn(AGENT, command)?;
+    let message = "interface nosuch0 does not exist in this network namespace; check --interface";
+    let text = wait_for(
+        "the agent to report the missing interface twice (a retry)",
+        Duration::from_secs(10),
+        || {
+            let text = std::fs::read_to_string(&log)?;
+            Ok((text.matches(message).count() >= 2).then_some(text))
+        },
+    )?;
+    assert!(
+        !text.contains("panicked") && !text.contains("backtrace"),
+        "no crash:\n{text}"
+    );
+    assert!(
+        text.contains("retrying with backoff"),
+        "the log says it retries:\n{text}"
+    );
+    lab.stop_agent()?;
+    let output = lab.agent_command(&["cleanup"])?.output()?;
+    assert!(output.status.success(), "cleanup: {output:?}");
+    Ok(())
 }

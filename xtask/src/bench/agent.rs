@@ -10,6 +10,7 @@
 //! - baseline `noop_sync_ms`, same run: a pass where nothing changed (desired
 //!   state and diff only, no map write), so the map writes stand out.
 //!
+//! Run from a release build (a debug `cargo xtask` re-runs itself so).
 //! Both with M = 1009 (the smallest prime Maglev allows for 10 backends,
 //! which makes 1,000 services fit in 8 MB of tables), and the single change
 //! again with the default M = 65,537, whose table is 65x larger to write.
@@ -38,6 +39,7 @@ use porter_api::{
 use porter_tests::{lab::Lab, privilege};
 
 use super::emit;
+use crate::cmd;
 
 const SUITE: &str = "agent";
 const NODE: &str = "n1";
@@ -45,6 +47,20 @@ const BACKENDS: u32 = 10;
 const CHANGES: usize = 21;
 
 pub fn run() -> Result<()> {
+    if cfg!(debug_assertions) {
+        // The sync path is CPU-bound userspace code: a debug build would
+        // measure unoptimised code generation, not the agent.
+        return cmd::run(cmd::cargo().args([
+            "run",
+            "--quiet",
+            "--release",
+            "--package",
+            "xtask",
+            "--",
+            "bench",
+            "agent",
+        ]));
+    }
     if !privilege::is_root() {
         bail!("the agent benchmark loads BPF maps on a private bpffs: run it as root");
     }
