@@ -130,20 +130,27 @@ fn traffic(dc: &Datacenter, ip: IpAddr) -> Result<()> {
         "{REQUESTS} HTTP requests from the client to {ip}:8088"
     ));
     let addr = SocketAddr::new(ip, 8088);
-    let per_pod = lab::wait_for("the first answer", Duration::from_secs(10), || {
-        Ok(dc.request(addr).ok())
-    })
-    .and_then(|_| dc.spread(addr, REQUESTS))?;
+    // The route may be up before every agent has programmed the service.
+    let service = format!("{addr}/tcp");
+    lab::wait_for(
+        "every node's agent to program the service",
+        Duration::from_secs(20),
+        || {
+            for node in &dc.nodes {
+                if !inspect(&node.bpffs)?.contains(&service) {
+                    return Ok(None);
+                }
+            }
+            Ok(Some(()))
+        },
+    )?;
+    let per_pod = dc.spread(addr, REQUESTS)?;
     println!("    per pod:  {}", counts(&per_pod));
     println!("    per node: {}", counts(&per_node(&per_pod)));
 
     step("per-service counters from each node's XDP maps");
     for node in &dc.nodes {
-        let out = lab::run(
-            Command::new(bins::binary("porter-agent")?)
-                .args(["inspect", "--bpffs"])
-                .arg(&node.bpffs),
-        )?;
+        let out = inspect(&node.bpffs)?;
         // The services table of `inspect`: per-service packets, bytes and new flows.
         for line in out.lines().take_while(|line| !line.trim().is_empty()) {
             println!("    {} | {line}", node.name);
@@ -181,6 +188,15 @@ fn print_explore(dc: &Datacenter, ip: Option<IpAddr>) -> Result<()> {
         layout = porter_agent::pins::PIN_LAYOUT_VERSION,
     );
     Ok(())
+}
+
+/// `porter-agent inspect` of a node's pinned data plane.
+fn inspect(bpffs: &std::path::Path) -> Result<String> {
+    lab::run(
+        Command::new(bins::binary("porter-agent")?)
+            .args(["inspect", "--bpffs"])
+            .arg(bpffs),
+    )
 }
 
 fn counts(map: &std::collections::BTreeMap<String, usize>) -> String {
