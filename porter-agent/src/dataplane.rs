@@ -8,6 +8,7 @@
 //! either the old table or the new one, never a mix.
 use std::{
     collections::{BTreeMap, BTreeSet},
+    net::IpAddr,
     path::PathBuf,
 };
 
@@ -21,13 +22,15 @@ use aya::{
     },
 };
 use porter_common::{
-    BackendKey, BackendValue, RevNatValue, ServiceCounters, ServiceKey, ServiceValue, VipKey,
-    map_names, program_names,
+    BackendKey, BackendValue, L2Key, L2Value, RevNatValue, ServiceCounters, ServiceKey,
+    ServiceValue, VipKey, map_names, program_names,
 };
 use tracing::{debug, info};
 
 use crate::{
-    PinLayout, maglev,
+    PinLayout,
+    layer2::link::{InterfaceError, L2Interface},
+    maglev,
     plan::{self, Desired, PlannedService},
     service::{Backend, ServiceAddr, ServiceSpec, SpecError},
     stats,
@@ -126,6 +129,13 @@ pub enum DataplaneError {
     Cpus(String),
     #[error(transparent)]
     Stats(#[from] stats::StatsError),
+    #[error(transparent)]
+    Interface(#[from] InterfaceError),
+    #[error(
+        "{wanted} Layer 2 answers (EIPs x interfaces) exceed the map's {capacity}; \
+         spread the EIPs over more nodes"
+    )]
+    L2LeadsFull { wanted: usize, capacity: u32 },
 }
 
 fn map_err(map: &'static str) -> impl Fn(MapError) -> DataplaneError {
@@ -152,6 +162,9 @@ pub struct Dataplane {
     backend_revnat: HashMap<MapData, BackendKey, RevNatValue>,
     maglev: Array<MapData, u32>,
     service_stats: PerCpuArray<MapData, ServiceCounters>,
+    l2_leads: HashMap<MapData, L2Key, L2Value>,
+    /// Interfaces XDP was attached to, by name: where Layer 2 answers go out.
+    l2_interfaces: BTreeMap<String, L2Interface>,
     installed: BTreeMap<ServiceAddr, Installed>,
     /// What the backend and reverse-NAT maps hold (in use, not free slots).
     written: Desired,
@@ -215,6 +228,8 @@ impl Dataplane {
             backends: take(&mut ebpf, map_names::BACKENDS)?,
             backend_revnat: take(&mut ebpf, map_names::BACKEND_REVNAT)?,
             service_stats: take(&mut ebpf, map_names::SERVICE_COUNTERS)?,
+            l2_leads: take(&mut ebpf, map_names::L2_LEADS)?,
+            l2_interfaces: BTreeMap::new(),
             maglev,
             ebpf,
             pins: pins.clone(),
@@ -241,12 +256,60 @@ impl Dataplane {
         interface: &str,
         mode: XdpModePreference,
     ) -> Result<Attachment, DataplaneError> {
-        Ok(xdp_attach::attach_xdp(
-            &mut self.ebpf,
-            &self.pins,
-            interface,
-            mode,
-        )?)
+        let link = L2Interface::lookup(interface)?;
+        let attachment = xdp_attach::attach_xdp(&mut self.ebpf, &self.pins, interface, mode)?;
+        self.l2_interfaces.insert(interface.to_owned(), link);
+        Ok(attachment)
+    }
+
+    /// Makes XDP answer ARP requests and neighbour solicitations for exactly
+    /// `eips` (the Layer 2 EIPs this node leads) on every interface it was
+    /// attached to here, with that interface's MAC. Other EIPs stop being answered.
+    pub fn set_l2_leaderships(&mut self, eips: &BTreeSet<IpAddr>) -> Result<(), DataplaneError> {
+        let interfaces: Vec<L2Interface> = self.l2_interfaces.values().copied().collect();
+        self.set_l2_leaderships_on(&interfaces, eips)
+    }
+
+    /// [`Self::set_l2_leaderships`] on explicit interfaces (e.g. for
+    /// BPF_PROG_TEST_RUN, whose packets arrive on loopback).
+    pub fn set_l2_leaderships_on(
+        &mut self,
+        interfaces: &[L2Interface],
+        eips: &BTreeSet<IpAddr>,
+    ) -> Result<(), DataplaneError> {
+        let desired: BTreeMap<L2Key, L2Value> = interfaces
+            .iter()
+            .flat_map(|link| eips.iter().map(move |&eip| l2_entry(link, eip)))
+            .collect();
+        let capacity = porter_common::limits::L2_LEADS;
+        if desired.len() > capacity as usize {
+            return Err(DataplaneError::L2LeadsFull {
+                wanted: desired.len(),
+                capacity,
+            });
+        }
+        let mut stale = Vec::new();
+        for entry in self.l2_leads.iter() {
+            let (key, value) = entry.map_err(map_err(map_names::L2_LEADS))?;
+            if desired.get(&key) != Some(&value) {
+                stale.push(key);
+            }
+        }
+        // Removals first: the map is sized for what is desired, not for both.
+        for key in &stale {
+            ignore_missing(self.l2_leads.remove(key)).map_err(map_err(map_names::L2_LEADS))?;
+        }
+        for (key, value) in &desired {
+            self.l2_leads
+                .insert(key, value, 0)
+                .map_err(map_err(map_names::L2_LEADS))?;
+        }
+        debug!(
+            eips = eips.len(),
+            interfaces = interfaces.len(),
+            "layer 2 leaderships set"
+        );
+        Ok(())
     }
 
     /// Attaches the reverse-NAT program to the egress of uplink `interface`
@@ -599,6 +662,22 @@ const FREE_BACKEND: BackendValue = BackendValue {
     flags: 0,
     service_id: 0,
 };
+
+fn l2_entry(link: &L2Interface, eip: IpAddr) -> (L2Key, L2Value) {
+    let (family, addr) = crate::service::encode_ip(eip);
+    (
+        L2Key {
+            addr,
+            ifindex: link.ifindex,
+            family,
+            _pad: [0; 3],
+        },
+        L2Value {
+            mac: link.mac,
+            _pad: [0; 2],
+        },
+    )
+}
 
 fn plan_for(installed: &BTreeMap<ServiceAddr, Installed>) -> Desired {
     plan::desired(installed.iter().map(|(addr, service)| PlannedService {

@@ -2,6 +2,7 @@
 //! uplinks, pins them so they outlive the process, and reads their counters.
 pub mod dataplane;
 pub mod ebpf_object;
+pub mod layer2;
 pub mod maglev;
 pub mod pins;
 pub mod plan;

@@ -77,9 +77,9 @@ pub struct Headers {
     pub icmp_type: u8,
 }
 
-/// Parses the packet, or says why it must pass untouched.
+/// The EtherType after up to two VLAN tags, and the offset of what it names.
 #[inline(always)]
-pub fn parse(data: usize, data_end: usize) -> Result<Headers, Stat> {
+pub fn link_layer(data: usize, data_end: usize) -> Result<(u16, usize), Stat> {
     let mut ethertype = u16::from_be(load::<u16>(data, data_end, 12).ok_or(Stat::PassTruncated)?);
     let mut off = ETH_HLEN;
     for _ in 0..MAX_VLAN_TAGS {
@@ -89,6 +89,13 @@ pub fn parse(data: usize, data_end: usize) -> Result<Headers, Stat> {
         ethertype = u16::from_be(load::<u16>(data, data_end, off + 2).ok_or(Stat::PassTruncated)?);
         off += 4;
     }
+    Ok((ethertype, off))
+}
+
+/// Parses the packet, or says why it must pass untouched.
+#[inline(always)]
+pub fn parse(data: usize, data_end: usize) -> Result<Headers, Stat> {
+    let (ethertype, off) = link_layer(data, data_end)?;
     let mut headers = Headers {
         family: 0,
         proto: 0,

@@ -1,0 +1,5 @@
+//! Layer 2 mode: one node per EIP answers ARP/NDP for it (in XDP), chosen
+//! deterministically among the nodes that can serve it, and a new leader
+//! announces itself with gratuitous ARP / unsolicited neighbour advertisements.
+pub mod election;
+pub mod link;
