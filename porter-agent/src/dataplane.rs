@@ -10,6 +10,7 @@ use std::{
     collections::{BTreeMap, BTreeSet},
     net::IpAddr,
     path::PathBuf,
+    time::Duration,
 };
 
 use aya::{
@@ -136,6 +137,8 @@ pub enum DataplaneError {
          spread the EIPs over more nodes"
     )]
     L2LeadsFull { wanted: usize, capacity: u32 },
+    #[error("cannot read the monotonic clock: {0}")]
+    Clock(String),
 }
 
 fn map_err(map: &'static str) -> impl Fn(MapError) -> DataplaneError {
@@ -264,10 +267,21 @@ impl Dataplane {
 
     /// Makes XDP answer ARP requests and neighbour solicitations for exactly
     /// `eips` (the Layer 2 EIPs this node leads) on every interface it was
-    /// attached to here, with that interface's MAC. Other EIPs stop being answered.
-    pub fn set_l2_leaderships(&mut self, eips: &BTreeSet<IpAddr>) -> Result<(), DataplaneError> {
+    /// attached to here, with that interface's MAC, for `valid_for` from now
+    /// (the rest of this node's lease): a leader that stops renewing stops
+    /// answering by itself. Other EIPs stop being answered at once.
+    pub fn set_l2_leaderships(
+        &mut self,
+        eips: &BTreeSet<IpAddr>,
+        valid_for: Duration,
+    ) -> Result<(), DataplaneError> {
         let interfaces: Vec<L2Interface> = self.l2_interfaces.values().copied().collect();
-        self.set_l2_leaderships_on(&interfaces, eips)
+        self.set_l2_leaderships_on(&interfaces, eips, valid_for)
+    }
+
+    /// The interfaces Layer 2 answers go out of (those XDP was attached to here).
+    pub fn l2_interfaces(&self) -> Vec<L2Interface> {
+        self.l2_interfaces.values().copied().collect()
     }
 
     /// [`Self::set_l2_leaderships`] on explicit interfaces (e.g. for
@@ -276,10 +290,14 @@ impl Dataplane {
         &mut self,
         interfaces: &[L2Interface],
         eips: &BTreeSet<IpAddr>,
+        valid_for: Duration,
     ) -> Result<(), DataplaneError> {
+        let expires_ns = monotonic_ns()
+            .map_err(|err| DataplaneError::Clock(err.to_string()))?
+            .saturating_add(u64::try_from(valid_for.as_nanos()).unwrap_or(u64::MAX));
         let desired: BTreeMap<L2Key, L2Value> = interfaces
             .iter()
-            .flat_map(|link| eips.iter().map(move |&eip| l2_entry(link, eip)))
+            .flat_map(|link| eips.iter().map(move |&eip| l2_entry(link, eip, expires_ns)))
             .collect();
         let capacity = porter_common::limits::L2_LEADS;
         if desired.len() > capacity as usize {
@@ -663,7 +681,20 @@ const FREE_BACKEND: BackendValue = BackendValue {
     service_id: 0,
 };
 
-fn l2_entry(link: &L2Interface, eip: IpAddr) -> (L2Key, L2Value) {
+/// CLOCK_MONOTONIC, the clock of `bpf_ktime_get_ns`.
+fn monotonic_ns() -> std::io::Result<u64> {
+    // SAFETY: an all-zero timespec is valid; clock_gettime writes into it.
+    let mut now: libc::timespec = unsafe { std::mem::zeroed() };
+    // SAFETY: a valid clock id and a pointer to our own timespec.
+    if unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut now) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok((now.tv_sec as u64)
+        .saturating_mul(1_000_000_000)
+        .saturating_add(now.tv_nsec as u64))
+}
+
+fn l2_entry(link: &L2Interface, eip: IpAddr, expires_ns: u64) -> (L2Key, L2Value) {
     let (family, addr) = crate::service::encode_ip(eip);
     (
         L2Key {
@@ -675,6 +706,7 @@ fn l2_entry(link: &L2Interface, eip: IpAddr) -> (L2Key, L2Value) {
         L2Value {
             mac: link.mac,
             _pad: [0; 2],
+            expires_ns,
         },
     )
 }

@@ -230,12 +230,16 @@ pub struct L2Key {
     pub _pad: [u8; 3],
 }
 
-/// How to answer for an [`L2Key`]: the link-layer address to claim.
+/// How to answer for an [`L2Key`]: the link-layer address to claim, and
+/// until when. The deadline fences a leader whose agent died: its node
+/// stops answering when its lease runs out, as the next leader takes over.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct L2Value {
     pub mac: [u8; 6],
     pub _pad: [u8; 2],
+    /// `bpf_ktime_get_ns` (CLOCK_MONOTONIC) after which the entry is ignored.
+    pub expires_ns: u64,
 }
 
 /// Per-service, per-CPU traffic counters.
@@ -330,7 +334,7 @@ mod tests {
         assert_eq!(size_of::<CtValue>(), 24);
         assert_eq!(size_of::<RevNatValue>(), 24);
         assert_eq!(size_of::<L2Key>(), 24);
-        assert_eq!(size_of::<L2Value>(), 8);
+        assert_eq!(size_of::<L2Value>(), 16);
     }
 
     #[test]

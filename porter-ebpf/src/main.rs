@@ -225,7 +225,10 @@ fn xdp_decide(ctx: &XdpContext) -> (u32, Stat) {
 #[inline(always)]
 fn l2_lead(key: &L2Key) -> Option<L2Value> {
     // SAFETY: copied out at once; map values stay valid for the run (RCU).
-    L2_LEADS.get_ptr(key).map(|value| unsafe { *value })
+    let lead = unsafe { *L2_LEADS.get_ptr(key)? };
+    // SAFETY: no memory effects.
+    let now = unsafe { bpf_ktime_get_ns() };
+    (now < lead.expires_ns).then_some(lead)
 }
 
 /// The flow's backend: from conntrack while that backend still exists,

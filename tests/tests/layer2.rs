@@ -5,6 +5,7 @@
 use std::{
     collections::BTreeSet,
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    time::Duration,
 };
 
 use anyhow::{Context, Result};
@@ -25,6 +26,9 @@ const OTHER4: Ipv4Addr = Ipv4Addr::new(172, 30, 0, 101);
 const CLIENT6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x30, 0, 0, 0, 0, 0, 2);
 const EIP6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x30, 0, 0, 0, 0, 0, 0x100);
 const OTHER6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x30, 0, 0, 0, 0, 0, 0x101);
+
+/// Leaderships in these tests outlive them.
+const HOUR: Duration = Duration::from_secs(3600);
 
 /// BPF_PROG_TEST_RUN packets arrive on loopback.
 const LOOPBACK: L2Interface = L2Interface {
@@ -50,6 +54,7 @@ impl Bench {
         dataplane.set_l2_leaderships_on(
             &[LOOPBACK],
             &BTreeSet::from([IpAddr::V4(EIP4), IpAddr::V6(EIP6)]),
+            HOUR,
         )?;
         Ok(Self {
             _lab: lab,
@@ -233,9 +238,11 @@ fn arp_requests_for_led_eips_are_answered_and_others_pass() -> Result<()> {
     assert_eq!(bench.stat(Stat::ArpAnswered)?, 2, "nothing else answered");
 
     // Leadership moves away: the node stops answering at once.
-    bench
-        .dataplane
-        .set_l2_leaderships_on(&[LOOPBACK], &BTreeSet::from([IpAddr::V4(OTHER4)]))?;
+    bench.dataplane.set_l2_leaderships_on(
+        &[LOOPBACK],
+        &BTreeSet::from([IpAddr::V4(OTHER4)]),
+        HOUR,
+    )?;
     let request = arp_request(EIP4, None);
     assert_eq!(bench.run(&request)?, (XDP_PASS, request.clone()));
     assert_eq!(bench.run(&arp_request(OTHER4, None))?.0, XDP_TX);
@@ -245,9 +252,20 @@ fn arp_requests_for_led_eips_are_answered_and_others_pass() -> Result<()> {
         ifindex: 999,
         mac: NODE_MAC,
     };
-    bench
-        .dataplane
-        .set_l2_leaderships_on(&[elsewhere], &BTreeSet::from([IpAddr::V4(EIP4)]))?;
+    bench.dataplane.set_l2_leaderships_on(
+        &[elsewhere],
+        &BTreeSet::from([IpAddr::V4(EIP4)]),
+        HOUR,
+    )?;
+    assert_eq!(bench.run(&request)?, (XDP_PASS, request.clone()));
+
+    // A lease that ran out (the agent stopped renewing): no answer, even
+    // though the entry is still in the map.
+    bench.dataplane.set_l2_leaderships_on(
+        &[LOOPBACK],
+        &BTreeSet::from([IpAddr::V4(EIP4)]),
+        Duration::ZERO,
+    )?;
     assert_eq!(bench.run(&request)?, (XDP_PASS, request));
     Ok(())
 }
@@ -316,7 +334,7 @@ fn neighbour_solicitations_for_led_eips_are_answered_and_others_pass() -> Result
 
     bench
         .dataplane
-        .set_l2_leaderships_on(&[LOOPBACK], &BTreeSet::new())?;
+        .set_l2_leaderships_on(&[LOOPBACK], &BTreeSet::new(), HOUR)?;
     assert_eq!(bench.run(&request)?, (XDP_PASS, request));
     Ok(())
 }
