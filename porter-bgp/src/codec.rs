@@ -322,18 +322,27 @@ mod tests {
             max_paths: 1,
         };
         let policy = SendPolicy {
+            peer: "10.0.0.2".parse().expect("address"),
+            local_address: None,
+            peer_policy: crate::PeerPolicy::default(),
             local_as: 65000,
             ebgp: true,
             asn4: true,
             ipv4: Some(family),
             ipv6: Some(family),
         };
-        let routes: rib::Routes = [("1.1.1.0/24", "10.0.0.1"), ("fd00:1::/64", "fd00::1")]
+        let attributes = std::sync::Arc::new(crate::PathAttributes {
+            communities: vec![0xfde8_0001],
+            large_communities: vec![(65000, 1, 2)],
+            link_bandwidth: Some(crate::LinkBandwidth::for_endpoints(2, false)),
+            ..crate::PathAttributes::default()
+        });
+        let routes: rib::SharedPaths = [("1.1.1.0/24", "10.0.0.1"), ("fd00:1::/64", "fd00::1")]
             .iter()
             .map(|(net, hop)| {
                 (
                     net.parse().expect("prefix"),
-                    [hop.parse().expect("hop")].into(),
+                    [(hop.parse().expect("hop"), attributes.clone())].into(),
                 )
             })
             .collect();

@@ -4,11 +4,13 @@
 //! Layers, each in its own module:
 //! - [`codec`]: framing and NOTIFICATION mapping over netgauze-bgp-pkt;
 //! - `fsm`: the RFC 4271 state machine, pure (events in, actions out);
+//! - `policy`: per-path attributes and per-peer policy, pure;
 //! - `rib`: per-peer Adj-RIB-Out, diffing and UPDATE packing, pure;
 //! - `session`: one tokio task per peer doing the I/O and timers;
 //! - `speaker`: the public handle, the listener and the peer table.
 pub mod codec;
 mod fsm;
+mod policy;
 mod rib;
 mod session;
 mod socket;
@@ -20,8 +22,19 @@ use std::{
 };
 
 pub use fsm::{State as SessionState, backoff};
-pub use rib::{Routes, path_id};
+pub use policy::{
+    CommunityError, DEFAULT_LOCAL_PREF, LinkBandwidth, LinkBandwidthPolicy, MAX_COMMUNITIES,
+    MAX_LARGE_COMMUNITIES, PathAttributes, PeerPolicy, parse_community, parse_large_community,
+};
+pub use rib::{PathTable, Routes, path_id};
 pub use speaker::Speaker;
+
+/// Next hop self: a path with this next hop is sent with the session's own
+/// IPv4 address as next hop, whatever it is (the per-node speaker mode). A
+/// session without an address of the prefix's family leaves the path out.
+pub const NEXT_HOP_SELF_V4: IpAddr = IpAddr::V4(Ipv4Addr::UNSPECIFIED);
+/// Next hop self for IPv6 prefixes: the session's own IPv6 address.
+pub const NEXT_HOP_SELF_V6: IpAddr = IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED);
 
 /// The default passive port, as in the Porter seed (179 needs privileges).
 pub const DEFAULT_LISTEN_PORT: u16 = 17900;
@@ -70,11 +83,14 @@ pub struct PeerConfig {
     pub add_path_send_max: u8,
     pub families: Vec<Family>,
     pub local_address: Option<IpAddr>,
+    /// How paths' attributes are shaped for this peer.
+    pub policy: PeerPolicy,
 }
 
 impl PeerConfig {
     /// A peer on port 179 with common defaults: active, hold 90 s, connect
-    /// retry 5 s, ADD-PATH send-max 8, the family of its address.
+    /// retry 5 s, ADD-PATH send-max 8, the family of its address, the
+    /// default [`PeerPolicy`] (communities and link bandwidth as each path says).
     pub fn new(address: IpAddr, remote_as: u32) -> Self {
         Self {
             address,
@@ -91,6 +107,7 @@ impl PeerConfig {
                 IpAddr::V6(_) => Family::Ipv6Unicast,
             }],
             local_address: None,
+            policy: PeerPolicy::default(),
         }
     }
 }

@@ -7,6 +7,7 @@
 use std::{
     collections::{BTreeMap, BTreeSet},
     net::IpAddr,
+    sync::Arc,
 };
 
 use ipnet::IpNet;
@@ -14,27 +15,48 @@ use netgauze_bgp_pkt::{
     BgpMessage,
     nlri::{Ipv4Unicast, Ipv4UnicastAddress, Ipv6Unicast, Ipv6UnicastAddress},
     path_attribute::{
-        As2PathSegment, As4Path, As4PathSegment, AsPath, AsPathSegmentType, LocalPreference,
-        MpReach, MpUnreach, NextHop, Origin, PathAttribute, PathAttributeValue,
+        As2PathSegment, As4Path, As4PathSegment, AsPath, AsPathSegmentType, MpReach, MpUnreach,
+        NextHop, Origin, PathAttribute, PathAttributeValue,
     },
     update::BgpUpdateMessage,
 };
 
-use crate::Family;
+use crate::{
+    Family,
+    policy::{self, AS_TRANS, PathAttributes, PeerPolicy},
+};
 
-/// Desired state: prefix → next hops that serve it.
+/// Desired state without attributes: prefix → next hops that serve it.
 pub type Routes = BTreeMap<IpNet, BTreeSet<IpAddr>>;
 
-/// Paths of one prefix: path id → next hop.
-type Paths = BTreeMap<u32, IpAddr>;
+/// Desired state with attributes: prefix → next hop → its path's attributes.
+pub type PathTable = BTreeMap<IpNet, BTreeMap<IpAddr, PathAttributes>>;
+
+/// The desired state as sessions share it: attributes behind `Arc`s, so a
+/// peer whose policy changes nothing sends them without copying.
+pub type SharedPaths = BTreeMap<IpNet, BTreeMap<IpAddr, Arc<PathAttributes>>>;
+
+/// One path as a peer is sent it: next hop and the attributes after the
+/// peer's policy. UPDATEs group NLRIs by this.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct SentPath {
+    pub next_hop: IpAddr,
+    pub attributes: Arc<PathAttributes>,
+}
+
+/// Paths of one prefix: path id → path.
+type Paths = BTreeMap<u32, SentPath>;
 
 /// 4096 − header (19) − withdrawn length (2) − attribute length (2), less room
 /// for the largest fixed attribute set we send (ORIGIN, AS_PATH, AS4_PATH,
-/// NEXT_HOP or MP_REACH header, LOCAL_PREF): under 80 octets.
+/// NEXT_HOP or MP_REACH header, LOCAL_PREF): under 80 octets. A path's
+/// communities take more; see [`nlri_budget`].
 const NLRI_BUDGET: usize = 4096 - 19 - 4 - 80;
 
-/// AS_TRANS (RFC 6793), sent in 2-octet fields for peers without 4-octet AS.
-const AS_TRANS: u16 = 23456;
+/// Room for NLRIs in an UPDATE carrying `path`.
+fn nlri_budget(path: &SentPath) -> usize {
+    NLRI_BUDGET.saturating_sub(policy::encoded_len(&path.attributes))
+}
 
 /// How this peer may be sent one address family.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -48,6 +70,12 @@ pub struct FamilyPolicy {
 /// What the session negotiated that shapes the UPDATEs for this peer.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SendPolicy {
+    /// The peer's address, for paths scoped to some peers.
+    pub peer: IpAddr,
+    /// Our end of the session, which replaces the unspecified next hop
+    /// ("next hop self", as in the per-node speaker mode).
+    pub local_address: Option<IpAddr>,
+    pub peer_policy: PeerPolicy,
     pub local_as: u32,
     /// eBGP: prepend our AS; iBGP: empty AS_PATH and LOCAL_PREF.
     pub ebgp: bool,
@@ -99,11 +127,19 @@ pub struct Omitted {
     pub paths_over_limit: usize,
     /// Next hops of the other address family than their prefix (not supported).
     pub next_hop_family_mismatch: usize,
+    /// Paths scoped to other peers.
+    pub scoped_to_other_peers: usize,
+    /// Next hop self (the unspecified address) where the session has no
+    /// local address of that family.
+    pub next_hop_self_unavailable: usize,
 }
 
 /// The paths this peer should have. Next hops are taken in address order, so
 /// a peer limited to N paths always gets the same N.
-pub fn desired_paths(routes: &Routes, policy: &SendPolicy) -> (BTreeMap<IpNet, Paths>, Omitted) {
+pub fn desired_paths(
+    routes: &SharedPaths,
+    policy: &SendPolicy,
+) -> (BTreeMap<IpNet, Paths>, Omitted) {
     let mut omitted = Omitted::default();
     let mut out = BTreeMap::new();
     for (prefix, next_hops) in routes {
@@ -112,28 +148,56 @@ pub fn desired_paths(routes: &Routes, policy: &SendPolicy) -> (BTreeMap<IpNet, P
             continue;
         };
         let mut paths = Paths::new();
-        let usable = next_hops
+        let in_scope: Vec<_> = next_hops
             .iter()
-            .filter(|nh| nh.is_ipv4() == prefix.addr().is_ipv4());
-        for (index, next_hop) in usable.enumerate() {
+            .filter(|(_, attributes)| policy::applies_to(attributes, policy.peer))
+            .collect();
+        omitted.scoped_to_other_peers += next_hops.len() - in_scope.len();
+        let mut usable = Vec::new();
+        for (next_hop, attributes) in in_scope {
+            let next_hop = if next_hop.is_unspecified() {
+                // Next hop self: this session's own address of that family.
+                match policy
+                    .local_address
+                    .filter(|local| local.is_ipv4() == next_hop.is_ipv4())
+                {
+                    Some(local) => local,
+                    None => {
+                        omitted.next_hop_self_unavailable += 1;
+                        continue;
+                    }
+                }
+            } else {
+                *next_hop
+            };
+            if next_hop.is_ipv4() != prefix.addr().is_ipv4() {
+                omitted.next_hop_family_mismatch += 1;
+                continue;
+            }
+            usable.push((next_hop, attributes));
+        }
+        for (index, (next_hop, attributes)) in usable.into_iter().enumerate() {
             if index >= family.max_paths {
                 omitted.paths_over_limit += 1;
                 continue;
             }
             let mut id = if family.add_path {
-                path_id(*next_hop)
+                path_id(next_hop)
             } else {
                 0
             };
             while paths.contains_key(&id) {
                 id = id.wrapping_add(1).max(1);
             }
-            paths.insert(id, *next_hop);
+            let attributes = policy::for_peer(attributes, &policy.peer_policy, policy.ebgp);
+            paths.insert(
+                id,
+                SentPath {
+                    next_hop,
+                    attributes,
+                },
+            );
         }
-        omitted.next_hop_family_mismatch += next_hops
-            .iter()
-            .filter(|nh| nh.is_ipv4() != prefix.addr().is_ipv4())
-            .count();
         if !paths.is_empty() {
             out.insert(*prefix, paths);
         }
@@ -147,8 +211,10 @@ type Nlri = (IpNet, Option<u32>);
 /// The difference between two Adj-RIB-Outs, grouped the way UPDATEs carry it.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Changes {
-    /// Next hop → NLRIs to announce with it.
-    pub announce: BTreeMap<IpAddr, Vec<Nlri>>,
+    /// Next hop and attributes → NLRIs to announce with them. A path whose
+    /// attributes changed is announced again under the same path id, which
+    /// replaces it at the peer (implicit withdraw).
+    pub announce: BTreeMap<SentPath, Vec<Nlri>>,
     pub withdraw: Vec<Nlri>,
 }
 
@@ -195,11 +261,11 @@ impl AdjRibOut {
         }
         for (prefix, new) in &desired {
             let old = self.sent.get(prefix);
-            for (id, next_hop) in new {
-                if old.and_then(|old| old.get(id)) != Some(next_hop) {
+            for (id, path) in new {
+                if old.and_then(|old| old.get(id)) != Some(path) {
                     changes
                         .announce
-                        .entry(*next_hop)
+                        .entry(path.clone())
                         .or_default()
                         .push(nlri_id(prefix, *id));
                 }
@@ -214,14 +280,14 @@ fn nlri_len(nlri: &Nlri) -> usize {
     usize::from(nlri.1.is_some()) * 4 + 1 + usize::from(nlri.0.prefix_len()).div_ceil(8)
 }
 
-/// Splits `nlris` into runs that fit one UPDATE.
-fn chunks(nlris: &[Nlri]) -> Vec<&[Nlri]> {
+/// Splits `nlris` into runs of at most `budget` octets, each for one UPDATE.
+fn chunks(nlris: &[Nlri], budget: usize) -> Vec<&[Nlri]> {
     let mut out = Vec::new();
     let mut start = 0;
     let mut size = 0;
     for (index, nlri) in nlris.iter().enumerate() {
         let len = nlri_len(nlri);
-        if size + len > NLRI_BUDGET {
+        if size + len > budget && index > start {
             out.push(&nlris[start..index]);
             start = index;
             size = 0;
@@ -235,11 +301,14 @@ fn chunks(nlris: &[Nlri]) -> Vec<&[Nlri]> {
 }
 
 fn attribute(optional: bool, transitive: bool, value: PathAttributeValue) -> PathAttribute {
-    // Extended length costs one octet and lets MP_REACH carry a full UPDATE of NLRIs.
-    let extended = matches!(
-        value,
-        PathAttributeValue::MpReach(_) | PathAttributeValue::MpUnreach(_)
-    );
+    // Extended length costs one octet and lets MP_REACH carry a full UPDATE
+    // of NLRIs; community lists need it past 255 octets.
+    let extended = match &value {
+        PathAttributeValue::MpReach(_) | PathAttributeValue::MpUnreach(_) => true,
+        PathAttributeValue::Communities(list) => list.communities().len() * 4 > 255,
+        PathAttributeValue::LargeCommunities(list) => list.communities().len() * 12 > 255,
+        _ => false,
+    };
     match PathAttribute::from(optional, transitive, false, extended, value) {
         Ok(attribute) => attribute,
         // The flags passed below are the ones RFC 4271/4760/6793 fix for each attribute.
@@ -271,7 +340,7 @@ fn v6_nlris(nlris: &[Nlri]) -> Vec<Ipv6UnicastAddress> {
         .collect()
 }
 
-/// ORIGIN, AS_PATH (and AS4_PATH when AS_TRANS stands in), LOCAL_PREF for iBGP.
+/// ORIGIN, AS_PATH (and AS4_PATH when AS_TRANS stands in): the same for every path.
 fn common_attributes(policy: &SendPolicy) -> Vec<PathAttribute> {
     let mut attributes = vec![attribute(
         false,
@@ -301,25 +370,63 @@ fn common_attributes(policy: &SendPolicy) -> Vec<PathAttribute> {
             )])),
         ));
     }
-    if !policy.ebgp {
+    attributes
+}
+
+/// The attributes that vary per path: LOCAL_PREF (iBGP), COMMUNITIES,
+/// EXTENDED COMMUNITIES (link bandwidth), LARGE_COMMUNITY.
+fn path_attributes(path: &SentPath, policy: &SendPolicy) -> Vec<PathAttribute> {
+    let encoded = policy::encode(&path.attributes, policy.local_as, !policy.ebgp);
+    let mut attributes = Vec::new();
+    if let Some(local_pref) = encoded.local_pref {
         attributes.push(attribute(
             false,
             true,
-            PathAttributeValue::LocalPreference(LocalPreference::new(100)),
+            PathAttributeValue::LocalPreference(local_pref),
+        ));
+    }
+    if let Some(communities) = encoded.communities {
+        attributes.push(attribute(
+            true,
+            true,
+            PathAttributeValue::Communities(communities),
+        ));
+    }
+    if let Some(extended) = encoded.extended_communities {
+        attributes.push(attribute(
+            true,
+            true,
+            PathAttributeValue::ExtendedCommunities(extended),
+        ));
+    }
+    if let Some(large) = encoded.large_communities {
+        attributes.push(attribute(
+            true,
+            true,
+            PathAttributeValue::LargeCommunities(large),
         ));
     }
     attributes
 }
 
-fn announce(next_hop: IpAddr, nlris: &[Nlri], common: &[PathAttribute]) -> BgpMessage {
-    let mut attributes = common.to_vec();
-    let update = match next_hop {
+/// The attribute type code, for sending attributes in ascending order as
+/// RFC 4271 §5 recommends.
+fn type_code(attribute: &PathAttribute) -> u8 {
+    attribute
+        .value()
+        .path_attribute_type()
+        .map_or_else(|code| code, |known| known as u8)
+}
+
+fn announce(path: &SentPath, nlris: &[Nlri], mut attributes: Vec<PathAttribute>) -> BgpMessage {
+    let update = match path.next_hop {
         IpAddr::V4(next_hop) => {
             attributes.push(attribute(
                 false,
                 true,
                 PathAttributeValue::NextHop(NextHop::new(next_hop)),
             ));
+            attributes.sort_by_key(type_code);
             BgpUpdateMessage::new(vec![], attributes, v4_nlris(nlris))
         }
         IpAddr::V6(next_hop) => {
@@ -332,6 +439,7 @@ fn announce(next_hop: IpAddr, nlris: &[Nlri], common: &[PathAttribute]) -> BgpMe
                     nlri: v6_nlris(nlris).into(),
                 }),
             ));
+            attributes.sort_by_key(type_code);
             BgpUpdateMessage::new(vec![], attributes, vec![])
         }
     };
@@ -361,7 +469,7 @@ pub fn end_of_rib(family: Family) -> BgpMessage {
 }
 
 /// The UPDATEs that carry `changes`: withdrawals first (so a peer limited in
-/// paths never holds old and new at once), then one run of UPDATEs per next hop.
+/// paths never holds old and new at once), then one run of UPDATEs per next hop and attribute set.
 pub fn encode(changes: &Changes, policy: &SendPolicy) -> Vec<BgpMessage> {
     let mut messages = Vec::new();
     for family in [Family::Ipv4Unicast, Family::Ipv6Unicast] {
@@ -371,14 +479,20 @@ pub fn encode(changes: &Changes, policy: &SendPolicy) -> Vec<BgpMessage> {
             .filter(|(prefix, _)| family_of(prefix) == family)
             .copied()
             .collect();
-        messages.extend(chunks(&nlris).into_iter().map(|run| withdraw(family, run)));
+        messages.extend(
+            chunks(&nlris, NLRI_BUDGET)
+                .into_iter()
+                .map(|run| withdraw(family, run)),
+        );
     }
     let common = common_attributes(policy);
-    for (next_hop, nlris) in &changes.announce {
+    for (path, nlris) in &changes.announce {
+        let mut attributes = common.clone();
+        attributes.extend(path_attributes(path, policy));
         messages.extend(
-            chunks(nlris)
+            chunks(nlris, nlri_budget(path))
                 .into_iter()
-                .map(|run| announce(*next_hop, run, &common)),
+                .map(|run| announce(path, run, attributes.clone())),
         );
     }
     messages
@@ -392,7 +506,11 @@ mod tests {
     use std::net::Ipv4Addr;
 
     use super::*;
-    use crate::codec::{MAX_MESSAGE_LEN, WireCodec};
+    use crate::{
+        LinkBandwidth,
+        codec::{MAX_MESSAGE_LEN, WireCodec},
+        policy::{MAX_COMMUNITIES, MAX_LARGE_COMMUNITIES},
+    };
 
     fn policy(add_path: bool, max_paths: usize) -> SendPolicy {
         let family = FamilyPolicy {
@@ -400,6 +518,9 @@ mod tests {
             max_paths,
         };
         SendPolicy {
+            peer: ip("172.30.0.1"),
+            local_address: Some(ip("172.30.0.10")),
+            peer_policy: PeerPolicy::default(),
             local_as: 65000,
             ebgp: true,
             asn4: true,
@@ -416,14 +537,27 @@ mod tests {
         text.parse().expect("test prefix")
     }
 
-    fn routes(entries: &[(&str, &[&str])]) -> Routes {
+    fn routes(entries: &[(&str, &[&str])]) -> SharedPaths {
+        let plain = Arc::new(PathAttributes::default());
         entries
             .iter()
-            .map(|(prefix, hops)| (net(prefix), hops.iter().map(|hop| ip(hop)).collect()))
+            .map(|(prefix, hops)| {
+                (
+                    net(prefix),
+                    hops.iter().map(|hop| (ip(hop), plain.clone())).collect(),
+                )
+            })
             .collect()
     }
 
-    fn sync(rib: &mut AdjRibOut, routes: &Routes, policy: &SendPolicy) -> Changes {
+    fn plain(next_hop: &str) -> SentPath {
+        SentPath {
+            next_hop: ip(next_hop),
+            attributes: Arc::new(PathAttributes::default()),
+        }
+    }
+
+    fn sync(rib: &mut AdjRibOut, routes: &SharedPaths, policy: &SendPolicy) -> Changes {
         let (desired, _) = desired_paths(routes, policy);
         rib.update(desired, policy)
     }
@@ -465,11 +599,11 @@ mod tests {
         assert_eq!(
             changes.announce,
             BTreeMap::from([(
-                ip("10.0.0.3"),
+                plain("10.0.0.3"),
                 vec![(net("1.1.1.1/32"), Some(path_id(ip("10.0.0.3"))))]
             )])
         );
-        let changes = sync(&mut rib, &Routes::new(), &policy);
+        let changes = sync(&mut rib, &SharedPaths::new(), &policy);
         assert_eq!(
             changes.withdraw.len(),
             2,
@@ -488,7 +622,7 @@ mod tests {
         assert_eq!(omitted.paths_over_limit, 1);
         assert_eq!(
             desired[&net("1.1.1.1/32")],
-            BTreeMap::from([(0, ip("10.0.0.1"))])
+            BTreeMap::from([(0, plain("10.0.0.1"))])
         );
         // Losing the chosen next hop replaces the path (implicit withdraw), no withdraw.
         let mut rib = AdjRibOut::default();
@@ -501,7 +635,7 @@ mod tests {
         assert!(changes.withdraw.is_empty());
         assert_eq!(
             changes.announce,
-            BTreeMap::from([(ip("10.0.0.2"), vec![(net("1.1.1.1/32"), None)])])
+            BTreeMap::from([(plain("10.0.0.2"), vec![(net("1.1.1.1/32"), None)])])
         );
     }
 
@@ -515,10 +649,40 @@ mod tests {
             )]),
             &policy,
         );
-        let hops: Vec<IpAddr> = desired[&net("1.1.1.1/32")].values().copied().collect();
+        let hops: Vec<IpAddr> = desired[&net("1.1.1.1/32")]
+            .values()
+            .map(|path| path.next_hop)
+            .collect();
         assert_eq!(hops, vec![ip("10.0.0.1"), ip("10.0.0.2")]);
         assert_eq!(omitted.paths_over_limit, 1);
         assert_eq!(omitted.next_hop_family_mismatch, 1);
+    }
+
+    #[test]
+    fn next_hop_self_is_the_sessions_own_address() {
+        let policy = policy(true, 8);
+        let (desired, omitted) = desired_paths(
+            &routes(&[("1.1.1.1/32", &["0.0.0.0"]), ("fd00:1::/64", &["::"])]),
+            &policy,
+        );
+        let paths: Vec<(IpNet, IpAddr, u32)> = desired
+            .iter()
+            .flat_map(|(prefix, paths)| {
+                paths.iter().map(|(id, path)| (*prefix, path.next_hop, *id))
+            })
+            .collect();
+        assert_eq!(
+            paths,
+            vec![(
+                net("1.1.1.1/32"),
+                ip("172.30.0.10"),
+                path_id(ip("172.30.0.10"))
+            )]
+        );
+        assert_eq!(
+            omitted.next_hop_self_unavailable, 1,
+            "no IPv6 address on an IPv4 session"
+        );
     }
 
     #[test]
@@ -551,7 +715,8 @@ mod tests {
     #[test]
     fn many_prefixes_pack_into_few_updates_that_fit() {
         let policy = policy(true, 4);
-        let mut desired = Routes::new();
+        let plain = Arc::new(PathAttributes::default());
+        let mut desired = SharedPaths::new();
         for index in 0..10_000u32 {
             let prefix = IpNet::V4(
                 ipnet::Ipv4Net::new(Ipv4Addr::from(0x0a00_0000 + index), 32).expect("/32"),
@@ -559,7 +724,7 @@ mod tests {
             desired.insert(
                 prefix,
                 (1..=4)
-                    .map(|n| IpAddr::V4(Ipv4Addr::new(172, 30, 0, n)))
+                    .map(|n| (IpAddr::V4(Ipv4Addr::new(172, 30, 0, n)), plain.clone()))
                     .collect(),
             );
         }
@@ -605,8 +770,206 @@ mod tests {
                 PathAttributeValue::MpReach(MpReach::Ipv6Unicast { .. })
             )));
         }
-        let withdraw = encode(&sync(&mut rib, &Routes::new(), &policy), &policy);
+        let withdraw = encode(&sync(&mut rib, &SharedPaths::new(), &policy), &policy);
         assert_eq!(withdraw.len(), 1, "both paths in one MP_UNREACH");
+    }
+
+    fn with(attributes: PathAttributes, entries: &[(&str, &[&str])]) -> SharedPaths {
+        let attributes = Arc::new(attributes);
+        entries
+            .iter()
+            .map(|(prefix, hops)| {
+                (
+                    net(prefix),
+                    hops.iter()
+                        .map(|hop| (ip(hop), attributes.clone()))
+                        .collect(),
+                )
+            })
+            .collect()
+    }
+
+    fn tagged(community: u32) -> PathAttributes {
+        PathAttributes {
+            communities: vec![community],
+            ..PathAttributes::default()
+        }
+    }
+
+    #[test]
+    fn attribute_changes_replace_paths_under_the_same_id() {
+        let policy = policy(true, 8);
+        let mut rib = AdjRibOut::default();
+        let prefixes: &[(&str, &[&str])] = &[("1.1.1.1/32", &["10.0.0.1", "10.0.0.2"])];
+        sync(&mut rib, &with(tagged(1), prefixes), &policy);
+        assert!(
+            sync(&mut rib, &with(tagged(1), prefixes), &policy).is_empty(),
+            "equal attributes (even in new allocations) are not re-sent"
+        );
+        let changes = sync(&mut rib, &with(tagged(2), prefixes), &policy);
+        assert!(changes.withdraw.is_empty(), "no withdraw, implicit replace");
+        let (path, nlris) = changes.announce.iter().next().expect("announced");
+        assert_eq!(path.attributes.communities, vec![2]);
+        assert_eq!(
+            nlris,
+            &vec![(net("1.1.1.1/32"), Some(path_id(ip("10.0.0.1"))))]
+        );
+        assert_eq!(changes.announce.len(), 2, "both next hops, each once");
+    }
+
+    #[test]
+    fn prefixes_with_equal_attributes_share_updates() {
+        let policy = policy(true, 8);
+        let mut rib = AdjRibOut::default();
+        let mut desired = with(
+            tagged(1),
+            &[("1.1.1.1/32", &["10.0.0.1"]), ("1.1.1.2/32", &["10.0.0.1"])],
+        );
+        desired.extend(with(tagged(2), &[("1.1.1.3/32", &["10.0.0.1"])]));
+        let changes = sync(&mut rib, &desired, &policy);
+        let messages = wire_round_trip(encode(&changes, &policy));
+        let sizes: Vec<usize> = messages
+            .iter()
+            .map(|message| match message {
+                BgpMessage::Update(update) => update.nlri().len(),
+                _ => 0,
+            })
+            .collect();
+        assert_eq!(
+            sizes,
+            vec![2, 1],
+            "two UPDATEs: community 1 ×2, community 2 ×1"
+        );
+    }
+
+    #[test]
+    fn local_pref_is_for_ibgp_only_and_its_changes_are_not_sent_to_ebgp() {
+        let mut ebgp = policy(true, 8);
+        let mut rib = AdjRibOut::default();
+        let prefixes: &[(&str, &[&str])] = &[("1.1.1.1/32", &["10.0.0.1"])];
+        let preferred = |value| PathAttributes {
+            local_pref: Some(value),
+            ..PathAttributes::default()
+        };
+        let messages = encode(
+            &sync(&mut rib, &with(preferred(200), prefixes), &ebgp),
+            &ebgp,
+        );
+        let BgpMessage::Update(update) = &messages[0] else {
+            panic!("an UPDATE");
+        };
+        assert!(
+            !update
+                .path_attributes()
+                .iter()
+                .any(|attr| matches!(attr.value(), PathAttributeValue::LocalPreference(_)))
+        );
+        assert!(sync(&mut rib, &with(preferred(300), prefixes), &ebgp).is_empty());
+
+        ebgp.ebgp = false;
+        let ibgp = ebgp;
+        let mut rib = AdjRibOut::default();
+        let local_prefs = |messages: Vec<BgpMessage>| -> Vec<u32> {
+            messages
+                .iter()
+                .flat_map(|message| match message {
+                    BgpMessage::Update(update) => update.path_attributes().to_vec(),
+                    _ => vec![],
+                })
+                .filter_map(|attr| match attr.value() {
+                    PathAttributeValue::LocalPreference(pref) => Some(pref.metric()),
+                    _ => None,
+                })
+                .collect()
+        };
+        let plain = encode(&sync(&mut rib, &routes(prefixes), &ibgp), &ibgp);
+        assert_eq!(local_prefs(plain), vec![policy::DEFAULT_LOCAL_PREF]);
+        let preferred = encode(
+            &sync(&mut rib, &with(preferred(300), prefixes), &ibgp),
+            &ibgp,
+        );
+        assert_eq!(local_prefs(preferred), vec![300]);
+    }
+
+    #[test]
+    fn paths_scoped_to_other_peers_are_not_sent() {
+        let policy = policy(true, 8);
+        let scoped = |peer: &str| PathAttributes {
+            only_peers: Some([ip(peer)].into()),
+            ..PathAttributes::default()
+        };
+        let mut desired = with(scoped("172.30.0.1"), &[("1.1.1.1/32", &["10.0.0.1"])]);
+        desired.extend(with(scoped("172.30.0.2"), &[("1.1.1.2/32", &["10.0.0.1"])]));
+        let (paths, omitted) = desired_paths(&desired, &policy);
+        assert_eq!(
+            paths.keys().copied().collect::<Vec<_>>(),
+            vec![net("1.1.1.1/32")]
+        );
+        assert_eq!(omitted.scoped_to_other_peers, 1);
+    }
+
+    #[test]
+    fn all_policy_attributes_round_trip_in_type_order_within_size() {
+        let mut ibgp = policy(true, 8);
+        ibgp.ebgp = false;
+        let (attributes, _) = PathAttributes {
+            communities: (0..MAX_COMMUNITIES as u32).collect(),
+            large_communities: (0..MAX_LARGE_COMMUNITIES as u32)
+                .map(|n| (65000, n, n))
+                .collect(),
+            local_pref: Some(250),
+            link_bandwidth: Some(LinkBandwidth::for_endpoints(3, true)),
+            only_peers: None,
+        }
+        .sanitized();
+        let expected = attributes.clone();
+        let prefixes: Vec<String> = (0..2000u32)
+            .map(|n| format!("{}/32", Ipv4Addr::from(0x0a00_0000 + n)))
+            .collect();
+        let entries: Vec<(&str, &[&str])> = prefixes
+            .iter()
+            .map(|prefix| (prefix.as_str(), &["10.0.0.1", "10.0.0.2"][..]))
+            .collect();
+        let mut rib = AdjRibOut::default();
+        let changes = sync(&mut rib, &with(attributes, &entries), &ibgp);
+        let messages = wire_round_trip(encode(&changes, &ibgp));
+        let mut nlris = 0;
+        for message in &messages {
+            let BgpMessage::Update(update) = message else {
+                panic!("an UPDATE");
+            };
+            nlris += update.nlri().len();
+            let codes: Vec<u8> = update.path_attributes().iter().map(type_code).collect();
+            assert_eq!(codes, vec![1, 2, 3, 5, 8, 16, 32], "ascending type codes");
+            for attr in update.path_attributes() {
+                match attr.value() {
+                    PathAttributeValue::LocalPreference(pref) => assert_eq!(pref.metric(), 250),
+                    PathAttributeValue::Communities(list) => assert_eq!(
+                        list.communities()
+                            .iter()
+                            .map(|c| c.value())
+                            .collect::<Vec<_>>(),
+                        expected.communities
+                    ),
+                    PathAttributeValue::LargeCommunities(list) => assert_eq!(
+                        list.communities()
+                            .iter()
+                            .map(|c| (c.global_admin(), c.local_data1(), c.local_data2()))
+                            .collect::<Vec<_>>(),
+                        expected.large_communities
+                    ),
+                    PathAttributeValue::ExtendedCommunities(list) => assert_eq!(
+                        list.communities()
+                            .iter()
+                            .filter_map(policy::link_bandwidth_of)
+                            .collect::<Vec<_>>(),
+                        vec![LinkBandwidth::for_endpoints(3, true)]
+                    ),
+                    _ => {}
+                }
+            }
+        }
+        assert_eq!(nlris, 4000);
     }
 
     #[test]

@@ -20,10 +20,10 @@ use tokio_util::codec::Framed;
 use tracing::{debug, info, warn};
 
 use crate::{
-    Family, PeerConfig, PeerStatus, Routes, SessionState,
+    Family, PeerConfig, PeerPolicy, PeerStatus, SessionState,
     codec::{DecodeError, WireCodec},
     fsm::{Action, Event, Fsm, FsmConfig, Negotiated, Timer},
-    rib::{self, AdjRibOut, FamilyPolicy, SendPolicy},
+    rib::{self, AdjRibOut, FamilyPolicy, SendPolicy, SharedPaths},
     socket::{self, ConnectOptions},
 };
 
@@ -32,12 +32,16 @@ pub enum Command {
     Incoming(TcpStream),
     /// End the session (with a NOTIFICATION, or silently for graceful restart).
     Stop(Option<BgpNotificationMessage>),
+    /// The peer's outbound policy changed: re-shape and send what differs,
+    /// without resetting the session.
+    SetPolicy(PeerPolicy),
 }
 
 enum Wake {
     Event(Event),
     Incoming(TcpStream),
     RoutesChanged,
+    PolicyChanged(PeerPolicy),
     Stop(Option<BgpNotificationMessage>),
 }
 
@@ -53,7 +57,7 @@ pub struct Session {
     timers: HashMap<Timer, Instant>,
     rib: AdjRibOut,
     policy: Option<SendPolicy>,
-    routes: watch::Receiver<Arc<Routes>>,
+    routes: watch::Receiver<Arc<SharedPaths>>,
     status: Arc<Mutex<SharedStatus>>,
     established_at: Option<Instant>,
     /// A write failed or stalled; the FSM hears of it as a lost connection.
@@ -108,7 +112,7 @@ impl Session {
     pub fn new(
         peer: PeerConfig,
         fsm_config: FsmConfig,
-        routes: watch::Receiver<Arc<Routes>>,
+        routes: watch::Receiver<Arc<SharedPaths>>,
         status: Arc<Mutex<SharedStatus>>,
     ) -> Self {
         let local_as = fsm_config.local_as;
@@ -164,6 +168,15 @@ impl Session {
                     self.sync_routes().await;
                     continue;
                 }
+                Wake::PolicyChanged(policy) => {
+                    info!(peer = %self.peer.address, ?policy, "outbound policy changed");
+                    if let Some(send) = self.policy.as_mut() {
+                        send.peer_policy = policy.clone();
+                    }
+                    self.peer.policy = policy;
+                    self.sync_routes().await;
+                    continue;
+                }
                 Wake::Stop(notification) => {
                     self.dispatch(Event::Stop(notification)).await;
                     return;
@@ -187,6 +200,7 @@ impl Session {
             command = commands.recv() => match command {
                 Some(Command::Incoming(stream)) => Wake::Incoming(stream),
                 Some(Command::Stop(notification)) => Wake::Stop(notification),
+                Some(Command::SetPolicy(policy)) => Wake::PolicyChanged(policy),
                 None => Wake::Stop(None),
             },
             Some(result) = async { match connecting.as_mut() { Some(c) => Some(c.await), None => None } }, if connecting.is_some() => {
@@ -377,7 +391,15 @@ impl Session {
                 );
             }
         }
+        let local_address = self
+            .conn
+            .as_ref()
+            .and_then(|conn| conn.get_ref().local_addr().ok())
+            .map(|address| address.ip().to_canonical());
         self.policy = Some(SendPolicy {
+            peer: self.peer.address,
+            local_address,
+            peer_policy: self.peer.policy.clone(),
             local_as: self.local_as,
             ebgp: self.peer.remote_as != self.local_as,
             asn4: negotiated.asn4,
@@ -413,6 +435,13 @@ impl Session {
         let routes = Arc::clone(&self.routes.borrow_and_update());
         let (desired, omitted) = rib::desired_paths(&routes, &policy);
         debug!(peer = %self.peer.address, ?omitted, "paths not sent to this peer");
+        if omitted.next_hop_self_unavailable > 0 {
+            warn!(
+                peer = %self.peer.address,
+                paths = omitted.next_hop_self_unavailable,
+                "next hop self needs a session address of the prefix's family; those paths are not announced"
+            );
+        }
         if omitted.next_hop_family_mismatch > 0 {
             warn!(
                 peer = %self.peer.address,

@@ -17,8 +17,9 @@ use tokio::{
 use tracing::{info, warn};
 
 use crate::{
-    BgpError, PeerConfig, PeerStatus, Routes, SpeakerConfig,
+    BgpError, PathAttributes, PathTable, PeerConfig, PeerStatus, SpeakerConfig,
     fsm::{FsmConfig, cease},
+    rib::SharedPaths,
     session::{self, Command, STOP_TIMEOUT, Session},
     socket,
 };
@@ -32,7 +33,7 @@ struct Peer {
 
 struct Inner {
     config: SpeakerConfig,
-    routes: watch::Sender<Arc<Routes>>,
+    routes: watch::Sender<Arc<SharedPaths>>,
     peers: AsyncMutex<HashMap<IpAddr, Peer>>,
     listener: Option<Arc<TcpListener>>,
     accept_task: Mutex<Option<JoinHandle<()>>>,
@@ -53,7 +54,7 @@ impl Speaker {
             )),
             None => None,
         };
-        let (routes, _) = watch::channel(Arc::new(Routes::new()));
+        let (routes, _) = watch::channel(Arc::new(SharedPaths::new()));
         let speaker = Speaker {
             inner: Arc::new(Inner {
                 config,
@@ -77,11 +78,27 @@ impl Speaker {
     }
 
     /// Adds a peer, or changes one (restarting only that peer's session).
-    /// An unchanged configuration leaves the session alone.
+    /// An unchanged configuration leaves the session alone; a change of
+    /// [`PeerConfig::policy`] alone re-sends the affected paths without a
+    /// restart.
     pub async fn upsert_peer(&self, peer: PeerConfig) {
         let mut peers = self.inner.peers.lock().await;
-        if let Some(existing) = peers.get(&peer.address) {
+        if let Some(existing) = peers.get_mut(&peer.address) {
             if existing.config == peer {
+                return;
+            }
+            let only_policy = PeerConfig {
+                policy: peer.policy.clone(),
+                ..existing.config.clone()
+            } == peer;
+            if only_policy
+                && existing
+                    .commands
+                    .send(Command::SetPolicy(peer.policy.clone()))
+                    .await
+                    .is_ok()
+            {
+                existing.config = peer;
                 return;
             }
             info!(peer = %peer.address, "peer configuration changed; restarting its session");
@@ -159,15 +176,62 @@ impl Speaker {
         }
     }
 
-    /// Sets the desired routes: prefix → next hops. Each session sends its
-    /// peer only the difference; calls in quick succession coalesce.
+    /// Sets the desired routes: prefix → next hops, each a plain path
+    /// (no communities, LOCAL_PREF 100 on iBGP, no link bandwidth). Each
+    /// session sends its peer only the difference; calls in quick
+    /// succession coalesce. Same as [`Speaker::set_paths`] with default
+    /// attributes.
     pub async fn set_routes(&self, routes: BTreeMap<IpNet, BTreeSet<IpAddr>>) {
-        let routes: Routes = routes
+        let plain = Arc::new(PathAttributes::default());
+        let paths: SharedPaths = routes
             .into_iter()
             .filter(|(_, next_hops)| !next_hops.is_empty())
-            .map(|(prefix, next_hops)| (prefix.trunc(), next_hops))
+            .map(|(prefix, next_hops)| {
+                let paths = next_hops
+                    .into_iter()
+                    .map(|next_hop| (next_hop, Arc::clone(&plain)))
+                    .collect();
+                (prefix.trunc(), paths)
+            })
             .collect();
-        self.inner.routes.send_replace(Arc::new(routes));
+        self.inner.routes.send_replace(Arc::new(paths));
+    }
+
+    /// Sets the desired paths with their attributes: prefix → next hop →
+    /// attributes. Replaces whatever `set_routes` or `set_paths` set before.
+    /// Each session sends its peer only what changed for it: a path whose
+    /// attributes (as shaped by the peer's [`crate::PeerPolicy`]) changed is
+    /// re-announced under the same path id; an unchanged one is not sent.
+    /// Attributes are sanitised first (see [`PathAttributes::sanitized`]);
+    /// what had to be fixed is logged.
+    ///
+    /// A next hop of [`crate::NEXT_HOP_SELF_V4`] / [`crate::NEXT_HOP_SELF_V6`]
+    /// is sent as each session's own address (the per-node speaker mode).
+    pub async fn set_paths(&self, paths: PathTable) {
+        let mut shared = SharedPaths::new();
+        // One warning per call, not one per path: a pool's bad attributes
+        // would otherwise repeat for every address in it.
+        let mut fixed_paths = 0usize;
+        let mut example = None;
+        for (prefix, next_hops) in paths {
+            if next_hops.is_empty() {
+                continue;
+            }
+            let entry: &mut BTreeMap<IpAddr, Arc<PathAttributes>> =
+                shared.entry(prefix.trunc()).or_default();
+            for (next_hop, attributes) in next_hops {
+                let (attributes, fixed) = attributes.sanitized();
+                if !fixed.is_empty() {
+                    fixed_paths += 1;
+                    example.get_or_insert((prefix, next_hop, fixed));
+                }
+                entry.insert(next_hop, Arc::new(attributes));
+            }
+        }
+        if let Some((prefix, next_hop, fixed)) = example {
+            warn!(paths = fixed_paths, %prefix, %next_hop, ?fixed, "path attributes were out of bounds and have been fixed (first example shown)");
+        }
+        self.inner.routes.send_replace(Arc::new(shared));
     }
 
     /// The bound address of the passive listener (useful with port 0).

@@ -1,7 +1,8 @@
 //! The whole speaker over real TCP on loopback, against a scripted peer:
 //! passive accept of a configured peer only, OPEN negotiation, ADD-PATH
 //! UPDATEs with one path id per next hop, End-of-RIB, withdraws, route
-//! refresh, and a NOTIFICATION for malformed input.
+//! refresh, a NOTIFICATION for malformed input, and path attribute and
+//! per-peer policy changes sent in place.
 use std::{
     collections::{BTreeMap, BTreeSet},
     net::{IpAddr, Ipv4Addr, SocketAddr},
@@ -22,7 +23,10 @@ use netgauze_bgp_pkt::{
     route_refresh::BgpRouteRefreshMessage,
 };
 use netgauze_iana::address_family::AddressType;
-use porter_bgp::{PeerConfig, SessionState, Speaker, SpeakerConfig, codec::WireCodec, path_id};
+use porter_bgp::{
+    PathAttributes, PathTable, PeerConfig, PeerPolicy, SessionState, Speaker, SpeakerConfig,
+    codec::WireCodec, path_id,
+};
 use tokio::{io::AsyncWriteExt, net::TcpStream};
 use tokio_util::codec::Framed;
 
@@ -344,5 +348,90 @@ async fn a_flapping_peer_does_not_disturb_the_others() {
         .expect("status");
     assert_eq!(healthy_status.state, SessionState::Established);
     assert_eq!(healthy_status.established_count, 1);
+    speaker.shutdown().await;
+}
+
+/// The next UPDATE that is not a KEEPALIVE.
+async fn next_update(peer: &mut Peer) -> netgauze_bgp_pkt::update::BgpUpdateMessage {
+    loop {
+        match recv(peer).await {
+            BgpMessage::Update(update) => return update,
+            BgpMessage::KeepAlive => {}
+            other => panic!("UPDATE expected, got {other:?}"),
+        }
+    }
+}
+
+/// (path id, communities) of an UPDATE's NLRIs.
+fn communities_of(
+    update: &netgauze_bgp_pkt::update::BgpUpdateMessage,
+) -> (Vec<Option<u32>>, Vec<u32>) {
+    let ids = update.nlri().iter().map(|nlri| nlri.path_id()).collect();
+    let communities = update
+        .path_attributes()
+        .iter()
+        .find_map(|attr| match attr.value() {
+            PathAttributeValue::Communities(list) => {
+                Some(list.communities().iter().map(|c| c.value()).collect())
+            }
+            _ => None,
+        })
+        .unwrap_or_default();
+    (ids, communities)
+}
+
+#[tokio::test]
+async fn attribute_changes_are_sent_in_place_and_policy_changes_keep_the_session() {
+    let (speaker, address) = speaker().await;
+    let (mut peer, _) = establish(address, true).await;
+    assert!(paths_until_eor(&mut peer).await.is_empty());
+    let tagged = |community| PathAttributes {
+        communities: vec![community],
+        ..PathAttributes::default()
+    };
+    let table = |a: PathAttributes, b: PathAttributes| -> PathTable {
+        BTreeMap::from([(
+            "192.0.2.10/32".parse().expect("prefix"),
+            BTreeMap::from([(ip("172.30.0.11"), a), (ip("172.30.0.12"), b)]),
+        )])
+    };
+    let (a, b) = (
+        Some(path_id(ip("172.30.0.11"))),
+        Some(path_id(ip("172.30.0.12"))),
+    );
+
+    speaker.set_paths(table(tagged(1), tagged(1))).await;
+    let first = communities_of(&next_update(&mut peer).await);
+    let second = communities_of(&next_update(&mut peer).await);
+    assert_eq!(
+        vec![first, second],
+        vec![(vec![a], vec![1]), (vec![b], vec![1])]
+    );
+
+    // Only the path whose attributes changed is sent, under its id, with no withdraw.
+    speaker.set_paths(table(tagged(2), tagged(1))).await;
+    let update = next_update(&mut peer).await;
+    assert!(update.withdraw_routes().is_empty());
+    assert_eq!(communities_of(&update), (vec![a], vec![2]));
+
+    // A policy-only change re-shapes both paths on the same connection; had
+    // anything else been sent for path b above, it would arrive first here.
+    let mut config = PeerConfig::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 65001);
+    config.passive = true;
+    config.connect_retry = Duration::from_millis(100);
+    config.policy = PeerPolicy {
+        communities: false,
+        ..PeerPolicy::default()
+    };
+    speaker.upsert_peer(config).await;
+    let first = communities_of(&next_update(&mut peer).await);
+    let second = communities_of(&next_update(&mut peer).await);
+    assert_eq!(
+        vec![first, second],
+        vec![(vec![a], vec![]), (vec![b], vec![])]
+    );
+    let status = speaker.peer_status().await;
+    assert_eq!(status[0].established_count, 1);
+    assert_eq!(status[0].state, SessionState::Established);
     speaker.shutdown().await;
 }

@@ -2,9 +2,9 @@
 //! Ready node that has at least one ready endpoint of a Service using it.
 //! Pure; the BGP layer turns the difference between two results into UPDATEs.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::net::IpAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 
 use ipnet::IpNet;
 use k8s_openapi::api::core::v1::Node;
@@ -19,17 +19,20 @@ use crate::ipam::Family;
 pub type Routes = BTreeMap<IpNet, BTreeSet<IpAddr>>;
 
 /// The nodes with a ready endpoint in these slices of one Service.
-fn ready_nodes<'a>(slices: impl IntoIterator<Item = &'a EndpointSlice>) -> BTreeSet<String> {
-    let mut nodes = BTreeSet::new();
+/// Sorted, without duplicates (a Vec: 10,000 of these are kept).
+fn ready_nodes<'a>(slices: impl IntoIterator<Item = &'a EndpointSlice>) -> Vec<String> {
+    let mut nodes = Vec::new();
     for slice in slices {
         for ep in slice.endpoints.iter().flatten() {
             // The API defines an unset `ready` as ready.
             let ready = ep.conditions.as_ref().and_then(|c| c.ready).unwrap_or(true);
             if let (true, Some(node)) = (ready, ep.node_name.as_deref()) {
-                nodes.insert(node.to_string());
+                nodes.push(node.to_string());
             }
         }
     }
+    nodes.sort();
+    nodes.dedup();
     nodes
 }
 
@@ -84,7 +87,7 @@ fn next_hop(addrs: &[IpAddr], eip: IpAddr) -> Option<IpAddr> {
 #[derive(Debug, Default)]
 struct Served {
     eips: Vec<IpAddr>,
-    nodes: BTreeSet<String>,
+    nodes: Vec<String>,
 }
 
 /// The routes, kept up to date incrementally. An update finds the
@@ -94,50 +97,51 @@ struct Served {
 /// update is the plain function of (allocations, EndpointSlices, Nodes).
 #[derive(Debug, Default)]
 pub struct RouteTable {
-    last_nodes: Vec<Arc<Node>>,
-    last_slices: Vec<Arc<EndpointSlice>>,
+    /// The last inputs, by identity (see `reconcile::AddressInputs` on Weak).
+    last_nodes: Vec<Weak<Node>>,
+    last_slices: Vec<Weak<EndpointSlice>>,
     /// `None` before the first update.
     last_allocations: Option<u64>,
     nodes: HashMap<String, Vec<IpAddr>>,
-    /// Every Service's slices, allocated or not.
+    /// Every Service's slices, allocated or not; they stay alive here until
+    /// removed, so a removed slice's identity is never reused meanwhile.
     slices: HashMap<ObjectKey, Vec<Arc<EndpointSlice>>>,
+    /// Which Service each known slice (by identity) belongs to.
+    slice_owner: HashMap<usize, ObjectKey>,
     services: HashMap<ObjectKey, Served>,
-    users: HashMap<IpAddr, BTreeSet<ObjectKey>>,
+    /// Services using each EIP; usually one, more when shared.
+    users: HashMap<IpAddr, Vec<ObjectKey>>,
     routes: Arc<Routes>,
 }
 
-fn same_objects<T>(a: &[Arc<T>], b: &[Arc<T>]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).all(|(x, y)| Arc::ptr_eq(x, y))
+fn same_objects<T>(last: &[Weak<T>], now: &[Arc<T>]) -> bool {
+    last.len() == now.len() && last.iter().zip(now).all(|(w, a)| is(w, a))
 }
 
-/// Slices in `old` and not in `new`, and the reverse, by identity.
+fn is<T>(w: &Weak<T>, a: &Arc<T>) -> bool {
+    std::ptr::eq(w.as_ptr(), Arc::as_ptr(a))
+}
+
+/// Slices in `old` and not in `new` (as identities), and the reverse.
 fn diff<'a>(
-    old: &'a [Arc<EndpointSlice>],
+    old: &[Weak<EndpointSlice>],
     new: &'a [Arc<EndpointSlice>],
-) -> (Vec<&'a Arc<EndpointSlice>>, Vec<&'a Arc<EndpointSlice>>) {
+) -> (Vec<usize>, Vec<&'a Arc<EndpointSlice>>) {
     if old.len() == new.len() {
         // Sources keep their order while nothing is added or removed, so a
         // positional comparison finds the handful of replaced objects.
-        let changed: Vec<usize> = (0..old.len())
-            .filter(|i| !Arc::ptr_eq(&old[*i], &new[*i]))
-            .collect();
+        let changed: Vec<usize> = (0..old.len()).filter(|i| !is(&old[*i], &new[*i])).collect();
         return (
-            changed.iter().map(|i| &old[*i]).collect(),
+            changed.iter().map(|i| old[*i].as_ptr() as usize).collect(),
             changed.iter().map(|i| &new[*i]).collect(),
         );
     }
-    let ptrs = |v: &[Arc<EndpointSlice>]| {
-        v.iter()
-            .map(Arc::as_ptr)
-            .collect::<std::collections::HashSet<_>>()
-    };
-    let (old_ptrs, new_ptrs) = (ptrs(old), ptrs(new));
+    let old_ptrs: HashSet<usize> = old.iter().map(|w| w.as_ptr() as usize).collect();
+    let new_ptrs: HashSet<usize> = new.iter().map(|a| Arc::as_ptr(a) as usize).collect();
     (
-        old.iter()
-            .filter(|s| !new_ptrs.contains(&Arc::as_ptr(s)))
-            .collect(),
+        old_ptrs.difference(&new_ptrs).copied().collect(),
         new.iter()
-            .filter(|s| !old_ptrs.contains(&Arc::as_ptr(s)))
+            .filter(|s| !old_ptrs.contains(&(Arc::as_ptr(s) as usize)))
             .collect(),
     )
 }
@@ -159,7 +163,7 @@ impl RouteTable {
     ) -> BTreeSet<IpAddr> {
         let mut dirty: BTreeSet<IpAddr> = BTreeSet::new();
         if !same_objects(&self.last_nodes, nodes) {
-            self.last_nodes = nodes.to_vec();
+            self.last_nodes = nodes.iter().map(Arc::downgrade).collect();
             let addresses = node_addresses(nodes.iter().map(|n| n.as_ref()));
             if addresses != self.nodes {
                 // Served node names stay valid; their addresses feed every route.
@@ -170,11 +174,10 @@ impl RouteTable {
 
         let mut touched: BTreeSet<ObjectKey> = BTreeSet::new();
         let (removed, added) = diff(&self.last_slices, slices);
-        for slice in removed {
-            if let Some((ns, name)) = owner(slice) {
-                let key = ObjectKey::new(ns, name);
+        for ptr in removed {
+            if let Some(key) = self.slice_owner.remove(&ptr) {
                 if let Some(list) = self.slices.get_mut(&key) {
-                    list.retain(|s| !Arc::ptr_eq(s, slice));
+                    list.retain(|s| Arc::as_ptr(s) as usize != ptr);
                     if list.is_empty() {
                         self.slices.remove(&key);
                     }
@@ -185,6 +188,8 @@ impl RouteTable {
         for slice in added {
             if let Some((ns, name)) = owner(slice) {
                 let key = ObjectKey::new(ns, name);
+                self.slice_owner
+                    .insert(Arc::as_ptr(slice) as usize, key.clone());
                 self.slices
                     .entry(key.clone())
                     .or_default()
@@ -192,7 +197,7 @@ impl RouteTable {
                 touched.insert(key);
             }
         }
-        self.last_slices = slices.to_vec();
+        self.last_slices = slices.iter().map(Arc::downgrade).collect();
 
         if self.last_allocations != Some(generation) {
             self.last_allocations = Some(generation);
@@ -270,7 +275,10 @@ impl RouteTable {
             self.forget_user(key, &old.eips, dirty);
         }
         for eip in eips {
-            self.users.entry(*eip).or_default().insert(key.clone());
+            let users = self.users.entry(*eip).or_default();
+            if !users.contains(key) {
+                users.push(key.clone());
+            }
             dirty.insert(*eip);
         }
     }
@@ -278,7 +286,7 @@ impl RouteTable {
     fn forget_user(&mut self, key: &ObjectKey, eips: &[IpAddr], dirty: &mut BTreeSet<IpAddr>) {
         for eip in eips {
             if let Some(users) = self.users.get_mut(eip) {
-                users.remove(key);
+                users.retain(|k| k != key);
                 if users.is_empty() {
                     self.users.remove(eip);
                 }

@@ -5,7 +5,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::net::IpAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 
 use ipnet::IpNet;
 use k8s_openapi::api::core::v1::{Namespace, Service};
@@ -51,31 +51,41 @@ pub struct Reconciler {
     last_addresses: Option<(AddressInputs, Memo)>,
 }
 
-/// What the address plan reads, by identity.
+/// What the address plan reads, by identity. Weak references keep the
+/// identities unique (an allocation is not reused while a Weak points to it)
+/// without keeping replaced objects' contents alive.
 #[derive(Debug)]
 struct AddressInputs {
-    services: Vec<Arc<Service>>,
-    eips: Vec<Arc<Eip>>,
-    namespaces: Vec<Arc<Namespace>>,
+    services: Vec<Weak<Service>>,
+    eips: Vec<Weak<Eip>>,
+    namespaces: Vec<Weak<Namespace>>,
 }
 
-fn same_objects<T>(a: &[Arc<T>], b: &[Arc<T>]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).all(|(x, y)| Arc::ptr_eq(x, y))
+fn weak<T>(v: &[Arc<T>]) -> Vec<Weak<T>> {
+    v.iter().map(Arc::downgrade).collect()
+}
+
+fn same_objects<T>(last: &[Weak<T>], now: &[Arc<T>]) -> bool {
+    last.len() == now.len()
+        && last
+            .iter()
+            .zip(now)
+            .all(|(w, a)| std::ptr::eq(w.as_ptr(), Arc::as_ptr(a)))
 }
 
 impl AddressInputs {
     fn of(snap: &Snapshot) -> Self {
         Self {
-            services: snap.services.clone(),
-            eips: snap.eips.clone(),
-            namespaces: snap.namespaces.clone(),
+            services: weak(&snap.services),
+            eips: weak(&snap.eips),
+            namespaces: weak(&snap.namespaces),
         }
     }
 
-    fn same(&self, other: &Self) -> bool {
-        same_objects(&self.services, &other.services)
-            && same_objects(&self.eips, &other.eips)
-            && same_objects(&self.namespaces, &other.namespaces)
+    fn same(&self, snap: &Snapshot) -> bool {
+        same_objects(&self.services, &snap.services)
+            && same_objects(&self.eips, &snap.eips)
+            && same_objects(&self.namespaces, &snap.namespaces)
     }
 }
 
@@ -130,19 +140,18 @@ impl Reconciler {
     }
 
     pub fn plan(&mut self, snap: &Snapshot, now: &Time) -> Plan {
-        let inputs = AddressInputs::of(snap);
         let mut plan = match self.last_addresses.take() {
             // Nothing the address plan depends on changed (the sources keep
             // an unchanged object's Arc): the last one stands. This is what
             // keeps an EndpointSlice change cheap at 10,000 Services.
-            Some((last, addresses)) if last.same(&inputs) => {
+            Some((last, addresses)) if last.same(snap) => {
                 let plan = addresses.replay();
                 self.last_addresses = Some((last, addresses));
                 plan
             }
             _ => {
                 let plan = self.plan_addresses(snap, now);
-                self.last_addresses = Some((inputs, Memo::of(&plan)));
+                self.last_addresses = Some((AddressInputs::of(snap), Memo::of(&plan)));
                 plan
             }
         };

@@ -1,10 +1,9 @@
 //! What a Service asks of Porter, read from its spec and annotations. Pure:
 //! the IPAM works on [`ServiceRequest`]s, never on API objects.
 
-use std::collections::BTreeSet;
 use std::net::IpAddr;
 
-use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::core::v1::{Service, ServiceSpec};
 use porter_api::ObjectKey;
 use porter_api::annotations::{
     ALLOW_SHARED_IP, EIP_POOL, EIP_REQUEST, LB, LB_ANNOTATION_VALUES, LOAD_BALANCER_CLASS,
@@ -34,7 +33,8 @@ pub struct ServiceRequest {
     /// until it is fixed.
     pub invalid_request: Option<String>,
     pub sharing_key: Option<String>,
-    pub ports: BTreeSet<Port>,
+    /// Sorted, without duplicates.
+    pub ports: Vec<Port>,
     /// Families in preference order.
     pub families: Vec<Family>,
     pub policy: FamilyPolicy,
@@ -64,7 +64,8 @@ pub fn deleting(svc: &Service) -> bool {
 
 pub fn request(svc: &Service) -> ServiceRequest {
     let annotations = svc.metadata.annotations.as_ref();
-    let spec = svc.spec.clone().unwrap_or_default();
+    let default_spec = ServiceSpec::default();
+    let spec = svc.spec.as_ref().unwrap_or(&default_spec);
     let mut requested = Vec::new();
     let mut invalid = Vec::new();
     let asked = EIP_REQUEST.get(annotations).or(spec
@@ -105,12 +106,14 @@ pub fn request(svc: &Service) -> ServiceRequest {
     if policy == FamilyPolicy::SingleStack {
         families.truncate(1);
     }
-    let ports = spec
+    let mut ports: Vec<Port> = spec
         .ports
         .iter()
         .flatten()
         .map(|p| (p.protocol.clone().unwrap_or_else(|| "TCP".into()), p.port))
         .collect();
+    ports.sort();
+    ports.dedup();
     let current = svc
         .status
         .as_ref()

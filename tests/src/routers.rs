@@ -2,13 +2,21 @@
 //! children of the lab, so they die with it. Used by the BGP interop tests,
 //! the end-to-end suite, the demo and `cargo xtask bench bgp`.
 use std::{
-    collections::BTreeSet, fmt::Write as _, net::IpAddr, path::PathBuf, process::Command,
+    collections::{BTreeMap, BTreeSet},
+    fmt::Write as _,
+    net::IpAddr,
+    path::PathBuf,
+    process::Command,
     time::Duration,
 };
 
 use anyhow::{Context, Result};
+use porter_bgp::{PathTable, PeerConfig, PeerStatus, SessionState, Speaker, SpeakerConfig};
 
-use crate::lab::{Lab, wait_for};
+use crate::{
+    lab::{Lab, wait_for},
+    netns_runtime::NetnsRuntime,
+};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Daemon {
@@ -67,6 +75,18 @@ impl Router {
     /// Writes the config and starts the daemon inside `ns`.
     pub fn start(lab: &mut Lab, ns: &str, config: RouterConfig) -> Result<Router> {
         let name = format!("{:?}", config.daemon).to_lowercase();
+        Self::start_named(lab, ns, &name, config)
+    }
+
+    /// Like [`Router::start`], under `name`, so that a lab can run two
+    /// routers of the same daemon (a leaf and a spine).
+    pub fn start_named(
+        lab: &mut Lab,
+        ns: &str,
+        name: &str,
+        config: RouterConfig,
+    ) -> Result<Router> {
+        let name = name.to_owned();
         let dir = lab.run_dir().join(&name);
         std::fs::create_dir_all(&dir)?;
         let router = Router {
@@ -474,5 +494,151 @@ impl BgpLab {
                 passive,
             },
         )
+    }
+}
+
+/// Policy checks: what the router holds for a prefix and how it installs it.
+impl Router {
+    /// FRR: applies `lines` inside `router bgp <local AS>` (and, for lines
+    /// that need it, `address-family ...` lines given by the caller), e.g.
+    /// `bgp bestpath bandwidth skip-missing`.
+    pub fn frr_configure(&self, lab: &Lab, lines: &[&str]) -> Result<String> {
+        let dir = self.dir.to_str().unwrap_or_default();
+        let router = format!("router bgp {}", self.config.local_as);
+        let mut args = vec![
+            "vtysh",
+            "--vty_socket",
+            dir,
+            "-c",
+            "configure terminal",
+            "-c",
+            &router,
+        ];
+        for line in lines {
+            args.extend_from_slice(&["-c", line]);
+        }
+        lab.exec(&self.ns, &args)
+    }
+
+    /// FRR: `show bgp <afi> unicast <prefix> json`, parsed.
+    pub fn frr_route_json(&self, lab: &Lab, prefix: &str) -> Result<serde_json::Value> {
+        let family = if prefix.contains(':') { "ipv6" } else { "ipv4" };
+        let text = self.vtysh(lab, &format!("show bgp {family} unicast {prefix} json"))?;
+        serde_json::from_str(&text).with_context(|| format!("vtysh printed no JSON: {text}"))
+    }
+
+    /// BIRD: `show route all <prefix>`, the text that lists each path's
+    /// attributes (`BGP.community: ...`, `BGP.local_pref: ...`).
+    pub fn bird_route_all(&self, lab: &Lab, prefix: &str) -> Result<String> {
+        self.birdc(lab, &["show", "route", prefix, "all"])
+    }
+
+    /// The kernel's next hops for `prefix` with their weights (1 when `ip`
+    /// prints none): FRR installs weighted ECMP from link bandwidth this way.
+    pub fn route_weights(&self, lab: &Lab, prefix: &str) -> Result<BTreeMap<IpAddr, u32>> {
+        let family = if prefix.contains(':') { "-6" } else { "-4" };
+        let text = lab.ip(&self.ns, &[family, "route", "show", prefix])?;
+        Ok(parse_route_weights(&text))
+    }
+}
+
+/// `via X ... weight N` pairs of `ip route show` output, one per next hop.
+fn parse_route_weights(text: &str) -> BTreeMap<IpAddr, u32> {
+    let mut weights = BTreeMap::new();
+    let mut current: Option<IpAddr> = None;
+    let words: Vec<&str> = text.split_whitespace().collect();
+    for pair in words.windows(2) {
+        match pair[0] {
+            "via" => {
+                if let Ok(next_hop) = pair[1].parse() {
+                    current = Some(next_hop);
+                    weights.insert(next_hop, 1);
+                }
+            }
+            "weight" => {
+                if let (Some(next_hop), Ok(weight)) = (current, pair[1].parse()) {
+                    weights.insert(next_hop, weight);
+                }
+            }
+            _ => {}
+        }
+    }
+    weights
+}
+
+/// Porter's speaker running in a lab namespace (its own runtime thread there).
+pub struct LabSpeaker {
+    runtime: NetnsRuntime,
+    speaker: Speaker,
+}
+
+impl LabSpeaker {
+    pub fn start(ns: &str, config: SpeakerConfig) -> Result<Self> {
+        let runtime = NetnsRuntime::new(ns)?;
+        let speaker = runtime.run(async move { Speaker::start(config).await })??;
+        Ok(Self { runtime, speaker })
+    }
+
+    pub fn upsert_peer(&self, peer: PeerConfig) -> Result<()> {
+        let speaker = self.speaker.clone();
+        self.runtime
+            .run(async move { speaker.upsert_peer(peer).await })
+    }
+
+    pub fn set_paths(&self, paths: PathTable) -> Result<()> {
+        let speaker = self.speaker.clone();
+        self.runtime
+            .run(async move { speaker.set_paths(paths).await })
+    }
+
+    pub fn status(&self) -> Result<Vec<PeerStatus>> {
+        let speaker = self.speaker.clone();
+        self.runtime.run(async move { speaker.peer_status().await })
+    }
+
+    /// Waits until both sides report the session with `router` Established.
+    pub fn wait_established(&self, lab: &Lab, router: &Router, timeout: Duration) -> Result<()> {
+        let speaker_address = router
+            .config
+            .neighbors
+            .first()
+            .map(|neighbor| neighbor.address)
+            .context("the router has no neighbour")?;
+        wait_for("the session to reach Established", timeout, || {
+            let ours = self
+                .status()?
+                .iter()
+                .any(|status| status.state == SessionState::Established);
+            Ok((ours && router.established(lab, speaker_address)?).then_some(()))
+        })
+        .with_context(|| {
+            format!(
+                "speaker: {:?}\nrouter: {}",
+                self.status(),
+                router.describe(lab)
+            )
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn route_weights_are_read_per_next_hop() {
+        let text = "192.0.2.20 nhid 31 proto bgp metric 20 \n\
+                    \tnexthop via 172.30.0.11 dev eth0 weight 25 \n\
+                    \tnexthop via 172.30.0.12 dev eth0 weight 75 \n";
+        let weights = parse_route_weights(text);
+        assert_eq!(
+            weights.into_iter().collect::<Vec<_>>(),
+            vec![
+                ("172.30.0.11".parse().expect("ip"), 25),
+                ("172.30.0.12".parse().expect("ip"), 75)
+            ]
+        );
+        let plain = parse_route_weights("192.0.2.20 via 172.30.0.11 dev eth0 proto bgp metric 20");
+        assert_eq!(plain.values().copied().collect::<Vec<_>>(), vec![1]);
     }
 }

@@ -26,7 +26,8 @@ pub type NamespaceLabels = BTreeMap<String, BTreeMap<String, String>>;
 struct Holding {
     pool: String,
     sharing_key: Option<String>,
-    users: BTreeMap<ObjectKey, BTreeSet<Port>>,
+    /// Usually one; a Vec keeps 10,000 holdings small.
+    users: Vec<(ObjectKey, Vec<Port>)>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -111,7 +112,7 @@ impl Ipam {
         self.holdings
             .iter()
             .filter(|(_, h)| h.pool == pool)
-            .map(|(ip, h)| (*ip, h.users.keys().collect()))
+            .map(|(ip, h)| (*ip, h.users.iter().map(|(k, _)| k).collect()))
             .collect()
     }
 
@@ -121,7 +122,7 @@ impl Ipam {
         let ips = self.services.remove(key).unwrap_or_default();
         for ip in &ips {
             if let Some(h) = self.holdings.get_mut(ip) {
-                h.users.remove(key);
+                h.users.retain(|(k, _)| k != key);
                 if h.users.is_empty() {
                     self.holdings.remove(ip);
                 }
@@ -247,13 +248,13 @@ impl Ipam {
         let Some(h) = self.holdings.get(&ip) else {
             return Ok(());
         };
-        let others: Vec<_> = h.users.iter().filter(|(k, _)| **k != req.key).collect();
+        let others: Vec<_> = h.users.iter().filter(|(k, _)| *k != req.key).collect();
         let ok = others.is_empty()
             || (req.sharing_key.is_some()
                 && h.sharing_key == req.sharing_key
                 && others
                     .iter()
-                    .all(|(_, ports)| ports.is_disjoint(&req.ports)));
+                    .all(|(_, ports)| !ports.iter().any(|p| req.ports.contains(p))));
         if ok {
             Ok(())
         } else {
@@ -276,9 +277,10 @@ impl Ipam {
             let h = self.holdings.entry(*ip).or_insert_with(|| Holding {
                 pool,
                 sharing_key: req.sharing_key.clone(),
-                users: BTreeMap::new(),
+                users: Vec::new(),
             });
-            h.users.insert(req.key.clone(), req.ports.clone());
+            h.users.retain(|(k, _)| *k != req.key);
+            h.users.push((req.key.clone(), req.ports.clone()));
             let held = self.services.entry(req.key.clone()).or_default();
             if !held.contains(ip) {
                 held.push(*ip);
