@@ -1,7 +1,9 @@
 //! Layer 2 mode in XDP, packet by packet through BPF_PROG_TEST_RUN: ARP
 //! requests and neighbour solicitations for led EIPs are answered in place
 //! (compared byte for byte with replies built independently by
-//! etherparse); everything else passes unmodified.
+//! etherparse); everything else passes unmodified. Then the lab: a client
+//! and three nodes on one segment, the client's ARP and NDP resolving to
+//! the elected node, and failover when that node crashes.
 use std::{
     collections::BTreeSet,
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
@@ -13,7 +15,12 @@ use aya::programs::{TestRun, TestRunOptions, Xdp};
 use etherparse::{Icmpv6Type, PacketBuilder, icmpv6::NeighborAdvertisementHeader};
 use porter_agent::{Dataplane, DataplaneConfig, PinLayout, layer2::link::L2Interface};
 use porter_common::{Stat, program_names};
-use porter_tests::{lab::Lab, packets::checked_summary, privilege};
+use porter_tests::{
+    lab::{Lab, wait_for},
+    layer2_lab::{self, L2Lab, pod_of},
+    packets::checked_summary,
+    privilege,
+};
 
 const XDP_PASS: u32 = 2;
 const XDP_TX: u32 = 3;
@@ -336,5 +343,99 @@ fn neighbour_solicitations_for_led_eips_are_answered_and_others_pass() -> Result
         .dataplane
         .set_l2_leaderships_on(&[LOOPBACK], &BTreeSet::new(), HOUR)?;
     assert_eq!(bench.run(&request)?, (XDP_PASS, request));
+    Ok(())
+}
+
+/// Waits until the client's neighbour entry for `ip` is `mac`.
+fn neighbour_becomes(lab: &L2Lab, ip: &str, mac: &str) -> Result<()> {
+    wait_for(
+        &format!("the client's neighbour entry for {ip} to be {mac}"),
+        Duration::from_secs(5),
+        || Ok((lab.client_neighbour(ip)?.as_deref() == Some(mac)).then_some(())),
+    )
+}
+
+#[test]
+fn the_elected_node_answers_arp_and_ndp_and_a_crash_fails_over() -> Result<()> {
+    if !privilege::can_run("the_elected_node_answers_arp_and_ndp_and_a_crash_fails_over") {
+        return Ok(());
+    }
+    let (eip4, eip6) = (layer2_lab::EIP, layer2_lab::EIP6);
+    let mut lab = L2Lab::new("l2lab", 3)?;
+    let names: Vec<String> = lab.node_names().iter().map(|n| n.to_string()).collect();
+    for name in &names {
+        lab.start(name)?;
+    }
+    let all: Vec<&str> = names.iter().map(String::as_str).collect();
+    let leader4 = L2Lab::expected_leader(layer2_lab::EIP, &all)?;
+    let leader6 = L2Lab::expected_leader(layer2_lab::EIP6, &all)?;
+
+    // The client resolves each layer2_lab::EIP to its elected node, and reaches its pod.
+    lab.flush_client_neighbours()?;
+    lab.until_answered_by(layer2_lab::EIP, &pod_of(leader4), Duration::from_secs(10))?;
+    assert_eq!(
+        lab.client_neighbour(layer2_lab::EIP)?,
+        Some(lab.node_mac(leader4)?),
+        "ARP resolved to the leader"
+    );
+    lab.until_answered_by(layer2_lab::EIP6, &pod_of(leader6), Duration::from_secs(10))?;
+    assert_eq!(
+        lab.client_neighbour(layer2_lab::EIP6)?,
+        Some(lab.node_mac(leader6)?),
+        "NDP resolved to the leader"
+    );
+    // Resolve a few more times: only the leaders ever answer.
+    for _ in 0..3 {
+        lab.flush_client_neighbours()?;
+        assert_eq!(
+            lab.request(layer2_lab::EIP, Duration::from_secs(2))?,
+            pod_of(leader4)
+        );
+        assert_eq!(
+            lab.request(layer2_lab::EIP6, Duration::from_secs(2))?,
+            pod_of(leader6)
+        );
+    }
+    for name in &all {
+        let (arp, ndp) = lab.answered(name)?;
+        if *name == leader4 {
+            assert!(arp > 0, "{name} leads {eip4} but answered no ARP");
+        } else {
+            assert_eq!(arp, 0, "{name} does not lead {eip4} but answered ARP");
+        }
+        if *name == leader6 {
+            assert!(ndp > 0, "{name} leads {eip6} but answered no NS");
+        } else {
+            assert_eq!(ndp, 0, "{name} does not lead {eip6} but answered NS");
+        }
+    }
+
+    // The IPv4 leader crashes.
+    let survivors: Vec<&str> = all.iter().copied().filter(|n| *n != leader4).collect();
+    let successor4 = L2Lab::expected_leader(layer2_lab::EIP, &survivors)?;
+    let successor6 = L2Lab::expected_leader(layer2_lab::EIP6, &survivors)?;
+    let crashed = std::time::Instant::now();
+    lab.crash(leader4)?;
+    let failover = lab.until_answered_by(
+        layer2_lab::EIP,
+        &pod_of(successor4),
+        Duration::from_secs(10),
+    )?;
+    println!(
+        "layer 2 failover: {leader4} crashed, {successor4} answered {eip4} after {:.3} s",
+        failover.as_secs_f64()
+    );
+    neighbour_becomes(&lab, layer2_lab::EIP, &lab.node_mac(successor4)?)?;
+    // IPv6 is led by a survivor either way; after an NDP failover its entry moved too.
+    lab.until_answered_by(
+        layer2_lab::EIP6,
+        &pod_of(successor6),
+        Duration::from_secs(10),
+    )?;
+    neighbour_becomes(&lab, layer2_lab::EIP6, &lab.node_mac(successor6)?)?;
+    println!(
+        "layer 2: {eip6} on {successor6} {:.3} s after the crash",
+        crashed.elapsed().as_secs_f64()
+    );
     Ok(())
 }

@@ -6,3 +6,84 @@ pub mod election;
 pub mod lease;
 pub mod link;
 pub mod speaker;
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::IpAddr,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::{Duration, SystemTime},
+};
+
+use crate::{Dataplane, DataplaneError};
+use announce::Announcer;
+use lease::{LeaseError, LeaseStore};
+use speaker::{Round, Speaker};
+
+#[derive(Debug, thiserror::Error)]
+pub enum Layer2Error {
+    #[error(transparent)]
+    Lease(#[from] LeaseError),
+    #[error("cannot program layer 2 answers: {0}")]
+    Dataplane(#[from] DataplaneError),
+}
+
+/// The Layer 2 side of an agent: runs [`Speaker`] rounds, programs the data
+/// plane with their outcome, and announces takeovers in the background.
+pub struct Layer2<S> {
+    speaker: Speaker<S>,
+    announcer: Arc<Announcer>,
+    gratuitous_sent: Arc<AtomicU64>,
+}
+
+impl<S: LeaseStore> Layer2<S> {
+    pub fn new(speaker: Speaker<S>, announcer: Announcer) -> Self {
+        Self {
+            speaker,
+            announcer: Arc::new(announcer),
+            gratuitous_sent: Arc::new(AtomicU64::new(0)),
+        }
+    }
+
+    /// How often [`Self::step`] must run.
+    pub fn round_interval(&self) -> Duration {
+        self.speaker.timing().round_interval()
+    }
+
+    /// Gratuitous ARPs and unsolicited NAs sent so far.
+    pub fn gratuitous_sent(&self) -> u64 {
+        self.gratuitous_sent.load(Ordering::Relaxed)
+    }
+
+    /// One round for `candidates` (Layer 2 EIP → candidate nodes). Must run
+    /// inside a tokio runtime (announcements are spawned). On an error the
+    /// data plane is left alone, so its answers run out with the lease.
+    pub fn step(
+        &mut self,
+        dataplane: &mut Dataplane,
+        candidates: &BTreeMap<IpAddr, BTreeSet<String>>,
+    ) -> Result<Round, Layer2Error> {
+        let round = self.speaker.round(candidates, wall_clock())?;
+        dataplane.set_l2_leaderships(&round.answer, round.valid_for)?;
+        if !round.takeovers.is_empty() {
+            let links = dataplane.l2_interfaces();
+            let eips = round.takeovers.clone();
+            let (announcer, counter) = (self.announcer.clone(), self.gratuitous_sent.clone());
+            tokio::spawn(async move {
+                let sent = announcer.announce_takeover(&links, &eips).await;
+                counter.fetch_add(sent, Ordering::Relaxed);
+            });
+        }
+        Ok(round)
+    }
+}
+
+/// Time since the Unix epoch, as leases record it (nodes' clocks are
+/// assumed NTP-synchronised to well under a lease; see docs/layer2.md).
+pub fn wall_clock() -> Duration {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap_or_default()
+}
