@@ -4,6 +4,7 @@
 mod bgp;
 mod controller;
 mod dataplane;
+mod layer2;
 
 use anyhow::Result;
 
@@ -25,6 +26,8 @@ pub enum Suite {
     Bgp,
     /// IPAM and announcements for 10,000 Services over 1,000 nodes.
     Controller,
+    /// Layer 2 failover time after a leader crash (median of 10), and handback.
+    Layer2,
 }
 
 pub fn run(args: &BenchArgs) -> Result<()> {
@@ -32,6 +35,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         Suite::Dataplane => dataplane::run(args),
         Suite::Bgp => bgp::run(),
         Suite::Controller => controller::run(),
+        Suite::Layer2 => layer2::run(),
     }
 }
 
