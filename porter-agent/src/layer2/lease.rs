@@ -7,6 +7,7 @@
 use std::{
     collections::BTreeMap,
     fs::{self, File},
+    future::{Future, ready},
     io::{self, Write},
     net::IpAddr,
     os::fd::AsRawFd,
@@ -17,12 +18,19 @@ use std::{
 use super::election::LeaseRecord;
 
 #[derive(Debug, thiserror::Error)]
-#[error(
-    "layer 2 lease store {path}: {source} (is the directory shared, writable and on a local filesystem?)"
-)]
-pub struct LeaseError {
-    pub path: PathBuf,
-    pub source: io::Error,
+pub enum LeaseError {
+    #[error(
+        "layer 2 lease store {path}: {source} (is the directory shared by the nodes and writable?)"
+    )]
+    File { path: PathBuf, source: io::Error },
+    #[error(
+        "layer 2 leases: the API server refused {what}: {source} \
+         (does the agent's RBAC allow coordination.k8s.io leases?)"
+    )]
+    Api {
+        what: String,
+        source: Box<kube::Error>,
+    },
 }
 
 /// What the nodes currently claim.
@@ -32,10 +40,16 @@ pub struct LeaseView {
     pub leases: BTreeMap<IpAddr, LeaseRecord>,
 }
 
+/// Heartbeats and per-EIP leases. Async, because the Kubernetes store talks
+/// to the API server; the file store answers at once.
 pub trait LeaseStore {
-    fn read(&self) -> Result<LeaseView, LeaseError>;
+    fn read(&self) -> impl Future<Output = Result<LeaseView, LeaseError>> + Send;
     /// Renews `node`'s heartbeat at `now`.
-    fn heartbeat(&self, node: &str, now: Duration) -> Result<(), LeaseError>;
+    fn heartbeat(
+        &self,
+        node: &str,
+        now: Duration,
+    ) -> impl Future<Output = Result<(), LeaseError>> + Send;
     /// Takes or renews `eip`'s lease if it is free, expired or `node`'s;
     /// true when `node` holds it afterwards.
     fn acquire(
@@ -44,9 +58,13 @@ pub trait LeaseStore {
         node: &str,
         now: Duration,
         duration: Duration,
-    ) -> Result<bool, LeaseError>;
+    ) -> impl Future<Output = Result<bool, LeaseError>> + Send;
     /// Gives `eip`'s lease up if `node` holds it.
-    fn release(&self, eip: IpAddr, node: &str) -> Result<(), LeaseError>;
+    fn release(
+        &self,
+        eip: IpAddr,
+        node: &str,
+    ) -> impl Future<Output = Result<(), LeaseError>> + Send;
 }
 
 /// Leases as files: `heartbeat-<node>` holds the renewal time in ms since
@@ -59,7 +77,7 @@ pub struct FileLeases {
 impl FileLeases {
     pub fn new(dir: impl Into<PathBuf>) -> Result<Self, LeaseError> {
         let dir = dir.into();
-        fs::create_dir_all(&dir).map_err(|source| LeaseError {
+        fs::create_dir_all(&dir).map_err(|source| LeaseError::File {
             path: dir.clone(),
             source,
         })?;
@@ -68,7 +86,7 @@ impl FileLeases {
 
     fn error(&self, path: &Path) -> impl Fn(io::Error) -> LeaseError {
         let path = path.to_owned();
-        move |source| LeaseError {
+        move |source| LeaseError::File {
             path: path.clone(),
             source,
         }
@@ -129,8 +147,8 @@ fn parse_lease(text: &str) -> Option<LeaseRecord> {
     })
 }
 
-impl LeaseStore for FileLeases {
-    fn read(&self) -> Result<LeaseView, LeaseError> {
+impl FileLeases {
+    fn read_now(&self) -> Result<LeaseView, LeaseError> {
         let mut view = LeaseView::default();
         for entry in fs::read_dir(&self.dir).map_err(self.error(&self.dir))? {
             let entry = entry.map_err(self.error(&self.dir))?;
@@ -155,12 +173,12 @@ impl LeaseStore for FileLeases {
         Ok(view)
     }
 
-    fn heartbeat(&self, node: &str, now: Duration) -> Result<(), LeaseError> {
+    fn heartbeat_now(&self, node: &str, now: Duration) -> Result<(), LeaseError> {
         let path = self.dir.join(format!("heartbeat-{node}"));
         self.write(&path, &millis(now).to_string())
     }
 
-    fn acquire(
+    fn acquire_now(
         &self,
         eip: IpAddr,
         node: &str,
@@ -179,7 +197,7 @@ impl LeaseStore for FileLeases {
         Ok(true)
     }
 
-    fn release(&self, eip: IpAddr, node: &str) -> Result<(), LeaseError> {
+    fn release_now(&self, eip: IpAddr, node: &str) -> Result<(), LeaseError> {
         let _lock = self.lock()?;
         if self
             .read_lease(eip)?
@@ -189,6 +207,38 @@ impl LeaseStore for FileLeases {
             fs::remove_file(&path).map_err(self.error(&path))?;
         }
         Ok(())
+    }
+}
+
+impl LeaseStore for FileLeases {
+    fn read(&self) -> impl Future<Output = Result<LeaseView, LeaseError>> + Send {
+        ready(self.read_now())
+    }
+
+    fn heartbeat(
+        &self,
+        node: &str,
+        now: Duration,
+    ) -> impl Future<Output = Result<(), LeaseError>> + Send {
+        ready(self.heartbeat_now(node, now))
+    }
+
+    fn acquire(
+        &self,
+        eip: IpAddr,
+        node: &str,
+        now: Duration,
+        duration: Duration,
+    ) -> impl Future<Output = Result<bool, LeaseError>> + Send {
+        ready(self.acquire_now(eip, node, now, duration))
+    }
+
+    fn release(
+        &self,
+        eip: IpAddr,
+        node: &str,
+    ) -> impl Future<Output = Result<(), LeaseError>> + Send {
+        ready(self.release_now(eip, node))
     }
 }
 
@@ -207,45 +257,47 @@ mod tests {
         let (leases, dir) = store("cas");
         let eip: IpAddr = "192.0.2.10".parse().expect("address");
         let (t0, life) = (Duration::from_secs(100), Duration::from_secs(2));
-        assert!(leases.acquire(eip, "n1", t0, life).expect("acquire"));
+        assert!(leases.acquire_now(eip, "n1", t0, life).expect("acquire"));
         assert!(
             !leases
-                .acquire(eip, "n2", t0 + Duration::from_secs(1), life)
+                .acquire_now(eip, "n2", t0 + Duration::from_secs(1), life)
                 .expect("cas")
         );
         // Renewal by the holder moves the expiry.
         assert!(
             leases
-                .acquire(eip, "n1", t0 + Duration::from_secs(1), life)
+                .acquire_now(eip, "n1", t0 + Duration::from_secs(1), life)
                 .expect("renew")
         );
         assert!(
             !leases
-                .acquire(eip, "n2", t0 + Duration::from_secs(2), life)
+                .acquire_now(eip, "n2", t0 + Duration::from_secs(2), life)
                 .expect("cas")
         );
         // Expired: someone else may take it.
         assert!(
             leases
-                .acquire(eip, "n2", t0 + Duration::from_secs(3), life)
+                .acquire_now(eip, "n2", t0 + Duration::from_secs(3), life)
                 .expect("expired")
         );
         // Only the holder releases.
-        leases.release(eip, "n1").expect("release by non-holder");
+        leases
+            .release_now(eip, "n1")
+            .expect("release by non-holder");
         assert_eq!(
             leases
-                .read()
+                .read_now()
                 .expect("read")
                 .leases
                 .get(&eip)
                 .map(|l| l.holder.as_str()),
             Some("n2")
         );
-        leases.release(eip, "n2").expect("release");
-        assert!(leases.read().expect("read").leases.is_empty());
-        leases.heartbeat("n1", t0).expect("heartbeat");
+        leases.release_now(eip, "n2").expect("release");
+        assert!(leases.read_now().expect("read").leases.is_empty());
+        leases.heartbeat_now("n1", t0).expect("heartbeat");
         assert_eq!(
-            leases.read().expect("read").heartbeats,
+            leases.read_now().expect("read").heartbeats,
             BTreeMap::from([("n1".to_owned(), t0)])
         );
         let _ = fs::remove_dir_all(dir);
@@ -257,7 +309,7 @@ mod tests {
         fs::write(dir.join("lease-192.0.2.10"), "n1 notanumber").expect("write");
         fs::write(dir.join("heartbeat-n1"), "soon").expect("write");
         fs::write(dir.join("lease-not-an-ip"), "n1 1 1").expect("write");
-        assert_eq!(leases.read().expect("read"), LeaseView::default());
+        assert_eq!(leases.read_now().expect("read"), LeaseView::default());
         let _ = fs::remove_dir_all(dir);
     }
 }

@@ -3,6 +3,7 @@
 //! announces itself with gratuitous ARP / unsolicited neighbour advertisements.
 pub mod announce;
 pub mod election;
+pub mod kube_lease;
 pub mod lease;
 pub mod link;
 pub mod speaker;
@@ -60,12 +61,12 @@ impl<S: LeaseStore> Layer2<S> {
     /// One round for `candidates` (Layer 2 EIP → candidate nodes). Must run
     /// inside a tokio runtime (announcements are spawned). On an error the
     /// data plane is left alone, so its answers run out with the lease.
-    pub fn step(
+    pub async fn step(
         &mut self,
         dataplane: &mut Dataplane,
         candidates: &BTreeMap<IpAddr, BTreeSet<String>>,
     ) -> Result<Round, Layer2Error> {
-        let round = self.speaker.round(candidates, wall_clock())?;
+        let round = self.speaker.round(candidates, wall_clock()).await?;
         dataplane.set_l2_leaderships(&round.answer, round.valid_for)?;
         if !round.takeovers.is_empty() {
             let links = dataplane.l2_interfaces();

@@ -81,13 +81,13 @@ impl<S: LeaseStore> Speaker<S> {
     /// Runs one round at `now` (since the Unix epoch) for the Layer 2 EIPs
     /// and their candidate nodes. On an error nothing is renewed, and the
     /// data plane's answers run out by themselves.
-    pub fn round(
+    pub async fn round(
         &mut self,
         candidates: &BTreeMap<IpAddr, BTreeSet<String>>,
         now: Duration,
     ) -> Result<Round, LeaseError> {
-        self.store.heartbeat(&self.node, now)?;
-        let view = self.store.read()?;
+        self.store.heartbeat(&self.node, now).await?;
+        let view = self.store.read().await?;
         let decision = decide(&Inputs {
             node: &self.node,
             candidates,
@@ -103,13 +103,14 @@ impl<S: LeaseStore> Speaker<S> {
                 LeaseWrite::Acquire => {
                     if self
                         .store
-                        .acquire(eip, &self.node, now, self.timing.lease)?
+                        .acquire(eip, &self.node, now, self.timing.lease)
+                        .await?
                     {
                         answer.insert(eip);
                     }
                 }
                 LeaseWrite::Release => {
-                    self.store.release(eip, &self.node)?;
+                    self.store.release(eip, &self.node).await?;
                     info!(%eip, node = %self.node, "layer 2 leadership released");
                 }
             }
@@ -133,8 +134,8 @@ mod tests {
     use super::*;
     use crate::layer2::lease::FileLeases;
 
-    #[test]
-    fn a_crashed_leader_is_replaced_after_one_lease_and_the_successor_announces() {
+    #[tokio::test]
+    async fn a_crashed_leader_is_replaced_after_one_lease_and_the_successor_announces() {
         let dir = std::env::temp_dir().join(format!("porter-l2-speaker-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         let eip: IpAddr = "192.0.2.10".parse().expect("address");
@@ -150,10 +151,10 @@ mod tests {
         // Two rounds: heartbeats seen, then the chosen node takes the lease.
         let mut rounds = Vec::new();
         for _ in 0..2 {
-            rounds = speakers
-                .iter_mut()
-                .map(|s| s.round(&candidates, now).expect("round"))
-                .collect();
+            rounds.clear();
+            for speaker in &mut speakers {
+                rounds.push(speaker.round(&candidates, now).await.expect("round"));
+            }
             now += timing.round_interval();
         }
         let leader = rounds
@@ -174,7 +175,7 @@ mod tests {
                 if index == leader {
                     continue;
                 }
-                let round = speaker.round(&candidates, now).expect("round");
+                let round = speaker.round(&candidates, now).await.expect("round");
                 if round.takeovers.contains(&eip) {
                     assert!(round.answer.contains(&eip));
                     taken_at = Some(now);

@@ -107,7 +107,7 @@ async fn main() -> Result<()> {
     let mut ticker = tokio::time::interval(layer2.round_interval());
     loop {
         ticker.tick().await;
-        match layer2.step(&mut dataplane, &candidates) {
+        match layer2.step(&mut dataplane, &candidates).await {
             Ok(round) => {
                 if !round.takeovers.is_empty() {
                     println!("took over {:?}", round.takeovers);
