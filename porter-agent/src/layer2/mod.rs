@@ -2,6 +2,7 @@
 //! deterministically among the nodes that can serve it, and a new leader
 //! announces itself with gratuitous ARP / unsolicited neighbour advertisements.
 pub mod announce;
+pub mod candidates;
 pub mod election;
 pub mod kube_lease;
 pub mod lease;
