@@ -7,21 +7,20 @@ pub mod election;
 pub mod kube_lease;
 pub mod lease;
 pub mod link;
+pub mod metrics;
 pub mod speaker;
 
 use std::{
     collections::{BTreeMap, BTreeSet},
     net::IpAddr,
-    sync::{
-        Arc,
-        atomic::{AtomicU64, Ordering},
-    },
+    sync::Arc,
     time::{Duration, SystemTime},
 };
 
 use crate::{Dataplane, DataplaneError};
 use announce::Announcer;
 use lease::{LeaseError, LeaseStore};
+use metrics::Layer2Metrics;
 use speaker::{Round, Speaker};
 
 #[derive(Debug, thiserror::Error)]
@@ -37,26 +36,21 @@ pub enum Layer2Error {
 pub struct Layer2<S> {
     speaker: Speaker<S>,
     announcer: Arc<Announcer>,
-    gratuitous_sent: Arc<AtomicU64>,
+    metrics: Layer2Metrics,
 }
 
 impl<S: LeaseStore> Layer2<S> {
-    pub fn new(speaker: Speaker<S>, announcer: Announcer) -> Self {
+    pub fn new(speaker: Speaker<S>, announcer: Announcer, metrics: Layer2Metrics) -> Self {
         Self {
             speaker,
             announcer: Arc::new(announcer),
-            gratuitous_sent: Arc::new(AtomicU64::new(0)),
+            metrics,
         }
     }
 
     /// How often [`Self::step`] must run.
     pub fn round_interval(&self) -> Duration {
         self.speaker.timing().round_interval()
-    }
-
-    /// Gratuitous ARPs and unsolicited NAs sent so far.
-    pub fn gratuitous_sent(&self) -> u64 {
-        self.gratuitous_sent.load(Ordering::Relaxed)
     }
 
     /// One round for `candidates` (Layer 2 EIP → candidate nodes). Must run
@@ -67,17 +61,32 @@ impl<S: LeaseStore> Layer2<S> {
         dataplane: &mut Dataplane,
         candidates: &BTreeMap<IpAddr, BTreeSet<String>>,
     ) -> Result<Round, Layer2Error> {
-        let round = self.speaker.round(candidates, wall_clock()).await?;
-        dataplane.set_l2_leaderships(&round.answer, round.valid_for)?;
+        let round = match self.program(dataplane, candidates).await {
+            Ok(round) => round,
+            Err(err) => {
+                self.metrics.round_failed();
+                return Err(err);
+            }
+        };
+        self.metrics.round(&round.leaders, &round.answer);
         if !round.takeovers.is_empty() {
             let links = dataplane.l2_interfaces();
             let eips = round.takeovers.clone();
-            let (announcer, counter) = (self.announcer.clone(), self.gratuitous_sent.clone());
+            let (announcer, metrics) = (self.announcer.clone(), self.metrics.clone());
             tokio::spawn(async move {
-                let sent = announcer.announce_takeover(&links, &eips).await;
-                counter.fetch_add(sent, Ordering::Relaxed);
+                metrics.gratuitous_sent(announcer.announce_takeover(&links, &eips).await);
             });
         }
+        Ok(round)
+    }
+
+    async fn program(
+        &mut self,
+        dataplane: &mut Dataplane,
+        candidates: &BTreeMap<IpAddr, BTreeSet<String>>,
+    ) -> Result<Round, Layer2Error> {
+        let round = self.speaker.round(candidates, wall_clock()).await?;
+        dataplane.set_l2_leaderships(&round.answer, round.valid_for)?;
         Ok(round)
     }
 }

@@ -19,6 +19,7 @@ use porter_agent::{
         Layer2,
         announce::Announcer,
         lease::FileLeases,
+        metrics::Layer2Metrics,
         speaker::{Speaker, Timing},
     },
     xdp_attach::XdpModePreference,
@@ -102,7 +103,7 @@ async fn main() -> Result<()> {
         Timing::default(),
         FileLeases::new(&args.lease_dir)?,
     );
-    let mut layer2 = Layer2::new(speaker, Announcer::open()?);
+    let mut layer2 = Layer2::new(speaker, Announcer::open()?, Layer2Metrics::default());
     println!("layer2 node {} ready", args.node);
     let mut ticker = tokio::time::interval(layer2.round_interval());
     loop {
