@@ -5,6 +5,8 @@
 pub mod annotations;
 pub mod crd;
 pub mod source;
+#[cfg(feature = "testing")]
+pub mod testing;
 
 pub use crd::{BgpConf, BgpConfSpec, BgpPeer, BgpPeerSpec, Eip, EipSpec, EipStatus};
 

@@ -12,6 +12,7 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 use porter_api::ObjectKey;
 use porter_api::annotations::SERVICE_NAME_LABEL;
 
+use crate::identity::{is, remember, same_objects};
 use crate::ipam::Family;
 
 /// EIP (as a host prefix) → next hops. An EIP with no next hop is absent,
@@ -97,7 +98,7 @@ struct Served {
 /// update is the plain function of (allocations, EndpointSlices, Nodes).
 #[derive(Debug, Default)]
 pub struct RouteTable {
-    /// The last inputs, by identity (see `reconcile::AddressInputs` on Weak).
+    /// The last inputs, by identity (see [`crate::identity`]).
     last_nodes: Vec<Weak<Node>>,
     last_slices: Vec<Weak<EndpointSlice>>,
     /// `None` before the first update.
@@ -112,14 +113,6 @@ pub struct RouteTable {
     /// Services using each EIP; usually one, more when shared.
     users: HashMap<IpAddr, Vec<ObjectKey>>,
     routes: Arc<Routes>,
-}
-
-fn same_objects<T>(last: &[Weak<T>], now: &[Arc<T>]) -> bool {
-    last.len() == now.len() && last.iter().zip(now).all(|(w, a)| is(w, a))
-}
-
-fn is<T>(w: &Weak<T>, a: &Arc<T>) -> bool {
-    std::ptr::eq(w.as_ptr(), Arc::as_ptr(a))
 }
 
 /// Slices in `old` and not in `new` (as identities), and the reverse.
@@ -163,7 +156,7 @@ impl RouteTable {
     ) -> BTreeSet<IpAddr> {
         let mut dirty: BTreeSet<IpAddr> = BTreeSet::new();
         if !same_objects(&self.last_nodes, nodes) {
-            self.last_nodes = nodes.iter().map(Arc::downgrade).collect();
+            self.last_nodes = remember(nodes);
             let addresses = node_addresses(nodes.iter().map(|n| n.as_ref()));
             if addresses != self.nodes {
                 // Served node names stay valid; their addresses feed every route.
@@ -197,7 +190,7 @@ impl RouteTable {
                 touched.insert(key);
             }
         }
-        self.last_slices = slices.iter().map(Arc::downgrade).collect();
+        self.last_slices = remember(slices);
 
         if self.last_allocations != Some(generation) {
             self.last_allocations = Some(generation);
@@ -304,66 +297,10 @@ impl RouteTable {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use k8s_openapi::api::core::v1::{NodeAddress, NodeCondition, NodeStatus};
-    use k8s_openapi::api::discovery::v1::{Endpoint, EndpointConditions};
-    use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+    use crate::testing::{node, slice as slice_in};
 
-    fn node(name: &str, ready: &str, addrs: &[&str]) -> Node {
-        Node {
-            metadata: ObjectMeta {
-                name: Some(name.into()),
-                ..Default::default()
-            },
-            spec: None,
-            status: Some(NodeStatus {
-                conditions: Some(vec![NodeCondition {
-                    type_: "Ready".into(),
-                    status: ready.into(),
-                    ..Default::default()
-                }]),
-                addresses: Some(
-                    addrs
-                        .iter()
-                        .map(|a| NodeAddress {
-                            type_: "InternalIP".into(),
-                            address: a.to_string(),
-                        })
-                        .chain([NodeAddress {
-                            type_: "ExternalIP".into(),
-                            address: "203.0.113.1".into(),
-                        }])
-                        .collect(),
-                ),
-                ..Default::default()
-            }),
-        }
-    }
-
-    /// `eps`: (node, ready) per endpoint; `None` leaves `ready` unset.
     fn slice(service: &str, eps: &[(&str, Option<bool>)]) -> EndpointSlice {
-        EndpointSlice {
-            metadata: ObjectMeta {
-                name: Some(format!("{service}-abc")),
-                namespace: Some("ns".into()),
-                labels: Some([(SERVICE_NAME_LABEL.to_string(), service.to_string())].into()),
-                ..Default::default()
-            },
-            address_type: "IPv4".into(),
-            endpoints: Some(
-                eps.iter()
-                    .map(|(n, ready)| Endpoint {
-                        node_name: Some(n.to_string()),
-                        conditions: Some(EndpointConditions {
-                            ready: *ready,
-                            ..Default::default()
-                        }),
-                        addresses: vec!["10.244.0.5".into()],
-                        ..Default::default()
-                    })
-                    .collect(),
-            ),
-            ports: None,
-        }
+        slice_in("ns", service, eps)
     }
 
     fn ip(s: &str) -> IpAddr {

@@ -5,7 +5,6 @@
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::sync::Arc;
 use std::time::Duration;
 
 use porter_api::annotations::BGP_CONF_NAME;
@@ -468,7 +467,8 @@ fn seed_neighbor(n: &toml::Value, out: &mut BgpDesired) {
 pub struct BgpDriver {
     speaker: Option<SpeakerConfig>,
     peers: BTreeMap<IpAddr, PeerConfig>,
-    routes: Option<Arc<Routes>>,
+    /// Version of the routes last sent.
+    routes: Option<u64>,
     notes: Vec<Note>,
 }
 
@@ -522,23 +522,20 @@ impl BgpDriver {
         fresh
     }
 
-    /// Sends `routes` if they differ from what was last sent; returns whether it did.
-    pub fn routes(&mut self, routes: &Arc<Routes>, announcer: &mut dyn Announcer) -> bool {
-        let unchanged = self
-            .routes
-            .as_ref()
-            .is_some_and(|sent| Arc::ptr_eq(sent, routes) || sent == routes);
-        if self.speaker.is_none() || unchanged {
+    /// Sends `routes` unless this `version` of them was sent already;
+    /// returns whether it did.
+    pub fn routes(&mut self, routes: &Routes, version: u64, announcer: &mut dyn Announcer) -> bool {
+        if self.speaker.is_none() || self.routes == Some(version) {
             return false;
         }
         announcer.set_routes(routes);
-        self.routes = Some(routes.clone());
+        self.routes = Some(version);
         true
     }
 }
 
-/// An [`Announcer`] that keeps the calls it gets and logs them: the tests'
-/// and the benchmark's speaker, and the binary's until porter-bgp is wired in.
+/// An [`Announcer`] that keeps the calls it gets, for tests.
+#[cfg(test)]
 #[derive(Debug, Default, Clone)]
 pub struct Recorder {
     pub calls: Vec<Call>,
@@ -546,6 +543,7 @@ pub struct Recorder {
     pub established: Vec<IpAddr>,
 }
 
+#[cfg(test)]
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Call {
     Start(SpeakerConfig),
@@ -554,24 +552,21 @@ pub enum Call {
     Routes(Routes),
 }
 
+#[cfg(test)]
 impl Announcer for Recorder {
     fn start(&mut self, config: &SpeakerConfig) {
-        tracing::info!(local_as = config.local_as, router_id = %config.router_id, "BGP speaker (re)started");
         self.calls.push(Call::Start(config.clone()));
     }
 
     fn upsert_peer(&mut self, peer: &PeerConfig) {
-        tracing::info!(peer = %peer.address, remote_as = peer.remote_as, "BGP peer configured");
         self.calls.push(Call::Upsert(peer.clone()));
     }
 
     fn remove_peer(&mut self, address: IpAddr) {
-        tracing::info!(peer = %address, "BGP peer removed");
         self.calls.push(Call::Remove(address));
     }
 
     fn set_routes(&mut self, routes: &Routes) {
-        tracing::debug!(prefixes = routes.len(), "routes handed to the speaker");
         self.calls.push(Call::Routes(routes.clone()));
     }
 
@@ -605,8 +600,9 @@ impl Announcer for LogAnnouncer {
     }
 
     fn set_routes(&mut self, routes: &Routes) {
+        // run.rs logs the totals at info; one line per route is for debugging.
         for (prefix, hops) in routes {
-            tracing::info!(eip = %prefix, next_hops = ?hops, "route");
+            tracing::debug!(eip = %prefix, next_hops = ?hops, "route");
         }
     }
 

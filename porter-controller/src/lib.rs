@@ -3,8 +3,11 @@
 
 pub mod announce;
 pub mod bgp;
+mod identity;
 pub mod ipam;
 pub mod metrics;
 pub mod reconcile;
 pub mod run;
 pub mod service;
+#[cfg(test)]
+mod testing;

@@ -32,8 +32,9 @@ pub struct Metrics {
 
 impl Default for Metrics {
     fn default() -> Self {
-        let mut registry = Registry::with_prefix("porter");
-        let m = Metrics {
+        // Metrics are handles onto shared values: the registry keeps clones
+        // for encoding while `Metrics` keeps the ones it updates.
+        let mut m = Metrics {
             pool_size: Family::default(),
             pool_usage: Family::default(),
             allocations: Counter::default(),
@@ -42,8 +43,9 @@ impl Default for Metrics {
             prefixes: Gauge::default(),
             paths: Gauge::default(),
             reconcile_seconds: Histogram::new(exponential_buckets(0.0005, 2.0, 16)),
-            registry: Registry::default(),
+            registry: Registry::with_prefix("porter"),
         };
+        let registry = &mut m.registry;
         registry.register(
             "pool_size",
             "Addresses in each Eip pool",
@@ -84,7 +86,7 @@ impl Default for Metrics {
             "Time of one reconcile pass, writes included",
             m.reconcile_seconds.clone(),
         );
-        Metrics { registry, ..m }
+        m
     }
 }
 
@@ -101,7 +103,7 @@ impl Metrics {
             self.pool_size
                 .get_or_create(&label("pool", &pool.name))
                 .set(size);
-            let used = ipam.used_in(&pool.name).len();
+            let used = ipam.usage(&pool.name);
             self.pool_usage
                 .get_or_create(&label("pool", &pool.name))
                 .set(i64::try_from(used).unwrap_or(i64::MAX));

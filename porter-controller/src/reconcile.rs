@@ -16,6 +16,7 @@ use porter_api::{Eip, EipStatus, ObjectKey};
 
 use crate::announce::{RouteTable, Routes};
 use crate::bgp::{self, BgpDesired};
+use crate::identity::{remember, same_objects};
 use crate::ipam::{Ipam, NamespaceLabels, Pool, PoolState};
 use crate::service::{self, ServiceRequest};
 
@@ -33,6 +34,9 @@ pub struct Plan {
     pub eip_status: Vec<(String, EipStatus)>,
     pub events: Vec<Event>,
     pub routes: Arc<Routes>,
+    /// Changes whenever `routes` does. Hold on to this, not to `routes`: a
+    /// kept `routes` makes the next change copy the whole table.
+    pub routes_version: u64,
     pub bgp: BgpDesired,
     /// Addresses newly handed out in this pass.
     pub allocated: u64,
@@ -47,13 +51,12 @@ pub struct Reconciler {
     failed: HashMap<ObjectKey, String>,
     /// The announcements, updated incrementally.
     routes: RouteTable,
+    routes_version: u64,
     /// The inputs and outcome of the last address plan.
     last_addresses: Option<(AddressInputs, Memo)>,
 }
 
-/// What the address plan reads, by identity. Weak references keep the
-/// identities unique (an allocation is not reused while a Weak points to it)
-/// without keeping replaced objects' contents alive.
+/// What the address plan reads, by identity (see [`crate::identity`]).
 #[derive(Debug)]
 struct AddressInputs {
     services: Vec<Weak<Service>>,
@@ -61,24 +64,12 @@ struct AddressInputs {
     namespaces: Vec<Weak<Namespace>>,
 }
 
-fn weak<T>(v: &[Arc<T>]) -> Vec<Weak<T>> {
-    v.iter().map(Arc::downgrade).collect()
-}
-
-fn same_objects<T>(last: &[Weak<T>], now: &[Arc<T>]) -> bool {
-    last.len() == now.len()
-        && last
-            .iter()
-            .zip(now)
-            .all(|(w, a)| std::ptr::eq(w.as_ptr(), Arc::as_ptr(a)))
-}
-
 impl AddressInputs {
     fn of(snap: &Snapshot) -> Self {
         Self {
-            services: weak(&snap.services),
-            eips: weak(&snap.eips),
-            namespaces: weak(&snap.namespaces),
+            services: remember(&snap.services),
+            eips: remember(&snap.eips),
+            namespaces: remember(&snap.namespaces),
         }
     }
 
@@ -90,15 +81,14 @@ impl AddressInputs {
 }
 
 /// The part of an address plan a rerun on the same inputs would produce
-/// again: the writes and the IPAllocated events that come with them.
-/// AllocationFailed is reported once per reason, so a rerun has none, and
-/// nothing new was allocated.
+/// again: the writes, and the IPAllocated events that come with published
+/// addresses. AllocationFailed is reported once per reason, so a rerun has
+/// none, and nothing new was allocated.
 #[derive(Debug)]
 struct Memo {
     ingress: Vec<(ObjectKey, Vec<IpAddr>)>,
     finalizers: Vec<(ObjectKey, bool)>,
     eip_status: Vec<(String, EipStatus)>,
-    events: Vec<Event>,
 }
 
 impl Memo {
@@ -107,12 +97,6 @@ impl Memo {
             ingress: plan.ingress.clone(),
             finalizers: plan.finalizers.clone(),
             eip_status: plan.eip_status.clone(),
-            events: plan
-                .events
-                .iter()
-                .filter(|e| e.reason == REASON_ALLOCATED)
-                .cloned()
-                .collect(),
         }
     }
 
@@ -121,10 +105,24 @@ impl Memo {
             ingress: self.ingress.clone(),
             finalizers: self.finalizers.clone(),
             eip_status: self.eip_status.clone(),
-            events: self.events.clone(),
+            events: self
+                .ingress
+                .iter()
+                .filter_map(|(key, ips)| allocated_event(key, ips))
+                .collect(),
             ..Plan::default()
         }
     }
+}
+
+/// The event that goes with publishing `ips` as a Service's addresses.
+fn allocated_event(key: &ObjectKey, ips: &[IpAddr]) -> Option<Event> {
+    (!ips.is_empty()).then(|| Event {
+        regarding: Regarding::Service(key.clone()),
+        type_: EventType::Normal,
+        reason: REASON_ALLOCATED,
+        message: format!("assigned {}", join(ips)),
+    })
 }
 
 impl Reconciler {
@@ -136,6 +134,7 @@ impl Reconciler {
     pub fn forget_reported(&mut self) {
         self.failed.clear();
         self.routes = RouteTable::default();
+        self.routes_version += 1;
         self.last_addresses = None;
     }
 
@@ -161,7 +160,11 @@ impl Reconciler {
             &snap.endpoint_slices,
             &snap.nodes,
         );
+        if !changed.is_empty() {
+            self.routes_version += 1;
+        }
         plan.routes = self.routes.routes().clone();
+        plan.routes_version = self.routes_version;
         self.announcement_events(&changed, &mut plan.events);
         plan.bgp = bgp::desired(snap);
         plan
@@ -205,7 +208,7 @@ impl Reconciler {
             self.ipam.release(&key);
             self.failed.remove(&key);
             if has_finalizer {
-                if !service::deleting(svc) && !service::request(svc).current.is_empty() {
+                if !service::deleting(svc) && !service::published(svc).is_empty() {
                     plan.ingress.push((key.clone(), Vec::new()));
                 }
                 plan.finalizers.push((key, false));
@@ -265,14 +268,7 @@ impl Reconciler {
             if desired != req.current.as_slice() {
                 // Reported when published rather than when chosen, so that a
                 // follower's pass does not swallow the event.
-                if !desired.is_empty() {
-                    plan.events.push(Event {
-                        regarding: Regarding::Service(req.key.clone()),
-                        type_: EventType::Normal,
-                        reason: REASON_ALLOCATED,
-                        message: format!("assigned {}", join(desired)),
-                    });
-                }
+                plan.events.extend(allocated_event(&req.key, desired));
                 plan.ingress.push((req.key.clone(), desired.to_vec()));
             }
         }

@@ -84,7 +84,10 @@ impl<A: Announcer> Controller<A> {
                     tracing::info!("{}", note.message);
                 }
             }
-            if self.bgp.routes(&plan.routes, &mut self.announcer) {
+            if self
+                .bgp
+                .routes(&plan.routes, plan.routes_version, &mut self.announcer)
+            {
                 tracing::info!(
                     prefixes = plan.routes.len(),
                     paths = plan.routes.values().map(|h| h.len()).sum::<usize>(),

@@ -62,6 +62,18 @@ pub fn deleting(svc: &Service) -> bool {
     svc.metadata.deletion_timestamp.is_some()
 }
 
+/// The addresses in `status.loadBalancer.ingress`.
+pub fn published(svc: &Service) -> Vec<IpAddr> {
+    svc.status
+        .as_ref()
+        .and_then(|s| s.load_balancer.as_ref())
+        .and_then(|lb| lb.ingress.as_ref())
+        .into_iter()
+        .flatten()
+        .filter_map(|i| i.ip.as_deref()?.parse().ok())
+        .collect()
+}
+
 pub fn request(svc: &Service) -> ServiceRequest {
     let annotations = svc.metadata.annotations.as_ref();
     let default_spec = ServiceSpec::default();
@@ -114,15 +126,6 @@ pub fn request(svc: &Service) -> ServiceRequest {
         .collect();
     ports.sort();
     ports.dedup();
-    let current = svc
-        .status
-        .as_ref()
-        .and_then(|s| s.load_balancer.as_ref())
-        .and_then(|lb| lb.ingress.as_ref())
-        .into_iter()
-        .flatten()
-        .filter_map(|i| i.ip.as_deref()?.parse().ok())
-        .collect();
     ServiceRequest {
         key: ObjectKey::of(&svc.metadata),
         pool: EIP_POOL.get(annotations).map(str::to_string),
@@ -132,7 +135,7 @@ pub fn request(svc: &Service) -> ServiceRequest {
         ports,
         families,
         policy,
-        current,
+        current: published(svc),
     }
 }
 

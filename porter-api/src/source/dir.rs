@@ -251,7 +251,8 @@ fn report(problems: &[LoadProblem]) {
     }
 }
 
-/// Writes status beside the manifests.
+/// Writes status beside the manifests. The files are small and local, so
+/// the writes use blocking calls; this source is for labs and standalone use.
 #[derive(Debug, Clone)]
 pub struct DirWriter {
     root: PathBuf,

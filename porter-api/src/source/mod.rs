@@ -1,8 +1,8 @@
 //! How both binaries read the cluster and write back to it, independent of
 //! where the cluster lives. A source publishes [`Snapshot`]s on a watch
 //! channel, newest wins; a [`StatusWriter`] takes what the core decided.
-//! Implementations: [`dir`] (manifests in a directory); the kube-rs one
-//! follows the same contract.
+//! Implementations: [`kube`] (the API server) and [`dir`] (manifests in a
+//! directory).
 
 pub mod dir;
 pub mod kube;

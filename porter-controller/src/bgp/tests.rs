@@ -5,7 +5,6 @@ use porter_api::crd::{
     AddPaths, AddPathsConfig, AfiSafi, AfiSafiConfig, EbgpMultihop, PeerConf, Transport,
 };
 use porter_api::{BgpConfSpec, BgpPeerSpec};
-use std::sync::Arc;
 
 fn conf(name: &str, router_id: Option<&str>) -> BgpConf {
     BgpConf {
@@ -250,11 +249,10 @@ fn driver_changes_only_what_changed() {
     assert_eq!(rec.calls, [Call::Remove(ip("192.168.1.2"))]);
     rec.calls.clear();
 
-    let routes: Arc<Routes> =
-        Arc::new([(IpNet::from(ip("10.9.0.1")), [ip("192.168.0.10")].into())].into());
-    assert!(driver.routes(&routes, &mut rec));
+    let routes: Routes = [(IpNet::from(ip("10.9.0.1")), [ip("192.168.0.10")].into())].into();
+    assert!(driver.routes(&routes, 1, &mut rec));
     assert!(
-        !driver.routes(&routes, &mut rec),
+        !driver.routes(&routes, 1, &mut rec),
         "unchanged routes are not re-sent"
     );
 
@@ -266,5 +264,5 @@ fn driver_changes_only_what_changed() {
     );
     assert!(matches!(rec.calls[0], Call::Start(_)));
     assert_eq!(rec.calls.len(), 3);
-    assert!(driver.routes(&routes, &mut rec));
+    assert!(driver.routes(&routes, 1, &mut rec));
 }

@@ -107,6 +107,11 @@ impl Ipam {
         &self.services
     }
 
+    /// Addresses of `pool` in use.
+    pub fn usage(&self, pool: &str) -> usize {
+        self.holdings.values().filter(|h| h.pool == pool).count()
+    }
+
     /// Services using each address of `pool`, for `Eip.status.used`.
     pub fn used_in(&self, pool: &str) -> BTreeMap<IpAddr, Vec<&ObjectKey>> {
         self.holdings

@@ -2,10 +2,9 @@ use super::*;
 use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::{
-    LoadBalancerIngress, LoadBalancerStatus, Node, NodeAddress, NodeCondition, NodeStatus, Service,
-    ServicePort, ServiceSpec, ServiceStatus,
+    LoadBalancerIngress, LoadBalancerStatus, Node, Service, ServicePort, ServiceSpec, ServiceStatus,
 };
-use k8s_openapi::api::discovery::v1::{Endpoint, EndpointConditions, EndpointSlice};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use porter_api::{Eip, EipSpec};
 
@@ -58,58 +57,12 @@ fn pool(name: &str, address: &str) -> Eip {
 }
 
 fn node(name: &str, ip: &str) -> Node {
-    Node {
-        metadata: ObjectMeta {
-            name: Some(name.into()),
-            ..Default::default()
-        },
-        spec: None,
-        status: Some(NodeStatus {
-            conditions: Some(vec![NodeCondition {
-                type_: "Ready".into(),
-                status: "True".into(),
-                ..Default::default()
-            }]),
-            addresses: Some(vec![NodeAddress {
-                type_: "InternalIP".into(),
-                address: ip.into(),
-            }]),
-            ..Default::default()
-        }),
-    }
+    crate::testing::node(name, "True", &[ip])
 }
 
 fn slice(service: &str, nodes: &[&str]) -> EndpointSlice {
-    EndpointSlice {
-        metadata: ObjectMeta {
-            name: Some(format!("{service}-x")),
-            namespace: Some("default".into()),
-            labels: Some(
-                [(
-                    "kubernetes.io/service-name".to_string(),
-                    service.to_string(),
-                )]
-                .into(),
-            ),
-            ..Default::default()
-        },
-        address_type: "IPv4".into(),
-        endpoints: Some(
-            nodes
-                .iter()
-                .map(|n| Endpoint {
-                    addresses: vec!["10.244.0.9".into()],
-                    node_name: Some(n.to_string()),
-                    conditions: Some(EndpointConditions {
-                        ready: Some(true),
-                        ..Default::default()
-                    }),
-                    ..Default::default()
-                })
-                .collect(),
-        ),
-        ports: None,
-    }
+    let eps: Vec<(&str, Option<bool>)> = nodes.iter().map(|n| (*n, Some(true))).collect();
+    crate::testing::slice("default", service, &eps)
 }
 
 fn key(name: &str) -> ObjectKey {
@@ -430,40 +383,11 @@ fn overlapping_pool_shows_a_refused_condition() {
 
 #[tokio::test]
 async fn apply_adds_the_finalizer_before_publishing_the_address() {
-    #[derive(Default)]
-    struct Log(std::sync::Mutex<Vec<String>>);
-    impl StatusWriter for Log {
-        async fn service_ingress(&self, s: &ObjectKey, i: &[IpAddr]) -> Result<(), WriteError> {
-            self.0
-                .lock()
-                .expect("lock")
-                .push(format!("ingress {s} {i:?}"));
-            Ok(())
-        }
-        async fn service_finalizer(&self, s: &ObjectKey, p: bool) -> Result<(), WriteError> {
-            self.0
-                .lock()
-                .expect("lock")
-                .push(format!("finalizer {s} {p}"));
-            Ok(())
-        }
-        async fn eip_status(&self, e: &str, _: &EipStatus) -> Result<(), WriteError> {
-            self.0.lock().expect("lock").push(format!("eip {e}"));
-            Ok(())
-        }
-        async fn event(&self, e: &Event) -> Result<(), WriteError> {
-            self.0
-                .lock()
-                .expect("lock")
-                .push(format!("event {}", e.reason));
-            Ok(())
-        }
-    }
     let mut r = Reconciler::default();
     let plan = r.plan(&seed(), &now());
-    let log = Log::default();
+    let log = crate::testing::RecordingWriter::default();
     assert!(apply(&plan, &log).await.is_empty());
-    let calls = log.0.into_inner().expect("lock");
+    let calls = log.calls();
     assert_eq!(calls[0], "finalizer default/web true");
     assert_eq!(calls[1], "ingress default/web [192.168.0.100]");
     assert_eq!(

@@ -1,44 +1,11 @@
 use super::*;
-use std::net::IpAddr;
-use std::sync::Mutex;
 
 use k8s_openapi::api::core::v1::{Service, ServiceSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-use porter_api::source::{Event, WriteError};
-use porter_api::{BgpConf, BgpConfSpec, Eip, EipSpec, EipStatus, ObjectKey};
+use porter_api::{BgpConf, BgpConfSpec, Eip, EipSpec};
 
 use crate::bgp::{Call, Recorder};
-
-#[derive(Default)]
-struct Counting(Mutex<Vec<String>>);
-
-impl StatusWriter for Counting {
-    async fn service_ingress(&self, s: &ObjectKey, i: &[IpAddr]) -> Result<(), WriteError> {
-        self.0
-            .lock()
-            .expect("lock")
-            .push(format!("ingress {s} {i:?}"));
-        Ok(())
-    }
-    async fn service_finalizer(&self, s: &ObjectKey, p: bool) -> Result<(), WriteError> {
-        self.0
-            .lock()
-            .expect("lock")
-            .push(format!("finalizer {s} {p}"));
-        Ok(())
-    }
-    async fn eip_status(&self, e: &str, _: &EipStatus) -> Result<(), WriteError> {
-        self.0.lock().expect("lock").push(format!("eip {e}"));
-        Ok(())
-    }
-    async fn event(&self, e: &Event) -> Result<(), WriteError> {
-        self.0
-            .lock()
-            .expect("lock")
-            .push(format!("event {}", e.reason));
-        Ok(())
-    }
-}
+use crate::testing::RecordingWriter;
 
 fn snapshot() -> Snapshot {
     let svc = Service {
@@ -93,20 +60,17 @@ fn snapshot() -> Snapshot {
 #[tokio::test]
 async fn only_the_leader_writes_and_announces() {
     let mut c = Controller::new(Recorder::default(), Arc::new(Metrics::default()));
-    let writer = Counting::default();
+    let writer = RecordingWriter::default();
     let snap = snapshot();
 
     let follower = c.step(&snap, false, &writer).await;
     assert_eq!(follower, Step::default());
-    assert!(
-        writer.0.lock().expect("lock").is_empty(),
-        "a follower writes nothing"
-    );
+    assert!(writer.calls().is_empty(), "a follower writes nothing");
     assert!(c.announcer().calls.is_empty(), "a follower runs no BGP");
 
     let leader = c.step(&snap, true, &writer).await;
     assert_eq!(leader.failed_writes, 0);
-    let calls = writer.0.lock().expect("lock").clone();
+    let calls = writer.calls();
     assert!(
         calls.contains(&"ingress default/web [10.0.0.0]".to_string()),
         "{calls:?}"
@@ -123,12 +87,11 @@ async fn only_the_leader_writes_and_announces() {
 
     // The follower that computed the same state hands over the same address.
     let mut standby = Controller::new(Recorder::default(), Arc::new(Metrics::default()));
-    let w2 = Counting::default();
+    let w2 = RecordingWriter::default();
     standby.step(&snap, false, &w2).await;
     standby.step(&snap, true, &w2).await;
     assert!(
-        w2.0.lock()
-            .expect("lock")
+        w2.calls()
             .contains(&"ingress default/web [10.0.0.0]".to_string())
     );
 }
@@ -137,7 +100,7 @@ async fn only_the_leader_writes_and_announces() {
 async fn metrics_report_pools_and_allocations() {
     let metrics = Arc::new(Metrics::default());
     let mut c = Controller::new(Recorder::default(), metrics.clone());
-    c.step(&snapshot(), true, &Counting::default()).await;
+    c.step(&snapshot(), true, &RecordingWriter::default()).await;
     let text = metrics.render();
     for line in [
         "porter_pool_size{pool=\"pool\"} 256.0",
@@ -148,4 +111,68 @@ async fn metrics_report_pools_and_allocations() {
     ] {
         assert!(text.contains(line), "missing {line} in\n{text}");
     }
+}
+
+/// What a real API server would answer, enough for the client to decode.
+fn api_reply(request: &porter_api::testing::Seen) -> serde_json::Value {
+    if request.uri.contains("/events") {
+        serde_json::json!({"apiVersion": "events.k8s.io/v1", "kind": "Event",
+            "metadata": {"name": "e", "namespace": "default"}, "eventTime": "2026-01-01T00:00:00.000000Z"})
+    } else if request.uri.contains("/eips/") {
+        serde_json::json!({"apiVersion": "network.kubesphere.io/v1alpha2", "kind": "Eip",
+            "metadata": {"name": "pool"}, "spec": {"address": "10.0.0.0/24"}})
+    } else {
+        serde_json::json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "web", "namespace": "default"}})
+    }
+}
+
+#[tokio::test]
+async fn against_the_api_server_a_follower_sends_nothing_and_the_leader_applies() {
+    use porter_api::source::kube::KubeWriter;
+    use porter_api::testing::{mock_client, seen};
+
+    let (client, log) = mock_client(api_reply);
+    let writer = KubeWriter::new(client, Some("porter-0".into()), None);
+    let mut c = Controller::new(Recorder::default(), Arc::new(Metrics::default()));
+    let snap = snapshot();
+
+    assert_eq!(c.step(&snap, false, &writer).await, Step::default());
+    assert!(
+        seen(&log).is_empty(),
+        "a follower made API calls: {:?}",
+        seen(&log)
+    );
+
+    let step = c.step(&snap, true, &writer).await;
+    assert_eq!(step.failed_writes, 0);
+    let calls: Vec<(String, String)> = seen(&log)
+        .iter()
+        .map(|s| {
+            (
+                s.method.to_string(),
+                s.uri.split('?').next().unwrap_or_default().to_string(),
+            )
+        })
+        .collect();
+    let expect = [
+        ("PATCH", "/api/v1/namespaces/default/services/web"),
+        ("PATCH", "/api/v1/namespaces/default/services/web/status"),
+        (
+            "PATCH",
+            "/apis/network.kubesphere.io/v1alpha2/eips/pool/status",
+        ),
+        ("POST", "/apis/events.k8s.io/v1/namespaces/default/events"),
+    ];
+    for (method, path) in expect {
+        assert!(
+            calls.iter().any(|(m, p)| m == method && p == path),
+            "no {method} {path} in {calls:?}"
+        );
+    }
+    let finalizer = &seen(&log)[0];
+    assert_eq!(
+        finalizer.body["metadata"]["finalizers"][0],
+        porter_api::annotations::SERVICE_FINALIZER,
+        "the finalizer goes first"
+    );
 }

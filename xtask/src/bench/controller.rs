@@ -56,7 +56,8 @@ pub fn run() -> Result<()> {
     let plan = reconciler.plan(&snap, &now);
     let full_sync = started.elapsed().as_secs_f64();
     check_full(&plan)?;
-    snap = settle(&snap, &plan);
+    snap = settle(snap, &plan);
+    drop(plan);
     reconciler.plan(&snap, &now);
 
     let mut idle = Vec::new();
@@ -68,6 +69,9 @@ pub fn run() -> Result<()> {
         if !plan.ingress.is_empty() || plan.routes.len() != SERVICES {
             bail!("a pass without change changed something");
         }
+        // The controller drops each plan once applied; one kept would make
+        // the next route change copy the table.
+        drop(plan);
 
         let index = n * 97 % SERVICES;
         let moved_to = format!("node-{}", (index * 7 + 500) % NODES);
@@ -237,52 +241,44 @@ fn cluster() -> Arc<Snapshot> {
     })
 }
 
-/// The cluster after the first pass's status writes, as the API server would show it.
-fn settle(snap: &Snapshot, plan: &Plan) -> Arc<Snapshot> {
+/// The cluster after the first pass's status writes, as the API server would
+/// show it. Objects are updated in place where nothing else holds them, as a
+/// reflector replaces them one by one instead of keeping two clusters.
+fn settle(snap: Arc<Snapshot>, plan: &Plan) -> Arc<Snapshot> {
+    let mut snap = Arc::unwrap_or_clone(snap);
     let ingress: std::collections::HashMap<_, _> = plan
         .ingress
         .iter()
         .map(|(k, ips)| (k.clone(), ips))
         .collect();
-    let services = snap
-        .services
-        .iter()
-        .map(|s| {
-            let mut s = (**s).clone();
-            if let Some(ips) = ingress.get(&porter_api::ObjectKey::of(&s.metadata)) {
-                s.status = Some(ServiceStatus {
-                    load_balancer: Some(LoadBalancerStatus {
-                        ingress: Some(
-                            ips.iter()
-                                .map(|ip| LoadBalancerIngress {
-                                    ip: Some(ip.to_string()),
-                                    ..Default::default()
-                                })
-                                .collect(),
-                        ),
-                    }),
-                    conditions: None,
-                });
-                s.metadata.finalizers =
-                    Some(vec![porter_api::annotations::SERVICE_FINALIZER.into()]);
-            }
-            Arc::new(s)
-        })
-        .collect();
-    let mut eips = snap.eips.clone();
+    for s in &mut snap.services {
+        let key = porter_api::ObjectKey::of(&s.metadata);
+        if let Some(ips) = ingress.get(&key) {
+            let s = Arc::make_mut(s);
+            s.status = Some(ServiceStatus {
+                load_balancer: Some(LoadBalancerStatus {
+                    ingress: Some(
+                        ips.iter()
+                            .map(|ip| LoadBalancerIngress {
+                                ip: Some(ip.to_string()),
+                                ..Default::default()
+                            })
+                            .collect(),
+                    ),
+                }),
+                conditions: None,
+            });
+            s.metadata.finalizers = Some(vec![porter_api::annotations::SERVICE_FINALIZER.into()]);
+        }
+    }
     for (name, status) in &plan.eip_status {
-        if let Some(e) = eips
+        if let Some(e) = snap
+            .eips
             .iter_mut()
             .find(|e| e.metadata.name.as_ref() == Some(name))
         {
-            let mut new = (**e).clone();
-            new.status = Some(status.clone());
-            *e = Arc::new(new);
+            Arc::make_mut(e).status = Some(status.clone());
         }
     }
-    Arc::new(Snapshot {
-        services,
-        eips,
-        ..snap.clone()
-    })
+    Arc::new(snap)
 }

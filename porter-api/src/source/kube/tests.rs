@@ -1,53 +1,8 @@
 //! What the kube writer sends, checked against a mock API server.
 
 use super::*;
-use http::{Method, Request, Response};
-use kube::client::Body;
-
-/// One request as the API server saw it.
-#[derive(Debug)]
-pub struct Seen {
-    pub method: Method,
-    pub uri: String,
-    pub content_type: String,
-    pub body: serde_json::Value,
-}
-
-/// A client whose API server answers each request with `reply`, recording
-/// what it was asked. At most `expect` requests are served.
-pub fn mock_client(
-    expect: usize,
-    reply: serde_json::Value,
-) -> (Client, tokio::task::JoinHandle<Vec<Seen>>) {
-    let (service, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
-    let server = tokio::spawn(async move {
-        let mut seen = Vec::new();
-        for _ in 0..expect {
-            let Some((request, send)) = handle.next_request().await else {
-                break;
-            };
-            let (parts, body) = request.into_parts();
-            let bytes = body.collect_bytes().await.unwrap_or_default();
-            seen.push(Seen {
-                method: parts.method,
-                uri: parts.uri.to_string(),
-                content_type: parts
-                    .headers
-                    .get("content-type")
-                    .and_then(|v| v.to_str().ok())
-                    .unwrap_or_default()
-                    .to_string(),
-                body: serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null),
-            });
-            let response = Response::builder()
-                .body(Body::from(serde_json::to_vec(&reply).unwrap_or_default()))
-                .expect("static response");
-            send.send_response(response);
-        }
-        seen
-    });
-    (Client::new(service, "default"), server)
-}
+use crate::testing::{mock_client, seen};
+use http::Method;
 
 fn service_json() -> serde_json::Value {
     json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "web", "namespace": "shop"}})
@@ -55,13 +10,13 @@ fn service_json() -> serde_json::Value {
 
 #[tokio::test]
 async fn service_status_is_server_side_applied_to_the_status_subresource() {
-    let (client, server) = mock_client(1, service_json());
+    let (client, log) = mock_client(|_| service_json());
     let w = KubeWriter::new(client, None, None);
     let ip: IpAddr = "192.168.0.100".parse().expect("ip");
     w.service_ingress(&ObjectKey::new("shop", "web"), &[ip])
         .await
         .expect("patch");
-    let seen = server.await.expect("server");
+    let seen = seen(&log);
     assert_eq!(seen[0].method, Method::PATCH);
     assert!(
         seen[0]
@@ -83,12 +38,12 @@ async fn service_status_is_server_side_applied_to_the_status_subresource() {
 
 #[tokio::test]
 async fn finalizer_is_added_and_removed_by_apply() {
-    let (client, server) = mock_client(2, service_json());
+    let (client, log) = mock_client(|_| service_json());
     let w = KubeWriter::new(client, None, None);
     let key = ObjectKey::new("shop", "web");
     w.service_finalizer(&key, true).await.expect("add");
     w.service_finalizer(&key, false).await.expect("remove");
-    let seen = server.await.expect("server");
+    let seen = seen(&log);
     assert!(
         seen[0]
             .uri
@@ -107,7 +62,7 @@ async fn finalizer_is_added_and_removed_by_apply() {
 async fn eip_status_goes_to_the_cluster_scoped_status_subresource() {
     let reply = json!({"apiVersion": "network.kubesphere.io/v1alpha2", "kind": "Eip",
                        "metadata": {"name": "pool"}, "spec": {"address": "10.0.0.0/24"}});
-    let (client, server) = mock_client(1, reply);
+    let (client, log) = mock_client(move |_| reply.clone());
     let w = KubeWriter::new(client, None, None);
     let status = EipStatus {
         usage: 3,
@@ -116,7 +71,7 @@ async fn eip_status_goes_to_the_cluster_scoped_status_subresource() {
         ..Default::default()
     };
     w.eip_status("pool", &status).await.expect("patch");
-    let seen = server.await.expect("server");
+    let seen = seen(&log);
     assert!(
         seen[0]
             .uri
@@ -132,7 +87,7 @@ async fn eip_status_goes_to_the_cluster_scoped_status_subresource() {
 async fn events_name_the_service_and_the_reason() {
     let reply = json!({"apiVersion": "events.k8s.io/v1", "kind": "Event", "metadata": {"name": "x", "namespace": "shop"},
                        "eventTime": "2026-01-01T00:00:00.000000Z"});
-    let (client, server) = mock_client(1, reply);
+    let (client, log) = mock_client(move |_| reply.clone());
     let w = KubeWriter::new(client, Some("porter-0".into()), None);
     w.event(&Event {
         regarding: Regarding::Service(ObjectKey::new("shop", "web")),
@@ -142,7 +97,7 @@ async fn events_name_the_service_and_the_reason() {
     })
     .await
     .expect("event");
-    let seen = server.await.expect("server");
+    let seen = seen(&log);
     assert_eq!(seen[0].method, Method::POST);
     assert!(
         seen[0]
@@ -155,4 +110,58 @@ async fn events_name_the_service_and_the_reason() {
     assert_eq!(seen[0].body["type"], "Warning");
     assert_eq!(seen[0].body["regarding"]["name"], "web");
     assert_eq!(seen[0].body["note"], "no free IPv4 address in pool(s) tiny");
+}
+
+/// The API server's answer to a list (one Service, everything else empty)
+/// or, for a watch, an empty stream.
+fn cluster_reply(request: &crate::testing::Seen) -> serde_json::Value {
+    if request.uri.contains("watch=true") {
+        return serde_json::Value::Null;
+    }
+    let items = if request.uri.starts_with("/api/v1/services") {
+        vec![json!({"apiVersion": "v1", "kind": "Service",
+                    "metadata": {"name": "web", "namespace": "shop", "resourceVersion": "1"},
+                    "spec": {"type": "LoadBalancer"}})]
+    } else {
+        vec![]
+    };
+    json!({"apiVersion": "v1", "kind": "List", "metadata": {"resourceVersion": "1"}, "items": items})
+}
+
+#[tokio::test]
+async fn the_first_snapshot_holds_every_kind_once_listed() {
+    let (client, log) = mock_client(cluster_reply);
+    let (rx, stores) = start(client).await;
+    let snap = rx.borrow().clone();
+    assert_eq!(snap.services.len(), 1);
+    assert_eq!(snap.services[0].metadata.name.as_deref(), Some("web"));
+    assert!(snap.eips.is_empty() && snap.nodes.is_empty());
+    assert_eq!(stores.services.state().len(), 1);
+    let paths: Vec<String> = seen(&log)
+        .iter()
+        .map(|s| s.uri.split('?').next().unwrap_or_default().to_string())
+        .collect();
+    for path in [
+        "/api/v1/services",
+        "/apis/discovery.k8s.io/v1/endpointslices",
+        "/api/v1/nodes",
+        "/api/v1/namespaces",
+        "/apis/network.kubesphere.io/v1alpha2/eips",
+        "/apis/network.kubesphere.io/v1alpha2/bgpconfs",
+        "/apis/network.kubesphere.io/v1alpha2/bgppeers",
+        "/api/v1/namespaces/porter-system/configmaps",
+    ] {
+        assert!(
+            paths.iter().any(|p| p == path),
+            "{path} never listed: {paths:?}"
+        );
+    }
+    let cm = seen(&log).into_iter().find(|s| {
+        s.uri
+            .starts_with("/api/v1/namespaces/porter-system/configmaps")
+    });
+    assert!(
+        cm.is_some_and(|s| s.uri.contains("fieldSelector=metadata.name%3Dbgp-cfg")),
+        "only bgp-cfg is watched"
+    );
 }

@@ -1,0 +1,60 @@
+//! A mock API server for tests (feature `testing`): a kube [`Client`] whose
+//! requests are recorded and answered by a closure, so a test can check what
+//! a writer sends without a cluster.
+
+use std::sync::{Arc, Mutex};
+
+use http::{Method, Request, Response};
+use kube::Client;
+use kube::client::Body;
+
+/// One request as the API server saw it.
+#[derive(Debug, Clone)]
+pub struct Seen {
+    pub method: Method,
+    pub uri: String,
+    pub content_type: String,
+    pub body: serde_json::Value,
+}
+
+/// What the mock API server saw, in order.
+pub type Log = Arc<Mutex<Vec<Seen>>>;
+
+pub fn seen(log: &Log) -> Vec<Seen> {
+    log.lock().map(|l| l.clone()).unwrap_or_default()
+}
+
+/// A client whose API server answers every request with `reply(request)`.
+/// Requests are recorded before they are answered, so once a call returns,
+/// its request is in the log. Needs a tokio runtime.
+pub fn mock_client(reply: impl Fn(&Seen) -> serde_json::Value + Send + 'static) -> (Client, Log) {
+    let (service, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+    let log: Log = Arc::default();
+    let server_log = log.clone();
+    tokio::spawn(async move {
+        while let Some((request, send)) = handle.next_request().await {
+            let (parts, body) = request.into_parts();
+            let bytes = body.collect_bytes().await.unwrap_or_default();
+            let seen = Seen {
+                method: parts.method,
+                uri: parts.uri.to_string(),
+                content_type: parts
+                    .headers
+                    .get("content-type")
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or_default()
+                    .to_string(),
+                body: serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null),
+            };
+            let answer = serde_json::to_vec(&reply(&seen)).unwrap_or_default();
+            if let Ok(mut l) = server_log.lock() {
+                l.push(seen);
+            }
+            match Response::builder().body(Body::from(answer)) {
+                Ok(response) => send.send_response(response),
+                Err(_) => return,
+            }
+        }
+    });
+    (Client::new(service, "default"), log)
+}

@@ -1,0 +1,109 @@
+//! Fixtures and fakes shared by the unit tests.
+
+use std::net::IpAddr;
+use std::sync::Mutex;
+
+use k8s_openapi::api::core::v1::{Node, NodeAddress, NodeCondition, NodeStatus};
+use k8s_openapi::api::discovery::v1::{Endpoint, EndpointConditions, EndpointSlice};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use porter_api::annotations::SERVICE_NAME_LABEL;
+use porter_api::source::{Event, StatusWriter, WriteError};
+use porter_api::{EipStatus, ObjectKey};
+
+/// A node with the `Ready` condition set to `ready`, these InternalIPs and an
+/// ExternalIP that must never be used as a next hop.
+pub fn node(name: &str, ready: &str, addrs: &[&str]) -> Node {
+    Node {
+        metadata: ObjectMeta {
+            name: Some(name.into()),
+            ..Default::default()
+        },
+        spec: None,
+        status: Some(NodeStatus {
+            conditions: Some(vec![NodeCondition {
+                type_: "Ready".into(),
+                status: ready.into(),
+                ..Default::default()
+            }]),
+            addresses: Some(
+                addrs
+                    .iter()
+                    .map(|a| NodeAddress {
+                        type_: "InternalIP".into(),
+                        address: a.to_string(),
+                    })
+                    .chain([NodeAddress {
+                        type_: "ExternalIP".into(),
+                        address: "203.0.113.1".into(),
+                    }])
+                    .collect(),
+            ),
+            ..Default::default()
+        }),
+    }
+}
+
+/// `eps`: (node, ready) per endpoint; `None` leaves `ready` unset.
+pub fn slice(namespace: &str, service: &str, eps: &[(&str, Option<bool>)]) -> EndpointSlice {
+    EndpointSlice {
+        metadata: ObjectMeta {
+            name: Some(format!("{service}-abc")),
+            namespace: Some(namespace.into()),
+            labels: Some([(SERVICE_NAME_LABEL.to_string(), service.to_string())].into()),
+            ..Default::default()
+        },
+        address_type: "IPv4".into(),
+        endpoints: Some(
+            eps.iter()
+                .map(|(n, ready)| Endpoint {
+                    node_name: Some(n.to_string()),
+                    conditions: Some(EndpointConditions {
+                        ready: *ready,
+                        ..Default::default()
+                    }),
+                    addresses: vec!["10.244.0.5".into()],
+                    ..Default::default()
+                })
+                .collect(),
+        ),
+        ports: None,
+    }
+}
+
+/// A [`StatusWriter`] that records each call as a line of text, in order.
+#[derive(Default)]
+pub struct RecordingWriter(Mutex<Vec<String>>);
+
+impl RecordingWriter {
+    pub fn calls(&self) -> Vec<String> {
+        self.0.lock().map(|c| c.clone()).unwrap_or_default()
+    }
+
+    fn record(&self, line: String) {
+        if let Ok(mut calls) = self.0.lock() {
+            calls.push(line);
+        }
+    }
+}
+
+impl StatusWriter for RecordingWriter {
+    async fn service_ingress(&self, s: &ObjectKey, i: &[IpAddr]) -> Result<(), WriteError> {
+        self.record(format!("ingress {s} {i:?}"));
+        Ok(())
+    }
+
+    async fn service_finalizer(&self, s: &ObjectKey, p: bool) -> Result<(), WriteError> {
+        self.record(format!("finalizer {s} {p}"));
+        Ok(())
+    }
+
+    async fn eip_status(&self, e: &str, _: &EipStatus) -> Result<(), WriteError> {
+        self.record(format!("eip {e}"));
+        Ok(())
+    }
+
+    async fn event(&self, e: &Event) -> Result<(), WriteError> {
+        self.record(format!("event {}", e.reason));
+        Ok(())
+    }
+}
