@@ -275,8 +275,29 @@ impl Dataplane {
         eips: &BTreeSet<IpAddr>,
         valid_for: Duration,
     ) -> Result<(), DataplaneError> {
-        let interfaces: Vec<L2Interface> = self.l2_interfaces.values().copied().collect();
-        self.set_l2_leaderships_on(&interfaces, eips, valid_for)
+        let answers = eips.iter().map(|&eip| (eip, None)).collect();
+        self.set_l2_answers(&answers, valid_for)
+    }
+
+    /// [`Self::set_l2_leaderships`] where an EIP may be limited to one
+    /// interface (by name, `Eip.spec.interface`); an EIP limited to an
+    /// interface XDP is not attached to is answered nowhere.
+    pub fn set_l2_answers(
+        &mut self,
+        answers: &BTreeMap<IpAddr, Option<String>>,
+        valid_for: Duration,
+    ) -> Result<(), DataplaneError> {
+        let expires_ns = deadline(valid_for)?;
+        let desired = answers
+            .iter()
+            .flat_map(|(&eip, only)| {
+                self.l2_interfaces
+                    .iter()
+                    .filter(move |(name, _)| only.as_ref().is_none_or(|only| only == *name))
+                    .map(move |(_, link)| l2_entry(link, eip, expires_ns))
+            })
+            .collect();
+        self.write_l2(desired)
     }
 
     /// The interfaces Layer 2 answers go out of (those XDP was attached to here).
@@ -292,13 +313,16 @@ impl Dataplane {
         eips: &BTreeSet<IpAddr>,
         valid_for: Duration,
     ) -> Result<(), DataplaneError> {
-        let expires_ns = monotonic_ns()
-            .map_err(|err| DataplaneError::Clock(err.to_string()))?
-            .saturating_add(u64::try_from(valid_for.as_nanos()).unwrap_or(u64::MAX));
-        let desired: BTreeMap<L2Key, L2Value> = interfaces
+        let expires_ns = deadline(valid_for)?;
+        let desired = interfaces
             .iter()
             .flat_map(|link| eips.iter().map(move |&eip| l2_entry(link, eip, expires_ns)))
             .collect();
+        self.write_l2(desired)
+    }
+
+    /// Makes the Layer 2 map hold exactly `desired`.
+    fn write_l2(&mut self, desired: BTreeMap<L2Key, L2Value>) -> Result<(), DataplaneError> {
         let capacity = porter_common::limits::L2_LEADS;
         if desired.len() > capacity as usize {
             return Err(DataplaneError::L2LeadsFull {
@@ -307,13 +331,15 @@ impl Dataplane {
             });
         }
         let mut stale = Vec::new();
-        for entry in self.l2_leads.iter() {
-            let (key, value) = entry.map_err(map_err(map_names::L2_LEADS))?;
-            if desired.get(&key) != Some(&value) {
+        for key in self.l2_leads.keys() {
+            let key = key.map_err(map_err(map_names::L2_LEADS))?;
+            if !desired.contains_key(&key) {
                 stale.push(key);
             }
         }
         // Removals first: the map is sized for what is desired, not for both.
+        // Kept entries are overwritten in place (a renewal moves their
+        // deadline), so they are answered throughout.
         for key in &stale {
             ignore_missing(self.l2_leads.remove(key)).map_err(map_err(map_names::L2_LEADS))?;
         }
@@ -322,11 +348,7 @@ impl Dataplane {
                 .insert(key, value, 0)
                 .map_err(map_err(map_names::L2_LEADS))?;
         }
-        debug!(
-            eips = eips.len(),
-            interfaces = interfaces.len(),
-            "layer 2 leaderships set"
-        );
+        debug!(answers = desired.len(), "layer 2 answers set");
         Ok(())
     }
 
@@ -680,6 +702,13 @@ const FREE_BACKEND: BackendValue = BackendValue {
     flags: 0,
     service_id: 0,
 };
+
+/// `valid_for` from now on the clock of `bpf_ktime_get_ns`.
+fn deadline(valid_for: Duration) -> Result<u64, DataplaneError> {
+    Ok(monotonic_ns()
+        .map_err(|err| DataplaneError::Clock(err.to_string()))?
+        .saturating_add(u64::try_from(valid_for.as_nanos()).unwrap_or(u64::MAX)))
+}
 
 /// CLOCK_MONOTONIC, the clock of `bpf_ktime_get_ns`.
 fn monotonic_ns() -> std::io::Result<u64> {

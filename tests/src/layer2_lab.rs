@@ -178,6 +178,8 @@ impl L2Lab {
                 &TARGET_PORT.to_string(),
             ])
             .args(["--eip", EIP, "--eip", EIP6])
+            // As a pool's `spec.interface: can_reach:<client>` would.
+            .args(["--answer-on", "can_reach:172.30.0.2"])
             .args(["--backend", &format!("10.244.{i}.2")])
             .args(["--backend", &format!("fd00:244:{i}::2")]);
         let log = self.lab.spawn(&format!("l2-{name}"), command)?;

@@ -59,6 +59,27 @@ pub fn candidates(snapshot: &Snapshot) -> BTreeMap<IpAddr, BTreeSet<String>> {
     result
 }
 
+/// Layer 2 EIP → `spec.interface` of its pool (a NIC name or
+/// `can_reach:<ip>`), for the pools that set one.
+pub fn interface_choices(snapshot: &Snapshot) -> BTreeMap<IpAddr, String> {
+    let mut choices = BTreeMap::new();
+    for eip in &snapshot.eips {
+        let spec = &eip.spec;
+        let Some(choice) = spec.interface.as_deref().filter(|c| !c.trim().is_empty()) else {
+            continue;
+        };
+        if spec.protocol.as_deref() != Some(PROTOCOL_LAYER2) {
+            continue;
+        }
+        for address in eip.status.iter().flat_map(|status| status.used.keys()) {
+            if let Ok(address) = address.parse() {
+                choices.insert(address, choice.trim().to_owned());
+            }
+        }
+    }
+    choices
+}
+
 fn node_ready(node: &Node) -> bool {
     node.status
         .as_ref()
@@ -118,13 +139,22 @@ mod tests {
     }
 
     fn pool(name: &str, protocol: &str, used: &[(&str, &str)]) -> Arc<porter_api::Eip> {
+        pool_on(name, protocol, "", used)
+    }
+
+    fn pool_on(
+        name: &str,
+        protocol: &str,
+        interface: &str,
+        used: &[(&str, &str)],
+    ) -> Arc<porter_api::Eip> {
         let used: Vec<String> = used
             .iter()
             .map(|(ip, users)| format!("\"{ip}\": \"{users}\""))
             .collect();
         yaml(&format!(
             "apiVersion: network.kubesphere.io/v1alpha2\nkind: Eip\nmetadata: {{name: {name}}}\n\
-             spec: {{address: 172.30.0.100-172.30.0.110, protocol: {protocol}}}\n\
+             spec: {{address: 172.30.0.100-172.30.0.110, protocol: {protocol}, interface: \"{interface}\"}}\n\
              status: {{used: {{{}}}}}",
             used.join(", ")
         ))
@@ -164,6 +194,30 @@ mod tests {
                 // Known but unserved: nobody answers.
                 (ip("172.30.0.102"), set(&[])),
             ])
+        );
+        assert!(interface_choices(&snapshot).is_empty());
+    }
+
+    #[test]
+    fn pools_that_name_an_interface_pass_it_on_for_their_addresses() {
+        let snapshot = Snapshot {
+            eips: vec![
+                pool_on(
+                    "a",
+                    "layer2",
+                    "can_reach:172.30.0.1",
+                    &[("172.30.0.100", "shop/web")],
+                ),
+                pool_on("b", "bgp", "eth1", &[("192.0.2.1", "shop/web")]),
+            ],
+            ..Snapshot::default()
+        };
+        assert_eq!(
+            interface_choices(&snapshot),
+            BTreeMap::from([(
+                "172.30.0.100".parse::<IpAddr>().expect("address"),
+                "can_reach:172.30.0.1".to_owned()
+            )])
         );
     }
 }

@@ -17,6 +17,8 @@ use std::{
     time::{Duration, SystemTime},
 };
 
+use tracing::warn;
+
 use crate::{Dataplane, DataplaneError};
 use announce::Announcer;
 use lease::{LeaseError, LeaseStore};
@@ -53,15 +55,18 @@ impl<S: LeaseStore> Layer2<S> {
         self.speaker.timing().round_interval()
     }
 
-    /// One round for `candidates` (Layer 2 EIP → candidate nodes). Must run
-    /// inside a tokio runtime (announcements are spawned). On an error the
-    /// data plane is left alone, so its answers run out with the lease.
+    /// One round for `candidates` (Layer 2 EIP → candidate nodes), each EIP
+    /// answered on the interface its pool chose (`choices`, see
+    /// [`candidates::interface_choices`]) or on every uplink. Must run inside
+    /// a tokio runtime (announcements are spawned). On an error the data
+    /// plane is left alone, so its answers run out with the lease.
     pub async fn step(
         &mut self,
         dataplane: &mut Dataplane,
         candidates: &BTreeMap<IpAddr, BTreeSet<String>>,
+        choices: &BTreeMap<IpAddr, String>,
     ) -> Result<Round, Layer2Error> {
-        let round = match self.program(dataplane, candidates).await {
+        let round = match self.program(dataplane, candidates, choices).await {
             Ok(round) => round,
             Err(err) => {
                 self.metrics.round_failed();
@@ -84,11 +89,32 @@ impl<S: LeaseStore> Layer2<S> {
         &mut self,
         dataplane: &mut Dataplane,
         candidates: &BTreeMap<IpAddr, BTreeSet<String>>,
+        choices: &BTreeMap<IpAddr, String>,
     ) -> Result<Round, Layer2Error> {
         let round = self.speaker.round(candidates, wall_clock()).await?;
-        dataplane.set_l2_leaderships(&round.answer, round.valid_for)?;
+        let answers: BTreeMap<IpAddr, Option<String>> = round
+            .answer
+            .iter()
+            .map(|&eip| {
+                (
+                    eip,
+                    choices.get(&eip).map(|choice| interface_for(eip, choice)),
+                )
+            })
+            .collect();
+        dataplane.set_l2_answers(&answers, round.valid_for)?;
         Ok(round)
     }
+}
+
+/// The interface `choice` names; when it cannot be resolved, the choice
+/// itself, which matches no interface: the EIP is answered nowhere rather
+/// than on a NIC the operator did not ask for.
+fn interface_for(eip: IpAddr, choice: &str) -> String {
+    link::resolve_choice(choice).unwrap_or_else(|err| {
+        warn!(%eip, error = %err, "cannot resolve the pool's interface; not answering for the EIP");
+        choice.to_owned()
+    })
 }
 
 /// Time since the Unix epoch, as leases record it (nodes' clocks are

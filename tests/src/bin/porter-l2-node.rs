@@ -5,7 +5,7 @@
 //!
 //! Usage: porter-l2-node --node N --bpffs P --interface I --lease-dir D
 //!        --candidates n1,n2 --port 80 --target-port 8080
-//!        (--eip IP)... (--backend POD_IP)...
+//!        (--eip IP)... (--backend POD_IP)... [--answer-on NAME|can_reach:IP]
 use std::{
     collections::{BTreeMap, BTreeSet},
     net::IpAddr,
@@ -36,6 +36,10 @@ struct Args {
     target_port: u16,
     eips: Vec<IpAddr>,
     backends: Vec<IpAddr>,
+    /// `--answer-on CHOICE` limits every EIP to one interface (as a pool's
+    /// `spec.interface` does): a name or `can_reach:<ip>`.
+    interface_choices: BTreeMap<IpAddr, String>,
+    answer_on: Option<String>,
 }
 
 fn parse_args() -> Result<Args> {
@@ -55,11 +59,15 @@ fn parse_args() -> Result<Args> {
             "--target-port" => args.target_port = value.parse()?,
             "--eip" => args.eips.push(value.parse()?),
             "--backend" => args.backends.push(value.parse()?),
+            "--answer-on" => args.answer_on = Some(value),
             other => bail!("unknown flag {other}"),
         }
     }
     if args.node.is_empty() || args.interface.is_empty() {
         bail!("--node and --interface are required");
+    }
+    if let Some(choice) = &args.answer_on {
+        args.interface_choices = args.eips.iter().map(|&eip| (eip, choice.clone())).collect();
     }
     Ok(args)
 }
@@ -108,7 +116,10 @@ async fn main() -> Result<()> {
     let mut ticker = tokio::time::interval(layer2.round_interval());
     loop {
         ticker.tick().await;
-        match layer2.step(&mut dataplane, &candidates).await {
+        match layer2
+            .step(&mut dataplane, &candidates, &args.interface_choices)
+            .await
+        {
             Ok(round) => {
                 if !round.takeovers.is_empty() {
                     println!("took over {:?}", round.takeovers);
