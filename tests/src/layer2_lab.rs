@@ -94,6 +94,9 @@ impl L2Lab {
                     "-qw",
                     "net.ipv4.ip_forward=1",
                     "net.ipv6.conf.all.forwarding=1",
+                    // A crash takes the link down; its IPv6 address must
+                    // survive for the node to come back as it was.
+                    "net.ipv6.conf.all.keep_addr_on_down=1",
                 ],
             )?;
             let pod = lab.netns(&format!("p{i}"))?;

@@ -149,15 +149,22 @@ impl Announcer {
     }
 
     /// Announces each of `eips` on every one of `links`, [`TAKEOVER_COPIES`]
-    /// times, [`TAKEOVER_INTERVAL`] apart. Returns how many frames went out.
-    pub async fn announce_takeover(&self, links: &[L2Interface], eips: &[IpAddr]) -> u64 {
+    /// times, [`TAKEOVER_INTERVAL`] apart, as long as `still_led` says the
+    /// node still leads it: a copy sent after a handover would pull the
+    /// segment back to this node. Returns how many frames went out.
+    pub async fn announce_takeover(
+        &self,
+        links: &[L2Interface],
+        eips: &[IpAddr],
+        still_led: impl Fn(IpAddr) -> bool,
+    ) -> u64 {
         let mut sent = 0;
         for copy in 0..TAKEOVER_COPIES {
             if copy > 0 {
                 tokio::time::sleep(TAKEOVER_INTERVAL).await;
             }
-            for link in links {
-                for &eip in eips {
+            for &eip in eips.iter().filter(|&&eip| still_led(eip)) {
+                for link in links {
                     match self.send(link, eip) {
                         Ok(()) => sent += 1,
                         Err(err) => {

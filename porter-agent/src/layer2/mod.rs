@@ -39,6 +39,8 @@ pub struct Layer2<S> {
     speaker: Speaker<S>,
     announcer: Arc<Announcer>,
     metrics: Layer2Metrics,
+    /// What this node answers for now, for announcements in flight.
+    answering: tokio::sync::watch::Sender<BTreeSet<IpAddr>>,
 }
 
 impl<S: LeaseStore> Layer2<S> {
@@ -47,6 +49,7 @@ impl<S: LeaseStore> Layer2<S> {
             speaker,
             announcer: Arc::new(announcer),
             metrics,
+            answering: tokio::sync::watch::Sender::new(BTreeSet::new()),
         }
     }
 
@@ -70,16 +73,22 @@ impl<S: LeaseStore> Layer2<S> {
             Ok(round) => round,
             Err(err) => {
                 self.metrics.round_failed();
+                // Unsure whether we still lead: stop announcing.
+                self.answering.send_replace(BTreeSet::new());
                 return Err(err);
             }
         };
         self.metrics.round(&round.leaders, &round.answer);
+        self.answering.send_replace(round.answer.clone());
         if !round.takeovers.is_empty() {
             let links = dataplane.l2_interfaces();
             let eips = round.takeovers.clone();
             let (announcer, metrics) = (self.announcer.clone(), self.metrics.clone());
+            let answering = self.answering.subscribe();
             tokio::spawn(async move {
-                metrics.gratuitous_sent(announcer.announce_takeover(&links, &eips).await);
+                let still_led = |eip| answering.borrow().contains(&eip);
+                metrics
+                    .gratuitous_sent(announcer.announce_takeover(&links, &eips, still_led).await);
             });
         }
         Ok(round)
