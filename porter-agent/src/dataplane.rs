@@ -15,7 +15,7 @@ use std::{
 
 use aya::{
     Ebpf,
-    maps::{Array, HashMap, MapData, MapError, PerCpuArray, PerCpuValues},
+    maps::{Array, HashMap, IterableMap, MapData, MapError, PerCpuArray, PerCpuValues},
     programs::{
         ProgramError, SchedClassifier, TcAttachType,
         links::{FdLink, LinkError, PinnedLink},
@@ -31,7 +31,7 @@ use tracing::{debug, info};
 use crate::{
     PinLayout,
     layer2::link::{InterfaceError, L2Interface},
-    maglev,
+    maglev, map_batch,
     plan::{self, Desired, PlannedService},
     service::{Backend, ServiceAddr, ServiceSpec, SpecError},
     stats,
@@ -128,6 +128,11 @@ pub enum DataplaneError {
     },
     #[error("cannot count CPUs: {0}")]
     Cpus(String),
+    #[error("map {map}: batch update failed: {source}")]
+    MapBatch {
+        map: &'static str,
+        source: std::io::Error,
+    },
     #[error(transparent)]
     Stats(#[from] stats::StatsError),
     #[error(transparent)]
@@ -452,79 +457,102 @@ impl Dataplane {
 
     /// Installs `spec`, or changes its backends. A no-op when nothing changed.
     pub fn upsert_service(&mut self, spec: &ServiceSpec) -> Result<(), DataplaneError> {
-        let wanted = spec.backend_set()?;
-        maglev::validate_size(self.config.maglev_size, wanted.len())?;
-        let addr = spec.addr;
-        let existing = self.installed.get(&addr).cloned();
-        if let Some(existing) = &existing
-            && existing.backends.keys().eq(wanted.iter())
-        {
+        self.upsert_services(std::slice::from_ref(spec))
+    }
+
+    /// Installs or changes several services with one plan of the shared
+    /// maps, so that programming N services costs N table writes and one
+    /// plan, not N plans of everything installed. Services whose backends
+    /// did not change are skipped; every spec is checked before anything is
+    /// written.
+    pub fn upsert_services(&mut self, specs: &[ServiceSpec]) -> Result<(), DataplaneError> {
+        let mut after = self.installed.clone();
+        let mut taken: BTreeSet<u32> = self.written.backends.keys().copied().collect();
+        // Changed services, and whether each is new.
+        let mut changed: BTreeMap<ServiceAddr, bool> = BTreeMap::new();
+        for spec in specs {
+            let wanted = spec.backend_set()?;
+            maglev::validate_size(self.config.maglev_size, wanted.len())?;
+            let addr = spec.addr;
+            let existing = after.get(&addr).cloned();
+            if let Some(existing) = &existing
+                && existing.backends.keys().eq(wanted.iter())
+            {
+                continue;
+            }
+            let is_new = existing.is_none();
+            let mut installed = match existing {
+                Some(installed) => installed,
+                None => Installed {
+                    id: free_service_id(&after, self.config.max_services, addr)?,
+                    // The first table written is buffer 0: "flip" from 1.
+                    active: 1,
+                    backends: BTreeMap::new(),
+                },
+            };
+            let mut next_backends = BTreeMap::new();
+            for backend in &wanted {
+                let id = match installed.backends.get(backend) {
+                    Some(&id) => id,
+                    None => {
+                        let id =
+                            free_backend_id(&taken).ok_or(DataplaneError::BackendIdsFull(addr))?;
+                        taken.insert(id);
+                        id
+                    }
+                };
+                next_backends.insert(*backend, id);
+            }
+            installed.backends = next_backends;
+            after.insert(addr, installed);
+            changed.entry(addr).or_insert(is_new);
+        }
+        if changed.is_empty() {
             return Ok(());
         }
-        let is_new = existing.is_none();
-        let mut installed = match existing {
-            Some(installed) => installed,
-            None => Installed {
-                id: self.free_service_id(addr)?,
-                // The first table written is buffer 0: "flip" from 1.
-                active: 1,
-                backends: BTreeMap::new(),
-            },
-        };
-        if is_new {
-            self.reset_counters(installed.id)?;
-        }
-
-        let mut taken: BTreeSet<u32> = self.written.backends.keys().copied().collect();
-        let mut next_backends = BTreeMap::new();
-        for backend in &wanted {
-            let id = match installed.backends.get(backend) {
-                Some(&id) => id,
-                None => {
-                    let id = free_backend_id(&taken).ok_or(DataplaneError::BackendIdsFull(addr))?;
-                    taken.insert(id);
-                    id
-                }
-            };
-            next_backends.insert(*backend, id);
+        for (addr, &is_new) in &changed {
+            if let (true, Some(installed)) = (is_new, after.get(addr)) {
+                self.reset_counters(installed.id)?;
+            }
         }
         // New backends get their entries before any table names them; old
         // ones keep theirs until no live table does.
-        let mut after = self.installed.clone();
-        after.insert(
-            addr,
-            Installed {
-                backends: next_backends.clone(),
-                ..installed.clone()
-            },
-        );
         let plan = plan_for(&after);
         self.write(&plan, false)?;
 
-        let names: Vec<String> = next_backends.keys().map(Backend::to_string).collect();
-        let ids: Vec<u32> = next_backends.values().copied().collect();
-        let table = maglev::build(&names, self.config.maglev_size)?;
-        let spare = 1 - installed.active;
-        let base = self.config.table_base(installed.id, spare);
-        for (slot, &backend_index) in table.iter().enumerate() {
-            self.maglev
-                .set(base + slot as u32, ids[backend_index as usize], 0)
-                .map_err(map_err(map_names::MAGLEV))?;
+        for addr in changed.keys() {
+            let Some(mut installed) = after.get(addr).cloned() else {
+                continue;
+            };
+            let names: Vec<String> = installed.backends.keys().map(Backend::to_string).collect();
+            let ids: Vec<u32> = installed.backends.values().copied().collect();
+            let table = maglev::build(&names, self.config.maglev_size)?;
+            let slots: Vec<u32> = table
+                .iter()
+                .map(|&index| ids.get(index as usize).copied().unwrap_or_default())
+                .collect();
+            let spare = 1 - installed.active;
+            let base = self.config.table_base(installed.id, spare);
+            map_batch::set_u32_slots(self.maglev.map(), base, &slots).map_err(|source| {
+                DataplaneError::MapBatch {
+                    map: map_names::MAGLEV,
+                    source,
+                }
+            })?;
+            let value = ServiceValue {
+                id: installed.id,
+                table_base: base,
+                table_size: self.config.maglev_size,
+                backend_count: installed.backends.len() as u32,
+            };
+            self.services
+                .insert(addr.key(), value, 0)
+                .map_err(map_err(map_names::SERVICES))?;
+            installed.active = spare;
+            info!(service = %addr, backends = installed.backends.len(), table = spare, "service installed");
+            self.installed.insert(*addr, installed);
         }
-        let value = ServiceValue {
-            id: installed.id,
-            table_base: base,
-            table_size: self.config.maglev_size,
-            backend_count: next_backends.len() as u32,
-        };
-        self.services
-            .insert(addr.key(), value, 0)
-            .map_err(map_err(map_names::SERVICES))?;
-        installed.active = spare;
-        installed.backends = next_backends;
-        info!(service = %addr, backends = installed.backends.len(), table = spare, "service installed");
-        self.installed.insert(addr, installed);
-        // After the flip: no live table names the removed backends any more.
+        // After the flips: no live table names the removed backends any more.
         self.write(&plan, true)
     }
 
@@ -623,13 +651,6 @@ impl Dataplane {
     /// Global pass/drop reason counters, summed over CPUs.
     pub fn global_counters(&self) -> Result<Vec<(porter_common::Stat, u64)>, DataplaneError> {
         Ok(stats::read_global_stats(&self.pins)?)
-    }
-
-    fn free_service_id(&self, addr: ServiceAddr) -> Result<u32, DataplaneError> {
-        let used: BTreeSet<u32> = self.installed.values().map(|i| i.id).collect();
-        (0..self.config.max_services)
-            .find(|id| !used.contains(id))
-            .ok_or(DataplaneError::ServiceSlotsFull(addr))
     }
 
     fn reset_counters(&mut self, id: u32) -> Result<(), DataplaneError> {
@@ -746,6 +767,17 @@ fn plan_for(installed: &BTreeMap<ServiceAddr, Installed>) -> Desired {
         id: service.id,
         backends: &service.backends,
     }))
+}
+
+fn free_service_id(
+    installed: &BTreeMap<ServiceAddr, Installed>,
+    max_services: u32,
+    addr: ServiceAddr,
+) -> Result<u32, DataplaneError> {
+    let used: BTreeSet<u32> = installed.values().map(|i| i.id).collect();
+    (0..max_services)
+        .find(|id| !used.contains(id))
+        .ok_or(DataplaneError::ServiceSlotsFull(addr))
 }
 
 fn free_backend_id(taken: &BTreeSet<u32>) -> Option<u32> {

@@ -1,14 +1,22 @@
 //! The node agent: loads Porter's eBPF programs, attaches them to the node's
-//! uplinks, pins them so they outlive the process, and reads their counters.
+//! uplinks, pins them so they outlive the process, keeps their maps in step
+//! with the cluster state, and reads their counters.
 pub mod dataplane;
+pub mod desired;
 pub mod ebpf_object;
+pub mod inspect;
+pub mod interfaces;
 pub mod layer2;
 pub mod maglev;
+pub mod map_batch;
+pub mod metrics;
 pub mod pins;
 pub mod plan;
 pub mod service;
 pub mod stats;
+pub mod sync;
 pub mod xdp_attach;
+pub mod xdp_mode;
 
 pub use pins::PinLayout;
 

@@ -1,22 +1,28 @@
-//! `porter-agent`: runs on every node and keeps its XDP data plane in place.
-use std::{path::PathBuf, time::Duration};
+//! `porter-agent`: runs on every node and keeps its XDP data plane in step
+//! with the cluster. See docs/agent.md.
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use porter_agent::{
-    Dataplane, DataplaneConfig, Forwarding, PinLayout, stats,
+    DataplaneConfig, PinLayout, inspect,
+    metrics::Metrics,
+    sync::{self, Agent, Backoff, Settings},
     xdp_attach::{self, XdpModePreference},
 };
-use tracing::{info, warn};
+use porter_api::source::{SnapshotReceiver, SourceArg, dir, kube as kube_source};
+use tracing::{error, info};
 
 #[derive(Parser, Debug)]
 #[command(
     name = "porter-agent",
     version,
-    about = "Porter node agent: attaches the XDP load balancer to this node's uplinks",
-    long_about = "Porter node agent. Loads the XDP program onto the node's uplink interfaces and \
-                  pins it (and its maps) under --bpffs, so traffic keeps flowing while the agent \
-                  restarts or is upgraded. `porter-agent cleanup` removes everything it installed."
+    about = "Porter node agent: programs this node's XDP load balancer from the cluster state",
+    long_about = "Porter node agent. Loads the XDP (ingress) and tc (reply) programs onto the \
+                  node's uplinks, pins them and their maps under --bpffs, and keeps the maps \
+                  serving this node's ready endpoints of every Porter Service. Stopping it leaves \
+                  the data plane serving; the next agent adopts it. `porter-agent cleanup` \
+                  removes everything it installed; `porter-agent inspect` shows the pinned state."
 )]
 struct Cli {
     #[command(subcommand)]
@@ -25,13 +31,14 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
-    /// Attach the data plane and keep it in place until stopped (SIGINT/SIGTERM).
-    /// Stopping leaves the programs attached; run `cleanup` to remove them.
+    /// Program the data plane and keep it in sync until stopped (SIGINT/SIGTERM).
+    /// Stopping leaves the programs attached and serving; run `cleanup` to remove them.
     Run(RunArgs),
-    /// Detach every program and remove every pin the agent created.
+    /// Detach every XDP program and tc filter and remove every pin the agent created.
     Cleanup(PinArgs),
-    /// Print the global counters from the pinned maps (works while an agent runs).
-    Stats(PinArgs),
+    /// Print the pinned state as tables (works while an agent runs): services,
+    /// backends, Maglev size, map occupancy (conntrack included) and counters.
+    Inspect(PinArgs),
 }
 
 #[derive(clap::Args, Debug)]
@@ -44,22 +51,37 @@ struct PinArgs {
 
 #[derive(clap::Args, Debug)]
 struct RunArgs {
-    /// Uplink interface(s) to attach XDP to. Repeat the flag for several.
-    #[arg(long = "interface", required = true)]
+    /// This node's name, as in the Node object and in EndpointSlice `nodeName`s.
+    #[arg(long, env = "NODE_NAME")]
+    node_name: String,
+    /// Uplink interface(s) to attach to; repeat the flag for several. Default:
+    /// the interface holding the node's InternalIP.
+    #[arg(long = "interface")]
     interfaces: Vec<String>,
+    /// Where the cluster state comes from: `kube` (the API server, from the
+    /// in-cluster config or KUBECONFIG) or `dir:PATH` (a directory of YAML
+    /// manifests, watched).
+    #[arg(long, default_value = "kube", env = "PORTER_SOURCE")]
+    source: SourceArg,
+    /// Address to serve Prometheus metrics on, at /metrics.
+    #[arg(long, default_value = "0.0.0.0:9191", env = "PORTER_METRICS_ADDR")]
+    metrics_addr: SocketAddr,
     /// XDP attach mode: `auto` tries native (driver) mode and falls back to generic.
     #[arg(long, value_enum, default_value = "auto")]
     xdp_mode: XdpModePreference,
-    /// How often to log the packet counters (0 disables).
-    #[arg(long, default_value = "30s", value_parser = parse_duration)]
-    stats_interval: Duration,
-    /// Maglev table size M: a prime at least 100x the most local backends of a
-    /// service. Fixed when the maps are first created; changing it needs `cleanup`.
-    #[arg(long, default_value_t = DataplaneConfig::default().maglev_size)]
+    /// How often `dir:` checks its directory for changes.
+    #[arg(long, default_value = "1s", value_parser = parse_duration)]
+    poll_interval: Duration,
+    /// A full sync at least this often, even without changes.
+    #[arg(long, default_value = "60s", value_parser = parse_duration)]
+    resync_interval: Duration,
+    /// Maglev table size M per service: a prime at least 100 times the most
+    /// local backends a service has. Fixed when the maps are first pinned.
+    #[arg(long, default_value_t = porter_agent::DEFAULT_MAGLEV_SIZE)]
     maglev_size: u32,
-    /// Most services (EIP:port/protocol) this node serves; each costs two
-    /// Maglev tables of M slots. Fixed like --maglev-size.
-    #[arg(long, default_value_t = DataplaneConfig::default().max_services)]
+    /// Most EIP:port/protocol services this node can serve. Fixed when the
+    /// maps are first pinned.
+    #[arg(long, default_value_t = porter_common::limits::DEFAULT_MAX_SERVICES)]
     max_services: u32,
     #[command(flatten)]
     pins: PinArgs,
@@ -93,48 +115,102 @@ async fn main() -> Result<()> {
     match Cli::parse().command {
         Command::Run(args) => run(args).await,
         Command::Cleanup(args) => cleanup(&PinLayout::new(&args.bpffs)),
-        Command::Stats(args) => print_stats(&PinLayout::new(&args.bpffs)),
+        Command::Inspect(args) => {
+            let state = inspect::read(&PinLayout::new(&args.bpffs))?;
+            print!("{}", inspect::render(&state));
+            Ok(())
+        }
     }
 }
 
 async fn run(args: RunArgs) -> Result<()> {
     raise_memlock_limit();
-    let pins = PinLayout::new(&args.pins.bpffs);
-    let config = DataplaneConfig {
-        maglev_size: args.maglev_size,
-        max_services: args.max_services,
-        forwarding: Forwarding::Kernel,
+    let settings = Settings {
+        node: args.node_name,
+        interfaces: args.interfaces,
+        xdp_mode: args.xdp_mode,
+        bpffs: args.pins.bpffs,
+        config: DataplaneConfig {
+            maglev_size: args.maglev_size,
+            max_services: args.max_services,
+            ..DataplaneConfig::default()
+        },
+        resync: args.resync_interval,
     };
-    let mut dataplane = Dataplane::open(&pins, config).context("loading the data plane")?;
-    for interface in &args.interfaces {
-        let attachment = dataplane
-            .attach_xdp(interface, args.xdp_mode)
-            .with_context(|| format!("attaching XDP to {interface}"))?;
-        dataplane
-            .attach_tc_egress(interface)
-            .with_context(|| format!("attaching tc reverse NAT to {interface}"))?;
-        info!(interface, mode = %attachment, services = dataplane.services().len(), "data plane ready");
-    }
+    let pins = PinLayout::new(&settings.bpffs);
+    let metrics = Metrics::default();
+    let listener = tokio::net::TcpListener::bind(args.metrics_addr)
+        .await
+        .with_context(|| format!("cannot listen on --metrics-addr {}", args.metrics_addr))?;
+    let served = metrics.clone();
+    tokio::spawn(porter_api::metrics_http::serve(listener, move || {
+        served.render(&pins)
+    }));
+    info!(addr = %args.metrics_addr, node = %settings.node, "metrics served at /metrics");
 
-    let mut ticker =
-        (!args.stats_interval.is_zero()).then(|| tokio::time::interval(args.stats_interval));
-    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-    loop {
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => break,
-            _ = terminate.recv() => break,
-            _ = async { ticker.as_mut().expect("guarded").tick().await }, if ticker.is_some() => {
-                match stats::read_global_stats(&pins) {
-                    Ok(counters) => for (stat, value) in counters {
-                        info!(counter = stat.name(), value, "stats");
-                    },
-                    Err(err) => warn!(error = %err, "cannot read stats"),
+    let shutdown = shutdown_signal()?;
+    let snapshots = tokio::select! {
+        snapshots = connect(&args.source, args.poll_interval) => snapshots?,
+        () = shutdown.clone_wait() => return Ok(()),
+    };
+    sync::run(Agent::new(settings, metrics), snapshots, shutdown.wait()).await;
+    Ok(())
+}
+
+/// Starts the cluster-state source. An unreachable API server is retried
+/// with backoff (the agent must not crashloop); a `dir:` that cannot be
+/// read is a configuration error.
+async fn connect(source: &SourceArg, poll: Duration) -> Result<SnapshotReceiver> {
+    match source {
+        SourceArg::Dir(path) => {
+            let (snapshots, _writer) = dir::start(path.clone(), poll)
+                .with_context(|| format!("cannot read manifests in {}", path.display()))?;
+            info!(dir = %path.display(), "reading the cluster from manifests");
+            Ok(snapshots)
+        }
+        SourceArg::Kube => {
+            let mut backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(30));
+            let client = loop {
+                match kube::Client::try_default().await {
+                    Ok(client) => break client,
+                    Err(err) => {
+                        let wait = backoff.failed();
+                        error!(error = %err, retry_in = ?wait, "cannot reach the API server: run in a pod or set KUBECONFIG");
+                        tokio::time::sleep(wait).await;
+                    }
                 }
-            }
+            };
+            info!("waiting for the cluster state");
+            Ok(kube_source::start(client).await.0)
         }
     }
-    info!("stopping; the data plane stays attached (run `porter-agent cleanup` to remove it)");
-    Ok(())
+}
+
+/// SIGINT or SIGTERM, observable from several places.
+struct Shutdown(tokio::sync::watch::Receiver<bool>);
+
+impl Shutdown {
+    async fn wait(mut self) {
+        let _ = self.0.wait_for(|stop| *stop).await;
+    }
+
+    fn clone_wait(&self) -> impl std::future::Future<Output = ()> + use<> {
+        Shutdown(self.0.clone()).wait()
+    }
+}
+
+fn shutdown_signal() -> Result<Shutdown> {
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("cannot install the SIGTERM handler")?;
+    let (tx, rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = terminate.recv() => {}
+        }
+        let _ = tx.send(true);
+    });
+    Ok(Shutdown(rx))
 }
 
 /// Older kernels charge BPF maps to RLIMIT_MEMLOCK; newer ones use memcg and
@@ -162,9 +238,43 @@ fn cleanup(pins: &PinLayout) -> Result<()> {
     Ok(())
 }
 
-fn print_stats(pins: &PinLayout) -> Result<()> {
-    for (stat, value) in stats::read_global_stats(pins)? {
-        println!("{:<24} {value}", stat.name());
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn run_flags_parse() {
+        let cli = Cli::try_parse_from([
+            "porter-agent",
+            "run",
+            "--node-name",
+            "n1",
+            "--interface",
+            "eth0",
+            "--interface",
+            "eth1",
+            "--source",
+            "dir:/tmp/m",
+            "--poll-interval",
+            "100ms",
+        ])
+        .expect("valid flags");
+        let Command::Run(args) = cli.command else {
+            panic!("run expected");
+        };
+        assert_eq!(args.interfaces, ["eth0", "eth1"]);
+        assert_eq!(args.source, SourceArg::Dir("/tmp/m".into()));
+        assert_eq!(args.poll_interval, Duration::from_millis(100));
+        assert!(
+            Cli::try_parse_from([
+                "porter-agent",
+                "run",
+                "--node-name",
+                "n1",
+                "--source",
+                "etcd"
+            ])
+            .is_err()
+        );
     }
-    Ok(())
 }

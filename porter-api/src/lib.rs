@@ -4,6 +4,8 @@
 
 pub mod annotations;
 pub mod crd;
+pub mod metrics_http;
+pub mod service;
 pub mod source;
 #[cfg(feature = "testing")]
 pub mod testing;

@@ -11,6 +11,7 @@ use k8s_openapi::api::core::v1::Node;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use porter_api::ObjectKey;
 use porter_api::annotations::SERVICE_NAME_LABEL;
+use porter_api::service::endpoint_serving;
 
 use crate::identity::{is, remember, same_objects};
 use crate::ipam::Family;
@@ -24,10 +25,9 @@ pub type Routes = BTreeMap<IpNet, BTreeSet<IpAddr>>;
 fn ready_nodes<'a>(slices: impl IntoIterator<Item = &'a EndpointSlice>) -> Vec<String> {
     let mut nodes = Vec::new();
     for slice in slices {
+        // The same predicate the agent programs its node with.
         for ep in slice.endpoints.iter().flatten() {
-            // The API defines an unset `ready` as ready.
-            let ready = ep.conditions.as_ref().and_then(|c| c.ready).unwrap_or(true);
-            if let (true, Some(node)) = (ready, ep.node_name.as_deref()) {
+            if let (true, Some(node)) = (endpoint_serving(ep), ep.node_name.as_deref()) {
                 nodes.push(node.to_string());
             }
         }

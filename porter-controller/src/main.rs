@@ -2,33 +2,16 @@
 //! BGP announcements. See docs/controller.md.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use clap::Parser;
-use porter_api::source::{dir, kube as kube_source};
+use porter_api::source::{SourceArg as Source, dir, kube as kube_source};
 use porter_controller::bgp::LogAnnouncer;
-use porter_controller::metrics::{self, Metrics};
+use porter_controller::metrics::Metrics;
 use porter_controller::run::{Controller, Settings, run};
 use tokio::sync::watch;
-
-#[derive(Debug, Clone)]
-enum Source {
-    Kube,
-    Dir(PathBuf),
-}
-
-fn parse_source(s: &str) -> Result<Source, String> {
-    match s {
-        "kube" => Ok(Source::Kube),
-        _ => match s.strip_prefix("dir:") {
-            Some(path) if !path.is_empty() => Ok(Source::Dir(path.into())),
-            _ => Err(format!("`{s}` is neither `kube` nor `dir:PATH`")),
-        },
-    }
-}
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
     let (number, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
@@ -51,7 +34,7 @@ struct Args {
     /// Where the cluster state comes from: `kube` (the API server, from the
     /// in-cluster config or KUBECONFIG) or `dir:PATH` (a directory of YAML
     /// manifests, watched; status and events are written to PATH/status/).
-    #[arg(long, default_value = "kube", value_parser = parse_source, env = "PORTER_SOURCE")]
+    #[arg(long, default_value = "kube", env = "PORTER_SOURCE")]
     source: Source,
     /// Address to serve Prometheus metrics on, at /metrics.
     #[arg(long, default_value = "0.0.0.0:9190", env = "PORTER_METRICS_ADDR")]
@@ -96,7 +79,10 @@ async fn main() -> Result<()> {
     let listener = tokio::net::TcpListener::bind(args.metrics_addr)
         .await
         .with_context(|| format!("cannot listen on --metrics-addr {}", args.metrics_addr))?;
-    tokio::spawn(metrics::serve(listener, metrics.clone()));
+    let served = metrics.clone();
+    tokio::spawn(porter_api::metrics_http::serve(listener, move || {
+        served.render()
+    }));
     tracing::info!(addr = %args.metrics_addr, "metrics served at /metrics");
     tracing::warn!("porter-bgp is not wired in yet: announcements are logged, not sent");
     let controller = Controller::new(LogAnnouncer, metrics);
@@ -164,12 +150,10 @@ mod tests {
 
     #[test]
     fn flags_parse() {
-        assert!(matches!(parse_source("kube"), Ok(Source::Kube)));
-        assert!(
-            matches!(parse_source("dir:/tmp/x"), Ok(Source::Dir(p)) if p == std::path::Path::new("/tmp/x"))
-        );
-        assert!(parse_source("dir:").is_err());
-        assert!(parse_source("etcd").is_err());
+        let args = Args::try_parse_from(["porter-controller", "--source", "dir:/tmp/x"])
+            .expect("valid flags");
+        assert_eq!(args.source, Source::Dir("/tmp/x".into()));
+        assert!(Args::try_parse_from(["porter-controller", "--source", "etcd"]).is_err());
         assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
         assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
         assert!(parse_duration("fast").is_err());

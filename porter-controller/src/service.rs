@@ -5,9 +5,7 @@ use std::net::IpAddr;
 
 use k8s_openapi::api::core::v1::{Service, ServiceSpec};
 use porter_api::ObjectKey;
-use porter_api::annotations::{
-    ALLOW_SHARED_IP, EIP_POOL, EIP_REQUEST, LB, LB_ANNOTATION_VALUES, LOAD_BALANCER_CLASS,
-};
+use porter_api::annotations::{ALLOW_SHARED_IP, EIP_POOL, EIP_REQUEST};
 
 use crate::ipam::Family;
 
@@ -42,20 +40,7 @@ pub struct ServiceRequest {
     pub current: Vec<IpAddr>,
 }
 
-/// Whether Porter serves this Service: `type: LoadBalancer`, opted in by
-/// annotation or class, and not claimed by another load-balancer class.
-pub fn opted_in(svc: &Service) -> bool {
-    let Some(spec) = &svc.spec else { return false };
-    if spec.type_.as_deref() != Some("LoadBalancer") {
-        return false;
-    }
-    match spec.load_balancer_class.as_deref() {
-        Some(class) => class == LOAD_BALANCER_CLASS,
-        None => LB
-            .get(svc.metadata.annotations.as_ref())
-            .is_some_and(|v| LB_ANNOTATION_VALUES.contains(&v)),
-    }
-}
+pub use porter_api::service::opted_in;
 
 /// Whether the Service is going away (its finalizer is what keeps it here).
 pub fn deleting(svc: &Service) -> bool {
@@ -168,42 +153,6 @@ mod tests {
             type_: Some("LoadBalancer".into()),
             load_balancer_class: class.map(str::to_string),
             ..Default::default()
-        }
-    }
-
-    #[test]
-    fn opt_in_by_annotation_or_class_only() {
-        let ann = [("lb.kubesphere.io/v1alpha1", "porter")];
-        let openelb = [("lb.kubesphere.io/v1alpha1", "openelb")];
-        let cases: Vec<(&str, Service, bool)> = vec![
-            ("seed annotation", svc(&ann, lb(None)), true),
-            ("openelb value", svc(&openelb, lb(None)), true),
-            ("our class", svc(&[], lb(Some(LOAD_BALANCER_CLASS))), true),
-            ("no opt-in", svc(&[], lb(None)), false),
-            (
-                "other value",
-                svc(&[("lb.kubesphere.io/v1alpha1", "metallb")], lb(None)),
-                false,
-            ),
-            (
-                "another class wins over annotation",
-                svc(&ann, lb(Some("metallb.io/x"))),
-                false,
-            ),
-            (
-                "not a LoadBalancer",
-                svc(
-                    &ann,
-                    ServiceSpec {
-                        type_: Some("NodePort".into()),
-                        ..Default::default()
-                    },
-                ),
-                false,
-            ),
-        ];
-        for (name, s, want) in cases {
-            assert_eq!(opted_in(&s), want, "{name}");
         }
     }
 

@@ -65,26 +65,22 @@ impl SingleNodeLab {
         Ok(command)
     }
 
-    /// Starts the agent on the node and waits until it reports its data plane ready.
+    /// Starts the agent on the node (with an empty cluster, so it only
+    /// attaches) and waits until it reports its data plane ready.
     pub fn start_agent(&mut self) -> Result<PathBuf> {
-        let command =
-            self.agent_command(&["run", "--interface", "eth0", "--stats-interval", "0"])?;
-        let log = self.lab.spawn(AGENT, command)?;
-        wait_for(
-            "the agent to report its data plane ready",
-            Duration::from_secs(10),
-            || {
-                let text = std::fs::read_to_string(&log)?;
-                Ok(text.contains("data plane ready").then_some(()))
-            },
-        )
-        .with_context(|| {
-            format!(
-                "agent log:\n{}",
-                std::fs::read_to_string(&log).unwrap_or_default()
-            )
-        })?;
-        Ok(log)
+        let manifests = self.lab.run_dir().join("manifests");
+        std::fs::create_dir_all(&manifests)?;
+        let source = format!("dir:{}", manifests.display());
+        let command = self.agent_command(&[
+            "run",
+            "--node-name",
+            "n1",
+            "--interface",
+            "eth0",
+            "--source",
+            &source,
+        ])?;
+        spawn_agent(&mut self.lab, AGENT, command)
     }
 
     /// Stops the agent the way a DaemonSet rollout would (SIGTERM).
@@ -121,6 +117,27 @@ impl SingleNodeLab {
         let link = self.lab.ip(&self.node, &["link", "show", "eth0"])?;
         Ok(link.contains("xdp"))
     }
+}
+
+/// Starts `command` (a `porter-agent run`) as daemon `name` and waits until
+/// it reports its data plane ready; returns its log.
+pub fn spawn_agent(lab: &mut Lab, name: &str, command: Command) -> Result<PathBuf> {
+    let log = lab.spawn(name, command)?;
+    wait_for(
+        "the agent to report its data plane ready",
+        Duration::from_secs(10),
+        || {
+            let text = std::fs::read_to_string(&log)?;
+            Ok(text.contains("data plane ready").then_some(()))
+        },
+    )
+    .with_context(|| {
+        format!(
+            "agent log:\n{}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        )
+    })?;
+    Ok(log)
 }
 
 /// A client, a node running the data plane on its uplink, and two pods on

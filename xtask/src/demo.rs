@@ -49,8 +49,8 @@ pub fn run(args: &DemoArgs) -> Result<()> {
         println!(
             "\nThe lab stays up. Explore it with:\n  \
              ip netns exec {client} ping -c 3 {node_ip}\n  \
-             {agent} stats --bpffs {bpffs}\n  \
-             bpftool map dump pinned {bpffs}/porter/v1/maps/PORTER_STATS\n  \
+             {agent} inspect --bpffs {bpffs}\n  \
+             bpftool map dump pinned {bpffs}/porter/v{layout}/maps/PORTER_STATS\n  \
              ip -n {node} link show eth0\n\
              Remove it with:\n  \
              {agent} cleanup --bpffs {bpffs}; umount {bpffs}; ip netns del {client}; ip netns del {node}",
@@ -59,6 +59,7 @@ pub fn run(args: &DemoArgs) -> Result<()> {
             node_ip = lab.node_ip,
             bpffs = lab.bpffs.display(),
             agent = agent.display(),
+            layout = porter_agent::pins::PIN_LAYOUT_VERSION,
         );
         lab.lab.keep();
     } else {

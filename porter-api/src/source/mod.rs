@@ -9,12 +9,36 @@ pub mod kube;
 
 use std::future::Future;
 use std::net::IpAddr;
+use std::path::PathBuf;
+use std::str::FromStr;
 use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Node, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 
 use crate::{BgpConf, BgpPeer, Eip, EipStatus, ObjectKey};
+
+/// `--source` of both binaries: `kube` (the API server) or `dir:PATH` (a
+/// directory of manifests).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SourceArg {
+    Kube,
+    Dir(PathBuf),
+}
+
+impl FromStr for SourceArg {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "kube" => Ok(SourceArg::Kube),
+            _ => match s.strip_prefix("dir:") {
+                Some(path) if !path.is_empty() => Ok(SourceArg::Dir(path.into())),
+                _ => Err(format!("`{s}` is neither `kube` nor `dir:PATH`")),
+            },
+        }
+    }
+}
 
 /// Everything the controller and the agent read, as of one moment. Objects
 /// are shared, so publishing a snapshot copies pointers, not objects.
@@ -97,4 +121,17 @@ pub trait StatusWriter: Send + Sync {
         status: &EipStatus,
     ) -> impl Future<Output = Result<(), WriteError>> + Send;
     fn event(&self, event: &Event) -> impl Future<Output = Result<(), WriteError>> + Send;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn source_arg_parses_kube_and_dir() {
+        assert_eq!("kube".parse(), Ok(SourceArg::Kube));
+        assert_eq!("dir:/tmp/x".parse(), Ok(SourceArg::Dir("/tmp/x".into())));
+        assert!("dir:".parse::<SourceArg>().is_err());
+        assert!("etcd".parse::<SourceArg>().is_err());
+    }
 }

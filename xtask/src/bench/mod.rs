@@ -1,6 +1,7 @@
 //! `cargo xtask bench <suite>`: prints one JSON object per line,
 //! `{"suite":..,"case":..,"metric":..,"value":..,"unit":..}`, each suite with
 //! a baseline measured in the same run.
+mod agent;
 mod bgp;
 mod controller;
 mod dataplane;
@@ -26,6 +27,8 @@ pub enum Suite {
     Bgp,
     /// IPAM and announcements for 10,000 Services over 1,000 nodes.
     Controller,
+    /// Agent sync: 1,000 services x 10 local backends from empty, and one endpoint change.
+    Agent,
     /// Layer 2 failover time after a leader crash (median of 10), and handback.
     Layer2,
 }
@@ -35,6 +38,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         Suite::Dataplane => dataplane::run(args),
         Suite::Bgp => bgp::run(),
         Suite::Controller => controller::run(),
+        Suite::Agent => agent::run(),
         Suite::Layer2 => layer2::run(),
     }
 }

@@ -1,0 +1,261 @@
+//! What this node's data plane should serve, from the cluster state. Pure:
+//! a [`Snapshot`] and the node's name in, [`ServiceSpec`]s out.
+//!
+//! A Porter Service with an allocated EIP (in `status.loadBalancer.ingress`)
+//! becomes one data plane service per (EIP, port). Its backends are the
+//! endpoints of its EndpointSlices that run on this node and are ready and
+//! not terminating, at the target port the slice names for that Service port
+//! (which is how named `targetPort`s resolve: kube fills the slice's ports
+//! per pod). A service without local backends is left out: the controller
+//! does not announce this node for it.
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    fmt,
+    net::IpAddr,
+};
+
+use k8s_openapi::{
+    api::{
+        core::v1::{Service, ServicePort},
+        discovery::v1::EndpointSlice,
+    },
+    apimachinery::pkg::util::intstr::IntOrString,
+};
+use porter_api::{
+    ObjectKey,
+    service::{endpoint_serving, ingress_ips, opted_in, slice_service},
+    source::Snapshot,
+};
+
+use crate::service::{Backend, Protocol, ServiceAddr, ServiceSpec};
+
+/// Something in the cluster state that keeps (part of) a Service from being
+/// served here, said so that an operator can fix it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Problem {
+    pub service: ObjectKey,
+    pub message: String,
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.service, self.message)
+    }
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Desired {
+    /// Sorted by address; backends sorted and deduplicated.
+    pub services: Vec<ServiceSpec>,
+    pub problems: Vec<Problem>,
+}
+
+/// The services `node` should serve, given `snapshot`.
+pub fn desired(snapshot: &Snapshot, node: &str) -> Desired {
+    let mut slices: BTreeMap<ObjectKey, Vec<&EndpointSlice>> = BTreeMap::new();
+    for slice in &snapshot.endpoint_slices {
+        if let Some(key) = slice_service(slice) {
+            slices.entry(key).or_default().push(slice);
+        }
+    }
+    let mut services: Vec<(ObjectKey, &Service)> = snapshot
+        .services
+        .iter()
+        .filter(|svc| opted_in(svc))
+        .map(|svc| (ObjectKey::of(&svc.metadata), svc.as_ref()))
+        .collect();
+    // Deterministic winners when two Services claim the same EIP:port.
+    services.sort_by(|a, b| a.0.cmp(&b.0));
+
+    let mut out = Desired::default();
+    let mut claimed: BTreeMap<ServiceAddr, (ObjectKey, BTreeSet<Backend>)> = BTreeMap::new();
+    for (key, svc) in services {
+        let eips = ingress_ips(svc);
+        if eips.is_empty() {
+            continue;
+        }
+        let own_slices = slices.get(&key).map(Vec::as_slice).unwrap_or_default();
+        let ports = svc.spec.as_ref().and_then(|s| s.ports.as_ref());
+        for port in ports.into_iter().flatten() {
+            let mut problem = |message: String| {
+                out.problems.push(Problem {
+                    service: key.clone(),
+                    message,
+                })
+            };
+            let Some((proto, number)) = service_port(port, &mut problem) else {
+                continue;
+            };
+            for &vip in &eips {
+                let backends = local_backends(own_slices, port, proto, vip, node, &mut problem);
+                if backends.is_empty() {
+                    continue;
+                }
+                let addr = ServiceAddr {
+                    vip,
+                    port: number,
+                    proto,
+                };
+                match claimed.get(&addr) {
+                    Some((owner, _)) => problem(format!(
+                        "{addr} is also claimed by {owner}, which is served there; \
+                         give one of them another port or address"
+                    )),
+                    None => {
+                        claimed.insert(addr, (key.clone(), backends));
+                    }
+                }
+            }
+        }
+    }
+    out.services = claimed
+        .into_iter()
+        .map(|(addr, (_, backends))| ServiceSpec {
+            addr,
+            backends: backends.into_iter().collect(),
+        })
+        .collect();
+    out
+}
+
+/// The protocol and port number of a Service port the data plane can serve.
+fn service_port(port: &ServicePort, problem: &mut impl FnMut(String)) -> Option<(Protocol, u16)> {
+    let proto = match port.protocol.as_deref().unwrap_or("TCP") {
+        "TCP" => Protocol::Tcp,
+        "UDP" => Protocol::Udp,
+        other => {
+            problem(format!(
+                "port {}: protocol {other} is not supported by the data plane (TCP and UDP are)",
+                port.port
+            ));
+            return None;
+        }
+    };
+    match u16::try_from(port.port) {
+        Ok(number) if number != 0 => Some((proto, number)),
+        _ => {
+            problem(format!("port {} is not a valid port number", port.port));
+            None
+        }
+    }
+}
+
+/// This node's serving endpoints of `port` on the family of `vip`, at their
+/// target port.
+fn local_backends(
+    slices: &[&EndpointSlice],
+    port: &ServicePort,
+    proto: Protocol,
+    vip: IpAddr,
+    node: &str,
+    problem: &mut impl FnMut(String),
+) -> BTreeSet<Backend> {
+    let family = if vip.is_ipv4() { "IPv4" } else { "IPv6" };
+    let mut backends = BTreeSet::new();
+    for slice in slices.iter().filter(|s| s.address_type == family) {
+        let local: Vec<IpAddr> = slice
+            .endpoints
+            .iter()
+            .flatten()
+            .filter(|ep| ep.node_name.as_deref() == Some(node) && endpoint_serving(ep))
+            .flat_map(|ep| &ep.addresses)
+            .filter_map(|text| match text.parse::<IpAddr>() {
+                Ok(ip) if ip.is_ipv4() == vip.is_ipv4() => Some(ip),
+                _ => {
+                    problem(format!(
+                        "EndpointSlice {}: endpoint address {text:?} is not an {family} address",
+                        slice.metadata.name.as_deref().unwrap_or_default()
+                    ));
+                    None
+                }
+            })
+            .collect();
+        if local.is_empty() {
+            continue;
+        }
+        let Some(target) = target_port(slice, port, proto) else {
+            problem(format!(
+                "port {}: EndpointSlice {} lists no port {:?} and targetPort {} is not a usable \
+                 port number; the endpoints controller lists it once a pod names that port",
+                port.port,
+                slice.metadata.name.as_deref().unwrap_or_default(),
+                port.name.as_deref().unwrap_or_default(),
+                describe(port.target_port.as_ref()),
+            ));
+            continue;
+        };
+        backends.extend(local.into_iter().map(|addr| Backend { addr, port: target }));
+    }
+    backends
+}
+
+/// The port the slice's endpoints listen on for Service port `port`: the
+/// slice port of the same name and protocol; without one (a hand-written
+/// slice), a numeric `targetPort`, else the Service port itself.
+fn target_port(slice: &EndpointSlice, port: &ServicePort, proto: Protocol) -> Option<u16> {
+    let name = port.name.as_deref().unwrap_or_default();
+    let listed = slice.ports.iter().flatten().find(|p| {
+        p.name.as_deref().unwrap_or_default() == name
+            && p.protocol.as_deref().unwrap_or("TCP") == protocol_name(proto)
+    });
+    let number = match (listed.and_then(|p| p.port), port.target_port.as_ref()) {
+        (Some(listed), _) => listed,
+        (None, Some(IntOrString::Int(target))) => *target,
+        (None, None) => port.port,
+        (None, Some(IntOrString::String(_))) => return None,
+    };
+    u16::try_from(number).ok().filter(|&n| n != 0)
+}
+
+fn protocol_name(proto: Protocol) -> &'static str {
+    match proto {
+        Protocol::Tcp => "TCP",
+        Protocol::Udp => "UDP",
+    }
+}
+
+fn describe(target: Option<&IntOrString>) -> String {
+    match target {
+        Some(IntOrString::Int(n)) => n.to_string(),
+        Some(IntOrString::String(s)) => format!("{s:?}"),
+        None => "(unset)".into(),
+    }
+}
+
+/// What to change to get from the `installed` services to the `desired`
+/// ones: only services that are new or whose backends changed are rewritten.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Changes<'a> {
+    pub upserts: Vec<&'a ServiceSpec>,
+    pub removals: Vec<ServiceAddr>,
+}
+
+impl Changes<'_> {
+    pub fn is_empty(&self) -> bool {
+        self.upserts.is_empty() && self.removals.is_empty()
+    }
+}
+
+/// Both sides' backends must be sorted and deduplicated, as
+/// [`desired`] and `Dataplane::services` give them.
+pub fn changes<'a>(installed: &[ServiceSpec], desired: &'a [ServiceSpec]) -> Changes<'a> {
+    let now: BTreeMap<ServiceAddr, &[Backend]> = installed
+        .iter()
+        .map(|spec| (spec.addr, spec.backends.as_slice()))
+        .collect();
+    let wanted: BTreeSet<ServiceAddr> = desired.iter().map(|spec| spec.addr).collect();
+    Changes {
+        upserts: desired
+            .iter()
+            .filter(|spec| now.get(&spec.addr) != Some(&spec.backends.as_slice()))
+            .collect(),
+        removals: now
+            .keys()
+            .filter(|addr| !wanted.contains(addr))
+            .copied()
+            .collect(),
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,344 @@
+use std::sync::Arc;
+
+use super::*;
+
+const NODE: &str = "n1";
+
+/// A Porter Service `shop/web` with the given ports (YAML flow list) and
+/// ingress IPs.
+fn service(name: &str, ports: &str, ingress: &[&str]) -> String {
+    let ingress: Vec<String> = ingress.iter().map(|ip| format!("{{ip: {ip}}}")).collect();
+    format!(
+        "kind: Service
+metadata: {{name: {name}, namespace: shop, annotations: {{lb.kubesphere.io/v1alpha1: porter}}}}
+spec: {{type: LoadBalancer, ports: {ports}}}
+status: {{loadBalancer: {{ingress: [{}]}}}}
+",
+        ingress.join(", ")
+    )
+}
+
+/// An EndpointSlice of `shop/<service>`; `endpoints` and `ports` are YAML flow lists.
+fn slice(service: &str, family: &str, ports: &str, endpoints: &str) -> String {
+    format!(
+        "kind: EndpointSlice
+metadata: {{name: {service}-abc, namespace: shop, labels: {{kubernetes.io/service-name: {service}}}}}
+addressType: {family}
+ports: {ports}
+endpoints: {endpoints}
+"
+    )
+}
+
+fn snapshot(docs: &[String]) -> Snapshot {
+    let mut snap = Snapshot::default();
+    for doc in docs {
+        let value: serde_yaml::Value = serde_yaml::from_str(doc).expect("test YAML");
+        match value.get("kind").and_then(|k| k.as_str()) {
+            Some("Service") => snap
+                .services
+                .push(Arc::new(serde_yaml::from_value(value).expect("Service"))),
+            Some("EndpointSlice") => snap
+                .endpoint_slices
+                .push(Arc::new(serde_yaml::from_value(value).expect("slice"))),
+            other => panic!("unexpected kind {other:?}"),
+        }
+    }
+    snap
+}
+
+/// `vip:port/proto -> backends` in display form, for readable tables.
+fn rendered(desired: &Desired) -> Vec<String> {
+    desired
+        .services
+        .iter()
+        .map(|spec| {
+            let backends: Vec<String> = spec.backends.iter().map(ToString::to_string).collect();
+            format!("{} -> {}", spec.addr, backends.join(","))
+        })
+        .collect()
+}
+
+const WEB: &str = "[{name: http, port: 80, targetPort: http}]";
+const HTTP_8080: &str = "[{name: http, port: 8080}]";
+
+fn ep(ip: &str, node: &str, conditions: &str) -> String {
+    format!("{{addresses: [{ip}], nodeName: {node}, conditions: {conditions}}}")
+}
+
+#[test]
+fn desired_services_from_cluster_state() {
+    let local_a = ep("10.244.1.2", NODE, "{ready: true}");
+    let local_b = ep("10.244.1.3", NODE, "{}");
+    let remote = ep("10.244.9.9", "n2", "{ready: true}");
+    let not_ready = ep("10.244.1.4", NODE, "{ready: false}");
+    let terminating = ep("10.244.1.5", NODE, "{ready: true, terminating: true}");
+    let cases: Vec<(&str, Vec<String>, Vec<&str>)> = vec![
+        (
+            "named targetPort resolves through the slice; only local ready endpoints",
+            vec![
+                service("web", WEB, &["192.0.2.10"]),
+                slice(
+                    "web",
+                    "IPv4",
+                    HTTP_8080,
+                    &format!("[{local_a}, {local_b}, {remote}, {not_ready}, {terminating}]"),
+                ),
+            ],
+            vec!["192.0.2.10:80/tcp -> 10.244.1.2:8080,10.244.1.3:8080"],
+        ),
+        (
+            "no EIP allocated yet: nothing to serve",
+            vec![
+                service("web", WEB, &[]),
+                slice("web", "IPv4", HTTP_8080, &format!("[{local_a}]")),
+            ],
+            vec![],
+        ),
+        (
+            "not opted in",
+            vec![
+                service("web", WEB, &["192.0.2.10"]).replace("porter}", "metallb}"),
+                slice("web", "IPv4", HTTP_8080, &format!("[{local_a}]")),
+            ],
+            vec![],
+        ),
+        (
+            "no local endpoint: left out",
+            vec![
+                service("web", WEB, &["192.0.2.10"]),
+                slice(
+                    "web",
+                    "IPv4",
+                    HTTP_8080,
+                    &format!("[{remote}, {terminating}]"),
+                ),
+            ],
+            vec![],
+        ),
+        (
+            "numeric targetPort without slice ports; UDP; unset targetPort is the port",
+            vec![
+                service(
+                    "dns",
+                    "[{name: dns, port: 53, targetPort: 5353, protocol: UDP}, {name: m, port: 9100}]",
+                    &["192.0.2.11"],
+                ),
+                slice("dns", "IPv4", "[]", &format!("[{local_a}]")),
+            ],
+            vec![
+                "192.0.2.11:53/udp -> 10.244.1.2:5353",
+                "192.0.2.11:9100/tcp -> 10.244.1.2:9100",
+            ],
+        ),
+        (
+            "slice port picked by name and protocol",
+            vec![
+                service(
+                    "dual",
+                    "[{name: a, port: 80, targetPort: web}, {name: b, port: 80, targetPort: web, protocol: UDP}]",
+                    &["192.0.2.12"],
+                ),
+                slice(
+                    "dual",
+                    "IPv4",
+                    "[{name: b, port: 7000, protocol: UDP}, {name: a, port: 8000, protocol: TCP}]",
+                    &format!("[{local_a}]"),
+                ),
+            ],
+            vec![
+                "192.0.2.12:80/tcp -> 10.244.1.2:8000",
+                "192.0.2.12:80/udp -> 10.244.1.2:7000",
+            ],
+        ),
+        (
+            "dual stack: each EIP gets the slice of its family",
+            vec![
+                service("web", WEB, &["192.0.2.10", "2001:db8::10"]),
+                slice("web", "IPv4", HTTP_8080, &format!("[{local_a}]")),
+                slice(
+                    "web",
+                    "IPv6",
+                    HTTP_8080,
+                    &format!("[{}]", ep("fd00::2", NODE, "{}")),
+                )
+                .replace("web-abc", "web-v6"),
+            ],
+            vec![
+                "192.0.2.10:80/tcp -> 10.244.1.2:8080",
+                "[2001:db8::10]:80/tcp -> [fd00::2]:8080",
+            ],
+        ),
+        (
+            "endpoints of several slices are merged",
+            vec![
+                service("web", WEB, &["192.0.2.10"]),
+                slice("web", "IPv4", HTTP_8080, &format!("[{local_a}]")),
+                slice("web", "IPv4", HTTP_8080, &format!("[{local_b}]"))
+                    .replace("web-abc", "web-def"),
+            ],
+            vec!["192.0.2.10:80/tcp -> 10.244.1.2:8080,10.244.1.3:8080"],
+        ),
+        (
+            "slices of another Service or namespace are ignored",
+            vec![
+                service("web", WEB, &["192.0.2.10"]),
+                slice("api", "IPv4", HTTP_8080, &format!("[{local_a}]")),
+                slice("web", "IPv4", HTTP_8080, &format!("[{local_b}]"))
+                    .replace("namespace: shop", "namespace: other"),
+            ],
+            vec![],
+        ),
+    ];
+    for (name, docs, want) in cases {
+        let got = desired(&snapshot(&docs), NODE);
+        assert_eq!(rendered(&got), want, "{name}; problems: {:?}", got.problems);
+    }
+}
+
+#[test]
+fn problems_are_reported_and_the_rest_is_served() {
+    let local = ep("10.244.1.2", NODE, "{}");
+    let cases: Vec<(&str, Vec<String>, Vec<&str>, &str)> = vec![
+        (
+            "named targetPort the slice does not list",
+            vec![
+                service("web", WEB, &["192.0.2.10"]),
+                slice("web", "IPv4", "[]", &format!("[{local}]")),
+            ],
+            vec![],
+            "targetPort \"http\"",
+        ),
+        (
+            "SCTP is not served, TCP beside it is",
+            vec![
+                service(
+                    "web",
+                    "[{name: s, port: 90, protocol: SCTP}, {name: t, port: 91}]",
+                    &["192.0.2.10"],
+                ),
+                slice("web", "IPv4", "[]", &format!("[{local}]")),
+            ],
+            vec!["192.0.2.10:91/tcp -> 10.244.1.2:91"],
+            "SCTP",
+        ),
+        (
+            "two Services on one EIP:port: the first by name wins",
+            vec![
+                service("b-web", WEB, &["192.0.2.10"]),
+                slice("b-web", "IPv4", HTTP_8080, &format!("[{local}]")),
+                service("a-web", WEB, &["192.0.2.10"]),
+                slice(
+                    "a-web",
+                    "IPv4",
+                    HTTP_8080,
+                    &format!("[{}]", ep("10.244.1.7", NODE, "{}")),
+                ),
+            ],
+            vec!["192.0.2.10:80/tcp -> 10.244.1.7:8080"],
+            "also claimed by shop/a-web",
+        ),
+        (
+            "an endpoint address of the wrong family",
+            vec![
+                service("web", WEB, &["192.0.2.10"]),
+                slice(
+                    "web",
+                    "IPv4",
+                    HTTP_8080,
+                    &format!("[{}, {local}]", ep("fd00::1", NODE, "{}")),
+                ),
+            ],
+            vec!["192.0.2.10:80/tcp -> 10.244.1.2:8080"],
+            "\"fd00::1\" is not an IPv4 address",
+        ),
+    ];
+    for (name, docs, want, problem) in cases {
+        let got = desired(&snapshot(&docs), NODE);
+        assert_eq!(rendered(&got), want, "{name}");
+        assert!(
+            got.problems.iter().any(|p| p.to_string().contains(problem)),
+            "{name}: wanted a problem mentioning {problem:?}, got {:?}",
+            got.problems
+        );
+    }
+}
+
+#[test]
+fn empty_cluster_wants_nothing() {
+    assert_eq!(desired(&Snapshot::default(), NODE), Desired::default());
+}
+
+#[test]
+fn changes_touch_only_what_differs() {
+    let spec = |port: u16, backends: &[&str]| ServiceSpec {
+        addr: ServiceAddr {
+            vip: "192.0.2.10".parse().expect("ip"),
+            port,
+            proto: Protocol::Tcp,
+        },
+        backends: backends
+            .iter()
+            .map(|ip| Backend {
+                addr: ip.parse().expect("ip"),
+                port: 8080,
+            })
+            .collect(),
+    };
+    let a = spec(80, &["10.0.0.1", "10.0.0.2"]);
+    let b = spec(81, &["10.0.0.1"]);
+    let b2 = spec(81, &["10.0.0.3"]);
+    let c = spec(82, &["10.0.0.1"]);
+    // (name, installed, wanted, ports upserted, ports removed)
+    type Case = (
+        &'static str,
+        Vec<ServiceSpec>,
+        Vec<ServiceSpec>,
+        Vec<u16>,
+        Vec<u16>,
+    );
+    let cases: Vec<Case> = vec![
+        (
+            "from empty: all new",
+            vec![],
+            vec![a.clone(), b.clone()],
+            vec![80, 81],
+            vec![],
+        ),
+        (
+            "unchanged: nothing",
+            vec![a.clone(), b.clone()],
+            vec![a.clone(), b.clone()],
+            vec![],
+            vec![],
+        ),
+        (
+            "one endpoint changed",
+            vec![a.clone(), b.clone()],
+            vec![a.clone(), b2.clone()],
+            vec![81],
+            vec![],
+        ),
+        (
+            "one gone, one new",
+            vec![a.clone(), b.clone()],
+            vec![a.clone(), c.clone()],
+            vec![82],
+            vec![81],
+        ),
+        (
+            "all gone",
+            vec![a.clone(), b.clone()],
+            vec![],
+            vec![],
+            vec![80, 81],
+        ),
+    ];
+    for (name, installed, wanted, upserts, removals) in cases {
+        let got = changes(&installed, &wanted);
+        let got_upserts: Vec<u16> = got.upserts.iter().map(|s| s.addr.port).collect();
+        let got_removals: Vec<u16> = got.removals.iter().map(|a| a.port).collect();
+        assert_eq!((got_upserts, got_removals), (upserts, removals), "{name}");
+        assert_eq!(got.is_empty(), name.ends_with("nothing"), "{name}");
+    }
+}

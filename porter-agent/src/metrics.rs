@@ -1,0 +1,223 @@
+//! Prometheus metrics of the agent. What the sync loop counts lives here;
+//! what the data plane counts is read from the pinned maps at each scrape
+//! (the same reader as `inspect`), so the numbers are never stale.
+use std::sync::atomic::AtomicU64;
+
+use prometheus_client::{
+    encoding::text::encode,
+    metrics::{counter::Counter, family::Family, gauge::Gauge},
+    registry::Registry,
+};
+use tracing::debug;
+
+use crate::{
+    PinLayout,
+    inspect::{self, PinnedState},
+    xdp_attach::Attachment,
+};
+
+type Labels = Vec<(String, String)>;
+
+fn labels(pairs: &[(&str, &str)]) -> Labels {
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+/// Where a sync step failed, as the `stage` label of `sync_errors_total`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stage {
+    /// Loading the programs and maps (`Dataplane::open`).
+    Open,
+    /// Finding the interface that holds the node's InternalIP.
+    Interface,
+    /// Attaching XDP or tc to an interface.
+    Attach,
+    /// Writing services into the maps.
+    Program,
+}
+
+impl Stage {
+    const ALL: [Stage; 4] = [Stage::Open, Stage::Interface, Stage::Attach, Stage::Program];
+
+    fn label(self) -> &'static str {
+        match self {
+            Stage::Open => "open",
+            Stage::Interface => "interface",
+            Stage::Attach => "attach",
+            Stage::Program => "program",
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct Metrics {
+    sync_errors: Family<Labels, Counter>,
+    syncs: Counter,
+    xdp_mode: Family<Labels, Gauge>,
+    desired_services: Gauge,
+    problems: Gauge,
+    sync_seconds: Gauge<f64, AtomicU64>,
+}
+
+impl Default for Metrics {
+    /// Every stage's error counter starts at 0, so that `rate()` and alerts
+    /// see the series before the first error.
+    fn default() -> Self {
+        let metrics = Self {
+            sync_errors: Family::default(),
+            syncs: Counter::default(),
+            xdp_mode: Family::default(),
+            desired_services: Gauge::default(),
+            problems: Gauge::default(),
+            sync_seconds: Gauge::default(),
+        };
+        for stage in Stage::ALL {
+            let _created = metrics
+                .sync_errors
+                .get_or_create(&labels(&[("stage", stage.label())]));
+        }
+        metrics
+    }
+}
+
+impl Metrics {
+    pub fn sync_error(&self, stage: Stage) {
+        self.sync_errors
+            .get_or_create(&labels(&[("stage", stage.label())]))
+            .inc();
+    }
+
+    /// A completed sync: how many services are wanted, how many problems the
+    /// cluster state had, and how long programming took.
+    pub fn synced(&self, services: usize, problems: usize, seconds: f64) {
+        self.syncs.inc();
+        self.desired_services
+            .set(i64::try_from(services).unwrap_or(i64::MAX));
+        self.problems
+            .set(i64::try_from(problems).unwrap_or(i64::MAX));
+        self.sync_seconds.set(seconds);
+    }
+
+    /// `mode` is `driver` or `generic` (or `unknown` when the kernel would not say).
+    pub fn attached(&self, interface: &str, mode: &str) {
+        self.xdp_mode
+            .get_or_create(&labels(&[("interface", interface), ("mode", mode)]))
+            .set(1);
+    }
+
+    /// Renders the agent's own metrics and what the pinned maps hold now.
+    pub fn render(&self, pins: &PinLayout) -> String {
+        let mut registry = Registry::with_prefix("porter_agent");
+        registry.register(
+            "sync_errors",
+            "Failed sync steps, by stage (open, interface, attach, program); the agent retries with backoff",
+            self.sync_errors.clone(),
+        );
+        registry.register(
+            "syncs",
+            "Completed syncs of the data plane to the cluster state",
+            self.syncs.clone(),
+        );
+        registry.register(
+            "xdp_attached",
+            "1 for each interface the XDP program is attached to, with the mode in use (driver or generic)",
+            self.xdp_mode.clone(),
+        );
+        registry.register(
+            "desired_services",
+            "EIP:port/protocol services this node should serve (with local ready endpoints)",
+            self.desired_services.clone(),
+        );
+        registry.register(
+            "state_problems",
+            "Problems in the cluster state that keep part of a Service from being served (see the log)",
+            self.problems.clone(),
+        );
+        registry.register(
+            "last_sync_seconds",
+            "Time the last sync took to program the maps",
+            self.sync_seconds.clone(),
+        );
+        match inspect::read(pins) {
+            Ok(state) => register_pinned(&mut registry, &state),
+            Err(err) => debug!(error = %err, "no pinned state to report"),
+        }
+        let mut out = String::new();
+        // Writing to a String cannot fail.
+        let _ = encode(&mut out, &registry);
+        out
+    }
+}
+
+/// The XDP mode of an attachment made by this agent; `None` when it took
+/// over an earlier agent's link, whose mode that agent chose.
+pub fn mode_of(attachment: Attachment) -> Option<&'static str> {
+    match attachment {
+        Attachment::Driver => Some("driver"),
+        Attachment::Generic => Some("generic"),
+        Attachment::ReplacedPinned => None,
+    }
+}
+
+fn register_pinned(registry: &mut Registry, state: &PinnedState) {
+    let packets = Family::<Labels, Counter>::default();
+    let bytes = Family::<Labels, Counter>::default();
+    let flows = Family::<Labels, Counter>::default();
+    for service in &state.services {
+        let service_label = labels(&[("service", &service.addr.to_string())]);
+        packets
+            .get_or_create(&service_label)
+            .inc_by(service.counters.packets);
+        bytes
+            .get_or_create(&service_label)
+            .inc_by(service.counters.bytes);
+        flows
+            .get_or_create(&service_label)
+            .inc_by(service.counters.new_flows);
+    }
+    registry.register(
+        "service_packets",
+        "Packets forwarded to each service's backends, summed over CPUs",
+        packets,
+    );
+    registry.register(
+        "service_bytes",
+        "Bytes forwarded to each service's backends, summed over CPUs",
+        bytes,
+    );
+    registry.register(
+        "service_new_flows",
+        "New flows (conntrack entries created) per service, summed over CPUs",
+        flows,
+    );
+    let entries = Family::<Labels, Gauge>::default();
+    let capacity = Family::<Labels, Gauge>::default();
+    for map in &state.maps {
+        let map_label = labels(&[("map", map.map)]);
+        entries
+            .get_or_create(&map_label)
+            .set(i64::try_from(map.entries).unwrap_or(i64::MAX));
+        capacity
+            .get_or_create(&map_label)
+            .set(i64::from(map.capacity));
+    }
+    registry.register(
+        "map_entries",
+        "Entries in use in each data plane map",
+        entries,
+    );
+    registry.register("map_capacity", "Capacity of each data plane map", capacity);
+    let global = Family::<Labels, Counter>::default();
+    for (stat, value) in &state.global {
+        global
+            .get_or_create(&labels(&[("counter", stat.name())]))
+            .inc_by(*value);
+    }
+    registry.register(
+        "dataplane_packets",
+        "What the XDP and tc programs did with packets, by counter (passes, drops and their reasons)",
+        global,
+    );
+}

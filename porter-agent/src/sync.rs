@@ -1,0 +1,341 @@
+//! The agent's loop: every new cluster snapshot (and every retry after a
+//! failure) brings the pinned data plane to what this node should serve,
+//! and keeps XDP and tc attached to the uplinks.
+//!
+//! Nothing here detaches or empties the data plane on the way out: a stopped
+//! agent leaves it serving, and the next one adopts it (`Dataplane::open`
+//! reads the pinned maps back, attaching swaps the program on the pinned
+//! links) and then removes only what is stale.
+use std::{
+    collections::BTreeMap,
+    future::Future,
+    path::PathBuf,
+    time::{Duration, Instant},
+};
+
+use porter_api::source::{Snapshot, SnapshotReceiver};
+use tracing::{error, info, warn};
+
+use crate::{
+    Dataplane, DataplaneConfig, DataplaneError, PinLayout, ServiceSpec,
+    desired::{self, Desired},
+    interfaces, maglev,
+    metrics::{self, Metrics, Stage},
+    xdp_attach::XdpModePreference,
+};
+
+#[derive(Clone, Debug)]
+pub struct Settings {
+    pub node: String,
+    /// Empty: the interface that holds the node's InternalIP.
+    pub interfaces: Vec<String>,
+    pub xdp_mode: XdpModePreference,
+    pub bpffs: PathBuf,
+    pub config: DataplaneConfig,
+    /// A full pass at least this often, even without changes.
+    pub resync: Duration,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SyncError {
+    #[error("cannot load the data plane: {0}")]
+    Open(#[source] Box<DataplaneError>),
+    #[error(
+        "node {node} has no InternalIP held by a local interface (node addresses: {ips:?}); \
+         pass --interface, or check that --node-name names this node"
+    )]
+    NoInterface { node: String, ips: Vec<String> },
+    #[error("cannot list local addresses: {0}")]
+    Addresses(#[source] std::io::Error),
+    #[error("interface {0} does not exist in this network namespace; check --interface")]
+    MissingInterface(String),
+    #[error("cannot attach to {interface}: {source}")]
+    Attach {
+        interface: String,
+        #[source]
+        source: Box<DataplaneError>,
+    },
+    #[error("cannot program service {service}: {source}")]
+    Program {
+        service: String,
+        #[source]
+        source: Box<DataplaneError>,
+    },
+}
+
+impl SyncError {
+    fn stage(&self) -> Stage {
+        match self {
+            SyncError::Open(_) => Stage::Open,
+            SyncError::NoInterface { .. } | SyncError::Addresses(_) => Stage::Interface,
+            SyncError::MissingInterface(_) | SyncError::Attach { .. } => Stage::Attach,
+            SyncError::Program { .. } => Stage::Program,
+        }
+    }
+}
+
+pub struct Agent {
+    settings: Settings,
+    pins: PinLayout,
+    metrics: Metrics,
+    dataplane: Option<Dataplane>,
+    /// Interfaces this process attached to, and the XDP mode it saw.
+    attached: BTreeMap<String, String>,
+    last_problems: Vec<String>,
+}
+
+impl Agent {
+    pub fn new(settings: Settings, metrics: Metrics) -> Self {
+        Self {
+            pins: PinLayout::new(&settings.bpffs),
+            settings,
+            metrics,
+            dataplane: None,
+            attached: BTreeMap::new(),
+            last_problems: Vec::new(),
+        }
+    }
+
+    /// One pass. Programs the maps first, then attaches, so that a fresh
+    /// node's first packet already finds its services. Every failure is
+    /// counted; the first one is returned so that the caller backs off.
+    pub fn sync(&mut self, snapshot: &Snapshot) -> Result<(), SyncError> {
+        let mut first_error = None;
+        let mut record = |err: SyncError, metrics: &Metrics| {
+            metrics.sync_error(err.stage());
+            error!(error = %err, "sync step failed; retrying with backoff");
+            first_error.get_or_insert(err);
+        };
+        let started = Instant::now();
+        let wanted = desired::desired(snapshot, &self.settings.node);
+        self.report_problems(&wanted);
+        match self.program(&wanted) {
+            Ok(()) => self.metrics.synced(
+                wanted.services.len(),
+                wanted.problems.len(),
+                started.elapsed().as_secs_f64(),
+            ),
+            Err(err) => record(err, &self.metrics),
+        }
+        if self.dataplane.is_some() {
+            match self.interfaces(snapshot) {
+                Ok(names) => {
+                    for name in names {
+                        if let Err(err) = self.attach(&name) {
+                            record(err, &self.metrics);
+                        }
+                    }
+                }
+                Err(err) => record(err, &self.metrics),
+            }
+        }
+        first_error.map_or(Ok(()), Err)
+    }
+
+    fn program(&mut self, wanted: &Desired) -> Result<(), SyncError> {
+        let dataplane = match &mut self.dataplane {
+            Some(dataplane) => dataplane,
+            None => {
+                let dataplane = Dataplane::open(&self.pins, self.settings.config)
+                    .map_err(|err| SyncError::Open(Box::new(err)))?;
+                info!(
+                    pins = %self.pins.versioned().display(),
+                    adopted = dataplane.services().len(),
+                    "data plane loaded"
+                );
+                self.dataplane.insert(dataplane)
+            }
+        };
+        let (changed, removed) = apply(dataplane, &wanted.services)?;
+        if changed + removed > 0 {
+            info!(
+                changed,
+                removed,
+                services = wanted.services.len(),
+                "data plane synced"
+            );
+        }
+        Ok(())
+    }
+
+    fn interfaces(&self, snapshot: &Snapshot) -> Result<Vec<String>, SyncError> {
+        if !self.settings.interfaces.is_empty() {
+            return Ok(self.settings.interfaces.clone());
+        }
+        let ips = interfaces::node_internal_ips(snapshot, &self.settings.node);
+        let names = interfaces::holding(&ips).map_err(SyncError::Addresses)?;
+        if names.is_empty() {
+            return Err(SyncError::NoInterface {
+                node: self.settings.node.clone(),
+                ips: ips.iter().map(ToString::to_string).collect(),
+            });
+        }
+        Ok(names)
+    }
+
+    fn attach(&mut self, interface: &str) -> Result<(), SyncError> {
+        if self.attached.contains_key(interface) {
+            return Ok(());
+        }
+        let Some(dataplane) = &mut self.dataplane else {
+            return Ok(());
+        };
+        if !interfaces::exists(interface) {
+            return Err(SyncError::MissingInterface(interface.to_owned()));
+        }
+        let attach_err = |source| SyncError::Attach {
+            interface: interface.to_owned(),
+            source: Box::new(source),
+        };
+        let attachment = dataplane
+            .attach_xdp(interface, self.settings.xdp_mode)
+            .map_err(attach_err)?;
+        dataplane.attach_tc_egress(interface).map_err(attach_err)?;
+        let mode = metrics::mode_of(attachment)
+            .map(str::to_owned)
+            .or_else(|| crate::xdp_mode::query(interface).ok().flatten())
+            .unwrap_or_else(|| "unknown".to_owned());
+        self.metrics.attached(interface, &mode);
+        info!(interface, mode = %attachment, xdp_mode = %mode, "data plane ready");
+        self.attached.insert(interface.to_owned(), mode);
+        Ok(())
+    }
+
+    /// Logs the cluster-state problems when they change, not at every pass.
+    fn report_problems(&mut self, wanted: &Desired) {
+        let problems: Vec<String> = wanted.problems.iter().map(ToString::to_string).collect();
+        if problems != self.last_problems {
+            for problem in &problems {
+                warn!(problem, "part of a Service cannot be served on this node");
+            }
+            self.last_problems = problems;
+        }
+    }
+}
+
+/// Rewrites only the services of `dataplane` that differ from `wanted`
+/// (each through the atomic Maglev swap) and removes the ones not wanted;
+/// returns how many were (re)written and removed. A service that cannot be
+/// written does not hold up the others; the first such error is returned.
+pub fn apply(
+    dataplane: &mut Dataplane,
+    wanted: &[ServiceSpec],
+) -> Result<(usize, usize), SyncError> {
+    let installed = dataplane.services();
+    let changes = desired::changes(&installed, wanted);
+    let mut first_error = None;
+    let mut failed = |service: String, source: DataplaneError| {
+        warn!(service, error = %source, "cannot program service");
+        first_error.get_or_insert(SyncError::Program {
+            service,
+            source: Box::new(source),
+        });
+    };
+    for addr in &changes.removals {
+        if let Err(source) = dataplane.remove_service(addr) {
+            failed(addr.to_string(), source);
+        }
+    }
+    let maglev_size = dataplane.config().maglev_size;
+    let mut valid = Vec::with_capacity(changes.upserts.len());
+    for spec in changes.upserts {
+        let checked = spec
+            .backend_set()
+            .map_err(DataplaneError::from)
+            .and_then(|set| Ok(maglev::validate_size(maglev_size, set.len())?));
+        match checked {
+            Ok(()) => valid.push(spec.clone()),
+            Err(source) => failed(spec.addr.to_string(), source),
+        }
+    }
+    // One batch, so that planning the shared maps happens once; should it
+    // fail (say, the service slots run out), one by one, so that every
+    // service that fits is served.
+    if dataplane.upsert_services(&valid).is_err() {
+        for spec in &valid {
+            if let Err(source) = dataplane.upsert_service(spec) {
+                failed(spec.addr.to_string(), source);
+            }
+        }
+    }
+    first_error.map_or(Ok((valid.len(), changes.removals.len())), Err)
+}
+
+/// Doubles the wait after each failure, from `min` up to `max`.
+#[derive(Clone, Copy, Debug)]
+pub struct Backoff {
+    min: Duration,
+    max: Duration,
+    next: Duration,
+}
+
+impl Backoff {
+    pub fn new(min: Duration, max: Duration) -> Self {
+        Self {
+            min,
+            max,
+            next: min,
+        }
+    }
+
+    /// The wait before the next retry.
+    pub fn failed(&mut self) -> Duration {
+        let wait = self.next;
+        self.next = (self.next * 2).min(self.max);
+        wait
+    }
+
+    pub fn reset(&mut self) {
+        self.next = self.min;
+    }
+}
+
+/// Syncs at every snapshot, retries failures with backoff, and resyncs at
+/// least every `resync`, until `shutdown` completes or the source stops.
+pub async fn run(
+    mut agent: Agent,
+    mut snapshots: SnapshotReceiver,
+    shutdown: impl Future<Output = ()>,
+) {
+    let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(30));
+    tokio::pin!(shutdown);
+    loop {
+        let snapshot = snapshots.borrow_and_update().clone();
+        let wait = match agent.sync(&snapshot) {
+            Ok(()) => {
+                backoff.reset();
+                agent.settings.resync
+            }
+            Err(_) => backoff.failed(),
+        };
+        tokio::select! {
+            () = &mut shutdown => break,
+            changed = snapshots.changed() => {
+                if changed.is_err() {
+                    error!("the cluster-state source stopped; the data plane keeps its last state");
+                    break;
+                }
+            }
+            () = tokio::time::sleep(wait) => {}
+        }
+    }
+    info!(
+        "stopping; the data plane stays attached and serving (`porter-agent cleanup` removes it)"
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_up_to_the_cap_and_resets() {
+        let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(3));
+        let waits: Vec<u64> = (0..5)
+            .map(|_| backoff.failed().as_millis() as u64)
+            .collect();
+        assert_eq!(waits, [500, 1000, 2000, 3000, 3000]);
+        backoff.reset();
+        assert_eq!(backoff.failed(), Duration::from_millis(500));
+    }
+}

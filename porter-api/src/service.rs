@@ -1,0 +1,186 @@
+//! Predicates on Services and EndpointSlices that the controller and the
+//! agent must agree on: a node is announced for an EIP exactly when its agent
+//! has something to forward the EIP's traffic to.
+
+use std::net::IpAddr;
+
+use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::discovery::v1::{Endpoint, EndpointSlice};
+
+use crate::ObjectKey;
+use crate::annotations::{LB, LB_ANNOTATION_VALUES, LOAD_BALANCER_CLASS, SERVICE_NAME_LABEL};
+
+/// Whether Porter serves this Service: `type: LoadBalancer`, opted in by
+/// annotation or class, and not claimed by another load-balancer class.
+pub fn opted_in(svc: &Service) -> bool {
+    let Some(spec) = &svc.spec else { return false };
+    if spec.type_.as_deref() != Some("LoadBalancer") {
+        return false;
+    }
+    match spec.load_balancer_class.as_deref() {
+        Some(class) => class == LOAD_BALANCER_CLASS,
+        None => LB
+            .get(svc.metadata.annotations.as_ref())
+            .is_some_and(|v| LB_ANNOTATION_VALUES.contains(&v)),
+    }
+}
+
+/// The addresses in `status.loadBalancer.ingress` (what the controller
+/// allocated); entries that are not IPs (hostnames) are skipped.
+pub fn ingress_ips(svc: &Service) -> Vec<IpAddr> {
+    svc.status
+        .as_ref()
+        .and_then(|s| s.load_balancer.as_ref())
+        .and_then(|lb| lb.ingress.as_ref())
+        .into_iter()
+        .flatten()
+        .filter_map(|i| i.ip.as_deref()?.trim().parse().ok())
+        .collect()
+}
+
+/// The Service an EndpointSlice belongs to (its `kubernetes.io/service-name`
+/// label, in the slice's namespace).
+pub fn slice_service(slice: &EndpointSlice) -> Option<ObjectKey> {
+    let name = slice.metadata.labels.as_ref()?.get(SERVICE_NAME_LABEL)?;
+    Some(ObjectKey::new(
+        slice.metadata.namespace.as_deref().unwrap_or("default"),
+        name.as_str(),
+    ))
+}
+
+/// Whether an endpoint should receive new traffic: ready and not
+/// terminating. The API defines an unset `ready` as ready and an unset
+/// `terminating` as not terminating.
+pub fn endpoint_serving(endpoint: &Endpoint) -> bool {
+    let conditions = endpoint.conditions.as_ref();
+    let ready = conditions.and_then(|c| c.ready).unwrap_or(true);
+    let terminating = conditions.and_then(|c| c.terminating).unwrap_or(false);
+    ready && !terminating
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::api::core::v1::{
+        LoadBalancerIngress, LoadBalancerStatus, ServiceSpec, ServiceStatus,
+    };
+    use k8s_openapi::api::discovery::v1::EndpointConditions;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+
+    fn svc(annotations: &[(&str, &str)], spec: ServiceSpec) -> Service {
+        Service {
+            metadata: ObjectMeta {
+                name: Some("web".into()),
+                namespace: Some("shop".into()),
+                annotations: Some(
+                    annotations
+                        .iter()
+                        .map(|(k, v)| (k.to_string(), v.to_string()))
+                        .collect(),
+                ),
+                ..Default::default()
+            },
+            spec: Some(spec),
+            status: None,
+        }
+    }
+
+    fn lb(class: Option<&str>) -> ServiceSpec {
+        ServiceSpec {
+            type_: Some("LoadBalancer".into()),
+            load_balancer_class: class.map(str::to_string),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn opt_in_by_annotation_or_class_only() {
+        let ann = [("lb.kubesphere.io/v1alpha1", "porter")];
+        let openelb = [("lb.kubesphere.io/v1alpha1", "openelb")];
+        let cases: Vec<(&str, Service, bool)> = vec![
+            ("seed annotation", svc(&ann, lb(None)), true),
+            ("openelb value", svc(&openelb, lb(None)), true),
+            ("our class", svc(&[], lb(Some(LOAD_BALANCER_CLASS))), true),
+            ("no opt-in", svc(&[], lb(None)), false),
+            (
+                "other value",
+                svc(&[("lb.kubesphere.io/v1alpha1", "metallb")], lb(None)),
+                false,
+            ),
+            (
+                "another class wins over annotation",
+                svc(&ann, lb(Some("metallb.io/x"))),
+                false,
+            ),
+            (
+                "not a LoadBalancer",
+                svc(
+                    &ann,
+                    ServiceSpec {
+                        type_: Some("NodePort".into()),
+                        ..Default::default()
+                    },
+                ),
+                false,
+            ),
+        ];
+        for (name, s, want) in cases {
+            assert_eq!(opted_in(&s), want, "{name}");
+        }
+    }
+
+    #[test]
+    fn ingress_keeps_ips_only() {
+        let mut s = svc(&[], lb(None));
+        s.status = Some(ServiceStatus {
+            load_balancer: Some(LoadBalancerStatus {
+                ingress: Some(vec![
+                    LoadBalancerIngress {
+                        ip: Some("192.0.2.10".into()),
+                        ..Default::default()
+                    },
+                    LoadBalancerIngress {
+                        hostname: Some("lb.example".into()),
+                        ..Default::default()
+                    },
+                    LoadBalancerIngress {
+                        ip: Some("2001:db8::10".into()),
+                        ..Default::default()
+                    },
+                ]),
+            }),
+            ..Default::default()
+        });
+        let ips: Vec<String> = ingress_ips(&s).iter().map(ToString::to_string).collect();
+        assert_eq!(ips, ["192.0.2.10", "2001:db8::10"]);
+        assert!(ingress_ips(&svc(&[], lb(None))).is_empty());
+    }
+
+    #[test]
+    fn serving_means_ready_and_not_terminating() {
+        let ep = |ready, terminating| Endpoint {
+            conditions: Some(EndpointConditions {
+                ready,
+                terminating,
+                serving: None,
+            }),
+            ..Default::default()
+        };
+        let cases = [
+            (None, None, true),
+            (Some(true), None, true),
+            (Some(true), Some(false), true),
+            (Some(false), None, false),
+            (Some(true), Some(true), false),
+            (None, Some(true), false),
+        ];
+        for (ready, terminating, want) in cases {
+            assert_eq!(
+                endpoint_serving(&ep(ready, terminating)),
+                want,
+                "ready={ready:?} terminating={terminating:?}"
+            );
+        }
+        assert!(endpoint_serving(&Endpoint::default()));
+    }
+}
