@@ -53,6 +53,11 @@ impl<S: LeaseStore> Layer2<S> {
         }
     }
 
+    /// Whether this node answered for any EIP after the last round.
+    pub fn answering(&self) -> bool {
+        !self.answering.borrow().is_empty()
+    }
+
     /// How often [`Self::step`] must run.
     pub fn round_interval(&self) -> Duration {
         self.speaker.timing().round_interval()
