@@ -1,7 +1,9 @@
 //! The Layer 2 lab: no router; a client and the nodes share one Ethernet
 //! segment (a bridge in its own namespace), and the EIPs come from that
 //! segment's subnet. Each node has one pod serving TCP/8080 and runs
-//! `porter-l2-node` (the data plane plus the agent's Layer 2 rounds).
+//! `porter-agent`, which reads the cluster from a shared manifest directory
+//! (the Layer 2 pool answers on `can_reach:<client>`) and keeps its Layer 2
+//! leases beside it.
 //!
 //! ```text
 //!   client 172.30.0.2 ─┐
@@ -46,7 +48,8 @@ pub struct L2Lab {
     pub lab: Lab,
     pub client: String,
     pub nodes: Vec<L2Node>,
-    lease_dir: PathBuf,
+    /// The cluster as the agents read it (`--source dir:`), shared.
+    manifests: PathBuf,
 }
 
 impl L2Lab {
@@ -128,14 +131,16 @@ impl L2Lab {
             let bpffs = lab.bpffs()?;
             nodes.push(L2Node { name, ns, bpffs });
         }
-        let lease_dir = lab.run_dir().join("leases");
+        let manifests = lab.run_dir().join("manifests");
+        std::fs::create_dir_all(&manifests)?;
+        std::fs::write(manifests.join("cluster.yaml"), cluster(node_count))?;
         Ok(Self {
             _pass_xdp: pass_xdp,
             _servers: servers,
             lab,
             client,
             nodes,
-            lease_dir,
+            manifests,
         })
     }
 
@@ -155,40 +160,28 @@ impl L2Lab {
         election::choose(eip.parse()?, alive.iter().copied(), |_| true).context("no candidate")
     }
 
-    /// Starts `porter-l2-node` on node `name` and waits until it is ready.
+    /// Starts `porter-agent run` on node `name`, reading the cluster from
+    /// the shared manifest directory, and waits until its data plane is ready.
     pub fn start(&mut self, name: &str) -> Result<()> {
         let node = self.node(name)?;
-        let candidates = self.node_names().join(",");
-        let i = name.trim_start_matches('n');
-        let mut command = self.lab.command(&node.ns, bins::binary("porter-l2-node")?);
+        let mut command = self.lab.command(&node.ns, bins::binary("porter-agent")?);
         command
+            .args(["run", "--node-name", name, "--interface", "eth0"])
+            .arg("--source")
+            .arg(format!("dir:{}", self.manifests.display()))
             .args([
-                "--node",
-                name,
-                "--interface",
-                "eth0",
-                "--candidates",
-                &candidates,
+                "--poll-interval",
+                "100ms",
+                "--metrics-addr",
+                "127.0.0.1:9191",
             ])
+            .args(["--maglev-size", "251", "--max-services", "8"])
             .arg("--bpffs")
-            .arg(&node.bpffs)
-            .arg("--lease-dir")
-            .arg(&self.lease_dir)
-            .args([
-                "--port",
-                &PORT.to_string(),
-                "--target-port",
-                &TARGET_PORT.to_string(),
-            ])
-            .args(["--eip", EIP, "--eip", EIP6])
-            // As a pool's `spec.interface: can_reach:<client>` would.
-            .args(["--answer-on", "can_reach:172.30.0.2"])
-            .args(["--backend", &format!("10.244.{i}.2")])
-            .args(["--backend", &format!("fd00:244:{i}::2")]);
-        let log = self.lab.spawn(&format!("l2-{name}"), command)?;
+            .arg(&node.bpffs);
+        let log = self.lab.spawn(&format!("agent-{name}"), command)?;
         wait_for(&format!("{name} ready"), Duration::from_secs(10), || {
             Ok(std::fs::read_to_string(&log)?
-                .contains("ready")
+                .contains("data plane ready")
                 .then_some(()))
         })
         .with_context(|| std::fs::read_to_string(&log).unwrap_or_default())
@@ -197,7 +190,7 @@ impl L2Lab {
     /// A node crash: its agent dies without a word and its link goes down.
     pub fn crash(&mut self, name: &str) -> Result<()> {
         self.lab
-            .stop(&format!("l2-{name}"), Duration::from_secs(2))?;
+            .stop(&format!("agent-{name}"), Duration::from_secs(2))?;
         let ns = self.node(name)?.ns.clone();
         self.lab.ip(&ns, &["link", "set", "eth0", "down"])?;
         Ok(())
@@ -274,6 +267,49 @@ impl L2Lab {
             stats::read_stat(&pins, Stat::NdpAnswered)?,
         ))
     }
+}
+
+/// The nodes, a dual-stack Service on both EIPs with one pod per node, and
+/// the Layer 2 pool that handed the EIPs out (as the controller reports it).
+fn cluster(node_count: usize) -> String {
+    let mut docs = Vec::new();
+    let mut endpoints4 = Vec::new();
+    let mut endpoints6 = Vec::new();
+    for i in 1..=node_count {
+        docs.push(format!(
+            "apiVersion: v1\nkind: Node\nmetadata: {{name: n{i}}}\nstatus:\n  \
+             addresses: [{{type: InternalIP, address: 172.30.0.1{i}}}]\n  \
+             conditions: [{{type: Ready, status: \"True\"}}]\n"
+        ));
+        endpoints4.push(format!(
+            "- {{addresses: [10.244.{i}.2], nodeName: n{i}, conditions: {{ready: true}}}}"
+        ));
+        endpoints6.push(format!(
+            "- {{addresses: [\"fd00:244:{i}::2\"], nodeName: n{i}, conditions: {{ready: true}}}}"
+        ));
+    }
+    docs.push(format!(
+        "apiVersion: v1\nkind: Service\nmetadata:\n  name: web\n  namespace: shop\n  \
+         annotations: {{lb.kubesphere.io/v1alpha1: porter}}\nspec:\n  type: LoadBalancer\n  \
+         ipFamilies: [IPv4, IPv6]\n  ipFamilyPolicy: RequireDualStack\n  \
+         ports: [{{name: http, port: {PORT}, targetPort: http}}]\n\
+         status:\n  loadBalancer:\n    ingress: [{{ip: {EIP}}}, {{ip: \"{EIP6}\"}}]\n"
+    ));
+    for (family, endpoints) in [("IPv4", &endpoints4), ("IPv6", &endpoints6)] {
+        docs.push(format!(
+            "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  \
+             name: web-{family}\n  namespace: shop\n  labels: {{kubernetes.io/service-name: web}}\n\
+             addressType: {family}\nports: [{{name: http, port: {TARGET_PORT}, protocol: TCP}}]\n\
+             endpoints:\n{}\n",
+            endpoints.join("\n")
+        ));
+    }
+    docs.push(format!(
+        "apiVersion: network.kubesphere.io/v1alpha2\nkind: Eip\nmetadata: {{name: lan}}\n\
+         spec: {{address: 172.30.0.100-172.30.0.110, protocol: layer2, interface: \"can_reach:172.30.0.2\"}}\n\
+         status:\n  used: {{\"{EIP}\": shop/web, \"{EIP6}\": shop/web}}\n"
+    ));
+    docs.join("---\n")
 }
 
 pub fn pod_of(node: &str) -> String {

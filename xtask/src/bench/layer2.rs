@@ -1,5 +1,5 @@
 //! The Layer 2 suite: failover time in the Layer 2 lab (a client and three
-//! nodes on one bridge, `porter-l2-node` on each).
+//! nodes on one bridge, `porter-agent run --source dir:` on each).
 //!
 //! Each round crashes the node leading the IPv4 EIP (agent killed, link
 //! down) and times, from the crash, until a request from the client is
@@ -29,7 +29,7 @@ pub fn run() -> Result<()> {
     if !privilege::is_root() {
         bail!("the layer2 benchmark builds network namespaces and loads BPF: run it as root");
     }
-    cmd::run(cmd::cargo().args(["build", "-p", "porter-tests", "--bins"]))?;
+    cmd::run(cmd::cargo().args(["build", "-p", "porter-agent", "--bins"]))?;
     let mut lab = L2Lab::new("l2bench", 3)?;
     let names: Vec<String> = lab.node_names().iter().map(|n| n.to_string()).collect();
     for name in &names {
