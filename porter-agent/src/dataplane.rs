@@ -468,6 +468,10 @@ impl Dataplane {
     pub fn upsert_services(&mut self, specs: &[ServiceSpec]) -> Result<(), DataplaneError> {
         let mut after = self.installed.clone();
         let mut taken: BTreeSet<u32> = self.written.backends.keys().copied().collect();
+        let mut used_ids: BTreeSet<u32> = after.values().map(|i| i.id).collect();
+        // Ids only get taken during one call, so the lowest free one never
+        // goes down: searching on from the last one keeps a batch linear.
+        let (mut next_backend, mut next_service) = (0, 0);
         // Changed services, and whether each is new.
         let mut changed: BTreeMap<ServiceAddr, bool> = BTreeMap::new();
         for spec in specs {
@@ -484,7 +488,13 @@ impl Dataplane {
             let mut installed = match existing {
                 Some(installed) => installed,
                 None => Installed {
-                    id: free_service_id(&after, self.config.max_services, addr)?,
+                    id: {
+                        let id = free_id(&used_ids, next_service, self.config.max_services)
+                            .ok_or(DataplaneError::ServiceSlotsFull(addr))?;
+                        used_ids.insert(id);
+                        next_service = id + 1;
+                        id
+                    },
                     // The first table written is buffer 0: "flip" from 1.
                     active: 1,
                     backends: BTreeMap::new(),
@@ -495,9 +505,10 @@ impl Dataplane {
                 let id = match installed.backends.get(backend) {
                     Some(&id) => id,
                     None => {
-                        let id =
-                            free_backend_id(&taken).ok_or(DataplaneError::BackendIdsFull(addr))?;
+                        let id = free_id(&taken, next_backend, porter_common::limits::MAX_BACKENDS)
+                            .ok_or(DataplaneError::BackendIdsFull(addr))?;
                         taken.insert(id);
+                        next_backend = id + 1;
                         id
                     }
                 };
@@ -769,19 +780,9 @@ fn plan_for(installed: &BTreeMap<ServiceAddr, Installed>) -> Desired {
     }))
 }
 
-fn free_service_id(
-    installed: &BTreeMap<ServiceAddr, Installed>,
-    max_services: u32,
-    addr: ServiceAddr,
-) -> Result<u32, DataplaneError> {
-    let used: BTreeSet<u32> = installed.values().map(|i| i.id).collect();
-    (0..max_services)
-        .find(|id| !used.contains(id))
-        .ok_or(DataplaneError::ServiceSlotsFull(addr))
-}
-
-fn free_backend_id(taken: &BTreeSet<u32>) -> Option<u32> {
-    (0..porter_common::limits::MAX_BACKENDS).find(|id| !taken.contains(id))
+/// The lowest id from `from` up to `limit` that is not `taken`.
+fn free_id(taken: &BTreeSet<u32>, from: u32, limit: u32) -> Option<u32> {
+    (from..limit).find(|id| !taken.contains(id))
 }
 
 fn take<T: TryFrom<aya::maps::Map, Error = MapError>>(
