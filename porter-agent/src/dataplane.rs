@@ -8,7 +8,9 @@
 //! either the old table or the new one, never a mix.
 use std::{
     collections::{BTreeMap, BTreeSet},
+    net::IpAddr,
     path::PathBuf,
+    time::Duration,
 };
 
 use aya::{
@@ -21,13 +23,15 @@ use aya::{
     },
 };
 use porter_common::{
-    BackendKey, BackendValue, RevNatValue, ServiceCounters, ServiceKey, ServiceValue, VipKey,
-    map_names, program_names,
+    BackendKey, BackendValue, L2Key, L2Value, RevNatValue, ServiceCounters, ServiceKey,
+    ServiceValue, VipKey, map_names, program_names,
 };
 use tracing::{debug, info};
 
 use crate::{
-    PinLayout, maglev, map_batch,
+    PinLayout,
+    layer2::link::{InterfaceError, L2Interface},
+    maglev, map_batch,
     plan::{self, Desired, PlannedService},
     service::{Backend, ServiceAddr, ServiceSpec, SpecError},
     stats,
@@ -131,6 +135,15 @@ pub enum DataplaneError {
     },
     #[error(transparent)]
     Stats(#[from] stats::StatsError),
+    #[error(transparent)]
+    Interface(#[from] InterfaceError),
+    #[error(
+        "{wanted} Layer 2 answers (EIPs x interfaces) exceed the map's {capacity}; \
+         spread the EIPs over more nodes"
+    )]
+    L2LeadsFull { wanted: usize, capacity: u32 },
+    #[error("cannot read the monotonic clock: {0}")]
+    Clock(String),
 }
 
 fn map_err(map: &'static str) -> impl Fn(MapError) -> DataplaneError {
@@ -157,6 +170,9 @@ pub struct Dataplane {
     backend_revnat: HashMap<MapData, BackendKey, RevNatValue>,
     maglev: Array<MapData, u32>,
     service_stats: PerCpuArray<MapData, ServiceCounters>,
+    l2_leads: HashMap<MapData, L2Key, L2Value>,
+    /// Interfaces XDP was attached to, by name: where Layer 2 answers go out.
+    l2_interfaces: BTreeMap<String, L2Interface>,
     installed: BTreeMap<ServiceAddr, Installed>,
     /// What the backend and reverse-NAT maps hold (in use, not free slots).
     written: Desired,
@@ -220,6 +236,8 @@ impl Dataplane {
             backends: take(&mut ebpf, map_names::BACKENDS)?,
             backend_revnat: take(&mut ebpf, map_names::BACKEND_REVNAT)?,
             service_stats: take(&mut ebpf, map_names::SERVICE_COUNTERS)?,
+            l2_leads: take(&mut ebpf, map_names::L2_LEADS)?,
+            l2_interfaces: BTreeMap::new(),
             maglev,
             ebpf,
             pins: pins.clone(),
@@ -246,12 +264,97 @@ impl Dataplane {
         interface: &str,
         mode: XdpModePreference,
     ) -> Result<Attachment, DataplaneError> {
-        Ok(xdp_attach::attach_xdp(
-            &mut self.ebpf,
-            &self.pins,
-            interface,
-            mode,
-        )?)
+        let link = L2Interface::lookup(interface)?;
+        let attachment = xdp_attach::attach_xdp(&mut self.ebpf, &self.pins, interface, mode)?;
+        self.l2_interfaces.insert(interface.to_owned(), link);
+        Ok(attachment)
+    }
+
+    /// Makes XDP answer ARP requests and neighbour solicitations for exactly
+    /// `eips` (the Layer 2 EIPs this node leads) on every interface it was
+    /// attached to here, with that interface's MAC, for `valid_for` from now
+    /// (the rest of this node's lease): a leader that stops renewing stops
+    /// answering by itself. Other EIPs stop being answered at once.
+    pub fn set_l2_leaderships(
+        &mut self,
+        eips: &BTreeSet<IpAddr>,
+        valid_for: Duration,
+    ) -> Result<(), DataplaneError> {
+        let answers = eips.iter().map(|&eip| (eip, None)).collect();
+        self.set_l2_answers(&answers, valid_for)
+    }
+
+    /// [`Self::set_l2_leaderships`] where an EIP may be limited to one
+    /// interface (by name, `Eip.spec.interface`); an EIP limited to an
+    /// interface XDP is not attached to is answered nowhere.
+    pub fn set_l2_answers(
+        &mut self,
+        answers: &BTreeMap<IpAddr, Option<String>>,
+        valid_for: Duration,
+    ) -> Result<(), DataplaneError> {
+        let expires_ns = deadline(valid_for)?;
+        let desired = answers
+            .iter()
+            .flat_map(|(&eip, only)| {
+                self.l2_interfaces
+                    .iter()
+                    .filter(move |(name, _)| only.as_ref().is_none_or(|only| only == *name))
+                    .map(move |(_, link)| l2_entry(link, eip, expires_ns))
+            })
+            .collect();
+        self.write_l2(desired)
+    }
+
+    /// The interfaces Layer 2 answers go out of (those XDP was attached to here).
+    pub fn l2_interfaces(&self) -> Vec<L2Interface> {
+        self.l2_interfaces.values().copied().collect()
+    }
+
+    /// [`Self::set_l2_leaderships`] on explicit interfaces (e.g. for
+    /// BPF_PROG_TEST_RUN, whose packets arrive on loopback).
+    pub fn set_l2_leaderships_on(
+        &mut self,
+        interfaces: &[L2Interface],
+        eips: &BTreeSet<IpAddr>,
+        valid_for: Duration,
+    ) -> Result<(), DataplaneError> {
+        let expires_ns = deadline(valid_for)?;
+        let desired = interfaces
+            .iter()
+            .flat_map(|link| eips.iter().map(move |&eip| l2_entry(link, eip, expires_ns)))
+            .collect();
+        self.write_l2(desired)
+    }
+
+    /// Makes the Layer 2 map hold exactly `desired`.
+    fn write_l2(&mut self, desired: BTreeMap<L2Key, L2Value>) -> Result<(), DataplaneError> {
+        let capacity = porter_common::limits::L2_LEADS;
+        if desired.len() > capacity as usize {
+            return Err(DataplaneError::L2LeadsFull {
+                wanted: desired.len(),
+                capacity,
+            });
+        }
+        let mut stale = Vec::new();
+        for key in self.l2_leads.keys() {
+            let key = key.map_err(map_err(map_names::L2_LEADS))?;
+            if !desired.contains_key(&key) {
+                stale.push(key);
+            }
+        }
+        // Removals first: the map is sized for what is desired, not for both.
+        // Kept entries are overwritten in place (a renewal moves their
+        // deadline), so they are answered throughout.
+        for key in &stale {
+            ignore_missing(self.l2_leads.remove(key)).map_err(map_err(map_names::L2_LEADS))?;
+        }
+        for (key, value) in &desired {
+            self.l2_leads
+                .insert(key, value, 0)
+                .map_err(map_err(map_names::L2_LEADS))?;
+        }
+        debug!(answers = desired.len(), "layer 2 answers set");
+        Ok(())
     }
 
     /// Attaches the reverse-NAT program to the egress of uplink `interface`
@@ -631,6 +734,43 @@ const FREE_BACKEND: BackendValue = BackendValue {
     flags: 0,
     service_id: 0,
 };
+
+/// `valid_for` from now on the clock of `bpf_ktime_get_ns`.
+fn deadline(valid_for: Duration) -> Result<u64, DataplaneError> {
+    Ok(monotonic_ns()
+        .map_err(|err| DataplaneError::Clock(err.to_string()))?
+        .saturating_add(u64::try_from(valid_for.as_nanos()).unwrap_or(u64::MAX)))
+}
+
+/// CLOCK_MONOTONIC, the clock of `bpf_ktime_get_ns`.
+fn monotonic_ns() -> std::io::Result<u64> {
+    // SAFETY: an all-zero timespec is valid; clock_gettime writes into it.
+    let mut now: libc::timespec = unsafe { std::mem::zeroed() };
+    // SAFETY: a valid clock id and a pointer to our own timespec.
+    if unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut now) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok((now.tv_sec as u64)
+        .saturating_mul(1_000_000_000)
+        .saturating_add(now.tv_nsec as u64))
+}
+
+fn l2_entry(link: &L2Interface, eip: IpAddr, expires_ns: u64) -> (L2Key, L2Value) {
+    let (family, addr) = crate::service::encode_ip(eip);
+    (
+        L2Key {
+            addr,
+            ifindex: link.ifindex,
+            family,
+            _pad: [0; 3],
+        },
+        L2Value {
+            mac: link.mac,
+            _pad: [0; 2],
+            expires_ns,
+        },
+    )
+}
 
 fn plan_for(installed: &BTreeMap<ServiceAddr, Installed>) -> Desired {
     plan::desired(installed.iter().map(|(addr, service)| PlannedService {

@@ -6,6 +6,7 @@ pub mod desired;
 pub mod ebpf_object;
 pub mod inspect;
 pub mod interfaces;
+pub mod layer2;
 pub mod maglev;
 pub mod map_batch;
 pub mod metrics;

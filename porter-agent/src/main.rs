@@ -6,6 +6,13 @@ use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use porter_agent::{
     DataplaneConfig, PinLayout, inspect,
+    layer2::{
+        Layer2,
+        announce::Announcer,
+        kube_lease::KubeLeases,
+        lease::{FileLeases, Leases},
+        speaker::{Speaker, Timing},
+    },
     metrics::Metrics,
     sync::{self, Agent, Backoff, Settings},
     xdp_attach::{self, XdpModePreference},
@@ -149,24 +156,41 @@ async fn run(args: RunArgs) -> Result<()> {
     info!(addr = %args.metrics_addr, node = %settings.node, "metrics served at /metrics");
 
     let shutdown = shutdown_signal()?;
-    let snapshots = tokio::select! {
-        snapshots = connect(&args.source, args.poll_interval) => snapshots?,
+    let (snapshots, leases) = tokio::select! {
+        connected = connect(&args.source, args.poll_interval) => connected?,
         () = shutdown.clone_wait() => return Ok(()),
     };
-    sync::run(Agent::new(settings, metrics), snapshots, shutdown.wait()).await;
+    let node = settings.node.clone();
+    let mut agent = Agent::new(settings, metrics.clone());
+    match Announcer::open() {
+        Ok(announcer) => {
+            let speaker = Speaker::new(node, Timing::default(), leases);
+            agent = agent.with_layer2(Layer2::new(speaker, announcer, metrics.layer2.clone()));
+        }
+        Err(err) => {
+            error!(error = %err, "Layer 2 mode is off: cannot open an AF_PACKET socket (the agent needs CAP_NET_RAW)");
+        }
+    }
+    sync::run(agent, snapshots, shutdown.wait()).await;
     Ok(())
 }
 
 /// Starts the cluster-state source. An unreachable API server is retried
 /// with backoff (the agent must not crashloop); a `dir:` that cannot be
 /// read is a configuration error.
-async fn connect(source: &SourceArg, poll: Duration) -> Result<SnapshotReceiver> {
+///
+/// Layer 2 leases live beside the cluster state: as files in
+/// `<dir>/layer2-leases` (shared by the nodes) with the dir source, as
+/// Leases in the agent's namespace (`POD_NAMESPACE`, else `porter-system`)
+/// with kube.
+async fn connect(source: &SourceArg, poll: Duration) -> Result<(SnapshotReceiver, Leases)> {
     match source {
         SourceArg::Dir(path) => {
             let (snapshots, _writer) = dir::start(path.clone(), poll)
                 .with_context(|| format!("cannot read manifests in {}", path.display()))?;
             info!(dir = %path.display(), "reading the cluster from manifests");
-            Ok(snapshots)
+            let leases = FileLeases::new(path.join("layer2-leases"))?;
+            Ok((snapshots, Leases::File(leases)))
         }
         SourceArg::Kube => {
             let mut backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(30));
@@ -181,7 +205,10 @@ async fn connect(source: &SourceArg, poll: Duration) -> Result<SnapshotReceiver>
                 }
             };
             info!("waiting for the cluster state");
-            Ok(kube_source::start(client).await.0)
+            let namespace =
+                std::env::var("POD_NAMESPACE").unwrap_or_else(|_| "porter-system".to_owned());
+            let leases = Leases::Kube(Box::new(KubeLeases::new(client.clone(), &namespace)));
+            Ok((kube_source::start(client).await.0, leases))
         }
     }
 }

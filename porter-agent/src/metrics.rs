@@ -13,6 +13,7 @@ use tracing::debug;
 use crate::{
     PinLayout,
     inspect::{self, PinnedState},
+    layer2::metrics::Layer2Metrics,
     xdp_attach::Attachment,
 };
 
@@ -59,6 +60,8 @@ pub struct Metrics {
     desired_services: Gauge,
     problems: Gauge,
     sync_seconds: Gauge<f64, AtomicU64>,
+    /// Layer 2 mode's own metrics (rounds record into a clone).
+    pub layer2: Layer2Metrics,
 }
 
 impl Default for Metrics {
@@ -72,6 +75,7 @@ impl Default for Metrics {
             desired_services: Gauge::default(),
             problems: Gauge::default(),
             sync_seconds: Gauge::default(),
+            layer2: Layer2Metrics::default(),
         };
         for stage in Stage::ALL {
             let _created = metrics
@@ -140,6 +144,7 @@ impl Metrics {
             "Time the last sync took to program the maps",
             self.sync_seconds.clone(),
         );
+        self.layer2.register(&mut registry);
         match inspect::read(pins) {
             Ok(state) => register_pinned(&mut registry, &state),
             Err(err) => debug!(error = %err, "no pinned state to report"),

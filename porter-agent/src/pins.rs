@@ -6,9 +6,9 @@
 use std::path::{Path, PathBuf};
 
 /// Bump when a pinned map's key, value or size changes incompatibly.
-pub const PIN_LAYOUT_VERSION: u32 = 8;
+pub const PIN_LAYOUT_VERSION: u32 = 9;
 
-/// Paths under one bpffs directory, e.g. `/sys/fs/bpf/porter/v8/...`.
+/// Paths under one bpffs directory, e.g. `/sys/fs/bpf/porter/v9/...`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PinLayout {
     root: PathBuf,
@@ -62,11 +62,11 @@ mod tests {
         let layout = PinLayout::new(Path::new("/sys/fs/bpf"));
         assert_eq!(
             layout.xdp_link("eth0"),
-            Path::new("/sys/fs/bpf/porter/v8/links/xdp-eth0")
+            Path::new("/sys/fs/bpf/porter/v9/links/xdp-eth0")
         );
         assert_eq!(
             layout.map("PORTER_STATS"),
-            Path::new("/sys/fs/bpf/porter/v8/maps/PORTER_STATS")
+            Path::new("/sys/fs/bpf/porter/v9/maps/PORTER_STATS")
         );
         assert!(layout.maps_dir().starts_with(layout.root()));
     }

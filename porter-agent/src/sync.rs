@@ -19,7 +19,9 @@ use tracing::{error, info, warn};
 use crate::{
     Dataplane, DataplaneConfig, DataplaneError, PinLayout, ServiceSpec,
     desired::{self, Desired},
-    interfaces, maglev,
+    interfaces,
+    layer2::{self, Layer2, lease::Leases},
+    maglev,
     metrics::{self, Metrics, Stage},
     xdp_attach::XdpModePreference,
 };
@@ -82,6 +84,8 @@ pub struct Agent {
     /// Interfaces this process attached to, and the XDP mode it saw.
     attached: BTreeMap<String, String>,
     last_problems: Vec<String>,
+    /// Layer 2 mode (answering ARP/NDP for led EIPs), when enabled.
+    layer2: Option<Layer2<Leases>>,
 }
 
 impl Agent {
@@ -93,7 +97,39 @@ impl Agent {
             dataplane: None,
             attached: BTreeMap::new(),
             last_problems: Vec::new(),
+            layer2: None,
         }
+    }
+
+    /// Runs Layer 2 rounds (see docs/layer2.md) next to the syncs.
+    pub fn with_layer2(mut self, layer2: Layer2<Leases>) -> Self {
+        self.layer2 = Some(layer2);
+        self
+    }
+
+    /// One Layer 2 round for the EIPs of `snapshot`, once the data plane is
+    /// attached. Idle (no lease traffic) while the cluster has no Layer 2
+    /// EIP and this node answers for none. A failure is logged; the
+    /// answers then lapse with the lease.
+    pub async fn layer2_round(&mut self, snapshot: &Snapshot) {
+        let (Some(layer2), Some(dataplane)) = (&mut self.layer2, &mut self.dataplane) else {
+            return;
+        };
+        if self.attached.is_empty() {
+            return;
+        }
+        let candidates = layer2::candidates::candidates(snapshot);
+        if candidates.is_empty() && !layer2.answering() {
+            return;
+        }
+        let choices = layer2::candidates::interface_choices(snapshot);
+        if let Err(err) = layer2.step(dataplane, &candidates, &choices).await {
+            warn!(error = %err, "layer 2 round failed; answers lapse with the lease");
+        }
+    }
+
+    fn layer2_interval(&self) -> Option<Duration> {
+        self.layer2.as_ref().map(Layer2::round_interval)
     }
 
     /// One pass. Programs the maps first, then attaches, so that a fresh
@@ -299,15 +335,25 @@ pub async fn run(
 ) {
     let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(30));
     tokio::pin!(shutdown);
+    // Layer 2 rounds run between syncs; without Layer 2 the branch is off.
+    let mut layer2_ticker =
+        tokio::time::interval(agent.layer2_interval().unwrap_or(Duration::from_secs(3600)));
+    layer2_ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut sync_due = true;
+    let mut next_sync = tokio::time::Instant::now();
     loop {
-        let snapshot = snapshots.borrow_and_update().clone();
-        let wait = match agent.sync(&snapshot) {
-            Ok(()) => {
-                backoff.reset();
-                agent.settings.resync
-            }
-            Err(_) => backoff.failed(),
-        };
+        if sync_due {
+            let snapshot = snapshots.borrow_and_update().clone();
+            let wait = match agent.sync(&snapshot) {
+                Ok(()) => {
+                    backoff.reset();
+                    agent.settings.resync
+                }
+                Err(_) => backoff.failed(),
+            };
+            next_sync = tokio::time::Instant::now() + wait;
+            sync_due = false;
+        }
         tokio::select! {
             () = &mut shutdown => break,
             changed = snapshots.changed() => {
@@ -315,8 +361,13 @@ pub async fn run(
                     error!("the cluster-state source stopped; the data plane keeps its last state");
                     break;
                 }
+                sync_due = true;
             }
-            () = tokio::time::sleep(wait) => {}
+            () = tokio::time::sleep_until(next_sync) => sync_due = true,
+            _ = layer2_ticker.tick(), if agent.layer2.is_some() => {
+                let snapshot = snapshots.borrow().clone();
+                agent.layer2_round(&snapshot).await;
+            }
         }
     }
     info!(

@@ -41,6 +41,11 @@ pub mod map_names {
     /// Array of `u32` settings, indexed by [`crate::config`] constants.
     pub const CONFIG: &str = "PORTER_CONFIG";
 
+    /// Hash: [`crate::L2Key`] (EIP, interface) → [`crate::L2Value`]: the
+    /// Layer 2 EIPs this node leads, whose ARP requests and neighbour
+    /// solicitations XDP answers on that interface.
+    pub const L2_LEADS: &str = "PORTER_L2_LEADS";
+
     /// Every map, for pinning: all of them outlive the agent.
     pub const ALL: &[&str] = &[
         CONFIG,
@@ -54,6 +59,7 @@ pub mod map_names {
         BACKEND_REVNAT,
         REVNAT,
         SERVICE_COUNTERS,
+        L2_LEADS,
     ];
 }
 
@@ -75,6 +81,8 @@ pub mod limits {
     pub const DEFAULT_MAX_SERVICES: u32 = 64;
     pub const MAX_BACKENDS: u32 = 65_536;
     pub const CONNTRACK_ENTRIES: u32 = 262_144;
+    /// Layer 2 EIPs this node may lead at once, summed over interfaces.
+    pub const L2_LEADS: u32 = 4_096;
 }
 
 /// Settings in [`map_names::CONFIG`].
@@ -211,6 +219,29 @@ pub struct RevNatValue {
     pub service_id: u32,
 }
 
+/// A Layer 2 EIP on one interface (the one its ARP/NDP requests arrive on).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct L2Key {
+    pub addr: [u32; 4],
+    /// Host byte order, as `xdp_md.ingress_ifindex`.
+    pub ifindex: u32,
+    pub family: u8,
+    pub _pad: [u8; 3],
+}
+
+/// How to answer for an [`L2Key`]: the link-layer address to claim, and
+/// until when. The deadline fences a leader whose agent died: its node
+/// stops answering when its lease runs out, as the next leader takes over.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct L2Value {
+    pub mac: [u8; 6],
+    pub _pad: [u8; 2],
+    /// `bpf_ktime_get_ns` (CLOCK_MONOTONIC) after which the entry is ignored.
+    pub expires_ns: u64,
+}
+
 /// Per-service, per-CPU traffic counters.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -259,6 +290,8 @@ stats! {
     RevNatFailed = 12 => "revnat_failed", "Replies whose rewrite failed in tc (dropped).";
     DropRewriteFailed = 13 => "drop_rewrite_failed", "Dropped: a rewrite failed half-way (parsing rules this out; never forwarded half-rewritten).";
     Redirected = 14 => "redirected", "Translated and redirected to the backend's interface (redirect mode).";
+    ArpAnswered = 15 => "arp_answered", "ARP requests for a led Layer 2 EIP answered in XDP.";
+    NdpAnswered = 16 => "ndp_answered", "IPv6 neighbour solicitations for a led Layer 2 EIP answered in XDP.";
 }
 
 impl Stat {
@@ -281,6 +314,8 @@ mod pod {
     unsafe impl aya::Pod for CtValue {}
     unsafe impl aya::Pod for RevNatValue {}
     unsafe impl aya::Pod for ServiceCounters {}
+    unsafe impl aya::Pod for L2Key {}
+    unsafe impl aya::Pod for L2Value {}
 }
 
 #[cfg(test)]
@@ -298,6 +333,8 @@ mod tests {
         assert_eq!(size_of::<FlowKey>(), 40);
         assert_eq!(size_of::<CtValue>(), 24);
         assert_eq!(size_of::<RevNatValue>(), 24);
+        assert_eq!(size_of::<L2Key>(), 24);
+        assert_eq!(size_of::<L2Value>(), 16);
     }
 
     #[test]

@@ -6,6 +6,8 @@
 //!   service's Maglev table, DNATs to the backend and passes the packet to the
 //!   kernel, which routes it to the pod. Answers ICMP echo to a VIP, drops
 //!   traffic to a VIP port no service uses.
+//!   In Layer 2 mode it also answers ARP requests and neighbour
+//!   solicitations for the EIPs this node leads (see `l2`).
 //! - `porter_tc_revnat` (tc): rewrites replies from a backend back to `VIP:port`.
 //! - `porter_xdp_empty`: passes everything; the benchmark's baseline.
 //!
@@ -22,6 +24,7 @@
 #![no_main]
 
 mod csum;
+mod l2;
 mod parse;
 
 use aya_ebpf::{
@@ -39,9 +42,9 @@ use aya_ebpf::{
 };
 use parse::{Headers, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP, load, store};
 use porter_common::{
-    BACKEND_SHARED, BackendKey, BackendValue, CtValue, FAMILY_V4, FlowKey, RevNatValue,
-    ServiceCounters, ServiceKey, ServiceValue, Stat, VIP_FILTER_SLOTS, VipKey, config, limits,
-    vip_filter_slot,
+    BACKEND_SHARED, BackendKey, BackendValue, CtValue, FAMILY_V4, FlowKey, L2Key, L2Value,
+    RevNatValue, ServiceCounters, ServiceKey, ServiceValue, Stat, VIP_FILTER_SLOTS, VipKey, config,
+    limits, vip_filter_slot,
 };
 
 // BTF-defined maps: `bpftool map dump` shows their field names. They carry
@@ -75,6 +78,8 @@ static BACKEND_REVNAT: HashMap<BackendKey, RevNatValue, MAX_BACKENDS> = HashMap:
 static REVNAT: LruHashMap<FlowKey, RevNatValue, CONNTRACK_ENTRIES> = LruHashMap::new();
 #[btf_map(name = "PORTER_SVC_STATS")]
 static SERVICE_STATS: PerCpuArray<ServiceCounters, MAX_SERVICES> = PerCpuArray::new();
+#[btf_map(name = "PORTER_L2_LEADS")]
+static L2_LEADS: HashMap<L2Key, L2Value, { limits::L2_LEADS as usize }> = HashMap::new();
 
 /// Conntrack and reverse-NAT entries are refreshed at most this often, so an
 /// established flow costs lookups, not writes.
@@ -110,8 +115,29 @@ fn xdp_decide(ctx: &XdpContext) -> (u32, Stat) {
     let (data, data_end) = (ctx.data(), ctx.data_end());
     let h = match parse::parse(data, data_end) {
         Ok(h) => h,
+        // ARP is not IP; only this (rare) path looks further.
+        Err(Stat::PassNotIp) => {
+            return match l2::answer_arp(ctx, l2_lead) {
+                Some(xdp_action::XDP_TX) => (xdp_action::XDP_TX, Stat::ArpAnswered),
+                Some(action) => (action, Stat::DropRewriteFailed),
+                None => (xdp_action::XDP_PASS, Stat::PassNotIp),
+            };
+        }
         Err(stat) => return (xdp_action::XDP_PASS, stat),
     };
+    // Solicitations go to a multicast address, not to the EIP, so they are
+    // looked at before the VIP filter; one compare for all other traffic.
+    if h.icmp_type == l2::NEIGHBOR_SOLICIT
+        && h.proto == IPPROTO_ICMPV6
+        && let Some(action) = l2::answer_ns(ctx, &h, l2_lead)
+    {
+        let stat = if action == xdp_action::XDP_TX {
+            Stat::NdpAnswered
+        } else {
+            Stat::DropRewriteFailed
+        };
+        return (action, stat);
+    }
     // Most traffic a node sees is not for a service: one array read settles it.
     if VIP_FILTER
         .get(vip_filter_slot(&h.dst))
@@ -194,6 +220,15 @@ fn xdp_decide(ctx: &XdpContext) -> (u32, Stat) {
         return (action, Stat::Redirected);
     }
     (xdp_action::XDP_PASS, Stat::Forwarded)
+}
+
+#[inline(always)]
+fn l2_lead(key: &L2Key) -> Option<L2Value> {
+    // SAFETY: copied out at once; map values stay valid for the run (RCU).
+    let lead = unsafe { *L2_LEADS.get_ptr(key)? };
+    // SAFETY: no memory effects.
+    let now = unsafe { bpf_ktime_get_ns() };
+    (now < lead.expires_ns).then_some(lead)
 }
 
 /// The flow's backend: from conntrack while that backend still exists,

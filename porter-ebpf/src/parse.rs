@@ -77,6 +77,21 @@ pub struct Headers {
     pub icmp_type: u8,
 }
 
+/// The EtherType after up to two VLAN tags, and the offset of what it names.
+#[inline(always)]
+pub fn link_layer(data: usize, data_end: usize) -> Result<(u16, usize), Stat> {
+    let mut ethertype = u16::from_be(load::<u16>(data, data_end, 12).ok_or(Stat::PassTruncated)?);
+    let mut off = ETH_HLEN;
+    for _ in 0..MAX_VLAN_TAGS {
+        if ethertype != ETH_P_8021Q && ethertype != ETH_P_8021AD {
+            break;
+        }
+        ethertype = u16::from_be(load::<u16>(data, data_end, off + 2).ok_or(Stat::PassTruncated)?);
+        off += 4;
+    }
+    Ok((ethertype, off))
+}
+
 /// Parses the packet, or says why it must pass untouched. The whole packet
 /// must be in `data..data_end`, as it always is in XDP.
 #[inline(always)]
@@ -94,15 +109,7 @@ pub fn parse_skb_headers(data: usize, data_end: usize) -> Result<Headers, Stat> 
 
 #[inline(always)]
 fn parse_inner(data: usize, data_end: usize, whole: bool) -> Result<Headers, Stat> {
-    let mut ethertype = u16::from_be(load::<u16>(data, data_end, 12).ok_or(Stat::PassTruncated)?);
-    let mut off = ETH_HLEN;
-    for _ in 0..MAX_VLAN_TAGS {
-        if ethertype != ETH_P_8021Q && ethertype != ETH_P_8021AD {
-            break;
-        }
-        ethertype = u16::from_be(load::<u16>(data, data_end, off + 2).ok_or(Stat::PassTruncated)?);
-        off += 4;
-    }
+    let (ethertype, off) = link_layer(data, data_end)?;
     let mut headers = Headers {
         family: 0,
         proto: 0,

@@ -3,6 +3,7 @@
 pub mod bins;
 pub mod datacenter;
 pub mod lab;
+pub mod layer2_lab;
 pub mod manifests;
 pub mod netns;
 pub mod netns_runtime;

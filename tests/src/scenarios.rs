@@ -339,7 +339,13 @@ fn add_addr6(lab: &Lab, ns: &str, interface: &str, cidr: &str) -> Result<()> {
 
 /// Puts Porter's pass-everything XDP program on `ns`'s eth0 (with maps of
 /// its own, unpinned); detached when dropped.
-fn attach_pass_xdp(ns: &str) -> Result<Ebpf> {
+pub fn attach_pass_xdp(ns: &str) -> Result<Ebpf> {
+    attach_pass_xdp_to(ns, "eth0")
+}
+
+/// [`attach_pass_xdp`] on `interface`.
+pub fn attach_pass_xdp_to(ns: &str, interface: &str) -> Result<Ebpf> {
+    let interface = interface.to_owned();
     run_in(ns, move || {
         let mut ebpf = Ebpf::load(EBPF_OBJECT)?;
         let program: &mut Xdp = ebpf
@@ -347,7 +353,7 @@ fn attach_pass_xdp(ns: &str) -> Result<Ebpf> {
             .context("no empty XDP program")?
             .try_into()?;
         program.load()?;
-        program.attach("eth0", XdpMode::Driver)?;
+        program.attach(&interface, XdpMode::Driver)?;
         Ok(ebpf)
     })
 }

@@ -5,6 +5,7 @@ mod agent;
 mod bgp;
 mod controller;
 mod dataplane;
+mod layer2;
 
 use anyhow::Result;
 
@@ -28,6 +29,8 @@ pub enum Suite {
     Controller,
     /// Agent sync: 1,000 services x 10 local backends from empty, and one endpoint change.
     Agent,
+    /// Layer 2 failover time after a leader crash (median of 10), and handback.
+    Layer2,
 }
 
 pub fn run(args: &BenchArgs) -> Result<()> {
@@ -36,6 +39,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         Suite::Bgp => bgp::run(),
         Suite::Controller => controller::run(),
         Suite::Agent => agent::run(),
+        Suite::Layer2 => layer2::run(),
     }
 }
 

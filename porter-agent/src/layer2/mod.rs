@@ -1,0 +1,140 @@
+//! Layer 2 mode: one node per EIP answers ARP/NDP for it (in XDP), chosen
+//! deterministically among the nodes that can serve it, and a new leader
+//! announces itself with gratuitous ARP / unsolicited neighbour advertisements.
+pub mod announce;
+pub mod candidates;
+pub mod election;
+pub mod kube_lease;
+pub mod lease;
+pub mod link;
+pub mod metrics;
+pub mod speaker;
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::IpAddr,
+    sync::Arc,
+    time::{Duration, SystemTime},
+};
+
+use tracing::warn;
+
+use crate::{Dataplane, DataplaneError};
+use announce::Announcer;
+use lease::{LeaseError, LeaseStore};
+use metrics::Layer2Metrics;
+use speaker::{Round, Speaker};
+
+#[derive(Debug, thiserror::Error)]
+pub enum Layer2Error {
+    #[error(transparent)]
+    Lease(#[from] LeaseError),
+    #[error("cannot program layer 2 answers: {0}")]
+    Dataplane(#[from] DataplaneError),
+}
+
+/// The Layer 2 side of an agent: runs [`Speaker`] rounds, programs the data
+/// plane with their outcome, and announces takeovers in the background.
+pub struct Layer2<S> {
+    speaker: Speaker<S>,
+    announcer: Arc<Announcer>,
+    metrics: Layer2Metrics,
+    /// What this node answers for now, for announcements in flight.
+    answering: tokio::sync::watch::Sender<BTreeSet<IpAddr>>,
+}
+
+impl<S: LeaseStore> Layer2<S> {
+    pub fn new(speaker: Speaker<S>, announcer: Announcer, metrics: Layer2Metrics) -> Self {
+        Self {
+            speaker,
+            announcer: Arc::new(announcer),
+            metrics,
+            answering: tokio::sync::watch::Sender::new(BTreeSet::new()),
+        }
+    }
+
+    /// Whether this node answered for any EIP after the last round.
+    pub fn answering(&self) -> bool {
+        !self.answering.borrow().is_empty()
+    }
+
+    /// How often [`Self::step`] must run.
+    pub fn round_interval(&self) -> Duration {
+        self.speaker.timing().round_interval()
+    }
+
+    /// One round for `candidates` (Layer 2 EIP → candidate nodes), each EIP
+    /// answered on the interface its pool chose (`choices`, see
+    /// [`candidates::interface_choices`]) or on every uplink. Must run inside
+    /// a tokio runtime (announcements are spawned). On an error the data
+    /// plane is left alone, so its answers run out with the lease.
+    pub async fn step(
+        &mut self,
+        dataplane: &mut Dataplane,
+        candidates: &BTreeMap<IpAddr, BTreeSet<String>>,
+        choices: &BTreeMap<IpAddr, String>,
+    ) -> Result<Round, Layer2Error> {
+        let round = match self.program(dataplane, candidates, choices).await {
+            Ok(round) => round,
+            Err(err) => {
+                self.metrics.round_failed();
+                // Unsure whether we still lead: stop announcing.
+                self.answering.send_replace(BTreeSet::new());
+                return Err(err);
+            }
+        };
+        self.metrics.round(&round.leaders, &round.answer);
+        self.answering.send_replace(round.answer.clone());
+        if !round.takeovers.is_empty() {
+            let links = dataplane.l2_interfaces();
+            let eips = round.takeovers.clone();
+            let (announcer, metrics) = (self.announcer.clone(), self.metrics.clone());
+            let answering = self.answering.subscribe();
+            tokio::spawn(async move {
+                let still_led = |eip| answering.borrow().contains(&eip);
+                metrics
+                    .gratuitous_sent(announcer.announce_takeover(&links, &eips, still_led).await);
+            });
+        }
+        Ok(round)
+    }
+
+    async fn program(
+        &mut self,
+        dataplane: &mut Dataplane,
+        candidates: &BTreeMap<IpAddr, BTreeSet<String>>,
+        choices: &BTreeMap<IpAddr, String>,
+    ) -> Result<Round, Layer2Error> {
+        let round = self.speaker.round(candidates, wall_clock()).await?;
+        let answers: BTreeMap<IpAddr, Option<String>> = round
+            .answer
+            .iter()
+            .map(|&eip| {
+                (
+                    eip,
+                    choices.get(&eip).map(|choice| interface_for(eip, choice)),
+                )
+            })
+            .collect();
+        dataplane.set_l2_answers(&answers, round.valid_for)?;
+        Ok(round)
+    }
+}
+
+/// The interface `choice` names; when it cannot be resolved, the choice
+/// itself, which matches no interface: the EIP is answered nowhere rather
+/// than on a NIC the operator did not ask for.
+fn interface_for(eip: IpAddr, choice: &str) -> String {
+    link::resolve_choice(choice).unwrap_or_else(|err| {
+        warn!(%eip, error = %err, "cannot resolve the pool's interface; not answering for the EIP");
+        choice.to_owned()
+    })
+}
+
+/// Time since the Unix epoch, as leases record it (nodes' clocks are
+/// assumed NTP-synchronised to well under a lease; see docs/layer2.md).
+pub fn wall_clock() -> Duration {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap_or_default()
+}
