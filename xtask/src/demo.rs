@@ -14,14 +14,7 @@ use porter_tests::{
     lab, privilege,
 };
 
-use crate::{cmd, ebpf, setup};
-
-#[derive(clap::Args)]
-pub struct DemoArgs {
-    /// Leave the lab running afterwards and print commands to explore it.
-    #[arg(long)]
-    pub keep: bool,
-}
+use crate::{args::DemoArgs, cmd, ebpf, setup};
 
 const PODS_PER_NODE: [usize; 3] = [1, 2, 3];
 const REQUESTS: usize = 100;

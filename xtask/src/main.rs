@@ -1,9 +1,14 @@
 //! `cargo xtask <task>`: the project's build, test and demo entry points.
+mod args;
+#[cfg(feature = "lab")]
 mod bench;
 mod cmd;
+#[cfg(feature = "lab")]
 mod demo;
 mod ebpf;
 mod gen_crds;
+#[cfg(not(feature = "lab"))]
+mod relaunch;
 mod setup;
 mod test;
 mod toolchain;
@@ -26,9 +31,9 @@ enum Task {
     /// fmt, the eBPF build, clippy, then every test (privileged ones when root).
     Test(test::TestArgs),
     /// Build everything and show Porter working in a network-namespace lab (needs root).
-    Demo(demo::DemoArgs),
+    Demo(args::DemoArgs),
     /// Run a benchmark suite; prints JSON lines with a same-run baseline (needs root).
-    Bench(bench::BenchArgs),
+    Bench(args::BenchArgs),
     /// Install the Debian packages, bpffs mount and eBPF toolchain that `test` and
     /// `demo` need (both run this first).
     Setup,
@@ -44,9 +49,13 @@ fn main() -> Result<()> {
             Ok(())
         }
         Task::Test(args) => test::run(&args),
+        #[cfg(feature = "lab")]
         Task::Demo(args) => demo::run(&args),
-        Task::Setup => setup::ensure_all(),
+        #[cfg(feature = "lab")]
         Task::Bench(args) => bench::run(&args),
+        #[cfg(not(feature = "lab"))]
+        Task::Demo(_) | Task::Bench(_) => relaunch::with_lab_feature(),
+        Task::Setup => setup::ensure_all(),
         Task::GenCrds => gen_crds::run(),
     }
 }

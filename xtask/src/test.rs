@@ -27,18 +27,21 @@ pub fn run(args: &TestArgs) -> Result<()> {
         "clippy",
         "--workspace",
         "--all-targets",
+        "--all-features",
         "--",
         "-D",
         "warnings",
     ]))?;
+    // `--all-features` covers xtask's `lab` tasks (demo, bench); every step
+    // uses the same feature set so nothing is compiled twice.
     // The privileged tests start the binaries themselves.
-    cmd::run(cmd::cargo().args(["build", "--workspace", "--bins"]))?;
-    if !porter_tests::privilege::is_root() {
+    cmd::run(cmd::cargo().args(["build", "--workspace", "--all-features", "--bins"]))?;
+    if !setup::is_root() {
         eprintln!("not root: privileged tests (netns, BPF) will print SKIP and pass");
     }
     cmd::run(
         cmd::cargo()
-            .args(["test", "--workspace"])
+            .args(["test", "--workspace", "--all-features"])
             .arg("--")
             .args(&args.cargo_test_args),
     )

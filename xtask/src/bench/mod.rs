@@ -9,29 +9,7 @@ mod layer2;
 
 use anyhow::Result;
 
-#[derive(clap::Args)]
-pub struct BenchArgs {
-    /// Which suite to run.
-    #[arg(value_enum)]
-    pub suite: Suite,
-    /// Seconds per throughput measurement (lab suites; each side is measured 5 times).
-    #[arg(long, default_value_t = 2)]
-    pub seconds: u64,
-}
-
-#[derive(Clone, Copy, Debug, clap::ValueEnum)]
-pub enum Suite {
-    /// XDP per-packet cost (BPF_PROG_TEST_RUN) and lab throughput vs iptables DNAT.
-    Dataplane,
-    /// 10,000 prefixes x 4 next hops into BIRD, against GoBGP loading the same set.
-    Bgp,
-    /// IPAM and announcements for 10,000 Services over 1,000 nodes.
-    Controller,
-    /// Agent sync: 1,000 services x 10 local backends from empty, and one endpoint change.
-    Agent,
-    /// Layer 2 failover time after a leader crash (median of 10), and handback.
-    Layer2,
-}
+pub use crate::args::{BenchArgs, Suite};
 
 pub fn run(args: &BenchArgs) -> Result<()> {
     match args.suite {
