@@ -198,9 +198,11 @@ impl Dataplane {
                 name: program_names::TC_REVNAT,
                 source,
             })?;
-        tc.load().map_err(|source| DataplaneError::Program {
-            name: program_names::TC_REVNAT,
-            source,
+        xdp_attach::retry_interrupted_load(|| tc.load()).map_err(|source| {
+            DataplaneError::Program {
+                name: program_names::TC_REVNAT,
+                source,
+            }
         })?;
         let maglev_map = ebpf
             .take_map(map_names::MAGLEV)

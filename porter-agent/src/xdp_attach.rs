@@ -96,8 +96,30 @@ pub fn load_with(
     }
     configure(&mut loader);
     let mut ebpf = loader.load(EBPF_OBJECT)?;
-    xdp_program(&mut ebpf)?.load()?;
+    let program = xdp_program(&mut ebpf)?;
+    retry_interrupted_load(|| program.load())?;
     Ok(ebpf)
+}
+
+/// The verifier abandons a load with EAGAIN when a signal reaches the loading
+/// thread while it verifies (a SIGCHLD from a child process, say); the larger
+/// the program, the likelier. libbpf retries such loads, and so do we.
+pub fn retry_interrupted_load(
+    mut load: impl FnMut() -> Result<(), ProgramError>,
+) -> Result<(), ProgramError> {
+    const ATTEMPTS: u32 = 5;
+    let mut attempt = 1;
+    loop {
+        match load() {
+            Err(ProgramError::LoadError { io_error, .. })
+                if attempt < ATTEMPTS && io_error.raw_os_error() == Some(libc::EAGAIN) =>
+            {
+                warn!(attempt, "BPF_PROG_LOAD interrupted (EAGAIN); retrying");
+                attempt += 1;
+            }
+            result => return result,
+        }
+    }
 }
 
 fn create_dir(path: &std::path::Path) -> Result<(), AttachError> {
