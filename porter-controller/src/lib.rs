@@ -3,6 +3,10 @@
 
 pub mod announce;
 pub mod bgp;
+/// Entry points for the fuzz targets in fuzz/; not a stable API.
+#[cfg(any(test, feature = "fuzzing"))]
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod ipam;
 pub mod metrics;
 pub mod reconcile;

@@ -3,6 +3,7 @@ mod bench;
 mod cmd;
 mod demo;
 mod ebpf;
+mod fuzz;
 mod gen_crds;
 mod setup;
 mod test;
@@ -34,6 +35,8 @@ enum Task {
     Setup,
     /// Regenerate deploy/crds/*.yaml from porter-api's CRD types.
     GenCrds,
+    /// Coverage-guided fuzzing of the parsers (cargo-fuzz, nightly), N seconds per target.
+    Fuzz(fuzz::FuzzArgs),
 }
 
 fn main() -> Result<()> {
@@ -48,5 +51,6 @@ fn main() -> Result<()> {
         Task::Setup => setup::ensure_all(),
         Task::Bench(args) => bench::run(&args),
         Task::GenCrds => gen_crds::run(),
+        Task::Fuzz(args) => fuzz::run(&args),
     }
 }
