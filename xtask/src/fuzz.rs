@@ -2,10 +2,7 @@
 //! parsers of untrusted input with cargo-fuzz (libFuzzer, nightly). Not part
 //! of `cargo xtask test`: the seed corpora are replayed there by ordinary
 //! unit tests instead (see docs/fuzzing.md).
-use std::{
-    path::{Path, PathBuf},
-    process::Command,
-};
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 
