@@ -2,7 +2,10 @@
 //! parsers of untrusted input with cargo-fuzz (libFuzzer, nightly). Not part
 //! of `cargo xtask test`: the seed corpora are replayed there by ordinary
 //! unit tests instead (see docs/fuzzing.md).
-use std::path::{Path, PathBuf};
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+};
 
 use anyhow::{Context, Result, bail};
 
@@ -53,7 +56,7 @@ pub fn run(args: &FuzzArgs) -> Result<()> {
             seconds => format!("-max_total_time={seconds}"),
         };
         cmd::run(
-            cmd::cargo()
+            rustup_cargo()
                 .current_dir(&root)
                 .args(["+nightly", "fuzz", "run", "-O", target])
                 .arg(&corpus)
@@ -62,12 +65,18 @@ pub fn run(args: &FuzzArgs) -> Result<()> {
         )
         .with_context(|| {
             format!(
-                "fuzz target {target} failed; the input that broke it is in fuzz/artifacts/{target}/ \
+                "fuzz target {target} failed; a crashing input is saved in fuzz/artifacts/{target}/ \
                  (reproduce with `cargo +nightly fuzz run {target} <file>`)"
             )
         })?;
     }
     Ok(())
+}
+
+/// The rustup proxy, which understands `+nightly` (the `$CARGO` that runs
+/// xtask is the stable toolchain's own binary, which does not).
+fn rustup_cargo() -> Command {
+    Command::new("cargo")
 }
 
 fn ensure_cargo_fuzz() -> Result<()> {
