@@ -10,6 +10,10 @@
 //! - `speaker`: the public handle, the listener and the peer table.
 pub mod codec;
 mod fsm;
+/// Entry points for the fuzz targets in fuzz/; not a stable API.
+#[cfg(any(test, feature = "fuzzing"))]
+#[doc(hidden)]
+pub mod fuzzing;
 mod policy;
 mod rib;
 mod session;

@@ -4,6 +4,10 @@
 pub mod announce;
 pub mod bgp;
 pub mod bgp_speaker;
+/// Entry points for the fuzz targets in fuzz/; not a stable API.
+#[cfg(any(test, feature = "fuzzing"))]
+#[doc(hidden)]
+pub mod fuzzing;
 mod identity;
 pub mod ipam;
 pub mod metrics;

@@ -6,6 +6,7 @@ mod cmd;
 #[cfg(feature = "lab")]
 mod demo;
 mod ebpf;
+mod fuzz;
 mod gen_crds;
 #[cfg(not(feature = "lab"))]
 mod relaunch;
@@ -39,6 +40,8 @@ enum Task {
     Setup,
     /// Regenerate deploy/crds/*.yaml from porter-api's CRD types.
     GenCrds,
+    /// Coverage-guided fuzzing of the parsers (cargo-fuzz, nightly), N seconds per target.
+    Fuzz(fuzz::FuzzArgs),
 }
 
 fn main() -> Result<()> {
@@ -57,5 +60,6 @@ fn main() -> Result<()> {
         Task::Demo(_) | Task::Bench(_) => relaunch::with_lab_feature(),
         Task::Setup => setup::ensure_all(),
         Task::GenCrds => gen_crds::run(),
+        Task::Fuzz(args) => fuzz::run(&args),
     }
 }

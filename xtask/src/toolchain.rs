@@ -20,7 +20,7 @@ pub fn ensure_ebpf_toolchain() -> Result<()> {
     ensure_bpf_linker()
 }
 
-fn ensure_nightly() -> Result<()> {
+pub fn ensure_nightly() -> Result<()> {
     let installed =
         cmd::stdout(Command::new("rustup").args(["toolchain", "list"])).unwrap_or_default();
     if installed.lines().any(|line| line.starts_with("nightly")) {

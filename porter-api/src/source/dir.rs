@@ -121,37 +121,44 @@ pub fn load(root: &Path) -> std::io::Result<(Snapshot, Vec<LoadProblem>)> {
     let mut snap = Snapshot::default();
     let mut problems = Vec::new();
     for file in manifest_files(root)? {
-        let text = match std::fs::read_to_string(&file) {
-            Ok(t) => t,
-            Err(e) => {
-                problems.push(LoadProblem {
-                    file,
-                    problem: e.to_string(),
-                });
-                continue;
-            }
-        };
-        for doc in serde_yaml::Deserializer::from_str(&text) {
-            let value = match serde_yaml::Value::deserialize(doc) {
-                Ok(serde_yaml::Value::Null) => continue,
-                Ok(v) => v,
-                Err(e) => {
-                    problems.push(LoadProblem {
-                        file: file.clone(),
-                        problem: format!("not YAML: {e}"),
-                    });
-                    break;
-                }
-            };
-            if let Err(problem) = add_object(root, &mut snap, value) {
-                problems.push(LoadProblem {
-                    file: file.clone(),
-                    problem,
-                });
-            }
+        match std::fs::read_to_string(&file) {
+            Ok(text) => problems.extend(load_text(root, &file, &text, &mut snap)),
+            Err(e) => problems.push(LoadProblem {
+                file,
+                problem: e.to_string(),
+            }),
         }
     }
     Ok((snap, problems))
+}
+
+/// Adds the objects of one manifest file's `text` (read from `file` under
+/// `root`) to `snap`; what cannot be used is returned, never a panic. Pure
+/// apart from reading the status files under `root`, so the fuzz target
+/// `manifests` drives it directly.
+pub fn load_text(root: &Path, file: &Path, text: &str, snap: &mut Snapshot) -> Vec<LoadProblem> {
+    let mut problems = Vec::new();
+    for doc in serde_yaml::Deserializer::from_str(text) {
+        let value = match serde_yaml::Value::deserialize(doc) {
+            Ok(serde_yaml::Value::Null) => continue,
+            Ok(v) => v,
+            Err(e) => {
+                // The YAML parser cannot resynchronise after a syntax error.
+                problems.push(LoadProblem {
+                    file: file.to_path_buf(),
+                    problem: format!("not YAML: {e}"),
+                });
+                break;
+            }
+        };
+        if let Err(problem) = add_object(root, snap, value) {
+            problems.push(LoadProblem {
+                file: file.to_path_buf(),
+                problem,
+            });
+        }
+    }
+    problems
 }
 
 fn parse<T: serde::de::DeserializeOwned>(

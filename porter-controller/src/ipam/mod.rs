@@ -93,6 +93,13 @@ impl Ipam {
         for key in orphaned {
             self.release(&key);
         }
+        // A kept address may now be in another pool (a pool's address or
+        // name changed): count it there, in status and for sharing.
+        for (ip, holding) in &mut self.holdings {
+            if let Some(pool) = accepting_pool(&self.pools, *ip) {
+                holding.pool.clone_from(&pool.name);
+            }
+        }
     }
 
     pub fn pools(&self) -> impl Iterator<Item = &Pool> {
@@ -211,9 +218,7 @@ impl Ipam {
     }
 
     fn accepting_pool_of(&self, ip: IpAddr) -> Option<&Pool> {
-        self.pools
-            .values()
-            .find(|p| p.state == PoolState::Accepted && p.range.is_some_and(|r| r.contains(ip)))
+        accepting_pool(&self.pools, ip)
     }
 
     /// Whether `ips` satisfy the request: each in an accepted pool (disabled
@@ -431,6 +436,13 @@ impl Ipam {
         }
         (next < to).then_some(next)
     }
+}
+
+/// The accepted pool `ip` belongs to (accepted pools never overlap).
+fn accepting_pool(pools: &BTreeMap<String, Pool>, ip: IpAddr) -> Option<&Pool> {
+    pools
+        .values()
+        .find(|p| p.state == PoolState::Accepted && p.range.is_some_and(|r| r.contains(ip)))
 }
 
 /// 0: reserved for the namespace; 1: default; 2: open to all.

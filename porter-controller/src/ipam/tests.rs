@@ -509,3 +509,20 @@ fn filling_a_pool_reuses_released_gaps_after_wrapping() {
     i.release(&ObjectKey::new("a", "s1"));
     assert_eq!(i.allocate(&req("a/late"), &l), Ok(ips(&["10.0.0.1"])));
 }
+
+/// Found by the `ipam` fuzz target: when a pool's address changed and a
+/// kept address now lay in another pool, it was still counted in the old
+/// one (Eip.status.used, and the sharing search).
+#[test]
+fn kept_address_moves_to_the_pool_that_now_holds_it() {
+    let mut i = ipam(vec![plain("a", "10.0.0.0/30")]);
+    let r = req("ns/svc");
+    assert_eq!(i.allocate(&r, &no_labels()), Ok(ips(&["10.0.0.0"])));
+    i.set_pools(vec![plain("a", "10.0.1.0/30"), plain("b", "10.0.0.0/30")]);
+    assert_eq!(i.addresses_of(&r.key), Some(&ips(&["10.0.0.0"])[..]));
+    assert!(i.used_in("a").is_empty(), "{:?}", i.used_in("a"));
+    assert_eq!(
+        i.used_in("b").keys().copied().collect::<Vec<_>>(),
+        ips(&["10.0.0.0"])
+    );
+}
