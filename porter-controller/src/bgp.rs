@@ -581,35 +581,5 @@ impl Announcer for Recorder {
     }
 }
 
-/// Logs what a speaker would be told and keeps nothing: what the binary
-/// drives until porter-bgp's `Speaker` is adapted to [`Announcer`].
-#[derive(Debug, Default)]
-pub struct LogAnnouncer;
-
-impl Announcer for LogAnnouncer {
-    fn start(&mut self, config: &SpeakerConfig) {
-        tracing::info!(local_as = config.local_as, router_id = %config.router_id, listen = ?config.listen, "BGP speaker settings");
-    }
-
-    fn upsert_peer(&mut self, peer: &PeerConfig) {
-        tracing::info!(peer = %peer.address, remote_as = peer.remote_as, passive = peer.passive, send_max = peer.add_path_send_max, "BGP peer");
-    }
-
-    fn remove_peer(&mut self, address: IpAddr) {
-        tracing::info!(peer = %address, "BGP peer removed");
-    }
-
-    fn set_routes(&mut self, routes: &Routes) {
-        // run.rs logs the totals at info; one line per route is for debugging.
-        for (prefix, hops) in routes {
-            tracing::debug!(eip = %prefix, next_hops = ?hops, "route");
-        }
-    }
-
-    fn peer_status(&self) -> Vec<PeerStatus> {
-        Vec::new()
-    }
-}
-
 #[cfg(test)]
 mod tests;
