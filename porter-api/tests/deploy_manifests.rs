@@ -364,7 +364,7 @@ fn rbac_is_least_privilege() {
             );
         }
     }
-    // The agent only reads: every role bound to it has read verbs alone.
+    // The agent only reads, except the Leases that guard Layer 2 leadership.
     let bound_to_agent: Vec<String> = bundle_of::<ClusterRoleBinding>("ClusterRoleBinding")
         .into_iter()
         .map(|b| (b.role_ref.name, b.subjects.unwrap_or_default()))
@@ -383,9 +383,15 @@ fn rbac_is_least_privilege() {
             .find(|(n, _)| n == role)
             .expect("bound role exists");
         for rule in rules {
+            let only_leases = rule.resources.iter().flatten().all(|r| r == "leases")
+                && rule
+                    .api_groups
+                    .iter()
+                    .flatten()
+                    .all(|g| g == "coordination.k8s.io");
             for verb in &rule.verbs {
                 assert!(
-                    ["get", "list", "watch"].contains(&verb.as_str()),
+                    ["get", "list", "watch"].contains(&verb.as_str()) || only_leases,
                     "the agent may {verb} through role {role}"
                 );
             }
@@ -445,9 +451,16 @@ fn workloads_keep_their_promises() {
     assert_eq!(caps.drop.as_deref(), Some(&["ALL".to_string()][..]));
     let mut added = caps.add.clone().unwrap_or_default();
     added.sort();
-    assert_eq!(added, ["BPF", "NET_ADMIN", "PERFMON", "SYS_RESOURCE"]);
+    assert_eq!(
+        added,
+        ["BPF", "NET_ADMIN", "NET_RAW", "PERFMON", "SYS_RESOURCE"]
+    );
     assert!(
         c.env.iter().flatten().any(|e| e.name == "NODE_NAME"),
         "the agent knows its node"
+    );
+    assert!(
+        c.env.iter().flatten().any(|e| e.name == "POD_NAMESPACE"),
+        "the agent knows where its Layer 2 Leases live"
     );
 }
