@@ -75,6 +75,7 @@ fn main() -> ExitCode {
     };
     println!("lab ready in {:?}", started.elapsed());
     let mut failed = Vec::new();
+    let total = selected.len();
     for (name, case) in selected {
         let case_started = Instant::now();
         match case(&mut ctx) {
@@ -89,10 +90,12 @@ fn main() -> ExitCode {
             }
         }
     }
+    println!("e2e cases took {:?}", started.elapsed());
+    // The plain summary CI readers look for, as cargo's harness would print it.
     println!(
-        "e2e: {} failed, total {:?}",
-        failed.len(),
-        started.elapsed()
+        "e2e: {} passed, {} failed",
+        total - failed.len(),
+        failed.len()
     );
     if failed.is_empty() {
         ExitCode::SUCCESS
