@@ -277,3 +277,21 @@ impl Rng {
         }
     }
 }
+
+/// One BPF_PROG_TEST_RUN: the program's return code and the packet it left
+/// (room for the program to grow the packet by up to 512 bytes).
+pub fn test_run<P>(program: &P, packet: &[u8]) -> Result<(u32, Vec<u8>)>
+where
+    P: for<'a> aya::programs::TestRun<
+            Opts<'a> = aya::programs::TestRunOptions<'a>,
+            Result = aya::programs::TestRunResult,
+        >,
+{
+    let mut out = vec![0u8; packet.len() + 512];
+    let mut options = aya::programs::TestRunOptions::new();
+    options.data_in = Some(packet);
+    options.data_out = Some(&mut out);
+    let result = program.test_run(options)?;
+    out.truncate(result.data_size_out as usize);
+    Ok((result.return_value, out))
+}

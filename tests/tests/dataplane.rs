@@ -4,7 +4,7 @@
 use std::net::IpAddr;
 
 use anyhow::{Context, Result};
-use aya::programs::{SchedClassifier, TestRun, TestRunOptions, Xdp};
+use aya::programs::{SchedClassifier, Xdp};
 use porter_agent::{
     Backend, Dataplane, DataplaneConfig, Forwarding, PinLayout, Protocol, ServiceAddr, ServiceSpec,
 };
@@ -88,7 +88,7 @@ impl Bench {
             .program_mut(program_names::XDP)
             .context("xdp program")?
             .try_into()?;
-        test_run(program, packet)
+        packets::test_run(program, packet)
     }
 
     /// Sends a request of a new flow through XDP and returns the reply the
@@ -117,7 +117,7 @@ impl Bench {
             .program_mut(program_names::TC_REVNAT)
             .context("tc program")?
             .try_into()?;
-        let (action, out) = test_run(program, packet)?;
+        let (action, out) = packets::test_run(program, packet)?;
         assert_eq!(action, 0, "tc always lets replies go (TC_ACT_OK)");
         Ok(out)
     }
@@ -130,20 +130,6 @@ impl Bench {
             .find_map(|(stat, value)| (stat == wanted).then_some(value))
             .unwrap_or(0))
     }
-}
-
-/// One BPF_PROG_TEST_RUN: the program's return code and the packet it left.
-fn test_run<P>(program: &P, packet: &[u8]) -> Result<(u32, Vec<u8>)>
-where
-    P: for<'a> TestRun<Opts<'a> = TestRunOptions<'a>, Result = aya::programs::TestRunResult>,
-{
-    let mut out = vec![0u8; packet.len() + 512];
-    let mut options = TestRunOptions::new();
-    options.data_in = Some(packet);
-    options.data_out = Some(&mut out);
-    let result = program.test_run(options)?;
-    out.truncate(result.data_size_out as usize);
-    Ok((result.return_value, out))
 }
 
 fn tcp(sport: u16, dport: u16) -> L4 {

@@ -11,7 +11,7 @@ use std::{
 };
 
 use anyhow::{Context, Result};
-use aya::programs::{TestRun, TestRunOptions, Xdp};
+use aya::programs::Xdp;
 use etherparse::{Icmpv6Type, PacketBuilder, icmpv6::NeighborAdvertisementHeader};
 use porter_agent::{
     Dataplane, DataplaneConfig, PinLayout,
@@ -24,7 +24,7 @@ use porter_common::{Stat, program_names};
 use porter_tests::{
     lab::{Lab, wait_for},
     layer2_lab::{self, L2Lab, pod_of},
-    packets::checked_summary,
+    packets::{self, checked_summary},
     privilege,
 };
 
@@ -82,13 +82,7 @@ impl Bench {
             .program_mut(program_names::XDP)
             .context("xdp program")?
             .try_into()?;
-        let mut out = vec![0u8; packet.len() + 256];
-        let mut options = TestRunOptions::new();
-        options.data_in = Some(packet);
-        options.data_out = Some(&mut out);
-        let result = program.test_run(options)?;
-        out.truncate(result.data_size_out as usize);
-        Ok((result.return_value, out))
+        packets::test_run(program, packet)
     }
 
     fn stat(&self, wanted: Stat) -> Result<u64> {
