@@ -10,7 +10,7 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::CustomResource;
 use kube::core::CustomResourceExt;
 use kube::core::crd::merge_crds;
@@ -33,6 +33,11 @@ pub const GROUP: &str = "network.kubesphere.io";
     printcolumn(name = "Total", type_ = "integer", json_path = ".status.poolSize"),
     printcolumn(name = "Disabled", type_ = "boolean", json_path = ".spec.disable"),
     printcolumn(name = "Ready", type_ = "boolean", json_path = ".status.ready"),
+    printcolumn(
+        name = "Announcers",
+        type_ = "string",
+        json_path = ".status.layer2Nodes"
+    ),
     printcolumn(
         name = "Age",
         type_ = "date",
@@ -94,6 +99,27 @@ pub struct EipStatus {
     pub ready: bool,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
+    /// `layer2` pools: the node that answers ARP/NDP for each address in
+    /// use, i.e. holds the address's lease. An address nobody answers for
+    /// is absent. Mirrored from the agents' leases by the controller.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["address"]))]
+    pub layer2_announcers: Vec<Layer2Announcer>,
+    /// The nodes of `layer2Announcers`, sorted and comma-separated (the
+    /// `Announcers` column of `kubectl get eip`).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub layer2_nodes: String,
+}
+
+/// Which node announces one `layer2` address.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Layer2Announcer {
+    pub address: String,
+    /// The node answering ARP (IPv4) or neighbour solicitations (IPv6) for it.
+    pub node: String,
+    /// When the controller first saw this node announce the address.
+    pub since: Time,
 }
 
 /// The seed's (Porter v0.1–v0.3) `Eip`: served so that old manifests apply as

@@ -4,13 +4,16 @@
 
 pub mod annotations;
 pub mod crd;
+pub mod layer2;
 pub mod metrics_http;
 pub mod service;
 pub mod source;
 #[cfg(feature = "testing")]
 pub mod testing;
 
-pub use crd::{BgpConf, BgpConfSpec, BgpPeer, BgpPeerSpec, Eip, EipSpec, EipStatus};
+pub use crd::{
+    BgpConf, BgpConfSpec, BgpPeer, BgpPeerSpec, Eip, EipSpec, EipStatus, Layer2Announcer,
+};
 
 /// A namespaced object's identity, displayed as `namespace/name` (the form
 /// `Eip.status.used` and the logs use).

@@ -57,7 +57,24 @@ fn eip_crd_serves_v1alpha1_and_stores_v1alpha2_with_printer_columns() {
         .collect();
     assert_eq!(
         columns,
-        ["CIDR", "Usage", "Total", "Disabled", "Ready", "Age"]
+        [
+            "CIDR",
+            "Usage",
+            "Total",
+            "Disabled",
+            "Ready",
+            "Announcers",
+            "Age"
+        ]
+    );
+    // One entry per address, merged by key under server-side apply.
+    let schema = serde_json::to_value(&v2.schema).expect("schema");
+    let announcers =
+        &schema["openAPIV3Schema"]["properties"]["status"]["properties"]["layer2Announcers"];
+    assert_eq!(announcers["x-kubernetes-list-type"], "map", "{announcers}");
+    assert_eq!(
+        announcers["x-kubernetes-list-map-keys"],
+        serde_json::json!(["address"])
     );
     assert!(
         v2.subresources

@@ -10,6 +10,7 @@ pub mod bgp_speaker;
 pub mod fuzzing;
 mod identity;
 pub mod ipam;
+pub mod layer2_status;
 pub mod metrics;
 pub mod reconcile;
 pub mod run;

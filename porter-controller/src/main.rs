@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use clap::Parser;
-use porter_api::source::{SourceArg as Source, dir, kube as kube_source};
+use porter_api::source::{SourceArg as Source, dir, kube as kube_source, layer2};
 use porter_controller::bgp_speaker::SpeakerAnnouncer;
 use porter_controller::metrics::Metrics;
 use porter_controller::run::{Controller, Settings, run};
@@ -51,7 +51,9 @@ struct Args {
     /// Lease (coordination.k8s.io) the replicas elect a leader with; `kube` only.
     #[arg(long, default_value = "porter-controller")]
     lease_name: String,
-    /// Namespace of the lease; the pod's own namespace in a Deployment.
+    /// Namespace of the lease; the pod's own namespace in a Deployment. The
+    /// agents' Layer 2 Leases, whose holders the Eip status reports, are
+    /// read from here too (agents and controller share a namespace).
     #[arg(long, default_value = "porter-system", env = "POD_NAMESPACE")]
     lease_namespace: String,
     /// This replica's name in the lease and in Events; the pod name in a Deployment.
@@ -94,6 +96,9 @@ async fn main() -> Result<()> {
             let (snapshots, writer) = dir::start(path.clone(), args.poll_interval)
                 .with_context(|| format!("cannot read manifests in {}", path.display()))?;
             tracing::info!(dir = %path.display(), "reading the cluster from manifests");
+            let holders =
+                layer2::watch_dir(path.join(porter_api::layer2::LEASE_DIR), args.poll_interval);
+            let snapshots = layer2::with_holders(snapshots, holders);
             // One process owns a directory: it is always the leader.
             let (_keep, leader) = watch::channel(true);
             run(controller, snapshots, writer, leader, settings).await;
@@ -121,6 +126,8 @@ async fn main() -> Result<()> {
             let (leader, lease_task) = lease.watch().await;
             tracing::info!(identity, "waiting for the cluster state");
             let (snapshots, stores) = kube_source::start(client.clone()).await;
+            let holders = layer2::watch_kube(client.clone(), &args.lease_namespace).await;
+            let snapshots = layer2::with_holders(snapshots, holders);
             let writer = kube_source::KubeWriter::new(client, Some(identity), Some(stores));
             // Without a working election this replica cannot know whether it
             // may write: stop, and let the Deployment restart it.

@@ -18,6 +18,7 @@ use crate::announce::{RouteTable, Routes};
 use crate::bgp::{self, BgpDesired};
 use crate::identity::{remember, same_objects};
 use crate::ipam::{Ipam, NamespaceLabels, Pool, PoolState};
+use crate::layer2_status::Layer2Status;
 use crate::service::{self, ServiceRequest};
 
 pub const REASON_ALLOCATED: &str = "IPAllocated";
@@ -54,6 +55,8 @@ pub struct Reconciler {
     routes_version: u64,
     /// The inputs and outcome of the last address plan.
     last_addresses: Option<(AddressInputs, Memo)>,
+    /// Which node announces each Layer 2 address, as last reported.
+    layer2: Layer2Status,
 }
 
 /// What the address plan reads, by identity (see [`crate::identity`]).
@@ -136,6 +139,7 @@ impl Reconciler {
         self.routes = RouteTable::default();
         self.routes_version += 1;
         self.last_addresses = None;
+        self.layer2.forget();
     }
 
     pub fn plan(&mut self, snap: &Snapshot, now: &Time) -> Plan {
@@ -166,6 +170,13 @@ impl Reconciler {
         plan.routes = self.routes.routes().clone();
         plan.routes_version = self.routes_version;
         self.announcement_events(&changed, &mut plan.events);
+        self.layer2.plan(
+            snap,
+            &self.ipam,
+            now,
+            &mut plan.eip_status,
+            &mut plan.events,
+        );
         plan.bgp = bgp::desired(snap);
         plan
     }
@@ -373,6 +384,11 @@ pub fn eip_status(
         v4: pool.family() == Some(crate::ipam::Family::V4),
         ready,
         used,
+        // Set by the Layer 2 pass; kept here so that an unchanged pool compares equal.
+        layer2_announcers: prev
+            .map(|p| p.layer2_announcers.clone())
+            .unwrap_or_default(),
+        layer2_nodes: prev.map(|p| p.layer2_nodes.clone()).unwrap_or_default(),
         conditions: vec![Condition {
             type_: "Ready".into(),
             status: status_word.into(),

@@ -14,7 +14,7 @@ use std::{
 use k8s_openapi::api::{core::v1::Node, discovery::v1::EndpointSlice};
 use porter_api::{ObjectKey, annotations::SERVICE_NAME_LABEL, source::Snapshot};
 
-pub const PROTOCOL_LAYER2: &str = "layer2";
+pub use porter_api::layer2::PROTOCOL_LAYER2;
 
 /// Layer 2 EIP → the nodes that may lead it (possibly none).
 pub fn candidates(snapshot: &Snapshot) -> BTreeMap<IpAddr, BTreeSet<String>> {

@@ -69,23 +69,10 @@ pub fn choose<'a>(
         .find(|node| alive(node))
 }
 
-/// A lease as stored (a Kubernetes Lease, or a file with the dir source).
-/// Times are durations since the Unix epoch, as every node's clock reads them.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct LeaseRecord {
-    pub holder: String,
-    pub renewed: Duration,
-    pub duration: Duration,
-}
+pub use porter_api::layer2::LeaseRecord;
 
-impl LeaseRecord {
-    pub fn expired(&self, now: Duration) -> bool {
-        now >= self.renewed.saturating_add(self.duration)
-    }
-
-    fn held_by(&self, node: &str, now: Duration) -> bool {
-        self.holder == node && !self.expired(now)
-    }
+fn held_by(lease: &LeaseRecord, node: &str, now: Duration) -> bool {
+    lease.holder == node && !lease.expired(now)
 }
 
 /// A write to make to one EIP's lease.
@@ -149,7 +136,7 @@ pub fn decide(inputs: &Inputs<'_>) -> Decision {
         }
         if chosen == Some(inputs.node) {
             match lease {
-                Some(lease) if lease.held_by(inputs.node, inputs.now) => {
+                Some(lease) if held_by(lease, inputs.node, inputs.now) => {
                     decision.answer.insert(eip);
                     // Renewed every decision: the caller decides at a
                     // fraction of the lease duration.
@@ -161,13 +148,13 @@ pub fn decide(inputs: &Inputs<'_>) -> Decision {
                     decision.writes.insert(eip, LeaseWrite::Acquire);
                 }
             }
-        } else if lease.is_some_and(|lease| lease.held_by(inputs.node, inputs.now)) {
+        } else if lease.is_some_and(|lease| held_by(lease, inputs.node, inputs.now)) {
             decision.writes.insert(eip, LeaseWrite::Release);
         }
     }
     // Leases of EIPs that are no longer Layer 2 EIPs (or gone) are released too.
     for (&eip, lease) in inputs.leases {
-        if !inputs.candidates.contains_key(&eip) && lease.held_by(inputs.node, inputs.now) {
+        if !inputs.candidates.contains_key(&eip) && held_by(lease, inputs.node, inputs.now) {
             decision.writes.insert(eip, LeaseWrite::Release);
         }
     }

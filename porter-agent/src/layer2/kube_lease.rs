@@ -20,15 +20,13 @@ use kube::{
     api::{DeleteParams, ListParams, PostParams, Preconditions},
 };
 
-use super::{
-    election::LeaseRecord,
-    lease::{LeaseError, LeaseStore, LeaseView},
-};
+use super::lease::{LeaseError, LeaseStore, LeaseView};
 
-/// Label on every Lease this store manages: `heartbeat` or `eip`.
-pub const KIND_LABEL: &str = "porter.kubesphere.io/layer2";
-pub const EIP_ANNOTATION: &str = "porter.kubesphere.io/eip";
-pub const DURATION_ANNOTATION: &str = "porter.kubesphere.io/lease-duration-ms";
+pub use porter_api::layer2::{
+    DURATION_ANNOTATION, EIP_ANNOTATION, KIND_LABEL, eip_lease_name,
+    heartbeat_lease_name as heartbeat_name,
+};
+use porter_api::layer2::{lease_record as record, lease_view};
 
 #[derive(Clone)]
 pub struct KubeLeases {
@@ -40,17 +38,6 @@ impl KubeLeases {
         Self {
             api: Api::namespaced(client, namespace),
         }
-    }
-}
-
-pub fn heartbeat_name(node: &str) -> String {
-    format!("porter-node-{node}")
-}
-
-pub fn eip_lease_name(eip: IpAddr) -> String {
-    match eip {
-        IpAddr::V4(ip) => format!("porter-l2-{ip}"),
-        IpAddr::V6(ip) => format!("porter-l2-{:032x}", u128::from(ip)),
     }
 }
 
@@ -69,33 +56,6 @@ fn is_race(err: &kube::Error) -> bool {
 fn to_time(at: Duration) -> MicroTime {
     let micros = i64::try_from(at.as_micros()).unwrap_or(i64::MAX);
     MicroTime(Timestamp::from_microsecond(micros).unwrap_or(Timestamp::UNIX_EPOCH))
-}
-
-fn from_time(at: &MicroTime) -> Duration {
-    Duration::from_micros(u64::try_from(at.0.as_microsecond()).unwrap_or(0))
-}
-
-/// The record a Lease holds; None when it has no holder (released).
-fn record(lease: &Lease) -> Option<LeaseRecord> {
-    let spec = lease.spec.as_ref()?;
-    let holder = spec.holder_identity.clone().filter(|h| !h.is_empty())?;
-    let renewed = from_time(spec.renew_time.as_ref()?);
-    let duration = lease
-        .metadata
-        .annotations
-        .as_ref()
-        .and_then(|a| a.get(DURATION_ANNOTATION))
-        .and_then(|ms| ms.parse().ok())
-        .map(Duration::from_millis)
-        .or_else(|| {
-            let seconds = spec.lease_duration_seconds?;
-            Some(Duration::from_secs(u64::try_from(seconds).ok()?))
-        })?;
-    Some(LeaseRecord {
-        holder,
-        renewed,
-        duration,
-    })
 }
 
 /// `lease` (or a new Lease named `name`) held by `holder` from `now`.
@@ -176,31 +136,7 @@ impl LeaseStore for KubeLeases {
             .list(&ListParams::default().labels(KIND_LABEL))
             .await
             .map_err(api_error("Leases".to_owned()))?;
-        let mut view = LeaseView::default();
-        for lease in leases {
-            let Some(record) = record(&lease) else {
-                continue;
-            };
-            let labels = lease.metadata.labels.as_ref();
-            match labels.and_then(|l| l.get(KIND_LABEL)).map(String::as_str) {
-                Some("heartbeat") => {
-                    view.heartbeats.insert(record.holder, record.renewed);
-                }
-                Some("eip") => {
-                    let eip = lease
-                        .metadata
-                        .annotations
-                        .as_ref()
-                        .and_then(|a| a.get(EIP_ANNOTATION))
-                        .and_then(|eip| eip.parse().ok());
-                    if let Some(eip) = eip {
-                        view.leases.insert(eip, record);
-                    }
-                }
-                _ => {}
-            }
-        }
-        Ok(view)
+        Ok(lease_view(&leases.items))
     }
 
     fn heartbeat(

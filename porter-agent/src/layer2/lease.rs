@@ -5,7 +5,6 @@
 //! implementation keeps them as `coordination.k8s.io` Leases and uses the
 //! resourceVersion for the same compare-and-set.
 use std::{
-    collections::BTreeMap,
     fs::{self, File},
     future::{Future, ready},
     io::{self, Write},
@@ -15,7 +14,9 @@ use std::{
     time::Duration,
 };
 
-use super::election::LeaseRecord;
+use porter_api::layer2::{
+    LeaseRecord, heartbeat_file, lease_file, lease_file_text, parse_lease_file, read_lease_dir,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum LeaseError {
@@ -33,12 +34,7 @@ pub enum LeaseError {
     },
 }
 
-/// What the nodes currently claim.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct LeaseView {
-    pub heartbeats: BTreeMap<String, Duration>,
-    pub leases: BTreeMap<IpAddr, LeaseRecord>,
-}
+pub use porter_api::layer2::LeaseView;
 
 /// Heartbeats and per-EIP leases. Async, because the Kubernetes store talks
 /// to the API server; the file store answers at once.
@@ -93,8 +89,7 @@ impl FileLeases {
     }
 
     fn lease_path(&self, eip: IpAddr) -> PathBuf {
-        // ':' is fine in Linux file names; keep the address readable.
-        self.dir.join(format!("lease-{eip}"))
+        self.dir.join(lease_file(eip))
     }
 
     /// Holds the store's lock until dropped.
@@ -124,58 +119,21 @@ impl FileLeases {
     fn read_lease(&self, eip: IpAddr) -> Result<Option<LeaseRecord>, LeaseError> {
         let path = self.lease_path(eip);
         match fs::read_to_string(&path) {
-            Ok(text) => Ok(parse_lease(&text)),
+            Ok(text) => Ok(parse_lease_file(&text)),
             Err(err) if err.kind() == io::ErrorKind::NotFound => Ok(None),
             Err(err) => Err(self.error(&path)(err)),
         }
     }
 }
 
-fn millis(duration: Duration) -> u128 {
-    duration.as_millis()
-}
-
-fn parse_lease(text: &str) -> Option<LeaseRecord> {
-    let mut fields = text.split_whitespace();
-    let holder = fields.next()?.to_owned();
-    let renewed = Duration::from_millis(fields.next()?.parse().ok()?);
-    let duration = Duration::from_millis(fields.next()?.parse().ok()?);
-    Some(LeaseRecord {
-        holder,
-        renewed,
-        duration,
-    })
-}
-
 impl FileLeases {
     fn read_now(&self) -> Result<LeaseView, LeaseError> {
-        let mut view = LeaseView::default();
-        for entry in fs::read_dir(&self.dir).map_err(self.error(&self.dir))? {
-            let entry = entry.map_err(self.error(&self.dir))?;
-            let name = entry.file_name().to_string_lossy().into_owned();
-            // Unreadable or malformed files (a crash mid-write cannot leave
-            // one, but an operator could) count as absent.
-            let Ok(text) = fs::read_to_string(entry.path()) else {
-                continue;
-            };
-            if let Some(node) = name.strip_prefix("heartbeat-") {
-                if let Ok(ms) = text.trim().parse() {
-                    view.heartbeats
-                        .insert(node.to_owned(), Duration::from_millis(ms));
-                }
-            } else if let Some(eip) = name.strip_prefix("lease-")
-                && let Ok(eip) = eip.parse()
-                && let Some(lease) = parse_lease(&text)
-            {
-                view.leases.insert(eip, lease);
-            }
-        }
-        Ok(view)
+        read_lease_dir(&self.dir).map_err(self.error(&self.dir))
     }
 
     fn heartbeat_now(&self, node: &str, now: Duration) -> Result<(), LeaseError> {
-        let path = self.dir.join(format!("heartbeat-{node}"));
-        self.write(&path, &millis(now).to_string())
+        let path = self.dir.join(heartbeat_file(node));
+        self.write(&path, &now.as_millis().to_string())
     }
 
     fn acquire_now(
@@ -192,7 +150,7 @@ impl FileLeases {
         {
             return Ok(false);
         }
-        let text = format!("{node} {} {}", millis(now), millis(duration));
+        let text = lease_file_text(node, now, duration);
         self.write(&self.lease_path(eip), &text)?;
         Ok(true)
     }
@@ -286,6 +244,8 @@ impl LeaseStore for Leases {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeMap;
+
     use super::*;
 
     fn store(tag: &str) -> (FileLeases, PathBuf) {

@@ -14,7 +14,7 @@ use std::{
     collections::{BTreeMap, BTreeSet},
     net::IpAddr,
     sync::Arc,
-    time::{Duration, SystemTime},
+    time::Duration,
 };
 
 use tracing::warn;
@@ -131,10 +131,4 @@ fn interface_for(eip: IpAddr, choice: &str) -> String {
     })
 }
 
-/// Time since the Unix epoch, as leases record it (nodes' clocks are
-/// assumed NTP-synchronised to well under a lease; see docs/layer2.md).
-pub fn wall_clock() -> Duration {
-    SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .unwrap_or_default()
-}
+pub use porter_api::layer2::wall_clock;

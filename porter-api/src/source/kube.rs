@@ -11,8 +11,10 @@ use std::time::Duration;
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Node, ObjectReference, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::api::events::v1::Event as KubeEvent;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
+use kube::api::PostParams;
 use kube::api::{Patch, PatchParams};
-use kube::runtime::events::{Event as KubeEvent, EventType as KubeEventType, Recorder, Reporter};
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, Resource, ResourceExt};
@@ -53,6 +55,7 @@ impl Stores {
             bgp_confs: self.bgp_confs.state(),
             bgp_peers: self.bgp_peers.state(),
             config_maps: self.config_maps.state(),
+            ..Snapshot::default()
         }
     }
 }
@@ -157,19 +160,16 @@ async fn wait_ready(s: &Stores) {
 #[derive(Clone)]
 pub struct KubeWriter {
     client: Client,
-    recorder: Recorder,
+    /// `reportingInstance` of the Events.
+    instance: String,
     stores: Option<Stores>,
 }
 
 impl KubeWriter {
     /// `instance` names this replica in Events (the pod name).
     pub fn new(client: Client, instance: Option<String>, stores: Option<Stores>) -> Self {
-        let reporter = Reporter {
-            controller: FIELD_MANAGER.into(),
-            instance,
-        };
         Self {
-            recorder: Recorder::new(client.clone(), reporter),
+            instance: instance.unwrap_or_else(|| FIELD_MANAGER.into()),
             client,
             stores,
         }
@@ -283,19 +283,47 @@ impl StatusWriter for KubeWriter {
     }
 
     async fn event(&self, event: &Event) -> Result<(), WriteError> {
+        // Created, never folded into an earlier Event's series as
+        // kube-runtime's Recorder does: its key ignores the note, so a
+        // changed message ("node n3 now answers ...") within its 6 minute
+        // cache would show as a repeat of the old one. The core only reports
+        // changes, so repeats are rare anyway.
+        let regarding = self.reference(&event.regarding);
+        let namespace = regarding
+            .namespace
+            .clone()
+            .unwrap_or_else(|| "default".into());
+        let now = k8s_openapi::jiff::Timestamp::now();
         let ev = KubeEvent {
-            type_: match event.type_ {
-                EventType::Normal => KubeEventType::Normal,
-                EventType::Warning => KubeEventType::Warning,
+            metadata: ObjectMeta {
+                name: Some(format!(
+                    "{}.{:x}",
+                    regarding.name.as_deref().unwrap_or(FIELD_MANAGER),
+                    now.as_nanosecond()
+                )),
+                namespace: Some(namespace.clone()),
+                ..Default::default()
             },
-            reason: event.reason.into(),
+            event_time: Some(MicroTime(now)),
+            type_: Some(
+                match event.type_ {
+                    EventType::Normal => "Normal",
+                    EventType::Warning => "Warning",
+                }
+                .into(),
+            ),
+            reason: Some(event.reason.into()),
+            action: Some(event.reason.into()),
             note: Some(event.message.clone()),
-            action: event.reason.into(),
-            secondary: None,
+            regarding: Some(regarding),
+            reporting_controller: Some(FIELD_MANAGER.into()),
+            reporting_instance: Some(self.instance.clone()),
+            ..Default::default()
         };
-        self.recorder
-            .publish(&ev, &self.reference(&event.regarding))
+        let api: Api<KubeEvent> = Api::namespaced(self.client.clone(), &namespace);
+        api.create(&PostParams::default(), &ev)
             .await
+            .map(drop)
             .map_err(api_error(format!("Event {}", event.reason)))
     }
 }

@@ -6,6 +6,7 @@
 
 pub mod dir;
 pub mod kube;
+pub mod layer2;
 
 use std::future::Future;
 use std::net::IpAddr;
@@ -53,6 +54,9 @@ pub struct Snapshot {
     pub bgp_peers: Vec<Arc<BgpPeer>>,
     /// Only the seed's `porter-system/bgp-cfg`.
     pub config_maps: Vec<Arc<ConfigMap>>,
+    /// Layer 2 EIP → the node answering ARP/NDP for it, from the agents'
+    /// leases; only filled for the controller ([`layer2::with_holders`]).
+    pub layer2_holders: Arc<crate::layer2::Holders>,
 }
 
 /// The receiving end of a source: `borrow()` is the latest snapshot,

@@ -419,3 +419,118 @@ fn an_endpoint_change_alone_moves_the_route_and_nothing_else() {
     assert_eq!(reasons(&plan), [REASON_ANNOUNCED]);
     assert!(plan.ingress.is_empty() && plan.finalizers.is_empty() && plan.eip_status.is_empty());
 }
+
+fn layer2_seed() -> Snapshot {
+    let mut snap = seed();
+    let mut lan = pool("lan", "192.168.0.100-192.168.0.101");
+    lan.spec.protocol = Some("layer2".into());
+    snap.eips = vec![Arc::new(lan)];
+    snap
+}
+
+fn with_holder(snap: &Snapshot, holder: Option<&str>) -> Snapshot {
+    let ip: IpAddr = "192.168.0.100".parse().expect("ip");
+    Snapshot {
+        layer2_holders: Arc::new(holder.map(|h| (ip, h.to_owned())).into_iter().collect()),
+        ..snap.clone()
+    }
+}
+
+fn layer2_events(plan: &Plan) -> Vec<(EventType, String)> {
+    plan.events
+        .iter()
+        .filter(|e| e.reason == crate::layer2_status::REASON_LAYER2)
+        .inspect(|e| assert_eq!(e.regarding, Regarding::Service(key("web"))))
+        .map(|e| (e.type_, e.message.clone()))
+        .collect()
+}
+
+fn announcers(plan: &Plan) -> Vec<(String, String, Time)> {
+    plan.eip_status
+        .iter()
+        .flat_map(|(_, st)| &st.layer2_announcers)
+        .map(|a| (a.address.clone(), a.node.clone(), a.since.clone()))
+        .collect()
+}
+
+fn later() -> Time {
+    Time(k8s_openapi::jiff::Timestamp::from_second(1_700_000_100).expect("ts"))
+}
+
+#[test]
+fn the_eip_status_names_the_node_announcing_each_layer2_address_and_a_change_is_an_event() {
+    let mut r = Reconciler::default();
+    let snap = with_holder(&layer2_seed(), Some("n1"));
+    let plan = r.plan(&snap, &now());
+    assert_eq!(
+        announcers(&plan),
+        [("192.168.0.100".into(), "n1".into(), now())]
+    );
+    assert_eq!(plan.eip_status[0].1.layer2_nodes, "n1");
+    assert_eq!(
+        layer2_events(&plan),
+        [(
+            EventType::Normal,
+            "node n1 now answers ARP for 192.168.0.100".into()
+        )]
+    );
+    let settled = settle(&snap, &plan);
+    let again = r.plan(&settled, &later());
+    assert!(
+        again.eip_status.is_empty() && again.events.is_empty(),
+        "{again:?}"
+    );
+
+    // Failover: only the announcers change; the rest of the status stays.
+    let failed_over = with_holder(&settled, Some("n2"));
+    let plan = r.plan(&failed_over, &later());
+    assert_eq!(
+        announcers(&plan),
+        [("192.168.0.100".into(), "n2".into(), later())]
+    );
+    assert_eq!(plan.eip_status[0].1.usage, 1);
+    assert_eq!(
+        layer2_events(&plan),
+        [(
+            EventType::Normal,
+            "node n2 now answers ARP for 192.168.0.100".into()
+        )]
+    );
+    let settled = settle(&failed_over, &plan);
+    assert!(r.plan(&settled, &later()).events.is_empty());
+
+    // Nobody left: the entry goes, with a warning.
+    let dark = with_holder(&settled, None);
+    let plan = r.plan(&dark, &later());
+    assert_eq!(plan.eip_status.len(), 1);
+    assert!(announcers(&plan).is_empty());
+    assert_eq!(plan.eip_status[0].1.layer2_nodes, "");
+    assert_eq!(layer2_events(&plan).len(), 1);
+    assert_eq!(layer2_events(&plan)[0].0, EventType::Warning);
+}
+
+#[test]
+fn a_new_leader_does_not_repeat_what_the_status_already_says() {
+    let mut first = Reconciler::default();
+    let snap = with_holder(&layer2_seed(), Some("n1"));
+    let plan = first.plan(&snap, &now());
+    let settled = settle(&snap, &plan);
+    let mut second = Reconciler::default();
+    let plan = second.plan(&settled, &later());
+    assert!(layer2_events(&plan).is_empty(), "{:?}", plan.events);
+    // `since` is when n1 started, not when this replica looked.
+    assert!(
+        plan.eip_status
+            .iter()
+            .all(|(_, st)| st.layer2_announcers[0].since == now())
+    );
+}
+
+#[test]
+fn bgp_pools_name_no_announcer() {
+    let mut r = Reconciler::default();
+    let snap = with_holder(&seed(), Some("n1"));
+    let plan = r.plan(&snap, &now());
+    assert!(announcers(&plan).is_empty());
+    assert!(layer2_events(&plan).is_empty());
+}

@@ -176,3 +176,101 @@ async fn against_the_api_server_a_follower_sends_nothing_and_the_leader_applies(
         "the finalizer goes first"
     );
 }
+
+#[tokio::test]
+async fn against_the_api_server_a_layer2_takeover_is_applied_to_the_eip_status_and_told_on_the_service()
+ {
+    use porter_api::source::kube::KubeWriter;
+    use porter_api::testing::{mock_client, seen};
+
+    let (client, log) = mock_client(api_reply);
+    let writer = KubeWriter::new(client, Some("porter-0".into()), None);
+    let mut c = Controller::new(Recorder::default(), Arc::new(Metrics::default()));
+    let mut snap = snapshot();
+    let mut pool = (*snap.eips[0]).clone();
+    pool.spec.protocol = Some("layer2".into());
+    snap.eips = vec![Arc::new(pool)];
+    let ip: std::net::IpAddr = "10.0.0.0".parse().expect("ip");
+
+    for node in ["n2", "n3"] {
+        let before = seen(&log).len();
+        snap.layer2_holders = Arc::new([(ip, node.to_owned())].into());
+        assert_eq!(c.step(&snap, true, &writer).await.failed_writes, 0);
+        let sent = &seen(&log)[before..];
+        let status = sent
+            .iter()
+            .find(|s| {
+                s.uri
+                    .starts_with("/apis/network.kubesphere.io/v1alpha2/eips/pool/status?")
+            })
+            .expect("the Eip status is applied");
+        assert_eq!(status.content_type, "application/apply-patch+yaml");
+        let announcers = &status.body["status"]["layer2Announcers"];
+        assert_eq!(announcers[0]["address"], "10.0.0.0", "{announcers}");
+        assert_eq!(announcers[0]["node"], node, "{announcers}");
+        assert!(announcers[0]["since"].is_string(), "{announcers}");
+        assert_eq!(status.body["status"]["layer2Nodes"], node);
+        let event = sent
+            .iter()
+            .find(|s| s.body["reason"] == "Layer2Announcing")
+            .expect("a Layer2Announcing Event");
+        assert!(
+            event
+                .uri
+                .starts_with("/apis/events.k8s.io/v1/namespaces/default/events"),
+            "{}",
+            event.uri
+        );
+        assert_eq!(event.body["regarding"]["kind"], "Service");
+        assert_eq!(event.body["regarding"]["name"], "web");
+        assert_eq!(event.body["type"], "Normal");
+        assert_eq!(
+            event.body["note"],
+            format!("node {node} now answers ARP for 10.0.0.0")
+        );
+    }
+}
+
+#[tokio::test]
+async fn with_the_dir_source_the_announcer_is_written_beside_the_manifests() {
+    use porter_api::source::dir::{DirWriter, load};
+
+    let root = std::env::temp_dir().join(format!("porter-l2-status-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&root);
+    std::fs::create_dir_all(&root).expect("dir");
+    std::fs::write(
+        root.join("pool.yaml"),
+        "apiVersion: network.kubesphere.io/v1alpha2\nkind: Eip\nmetadata: {name: pool}\n\
+         spec: {address: 10.0.0.0/24, protocol: layer2}\n",
+    )
+    .expect("manifest");
+    let mut c = Controller::new(Recorder::default(), Arc::new(Metrics::default()));
+    let mut snap = snapshot();
+    let (loaded, problems) = load(&root).expect("load");
+    assert!(problems.is_empty(), "{problems:?}");
+    snap.eips = loaded.eips;
+    snap.layer2_holders = Arc::new([("10.0.0.0".parse().expect("ip"), "n2".to_owned())].into());
+    let writer = DirWriter::new(root.clone());
+    assert_eq!(c.step(&snap, true, &writer).await.failed_writes, 0);
+
+    // Read back as the next snapshot (and `cat status/Eip__pool.yaml`) sees it.
+    let (reloaded, _) = load(&root).expect("reload");
+    let status = reloaded.eips[0].status.clone().expect("status written");
+    assert_eq!(status.layer2_nodes, "n2");
+    assert_eq!(
+        status
+            .layer2_announcers
+            .iter()
+            .map(|a| (a.address.as_str(), a.node.as_str()))
+            .collect::<Vec<_>>(),
+        [("10.0.0.0", "n2")]
+    );
+    let events = std::fs::read_to_string(root.join("status/events.jsonl")).expect("events");
+    assert!(
+        events.lines().any(|l| l.contains("Layer2Announcing")
+            && l.contains("node n2 now answers ARP for 10.0.0.0")
+            && l.contains("Service default/web")),
+        "{events}"
+    );
+    let _ = std::fs::remove_dir_all(root);
+}

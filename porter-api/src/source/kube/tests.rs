@@ -165,3 +165,41 @@ async fn the_first_snapshot_holds_every_kind_once_listed() {
         "only bgp-cfg is watched"
     );
 }
+
+#[tokio::test]
+async fn a_changed_message_is_a_new_event_not_a_repeat_of_the_old_one() {
+    let reply = json!({"apiVersion": "events.k8s.io/v1", "kind": "Event", "metadata": {"name": "x", "namespace": "shop"},
+                       "eventTime": "2026-01-01T00:00:00.000000Z"});
+    let (client, log) = mock_client(move |_| reply.clone());
+    let w = KubeWriter::new(client, Some("porter-0".into()), None);
+    for node in ["n2", "n3"] {
+        w.event(&Event {
+            regarding: Regarding::Service(ObjectKey::new("shop", "web")),
+            type_: EventType::Normal,
+            reason: "Layer2Announcing",
+            message: format!("node {node} now answers ARP for 192.168.1.240"),
+        })
+        .await
+        .expect("event");
+    }
+    let seen = seen(&log);
+    let notes: Vec<_> = seen
+        .iter()
+        .map(|s| (s.method.clone(), s.body["note"].clone()))
+        .collect();
+    assert_eq!(
+        notes,
+        [
+            (
+                Method::POST,
+                json!("node n2 now answers ARP for 192.168.1.240")
+            ),
+            (
+                Method::POST,
+                json!("node n3 now answers ARP for 192.168.1.240")
+            ),
+        ]
+    );
+    assert_eq!(seen[1].body["reportingController"], "porter-controller");
+    assert_eq!(seen[1].body["reportingInstance"], "porter-0");
+}
