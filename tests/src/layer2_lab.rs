@@ -12,6 +12,7 @@
 //!   n3 172.30.0.13 ────┘
 //! ```
 use std::{
+    collections::BTreeMap,
     net::{IpAddr, SocketAddr, TcpStream},
     path::PathBuf,
     time::{Duration, Instant},
@@ -32,6 +33,9 @@ use crate::{
 pub const EIP: &str = "172.30.0.100";
 pub const EIP6: &str = "fd00:30::100";
 pub const PORT: u16 = 80;
+/// The Layer 2 pools `EIP` and `EIP6` come from.
+pub const POOL: &str = "lan";
+pub const POOL6: &str = "lan6";
 const TARGET_PORT: u16 = 8080;
 
 pub struct L2Node {
@@ -187,6 +191,70 @@ impl L2Lab {
         .with_context(|| std::fs::read_to_string(&log).unwrap_or_default())
     }
 
+    /// Starts `porter-controller` on the shared manifest directory, as
+    /// operators run it with the dir source: it writes the Eip status
+    /// (`status/` beside the manifests) and mirrors the agents' leases into
+    /// it. Returns once it wrote the first status.
+    pub fn start_controller(&mut self) -> Result<()> {
+        let ns = self.lab.netns("ctl")?;
+        let mut command = self.lab.command(&ns, bins::binary("porter-controller")?);
+        command
+            .arg("--source")
+            .arg(format!("dir:{}", self.manifests.display()))
+            .args(["--poll-interval", "100ms"])
+            .args(["--metrics-addr", "127.0.0.1:9190"]);
+        let log = self.lab.spawn("controller", command)?;
+        wait_for(
+            "the controller's first Eip status",
+            Duration::from_secs(10),
+            || Ok(self.announcers(POOL)?.map(|_| ())),
+        )
+        .with_context(|| std::fs::read_to_string(&log).unwrap_or_default())
+    }
+
+    /// `status.layer2Announcers` of pool `pool` as address → node, once the
+    /// controller has written a status for it.
+    pub fn announcers(&self, pool: &str) -> Result<Option<BTreeMap<String, String>>> {
+        let (snapshot, _) = porter_api::source::dir::load(&self.manifests)?;
+        let status = snapshot
+            .eips
+            .iter()
+            .find(|eip| eip.metadata.name.as_deref() == Some(pool))
+            .and_then(|eip| eip.status.as_ref())
+            // The manifest's own status has no conditions; the controller's has.
+            .filter(|status| !status.conditions.is_empty());
+        Ok(status.map(|status| {
+            status
+                .layer2_announcers
+                .iter()
+                .map(|a| (a.address.clone(), a.node.clone()))
+                .collect()
+        }))
+    }
+
+    /// Waits until the Eip status of `pool` says `node` announces `eip`.
+    pub fn announcer_becomes(&self, pool: &str, eip: &str, node: &str) -> Result<()> {
+        wait_for(
+            &format!("status of Eip {pool} to name {node} as the announcer of {eip}"),
+            Duration::from_secs(5),
+            || {
+                let now = self.announcers(pool)?.unwrap_or_default();
+                Ok((now.get(eip).map(String::as_str) == Some(node)).then_some(()))
+            },
+        )
+        .with_context(|| format!("status now: {:?}", self.announcers(pool)))
+    }
+
+    /// The Events the controller wrote (`status/events.jsonl`), one per line.
+    pub fn events(&self) -> Result<Vec<String>> {
+        let path = self.manifests.join("status").join("events.jsonl");
+        match std::fs::read_to_string(&path) {
+            Ok(text) => Ok(text.lines().map(str::to_owned).collect()),
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
+            Err(err) => Err(err).with_context(|| path.display().to_string()),
+        }
+    }
+
     /// A node crash: its agent dies without a word and its link goes down.
     pub fn crash(&mut self, name: &str) -> Result<()> {
         self.lab
@@ -270,7 +338,8 @@ impl L2Lab {
 }
 
 /// The nodes, a dual-stack Service on both EIPs with one pod per node, and
-/// the Layer 2 pool that handed the EIPs out (as the controller reports it).
+/// the Layer 2 pools that handed the EIPs out (with the status the
+/// controller writes, so that the agents work without one).
 fn cluster(node_count: usize) -> String {
     let mut docs = Vec::new();
     let mut endpoints4 = Vec::new();
@@ -304,11 +373,16 @@ fn cluster(node_count: usize) -> String {
             endpoints.join("\n")
         ));
     }
-    docs.push(format!(
-        "apiVersion: network.kubesphere.io/v1alpha2\nkind: Eip\nmetadata: {{name: lan}}\n\
-         spec: {{address: 172.30.0.100-172.30.0.110, protocol: layer2, interface: \"can_reach:172.30.0.2\"}}\n\
-         status:\n  used: {{\"{EIP}\": shop/web, \"{EIP6}\": shop/web}}\n"
-    ));
+    for (pool, range, eip) in [
+        (POOL, "172.30.0.100-172.30.0.110", EIP),
+        (POOL6, "fd00:30::100-fd00:30::110", EIP6),
+    ] {
+        docs.push(format!(
+            "apiVersion: network.kubesphere.io/v1alpha2\nkind: Eip\nmetadata: {{name: {pool}}}\n\
+             spec: {{address: \"{range}\", protocol: layer2, interface: \"can_reach:172.30.0.2\"}}\n\
+             status:\n  used: {{\"{eip}\": shop/web}}\n"
+        ));
+    }
     docs.join("---\n")
 }
 

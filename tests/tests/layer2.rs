@@ -23,7 +23,7 @@ use porter_agent::{
 use porter_common::{Stat, program_names};
 use porter_tests::{
     lab::{Lab, wait_for},
-    layer2_lab::{self, L2Lab, pod_of},
+    layer2_lab::{self, L2Lab, POOL, POOL6, pod_of},
     packets::{self, checked_summary},
     privilege,
 };
@@ -366,9 +366,13 @@ fn the_elected_node_answers_arp_and_ndp_and_a_crash_fails_over() -> Result<()> {
     for name in &names {
         lab.start(name)?;
     }
+    lab.start_controller()?;
     let all: Vec<&str> = names.iter().map(String::as_str).collect();
     let leader4 = L2Lab::expected_leader(layer2_lab::EIP, &all)?;
     let leader6 = L2Lab::expected_leader(layer2_lab::EIP6, &all)?;
+    // The Eip status names the announcing node of each address.
+    lab.announcer_becomes(POOL, eip4, leader4)?;
+    lab.announcer_becomes(POOL6, eip6, leader6)?;
 
     // The client resolves each layer2_lab::EIP to its elected node, and reaches its pod.
     lab.flush_client_neighbours()?;
@@ -422,6 +426,17 @@ fn the_elected_node_answers_arp_and_ndp_and_a_crash_fails_over() -> Result<()> {
         failover.as_secs_f64()
     );
     neighbour_becomes(&lab, eip4, &lab.node_mac(successor4)?)?;
+    // The status follows, and the Service is told.
+    lab.announcer_becomes(POOL, eip4, successor4)?;
+    let told = format!("node {successor4} now answers ARP for {eip4}");
+    let events = lab.events()?;
+    assert!(
+        events.iter().any(|e| e.contains("Layer2Announcing")
+            && e.contains("Service shop/web")
+            && e.contains(&told)),
+        "no Event \"{told}\" in {events:#?}"
+    );
+    lab.announcer_becomes(POOL6, eip6, successor6)?;
     if successor6 != leader6 {
         // The IPv6 leader crashed too: NDP failed over as well.
         lab.until_answered_by(eip6, &pod_of(successor6), Duration::from_secs(10))?;
@@ -441,6 +456,7 @@ fn the_elected_node_answers_arp_and_ndp_and_a_crash_fails_over() -> Result<()> {
     lab.until_answered_by(eip4, &pod_of(leader4), Duration::from_secs(10))?;
     let leader_mac = lab.node_mac(leader4)?;
     neighbour_becomes(&lab, eip4, &leader_mac)?;
+    lab.announcer_becomes(POOL, eip4, leader4)?;
     let series = TAKEOVER_INTERVAL * TAKEOVER_COPIES + TAKEOVER_INTERVAL;
     let watched = std::time::Instant::now();
     while watched.elapsed() < series {
