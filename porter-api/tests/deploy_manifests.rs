@@ -464,3 +464,53 @@ fn workloads_keep_their_promises() {
         "the agent knows where its Layer 2 Leases live"
     );
 }
+
+/// The controller mirrors the agents' Layer 2 Leases into the Eip status:
+/// it reads them in porter-system (a Role, not cluster-wide), and it only
+/// creates Events (each one new; see `KubeWriter::event`).
+#[test]
+fn the_controller_reads_the_layer2_leases_and_only_creates_events() {
+    let bound: Vec<(String, String)> = bundle_of::<RoleBinding>("RoleBinding")
+        .into_iter()
+        .filter(|b| {
+            b.subjects
+                .iter()
+                .flatten()
+                .any(|s| s.name == "porter-controller")
+        })
+        .map(|b| (b.role_ref.name, b.metadata.namespace.unwrap_or_default()))
+        .collect();
+    let reads_leases = bundle_of::<Role>("Role").into_iter().any(|role| {
+        let name = role.metadata.name.clone().unwrap_or_default();
+        let namespace = role.metadata.namespace.clone().unwrap_or_default();
+        namespace == "porter-system"
+            && bound.contains(&(name, namespace))
+            && role.rules.iter().flatten().any(|rule| {
+                rule.resources.iter().flatten().any(|r| r == "leases")
+                    && rule
+                        .api_groups
+                        .iter()
+                        .flatten()
+                        .any(|g| g == "coordination.k8s.io")
+                    && ["list", "watch"]
+                        .iter()
+                        .all(|verb| rule.verbs.iter().any(|v| v == verb))
+            })
+    });
+    assert!(
+        reads_leases,
+        "the controller cannot list and watch Leases in porter-system: {bound:?}"
+    );
+    for role in bundle_of::<ClusterRole>("ClusterRole") {
+        for rule in role.rules.iter().flatten() {
+            if rule.resources.iter().flatten().any(|r| r == "events") {
+                assert_eq!(
+                    rule.verbs,
+                    ["create"],
+                    "role {:?}: Events are only ever created",
+                    role.metadata.name
+                );
+            }
+        }
+    }
+}
