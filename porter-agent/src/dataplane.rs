@@ -745,7 +745,7 @@ fn deadline(valid_for: Duration) -> Result<u64, DataplaneError> {
 }
 
 /// CLOCK_MONOTONIC, the clock of `bpf_ktime_get_ns`.
-fn monotonic_ns() -> std::io::Result<u64> {
+pub(crate) fn monotonic_ns() -> std::io::Result<u64> {
     // SAFETY: an all-zero timespec is valid; clock_gettime writes into it.
     let mut now: libc::timespec = unsafe { std::mem::zeroed() };
     // SAFETY: a valid clock id and a pointer to our own timespec.

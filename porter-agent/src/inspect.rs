@@ -4,13 +4,14 @@
 use std::{
     collections::BTreeMap,
     fmt::Write as _,
+    net::IpAddr,
     path::{Path, PathBuf},
 };
 
 use aya::maps::{Array, HashMap, Map, MapData, MapError, PerCpuArray};
 use porter_common::{
-    BackendKey, BackendValue, CtValue, FlowKey, RevNatValue, ServiceCounters, ServiceKey,
-    ServiceValue, Stat, map_names,
+    BackendKey, BackendValue, CtValue, FlowKey, L2Key, L2Value, RevNatValue, ServiceCounters,
+    ServiceKey, ServiceValue, Stat, map_names,
 };
 
 use crate::{
@@ -60,6 +61,20 @@ pub struct PinnedState {
     pub global: Vec<(Stat, u64)>,
     /// Names of the pinned links (`xdp-eth0`, `tc-egress-eth0`).
     pub links: Vec<String>,
+    /// Layer 2: the EIPs this node answers ARP/NDP for, by interface.
+    pub l2_leads: Vec<L2Lead>,
+}
+
+/// An EIP this node leads in Layer 2 mode, as the pinned map holds it.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct L2Lead {
+    pub eip: IpAddr,
+    /// The interface's name, or `ifindex N` when this namespace has none.
+    pub interface: String,
+    pub mac: [u8; 6],
+    /// Before its deadline: XDP answers. After it (the agent stopped
+    /// renewing), the entry is ignored until the agent removes it.
+    pub answering: bool,
 }
 
 impl PinnedState {
@@ -132,7 +147,7 @@ pub fn read(pins: &PinLayout) -> Result<PinnedState, InspectError> {
         entries,
         capacity,
     };
-    let maps = vec![
+    let mut maps = vec![
         occupancy(map_names::SERVICES, out.len() as u64, services_cap),
         occupancy(map_names::BACKENDS, backends_used, backends_cap),
         occupancy(
@@ -151,12 +166,42 @@ pub fn read(pins: &PinLayout) -> Result<PinnedState, InspectError> {
             backend_revnat_cap,
         ),
     ];
+    let (l2_leads, l2_cap): (HashMap<MapData, L2Key, L2Value>, _) =
+        open(pins, map_names::L2_LEADS, Map::HashMap)?;
+    let l2_leads = read_l2_leads(&l2_leads)?;
+    maps.push(occupancy(
+        map_names::L2_LEADS,
+        l2_leads.len() as u64,
+        l2_cap,
+    ));
     Ok(PinnedState {
         services: out,
         maps,
         global: stats::read_global_stats(pins)?,
         links: links(&pins.links_dir()),
+        l2_leads,
     })
+}
+
+fn read_l2_leads(map: &HashMap<MapData, L2Key, L2Value>) -> Result<Vec<L2Lead>, InspectError> {
+    // Unreadable clock: show every entry as expired rather than fail.
+    let now = crate::dataplane::monotonic_ns().unwrap_or(u64::MAX);
+    let mut leads = Vec::new();
+    for entry in map.iter() {
+        let (key, value) = entry.map_err(read_err(map_names::L2_LEADS))?;
+        let Some(eip) = crate::service::decode_ip(key.family, key.addr) else {
+            continue;
+        };
+        leads.push(L2Lead {
+            eip,
+            interface: crate::layer2::link::name_of(key.ifindex)
+                .unwrap_or_else(|| format!("ifindex {}", key.ifindex)),
+            mac: value.mac,
+            answering: value.expires_ns > now,
+        });
+    }
+    leads.sort();
+    Ok(leads)
 }
 
 /// The pinned map `name` as `T`, and its capacity.
@@ -263,6 +308,33 @@ fn render_into(out: &mut String, state: &PinnedState) -> std::fmt::Result {
     writeln!(out)?;
     writeln!(
         out,
+        "{:<28} {:<16} {:<18} LAYER 2",
+        "LEADS (ARP/NDP)", "INTERFACE", "MAC"
+    )?;
+    if state.l2_leads.is_empty() {
+        writeln!(out, "(none: this node answers for no EIP)")?;
+    }
+    for lead in &state.l2_leads {
+        let m = lead.mac;
+        writeln!(
+            out,
+            "{:<28} {:<16} {:<18} {}",
+            lead.eip.to_string(),
+            lead.interface,
+            format!(
+                "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
+                m[0], m[1], m[2], m[3], m[4], m[5]
+            ),
+            if lead.answering {
+                "answering"
+            } else {
+                "expired (the agent stopped renewing)"
+            }
+        )?;
+    }
+    writeln!(out)?;
+    writeln!(
+        out,
         "links: {}",
         if state.links.is_empty() {
             "(none: nothing attached)".to_string()
@@ -311,6 +383,20 @@ mod tests {
             }],
             global: vec![(Stat::PacketsSeen, 99)],
             links: vec!["xdp-eth0".into()],
+            l2_leads: vec![
+                L2Lead {
+                    eip: "192.0.2.10".parse().expect("ip"),
+                    interface: "eth0".into(),
+                    mac: [2, 0, 0, 0, 0, 1],
+                    answering: true,
+                },
+                L2Lead {
+                    eip: "2001:db8::10".parse().expect("ip"),
+                    interface: "eth0".into(),
+                    mac: [2, 0, 0, 0, 0, 1],
+                    answering: false,
+                },
+            ],
         };
         let table = render(&state);
         let service_line = table
@@ -324,5 +410,17 @@ mod tests {
         assert!(table.contains("25.0%"), "{table}");
         assert!(table.contains(Stat::PacketsSeen.name()), "{table}");
         assert!(table.contains("links: xdp-eth0"), "{table}");
+        let lead = |eip: &str| {
+            table
+                .lines()
+                .find(|l| l.starts_with(eip))
+                .unwrap_or_default()
+                .to_owned()
+        };
+        assert!(
+            lead("192.0.2.10 ").contains("eth0") && lead("192.0.2.10 ").ends_with("answering"),
+            "{table}"
+        );
+        assert!(lead("2001:db8::10").contains("expired"), "{table}");
     }
 }

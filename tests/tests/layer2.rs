@@ -414,6 +414,25 @@ fn the_elected_node_answers_arp_and_ndp_and_a_crash_fails_over() -> Result<()> {
         }
     }
 
+    // `porter-agent inspect` on each node shows what it leads.
+    for name in &all {
+        let table = lab.inspect(name)?;
+        for (eip, leader) in [(eip4, leader4), (eip6, leader6)] {
+            let line = table.lines().find(|l| l.starts_with(&format!("{eip} ")));
+            if *name == leader {
+                assert!(
+                    line.is_some_and(|l| l.contains("eth0") && l.ends_with("answering")),
+                    "{name} leads {eip} but inspect says:\n{table}"
+                );
+            } else {
+                assert!(
+                    line.is_none(),
+                    "{name} does not lead {eip} but inspect says:\n{table}"
+                );
+            }
+        }
+    }
+
     // The IPv4 leader crashes.
     let survivors: Vec<&str> = all.iter().copied().filter(|n| *n != leader4).collect();
     let successor4 = L2Lab::expected_leader(eip4, &survivors)?;
