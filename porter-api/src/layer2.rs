@@ -52,25 +52,35 @@ pub struct LeaseView {
     pub leases: BTreeMap<IpAddr, LeaseRecord>,
 }
 
-/// EIP → the node holding its unexpired lease: the node that answers ARP/NDP for it.
+/// EIP → the node holding its lease: the node that answers ARP/NDP for it.
 pub type Holders = BTreeMap<IpAddr, String>;
 
-/// The holders of the leases in `leases` that are still valid at `now`. An
-/// expired lease names a node that has stopped answering (its data plane
-/// deadline is shorter than the lease), so it counts as nobody.
+impl LeaseRecord {
+    /// Until when the holder is reported as the EIP's announcer: its lease
+    /// plus one more lease. A successor takes the lease within a round of
+    /// its expiry, so a failover shows as one change of node rather than
+    /// "nobody" for a moment in between; only a lease that nobody takes
+    /// over for a whole lease means nobody answers.
+    pub fn reported_until(&self) -> Duration {
+        self.expires().saturating_add(self.duration)
+    }
+}
+
+/// The holders of `leases` as reported at `now` (see
+/// [`LeaseRecord::reported_until`]).
 pub fn holders(leases: &BTreeMap<IpAddr, LeaseRecord>, now: Duration) -> Holders {
     leases
         .iter()
-        .filter(|(_, lease)| !lease.expired(now))
+        .filter(|(_, lease)| now < lease.reported_until())
         .map(|(&eip, lease)| (eip, lease.holder.clone()))
         .collect()
 }
 
-/// When the first of the still valid leases runs out, unless renewed.
+/// When the first reported holder stops being reported, unless renewed.
 pub fn next_expiry(leases: &BTreeMap<IpAddr, LeaseRecord>, now: Duration) -> Option<Duration> {
     leases
         .values()
-        .map(LeaseRecord::expires)
+        .map(LeaseRecord::reported_until)
         .filter(|&at| at > now)
         .min()
 }
@@ -221,7 +231,7 @@ mod tests {
     }
 
     #[test]
-    fn only_unexpired_leases_name_a_holder() {
+    fn a_holder_is_reported_until_a_successor_could_have_taken_over() {
         let lease = |holder: &str, renewed| LeaseRecord {
             holder: holder.into(),
             renewed: Duration::from_secs(renewed),
@@ -232,7 +242,8 @@ mod tests {
             (ip("192.0.2.2"), lease("n2", 98)),
             (ip("2001:db8::1"), lease("n3", 100)),
         ]);
-        let now = Duration::from_millis(100_500);
+        // n1's lease ran out 0.5 s ago: still reported, nobody took over yet.
+        let now = Duration::from_millis(101_500);
         assert_eq!(
             holders(&leases, now),
             BTreeMap::from([
@@ -240,8 +251,9 @@ mod tests {
                 (ip("2001:db8::1"), "n3".to_owned())
             ])
         );
-        assert_eq!(next_expiry(&leases, now), Some(Duration::from_secs(101)));
-        assert_eq!(next_expiry(&leases, Duration::from_secs(101)), None);
+        assert_eq!(next_expiry(&leases, now), Some(Duration::from_secs(102)));
+        assert_eq!(next_expiry(&leases, Duration::from_secs(102)), None);
+        assert!(holders(&leases, Duration::from_secs(102)).is_empty());
     }
 
     #[test]

@@ -5,8 +5,9 @@
 //!
 //! Only a change of holder publishes: leases are renewed four times a
 //! second, which must not make the controller run a pass each time. A lease
-//! that runs out without a successor is a change too (nobody answers any
-//! more), so the watchers also wake when the first lease would expire.
+//! that nobody takes over is a change too (nobody answers any more; see
+//! [`crate::layer2::LeaseRecord::reported_until`]), so the watchers also
+//! wake when the first reported holder would lapse.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -59,7 +60,7 @@ pub fn with_holders(
 }
 
 /// Publishes `view`'s holders at `now` if they changed; returns when to
-/// look again (the first expiry).
+/// look again (when the first holder would lapse).
 fn publish(tx: &watch::Sender<Arc<Holders>>, view: &LeaseView) -> Duration {
     let now = wall_clock();
     let next = holders(&view.leases, now);
@@ -172,7 +173,7 @@ mod tests {
         };
         write("192.0.2.10", "n1", now);
         // Ran out long ago: nobody answers for it.
-        write("192.0.2.11", "n2", now - Duration::from_secs(120));
+        write("192.0.2.11", "n2", now - Duration::from_secs(180));
         let mut rx = watch_dir(dir.clone(), Duration::from_millis(10));
         assert_eq!(
             **rx.borrow_and_update(),
