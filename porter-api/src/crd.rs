@@ -155,9 +155,33 @@ pub struct BgpConfSpec {
     /// default), negative to not listen at all.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub listen_port: Option<i32>,
-    /// RFC 4724 graceful restart: peers keep our routes while a new leader takes over.
+    /// RFC 4724 graceful restart: peers keep our routes while a new leader
+    /// (or, in node mode, a restarted agent) takes over.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub graceful_restart: Option<GracefulRestart>,
+    /// Who speaks BGP: `controller` (the default: the leader announces every
+    /// node's paths with ADD-PATH) or `node` (each agent announces its own
+    /// node's paths to the BgpPeers whose `nodeSelector` matches its node).
+    /// See docs/bgp-policy.md, section 5, for when to use which.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub speaker_mode: Option<SpeakerMode>,
+}
+
+/// Where the BGP speaker runs.
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum SpeakerMode {
+    /// The leader controller peers with every BgpPeer.
+    #[default]
+    Controller,
+    /// Every agent peers with the BgpPeers that select its node.
+    Node,
+}
+
+impl BgpConfSpec {
+    pub fn speaker_mode(&self) -> SpeakerMode {
+        self.speaker_mode.unwrap_or_default()
+    }
 }
 
 #[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
@@ -176,6 +200,7 @@ pub struct GracefulRestart {
     group = "network.kubesphere.io",
     version = "v1alpha2",
     kind = "BgpPeer",
+    status = "BgpPeerStatus",
     derive = "PartialEq",
     printcolumn(
         name = "Neighbor",
@@ -197,12 +222,44 @@ pub struct BgpPeerSpec {
     /// with `sendMax` 10.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub afi_safis: Vec<AfiSafi>,
-    /// OpenELB runs a speaker per node and picks nodes with this. Porter's
-    /// controller is the only speaker, so it is accepted and reported as not
-    /// applicable.
+    /// The nodes this peer is about (labels that must all match). In
+    /// `speakerMode: node`, the agents of these nodes (all nodes when
+    /// empty) open a session to this peer, as in OpenELB.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub node_selector: BTreeMap<String, String>,
 }
+
+/// The sessions to a peer, one entry per speaker. Each speaker writes only
+/// its own entry (server-side apply, one field manager per node), so the
+/// list is a map keyed by `node`.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct BgpPeerStatus {
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["node"]))]
+    pub nodes: Vec<BgpPeerNodeStatus>,
+}
+
+/// One speaker's session to the peer.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct BgpPeerNodeStatus {
+    /// The node whose agent holds the session, or `controller` for the
+    /// controller's speaker.
+    pub node: String,
+    /// The RFC 4271 session state: Idle, Connect, Active, OpenSent,
+    /// OpenConfirm or Established.
+    pub state: String,
+    /// Paths the peer holds from this speaker.
+    #[serde(default)]
+    pub paths_announced: u64,
+    /// Why the session last failed, if it did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+}
+
+/// The `BgpPeer.status.nodes` key of the controller's own session.
+pub const CONTROLLER_STATUS_KEY: &str = "controller";
 
 #[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]

@@ -3,6 +3,7 @@
 //! that the controller and the agent both read through.
 
 pub mod annotations;
+pub mod bgp_config;
 pub mod crd;
 pub mod metrics_http;
 pub mod service;
@@ -10,7 +11,10 @@ pub mod source;
 #[cfg(feature = "testing")]
 pub mod testing;
 
-pub use crd::{BgpConf, BgpConfSpec, BgpPeer, BgpPeerSpec, Eip, EipSpec, EipStatus};
+pub use crd::{
+    BgpConf, BgpConfSpec, BgpPeer, BgpPeerNodeStatus, BgpPeerSpec, BgpPeerStatus, Eip, EipSpec,
+    EipStatus, SpeakerMode,
+};
 
 /// A namespaced object's identity, displayed as `namespace/name` (the form
 /// `Eip.status.used` and the logs use).

@@ -18,7 +18,7 @@ use porter_bgp::Speaker;
 use tokio::sync::Notify;
 
 use crate::announce::Routes;
-use crate::bgp::{Announcer, Family, PeerConfig, PeerStatus, SpeakerConfig};
+use crate::bgp::{Announcer, PeerConfig, PeerStatus, SpeakerConfig};
 
 /// How often peer status is refreshed and a failed start retried.
 const TICK: Duration = Duration::from_secs(1);
@@ -76,6 +76,14 @@ impl Announcer for SpeakerAnnouncer {
             // A new speaker starts with no sessions: the driver re-adds the
             // peers the controller configures next.
             d.peers.clear();
+        });
+    }
+
+    fn stop(&mut self) {
+        self.change(|d| {
+            d.speaker = None;
+            d.peers.clear();
+            d.routes = Routes::default();
         });
     }
 
@@ -153,12 +161,20 @@ async fn apply(
 ) {
     if applied.speaker.as_ref().map(|(c, _)| c) != speaker.as_ref() {
         if let Some((_, old)) = applied.speaker.take() {
+            if speaker.is_none() {
+                // Switched off, not restarting: a Cease makes every peer
+                // drop our routes now instead of keeping them for the
+                // graceful-restart time.
+                for address in applied.peers.keys() {
+                    old.remove_peer(*address).await;
+                }
+            }
             old.shutdown().await;
         }
         applied.peers.clear();
         applied.routes = None;
         if let Some(config) = speaker {
-            match Speaker::start(speaker_config(&config)).await {
+            match Speaker::start(config.to_bgp()).await {
                 Ok(started) => applied.speaker = Some((config, started)),
                 // Retried on the next tick: the port may be freed meanwhile.
                 Err(error) => {
@@ -187,52 +203,9 @@ async fn apply(
     }
     for (address, peer) in peers {
         if applied.peers.get(&address) != Some(&peer) {
-            speaker.upsert_peer(peer_config(&peer)).await;
+            speaker.upsert_peer(peer.to_bgp()).await;
             applied.peers.insert(address, peer);
         }
-    }
-}
-
-fn speaker_config(c: &SpeakerConfig) -> porter_bgp::SpeakerConfig {
-    porter_bgp::SpeakerConfig {
-        local_as: c.local_as,
-        router_id: c.router_id,
-        listen: c.listen,
-        graceful_restart: c
-            .graceful_restart
-            .as_ref()
-            .map(|gr| porter_bgp::GracefulRestart {
-                restart_time: gr.restart_time,
-                // A new speaker always follows an earlier instance whose
-                // routes the peers may still hold: a previous process, a
-                // previous leader, or the speaker this one replaces.
-                restarting: true,
-            }),
-    }
-}
-
-fn peer_config(p: &PeerConfig) -> porter_bgp::PeerConfig {
-    porter_bgp::PeerConfig {
-        address: p.address,
-        remote_as: p.remote_as,
-        remote_port: p.remote_port,
-        passive: p.passive,
-        hold_time: p.hold_time,
-        connect_retry: p.connect_retry,
-        md5_password: p.md5_password.clone(),
-        ebgp_multihop_ttl: p.ebgp_multihop_ttl,
-        add_path_send_max: p.add_path_send_max,
-        families: p
-            .families
-            .iter()
-            .map(|f| match f {
-                Family::Ipv4Unicast => porter_bgp::Family::Ipv4Unicast,
-                Family::Ipv6Unicast => porter_bgp::Family::Ipv6Unicast,
-            })
-            .collect(),
-        local_address: p.local_address,
-        // Communities and the like are not configurable from the CRDs yet.
-        policy: porter_bgp::PeerPolicy::default(),
     }
 }
 
@@ -276,7 +249,7 @@ mod tests {
             md5_password: None,
             ebgp_multihop_ttl: None,
             add_path_send_max: 8,
-            families: vec![Family::Ipv4Unicast],
+            families: vec![crate::bgp::Family::Ipv4Unicast],
             local_address: Some(IpAddr::from([127, 0, 0, 2])),
         });
         let deadline = tokio::time::Instant::now() + Duration::from_secs(10);

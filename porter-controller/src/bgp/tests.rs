@@ -36,6 +36,7 @@ fn peer(name: &str, address: &str, f: impl FnOnce(&mut BgpPeerSpec)) -> BgpPeer 
             ..Default::default()
         },
         spec,
+        status: None,
     }
 }
 
@@ -128,7 +129,10 @@ fn bad_crds_are_refused_with_a_note() {
     assert!(has("routerId"), "{text:?}");
     assert!(has("BgpConf `other` is ignored"), "{text:?}");
     assert!(has("BgpPeer `bad` is ignored: neighborAddress"), "{text:?}");
-    assert!(has("nodeSelector does not apply"), "{text:?}");
+    assert!(
+        has("nodeSelector does not apply in speakerMode controller"),
+        "{text:?}"
+    );
     assert!(has("configured twice"), "{text:?}");
     assert_eq!(d.peers.len(), 1);
 }
