@@ -8,8 +8,9 @@ use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
-use crate::BgpPeer;
 use crate::crd::BgpConfSpec;
+use crate::source::Snapshot;
+use crate::{BgpPeer, BgpPeerNodeStatus};
 
 pub const DEFAULT_LISTEN_PORT: u16 = 17900;
 pub const DEFAULT_REMOTE_PORT: u16 = 179;
@@ -288,4 +289,29 @@ pub fn peer_from_crd(peer: &BgpPeer) -> Result<(PeerConfig, Vec<Note>), String> 
         },
         notes,
     ))
+}
+
+/// The status writes that bring every BgpPeer's entry under `key` (a node
+/// name, or the controller's) to `entries` (peer name → the entry; absent:
+/// no session, so no entry): `(peer, entry)` for each BgpPeer whose entry
+/// in the snapshot differs. Level-triggered, so an entry lost to a race is
+/// written again.
+pub fn status_changes(
+    snapshot: &Snapshot,
+    key: &str,
+    entries: &BTreeMap<String, BgpPeerNodeStatus>,
+) -> Vec<(String, Option<BgpPeerNodeStatus>)> {
+    snapshot
+        .bgp_peers
+        .iter()
+        .filter_map(|peer| {
+            let name = peer.metadata.name.clone()?;
+            let current = peer
+                .status
+                .as_ref()
+                .and_then(|s| s.nodes.iter().find(|e| e.node == key));
+            let wanted = entries.get(&name);
+            (current != wanted).then(|| (name, wanted.cloned()))
+        })
+        .collect()
 }

@@ -8,8 +8,9 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
 use porter_api::annotations::BGP_CONF_NAME;
+use porter_api::crd::CONTROLLER_STATUS_KEY;
 use porter_api::source::Snapshot;
-use porter_api::{BgpConf, BgpPeer, SpeakerMode};
+use porter_api::{BgpConf, BgpPeer, BgpPeerNodeStatus, SpeakerMode};
 
 use crate::announce::Routes;
 
@@ -23,6 +24,36 @@ pub use porter_api::bgp_config::{
 pub struct PeerStatus {
     pub address: IpAddr,
     pub established: bool,
+    /// The RFC 4271 state, as `BgpPeer.status` spells it (`Established`...).
+    pub state: String,
+    pub paths_announced: u64,
+    pub last_error: Option<String>,
+}
+
+/// The controller's entries of `BgpPeer.status.nodes` (key
+/// [`CONTROLLER_STATUS_KEY`]), by BgpPeer name: one for each BgpPeer the
+/// speaker has a session with. None in node mode, where the speaker stops.
+pub fn status_entries(
+    snap: &Snapshot,
+    sessions: &[PeerStatus],
+) -> BTreeMap<String, BgpPeerNodeStatus> {
+    snap.bgp_peers
+        .iter()
+        .filter_map(|peer| {
+            let name = peer.metadata.name.clone()?;
+            let address: IpAddr = peer.spec.conf.neighbor_address.trim().parse().ok()?;
+            let session = sessions.iter().find(|s| s.address == address)?;
+            Some((
+                name,
+                BgpPeerNodeStatus {
+                    node: CONTROLLER_STATUS_KEY.to_owned(),
+                    state: session.state.clone(),
+                    paths_announced: session.paths_announced,
+                    last_error: session.last_error.clone(),
+                },
+            ))
+        })
+        .collect()
 }
 
 /// The controller's view of a BGP speaker. porter-bgp's `Speaker` is adapted
@@ -398,6 +429,9 @@ impl Announcer for Recorder {
             .map(|a| PeerStatus {
                 address: *a,
                 established: true,
+                state: "Established".into(),
+                paths_announced: 0,
+                last_error: None,
             })
             .collect()
     }

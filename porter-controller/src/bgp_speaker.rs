@@ -143,6 +143,9 @@ async fn drive(shared: Arc<Shared>) {
                 .map(|s| PeerStatus {
                     address: s.address,
                     established: s.state == porter_bgp::SessionState::Established,
+                    state: format!("{:?}", s.state),
+                    paths_announced: s.paths_announced,
+                    last_error: s.last_error,
                 })
                 .collect(),
             None => Vec::new(),

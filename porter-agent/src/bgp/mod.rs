@@ -18,7 +18,7 @@ use std::{collections::BTreeMap, net::IpAddr};
 
 use porter_api::{
     BgpPeerNodeStatus,
-    bgp_config::{Note, SpeakerConfig},
+    bgp_config::{Note, SpeakerConfig, status_changes},
     source::Snapshot,
 };
 use porter_bgp::{PathTable, Speaker};
@@ -26,7 +26,7 @@ use tracing::{error, info, warn};
 
 use self::{
     metrics::BgpMetrics,
-    wanted::{SelectedPeer, node_bgp, node_paths, status_changes, status_entry},
+    wanted::{SelectedPeer, node_bgp, node_paths, status_entry},
     writer::PeerStatusWriter,
 };
 use crate::ServiceSpec;

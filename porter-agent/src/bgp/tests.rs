@@ -2,13 +2,14 @@ use std::{collections::BTreeMap, net::IpAddr, path::Path};
 
 use porter_api::{
     BgpPeerNodeStatus,
+    bgp_config::status_changes,
     source::{Snapshot, dir::load_text},
 };
 use porter_bgp::{LinkBandwidth, NEXT_HOP_SELF_V4, NEXT_HOP_SELF_V6, SessionState};
 
 use super::{
     metrics::BgpMetrics,
-    wanted::{node_bgp, node_paths, status_changes, status_entry},
+    wanted::{node_bgp, node_paths, status_entry},
     writer::PeerStatusWriter,
 };
 use crate::{Backend, Protocol, ServiceAddr, ServiceSpec};

@@ -168,27 +168,3 @@ pub fn status_entry(node: &str, status: &porter_bgp::PeerStatus) -> BgpPeerNodeS
         last_error: status.last_error.clone(),
     }
 }
-
-/// The status writes that bring every BgpPeer's entry for `node` to
-/// `entries` (peer name → this node's entry; absent: no session, so no
-/// entry): `(peer, entry)` for each BgpPeer whose entry in the snapshot
-/// differs.
-pub fn status_changes(
-    snapshot: &Snapshot,
-    node: &str,
-    entries: &BTreeMap<String, BgpPeerNodeStatus>,
-) -> Vec<(String, Option<BgpPeerNodeStatus>)> {
-    snapshot
-        .bgp_peers
-        .iter()
-        .filter_map(|peer| {
-            let name = peer.metadata.name.clone()?;
-            let current = peer
-                .status
-                .as_ref()
-                .and_then(|s| s.nodes.iter().find(|e| e.node == node));
-            let wanted = entries.get(&name);
-            (current != wanted).then(|| (name, wanted.cloned()))
-        })
-        .collect()
-}

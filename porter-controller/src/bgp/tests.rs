@@ -270,3 +270,75 @@ fn driver_changes_only_what_changed() {
     assert_eq!(rec.calls.len(), 3);
     assert!(driver.routes(&routes, 1, &mut rec));
 }
+
+/// `speakerMode: node`: the controller runs no speaker (a running one is
+/// stopped, and restarted when the mode goes back), and says why.
+#[test]
+fn node_mode_stops_the_controller_speaker_and_controller_mode_restarts_it() {
+    let mut rec = Recorder::default();
+    let mut driver = BgpDriver::default();
+    let controller_mode = [conf("default", Some("10.0.0.1"))];
+    let mut node_mode = conf("default", Some("10.0.0.1"));
+    node_mode.spec.speaker_mode = Some(SpeakerMode::Node);
+    let node_mode = [node_mode];
+    let a = peer("a", "192.168.1.1", |s| {
+        s.node_selector = [("rack".to_string(), "1".to_string())].into()
+    });
+
+    driver.configure(from_crds(&controller_mode, [&a]), &mut rec);
+    assert!(matches!(rec.calls[..], [Call::Start(_), Call::Upsert(_)]));
+    rec.calls.clear();
+
+    let desired = from_crds(&node_mode, [&a]);
+    assert_eq!((desired.speaker.clone(), desired.peers.len()), (None, 0));
+    assert!(
+        desired
+            .notes
+            .iter()
+            .any(|n| n.message.contains("speakerMode is node")),
+        "{:?}",
+        desired.notes
+    );
+    driver.configure(desired, &mut rec);
+    assert_eq!(rec.calls, [Call::Stop]);
+    rec.calls.clear();
+    let routes: Routes = [(IpNet::from(ip("10.9.0.1")), [ip("192.168.0.10")].into())].into();
+    assert!(
+        !driver.routes(&routes, 7, &mut rec),
+        "no announcements in node mode"
+    );
+
+    driver.configure(from_crds(&controller_mode, [&a]), &mut rec);
+    assert!(matches!(rec.calls[..], [Call::Start(_), Call::Upsert(_)]));
+}
+
+#[test]
+fn controller_status_entries_name_the_bgppeers_it_has_sessions_with() {
+    let snap = Snapshot {
+        bgp_peers: vec![
+            std::sync::Arc::new(peer("up", "192.168.1.1", |_| {})),
+            std::sync::Arc::new(peer("unknown", "192.168.1.2", |_| {})),
+        ],
+        ..Default::default()
+    };
+    let sessions = [PeerStatus {
+        address: ip("192.168.1.1"),
+        established: true,
+        state: "Established".into(),
+        paths_announced: 4,
+        last_error: None,
+    }];
+    let entries = status_entries(&snap, &sessions);
+    assert_eq!(
+        entries.into_iter().collect::<Vec<_>>(),
+        [(
+            "up".to_owned(),
+            BgpPeerNodeStatus {
+                node: "controller".into(),
+                state: "Established".into(),
+                paths_announced: 4,
+                last_error: None,
+            }
+        )]
+    );
+}
