@@ -3,6 +3,7 @@
 //! that the controller and the agent both read through.
 
 pub mod annotations;
+pub mod bgp_policy;
 pub mod crd;
 pub mod metrics_http;
 pub mod service;
