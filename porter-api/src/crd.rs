@@ -10,7 +10,7 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, LabelSelector};
 use kube::CustomResource;
 use kube::core::CustomResourceExt;
 use kube::core::crd::merge_crds;
@@ -64,6 +64,36 @@ pub struct EipSpec {
     /// addresses from this pool automatically (together with `namespaces`).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub namespace_selector: BTreeMap<String, String>,
+    /// BGP advertisement policy for every address of this pool (see
+    /// docs/bgp-policy.md). Values that cannot be read set the
+    /// `BgpPolicyInvalid` condition; the rest of the policy still applies.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bgp: Option<EipBgp>,
+}
+
+/// `Eip.spec.bgp`: what the pool's paths carry and where they go. Field
+/// names follow MetalLB's `BGPAdvertisement`.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct EipBgp {
+    /// RFC 1997 communities: `ASN:VALUE` (each 0..=65535) or a well-known
+    /// name (`no-export`, `no-advertise`, `no-export-subconfed`, `no-peer`,
+    /// `blackhole`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub communities: Vec<String>,
+    /// RFC 8092 large communities: `GLOBAL:LOCAL1:LOCAL2`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub large_communities: Vec<String>,
+    /// LOCAL_PREF, sent to iBGP peers only; 100 when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub local_pref: Option<u32>,
+    /// Which BgpPeers (by their labels) are sent this pool; all when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peer_selector: Option<LabelSelector>,
+    /// Which nodes (by their labels) may be next hops for this pool; all
+    /// when unset. A pool whose serving nodes all fail it is withdrawn.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_selector: Option<LabelSelector>,
 }
 
 /// What the controller reports about a pool.
@@ -165,6 +195,26 @@ pub struct BgpConfSpec {
     /// See docs/bgp-policy.md, section 5, for when to use which.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub speaker_mode: Option<SpeakerMode>,
+    /// The link bandwidth extended community that makes routers weight
+    /// each node's path by its ready endpoints; on when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub link_bandwidth: Option<LinkBandwidthConf>,
+}
+
+/// `BgpConf.spec.linkBandwidth`.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct LinkBandwidthConf {
+    /// `false`: no path carries link bandwidth, routers fall back to plain
+    /// per-node ECMP.
+    #[serde(default = "enabled_by_default")]
+    pub enabled: bool,
+}
+
+impl Default for LinkBandwidthConf {
+    fn default() -> Self {
+        Self { enabled: true }
+    }
 }
 
 /// Where the BGP speaker runs.
@@ -227,6 +277,34 @@ pub struct BgpPeerSpec {
     /// empty) open a session to this peer, as in OpenELB.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub node_selector: BTreeMap<String, String>,
+    /// How paths are shaped for this peer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy: Option<PeerPolicySpec>,
+}
+
+/// `BgpPeer.spec.policy`.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PeerPolicySpec {
+    /// Send COMMUNITIES and LARGE_COMMUNITY to this peer; true when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub send_communities: Option<bool>,
+    /// The form of the link bandwidth community this peer gets; `Transitive`
+    /// when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub link_bandwidth: Option<LinkBandwidthMode>,
+}
+
+/// How a peer gets the link bandwidth extended community.
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum LinkBandwidthMode {
+    /// Type 0x00 sub-type 0x04: survives into the next AS, where FRR sums it.
+    #[default]
+    Transitive,
+    /// Type 0x40 sub-type 0x04: stops at the first router.
+    NonTransitive,
+    /// Never sent: for routers that reject it.
+    Off,
 }
 
 /// The sessions to a peer, one entry per speaker. Each speaker writes only

@@ -4,6 +4,7 @@
 
 pub mod annotations;
 pub mod bgp_config;
+pub mod bgp_policy;
 pub mod crd;
 pub mod metrics_http;
 pub mod service;
