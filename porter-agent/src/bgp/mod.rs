@@ -59,10 +59,10 @@ impl NodeSpeaker {
     /// plane serves now), then reports the sessions. Idle outside node mode,
     /// apart from removing this node's stale status entries.
     pub async fn step(&mut self, snapshot: &Snapshot, served: &[ServiceSpec]) {
-        let wanted = node_bgp(snapshot, &self.node);
-        self.log_notes(wanted.notes);
+        let mut wanted = node_bgp(snapshot, &self.node);
+        self.log_notes(std::mem::take(&mut wanted.notes));
         if self.running.as_ref().map(|(c, _)| c) != wanted.speaker.as_ref() {
-            self.restart(wanted.speaker).await;
+            self.restart(wanted.speaker.clone()).await;
         }
         let mut sessions = Vec::new();
         if let Some((_, speaker)) = &self.running {
@@ -70,7 +70,7 @@ impl NodeSpeaker {
             // set and sends it before its End-of-RIB, so a graceful-restart
             // helper never flushes routes it still holds from our
             // predecessor.
-            let paths = node_paths(served);
+            let paths = node_paths(snapshot, &wanted, served);
             if self.paths.as_ref() != Some(&paths) {
                 info!(node = %self.node, prefixes = paths.len(), "node paths updated");
                 speaker.set_paths(paths.clone()).await;
@@ -88,7 +88,7 @@ impl NodeSpeaker {
             }
             for (address, peer) in wanted.peers {
                 if self.peers.get(&address) != Some(&peer) {
-                    speaker.upsert_peer(peer.config.to_bgp()).await;
+                    speaker.upsert_peer(peer.config.clone()).await;
                     self.peers.insert(address, peer);
                 }
             }

@@ -5,7 +5,7 @@ use porter_api::{
     bgp_config::status_changes,
     source::{Snapshot, dir::load_text},
 };
-use porter_bgp::{LinkBandwidth, NEXT_HOP_SELF_V4, NEXT_HOP_SELF_V6, SessionState};
+use porter_bgp::{LinkBandwidth, NEXT_HOP_SELF_V4, NEXT_HOP_SELF_V6, PathAttributes, SessionState};
 
 use super::{
     metrics::BgpMetrics,
@@ -162,21 +162,70 @@ fn spec(vip: &str, port: u16, pods: &[&str]) -> ServiceSpec {
     }
 }
 
+/// Pools and Services for [`node_paths`]: 192.0.2.1 from pool `blue`
+/// (a community, peers labelled `fabric: blue` only), 192.0.2.2 from pool
+/// `rack2` (only nodes of rack 2 may announce it), 2001:db8::1 from pool
+/// `v6` whose Service switches link bandwidth off.
+const POLICY: &str = "
+kind: Eip
+metadata: {name: blue}
+spec: {address: 192.0.2.1, bgp: {communities: ['65000:100'], peerSelector: {matchLabels: {fabric: blue}}}}
+status: {used: {192.0.2.1: shop/web}}
+---
+kind: Eip
+metadata: {name: rack2}
+spec: {address: 192.0.2.2, bgp: {nodeSelector: {matchLabels: {rack: '2'}}}}
+status: {used: {192.0.2.2: shop/api}}
+---
+kind: Eip
+metadata: {name: v6}
+spec: {address: '2001:db8::1'}
+status: {used: {'2001:db8::1': shop/six}}
+---
+kind: Service
+metadata: {name: six, namespace: shop, annotations: {lb.kubesphere.io/v1alpha1: porter, bgp.porter.kubesphere.io/link-bandwidth: 'off'}}
+spec: {type: LoadBalancer}
+status: {loadBalancer: {ingress: [{ip: '2001:db8::1'}]}}
+---
+kind: BgpPeer
+metadata: {name: blue-leaf, labels: {fabric: blue}}
+spec: {conf: {peerAs: 65011, neighborAddress: 172.30.1.1}}
+---
+kind: BgpPeer
+metadata: {name: red-leaf, labels: {fabric: red}}
+spec: {conf: {peerAs: 65012, neighborAddress: 172.30.1.2}, policy: {linkBandwidth: NonTransitive}}
+";
+
 #[test]
-fn node_paths_are_next_hop_self_weighted_by_distinct_local_endpoints() {
-    let paths = node_paths(&[
-        // Two ports of one Service on the same two pods, and another
-        // Service sharing the EIP with a third pod: 3 endpoints.
-        spec("192.0.2.1", 80, &["10.244.1.2", "10.244.1.3"]),
-        spec("192.0.2.1", 443, &["10.244.1.2", "10.244.1.3"]),
-        spec("192.0.2.1", 8080, &["10.244.1.4"]),
-        spec("2001:db8::1", 80, &["fd00:244:1::2"]),
-    ]);
-    let rendered: Vec<(String, IpAddr, Option<LinkBandwidth>)> = paths
+fn node_paths_are_next_hop_self_weighted_by_local_endpoints_with_the_pool_policy() {
+    let snap = snapshot(&format!("{NODES}---\n{POLICY}---\n{}", conf("node", None)));
+    let n1 = node_bgp(&snap, "n1");
+    assert_eq!(
+        n1.peers[&"172.30.1.2".parse::<IpAddr>().expect("ip")]
+            .config
+            .policy
+            .link_bandwidth,
+        porter_bgp::LinkBandwidthPolicy::NonTransitive,
+        "BgpPeer.spec.policy reaches the session"
+    );
+    let paths = node_paths(
+        &snap,
+        &n1,
+        &[
+            // Two ports of one Service on the same two pods, and another
+            // Service sharing the EIP with a third pod: 3 endpoints.
+            spec("192.0.2.1", 80, &["10.244.1.2", "10.244.1.3"]),
+            spec("192.0.2.1", 443, &["10.244.1.2", "10.244.1.3"]),
+            spec("192.0.2.1", 8080, &["10.244.1.4"]),
+            spec("192.0.2.2", 80, &["10.244.1.5"]),
+            spec("2001:db8::1", 80, &["fd00:244:1::2"]),
+        ],
+    );
+    let rendered: Vec<(String, IpAddr, PathAttributes)> = paths
         .iter()
         .flat_map(|(prefix, hops)| {
             hops.iter()
-                .map(move |(hop, attributes)| (prefix.to_string(), *hop, attributes.link_bandwidth))
+                .map(move |(hop, attributes)| (prefix.to_string(), *hop, attributes.clone()))
         })
         .collect();
     assert_eq!(
@@ -185,16 +234,22 @@ fn node_paths_are_next_hop_self_weighted_by_distinct_local_endpoints() {
             (
                 "192.0.2.1/32".to_owned(),
                 NEXT_HOP_SELF_V4,
-                Some(LinkBandwidth::for_endpoints(3, true))
+                PathAttributes {
+                    communities: vec![(65000 << 16) | 100],
+                    link_bandwidth: Some(LinkBandwidth::for_endpoints(3, true)),
+                    only_peers: Some(["172.30.1.1".parse().expect("ip")].into()),
+                    ..Default::default()
+                }
             ),
+            // 192.0.2.2: rack 2 only, so not from n1.
             (
                 "2001:db8::1/128".to_owned(),
                 NEXT_HOP_SELF_V6,
-                Some(LinkBandwidth::for_endpoints(1, true))
+                PathAttributes::default()
             ),
         ]
     );
-    assert!(node_paths(&[]).is_empty());
+    assert!(node_paths(&snap, &n1, &[]).is_empty());
 }
 
 fn session(state: SessionState, paths: u64) -> porter_bgp::PeerStatus {

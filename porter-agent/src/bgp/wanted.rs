@@ -8,14 +8,16 @@ use std::{
 
 use ipnet::IpNet;
 use porter_api::{
-    BgpPeerNodeStatus, SpeakerMode,
+    BgpConf, BgpPeerNodeStatus, ObjectKey, SpeakerMode,
     annotations::BGP_CONF_NAME,
-    bgp_config::{
-        Note, PeerConfig, SpeakerConfig, peer_from_crd, selects_node, speaker_from_conf, warn,
+    bgp_config::{Note, SpeakerConfig, peer_from_crd, selects_node, speaker_from_conf, warn},
+    bgp_policy::{
+        ClusterPolicy, PeerScope, PoolPolicy, ServicePolicy, merge, only_peers, peer_policy,
     },
+    service::{ingress_ips, opted_in},
     source::Snapshot,
 };
-use porter_bgp::{LinkBandwidth, NEXT_HOP_SELF_V4, NEXT_HOP_SELF_V6, PathAttributes, PathTable};
+use porter_bgp::{NEXT_HOP_SELF_V4, NEXT_HOP_SELF_V6, PathTable};
 
 use crate::{ServiceSpec, interfaces::node_internal_ips};
 
@@ -24,7 +26,10 @@ use crate::{ServiceSpec, interfaces::node_internal_ips};
 pub struct SelectedPeer {
     /// The BgpPeer's name, which its status is written under.
     pub name: String,
-    pub config: PeerConfig,
+    /// The session, with the peer's `spec.policy`.
+    pub config: porter_bgp::PeerConfig,
+    /// What decides which of this node's paths the peer is sent.
+    pub scope: PeerScope,
 }
 
 /// The node-mode BGP settings of one node.
@@ -35,6 +40,8 @@ pub struct NodeBgp {
     pub speaker: Option<SpeakerConfig>,
     /// The BgpPeers whose `nodeSelector` matches this node, by address.
     pub peers: BTreeMap<IpAddr, SelectedPeer>,
+    /// The Node object's labels (pools' `nodeSelector` match them).
+    pub labels: BTreeMap<String, String>,
     pub notes: Vec<Note>,
 }
 
@@ -44,11 +51,7 @@ pub struct NodeBgp {
 /// of the node's Node object.
 pub fn node_bgp(snapshot: &Snapshot, node: &str) -> NodeBgp {
     let mut out = NodeBgp::default();
-    let Some(conf) = snapshot
-        .bgp_confs
-        .iter()
-        .find(|c| c.metadata.name.as_deref() == Some(BGP_CONF_NAME))
-    else {
+    let Some(conf) = default_conf(snapshot) else {
         return out;
     };
     if conf.spec.speaker_mode() != SpeakerMode::Node {
@@ -88,9 +91,9 @@ pub fn node_bgp(snapshot: &Snapshot, node: &str) -> NodeBgp {
             return out;
         }
     }
-    let labels = node_object.metadata.labels.clone().unwrap_or_default();
+    out.labels = node_object.metadata.labels.clone().unwrap_or_default();
     for peer in &snapshot.bgp_peers {
-        if !selects_node(peer, &labels) {
+        if !selects_node(peer, &out.labels) {
             continue;
         }
         let name = peer.metadata.name.clone().unwrap_or_default();
@@ -107,8 +110,19 @@ pub fn node_bgp(snapshot: &Snapshot, node: &str) -> NodeBgp {
                     )));
                     continue;
                 }
-                out.peers
-                    .insert(config.address, SelectedPeer { name, config });
+                let Some(scope) = PeerScope::of(peer) else {
+                    continue;
+                };
+                let mut config = config.to_bgp();
+                config.policy = peer_policy(peer.spec.policy.as_ref());
+                out.peers.insert(
+                    config.address,
+                    SelectedPeer {
+                        name,
+                        config,
+                        scope,
+                    },
+                );
             }
             Err(why) => out
                 .notes
@@ -118,10 +132,23 @@ pub fn node_bgp(snapshot: &Snapshot, node: &str) -> NodeBgp {
     out
 }
 
-/// This node's paths: one per EIP its data plane serves, with this node
-/// as the next hop (each session's own address) and the node's number of
-/// ready local endpoints of that EIP as its weight.
-pub fn node_paths(served: &[ServiceSpec]) -> PathTable {
+fn default_conf(snapshot: &Snapshot) -> Option<&BgpConf> {
+    snapshot
+        .bgp_confs
+        .iter()
+        .find(|c| c.metadata.name.as_deref() == Some(BGP_CONF_NAME))
+        .map(AsRef::as_ref)
+}
+
+/// This node's paths: one per EIP its data plane serves (`served`), with
+/// this node as the next hop (each session's own address), and the
+/// attributes of the shared policy function: the pool's and the Services'
+/// communities and LOCAL_PREF, link bandwidth for the node's number of
+/// ready local endpoints of the EIP, and only the peers the pool's
+/// `peerSelector` picks. A pool whose `nodeSelector` leaves this node out
+/// is not announced from it. Policy values that cannot be read are left
+/// out here; the controller reports them (Eip condition, Service Events).
+pub fn node_paths(snapshot: &Snapshot, node: &NodeBgp, served: &[ServiceSpec]) -> PathTable {
     // Distinct endpoints per EIP, over every port and every Service that
     // shares it: a pod serving two ports is one endpoint.
     let mut endpoints: BTreeMap<IpAddr, BTreeSet<IpAddr>> = BTreeMap::new();
@@ -131,32 +158,57 @@ pub fn node_paths(served: &[ServiceSpec]) -> PathTable {
             .or_default()
             .extend(spec.backends.iter().map(|b| b.addr));
     }
-    endpoints
-        .into_iter()
-        .filter(|(_, pods)| !pods.is_empty())
-        .map(|(vip, pods)| {
-            let next_hop = if vip.is_ipv4() {
-                NEXT_HOP_SELF_V4
-            } else {
-                NEXT_HOP_SELF_V6
-            };
-            let count = u32::try_from(pods.len()).unwrap_or(u32::MAX);
-            (
-                IpNet::from(vip),
-                BTreeMap::from([(next_hop, path_attributes(count))]),
-            )
-        })
-        .collect()
+    let cluster = ClusterPolicy::from_conf(default_conf(snapshot).map(|c| &c.spec));
+    let scopes: Vec<PeerScope> = node.peers.values().map(|p| p.scope.clone()).collect();
+    let mut paths = PathTable::new();
+    for (vip, pods) in endpoints {
+        let Ok(count) = u32::try_from(pods.len()) else {
+            continue;
+        };
+        if count == 0 {
+            continue;
+        }
+        let (pool, _) =
+            PoolPolicy::from_spec(pool_of(snapshot, vip).and_then(|e| e.spec.bgp.as_ref()));
+        if !pool.node_selector.matches(&node.labels) {
+            continue;
+        }
+        let services: Vec<(ObjectKey, ServicePolicy)> = snapshot
+            .services
+            .iter()
+            .filter(|svc| opted_in(svc) && ingress_ips(svc).contains(&vip))
+            .map(|svc| {
+                let (policy, _) =
+                    ServicePolicy::from_annotations(svc.metadata.annotations.as_ref());
+                (ObjectKey::of(&svc.metadata), policy)
+            })
+            .collect();
+        let (policy, _) = merge(&pool, services.iter().map(|(k, p)| (k, p)), &cluster);
+        let mut attributes = policy.attributes(count);
+        attributes.only_peers = only_peers(&pool, &scopes, &node.labels);
+        let next_hop = if vip.is_ipv4() {
+            NEXT_HOP_SELF_V4
+        } else {
+            NEXT_HOP_SELF_V6
+        };
+        paths.insert(IpNet::from(vip), BTreeMap::from([(next_hop, attributes)]));
+    }
+    paths
 }
 
-/// The attributes of one of this node's paths with `endpoints` ready local
-/// endpoints: link bandwidth in proportion (transitive, so that spines can
-/// weight racks too; a peer's policy may change the form or strip it).
-fn path_attributes(endpoints: u32) -> PathAttributes {
-    PathAttributes {
-        link_bandwidth: Some(LinkBandwidth::for_endpoints(endpoints, true)),
-        ..Default::default()
-    }
+/// The pool an EIP was allocated from, as the controller records it in
+/// `Eip.status.used` (the agent runs no IPAM).
+fn pool_of(snapshot: &Snapshot, vip: IpAddr) -> Option<&porter_api::Eip> {
+    let key = vip.to_string();
+    snapshot
+        .eips
+        .iter()
+        .find(|eip| {
+            eip.status
+                .as_ref()
+                .is_some_and(|s| s.used.contains_key(&key))
+        })
+        .map(AsRef::as_ref)
 }
 
 /// This node's `BgpPeer.status.nodes` entry for a session.
