@@ -5,7 +5,8 @@
 //! BgpPeer's `nodeSelector` gives it, announce the EIP with themselves as
 //! next hop, report their sessions in `BgpPeer.status`, and traffic from
 //! the client reaches the pods in both racks; when a node's endpoints go,
-//! its leaf's route goes.
+//! its leaf's route goes; an agent restart keeps its routes (graceful
+//! restart) and its traffic.
 use std::{
     collections::BTreeMap,
     net::{IpAddr, SocketAddr},
@@ -146,6 +147,27 @@ fn node_mode_agents_peer_with_their_own_leaf_across_two_subnets() -> Result<()> 
     })
     .with_context(|| dc.describe())?;
     println!("per pod {served:?}");
+
+    // An agent restart (an upgrade) drops nothing: with graceful restart
+    // the stopped agent closes its session without a NOTIFICATION, leaf 1
+    // keeps n1's route while the pinned data plane serves on, and the new
+    // agent takes the route over.
+    dc.stop_agent(0)?;
+    wait_for("leaf 1 to see n1's session go", WAIT, || {
+        Ok((!dc.leaves[0].established(&dc.lab, n1)?).then_some(()))
+    })?;
+    wait_routes(&dc, &dc.leaves[0], eip, &[n1])?;
+    let during = dc.spread(addr, 20)?;
+    println!("while n1's agent is down: per pod {during:?}");
+    ensure!(
+        per_node(&during).contains_key("n1"),
+        "n1 served nothing while its agent restarted: {during:?}"
+    );
+    dc.start_agent(0)?;
+    wait_for("leaf 1 to see n1's session again", WAIT, || {
+        Ok(dc.leaves[0].established(&dc.lab, n1)?.then_some(()))
+    })?;
+    wait_routes(&dc, &dc.leaves[0], eip, &[n1])?;
 
     // n2's endpoints go: n2 withdraws its path, so leaf 2 now routes the
     // EIP up to the spine (which learnt it from rack 1), the spine keeps
