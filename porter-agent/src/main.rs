@@ -31,7 +31,9 @@ use tracing::{error, info};
                   node's uplinks, pins them and their maps under --bpffs, and keeps the maps \
                   serving this node's ready endpoints of every Porter Service. Stopping it leaves \
                   the data plane serving; the next agent adopts it. `porter-agent cleanup` \
-                  removes everything it installed; `porter-agent inspect` shows the pinned state."
+                  removes everything it installed; `porter-agent inspect` shows the pinned state. \
+                  With BgpConf `speakerMode: node` it also announces this node's EIPs over BGP \
+                  to the BgpPeers whose nodeSelector matches the node (docs/bgp-policy.md)."
 )]
 struct Cli {
     #[command(subcommand)]

@@ -177,8 +177,9 @@ pub struct BgpConfSpec {
     /// Our AS number.
     #[serde(rename = "as")]
     pub as_number: u32,
-    /// Our BGP identifier, an IPv4 address. Required: the controller is not
-    /// tied to one node, so it cannot borrow a node's address.
+    /// Our BGP identifier, an IPv4 address. Required in controller mode:
+    /// the controller is not tied to one node, so it cannot borrow a node's
+    /// address. In node mode each agent defaults to its node's InternalIP.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub router_id: Option<String>,
     /// Port to accept passive sessions on; 17900 when unset (the seed's
