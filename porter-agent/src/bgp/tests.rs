@@ -381,3 +381,111 @@ async fn the_agent_applies_its_own_bgppeer_status_entry_under_a_per_node_manager
     );
     assert_eq!(seen[1].body["status"]["nodes"], serde_json::json!([]));
 }
+
+/// The speaker end to end on loopback, with a porter-bgp listener standing
+/// in for the router and the `dir:` source for the cluster: the session
+/// comes up for the BgpPeer that selects the node, the node's entry appears
+/// in its status, and relabelling the node away closes the session and
+/// removes the entry.
+#[tokio::test]
+async fn sessions_follow_the_node_labels_and_report_their_status() {
+    let router = porter_bgp::Speaker::start(porter_bgp::SpeakerConfig {
+        local_as: 65001,
+        router_id: "127.0.0.1".parse().expect("ip"),
+        listen: Some("127.0.0.1:0".parse().expect("addr")),
+        graceful_restart: None,
+    })
+    .await
+    .expect("router listens on loopback");
+    let port = router.listen_address().expect("bound").port();
+    let mut passive = porter_bgp::PeerConfig::new("127.0.0.2".parse().expect("ip"), 65000);
+    passive.passive = true;
+    router.upsert_peer(passive).await;
+
+    let dir = std::env::temp_dir().join(format!("porter-agent-bgp-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("scratch dir");
+    let write_cluster = |rack: &str| {
+        let text = format!(
+            "kind: Node
+metadata: {{name: n1, labels: {{rack: '{rack}'}}}}
+status: {{addresses: [{{type: InternalIP, address: 127.0.0.2}}]}}
+---
+kind: BgpConf
+metadata: {{name: default}}
+spec: {{as: 65000, speakerMode: node, listenPort: -1}}
+---
+kind: BgpPeer
+metadata: {{name: router}}
+spec:
+  conf: {{peerAs: 65001, neighborAddress: 127.0.0.1}}
+  transport: {{remotePort: {port}, localAddress: 127.0.0.2}}
+  timers: {{config: {{connectRetry: 1, holdTime: 9}}}}
+  nodeSelector: {{rack: '1'}}
+"
+        );
+        std::fs::write(dir.join("cluster.yaml"), text).expect("write manifests");
+    };
+    let entries = |dir: &Path| -> Vec<BgpPeerNodeStatus> {
+        let (snap, _) = porter_api::source::dir::load(dir).expect("load");
+        snap.bgp_peers
+            .iter()
+            .flat_map(|p| p.status.clone().unwrap_or_default().nodes)
+            .collect()
+    };
+    let mut speaker = super::NodeSpeaker::new(
+        "n1".into(),
+        PeerStatusWriter::Dir(porter_api::source::dir::DirWriter::new(dir.clone())),
+        BgpMetrics::default(),
+    );
+    let served = [spec("192.0.2.1", 80, &["10.244.1.2", "10.244.1.3"])];
+
+    write_cluster("1");
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(15);
+    loop {
+        let (snap, _) = porter_api::source::dir::load(&dir).expect("load");
+        speaker.step(&snap, &served).await;
+        let router_sees = router
+            .peer_status()
+            .await
+            .iter()
+            .any(|s| s.state == SessionState::Established);
+        let reported = entries(&dir);
+        if router_sees
+            && reported
+                .iter()
+                .any(|e| e.node == "n1" && e.state == "Established")
+        {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no session: router {:?}, status {reported:?}",
+            router.peer_status().await
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+
+    write_cluster("2");
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(15);
+    loop {
+        let (snap, _) = porter_api::source::dir::load(&dir).expect("load");
+        speaker.step(&snap, &served).await;
+        let router_sees = router
+            .peer_status()
+            .await
+            .iter()
+            .any(|s| s.state == SessionState::Established);
+        let reported = entries(&dir);
+        if !router_sees && reported.is_empty() {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "session kept after the node stopped matching: status {reported:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    speaker.shutdown().await;
+    router.shutdown().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
