@@ -1,17 +1,18 @@
 //! What the controller needs from a BGP speaker ([`Announcer`]), and the pure
-//! translation of BgpConf/BgpPeer (or the seed's `bgp-cfg` TOML) into speaker
-//! and peer settings. The shapes mirror porter-bgp's API so that its adapter
-//! is a field-by-field copy.
+//! translation of BgpConf/BgpPeer (or the seed's `bgp-cfg` TOML) into
+//! porter-bgp's speaker and peer settings.
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
 use porter_api::annotations::BGP_CONF_NAME;
+use porter_api::bgp_policy::peer_policy;
 use porter_api::source::Snapshot;
 use porter_api::{BgpConf, BgpPeer};
+pub use porter_bgp::{Family, GracefulRestart, PeerConfig, PeerStatus, SpeakerConfig};
 
-use crate::announce::Routes;
+use crate::announce::Paths;
 
 pub const DEFAULT_LISTEN_PORT: u16 = 17900;
 const DEFAULT_REMOTE_PORT: u16 = 179;
@@ -21,47 +22,15 @@ const DEFAULT_CONNECT_RETRY: u16 = 30;
 const DEFAULT_SEND_MAX: u8 = 10;
 const DEFAULT_RESTART_TIME: u16 = 120;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum Family {
-    Ipv4Unicast,
-    Ipv6Unicast,
-}
-
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct GracefulRestart {
-    pub restart_time: u16,
-    /// Set when this controller takes over from another instance whose
-    /// routes the peers may still hold.
-    pub restarting: bool,
-}
-
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct SpeakerConfig {
-    pub local_as: u32,
-    pub router_id: Ipv4Addr,
-    pub listen: Option<SocketAddr>,
-    pub graceful_restart: Option<GracefulRestart>,
-}
-
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct PeerConfig {
-    pub address: IpAddr,
-    pub remote_as: u32,
-    pub remote_port: u16,
-    pub passive: bool,
-    pub hold_time: u16,
-    pub connect_retry: Duration,
-    pub md5_password: Option<String>,
-    pub ebgp_multihop_ttl: Option<u8>,
-    pub add_path_send_max: u8,
-    pub families: Vec<Family>,
-    pub local_address: Option<IpAddr>,
-}
-
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct PeerStatus {
-    pub address: IpAddr,
-    pub established: bool,
+/// Graceful restart as the controller's speaker always runs it. The restart
+/// flag is set because a speaker always follows an earlier instance whose
+/// routes the peers may still hold: a previous process, a previous leader,
+/// or the speaker a configuration change replaced.
+fn graceful_restart(restart_time: u16) -> GracefulRestart {
+    GracefulRestart {
+        restart_time,
+        restarting: true,
+    }
 }
 
 /// The controller's view of a BGP speaker. porter-bgp's `Speaker` is adapted
@@ -73,8 +42,8 @@ pub trait Announcer: Send {
     /// Adds a session or changes one; other sessions are untouched.
     fn upsert_peer(&mut self, peer: &PeerConfig);
     fn remove_peer(&mut self, address: IpAddr);
-    /// The complete desired routes; the speaker sends only the difference.
-    fn set_routes(&mut self, routes: &Routes);
+    /// The complete desired paths; the speaker sends only the difference.
+    fn set_paths(&mut self, paths: &Paths);
     fn peer_status(&self) -> Vec<PeerStatus>;
 }
 
@@ -183,10 +152,9 @@ pub fn from_crds<'a>(
             local_as: spec.as_number,
             router_id,
             listen: listen.map(|p| SocketAddr::new(IpAddr::from([0u16; 8]), p)),
-            graceful_restart: gr.enabled.then(|| GracefulRestart {
-                restart_time: gr.restart_time.unwrap_or(DEFAULT_RESTART_TIME),
-                restarting: false,
-            }),
+            graceful_restart: gr
+                .enabled
+                .then(|| graceful_restart(gr.restart_time.unwrap_or(DEFAULT_RESTART_TIME))),
         });
     }
     for peer in peers {
@@ -292,11 +260,6 @@ fn peer_from_crd(peer: &BgpPeer) -> Result<(PeerConfig, Vec<Note>), String> {
     if families.is_empty() {
         families.push(own_family(address));
     }
-    if !spec.node_selector.is_empty() {
-        notes.push(info(
-            "nodeSelector does not apply: the controller is the only speaker and announces every serving node as a next hop",
-        ));
-    }
     let multihop = spec.ebgp_multihop.clone().unwrap_or_default();
     Ok((
         PeerConfig {
@@ -319,6 +282,7 @@ fn peer_from_crd(peer: &BgpPeer) -> Result<(PeerConfig, Vec<Note>), String> {
             },
             families,
             local_address,
+            policy: peer_policy(spec.policy.as_ref()),
         },
         notes,
     ))
@@ -402,10 +366,7 @@ fn seed_global(value: &toml::Value, out: &mut BgpDesired) {
                 local_as,
                 router_id,
                 listen: port.map(|p| SocketAddr::new(IpAddr::from([0u16; 8]), p)),
-                graceful_restart: Some(GracefulRestart {
-                    restart_time: DEFAULT_RESTART_TIME,
-                    restarting: false,
-                }),
+                graceful_restart: Some(graceful_restart(DEFAULT_RESTART_TIME)),
             })
         }
         _ => out.notes.push(warn(
@@ -456,6 +417,7 @@ fn seed_neighbor(n: &toml::Value, out: &mut BgpDesired) {
             add_path_send_max: send_max,
             families: vec![own_family(address)],
             local_address: None,
+            policy: peer_policy(None),
         },
     );
 }
@@ -467,8 +429,8 @@ fn seed_neighbor(n: &toml::Value, out: &mut BgpDesired) {
 pub struct BgpDriver {
     speaker: Option<SpeakerConfig>,
     peers: BTreeMap<IpAddr, PeerConfig>,
-    /// Version of the routes last sent.
-    routes: Option<u64>,
+    /// Version of the paths last sent.
+    paths: Option<u64>,
     notes: Vec<Note>,
 }
 
@@ -494,7 +456,7 @@ impl BgpDriver {
         self.notes = std::mem::take(&mut desired.notes);
         if desired.speaker != self.speaker {
             self.peers.clear();
-            self.routes = None;
+            self.paths = None;
             if let Some(cfg) = &desired.speaker {
                 announcer.start(cfg);
             }
@@ -522,14 +484,14 @@ impl BgpDriver {
         fresh
     }
 
-    /// Sends `routes` unless this `version` of them was sent already;
+    /// Sends `paths` unless this `version` of them was sent already;
     /// returns whether it did.
-    pub fn routes(&mut self, routes: &Routes, version: u64, announcer: &mut dyn Announcer) -> bool {
-        if self.speaker.is_none() || self.routes == Some(version) {
+    pub fn paths(&mut self, paths: &Paths, version: u64, announcer: &mut dyn Announcer) -> bool {
+        if self.speaker.is_none() || self.paths == Some(version) {
             return false;
         }
-        announcer.set_routes(routes);
-        self.routes = Some(version);
+        announcer.set_paths(paths);
+        self.paths = Some(version);
         true
     }
 }
@@ -549,7 +511,7 @@ pub enum Call {
     Start(SpeakerConfig),
     Upsert(PeerConfig),
     Remove(IpAddr),
-    Routes(Routes),
+    Paths(Paths),
 }
 
 #[cfg(test)]
@@ -566,8 +528,8 @@ impl Announcer for Recorder {
         self.calls.push(Call::Remove(address));
     }
 
-    fn set_routes(&mut self, routes: &Routes) {
-        self.calls.push(Call::Routes(routes.clone()));
+    fn set_paths(&mut self, paths: &Paths) {
+        self.calls.push(Call::Paths(paths.clone()));
     }
 
     fn peer_status(&self) -> Vec<PeerStatus> {
@@ -575,7 +537,17 @@ impl Announcer for Recorder {
             .iter()
             .map(|a| PeerStatus {
                 address: *a,
-                established: true,
+                remote_as: 65001,
+                state: porter_bgp::SessionState::Established,
+                uptime: None,
+                established_count: 1,
+                messages_sent: 0,
+                messages_received: 0,
+                updates_sent: 0,
+                paths_announced: 0,
+                families: vec![Family::Ipv4Unicast],
+                add_path: vec![Family::Ipv4Unicast],
+                last_error: None,
             })
             .collect()
     }

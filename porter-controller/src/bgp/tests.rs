@@ -128,7 +128,6 @@ fn bad_crds_are_refused_with_a_note() {
     assert!(has("routerId"), "{text:?}");
     assert!(has("BgpConf `other` is ignored"), "{text:?}");
     assert!(has("BgpPeer `bad` is ignored: neighborAddress"), "{text:?}");
-    assert!(has("nodeSelector does not apply"), "{text:?}");
     assert!(has("configured twice"), "{text:?}");
     assert_eq!(d.peers.len(), 1);
 }
@@ -249,10 +248,14 @@ fn driver_changes_only_what_changed() {
     assert_eq!(rec.calls, [Call::Remove(ip("192.168.1.2"))]);
     rec.calls.clear();
 
-    let routes: Routes = [(IpNet::from(ip("10.9.0.1")), [ip("192.168.0.10")].into())].into();
-    assert!(driver.routes(&routes, 1, &mut rec));
+    let paths: Paths = [(
+        IpNet::from(ip("10.9.0.1")),
+        [(ip("192.168.0.10"), Default::default())].into(),
+    )]
+    .into();
+    assert!(driver.paths(&paths, 1, &mut rec));
     assert!(
-        !driver.routes(&routes, 1, &mut rec),
+        !driver.paths(&paths, 1, &mut rec),
         "unchanged routes are not re-sent"
     );
 
@@ -264,5 +267,5 @@ fn driver_changes_only_what_changed() {
     );
     assert!(matches!(rec.calls[0], Call::Start(_)));
     assert_eq!(rec.calls.len(), 3);
-    assert!(driver.routes(&routes, 1, &mut rec));
+    assert!(driver.paths(&paths, 1, &mut rec));
 }
