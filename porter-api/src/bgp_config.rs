@@ -1,13 +1,12 @@
-//! The pure translation of BgpConf/BgpPeer into speaker and peer settings,
-//! shared by the controller (controller mode) and the agent (node mode), and
-//! the adapter from those settings to porter-bgp's. The shapes mirror
-//! porter-bgp's API so that the adapter is a field-by-field copy, and the
-//! controller's tests can record them without a speaker.
+//! The pure translation of BgpConf/BgpPeer into porter-bgp's speaker and
+//! peer settings, shared by the controller (controller mode) and the agent
+//! (node mode).
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
+use crate::bgp_policy::peer_policy;
 use crate::crd::BgpConfSpec;
 use crate::source::Snapshot;
 use crate::{BgpPeer, BgpPeerNodeStatus};
@@ -20,41 +19,17 @@ pub const DEFAULT_CONNECT_RETRY: u16 = 30;
 pub const DEFAULT_SEND_MAX: u8 = 10;
 pub const DEFAULT_RESTART_TIME: u16 = 120;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum Family {
-    Ipv4Unicast,
-    Ipv6Unicast,
-}
+pub use porter_bgp::{Family, GracefulRestart, PeerConfig, SpeakerConfig};
 
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct GracefulRestart {
-    pub restart_time: u16,
-    /// Set when this controller takes over from another instance whose
-    /// routes the peers may still hold.
-    pub restarting: bool,
-}
-
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct SpeakerConfig {
-    pub local_as: u32,
-    pub router_id: Ipv4Addr,
-    pub listen: Option<SocketAddr>,
-    pub graceful_restart: Option<GracefulRestart>,
-}
-
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct PeerConfig {
-    pub address: IpAddr,
-    pub remote_as: u32,
-    pub remote_port: u16,
-    pub passive: bool,
-    pub hold_time: u16,
-    pub connect_retry: Duration,
-    pub md5_password: Option<String>,
-    pub ebgp_multihop_ttl: Option<u8>,
-    pub add_path_send_max: u8,
-    pub families: Vec<Family>,
-    pub local_address: Option<IpAddr>,
+/// Graceful restart as Porter's speakers always run it. The restart flag is
+/// set because a speaker always follows an earlier instance whose routes the
+/// peers may still hold: a previous process, a previous leader or agent, or
+/// the speaker a configuration change replaced.
+pub fn graceful_restart(restart_time: u16) -> GracefulRestart {
+    GracefulRestart {
+        restart_time,
+        restarting: true,
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -123,10 +98,9 @@ pub fn speaker_from_conf(
             local_as: spec.as_number,
             router_id,
             listen: listen.map(|p| SocketAddr::new(IpAddr::from([0u16; 8]), p)),
-            graceful_restart: gr.enabled.then(|| GracefulRestart {
-                restart_time: gr.restart_time.unwrap_or(DEFAULT_RESTART_TIME),
-                restarting: false,
-            }),
+            graceful_restart: gr
+                .enabled
+                .then(|| graceful_restart(gr.restart_time.unwrap_or(DEFAULT_RESTART_TIME))),
         },
         notes,
     ))
@@ -140,53 +114,6 @@ pub fn selects_node(peer: &BgpPeer, labels: &BTreeMap<String, String>) -> bool {
         .node_selector
         .iter()
         .all(|(key, value)| labels.get(key) == Some(value))
-}
-
-impl SpeakerConfig {
-    /// porter-bgp's settings. A new speaker always follows an earlier
-    /// instance whose routes the peers may still hold (a previous process,
-    /// a previous leader, or the speaker this one replaces), so it starts
-    /// with the graceful-restart flag set.
-    pub fn to_bgp(&self) -> porter_bgp::SpeakerConfig {
-        porter_bgp::SpeakerConfig {
-            local_as: self.local_as,
-            router_id: self.router_id,
-            listen: self.listen,
-            graceful_restart: self.graceful_restart.as_ref().map(|gr| {
-                porter_bgp::GracefulRestart {
-                    restart_time: gr.restart_time,
-                    restarting: true,
-                }
-            }),
-        }
-    }
-}
-
-impl PeerConfig {
-    pub fn to_bgp(&self) -> porter_bgp::PeerConfig {
-        porter_bgp::PeerConfig {
-            address: self.address,
-            remote_as: self.remote_as,
-            remote_port: self.remote_port,
-            passive: self.passive,
-            hold_time: self.hold_time,
-            connect_retry: self.connect_retry,
-            md5_password: self.md5_password.clone(),
-            ebgp_multihop_ttl: self.ebgp_multihop_ttl,
-            add_path_send_max: self.add_path_send_max,
-            families: self
-                .families
-                .iter()
-                .map(|f| match f {
-                    Family::Ipv4Unicast => porter_bgp::Family::Ipv4Unicast,
-                    Family::Ipv6Unicast => porter_bgp::Family::Ipv6Unicast,
-                })
-                .collect(),
-            local_address: self.local_address,
-            // Communities and the like are not configurable from the CRDs yet.
-            policy: porter_bgp::PeerPolicy::default(),
-        }
-    }
 }
 
 fn parse_family(afi: &str) -> Option<Family> {
@@ -286,6 +213,7 @@ pub fn peer_from_crd(peer: &BgpPeer) -> Result<(PeerConfig, Vec<Note>), String> 
             },
             families,
             local_address,
+            policy: peer_policy(spec.policy.as_ref()),
         },
         notes,
     ))

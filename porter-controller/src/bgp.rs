@@ -1,34 +1,25 @@
 //! What the controller needs from a BGP speaker ([`Announcer`]), and the pure
-//! translation of BgpConf/BgpPeer (or the seed's `bgp-cfg` TOML) into speaker
-//! and peer settings. The shapes mirror porter-bgp's API so that its adapter
-//! is a field-by-field copy.
+//! translation of BgpConf/BgpPeer (or the seed's `bgp-cfg` TOML) into
+//! porter-bgp's speaker and peer settings.
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
 use porter_api::annotations::BGP_CONF_NAME;
+use porter_api::bgp_policy::peer_policy;
 use porter_api::crd::CONTROLLER_STATUS_KEY;
 use porter_api::source::Snapshot;
 use porter_api::{BgpConf, BgpPeer, BgpPeerNodeStatus, SpeakerMode};
 
-use crate::announce::Routes;
+use crate::announce::Paths;
 
 pub use porter_api::bgp_config::{
     DEFAULT_CONNECT_RETRY, DEFAULT_HOLD_TIME, DEFAULT_LISTEN_PORT, DEFAULT_REMOTE_PORT,
-    DEFAULT_RESTART_TIME, Family, GracefulRestart, Note, PeerConfig, SpeakerConfig, info,
-    own_family, peer_from_crd, selects_node, speaker_from_conf, warn,
+    DEFAULT_RESTART_TIME, Family, GracefulRestart, Note, PeerConfig, SpeakerConfig,
+    graceful_restart, info, own_family, peer_from_crd, speaker_from_conf, warn,
 };
-
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct PeerStatus {
-    pub address: IpAddr,
-    pub established: bool,
-    /// The RFC 4271 state, as `BgpPeer.status` spells it (`Established`...).
-    pub state: String,
-    pub paths_announced: u64,
-    pub last_error: Option<String>,
-}
+pub use porter_bgp::PeerStatus;
 
 /// The controller's entries of `BgpPeer.status.nodes` (key
 /// [`CONTROLLER_STATUS_KEY`]), by BgpPeer name: one for each BgpPeer the
@@ -47,7 +38,7 @@ pub fn status_entries(
                 name,
                 BgpPeerNodeStatus {
                     node: CONTROLLER_STATUS_KEY.to_owned(),
-                    state: session.state.clone(),
+                    state: format!("{:?}", session.state),
                     paths_announced: session.paths_announced,
                     last_error: session.last_error.clone(),
                 },
@@ -68,13 +59,11 @@ pub trait Announcer: Send {
     /// Adds a session or changes one; other sessions are untouched.
     fn upsert_peer(&mut self, peer: &PeerConfig);
     fn remove_peer(&mut self, address: IpAddr);
-    /// The complete desired routes; the speaker sends only the difference.
-    fn set_routes(&mut self, routes: &Routes);
+    /// The complete desired paths; the speaker sends only the difference.
+    fn set_paths(&mut self, paths: &Paths);
     fn peer_status(&self) -> Vec<PeerStatus>;
 }
 
-/// A remark about the configuration: a key that does not apply, a value that
-/// was refused. Logged, never dropped silently.
 /// The BGP settings the cluster asks for.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct BgpDesired {
@@ -141,12 +130,7 @@ pub fn from_crds<'a>(
     for peer in peers {
         let name = peer.metadata.name.as_deref().unwrap_or_default();
         match peer_from_crd(peer) {
-            Ok((cfg, mut notes)) => {
-                if !peer.spec.node_selector.is_empty() {
-                    notes.push(info(
-                        "nodeSelector does not apply in speakerMode controller: the controller announces every serving node as a next hop",
-                    ));
-                }
+            Ok((cfg, notes)) => {
                 out.notes.extend(notes.into_iter().map(|n| Note {
                     message: format!("BgpPeer `{name}`: {}", n.message),
                     ..n
@@ -249,10 +233,7 @@ fn seed_global(value: &toml::Value, out: &mut BgpDesired) {
                 local_as,
                 router_id,
                 listen: port.map(|p| SocketAddr::new(IpAddr::from([0u16; 8]), p)),
-                graceful_restart: Some(GracefulRestart {
-                    restart_time: DEFAULT_RESTART_TIME,
-                    restarting: false,
-                }),
+                graceful_restart: Some(graceful_restart(DEFAULT_RESTART_TIME)),
             })
         }
         _ => out.notes.push(warn(
@@ -303,6 +284,7 @@ fn seed_neighbor(n: &toml::Value, out: &mut BgpDesired) {
             add_path_send_max: send_max,
             families: vec![own_family(address)],
             local_address: None,
+            policy: peer_policy(None),
         },
     );
 }
@@ -314,8 +296,8 @@ fn seed_neighbor(n: &toml::Value, out: &mut BgpDesired) {
 pub struct BgpDriver {
     speaker: Option<SpeakerConfig>,
     peers: BTreeMap<IpAddr, PeerConfig>,
-    /// Version of the routes last sent.
-    routes: Option<u64>,
+    /// Version of the paths last sent.
+    paths: Option<u64>,
     notes: Vec<Note>,
 }
 
@@ -341,7 +323,7 @@ impl BgpDriver {
         self.notes = std::mem::take(&mut desired.notes);
         if desired.speaker != self.speaker {
             self.peers.clear();
-            self.routes = None;
+            self.paths = None;
             match &desired.speaker {
                 Some(cfg) => announcer.start(cfg),
                 None => announcer.stop(),
@@ -370,14 +352,14 @@ impl BgpDriver {
         fresh
     }
 
-    /// Sends `routes` unless this `version` of them was sent already;
+    /// Sends `paths` unless this `version` of them was sent already;
     /// returns whether it did.
-    pub fn routes(&mut self, routes: &Routes, version: u64, announcer: &mut dyn Announcer) -> bool {
-        if self.speaker.is_none() || self.routes == Some(version) {
+    pub fn paths(&mut self, paths: &Paths, version: u64, announcer: &mut dyn Announcer) -> bool {
+        if self.speaker.is_none() || self.paths == Some(version) {
             return false;
         }
-        announcer.set_routes(routes);
-        self.routes = Some(version);
+        announcer.set_paths(paths);
+        self.paths = Some(version);
         true
     }
 }
@@ -398,7 +380,7 @@ pub enum Call {
     Stop,
     Upsert(PeerConfig),
     Remove(IpAddr),
-    Routes(Routes),
+    Paths(Paths),
 }
 
 #[cfg(test)]
@@ -419,8 +401,8 @@ impl Announcer for Recorder {
         self.calls.push(Call::Remove(address));
     }
 
-    fn set_routes(&mut self, routes: &Routes) {
-        self.calls.push(Call::Routes(routes.clone()));
+    fn set_paths(&mut self, paths: &Paths) {
+        self.calls.push(Call::Paths(paths.clone()));
     }
 
     fn peer_status(&self) -> Vec<PeerStatus> {
@@ -428,9 +410,16 @@ impl Announcer for Recorder {
             .iter()
             .map(|a| PeerStatus {
                 address: *a,
-                established: true,
-                state: "Established".into(),
+                remote_as: 65001,
+                state: porter_bgp::SessionState::Established,
+                uptime: None,
+                established_count: 1,
+                messages_sent: 0,
+                messages_received: 0,
+                updates_sent: 0,
                 paths_announced: 0,
+                families: vec![Family::Ipv4Unicast],
+                add_path: vec![Family::Ipv4Unicast],
                 last_error: None,
             })
             .collect()

@@ -14,10 +14,10 @@ use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use porter_bgp::Speaker;
+use porter_bgp::{PathAttributes, PathTable, Speaker};
 use tokio::sync::Notify;
 
-use crate::announce::Routes;
+use crate::announce::Paths;
 use crate::bgp::{Announcer, PeerConfig, PeerStatus, SpeakerConfig};
 
 /// How often peer status is refreshed and a failed start retried.
@@ -27,7 +27,7 @@ const TICK: Duration = Duration::from_secs(1);
 struct Desired {
     speaker: Option<SpeakerConfig>,
     peers: BTreeMap<IpAddr, PeerConfig>,
-    routes: Routes,
+    paths: PathTable,
 }
 
 #[derive(Default)]
@@ -83,7 +83,7 @@ impl Announcer for SpeakerAnnouncer {
         self.change(|d| {
             d.speaker = None;
             d.peers.clear();
-            d.routes = Routes::default();
+            d.paths = PathTable::default();
         });
     }
 
@@ -100,9 +100,20 @@ impl Announcer for SpeakerAnnouncer {
         });
     }
 
-    fn set_routes(&mut self, routes: &Routes) {
-        let routes = routes.clone();
-        self.change(|d| d.routes = routes);
+    fn set_paths(&mut self, paths: &Paths) {
+        // The speaker keeps its own copy; the controller's shared table must
+        // not be held here (its next change would copy it whole).
+        let paths: PathTable = paths
+            .iter()
+            .map(|(prefix, hops)| {
+                let hops = hops
+                    .iter()
+                    .map(|(hop, attributes)| (*hop, PathAttributes::clone(attributes)))
+                    .collect();
+                (*prefix, hops)
+            })
+            .collect();
+        self.change(|d| d.paths = paths);
     }
 
     fn peer_status(&self) -> Vec<PeerStatus> {
@@ -119,7 +130,7 @@ impl Announcer for SpeakerAnnouncer {
 struct Applied {
     speaker: Option<(SpeakerConfig, Speaker)>,
     peers: BTreeMap<IpAddr, PeerConfig>,
-    routes: Option<Routes>,
+    paths: Option<PathTable>,
 }
 
 async fn drive(shared: Arc<Shared>) {
@@ -130,24 +141,13 @@ async fn drive(shared: Arc<Shared>) {
             () = shared.wake.notified() => {}
             _ = tick.tick() => {}
         }
-        let (speaker, peers, routes) = match shared.desired.lock() {
-            Ok(d) => (d.speaker.clone(), d.peers.clone(), d.routes.clone()),
+        let (speaker, peers, paths) = match shared.desired.lock() {
+            Ok(d) => (d.speaker.clone(), d.peers.clone(), d.paths.clone()),
             Err(_) => return,
         };
-        apply(&mut applied, speaker, peers, routes).await;
+        apply(&mut applied, speaker, peers, paths).await;
         let status = match &applied.speaker {
-            Some((_, speaker)) => speaker
-                .peer_status()
-                .await
-                .into_iter()
-                .map(|s| PeerStatus {
-                    address: s.address,
-                    established: s.state == porter_bgp::SessionState::Established,
-                    state: format!("{:?}", s.state),
-                    paths_announced: s.paths_announced,
-                    last_error: s.last_error,
-                })
-                .collect(),
+            Some((_, speaker)) => speaker.peer_status().await,
             None => Vec::new(),
         };
         if let Ok(mut slot) = shared.status.lock() {
@@ -160,7 +160,7 @@ async fn apply(
     applied: &mut Applied,
     speaker: Option<SpeakerConfig>,
     peers: BTreeMap<IpAddr, PeerConfig>,
-    routes: Routes,
+    paths: PathTable,
 ) {
     if applied.speaker.as_ref().map(|(c, _)| c) != speaker.as_ref() {
         if let Some((_, old)) = applied.speaker.take() {
@@ -175,9 +175,9 @@ async fn apply(
             old.shutdown().await;
         }
         applied.peers.clear();
-        applied.routes = None;
+        applied.paths = None;
         if let Some(config) = speaker {
-            match Speaker::start(config.to_bgp()).await {
+            match Speaker::start(config.clone()).await {
                 Ok(started) => applied.speaker = Some((config, started)),
                 // Retried on the next tick: the port may be freed meanwhile.
                 Err(error) => {
@@ -190,9 +190,9 @@ async fn apply(
     let Some((_, speaker)) = &applied.speaker else {
         return;
     };
-    if applied.routes.as_ref() != Some(&routes) {
-        speaker.set_routes(routes.clone()).await;
-        applied.routes = Some(routes);
+    if applied.paths.as_ref() != Some(&paths) {
+        speaker.set_paths(paths.clone()).await;
+        applied.paths = Some(paths);
     }
     let gone: Vec<IpAddr> = applied
         .peers
@@ -206,7 +206,7 @@ async fn apply(
     }
     for (address, peer) in peers {
         if applied.peers.get(&address) != Some(&peer) {
-            speaker.upsert_peer(peer.to_bgp()).await;
+            speaker.upsert_peer(peer.clone()).await;
             applied.peers.insert(address, peer);
         }
     }
@@ -242,23 +242,19 @@ mod tests {
             listen: None,
             graceful_restart: None,
         });
-        announcer.upsert_peer(&PeerConfig {
-            address: IpAddr::from([127, 0, 0, 1]),
-            remote_as: 65001,
-            remote_port: port,
-            passive: false,
-            hold_time: 9,
-            connect_retry: Duration::from_secs(1),
-            md5_password: None,
-            ebgp_multihop_ttl: None,
-            add_path_send_max: 8,
-            families: vec![crate::bgp::Family::Ipv4Unicast],
-            local_address: Some(IpAddr::from([127, 0, 0, 2])),
-        });
+        let mut peer = PeerConfig::new(IpAddr::from([127, 0, 0, 1]), 65001);
+        peer.remote_port = port;
+        peer.hold_time = 9;
+        peer.connect_retry = Duration::from_secs(1);
+        peer.local_address = Some(IpAddr::from([127, 0, 0, 2]));
+        announcer.upsert_peer(&peer);
         let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
         loop {
             let status = announcer.peer_status();
-            if status.iter().any(|s| s.established) {
+            if status
+                .iter()
+                .any(|s| s.state == porter_bgp::SessionState::Established)
+            {
                 break;
             }
             assert!(

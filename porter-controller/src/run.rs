@@ -88,11 +88,11 @@ impl<A: Announcer> Controller<A> {
             }
             if self
                 .bgp
-                .routes(&plan.routes, plan.routes_version, &mut self.announcer)
+                .paths(&plan.paths, plan.paths_version, &mut self.announcer)
             {
                 tracing::info!(
-                    prefixes = plan.routes.len(),
-                    paths = plan.routes.values().map(|h| h.len()).sum::<usize>(),
+                    prefixes = plan.paths.len(),
+                    paths = plan.paths.values().map(|h| h.len()).sum::<usize>(),
                     "announcements updated"
                 );
             }

@@ -116,7 +116,7 @@ impl NodeSpeaker {
         let Some(config) = config else {
             return;
         };
-        match Speaker::start(config.to_bgp()).await {
+        match Speaker::start(config.clone()).await {
             Ok(speaker) => {
                 info!(node = %self.node, local_as = config.local_as, router_id = %config.router_id, "BGP speaker started (speakerMode node)");
                 self.running = Some((config, speaker));

@@ -11,9 +11,7 @@ use porter_api::{
     BgpConf, BgpPeerNodeStatus, ObjectKey, SpeakerMode,
     annotations::BGP_CONF_NAME,
     bgp_config::{Note, SpeakerConfig, peer_from_crd, selects_node, speaker_from_conf, warn},
-    bgp_policy::{
-        ClusterPolicy, PeerScope, PoolPolicy, ServicePolicy, merge, only_peers, peer_policy,
-    },
+    bgp_policy::{ClusterPolicy, PeerScope, PoolPolicy, ServicePolicy, merge, only_peers},
     service::{ingress_ips, opted_in},
     source::Snapshot,
 };
@@ -113,8 +111,6 @@ pub fn node_bgp(snapshot: &Snapshot, node: &str) -> NodeBgp {
                 let Some(scope) = PeerScope::of(peer) else {
                     continue;
                 };
-                let mut config = config.to_bgp();
-                config.policy = peer_policy(peer.spec.policy.as_ref());
                 out.peers.insert(
                     config.address,
                     SelectedPeer {

@@ -129,10 +129,6 @@ fn bad_crds_are_refused_with_a_note() {
     assert!(has("routerId"), "{text:?}");
     assert!(has("BgpConf `other` is ignored"), "{text:?}");
     assert!(has("BgpPeer `bad` is ignored: neighborAddress"), "{text:?}");
-    assert!(
-        has("nodeSelector does not apply in speakerMode controller"),
-        "{text:?}"
-    );
     assert!(has("configured twice"), "{text:?}");
     assert_eq!(d.peers.len(), 1);
 }
@@ -253,10 +249,14 @@ fn driver_changes_only_what_changed() {
     assert_eq!(rec.calls, [Call::Remove(ip("192.168.1.2"))]);
     rec.calls.clear();
 
-    let routes: Routes = [(IpNet::from(ip("10.9.0.1")), [ip("192.168.0.10")].into())].into();
-    assert!(driver.routes(&routes, 1, &mut rec));
+    let paths: Paths = [(
+        IpNet::from(ip("10.9.0.1")),
+        [(ip("192.168.0.10"), Default::default())].into(),
+    )]
+    .into();
+    assert!(driver.paths(&paths, 1, &mut rec));
     assert!(
-        !driver.routes(&routes, 1, &mut rec),
+        !driver.paths(&paths, 1, &mut rec),
         "unchanged routes are not re-sent"
     );
 
@@ -268,7 +268,7 @@ fn driver_changes_only_what_changed() {
     );
     assert!(matches!(rec.calls[0], Call::Start(_)));
     assert_eq!(rec.calls.len(), 3);
-    assert!(driver.routes(&routes, 1, &mut rec));
+    assert!(driver.paths(&paths, 1, &mut rec));
 }
 
 /// `speakerMode: node`: the controller runs no speaker (a running one is
@@ -302,9 +302,13 @@ fn node_mode_stops_the_controller_speaker_and_controller_mode_restarts_it() {
     driver.configure(desired, &mut rec);
     assert_eq!(rec.calls, [Call::Stop]);
     rec.calls.clear();
-    let routes: Routes = [(IpNet::from(ip("10.9.0.1")), [ip("192.168.0.10")].into())].into();
+    let paths: Paths = [(
+        IpNet::from(ip("10.9.0.1")),
+        [(ip("192.168.0.10"), Default::default())].into(),
+    )]
+    .into();
     assert!(
-        !driver.routes(&routes, 7, &mut rec),
+        !driver.paths(&paths, 7, &mut rec),
         "no announcements in node mode"
     );
 
@@ -321,13 +325,21 @@ fn controller_status_entries_name_the_bgppeers_it_has_sessions_with() {
         ],
         ..Default::default()
     };
-    let sessions = [PeerStatus {
+    let session = porter_bgp::PeerStatus {
         address: ip("192.168.1.1"),
-        established: true,
-        state: "Established".into(),
+        remote_as: 65001,
+        state: porter_bgp::SessionState::Established,
+        uptime: None,
+        established_count: 1,
+        messages_sent: 0,
+        messages_received: 0,
+        updates_sent: 0,
         paths_announced: 4,
+        families: vec![Family::Ipv4Unicast],
+        add_path: vec![Family::Ipv4Unicast],
         last_error: None,
-    }];
+    };
+    let sessions = [session];
     let entries = status_entries(&snap, &sessions);
     assert_eq!(
         entries.into_iter().collect::<Vec<_>>(),
