@@ -157,10 +157,34 @@ impl NodeSpeaker {
     }
 
     /// Stops the speaker on the way out (see the module docs for what the
-    /// routers then do).
+    /// routers then do), and says so in this node's status entries, which
+    /// would otherwise read Established until the next agent rewrites them.
     pub async fn shutdown(mut self) {
-        if let Some((_, speaker)) = self.running.take() {
-            speaker.shutdown().await;
+        let Some((config, speaker)) = self.running.take() else {
+            return;
+        };
+        speaker.shutdown().await;
+        let why = match config.graceful_restart {
+            Some(gr) => format!(
+                "porter-agent stopped; with graceful restart the router keeps this node's routes for {} s",
+                gr.restart_time
+            ),
+            None => "porter-agent stopped".to_owned(),
+        };
+        for peer in self.peers.values() {
+            let entry = BgpPeerNodeStatus {
+                node: self.node.clone(),
+                state: "Idle".to_owned(),
+                paths_announced: 0,
+                last_error: Some(why.clone()),
+            };
+            if let Err(err) = self
+                .writer
+                .write(&peer.name, &self.node, Some(&entry))
+                .await
+            {
+                warn!(peer = %peer.name, error = %err, "cannot write the BgpPeer status on the way out");
+            }
         }
     }
 }

@@ -382,17 +382,13 @@ async fn the_agent_applies_its_own_bgppeer_status_entry_under_a_per_node_manager
     assert_eq!(seen[1].body["status"]["nodes"], serde_json::json!([]));
 }
 
-/// The speaker end to end on loopback, with a porter-bgp listener standing
-/// in for the router and the `dir:` source for the cluster: the session
-/// comes up for the BgpPeer that selects the node, the node's entry appears
-/// in its status, and relabelling the node away closes the session and
-/// removes the entry.
-#[tokio::test]
-async fn sessions_follow_the_node_labels_and_report_their_status() {
+/// A porter-bgp listener on `address` standing in for a router, waiting
+/// for the node speaker at 127.0.0.2 (AS 65000).
+async fn loopback_router(address: &str) -> (porter_bgp::Speaker, u16) {
     let router = porter_bgp::Speaker::start(porter_bgp::SpeakerConfig {
         local_as: 65001,
         router_id: "127.0.0.1".parse().expect("ip"),
-        listen: Some("127.0.0.1:0".parse().expect("addr")),
+        listen: Some(format!("{address}:0").parse().expect("addr")),
         graceful_restart: None,
     })
     .await
@@ -401,35 +397,71 @@ async fn sessions_follow_the_node_labels_and_report_their_status() {
     let mut passive = porter_bgp::PeerConfig::new("127.0.0.2".parse().expect("ip"), 65000);
     passive.passive = true;
     router.upsert_peer(passive).await;
+    (router, port)
+}
 
+async fn established(router: &porter_bgp::Speaker) -> bool {
+    router
+        .peer_status()
+        .await
+        .iter()
+        .any(|s| s.state == SessionState::Established)
+}
+
+/// The speaker end to end on loopback, with porter-bgp listeners standing
+/// in for two routers (`rack` selects the node by label, `all` selects every
+/// node) and the `dir:` source for the cluster: both sessions come up and
+/// the node's entries appear in their status; relabelling the node out of
+/// the rack closes that session and removes its entry, the other stays;
+/// stopping the agent marks its remaining entry Idle.
+#[tokio::test]
+async fn sessions_follow_the_node_labels_and_report_their_status() {
+    let (rack, rack_port) = loopback_router("127.0.0.1").await;
+    let (all, all_port) = loopback_router("127.0.0.3").await;
     let dir = std::env::temp_dir().join(format!("porter-agent-bgp-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("scratch dir");
-    let write_cluster = |rack: &str| {
+    let write_cluster = |label: &str| {
+        let peer = |name: &str, address: &str, port: u16, selector: &str| {
+            format!(
+                "kind: BgpPeer
+metadata: {{name: {name}}}
+spec:
+  conf: {{peerAs: 65001, neighborAddress: {address}}}
+  transport: {{remotePort: {port}, localAddress: 127.0.0.2}}
+  timers: {{config: {{connectRetry: 1, holdTime: 9}}}}
+  nodeSelector: {{{selector}}}
+"
+            )
+        };
         let text = format!(
             "kind: Node
-metadata: {{name: n1, labels: {{rack: '{rack}'}}}}
+metadata: {{name: n1, labels: {{rack: '{label}'}}}}
 status: {{addresses: [{{type: InternalIP, address: 127.0.0.2}}]}}
 ---
 kind: BgpConf
 metadata: {{name: default}}
 spec: {{as: 65000, speakerMode: node, listenPort: -1}}
 ---
-kind: BgpPeer
-metadata: {{name: router}}
-spec:
-  conf: {{peerAs: 65001, neighborAddress: 127.0.0.1}}
-  transport: {{remotePort: {port}, localAddress: 127.0.0.2}}
-  timers: {{config: {{connectRetry: 1, holdTime: 9}}}}
-  nodeSelector: {{rack: '1'}}
-"
+{}---
+{}",
+            peer("rack", "127.0.0.1", rack_port, "rack: '1'"),
+            peer("all", "127.0.0.3", all_port, ""),
         );
         std::fs::write(dir.join("cluster.yaml"), text).expect("write manifests");
     };
-    let entries = |dir: &Path| -> Vec<BgpPeerNodeStatus> {
+    let entries = |dir: &Path| -> BTreeMap<String, String> {
         let (snap, _) = porter_api::source::dir::load(dir).expect("load");
         snap.bgp_peers
             .iter()
-            .flat_map(|p| p.status.clone().unwrap_or_default().nodes)
+            .flat_map(|p| {
+                let name = p.metadata.name.clone().unwrap_or_default();
+                p.status
+                    .clone()
+                    .unwrap_or_default()
+                    .nodes
+                    .into_iter()
+                    .map(move |e| (format!("{name}/{}", e.node), e.state))
+            })
             .collect()
     };
     let mut speaker = super::NodeSpeaker::new(
@@ -438,54 +470,51 @@ spec:
         BgpMetrics::default(),
     );
     let served = [spec("192.0.2.1", 80, &["10.244.1.2", "10.244.1.3"])];
+    let established_everywhere = BTreeMap::from([
+        ("all/n1".to_owned(), "Established".to_owned()),
+        ("rack/n1".to_owned(), "Established".to_owned()),
+    ]);
+    let only_all = BTreeMap::from([("all/n1".to_owned(), "Established".to_owned())]);
 
-    write_cluster("1");
-    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(15);
-    loop {
-        let (snap, _) = porter_api::source::dir::load(&dir).expect("load");
-        speaker.step(&snap, &served).await;
-        let router_sees = router
-            .peer_status()
-            .await
-            .iter()
-            .any(|s| s.state == SessionState::Established);
-        let reported = entries(&dir);
-        if router_sees
-            && reported
-                .iter()
-                .any(|e| e.node == "n1" && e.state == "Established")
-        {
-            break;
+    for (label, want_rack, want) in [
+        ("1", true, &established_everywhere),
+        ("2", false, &only_all),
+    ] {
+        write_cluster(label);
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(15);
+        loop {
+            let (snap, _) = porter_api::source::dir::load(&dir).expect("load");
+            speaker.step(&snap, &served).await;
+            let reported = entries(&dir);
+            if established(&rack).await == want_rack && established(&all).await && &reported == want
+            {
+                break;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "rack label {label}: status {reported:?}, want {want:?}"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
         }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "no session: router {:?}, status {reported:?}",
-            router.peer_status().await
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
 
-    write_cluster("2");
-    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(15);
-    loop {
-        let (snap, _) = porter_api::source::dir::load(&dir).expect("load");
-        speaker.step(&snap, &served).await;
-        let router_sees = router
-            .peer_status()
-            .await
-            .iter()
-            .any(|s| s.state == SessionState::Established);
-        let reported = entries(&dir);
-        if !router_sees && reported.is_empty() {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "session kept after the node stopped matching: status {reported:?}"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
     speaker.shutdown().await;
-    router.shutdown().await;
+    let (snap, _) = porter_api::source::dir::load(&dir).expect("load");
+    let stopped: Vec<BgpPeerNodeStatus> = snap
+        .bgp_peers
+        .iter()
+        .flat_map(|p| p.status.clone().unwrap_or_default().nodes)
+        .collect();
+    assert_eq!(stopped.len(), 1, "{stopped:?}");
+    assert_eq!(stopped[0].state, "Idle");
+    assert!(
+        stopped[0]
+            .last_error
+            .as_deref()
+            .is_some_and(|e| e.contains("porter-agent stopped")),
+        "{stopped:?}"
+    );
+    rack.shutdown().await;
+    all.shutdown().await;
     let _ = std::fs::remove_dir_all(&dir);
 }
