@@ -157,6 +157,12 @@ fn node_mode_agents_peer_with_their_own_leaf_across_two_subnets() -> Result<()> 
         Ok((!dc.leaves[0].established(&dc.lab, n1)?).then_some(()))
     })?;
     wait_routes(&dc, &dc.leaves[0], eip, &[n1])?;
+    let idle = BTreeMap::from([("n1".to_owned(), "Idle".to_owned())]);
+    ensure!(
+        peer_status(&dc, "leaf1")? == idle,
+        "leaf1's status while n1's agent is down: {:?}",
+        peer_status(&dc, "leaf1")
+    );
     let during = dc.spread(addr, 20)?;
     println!("while n1's agent is down: per pod {during:?}");
     ensure!(
@@ -168,6 +174,10 @@ fn node_mode_agents_peer_with_their_own_leaf_across_two_subnets() -> Result<()> 
         Ok(dc.leaves[0].established(&dc.lab, n1)?.then_some(()))
     })?;
     wait_routes(&dc, &dc.leaves[0], eip, &[n1])?;
+    let established = BTreeMap::from([("n1".to_owned(), "Established".to_owned())]);
+    wait_for("leaf1's status to show n1 Established again", WAIT, || {
+        Ok((peer_status(&dc, "leaf1")? == established).then_some(()))
+    })?;
 
     // n2's endpoints go: n2 withdraws its path, so leaf 2 now routes the
     // EIP up to the spine (which learnt it from rack 1), the spine keeps
