@@ -1,6 +1,7 @@
 //! The node agent: loads Porter's eBPF programs, attaches them to the node's
 //! uplinks, pins them so they outlive the process, keeps their maps in step
 //! with the cluster state, and reads their counters.
+pub mod bgp;
 pub mod dataplane;
 pub mod desired;
 pub mod ebpf_object;

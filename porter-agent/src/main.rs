@@ -5,7 +5,9 @@ use std::{net::SocketAddr, path::PathBuf, time::Duration};
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use porter_agent::{
-    DataplaneConfig, PinLayout, inspect,
+    DataplaneConfig, PinLayout,
+    bgp::{NodeSpeaker, writer::PeerStatusWriter},
+    inspect,
     layer2::{
         Layer2,
         announce::Announcer,
@@ -29,7 +31,9 @@ use tracing::{error, info};
                   node's uplinks, pins them and their maps under --bpffs, and keeps the maps \
                   serving this node's ready endpoints of every Porter Service. Stopping it leaves \
                   the data plane serving; the next agent adopts it. `porter-agent cleanup` \
-                  removes everything it installed; `porter-agent inspect` shows the pinned state."
+                  removes everything it installed; `porter-agent inspect` shows the pinned state. \
+                  With BgpConf `speakerMode: node` it also announces this node's EIPs over BGP \
+                  to the BgpPeers whose nodeSelector matches the node (docs/bgp-policy.md)."
 )]
 struct Cli {
     #[command(subcommand)]
@@ -156,12 +160,16 @@ async fn run(args: RunArgs) -> Result<()> {
     info!(addr = %args.metrics_addr, node = %settings.node, "metrics served at /metrics");
 
     let shutdown = shutdown_signal()?;
-    let (snapshots, leases) = tokio::select! {
+    let (snapshots, leases, status_writer) = tokio::select! {
         connected = connect(&args.source, args.poll_interval) => connected?,
         () = shutdown.clone_wait() => return Ok(()),
     };
     let node = settings.node.clone();
-    let mut agent = Agent::new(settings, metrics.clone());
+    let mut agent = Agent::new(settings, metrics.clone()).with_bgp(NodeSpeaker::new(
+        node.clone(),
+        status_writer,
+        metrics.bgp.clone(),
+    ));
     match Announcer::open() {
         Ok(announcer) => {
             let speaker = Speaker::new(node, Timing::default(), leases);
@@ -182,15 +190,23 @@ async fn run(args: RunArgs) -> Result<()> {
 /// Layer 2 leases live beside the cluster state: as files in
 /// `<dir>/layer2-leases` (shared by the nodes) with the dir source, as
 /// Leases in the agent's namespace (`POD_NAMESPACE`, else `porter-system`)
-/// with kube.
-async fn connect(source: &SourceArg, poll: Duration) -> Result<(SnapshotReceiver, Leases)> {
+/// with kube. BgpPeer status (node mode) is written through the source's
+/// own writer.
+async fn connect(
+    source: &SourceArg,
+    poll: Duration,
+) -> Result<(SnapshotReceiver, Leases, PeerStatusWriter)> {
     match source {
         SourceArg::Dir(path) => {
-            let (snapshots, _writer) = dir::start(path.clone(), poll)
+            let (snapshots, writer) = dir::start(path.clone(), poll)
                 .with_context(|| format!("cannot read manifests in {}", path.display()))?;
             info!(dir = %path.display(), "reading the cluster from manifests");
             let leases = FileLeases::new(path.join("layer2-leases"))?;
-            Ok((snapshots, Leases::File(leases)))
+            Ok((
+                snapshots,
+                Leases::File(leases),
+                PeerStatusWriter::Dir(writer),
+            ))
         }
         SourceArg::Kube => {
             let mut backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(30));
@@ -208,7 +224,12 @@ async fn connect(source: &SourceArg, poll: Duration) -> Result<(SnapshotReceiver
             let namespace =
                 std::env::var("POD_NAMESPACE").unwrap_or_else(|_| "porter-system".to_owned());
             let leases = Leases::Kube(Box::new(KubeLeases::new(client.clone(), &namespace)));
-            Ok((kube_source::start(client).await.0, leases))
+            let writer = kube_source::KubeWriter::new(client.clone(), None, None);
+            Ok((
+                kube_source::start(client).await.0,
+                leases,
+                PeerStatusWriter::Kube(Box::new(writer)),
+            ))
         }
     }
 }

@@ -12,6 +12,7 @@ use tracing::debug;
 
 use crate::{
     PinLayout,
+    bgp::metrics::BgpMetrics,
     inspect::{self, PinnedState},
     layer2::metrics::Layer2Metrics,
     xdp_attach::Attachment,
@@ -62,6 +63,8 @@ pub struct Metrics {
     sync_seconds: Gauge<f64, AtomicU64>,
     /// Layer 2 mode's own metrics (rounds record into a clone).
     pub layer2: Layer2Metrics,
+    /// Node-mode BGP sessions, as `porter_bgp_*`.
+    pub bgp: BgpMetrics,
 }
 
 impl Default for Metrics {
@@ -76,6 +79,7 @@ impl Default for Metrics {
             problems: Gauge::default(),
             sync_seconds: Gauge::default(),
             layer2: Layer2Metrics::default(),
+            bgp: BgpMetrics::default(),
         };
         for stage in Stage::ALL {
             let _created = metrics
@@ -113,7 +117,9 @@ impl Metrics {
 
     /// Renders the agent's own metrics and what the pinned maps hold now.
     pub fn render(&self, pins: &PinLayout) -> String {
-        let mut registry = Registry::with_prefix("porter_agent");
+        let mut root = Registry::with_prefix("porter");
+        self.bgp.register(root.sub_registry_with_prefix("bgp"));
+        let registry = root.sub_registry_with_prefix("agent");
         registry.register(
             "sync_errors",
             "Failed sync steps, by stage (open, interface, attach, program); the agent retries with backoff",
@@ -144,14 +150,14 @@ impl Metrics {
             "Time the last sync took to program the maps",
             self.sync_seconds.clone(),
         );
-        self.layer2.register(&mut registry);
+        self.layer2.register(registry);
         match inspect::read(pins) {
-            Ok(state) => register_pinned(&mut registry, &state),
+            Ok(state) => register_pinned(registry, &state),
             Err(err) => debug!(error = %err, "no pinned state to report"),
         }
         let mut out = String::new();
         // Writing to a String cannot fail.
-        let _ = encode(&mut out, &registry);
+        let _ = encode(&mut out, &root);
         out
     }
 }

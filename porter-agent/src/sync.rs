@@ -18,6 +18,7 @@ use tracing::{error, info, warn};
 
 use crate::{
     Dataplane, DataplaneConfig, DataplaneError, PinLayout, ServiceSpec,
+    bgp::NodeSpeaker,
     desired::{self, Desired},
     interfaces,
     layer2::{self, Layer2, lease::Leases},
@@ -86,6 +87,11 @@ pub struct Agent {
     last_problems: Vec<String>,
     /// Layer 2 mode (answering ARP/NDP for led EIPs), when enabled.
     layer2: Option<Layer2<Leases>>,
+    /// Node-mode BGP speaker (idle unless BgpConf says `speakerMode: node`).
+    bgp: Option<NodeSpeaker>,
+    /// The wanted services the data plane holds and is attached for: what
+    /// node mode announces.
+    served: Vec<ServiceSpec>,
 }
 
 impl Agent {
@@ -98,6 +104,22 @@ impl Agent {
             attached: BTreeMap::new(),
             last_problems: Vec::new(),
             layer2: None,
+            bgp: None,
+            served: Vec::new(),
+        }
+    }
+
+    /// Runs the node-mode BGP speaker next to the syncs.
+    pub fn with_bgp(mut self, bgp: NodeSpeaker) -> Self {
+        self.bgp = Some(bgp);
+        self
+    }
+
+    /// One node-mode BGP step: announces what the data plane serves and
+    /// reports the sessions.
+    pub async fn bgp_round(&mut self, snapshot: &Snapshot) {
+        if let Some(bgp) = &mut self.bgp {
+            bgp.step(snapshot, &self.served).await;
         }
     }
 
@@ -165,7 +187,26 @@ impl Agent {
                 Err(err) => record(err, &self.metrics),
             }
         }
+        self.served = self.served(wanted.services);
         first_error.map_or(Ok(()), Err)
+    }
+
+    /// The `wanted` services that the data plane holds, when it is attached
+    /// somewhere: announcing anything else would draw traffic that nothing
+    /// here forwards.
+    fn served(&self, wanted: Vec<ServiceSpec>) -> Vec<ServiceSpec> {
+        let Some(dataplane) = &self.dataplane else {
+            return Vec::new();
+        };
+        if self.attached.is_empty() {
+            return Vec::new();
+        }
+        let installed: std::collections::BTreeSet<_> =
+            dataplane.services().into_iter().map(|s| s.addr).collect();
+        wanted
+            .into_iter()
+            .filter(|s| installed.contains(&s.addr))
+            .collect()
     }
 
     fn program(&mut self, wanted: &Desired) -> Result<(), SyncError> {
@@ -297,6 +338,9 @@ pub fn apply(
     first_error.map_or(Ok((valid.len(), changes.removals.len())), Err)
 }
 
+/// How often node-mode BGP status and metrics are refreshed between syncs.
+const BGP_STATUS_INTERVAL: Duration = Duration::from_secs(2);
+
 /// Doubles the wait after each failure, from `min` up to `max`.
 #[derive(Clone, Copy, Debug)]
 pub struct Backoff {
@@ -339,6 +383,10 @@ pub async fn run(
     let mut layer2_ticker =
         tokio::time::interval(agent.layer2_interval().unwrap_or(Duration::from_secs(3600)));
     layer2_ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // BGP steps follow every sync and also run on their own tick, which
+    // refreshes session status and metrics.
+    let mut bgp_ticker = tokio::time::interval(BGP_STATUS_INTERVAL);
+    bgp_ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut sync_due = true;
     let mut next_sync = tokio::time::Instant::now();
     loop {
@@ -351,6 +399,7 @@ pub async fn run(
                 }
                 Err(_) => backoff.failed(),
             };
+            agent.bgp_round(&snapshot).await;
             next_sync = tokio::time::Instant::now() + wait;
             sync_due = false;
         }
@@ -368,7 +417,14 @@ pub async fn run(
                 let snapshot = snapshots.borrow().clone();
                 agent.layer2_round(&snapshot).await;
             }
+            _ = bgp_ticker.tick(), if agent.bgp.is_some() => {
+                let snapshot = snapshots.borrow().clone();
+                agent.bgp_round(&snapshot).await;
+            }
         }
+    }
+    if let Some(bgp) = agent.bgp.take() {
+        bgp.shutdown().await;
     }
     info!(
         "stopping; the data plane stays attached and serving (`porter-agent cleanup` removes it)"

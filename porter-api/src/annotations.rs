@@ -55,6 +55,31 @@ pub const ALLOW_SHARED_IP: AnnotationKey = AnnotationKey {
     aliases: &["openelb.kubesphere.io/allow-shared-ip"],
 };
 
+/// BGP communities added to the pool's for this Service's paths:
+/// comma-separated, `65000:300,no-export`.
+pub const BGP_COMMUNITIES: AnnotationKey = AnnotationKey {
+    key: "bgp.porter.kubesphere.io/communities",
+    aliases: &["bgp.openelb.kubesphere.io/communities"],
+};
+
+/// BGP large communities added to the pool's: comma-separated, `65000:3:0`.
+pub const BGP_LARGE_COMMUNITIES: AnnotationKey = AnnotationKey {
+    key: "bgp.porter.kubesphere.io/large-communities",
+    aliases: &["bgp.openelb.kubesphere.io/large-communities"],
+};
+
+/// LOCAL_PREF for this Service's paths (iBGP), overriding the pool's.
+pub const BGP_LOCAL_PREF: AnnotationKey = AnnotationKey {
+    key: "bgp.porter.kubesphere.io/local-pref",
+    aliases: &["bgp.openelb.kubesphere.io/local-pref"],
+};
+
+/// `off`: this Service's EIP carries no link bandwidth (plain ECMP).
+pub const BGP_LINK_BANDWIDTH: AnnotationKey = AnnotationKey {
+    key: "bgp.porter.kubesphere.io/link-bandwidth",
+    aliases: &["bgp.openelb.kubesphere.io/link-bandwidth"],
+};
+
 /// On an `Eip`: `"true"` makes it the default pool.
 pub const DEFAULT_EIP: AnnotationKey = AnnotationKey {
     key: "eip.porter.kubesphere.io/is-default-eip",

@@ -10,7 +10,7 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, LabelSelector, Time};
 use kube::CustomResource;
 use kube::core::CustomResourceExt;
 use kube::core::crd::merge_crds;
@@ -69,6 +69,36 @@ pub struct EipSpec {
     /// addresses from this pool automatically (together with `namespaces`).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub namespace_selector: BTreeMap<String, String>,
+    /// BGP advertisement policy for every address of this pool (see
+    /// docs/bgp-policy.md). Values that cannot be read set the
+    /// `BgpPolicyInvalid` condition; the rest of the policy still applies.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bgp: Option<EipBgp>,
+}
+
+/// `Eip.spec.bgp`: what the pool's paths carry and where they go. Field
+/// names follow MetalLB's `BGPAdvertisement`.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct EipBgp {
+    /// RFC 1997 communities: `ASN:VALUE` (each 0..=65535) or a well-known
+    /// name (`no-export`, `no-advertise`, `no-export-subconfed`, `no-peer`,
+    /// `blackhole`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub communities: Vec<String>,
+    /// RFC 8092 large communities: `GLOBAL:LOCAL1:LOCAL2`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub large_communities: Vec<String>,
+    /// LOCAL_PREF, sent to iBGP peers only; 100 when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub local_pref: Option<u32>,
+    /// Which BgpPeers (by their labels) are sent this pool; all when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peer_selector: Option<LabelSelector>,
+    /// Which nodes (by their labels) may be next hops for this pool; all
+    /// when unset. A pool whose serving nodes all fail it is withdrawn.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_selector: Option<LabelSelector>,
 }
 
 /// What the controller reports about a pool.
@@ -173,17 +203,62 @@ pub struct BgpConfSpec {
     /// Our AS number.
     #[serde(rename = "as")]
     pub as_number: u32,
-    /// Our BGP identifier, an IPv4 address. Required: the controller is not
-    /// tied to one node, so it cannot borrow a node's address.
+    /// Our BGP identifier, an IPv4 address. Required in controller mode:
+    /// the controller is not tied to one node, so it cannot borrow a node's
+    /// address. In node mode each agent defaults to its node's InternalIP.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub router_id: Option<String>,
     /// Port to accept passive sessions on; 17900 when unset (the seed's
     /// default), negative to not listen at all.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub listen_port: Option<i32>,
-    /// RFC 4724 graceful restart: peers keep our routes while a new leader takes over.
+    /// RFC 4724 graceful restart: peers keep our routes while a new leader
+    /// (or, in node mode, a restarted agent) takes over.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub graceful_restart: Option<GracefulRestart>,
+    /// Who speaks BGP: `controller` (the default: the leader announces every
+    /// node's paths with ADD-PATH) or `node` (each agent announces its own
+    /// node's paths to the BgpPeers whose `nodeSelector` matches its node).
+    /// See docs/bgp-policy.md, section 5, for when to use which.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub speaker_mode: Option<SpeakerMode>,
+    /// The link bandwidth extended community that makes routers weight
+    /// each node's path by its ready endpoints; on when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub link_bandwidth: Option<LinkBandwidthConf>,
+}
+
+/// `BgpConf.spec.linkBandwidth`.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct LinkBandwidthConf {
+    /// `false`: no path carries link bandwidth, routers fall back to plain
+    /// per-node ECMP.
+    #[serde(default = "enabled_by_default")]
+    pub enabled: bool,
+}
+
+impl Default for LinkBandwidthConf {
+    fn default() -> Self {
+        Self { enabled: true }
+    }
+}
+
+/// Where the BGP speaker runs.
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum SpeakerMode {
+    /// The leader controller peers with every BgpPeer.
+    #[default]
+    Controller,
+    /// Every agent peers with the BgpPeers that select its node.
+    Node,
+}
+
+impl BgpConfSpec {
+    pub fn speaker_mode(&self) -> SpeakerMode {
+        self.speaker_mode.unwrap_or_default()
+    }
 }
 
 #[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
@@ -202,6 +277,7 @@ pub struct GracefulRestart {
     group = "network.kubesphere.io",
     version = "v1alpha2",
     kind = "BgpPeer",
+    status = "BgpPeerStatus",
     derive = "PartialEq",
     printcolumn(
         name = "Neighbor",
@@ -223,12 +299,72 @@ pub struct BgpPeerSpec {
     /// with `sendMax` 10.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub afi_safis: Vec<AfiSafi>,
-    /// OpenELB runs a speaker per node and picks nodes with this. Porter's
-    /// controller is the only speaker, so it is accepted and reported as not
-    /// applicable.
+    /// The nodes this peer is about (labels that must all match). In
+    /// `speakerMode: node`, the agents of these nodes (all nodes when
+    /// empty) open a session to this peer, as in OpenELB.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub node_selector: BTreeMap<String, String>,
+    /// How paths are shaped for this peer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy: Option<PeerPolicySpec>,
 }
+
+/// `BgpPeer.spec.policy`.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PeerPolicySpec {
+    /// Send COMMUNITIES and LARGE_COMMUNITY to this peer; true when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub send_communities: Option<bool>,
+    /// The form of the link bandwidth community this peer gets; `Transitive`
+    /// when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub link_bandwidth: Option<LinkBandwidthMode>,
+}
+
+/// How a peer gets the link bandwidth extended community.
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum LinkBandwidthMode {
+    /// Type 0x00 sub-type 0x04: survives into the next AS, where FRR sums it.
+    #[default]
+    Transitive,
+    /// Type 0x40 sub-type 0x04: stops at the first router.
+    NonTransitive,
+    /// Never sent: for routers that reject it.
+    Off,
+}
+
+/// The sessions to a peer, one entry per speaker. Each speaker writes only
+/// its own entry (server-side apply, one field manager per node), so the
+/// list is a map keyed by `node`.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct BgpPeerStatus {
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["node"]))]
+    pub nodes: Vec<BgpPeerNodeStatus>,
+}
+
+/// One speaker's session to the peer.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct BgpPeerNodeStatus {
+    /// The node whose agent holds the session, or `controller` for the
+    /// controller's speaker.
+    pub node: String,
+    /// The RFC 4271 session state: Idle, Connect, Active, OpenSent,
+    /// OpenConfirm or Established.
+    pub state: String,
+    /// Paths the peer holds from this speaker.
+    #[serde(default)]
+    pub paths_announced: u64,
+    /// Why the session last failed, if it did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+}
+
+/// The `BgpPeer.status.nodes` key of the controller's own session.
+pub const CONTROLLER_STATUS_KEY: &str = "controller";
 
 #[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]

@@ -3,6 +3,8 @@
 //! that the controller and the agent both read through.
 
 pub mod annotations;
+pub mod bgp_config;
+pub mod bgp_policy;
 pub mod crd;
 pub mod layer2;
 pub mod metrics_http;
@@ -12,7 +14,8 @@ pub mod source;
 pub mod testing;
 
 pub use crd::{
-    BgpConf, BgpConfSpec, BgpPeer, BgpPeerSpec, Eip, EipSpec, EipStatus, Layer2Announcer,
+    BgpConf, BgpConfSpec, BgpPeer, BgpPeerNodeStatus, BgpPeerSpec, BgpPeerStatus, Eip, EipSpec,
+    EipStatus, Layer2Announcer, SpeakerMode,
 };
 
 /// A namespaced object's identity, displayed as `namespace/name` (the form

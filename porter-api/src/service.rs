@@ -2,6 +2,7 @@
 //! agent must agree on: a node is announced for an EIP exactly when its agent
 //! has something to forward the EIP's traffic to.
 
+use std::collections::BTreeMap;
 use std::net::IpAddr;
 
 use k8s_openapi::api::core::v1::Service;
@@ -56,6 +57,31 @@ pub fn endpoint_serving(endpoint: &Endpoint) -> bool {
     let ready = conditions.and_then(|c| c.ready).unwrap_or(true);
     let terminating = conditions.and_then(|c| c.terminating).unwrap_or(false);
     ready && !terminating
+}
+
+/// Serving endpoints per node in the slices of one Service: the `k` that
+/// weights a node's path (docs/bgp-policy.md). A dual-stack Service lists
+/// each pod once per address family, so a node's count is the largest of
+/// its families' counts, not their sum.
+pub fn serving_endpoints_by_node<'a>(
+    slices: impl IntoIterator<Item = &'a EndpointSlice>,
+) -> BTreeMap<&'a str, u32> {
+    let mut per_family: BTreeMap<(&'a str, &'a str), u32> = BTreeMap::new();
+    for slice in slices {
+        for ep in slice.endpoints.iter().flatten() {
+            if let (true, Some(node)) = (endpoint_serving(ep), ep.node_name.as_deref()) {
+                *per_family
+                    .entry((node, slice.address_type.as_str()))
+                    .or_default() += 1;
+            }
+        }
+    }
+    let mut out: BTreeMap<&str, u32> = BTreeMap::new();
+    for ((node, _), count) in per_family {
+        let k = out.entry(node).or_default();
+        *k = (*k).max(count);
+    }
+    out
 }
 
 #[cfg(test)]
@@ -182,5 +208,37 @@ mod tests {
             );
         }
         assert!(endpoint_serving(&Endpoint::default()));
+    }
+
+    #[test]
+    fn endpoints_are_counted_per_node_once_per_pod() {
+        let ep = |node: &str, ready: Option<bool>| Endpoint {
+            node_name: Some(node.into()),
+            conditions: Some(EndpointConditions {
+                ready,
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let slice = |family: &str, eps: Vec<Endpoint>| EndpointSlice {
+            address_type: family.into(),
+            endpoints: Some(eps),
+            ..Default::default()
+        };
+        let v4 = slice(
+            "IPv4",
+            vec![
+                ep("n1", Some(true)),
+                ep("n2", None),
+                ep("n2", Some(true)),
+                ep("n2", Some(false)),
+            ],
+        );
+        let more_v4 = slice("IPv4", vec![ep("n2", Some(true))]);
+        // The same pods again, by their IPv6 addresses: not more endpoints.
+        let v6 = slice("IPv6", vec![ep("n1", Some(true)), ep("n2", Some(true))]);
+        let counts = serving_endpoints_by_node([&v4, &more_v4, &v6]);
+        assert_eq!(counts, BTreeMap::from([("n1", 1), ("n2", 3)]));
+        assert!(serving_endpoints_by_node([]).is_empty());
     }
 }

@@ -364,7 +364,8 @@ fn rbac_is_least_privilege() {
             );
         }
     }
-    // The agent only reads, except the Leases that guard Layer 2 leadership.
+    // The agent only reads, except the Leases that guard Layer 2 leadership
+    // and its entry in BgpPeer status (node mode), which it only patches.
     let bound_to_agent: Vec<String> = bundle_of::<ClusterRoleBinding>("ClusterRoleBinding")
         .into_iter()
         .map(|b| (b.role_ref.name, b.subjects.unwrap_or_default()))
@@ -377,6 +378,29 @@ fn rbac_is_least_privilege() {
         .map(|(role, _)| role)
         .collect();
     assert!(!bound_to_agent.is_empty(), "the agent has no role at all");
+    // What node mode needs: read BgpConf, BgpPeer and Nodes; patch BgpPeer status.
+    let agent_may = |verb: &str, group: &str, resource: &str| {
+        bound_to_agent.iter().any(|role| {
+            roles.iter().filter(|(n, _)| n == role).any(|(_, rules)| {
+                rules.iter().any(|rule| {
+                    rule.verbs.iter().any(|v| v == verb)
+                        && rule.api_groups.iter().flatten().any(|g| g == group)
+                        && rule.resources.iter().flatten().any(|r| r == resource)
+                })
+            })
+        })
+    };
+    for (verb, group, resource) in [
+        ("watch", "network.kubesphere.io", "bgpconfs"),
+        ("watch", "network.kubesphere.io", "bgppeers"),
+        ("watch", "", "nodes"),
+        ("patch", "network.kubesphere.io", "bgppeers/status"),
+    ] {
+        assert!(
+            agent_may(verb, group, resource),
+            "the agent may not {verb} {resource}"
+        );
+    }
     for role in &bound_to_agent {
         let (_, rules) = roles
             .iter()
@@ -389,9 +413,21 @@ fn rbac_is_least_privilege() {
                     .iter()
                     .flatten()
                     .all(|g| g == "coordination.k8s.io");
+            let only_peer_status = rule
+                .resources
+                .iter()
+                .flatten()
+                .all(|r| r == "bgppeers/status")
+                && rule
+                    .api_groups
+                    .iter()
+                    .flatten()
+                    .all(|g| g == "network.kubesphere.io");
             for verb in &rule.verbs {
                 assert!(
-                    ["get", "list", "watch"].contains(&verb.as_str()) || only_leases,
+                    ["get", "list", "watch"].contains(&verb.as_str())
+                        || only_leases
+                        || (only_peer_status && verb == "patch"),
                     "the agent may {verb} through role {role}"
                 );
             }

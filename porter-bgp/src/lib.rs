@@ -60,7 +60,7 @@ pub struct GracefulRestart {
     pub restarting: bool,
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SpeakerConfig {
     pub local_as: u32,
     pub router_id: Ipv4Addr,

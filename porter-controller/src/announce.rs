@@ -1,5 +1,8 @@
-//! Which next hops each EIP is announced with: the `InternalIP` of every
-//! Ready node that has at least one ready endpoint of a Service using it.
+//! Which paths each EIP is announced with: one through the `InternalIP` of
+//! every Ready node that has at least one ready endpoint of a Service using
+//! it, with the attributes the BGP policy gives it (docs/bgp-policy.md):
+//! communities and LOCAL_PREF from the pool and the Services, link bandwidth
+//! from the node's ready endpoint count, and the peers it goes to.
 //! Pure; the BGP layer turns the difference between two results into UPDATEs.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
@@ -11,30 +14,39 @@ use k8s_openapi::api::core::v1::Node;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use porter_api::ObjectKey;
 use porter_api::annotations::SERVICE_NAME_LABEL;
-use porter_api::service::endpoint_serving;
+use porter_api::bgp_policy::{
+    self, ClusterPolicy, PathAttributes, PeerScope, PoolPolicy, ServicePolicy,
+};
+use porter_api::service::serving_endpoints_by_node;
 
 use crate::identity::{is, remember, same_objects};
 use crate::ipam::Family;
 
-/// EIP (as a host prefix) → next hops. An EIP with no next hop is absent,
-/// which is what withdraws it.
-pub type Routes = BTreeMap<IpNet, BTreeSet<IpAddr>>;
+/// EIP (as a host prefix) → next hop → the path's attributes. An EIP with no
+/// path is absent, which is what withdraws it. Equal attributes are one
+/// shared allocation (see [`RouteTable`]), which keeps 10,000 EIPs small.
+pub type Paths = BTreeMap<IpNet, BTreeMap<IpAddr, Arc<PathAttributes>>>;
 
-/// The nodes with a ready endpoint in these slices of one Service.
-/// Sorted, without duplicates (a Vec: 10,000 of these are kept).
-fn ready_nodes<'a>(slices: impl IntoIterator<Item = &'a EndpointSlice>) -> Vec<String> {
-    let mut nodes = Vec::new();
-    for slice in slices {
-        // The same predicate the agent programs its node with.
-        for ep in slice.endpoints.iter().flatten() {
-            if let (true, Some(node)) = (endpoint_serving(ep), ep.node_name.as_deref()) {
-                nodes.push(node.to_string());
-            }
-        }
-    }
-    nodes.sort();
-    nodes.dedup();
-    nodes
+/// What the paths' attributes depend on besides endpoints and nodes, read
+/// from the cluster when those objects change (see `Reconciler`).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Policy {
+    /// Every pool's policy, by Eip name.
+    pub pools: HashMap<String, PoolPolicy>,
+    /// The Services that set a policy by annotation; the others set none.
+    pub services: HashMap<ObjectKey, ServicePolicy>,
+    pub cluster: ClusterPolicy,
+    pub peers: Vec<PeerScope>,
+}
+
+/// Each node with a serving endpoint in these slices of one Service, with
+/// how many. Sorted by node (a Vec: 10,000 of these are kept).
+fn ready_nodes<'a>(slices: impl IntoIterator<Item = &'a EndpointSlice>) -> Vec<(String, u32)> {
+    // The same predicate and count the agent programs its node with.
+    serving_endpoints_by_node(slices)
+        .into_iter()
+        .map(|(node, k)| (node.to_string(), k))
+        .collect()
 }
 
 /// The Service an EndpointSlice belongs to, borrowed.
@@ -46,8 +58,16 @@ fn owner(slice: &EndpointSlice) -> Option<(&str, &str)> {
     ))
 }
 
-/// Each Ready node's `InternalIP`s, by name.
-fn node_addresses<'a>(nodes: impl IntoIterator<Item = &'a Node>) -> HashMap<String, Vec<IpAddr>> {
+/// What a Ready node offers as a next hop: its `InternalIP`s, and its labels
+/// for the node selectors.
+#[derive(Debug, Clone, PartialEq)]
+struct NodeInfo {
+    addrs: Vec<IpAddr>,
+    labels: BTreeMap<String, String>,
+}
+
+/// Each Ready node with an `InternalIP`, by name.
+fn node_infos<'a>(nodes: impl IntoIterator<Item = &'a Node>) -> HashMap<String, NodeInfo> {
     nodes
         .into_iter()
         .filter(|n| node_ready(n))
@@ -62,7 +82,8 @@ fn node_addresses<'a>(nodes: impl IntoIterator<Item = &'a Node>) -> HashMap<Stri
                 .filter(|a| a.type_ == "InternalIP")
                 .filter_map(|a| a.address.parse().ok())
                 .collect();
-            (!addrs.is_empty()).then_some((name, addrs))
+            let labels = n.metadata.labels.clone().unwrap_or_default();
+            (!addrs.is_empty()).then_some((name, NodeInfo { addrs, labels }))
         })
         .collect()
 }
@@ -84,18 +105,45 @@ fn next_hop(addrs: &[IpAddr], eip: IpAddr) -> Option<IpAddr> {
         .copied()
 }
 
-/// One allocated Service's part in the routes, as of the last update.
+/// One allocated Service's part in the paths, as of the last update.
 #[derive(Debug, Default)]
 struct Served {
     eips: Vec<IpAddr>,
-    nodes: Vec<String>,
+    /// Nodes with their serving endpoint counts.
+    nodes: Vec<(String, u32)>,
 }
 
-/// The routes, kept up to date incrementally. An update finds the
+/// Equal attribute sets, shared: most paths differ only in their endpoint
+/// count, so a cluster has a handful of distinct sets, not one per path.
+#[derive(Debug, Default)]
+struct Interner {
+    sets: BTreeSet<Arc<PathAttributes>>,
+    /// Size after the last sweep; the next sweep is due at twice that.
+    swept: usize,
+}
+
+impl Interner {
+    fn get(&mut self, attributes: PathAttributes) -> Arc<PathAttributes> {
+        if let Some(shared) = self.sets.get(&attributes) {
+            return Arc::clone(shared);
+        }
+        if self.sets.len() >= 2 * self.swept.max(64) {
+            // Sets only the interner still holds are no path's any more.
+            self.sets.retain(|s| Arc::strong_count(s) > 1);
+            self.swept = self.sets.len();
+        }
+        let shared = Arc::new(attributes);
+        self.sets.insert(Arc::clone(&shared));
+        shared
+    }
+}
+
+/// The paths, kept up to date incrementally. An update finds the
 /// EndpointSlices that changed by identity (sources share unchanged objects),
 /// recomputes only their Services and only the EIPs those use; a change of
-/// the nodes or of the allocations walks every Service. A fresh table's first
-/// update is the plain function of (allocations, EndpointSlices, Nodes).
+/// the nodes, of the allocations or of the policy walks every Service. A
+/// fresh table's first update is the plain function of (allocations,
+/// EndpointSlices, Nodes, policy).
 #[derive(Debug, Default)]
 pub struct RouteTable {
     /// The last inputs, by identity (see [`crate::identity`]).
@@ -103,7 +151,8 @@ pub struct RouteTable {
     last_slices: Vec<Weak<EndpointSlice>>,
     /// `None` before the first update.
     last_allocations: Option<u64>,
-    nodes: HashMap<String, Vec<IpAddr>>,
+    last_policy: Option<u64>,
+    nodes: HashMap<String, NodeInfo>,
     /// Every Service's slices, allocated or not; they stay alive here until
     /// removed, so a removed slice's identity is never reused meanwhile.
     slices: HashMap<ObjectKey, Vec<Arc<EndpointSlice>>>,
@@ -112,7 +161,27 @@ pub struct RouteTable {
     services: HashMap<ObjectKey, Served>,
     /// Services using each EIP; usually one, more when shared.
     users: HashMap<IpAddr, Vec<ObjectKey>>,
-    routes: Arc<Routes>,
+    paths: Arc<Paths>,
+    interner: Interner,
+    /// What the Services sharing each EIP disagree on, as last reported.
+    conflicts: HashMap<IpAddr, Vec<String>>,
+    /// Disagreements that appeared in the last update, for Events.
+    new_conflicts: Vec<(IpAddr, String)>,
+}
+
+/// The inputs of one update.
+pub struct Inputs<'a, P: Fn(IpAddr) -> Option<&'a str>> {
+    pub allocations: &'a BTreeMap<ObjectKey, Vec<IpAddr>>,
+    /// Identifies the allocations: equal generations mean equal allocations
+    /// (see [`crate::ipam::Ipam::generation`]).
+    pub generation: u64,
+    /// The pool each allocated EIP is from.
+    pub pool_of: P,
+    pub slices: &'a [Arc<EndpointSlice>],
+    pub nodes: &'a [Arc<Node>],
+    pub policy: &'a Policy,
+    /// Changes whenever `policy` does.
+    pub policy_generation: u64,
 }
 
 /// Slices in `old` and not in `new` (as identities), and the reverse.
@@ -140,29 +209,39 @@ fn diff<'a>(
 }
 
 impl RouteTable {
-    pub fn routes(&self) -> &Arc<Routes> {
-        &self.routes
+    pub fn paths(&self) -> &Arc<Paths> {
+        &self.paths
     }
 
-    /// Brings the routes up to date and returns the EIPs whose next hops
-    /// changed. `generation` identifies the allocations: equal generations
-    /// mean equal allocations (see [`crate::ipam::Ipam::generation`]).
-    pub fn update(
+    /// Brings the paths up to date and returns the EIPs whose paths changed.
+    pub fn update<'a, P: Fn(IpAddr) -> Option<&'a str>>(
         &mut self,
-        allocations: &BTreeMap<ObjectKey, Vec<IpAddr>>,
-        generation: u64,
-        slices: &[Arc<EndpointSlice>],
-        nodes: &[Arc<Node>],
+        inputs: Inputs<'a, P>,
     ) -> BTreeSet<IpAddr> {
+        let Inputs {
+            allocations,
+            generation,
+            pool_of,
+            slices,
+            nodes,
+            policy,
+            policy_generation,
+        } = inputs;
+        self.new_conflicts.clear();
         let mut dirty: BTreeSet<IpAddr> = BTreeSet::new();
         if !same_objects(&self.last_nodes, nodes) {
             self.last_nodes = remember(nodes);
-            let addresses = node_addresses(nodes.iter().map(|n| n.as_ref()));
-            if addresses != self.nodes {
-                // Served node names stay valid; their addresses feed every route.
-                self.nodes = addresses;
+            let infos = node_infos(nodes.iter().map(|n| n.as_ref()));
+            if infos != self.nodes {
+                // Served node names stay valid; their addresses and labels
+                // feed every path.
+                self.nodes = infos;
                 dirty.extend(self.users.keys());
             }
+        }
+        if self.last_policy != Some(policy_generation) {
+            self.last_policy = Some(policy_generation);
+            dirty.extend(self.users.keys());
         }
 
         let mut touched: BTreeSet<ObjectKey> = BTreeSet::new();
@@ -220,35 +299,92 @@ impl RouteTable {
 
         let mut changed = BTreeSet::new();
         for eip in dirty {
-            let hops: BTreeSet<IpAddr> = self
-                .users
-                .get(&eip)
-                .into_iter()
-                .flatten()
-                .filter_map(|k| self.services.get(k))
-                .flat_map(|s| s.nodes.iter())
-                .filter_map(|n| self.nodes.get(n))
-                .filter_map(|addrs| next_hop(addrs, eip))
-                .collect();
+            let pool = pool_of(eip).and_then(|name| policy.pools.get(name));
+            let paths = self.paths_of(eip, pool, policy);
             let prefix = IpNet::from(eip);
-            let current = self.routes.get(&prefix);
-            let unchanged = if hops.is_empty() {
+            let current = self.paths.get(&prefix);
+            let unchanged = if paths.is_empty() {
                 current.is_none()
             } else {
-                current == Some(&hops)
+                current == Some(&paths)
             };
             if unchanged {
                 continue;
             }
-            let routes = Arc::make_mut(&mut self.routes);
-            if hops.is_empty() {
-                routes.remove(&prefix);
+            let all = Arc::make_mut(&mut self.paths);
+            if paths.is_empty() {
+                all.remove(&prefix);
             } else {
-                routes.insert(prefix, hops);
+                all.insert(prefix, paths);
             }
             changed.insert(eip);
         }
         changed
+    }
+
+    /// One EIP's paths: one per Ready node with serving endpoints of its
+    /// Services that the pool's node selector admits, weighted by the
+    /// endpoints there summed over those Services.
+    fn paths_of(
+        &mut self,
+        eip: IpAddr,
+        pool: Option<&PoolPolicy>,
+        policy: &Policy,
+    ) -> BTreeMap<IpAddr, Arc<PathAttributes>> {
+        let default_pool = PoolPolicy::default();
+        let pool = pool.unwrap_or(&default_pool);
+        let no_policy = ServicePolicy::default();
+        let users = self.users.get(&eip).map(Vec::as_slice).unwrap_or_default();
+        let mut endpoints: BTreeMap<&str, u32> = BTreeMap::new();
+        for served in users.iter().filter_map(|k| self.services.get(k)) {
+            for (node, k) in &served.nodes {
+                *endpoints.entry(node.as_str()).or_default() += k;
+            }
+        }
+        let (merged, conflicts) = bgp_policy::merge(
+            pool,
+            users
+                .iter()
+                .map(|k| (k, policy.services.get(k).unwrap_or(&no_policy))),
+            &policy.cluster,
+        );
+        let mut paths = BTreeMap::new();
+        for (node, k) in endpoints {
+            let Some(info) = self.nodes.get(node) else {
+                continue;
+            };
+            if !pool.node_selector.matches(&info.labels) {
+                continue;
+            }
+            let Some(hop) = next_hop(&info.addrs, eip) else {
+                continue;
+            };
+            let mut attributes = merged.attributes(k);
+            attributes.only_peers = bgp_policy::only_peers(pool, &policy.peers, &info.labels);
+            paths.insert(hop, self.interner.get(attributes));
+        }
+        let reported = self
+            .conflicts
+            .get(&eip)
+            .map(Vec::as_slice)
+            .unwrap_or_default();
+        for conflict in &conflicts {
+            if !reported.contains(conflict) {
+                self.new_conflicts.push((eip, conflict.clone()));
+            }
+        }
+        if conflicts.is_empty() {
+            self.conflicts.remove(&eip);
+        } else {
+            self.conflicts.insert(eip, conflicts);
+        }
+        paths
+    }
+
+    /// What the Services sharing an EIP started to disagree on in the last
+    /// update.
+    pub fn new_conflicts(&self) -> &[(IpAddr, String)] {
+        &self.new_conflicts
     }
 
     /// Recomputes one allocated Service's serving nodes and marks its EIPs.
@@ -307,6 +443,27 @@ mod tests {
         s.parse().expect("test IP")
     }
 
+    /// Every EIP is from pool `pool`.
+    fn update(
+        table: &mut RouteTable,
+        allocations: &BTreeMap<ObjectKey, Vec<IpAddr>>,
+        generation: u64,
+        slices: &[Arc<EndpointSlice>],
+        nodes: &[Arc<Node>],
+        policy: &Policy,
+        policy_generation: u64,
+    ) -> BTreeSet<IpAddr> {
+        table.update(Inputs {
+            allocations,
+            generation,
+            pool_of: |_| Some("pool"),
+            slices,
+            nodes,
+            policy,
+            policy_generation,
+        })
+    }
+
     fn compute(
         allocs: &[(&str, &[&str])],
         slices: &[EndpointSlice],
@@ -324,14 +481,22 @@ mod tests {
         let slices: Vec<_> = slices.iter().cloned().map(Arc::new).collect();
         let nodes: Vec<_> = nodes.iter().cloned().map(Arc::new).collect();
         let mut table = RouteTable::default();
-        table.update(&allocations, 0, &slices, &nodes);
+        update(
+            &mut table,
+            &allocations,
+            0,
+            &slices,
+            &nodes,
+            &Policy::default(),
+            0,
+        );
         table
-            .routes()
+            .paths()
             .iter()
             .map(|(net, hops)| {
                 (
                     net.to_string(),
-                    hops.iter().map(IpAddr::to_string).collect(),
+                    hops.keys().map(IpAddr::to_string).collect(),
                 )
             })
             .collect()
@@ -457,16 +622,31 @@ mod tests {
         let n1 = Arc::new(node("n1", "True", &["192.168.1.1"]));
         let n2 = Arc::new(node("n2", "True", &["192.168.1.2"]));
         let n2_down = Arc::new(node("n2", "False", &["192.168.1.2"]));
+        let plain = Policy::default();
+        let tagged = Policy {
+            pools: [(
+                "pool".to_string(),
+                PoolPolicy {
+                    communities: vec![65000 << 16 | 7],
+                    ..Default::default()
+                },
+            )]
+            .into(),
+            ..Default::default()
+        };
+        let web_twice = Arc::new(slice("web", &[("n1", Some(true)), ("n1", Some(true))]));
         type Step = (
             BTreeMap<ObjectKey, Vec<IpAddr>>,
             Vec<Arc<EndpointSlice>>,
             Vec<Arc<Node>>,
+            Policy,
         );
         let steps: Vec<Step> = vec![
             (
                 allocations(&[("web", "10.0.0.1"), ("dns", "10.0.0.2")]),
                 vec![web.clone(), dns.clone()],
                 vec![n1.clone(), n2.clone()],
+                plain.clone(),
             ),
             // dns moves to n1 (a new slice object), web unchanged
             (
@@ -476,50 +656,285 @@ mod tests {
                     .chain(arcs(vec![slice("dns", &[("n1", Some(true))])]))
                     .collect(),
                 vec![n1.clone(), n2.clone()],
+                plain.clone(),
             ),
             // dns shares web's address
             (
                 allocations(&[("web", "10.0.0.1"), ("dns", "10.0.0.1")]),
                 vec![web.clone(), dns.clone()],
                 vec![n1.clone(), n2.clone()],
+                plain.clone(),
+            ),
+            // web gets a second endpoint on n1: only the weight changes
+            (
+                allocations(&[("web", "10.0.0.1"), ("dns", "10.0.0.1")]),
+                vec![web_twice.clone(), dns.clone()],
+                vec![n1.clone(), n2.clone()],
+                plain.clone(),
+            ),
+            // the pool gets a community
+            (
+                allocations(&[("web", "10.0.0.1"), ("dns", "10.0.0.1")]),
+                vec![web_twice.clone(), dns.clone()],
+                vec![n1.clone(), n2.clone()],
+                tagged.clone(),
             ),
             // node n2 goes NotReady
             (
                 allocations(&[("web", "10.0.0.1"), ("dns", "10.0.0.1")]),
                 vec![web.clone(), dns.clone()],
                 vec![n1.clone(), n2_down.clone()],
+                tagged.clone(),
             ),
             // web released
             (
                 allocations(&[("dns", "10.0.0.1")]),
                 vec![web.clone(), dns.clone()],
                 vec![n1.clone(), n2.clone()],
+                plain.clone(),
             ),
             // everything gone
-            (allocations(&[]), vec![], vec![n1.clone()]),
+            (allocations(&[]), vec![], vec![n1.clone()], plain.clone()),
         ];
         let mut live = RouteTable::default();
-        let mut last: Routes = Routes::new();
-        for (n, (allocs, slices, nodes)) in steps.iter().enumerate() {
-            // Each step's allocations are a new generation, except where they repeat.
-            let generation = if n > 0 && steps[n - 1].0 == *allocs {
-                n as u64 - 1
-            } else {
-                n as u64
-            };
-            let changed = live.update(allocs, generation, slices, nodes);
+        let mut last: Paths = Paths::new();
+        let (mut generation, mut pg) = (0, 0);
+        for (n, (allocs, slices, nodes, policy)) in steps.iter().enumerate() {
+            // A new generation whenever the allocations or the policy differ
+            // from the step before.
+            if n > 0 && steps[n - 1].0 != *allocs {
+                generation += 1;
+            }
+            if n > 0 && steps[n - 1].3 != *policy {
+                pg += 1;
+            }
+            let changed = update(&mut live, allocs, generation, slices, nodes, policy, pg);
             let mut fresh = RouteTable::default();
-            fresh.update(allocs, 0, slices, nodes);
-            assert_eq!(live.routes(), fresh.routes(), "step {n}");
+            update(&mut fresh, allocs, 0, slices, nodes, policy, 0);
+            assert_eq!(live.paths(), fresh.paths(), "step {n}");
             let really: BTreeSet<IpAddr> = fresh
-                .routes()
+                .paths()
                 .keys()
                 .chain(last.keys())
-                .filter(|p| fresh.routes().get(*p) != last.get(*p))
+                .filter(|p| fresh.paths().get(*p) != last.get(*p))
                 .map(|p| p.addr())
                 .collect();
             assert_eq!(changed, really, "step {n}: reported changes");
-            last = (**live.routes()).clone();
+            last = (**live.paths()).clone();
         }
+    }
+
+    fn labelled(name: &str, ip: &str, labels: &[(&str, &str)]) -> Node {
+        let mut n = node(name, "True", &[ip]);
+        n.metadata.labels = Some(
+            labels
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        );
+        n
+    }
+
+    /// One update of a fresh table; the paths by next hop.
+    fn paths_for(
+        allocs: &[(&str, &str)],
+        slices: Vec<EndpointSlice>,
+        nodes: Vec<Node>,
+        policy: &Policy,
+    ) -> (RouteTable, BTreeMap<IpAddr, Arc<PathAttributes>>) {
+        let allocations: BTreeMap<ObjectKey, Vec<IpAddr>> = allocs
+            .iter()
+            .map(|(s, e)| (ObjectKey::new("ns", *s), vec![ip(e)]))
+            .collect();
+        let slices: Vec<_> = slices.into_iter().map(Arc::new).collect();
+        let nodes: Vec<_> = nodes.into_iter().map(Arc::new).collect();
+        let mut table = RouteTable::default();
+        update(&mut table, &allocations, 0, &slices, &nodes, policy, 0);
+        let eip = IpNet::from(ip(allocs[0].1));
+        let paths = table.paths().get(&eip).cloned().unwrap_or_default();
+        (table, paths)
+    }
+
+    fn bandwidth(a: &PathAttributes) -> Option<f32> {
+        a.link_bandwidth.map(|l| l.bytes_per_second)
+    }
+
+    const GBIT: f32 = 125_000_000.0;
+
+    #[test]
+    fn link_bandwidth_counts_ready_local_endpoints_summed_over_shared_services() {
+        let nodes = vec![
+            node("n1", "True", &["192.168.1.1"]),
+            node("n2", "True", &["192.168.1.2"]),
+        ];
+        // web: 1 pod on n1, 3 on n2 (one more not ready); dns shares the
+        // address with 1 pod on n1.
+        let web = slice(
+            "web",
+            &[
+                ("n1", Some(true)),
+                ("n2", Some(true)),
+                ("n2", None),
+                ("n2", Some(true)),
+                ("n2", Some(false)),
+            ],
+        );
+        let dns = slice("dns", &[("n1", Some(true))]);
+        let policy = Policy::default();
+        let (_, paths) = paths_for(
+            &[("web", "10.0.0.1")],
+            vec![web.clone()],
+            nodes.clone(),
+            &policy,
+        );
+        let weights: Vec<Option<f32>> = paths.values().map(|a| bandwidth(a)).collect();
+        assert_eq!(weights, [Some(GBIT), Some(3.0 * GBIT)], "1:3");
+        assert!(
+            paths
+                .values()
+                .all(|a| a.link_bandwidth.is_some_and(|l| l.transitive))
+        );
+        let (_, paths) = paths_for(
+            &[("web", "10.0.0.1"), ("dns", "10.0.0.1")],
+            vec![web, dns],
+            nodes,
+            &policy,
+        );
+        let weights: Vec<Option<f32>> = paths.values().map(|a| bandwidth(a)).collect();
+        assert_eq!(weights, [Some(2.0 * GBIT), Some(3.0 * GBIT)], "2:3");
+    }
+
+    #[test]
+    fn policy_shapes_paths_per_pool_service_node_and_peer() {
+        use porter_api::bgp_policy::Selector;
+        let zone = |z: &str| Selector::from_labels(&[("zone".to_string(), z.to_string())].into());
+        let nodes = vec![
+            labelled("n1", "192.168.1.1", &[("zone", "a")]),
+            labelled("n2", "192.168.1.2", &[("zone", "b")]),
+        ];
+        let web = slice("web", &[("n1", Some(true)), ("n2", Some(true))]);
+        let peer = |addr: &str, fabric: &str, nodes: Selector| PeerScope {
+            address: ip(addr),
+            labels: [("fabric".to_string(), fabric.to_string())].into(),
+            node_selector: nodes,
+        };
+        let base = Policy {
+            pools: [(
+                "pool".to_string(),
+                PoolPolicy {
+                    communities: vec![65000 << 16 | 100],
+                    local_pref: Some(200),
+                    ..Default::default()
+                },
+            )]
+            .into(),
+            services: [(
+                ObjectKey::new("ns", "web"),
+                ServicePolicy {
+                    communities: vec![65000 << 16 | 300],
+                    local_pref: Some(300),
+                    ..Default::default()
+                },
+            )]
+            .into(),
+            ..Default::default()
+        };
+        let (_, paths) = paths_for(
+            &[("web", "10.0.0.1")],
+            vec![web.clone()],
+            nodes.clone(),
+            &base,
+        );
+        for a in paths.values() {
+            assert_eq!(a.communities, [65000 << 16 | 100, 65000 << 16 | 300]);
+            assert_eq!(a.local_pref, Some(300), "the Service's wins");
+            assert_eq!(a.only_peers, None, "no peers configured: unscoped");
+        }
+
+        // The pool admits zone a only; two ToRs, each for its zone, and a
+        // red peer the pool does not select.
+        let mut scoped = base.clone();
+        if let Some(pool) = scoped.pools.get_mut("pool") {
+            pool.node_selector = zone("a");
+            pool.peer_selector =
+                Selector::from_labels(&[("fabric".to_string(), "blue".to_string())].into());
+        }
+        scoped.peers = vec![
+            peer("10.9.0.1", "blue", zone("a")),
+            peer("10.9.0.2", "blue", zone("b")),
+            peer("10.9.0.3", "red", Selector::default()),
+        ];
+        let (_, paths) = paths_for(
+            &[("web", "10.0.0.1")],
+            vec![web.clone()],
+            nodes.clone(),
+            &scoped,
+        );
+        assert_eq!(
+            paths.keys().copied().collect::<Vec<_>>(),
+            [ip("192.168.1.1")]
+        );
+        assert_eq!(
+            paths[&ip("192.168.1.1")].only_peers,
+            Some([ip("10.9.0.1")].into()),
+            "only the blue ToR of zone a"
+        );
+
+        // No admitted node: withdrawn.
+        if let Some(pool) = scoped.pools.get_mut("pool") {
+            pool.node_selector = zone("c");
+        }
+        let (table, paths) = paths_for(&[("web", "10.0.0.1")], vec![web], nodes, &scoped);
+        assert!(paths.is_empty() && table.paths().is_empty());
+    }
+
+    #[test]
+    fn shared_addresses_report_disagreements_once_and_share_attribute_sets() {
+        let nodes: Vec<Node> = (1..=3)
+            .map(|n| node(&format!("n{n}"), "True", &[&format!("192.168.1.{n}")]))
+            .collect();
+        let policy = Policy {
+            services: [(
+                ObjectKey::new("ns", "web"),
+                ServicePolicy {
+                    link_bandwidth: Some(false),
+                    ..Default::default()
+                },
+            )]
+            .into(),
+            ..Default::default()
+        };
+        let slices: Vec<Arc<EndpointSlice>> = vec![
+            Arc::new(slice("web", &[("n1", Some(true)), ("n2", Some(true))])),
+            Arc::new(slice("dns", &[("n3", Some(true))])),
+            Arc::new(slice("other", &[("n1", Some(true)), ("n2", Some(true))])),
+        ];
+        let nodes: Vec<_> = nodes.into_iter().map(Arc::new).collect();
+        let allocations: BTreeMap<ObjectKey, Vec<IpAddr>> = [
+            (ObjectKey::new("ns", "web"), vec![ip("10.0.0.1")]),
+            (ObjectKey::new("ns", "dns"), vec![ip("10.0.0.1")]),
+            (ObjectKey::new("ns", "other"), vec![ip("10.0.0.2")]),
+        ]
+        .into();
+        let mut table = RouteTable::default();
+        update(&mut table, &allocations, 0, &slices, &nodes, &policy, 0);
+        let conflicts = table.new_conflicts().to_vec();
+        assert_eq!(conflicts.len(), 1, "{conflicts:?}");
+        assert_eq!(conflicts[0].0, ip("10.0.0.1"));
+        assert!(conflicts[0].1.contains("link bandwidth is off for ns/web"));
+        let shared = &table.paths()[&IpNet::from(ip("10.0.0.1"))];
+        assert!(
+            shared.values().all(|a| a.link_bandwidth.is_none()),
+            "off wins on the shared address"
+        );
+        // Same attributes on two EIPs: one allocation.
+        let other = &table.paths()[&IpNet::from(ip("10.0.0.2"))];
+        let a = &other[&ip("192.168.1.1")];
+        let b = &other[&ip("192.168.1.2")];
+        assert!(Arc::ptr_eq(a, b), "equal attribute sets are shared");
+
+        // Nothing changed: not reported again.
+        update(&mut table, &allocations, 0, &slices, &nodes, &policy, 1);
+        assert!(table.new_conflicts().is_empty());
     }
 }

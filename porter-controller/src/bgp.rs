@@ -1,67 +1,50 @@
 //! What the controller needs from a BGP speaker ([`Announcer`]), and the pure
-//! translation of BgpConf/BgpPeer (or the seed's `bgp-cfg` TOML) into speaker
-//! and peer settings. The shapes mirror porter-bgp's API so that its adapter
-//! is a field-by-field copy.
+//! translation of BgpConf/BgpPeer (or the seed's `bgp-cfg` TOML) into
+//! porter-bgp's speaker and peer settings.
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
 use porter_api::annotations::BGP_CONF_NAME;
+use porter_api::bgp_policy::peer_policy;
+use porter_api::crd::CONTROLLER_STATUS_KEY;
 use porter_api::source::Snapshot;
-use porter_api::{BgpConf, BgpPeer};
+use porter_api::{BgpConf, BgpPeer, BgpPeerNodeStatus, SpeakerMode};
 
-use crate::announce::Routes;
+use crate::announce::Paths;
 
-pub const DEFAULT_LISTEN_PORT: u16 = 17900;
-const DEFAULT_REMOTE_PORT: u16 = 179;
-const DEFAULT_HOLD_TIME: u16 = 90;
-const DEFAULT_CONNECT_RETRY: u16 = 30;
-/// OpenELB's default when a peer lists no afiSafis.
-const DEFAULT_SEND_MAX: u8 = 10;
-const DEFAULT_RESTART_TIME: u16 = 120;
+pub use porter_api::bgp_config::{
+    DEFAULT_CONNECT_RETRY, DEFAULT_HOLD_TIME, DEFAULT_LISTEN_PORT, DEFAULT_REMOTE_PORT,
+    DEFAULT_RESTART_TIME, Family, GracefulRestart, Note, PeerConfig, SpeakerConfig,
+    graceful_restart, info, own_family, peer_from_crd, speaker_from_conf, warn,
+};
+pub use porter_bgp::PeerStatus;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum Family {
-    Ipv4Unicast,
-    Ipv6Unicast,
-}
-
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct GracefulRestart {
-    pub restart_time: u16,
-    /// Set when this controller takes over from another instance whose
-    /// routes the peers may still hold.
-    pub restarting: bool,
-}
-
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct SpeakerConfig {
-    pub local_as: u32,
-    pub router_id: Ipv4Addr,
-    pub listen: Option<SocketAddr>,
-    pub graceful_restart: Option<GracefulRestart>,
-}
-
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct PeerConfig {
-    pub address: IpAddr,
-    pub remote_as: u32,
-    pub remote_port: u16,
-    pub passive: bool,
-    pub hold_time: u16,
-    pub connect_retry: Duration,
-    pub md5_password: Option<String>,
-    pub ebgp_multihop_ttl: Option<u8>,
-    pub add_path_send_max: u8,
-    pub families: Vec<Family>,
-    pub local_address: Option<IpAddr>,
-}
-
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct PeerStatus {
-    pub address: IpAddr,
-    pub established: bool,
+/// The controller's entries of `BgpPeer.status.nodes` (key
+/// [`CONTROLLER_STATUS_KEY`]), by BgpPeer name: one for each BgpPeer the
+/// speaker has a session with. None in node mode, where the speaker stops.
+pub fn status_entries(
+    snap: &Snapshot,
+    sessions: &[PeerStatus],
+) -> BTreeMap<String, BgpPeerNodeStatus> {
+    snap.bgp_peers
+        .iter()
+        .filter_map(|peer| {
+            let name = peer.metadata.name.clone()?;
+            let address: IpAddr = peer.spec.conf.neighbor_address.trim().parse().ok()?;
+            let session = sessions.iter().find(|s| s.address == address)?;
+            Some((
+                name,
+                BgpPeerNodeStatus {
+                    node: CONTROLLER_STATUS_KEY.to_owned(),
+                    state: format!("{:?}", session.state),
+                    paths_announced: session.paths_announced,
+                    last_error: session.last_error.clone(),
+                },
+            ))
+        })
+        .collect()
 }
 
 /// The controller's view of a BGP speaker. porter-bgp's `Speaker` is adapted
@@ -70,34 +53,15 @@ pub trait Announcer: Send {
     /// Starts the speaker, or restarts it when the global settings change
     /// (AS and router id cannot change under live sessions).
     fn start(&mut self, config: &SpeakerConfig);
+    /// Stops the speaker, withdrawing everything it announced (the cluster
+    /// switched to `speakerMode: node`, or BGP is no longer configured).
+    fn stop(&mut self);
     /// Adds a session or changes one; other sessions are untouched.
     fn upsert_peer(&mut self, peer: &PeerConfig);
     fn remove_peer(&mut self, address: IpAddr);
-    /// The complete desired routes; the speaker sends only the difference.
-    fn set_routes(&mut self, routes: &Routes);
+    /// The complete desired paths; the speaker sends only the difference.
+    fn set_paths(&mut self, paths: &Paths);
     fn peer_status(&self) -> Vec<PeerStatus>;
-}
-
-/// A remark about the configuration: a key that does not apply, a value that
-/// was refused. Logged, never dropped silently.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Note {
-    pub warning: bool,
-    pub message: String,
-}
-
-fn info(message: impl Into<String>) -> Note {
-    Note {
-        warning: false,
-        message: message.into(),
-    }
-}
-
-fn warn(message: impl Into<String>) -> Note {
-    Note {
-        warning: true,
-        message: message.into(),
-    }
 }
 
 /// The BGP settings the cluster asks for.
@@ -148,46 +112,20 @@ pub fn from_crds<'a>(
             )));
             continue;
         }
-        let spec = &conf.spec;
-        let router_id = match spec.router_id.as_deref().map(str::parse::<Ipv4Addr>) {
-            Some(Ok(id)) => id,
-            Some(Err(_)) | None => {
-                out.notes.push(warn(format!(
-                    "BgpConf default: routerId {:?} is not an IPv4 address; set one (the controller is not tied to a node, so it cannot borrow a node's address)",
-                    spec.router_id.as_deref().unwrap_or("")
-                )));
-                continue;
+        if conf.spec.speaker_mode() == SpeakerMode::Node {
+            out.notes.push(info(
+                "BgpConf default: speakerMode is node, so the agents announce their own \
+                 nodes' paths and the controller runs no BGP speaker (it keeps IPAM and status)",
+            ));
+            return out;
+        }
+        match speaker_from_conf(&conf.spec, None) {
+            Ok((speaker, notes)) => {
+                out.speaker = Some(speaker);
+                out.notes.extend(notes);
             }
-        };
-        let listen = match spec.listen_port {
-            None => Some(DEFAULT_LISTEN_PORT),
-            Some(p) if p < 0 => None,
-            Some(p) => match u16::try_from(p) {
-                Ok(p) => Some(p),
-                Err(_) => {
-                    out.notes.push(warn(format!(
-                        "BgpConf default: listenPort {p} is out of range; not listening"
-                    )));
-                    None
-                }
-            },
-        };
-        let gr = spec
-            .graceful_restart
-            .clone()
-            .unwrap_or(porter_api::crd::GracefulRestart {
-                enabled: true,
-                restart_time: None,
-            });
-        out.speaker = Some(SpeakerConfig {
-            local_as: spec.as_number,
-            router_id,
-            listen: listen.map(|p| SocketAddr::new(IpAddr::from([0u16; 8]), p)),
-            graceful_restart: gr.enabled.then(|| GracefulRestart {
-                restart_time: gr.restart_time.unwrap_or(DEFAULT_RESTART_TIME),
-                restarting: false,
-            }),
-        });
+            Err(note) => out.notes.push(note),
+        }
     }
     for peer in peers {
         let name = peer.metadata.name.as_deref().unwrap_or_default();
@@ -215,113 +153,6 @@ pub fn from_crds<'a>(
         }
     }
     out
-}
-
-fn parse_family(afi: &str) -> Option<Family> {
-    match afi.to_ascii_lowercase().as_str() {
-        "afi_ip" | "ipv4" | "ipv4-unicast" => Some(Family::Ipv4Unicast),
-        "afi_ip6" | "ipv6" | "ipv6-unicast" => Some(Family::Ipv6Unicast),
-        _ => None,
-    }
-}
-
-fn own_family(address: IpAddr) -> Family {
-    if address.is_ipv4() {
-        Family::Ipv4Unicast
-    } else {
-        Family::Ipv6Unicast
-    }
-}
-
-fn peer_from_crd(peer: &BgpPeer) -> Result<(PeerConfig, Vec<Note>), String> {
-    let spec = &peer.spec;
-    let mut notes = Vec::new();
-    let address: IpAddr = spec.conf.neighbor_address.trim().parse().map_err(|_| {
-        format!(
-            "neighborAddress {:?} is not an IP address",
-            spec.conf.neighbor_address
-        )
-    })?;
-    let transport = spec.transport.clone().unwrap_or_default();
-    let local_address = match transport.local_address.as_deref().map(str::parse::<IpAddr>) {
-        None => None,
-        Some(Ok(a)) => Some(a),
-        Some(Err(_)) => {
-            return Err(format!(
-                "transport.localAddress {:?} is not an IP address",
-                transport.local_address
-            ));
-        }
-    };
-    let timers = spec
-        .timers
-        .clone()
-        .and_then(|t| t.config)
-        .unwrap_or_default();
-    if timers.keepalive_interval.is_some() {
-        notes.push(info("timers.config.keepaliveInterval does not apply: the speaker sends keepalives at a third of the hold time"));
-    }
-    let mut families = Vec::new();
-    let mut send_max = None;
-    for a in &spec.afi_safis {
-        if let Some(c) = &a.config {
-            let unicast =
-                ["safi_unicast", "unicast"].contains(&c.family.safi.to_ascii_lowercase().as_str());
-            match (parse_family(&c.family.afi), unicast) {
-                _ if !c.enabled => {}
-                (Some(f), true) => {
-                    if !families.contains(&f) {
-                        families.push(f);
-                    }
-                }
-                _ => notes.push(warn(format!(
-                    "afiSafis family {}/{} is not supported; only IPv4/IPv6 unicast",
-                    c.family.afi, c.family.safi
-                ))),
-            }
-        }
-        if let Some(m) = a
-            .add_paths
-            .as_ref()
-            .and_then(|p| p.config.as_ref())
-            .map(|c| c.send_max)
-        {
-            send_max = Some(send_max.map_or(m, |s: u8| s.max(m)));
-        }
-    }
-    if families.is_empty() {
-        families.push(own_family(address));
-    }
-    if !spec.node_selector.is_empty() {
-        notes.push(info(
-            "nodeSelector does not apply: the controller is the only speaker and announces every serving node as a next hop",
-        ));
-    }
-    let multihop = spec.ebgp_multihop.clone().unwrap_or_default();
-    Ok((
-        PeerConfig {
-            address,
-            remote_as: spec.conf.peer_as,
-            remote_port: transport.remote_port.unwrap_or(DEFAULT_REMOTE_PORT),
-            passive: transport.passive_mode,
-            hold_time: timers.hold_time.unwrap_or(DEFAULT_HOLD_TIME),
-            connect_retry: Duration::from_secs(
-                timers.connect_retry.unwrap_or(DEFAULT_CONNECT_RETRY).into(),
-            ),
-            md5_password: spec.conf.auth_password.clone().filter(|p| !p.is_empty()),
-            ebgp_multihop_ttl: multihop
-                .enabled
-                .then(|| multihop.multihop_ttl.unwrap_or(255)),
-            add_path_send_max: if spec.afi_safis.is_empty() {
-                DEFAULT_SEND_MAX
-            } else {
-                send_max.unwrap_or(0)
-            },
-            families,
-            local_address,
-        },
-        notes,
-    ))
 }
 
 /// The seed's GoBGP-style TOML. Every key is either used or explained.
@@ -402,10 +233,7 @@ fn seed_global(value: &toml::Value, out: &mut BgpDesired) {
                 local_as,
                 router_id,
                 listen: port.map(|p| SocketAddr::new(IpAddr::from([0u16; 8]), p)),
-                graceful_restart: Some(GracefulRestart {
-                    restart_time: DEFAULT_RESTART_TIME,
-                    restarting: false,
-                }),
+                graceful_restart: Some(graceful_restart(DEFAULT_RESTART_TIME)),
             })
         }
         _ => out.notes.push(warn(
@@ -456,6 +284,7 @@ fn seed_neighbor(n: &toml::Value, out: &mut BgpDesired) {
             add_path_send_max: send_max,
             families: vec![own_family(address)],
             local_address: None,
+            policy: peer_policy(None),
         },
     );
 }
@@ -467,8 +296,8 @@ fn seed_neighbor(n: &toml::Value, out: &mut BgpDesired) {
 pub struct BgpDriver {
     speaker: Option<SpeakerConfig>,
     peers: BTreeMap<IpAddr, PeerConfig>,
-    /// Version of the routes last sent.
-    routes: Option<u64>,
+    /// Version of the paths last sent.
+    paths: Option<u64>,
     notes: Vec<Note>,
 }
 
@@ -494,9 +323,10 @@ impl BgpDriver {
         self.notes = std::mem::take(&mut desired.notes);
         if desired.speaker != self.speaker {
             self.peers.clear();
-            self.routes = None;
-            if let Some(cfg) = &desired.speaker {
-                announcer.start(cfg);
+            self.paths = None;
+            match &desired.speaker {
+                Some(cfg) => announcer.start(cfg),
+                None => announcer.stop(),
             }
             self.speaker = desired.speaker;
         }
@@ -522,14 +352,14 @@ impl BgpDriver {
         fresh
     }
 
-    /// Sends `routes` unless this `version` of them was sent already;
+    /// Sends `paths` unless this `version` of them was sent already;
     /// returns whether it did.
-    pub fn routes(&mut self, routes: &Routes, version: u64, announcer: &mut dyn Announcer) -> bool {
-        if self.speaker.is_none() || self.routes == Some(version) {
+    pub fn paths(&mut self, paths: &Paths, version: u64, announcer: &mut dyn Announcer) -> bool {
+        if self.speaker.is_none() || self.paths == Some(version) {
             return false;
         }
-        announcer.set_routes(routes);
-        self.routes = Some(version);
+        announcer.set_paths(paths);
+        self.paths = Some(version);
         true
     }
 }
@@ -547,15 +377,20 @@ pub struct Recorder {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Call {
     Start(SpeakerConfig),
+    Stop,
     Upsert(PeerConfig),
     Remove(IpAddr),
-    Routes(Routes),
+    Paths(Paths),
 }
 
 #[cfg(test)]
 impl Announcer for Recorder {
     fn start(&mut self, config: &SpeakerConfig) {
         self.calls.push(Call::Start(config.clone()));
+    }
+
+    fn stop(&mut self) {
+        self.calls.push(Call::Stop);
     }
 
     fn upsert_peer(&mut self, peer: &PeerConfig) {
@@ -566,8 +401,8 @@ impl Announcer for Recorder {
         self.calls.push(Call::Remove(address));
     }
 
-    fn set_routes(&mut self, routes: &Routes) {
-        self.calls.push(Call::Routes(routes.clone()));
+    fn set_paths(&mut self, paths: &Paths) {
+        self.calls.push(Call::Paths(paths.clone()));
     }
 
     fn peer_status(&self) -> Vec<PeerStatus> {
@@ -575,7 +410,17 @@ impl Announcer for Recorder {
             .iter()
             .map(|a| PeerStatus {
                 address: *a,
-                established: true,
+                remote_as: 65001,
+                state: porter_bgp::SessionState::Established,
+                uptime: None,
+                established_count: 1,
+                messages_sent: 0,
+                messages_received: 0,
+                updates_sent: 0,
+                paths_announced: 0,
+                families: vec![Family::Ipv4Unicast],
+                add_path: vec![Family::Ipv4Unicast],
+                last_error: None,
             })
             .collect()
     }

@@ -14,11 +14,11 @@ use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use porter_bgp::Speaker;
+use porter_bgp::{PathAttributes, PathTable, Speaker};
 use tokio::sync::Notify;
 
-use crate::announce::Routes;
-use crate::bgp::{Announcer, Family, PeerConfig, PeerStatus, SpeakerConfig};
+use crate::announce::Paths;
+use crate::bgp::{Announcer, PeerConfig, PeerStatus, SpeakerConfig};
 
 /// How often peer status is refreshed and a failed start retried.
 const TICK: Duration = Duration::from_secs(1);
@@ -27,7 +27,7 @@ const TICK: Duration = Duration::from_secs(1);
 struct Desired {
     speaker: Option<SpeakerConfig>,
     peers: BTreeMap<IpAddr, PeerConfig>,
-    routes: Routes,
+    paths: PathTable,
 }
 
 #[derive(Default)]
@@ -79,6 +79,14 @@ impl Announcer for SpeakerAnnouncer {
         });
     }
 
+    fn stop(&mut self) {
+        self.change(|d| {
+            d.speaker = None;
+            d.peers.clear();
+            d.paths = PathTable::default();
+        });
+    }
+
     fn upsert_peer(&mut self, peer: &PeerConfig) {
         let peer = peer.clone();
         self.change(|d| {
@@ -92,9 +100,20 @@ impl Announcer for SpeakerAnnouncer {
         });
     }
 
-    fn set_routes(&mut self, routes: &Routes) {
-        let routes = routes.clone();
-        self.change(|d| d.routes = routes);
+    fn set_paths(&mut self, paths: &Paths) {
+        // The speaker keeps its own copy; the controller's shared table must
+        // not be held here (its next change would copy it whole).
+        let paths: PathTable = paths
+            .iter()
+            .map(|(prefix, hops)| {
+                let hops = hops
+                    .iter()
+                    .map(|(hop, attributes)| (*hop, PathAttributes::clone(attributes)))
+                    .collect();
+                (*prefix, hops)
+            })
+            .collect();
+        self.change(|d| d.paths = paths);
     }
 
     fn peer_status(&self) -> Vec<PeerStatus> {
@@ -111,7 +130,7 @@ impl Announcer for SpeakerAnnouncer {
 struct Applied {
     speaker: Option<(SpeakerConfig, Speaker)>,
     peers: BTreeMap<IpAddr, PeerConfig>,
-    routes: Option<Routes>,
+    paths: Option<PathTable>,
 }
 
 async fn drive(shared: Arc<Shared>) {
@@ -122,21 +141,13 @@ async fn drive(shared: Arc<Shared>) {
             () = shared.wake.notified() => {}
             _ = tick.tick() => {}
         }
-        let (speaker, peers, routes) = match shared.desired.lock() {
-            Ok(d) => (d.speaker.clone(), d.peers.clone(), d.routes.clone()),
+        let (speaker, peers, paths) = match shared.desired.lock() {
+            Ok(d) => (d.speaker.clone(), d.peers.clone(), d.paths.clone()),
             Err(_) => return,
         };
-        apply(&mut applied, speaker, peers, routes).await;
+        apply(&mut applied, speaker, peers, paths).await;
         let status = match &applied.speaker {
-            Some((_, speaker)) => speaker
-                .peer_status()
-                .await
-                .into_iter()
-                .map(|s| PeerStatus {
-                    address: s.address,
-                    established: s.state == porter_bgp::SessionState::Established,
-                })
-                .collect(),
+            Some((_, speaker)) => speaker.peer_status().await,
             None => Vec::new(),
         };
         if let Ok(mut slot) = shared.status.lock() {
@@ -149,16 +160,24 @@ async fn apply(
     applied: &mut Applied,
     speaker: Option<SpeakerConfig>,
     peers: BTreeMap<IpAddr, PeerConfig>,
-    routes: Routes,
+    paths: PathTable,
 ) {
     if applied.speaker.as_ref().map(|(c, _)| c) != speaker.as_ref() {
         if let Some((_, old)) = applied.speaker.take() {
+            if speaker.is_none() {
+                // Switched off, not restarting: a Cease makes every peer
+                // drop our routes now instead of keeping them for the
+                // graceful-restart time.
+                for address in applied.peers.keys() {
+                    old.remove_peer(*address).await;
+                }
+            }
             old.shutdown().await;
         }
         applied.peers.clear();
-        applied.routes = None;
+        applied.paths = None;
         if let Some(config) = speaker {
-            match Speaker::start(speaker_config(&config)).await {
+            match Speaker::start(config.clone()).await {
                 Ok(started) => applied.speaker = Some((config, started)),
                 // Retried on the next tick: the port may be freed meanwhile.
                 Err(error) => {
@@ -171,9 +190,9 @@ async fn apply(
     let Some((_, speaker)) = &applied.speaker else {
         return;
     };
-    if applied.routes.as_ref() != Some(&routes) {
-        speaker.set_routes(routes.clone()).await;
-        applied.routes = Some(routes);
+    if applied.paths.as_ref() != Some(&paths) {
+        speaker.set_paths(paths.clone()).await;
+        applied.paths = Some(paths);
     }
     let gone: Vec<IpAddr> = applied
         .peers
@@ -187,52 +206,9 @@ async fn apply(
     }
     for (address, peer) in peers {
         if applied.peers.get(&address) != Some(&peer) {
-            speaker.upsert_peer(peer_config(&peer)).await;
+            speaker.upsert_peer(peer.clone()).await;
             applied.peers.insert(address, peer);
         }
-    }
-}
-
-fn speaker_config(c: &SpeakerConfig) -> porter_bgp::SpeakerConfig {
-    porter_bgp::SpeakerConfig {
-        local_as: c.local_as,
-        router_id: c.router_id,
-        listen: c.listen,
-        graceful_restart: c
-            .graceful_restart
-            .as_ref()
-            .map(|gr| porter_bgp::GracefulRestart {
-                restart_time: gr.restart_time,
-                // A new speaker always follows an earlier instance whose
-                // routes the peers may still hold: a previous process, a
-                // previous leader, or the speaker this one replaces.
-                restarting: true,
-            }),
-    }
-}
-
-fn peer_config(p: &PeerConfig) -> porter_bgp::PeerConfig {
-    porter_bgp::PeerConfig {
-        address: p.address,
-        remote_as: p.remote_as,
-        remote_port: p.remote_port,
-        passive: p.passive,
-        hold_time: p.hold_time,
-        connect_retry: p.connect_retry,
-        md5_password: p.md5_password.clone(),
-        ebgp_multihop_ttl: p.ebgp_multihop_ttl,
-        add_path_send_max: p.add_path_send_max,
-        families: p
-            .families
-            .iter()
-            .map(|f| match f {
-                Family::Ipv4Unicast => porter_bgp::Family::Ipv4Unicast,
-                Family::Ipv6Unicast => porter_bgp::Family::Ipv6Unicast,
-            })
-            .collect(),
-        local_address: p.local_address,
-        // Communities and the like are not configurable from the CRDs yet.
-        policy: porter_bgp::PeerPolicy::default(),
     }
 }
 
@@ -266,23 +242,19 @@ mod tests {
             listen: None,
             graceful_restart: None,
         });
-        announcer.upsert_peer(&PeerConfig {
-            address: IpAddr::from([127, 0, 0, 1]),
-            remote_as: 65001,
-            remote_port: port,
-            passive: false,
-            hold_time: 9,
-            connect_retry: Duration::from_secs(1),
-            md5_password: None,
-            ebgp_multihop_ttl: None,
-            add_path_send_max: 8,
-            families: vec![Family::Ipv4Unicast],
-            local_address: Some(IpAddr::from([127, 0, 0, 2])),
-        });
+        let mut peer = PeerConfig::new(IpAddr::from([127, 0, 0, 1]), 65001);
+        peer.remote_port = port;
+        peer.hold_time = 9;
+        peer.connect_retry = Duration::from_secs(1);
+        peer.local_address = Some(IpAddr::from([127, 0, 0, 2]));
+        announcer.upsert_peer(&peer);
         let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
         loop {
             let status = announcer.peer_status();
-            if status.iter().any(|s| s.established) {
+            if status
+                .iter()
+                .any(|s| s.state == porter_bgp::SessionState::Established)
+            {
                 break;
             }
             assert!(

@@ -1,5 +1,7 @@
 //! Prometheus metrics, served as text on `--metrics-addr` at `/metrics`.
 
+use std::net::IpAddr;
+use std::sync::Mutex;
 use std::sync::atomic::AtomicU64;
 
 use prometheus_client::encoding::text::encode;
@@ -9,11 +11,14 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
+use crate::announce::Paths;
 use crate::bgp::PeerStatus;
 use crate::ipam::Ipam;
 use crate::reconcile::Plan;
 
 type Labels = Vec<(String, String)>;
+/// (paths version, peers, prefixes per peer).
+type ScopedCounts = (u64, Vec<IpAddr>, Vec<i64>);
 
 pub struct Metrics {
     registry: Registry,
@@ -22,9 +27,14 @@ pub struct Metrics {
     allocations: Counter,
     failures: Family<Labels, Counter>,
     peer_up: Family<Labels, Gauge>,
+    peer_prefixes: Family<Labels, Gauge>,
+    peer_paths: Family<Labels, Gauge>,
     prefixes: Gauge,
     paths: Gauge,
     reconcile_seconds: Histogram,
+    /// Prefixes per peer for (paths version, peers), counted once per
+    /// change rather than on every pass.
+    scoped: Mutex<Option<ScopedCounts>>,
 }
 
 impl Default for Metrics {
@@ -37,6 +47,9 @@ impl Default for Metrics {
             allocations: Counter::default(),
             failures: Family::default(),
             peer_up: Family::default(),
+            peer_prefixes: Family::default(),
+            peer_paths: Family::default(),
+            scoped: Mutex::default(),
             prefixes: Gauge::default(),
             paths: Gauge::default(),
             reconcile_seconds: Histogram::new(exponential_buckets(0.0005, 2.0, 16)),
@@ -67,6 +80,16 @@ impl Default for Metrics {
             "bgp_session_up",
             "1 when the BGP session to the peer is Established",
             m.peer_up.clone(),
+        );
+        registry.register(
+            "bgp_prefixes_announced",
+            "EIP prefixes meant for the peer (the pools' peerSelector and the peer's nodeSelector applied)",
+            m.peer_prefixes.clone(),
+        );
+        registry.register(
+            "bgp_paths_announced",
+            "Paths the peer holds from us, as the session counts them",
+            m.peer_paths.clone(),
         );
         registry.register(
             "announced_prefixes",
@@ -110,15 +133,49 @@ impl Metrics {
             self.failures.get_or_create(&label("reason", reason)).inc();
         }
         self.peer_up.clear();
-        for p in peers {
-            self.peer_up
-                .get_or_create(&label("peer", p.address))
-                .set(i64::from(p.established));
+        self.peer_paths.clear();
+        self.peer_prefixes.clear();
+        let addresses: Vec<IpAddr> = peers.iter().map(|p| p.address).collect();
+        let prefixes = self.prefixes_per_peer(&plan.paths, plan.paths_version, &addresses);
+        for (p, prefixes) in peers.iter().zip(prefixes) {
+            let peer = label("peer", p.address);
+            let up = p.state == porter_bgp::SessionState::Established;
+            self.peer_up.get_or_create(&peer).set(i64::from(up));
+            self.peer_paths
+                .get_or_create(&peer)
+                .set(i64::try_from(p.paths_announced).unwrap_or(i64::MAX));
+            self.peer_prefixes.get_or_create(&peer).set(prefixes);
         }
-        self.prefixes.set(plan.routes.len() as i64);
+        self.prefixes.set(plan.paths.len() as i64);
         self.paths
-            .set(plan.routes.values().map(|h| h.len() as i64).sum());
+            .set(plan.paths.values().map(|h| h.len() as i64).sum());
         self.reconcile_seconds.observe(seconds);
+    }
+
+    /// For each of `peers`, the prefixes with at least one path for it.
+    fn prefixes_per_peer(&self, paths: &Paths, version: u64, peers: &[IpAddr]) -> Vec<i64> {
+        let Ok(mut cache) = self.scoped.lock() else {
+            return vec![0; peers.len()];
+        };
+        if let Some((v, p, counts)) = cache.as_ref()
+            && *v == version
+            && p == peers
+        {
+            return counts.clone();
+        }
+        let mut counts = vec![0i64; peers.len()];
+        for hops in paths.values() {
+            for (count, peer) in counts.iter_mut().zip(peers) {
+                if hops
+                    .values()
+                    .any(|a| a.only_peers.as_ref().is_none_or(|only| only.contains(peer)))
+                {
+                    *count += 1;
+                }
+            }
+        }
+        *cache = Some((version, peers.to_vec(), counts.clone()));
+        counts
     }
 
     pub fn render(&self) -> String {

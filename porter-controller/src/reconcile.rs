@@ -10,11 +10,14 @@ use std::sync::{Arc, Weak};
 use ipnet::IpNet;
 use k8s_openapi::api::core::v1::{Namespace, Service};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
-use porter_api::annotations::SERVICE_FINALIZER;
+use porter_api::annotations::{BGP_CONF_NAME, SERVICE_FINALIZER};
+use porter_api::bgp_policy::{
+    self, ClusterPolicy, PeerScope, PolicyError, PoolPolicy, ServicePolicy,
+};
 use porter_api::source::{Event, EventType, Regarding, Snapshot, StatusWriter, WriteError};
-use porter_api::{Eip, EipStatus, ObjectKey};
+use porter_api::{BgpConf, BgpPeer, Eip, EipStatus, ObjectKey};
 
-use crate::announce::{RouteTable, Routes};
+use crate::announce::{Inputs, Paths, Policy, RouteTable};
 use crate::bgp::{self, BgpDesired};
 use crate::identity::{remember, same_objects};
 use crate::ipam::{Ipam, NamespaceLabels, Pool, PoolState};
@@ -34,10 +37,10 @@ pub struct Plan {
     pub finalizers: Vec<(ObjectKey, bool)>,
     pub eip_status: Vec<(String, EipStatus)>,
     pub events: Vec<Event>,
-    pub routes: Arc<Routes>,
-    /// Changes whenever `routes` does. Hold on to this, not to `routes`: a
-    /// kept `routes` makes the next change copy the whole table.
-    pub routes_version: u64,
+    pub paths: Arc<Paths>,
+    /// Changes whenever `paths` does. Hold on to this, not to `paths`: a
+    /// kept `paths` makes the next change copy the whole table.
+    pub paths_version: u64,
     pub bgp: BgpDesired,
     /// Addresses newly handed out in this pass.
     pub allocated: u64,
@@ -52,11 +55,45 @@ pub struct Reconciler {
     failed: HashMap<ObjectKey, String>,
     /// The announcements, updated incrementally.
     routes: RouteTable,
-    routes_version: u64,
+    paths_version: u64,
     /// The inputs and outcome of the last address plan.
     last_addresses: Option<(AddressInputs, Memo)>,
     /// Which node announces each Layer 2 address, as last reported.
     layer2: Layer2Status,
+    /// The BGP policy, read again when its inputs change.
+    policy: Policy,
+    policy_generation: u64,
+    last_policy: Option<PolicyInputs>,
+    /// Last invalid-annotation message per Service, so that
+    /// BgpPolicyInvalid is sent once per message.
+    policy_reported: HashMap<ObjectKey, String>,
+}
+
+/// What the BGP policy reads, by identity.
+#[derive(Debug)]
+struct PolicyInputs {
+    services: Vec<Weak<Service>>,
+    eips: Vec<Weak<Eip>>,
+    confs: Vec<Weak<BgpConf>>,
+    peers: Vec<Weak<BgpPeer>>,
+}
+
+impl PolicyInputs {
+    fn of(snap: &Snapshot) -> Self {
+        Self {
+            services: remember(&snap.services),
+            eips: remember(&snap.eips),
+            confs: remember(&snap.bgp_confs),
+            peers: remember(&snap.bgp_peers),
+        }
+    }
+
+    fn same(&self, snap: &Snapshot) -> bool {
+        same_objects(&self.services, &snap.services)
+            && same_objects(&self.eips, &snap.eips)
+            && same_objects(&self.confs, &snap.bgp_confs)
+            && same_objects(&self.peers, &snap.bgp_peers)
+    }
 }
 
 /// What the address plan reads, by identity (see [`crate::identity`]).
@@ -137,9 +174,11 @@ impl Reconciler {
     pub fn forget_reported(&mut self) {
         self.failed.clear();
         self.routes = RouteTable::default();
-        self.routes_version += 1;
+        self.paths_version += 1;
         self.last_addresses = None;
         self.layer2.forget();
+        self.last_policy = None;
+        self.policy_reported.clear();
     }
 
     pub fn plan(&mut self, snap: &Snapshot, now: &Time) -> Plan {
@@ -158,17 +197,22 @@ impl Reconciler {
                 plan
             }
         };
-        let changed = self.routes.update(
-            self.ipam.allocations(),
-            self.ipam.generation(),
-            &snap.endpoint_slices,
-            &snap.nodes,
-        );
+        self.refresh_policy(snap, &mut plan.events);
+        let ipam = &self.ipam;
+        let changed = self.routes.update(Inputs {
+            allocations: ipam.allocations(),
+            generation: ipam.generation(),
+            pool_of: |ip| ipam.pool_of(ip),
+            slices: &snap.endpoint_slices,
+            nodes: &snap.nodes,
+            policy: &self.policy,
+            policy_generation: self.policy_generation,
+        });
         if !changed.is_empty() {
-            self.routes_version += 1;
+            self.paths_version += 1;
         }
-        plan.routes = self.routes.routes().clone();
-        plan.routes_version = self.routes_version;
+        plan.paths = self.routes.paths().clone();
+        plan.paths_version = self.paths_version;
         self.announcement_events(&changed, &mut plan.events);
         self.layer2.plan(
             snap,
@@ -179,6 +223,74 @@ impl Reconciler {
         );
         plan.bgp = bgp::desired(snap);
         plan
+    }
+
+    /// Reads the BGP policy again when its inputs changed, and reports
+    /// Service annotations that cannot be read (once per message).
+    fn refresh_policy(&mut self, snap: &Snapshot, events: &mut Vec<Event>) {
+        if self.last_policy.as_ref().is_some_and(|l| l.same(snap)) {
+            return;
+        }
+        self.last_policy = Some(PolicyInputs::of(snap));
+        let mut services = HashMap::new();
+        let mut live = HashSet::new();
+        for svc in &snap.services {
+            if !service::opted_in(svc) || service::deleting(svc) {
+                continue;
+            }
+            let key = ObjectKey::of(&svc.metadata);
+            let (policy, errors) =
+                ServicePolicy::from_annotations(svc.metadata.annotations.as_ref());
+            if errors.is_empty() {
+                self.policy_reported.remove(&key);
+            } else {
+                let message = format!(
+                    "{}; the pool's policy applies in their place",
+                    join_errors(&errors)
+                );
+                if self.policy_reported.get(&key) != Some(&message) {
+                    tracing::warn!(service = %key, reason = %message, "invalid BGP policy annotation");
+                    events.push(Event {
+                        regarding: Regarding::Service(key.clone()),
+                        type_: EventType::Warning,
+                        reason: bgp_policy::REASON_INVALID,
+                        message: message.clone(),
+                    });
+                    self.policy_reported.insert(key.clone(), message);
+                }
+            }
+            live.insert(key.clone());
+            if !policy.is_empty() {
+                services.insert(key, policy);
+            }
+        }
+        self.policy_reported.retain(|k, _| live.contains(k));
+        let policy = Policy {
+            pools: snap
+                .eips
+                .iter()
+                .filter_map(|e| {
+                    let name = e.metadata.name.clone()?;
+                    Some((name, PoolPolicy::from_spec(e.spec.bgp.as_ref()).0))
+                })
+                .collect(),
+            services,
+            cluster: ClusterPolicy::from_conf(
+                snap.bgp_confs
+                    .iter()
+                    .find(|c| c.metadata.name.as_deref() == Some(BGP_CONF_NAME))
+                    .map(|c| &c.spec),
+            ),
+            peers: snap
+                .bgp_peers
+                .iter()
+                .filter_map(|p| PeerScope::of(p))
+                .collect(),
+        };
+        if policy != self.policy {
+            self.policy = policy;
+            self.policy_generation += 1;
+        }
     }
 
     /// Allocation, statuses, finalizers and their events.
@@ -287,11 +399,13 @@ impl Reconciler {
         for eip in &snap.eips {
             let name = eip.metadata.name.clone().unwrap_or_default();
             if let Some(pool) = self.ipam.pools().find(|p| p.name == name) {
+                let (_, policy_errors) = PoolPolicy::from_spec(eip.spec.bgp.as_ref());
                 let status = eip_status(
                     pool,
                     &self.ipam,
                     eip.status.as_ref(),
                     eip.metadata.generation,
+                    &policy_errors,
                     now,
                 );
                 if eip.status.as_ref() != Some(&status) {
@@ -302,16 +416,20 @@ impl Reconciler {
         plan
     }
 
-    /// An Announced event on each Service whose EIP gained or lost next hops.
+    /// An Announced event on each Service whose EIP's paths changed, and a
+    /// BgpPolicyConflict event on each Service of an EIP whose Services
+    /// started to disagree.
     fn announcement_events(&self, changed: &BTreeSet<IpAddr>, events: &mut Vec<Event>) {
-        let routes = self.routes.routes();
+        let paths = self.routes.paths();
         for ip in changed {
-            let message = match routes.get(&IpNet::from(*ip)) {
+            let message = match paths.get(&IpNet::from(*ip)) {
                 Some(hops) => format!(
                     "{ip} announced with next hop(s) {}",
-                    join(&hops.iter().copied().collect::<Vec<_>>())
+                    join(&hops.keys().copied().collect::<Vec<_>>())
                 ),
-                None => format!("{ip} withdrawn: no Ready node has a ready endpoint"),
+                None => format!(
+                    "{ip} withdrawn: no Ready node has a ready endpoint (that the pool's spec.bgp.nodeSelector admits)"
+                ),
             };
             for key in self.routes.users(ip) {
                 events.push(Event {
@@ -322,7 +440,26 @@ impl Reconciler {
                 });
             }
         }
+        for (ip, conflict) in self.routes.new_conflicts() {
+            tracing::warn!(eip = %ip, conflict = %conflict, "Services sharing an address disagree on BGP policy");
+            for key in self.routes.users(ip) {
+                events.push(Event {
+                    regarding: Regarding::Service(key.clone()),
+                    type_: EventType::Warning,
+                    reason: bgp_policy::REASON_CONFLICT,
+                    message: format!("{ip}: {conflict}"),
+                });
+            }
+        }
     }
+}
+
+fn join_errors(errors: &[PolicyError]) -> String {
+    errors
+        .iter()
+        .map(PolicyError::to_string)
+        .collect::<Vec<_>>()
+        .join("; ")
 }
 
 fn join(ips: &[IpAddr]) -> String {
@@ -349,6 +486,7 @@ pub fn eip_status(
     ipam: &Ipam,
     prev: Option<&EipStatus>,
     generation: Option<i64>,
+    policy_errors: &[PolicyError],
     now: &Time,
 ) -> EipStatus {
     let used: BTreeMap<String, String> = ipam
@@ -371,10 +509,35 @@ pub fn eip_status(
         PoolState::Refused(why) => (false, "Refused", why.clone()),
     };
     let status_word = if ready { "True" } else { "False" };
-    let transition = prev
-        .and_then(|p| p.conditions.iter().find(|c| c.type_ == "Ready"))
-        .filter(|c| c.status == status_word)
-        .map_or_else(|| now.clone(), |c| c.last_transition_time.clone());
+    // A condition keeps its transition time while its status stays.
+    let since = |type_: &str, status: &str| {
+        prev.and_then(|p| p.conditions.iter().find(|c| c.type_ == type_))
+            .filter(|c| c.status == status)
+            .map_or_else(|| now.clone(), |c| c.last_transition_time.clone())
+    };
+    let transition = since("Ready", status_word);
+    let mut conditions = vec![Condition {
+        type_: "Ready".into(),
+        status: status_word.into(),
+        reason: reason.into(),
+        message,
+        last_transition_time: transition,
+        observed_generation: generation,
+    }];
+    // Only while something is wrong, as the pool itself keeps working.
+    if !policy_errors.is_empty() {
+        conditions.push(Condition {
+            type_: bgp_policy::REASON_INVALID.into(),
+            status: "True".into(),
+            reason: "UnreadableValues".into(),
+            message: format!(
+                "{}; these values are left out and the rest of spec.bgp applies",
+                join_errors(policy_errors)
+            ),
+            last_transition_time: since(bgp_policy::REASON_INVALID, "True"),
+            observed_generation: generation,
+        });
+    }
     EipStatus {
         occupied: size > 0 && used.len() as u128 >= size,
         usage: used.len() as i64,
@@ -389,14 +552,7 @@ pub fn eip_status(
             .map(|p| p.layer2_announcers.clone())
             .unwrap_or_default(),
         layer2_nodes: prev.map(|p| p.layer2_nodes.clone()).unwrap_or_default(),
-        conditions: vec![Condition {
-            type_: "Ready".into(),
-            status: status_word.into(),
-            reason: reason.into(),
-            message,
-            last_transition_time: transition,
-            observed_generation: generation,
-        }],
+        conditions,
     }
 }
 

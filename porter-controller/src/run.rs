@@ -6,10 +6,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use porter_api::bgp_config::status_changes;
+use porter_api::crd::CONTROLLER_STATUS_KEY;
 use porter_api::source::{Snapshot, SnapshotReceiver, StatusWriter};
 use tokio::sync::watch;
 
-use crate::bgp::{Announcer, BgpDriver};
+use crate::bgp::{Announcer, BgpDriver, status_entries};
 use crate::metrics::Metrics;
 use crate::reconcile::{Reconciler, apply};
 
@@ -86,19 +88,35 @@ impl<A: Announcer> Controller<A> {
             }
             if self
                 .bgp
-                .routes(&plan.routes, plan.routes_version, &mut self.announcer)
+                .paths(&plan.paths, plan.paths_version, &mut self.announcer)
             {
                 tracing::info!(
-                    prefixes = plan.routes.len(),
-                    paths = plan.routes.values().map(|h| h.len()).sum::<usize>(),
+                    prefixes = plan.paths.len(),
+                    paths = plan.paths.values().map(|h| h.len()).sum::<usize>(),
                     "announcements updated"
                 );
+            }
+        }
+        let sessions = self.announcer.peer_status();
+        if leader {
+            // The controller's own entry in each BgpPeer's status; in node
+            // mode the speaker is stopped, so stale entries are removed.
+            let entries = status_entries(snap, &sessions);
+            for (peer, entry) in status_changes(snap, CONTROLLER_STATUS_KEY, &entries) {
+                step.writes += 1;
+                if let Err(e) = writer
+                    .bgp_peer_status(&peer, CONTROLLER_STATUS_KEY, entry.as_ref())
+                    .await
+                {
+                    step.failed_writes += 1;
+                    tracing::warn!(error = %e, "write failed; retrying");
+                }
             }
         }
         self.metrics.observe(
             &plan,
             self.reconciler.ipam(),
-            &self.announcer.peer_status(),
+            &sessions,
             started.elapsed().as_secs_f64(),
         );
         step

@@ -106,4 +106,15 @@ impl StatusWriter for RecordingWriter {
         self.record(format!("event {}", e.reason));
         Ok(())
     }
+
+    async fn bgp_peer_status(
+        &self,
+        peer: &str,
+        key: &str,
+        status: Option<&porter_api::BgpPeerNodeStatus>,
+    ) -> Result<(), WriteError> {
+        let state = status.map_or("-", |s| s.state.as_str());
+        self.record(format!("bgppeer {peer} {key} {state}"));
+        Ok(())
+    }
 }

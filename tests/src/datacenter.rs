@@ -15,6 +15,18 @@
 //! Services and pools. Each pod runs an HTTP server on port 80 answering
 //! with its name (`n2-p1`), so a client knows which pod and node served it.
 //! The router hashes flows by L4 ports over the ECMP next hops.
+//!
+//! [`Datacenter::fabric`] builds the routed variant for `speakerMode: node`:
+//! one rack (its own /24 behind its own FRR leaf) per node, the leaves
+//! under an FRR spine in `r`, the client on the spine.
+//!
+//! ```text
+//!                    cl 172.31.0.2 ── r (spine: FRR AS 65001)
+//!                         172.29.1.1 ┌──────┴──────┐ 172.29.2.1
+//!          l1 (leaf: FRR AS 65011) 172.29.1.2    172.29.2.2 l2 (leaf: FRR AS 65012)
+//!            │ lan 172.30.1.0/24                       │ lan 172.30.2.0/24
+//!     ctl 172.30.1.10   n1 172.30.1.11                n2 172.30.2.12
+//! ```
 use std::{
     collections::BTreeMap,
     io::{Read, Write},
@@ -69,13 +81,19 @@ pub struct LabNode {
     pub bpffs: PathBuf,
     pub pods: Vec<Pod>,
     ready: bool,
+    /// The Node object's labels (`rack: "<k>"` in a fabric).
+    labels: Vec<(String, String)>,
 }
 
 pub struct Datacenter {
     pub lab: Lab,
+    /// The router the client sits behind (the spine in a fabric).
     pub router: Router,
     pub router_ns: String,
+    /// A fabric's leaves, leaf `k` serving rack `k + 1`; none otherwise.
+    pub leaves: Vec<Router>,
     pub ctl: String,
+    controller_ip: IpAddr,
     pub client: String,
     pub nodes: Vec<LabNode>,
     /// The `dir:` source both binaries read.
@@ -91,33 +109,13 @@ impl Datacenter {
         let router_ns = lab.netns("r")?;
         let ctl = lab.netns("ctl")?;
         let client = lab.netns("cl")?;
-        for sysctl in [
-            "net.ipv4.ip_forward=1",
-            "net.ipv6.conf.all.forwarding=1",
-            // Spread flows over the ECMP next hops by ports too, not only addresses.
-            "net.ipv4.fib_multipath_hash_policy=1",
-            "net.ipv6.fib_multipath_hash_policy=1",
-        ] {
-            lab.exec(&router_ns, &["sysctl", "-qw", sysctl])?;
-        }
+        enable_routing(&lab, &router_ns)?;
         lab.ip(&router_ns, &["link", "add", "lan", "type", "bridge"])?;
         lab.ip(&router_ns, &["link", "set", "lan", "up"])?;
         add_addr(&lab, &router_ns, "lan", "172.30.0.1/24")?;
         add_addr(&lab, &router_ns, "lan", "fd00:30::1/64")?;
 
-        lab.veth((&router_ns, "v-cl"), (&client, "eth0"))?;
-        add_addr(&lab, &router_ns, "v-cl", "172.31.0.1/24")?;
-        add_addr(&lab, &router_ns, "v-cl", "fd00:31::1/64")?;
-        add_addr(&lab, &client, "eth0", &format!("{CLIENT_V4}/24"))?;
-        add_addr(&lab, &client, "eth0", "fd00:31::2/64")?;
-        lab.ip(&client, &["route", "add", "default", "via", "172.31.0.1"])?;
-        lab.ip(
-            &client,
-            &["-6", "route", "add", "default", "via", "fd00:31::1"],
-        )?;
-        // Full checksums from the client, as from a wire: XDP on a veth
-        // would otherwise see offloaded, unfinished ones.
-        lab.exec(&client, &["ethtool", "-K", "eth0", "tx", "off"])?;
+        connect_client(&lab, &router_ns, &client)?;
 
         attach_to_lan(&lab, &router_ns, &ctl, "v-ctl")?;
         add_addr(&lab, &ctl, "eth0", &format!("{CONTROLLER_V4}/24"))?;
@@ -135,22 +133,15 @@ impl Datacenter {
             add_addr(&lab, &ns, "eth0", &format!("{ip6}/64"))?;
             lab.ip(&ns, &["route", "add", "default", "via", ROUTER_LAN_V4])?;
             lab.ip(&ns, &["-6", "route", "add", "default", "via", "fd00:30::1"])?;
-            lab.exec(&ns, &["sysctl", "-qw", "net.ipv4.ip_forward=1"])?;
-            lab.exec(&ns, &["sysctl", "-qw", "net.ipv6.conf.all.forwarding=1"])?;
-            let bpffs = lab.bpffs()?;
-            let mut pods = Vec::new();
-            for p in 1..=pod_count {
-                pods.push(add_pod(&mut lab, &ns, n, p)?);
-            }
-            nodes.push(LabNode {
-                name,
+            nodes.push(finish_node(
+                &mut lab,
+                n,
                 ns,
                 ip,
                 ip6,
-                bpffs,
-                pods,
-                ready: true,
-            });
+                pod_count,
+                Vec::new(),
+            )?);
         }
 
         let router = Router::start(
@@ -172,13 +163,128 @@ impl Datacenter {
             lab,
             router,
             router_ns,
+            leaves: Vec::new(),
             ctl,
+            controller_ip: CONTROLLER_V4.parse()?,
             client,
             nodes,
             manifests,
         };
         dc.write_nodes()?;
-        for node in &dc.nodes {
+        dc.wait_pods()?;
+        Ok(dc)
+    }
+
+    /// The routed fabric of the module docs: node `k` (with
+    /// `pods_per_rack[k - 1]` pods) alone in rack `k`, on 172.30.k.0/24
+    /// behind leaf `lk` (FRR, AS 65010 + k, 172.30.k.1), with Node label
+    /// `rack: "<k>"`; the leaves peer with the spine (FRR, AS 65001) in
+    /// `r`, which the client sits behind. Each leaf lists its rack's node
+    /// (AS [`PORTER_AS`]) as a neighbour, for node-mode agents to connect
+    /// to. The controller sits in rack 1. Starts no Porter binary.
+    pub fn fabric(tag: &str, pods_per_rack: &[usize]) -> Result<Self> {
+        let mut lab = Lab::new(tag)?;
+        let router_ns = lab.netns("r")?;
+        let ctl = lab.netns("ctl")?;
+        let client = lab.netns("cl")?;
+        enable_routing(&lab, &router_ns)?;
+        connect_client(&lab, &router_ns, &client)?;
+        let mut nodes = Vec::new();
+        let mut spine_neighbors = Vec::new();
+        let mut leaves = Vec::new();
+        for (index, &pod_count) in pods_per_rack.iter().enumerate() {
+            let k = index + 1;
+            let leaf_ns = lab.netns(&format!("l{k}"))?;
+            enable_routing(&lab, &leaf_ns)?;
+            let uplink: IpAddr = format!("172.29.{k}.2").parse()?;
+            lab.veth((&router_ns, &format!("v-l{k}")), (&leaf_ns, "uplink"))?;
+            add_addr(
+                &lab,
+                &router_ns,
+                &format!("v-l{k}"),
+                &format!("172.29.{k}.1/24"),
+            )?;
+            add_addr(&lab, &leaf_ns, "uplink", &format!("{uplink}/24"))?;
+            lab.ip(
+                &leaf_ns,
+                &["route", "add", "default", "via", &format!("172.29.{k}.1")],
+            )?;
+            lab.ip(&leaf_ns, &["link", "add", "lan", "type", "bridge"])?;
+            lab.ip(&leaf_ns, &["link", "set", "lan", "up"])?;
+            let leaf_ip = format!("172.30.{k}.1");
+            add_addr(&lab, &leaf_ns, "lan", &format!("{leaf_ip}/24"))?;
+            add_addr(&lab, &leaf_ns, "lan", &format!("fd00:30:{k}::1/64"))?;
+            if k == 1 {
+                attach_to_lan(&lab, &leaf_ns, &ctl, "v-ctl")?;
+                add_addr(&lab, &ctl, "eth0", "172.30.1.10/24")?;
+                lab.ip(&ctl, &["route", "add", "default", "via", &leaf_ip])?;
+            }
+            let name = format!("n{k}");
+            let ns = lab.netns(&name)?;
+            attach_to_lan(&lab, &leaf_ns, &ns, &format!("v-{name}"))?;
+            let ip: IpAddr = format!("172.30.{k}.{}", 10 + k).parse()?;
+            let ip6: IpAddr = format!("fd00:30:{k}::{}", 10 + k).parse()?;
+            add_addr(&lab, &ns, "eth0", &format!("{ip}/24"))?;
+            add_addr(&lab, &ns, "eth0", &format!("{ip6}/64"))?;
+            lab.ip(&ns, &["route", "add", "default", "via", &leaf_ip])?;
+            let labels = vec![("rack".to_owned(), k.to_string())];
+            nodes.push(finish_node(&mut lab, k, ns, ip, ip6, pod_count, labels)?);
+            let leaf_as = 65010 + u32::try_from(k)?;
+            let leaf = Router::start_named(
+                &mut lab,
+                &leaf_ns,
+                &format!("leaf{k}"),
+                RouterConfig {
+                    daemon: Daemon::Frr,
+                    router_id: leaf_ip.clone(),
+                    local_address: leaf_ip.parse()?,
+                    local_as: leaf_as,
+                    neighbors: vec![
+                        Neighbor::new(ip, PORTER_AS),
+                        Neighbor::new(format!("172.29.{k}.1").parse()?, ROUTER_AS),
+                    ],
+                    graceful_restart: true,
+                    passive: false,
+                },
+            )?;
+            leaves.push(leaf);
+            spine_neighbors.push(Neighbor::new(uplink, leaf_as));
+        }
+        let router = Router::start_named(
+            &mut lab,
+            &router_ns,
+            "spine",
+            RouterConfig {
+                daemon: Daemon::Frr,
+                router_id: "172.31.0.1".into(),
+                local_address: "172.31.0.1".parse()?,
+                local_as: ROUTER_AS,
+                neighbors: spine_neighbors,
+                graceful_restart: true,
+                passive: false,
+            },
+        )?;
+        let manifests = lab.run_dir().join("cluster");
+        std::fs::create_dir_all(&manifests)?;
+        let dc = Self {
+            lab,
+            router,
+            router_ns,
+            leaves,
+            ctl,
+            controller_ip: "172.30.1.10".parse()?,
+            client,
+            nodes,
+            manifests,
+        };
+        dc.write_nodes()?;
+        dc.wait_pods()?;
+        Ok(dc)
+    }
+
+    /// Waits until every pod's HTTP server answers inside its node.
+    fn wait_pods(&self) -> Result<()> {
+        for node in &self.nodes {
             for (pod, ip) in node.pods.iter().flat_map(|p| [(p, p.ip), (p, p.ip6)]) {
                 let ns = node.ns.clone();
                 wait_for(
@@ -191,7 +297,7 @@ impl Datacenter {
                 )?;
             }
         }
-        Ok(dc)
+        Ok(())
     }
 
     /// Writes `text` as manifest `file` (atomically: the sources never read half a file).
@@ -223,7 +329,7 @@ impl Datacenter {
         let text: Vec<String> = self
             .nodes
             .iter()
-            .map(|n| manifests::node(&n.name, &[n.ip, n.ip6], n.ready))
+            .map(|n| manifests::labelled_node(&n.name, &[n.ip, n.ip6], n.ready, &n.labels))
             .collect();
         self.apply("nodes.yaml", &text.join("---\n"))
     }
@@ -273,7 +379,7 @@ impl Datacenter {
             .arg("--source")
             .arg(format!("dir:{}", self.manifests.display()))
             .args(["--poll-interval", "100ms"])
-            .args(["--metrics-addr", &format!("{CONTROLLER_V4}:9190")])
+            .args(["--metrics-addr", &format!("{}:9190", self.controller_ip)])
             .env("RUST_LOG", "info");
         self.lab.spawn(CONTROLLER, command)
     }
@@ -482,6 +588,66 @@ pub fn per_node(per_pod: &BTreeMap<String, usize>) -> BTreeMap<String, usize> {
         *out.entry(node).or_insert(0) += count;
     }
     out
+}
+
+/// Forwarding on, and ECMP hashing by ports too, not only addresses.
+fn enable_routing(lab: &Lab, ns: &str) -> Result<()> {
+    for sysctl in [
+        "net.ipv4.ip_forward=1",
+        "net.ipv6.conf.all.forwarding=1",
+        "net.ipv4.fib_multipath_hash_policy=1",
+        "net.ipv6.fib_multipath_hash_policy=1",
+    ] {
+        lab.exec(ns, &["sysctl", "-qw", sysctl])?;
+    }
+    Ok(())
+}
+
+/// The client namespace behind `router_ns`, on 172.31.0.0/24 and fd00:31::/64.
+fn connect_client(lab: &Lab, router_ns: &str, client: &str) -> Result<()> {
+    lab.veth((router_ns, "v-cl"), (client, "eth0"))?;
+    add_addr(lab, router_ns, "v-cl", "172.31.0.1/24")?;
+    add_addr(lab, router_ns, "v-cl", "fd00:31::1/64")?;
+    add_addr(lab, client, "eth0", &format!("{CLIENT_V4}/24"))?;
+    add_addr(lab, client, "eth0", "fd00:31::2/64")?;
+    lab.ip(client, &["route", "add", "default", "via", "172.31.0.1"])?;
+    lab.ip(
+        client,
+        &["-6", "route", "add", "default", "via", "fd00:31::1"],
+    )?;
+    // Full checksums from the client, as from a wire: XDP on a veth
+    // would otherwise see offloaded, unfinished ones.
+    lab.exec(client, &["ethtool", "-K", "eth0", "tx", "off"])?;
+    Ok(())
+}
+
+/// Node `n`'s forwarding, bpffs and pods, once its uplink is addressed.
+fn finish_node(
+    lab: &mut Lab,
+    n: usize,
+    ns: String,
+    ip: IpAddr,
+    ip6: IpAddr,
+    pod_count: usize,
+    labels: Vec<(String, String)>,
+) -> Result<LabNode> {
+    lab.exec(&ns, &["sysctl", "-qw", "net.ipv4.ip_forward=1"])?;
+    lab.exec(&ns, &["sysctl", "-qw", "net.ipv6.conf.all.forwarding=1"])?;
+    let bpffs = lab.bpffs()?;
+    let mut pods = Vec::new();
+    for p in 1..=pod_count {
+        pods.push(add_pod(lab, &ns, n, p)?);
+    }
+    Ok(LabNode {
+        name: format!("n{n}"),
+        ns,
+        ip,
+        ip6,
+        bpffs,
+        pods,
+        ready: true,
+        labels,
+    })
 }
 
 fn agent_name(index: usize) -> String {

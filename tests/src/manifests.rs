@@ -6,8 +6,24 @@ use std::{fmt::Write as _, net::IpAddr};
 
 /// A Node with its `InternalIP`s and its Ready condition.
 pub fn node(name: &str, addresses: &[IpAddr], ready: bool) -> String {
-    let mut out =
-        format!("apiVersion: v1\nkind: Node\nmetadata:\n  name: {name}\nstatus:\n  addresses:\n");
+    labelled_node(name, addresses, ready, &[])
+}
+
+/// A Node with labels (what a BgpPeer's `nodeSelector` matches).
+pub fn labelled_node(
+    name: &str,
+    addresses: &[IpAddr],
+    ready: bool,
+    labels: &[(String, String)],
+) -> String {
+    let mut out = format!("apiVersion: v1\nkind: Node\nmetadata:\n  name: {name}\n");
+    if !labels.is_empty() {
+        out.push_str("  labels:\n");
+        for (key, value) in labels {
+            let _ = writeln!(out, "    {key}: \"{value}\"");
+        }
+    }
+    out.push_str("status:\n  addresses:\n");
     for address in addresses {
         let _ = writeln!(out, "    - type: InternalIP\n      address: \"{address}\"");
     }

@@ -23,7 +23,7 @@ use super::{Event, EventType, Regarding, Snapshot, SnapshotReceiver, StatusWrite
 use crate::annotations::{
     SEED_BGP_CONFIGMAP_NAME, SEED_BGP_CONFIGMAP_NAMESPACE, SERVICE_FINALIZER,
 };
-use crate::{BgpConf, BgpPeer, Eip, EipStatus, ObjectKey};
+use crate::{BgpConf, BgpPeer, BgpPeerNodeStatus, BgpPeerStatus, Eip, EipStatus, ObjectKey};
 
 const STATUS_DIR: &str = "status";
 const EVENTS_FILE: &str = "events.jsonl";
@@ -202,9 +202,14 @@ fn add_object(root: &Path, snap: &mut Snapshot, value: serde_yaml::Value) -> Res
         "BgpConf" => snap
             .bgp_confs
             .push(Arc::new(parse::<BgpConf>(&kind, value)?)),
-        "BgpPeer" => snap
-            .bgp_peers
-            .push(Arc::new(parse::<BgpPeer>(&kind, value)?)),
+        "BgpPeer" => {
+            let mut peer: BgpPeer = parse(&kind, value)?;
+            let name = peer.metadata.name.clone().unwrap_or_default();
+            if let Some(f) = read_status(root, "BgpPeer", "", &name) {
+                overlay_status(&f, &mut peer.status, &mut peer.metadata.finalizers);
+            }
+            snap.bgp_peers.push(Arc::new(peer));
+        }
         "ConfigMap" => {
             let cm: ConfigMap = parse(&kind, value)?;
             if cm.metadata.name.as_deref() == Some(SEED_BGP_CONFIGMAP_NAME)
@@ -353,6 +358,27 @@ impl StatusWriter for DirWriter {
     async fn eip_status(&self, eip: &str, status: &EipStatus) -> Result<(), WriteError> {
         let value = to_value("Eip status", status)?;
         self.update("Eip", "", eip, |f| f.status = Some(value))
+    }
+
+    /// Read-modify-write of the one entry. Agents in separate processes
+    /// may race on the file; each re-writes its entry when the snapshot
+    /// shows it missing, so a lost entry comes back at the next pass.
+    async fn bgp_peer_status(
+        &self,
+        peer: &str,
+        key: &str,
+        status: Option<&BgpPeerNodeStatus>,
+    ) -> Result<(), WriteError> {
+        let old: BgpPeerStatus = read_status(&self.root, "BgpPeer", "", peer)
+            .and_then(|f| f.status)
+            .and_then(|v| serde_yaml::from_value(v).ok())
+            .unwrap_or_default();
+        let mut new = old;
+        new.nodes.retain(|entry| entry.node != key);
+        new.nodes.extend(status.cloned());
+        new.nodes.sort_by(|a, b| a.node.cmp(&b.node));
+        let value = to_value("BgpPeer status", &new)?;
+        self.update("BgpPeer", "", peer, |f| f.status = Some(value))
     }
 
     async fn event(&self, event: &Event) -> Result<(), WriteError> {

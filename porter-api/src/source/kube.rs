@@ -26,7 +26,8 @@ use super::{Event, EventType, Regarding, Snapshot, SnapshotReceiver, StatusWrite
 use crate::annotations::{
     FIELD_MANAGER, SEED_BGP_CONFIGMAP_NAME, SEED_BGP_CONFIGMAP_NAMESPACE, SERVICE_FINALIZER,
 };
-use crate::{BgpConf, BgpPeer, Eip, EipStatus, ObjectKey};
+use crate::crd::CONTROLLER_STATUS_KEY;
+use crate::{BgpConf, BgpPeer, BgpPeerNodeStatus, Eip, EipStatus, ObjectKey};
 
 /// Coalesces bursts of watch events into one snapshot.
 const DEBOUNCE: Duration = Duration::from_millis(50);
@@ -228,6 +229,36 @@ pub fn ingress_patch(ingress: &[IpAddr]) -> serde_json::Value {
     })
 }
 
+/// The field manager that owns one speaker's `BgpPeer.status.nodes` entry:
+/// the controller's own, or one per node, so that server-side apply merges
+/// the agents' entries instead of each agent's apply removing the others'.
+/// Field managers are at most 128 characters; node names rarely come close.
+pub fn peer_status_field_manager(key: &str) -> String {
+    if key == CONTROLLER_STATUS_KEY {
+        return FIELD_MANAGER.to_owned();
+    }
+    let mut manager = format!("porter-agent-{key}");
+    if manager.len() > 128 {
+        let mut end = 128;
+        while !manager.is_char_boundary(end) {
+            end -= 1;
+        }
+        manager.truncate(end);
+    }
+    manager
+}
+
+/// The apply patch of one speaker's entry; `None` applies an empty list,
+/// which removes the entry this manager owned.
+pub fn peer_status_patch(status: Option<&BgpPeerNodeStatus>) -> serde_json::Value {
+    let nodes: Vec<&BgpPeerNodeStatus> = status.into_iter().collect();
+    json!({
+        "apiVersion": BgpPeer::api_version(&()),
+        "kind": "BgpPeer",
+        "status": {"nodes": nodes},
+    })
+}
+
 impl StatusWriter for KubeWriter {
     async fn service_ingress(
         &self,
@@ -280,6 +311,20 @@ impl StatusWriter for KubeWriter {
             .await
             .map(drop)
             .map_err(api_error(format!("status of Eip {eip}")))
+    }
+
+    async fn bgp_peer_status(
+        &self,
+        peer: &str,
+        key: &str,
+        status: Option<&BgpPeerNodeStatus>,
+    ) -> Result<(), WriteError> {
+        let params = PatchParams::apply(&peer_status_field_manager(key)).force();
+        let api: Api<BgpPeer> = Api::all(self.client.clone());
+        api.patch_status(peer, &params, &Patch::Apply(peer_status_patch(status)))
+            .await
+            .map(drop)
+            .map_err(api_error(format!("status of BgpPeer {peer} for {key}")))
     }
 
     async fn event(&self, event: &Event) -> Result<(), WriteError> {

@@ -17,7 +17,7 @@ use std::sync::Arc;
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Node, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 
-use crate::{BgpConf, BgpPeer, Eip, EipStatus, ObjectKey};
+use crate::{BgpConf, BgpPeer, BgpPeerNodeStatus, Eip, EipStatus, ObjectKey};
 
 /// `--source` of both binaries: `kube` (the API server) or `dir:PATH` (a
 /// directory of manifests).
@@ -125,6 +125,16 @@ pub trait StatusWriter: Send + Sync {
         status: &EipStatus,
     ) -> impl Future<Output = Result<(), WriteError>> + Send;
     fn event(&self, event: &Event) -> impl Future<Output = Result<(), WriteError>> + Send;
+    /// Sets (`Some`) or removes (`None`) one speaker's entry in
+    /// `BgpPeer.status.nodes`, keyed by `key` (a node name, or
+    /// [`crate::crd::CONTROLLER_STATUS_KEY`]); the other speakers' entries
+    /// are left alone. `status.node` must equal `key`.
+    fn bgp_peer_status(
+        &self,
+        peer: &str,
+        key: &str,
+        status: Option<&BgpPeerNodeStatus>,
+    ) -> impl Future<Output = Result<(), WriteError>> + Send;
 }
 
 #[cfg(test)]

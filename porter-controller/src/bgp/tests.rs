@@ -36,6 +36,7 @@ fn peer(name: &str, address: &str, f: impl FnOnce(&mut BgpPeerSpec)) -> BgpPeer 
             ..Default::default()
         },
         spec,
+        status: None,
     }
 }
 
@@ -128,7 +129,6 @@ fn bad_crds_are_refused_with_a_note() {
     assert!(has("routerId"), "{text:?}");
     assert!(has("BgpConf `other` is ignored"), "{text:?}");
     assert!(has("BgpPeer `bad` is ignored: neighborAddress"), "{text:?}");
-    assert!(has("nodeSelector does not apply"), "{text:?}");
     assert!(has("configured twice"), "{text:?}");
     assert_eq!(d.peers.len(), 1);
 }
@@ -249,10 +249,14 @@ fn driver_changes_only_what_changed() {
     assert_eq!(rec.calls, [Call::Remove(ip("192.168.1.2"))]);
     rec.calls.clear();
 
-    let routes: Routes = [(IpNet::from(ip("10.9.0.1")), [ip("192.168.0.10")].into())].into();
-    assert!(driver.routes(&routes, 1, &mut rec));
+    let paths: Paths = [(
+        IpNet::from(ip("10.9.0.1")),
+        [(ip("192.168.0.10"), Default::default())].into(),
+    )]
+    .into();
+    assert!(driver.paths(&paths, 1, &mut rec));
     assert!(
-        !driver.routes(&routes, 1, &mut rec),
+        !driver.paths(&paths, 1, &mut rec),
         "unchanged routes are not re-sent"
     );
 
@@ -264,5 +268,89 @@ fn driver_changes_only_what_changed() {
     );
     assert!(matches!(rec.calls[0], Call::Start(_)));
     assert_eq!(rec.calls.len(), 3);
-    assert!(driver.routes(&routes, 1, &mut rec));
+    assert!(driver.paths(&paths, 1, &mut rec));
+}
+
+/// `speakerMode: node`: the controller runs no speaker (a running one is
+/// stopped, and restarted when the mode goes back), and says why.
+#[test]
+fn node_mode_stops_the_controller_speaker_and_controller_mode_restarts_it() {
+    let mut rec = Recorder::default();
+    let mut driver = BgpDriver::default();
+    let controller_mode = [conf("default", Some("10.0.0.1"))];
+    let mut node_mode = conf("default", Some("10.0.0.1"));
+    node_mode.spec.speaker_mode = Some(SpeakerMode::Node);
+    let node_mode = [node_mode];
+    let a = peer("a", "192.168.1.1", |s| {
+        s.node_selector = [("rack".to_string(), "1".to_string())].into()
+    });
+
+    driver.configure(from_crds(&controller_mode, [&a]), &mut rec);
+    assert!(matches!(rec.calls[..], [Call::Start(_), Call::Upsert(_)]));
+    rec.calls.clear();
+
+    let desired = from_crds(&node_mode, [&a]);
+    assert_eq!((desired.speaker.clone(), desired.peers.len()), (None, 0));
+    assert!(
+        desired
+            .notes
+            .iter()
+            .any(|n| n.message.contains("speakerMode is node")),
+        "{:?}",
+        desired.notes
+    );
+    driver.configure(desired, &mut rec);
+    assert_eq!(rec.calls, [Call::Stop]);
+    rec.calls.clear();
+    let paths: Paths = [(
+        IpNet::from(ip("10.9.0.1")),
+        [(ip("192.168.0.10"), Default::default())].into(),
+    )]
+    .into();
+    assert!(
+        !driver.paths(&paths, 7, &mut rec),
+        "no announcements in node mode"
+    );
+
+    driver.configure(from_crds(&controller_mode, [&a]), &mut rec);
+    assert!(matches!(rec.calls[..], [Call::Start(_), Call::Upsert(_)]));
+}
+
+#[test]
+fn controller_status_entries_name_the_bgppeers_it_has_sessions_with() {
+    let snap = Snapshot {
+        bgp_peers: vec![
+            std::sync::Arc::new(peer("up", "192.168.1.1", |_| {})),
+            std::sync::Arc::new(peer("unknown", "192.168.1.2", |_| {})),
+        ],
+        ..Default::default()
+    };
+    let session = porter_bgp::PeerStatus {
+        address: ip("192.168.1.1"),
+        remote_as: 65001,
+        state: porter_bgp::SessionState::Established,
+        uptime: None,
+        established_count: 1,
+        messages_sent: 0,
+        messages_received: 0,
+        updates_sent: 0,
+        paths_announced: 4,
+        families: vec![Family::Ipv4Unicast],
+        add_path: vec![Family::Ipv4Unicast],
+        last_error: None,
+    };
+    let sessions = [session];
+    let entries = status_entries(&snap, &sessions);
+    assert_eq!(
+        entries.into_iter().collect::<Vec<_>>(),
+        [(
+            "up".to_owned(),
+            BgpPeerNodeStatus {
+                node: "controller".into(),
+                state: "Established".into(),
+                paths_announced: 4,
+                last_error: None,
+            }
+        )]
+    );
 }

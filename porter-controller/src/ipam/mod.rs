@@ -110,6 +110,11 @@ impl Ipam {
         self.services.get(key).map(Vec::as_slice)
     }
 
+    /// The pool an allocated address is from.
+    pub fn pool_of(&self, ip: IpAddr) -> Option<&str> {
+        self.holdings.get(&ip).map(|h| h.pool.as_str())
+    }
+
     pub fn allocations(&self) -> &BTreeMap<ObjectKey, Vec<IpAddr>> {
         &self.services
     }

@@ -167,9 +167,9 @@ fn allocates_publishes_announces_then_stays_quiet() {
     assert_eq!(reasons(&plan), [REASON_ALLOCATED, REASON_ANNOUNCED]);
     assert_eq!(plan.allocated, 1);
     let hops: Vec<String> = plan
-        .routes
+        .paths
         .values()
-        .flatten()
+        .flat_map(|hops| hops.keys())
         .map(|h| h.to_string())
         .collect();
     assert_eq!(hops, ["192.168.1.1", "192.168.1.2"]);
@@ -190,7 +190,7 @@ fn allocates_publishes_announces_then_stays_quiet() {
         "{again:?}"
     );
     assert!(again.events.is_empty(), "{:?}", again.events);
-    assert_eq!(again.routes, plan.routes);
+    assert_eq!(again.paths, plan.paths);
 }
 
 #[test]
@@ -246,7 +246,7 @@ fn deletion_releases_withdraws_and_lets_the_object_go() {
         .collect();
     let plan = r.plan(&deleting, &now());
     assert_eq!(plan.finalizers, [(key("web"), false)]);
-    assert!(plan.routes.is_empty(), "route withdrawn");
+    assert!(plan.paths.is_empty(), "route withdrawn");
     assert!(
         reasons(&plan).is_empty(),
         "the Service is going away: nothing to tell it"
@@ -284,7 +284,7 @@ fn opting_out_or_changing_type_clears_what_was_written() {
         let plan = r.plan(&changed, &now());
         assert_eq!(plan.ingress, [(key("web"), vec![])], "{change}");
         assert_eq!(plan.finalizers, [(key("web"), false)], "{change}");
-        assert!(plan.routes.is_empty(), "{change}");
+        assert!(plan.paths.is_empty(), "{change}");
     }
 }
 
@@ -410,9 +410,9 @@ fn an_endpoint_change_alone_moves_the_route_and_nothing_else() {
     moved.endpoint_slices = vec![Arc::new(slice("web", &["n2"]))];
     let plan = r.plan(&moved, &now());
     let hops: Vec<String> = plan
-        .routes
+        .paths
         .values()
-        .flatten()
+        .flat_map(|hops| hops.keys())
         .map(|h| h.to_string())
         .collect();
     assert_eq!(hops, ["192.168.1.2"]);
@@ -533,4 +533,50 @@ fn bgp_pools_name_no_announcer() {
     let plan = r.plan(&snap, &now());
     assert!(announcers(&plan).is_empty());
     assert!(layer2_events(&plan).is_empty());
+}
+
+#[test]
+fn unreadable_pool_policy_sets_a_condition_and_the_pool_keeps_working() {
+    let mut r = Reconciler::default();
+    let mut snap = seed();
+    let mut eip = (*snap.eips[0]).clone();
+    eip.spec.bgp = Some(porter_api::crd::EipBgp {
+        communities: vec!["65000:1".into(), "65000:99999".into()],
+        ..Default::default()
+    });
+    snap.eips = vec![Arc::new(eip)];
+    let plan = r.plan(&snap, &now());
+    let (_, status) = &plan.eip_status[0];
+    assert!(status.ready, "the pool still allocates");
+    let condition = status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "BgpPolicyInvalid")
+        .expect("BgpPolicyInvalid condition");
+    assert_eq!(condition.status, "True");
+    assert!(
+        condition.message.contains("spec.bgp.communities[1]"),
+        "{}",
+        condition.message
+    );
+    let hops = plan.paths.values().next().expect("still announced");
+    assert!(
+        hops.values().all(|a| a.communities == [65000 << 16 | 1]),
+        "the readable community applies"
+    );
+
+    // Fixed: the condition goes.
+    let snap = settle(&snap, &plan);
+    let mut fixed = snap.clone();
+    let mut eip = (*fixed.eips[0]).clone();
+    eip.spec.bgp = None;
+    fixed.eips = vec![Arc::new(eip)];
+    let plan = r.plan(&fixed, &now());
+    let (_, status) = &plan.eip_status[0];
+    assert!(
+        status
+            .conditions
+            .iter()
+            .all(|c| c.type_ != "BgpPolicyInvalid")
+    );
 }

@@ -274,3 +274,173 @@ async fn with_the_dir_source_the_announcer_is_written_beside_the_manifests() {
     );
     let _ = std::fs::remove_dir_all(root);
 }
+
+/// The whole policy path with the recorded announcer: pool and Service
+/// attributes, 1:3 endpoint weights, per-peer scoping and shaping, per-peer
+/// metrics, and unreadable values reported once while the rest applies.
+#[tokio::test]
+async fn bgp_policy_reaches_the_announcer_and_bad_values_are_reported() {
+    use porter_api::BgpPeer;
+    use porter_api::crd::{EipBgp, LinkBandwidthMode, PeerConf, PeerPolicySpec};
+    use porter_bgp::{LinkBandwidth, LinkBandwidthPolicy};
+
+    let mut snap = snapshot();
+    let mut svc = (*snap.services[0]).clone();
+    let annotations = svc.metadata.annotations.get_or_insert_default();
+    annotations.insert(
+        "bgp.porter.kubesphere.io/communities".into(),
+        "65000:300".into(),
+    );
+    annotations.insert("bgp.porter.kubesphere.io/local-pref".into(), "high".into());
+    snap.services = vec![Arc::new(svc)];
+    let mut eip = (*snap.eips[0]).clone();
+    eip.spec.bgp = Some(EipBgp {
+        communities: vec!["65000:100".into(), "bogus".into()],
+        local_pref: Some(200),
+        ..Default::default()
+    });
+    snap.eips = vec![Arc::new(eip)];
+    snap.nodes = vec![
+        Arc::new(crate::testing::node("n1", "True", &["192.168.1.1"])),
+        Arc::new(crate::testing::node("n2", "True", &["192.168.1.2"])),
+    ];
+    let ready = Some(true);
+    snap.endpoint_slices = vec![Arc::new(crate::testing::slice(
+        "default",
+        "web",
+        &[("n1", ready), ("n2", ready), ("n2", ready), ("n2", ready)],
+    ))];
+    let peer = |name: &str, address: &str, rack: Option<&str>, mode| BgpPeer {
+        metadata: ObjectMeta {
+            name: Some(name.into()),
+            ..Default::default()
+        },
+        spec: porter_api::BgpPeerSpec {
+            conf: PeerConf {
+                peer_as: 65001,
+                neighbor_address: address.into(),
+                auth_password: None,
+            },
+            node_selector: rack
+                .map(|n| [("kubernetes.io/hostname".to_string(), n.to_string())].into())
+                .unwrap_or_default(),
+            policy: Some(PeerPolicySpec {
+                send_communities: None,
+                link_bandwidth: Some(mode),
+            }),
+            ..Default::default()
+        },
+        status: None,
+    };
+    let mut n1 = (*snap.nodes[0]).clone();
+    n1.metadata.labels = Some([("kubernetes.io/hostname".to_string(), "n1".to_string())].into());
+    snap.nodes[0] = Arc::new(n1);
+    snap.bgp_peers = vec![
+        Arc::new(peer(
+            "spine",
+            "172.30.0.1",
+            None,
+            LinkBandwidthMode::NonTransitive,
+        )),
+        Arc::new(peer(
+            "tor-n1",
+            "172.30.0.2",
+            Some("n1"),
+            LinkBandwidthMode::Transitive,
+        )),
+    ];
+
+    let metrics = Arc::new(Metrics::default());
+    let recorder = Recorder {
+        established: vec![
+            "172.30.0.1".parse().expect("ip"),
+            "172.30.0.2".parse().expect("ip"),
+        ],
+        ..Default::default()
+    };
+    let mut c = Controller::new(recorder, metrics.clone());
+    let writer = RecordingWriter::default();
+    c.step(&snap, true, &writer).await;
+    c.step(&snap, true, &writer).await;
+
+    let invalid = writer
+        .calls()
+        .iter()
+        .filter(|c| *c == "event BgpPolicyInvalid")
+        .count();
+    assert_eq!(
+        invalid,
+        1,
+        "the bad local-pref is reported once: {:?}",
+        writer.calls()
+    );
+
+    let policies: Vec<LinkBandwidthPolicy> = c
+        .announcer()
+        .calls
+        .iter()
+        .filter_map(|c| match c {
+            Call::Upsert(p) => Some(p.policy.link_bandwidth),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        policies,
+        [
+            LinkBandwidthPolicy::NonTransitive,
+            LinkBandwidthPolicy::Transitive
+        ]
+    );
+    let paths: Vec<&crate::announce::Paths> = c
+        .announcer()
+        .calls
+        .iter()
+        .filter_map(|c| match c {
+            Call::Paths(p) => Some(p),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(paths.len(), 1, "the second pass re-sends nothing");
+    let hops = paths[0].values().next().expect("the EIP is announced");
+    let n1 = &hops[&"192.168.1.1".parse().expect("ip")];
+    let n2 = &hops[&"192.168.1.2".parse().expect("ip")];
+    for a in [n1, n2] {
+        assert_eq!(
+            a.communities,
+            [65000 << 16 | 100, 65000 << 16 | 300],
+            "the pool's good community and the Service's"
+        );
+        assert_eq!(
+            a.local_pref,
+            Some(200),
+            "the unreadable override is left out"
+        );
+    }
+    assert_eq!(
+        n1.link_bandwidth,
+        Some(LinkBandwidth::for_endpoints(1, true))
+    );
+    assert_eq!(
+        n2.link_bandwidth,
+        Some(LinkBandwidth::for_endpoints(3, true))
+    );
+    let both = [
+        "172.30.0.1".parse().expect("ip"),
+        "172.30.0.2".parse().expect("ip"),
+    ];
+    assert_eq!(n1.only_peers, None, "n1 is every peer's");
+    assert_eq!(
+        n2.only_peers,
+        Some([both[0]].into()),
+        "n2 is not the n1 ToR's"
+    );
+
+    let text = metrics.render();
+    for line in [
+        "porter_bgp_prefixes_announced{peer=\"172.30.0.1\"} 1",
+        "porter_bgp_prefixes_announced{peer=\"172.30.0.2\"} 1",
+        "porter_bgp_session_up{peer=\"172.30.0.2\"} 1",
+    ] {
+        assert!(text.contains(line), "missing {line} in\n{text}");
+    }
+}

@@ -66,7 +66,7 @@ pub fn run() -> Result<()> {
         let started = Instant::now();
         let plan = reconciler.plan(&snap, &now);
         idle.push(started.elapsed().as_secs_f64() * 1e3);
-        if !plan.ingress.is_empty() || plan.routes.len() != SERVICES {
+        if !plan.ingress.is_empty() || plan.paths.len() != SERVICES {
             bail!("a pass without change changed something");
         }
         // The controller drops each plan once applied; one kept would make
@@ -84,7 +84,7 @@ pub fn run() -> Result<()> {
         next.endpoint_slices[index] = Arc::new(slice);
         let plan = reconciler.plan(&next, &now);
         changed.push(started.elapsed().as_secs_f64() * 1e3);
-        let hops = plan.routes.values().map(|h| h.len()).sum::<usize>();
+        let hops = plan.paths.values().map(|h| h.len()).sum::<usize>();
         if hops == 0 || !plan.events.iter().any(|e| e.reason == "Announced") {
             bail!("the moved endpoint did not change the announcement");
         }
@@ -118,11 +118,11 @@ pub fn run() -> Result<()> {
 }
 
 fn check_full(plan: &Plan) -> Result<()> {
-    if plan.ingress.len() != SERVICES || plan.routes.len() != SERVICES {
+    if plan.ingress.len() != SERVICES || plan.paths.len() != SERVICES {
         bail!(
             "full sync served {} Services and announced {} EIPs, expected {SERVICES}",
             plan.ingress.len(),
-            plan.routes.len()
+            plan.paths.len()
         );
     }
     Ok(())

@@ -201,3 +201,43 @@ fn a_missing_directory_fails_with_its_path() {
     let err = load(Path::new("/nonexistent/porter-dir")).expect_err("missing dir");
     assert_eq!(err.kind(), std::io::ErrorKind::NotFound);
 }
+
+/// Each speaker's entry in `BgpPeer.status.nodes` is set and removed on its
+/// own, the others kept, and read back over the manifest.
+#[tokio::test]
+async fn bgp_peer_status_entries_are_kept_per_node() {
+    let dir = Scratch::new();
+    dir.write(
+        "peer.yaml",
+        "kind: BgpPeer\nmetadata: {name: leaf1}\nspec: {conf: {peerAs: 65011, neighborAddress: 172.30.1.1}}\n",
+    );
+    let w = DirWriter::new(dir.0.clone());
+    let entry = |node: &str, state: &str| BgpPeerNodeStatus {
+        node: node.into(),
+        state: state.into(),
+        ..Default::default()
+    };
+    w.bgp_peer_status("leaf1", "n2", Some(&entry("n2", "Active")))
+        .await
+        .expect("write");
+    w.bgp_peer_status("leaf1", "n1", Some(&entry("n1", "Established")))
+        .await
+        .expect("write");
+    w.bgp_peer_status("leaf1", "n2", Some(&entry("n2", "Established")))
+        .await
+        .expect("write");
+    let nodes = |dir: &Scratch| {
+        let (snap, _) = load(&dir.0).expect("load");
+        snap.bgp_peers[0]
+            .status
+            .clone()
+            .unwrap_or_default()
+            .nodes
+            .into_iter()
+            .map(|e| format!("{}={}", e.node, e.state))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(nodes(&dir), ["n1=Established", "n2=Established"]);
+    w.bgp_peer_status("leaf1", "n1", None).await.expect("write");
+    assert_eq!(nodes(&dir), ["n2=Established"]);
+}

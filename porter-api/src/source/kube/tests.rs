@@ -203,3 +203,20 @@ async fn a_changed_message_is_a_new_event_not_a_repeat_of_the_old_one() {
     assert_eq!(seen[1].body["reportingController"], "porter-controller");
     assert_eq!(seen[1].body["reportingInstance"], "porter-0");
 }
+
+#[test]
+fn each_speaker_owns_its_bgppeer_status_entry_under_its_own_field_manager() {
+    assert_eq!(peer_status_field_manager("n1"), "porter-agent-n1");
+    assert_eq!(
+        peer_status_field_manager(CONTROLLER_STATUS_KEY),
+        FIELD_MANAGER
+    );
+    // Field managers are at most 128 characters; node names may be 253.
+    let long = "n".repeat(253);
+    assert_eq!(peer_status_field_manager(&long).len(), 128);
+    assert_eq!(
+        peer_status_patch(None)["status"]["nodes"],
+        json!([]),
+        "removing applies an empty list, dropping only this manager's entry"
+    );
+}

@@ -1,0 +1,520 @@
+use std::{collections::BTreeMap, net::IpAddr, path::Path};
+
+use porter_api::{
+    BgpPeerNodeStatus,
+    bgp_config::status_changes,
+    source::{Snapshot, dir::load_text},
+};
+use porter_bgp::{LinkBandwidth, NEXT_HOP_SELF_V4, NEXT_HOP_SELF_V6, PathAttributes, SessionState};
+
+use super::{
+    metrics::BgpMetrics,
+    wanted::{node_bgp, node_paths, status_entry},
+    writer::PeerStatusWriter,
+};
+use crate::{Backend, Protocol, ServiceAddr, ServiceSpec};
+
+fn snapshot(yaml: &str) -> Snapshot {
+    let mut snap = Snapshot::default();
+    let problems = load_text(
+        Path::new("/nonexistent"),
+        Path::new("test.yaml"),
+        yaml,
+        &mut snap,
+    );
+    assert!(problems.is_empty(), "{problems:?}");
+    snap
+}
+
+const NODES: &str = "
+kind: Node
+metadata: {name: n1, labels: {rack: '1', zone: a}}
+status: {addresses: [{type: InternalIP, address: 172.30.1.11}, {type: InternalIP, address: 'fd00::11'}]}
+---
+kind: Node
+metadata: {name: n2, labels: {rack: '2', zone: a}}
+status: {addresses: [{type: InternalIP, address: 'fd00::12'}]}
+";
+
+const PEERS: &str = "
+kind: BgpPeer
+metadata: {name: leaf1}
+spec: {conf: {peerAs: 65011, neighborAddress: 172.30.1.1}, nodeSelector: {rack: '1'}}
+---
+kind: BgpPeer
+metadata: {name: leaf2}
+spec: {conf: {peerAs: 65012, neighborAddress: 172.30.2.1}, nodeSelector: {rack: '2'}}
+---
+kind: BgpPeer
+metadata: {name: zone-a}
+spec: {conf: {peerAs: 65100, neighborAddress: 10.0.0.1}, nodeSelector: {zone: a, rack: '1'}}
+---
+kind: BgpPeer
+metadata: {name: everyone}
+spec: {conf: {peerAs: 65200, neighborAddress: 10.0.0.2}}
+---
+kind: BgpPeer
+metadata: {name: broken}
+spec: {conf: {peerAs: 65300, neighborAddress: not-an-ip}}
+";
+
+fn conf(mode: &str, router_id: Option<&str>) -> String {
+    let router_id = router_id.map_or(String::new(), |id| format!(", routerId: {id}"));
+    format!(
+        "kind: BgpConf\nmetadata: {{name: default}}\nspec: {{as: 65000, speakerMode: {mode}{router_id}}}\n"
+    )
+}
+
+fn names(snapshot: &Snapshot, node: &str) -> Vec<String> {
+    node_bgp(snapshot, node)
+        .peers
+        .values()
+        .map(|p| p.name.clone())
+        .collect()
+}
+
+#[test]
+fn node_mode_selects_the_peers_whose_node_selector_matches_the_node() {
+    let snap = snapshot(&format!("{NODES}---\n{PEERS}---\n{}", conf("node", None)));
+    assert_eq!(names(&snap, "n1"), ["zone-a", "everyone", "leaf1"]);
+    let with_id = snapshot(&format!(
+        "{NODES}---\n{PEERS}---\n{}",
+        conf("node", Some("10.9.9.9"))
+    ));
+    assert_eq!(names(&with_id, "n2"), ["everyone", "leaf2"]);
+    let n1 = node_bgp(&snap, "n1");
+    let speaker = n1.speaker.expect("a speaker in node mode");
+    assert_eq!(speaker.local_as, 65000);
+    // The router ID defaults to the node's IPv4 InternalIP.
+    assert_eq!(speaker.router_id.to_string(), "172.30.1.11");
+    assert!(
+        n1.notes
+            .iter()
+            .any(|n| n.warning && n.message.contains("BgpPeer `broken` is ignored")),
+        "{:?}",
+        n1.notes
+    );
+    let leaf1 = &n1.peers[&"172.30.1.1".parse::<IpAddr>().expect("ip")];
+    assert_eq!(
+        (leaf1.config.remote_as, leaf1.config.remote_port),
+        (65011, 179)
+    );
+}
+
+#[test]
+fn a_node_without_ipv4_needs_a_router_id_and_an_unknown_node_gets_nothing() {
+    let snap = snapshot(&format!("{NODES}---\n{PEERS}---\n{}", conf("node", None)));
+    let n2 = node_bgp(&snap, "n2");
+    assert_eq!(n2.speaker, None);
+    assert!(n2.peers.is_empty());
+    assert!(
+        n2.notes
+            .iter()
+            .any(|n| n.message.contains("IPv4 InternalIP")),
+        "{:?}",
+        n2.notes
+    );
+    let with_id = snapshot(&format!(
+        "{NODES}---\n{PEERS}---\n{}",
+        conf("node", Some("10.9.9.9"))
+    ));
+    let n2 = node_bgp(&with_id, "n2");
+    assert_eq!(
+        n2.speaker.expect("speaker").router_id.to_string(),
+        "10.9.9.9"
+    );
+    let unknown = node_bgp(&with_id, "n9");
+    assert_eq!((unknown.speaker, unknown.peers.len()), (None, 0));
+    assert!(unknown.notes[0].message.contains("no Node object named n9"));
+}
+
+#[test]
+fn controller_mode_or_no_bgpconf_runs_no_node_speaker() {
+    for text in [
+        format!(
+            "{NODES}---\n{PEERS}---\n{}",
+            conf("controller", Some("10.0.0.9"))
+        ),
+        format!("{NODES}---\n{PEERS}"),
+        format!(
+            "{NODES}---\n{PEERS}---\nkind: BgpConf\nmetadata: {{name: default}}\nspec: {{as: 65000}}\n"
+        ),
+    ] {
+        let n1 = node_bgp(&snapshot(&text), "n1");
+        assert_eq!((n1.speaker, n1.peers.len()), (None, 0), "{text}");
+    }
+}
+
+fn spec(vip: &str, port: u16, pods: &[&str]) -> ServiceSpec {
+    ServiceSpec {
+        addr: ServiceAddr {
+            vip: vip.parse().expect("vip"),
+            port,
+            proto: Protocol::Tcp,
+        },
+        backends: pods
+            .iter()
+            .map(|pod| Backend {
+                addr: pod.parse().expect("pod"),
+                port: 80,
+            })
+            .collect(),
+    }
+}
+
+/// Pools and Services for [`node_paths`]: 192.0.2.1 from pool `blue`
+/// (a community, peers labelled `fabric: blue` only), 192.0.2.2 from pool
+/// `rack2` (only nodes of rack 2 may announce it), 2001:db8::1 from pool
+/// `v6` whose Service switches link bandwidth off.
+const POLICY: &str = "
+kind: Eip
+metadata: {name: blue}
+spec: {address: 192.0.2.1, bgp: {communities: ['65000:100'], peerSelector: {matchLabels: {fabric: blue}}}}
+status: {used: {192.0.2.1: shop/web}}
+---
+kind: Eip
+metadata: {name: rack2}
+spec: {address: 192.0.2.2, bgp: {nodeSelector: {matchLabels: {rack: '2'}}}}
+status: {used: {192.0.2.2: shop/api}}
+---
+kind: Eip
+metadata: {name: v6}
+spec: {address: '2001:db8::1'}
+status: {used: {'2001:db8::1': shop/six}}
+---
+kind: Service
+metadata: {name: six, namespace: shop, annotations: {lb.kubesphere.io/v1alpha1: porter, bgp.porter.kubesphere.io/link-bandwidth: 'off'}}
+spec: {type: LoadBalancer}
+status: {loadBalancer: {ingress: [{ip: '2001:db8::1'}]}}
+---
+kind: BgpPeer
+metadata: {name: blue-leaf, labels: {fabric: blue}}
+spec: {conf: {peerAs: 65011, neighborAddress: 172.30.1.1}}
+---
+kind: BgpPeer
+metadata: {name: red-leaf, labels: {fabric: red}}
+spec: {conf: {peerAs: 65012, neighborAddress: 172.30.1.2}, policy: {linkBandwidth: NonTransitive}}
+";
+
+#[test]
+fn node_paths_are_next_hop_self_weighted_by_local_endpoints_with_the_pool_policy() {
+    let snap = snapshot(&format!("{NODES}---\n{POLICY}---\n{}", conf("node", None)));
+    let n1 = node_bgp(&snap, "n1");
+    assert_eq!(
+        n1.peers[&"172.30.1.2".parse::<IpAddr>().expect("ip")]
+            .config
+            .policy
+            .link_bandwidth,
+        porter_bgp::LinkBandwidthPolicy::NonTransitive,
+        "BgpPeer.spec.policy reaches the session"
+    );
+    let paths = node_paths(
+        &snap,
+        &n1,
+        &[
+            // Two ports of one Service on the same two pods, and another
+            // Service sharing the EIP with a third pod: 3 endpoints.
+            spec("192.0.2.1", 80, &["10.244.1.2", "10.244.1.3"]),
+            spec("192.0.2.1", 443, &["10.244.1.2", "10.244.1.3"]),
+            spec("192.0.2.1", 8080, &["10.244.1.4"]),
+            spec("192.0.2.2", 80, &["10.244.1.5"]),
+            spec("2001:db8::1", 80, &["fd00:244:1::2"]),
+        ],
+    );
+    let rendered: Vec<(String, IpAddr, PathAttributes)> = paths
+        .iter()
+        .flat_map(|(prefix, hops)| {
+            hops.iter()
+                .map(move |(hop, attributes)| (prefix.to_string(), *hop, attributes.clone()))
+        })
+        .collect();
+    assert_eq!(
+        rendered,
+        [
+            (
+                "192.0.2.1/32".to_owned(),
+                NEXT_HOP_SELF_V4,
+                PathAttributes {
+                    communities: vec![(65000 << 16) | 100],
+                    link_bandwidth: Some(LinkBandwidth::for_endpoints(3, true)),
+                    only_peers: Some(["172.30.1.1".parse().expect("ip")].into()),
+                    ..Default::default()
+                }
+            ),
+            // 192.0.2.2: rack 2 only, so not from n1.
+            (
+                "2001:db8::1/128".to_owned(),
+                NEXT_HOP_SELF_V6,
+                PathAttributes::default()
+            ),
+        ]
+    );
+    assert!(node_paths(&snap, &n1, &[]).is_empty());
+}
+
+fn session(state: SessionState, paths: u64) -> porter_bgp::PeerStatus {
+    porter_bgp::PeerStatus {
+        address: "172.30.1.1".parse().expect("ip"),
+        remote_as: 65011,
+        state,
+        uptime: None,
+        established_count: 1,
+        messages_sent: 0,
+        messages_received: 0,
+        updates_sent: 0,
+        paths_announced: paths,
+        families: Vec::new(),
+        add_path: Vec::new(),
+        last_error: None,
+    }
+}
+
+#[test]
+fn status_is_written_only_where_this_node_s_entry_differs() {
+    let snap = snapshot(
+        "
+kind: BgpPeer
+metadata: {name: leaf1}
+spec: {conf: {peerAs: 65011, neighborAddress: 172.30.1.1}}
+status: {nodes: [{node: n1, state: Established, pathsAnnounced: 2}, {node: n2, state: Active}]}
+---
+kind: BgpPeer
+metadata: {name: leaf2}
+spec: {conf: {peerAs: 65012, neighborAddress: 172.30.2.1}}
+status: {nodes: [{node: n1, state: Active}]}
+---
+kind: BgpPeer
+metadata: {name: leaf3}
+spec: {conf: {peerAs: 65013, neighborAddress: 172.30.3.1}}
+",
+    );
+    let established = status_entry("n1", &session(SessionState::Established, 2));
+    assert_eq!(
+        established,
+        BgpPeerNodeStatus {
+            node: "n1".into(),
+            state: "Established".into(),
+            paths_announced: 2,
+            last_error: None,
+        }
+    );
+    let connecting = status_entry("n1", &session(SessionState::Connect, 0));
+    let entries = BTreeMap::from([
+        ("leaf1".to_owned(), established),
+        ("leaf3".to_owned(), connecting.clone()),
+    ]);
+    // leaf1 is already right; leaf2 has a stale entry of n1 (no session
+    // any more); leaf3 has none yet. n2's entry is never touched.
+    assert_eq!(
+        status_changes(&snap, "n1", &entries),
+        [
+            ("leaf2".to_owned(), None),
+            ("leaf3".to_owned(), Some(connecting))
+        ]
+    );
+}
+
+#[test]
+fn session_metrics_are_per_peer_and_node() {
+    let metrics = BgpMetrics::default();
+    metrics.sessions("n1", &[session(SessionState::Established, 3)]);
+    let mut registry = prometheus_client::registry::Registry::with_prefix("porter_bgp");
+    metrics.register(&mut registry);
+    let mut text = String::new();
+    prometheus_client::encoding::text::encode(&mut text, &registry).expect("encode");
+    assert!(
+        text.contains("porter_bgp_session_up{peer=\"172.30.1.1\",node=\"n1\"} 1"),
+        "{text}"
+    );
+    assert!(
+        text.contains("porter_bgp_paths_announced{peer=\"172.30.1.1\",node=\"n1\"} 3"),
+        "{text}"
+    );
+}
+
+/// What the agent sends the API server for its entry: a server-side apply
+/// of the status subresource under its own per-node field manager, with a
+/// one-entry list that the list-map merges by `node`; removing applies an
+/// empty list under the same manager.
+#[tokio::test]
+async fn the_agent_applies_its_own_bgppeer_status_entry_under_a_per_node_manager() {
+    let (client, log) = porter_api::testing::mock_client(|_| {
+        serde_json::json!({
+            "apiVersion": "network.kubesphere.io/v1alpha2",
+            "kind": "BgpPeer",
+            "metadata": {"name": "leaf1"},
+            "spec": {"conf": {"peerAs": 65011, "neighborAddress": "172.30.1.1"}},
+        })
+    });
+    let writer = PeerStatusWriter::Kube(Box::new(porter_api::source::kube::KubeWriter::new(
+        client, None, None,
+    )));
+    let entry = status_entry("n1", &session(SessionState::Established, 2));
+    writer
+        .write("leaf1", "n1", Some(&entry))
+        .await
+        .expect("patch");
+    writer.write("leaf1", "n1", None).await.expect("patch");
+    let seen = porter_api::testing::seen(&log);
+    assert_eq!(seen.len(), 2);
+    for request in &seen {
+        assert_eq!(request.method, http::Method::PATCH);
+        assert!(
+            request
+                .uri
+                .starts_with("/apis/network.kubesphere.io/v1alpha2/bgppeers/leaf1/status?"),
+            "{}",
+            request.uri
+        );
+        assert!(
+            request.uri.contains("fieldManager=porter-agent-n1")
+                && request.uri.contains("force=true"),
+            "{}",
+            request.uri
+        );
+        assert_eq!(request.content_type, "application/apply-patch+yaml");
+        assert_eq!(request.body["kind"], "BgpPeer");
+    }
+    assert_eq!(
+        seen[0].body["status"]["nodes"],
+        serde_json::json!([{"node": "n1", "state": "Established", "pathsAnnounced": 2}])
+    );
+    assert_eq!(seen[1].body["status"]["nodes"], serde_json::json!([]));
+}
+
+/// A porter-bgp listener on `address` standing in for a router, waiting
+/// for the node speaker at 127.0.0.2 (AS 65000).
+async fn loopback_router(address: &str) -> (porter_bgp::Speaker, u16) {
+    let router = porter_bgp::Speaker::start(porter_bgp::SpeakerConfig {
+        local_as: 65001,
+        router_id: "127.0.0.1".parse().expect("ip"),
+        listen: Some(format!("{address}:0").parse().expect("addr")),
+        graceful_restart: None,
+    })
+    .await
+    .expect("router listens on loopback");
+    let port = router.listen_address().expect("bound").port();
+    let mut passive = porter_bgp::PeerConfig::new("127.0.0.2".parse().expect("ip"), 65000);
+    passive.passive = true;
+    router.upsert_peer(passive).await;
+    (router, port)
+}
+
+async fn established(router: &porter_bgp::Speaker) -> bool {
+    router
+        .peer_status()
+        .await
+        .iter()
+        .any(|s| s.state == SessionState::Established)
+}
+
+/// The speaker end to end on loopback, with porter-bgp listeners standing
+/// in for two routers (`rack` selects the node by label, `all` selects every
+/// node) and the `dir:` source for the cluster: both sessions come up and
+/// the node's entries appear in their status; relabelling the node out of
+/// the rack closes that session and removes its entry, the other stays;
+/// stopping the agent marks its remaining entry Idle.
+#[tokio::test]
+async fn sessions_follow_the_node_labels_and_report_their_status() {
+    let (rack, rack_port) = loopback_router("127.0.0.1").await;
+    let (all, all_port) = loopback_router("127.0.0.3").await;
+    let dir = std::env::temp_dir().join(format!("porter-agent-bgp-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("scratch dir");
+    let write_cluster = |label: &str| {
+        let peer = |name: &str, address: &str, port: u16, selector: &str| {
+            format!(
+                "kind: BgpPeer
+metadata: {{name: {name}}}
+spec:
+  conf: {{peerAs: 65001, neighborAddress: {address}}}
+  transport: {{remotePort: {port}, localAddress: 127.0.0.2}}
+  timers: {{config: {{connectRetry: 1, holdTime: 9}}}}
+  nodeSelector: {{{selector}}}
+"
+            )
+        };
+        let text = format!(
+            "kind: Node
+metadata: {{name: n1, labels: {{rack: '{label}'}}}}
+status: {{addresses: [{{type: InternalIP, address: 127.0.0.2}}]}}
+---
+kind: BgpConf
+metadata: {{name: default}}
+spec: {{as: 65000, speakerMode: node, listenPort: -1}}
+---
+{}---
+{}",
+            peer("rack", "127.0.0.1", rack_port, "rack: '1'"),
+            peer("all", "127.0.0.3", all_port, ""),
+        );
+        std::fs::write(dir.join("cluster.yaml"), text).expect("write manifests");
+    };
+    let entries = |dir: &Path| -> BTreeMap<String, String> {
+        let (snap, _) = porter_api::source::dir::load(dir).expect("load");
+        snap.bgp_peers
+            .iter()
+            .flat_map(|p| {
+                let name = p.metadata.name.clone().unwrap_or_default();
+                p.status
+                    .clone()
+                    .unwrap_or_default()
+                    .nodes
+                    .into_iter()
+                    .map(move |e| (format!("{name}/{}", e.node), e.state))
+            })
+            .collect()
+    };
+    let mut speaker = super::NodeSpeaker::new(
+        "n1".into(),
+        PeerStatusWriter::Dir(porter_api::source::dir::DirWriter::new(dir.clone())),
+        BgpMetrics::default(),
+    );
+    let served = [spec("192.0.2.1", 80, &["10.244.1.2", "10.244.1.3"])];
+    let established_everywhere = BTreeMap::from([
+        ("all/n1".to_owned(), "Established".to_owned()),
+        ("rack/n1".to_owned(), "Established".to_owned()),
+    ]);
+    let only_all = BTreeMap::from([("all/n1".to_owned(), "Established".to_owned())]);
+
+    for (label, want_rack, want) in [
+        ("1", true, &established_everywhere),
+        ("2", false, &only_all),
+    ] {
+        write_cluster(label);
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(15);
+        loop {
+            let (snap, _) = porter_api::source::dir::load(&dir).expect("load");
+            speaker.step(&snap, &served).await;
+            let reported = entries(&dir);
+            if established(&rack).await == want_rack && established(&all).await && &reported == want
+            {
+                break;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "rack label {label}: status {reported:?}, want {want:?}"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+    }
+
+    speaker.shutdown().await;
+    let (snap, _) = porter_api::source::dir::load(&dir).expect("load");
+    let stopped: Vec<BgpPeerNodeStatus> = snap
+        .bgp_peers
+        .iter()
+        .flat_map(|p| p.status.clone().unwrap_or_default().nodes)
+        .collect();
+    assert_eq!(stopped.len(), 1, "{stopped:?}");
+    assert_eq!(stopped[0].state, "Idle");
+    assert!(
+        stopped[0]
+            .last_error
+            .as_deref()
+            .is_some_and(|e| e.contains("porter-agent stopped")),
+        "{stopped:?}"
+    );
+    rack.shutdown().await;
+    all.shutdown().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -1,0 +1,245 @@
+//! The pure translation of BgpConf/BgpPeer into porter-bgp's speaker and
+//! peer settings, shared by the controller (controller mode) and the agent
+//! (node mode).
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::time::Duration;
+
+use crate::bgp_policy::peer_policy;
+use crate::crd::BgpConfSpec;
+use crate::source::Snapshot;
+use crate::{BgpPeer, BgpPeerNodeStatus};
+
+pub const DEFAULT_LISTEN_PORT: u16 = 17900;
+pub const DEFAULT_REMOTE_PORT: u16 = 179;
+pub const DEFAULT_HOLD_TIME: u16 = 90;
+pub const DEFAULT_CONNECT_RETRY: u16 = 30;
+/// OpenELB's default when a peer lists no afiSafis.
+pub const DEFAULT_SEND_MAX: u8 = 10;
+pub const DEFAULT_RESTART_TIME: u16 = 120;
+
+pub use porter_bgp::{Family, GracefulRestart, PeerConfig, SpeakerConfig};
+
+/// Graceful restart as Porter's speakers always run it. The restart flag is
+/// set because a speaker always follows an earlier instance whose routes the
+/// peers may still hold: a previous process, a previous leader or agent, or
+/// the speaker a configuration change replaced.
+pub fn graceful_restart(restart_time: u16) -> GracefulRestart {
+    GracefulRestart {
+        restart_time,
+        restarting: true,
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Note {
+    pub warning: bool,
+    pub message: String,
+}
+
+pub fn info(message: impl Into<String>) -> Note {
+    Note {
+        warning: false,
+        message: message.into(),
+    }
+}
+
+pub fn warn(message: impl Into<String>) -> Note {
+    Note {
+        warning: true,
+        message: message.into(),
+    }
+}
+
+/// The speaker settings of the `default` BgpConf. `default_router_id` is
+/// used when the BgpConf sets none (an agent passes its node's IPv4
+/// InternalIP; the controller, tied to no node, passes `None`).
+pub fn speaker_from_conf(
+    spec: &BgpConfSpec,
+    default_router_id: Option<Ipv4Addr>,
+) -> Result<(SpeakerConfig, Vec<Note>), Note> {
+    let mut notes = Vec::new();
+    let router_id = match (
+        spec.router_id.as_deref().map(str::parse::<Ipv4Addr>),
+        default_router_id,
+    ) {
+        (Some(Ok(id)), _) => id,
+        (None, Some(id)) => id,
+        (Some(Err(_)), _) | (None, None) => {
+            return Err(warn(format!(
+                "BgpConf default: routerId {:?} is not an IPv4 address; set one (the controller is not tied to a node, so it cannot borrow a node's address)",
+                spec.router_id.as_deref().unwrap_or("")
+            )));
+        }
+    };
+    let listen = match spec.listen_port {
+        None => Some(DEFAULT_LISTEN_PORT),
+        Some(p) if p < 0 => None,
+        Some(p) => match u16::try_from(p) {
+            Ok(p) => Some(p),
+            Err(_) => {
+                notes.push(warn(format!(
+                    "BgpConf default: listenPort {p} is out of range; not listening"
+                )));
+                None
+            }
+        },
+    };
+    let gr = spec
+        .graceful_restart
+        .clone()
+        .unwrap_or(crate::crd::GracefulRestart {
+            enabled: true,
+            restart_time: None,
+        });
+    Ok((
+        SpeakerConfig {
+            local_as: spec.as_number,
+            router_id,
+            listen: listen.map(|p| SocketAddr::new(IpAddr::from([0u16; 8]), p)),
+            graceful_restart: gr
+                .enabled
+                .then(|| graceful_restart(gr.restart_time.unwrap_or(DEFAULT_RESTART_TIME))),
+        },
+        notes,
+    ))
+}
+
+/// Whether a BgpPeer's `nodeSelector` selects a node with these labels:
+/// every key must be present with the same value; an empty selector selects
+/// every node.
+pub fn selects_node(peer: &BgpPeer, labels: &BTreeMap<String, String>) -> bool {
+    peer.spec
+        .node_selector
+        .iter()
+        .all(|(key, value)| labels.get(key) == Some(value))
+}
+
+fn parse_family(afi: &str) -> Option<Family> {
+    match afi.to_ascii_lowercase().as_str() {
+        "afi_ip" | "ipv4" | "ipv4-unicast" => Some(Family::Ipv4Unicast),
+        "afi_ip6" | "ipv6" | "ipv6-unicast" => Some(Family::Ipv6Unicast),
+        _ => None,
+    }
+}
+
+pub fn own_family(address: IpAddr) -> Family {
+    if address.is_ipv4() {
+        Family::Ipv4Unicast
+    } else {
+        Family::Ipv6Unicast
+    }
+}
+
+pub fn peer_from_crd(peer: &BgpPeer) -> Result<(PeerConfig, Vec<Note>), String> {
+    let spec = &peer.spec;
+    let mut notes = Vec::new();
+    let address: IpAddr = spec.conf.neighbor_address.trim().parse().map_err(|_| {
+        format!(
+            "neighborAddress {:?} is not an IP address",
+            spec.conf.neighbor_address
+        )
+    })?;
+    let transport = spec.transport.clone().unwrap_or_default();
+    let local_address = match transport.local_address.as_deref().map(str::parse::<IpAddr>) {
+        None => None,
+        Some(Ok(a)) => Some(a),
+        Some(Err(_)) => {
+            return Err(format!(
+                "transport.localAddress {:?} is not an IP address",
+                transport.local_address
+            ));
+        }
+    };
+    let timers = spec
+        .timers
+        .clone()
+        .and_then(|t| t.config)
+        .unwrap_or_default();
+    if timers.keepalive_interval.is_some() {
+        notes.push(info("timers.config.keepaliveInterval does not apply: the speaker sends keepalives at a third of the hold time"));
+    }
+    let mut families = Vec::new();
+    let mut send_max = None;
+    for a in &spec.afi_safis {
+        if let Some(c) = &a.config {
+            let unicast =
+                ["safi_unicast", "unicast"].contains(&c.family.safi.to_ascii_lowercase().as_str());
+            match (parse_family(&c.family.afi), unicast) {
+                _ if !c.enabled => {}
+                (Some(f), true) => {
+                    if !families.contains(&f) {
+                        families.push(f);
+                    }
+                }
+                _ => notes.push(warn(format!(
+                    "afiSafis family {}/{} is not supported; only IPv4/IPv6 unicast",
+                    c.family.afi, c.family.safi
+                ))),
+            }
+        }
+        if let Some(m) = a
+            .add_paths
+            .as_ref()
+            .and_then(|p| p.config.as_ref())
+            .map(|c| c.send_max)
+        {
+            send_max = Some(send_max.map_or(m, |s: u8| s.max(m)));
+        }
+    }
+    if families.is_empty() {
+        families.push(own_family(address));
+    }
+    let multihop = spec.ebgp_multihop.clone().unwrap_or_default();
+    Ok((
+        PeerConfig {
+            address,
+            remote_as: spec.conf.peer_as,
+            remote_port: transport.remote_port.unwrap_or(DEFAULT_REMOTE_PORT),
+            passive: transport.passive_mode,
+            hold_time: timers.hold_time.unwrap_or(DEFAULT_HOLD_TIME),
+            connect_retry: Duration::from_secs(
+                timers.connect_retry.unwrap_or(DEFAULT_CONNECT_RETRY).into(),
+            ),
+            md5_password: spec.conf.auth_password.clone().filter(|p| !p.is_empty()),
+            ebgp_multihop_ttl: multihop
+                .enabled
+                .then(|| multihop.multihop_ttl.unwrap_or(255)),
+            add_path_send_max: if spec.afi_safis.is_empty() {
+                DEFAULT_SEND_MAX
+            } else {
+                send_max.unwrap_or(0)
+            },
+            families,
+            local_address,
+            policy: peer_policy(spec.policy.as_ref()),
+        },
+        notes,
+    ))
+}
+
+/// The status writes that bring every BgpPeer's entry under `key` (a node
+/// name, or the controller's) to `entries` (peer name → the entry; absent:
+/// no session, so no entry): `(peer, entry)` for each BgpPeer whose entry
+/// in the snapshot differs. Level-triggered, so an entry lost to a race is
+/// written again.
+pub fn status_changes(
+    snapshot: &Snapshot,
+    key: &str,
+    entries: &BTreeMap<String, BgpPeerNodeStatus>,
+) -> Vec<(String, Option<BgpPeerNodeStatus>)> {
+    snapshot
+        .bgp_peers
+        .iter()
+        .filter_map(|peer| {
+            let name = peer.metadata.name.clone()?;
+            let current = peer
+                .status
+                .as_ref()
+                .and_then(|s| s.nodes.iter().find(|e| e.node == key));
+            let wanted = entries.get(&name);
+            (current != wanted).then(|| (name, wanted.cloned()))
+        })
+        .collect()
+}
