@@ -84,6 +84,8 @@ pub struct Agent {
     /// Interfaces this process attached to, and the XDP mode it saw.
     attached: BTreeMap<String, String>,
     last_problems: Vec<String>,
+    /// This node's desired state, kept between passes.
+    desired: desired::Cache,
     /// Layer 2 mode (answering ARP/NDP for led EIPs), when enabled.
     layer2: Option<Layer2<Leases>>,
 }
@@ -92,6 +94,7 @@ impl Agent {
     pub fn new(settings: Settings, metrics: Metrics) -> Self {
         Self {
             pins: PinLayout::new(&settings.bpffs),
+            desired: desired::Cache::new(&settings.node),
             settings,
             metrics,
             dataplane: None,
@@ -143,7 +146,7 @@ impl Agent {
             first_error.get_or_insert(err);
         };
         let started = Instant::now();
-        let wanted = desired::desired(snapshot, &self.settings.node);
+        let wanted = self.desired.desired(snapshot);
         self.report_problems(&wanted);
         match self.program(&wanted) {
             Ok(()) => self.metrics.synced(

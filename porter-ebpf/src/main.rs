@@ -29,7 +29,7 @@ mod parse;
 
 use aya_ebpf::{
     bindings::{
-        BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR, BPF_FIB_LKUP_RET_SUCCESS, TC_ACT_OK, TC_ACT_SHOT,
+        BPF_F_MARK_MANGLED_0, BPF_F_MMAPABLE, BPF_F_PSEUDO_HDR, BPF_FIB_LKUP_RET_SUCCESS, TC_ACT_OK, TC_ACT_SHOT,
         bpf_fib_lookup as FibParams, xdp_action,
     },
     btf_maps::{Array, HashMap, LruHashMap, PerCpuArray},
@@ -66,10 +66,15 @@ static VIPS: HashMap<VipKey, u32, MAX_SERVICES> = HashMap::new();
 static VIP_FILTER: Array<u32, { VIP_FILTER_SLOTS as usize }> = Array::new();
 #[btf_map(name = "PORTER_BACKENDS")]
 static BACKENDS: Array<BackendValue, MAX_BACKENDS> = Array::new();
-/// Userspace sizes it at load: two tables of M slots per service.
+/// Userspace sizes it at load: two tables of M slots per service. It writes
+/// a table through a memory mapping of the array (one store per slot, not a
+/// syscall), hence mmap-able.
 #[btf_map(name = "PORTER_MAGLEV")]
-static MAGLEV: Array<u32, { MAX_SERVICES * 2 * limits::DEFAULT_MAGLEV_SIZE as usize }> =
-    Array::new();
+static MAGLEV: Array<
+    u32,
+    { MAX_SERVICES * 2 * limits::DEFAULT_MAGLEV_SIZE as usize },
+    { BPF_F_MMAPABLE as usize },
+> = Array::new();
 #[btf_map(name = "PORTER_CT")]
 static CONNTRACK: LruHashMap<FlowKey, CtValue, CONNTRACK_ENTRIES> = LruHashMap::new();
 #[btf_map(name = "PORTER_BE_REVNAT")]
