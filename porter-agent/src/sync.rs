@@ -287,9 +287,8 @@ pub fn apply(
             Err(source) => failed(spec.addr.to_string(), source),
         }
     }
-    // One batch, so that planning the shared maps happens once; should it
-    // fail (say, the service slots run out), one by one, so that every
-    // service that fits is served.
+    // One batch; should it fail (say, the service slots run out), one by
+    // one, so that every service that fits is served.
     if dataplane.upsert_services(&valid).is_err() {
         for spec in &valid {
             if let Err(source) = dataplane.upsert_service(spec) {
