@@ -74,10 +74,9 @@ impl Default for DataplaneConfig {
 }
 
 impl DataplaneConfig {
+    /// Two tables of M slots per service, two slots per map element.
     fn maglev_entries(&self) -> u32 {
-        self.max_services
-            .saturating_mul(2)
-            .saturating_mul(self.maglev_size)
+        self.max_services.saturating_mul(self.maglev_size)
     }
 
     fn table_base(&self, service_id: u32, buffer: u32) -> u32 {
@@ -230,7 +229,7 @@ impl Dataplane {
             });
         }
         let maglev = match maglev_map {
-            aya::maps::Map::Array(data) => MmapArray::new(data, found as usize)
+            aya::maps::Map::Array(data) => MmapArray::new(data, 2 * found as usize)
                 .map_err(|source| DataplaneError::MaglevMap { source })?,
             _ => return Err(DataplaneError::MissingMap(map_names::MAGLEV)),
         };

@@ -12,7 +12,7 @@
 //!
 //! Run from a release build (a debug `cargo xtask` re-runs itself so).
 //! Two cases: 1,000 services with M = 1009 (the smallest prime Maglev allows
-//! for 10 backends, which keeps 1,000 services' tables at 16 MB), and the
+//! for 10 backends, which keeps 1,000 services' tables at 8 MB), and the
 //! agent's defaults, 64 services with M = 65,537, whose tables are 65x
 //! larger to build and write.
 use std::{
