@@ -14,8 +14,8 @@ use std::{
 };
 
 use aya::{
-    Ebpf,
-    maps::{Array, HashMap, IterableMap, MapData, MapError, PerCpuArray, PerCpuValues},
+    Ebpf, Pod,
+    maps::{Array, HashMap, MapData, MapError, PerCpuArray, PerCpuValues},
     programs::{
         ProgramError, SchedClassifier, TcAttachType,
         links::{FdLink, LinkError, PinnedLink},
@@ -31,8 +31,9 @@ use tracing::{debug, info};
 use crate::{
     PinLayout,
     layer2::link::{InterfaceError, L2Interface},
-    maglev, map_batch,
-    plan::{self, Desired, PlannedService},
+    maglev,
+    mmap_array::MmapArray,
+    plan::{self, Desired, Plan, PlannedService},
     service::{Backend, ServiceAddr, ServiceSpec, SpecError},
     stats,
     xdp_attach::{self, AttachError, Attachment, XdpModePreference},
@@ -73,10 +74,9 @@ impl Default for DataplaneConfig {
 }
 
 impl DataplaneConfig {
+    /// Two tables of M slots per service, two slots per map element.
     fn maglev_entries(&self) -> u32 {
-        self.max_services
-            .saturating_mul(2)
-            .saturating_mul(self.maglev_size)
+        self.max_services.saturating_mul(self.maglev_size)
     }
 
     fn table_base(&self, service_id: u32, buffer: u32) -> u32 {
@@ -128,11 +128,14 @@ pub enum DataplaneError {
     },
     #[error("cannot count CPUs: {0}")]
     Cpus(String),
-    #[error("map {map}: batch update failed: {source}")]
-    MapBatch {
-        map: &'static str,
-        source: std::io::Error,
-    },
+    #[error(
+        "cannot map the Maglev tables ({}) into memory: {source}; \
+         the kernel must be 5.5 or newer",
+        map_names::MAGLEV
+    )]
+    MaglevMap { source: std::io::Error },
+    #[error("cannot write a Maglev table: {source}")]
+    MaglevWrite { source: std::io::Error },
     #[error(transparent)]
     Stats(#[from] stats::StatsError),
     #[error(transparent)]
@@ -168,12 +171,15 @@ pub struct Dataplane {
     vip_filter: Array<MapData, u32>,
     backends: Array<MapData, BackendValue>,
     backend_revnat: HashMap<MapData, BackendKey, RevNatValue>,
-    maglev: Array<MapData, u32>,
+    /// The Maglev tables, written through a memory mapping.
+    maglev: MmapArray,
     service_stats: PerCpuArray<MapData, ServiceCounters>,
     l2_leads: HashMap<MapData, L2Key, L2Value>,
     /// Interfaces XDP was attached to, by name: where Layer 2 answers go out.
     l2_interfaces: BTreeMap<String, L2Interface>,
     installed: BTreeMap<ServiceAddr, Installed>,
+    /// Who uses each entry of the shared maps, per `installed`.
+    plan: Plan,
     /// What the backend and reverse-NAT maps hold (in use, not free slots).
     written: Desired,
 }
@@ -222,7 +228,11 @@ impl Dataplane {
                 wanted: config.maglev_entries(),
             });
         }
-        let maglev = Array::try_from(maglev_map).map_err(map_err(map_names::MAGLEV))?;
+        let maglev = match maglev_map {
+            aya::maps::Map::Array(data) => MmapArray::new(data, 2 * found as usize)
+                .map_err(|source| DataplaneError::MaglevMap { source })?,
+            _ => return Err(DataplaneError::MissingMap(map_names::MAGLEV)),
+        };
         let mut settings: Array<MapData, u32> = take(&mut ebpf, map_names::CONFIG)?;
         let mode = match config.forwarding {
             Forwarding::Kernel => porter_common::config::FORWARD_KERNEL,
@@ -245,6 +255,7 @@ impl Dataplane {
             pins: pins.clone(),
             config,
             installed: BTreeMap::new(),
+            plan: Plan::default(),
             written: Desired::default(),
         };
         dataplane.read_back()?;
@@ -389,6 +400,12 @@ impl Dataplane {
             interface: interface.to_owned(),
             source,
         };
+        xdp_attach::adopt_older_link(&self.pins, &path).map_err(|source| {
+            AttachError::AdoptLink {
+                path: path.clone(),
+                source,
+            }
+        })?;
         if path.exists() {
             let pinned = PinnedLink::from_pin(&path).map_err(|source| DataplaneError::TcLink {
                 path: path.clone(),
@@ -406,6 +423,7 @@ impl Dataplane {
                 interface,
                 direction, "replaced the program on the pinned tc link"
             );
+            xdp_attach::remove_abandoned_layouts(&self.pins);
             return Ok(());
         }
         // Only needed for the netlink fallback on kernels without TCX.
@@ -462,54 +480,84 @@ impl Dataplane {
         self.upsert_services(std::slice::from_ref(spec))
     }
 
-    /// Installs or changes several services with one plan of the shared
-    /// maps, so that programming N services costs N table writes and one
-    /// plan, not N plans of everything installed. Services whose backends
-    /// did not change are skipped; every spec is checked before anything is
-    /// written.
+    /// Installs or changes several services. Services whose backends did
+    /// not change are skipped; every spec is checked before anything is
+    /// written. Only the entries of the shared maps that the changed
+    /// services touch are planned and written, so one change costs the same
+    /// whatever else is installed.
     pub fn upsert_services(&mut self, specs: &[ServiceSpec]) -> Result<(), DataplaneError> {
-        let mut after = self.installed.clone();
-        let mut taken: BTreeSet<u32> = self.written.backends.keys().copied().collect();
-        let mut used_ids: BTreeSet<u32> = after.values().map(|i| i.id).collect();
+        let changed = self.changed_services(specs)?;
+        if changed.is_empty() {
+            return Ok(());
+        }
+        let result = self.install(changed);
+        if result.is_err() {
+            // Part of the batch may be written and part not: bring the
+            // shared maps back in step with what is installed.
+            self.resync_shared()?;
+        }
+        result
+    }
+
+    /// The services of `specs` that differ from what is installed, as they
+    /// are to be installed, with ids for what is new.
+    fn changed_services(
+        &self,
+        specs: &[ServiceSpec],
+    ) -> Result<BTreeMap<ServiceAddr, Installed>, DataplaneError> {
+        let mut used_ids: BTreeSet<u32> = self.installed.values().map(|i| i.id).collect();
         // Ids only get taken during one call, so the lowest free one never
         // goes down: searching on from the last one keeps a batch linear.
         let (mut next_backend, mut next_service) = (0, 0);
-        // Changed services, and whether each is new.
-        let mut changed: BTreeMap<ServiceAddr, bool> = BTreeMap::new();
+        // Changed services, as they are to be installed.
+        let mut changed: BTreeMap<ServiceAddr, Installed> = BTreeMap::new();
         for spec in specs {
             let wanted = spec.backend_set()?;
             maglev::validate_size(self.config.maglev_size, wanted.len())?;
             let addr = spec.addr;
-            let existing = after.get(&addr).cloned();
+            let existing = changed
+                .get(&addr)
+                .or_else(|| self.installed.get(&addr))
+                .cloned();
             if let Some(existing) = &existing
                 && existing.backends.keys().eq(wanted.iter())
             {
                 continue;
             }
-            let is_new = existing.is_none();
             let mut installed = match existing {
                 Some(installed) => installed,
-                None => Installed {
-                    id: {
-                        let id = free_id(&used_ids, next_service, self.config.max_services)
-                            .ok_or(DataplaneError::ServiceSlotsFull(addr))?;
-                        used_ids.insert(id);
-                        next_service = id + 1;
-                        id
-                    },
-                    // The first table written is buffer 0: "flip" from 1.
-                    active: 1,
-                    backends: BTreeMap::new(),
-                },
+                None => {
+                    let id = free_id(
+                        used_ids.range(next_service..).copied(),
+                        next_service,
+                        self.config.max_services,
+                    )
+                    .ok_or(DataplaneError::ServiceSlotsFull(addr))?;
+                    used_ids.insert(id);
+                    next_service = id + 1;
+                    Installed {
+                        id,
+                        // The first table written is buffer 0: "flip" from 1.
+                        active: 1,
+                        backends: BTreeMap::new(),
+                    }
+                }
             };
             let mut next_backends = BTreeMap::new();
             for backend in &wanted {
                 let id = match installed.backends.get(backend) {
                     Some(&id) => id,
                     None => {
-                        let id = free_id(&taken, next_backend, porter_common::limits::MAX_BACKENDS)
-                            .ok_or(DataplaneError::BackendIdsFull(addr))?;
-                        taken.insert(id);
+                        // Ids taken earlier in this batch lie below the cursor.
+                        let id = free_id(
+                            self.written
+                                .backends
+                                .range(next_backend..)
+                                .map(|(id, _)| *id),
+                            next_backend,
+                            porter_common::limits::MAX_BACKENDS,
+                        )
+                        .ok_or(DataplaneError::BackendIdsFull(addr))?;
                         next_backend = id + 1;
                         id
                     }
@@ -517,26 +565,31 @@ impl Dataplane {
                 next_backends.insert(*backend, id);
             }
             installed.backends = next_backends;
-            after.insert(addr, installed);
-            changed.entry(addr).or_insert(is_new);
+            changed.insert(addr, installed);
         }
-        if changed.is_empty() {
-            return Ok(());
-        }
-        for (addr, &is_new) in &changed {
-            if let (true, Some(installed)) = (is_new, after.get(addr)) {
-                self.reset_counters(installed.id)?;
+        Ok(changed)
+    }
+
+    /// Writes `changed` (from [`Self::changed_services`]): new backends,
+    /// each service's spare table and its flip, then frees what is left.
+    fn install(&mut self, changed: BTreeMap<ServiceAddr, Installed>) -> Result<(), DataplaneError> {
+        let mut keys = plan::Keys::default();
+        for (addr, after) in &changed {
+            match self.installed.get(addr) {
+                Some(before) => {
+                    self.plan.remove(planned(addr, before));
+                    keys.add(planned(addr, before));
+                }
+                None => self.reset_counters(after.id)?,
             }
+            self.plan.add(planned(addr, after));
+            keys.add(planned(addr, after));
         }
         // New backends get their entries before any table names them; old
         // ones keep theirs until no live table does.
-        let plan = plan_for(&after);
-        self.write(&plan, false)?;
+        self.write(&keys, false)?;
 
-        for addr in changed.keys() {
-            let Some(mut installed) = after.get(addr).cloned() else {
-                continue;
-            };
+        for (addr, mut installed) in changed {
             let names: Vec<String> = installed.backends.keys().map(Backend::to_string).collect();
             let ids: Vec<u32> = installed.backends.values().copied().collect();
             let table = maglev::build(&names, self.config.maglev_size)?;
@@ -546,12 +599,10 @@ impl Dataplane {
                 .collect();
             let spare = 1 - installed.active;
             let base = self.config.table_base(installed.id, spare);
-            map_batch::set_u32_slots(self.maglev.map(), base, &slots).map_err(|source| {
-                DataplaneError::MapBatch {
-                    map: map_names::MAGLEV,
-                    source,
-                }
-            })?;
+            self.maglev
+                .write(base, &slots)
+                .map_err(|source| DataplaneError::MaglevWrite { source })?;
+            // The flip: one map update makes the new table live.
             let value = ServiceValue {
                 id: installed.id,
                 table_base: base,
@@ -563,78 +614,90 @@ impl Dataplane {
                 .map_err(map_err(map_names::SERVICES))?;
             installed.active = spare;
             info!(service = %addr, backends = installed.backends.len(), table = spare, "service installed");
-            self.installed.insert(*addr, installed);
+            self.installed.insert(addr, installed);
         }
         // After the flips: no live table names the removed backends any more.
-        self.write(&plan, true)
+        self.write(&keys, true)
     }
 
-    /// Brings the backend and reverse-NAT maps to `plan`: writes what
-    /// differs, and with `remove`, frees what `plan` does not name.
-    fn write(&mut self, plan: &Desired, remove: bool) -> Result<(), DataplaneError> {
-        let backends = plan::diff(&self.written.backends, &plan.backends);
-        for (id, value) in backends.upserts {
-            self.backends
-                .set(id, value, 0)
-                .map_err(map_err(map_names::BACKENDS))?;
-            self.written.backends.insert(id, value);
-        }
-        let revnat = plan::diff(&self.written.revnat, &plan.revnat);
-        for (key, value) in revnat.upserts {
-            self.backend_revnat
-                .insert(key, value, 0)
-                .map_err(map_err(map_names::BACKEND_REVNAT))?;
-            self.written.revnat.insert(key, value);
-        }
-        let vips = plan::diff(&self.written.vips, &plan.vips);
-        for (key, value) in vips.upserts {
-            self.vips
-                .insert(key, value, 0)
-                .map_err(map_err(map_names::VIPS))?;
-            self.written.vips.insert(key, value);
-        }
-        let filter = plan::diff(&self.written.vip_filter, &plan.vip_filter);
-        for (slot, value) in filter.upserts {
-            self.vip_filter
-                .set(slot, value, 0)
-                .map_err(map_err(map_names::VIP_FILTER))?;
-            self.written.vip_filter.insert(slot, value);
-        }
-        if !remove {
-            return Ok(());
-        }
-        for key in vips.removals {
-            ignore_missing(self.vips.remove(&key)).map_err(map_err(map_names::VIPS))?;
-            self.written.vips.remove(&key);
-        }
-        for slot in filter.removals {
-            self.vip_filter
-                .set(slot, 0, 0)
-                .map_err(map_err(map_names::VIP_FILTER))?;
-            self.written.vip_filter.remove(&slot);
-        }
-        for id in backends.removals {
-            self.backends
-                .set(id, FREE_BACKEND, 0)
-                .map_err(map_err(map_names::BACKENDS))?;
-            self.written.backends.remove(&id);
-        }
-        for key in revnat.removals {
-            ignore_missing(self.backend_revnat.remove(&key))
-                .map_err(map_err(map_names::BACKEND_REVNAT))?;
-            self.written.revnat.remove(&key);
-        }
-        Ok(())
+    /// Brings the shared maps under `keys` to the plan: writes what
+    /// differs, and with `remove`, frees what the plan does not name.
+    fn write(&mut self, keys: &plan::Keys, remove: bool) -> Result<(), DataplaneError> {
+        let plan = self.plan.desired(keys);
+        let written = &mut self.written;
+        let backends = &mut ArraySlots {
+            array: &mut self.backends,
+            free: FREE_BACKEND,
+        };
+        let (name, wanted) = (map_names::BACKENDS, &plan.backends);
+        sync_map(
+            backends,
+            name,
+            &mut written.backends,
+            wanted,
+            &keys.backend_ids,
+            remove,
+        )?;
+        let (name, wanted) = (map_names::BACKEND_REVNAT, &plan.revnat);
+        let revnat = &mut self.backend_revnat;
+        sync_map(
+            revnat,
+            name,
+            &mut written.revnat,
+            wanted,
+            &keys.backend_keys,
+            remove,
+        )?;
+        let (name, wanted) = (map_names::VIPS, &plan.vips);
+        sync_map(
+            &mut self.vips,
+            name,
+            &mut written.vips,
+            wanted,
+            &keys.vips,
+            remove,
+        )?;
+        let filter = &mut ArraySlots {
+            array: &mut self.vip_filter,
+            free: 0,
+        };
+        let (name, wanted) = (map_names::VIP_FILTER, &plan.vip_filter);
+        sync_map(
+            filter,
+            name,
+            &mut written.vip_filter,
+            wanted,
+            &keys.vip_filter,
+            remove,
+        )
+    }
+
+    /// Rebuilds the plan from what is installed and brings every entry of
+    /// the shared maps to it, freeing what no service names.
+    fn resync_shared(&mut self) -> Result<(), DataplaneError> {
+        self.plan = Plan::of(
+            self.installed
+                .iter()
+                .map(|(addr, installed)| planned(addr, installed)),
+        );
+        let mut keys = self.plan.keys();
+        keys.backend_ids.extend(self.written.backends.keys());
+        keys.backend_keys.extend(self.written.revnat.keys());
+        keys.vips.extend(self.written.vips.keys());
+        keys.vip_filter.extend(self.written.vip_filter.keys());
+        self.write(&keys, true)
     }
 
     /// Stops serving `addr`. Unknown services are ignored.
     pub fn remove_service(&mut self, addr: &ServiceAddr) -> Result<(), DataplaneError> {
-        if self.installed.remove(addr).is_none() {
+        let Some(installed) = self.installed.remove(addr) else {
             return Ok(());
-        }
+        };
+        self.plan.remove(planned(addr, &installed));
         ignore_missing(self.services.remove(&addr.key())).map_err(map_err(map_names::SERVICES))?;
-        let plan = plan_for(&self.installed);
-        self.write(&plan, true)?;
+        let mut keys = plan::Keys::default();
+        keys.add(planned(addr, &installed));
+        self.write(&keys, true)?;
         info!(service = %addr, "service removed");
         Ok(())
     }
@@ -724,8 +787,7 @@ impl Dataplane {
         }
         // Frees what services that are gone left behind (an agent that died
         // mid-update), and fixes anything else out of step.
-        let plan = plan_for(&self.installed);
-        self.write(&plan, true)
+        self.resync_shared()
     }
 }
 
@@ -774,17 +836,82 @@ fn l2_entry(link: &L2Interface, eip: IpAddr, expires_ns: u64) -> (L2Key, L2Value
     )
 }
 
-fn plan_for(installed: &BTreeMap<ServiceAddr, Installed>) -> Desired {
-    plan::desired(installed.iter().map(|(addr, service)| PlannedService {
+fn planned<'a>(addr: &ServiceAddr, installed: &'a Installed) -> PlannedService<'a> {
+    PlannedService {
         addr: *addr,
-        id: service.id,
-        backends: &service.backends,
-    }))
+        id: installed.id,
+        backends: &installed.backends,
+    }
 }
 
-/// The lowest id from `from` up to `limit` that is not `taken`.
-fn free_id(taken: &BTreeSet<u32>, from: u32, limit: u32) -> Option<u32> {
-    (from..limit).find(|id| !taken.contains(id))
+/// The lowest id from `from` below `limit` that `used` (ascending, none
+/// below `from`) lacks.
+fn free_id(used: impl Iterator<Item = u32>, from: u32, limit: u32) -> Option<u32> {
+    let mut id = from;
+    for taken in used {
+        if taken != id {
+            break;
+        }
+        id += 1;
+    }
+    (id < limit).then_some(id)
+}
+
+/// A map whose contents the data plane mirrors in `written`.
+trait Mirrored<K, V> {
+    fn store(&mut self, key: K, value: V) -> Result<(), MapError>;
+    fn free(&mut self, key: K) -> Result<(), MapError>;
+}
+
+impl<K: Pod, V: Pod> Mirrored<K, V> for HashMap<MapData, K, V> {
+    fn store(&mut self, key: K, value: V) -> Result<(), MapError> {
+        self.insert(key, value, 0)
+    }
+
+    fn free(&mut self, key: K) -> Result<(), MapError> {
+        ignore_missing(self.remove(&key))
+    }
+}
+
+/// An array's slots cannot be deleted: a freed one holds `free`.
+struct ArraySlots<'a, V: Pod> {
+    array: &'a mut Array<MapData, V>,
+    free: V,
+}
+
+impl<V: Pod> Mirrored<u32, V> for ArraySlots<'_, V> {
+    fn store(&mut self, key: u32, value: V) -> Result<(), MapError> {
+        self.array.set(key, value, 0)
+    }
+
+    fn free(&mut self, key: u32) -> Result<(), MapError> {
+        self.array.set(key, self.free, 0)
+    }
+}
+
+/// Brings the part `part` of `map` (mirrored by `written`) to `wanted`:
+/// writes the entries that differ, and with `remove`, frees the keys that
+/// `wanted` lacks.
+fn sync_map<K: Ord + Copy, V: PartialEq + Copy>(
+    map: &mut impl Mirrored<K, V>,
+    name: &'static str,
+    written: &mut BTreeMap<K, V>,
+    wanted: &BTreeMap<K, V>,
+    part: &BTreeSet<K>,
+    remove: bool,
+) -> Result<(), DataplaneError> {
+    let changes = plan::diff(written, wanted, part);
+    for (key, value) in changes.upserts {
+        map.store(key, value).map_err(map_err(name))?;
+        written.insert(key, value);
+    }
+    if remove {
+        for key in changes.removals {
+            map.free(key).map_err(map_err(name))?;
+            written.remove(&key);
+        }
+    }
+    Ok(())
 }
 
 fn take<T: TryFrom<aya::maps::Map, Error = MapError>>(

@@ -12,6 +12,7 @@ use std::{
     collections::{BTreeMap, BTreeSet},
     fmt,
     net::IpAddr,
+    sync::Arc,
 };
 
 use k8s_openapi::{
@@ -52,70 +53,146 @@ pub struct Desired {
 
 /// The services `node` should serve, given `snapshot`.
 pub fn desired(snapshot: &Snapshot, node: &str) -> Desired {
-    let mut slices: BTreeMap<ObjectKey, Vec<&EndpointSlice>> = BTreeMap::new();
-    for slice in &snapshot.endpoint_slices {
-        if let Some(key) = slice_service(slice) {
-            slices.entry(key).or_default().push(slice);
+    Cache::new(node).desired(snapshot)
+}
+
+/// [`desired`] for one node, from one snapshot after another: a Service
+/// whose object and EndpointSlices are the very same (`Arc`s) as at the
+/// last call is not read again. The kube source hands on the same `Arc` for
+/// an object that did not change, so a sync costs about the Services that
+/// changed, not the whole cluster. (Holding the `Arc`s keeps their
+/// addresses from being reused by other objects.)
+pub struct Cache {
+    node: String,
+    services: BTreeMap<ObjectKey, Entry>,
+}
+
+/// What one Service asks of this node, and the objects it follows from.
+struct Entry {
+    service: Arc<Service>,
+    slices: Vec<Arc<EndpointSlice>>,
+    /// In the order found, so that problems read the same at every pass.
+    items: Vec<Item>,
+}
+
+enum Item {
+    Claim(ServiceAddr, BTreeSet<Backend>),
+    Problem(String),
+}
+
+impl Cache {
+    pub fn new(node: &str) -> Self {
+        Self {
+            node: node.to_owned(),
+            services: BTreeMap::new(),
         }
     }
-    let mut services: Vec<(ObjectKey, &Service)> = snapshot
-        .services
-        .iter()
-        .filter(|svc| opted_in(svc))
-        .map(|svc| (ObjectKey::of(&svc.metadata), svc.as_ref()))
-        .collect();
-    // Deterministic winners when two Services claim the same EIP:port.
-    services.sort_by(|a, b| a.0.cmp(&b.0));
 
-    let mut out = Desired::default();
-    let mut claimed: BTreeMap<ServiceAddr, (ObjectKey, BTreeSet<Backend>)> = BTreeMap::new();
-    for (key, svc) in services {
-        let eips = ingress_ips(svc);
-        if eips.is_empty() {
-            continue;
+    pub fn desired(&mut self, snapshot: &Snapshot) -> Desired {
+        let mut slices: BTreeMap<ObjectKey, Vec<&Arc<EndpointSlice>>> = BTreeMap::new();
+        for slice in &snapshot.endpoint_slices {
+            if let Some(key) = slice_service(slice) {
+                slices.entry(key).or_default().push(slice);
+            }
         }
-        let own_slices = slices.get(&key).map(Vec::as_slice).unwrap_or_default();
-        let ports = svc.spec.as_ref().and_then(|s| s.ports.as_ref());
-        for port in ports.into_iter().flatten() {
-            let mut problem = |message: String| {
+        // Sorted by key: deterministic winners when two Services claim the
+        // same EIP:port.
+        let mut previous = std::mem::take(&mut self.services);
+        for svc in snapshot.services.iter().filter(|svc| opted_in(svc)) {
+            let key = ObjectKey::of(&svc.metadata);
+            let own_slices = slices.get(&key).map(Vec::as_slice).unwrap_or_default();
+            let entry = match previous.remove(&key) {
+                Some(entry) if entry.follows_from(svc, own_slices) => entry,
+                _ => Entry {
+                    service: Arc::clone(svc),
+                    slices: own_slices.iter().map(|slice| Arc::clone(slice)).collect(),
+                    items: service_items(svc, own_slices, &self.node),
+                },
+            };
+            self.services.insert(key, entry);
+        }
+        self.resolve()
+    }
+
+    /// Every Service's claims in key order: the first claim of an
+    /// `EIP:port/protocol` wins.
+    fn resolve(&self) -> Desired {
+        let mut out = Desired::default();
+        let mut claimed: BTreeMap<ServiceAddr, (&ObjectKey, &BTreeSet<Backend>)> = BTreeMap::new();
+        for (key, entry) in &self.services {
+            for item in &entry.items {
+                let message = match item {
+                    Item::Problem(message) => message.clone(),
+                    Item::Claim(addr, backends) => match claimed.get(addr) {
+                        Some((owner, _)) => format!(
+                            "{addr} is also claimed by {owner}, which is served there; \
+                             give one of them another port or address"
+                        ),
+                        None => {
+                            claimed.insert(*addr, (key, backends));
+                            continue;
+                        }
+                    },
+                };
                 out.problems.push(Problem {
                     service: key.clone(),
                     message,
-                })
-            };
-            let Some((proto, number)) = service_port(port, &mut problem) else {
-                continue;
-            };
-            for &vip in &eips {
-                let backends = local_backends(own_slices, port, proto, vip, node, &mut problem);
-                if backends.is_empty() {
-                    continue;
-                }
-                let addr = ServiceAddr {
-                    vip,
-                    port: number,
-                    proto,
-                };
-                match claimed.get(&addr) {
-                    Some((owner, _)) => problem(format!(
-                        "{addr} is also claimed by {owner}, which is served there; \
-                         give one of them another port or address"
-                    )),
-                    None => {
-                        claimed.insert(addr, (key.clone(), backends));
-                    }
-                }
+                });
             }
         }
+        out.services = claimed
+            .into_iter()
+            .map(|(addr, (_, backends))| ServiceSpec {
+                addr,
+                backends: backends.iter().copied().collect(),
+            })
+            .collect();
+        out
     }
-    out.services = claimed
-        .into_iter()
-        .map(|(addr, (_, backends))| ServiceSpec {
-            addr,
-            backends: backends.into_iter().collect(),
-        })
-        .collect();
-    out
+}
+
+impl Entry {
+    fn follows_from(&self, service: &Arc<Service>, slices: &[&Arc<EndpointSlice>]) -> bool {
+        Arc::ptr_eq(&self.service, service)
+            && self.slices.len() == slices.len()
+            && self
+                .slices
+                .iter()
+                .zip(slices)
+                .all(|(mine, theirs)| Arc::ptr_eq(mine, theirs))
+    }
+}
+
+/// What Service `svc` asks of `node`: a claim per (EIP, port) with local
+/// backends, and the problems found on the way.
+fn service_items(svc: &Service, slices: &[&Arc<EndpointSlice>], node: &str) -> Vec<Item> {
+    let mut items = Vec::new();
+    let eips = ingress_ips(svc);
+    if eips.is_empty() {
+        return items;
+    }
+    let slices: Vec<&EndpointSlice> = slices.iter().map(|slice| slice.as_ref()).collect();
+    let ports = svc.spec.as_ref().and_then(|s| s.ports.as_ref());
+    for port in ports.into_iter().flatten() {
+        let mut problem = |message: String| items.push(Item::Problem(message));
+        let Some((proto, number)) = service_port(port, &mut problem) else {
+            continue;
+        };
+        for &vip in &eips {
+            let mut problem = |message: String| items.push(Item::Problem(message));
+            let backends = local_backends(&slices, port, proto, vip, node, &mut problem);
+            if backends.is_empty() {
+                continue;
+            }
+            let addr = ServiceAddr {
+                vip,
+                port: number,
+                proto,
+            };
+            items.push(Item::Claim(addr, backends));
+        }
+    }
+    items
 }
 
 /// The protocol and port number of a Service port the data plane can serve.

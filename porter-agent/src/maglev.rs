@@ -65,35 +65,43 @@ pub fn build<N: AsRef<[u8]>>(names: &[N], size: u32) -> Result<Vec<u32>, MaglevE
     if names.is_empty() {
         return Ok(Vec::new());
     }
-    let m = u64::from(size);
-    let permutations: Vec<(u64, u64)> = names
+    let m = size as usize;
+    // Backend i's j-th preferred slot is (offset_i + j * skip_i) mod M. Each
+    // walk keeps its current slot and adds the skip (both below M, so one
+    // subtraction reduces it): a full table takes about M ln M steps, and a
+    // division per step made that most of the cost at the default M.
+    let mut walks: Vec<(usize, usize)> = names
         .iter()
         .map(|name| {
-            let offset = hash(name.as_ref(), OFFSET_SEED) % m;
-            let skip = hash(name.as_ref(), SKIP_SEED) % (m - 1) + 1;
-            (offset, skip)
+            let offset = hash(name.as_ref(), OFFSET_SEED) % u64::from(size);
+            let skip = hash(name.as_ref(), SKIP_SEED) % u64::from(size - 1) + 1;
+            (offset as usize, skip as usize)
         })
         .collect();
-    let mut next = vec![0u64; names.len()];
-    let mut table = vec![u32::MAX; size as usize];
+    let mut table = vec![u32::MAX; m];
     let mut filled = 0usize;
     'fill: loop {
-        for (backend, &(offset, skip)) in permutations.iter().enumerate() {
+        for (backend, (slot, skip)) in walks.iter_mut().enumerate() {
             // Walk this backend's permutation to its next slot still free.
-            let mut slot = (offset + next[backend] * skip) % m;
-            while table[slot as usize] != u32::MAX {
-                next[backend] += 1;
-                slot = (offset + next[backend] * skip) % m;
+            while table[*slot] != u32::MAX {
+                *slot = step(*slot, *skip, m);
             }
-            table[slot as usize] = backend as u32;
-            next[backend] += 1;
+            table[*slot] = backend as u32;
+            *slot = step(*slot, *skip, m);
             filled += 1;
-            if filled == table.len() {
+            if filled == m {
                 break 'fill;
             }
         }
     }
     Ok(table)
+}
+
+/// `(slot + skip) mod m` for `slot, skip < m`.
+#[inline]
+fn step(slot: usize, skip: usize, m: usize) -> usize {
+    let next = slot + skip;
+    if next >= m { next - m } else { next }
 }
 
 #[cfg(test)]
@@ -125,6 +133,51 @@ mod tests {
             .zip(after)
             .filter(|(old, new)| old != new && *old != changed && *new != changed)
             .count()
+    }
+
+    /// The paper's population loop, with the permutation computed as
+    /// written there: `(offset + j * skip) mod M`.
+    fn reference(names: &[String], size: u32) -> Vec<u32> {
+        let m = u64::from(size);
+        let perms: Vec<(u64, u64)> = names
+            .iter()
+            .map(|n| {
+                let offset = hash(n.as_bytes(), OFFSET_SEED) % m;
+                (offset, hash(n.as_bytes(), SKIP_SEED) % (m - 1) + 1)
+            })
+            .collect();
+        let mut next = vec![0u64; names.len()];
+        let mut table = vec![u32::MAX; size as usize];
+        let mut filled = 0;
+        loop {
+            for (i, &(offset, skip)) in perms.iter().enumerate() {
+                let mut slot = (offset + next[i] * skip) % m;
+                while table[slot as usize] != u32::MAX {
+                    next[i] += 1;
+                    slot = (offset + next[i] * skip) % m;
+                }
+                table[slot as usize] = i as u32;
+                next[i] += 1;
+                filled += 1;
+                if filled == table.len() {
+                    return table;
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn tables_are_the_papers_permutations() {
+        // Agents of every version must build the same table from the same
+        // backends, or an upgrade would move flows.
+        for (count, size) in [(1, 251), (3, 1009), (10, 1009), (10, M), (100, M)] {
+            let backends = names(count);
+            assert_eq!(
+                build(&backends, size).expect("valid size"),
+                reference(&backends, size),
+                "{count} backends, M = {size}"
+            );
+        }
     }
 
     #[test]

@@ -5,10 +5,11 @@
 //! bump [`PIN_LAYOUT_VERSION`] and thereby start from fresh maps.
 use std::path::{Path, PathBuf};
 
-/// Bump when a pinned map's key, value or size changes incompatibly.
-pub const PIN_LAYOUT_VERSION: u32 = 9;
+/// Bump when a pinned map's key, value, size or flags change incompatibly
+/// (10: the Maglev array became mmap-able).
+pub const PIN_LAYOUT_VERSION: u32 = 10;
 
-/// Paths under one bpffs directory, e.g. `/sys/fs/bpf/porter/v9/...`.
+/// Paths under one bpffs directory, e.g. `/sys/fs/bpf/porter/v10/...`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PinLayout {
     root: PathBuf,
@@ -51,6 +52,23 @@ impl PinLayout {
     pub fn map(&self, name: &str) -> PathBuf {
         self.maps_dir().join(name)
     }
+
+    /// The directories of older layout versions, newest first.
+    pub fn older_versions(&self) -> Vec<PathBuf> {
+        let Ok(entries) = std::fs::read_dir(&self.root) else {
+            return Vec::new();
+        };
+        let mut older: Vec<(u32, PathBuf)> = entries
+            .flatten()
+            .filter_map(|entry| {
+                let name = entry.file_name();
+                let version: u32 = name.to_str()?.strip_prefix('v')?.parse().ok()?;
+                (version < PIN_LAYOUT_VERSION).then(|| (version, entry.path()))
+            })
+            .collect();
+        older.sort_by_key(|(version, _)| std::cmp::Reverse(*version));
+        older.into_iter().map(|(_, path)| path).collect()
+    }
 }
 
 #[cfg(test)]
@@ -62,12 +80,27 @@ mod tests {
         let layout = PinLayout::new(Path::new("/sys/fs/bpf"));
         assert_eq!(
             layout.xdp_link("eth0"),
-            Path::new("/sys/fs/bpf/porter/v9/links/xdp-eth0")
+            Path::new("/sys/fs/bpf/porter/v10/links/xdp-eth0")
         );
         assert_eq!(
             layout.map("PORTER_STATS"),
-            Path::new("/sys/fs/bpf/porter/v9/maps/PORTER_STATS")
+            Path::new("/sys/fs/bpf/porter/v10/maps/PORTER_STATS")
         );
         assert!(layout.maps_dir().starts_with(layout.root()));
+    }
+
+    #[test]
+    fn older_versions_are_found_newest_first() -> std::io::Result<()> {
+        let bpffs = std::env::temp_dir().join(format!("porter-pins-{}", std::process::id()));
+        let layout = PinLayout::new(&bpffs);
+        for dir in ["v1", "v8", "v2", "v99", "vx", "other"] {
+            std::fs::create_dir_all(layout.root().join(dir))?;
+        }
+        std::fs::create_dir_all(layout.versioned())?;
+        let found = layout.older_versions();
+        std::fs::remove_dir_all(&bpffs)?;
+        let names: Vec<_> = found.iter().filter_map(|p| p.file_name()).collect();
+        assert_eq!(names, ["v8", "v2", "v1"]);
+        Ok(())
     }
 }

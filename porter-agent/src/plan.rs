@@ -1,7 +1,7 @@
 //! What the backend and reverse-NAT maps should hold for a set of installed
 //! services, and the difference to what they hold now. Pure: the data plane
 //! applies the result.
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use porter_common::{
     BACKEND_SHARED, BackendKey, BackendValue, RevNatValue, VipKey, vip_filter_slot,
@@ -10,6 +10,7 @@ use porter_common::{
 use crate::service::{Backend, ServiceAddr, encode_ip};
 
 /// One installed service, as the plan needs it.
+#[derive(Clone, Copy)]
 pub struct PlannedService<'a> {
     pub addr: ServiceAddr,
     pub id: u32,
@@ -29,62 +30,172 @@ pub struct Desired {
     pub vip_filter: BTreeMap<u32, u32>,
 }
 
+/// The keys of the shared maps that a set of services has entries under.
+#[derive(Debug, Default)]
+pub struct Keys {
+    pub backend_keys: BTreeSet<BackendKey>,
+    pub backend_ids: BTreeSet<u32>,
+    pub vips: BTreeSet<VipKey>,
+    pub vip_filter: BTreeSet<u32>,
+}
+
+impl Keys {
+    /// Adds the keys `service` has entries under.
+    pub fn add(&mut self, service: PlannedService<'_>) {
+        let vip = service.addr.vip_key();
+        self.vip_filter.insert(vip_filter_slot(&vip.addr));
+        self.vips.insert(vip);
+        for (backend, &id) in service.backends {
+            self.backend_keys.insert(backend_key(backend, service.addr));
+            self.backend_ids.insert(id);
+        }
+    }
+}
+
+/// A service that uses a backend address.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct User {
+    addr: ServiceAddr,
+    backend: Backend,
+    backend_id: u32,
+}
+
+/// Who uses each key of the shared maps, kept up to date service by
+/// service, so that a change is planned from the keys it touches instead of
+/// from everything installed.
+///
 /// A backend `addr:port/proto` that serves one service is mapped back by its
 /// address. One that serves several is marked shared: new flows then get a
 /// per-flow entry, and the address maps to the service with the lowest id
 /// (for flows from before it became shared).
-pub fn desired<'a>(services: impl IntoIterator<Item = PlannedService<'a>>) -> Desired {
-    let mut users: BTreeMap<BackendKey, Vec<(u32, ServiceAddr)>> = BTreeMap::new();
-    let mut ids: Vec<(u32, Backend, u32, BackendKey)> = Vec::new();
-    let mut vips: BTreeMap<VipKey, u32> = BTreeMap::new();
-    for service in services {
-        *vips.entry(service.addr.vip_key()).or_default() += 1;
+#[derive(Debug, Default)]
+pub struct Plan {
+    /// Users of each backend address, by service id (a service lists an
+    /// address once).
+    users: BTreeMap<BackendKey, BTreeMap<u32, User>>,
+    /// Services per VIP.
+    vips: BTreeMap<VipKey, u32>,
+    /// VIPs per filter slot.
+    vip_filter: BTreeMap<u32, u32>,
+}
+
+impl Plan {
+    pub fn of<'a>(services: impl IntoIterator<Item = PlannedService<'a>>) -> Self {
+        let mut plan = Self::default();
+        services.into_iter().for_each(|service| plan.add(service));
+        plan
+    }
+
+    pub fn add(&mut self, service: PlannedService<'_>) {
         for (backend, &backend_id) in service.backends {
-            let key = backend_key(backend, service.addr);
-            users
-                .entry(key)
+            self.users
+                .entry(backend_key(backend, service.addr))
                 .or_default()
-                .push((service.id, service.addr));
-            ids.push((backend_id, *backend, service.id, key));
+                .insert(
+                    service.id,
+                    User {
+                        addr: service.addr,
+                        backend: *backend,
+                        backend_id,
+                    },
+                );
+        }
+        let vip = service.addr.vip_key();
+        let services = self.vips.entry(vip).or_default();
+        *services += 1;
+        if *services == 1 {
+            *self
+                .vip_filter
+                .entry(vip_filter_slot(&vip.addr))
+                .or_default() += 1;
         }
     }
-    let shared = |key: &BackendKey| users.get(key).is_some_and(|list| list.len() > 1);
-    let flags = |key: &BackendKey| if shared(key) { BACKEND_SHARED } else { 0 };
-    let backends = ids
-        .iter()
-        .map(|(backend_id, backend, service_id, key)| {
-            let mut value = backend.value(*service_id);
-            value.flags = flags(key);
-            (*backend_id, value)
-        })
-        .collect();
-    let revnat = users
-        .iter()
-        .filter_map(|(key, list)| {
-            let &(service_id, addr) = list.iter().min_by_key(|(id, _)| *id)?;
-            let (_, vip) = encode_ip(addr.vip);
-            Some((
-                *key,
-                RevNatValue {
-                    vip,
-                    port: addr.port.to_be(),
-                    flags: flags(key),
-                    _pad: 0,
-                    service_id,
-                },
-            ))
-        })
-        .collect();
-    let mut vip_filter: BTreeMap<u32, u32> = BTreeMap::new();
-    for vip in vips.keys() {
-        *vip_filter.entry(vip_filter_slot(&vip.addr)).or_default() += 1;
+
+    /// Takes back an [`Self::add`] of the same service.
+    pub fn remove(&mut self, service: PlannedService<'_>) {
+        for backend in service.backends.keys() {
+            let key = backend_key(backend, service.addr);
+            if let Some(users) = self.users.get_mut(&key) {
+                users.remove(&service.id);
+                if users.is_empty() {
+                    self.users.remove(&key);
+                }
+            }
+        }
+        let vip = service.addr.vip_key();
+        if decrement(&mut self.vips, vip) {
+            decrement(&mut self.vip_filter, vip_filter_slot(&vip.addr));
+        }
     }
-    Desired {
-        backends,
-        revnat,
-        vips,
-        vip_filter,
+
+    /// Every key something is planned under.
+    pub fn keys(&self) -> Keys {
+        Keys {
+            backend_keys: self.users.keys().copied().collect(),
+            backend_ids: self
+                .users
+                .values()
+                .flat_map(|users| users.values().map(|user| user.backend_id))
+                .collect(),
+            vips: self.vips.keys().copied().collect(),
+            vip_filter: self.vip_filter.keys().copied().collect(),
+        }
     }
+
+    /// What the maps should hold under `keys` (backend entries follow from
+    /// backend addresses, so `keys.backend_ids` is not needed here).
+    pub fn desired(&self, keys: &Keys) -> Desired {
+        let mut desired = Desired::default();
+        for key in &keys.backend_keys {
+            let Some(users) = self.users.get(key) else {
+                continue;
+            };
+            let flags = if users.len() > 1 { BACKEND_SHARED } else { 0 };
+            for (&service_id, user) in users {
+                let mut value = user.backend.value(service_id);
+                value.flags = flags;
+                desired.backends.insert(user.backend_id, value);
+            }
+            // The lowest id: users are ordered by it.
+            if let Some((&service_id, first)) = users.iter().next() {
+                let (_, vip) = encode_ip(first.addr.vip);
+                desired.revnat.insert(
+                    *key,
+                    RevNatValue {
+                        vip,
+                        port: first.addr.port.to_be(),
+                        flags,
+                        _pad: 0,
+                        service_id,
+                    },
+                );
+            }
+        }
+        for vip in &keys.vips {
+            if let Some(&services) = self.vips.get(vip) {
+                desired.vips.insert(*vip, services);
+            }
+        }
+        for slot in &keys.vip_filter {
+            if let Some(&vips) = self.vip_filter.get(slot) {
+                desired.vip_filter.insert(*slot, vips);
+            }
+        }
+        desired
+    }
+}
+
+/// Counts one fewer under `key`, dropping it at zero; true if it dropped.
+fn decrement<K: Ord>(counts: &mut BTreeMap<K, u32>, key: K) -> bool {
+    let Some(count) = counts.get_mut(&key) else {
+        return false;
+    };
+    *count = count.saturating_sub(1);
+    if *count == 0 {
+        counts.remove(&key);
+        return true;
+    }
+    false
 }
 
 fn backend_key(backend: &Backend, service: ServiceAddr) -> BackendKey {
@@ -104,9 +215,13 @@ pub struct Changes<K, V> {
     pub removals: Vec<K>,
 }
 
-pub fn diff<K: Ord + Copy, V: PartialEq + Copy>(
+/// The changes that turn `current` into `wanted` within a part of the keys:
+/// `wanted` holds the wanted entries of that part, and `part` its keys
+/// (those of `current` not in `wanted` are removed).
+pub fn diff<'k, K: Ord + Copy + 'k, V: PartialEq + Copy>(
     current: &BTreeMap<K, V>,
     wanted: &BTreeMap<K, V>,
+    part: impl IntoIterator<Item = &'k K>,
 ) -> Changes<K, V> {
     Changes {
         upserts: wanted
@@ -114,9 +229,9 @@ pub fn diff<K: Ord + Copy, V: PartialEq + Copy>(
             .filter(|(key, value)| current.get(key) != Some(value))
             .map(|(key, value)| (*key, *value))
             .collect(),
-        removals: current
-            .keys()
-            .filter(|key| !wanted.contains_key(key))
+        removals: part
+            .into_iter()
+            .filter(|key| current.contains_key(key) && !wanted.contains_key(key))
             .copied()
             .collect(),
     }
@@ -147,6 +262,12 @@ mod tests {
                 )
             })
             .collect()
+    }
+
+    /// Everything the plan of `services` wants, planned from scratch.
+    fn desired<'a>(services: impl IntoIterator<Item = PlannedService<'a>>) -> Desired {
+        let plan = Plan::of(services);
+        plan.desired(&plan.keys())
     }
 
     #[test]
@@ -200,15 +321,89 @@ mod tests {
     }
 
     #[test]
-    fn diff_writes_changes_and_removes_leftovers() {
-        let current = BTreeMap::from([(1, 'a'), (2, 'b'), (3, 'c')]);
+    fn diff_writes_changes_and_removes_leftovers_of_its_part() {
+        let current = BTreeMap::from([(1, 'a'), (2, 'b'), (3, 'c'), (5, 'e')]);
         let wanted = BTreeMap::from([(2, 'b'), (3, 'x'), (4, 'd')]);
+        // 5 lies outside the part looked at: left alone.
         assert_eq!(
-            diff(&current, &wanted),
+            diff(&current, &wanted, &[1, 2, 3, 4]),
             Changes {
                 upserts: vec![(3, 'x'), (4, 'd')],
                 removals: vec![1],
             }
         );
+    }
+
+    /// Applies to the mirror `map` the changes that bring its part `part` to `wanted`.
+    fn apply<K: Ord + Copy, V: PartialEq + Copy>(
+        map: &mut BTreeMap<K, V>,
+        wanted: &BTreeMap<K, V>,
+        part: &BTreeSet<K>,
+    ) {
+        let changes = diff(map, wanted, part);
+        map.extend(changes.upserts);
+        for key in changes.removals {
+            map.remove(&key);
+        }
+    }
+
+    fn apply_all(written: &mut Desired, wanted: &Desired, keys: &Keys) {
+        apply(&mut written.backends, &wanted.backends, &keys.backend_ids);
+        apply(&mut written.revnat, &wanted.revnat, &keys.backend_keys);
+        apply(&mut written.vips, &wanted.vips, &keys.vips);
+        apply(
+            &mut written.vip_filter,
+            &wanted.vip_filter,
+            &keys.vip_filter,
+        );
+    }
+
+    #[test]
+    fn changes_planned_from_touched_keys_match_a_plan_from_scratch() {
+        // Services come, change and go, sharing backends and VIPs; after
+        // each step, the maps written from the touched keys alone must hold
+        // what a plan of all services wants.
+        let a = addr("192.0.2.1", 80);
+        let b = addr("192.0.2.1", 8080);
+        let c = addr("192.0.2.2", 80);
+        let a1 = backends(&[("10.0.0.1", 8080, 0), ("10.0.0.2", 8080, 1)]);
+        let b1 = backends(&[("10.0.0.1", 8080, 2)]);
+        let c1 = backends(&[("10.0.0.3", 80, 3)]);
+        let a2 = backends(&[("10.0.0.2", 8080, 1), ("10.0.0.4", 8080, 4)]);
+        let empty = BTreeMap::new();
+        let service = |addr, id, backends| PlannedService { addr, id, backends };
+        // (before, after) per step; an empty backend map stands for "absent".
+        let steps = [
+            (service(a, 0, &empty), service(a, 0, &a1)),
+            (service(b, 1, &empty), service(b, 1, &b1)),
+            (service(c, 2, &empty), service(c, 2, &c1)),
+            (service(a, 0, &a1), service(a, 0, &a2)),
+            (service(b, 1, &b1), service(b, 1, &empty)),
+            (service(c, 2, &c1), service(c, 2, &empty)),
+            (service(a, 0, &a2), service(a, 0, &empty)),
+        ];
+        let mut plan = Plan::default();
+        let mut live: BTreeMap<ServiceAddr, PlannedService<'_>> = BTreeMap::new();
+        let mut written = Desired::default();
+        for (before, after) in steps {
+            let mut keys = Keys::default();
+            if live.remove(&before.addr).is_some() {
+                plan.remove(before);
+                keys.add(before);
+            }
+            if !after.backends.is_empty() {
+                plan.add(after);
+                keys.add(after);
+                live.insert(after.addr, after);
+            }
+            apply_all(&mut written, &plan.desired(&keys), &keys);
+            assert_eq!(
+                written,
+                desired(live.values().copied()),
+                "after {}",
+                after.addr
+            );
+        }
+        assert_eq!(written, Desired::default());
     }
 }

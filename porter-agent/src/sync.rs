@@ -85,6 +85,8 @@ pub struct Agent {
     /// Interfaces this process attached to, and the XDP mode it saw.
     attached: BTreeMap<String, String>,
     last_problems: Vec<String>,
+    /// This node's desired state, kept between passes.
+    desired: desired::Cache,
     /// Layer 2 mode (answering ARP/NDP for led EIPs), when enabled.
     layer2: Option<Layer2<Leases>>,
     /// Node-mode BGP speaker (idle unless BgpConf says `speakerMode: node`).
@@ -98,6 +100,7 @@ impl Agent {
     pub fn new(settings: Settings, metrics: Metrics) -> Self {
         Self {
             pins: PinLayout::new(&settings.bpffs),
+            desired: desired::Cache::new(&settings.node),
             settings,
             metrics,
             dataplane: None,
@@ -165,7 +168,7 @@ impl Agent {
             first_error.get_or_insert(err);
         };
         let started = Instant::now();
-        let wanted = desired::desired(snapshot, &self.settings.node);
+        let wanted = self.desired.desired(snapshot);
         self.report_problems(&wanted);
         match self.program(&wanted) {
             Ok(()) => self.metrics.synced(
@@ -325,9 +328,8 @@ pub fn apply(
             Err(source) => failed(spec.addr.to_string(), source),
         }
     }
-    // One batch, so that planning the shared maps happens once; should it
-    // fail (say, the service slots run out), one by one, so that every
-    // service that fits is served.
+    // One batch; should it fail (say, the service slots run out), one by
+    // one, so that every service that fits is served.
     if dataplane.upsert_services(&valid).is_err() {
         for spec in &valid {
             if let Err(source) = dataplane.upsert_service(spec) {

@@ -72,6 +72,8 @@ pub enum AttachError {
     },
     #[error("cannot open pinned link {path}: {source}")]
     OpenPinnedLink { path: PathBuf, source: LinkError },
+    #[error("cannot move the pinned link of an older agent to {path}: {source}")]
+    AdoptLink { path: PathBuf, source: io::Error },
     #[error("cannot pin the XDP link of {interface} at {path}: {source}")]
     PinLink {
         interface: String,
@@ -145,6 +147,10 @@ pub fn attach_xdp(
 ) -> Result<Attachment, AttachError> {
     let program = xdp_program(ebpf)?;
     let link_path = pins.xdp_link(interface);
+    adopt_older_link(pins, &link_path).map_err(|source| AttachError::AdoptLink {
+        path: link_path.clone(),
+        source,
+    })?;
     if link_path.exists() {
         let pinned =
             PinnedLink::from_pin(&link_path).map_err(|source| AttachError::OpenPinnedLink {
@@ -159,6 +165,7 @@ pub fn attach_xdp(
         })?;
         program.attach_to_link(link)?;
         info!(interface, "replaced the program on the pinned XDP link");
+        remove_abandoned_layouts(pins);
         return Ok(Attachment::ReplacedPinned);
     }
 
@@ -205,6 +212,49 @@ fn attach_with_fallback(
                 Ok((attach(program, XdpMode::Skb)?, Attachment::Generic))
             }
         },
+    }
+}
+
+/// An upgrade across a layout change: moves the link pinned at the same
+/// place under an older layout version to `path`, so that attaching swaps
+/// the program on it as after a restart, and no packet sees a detached
+/// interface. (Conntrack stays behind in the old maps; flows keep their
+/// backends wherever the Maglev tables agree, which they do for unchanged
+/// backend sets.)
+pub fn adopt_older_link(pins: &PinLayout, path: &std::path::Path) -> io::Result<()> {
+    let Some(name) = path.file_name() else {
+        return Ok(());
+    };
+    if path.exists() {
+        return Ok(());
+    }
+    for version in pins.older_versions() {
+        let old = version.join("links").join(name);
+        if old.exists() {
+            fs::rename(&old, path)?;
+            info!(from = %old.display(), to = %path.display(), "took over the pinned link of an older agent");
+            return Ok(());
+        }
+    }
+    Ok(())
+}
+
+/// Removes older layout versions none of whose links are left: their maps
+/// only served programs that have been replaced.
+pub fn remove_abandoned_layouts(pins: &PinLayout) {
+    for version in pins.older_versions() {
+        let links = version.join("links");
+        let empty = fs::read_dir(&links).map_or(true, |mut entries| entries.next().is_none());
+        if !empty {
+            continue;
+        }
+        let mut report = CleanupReport::default();
+        match remove_tree(&version, &mut report) {
+            Ok(()) => info!(layout = %version.display(), "removed the pins of an older agent"),
+            Err(err) => {
+                warn!(layout = %version.display(), error = %err, "cannot remove the pins of an older agent")
+            }
+        }
     }
 }
 

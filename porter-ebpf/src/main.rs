@@ -29,7 +29,7 @@ mod parse;
 
 use aya_ebpf::{
     bindings::{
-        BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR, BPF_FIB_LKUP_RET_SUCCESS, TC_ACT_OK, TC_ACT_SHOT,
+        BPF_F_MARK_MANGLED_0, BPF_F_MMAPABLE, BPF_F_PSEUDO_HDR, BPF_FIB_LKUP_RET_SUCCESS, TC_ACT_OK, TC_ACT_SHOT,
         bpf_fib_lookup as FibParams, xdp_action,
     },
     btf_maps::{Array, HashMap, LruHashMap, PerCpuArray},
@@ -66,10 +66,17 @@ static VIPS: HashMap<VipKey, u32, MAX_SERVICES> = HashMap::new();
 static VIP_FILTER: Array<u32, { VIP_FILTER_SLOTS as usize }> = Array::new();
 #[btf_map(name = "PORTER_BACKENDS")]
 static BACKENDS: Array<BackendValue, MAX_BACKENDS> = Array::new();
-/// Userspace sizes it at load: two tables of M slots per service.
+/// Userspace sizes it at load: two tables of M slots per service. Slots are
+/// packed two to an element: the kernel spaces array values 8 bytes apart,
+/// so a 4-byte slot per element would leave half the memory (and half of
+/// each cache line a new flow's lookup pulls in) as padding. Userspace
+/// writes a table with one copy into a memory mapping, hence mmap-able.
 #[btf_map(name = "PORTER_MAGLEV")]
-static MAGLEV: Array<u32, { MAX_SERVICES * 2 * limits::DEFAULT_MAGLEV_SIZE as usize }> =
-    Array::new();
+static MAGLEV: Array<
+    [u32; 2],
+    { MAX_SERVICES * limits::DEFAULT_MAGLEV_SIZE as usize },
+    { BPF_F_MMAPABLE as usize },
+> = Array::new();
 #[btf_map(name = "PORTER_CT")]
 static CONNTRACK: LruHashMap<FlowKey, CtValue, CONNTRACK_ENTRIES> = LruHashMap::new();
 #[btf_map(name = "PORTER_BE_REVNAT")]
@@ -256,7 +263,8 @@ fn choose_backend(flow: &FlowKey, service: &ServiceValue) -> Option<(BackendValu
         return None;
     }
     let slot = service.table_base + flow_hash(flow) % service.table_size;
-    let backend_id = *MAGLEV.get(slot)?;
+    let pair = MAGLEV.get(slot / 2)?;
+    let backend_id = if slot & 1 == 0 { pair[0] } else { pair[1] };
     let backend = *BACKENDS.get(backend_id)?;
     if backend.family == 0 || backend.service_id != service.id {
         return None;

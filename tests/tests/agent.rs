@@ -19,7 +19,7 @@ use std::{
 
 use anyhow::{Context, Result};
 use aya::maps::{HashMap, Map, MapData};
-use porter_agent::{PinLayout, ServiceAddr, inspect};
+use porter_agent::{PinLayout, ServiceAddr, inspect, pins};
 use porter_common::{ServiceKey, ServiceValue, map_names};
 use porter_tests::{
     bins,
@@ -283,6 +283,43 @@ fn agent_programs_follows_edits_restarts_hitlessly_and_cleans_up() -> Result<()>
         );
     }
     assert_eq!(lab.backends(&http)?, both, "nothing stale, nothing lost");
+
+    // An upgrade across a pin layout change: the pins are those of an agent
+    // of the previous layout version. The new agent takes its links over,
+    // swapping its program in, so again no datagram is lost, and it removes
+    // the old pins.
+    lab.stop_agent()?;
+    let older = lab
+        .pins()
+        .root()
+        .join(format!("v{}", pins::PIN_LAYOUT_VERSION - 1));
+    std::fs::rename(lab.pins().versioned(), &older)?;
+    let stream = UdpStream::start(&lab.pods.client, PodLab::EIP, UDP_PORT)?;
+    thread::sleep(Duration::from_millis(300));
+    let log = lab.start_agent()?;
+    for expected in [
+        "took over the pinned link of an older agent",
+        "replaced the program on the pinned XDP link",
+        "replaced the program on the pinned tc link",
+    ] {
+        assert!(log.contains(expected), "{expected} in:\n{log}");
+    }
+    thread::sleep(Duration::from_millis(300));
+    let (sent, received) = stream.finish()?;
+    let lost = (0..sent).filter(|seq| !received.contains(seq)).count();
+    assert!(
+        sent > 100 && lost == 0,
+        "{lost} of {sent} datagrams lost across the upgrade"
+    );
+    for (i, client) in held.iter_mut().enumerate() {
+        let line = format!("upgraded-{i}");
+        assert_eq!(
+            client.echo(&line)?,
+            format!("{}:{line}", client.server),
+            "connection {i} survived the upgrade (same Maglev choice)"
+        );
+    }
+    assert!(!older.exists(), "the old layout's pins are gone");
 
     // Metrics: per-service counters, map occupancy, the XDP mode in use
     // (read from the kernel, since this agent took over the link).

@@ -7,6 +7,7 @@ use anyhow::{Context, Result};
 use aya::programs::{SchedClassifier, Xdp};
 use porter_agent::{
     Backend, Dataplane, DataplaneConfig, Forwarding, PinLayout, Protocol, ServiceAddr, ServiceSpec,
+    stats,
 };
 use porter_common::{Stat, program_names};
 use porter_tests::{
@@ -123,12 +124,7 @@ impl Bench {
     }
 
     fn stat(&self, wanted: Stat) -> Result<u64> {
-        Ok(self
-            .dataplane
-            .global_counters()?
-            .into_iter()
-            .find_map(|(stat, value)| (stat == wanted).then_some(value))
-            .unwrap_or(0))
+        Ok(stats::read_stat(&self.pins, wanted)?)
     }
 }
 
@@ -637,6 +633,7 @@ fn end_to_end(masquerade: bool, forwarding: Forwarding) -> Result<()> {
         max_services: 4,
         forwarding,
     };
+    let pins = PinLayout::new(&lab.bpffs);
     let mut dataplane = lab.start_dataplane(config)?;
     dataplane.upsert_service(&PodLab::service(PodLab::EIP, 80, &[0, 1])?)?;
 
@@ -698,28 +695,28 @@ fn end_to_end(masquerade: bool, forwarding: Forwarding) -> Result<()> {
 
     // Ping to either EIP is answered by XDP.
     for eip in [PodLab::EIP, PodLab::EIP6] {
-        let echoes = stat(&dataplane, Stat::EchoReplied)?;
+        let echoes = stats::read_stat(&pins, Stat::EchoReplied)?;
         lab.lab.exec(
             &lab.client,
             &["ping", "-c", "3", "-i", "0.2", "-W", "1", eip],
         )?;
         assert!(
-            stat(&dataplane, Stat::EchoReplied)? >= echoes + 3,
+            stats::read_stat(&pins, Stat::EchoReplied)? >= echoes + 3,
             "echo to {eip} answered in XDP"
         );
     }
 
     // An unknown port on the EIP: dropped and counted, so no answer at all.
-    let drops = stat(&dataplane, Stat::DropUnknownPort)?;
+    let drops = stats::read_stat(&pins, Stat::DropUnknownPort)?;
     let unknown = lab.connect(PodLab::EIP, 81);
     assert!(unknown.is_err(), "nothing answers on an unknown port");
     assert!(
-        stat(&dataplane, Stat::DropUnknownPort)? > drops,
+        stats::read_stat(&pins, Stat::DropUnknownPort)? > drops,
         "the SYN was dropped and counted"
     );
     let (forwarded, redirected) = (
-        stat(&dataplane, Stat::Forwarded)?,
-        stat(&dataplane, Stat::Redirected)?,
+        stats::read_stat(&pins, Stat::Forwarded)?,
+        stats::read_stat(&pins, Stat::Redirected)?,
     );
     match forwarding {
         Forwarding::Kernel => assert_eq!(redirected, 0, "nothing redirected"),
@@ -730,16 +727,8 @@ fn end_to_end(masquerade: bool, forwarding: Forwarding) -> Result<()> {
         ),
     }
     assert!(
-        stat(&dataplane, Stat::RevNatApplied)? > 0,
+        stats::read_stat(&pins, Stat::RevNatApplied)? > 0,
         "replies were reverse-NATed by tc"
     );
     Ok(())
-}
-
-fn stat(dataplane: &Dataplane, wanted: Stat) -> Result<u64> {
-    Ok(dataplane
-        .global_counters()?
-        .into_iter()
-        .find_map(|(stat, value)| (stat == wanted).then_some(value))
-        .unwrap_or(0))
 }

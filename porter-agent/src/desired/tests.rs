@@ -265,6 +265,60 @@ fn problems_are_reported_and_the_rest_is_served() {
 }
 
 #[test]
+fn a_cache_follows_changed_objects_and_reuses_unchanged_ones() {
+    // Each step replaces objects by new Arcs (as a source does on a change)
+    // and keeps the others; the warm cache must give what a cold one gives.
+    let local = |ip: &str| ep(ip, NODE, "{}");
+    let docs = vec![
+        service("b-web", WEB, &["192.0.2.10"]),
+        slice(
+            "b-web",
+            "IPv4",
+            HTTP_8080,
+            &format!("[{}]", local("10.244.1.2")),
+        ),
+        service("a-web", WEB, &["192.0.2.11"]),
+        slice(
+            "a-web",
+            "IPv4",
+            HTTP_8080,
+            &format!("[{}]", local("10.244.1.3")),
+        ),
+    ];
+    let mut snap = snapshot(&docs);
+    let mut cache = Cache::new(NODE);
+    let first = cache.desired(&snap);
+    assert_eq!(first, desired(&snap, NODE));
+    assert_eq!(first.services.len(), 2);
+
+    // An endpoint moves: only b-web's slice is a new object.
+    let moved = snapshot(&[slice(
+        "b-web",
+        "IPv4",
+        HTTP_8080,
+        &format!("[{}]", local("10.244.1.9")),
+    )]);
+    snap.endpoint_slices[0] = Arc::clone(&moved.endpoint_slices[0]);
+    let second = cache.desired(&snap);
+    assert_eq!(second, desired(&snap, NODE));
+    assert_ne!(second, first);
+
+    // a-web moves onto b-web's EIP: the conflict is reported as from scratch.
+    let conflicting = snapshot(&[service("a-web", WEB, &["192.0.2.10"])]);
+    snap.services[1] = Arc::clone(&conflicting.services[0]);
+    let third = cache.desired(&snap);
+    assert_eq!(third, desired(&snap, NODE));
+    assert_eq!(third.problems.len(), 1, "{:?}", third.problems);
+
+    // A Service goes away, and with it what it asked for.
+    snap.services.remove(1);
+    let fourth = cache.desired(&snap);
+    assert_eq!(fourth, desired(&snap, NODE));
+    assert_eq!(fourth.services.len(), 1);
+    assert!(fourth.problems.is_empty());
+}
+
+#[test]
 fn empty_cluster_wants_nothing() {
     assert_eq!(desired(&Snapshot::default(), NODE), Desired::default());
 }

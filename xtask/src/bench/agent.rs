@@ -11,9 +11,10 @@
 //!   state and diff only, no map write), so the map writes stand out.
 //!
 //! Run from a release build (a debug `cargo xtask` re-runs itself so).
-//! Both with M = 1009 (the smallest prime Maglev allows for 10 backends,
-//! which makes 1,000 services fit in 8 MB of tables), and the single change
-//! again with the default M = 65,537, whose table is 65x larger to write.
+//! Two cases: 1,000 services with M = 1009 (the smallest prime Maglev allows
+//! for 10 backends, which keeps 1,000 services' tables at 8 MB), and the
+//! agent's defaults, 64 services with M = 65,537, whose tables are 65x
+//! larger to build and write.
 use std::{
     net::Ipv4Addr,
     sync::Arc,
@@ -65,7 +66,11 @@ pub fn run() -> Result<()> {
         bail!("the agent benchmark loads BPF maps on a private bpffs: run it as root");
     }
     measure("1000x10_m1009", 1000, 1009)?;
-    measure("10x10_m65537", 10, porter_agent::DEFAULT_MAGLEV_SIZE)
+    measure(
+        "64x10_m65537",
+        porter_common::limits::DEFAULT_MAX_SERVICES,
+        porter_agent::DEFAULT_MAGLEV_SIZE,
+    )
 }
 
 fn measure(case: &str, services: u32, maglev_size: u32) -> Result<()> {
@@ -78,9 +83,10 @@ fn measure(case: &str, services: u32, maglev_size: u32) -> Result<()> {
     };
     let mut dataplane = Dataplane::open(&PinLayout::new(&bpffs), config)?;
     let mut snapshot = cluster(services);
+    let mut cache = desired::Cache::new(NODE);
 
     let started = Instant::now();
-    let (written, _) = sync_once(&mut dataplane, &snapshot)?;
+    let (written, _) = sync_once(&mut dataplane, &mut cache, &snapshot)?;
     let full = started.elapsed();
     if written != services as usize {
         bail!("programmed {written} services, expected {services}");
@@ -91,7 +97,7 @@ fn measure(case: &str, services: u32, maglev_size: u32) -> Result<()> {
     let mut change = Vec::new();
     for round in 0..CHANGES {
         let started = Instant::now();
-        let (written, _) = sync_once(&mut dataplane, &snapshot)?;
+        let (written, _) = sync_once(&mut dataplane, &mut cache, &snapshot)?;
         noop.push(started.elapsed());
         if written != 0 {
             bail!("a pass without changes rewrote {written} services");
@@ -100,7 +106,7 @@ fn measure(case: &str, services: u32, maglev_size: u32) -> Result<()> {
         let service = round as u32 % services;
         replace_endpoint(&mut snapshot, service, round as u32);
         let started = Instant::now();
-        let (written, _) = sync_once(&mut dataplane, &snapshot)?;
+        let (written, _) = sync_once(&mut dataplane, &mut cache, &snapshot)?;
         change.push(started.elapsed());
         if written != 1 {
             bail!("one endpoint change rewrote {written} services");
@@ -117,8 +123,12 @@ fn measure(case: &str, services: u32, maglev_size: u32) -> Result<()> {
     Ok(())
 }
 
-fn sync_once(dataplane: &mut Dataplane, snapshot: &Snapshot) -> Result<(usize, usize)> {
-    let wanted = desired::desired(snapshot, NODE);
+fn sync_once(
+    dataplane: &mut Dataplane,
+    cache: &mut desired::Cache,
+    snapshot: &Snapshot,
+) -> Result<(usize, usize)> {
+    let wanted = cache.desired(snapshot);
     if !wanted.problems.is_empty() {
         bail!("benchmark cluster has problems: {:?}", wanted.problems);
     }
