@@ -3,11 +3,13 @@
 //!
 //! The controller calls the trait synchronously from its loop; the speaker is
 //! async. The adapter records each call as the desired state and wakes one
-//! task that owns the speaker and brings it to that state. Calls made in one
-//! controller pass are applied together, routes before peers, so a session
-//! that comes up after a restart finds the full route set ready and sends it
-//! before its End-of-RIB: a graceful-restart helper then never flushes routes
-//! it still holds from the previous instance.
+//! task that owns the speaker and brings it to that state, paths before
+//! peers. After a start, no session is opened until the controller has set
+//! the paths: a session that comes up after a restart must find the full
+//! path set ready and send it before its End-of-RIB, or a graceful-restart
+//! helper flushes the routes it still holds from the previous instance. The
+//! task runs on another thread and can wake between the calls of one
+//! controller pass, so ordering the calls alone does not guarantee that.
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -28,6 +30,8 @@ struct Desired {
     speaker: Option<SpeakerConfig>,
     peers: BTreeMap<IpAddr, PeerConfig>,
     paths: PathTable,
+    /// Whether `paths` was set since the last start (see the module doc).
+    paths_set: bool,
 }
 
 #[derive(Default)]
@@ -74,8 +78,9 @@ impl Announcer for SpeakerAnnouncer {
         self.change(|d| {
             d.speaker = Some(config);
             // A new speaker starts with no sessions: the driver re-adds the
-            // peers the controller configures next.
+            // peers the controller configures next, once it has the paths.
             d.peers.clear();
+            d.paths_set = false;
         });
     }
 
@@ -113,7 +118,10 @@ impl Announcer for SpeakerAnnouncer {
                 (*prefix, hops)
             })
             .collect();
-        self.change(|d| d.paths = paths);
+        self.change(|d| {
+            d.paths = paths;
+            d.paths_set = true;
+        });
     }
 
     fn peer_status(&self) -> Vec<PeerStatus> {
@@ -142,7 +150,12 @@ async fn drive(shared: Arc<Shared>) {
             _ = tick.tick() => {}
         }
         let (speaker, peers, paths) = match shared.desired.lock() {
-            Ok(d) => (d.speaker.clone(), d.peers.clone(), d.paths.clone()),
+            // Until the paths are known, the peers wait (see the module doc).
+            Ok(d) => (
+                d.speaker.clone(),
+                d.paths_set.then(|| d.peers.clone()),
+                d.paths.clone(),
+            ),
             Err(_) => return,
         };
         apply(&mut applied, speaker, peers, paths).await;
@@ -159,7 +172,7 @@ async fn drive(shared: Arc<Shared>) {
 async fn apply(
     applied: &mut Applied,
     speaker: Option<SpeakerConfig>,
-    peers: BTreeMap<IpAddr, PeerConfig>,
+    peers: Option<BTreeMap<IpAddr, PeerConfig>>,
     paths: PathTable,
 ) {
     if applied.speaker.as_ref().map(|(c, _)| c) != speaker.as_ref() {
@@ -194,6 +207,9 @@ async fn apply(
         speaker.set_paths(paths.clone()).await;
         applied.paths = Some(paths);
     }
+    let Some(peers) = peers else {
+        return;
+    };
     let gone: Vec<IpAddr> = applied
         .peers
         .keys()
@@ -220,8 +236,8 @@ mod tests {
     /// Two speakers on loopback: the controller's, driven through the
     /// trait, and a passive porter-bgp listener standing in for the router
     /// only to prove the session comes up through the adapter.
-    #[tokio::test]
-    async fn the_adapter_starts_the_speaker_and_peers() {
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_adapter_starts_the_speaker_and_peers_once_it_has_the_paths() {
         let router = porter_bgp::Speaker::start(porter_bgp::SpeakerConfig {
             local_as: 65001,
             router_id: Ipv4Addr::new(127, 0, 0, 1),
@@ -248,6 +264,16 @@ mod tests {
         peer.connect_retry = Duration::from_secs(1);
         peer.local_address = Some(IpAddr::from([127, 0, 0, 2]));
         announcer.upsert_peer(&peer);
+        // No session before the controller's paths: after a restart it would
+        // send an empty table and End-of-RIB, and the router would flush the
+        // routes it kept for us. The driver runs at least once a second.
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        assert!(
+            announcer.peer_status().is_empty(),
+            "a session was opened before the paths were set: {:?}",
+            announcer.peer_status()
+        );
+        announcer.set_paths(&Paths::default());
         let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
         loop {
             let status = announcer.peer_status();
