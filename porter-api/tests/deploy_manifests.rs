@@ -330,25 +330,53 @@ fn bundle_of<T: serde::de::DeserializeOwned>(kind: &str) -> Vec<T> {
         .collect()
 }
 
+/// A role's name, its namespace (`None`: a ClusterRole) and its rules.
+type RoleRules = (
+    String,
+    Option<String>,
+    Vec<k8s_openapi::api::rbac::v1::PolicyRule>,
+);
+
+/// Which service accounts a role is bound to.
+fn bound_to(role: &str, namespace: Option<&str>) -> Vec<String> {
+    let cluster = bundle_of::<ClusterRoleBinding>("ClusterRoleBinding")
+        .into_iter()
+        .filter(|b| b.role_ref.kind == "ClusterRole")
+        .map(|b| (b.role_ref.name, None, b.subjects.unwrap_or_default()));
+    let namespaced = bundle_of::<RoleBinding>("RoleBinding")
+        .into_iter()
+        .map(|b| {
+            let ns = (b.role_ref.kind == "Role").then(|| b.metadata.namespace.unwrap_or_default());
+            (b.role_ref.name, ns, b.subjects.unwrap_or_default())
+        });
+    cluster
+        .chain(namespaced)
+        .filter(|(name, ns, _)| name == role && ns.as_deref() == namespace)
+        .flat_map(|(_, _, subjects)| subjects.into_iter().map(|s| s.name))
+        .collect()
+}
+
 #[test]
 fn rbac_is_least_privilege() {
-    let roles: Vec<(String, Vec<k8s_openapi::api::rbac::v1::PolicyRule>)> =
-        bundle_of::<ClusterRole>("ClusterRole")
-            .into_iter()
-            .map(|r| {
-                (
-                    r.metadata.name.unwrap_or_default(),
-                    r.rules.unwrap_or_default(),
-                )
-            })
-            .chain(bundle_of::<Role>("Role").into_iter().map(|r| {
-                (
-                    r.metadata.name.unwrap_or_default(),
-                    r.rules.unwrap_or_default(),
-                )
-            }))
-            .collect();
-    for (name, rules) in &roles {
+    let roles: Vec<RoleRules> = bundle_of::<ClusterRole>("ClusterRole")
+        .into_iter()
+        .map(|r| {
+            (
+                r.metadata.name.unwrap_or_default(),
+                None,
+                r.rules.unwrap_or_default(),
+            )
+        })
+        .chain(bundle_of::<Role>("Role").into_iter().map(|r| {
+            (
+                r.metadata.name.unwrap_or_default(),
+                r.metadata.namespace,
+                r.rules.unwrap_or_default(),
+            )
+        }))
+        .collect();
+    let mut secret_readers = Vec::new();
+    for (name, namespace, rules) in &roles {
         for rule in rules {
             let all = rule
                 .verbs
@@ -358,12 +386,39 @@ fn rbac_is_least_privilege() {
             for word in all {
                 assert_ne!(word, "*", "role {name} uses a wildcard");
             }
-            assert!(
-                !rule.resources.iter().flatten().any(|r| r == "secrets"),
-                "role {name} reads Secrets"
-            );
+            if rule.resources.iter().flatten().any(|r| r == "secrets") {
+                // Only the controller, only in its own namespace, only reading.
+                assert_eq!(
+                    namespace.as_deref(),
+                    Some("porter-system"),
+                    "role {name} reads Secrets outside porter-system"
+                );
+                let mut verbs = rule.verbs.clone();
+                verbs.sort();
+                assert_eq!(verbs, ["get", "list", "watch"], "role {name} on Secrets");
+                assert_eq!(
+                    rule.resources.as_deref(),
+                    Some(&["secrets".to_string()][..]),
+                    "role {name}: Secrets get a rule of their own"
+                );
+                assert!(
+                    rule.resource_names.is_none(),
+                    "a watch cannot be limited by resourceNames"
+                );
+                assert_eq!(
+                    bound_to(name, namespace.as_deref()),
+                    ["porter-controller"],
+                    "role {name} reads Secrets for someone else than the controller"
+                );
+                secret_readers.push(name.clone());
+            }
         }
     }
+    assert_eq!(
+        secret_readers.len(),
+        1,
+        "BgpPeer passwords need one Role on Secrets: {secret_readers:?}"
+    );
     // The agent only reads, except the Leases that guard Layer 2 leadership.
     let bound_to_agent: Vec<String> = bundle_of::<ClusterRoleBinding>("ClusterRoleBinding")
         .into_iter()
@@ -378,9 +433,9 @@ fn rbac_is_least_privilege() {
         .collect();
     assert!(!bound_to_agent.is_empty(), "the agent has no role at all");
     for role in &bound_to_agent {
-        let (_, rules) = roles
+        let (_, _, rules) = roles
             .iter()
-            .find(|(n, _)| n == role)
+            .find(|(n, _, _)| n == role)
             .expect("bound role exists");
         for rule in rules {
             let only_leases = rule.resources.iter().flatten().all(|r| r == "leases")

@@ -3,15 +3,18 @@
 //! and peer settings. The shapes mirror porter-bgp's API so that its adapter
 //! is a field-by-field copy.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::Arc;
 use std::time::Duration;
 
+use k8s_openapi::api::core::v1::Secret;
 use porter_api::annotations::BGP_CONF_NAME;
 use porter_api::source::Snapshot;
 use porter_api::{BgpConf, BgpPeer};
 
 use crate::announce::Routes;
+use crate::peer_auth::{self, SecretScope};
 
 pub const DEFAULT_LISTEN_PORT: u16 = 17900;
 const DEFAULT_REMOTE_PORT: u16 = 179;
@@ -84,12 +87,26 @@ pub trait Announcer: Send {
 pub struct Note {
     pub warning: bool,
     pub message: String,
+    /// Also worth a Warning Event on this BgpPeer.
+    pub event: Option<PeerEvent>,
 }
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PeerEvent {
+    pub peer: String,
+    pub reason: &'static str,
+}
+
+/// Event reason: the password Secret cannot be used, so the session is not (re)keyed.
+pub const REASON_AUTH_UNAVAILABLE: &str = "AuthPasswordUnavailable";
+/// Event reason: the password is in the BgpPeer in plain text.
+pub const REASON_AUTH_IN_SPEC: &str = "AuthPasswordInSpec";
 
 fn info(message: impl Into<String>) -> Note {
     Note {
         warning: false,
         message: message.into(),
+        event: None,
     }
 }
 
@@ -97,6 +114,17 @@ fn warn(message: impl Into<String>) -> Note {
     Note {
         warning: true,
         message: message.into(),
+        event: None,
+    }
+}
+
+fn warn_peer(peer: &str, reason: &'static str, message: String) -> Note {
+    Note {
+        event: Some(PeerEvent {
+            peer: peer.to_string(),
+            reason,
+        }),
+        ..warn(format!("BgpPeer `{peer}`: {message}"))
     }
 }
 
@@ -106,11 +134,15 @@ pub struct BgpDesired {
     /// `None`: no usable global settings, so no speaker runs.
     pub speaker: Option<SpeakerConfig>,
     pub peers: BTreeMap<IpAddr, PeerConfig>,
+    /// Peers whose password cannot be read now: a running session keeps
+    /// the key it has, and none is started without one.
+    pub held: BTreeSet<IpAddr>,
     pub notes: Vec<Note>,
 }
 
 /// BgpConf/BgpPeer when there are any, else the seed's ConfigMap.
-pub fn desired(snap: &Snapshot) -> BgpDesired {
+/// Passwords come from `snap.secrets` within `scope`.
+pub fn desired(snap: &Snapshot, scope: &SecretScope) -> BgpDesired {
     let seed = snap.config_maps.first().map(|cm| {
         let data = cm.data.clone().unwrap_or_default();
         let text = data
@@ -125,7 +157,8 @@ pub fn desired(snap: &Snapshot) -> BgpDesired {
         return seed.unwrap_or_default();
     }
     let conf = snap.bgp_confs.iter().map(|c| c.as_ref());
-    let mut out = from_crds(conf, snap.bgp_peers.iter().map(|p| p.as_ref()));
+    let peers = snap.bgp_peers.iter().map(|p| p.as_ref());
+    let mut out = from_crds(conf, peers, &snap.secrets, scope);
     if seed.is_some() {
         out.notes.push(warn(
             "both BgpConf/BgpPeer objects and the ConfigMap porter-system/bgp-cfg exist; \
@@ -138,6 +171,8 @@ pub fn desired(snap: &Snapshot) -> BgpDesired {
 pub fn from_crds<'a>(
     confs: impl IntoIterator<Item = &'a BgpConf>,
     peers: impl IntoIterator<Item = &'a BgpPeer>,
+    secrets: &[Arc<Secret>],
+    scope: &SecretScope,
 ) -> BgpDesired {
     let mut out = BgpDesired::default();
     for conf in confs {
@@ -192,11 +227,31 @@ pub fn from_crds<'a>(
     for peer in peers {
         let name = peer.metadata.name.as_deref().unwrap_or_default();
         match peer_from_crd(peer) {
-            Ok((cfg, notes)) => {
+            Ok((mut cfg, notes)) => {
                 out.notes.extend(notes.into_iter().map(|n| Note {
                     message: format!("BgpPeer `{name}`: {}", n.message),
                     ..n
                 }));
+                match peer_auth::resolve(&peer.spec.conf, secrets, scope) {
+                    Ok(auth) => {
+                        cfg.md5_password = auth.password;
+                        out.notes.extend(
+                            auth.warning
+                                .map(|w| warn_peer(name, REASON_AUTH_IN_SPEC, w)),
+                        );
+                    }
+                    Err(e) => {
+                        out.notes.push(warn_peer(
+                            name,
+                            REASON_AUTH_UNAVAILABLE,
+                            format!(
+                                "{e}; the session is not started or re-keyed until it is fixed"
+                            ),
+                        ));
+                        out.held.insert(cfg.address);
+                        continue;
+                    }
+                }
                 match out.peers.entry(cfg.address) {
                     std::collections::btree_map::Entry::Occupied(_) => {
                         out.notes.push(warn(format!(
@@ -308,7 +363,8 @@ fn peer_from_crd(peer: &BgpPeer) -> Result<(PeerConfig, Vec<Note>), String> {
             connect_retry: Duration::from_secs(
                 timers.connect_retry.unwrap_or(DEFAULT_CONNECT_RETRY).into(),
             ),
-            md5_password: spec.conf.auth_password.clone().filter(|p| !p.is_empty()),
+            // Set by the caller from a Secret or authPassword (crate::peer_auth).
+            md5_password: None,
             ebgp_multihop_ttl: multihop
                 .enabled
                 .then(|| multihop.multihop_ttl.unwrap_or(255)),
@@ -506,7 +562,7 @@ impl BgpDriver {
         let gone: Vec<IpAddr> = self
             .peers
             .keys()
-            .filter(|a| !desired.peers.contains_key(a))
+            .filter(|a| !desired.peers.contains_key(a) && !desired.held.contains(a))
             .copied()
             .collect();
         for address in gone {

@@ -11,6 +11,7 @@ pub mod fuzzing;
 mod identity;
 pub mod ipam;
 pub mod metrics;
+pub mod peer_auth;
 pub mod reconcile;
 pub mod run;
 pub mod service;

@@ -10,6 +10,7 @@ use clap::Parser;
 use porter_api::source::{SourceArg as Source, dir, kube as kube_source};
 use porter_controller::bgp_speaker::SpeakerAnnouncer;
 use porter_controller::metrics::Metrics;
+use porter_controller::peer_auth::SecretScope;
 use porter_controller::run::{Controller, Settings, run};
 use tokio::sync::watch;
 
@@ -61,6 +62,13 @@ struct Args {
     /// at most this long; BGP graceful restart keeps routes meanwhile.
     #[arg(long, default_value_t = 15)]
     lease_duration: u64,
+    /// Namespaces to read Secrets from (BgpPeer `authPasswordSecretRef`),
+    /// comma-separated; a reference without a namespace means the first.
+    /// Default: the controller's own namespace (that of --lease-namespace).
+    /// With `kube`, each needs a Role letting the controller get, list and
+    /// watch Secrets there.
+    #[arg(long, value_delimiter = ',', env = "PORTER_SECRET_NAMESPACES")]
+    secret_namespaces: Vec<String>,
 }
 
 #[tokio::main]
@@ -84,7 +92,13 @@ async fn main() -> Result<()> {
         served.render()
     }));
     tracing::info!(addr = %args.metrics_addr, "metrics served at /metrics");
-    let controller = Controller::new(SpeakerAnnouncer::spawn(), metrics);
+    let mut secret_namespaces = args.secret_namespaces.clone();
+    secret_namespaces.retain(|n| !n.trim().is_empty());
+    let scope = SecretScope::new(secret_namespaces)
+        .or_else(|| SecretScope::new(vec![args.lease_namespace.clone()]))
+        .unwrap_or_default();
+    let controller =
+        Controller::new(SpeakerAnnouncer::spawn(), metrics).with_secret_scope(scope.clone());
     let settings = Settings {
         resync: args.resync_interval,
         retry: args.retry_interval,
@@ -120,7 +134,11 @@ async fn main() -> Result<()> {
                     })?;
             let (leader, lease_task) = lease.watch().await;
             tracing::info!(identity, "waiting for the cluster state");
-            let (snapshots, stores) = kube_source::start(client.clone()).await;
+            let watch = kube_source::Watch {
+                secret_namespaces: scope.namespaces().to_vec(),
+            };
+            tracing::info!(namespaces = ?watch.secret_namespaces, "reading Secrets (BgpPeer passwords)");
+            let (snapshots, stores) = kube_source::start_watching(client.clone(), &watch).await;
             let writer = kube_source::KubeWriter::new(client, Some(identity), Some(stores));
             // Without a working election this replica cannot know whether it
             // may write: stop, and let the Deployment restart it.

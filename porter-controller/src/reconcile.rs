@@ -18,6 +18,7 @@ use crate::announce::{RouteTable, Routes};
 use crate::bgp::{self, BgpDesired};
 use crate::identity::{remember, same_objects};
 use crate::ipam::{Ipam, NamespaceLabels, Pool, PoolState};
+use crate::peer_auth::SecretScope;
 use crate::service::{self, ServiceRequest};
 
 pub const REASON_ALLOCATED: &str = "IPAllocated";
@@ -54,6 +55,8 @@ pub struct Reconciler {
     routes_version: u64,
     /// The inputs and outcome of the last address plan.
     last_addresses: Option<(AddressInputs, Memo)>,
+    /// Where BgpPeer password Secrets are read.
+    secret_scope: SecretScope,
 }
 
 /// What the address plan reads, by identity (see [`crate::identity`]).
@@ -130,6 +133,10 @@ impl Reconciler {
         &self.ipam
     }
 
+    pub fn set_secret_scope(&mut self, scope: SecretScope) {
+        self.secret_scope = scope;
+    }
+
     /// Forgets which Events were sent, so that a new leader reports afresh.
     pub fn forget_reported(&mut self) {
         self.failed.clear();
@@ -166,7 +173,7 @@ impl Reconciler {
         plan.routes = self.routes.routes().clone();
         plan.routes_version = self.routes_version;
         self.announcement_events(&changed, &mut plan.events);
-        plan.bgp = bgp::desired(snap);
+        plan.bgp = bgp::desired(snap, &self.secret_scope);
         plan
     }
 

@@ -13,7 +13,7 @@ use std::path::PathBuf;
 use std::str::FromStr;
 use std::sync::Arc;
 
-use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Node, Service};
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Node, Secret, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 
 use crate::{BgpConf, BgpPeer, Eip, EipStatus, ObjectKey};
@@ -53,6 +53,10 @@ pub struct Snapshot {
     pub bgp_peers: Vec<Arc<BgpPeer>>,
     /// Only the seed's `porter-system/bgp-cfg`.
     pub config_maps: Vec<Arc<ConfigMap>>,
+    /// BgpPeer passwords live here. The kube source reads only the
+    /// namespaces it is given (none for the agent); `stringData` is already
+    /// merged into `data`.
+    pub secrets: Vec<Arc<Secret>>,
 }
 
 /// The receiving end of a source: `borrow()` is the latest snapshot,
@@ -70,13 +74,15 @@ pub enum EventType {
 pub enum Regarding {
     Service(ObjectKey),
     Eip(String),
+    BgpPeer(String),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Event {
     pub regarding: Regarding,
     pub type_: EventType,
-    /// CamelCase reason: `IPAllocated`, `AllocationFailed`, `Announced`.
+    /// CamelCase reason: `IPAllocated`, `AllocationFailed`, `Announced`,
+    /// `AuthPasswordUnavailable`, `AuthPasswordInSpec`.
     pub reason: &'static str,
     pub message: String,
 }

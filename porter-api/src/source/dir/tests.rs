@@ -201,3 +201,58 @@ fn a_missing_directory_fails_with_its_path() {
     let err = load(Path::new("/nonexistent/porter-dir")).expect_err("missing dir");
     assert_eq!(err.kind(), std::io::ErrorKind::NotFound);
 }
+
+#[test]
+fn secrets_are_read_with_string_data_merged_and_bad_base64_named_not_shown() {
+    let dir = Scratch::new();
+    dir.write(
+        "secrets.yaml",
+        r#"
+apiVersion: v1
+kind: Secret
+metadata:
+  name: encoded
+  namespace: porter-system
+type: Opaque
+data:
+  password: czNjcmV0
+  other: b2xk
+stringData:
+  other: plain
+---
+apiVersion: v1
+kind: Secret
+metadata:
+  name: bad
+  namespace: porter-system
+data:
+  password: "hunter2!!"
+"#,
+    );
+    let (snap, problems) = load(&dir.0).expect("load");
+    let [secret] = snap.secrets.as_slice() else {
+        panic!("one good Secret expected: {:?}", snap.secrets.len())
+    };
+    let data = secret.data.clone().unwrap_or_default();
+    let text = |k: &str| {
+        data.get(k)
+            .map(|b| String::from_utf8_lossy(&b.0).into_owned())
+    };
+    assert_eq!(
+        text("password").as_deref(),
+        Some("s3cret"),
+        "base64 decoded"
+    );
+    assert_eq!(text("other").as_deref(), Some("plain"), "stringData wins");
+    assert_eq!(secret.string_data, None);
+    let [problem] = problems.as_slice() else {
+        panic!("one problem expected: {problems:?}")
+    };
+    assert!(
+        problem
+            .problem
+            .contains("Secret porter-system/bad: data.password is not valid base64"),
+        "{problem:?}"
+    );
+    assert!(!problem.problem.contains("hunter2"), "{problem:?}");
+}

@@ -165,3 +165,47 @@ async fn the_first_snapshot_holds_every_kind_once_listed() {
         "only bgp-cfg is watched"
     );
 }
+
+/// Every list answers empty; watches fail and back off, which is enough to
+/// see what the reflectors ask for.
+fn empty_lists() -> (Client, crate::testing::Log) {
+    mock_client(
+        |_| json!({"apiVersion": "v1", "kind": "List", "metadata": {"resourceVersion": "1"}, "items": []}),
+    )
+}
+
+fn secret_requests(log: &crate::testing::Log) -> Vec<String> {
+    seen(log)
+        .into_iter()
+        .map(|s| s.uri)
+        .filter(|u| u.contains("secrets"))
+        .collect()
+}
+
+#[tokio::test]
+async fn secrets_are_watched_only_in_the_namespaces_given() {
+    let (client, log) = empty_lists();
+    let watch = Watch {
+        secret_namespaces: vec!["porter-system".into()],
+    };
+    let (snapshots, _stores) =
+        tokio::time::timeout(Duration::from_secs(20), start_watching(client, &watch))
+            .await
+            .expect("every store is listed");
+    assert!(snapshots.borrow().secrets.is_empty());
+    let requests = secret_requests(&log);
+    assert!(!requests.is_empty(), "Secrets are not read at all");
+    for uri in &requests {
+        assert!(
+            uri.starts_with("/api/v1/namespaces/porter-system/secrets?"),
+            "a Secret request outside porter-system (RBAC allows no more): {uri}"
+        );
+    }
+
+    // The agent's source reads no Secret anywhere.
+    let (client, log) = empty_lists();
+    tokio::time::timeout(Duration::from_secs(20), start(client))
+        .await
+        .expect("every store is listed");
+    assert_eq!(secret_requests(&log), Vec::<String>::new());
+}
