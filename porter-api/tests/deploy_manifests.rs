@@ -10,6 +10,7 @@ use k8s_openapi::api::apps::v1::{DaemonSet, Deployment};
 use k8s_openapi::api::core::v1::{Namespace, Service, ServiceAccount};
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use serde::Deserialize;
 use serde_json::Value;
 
@@ -454,6 +455,43 @@ fn rbac_is_least_privilege() {
     }
 }
 
+/// Liveness and startup ask whether the process answers, readiness whether
+/// it is ready for work: a slow cache sync must not get a pod restarted.
+fn probes_use_the_health_endpoints(who: &str, c: &k8s_openapi::api::core::v1::Container) {
+    let metrics_port = c
+        .ports
+        .iter()
+        .flatten()
+        .find(|p| p.name.as_deref() == Some("metrics"))
+        .map(|p| p.container_port);
+    for (what, probe, path) in [
+        ("startup", &c.startup_probe, "/healthz"),
+        ("liveness", &c.liveness_probe, "/healthz"),
+        ("readiness", &c.readiness_probe, "/readyz"),
+    ] {
+        let get = probe
+            .as_ref()
+            .and_then(|p| p.http_get.as_ref())
+            .unwrap_or_else(|| panic!("{who} has no HTTP {what} probe"));
+        assert_eq!(get.path.as_deref(), Some(path), "{who} {what} probe");
+        let port = match &get.port {
+            IntOrString::String(name) => {
+                assert_eq!(name, "metrics", "{who} {what} probe port");
+                metrics_port
+            }
+            IntOrString::Int(n) => Some(*n),
+        };
+        let arg = c
+            .args
+            .iter()
+            .flatten()
+            .find_map(|a| a.strip_prefix("--metrics-addr="))
+            .and_then(|a| a.rsplit_once(':'))
+            .and_then(|(_, p)| p.parse::<i32>().ok());
+        assert_eq!(port, arg, "{who} {what} probe hits --metrics-addr");
+    }
+}
+
 #[test]
 fn workloads_keep_their_promises() {
     let [controller]: [Deployment; 1] = bundle_of("Deployment").try_into().expect("one Deployment");
@@ -471,12 +509,7 @@ fn workloads_keep_their_promises() {
         c.env.iter().flatten().any(|e| e.name == "POD_NAME"),
         "identity for the lease"
     );
-    for (what, probe) in [
-        ("liveness", &c.liveness_probe),
-        ("readiness", &c.readiness_probe),
-    ] {
-        assert!(probe.is_some(), "controller {what} probe");
-    }
+    probes_use_the_health_endpoints("controller", c);
     assert!(
         c.resources
             .as_ref()
@@ -495,7 +528,7 @@ fn workloads_keep_their_promises() {
         .expect("a hostPath volume");
     assert_eq!(bpffs.path, "/sys/fs/bpf");
     let c = &pod.containers[0];
-    assert!(c.liveness_probe.is_some() && c.readiness_probe.is_some());
+    probes_use_the_health_endpoints("agent", c);
     let security = c.security_context.as_ref().expect("securityContext");
     assert_ne!(
         security.privileged,

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use clap::Parser;
+use porter_api::metrics_http::{Health, serve_with_health};
 use porter_api::source::{SourceArg as Source, dir, kube as kube_source};
 use porter_controller::bgp_speaker::SpeakerAnnouncer;
 use porter_controller::metrics::Metrics;
@@ -37,7 +38,9 @@ struct Args {
     /// manifests, watched; status and events are written to PATH/status/).
     #[arg(long, default_value = "kube", env = "PORTER_SOURCE")]
     source: Source,
-    /// Address to serve Prometheus metrics on, at /metrics.
+    /// Address to serve Prometheus metrics on, at /metrics, and the probes:
+    /// /healthz (the process answers) and /readyz (the cluster state is
+    /// loaded: the caches are synced, or the directory read).
     #[arg(long, default_value = "0.0.0.0:9190", env = "PORTER_METRICS_ADDR")]
     metrics_addr: SocketAddr,
     /// How often `dir:` checks its directory for changes.
@@ -88,10 +91,13 @@ async fn main() -> Result<()> {
         .await
         .with_context(|| format!("cannot listen on --metrics-addr {}", args.metrics_addr))?;
     let served = metrics.clone();
-    tokio::spawn(porter_api::metrics_http::serve(listener, move || {
-        served.render()
-    }));
-    tracing::info!(addr = %args.metrics_addr, "metrics served at /metrics");
+    let health = Health::starting();
+    tokio::spawn(serve_with_health(
+        listener,
+        move || served.render(),
+        health.clone(),
+    ));
+    tracing::info!(addr = %args.metrics_addr, "metrics at /metrics, probes at /healthz and /readyz");
     let mut secret_namespaces = args.secret_namespaces.clone();
     secret_namespaces.retain(|n| !n.trim().is_empty());
     let scope = SecretScope::new(secret_namespaces)
@@ -108,6 +114,7 @@ async fn main() -> Result<()> {
             let (snapshots, writer) = dir::start(path.clone(), args.poll_interval)
                 .with_context(|| format!("cannot read manifests in {}", path.display()))?;
             tracing::info!(dir = %path.display(), "reading the cluster from manifests");
+            health.set_ready(true);
             // One process owns a directory: it is always the leader.
             let (_keep, leader) = watch::channel(true);
             run(controller, snapshots, writer, leader, settings).await;
@@ -139,6 +146,8 @@ async fn main() -> Result<()> {
             };
             tracing::info!(namespaces = ?watch.secret_namespaces, "reading Secrets (BgpPeer passwords)");
             let (snapshots, stores) = kube_source::start_watching(client.clone(), &watch).await;
+            // Every store is listed: this replica can lead at once.
+            health.set_ready(true);
             let writer = kube_source::KubeWriter::new(client, Some(identity), Some(stores));
             // Without a working election this replica cannot know whether it
             // may write: stop, and let the Deployment restart it.
