@@ -552,3 +552,64 @@ fn workloads_keep_their_promises() {
         "the agent knows where its Layer 2 Leases live"
     );
 }
+
+/// A pool as OpenELB / Porter v0.x documented it: the v1alpha1 fields
+/// `address`, `protocol` and `disable`.
+const OPENELB_V1ALPHA1_EIP: &str = "
+apiVersion: network.kubesphere.io/v1alpha1
+kind: Eip
+metadata:
+  name: eip-sample-pool
+spec:
+  address: 192.168.0.91-192.168.0.100
+  protocol: layer2
+  disable: true
+";
+
+#[test]
+fn an_openelb_v1alpha1_eip_fits_the_served_schema_in_deploy_crds() {
+    let path = deploy_dir().join("crds/eip.yaml");
+    let [crd]: [Value; 1] = documents(&path).try_into().expect("one CRD in eip.yaml");
+    let crd: CustomResourceDefinition = serde_json::from_value(crd).expect("a CRD");
+    assert_eq!(
+        crd.spec.names.kind, "Eip",
+        "a CRD has one kind: `EIP` cannot apply"
+    );
+    let v1alpha1 = crd
+        .spec
+        .versions
+        .iter()
+        .find(|v| v.name == "v1alpha1")
+        .expect("v1alpha1 in deploy/crds/eip.yaml");
+    assert!(v1alpha1.served && !v1alpha1.storage, "served, not stored");
+    let schema = serde_json::to_value(
+        v1alpha1
+            .schema
+            .as_ref()
+            .and_then(|s| s.open_api_v3_schema.as_ref())
+            .expect("v1alpha1 schema"),
+    )
+    .expect("schema to JSON");
+
+    let doc: Value = serde_yaml::from_str(OPENELB_V1ALPHA1_EIP).expect("YAML");
+    let mut object = doc.clone();
+    for field in ["apiVersion", "kind", "metadata"] {
+        object.as_object_mut().expect("object").remove(field);
+    }
+    let mut errors = Vec::new();
+    validate(&schema, &object, "eip", &mut errors);
+    assert!(errors.is_empty(), "{errors:#?}");
+    let typed: porter_api::crd::v1alpha1::Eip = round_trip(&doc).expect("every field kept");
+    assert_eq!(typed.spec.protocol.as_deref(), Some("layer2"));
+    assert!(typed.spec.disable);
+
+    // The check has teeth: a misspelt field would be pruned.
+    let mut typo = object.clone();
+    typo["spec"]["protocl"] = Value::from("bgp");
+    let mut errors = Vec::new();
+    validate(&schema, &typo, "eip", &mut errors);
+    assert!(
+        errors.iter().any(|e| e.contains("protocl: unknown field")),
+        "{errors:?}"
+    );
+}

@@ -256,3 +256,30 @@ data:
     );
     assert!(!problem.problem.contains("hunter2"), "{problem:?}");
 }
+
+#[test]
+fn openelb_v1alpha1_pools_are_read_in_either_kind_spelling() {
+    let dir = Scratch::new();
+    for (file, kind, name) in [("a.yaml", "Eip", "a"), ("b.yaml", "EIP", "b")] {
+        dir.write(
+            file,
+            &format!(
+                "apiVersion: network.kubesphere.io/v1alpha1\nkind: {kind}\nmetadata:\n  name: {name}\n\
+                 spec:\n  address: 192.168.0.91-192.168.0.100\n  protocol: layer2\n  disable: true\n"
+            ),
+        );
+    }
+    let (snap, problems) = load(&dir.0).expect("load");
+    assert!(problems.is_empty(), "{problems:?}");
+    let names: Vec<_> = snap
+        .eips
+        .iter()
+        .map(|e| e.metadata.name.clone().unwrap_or_default())
+        .collect();
+    assert_eq!(names, ["a", "b"]);
+    for eip in &snap.eips {
+        assert_eq!(eip.spec.address, "192.168.0.91-192.168.0.100");
+        assert_eq!(eip.spec.protocol.as_deref(), Some("layer2"));
+        assert!(eip.spec.disable);
+    }
+}
