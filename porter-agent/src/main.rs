@@ -19,6 +19,8 @@ use porter_agent::{
     sync::{self, Agent, Backoff, Settings},
     xdp_attach::{self, XdpModePreference},
 };
+use porter_api::annotations::PORTER_NAMESPACE;
+use porter_api::peer_auth::SecretScope;
 use porter_api::source::{SnapshotReceiver, SourceArg, dir, kube as kube_source};
 use tracing::{error, info};
 
@@ -94,6 +96,12 @@ struct RunArgs {
     /// maps are first pinned.
     #[arg(long, default_value_t = porter_common::limits::DEFAULT_MAX_SERVICES)]
     max_services: u32,
+    /// Namespaces to read BgpPeer password Secrets from, comma-separated, in
+    /// node mode (`kube` source). The first is where an
+    /// `authPasswordSecretRef` without a namespace points. Default: the
+    /// agent's own namespace (`POD_NAMESPACE`, else `porter-system`).
+    #[arg(long, value_delimiter = ',', env = "PORTER_SECRET_NAMESPACES")]
+    secret_namespaces: Vec<String>,
     #[command(flatten)]
     pins: PinArgs,
 }
@@ -159,17 +167,21 @@ async fn run(args: RunArgs) -> Result<()> {
     }));
     info!(addr = %args.metrics_addr, node = %settings.node, "metrics served at /metrics");
 
+    let mut secret_namespaces = args.secret_namespaces.clone();
+    secret_namespaces.retain(|n| !n.trim().is_empty());
+    let secrets = SecretScope::new(secret_namespaces)
+        .or_else(|| SecretScope::new(vec![own_namespace()]))
+        .unwrap_or_default();
     let shutdown = shutdown_signal()?;
     let (snapshots, leases, status_writer) = tokio::select! {
-        connected = connect(&args.source, args.poll_interval) => connected?,
+        connected = connect(&args.source, args.poll_interval, &secrets) => connected?,
         () = shutdown.clone_wait() => return Ok(()),
     };
     let node = settings.node.clone();
-    let mut agent = Agent::new(settings, metrics.clone()).with_bgp(NodeSpeaker::new(
-        node.clone(),
-        status_writer,
-        metrics.bgp.clone(),
-    ));
+    let mut agent = Agent::new(settings, metrics.clone()).with_bgp(
+        NodeSpeaker::new(node.clone(), status_writer, metrics.bgp.clone())
+            .with_secret_scope(secrets),
+    );
     match Announcer::open() {
         Ok(announcer) => {
             let speaker = Speaker::new(node, Timing::default(), leases);
@@ -195,6 +207,7 @@ async fn run(args: RunArgs) -> Result<()> {
 async fn connect(
     source: &SourceArg,
     poll: Duration,
+    secrets: &SecretScope,
 ) -> Result<(SnapshotReceiver, Leases, PeerStatusWriter)> {
     match source {
         SourceArg::Dir(path) => {
@@ -221,17 +234,28 @@ async fn connect(
                 }
             };
             info!("waiting for the cluster state");
-            let namespace =
-                std::env::var("POD_NAMESPACE").unwrap_or_else(|_| "porter-system".to_owned());
-            let leases = Leases::Kube(Box::new(KubeLeases::new(client.clone(), &namespace)));
+            let leases = Leases::Kube(Box::new(KubeLeases::new(client.clone(), &own_namespace())));
             let writer = kube_source::KubeWriter::new(client.clone(), None, None);
             Ok((
-                kube_source::start(client).await.0,
+                // Only the node-mode speaker uses them (BgpPeer passwords).
+                kube_source::start_watching(
+                    client,
+                    &kube_source::Watch {
+                        secret_namespaces: secrets.namespaces().to_vec(),
+                    },
+                )
+                .await
+                .0,
                 leases,
                 PeerStatusWriter::Kube(Box::new(writer)),
             ))
         }
     }
+}
+
+/// The agent's namespace: where its Layer 2 Leases and password Secrets are.
+fn own_namespace() -> String {
+    std::env::var("POD_NAMESPACE").unwrap_or_else(|_| PORTER_NAMESPACE.to_owned())
 }
 
 /// SIGINT or SIGTERM, observable from several places.

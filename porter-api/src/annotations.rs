@@ -98,6 +98,10 @@ pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
 pub const SEED_BGP_CONFIGMAP_NAMESPACE: &str = "porter-system";
 pub const SEED_BGP_CONFIGMAP_NAME: &str = "bgp-cfg";
 
+/// Where deploy/porter.yaml installs Porter; the controller reads Secrets
+/// (BgpPeer passwords) here unless told otherwise.
+pub const PORTER_NAMESPACE: &str = "porter-system";
+
 /// The only BgpConf object that is read.
 pub const BGP_CONF_NAME: &str = "default";
 

@@ -4,10 +4,14 @@
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::Arc;
 use std::time::Duration;
+
+use k8s_openapi::api::core::v1::Secret;
 
 use crate::bgp_policy::peer_policy;
 use crate::crd::BgpConfSpec;
+use crate::peer_auth::{self, SecretScope};
 use crate::source::Snapshot;
 use crate::{BgpPeer, BgpPeerNodeStatus};
 
@@ -32,16 +36,32 @@ pub fn graceful_restart(restart_time: u16) -> GracefulRestart {
     }
 }
 
+/// A remark about the configuration: a key that does not apply, a value that
+/// was refused. Logged, never dropped silently.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Note {
     pub warning: bool,
     pub message: String,
+    /// Also worth a Warning Event on this BgpPeer.
+    pub event: Option<PeerEvent>,
 }
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PeerEvent {
+    pub peer: String,
+    pub reason: &'static str,
+}
+
+/// Event reason: the password Secret cannot be used, so the session is not (re)keyed.
+pub const REASON_AUTH_UNAVAILABLE: &str = "AuthPasswordUnavailable";
+/// Event reason: the password is in the BgpPeer in plain text.
+pub const REASON_AUTH_IN_SPEC: &str = "AuthPasswordInSpec";
 
 pub fn info(message: impl Into<String>) -> Note {
     Note {
         warning: false,
         message: message.into(),
+        event: None,
     }
 }
 
@@ -49,6 +69,49 @@ pub fn warn(message: impl Into<String>) -> Note {
     Note {
         warning: true,
         message: message.into(),
+        event: None,
+    }
+}
+
+fn warn_peer(peer: &str, reason: &'static str, message: String) -> Note {
+    Note {
+        event: Some(PeerEvent {
+            peer: peer.to_string(),
+            reason,
+        }),
+        ..warn(format!("BgpPeer `{peer}`: {message}"))
+    }
+}
+
+/// Sets `config`'s TCP MD5 password from `peer` (see [`peer_auth`]), for
+/// both speakers. Returns false when the password cannot be read now: the
+/// caller then holds the peer, so a running session keeps the key it has and
+/// none is started without one.
+pub fn set_password(
+    config: &mut PeerConfig,
+    peer: &BgpPeer,
+    secrets: &[Arc<Secret>],
+    scope: &SecretScope,
+    notes: &mut Vec<Note>,
+) -> bool {
+    let name = peer.metadata.name.as_deref().unwrap_or_default();
+    match peer_auth::resolve(&peer.spec.conf, secrets, scope) {
+        Ok(auth) => {
+            config.md5_password = auth.password;
+            notes.extend(
+                auth.warning
+                    .map(|w| warn_peer(name, REASON_AUTH_IN_SPEC, w)),
+            );
+            true
+        }
+        Err(e) => {
+            notes.push(warn_peer(
+                name,
+                REASON_AUTH_UNAVAILABLE,
+                format!("{e}; the session is not started or re-keyed until it is fixed"),
+            ));
+            false
+        }
     }
 }
 
@@ -202,7 +265,8 @@ pub fn peer_from_crd(peer: &BgpPeer) -> Result<(PeerConfig, Vec<Note>), String> 
             connect_retry: Duration::from_secs(
                 timers.connect_retry.unwrap_or(DEFAULT_CONNECT_RETRY).into(),
             ),
-            md5_password: spec.conf.auth_password.clone().filter(|p| !p.is_empty()),
+            // Set by the caller with `set_password`: it needs the Secrets.
+            md5_password: None,
             ebgp_multihop_ttl: multihop
                 .enabled
                 .then(|| multihop.multihop_ttl.unwrap_or(255)),

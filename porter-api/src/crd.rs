@@ -371,9 +371,28 @@ pub const CONTROLLER_STATUS_KEY: &str = "controller";
 pub struct PeerConf {
     pub peer_as: u32,
     pub neighbor_address: String,
-    /// TCP MD5 (RFC 2385) password.
+    /// TCP MD5 (RFC 2385) password in plain text, as OpenELB spells it.
+    /// Anyone who can read BgpPeers can read it: prefer
+    /// `authPasswordSecretRef`, which wins when both are set.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub auth_password: Option<String>,
+    /// TCP MD5 (RFC 2385) password from a key of a Secret.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auth_password_secret_ref: Option<SecretKeyRef>,
+}
+
+/// One key of a Secret (`SecretKeySelector` plus a namespace).
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SecretKeyRef {
+    pub name: String,
+    /// The key under `data` (or `stringData`) that holds the password.
+    pub key: String,
+    /// Defaults to the controller's own namespace (`porter-system`), the
+    /// only one it reads Secrets from unless told otherwise
+    /// (`--secret-namespaces`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
 }
 
 #[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]

@@ -8,6 +8,7 @@ pub mod bgp_policy;
 pub mod crd;
 pub mod layer2;
 pub mod metrics_http;
+pub mod peer_auth;
 pub mod service;
 pub mod source;
 #[cfg(feature = "testing")]

@@ -87,37 +87,11 @@ pub fn serving_endpoints_by_node<'a>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testing::{load_balancer as lb, service as svc};
     use k8s_openapi::api::core::v1::{
         LoadBalancerIngress, LoadBalancerStatus, ServiceSpec, ServiceStatus,
     };
     use k8s_openapi::api::discovery::v1::EndpointConditions;
-    use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-
-    fn svc(annotations: &[(&str, &str)], spec: ServiceSpec) -> Service {
-        Service {
-            metadata: ObjectMeta {
-                name: Some("web".into()),
-                namespace: Some("shop".into()),
-                annotations: Some(
-                    annotations
-                        .iter()
-                        .map(|(k, v)| (k.to_string(), v.to_string()))
-                        .collect(),
-                ),
-                ..Default::default()
-            },
-            spec: Some(spec),
-            status: None,
-        }
-    }
-
-    fn lb(class: Option<&str>) -> ServiceSpec {
-        ServiceSpec {
-            type_: Some("LoadBalancer".into()),
-            load_balancer_class: class.map(str::to_string),
-            ..Default::default()
-        }
-    }
 
     #[test]
     fn opt_in_by_annotation_or_class_only() {

@@ -1,12 +1,43 @@
-//! A mock API server for tests (feature `testing`): a kube [`Client`] whose
-//! requests are recorded and answered by a closure, so a test can check what
-//! a writer sends without a cluster.
+//! Test helpers for this crate and the binaries' (feature `testing`): a mock
+//! API server, a kube [`Client`] whose requests are recorded and answered by
+//! a closure, so a test can check what a writer sends without a cluster; and
+//! object fixtures.
 
 use std::sync::{Arc, Mutex};
 
 use http::{Method, Request, Response};
+use k8s_openapi::api::core::v1::{Service, ServiceSpec};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::Client;
 use kube::client::Body;
+
+/// The Service `shop/web` with these annotations and `spec`, no status.
+pub fn service(annotations: &[(&str, &str)], spec: ServiceSpec) -> Service {
+    Service {
+        metadata: ObjectMeta {
+            name: Some("web".into()),
+            namespace: Some("shop".into()),
+            annotations: Some(
+                annotations
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect(),
+            ),
+            ..Default::default()
+        },
+        spec: Some(spec),
+        status: None,
+    }
+}
+
+/// A `type: LoadBalancer` spec with this `loadBalancerClass`.
+pub fn load_balancer(class: Option<&str>) -> ServiceSpec {
+    ServiceSpec {
+        type_: Some("LoadBalancer".into()),
+        load_balancer_class: class.map(str::to_string),
+        ..Default::default()
+    }
+}
 
 /// One request as the API server saw it.
 #[derive(Debug, Clone)]

@@ -10,6 +10,7 @@ use k8s_openapi::api::apps::v1::{DaemonSet, Deployment};
 use k8s_openapi::api::core::v1::{Namespace, Service, ServiceAccount};
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use serde::Deserialize;
 use serde_json::Value;
 
@@ -330,25 +331,53 @@ fn bundle_of<T: serde::de::DeserializeOwned>(kind: &str) -> Vec<T> {
         .collect()
 }
 
+/// A role's name, its namespace (`None`: a ClusterRole) and its rules.
+type RoleRules = (
+    String,
+    Option<String>,
+    Vec<k8s_openapi::api::rbac::v1::PolicyRule>,
+);
+
+/// Which service accounts a role is bound to.
+fn bound_to(role: &str, namespace: Option<&str>) -> Vec<String> {
+    let cluster = bundle_of::<ClusterRoleBinding>("ClusterRoleBinding")
+        .into_iter()
+        .filter(|b| b.role_ref.kind == "ClusterRole")
+        .map(|b| (b.role_ref.name, None, b.subjects.unwrap_or_default()));
+    let namespaced = bundle_of::<RoleBinding>("RoleBinding")
+        .into_iter()
+        .map(|b| {
+            let ns = (b.role_ref.kind == "Role").then(|| b.metadata.namespace.unwrap_or_default());
+            (b.role_ref.name, ns, b.subjects.unwrap_or_default())
+        });
+    cluster
+        .chain(namespaced)
+        .filter(|(name, ns, _)| name == role && ns.as_deref() == namespace)
+        .flat_map(|(_, _, subjects)| subjects.into_iter().map(|s| s.name))
+        .collect()
+}
+
 #[test]
 fn rbac_is_least_privilege() {
-    let roles: Vec<(String, Vec<k8s_openapi::api::rbac::v1::PolicyRule>)> =
-        bundle_of::<ClusterRole>("ClusterRole")
-            .into_iter()
-            .map(|r| {
-                (
-                    r.metadata.name.unwrap_or_default(),
-                    r.rules.unwrap_or_default(),
-                )
-            })
-            .chain(bundle_of::<Role>("Role").into_iter().map(|r| {
-                (
-                    r.metadata.name.unwrap_or_default(),
-                    r.rules.unwrap_or_default(),
-                )
-            }))
-            .collect();
-    for (name, rules) in &roles {
+    let roles: Vec<RoleRules> = bundle_of::<ClusterRole>("ClusterRole")
+        .into_iter()
+        .map(|r| {
+            (
+                r.metadata.name.unwrap_or_default(),
+                None,
+                r.rules.unwrap_or_default(),
+            )
+        })
+        .chain(bundle_of::<Role>("Role").into_iter().map(|r| {
+            (
+                r.metadata.name.unwrap_or_default(),
+                r.metadata.namespace,
+                r.rules.unwrap_or_default(),
+            )
+        }))
+        .collect();
+    let mut secret_readers = Vec::new();
+    for (name, namespace, rules) in &roles {
         for rule in rules {
             let all = rule
                 .verbs
@@ -358,12 +387,43 @@ fn rbac_is_least_privilege() {
             for word in all {
                 assert_ne!(word, "*", "role {name} uses a wildcard");
             }
-            assert!(
-                !rule.resources.iter().flatten().any(|r| r == "secrets"),
-                "role {name} reads Secrets"
-            );
+            if rule.resources.iter().flatten().any(|r| r == "secrets") {
+                // Only Porter's own namespace, only reading: the controller
+                // (controller mode) and the agents (node mode) key their BGP
+                // sessions with these passwords.
+                assert_eq!(
+                    namespace.as_deref(),
+                    Some("porter-system"),
+                    "role {name} reads Secrets outside porter-system"
+                );
+                let mut verbs = rule.verbs.clone();
+                verbs.sort();
+                assert_eq!(verbs, ["get", "list", "watch"], "role {name} on Secrets");
+                assert_eq!(
+                    rule.resources.as_deref(),
+                    Some(&["secrets".to_string()][..]),
+                    "role {name}: Secrets get a rule of their own"
+                );
+                assert!(
+                    rule.resource_names.is_none(),
+                    "a watch cannot be limited by resourceNames"
+                );
+                let mut readers = bound_to(name, namespace.as_deref());
+                readers.sort();
+                assert_eq!(
+                    readers,
+                    ["porter-agent", "porter-controller"],
+                    "role {name} reads Secrets for someone else than Porter's speakers"
+                );
+                secret_readers.push(name.clone());
+            }
         }
     }
+    assert_eq!(
+        secret_readers.len(),
+        1,
+        "BgpPeer passwords need one Role on Secrets: {secret_readers:?}"
+    );
     // The agent only reads, except the Leases that guard Layer 2 leadership
     // and its entry in BgpPeer status (node mode), which it only patches.
     let bound_to_agent: Vec<String> = bundle_of::<ClusterRoleBinding>("ClusterRoleBinding")
@@ -381,13 +441,16 @@ fn rbac_is_least_privilege() {
     // What node mode needs: read BgpConf, BgpPeer and Nodes; patch BgpPeer status.
     let agent_may = |verb: &str, group: &str, resource: &str| {
         bound_to_agent.iter().any(|role| {
-            roles.iter().filter(|(n, _)| n == role).any(|(_, rules)| {
-                rules.iter().any(|rule| {
-                    rule.verbs.iter().any(|v| v == verb)
-                        && rule.api_groups.iter().flatten().any(|g| g == group)
-                        && rule.resources.iter().flatten().any(|r| r == resource)
+            roles
+                .iter()
+                .filter(|(n, _, _)| n == role)
+                .any(|(_, _, rules)| {
+                    rules.iter().any(|rule| {
+                        rule.verbs.iter().any(|v| v == verb)
+                            && rule.api_groups.iter().flatten().any(|g| g == group)
+                            && rule.resources.iter().flatten().any(|r| r == resource)
+                    })
                 })
-            })
         })
     };
     for (verb, group, resource) in [
@@ -402,9 +465,9 @@ fn rbac_is_least_privilege() {
         );
     }
     for role in &bound_to_agent {
-        let (_, rules) = roles
+        let (_, _, rules) = roles
             .iter()
-            .find(|(n, _)| n == role)
+            .find(|(n, _, _)| n == role)
             .expect("bound role exists");
         for rule in rules {
             let only_leases = rule.resources.iter().flatten().all(|r| r == "leases")
@@ -435,6 +498,43 @@ fn rbac_is_least_privilege() {
     }
 }
 
+/// Liveness and startup ask whether the process answers, readiness whether
+/// it is ready for work: a slow cache sync must not get a pod restarted.
+fn probes_use_the_health_endpoints(who: &str, c: &k8s_openapi::api::core::v1::Container) {
+    let metrics_port = c
+        .ports
+        .iter()
+        .flatten()
+        .find(|p| p.name.as_deref() == Some("metrics"))
+        .map(|p| p.container_port);
+    for (what, probe, path) in [
+        ("startup", &c.startup_probe, "/healthz"),
+        ("liveness", &c.liveness_probe, "/healthz"),
+        ("readiness", &c.readiness_probe, "/readyz"),
+    ] {
+        let get = probe
+            .as_ref()
+            .and_then(|p| p.http_get.as_ref())
+            .unwrap_or_else(|| panic!("{who} has no HTTP {what} probe"));
+        assert_eq!(get.path.as_deref(), Some(path), "{who} {what} probe");
+        let port = match &get.port {
+            IntOrString::String(name) => {
+                assert_eq!(name, "metrics", "{who} {what} probe port");
+                metrics_port
+            }
+            IntOrString::Int(n) => Some(*n),
+        };
+        let arg = c
+            .args
+            .iter()
+            .flatten()
+            .find_map(|a| a.strip_prefix("--metrics-addr="))
+            .and_then(|a| a.rsplit_once(':'))
+            .and_then(|(_, p)| p.parse::<i32>().ok());
+        assert_eq!(port, arg, "{who} {what} probe hits --metrics-addr");
+    }
+}
+
 #[test]
 fn workloads_keep_their_promises() {
     let [controller]: [Deployment; 1] = bundle_of("Deployment").try_into().expect("one Deployment");
@@ -452,12 +552,7 @@ fn workloads_keep_their_promises() {
         c.env.iter().flatten().any(|e| e.name == "POD_NAME"),
         "identity for the lease"
     );
-    for (what, probe) in [
-        ("liveness", &c.liveness_probe),
-        ("readiness", &c.readiness_probe),
-    ] {
-        assert!(probe.is_some(), "controller {what} probe");
-    }
+    probes_use_the_health_endpoints("controller", c);
     assert!(
         c.resources
             .as_ref()
@@ -476,7 +571,7 @@ fn workloads_keep_their_promises() {
         .expect("a hostPath volume");
     assert_eq!(bpffs.path, "/sys/fs/bpf");
     let c = &pod.containers[0];
-    assert!(c.liveness_probe.is_some() && c.readiness_probe.is_some());
+    probes_use_the_health_endpoints("agent", c);
     let security = c.security_context.as_ref().expect("securityContext");
     assert_ne!(
         security.privileged,
@@ -549,4 +644,65 @@ fn the_controller_reads_the_layer2_leases_and_only_creates_events() {
             }
         }
     }
+}
+
+/// A pool as OpenELB / Porter v0.x documented it: the v1alpha1 fields
+/// `address`, `protocol` and `disable`.
+const OPENELB_V1ALPHA1_EIP: &str = "
+apiVersion: network.kubesphere.io/v1alpha1
+kind: Eip
+metadata:
+  name: eip-sample-pool
+spec:
+  address: 192.168.0.91-192.168.0.100
+  protocol: layer2
+  disable: true
+";
+
+#[test]
+fn an_openelb_v1alpha1_eip_fits_the_served_schema_in_deploy_crds() {
+    let path = deploy_dir().join("crds/eip.yaml");
+    let [crd]: [Value; 1] = documents(&path).try_into().expect("one CRD in eip.yaml");
+    let crd: CustomResourceDefinition = serde_json::from_value(crd).expect("a CRD");
+    assert_eq!(
+        crd.spec.names.kind, "Eip",
+        "a CRD has one kind: `EIP` cannot apply"
+    );
+    let v1alpha1 = crd
+        .spec
+        .versions
+        .iter()
+        .find(|v| v.name == "v1alpha1")
+        .expect("v1alpha1 in deploy/crds/eip.yaml");
+    assert!(v1alpha1.served && !v1alpha1.storage, "served, not stored");
+    let schema = serde_json::to_value(
+        v1alpha1
+            .schema
+            .as_ref()
+            .and_then(|s| s.open_api_v3_schema.as_ref())
+            .expect("v1alpha1 schema"),
+    )
+    .expect("schema to JSON");
+
+    let doc: Value = serde_yaml::from_str(OPENELB_V1ALPHA1_EIP).expect("YAML");
+    let mut object = doc.clone();
+    for field in ["apiVersion", "kind", "metadata"] {
+        object.as_object_mut().expect("object").remove(field);
+    }
+    let mut errors = Vec::new();
+    validate(&schema, &object, "eip", &mut errors);
+    assert!(errors.is_empty(), "{errors:#?}");
+    let typed: porter_api::crd::v1alpha1::Eip = round_trip(&doc).expect("every field kept");
+    assert_eq!(typed.spec.protocol.as_deref(), Some("layer2"));
+    assert!(typed.spec.disable);
+
+    // The check has teeth: a misspelt field would be pruned.
+    let mut typo = object.clone();
+    typo["spec"]["protocl"] = Value::from("bgp");
+    let mut errors = Vec::new();
+    validate(&schema, &typo, "eip", &mut errors);
+    assert!(
+        errors.iter().any(|e| e.contains("protocl: unknown field")),
+        "{errors:?}"
+    );
 }

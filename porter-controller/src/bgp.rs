@@ -2,13 +2,16 @@
 //! translation of BgpConf/BgpPeer (or the seed's `bgp-cfg` TOML) into
 //! porter-bgp's speaker and peer settings.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::Arc;
 use std::time::Duration;
 
+use k8s_openapi::api::core::v1::Secret;
 use porter_api::annotations::BGP_CONF_NAME;
 use porter_api::bgp_policy::peer_policy;
 use porter_api::crd::CONTROLLER_STATUS_KEY;
+use porter_api::peer_auth::SecretScope;
 use porter_api::source::Snapshot;
 use porter_api::{BgpConf, BgpPeer, BgpPeerNodeStatus, SpeakerMode};
 
@@ -16,8 +19,9 @@ use crate::announce::Paths;
 
 pub use porter_api::bgp_config::{
     DEFAULT_CONNECT_RETRY, DEFAULT_HOLD_TIME, DEFAULT_LISTEN_PORT, DEFAULT_REMOTE_PORT,
-    DEFAULT_RESTART_TIME, Family, GracefulRestart, Note, PeerConfig, SpeakerConfig,
-    graceful_restart, info, own_family, peer_from_crd, speaker_from_conf, warn,
+    DEFAULT_RESTART_TIME, Family, GracefulRestart, Note, PeerConfig, PeerEvent,
+    REASON_AUTH_IN_SPEC, REASON_AUTH_UNAVAILABLE, SpeakerConfig, graceful_restart, info,
+    own_family, peer_from_crd, set_password, speaker_from_conf, warn,
 };
 pub use porter_bgp::PeerStatus;
 
@@ -70,11 +74,15 @@ pub struct BgpDesired {
     /// `None`: no usable global settings, so no speaker runs.
     pub speaker: Option<SpeakerConfig>,
     pub peers: BTreeMap<IpAddr, PeerConfig>,
+    /// Peers whose password cannot be read now: a running session keeps
+    /// the key it has, and none is started without one.
+    pub held: BTreeSet<IpAddr>,
     pub notes: Vec<Note>,
 }
 
 /// BgpConf/BgpPeer when there are any, else the seed's ConfigMap.
-pub fn desired(snap: &Snapshot) -> BgpDesired {
+/// Passwords come from `snap.secrets` within `scope`.
+pub fn desired(snap: &Snapshot, scope: &SecretScope) -> BgpDesired {
     let seed = snap.config_maps.first().map(|cm| {
         let data = cm.data.clone().unwrap_or_default();
         let text = data
@@ -89,7 +97,8 @@ pub fn desired(snap: &Snapshot) -> BgpDesired {
         return seed.unwrap_or_default();
     }
     let conf = snap.bgp_confs.iter().map(|c| c.as_ref());
-    let mut out = from_crds(conf, snap.bgp_peers.iter().map(|p| p.as_ref()));
+    let peers = snap.bgp_peers.iter().map(|p| p.as_ref());
+    let mut out = from_crds(conf, peers, &snap.secrets, scope);
     if seed.is_some() {
         out.notes.push(warn(
             "both BgpConf/BgpPeer objects and the ConfigMap porter-system/bgp-cfg exist; \
@@ -102,6 +111,8 @@ pub fn desired(snap: &Snapshot) -> BgpDesired {
 pub fn from_crds<'a>(
     confs: impl IntoIterator<Item = &'a BgpConf>,
     peers: impl IntoIterator<Item = &'a BgpPeer>,
+    secrets: &[Arc<Secret>],
+    scope: &SecretScope,
 ) -> BgpDesired {
     let mut out = BgpDesired::default();
     for conf in confs {
@@ -130,11 +141,15 @@ pub fn from_crds<'a>(
     for peer in peers {
         let name = peer.metadata.name.as_deref().unwrap_or_default();
         match peer_from_crd(peer) {
-            Ok((cfg, notes)) => {
+            Ok((mut cfg, notes)) => {
                 out.notes.extend(notes.into_iter().map(|n| Note {
                     message: format!("BgpPeer `{name}`: {}", n.message),
                     ..n
                 }));
+                if !set_password(&mut cfg, peer, secrets, scope, &mut out.notes) {
+                    out.held.insert(cfg.address);
+                    continue;
+                }
                 match out.peers.entry(cfg.address) {
                     std::collections::btree_map::Entry::Occupied(_) => {
                         out.notes.push(warn(format!(
@@ -336,7 +351,7 @@ impl BgpDriver {
         let gone: Vec<IpAddr> = self
             .peers
             .keys()
-            .filter(|a| !desired.peers.contains_key(a))
+            .filter(|a| !desired.peers.contains_key(a) && !desired.held.contains(a))
             .copied()
             .collect();
         for address in gone {

@@ -12,6 +12,7 @@ mod identity;
 pub mod ipam;
 pub mod layer2_status;
 pub mod metrics;
+pub use porter_api::peer_auth;
 pub mod reconcile;
 pub mod run;
 pub mod service;

@@ -7,9 +7,11 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use clap::Parser;
+use porter_api::metrics_http::{Health, serve_with_health};
 use porter_api::source::{SourceArg as Source, dir, kube as kube_source, layer2};
 use porter_controller::bgp_speaker::SpeakerAnnouncer;
 use porter_controller::metrics::Metrics;
+use porter_controller::peer_auth::SecretScope;
 use porter_controller::run::{Controller, Settings, run};
 use tokio::sync::watch;
 
@@ -36,7 +38,9 @@ struct Args {
     /// manifests, watched; status and events are written to PATH/status/).
     #[arg(long, default_value = "kube", env = "PORTER_SOURCE")]
     source: Source,
-    /// Address to serve Prometheus metrics on, at /metrics.
+    /// Address to serve Prometheus metrics on, at /metrics, and the probes:
+    /// /healthz (the process answers) and /readyz (the cluster state is
+    /// loaded: the caches are synced, or the directory read).
     #[arg(long, default_value = "0.0.0.0:9190", env = "PORTER_METRICS_ADDR")]
     metrics_addr: SocketAddr,
     /// How often `dir:` checks its directory for changes.
@@ -63,6 +67,13 @@ struct Args {
     /// at most this long; BGP graceful restart keeps routes meanwhile.
     #[arg(long, default_value_t = 15)]
     lease_duration: u64,
+    /// Namespaces to read Secrets from (BgpPeer `authPasswordSecretRef`),
+    /// comma-separated; a reference without a namespace means the first.
+    /// Default: the controller's own namespace (that of --lease-namespace).
+    /// With `kube`, each needs a Role letting the controller get, list and
+    /// watch Secrets there.
+    #[arg(long, value_delimiter = ',', env = "PORTER_SECRET_NAMESPACES")]
+    secret_namespaces: Vec<String>,
 }
 
 #[tokio::main]
@@ -82,11 +93,20 @@ async fn main() -> Result<()> {
         .await
         .with_context(|| format!("cannot listen on --metrics-addr {}", args.metrics_addr))?;
     let served = metrics.clone();
-    tokio::spawn(porter_api::metrics_http::serve(listener, move || {
-        served.render()
-    }));
-    tracing::info!(addr = %args.metrics_addr, "metrics served at /metrics");
-    let controller = Controller::new(SpeakerAnnouncer::spawn(), metrics);
+    let health = Health::starting();
+    tokio::spawn(serve_with_health(
+        listener,
+        move || served.render(),
+        health.clone(),
+    ));
+    tracing::info!(addr = %args.metrics_addr, "metrics at /metrics, probes at /healthz and /readyz");
+    let mut secret_namespaces = args.secret_namespaces.clone();
+    secret_namespaces.retain(|n| !n.trim().is_empty());
+    let scope = SecretScope::new(secret_namespaces)
+        .or_else(|| SecretScope::new(vec![args.lease_namespace.clone()]))
+        .unwrap_or_default();
+    let controller =
+        Controller::new(SpeakerAnnouncer::spawn(), metrics).with_secret_scope(scope.clone());
     let settings = Settings {
         resync: args.resync_interval,
         retry: args.retry_interval,
@@ -99,6 +119,7 @@ async fn main() -> Result<()> {
             let holders =
                 layer2::watch_dir(path.join(porter_api::layer2::LEASE_DIR), args.poll_interval);
             let snapshots = layer2::with_holders(snapshots, holders);
+            health.set_ready(true);
             // One process owns a directory: it is always the leader.
             let (_keep, leader) = watch::channel(true);
             run(controller, snapshots, writer, leader, settings).await;
@@ -125,9 +146,15 @@ async fn main() -> Result<()> {
                     })?;
             let (leader, lease_task) = lease.watch().await;
             tracing::info!(identity, "waiting for the cluster state");
-            let (snapshots, stores) = kube_source::start(client.clone()).await;
+            let watch = kube_source::Watch {
+                secret_namespaces: scope.namespaces().to_vec(),
+            };
+            tracing::info!(namespaces = ?watch.secret_namespaces, "reading Secrets (BgpPeer passwords)");
+            let (snapshots, stores) = kube_source::start_watching(client.clone(), &watch).await;
             let holders = layer2::watch_kube(client.clone(), &args.lease_namespace).await;
             let snapshots = layer2::with_holders(snapshots, holders);
+            // Every store is listed: this replica can lead at once.
+            health.set_ready(true);
             let writer = kube_source::KubeWriter::new(client, Some(identity), Some(stores));
             // Without a working election this replica cannot know whether it
             // may write: stop, and let the Deployment restart it.

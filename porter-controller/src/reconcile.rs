@@ -22,6 +22,7 @@ use crate::bgp::{self, BgpDesired};
 use crate::identity::{remember, same_objects};
 use crate::ipam::{Ipam, NamespaceLabels, Pool, PoolState};
 use crate::layer2_status::Layer2Status;
+use crate::peer_auth::SecretScope;
 use crate::service::{self, ServiceRequest};
 
 pub const REASON_ALLOCATED: &str = "IPAllocated";
@@ -60,6 +61,8 @@ pub struct Reconciler {
     last_addresses: Option<(AddressInputs, Memo)>,
     /// Which node announces each Layer 2 address, as last reported.
     layer2: Layer2Status,
+    /// Where BgpPeer password Secrets are read.
+    secret_scope: SecretScope,
     /// The BGP policy, read again when its inputs change.
     policy: Policy,
     policy_generation: u64,
@@ -170,6 +173,10 @@ impl Reconciler {
         &self.ipam
     }
 
+    pub fn set_secret_scope(&mut self, scope: SecretScope) {
+        self.secret_scope = scope;
+    }
+
     /// Forgets which Events were sent, so that a new leader reports afresh.
     pub fn forget_reported(&mut self) {
         self.failed.clear();
@@ -221,7 +228,7 @@ impl Reconciler {
             &mut plan.eip_status,
             &mut plan.events,
         );
-        plan.bgp = bgp::desired(snap);
+        plan.bgp = bgp::desired(snap, &self.secret_scope);
         plan
     }
 

@@ -8,11 +8,12 @@ use std::time::{Duration, Instant};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use porter_api::bgp_config::status_changes;
 use porter_api::crd::CONTROLLER_STATUS_KEY;
-use porter_api::source::{Snapshot, SnapshotReceiver, StatusWriter};
+use porter_api::source::{Event, EventType, Regarding, Snapshot, SnapshotReceiver, StatusWriter};
 use tokio::sync::watch;
 
 use crate::bgp::{Announcer, BgpDriver, status_entries};
 use crate::metrics::Metrics;
+use crate::peer_auth::SecretScope;
 use crate::reconcile::{Reconciler, apply};
 
 pub struct Settings {
@@ -46,6 +47,12 @@ impl<A: Announcer> Controller<A> {
             metrics,
             was_leader: false,
         }
+    }
+
+    /// Where BgpPeer password Secrets are read (default: porter-system).
+    pub fn with_secret_scope(mut self, scope: SecretScope) -> Self {
+        self.reconciler.set_secret_scope(scope);
+        self
     }
 
     pub fn announcer(&self) -> &A {
@@ -84,6 +91,19 @@ impl<A: Announcer> Controller<A> {
                     tracing::warn!("{}", note.message);
                 } else {
                     tracing::info!("{}", note.message);
+                }
+                if let Some(about) = note.event {
+                    step.writes += 1;
+                    let event = Event {
+                        regarding: Regarding::BgpPeer(about.peer),
+                        type_: EventType::Warning,
+                        reason: about.reason,
+                        message: note.message,
+                    };
+                    if let Err(e) = writer.event(&event).await {
+                        // Notes are reported once; a lost Event is not retried.
+                        tracing::warn!(error = %e, "cannot write an Event");
+                    }
                 }
             }
             if self

@@ -127,34 +127,8 @@ pub fn request(svc: &Service) -> ServiceRequest {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use k8s_openapi::api::core::v1::{ServicePort, ServiceSpec};
-    use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-
-    fn svc(annotations: &[(&str, &str)], spec: ServiceSpec) -> Service {
-        Service {
-            metadata: ObjectMeta {
-                name: Some("web".into()),
-                namespace: Some("shop".into()),
-                annotations: Some(
-                    annotations
-                        .iter()
-                        .map(|(k, v)| (k.to_string(), v.to_string()))
-                        .collect(),
-                ),
-                ..Default::default()
-            },
-            spec: Some(spec),
-            status: None,
-        }
-    }
-
-    fn lb(class: Option<&str>) -> ServiceSpec {
-        ServiceSpec {
-            type_: Some("LoadBalancer".into()),
-            load_balancer_class: class.map(str::to_string),
-            ..Default::default()
-        }
-    }
+    use k8s_openapi::api::core::v1::ServicePort;
+    use porter_api::testing::{load_balancer as lb, service as svc};
 
     #[test]
     fn reads_requests_families_and_ports() {

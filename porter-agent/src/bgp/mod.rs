@@ -19,6 +19,7 @@ use std::{collections::BTreeMap, net::IpAddr};
 use porter_api::{
     BgpPeerNodeStatus,
     bgp_config::{Note, SpeakerConfig, status_changes},
+    peer_auth::SecretScope,
     source::Snapshot,
 };
 use porter_bgp::{PathTable, Speaker};
@@ -40,6 +41,8 @@ pub struct NodeSpeaker {
     peers: BTreeMap<IpAddr, SelectedPeer>,
     paths: Option<PathTable>,
     notes: Vec<Note>,
+    /// Where BgpPeer password Secrets are read.
+    secrets: SecretScope,
 }
 
 impl NodeSpeaker {
@@ -52,14 +55,20 @@ impl NodeSpeaker {
             peers: BTreeMap::new(),
             paths: None,
             notes: Vec::new(),
+            secrets: SecretScope::default(),
         }
+    }
+    /// Where BgpPeer password Secrets are read (default: `porter-system`).
+    pub fn with_secret_scope(mut self, secrets: SecretScope) -> Self {
+        self.secrets = secrets;
+        self
     }
 
     /// Brings the speaker to `snapshot` with `served` (the services the data
     /// plane serves now), then reports the sessions. Idle outside node mode,
     /// apart from removing this node's stale status entries.
     pub async fn step(&mut self, snapshot: &Snapshot, served: &[ServiceSpec]) {
-        let mut wanted = node_bgp(snapshot, &self.node);
+        let mut wanted = node_bgp(snapshot, &self.node, &self.secrets);
         self.log_notes(std::mem::take(&mut wanted.notes));
         if self.running.as_ref().map(|(c, _)| c) != wanted.speaker.as_ref() {
             self.restart(wanted.speaker.clone()).await;
@@ -79,7 +88,8 @@ impl NodeSpeaker {
             let gone: Vec<IpAddr> = self
                 .peers
                 .keys()
-                .filter(|a| !wanted.peers.contains_key(a))
+                // A held peer (password unreadable now) keeps its session.
+                .filter(|a| !wanted.peers.contains_key(a) && !wanted.held.contains(a))
                 .copied()
                 .collect();
             for address in gone {

@@ -3,6 +3,7 @@ use std::{collections::BTreeMap, net::IpAddr, path::Path};
 use porter_api::{
     BgpPeerNodeStatus,
     bgp_config::status_changes,
+    peer_auth::SecretScope,
     source::{Snapshot, dir::load_text},
 };
 use porter_bgp::{LinkBandwidth, NEXT_HOP_SELF_V4, NEXT_HOP_SELF_V6, PathAttributes, SessionState};
@@ -66,7 +67,7 @@ fn conf(mode: &str, router_id: Option<&str>) -> String {
 }
 
 fn names(snapshot: &Snapshot, node: &str) -> Vec<String> {
-    node_bgp(snapshot, node)
+    node_bgp(snapshot, node, &SecretScope::default())
         .peers
         .values()
         .map(|p| p.name.clone())
@@ -82,7 +83,7 @@ fn node_mode_selects_the_peers_whose_node_selector_matches_the_node() {
         conf("node", Some("10.9.9.9"))
     ));
     assert_eq!(names(&with_id, "n2"), ["everyone", "leaf2"]);
-    let n1 = node_bgp(&snap, "n1");
+    let n1 = node_bgp(&snap, "n1", &SecretScope::default());
     let speaker = n1.speaker.expect("a speaker in node mode");
     assert_eq!(speaker.local_as, 65000);
     // The router ID defaults to the node's IPv4 InternalIP.
@@ -104,7 +105,7 @@ fn node_mode_selects_the_peers_whose_node_selector_matches_the_node() {
 #[test]
 fn a_node_without_ipv4_needs_a_router_id_and_an_unknown_node_gets_nothing() {
     let snap = snapshot(&format!("{NODES}---\n{PEERS}---\n{}", conf("node", None)));
-    let n2 = node_bgp(&snap, "n2");
+    let n2 = node_bgp(&snap, "n2", &SecretScope::default());
     assert_eq!(n2.speaker, None);
     assert!(n2.peers.is_empty());
     assert!(
@@ -118,12 +119,12 @@ fn a_node_without_ipv4_needs_a_router_id_and_an_unknown_node_gets_nothing() {
         "{NODES}---\n{PEERS}---\n{}",
         conf("node", Some("10.9.9.9"))
     ));
-    let n2 = node_bgp(&with_id, "n2");
+    let n2 = node_bgp(&with_id, "n2", &SecretScope::default());
     assert_eq!(
         n2.speaker.expect("speaker").router_id.to_string(),
         "10.9.9.9"
     );
-    let unknown = node_bgp(&with_id, "n9");
+    let unknown = node_bgp(&with_id, "n9", &SecretScope::default());
     assert_eq!((unknown.speaker, unknown.peers.len()), (None, 0));
     assert!(unknown.notes[0].message.contains("no Node object named n9"));
 }
@@ -140,7 +141,7 @@ fn controller_mode_or_no_bgpconf_runs_no_node_speaker() {
             "{NODES}---\n{PEERS}---\nkind: BgpConf\nmetadata: {{name: default}}\nspec: {{as: 65000}}\n"
         ),
     ] {
-        let n1 = node_bgp(&snapshot(&text), "n1");
+        let n1 = node_bgp(&snapshot(&text), "n1", &SecretScope::default());
         assert_eq!((n1.speaker, n1.peers.len()), (None, 0), "{text}");
     }
 }
@@ -199,7 +200,7 @@ spec: {conf: {peerAs: 65012, neighborAddress: 172.30.1.2}, policy: {linkBandwidt
 #[test]
 fn node_paths_are_next_hop_self_weighted_by_local_endpoints_with_the_pool_policy() {
     let snap = snapshot(&format!("{NODES}---\n{POLICY}---\n{}", conf("node", None)));
-    let n1 = node_bgp(&snap, "n1");
+    let n1 = node_bgp(&snap, "n1", &SecretScope::default());
     assert_eq!(
         n1.peers[&"172.30.1.2".parse::<IpAddr>().expect("ip")]
             .config

@@ -10,8 +10,11 @@ use ipnet::IpNet;
 use porter_api::{
     BgpConf, BgpPeerNodeStatus, ObjectKey, SpeakerMode,
     annotations::BGP_CONF_NAME,
-    bgp_config::{Note, SpeakerConfig, peer_from_crd, selects_node, speaker_from_conf, warn},
+    bgp_config::{
+        Note, SpeakerConfig, peer_from_crd, selects_node, set_password, speaker_from_conf, warn,
+    },
     bgp_policy::{ClusterPolicy, PeerScope, PoolPolicy, ServicePolicy, merge, only_peers},
+    peer_auth::SecretScope,
     service::{ingress_ips, opted_in},
     source::Snapshot,
 };
@@ -40,6 +43,9 @@ pub struct NodeBgp {
     pub peers: BTreeMap<IpAddr, SelectedPeer>,
     /// The Node object's labels (pools' `nodeSelector` match them).
     pub labels: BTreeMap<String, String>,
+    /// Peers whose password cannot be read now: a running session keeps
+    /// the key it has, and none is started without one.
+    pub held: BTreeSet<IpAddr>,
     pub notes: Vec<Note>,
 }
 
@@ -47,7 +53,7 @@ pub struct NodeBgp {
 /// defaulting to the node's IPv4 InternalIP) when its `speakerMode` is
 /// `node`, and every valid BgpPeer whose `nodeSelector` matches the labels
 /// of the node's Node object.
-pub fn node_bgp(snapshot: &Snapshot, node: &str) -> NodeBgp {
+pub fn node_bgp(snapshot: &Snapshot, node: &str, secrets: &SecretScope) -> NodeBgp {
     let mut out = NodeBgp::default();
     let Some(conf) = default_conf(snapshot) else {
         return out;
@@ -96,11 +102,21 @@ pub fn node_bgp(snapshot: &Snapshot, node: &str) -> NodeBgp {
         }
         let name = peer.metadata.name.clone().unwrap_or_default();
         match peer_from_crd(peer) {
-            Ok((config, notes)) => {
+            Ok((mut config, notes)) => {
                 out.notes.extend(notes.into_iter().map(|n| Note {
                     message: format!("BgpPeer `{name}`: {}", n.message),
                     ..n
                 }));
+                if !set_password(
+                    &mut config,
+                    peer,
+                    &snapshot.secrets,
+                    secrets,
+                    &mut out.notes,
+                ) {
+                    out.held.insert(config.address);
+                    continue;
+                }
                 if let Some(first) = out.peers.get(&config.address) {
                     out.notes.push(warn(format!(
                         "BgpPeer `{name}`: neighbour {} is also BgpPeer `{}`; this one is ignored",

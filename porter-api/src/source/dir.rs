@@ -12,8 +12,10 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::{
-    ConfigMap, LoadBalancerIngress, LoadBalancerStatus, Namespace, Node, Service, ServiceStatus,
+    ConfigMap, LoadBalancerIngress, LoadBalancerStatus, Namespace, Node, Secret, Service,
+    ServiceStatus,
 };
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use serde::{Deserialize, Serialize};
@@ -210,6 +212,7 @@ fn add_object(root: &Path, snap: &mut Snapshot, value: serde_yaml::Value) -> Res
             }
             snap.bgp_peers.push(Arc::new(peer));
         }
+        "Secret" => snap.secrets.push(Arc::new(parse_secret(value)?)),
         "ConfigMap" => {
             let cm: ConfigMap = parse(&kind, value)?;
             if cm.metadata.name.as_deref() == Some(SEED_BGP_CONFIGMAP_NAME)
@@ -222,6 +225,40 @@ fn add_object(root: &Path, snap: &mut Snapshot, value: serde_yaml::Value) -> Res
         _ => {}
     }
     Ok(())
+}
+
+/// A Secret as the API server would store it: `stringData` merged into
+/// `data` (winning on a shared key). Errors name the Secret and the key but
+/// never show a value.
+fn parse_secret(value: serde_yaml::Value) -> Result<Secret, String> {
+    let meta = value.get("metadata");
+    let field = |f: &str| {
+        meta.and_then(|m| m.get(f))
+            .and_then(|v| v.as_str())
+            .unwrap_or("default")
+            .to_string()
+    };
+    let name = format!("{}/{}", field("namespace"), field("name"));
+    if let Some(data) = value.get("data").and_then(|d| d.as_mapping()) {
+        for (key, encoded) in data {
+            if serde_yaml::from_value::<ByteString>(encoded.clone()).is_err() {
+                let key = key.as_str().unwrap_or("?");
+                return Err(format!(
+                    "Secret {name}: data.{key} is not valid base64; encode it (base64 -w0) or put the plain text under stringData"
+                ));
+            }
+        }
+    }
+    let mut secret: Secret = serde_yaml::from_value(value).map_err(|_| {
+        format!("Secret {name} is not a well-formed Secret (values are not shown); check its fields against `kubectl explain secret`")
+    })?;
+    if let Some(plain) = secret.string_data.take() {
+        let data = secret.data.get_or_insert_with(BTreeMap::new);
+        for (key, text) in plain {
+            data.insert(key, ByteString(text.into_bytes()));
+        }
+    }
+    Ok(secret)
 }
 
 /// Starts polling `root` every `poll`; the first snapshot is loaded before
@@ -386,6 +423,7 @@ impl StatusWriter for DirWriter {
         let regarding = match &event.regarding {
             Regarding::Service(k) => format!("Service {k}"),
             Regarding::Eip(n) => format!("Eip {n}"),
+            Regarding::BgpPeer(n) => format!("BgpPeer {n}"),
         };
         let line: BTreeMap<&str, &str> = [
             ("regarding", regarding.as_str()),

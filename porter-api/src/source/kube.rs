@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Node, ObjectReference, Service};
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Node, ObjectReference, Secret, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::events::v1::Event as KubeEvent;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
@@ -43,6 +43,8 @@ pub struct Stores {
     pub bgp_confs: Store<BgpConf>,
     pub bgp_peers: Store<BgpPeer>,
     pub config_maps: Store<ConfigMap>,
+    /// One store per namespace Secrets are read from.
+    pub secrets: Vec<Store<Secret>>,
 }
 
 impl Stores {
@@ -56,6 +58,7 @@ impl Stores {
             bgp_confs: self.bgp_confs.state(),
             bgp_peers: self.bgp_peers.state(),
             config_maps: self.config_maps.state(),
+            secrets: self.secrets.iter().flat_map(Store::state).collect(),
             ..Snapshot::default()
         }
     }
@@ -98,9 +101,18 @@ where
 
 fn keep<K>(_: &mut K) {}
 
+/// What to watch beyond the kinds every binary reads.
+#[derive(Debug, Clone, Default)]
+pub struct Watch {
+    /// Namespaces whose Secrets are read (BgpPeer passwords). Each is one
+    /// namespaced watch, so a Role in each namespace is all the RBAC it
+    /// takes; empty reads none.
+    pub secret_namespaces: Vec<String>,
+}
+
 /// Starts the reflectors and returns once every store has its first full
 /// list, so the first snapshot is complete.
-pub async fn start(client: Client) -> (SnapshotReceiver, Stores) {
+pub async fn start_watching(client: Client, watch: &Watch) -> (SnapshotReceiver, Stores) {
     let changed = Arc::new(Notify::new());
     let all = watcher::Config::default();
     let stores = Stores {
@@ -122,10 +134,27 @@ pub async fn start(client: Client) -> (SnapshotReceiver, Stores) {
         bgp_peers: reflect(Api::all(client.clone()), all.clone(), changed.clone(), keep),
         config_maps: reflect(
             Api::namespaced(client.clone(), SEED_BGP_CONFIGMAP_NAMESPACE),
-            all.fields(&format!("metadata.name={SEED_BGP_CONFIGMAP_NAME}")),
+            all.clone()
+                .fields(&format!("metadata.name={SEED_BGP_CONFIGMAP_NAME}")),
             changed.clone(),
             keep,
         ),
+        secrets: watch
+            .secret_namespaces
+            .iter()
+            .map(|ns| {
+                reflect(
+                    Api::namespaced(client.clone(), ns),
+                    all.clone(),
+                    changed.clone(),
+                    |s: &mut Secret| {
+                        // kubectl's last-applied annotation repeats the data
+                        // in plain text; nothing reads annotations.
+                        s.metadata.annotations = None;
+                    },
+                )
+            })
+            .collect(),
     };
     wait_ready(&stores).await;
     let (tx, rx) = watch::channel(Arc::new(stores.snapshot()));
@@ -153,6 +182,7 @@ async fn wait_ready(s: &Stores) {
         s.bgp_confs.wait_until_ready(),
         s.bgp_peers.wait_until_ready(),
         s.config_maps.wait_until_ready(),
+        futures::future::join_all(s.secrets.iter().map(Store::wait_until_ready)),
     );
 }
 
@@ -202,6 +232,16 @@ impl KubeWriter {
                     .stores
                     .as_ref()
                     .and_then(|s| s.eips.get(&ObjectRef::new(name)).and_then(|o| o.uid())),
+                ..Default::default()
+            },
+            Regarding::BgpPeer(name) => ObjectReference {
+                api_version: Some(BgpPeer::api_version(&()).into_owned()),
+                kind: Some("BgpPeer".into()),
+                name: Some(name.clone()),
+                uid: self
+                    .stores
+                    .as_ref()
+                    .and_then(|s| s.bgp_peers.get(&ObjectRef::new(name)).and_then(|o| o.uid())),
                 ..Default::default()
             },
         }

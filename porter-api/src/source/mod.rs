@@ -14,7 +14,7 @@ use std::path::PathBuf;
 use std::str::FromStr;
 use std::sync::Arc;
 
-use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Node, Service};
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Node, Secret, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 
 use crate::{BgpConf, BgpPeer, BgpPeerNodeStatus, Eip, EipStatus, ObjectKey};
@@ -57,6 +57,10 @@ pub struct Snapshot {
     /// Layer 2 EIP → the node answering ARP/NDP for it, from the agents'
     /// leases; only filled for the controller ([`layer2::with_holders`]).
     pub layer2_holders: Arc<crate::layer2::Holders>,
+    /// BgpPeer passwords live here. The kube source reads only the
+    /// namespaces it is given (none for the agent); `stringData` is already
+    /// merged into `data`.
+    pub secrets: Vec<Arc<Secret>>,
 }
 
 /// The receiving end of a source: `borrow()` is the latest snapshot,
@@ -74,13 +78,15 @@ pub enum EventType {
 pub enum Regarding {
     Service(ObjectKey),
     Eip(String),
+    BgpPeer(String),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Event {
     pub regarding: Regarding,
     pub type_: EventType,
-    /// CamelCase reason: `IPAllocated`, `AllocationFailed`, `Announced`.
+    /// CamelCase reason: `IPAllocated`, `AllocationFailed`, `Announced`,
+    /// `AuthPasswordUnavailable`, `AuthPasswordInSpec`.
     pub reason: &'static str,
     pub message: String,
 }

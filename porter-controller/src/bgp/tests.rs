@@ -6,6 +6,10 @@ use porter_api::crd::{
 };
 use porter_api::{BgpConfSpec, BgpPeerSpec};
 
+use crate::peer_auth::SecretScope;
+use k8s_openapi::api::core::v1::Secret;
+use std::sync::Arc;
+
 fn conf(name: &str, router_id: Option<&str>) -> BgpConf {
     BgpConf {
         metadata: ObjectMeta {
@@ -25,7 +29,7 @@ fn peer(name: &str, address: &str, f: impl FnOnce(&mut BgpPeerSpec)) -> BgpPeer 
         conf: PeerConf {
             peer_as: 65001,
             neighbor_address: address.into(),
-            auth_password: None,
+            ..Default::default()
         },
         ..Default::default()
     };
@@ -86,7 +90,7 @@ fn crds_translate_with_openelb_defaults() {
             ];
         }),
     ];
-    let d = from_crds(&confs, &peers);
+    let d = from_crds(&confs, &peers, &[], &SecretScope::default());
     let speaker = d.speaker.expect("speaker");
     assert_eq!(speaker.local_as, 65000);
     assert_eq!(speaker.listen.map(|l| l.port()), Some(DEFAULT_LISTEN_PORT));
@@ -109,7 +113,17 @@ fn crds_translate_with_openelb_defaults() {
     assert_eq!(full.add_path_send_max, 4);
     assert_eq!(full.families, [Family::Ipv4Unicast, Family::Ipv6Unicast]);
     assert_eq!(full.local_address, Some(ip("2001:db8::2")));
-    assert!(d.notes.is_empty(), "{:?}", d.notes);
+    let [note] = d.notes.as_slice() else {
+        panic!("one note expected: {:?}", d.notes)
+    };
+    assert_eq!(
+        note.event,
+        Some(PeerEvent {
+            peer: "full".into(),
+            reason: REASON_AUTH_IN_SPEC
+        }),
+        "a plain-text password works, with a warning: {note:?}"
+    );
 }
 
 #[test]
@@ -122,7 +136,7 @@ fn bad_crds_are_refused_with_a_note() {
         }),
         peer("b", "192.168.1.1", |_| {}),
     ];
-    let d = from_crds(&confs, &peers);
+    let d = from_crds(&confs, &peers, &[], &SecretScope::default());
     assert_eq!(d.speaker, None);
     let text: Vec<&str> = d.notes.iter().map(|n| n.message.as_str()).collect();
     let has = |s: &str| text.iter().any(|t| t.contains(s));
@@ -196,13 +210,13 @@ fn crds_win_over_the_seed_configmap_with_a_warning() {
         ..Default::default()
     };
     assert_eq!(
-        desired(&snap).peers.len(),
+        desired(&snap, &SecretScope::default()).peers.len(),
         2,
         "the seed alone configures BGP"
     );
     snap.bgp_confs = vec![Arc::new(conf("default", Some("10.0.0.1")))];
     snap.bgp_peers = vec![Arc::new(peer("p", "192.168.9.9", |_| {}))];
-    let d = desired(&snap);
+    let d = desired(&snap, &SecretScope::default());
     assert_eq!(
         d.peers.keys().copied().collect::<Vec<_>>(),
         [ip("192.168.9.9")]
@@ -224,12 +238,18 @@ fn driver_changes_only_what_changed() {
     let b2 = peer("b", "192.168.1.2", |s| s.conf.peer_as = 65099);
     let c = peer("c", "192.168.1.3", |_| {});
 
-    driver.configure(from_crds(&confs, [&a, &b]), &mut rec);
+    driver.configure(
+        from_crds(&confs, [&a, &b], &[], &SecretScope::default()),
+        &mut rec,
+    );
     assert!(matches!(rec.calls[0], Call::Start(_)));
     assert_eq!(rec.calls.len(), 3);
     rec.calls.clear();
 
-    driver.configure(from_crds(&confs, [&a, &b2, &c]), &mut rec);
+    driver.configure(
+        from_crds(&confs, [&a, &b2, &c], &[], &SecretScope::default()),
+        &mut rec,
+    );
     let changed: Vec<_> = rec
         .calls
         .iter()
@@ -245,7 +265,10 @@ fn driver_changes_only_what_changed() {
     );
     rec.calls.clear();
 
-    driver.configure(from_crds(&confs, [&a, &c]), &mut rec);
+    driver.configure(
+        from_crds(&confs, [&a, &c], &[], &SecretScope::default()),
+        &mut rec,
+    );
     assert_eq!(rec.calls, [Call::Remove(ip("192.168.1.2"))]);
     rec.calls.clear();
 
@@ -263,7 +286,12 @@ fn driver_changes_only_what_changed() {
     // A new router id restarts the speaker and re-adds every peer and route.
     rec.calls.clear();
     driver.configure(
-        from_crds(&[conf("default", Some("10.0.0.2"))], [&a, &c]),
+        from_crds(
+            &[conf("default", Some("10.0.0.2"))],
+            [&a, &c],
+            &[],
+            &SecretScope::default(),
+        ),
         &mut rec,
     );
     assert!(matches!(rec.calls[0], Call::Start(_)));
@@ -285,11 +313,14 @@ fn node_mode_stops_the_controller_speaker_and_controller_mode_restarts_it() {
         s.node_selector = [("rack".to_string(), "1".to_string())].into()
     });
 
-    driver.configure(from_crds(&controller_mode, [&a]), &mut rec);
+    driver.configure(
+        from_crds(&controller_mode, [&a], &[], &SecretScope::default()),
+        &mut rec,
+    );
     assert!(matches!(rec.calls[..], [Call::Start(_), Call::Upsert(_)]));
     rec.calls.clear();
 
-    let desired = from_crds(&node_mode, [&a]);
+    let desired = from_crds(&node_mode, [&a], &[], &SecretScope::default());
     assert_eq!((desired.speaker.clone(), desired.peers.len()), (None, 0));
     assert!(
         desired
@@ -312,7 +343,10 @@ fn node_mode_stops_the_controller_speaker_and_controller_mode_restarts_it() {
         "no announcements in node mode"
     );
 
-    driver.configure(from_crds(&controller_mode, [&a]), &mut rec);
+    driver.configure(
+        from_crds(&controller_mode, [&a], &[], &SecretScope::default()),
+        &mut rec,
+    );
     assert!(matches!(rec.calls[..], [Call::Start(_), Call::Upsert(_)]));
 }
 
@@ -353,4 +387,88 @@ fn controller_status_entries_name_the_bgppeers_it_has_sessions_with() {
             }
         )]
     );
+}
+
+fn auth_secret(value: &str) -> Arc<Secret> {
+    Arc::new(Secret {
+        metadata: ObjectMeta {
+            name: Some("bgp-auth".into()),
+            namespace: Some("porter-system".into()),
+            ..Default::default()
+        },
+        data: Some(
+            [(
+                "password".to_string(),
+                k8s_openapi::ByteString(value.as_bytes().to_vec()),
+            )]
+            .into(),
+        ),
+        ..Default::default()
+    })
+}
+
+#[test]
+fn a_secret_password_keys_only_its_peer_and_a_missing_one_starts_nothing() {
+    let confs = [conf("default", Some("10.0.0.1"))];
+    let scope = SecretScope::default();
+    let a = peer("a", "192.168.1.1", |s| {
+        s.conf.auth_password_secret_ref = Some(porter_api::crd::SecretKeyRef {
+            name: "bgp-auth".into(),
+            key: "password".into(),
+            namespace: None,
+        })
+    });
+    let b = peer("b", "192.168.1.2", |_| {});
+    let upserts = |rec: &Recorder| -> Vec<(IpAddr, Option<String>)> {
+        rec.calls
+            .iter()
+            .filter_map(|c| match c {
+                Call::Upsert(p) => Some((p.address, p.md5_password.clone())),
+                Call::Remove(a) => Some((*a, Some("removed".into()))),
+                _ => None,
+            })
+            .collect()
+    };
+    let unavailable = |notes: &[Note]| {
+        notes.iter().any(|n| {
+            n.warning
+                && n.event
+                    == Some(PeerEvent {
+                        peer: "a".into(),
+                        reason: REASON_AUTH_UNAVAILABLE,
+                    })
+                && n.message.contains("Secret porter-system/bgp-auth")
+        })
+    };
+    let mut rec = Recorder::default();
+    let mut driver = BgpDriver::default();
+
+    // No Secret yet: peer a is not started (never without its key), b is.
+    let d = from_crds(&confs, [&a, &b], &[], &scope);
+    assert_eq!(d.held, [ip("192.168.1.1")].into());
+    let notes = driver.configure(d, &mut rec);
+    assert!(unavailable(&notes), "{notes:?}");
+    assert_eq!(upserts(&rec), [(ip("192.168.1.2"), None)]);
+    rec.calls.clear();
+
+    // The Secret appears: a starts with its password; b is untouched.
+    let d = from_crds(&confs, [&a, &b], &[auth_secret("one")], &scope);
+    driver.configure(d, &mut rec);
+    assert_eq!(upserts(&rec), [(ip("192.168.1.1"), Some("one".into()))]);
+    rec.calls.clear();
+
+    // A new value re-keys a alone.
+    let d = from_crds(&confs, [&a, &b], &[auth_secret("two")], &scope);
+    driver.configure(d, &mut rec);
+    assert_eq!(upserts(&rec), [(ip("192.168.1.1"), Some("two".into()))]);
+    rec.calls.clear();
+
+    // The Secret goes: a's running session keeps its key, and says why.
+    let notes = driver.configure(from_crds(&confs, [&a, &b], &[], &scope), &mut rec);
+    assert!(unavailable(&notes), "{notes:?}");
+    assert!(upserts(&rec).is_empty(), "{:?}", rec.calls);
+
+    // The BgpPeer goes too: its session is removed.
+    driver.configure(from_crds(&confs, [&b], &[], &scope), &mut rec);
+    assert_eq!(upserts(&rec), [(ip("192.168.1.1"), Some("removed".into()))]);
 }

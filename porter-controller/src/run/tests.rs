@@ -319,7 +319,7 @@ async fn bgp_policy_reaches_the_announcer_and_bad_values_are_reported() {
             conf: PeerConf {
                 peer_as: 65001,
                 neighbor_address: address.into(),
-                auth_password: None,
+                ..Default::default()
             },
             node_selector: rack
                 .map(|n| [("kubernetes.io/hostname".to_string(), n.to_string())].into())

@@ -36,12 +36,16 @@ const CHANGES: usize = 21;
 
 pub fn run() -> Result<()> {
     if cfg!(debug_assertions) {
+        // With `lab`: a plain release build would relaunch itself as a
+        // debug `lab` build, which comes back here, forever.
         return cmd::run(cmd::cargo().args([
             "run",
             "--release",
             "--quiet",
             "--package",
             "xtask",
+            "--features",
+            "lab",
             "--",
             "bench",
             SUITE,

@@ -241,3 +241,85 @@ async fn bgp_peer_status_entries_are_kept_per_node() {
     w.bgp_peer_status("leaf1", "n1", None).await.expect("write");
     assert_eq!(nodes(&dir), ["n2=Established"]);
 }
+
+#[test]
+fn secrets_are_read_with_string_data_merged_and_bad_base64_named_not_shown() {
+    let dir = Scratch::new();
+    dir.write(
+        "secrets.yaml",
+        r#"
+apiVersion: v1
+kind: Secret
+metadata:
+  name: encoded
+  namespace: porter-system
+type: Opaque
+data:
+  password: czNjcmV0
+  other: b2xk
+stringData:
+  other: plain
+---
+apiVersion: v1
+kind: Secret
+metadata:
+  name: bad
+  namespace: porter-system
+data:
+  password: "hunter2!!"
+"#,
+    );
+    let (snap, problems) = load(&dir.0).expect("load");
+    let [secret] = snap.secrets.as_slice() else {
+        panic!("one good Secret expected: {:?}", snap.secrets.len())
+    };
+    let data = secret.data.clone().unwrap_or_default();
+    let text = |k: &str| {
+        data.get(k)
+            .map(|b| String::from_utf8_lossy(&b.0).into_owned())
+    };
+    assert_eq!(
+        text("password").as_deref(),
+        Some("s3cret"),
+        "base64 decoded"
+    );
+    assert_eq!(text("other").as_deref(), Some("plain"), "stringData wins");
+    assert_eq!(secret.string_data, None);
+    let [problem] = problems.as_slice() else {
+        panic!("one problem expected: {problems:?}")
+    };
+    assert!(
+        problem
+            .problem
+            .contains("Secret porter-system/bad: data.password is not valid base64"),
+        "{problem:?}"
+    );
+    assert!(!problem.problem.contains("hunter2"), "{problem:?}");
+}
+
+#[test]
+fn openelb_v1alpha1_pools_are_read_in_either_kind_spelling() {
+    let dir = Scratch::new();
+    for (file, kind, name) in [("a.yaml", "Eip", "a"), ("b.yaml", "EIP", "b")] {
+        dir.write(
+            file,
+            &format!(
+                "apiVersion: network.kubesphere.io/v1alpha1\nkind: {kind}\nmetadata:\n  name: {name}\n\
+                 spec:\n  address: 192.168.0.91-192.168.0.100\n  protocol: layer2\n  disable: true\n"
+            ),
+        );
+    }
+    let (snap, problems) = load(&dir.0).expect("load");
+    assert!(problems.is_empty(), "{problems:?}");
+    let names: Vec<_> = snap
+        .eips
+        .iter()
+        .map(|e| e.metadata.name.clone().unwrap_or_default())
+        .collect();
+    assert_eq!(names, ["a", "b"]);
+    for eip in &snap.eips {
+        assert_eq!(eip.spec.address, "192.168.0.91-192.168.0.100");
+        assert_eq!(eip.spec.protocol.as_deref(), Some("layer2"));
+        assert!(eip.spec.disable);
+    }
+}

@@ -131,7 +131,7 @@ fn cluster_reply(request: &crate::testing::Seen) -> serde_json::Value {
 #[tokio::test]
 async fn the_first_snapshot_holds_every_kind_once_listed() {
     let (client, log) = mock_client(cluster_reply);
-    let (rx, stores) = start(client).await;
+    let (rx, stores) = start_watching(client, &Watch::default()).await;
     let snap = rx.borrow().clone();
     assert_eq!(snap.services.len(), 1);
     assert_eq!(snap.services[0].metadata.name.as_deref(), Some("web"));
@@ -219,4 +219,51 @@ fn each_speaker_owns_its_bgppeer_status_entry_under_its_own_field_manager() {
         json!([]),
         "removing applies an empty list, dropping only this manager's entry"
     );
+}
+
+/// Every list answers empty; watches fail and back off, which is enough to
+/// see what the reflectors ask for.
+fn empty_lists() -> (Client, crate::testing::Log) {
+    mock_client(
+        |_| json!({"apiVersion": "v1", "kind": "List", "metadata": {"resourceVersion": "1"}, "items": []}),
+    )
+}
+
+fn secret_requests(log: &crate::testing::Log) -> Vec<String> {
+    seen(log)
+        .into_iter()
+        .map(|s| s.uri)
+        .filter(|u| u.contains("secrets"))
+        .collect()
+}
+
+#[tokio::test]
+async fn secrets_are_watched_only_in_the_namespaces_given() {
+    let (client, log) = empty_lists();
+    let watch = Watch {
+        secret_namespaces: vec!["porter-system".into()],
+    };
+    let (snapshots, _stores) =
+        tokio::time::timeout(Duration::from_secs(20), start_watching(client, &watch))
+            .await
+            .expect("every store is listed");
+    assert!(snapshots.borrow().secrets.is_empty());
+    let requests = secret_requests(&log);
+    assert!(!requests.is_empty(), "Secrets are not read at all");
+    for uri in &requests {
+        assert!(
+            uri.starts_with("/api/v1/namespaces/porter-system/secrets?"),
+            "a Secret request outside porter-system (RBAC allows no more): {uri}"
+        );
+    }
+
+    // Given no namespace, no Secret is read anywhere.
+    let (client, log) = empty_lists();
+    tokio::time::timeout(
+        Duration::from_secs(20),
+        start_watching(client, &Watch::default()),
+    )
+    .await
+    .expect("every store is listed");
+    assert_eq!(secret_requests(&log), Vec::<String>::new());
 }
