@@ -247,9 +247,9 @@ pub struct BgpPeerSpec {
     /// with `sendMax` 10.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub afi_safis: Vec<AfiSafi>,
-    /// OpenELB runs a speaker per node and picks nodes with this. Porter's
-    /// controller is the only speaker, so it is accepted and reported as not
-    /// applicable.
+    /// The nodes this peer is about (labels that must all match): the
+    /// controller sends the peer only the paths through these nodes; all
+    /// nodes when empty.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub node_selector: BTreeMap<String, String>,
     /// How paths are shaped for this peer.
