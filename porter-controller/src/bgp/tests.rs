@@ -250,7 +250,9 @@ fn driver_changes_only_what_changed() {
 
     let paths: Paths = [(
         IpNet::from(ip("10.9.0.1")),
-        [(ip("192.168.0.10"), Default::default())].into(),
+        [(ip("192.168.0.10"), Default::default())]
+            .into_iter()
+            .collect(),
     )]
     .into();
     assert!(driver.paths(&paths, 1, &mut rec));
