@@ -412,7 +412,19 @@ impl Reconciler {
             let message = match paths.get(&IpNet::from(*ip)) {
                 Some(hops) => format!(
                     "{ip} announced with next hop(s) {}",
-                    join(&hops.keys().copied().collect::<Vec<_>>())
+                    hops.iter()
+                        .map(|(hop, attributes)| match attributes.link_bandwidth {
+                            // The weight a router gives the path: its ready endpoints.
+                            Some(lb) => format!(
+                                "{hop} ({} endpoint(s))",
+                                (lb.bytes_per_second
+                                    / porter_bgp::LinkBandwidth::BYTES_PER_SECOND_PER_ENDPOINT)
+                                    .round()
+                            ),
+                            None => hop.to_string(),
+                        })
+                        .collect::<Vec<_>>()
+                        .join(", ")
                 ),
                 None => format!(
                     "{ip} withdrawn: no Ready node has a ready endpoint (that the pool's spec.bgp.nodeSelector admits)"
