@@ -36,12 +36,16 @@ const CHANGES: usize = 21;
 
 pub fn run() -> Result<()> {
     if cfg!(debug_assertions) {
+        // With `lab`: a release xtask without it would hand the command back
+        // to a debug `lab` build, which would come here again, forever.
         return cmd::run(cmd::cargo().args([
             "run",
             "--release",
             "--quiet",
             "--package",
             "xtask",
+            "--features",
+            "lab",
             "--",
             "bench",
             SUITE,
