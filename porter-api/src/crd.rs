@@ -299,9 +299,10 @@ pub struct BgpPeerSpec {
     /// with `sendMax` 10.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub afi_safis: Vec<AfiSafi>,
-    /// The nodes this peer is about (labels that must all match). In
-    /// `speakerMode: node`, the agents of these nodes (all nodes when
-    /// empty) open a session to this peer, as in OpenELB.
+    /// The nodes this peer is about (labels that must all match; all nodes
+    /// when empty). In `speakerMode: node`, the agents of these nodes open a
+    /// session to this peer, as in OpenELB; in `controller` mode, the
+    /// controller sends the peer only the paths through these nodes.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub node_selector: BTreeMap<String, String>,
     /// How paths are shaped for this peer.

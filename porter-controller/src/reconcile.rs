@@ -240,17 +240,16 @@ impl Reconciler {
         }
         self.last_policy = Some(PolicyInputs::of(snap));
         let mut services = HashMap::new();
-        let mut live = HashSet::new();
+        // Rebuilt rather than pruned: only Services with bad values are in it.
+        let mut reported = HashMap::new();
         for svc in &snap.services {
             if !service::opted_in(svc) || service::deleting(svc) {
                 continue;
             }
-            let key = ObjectKey::of(&svc.metadata);
             let (policy, errors) =
                 ServicePolicy::from_annotations(svc.metadata.annotations.as_ref());
-            if errors.is_empty() {
-                self.policy_reported.remove(&key);
-            } else {
+            if !errors.is_empty() {
+                let key = ObjectKey::of(&svc.metadata);
                 let message = format!(
                     "{}; the pool's policy applies in their place",
                     join_errors(&errors)
@@ -263,15 +262,14 @@ impl Reconciler {
                         reason: bgp_policy::REASON_INVALID,
                         message: message.clone(),
                     });
-                    self.policy_reported.insert(key.clone(), message);
                 }
+                reported.insert(key, message);
             }
-            live.insert(key.clone());
             if !policy.is_empty() {
-                services.insert(key, policy);
+                services.insert(ObjectKey::of(&svc.metadata), policy);
             }
         }
-        self.policy_reported.retain(|k, _| live.contains(k));
+        self.policy_reported = reported;
         let policy = Policy {
             pools: snap
                 .eips
@@ -432,7 +430,19 @@ impl Reconciler {
             let message = match paths.get(&IpNet::from(*ip)) {
                 Some(hops) => format!(
                     "{ip} announced with next hop(s) {}",
-                    join(&hops.keys().copied().collect::<Vec<_>>())
+                    hops.iter()
+                        .map(|(hop, attributes)| match attributes.link_bandwidth {
+                            // The weight a router gives the path: its ready endpoints.
+                            Some(lb) => format!(
+                                "{hop} ({} endpoint(s))",
+                                (lb.bytes_per_second
+                                    / porter_bgp::LinkBandwidth::BYTES_PER_SECOND_PER_ENDPOINT)
+                                    .round()
+                            ),
+                            None => hop.to_string(),
+                        })
+                        .collect::<Vec<_>>()
+                        .join(", ")
                 ),
                 None => format!(
                     "{ip} withdrawn: no Ready node has a ready endpoint (that the pool's spec.bgp.nodeSelector admits)"

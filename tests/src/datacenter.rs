@@ -105,6 +105,18 @@ impl Datacenter {
     /// the router (passive, graceful-restart helper, ADD-PATH receive), the
     /// Nodes written as Ready. Starts no Porter binary.
     pub fn new(tag: &str, pods_per_node: &[usize]) -> Result<Self> {
+        Self::with_router(tag, pods_per_node, Daemon::Bird, ROUTER_AS)
+    }
+
+    /// Like [`Datacenter::new`] with `daemon` on the router in AS
+    /// `router_as` ([`PORTER_AS`] makes the session iBGP). FRR installs
+    /// weighted ECMP from link bandwidth; BIRD does not.
+    pub fn with_router(
+        tag: &str,
+        pods_per_node: &[usize],
+        daemon: Daemon,
+        router_as: u32,
+    ) -> Result<Self> {
         let mut lab = Lab::new(tag)?;
         let router_ns = lab.netns("r")?;
         let ctl = lab.netns("ctl")?;
@@ -148,10 +160,10 @@ impl Datacenter {
             &mut lab,
             &router_ns,
             RouterConfig {
-                daemon: Daemon::Bird,
+                daemon,
                 router_id: ROUTER_LAN_V4.into(),
                 local_address: ROUTER_LAN_V4.parse()?,
-                local_as: ROUTER_AS,
+                local_as: router_as,
                 neighbors: vec![Neighbor::new(CONTROLLER_V4.parse()?, PORTER_AS)],
                 graceful_restart: true,
                 passive: true,

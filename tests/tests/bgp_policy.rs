@@ -8,7 +8,7 @@
 //! summarises what these tests found.
 use std::{
     collections::{BTreeMap, BTreeSet},
-    net::{IpAddr, Ipv4Addr},
+    net::{IpAddr, Ipv4Addr, SocketAddr},
     time::Duration,
 };
 
@@ -18,7 +18,9 @@ use porter_bgp::{
     PeerConfig, PeerPolicy, SpeakerConfig,
 };
 use porter_tests::{
-    lab::wait_for,
+    datacenter::{CONTROLLER_V4, Datacenter, POD_PORT, PORTER_AS, ROUTER_LAN_V4},
+    lab::{Lab, wait_for},
+    manifests::{self, ServiceSpec},
     privilege,
     routers::{BgpLab, Daemon, LabSpeaker, Neighbor, ROUTER_V4, Router, RouterConfig, SPEAKER_V4},
 };
@@ -110,8 +112,8 @@ struct Seen {
     large_communities: Vec<String>,
 }
 
-fn frr_seen(router: &Router, lab: &BgpLab) -> Result<Vec<Seen>> {
-    let json = router.frr_route_json(&lab.lab, V4.net)?;
+fn frr_seen(router: &Router, lab: &Lab, prefix: &str) -> Result<Vec<Seen>> {
+    let json = router.frr_route_json(lab, prefix)?;
     let words = |value: &Value, key: &str| -> Vec<String> {
         value
             .get(key)
@@ -142,8 +144,8 @@ fn frr_seen(router: &Router, lab: &BgpLab) -> Result<Vec<Seen>> {
 
 /// Parses BIRD's `show route ... all`: each path starts with a line holding
 /// `via <next hop>`, followed by its `BGP.*` attribute lines.
-fn bird_seen(router: &Router, lab: &BgpLab) -> Result<Vec<Seen>> {
-    let text = router.bird_route_all(&lab.lab, V4.net)?;
+fn bird_seen(router: &Router, lab: &Lab, prefix: &str) -> Result<Vec<Seen>> {
+    let text = router.bird_route_all(lab, prefix)?;
     let mut seen = Vec::new();
     for line in text.lines() {
         let words: Vec<&str> = line.split_whitespace().collect();
@@ -180,10 +182,10 @@ fn bird_seen(router: &Router, lab: &BgpLab) -> Result<Vec<Seen>> {
     Ok(seen)
 }
 
-fn seen(router: &Router, lab: &BgpLab) -> Result<Vec<Seen>> {
+fn seen(router: &Router, lab: &Lab, prefix: &str) -> Result<Vec<Seen>> {
     match router.config.daemon {
-        Daemon::Frr => frr_seen(router, lab),
-        Daemon::Bird => bird_seen(router, lab),
+        Daemon::Frr => frr_seen(router, lab, prefix),
+        Daemon::Bird => bird_seen(router, lab, prefix),
         Daemon::Gobgp => anyhow::bail!("not checked with GoBGP"),
     }
 }
@@ -202,16 +204,16 @@ fn expect(
     }
 }
 
-fn wait_seen(router: &Router, lab: &BgpLab, expected: &[Seen]) -> Result<()> {
+fn wait_seen(router: &Router, lab: &Lab, prefix: &str, expected: &[Seen]) -> Result<()> {
     let mut last = Vec::new();
     wait_for("the router to hold the expected paths", SETTLE, || {
-        last = seen(router, lab)?;
+        last = seen(router, lab, prefix)?;
         Ok((last == expected).then_some(()))
     })
     .with_context(|| {
         format!(
             "expected {expected:#?}\nthe router holds {last:#?}\n{}",
-            router.describe(&lab.lab)
+            router.describe(lab)
         )
     })
 }
@@ -234,7 +236,8 @@ fn policy_attributes_reach(daemon: Daemon) -> Result<()> {
     speaker.set_paths(two_paths(&V4, pool.clone(), plain)?)?;
     wait_seen(
         &router,
-        &lab,
+        &lab.lab,
+        V4.net,
         &[
             expect(V4.a, 250, &["65000:100", "65000:200"], &["65000:1:2"]),
             expect(V4.b, 100, &[], &[]),
@@ -251,7 +254,8 @@ fn policy_attributes_reach(daemon: Daemon) -> Result<()> {
     speaker.set_paths(two_paths(&V4, changed.clone(), changed)?)?;
     wait_seen(
         &router,
-        &lab,
+        &lab.lab,
+        V4.net,
         &[
             expect(V4.a, 150, &["65000:300"], &["4200000000:7:8"]),
             expect(V4.b, 150, &["65000:300"], &["4200000000:7:8"]),
@@ -557,4 +561,217 @@ fn frr_routes_next_hop_self_through_the_node_speaker() -> Result<()> {
         "FRR shows {shown:?}"
     );
     Ok(())
+}
+
+// ---- The controller end to end ----------------------------------------
+//
+// Above, the speaker is driven by hand. Below, porter-controller computes
+// the paths from the cluster (pools, Services, EndpointSlices) in the
+// data-centre lab (tests/src/datacenter.rs) and announces them itself.
+
+const POOL: &str = "policy";
+const NS: &str = "default";
+const SERVICE_PORT: u16 = 8088;
+
+/// BgpConf and the BgpPeer of the lab's router in `router_as`.
+fn bgp_objects(router_as: u32) -> String {
+    format!(
+        "apiVersion: network.kubesphere.io/v1alpha2\nkind: BgpConf\nmetadata:\n  name: default\n\
+         spec:\n  as: {PORTER_AS}\n  routerId: {CONTROLLER_V4}\n  listenPort: -1\n---\n\
+         apiVersion: network.kubesphere.io/v1alpha2\nkind: BgpPeer\nmetadata:\n  name: router\n\
+         spec:\n  conf:\n    peerAs: {router_as}\n    neighborAddress: {ROUTER_LAN_V4}\n  \
+         timers:\n    config:\n      connectRetry: 1\n"
+    )
+}
+
+/// The pool, with `bgp` (YAML lines under `spec.bgp`, indented by four) if any.
+fn pool_object(bgp: &[&str]) -> String {
+    let mut text = manifests::eip(POOL, "192.168.2.0/28");
+    if !bgp.is_empty() {
+        text.push_str("  bgp:\n");
+        for line in bgp {
+            text.push_str(&format!("    {line}\n"));
+        }
+    }
+    text
+}
+
+/// Service `web` in the pool with these extra annotations.
+fn web_service(dc: &Datacenter, annotations: &[(&str, &str)]) -> Result<()> {
+    let mut all = vec![("eip.porter.kubesphere.io/v1alpha2", POOL)];
+    all.extend_from_slice(annotations);
+    dc.apply(
+        "svc-web.yaml",
+        &manifests::service(&ServiceSpec {
+            namespace: NS,
+            name: "web",
+            port: SERVICE_PORT,
+            target_port: POD_PORT,
+            annotations: &all,
+            ipv6: false,
+        }),
+    )
+}
+
+/// Waits for `ip`'s kernel route on the router to have these weights per node.
+fn wait_dc_weights(dc: &Datacenter, ip: IpAddr, want: &[(usize, u32)]) -> Result<()> {
+    let prefix = format!("{ip}/32");
+    let want: BTreeMap<IpAddr, u32> = want.iter().map(|(i, w)| (dc.nodes[*i].ip, *w)).collect();
+    wait_for(
+        &format!("kernel weights {want:?} for {prefix}"),
+        SETTLE,
+        || Ok((dc.router.route_weights(&dc.lab, &prefix)? == want).then_some(())),
+    )
+    .with_context(|| {
+        format!(
+            "kernel: {:?}\nFRR: {:#}\n{}",
+            dc.router.route_weights(&dc.lab, &prefix),
+            dc.router
+                .frr_route_json(&dc.lab, &prefix)
+                .unwrap_or_default(),
+            dc.describe()
+        )
+    })
+}
+
+/// Requests for the per-pod split. Each of the 4 pods should answer
+/// N/4 of them: with every connection hashed independently (the router by
+/// L4 ports over the weighted next hops, then the node's agent by Maglev
+/// over its pods), a pod's count is Binomial(N, 1/4), σ = √(N·3/16) ≈ 33.5
+/// for N = 6000. ±10 % of even is ±150 requests ≈ 4.5σ, so a correct split
+/// fails the check with probability ≈ 3·10⁻⁵ over the 4 pods; plain
+/// per-node ECMP (n1's only pod would get 1/2, 3000) fails it by 45σ.
+const SPLIT_REQUESTS: usize = 6000;
+
+/// With pods split 1:3 over two nodes, the controller's own announcements
+/// make FRR install weights 25/75, and requests through FRR reach every pod
+/// equally (within ±10 %). The Service's `link-bandwidth: off` annotation
+/// then brings back plain per-node ECMP.
+#[test]
+fn controller_weighted_ecmp_through_frr_splits_requests_per_pod() -> Result<()> {
+    if !privilege::can_run("controller_weighted_ecmp_through_frr_splits_requests_per_pod") {
+        return Ok(());
+    }
+    let mut dc = Datacenter::with_router("polsplit", &[1, 3], Daemon::Frr, ROUTER_AS)?;
+    dc.apply("bgp.yaml", &bgp_objects(ROUTER_AS))?;
+    dc.apply("pools.yaml", &pool_object(&[]))?;
+    dc.set_endpoints(NS, "web", &dc.endpoints_on(&[0, 1]))?;
+    web_service(&dc, &[])?;
+    for index in 0..dc.nodes.len() {
+        dc.start_agent(index)?;
+    }
+    dc.start_controller()?;
+    let ip = dc.wait_service_ip(NS, "web", SETTLE)?;
+    wait_dc_weights(&dc, ip, &[(0, 25), (1, 75)])?;
+    let lbs = frr_dc_link_bandwidths(&dc, ip)?;
+    ensure!(
+        lbs.iter().any(|l| l.contains("LB:65000:125000000"))
+            && lbs.iter().any(|l| l.contains("LB:65000:375000000")),
+        "FRR shows link bandwidths {lbs:?}, expected 1 and 3 endpoints' worth"
+    );
+
+    let addr = SocketAddr::new(ip, SERVICE_PORT);
+    let per_pod = dc.spread(addr, SPLIT_REQUESTS)?;
+    let pods: Vec<&str> = dc
+        .nodes
+        .iter()
+        .flat_map(|n| n.pods.iter().map(|p| p.name.as_str()))
+        .collect();
+    let even = SPLIT_REQUESTS as f64 / pods.len() as f64;
+    println!("{SPLIT_REQUESTS} requests per pod: {per_pod:?} (even: {even})");
+    for pod in &pods {
+        let got = per_pod.get(*pod).copied().unwrap_or(0) as f64;
+        ensure!(
+            (got - even).abs() <= 0.1 * even,
+            "pod {pod} answered {got} of {SPLIT_REQUESTS} requests, more than 10 % off the even {even}: {per_pod:?}"
+        );
+    }
+
+    // Plain ECMP for this Service: equal weights, no link bandwidth.
+    web_service(&dc, &[("bgp.porter.kubesphere.io/link-bandwidth", "off")])?;
+    wait_dc_weights(&dc, ip, &[(0, 1), (1, 1)])?;
+    ensure!(
+        frr_dc_link_bandwidths(&dc, ip)?.is_empty(),
+        "link bandwidth still sent after the Service switched it off"
+    );
+    Ok(())
+}
+
+fn frr_dc_link_bandwidths(dc: &Datacenter, ip: IpAddr) -> Result<Vec<String>> {
+    let json = dc.router.frr_route_json(&dc.lab, &format!("{ip}/32"))?;
+    Ok(json
+        .get("paths")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(|path| path.pointer("/extendedCommunity/string"))
+        .filter_map(Value::as_str)
+        .map(str::to_owned)
+        .collect())
+}
+
+/// The pool's communities and large communities, a Service annotation's
+/// community, and LOCAL_PREF (the pool's, then the Service's override)
+/// reach the router over iBGP from the controller, on every node's path.
+fn controller_policy_reaches(daemon: Daemon) -> Result<()> {
+    let tag = format!("polctl{daemon:?}").to_lowercase();
+    let mut dc = Datacenter::with_router(&tag, &[1, 1], daemon, PORTER_AS)?;
+    dc.apply("bgp.yaml", &bgp_objects(PORTER_AS))?;
+    dc.apply(
+        "pools.yaml",
+        &pool_object(&[
+            "communities: [\"65000:100\"]",
+            "largeCommunities: [\"65000:1:2\"]",
+            "localPref: 200",
+        ]),
+    )?;
+    dc.set_endpoints(NS, "web", &dc.endpoints_on(&[0, 1]))?;
+    web_service(
+        &dc,
+        &[("bgp.porter.kubesphere.io/communities", "65000:300")],
+    )?;
+    dc.start_controller()?;
+    let ip = dc.wait_service_ip(NS, "web", SETTLE)?;
+    let prefix = format!("{ip}/32");
+    let paths = |local_pref| -> Vec<Seen> {
+        let mut all: Vec<Seen> = dc
+            .nodes
+            .iter()
+            .map(|n| {
+                expect(
+                    &n.ip.to_string(),
+                    local_pref,
+                    &["65000:100", "65000:300"],
+                    &["65000:1:2"],
+                )
+            })
+            .collect();
+        all.sort();
+        all
+    };
+    wait_seen(&dc.router, &dc.lab, &prefix, &paths(200))?;
+    web_service(
+        &dc,
+        &[
+            ("bgp.porter.kubesphere.io/communities", "65000:300"),
+            ("bgp.porter.kubesphere.io/local-pref", "300"),
+        ],
+    )?;
+    wait_seen(&dc.router, &dc.lab, &prefix, &paths(300))
+}
+
+#[test]
+fn controller_policy_reaches_frr() -> Result<()> {
+    if !privilege::can_run("controller_policy_reaches_frr") {
+        return Ok(());
+    }
+    controller_policy_reaches(Daemon::Frr)
+}
+
+#[test]
+fn controller_policy_reaches_bird() -> Result<()> {
+    if !privilege::can_run("controller_policy_reaches_bird") {
+        return Ok(());
+    }
+    controller_policy_reaches(Daemon::Bird)
 }

@@ -274,7 +274,9 @@ fn driver_changes_only_what_changed() {
 
     let paths: Paths = [(
         IpNet::from(ip("10.9.0.1")),
-        [(ip("192.168.0.10"), Default::default())].into(),
+        [(ip("192.168.0.10"), Default::default())]
+            .into_iter()
+            .collect(),
     )]
     .into();
     assert!(driver.paths(&paths, 1, &mut rec));
@@ -335,7 +337,9 @@ fn node_mode_stops_the_controller_speaker_and_controller_mode_restarts_it() {
     rec.calls.clear();
     let paths: Paths = [(
         IpNet::from(ip("10.9.0.1")),
-        [(ip("192.168.0.10"), Default::default())].into(),
+        [(ip("192.168.0.10"), Default::default())]
+            .into_iter()
+            .collect(),
     )]
     .into();
     assert!(

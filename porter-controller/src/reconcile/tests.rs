@@ -417,6 +417,13 @@ fn an_endpoint_change_alone_moves_the_route_and_nothing_else() {
         .collect();
     assert_eq!(hops, ["192.168.1.2"]);
     assert_eq!(reasons(&plan), [REASON_ANNOUNCED]);
+    assert!(
+        plan.events[0]
+            .message
+            .ends_with("next hop(s) 192.168.1.2 (1 endpoint(s))"),
+        "the Event names each next hop's weight: {}",
+        plan.events[0].message
+    );
     assert!(plan.ingress.is_empty() && plan.finalizers.is_empty() && plan.eip_status.is_empty());
 }
 

@@ -36,8 +36,8 @@ const CHANGES: usize = 21;
 
 pub fn run() -> Result<()> {
     if cfg!(debug_assertions) {
-        // With `lab`: a plain release build would relaunch itself as a
-        // debug `lab` build, which comes back here, forever.
+        // With `lab`: a release xtask without it would hand the command back
+        // to a debug `lab` build, which would come here again, forever.
         return cmd::run(cmd::cargo().args([
             "run",
             "--release",
