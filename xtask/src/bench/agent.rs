@@ -40,7 +40,6 @@ use porter_api::{
 use porter_tests::{lab::Lab, privilege};
 
 use super::emit;
-use crate::cmd;
 
 const SUITE: &str = "agent";
 const NODE: &str = "n1";
@@ -51,16 +50,7 @@ pub fn run() -> Result<()> {
     if cfg!(debug_assertions) {
         // The sync path is CPU-bound userspace code: a debug build would
         // measure unoptimised code generation, not the agent.
-        return cmd::run(cmd::cargo().args([
-            "run",
-            "--quiet",
-            "--release",
-            "--package",
-            "xtask",
-            "--",
-            "bench",
-            "agent",
-        ]));
+        return super::in_release(SUITE);
     }
     if !privilege::is_root() {
         bail!("the agent benchmark loads BPF maps on a private bpffs: run it as root");

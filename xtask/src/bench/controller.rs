@@ -26,7 +26,6 @@ use porter_api::{Eip, EipSpec};
 use porter_controller::reconcile::{Plan, Reconciler};
 
 use super::emit;
-use crate::cmd;
 
 const SUITE: &str = "controller";
 const SERVICES: usize = 10_000;
@@ -36,20 +35,7 @@ const CHANGES: usize = 21;
 
 pub fn run() -> Result<()> {
     if cfg!(debug_assertions) {
-        // With `lab`: a release xtask without it would hand the command back
-        // to a debug `lab` build, which would come here again, forever.
-        return cmd::run(cmd::cargo().args([
-            "run",
-            "--release",
-            "--quiet",
-            "--package",
-            "xtask",
-            "--features",
-            "lab",
-            "--",
-            "bench",
-            SUITE,
-        ]));
+        return super::in_release(SUITE);
     }
     let baseline_rss = peak_rss_mib()?;
     let mut snap = cluster();

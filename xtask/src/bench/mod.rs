@@ -9,6 +9,8 @@ mod layer2;
 
 use anyhow::Result;
 
+use crate::cmd;
+
 pub use crate::args::{BenchArgs, Suite};
 
 pub fn run(args: &BenchArgs) -> Result<()> {
@@ -27,4 +29,23 @@ pub fn emit(suite: &str, case: &str, metric: &str, value: f64, unit: &str) {
         "{}",
         serde_json::json!({"suite": suite, "case": case, "metric": metric, "value": value, "unit": unit})
     );
+}
+
+/// Runs `bench <suite>` again from an optimised build, for suites that time
+/// CPU-bound userspace code. With `lab`: a release xtask without it would
+/// hand the command back to a debug `lab` build, which would come here again,
+/// forever.
+pub fn in_release(suite: &str) -> Result<()> {
+    cmd::run(cmd::cargo().args([
+        "run",
+        "--release",
+        "--quiet",
+        "--package",
+        "xtask",
+        "--features",
+        "lab",
+        "--",
+        "bench",
+        suite,
+    ]))
 }
