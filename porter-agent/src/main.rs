@@ -20,6 +20,7 @@ use porter_agent::{
     xdp_attach::{self, XdpModePreference},
 };
 use porter_api::annotations::PORTER_NAMESPACE;
+use porter_api::metrics_http::{Health, serve_with_health};
 use porter_api::peer_auth::SecretScope;
 use porter_api::source::{SnapshotReceiver, SourceArg, dir, kube as kube_source};
 use tracing::{error, info};
@@ -162,9 +163,12 @@ async fn run(args: RunArgs) -> Result<()> {
         .await
         .with_context(|| format!("cannot listen on --metrics-addr {}", args.metrics_addr))?;
     let served = metrics.clone();
-    tokio::spawn(porter_api::metrics_http::serve(listener, move || {
-        served.render(&pins)
-    }));
+    let health = Health::starting();
+    tokio::spawn(serve_with_health(
+        listener,
+        move || served.render(&pins),
+        health.clone(),
+    ));
     info!(addr = %args.metrics_addr, node = %settings.node, "metrics served at /metrics");
 
     let mut secret_namespaces = args.secret_namespaces.clone();
@@ -178,10 +182,12 @@ async fn run(args: RunArgs) -> Result<()> {
         () = shutdown.clone_wait() => return Ok(()),
     };
     let node = settings.node.clone();
-    let mut agent = Agent::new(settings, metrics.clone()).with_bgp(
-        NodeSpeaker::new(node.clone(), status_writer, metrics.bgp.clone())
-            .with_secret_scope(secrets),
-    );
+    let mut agent = Agent::new(settings, metrics.clone())
+        .with_health(health)
+        .with_bgp(
+            NodeSpeaker::new(node.clone(), status_writer, metrics.bgp.clone())
+                .with_secret_scope(secrets),
+        );
     match Announcer::open() {
         Ok(announcer) => {
             let speaker = Speaker::new(node, Timing::default(), leases);

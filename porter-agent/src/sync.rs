@@ -13,6 +13,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use porter_api::metrics_http::Health;
 use porter_api::source::{Snapshot, SnapshotReceiver};
 use tracing::{error, info, warn};
 
@@ -94,6 +95,8 @@ pub struct Agent {
     /// The wanted services the data plane holds and is attached for: what
     /// node mode announces.
     served: Vec<ServiceSpec>,
+    /// `/readyz`: ready once the data plane is attached to an interface.
+    health: Health,
 }
 
 impl Agent {
@@ -109,7 +112,14 @@ impl Agent {
             layer2: None,
             bgp: None,
             served: Vec::new(),
+            health: Health::starting(),
         }
+    }
+
+    /// Reports readiness through `health` (served at `/readyz`).
+    pub fn with_health(mut self, health: Health) -> Self {
+        self.health = health;
+        self
     }
 
     /// Runs the node-mode BGP speaker next to the syncs.
@@ -278,6 +288,7 @@ impl Agent {
         self.metrics.attached(interface, &mode);
         info!(interface, mode = %attachment, xdp_mode = %mode, "data plane ready");
         self.attached.insert(interface.to_owned(), mode);
+        self.health.set_ready(true);
         Ok(())
     }
 

@@ -35,17 +35,6 @@ impl Health {
     }
 }
 
-/// [`serve_with_health`] for a binary that has no readiness of its own yet:
-/// `/readyz` answers 200 as soon as the server runs.
-pub async fn serve<F>(listener: TcpListener, render: F)
-where
-    F: Fn() -> String + Clone + Send + Sync + 'static,
-{
-    let health = Health::starting();
-    health.set_ready(true);
-    serve_with_health(listener, render, health).await
-}
-
 /// Answers the routes above until the listener fails. `render` runs on the
 /// blocking pool: it may read BPF maps or take locks.
 pub async fn serve_with_health<F>(listener: TcpListener, render: F, health: Health)
@@ -186,14 +175,5 @@ mod tests {
             "HTTP/1.1 404 Not Found",
             "garbage is not a crash"
         );
-    }
-
-    #[tokio::test]
-    async fn plain_serve_is_ready_at_once() {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let addr = listener.local_addr().expect("addr");
-        tokio::spawn(serve(listener, String::new));
-        let answer = get(addr, "GET /readyz HTTP/1.1\r\n\r\n").await;
-        assert_eq!(status(&answer), "HTTP/1.1 200 OK");
     }
 }

@@ -172,9 +172,15 @@ impl AgentLab {
     }
 
     fn metrics(&self) -> Result<String> {
-        run_in(&self.pods.node, || {
+        self.get("/metrics")
+    }
+
+    /// One HTTP GET to the agent's metrics port: the whole answer.
+    fn get(&self, path: &str) -> Result<String> {
+        let request = format!("GET {path} HTTP/1.1\r\nhost: x\r\n\r\n");
+        run_in(&self.pods.node, move || {
             let mut conn = TcpStream::connect(METRICS)?;
-            conn.write_all(b"GET /metrics HTTP/1.1\r\nhost: x\r\n\r\n")?;
+            conn.write_all(request.as_bytes())?;
             let mut text = String::new();
             conn.read_to_string(&mut text)?;
             Ok(text)
@@ -192,6 +198,11 @@ fn agent_programs_follows_edits_restarts_hitlessly_and_cleans_up() -> Result<()>
     assert!(
         log.contains("interface=\"eth0\"") || log.contains("interface=eth0"),
         "the agent found eth0 through the node's InternalIP:\n{log}"
+    );
+    let ready = lab.get("/readyz")?;
+    assert!(
+        ready.starts_with("HTTP/1.1 200"),
+        "the attached agent reports ready: {ready}"
     );
     let http = format!("{}:80/tcp", PodLab::EIP);
     let echo = format!("{}:{UDP_PORT}/udp", PodLab::EIP);
