@@ -28,6 +28,18 @@ pub fn cargo() -> Command {
     Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
 }
 
+/// `cargo run` of xtask with the `lab` feature (demo, bench), debug or
+/// release; the xtask arguments follow.
+pub fn lab_xtask(release: bool) -> Command {
+    let mut command = cargo();
+    command.args(["run", "--quiet"]);
+    if release {
+        command.arg("--release");
+    }
+    command.args(["--package", "xtask", "--features", "lab", "--"]);
+    command
+}
+
 fn display(command: &Command) -> String {
     std::iter::once(command.get_program())
         .chain(command.get_args())

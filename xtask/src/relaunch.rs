@@ -8,17 +8,5 @@ use crate::{cmd, setup};
 
 pub fn with_lab_feature() -> Result<()> {
     setup::ensure_all()?;
-    cmd::run(
-        cmd::cargo()
-            .args([
-                "run",
-                "--quiet",
-                "--package",
-                "xtask",
-                "--features",
-                "lab",
-                "--",
-            ])
-            .args(std::env::args_os().skip(1)),
-    )
+    cmd::run(cmd::lab_xtask(false).args(std::env::args_os().skip(1)))
 }

@@ -36,16 +36,5 @@ pub fn emit(suite: &str, case: &str, metric: &str, value: f64, unit: &str) {
 /// hand the command back to a debug `lab` build, which would come here again,
 /// forever.
 pub fn in_release(suite: &str) -> Result<()> {
-    cmd::run(cmd::cargo().args([
-        "run",
-        "--release",
-        "--quiet",
-        "--package",
-        "xtask",
-        "--features",
-        "lab",
-        "--",
-        "bench",
-        suite,
-    ]))
+    cmd::run(cmd::lab_xtask(true).args(["bench", suite]))
 }
