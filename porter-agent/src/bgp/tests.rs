@@ -2,7 +2,7 @@ use std::{collections::BTreeMap, net::IpAddr, path::Path};
 
 use porter_api::{
     BgpPeerNodeStatus,
-    bgp_config::status_changes,
+    bgp_config::{REASON_AUTH_UNAVAILABLE, status_changes},
     peer_auth::SecretScope,
     source::{Snapshot, dir::load_text},
 };
@@ -518,4 +518,56 @@ spec: {{as: 65000, speakerMode: node, listenPort: -1}}
     rack.shutdown().await;
     all.shutdown().await;
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// In node mode the agent keys its own sessions: the password comes from the
+/// Secret the BgpPeer names; while it cannot be read the peer is held (not
+/// started, and a running session would keep its key), with a Warning Event.
+#[test]
+fn node_mode_keys_sessions_from_the_secret_and_holds_a_peer_without_one() {
+    let peer = "
+kind: BgpPeer
+metadata: {name: leaf1}
+spec:
+  conf:
+    peerAs: 65011
+    neighborAddress: 172.30.1.1
+    authPasswordSecretRef: {name: bgp, key: leaf1}
+";
+    let leaf1: IpAddr = "172.30.1.1".parse().expect("ip");
+    let base = format!("{NODES}---\n{peer}---\n{}", conf("node", None));
+
+    let missing = node_bgp(&snapshot(&base), "n1", &SecretScope::default());
+    assert!(missing.peers.is_empty(), "no session without its key");
+    assert!(missing.held.contains(&leaf1));
+    let note = missing
+        .notes
+        .iter()
+        .find(|n| {
+            n.event
+                .as_ref()
+                .is_some_and(|e| e.reason == REASON_AUTH_UNAVAILABLE)
+        })
+        .expect("an AuthPasswordUnavailable note");
+    assert!(note.message.contains("porter-system/bgp"), "{note:?}");
+
+    let secret = "
+kind: Secret
+metadata: {name: bgp, namespace: porter-system}
+stringData: {leaf1: s3cret}
+";
+    let keyed = node_bgp(
+        &snapshot(&format!("{base}---\n{secret}")),
+        "n1",
+        &SecretScope::default(),
+    );
+    assert!(keyed.held.is_empty());
+    assert_eq!(
+        keyed.peers[&leaf1].config.md5_password.as_deref(),
+        Some("s3cret")
+    );
+    assert!(
+        keyed.notes.iter().all(|n| !n.message.contains("s3cret")),
+        "the password is never in a message"
+    );
 }
