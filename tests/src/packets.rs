@@ -3,6 +3,11 @@
 use std::net::IpAddr;
 
 use anyhow::{Context, Result, bail};
+use aya::programs::Xdp;
+use porter_agent::{Dataplane, DataplaneConfig, PinLayout};
+use porter_common::program_names;
+
+use crate::lab::Lab;
 use etherparse::{
     Icmpv4Type, IpNumber, Ipv4Header, NetSlice, PacketBuilder, PacketBuilderStep, SlicedPacket,
     TransportSlice, VlanId, icmpv4::DestUnreachableHeader,
@@ -294,4 +299,27 @@ where
     let result = program.test_run(options)?;
     out.truncate(result.data_size_out as usize);
     Ok((result.return_value, out))
+}
+
+/// [`test_run`] of the data plane's XDP program.
+pub fn xdp_test_run(dataplane: &mut Dataplane, packet: &[u8]) -> Result<(u32, Vec<u8>)> {
+    let program: &mut Xdp = dataplane
+        .ebpf_mut()
+        .program_mut(program_names::XDP)
+        .context("xdp program")?
+        .try_into()?;
+    test_run(program, packet)
+}
+
+/// A small data plane (M = 251, 8 services) on `lab`'s private bpffs, for
+/// BPF_PROG_TEST_RUN tests.
+pub fn test_dataplane(lab: &mut Lab) -> Result<(PinLayout, Dataplane)> {
+    let pins = PinLayout::new(&lab.bpffs()?);
+    let config = DataplaneConfig {
+        maglev_size: 251,
+        max_services: 8,
+        ..DataplaneConfig::default()
+    };
+    let dataplane = Dataplane::open(&pins, config)?;
+    Ok((pins, dataplane))
 }

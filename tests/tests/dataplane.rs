@@ -4,7 +4,7 @@
 use std::net::IpAddr;
 
 use anyhow::{Context, Result};
-use aya::programs::{SchedClassifier, Xdp};
+use aya::programs::SchedClassifier;
 use porter_agent::{
     Backend, Dataplane, DataplaneConfig, Forwarding, PinLayout, Protocol, ServiceAddr, ServiceSpec,
     stats,
@@ -60,14 +60,7 @@ struct Bench {
 impl Bench {
     fn new(tag: &str) -> Result<Self> {
         let mut lab = Lab::new(tag)?;
-        let bpffs = lab.bpffs()?;
-        let config = DataplaneConfig {
-            maglev_size: 251,
-            max_services: 8,
-            ..DataplaneConfig::default()
-        };
-        let pins = PinLayout::new(&bpffs);
-        let mut dataplane = Dataplane::open(&pins, config)?;
+        let (pins, mut dataplane) = packets::test_dataplane(&mut lab)?;
         dataplane.reconcile(&[
             spec(VIP4, 80, Protocol::Tcp, &PODS4, 8080),
             spec(VIP4, 53, Protocol::Udp, &PODS4, 5353),
@@ -83,13 +76,7 @@ impl Bench {
 
     /// Runs the XDP program on `packet` (as received on the uplink).
     fn run(&mut self, packet: &[u8]) -> Result<(u32, Vec<u8>)> {
-        let program: &mut Xdp = self
-            .dataplane
-            .ebpf_mut()
-            .program_mut(program_names::XDP)
-            .context("xdp program")?
-            .try_into()?;
-        packets::test_run(program, packet)
+        packets::xdp_test_run(&mut self.dataplane, packet)
     }
 
     /// Sends a request of a new flow through XDP and returns the reply the

@@ -11,16 +11,15 @@ use std::{
 };
 
 use anyhow::{Context, Result};
-use aya::programs::Xdp;
 use etherparse::{Icmpv6Type, PacketBuilder, icmpv6::NeighborAdvertisementHeader};
 use porter_agent::{
-    Dataplane, DataplaneConfig, PinLayout,
+    Dataplane,
     layer2::{
         announce::{TAKEOVER_COPIES, TAKEOVER_INTERVAL},
         link::L2Interface,
     },
 };
-use porter_common::{Stat, program_names};
+use porter_common::Stat;
 use porter_tests::{
     lab::{Lab, wait_for},
     layer2_lab::{self, L2Lab, POOL, POOL6, pod_of},
@@ -57,13 +56,7 @@ struct Bench {
 impl Bench {
     fn new(tag: &str) -> Result<Self> {
         let mut lab = Lab::new(tag)?;
-        let bpffs = lab.bpffs()?;
-        let config = DataplaneConfig {
-            maglev_size: 251,
-            max_services: 8,
-            ..DataplaneConfig::default()
-        };
-        let mut dataplane = Dataplane::open(&PinLayout::new(&bpffs), config)?;
+        let (_, mut dataplane) = packets::test_dataplane(&mut lab)?;
         dataplane.set_l2_leaderships_on(
             &[LOOPBACK],
             &BTreeSet::from([IpAddr::V4(EIP4), IpAddr::V6(EIP6)]),
@@ -76,13 +69,7 @@ impl Bench {
     }
 
     fn run(&mut self, packet: &[u8]) -> Result<(u32, Vec<u8>)> {
-        let program: &mut Xdp = self
-            .dataplane
-            .ebpf_mut()
-            .program_mut(program_names::XDP)
-            .context("xdp program")?
-            .try_into()?;
-        packets::test_run(program, packet)
+        packets::xdp_test_run(&mut self.dataplane, packet)
     }
 
     fn stat(&self, wanted: Stat) -> Result<u64> {
