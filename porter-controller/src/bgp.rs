@@ -421,23 +421,27 @@ impl Announcer for Recorder {
     }
 
     fn peer_status(&self) -> Vec<PeerStatus> {
-        self.established
-            .iter()
-            .map(|a| PeerStatus {
-                address: *a,
-                remote_as: 65001,
-                state: porter_bgp::SessionState::Established,
-                uptime: None,
-                established_count: 1,
-                messages_sent: 0,
-                messages_received: 0,
-                updates_sent: 0,
-                paths_announced: 0,
-                families: vec![Family::Ipv4Unicast],
-                add_path: vec![Family::Ipv4Unicast],
-                last_error: None,
-            })
-            .collect()
+        self.established.iter().map(|a| established(*a)).collect()
+    }
+}
+
+/// An IPv4 session with AS 65001 that is up and has announced nothing, for
+/// tests.
+#[cfg(test)]
+pub fn established(address: IpAddr) -> PeerStatus {
+    PeerStatus {
+        address,
+        remote_as: 65001,
+        state: porter_bgp::SessionState::Established,
+        uptime: None,
+        established_count: 1,
+        messages_sent: 0,
+        messages_received: 0,
+        updates_sent: 0,
+        paths_announced: 0,
+        families: vec![Family::Ipv4Unicast],
+        add_path: vec![Family::Ipv4Unicast],
+        last_error: None,
     }
 }
 

@@ -318,16 +318,21 @@ fn wait_weights(
 
 /// The link bandwidth FRR shows on each path, e.g. `LB:65000:125000000 (1.000 Gbps)`.
 fn frr_link_bandwidths(router: &Router, lab: &BgpLab, prefix: &Prefix) -> Result<Vec<String>> {
-    let json = router.frr_route_json(&lab.lab, prefix.net)?;
-    Ok(json
-        .get("paths")
+    Ok(extended_communities(
+        &router.frr_route_json(&lab.lab, prefix.net)?,
+    ))
+}
+
+/// Each path's extended communities in `show bgp ... json`, as FRR prints them.
+fn extended_communities(json: &Value) -> Vec<String> {
+    json.get("paths")
         .and_then(Value::as_array)
         .into_iter()
         .flatten()
         .filter_map(|path| path.pointer("/extendedCommunity/string"))
         .filter_map(Value::as_str)
         .map(str::to_owned)
-        .collect())
+        .collect()
 }
 
 /// Two next hops with link bandwidth 1:3 over eBGP: FRR installs a weighted
@@ -698,16 +703,9 @@ fn controller_weighted_ecmp_through_frr_splits_requests_per_pod() -> Result<()> 
 }
 
 fn frr_dc_link_bandwidths(dc: &Datacenter, ip: IpAddr) -> Result<Vec<String>> {
-    let json = dc.router.frr_route_json(&dc.lab, &format!("{ip}/32"))?;
-    Ok(json
-        .get("paths")
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-        .filter_map(|path| path.pointer("/extendedCommunity/string"))
-        .filter_map(Value::as_str)
-        .map(str::to_owned)
-        .collect())
+    Ok(extended_communities(
+        &dc.router.frr_route_json(&dc.lab, &format!("{ip}/32"))?,
+    ))
 }
 
 /// The pool's communities and large communities, a Service annotation's

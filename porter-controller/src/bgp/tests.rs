@@ -364,18 +364,8 @@ fn controller_status_entries_name_the_bgppeers_it_has_sessions_with() {
         ..Default::default()
     };
     let session = porter_bgp::PeerStatus {
-        address: ip("192.168.1.1"),
-        remote_as: 65001,
-        state: porter_bgp::SessionState::Established,
-        uptime: None,
-        established_count: 1,
-        messages_sent: 0,
-        messages_received: 0,
-        updates_sent: 0,
         paths_announced: 4,
-        families: vec![Family::Ipv4Unicast],
-        add_path: vec![Family::Ipv4Unicast],
-        last_error: None,
+        ..established(ip("192.168.1.1"))
     };
     let sessions = [session];
     let entries = status_entries(&snap, &sessions);
