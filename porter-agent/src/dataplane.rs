@@ -623,7 +623,7 @@ impl Dataplane {
     /// Brings the shared maps under `keys` to the plan: writes what
     /// differs, and with `remove`, frees what the plan does not name.
     fn write(&mut self, keys: &plan::Keys, remove: bool) -> Result<(), DataplaneError> {
-        let plan = self.plan.desired(keys);
+        let plan = self.plan.desired(keys, &self.written.revnat);
         let written = &mut self.written;
         let backends = &mut ArraySlots {
             array: &mut self.backends,

@@ -66,8 +66,8 @@ struct User {
 ///
 /// A backend `addr:port/proto` that serves one service is mapped back by its
 /// address. One that serves several is marked shared: new flows then get a
-/// per-flow entry, and the address maps to the service with the lowest id
-/// (for flows from before it became shared).
+/// per-flow entry, and the address keeps mapping to the service it served
+/// alone (for flows from before it became shared).
 #[derive(Debug, Default)]
 pub struct Plan {
     /// Users of each backend address, by service id (a service lists an
@@ -143,8 +143,9 @@ impl Plan {
     }
 
     /// What the maps should hold under `keys` (backend entries follow from
-    /// backend addresses, so `keys.backend_ids` is not needed here).
-    pub fn desired(&self, keys: &Keys) -> Desired {
+    /// backend addresses, so `keys.backend_ids` is not needed here), given
+    /// the reverse-NAT entries written now.
+    pub fn desired(&self, keys: &Keys, written: &BTreeMap<BackendKey, RevNatValue>) -> Desired {
         let mut desired = Desired::default();
         for key in &keys.backend_keys {
             let Some(users) = self.users.get(key) else {
@@ -156,8 +157,16 @@ impl Plan {
                 value.flags = flags;
                 desired.backends.insert(user.backend_id, value);
             }
-            // The lowest id: users are ordered by it.
-            if let Some((&service_id, first)) = users.iter().next() {
+            // Replies of flows from before the backend became shared have
+            // no per-flow entry and fall back to this one, so it keeps naming
+            // the service it names now while that still uses the backend:
+            // the one that had it alone. (Picking, say, the lowest id would
+            // break that service's open connections whenever a newcomer took
+            // a lower, reused id.) Otherwise the lowest id.
+            let named = written
+                .get(key)
+                .and_then(|revnat| users.get_key_value(&revnat.service_id));
+            if let Some((&service_id, first)) = named.or_else(|| users.iter().next()) {
                 let (_, vip) = encode_ip(first.addr.vip);
                 desired.revnat.insert(
                     *key,
@@ -267,7 +276,7 @@ mod tests {
     /// Everything the plan of `services` wants, planned from scratch.
     fn desired<'a>(services: impl IntoIterator<Item = PlannedService<'a>>) -> Desired {
         let plan = Plan::of(services);
-        plan.desired(&plan.keys())
+        plan.desired(&plan.keys(), &BTreeMap::new())
     }
 
     #[test]
@@ -318,6 +327,37 @@ mod tests {
         // One VIP with two services: one filter entry.
         assert_eq!(plan.vips.values().collect::<Vec<_>>(), [&2]);
         assert_eq!(plan.vip_filter.values().sum::<u32>(), 1);
+    }
+
+    #[test]
+    fn a_shared_backend_keeps_mapping_back_to_the_service_it_served_alone() {
+        // The newcomer takes a lower (reused) id than the service whose
+        // open connections predate the sharing and have no per-flow entry.
+        let first = PlannedService {
+            addr: addr("192.0.2.1", 80),
+            id: 5,
+            backends: &backends(&[("10.0.0.1", 8080, 0)]),
+        };
+        let newcomer = PlannedService {
+            addr: addr("192.0.2.2", 80),
+            id: 2,
+            backends: &backends(&[("10.0.0.1", 8080, 1)]),
+        };
+        let mut plan = Plan::of([first]);
+        let mut written = Desired::default();
+        let mut step = |plan: &Plan, changed: PlannedService<'_>| {
+            let mut keys = Keys::default();
+            keys.add(changed);
+            let wanted = plan.desired(&keys, &written.revnat);
+            apply_all(&mut written, &wanted, &keys);
+            let revnat = *written.revnat.values().next().expect("one backend address");
+            (revnat.service_id, revnat.flags)
+        };
+        assert_eq!(step(&plan, first), (5, 0));
+        plan.add(newcomer);
+        assert_eq!(step(&plan, newcomer), (5, BACKEND_SHARED));
+        plan.remove(first);
+        assert_eq!(step(&plan, first), (2, 0));
     }
 
     #[test]
@@ -396,7 +436,8 @@ mod tests {
                 keys.add(after);
                 live.insert(after.addr, after);
             }
-            apply_all(&mut written, &plan.desired(&keys), &keys);
+            let wanted = plan.desired(&keys, &written.revnat);
+            apply_all(&mut written, &wanted, &keys);
             assert_eq!(
                 written,
                 desired(live.values().copied()),

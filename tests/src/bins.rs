@@ -1,7 +1,9 @@
 //! Locates Porter's binaries built in the same target directory as the test.
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Result, bail};
+
+use crate::lab::Lab;
 
 /// Path of workspace binary `name` in the profile directory that holds the
 /// running test (`target/<profile>/deps/<test>` → `target/<profile>/<name>`).
@@ -21,4 +23,12 @@ pub fn binary(name: &str) -> Result<PathBuf> {
             exe.display()
         ),
     }
+}
+
+/// `porter-agent inspect` on the node whose namespace is `ns` and whose
+/// bpffs is `bpffs`, as an operator runs it there.
+pub fn agent_inspect(lab: &Lab, ns: &str, bpffs: &Path) -> Result<String> {
+    let agent = binary("porter-agent")?.display().to_string();
+    let bpffs = bpffs.display().to_string();
+    lab.exec(ns, &[&agent, "inspect", "--bpffs", &bpffs])
 }

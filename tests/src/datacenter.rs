@@ -42,12 +42,14 @@ use std::{
 };
 
 use anyhow::{Context, Result, bail};
+use porter_agent::{PinLayout, stats::read_global_stats};
+use porter_common::{Stat, map_names};
 
 use crate::{
     bins,
     lab::{Lab, wait_for},
     manifests::{self, Endpoint},
-    netns::run_in,
+    netns::{CONNECT_TIMEOUT, SYN_RETRANSMIT, run_in},
     routers::{Daemon, Neighbor, Router, RouterConfig},
 };
 
@@ -552,21 +554,50 @@ impl Datacenter {
 
     /// One HTTP request from the client; returns the pod that answered.
     pub fn request(&self, addr: SocketAddr) -> Result<String> {
-        run_in(&self.client, move || http_get(addr))
+        run_in(&self.client, move || Ok(http_get(addr)?.pod))
     }
 
     /// `count` requests from the client, each on a new connection; returns
-    /// how many each pod answered. Fails on the first failed request.
+    /// how many each pod answered. Fails on the first failed request, and
+    /// when a node's data plane dropped a packet meanwhile: TCP would hide
+    /// such a drop behind a retransmission, its counters do not.
     pub fn spread(&self, addr: SocketAddr, count: usize) -> Result<BTreeMap<String, usize>> {
-        run_in(&self.client, move || {
+        let before = self.dataplane_drops()?;
+        let answers = run_in(&self.client, move || {
             let mut answers = BTreeMap::new();
             for attempt in 0..count {
-                let pod =
+                let answer =
                     http_get(addr).with_context(|| format!("request {attempt} of {count}"))?;
-                *answers.entry(pod).or_insert(0) += 1;
+                *answers.entry(answer.pod).or_insert(0) += 1;
             }
             Ok(answers)
-        })
+        });
+        let dropped = counted_since(&before, &self.dataplane_drops()?);
+        match answers {
+            Ok(_) if !dropped.is_empty() => bail!(
+                "the data planes dropped packets during {count} requests to {addr}: {dropped:?}"
+            ),
+            Ok(answers) => Ok(answers),
+            Err(error) => Err(error.context(format!("data plane drops meanwhile: {dropped:?}"))),
+        }
+    }
+
+    /// Every node's drop counters (`drop_*` and `revnat_failed`), per
+    /// node and counter; nodes whose agent never ran have none.
+    pub fn dataplane_drops(&self) -> Result<BTreeMap<String, u64>> {
+        let mut drops = BTreeMap::new();
+        for node in &self.nodes {
+            let pins = PinLayout::new(&node.bpffs);
+            if !pins.map(map_names::STATS).exists() {
+                continue;
+            }
+            for (stat, value) in read_global_stats(&pins)? {
+                if stat.name().starts_with("drop_") || stat == Stat::RevNatFailed {
+                    drops.insert(format!("{}/{}", node.name, stat.name()), value);
+                }
+            }
+        }
+        Ok(drops)
     }
 
     /// Starts requests from the client in a loop until the returned load is stopped.
@@ -580,16 +611,39 @@ impl Datacenter {
             .lab
             .ip(&self.router_ns, &["route"])
             .unwrap_or_else(|e| format!("{e:#}"));
-        format!(
+        let mut text = format!(
             "router routes:\n{routes}\n{}",
             self.router.describe(&self.lab)
-        )
+        );
+        // The data planes' counters say where a lost packet went.
+        for node in &self.nodes {
+            let inspect = bins::agent_inspect(&self.lab, &node.ns, &node.bpffs)
+                .unwrap_or_else(|e| format!("{e:#}"));
+            text.push_str(&format!(
+                "\n---- porter-agent inspect on {}:\n{inspect}",
+                node.name
+            ));
+        }
+        text
     }
 
     /// Leaves everything running (for `cargo xtask demo --keep`).
     pub fn keep(self) {
         self.lab.keep();
     }
+}
+
+/// The counters of `now` that grew since `before`, by how much.
+fn counted_since(
+    before: &BTreeMap<String, u64>,
+    now: &BTreeMap<String, u64>,
+) -> BTreeMap<String, u64> {
+    now.iter()
+        .filter_map(|(name, &value)| {
+            let grown = value.saturating_sub(before.get(name).copied().unwrap_or(0));
+            (grown > 0).then(|| (name.clone(), grown))
+        })
+        .collect()
 }
 
 /// Per-node counts from per-pod counts (pods are named `<node>-p<i>`).
@@ -731,11 +785,20 @@ fn add_pod(lab: &mut Lab, node_ns: &str, n: usize, p: usize) -> Result<Pod> {
     Ok(Pod { name, ns, ip, ip6 })
 }
 
-/// `GET /` over a new connection from the calling thread's namespace;
-/// returns the body, trimmed (a pod's name).
-pub fn http_get(addr: SocketAddr) -> Result<String> {
-    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(1))
+/// One answered `GET /`.
+pub struct Answer {
+    /// The body, trimmed: the name of the pod that answered.
+    pub pod: String,
+    /// How long the connect took.
+    pub connect: Duration,
+}
+
+/// `GET /` over a new connection from the calling thread's namespace.
+pub fn http_get(addr: SocketAddr) -> Result<Answer> {
+    let started = Instant::now();
+    let mut stream = TcpStream::connect_timeout(&addr, CONNECT_TIMEOUT)
         .with_context(|| format!("connecting to {addr}"))?;
+    let connect = started.elapsed();
     stream.set_read_timeout(Some(Duration::from_secs(2)))?;
     stream.set_write_timeout(Some(Duration::from_secs(2)))?;
     write!(stream, "GET / HTTP/1.0\r\nHost: {addr}\r\n\r\n")?;
@@ -752,7 +815,10 @@ pub fn http_get(addr: SocketAddr) -> Result<String> {
             head.lines().next().unwrap_or_default()
         );
     }
-    Ok(body.trim().to_owned())
+    Ok(Answer {
+        pod: body.trim().to_owned(),
+        connect,
+    })
 }
 
 /// Requests in a loop from the client, each on a new connection, counting
@@ -767,6 +833,25 @@ pub struct LoadReport {
     pub ok: usize,
     pub failures: Vec<String>,
     pub per_pod: BTreeMap<String, usize>,
+    /// Answered requests whose connect took a SYN retransmission: a SYN or
+    /// its answer was lost on the way.
+    pub retransmitted: usize,
+}
+
+impl LoadReport {
+    /// Fails unless every request was answered, each without a lost SYN.
+    pub fn ensure_lossless(&self, during: &str) -> Result<()> {
+        if !self.failures.is_empty() || self.retransmitted > 0 {
+            bail!(
+                "{} of {} requests failed and {} needed a SYN retransmission {during}: {:?}",
+                self.failures.len(),
+                self.ok + self.failures.len(),
+                self.retransmitted,
+                self.failures.iter().take(3).collect::<Vec<_>>()
+            );
+        }
+        Ok(())
+    }
 }
 
 impl Load {
@@ -778,9 +863,10 @@ impl Load {
             let mut report = LoadReport::default();
             while !flag.load(Ordering::Relaxed) {
                 match http_get(addr) {
-                    Ok(pod) => {
+                    Ok(answer) => {
                         report.ok += 1;
-                        *report.per_pod.entry(pod).or_insert(0) += 1;
+                        report.retransmitted += usize::from(answer.connect >= SYN_RETRANSMIT);
+                        *report.per_pod.entry(answer.pod).or_insert(0) += 1;
                     }
                     Err(error) => report.failures.push(format!("{error:#}")),
                 }

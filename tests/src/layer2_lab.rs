@@ -258,12 +258,7 @@ impl L2Lab {
     /// `porter-agent inspect` on node `name`, as an operator runs it there.
     pub fn inspect(&self, name: &str) -> Result<String> {
         let node = self.node(name)?;
-        let agent = bins::binary("porter-agent")?;
-        let bpffs = node.bpffs.display().to_string();
-        self.lab.exec(
-            &node.ns,
-            &[&agent.display().to_string(), "inspect", "--bpffs", &bpffs],
-        )
+        bins::agent_inspect(&self.lab, &node.ns, &node.bpffs)
     }
 
     /// A node crash: its agent dies without a word and its link goes down.

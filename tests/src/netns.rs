@@ -124,6 +124,19 @@ impl Drop for NamedServer {
     }
 }
 
+/// How long the lab's clients wait for a connection: past the kernel's
+/// first SYN retransmission (at [`SYN_RETRANSMIT`]) and its answer. A single
+/// packet lost anywhere on the lab's path is TCP's to recover, as it is for
+/// any client; a shorter wait would fail the request instead. Whether
+/// Porter dropped anything is checked on its own counters (see
+/// `Datacenter::spread`), and the restart cases count retransmitted
+/// connects ([`crate::datacenter::LoadReport`]).
+pub const CONNECT_TIMEOUT: Duration = Duration::from_millis(2500);
+
+/// The kernel's initial retransmission timeout (`TCP_TIMEOUT_INIT`): a
+/// connect that took this long needed its SYN (or the answer) sent again.
+pub const SYN_RETRANSMIT: Duration = Duration::from_secs(1);
+
 /// A client connection to a [`NamedServer`] (through whatever sits between).
 pub struct NamedClient {
     reader: BufReader<TcpStream>,
@@ -135,7 +148,7 @@ pub struct NamedClient {
 impl NamedClient {
     /// Connects from the calling thread's namespace.
     pub fn connect(addr: SocketAddr) -> Result<Self> {
-        let stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2))
+        let stream = TcpStream::connect_timeout(&addr, CONNECT_TIMEOUT)
             .with_context(|| format!("connecting to {addr}"))?;
         stream.set_read_timeout(Some(Duration::from_secs(2)))?;
         let writer = stream.try_clone()?;
