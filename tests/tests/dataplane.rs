@@ -495,6 +495,41 @@ fn replies_are_reverse_translated_by_tc() -> Result<()> {
 }
 
 #[test]
+fn a_backend_that_becomes_shared_keeps_replying_for_its_open_flows() -> Result<()> {
+    if !privilege::can_run("a_backend_that_becomes_shared_keeps_replying_for_its_open_flows") {
+        return Ok(());
+    }
+    let mut bench = Bench::new("dpsh")?;
+    const POD: &str = "10.244.1.9";
+    // A service takes an id and leaves it free below the next one's.
+    let gone = spec(VIP4, 7001, Protocol::Tcp, &[POD], 9000);
+    bench.dataplane.upsert_service(&gone)?;
+    bench
+        .dataplane
+        .upsert_service(&spec(VIP4, 7002, Protocol::Tcp, &[POD], 9090))?;
+    bench.dataplane.remove_service(&gone.addr)?;
+    // A connection to 7002 opens while the pod serves it alone...
+    let request = packets::build(ip(CLIENT4), ip(VIP4), tcp(40100, 7002), Vlan::None)?;
+    bench.run(&request)?;
+    // ...then a newcomer, with the lower free id, shares the pod's port.
+    bench
+        .dataplane
+        .upsert_service(&spec(VIP4, 7003, Protocol::Tcp, &[POD], 9090))?;
+    let reply = packets::build(ip(POD), ip(CLIENT4), tcp(9090, 40100), Vlan::None)?;
+    let out = bench.run_tc(&reply)?;
+    assert_revnat(&reply, &out, VIP4, 7002, "a reply of the flow from before");
+    // New flows of either service get their own way back.
+    for (sport, port) in [(40101u16, 7002u16), (40102, 7003)] {
+        let request = packets::build(ip(CLIENT4), ip(VIP4), tcp(sport, port), Vlan::None)?;
+        bench.run(&request)?;
+        let reply = packets::build(ip(POD), ip(CLIENT4), tcp(9090, sport), Vlan::None)?;
+        let out = bench.run_tc(&reply)?;
+        assert_revnat(&reply, &out, VIP4, port, "a reply of a new flow");
+    }
+    Ok(())
+}
+
+#[test]
 fn bpftool_shows_map_field_names() -> Result<()> {
     if !privilege::can_run("bpftool_shows_map_field_names") {
         return Ok(());
