@@ -29,9 +29,20 @@ const TICK: Duration = Duration::from_secs(1);
 struct Desired {
     speaker: Option<SpeakerConfig>,
     peers: BTreeMap<IpAddr, PeerConfig>,
-    paths: PathTable,
+    /// Shared with the driver, which copies it only when `paths_version`
+    /// moved: an idle tick costs a compare, not a copy of every path.
+    paths: Arc<PathTable>,
+    /// Bumped by every change of `paths`.
+    paths_version: u64,
     /// Whether `paths` was set since the last start (see the module doc).
     paths_set: bool,
+}
+
+impl Desired {
+    fn replace_paths(&mut self, paths: PathTable) {
+        self.paths = Arc::new(paths);
+        self.paths_version += 1;
+    }
 }
 
 #[derive(Default)]
@@ -88,7 +99,7 @@ impl Announcer for SpeakerAnnouncer {
         self.change(|d| {
             d.speaker = None;
             d.peers.clear();
-            d.paths = PathTable::default();
+            d.replace_paths(PathTable::default());
         });
     }
 
@@ -119,7 +130,7 @@ impl Announcer for SpeakerAnnouncer {
             })
             .collect();
         self.change(|d| {
-            d.paths = paths;
+            d.replace_paths(paths);
             d.paths_set = true;
         });
     }
@@ -138,7 +149,8 @@ impl Announcer for SpeakerAnnouncer {
 struct Applied {
     speaker: Option<(SpeakerConfig, Speaker)>,
     peers: BTreeMap<IpAddr, PeerConfig>,
-    paths: Option<PathTable>,
+    /// The [`Desired::paths_version`] the speaker has.
+    paths_version: Option<u64>,
 }
 
 async fn drive(shared: Arc<Shared>) {
@@ -154,7 +166,7 @@ async fn drive(shared: Arc<Shared>) {
             Ok(d) => (
                 d.speaker.clone(),
                 d.paths_set.then(|| d.peers.clone()),
-                d.paths.clone(),
+                (d.paths_version, Arc::clone(&d.paths)),
             ),
             Err(_) => return,
         };
@@ -173,7 +185,7 @@ async fn apply(
     applied: &mut Applied,
     speaker: Option<SpeakerConfig>,
     peers: Option<BTreeMap<IpAddr, PeerConfig>>,
-    paths: PathTable,
+    (paths_version, paths): (u64, Arc<PathTable>),
 ) {
     if applied.speaker.as_ref().map(|(c, _)| c) != speaker.as_ref() {
         if let Some((_, old)) = applied.speaker.take() {
@@ -188,7 +200,7 @@ async fn apply(
             old.shutdown().await;
         }
         applied.peers.clear();
-        applied.paths = None;
+        applied.paths_version = None;
         if let Some(config) = speaker {
             match Speaker::start(config.clone()).await {
                 Ok(started) => applied.speaker = Some((config, started)),
@@ -203,9 +215,9 @@ async fn apply(
     let Some((_, speaker)) = &applied.speaker else {
         return;
     };
-    if applied.paths.as_ref() != Some(&paths) {
-        speaker.set_paths(paths.clone()).await;
-        applied.paths = Some(paths);
+    if applied.paths_version != Some(paths_version) {
+        speaker.set_paths(PathTable::clone(&paths)).await;
+        applied.paths_version = Some(paths_version);
     }
     let Some(peers) = peers else {
         return;
