@@ -404,6 +404,7 @@ impl UdpEcho {
         let thread = thread::spawn(move || {
             let socket = enter(&ns).and_then(|()| {
                 let socket = UdpSocket::bind(("0.0.0.0", port))?;
+                deep_receive_buffer(&socket)?;
                 socket.set_read_timeout(Some(Duration::from_millis(50)))?;
                 Ok(socket)
             });
@@ -441,6 +442,29 @@ impl Drop for UdpEcho {
     }
 }
 
+/// Gives `socket` room for seconds of datagrams, so that a thread of the
+/// test that is not scheduled for a while (an agent starting on a loaded
+/// two-core machine) does not lose them in its own socket: the loss
+/// counted is the path's, not the harness's. (Root may exceed rmem_max.)
+fn deep_receive_buffer(socket: &UdpSocket) -> Result<()> {
+    use std::os::fd::AsRawFd;
+    let bytes: libc::c_int = 16 << 20;
+    // SAFETY: a valid socket and an int option of the right size.
+    let rc = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVBUFFORCE,
+            (&bytes as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error()).context("SO_RCVBUFFORCE");
+    }
+    Ok(())
+}
+
 /// Sends numbered datagrams to `vip:port` every millisecond from one
 /// socket (one flow) and collects the echoes.
 struct UdpStream {
@@ -456,6 +480,7 @@ impl UdpStream {
         let thread = thread::spawn(move || {
             enter(&ns)?;
             let socket = UdpSocket::bind("0.0.0.0:0")?;
+            deep_receive_buffer(&socket)?;
             // Only datagrams from vip:port are taken: replies must come back
             // reverse-NATed.
             socket.connect(target)?;
