@@ -14,6 +14,7 @@ use porter_api::crd::CONTROLLER_STATUS_KEY;
 use porter_api::peer_auth::SecretScope;
 use porter_api::source::Snapshot;
 use porter_api::{BgpConf, BgpPeer, BgpPeerNodeStatus, SpeakerMode};
+use tokio::sync::Notify;
 
 use crate::announce::Paths;
 
@@ -51,6 +52,14 @@ pub fn status_entries(
         .collect()
 }
 
+/// Whether `after` differs from `before` in what the BgpPeer status and the
+/// per-peer metrics show (not in uptime or message counters, which move
+/// all the time).
+pub fn sessions_differ(before: &[PeerStatus], after: &[PeerStatus]) -> bool {
+    let shown = |s: &PeerStatus| (s.address, s.state, s.paths_announced, s.last_error.clone());
+    !before.iter().map(shown).eq(after.iter().map(shown))
+}
+
 /// The controller's view of a BGP speaker. porter-bgp's `Speaker` is adapted
 /// to this where the binary is assembled; tests record the calls.
 pub trait Announcer: Send {
@@ -66,6 +75,12 @@ pub trait Announcer: Send {
     /// The complete desired paths; the speaker sends only the difference.
     fn set_paths(&mut self, paths: &Paths);
     fn peer_status(&self) -> Vec<PeerStatus>;
+    /// Notified when [`Self::peer_status`] changes in what is shown (see
+    /// [`sessions_differ`]), so that the loop reports a session that went
+    /// down at once instead of at its next resync. Never, by default.
+    fn sessions_changed(&self) -> Arc<Notify> {
+        Arc::new(Notify::new())
+    }
 }
 
 /// The BGP settings the cluster asks for.

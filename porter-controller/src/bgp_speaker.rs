@@ -20,7 +20,7 @@ use porter_bgp::{PathAttributes, PathTable, Speaker};
 use tokio::sync::Notify;
 
 use crate::announce::Paths;
-use crate::bgp::{Announcer, PeerConfig, PeerStatus, SpeakerConfig};
+use crate::bgp::{Announcer, PeerConfig, PeerStatus, SpeakerConfig, sessions_differ};
 
 /// How often peer status is refreshed and a failed start retried.
 const TICK: Duration = Duration::from_secs(1);
@@ -50,6 +50,8 @@ struct Shared {
     desired: Mutex<Desired>,
     wake: Notify,
     status: Mutex<Vec<PeerStatus>>,
+    /// Tells the controller's loop that `status` changed.
+    status_changed: Arc<Notify>,
 }
 
 /// The real speaker behind the controller. Create it inside a tokio runtime;
@@ -142,6 +144,10 @@ impl Announcer for SpeakerAnnouncer {
             .map(|s| s.clone())
             .unwrap_or_default()
     }
+
+    fn sessions_changed(&self) -> Arc<Notify> {
+        Arc::clone(&self.shared.status_changed)
+    }
 }
 
 /// What is running now.
@@ -176,6 +182,9 @@ async fn drive(shared: Arc<Shared>) {
             None => Vec::new(),
         };
         if let Ok(mut slot) = shared.status.lock() {
+            if sessions_differ(&slot, &status) {
+                shared.status_changed.notify_one();
+            }
             *slot = status;
         }
     }
@@ -286,20 +295,21 @@ mod tests {
             announcer.peer_status()
         );
         announcer.set_paths(&Paths::default());
+        // Waiting on the change notifications alone sees the session come
+        // up: the controller's loop relies on them.
+        let changed = announcer.sessions_changed();
         let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-        loop {
-            let status = announcer.peer_status();
-            if status
-                .iter()
-                .any(|s| s.state == porter_bgp::SessionState::Established)
-            {
-                break;
-            }
+        while !announcer
+            .peer_status()
+            .iter()
+            .any(|s| s.state == porter_bgp::SessionState::Established)
+        {
+            let notified = tokio::time::timeout_at(deadline, changed.notified()).await;
             assert!(
-                tokio::time::Instant::now() < deadline,
-                "session not established through the adapter: {status:?}"
+                notified.is_ok(),
+                "no notification of an established session: {:?}",
+                announcer.peer_status()
             );
-            tokio::time::sleep(Duration::from_millis(50)).await;
         }
         announcer.remove_peer(IpAddr::from([127, 0, 0, 1]));
         let deadline = tokio::time::Instant::now() + Duration::from_secs(10);

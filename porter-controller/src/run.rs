@@ -153,6 +153,7 @@ pub async fn run<A: Announcer, W: StatusWriter>(
 ) {
     // A fixed leadership (dir source) has no sender; stop listening to it then.
     let mut leader_open = true;
+    let sessions_changed = controller.announcer().sessions_changed();
     loop {
         let snap = snapshots.borrow_and_update().clone();
         let is_leader = *leader.borrow_and_update();
@@ -165,6 +166,9 @@ pub async fn run<A: Announcer, W: StatusWriter>(
         tokio::select! {
             r = snapshots.changed() => if r.is_err() { return },
             r = leader.changed(), if leader_open => leader_open = r.is_ok(),
+            // A pass without a cluster change costs little, and it brings
+            // the BgpPeer status and the metrics to the sessions.
+            () = sessions_changed.notified() => {},
             _ = tokio::time::sleep(wait) => {},
         }
     }

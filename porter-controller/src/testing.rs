@@ -1,7 +1,7 @@
 //! Fixtures and fakes shared by the unit tests.
 
 use std::net::IpAddr;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use k8s_openapi::api::core::v1::{Node, NodeAddress, NodeCondition, NodeStatus};
 use k8s_openapi::api::discovery::v1::{Endpoint, EndpointConditions, EndpointSlice};
@@ -70,9 +70,10 @@ pub fn slice(namespace: &str, service: &str, eps: &[(&str, Option<bool>)]) -> En
     }
 }
 
-/// A [`StatusWriter`] that records each call as a line of text, in order.
-#[derive(Default)]
-pub struct RecordingWriter(Mutex<Vec<String>>);
+/// A [`StatusWriter`] that records each call as a line of text, in order;
+/// clones share the record (one can watch a loop that owns another).
+#[derive(Clone, Default)]
+pub struct RecordingWriter(Arc<Mutex<Vec<String>>>);
 
 impl RecordingWriter {
     pub fn calls(&self) -> Vec<String> {

@@ -444,3 +444,101 @@ async fn bgp_policy_reaches_the_announcer_and_bad_values_are_reported() {
         assert!(text.contains(line), "missing {line} in\n{text}");
     }
 }
+
+/// Sessions that a test changes under a running loop.
+#[derive(Clone, Default)]
+struct LiveSessions {
+    sessions: Arc<std::sync::Mutex<Vec<crate::bgp::PeerStatus>>>,
+    changed: Arc<tokio::sync::Notify>,
+}
+
+impl LiveSessions {
+    fn set(&self, address: &str, state: porter_bgp::SessionState) {
+        let mut session = crate::bgp::established(address.parse().expect("address"));
+        session.state = state;
+        if let Ok(mut sessions) = self.sessions.lock() {
+            *sessions = vec![session];
+        }
+        self.changed.notify_one();
+    }
+}
+
+impl Announcer for LiveSessions {
+    fn start(&mut self, _: &crate::bgp::SpeakerConfig) {}
+    fn stop(&mut self) {}
+    fn upsert_peer(&mut self, _: &crate::bgp::PeerConfig) {}
+    fn remove_peer(&mut self, _: std::net::IpAddr) {}
+    fn set_paths(&mut self, _: &crate::announce::Paths) {}
+    fn peer_status(&self) -> Vec<crate::bgp::PeerStatus> {
+        self.sessions.lock().map(|s| s.clone()).unwrap_or_default()
+    }
+    fn sessions_changed(&self) -> Arc<tokio::sync::Notify> {
+        Arc::clone(&self.changed)
+    }
+}
+
+/// Waits (a few seconds at most) until `writer` recorded `line`.
+async fn recorded(writer: &RecordingWriter, line: &str) -> bool {
+    for _ in 0..100 {
+        if writer.calls().iter().any(|call| call == line) {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    false
+}
+
+#[tokio::test]
+async fn a_session_coming_up_or_going_down_reaches_the_bgp_peer_status_without_a_resync() {
+    let mut snap = snapshot();
+    snap.bgp_peers = vec![Arc::new(porter_api::BgpPeer {
+        metadata: ObjectMeta {
+            name: Some("tor".into()),
+            ..Default::default()
+        },
+        spec: porter_api::BgpPeerSpec {
+            conf: porter_api::crd::PeerConf {
+                peer_as: 65001,
+                neighbor_address: "10.0.0.254".into(),
+                ..Default::default()
+            },
+            ..Default::default()
+        },
+        status: None,
+    })];
+    let sessions = LiveSessions::default();
+    let writer = RecordingWriter::default();
+    let (_snapshots, snapshot_rx) = watch::channel(Arc::new(snap));
+    let (_leader, leader_rx) = watch::channel(true);
+    // No resync or retry within the test: only the sessions can wake the loop.
+    let never = Duration::from_secs(3600);
+    let controller = Controller::new(sessions.clone(), Arc::new(Metrics::default()));
+    let task = tokio::spawn(run(
+        controller,
+        snapshot_rx,
+        writer.clone(),
+        leader_rx,
+        Settings {
+            resync: never,
+            retry: never,
+        },
+    ));
+    assert!(
+        recorded(&writer, "ingress default/web [10.0.0.0]").await,
+        "the first pass ran: {:?}",
+        writer.calls()
+    );
+    sessions.set("10.0.0.254", porter_bgp::SessionState::Established);
+    assert!(
+        recorded(&writer, "bgppeer tor controller Established").await,
+        "the session coming up was reported: {:?}",
+        writer.calls()
+    );
+    sessions.set("10.0.0.254", porter_bgp::SessionState::Active);
+    assert!(
+        recorded(&writer, "bgppeer tor controller Active").await,
+        "the session going down was reported: {:?}",
+        writer.calls()
+    );
+    task.abort();
+}
