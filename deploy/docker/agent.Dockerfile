@@ -12,8 +12,9 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry \
     && cargo build --release --locked -p porter-agent \
     && install -D target/release/porter-agent /out/porter-agent
 
-# The agent runs as root with CAP_BPF, CAP_NET_ADMIN, CAP_PERFMON and
-# CAP_SYS_RESOURCE only (see deploy/porter.yaml); nothing else is in the image.
+# The agent runs as root with CAP_BPF, CAP_NET_ADMIN, CAP_PERFMON,
+# CAP_SYS_RESOURCE and CAP_NET_RAW only (see deploy/porter.yaml); nothing else
+# is in the image.
 FROM gcr.io/distroless/cc-debian12
 COPY --from=build /out/porter-agent /usr/local/bin/porter-agent
 EXPOSE 9191

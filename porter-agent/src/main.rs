@@ -98,9 +98,10 @@ struct RunArgs {
     #[arg(long, default_value_t = porter_common::limits::DEFAULT_MAX_SERVICES)]
     max_services: u32,
     /// Namespaces to read BgpPeer password Secrets from, comma-separated, in
-    /// node mode (`kube` source). The first is where an
-    /// `authPasswordSecretRef` without a namespace points. Default: the
-    /// agent's own namespace (`POD_NAMESPACE`, else `porter-system`).
+    /// node mode. The first is where an `authPasswordSecretRef` without a
+    /// namespace points. Default: the agent's own namespace (`POD_NAMESPACE`,
+    /// else `porter-system`). With `kube`, each needs a Role letting the
+    /// agent get, list and watch Secrets there.
     #[arg(long, value_delimiter = ',', env = "PORTER_SECRET_NAMESPACES")]
     secret_namespaces: Vec<String>,
     #[command(flatten)]

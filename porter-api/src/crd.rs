@@ -52,7 +52,9 @@ pub struct EipSpec {
     /// How the addresses are announced: `bgp` (the default when empty) or `layer2`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub protocol: Option<String>,
-    /// For `layer2`: the NIC to answer on.
+    /// For `layer2`: the NIC to answer on, by name (`eth0`) or as
+    /// `can_reach:<ip>` (the interface the node would reach `<ip>` through).
+    /// Unset: every interface the data plane is attached to.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub interface: Option<String>,
     /// Stop handing out new addresses from this pool; addresses already given keep working.
@@ -264,6 +266,8 @@ impl BgpConfSpec {
 #[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct GracefulRestart {
+    /// Graceful restart is on only when this is true. (Without
+    /// `gracefulRestart` at all it is on, with a restart time of 120 s.)
     #[serde(default)]
     pub enabled: bool,
     /// Seconds peers keep our routes after the session drops (default 120).

@@ -244,8 +244,53 @@ fn validate(schema: &Value, value: &Value, path: &str, errors: &mut Vec<String>)
     }
 }
 
+/// The YAML documents of the fenced ```yaml blocks of README.md and docs/*.md
+/// (indented blocks too), named by file and line: the examples users copy.
+fn documented_objects() -> Vec<(String, Value)> {
+    let root = deploy_dir().join("..");
+    let mut files = vec![root.join("README.md")];
+    let mut docs: Vec<PathBuf> = std::fs::read_dir(root.join("docs"))
+        .expect("docs/ exists")
+        .map(|e| e.expect("readable entry").path())
+        .filter(|p| p.extension().is_some_and(|e| e == "md"))
+        .collect();
+    docs.sort();
+    files.extend(docs);
+    let mut out = Vec::new();
+    for file in files {
+        let text = std::fs::read_to_string(&file).expect("readable doc");
+        let mut block: Option<(usize, usize, String)> = None;
+        for (number, line) in text.lines().enumerate() {
+            let indent = line.len() - line.trim_start().len();
+            match &mut block {
+                None if line.trim_start() == "```yaml" => {
+                    block = Some((number + 1, indent, String::new()));
+                }
+                Some((start, _, body)) if line.trim_start() == "```" => {
+                    let name = format!("{}:{start}", file.display());
+                    for doc in serde_yaml::Deserializer::from_str(body) {
+                        let value = serde_yaml::Value::deserialize(doc)
+                            .unwrap_or_else(|e| panic!("{name}: invalid YAML: {e}"));
+                        if !value.is_null() {
+                            let json = serde_json::to_value(value).expect("YAML maps to JSON");
+                            out.push((name.clone(), json));
+                        }
+                    }
+                    block = None;
+                }
+                Some((_, indent, body)) => {
+                    body.push_str(line.get(*indent..).unwrap_or(line.trim_start()));
+                    body.push('\n');
+                }
+                None => {}
+            }
+        }
+    }
+    out
+}
+
 #[test]
-fn samples_pass_the_crd_schemas() {
+fn samples_and_documented_examples_pass_the_crd_schemas() {
     let crds: Vec<CustomResourceDefinition> = porter_api::crd::crds()
         .expect("CRDs render")
         .into_iter()
@@ -253,48 +298,59 @@ fn samples_pass_the_crd_schemas() {
         .collect();
     let mut checked = 0;
     let mut errors = Vec::new();
-    for file in sample_files() {
-        for doc in documents(&file) {
-            let api = doc["apiVersion"].as_str().unwrap_or_default();
-            let Some((group, version)) = api.split_once('/') else {
-                continue;
-            };
-            let Some(crd) = crds.iter().find(|c| {
-                c.spec.group == group && c.spec.names.kind == doc["kind"].as_str().unwrap_or("")
-            }) else {
-                assert_ne!(
-                    group,
-                    "network.kubesphere.io",
-                    "{}: no CRD has kind {}",
-                    file.display(),
-                    doc["kind"]
-                );
-                continue;
-            };
-            let served = crd
-                .spec
-                .versions
-                .iter()
-                .find(|v| v.name == version && v.served);
-            let schema = served
-                .and_then(|v| v.schema.as_ref())
-                .and_then(|s| s.open_api_v3_schema.as_ref())
-                .unwrap_or_else(|| panic!("{}: {api} is not a served version", file.display()));
-            let schema = serde_json::to_value(schema).expect("schema to JSON");
-            let mut object = doc.clone();
-            if let Some(o) = object.as_object_mut() {
-                // The API server handles these itself.
-                o.remove("apiVersion");
-                o.remove("kind");
-                o.remove("metadata");
-            }
-            let name = format!("{}:{}", file.display(), doc["metadata"]["name"]);
-            validate(&schema, &object, &name, &mut errors);
-            checked += 1;
+    let samples = sample_files().into_iter().flat_map(|file| {
+        let name = file.display().to_string();
+        documents(&file)
+            .into_iter()
+            .map(move |doc| (name.clone(), doc))
+    });
+    let documented: Vec<(String, Value)> = documented_objects();
+    assert!(
+        documented.len() >= 2,
+        "only {} documented objects",
+        documented.len()
+    );
+    for (file, doc) in samples.chain(documented) {
+        let api = doc["apiVersion"].as_str().unwrap_or_default();
+        let Some((group, version)) = api.split_once('/') else {
+            continue;
+        };
+        let Some(crd) = crds.iter().find(|c| {
+            c.spec.group == group && c.spec.names.kind == doc["kind"].as_str().unwrap_or("")
+        }) else {
+            assert_ne!(
+                group, "network.kubesphere.io",
+                "{file}: no CRD has kind {}",
+                doc["kind"]
+            );
+            continue;
+        };
+        let served = crd
+            .spec
+            .versions
+            .iter()
+            .find(|v| v.name == version && v.served);
+        let schema = served
+            .and_then(|v| v.schema.as_ref())
+            .and_then(|s| s.open_api_v3_schema.as_ref())
+            .unwrap_or_else(|| panic!("{file}: {api} is not a served version"));
+        let schema = serde_json::to_value(schema).expect("schema to JSON");
+        let mut object = doc.clone();
+        if let Some(o) = object.as_object_mut() {
+            // The API server handles these itself.
+            o.remove("apiVersion");
+            o.remove("kind");
+            o.remove("metadata");
         }
+        let name = format!("{file}:{}", doc["metadata"]["name"]);
+        validate(&schema, &object, &name, &mut errors);
+        checked += 1;
     }
     assert!(errors.is_empty(), "{errors:#?}");
-    assert!(checked >= 5, "only {checked} custom objects in the samples");
+    assert!(
+        checked >= 7,
+        "only {checked} custom objects in the samples and docs"
+    );
 }
 
 #[test]

@@ -60,7 +60,8 @@ struct Args {
     /// read from here too (agents and controller share a namespace).
     #[arg(long, default_value = "porter-system", env = "POD_NAMESPACE")]
     lease_namespace: String,
-    /// This replica's name in the lease and in Events; the pod name in a Deployment.
+    /// This replica's name in the lease and in Events; the pod name in a
+    /// Deployment. Default: the host name.
     #[arg(long, env = "POD_NAME")]
     identity: Option<String>,
     /// Seconds a leader holds the lease without renewing it. A failover takes

@@ -18,7 +18,11 @@ use anyhow::Result;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "cargo xtask", about = "Porter's developer tasks")]
+#[command(
+    name = "cargo xtask",
+    bin_name = "cargo xtask",
+    about = "Porter's developer tasks"
+)]
 struct Cli {
     #[command(subcommand)]
     task: Task,
@@ -29,7 +33,7 @@ enum Task {
     /// Install what the eBPF build needs (nightly, rust-src, bpf-linker), build
     /// the eBPF object, and print its path.
     BuildEbpf(ebpf::BuildArgs),
-    /// fmt, the eBPF build, clippy, then every test (privileged ones when root).
+    /// setup, fmt, the eBPF build, clippy, then every test (privileged ones when root).
     Test(test::TestArgs),
     /// Build everything and show Porter working in a network-namespace lab (needs root).
     Demo(args::DemoArgs),
