@@ -130,21 +130,32 @@ async fn main() -> Result<()> {
                 .await
                 .context("cannot reach the API server: run in a pod or set KUBECONFIG")?;
             let identity = args.identity.unwrap_or_else(hostname);
-            let lease =
-                kube_lease_manager::LeaseManagerBuilder::new(client.clone(), &args.lease_name)
-                    .with_namespace(&args.lease_namespace)
-                    .with_identity(&identity)
-                    .with_duration(args.lease_duration)
-                    .with_grace((args.lease_duration / 3).max(1))
-                    .with_field_manager(porter_api::annotations::FIELD_MANAGER)
-                    .build()
-                    .await
-                    .with_context(|| {
-                        format!(
-                            "cannot set up the lease {}/{}",
-                            args.lease_namespace, args.lease_name
-                        )
-                    })?;
+            // The API server may be unreachable for a while (a control plane
+            // upgrade, a network policy being fixed): keep trying and say
+            // why, as the agent does, instead of exiting into a crash loop.
+            let lease = loop {
+                let built =
+                    kube_lease_manager::LeaseManagerBuilder::new(client.clone(), &args.lease_name)
+                        .with_namespace(&args.lease_namespace)
+                        .with_identity(&identity)
+                        .with_duration(args.lease_duration)
+                        .with_grace((args.lease_duration / 3).max(1))
+                        .with_field_manager(porter_api::annotations::FIELD_MANAGER)
+                        .build()
+                        .await;
+                match built {
+                    Ok(lease) => break lease,
+                    Err(error) => {
+                        tracing::error!(
+                            %error,
+                            lease = %format!("{}/{}", args.lease_namespace, args.lease_name),
+                            "cannot set up the leader election lease (is the API server reachable, and may this service account manage Leases?); retrying in {:?}",
+                            args.retry_interval
+                        );
+                        tokio::time::sleep(args.retry_interval).await;
+                    }
+                }
+            };
             let (leader, lease_task) = lease.watch().await;
             tracing::info!(identity, "waiting for the cluster state");
             let watch = kube_source::Watch {
