@@ -121,6 +121,11 @@ pub enum DataplaneError {
     },
     #[error("cannot use pinned tc link {path}: {source}")]
     TcLink { path: PathBuf, source: LinkError },
+    #[error(
+        "tc on {interface}: this kernel has no TCX, so the reply program cannot be a pinned link \
+         that outlives the agent; Porter needs Linux >= 6.6"
+    )]
+    TcxMissing { interface: String },
     #[error("cannot pin tc link at {path}: {source}")]
     TcPin {
         path: PathBuf,
@@ -426,18 +431,20 @@ impl Dataplane {
             xdp_attach::remove_abandoned_layouts(&self.pins);
             return Ok(());
         }
-        // Only needed for the netlink fallback on kernels without TCX.
+        // Without TCX, aya falls back to a netlink filter, which needs the
+        // qdisc; that attach then succeeds, and the check below says why it
+        // is not enough.
         let _ = tc::qdisc_add_clsact(interface);
         let id = program
             .attach(interface, TcAttachType::Egress)
             .map_err(tc_err)?;
+        // Only a TCX attachment is a bpf link, which can be pinned.
         let link: FdLink = program
             .take_link(id)
             .map_err(tc_err)?
             .try_into()
-            .map_err(|source| DataplaneError::TcLink {
-                path: path.clone(),
-                source,
+            .map_err(|_| DataplaneError::TcxMissing {
+                interface: interface.to_owned(),
             })?;
         link.pin(&path).map_err(|source| DataplaneError::TcPin {
             path: path.clone(),
