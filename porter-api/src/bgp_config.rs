@@ -156,6 +156,15 @@ pub fn speaker_from_conf(
             enabled: true,
             restart_time: None,
         });
+    if !gr.enabled && gr.restart_time.is_some() {
+        // OpenELB's meaning (off unless enabled), but a restart time says
+        // the user wanted it on: say so rather than ignore it.
+        notes.push(warn(
+            "BgpConf default: gracefulRestart.restartTime is set but enabled is not true, so \
+             graceful restart is off and a controller restart withdraws every route; set \
+             gracefulRestart.enabled: true",
+        ));
+    }
     Ok((
         SpeakerConfig {
             local_as: spec.as_number,

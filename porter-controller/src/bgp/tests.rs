@@ -127,6 +127,38 @@ fn crds_translate_with_openelb_defaults() {
 }
 
 #[test]
+fn a_restart_time_without_enabled_leaves_graceful_restart_off_and_says_so() {
+    // OpenELB's meaning: off unless enabled. The restart time shows intent,
+    // so the user is told instead of silently ignored.
+    let mut conf = conf("default", Some("10.0.0.1"));
+    conf.spec.graceful_restart = Some(porter_api::crd::GracefulRestart {
+        enabled: false,
+        restart_time: Some(300),
+    });
+    let d = from_crds(&[conf.clone()], &[], &[], &SecretScope::default());
+    assert_eq!(d.speaker.expect("speaker").graceful_restart, None);
+    assert!(
+        d.notes
+            .iter()
+            .any(|n| n.warning && n.message.contains("gracefulRestart.enabled: true")),
+        "{:?}",
+        d.notes
+    );
+    conf.spec.graceful_restart = Some(porter_api::crd::GracefulRestart {
+        enabled: true,
+        restart_time: Some(300),
+    });
+    let d = from_crds(&[conf], &[], &[], &SecretScope::default());
+    assert_eq!(
+        d.speaker
+            .and_then(|s| s.graceful_restart)
+            .map(|g| g.restart_time),
+        Some(300)
+    );
+    assert!(d.notes.is_empty(), "{:?}", d.notes);
+}
+
+#[test]
 fn bad_crds_are_refused_with_a_note() {
     let confs = [conf("default", None), conf("other", Some("10.0.0.1"))];
     let peers = [
