@@ -365,7 +365,6 @@ impl StatusWriter for DirWriter {
                         .iter()
                         .map(|ip| LoadBalancerIngress {
                             ip: Some(ip.to_string()),
-                            ip_mode: Some("VIP".into()),
                             ..Default::default()
                         })
                         .collect(),

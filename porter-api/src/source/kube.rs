@@ -255,12 +255,13 @@ fn api_error(what: String) -> impl FnOnce(kube::Error) -> WriteError {
     }
 }
 
-/// `status.loadBalancer.ingress` as applied: the IPs, mode VIP (the node
-/// does not take the address, the data plane answers for it).
+/// `status.loadBalancer.ingress` as applied: the IPs. No `ipMode`: unset
+/// means `VIP`, which is what Porter wants, and API servers before 1.29 do
+/// not know the field and would refuse the whole apply.
 pub fn ingress_patch(ingress: &[IpAddr]) -> serde_json::Value {
     let ingress: Vec<_> = ingress
         .iter()
-        .map(|ip| json!({"ip": ip.to_string(), "ipMode": "VIP"}))
+        .map(|ip| json!({"ip": ip.to_string()}))
         .collect();
     json!({
         "apiVersion": "v1",
