@@ -336,7 +336,7 @@ impl Ipam {
         if !pool.open_to(&req.key.namespace, labels) {
             return Err(AllocError::PoolNotAllowed {
                 pool: pool.name.clone(),
-                namespace: req.key.namespace.clone(),
+                namespace: req.key.namespace.to_string(),
             });
         }
         Ok(())

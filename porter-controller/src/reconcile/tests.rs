@@ -355,8 +355,8 @@ fn other_load_balancers_are_left_alone() {
     let touched: BTreeSet<String> = plan
         .ingress
         .iter()
-        .map(|(k, _)| k.name.clone())
-        .chain(plan.finalizers.iter().map(|(k, _)| k.name.clone()))
+        .map(|(k, _)| k.name.to_string())
+        .chain(plan.finalizers.iter().map(|(k, _)| k.name.to_string()))
         .collect();
     assert_eq!(touched, BTreeSet::from(["web".to_string()]));
 }
