@@ -19,6 +19,7 @@ use porter_api::bgp_policy::{
 };
 use porter_api::service::serving_endpoints_by_node;
 
+use crate::compact::push_exact;
 use crate::identity::{is, remember, same_objects};
 use crate::ipam::Family;
 
@@ -94,12 +95,21 @@ pub struct Policy {
 }
 
 /// Each node with a serving endpoint in these slices of one Service, with
-/// how many. Sorted by node (a Vec: 10,000 of these are kept).
-fn ready_nodes<'a>(slices: impl IntoIterator<Item = &'a EndpointSlice>) -> Vec<(String, u32)> {
+/// how many. Sorted by node (a boxed slice: 10,000 of these are kept), each
+/// name shared with `known` where it has that node.
+fn ready_nodes<'a>(
+    slices: impl IntoIterator<Item = &'a EndpointSlice>,
+    known: &HashMap<Arc<str>, NodeInfo>,
+) -> Box<[(Arc<str>, u32)]> {
     // The same predicate and count the agent programs its node with.
     serving_endpoints_by_node(slices)
         .into_iter()
-        .map(|(node, k)| (node.to_string(), k))
+        .map(|(node, k)| {
+            let name = known
+                .get_key_value(node)
+                .map_or_else(|| Arc::from(node), |(name, _)| Arc::clone(name));
+            (name, k)
+        })
         .collect()
 }
 
@@ -121,12 +131,12 @@ struct NodeInfo {
 }
 
 /// Each Ready node with an `InternalIP`, by name.
-fn node_infos<'a>(nodes: impl IntoIterator<Item = &'a Node>) -> HashMap<String, NodeInfo> {
+fn node_infos<'a>(nodes: impl IntoIterator<Item = &'a Node>) -> HashMap<Arc<str>, NodeInfo> {
     nodes
         .into_iter()
         .filter(|n| node_ready(n))
         .filter_map(|n| {
-            let name = n.metadata.name.clone()?;
+            let name: Arc<str> = n.metadata.name.as_deref()?.into();
             let addrs: Vec<IpAddr> = n
                 .status
                 .as_ref()?
@@ -162,9 +172,9 @@ fn next_hop(addrs: &[IpAddr], eip: IpAddr) -> Option<IpAddr> {
 /// One allocated Service's part in the paths, as of the last update.
 #[derive(Debug, Default)]
 struct Served {
-    eips: Vec<IpAddr>,
+    eips: Box<[IpAddr]>,
     /// Nodes with their serving endpoint counts.
-    nodes: Vec<(String, u32)>,
+    nodes: Box<[(Arc<str>, u32)]>,
 }
 
 /// Equal attribute sets, shared: most paths differ only in their endpoint
@@ -206,7 +216,7 @@ pub struct RouteTable {
     /// `None` before the first update.
     last_allocations: Option<u64>,
     last_policy: Option<u64>,
-    nodes: HashMap<String, NodeInfo>,
+    nodes: HashMap<Arc<str>, NodeInfo>,
     /// Every Service's slices, allocated or not; they stay alive here until
     /// removed, so a removed slice's identity is never reused meanwhile.
     slices: HashMap<ObjectKey, Vec<Arc<EndpointSlice>>>,
@@ -314,6 +324,10 @@ impl RouteTable {
         for slice in added {
             if let Some((ns, name)) = owner(slice) {
                 let key = ObjectKey::new(ns, name);
+                // The allocation's copy of the names, where there is one.
+                let key = allocations
+                    .get_key_value(&key)
+                    .map_or(key, |(shared, _)| shared.clone());
                 self.slice_owner
                     .insert(Arc::as_ptr(slice) as usize, key.clone());
                 self.slices
@@ -339,7 +353,7 @@ impl RouteTable {
                 }
             }
             for (key, eips) in allocations {
-                let same_eips = self.services.get(key).is_some_and(|s| s.eips == *eips);
+                let same_eips = self.services.get(key).is_some_and(|s| *s.eips == eips[..]);
                 if !same_eips || touched.remove(key) {
                     self.serve(key, eips, &mut dirty);
                 }
@@ -387,7 +401,7 @@ impl RouteTable {
         let mut endpoints: BTreeMap<&str, u32> = BTreeMap::new();
         for served in users.iter().filter_map(|k| self.services.get(k)) {
             for (node, k) in &served.nodes {
-                *endpoints.entry(node.as_str()).or_default() += k;
+                *endpoints.entry(node).or_default() += k;
             }
         }
         let (merged, conflicts) = bgp_policy::merge(
@@ -444,9 +458,10 @@ impl RouteTable {
                 .into_iter()
                 .flatten()
                 .map(|s| s.as_ref()),
+            &self.nodes,
         );
         let served = Served {
-            eips: eips.to_vec(),
+            eips: eips.into(),
             nodes,
         };
         if let Some(old) = self.services.insert(key.clone(), served) {
@@ -455,7 +470,7 @@ impl RouteTable {
         for eip in eips {
             let users = self.users.entry(*eip).or_default();
             if !users.contains(key) {
-                users.push(key.clone());
+                push_exact(users, key.clone());
             }
             dirty.insert(*eip);
         }
