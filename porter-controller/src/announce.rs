@@ -218,10 +218,9 @@ pub struct RouteTable {
     last_policy: Option<u64>,
     nodes: HashMap<Arc<str>, NodeInfo>,
     /// Every Service's slices, allocated or not; they stay alive here until
-    /// removed, so a removed slice's identity is never reused meanwhile.
+    /// removed, so a removed slice's identity is never reused meanwhile and
+    /// its owner can still be read to unfile it.
     slices: HashMap<ObjectKey, Vec<Arc<EndpointSlice>>>,
-    /// Which Service each known slice (by identity) belongs to.
-    slice_owner: HashMap<usize, ObjectKey>,
     services: HashMap<ObjectKey, Served>,
     /// Services using each EIP; usually one, more when shared.
     users: HashMap<IpAddr, Vec<ObjectKey>>,
@@ -248,26 +247,31 @@ pub struct Inputs<'a, P: Fn(IpAddr) -> Option<&'a str>> {
     pub policy_generation: u64,
 }
 
-/// Slices in `old` and not in `new` (as identities), and the reverse.
+/// Slices in `old` and not in `new` (as identities), and the reverse. Of
+/// the removed ones, only those still alive: the table keeps every slice it
+/// filed under a Service, so those are the ones it has to unfile.
 fn diff<'a>(
     old: &[Weak<EndpointSlice>],
     new: &'a [Arc<EndpointSlice>],
-) -> (Vec<usize>, Vec<&'a Arc<EndpointSlice>>) {
+) -> (Vec<Arc<EndpointSlice>>, Vec<&'a Arc<EndpointSlice>>) {
     if old.len() == new.len() {
         // Sources keep their order while nothing is added or removed, so a
         // positional comparison finds the handful of replaced objects.
         let changed: Vec<usize> = (0..old.len()).filter(|i| !is(&old[*i], &new[*i])).collect();
         return (
-            changed.iter().map(|i| old[*i].as_ptr() as usize).collect(),
+            changed.iter().filter_map(|i| old[*i].upgrade()).collect(),
             changed.iter().map(|i| &new[*i]).collect(),
         );
     }
-    let old_ptrs: HashSet<usize> = old.iter().map(|w| w.as_ptr() as usize).collect();
-    let new_ptrs: HashSet<usize> = new.iter().map(|a| Arc::as_ptr(a) as usize).collect();
+    let old_ptrs: HashSet<*const EndpointSlice> = old.iter().map(Weak::as_ptr).collect();
+    let new_ptrs: HashSet<*const EndpointSlice> = new.iter().map(Arc::as_ptr).collect();
     (
-        old_ptrs.difference(&new_ptrs).copied().collect(),
+        old.iter()
+            .filter(|w| !new_ptrs.contains(&w.as_ptr()))
+            .filter_map(Weak::upgrade)
+            .collect(),
         new.iter()
-            .filter(|s| !old_ptrs.contains(&(Arc::as_ptr(s) as usize)))
+            .filter(|s| !old_ptrs.contains(&Arc::as_ptr(s)))
             .collect(),
     )
 }
@@ -310,16 +314,20 @@ impl RouteTable {
 
         let mut touched: BTreeSet<ObjectKey> = BTreeSet::new();
         let (removed, added) = diff(&self.last_slices, slices);
-        for ptr in removed {
-            if let Some(key) = self.slice_owner.remove(&ptr) {
-                if let Some(list) = self.slices.get_mut(&key) {
-                    list.retain(|s| Arc::as_ptr(s) as usize != ptr);
-                    if list.is_empty() {
-                        self.slices.remove(&key);
-                    }
+        for gone in removed {
+            // Filed under its owner when added; an object's labels cannot
+            // change, so that is where it still is.
+            let Some((ns, name)) = owner(&gone) else {
+                continue;
+            };
+            let key = ObjectKey::new(ns, name);
+            if let Some(list) = self.slices.get_mut(&key) {
+                list.retain(|s| !Arc::ptr_eq(s, &gone));
+                if list.is_empty() {
+                    self.slices.remove(&key);
                 }
-                touched.insert(key);
             }
+            touched.insert(key);
         }
         for slice in added {
             if let Some((ns, name)) = owner(slice) {
@@ -328,12 +336,7 @@ impl RouteTable {
                 let key = allocations
                     .get_key_value(&key)
                     .map_or(key, |(shared, _)| shared.clone());
-                self.slice_owner
-                    .insert(Arc::as_ptr(slice) as usize, key.clone());
-                self.slices
-                    .entry(key.clone())
-                    .or_default()
-                    .push(slice.clone());
+                push_exact(self.slices.entry(key.clone()).or_default(), slice.clone());
                 touched.insert(key);
             }
         }
