@@ -38,7 +38,9 @@ pub struct Plan {
     pub ingress: Arc<[(ObjectKey, Vec<IpAddr>)]>,
     /// Finalizers to add (`true`) or remove; shared as `ingress` is.
     pub finalizers: Arc<[(ObjectKey, bool)]>,
-    pub eip_status: Vec<(String, EipStatus)>,
+    /// Shared with the memo as `ingress` is (`Eip.status.used` lists
+    /// every address in use).
+    pub eip_status: Vec<(String, Arc<EipStatus>)>,
     pub events: Vec<Event>,
     pub paths: Arc<Paths>,
     /// Changes whenever `paths` does. Hold on to this, not to `paths`: a
@@ -133,7 +135,7 @@ impl AddressInputs {
 struct Memo {
     ingress: Arc<[(ObjectKey, Vec<IpAddr>)]>,
     finalizers: Arc<[(ObjectKey, bool)]>,
-    eip_status: Vec<(String, EipStatus)>,
+    eip_status: Vec<(String, Arc<EipStatus>)>,
 }
 
 impl Memo {
@@ -429,7 +431,7 @@ impl Reconciler {
                     now,
                 );
                 if eip.status.as_ref() != Some(&status) {
-                    plan.eip_status.push((name, status));
+                    plan.eip_status.push((name, Arc::new(status)));
                 }
             }
         }

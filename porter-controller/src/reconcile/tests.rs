@@ -115,7 +115,7 @@ fn settle(snap: &Snapshot, plan: &Plan) -> Snapshot {
                 .iter()
                 .filter(|(n, _)| Some(n) == e.metadata.name.as_ref())
             {
-                e.status = Some(st.clone());
+                e.status = Some((**st).clone());
             }
             Arc::new(e)
         })

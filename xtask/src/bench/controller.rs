@@ -267,7 +267,7 @@ fn settle(snap: Arc<Snapshot>, plan: &Plan) -> Arc<Snapshot> {
             .iter_mut()
             .find(|e| e.metadata.name.as_ref() == Some(name))
         {
-            Arc::make_mut(e).status = Some(status.clone());
+            Arc::make_mut(e).status = Some((**status).clone());
         }
     }
     Arc::new(snap)
