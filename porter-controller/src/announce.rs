@@ -20,7 +20,7 @@ use porter_api::bgp_policy::{
 use porter_api::service::serving_endpoints_by_node;
 
 use crate::compact::push_exact;
-use crate::identity::{is, remember, same_objects};
+use crate::identity::{Seen, is, remember, same_objects};
 use crate::ipam::Family;
 
 /// EIP (as a host prefix) → its paths. An EIP with no path is absent, which
@@ -210,8 +210,9 @@ impl Interner {
 /// EndpointSlices, Nodes, policy).
 #[derive(Debug, Default)]
 pub struct RouteTable {
-    /// The last inputs, by identity (see [`crate::identity`]).
-    last_nodes: Vec<Weak<Node>>,
+    /// The last inputs, by identity (see [`crate::identity`]); the slices
+    /// as `Weak`s, through which [`diff`] reads a removed one's owner.
+    last_nodes: Vec<Seen<Node>>,
     last_slices: Vec<Weak<EndpointSlice>>,
     /// `None` before the first update.
     last_allocations: Option<u64>,
@@ -340,7 +341,7 @@ impl RouteTable {
                 touched.insert(key);
             }
         }
-        self.last_slices = remember(slices);
+        self.last_slices = slices.iter().map(Arc::downgrade).collect();
 
         if self.last_allocations != Some(generation) {
             self.last_allocations = Some(generation);

@@ -5,7 +5,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::net::IpAddr;
-use std::sync::{Arc, Weak};
+use std::sync::Arc;
 
 use ipnet::IpNet;
 use k8s_openapi::api::core::v1::{Namespace, Service};
@@ -19,7 +19,7 @@ use porter_api::{BgpConf, BgpPeer, Eip, EipStatus, ObjectKey};
 
 use crate::announce::{Inputs, Paths, Policy, RouteTable};
 use crate::bgp::{self, BgpDesired};
-use crate::identity::{remember, same_objects};
+use crate::identity::{Seen, remember, same_objects};
 use crate::ipam::{Ipam, NamespaceLabels, Pool, PoolState};
 use crate::layer2_status::Layer2Status;
 use crate::peer_auth::SecretScope;
@@ -61,8 +61,10 @@ pub struct Reconciler {
     /// The announcements, updated incrementally.
     routes: RouteTable,
     paths_version: u64,
-    /// The inputs and outcome of the last address plan.
-    last_addresses: Option<(AddressInputs, Memo)>,
+    /// What the last pass read, by identity.
+    last_inputs: LastInputs,
+    /// The outcome of the last address plan, while its inputs stay.
+    last_addresses: Option<Memo>,
     /// Which node announces each Layer 2 address, as last reported.
     layer2: Layer2Status,
     /// Where BgpPeer password Secrets are read.
@@ -70,60 +72,64 @@ pub struct Reconciler {
     /// The BGP policy, read again when its inputs change.
     policy: Policy,
     policy_generation: u64,
-    last_policy: Option<PolicyInputs>,
+    /// Whether `policy` was read from the inputs of the last pass.
+    policy_read: bool,
     /// Last invalid-annotation message per Service, so that
     /// BgpPolicyInvalid is sent once per message.
     policy_reported: HashMap<ObjectKey, String>,
 }
 
-/// What the BGP policy reads, by identity.
-#[derive(Debug)]
-struct PolicyInputs {
-    services: Vec<Weak<Service>>,
-    eips: Vec<Weak<Eip>>,
-    confs: Vec<Weak<BgpConf>>,
-    peers: Vec<Weak<BgpPeer>>,
+/// The inputs of the last pass, by identity (see [`crate::identity`]).
+#[derive(Debug, Default)]
+struct LastInputs {
+    services: Vec<Seen<Service>>,
+    eips: Vec<Seen<Eip>>,
+    namespaces: Vec<Seen<Namespace>>,
+    confs: Vec<Seen<BgpConf>>,
+    peers: Vec<Seen<BgpPeer>>,
 }
 
-impl PolicyInputs {
-    fn of(snap: &Snapshot) -> Self {
-        Self {
-            services: remember(&snap.services),
-            eips: remember(&snap.eips),
-            confs: remember(&snap.bgp_confs),
-            peers: remember(&snap.bgp_peers),
+/// Which inputs changed since the last pass.
+#[derive(Debug, Clone, Copy)]
+struct Changed {
+    services: bool,
+    eips: bool,
+    namespaces: bool,
+    confs: bool,
+    peers: bool,
+}
+
+impl Changed {
+    /// What the address plan reads.
+    fn addresses(self) -> bool {
+        self.services || self.eips || self.namespaces
+    }
+
+    /// What the BGP policy reads.
+    fn policy(self) -> bool {
+        self.services || self.eips || self.confs || self.peers
+    }
+}
+
+impl LastInputs {
+    /// Compares `snap` with the last pass's inputs and remembers it in
+    /// their place. Each list is compared once per pass, for both the
+    /// address plan and the policy: a comparison reads every object.
+    fn update(&mut self, snap: &Snapshot) -> Changed {
+        fn track<T: kube::Resource>(last: &mut Vec<Seen<T>>, now: &[Arc<T>]) -> bool {
+            let changed = !same_objects(last, now);
+            if changed {
+                *last = remember(now);
+            }
+            changed
         }
-    }
-
-    fn same(&self, snap: &Snapshot) -> bool {
-        same_objects(&self.services, &snap.services)
-            && same_objects(&self.eips, &snap.eips)
-            && same_objects(&self.confs, &snap.bgp_confs)
-            && same_objects(&self.peers, &snap.bgp_peers)
-    }
-}
-
-/// What the address plan reads, by identity (see [`crate::identity`]).
-#[derive(Debug)]
-struct AddressInputs {
-    services: Vec<Weak<Service>>,
-    eips: Vec<Weak<Eip>>,
-    namespaces: Vec<Weak<Namespace>>,
-}
-
-impl AddressInputs {
-    fn of(snap: &Snapshot) -> Self {
-        Self {
-            services: remember(&snap.services),
-            eips: remember(&snap.eips),
-            namespaces: remember(&snap.namespaces),
+        Changed {
+            services: track(&mut self.services, &snap.services),
+            eips: track(&mut self.eips, &snap.eips),
+            namespaces: track(&mut self.namespaces, &snap.namespaces),
+            confs: track(&mut self.confs, &snap.bgp_confs),
+            peers: track(&mut self.peers, &snap.bgp_peers),
         }
-    }
-
-    fn same(&self, snap: &Snapshot) -> bool {
-        same_objects(&self.services, &snap.services)
-            && same_objects(&self.eips, &snap.eips)
-            && same_objects(&self.namespaces, &snap.namespaces)
     }
 }
 
@@ -188,32 +194,29 @@ impl Reconciler {
         self.paths_version += 1;
         self.last_addresses = None;
         self.layer2.forget();
-        self.last_policy = None;
+        self.policy_read = false;
         self.policy_reported.clear();
     }
 
     pub fn plan(&mut self, snap: &Snapshot, now: &Time) -> Plan {
-        let mut plan = match self.last_addresses.take() {
+        // Before the address plan: remembering the new inputs lets go of
+        // the old ones, whose Weaks may hold the allocations of many
+        // replaced objects (see crate::identity).
+        let changed = self.last_inputs.update(snap);
+        let mut plan = match &self.last_addresses {
             // Nothing the address plan depends on changed (the sources keep
             // an unchanged object's Arc): the last one stands. This is what
             // keeps an EndpointSlice change cheap at 10,000 Services.
-            Some((last, addresses)) if last.same(snap) => {
-                let plan = addresses.replay();
-                self.last_addresses = Some((last, addresses));
-                plan
-            }
-            stale => {
-                // Let go of the last inputs first: their Weaks hold the
-                // allocations of every replaced Service (840 bytes each),
-                // which after a status write to all of them is 8 MiB at
-                // 10,000 Services, on top of the new pass's own peak.
-                drop(stale);
+            Some(addresses) if !changed.addresses() => addresses.replay(),
+            _ => {
+                // The old memo goes before the new plan is made.
+                self.last_addresses = None;
                 let plan = self.plan_addresses(snap, now);
-                self.last_addresses = Some((AddressInputs::of(snap), Memo::of(&plan)));
+                self.last_addresses = Some(Memo::of(&plan));
                 plan
             }
         };
-        self.refresh_policy(snap, &mut plan.events);
+        self.refresh_policy(snap, changed, &mut plan.events);
         let ipam = &self.ipam;
         let changed = self.routes.update(Inputs {
             allocations: ipam.allocations(),
@@ -243,11 +246,11 @@ impl Reconciler {
 
     /// Reads the BGP policy again when its inputs changed, and reports
     /// Service annotations that cannot be read (once per message).
-    fn refresh_policy(&mut self, snap: &Snapshot, events: &mut Vec<Event>) {
-        if self.last_policy.as_ref().is_some_and(|l| l.same(snap)) {
+    fn refresh_policy(&mut self, snap: &Snapshot, changed: Changed, events: &mut Vec<Event>) {
+        if self.policy_read && !changed.policy() {
             return;
         }
-        self.last_policy = Some(PolicyInputs::of(snap));
+        self.policy_read = true;
         let mut services = HashMap::new();
         // Rebuilt rather than pruned: only Services with bad values are in it.
         let mut reported = HashMap::new();
