@@ -379,6 +379,7 @@ impl Reconciler {
             self.ipam.release(&key);
         }
         self.failed.retain(|k, _| live.contains(k));
+        drop(live);
 
         let holding: Vec<bool> = active
             .iter()
@@ -419,6 +420,9 @@ impl Reconciler {
             }
         }
 
+        // The requests go before the statuses are built: at 10,000 Services
+        // both are megabytes, and this pass may be the process's peak.
+        drop(active);
         plan.ingress = ingress.into();
         plan.finalizers = finalizers.into();
         for eip in &snap.eips {
