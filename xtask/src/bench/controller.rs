@@ -247,8 +247,11 @@ fn cluster() -> Arc<Snapshot> {
 }
 
 /// The cluster after the first pass's status writes, as the API server would
-/// show it. Objects are updated in place where nothing else holds them, as a
-/// reflector replaces them one by one instead of keeping two clusters.
+/// show it, while the plan is still held (as the loop holds it while it
+/// writes). Objects are updated in place where nothing else holds them, as a
+/// reflector replaces them one by one instead of keeping two clusters; the
+/// loop lets go of the snapshot it planned from before it writes
+/// (`run::Controller::step`), so nothing else does.
 fn settle(snap: Arc<Snapshot>, plan: &Plan) -> Arc<Snapshot> {
     let mut snap = Arc::unwrap_or_clone(snap);
     let ingress: std::collections::HashMap<_, _> = plan
