@@ -202,12 +202,12 @@ impl Reconciler {
         // Before the address plan: remembering the new inputs lets go of
         // the old ones, whose Weaks may hold the allocations of many
         // replaced objects (see crate::identity).
-        let changed = self.last_inputs.update(snap);
+        let inputs = self.last_inputs.update(snap);
         let mut plan = match &self.last_addresses {
             // Nothing the address plan depends on changed (the sources keep
             // an unchanged object's Arc): the last one stands. This is what
             // keeps an EndpointSlice change cheap at 10,000 Services.
-            Some(addresses) if !changed.addresses() => addresses.replay(),
+            Some(addresses) if !inputs.addresses() => addresses.replay(),
             _ => {
                 // The old memo goes before the new plan is made.
                 self.last_addresses = None;
@@ -216,7 +216,7 @@ impl Reconciler {
                 plan
             }
         };
-        self.refresh_policy(snap, changed, &mut plan.events);
+        self.refresh_policy(snap, inputs, &mut plan.events);
         let ipam = &self.ipam;
         let changed = self.routes.update(Inputs {
             allocations: ipam.allocations(),
@@ -246,8 +246,8 @@ impl Reconciler {
 
     /// Reads the BGP policy again when its inputs changed, and reports
     /// Service annotations that cannot be read (once per message).
-    fn refresh_policy(&mut self, snap: &Snapshot, changed: Changed, events: &mut Vec<Event>) {
-        if self.policy_read && !changed.policy() {
+    fn refresh_policy(&mut self, snap: &Snapshot, inputs: Changed, events: &mut Vec<Event>) {
+        if self.policy_read && !inputs.policy() {
             return;
         }
         self.policy_read = true;

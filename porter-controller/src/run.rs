@@ -81,10 +81,11 @@ impl<A: Announcer> Controller<A> {
         // through the watch while the step runs) are then freed as they come
         // instead of held twice, about 15 MiB when a first pass writes
         // 10,000 Service statuses.
-        let snap = Snapshot {
+        let peers = Snapshot {
             bgp_peers: snap.bgp_peers.clone(),
             ..Snapshot::default()
         };
+        drop(snap);
         let mut step = Step::default();
         if leader {
             step.writes = plan.ingress.len()
@@ -130,8 +131,8 @@ impl<A: Announcer> Controller<A> {
         if leader {
             // The controller's own entry in each BgpPeer's status; in node
             // mode the speaker is stopped, so stale entries are removed.
-            let entries = status_entries(&snap, &sessions);
-            for (peer, entry) in status_changes(&snap, CONTROLLER_STATUS_KEY, &entries) {
+            let entries = status_entries(&peers, &sessions);
+            for (peer, entry) in status_changes(&peers, CONTROLLER_STATUS_KEY, &entries) {
                 step.writes += 1;
                 if let Err(e) = writer
                     .bgp_peer_status(&peer, CONTROLLER_STATUS_KEY, entry.as_ref())
