@@ -14,21 +14,25 @@ pub mod source;
 #[cfg(feature = "testing")]
 pub mod testing;
 
+use std::sync::Arc;
+
 pub use crd::{
     BgpConf, BgpConfSpec, BgpPeer, BgpPeerNodeStatus, BgpPeerSpec, BgpPeerStatus, Eip, EipSpec,
     EipStatus, Layer2Announcer, SpeakerMode,
 };
 
 /// A namespaced object's identity, displayed as `namespace/name` (the form
-/// `Eip.status.used` and the logs use).
+/// `Eip.status.used` and the logs use). The names are shared, so a clone
+/// allocates nothing: the controller keeps one key per Service in several
+/// tables, the plan and its Events (10,000 Services: about 100,000 keys).
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct ObjectKey {
-    pub namespace: String,
-    pub name: String,
+    pub namespace: Arc<str>,
+    pub name: Arc<str>,
 }
 
 impl ObjectKey {
-    pub fn new(namespace: impl Into<String>, name: impl Into<String>) -> Self {
+    pub fn new(namespace: impl Into<Arc<str>>, name: impl Into<Arc<str>>) -> Self {
         Self {
             namespace: namespace.into(),
             name: name.into(),

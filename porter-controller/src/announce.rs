@@ -19,7 +19,8 @@ use porter_api::bgp_policy::{
 };
 use porter_api::service::serving_endpoints_by_node;
 
-use crate::identity::{is, remember, same_objects};
+use crate::compact::push_exact;
+use crate::identity::{Seen, is, remember, same_objects};
 use crate::ipam::Family;
 
 /// EIP (as a host prefix) → its paths. An EIP with no path is absent, which
@@ -94,12 +95,21 @@ pub struct Policy {
 }
 
 /// Each node with a serving endpoint in these slices of one Service, with
-/// how many. Sorted by node (a Vec: 10,000 of these are kept).
-fn ready_nodes<'a>(slices: impl IntoIterator<Item = &'a EndpointSlice>) -> Vec<(String, u32)> {
+/// how many. Sorted by node (a boxed slice: 10,000 of these are kept), each
+/// name shared with `known` where it has that node.
+fn ready_nodes<'a>(
+    slices: impl IntoIterator<Item = &'a EndpointSlice>,
+    known: &HashMap<Arc<str>, NodeInfo>,
+) -> Box<[(Arc<str>, u32)]> {
     // The same predicate and count the agent programs its node with.
     serving_endpoints_by_node(slices)
         .into_iter()
-        .map(|(node, k)| (node.to_string(), k))
+        .map(|(node, k)| {
+            let name = known
+                .get_key_value(node)
+                .map_or_else(|| Arc::from(node), |(name, _)| Arc::clone(name));
+            (name, k)
+        })
         .collect()
 }
 
@@ -121,12 +131,12 @@ struct NodeInfo {
 }
 
 /// Each Ready node with an `InternalIP`, by name.
-fn node_infos<'a>(nodes: impl IntoIterator<Item = &'a Node>) -> HashMap<String, NodeInfo> {
+fn node_infos<'a>(nodes: impl IntoIterator<Item = &'a Node>) -> HashMap<Arc<str>, NodeInfo> {
     nodes
         .into_iter()
         .filter(|n| node_ready(n))
         .filter_map(|n| {
-            let name = n.metadata.name.clone()?;
+            let name: Arc<str> = n.metadata.name.as_deref()?.into();
             let addrs: Vec<IpAddr> = n
                 .status
                 .as_ref()?
@@ -162,9 +172,9 @@ fn next_hop(addrs: &[IpAddr], eip: IpAddr) -> Option<IpAddr> {
 /// One allocated Service's part in the paths, as of the last update.
 #[derive(Debug, Default)]
 struct Served {
-    eips: Vec<IpAddr>,
+    eips: Box<[IpAddr]>,
     /// Nodes with their serving endpoint counts.
-    nodes: Vec<(String, u32)>,
+    nodes: Box<[(Arc<str>, u32)]>,
 }
 
 /// Equal attribute sets, shared: most paths differ only in their endpoint
@@ -200,18 +210,18 @@ impl Interner {
 /// EndpointSlices, Nodes, policy).
 #[derive(Debug, Default)]
 pub struct RouteTable {
-    /// The last inputs, by identity (see [`crate::identity`]).
-    last_nodes: Vec<Weak<Node>>,
+    /// The last inputs, by identity (see [`crate::identity`]); the slices
+    /// as `Weak`s, through which [`diff`] reads a removed one's owner.
+    last_nodes: Vec<Seen<Node>>,
     last_slices: Vec<Weak<EndpointSlice>>,
     /// `None` before the first update.
     last_allocations: Option<u64>,
     last_policy: Option<u64>,
-    nodes: HashMap<String, NodeInfo>,
+    nodes: HashMap<Arc<str>, NodeInfo>,
     /// Every Service's slices, allocated or not; they stay alive here until
-    /// removed, so a removed slice's identity is never reused meanwhile.
+    /// removed, so a removed slice's identity is never reused meanwhile and
+    /// its owner can still be read to unfile it.
     slices: HashMap<ObjectKey, Vec<Arc<EndpointSlice>>>,
-    /// Which Service each known slice (by identity) belongs to.
-    slice_owner: HashMap<usize, ObjectKey>,
     services: HashMap<ObjectKey, Served>,
     /// Services using each EIP; usually one, more when shared.
     users: HashMap<IpAddr, Vec<ObjectKey>>,
@@ -238,26 +248,31 @@ pub struct Inputs<'a, P: Fn(IpAddr) -> Option<&'a str>> {
     pub policy_generation: u64,
 }
 
-/// Slices in `old` and not in `new` (as identities), and the reverse.
+/// Slices in `old` and not in `new` (as identities), and the reverse. Of
+/// the removed ones, only those still alive: the table keeps every slice it
+/// filed under a Service, so those are the ones it has to unfile.
 fn diff<'a>(
     old: &[Weak<EndpointSlice>],
     new: &'a [Arc<EndpointSlice>],
-) -> (Vec<usize>, Vec<&'a Arc<EndpointSlice>>) {
+) -> (Vec<Arc<EndpointSlice>>, Vec<&'a Arc<EndpointSlice>>) {
     if old.len() == new.len() {
         // Sources keep their order while nothing is added or removed, so a
         // positional comparison finds the handful of replaced objects.
         let changed: Vec<usize> = (0..old.len()).filter(|i| !is(&old[*i], &new[*i])).collect();
         return (
-            changed.iter().map(|i| old[*i].as_ptr() as usize).collect(),
+            changed.iter().filter_map(|i| old[*i].upgrade()).collect(),
             changed.iter().map(|i| &new[*i]).collect(),
         );
     }
-    let old_ptrs: HashSet<usize> = old.iter().map(|w| w.as_ptr() as usize).collect();
-    let new_ptrs: HashSet<usize> = new.iter().map(|a| Arc::as_ptr(a) as usize).collect();
+    let old_ptrs: HashSet<*const EndpointSlice> = old.iter().map(Weak::as_ptr).collect();
+    let new_ptrs: HashSet<*const EndpointSlice> = new.iter().map(Arc::as_ptr).collect();
     (
-        old_ptrs.difference(&new_ptrs).copied().collect(),
+        old.iter()
+            .filter(|w| !new_ptrs.contains(&w.as_ptr()))
+            .filter_map(Weak::upgrade)
+            .collect(),
         new.iter()
-            .filter(|s| !old_ptrs.contains(&(Arc::as_ptr(s) as usize)))
+            .filter(|s| !old_ptrs.contains(&Arc::as_ptr(s)))
             .collect(),
     )
 }
@@ -300,30 +315,33 @@ impl RouteTable {
 
         let mut touched: BTreeSet<ObjectKey> = BTreeSet::new();
         let (removed, added) = diff(&self.last_slices, slices);
-        for ptr in removed {
-            if let Some(key) = self.slice_owner.remove(&ptr) {
-                if let Some(list) = self.slices.get_mut(&key) {
-                    list.retain(|s| Arc::as_ptr(s) as usize != ptr);
-                    if list.is_empty() {
-                        self.slices.remove(&key);
-                    }
+        for gone in removed {
+            // Filed under its owner when added; an object's labels cannot
+            // change, so that is where it still is.
+            let Some((ns, name)) = owner(&gone) else {
+                continue;
+            };
+            let key = ObjectKey::new(ns, name);
+            if let Some(list) = self.slices.get_mut(&key) {
+                list.retain(|s| !Arc::ptr_eq(s, &gone));
+                if list.is_empty() {
+                    self.slices.remove(&key);
                 }
-                touched.insert(key);
             }
+            touched.insert(key);
         }
         for slice in added {
             if let Some((ns, name)) = owner(slice) {
                 let key = ObjectKey::new(ns, name);
-                self.slice_owner
-                    .insert(Arc::as_ptr(slice) as usize, key.clone());
-                self.slices
-                    .entry(key.clone())
-                    .or_default()
-                    .push(slice.clone());
+                // The allocation's copy of the names, where there is one.
+                let key = allocations
+                    .get_key_value(&key)
+                    .map_or(key, |(shared, _)| shared.clone());
+                push_exact(self.slices.entry(key.clone()).or_default(), slice.clone());
                 touched.insert(key);
             }
         }
-        self.last_slices = remember(slices);
+        self.last_slices = slices.iter().map(Arc::downgrade).collect();
 
         if self.last_allocations != Some(generation) {
             self.last_allocations = Some(generation);
@@ -339,7 +357,7 @@ impl RouteTable {
                 }
             }
             for (key, eips) in allocations {
-                let same_eips = self.services.get(key).is_some_and(|s| s.eips == *eips);
+                let same_eips = self.services.get(key).is_some_and(|s| *s.eips == eips[..]);
                 if !same_eips || touched.remove(key) {
                     self.serve(key, eips, &mut dirty);
                 }
@@ -387,7 +405,7 @@ impl RouteTable {
         let mut endpoints: BTreeMap<&str, u32> = BTreeMap::new();
         for served in users.iter().filter_map(|k| self.services.get(k)) {
             for (node, k) in &served.nodes {
-                *endpoints.entry(node.as_str()).or_default() += k;
+                *endpoints.entry(node).or_default() += k;
             }
         }
         let (merged, conflicts) = bgp_policy::merge(
@@ -444,9 +462,10 @@ impl RouteTable {
                 .into_iter()
                 .flatten()
                 .map(|s| s.as_ref()),
+            &self.nodes,
         );
         let served = Served {
-            eips: eips.to_vec(),
+            eips: eips.into(),
             nodes,
         };
         if let Some(old) = self.services.insert(key.clone(), served) {
@@ -455,7 +474,7 @@ impl RouteTable {
         for eip in eips {
             let users = self.users.entry(*eip).or_default();
             if !users.contains(key) {
-                users.push(key.clone());
+                push_exact(users, key.clone());
             }
             dirty.insert(*eip);
         }

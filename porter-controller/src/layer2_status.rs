@@ -6,6 +6,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use porter_api::layer2::{Holders, PROTOCOL_LAYER2};
@@ -38,7 +39,7 @@ impl Layer2Status {
         snap: &Snapshot,
         ipam: &Ipam,
         now: &Time,
-        eip_status: &mut Vec<(String, EipStatus)>,
+        eip_status: &mut Vec<(String, Arc<EipStatus>)>,
         events: &mut Vec<Event>,
     ) {
         let mut in_use = BTreeSet::new();
@@ -75,8 +76,13 @@ impl Layer2Status {
             let nodes = nodes_column(&desired);
             match eip_status.iter_mut().find(|(n, _)| n == name) {
                 Some((_, status)) => {
-                    status.layer2_announcers = desired;
-                    status.layer2_nodes = nodes;
+                    // Copied only when it changes: the memo of the address
+                    // plan shares it.
+                    if status.layer2_announcers != desired || status.layer2_nodes != nodes {
+                        let status = Arc::make_mut(status);
+                        status.layer2_announcers = desired;
+                        status.layer2_nodes = nodes;
+                    }
                 }
                 None => {
                     // Only a pool the controller has written status for:
@@ -86,11 +92,11 @@ impl Layer2Status {
                     {
                         eip_status.push((
                             name.to_owned(),
-                            EipStatus {
+                            Arc::new(EipStatus {
                                 layer2_announcers: desired,
                                 layer2_nodes: nodes,
                                 ..prev.clone()
-                            },
+                            }),
                         ));
                     }
                 }

@@ -4,6 +4,7 @@
 pub mod announce;
 pub mod bgp;
 pub mod bgp_speaker;
+mod compact;
 /// Entry points for the fuzz targets in fuzz/; not a stable API.
 #[cfg(any(test, feature = "fuzzing"))]
 #[doc(hidden)]

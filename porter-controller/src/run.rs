@@ -62,7 +62,7 @@ impl<A: Announcer> Controller<A> {
     /// One pass over `snap`. Writes and BGP only when `leader`.
     pub async fn step<W: StatusWriter>(
         &mut self,
-        snap: &Snapshot,
+        snap: Arc<Snapshot>,
         leader: bool,
         writer: &W,
     ) -> Step {
@@ -75,7 +75,17 @@ impl<A: Announcer> Controller<A> {
         }
         let started = Instant::now();
         let now = Time(k8s_openapi::jiff::Timestamp::now());
-        let plan = self.reconciler.plan(snap, &now);
+        let plan = self.reconciler.plan(&snap, &now);
+        // The rest of the step reads only the BgpPeers. The snapshot itself
+        // goes now: the objects the writes below replace (each comes back
+        // through the watch while the step runs) are then freed as they come
+        // instead of held twice, about 15 MiB when a first pass writes
+        // 10,000 Service statuses.
+        let peers = Snapshot {
+            bgp_peers: snap.bgp_peers.clone(),
+            ..Snapshot::default()
+        };
+        drop(snap);
         let mut step = Step::default();
         if leader {
             step.writes = plan.ingress.len()
@@ -121,8 +131,8 @@ impl<A: Announcer> Controller<A> {
         if leader {
             // The controller's own entry in each BgpPeer's status; in node
             // mode the speaker is stopped, so stale entries are removed.
-            let entries = status_entries(snap, &sessions);
-            for (peer, entry) in status_changes(snap, CONTROLLER_STATUS_KEY, &entries) {
+            let entries = status_entries(&peers, &sessions);
+            for (peer, entry) in status_changes(&peers, CONTROLLER_STATUS_KEY, &entries) {
                 step.writes += 1;
                 if let Err(e) = writer
                     .bgp_peer_status(&peer, CONTROLLER_STATUS_KEY, entry.as_ref())
@@ -157,7 +167,7 @@ pub async fn run<A: Announcer, W: StatusWriter>(
     loop {
         let snap = snapshots.borrow_and_update().clone();
         let is_leader = *leader.borrow_and_update();
-        let step = controller.step(&snap, is_leader, &writer).await;
+        let step = controller.step(snap, is_leader, &writer).await;
         let wait = if step.failed_writes > 0 {
             settings.retry
         } else {

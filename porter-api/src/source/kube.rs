@@ -215,8 +215,8 @@ impl KubeWriter {
             Regarding::Service(k) => ObjectReference {
                 api_version: Some("v1".into()),
                 kind: Some("Service".into()),
-                namespace: Some(k.namespace.clone()),
-                name: Some(k.name.clone()),
+                namespace: Some(k.namespace.to_string()),
+                name: Some(k.name.to_string()),
                 uid: self.stores.as_ref().and_then(|s| {
                     s.services
                         .get(&ObjectRef::new(&k.name).within(&k.namespace))
@@ -332,7 +332,7 @@ impl StatusWriter for KubeWriter {
         let patch = json!({
             "apiVersion": "v1",
             "kind": "Service",
-            "metadata": {"name": service.name, "finalizers": finalizers},
+            "metadata": {"name": &*service.name, "finalizers": finalizers},
         });
         let api: Api<Service> = Api::namespaced(self.client.clone(), &service.namespace);
         api.patch(&service.name, &Self::apply_params(), &Patch::Apply(patch))

@@ -16,6 +16,7 @@ use porter_api::ObjectKey;
 pub use pool::{Pool, PoolState};
 pub use range::{Family, IpRange, RangeError};
 
+use crate::compact::push_exact;
 use crate::service::{FamilyPolicy, Port, ServiceRequest};
 
 /// Labels of each namespace, for `Eip.spec.namespaceSelector`.
@@ -295,10 +296,10 @@ impl Ipam {
                 users: Vec::new(),
             });
             h.users.retain(|(k, _)| *k != req.key);
-            h.users.push((req.key.clone(), req.ports.clone()));
+            push_exact(&mut h.users, (req.key.clone(), req.ports.clone()));
             let held = self.services.entry(req.key.clone()).or_default();
             if !held.contains(ip) {
-                held.push(*ip);
+                push_exact(held, *ip);
             }
         }
     }
@@ -336,7 +337,7 @@ impl Ipam {
         if !pool.open_to(&req.key.namespace, labels) {
             return Err(AllocError::PoolNotAllowed {
                 pool: pool.name.clone(),
-                namespace: req.key.namespace.clone(),
+                namespace: req.key.namespace.to_string(),
             });
         }
         Ok(())

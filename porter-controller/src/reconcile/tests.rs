@@ -115,7 +115,7 @@ fn settle(snap: &Snapshot, plan: &Plan) -> Snapshot {
                 .iter()
                 .filter(|(n, _)| Some(n) == e.metadata.name.as_ref())
             {
-                e.status = Some(st.clone());
+                e.status = Some((**st).clone());
             }
             Arc::new(e)
         })
@@ -159,9 +159,9 @@ fn allocates_publishes_announces_then_stays_quiet() {
     let mut r = Reconciler::default();
     let snap = seed();
     let plan = r.plan(&snap, &now());
-    assert_eq!(plan.finalizers, [(key("web"), true)]);
+    assert_eq!(*plan.finalizers, [(key("web"), true)]);
     assert_eq!(
-        plan.ingress,
+        *plan.ingress,
         [(key("web"), vec!["192.168.0.100".parse().expect("ip")])]
     );
     assert_eq!(reasons(&plan), [REASON_ALLOCATED, REASON_ANNOUNCED]);
@@ -217,7 +217,7 @@ fn a_restarted_controller_keeps_every_address() {
     shuffled.services.push(Arc::new(porter_svc("newcomer")));
     let plan = restarted.plan(&shuffled, &now());
     assert_eq!(
-        plan.ingress,
+        *plan.ingress,
         [(key("newcomer"), vec!["192.168.0.102".parse().expect("ip")])]
     );
     let after: Vec<_> = ["web", "zz-older-name"]
@@ -245,7 +245,7 @@ fn deletion_releases_withdraws_and_lets_the_object_go() {
         })
         .collect();
     let plan = r.plan(&deleting, &now());
-    assert_eq!(plan.finalizers, [(key("web"), false)]);
+    assert_eq!(*plan.finalizers, [(key("web"), false)]);
     assert!(plan.paths.is_empty(), "route withdrawn");
     assert!(
         reasons(&plan).is_empty(),
@@ -282,8 +282,8 @@ fn opting_out_or_changing_type_clears_what_was_written() {
             })
             .collect();
         let plan = r.plan(&changed, &now());
-        assert_eq!(plan.ingress, [(key("web"), vec![])], "{change}");
-        assert_eq!(plan.finalizers, [(key("web"), false)], "{change}");
+        assert_eq!(*plan.ingress, [(key("web"), vec![])], "{change}");
+        assert_eq!(*plan.finalizers, [(key("web"), false)], "{change}");
         assert!(plan.paths.is_empty(), "{change}");
     }
 }
@@ -330,7 +330,7 @@ fn exhaustion_is_reported_once_and_retried_when_space_frees() {
         .retain(|s| s.metadata.name.as_deref() != Some("web"));
     let plan = r.plan(&freed, &now());
     assert_eq!(
-        plan.ingress,
+        *plan.ingress,
         [(key("second"), vec!["192.168.0.100".parse().expect("ip")])]
     );
 }
@@ -355,8 +355,8 @@ fn other_load_balancers_are_left_alone() {
     let touched: BTreeSet<String> = plan
         .ingress
         .iter()
-        .map(|(k, _)| k.name.clone())
-        .chain(plan.finalizers.iter().map(|(k, _)| k.name.clone()))
+        .map(|(k, _)| k.name.to_string())
+        .chain(plan.finalizers.iter().map(|(k, _)| k.name.to_string()))
         .collect();
     assert_eq!(touched, BTreeSet::from(["web".to_string()]));
 }

@@ -63,12 +63,12 @@ async fn only_the_leader_writes_and_announces() {
     let writer = RecordingWriter::default();
     let snap = snapshot();
 
-    let follower = c.step(&snap, false, &writer).await;
+    let follower = c.step(Arc::new(snap.clone()), false, &writer).await;
     assert_eq!(follower, Step::default());
     assert!(writer.calls().is_empty(), "a follower writes nothing");
     assert!(c.announcer().calls.is_empty(), "a follower runs no BGP");
 
-    let leader = c.step(&snap, true, &writer).await;
+    let leader = c.step(Arc::new(snap.clone()), true, &writer).await;
     assert_eq!(leader.failed_writes, 0);
     let calls = writer.calls();
     assert!(
@@ -88,8 +88,8 @@ async fn only_the_leader_writes_and_announces() {
     // The follower that computed the same state hands over the same address.
     let mut standby = Controller::new(Recorder::default(), Arc::new(Metrics::default()));
     let w2 = RecordingWriter::default();
-    standby.step(&snap, false, &w2).await;
-    standby.step(&snap, true, &w2).await;
+    standby.step(Arc::new(snap.clone()), false, &w2).await;
+    standby.step(Arc::new(snap.clone()), true, &w2).await;
     assert!(
         w2.calls()
             .contains(&"ingress default/web [10.0.0.0]".to_string())
@@ -100,7 +100,8 @@ async fn only_the_leader_writes_and_announces() {
 async fn metrics_report_pools_and_allocations() {
     let metrics = Arc::new(Metrics::default());
     let mut c = Controller::new(Recorder::default(), metrics.clone());
-    c.step(&snapshot(), true, &RecordingWriter::default()).await;
+    c.step(Arc::new(snapshot()), true, &RecordingWriter::default())
+        .await;
     let text = metrics.render();
     for line in [
         "porter_pool_size{pool=\"pool\"} 256.0",
@@ -136,14 +137,17 @@ async fn against_the_api_server_a_follower_sends_nothing_and_the_leader_applies(
     let mut c = Controller::new(Recorder::default(), Arc::new(Metrics::default()));
     let snap = snapshot();
 
-    assert_eq!(c.step(&snap, false, &writer).await, Step::default());
+    assert_eq!(
+        c.step(Arc::new(snap.clone()), false, &writer).await,
+        Step::default()
+    );
     assert!(
         seen(&log).is_empty(),
         "a follower made API calls: {:?}",
         seen(&log)
     );
 
-    let step = c.step(&snap, true, &writer).await;
+    let step = c.step(Arc::new(snap.clone()), true, &writer).await;
     assert_eq!(step.failed_writes, 0);
     let calls: Vec<(String, String)> = seen(&log)
         .iter()
@@ -195,7 +199,12 @@ async fn against_the_api_server_a_layer2_takeover_is_applied_to_the_eip_status_a
     for node in ["n2", "n3"] {
         let before = seen(&log).len();
         snap.layer2_holders = Arc::new([(ip, node.to_owned())].into());
-        assert_eq!(c.step(&snap, true, &writer).await.failed_writes, 0);
+        assert_eq!(
+            c.step(Arc::new(snap.clone()), true, &writer)
+                .await
+                .failed_writes,
+            0
+        );
         let sent = &seen(&log)[before..];
         let status = sent
             .iter()
@@ -251,7 +260,12 @@ async fn with_the_dir_source_the_announcer_is_written_beside_the_manifests() {
     snap.eips = loaded.eips;
     snap.layer2_holders = Arc::new([("10.0.0.0".parse().expect("ip"), "n2".to_owned())].into());
     let writer = DirWriter::new(root.clone());
-    assert_eq!(c.step(&snap, true, &writer).await.failed_writes, 0);
+    assert_eq!(
+        c.step(Arc::new(snap.clone()), true, &writer)
+            .await
+            .failed_writes,
+        0
+    );
 
     // Read back as the next snapshot (and `cat status/Eip__pool.yaml`) sees it.
     let (reloaded, _) = load(&root).expect("reload");
@@ -360,8 +374,8 @@ async fn bgp_policy_reaches_the_announcer_and_bad_values_are_reported() {
     };
     let mut c = Controller::new(recorder, metrics.clone());
     let writer = RecordingWriter::default();
-    c.step(&snap, true, &writer).await;
-    c.step(&snap, true, &writer).await;
+    c.step(Arc::new(snap.clone()), true, &writer).await;
+    c.step(Arc::new(snap.clone()), true, &writer).await;
 
     let invalid = writer
         .calls()

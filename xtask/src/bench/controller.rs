@@ -9,9 +9,14 @@
 //! - `peak_rss_mib`: the process's high-water mark, next to the baseline
 //!   before the cluster was built.
 //!
+//! Objects carry a `resourceVersion`, and each write gives its object a new
+//! one, as from the API server: the controller tells unchanged objects apart
+//! by it (see porter-controller's identity module).
+//!
 //! Measured in a release build: in debug it re-runs itself with `--release`.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 use anyhow::{Result, bail};
@@ -71,6 +76,7 @@ pub fn run() -> Result<()> {
         if let Some(ep) = slice.endpoints.as_mut().and_then(|e| e.first_mut()) {
             ep.node_name = Some(moved_to.clone());
         }
+        slice.metadata.resource_version = next_version();
         next.endpoint_slices[index] = Arc::new(slice);
         let plan = reconciler.plan(&next, &now);
         changed.push(started.elapsed().as_secs_f64() * 1e3);
@@ -133,10 +139,19 @@ fn peak_rss_mib() -> Result<f64> {
     Ok(kb / 1024.0)
 }
 
+/// The API server's revision counter: each write gives the object it
+/// wrote the next `resourceVersion`, as a real cluster's objects carry.
+static REVISION: AtomicU64 = AtomicU64::new(1);
+
+fn next_version() -> Option<String> {
+    Some(REVISION.fetch_add(1, Ordering::Relaxed).to_string())
+}
+
 fn meta(name: String, namespace: Option<String>) -> ObjectMeta {
     ObjectMeta {
         name: Some(name),
         namespace,
+        resource_version: next_version(),
         ..Default::default()
     }
 }
@@ -232,8 +247,11 @@ fn cluster() -> Arc<Snapshot> {
 }
 
 /// The cluster after the first pass's status writes, as the API server would
-/// show it. Objects are updated in place where nothing else holds them, as a
-/// reflector replaces them one by one instead of keeping two clusters.
+/// show it, while the plan is still held (as the loop holds it while it
+/// writes). Objects are updated in place where nothing else holds them, as a
+/// reflector replaces them one by one instead of keeping two clusters; the
+/// loop lets go of the snapshot it planned from before it writes
+/// (`run::Controller::step`), so nothing else does.
 fn settle(snap: Arc<Snapshot>, plan: &Plan) -> Arc<Snapshot> {
     let mut snap = Arc::unwrap_or_clone(snap);
     let ingress: std::collections::HashMap<_, _> = plan
@@ -259,6 +277,7 @@ fn settle(snap: Arc<Snapshot>, plan: &Plan) -> Arc<Snapshot> {
                 conditions: None,
             });
             s.metadata.finalizers = Some(vec![porter_api::annotations::SERVICE_FINALIZER.into()]);
+            s.metadata.resource_version = next_version();
         }
     }
     for (name, status) in &plan.eip_status {
@@ -267,7 +286,9 @@ fn settle(snap: Arc<Snapshot>, plan: &Plan) -> Arc<Snapshot> {
             .iter_mut()
             .find(|e| e.metadata.name.as_ref() == Some(name))
         {
-            Arc::make_mut(e).status = Some(status.clone());
+            let e = Arc::make_mut(e);
+            e.status = Some((**status).clone());
+            e.metadata.resource_version = next_version();
         }
     }
     Arc::new(snap)
