@@ -28,7 +28,8 @@ use std::{
 pub use fsm::{State as SessionState, backoff};
 pub use policy::{
     CommunityError, DEFAULT_LOCAL_PREF, LinkBandwidth, LinkBandwidthPolicy, MAX_COMMUNITIES,
-    MAX_LARGE_COMMUNITIES, PathAttributes, PeerPolicy, parse_community, parse_large_community,
+    MAX_LARGE_COMMUNITIES, PathAttributes, PeerPolicy, applies_to, parse_community,
+    parse_large_community,
 };
 pub use rib::{PathTable, Routes, path_id};
 pub use speaker::Speaker;

@@ -10,7 +10,7 @@ use porter_bgp::{LinkBandwidth, NEXT_HOP_SELF_V4, NEXT_HOP_SELF_V6, PathAttribut
 
 use super::{
     metrics::BgpMetrics,
-    wanted::{node_bgp, node_paths, status_entry},
+    wanted::{node_bgp, node_paths, status_entry, unnegotiated_families},
     writer::PeerStatusWriter,
 };
 use crate::{Backend, Protocol, ServiceAddr, ServiceSpec};
@@ -206,6 +206,48 @@ fn other_family_eips_take_the_node_s_internal_ip_of_their_family_as_next_hop() {
         n3.peers[&ip("172.30.1.1")].config.next_hop_self,
         [ip("172.30.3.13")]
     );
+}
+
+/// A peer whose session does not carry an EIP's family (no `afiSafis`:
+/// its own family only) is named with the fix; one whose `afiSafis` carry
+/// it, or that the path is not scoped to, is not.
+#[test]
+fn eips_of_a_family_a_session_does_not_carry_are_warned_about() {
+    let text = format!(
+        "{NODES}---\n{DUAL_STACK_PEERS}---\nkind: BgpPeer\nmetadata: {{name: plain}}\n\
+         spec: {{conf: {{peerAs: 65011, neighborAddress: 10.0.0.5}}}}\n---\n{}",
+        conf("node", None)
+    );
+    let snap = snapshot(&text);
+    let n1 = node_bgp(&snap, "n1", &SecretScope::default());
+    let net = |text: &str| text.parse::<ipnet::IpNet>().expect("prefix");
+    let ip = |text: &str| text.parse::<IpAddr>().expect("ip");
+    let mut paths = porter_bgp::PathTable::from([
+        (
+            net("192.0.2.1/32"),
+            BTreeMap::from([(NEXT_HOP_SELF_V4, PathAttributes::default())]),
+        ),
+        (
+            net("2001:db8::1/128"),
+            BTreeMap::from([(NEXT_HOP_SELF_V6, PathAttributes::default())]),
+        ),
+    ]);
+    let notes = unnegotiated_families("n1", &n1, &paths);
+    assert_eq!(notes.len(), 1, "{notes:?}");
+    assert!(notes[0].warning);
+    assert!(
+        notes[0].message.contains(
+            "BgpPeer `plain`: IPv6 EIPs are not announced from node n1 to 10.0.0.5: its \
+             session does not carry IPv6 unicast; list {config: {family: {afi: AFI_IP6, \
+             safi: SAFI_UNICAST}}} in its spec.afiSafis"
+        ),
+        "{notes:?}"
+    );
+    // Scoped to the dual-stack peers only (a pool's peerSelector): no warning.
+    for attributes in paths.values_mut().flat_map(|hops| hops.values_mut()) {
+        attributes.only_peers = Some([ip("172.30.1.1"), ip("fd00::1")].into());
+    }
+    assert_eq!(unnegotiated_families("n1", &n1, &paths), []);
 }
 
 #[test]

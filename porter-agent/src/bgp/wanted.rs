@@ -245,6 +245,40 @@ pub fn node_paths(snapshot: &Snapshot, node: &NodeBgp, served: &[ServiceSpec]) -
     paths
 }
 
+/// A warning for each peer and family of `paths` (the peers each path is
+/// scoped to) that the peer's session does not carry: without `afiSafis`
+/// a session carries only its neighbour address's family, so a dual-stack
+/// node's IPv6 EIPs would otherwise go unannounced without a word.
+pub fn unnegotiated_families(node: &str, bgp: &NodeBgp, paths: &PathTable) -> Vec<Note> {
+    let mut notes = Vec::new();
+    for peer in bgp.peers.values() {
+        for (family, afi, name) in [
+            (Family::Ipv4Unicast, "AFI_IP", "IPv4"),
+            (Family::Ipv6Unicast, "AFI_IP6", "IPv6"),
+        ] {
+            if peer.config.families.contains(&family) {
+                continue;
+            }
+            let sent = paths.iter().any(|(prefix, next_hops)| {
+                prefix.addr().is_ipv4() == (family == Family::Ipv4Unicast)
+                    && next_hops
+                        .values()
+                        .any(|attributes| porter_bgp::applies_to(attributes, peer.config.address))
+            });
+            if sent {
+                notes.push(warn(format!(
+                    "BgpPeer `{}`: {name} EIPs are not announced from node {node} to {}: its \
+                     session does not carry {name} unicast; list \
+                     {{config: {{family: {{afi: {afi}, safi: SAFI_UNICAST}}}}}} in its \
+                     spec.afiSafis, next to the family it carries now",
+                    peer.name, peer.config.address
+                )));
+            }
+        }
+    }
+    notes
+}
+
 /// The pool an EIP was allocated from, as the controller records it in
 /// `Eip.status.used` (the agent runs no IPAM).
 fn pool_of(snapshot: &Snapshot, vip: IpAddr) -> Option<&porter_api::Eip> {
