@@ -224,8 +224,9 @@ impl Datacenter {
                 &format!("172.29.{k}.1/24"),
             )?;
             add_addr(&lab, &leaf_ns, "uplink", &format!("{uplink}/24"))?;
-            // IPv6 rides the IPv4 sessions (MP-BGP); FRR takes the v6 next
-            // hop it announces from the link's global IPv6 address.
+            // IPv6 rides the IPv4 sessions (MP-BGP); FRR needs a global
+            // IPv6 address on the link to announce an IPv6 next hop (it
+            // sends it with the link-local one, which the spine installs).
             add_addr(
                 &lab,
                 &router_ns,

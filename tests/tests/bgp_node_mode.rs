@@ -4,9 +4,10 @@
 //! source) run their own speakers, each peering only with the leaf its
 //! BgpPeer's `nodeSelector` gives it, announce the EIP with themselves as
 //! next hop, report their sessions in `BgpPeer.status`, and traffic from
-//! the client reaches the pods in both racks; when a node's endpoints go,
-//! its leaf's route goes; an agent restart keeps its routes (graceful
-//! restart) and its traffic.
+//! the client reaches the pods in both racks (over IPv4, and over IPv6
+//! for an IPv6 Service carried by the same IPv4 sessions); when a node's
+//! endpoints go, its leaf's route goes; an agent restart keeps its routes
+//! (graceful restart) and its traffic.
 use std::{
     collections::BTreeMap,
     net::{IpAddr, SocketAddr},
