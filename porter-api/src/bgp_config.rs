@@ -286,6 +286,8 @@ pub fn peer_from_crd(peer: &BgpPeer) -> Result<(PeerConfig, Vec<Note>), String> 
             },
             families,
             local_address,
+            // Node mode sets it from the Node's addresses.
+            next_hop_self: Vec::new(),
             policy: peer_policy(spec.policy.as_ref()),
         },
         notes,

@@ -324,6 +324,7 @@ mod tests {
         let policy = SendPolicy {
             peer: "10.0.0.2".parse().expect("address"),
             local_address: None,
+            next_hop_self: Vec::new(),
             peer_policy: crate::PeerPolicy::default(),
             local_as: 65000,
             ebgp: true,

@@ -28,14 +28,16 @@ use std::{
 pub use fsm::{State as SessionState, backoff};
 pub use policy::{
     CommunityError, DEFAULT_LOCAL_PREF, LinkBandwidth, LinkBandwidthPolicy, MAX_COMMUNITIES,
-    MAX_LARGE_COMMUNITIES, PathAttributes, PeerPolicy, parse_community, parse_large_community,
+    MAX_LARGE_COMMUNITIES, PathAttributes, PeerPolicy, applies_to, parse_community,
+    parse_large_community,
 };
 pub use rib::{PathTable, Routes, path_id};
 pub use speaker::Speaker;
 
 /// Next hop self: a path with this next hop is sent with the session's own
 /// IPv4 address as next hop, whatever it is (the per-node speaker mode). A
-/// session without an address of the prefix's family leaves the path out.
+/// session without an address of the prefix's family sends the peer's
+/// [`PeerConfig::next_hop_self`] address of that family, or leaves the path out.
 pub const NEXT_HOP_SELF_V4: IpAddr = IpAddr::V4(Ipv4Addr::UNSPECIFIED);
 /// Next hop self for IPv6 prefixes: the session's own IPv6 address.
 pub const NEXT_HOP_SELF_V6: IpAddr = IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED);
@@ -87,6 +89,12 @@ pub struct PeerConfig {
     pub add_path_send_max: u8,
     pub families: Vec<Family>,
     pub local_address: Option<IpAddr>,
+    /// Next hop self where the session has no address of the prefix's
+    /// family: the first of these of that family. MP-BGP carries IPv6
+    /// prefixes over an IPv4 session (and the reverse), and their next hop
+    /// must still be an address of this speaker that the peer can reach.
+    /// Without one such paths are not announced.
+    pub next_hop_self: Vec<IpAddr>,
     /// How paths' attributes are shaped for this peer.
     pub policy: PeerPolicy,
 }
@@ -111,6 +119,7 @@ impl PeerConfig {
                 IpAddr::V6(_) => Family::Ipv6Unicast,
             }],
             local_address: None,
+            next_hop_self: Vec::new(),
             policy: PeerPolicy::default(),
         }
     }

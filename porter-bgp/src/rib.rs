@@ -75,6 +75,9 @@ pub struct SendPolicy {
     /// Our end of the session, which replaces the unspecified next hop
     /// ("next hop self", as in the per-node speaker mode).
     pub local_address: Option<IpAddr>,
+    /// Next hop self for a family `local_address` is not of
+    /// ([`crate::PeerConfig::next_hop_self`]).
+    pub next_hop_self: Vec<IpAddr>,
     pub peer_policy: PeerPolicy,
     pub local_as: u32,
     /// eBGP: prepend our AS; iBGP: empty AS_PATH and LOCAL_PREF.
@@ -91,6 +94,16 @@ impl SendPolicy {
             Family::Ipv4Unicast => self.ipv4,
             Family::Ipv6Unicast => self.ipv6,
         }
+    }
+
+    /// What next hop self means for a path of `unspecified`'s family: the
+    /// session's own address of that family, else the configured one.
+    pub fn next_hop_self(&self, unspecified: IpAddr) -> Option<IpAddr> {
+        self.local_address
+            .iter()
+            .chain(&self.next_hop_self)
+            .copied()
+            .find(|address| address.is_ipv4() == unspecified.is_ipv4())
     }
 }
 
@@ -129,8 +142,8 @@ pub struct Omitted {
     pub next_hop_family_mismatch: usize,
     /// Paths scoped to other peers.
     pub scoped_to_other_peers: usize,
-    /// Next hop self (the unspecified address) where the session has no
-    /// local address of that family.
+    /// Next hop self (the unspecified address) where neither the session
+    /// nor the peer's `next_hop_self` has an address of that family.
     pub next_hop_self_unavailable: usize,
 }
 
@@ -156,11 +169,7 @@ pub fn desired_paths(
         let mut usable = Vec::new();
         for (next_hop, attributes) in in_scope {
             let next_hop = if next_hop.is_unspecified() {
-                // Next hop self: this session's own address of that family.
-                match policy
-                    .local_address
-                    .filter(|local| local.is_ipv4() == next_hop.is_ipv4())
-                {
+                match policy.next_hop_self(*next_hop) {
                     Some(local) => local,
                     None => {
                         omitted.next_hop_self_unavailable += 1;
@@ -520,6 +529,7 @@ mod tests {
         SendPolicy {
             peer: ip("172.30.0.1"),
             local_address: Some(ip("172.30.0.10")),
+            next_hop_self: Vec::new(),
             peer_policy: PeerPolicy::default(),
             local_as: 65000,
             ebgp: true,
@@ -683,6 +693,30 @@ mod tests {
             omitted.next_hop_self_unavailable, 1,
             "no IPv6 address on an IPv4 session"
         );
+    }
+
+    /// An IPv6 prefix over an IPv4 session (MP-BGP) takes the configured
+    /// IPv6 address; the session's own address still wins for its family,
+    /// and an IPv6 session uses its own address.
+    #[test]
+    fn next_hop_self_of_the_other_family_is_the_configured_address() {
+        let routes = routes(&[("1.1.1.1/32", &["0.0.0.0"]), ("fd00:1::/64", &["::"])]);
+        let hops = |policy: &SendPolicy| -> Vec<IpAddr> {
+            let (desired, omitted) = desired_paths(&routes, policy);
+            assert_eq!(omitted, Omitted::default());
+            desired
+                .values()
+                .flat_map(|paths| paths.values().map(|path| path.next_hop))
+                .collect()
+        };
+        let mut over_v4 = policy(true, 8);
+        over_v4.next_hop_self = vec![ip("172.30.9.9"), ip("fd00:30::11")];
+        assert_eq!(hops(&over_v4), vec![ip("172.30.0.10"), ip("fd00:30::11")]);
+
+        let mut over_v6 = policy(true, 8);
+        over_v6.local_address = Some(ip("fd00:30::10"));
+        over_v6.next_hop_self = vec![ip("172.30.0.11"), ip("fd00:30::11")];
+        assert_eq!(hops(&over_v6), vec![ip("172.30.0.11"), ip("fd00:30::10")]);
     }
 
     #[test]

@@ -399,6 +399,7 @@ impl Session {
         self.policy = Some(SendPolicy {
             peer: self.peer.address,
             local_address,
+            next_hop_self: self.peer.next_hop_self.clone(),
             peer_policy: self.peer.policy.clone(),
             local_as: self.local_as,
             ebgp: self.peer.remote_as != self.local_as,
@@ -439,7 +440,7 @@ impl Session {
             warn!(
                 peer = %self.peer.address,
                 paths = omitted.next_hop_self_unavailable,
-                "next hop self needs a session address of the prefix's family; those paths are not announced"
+                "next hop self needs an address of the prefix's family: the session has none and the peer's next_hop_self gives none; those paths are not announced"
             );
         }
         if omitted.next_hop_family_mismatch > 0 {

@@ -314,6 +314,7 @@ fn seed_neighbor(n: &toml::Value, out: &mut BgpDesired) {
             add_path_send_max: send_max,
             families: vec![own_family(address)],
             local_address: None,
+            next_hop_self: Vec::new(),
             policy: peer_policy(None),
         },
     );

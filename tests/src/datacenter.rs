@@ -27,6 +27,11 @@
 //!            │ lan 172.30.1.0/24                       │ lan 172.30.2.0/24
 //!     ctl 172.30.1.10   n1 172.30.1.11                n2 172.30.2.12
 //! ```
+//!
+//! IPv6 is routed the same way: fd00:29:k::/64 on the spine–leaf links
+//! (spine ::1, leaf ::2), fd00:30:k::/64 on rack k's lan (leaf ::1, node
+//! fd00:30:k::1k, its Node's second InternalIP), the client fd00:31::2;
+//! every BGP session is IPv4 and carries both families.
 use std::{
     collections::BTreeMap,
     io::{Read, Write},
@@ -219,10 +224,25 @@ impl Datacenter {
                 &format!("172.29.{k}.1/24"),
             )?;
             add_addr(&lab, &leaf_ns, "uplink", &format!("{uplink}/24"))?;
-            lab.ip(
-                &leaf_ns,
-                &["route", "add", "default", "via", &format!("172.29.{k}.1")],
+            // IPv6 rides the IPv4 sessions (MP-BGP); FRR needs a global
+            // IPv6 address on the link to announce an IPv6 next hop (it
+            // sends it with the link-local one, which the spine installs).
+            add_addr(
+                &lab,
+                &router_ns,
+                &format!("v-l{k}"),
+                &format!("fd00:29:{k}::1/64"),
             )?;
+            add_addr(&lab, &leaf_ns, "uplink", &format!("fd00:29:{k}::2/64"))?;
+            for (family, spine) in [
+                ("-4", format!("172.29.{k}.1")),
+                ("-6", format!("fd00:29:{k}::1")),
+            ] {
+                lab.ip(
+                    &leaf_ns,
+                    &[family, "route", "add", "default", "via", &spine],
+                )?;
+            }
             lab.ip(&leaf_ns, &["link", "add", "lan", "type", "bridge"])?;
             lab.ip(&leaf_ns, &["link", "set", "lan", "up"])?;
             let leaf_ip = format!("172.30.{k}.1");
@@ -241,6 +261,8 @@ impl Datacenter {
             add_addr(&lab, &ns, "eth0", &format!("{ip}/24"))?;
             add_addr(&lab, &ns, "eth0", &format!("{ip6}/64"))?;
             lab.ip(&ns, &["route", "add", "default", "via", &leaf_ip])?;
+            let leaf_ip6 = format!("fd00:30:{k}::1");
+            lab.ip(&ns, &["-6", "route", "add", "default", "via", &leaf_ip6])?;
             let labels = vec![("rack".to_owned(), k.to_string())];
             nodes.push(finish_node(&mut lab, k, ns, ip, ip6, pod_count, labels)?);
             let leaf_as = 65010 + u32::try_from(k)?;

@@ -536,34 +536,59 @@ impl Router {
     /// The kernel's next hops for `prefix` with their weights (1 when `ip`
     /// prints none): FRR installs weighted ECMP from link bandwidth this way.
     pub fn route_weights(&self, lab: &Lab, prefix: &str) -> Result<BTreeMap<IpAddr, u32>> {
+        Ok(self
+            .kernel_next_hops(lab, prefix)?
+            .into_iter()
+            .map(|hop| (hop.via, hop.weight))
+            .collect())
+    }
+
+    /// The kernel's next hops for `prefix`, with their devices: FRR
+    /// installs an IPv6 route learnt from a directly connected eBGP peer via
+    /// the peer's link-local address, so the device is what says which
+    /// neighbour a next hop leads to.
+    pub fn kernel_next_hops(&self, lab: &Lab, prefix: &str) -> Result<Vec<KernelNextHop>> {
         let family = if prefix.contains(':') { "-6" } else { "-4" };
         let text = lab.ip(&self.ns, &[family, "route", "show", prefix])?;
-        Ok(parse_route_weights(&text))
+        Ok(parse_next_hops(&text))
     }
 }
 
-/// `via X ... weight N` pairs of `ip route show` output, one per next hop.
-fn parse_route_weights(text: &str) -> BTreeMap<IpAddr, u32> {
-    let mut weights = BTreeMap::new();
-    let mut current: Option<IpAddr> = None;
+/// One next hop of a kernel route.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KernelNextHop {
+    pub via: IpAddr,
+    pub dev: String,
+    /// 1 when `ip` prints none.
+    pub weight: u32,
+}
+
+/// `via X dev D ... weight N` of `ip route show` output, one per next hop,
+/// for single and multipath routes.
+fn parse_next_hops(text: &str) -> Vec<KernelNextHop> {
+    let mut hops: Vec<KernelNextHop> = Vec::new();
     let words: Vec<&str> = text.split_whitespace().collect();
     for pair in words.windows(2) {
-        match pair[0] {
-            "via" => {
-                if let Ok(next_hop) = pair[1].parse() {
-                    current = Some(next_hop);
-                    weights.insert(next_hop, 1);
+        match (pair[0], hops.last_mut()) {
+            ("via", _) => {
+                if let Ok(via) = pair[1].parse() {
+                    hops.push(KernelNextHop {
+                        via,
+                        dev: String::new(),
+                        weight: 1,
+                    });
                 }
             }
-            "weight" => {
-                if let (Some(next_hop), Ok(weight)) = (current, pair[1].parse()) {
-                    weights.insert(next_hop, weight);
+            ("dev", Some(hop)) => hop.dev = pair[1].to_owned(),
+            ("weight", Some(hop)) => {
+                if let Ok(weight) = pair[1].parse() {
+                    hop.weight = weight;
                 }
             }
             _ => {}
         }
     }
-    weights
+    hops
 }
 
 /// Porter's speaker running in a lab namespace (its own runtime thread there).
@@ -626,19 +651,31 @@ mod tests {
     use super::*;
 
     #[test]
-    fn route_weights_are_read_per_next_hop() {
+    fn next_hops_are_read_with_their_devices_and_weights() {
         let text = "192.0.2.20 nhid 31 proto bgp metric 20 \n\
                     \tnexthop via 172.30.0.11 dev eth0 weight 25 \n\
                     \tnexthop via 172.30.0.12 dev eth0 weight 75 \n";
-        let weights = parse_route_weights(text);
+        let parsed = parse_next_hops(text);
+        let hops: Vec<(IpAddr, &str, u32)> = parsed
+            .iter()
+            .map(|hop| (hop.via, hop.dev.as_str(), hop.weight))
+            .collect();
         assert_eq!(
-            weights.into_iter().collect::<Vec<_>>(),
+            hops,
             vec![
-                ("172.30.0.11".parse().expect("ip"), 25),
-                ("172.30.0.12".parse().expect("ip"), 75)
+                ("172.30.0.11".parse().expect("ip"), "eth0", 25),
+                ("172.30.0.12".parse().expect("ip"), "eth0", 75)
             ]
         );
-        let plain = parse_route_weights("192.0.2.20 via 172.30.0.11 dev eth0 proto bgp metric 20");
-        assert_eq!(plain.values().copied().collect::<Vec<_>>(), vec![1]);
+        let plain =
+            parse_next_hops("fd00:40:: via fe80::1 dev v-l1 proto bgp metric 20 pref medium");
+        assert_eq!(
+            plain,
+            vec![KernelNextHop {
+                via: "fe80::1".parse().expect("ip"),
+                dev: "v-l1".to_owned(),
+                weight: 1
+            }]
+        );
     }
 }

@@ -4,9 +4,10 @@
 //! source) run their own speakers, each peering only with the leaf its
 //! BgpPeer's `nodeSelector` gives it, announce the EIP with themselves as
 //! next hop, report their sessions in `BgpPeer.status`, and traffic from
-//! the client reaches the pods in both racks; when a node's endpoints go,
-//! its leaf's route goes; an agent restart keeps its routes (graceful
-//! restart) and its traffic.
+//! the client reaches the pods in both racks (over IPv4, and over IPv6
+//! for an IPv6 Service carried by the same IPv4 sessions); when a node's
+//! endpoints go, its leaf's route goes; an agent restart keeps its routes
+//! (graceful restart) and its traffic.
 use std::{
     collections::BTreeMap,
     net::{IpAddr, SocketAddr},
@@ -25,7 +26,8 @@ const WAIT: Duration = Duration::from_secs(60);
 const NS: &str = "default";
 const PORT: u16 = 8088;
 
-/// BgpConf in node mode, and one BgpPeer per leaf selecting its rack.
+/// BgpConf in node mode, and one BgpPeer per leaf selecting its rack,
+/// carrying IPv4 and IPv6 over the IPv4 session.
 fn bgp_manifests(dc: &Datacenter) -> String {
     let mut docs = vec![
         "apiVersion: network.kubesphere.io/v1alpha2\nkind: BgpConf\nmetadata:\n  name: default\n\
@@ -37,6 +39,8 @@ fn bgp_manifests(dc: &Datacenter) -> String {
         docs.push(format!(
             "apiVersion: network.kubesphere.io/v1alpha2\nkind: BgpPeer\nmetadata:\n  name: leaf{rack}\n\
              spec:\n  conf:\n    peerAs: {}\n    neighborAddress: {}\n  timers:\n    config:\n      connectRetry: 1\n\
+             \x20 afiSafis:\n  - config:\n      family: {{afi: AFI_IP, safi: SAFI_UNICAST}}\n\
+             \x20 - config:\n      family: {{afi: AFI_IP6, safi: SAFI_UNICAST}}\n\
              \x20 nodeSelector:\n    rack: \"{rack}\"\n",
             leaf.config.local_as, leaf.config.local_address
         ));
@@ -68,7 +72,7 @@ fn wait_routes(
     eip: IpAddr,
     want: &[IpAddr],
 ) -> Result<()> {
-    let prefix = format!("{eip}/32");
+    let prefix = format!("{eip}/{}", if eip.is_ipv6() { 128 } else { 32 });
     let mut want = want.to_vec();
     want.sort();
     wait_for(
@@ -103,6 +107,21 @@ fn node_mode_agents_peer_with_their_own_leaf_across_two_subnets() -> Result<()> 
         }),
     )?;
     dc.set_endpoints(NS, "web", &dc.endpoints_on(&[0, 1]))?;
+    // An IPv6 Service too: its EIP goes over the same IPv4 sessions, with
+    // each node's IPv6 InternalIP as next hop.
+    dc.apply("pool6.yaml", &manifests::eip("pool6", "fd00:40::/124"))?;
+    dc.apply(
+        "service6.yaml",
+        &manifests::service(&ServiceSpec {
+            namespace: NS,
+            name: "web6",
+            port: PORT,
+            target_port: 80,
+            annotations: &[("eip.porter.kubesphere.io/v1alpha2", "pool6")],
+            ipv6: true,
+        }),
+    )?;
+    dc.set_endpoints(NS, "web6", &dc.endpoints_on(&[0, 1]))?;
     dc.start_controller()?;
     for index in 0..dc.nodes.len() {
         dc.start_agent(index)?;
@@ -147,6 +166,35 @@ fn node_mode_agents_peer_with_their_own_leaf_across_two_subnets() -> Result<()> 
     })
     .with_context(|| dc.describe())?;
     println!("per pod {served:?}");
+
+    // IPv6: each leaf routes the EIP to its own node's IPv6 address, the
+    // spine installs ECMP over both leaves, and the client reaches the
+    // pods of both racks over IPv6.
+    let eip6 = dc.wait_service_ip(NS, "web6", WAIT)?;
+    ensure!(eip6.is_ipv6(), "web6 got {eip6} from the IPv6 pool");
+    wait_routes(&dc, &dc.leaves[0], eip6, &[dc.nodes[0].ip6])?;
+    wait_routes(&dc, &dc.leaves[1], eip6, &[dc.nodes[1].ip6])?;
+    // The spine installs it via the leaves' link-local addresses (FRR's
+    // choice for a directly connected eBGP neighbour), one per leaf link,
+    // weighted by rack as for IPv4.
+    let spine6 = wait_for("the spine's IPv6 route via both leaves", WAIT, || {
+        let hops = dc
+            .router
+            .kernel_next_hops(&dc.lab, &format!("{eip6}/128"))?;
+        let mut by_link: Vec<(String, u32)> =
+            hops.into_iter().map(|hop| (hop.dev, hop.weight)).collect();
+        by_link.sort();
+        Ok((by_link == [("v-l1".to_owned(), 25), ("v-l2".to_owned(), 75)]).then_some(by_link))
+    })
+    .with_context(|| dc.describe())?;
+    println!("spine IPv6 next hops {spine6:?}");
+    let addr6 = SocketAddr::new(eip6, PORT);
+    let served6 = wait_for("pods of both racks to answer over IPv6", WAIT, || {
+        let per_pod = dc.spread(addr6, 40)?;
+        Ok((per_node(&per_pod).len() == 2).then_some(per_pod))
+    })
+    .with_context(|| dc.describe())?;
+    println!("IPv6 per pod {served6:?}");
 
     // An agent restart (an upgrade) drops nothing: with graceful restart
     // the stopped agent closes its session without a NOTIFICATION, leaf 1

@@ -27,7 +27,7 @@ use tracing::{error, info, warn};
 
 use self::{
     metrics::BgpMetrics,
-    wanted::{SelectedPeer, node_bgp, node_paths, status_entry},
+    wanted::{SelectedPeer, node_bgp, node_paths, status_entry, unnegotiated_families},
     writer::PeerStatusWriter,
 };
 use crate::ServiceSpec;
@@ -69,7 +69,7 @@ impl NodeSpeaker {
     /// apart from removing this node's stale status entries.
     pub async fn step(&mut self, snapshot: &Snapshot, served: &[ServiceSpec]) {
         let mut wanted = node_bgp(snapshot, &self.node, &self.secrets);
-        self.log_notes(std::mem::take(&mut wanted.notes));
+        let mut notes = std::mem::take(&mut wanted.notes);
         if self.running.as_ref().map(|(c, _)| c) != wanted.speaker.as_ref() {
             self.restart(wanted.speaker.clone()).await;
         }
@@ -80,6 +80,7 @@ impl NodeSpeaker {
             // helper never flushes routes it still holds from our
             // predecessor.
             let paths = node_paths(snapshot, &wanted, served);
+            notes.extend(unnegotiated_families(&self.node, &wanted, &paths));
             if self.paths.as_ref() != Some(&paths) {
                 info!(node = %self.node, prefixes = paths.len(), "node paths updated");
                 speaker.set_paths(paths.clone()).await;
@@ -104,6 +105,7 @@ impl NodeSpeaker {
             }
             sessions = speaker.peer_status().await;
         }
+        self.log_notes(notes);
         self.metrics.sessions(&self.node, &sessions);
         self.report(snapshot, &sessions).await;
     }

@@ -10,7 +10,7 @@ use porter_bgp::{LinkBandwidth, NEXT_HOP_SELF_V4, NEXT_HOP_SELF_V6, PathAttribut
 
 use super::{
     metrics::BgpMetrics,
-    wanted::{node_bgp, node_paths, status_entry},
+    wanted::{node_bgp, node_paths, status_entry, unnegotiated_families},
     writer::PeerStatusWriter,
 };
 use crate::{Backend, Protocol, ServiceAddr, ServiceSpec};
@@ -127,6 +127,127 @@ fn a_node_without_ipv4_needs_a_router_id_and_an_unknown_node_gets_nothing() {
     let unknown = node_bgp(&with_id, "n9", &SecretScope::default());
     assert_eq!((unknown.speaker, unknown.peers.len()), (None, 0));
     assert!(unknown.notes[0].message.contains("no Node object named n9"));
+}
+
+/// BgpPeers over IPv4 and over IPv6 that carry both families (MP-BGP).
+const DUAL_STACK_PEERS: &str = "
+kind: BgpPeer
+metadata: {name: over-v4}
+spec:
+  conf: {peerAs: 65011, neighborAddress: 172.30.1.1}
+  afiSafis:
+  - config: {family: {afi: AFI_IP, safi: SAFI_UNICAST}}
+  - config: {family: {afi: AFI_IP6, safi: SAFI_UNICAST}}
+---
+kind: BgpPeer
+metadata: {name: over-v6}
+spec:
+  conf: {peerAs: 65011, neighborAddress: 'fd00::1'}
+  afiSafis:
+  - config: {family: {afi: AFI_IP, safi: SAFI_UNICAST}}
+  - config: {family: {afi: AFI_IP6, safi: SAFI_UNICAST}}
+";
+
+/// An EIP of the other family than its session is sent with the node's
+/// InternalIP of the EIP's family as next hop; a node without one gets a
+/// warning that says what to do, per peer and family.
+#[test]
+fn other_family_eips_take_the_node_s_internal_ip_of_their_family_as_next_hop() {
+    let text = format!(
+        "{NODES}---\nkind: Node\nmetadata: {{name: n3}}\n\
+         status: {{addresses: [{{type: InternalIP, address: 172.30.3.13}}]}}\n\
+         ---\n{DUAL_STACK_PEERS}---\n{}",
+        conf("node", Some("10.9.9.9"))
+    );
+    let snap = snapshot(&text);
+    let ip = |text: &str| text.parse::<IpAddr>().expect("ip");
+
+    let n1 = node_bgp(&snap, "n1", &SecretScope::default());
+    for peer in n1.peers.values() {
+        assert_eq!(
+            peer.config.next_hop_self,
+            [ip("172.30.1.11"), ip("fd00::11")],
+            "{}",
+            peer.name
+        );
+    }
+    assert!(n1.notes.iter().all(|n| !n.warning), "{:?}", n1.notes);
+
+    // n2 has only IPv6: its IPv4 EIPs cannot go over the IPv6 session.
+    let n2 = node_bgp(&snap, "n2", &SecretScope::default());
+    let warnings: Vec<&str> = n2
+        .notes
+        .iter()
+        .filter(|n| n.warning)
+        .map(|n| n.message.as_str())
+        .collect();
+    assert_eq!(warnings.len(), 1, "{warnings:?}");
+    assert!(
+        warnings[0].contains("BgpPeer `over-v6`: IPv4 EIPs are not announced from node n2")
+            && warnings[0].contains("Node n2 has no IPv4 InternalIP; give the node one"),
+        "{warnings:?}"
+    );
+
+    // n3 has only IPv4: its IPv6 EIPs cannot go over the IPv4 session.
+    let n3 = node_bgp(&snap, "n3", &SecretScope::default());
+    let warnings: Vec<&str> = n3
+        .notes
+        .iter()
+        .filter(|n| n.warning)
+        .map(|n| n.message.as_str())
+        .collect();
+    assert_eq!(warnings.len(), 1, "{warnings:?}");
+    assert!(
+        warnings[0].contains("BgpPeer `over-v4`: IPv6 EIPs are not announced from node n3")
+            && warnings[0].contains("over an IPv4 session"),
+        "{warnings:?}"
+    );
+    assert_eq!(
+        n3.peers[&ip("172.30.1.1")].config.next_hop_self,
+        [ip("172.30.3.13")]
+    );
+}
+
+/// A peer whose session does not carry an EIP's family (no `afiSafis`:
+/// its own family only) is named with the fix; one whose `afiSafis` carry
+/// it, or that the path is not scoped to, is not.
+#[test]
+fn eips_of_a_family_a_session_does_not_carry_are_warned_about() {
+    let text = format!(
+        "{NODES}---\n{DUAL_STACK_PEERS}---\nkind: BgpPeer\nmetadata: {{name: plain}}\n\
+         spec: {{conf: {{peerAs: 65011, neighborAddress: 10.0.0.5}}}}\n---\n{}",
+        conf("node", None)
+    );
+    let snap = snapshot(&text);
+    let n1 = node_bgp(&snap, "n1", &SecretScope::default());
+    let net = |text: &str| text.parse::<ipnet::IpNet>().expect("prefix");
+    let ip = |text: &str| text.parse::<IpAddr>().expect("ip");
+    let mut paths = porter_bgp::PathTable::from([
+        (
+            net("192.0.2.1/32"),
+            BTreeMap::from([(NEXT_HOP_SELF_V4, PathAttributes::default())]),
+        ),
+        (
+            net("2001:db8::1/128"),
+            BTreeMap::from([(NEXT_HOP_SELF_V6, PathAttributes::default())]),
+        ),
+    ]);
+    let notes = unnegotiated_families("n1", &n1, &paths);
+    assert_eq!(notes.len(), 1, "{notes:?}");
+    assert!(notes[0].warning);
+    assert!(
+        notes[0].message.contains(
+            "BgpPeer `plain`: IPv6 EIPs are not announced from node n1 to 10.0.0.5: its \
+             session does not carry IPv6 unicast; list {config: {family: {afi: AFI_IP6, \
+             safi: SAFI_UNICAST}}} in its spec.afiSafis"
+        ),
+        "{notes:?}"
+    );
+    // Scoped to the dual-stack peers only (a pool's peerSelector): no warning.
+    for attributes in paths.values_mut().flat_map(|hops| hops.values_mut()) {
+        attributes.only_peers = Some([ip("172.30.1.1"), ip("fd00::1")].into());
+    }
+    assert_eq!(unnegotiated_families("n1", &n1, &paths), []);
 }
 
 #[test]

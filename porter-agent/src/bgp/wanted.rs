@@ -18,7 +18,7 @@ use porter_api::{
     service::{ingress_ips, opted_in},
     source::Snapshot,
 };
-use porter_bgp::{NEXT_HOP_SELF_V4, NEXT_HOP_SELF_V6, PathTable};
+use porter_bgp::{Family, NEXT_HOP_SELF_V4, NEXT_HOP_SELF_V6, PathTable};
 
 use crate::{ServiceSpec, interfaces::node_internal_ips};
 
@@ -72,12 +72,11 @@ pub fn node_bgp(snapshot: &Snapshot, node: &str, secrets: &SecretScope) -> NodeB
         )));
         return out;
     };
-    let router_id = node_internal_ips(snapshot, node)
-        .into_iter()
-        .find_map(|ip| match ip {
-            IpAddr::V4(v4) => Some(v4),
-            IpAddr::V6(_) => None,
-        });
+    let addresses = node_internal_ips(snapshot, node);
+    let router_id = addresses.iter().find_map(|ip| match *ip {
+        IpAddr::V4(v4) => Some(v4),
+        IpAddr::V6(_) => None,
+    });
     match speaker_from_conf(&conf.spec, router_id) {
         Ok((speaker, notes)) => {
             out.speaker = Some(speaker);
@@ -117,6 +116,9 @@ pub fn node_bgp(snapshot: &Snapshot, node: &str, secrets: &SecretScope) -> NodeB
                     out.held.insert(config.address);
                     continue;
                 }
+                config.next_hop_self = addresses.clone();
+                out.notes
+                    .extend(other_family_unannounced(node, &name, &config, &addresses));
                 if let Some(first) = out.peers.get(&config.address) {
                     out.notes.push(warn(format!(
                         "BgpPeer `{name}`: neighbour {} is also BgpPeer `{}`; this one is ignored",
@@ -144,6 +146,39 @@ pub fn node_bgp(snapshot: &Snapshot, node: &str, secrets: &SecretScope) -> NodeB
     out
 }
 
+/// A warning for each family the peer's session carries besides its own
+/// (`afiSafis` IPv6 unicast on an IPv4 neighbour, or the reverse) that the
+/// node has no InternalIP of: EIPs of that family need the node's own
+/// address of that family as next hop, so they are not announced to it.
+fn other_family_unannounced(
+    node: &str,
+    peer: &str,
+    config: &porter_bgp::PeerConfig,
+    addresses: &[IpAddr],
+) -> Vec<Note> {
+    config
+        .families
+        .iter()
+        .filter_map(|family| {
+            let (ipv4, name, session) = match family {
+                Family::Ipv4Unicast => (true, "IPv4", "IPv6"),
+                Family::Ipv6Unicast => (false, "IPv6", "IPv4"),
+            };
+            let needed =
+                config.address.is_ipv4() != ipv4 && !addresses.iter().any(|a| a.is_ipv4() == ipv4);
+            needed.then(|| {
+                warn(format!(
+                    "BgpPeer `{peer}`: {name} EIPs are not announced from node {node} to {}: \
+                     over an {session} session their next hop is the node's own {name} \
+                     address, and Node {node} has no {name} InternalIP; give the node one \
+                     (kubelet --node-ip=<IPv4>,<IPv6>), or peer over {name}",
+                    config.address
+                ))
+            })
+        })
+        .collect()
+}
+
 fn default_conf(snapshot: &Snapshot) -> Option<&BgpConf> {
     snapshot
         .bgp_confs
@@ -153,7 +188,9 @@ fn default_conf(snapshot: &Snapshot) -> Option<&BgpConf> {
 }
 
 /// This node's paths: one per EIP its data plane serves (`served`), with
-/// this node as the next hop (each session's own address), and the
+/// this node as the next hop (each session's own address, or for an EIP of
+/// the other family than the session the node's InternalIP of the EIP's
+/// family, [`porter_bgp::PeerConfig::next_hop_self`]), and the
 /// attributes of the shared policy function: the pool's and the Services'
 /// communities and LOCAL_PREF, link bandwidth for the node's number of
 /// ready local endpoints of the EIP, and only the peers the pool's
@@ -206,6 +243,40 @@ pub fn node_paths(snapshot: &Snapshot, node: &NodeBgp, served: &[ServiceSpec]) -
         paths.insert(IpNet::from(vip), BTreeMap::from([(next_hop, attributes)]));
     }
     paths
+}
+
+/// A warning for each peer and family of `paths` (the peers each path is
+/// scoped to) that the peer's session does not carry: without `afiSafis`
+/// a session carries only its neighbour address's family, so a dual-stack
+/// node's IPv6 EIPs would otherwise go unannounced without a word.
+pub fn unnegotiated_families(node: &str, bgp: &NodeBgp, paths: &PathTable) -> Vec<Note> {
+    let mut notes = Vec::new();
+    for peer in bgp.peers.values() {
+        for (family, afi, name) in [
+            (Family::Ipv4Unicast, "AFI_IP", "IPv4"),
+            (Family::Ipv6Unicast, "AFI_IP6", "IPv6"),
+        ] {
+            if peer.config.families.contains(&family) {
+                continue;
+            }
+            let sent = paths.iter().any(|(prefix, next_hops)| {
+                prefix.addr().is_ipv4() == (family == Family::Ipv4Unicast)
+                    && next_hops
+                        .values()
+                        .any(|attributes| porter_bgp::applies_to(attributes, peer.config.address))
+            });
+            if sent {
+                notes.push(warn(format!(
+                    "BgpPeer `{}`: {name} EIPs are not announced from node {node} to {}: its \
+                     session does not carry {name} unicast; list \
+                     {{config: {{family: {{afi: {afi}, safi: SAFI_UNICAST}}}}}} in its \
+                     spec.afiSafis, next to the family it carries now",
+                    peer.name, peer.config.address
+                )));
+            }
+        }
+    }
+    notes
 }
 
 /// The pool an EIP was allocated from, as the controller records it in
