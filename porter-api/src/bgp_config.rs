@@ -2,12 +2,14 @@
 //! peer settings, shared by the controller (controller mode) and the agent
 //! (node mode).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
+use ipnet::IpNet;
 use k8s_openapi::api::core::v1::Secret;
+use porter_bgp::PathAttributes;
 
 use crate::bgp_policy::peer_policy;
 use crate::crd::BgpConfSpec;
@@ -56,6 +58,8 @@ pub struct PeerEvent {
 pub const REASON_AUTH_UNAVAILABLE: &str = "AuthPasswordUnavailable";
 /// Event reason: the password is in the BgpPeer in plain text.
 pub const REASON_AUTH_IN_SPEC: &str = "AuthPasswordInSpec";
+/// Event reason: EIPs meant for the peer are of a family its session does not carry.
+pub const REASON_FAMILY_NOT_CARRIED: &str = "FamilyNotCarried";
 
 pub fn info(message: impl Into<String>) -> Note {
     Note {
@@ -81,6 +85,45 @@ fn warn_peer(peer: &str, reason: &'static str, message: String) -> Note {
         }),
         ..warn(format!("BgpPeer `{peer}`: {message}"))
     }
+}
+
+/// A warning for each family of the paths meant for `peer` (BgpPeer `name`)
+/// that its session does not carry. Without `afiSafis` a session carries
+/// only its neighbour address's family, so a dual-stack cluster's other EIPs
+/// would go unannounced without a word. `from` names the speaker ("node n1",
+/// "the controller"); `paths` gives each path's prefix and attributes.
+pub fn families_not_carried<'a>(
+    name: &str,
+    peer: &PeerConfig,
+    from: &str,
+    paths: impl IntoIterator<Item = (&'a IpNet, &'a PathAttributes)>,
+) -> Vec<Note> {
+    let mut meant = BTreeSet::new();
+    for (prefix, attributes) in paths {
+        if porter_bgp::applies_to(attributes, peer.address) {
+            meant.insert(own_family(prefix.addr()));
+        }
+    }
+    meant
+        .into_iter()
+        .filter(|family| !peer.families.contains(family))
+        .map(|family| {
+            let (name_of, afi) = match family {
+                Family::Ipv4Unicast => ("IPv4", "AFI_IP"),
+                Family::Ipv6Unicast => ("IPv6", "AFI_IP6"),
+            };
+            warn_peer(
+                name,
+                REASON_FAMILY_NOT_CARRIED,
+                format!(
+                    "{name_of} EIPs are not announced from {from} to {}: its session does not \
+                     carry {name_of} unicast; list {{config: {{family: {{afi: {afi}, safi: \
+                     SAFI_UNICAST}}}}}} in its spec.afiSafis, next to the family it carries now",
+                    peer.address
+                ),
+            )
+        })
+        .collect()
 }
 
 /// Sets `config`'s TCP MD5 password from `peer` (see [`peer_auth`]), for

@@ -21,8 +21,9 @@ use crate::announce::Paths;
 pub use porter_api::bgp_config::{
     DEFAULT_CONNECT_RETRY, DEFAULT_HOLD_TIME, DEFAULT_LISTEN_PORT, DEFAULT_REMOTE_PORT,
     DEFAULT_RESTART_TIME, Family, GracefulRestart, Note, PeerConfig, PeerEvent,
-    REASON_AUTH_IN_SPEC, REASON_AUTH_UNAVAILABLE, SpeakerConfig, graceful_restart, info,
-    own_family, peer_from_crd, set_password, speaker_from_conf, warn,
+    REASON_AUTH_IN_SPEC, REASON_AUTH_UNAVAILABLE, REASON_FAMILY_NOT_CARRIED, SpeakerConfig,
+    families_not_carried, graceful_restart, info, own_family, peer_from_crd, set_password,
+    speaker_from_conf, warn,
 };
 pub use porter_bgp::PeerStatus;
 
@@ -327,9 +328,14 @@ fn seed_neighbor(n: &toml::Value, out: &mut BgpDesired) {
 pub struct BgpDriver {
     speaker: Option<SpeakerConfig>,
     peers: BTreeMap<IpAddr, PeerConfig>,
+    /// Bumped whenever `peers` changes.
+    peers_version: u64,
     /// Version of the paths last sent.
     paths: Option<u64>,
     notes: Vec<Note>,
+    /// [`families_not_carried`] notes, and the (paths, peers) versions they
+    /// were found for.
+    family_notes: (Option<(u64, u64)>, Vec<Note>),
 }
 
 impl BgpDriver {
@@ -354,6 +360,7 @@ impl BgpDriver {
         self.notes = std::mem::take(&mut desired.notes);
         if desired.speaker != self.speaker {
             self.peers.clear();
+            self.peers_version += 1;
             self.paths = None;
             match &desired.speaker {
                 Some(cfg) => announcer.start(cfg),
@@ -373,13 +380,51 @@ impl BgpDriver {
         for address in gone {
             announcer.remove_peer(address);
             self.peers.remove(&address);
+            self.peers_version += 1;
         }
         for (address, peer) in desired.peers {
             if self.peers.get(&address) != Some(&peer) {
                 announcer.upsert_peer(&peer);
                 self.peers.insert(address, peer);
+                self.peers_version += 1;
             }
         }
+        fresh
+    }
+
+    /// Warnings, new since the last call, for the sessions that would be
+    /// sent paths of a family they do not carry (see
+    /// [`families_not_carried`]). `bgp_peers` names the sessions. Looked at
+    /// again only when the paths or the sessions changed.
+    pub fn family_notes(&mut self, bgp_peers: &Snapshot, paths: &Paths, version: u64) -> Vec<Note> {
+        let checked = Some((version, self.peers_version));
+        if self.family_notes.0 == checked {
+            return Vec::new();
+        }
+        let each_path = || {
+            paths.iter().flat_map(|(prefix, hops)| {
+                hops.iter()
+                    .map(move |(_, attributes)| (prefix, attributes.as_ref()))
+            })
+        };
+        let notes: Vec<Note> = bgp_peers
+            .bgp_peers
+            .iter()
+            .filter_map(|crd| {
+                let name = crd.metadata.name.as_deref()?;
+                let address: IpAddr = crd.spec.conf.neighbor_address.trim().parse().ok()?;
+                Some((name, self.peers.get(&address)?))
+            })
+            .flat_map(|(name, peer)| {
+                families_not_carried(name, peer, "the controller", each_path())
+            })
+            .collect();
+        let fresh = notes
+            .iter()
+            .filter(|n| !self.family_notes.1.contains(n))
+            .cloned()
+            .collect();
+        self.family_notes = (checked, notes);
         fresh
     }
 

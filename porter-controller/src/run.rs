@@ -11,7 +11,7 @@ use porter_api::crd::CONTROLLER_STATUS_KEY;
 use porter_api::source::{Event, EventType, Regarding, Snapshot, SnapshotReceiver, StatusWriter};
 use tokio::sync::watch;
 
-use crate::bgp::{Announcer, BgpDriver, status_entries};
+use crate::bgp::{Announcer, BgpDriver, Note, status_entries};
 use crate::metrics::Metrics;
 use crate::peer_auth::SecretScope;
 use crate::reconcile::{Reconciler, apply};
@@ -96,26 +96,8 @@ impl<A: Announcer> Controller<A> {
                 step.failed_writes += 1;
                 tracing::warn!(error = %e, "write failed; retrying");
             }
-            for note in self.bgp.configure(plan.bgp.clone(), &mut self.announcer) {
-                if note.warning {
-                    tracing::warn!("{}", note.message);
-                } else {
-                    tracing::info!("{}", note.message);
-                }
-                if let Some(about) = note.event {
-                    step.writes += 1;
-                    let event = Event {
-                        regarding: Regarding::BgpPeer(about.peer),
-                        type_: EventType::Warning,
-                        reason: about.reason,
-                        message: note.message,
-                    };
-                    if let Err(e) = writer.event(&event).await {
-                        // Notes are reported once; a lost Event is not retried.
-                        tracing::warn!(error = %e, "cannot write an Event");
-                    }
-                }
-            }
+            let notes = self.bgp.configure(plan.bgp.clone(), &mut self.announcer);
+            step.writes += report(notes, writer).await;
             if self
                 .bgp
                 .paths(&plan.paths, plan.paths_version, &mut self.announcer)
@@ -126,6 +108,10 @@ impl<A: Announcer> Controller<A> {
                     "announcements updated"
                 );
             }
+            let notes = self
+                .bgp
+                .family_notes(&peers, &plan.paths, plan.paths_version);
+            step.writes += report(notes, writer).await;
         }
         let sessions = self.announcer.peer_status();
         if leader {
@@ -151,6 +137,33 @@ impl<A: Announcer> Controller<A> {
         );
         step
     }
+}
+
+/// Logs each note, and writes the Warning Event a note asks for on its
+/// BgpPeer; returns how many Events it wrote. Notes are reported once, so a
+/// lost Event is not retried.
+async fn report<W: StatusWriter>(notes: Vec<Note>, writer: &W) -> usize {
+    let mut events = 0;
+    for note in notes {
+        if note.warning {
+            tracing::warn!("{}", note.message);
+        } else {
+            tracing::info!("{}", note.message);
+        }
+        if let Some(about) = note.event {
+            events += 1;
+            let event = Event {
+                regarding: Regarding::BgpPeer(about.peer),
+                type_: EventType::Warning,
+                reason: about.reason,
+                message: note.message,
+            };
+            if let Err(e) = writer.event(&event).await {
+                tracing::warn!(error = %e, "cannot write an Event");
+            }
+        }
+    }
+    events
 }
 
 /// Runs until the source goes away.

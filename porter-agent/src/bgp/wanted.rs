@@ -11,7 +11,8 @@ use porter_api::{
     BgpConf, BgpPeerNodeStatus, ObjectKey, SpeakerMode,
     annotations::BGP_CONF_NAME,
     bgp_config::{
-        Note, SpeakerConfig, peer_from_crd, selects_node, set_password, speaker_from_conf, warn,
+        Note, SpeakerConfig, families_not_carried, peer_from_crd, selects_node, set_password,
+        speaker_from_conf, warn,
     },
     bgp_policy::{ClusterPolicy, PeerScope, PoolPolicy, ServicePolicy, merge, only_peers},
     peer_auth::SecretScope,
@@ -245,38 +246,18 @@ pub fn node_paths(snapshot: &Snapshot, node: &NodeBgp, served: &[ServiceSpec]) -
     paths
 }
 
-/// A warning for each peer and family of `paths` (the peers each path is
-/// scoped to) that the peer's session does not carry: without `afiSafis`
-/// a session carries only its neighbour address's family, so a dual-stack
-/// node's IPv6 EIPs would otherwise go unannounced without a word.
+/// The warnings of [`families_not_carried`] for this node's peers.
 pub fn unnegotiated_families(node: &str, bgp: &NodeBgp, paths: &PathTable) -> Vec<Note> {
-    let mut notes = Vec::new();
-    for peer in bgp.peers.values() {
-        for (family, afi, name) in [
-            (Family::Ipv4Unicast, "AFI_IP", "IPv4"),
-            (Family::Ipv6Unicast, "AFI_IP6", "IPv6"),
-        ] {
-            if peer.config.families.contains(&family) {
-                continue;
-            }
-            let sent = paths.iter().any(|(prefix, next_hops)| {
-                prefix.addr().is_ipv4() == (family == Family::Ipv4Unicast)
-                    && next_hops
-                        .values()
-                        .any(|attributes| porter_bgp::applies_to(attributes, peer.config.address))
-            });
-            if sent {
-                notes.push(warn(format!(
-                    "BgpPeer `{}`: {name} EIPs are not announced from node {node} to {}: its \
-                     session does not carry {name} unicast; list \
-                     {{config: {{family: {{afi: {afi}, safi: SAFI_UNICAST}}}}}} in its \
-                     spec.afiSafis, next to the family it carries now",
-                    peer.name, peer.config.address
-                )));
-            }
-        }
-    }
-    notes
+    let from = format!("node {node}");
+    let each_path = || {
+        paths
+            .iter()
+            .flat_map(|(prefix, hops)| hops.values().map(move |attributes| (prefix, attributes)))
+    };
+    bgp.peers
+        .values()
+        .flat_map(|peer| families_not_carried(&peer.name, &peer.config, &from, each_path()))
+        .collect()
 }
 
 /// The pool an EIP was allocated from, as the controller records it in

@@ -498,3 +498,68 @@ fn a_secret_password_keys_only_its_peer_and_a_missing_one_starts_nothing() {
     driver.configure(from_crds(&confs, [&b], &[], &scope), &mut rec);
     assert_eq!(upserts(&rec), [(ip("192.168.1.1"), Some("removed".into()))]);
 }
+
+#[test]
+fn eips_of_a_family_a_session_does_not_carry_are_warned_about_once() {
+    // `plain` has no afiSafis: its IPv4 session carries IPv4 only.
+    let peers = [peer("plain", "192.168.1.1", |_| {})];
+    let desired = from_crds(
+        &[conf("default", Some("10.0.0.1"))],
+        &peers,
+        &[],
+        &SecretScope::default(),
+    );
+    let mut driver = BgpDriver::default();
+    driver.configure(desired, &mut Recorder::default());
+    let path = |prefix: &str, hop: &str, only: Option<&str>| {
+        let attributes = porter_api::bgp_policy::PathAttributes {
+            only_peers: only.map(|p| [ip(p)].into()),
+            ..Default::default()
+        };
+        let prefix: IpNet = prefix.parse().expect("prefix");
+        (
+            prefix,
+            [(ip(hop), Arc::new(attributes))].into_iter().collect(),
+        )
+    };
+    let snap = Snapshot {
+        bgp_peers: peers.iter().cloned().map(Arc::new).collect(),
+        ..Default::default()
+    };
+    let v4_only: Paths = [path("192.0.2.1/32", "10.0.0.11", None)].into();
+    assert_eq!(driver.family_notes(&snap, &v4_only, 1), []);
+    let dual: Paths = [
+        path("192.0.2.1/32", "10.0.0.11", None),
+        path("2001:db8::1/128", "fd00::11", None),
+    ]
+    .into();
+    let notes = driver.family_notes(&snap, &dual, 2);
+    let [note] = notes.as_slice() else {
+        panic!("one note expected: {notes:?}")
+    };
+    assert!(
+        note.warning
+            && note.message.starts_with(
+                "BgpPeer `plain`: IPv6 EIPs are not announced from the controller to 192.168.1.1"
+            )
+            && note.message.contains("afi: AFI_IP6"),
+        "{note:?}"
+    );
+    assert_eq!(
+        note.event,
+        Some(PeerEvent {
+            peer: "plain".into(),
+            reason: REASON_FAMILY_NOT_CARRIED
+        })
+    );
+    // Said once while it holds, even when the paths change again.
+    let more: Paths = [
+        path("2001:db8::1/128", "fd00::11", None),
+        path("2001:db8::2/128", "fd00::12", None),
+    ]
+    .into();
+    assert_eq!(driver.family_notes(&snap, &more, 3), []);
+    // IPv6 paths scoped to other peers are not meant for it.
+    let scoped: Paths = [path("2001:db8::1/128", "fd00::11", Some("fd00::1"))].into();
+    assert_eq!(driver.family_notes(&snap, &scoped, 4), []);
+}
