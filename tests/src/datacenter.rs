@@ -53,7 +53,7 @@ use porter_common::{Stat, map_names};
 use crate::{
     bins,
     lab::{Lab, wait_for},
-    manifests::{self, Endpoint},
+    manifests::{self, Endpoint, ServiceSpec},
     netns::{CONNECT_TIMEOUT, SYN_RETRANSMIT, run_in},
     routers::{Daemon, Neighbor, Router, RouterConfig},
 };
@@ -404,6 +404,16 @@ impl Datacenter {
             .map(|v6| manifests::endpoint_slice(namespace, service, v6, POD_PORT, endpoints))
             .join("---\n");
         self.apply(&format!("endpoints-{namespace}-{service}.yaml"), &text)
+    }
+
+    /// Writes Service `spec` as `svc-<name>.yaml`, its EndpointSlices first,
+    /// with its pods on the nodes of `nodes` (indices).
+    pub fn add_service(&self, spec: &ServiceSpec, nodes: &[usize]) -> Result<()> {
+        self.set_endpoints(spec.namespace, spec.name, &self.endpoints_on(nodes))?;
+        self.apply(
+            &format!("svc-{}.yaml", spec.name),
+            &manifests::service(spec),
+        )
     }
 
     /// Starts `porter-controller --source dir:<manifests>` in `ctl`.

@@ -95,33 +95,25 @@ fn node_mode_agents_peer_with_their_own_leaf_across_two_subnets() -> Result<()> 
     let mut dc = Datacenter::fabric("nodemode", &[1, 3])?;
     dc.apply("bgp.yaml", &bgp_manifests(&dc))?;
     dc.apply("pool.yaml", &manifests::eip("pool", "192.168.2.0/28"))?;
-    dc.apply(
-        "service.yaml",
-        &manifests::service(&ServiceSpec {
-            namespace: NS,
-            name: "web",
-            port: PORT,
-            target_port: 80,
-            annotations: &[],
-            ipv6: false,
-        }),
-    )?;
-    dc.set_endpoints(NS, "web", &dc.endpoints_on(&[0, 1]))?;
+    let web = ServiceSpec {
+        namespace: NS,
+        name: "web",
+        port: PORT,
+        target_port: 80,
+        annotations: &[],
+        ipv6: false,
+    };
+    dc.add_service(&web, &[0, 1])?;
     // An IPv6 Service too: its EIP goes over the same IPv4 sessions, with
     // each node's IPv6 InternalIP as next hop.
     dc.apply("pool6.yaml", &manifests::eip("pool6", "fd00:40::/124"))?;
-    dc.apply(
-        "service6.yaml",
-        &manifests::service(&ServiceSpec {
-            namespace: NS,
-            name: "web6",
-            port: PORT,
-            target_port: 80,
-            annotations: &[("eip.porter.kubesphere.io/v1alpha2", "pool6")],
-            ipv6: true,
-        }),
-    )?;
-    dc.set_endpoints(NS, "web6", &dc.endpoints_on(&[0, 1]))?;
+    let web6 = ServiceSpec {
+        name: "web6",
+        annotations: &[("eip.porter.kubesphere.io/v1alpha2", "pool6")],
+        ipv6: true,
+        ..web
+    };
+    dc.add_service(&web6, &[0, 1])?;
     dc.start_controller()?;
     for index in 0..dc.nodes.len() {
         dc.start_agent(index)?;

@@ -133,16 +133,15 @@ fn add_service(
     nodes: &[usize],
     annotations: &[(&str, &str)],
 ) -> Result<()> {
-    dc.set_endpoints(NS, name, &dc.endpoints_on(nodes))?;
-    let text = manifests::service(&ServiceSpec {
+    let spec = ServiceSpec {
         namespace: NS,
         name,
         port,
         target_port: porter_tests::datacenter::POD_PORT,
         annotations,
         ipv6: annotations.iter().any(|(_, value)| *value == POOL_V6),
-    });
-    dc.apply(&format!("svc-{name}.yaml"), &text)
+    };
+    dc.add_service(&spec, nodes)
 }
 
 fn remove_service(dc: &Datacenter, name: &str) -> Result<()> {
