@@ -61,6 +61,15 @@ pub const REASON_AUTH_IN_SPEC: &str = "AuthPasswordInSpec";
 /// Event reason: EIPs meant for the peer are of a family its session does not carry.
 pub const REASON_FAMILY_NOT_CARRIED: &str = "FamilyNotCarried";
 
+/// The notes of `now` that `before` did not have: each is reported once
+/// while it holds, and again only after it went away and came back.
+pub fn fresh_notes(now: &[Note], before: &[Note]) -> Vec<Note> {
+    now.iter()
+        .filter(|n| !before.contains(n))
+        .cloned()
+        .collect()
+}
+
 pub fn info(message: impl Into<String>) -> Note {
     Note {
         warning: false,

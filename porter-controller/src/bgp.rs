@@ -22,8 +22,8 @@ pub use porter_api::bgp_config::{
     DEFAULT_CONNECT_RETRY, DEFAULT_HOLD_TIME, DEFAULT_LISTEN_PORT, DEFAULT_REMOTE_PORT,
     DEFAULT_RESTART_TIME, Family, GracefulRestart, Note, PeerConfig, PeerEvent,
     REASON_AUTH_IN_SPEC, REASON_AUTH_UNAVAILABLE, REASON_FAMILY_NOT_CARRIED, SpeakerConfig,
-    families_not_carried, graceful_restart, info, own_family, peer_from_crd, set_password,
-    speaker_from_conf, warn,
+    families_not_carried, fresh_notes, graceful_restart, info, own_family, peer_from_crd,
+    set_password, speaker_from_conf, warn,
 };
 pub use porter_bgp::PeerStatus;
 
@@ -333,9 +333,10 @@ pub struct BgpDriver {
     /// Version of the paths last sent.
     paths: Option<u64>,
     notes: Vec<Note>,
-    /// [`families_not_carried`] notes, and the (paths, peers) versions they
-    /// were found for.
-    family_notes: (Option<(u64, u64)>, Vec<Note>),
+    /// The [`families_not_carried`] notes last found...
+    family_notes: Vec<Note>,
+    /// ...and the (paths, peers) versions they were found for.
+    family_checked: Option<(u64, u64)>,
 }
 
 impl BgpDriver {
@@ -351,12 +352,7 @@ impl BgpDriver {
         mut desired: BgpDesired,
         announcer: &mut dyn Announcer,
     ) -> Vec<Note> {
-        let fresh: Vec<Note> = desired
-            .notes
-            .iter()
-            .filter(|n| !self.notes.contains(n))
-            .cloned()
-            .collect();
+        let fresh = fresh_notes(&desired.notes, &self.notes);
         self.notes = std::mem::take(&mut desired.notes);
         if desired.speaker != self.speaker {
             self.peers.clear();
@@ -398,7 +394,7 @@ impl BgpDriver {
     /// again only when the paths or the sessions changed.
     pub fn family_notes(&mut self, bgp_peers: &Snapshot, paths: &Paths, version: u64) -> Vec<Note> {
         let checked = Some((version, self.peers_version));
-        if self.family_notes.0 == checked {
+        if self.family_checked == checked {
             return Vec::new();
         }
         let each_path = || {
@@ -419,12 +415,9 @@ impl BgpDriver {
                 families_not_carried(name, peer, "the controller", each_path())
             })
             .collect();
-        let fresh = notes
-            .iter()
-            .filter(|n| !self.family_notes.1.contains(n))
-            .cloned()
-            .collect();
-        self.family_notes = (checked, notes);
+        let fresh = fresh_notes(&notes, &self.family_notes);
+        self.family_notes = notes;
+        self.family_checked = checked;
         fresh
     }
 

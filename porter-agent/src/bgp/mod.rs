@@ -18,7 +18,7 @@ use std::{collections::BTreeMap, net::IpAddr};
 
 use porter_api::{
     BgpPeerNodeStatus,
-    bgp_config::{Note, SpeakerConfig, status_changes},
+    bgp_config::{Note, SpeakerConfig, fresh_notes, status_changes},
     peer_auth::SecretScope,
     source::Snapshot,
 };
@@ -158,7 +158,7 @@ impl NodeSpeaker {
     }
 
     fn log_notes(&mut self, notes: Vec<Note>) {
-        for note in notes.iter().filter(|n| !self.notes.contains(n)) {
+        for note in fresh_notes(&notes, &self.notes) {
             if note.warning {
                 warn!(node = %self.node, "{}", note.message);
             } else {
