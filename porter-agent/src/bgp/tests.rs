@@ -174,34 +174,34 @@ fn other_family_eips_take_the_node_s_internal_ip_of_their_family_as_next_hop() {
     assert!(n1.notes.iter().all(|n| !n.warning), "{:?}", n1.notes);
 
     // n2 has only IPv6: its IPv4 EIPs cannot go over the IPv6 session.
-    let n2 = node_bgp(&snap, "n2", &SecretScope::default());
-    let warnings: Vec<&str> = n2
-        .notes
-        .iter()
-        .filter(|n| n.warning)
-        .map(|n| n.message.as_str())
-        .collect();
-    assert_eq!(warnings.len(), 1, "{warnings:?}");
-    assert!(
-        warnings[0].contains("BgpPeer `over-v6`: IPv4 EIPs are not announced from node n2")
-            && warnings[0].contains("Node n2 has no IPv4 InternalIP; give the node one"),
-        "{warnings:?}"
-    );
-
     // n3 has only IPv4: its IPv6 EIPs cannot go over the IPv4 session.
+    for (node, says, and_says) in [
+        (
+            "n2",
+            "BgpPeer `over-v6`: IPv4 EIPs are not announced from node n2",
+            "Node n2 has no IPv4 InternalIP; give the node one",
+        ),
+        (
+            "n3",
+            "BgpPeer `over-v4`: IPv6 EIPs are not announced from node n3",
+            "over an IPv4 session",
+        ),
+    ] {
+        let bgp = node_bgp(&snap, node, &SecretScope::default());
+        let warnings: Vec<&str> = bgp
+            .notes
+            .iter()
+            .filter(|n| n.warning)
+            .map(|n| n.message.as_str())
+            .collect();
+        assert_eq!(warnings.len(), 1, "{node}: {warnings:?}");
+        assert!(
+            warnings[0].contains(says) && warnings[0].contains(and_says),
+            "{node}: {warnings:?}"
+        );
+    }
+    // n3 has no IPv6 address to offer: its next hop self is its IPv4 one.
     let n3 = node_bgp(&snap, "n3", &SecretScope::default());
-    let warnings: Vec<&str> = n3
-        .notes
-        .iter()
-        .filter(|n| n.warning)
-        .map(|n| n.message.as_str())
-        .collect();
-    assert_eq!(warnings.len(), 1, "{warnings:?}");
-    assert!(
-        warnings[0].contains("BgpPeer `over-v4`: IPv6 EIPs are not announced from node n3")
-            && warnings[0].contains("over an IPv4 session"),
-        "{warnings:?}"
-    );
     assert_eq!(
         n3.peers[&ip("172.30.1.1")].config.next_hop_self,
         [ip("172.30.3.13")]

@@ -44,6 +44,19 @@ fn peer(name: &str, address: &str, f: impl FnOnce(&mut BgpPeerSpec)) -> BgpPeer 
     }
 }
 
+/// One path for `prefix` via `hop`, for every peer or only for `only`.
+fn path(prefix: &str, hop: &str, only: Option<&str>) -> (IpNet, crate::announce::NextHops) {
+    let attributes = porter_api::bgp_policy::PathAttributes {
+        only_peers: only.map(|p| [ip(p)].into()),
+        ..Default::default()
+    };
+    let prefix: IpNet = prefix.parse().expect("prefix");
+    (
+        prefix,
+        [(ip(hop), Arc::new(attributes))].into_iter().collect(),
+    )
+}
+
 fn ip(s: &str) -> IpAddr {
     s.parse().expect("test IP")
 }
@@ -304,13 +317,7 @@ fn driver_changes_only_what_changed() {
     assert_eq!(rec.calls, [Call::Remove(ip("192.168.1.2"))]);
     rec.calls.clear();
 
-    let paths: Paths = [(
-        IpNet::from(ip("10.9.0.1")),
-        [(ip("192.168.0.10"), Default::default())]
-            .into_iter()
-            .collect(),
-    )]
-    .into();
+    let paths: Paths = [path("10.9.0.1/32", "192.168.0.10", None)].into();
     assert!(driver.paths(&paths, 1, &mut rec));
     assert!(
         !driver.paths(&paths, 1, &mut rec),
@@ -367,13 +374,7 @@ fn node_mode_stops_the_controller_speaker_and_controller_mode_restarts_it() {
     driver.configure(desired, &mut rec);
     assert_eq!(rec.calls, [Call::Stop]);
     rec.calls.clear();
-    let paths: Paths = [(
-        IpNet::from(ip("10.9.0.1")),
-        [(ip("192.168.0.10"), Default::default())]
-            .into_iter()
-            .collect(),
-    )]
-    .into();
+    let paths: Paths = [path("10.9.0.1/32", "192.168.0.10", None)].into();
     assert!(
         !driver.paths(&paths, 7, &mut rec),
         "no announcements in node mode"
@@ -511,17 +512,6 @@ fn eips_of_a_family_a_session_does_not_carry_are_warned_about_once() {
     );
     let mut driver = BgpDriver::default();
     driver.configure(desired, &mut Recorder::default());
-    let path = |prefix: &str, hop: &str, only: Option<&str>| {
-        let attributes = porter_api::bgp_policy::PathAttributes {
-            only_peers: only.map(|p| [ip(p)].into()),
-            ..Default::default()
-        };
-        let prefix: IpNet = prefix.parse().expect("prefix");
-        (
-            prefix,
-            [(ip(hop), Arc::new(attributes))].into_iter().collect(),
-        )
-    };
     let snap = Snapshot {
         bgp_peers: peers.iter().cloned().map(Arc::new).collect(),
         ..Default::default()
