@@ -1,4 +1,4 @@
-//! The full lab of `shared/LAB.md`: a small data centre on one machine.
+//! The full lab of docs/lab.md: a small data centre on one machine.
 //!
 //! ```text
 //!   cl (client 172.31.0.2) ── r (router: BIRD, 172.31.0.1 / 172.30.0.1)
