@@ -728,7 +728,10 @@ fn controller_policy_reaches(daemon: Daemon) -> Result<()> {
     dc.set_endpoints(NS, "web", &dc.endpoints_on(&[0, 1]))?;
     web_service(
         &dc,
-        &[("bgp.porter.kubesphere.io/communities", "65000:300,65000:666")],
+        &[(
+            "bgp.porter.kubesphere.io/communities",
+            "65000:300,65000:666",
+        )],
     )?;
     dc.start_controller()?;
     let ip = dc.wait_service_ip(NS, "web", SETTLE)?;
@@ -753,7 +756,10 @@ fn controller_policy_reaches(daemon: Daemon) -> Result<()> {
     web_service(
         &dc,
         &[
-            ("bgp.porter.kubesphere.io/communities", "65000:300,65000:666"),
+            (
+                "bgp.porter.kubesphere.io/communities",
+                "65000:300,65000:666",
+            ),
             ("bgp.porter.kubesphere.io/local-pref", "300"),
         ],
     )?;
