@@ -97,13 +97,18 @@ struct RunArgs {
     /// maps are first pinned.
     #[arg(long, default_value_t = porter_common::limits::DEFAULT_MAX_SERVICES)]
     max_services: u32,
-    /// Namespaces to read BgpPeer password Secrets from, comma-separated, in
-    /// node mode. The first is where an `authPasswordSecretRef` without a
-    /// namespace points. Default: the agent's own namespace (`POD_NAMESPACE`,
-    /// else `porter-system`). With `kube`, each needs a Role letting the
-    /// agent get, list and watch Secrets there.
+    /// Namespaces to read BgpPeer password Secrets from, comma-separated:
+    /// set it only for `speakerMode: node` with `authPasswordSecretRef`. The
+    /// first is where a reference without a namespace points. Default: none,
+    /// so the agent reads no Secret and needs no RBAC for them. With `kube`,
+    /// each needs a Role letting the agent list and watch Secrets there.
     #[arg(long, value_delimiter = ',', env = "PORTER_SECRET_NAMESPACES")]
     secret_namespaces: Vec<String>,
+    /// Namespace of the Layer 2 Leases (`kube`): kept apart from the
+    /// controller's leader-election Lease, so that an agent's RBAC on them
+    /// cannot reach it. The controller's `--layer2-namespace` must match.
+    #[arg(long, default_value = porter_api::layer2::LEASE_NAMESPACE, env = "PORTER_LAYER2_NAMESPACE")]
+    layer2_namespace: String,
     #[command(flatten)]
     pins: PinArgs,
 }
@@ -174,12 +179,11 @@ async fn run(args: RunArgs) -> Result<()> {
 
     let mut secret_namespaces = args.secret_namespaces.clone();
     secret_namespaces.retain(|n| !n.trim().is_empty());
-    let secrets = SecretScope::new(secret_namespaces)
-        .or_else(|| SecretScope::new(vec![own_namespace()]))
-        .unwrap_or_default();
+    let secrets =
+        SecretScope::new(secret_namespaces).unwrap_or_else(|| SecretScope::unread(own_namespace()));
     let shutdown = shutdown_signal()?;
     let (snapshots, leases, status_writer) = tokio::select! {
-        connected = connect(&args.source, args.poll_interval, &secrets) => connected?,
+        connected = connect(&args.source, args.poll_interval, &secrets, &args.layer2_namespace, &health) => connected?,
         () = shutdown.clone_wait() => return Ok(()),
     };
     let node = settings.node.clone();
@@ -208,13 +212,15 @@ async fn run(args: RunArgs) -> Result<()> {
 ///
 /// Layer 2 leases live beside the cluster state: as files in
 /// `<dir>/layer2-leases` (shared by the nodes) with the dir source, as
-/// Leases in the agent's namespace (`POD_NAMESPACE`, else `porter-system`)
-/// with kube. BgpPeer status (node mode) is written through the source's
-/// own writer.
+/// Leases in `layer2_namespace` with kube. BgpPeer status (node mode) is
+/// written through the source's own writer. A watch the API server refuses
+/// is reported in `health`.
 async fn connect(
     source: &SourceArg,
     poll: Duration,
     secrets: &SecretScope,
+    layer2_namespace: &str,
+    health: &Health,
 ) -> Result<(SnapshotReceiver, Leases, PeerStatusWriter)> {
     match source {
         SourceArg::Dir(path) => {
@@ -241,7 +247,7 @@ async fn connect(
                 }
             };
             info!("waiting for the cluster state");
-            let leases = Leases::Kube(Box::new(KubeLeases::new(client.clone(), &own_namespace())));
+            let leases = Leases::Kube(Box::new(KubeLeases::new(client.clone(), layer2_namespace)));
             let writer = kube_source::KubeWriter::new(client.clone(), None, None);
             Ok((
                 // Only the node-mode speaker uses them (BgpPeer passwords).
@@ -249,6 +255,7 @@ async fn connect(
                     client,
                     &kube_source::Watch {
                         secret_namespaces: secrets.namespaces().to_vec(),
+                        health: health.clone(),
                     },
                 )
                 .await
@@ -260,7 +267,8 @@ async fn connect(
     }
 }
 
-/// The agent's namespace: where its Layer 2 Leases and password Secrets are.
+/// The agent's namespace: where an `authPasswordSecretRef` without a
+/// namespace points when `--secret-namespaces` is not given.
 fn own_namespace() -> String {
     std::env::var("POD_NAMESPACE").unwrap_or_else(|_| PORTER_NAMESPACE.to_owned())
 }

@@ -6,6 +6,7 @@ pub mod annotations;
 pub mod bgp_config;
 pub mod bgp_policy;
 pub mod crd;
+pub mod health;
 pub mod layer2;
 pub mod metrics_http;
 pub mod peer_auth;

@@ -8,32 +8,10 @@
 //!   (readiness): the controller once its caches are synced, the agent once
 //!   its data plane is loaded.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+pub use crate::health::Health;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
-
-/// What `/readyz` reports; clones share one flag.
-#[derive(Debug, Clone, Default)]
-pub struct Health {
-    ready: Arc<AtomicBool>,
-}
-
-impl Health {
-    /// Not ready until [`Health::set_ready`].
-    pub fn starting() -> Self {
-        Self::default()
-    }
-
-    pub fn set_ready(&self, ready: bool) {
-        self.ready.store(ready, Ordering::Relaxed);
-    }
-
-    pub fn is_ready(&self) -> bool {
-        self.ready.load(Ordering::Relaxed)
-    }
-}
 
 /// Answers the routes above until the listener fails. `render` runs on the
 /// blocking pool: it may read BPF maps or take locks.
@@ -63,8 +41,14 @@ where
                     )
                 }
                 Route::Healthz => response("200 OK", TEXT, "ok\n"),
-                Route::Readyz if health.is_ready() => response("200 OK", TEXT, "ready\n"),
-                Route::Readyz => response("503 Service Unavailable", TEXT, "not ready\n"),
+                Route::Readyz => match health.readiness() {
+                    Ok(()) => response("200 OK", TEXT, "ready\n"),
+                    Err(why) => response(
+                        "503 Service Unavailable",
+                        TEXT,
+                        &format!("not ready: {why}\n"),
+                    ),
+                },
                 Route::NotAllowed => response("405 Method Not Allowed", TEXT, ""),
                 Route::NotFound => response("404 Not Found", TEXT, ""),
             };

@@ -59,6 +59,14 @@ pub fn seen(log: &Log) -> Vec<Seen> {
 /// Requests are recorded before they are answered, so once a call returns,
 /// its request is in the log. Needs a tokio runtime.
 pub fn mock_client(reply: impl Fn(&Seen) -> serde_json::Value + Send + 'static) -> (Client, Log) {
+    mock_api(move |seen| (200, reply(seen)))
+}
+
+/// [`mock_client`] whose replies carry an HTTP status too (403 for a
+/// refused request, with a `Status` object as the body).
+pub fn mock_api(
+    reply: impl Fn(&Seen) -> (u16, serde_json::Value) + Send + 'static,
+) -> (Client, Log) {
     let (service, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
     let log: Log = Arc::default();
     let server_log = log.clone();
@@ -77,11 +85,12 @@ pub fn mock_client(reply: impl Fn(&Seen) -> serde_json::Value + Send + 'static) 
                     .to_string(),
                 body: serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null),
             };
-            let answer = serde_json::to_vec(&reply(&seen)).unwrap_or_default();
+            let (status, answer) = reply(&seen);
+            let answer = serde_json::to_vec(&answer).unwrap_or_default();
             if let Ok(mut l) = server_log.lock() {
                 l.push(seen);
             }
-            match Response::builder().body(Body::from(answer)) {
+            match Response::builder().status(status).body(Body::from(answer)) {
                 Ok(response) => send.send_response(response),
                 Err(_) => return,
             }

@@ -14,6 +14,9 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use serde::Deserialize;
 use serde_json::Value;
 
+#[path = "deploy_manifests/rbac.rs"]
+mod rbac;
+
 fn deploy_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy")
 }
@@ -445,8 +448,8 @@ fn rbac_is_least_privilege() {
             }
             if rule.resources.iter().flatten().any(|r| r == "secrets") {
                 // Only Porter's own namespace, only reading: the controller
-                // (controller mode) and the agents (node mode) key their BGP
-                // sessions with these passwords.
+                // keys its BGP sessions with these passwords (the agents, in
+                // node mode, only when the operator grants them).
                 assert_eq!(
                     namespace.as_deref(),
                     Some("porter-system"),
@@ -454,7 +457,7 @@ fn rbac_is_least_privilege() {
                 );
                 let mut verbs = rule.verbs.clone();
                 verbs.sort();
-                assert_eq!(verbs, ["get", "list", "watch"], "role {name} on Secrets");
+                assert_eq!(verbs, ["list", "watch"], "role {name} on Secrets");
                 assert_eq!(
                     rule.resources.as_deref(),
                     Some(&["secrets".to_string()][..]),
@@ -468,8 +471,8 @@ fn rbac_is_least_privilege() {
                 readers.sort();
                 assert_eq!(
                     readers,
-                    ["porter-agent", "porter-controller"],
-                    "role {name} reads Secrets for someone else than Porter's speakers"
+                    ["porter-controller"],
+                    "role {name} reads Secrets for someone else than the controller"
                 );
                 secret_readers.push(name.clone());
             }
@@ -646,14 +649,32 @@ fn workloads_keep_their_promises() {
         c.env.iter().flatten().any(|e| e.name == "NODE_NAME"),
         "the agent knows its node"
     );
+    let layer2_namespace = |c: &k8s_openapi::api::core::v1::Container| {
+        c.args
+            .iter()
+            .flatten()
+            .find_map(|a| a.strip_prefix("--layer2-namespace="))
+            .map(str::to_owned)
+    };
+    let agents = layer2_namespace(c).expect("the agent names its Layer 2 Lease namespace");
+    let [controller]: [Deployment; 1] = bundle_of("Deployment").try_into().expect("one Deployment");
+    let controller = &controller.spec.template.spec.expect("pod spec").containers[0];
+    assert_eq!(
+        layer2_namespace(controller).as_deref(),
+        Some(agents.as_str()),
+        "the controller reads the Leases where the agents write them"
+    );
+    assert_ne!(agents, "porter-system", "apart from the election Lease");
     assert!(
-        c.env.iter().flatten().any(|e| e.name == "POD_NAMESPACE"),
-        "the agent knows where its Layer 2 Leases live"
+        bundle_of::<Namespace>("Namespace")
+            .iter()
+            .any(|n| n.metadata.name.as_deref() == Some(agents.as_str())),
+        "the bundle creates {agents}"
     );
 }
 
 /// The controller mirrors the agents' Layer 2 Leases into the Eip status:
-/// it reads them in porter-system (a Role, not cluster-wide), and it only
+/// it reads them in their namespace (a Role, not cluster-wide), and it only
 /// creates Events (each one new; see `KubeWriter::event`).
 #[test]
 fn the_controller_reads_the_layer2_leases_and_only_creates_events() {
@@ -670,7 +691,7 @@ fn the_controller_reads_the_layer2_leases_and_only_creates_events() {
     let reads_leases = bundle_of::<Role>("Role").into_iter().any(|role| {
         let name = role.metadata.name.clone().unwrap_or_default();
         let namespace = role.metadata.namespace.clone().unwrap_or_default();
-        namespace == "porter-system"
+        namespace == porter_api::layer2::LEASE_NAMESPACE
             && bound.contains(&(name, namespace))
             && role.rules.iter().flatten().any(|rule| {
                 rule.resources.iter().flatten().any(|r| r == "leases")
@@ -686,7 +707,7 @@ fn the_controller_reads_the_layer2_leases_and_only_creates_events() {
     });
     assert!(
         reads_leases,
-        "the controller cannot list and watch Leases in porter-system: {bound:?}"
+        "the controller cannot list and watch the Layer 2 Leases: {bound:?}"
     );
     for role in bundle_of::<ClusterRole>("ClusterRole") {
         for rule in role.rules.iter().flatten() {

@@ -55,11 +55,13 @@ struct Args {
     /// Lease (coordination.k8s.io) the replicas elect a leader with; `kube` only.
     #[arg(long, default_value = "porter-controller")]
     lease_name: String,
-    /// Namespace of the lease; the pod's own namespace in a Deployment. The
-    /// agents' Layer 2 Leases, whose holders the Eip status reports, are
-    /// read from here too (agents and controller share a namespace).
+    /// Namespace of the lease; the pod's own namespace in a Deployment.
     #[arg(long, default_value = "porter-system", env = "POD_NAMESPACE")]
     lease_namespace: String,
+    /// Namespace of the agents' Layer 2 Leases, whose holders the Eip status
+    /// reports (`kube`); the agents' `--layer2-namespace` must match.
+    #[arg(long, default_value = porter_api::layer2::LEASE_NAMESPACE, env = "PORTER_LAYER2_NAMESPACE")]
+    layer2_namespace: String,
     /// This replica's name in the lease and in Events; the pod name in a
     /// Deployment. Default: the host name.
     #[arg(long, env = "POD_NAME")]
@@ -160,10 +162,11 @@ async fn main() -> Result<()> {
             tracing::info!(identity, "waiting for the cluster state");
             let watch = kube_source::Watch {
                 secret_namespaces: scope.namespaces().to_vec(),
+                health: health.clone(),
             };
             tracing::info!(namespaces = ?watch.secret_namespaces, "reading Secrets (BgpPeer passwords)");
             let (snapshots, stores) = kube_source::start_watching(client.clone(), &watch).await;
-            let holders = layer2::watch_kube(client.clone(), &args.lease_namespace).await;
+            let holders = layer2::watch_kube(client.clone(), &args.layer2_namespace, &health).await;
             let snapshots = layer2::with_holders(snapshots, holders);
             // Every store is listed: this replica can lead at once.
             health.set_ready(true);
