@@ -77,8 +77,10 @@ struct RunArgs {
     /// manifests, watched).
     #[arg(long, default_value = "kube", env = "PORTER_SOURCE")]
     source: SourceArg,
-    /// Address to serve Prometheus metrics on, at /metrics.
-    #[arg(long, default_value = "0.0.0.0:9191", env = "PORTER_METRICS_ADDR")]
+    /// Address to serve Prometheus metrics on, at /metrics, and the probes
+    /// /healthz and /readyz. `[::]` takes IPv4 too (and falls back to
+    /// `0.0.0.0` where IPv6 is off); a node address limits it to that address.
+    #[arg(long, default_value = "[::]:9191", env = "PORTER_METRICS_ADDR")]
     metrics_addr: SocketAddr,
     /// XDP attach mode: `auto` tries native (driver) mode and falls back to generic.
     #[arg(long, value_enum, default_value = "auto")]
@@ -165,8 +167,7 @@ async fn run(args: RunArgs) -> Result<()> {
     };
     let pins = PinLayout::new(&settings.bpffs);
     let metrics = Metrics::default();
-    let listener = tokio::net::TcpListener::bind(args.metrics_addr)
-        .await
+    let listener = porter_api::metrics_http::bind(args.metrics_addr)
         .with_context(|| format!("cannot listen on --metrics-addr {}", args.metrics_addr))?;
     let served = metrics.clone();
     let health = Health::starting();

@@ -40,8 +40,10 @@ struct Args {
     source: Source,
     /// Address to serve Prometheus metrics on, at /metrics, and the probes:
     /// /healthz (the process answers) and /readyz (the cluster state is
-    /// loaded: the caches are synced, or the directory read).
-    #[arg(long, default_value = "0.0.0.0:9190", env = "PORTER_METRICS_ADDR")]
+    /// loaded: the caches are synced, or the directory read). `[::]` takes
+    /// IPv4 too (and falls back to `0.0.0.0` where IPv6 is off); a node
+    /// address limits it to that address.
+    #[arg(long, default_value = "[::]:9190", env = "PORTER_METRICS_ADDR")]
     metrics_addr: SocketAddr,
     /// How often `dir:` checks its directory for changes.
     #[arg(long, default_value = "1s", value_parser = parse_duration)]
@@ -92,8 +94,7 @@ async fn main() -> Result<()> {
         bail!("--lease-duration must be at least 2 seconds");
     }
     let metrics = Arc::new(Metrics::default());
-    let listener = tokio::net::TcpListener::bind(args.metrics_addr)
-        .await
+    let listener = porter_api::metrics_http::bind(args.metrics_addr)
         .with_context(|| format!("cannot listen on --metrics-addr {}", args.metrics_addr))?;
     let served = metrics.clone();
     let health = Health::starting();
