@@ -14,7 +14,7 @@ fn closed_port() -> u16 {
 fn http_status(port: u16, path: &str) -> Option<String> {
     let mut stream = TcpStream::connect(("127.0.0.1", port)).ok()?;
     stream.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
-    write!(stream, "GET {path} HTTP/1.0\r\n\r\n").ok()?;
+    write!(stream, "GET {path} HTTP/1.1\r\nhost: x\r\n\r\n").ok()?;
     let mut answer = String::new();
     stream.read_to_string(&mut answer).ok()?;
     answer.lines().next().map(str::to_owned)
