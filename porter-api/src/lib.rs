@@ -9,6 +9,7 @@ pub mod crd;
 pub mod health;
 pub mod layer2;
 pub mod metrics_http;
+pub mod names;
 pub mod peer_auth;
 pub mod service;
 pub mod source;
