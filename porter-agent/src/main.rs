@@ -152,7 +152,6 @@ async fn main() -> Result<()> {
 }
 
 async fn run(args: RunArgs) -> Result<()> {
-    raise_memlock_limit();
     let settings = Settings {
         node: args.node_name,
         interfaces: args.interfaces,
@@ -299,19 +298,6 @@ fn shutdown_signal() -> Result<Shutdown> {
         let _ = tx.send(true);
     });
     Ok(Shutdown(rx))
-}
-
-/// Older kernels charge BPF maps to RLIMIT_MEMLOCK; newer ones use memcg and
-/// ignore it, so a failure is only worth a log line.
-fn raise_memlock_limit() {
-    let unlimited = libc::rlimit {
-        rlim_cur: libc::RLIM_INFINITY,
-        rlim_max: libc::RLIM_INFINITY,
-    };
-    // SAFETY: setrlimit reads the struct we pass and has no other effect on memory.
-    if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &unlimited) } != 0 {
-        info!(error = %std::io::Error::last_os_error(), "RLIMIT_MEMLOCK not raised; kernels >= 5.11 account BPF memory to the cgroup instead, so this is harmless there");
-    }
 }
 
 fn cleanup(pins: &PinLayout) -> Result<()> {

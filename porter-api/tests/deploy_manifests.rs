@@ -620,6 +620,13 @@ fn workloads_keep_their_promises() {
     );
 
     let [agent]: [DaemonSet; 1] = bundle_of("DaemonSet").try_into().expect("one DaemonSet");
+    let annotations = agent
+        .spec
+        .template
+        .metadata
+        .as_ref()
+        .and_then(|m| m.annotations.clone())
+        .unwrap_or_default();
     let pod = agent.spec.template.spec.expect("pod spec");
     assert_eq!(pod.host_network, Some(true));
     let bpffs = pod
@@ -643,7 +650,31 @@ fn workloads_keep_their_promises() {
     added.sort();
     assert_eq!(
         added,
-        ["BPF", "NET_ADMIN", "NET_RAW", "PERFMON", "SYS_RESOURCE"]
+        ["BPF", "NET_ADMIN", "NET_RAW", "PERFMON"],
+        "no SYS_RESOURCE: Linux >= 6.6 charges BPF memory to the memory cgroup"
+    );
+    // AppArmor and SELinux would deny pinning under /sys/fs/bpf; seccomp
+    // stays on, explicitly.
+    assert_eq!(
+        security.seccomp_profile.as_ref().map(|p| p.type_.as_str()),
+        Some("RuntimeDefault")
+    );
+    assert_eq!(
+        security
+            .se_linux_options
+            .as_ref()
+            .and_then(|o| o.type_.as_deref()),
+        Some("spc_t")
+    );
+    assert_eq!(
+        annotations
+            .get(&format!(
+                "container.apparmor.security.beta.kubernetes.io/{}",
+                c.name
+            ))
+            .map(String::as_str),
+        Some("unconfined"),
+        "AppArmor profile of the agent container"
     );
     assert!(
         c.env.iter().flatten().any(|e| e.name == "NODE_NAME"),

@@ -68,7 +68,7 @@ pub const POD_PORT: u16 = 80;
 
 const CONTROLLER: &str = "controller";
 /// The agent's capabilities in the DaemonSet (deploy/porter.yaml), as setpriv spells them.
-pub const AGENT_CAPABILITIES: &str = "+bpf,+net_admin,+perfmon,+sys_resource,+net_raw";
+pub const AGENT_CAPABILITIES: &str = "+bpf,+net_admin,+perfmon,+net_raw";
 
 pub struct Pod {
     /// `n<node>-p<index>`, also what its server answers.
