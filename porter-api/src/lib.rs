@@ -15,6 +15,7 @@ pub mod service;
 pub mod source;
 #[cfg(feature = "testing")]
 pub mod testing;
+pub mod uninstall;
 
 use std::sync::Arc;
 

@@ -95,6 +95,7 @@ fn check_typed(doc: &Value) -> Result<(), String> {
         ("rbac.authorization.k8s.io/v1", "RoleBinding") => round_trip::<RoleBinding>(doc).map(drop),
         ("apps/v1", "Deployment") => round_trip::<Deployment>(doc).map(drop),
         ("apps/v1", "DaemonSet") => round_trip::<DaemonSet>(doc).map(drop),
+        ("batch/v1", "Job") => round_trip::<k8s_openapi::api::batch::v1::Job>(doc).map(drop),
         ("network.kubesphere.io/v1alpha2", "Eip") => round_trip::<porter_api::Eip>(doc).map(drop),
         ("network.kubesphere.io/v1alpha1", "Eip") => {
             round_trip::<porter_api::crd::v1alpha1::Eip>(doc).map(drop)
@@ -111,7 +112,10 @@ fn check_typed(doc: &Value) -> Result<(), String> {
 
 #[test]
 fn every_manifest_is_a_typed_object_without_unknown_fields() {
-    let mut files = vec![deploy_dir().join("porter.yaml")];
+    let mut files = vec![
+        deploy_dir().join("porter.yaml"),
+        deploy_dir().join("uninstall.yaml"),
+    ];
     files.extend(sample_files());
     let mut problems = Vec::new();
     let mut count = 0;

@@ -19,3 +19,4 @@ pub mod run;
 pub mod service;
 #[cfg(test)]
 mod testing;
+pub mod uninstall;

@@ -33,6 +33,9 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
 #[derive(Parser, Debug)]
 #[command(name = "porter-controller", version)]
 struct Args {
+    /// Without a command: run the controller.
+    #[command(subcommand)]
+    command: Option<Command>,
     /// Where the cluster state comes from: `kube` (the API server, from the
     /// in-cluster config or KUBECONFIG) or `dir:PATH` (a directory of YAML
     /// manifests, watched; status and events are written to PATH/status/).
@@ -81,6 +84,13 @@ struct Args {
     secret_namespaces: Vec<String>,
 }
 
+#[derive(clap::Subcommand, Debug)]
+enum Command {
+    /// Remove Porter's finalizer (and the addresses it set) from every
+    /// Service, before deleting Porter; see docs/install.md.
+    Uninstall(porter_controller::uninstall::UninstallArgs),
+}
+
 #[tokio::main]
 async fn main() -> Result<()> {
     tracing_subscriber::fmt()
@@ -90,6 +100,9 @@ async fn main() -> Result<()> {
         )
         .init();
     let args = Args::parse();
+    if let Some(Command::Uninstall(uninstall)) = args.command {
+        return porter_controller::uninstall::run(uninstall).await;
+    }
     if args.lease_duration < 2 {
         bail!("--lease-duration must be at least 2 seconds");
     }
@@ -207,5 +220,8 @@ mod tests {
         assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
         assert!(parse_duration("fast").is_err());
         assert!(parse_duration("5h").is_err());
+        let uninstall = Args::try_parse_from(["porter-controller", "uninstall", "--force"])
+            .expect("the uninstall command");
+        assert!(matches!(uninstall.command, Some(Command::Uninstall(u)) if u.force));
     }
 }

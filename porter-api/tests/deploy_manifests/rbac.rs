@@ -3,7 +3,8 @@
 //! waiting for a list that never comes), and every granted verb is used by
 //! some request (a verb nothing uses is attack surface). The requests of
 //! porter-api's own code (the reflectors, the status writer, the Layer 2
-//! Lease watch) are recorded from a mock API server; those of the
+//! Lease watch, `porter-controller uninstall`, which deploy/uninstall.yaml
+//! runs with the controller's service account) are recorded from a mock API server; those of the
 //! agent's Lease store and of the leader election are listed by hand.
 
 use std::time::Duration;
@@ -14,7 +15,7 @@ use porter_api::health::Health;
 use porter_api::source::kube::{KubeWriter, Watch, start_watching};
 use porter_api::source::{Event, EventType, Regarding, StatusWriter, layer2};
 use porter_api::testing::{Log, Seen, mock_client, seen};
-use porter_api::{EipStatus, ObjectKey};
+use porter_api::{EipStatus, ObjectKey, uninstall};
 use serde_json::{Value, json};
 
 use super::bundle_of;
@@ -147,6 +148,7 @@ async fn controller_calls() -> Vec<Call> {
         .await;
     let _ = writer.event(&event()).await;
     let mut calls = calls_once_watching(&log).await;
+    calls.extend(uninstall_calls().await);
     // Leader election (kube-lease-manager): reads the Lease, creates it
     // when missing, and takes or renews it with a patch.
     let election = Some("porter-controller");
@@ -174,6 +176,28 @@ async fn controller_calls() -> Vec<Call> {
         ),
     ]);
     calls
+}
+
+/// What uninstall asks, given one Service with Porter's finalizer and address.
+async fn uninstall_calls() -> Vec<Call> {
+    let (client, log) = mock_client(|request| {
+        if request.method == Method::GET && request.uri.starts_with("/api/v1/services") {
+            return json!({"apiVersion": "v1", "kind": "ServiceList", "metadata": {"resourceVersion": "1"}, "items": [
+                {"metadata": {"name": "web", "namespace": "shop", "resourceVersion": "1",
+                              "annotations": {"lb.kubesphere.io/v1alpha1": "porter"},
+                              "finalizers": [porter_api::annotations::SERVICE_FINALIZER]},
+                 "spec": {"type": "LoadBalancer"},
+                 "status": {"loadBalancer": {"ingress": [{"ip": "192.0.2.10"}]}}}]});
+        }
+        json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "web", "namespace": "shop"}})
+    });
+    let now = k8s_openapi::jiff::Timestamp::now();
+    let _ = uninstall::check_no_leader(&client, "porter-system", "porter-controller", now).await;
+    let report = uninstall::remove_finalizers(&client)
+        .await
+        .expect("uninstall");
+    assert_eq!(report.done.len(), 1, "{report:?}");
+    seen(&log).iter().map(Call::of).collect()
 }
 
 /// What an agent asks: the same watches without Secrets (it reads them only
