@@ -818,3 +818,59 @@ fn an_openelb_v1alpha1_eip_fits_the_served_schema_in_deploy_crds() {
         "{errors:?}"
     );
 }
+
+/// The image builds are reproducible: BuildKit syntax declared (the cache
+/// mounts need it), base images only through build arguments without a
+/// default (which the build stage checks are digests), every cargo
+/// invocation `--locked`, and no build output in the context.
+#[test]
+fn image_builds_are_pinned() {
+    for name in ["controller.Dockerfile", "agent.Dockerfile"] {
+        let path = deploy_dir().join("docker").join(name);
+        let text = std::fs::read_to_string(&path).expect("Dockerfile");
+        assert!(
+            text.starts_with("# syntax=docker/dockerfile:1\n"),
+            "{name}: first line"
+        );
+        let lines: Vec<&str> = text.lines().collect();
+        for line in lines.iter().filter(|l| l.starts_with("FROM ")) {
+            let image = line["FROM ".len()..]
+                .split_whitespace()
+                .next()
+                .unwrap_or_default();
+            let arg = image
+                .strip_prefix("${")
+                .and_then(|a| a.strip_suffix('}'))
+                .unwrap_or_else(|| panic!("{name}: `{line}` names its image directly"));
+            assert!(
+                lines.contains(&format!("ARG {arg}").as_str()),
+                "{name}: {arg} is declared without a default"
+            );
+        }
+        assert!(text.contains("*@sha256:*"), "{name}: the digest check");
+        // Continuation lines joined: one RUN per entry.
+        let joined = text.replace("\\\n", " ");
+        let cargo_runs: Vec<&str> = joined
+            .lines()
+            .filter(|l| l.starts_with("RUN ") && l.contains("cargo "))
+            .collect();
+        assert!(!cargo_runs.is_empty(), "{name} builds with cargo");
+        for run in cargo_runs {
+            for command in run.split("&&").filter(|c| c.contains("cargo ")) {
+                assert!(
+                    command.contains("--locked"),
+                    "{name}: `{}` is not --locked",
+                    command.trim()
+                );
+            }
+        }
+    }
+    let ignored =
+        std::fs::read_to_string(deploy_dir().join("../.dockerignore")).expect(".dockerignore");
+    for dir in ["target/", "porter-ebpf/target/", "fuzz/target/"] {
+        assert!(
+            ignored.lines().any(|l| l == dir),
+            ".dockerignore lacks {dir}"
+        );
+    }
+}
