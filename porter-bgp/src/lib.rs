@@ -14,6 +14,7 @@ mod fsm;
 #[cfg(any(test, feature = "fuzzing"))]
 #[doc(hidden)]
 pub mod fuzzing;
+mod log_limit;
 mod policy;
 mod rib;
 mod session;
@@ -21,6 +22,7 @@ mod socket;
 mod speaker;
 
 use std::{
+    collections::BTreeMap,
     net::{IpAddr, Ipv4Addr, SocketAddr},
     time::Duration,
 };
@@ -144,6 +146,28 @@ pub struct PeerStatus {
     /// Families where ADD-PATH send was negotiated.
     pub add_path: Vec<Family>,
     pub last_error: Option<String>,
+    /// NOTIFICATIONs sent to the peer by (code, subcode), since the session
+    /// was configured.
+    pub notifications_sent: BTreeMap<(u8, u8), u64>,
+    /// NOTIFICATIONs received from the peer by (code, subcode).
+    pub notifications_received: BTreeMap<(u8, u8), u64>,
+}
+
+impl PeerStatus {
+    /// Every NOTIFICATION count as (`"sent"` or `"received"`, code,
+    /// subcode, count): the labels of the binaries' `porter_bgp_notifications`
+    /// metric.
+    pub fn notifications(&self) -> impl Iterator<Item = (&'static str, u8, u8, u64)> + '_ {
+        let sent = self
+            .notifications_sent
+            .iter()
+            .map(|(&(code, subcode), &n)| ("sent", code, subcode, n));
+        let received = self
+            .notifications_received
+            .iter()
+            .map(|(&(code, subcode), &n)| ("received", code, subcode, n));
+        sent.chain(received)
+    }
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -318,6 +318,9 @@ impl Speaker {
 }
 
 async fn accept_loop(listener: Arc<TcpListener>, speaker: std::sync::Weak<Inner>) {
+    // Anyone who reaches the port can cause a refusal: one line per address
+    // per minute.
+    let mut refusals = crate::log_limit::LogLimit::default();
     loop {
         let (stream, remote) = match listener.accept().await {
             Ok(accepted) => accepted,
@@ -341,7 +344,9 @@ async fn accept_loop(listener: Arc<TcpListener>, speaker: std::sync::Weak<Inner>
                 }
             }
             None => {
-                info!(remote = %address, "refusing a BGP connection from an address that is not a configured peer");
+                if let Some(suppressed) = refusals.allow(&address, tokio::time::Instant::now()) {
+                    info!(remote = %address, suppressed, "refusing a BGP connection from an address that is not a configured peer");
+                }
             }
         }
     }

@@ -51,11 +51,15 @@ async fn speaker() -> (Speaker, SocketAddr) {
 }
 
 fn open(add_path: bool) -> BgpMessage {
+    open_as(65001, add_path)
+}
+
+fn open_as(asn: u16, add_path: bool) -> BgpMessage {
     let mut caps = vec![
         BgpCapability::MultiProtocolExtensions(MultiProtocolExtensionsCapability::new(
             AddressType::Ipv4Unicast,
         )),
-        BgpCapability::FourOctetAs(FourOctetAsCapability::new(65001)),
+        BgpCapability::FourOctetAs(FourOctetAsCapability::new(u32::from(asn))),
         BgpCapability::RouteRefresh,
     ];
     if add_path {
@@ -64,7 +68,7 @@ fn open(add_path: bool) -> BgpMessage {
         ])));
     }
     BgpMessage::Open(BgpOpenMessage::new(
-        65001,
+        asn,
         9,
         Ipv4Addr::new(10, 0, 0, 2),
         vec![BgpOpenMessageParameter::Capabilities(caps.into())],
@@ -433,5 +437,119 @@ async fn attribute_changes_are_sent_in_place_and_policy_changes_keep_the_session
     let status = speaker.peer_status().await;
     assert_eq!(status[0].established_count, 1);
     assert_eq!(status[0].state, SessionState::Established);
+    speaker.shutdown().await;
+}
+
+/// The log lines of the test's thread (the runtime is current-thread, so
+/// the sessions' too).
+#[derive(Clone, Default)]
+struct Captured(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Captured {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        if let Ok(mut buffer) = self.0.lock() {
+            buffer.extend_from_slice(bytes);
+        }
+        Ok(bytes.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Captured {
+    fn text(&self) -> String {
+        self.0
+            .lock()
+            .map(|b| String::from_utf8_lossy(&b).into_owned())
+            .unwrap_or_default()
+    }
+}
+
+async fn wait_for_status(
+    speaker: &Speaker,
+    what: &str,
+    done: impl Fn(&porter_bgp::PeerStatus) -> bool,
+) {
+    let deadline = tokio::time::Instant::now() + TIMEOUT;
+    loop {
+        let status = speaker.peer_status().await;
+        if done(&status[0]) {
+            return;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{what}: {status:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A peer that says it is the wrong AS gets OPEN Message Error / Bad Peer
+/// AS (2/2): the log says so with the reason (the AS numbers), not only
+/// `lastError`, which the next error overwrites; and a NOTIFICATION the peer
+/// sends is logged too. Both are counted by code for the metrics.
+#[tokio::test]
+async fn notifications_are_logged_with_their_reason_and_counted() {
+    let logs = Captured::default();
+    let writer = logs.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer(move || writer.clone())
+        .with_ansi(false)
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+    let (speaker, address) = speaker().await;
+
+    let stream = TcpStream::connect(address).await.expect("connects");
+    let mut peer = Framed::new(stream, WireCodec::new());
+    peer.send(open_as(65009, true)).await.expect("send OPEN");
+    loop {
+        match recv(&mut peer).await {
+            BgpMessage::Notification(n) => {
+                assert_eq!(porter_bgp::codec::notification_code(&n), (2, 2));
+                break;
+            }
+            BgpMessage::Open(_) | BgpMessage::KeepAlive => continue,
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    wait_for_status(&speaker, "the NOTIFICATION is counted", |s| {
+        s.notifications_sent.get(&(2, 2)) == Some(&1)
+    })
+    .await;
+    let text = logs.text();
+    let line = text
+        .lines()
+        .find(|l| l.contains("sent NOTIFICATION to the peer"))
+        .unwrap_or_else(|| panic!("no log line for the NOTIFICATION:\n{text}"));
+    assert!(
+        line.contains("peer says it is AS 65009, configured remote AS is 65001"),
+        "{line}"
+    );
+    assert!(
+        line.contains("code=2") && line.contains("subcode=2"),
+        "{line}"
+    );
+
+    // After the backoff the peer connects properly, then shuts down.
+    wait_for_status(&speaker, "the session takes connections again", |s| {
+        s.state == SessionState::Active
+    })
+    .await;
+    let (mut peer, _) = establish(address, true).await;
+    let shutdown = netgauze_bgp_pkt::notification::BgpNotificationMessage::CeaseError(
+        netgauze_bgp_pkt::notification::CeaseError::AdministrativeShutdown {
+            value: Box::new([]),
+        },
+    );
+    peer.send(BgpMessage::Notification(shutdown))
+        .await
+        .expect("send NOTIFICATION");
+    wait_for_status(&speaker, "the received NOTIFICATION is counted", |s| {
+        s.notifications_received.get(&(6, 2)) == Some(&1)
+    })
+    .await;
+    assert!(
+        logs.text().contains("received NOTIFICATION from the peer"),
+        "{}",
+        logs.text()
+    );
     speaker.shutdown().await;
 }

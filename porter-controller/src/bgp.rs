@@ -496,6 +496,8 @@ pub fn established(address: IpAddr) -> PeerStatus {
         families: vec![Family::Ipv4Unicast],
         add_path: vec![Family::Ipv4Unicast],
         last_error: None,
+        notifications_sent: Default::default(),
+        notifications_received: Default::default(),
     }
 }
 

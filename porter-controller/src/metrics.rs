@@ -29,6 +29,7 @@ pub struct Metrics {
     peer_up: Family<Labels, Gauge>,
     peer_prefixes: Family<Labels, Gauge>,
     peer_paths: Family<Labels, Gauge>,
+    peer_notifications: Family<Labels, Counter>,
     prefixes: Gauge,
     paths: Gauge,
     reconcile_seconds: Histogram,
@@ -49,6 +50,7 @@ impl Default for Metrics {
             peer_up: Family::default(),
             peer_prefixes: Family::default(),
             peer_paths: Family::default(),
+            peer_notifications: Family::default(),
             scoped: Mutex::default(),
             prefixes: Gauge::default(),
             paths: Gauge::default(),
@@ -90,6 +92,11 @@ impl Default for Metrics {
             "bgp_paths_announced",
             "Paths the peer holds from us, as the session counts them",
             m.peer_paths.clone(),
+        );
+        registry.register(
+            "bgp_notifications",
+            "BGP NOTIFICATIONs by peer, direction (sent, received), code and subcode (RFC 4271 section 4.5), since the peer was configured",
+            m.peer_notifications.clone(),
         );
         registry.register(
             "announced_prefixes",
@@ -146,6 +153,19 @@ impl Metrics {
                 .set(i64::try_from(p.paths_announced).unwrap_or(i64::MAX));
             self.peer_prefixes.get_or_create(&peer).set(prefixes);
         }
+        // The sessions keep the totals; the family is refilled from them.
+        self.peer_notifications.clear();
+        for p in peers {
+            for (direction, code, subcode, count) in p.notifications() {
+                let labels = vec![
+                    ("peer".to_owned(), p.address.to_string()),
+                    ("direction".to_owned(), direction.to_owned()),
+                    ("code".to_owned(), code.to_string()),
+                    ("subcode".to_owned(), subcode.to_string()),
+                ];
+                self.peer_notifications.get_or_create(&labels).inc_by(count);
+            }
+        }
         self.prefixes.set(plan.paths.len() as i64);
         self.paths
             .set(plan.paths.values().map(|h| h.len() as i64).sum());
@@ -183,5 +203,37 @@ impl Metrics {
         // Writing to a String cannot fail.
         let _ = encode(&mut out, &self.registry);
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A NOTIFICATION count of a session reaches `/metrics`, by peer,
+    /// direction, code and subcode.
+    #[test]
+    fn notifications_are_counted_by_code() {
+        let metrics = Metrics::default();
+        let mut session = crate::bgp::established("192.0.2.1".parse().expect("ip"));
+        session.notifications_sent.insert((2, 2), 3);
+        session.notifications_received.insert((6, 2), 1);
+        metrics.observe(&Plan::default(), &Ipam::default(), &[session], 0.0);
+        let text = metrics.render();
+        for line in [
+            "porter_bgp_notifications_total{peer=\"192.0.2.1\",direction=\"sent\",code=\"2\",subcode=\"2\"} 3",
+            "porter_bgp_notifications_total{peer=\"192.0.2.1\",direction=\"received\",code=\"6\",subcode=\"2\"} 1",
+        ] {
+            assert!(text.contains(line), "missing {line} in\n{text}");
+        }
+        // Observed again (every pass), the totals are not added twice.
+        let mut session = crate::bgp::established("192.0.2.1".parse().expect("ip"));
+        session.notifications_sent.insert((2, 2), 3);
+        metrics.observe(&Plan::default(), &Ipam::default(), &[session], 0.0);
+        assert!(
+            metrics
+                .render()
+                .contains("direction=\"sent\",code=\"2\",subcode=\"2\"} 3\n")
+        );
     }
 }

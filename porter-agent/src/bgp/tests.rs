@@ -388,6 +388,8 @@ fn session(state: SessionState, paths: u64) -> porter_bgp::PeerStatus {
         families: Vec::new(),
         add_path: Vec::new(),
         last_error: None,
+        notifications_sent: Default::default(),
+        notifications_received: Default::default(),
     }
 }
 
