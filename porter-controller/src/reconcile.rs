@@ -58,6 +58,11 @@ pub struct Reconciler {
     ipam: Ipam,
     /// Last failure message per Service, so that AllocationFailed is sent once per reason.
     failed: HashMap<ObjectKey, String>,
+    /// The IPAllocated message last reported per Service. A pass repeats
+    /// the event until the watch shows the published address (replayed
+    /// memos and passes woken by BGP session changes alike), which made a
+    /// new Service show up to three identical Events in its first second.
+    allocated_reported: HashMap<ObjectKey, String>,
     /// The announcements, updated incrementally.
     routes: RouteTable,
     paths_version: u64,
@@ -190,6 +195,7 @@ impl Reconciler {
     /// Forgets which Events were sent, so that a new leader reports afresh.
     pub fn forget_reported(&mut self) {
         self.failed.clear();
+        self.allocated_reported.clear();
         self.routes = RouteTable::default();
         self.paths_version += 1;
         self.last_addresses = None;
@@ -216,6 +222,18 @@ impl Reconciler {
                 plan
             }
         };
+        let reported = &mut self.allocated_reported;
+        plan.events
+            .retain(|event| match (&event.regarding, event.reason) {
+                (Regarding::Service(key), REASON_ALLOCATED) => {
+                    let new = reported.get(key) != Some(&event.message);
+                    if new {
+                        reported.insert(key.clone(), event.message.clone());
+                    }
+                    new
+                }
+                _ => true,
+            });
         self.refresh_policy(snap, inputs, &mut plan.events);
         let ipam = &self.ipam;
         let changed = self.routes.update(Inputs {
@@ -379,6 +397,7 @@ impl Reconciler {
             self.ipam.release(&key);
         }
         self.failed.retain(|k, _| live.contains(k));
+        self.allocated_reported.retain(|k, _| live.contains(k));
         drop(live);
 
         let holding: Vec<bool> = active

@@ -587,3 +587,40 @@ fn unreadable_pool_policy_sets_a_condition_and_the_pool_keeps_working() {
             .all(|c| c.type_ != "BgpPolicyInvalid")
     );
 }
+
+/// Passes come faster than the watch shows what was written: a replayed
+/// plan (woken by a BGP session change) and a pass that sees the finalizer
+/// but not yet the address both used to repeat IPAllocated, three identical
+/// Events in a Service's first second. One is sent per address change.
+#[test]
+fn ip_allocated_is_reported_once_per_address_until_it_changes() {
+    let mut r = Reconciler::default();
+    let snap = seed();
+    let allocated = |plan: &Plan| {
+        plan.events
+            .iter()
+            .filter(|e| e.reason == REASON_ALLOCATED)
+            .count()
+    };
+    let first = r.plan(&snap, &now());
+    assert_eq!(allocated(&first), 1);
+    let replayed = r.plan(&snap, &now());
+    assert_eq!(*replayed.ingress, *first.ingress, "the write is retried");
+    assert_eq!(allocated(&replayed), 0, "{:?}", replayed.events);
+    // The finalizer is back from the API server, the address not yet.
+    let mut half = snap.clone();
+    half.services[0] = {
+        let mut s = (*snap.services[0]).clone();
+        s.metadata.finalizers = Some(vec![SERVICE_FINALIZER.into()]);
+        Arc::new(s)
+    };
+    let half_settled = r.plan(&half, &now());
+    assert!(
+        !half_settled.ingress.is_empty(),
+        "the address is still to publish"
+    );
+    assert_eq!(allocated(&half_settled), 0, "{:?}", half_settled.events);
+    // A new leader reports afresh.
+    r.forget_reported();
+    assert_eq!(allocated(&r.plan(&half, &now())), 1);
+}
