@@ -331,6 +331,11 @@ pub fn peer_from_crd(peer: &BgpPeer) -> Result<(PeerConfig, Vec<Note>), String> 
             ebgp_multihop_ttl: multihop
                 .enabled
                 .then(|| multihop.multihop_ttl.unwrap_or(255)),
+            min_ttl: spec
+                .ttl_security
+                .as_ref()
+                .filter(|t| t.enabled)
+                .map(|t| t.ttl_min.unwrap_or(255)),
             add_path_send_max: if spec.afi_safis.is_empty() {
                 DEFAULT_SEND_MAX
             } else {

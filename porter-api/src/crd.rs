@@ -297,6 +297,13 @@ pub struct BgpPeerSpec {
     pub transport: Option<Transport>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ebgp_multihop: Option<EbgpMultihop>,
+    /// GTSM (RFC 5082) for a directly connected router: Porter sends with
+    /// TTL 255 and drops the router's packets that arrive with a TTL below
+    /// `ttlMin` (255 when unset), so that nobody further away can reach the
+    /// session. The router must send with TTL 255 too (BIRD `ttl security`,
+    /// FRR `ttl-security hops 1`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ttl_security: Option<TtlSecurity>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timers: Option<Timers>,
     /// Address families and ADD-PATH; empty means the neighbour's own family
@@ -421,6 +428,17 @@ pub struct EbgpMultihop {
     pub enabled: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub multihop_ttl: Option<u8>,
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TtlSecurity {
+    #[serde(default)]
+    pub enabled: bool,
+    /// The least TTL accepted: 255 for a directly connected router, 255 - n
+    /// for one n hops further.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ttl_min: Option<u8>,
 }
 
 #[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]

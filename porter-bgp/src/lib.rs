@@ -87,6 +87,10 @@ pub struct PeerConfig {
     pub md5_password: Option<String>,
     /// eBGP multihop: the TTL of our packets. Without it eBGP uses TTL 1.
     pub ebgp_multihop_ttl: Option<u8>,
+    /// GTSM (RFC 5082): our packets leave with TTL 255 and the kernel drops
+    /// the peer's that arrive with less than this (255: directly connected).
+    /// A spoofer further away cannot reach the session, not even with RSTs.
+    pub min_ttl: Option<u8>,
     /// Paths per prefix with ADD-PATH; 0 disables ADD-PATH.
     pub add_path_send_max: u8,
     pub families: Vec<Family>,
@@ -115,6 +119,7 @@ impl PeerConfig {
             connect_retry: Duration::from_secs(5),
             md5_password: None,
             ebgp_multihop_ttl: None,
+            min_ttl: None,
             add_path_send_max: 8,
             families: vec![match address {
                 IpAddr::V4(_) => Family::Ipv4Unicast,

@@ -68,8 +68,12 @@ pub struct Session {
     notification_log: LogLimit<(bool, u8, u8)>,
 }
 
-/// The TTL of our packets: eBGP peers are one hop away unless multihop says otherwise.
+/// The TTL of our packets: 255 with GTSM (the peer checks it), else eBGP
+/// peers are one hop away unless multihop says otherwise.
 fn ttl(peer: &PeerConfig, local_as: u32) -> Option<u8> {
+    if peer.min_ttl.is_some() {
+        return Some(255);
+    }
     match peer.ebgp_multihop_ttl {
         Some(ttl) => Some(ttl),
         None if peer.remote_as != local_as => Some(1),
@@ -125,6 +129,7 @@ impl Session {
         let options = ConnectOptions {
             md5: peer.md5_password.clone(),
             ttl: ttl(&peer, local_as),
+            min_ttl: peer.min_ttl,
             local_address: peer.local_address,
         };
         Self {
@@ -293,6 +298,11 @@ impl Session {
         }
         if let Err(error) = socket::set_ttl(&stream, self.options.ttl) {
             warn!(peer = %self.peer.address, %error, "setting the TTL");
+        }
+        if let Err(error) = socket::set_min_ttl(&stream, self.peer.address, self.options.min_ttl) {
+            // Without it the session would run unprotected: refuse it.
+            warn!(peer = %self.peer.address, %error, "cannot set the minimum TTL (GTSM); closing the connection");
+            return;
         }
         // The peer's connection wins over our pending attempt.
         self.connecting = None;

@@ -553,3 +553,65 @@ async fn notifications_are_logged_with_their_reason_and_counted() {
     );
     speaker.shutdown().await;
 }
+
+/// Connects from a socket whose packets leave with `ttl`.
+async fn connect_with_ttl(address: SocketAddr, ttl: u32) -> Peer {
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket2::SockRef::from(&socket)
+        .set_ttl_v4(ttl)
+        .expect("set TTL");
+    let stream = socket.connect(address).await.expect("TCP connects");
+    Framed::new(stream, WireCodec::new())
+}
+
+/// A speaker whose one peer (127.0.0.1) is directly connected with GTSM.
+async fn gtsm_speaker() -> (Speaker, SocketAddr) {
+    let speaker = Speaker::start(SpeakerConfig {
+        local_as: 65000,
+        router_id: Ipv4Addr::new(10, 0, 0, 1),
+        listen: Some("127.0.0.1:0".parse().expect("addr")),
+        graceful_restart: None,
+    })
+    .await
+    .expect("speaker starts");
+    let mut peer = PeerConfig::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 65001);
+    peer.passive = true;
+    peer.min_ttl = Some(255);
+    speaker.upsert_peer(peer).await;
+    let address = speaker.listen_address().expect("listening");
+    (speaker, address)
+}
+
+/// GTSM (RFC 5082) for a directly connected peer: once the session has
+/// the connection (its OPEN shows that), the kernel drops what arrives with
+/// a TTL below 255. A peer one hop further away (TTL 254 here) never gets
+/// past OPEN; one at TTL 255 gets the KEEPALIVE that confirms its OPEN.
+#[tokio::test]
+async fn ttl_security_drops_packets_from_further_away() {
+    let (speaker, address) = gtsm_speaker().await;
+    let mut far = connect_with_ttl(address, 254).await;
+    assert!(matches!(recv(&mut far).await, BgpMessage::Open(_)));
+    far.send(open(true)).await.expect("send OPEN");
+    // The wait is a functional bound, generous for a loaded machine: the
+    // speaker confirms an OPEN it receives at once.
+    let answer = tokio::time::timeout(Duration::from_secs(3), far.next()).await;
+    assert!(
+        !matches!(answer, Ok(Some(Ok(BgpMessage::KeepAlive)))),
+        "the OPEN of a peer at TTL 254 was accepted: {answer:?}"
+    );
+    assert_ne!(
+        speaker.peer_status().await[0].state,
+        SessionState::OpenConfirm,
+        "the session never saw the far peer's OPEN"
+    );
+    // Even its FIN is dropped: that session waits out its OpenSent hold
+    // time, so the near peer gets a speaker of its own.
+    speaker.shutdown().await;
+
+    let (speaker, address) = gtsm_speaker().await;
+    let mut near = connect_with_ttl(address, 255).await;
+    assert!(matches!(recv(&mut near).await, BgpMessage::Open(_)));
+    near.send(open(true)).await.expect("send OPEN");
+    assert_eq!(recv(&mut near).await, BgpMessage::KeepAlive);
+    speaker.shutdown().await;
+}

@@ -312,6 +312,7 @@ fn seed_neighbor(n: &toml::Value, out: &mut BgpDesired) {
             connect_retry: Duration::from_secs(DEFAULT_CONNECT_RETRY.into()),
             md5_password: None,
             ebgp_multihop_ttl: None,
+            min_ttl: None,
             add_path_send_max: send_max,
             families: vec![own_family(address)],
             local_address: None,
