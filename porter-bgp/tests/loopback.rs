@@ -33,6 +33,11 @@ use tokio_util::codec::Framed;
 const TIMEOUT: Duration = Duration::from_secs(10);
 
 async fn speaker() -> (Speaker, SocketAddr) {
+    speaker_with(|_| {}).await
+}
+
+/// [`speaker`] with its peer's configuration changed by `tweak`.
+async fn speaker_with(tweak: impl FnOnce(&mut PeerConfig)) -> (Speaker, SocketAddr) {
     let speaker = Speaker::start(SpeakerConfig {
         local_as: 65000,
         router_id: Ipv4Addr::new(10, 0, 0, 1),
@@ -45,6 +50,7 @@ async fn speaker() -> (Speaker, SocketAddr) {
     peer.passive = true;
     peer.connect_retry = Duration::from_millis(100);
     // Loopback needs no TTL limit, and eBGP would otherwise set TTL 1: fine on lo.
+    tweak(&mut peer);
     speaker.upsert_peer(peer).await;
     let address = speaker.listen_address().expect("listening");
     (speaker, address)
@@ -566,20 +572,7 @@ async fn connect_with_ttl(address: SocketAddr, ttl: u32) -> Peer {
 
 /// A speaker whose one peer (127.0.0.1) is directly connected with GTSM.
 async fn gtsm_speaker() -> (Speaker, SocketAddr) {
-    let speaker = Speaker::start(SpeakerConfig {
-        local_as: 65000,
-        router_id: Ipv4Addr::new(10, 0, 0, 1),
-        listen: Some("127.0.0.1:0".parse().expect("addr")),
-        graceful_restart: None,
-    })
-    .await
-    .expect("speaker starts");
-    let mut peer = PeerConfig::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 65001);
-    peer.passive = true;
-    peer.min_ttl = Some(255);
-    speaker.upsert_peer(peer).await;
-    let address = speaker.listen_address().expect("listening");
-    (speaker, address)
+    speaker_with(|peer| peer.min_ttl = Some(255)).await
 }
 
 /// GTSM (RFC 5082) for a directly connected peer: once the session has
