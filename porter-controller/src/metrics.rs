@@ -14,7 +14,7 @@ use prometheus_client::registry::Registry;
 use crate::announce::Paths;
 use crate::bgp::PeerStatus;
 use crate::ipam::Ipam;
-use crate::reconcile::Plan;
+use crate::reconcile::{FAILURE_KINDS, Plan};
 
 type Labels = Vec<(String, String)>;
 /// (paths version, peers, prefixes per peer).
@@ -32,6 +32,7 @@ pub struct Metrics {
     peer_notifications: Family<Labels, Counter>,
     prefixes: Gauge,
     paths: Gauge,
+    layer2_unanswered: Gauge,
     reconcile_seconds: Histogram,
     /// Prefixes per peer for (paths version, peers), counted once per
     /// change rather than on every pass.
@@ -53,10 +54,16 @@ impl Default for Metrics {
             peer_notifications: Family::default(),
             scoped: Mutex::default(),
             prefixes: Gauge::default(),
+            layer2_unanswered: Gauge::default(),
             paths: Gauge::default(),
             reconcile_seconds: Histogram::new(exponential_buckets(0.0005, 2.0, 16)),
             registry: Registry::with_prefix("porter"),
         };
+        // Every reason's counter starts at 0, so that increase() and the
+        // PorterAllocationFailing alert see the first failure too.
+        for reason in FAILURE_KINDS {
+            let _created = m.failures.get_or_create(&label("reason", reason));
+        }
         let registry = &mut m.registry;
         registry.register(
             "pool_size",
@@ -107,6 +114,11 @@ impl Default for Metrics {
             "announced_paths",
             "Paths (prefix, next hop) announced",
             m.paths.clone(),
+        );
+        registry.register(
+            "layer2_unanswered_addresses",
+            "Layer 2 addresses in use that no node answers ARP/NDP for (no node with a ready endpoint holds the lease)",
+            m.layer2_unanswered.clone(),
         );
         registry.register(
             "reconcile_duration_seconds",
@@ -167,6 +179,8 @@ impl Metrics {
             }
         }
         self.prefixes.set(plan.paths.len() as i64);
+        self.layer2_unanswered
+            .set(i64::try_from(plan.layer2_unanswered).unwrap_or(i64::MAX));
         self.paths
             .set(plan.paths.values().map(|h| h.len() as i64).sum());
         self.reconcile_seconds.observe(seconds);
@@ -235,5 +249,20 @@ mod tests {
                 .render()
                 .contains("direction=\"sent\",code=\"2\",subcode=\"2\"} 3\n")
         );
+    }
+
+    #[test]
+    fn every_allocation_failure_reason_is_exported_from_zero() {
+        // increase() sees no change in a series that first appears at 1:
+        // the alert on failures needs each series before the first failure.
+        let text = Metrics::default().render();
+        for reason in FAILURE_KINDS {
+            assert!(
+                text.contains(&format!(
+                    "porter_allocation_failures_total{{reason=\"{reason}\"}} 0\n"
+                )),
+                "{reason} missing from:\n{text}"
+            );
+        }
     }
 }

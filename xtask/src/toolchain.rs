@@ -1,7 +1,7 @@
-//! Makes sure the eBPF toolchain is present, installing what is missing:
-//! the pinned nightly (porter-ebpf/rust-toolchain.toml), its rust-src, and
-//! bpf-linker at a pinned version, built `--locked` against that nightly's
-//! own libLLVM.
+//! Makes sure the eBPF toolchain is present, installing what is missing, as
+//! docs/toolchain.md describes: the pinned nightly
+//! (porter-ebpf/rust-toolchain.toml), its rust-src, and bpf-linker at a
+//! pinned version, built `--locked` against that nightly's own libLLVM.
 use std::{env, path::PathBuf, process::Command};
 
 use anyhow::{Context, Result, bail};
@@ -128,7 +128,7 @@ fn ensure_bpf_linker() -> Result<()> {
             .arg(format!("llvm-{llvm_major}"))
             .env("LLVM_PREFIX", &prefix),
     )
-    .context("building bpf-linker against nightly's libLLVM")
+    .context("building bpf-linker against nightly's libLLVM; see docs/toolchain.md")
 }
 
 fn llvm_major(rustc_verbose_version: &str) -> Option<u32> {
