@@ -20,7 +20,7 @@ use porter_api::{BgpConf, BgpPeer, Eip, EipStatus, ObjectKey};
 use crate::announce::{Inputs, Paths, Policy, RouteTable};
 use crate::bgp::{self, BgpDesired};
 use crate::identity::{Seen, remember, same_objects};
-use crate::ipam::{Ipam, NamespaceLabels, Pool, PoolState};
+use crate::ipam::{HeldEdit, Ipam, NamespaceLabels, Pool, PoolState};
 use crate::layer2_status::Layer2Status;
 use crate::peer_auth::SecretScope;
 use crate::service::{self, ServiceRequest};
@@ -28,6 +28,13 @@ use crate::service::{self, ServiceRequest};
 pub const REASON_ALLOCATED: &str = "IPAllocated";
 pub const REASON_FAILED: &str = "AllocationFailed";
 pub const REASON_ANNOUNCED: &str = "Announced";
+/// Warning on an `Eip` whose new `spec.address` would leave out addresses
+/// in use (or cannot be used): the last accepted range stays in force.
+pub const REASON_CHANGE_REFUSED: &str = "AddressChangeRefused";
+/// Normal, on an `Eip` whose held-back `spec.address` is now in force.
+pub const REASON_CHANGE_APPLIED: &str = "AddressChangeApplied";
+/// Condition of an `Eip` while an edit of its `spec.address` is held back.
+pub const CONDITION_CHANGE_PENDING: &str = "AddressChangePending";
 
 /// What one pass decided.
 #[derive(Debug, Default)]
@@ -55,9 +62,14 @@ pub struct Plan {
 
 #[derive(Debug, Default)]
 pub struct Reconciler {
+    /// Only a leader hands out new addresses; a follower's book holds what
+    /// is published and nothing else.
+    leading: bool,
     ipam: Ipam,
     /// Last failure message per Service, so that AllocationFailed is sent once per reason.
     failed: HashMap<ObjectKey, String>,
+    /// Last AddressChangeRefused message per pool, sent once per message.
+    held_reported: HashMap<String, String>,
     /// The announcements, updated incrementally.
     routes: RouteTable,
     paths_version: u64,
@@ -187,9 +199,20 @@ impl Reconciler {
         self.secret_scope = scope;
     }
 
+    /// Leads (hands out addresses; the caller writes the plans) or follows.
+    /// Either way the next pass starts from the published state alone: a
+    /// new leader must not keep addresses it chose, or pool ranges it
+    /// decided, before, as its predecessor may have published others.
+    pub fn set_leading(&mut self, leading: bool) {
+        self.leading = leading;
+        self.ipam.forget();
+        self.forget_reported();
+    }
+
     /// Forgets which Events were sent, so that a new leader reports afresh.
-    pub fn forget_reported(&mut self) {
+    fn forget_reported(&mut self) {
         self.failed.clear();
+        self.held_reported.clear();
         self.routes = RouteTable::default();
         self.paths_version += 1;
         self.last_addresses = None;
@@ -314,8 +337,6 @@ impl Reconciler {
     fn plan_addresses(&mut self, snap: &Snapshot, now: &Time) -> Plan {
         let mut plan = Plan::default();
         let (mut ingress, mut finalizers) = (Vec::new(), Vec::new());
-        self.ipam
-            .set_pools(snap.eips.iter().map(|e| Pool::from_eip(e)).collect());
         let labels: NamespaceLabels = snap
             .namespaces
             .iter()
@@ -381,12 +402,12 @@ impl Reconciler {
         self.failed.retain(|k, _| live.contains(k));
         drop(live);
 
-        let holding: Vec<bool> = active
-            .iter()
-            .map(|(_, _, req, _)| self.ipam.keep_existing(req, &labels))
-            .collect();
+        let requests: Vec<&ServiceRequest> = active.iter().map(|(_, _, req, _)| req).collect();
+        let holding = self.rebuild_book(snap, &requests, &labels);
+        drop(requests);
         for ((_, _, req, has_finalizer), held) in active.iter().zip(holding) {
-            if !held {
+            // A follower only mirrors what the leader publishes.
+            if !held && self.leading {
                 match self.ipam.allocate(req, &labels) {
                     Ok(ips) => {
                         self.failed.remove(&req.key);
@@ -425,6 +446,7 @@ impl Reconciler {
         drop(active);
         plan.ingress = ingress.into();
         plan.finalizers = finalizers.into();
+        self.report_held_edits(&mut plan.events);
         for eip in &snap.eips {
             let name = eip.metadata.name.clone().unwrap_or_default();
             if let Some(pool) = self.ipam.pools().find(|p| p.name == name) {
@@ -443,6 +465,90 @@ impl Reconciler {
             }
         }
         plan
+    }
+
+    /// Decides the pools and fills the book again from the published state,
+    /// `requests` in order (older Services first, so that of two Services
+    /// publishing one address the older keeps it):
+    ///
+    /// 1. each Service's published address, if still valid;
+    /// 2. for the rest, what this leader handed out and is not published
+    ///    yet (a follower keeps nothing of its own), else what a pool's
+    ///    `status.used` shows for the Service (its own status write may have
+    ///    been lost).
+    ///
+    /// Returns whether each request now holds addresses.
+    fn rebuild_book(
+        &mut self,
+        snap: &Snapshot,
+        requests: &[&ServiceRequest],
+        labels: &NamespaceLabels,
+    ) -> Vec<bool> {
+        let published: Vec<(&ObjectKey, &[IpAddr])> = requests
+            .iter()
+            .filter(|r| !r.current.is_empty())
+            .map(|r| (&r.key, r.current.as_slice()))
+            .collect();
+        self.ipam.set_pools(
+            snap.eips.iter().map(|e| Pool::from_eip(e)).collect(),
+            &published,
+        );
+        drop(published);
+        let mut remembered = self.ipam.clear_book();
+        if !self.leading {
+            remembered.clear();
+        }
+        let mut holding: Vec<bool> = requests
+            .iter()
+            .map(|req| self.ipam.keep(req, &req.current, labels))
+            .collect();
+        if holding.iter().all(|held| *held) {
+            return holding;
+        }
+        let used = used_by_pools(snap);
+        for (req, held) in requests.iter().zip(&mut holding) {
+            if *held {
+                continue;
+            }
+            *held = [remembered.get(&req.key), used.get(&req.key)]
+                .into_iter()
+                .flatten()
+                .any(|ips| self.ipam.keep(req, ips, labels));
+        }
+        holding
+    }
+
+    /// A Warning Event for each pool whose `spec.address` is held back, once
+    /// per message; a Normal one when it is applied.
+    fn report_held_edits(&mut self, events: &mut Vec<Event>) {
+        let mut reported = HashMap::new();
+        for pool in self.ipam.pools() {
+            let Some(held) = &pool.held else {
+                if self.held_reported.contains_key(&pool.name) && pool.state == PoolState::Accepted
+                {
+                    tracing::info!(eip = %pool.name, address = %pool.address, "held-back address change applied");
+                    events.push(Event {
+                        regarding: Regarding::Eip(pool.name.clone()),
+                        type_: EventType::Normal,
+                        reason: REASON_CHANGE_APPLIED,
+                        message: format!("spec.address `{}` is in force", pool.address),
+                    });
+                }
+                continue;
+            };
+            let message = held_message(pool, held);
+            if self.held_reported.get(&pool.name) != Some(&message) {
+                tracing::warn!(eip = %pool.name, reason = %message, "address change refused");
+                events.push(Event {
+                    regarding: Regarding::Eip(pool.name.clone()),
+                    type_: EventType::Warning,
+                    reason: REASON_CHANGE_REFUSED,
+                    message: message.clone(),
+                });
+            }
+            reported.insert(pool.name.clone(), message);
+        }
+        self.held_reported = reported;
     }
 
     /// An Announced event on each Service whose EIP's paths changed, and a
@@ -499,6 +605,59 @@ impl Reconciler {
     }
 }
 
+/// Each Service's addresses as the pools' `status.used` show them.
+fn used_by_pools(snap: &Snapshot) -> BTreeMap<ObjectKey, Vec<IpAddr>> {
+    let mut used: BTreeMap<ObjectKey, Vec<IpAddr>> = BTreeMap::new();
+    for status in snap.eips.iter().filter_map(|e| e.status.as_ref()) {
+        for (ip, users) in &status.used {
+            let Ok(ip) = ip.parse::<IpAddr>() else {
+                continue;
+            };
+            for (namespace, name) in users.split(';').filter_map(|u| u.split_once('/')) {
+                used.entry(ObjectKey::new(namespace, name))
+                    .or_default()
+                    .push(ip);
+            }
+        }
+    }
+    used
+}
+
+/// What an `Eip` whose edit is held back says, in its condition and Event.
+fn held_message(pool: &Pool, held: &HeldEdit) -> String {
+    const NAMED: usize = 5;
+    let mut in_the_way: Vec<String> = held
+        .in_the_way
+        .iter()
+        .take(NAMED)
+        .map(|(ip, keys)| {
+            let keys: Vec<String> = keys.iter().map(ObjectKey::to_string).collect();
+            format!("{ip} ({})", keys.join(", "))
+        })
+        .collect();
+    if held.in_the_way.len() > NAMED {
+        in_the_way.push(format!("and {} more", held.in_the_way.len() - NAMED));
+    }
+    let range = pool
+        .range
+        .map(|r| format!("{}-{}", r.first(), r.last()))
+        .unwrap_or_default();
+    let why = match &held.invalid {
+        Some(why) => why.clone(),
+        None => "addresses in use would fall outside it".into(),
+    };
+    let offer = match pool.offered() {
+        Some(r) if r.first() == r.last() => format!("new addresses come only from {}", r.first()),
+        Some(r) => format!("new addresses come only from {}-{}", r.first(), r.last()),
+        None => "no new addresses are handed out from it".into(),
+    };
+    format!(
+        "spec.address `{}` is not applied: {why}. The pool keeps {range} while addresses it would lose are in use: {}; {offer}. The change applies once they are released",
+        pool.address,
+        in_the_way.join(", ")
+    )
+}
+
 fn join_errors(errors: &[PolicyError]) -> String {
     errors
         .iter()
@@ -520,7 +679,7 @@ fn failure_kind(e: &crate::ipam::AllocError) -> &'static str {
         InvalidRequest(_) | FamilyNotWanted(_) => "invalid_request",
         PoolNotFound(_) | PoolUnusable { .. } | PoolNotAllowed { .. } | NoPool(_) => "no_pool",
         Exhausted { .. } => "exhausted",
-        NotInPool(_) | InUse { .. } => "requested_unavailable",
+        NotInPool(_) | InUse { .. } | Leaving { .. } => "requested_unavailable",
     }
 }
 
@@ -569,6 +728,22 @@ pub fn eip_status(
         last_transition_time: transition,
         observed_generation: generation,
     }];
+    // Only while an edit waits, as the pool itself keeps working.
+    if let Some(held) = &pool.held {
+        conditions.push(Condition {
+            type_: CONDITION_CHANGE_PENDING.into(),
+            status: "True".into(),
+            reason: if held.invalid.is_some() {
+                "AddressUnusable"
+            } else {
+                "AddressesInUse"
+            }
+            .into(),
+            message: held_message(pool, held),
+            last_transition_time: since(CONDITION_CHANGE_PENDING, "True"),
+            observed_generation: generation,
+        });
+    }
     // Only while something is wrong, as the pool itself keeps working.
     if !policy_errors.is_empty() {
         conditions.push(Condition {

@@ -116,6 +116,26 @@ impl IpRange {
         self.family == other.family && self.start <= other.end && other.start <= self.end
     }
 
+    /// The addresses in both, if any.
+    pub fn intersection(&self, other: &IpRange) -> Option<IpRange> {
+        self.overlaps(other).then(|| IpRange {
+            family: self.family,
+            start: self.start.max(other.start),
+            end: self.end.min(other.end),
+        })
+    }
+
+    /// Reads back a range from its first and last address, as an `Eip`'s
+    /// status shows it.
+    pub fn between(first: IpAddr, last: IpAddr) -> Option<IpRange> {
+        let (start, end) = (to_u128(first), to_u128(last));
+        (Family::of(first) == Family::of(last) && start <= end).then(|| IpRange {
+            family: Family::of(first),
+            start,
+            end,
+        })
+    }
+
     pub fn first(&self) -> IpAddr {
         from_u128(self.family, self.start)
     }
@@ -240,6 +260,28 @@ mod tests {
         // ::a00:0 is numerically 10.0.0.0 but another family.
         assert!(!r("10.0.0.0/24").overlaps(&r("::a00:0/120")));
         assert!(r("2001:db8::/64").overlaps(&r("2001:db8::ffff:ffff:ffff:ffff")));
+    }
+
+    #[test]
+    fn intersection_keeps_the_shared_addresses_only() {
+        let r = |s| IpRange::parse(s).expect("valid");
+        assert_eq!(
+            r("10.0.0.100-10.0.0.200").intersection(&r("10.0.0.150-10.0.0.250")),
+            Some(r("10.0.0.150-10.0.0.200"))
+        );
+        assert_eq!(r("10.0.0.0/24").intersection(&r("10.0.1.0/24")), None);
+        assert_eq!(r("10.0.0.0/24").intersection(&r("::a00:0/120")), None);
+    }
+
+    #[test]
+    fn between_reads_a_published_first_and_last_address() {
+        let ip = |s: &str| s.parse::<IpAddr>().expect("ip");
+        assert_eq!(
+            IpRange::between(ip("10.0.0.100"), ip("10.0.0.200")),
+            Some(IpRange::parse("10.0.0.100-10.0.0.200").expect("valid"))
+        );
+        assert_eq!(IpRange::between(ip("10.0.0.2"), ip("10.0.0.1")), None);
+        assert_eq!(IpRange::between(ip("10.0.0.1"), ip("::1")), None);
     }
 
     #[test]

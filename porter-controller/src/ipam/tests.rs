@@ -49,7 +49,7 @@ fn ips(list: &[&str]) -> Vec<IpAddr> {
 
 fn ipam(pools: Vec<Pool>) -> Ipam {
     let mut i = Ipam::default();
-    i.set_pools(pools);
+    i.set_pools(pools, &[]);
     i
 }
 
@@ -177,9 +177,12 @@ fn disabled_pool_keeps_existing_and_gives_no_new() {
     let l = no_labels();
     let a = req("a/a");
     assert_eq!(i.allocate(&a, &l), Ok(ips(&["10.0.0.0"])));
-    i.set_pools(vec![eip("p", "10.0.0.0/24", |e| e.spec.disable = true)]);
+    i.set_pools(
+        vec![eip("p", "10.0.0.0/24", |e| e.spec.disable = true)],
+        &[],
+    );
     assert!(
-        i.keep_existing(&a, &l),
+        i.keep(&a, &ips(&["10.0.0.0"]), &l),
         "existing allocation survives disable"
     );
     assert_eq!(i.addresses_of(&a.key), Some(&ips(&["10.0.0.0"])[..]));
@@ -460,19 +463,19 @@ fn restart_rebuilds_from_status_and_changes_no_address() {
     let newcomer = req("a/new");
     // The reconciler keeps existing holdings for every Service first.
     for r in &reqs {
-        assert!(i.keep_existing(r, &l));
+        assert!(i.keep(r, &r.current, &l));
     }
-    assert!(!i.keep_existing(&newcomer, &l));
+    assert!(!i.keep(&newcomer, &newcomer.current, &l));
     assert_eq!(i.allocate(&newcomer, &l), Ok(ips(&["10.0.0.3"])));
     for r in &reqs {
         assert_eq!(i.addresses_of(&r.key), Some(&r.current[..]), "{}", r.key);
     }
     // A status address that is no longer in any pool is not adopted.
     let stray = with_status("a/stray", "192.0.2.9");
-    assert!(!i.keep_existing(&stray, &l));
+    assert!(!i.keep(&stray, &stray.current, &l));
     // Two Services claiming the same address: the first one seen keeps it.
     let twin = with_status("a/twin", "10.0.0.0");
-    assert!(!i.keep_existing(&twin, &l));
+    assert!(!i.keep(&twin, &twin.current, &l));
 }
 
 #[test]
@@ -481,21 +484,19 @@ fn changing_the_request_moves_the_service() {
     let mut i = ipam(vec![plain("p", "10.0.0.0/24"), plain("q", "10.0.1.0/24")]);
     let r = req("a/s");
     assert_eq!(i.allocate(&r, &l), Ok(ips(&["10.0.0.0"])));
-    assert!(
-        i.keep_existing(&r, &l),
-        "unchanged request keeps its address"
-    );
+    let held = ips(&["10.0.0.0"]);
+    assert!(i.keep(&r, &held, &l), "unchanged request keeps its address");
     let moved = ServiceRequest {
         pool: Some("q".into()),
         ..r.clone()
     };
     assert!(
-        !i.keep_existing(&moved, &l),
+        !i.keep(&moved, &held, &l),
         "named pool changed: old address released"
     );
     assert_eq!(i.allocate(&moved, &l), Ok(ips(&["10.0.1.0"])));
     // Deleting the pool releases what it gave.
-    i.set_pools(vec![plain("p", "10.0.0.0/24")]);
+    i.set_pools(vec![plain("p", "10.0.0.0/24")], &[]);
     assert_eq!(i.addresses_of(&moved.key), None);
 }
 
@@ -512,17 +513,263 @@ fn filling_a_pool_reuses_released_gaps_after_wrapping() {
 
 /// Found by the `ipam` fuzz target: when a pool's address changed and a
 /// kept address now lay in another pool, it was still counted in the old
-/// one (Eip.status.used, and the sharing search).
+/// one (Eip.status.used, and the sharing search). An edit that leaves out an
+/// address in use is now held back, so the address stays in its pool and
+/// the newcomer over the old range is refused.
 #[test]
-fn kept_address_moves_to_the_pool_that_now_holds_it() {
+fn kept_address_is_counted_in_the_pool_that_holds_it() {
     let mut i = ipam(vec![plain("a", "10.0.0.0/30")]);
     let r = req("ns/svc");
     assert_eq!(i.allocate(&r, &no_labels()), Ok(ips(&["10.0.0.0"])));
-    i.set_pools(vec![plain("a", "10.0.1.0/30"), plain("b", "10.0.0.0/30")]);
-    assert_eq!(i.addresses_of(&r.key), Some(&ips(&["10.0.0.0"])[..]));
-    assert!(i.used_in("a").is_empty(), "{:?}", i.used_in("a"));
-    assert_eq!(
-        i.used_in("b").keys().copied().collect::<Vec<_>>(),
-        ips(&["10.0.0.0"])
+    i.set_pools(
+        vec![plain("a", "10.0.1.0/30"), plain("b", "10.0.0.0/30")],
+        &[],
     );
+    assert_eq!(i.addresses_of(&r.key), Some(&ips(&["10.0.0.0"])[..]));
+    assert_eq!(i.pool_of(ip("10.0.0.0")), Some("a"));
+    assert!(i.used_in("b").is_empty(), "{:?}", i.used_in("b"));
+    let b = i.pools().find(|p| p.name == "b").expect("b");
+    assert!(matches!(&b.state, PoolState::Refused(why) if why.contains("overlaps pool `a`")));
+}
+
+fn published(reqs: &[ServiceRequest]) -> Vec<(&ObjectKey, &[IpAddr])> {
+    reqs.iter()
+        .map(|r| (&r.key, r.current.as_slice()))
+        .collect()
+}
+
+fn with_status(key: &str, addrs: &[&str]) -> ServiceRequest {
+    ServiceRequest {
+        current: ips(addrs),
+        ..req(key)
+    }
+}
+
+/// One pass as the reconciler makes it: decide the pools, fill the book
+/// from the published addresses, then allocate the rest in order.
+fn pass(i: &mut Ipam, pools: Vec<Pool>, reqs: &[ServiceRequest]) -> Vec<Vec<IpAddr>> {
+    let l = no_labels();
+    let gone: Vec<ObjectKey> = i
+        .allocations()
+        .keys()
+        .filter(|k| !reqs.iter().any(|r| r.key == **k))
+        .cloned()
+        .collect();
+    for key in gone {
+        i.release(&key);
+    }
+    i.set_pools(pools, &published(reqs));
+    i.clear_book();
+    let held: Vec<bool> = reqs.iter().map(|r| i.keep(r, &r.current, &l)).collect();
+    for (r, held) in reqs.iter().zip(held) {
+        if !held {
+            let _ = i.allocate(r, &l);
+        }
+    }
+    reqs.iter()
+        .map(|r| i.addresses_of(&r.key).unwrap_or_default().to_vec())
+        .collect()
+}
+
+#[test]
+fn the_next_address_follows_from_the_published_state_not_from_history() {
+    let l = no_labels();
+    // One replica filled the pool and saw two Services go: its search
+    // position is past the gaps.
+    let mut busy = ipam(vec![plain("p", "10.0.0.0/29")]);
+    for n in 0..6 {
+        assert!(busy.allocate(&req(&format!("a/s{n}")), &l).is_ok());
+    }
+    busy.release(&ObjectKey::new("a", "s1"));
+    busy.release(&ObjectKey::new("a", "s3"));
+    // Another replica only ever saw what is published now.
+    let now = [
+        with_status("a/s0", &["10.0.0.0"]),
+        with_status("a/s2", &["10.0.0.2"]),
+        with_status("a/s4", &["10.0.0.4"]),
+        with_status("a/s5", &["10.0.0.5"]),
+        req("a/new1"),
+        req("a/new2"),
+        req("a/new3"),
+    ];
+    let mut fresh = Ipam::default();
+    let from_fresh = pass(&mut fresh, vec![plain("p", "10.0.0.0/29")], &now);
+    let from_busy = pass(&mut busy, vec![plain("p", "10.0.0.0/29")], &now);
+    assert_eq!(from_fresh, from_busy);
+    // The lowest free addresses, in the Services' order.
+    assert_eq!(
+        from_fresh[4..],
+        [ips(&["10.0.0.1"]), ips(&["10.0.0.3"]), ips(&["10.0.0.6"])]
+    );
+}
+
+#[test]
+fn a_rebuilt_book_holds_what_is_published_not_what_was_remembered() {
+    let l = no_labels();
+    let mut i = ipam(vec![plain("p", "10.0.0.0/29")]);
+    // This replica chose .0 for web on its own; the leader published .3.
+    assert_eq!(i.allocate(&req("a/web"), &l), Ok(ips(&["10.0.0.0"])));
+    let now = [with_status("a/web", &["10.0.0.3"]), req("a/api")];
+    let got = pass(&mut i, vec![plain("p", "10.0.0.0/29")], &now);
+    assert_eq!(got, [ips(&["10.0.0.3"]), ips(&["10.0.0.0"])]);
+    assert_eq!(i.usage("p"), 2);
+}
+
+/// The example: pool .100-.200 edited to .150-.199 while a Service
+/// holds .100.
+#[test]
+fn shrinking_a_pool_under_an_address_in_use_is_held_back_until_it_is_released() {
+    let old = || plain("p", "10.0.0.100-10.0.0.200");
+    let new = || plain("p", "10.0.0.150-10.0.0.199");
+    let mut i = Ipam::default();
+    let web = [req("a/web")];
+    assert_eq!(pass(&mut i, vec![old()], &web), [ips(&["10.0.0.100"])]);
+
+    let mut now = vec![with_status("a/web", &["10.0.0.100"]), req("a/api")];
+    let got = pass(&mut i, vec![new()], &now);
+    assert_eq!(got[0], ips(&["10.0.0.100"]), "the held address stays");
+    assert_eq!(
+        got[1],
+        ips(&["10.0.0.150"]),
+        "new addresses come from inside the new range"
+    );
+    let p = i.pools().next().expect("pool");
+    assert_eq!(p.state, PoolState::Accepted);
+    assert_eq!(p.range, IpRange::parse("10.0.0.100-10.0.0.200").ok());
+    let held = p.held.as_ref().expect("edit held back");
+    assert_eq!(held.invalid, None);
+    assert_eq!(
+        held.in_the_way,
+        [(ip("10.0.0.100"), vec![ObjectKey::new("a", "web")])]
+    );
+    // Nor may a request take an address the edit removes.
+    let asked = ServiceRequest {
+        requested: ips(&["10.0.0.101"]),
+        ..req("a/asks")
+    };
+    assert_eq!(
+        i.allocate(&asked, &no_labels()),
+        Err(AllocError::Leaving {
+            ip: ip("10.0.0.101"),
+            pool: "p".into()
+        })
+    );
+
+    // web goes: the edit applies, api keeps its address.
+    now.remove(0);
+    now[0].current = ips(&["10.0.0.150"]);
+    assert_eq!(pass(&mut i, vec![new()], &now), [ips(&["10.0.0.150"])]);
+    let p = i.pools().next().expect("pool");
+    assert_eq!(p.range, IpRange::parse("10.0.0.150-10.0.0.199").ok());
+    assert_eq!(p.held, None);
+}
+
+#[test]
+fn growing_a_pool_or_moving_it_with_nothing_in_the_way_applies() {
+    let mut i = Ipam::default();
+    let web = [req("a/web")];
+    assert_eq!(
+        pass(&mut i, vec![plain("p", "10.0.0.100-10.0.0.101")], &web),
+        [ips(&["10.0.0.100"])]
+    );
+    let web = [with_status("a/web", &["10.0.0.100"])];
+    for (address, kept) in [
+        ("10.0.0.0/24", "10.0.0.100"),
+        ("10.0.0.100-10.0.0.100", "10.0.0.100"),
+    ] {
+        assert_eq!(
+            pass(&mut i, vec![plain("p", address)], &web),
+            [ips(&[kept])]
+        );
+        let p = i.pools().next().expect("pool");
+        assert_eq!(p.range, IpRange::parse(address).ok(), "{address}");
+        assert_eq!(p.held, None, "{address}");
+    }
+    // Moved once nothing is in it.
+    assert_eq!(
+        pass(&mut i, vec![plain("p", "10.0.9.0/30")], &[]),
+        Vec::<Vec<IpAddr>>::new()
+    );
+    let p = i.pools().next().expect("pool");
+    assert_eq!(p.range, IpRange::parse("10.0.9.0/30").ok());
+    assert_eq!(p.held, None);
+}
+
+#[test]
+fn after_a_restart_the_published_range_is_what_an_edit_is_compared_with() {
+    let edited = || {
+        eip("p", "10.0.0.150-10.0.0.199", |e| {
+            e.status = Some(porter_api::EipStatus {
+                ready: true,
+                first_ip: Some("10.0.0.100".into()),
+                last_ip: Some("10.0.0.200".into()),
+                ..Default::default()
+            })
+        })
+    };
+    let now = [with_status("a/web", &["10.0.0.100"])];
+    let mut restarted = Ipam::default();
+    assert_eq!(
+        pass(&mut restarted, vec![edited()], &now),
+        [ips(&["10.0.0.100"])]
+    );
+    let p = restarted.pools().next().expect("pool");
+    assert_eq!(p.range, IpRange::parse("10.0.0.100-10.0.0.200").ok());
+    assert!(p.held.is_some());
+    // Without a published range the edit is all there is to go by.
+    let mut blind = Ipam::default();
+    let moved = pass(&mut blind, vec![plain("p", "10.0.0.150-10.0.0.199")], &now);
+    assert_eq!(moved, [ips(&["10.0.0.150"])]);
+}
+
+#[test]
+fn an_unusable_edit_under_addresses_in_use_keeps_the_range_in_force() {
+    let now = [with_status("a/web", &["10.0.0.1"])];
+    for (edit, why) in [
+        ("10.0.0.300", "is not an IP"),
+        ("10.0.1.0/24", "overlaps pool `other`"),
+    ] {
+        let mut i = Ipam::default();
+        let pools = |address| {
+            vec![
+                plain("p", address),
+                eip("other", "10.0.1.0/24", |e| {
+                    e.metadata.creation_timestamp = Some(Time(
+                        k8s_openapi::jiff::Timestamp::from_second(1).expect("ts"),
+                    ))
+                }),
+            ]
+        };
+        pass(&mut i, pools("10.0.0.0/24"), &now);
+        assert_eq!(
+            pass(&mut i, pools(edit), &now),
+            [ips(&["10.0.0.1"])],
+            "{edit}"
+        );
+        let p = i.pools().find(|p| p.name == "p").expect("pool");
+        assert_eq!(p.state, PoolState::Accepted, "{edit}");
+        assert_eq!(p.range, IpRange::parse("10.0.0.0/24").ok(), "{edit}");
+        let held = p.held.as_ref().expect("held");
+        assert!(
+            held.invalid.as_ref().is_some_and(|w| w.contains(why)),
+            "{edit}: {held:?}"
+        );
+    }
+    // With nothing to protect, an unusable address refuses the pool.
+    let mut i = Ipam::default();
+    pass(&mut i, vec![plain("p", "10.0.0.0/24")], &[]);
+    pass(&mut i, vec![plain("p", "10.0.0.300")], &[]);
+    let p = i.pools().next().expect("pool");
+    assert!(matches!(p.state, PoolState::Refused(_)));
+}
+
+#[test]
+fn disabling_a_pool_with_a_shrunk_address_keeps_every_allocation() {
+    let now = [with_status("a/web", &["10.0.0.100"])];
+    let mut i = Ipam::default();
+    pass(&mut i, vec![plain("p", "10.0.0.100-10.0.0.200")], &now);
+    let edited = eip("p", "10.0.0.150-10.0.0.199", |e| e.spec.disable = true);
+    assert_eq!(pass(&mut i, vec![edited], &now), [ips(&["10.0.0.100"])]);
+    let p = i.pools().next().expect("pool");
+    assert!(p.disabled && p.held.is_some());
 }

@@ -12,6 +12,13 @@ fn now() -> Time {
     Time(k8s_openapi::jiff::Timestamp::from_second(1_700_000_000).expect("ts"))
 }
 
+/// A reconciler that leads: it hands out addresses.
+fn leader() -> Reconciler {
+    let mut r = Reconciler::default();
+    r.set_leading(true);
+    r
+}
+
 fn svc(name: &str, annotations: &[(&str, &str)]) -> Service {
     Service {
         metadata: ObjectMeta {
@@ -156,7 +163,7 @@ fn seed() -> Snapshot {
 
 #[test]
 fn allocates_publishes_announces_then_stays_quiet() {
-    let mut r = Reconciler::default();
+    let mut r = leader();
     let snap = seed();
     let plan = r.plan(&snap, &now());
     assert_eq!(*plan.finalizers, [(key("web"), true)]);
@@ -195,7 +202,7 @@ fn allocates_publishes_announces_then_stays_quiet() {
 
 #[test]
 fn a_restarted_controller_keeps_every_address() {
-    let mut first = Reconciler::default();
+    let mut first = leader();
     let mut snap = seed();
     snap.services
         .insert(0, Arc::new(porter_svc("zz-older-name")));
@@ -207,7 +214,7 @@ fn a_restarted_controller_keeps_every_address() {
         .collect();
 
     // New process, Services listed in another order, plus a newcomer.
-    let mut restarted = Reconciler::default();
+    let mut restarted = leader();
     let mut shuffled = settled.clone();
     shuffled.services.reverse();
     shuffled.eips = vec![Arc::new(pool(
@@ -229,7 +236,7 @@ fn a_restarted_controller_keeps_every_address() {
 
 #[test]
 fn deletion_releases_withdraws_and_lets_the_object_go() {
-    let mut r = Reconciler::default();
+    let mut r = leader();
     let snap = seed();
     let snap = settle(&snap, &r.plan(&snap, &now()));
     let mut deleting = snap.clone();
@@ -263,7 +270,7 @@ fn deletion_releases_withdraws_and_lets_the_object_go() {
 #[test]
 fn opting_out_or_changing_type_clears_what_was_written() {
     for change in ["opt-out", "type"] {
-        let mut r = Reconciler::default();
+        let mut r = leader();
         let snap = seed();
         let snap = settle(&snap, &r.plan(&snap, &now()));
         let mut changed = snap.clone();
@@ -290,7 +297,7 @@ fn opting_out_or_changing_type_clears_what_was_written() {
 
 #[test]
 fn exhaustion_is_reported_once_and_retried_when_space_frees() {
-    let mut r = Reconciler::default();
+    let mut r = leader();
     let mut snap = seed();
     snap.eips = vec![Arc::new(pool("tiny", "192.168.0.100"))];
     let mut second = porter_svc("second");
@@ -337,7 +344,7 @@ fn exhaustion_is_reported_once_and_retried_when_space_frees() {
 
 #[test]
 fn other_load_balancers_are_left_alone() {
-    let mut r = Reconciler::default();
+    let mut r = leader();
     let mut snap = seed();
     let mut foreign = svc("metallb", &[]);
     foreign.spec.as_mut().expect("spec").load_balancer_class = Some("metallb.io/metallb".into());
@@ -363,7 +370,7 @@ fn other_load_balancers_are_left_alone() {
 
 #[test]
 fn overlapping_pool_shows_a_refused_condition() {
-    let mut r = Reconciler::default();
+    let mut r = leader();
     let mut snap = seed();
     snap.eips.push(Arc::new(pool("z-overlap", "192.168.0.101")));
     let plan = r.plan(&snap, &now());
@@ -383,7 +390,7 @@ fn overlapping_pool_shows_a_refused_condition() {
 
 #[tokio::test]
 async fn apply_adds_the_finalizer_before_publishing_the_address() {
-    let mut r = Reconciler::default();
+    let mut r = leader();
     let plan = r.plan(&seed(), &now());
     let log = crate::testing::RecordingWriter::default();
     assert!(apply(&plan, &log).await.is_empty());
@@ -402,7 +409,7 @@ async fn apply_adds_the_finalizer_before_publishing_the_address() {
 
 #[test]
 fn an_endpoint_change_alone_moves_the_route_and_nothing_else() {
-    let mut r = Reconciler::default();
+    let mut r = leader();
     let snap = seed();
     let snap = settle(&snap, &r.plan(&snap, &now()));
     assert!(r.plan(&snap, &now()).ingress.is_empty());
@@ -466,7 +473,7 @@ fn later() -> Time {
 
 #[test]
 fn the_eip_status_names_the_node_announcing_each_layer2_address_and_a_change_is_an_event() {
-    let mut r = Reconciler::default();
+    let mut r = leader();
     let snap = with_holder(&layer2_seed(), Some("n1"));
     let plan = r.plan(&snap, &now());
     assert_eq!(
@@ -518,11 +525,11 @@ fn the_eip_status_names_the_node_announcing_each_layer2_address_and_a_change_is_
 
 #[test]
 fn a_new_leader_does_not_repeat_what_the_status_already_says() {
-    let mut first = Reconciler::default();
+    let mut first = leader();
     let snap = with_holder(&layer2_seed(), Some("n1"));
     let plan = first.plan(&snap, &now());
     let settled = settle(&snap, &plan);
-    let mut second = Reconciler::default();
+    let mut second = leader();
     let plan = second.plan(&settled, &later());
     assert!(layer2_events(&plan).is_empty(), "{:?}", plan.events);
     // `since` is when n1 started, not when this replica looked.
@@ -535,7 +542,7 @@ fn a_new_leader_does_not_repeat_what_the_status_already_says() {
 
 #[test]
 fn bgp_pools_name_no_announcer() {
-    let mut r = Reconciler::default();
+    let mut r = leader();
     let snap = with_holder(&seed(), Some("n1"));
     let plan = r.plan(&snap, &now());
     assert!(announcers(&plan).is_empty());
@@ -544,7 +551,7 @@ fn bgp_pools_name_no_announcer() {
 
 #[test]
 fn unreadable_pool_policy_sets_a_condition_and_the_pool_keeps_working() {
-    let mut r = Reconciler::default();
+    let mut r = leader();
     let mut snap = seed();
     let mut eip = (*snap.eips[0]).clone();
     eip.spec.bgp = Some(porter_api::crd::EipBgp {
