@@ -594,3 +594,198 @@ fn unreadable_pool_policy_sets_a_condition_and_the_pool_keeps_working() {
             .all(|c| c.type_ != "BgpPolicyInvalid")
     );
 }
+
+fn ip(s: &str) -> IpAddr {
+    s.parse().expect("test IP")
+}
+
+fn with_pool(snap: &Snapshot, address: &str) -> Snapshot {
+    let mut out = snap.clone();
+    out.eips = snap
+        .eips
+        .iter()
+        .map(|e| {
+            let mut e = (**e).clone();
+            e.spec.address = address.into();
+            e.metadata.generation = e.metadata.generation.map(|g| g + 1);
+            Arc::new(e)
+        })
+        .collect();
+    out
+}
+
+fn without(snap: &Snapshot, name: &str) -> Snapshot {
+    let mut out = snap.clone();
+    out.services
+        .retain(|s| s.metadata.name.as_deref() != Some(name));
+    out
+}
+
+fn pending_condition(st: &EipStatus) -> Option<&Condition> {
+    st.conditions
+        .iter()
+        .find(|c| c.type_ == CONDITION_CHANGE_PENDING)
+}
+
+/// The example: pool .100-.200 with a Service at .100, edited to
+/// .150-.199. The Service keeps .100; the Eip says why the edit waits, in
+/// a condition and a Warning Event naming the Service; a newcomer gets an
+/// address inside the new range; once the Service is gone the edit applies.
+#[test]
+fn shrinking_a_pool_under_a_service_is_refused_until_the_service_goes() {
+    let mut r = leader();
+    let mut snap = seed();
+    snap.eips = vec![Arc::new(pool(
+        "eip-sample-pool",
+        "192.168.0.100-192.168.0.200",
+    ))];
+    let snap = settle(&snap, &r.plan(&snap, &now()));
+    assert_eq!(ingress_of(&snap, "web"), ["192.168.0.100"]);
+
+    let mut edited = with_pool(&snap, "192.168.0.150-192.168.0.199");
+    edited.services.push(Arc::new(porter_svc("newcomer")));
+    let plan = r.plan(&edited, &now());
+    assert_eq!(
+        *plan.ingress,
+        [(key("newcomer"), vec![ip("192.168.0.150")])],
+        "web is not moved"
+    );
+    let refused: Vec<&Event> = plan
+        .events
+        .iter()
+        .filter(|e| e.reason == REASON_CHANGE_REFUSED)
+        .collect();
+    assert_eq!(refused.len(), 1, "{:?}", plan.events);
+    assert_eq!(refused[0].type_, EventType::Warning);
+    assert_eq!(
+        refused[0].regarding,
+        Regarding::Eip("eip-sample-pool".into())
+    );
+    for part in [
+        "`192.168.0.150-192.168.0.199` is not applied",
+        "192.168.0.100 (default/web)",
+        "keeps 192.168.0.100-192.168.0.200",
+    ] {
+        assert!(refused[0].message.contains(part), "{}", refused[0].message);
+    }
+    let (_, st) = &plan.eip_status[0];
+    assert_eq!(
+        (st.first_ip.as_deref(), st.last_ip.as_deref(), st.ready),
+        (Some("192.168.0.100"), Some("192.168.0.200"), true)
+    );
+    let pending = pending_condition(st).expect("AddressChangePending");
+    assert_eq!(
+        (pending.status.as_str(), pending.reason.as_str()),
+        ("True", "AddressesInUse")
+    );
+    assert_eq!(pending.message, refused[0].message);
+
+    // Said once; a controller that starts now reads the range in force
+    // back from the status and keeps refusing.
+    let edited = settle(&edited, &plan);
+    let again = r.plan(&edited, &now());
+    assert!(again.events.is_empty(), "{:?}", again.events);
+    let mut restarted = leader();
+    let plan = restarted.plan(&edited, &now());
+    assert!(plan.ingress.is_empty(), "{:?}", plan.ingress);
+    assert_eq!(
+        restarted.ipam().addresses_of(&key("web")),
+        Some(&[ip("192.168.0.100")][..])
+    );
+
+    // web goes: the edit applies, the newcomer keeps its address.
+    let gone = without(&edited, "web");
+    let plan = r.plan(&gone, &now());
+    assert!(plan.ingress.is_empty(), "{:?}", plan.ingress);
+    let applied: Vec<&Event> = plan
+        .events
+        .iter()
+        .filter(|e| e.reason == REASON_CHANGE_APPLIED)
+        .collect();
+    assert_eq!(applied.len(), 1, "{:?}", plan.events);
+    assert_eq!(applied[0].type_, EventType::Normal);
+    let (_, st) = &plan.eip_status[0];
+    assert_eq!(
+        (st.first_ip.as_deref(), st.last_ip.as_deref()),
+        (Some("192.168.0.150"), Some("192.168.0.199"))
+    );
+    assert!(pending_condition(st).is_none(), "{:?}", st.conditions);
+}
+
+#[test]
+fn growing_a_pool_or_disabling_it_keeps_every_address_and_says_nothing() {
+    let mut r = leader();
+    let snap = seed();
+    let snap = settle(&snap, &r.plan(&snap, &now()));
+    for (address, disable) in [("192.168.0.0/24", false), ("192.168.0.100", true)] {
+        let mut edited = with_pool(&snap, address);
+        let mut e = (*edited.eips[0]).clone();
+        e.spec.disable = disable;
+        edited.eips = vec![Arc::new(e)];
+        let plan = r.plan(&edited, &now());
+        assert!(plan.ingress.is_empty(), "{address}: {:?}", plan.ingress);
+        assert!(
+            plan.events.iter().all(|e| e.type_ == EventType::Normal),
+            "{address}: {:?}",
+            plan.events
+        );
+        let (_, st) = &plan.eip_status[0];
+        assert!(pending_condition(st).is_none(), "{address}");
+        assert_eq!(st.first_ip.as_deref(), address.split('/').next());
+    }
+}
+
+/// A follower computes but hands out nothing of its own: once it leads,
+/// it writes what is published, not what it would have chosen.
+#[test]
+fn a_follower_keeps_nothing_of_its_own_into_leadership() {
+    let mut follower = Reconciler::default();
+    let snap = seed();
+    let plan = follower.plan(&snap, &now());
+    assert!(plan.ingress.is_empty() && plan.allocated == 0, "{plan:?}");
+    assert_eq!(follower.ipam().addresses_of(&key("web")), None);
+
+    // The leader of the time published .101 for web.
+    let mut published = seed();
+    let mut web = porter_svc("web");
+    web.metadata.finalizers = Some(vec![SERVICE_FINALIZER.into()]);
+    web.status = Some(ServiceStatus {
+        load_balancer: Some(LoadBalancerStatus {
+            ingress: Some(vec![LoadBalancerIngress {
+                ip: Some("192.168.0.101".into()),
+                ..Default::default()
+            }]),
+        }),
+        conditions: None,
+    });
+    published.services = vec![Arc::new(web), Arc::new(porter_svc("api"))];
+    follower.plan(&published, &now());
+    follower.set_leading(true);
+    let plan = follower.plan(&published, &now());
+    assert_eq!(
+        *plan.ingress,
+        [(key("api"), vec![ip("192.168.0.100")])],
+        "web keeps its published address; api gets the one left"
+    );
+}
+
+/// A Service whose status write was lost still shows in its pool's
+/// `status.used`: a new leader gives it that address again.
+#[test]
+fn a_new_leader_adopts_what_a_pool_status_shows_for_a_service_without_status() {
+    let mut old = leader();
+    let mut snap = seed();
+    snap.services.insert(0, Arc::new(porter_svc("first")));
+    let plan = old.plan(&snap, &now());
+    assert_eq!(plan.ingress[1], (key("web"), vec![ip("192.168.0.101")]));
+    // Everything but web's status reached the API server, and `first` was
+    // deleted since: the lowest free address is no longer web's.
+    let mut lost = settle(&snap, &plan);
+    let mut web = (*lost.services[1]).clone();
+    web.status = None;
+    lost.services[1] = Arc::new(web);
+    lost.services.remove(0);
+
+    let plan = leader().plan(&lost, &now());
+    assert_eq!(*plan.ingress, [(key("web"), vec![ip("192.168.0.101")])]);
+}
