@@ -495,7 +495,15 @@ impl Reconciler {
         );
         drop(published);
         let mut remembered = self.ipam.clear_book();
-        if !self.leading {
+        if self.leading {
+            // Most of it is what is published anyway: let that go before
+            // the book is filled again (10,000 entries on a big cluster).
+            for req in requests {
+                if remembered.get(&req.key) == Some(&req.current) {
+                    remembered.remove(&req.key);
+                }
+            }
+        } else {
             remembered.clear();
         }
         let mut holding: Vec<bool> = requests

@@ -250,8 +250,9 @@ impl Ipam {
     }
 
     /// Whether `ips` satisfy the request: each in an accepted pool (disabled
-    /// is fine, it keeps what it gave), in the named pool if any, the
-    /// requested ones if any, and the families the policy allows.
+    /// is fine, it keeps what it gave) open to the Service's namespace, in
+    /// the named pool if any, the requested ones if any, and the families
+    /// the policy allows.
     fn fits(&self, req: &ServiceRequest, ips: &[IpAddr], labels: &NamespaceLabels) -> bool {
         if req.invalid_request.is_some() {
             return false;
@@ -268,11 +269,12 @@ impl Ipam {
         }
         ips.iter().all(|ip| match self.accepting_pool_of(*ip) {
             None => false,
+            // Naming the pool or the address does not open a pool
+            // reserved for other namespaces, neither to a new allocation
+            // nor to keeping one.
             Some(p) => {
                 req.pool.as_ref().is_none_or(|name| *name == p.name)
-                    && (req.pool.is_some()
-                        || !req.requested.is_empty()
-                        || p.open_to(&req.key.namespace, labels))
+                    && p.open_to(&req.key.namespace, labels)
             }
         })
     }

@@ -773,3 +773,43 @@ fn disabling_a_pool_with_a_shrunk_address_keeps_every_allocation() {
     let p = i.pools().next().expect("pool");
     assert!(p.disabled && p.held.is_some());
 }
+
+/// docs/controller.md: a pool reserved for other namespaces is never used,
+/// not even by name. That holds for keeping an address too: a Service that
+/// names the pool, or requests the address, in another namespace does not
+/// keep what its status shows (say, from before the pool was reserved).
+#[test]
+fn keeping_an_address_checks_the_pool_namespaces_even_when_named_or_requested() {
+    let l = no_labels();
+    let reserved = || {
+        eip("p", "10.0.0.0/24", |e| {
+            e.spec.namespaces = vec!["blue".into()]
+        })
+    };
+    let shown = ips(&["10.0.0.7"]);
+    let named = ServiceRequest {
+        pool: Some("p".into()),
+        current: shown.clone(),
+        ..req("red/named")
+    };
+    let asked = ServiceRequest {
+        requested: shown.clone(),
+        current: shown.clone(),
+        ..req("red/asked")
+    };
+    let at_home = ServiceRequest {
+        pool: Some("p".into()),
+        current: ips(&["10.0.0.8"]),
+        ..req("blue/named")
+    };
+    let mut i = ipam(vec![reserved()]);
+    for r in [&named, &asked] {
+        assert!(!i.keep(r, &r.current, &l), "{}", r.key);
+        assert!(
+            matches!(i.allocate(r, &l), Err(AllocError::PoolNotAllowed { .. })),
+            "{}",
+            r.key
+        );
+    }
+    assert!(i.keep(&at_home, &at_home.current, &l));
+}
