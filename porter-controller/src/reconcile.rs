@@ -35,6 +35,8 @@ pub const REASON_CHANGE_REFUSED: &str = "AddressChangeRefused";
 pub const REASON_CHANGE_APPLIED: &str = "AddressChangeApplied";
 /// Condition of an `Eip` while an edit of its `spec.address` is held back.
 pub const CONDITION_CHANGE_PENDING: &str = "AddressChangePending";
+/// Warning on an `Eip` that is refused (unreadable address, overlap).
+pub const REASON_POOL_REFUSED: &str = "PoolRefused";
 
 /// What one pass decided.
 #[derive(Debug, Default)]
@@ -68,8 +70,9 @@ pub struct Reconciler {
     ipam: Ipam,
     /// Last failure message per Service, so that AllocationFailed is sent once per reason.
     failed: HashMap<ObjectKey, String>,
-    /// Last AddressChangeRefused message per pool, sent once per message.
-    held_reported: HashMap<String, String>,
+    /// Last Warning (PoolRefused, AddressChangeRefused) per pool, sent
+    /// once per message.
+    pool_warnings: HashMap<String, (&'static str, String)>,
     /// The announcements, updated incrementally.
     routes: RouteTable,
     paths_version: u64,
@@ -212,7 +215,7 @@ impl Reconciler {
     /// Forgets which Events were sent, so that a new leader reports afresh.
     fn forget_reported(&mut self) {
         self.failed.clear();
-        self.held_reported.clear();
+        self.pool_warnings.clear();
         self.routes = RouteTable::default();
         self.paths_version += 1;
         self.last_addresses = None;
@@ -446,7 +449,7 @@ impl Reconciler {
         drop(active);
         plan.ingress = ingress.into();
         plan.finalizers = finalizers.into();
-        self.report_held_edits(&mut plan.events);
+        self.report_pools(&mut plan.events);
         for eip in &snap.eips {
             let name = eip.metadata.name.clone().unwrap_or_default();
             if let Some(pool) = self.ipam.pools().find(|p| p.name == name) {
@@ -526,14 +529,22 @@ impl Reconciler {
         holding
     }
 
-    /// A Warning Event for each pool whose `spec.address` is held back, once
-    /// per message; a Normal one when it is applied.
-    fn report_held_edits(&mut self, events: &mut Vec<Event>) {
-        let mut reported = HashMap::new();
+    /// A Warning Event for each pool that is refused or whose
+    /// `spec.address` is held back, once per message, with a log line; a
+    /// Normal one when a held-back address is applied.
+    fn report_pools(&mut self, events: &mut Vec<Event>) {
+        let mut warnings = HashMap::new();
         for pool in self.ipam.pools() {
-            let Some(held) = &pool.held else {
-                if self.held_reported.contains_key(&pool.name) && pool.state == PoolState::Accepted
-                {
+            let warning = match (&pool.state, &pool.held) {
+                (PoolState::Refused(why), _) => Some((REASON_POOL_REFUSED, why.clone())),
+                (PoolState::Accepted, Some(held)) => {
+                    Some((REASON_CHANGE_REFUSED, held_message(pool, held)))
+                }
+                (PoolState::Accepted, None) => None,
+            };
+            let last = self.pool_warnings.get(&pool.name);
+            let Some(warning) = warning else {
+                if last.is_some_and(|(reason, _)| *reason == REASON_CHANGE_REFUSED) {
                     tracing::info!(eip = %pool.name, address = %pool.address, "held-back address change applied");
                     events.push(Event {
                         regarding: Regarding::Eip(pool.name.clone()),
@@ -544,19 +555,19 @@ impl Reconciler {
                 }
                 continue;
             };
-            let message = held_message(pool, held);
-            if self.held_reported.get(&pool.name) != Some(&message) {
-                tracing::warn!(eip = %pool.name, reason = %message, "address change refused");
+            if last != Some(&warning) {
+                let (reason, message) = &warning;
+                tracing::warn!(eip = %pool.name, reason, "{message}");
                 events.push(Event {
                     regarding: Regarding::Eip(pool.name.clone()),
                     type_: EventType::Warning,
-                    reason: REASON_CHANGE_REFUSED,
+                    reason,
                     message: message.clone(),
                 });
             }
-            reported.insert(pool.name.clone(), message);
+            warnings.insert(pool.name.clone(), warning);
         }
-        self.held_reported = reported;
+        self.pool_warnings = warnings;
     }
 
     /// An Announced event on each Service whose EIP's paths changed, and a
@@ -691,6 +702,28 @@ fn failure_kind(e: &crate::ipam::AllocError) -> &'static str {
     }
 }
 
+/// The Ready condition: status, reason and a message that says what is
+/// true. A disabled or full pool is still Ready (valid and in force, keeping
+/// what it gave); its reason says why it gives nothing new.
+fn ready_condition(pool: &Pool, used: usize, size: u128) -> (bool, &'static str, String) {
+    match &pool.state {
+        PoolState::Refused(why) => (false, "Refused", why.clone()),
+        PoolState::Accepted if pool.disabled => (
+            true,
+            "Disabled",
+            format!("spec.disable is set: no new addresses are handed out; the {used} in use stay"),
+        ),
+        PoolState::Accepted if used as u128 >= size => (
+            true,
+            "Exhausted",
+            format!(
+                "every address is in use ({used} of {size}); Services without one wait until one is released"
+            ),
+        ),
+        PoolState::Accepted => (true, "Accepted", "addresses can be allocated".to_string()),
+    }
+}
+
 /// The status an `Eip` should show. The Ready condition keeps its transition
 /// time while its status stays the same, so an unchanged pool is not rewritten.
 pub fn eip_status(
@@ -716,10 +749,7 @@ pub fn eip_status(
         })
         .collect();
     let size = pool.range.map_or(0, |r| r.size());
-    let (ready, reason, message) = match &pool.state {
-        PoolState::Accepted => (true, "Accepted", "addresses can be allocated".to_string()),
-        PoolState::Refused(why) => (false, "Refused", why.clone()),
-    };
+    let (ready, reason, message) = ready_condition(pool, used.len(), size);
     let status_word = if ready { "True" } else { "False" };
     // A condition keeps its transition time while its status stays.
     let since = |type_: &str, status: &str| {

@@ -386,6 +386,60 @@ fn overlapping_pool_shows_a_refused_condition() {
             .message
             .contains("overlaps pool `eip-sample-pool`")
     );
+    // Besides the condition, a Warning Event on the Eip, once.
+    let refused: Vec<&Event> = plan
+        .events
+        .iter()
+        .filter(|e| e.reason == REASON_POOL_REFUSED)
+        .collect();
+    assert_eq!(refused.len(), 1, "{:?}", plan.events);
+    assert_eq!(refused[0].type_, EventType::Warning);
+    assert_eq!(refused[0].regarding, Regarding::Eip("z-overlap".into()));
+    assert_eq!(refused[0].message, st.conditions[0].message);
+    let again = r.plan(&settle(&snap, &plan), &now());
+    assert!(
+        again.events.iter().all(|e| e.reason != REASON_POOL_REFUSED),
+        "{:?}",
+        again.events
+    );
+}
+
+#[test]
+fn the_ready_condition_of_a_full_or_disabled_pool_says_so() {
+    let mut r = leader();
+    let mut snap = seed();
+    let ready = |plan: &Plan| {
+        let (_, st) = &plan.eip_status[0];
+        let c = &st.conditions[0];
+        (st.ready, c.reason.clone(), c.message.clone())
+    };
+    let plan = r.plan(&snap, &now());
+    assert_eq!(ready(&plan).1, "Accepted");
+    snap = settle(&snap, &plan);
+    snap.services.push(Arc::new(porter_svc("second")));
+    let plan = r.plan(&snap, &now());
+    assert_eq!(
+        ready(&plan),
+        (
+            true,
+            "Exhausted".into(),
+            "every address is in use (2 of 2); Services without one wait until one is released"
+                .into()
+        )
+    );
+    snap = settle(&snap, &plan);
+    let mut e = (*snap.eips[0]).clone();
+    e.spec.disable = true;
+    snap.eips = vec![Arc::new(e)];
+    let plan = r.plan(&snap, &now());
+    assert_eq!(
+        ready(&plan),
+        (
+            true,
+            "Disabled".into(),
+            "spec.disable is set: no new addresses are handed out; the 2 in use stay".into()
+        )
+    );
 }
 
 #[tokio::test]
