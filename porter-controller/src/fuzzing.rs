@@ -173,6 +173,7 @@ fn pool(c: &mut Choices) -> Pool {
             } else {
                 Vec::new()
             },
+            include_network_and_broadcast: c.flag(),
             ..EipSpec::default()
         },
         status: None,

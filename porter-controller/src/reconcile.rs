@@ -663,6 +663,9 @@ fn held_message(pool: &Pool, held: &HeldEdit) -> String {
         .unwrap_or_default();
     let why = match &held.invalid {
         Some(why) => why.clone(),
+        None if held.in_the_way.iter().any(|(ip, _)| pool.edges.contains(ip)) => {
+            "addresses in use would fall outside it (a CIDR leaves out its network and broadcast addresses unless spec.includeNetworkAndBroadcast is true)".into()
+        }
         None => "addresses in use would fall outside it".into(),
     };
     let offer = match pool.offered() {

@@ -41,6 +41,9 @@ pub struct Pool {
     pub created: Option<Time>,
     /// `spec.address` as written.
     pub address: String,
+    /// The edge addresses of a CIDR `spec.address` that the pool leaves out
+    /// (see [`IpRange::parse_pool`]).
+    pub edges: Vec<IpAddr>,
     /// The range in force as the pool's status last showed it (`firstIP`
     /// to `lastIP` of a Ready pool). A controller that has not decided the
     /// pool itself yet (after a restart or a failover) compares an edit
@@ -72,10 +75,11 @@ pub struct HeldEdit {
 
 impl Pool {
     pub fn from_eip(eip: &Eip) -> Self {
-        let (range, state) = match IpRange::parse(&eip.spec.address) {
-            Ok(r) => (Some(r), PoolState::Accepted),
-            Err(e) => (None, PoolState::Refused(e.to_string())),
-        };
+        let (range, edges, state) =
+            match IpRange::parse_pool(&eip.spec.address, eip.spec.include_network_and_broadcast) {
+                Ok((r, edges)) => (Some(r), edges, PoolState::Accepted),
+                Err(e) => (None, Vec::new(), PoolState::Refused(e.to_string())),
+            };
         Self {
             name: eip.metadata.name.clone().unwrap_or_default(),
             range,
@@ -89,6 +93,7 @@ impl Pool {
                 .is_some_and(|v| v.eq_ignore_ascii_case("true")),
             created: eip.metadata.creation_timestamp.clone(),
             address: eip.spec.address.clone(),
+            edges,
             published: published_range(eip),
             held: None,
             full_below: 0,

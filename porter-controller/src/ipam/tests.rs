@@ -67,17 +67,18 @@ fn allocate_all(i: &mut Ipam, reqs: &[ServiceRequest], labels: &NamespaceLabels)
 fn allocates_from_every_pool_syntax() {
     let cases: &[(&str, Family, &[&str])] = &[
         ("192.168.0.100", Family::V4, &["192.168.0.100"]),
+        // A CIDR leaves out its network and broadcast addresses.
         (
-            "10.0.0.0/30",
+            "10.0.0.0/29",
             Family::V4,
-            &["10.0.0.0", "10.0.0.1", "10.0.0.2"],
+            &["10.0.0.1", "10.0.0.2", "10.0.0.3"],
         ),
         (
             "10.0.0.10-10.0.0.12",
             Family::V4,
             &["10.0.0.10", "10.0.0.11", "10.0.0.12"],
         ),
-        ("2001:db8::/64", Family::V6, &["2001:db8::", "2001:db8::1"]),
+        ("2001:db8::/64", Family::V6, &["2001:db8::1", "2001:db8::2"]),
         (
             "2001:db8::5-2001:db8::6",
             Family::V6,
@@ -130,19 +131,20 @@ fn v6_64_pool_fills_without_overflow_and_reports_its_size() {
         families: vec![Family::V6],
         ..req("a/s")
     };
-    assert_eq!(i.allocate(&r, &no_labels()), Ok(ips(&["2001:db8:1::"])));
+    // The first address (Subnet-Router anycast) is left out.
+    assert_eq!(i.allocate(&r, &no_labels()), Ok(ips(&["2001:db8:1::1"])));
     let pool = i.pools().next().expect("pool");
-    assert_eq!(pool.range.map(|r| r.size()), Some(1u128 << 64));
+    assert_eq!(pool.range.map(|r| r.size()), Some((1u128 << 64) - 1));
 }
 
 #[test]
 fn overlapping_pool_is_refused_and_never_used() {
-    let older = eip("older", "10.0.0.0/24", |e| {
+    let older = eip("older", "10.0.0.0-10.0.0.255", |e| {
         e.metadata.creation_timestamp = Some(Time(
             k8s_openapi::jiff::Timestamp::from_second(1).expect("ts"),
         ))
     });
-    let newer = eip("a-newer", "10.0.0.128/25", |e| {
+    let newer = eip("a-newer", "10.0.0.128-10.0.0.255", |e| {
         e.metadata.creation_timestamp = Some(Time(
             k8s_openapi::jiff::Timestamp::from_second(2).expect("ts"),
         ))
@@ -173,12 +175,12 @@ fn overlapping_pool_is_refused_and_never_used() {
 
 #[test]
 fn disabled_pool_keeps_existing_and_gives_no_new() {
-    let mut i = ipam(vec![plain("p", "10.0.0.0/24")]);
+    let mut i = ipam(vec![plain("p", "10.0.0.0-10.0.0.255")]);
     let l = no_labels();
     let a = req("a/a");
     assert_eq!(i.allocate(&a, &l), Ok(ips(&["10.0.0.0"])));
     i.set_pools(
-        vec![eip("p", "10.0.0.0/24", |e| e.spec.disable = true)],
+        vec![eip("p", "10.0.0.0-10.0.0.255", |e| e.spec.disable = true)],
         &[],
     );
     assert!(
@@ -203,9 +205,9 @@ fn disabled_pool_keeps_existing_and_gives_no_new() {
 fn pool_choice_follows_namespace_then_default_then_priority() {
     let pools = || {
         vec![
-            eip("open-high", "10.0.1.0/24", |e| e.spec.priority = 5),
-            eip("open-low", "10.0.2.0/24", |e| e.spec.priority = 1),
-            eip("default", "10.0.3.0/24", |e| {
+            eip("open-high", "10.0.1.0-10.0.1.255", |e| e.spec.priority = 5),
+            eip("open-low", "10.0.2.0-10.0.2.255", |e| e.spec.priority = 1),
+            eip("default", "10.0.3.0-10.0.3.255", |e| {
                 e.metadata.annotations = Some(
                     [(
                         "eip.openelb.kubesphere.io/is-default-eip".to_string(),
@@ -214,14 +216,14 @@ fn pool_choice_follows_namespace_then_default_then_priority() {
                     .into(),
                 )
             }),
-            eip("team-b", "10.0.4.0/24", |e| {
+            eip("team-b", "10.0.4.0-10.0.4.255", |e| {
                 e.spec.namespaces = vec!["b".into()]
             }),
-            eip("team-b-pref", "10.0.5.0/24", |e| {
+            eip("team-b-pref", "10.0.5.0-10.0.5.255", |e| {
                 e.spec.namespaces = vec!["b".into()];
                 e.spec.priority = -1
             }),
-            eip("labelled", "10.0.6.0/24", |e| {
+            eip("labelled", "10.0.6.0-10.0.6.255", |e| {
                 e.spec.namespace_selector = [("tier".to_string(), "gold".to_string())].into()
             }),
         ]
@@ -277,7 +279,10 @@ fn pool_choice_follows_namespace_then_default_then_priority() {
 fn requested_address_is_validated() {
     let l = no_labels();
     let fresh = || {
-        let mut i = ipam(vec![plain("p", "10.0.0.0/24"), plain("q", "10.0.1.0/24")]);
+        let mut i = ipam(vec![
+            plain("p", "10.0.0.0-10.0.0.255"),
+            plain("q", "10.0.1.0-10.0.1.255"),
+        ]);
         assert_eq!(i.allocate(&req("a/holder"), &l), Ok(ips(&["10.0.0.0"])));
         i
     };
@@ -352,7 +357,7 @@ fn sharing_needs_same_key_and_disjoint_ports() {
         ("no key: new address", None, 443, "10.0.0.1"),
     ];
     for (name, k, port, want) in cases {
-        let mut i = ipam(vec![plain("p", "10.0.0.0/24")]);
+        let mut i = ipam(vec![plain("p", "10.0.0.0-10.0.0.255")]);
         assert_eq!(
             i.allocate(&shared("a/first", Some("k"), 80), &l),
             Ok(ips(&["10.0.0.0"]))
@@ -364,7 +369,7 @@ fn sharing_needs_same_key_and_disjoint_ports() {
         );
     }
     // Asking for a shared address explicitly follows the same rule.
-    let mut i = ipam(vec![plain("p", "10.0.0.0/24")]);
+    let mut i = ipam(vec![plain("p", "10.0.0.0-10.0.0.255")]);
     assert!(i.allocate(&shared("a/first", Some("k"), 80), &l).is_ok());
     let clash = ServiceRequest {
         requested: ips(&["10.0.0.0"]),
@@ -389,11 +394,11 @@ fn dual_stack_follows_policy() {
     let l = no_labels();
     let both = || {
         ipam(vec![
-            plain("v4", "10.0.0.0/24"),
-            plain("v6", "2001:db8::/120"),
+            plain("v4", "10.0.0.0-10.0.0.255"),
+            plain("v6", "2001:db8::-2001:db8::ff"),
         ])
     };
-    let only_v4 = || ipam(vec![plain("v4", "10.0.0.0/24")]);
+    let only_v4 = || ipam(vec![plain("v4", "10.0.0.0-10.0.0.255")]);
     let dual = |policy, families: Vec<Family>| ServiceRequest {
         policy,
         families,
@@ -447,7 +452,7 @@ fn dual_stack_follows_policy() {
 #[test]
 fn restart_rebuilds_from_status_and_changes_no_address() {
     let l = no_labels();
-    let pools = || vec![plain("p", "10.0.0.0/29")];
+    let pools = || vec![plain("p", "10.0.0.0-10.0.0.7")];
     // Before the restart: three Services got .0, .1, .2; .1's owner was
     // created last, so a naive fresh allocation would hand .0/.1 out differently.
     let with_status = |key: &str, addr: &str| ServiceRequest {
@@ -481,7 +486,10 @@ fn restart_rebuilds_from_status_and_changes_no_address() {
 #[test]
 fn changing_the_request_moves_the_service() {
     let l = no_labels();
-    let mut i = ipam(vec![plain("p", "10.0.0.0/24"), plain("q", "10.0.1.0/24")]);
+    let mut i = ipam(vec![
+        plain("p", "10.0.0.0-10.0.0.255"),
+        plain("q", "10.0.1.0-10.0.1.255"),
+    ]);
     let r = req("a/s");
     assert_eq!(i.allocate(&r, &l), Ok(ips(&["10.0.0.0"])));
     let held = ips(&["10.0.0.0"]);
@@ -496,14 +504,14 @@ fn changing_the_request_moves_the_service() {
     );
     assert_eq!(i.allocate(&moved, &l), Ok(ips(&["10.0.1.0"])));
     // Deleting the pool releases what it gave.
-    i.set_pools(vec![plain("p", "10.0.0.0/24")], &[]);
+    i.set_pools(vec![plain("p", "10.0.0.0-10.0.0.255")], &[]);
     assert_eq!(i.addresses_of(&moved.key), None);
 }
 
 #[test]
 fn filling_a_pool_reuses_released_gaps_after_wrapping() {
     let l = no_labels();
-    let mut i = ipam(vec![plain("p", "10.0.0.0/30")]);
+    let mut i = ipam(vec![plain("p", "10.0.0.0-10.0.0.3")]);
     for n in 0..4 {
         assert!(i.allocate(&req(&format!("a/s{n}")), &l).is_ok());
     }
@@ -518,11 +526,14 @@ fn filling_a_pool_reuses_released_gaps_after_wrapping() {
 /// the newcomer over the old range is refused.
 #[test]
 fn kept_address_is_counted_in_the_pool_that_holds_it() {
-    let mut i = ipam(vec![plain("a", "10.0.0.0/30")]);
+    let mut i = ipam(vec![plain("a", "10.0.0.0-10.0.0.3")]);
     let r = req("ns/svc");
     assert_eq!(i.allocate(&r, &no_labels()), Ok(ips(&["10.0.0.0"])));
     i.set_pools(
-        vec![plain("a", "10.0.1.0/30"), plain("b", "10.0.0.0/30")],
+        vec![
+            plain("a", "10.0.1.0-10.0.1.3"),
+            plain("b", "10.0.0.0-10.0.0.3"),
+        ],
         &[],
     );
     assert_eq!(i.addresses_of(&r.key), Some(&ips(&["10.0.0.0"])[..]));
@@ -576,7 +587,7 @@ fn the_next_address_follows_from_the_published_state_not_from_history() {
     let l = no_labels();
     // One replica filled the pool and saw two Services go: its search
     // position is past the gaps.
-    let mut busy = ipam(vec![plain("p", "10.0.0.0/29")]);
+    let mut busy = ipam(vec![plain("p", "10.0.0.0-10.0.0.7")]);
     for n in 0..6 {
         assert!(busy.allocate(&req(&format!("a/s{n}")), &l).is_ok());
     }
@@ -593,8 +604,8 @@ fn the_next_address_follows_from_the_published_state_not_from_history() {
         req("a/new3"),
     ];
     let mut fresh = Ipam::default();
-    let from_fresh = pass(&mut fresh, vec![plain("p", "10.0.0.0/29")], &now);
-    let from_busy = pass(&mut busy, vec![plain("p", "10.0.0.0/29")], &now);
+    let from_fresh = pass(&mut fresh, vec![plain("p", "10.0.0.0-10.0.0.7")], &now);
+    let from_busy = pass(&mut busy, vec![plain("p", "10.0.0.0-10.0.0.7")], &now);
     assert_eq!(from_fresh, from_busy);
     // The lowest free addresses, in the Services' order.
     assert_eq!(
@@ -606,11 +617,11 @@ fn the_next_address_follows_from_the_published_state_not_from_history() {
 #[test]
 fn a_rebuilt_book_holds_what_is_published_not_what_was_remembered() {
     let l = no_labels();
-    let mut i = ipam(vec![plain("p", "10.0.0.0/29")]);
+    let mut i = ipam(vec![plain("p", "10.0.0.0-10.0.0.7")]);
     // This replica chose .0 for web on its own; the leader published .3.
     assert_eq!(i.allocate(&req("a/web"), &l), Ok(ips(&["10.0.0.0"])));
     let now = [with_status("a/web", &["10.0.0.3"]), req("a/api")];
-    let got = pass(&mut i, vec![plain("p", "10.0.0.0/29")], &now);
+    let got = pass(&mut i, vec![plain("p", "10.0.0.0-10.0.0.7")], &now);
     assert_eq!(got, [ips(&["10.0.0.3"]), ips(&["10.0.0.0"])]);
     assert_eq!(i.usage("p"), 2);
 }
@@ -674,7 +685,7 @@ fn growing_a_pool_or_moving_it_with_nothing_in_the_way_applies() {
     );
     let web = [with_status("a/web", &["10.0.0.100"])];
     for (address, kept) in [
-        ("10.0.0.0/24", "10.0.0.100"),
+        ("10.0.0.0-10.0.0.255", "10.0.0.100"),
         ("10.0.0.100-10.0.0.100", "10.0.0.100"),
     ] {
         assert_eq!(
@@ -687,11 +698,11 @@ fn growing_a_pool_or_moving_it_with_nothing_in_the_way_applies() {
     }
     // Moved once nothing is in it.
     assert_eq!(
-        pass(&mut i, vec![plain("p", "10.0.9.0/30")], &[]),
+        pass(&mut i, vec![plain("p", "10.0.9.0-10.0.9.3")], &[]),
         Vec::<Vec<IpAddr>>::new()
     );
     let p = i.pools().next().expect("pool");
-    assert_eq!(p.range, IpRange::parse("10.0.9.0/30").ok());
+    assert_eq!(p.range, IpRange::parse("10.0.9.0-10.0.9.3").ok());
     assert_eq!(p.held, None);
 }
 
@@ -727,20 +738,20 @@ fn an_unusable_edit_under_addresses_in_use_keeps_the_range_in_force() {
     let now = [with_status("a/web", &["10.0.0.1"])];
     for (edit, why) in [
         ("10.0.0.300", "is not an IP"),
-        ("10.0.1.0/24", "overlaps pool `other`"),
+        ("10.0.1.0-10.0.1.255", "overlaps pool `other`"),
     ] {
         let mut i = Ipam::default();
         let pools = |address| {
             vec![
                 plain("p", address),
-                eip("other", "10.0.1.0/24", |e| {
+                eip("other", "10.0.1.0-10.0.1.255", |e| {
                     e.metadata.creation_timestamp = Some(Time(
                         k8s_openapi::jiff::Timestamp::from_second(1).expect("ts"),
                     ))
                 }),
             ]
         };
-        pass(&mut i, pools("10.0.0.0/24"), &now);
+        pass(&mut i, pools("10.0.0.0-10.0.0.255"), &now);
         assert_eq!(
             pass(&mut i, pools(edit), &now),
             [ips(&["10.0.0.1"])],
@@ -748,7 +759,11 @@ fn an_unusable_edit_under_addresses_in_use_keeps_the_range_in_force() {
         );
         let p = i.pools().find(|p| p.name == "p").expect("pool");
         assert_eq!(p.state, PoolState::Accepted, "{edit}");
-        assert_eq!(p.range, IpRange::parse("10.0.0.0/24").ok(), "{edit}");
+        assert_eq!(
+            p.range,
+            IpRange::parse("10.0.0.0-10.0.0.255").ok(),
+            "{edit}"
+        );
         let held = p.held.as_ref().expect("held");
         assert!(
             held.invalid.as_ref().is_some_and(|w| w.contains(why)),
@@ -757,7 +772,7 @@ fn an_unusable_edit_under_addresses_in_use_keeps_the_range_in_force() {
     }
     // With nothing to protect, an unusable address refuses the pool.
     let mut i = Ipam::default();
-    pass(&mut i, vec![plain("p", "10.0.0.0/24")], &[]);
+    pass(&mut i, vec![plain("p", "10.0.0.0-10.0.0.255")], &[]);
     pass(&mut i, vec![plain("p", "10.0.0.300")], &[]);
     let p = i.pools().next().expect("pool");
     assert!(matches!(p.state, PoolState::Refused(_)));
@@ -782,7 +797,7 @@ fn disabling_a_pool_with_a_shrunk_address_keeps_every_allocation() {
 fn keeping_an_address_checks_the_pool_namespaces_even_when_named_or_requested() {
     let l = no_labels();
     let reserved = || {
-        eip("p", "10.0.0.0/24", |e| {
+        eip("p", "10.0.0.0-10.0.0.255", |e| {
             e.spec.namespaces = vec!["blue".into()]
         })
     };
@@ -812,4 +827,37 @@ fn keeping_an_address_checks_the_pool_namespaces_even_when_named_or_requested() 
         );
     }
     assert!(i.keep(&at_home, &at_home.current, &l));
+}
+
+#[test]
+fn a_cidr_pool_hands_out_neither_network_nor_broadcast_unless_told() {
+    let l = no_labels();
+    let fill = |pool: Pool| {
+        let mut i = ipam(vec![pool]);
+        (0..5)
+            .map_while(|n| i.allocate(&req(&format!("a/s{n}")), &l).ok())
+            .flatten()
+            .collect::<Vec<IpAddr>>()
+    };
+    assert_eq!(
+        fill(plain("p", "10.0.0.0/30")),
+        ips(&["10.0.0.1", "10.0.0.2"])
+    );
+    let routed = eip("p", "10.0.0.0/30", |e| {
+        e.spec.include_network_and_broadcast = true
+    });
+    assert_eq!(
+        fill(routed),
+        ips(&["10.0.0.0", "10.0.0.1", "10.0.0.2", "10.0.0.3"])
+    );
+    // Nor may they be requested.
+    let mut i = ipam(vec![plain("p", "10.0.0.0/30")]);
+    let asked = ServiceRequest {
+        requested: ips(&["10.0.0.3"]),
+        ..req("a/asks")
+    };
+    assert_eq!(
+        i.allocate(&asked, &l),
+        Err(AllocError::NotInPool(ip("10.0.0.3")))
+    );
 }

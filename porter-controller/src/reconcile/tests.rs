@@ -675,6 +675,24 @@ fn without(snap: &Snapshot, name: &str) -> Snapshot {
     out
 }
 
+/// `seed()` with web published at `address` by some leader.
+fn published_web(address: &str) -> Snapshot {
+    let mut snap = seed();
+    let mut web = porter_svc("web");
+    web.metadata.finalizers = Some(vec![SERVICE_FINALIZER.into()]);
+    web.status = Some(ServiceStatus {
+        load_balancer: Some(LoadBalancerStatus {
+            ingress: Some(vec![LoadBalancerIngress {
+                ip: Some(address.into()),
+                ..Default::default()
+            }]),
+        }),
+        conditions: None,
+    });
+    snap.services = vec![Arc::new(web)];
+    snap
+}
+
 fn pending_condition(st: &EipStatus) -> Option<&Condition> {
     st.conditions
         .iter()
@@ -771,7 +789,10 @@ fn growing_a_pool_or_disabling_it_keeps_every_address_and_says_nothing() {
     let mut r = leader();
     let snap = seed();
     let snap = settle(&snap, &r.plan(&snap, &now()));
-    for (address, disable) in [("192.168.0.0/24", false), ("192.168.0.100", true)] {
+    for (address, disable, first) in [
+        ("192.168.0.0/24", false, "192.168.0.1"),
+        ("192.168.0.100", true, "192.168.0.100"),
+    ] {
         let mut edited = with_pool(&snap, address);
         let mut e = (*edited.eips[0]).clone();
         e.spec.disable = disable;
@@ -785,7 +806,7 @@ fn growing_a_pool_or_disabling_it_keeps_every_address_and_says_nothing() {
         );
         let (_, st) = &plan.eip_status[0];
         assert!(pending_condition(st).is_none(), "{address}");
-        assert_eq!(st.first_ip.as_deref(), address.split('/').next());
+        assert_eq!(st.first_ip.as_deref(), Some(first));
     }
 }
 
@@ -800,19 +821,8 @@ fn a_follower_keeps_nothing_of_its_own_into_leadership() {
     assert_eq!(follower.ipam().addresses_of(&key("web")), None);
 
     // The leader of the time published .101 for web.
-    let mut published = seed();
-    let mut web = porter_svc("web");
-    web.metadata.finalizers = Some(vec![SERVICE_FINALIZER.into()]);
-    web.status = Some(ServiceStatus {
-        load_balancer: Some(LoadBalancerStatus {
-            ingress: Some(vec![LoadBalancerIngress {
-                ip: Some("192.168.0.101".into()),
-                ..Default::default()
-            }]),
-        }),
-        conditions: None,
-    });
-    published.services = vec![Arc::new(web), Arc::new(porter_svc("api"))];
+    let mut published = published_web("192.168.0.101");
+    published.services.push(Arc::new(porter_svc("api")));
     follower.plan(&published, &now());
     follower.set_leading(true);
     let plan = follower.plan(&published, &now());
@@ -842,4 +852,38 @@ fn a_new_leader_adopts_what_a_pool_status_shows_for_a_service_without_status() {
 
     let plan = leader().plan(&lost, &now());
     assert_eq!(*plan.ingress, [(key("web"), vec![ip("192.168.0.101")])]);
+}
+
+/// A pool written as a CIDR by an earlier version handed out its network
+/// address. Now the CIDR leaves it out, but the Service there keeps it: the
+/// change is held back like an edit, and the message says what to set.
+#[test]
+fn a_service_on_a_network_address_keeps_it_and_is_told_how_to_keep_the_pool_whole() {
+    let mut snap = published_web("192.168.0.0");
+    let mut e = pool("eip-sample-pool", "192.168.0.0/30");
+    e.status = Some(EipStatus {
+        ready: true,
+        first_ip: Some("192.168.0.0".into()),
+        last_ip: Some("192.168.0.3".into()),
+        ..Default::default()
+    });
+    snap.eips = vec![Arc::new(e)];
+    let plan = leader().plan(&snap, &now());
+    assert!(plan.ingress.is_empty(), "{:?}", plan.ingress);
+    let (_, st) = &plan.eip_status[0];
+    let pending = pending_condition(st).expect("AddressChangePending");
+    assert!(
+        pending.message.contains("spec.includeNetworkAndBroadcast"),
+        "{}",
+        pending.message
+    );
+
+    // With the field set, the pool is whole again and nothing waits.
+    let mut e = (*snap.eips[0]).clone();
+    e.spec.include_network_and_broadcast = true;
+    snap.eips = vec![Arc::new(e)];
+    let plan = leader().plan(&snap, &now());
+    assert!(plan.ingress.is_empty(), "{:?}", plan.ingress);
+    let (_, st) = &plan.eip_status[0];
+    assert!(pending_condition(st).is_none(), "{:?}", st.conditions);
 }

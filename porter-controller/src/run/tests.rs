@@ -33,7 +33,7 @@ fn snapshot() -> Snapshot {
             ..Default::default()
         },
         spec: EipSpec {
-            address: "10.0.0.0/24".into(),
+            address: "10.0.0.0-10.0.0.255".into(),
             ..Default::default()
         },
         status: None,
@@ -258,7 +258,8 @@ async fn with_the_dir_source_the_announcer_is_written_beside_the_manifests() {
     let (loaded, problems) = load(&root).expect("load");
     assert!(problems.is_empty(), "{problems:?}");
     snap.eips = loaded.eips;
-    snap.layer2_holders = Arc::new([("10.0.0.0".parse().expect("ip"), "n2".to_owned())].into());
+    // The CIDR leaves out its network address: web has the next one.
+    snap.layer2_holders = Arc::new([("10.0.0.1".parse().expect("ip"), "n2".to_owned())].into());
     let writer = DirWriter::new(root.clone());
     assert_eq!(
         c.step(Arc::new(snap.clone()), true, &writer)
@@ -277,12 +278,12 @@ async fn with_the_dir_source_the_announcer_is_written_beside_the_manifests() {
             .iter()
             .map(|a| (a.address.as_str(), a.node.as_str()))
             .collect::<Vec<_>>(),
-        [("10.0.0.0", "n2")]
+        [("10.0.0.1", "n2")]
     );
     let events = std::fs::read_to_string(root.join("status/events.jsonl")).expect("events");
     assert!(
         events.lines().any(|l| l.contains("Layer2Announcing")
-            && l.contains("node n2 now answers ARP for 10.0.0.0")
+            && l.contains("node n2 now answers ARP for 10.0.0.1")
             && l.contains("Service default/web")),
         "{events}"
     );
