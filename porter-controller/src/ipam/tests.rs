@@ -508,17 +508,6 @@ fn changing_the_request_moves_the_service() {
     assert_eq!(i.addresses_of(&moved.key), None);
 }
 
-#[test]
-fn filling_a_pool_reuses_released_gaps_after_wrapping() {
-    let l = no_labels();
-    let mut i = ipam(vec![plain("p", "10.0.0.0-10.0.0.3")]);
-    for n in 0..4 {
-        assert!(i.allocate(&req(&format!("a/s{n}")), &l).is_ok());
-    }
-    i.release(&ObjectKey::new("a", "s1"));
-    assert_eq!(i.allocate(&req("a/late"), &l), Ok(ips(&["10.0.0.1"])));
-}
-
 /// Found by the `ipam` fuzz target: when a pool's address changed and a
 /// kept address now lay in another pool, it was still counted in the old
 /// one (Eip.status.used, and the sharing search). An edit that leaves out an

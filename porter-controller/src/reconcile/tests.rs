@@ -130,6 +130,13 @@ fn settle(snap: &Snapshot, plan: &Plan) -> Snapshot {
     out
 }
 
+/// The one Event of the plan with this reason.
+fn only_event<'a>(plan: &'a Plan, reason: &str) -> &'a Event {
+    let found: Vec<&Event> = plan.events.iter().filter(|e| e.reason == reason).collect();
+    assert_eq!(found.len(), 1, "{reason} in {:?}", plan.events);
+    found[0]
+}
+
 fn reasons(plan: &Plan) -> Vec<&'static str> {
     plan.events.iter().map(|e| e.reason).collect()
 }
@@ -387,15 +394,10 @@ fn overlapping_pool_shows_a_refused_condition() {
             .contains("overlaps pool `eip-sample-pool`")
     );
     // Besides the condition, a Warning Event on the Eip, once.
-    let refused: Vec<&Event> = plan
-        .events
-        .iter()
-        .filter(|e| e.reason == REASON_POOL_REFUSED)
-        .collect();
-    assert_eq!(refused.len(), 1, "{:?}", plan.events);
-    assert_eq!(refused[0].type_, EventType::Warning);
-    assert_eq!(refused[0].regarding, Regarding::Eip("z-overlap".into()));
-    assert_eq!(refused[0].message, st.conditions[0].message);
+    let refused = only_event(&plan, REASON_POOL_REFUSED);
+    assert_eq!(refused.type_, EventType::Warning);
+    assert_eq!(refused.regarding, Regarding::Eip("z-overlap".into()));
+    assert_eq!(refused.message, st.conditions[0].message);
     let again = r.plan(&settle(&snap, &plan), &now());
     assert!(
         again.events.iter().all(|e| e.reason != REASON_POOL_REFUSED),
@@ -678,18 +680,10 @@ fn without(snap: &Snapshot, name: &str) -> Snapshot {
 /// `seed()` with web published at `address` by some leader.
 fn published_web(address: &str) -> Snapshot {
     let mut snap = seed();
-    let mut web = porter_svc("web");
-    web.metadata.finalizers = Some(vec![SERVICE_FINALIZER.into()]);
-    web.status = Some(ServiceStatus {
-        load_balancer: Some(LoadBalancerStatus {
-            ingress: Some(vec![LoadBalancerIngress {
-                ip: Some(address.into()),
-                ..Default::default()
-            }]),
-        }),
-        conditions: None,
-    });
-    snap.services = vec![Arc::new(web)];
+    snap.services = vec![Arc::new(crate::testing::published(
+        porter_svc("web"),
+        address,
+    ))];
     snap
 }
 
@@ -722,23 +716,15 @@ fn shrinking_a_pool_under_a_service_is_refused_until_the_service_goes() {
         [(key("newcomer"), vec![ip("192.168.0.150")])],
         "web is not moved"
     );
-    let refused: Vec<&Event> = plan
-        .events
-        .iter()
-        .filter(|e| e.reason == REASON_CHANGE_REFUSED)
-        .collect();
-    assert_eq!(refused.len(), 1, "{:?}", plan.events);
-    assert_eq!(refused[0].type_, EventType::Warning);
-    assert_eq!(
-        refused[0].regarding,
-        Regarding::Eip("eip-sample-pool".into())
-    );
+    let refused = only_event(&plan, REASON_CHANGE_REFUSED);
+    assert_eq!(refused.type_, EventType::Warning);
+    assert_eq!(refused.regarding, Regarding::Eip("eip-sample-pool".into()));
     for part in [
         "`192.168.0.150-192.168.0.199` is not applied",
         "192.168.0.100 (default/web)",
         "keeps 192.168.0.100-192.168.0.200",
     ] {
-        assert!(refused[0].message.contains(part), "{}", refused[0].message);
+        assert!(refused.message.contains(part), "{}", refused.message);
     }
     let (_, st) = &plan.eip_status[0];
     assert_eq!(
@@ -750,7 +736,7 @@ fn shrinking_a_pool_under_a_service_is_refused_until_the_service_goes() {
         (pending.status.as_str(), pending.reason.as_str()),
         ("True", "AddressesInUse")
     );
-    assert_eq!(pending.message, refused[0].message);
+    assert_eq!(pending.message, refused.message);
 
     // Said once; a controller that starts now reads the range in force
     // back from the status and keeps refusing.
@@ -769,13 +755,10 @@ fn shrinking_a_pool_under_a_service_is_refused_until_the_service_goes() {
     let gone = without(&edited, "web");
     let plan = r.plan(&gone, &now());
     assert!(plan.ingress.is_empty(), "{:?}", plan.ingress);
-    let applied: Vec<&Event> = plan
-        .events
-        .iter()
-        .filter(|e| e.reason == REASON_CHANGE_APPLIED)
-        .collect();
-    assert_eq!(applied.len(), 1, "{:?}", plan.events);
-    assert_eq!(applied[0].type_, EventType::Normal);
+    assert_eq!(
+        only_event(&plan, REASON_CHANGE_APPLIED).type_,
+        EventType::Normal
+    );
     let (_, st) = &plan.eip_status[0];
     assert_eq!(
         (st.first_ip.as_deref(), st.last_ip.as_deref()),

@@ -561,19 +561,8 @@ async fn a_session_coming_up_or_going_down_reaches_the_bgp_peer_status_without_a
 /// `snapshot()` with web published at `address` by some leader, and `more`
 /// Services that have nothing yet.
 fn published_at(address: &str, more: &[&str]) -> Snapshot {
-    use k8s_openapi::api::core::v1::{LoadBalancerIngress, LoadBalancerStatus, ServiceStatus};
     let mut snap = snapshot();
-    let mut web = (*snap.services[0]).clone();
-    web.metadata.finalizers = Some(vec![porter_api::annotations::SERVICE_FINALIZER.into()]);
-    web.status = Some(ServiceStatus {
-        load_balancer: Some(LoadBalancerStatus {
-            ingress: Some(vec![LoadBalancerIngress {
-                ip: Some(address.into()),
-                ..Default::default()
-            }]),
-        }),
-        conditions: None,
-    });
+    let web = crate::testing::published((*snap.services[0]).clone(), address);
     let mut services = vec![Arc::new(web)];
     for name in more {
         let mut other = (*snap.services[0]).clone();
