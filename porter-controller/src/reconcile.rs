@@ -60,6 +60,8 @@ pub struct Plan {
     pub allocated: u64,
     /// Kinds of the AllocationFailed events in this plan.
     pub failures: Vec<&'static str>,
+    /// Layer 2 addresses in use that no node answers ARP/NDP for.
+    pub layer2_unanswered: usize,
 }
 
 #[derive(Debug, Default)]
@@ -259,7 +261,7 @@ impl Reconciler {
         plan.paths = self.routes.paths().clone();
         plan.paths_version = self.paths_version;
         self.announcement_events(&changed, &mut plan.events);
-        self.layer2.plan(
+        plan.layer2_unanswered = self.layer2.plan(
             snap,
             &self.ipam,
             now,
@@ -695,13 +697,24 @@ fn join(ips: &[IpAddr]) -> String {
         .join(", ")
 }
 
+/// The kinds of allocation failure, the `reason` of
+/// `porter_allocation_failures_total`: invalid request, no pool, exhausted,
+/// requested address unavailable.
+pub const FAILURE_KINDS: [&str; 4] = [
+    "invalid_request",
+    "no_pool",
+    "exhausted",
+    "requested_unavailable",
+];
+
 fn failure_kind(e: &crate::ipam::AllocError) -> &'static str {
     use crate::ipam::AllocError::*;
+    let [invalid, no_pool, exhausted, unavailable] = FAILURE_KINDS;
     match e {
-        InvalidRequest(_) | FamilyNotWanted(_) => "invalid_request",
-        PoolNotFound(_) | PoolUnusable { .. } | PoolNotAllowed { .. } | NoPool(_) => "no_pool",
-        Exhausted { .. } => "exhausted",
-        NotInPool(_) | InUse { .. } | Leaving { .. } => "requested_unavailable",
+        InvalidRequest(_) | FamilyNotWanted(_) => invalid,
+        PoolNotFound(_) | PoolUnusable { .. } | PoolNotAllowed { .. } | NoPool(_) => no_pool,
+        Exhausted { .. } => exhausted,
+        NotInPool(_) | InUse { .. } | Leaving { .. } => unavailable,
     }
 }
 

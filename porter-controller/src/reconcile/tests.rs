@@ -537,6 +537,7 @@ fn the_eip_status_names_the_node_announcing_each_layer2_address_and_a_change_is_
         [("192.168.0.100".into(), "n1".into(), now())]
     );
     assert_eq!(plan.eip_status[0].1.layer2_nodes, "n1");
+    assert_eq!(plan.layer2_unanswered, 0);
     assert_eq!(
         layer2_events(&plan),
         [(
@@ -577,6 +578,9 @@ fn the_eip_status_names_the_node_announcing_each_layer2_address_and_a_change_is_
     assert_eq!(plan.eip_status[0].1.layer2_nodes, "");
     assert_eq!(layer2_events(&plan).len(), 1);
     assert_eq!(layer2_events(&plan)[0].0, EventType::Warning);
+    // ... and the metric behind the PorterLayer2AddressUnanswered alert counts it.
+    assert_eq!(plan.layer2_unanswered, 1);
+    assert_eq!(r.plan(&dark, &later()).layer2_unanswered, 1);
 }
 
 #[test]
