@@ -42,6 +42,24 @@ pub fn eip_address(data: &[u8]) {
     }
     assert_eq!(range.nth(0), Some(range.first()));
     assert_eq!(range.offset_of(range.last()), Some(range.end - range.start));
+    // A pool's addresses: inside the written range, never empty, and the
+    // edges left out are exactly the written ones it does not hold.
+    for include in [false, true] {
+        let (pool, edges) = IpRange::parse_pool(text, include).expect("parsed above");
+        assert!(pool.start <= pool.end, "{text:?} gave {pool:?}");
+        assert!(range.contains(pool.first()) && range.contains(pool.last()));
+        // Saturating: `::/0` counts 2^128 - 1 addresses either way.
+        assert_eq!(
+            pool.size().saturating_add(edges.len() as u128),
+            range.size()
+        );
+        for edge in &edges {
+            assert!(
+                range.contains(*edge) && !pool.contains(*edge),
+                "{text:?}: {edge}"
+            );
+        }
+    }
 }
 
 pub fn seed_toml(data: &[u8]) {
