@@ -874,3 +874,17 @@ fn a_service_on_a_network_address_keeps_it_and_is_told_how_to_keep_the_pool_whol
     let (_, st) = &plan.eip_status[0];
     assert!(pending_condition(st).is_none(), "{:?}", st.conditions);
 }
+
+/// A leader that loses the lease before its write lands keeps nothing of
+/// what it chose: as a follower its book is what is published.
+#[test]
+fn a_deposed_leader_forgets_what_it_chose_and_never_published() {
+    let mut r = leader();
+    let snap = seed();
+    let plan = r.plan(&snap, &now());
+    assert_eq!(*plan.ingress, [(key("web"), vec![ip("192.168.0.100")])]);
+    r.set_leading(false);
+    let plan = r.plan(&snap, &now());
+    assert_eq!(r.ipam().addresses_of(&key("web")), None);
+    assert_eq!(plan.allocated, 0);
+}
