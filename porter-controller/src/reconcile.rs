@@ -581,7 +581,7 @@ impl Reconciler {
 
     /// An Announced event on each Service whose EIP's paths changed, and a
     /// BgpPolicyConflict event on each Service of an EIP whose Services
-    /// started to disagree.
+    /// started to disagree or set what the pool does not allow them.
     fn announcement_events(&self, changed: &BTreeSet<IpAddr>, events: &mut Vec<Event>) {
         let paths = self.routes.paths();
         // Room for exactly these: a first pass adds one per Service to as
@@ -620,7 +620,7 @@ impl Reconciler {
             }
         }
         for (ip, conflict) in self.routes.new_conflicts() {
-            tracing::warn!(eip = %ip, conflict = %conflict, "Services sharing an address disagree on BGP policy");
+            tracing::warn!(eip = %ip, conflict = %conflict, "BGP annotations of a Service are not applied as written");
             for key in self.routes.users(ip) {
                 events.push(Event {
                     regarding: Regarding::Service(key.clone()),

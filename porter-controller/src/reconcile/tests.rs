@@ -888,3 +888,44 @@ fn a_deposed_leader_forgets_what_it_chose_and_never_published() {
     assert_eq!(r.ipam().addresses_of(&key("web")), None);
     assert_eq!(plan.allocated, 0);
 }
+
+#[test]
+fn a_community_the_pool_does_not_allow_is_not_sent_and_the_service_is_told() {
+    let mut r = leader();
+    let mut snap = seed();
+    snap.services = vec![Arc::new(svc(
+        "web",
+        &[
+            ("lb.kubesphere.io/v1alpha1", "porter"),
+            ("bgp.porter.kubesphere.io/communities", "blackhole"),
+        ],
+    ))];
+    let plan = r.plan(&snap, &now());
+    let hops = plan.paths.values().next().expect("still announced");
+    assert!(
+        hops.values().all(|a| a.communities.is_empty()),
+        "blackhole is not sent: {hops:?}"
+    );
+    let told: Vec<&Event> = plan
+        .events
+        .iter()
+        .filter(|e| e.reason == porter_api::bgp_policy::REASON_CONFLICT)
+        .collect();
+    assert_eq!(told.len(), 1, "{:?}", plan.events);
+    assert_eq!(told[0].regarding, Regarding::Service(key("web")));
+    assert_eq!(told[0].type_, EventType::Warning);
+    assert!(
+        told[0].message.contains("community 65535:666")
+            && told[0].message.contains("spec.bgp.serviceAttributes"),
+        "{}",
+        told[0].message
+    );
+    // Told once, not on every pass.
+    let snap = settle(&snap, &plan);
+    assert!(
+        r.plan(&snap, &now())
+            .events
+            .iter()
+            .all(|e| e.reason != porter_api::bgp_policy::REASON_CONFLICT)
+    );
+}
