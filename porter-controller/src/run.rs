@@ -68,8 +68,9 @@ impl<A: Announcer> Controller<A> {
     ) -> Step {
         if leader != self.was_leader {
             tracing::info!(leader, "leadership changed");
-            // A new leader re-sends everything: its predecessor's state is unknown.
-            self.reconciler.forget_reported();
+            // A new leader rebuilds from the published state and re-sends
+            // everything: its predecessor's state is unknown.
+            self.reconciler.set_leading(leader);
             self.bgp.reset();
             self.was_leader = leader;
         }
