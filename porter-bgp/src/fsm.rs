@@ -83,6 +83,10 @@ pub enum Event {
     TcpFailed(String),
     TimerExpired(Timer),
     Message(BgpMessage),
+    /// A liveness check outside BGP (BFD, RFC 5882) says the peer is
+    /// unreachable: the session goes down at once, with a Cease "BFD Down"
+    /// (RFC 9384), instead of waiting for the hold timer.
+    PeerUnreachable(String),
     /// The peer sent bytes that do not decode; the NOTIFICATION says why.
     Malformed {
         reason: String,
@@ -335,6 +339,16 @@ impl Fsm {
                 State::OpenSent | State::OpenConfirm | State::Established,
                 Event::TcpFailed(reason),
             ) => self.fail(&mut actions, format!("connection lost: {reason}"), None),
+            (
+                State::OpenSent | State::OpenConfirm | State::Established,
+                Event::PeerUnreachable(reason),
+            ) => self.fail(
+                &mut actions,
+                reason,
+                Some(BgpNotificationMessage::CeaseError(CeaseError::BfdDown {
+                    value: Box::new([]),
+                })),
+            ),
             (
                 State::OpenSent | State::OpenConfirm | State::Established,
                 Event::Malformed {
@@ -890,5 +904,27 @@ mod tests {
             "graceful restart: no NOTIFICATION"
         );
         assert!(actions.contains(&Action::CloseConnection));
+    }
+
+    #[test]
+    fn bfd_down_takes_the_session_down_at_once_with_cease_bfd_down() {
+        let (mut fsm, _) = established(true);
+        let actions = fsm.handle(Event::PeerUnreachable(
+            "BFD: control detection time expired".into(),
+        ));
+        assert_eq!(sent_notification(&actions), Some((6, 10)));
+        assert!(actions.contains(&Action::CloseConnection));
+        assert!(
+            actions
+                .iter()
+                .any(|a| matches!(a, Action::SessionDown(reason) if reason.contains("BFD")))
+        );
+        assert_eq!(fsm.state(), State::Idle);
+        assert_eq!(fsm.last_error(), Some("BFD: control detection time expired"));
+        // Not connected: nothing to take down.
+        let mut idle = Fsm::new(config(false));
+        idle.handle(Event::Start);
+        assert!(idle.handle(Event::PeerUnreachable("BFD".into())).is_empty());
+        assert_eq!(idle.state(), State::Connect);
     }
 }

@@ -35,6 +35,8 @@ pub enum Command {
     /// The peer's outbound policy changed: re-shape and send what differs,
     /// without resetting the session.
     SetPolicy(PeerPolicy),
+    /// BFD says the peer is unreachable (see `Event::PeerUnreachable`).
+    PeerUnreachable(String),
 }
 
 enum Wake {
@@ -201,6 +203,7 @@ impl Session {
                 Some(Command::Incoming(stream)) => Wake::Incoming(stream),
                 Some(Command::Stop(notification)) => Wake::Stop(notification),
                 Some(Command::SetPolicy(policy)) => Wake::PolicyChanged(policy),
+                Some(Command::PeerUnreachable(reason)) => Wake::Event(Event::PeerUnreachable(reason)),
                 None => Wake::Stop(None),
             },
             Some(result) = async { match connecting.as_mut() { Some(c) => Some(c.await), None => None } }, if connecting.is_some() => {

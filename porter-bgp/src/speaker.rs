@@ -176,6 +176,23 @@ impl Speaker {
         }
     }
 
+    /// Takes the session with `address` down at once because a liveness
+    /// check outside BGP (BFD) failed: the peer gets a Cease "BFD Down" if
+    /// it can still hear us, and the session reconnects after its backoff.
+    pub async fn peer_unreachable(&self, address: IpAddr, reason: String) {
+        let commands = self
+            .inner
+            .peers
+            .lock()
+            .await
+            .get(&address)
+            .map(|peer| peer.commands.clone());
+        if let Some(commands) = commands {
+            warn!(peer = %address, %reason, "taking the BGP session down");
+            let _ = commands.send(Command::PeerUnreachable(reason)).await;
+        }
+    }
+
     /// Sets the desired routes: prefix → next hops, each a plain path
     /// (no communities, LOCAL_PREF 100 on iBGP, no link bandwidth). Each
     /// session sends its peer only the difference; calls in quick
