@@ -480,8 +480,9 @@ fn rbac_is_least_privilege() {
         1,
         "BgpPeer passwords need one Role on Secrets: {secret_readers:?}"
     );
-    // The agent only reads, except the Leases that guard Layer 2 leadership
-    // and its entry in BgpPeer status (node mode), which it only patches.
+    // The agent only reads, except the Leases that guard Layer 2 leadership,
+    // its entry in BgpPeer status (node mode), which it only patches, and
+    // the BFD Events it creates (node mode).
     let bound_to_agent: Vec<String> = bundle_of::<ClusterRoleBinding>("ClusterRoleBinding")
         .into_iter()
         .map(|b| (b.role_ref.name, b.subjects.unwrap_or_default()))
@@ -514,6 +515,7 @@ fn rbac_is_least_privilege() {
         ("watch", "network.kubesphere.io", "bgppeers"),
         ("watch", "", "nodes"),
         ("patch", "network.kubesphere.io", "bgppeers/status"),
+        ("create", "events.k8s.io", "events"),
     ] {
         assert!(
             agent_may(verb, group, resource),
@@ -542,11 +544,18 @@ fn rbac_is_least_privilege() {
                     .iter()
                     .flatten()
                     .all(|g| g == "network.kubesphere.io");
+            let only_events = rule.resources.iter().flatten().all(|r| r == "events")
+                && rule
+                    .api_groups
+                    .iter()
+                    .flatten()
+                    .all(|g| g == "events.k8s.io");
             for verb in &rule.verbs {
                 assert!(
                     ["get", "list", "watch"].contains(&verb.as_str())
                         || only_leases
-                        || (only_peer_status && verb == "patch"),
+                        || (only_peer_status && verb == "patch")
+                        || (only_events && verb == "create"),
                     "the agent may {verb} through role {role}"
                 );
             }

@@ -47,7 +47,10 @@ pub struct PeerConfig {
 pub struct PeerEvent {
     pub key: PeerKey,
     pub change: StateChange,
-    /// The diagnostic the peer last sent (why it says it went down).
+    /// The state and diagnostic the peer last sent: AdminDown means it
+    /// stopped BFD on purpose, which is no reason to take a client
+    /// protocol down (RFC 5882 section 3.2).
+    pub remote_state: State,
     pub remote_diag: Diag,
 }
 
@@ -458,6 +461,7 @@ impl Task {
                     let _ = self.events.send(PeerEvent {
                         key,
                         change,
+                        remote_state: peer.session.remote_state(),
                         remote_diag,
                     });
                 }

@@ -920,7 +920,10 @@ mod tests {
                 .any(|a| matches!(a, Action::SessionDown(reason) if reason.contains("BFD")))
         );
         assert_eq!(fsm.state(), State::Idle);
-        assert_eq!(fsm.last_error(), Some("BFD: control detection time expired"));
+        assert_eq!(
+            fsm.last_error(),
+            Some("BFD: control detection time expired")
+        );
         // Not connected: nothing to take down.
         let mut idle = Fsm::new(config(false));
         idle.handle(Event::Start);
