@@ -321,6 +321,12 @@ impl Router {
             .with_context(|| format!("{neighbor} is not a configured neighbour"))
     }
 
+    /// FRR: starts one more daemon of this router (e.g. `bfdd`, which
+    /// bgpd reaches through zebra for `neighbor X bfd`).
+    pub fn spawn_frr_daemon(&self, lab: &mut Lab, daemon: &str) -> Result<()> {
+        spawn_frr(lab, &self.ns, &self.name, &self.dir, &[daemon])
+    }
+
     pub fn birdc(&self, lab: &Lab, args: &[&str]) -> Result<String> {
         let socket = self.dir.join("bird.ctl");
         let mut all = vec!["birdc", "-s", socket.to_str().unwrap_or_default()];
