@@ -1,7 +1,8 @@
 //! BFD in `speakerMode: node` (docs/bfd.md): one rack, node n1 behind an FRR
 //! leaf running bfdd with `neighbor <n1> bfd`, the BgpPeer with `bfd: {}`
 //! (300 ms × 3). The agent's BFD session comes up and shows in the
-//! BgpPeer status; then n1 goes silent on its link (every packet dropped
+//! BgpPeer status; an agent restart keeps the route (AdminDown, graceful
+//! restart); then n1 goes silent on its link (every packet dropped
 //! both ways; no link goes down, no Kubernetes object changes) and the leaf
 //! removes n1's next hop, timed from the leaf's side; when the link heals,
 //! the route comes back.
@@ -117,6 +118,30 @@ fn bfd_takes_a_silently_cut_node_out_of_the_leaf_s_route() -> Result<()> {
             bfd_status(&dc)
         )
     })?;
+
+    // An agent restart is not a failure: the stopping agent sends BFD
+    // AdminDown (RFC 5882 section 3.2) and closes BGP for graceful
+    // restart, so the leaf keeps n1's route throughout.
+    dc.stop_agent(0)?;
+    let stopped = Instant::now();
+    while stopped.elapsed() < Duration::from_secs(3) {
+        ensure!(
+            leaf_hops(&dc, eip)? == [n1],
+            "the leaf dropped n1 {:?} into an agent restart: {}",
+            stopped.elapsed(),
+            dc.leaves[0].describe(&dc.lab)
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    dc.start_agent(0)?;
+    wait_for("n1's BFD session Up again after the restart", WAIT, || {
+        let leaf = dc.leaves[0].vtysh(&dc.lab, &format!("show bfd peer {n1}"))?;
+        Ok(
+            (leaf.contains("Status: up") && bfd_status(&dc)?.as_deref() == Some("Up"))
+                .then_some(()),
+        )
+    })?;
+    ensure!(leaf_hops(&dc, eip)? == [n1], "route lost over the restart");
 
     // The silent cut, timed from the leaf's side: poll its FIB until n1 is gone.
     cut(&dc, true)?;

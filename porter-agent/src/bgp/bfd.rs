@@ -4,6 +4,8 @@
 //! (porter-bgp's `peer_unreachable`), a Warning Event names the peer and the
 //! diagnostic, and the log says the same. A peer that says AdminDown is
 //! stopping its BFD on purpose (RFC 5882 section 3.2): BGP is left alone.
+//! On the way out BFD stops after BGP, so that routers keep the routes
+//! under graceful restart (see [`NodeBfd::shutdown`]).
 use std::{
     collections::BTreeMap,
     net::IpAddr,
@@ -25,6 +27,10 @@ use super::writer::PeerStatusWriter;
 pub const REASON_BFD_DOWN: &str = "BfdDown";
 /// Event reason: the BFD session with the peer came up.
 pub const REASON_BFD_UP: &str = "BfdUp";
+
+/// How long BFD keeps running after the BGP sessions closed (see
+/// [`NodeBfd::shutdown`]).
+const BGP_CLOSE_FIRST: std::time::Duration = std::time::Duration::from_millis(200);
 
 /// The BFD sessions of this node and the task that acts on their changes.
 pub struct NodeBfd {
@@ -113,10 +119,15 @@ impl NodeBfd {
         self.bfd.counters()
     }
 
-    /// Ends every session with AdminDown, so that routers do not take an
-    /// agent restart for a node failure.
+    /// Ends every session with AdminDown. Call it after the speaker has
+    /// closed its BGP sessions: a router that sees the BGP connection close
+    /// first treats it as a graceful restart and keeps the node's routes,
+    /// while one that sees BFD go down on an Established session resets it
+    /// and drops them (FRR does, even for AdminDown). The pause gives the
+    /// router time to read the close before the AdminDown arrives.
     pub async fn shutdown(self) {
         self.watcher.abort();
+        tokio::time::sleep(BGP_CLOSE_FIRST).await;
         self.bfd.shutdown().await;
     }
 }

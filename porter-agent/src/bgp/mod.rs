@@ -146,10 +146,9 @@ impl NodeSpeaker {
     /// speaker (the cluster left node mode) is not a restart: a Cease makes
     /// the routers drop this node's routes now.
     async fn restart(&mut self, config: Option<SpeakerConfig>) {
-        // BFD acts on the speaker it was started with.
-        if let Some(bfd) = self.bfd.take() {
-            bfd.shutdown().await;
-        }
+        // BFD acts on the speaker it was started with; it stops after the
+        // speaker (see NodeBfd::shutdown).
+        let bfd = self.bfd.take();
         if let Some((_, old)) = self.running.take() {
             if config.is_none() {
                 for address in self.peers.keys() {
@@ -158,6 +157,9 @@ impl NodeSpeaker {
             }
             old.shutdown().await;
             info!(node = %self.node, "BGP speaker stopped");
+        }
+        if let Some(bfd) = bfd {
+            bfd.shutdown().await;
         }
         self.peers.clear();
         self.paths = None;
@@ -216,13 +218,13 @@ impl NodeSpeaker {
     /// routers then do), and says so in this node's status entries, which
     /// would otherwise read Established until the next agent rewrites them.
     pub async fn shutdown(mut self) {
-        if let Some(bfd) = self.bfd.take() {
-            bfd.shutdown().await;
-        }
         let Some((config, speaker)) = self.running.take() else {
             return;
         };
         speaker.shutdown().await;
+        if let Some(bfd) = self.bfd.take() {
+            bfd.shutdown().await;
+        }
         let why = match config.graceful_restart {
             Some(gr) => format!(
                 "porter-agent stopped; with graceful restart the router keeps this node's routes for {} s",
