@@ -342,13 +342,18 @@ impl Fsm {
             (
                 State::OpenSent | State::OpenConfirm | State::Established,
                 Event::PeerUnreachable(reason),
-            ) => self.fail(
-                &mut actions,
-                reason,
-                Some(BgpNotificationMessage::CeaseError(CeaseError::BfdDown {
-                    value: Box::new([]),
-                })),
-            ),
+            ) => {
+                // The path failed, not the peer: the reconnect backoff does
+                // not grow, so the session returns one backoff after the
+                // path does, however often the path failed before.
+                self.reset(
+                    &mut actions,
+                    reason,
+                    Some(BgpNotificationMessage::CeaseError(CeaseError::BfdDown {
+                        value: Box::new([]),
+                    })),
+                );
+            }
             (
                 State::OpenSent | State::OpenConfirm | State::Established,
                 Event::Malformed {
@@ -423,12 +428,22 @@ impl Fsm {
         reason: String,
         notification: Option<BgpNotificationMessage>,
     ) {
+        self.failures = self.failures.saturating_add(1);
+        self.reset(actions, reason, notification);
+    }
+
+    /// [`Self::fail`] without counting a failure towards the backoff.
+    fn reset(
+        &mut self,
+        actions: &mut Vec<Action>,
+        reason: String,
+        notification: Option<BgpNotificationMessage>,
+    ) {
         if let Some(notification) = notification {
             actions.push(Action::Send(BgpMessage::Notification(notification)));
         }
         self.leave(actions, reason.clone());
         self.last_error = Some(reason);
-        self.failures = self.failures.saturating_add(1);
         actions.push(Action::StartTimer(Timer::IdleHold, self.backoff()));
         self.state = State::Idle;
     }
