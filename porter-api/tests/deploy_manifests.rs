@@ -528,28 +528,13 @@ fn rbac_is_least_privilege() {
             .find(|(n, _, _)| n == role)
             .expect("bound role exists");
         for rule in rules {
-            let only_leases = rule.resources.iter().flatten().all(|r| r == "leases")
-                && rule
-                    .api_groups
-                    .iter()
-                    .flatten()
-                    .all(|g| g == "coordination.k8s.io");
-            let only_peer_status = rule
-                .resources
-                .iter()
-                .flatten()
-                .all(|r| r == "bgppeers/status")
-                && rule
-                    .api_groups
-                    .iter()
-                    .flatten()
-                    .all(|g| g == "network.kubesphere.io");
-            let only_events = rule.resources.iter().flatten().all(|r| r == "events")
-                && rule
-                    .api_groups
-                    .iter()
-                    .flatten()
-                    .all(|g| g == "events.k8s.io");
+            let only = |resource: &str, group: &str| {
+                rule.resources.iter().flatten().all(|r| r == resource)
+                    && rule.api_groups.iter().flatten().all(|g| g == group)
+            };
+            let only_leases = only("leases", "coordination.k8s.io");
+            let only_peer_status = only("bgppeers/status", "network.kubesphere.io");
+            let only_events = only("events", "events.k8s.io");
             for verb in &rule.verbs {
                 assert!(
                     ["get", "list", "watch"].contains(&verb.as_str())

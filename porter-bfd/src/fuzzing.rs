@@ -18,20 +18,7 @@ pub fn receive(data: &[u8]) {
     };
     let now = Instant::now();
     let mut session = Session::new(Timers::default(), 0x5eed, u64::from(selector), now);
-    let mut peer = ControlPacket {
-        diag: crate::Diag::None,
-        state: State::Down,
-        poll: false,
-        final_: false,
-        control_plane_independent: false,
-        demand: false,
-        detect_mult: 3,
-        my_discriminator: 0xbeef,
-        your_discriminator: 0,
-        desired_min_tx: Duration::from_secs(1),
-        required_min_rx: Duration::from_millis(300),
-        required_min_echo_rx: Duration::ZERO,
-    };
+    let mut peer = ControlPacket::new(State::Down, 0xbeef, 0, Duration::from_millis(300));
     match selector % 4 {
         0 => {}
         1 => {

@@ -224,6 +224,30 @@ fn word(bytes: &[u8], at: usize) -> u32 {
 }
 
 impl ControlPacket {
+    /// A plain packet in `state` (no diagnostic, flags or echo), Detect Mult
+    /// 3, advertising `interval` both ways.
+    pub fn new(
+        state: State,
+        my_discriminator: u32,
+        your_discriminator: u32,
+        interval: Duration,
+    ) -> Self {
+        Self {
+            diag: Diag::None,
+            state,
+            poll: false,
+            final_: false,
+            control_plane_independent: false,
+            demand: false,
+            detect_mult: 3,
+            my_discriminator,
+            your_discriminator,
+            desired_min_tx: interval,
+            required_min_rx: interval,
+            required_min_echo_rx: Duration::ZERO,
+        }
+    }
+
     /// Decodes `bytes` (one UDP payload) and applies the stateless checks of
     /// RFC 5880 section 6.8.6. Bytes after the Length are ignored.
     pub fn decode(bytes: &[u8]) -> Result<Self, DropReason> {

@@ -328,20 +328,12 @@ fn bad_packets_are_dropped_and_counted(lab: &BfdLab, porter: &PorterBfd) -> Resu
     let counters = porter.bfd.counters();
     let status = porter.status(ROUTER_V4)?;
     // A packet that would be valid for the session but for its TTL.
-    let genuine = ControlPacket {
-        diag: porter_bfd::Diag::None,
-        state: State::Down,
-        poll: false,
-        final_: false,
-        control_plane_independent: false,
-        demand: false,
-        detect_mult: 3,
-        my_discriminator: status.remote_discriminator,
-        your_discriminator: status.local_discriminator,
-        desired_min_tx: Duration::from_secs(1),
-        required_min_rx: Duration::from_secs(1),
-        required_min_echo_rx: Duration::ZERO,
-    };
+    let genuine = ControlPacket::new(
+        State::Down,
+        status.remote_discriminator,
+        status.local_discriminator,
+        Duration::from_secs(1),
+    );
     let unknown = ControlPacket {
         your_discriminator: status.local_discriminator.wrapping_add(1),
         ..genuine.clone()
