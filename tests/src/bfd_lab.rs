@@ -114,6 +114,17 @@ impl NodeBfdLab {
         self.dc.leaves[0].vtysh(&self.dc.lab, &format!("show bfd peer {}", self.n1))
     }
 
+    /// How often the leaf's BFD session with n1 has gone down so far
+    /// (`Session down events` of `show bfd peer <n1> counters`).
+    pub fn leaf_bfd_downs(&self) -> Result<u64> {
+        let text = self.dc.leaves[0]
+            .vtysh(&self.dc.lab, &format!("show bfd peer {} counters", self.n1))?;
+        text.lines()
+            .find_map(|line| line.trim().strip_prefix("Session down events:"))
+            .and_then(|n| n.trim().parse().ok())
+            .with_context(|| format!("no down events in {text}"))
+    }
+
     pub fn wait_bfd_up(&self) -> Result<()> {
         wait_for("n1's BFD session Up on both sides", WAIT, || {
             let leaf_up = self.leaf_bfd()?.contains("Status: up");

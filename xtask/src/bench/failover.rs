@@ -9,9 +9,17 @@
 //! the same-run baseline: a router cannot do better than that on average
 //! minus one interval, and every millisecond beyond it is reaction time.
 //!
+//! Then, at the default timers, no false alarms: both cores are kept busy
+//! for 60 s (two spinning threads that stop by themselves) while the leaf's
+//! route is polled; the leaf's BFD down events and the polls that found n1
+//! missing are reported (both should be 0).
+//!
 //! Central (ADD-PATH) mode has no data-plane liveness check yet, so it has
 //! no case here (docs/bfd.md).
-use std::time::Duration;
+use std::{
+    thread,
+    time::{Duration, Instant},
+};
 
 use anyhow::{Result, bail};
 use porter_tests::{bfd_lab::NodeBfdLab, privilege};
@@ -63,6 +71,58 @@ pub fn run() -> Result<()> {
             value / detection,
             "ratio",
         );
+        if interval_ms == 300 {
+            cpu_stress(&lab)?;
+        }
     }
+    Ok(())
+}
+
+const STRESS: Duration = Duration::from_secs(60);
+
+/// 60 s of both cores busy: BFD at 300 ms × 3 must not go down.
+fn cpu_stress(lab: &NodeBfdLab) -> Result<()> {
+    let downs_before = lab.leaf_bfd_downs()?;
+    let until = Instant::now() + STRESS;
+    let burners: Vec<_> = (0..2)
+        .map(|_| {
+            thread::spawn(move || {
+                let mut x = 0u64;
+                while Instant::now() < until {
+                    x = std::hint::black_box(x.wrapping_mul(6364136223846793005).wrapping_add(1));
+                }
+            })
+        })
+        .collect();
+    let (mut polls, mut missing) = (0u64, 0u64);
+    while Instant::now() < until {
+        polls += 1;
+        if !lab.leaf_hops()?.contains(&lab.n1) {
+            missing += 1;
+        }
+        thread::sleep(Duration::from_millis(100));
+    }
+    for burner in burners {
+        let _ = burner.join();
+    }
+    let downs = lab.leaf_bfd_downs()?.saturating_sub(downs_before);
+    eprintln!(
+        "cpu stress {STRESS:?}: {downs} BFD down events, {missing} of {polls} polls without n1"
+    );
+    emit(
+        SUITE,
+        "node_cpu_stress",
+        "bfd_down_events",
+        downs as f64,
+        "count",
+    );
+    emit(
+        SUITE,
+        "node_cpu_stress",
+        "polls_without_next_hop",
+        missing as f64,
+        "count",
+    );
+    emit(SUITE, "node_cpu_stress", "polls", polls as f64, "count");
     Ok(())
 }
