@@ -87,6 +87,10 @@ pub enum Event {
     /// unreachable: the session goes down at once, with a Cease "BFD Down"
     /// (RFC 9384), instead of waiting for the hold timer.
     PeerUnreachable(String),
+    /// The same check says the peer is reachable again: a session waiting
+    /// to reconnect (Idle after a reset, or Active between attempts)
+    /// connects now, with its backoff back at the base.
+    PeerReachable,
     /// The peer sent bytes that do not decode; the NOTIFICATION says why.
     Malformed {
         reason: String,
@@ -201,6 +205,17 @@ impl Fsm {
                 self.start(&mut actions)
             }
             (_, Event::Start) => {}
+            (State::Idle, Event::PeerReachable) => {
+                self.failures = 0;
+                actions.push(Action::StopTimer(Timer::IdleHold));
+                self.start(&mut actions);
+            }
+            (State::Active, Event::PeerReachable) if !self.config.passive => {
+                self.failures = 0;
+                actions.push(Action::Connect);
+                actions.push(Action::StartTimer(Timer::ConnectRetry, self.backoff()));
+                self.state = State::Connect;
+            }
             (State::Idle, Event::Stop(_)) => actions.push(Action::StopTimer(Timer::IdleHold)),
             (_, Event::Stop(notification)) => {
                 if let Some(notification) = notification {
@@ -944,5 +959,17 @@ mod tests {
         idle.handle(Event::Start);
         assert!(idle.handle(Event::PeerUnreachable("BFD".into())).is_empty());
         assert_eq!(idle.state(), State::Connect);
+        // BFD up again: the reset session connects now instead of after
+        // its backoff.
+        let actions = fsm.handle(Event::PeerReachable);
+        assert!(actions.contains(&Action::Connect), "{actions:?}");
+        assert!(actions.contains(&Action::StopTimer(Timer::IdleHold)));
+        assert_eq!(fsm.state(), State::Connect);
+        // Between connect attempts (Active) too; a connecting session is left alone.
+        fsm.handle(Event::TcpFailed("unreachable".into()));
+        assert_eq!(fsm.state(), State::Active);
+        assert!(fsm.handle(Event::PeerReachable).contains(&Action::Connect));
+        assert_eq!(fsm.state(), State::Connect);
+        assert!(fsm.handle(Event::PeerReachable).is_empty());
     }
 }

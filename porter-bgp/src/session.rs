@@ -37,6 +37,8 @@ pub enum Command {
     SetPolicy(PeerPolicy),
     /// BFD says the peer is unreachable (see `Event::PeerUnreachable`).
     PeerUnreachable(String),
+    /// BFD says the peer is reachable again (see `Event::PeerReachable`).
+    PeerReachable,
 }
 
 enum Wake {
@@ -204,6 +206,7 @@ impl Session {
                 Some(Command::Stop(notification)) => Wake::Stop(notification),
                 Some(Command::SetPolicy(policy)) => Wake::PolicyChanged(policy),
                 Some(Command::PeerUnreachable(reason)) => Wake::Event(Event::PeerUnreachable(reason)),
+                Some(Command::PeerReachable) => Wake::Event(Event::PeerReachable),
                 None => Wake::Stop(None),
             },
             Some(result) = async { match connecting.as_mut() { Some(c) => Some(c.await), None => None } }, if connecting.is_some() => {

@@ -178,8 +178,20 @@ impl Speaker {
 
     /// Takes the session with `address` down at once because a liveness
     /// check outside BGP (BFD) failed: the peer gets a Cease "BFD Down" if
-    /// it can still hear us, and the session reconnects after its backoff.
+    /// it can still hear us, and the session reconnects after its backoff
+    /// or at [`Speaker::peer_reachable`].
     pub async fn peer_unreachable(&self, address: IpAddr, reason: String) {
+        warn!(peer = %address, %reason, "taking the BGP session down");
+        self.tell(address, Command::PeerUnreachable(reason)).await;
+    }
+
+    /// The liveness check passes again: a session waiting to reconnect
+    /// connects now.
+    pub async fn peer_reachable(&self, address: IpAddr) {
+        self.tell(address, Command::PeerReachable).await;
+    }
+
+    async fn tell(&self, address: IpAddr, command: Command) {
         let commands = self
             .inner
             .peers
@@ -188,8 +200,7 @@ impl Speaker {
             .get(&address)
             .map(|peer| peer.commands.clone());
         if let Some(commands) = commands {
-            warn!(peer = %address, %reason, "taking the BGP session down");
-            let _ = commands.send(Command::PeerUnreachable(reason)).await;
+            let _ = commands.send(command).await;
         }
     }
 

@@ -2,7 +2,8 @@
 //! session to every selected BgpPeer that has `spec.bfd`. When a session
 //! that was Up goes Down, the BGP session to that peer goes down at once
 //! (porter-bgp's `peer_unreachable`), a Warning Event names the peer and the
-//! diagnostic, and the log says the same. A peer that says AdminDown is
+//! diagnostic, and the log says the same; when BFD comes back Up, a BGP
+//! session waiting to reconnect connects at once. A peer that says AdminDown is
 //! stopping its BFD on purpose (RFC 5882 section 3.2): BGP is left alone.
 //! On the way out BFD stops after BGP, so that routers keep the routes
 //! under graceful restart (see [`NodeBfd::shutdown`]).
@@ -169,6 +170,8 @@ async fn watch(
             (EventType::Warning, REASON_BFD_DOWN, message)
         } else if event.change.to == State::Up {
             info!(node, peer = %name, neighbor = %address, "BFD up");
+            // A BGP session reset by BFD reconnects now, not after its backoff.
+            speaker.peer_reachable(address).await;
             (
                 EventType::Normal,
                 REASON_BFD_UP,
