@@ -357,6 +357,35 @@ pub struct BgpPeerSpec {
     /// How paths are shaped for this peer.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub policy: Option<PeerPolicySpec>,
+    /// Run BFD (RFC 5880) with the neighbour, so that a dead link or node
+    /// takes the session down within the detection time instead of the hold
+    /// time. Single hop (RFC 5881), or multihop (RFC 5883) when
+    /// `ebgpMultihop.enabled`. Unset: no BFD. See docs/bfd.md.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bfd: Option<BfdSpec>,
+}
+
+/// `BgpPeer.spec.bfd`; field names as in MetalLB's BFDProfile. An empty
+/// block (`bfd: {}`) runs BFD at 300 ms × 3.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct BfdSpec {
+    /// Milliseconds: the shortest interval between BFD packets this side
+    /// accepts (Required Min RX); 10-60000, 300 when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 10, max = 60000))]
+    pub receive_interval: Option<u32>,
+    /// Milliseconds: how often this side wants to send (Desired Min TX) once
+    /// the session is up; 10-60000, 300 when unset. While it is not up,
+    /// packets go out once a second (RFC 5880 slow start).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 10, max = 60000))]
+    pub transmit_interval: Option<u32>,
+    /// Packets the neighbour may miss before it declares this side down;
+    /// 2-255, 3 when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 2, max = 255))]
+    pub detect_multiplier: Option<u8>,
 }
 
 /// `BgpPeer.spec.policy`.
@@ -411,6 +440,11 @@ pub struct BgpPeerNodeStatus {
     /// Why the session last failed, if it did.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_error: Option<String>,
+    /// The BFD session state when `spec.bfd` is set: Up, Init, Down or
+    /// AdminDown, with the diagnostic when it is not Up (e.g. `Down
+    /// (control detection time expired)`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bfd: Option<String>,
 }
 
 /// The `BgpPeer.status.nodes` key of the controller's own session.

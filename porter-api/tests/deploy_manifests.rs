@@ -487,8 +487,9 @@ fn rbac_is_least_privilege() {
         1,
         "BgpPeer passwords need one Role on Secrets: {secret_readers:?}"
     );
-    // The agent only reads, except the Leases that guard Layer 2 leadership
-    // and its entry in BgpPeer status (node mode), which it only patches.
+    // The agent only reads, except the Leases that guard Layer 2 leadership,
+    // its entry in BgpPeer status (node mode), which it only patches, and
+    // the BFD Events it creates (node mode).
     let bound_to_agent: Vec<String> = bundle_of::<ClusterRoleBinding>("ClusterRoleBinding")
         .into_iter()
         .map(|b| (b.role_ref.name, b.subjects.unwrap_or_default()))
@@ -521,6 +522,7 @@ fn rbac_is_least_privilege() {
         ("watch", "network.kubesphere.io", "bgppeers"),
         ("watch", "", "nodes"),
         ("patch", "network.kubesphere.io", "bgppeers/status"),
+        ("create", "events.k8s.io", "events"),
     ] {
         assert!(
             agent_may(verb, group, resource),
@@ -533,27 +535,19 @@ fn rbac_is_least_privilege() {
             .find(|(n, _, _)| n == role)
             .expect("bound role exists");
         for rule in rules {
-            let only_leases = rule.resources.iter().flatten().all(|r| r == "leases")
-                && rule
-                    .api_groups
-                    .iter()
-                    .flatten()
-                    .all(|g| g == "coordination.k8s.io");
-            let only_peer_status = rule
-                .resources
-                .iter()
-                .flatten()
-                .all(|r| r == "bgppeers/status")
-                && rule
-                    .api_groups
-                    .iter()
-                    .flatten()
-                    .all(|g| g == "network.kubesphere.io");
+            let only = |resource: &str, group: &str| {
+                rule.resources.iter().flatten().all(|r| r == resource)
+                    && rule.api_groups.iter().flatten().all(|g| g == group)
+            };
+            let only_leases = only("leases", "coordination.k8s.io");
+            let only_peer_status = only("bgppeers/status", "network.kubesphere.io");
+            let only_events = only("events", "events.k8s.io");
             for verb in &rule.verbs {
                 assert!(
                     ["get", "list", "watch"].contains(&verb.as_str())
                         || only_leases
-                        || (only_peer_status && verb == "patch"),
+                        || (only_peer_status && verb == "patch")
+                        || (only_events && verb == "create"),
                     "the agent may {verb} through role {role}"
                 );
             }

@@ -36,6 +36,10 @@ pub enum Command {
     /// The peer's outbound policy changed: re-shape and send what differs,
     /// without resetting the session.
     SetPolicy(PeerPolicy),
+    /// BFD says the peer is unreachable (see `Event::PeerUnreachable`).
+    PeerUnreachable(String),
+    /// BFD says the peer is reachable again (see `Event::PeerReachable`).
+    PeerReachable,
 }
 
 enum Wake {
@@ -247,6 +251,8 @@ impl Session {
                 Some(Command::Incoming(stream)) => Wake::Incoming(stream),
                 Some(Command::Stop(notification)) => Wake::Stop(notification),
                 Some(Command::SetPolicy(policy)) => Wake::PolicyChanged(policy),
+                Some(Command::PeerUnreachable(reason)) => Wake::Event(Event::PeerUnreachable(reason)),
+                Some(Command::PeerReachable) => Wake::Event(Event::PeerReachable),
                 None => Wake::Stop(None),
             },
             Some(result) = async { match connecting.as_mut() { Some(c) => Some(c.await), None => None } }, if connecting.is_some() => {

@@ -176,6 +176,34 @@ impl Speaker {
         }
     }
 
+    /// Takes the session with `address` down at once because a liveness
+    /// check outside BGP (BFD) failed: the peer gets a Cease "BFD Down" if
+    /// it can still hear us, and the session reconnects after its backoff
+    /// or at [`Speaker::peer_reachable`].
+    pub async fn peer_unreachable(&self, address: IpAddr, reason: String) {
+        warn!(peer = %address, %reason, "taking the BGP session down");
+        self.tell(address, Command::PeerUnreachable(reason)).await;
+    }
+
+    /// The liveness check passes again: a session waiting to reconnect
+    /// connects now.
+    pub async fn peer_reachable(&self, address: IpAddr) {
+        self.tell(address, Command::PeerReachable).await;
+    }
+
+    async fn tell(&self, address: IpAddr, command: Command) {
+        let commands = self
+            .inner
+            .peers
+            .lock()
+            .await
+            .get(&address)
+            .map(|peer| peer.commands.clone());
+        if let Some(commands) = commands {
+            let _ = commands.send(command).await;
+        }
+    }
+
     /// Sets the desired routes: prefix → next hops, each a plain path
     /// (no communities, LOCAL_PREF 100 on iBGP, no link bandwidth). Each
     /// session sends its peer only the difference; calls in quick

@@ -47,6 +47,7 @@ pub fn status_entries(
                     state: format!("{:?}", session.state),
                     paths_announced: session.paths_announced,
                     last_error: session.last_error.clone(),
+                    bfd: None,
                 },
             ))
         })
@@ -165,6 +166,14 @@ pub fn from_crds<'a>(
                 if !set_password(&mut cfg, peer, secrets, scope, &mut out.notes) {
                     out.held.insert(cfg.address);
                     continue;
+                }
+                if peer.spec.bfd.is_some() {
+                    // The router's session is with the controller, not with
+                    // the nodes whose paths it carries; see docs/bfd.md.
+                    out.notes.push(warn(format!(
+                        "BgpPeer `{name}`: spec.bfd applies in speakerMode node; the \
+                         controller's own session runs without BFD"
+                    )));
                 }
                 match out.peers.entry(cfg.address) {
                     std::collections::btree_map::Entry::Occupied(_) => {

@@ -1,5 +1,6 @@
 //! Shared by the privileged integration tests and by `cargo xtask demo`: a lab of
 //! network namespaces that tears itself down, and helpers to find Porter's binaries.
+pub mod bfd_lab;
 pub mod bins;
 pub mod datacenter;
 pub mod lab;

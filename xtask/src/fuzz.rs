@@ -18,6 +18,7 @@ pub const TARGETS: &[&str] = &[
     "seed_toml",
     "eip_address",
     "ipam",
+    "bfd_receive",
 ];
 
 #[derive(clap::Args)]

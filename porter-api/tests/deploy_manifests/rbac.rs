@@ -209,6 +209,8 @@ async fn agent_calls() -> Vec<Call> {
     let _snapshots = start_watching(client.clone(), &Watch::default()).await;
     let writer = KubeWriter::new(client, None, None);
     let _ = writer.bgp_peer_status("tor", "node-1", None).await;
+    // Node mode: BfdDown and BfdUp Events on the BgpPeer.
+    let _ = writer.event(&event()).await;
     let mut calls = calls_once_watching(&log).await;
     let lease = Some("porter-l2-192.0.2.10");
     for verb in ["get", "create", "update", "delete"] {

@@ -417,6 +417,7 @@ fn controller_status_entries_name_the_bgppeers_it_has_sessions_with() {
                 state: "Established".into(),
                 paths_announced: 4,
                 last_error: None,
+                bfd: None,
             }
         )]
     );
