@@ -176,6 +176,8 @@ fn register_pinned(registry: &mut Registry, state: &PinnedState) {
     let packets = Family::<Labels, Counter>::default();
     let bytes = Family::<Labels, Counter>::default();
     let flows = Family::<Labels, Counter>::default();
+    let forwarded_out = Family::<Labels, Counter>::default();
+    let forwarded_in = Family::<Labels, Counter>::default();
     for service in &state.services {
         let service_label = labels(&[("service", &service.addr.to_string())]);
         packets
@@ -187,6 +189,12 @@ fn register_pinned(registry: &mut Registry, state: &PinnedState) {
         flows
             .get_or_create(&service_label)
             .inc_by(service.counters.new_flows);
+        forwarded_out
+            .get_or_create(&service_label)
+            .inc_by(service.counters.forwarded_out);
+        forwarded_in
+            .get_or_create(&service_label)
+            .inc_by(service.counters.forwarded_in);
     }
     registry.register(
         "service_packets",
@@ -202,6 +210,16 @@ fn register_pinned(registry: &mut Registry, state: &PinnedState) {
         "service_new_flows",
         "New flows (conntrack entries created) per service, summed over CPUs",
         flows,
+    );
+    registry.register(
+        "service_forwarded_out_packets",
+        "Packets of each service sent on to a backend on another node (externalTrafficPolicy Cluster)",
+        forwarded_out,
+    );
+    registry.register(
+        "service_forwarded_in_packets",
+        "Packets of each service another node forwarded here, served by a local pod",
+        forwarded_in,
     );
     let entries = Family::<Labels, Gauge>::default();
     let capacity = Family::<Labels, Gauge>::default();

@@ -298,6 +298,7 @@ impl PodLab {
                     Ok(Backend {
                         addr: pod_ips.get(pod).context("pod index")?.parse()?,
                         port: Self::TARGET_PORT,
+                        node: None,
                     })
                 })
                 .collect::<Result<_>>()?,

@@ -44,6 +44,7 @@ fn spec(vip: &str, port: u16, proto: Protocol, pods: &[&str], target: u16) -> Se
             .map(|pod| Backend {
                 addr: ip(pod),
                 port: target,
+                node: None,
             })
             .collect(),
     }
