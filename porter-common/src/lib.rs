@@ -326,7 +326,7 @@ stats! {
     ForwardedRemote = 17 => "forwarded_remote", "Sent on, unchanged but marked, to the node of a backend on another node.";
     DropForwardLoop = 18 => "drop_forward_loop", "Dropped: forwarded here by another node, but this node's table picks a backend on yet another node (never forwarded twice).";
     DropForwardNoNeighbour = 19 => "drop_forward_no_neighbour", "Dropped: the link-layer address of a remote backend's node is not resolved yet.";
-    DropForwardNoRoute = 20 => "drop_forward_no_route", "Dropped: a remote backend's node is not on this node's L2 segment or has no route.";
+    DropForwardNoRoute = 20 => "drop_forward_no_route", "Dropped: a remote backend's node is behind a router (not on this L2 segment), has no route, or this node does not forward IP (net.ipv4.ip_forward=0).";
 }
 
 impl Stat {

@@ -292,10 +292,26 @@ where
             Result = aya::programs::TestRunResult,
         >,
 {
+    test_run_with_context(program, packet, None)
+}
+
+/// [`test_run`] with the program's context (`ctx_in`) given.
+fn test_run_with_context<P>(
+    program: &P,
+    packet: &[u8],
+    ctx: Option<&[u8]>,
+) -> Result<(u32, Vec<u8>)>
+where
+    P: for<'a> aya::programs::TestRun<
+            Opts<'a> = aya::programs::TestRunOptions<'a>,
+            Result = aya::programs::TestRunResult,
+        >,
+{
     let mut out = vec![0u8; packet.len() + 512];
     let mut options = aya::programs::TestRunOptions::new();
     options.data_in = Some(packet);
     options.data_out = Some(&mut out);
+    options.ctx_in = ctx;
     let result = program.test_run(options)?;
     out.truncate(result.data_size_out as usize);
     Ok((result.return_value, out))
@@ -303,12 +319,33 @@ where
 
 /// [`test_run`] of the data plane's XDP program.
 pub fn xdp_test_run(dataplane: &mut Dataplane, packet: &[u8]) -> Result<(u32, Vec<u8>)> {
+    xdp_test_run_on(dataplane, packet, None)
+}
+
+/// [`xdp_test_run`] as if `packet` arrived on interface `ingress` (an
+/// ifindex of the calling thread's network namespace), so that FIB lookups
+/// and `XDP_TX` decisions see that interface. None: the namespace's loopback.
+pub fn xdp_test_run_on(
+    dataplane: &mut Dataplane,
+    packet: &[u8],
+    ingress: Option<u32>,
+) -> Result<(u32, Vec<u8>)> {
     let program: &mut Xdp = dataplane
         .ebpf_mut()
         .program_mut(program_names::XDP)
         .context("xdp program")?
         .try_into()?;
-    test_run(program, packet)
+    let Some(ingress) = ingress else {
+        return test_run(program, packet);
+    };
+    // struct xdp_md: data, data_end, data_meta, ingress_ifindex,
+    // rx_queue_index, egress_ifindex; the kernel wants data_end = length.
+    let fields = [0, packet.len() as u32, 0, ingress, 0, 0];
+    let ctx: Vec<u8> = fields
+        .iter()
+        .flat_map(|field| field.to_ne_bytes())
+        .collect();
+    test_run_with_context(program, packet, Some(&ctx))
 }
 
 /// A small data plane (M = 251, 8 services) on `lab`'s private bpffs, for
