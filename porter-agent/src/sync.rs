@@ -25,6 +25,7 @@ use crate::{
     layer2::{self, Layer2, lease::Leases},
     maglev,
     metrics::{self, Metrics, Stage},
+    neighbours,
     xdp_attach::XdpModePreference,
 };
 
@@ -97,6 +98,8 @@ pub struct Agent {
     served: Vec<ServiceSpec>,
     /// `/readyz`: ready once the data plane is attached to an interface.
     health: Health,
+    /// Nodes that `Cluster` traffic is forwarded to, kept resolved.
+    neighbour_probes: neighbours::Probes,
 }
 
 impl Agent {
@@ -113,6 +116,7 @@ impl Agent {
             bgp: None,
             served: Vec::new(),
             health: Health::starting(),
+            neighbour_probes: neighbours::Probes::default(),
         }
     }
 
@@ -237,6 +241,7 @@ impl Agent {
             }
         };
         let (changed, removed) = apply(dataplane, &wanted.services)?;
+        neighbours::probe(&self.neighbour_probes.due(&wanted.services, Instant::now()));
         if changed + removed > 0 {
             info!(
                 changed,
