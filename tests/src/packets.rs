@@ -140,6 +140,16 @@ pub fn insert_v6_extension(packet: &[u8], kind: u8) -> Vec<u8> {
     out
 }
 
+/// Turns an untagged IPv4 `packet` into what a node forwards to the node of
+/// a `Cluster` backend: Ethernet from `from` to `to`, the IPv4 header's
+/// reserved flag (the forwarded mark) set, the header checksum recomputed.
+pub fn mark_forwarded(packet: &mut [u8], to: [u8; 6], from: [u8; 6]) {
+    packet[..6].copy_from_slice(&to);
+    packet[6..12].copy_from_slice(&from);
+    packet[14 + 6] |= 0x80;
+    fix_ipv4_header_checksum(packet, 14);
+}
+
 pub fn fix_ipv4_header_checksum(packet: &mut [u8], l3: usize) {
     let ihl = usize::from(packet[l3] & 0x0f) * 4;
     packet[l3 + 10] = 0;
@@ -338,14 +348,18 @@ pub fn xdp_test_run_on(
     let Some(ingress) = ingress else {
         return test_run(program, packet);
     };
-    // struct xdp_md: data, data_end, data_meta, ingress_ifindex,
-    // rx_queue_index, egress_ifindex; the kernel wants data_end = length.
-    let fields = [0, packet.len() as u32, 0, ingress, 0, 0];
-    let ctx: Vec<u8> = fields
+    test_run_with_context(program, packet, Some(&xdp_context(packet.len(), ingress)))
+}
+
+/// The `struct xdp_md` BPF_PROG_TEST_RUN takes as context for a packet of
+/// `len` bytes arriving on interface `ingress`: data, data_end, data_meta,
+/// ingress_ifindex, rx_queue_index, egress_ifindex (the kernel wants
+/// data_end to be the length, the rest zero).
+pub fn xdp_context(len: usize, ingress: u32) -> Vec<u8> {
+    [0, len as u32, 0, ingress, 0, 0]
         .iter()
-        .flat_map(|field| field.to_ne_bytes())
-        .collect();
-    test_run_with_context(program, packet, Some(&ctx))
+        .flat_map(|field: &u32| field.to_ne_bytes())
+        .collect()
 }
 
 /// A small data plane (M = 251, 8 services) on `lab`'s private bpffs, for

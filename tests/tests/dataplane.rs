@@ -14,7 +14,7 @@ use porter_tests::{
     lab::Lab,
     packets::{self, L4, Rng, Vlan, checked_summary},
     privilege,
-    scenarios::PodLab,
+    scenarios::{self, PodLab},
 };
 
 const XDP_DROP: u32 = 1;
@@ -756,17 +756,13 @@ fn end_to_end(masquerade: bool, forwarding: Forwarding) -> Result<()> {
     Ok(())
 }
 
-/// `Cluster` forwarding, from one node's point of view: node 172.30.0.11 on
-/// interface `up0` (02:00:00:00:00:11) of a lab namespace, with node
-/// 172.30.0.12 (02:00:00:00:00:12) resolved on the same segment, node
-/// 172.30.0.13 not resolved, and 172.30.9.0/24 behind router 172.30.0.1.
+/// `Cluster` forwarding, from one node's point of view: this test's thread
+/// is node 172.30.0.11 of [`scenarios::enter_cluster_node`].
 struct ClusterNode {
     bench: Bench,
     ifindex: u32,
 }
 
-const NODE_UP0_MAC: [u8; 6] = [2, 0, 0, 0, 0, 0x11];
-const PEER_NODE_MAC: [u8; 6] = [2, 0, 0, 0, 0, 0x12];
 const CLUSTER_VIP: &str = "192.0.2.20";
 const LOCAL_POD: &str = "10.244.1.2";
 const REMOTE_POD: &str = "10.244.2.2";
@@ -775,47 +771,7 @@ const IP_FLAGS: usize = 14 + 6;
 impl ClusterNode {
     fn new(tag: &str) -> Result<Self> {
         let mut bench = Bench::new(tag)?;
-        let node = bench._lab.netns("node")?;
-        let wire = bench._lab.netns("wire")?;
-        bench._lab.veth((&node, "up0"), (&wire, "up1"))?;
-        let lab = &bench._lab;
-        lab.ip(
-            &node,
-            &["link", "set", "up0", "address", "02:00:00:00:00:11"],
-        )?;
-        lab.addr(&node, "up0", "172.30.0.11/24")?;
-        for (neighbour, mac) in [
-            ("172.30.0.12", "02:00:00:00:00:12"),
-            ("172.30.0.1", "02:00:00:00:00:01"),
-        ] {
-            lab.ip(
-                &node,
-                &[
-                    "neigh",
-                    "replace",
-                    neighbour,
-                    "lladdr",
-                    mac,
-                    "dev",
-                    "up0",
-                    "nud",
-                    "permanent",
-                ],
-            )?;
-        }
-        lab.ip(
-            &node,
-            &["route", "add", "172.30.9.0/24", "via", "172.30.0.1"],
-        )?;
-        // As on every Kubernetes node; the FIB refuses to route otherwise.
-        lab.exec(&node, &["sysctl", "-w", "net.ipv4.ip_forward=1"])?;
-        // This test's thread becomes the node: the program's FIB lookups
-        // see the namespace of the thread that runs it.
-        porter_tests::netns::enter(&node)?;
-        let name = std::ffi::CString::new("up0")?;
-        // SAFETY: a NUL-terminated name; no other effect.
-        let ifindex = unsafe { libc::if_nametoindex(name.as_ptr()) };
-        anyhow::ensure!(ifindex != 0, "no up0 in {node}");
+        let ifindex = scenarios::enter_cluster_node(&mut bench._lab)?;
         Ok(Self { bench, ifindex })
     }
 
@@ -860,10 +816,7 @@ fn cluster_spec(port: u16, pods: &[(&str, Option<&str>)]) -> ServiceSpec {
 /// the IPv4 reserved flag set, the header checksum recomputed from scratch.
 fn forwarded(packet: &[u8]) -> Vec<u8> {
     let mut out = packet.to_vec();
-    out[..6].copy_from_slice(&PEER_NODE_MAC);
-    out[6..12].copy_from_slice(&NODE_UP0_MAC);
-    out[IP_FLAGS] |= 0x80;
-    packets::fix_ipv4_header_checksum(&mut out, 14);
+    packets::mark_forwarded(&mut out, scenarios::PEER_NODE_MAC, scenarios::NODE_MAC);
     out
 }
 
