@@ -19,6 +19,7 @@ use std::{
     sync::Arc,
 };
 
+use ipnet::IpNet;
 use k8s_openapi::{
     api::{
         core::v1::{Service, ServicePort},
@@ -72,12 +73,16 @@ pub struct Cache {
     /// The Nodes' addresses at the last call: `Cluster` backends depend on
     /// them, so entries are read again when they change.
     node_addresses: NodeAddresses,
+    /// This node's connected subnets, when known: a `Cluster` backend on a
+    /// node outside them is left out (see [`Cache::set_on_link`]).
+    on_link: Option<Vec<IpNet>>,
 }
 
 /// Each Node's `InternalIP`s, by name.
 type NodeAddresses = BTreeMap<String, Vec<IpAddr>>;
 
 /// Which endpoints a Service's traffic goes to from this node.
+#[derive(Clone, Copy)]
 enum Scope<'a> {
     /// `externalTrafficPolicy: Local`: the ones on this node.
     Local { node: &'a str },
@@ -85,6 +90,7 @@ enum Scope<'a> {
     Cluster {
         node: &'a str,
         addresses: &'a NodeAddresses,
+        on_link: Option<&'a [IpNet]>,
     },
 }
 
@@ -107,6 +113,17 @@ impl Cache {
             node: node.to_owned(),
             services: BTreeMap::new(),
             node_addresses: NodeAddresses::new(),
+            on_link: None,
+        }
+    }
+
+    /// Limits `Cluster` backends to nodes in `subnets` (this node's
+    /// connected subnets): packets reach another node by a MAC rewrite
+    /// only, and forwarding across subnets is not built yet. None: no limit.
+    pub fn set_on_link(&mut self, subnets: Option<Vec<IpNet>>) {
+        if subnets != self.on_link {
+            self.services.clear();
+            self.on_link = subnets;
         }
     }
 
@@ -133,7 +150,16 @@ impl Cache {
                 _ => Entry {
                     service: Arc::clone(svc),
                     slices: own_slices.iter().map(|slice| Arc::clone(slice)).collect(),
-                    items: service_items(svc, own_slices, &self.node, &self.node_addresses),
+                    items: service_items(
+                        svc,
+                        own_slices,
+                        &self.node,
+                        Scope::Cluster {
+                            node: &self.node,
+                            addresses: &self.node_addresses,
+                            on_link: self.on_link.as_deref(),
+                        },
+                    ),
                 },
             };
             self.services.insert(key, entry);
@@ -226,7 +252,7 @@ fn service_items(
     svc: &Service,
     slices: &[&Arc<EndpointSlice>],
     node: &str,
-    addresses: &NodeAddresses,
+    cluster: Scope<'_>,
 ) -> Vec<Item> {
     let mut items = Vec::new();
     let eips = ingress_ips(svc);
@@ -253,7 +279,7 @@ fn service_items(
             let scope = if local || vip.is_ipv6() {
                 Scope::Local { node }
             } else {
-                Scope::Cluster { node, addresses }
+                cluster
             };
             let backends = serving_backends(&slices, port, proto, vip, &scope, &mut problem);
             if backends.is_empty() {
@@ -371,7 +397,11 @@ fn placement<'a>(
 ) -> Option<(&'a str, Option<IpAddr>)> {
     match *scope {
         Scope::Local { node } => (node_name == Some(node)).then_some((node, None)),
-        Scope::Cluster { node, addresses } => {
+        Scope::Cluster {
+            node,
+            addresses,
+            on_link,
+        } => {
             let Some(name) = node_name else {
                 problem(
                     "an endpoint names no node, so it cannot be forwarded to; it is left out"
@@ -387,7 +417,17 @@ fn placement<'a>(
                 .into_iter()
                 .flatten()
                 .find(|ip| ip.is_ipv4() == vip.is_ipv4());
+            let off_link = |address: &IpAddr| {
+                on_link.is_some_and(|nets| !nets.iter().any(|net| net.contains(address)))
+            };
             match address {
+                Some(address) if off_link(address) => {
+                    problem(format!(
+                        "node {name} ({address}) is not on this node's L2 segment and forwarding \
+                         across subnets is not built yet: its endpoints are left out here"
+                    ));
+                    None
+                }
                 Some(&address) => Some((name, Some(address))),
                 None => {
                     problem(format!(

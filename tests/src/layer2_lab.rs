@@ -366,7 +366,7 @@ fn cluster(node_count: usize) -> String {
     docs.push(format!(
         "apiVersion: v1\nkind: Service\nmetadata:\n  name: web\n  namespace: shop\n  \
          annotations: {{lb.kubesphere.io/v1alpha1: porter}}\nspec:\n  type: LoadBalancer\n  \
-         ipFamilies: [IPv4, IPv6]\n  ipFamilyPolicy: RequireDualStack\n  \
+         externalTrafficPolicy: Local\n  ipFamilies: [IPv4, IPv6]\n  ipFamilyPolicy: RequireDualStack\n  \
          ports: [{{name: http, port: {PORT}, targetPort: http}}]\n\
          status:\n  loadBalancer:\n    ingress: [{{ip: {EIP}}}, {{ip: \"{EIP6}\"}}]\n"
     ));
