@@ -2,6 +2,7 @@
 //! network namespaces that tears itself down, and helpers to find Porter's binaries.
 pub mod bins;
 pub mod datacenter;
+pub mod disruption;
 pub mod lab;
 pub mod layer2_lab;
 pub mod manifests;

@@ -16,9 +16,9 @@ use std::{
 use anyhow::{Context, Result, ensure};
 use porter_tests::{
     datacenter::{CONTROLLER_V4, Datacenter, per_node, samples_dir},
+    disruption,
     lab::wait_for,
     manifests::{self, ServiceSpec},
-    netns::{NamedClient, NamedServer, run_in},
     privilege,
 };
 
@@ -489,190 +489,21 @@ fn cluster_spread(ctx: &mut Ctx) -> Result<Duration> {
     Ok(convergence)
 }
 
-/// Something that happens to the cluster while connections are held.
-type Event = fn(&mut Datacenter) -> Result<()>;
-
-/// Idle long-lived connections held to one Service.
-struct Held {
-    policy: &'static str,
-    addr: SocketAddr,
-    connections: Vec<NamedClient>,
-}
-
-impl Held {
-    /// Opens connections from the client until `count` are held.
-    fn refill(&mut self, client: &str, count: usize) -> Result<()> {
-        let (addr, missing) = (self.addr, count.saturating_sub(self.connections.len()));
-        let fresh = run_in(client, move || {
-            (0..missing)
-                .map(|_| NamedClient::connect(addr))
-                .collect::<Result<Vec<_>>>()
-        })?;
-        self.connections.extend(fresh);
-        Ok(())
-    }
-
-    /// One exchange on every connection: each must still reach the pod it
-    /// greeted from. Keeps the ones that did; returns (resets, timeouts, other).
-    fn exchange(&mut self, round: &str) -> (usize, usize, usize) {
-        let (mut resets, mut timeouts, mut other) = (0, 0, 0);
-        self.connections.retain_mut(|connection| {
-            let want = format!("{}:{round}", connection.server);
-            match connection.echo(round) {
-                Ok(echo) if echo == want => true,
-                Ok(_) => {
-                    other += 1;
-                    false
-                }
-                Err(error) => {
-                    let kind = error
-                        .downcast_ref::<std::io::Error>()
-                        .map(std::io::Error::kind);
-                    match kind {
-                        Some(std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {
-                            timeouts += 1
-                        }
-                        Some(_) => resets += 1,
-                        None => other += 1,
-                    }
-                    false
-                }
-            }
-        });
-        (resets, timeouts, other)
-    }
-}
-
 /// 11. At least 200 idle long-lived connections to a `Cluster` and to a
-///     `Local` Service (servers on all 6 pods) through BIRD's ECMP while
-///     the ECMP set changes and Porter restarts. `Cluster` must keep every
+///     `Local` Service through BIRD's ECMP while the ECMP set changes and
+///     Porter restarts (porter_tests::disruption). `Cluster` must keep every
 ///     connection (0 resets, 0 timeouts): any node maps a flow to the same
 ///     pod, and forwards it there. `Local`'s numbers are printed beside it:
 ///     a flow the router moves lands on a node with other pods, which reset it.
 fn disruption(ctx: &mut Ctx) -> Result<Duration> {
-    const HELD: usize = 200;
-    let nodes = all_nodes(&ctx.dc);
-    // One port per Service: two connections from one client port to two
-    // EIPs must not meet as one 4-tuple at a pod (no SNAT tells them apart).
-    let services = [
-        ("hold-c", "cluster", true, 7000),
-        ("hold-l", "local", false, 7001),
-    ];
-    let mut servers = Vec::new();
-    for pod in ctx.dc.nodes.iter().flat_map(|node| &node.pods) {
-        for (_, _, _, port) in services {
-            servers.push(NamedServer::start(&pod.ns, port, &pod.name)?);
-        }
-    }
-    let mut held = Vec::new();
-    for (name, policy, cluster, port) in services {
-        let dc = &ctx.dc;
-        let endpoints = dc.endpoints_on(&nodes);
-        dc.apply(
-            &format!("endpoints-{NS}-{name}.yaml"),
-            &manifests::endpoint_slice(NS, name, false, port, &endpoints),
-        )?;
-        let spec = ServiceSpec {
-            namespace: NS,
-            name,
-            port,
-            target_port: port,
-            annotations: &[(POOL_ANNOTATION, POOL_V4)],
-            ipv6: false,
-            cluster,
-        };
-        dc.apply(&format!("svc-{name}.yaml"), &manifests::service(&spec))?;
-        let ip = dc.wait_service_ip(NS, name, WAIT)?;
-        dc.wait_next_hops(ip, &dc.hops_of(ip, &nodes), WAIT)?;
-        let addr = SocketAddr::new(ip, port);
-        // Every agent has programmed it once a spread of connections
-        // reaches all six pods.
-        let client = dc.client.clone();
-        wait_for(&format!("every pod behind {name}"), WAIT, || {
-            let greeted = run_in(&client, move || {
-                (0..40)
-                    .map(|_| NamedClient::connect(addr).map(|c| c.server))
-                    .collect::<Result<std::collections::BTreeSet<_>>>()
-            });
-            Ok(greeted.ok().filter(|pods| pods.len() == 6))
-        })?;
-        held.push(Held {
-            policy,
-            addr,
-            connections: Vec::new(),
-        });
-    }
-    let mut slowest = Duration::ZERO;
-    let events: [(&str, Event); 4] = [
-        ("node_leaves", |dc| {
-            // Drained: NotReady, its pods keep running and serving.
-            dc.set_node_ready(2, false)?;
-            wait_hops(dc, &[0, 1])
-        }),
-        ("node_joins", |dc| {
-            dc.set_node_ready(2, true)?;
-            wait_hops(dc, &[0, 1, 2])
-        }),
-        ("agent_restart", |dc| {
-            for index in 0..dc.nodes.len() {
-                dc.stop_agent(index)?;
-                dc.start_agent(index)?;
-            }
-            Ok(())
-        }),
-        ("controller_restart", |dc| {
-            dc.stop_controller()?;
-            dc.start_controller()?;
-            let controller: IpAddr = CONTROLLER_V4.parse()?;
-            wait_for("BIRD's session with the restarted controller", WAIT, || {
-                Ok(dc.router.established(&dc.lab, controller)?.then_some(()))
-            })?;
-            thread::sleep(Duration::from_secs(2));
-            Ok(())
-        }),
-    ];
+    let (outcomes, slowest) =
+        disruption::run(&mut ctx.dc, NS, (POOL_ANNOTATION, POOL_V4), 200, WAIT)?;
     let mut broken_cluster = Vec::new();
-    for (event, act) in events {
-        for service in &mut held {
-            service.refill(&ctx.dc.client, HELD)?;
-            let (resets, timeouts, other) = service.exchange("before");
-            ensure!(
-                resets + timeouts + other == 0,
-                "{} connections to {} broke before {event}: {resets} resets, {timeouts} \
-                 timeouts, {other} wrong answers",
-                service.policy,
-                service.addr
-            );
+    for outcome in &outcomes {
+        println!("{}", outcome.json());
+        if outcome.policy == "cluster" && outcome.broken() > 0 {
+            broken_cluster.push(outcome.json().to_string());
         }
-        let event_started = Instant::now();
-        act(&mut ctx.dc).with_context(|| format!("event {event}"))?;
-        slowest = slowest.max(event_started.elapsed());
-        for service in &mut held {
-            let (resets, timeouts, other) = service.exchange(event);
-            let broken = resets + timeouts + other;
-            println!(
-                "{}",
-                serde_json::json!({
-                    "suite": "disruption",
-                    "case": format!("{event}_{}", service.policy),
-                    "metric": "broken_connections",
-                    "value": broken,
-                    "held": HELD,
-                    "resets": resets,
-                    "timeouts": timeouts,
-                })
-            );
-            if service.policy == "cluster" && broken > 0 {
-                broken_cluster.push(format!(
-                    "{event}: {resets} resets, {timeouts} timeouts, {other} wrong answers"
-                ));
-            }
-        }
-    }
-    drop(held);
-    drop(servers);
-    for name in ["hold-c", "hold-l"] {
-        remove_service(&ctx.dc, name)?;
     }
     ensure!(
         broken_cluster.is_empty(),
@@ -680,17 +511,4 @@ fn disruption(ctx: &mut Ctx) -> Result<Duration> {
     );
     // The slowest event, until BIRD routed by the new set where it changed.
     Ok(slowest)
-}
-
-/// Waits until BIRD routes every held Service's EIP through exactly `nodes`.
-fn wait_hops(dc: &Datacenter, nodes: &[usize]) -> Result<()> {
-    for name in ["hold-c", "hold-l"] {
-        let ip = dc
-            .service_ips(NS, name)?
-            .first()
-            .copied()
-            .context("no IP")?;
-        dc.wait_next_hops(ip, &dc.hops_of(ip, nodes), WAIT)?;
-    }
-    Ok(())
 }

@@ -32,4 +32,7 @@ pub enum Suite {
     Agent,
     /// Layer 2 failover time after a leader crash (median of 10), and handback.
     Layer2,
+    /// Connections broken when the ECMP set changes and Porter restarts (200 held per
+    /// policy): externalTrafficPolicy Cluster against Local in the same run.
+    Disruption,
 }

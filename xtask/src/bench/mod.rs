@@ -5,6 +5,7 @@ mod agent;
 mod bgp;
 mod controller;
 mod dataplane;
+mod disruption;
 mod layer2;
 
 use anyhow::Result;
@@ -20,6 +21,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         Suite::Controller => controller::run(),
         Suite::Agent => agent::run(),
         Suite::Layer2 => layer2::run(),
+        Suite::Disruption => disruption::run(),
     }
 }
 
