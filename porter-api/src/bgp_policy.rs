@@ -21,13 +21,15 @@ pub use porter_bgp::{
 use crate::annotations::{
     AnnotationKey, BGP_COMMUNITIES, BGP_LARGE_COMMUNITIES, BGP_LINK_BANDWIDTH, BGP_LOCAL_PREF,
 };
-use crate::crd::{BgpConfSpec, EipBgp, LinkBandwidthMode, PeerPolicySpec};
+use crate::crd::{BgpConfSpec, EipBgp, LinkBandwidthMode, PeerPolicySpec, ServiceAttributes};
 use crate::{BgpPeer, ObjectKey};
 
 /// The reason of the Eip condition and of the Service Events that report a
 /// policy value that cannot be read.
 pub const REASON_INVALID: &str = "BgpPolicyInvalid";
-/// The reason of the Events on Services that share an EIP and disagree.
+/// The reason of the Events on the Services of an EIP whose BGP
+/// annotations are not applied as written: Services that share the EIP
+/// disagree, or one sets what the pool's `serviceAttributes` do not allow.
 pub const REASON_CONFLICT: &str = "BgpPolicyConflict";
 
 /// A policy value that cannot be read, and where it is. It is left out; the
@@ -147,6 +149,135 @@ pub struct PoolPolicy {
     pub peer_selector: Selector,
     /// Which nodes may be next hops; everything when unset.
     pub node_selector: Selector,
+    /// What the pool's Services may add; nothing when unset.
+    pub service_may_set: ServiceAllowance,
+}
+
+/// What a pool's Services may add to its paths (`spec.bgp.serviceAttributes`).
+/// The default allows nothing: attaching `blackhole` or `no-export`, or
+/// steering with LOCAL_PREF, is the network operator's decision.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ServiceAllowance {
+    pub communities: Allowed<u32>,
+    pub large_communities: Allowed<(u32, u32, u32)>,
+    pub local_pref: bool,
+}
+
+/// The values of one attribute a Service may set.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Allowed<T> {
+    /// Any value (`"*"`).
+    Any,
+    /// Only these (none by default).
+    Only(BTreeSet<T>),
+}
+
+impl<T> Default for Allowed<T> {
+    fn default() -> Self {
+        Self::Only(BTreeSet::new())
+    }
+}
+
+impl<T: Ord> Allowed<T> {
+    pub fn admits(&self, value: &T) -> bool {
+        match self {
+            Self::Any => true,
+            Self::Only(values) => values.contains(value),
+        }
+    }
+
+    fn read<'a>(
+        values: impl IntoIterator<Item = &'a str>,
+        parse: impl Fn(&str) -> Result<T, porter_bgp::CommunityError>,
+        field: &str,
+        errors: &mut Vec<PolicyError>,
+    ) -> Self {
+        let values: Vec<&str> = values.into_iter().collect();
+        if values.iter().any(|v| v.trim() == "*") {
+            return Self::Any;
+        }
+        Self::Only(
+            parse_each(values, parse, |i| format!("{field}[{i}]"), errors)
+                .into_iter()
+                .collect(),
+        )
+    }
+}
+
+impl ServiceAllowance {
+    /// Everything a Service may set.
+    pub fn everything() -> Self {
+        Self {
+            communities: Allowed::Any,
+            large_communities: Allowed::Any,
+            local_pref: true,
+        }
+    }
+
+    fn from_spec(spec: Option<&ServiceAttributes>, errors: &mut Vec<PolicyError>) -> Self {
+        let Some(spec) = spec else {
+            return Self::default();
+        };
+        let field = "spec.bgp.serviceAttributes";
+        Self {
+            communities: Allowed::read(
+                spec.communities.iter().map(String::as_str),
+                parse_community,
+                &format!("{field}.communities"),
+                errors,
+            ),
+            large_communities: Allowed::read(
+                spec.large_communities.iter().map(String::as_str),
+                parse_large_community,
+                &format!("{field}.largeCommunities"),
+                errors,
+            ),
+            local_pref: spec.local_pref.unwrap_or(false),
+        }
+    }
+
+    /// What of `service` the pool lets through, and a sentence for each
+    /// value it refuses.
+    fn admit(&self, service: &ServicePolicy) -> (ServicePolicy, Vec<String>) {
+        let mut refused = Vec::new();
+        let communities = service
+            .communities
+            .iter()
+            .copied()
+            .filter(|c| {
+                let ok = self.communities.admits(c);
+                if !ok {
+                    refused.push(format!("community {}:{}", c >> 16, c & 0xFFFF));
+                }
+                ok
+            })
+            .collect();
+        let large_communities = service
+            .large_communities
+            .iter()
+            .copied()
+            .filter(|l| {
+                let ok = self.large_communities.admits(l);
+                if !ok {
+                    refused.push(format!("large community {}:{}:{}", l.0, l.1, l.2));
+                }
+                ok
+            })
+            .collect();
+        let local_pref = service.local_pref.filter(|pref| {
+            if !self.local_pref {
+                refused.push(format!("local-pref {pref}"));
+            }
+            self.local_pref
+        });
+        let admitted = ServicePolicy {
+            communities,
+            large_communities,
+            local_pref,
+            link_bandwidth: service.link_bandwidth,
+        };
+        (admitted, refused)
+    }
 }
 
 impl PoolPolicy {
@@ -178,6 +309,8 @@ impl PoolPolicy {
         };
         let peer_selector = selector(spec.peer_selector.as_ref(), "spec.bgp.peerSelector");
         let node_selector = selector(spec.node_selector.as_ref(), "spec.bgp.nodeSelector");
+        let service_may_set =
+            ServiceAllowance::from_spec(spec.service_attributes.as_ref(), &mut errors);
         (
             Self {
                 communities,
@@ -185,6 +318,7 @@ impl PoolPolicy {
                 local_pref: spec.local_pref,
                 peer_selector,
                 node_selector,
+                service_may_set,
             },
             errors,
         )
@@ -343,11 +477,14 @@ impl EipPolicy {
 
 /// Merges the pool's policy with those of the Services that share one EIP
 /// (one path per node carries all of them):
+/// - a Service's values that the pool's `serviceAttributes` do not allow
+///   are left out;
 /// - communities and large communities: the union;
 /// - LOCAL_PREF: the highest a Service sets, else the pool's;
 /// - link bandwidth: off if the cluster or any Service switches it off.
 ///
-/// Returns what the Services disagree on, for an Event on each of them.
+/// Returns what the pool refuses and what the Services disagree on, for an
+/// Event on each of them.
 pub fn merge<'a>(
     pool: &PoolPolicy,
     services: impl IntoIterator<Item = (&'a ObjectKey, &'a ServicePolicy)>,
@@ -358,8 +495,18 @@ pub fn merge<'a>(
     let mut prefs: BTreeMap<u32, Vec<&ObjectKey>> = BTreeMap::new();
     let mut bandwidth: BTreeMap<bool, Vec<&ObjectKey>> = BTreeMap::new();
     let mut count = 0usize;
+    let mut conflicts = Vec::new();
     for (key, service) in services {
         count += 1;
+        let (service, refused) = pool.service_may_set.admit(service);
+        if !refused.is_empty() {
+            conflicts.push(format!(
+                "{key} sets {} by annotation, which the pool does not allow its Services \
+                 (spec.bgp.serviceAttributes): not sent",
+                refused.join(", ")
+            ));
+        }
+        let service = &service;
         communities.extend_from_slice(&service.communities);
         large_communities.extend_from_slice(&service.large_communities);
         if let Some(pref) = service.local_pref {
@@ -373,7 +520,6 @@ pub fn merge<'a>(
     communities.dedup();
     large_communities.sort_unstable();
     large_communities.dedup();
-    let mut conflicts = Vec::new();
     let listed = |m: &BTreeMap<u32, Vec<&ObjectKey>>| {
         m.iter()
             .map(|(v, keys)| format!("{v} by {}", join(keys)))

@@ -101,6 +101,32 @@ pub struct EipBgp {
     /// when unset. A pool whose serving nodes all fail it is withdrawn.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub node_selector: Option<LabelSelector>,
+    /// What the pool's Services may add to its paths with their
+    /// `bgp.porter.kubesphere.io/*` annotations. Unset: nothing; a
+    /// Service's communities, large communities and LOCAL_PREF are then
+    /// not sent, and an Event says so. (A Service may always switch link
+    /// bandwidth off.)
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service_attributes: Option<ServiceAttributes>,
+}
+
+/// `Eip.spec.bgp.serviceAttributes`: the BGP attributes a pool lets its
+/// Services set, so that a Service owner cannot attach `blackhole`,
+/// `no-export` or a preference the network operator did not intend.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ServiceAttributes {
+    /// Communities a Service may add, spelled as in `communities`; `"*"`
+    /// allows any.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub communities: Vec<String>,
+    /// Large communities a Service may add, spelled as in
+    /// `largeCommunities`; `"*"` allows any.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub large_communities: Vec<String>,
+    /// Whether a Service may set LOCAL_PREF; `false` when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub local_pref: Option<bool>,
 }
 
 /// What the controller reports about a pool.

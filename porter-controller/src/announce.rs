@@ -874,7 +874,7 @@ mod tests {
 
     #[test]
     fn policy_shapes_paths_per_pool_service_node_and_peer() {
-        use porter_api::bgp_policy::Selector;
+        use porter_api::bgp_policy::{Selector, ServiceAllowance};
         let zone = |z: &str| Selector::from_labels(&[("zone".to_string(), z.to_string())].into());
         let nodes = vec![
             labelled("n1", "192.168.1.1", &[("zone", "a")]),
@@ -892,6 +892,7 @@ mod tests {
                 PoolPolicy {
                     communities: vec![65000 << 16 | 100],
                     local_pref: Some(200),
+                    service_may_set: ServiceAllowance::everything(),
                     ..Default::default()
                 },
             )]

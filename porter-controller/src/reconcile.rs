@@ -51,6 +51,8 @@ pub struct Plan {
     pub allocated: u64,
     /// Kinds of the AllocationFailed events in this plan.
     pub failures: Vec<&'static str>,
+    /// Layer 2 addresses in use that no node answers ARP/NDP for.
+    pub layer2_unanswered: usize,
 }
 
 #[derive(Debug, Default)]
@@ -233,7 +235,7 @@ impl Reconciler {
         plan.paths = self.routes.paths().clone();
         plan.paths_version = self.paths_version;
         self.announcement_events(&changed, &mut plan.events);
-        self.layer2.plan(
+        plan.layer2_unanswered = self.layer2.plan(
             snap,
             &self.ipam,
             now,
@@ -447,7 +449,7 @@ impl Reconciler {
 
     /// An Announced event on each Service whose EIP's paths changed, and a
     /// BgpPolicyConflict event on each Service of an EIP whose Services
-    /// started to disagree.
+    /// started to disagree or set what the pool does not allow them.
     fn announcement_events(&self, changed: &BTreeSet<IpAddr>, events: &mut Vec<Event>) {
         let paths = self.routes.paths();
         // Room for exactly these: a first pass adds one per Service to as
@@ -486,7 +488,7 @@ impl Reconciler {
             }
         }
         for (ip, conflict) in self.routes.new_conflicts() {
-            tracing::warn!(eip = %ip, conflict = %conflict, "Services sharing an address disagree on BGP policy");
+            tracing::warn!(eip = %ip, conflict = %conflict, "BGP annotations of a Service are not applied as written");
             for key in self.routes.users(ip) {
                 events.push(Event {
                     regarding: Regarding::Service(key.clone()),
@@ -514,13 +516,24 @@ fn join(ips: &[IpAddr]) -> String {
         .join(", ")
 }
 
+/// The kinds of allocation failure, the `reason` of
+/// `porter_allocation_failures_total`: invalid request, no pool, exhausted,
+/// requested address unavailable.
+pub const FAILURE_KINDS: [&str; 4] = [
+    "invalid_request",
+    "no_pool",
+    "exhausted",
+    "requested_unavailable",
+];
+
 fn failure_kind(e: &crate::ipam::AllocError) -> &'static str {
     use crate::ipam::AllocError::*;
+    let [invalid, no_pool, exhausted, unavailable] = FAILURE_KINDS;
     match e {
-        InvalidRequest(_) | FamilyNotWanted(_) => "invalid_request",
-        PoolNotFound(_) | PoolUnusable { .. } | PoolNotAllowed { .. } | NoPool(_) => "no_pool",
-        Exhausted { .. } => "exhausted",
-        NotInPool(_) | InUse { .. } => "requested_unavailable",
+        InvalidRequest(_) | FamilyNotWanted(_) => invalid,
+        PoolNotFound(_) | PoolUnusable { .. } | PoolNotAllowed { .. } | NoPool(_) => no_pool,
+        Exhausted { .. } => exhausted,
+        NotInPool(_) | InUse { .. } => unavailable,
     }
 }
 

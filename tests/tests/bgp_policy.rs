@@ -712,6 +712,7 @@ fn frr_dc_link_bandwidths(dc: &Datacenter, ip: IpAddr) -> Result<Vec<String>> {
 /// The pool's communities and large communities, a Service annotation's
 /// community, and LOCAL_PREF (the pool's, then the Service's override)
 /// reach the router over iBGP from the controller, on every node's path.
+/// A community the pool does not allow its Services never does.
 fn controller_policy_reaches(daemon: Daemon) -> Result<()> {
     let tag = format!("polctl{daemon:?}").to_lowercase();
     let mut dc = Datacenter::with_router(&tag, &[1, 1], daemon, PORTER_AS)?;
@@ -722,12 +723,16 @@ fn controller_policy_reaches(daemon: Daemon) -> Result<()> {
             "communities: [\"65000:100\"]",
             "largeCommunities: [\"65000:1:2\"]",
             "localPref: 200",
+            "serviceAttributes: {communities: [\"65000:300\"], localPref: true}",
         ]),
     )?;
     dc.set_endpoints(NS, "web", &dc.endpoints_on(&[0, 1]))?;
     web_service(
         &dc,
-        &[("bgp.porter.kubesphere.io/communities", "65000:300")],
+        &[(
+            "bgp.porter.kubesphere.io/communities",
+            "65000:300,65000:666",
+        )],
     )?;
     dc.start_controller()?;
     let ip = dc.wait_service_ip(NS, "web", SETTLE)?;
@@ -752,7 +757,10 @@ fn controller_policy_reaches(daemon: Daemon) -> Result<()> {
     web_service(
         &dc,
         &[
-            ("bgp.porter.kubesphere.io/communities", "65000:300"),
+            (
+                "bgp.porter.kubesphere.io/communities",
+                "65000:300,65000:666",
+            ),
             ("bgp.porter.kubesphere.io/local-pref", "300"),
         ],
     )?;

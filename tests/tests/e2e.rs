@@ -19,6 +19,10 @@ use porter_tests::{
     disruption,
     lab::wait_for,
     manifests::{self, ServiceSpec},
+    monitoring::{
+        as_prometheus_text, dashboard, dashboard_expressions, metrics_read_by, promtool,
+        rule_expressions, series_names,
+    },
     privilege,
 };
 
@@ -26,6 +30,7 @@ const NS: &str = "default";
 const POOL_V4: &str = "lab-v4";
 const POOL_V6: &str = "lab-v6";
 const POOL_TINY: &str = "tiny";
+const POOL_LAN: &str = "lan";
 const WAIT: Duration = Duration::from_secs(30);
 const POOL_ANNOTATION: &str = "eip.porter.kubesphere.io/v1alpha2";
 
@@ -50,6 +55,10 @@ const CASES: &[(&str, Case)] = &[
     ("exhausted_pool_reports_and_others_work", exhausted_pool),
     ("cluster_policy_spreads_over_every_pod", cluster_spread),
     ("cluster_flows_survive_ecmp_changes", disruption),
+    (
+        "metrics_lint_clean_and_monitoring_reads_only_real_metrics",
+        metrics_and_monitoring,
+    ),
 ];
 
 fn main() -> ExitCode {
@@ -511,4 +520,85 @@ fn disruption(ctx: &mut Ctx) -> Result<Duration> {
     );
     // The slowest event, until BIRD routed by the new set where it changed.
     Ok(slowest)
+}
+
+/// Every binary's `/metrics` passes `promtool check metrics` (Prometheus'
+/// naming conventions), and every metric that deploy/monitoring's alerts and
+/// dashboard read is one that a running controller or agent exports.
+fn metrics_and_monitoring(ctx: &mut Ctx) -> Result<Duration> {
+    let dc = &ctx.dc;
+    let nodes = all_nodes(dc);
+    let started = Instant::now();
+    // Per-service and per-address series exist only while there is something
+    // to count: a BGP Service that has carried traffic, and a Layer 2 one.
+    add_service(dc, "metered", 8088, &nodes, &[(POOL_ANNOTATION, POOL_V4)])?;
+    dc.apply(
+        "pool-lan.yaml",
+        &manifests::layer2_eip(POOL_LAN, "172.30.0.200-172.30.0.201"),
+    )?;
+    add_service(
+        dc,
+        "metered-lan",
+        8088,
+        &nodes,
+        &[(POOL_ANNOTATION, POOL_LAN)],
+    )?;
+    let metered = dc.wait_service_ip(NS, "metered", WAIT)?;
+    first_answer(dc, SocketAddr::new(metered, 8088), started)?;
+    dc.wait_service_ip(NS, "metered-lan", WAIT)?;
+    let scrapes = wait_for("every agent to report a Layer 2 leader", WAIT, || {
+        let scrapes = dc.scrape_metrics()?;
+        let led = scrapes
+            .iter()
+            .filter(|(who, _)| who.starts_with("porter-agent"))
+            .all(|(_, text)| text.contains("porter_agent_layer2_leader{"));
+        Ok(led.then_some(scrapes))
+    })?;
+    let checked = check_monitoring_against(&scrapes);
+    remove_service(dc, "metered")?;
+    remove_service(dc, "metered-lan")?;
+    dc.delete("pool-lan.yaml")?;
+    checked?;
+    Ok(started.elapsed())
+}
+
+fn check_monitoring_against(scrapes: &[(String, String)]) -> Result<()> {
+    let mut exported = std::collections::BTreeSet::new();
+    for (who, text) in scrapes {
+        promtool(
+            &std::env::temp_dir(),
+            &["check", "metrics"],
+            &as_prometheus_text(text),
+        )
+        .with_context(|| format!("linting what {who} exports"))?;
+        exported.extend(series_names(text));
+    }
+    let dashboard = dashboard()?;
+    let reads = rule_expressions()?
+        .into_iter()
+        .map(|(alert, expr)| (format!("alert {alert}"), expr))
+        .chain(
+            dashboard_expressions(&dashboard)
+                .into_iter()
+                .map(|(panel, expr)| (format!("panel {panel:?}"), expr)),
+        );
+    let mut read = 0;
+    let mut unknown = Vec::new();
+    for (place, expr) in reads {
+        for metric in metrics_read_by(&expr) {
+            read += 1;
+            if !exported.contains(&metric) {
+                unknown.push(format!("{place} reads {metric}"));
+            }
+        }
+    }
+    ensure!(
+        unknown.is_empty(),
+        "deploy/monitoring reads metrics that no binary exports: {unknown:?}"
+    );
+    println!(
+        "     {} scrapes lint clean; {read} metric reads in deploy/monitoring, all exported",
+        scrapes.len()
+    );
+    Ok(())
 }

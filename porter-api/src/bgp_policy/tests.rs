@@ -1,5 +1,5 @@
 use super::*;
-use crate::crd::LinkBandwidthConf;
+use crate::crd::{LinkBandwidthConf, ServiceAttributes};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelectorRequirement;
 
 fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
@@ -31,6 +31,7 @@ fn pool_policy_reads_what_it_can_and_reports_the_rest() {
         local_pref: Some(200),
         peer_selector: None,
         node_selector: None,
+        service_attributes: None,
     };
     let (pool, errors) = PoolPolicy::from_spec(Some(&spec));
     assert_eq!(pool.communities, [c(65000, 100), NO_EXPORT]);
@@ -217,6 +218,7 @@ fn paths_merge_pool_services_endpoints_and_cluster() {
         communities: vec![c(65000, 100)],
         large_communities: vec![(65000, 1, 2)],
         local_pref: Some(200),
+        service_may_set: ServiceAllowance::everything(),
         ..Default::default()
     };
     let on = ClusterPolicy::default();
@@ -444,4 +446,99 @@ fn peer_policy_defaults_and_modes() {
         peer_policy(Some(&off)).link_bandwidth,
         LinkBandwidthPolicy::Off
     );
+}
+
+#[test]
+fn a_pool_lets_its_services_set_only_what_it_allows() {
+    let (a, b) = (key("a"), key("b"));
+    let blackhole = 0xFFFF_029A;
+    let greedy = ServicePolicy {
+        communities: vec![c(65000, 300), blackhole],
+        large_communities: vec![(65000, 3, 0)],
+        local_pref: Some(900),
+        link_bandwidth: None,
+    };
+    let quiet = ServicePolicy {
+        link_bandwidth: Some(false),
+        ..Default::default()
+    };
+    let on = ClusterPolicy::default();
+    let pool_with = |attributes: Option<ServiceAttributes>| {
+        let spec = EipBgp {
+            communities: strings(&["65000:100"]),
+            service_attributes: attributes,
+            ..Default::default()
+        };
+        let (pool, errors) = PoolPolicy::from_spec(Some(&spec));
+        assert!(errors.is_empty(), "{errors:?}");
+        pool
+    };
+
+    // Unset: nothing a Service sets is sent, and the refusal names it all.
+    let closed = pool_with(None);
+    let (attributes, notes) = path_attributes(&closed, [(&a, &greedy)], 1, &on);
+    assert_eq!(attributes.communities, [c(65000, 100)], "the pool's only");
+    assert!(attributes.large_communities.is_empty());
+    assert_eq!(attributes.local_pref, None);
+    assert_eq!(
+        notes,
+        [
+            "ns/a sets community 65000:300, community 65535:666, large community 65000:3:0, \
+          local-pref 900 by annotation, which the pool does not allow its Services \
+          (spec.bgp.serviceAttributes): not sent"
+        ]
+    );
+    // Switching link bandwidth off needs no permission.
+    let (attributes, notes) = path_attributes(&closed, [(&b, &quiet)], 1, &on);
+    assert_eq!(attributes.link_bandwidth, None);
+    assert!(notes.is_empty(), "{notes:?}");
+
+    // A list: what is on it passes, the rest (blackhole) is refused.
+    let listed = pool_with(Some(ServiceAttributes {
+        communities: strings(&["65000:300", "65000:301"]),
+        large_communities: strings(&["*"]),
+        local_pref: Some(false),
+    }));
+    let (attributes, notes) = path_attributes(&listed, [(&a, &greedy)], 1, &on);
+    assert_eq!(attributes.communities, [c(65000, 100), c(65000, 300)]);
+    assert_eq!(attributes.large_communities, [(65000, 3, 0)]);
+    assert_eq!(attributes.local_pref, None);
+    assert_eq!(notes.len(), 1);
+    assert!(
+        notes[0].starts_with("ns/a sets community 65535:666, local-pref 900 by annotation"),
+        "{}",
+        notes[0]
+    );
+
+    // Everything allowed: as before the allow-list existed.
+    let open = pool_with(Some(ServiceAttributes {
+        communities: strings(&["*"]),
+        large_communities: strings(&["*"]),
+        local_pref: Some(true),
+    }));
+    let (attributes, notes) = path_attributes(&open, [(&a, &greedy)], 1, &on);
+    assert_eq!(
+        attributes.communities,
+        [c(65000, 100), c(65000, 300), blackhole]
+    );
+    assert_eq!(attributes.local_pref, Some(900));
+    assert!(notes.is_empty(), "{notes:?}");
+}
+
+#[test]
+fn an_unreadable_allowance_is_reported_and_allows_nothing_more() {
+    let spec = EipBgp {
+        service_attributes: Some(ServiceAttributes {
+            communities: strings(&["65000:1", "nonsense"]),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let (pool, errors) = PoolPolicy::from_spec(Some(&spec));
+    assert_eq!(
+        pool.service_may_set.communities,
+        Allowed::Only([c(65000, 1)].into())
+    );
+    let fields: Vec<&str> = errors.iter().map(|e| e.field.as_str()).collect();
+    assert_eq!(fields, ["spec.bgp.serviceAttributes.communities[1]"]);
 }

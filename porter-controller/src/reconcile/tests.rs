@@ -474,6 +474,7 @@ fn the_eip_status_names_the_node_announcing_each_layer2_address_and_a_change_is_
         [("192.168.0.100".into(), "n1".into(), now())]
     );
     assert_eq!(plan.eip_status[0].1.layer2_nodes, "n1");
+    assert_eq!(plan.layer2_unanswered, 0);
     assert_eq!(
         layer2_events(&plan),
         [(
@@ -514,6 +515,9 @@ fn the_eip_status_names_the_node_announcing_each_layer2_address_and_a_change_is_
     assert_eq!(plan.eip_status[0].1.layer2_nodes, "");
     assert_eq!(layer2_events(&plan).len(), 1);
     assert_eq!(layer2_events(&plan)[0].0, EventType::Warning);
+    // ... and the metric behind the PorterLayer2AddressUnanswered alert counts it.
+    assert_eq!(plan.layer2_unanswered, 1);
+    assert_eq!(r.plan(&dark, &later()).layer2_unanswered, 1);
 }
 
 #[test]
@@ -585,5 +589,46 @@ fn unreadable_pool_policy_sets_a_condition_and_the_pool_keeps_working() {
             .conditions
             .iter()
             .all(|c| c.type_ != "BgpPolicyInvalid")
+    );
+}
+
+#[test]
+fn a_community_the_pool_does_not_allow_is_not_sent_and_the_service_is_told() {
+    let mut r = Reconciler::default();
+    let mut snap = seed();
+    snap.services = vec![Arc::new(svc(
+        "web",
+        &[
+            ("lb.kubesphere.io/v1alpha1", "porter"),
+            ("bgp.porter.kubesphere.io/communities", "blackhole"),
+        ],
+    ))];
+    let plan = r.plan(&snap, &now());
+    let hops = plan.paths.values().next().expect("still announced");
+    assert!(
+        hops.values().all(|a| a.communities.is_empty()),
+        "blackhole is not sent: {hops:?}"
+    );
+    let told: Vec<&Event> = plan
+        .events
+        .iter()
+        .filter(|e| e.reason == porter_api::bgp_policy::REASON_CONFLICT)
+        .collect();
+    assert_eq!(told.len(), 1, "{:?}", plan.events);
+    assert_eq!(told[0].regarding, Regarding::Service(key("web")));
+    assert_eq!(told[0].type_, EventType::Warning);
+    assert!(
+        told[0].message.contains("community 65535:666")
+            && told[0].message.contains("spec.bgp.serviceAttributes"),
+        "{}",
+        told[0].message
+    );
+    // Told once, not on every pass.
+    let snap = settle(&snap, &plan);
+    assert!(
+        r.plan(&snap, &now())
+            .events
+            .iter()
+            .all(|e| e.reason != porter_api::bgp_policy::REASON_CONFLICT)
     );
 }

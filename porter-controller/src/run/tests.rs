@@ -295,7 +295,7 @@ async fn with_the_dir_source_the_announcer_is_written_beside_the_manifests() {
 #[tokio::test]
 async fn bgp_policy_reaches_the_announcer_and_bad_values_are_reported() {
     use porter_api::BgpPeer;
-    use porter_api::crd::{EipBgp, LinkBandwidthMode, PeerConf, PeerPolicySpec};
+    use porter_api::crd::{EipBgp, LinkBandwidthMode, PeerConf, PeerPolicySpec, ServiceAttributes};
     use porter_bgp::{LinkBandwidth, LinkBandwidthPolicy};
 
     let mut snap = snapshot();
@@ -311,6 +311,11 @@ async fn bgp_policy_reaches_the_announcer_and_bad_values_are_reported() {
     eip.spec.bgp = Some(EipBgp {
         communities: vec!["65000:100".into(), "bogus".into()],
         local_pref: Some(200),
+        service_attributes: Some(ServiceAttributes {
+            communities: vec!["65000:300".into()],
+            local_pref: Some(true),
+            ..Default::default()
+        }),
         ..Default::default()
     });
     snap.eips = vec![Arc::new(eip)];
