@@ -92,7 +92,10 @@ struct RunArgs {
     #[arg(long, default_value = "60s", value_parser = parse_duration)]
     resync_interval: Duration,
     /// Maglev table size M per service: a prime at least 100 times the most
-    /// local backends a service has. Fixed when the maps are first pinned.
+    /// backends a service has here (all of the cluster's for an
+    /// `externalTrafficPolicy: Cluster` Service). Every agent of a cluster
+    /// must use the same M, so that all build the same tables. Fixed when
+    /// the maps are first pinned.
     #[arg(long, default_value_t = porter_agent::DEFAULT_MAGLEV_SIZE)]
     maglev_size: u32,
     /// Most EIP:port/protocol services this node can serve. Fixed when the

@@ -52,6 +52,7 @@ impl NodeBfdLab {
             target_port: 80,
             annotations: &[],
             ipv6: false,
+            cluster: false,
         };
         dc.add_service(&web, &[0])?;
         dc.start_controller()?;

@@ -56,6 +56,7 @@ use crate::{
     manifests::{self, Endpoint, ServiceSpec},
     netns::{CONNECT_TIMEOUT, SYN_RETRANSMIT, run_in},
     routers::{Daemon, Neighbor, Router, RouterConfig},
+    scenarios::attach_pass_xdp_to,
 };
 
 pub const ROUTER_AS: u32 = 65001;
@@ -108,6 +109,11 @@ pub struct Datacenter {
     pub nodes: Vec<LabNode>,
     /// The `dir:` source both binaries read.
     pub manifests: PathBuf,
+    /// Pass-everything XDP on the bridge's node ports: a veth only takes
+    /// frames a node sends with `XDP_TX` (Cluster forwarding to another
+    /// node) when its peer runs XDP too; a physical NIC needs nothing of
+    /// the sort.
+    _pass_xdp: Vec<aya::Ebpf>,
 }
 
 impl Datacenter {
@@ -144,11 +150,13 @@ impl Datacenter {
         add_addr(&lab, &ctl, "eth0", "fd00:30::10/64")?;
 
         let mut nodes = Vec::new();
+        let mut pass_xdp = Vec::new();
         for (index, &pod_count) in pods_per_node.iter().enumerate() {
             let n = index + 1;
             let name = format!("n{n}");
             let ns = lab.netns(&name)?;
             attach_to_lan(&lab, &router_ns, &ns, &format!("v-{name}"))?;
+            pass_xdp.push(attach_pass_xdp_to(&router_ns, &format!("v-{name}"))?);
             let ip: IpAddr = format!("172.30.0.{}", 10 + n).parse()?;
             let ip6: IpAddr = format!("fd00:30::{}", 10 + n).parse()?;
             add_addr(&lab, &ns, "eth0", &format!("{ip}/24"))?;
@@ -191,6 +199,7 @@ impl Datacenter {
             client,
             nodes,
             manifests,
+            _pass_xdp: pass_xdp,
         };
         dc.write_nodes()?;
         dc.wait_pods()?;
@@ -315,6 +324,7 @@ impl Datacenter {
             client,
             nodes,
             manifests,
+            _pass_xdp: Vec::new(),
         };
         dc.write_nodes()?;
         dc.wait_pods()?;
@@ -616,6 +626,26 @@ impl Datacenter {
             Ok(answers) => Ok(answers),
             Err(error) => Err(error.context(format!("data plane drops meanwhile: {dropped:?}"))),
         }
+    }
+
+    /// The client address of every request each pod has answered so far,
+    /// by pod, from its HTTP server's log (`<address> - - [date] "GET ..."`).
+    pub fn pod_clients(&self) -> Result<BTreeMap<String, Vec<IpAddr>>> {
+        let mut out = BTreeMap::new();
+        for pod in self.nodes.iter().flat_map(|node| &node.pods) {
+            let log = self.lab.run_dir().join(format!("http-{}.log", pod.name));
+            let text = std::fs::read_to_string(&log)
+                .with_context(|| format!("reading {}", log.display()))?;
+            let clients = text
+                .lines()
+                .filter(|line| line.contains("\"GET "))
+                .filter_map(|line| line.split_whitespace().next())
+                .map(|address| address.trim_start_matches("::ffff:").parse())
+                .collect::<Result<Vec<IpAddr>, _>>()
+                .with_context(|| format!("a client address in {}", log.display()))?;
+            out.insert(pod.name.clone(), clients);
+        }
+        Ok(out)
     }
 
     /// Every node's drop counters (`drop_*` and `revnat_failed`), per

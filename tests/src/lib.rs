@@ -3,6 +3,7 @@
 pub mod bfd_lab;
 pub mod bins;
 pub mod datacenter;
+pub mod disruption;
 pub mod lab;
 pub mod layer2_lab;
 pub mod manifests;

@@ -321,6 +321,7 @@ fn spec(vip: &str, port: u16, pods: &[&str]) -> ServiceSpec {
             .map(|pod| Backend {
                 addr: pod.parse().expect("pod"),
                 port: 80,
+                node: None,
             })
             .collect(),
     }

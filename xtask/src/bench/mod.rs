@@ -5,6 +5,7 @@ mod agent;
 mod bgp;
 mod controller;
 mod dataplane;
+mod disruption;
 mod failover;
 mod layer2;
 
@@ -22,6 +23,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         Suite::Agent => agent::run(),
         Suite::Layer2 => layer2::run(),
         Suite::Failover => failover::run(),
+        Suite::Disruption => disruption::run(),
     }
 }
 
