@@ -7,6 +7,7 @@ pub mod bgp_config;
 pub mod bgp_policy;
 pub mod crd;
 pub mod layer2;
+pub mod lease;
 pub mod metrics_http;
 pub mod peer_auth;
 pub mod service;
