@@ -30,6 +30,10 @@ use kube::{Api, api::PostParams};
 
 use crate::layer2::{DURATION_ANNOTATION, LeaseRecord, lease_file_text, parse_lease_file};
 
+/// Under the `dir:` source's directory: the controller replicas' leader
+/// lease (one file, named by `--lease-name`).
+pub const CONTROLLER_LEASE_DIR: &str = "controller-leases";
+
 /// A file of a [`FileLeaseDir`] could not be read or written.
 #[derive(Debug, thiserror::Error)]
 #[error("lease store {path}: {source}")]

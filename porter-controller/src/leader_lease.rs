@@ -19,9 +19,6 @@ use tokio::sync::watch;
 use crate::leadership::{Attempt, Election, Leadership, StepDown, Timing, Transition};
 use crate::metrics::Metrics;
 
-/// Under the `dir:` source's directory: the controller's leases.
-pub const LEASE_DIR: &str = "controller-leases";
-
 /// One attempt to take or renew the lease at wall-clock `now` (since the
 /// Unix epoch) for `duration`.
 pub trait LeaderLease: Send + Sync {
@@ -34,6 +31,7 @@ fn held_by(holder: Option<String>) -> Attempt {
 }
 
 /// The lease as file `name` in a [`FileLeaseDir`].
+#[derive(Clone)]
 pub struct FileLeaderLease {
     store: FileLeaseDir,
     name: String,

@@ -7,11 +7,11 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use clap::Parser;
-use porter_api::lease::FileLeaseDir;
+use porter_api::lease::{CONTROLLER_LEASE_DIR, FileLeaseDir};
 use porter_api::metrics_http::{Health, serve_with_health};
 use porter_api::source::{SourceArg as Source, dir, kube as kube_source, layer2};
 use porter_controller::bgp_speaker::SpeakerAnnouncer;
-use porter_controller::leader_lease::{FileLeaderLease, KubeLeaderLease, LEASE_DIR, elect};
+use porter_controller::leader_lease::{FileLeaderLease, KubeLeaderLease, elect};
 use porter_controller::leadership::{Leadership, Timing};
 use porter_controller::metrics::Metrics;
 use porter_controller::peer_auth::SecretScope;
@@ -147,10 +147,10 @@ async fn main() -> Result<()> {
             let (snapshots, writer) = dir::start(path.clone(), args.poll_interval)
                 .with_context(|| format!("cannot read manifests in {}", path.display()))?;
             tracing::info!(dir = %path.display(), "reading the cluster from manifests");
-            let store = FileLeaseDir::new(path.join(LEASE_DIR))
+            let store = FileLeaseDir::new(path.join(CONTROLLER_LEASE_DIR))
                 .context("cannot set up the leader election lease")?;
             let lease = FileLeaderLease::new(store, &args.lease_name, &identity);
-            tracing::info!(identity, lease = %path.join(LEASE_DIR).join(&args.lease_name).display(), "electing a leader");
+            tracing::info!(identity, lease = %path.join(CONTROLLER_LEASE_DIR).join(&args.lease_name).display(), "electing a leader");
             tokio::spawn(elect(lease, timing, publish, metrics));
             let holders =
                 layer2::watch_dir(path.join(porter_api::layer2::LEASE_DIR), args.poll_interval);
