@@ -48,8 +48,8 @@ impl FileLeaderLease {
     }
 }
 
-impl LeaderLease for FileLeaderLease {
-    async fn try_hold(&self, now: Duration, duration: Duration) -> Attempt {
+impl FileLeaderLease {
+    fn try_hold_now(&self, now: Duration, duration: Duration) -> Attempt {
         match self
             .store
             .acquire(&self.name, &self.identity, now, duration)
@@ -58,6 +58,18 @@ impl LeaderLease for FileLeaderLease {
             Ok(false) => held_by(self.store.read(&self.name).ok().flatten().map(|l| l.holder)),
             Err(error) => Attempt::Failed(error.to_string()),
         }
+    }
+}
+
+impl LeaderLease for FileLeaderLease {
+    async fn try_hold(&self, now: Duration, duration: Duration) -> Attempt {
+        // The lock may block (a hung shared file system, another process
+        // holding it): off the runtime's threads, so that the attempt's
+        // timeout fires and the BGP sessions keep their keepalives.
+        let lease = self.clone();
+        tokio::task::spawn_blocking(move || lease.try_hold_now(now, duration))
+            .await
+            .unwrap_or_else(|error| Attempt::Failed(format!("lease task failed: {error}")))
     }
 }
 
@@ -87,7 +99,11 @@ impl LeaderLease for KubeLeaderLease {
                 let holder = self.api.get_opt(&self.name).await.ok().flatten();
                 held_by(holder.as_ref().and_then(lease_record).map(|l| l.holder))
             }
-            Err(error) => Attempt::Failed(error.to_string()),
+            Err(error) => Attempt::Failed(format!(
+                "Lease {}: {error} (is the API server reachable, and may this \
+                 service account manage Leases?)",
+                self.name
+            )),
         }
     }
 }
@@ -102,18 +118,44 @@ pub async fn elect<L: LeaderLease>(
     metrics: std::sync::Arc<Metrics>,
 ) {
     let mut election = Election::new(timing);
+    let publish = |election: &Election, now: Instant| {
+        let leadership = election.leadership();
+        metrics.set_leader(leadership.leads_at(now));
+        // Only a change of term wakes the controller's loop; a renewal
+        // just moves the deadline it reads at each pass.
+        publish.send_if_modified(|published| {
+            let changed = published.term_at(now) != leadership.term_at(now);
+            *published = leadership;
+            changed
+        });
+    };
+    let record = |transition: Option<Transition>| {
+        if let Some(transition) = transition {
+            report(&transition, timing);
+            if let Transition::SteppedDown(why) = &transition {
+                metrics.stepped_down(why);
+            }
+        }
+    };
     loop {
         let started = Instant::now();
-        // An attempt that hangs (an API server cut off mid-request) must not
-        // keep the loop from noticing the deadline.
-        let attempt = match tokio::time::timeout(
-            timing.margin,
-            lease.try_hold(wall_clock(), timing.duration),
-        )
-        .await
-        {
-            Ok(attempt) => attempt,
-            Err(_) => Attempt::Failed(format!("no answer within {:?}", timing.margin)),
+        // An attempt that hangs (an API server cut off mid-request, a
+        // file system that blocks) must not keep the step-down waiting.
+        let attempt =
+            tokio::time::timeout(timing.margin, lease.try_hold(wall_clock(), timing.duration));
+        tokio::pin!(attempt);
+        let attempt = loop {
+            tokio::select! {
+                answered = &mut attempt => break answered.unwrap_or_else(|_| {
+                    Attempt::Failed(format!("no answer within {:?}", timing.margin))
+                }),
+                () = until(election.leadership().deadline()) => {
+                    let now = Instant::now();
+                    let transition = election.tick(now);
+                    record(transition);
+                    publish(&election, now);
+                }
+            }
         };
         let now = Instant::now();
         if let Attempt::Failed(error) = &attempt {
@@ -126,29 +168,21 @@ pub async fn elect<L: LeaderLease>(
                 _ => tracing::warn!(
                     %error,
                     retry_in = ?timing.retry,
-                    "cannot reach the leader election lease (is the API server \
-                     reachable, and may this service account manage Leases?); \
-                     following until it can be taken"
+                    "cannot reach the leader election lease; following until it can be taken"
                 ),
             }
         }
-        if let Some(transition) = election.record(started, &attempt, now) {
-            report(&transition, timing);
-            if let Transition::SteppedDown(why) = &transition {
-                metrics.stepped_down(why);
-            }
-        }
-        let leadership = election.leadership();
-        metrics.set_leader(leadership.leads_at(now));
-        // Only a change of term wakes the controller's loop; a renewal
-        // just moves the deadline it reads at each pass.
-        publish.send_if_modified(|published| {
-            let changed = published.term_at(now) != leadership.term_at(now);
-            *published = leadership;
-            changed
-        });
+        let transition = election.record(started, &attempt, now);
+        record(transition);
+        publish(&election, now);
         tokio::time::sleep_until(election.next_attempt(started).into()).await;
     }
+}
+
+/// Sleeps until `deadline`; without one, for as good as ever.
+pub(crate) fn until(deadline: Option<Instant>) -> tokio::time::Sleep {
+    let far = || tokio::time::Instant::now() + Duration::from_secs(86_400);
+    tokio::time::sleep_until(deadline.map_or_else(far, tokio::time::Instant::from_std))
 }
 
 fn report(transition: &Transition, timing: Timing) {

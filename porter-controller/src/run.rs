@@ -12,6 +12,7 @@ use porter_api::source::{Event, EventType, Regarding, Snapshot, SnapshotReceiver
 use tokio::sync::watch;
 
 use crate::bgp::{Announcer, BgpDriver, Note, status_entries};
+use crate::leader_lease::until;
 use crate::leadership::Leadership;
 use crate::metrics::Metrics;
 use crate::peer_auth::SecretScope;
@@ -217,7 +218,6 @@ pub async fn run<A: Announcer, W: StatusWriter>(
             // Renewals move the deadline without a notification (a pass per
             // renewal would cost a full reconcile); read it afresh.
             let deadline = leader.borrow().deadline().filter(|_| term.is_some());
-            let deadline = deadline.map_or_else(far_future, tokio::time::Instant::from_std);
             tokio::select! {
                 r = snapshots.changed() => if r.is_err() { return } else { break },
                 r = leader.changed(), if leader_open => {
@@ -228,7 +228,7 @@ pub async fn run<A: Announcer, W: StatusWriter>(
                 // the BgpPeer status and the metrics to the sessions.
                 () = sessions_changed.notified() => break,
                 () = &mut resync => break,
-                () = tokio::time::sleep_until(deadline), if term.is_some() => {
+                () = until(deadline), if term.is_some() => {
                     if leader.borrow().term_at(Instant::now()) != term {
                         break;
                     }
@@ -236,10 +236,6 @@ pub async fn run<A: Announcer, W: StatusWriter>(
             }
         }
     }
-}
-
-fn far_future() -> tokio::time::Instant {
-    tokio::time::Instant::now() + Duration::from_secs(86_400)
 }
 
 #[cfg(test)]

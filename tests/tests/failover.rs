@@ -225,10 +225,10 @@ fn partition(ctx: &mut Ctx) -> Result<Duration> {
         closed < Duration::from_secs(LEASE),
         "replica {old} closed its session {closed:?} after the cut, later than the {LEASE} s lease"
     );
-    ensure!(
-        log_of(dc, old).contains("leadership lost"),
-        "replica {old} did not say why it stepped down"
-    );
+    // The election says why once its attempt in flight gives up.
+    wait_for("the old leader to say why it stepped down", WAIT, || {
+        Ok(log_of(dc, old).contains("leadership lost").then_some(()))
+    })?;
     // Past the lease: nobody may lead, nobody announces.
     while started.elapsed() < Duration::from_secs(LEASE + 1) {
         let up = announcing(dc)?;
