@@ -987,6 +987,7 @@ impl Load {
         let thread = std::thread::spawn(move || {
             crate::netns::enter(&client)?;
             let mut report = LoadReport::default();
+            let started = Instant::now();
             while !flag.load(Ordering::Relaxed) {
                 match http_get(addr) {
                     Ok(answer) => {
@@ -994,7 +995,9 @@ impl Load {
                         report.retransmitted += usize::from(answer.connect >= SYN_RETRANSMIT);
                         *report.per_pod.entry(answer.pod).or_insert(0) += 1;
                     }
-                    Err(error) => report.failures.push(format!("{error:#}")),
+                    Err(error) => report
+                        .failures
+                        .push(format!("{:?} into the load: {error:#}", started.elapsed())),
                 }
                 std::thread::sleep(Duration::from_millis(5));
             }

@@ -139,6 +139,7 @@ fn leader_kill(ctx: &mut Ctx) -> Result<Duration> {
     let load = dc.load(addr);
     thread::sleep(Duration::from_millis(300));
     let killed = Instant::now();
+    println!("     killing replica {old} 300ms into the load");
     dc.kill_replica(old)?;
     let mut gaps = Vec::new();
     let failover = loop {
