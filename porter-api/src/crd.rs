@@ -60,6 +60,15 @@ pub struct EipSpec {
     /// Stop handing out new addresses from this pool; addresses already given keep working.
     #[serde(default)]
     pub disable: bool,
+    /// For a CIDR `address`: hand out its edge addresses too, which are
+    /// left out by default: the network and broadcast addresses of IPv4
+    /// (hosts on that subnet treat them specially), the Subnet-Router
+    /// anycast address (the first) of IPv6. Turn it on for a BGP pool whose
+    /// addresses are routed one by one (/32, /128), where they are ordinary
+    /// addresses. A /31, /32, /127 or /128 has no edges to leave out; a
+    /// range `a-b` or a single IP is always taken as written.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub include_network_and_broadcast: bool,
     /// Order among the pools a Service may use: lower wins.
     #[serde(default)]
     pub priority: i32,
@@ -126,7 +135,10 @@ pub struct EipStatus {
     /// The pool holds IPv4 addresses.
     #[serde(default)]
     pub v4: bool,
-    /// The pool is valid, does not overlap another, and can be allocated from.
+    /// The pool is valid, does not overlap another, and is in force. A
+    /// disabled or full one is too: the reason of its `Ready` condition
+    /// (`Accepted`, `Disabled`, `Exhausted`) says whether it hands out
+    /// addresses.
     #[serde(default)]
     pub ready: bool,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]

@@ -33,7 +33,8 @@ impl Layer2Status {
 
     /// Sets the announcers of every pool in `eip_status` (adding an entry
     /// for a pool whose announcers alone changed) and adds the Events of
-    /// the addresses whose node changed.
+    /// the addresses whose node changed. Returns how many Layer 2 addresses
+    /// in use no node answers for.
     pub fn plan(
         &mut self,
         snap: &Snapshot,
@@ -41,8 +42,9 @@ impl Layer2Status {
         now: &Time,
         eip_status: &mut Vec<(String, Arc<EipStatus>)>,
         events: &mut Vec<Event>,
-    ) {
+    ) -> usize {
         let mut in_use = BTreeSet::new();
+        let mut unanswered = 0;
         for eip in &snap.eips {
             let Some(name) = eip.metadata.name.as_deref() else {
                 continue;
@@ -58,6 +60,7 @@ impl Layer2Status {
             for (&ip, users) in &used {
                 in_use.insert(ip);
                 let node = snap.layer2_holders.get(&ip).cloned();
+                unanswered += usize::from(node.is_none());
                 let last = self.reported.get(&ip).cloned().unwrap_or_else(|| {
                     prev_announcers
                         .iter()
@@ -103,6 +106,7 @@ impl Layer2Status {
             }
         }
         self.reported.retain(|ip, _| in_use.contains(ip));
+        unanswered
     }
 }
 

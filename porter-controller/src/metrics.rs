@@ -15,7 +15,7 @@ use crate::announce::Paths;
 use crate::bgp::PeerStatus;
 use crate::ipam::Ipam;
 use crate::leadership::StepDown;
-use crate::reconcile::Plan;
+use crate::reconcile::{FAILURE_KINDS, Plan};
 
 type Labels = Vec<(String, String)>;
 /// (paths version, peers, prefixes per peer).
@@ -32,6 +32,7 @@ pub struct Metrics {
     peer_paths: Family<Labels, Gauge>,
     prefixes: Gauge,
     paths: Gauge,
+    layer2_unanswered: Gauge,
     reconcile_seconds: Histogram,
     leader: Gauge,
     step_downs: Family<Labels, Counter>,
@@ -54,12 +55,18 @@ impl Default for Metrics {
             peer_paths: Family::default(),
             scoped: Mutex::default(),
             prefixes: Gauge::default(),
+            layer2_unanswered: Gauge::default(),
             paths: Gauge::default(),
             reconcile_seconds: Histogram::new(exponential_buckets(0.0005, 2.0, 16)),
             leader: Gauge::default(),
             step_downs: Family::default(),
             registry: Registry::with_prefix("porter"),
         };
+        // Every reason's counter starts at 0, so that increase() and the
+        // PorterAllocationFailing alert see the first failure too.
+        for reason in FAILURE_KINDS {
+            let _created = m.failures.get_or_create(&label("reason", reason));
+        }
         let registry = &mut m.registry;
         registry.register(
             "pool_size",
@@ -105,6 +112,11 @@ impl Default for Metrics {
             "announced_paths",
             "Paths (prefix, next hop) announced",
             m.paths.clone(),
+        );
+        registry.register(
+            "layer2_unanswered_addresses",
+            "Layer 2 addresses in use that no node answers ARP/NDP for (no node with a ready endpoint holds the lease)",
+            m.layer2_unanswered.clone(),
         );
         registry.register(
             "reconcile_duration_seconds",
@@ -177,6 +189,8 @@ impl Metrics {
             self.peer_prefixes.get_or_create(&peer).set(prefixes);
         }
         self.prefixes.set(plan.paths.len() as i64);
+        self.layer2_unanswered
+            .set(i64::try_from(plan.layer2_unanswered).unwrap_or(i64::MAX));
         self.paths
             .set(plan.paths.values().map(|h| h.len() as i64).sum());
         self.reconcile_seconds.observe(seconds);
@@ -213,5 +227,25 @@ impl Metrics {
         // Writing to a String cannot fail.
         let _ = encode(&mut out, &self.registry);
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_allocation_failure_reason_is_exported_from_zero() {
+        // increase() sees no change in a series that first appears at 1:
+        // the alert on failures needs each series before the first failure.
+        let text = Metrics::default().render();
+        for reason in FAILURE_KINDS {
+            assert!(
+                text.contains(&format!(
+                    "porter_allocation_failures_total{{reason=\"{reason}\"}} 0\n"
+                )),
+                "{reason} missing from:\n{text}"
+            );
+        }
     }
 }

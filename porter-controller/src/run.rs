@@ -69,8 +69,9 @@ impl<A: Announcer> Controller<A> {
                 // else, so the routers hold our routes for the successor.
                 self.announcer.abandon();
             }
-            // A new leader re-sends everything: its predecessor's state is unknown.
-            self.reconciler.forget_reported();
+            // A new leader rebuilds from the published state and re-sends
+            // everything: its predecessor's state is unknown.
+            self.reconciler.set_leading(leader);
             self.bgp.reset();
             self.was_leader = leader;
         }

@@ -1,4 +1,4 @@
-//! The full lab of `shared/LAB.md`: a small data centre on one machine.
+//! The full lab of docs/lab.md: a small data centre on one machine.
 //!
 //! ```text
 //!   cl (client 172.31.0.2) ── r (router: BIRD, 172.31.0.1 / 172.30.0.1)
@@ -72,6 +72,9 @@ pub const POD_PORT: u16 = 80;
 const CONTROLLERS: [&str; 2] = ["controller", "controller-b"];
 /// Their `--identity` in the leader lease (with [`Datacenter::start_replica`]).
 pub const REPLICA_IDENTITIES: [&str; 2] = ["ctl-a", "ctl-b"];
+const CONTROLLER_METRICS_PORT: u16 = 9190;
+/// The agent's default `--metrics-addr` port, in each node's namespace.
+const AGENT_METRICS_PORT: u16 = 9191;
 /// The agent's capabilities in the DaemonSet (deploy/porter.yaml), as setpriv spells them.
 pub const AGENT_CAPABILITIES: &str = "+bpf,+net_admin,+perfmon,+sys_resource,+net_raw";
 
@@ -477,7 +480,8 @@ impl Datacenter {
             .arg("--source")
             .arg(format!("dir:{}", self.manifests.display()))
             .args(["--poll-interval", "100ms"])
-            .args(["--metrics-addr", &format!("{ip}:9190")])
+            .arg("--metrics-addr")
+            .arg(SocketAddr::new(ip, CONTROLLER_METRICS_PORT).to_string())
             .env("RUST_LOG", "info");
         Ok(command)
     }
@@ -729,6 +733,28 @@ impl Datacenter {
     /// Starts requests from the client in a loop until the returned load is stopped.
     pub fn load(&self, addr: SocketAddr) -> Load {
         Load::start(self.client.clone(), addr)
+    }
+
+    /// What `/metrics` of the controller and of each node's agent says now,
+    /// as (who, OpenMetrics text); every one of them must be running.
+    pub fn scrape_metrics(&self) -> Result<Vec<(String, String)>> {
+        let controller = SocketAddr::new(self.controller_ip, CONTROLLER_METRICS_PORT);
+        let mut scrapes = vec![(
+            "porter-controller".to_owned(),
+            self.lab.exec(
+                &self.ctl,
+                &["curl", "-sSf", &format!("http://{controller}/metrics")],
+            )?,
+        )];
+        let agent = format!("http://127.0.0.1:{AGENT_METRICS_PORT}/metrics");
+        for node in &self.nodes {
+            let text = self
+                .lab
+                .exec(&node.ns, &["curl", "-sSf", &agent])
+                .with_context(|| format!("scraping the agent of {}", node.name))?;
+            scrapes.push((format!("porter-agent on {}", node.name), text));
+        }
+        Ok(scrapes)
     }
 
     /// The routers' and daemons' view, for failure messages.

@@ -1,4 +1,4 @@
-//! A lab of network namespaces on this machine, as in `shared/LAB.md`.
+//! A lab of network namespaces on this machine, as in docs/lab.md.
 //!
 //! Everything a [`Lab`] creates (namespaces, daemons, bpffs mounts, its run
 //! directory) is removed when it is dropped, so a failing test leaves nothing

@@ -6,6 +6,7 @@ pub mod datacenter;
 pub mod lab;
 pub mod layer2_lab;
 pub mod manifests;
+pub mod monitoring;
 pub mod netns;
 pub mod netns_runtime;
 pub mod packets;

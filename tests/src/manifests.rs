@@ -111,9 +111,18 @@ pub fn service(spec: &ServiceSpec) -> String {
 
 /// An Eip pool (`v1alpha2`).
 pub fn eip(name: &str, address: &str) -> String {
+    pool(name, address, "bgp")
+}
+
+/// A Layer 2 pool: its addresses are answered for by ARP/NDP on the LAN.
+pub fn layer2_eip(name: &str, address: &str) -> String {
+    pool(name, address, "layer2")
+}
+
+fn pool(name: &str, address: &str, protocol: &str) -> String {
     format!(
         "apiVersion: network.kubesphere.io/v1alpha2\nkind: Eip\nmetadata:\n  name: {name}\n\
-         spec:\n  address: {address}\n  protocol: bgp\n"
+         spec:\n  address: {address}\n  protocol: {protocol}\n"
     )
 }
 

@@ -19,12 +19,17 @@ use porter_tests::{
     datacenter::{CONTROLLER_V4, Datacenter, per_node, samples_dir},
     lab::wait_for,
     manifests::{self, ServiceSpec},
+    monitoring::{
+        as_prometheus_text, dashboard, dashboard_expressions, metrics_read_by, promtool,
+        rule_expressions, series_names,
+    },
 };
 
 const NS: &str = "default";
 const POOL_V4: &str = "lab-v4";
 const POOL_V6: &str = "lab-v6";
 const POOL_TINY: &str = "tiny";
+const POOL_LAN: &str = "lan";
 const WAIT: Duration = Duration::from_secs(30);
 const POOL_ANNOTATION: &str = "eip.porter.kubesphere.io/v1alpha2";
 
@@ -45,6 +50,10 @@ const CASES: &[(&str, Case<Ctx>)] = &[
     ("two_services_share_one_ip", shared_ip),
     ("ipv6_eip_end_to_end", ipv6_end_to_end),
     ("exhausted_pool_reports_and_others_work", exhausted_pool),
+    (
+        "metrics_lint_clean_and_monitoring_reads_only_real_metrics",
+        metrics_and_monitoring,
+    ),
 ];
 
 fn main() -> ExitCode {
@@ -366,4 +375,85 @@ fn exhausted_pool(ctx: &mut Ctx) -> Result<Duration> {
         remove_service(dc, name)?;
     }
     Ok(convergence)
+}
+
+/// Every binary's `/metrics` passes `promtool check metrics` (Prometheus'
+/// naming conventions), and every metric that deploy/monitoring's alerts and
+/// dashboard read is one that a running controller or agent exports.
+fn metrics_and_monitoring(ctx: &mut Ctx) -> Result<Duration> {
+    let dc = &ctx.dc;
+    let nodes = all_nodes(dc);
+    let started = Instant::now();
+    // Per-service and per-address series exist only while there is something
+    // to count: a BGP Service that has carried traffic, and a Layer 2 one.
+    add_service(dc, "metered", 8088, &nodes, &[(POOL_ANNOTATION, POOL_V4)])?;
+    dc.apply(
+        "pool-lan.yaml",
+        &manifests::layer2_eip(POOL_LAN, "172.30.0.200-172.30.0.201"),
+    )?;
+    add_service(
+        dc,
+        "metered-lan",
+        8088,
+        &nodes,
+        &[(POOL_ANNOTATION, POOL_LAN)],
+    )?;
+    let metered = dc.wait_service_ip(NS, "metered", WAIT)?;
+    first_answer(dc, SocketAddr::new(metered, 8088), started)?;
+    dc.wait_service_ip(NS, "metered-lan", WAIT)?;
+    let scrapes = wait_for("every agent to report a Layer 2 leader", WAIT, || {
+        let scrapes = dc.scrape_metrics()?;
+        let led = scrapes
+            .iter()
+            .filter(|(who, _)| who.starts_with("porter-agent"))
+            .all(|(_, text)| text.contains("porter_agent_layer2_leader{"));
+        Ok(led.then_some(scrapes))
+    })?;
+    let checked = check_monitoring_against(&scrapes);
+    remove_service(dc, "metered")?;
+    remove_service(dc, "metered-lan")?;
+    dc.delete("pool-lan.yaml")?;
+    checked?;
+    Ok(started.elapsed())
+}
+
+fn check_monitoring_against(scrapes: &[(String, String)]) -> Result<()> {
+    let mut exported = std::collections::BTreeSet::new();
+    for (who, text) in scrapes {
+        promtool(
+            &std::env::temp_dir(),
+            &["check", "metrics"],
+            &as_prometheus_text(text),
+        )
+        .with_context(|| format!("linting what {who} exports"))?;
+        exported.extend(series_names(text));
+    }
+    let dashboard = dashboard()?;
+    let reads = rule_expressions()?
+        .into_iter()
+        .map(|(alert, expr)| (format!("alert {alert}"), expr))
+        .chain(
+            dashboard_expressions(&dashboard)
+                .into_iter()
+                .map(|(panel, expr)| (format!("panel {panel:?}"), expr)),
+        );
+    let mut read = 0;
+    let mut unknown = Vec::new();
+    for (place, expr) in reads {
+        for metric in metrics_read_by(&expr) {
+            read += 1;
+            if !exported.contains(&metric) {
+                unknown.push(format!("{place} reads {metric}"));
+            }
+        }
+    }
+    ensure!(
+        unknown.is_empty(),
+        "deploy/monitoring reads metrics that no binary exports: {unknown:?}"
+    );
+    println!(
+        "     {} scrapes lint clean; {read} metric reads in deploy/monitoring, all exported",
+        scrapes.len()
+    );
+    Ok(())
 }

@@ -1,5 +1,5 @@
 //! `cargo xtask demo`: Porter at work in the data-centre lab of
-//! `shared/LAB.md` (router with BIRD, the controller, three nodes with one to
+//! docs/lab.md (router with BIRD, the controller, three nodes with one to
 //! three pods each, a client), driven by the samples in `deploy/samples/`.
 use std::{
     net::{IpAddr, SocketAddr},

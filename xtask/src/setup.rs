@@ -15,6 +15,8 @@ pub const DEBIAN_PACKAGES: &[&str] = &[
     "iproute2",
     "iptables",
     "iputils-ping",
+    // sysctl: only "important", so a minimal Debian lacks it.
+    "procps",
     "curl",
     "iperf3",
     "file",
@@ -24,8 +26,14 @@ pub const DEBIAN_PACKAGES: &[&str] = &[
     "python3-protobuf",
     "protobuf-compiler",
     "protobuf-compiler-grpc",
+    // GoBGP's .proto files import google/protobuf/*.proto, which protoc
+    // finds under /usr/include only with this package.
+    "libprotobuf-dev",
     "golang-github-osrg-gobgp-dev",
     "ethtool",
+    // promtool: the tests lint /metrics and check and unit-test the alerts
+    // in deploy/monitoring.
+    "prometheus",
 ];
 
 pub fn ensure_all() -> Result<()> {
@@ -80,3 +88,6 @@ pub fn is_root() -> bool {
     // SAFETY: geteuid has no preconditions and cannot fail.
     unsafe { libc::geteuid() == 0 }
 }
+
+#[cfg(test)]
+mod tests;

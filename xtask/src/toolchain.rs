@@ -1,5 +1,5 @@
 //! Makes sure the eBPF toolchain is present, installing what is missing, as
-//! described in shared/TOOLCHAIN.md: nightly, its rust-src, and a bpf-linker
+//! described in docs/toolchain.md: nightly, its rust-src, and a bpf-linker
 //! linked against nightly's own libLLVM.
 use std::{env, path::PathBuf, process::Command};
 
@@ -89,7 +89,7 @@ fn ensure_bpf_linker() -> Result<()> {
             .arg(format!("llvm-{llvm_major}"))
             .env("LLVM_PREFIX", &prefix),
     )
-    .context("building bpf-linker against nightly's libLLVM; see shared/TOOLCHAIN.md")
+    .context("building bpf-linker against nightly's libLLVM; see docs/toolchain.md")
 }
 
 fn llvm_major(rustc_verbose_version: &str) -> Option<u32> {

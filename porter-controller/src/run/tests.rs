@@ -34,7 +34,7 @@ fn snapshot() -> Snapshot {
             ..Default::default()
         },
         spec: EipSpec {
-            address: "10.0.0.0/24".into(),
+            address: "10.0.0.0-10.0.0.255".into(),
             ..Default::default()
         },
         status: None,
@@ -259,7 +259,8 @@ async fn with_the_dir_source_the_announcer_is_written_beside_the_manifests() {
     let (loaded, problems) = load(&root).expect("load");
     assert!(problems.is_empty(), "{problems:?}");
     snap.eips = loaded.eips;
-    snap.layer2_holders = Arc::new([("10.0.0.0".parse().expect("ip"), "n2".to_owned())].into());
+    // The CIDR leaves out its network address: web has the next one.
+    snap.layer2_holders = Arc::new([("10.0.0.1".parse().expect("ip"), "n2".to_owned())].into());
     let writer = DirWriter::new(root.clone());
     assert_eq!(
         c.step(Arc::new(snap.clone()), true, &writer)
@@ -278,12 +279,12 @@ async fn with_the_dir_source_the_announcer_is_written_beside_the_manifests() {
             .iter()
             .map(|a| (a.address.as_str(), a.node.as_str()))
             .collect::<Vec<_>>(),
-        [("10.0.0.0", "n2")]
+        [("10.0.0.1", "n2")]
     );
     let events = std::fs::read_to_string(root.join("status/events.jsonl")).expect("events");
     assert!(
         events.lines().any(|l| l.contains("Layer2Announcing")
-            && l.contains("node n2 now answers ARP for 10.0.0.0")
+            && l.contains("node n2 now answers ARP for 10.0.0.1")
             && l.contains("Service default/web")),
         "{events}"
     );
@@ -682,4 +683,138 @@ async fn against_the_api_server_a_failed_renewal_steps_the_leader_down() {
     );
     task.abort();
     election.abort();
+}
+
+/// `snapshot()` with web published at `address` by some leader, and `more`
+/// Services that have nothing yet.
+fn published_at(address: &str, more: &[&str]) -> Snapshot {
+    let mut snap = snapshot();
+    let web = crate::testing::published((*snap.services[0]).clone(), address);
+    let mut services = vec![Arc::new(web)];
+    for name in more {
+        let mut other = (*snap.services[0]).clone();
+        other.metadata.name = Some((*name).into());
+        services.push(Arc::new(other));
+    }
+    snap.services = services;
+    snap
+}
+
+/// Paths (without query) and bodies of what was sent since `from`.
+fn sent_since(log: &porter_api::testing::Log, from: usize) -> Vec<(String, serde_json::Value)> {
+    porter_api::testing::seen(log)[from..]
+        .iter()
+        .map(|s| {
+            (
+                s.uri.split('?').next().unwrap_or_default().to_string(),
+                s.body.clone(),
+            )
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn against_the_api_server_a_new_leader_writes_the_published_address_not_its_own() {
+    use porter_api::source::kube::KubeWriter;
+    use porter_api::testing::{mock_client, seen};
+
+    let (client, log) = mock_client(api_reply);
+    let writer = KubeWriter::new(client, Some("porter-1".into()), None);
+    let mut c = Controller::new(Recorder::default(), Arc::new(Metrics::default()));
+    // As a follower it saw web before any address was published (the
+    // lowest free one, 10.0.0.0, is what it would have chosen).
+    c.step(Arc::new(snapshot()), false, &writer).await;
+    // Then the leader of the time published 10.0.0.7 for web.
+    let snap = published_at("10.0.0.7", &["api"]);
+    c.step(Arc::new(snap.clone()), false, &writer).await;
+    assert!(seen(&log).is_empty(), "a follower made API calls");
+
+    let step = c.step(Arc::new(snap), true, &writer).await;
+    assert_eq!(step.failed_writes, 0);
+    let sent = sent_since(&log, 0);
+    let statuses: Vec<&(String, serde_json::Value)> = sent
+        .iter()
+        .filter(|(path, _)| {
+            path.starts_with("/api/v1/namespaces/default/services/") && path.ends_with("/status")
+        })
+        .collect();
+    assert_eq!(statuses.len(), 1, "only api's status is written: {sent:?}");
+    assert_eq!(
+        statuses[0].0,
+        "/api/v1/namespaces/default/services/api/status"
+    );
+    assert_eq!(
+        statuses[0].1["status"]["loadBalancer"]["ingress"][0]["ip"],
+        "10.0.0.0"
+    );
+    let (_, eip) = sent
+        .iter()
+        .find(|(path, _)| path == "/apis/network.kubesphere.io/v1alpha2/eips/pool/status")
+        .expect("the Eip status is applied");
+    assert_eq!(
+        eip["status"]["used"],
+        serde_json::json!({"10.0.0.0": "default/api", "10.0.0.7": "default/web"})
+    );
+}
+
+/// The pool edit, as the API server sees it: no Service status is
+/// written, the Eip status keeps the range in force with a condition, and
+/// a Warning Event on the Eip names the Service in the way.
+#[tokio::test]
+async fn against_the_api_server_a_refused_pool_edit_is_a_condition_and_a_warning_on_the_eip() {
+    use porter_api::source::kube::KubeWriter;
+    use porter_api::testing::mock_client;
+
+    let (client, log) = mock_client(api_reply);
+    let writer = KubeWriter::new(client, Some("porter-0".into()), None);
+    let mut c = Controller::new(Recorder::default(), Arc::new(Metrics::default()));
+    let mut snap = published_at("10.0.0.100", &[]);
+    let mut eip = (*snap.eips[0]).clone();
+    eip.spec.address = "10.0.0.100-10.0.0.200".into();
+    eip.status = Some(porter_api::EipStatus {
+        ready: true,
+        first_ip: Some("10.0.0.100".into()),
+        last_ip: Some("10.0.0.200".into()),
+        ..Default::default()
+    });
+    // Edited before this controller started: the published range is what
+    // it compares the edit with.
+    eip.spec.address = "10.0.0.150-10.0.0.199".into();
+    snap.eips = vec![Arc::new(eip)];
+
+    let step = c.step(Arc::new(snap), true, &writer).await;
+    assert_eq!(step.failed_writes, 0);
+    let sent = sent_since(&log, 0);
+    assert!(
+        !sent
+            .iter()
+            .any(|(path, _)| path.ends_with("/services/web/status")),
+        "web is not moved: {sent:?}"
+    );
+    let (_, eip) = sent
+        .iter()
+        .find(|(path, _)| path == "/apis/network.kubesphere.io/v1alpha2/eips/pool/status")
+        .expect("the Eip status is applied");
+    assert_eq!(eip["status"]["firstIP"], "10.0.0.100");
+    assert_eq!(eip["status"]["lastIP"], "10.0.0.200");
+    let conditions = eip["status"]["conditions"].as_array().expect("conditions");
+    let pending = conditions
+        .iter()
+        .find(|c| c["type"] == "AddressChangePending")
+        .expect("AddressChangePending condition");
+    assert_eq!(pending["status"], "True");
+    assert!(
+        pending["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("10.0.0.100 (default/web)")),
+        "{pending}"
+    );
+    let (_, event) = sent
+        .iter()
+        .find(|(_, body)| body["reason"] == "AddressChangeRefused")
+        .expect("an AddressChangeRefused Event");
+    assert_eq!(event["type"], "Warning");
+    assert_eq!(event["regarding"]["kind"], "Eip");
+    assert_eq!(event["regarding"]["name"], "pool");
+    assert_eq!(event["note"], pending["message"]);
 }

@@ -55,7 +55,7 @@ pub fn run() -> Result<()> {
         std::fs::canonicalize(&load).with_context(|| format!("finding {}", load.display()))?;
 
     let mut lab = BgpLab::new("bench")?;
-    // BIRD connects too (as in LAB.md's measurements): GoBGP listens and
+    // BIRD connects too (as in the lab's measurements, docs/lab.md): GoBGP listens and
     // takes BIRD's connection as soon as the peer is added, whereas its own
     // first connect attempt comes only after several seconds. Porter's
     // speaker has no listener here and connects itself.

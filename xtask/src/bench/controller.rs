@@ -47,6 +47,7 @@ pub fn run() -> Result<()> {
     let now = Time(k8s_openapi::jiff::Timestamp::now());
 
     let mut reconciler = Reconciler::default();
+    reconciler.set_leading(true);
     let started = Instant::now();
     let plan = reconciler.plan(&snap, &now);
     let full_sync = started.elapsed().as_secs_f64();
