@@ -581,17 +581,32 @@ impl Datacenter {
 
     /// The addresses the controller wrote into the Service's status.
     pub fn service_ips(&self, namespace: &str, name: &str) -> Result<Vec<IpAddr>> {
+        let key = (namespace.to_owned(), name.to_owned());
+        Ok(self.all_service_ips()?.remove(&key).unwrap_or_default())
+    }
+
+    /// Every Service's published addresses, by (namespace, name), read in
+    /// one pass over the manifests.
+    pub fn all_service_ips(&self) -> Result<BTreeMap<(String, String), Vec<IpAddr>>> {
         let (snapshot, _) = porter_api::source::dir::load(&self.manifests)?;
         Ok(snapshot
             .services
             .iter()
-            .filter(|s| {
-                s.metadata.namespace.as_deref() == Some(namespace)
-                    && s.metadata.name.as_deref() == Some(name)
+            .map(|s| {
+                let key = (
+                    s.metadata.namespace.clone().unwrap_or_default(),
+                    s.metadata.name.clone().unwrap_or_default(),
+                );
+                let ips = s
+                    .status
+                    .as_ref()
+                    .and_then(|status| status.load_balancer.as_ref()?.ingress.clone())
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|ingress| ingress.ip?.parse().ok())
+                    .collect();
+                (key, ips)
             })
-            .filter_map(|s| s.status.as_ref()?.load_balancer.as_ref()?.ingress.clone())
-            .flatten()
-            .filter_map(|ingress| ingress.ip?.parse().ok())
             .collect())
     }
 

@@ -338,17 +338,22 @@ impl Random {
 /// Every Service's published address, by name; fails when one address is
 /// held by two Services.
 fn addresses(dc: &Datacenter, names: &[String]) -> Result<BTreeMap<String, IpAddr>> {
-    let mut by_name = BTreeMap::new();
-    let mut holders: BTreeMap<IpAddr, &String> = BTreeMap::new();
-    for name in names {
-        if let Some(&ip) = dc.service_ips(NS, name)?.first() {
-            if let Some(other) = holders.insert(ip, name) {
-                bail!("{ip} is held by both {other} and {name}");
+    let published = dc.all_service_ips()?;
+    let mut holders: BTreeMap<IpAddr, &(String, String)> = BTreeMap::new();
+    for (key, ips) in &published {
+        for &ip in ips {
+            if let Some(other) = holders.insert(ip, key) {
+                bail!("{ip} is held by both {other:?} and {key:?}");
             }
-            by_name.insert(name.clone(), ip);
         }
     }
-    Ok(by_name)
+    Ok(names
+        .iter()
+        .filter_map(|name| {
+            let ips = published.get(&(NS.to_owned(), name.clone()))?;
+            Some((name.clone(), *ips.first()?))
+        })
+        .collect())
 }
 
 /// Records every Service's first address and fails when one changes.

@@ -5,6 +5,7 @@ mod agent;
 mod bgp;
 mod controller;
 mod dataplane;
+mod failover;
 mod layer2;
 
 use anyhow::Result;
