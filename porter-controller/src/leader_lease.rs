@@ -8,12 +8,13 @@
 //! directory elect one leader the same way two pods do.
 
 use std::future::Future;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::coordination::v1::Lease;
 use kube::{Api, Client};
 use porter_api::layer2::{lease_record, wall_clock};
-use porter_api::lease::{FileLeaseDir, try_acquire};
+use porter_api::lease::{FileLeaseDir, compare_and_set, try_acquire};
 use tokio::sync::watch;
 
 use crate::leadership::{Attempt, Election, Leadership, StepDown, Timing, Transition};
@@ -21,8 +22,11 @@ use crate::metrics::Metrics;
 
 /// One attempt to take or renew the lease at wall-clock `now` (since the
 /// Unix epoch) for `duration`.
-pub trait LeaderLease: Send + Sync {
+pub trait LeaderLease: Clone + Send + Sync + 'static {
     fn try_hold(&self, now: Duration, duration: Duration) -> impl Future<Output = Attempt> + Send;
+    /// Gives the lease up if this replica holds it, so that another replica
+    /// leads at once instead of once it expires.
+    fn release(&self) -> impl Future<Output = Result<(), String>> + Send;
 }
 
 /// Who holds the lease, for the log; the store's own words when unknown.
@@ -71,9 +75,18 @@ impl LeaderLease for FileLeaderLease {
             .await
             .unwrap_or_else(|error| Attempt::Failed(format!("lease task failed: {error}")))
     }
+
+    async fn release(&self) -> Result<(), String> {
+        let lease = self.clone();
+        tokio::task::spawn_blocking(move || lease.store.release(&lease.name, &lease.identity))
+            .await
+            .map_err(|error| format!("lease task failed: {error}"))?
+            .map_err(|error| error.to_string())
+    }
 }
 
 /// The lease as a `coordination.k8s.io` Lease.
+#[derive(Clone)]
 pub struct KubeLeaderLease {
     api: Api<Lease>,
     name: String,
@@ -106,6 +119,27 @@ impl LeaderLease for KubeLeaderLease {
             )),
         }
     }
+
+    async fn release(&self) -> Result<(), String> {
+        let failed = |error: kube::Error| format!("Lease {}: {error}", self.name);
+        let Some(current) = self.api.get_opt(&self.name).await.map_err(failed)? else {
+            return Ok(());
+        };
+        if lease_record(&current).is_none_or(|l| l.holder != self.identity) {
+            return Ok(());
+        }
+        // No holder: free for the next replica's attempt (client-go
+        // releases the same way). Compare-and-set: a lease taken
+        // meanwhile is left alone.
+        let mut released = current.clone();
+        if let Some(spec) = released.spec.as_mut() {
+            spec.holder_identity = None;
+        }
+        compare_and_set(&self.api, &self.name, Some(&current), &released)
+            .await
+            .map(|_| ())
+            .map_err(failed)
+    }
 }
 
 /// Keeps trying to take or renew `lease` every `timing.retry`, and
@@ -115,7 +149,7 @@ pub async fn elect<L: LeaderLease>(
     lease: L,
     timing: Timing,
     publish: watch::Sender<Leadership>,
-    metrics: std::sync::Arc<Metrics>,
+    metrics: Arc<Metrics>,
 ) {
     let mut election = Election::new(timing);
     let publish = |election: &Election, now: Instant| {
@@ -183,6 +217,42 @@ pub async fn elect<L: LeaderLease>(
 pub(crate) fn until(deadline: Option<Instant>) -> tokio::time::Sleep {
     let far = || tokio::time::Instant::now() + Duration::from_secs(86_400);
     tokio::time::sleep_until(deadline.map_or_else(far, tokio::time::Instant::from_std))
+}
+
+/// Elects with `lease` and runs `work` (the controller's loop, reading
+/// what `publish` says) until it ends or the process is asked to stop
+/// (SIGTERM, as in a rollout, or SIGINT). On a stop, `work` goes first, and
+/// with it the speaker, whose sessions close without a NOTIFICATION so the
+/// routers keep the routes; then the lease is given up, so that another
+/// replica leads at once rather than after the lease.
+pub async fn run_elected<L: LeaderLease>(
+    lease: L,
+    timing: Timing,
+    publish: watch::Sender<Leadership>,
+    metrics: Arc<Metrics>,
+    work: impl Future<Output = ()>,
+) -> std::io::Result<()> {
+    let election = tokio::spawn(elect(lease.clone(), timing, publish, metrics));
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let stopped = tokio::select! {
+        () = work => false,
+        _ = terminate.recv() => true,
+        _ = tokio::signal::ctrl_c() => true,
+    };
+    election.abort();
+    if stopped {
+        match tokio::time::timeout(timing.margin, lease.release()).await {
+            Ok(Ok(())) => tracing::info!("stopping: leader lease given up"),
+            Ok(Err(error)) => tracing::warn!(
+                %error,
+                "stopping: cannot give the leader lease up; another replica leads once it expires"
+            ),
+            Err(_) => tracing::warn!(
+                "stopping: no answer giving the leader lease up; another replica leads once it expires"
+            ),
+        }
+    }
+    Ok(())
 }
 
 fn report(transition: &Transition, timing: Timing) {

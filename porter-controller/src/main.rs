@@ -11,7 +11,7 @@ use porter_api::lease::{CONTROLLER_LEASE_DIR, FileLeaseDir};
 use porter_api::metrics_http::{Health, serve_with_health};
 use porter_api::source::{SourceArg as Source, dir, kube as kube_source, layer2};
 use porter_controller::bgp_speaker::SpeakerAnnouncer;
-use porter_controller::leader_lease::{FileLeaderLease, KubeLeaderLease, elect};
+use porter_controller::leader_lease::{FileLeaderLease, KubeLeaderLease, run_elected};
 use porter_controller::leadership::{Leadership, Timing};
 use porter_controller::metrics::Metrics;
 use porter_controller::peer_auth::SecretScope;
@@ -151,12 +151,12 @@ async fn main() -> Result<()> {
                 .context("cannot set up the leader election lease")?;
             let lease = FileLeaderLease::new(store, &args.lease_name, &identity);
             tracing::info!(identity, lease = %path.join(CONTROLLER_LEASE_DIR).join(&args.lease_name).display(), "electing a leader");
-            tokio::spawn(elect(lease, timing, publish, metrics));
             let holders =
                 layer2::watch_dir(path.join(porter_api::layer2::LEASE_DIR), args.poll_interval);
             let snapshots = layer2::with_holders(snapshots, holders);
             health.set_ready(true);
-            run(controller, snapshots, writer, leader, settings).await;
+            let work = run(controller, snapshots, writer, leader, settings);
+            run_elected(lease, timing, publish, metrics, work).await?;
         }
         Source::Kube => {
             let client = kube::Client::try_default()
@@ -173,19 +173,21 @@ async fn main() -> Result<()> {
                 &identity,
             );
             tracing::info!(identity, lease = %format!("{}/{}", args.lease_namespace, args.lease_name), "electing a leader");
-            tokio::spawn(elect(lease, timing, publish, metrics));
-            tracing::info!(identity, "waiting for the cluster state");
-            let watch = kube_source::Watch {
-                secret_namespaces: scope.namespaces().to_vec(),
+            let work = async move {
+                tracing::info!(identity, "waiting for the cluster state");
+                let watch = kube_source::Watch {
+                    secret_namespaces: scope.namespaces().to_vec(),
+                };
+                tracing::info!(namespaces = ?watch.secret_namespaces, "reading Secrets (BgpPeer passwords)");
+                let (snapshots, stores) = kube_source::start_watching(client.clone(), &watch).await;
+                let holders = layer2::watch_kube(client.clone(), &args.lease_namespace).await;
+                let snapshots = layer2::with_holders(snapshots, holders);
+                // Every store is listed: this replica can lead at once.
+                health.set_ready(true);
+                let writer = kube_source::KubeWriter::new(client, Some(identity), Some(stores));
+                run(controller, snapshots, writer, leader, settings).await;
             };
-            tracing::info!(namespaces = ?watch.secret_namespaces, "reading Secrets (BgpPeer passwords)");
-            let (snapshots, stores) = kube_source::start_watching(client.clone(), &watch).await;
-            let holders = layer2::watch_kube(client.clone(), &args.lease_namespace).await;
-            let snapshots = layer2::with_holders(snapshots, holders);
-            // Every store is listed: this replica can lead at once.
-            health.set_ready(true);
-            let writer = kube_source::KubeWriter::new(client, Some(identity), Some(stores));
-            run(controller, snapshots, writer, leader, settings).await;
+            run_elected(lease, timing, publish, metrics, work).await?;
         }
     }
     Ok(())

@@ -463,7 +463,7 @@ impl Datacenter {
 
     /// Stops the controller the way a rollout would (SIGTERM).
     pub fn stop_controller(&mut self) -> Result<()> {
-        self.lab.stop(CONTROLLERS[0], Duration::from_secs(5))
+        self.stop_replica(0)
     }
 
     fn controller_command(&self, replica: usize) -> Result<Command> {
@@ -495,6 +495,11 @@ impl Datacenter {
             .args(["--identity", REPLICA_IDENTITIES[replica]])
             .args(["--lease-duration", &lease_seconds.to_string()]);
         self.lab.spawn(CONTROLLERS[replica], command)
+    }
+
+    /// Stops controller replica `replica` the way a rollout would (SIGTERM).
+    pub fn stop_replica(&mut self, replica: usize) -> Result<()> {
+        self.lab.stop(CONTROLLERS[replica], Duration::from_secs(5))
     }
 
     /// Kills controller replica `replica` at once (SIGKILL).

@@ -41,6 +41,7 @@ struct Ctx {
 
 const CASES: &[(&str, Case<Ctx>)] = &[
     ("leader_kill_loses_no_request", leader_kill),
+    ("leader_stop_hands_over_at_once", leader_stop),
     ("lease_store_partition_closes_within_the_lease", partition),
     ("frozen_leader_steps_down_on_waking", frozen_leader),
     ("failover_keeps_addresses", failover_keeps_addresses),
@@ -176,6 +177,37 @@ fn leader_kill(ctx: &mut Ctx) -> Result<Duration> {
     // Back as a follower, for the next cases.
     dc.start_replica(old, LEASE)?;
     Ok(failover)
+}
+
+/// SIGTERM of the leader, as a rollout stops a pod: it gives the lease up,
+/// so the standby leads at once instead of after the lease; no request
+/// fails meanwhile.
+fn leader_stop(ctx: &mut Ctx) -> Result<Duration> {
+    let dc = &mut ctx.dc;
+    let addr = SocketAddr::new(ctx.web, WEB_PORT);
+    let old = leader(dc)?;
+    let new = 1 - old;
+    let load = dc.load(addr);
+    thread::sleep(Duration::from_millis(300));
+    let stopped = Instant::now();
+    dc.stop_replica(old)?;
+    wait_for("the standby to announce", WAIT, || {
+        Ok(established(dc, new)?.then_some(()))
+    })?;
+    let handover = stopped.elapsed();
+    let report = load.stop()?;
+    report.ensure_lossless("across the leader's stop")?;
+    ensure!(
+        handover < Duration::from_secs(LEASE),
+        "replica {new} took {handover:?} to lead: the lease ({LEASE} s) was waited out, not given up"
+    );
+    println!(
+        "     replica {new} announced {handover:?} after replica {old} was stopped (lease {LEASE} s); \
+         {} requests, none lost",
+        report.ok
+    );
+    dc.start_replica(old, LEASE)?;
+    Ok(handover)
 }
 
 /// Holds the lease directory's lock, as a lease store cut off would: no

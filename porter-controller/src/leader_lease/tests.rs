@@ -152,3 +152,54 @@ async fn two_processes_sharing_a_directory_elect_one_leader() {
     assert_eq!(text, "ctl-b 1005000 3000");
     let _ = std::fs::remove_dir_all(dir);
 }
+
+#[tokio::test]
+async fn a_released_lease_is_taken_at_once_and_only_its_holder_releases() {
+    let (client, log) = mock_client_with_status(lease_server());
+    let a = KubeLeaderLease::new(
+        client.clone(),
+        "porter-system",
+        "porter-controller",
+        "ctl-a",
+    );
+    let b = KubeLeaderLease::new(client, "porter-system", "porter-controller", "ctl-b");
+    let duration = Duration::from_secs(15);
+    assert_eq!(
+        a.try_hold(Duration::from_secs(1000), duration).await,
+        Attempt::Held
+    );
+    // Not b's to give up: nothing is written.
+    let before = seen(&log).len();
+    b.release().await.expect("release by a non-holder");
+    assert!(
+        seen(&log)[before..]
+            .iter()
+            .all(|s| s.method.as_str() == "GET")
+    );
+    a.release().await.expect("release");
+    let released = seen(&log).last().map(|s| s.body.clone()).expect("a write");
+    assert_eq!(released["spec"]["holderIdentity"], Value::Null);
+    assert_eq!(released["metadata"]["resourceVersion"], "1");
+    // Well inside a's 15 s, b leads at once.
+    assert_eq!(
+        b.try_hold(Duration::from_secs(1001), duration).await,
+        Attempt::Held
+    );
+
+    let dir = std::env::temp_dir().join(format!("porter-leader-rel-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let store = || FileLeaseDir::new(&dir).expect("temp dir");
+    let a = FileLeaderLease::new(store(), "porter-controller", "ctl-a");
+    let b = FileLeaderLease::new(store(), "porter-controller", "ctl-b");
+    assert_eq!(
+        a.try_hold(Duration::from_secs(1000), duration).await,
+        Attempt::Held
+    );
+    b.release().await.expect("release by a non-holder");
+    a.release().await.expect("release");
+    assert_eq!(
+        b.try_hold(Duration::from_secs(1001), duration).await,
+        Attempt::Held
+    );
+    let _ = std::fs::remove_dir_all(dir);
+}
