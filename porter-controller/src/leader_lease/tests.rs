@@ -83,16 +83,23 @@ async fn the_kube_lease_is_created_then_renewed_by_compare_and_set() {
     assert_eq!(seen[3].body["spec"]["leaseTransitions"], 1);
 }
 
+/// Replicas `ctl-a` and `ctl-b` contending for one Lease of [`lease_server`].
+fn two_replicas() -> (KubeLeaderLease, KubeLeaderLease, porter_api::testing::Log) {
+    let (client, log) = mock_client_with_status(lease_server());
+    let replica = |identity| {
+        KubeLeaderLease::new(
+            client.clone(),
+            "porter-system",
+            "porter-controller",
+            identity,
+        )
+    };
+    (replica("ctl-a"), replica("ctl-b"), log)
+}
+
 #[tokio::test]
 async fn another_replicas_lease_is_not_taken_until_it_expires() {
-    let (client, _log) = mock_client_with_status(lease_server());
-    let a = KubeLeaderLease::new(
-        client.clone(),
-        "porter-system",
-        "porter-controller",
-        "ctl-a",
-    );
-    let b = KubeLeaderLease::new(client, "porter-system", "porter-controller", "ctl-b");
+    let (a, b, _log) = two_replicas();
     let duration = Duration::from_secs(3);
     assert_eq!(
         a.try_hold(Duration::from_secs(1000), duration).await,
@@ -155,14 +162,7 @@ async fn two_processes_sharing_a_directory_elect_one_leader() {
 
 #[tokio::test]
 async fn a_released_lease_is_taken_at_once_and_only_its_holder_releases() {
-    let (client, log) = mock_client_with_status(lease_server());
-    let a = KubeLeaderLease::new(
-        client.clone(),
-        "porter-system",
-        "porter-controller",
-        "ctl-a",
-    );
-    let b = KubeLeaderLease::new(client, "porter-system", "porter-controller", "ctl-b");
+    let (a, b, log) = two_replicas();
     let duration = Duration::from_secs(15);
     assert_eq!(
         a.try_hold(Duration::from_secs(1000), duration).await,

@@ -499,6 +499,27 @@ impl Announcer for LiveSessions {
     }
 }
 
+/// The loop on its own task, with no resync or retry within a test: only
+/// the snapshots, the leadership and the sessions wake it.
+fn spawn_loop(
+    controller: Controller<LiveSessions>,
+    snapshots: SnapshotReceiver,
+    writer: &RecordingWriter,
+    leadership: watch::Receiver<Leadership>,
+) -> tokio::task::JoinHandle<()> {
+    let never = Duration::from_secs(3600);
+    tokio::spawn(run(
+        controller,
+        snapshots,
+        writer.clone(),
+        leadership,
+        Settings {
+            resync: never,
+            retry: never,
+        },
+    ))
+}
+
 /// Waits (a few seconds at most) until `writer` recorded `line`.
 async fn recorded(writer: &RecordingWriter, line: &str) -> bool {
     for _ in 0..100 {
@@ -535,19 +556,9 @@ async fn a_session_coming_up_or_going_down_reaches_the_bgp_peer_status_without_a
         until: Instant::now() + Duration::from_secs(3600),
         term: 1,
     });
-    // No resync or retry within the test: only the sessions can wake the loop.
-    let never = Duration::from_secs(3600);
+    // Only the sessions can wake the loop.
     let controller = Controller::new(sessions.clone(), Arc::new(Metrics::default()));
-    let task = tokio::spawn(run(
-        controller,
-        snapshot_rx,
-        writer.clone(),
-        leader_rx,
-        Settings {
-            resync: never,
-            retry: never,
-        },
-    ));
+    let task = spawn_loop(controller, snapshot_rx, &writer, leader_rx);
     assert!(
         recorded(&writer, "ingress default/web [10.0.0.0]").await,
         "the first pass ran: {:?}",
@@ -602,18 +613,8 @@ async fn against_the_api_server_a_failed_renewal_steps_the_leader_down() {
     let sessions = LiveSessions::default();
     let writer = RecordingWriter::default();
     let (snapshots, snapshot_rx) = watch::channel(Arc::new(snapshot()));
-    let never = Duration::from_secs(3600);
     let controller = Controller::new(sessions.clone(), metrics.clone());
-    let task = tokio::spawn(run(
-        controller,
-        snapshot_rx,
-        writer.clone(),
-        leadership.clone(),
-        Settings {
-            resync: never,
-            retry: never,
-        },
-    ));
+    let task = spawn_loop(controller, snapshot_rx, &writer, leadership.clone());
     assert!(
         recorded(&writer, "ingress default/web [10.0.0.0]").await,
         "elected, the replica writes: {:?}",
