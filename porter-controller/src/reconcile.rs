@@ -518,7 +518,14 @@ impl Reconciler {
         if holding.iter().all(|held| *held) {
             return holding;
         }
-        let used = used_by_pools(snap);
+        let waiting: HashSet<(&str, &str)> = requests
+            .iter()
+            .zip(&holding)
+            .filter(|(_, held)| !**held)
+            .map(|(req, _)| (&*req.key.namespace, &*req.key.name))
+            .collect();
+        let used = used_by_pools(snap, &waiting);
+        drop(waiting);
         for (req, held) in requests.iter().zip(&mut holding) {
             if *held {
                 continue;
@@ -626,18 +633,23 @@ impl Reconciler {
     }
 }
 
-/// Each Service's addresses as the pools' `status.used` show them.
-fn used_by_pools(snap: &Snapshot) -> BTreeMap<ObjectKey, Vec<IpAddr>> {
+/// The addresses the pools' `status.used` show for the Services of
+/// `waiting` (namespace, name); only those are read, as the lists hold
+/// every Service with an address.
+fn used_by_pools(
+    snap: &Snapshot,
+    waiting: &HashSet<(&str, &str)>,
+) -> BTreeMap<ObjectKey, Vec<IpAddr>> {
     let mut used: BTreeMap<ObjectKey, Vec<IpAddr>> = BTreeMap::new();
     for status in snap.eips.iter().filter_map(|e| e.status.as_ref()) {
         for (ip, users) in &status.used {
-            let Ok(ip) = ip.parse::<IpAddr>() else {
-                continue;
-            };
-            for (namespace, name) in users.split(';').filter_map(|u| u.split_once('/')) {
-                used.entry(ObjectKey::new(namespace, name))
-                    .or_default()
-                    .push(ip);
+            let users = users.split(';').filter_map(|u| u.split_once('/'));
+            for (namespace, name) in users.filter(|user| waiting.contains(user)) {
+                if let Ok(ip) = ip.parse::<IpAddr>() {
+                    used.entry(ObjectKey::new(namespace, name))
+                        .or_default()
+                        .push(ip);
+                }
             }
         }
     }
