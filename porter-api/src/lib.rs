@@ -8,6 +8,7 @@ pub mod bgp_policy;
 pub mod crd;
 pub mod health;
 pub mod layer2;
+pub mod lease;
 pub mod metrics_http;
 pub mod names;
 pub mod peer_auth;

@@ -59,12 +59,13 @@ pub fn seen(log: &Log) -> Vec<Seen> {
 /// Requests are recorded before they are answered, so once a call returns,
 /// its request is in the log. Needs a tokio runtime.
 pub fn mock_client(reply: impl Fn(&Seen) -> serde_json::Value + Send + 'static) -> (Client, Log) {
-    mock_api(move |seen| (200, reply(seen)))
+    mock_client_with_status(move |seen| (200, reply(seen)))
 }
 
-/// [`mock_client`] whose replies carry an HTTP status too (403 for a
-/// refused request, with a `Status` object as the body).
-pub fn mock_api(
+/// [`mock_client`] whose answers carry an HTTP status too: `(404, a
+/// Status object)` for an object that does not exist, 403 for a refused
+/// request, 5xx for an API server in trouble.
+pub fn mock_client_with_status(
     reply: impl Fn(&Seen) -> (u16, serde_json::Value) + Send + 'static,
 ) -> (Client, Log) {
     let (service, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();

@@ -71,6 +71,12 @@ pub trait Announcer: Send {
     /// Stops the speaker, withdrawing everything it announced (the cluster
     /// switched to `speakerMode: node`, or BGP is no longer configured).
     fn stop(&mut self);
+    /// Stops the speaker the way a crash would, for a leader that gives its
+    /// leadership up: the sessions close without a NOTIFICATION, so each
+    /// router keeps our routes (as stale) for its graceful-restart time
+    /// while the successor connects and announces the same paths. Without
+    /// graceful restart the routers withdraw them at once.
+    fn abandon(&mut self);
     /// Adds a session or changes one; other sessions are untouched.
     fn upsert_peer(&mut self, peer: &PeerConfig);
     fn remove_peer(&mut self, address: IpAddr);
@@ -457,6 +463,7 @@ pub struct Recorder {
 pub enum Call {
     Start(SpeakerConfig),
     Stop,
+    Abandon,
     Upsert(PeerConfig),
     Remove(IpAddr),
     Paths(Paths),
@@ -470,6 +477,10 @@ impl Announcer for Recorder {
 
     fn stop(&mut self) {
         self.calls.push(Call::Stop);
+    }
+
+    fn abandon(&mut self) {
+        self.calls.push(Call::Abandon);
     }
 
     fn upsert_peer(&mut self, peer: &PeerConfig) {

@@ -14,6 +14,7 @@ use prometheus_client::registry::Registry;
 use crate::announce::Paths;
 use crate::bgp::PeerStatus;
 use crate::ipam::Ipam;
+use crate::leadership::StepDown;
 use crate::reconcile::{FAILURE_KINDS, Plan};
 
 type Labels = Vec<(String, String)>;
@@ -34,6 +35,8 @@ pub struct Metrics {
     paths: Gauge,
     layer2_unanswered: Gauge,
     reconcile_seconds: Histogram,
+    leader: Gauge,
+    step_downs: Family<Labels, Counter>,
     /// Prefixes per peer for (paths version, peers), counted once per
     /// change rather than on every pass.
     scoped: Mutex<Option<ScopedCounts>>,
@@ -57,6 +60,8 @@ impl Default for Metrics {
             layer2_unanswered: Gauge::default(),
             paths: Gauge::default(),
             reconcile_seconds: Histogram::new(exponential_buckets(0.0005, 2.0, 16)),
+            leader: Gauge::default(),
+            step_downs: Family::default(),
             registry: Registry::with_prefix("porter"),
         };
         // Every reason's counter starts at 0, so that increase() and the
@@ -125,6 +130,16 @@ impl Default for Metrics {
             "Time of one reconcile pass, writes included",
             m.reconcile_seconds.clone(),
         );
+        registry.register(
+            "controller_leader",
+            "1 while this replica holds the leader lease (writes and announces)",
+            m.leader.clone(),
+        );
+        registry.register(
+            "controller_leader_step_downs",
+            "Times this replica gave leadership up, by reason (expired: no renewal in time; taken: another replica holds the lease)",
+            m.step_downs.clone(),
+        );
         m
     }
 }
@@ -134,6 +149,21 @@ fn label(k: &str, v: impl ToString) -> Labels {
 }
 
 impl Metrics {
+    /// Whether this replica leads now (see [`crate::leader_lease::elect`]).
+    pub fn set_leader(&self, leads: bool) {
+        self.leader.set(i64::from(leads));
+    }
+
+    pub fn stepped_down(&self, why: &StepDown) {
+        let reason = match why {
+            StepDown::Expired { .. } => "expired",
+            StepDown::Taken(_) => "taken",
+        };
+        self.step_downs
+            .get_or_create(&label("reason", reason))
+            .inc();
+    }
+
     pub fn observe(&self, plan: &Plan, ipam: &Ipam, peers: &[PeerStatus], seconds: f64) {
         self.pool_size.clear();
         self.pool_usage.clear();

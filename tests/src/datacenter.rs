@@ -62,12 +62,17 @@ use crate::{
 pub const ROUTER_AS: u32 = 65001;
 pub const PORTER_AS: u32 = 65000;
 pub const CONTROLLER_V4: &str = "172.30.0.10";
+/// The second controller replica of [`Datacenter::with_standby`], in `ctl-b`.
+pub const STANDBY_V4: &str = "172.30.0.9";
 pub const ROUTER_LAN_V4: &str = "172.30.0.1";
 pub const CLIENT_V4: &str = "172.31.0.2";
 /// The port every pod serves HTTP on (the Services' targetPort).
 pub const POD_PORT: u16 = 80;
 
-const CONTROLLER: &str = "controller";
+/// The controller replicas' daemon names, by replica index.
+const CONTROLLERS: [&str; 2] = ["controller", "controller-b"];
+/// Their `--identity` in the leader lease (with [`Datacenter::start_replica`]).
+pub const REPLICA_IDENTITIES: [&str; 2] = ["ctl-a", "ctl-b"];
 const CONTROLLER_METRICS_PORT: u16 = 9190;
 /// The agent's default `--metrics-addr` port, in each node's namespace.
 const AGENT_METRICS_PORT: u16 = 9191;
@@ -105,6 +110,8 @@ pub struct Datacenter {
     pub leaves: Vec<Router>,
     pub ctl: String,
     controller_ip: IpAddr,
+    /// The second replica's namespace and address, if the lab has one.
+    standby: Option<(String, IpAddr)>,
     pub client: String,
     pub nodes: Vec<LabNode>,
     /// The `dir:` source both binaries read.
@@ -133,6 +140,23 @@ impl Datacenter {
         daemon: Daemon,
         router_as: u32,
     ) -> Result<Self> {
+        Self::build(tag, pods_per_node, daemon, router_as, false)
+    }
+
+    /// Like [`Datacenter::new`], with room for a second controller replica
+    /// (`ctl-b`, [`STANDBY_V4`], a BIRD neighbour too) for leader election:
+    /// start both with [`Datacenter::start_replica`].
+    pub fn with_standby(tag: &str, pods_per_node: &[usize]) -> Result<Self> {
+        Self::build(tag, pods_per_node, Daemon::Bird, ROUTER_AS, true)
+    }
+
+    fn build(
+        tag: &str,
+        pods_per_node: &[usize],
+        daemon: Daemon,
+        router_as: u32,
+        with_standby: bool,
+    ) -> Result<Self> {
         let mut lab = Lab::new(tag)?;
         let router_ns = lab.netns("r")?;
         let ctl = lab.netns("ctl")?;
@@ -148,6 +172,16 @@ impl Datacenter {
         attach_to_lan(&lab, &router_ns, &ctl, "v-ctl")?;
         add_addr(&lab, &ctl, "eth0", &format!("{CONTROLLER_V4}/24"))?;
         add_addr(&lab, &ctl, "eth0", "fd00:30::10/64")?;
+        let mut neighbors = vec![Neighbor::new(CONTROLLER_V4.parse()?, PORTER_AS)];
+        let standby = if with_standby {
+            let ns = lab.netns("ctl-b")?;
+            attach_to_lan(&lab, &router_ns, &ns, "v-ctl-b")?;
+            add_addr(&lab, &ns, "eth0", &format!("{STANDBY_V4}/24"))?;
+            neighbors.push(Neighbor::new(STANDBY_V4.parse()?, PORTER_AS));
+            Some((ns, STANDBY_V4.parse()?))
+        } else {
+            None
+        };
 
         let mut nodes = Vec::new();
         let mut pass_xdp = Vec::new();
@@ -182,7 +216,7 @@ impl Datacenter {
                 router_id: ROUTER_LAN_V4.into(),
                 local_address: ROUTER_LAN_V4.parse()?,
                 local_as: router_as,
-                neighbors: vec![Neighbor::new(CONTROLLER_V4.parse()?, PORTER_AS)],
+                neighbors,
                 graceful_restart: true,
                 passive: true,
             },
@@ -196,6 +230,7 @@ impl Datacenter {
             leaves: Vec::new(),
             ctl,
             controller_ip: CONTROLLER_V4.parse()?,
+            standby,
             client,
             nodes,
             manifests,
@@ -321,6 +356,7 @@ impl Datacenter {
             leaves,
             ctl,
             controller_ip: "172.30.1.10".parse()?,
+            standby: None,
             client,
             nodes,
             manifests,
@@ -431,22 +467,85 @@ impl Datacenter {
 
     /// Starts `porter-controller --source dir:<manifests>` in `ctl`.
     pub fn start_controller(&mut self) -> Result<PathBuf> {
-        let mut command = self
-            .lab
-            .command(&self.ctl, bins::binary("porter-controller")?);
+        let command = self.controller_command(0)?;
+        self.lab.spawn(CONTROLLERS[0], command)
+    }
+
+    /// Stops the controller the way a rollout would (SIGTERM).
+    pub fn stop_controller(&mut self) -> Result<()> {
+        self.stop_replica(0)
+    }
+
+    fn controller_command(&self, replica: usize) -> Result<Command> {
+        let (ns, ip) = match replica {
+            0 => (&self.ctl, self.controller_ip),
+            _ => self
+                .standby
+                .as_ref()
+                .map(|(ns, ip)| (ns, *ip))
+                .context("this lab has one controller (see Datacenter::with_standby)")?,
+        };
+        let mut command = self.lab.command(ns, bins::binary("porter-controller")?);
         command
             .arg("--source")
             .arg(format!("dir:{}", self.manifests.display()))
             .args(["--poll-interval", "100ms"])
             .arg("--metrics-addr")
-            .arg(SocketAddr::new(self.controller_ip, CONTROLLER_METRICS_PORT).to_string())
+            .arg(SocketAddr::new(ip, CONTROLLER_METRICS_PORT).to_string())
             .env("RUST_LOG", "info");
-        self.lab.spawn(CONTROLLER, command)
+        Ok(command)
     }
 
-    /// Stops the controller the way a rollout would (SIGTERM).
-    pub fn stop_controller(&mut self) -> Result<()> {
-        self.lab.stop(CONTROLLER, Duration::from_secs(5))
+    /// Starts controller replica `replica` (0 in `ctl`, 1 in `ctl-b`) with
+    /// identity [`REPLICA_IDENTITIES`]`[replica]` and a leader lease of
+    /// `lease_seconds`; returns its log.
+    pub fn start_replica(&mut self, replica: usize, lease_seconds: u64) -> Result<PathBuf> {
+        let mut command = self.controller_command(replica)?;
+        command
+            .args(["--identity", REPLICA_IDENTITIES[replica]])
+            .args(["--lease-duration", &lease_seconds.to_string()]);
+        self.lab.spawn(CONTROLLERS[replica], command)
+    }
+
+    /// Stops controller replica `replica` the way a rollout would (SIGTERM).
+    pub fn stop_replica(&mut self, replica: usize) -> Result<()> {
+        self.lab.stop(CONTROLLERS[replica], Duration::from_secs(5))
+    }
+
+    /// Kills controller replica `replica` at once (SIGKILL).
+    pub fn kill_replica(&mut self, replica: usize) -> Result<()> {
+        self.lab.kill(CONTROLLERS[replica])
+    }
+
+    /// Sends `signal` (SIGSTOP, SIGCONT) to controller replica `replica`.
+    pub fn signal_replica(&self, replica: usize, signal: i32) -> Result<()> {
+        self.lab.signal(CONTROLLERS[replica], signal)
+    }
+
+    /// The address replica `replica` peers with the router from.
+    pub fn replica_ip(&self, replica: usize) -> Option<IpAddr> {
+        match replica {
+            0 => Some(self.controller_ip),
+            _ => self.standby.as_ref().map(|(_, ip)| *ip),
+        }
+    }
+
+    /// The replica holding the controllers' leader lease now (the lease
+    /// file's holder, whether or not it expired).
+    pub fn lease_holder(&self) -> Result<Option<usize>> {
+        let path = self
+            .manifests
+            .join(porter_api::lease::CONTROLLER_LEASE_DIR)
+            .join("porter-controller");
+        let text = match std::fs::read_to_string(&path) {
+            Ok(text) => text,
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(error) => return Err(error.into()),
+        };
+        let holder = porter_api::layer2::parse_lease_file(&text).map(|lease| lease.holder);
+        Ok(REPLICA_IDENTITIES
+            .iter()
+            .position(|identity| holder.as_deref() == Some(*identity)))
     }
 
     /// `porter-agent run` for node `index`, reading the same manifests.
@@ -497,17 +596,32 @@ impl Datacenter {
 
     /// The addresses the controller wrote into the Service's status.
     pub fn service_ips(&self, namespace: &str, name: &str) -> Result<Vec<IpAddr>> {
+        let key = (namespace.to_owned(), name.to_owned());
+        Ok(self.all_service_ips()?.remove(&key).unwrap_or_default())
+    }
+
+    /// Every Service's published addresses, by (namespace, name), read in
+    /// one pass over the manifests.
+    pub fn all_service_ips(&self) -> Result<BTreeMap<(String, String), Vec<IpAddr>>> {
         let (snapshot, _) = porter_api::source::dir::load(&self.manifests)?;
         Ok(snapshot
             .services
             .iter()
-            .filter(|s| {
-                s.metadata.namespace.as_deref() == Some(namespace)
-                    && s.metadata.name.as_deref() == Some(name)
+            .map(|s| {
+                let key = (
+                    s.metadata.namespace.clone().unwrap_or_default(),
+                    s.metadata.name.clone().unwrap_or_default(),
+                );
+                let ips = s
+                    .status
+                    .as_ref()
+                    .and_then(|status| status.load_balancer.as_ref()?.ingress.clone())
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|ingress| ingress.ip?.parse().ok())
+                    .collect();
+                (key, ips)
             })
-            .filter_map(|s| s.status.as_ref()?.load_balancer.as_ref()?.ingress.clone())
-            .flatten()
-            .filter_map(|ingress| ingress.ip?.parse().ok())
             .collect())
     }
 
@@ -949,6 +1063,7 @@ impl Load {
         let thread = std::thread::spawn(move || {
             crate::netns::enter(&client)?;
             let mut report = LoadReport::default();
+            let started = Instant::now();
             while !flag.load(Ordering::Relaxed) {
                 match http_get(addr) {
                     Ok(answer) => {
@@ -956,7 +1071,9 @@ impl Load {
                         report.retransmitted += usize::from(answer.connect >= SYN_RETRANSMIT);
                         *report.per_pod.entry(answer.pod).or_insert(0) += 1;
                     }
-                    Err(error) => report.failures.push(format!("{error:#}")),
+                    Err(error) => report
+                        .failures
+                        .push(format!("{:?} into the load: {error:#}", started.elapsed())),
                 }
                 std::thread::sleep(Duration::from_millis(5));
             }

@@ -2,6 +2,7 @@
 //! network namespaces that tears itself down, and helpers to find Porter's binaries.
 pub mod bfd_lab;
 pub mod bins;
+pub mod cases;
 pub mod datacenter;
 pub mod disruption;
 pub mod lab;

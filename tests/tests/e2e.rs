@@ -15,6 +15,7 @@ use std::{
 
 use anyhow::{Context, Result, ensure};
 use porter_tests::{
+    cases::{Case, Suite},
     datacenter::{CONTROLLER_V4, Datacenter, per_node, samples_dir},
     disruption,
     lab::wait_for,
@@ -23,7 +24,6 @@ use porter_tests::{
         as_prometheus_text, dashboard, dashboard_expressions, metrics_read_by, promtool,
         rule_expressions, series_names,
     },
-    privilege,
 };
 
 const NS: &str = "default";
@@ -41,9 +41,7 @@ struct Ctx {
     web: Option<IpAddr>,
 }
 
-type Case = fn(&mut Ctx) -> Result<Duration>;
-
-const CASES: &[(&str, Case)] = &[
+const CASES: &[(&str, Case<Ctx>)] = &[
     ("new_service_is_reachable", new_service_is_reachable),
     ("scale_node_to_zero_withdraws_its_path", scale_node_to_zero),
     ("node_failure_withdraws_its_path", node_failure),
@@ -62,59 +60,13 @@ const CASES: &[(&str, Case)] = &[
 ];
 
 fn main() -> ExitCode {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    if args.iter().any(|a| a == "--list") {
-        for (name, _) in CASES {
-            println!("{name}: test");
-        }
-        return ExitCode::SUCCESS;
+    Suite {
+        name: "e2e",
+        cases: CASES,
+        setup,
+        describe: |ctx| ctx.dc.describe(),
     }
-    let filters: Vec<&String> = args.iter().filter(|a| !a.starts_with('-')).collect();
-    let selected: Vec<&(&str, Case)> = CASES
-        .iter()
-        .filter(|(name, _)| filters.is_empty() || filters.iter().any(|f| name.contains(f.as_str())))
-        .collect();
-    if selected.is_empty() || !privilege::can_run("e2e") {
-        return ExitCode::SUCCESS;
-    }
-    let started = Instant::now();
-    let mut ctx = match setup() {
-        Ok(ctx) => ctx,
-        Err(error) => {
-            println!("FAIL setting up the lab: {error:#}");
-            return ExitCode::FAILURE;
-        }
-    };
-    println!("lab ready in {:?}", started.elapsed());
-    let mut failed = Vec::new();
-    let total = selected.len();
-    for (name, case) in selected {
-        let case_started = Instant::now();
-        match case(&mut ctx) {
-            Ok(convergence) => println!(
-                "ok   {name}: converged in {convergence:?} (case {:?})",
-                case_started.elapsed()
-            ),
-            Err(error) => {
-                println!("FAIL {name}: {error:#}");
-                println!("---- the lab at the failure:\n{}", ctx.dc.describe());
-                failed.push(*name);
-            }
-        }
-    }
-    println!("e2e cases took {:?}", started.elapsed());
-    // The plain summary CI readers look for, as cargo's harness would print it.
-    println!(
-        "e2e: {} passed, {} failed",
-        total - failed.len(),
-        failed.len()
-    );
-    if failed.is_empty() {
-        ExitCode::SUCCESS
-    } else {
-        println!("failed: {failed:?}");
-        ExitCode::FAILURE
-    }
+    .main()
 }
 
 fn setup() -> Result<Ctx> {

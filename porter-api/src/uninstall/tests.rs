@@ -4,7 +4,7 @@ use http::Method;
 use serde_json::Value;
 
 use super::*;
-use crate::testing::{Seen, mock_api, seen};
+use crate::testing::{Seen, mock_client_with_status, seen};
 
 /// `shop/web`: Porter's, with its finalizer beside someone else's and an
 /// address. `shop/gone`: no longer opted in, still with Porter's finalizer.
@@ -45,7 +45,7 @@ fn cluster(request: &Seen) -> (u16, Value) {
 
 #[tokio::test]
 async fn porters_finalizer_and_addresses_come_off_and_nothing_else_changes() {
-    let (client, log) = mock_api(cluster);
+    let (client, log) = mock_client_with_status(cluster);
     check_no_leader(
         &client,
         "porter-system",
@@ -114,7 +114,7 @@ async fn porters_finalizer_and_addresses_come_off_and_nothing_else_changes() {
 async fn a_leading_controller_is_not_raced() {
     let now = k8s_openapi::jiff::Timestamp::now();
     let renewed = now.to_string();
-    let (client, _log) = mock_api(move |_| {
+    let (client, _log) = mock_client_with_status(move |_| {
         (
             200,
             json!({"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",

@@ -149,8 +149,10 @@ async fn controller_calls() -> Vec<Call> {
     let _ = writer.event(&event()).await;
     let mut calls = calls_once_watching(&log).await;
     calls.extend(uninstall_calls().await);
-    // Leader election (kube-lease-manager): reads the Lease, creates it
-    // when missing, and takes or renews it with a patch.
+    // Leader election (porter-controller's leader_lease, through
+    // porter_api::lease::compare_and_set): reads the Lease, creates it when
+    // missing, and takes, renews or releases it with an update that carries
+    // the resourceVersion it read.
     let election = Some("porter-controller");
     calls.extend([
         Call::new(
@@ -168,7 +170,7 @@ async fn controller_calls() -> Vec<Call> {
             None,
         ),
         Call::new(
-            "patch",
+            "update",
             "coordination.k8s.io",
             "leases",
             "porter-system",

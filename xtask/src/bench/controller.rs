@@ -11,6 +11,8 @@
 //!   published statuses; median, next to the same no-change baseline.
 //! - `peak_rss_mib`: the process's high-water mark, next to the baseline
 //!   before the cluster was built.
+//! - `failover_seconds`: two replicas in the lab, the leader killed (see
+//!   the controller_failover module), next to the lease duration.
 //!
 //! Objects carry a `resourceVersion`, and each write gives its object a new
 //! one, as from the API server: the controller tells unchanged objects apart
@@ -142,7 +144,7 @@ pub fn run() -> Result<()> {
         "MiB",
     );
     emit(SUITE, "baseline_empty", "peak_rss_mib", baseline_rss, "MiB");
-    Ok(())
+    super::controller_failover::run()
 }
 
 fn check_full(plan: &Plan) -> Result<()> {
@@ -156,7 +158,7 @@ fn check_full(plan: &Plan) -> Result<()> {
     Ok(())
 }
 
-fn median(v: &mut [f64]) -> f64 {
+pub(super) fn median(v: &mut [f64]) -> f64 {
     v.sort_by(f64::total_cmp);
     v[v.len() / 2]
 }

@@ -4,6 +4,7 @@
 mod agent;
 mod bgp;
 mod controller;
+mod controller_failover;
 mod dataplane;
 mod disruption;
 mod failover;

@@ -276,7 +276,7 @@ async fn secrets_are_watched_only_in_the_namespaces_given() {
 #[tokio::test]
 async fn a_refused_watch_fails_readiness_naming_the_missing_permission() {
     const REFUSAL: &str = "services is forbidden: User \"system:serviceaccount:porter-system:porter-agent\" cannot list resource \"services\" in API group \"\" at the cluster scope";
-    let (client, _log) = crate::testing::mock_api(|request| {
+    let (client, _log) = crate::testing::mock_client_with_status(|request| {
         if request.uri.starts_with("/api/v1/services") {
             let status = json!({"apiVersion": "v1", "kind": "Status", "status": "Failure",
                                 "message": REFUSAL, "reason": "Forbidden", "code": 403});
