@@ -379,10 +379,12 @@ fn cluster(node_count: usize, policy: &str) -> String {
          ports: [{{name: http, port: {PORT}, targetPort: http}}]\n\
          status:\n  loadBalancer:\n    ingress: [{{ip: {EIP}}}, {{ip: \"{EIP6}\"}}]\n"
     ));
+    // Object names are DNS-1123 subdomains: lower case.
     for (family, endpoints) in [("IPv4", &endpoints4), ("IPv6", &endpoints6)] {
+        let suffix = family.to_ascii_lowercase();
         docs.push(format!(
             "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  \
-             name: web-{family}\n  namespace: shop\n  labels: {{kubernetes.io/service-name: web}}\n\
+             name: web-{suffix}\n  namespace: shop\n  labels: {{kubernetes.io/service-name: web}}\n\
              addressType: {family}\nports: [{{name: http, port: {TARGET_PORT}, protocol: TCP}}]\n\
              endpoints:\n{}\n",
             endpoints.join("\n")
