@@ -1,5 +1,6 @@
-//! Compiles `porter-ebpf` for `bpfel-unknown-none` with the nightly toolchain and
-//! leaves the object in `OUT_DIR/porter.bpf.o`, where `src/ebpf_object.rs` embeds it.
+//! Compiles `porter-ebpf` for `bpfel-unknown-none` with the nightly toolchain
+//! pinned in `porter-ebpf/rust-toolchain.toml` and leaves the object in
+//! `OUT_DIR/porter.bpf.o`, where `src/ebpf_object.rs` embeds it.
 //!
 //! This is the one place that knows how the eBPF object is built; `cargo xtask
 //! build-ebpf` installs the toolchain, then drives this script and prints the path.
@@ -21,10 +22,12 @@ fn main() {
         .expect("porter-agent lives in the workspace");
     let ebpf_dir = workspace.join("porter-ebpf");
     let common_dir = workspace.join("porter-common");
+    let toolchain_file = ebpf_dir.join("rust-toolchain.toml");
     for watched in [
         ebpf_dir.join("src"),
         ebpf_dir.join("Cargo.toml"),
         ebpf_dir.join("Cargo.lock"),
+        toolchain_file.clone(),
         common_dir.join("src"),
     ] {
         println!("cargo:rerun-if-changed={}", watched.display());
@@ -42,10 +45,19 @@ fn main() {
         return;
     }
 
+    let pin = std::fs::read_to_string(&toolchain_file)
+        .unwrap_or_else(|err| panic!("{}: {err}", toolchain_file.display()));
+    let nightly = pin
+        .lines()
+        .filter_map(|line| line.trim().strip_prefix("channel"))
+        .find_map(|rest| rest.trim().strip_prefix('='))
+        .map(|value| value.trim().trim_matches('"'))
+        .unwrap_or_else(|| panic!("no `channel = ...` in {}", toolchain_file.display()));
     let target_dir = out_dir.join("ebpf-target");
     let mut cargo = Command::new("rustup");
     cargo
-        .args(["run", "nightly", "cargo", "build", "--release"])
+        // --locked: a build that would change porter-ebpf/Cargo.lock fails.
+        .args(["run", nightly, "cargo", "build", "--release", "--locked"])
         .args(["--target", "bpfel-unknown-none", "-Z", "build-std=core"])
         .arg("--target-dir")
         .arg(&target_dir)
@@ -74,8 +86,8 @@ fn main() {
     });
     if !status.success() {
         panic!(
-            "building porter-ebpf failed ({status}). `cargo xtask build-ebpf` installs the \
-             nightly toolchain, rust-src and bpf-linker, then builds it; run that first."
+            "building porter-ebpf with {nightly} failed ({status}). `cargo xtask build-ebpf` \
+             installs that toolchain, rust-src and bpf-linker, then builds it; run that first."
         );
     }
     let built = target_dir.join("bpfel-unknown-none/release/porter");

@@ -597,9 +597,9 @@ impl Dataplane {
         self.write(&keys, false)?;
 
         for (addr, mut installed) in changed {
-            let names: Vec<String> = installed.backends.keys().map(Backend::to_string).collect();
+            let backends: Vec<Backend> = installed.backends.keys().copied().collect();
             let ids: Vec<u32> = installed.backends.values().copied().collect();
-            let table = maglev::build(&names, self.config.maglev_size)?;
+            let table = maglev::backend_table(&backends, self.config.maglev_size)?;
             let slots: Vec<u32> = table
                 .iter()
                 .map(|&index| ids.get(index as usize).copied().unwrap_or_default())
@@ -721,14 +721,11 @@ impl Dataplane {
             .service_stats
             .get(&installed.id, 0)
             .map_err(map_err(map_names::SERVICE_COUNTERS))?;
-        Ok(Some(per_cpu.iter().fold(
-            ServiceCounters::default(),
-            |sum, cpu| ServiceCounters {
-                packets: sum.packets + cpu.packets,
-                bytes: sum.bytes + cpu.bytes,
-                new_flows: sum.new_flows + cpu.new_flows,
-            },
-        )))
+        Ok(Some(
+            per_cpu
+                .iter()
+                .fold(ServiceCounters::default(), ServiceCounters::plus),
+        ))
     }
 
     /// Global pass/drop reason counters, summed over CPUs.
@@ -804,6 +801,7 @@ const FREE_BACKEND: BackendValue = BackendValue {
     family: 0,
     flags: 0,
     service_id: 0,
+    node: [0; 4],
 };
 
 /// `valid_for` from now on the clock of `bpf_ktime_get_ns`.

@@ -3,11 +3,15 @@
 //!
 //! A Porter Service with an allocated EIP (in `status.loadBalancer.ingress`)
 //! becomes one data plane service per (EIP, port). Its backends are the
-//! endpoints of its EndpointSlices that run on this node and are ready and
-//! not terminating, at the target port the slice names for that Service port
-//! (which is how named `targetPort`s resolve: kube fills the slice's ports
-//! per pod). A service without local backends is left out: the controller
-//! does not announce this node for it.
+//! endpoints of its EndpointSlices that are ready and not terminating, at
+//! the target port the slice names for that Service port (which is how named
+//! `targetPort`s resolve: kube fills the slice's ports per pod):
+//! - `externalTrafficPolicy: Local`: those that run on this node. A service
+//!   without local backends is left out: the controller does not announce
+//!   this node for it.
+//! - `Cluster` (the default): all of them in the cluster, each remote one
+//!   with the address of its node, so that every node builds the same
+//!   Maglev table (see docs/design.md, "External traffic policy `Cluster`").
 use std::{
     collections::{BTreeMap, BTreeSet},
     fmt,
@@ -15,6 +19,7 @@ use std::{
     sync::Arc,
 };
 
+use ipnet::IpNet;
 use k8s_openapi::{
     api::{
         core::v1::{Service, ServicePort},
@@ -65,6 +70,28 @@ pub fn desired(snapshot: &Snapshot, node: &str) -> Desired {
 pub struct Cache {
     node: String,
     services: BTreeMap<ObjectKey, Entry>,
+    /// The Nodes' addresses at the last call: `Cluster` backends depend on
+    /// them, so entries are read again when they change.
+    node_addresses: NodeAddresses,
+    /// This node's connected subnets, when known: a `Cluster` backend on a
+    /// node outside them is left out (see [`Cache::set_on_link`]).
+    on_link: Option<Vec<IpNet>>,
+}
+
+/// Each Node's `InternalIP`s, by name.
+type NodeAddresses = BTreeMap<String, Vec<IpAddr>>;
+
+/// Which endpoints a Service's traffic goes to from this node.
+#[derive(Clone, Copy)]
+enum Scope<'a> {
+    /// `externalTrafficPolicy: Local`: the ones on this node.
+    Local { node: &'a str },
+    /// `Cluster`: every one in the cluster, remote ones by their node's address.
+    Cluster {
+        node: &'a str,
+        addresses: &'a NodeAddresses,
+        on_link: Option<&'a [IpNet]>,
+    },
 }
 
 /// What one Service asks of this node, and the objects it follows from.
@@ -85,6 +112,18 @@ impl Cache {
         Self {
             node: node.to_owned(),
             services: BTreeMap::new(),
+            node_addresses: NodeAddresses::new(),
+            on_link: None,
+        }
+    }
+
+    /// Limits `Cluster` backends to nodes in `subnets` (this node's
+    /// connected subnets): packets reach another node by a MAC rewrite
+    /// only, and forwarding across subnets is not built yet. None: no limit.
+    pub fn set_on_link(&mut self, subnets: Option<Vec<IpNet>>) {
+        if subnets != self.on_link {
+            self.services.clear();
+            self.on_link = subnets;
         }
     }
 
@@ -98,6 +137,11 @@ impl Cache {
         // Sorted by key: deterministic winners when two Services claim the
         // same EIP:port.
         let mut previous = std::mem::take(&mut self.services);
+        let addresses = node_addresses(snapshot);
+        if addresses != self.node_addresses {
+            previous.clear();
+            self.node_addresses = addresses;
+        }
         for svc in snapshot.services.iter().filter(|svc| opted_in(svc)) {
             let key = ObjectKey::of(&svc.metadata);
             let own_slices = slices.get(&key).map(Vec::as_slice).unwrap_or_default();
@@ -106,7 +150,16 @@ impl Cache {
                 _ => Entry {
                     service: Arc::clone(svc),
                     slices: own_slices.iter().map(|slice| Arc::clone(slice)).collect(),
-                    items: service_items(svc, own_slices, &self.node),
+                    items: service_items(
+                        svc,
+                        own_slices,
+                        &self.node,
+                        Scope::Cluster {
+                            node: &self.node,
+                            addresses: &self.node_addresses,
+                            on_link: self.on_link.as_deref(),
+                        },
+                    ),
                 },
             };
             self.services.insert(key, entry);
@@ -163,13 +216,56 @@ impl Entry {
     }
 }
 
-/// What Service `svc` asks of `node`: a claim per (EIP, port) with local
+/// Each Node's `InternalIP`s.
+fn node_addresses(snapshot: &Snapshot) -> NodeAddresses {
+    snapshot
+        .nodes
+        .iter()
+        .filter_map(|node| Some((node.metadata.name.clone()?, node)))
+        .map(|(name, node)| {
+            let ips = node
+                .status
+                .as_ref()
+                .and_then(|status| status.addresses.as_ref())
+                .into_iter()
+                .flatten()
+                .filter(|a| a.type_ == "InternalIP")
+                .filter_map(|a| a.address.trim().parse().ok())
+                .collect();
+            (name, ips)
+        })
+        .collect()
+}
+
+/// Whether the Service asks for `externalTrafficPolicy: Local`. Unset is
+/// `Cluster`, the Kubernetes default (the API server fills it in).
+fn is_local_policy(svc: &Service) -> bool {
+    svc.spec
+        .as_ref()
+        .and_then(|spec| spec.external_traffic_policy.as_deref())
+        == Some("Local")
+}
+
+/// What Service `svc` asks of `node`: a claim per (EIP, port) with
 /// backends, and the problems found on the way.
-fn service_items(svc: &Service, slices: &[&Arc<EndpointSlice>], node: &str) -> Vec<Item> {
+fn service_items(
+    svc: &Service,
+    slices: &[&Arc<EndpointSlice>],
+    node: &str,
+    cluster: Scope<'_>,
+) -> Vec<Item> {
     let mut items = Vec::new();
     let eips = ingress_ips(svc);
     if eips.is_empty() {
         return items;
+    }
+    let local = is_local_policy(svc);
+    if !local && eips.iter().any(IpAddr::is_ipv6) {
+        items.push(Item::Problem(
+            "externalTrafficPolicy Cluster is not forwarded between nodes for IPv6 yet: its \
+             IPv6 EIPs are served like Local, by each node's own pods"
+                .into(),
+        ));
     }
     let slices: Vec<&EndpointSlice> = slices.iter().map(|slice| slice.as_ref()).collect();
     let ports = svc.spec.as_ref().and_then(|s| s.ports.as_ref());
@@ -180,7 +276,12 @@ fn service_items(svc: &Service, slices: &[&Arc<EndpointSlice>], node: &str) -> V
         };
         for &vip in &eips {
             let mut problem = |message: String| items.push(Item::Problem(message));
-            let backends = local_backends(&slices, port, proto, vip, node, &mut problem);
+            let scope = if local || vip.is_ipv6() {
+                Scope::Local { node }
+            } else {
+                cluster
+            };
+            let backends = serving_backends(&slices, port, proto, vip, &scope, &mut problem);
             if backends.is_empty() {
                 continue;
             }
@@ -217,53 +318,127 @@ fn service_port(port: &ServicePort, problem: &mut impl FnMut(String)) -> Option<
     }
 }
 
-/// This node's serving endpoints of `port` on the family of `vip`, at their
-/// target port.
-fn local_backends(
+/// The serving endpoints of `port` in `scope` on the family of `vip`, at
+/// their target port.
+fn serving_backends(
     slices: &[&EndpointSlice],
     port: &ServicePort,
     proto: Protocol,
     vip: IpAddr,
-    node: &str,
+    scope: &Scope<'_>,
     problem: &mut impl FnMut(String),
 ) -> BTreeSet<Backend> {
     let family = if vip.is_ipv4() { "IPv4" } else { "IPv6" };
-    let mut backends = BTreeSet::new();
+    // By address and port: a pod listed on two nodes (a stale slice) is
+    // placed on the first node by name, the same choice on every node.
+    let mut chosen: BTreeMap<(IpAddr, u16), (&str, Option<IpAddr>)> = BTreeMap::new();
     for slice in slices.iter().filter(|s| s.address_type == family) {
-        let local: Vec<IpAddr> = slice
+        let slice_name = slice.metadata.name.as_deref().unwrap_or_default();
+        let mut found: Vec<(IpAddr, &str, Option<IpAddr>)> = Vec::new();
+        for ep in slice
             .endpoints
             .iter()
             .flatten()
-            .filter(|ep| ep.node_name.as_deref() == Some(node) && endpoint_serving(ep))
-            .flat_map(|ep| &ep.addresses)
-            .filter_map(|text| match text.parse::<IpAddr>() {
-                Ok(ip) if ip.is_ipv4() == vip.is_ipv4() => Some(ip),
-                _ => {
-                    problem(format!(
-                        "EndpointSlice {}: endpoint address {text:?} is not an {family} address",
-                        slice.metadata.name.as_deref().unwrap_or_default()
-                    ));
-                    None
+            .filter(|ep| endpoint_serving(ep))
+        {
+            let Some(placed) = placement(ep.node_name.as_deref(), scope, vip, problem) else {
+                continue;
+            };
+            for text in &ep.addresses {
+                match text.parse::<IpAddr>() {
+                    Ok(ip) if ip.is_ipv4() == vip.is_ipv4() => found.push((ip, placed.0, placed.1)),
+                    _ => problem(format!(
+                        "EndpointSlice {slice_name}: endpoint address {text:?} is not an {family} address"
+                    )),
                 }
-            })
-            .collect();
-        if local.is_empty() {
+            }
+        }
+        if found.is_empty() {
             continue;
         }
         let Some(target) = target_port(slice, port, proto) else {
             problem(format!(
-                "port {}: EndpointSlice {} lists no port {:?} and targetPort {} is not a usable \
-                 port number; the endpoints controller lists it once a pod names that port",
+                "port {}: EndpointSlice {slice_name} lists no port {:?} and targetPort {} is not a \
+                 usable port number; the endpoints controller lists it once a pod names that port",
                 port.port,
-                slice.metadata.name.as_deref().unwrap_or_default(),
                 port.name.as_deref().unwrap_or_default(),
                 describe(port.target_port.as_ref()),
             ));
             continue;
         };
-        backends.extend(local.into_iter().map(|addr| Backend { addr, port: target }));
+        for (addr, node_name, via) in found {
+            let entry = chosen.entry((addr, target)).or_insert((node_name, via));
+            if entry.0 != node_name {
+                let first = entry.0.min(node_name);
+                problem(format!(
+                    "endpoint {addr} is listed on nodes {} and {}; it is served on {first}",
+                    entry.0, node_name
+                ));
+                if node_name < entry.0 {
+                    *entry = (node_name, via);
+                }
+            }
+        }
     }
-    backends
+    chosen
+        .into_iter()
+        .map(|((addr, port), (_, node))| Backend { addr, port, node })
+        .collect()
+}
+
+/// Where an endpoint on node `node_name` is served from this node: its node's
+/// name, and None (here) or the address to forward to. None if `scope` leaves
+/// it out, or it cannot be reached (reported).
+fn placement<'a>(
+    node_name: Option<&'a str>,
+    scope: &Scope<'a>,
+    vip: IpAddr,
+    problem: &mut impl FnMut(String),
+) -> Option<(&'a str, Option<IpAddr>)> {
+    match *scope {
+        Scope::Local { node } => (node_name == Some(node)).then_some((node, None)),
+        Scope::Cluster {
+            node,
+            addresses,
+            on_link,
+        } => {
+            let Some(name) = node_name else {
+                problem(
+                    "an endpoint names no node, so it cannot be forwarded to; it is left out"
+                        .into(),
+                );
+                return None;
+            };
+            if name == node {
+                return Some((name, None));
+            }
+            let address = addresses
+                .get(name)
+                .into_iter()
+                .flatten()
+                .find(|ip| ip.is_ipv4() == vip.is_ipv4());
+            let off_link = |address: &IpAddr| {
+                on_link.is_some_and(|nets| !nets.iter().any(|net| net.contains(address)))
+            };
+            match address {
+                Some(address) if off_link(address) => {
+                    problem(format!(
+                        "node {name} ({address}) is not on this node's L2 segment and forwarding \
+                         across subnets is not built yet: its endpoints are left out here"
+                    ));
+                    None
+                }
+                Some(&address) => Some((name, Some(address))),
+                None => {
+                    problem(format!(
+                        "node {name} has no InternalIP of the family of {vip}, so its endpoints \
+                         cannot be forwarded to; they are left out"
+                    ));
+                    None
+                }
+            }
+        }
+    }
 }
 
 /// The port the slice's endpoints listen on for Service port `port`: the

@@ -122,14 +122,9 @@ pub fn read(pins: &PinLayout) -> Result<PinnedState, InspectError> {
         let per_cpu = counters
             .get(&value.id, 0)
             .map_err(read_err(map_names::SERVICE_COUNTERS))?;
-        let counters =
-            per_cpu
-                .iter()
-                .fold(ServiceCounters::default(), |sum, cpu| ServiceCounters {
-                    packets: sum.packets + cpu.packets,
-                    bytes: sum.bytes + cpu.bytes,
-                    new_flows: sum.new_flows + cpu.new_flows,
-                });
+        let counters = per_cpu
+            .iter()
+            .fold(ServiceCounters::default(), ServiceCounters::plus);
         let mut backends = by_service.remove(&value.id).unwrap_or_default();
         backends.sort();
         out.push(ServiceState {
@@ -258,8 +253,8 @@ pub fn render(state: &PinnedState) -> String {
 fn render_into(out: &mut String, state: &PinnedState) -> std::fmt::Result {
     writeln!(
         out,
-        "{:<28} {:>4} {:>7} {:>12} {:>14} {:>10}  BACKENDS",
-        "SERVICE", "ID", "MAGLEV", "PACKETS", "BYTES", "NEW FLOWS"
+        "{:<28} {:>4} {:>7} {:>12} {:>14} {:>10} {:>10} {:>10}  BACKENDS (pod@node: on another node)",
+        "SERVICE", "ID", "MAGLEV", "PACKETS", "BYTES", "NEW FLOWS", "FWD OUT", "FWD IN"
     )?;
     if state.services.is_empty() {
         writeln!(out, "(no services)")?;
@@ -268,13 +263,15 @@ fn render_into(out: &mut String, state: &PinnedState) -> std::fmt::Result {
         let backends: Vec<String> = service.backends.iter().map(ToString::to_string).collect();
         writeln!(
             out,
-            "{:<28} {:>4} {:>7} {:>12} {:>14} {:>10}  {}",
+            "{:<28} {:>4} {:>7} {:>12} {:>14} {:>10} {:>10} {:>10}  {}",
             service.addr.to_string(),
             service.id,
             service.table_size,
             service.counters.packets,
             service.counters.bytes,
             service.counters.new_flows,
+            service.counters.forwarded_out,
+            service.counters.forwarded_in,
             if backends.is_empty() {
                 "(none)".to_string()
             } else {
@@ -364,16 +361,20 @@ mod tests {
                     Backend {
                         addr: "10.244.1.2".parse().expect("ip"),
                         port: 8080,
+                        node: None,
                     },
                     Backend {
                         addr: "10.244.2.2".parse().expect("ip"),
                         port: 8080,
+                        node: Some("172.30.0.12".parse().expect("ip")),
                     },
                 ],
                 counters: ServiceCounters {
                     packets: 12,
                     bytes: 3400,
                     new_flows: 2,
+                    forwarded_out: 7,
+                    forwarded_in: 5,
                 },
             }],
             maps: vec![Occupancy {
@@ -403,7 +404,14 @@ mod tests {
             .lines()
             .find(|l| l.starts_with("192.0.2.10:80/tcp"))
             .expect("a line for the service");
-        for field in ["251", "12", "3400", "10.244.1.2:8080 10.244.2.2:8080"] {
+        for field in [
+            "251",
+            "12",
+            "3400",
+            " 7 ",
+            " 5 ",
+            "10.244.1.2:8080 10.244.2.2:8080@172.30.0.12",
+        ] {
             assert!(service_line.contains(field), "{field} in {service_line:?}");
         }
         assert!(table.contains("PORTER_CT"), "{table}");

@@ -3,6 +3,8 @@
 //! router sends EIP traffic to, since the EIP's next hop is that address).
 use std::{ffi::CStr, io, net::IpAddr};
 
+use ipnet::IpNet;
+
 use porter_api::source::Snapshot;
 
 /// The node's `InternalIP`s, as the Node object in `snapshot` lists them.
@@ -22,12 +24,23 @@ pub fn node_internal_ips(snapshot: &Snapshot, node: &str) -> Vec<IpAddr> {
 pub fn holding(ips: &[IpAddr]) -> io::Result<Vec<String>> {
     let mut names: Vec<String> = local_addresses()?
         .into_iter()
-        .filter(|(_, ip)| ips.contains(ip))
-        .map(|(name, _)| name)
+        .filter(|local| ips.contains(&local.ip))
+        .map(|local| local.name)
         .collect();
     names.sort();
     names.dedup();
     Ok(names)
+}
+
+/// The subnets of this namespace's addresses: what is on-link, reachable
+/// without a router (loopback left out).
+pub fn connected_subnets() -> io::Result<Vec<IpNet>> {
+    Ok(local_addresses()?
+        .into_iter()
+        .filter(|local| !local.ip.is_loopback())
+        .filter_map(|local| IpNet::new(local.ip, local.prefix).ok())
+        .map(|net| net.trunc())
+        .collect())
 }
 
 /// Whether an interface of that name exists in this network namespace.
@@ -39,8 +52,15 @@ pub fn exists(name: &str) -> bool {
     unsafe { libc::if_nametoindex(name.as_ptr()) != 0 }
 }
 
-/// Every (interface, address) pair of this network namespace.
-fn local_addresses() -> io::Result<Vec<(String, IpAddr)>> {
+/// An address of an interface, with its prefix length.
+struct LocalAddress {
+    name: String,
+    ip: IpAddr,
+    prefix: u8,
+}
+
+/// Every address of this network namespace.
+fn local_addresses() -> io::Result<Vec<LocalAddress>> {
     let mut head: *mut libc::ifaddrs = std::ptr::null_mut();
     // SAFETY: getifaddrs fills `head` with a list we free below.
     if unsafe { libc::getifaddrs(&mut head) } != 0 {
@@ -59,28 +79,44 @@ fn local_addresses() -> io::Result<Vec<(String, IpAddr)>> {
         let name = unsafe { CStr::from_ptr(entry.ifa_name) }
             .to_string_lossy()
             .into_owned();
-        // SAFETY: ifa_addr is non-null and points at a sockaddr whose family
-        // says which struct it is; we read only that struct.
-        let ip = unsafe {
-            match i32::from((*entry.ifa_addr).sa_family) {
-                libc::AF_INET => {
-                    let sin = &*(entry.ifa_addr as *const libc::sockaddr_in);
-                    Some(IpAddr::from(sin.sin_addr.s_addr.to_ne_bytes()))
-                }
-                libc::AF_INET6 => {
-                    let sin6 = &*(entry.ifa_addr as *const libc::sockaddr_in6);
-                    Some(IpAddr::from(sin6.sin6_addr.s6_addr))
-                }
-                _ => None,
-            }
-        };
+        // SAFETY: non-null sockaddrs owned by the list (checked inside).
+        let (ip, mask) = unsafe { (sockaddr_ip(entry.ifa_addr), sockaddr_ip(entry.ifa_netmask)) };
         if let Some(ip) = ip {
-            out.push((name, ip));
+            let prefix = mask.map_or(0, |mask| match mask {
+                IpAddr::V4(mask) => u32::from(mask).count_ones() as u8,
+                IpAddr::V6(mask) => u128::from(mask).count_ones() as u8,
+            });
+            out.push(LocalAddress { name, ip, prefix });
         }
     }
     // SAFETY: `head` came from getifaddrs and is freed once.
     unsafe { libc::freeifaddrs(head) };
     Ok(out)
+}
+
+/// The address in `addr`, for IPv4 and IPv6.
+///
+/// # Safety
+/// `addr` is null or points at a sockaddr whose family says which struct
+/// it is; only that struct is read.
+unsafe fn sockaddr_ip(addr: *const libc::sockaddr) -> Option<IpAddr> {
+    if addr.is_null() {
+        return None;
+    }
+    // SAFETY: see the function's contract.
+    unsafe {
+        match i32::from((*addr).sa_family) {
+            libc::AF_INET => {
+                let sin = &*(addr as *const libc::sockaddr_in);
+                Some(IpAddr::from(sin.sin_addr.s_addr.to_ne_bytes()))
+            }
+            libc::AF_INET6 => {
+                let sin6 = &*(addr as *const libc::sockaddr_in6);
+                Some(IpAddr::from(sin6.sin6_addr.s6_addr))
+            }
+            _ => None,
+        }
+    }
 }
 
 #[cfg(test)]

@@ -11,6 +11,7 @@ pub mod layer2;
 pub mod maglev;
 pub mod metrics;
 pub mod mmap_array;
+pub mod neighbours;
 pub mod pins;
 pub mod plan;
 pub mod service;

@@ -5,6 +5,8 @@
 //! the table is full. Hashes use fixed seeds, so the same backend names and
 //! M always give the same table, on every node and after every restart.
 
+use crate::service::Backend;
+
 /// Seeds of the two permutation hashes; fixed forever, as changing them would
 /// reshuffle every flow.
 const OFFSET_SEED: u64 = 0x005e_ed0f_f5e7_u64;
@@ -95,6 +97,21 @@ pub fn build<N: AsRef<[u8]>>(names: &[N], size: u32) -> Result<Vec<u32>, MaglevE
         }
     }
     Ok(table)
+}
+
+/// The table of a service's `backends` (unique by address and port), the
+/// same on every node for the same set, whatever order they come in and
+/// whichever node each runs on: slot `i` holds an index into `backends`.
+/// The table is built over the backends sorted by (address, port) and named
+/// `ip:port`, which is what makes it cluster-wide.
+pub fn backend_table(backends: &[Backend], size: u32) -> Result<Vec<u32>, MaglevError> {
+    let mut order: Vec<usize> = (0..backends.len()).collect();
+    order.sort_by_key(|&i| (backends[i].addr, backends[i].port));
+    let names: Vec<String> = order.iter().map(|&i| backends[i].table_name()).collect();
+    Ok(build(&names, size)?
+        .into_iter()
+        .map(|position| order[position as usize] as u32)
+        .collect())
 }
 
 /// `(slot + skip) mod m` for `slot, skip < m`.

@@ -77,8 +77,10 @@ struct RunArgs {
     /// manifests, watched).
     #[arg(long, default_value = "kube", env = "PORTER_SOURCE")]
     source: SourceArg,
-    /// Address to serve Prometheus metrics on, at /metrics.
-    #[arg(long, default_value = "0.0.0.0:9191", env = "PORTER_METRICS_ADDR")]
+    /// Address to serve Prometheus metrics on, at /metrics, and the probes
+    /// /healthz and /readyz. `[::]` takes IPv4 too (and falls back to
+    /// `0.0.0.0` where IPv6 is off); a node address limits it to that address.
+    #[arg(long, default_value = "[::]:9191", env = "PORTER_METRICS_ADDR")]
     metrics_addr: SocketAddr,
     /// XDP attach mode: `auto` tries native (driver) mode and falls back to generic.
     #[arg(long, value_enum, default_value = "auto")]
@@ -90,20 +92,28 @@ struct RunArgs {
     #[arg(long, default_value = "60s", value_parser = parse_duration)]
     resync_interval: Duration,
     /// Maglev table size M per service: a prime at least 100 times the most
-    /// local backends a service has. Fixed when the maps are first pinned.
+    /// backends a service has here (all of the cluster's for an
+    /// `externalTrafficPolicy: Cluster` Service). Every agent of a cluster
+    /// must use the same M, so that all build the same tables. Fixed when
+    /// the maps are first pinned.
     #[arg(long, default_value_t = porter_agent::DEFAULT_MAGLEV_SIZE)]
     maglev_size: u32,
     /// Most EIP:port/protocol services this node can serve. Fixed when the
     /// maps are first pinned.
     #[arg(long, default_value_t = porter_common::limits::DEFAULT_MAX_SERVICES)]
     max_services: u32,
-    /// Namespaces to read BgpPeer password Secrets from, comma-separated, in
-    /// node mode. The first is where an `authPasswordSecretRef` without a
-    /// namespace points. Default: the agent's own namespace (`POD_NAMESPACE`,
-    /// else `porter-system`). With `kube`, each needs a Role letting the
-    /// agent get, list and watch Secrets there.
+    /// Namespaces to read BgpPeer password Secrets from, comma-separated:
+    /// set it only for `speakerMode: node` with `authPasswordSecretRef`. The
+    /// first is where a reference without a namespace points. Default: none,
+    /// so the agent reads no Secret and needs no RBAC for them. With `kube`,
+    /// each needs a Role letting the agent list and watch Secrets there.
     #[arg(long, value_delimiter = ',', env = "PORTER_SECRET_NAMESPACES")]
     secret_namespaces: Vec<String>,
+    /// Namespace of the Layer 2 Leases (`kube`): kept apart from the
+    /// controller's leader-election Lease, so that an agent's RBAC on them
+    /// cannot reach it. The controller's `--layer2-namespace` must match.
+    #[arg(long, default_value = porter_api::layer2::LEASE_NAMESPACE, env = "PORTER_LAYER2_NAMESPACE")]
+    layer2_namespace: String,
     #[command(flatten)]
     pins: PinArgs,
 }
@@ -145,7 +155,6 @@ async fn main() -> Result<()> {
 }
 
 async fn run(args: RunArgs) -> Result<()> {
-    raise_memlock_limit();
     let settings = Settings {
         node: args.node_name,
         interfaces: args.interfaces,
@@ -160,8 +169,7 @@ async fn run(args: RunArgs) -> Result<()> {
     };
     let pins = PinLayout::new(&settings.bpffs);
     let metrics = Metrics::default();
-    let listener = tokio::net::TcpListener::bind(args.metrics_addr)
-        .await
+    let listener = porter_api::metrics_http::bind(args.metrics_addr)
         .with_context(|| format!("cannot listen on --metrics-addr {}", args.metrics_addr))?;
     let served = metrics.clone();
     let health = Health::starting();
@@ -174,12 +182,11 @@ async fn run(args: RunArgs) -> Result<()> {
 
     let mut secret_namespaces = args.secret_namespaces.clone();
     secret_namespaces.retain(|n| !n.trim().is_empty());
-    let secrets = SecretScope::new(secret_namespaces)
-        .or_else(|| SecretScope::new(vec![own_namespace()]))
-        .unwrap_or_default();
+    let secrets =
+        SecretScope::new(secret_namespaces).unwrap_or_else(|| SecretScope::unread(own_namespace()));
     let shutdown = shutdown_signal()?;
     let (snapshots, leases, status_writer) = tokio::select! {
-        connected = connect(&args.source, args.poll_interval, &secrets) => connected?,
+        connected = connect(&args.source, args.poll_interval, &secrets, &args.layer2_namespace, &health) => connected?,
         () = shutdown.clone_wait() => return Ok(()),
     };
     let node = settings.node.clone();
@@ -208,13 +215,15 @@ async fn run(args: RunArgs) -> Result<()> {
 ///
 /// Layer 2 leases live beside the cluster state: as files in
 /// `<dir>/layer2-leases` (shared by the nodes) with the dir source, as
-/// Leases in the agent's namespace (`POD_NAMESPACE`, else `porter-system`)
-/// with kube. BgpPeer status (node mode) is written through the source's
-/// own writer.
+/// Leases in `layer2_namespace` with kube. BgpPeer status (node mode) is
+/// written through the source's own writer. A watch the API server refuses
+/// is reported in `health`.
 async fn connect(
     source: &SourceArg,
     poll: Duration,
     secrets: &SecretScope,
+    layer2_namespace: &str,
+    health: &Health,
 ) -> Result<(SnapshotReceiver, Leases, PeerStatusWriter)> {
     match source {
         SourceArg::Dir(path) => {
@@ -241,7 +250,7 @@ async fn connect(
                 }
             };
             info!("waiting for the cluster state");
-            let leases = Leases::Kube(Box::new(KubeLeases::new(client.clone(), &own_namespace())));
+            let leases = Leases::Kube(Box::new(KubeLeases::new(client.clone(), layer2_namespace)));
             let writer = kube_source::KubeWriter::new(client.clone(), None, None);
             Ok((
                 // Only the node-mode speaker uses them (BgpPeer passwords).
@@ -249,6 +258,7 @@ async fn connect(
                     client,
                     &kube_source::Watch {
                         secret_namespaces: secrets.namespaces().to_vec(),
+                        health: health.clone(),
                     },
                 )
                 .await
@@ -260,7 +270,8 @@ async fn connect(
     }
 }
 
-/// The agent's namespace: where its Layer 2 Leases and password Secrets are.
+/// The agent's namespace: where an `authPasswordSecretRef` without a
+/// namespace points when `--secret-namespaces` is not given.
 fn own_namespace() -> String {
     std::env::var("POD_NAMESPACE").unwrap_or_else(|_| PORTER_NAMESPACE.to_owned())
 }
@@ -290,19 +301,6 @@ fn shutdown_signal() -> Result<Shutdown> {
         let _ = tx.send(true);
     });
     Ok(Shutdown(rx))
-}
-
-/// Older kernels charge BPF maps to RLIMIT_MEMLOCK; newer ones use memcg and
-/// ignore it, so a failure is only worth a log line.
-fn raise_memlock_limit() {
-    let unlimited = libc::rlimit {
-        rlim_cur: libc::RLIM_INFINITY,
-        rlim_max: libc::RLIM_INFINITY,
-    };
-    // SAFETY: setrlimit reads the struct we pass and has no other effect on memory.
-    if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &unlimited) } != 0 {
-        info!(error = %std::io::Error::last_os_error(), "RLIMIT_MEMLOCK not raised; kernels >= 5.11 account BPF memory to the cgroup instead, so this is harmless there");
-    }
 }
 
 fn cleanup(pins: &PinLayout) -> Result<()> {

@@ -3,6 +3,7 @@
 //! (the same reader as `inspect`), so the numbers are never stale.
 use std::sync::atomic::AtomicU64;
 
+use porter_common::ServiceCounters;
 use prometheus_client::{
     encoding::text::encode,
     metrics::{counter::Counter, family::Family, gauge::Gauge},
@@ -172,37 +173,47 @@ pub fn mode_of(attachment: Attachment) -> Option<&'static str> {
     }
 }
 
-fn register_pinned(registry: &mut Registry, state: &PinnedState) {
-    let packets = Family::<Labels, Counter>::default();
-    let bytes = Family::<Labels, Counter>::default();
-    let flows = Family::<Labels, Counter>::default();
-    for service in &state.services {
-        let service_label = labels(&[("service", &service.addr.to_string())]);
-        packets
-            .get_or_create(&service_label)
-            .inc_by(service.counters.packets);
-        bytes
-            .get_or_create(&service_label)
-            .inc_by(service.counters.bytes);
-        flows
-            .get_or_create(&service_label)
-            .inc_by(service.counters.new_flows);
-    }
-    registry.register(
+/// The per-service counters: name, help, and the field.
+type ServiceCounter = (&'static str, &'static str, fn(&ServiceCounters) -> u64);
+
+const SERVICE_COUNTERS: [ServiceCounter; 5] = [
+    (
         "service_packets",
         "Packets forwarded to each service's backends, summed over CPUs",
-        packets,
-    );
-    registry.register(
+        |c| c.packets,
+    ),
+    (
         "service_bytes",
         "Bytes forwarded to each service's backends, summed over CPUs",
-        bytes,
-    );
-    registry.register(
+        |c| c.bytes,
+    ),
+    (
         "service_new_flows",
         "New flows (conntrack entries created) per service, summed over CPUs",
-        flows,
-    );
+        |c| c.new_flows,
+    ),
+    (
+        "service_forwarded_out_packets",
+        "Packets of each service sent on to a backend on another node (externalTrafficPolicy Cluster)",
+        |c| c.forwarded_out,
+    ),
+    (
+        "service_forwarded_in_packets",
+        "Packets of each service another node forwarded here, served by a local pod",
+        |c| c.forwarded_in,
+    ),
+];
+
+fn register_pinned(registry: &mut Registry, state: &PinnedState) {
+    for (name, help, value) in SERVICE_COUNTERS {
+        let family = Family::<Labels, Counter>::default();
+        for service in &state.services {
+            family
+                .get_or_create(&labels(&[("service", &service.addr.to_string())]))
+                .inc_by(value(&service.counters));
+        }
+        registry.register(name, help, family);
+    }
     let entries = Family::<Labels, Gauge>::default();
     let capacity = Family::<Labels, Gauge>::default();
     for map in &state.maps {

@@ -154,7 +154,7 @@ impl Plan {
             let flags = if users.len() > 1 { BACKEND_SHARED } else { 0 };
             for (&service_id, user) in users {
                 let mut value = user.backend.value(service_id);
-                value.flags = flags;
+                value.flags |= flags;
                 desired.backends.insert(user.backend_id, value);
             }
             // Replies of flows from before the backend became shared have
@@ -166,6 +166,11 @@ impl Plan {
             let named = written
                 .get(key)
                 .and_then(|revnat| users.get_key_value(&revnat.service_id));
+            // A backend on another node answers from there: no reverse NAT here.
+            let remote = users.values().any(|user| user.backend.node.is_some());
+            if remote {
+                continue;
+            }
             if let Some((&service_id, first)) = named.or_else(|| users.iter().next()) {
                 let (_, vip) = encode_ip(first.addr.vip);
                 desired.revnat.insert(
@@ -266,6 +271,7 @@ mod tests {
                     Backend {
                         addr: ip.parse().expect("ip"),
                         port: *port,
+                        node: None,
                     },
                     *id,
                 )

@@ -6,7 +6,9 @@ use std::{
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
 };
 
-use porter_common::{BackendValue, FAMILY_V4, FAMILY_V6, PROTO_TCP, PROTO_UDP, ServiceKey, VipKey};
+use porter_common::{
+    BACKEND_REMOTE, BackendValue, FAMILY_V4, FAMILY_V6, PROTO_TCP, PROTO_UDP, ServiceKey, VipKey,
+};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Protocol {
@@ -57,18 +59,46 @@ impl fmt::Display for ServiceAddr {
     }
 }
 
-/// A local endpoint: `podIP:targetPort`.
+/// An endpoint: `podIP:targetPort`, and where its pod runs.
+///
+/// Sorting goes by address, then port: the order every node builds a
+/// service's Maglev table in (a pod's address and port are unique in a
+/// service's set, so `node` never decides the order).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Backend {
     pub addr: IpAddr,
     pub port: u16,
+    /// None: on this node. Some: the address of the node the pod runs on
+    /// (`externalTrafficPolicy: Cluster`), where its packets are forwarded;
+    /// shown as `ip:port@node`.
+    pub node: Option<IpAddr>,
+}
+
+impl Backend {
+    pub fn local(addr: IpAddr, port: u16) -> Self {
+        Self {
+            addr,
+            port,
+            node: None,
+        }
+    }
+
+    /// The backend's name in the Maglev table: `ip:port`, the same on every
+    /// node, whichever node the pod runs on.
+    pub fn table_name(&self) -> String {
+        match self.addr {
+            IpAddr::V4(ip) => format!("{ip}:{}", self.port),
+            IpAddr::V6(ip) => format!("[{ip}]:{}", self.port),
+        }
+    }
 }
 
 impl fmt::Display for Backend {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self.addr {
-            IpAddr::V4(ip) => write!(f, "{ip}:{}", self.port),
-            IpAddr::V6(ip) => write!(f, "[{ip}]:{}", self.port),
+        f.write_str(&self.table_name())?;
+        match self.node {
+            Some(node) => write!(f, "@{node}"),
+            None => Ok(()),
         }
     }
 }
@@ -191,19 +221,30 @@ impl ServiceAddr {
 impl Backend {
     pub fn value(&self, service_id: u32) -> BackendValue {
         let (family, addr) = encode_ip(self.addr);
+        let (flags, node) = match self.node {
+            Some(node) => (BACKEND_REMOTE, encode_ip(node).1),
+            None => (0, [0; 4]),
+        };
         BackendValue {
             addr,
             port: self.port.to_be(),
             family,
-            flags: 0,
+            flags,
             service_id,
+            node,
         }
     }
 
     pub fn from_value(value: &BackendValue) -> Option<Self> {
+        let node = if value.flags & BACKEND_REMOTE != 0 {
+            Some(decode_ip(value.family, value.node)?)
+        } else {
+            None
+        };
         Some(Self {
             addr: decode_ip(value.family, value.addr)?,
             port: u16::from_be(value.port),
+            node,
         })
     }
 }
@@ -221,10 +262,7 @@ mod tests {
             },
             backends: backends
                 .iter()
-                .map(|(ip, port)| Backend {
-                    addr: ip.parse().expect("test ip"),
-                    port: *port,
-                })
+                .map(|(ip, port)| Backend::local(ip.parse().expect("test ip"), *port))
                 .collect(),
         }
     }
@@ -237,14 +275,23 @@ mod tests {
             assert_eq!(key.port, 80u16.to_be());
             assert_eq!(ServiceAddr::from_key(&key), Some(spec.addr));
         }
-        let backend = Backend {
-            addr: "10.244.1.5".parse().expect("ip"),
-            port: 8080,
-        };
+        let backend = Backend::local("10.244.1.5".parse().expect("ip"), 8080);
         let value = backend.value(3);
         assert_eq!(value.addr[0].to_ne_bytes(), [10, 244, 1, 5]);
         assert_eq!(value.addr[1..], [0, 0, 0]);
+        assert_eq!((value.flags, value.node), (0, [0; 4]));
         assert_eq!(Backend::from_value(&value), Some(backend));
+        let remote = Backend {
+            node: Some("172.30.0.12".parse().expect("ip")),
+            ..backend
+        };
+        let value = remote.value(3);
+        assert_eq!(value.flags, BACKEND_REMOTE);
+        assert_eq!(value.node[0].to_ne_bytes(), [172, 30, 0, 12]);
+        assert_eq!(Backend::from_value(&value), Some(remote));
+        // The table name leaves the node out: every node names it alike.
+        assert_eq!(remote.table_name(), backend.table_name());
+        assert_eq!(remote.to_string(), "10.244.1.5:8080@172.30.0.12");
     }
 
     #[test]

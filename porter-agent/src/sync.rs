@@ -25,6 +25,7 @@ use crate::{
     layer2::{self, Layer2, lease::Leases},
     maglev,
     metrics::{self, Metrics, Stage},
+    neighbours,
     xdp_attach::XdpModePreference,
 };
 
@@ -97,6 +98,8 @@ pub struct Agent {
     served: Vec<ServiceSpec>,
     /// `/readyz`: ready once the data plane is attached to an interface.
     health: Health,
+    /// Nodes that `Cluster` traffic is forwarded to, kept resolved.
+    neighbour_probes: neighbours::Probes,
 }
 
 impl Agent {
@@ -113,6 +116,7 @@ impl Agent {
             bgp: None,
             served: Vec::new(),
             health: Health::starting(),
+            neighbour_probes: neighbours::Probes::default(),
         }
     }
 
@@ -178,6 +182,11 @@ impl Agent {
             first_error.get_or_insert(err);
         };
         let started = Instant::now();
+        match interfaces::connected_subnets() {
+            Ok(subnets) => self.desired.set_on_link(Some(subnets)),
+            Err(err) => warn!(error = %err, "cannot read this node's subnets; Cluster backends \
+                on other segments are kept, and their packets dropped (drop_forward_no_route)"),
+        }
         let wanted = self.desired.desired(snapshot);
         self.report_problems(&wanted);
         match self.program(&wanted) {
@@ -237,6 +246,7 @@ impl Agent {
             }
         };
         let (changed, removed) = apply(dataplane, &wanted.services)?;
+        neighbours::probe(&self.neighbour_probes.due(&wanted.services, Instant::now()));
         if changed + removed > 0 {
             info!(
                 changed,

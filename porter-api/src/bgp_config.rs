@@ -12,7 +12,7 @@ use k8s_openapi::api::core::v1::Secret;
 use porter_bgp::PathAttributes;
 
 use crate::bgp_policy::peer_policy;
-use crate::crd::BgpConfSpec;
+use crate::crd::{BfdSpec, BgpConfSpec};
 use crate::peer_auth::{self, SecretScope};
 use crate::source::Snapshot;
 use crate::{BgpPeer, BgpPeerNodeStatus};
@@ -256,6 +256,75 @@ pub fn own_family(address: IpAddr) -> Family {
     }
 }
 
+/// `BgpPeer.spec.bfd` ranges, in milliseconds and packets (as FRR and
+/// MetalLB accept them).
+pub const BFD_INTERVAL_MS: std::ops::RangeInclusive<u32> = 10..=60_000;
+pub const BFD_DETECT_MULTIPLIER: std::ops::RangeInclusive<u8> = 2..=255;
+
+/// The BFD timers `spec.bfd` asks for: `Ok(None)` without a `bfd` block,
+/// the defaults (300 ms × 3) for what it leaves unset, and an error naming
+/// the field for a value out of range.
+pub fn bfd_timers(bfd: Option<&BfdSpec>) -> Result<Option<porter_bfd::Timers>, String> {
+    let Some(bfd) = bfd else {
+        return Ok(None);
+    };
+    let defaults = porter_bfd::Timers::default();
+    let interval = |field: &str, value: Option<u32>, default: Duration| match value {
+        None => Ok(default),
+        Some(ms) if BFD_INTERVAL_MS.contains(&ms) => Ok(Duration::from_millis(ms.into())),
+        Some(ms) => Err(format!(
+            "bfd.{field} {ms} ms is out of range ({}-{} ms)",
+            BFD_INTERVAL_MS.start(),
+            BFD_INTERVAL_MS.end()
+        )),
+    };
+    let detect_mult = match bfd.detect_multiplier {
+        None => defaults.detect_mult,
+        Some(m) if BFD_DETECT_MULTIPLIER.contains(&m) => m,
+        Some(m) => {
+            return Err(format!(
+                "bfd.detectMultiplier {m} is out of range ({}-{})",
+                BFD_DETECT_MULTIPLIER.start(),
+                BFD_DETECT_MULTIPLIER.end()
+            ));
+        }
+    };
+    Ok(Some(porter_bfd::Timers {
+        desired_min_tx: interval(
+            "transmitInterval",
+            bfd.transmit_interval,
+            defaults.desired_min_tx,
+        )?,
+        required_min_rx: interval(
+            "receiveInterval",
+            bfd.receive_interval,
+            defaults.required_min_rx,
+        )?,
+        detect_mult,
+    }))
+}
+
+/// A BFD session with the neighbour of `config`: multihop exactly when
+/// the BGP session is eBGP multihop, from the session's local address.
+pub fn bfd_peer(config: &PeerConfig, timers: porter_bfd::Timers) -> porter_bfd::PeerConfig {
+    porter_bfd::PeerConfig {
+        key: porter_bfd::PeerKey {
+            remote: config.address,
+            multihop: config.ebgp_multihop_ttl.is_some(),
+        },
+        local: config.local_address,
+        timers,
+    }
+}
+
+/// What `BgpPeer.status.nodes[].bfd` shows for a BFD session.
+pub fn bfd_state_text(state: porter_bfd::State, diag: porter_bfd::Diag) -> String {
+    match (state, diag) {
+        (porter_bfd::State::Up, _) | (_, porter_bfd::Diag::None) => state.to_string(),
+        _ => format!("{state} ({diag})"),
+    }
+}
+
 pub fn peer_from_crd(peer: &BgpPeer) -> Result<(PeerConfig, Vec<Note>), String> {
     let spec = &peer.spec;
     let mut notes = Vec::new();
@@ -331,6 +400,11 @@ pub fn peer_from_crd(peer: &BgpPeer) -> Result<(PeerConfig, Vec<Note>), String> 
             ebgp_multihop_ttl: multihop
                 .enabled
                 .then(|| multihop.multihop_ttl.unwrap_or(255)),
+            min_ttl: spec
+                .ttl_security
+                .as_ref()
+                .filter(|t| t.enabled)
+                .map(|t| t.ttl_min.unwrap_or(255)),
             add_path_send_max: if spec.afi_safis.is_empty() {
                 DEFAULT_SEND_MAX
             } else {
@@ -369,4 +443,66 @@ pub fn status_changes(
             (current != wanted).then(|| (name, wanted.cloned()))
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bfd_defaults_to_300_ms_times_3_and_refuses_values_out_of_range() {
+        assert_eq!(bfd_timers(None), Ok(None));
+        assert_eq!(
+            bfd_timers(Some(&BfdSpec::default())),
+            Ok(Some(porter_bfd::Timers::default()))
+        );
+        let custom = BfdSpec {
+            receive_interval: Some(100),
+            transmit_interval: Some(50),
+            detect_multiplier: Some(5),
+        };
+        assert_eq!(
+            bfd_timers(Some(&custom)),
+            Ok(Some(porter_bfd::Timers {
+                desired_min_tx: Duration::from_millis(50),
+                required_min_rx: Duration::from_millis(100),
+                detect_mult: 5,
+            }))
+        );
+        let too_fast = BfdSpec {
+            receive_interval: Some(5),
+            ..BfdSpec::default()
+        };
+        assert_eq!(
+            bfd_timers(Some(&too_fast)),
+            Err("bfd.receiveInterval 5 ms is out of range (10-60000 ms)".into())
+        );
+        let too_slow = BfdSpec {
+            transmit_interval: Some(60_001),
+            ..BfdSpec::default()
+        };
+        assert!(bfd_timers(Some(&too_slow)).is_err_and(|e| e.contains("transmitInterval")));
+        let one = BfdSpec {
+            detect_multiplier: Some(1),
+            ..BfdSpec::default()
+        };
+        assert_eq!(
+            bfd_timers(Some(&one)),
+            Err("bfd.detectMultiplier 1 is out of range (2-255)".into())
+        );
+    }
+
+    #[test]
+    fn bfd_status_text_names_the_diagnostic_when_not_up() {
+        use porter_bfd::{Diag, State};
+        assert_eq!(
+            bfd_state_text(State::Up, Diag::ControlDetectionTimeExpired),
+            "Up"
+        );
+        assert_eq!(bfd_state_text(State::Init, Diag::None), "Init");
+        assert_eq!(
+            bfd_state_text(State::Down, Diag::ControlDetectionTimeExpired),
+            "Down (control detection time expired)"
+        );
+    }
 }

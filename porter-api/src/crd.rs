@@ -60,6 +60,15 @@ pub struct EipSpec {
     /// Stop handing out new addresses from this pool; addresses already given keep working.
     #[serde(default)]
     pub disable: bool,
+    /// For a CIDR `address`: hand out its edge addresses too, which are
+    /// left out by default: the network and broadcast addresses of IPv4
+    /// (hosts on that subnet treat them specially), the Subnet-Router
+    /// anycast address (the first) of IPv6. Turn it on for a BGP pool whose
+    /// addresses are routed one by one (/32, /128), where they are ordinary
+    /// addresses. A /31, /32, /127 or /128 has no edges to leave out; a
+    /// range `a-b` or a single IP is always taken as written.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub include_network_and_broadcast: bool,
     /// Order among the pools a Service may use: lower wins.
     #[serde(default)]
     pub priority: i32,
@@ -152,7 +161,10 @@ pub struct EipStatus {
     /// The pool holds IPv4 addresses.
     #[serde(default)]
     pub v4: bool,
-    /// The pool is valid, does not overlap another, and can be allocated from.
+    /// The pool is valid, does not overlap another, and is in force. A
+    /// disabled or full one is too: the reason of its `Ready` condition
+    /// (`Accepted`, `Disabled`, `Exhausted`) says whether it hands out
+    /// addresses.
     #[serde(default)]
     pub ready: bool,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -323,6 +335,13 @@ pub struct BgpPeerSpec {
     pub transport: Option<Transport>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ebgp_multihop: Option<EbgpMultihop>,
+    /// GTSM (RFC 5082) for a directly connected router: Porter sends with
+    /// TTL 255 and drops the router's packets that arrive with a TTL below
+    /// `ttlMin` (255 when unset), so that nobody further away can reach the
+    /// session. The router must send with TTL 255 too (BIRD `ttl security`,
+    /// FRR `ttl-security hops 1`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ttl_security: Option<TtlSecurity>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timers: Option<Timers>,
     /// Address families and ADD-PATH; empty means the neighbour's own family
@@ -338,6 +357,35 @@ pub struct BgpPeerSpec {
     /// How paths are shaped for this peer.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub policy: Option<PeerPolicySpec>,
+    /// Run BFD (RFC 5880) with the neighbour, so that a dead link or node
+    /// takes the session down within the detection time instead of the hold
+    /// time. Single hop (RFC 5881), or multihop (RFC 5883) when
+    /// `ebgpMultihop.enabled`. Unset: no BFD. See docs/bfd.md.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bfd: Option<BfdSpec>,
+}
+
+/// `BgpPeer.spec.bfd`; field names as in MetalLB's BFDProfile. An empty
+/// block (`bfd: {}`) runs BFD at 300 ms × 3.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct BfdSpec {
+    /// Milliseconds: the shortest interval between BFD packets this side
+    /// accepts (Required Min RX); 10-60000, 300 when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 10, max = 60000))]
+    pub receive_interval: Option<u32>,
+    /// Milliseconds: how often this side wants to send (Desired Min TX) once
+    /// the session is up; 10-60000, 300 when unset. While it is not up,
+    /// packets go out once a second (RFC 5880 slow start).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 10, max = 60000))]
+    pub transmit_interval: Option<u32>,
+    /// Packets the neighbour may miss before it declares this side down;
+    /// 2-255, 3 when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 2, max = 255))]
+    pub detect_multiplier: Option<u8>,
 }
 
 /// `BgpPeer.spec.policy`.
@@ -392,6 +440,11 @@ pub struct BgpPeerNodeStatus {
     /// Why the session last failed, if it did.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_error: Option<String>,
+    /// The BFD session state when `spec.bfd` is set: Up, Init, Down or
+    /// AdminDown, with the diagnostic when it is not Up (e.g. `Down
+    /// (control detection time expired)`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bfd: Option<String>,
 }
 
 /// The `BgpPeer.status.nodes` key of the controller's own session.
@@ -447,6 +500,17 @@ pub struct EbgpMultihop {
     pub enabled: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub multihop_ttl: Option<u8>,
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TtlSecurity {
+    #[serde(default)]
+    pub enabled: bool,
+    /// The least TTL accepted: 255 for a directly connected router, 255 - n
+    /// for one n hops further.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ttl_min: Option<u8>,
 }
 
 #[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]

@@ -19,6 +19,12 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
 pub const PROTOCOL_LAYER2: &str = "layer2";
 /// Where the leases live under a dir source's directory (shared by the nodes).
 pub const LEASE_DIR: &str = "layer2-leases";
+/// Default namespace of the agents' Leases (`kube`). Not Porter's own
+/// namespace: the agents must create, update and delete Leases, and a Role
+/// cannot limit `create` (nor names it does not know in advance) to some
+/// Leases, so a Role there would reach the controller's leader-election
+/// Lease too. In a namespace of their own, it reaches only theirs.
+pub const LEASE_NAMESPACE: &str = "porter-layer2";
 /// Label on every Lease the agents manage: `heartbeat` or `eip`.
 pub const KIND_LABEL: &str = "porter.kubesphere.io/layer2";
 /// On an EIP's Lease: the EIP (its name only encodes it).

@@ -6,13 +6,17 @@ pub mod annotations;
 pub mod bgp_config;
 pub mod bgp_policy;
 pub mod crd;
+pub mod health;
 pub mod layer2;
+pub mod lease;
 pub mod metrics_http;
+pub mod names;
 pub mod peer_auth;
 pub mod service;
 pub mod source;
 #[cfg(feature = "testing")]
 pub mod testing;
+pub mod uninstall;
 
 use std::sync::Arc;
 

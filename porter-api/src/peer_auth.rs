@@ -12,17 +12,20 @@ use k8s_openapi::api::core::v1::Secret;
 /// Linux refuses longer TCP MD5 keys (`TCP_MD5SIG_MAXKEYLEN`).
 const MAX_PASSWORD_LEN: usize = 80;
 
-/// The namespaces the controller reads Secrets from; the first is where a
-/// reference without a namespace points (the controller's own namespace).
+/// The namespaces a binary reads Secrets from, and where a reference
+/// without a namespace points (the first of them, or the binary's own
+/// namespace when it reads none).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SecretScope {
     namespaces: Vec<String>,
+    default_namespace: String,
 }
 
 impl Default for SecretScope {
     fn default() -> Self {
         Self {
             namespaces: vec![PORTER_NAMESPACE.to_string()],
+            default_namespace: PORTER_NAMESPACE.to_string(),
         }
     }
 }
@@ -30,7 +33,20 @@ impl Default for SecretScope {
 impl SecretScope {
     /// `None` when `namespaces` is empty: a reference needs a default.
     pub fn new(namespaces: Vec<String>) -> Option<Self> {
-        (!namespaces.is_empty()).then_some(Self { namespaces })
+        let default_namespace = namespaces.first()?.clone();
+        Some(Self {
+            namespaces,
+            default_namespace,
+        })
+    }
+
+    /// Reads no Secrets (the agent unless told otherwise): a reference
+    /// resolves to [`AuthError::NoSecretsRead`], naming the flag to set.
+    pub fn unread(default_namespace: String) -> Self {
+        Self {
+            namespaces: Vec::new(),
+            default_namespace,
+        }
     }
 
     pub fn namespaces(&self) -> &[String] {
@@ -38,7 +54,7 @@ impl SecretScope {
     }
 
     fn default_namespace(&self) -> &str {
-        self.namespaces.first().map_or(PORTER_NAMESPACE, |n| n)
+        &self.default_namespace
     }
 }
 
@@ -56,6 +72,10 @@ pub enum AuthError {
         "authPasswordSecretRef points to namespace {namespace}, but Porter reads Secrets only in {watched}; move the Secret there, or add the namespace to --secret-namespaces and give Porter a Role to read Secrets in it"
     )]
     NamespaceNotRead { namespace: String, watched: String },
+    #[error(
+        "authPasswordSecretRef points to namespace {namespace}, but this process reads no Secrets; start it with --secret-namespaces={namespace} and let it list and watch Secrets there (docs/install.md, node mode)"
+    )]
+    NoSecretsRead { namespace: String },
     #[error("Secret {namespace}/{name} (authPasswordSecretRef) does not exist; create it")]
     SecretMissing { namespace: String, name: String },
     #[error(
@@ -118,6 +138,11 @@ fn from_secret(
         .as_deref()
         .filter(|n| !n.is_empty())
         .unwrap_or(scope.default_namespace());
+    if scope.namespaces().is_empty() {
+        return Err(AuthError::NoSecretsRead {
+            namespace: namespace.to_string(),
+        });
+    }
     if !scope.namespaces().iter().any(|n| n == namespace) {
         return Err(AuthError::NamespaceNotRead {
             namespace: namespace.to_string(),
@@ -285,6 +310,39 @@ mod tests {
                 _ => panic!("{name}: got {got:?}"),
             }
         }
+    }
+
+    /// An agent started without --secret-namespaces watches no Secret (and
+    /// needs no RBAC for them); a reference says which flag to set rather
+    /// than that the Secret does not exist.
+    #[test]
+    fn a_scope_reading_no_secrets_names_the_flag() {
+        let secrets = [secret(
+            "porter-system",
+            "bgp-auth",
+            &[("password", b"s3cret")],
+        )];
+        let scope = SecretScope::unread("porter-system".into());
+        assert!(scope.namespaces().is_empty());
+        let err = resolve(
+            &conf(None, Some(("bgp-auth", "password", None))),
+            &secrets,
+            &scope,
+        )
+        .expect_err("no Secret is read");
+        assert_eq!(
+            err,
+            AuthError::NoSecretsRead {
+                namespace: "porter-system".into()
+            }
+        );
+        assert!(
+            err.to_string()
+                .contains("--secret-namespaces=porter-system"),
+            "{err}"
+        );
+        let literal = resolve(&conf(Some("hunter2"), None), &secrets, &scope);
+        assert_eq!(literal.map(|a| a.password), Ok(Some("hunter2".into())));
     }
 
     #[test]

@@ -59,6 +59,15 @@ pub fn seen(log: &Log) -> Vec<Seen> {
 /// Requests are recorded before they are answered, so once a call returns,
 /// its request is in the log. Needs a tokio runtime.
 pub fn mock_client(reply: impl Fn(&Seen) -> serde_json::Value + Send + 'static) -> (Client, Log) {
+    mock_client_with_status(move |seen| (200, reply(seen)))
+}
+
+/// [`mock_client`] whose answers carry an HTTP status too: `(404, a
+/// Status object)` for an object that does not exist, 403 for a refused
+/// request, 5xx for an API server in trouble.
+pub fn mock_client_with_status(
+    reply: impl Fn(&Seen) -> (u16, serde_json::Value) + Send + 'static,
+) -> (Client, Log) {
     let (service, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
     let log: Log = Arc::default();
     let server_log = log.clone();
@@ -77,11 +86,12 @@ pub fn mock_client(reply: impl Fn(&Seen) -> serde_json::Value + Send + 'static) 
                     .to_string(),
                 body: serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null),
             };
-            let answer = serde_json::to_vec(&reply(&seen)).unwrap_or_default();
+            let (status, answer) = reply(&seen);
+            let answer = serde_json::to_vec(&answer).unwrap_or_default();
             if let Ok(mut l) = server_log.lock() {
                 l.push(seen);
             }
-            match Response::builder().body(Body::from(answer)) {
+            match Response::builder().status(status).body(Body::from(answer)) {
                 Ok(response) => send.send_response(response),
                 Err(_) => return,
             }

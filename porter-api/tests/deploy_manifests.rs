@@ -14,6 +14,9 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use serde::Deserialize;
 use serde_json::Value;
 
+#[path = "deploy_manifests/rbac.rs"]
+mod rbac;
+
 fn deploy_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy")
 }
@@ -92,6 +95,7 @@ fn check_typed(doc: &Value) -> Result<(), String> {
         ("rbac.authorization.k8s.io/v1", "RoleBinding") => round_trip::<RoleBinding>(doc).map(drop),
         ("apps/v1", "Deployment") => round_trip::<Deployment>(doc).map(drop),
         ("apps/v1", "DaemonSet") => round_trip::<DaemonSet>(doc).map(drop),
+        ("batch/v1", "Job") => round_trip::<k8s_openapi::api::batch::v1::Job>(doc).map(drop),
         ("network.kubesphere.io/v1alpha2", "Eip") => round_trip::<porter_api::Eip>(doc).map(drop),
         ("network.kubesphere.io/v1alpha1", "Eip") => {
             round_trip::<porter_api::crd::v1alpha1::Eip>(doc).map(drop)
@@ -108,7 +112,10 @@ fn check_typed(doc: &Value) -> Result<(), String> {
 
 #[test]
 fn every_manifest_is_a_typed_object_without_unknown_fields() {
-    let mut files = vec![deploy_dir().join("porter.yaml")];
+    let mut files = vec![
+        deploy_dir().join("porter.yaml"),
+        deploy_dir().join("uninstall.yaml"),
+    ];
     files.extend(sample_files());
     let mut problems = Vec::new();
     let mut count = 0;
@@ -445,8 +452,8 @@ fn rbac_is_least_privilege() {
             }
             if rule.resources.iter().flatten().any(|r| r == "secrets") {
                 // Only Porter's own namespace, only reading: the controller
-                // (controller mode) and the agents (node mode) key their BGP
-                // sessions with these passwords.
+                // keys its BGP sessions with these passwords (the agents, in
+                // node mode, only when the operator grants them).
                 assert_eq!(
                     namespace.as_deref(),
                     Some("porter-system"),
@@ -454,7 +461,7 @@ fn rbac_is_least_privilege() {
                 );
                 let mut verbs = rule.verbs.clone();
                 verbs.sort();
-                assert_eq!(verbs, ["get", "list", "watch"], "role {name} on Secrets");
+                assert_eq!(verbs, ["list", "watch"], "role {name} on Secrets");
                 assert_eq!(
                     rule.resources.as_deref(),
                     Some(&["secrets".to_string()][..]),
@@ -468,8 +475,8 @@ fn rbac_is_least_privilege() {
                 readers.sort();
                 assert_eq!(
                     readers,
-                    ["porter-agent", "porter-controller"],
-                    "role {name} reads Secrets for someone else than Porter's speakers"
+                    ["porter-controller"],
+                    "role {name} reads Secrets for someone else than the controller"
                 );
                 secret_readers.push(name.clone());
             }
@@ -480,8 +487,9 @@ fn rbac_is_least_privilege() {
         1,
         "BgpPeer passwords need one Role on Secrets: {secret_readers:?}"
     );
-    // The agent only reads, except the Leases that guard Layer 2 leadership
-    // and its entry in BgpPeer status (node mode), which it only patches.
+    // The agent only reads, except the Leases that guard Layer 2 leadership,
+    // its entry in BgpPeer status (node mode), which it only patches, and
+    // the BFD Events it creates (node mode).
     let bound_to_agent: Vec<String> = bundle_of::<ClusterRoleBinding>("ClusterRoleBinding")
         .into_iter()
         .map(|b| (b.role_ref.name, b.subjects.unwrap_or_default()))
@@ -514,6 +522,7 @@ fn rbac_is_least_privilege() {
         ("watch", "network.kubesphere.io", "bgppeers"),
         ("watch", "", "nodes"),
         ("patch", "network.kubesphere.io", "bgppeers/status"),
+        ("create", "events.k8s.io", "events"),
     ] {
         assert!(
             agent_may(verb, group, resource),
@@ -526,27 +535,19 @@ fn rbac_is_least_privilege() {
             .find(|(n, _, _)| n == role)
             .expect("bound role exists");
         for rule in rules {
-            let only_leases = rule.resources.iter().flatten().all(|r| r == "leases")
-                && rule
-                    .api_groups
-                    .iter()
-                    .flatten()
-                    .all(|g| g == "coordination.k8s.io");
-            let only_peer_status = rule
-                .resources
-                .iter()
-                .flatten()
-                .all(|r| r == "bgppeers/status")
-                && rule
-                    .api_groups
-                    .iter()
-                    .flatten()
-                    .all(|g| g == "network.kubesphere.io");
+            let only = |resource: &str, group: &str| {
+                rule.resources.iter().flatten().all(|r| r == resource)
+                    && rule.api_groups.iter().flatten().all(|g| g == group)
+            };
+            let only_leases = only("leases", "coordination.k8s.io");
+            let only_peer_status = only("bgppeers/status", "network.kubesphere.io");
+            let only_events = only("events", "events.k8s.io");
             for verb in &rule.verbs {
                 assert!(
                     ["get", "list", "watch"].contains(&verb.as_str())
                         || only_leases
-                        || (only_peer_status && verb == "patch"),
+                        || (only_peer_status && verb == "patch")
+                        || (only_events && verb == "create"),
                     "the agent may {verb} through role {role}"
                 );
             }
@@ -617,6 +618,13 @@ fn workloads_keep_their_promises() {
     );
 
     let [agent]: [DaemonSet; 1] = bundle_of("DaemonSet").try_into().expect("one DaemonSet");
+    let annotations = agent
+        .spec
+        .template
+        .metadata
+        .as_ref()
+        .and_then(|m| m.annotations.clone())
+        .unwrap_or_default();
     let pod = agent.spec.template.spec.expect("pod spec");
     assert_eq!(pod.host_network, Some(true));
     let bpffs = pod
@@ -640,20 +648,62 @@ fn workloads_keep_their_promises() {
     added.sort();
     assert_eq!(
         added,
-        ["BPF", "NET_ADMIN", "NET_RAW", "PERFMON", "SYS_RESOURCE"]
+        ["BPF", "NET_ADMIN", "NET_RAW", "PERFMON"],
+        "no SYS_RESOURCE: Linux >= 6.6 charges BPF memory to the memory cgroup"
+    );
+    // AppArmor and SELinux would deny pinning under /sys/fs/bpf; seccomp
+    // stays on, explicitly.
+    assert_eq!(
+        security.seccomp_profile.as_ref().map(|p| p.type_.as_str()),
+        Some("RuntimeDefault")
+    );
+    assert_eq!(
+        security
+            .se_linux_options
+            .as_ref()
+            .and_then(|o| o.type_.as_deref()),
+        Some("spc_t")
+    );
+    assert_eq!(
+        annotations
+            .get(&format!(
+                "container.apparmor.security.beta.kubernetes.io/{}",
+                c.name
+            ))
+            .map(String::as_str),
+        Some("unconfined"),
+        "AppArmor profile of the agent container"
     );
     assert!(
         c.env.iter().flatten().any(|e| e.name == "NODE_NAME"),
         "the agent knows its node"
     );
+    let layer2_namespace = |c: &k8s_openapi::api::core::v1::Container| {
+        c.args
+            .iter()
+            .flatten()
+            .find_map(|a| a.strip_prefix("--layer2-namespace="))
+            .map(str::to_owned)
+    };
+    let agents = layer2_namespace(c).expect("the agent names its Layer 2 Lease namespace");
+    let [controller]: [Deployment; 1] = bundle_of("Deployment").try_into().expect("one Deployment");
+    let controller = &controller.spec.template.spec.expect("pod spec").containers[0];
+    assert_eq!(
+        layer2_namespace(controller).as_deref(),
+        Some(agents.as_str()),
+        "the controller reads the Leases where the agents write them"
+    );
+    assert_ne!(agents, "porter-system", "apart from the election Lease");
     assert!(
-        c.env.iter().flatten().any(|e| e.name == "POD_NAMESPACE"),
-        "the agent knows where its Layer 2 Leases live"
+        bundle_of::<Namespace>("Namespace")
+            .iter()
+            .any(|n| n.metadata.name.as_deref() == Some(agents.as_str())),
+        "the bundle creates {agents}"
     );
 }
 
 /// The controller mirrors the agents' Layer 2 Leases into the Eip status:
-/// it reads them in porter-system (a Role, not cluster-wide), and it only
+/// it reads them in their namespace (a Role, not cluster-wide), and it only
 /// creates Events (each one new; see `KubeWriter::event`).
 #[test]
 fn the_controller_reads_the_layer2_leases_and_only_creates_events() {
@@ -670,7 +720,7 @@ fn the_controller_reads_the_layer2_leases_and_only_creates_events() {
     let reads_leases = bundle_of::<Role>("Role").into_iter().any(|role| {
         let name = role.metadata.name.clone().unwrap_or_default();
         let namespace = role.metadata.namespace.clone().unwrap_or_default();
-        namespace == "porter-system"
+        namespace == porter_api::layer2::LEASE_NAMESPACE
             && bound.contains(&(name, namespace))
             && role.rules.iter().flatten().any(|rule| {
                 rule.resources.iter().flatten().any(|r| r == "leases")
@@ -686,7 +736,7 @@ fn the_controller_reads_the_layer2_leases_and_only_creates_events() {
     });
     assert!(
         reads_leases,
-        "the controller cannot list and watch Leases in porter-system: {bound:?}"
+        "the controller cannot list and watch the Layer 2 Leases: {bound:?}"
     );
     for role in bundle_of::<ClusterRole>("ClusterRole") {
         for rule in role.rules.iter().flatten() {
@@ -761,4 +811,60 @@ fn an_openelb_v1alpha1_eip_fits_the_served_schema_in_deploy_crds() {
         errors.iter().any(|e| e.contains("protocl: unknown field")),
         "{errors:?}"
     );
+}
+
+/// The image builds are reproducible: BuildKit syntax declared (the cache
+/// mounts need it), base images only through build arguments without a
+/// default (which the build stage checks are digests), every cargo
+/// invocation `--locked`, and no build output in the context.
+#[test]
+fn image_builds_are_pinned() {
+    for name in ["controller.Dockerfile", "agent.Dockerfile"] {
+        let path = deploy_dir().join("docker").join(name);
+        let text = std::fs::read_to_string(&path).expect("Dockerfile");
+        assert!(
+            text.starts_with("# syntax=docker/dockerfile:1\n"),
+            "{name}: first line"
+        );
+        let lines: Vec<&str> = text.lines().collect();
+        for line in lines.iter().filter(|l| l.starts_with("FROM ")) {
+            let image = line["FROM ".len()..]
+                .split_whitespace()
+                .next()
+                .unwrap_or_default();
+            let arg = image
+                .strip_prefix("${")
+                .and_then(|a| a.strip_suffix('}'))
+                .unwrap_or_else(|| panic!("{name}: `{line}` names its image directly"));
+            assert!(
+                lines.contains(&format!("ARG {arg}").as_str()),
+                "{name}: {arg} is declared without a default"
+            );
+        }
+        assert!(text.contains("*@sha256:*"), "{name}: the digest check");
+        // Continuation lines joined: one RUN per entry.
+        let joined = text.replace("\\\n", " ");
+        let cargo_runs: Vec<&str> = joined
+            .lines()
+            .filter(|l| l.starts_with("RUN ") && l.contains("cargo "))
+            .collect();
+        assert!(!cargo_runs.is_empty(), "{name} builds with cargo");
+        for run in cargo_runs {
+            for command in run.split("&&").filter(|c| c.contains("cargo ")) {
+                assert!(
+                    command.contains("--locked"),
+                    "{name}: `{}` is not --locked",
+                    command.trim()
+                );
+            }
+        }
+    }
+    let ignored =
+        std::fs::read_to_string(deploy_dir().join("../.dockerignore")).expect(".dockerignore");
+    for dir in ["target/", "porter-ebpf/target/", "fuzz/target/"] {
+        assert!(
+            ignored.lines().any(|l| l == dir),
+            ".dockerignore lacks {dir}"
+        );
+    }
 }

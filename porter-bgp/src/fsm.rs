@@ -83,6 +83,14 @@ pub enum Event {
     TcpFailed(String),
     TimerExpired(Timer),
     Message(BgpMessage),
+    /// A liveness check outside BGP (BFD, RFC 5882) says the peer is
+    /// unreachable: the session goes down at once, with a Cease "BFD Down"
+    /// (RFC 9384), instead of waiting for the hold timer.
+    PeerUnreachable(String),
+    /// The same check says the peer is reachable again: a session waiting
+    /// to reconnect (Idle after a reset, or Active between attempts)
+    /// connects now, with its backoff back at the base.
+    PeerReachable,
     /// The peer sent bytes that do not decode; the NOTIFICATION says why.
     Malformed {
         reason: String,
@@ -197,6 +205,17 @@ impl Fsm {
                 self.start(&mut actions)
             }
             (_, Event::Start) => {}
+            (State::Idle, Event::PeerReachable) => {
+                self.failures = 0;
+                actions.push(Action::StopTimer(Timer::IdleHold));
+                self.start(&mut actions);
+            }
+            (State::Active, Event::PeerReachable) if !self.config.passive => {
+                self.failures = 0;
+                actions.push(Action::Connect);
+                actions.push(Action::StartTimer(Timer::ConnectRetry, self.backoff()));
+                self.state = State::Connect;
+            }
             (State::Idle, Event::Stop(_)) => actions.push(Action::StopTimer(Timer::IdleHold)),
             (_, Event::Stop(notification)) => {
                 if let Some(notification) = notification {
@@ -337,6 +356,21 @@ impl Fsm {
             ) => self.fail(&mut actions, format!("connection lost: {reason}"), None),
             (
                 State::OpenSent | State::OpenConfirm | State::Established,
+                Event::PeerUnreachable(reason),
+            ) => {
+                // The path failed, not the peer: the reconnect backoff does
+                // not grow, so the session returns one backoff after the
+                // path does, however often the path failed before.
+                self.reset(
+                    &mut actions,
+                    reason,
+                    Some(BgpNotificationMessage::CeaseError(CeaseError::BfdDown {
+                        value: Box::new([]),
+                    })),
+                );
+            }
+            (
+                State::OpenSent | State::OpenConfirm | State::Established,
                 Event::Malformed {
                     reason,
                     notification,
@@ -409,12 +443,22 @@ impl Fsm {
         reason: String,
         notification: Option<BgpNotificationMessage>,
     ) {
+        self.failures = self.failures.saturating_add(1);
+        self.reset(actions, reason, notification);
+    }
+
+    /// [`Self::fail`] without counting a failure towards the backoff.
+    fn reset(
+        &mut self,
+        actions: &mut Vec<Action>,
+        reason: String,
+        notification: Option<BgpNotificationMessage>,
+    ) {
         if let Some(notification) = notification {
             actions.push(Action::Send(BgpMessage::Notification(notification)));
         }
         self.leave(actions, reason.clone());
         self.last_error = Some(reason);
-        self.failures = self.failures.saturating_add(1);
         actions.push(Action::StartTimer(Timer::IdleHold, self.backoff()));
         self.state = State::Idle;
     }
@@ -890,5 +934,42 @@ mod tests {
             "graceful restart: no NOTIFICATION"
         );
         assert!(actions.contains(&Action::CloseConnection));
+    }
+
+    #[test]
+    fn bfd_down_takes_the_session_down_at_once_with_cease_bfd_down() {
+        let (mut fsm, _) = established(true);
+        let actions = fsm.handle(Event::PeerUnreachable(
+            "BFD: control detection time expired".into(),
+        ));
+        assert_eq!(sent_notification(&actions), Some((6, 10)));
+        assert!(actions.contains(&Action::CloseConnection));
+        assert!(
+            actions
+                .iter()
+                .any(|a| matches!(a, Action::SessionDown(reason) if reason.contains("BFD")))
+        );
+        assert_eq!(fsm.state(), State::Idle);
+        assert_eq!(
+            fsm.last_error(),
+            Some("BFD: control detection time expired")
+        );
+        // Not connected: nothing to take down.
+        let mut idle = Fsm::new(config(false));
+        idle.handle(Event::Start);
+        assert!(idle.handle(Event::PeerUnreachable("BFD".into())).is_empty());
+        assert_eq!(idle.state(), State::Connect);
+        // BFD up again: the reset session connects now instead of after
+        // its backoff.
+        let actions = fsm.handle(Event::PeerReachable);
+        assert!(actions.contains(&Action::Connect), "{actions:?}");
+        assert!(actions.contains(&Action::StopTimer(Timer::IdleHold)));
+        assert_eq!(fsm.state(), State::Connect);
+        // Between connect attempts (Active) too; a connecting session is left alone.
+        fsm.handle(Event::TcpFailed("unreachable".into()));
+        assert_eq!(fsm.state(), State::Active);
+        assert!(fsm.handle(Event::PeerReachable).contains(&Action::Connect));
+        assert_eq!(fsm.state(), State::Connect);
+        assert!(fsm.handle(Event::PeerReachable).is_empty());
     }
 }

@@ -14,6 +14,7 @@ mod fsm;
 #[cfg(any(test, feature = "fuzzing"))]
 #[doc(hidden)]
 pub mod fuzzing;
+mod log_limit;
 mod policy;
 mod rib;
 mod session;
@@ -21,6 +22,7 @@ mod socket;
 mod speaker;
 
 use std::{
+    collections::BTreeMap,
     net::{IpAddr, Ipv4Addr, SocketAddr},
     time::Duration,
 };
@@ -85,6 +87,10 @@ pub struct PeerConfig {
     pub md5_password: Option<String>,
     /// eBGP multihop: the TTL of our packets. Without it eBGP uses TTL 1.
     pub ebgp_multihop_ttl: Option<u8>,
+    /// GTSM (RFC 5082): our packets leave with TTL 255 and the kernel drops
+    /// the peer's that arrive with less than this (255: directly connected).
+    /// A spoofer further away cannot reach the session, not even with RSTs.
+    pub min_ttl: Option<u8>,
     /// Paths per prefix with ADD-PATH; 0 disables ADD-PATH.
     pub add_path_send_max: u8,
     pub families: Vec<Family>,
@@ -113,6 +119,7 @@ impl PeerConfig {
             connect_retry: Duration::from_secs(5),
             md5_password: None,
             ebgp_multihop_ttl: None,
+            min_ttl: None,
             add_path_send_max: 8,
             families: vec![match address {
                 IpAddr::V4(_) => Family::Ipv4Unicast,
@@ -144,6 +151,28 @@ pub struct PeerStatus {
     /// Families where ADD-PATH send was negotiated.
     pub add_path: Vec<Family>,
     pub last_error: Option<String>,
+    /// NOTIFICATIONs sent to the peer by (code, subcode), since the session
+    /// was configured.
+    pub notifications_sent: BTreeMap<(u8, u8), u64>,
+    /// NOTIFICATIONs received from the peer by (code, subcode).
+    pub notifications_received: BTreeMap<(u8, u8), u64>,
+}
+
+impl PeerStatus {
+    /// Every NOTIFICATION count as (`"sent"` or `"received"`, code,
+    /// subcode, count): the labels of the binaries' `porter_bgp_notifications`
+    /// metric.
+    pub fn notifications(&self) -> impl Iterator<Item = (&'static str, u8, u8, u64)> + '_ {
+        let sent = self
+            .notifications_sent
+            .iter()
+            .map(|(&(code, subcode), &n)| ("sent", code, subcode, n));
+        let received = self
+            .notifications_received
+            .iter()
+            .map(|(&(code, subcode), &n)| ("received", code, subcode, n));
+        sent.chain(received)
+    }
 }
 
 #[derive(Debug, thiserror::Error)]

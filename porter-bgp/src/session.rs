@@ -2,7 +2,7 @@
 //! and turns socket reads, timers and route changes into FSM events.
 //! Each peer has its own task, so one misbehaving peer never stalls another.
 use std::{
-    collections::HashMap,
+    collections::{BTreeMap, HashMap},
     net::SocketAddr,
     pin::Pin,
     sync::{Arc, Mutex},
@@ -21,8 +21,9 @@ use tracing::{debug, info, warn};
 
 use crate::{
     Family, PeerConfig, PeerPolicy, PeerStatus, SessionState,
-    codec::{DecodeError, WireCodec},
+    codec::{DecodeError, WireCodec, notification_code},
     fsm::{Action, Event, Fsm, FsmConfig, Negotiated, Timer},
+    log_limit::LogLimit,
     rib::{self, AdjRibOut, FamilyPolicy, SendPolicy, SharedPaths},
     socket::{self, ConnectOptions},
 };
@@ -35,6 +36,10 @@ pub enum Command {
     /// The peer's outbound policy changed: re-shape and send what differs,
     /// without resetting the session.
     SetPolicy(PeerPolicy),
+    /// BFD says the peer is unreachable (see `Event::PeerUnreachable`).
+    PeerUnreachable(String),
+    /// BFD says the peer is reachable again (see `Event::PeerReachable`).
+    PeerReachable,
 }
 
 enum Wake {
@@ -62,10 +67,17 @@ pub struct Session {
     established_at: Option<Instant>,
     /// A write failed or stalled; the FSM hears of it as a lost connection.
     write_failure: Option<String>,
+    /// NOTIFICATION log lines by (sent, code, subcode): a peer that
+    /// reconnects in a loop must not flood the log.
+    notification_log: LogLimit<(bool, u8, u8)>,
 }
 
-/// The TTL of our packets: eBGP peers are one hop away unless multihop says otherwise.
+/// The TTL of our packets: 255 with GTSM (the peer checks it), else eBGP
+/// peers are one hop away unless multihop says otherwise.
 fn ttl(peer: &PeerConfig, local_as: u32) -> Option<u8> {
+    if peer.min_ttl.is_some() {
+        return Some(255);
+    }
     match peer.ebgp_multihop_ttl {
         Some(ttl) => Some(ttl),
         None if peer.remote_as != local_as => Some(1),
@@ -104,6 +116,8 @@ pub fn initial_status(peer: &PeerConfig) -> SharedStatus {
             families: Vec::new(),
             add_path: Vec::new(),
             last_error: None,
+            notifications_sent: BTreeMap::new(),
+            notifications_received: BTreeMap::new(),
         },
     }
 }
@@ -119,6 +133,7 @@ impl Session {
         let options = ConnectOptions {
             md5: peer.md5_password.clone(),
             ttl: ttl(&peer, local_as),
+            min_ttl: peer.min_ttl,
             local_address: peer.local_address,
         };
         Self {
@@ -135,6 +150,38 @@ impl Session {
             status,
             established_at: None,
             write_failure: None,
+            notification_log: LogLimit::default(),
+        }
+    }
+
+    /// Counts a NOTIFICATION sent (`sent`) or received, and logs it with
+    /// its reason, rate-limited: `last_error` is only the latest, and an
+    /// operator who typed a wrong AS must find the reason in the log.
+    fn notification(&mut self, sent: bool, notification: &BgpNotificationMessage) {
+        let (code, subcode) = notification_code(notification);
+        self.update_status(|status| {
+            let counts = if sent {
+                &mut status.notifications_sent
+            } else {
+                &mut status.notifications_received
+            };
+            *counts.entry((code, subcode)).or_default() += 1;
+        });
+        let Some(suppressed) = self
+            .notification_log
+            .allow(&(sent, code, subcode), Instant::now())
+        else {
+            return;
+        };
+        let peer = self.peer.address;
+        if sent {
+            let reason = match code {
+                6 => "Cease: the session is stopped or reset on this side",
+                _ => self.fsm.last_error().unwrap_or("unknown"),
+            };
+            warn!(%peer, code, subcode, %reason, ?notification, suppressed, "sent NOTIFICATION to the peer");
+        } else {
+            warn!(%peer, code, subcode, ?notification, suppressed, "received NOTIFICATION from the peer");
         }
     }
 
@@ -182,6 +229,9 @@ impl Session {
                     return;
                 }
             };
+            if let Event::Message(BgpMessage::Notification(notification)) = &event {
+                self.notification(false, notification);
+            }
             self.dispatch(event).await;
         }
     }
@@ -201,6 +251,8 @@ impl Session {
                 Some(Command::Incoming(stream)) => Wake::Incoming(stream),
                 Some(Command::Stop(notification)) => Wake::Stop(notification),
                 Some(Command::SetPolicy(policy)) => Wake::PolicyChanged(policy),
+                Some(Command::PeerUnreachable(reason)) => Wake::Event(Event::PeerUnreachable(reason)),
+                Some(Command::PeerReachable) => Wake::Event(Event::PeerReachable),
                 None => Wake::Stop(None),
             },
             Some(result) = async { match connecting.as_mut() { Some(c) => Some(c.await), None => None } }, if connecting.is_some() => {
@@ -253,6 +305,11 @@ impl Session {
         if let Err(error) = socket::set_ttl(&stream, self.options.ttl) {
             warn!(peer = %self.peer.address, %error, "setting the TTL");
         }
+        if let Err(error) = socket::set_min_ttl(&stream, self.peer.address, self.options.min_ttl) {
+            // Without it the session would run unprotected: refuse it.
+            warn!(peer = %self.peer.address, %error, "cannot set the minimum TTL (GTSM); closing the connection");
+            return;
+        }
         // The peer's connection wins over our pending attempt.
         self.connecting = None;
         self.conn = Some(Framed::new(stream, WireCodec::new()));
@@ -295,6 +352,11 @@ impl Session {
     }
 
     async fn send(&mut self, message: BgpMessage) {
+        if let BgpMessage::Notification(notification) = &message
+            && self.conn.is_some()
+        {
+            self.notification(true, notification);
+        }
         let is_update = matches!(message, BgpMessage::Update(_));
         let timeout = self.write_timeout();
         let Some(conn) = self.conn.as_mut() else {

@@ -1,5 +1,6 @@
 //! TCP sockets with the options BGP sessions need: TCP MD5 signatures
-//! (RFC 2385), the TTL for eBGP (1 unless multihop), and a local address.
+//! (RFC 2385), the TTL for eBGP (1 unless multihop), the minimum TTL of
+//! GTSM (RFC 5082), and a local address.
 use std::{
     io,
     net::{IpAddr, SocketAddr},
@@ -66,6 +67,8 @@ pub struct ConnectOptions {
     pub md5: Option<String>,
     /// Outgoing TTL / hop limit; `None` keeps the system default.
     pub ttl: Option<u8>,
+    /// GTSM: the least TTL / hop limit accepted from the peer.
+    pub min_ttl: Option<u8>,
     pub local_address: Option<IpAddr>,
 }
 
@@ -76,6 +79,36 @@ pub fn set_ttl(stream: &TcpStream, ttl: Option<u8>) -> io::Result<()> {
     match stream.peer_addr()? {
         SocketAddr::V4(_) => socket.set_ttl_v4(u32::from(ttl)),
         SocketAddr::V6(_) => socket.set_unicast_hops_v6(u32::from(ttl)),
+    }
+}
+
+/// `IPV6_MINHOPCOUNT` (include/uapi/linux/in6.h), which the libc crate lacks.
+const IPV6_MINHOPCOUNT: libc::c_int = 73;
+
+/// GTSM: the kernel drops the peer's segments whose TTL (IPv4) or hop limit
+/// (IPv6) is below `min`. IPv4 peers on an IPv6 socket (v4-mapped) are
+/// checked against IP_MINTTL, which such a socket takes too.
+pub fn set_min_ttl(socket: &impl AsRawFd, peer: IpAddr, min: Option<u8>) -> io::Result<()> {
+    let Some(min) = min else { return Ok(()) };
+    let (level, option) = match peer.to_canonical() {
+        IpAddr::V4(_) => (libc::IPPROTO_IP, libc::IP_MINTTL),
+        IpAddr::V6(_) => (libc::IPPROTO_IPV6, IPV6_MINHOPCOUNT),
+    };
+    let value = libc::c_int::from(min);
+    // SAFETY: an int option, passed with its size.
+    let rc = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            level,
+            option,
+            (&raw const value).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
     }
 }
 
@@ -93,6 +126,7 @@ pub async fn connect(peer: SocketAddr, options: &ConnectOptions) -> io::Result<T
             SocketAddr::V6(_) => socket.set_unicast_hops_v6(u32::from(ttl))?,
         }
     }
+    set_min_ttl(&socket, peer.ip(), options.min_ttl)?;
     if let Some(local) = options.local_address {
         socket.bind(&SocketAddr::new(local, 0).into())?;
     }

@@ -176,6 +176,34 @@ impl Speaker {
         }
     }
 
+    /// Takes the session with `address` down at once because a liveness
+    /// check outside BGP (BFD) failed: the peer gets a Cease "BFD Down" if
+    /// it can still hear us, and the session reconnects after its backoff
+    /// or at [`Speaker::peer_reachable`].
+    pub async fn peer_unreachable(&self, address: IpAddr, reason: String) {
+        warn!(peer = %address, %reason, "taking the BGP session down");
+        self.tell(address, Command::PeerUnreachable(reason)).await;
+    }
+
+    /// The liveness check passes again: a session waiting to reconnect
+    /// connects now.
+    pub async fn peer_reachable(&self, address: IpAddr) {
+        self.tell(address, Command::PeerReachable).await;
+    }
+
+    async fn tell(&self, address: IpAddr, command: Command) {
+        let commands = self
+            .inner
+            .peers
+            .lock()
+            .await
+            .get(&address)
+            .map(|peer| peer.commands.clone());
+        if let Some(commands) = commands {
+            let _ = commands.send(command).await;
+        }
+    }
+
     /// Sets the desired routes: prefix → next hops, each a plain path
     /// (no communities, LOCAL_PREF 100 on iBGP, no link bandwidth). Each
     /// session sends its peer only the difference; calls in quick
@@ -318,6 +346,9 @@ impl Speaker {
 }
 
 async fn accept_loop(listener: Arc<TcpListener>, speaker: std::sync::Weak<Inner>) {
+    // Anyone who reaches the port can cause a refusal: one line per address
+    // per minute.
+    let mut refusals = crate::log_limit::LogLimit::default();
     loop {
         let (stream, remote) = match listener.accept().await {
             Ok(accepted) => accepted,
@@ -341,7 +372,9 @@ async fn accept_loop(listener: Arc<TcpListener>, speaker: std::sync::Weak<Inner>
                 }
             }
             None => {
-                info!(remote = %address, "refusing a BGP connection from an address that is not a configured peer");
+                if let Some(suppressed) = refusals.allow(&address, tokio::time::Instant::now()) {
+                    info!(remote = %address, suppressed, "refusing a BGP connection from an address that is not a configured peer");
+                }
             }
         }
     }

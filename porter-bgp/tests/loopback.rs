@@ -33,6 +33,11 @@ use tokio_util::codec::Framed;
 const TIMEOUT: Duration = Duration::from_secs(10);
 
 async fn speaker() -> (Speaker, SocketAddr) {
+    speaker_with(|_| {}).await
+}
+
+/// [`speaker`] with its peer's configuration changed by `tweak`.
+async fn speaker_with(tweak: impl FnOnce(&mut PeerConfig)) -> (Speaker, SocketAddr) {
     let speaker = Speaker::start(SpeakerConfig {
         local_as: 65000,
         router_id: Ipv4Addr::new(10, 0, 0, 1),
@@ -45,17 +50,22 @@ async fn speaker() -> (Speaker, SocketAddr) {
     peer.passive = true;
     peer.connect_retry = Duration::from_millis(100);
     // Loopback needs no TTL limit, and eBGP would otherwise set TTL 1: fine on lo.
+    tweak(&mut peer);
     speaker.upsert_peer(peer).await;
     let address = speaker.listen_address().expect("listening");
     (speaker, address)
 }
 
 fn open(add_path: bool) -> BgpMessage {
+    open_as(65001, add_path)
+}
+
+fn open_as(asn: u16, add_path: bool) -> BgpMessage {
     let mut caps = vec![
         BgpCapability::MultiProtocolExtensions(MultiProtocolExtensionsCapability::new(
             AddressType::Ipv4Unicast,
         )),
-        BgpCapability::FourOctetAs(FourOctetAsCapability::new(65001)),
+        BgpCapability::FourOctetAs(FourOctetAsCapability::new(u32::from(asn))),
         BgpCapability::RouteRefresh,
     ];
     if add_path {
@@ -64,7 +74,7 @@ fn open(add_path: bool) -> BgpMessage {
         ])));
     }
     BgpMessage::Open(BgpOpenMessage::new(
-        65001,
+        asn,
         9,
         Ipv4Addr::new(10, 0, 0, 2),
         vec![BgpOpenMessageParameter::Capabilities(caps.into())],
@@ -433,5 +443,168 @@ async fn attribute_changes_are_sent_in_place_and_policy_changes_keep_the_session
     let status = speaker.peer_status().await;
     assert_eq!(status[0].established_count, 1);
     assert_eq!(status[0].state, SessionState::Established);
+    speaker.shutdown().await;
+}
+
+/// The log lines of the test's thread (the runtime is current-thread, so
+/// the sessions' too).
+#[derive(Clone, Default)]
+struct Captured(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Captured {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        if let Ok(mut buffer) = self.0.lock() {
+            buffer.extend_from_slice(bytes);
+        }
+        Ok(bytes.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Captured {
+    fn text(&self) -> String {
+        self.0
+            .lock()
+            .map(|b| String::from_utf8_lossy(&b).into_owned())
+            .unwrap_or_default()
+    }
+}
+
+async fn wait_for_status(
+    speaker: &Speaker,
+    what: &str,
+    done: impl Fn(&porter_bgp::PeerStatus) -> bool,
+) {
+    let deadline = tokio::time::Instant::now() + TIMEOUT;
+    loop {
+        let status = speaker.peer_status().await;
+        if done(&status[0]) {
+            return;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{what}: {status:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A peer that says it is the wrong AS gets OPEN Message Error / Bad Peer
+/// AS (2/2): the log says so with the reason (the AS numbers), not only
+/// `lastError`, which the next error overwrites; and a NOTIFICATION the peer
+/// sends is logged too. Both are counted by code for the metrics.
+#[tokio::test]
+async fn notifications_are_logged_with_their_reason_and_counted() {
+    let logs = Captured::default();
+    let writer = logs.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer(move || writer.clone())
+        .with_ansi(false)
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+    let (speaker, address) = speaker().await;
+
+    let stream = TcpStream::connect(address).await.expect("connects");
+    let mut peer = Framed::new(stream, WireCodec::new());
+    peer.send(open_as(65009, true)).await.expect("send OPEN");
+    loop {
+        match recv(&mut peer).await {
+            BgpMessage::Notification(n) => {
+                assert_eq!(porter_bgp::codec::notification_code(&n), (2, 2));
+                break;
+            }
+            BgpMessage::Open(_) | BgpMessage::KeepAlive => continue,
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    wait_for_status(&speaker, "the NOTIFICATION is counted", |s| {
+        s.notifications_sent.get(&(2, 2)) == Some(&1)
+    })
+    .await;
+    let text = logs.text();
+    let line = text
+        .lines()
+        .find(|l| l.contains("sent NOTIFICATION to the peer"))
+        .unwrap_or_else(|| panic!("no log line for the NOTIFICATION:\n{text}"));
+    assert!(
+        line.contains("peer says it is AS 65009, configured remote AS is 65001"),
+        "{line}"
+    );
+    assert!(
+        line.contains("code=2") && line.contains("subcode=2"),
+        "{line}"
+    );
+
+    // After the backoff the peer connects properly, then shuts down.
+    wait_for_status(&speaker, "the session takes connections again", |s| {
+        s.state == SessionState::Active
+    })
+    .await;
+    let (mut peer, _) = establish(address, true).await;
+    let shutdown = netgauze_bgp_pkt::notification::BgpNotificationMessage::CeaseError(
+        netgauze_bgp_pkt::notification::CeaseError::AdministrativeShutdown {
+            value: Box::new([]),
+        },
+    );
+    peer.send(BgpMessage::Notification(shutdown))
+        .await
+        .expect("send NOTIFICATION");
+    wait_for_status(&speaker, "the received NOTIFICATION is counted", |s| {
+        s.notifications_received.get(&(6, 2)) == Some(&1)
+    })
+    .await;
+    assert!(
+        logs.text().contains("received NOTIFICATION from the peer"),
+        "{}",
+        logs.text()
+    );
+    speaker.shutdown().await;
+}
+
+/// Connects from a socket whose packets leave with `ttl`.
+async fn connect_with_ttl(address: SocketAddr, ttl: u32) -> Peer {
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket2::SockRef::from(&socket)
+        .set_ttl_v4(ttl)
+        .expect("set TTL");
+    let stream = socket.connect(address).await.expect("TCP connects");
+    Framed::new(stream, WireCodec::new())
+}
+
+/// A speaker whose one peer (127.0.0.1) is directly connected with GTSM.
+async fn gtsm_speaker() -> (Speaker, SocketAddr) {
+    speaker_with(|peer| peer.min_ttl = Some(255)).await
+}
+
+/// GTSM (RFC 5082) for a directly connected peer: once the session has
+/// the connection (its OPEN shows that), the kernel drops what arrives with
+/// a TTL below 255. A peer one hop further away (TTL 254 here) never gets
+/// past OPEN; one at TTL 255 gets the KEEPALIVE that confirms its OPEN.
+#[tokio::test]
+async fn ttl_security_drops_packets_from_further_away() {
+    let (speaker, address) = gtsm_speaker().await;
+    let mut far = connect_with_ttl(address, 254).await;
+    assert!(matches!(recv(&mut far).await, BgpMessage::Open(_)));
+    far.send(open(true)).await.expect("send OPEN");
+    // The wait is a functional bound, generous for a loaded machine: the
+    // speaker confirms an OPEN it receives at once.
+    let answer = tokio::time::timeout(Duration::from_secs(3), far.next()).await;
+    assert!(
+        !matches!(answer, Ok(Some(Ok(BgpMessage::KeepAlive)))),
+        "the OPEN of a peer at TTL 254 was accepted: {answer:?}"
+    );
+    assert_ne!(
+        speaker.peer_status().await[0].state,
+        SessionState::OpenConfirm,
+        "the session never saw the far peer's OPEN"
+    );
+    // Even its FIN is dropped: that session waits out its OpenSent hold
+    // time, so the near peer gets a speaker of its own.
+    speaker.shutdown().await;
+
+    let (speaker, address) = gtsm_speaker().await;
+    let mut near = connect_with_ttl(address, 255).await;
+    assert!(matches!(recv(&mut near).await, BgpMessage::Open(_)));
+    near.send(open(true)).await.expect("send OPEN");
+    assert_eq!(recv(&mut near).await, BgpMessage::KeepAlive);
     speaker.shutdown().await;
 }

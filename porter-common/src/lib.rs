@@ -151,7 +151,7 @@ pub struct VipKey {
     pub _pad: [u8; 3],
 }
 
-/// A local endpoint (pod) of one service. All zeros (family 0) is a free slot.
+/// An endpoint (pod) of one service. All zeros (family 0) is a free slot.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct BackendValue {
@@ -159,17 +159,31 @@ pub struct BackendValue {
     /// Target port, network byte order.
     pub port: u16,
     pub family: u8,
-    /// [`BACKEND_SHARED`] or 0.
+    /// [`BACKEND_SHARED`], [`BACKEND_REMOTE`], or 0.
     pub flags: u8,
     /// The service this backend id belongs to; a conntrack entry whose
     /// backend id was reused by another service is treated as stale.
     pub service_id: u32,
+    /// With [`BACKEND_REMOTE`]: the address of the node the pod runs on
+    /// (its `InternalIP`), where packets for it are forwarded. Zero otherwise.
+    pub node: [u32; 4],
 }
 
 /// This `addr:port/proto` serves more than one service, so its replies
 /// cannot be mapped back by address alone: the XDP program records each
 /// flow's service in the per-flow reverse NAT map.
 pub const BACKEND_SHARED: u8 = 1;
+
+/// The backend runs on another node (`externalTrafficPolicy: Cluster`): its
+/// packets are forwarded, unchanged, to [`BackendValue::node`], which DNATs
+/// them to the pod and sends the replies itself.
+pub const BACKEND_REMOTE: u8 = 2;
+
+/// The IPv4 header's reserved flag bit (of the flags/fragment-offset word,
+/// network order), which RFC 791 requires to be zero: set on a packet one
+/// node forwards to another, so the receiving node serves it locally and
+/// never forwards it again.
+pub const IPV4_FORWARDED_MARK: u16 = 0x8000;
 
 /// A backend as its replies show it: `addr:port/proto`.
 #[repr(C)]
@@ -249,6 +263,23 @@ pub struct ServiceCounters {
     pub packets: u64,
     pub bytes: u64,
     pub new_flows: u64,
+    /// Packets this node forwarded to a backend on another node.
+    pub forwarded_out: u64,
+    /// Packets another node forwarded here, served by a local backend.
+    pub forwarded_in: u64,
+}
+
+impl ServiceCounters {
+    /// The sum of two CPUs' counters.
+    pub fn plus(self, other: &Self) -> Self {
+        Self {
+            packets: self.packets + other.packets,
+            bytes: self.bytes + other.bytes,
+            new_flows: self.new_flows + other.new_flows,
+            forwarded_out: self.forwarded_out + other.forwarded_out,
+            forwarded_in: self.forwarded_in + other.forwarded_in,
+        }
+    }
 }
 
 macro_rules! stats {
@@ -292,6 +323,10 @@ stats! {
     Redirected = 14 => "redirected", "Translated and redirected to the backend's interface (redirect mode).";
     ArpAnswered = 15 => "arp_answered", "ARP requests for a led Layer 2 EIP answered in XDP.";
     NdpAnswered = 16 => "ndp_answered", "IPv6 neighbour solicitations for a led Layer 2 EIP answered in XDP.";
+    ForwardedRemote = 17 => "forwarded_remote", "Sent on, unchanged but marked, to the node of a backend on another node.";
+    DropForwardLoop = 18 => "drop_forward_loop", "Dropped: forwarded here by another node, but this node's table picks a backend on yet another node (never forwarded twice).";
+    DropForwardNoNeighbour = 19 => "drop_forward_no_neighbour", "Dropped: the link-layer address of a remote backend's node is not resolved yet.";
+    DropForwardNoRoute = 20 => "drop_forward_no_route", "Dropped: a remote backend's node is behind a router (not on this L2 segment), has no route, or this node does not forward IP (net.ipv4.ip_forward=0).";
 }
 
 impl Stat {
@@ -328,7 +363,7 @@ mod tests {
         assert_eq!(size_of::<ServiceKey>(), 20);
         assert_eq!(size_of::<ServiceValue>(), 16);
         assert_eq!(size_of::<VipKey>(), 20);
-        assert_eq!(size_of::<BackendValue>(), 24);
+        assert_eq!(size_of::<BackendValue>(), 40);
         assert_eq!(size_of::<BackendKey>(), 20);
         assert_eq!(size_of::<FlowKey>(), 40);
         assert_eq!(size_of::<CtValue>(), 24);

@@ -47,6 +47,7 @@ pub fn status_entries(
                     state: format!("{:?}", session.state),
                     paths_announced: session.paths_announced,
                     last_error: session.last_error.clone(),
+                    bfd: None,
                 },
             ))
         })
@@ -70,6 +71,12 @@ pub trait Announcer: Send {
     /// Stops the speaker, withdrawing everything it announced (the cluster
     /// switched to `speakerMode: node`, or BGP is no longer configured).
     fn stop(&mut self);
+    /// Stops the speaker the way a crash would, for a leader that gives its
+    /// leadership up: the sessions close without a NOTIFICATION, so each
+    /// router keeps our routes (as stale) for its graceful-restart time
+    /// while the successor connects and announces the same paths. Without
+    /// graceful restart the routers withdraw them at once.
+    fn abandon(&mut self);
     /// Adds a session or changes one; other sessions are untouched.
     fn upsert_peer(&mut self, peer: &PeerConfig);
     fn remove_peer(&mut self, address: IpAddr);
@@ -165,6 +172,14 @@ pub fn from_crds<'a>(
                 if !set_password(&mut cfg, peer, secrets, scope, &mut out.notes) {
                     out.held.insert(cfg.address);
                     continue;
+                }
+                if peer.spec.bfd.is_some() {
+                    // The router's session is with the controller, not with
+                    // the nodes whose paths it carries; see docs/bfd.md.
+                    out.notes.push(warn(format!(
+                        "BgpPeer `{name}`: spec.bfd applies in speakerMode node; the \
+                         controller's own session runs without BFD"
+                    )));
                 }
                 match out.peers.entry(cfg.address) {
                     std::collections::btree_map::Entry::Occupied(_) => {
@@ -312,6 +327,7 @@ fn seed_neighbor(n: &toml::Value, out: &mut BgpDesired) {
             connect_retry: Duration::from_secs(DEFAULT_CONNECT_RETRY.into()),
             md5_password: None,
             ebgp_multihop_ttl: None,
+            min_ttl: None,
             add_path_send_max: send_max,
             families: vec![own_family(address)],
             local_address: None,
@@ -447,6 +463,7 @@ pub struct Recorder {
 pub enum Call {
     Start(SpeakerConfig),
     Stop,
+    Abandon,
     Upsert(PeerConfig),
     Remove(IpAddr),
     Paths(Paths),
@@ -460,6 +477,10 @@ impl Announcer for Recorder {
 
     fn stop(&mut self) {
         self.calls.push(Call::Stop);
+    }
+
+    fn abandon(&mut self) {
+        self.calls.push(Call::Abandon);
     }
 
     fn upsert_peer(&mut self, peer: &PeerConfig) {
@@ -496,6 +517,8 @@ pub fn established(address: IpAddr) -> PeerStatus {
         families: vec![Family::Ipv4Unicast],
         add_path: vec![Family::Ipv4Unicast],
         last_error: None,
+        notifications_sent: Default::default(),
+        notifications_received: Default::default(),
     }
 }
 

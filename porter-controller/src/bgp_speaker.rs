@@ -36,6 +36,8 @@ struct Desired {
     paths_version: u64,
     /// Whether `paths` was set since the last start (see the module doc).
     paths_set: bool,
+    /// Stopped by [`Announcer::abandon`]: sessions close without a Cease.
+    abandoned: bool,
 }
 
 impl Desired {
@@ -90,6 +92,7 @@ impl Announcer for SpeakerAnnouncer {
         let config = config.clone();
         self.change(|d| {
             d.speaker = Some(config);
+            d.abandoned = false;
             // A new speaker starts with no sessions: the driver re-adds the
             // peers the controller configures next, once it has the paths.
             d.peers.clear();
@@ -100,6 +103,16 @@ impl Announcer for SpeakerAnnouncer {
     fn stop(&mut self) {
         self.change(|d| {
             d.speaker = None;
+            d.abandoned = false;
+            d.peers.clear();
+            d.replace_paths(PathTable::default());
+        });
+    }
+
+    fn abandon(&mut self) {
+        self.change(|d| {
+            d.speaker = None;
+            d.abandoned = true;
             d.peers.clear();
             d.replace_paths(PathTable::default());
         });
@@ -167,16 +180,17 @@ async fn drive(shared: Arc<Shared>) {
             () = shared.wake.notified() => {}
             _ = tick.tick() => {}
         }
-        let (speaker, peers, paths) = match shared.desired.lock() {
+        let (speaker, abandoned, peers, paths) = match shared.desired.lock() {
             // Until the paths are known, the peers wait (see the module doc).
             Ok(d) => (
                 d.speaker.clone(),
+                d.abandoned,
                 d.paths_set.then(|| d.peers.clone()),
                 (d.paths_version, Arc::clone(&d.paths)),
             ),
             Err(_) => return,
         };
-        apply(&mut applied, speaker, peers, paths).await;
+        apply(&mut applied, (speaker, abandoned), peers, paths).await;
         let status = match &applied.speaker {
             Some((_, speaker)) => speaker.peer_status().await,
             None => Vec::new(),
@@ -192,16 +206,16 @@ async fn drive(shared: Arc<Shared>) {
 
 async fn apply(
     applied: &mut Applied,
-    speaker: Option<SpeakerConfig>,
+    (speaker, abandoned): (Option<SpeakerConfig>, bool),
     peers: Option<BTreeMap<IpAddr, PeerConfig>>,
     (paths_version, paths): (u64, Arc<PathTable>),
 ) {
     if applied.speaker.as_ref().map(|(c, _)| c) != speaker.as_ref() {
         if let Some((_, old)) = applied.speaker.take() {
-            if speaker.is_none() {
-                // Switched off, not restarting: a Cease makes every peer
-                // drop our routes now instead of keeping them for the
-                // graceful-restart time.
+            if speaker.is_none() && !abandoned {
+                // Switched off, not restarting nor handing over: a Cease
+                // makes every peer drop our routes now instead of keeping
+                // them for the graceful-restart time.
                 for address in applied.peers.keys() {
                     old.remove_peer(*address).await;
                 }

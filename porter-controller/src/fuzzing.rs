@@ -42,6 +42,24 @@ pub fn eip_address(data: &[u8]) {
     }
     assert_eq!(range.nth(0), Some(range.first()));
     assert_eq!(range.offset_of(range.last()), Some(range.end - range.start));
+    // A pool's addresses: inside the written range, never empty, and the
+    // edges left out are exactly the written ones it does not hold.
+    for include in [false, true] {
+        let (pool, edges) = IpRange::parse_pool(text, include).expect("parsed above");
+        assert!(pool.start <= pool.end, "{text:?} gave {pool:?}");
+        assert!(range.contains(pool.first()) && range.contains(pool.last()));
+        // Saturating: `::/0` counts 2^128 - 1 addresses either way.
+        assert_eq!(
+            pool.size().saturating_add(edges.len() as u128),
+            range.size()
+        );
+        for edge in &edges {
+            assert!(
+                range.contains(*edge) && !pool.contains(*edge),
+                "{text:?}: {edge}"
+            );
+        }
+    }
 }
 
 pub fn seed_toml(data: &[u8]) {
@@ -70,9 +88,6 @@ pub fn manifests(data: &[u8]) {
             ns.metadata.labels.clone().unwrap_or_default(),
         );
     }
-    let mut ipam = Ipam::default();
-    ipam.set_pools(snap.eips.iter().map(|e| Pool::from_eip(e)).collect());
-    // The reconciler's order: keep what is held, then allocate the rest.
     let requests: BTreeMap<ObjectKey, ServiceRequest> = snap
         .services
         .iter()
@@ -80,9 +95,19 @@ pub fn manifests(data: &[u8]) {
         .map(|svc| service::request(svc))
         .map(|req| (req.key.clone(), req))
         .collect();
+    let published: Vec<(&ObjectKey, &[IpAddr])> = requests
+        .values()
+        .map(|r| (&r.key, r.current.as_slice()))
+        .collect();
+    let mut ipam = Ipam::default();
+    ipam.set_pools(
+        snap.eips.iter().map(|e| Pool::from_eip(e)).collect(),
+        &published,
+    );
+    // The reconciler's order: keep what is published, then allocate the rest.
     let holding: Vec<bool> = requests
         .values()
-        .map(|req| ipam.keep_existing(req, &labels))
+        .map(|req| ipam.keep(req, &req.current, &labels))
         .collect();
     for (req, held) in requests.values().zip(holding) {
         if !held {
@@ -166,6 +191,7 @@ fn pool(c: &mut Choices) -> Pool {
             } else {
                 Vec::new()
             },
+            include_network_and_broadcast: c.flag(),
             ..EipSpec::default()
         },
         status: None,
@@ -211,7 +237,7 @@ pub fn ipam(data: &[u8]) {
     let mut requests: BTreeMap<ObjectKey, ServiceRequest> = BTreeMap::new();
     while !c.0.is_empty() {
         match c.below(8) {
-            0 => ipam.set_pools((0..c.below(5)).map(|_| pool(&mut c)).collect()),
+            0 => ipam.set_pools((0..c.below(5)).map(|_| pool(&mut c)).collect(), &[]),
             1 => {
                 let key = ObjectKey::new(*c.pick(NAMESPACES), format!("svc{}", c.below(6)));
                 ipam.release(&key);
@@ -219,8 +245,12 @@ pub fn ipam(data: &[u8]) {
             }
             _ => {
                 let req = request(&mut c);
-                // As the reconciler does: keep what fits, else allocate anew.
-                if !ipam.keep_existing(&req, &labels) {
+                // As the reconciler does: keep what is published or held
+                // if it fits, else allocate anew.
+                let held = ipam.addresses_of(&req.key).map(<[IpAddr]>::to_vec);
+                if !ipam.keep(&req, &req.current, &labels)
+                    && !held.is_some_and(|ips| ipam.keep(&req, &ips, &labels))
+                {
                     let _ = ipam.allocate(&req, &labels);
                 }
                 requests.insert(req.key.clone(), req);

@@ -12,6 +12,8 @@ pub mod fuzzing;
 mod identity;
 pub mod ipam;
 pub mod layer2_status;
+pub mod leader_lease;
+pub mod leadership;
 pub mod metrics;
 pub use porter_api::peer_auth;
 pub mod reconcile;
@@ -19,3 +21,4 @@ pub mod run;
 pub mod service;
 #[cfg(test)]
 mod testing;
+pub mod uninstall;

@@ -14,6 +14,7 @@ use prometheus_client::registry::Registry;
 use crate::announce::Paths;
 use crate::bgp::PeerStatus;
 use crate::ipam::Ipam;
+use crate::leadership::StepDown;
 use crate::reconcile::{FAILURE_KINDS, Plan};
 
 type Labels = Vec<(String, String)>;
@@ -29,10 +30,13 @@ pub struct Metrics {
     peer_up: Family<Labels, Gauge>,
     peer_prefixes: Family<Labels, Gauge>,
     peer_paths: Family<Labels, Gauge>,
+    peer_notifications: Family<Labels, Counter>,
     prefixes: Gauge,
     paths: Gauge,
     layer2_unanswered: Gauge,
     reconcile_seconds: Histogram,
+    leader: Gauge,
+    step_downs: Family<Labels, Counter>,
     /// Prefixes per peer for (paths version, peers), counted once per
     /// change rather than on every pass.
     scoped: Mutex<Option<ScopedCounts>>,
@@ -50,11 +54,14 @@ impl Default for Metrics {
             peer_up: Family::default(),
             peer_prefixes: Family::default(),
             peer_paths: Family::default(),
+            peer_notifications: Family::default(),
             scoped: Mutex::default(),
             prefixes: Gauge::default(),
             layer2_unanswered: Gauge::default(),
             paths: Gauge::default(),
             reconcile_seconds: Histogram::new(exponential_buckets(0.0005, 2.0, 16)),
+            leader: Gauge::default(),
+            step_downs: Family::default(),
             registry: Registry::with_prefix("porter"),
         };
         // Every reason's counter starts at 0, so that increase() and the
@@ -99,6 +106,11 @@ impl Default for Metrics {
             m.peer_paths.clone(),
         );
         registry.register(
+            "bgp_notifications",
+            "BGP NOTIFICATIONs by peer, direction (sent, received), code and subcode (RFC 4271 section 4.5), since the peer was configured",
+            m.peer_notifications.clone(),
+        );
+        registry.register(
             "announced_prefixes",
             "EIP prefixes announced",
             m.prefixes.clone(),
@@ -118,6 +130,16 @@ impl Default for Metrics {
             "Time of one reconcile pass, writes included",
             m.reconcile_seconds.clone(),
         );
+        registry.register(
+            "controller_leader",
+            "1 while this replica holds the leader lease (writes and announces)",
+            m.leader.clone(),
+        );
+        registry.register(
+            "controller_leader_step_downs",
+            "Times this replica gave leadership up, by reason (expired: no renewal in time; taken: another replica holds the lease)",
+            m.step_downs.clone(),
+        );
         m
     }
 }
@@ -127,6 +149,21 @@ fn label(k: &str, v: impl ToString) -> Labels {
 }
 
 impl Metrics {
+    /// Whether this replica leads now (see [`crate::leader_lease::elect`]).
+    pub fn set_leader(&self, leads: bool) {
+        self.leader.set(i64::from(leads));
+    }
+
+    pub fn stepped_down(&self, why: &StepDown) {
+        let reason = match why {
+            StepDown::Expired { .. } => "expired",
+            StepDown::Taken(_) => "taken",
+        };
+        self.step_downs
+            .get_or_create(&label("reason", reason))
+            .inc();
+    }
+
     pub fn observe(&self, plan: &Plan, ipam: &Ipam, peers: &[PeerStatus], seconds: f64) {
         self.pool_size.clear();
         self.pool_usage.clear();
@@ -157,6 +194,19 @@ impl Metrics {
                 .get_or_create(&peer)
                 .set(i64::try_from(p.paths_announced).unwrap_or(i64::MAX));
             self.peer_prefixes.get_or_create(&peer).set(prefixes);
+        }
+        // The sessions keep the totals; the family is refilled from them.
+        self.peer_notifications.clear();
+        for p in peers {
+            for (direction, code, subcode, count) in p.notifications() {
+                let labels = vec![
+                    ("peer".to_owned(), p.address.to_string()),
+                    ("direction".to_owned(), direction.to_owned()),
+                    ("code".to_owned(), code.to_string()),
+                    ("subcode".to_owned(), subcode.to_string()),
+                ];
+                self.peer_notifications.get_or_create(&labels).inc_by(count);
+            }
         }
         self.prefixes.set(plan.paths.len() as i64);
         self.layer2_unanswered
@@ -203,6 +253,33 @@ impl Metrics {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A NOTIFICATION count of a session reaches `/metrics`, by peer,
+    /// direction, code and subcode.
+    #[test]
+    fn notifications_are_counted_by_code() {
+        let metrics = Metrics::default();
+        let mut session = crate::bgp::established("192.0.2.1".parse().expect("ip"));
+        session.notifications_sent.insert((2, 2), 3);
+        session.notifications_received.insert((6, 2), 1);
+        metrics.observe(&Plan::default(), &Ipam::default(), &[session], 0.0);
+        let text = metrics.render();
+        for line in [
+            "porter_bgp_notifications_total{peer=\"192.0.2.1\",direction=\"sent\",code=\"2\",subcode=\"2\"} 3",
+            "porter_bgp_notifications_total{peer=\"192.0.2.1\",direction=\"received\",code=\"6\",subcode=\"2\"} 1",
+        ] {
+            assert!(text.contains(line), "missing {line} in\n{text}");
+        }
+        // Observed again (every pass), the totals are not added twice.
+        let mut session = crate::bgp::established("192.0.2.1".parse().expect("ip"));
+        session.notifications_sent.insert((2, 2), 3);
+        metrics.observe(&Plan::default(), &Ipam::default(), &[session], 0.0);
+        assert!(
+            metrics
+                .render()
+                .contains("direction=\"sent\",code=\"2\",subcode=\"2\"} 3\n")
+        );
+    }
 
     #[test]
     fn every_allocation_failure_reason_is_exported_from_zero() {

@@ -20,7 +20,7 @@ use porter_api::{BgpConf, BgpPeer, Eip, EipStatus, ObjectKey};
 use crate::announce::{Inputs, Paths, Policy, RouteTable};
 use crate::bgp::{self, BgpDesired};
 use crate::identity::{Seen, remember, same_objects};
-use crate::ipam::{Ipam, NamespaceLabels, Pool, PoolState};
+use crate::ipam::{HeldEdit, Ipam, NamespaceLabels, Pool, PoolState};
 use crate::layer2_status::Layer2Status;
 use crate::peer_auth::SecretScope;
 use crate::service::{self, ServiceRequest};
@@ -28,6 +28,15 @@ use crate::service::{self, ServiceRequest};
 pub const REASON_ALLOCATED: &str = "IPAllocated";
 pub const REASON_FAILED: &str = "AllocationFailed";
 pub const REASON_ANNOUNCED: &str = "Announced";
+/// Warning on an `Eip` whose new `spec.address` would leave out addresses
+/// in use (or cannot be used): the last accepted range stays in force.
+pub const REASON_CHANGE_REFUSED: &str = "AddressChangeRefused";
+/// Normal, on an `Eip` whose held-back `spec.address` is now in force.
+pub const REASON_CHANGE_APPLIED: &str = "AddressChangeApplied";
+/// Condition of an `Eip` while an edit of its `spec.address` is held back.
+pub const CONDITION_CHANGE_PENDING: &str = "AddressChangePending";
+/// Warning on an `Eip` that is refused (unreadable address, overlap).
+pub const REASON_POOL_REFUSED: &str = "PoolRefused";
 
 /// What one pass decided.
 #[derive(Debug, Default)]
@@ -57,9 +66,20 @@ pub struct Plan {
 
 #[derive(Debug, Default)]
 pub struct Reconciler {
+    /// Only a leader hands out new addresses; a follower's book holds what
+    /// is published and nothing else.
+    leading: bool,
     ipam: Ipam,
     /// Last failure message per Service, so that AllocationFailed is sent once per reason.
     failed: HashMap<ObjectKey, String>,
+    /// The IPAllocated message last reported per Service. A pass repeats
+    /// the event until the watch shows the published address (replayed
+    /// memos and passes woken by BGP session changes alike), which made a
+    /// new Service show up to three identical Events in its first second.
+    allocated_reported: HashMap<ObjectKey, String>,
+    /// Last Warning (PoolRefused, AddressChangeRefused) per pool, sent
+    /// once per message.
+    pool_warnings: HashMap<String, (&'static str, String)>,
     /// The announcements, updated incrementally.
     routes: RouteTable,
     paths_version: u64,
@@ -189,9 +209,21 @@ impl Reconciler {
         self.secret_scope = scope;
     }
 
+    /// Leads (hands out addresses; the caller writes the plans) or follows.
+    /// Either way the next pass starts from the published state alone: a
+    /// new leader must not keep addresses it chose, or pool ranges it
+    /// decided, before, as its predecessor may have published others.
+    pub fn set_leading(&mut self, leading: bool) {
+        self.leading = leading;
+        self.ipam.forget();
+        self.forget_reported();
+    }
+
     /// Forgets which Events were sent, so that a new leader reports afresh.
-    pub fn forget_reported(&mut self) {
+    fn forget_reported(&mut self) {
         self.failed.clear();
+        self.allocated_reported.clear();
+        self.pool_warnings.clear();
         self.routes = RouteTable::default();
         self.paths_version += 1;
         self.last_addresses = None;
@@ -218,6 +250,18 @@ impl Reconciler {
                 plan
             }
         };
+        let reported = &mut self.allocated_reported;
+        plan.events
+            .retain(|event| match (&event.regarding, event.reason) {
+                (Regarding::Service(key), REASON_ALLOCATED) => {
+                    let new = reported.get(key) != Some(&event.message);
+                    if new {
+                        reported.insert(key.clone(), event.message.clone());
+                    }
+                    new
+                }
+                _ => true,
+            });
         self.refresh_policy(snap, inputs, &mut plan.events);
         let ipam = &self.ipam;
         let changed = self.routes.update(Inputs {
@@ -316,8 +360,6 @@ impl Reconciler {
     fn plan_addresses(&mut self, snap: &Snapshot, now: &Time) -> Plan {
         let mut plan = Plan::default();
         let (mut ingress, mut finalizers) = (Vec::new(), Vec::new());
-        self.ipam
-            .set_pools(snap.eips.iter().map(|e| Pool::from_eip(e)).collect());
         let labels: NamespaceLabels = snap
             .namespaces
             .iter()
@@ -381,14 +423,15 @@ impl Reconciler {
             self.ipam.release(&key);
         }
         self.failed.retain(|k, _| live.contains(k));
+        self.allocated_reported.retain(|k, _| live.contains(k));
         drop(live);
 
-        let holding: Vec<bool> = active
-            .iter()
-            .map(|(_, _, req, _)| self.ipam.keep_existing(req, &labels))
-            .collect();
+        let requests: Vec<&ServiceRequest> = active.iter().map(|(_, _, req, _)| req).collect();
+        let holding = self.rebuild_book(snap, &requests, &labels);
+        drop(requests);
         for ((_, _, req, has_finalizer), held) in active.iter().zip(holding) {
-            if !held {
+            // A follower only mirrors what the leader publishes.
+            if !held && self.leading {
                 match self.ipam.allocate(req, &labels) {
                     Ok(ips) => {
                         self.failed.remove(&req.key);
@@ -427,6 +470,7 @@ impl Reconciler {
         drop(active);
         plan.ingress = ingress.into();
         plan.finalizers = finalizers.into();
+        self.report_pools(&mut plan.events);
         for eip in &snap.eips {
             let name = eip.metadata.name.clone().unwrap_or_default();
             if let Some(pool) = self.ipam.pools().find(|p| p.name == name) {
@@ -445,6 +489,113 @@ impl Reconciler {
             }
         }
         plan
+    }
+
+    /// Decides the pools and fills the book again from the published state,
+    /// `requests` in order (older Services first, so that of two Services
+    /// publishing one address the older keeps it):
+    ///
+    /// 1. each Service's published address, if still valid;
+    /// 2. for the rest, what this leader handed out and is not published
+    ///    yet (a follower keeps nothing of its own), else what a pool's
+    ///    `status.used` shows for the Service (its own status write may have
+    ///    been lost).
+    ///
+    /// Returns whether each request now holds addresses.
+    fn rebuild_book(
+        &mut self,
+        snap: &Snapshot,
+        requests: &[&ServiceRequest],
+        labels: &NamespaceLabels,
+    ) -> Vec<bool> {
+        let published: Vec<(&ObjectKey, &[IpAddr])> = requests
+            .iter()
+            .filter(|r| !r.current.is_empty())
+            .map(|r| (&r.key, r.current.as_slice()))
+            .collect();
+        self.ipam.set_pools(
+            snap.eips.iter().map(|e| Pool::from_eip(e)).collect(),
+            &published,
+        );
+        drop(published);
+        let mut remembered = self.ipam.clear_book();
+        if self.leading {
+            // Most of it is what is published anyway: let that go before
+            // the book is filled again (10,000 entries on a big cluster).
+            for req in requests {
+                if remembered.get(&req.key) == Some(&req.current) {
+                    remembered.remove(&req.key);
+                }
+            }
+        } else {
+            remembered.clear();
+        }
+        let mut holding: Vec<bool> = requests
+            .iter()
+            .map(|req| self.ipam.keep(req, &req.current, labels))
+            .collect();
+        if holding.iter().all(|held| *held) {
+            return holding;
+        }
+        let waiting: HashSet<(&str, &str)> = requests
+            .iter()
+            .zip(&holding)
+            .filter(|(_, held)| !**held)
+            .map(|(req, _)| (&*req.key.namespace, &*req.key.name))
+            .collect();
+        let used = used_by_pools(snap, &waiting);
+        drop(waiting);
+        for (req, held) in requests.iter().zip(&mut holding) {
+            if *held {
+                continue;
+            }
+            *held = [remembered.get(&req.key), used.get(&req.key)]
+                .into_iter()
+                .flatten()
+                .any(|ips| self.ipam.keep(req, ips, labels));
+        }
+        holding
+    }
+
+    /// A Warning Event for each pool that is refused or whose
+    /// `spec.address` is held back, once per message, with a log line; a
+    /// Normal one when a held-back address is applied.
+    fn report_pools(&mut self, events: &mut Vec<Event>) {
+        let mut warnings = HashMap::new();
+        for pool in self.ipam.pools() {
+            let warning = match (&pool.state, &pool.held) {
+                (PoolState::Refused(why), _) => Some((REASON_POOL_REFUSED, why.clone())),
+                (PoolState::Accepted, Some(held)) => {
+                    Some((REASON_CHANGE_REFUSED, held_message(pool, held)))
+                }
+                (PoolState::Accepted, None) => None,
+            };
+            let last = self.pool_warnings.get(&pool.name);
+            let Some(warning) = warning else {
+                if last.is_some_and(|(reason, _)| *reason == REASON_CHANGE_REFUSED) {
+                    tracing::info!(eip = %pool.name, address = %pool.address, "held-back address change applied");
+                    events.push(Event {
+                        regarding: Regarding::Eip(pool.name.clone()),
+                        type_: EventType::Normal,
+                        reason: REASON_CHANGE_APPLIED,
+                        message: format!("spec.address `{}` is in force", pool.address),
+                    });
+                }
+                continue;
+            };
+            if last != Some(&warning) {
+                let (reason, message) = &warning;
+                tracing::warn!(eip = %pool.name, reason, "{message}");
+                events.push(Event {
+                    regarding: Regarding::Eip(pool.name.clone()),
+                    type_: EventType::Warning,
+                    reason,
+                    message: message.clone(),
+                });
+            }
+            warnings.insert(pool.name.clone(), warning);
+        }
+        self.pool_warnings = warnings;
     }
 
     /// An Announced event on each Service whose EIP's paths changed, and a
@@ -501,6 +652,67 @@ impl Reconciler {
     }
 }
 
+/// The addresses the pools' `status.used` show for the Services of
+/// `waiting` (namespace, name); only those are read, as the lists hold
+/// every Service with an address.
+fn used_by_pools(
+    snap: &Snapshot,
+    waiting: &HashSet<(&str, &str)>,
+) -> BTreeMap<ObjectKey, Vec<IpAddr>> {
+    let mut used: BTreeMap<ObjectKey, Vec<IpAddr>> = BTreeMap::new();
+    for status in snap.eips.iter().filter_map(|e| e.status.as_ref()) {
+        for (ip, users) in &status.used {
+            let users = users.split(';').filter_map(|u| u.split_once('/'));
+            for (namespace, name) in users.filter(|user| waiting.contains(user)) {
+                if let Ok(ip) = ip.parse::<IpAddr>() {
+                    used.entry(ObjectKey::new(namespace, name))
+                        .or_default()
+                        .push(ip);
+                }
+            }
+        }
+    }
+    used
+}
+
+/// What an `Eip` whose edit is held back says, in its condition and Event.
+fn held_message(pool: &Pool, held: &HeldEdit) -> String {
+    const NAMED: usize = 5;
+    let mut in_the_way: Vec<String> = held
+        .in_the_way
+        .iter()
+        .take(NAMED)
+        .map(|(ip, keys)| {
+            let keys: Vec<String> = keys.iter().map(ObjectKey::to_string).collect();
+            format!("{ip} ({})", keys.join(", "))
+        })
+        .collect();
+    if held.in_the_way.len() > NAMED {
+        in_the_way.push(format!("and {} more", held.in_the_way.len() - NAMED));
+    }
+    let range = pool
+        .range
+        .map(|r| format!("{}-{}", r.first(), r.last()))
+        .unwrap_or_default();
+    let why = match &held.invalid {
+        Some(why) => why.clone(),
+        None if held.in_the_way.iter().any(|(ip, _)| pool.edges.contains(ip)) => {
+            "addresses in use would fall outside it (a CIDR leaves out its network and broadcast addresses unless spec.includeNetworkAndBroadcast is true)".into()
+        }
+        None => "addresses in use would fall outside it".into(),
+    };
+    let offer = match pool.offered() {
+        Some(r) if r.first() == r.last() => format!("new addresses come only from {}", r.first()),
+        Some(r) => format!("new addresses come only from {}-{}", r.first(), r.last()),
+        None => "no new addresses are handed out from it".into(),
+    };
+    format!(
+        "spec.address `{}` is not applied: {why}. The pool keeps {range} while addresses it would lose are in use: {}; {offer}. The change applies once they are released",
+        pool.address,
+        in_the_way.join(", ")
+    )
+}
+
 fn join_errors(errors: &[PolicyError]) -> String {
     errors
         .iter()
@@ -533,7 +745,29 @@ fn failure_kind(e: &crate::ipam::AllocError) -> &'static str {
         InvalidRequest(_) | FamilyNotWanted(_) => invalid,
         PoolNotFound(_) | PoolUnusable { .. } | PoolNotAllowed { .. } | NoPool(_) => no_pool,
         Exhausted { .. } => exhausted,
-        NotInPool(_) | InUse { .. } => unavailable,
+        NotInPool(_) | InUse { .. } | Leaving { .. } => unavailable,
+    }
+}
+
+/// The Ready condition: status, reason and a message that says what is
+/// true. A disabled or full pool is still Ready (valid and in force, keeping
+/// what it gave); its reason says why it gives nothing new.
+fn ready_condition(pool: &Pool, used: usize, size: u128) -> (bool, &'static str, String) {
+    match &pool.state {
+        PoolState::Refused(why) => (false, "Refused", why.clone()),
+        PoolState::Accepted if pool.disabled => (
+            true,
+            "Disabled",
+            format!("spec.disable is set: no new addresses are handed out; the {used} in use stay"),
+        ),
+        PoolState::Accepted if used as u128 >= size => (
+            true,
+            "Exhausted",
+            format!(
+                "every address is in use ({used} of {size}); Services without one wait until one is released"
+            ),
+        ),
+        PoolState::Accepted => (true, "Accepted", "addresses can be allocated".to_string()),
     }
 }
 
@@ -562,10 +796,7 @@ pub fn eip_status(
         })
         .collect();
     let size = pool.range.map_or(0, |r| r.size());
-    let (ready, reason, message) = match &pool.state {
-        PoolState::Accepted => (true, "Accepted", "addresses can be allocated".to_string()),
-        PoolState::Refused(why) => (false, "Refused", why.clone()),
-    };
+    let (ready, reason, message) = ready_condition(pool, used.len(), size);
     let status_word = if ready { "True" } else { "False" };
     // A condition keeps its transition time while its status stays.
     let since = |type_: &str, status: &str| {
@@ -582,6 +813,22 @@ pub fn eip_status(
         last_transition_time: transition,
         observed_generation: generation,
     }];
+    // Only while an edit waits, as the pool itself keeps working.
+    if let Some(held) = &pool.held {
+        conditions.push(Condition {
+            type_: CONDITION_CHANGE_PENDING.into(),
+            status: "True".into(),
+            reason: if held.invalid.is_some() {
+                "AddressUnusable"
+            } else {
+                "AddressesInUse"
+            }
+            .into(),
+            message: held_message(pool, held),
+            last_transition_time: since(CONDITION_CHANGE_PENDING, "True"),
+            observed_generation: generation,
+        });
+    }
     // Only while something is wrong, as the pool itself keeps working.
     if !policy_errors.is_empty() {
         conditions.push(Condition {

@@ -12,6 +12,8 @@ use porter_api::source::{Event, EventType, Regarding, Snapshot, SnapshotReceiver
 use tokio::sync::watch;
 
 use crate::bgp::{Announcer, BgpDriver, Note, status_entries};
+use crate::leader_lease::until;
+use crate::leadership::Leadership;
 use crate::metrics::Metrics;
 use crate::peer_auth::SecretScope;
 use crate::reconcile::{Reconciler, apply};
@@ -59,6 +61,28 @@ impl<A: Announcer> Controller<A> {
         &self.announcer
     }
 
+    fn lead(&mut self, leader: bool) {
+        if leader != self.was_leader {
+            tracing::info!(leader, "leadership changed");
+            if !leader {
+                // Given up (or lost): the sessions close before anything
+                // else, so the routers hold our routes for the successor.
+                self.announcer.abandon();
+            }
+            // A new leader rebuilds from the published state and re-sends
+            // everything: its predecessor's state is unknown.
+            self.reconciler.set_leading(leader);
+            self.bgp.reset();
+            self.was_leader = leader;
+        }
+    }
+
+    /// Ends a leadership term at once, without a pass: the BGP sessions
+    /// close and nothing more is written until the next term.
+    pub fn resign(&mut self) {
+        self.lead(false);
+    }
+
     /// One pass over `snap`. Writes and BGP only when `leader`.
     pub async fn step<W: StatusWriter>(
         &mut self,
@@ -66,13 +90,7 @@ impl<A: Announcer> Controller<A> {
         leader: bool,
         writer: &W,
     ) -> Step {
-        if leader != self.was_leader {
-            tracing::info!(leader, "leadership changed");
-            // A new leader re-sends everything: its predecessor's state is unknown.
-            self.reconciler.forget_reported();
-            self.bgp.reset();
-            self.was_leader = leader;
-        }
+        self.lead(leader);
         let started = Instant::now();
         let now = Time(k8s_openapi::jiff::Timestamp::now());
         let plan = self.reconciler.plan(&snap, &now);
@@ -166,33 +184,57 @@ async fn report<W: StatusWriter>(notes: Vec<Note>, writer: &W) -> usize {
     events
 }
 
-/// Runs until the source goes away.
+/// Runs until the source goes away. Leads while `leader` says so at the
+/// moment of each pass, and steps down at the deadline it gives even if no
+/// word comes from the election (a frozen or starved process wakes up
+/// past it).
 pub async fn run<A: Announcer, W: StatusWriter>(
     mut controller: Controller<A>,
     mut snapshots: SnapshotReceiver,
     writer: W,
-    mut leader: watch::Receiver<bool>,
+    mut leader: watch::Receiver<Leadership>,
     settings: Settings,
 ) {
-    // A fixed leadership (dir source) has no sender; stop listening to it then.
+    // A fixed leadership (tests) has no sender; stop listening to it then.
     let mut leader_open = true;
+    let mut term = None;
     let sessions_changed = controller.announcer().sessions_changed();
     loop {
         let snap = snapshots.borrow_and_update().clone();
-        let is_leader = *leader.borrow_and_update();
-        let step = controller.step(snap, is_leader, &writer).await;
+        let now_term = leader.borrow_and_update().term_at(Instant::now());
+        if term.is_some() && now_term != term {
+            // Lost, or lost and won again (a new term starts clean).
+            controller.resign();
+        }
+        term = now_term;
+        let step = controller.step(snap, term.is_some(), &writer).await;
         let wait = if step.failed_writes > 0 {
             settings.retry
         } else {
             settings.resync
         };
-        tokio::select! {
-            r = snapshots.changed() => if r.is_err() { return },
-            r = leader.changed(), if leader_open => leader_open = r.is_ok(),
-            // A pass without a cluster change costs little, and it brings
-            // the BgpPeer status and the metrics to the sessions.
-            () = sessions_changed.notified() => {},
-            _ = tokio::time::sleep(wait) => {},
+        let resync = tokio::time::sleep(wait);
+        tokio::pin!(resync);
+        loop {
+            // Renewals move the deadline without a notification (a pass per
+            // renewal would cost a full reconcile); read it afresh.
+            let deadline = leader.borrow().deadline().filter(|_| term.is_some());
+            tokio::select! {
+                r = snapshots.changed() => if r.is_err() { return } else { break },
+                r = leader.changed(), if leader_open => {
+                    leader_open = r.is_ok();
+                    break;
+                }
+                // A pass without a cluster change costs little, and it brings
+                // the BgpPeer status and the metrics to the sessions.
+                () = sessions_changed.notified() => break,
+                () = &mut resync => break,
+                () = until(deadline), if term.is_some() => {
+                    if leader.borrow().term_at(Instant::now()) != term {
+                        break;
+                    }
+                }
+            }
         }
     }
 }

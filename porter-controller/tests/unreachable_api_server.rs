@@ -14,7 +14,7 @@ fn closed_port() -> u16 {
 fn http_status(port: u16, path: &str) -> Option<String> {
     let mut stream = TcpStream::connect(("127.0.0.1", port)).ok()?;
     stream.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
-    write!(stream, "GET {path} HTTP/1.0\r\n\r\n").ok()?;
+    write!(stream, "GET {path} HTTP/1.1\r\nhost: x\r\n\r\n").ok()?;
     let mut answer = String::new();
     stream.read_to_string(&mut answer).ok()?;
     answer.lines().next().map(str::to_owned)
@@ -40,6 +40,7 @@ fn an_unreachable_api_server_is_retried_not_fatal() {
     let err = out.try_clone().expect("log file");
     let mut controller = Command::new(env!("CARGO_BIN_EXE_porter-controller"))
         .args(["--source", "kube", "--retry-interval", "100ms"])
+        .args(["--lease-duration", "2"])
         .args(["--metrics-addr", &format!("127.0.0.1:{metrics}")])
         .env("KUBECONFIG", &kubeconfig)
         .env_remove("KUBERNETES_SERVICE_HOST")
@@ -48,7 +49,7 @@ fn an_unreachable_api_server_is_retried_not_fatal() {
         .stderr(Stdio::from(err))
         .spawn()
         .expect("start porter-controller");
-    let message = "cannot set up the leader election lease";
+    let message = "cannot reach the leader election lease";
     let deadline = Instant::now() + Duration::from_secs(20);
     let mut retries = 0;
     while Instant::now() < deadline && retries < 3 {

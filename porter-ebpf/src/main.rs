@@ -8,6 +8,10 @@
 //!   traffic to a VIP port no service uses.
 //!   In Layer 2 mode it also answers ARP requests and neighbour
 //!   solicitations for the EIPs this node leads (see `l2`).
+//!   For `externalTrafficPolicy: Cluster`, a backend may run on another
+//!   node: the packet is then sent on unchanged but marked, with a MAC
+//!   rewrite, to that node, whose program DNATs it to the pod and never
+//!   forwards it again (see `forward_remote`).
 //! - `porter_tc_revnat` (tc): rewrites replies from a backend back to `VIP:port`.
 //! - `porter_xdp_empty`: passes everything; the benchmark's baseline.
 //!
@@ -29,8 +33,8 @@ mod parse;
 
 use aya_ebpf::{
     bindings::{
-        BPF_F_MARK_MANGLED_0, BPF_F_MMAPABLE, BPF_F_PSEUDO_HDR, BPF_FIB_LKUP_RET_SUCCESS,
-        TC_ACT_OK, TC_ACT_SHOT, bpf_fib_lookup as FibParams, xdp_action,
+        BPF_F_MARK_MANGLED_0, BPF_F_MMAPABLE, BPF_F_PSEUDO_HDR, BPF_FIB_LKUP_RET_NO_NEIGH,
+        BPF_FIB_LKUP_RET_SUCCESS, TC_ACT_OK, TC_ACT_SHOT, bpf_fib_lookup as FibParams, xdp_action,
     },
     btf_maps::{Array, HashMap, LruHashMap, PerCpuArray},
     helpers::{
@@ -42,9 +46,9 @@ use aya_ebpf::{
 };
 use parse::{Headers, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP, load, store};
 use porter_common::{
-    BACKEND_SHARED, BackendKey, BackendValue, CtValue, FAMILY_V4, FlowKey, L2Key, L2Value,
-    RevNatValue, ServiceCounters, ServiceKey, ServiceValue, Stat, VIP_FILTER_SLOTS, VipKey, config,
-    limits, vip_filter_slot,
+    BACKEND_REMOTE, BACKEND_SHARED, BackendKey, BackendValue, CtValue, FAMILY_V4, FlowKey,
+    IPV4_FORWARDED_MARK, L2Key, L2Value, RevNatValue, ServiceCounters, ServiceKey, ServiceValue,
+    Stat, VIP_FILTER_SLOTS, VipKey, config, limits, vip_filter_slot,
 };
 
 // BTF-defined maps: `bpftool map dump` shows their field names. They carry
@@ -204,16 +208,23 @@ fn xdp_decide(ctx: &XdpContext) -> (u32, Stat) {
         family: h.family,
         _pad: [0; 2],
     };
-    let Some((backend, new_flow)) = choose_backend(&flow, &service) else {
-        return (xdp_action::XDP_DROP, Stat::DropNoBackend);
+    let (backend, new_flow) = match choose_backend(&flow, &service, h.forwarded) {
+        Ok(chosen) => chosen,
+        Err(stat) => return (xdp_action::XDP_DROP, stat),
     };
+    let remote = backend.flags & BACKEND_REMOTE != 0;
     if let Some(counters) = SERVICE_STATS.get_ptr_mut(service.id) {
         // SAFETY: per-CPU slot, only this CPU writes it.
         unsafe {
             (*counters).packets += 1;
             (*counters).bytes += (data_end - data) as u64;
             (*counters).new_flows += new_flow as u64;
+            (*counters).forwarded_out += remote as u64;
+            (*counters).forwarded_in += h.forwarded as u64;
         }
+    }
+    if remote {
+        return forward_remote(ctx, data, data_end, &h, &backend);
     }
     if dnat(data, data_end, &h, &backend).is_none() {
         // Cannot happen after a successful parse; never forward half-rewritten.
@@ -239,9 +250,19 @@ fn l2_lead(key: &L2Key) -> Option<L2Value> {
 }
 
 /// The flow's backend: from conntrack while that backend still exists,
-/// otherwise from the Maglev table (then recorded). Returns whether the flow is new.
+/// otherwise from the Maglev table (then recorded). Returns whether the flow
+/// is new, or the reason to drop the packet.
+///
+/// A packet `forwarded` here by another node is served only by a local
+/// backend, so it is never forwarded twice: a conntrack entry naming a
+/// remote backend is ignored for it, and a remote pick is refused (and not
+/// recorded, so the flow is served once the nodes' tables agree again).
 #[inline(always)]
-fn choose_backend(flow: &FlowKey, service: &ServiceValue) -> Option<(BackendValue, bool)> {
+fn choose_backend(
+    flow: &FlowKey,
+    service: &ServiceValue,
+    forwarded: bool,
+) -> Result<(BackendValue, bool), Stat> {
     let now = unsafe { bpf_ktime_get_ns() };
     if let Some(ct) = CONNTRACK.get_ptr_mut(flow) {
         // SAFETY: valid for this run; a racing update at worst loses a refresh.
@@ -249,25 +270,29 @@ fn choose_backend(flow: &FlowKey, service: &ServiceValue) -> Option<(BackendValu
         if entry.service_id == service.id {
             if let Some(backend) = BACKENDS.get(entry.backend_id) {
                 let backend = *backend;
-                if backend.family != 0 && backend.service_id == service.id {
+                let refused = forwarded && backend.flags & BACKEND_REMOTE != 0;
+                if backend.family != 0 && backend.service_id == service.id && !refused {
                     if now.wrapping_sub(entry.last_seen_ns) > REFRESH_NS {
                         unsafe { (*ct).last_seen_ns = now };
                         record_revnat(flow, &backend, service.id);
                     }
-                    return Some((backend, false));
+                    return Ok((backend, false));
                 }
             }
         }
     }
     if service.backend_count == 0 || service.table_size == 0 {
-        return None;
+        return Err(Stat::DropNoBackend);
     }
     let slot = service.table_base + flow_hash(flow) % service.table_size;
-    let pair = MAGLEV.get(slot / 2)?;
+    let pair = MAGLEV.get(slot / 2).ok_or(Stat::DropNoBackend)?;
     let backend_id = if slot & 1 == 0 { pair[0] } else { pair[1] };
-    let backend = *BACKENDS.get(backend_id)?;
+    let backend = *BACKENDS.get(backend_id).ok_or(Stat::DropNoBackend)?;
     if backend.family == 0 || backend.service_id != service.id {
-        return None;
+        return Err(Stat::DropNoBackend);
+    }
+    if forwarded && backend.flags & BACKEND_REMOTE != 0 {
+        return Err(Stat::DropForwardLoop);
     }
     let entry = CtValue {
         backend_id,
@@ -278,14 +303,15 @@ fn choose_backend(flow: &FlowKey, service: &ServiceValue) -> Option<(BackendValu
     // A full LRU evicts the oldest flow; failure only costs the next packet a lookup.
     let _ = CONNTRACK.insert(flow, &entry, 0);
     record_revnat(flow, &backend, service.id);
-    Some((backend, true))
+    Ok((backend, true))
 }
 
 /// Per-flow reverse NAT, needed only when the backend serves several
 /// services; otherwise tc maps replies back by the backend's address alone.
 #[inline(always)]
 fn record_revnat(flow: &FlowKey, backend: &BackendValue, service_id: u32) {
-    if backend.flags & BACKEND_SHARED == 0 {
+    // Shared and local only: a remote backend's replies leave from its node.
+    if backend.flags & (BACKEND_SHARED | BACKEND_REMOTE) != BACKEND_SHARED {
         return;
     }
     let reply = FlowKey {
@@ -348,12 +374,15 @@ fn dnat(data: usize, data_end: usize, h: &Headers, backend: &BackendValue) -> Op
     if h.family == FAMILY_V4 {
         let (old, new) = (h.dst[0], backend.addr[0]);
         let ip_check: u16 = load(data, data_end, h.l3_off + 10)?;
-        store(
-            data,
-            data_end,
-            h.l3_off + 10,
-            csum::apply(ip_check, csum::add_u32(0, old, new)),
-        )?;
+        let mut ip_acc = csum::add_u32(0, old, new);
+        if h.forwarded {
+            // The mark has done its job; the pod gets a plain packet.
+            let flags: u16 = load(data, data_end, h.l3_off + 6)?;
+            let cleared = flags & !IPV4_FORWARDED_MARK.to_be();
+            ip_acc = csum::add_word(ip_acc, flags, cleared);
+            store(data, data_end, h.l3_off + 6, cleared)?;
+        }
+        store(data, data_end, h.l3_off + 10, csum::apply(ip_check, ip_acc))?;
         store(data, data_end, h.l3_off + 16, new)?;
         acc = csum::add_u32(acc, old, new);
     } else {
@@ -371,6 +400,78 @@ fn dnat(data: usize, data_end: usize, h: &Headers, backend: &BackendValue) -> Op
         store(data, data_end, check_off, check)?;
     }
     Some(())
+}
+
+/// Sends the packet, unchanged but for the MACs and the forwarded mark, to
+/// the node of a remote backend, which DNATs it to the pod and answers the
+/// client itself. The node must be on this node's L2 segment (no MTU cost):
+/// the FIB says how to reach it and the neighbour table gives its MAC.
+#[inline(always)]
+fn forward_remote(
+    ctx: &XdpContext,
+    data: usize,
+    data_end: usize,
+    h: &Headers,
+    backend: &BackendValue,
+) -> (u32, Stat) {
+    // The agent installs remote backends for IPv4 services only.
+    if h.family != FAMILY_V4 {
+        return (xdp_action::XDP_DROP, Stat::DropForwardNoRoute);
+    }
+    let Some(tot_len) = load::<u16>(data, data_end, h.l3_off + 2) else {
+        return (xdp_action::XDP_DROP, Stat::DropRewriteFailed);
+    };
+    // SAFETY: a plain C struct; all zeros is a valid request.
+    let mut fib: FibParams = unsafe { core::mem::zeroed() };
+    fib.family = AF_INET;
+    fib.l4_protocol = h.proto;
+    fib.sport = h.sport;
+    fib.dport = h.dport;
+    fib.ifindex = ctx.ingress_ifindex() as u32;
+    fib.__bindgen_anon_1.tot_len = u16::from_be(tot_len);
+    fib.__bindgen_anon_4.ipv4_dst = backend.node[0];
+    // SAFETY: the helper reads and writes `fib`, which lives on our stack.
+    let rc = unsafe {
+        bpf_fib_lookup(
+            ctx.ctx.cast(),
+            &mut fib,
+            core::mem::size_of::<FibParams>() as i32,
+            0,
+        )
+    };
+    if rc == BPF_FIB_LKUP_RET_NO_NEIGH as i64 {
+        return (xdp_action::XDP_DROP, Stat::DropForwardNoNeighbour);
+    }
+    // The kernel puts the gateway in `ipv4_dst` when the node is behind a
+    // router: that needs encapsulation, not a MAC rewrite.
+    // SAFETY: a plain u32 the helper wrote.
+    let next_hop = unsafe { fib.__bindgen_anon_4.ipv4_dst };
+    if rc != BPF_FIB_LKUP_RET_SUCCESS as i64 || next_hop != backend.node[0] {
+        return (xdp_action::XDP_DROP, Stat::DropForwardNoRoute);
+    }
+    if mark_forwarded(data, data_end, h, &fib).is_none() {
+        return (xdp_action::XDP_DROP, Stat::DropRewriteFailed);
+    }
+    if fib.ifindex == ctx.ingress_ifindex() as u32 {
+        return (xdp_action::XDP_TX, Stat::ForwardedRemote);
+    }
+    // SAFETY: no memory effects beyond the redirect decision.
+    let action = unsafe { bpf_redirect(fib.ifindex, 0) } as u32;
+    (action, Stat::ForwardedRemote)
+}
+
+/// Sets the forwarded mark (IPv4 header checksum updated) and the MACs of
+/// the hop to the backend's node.
+#[inline(always)]
+fn mark_forwarded(data: usize, data_end: usize, h: &Headers, fib: &FibParams) -> Option<()> {
+    let flags: u16 = load(data, data_end, h.l3_off + 6)?;
+    let marked = flags | IPV4_FORWARDED_MARK.to_be();
+    let ip_check: u16 = load(data, data_end, h.l3_off + 10)?;
+    let check = csum::apply(ip_check, csum::add_word(0, flags, marked));
+    store(data, data_end, h.l3_off + 6, marked)?;
+    store(data, data_end, h.l3_off + 10, check)?;
+    store(data, data_end, 0, fib.dmac)?;
+    store(data, data_end, 6, fib.smac)
 }
 
 /// Redirect mode: routes the translated packet in XDP (FIB lookup) and

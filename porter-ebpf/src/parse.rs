@@ -7,7 +7,7 @@
 //! past.
 use core::mem::size_of;
 
-use porter_common::{FAMILY_V4, FAMILY_V6, Stat};
+use porter_common::{FAMILY_V4, FAMILY_V6, IPV4_FORWARDED_MARK, Stat};
 
 pub const ETH_P_IP: u16 = 0x0800;
 pub const ETH_P_IPV6: u16 = 0x86dd;
@@ -75,6 +75,9 @@ pub struct Headers {
     pub dport: u16,
     /// ICMP type, for ICMP and ICMPv6.
     pub icmp_type: u8,
+    /// IPv4 with [`porter_common::IPV4_FORWARDED_MARK`]: another node's
+    /// XDP program sent this packet here for a backend on this node.
+    pub forwarded: bool,
 }
 
 /// The EtherType after up to two VLAN tags, and the offset of what it names.
@@ -120,6 +123,7 @@ fn parse_inner(data: usize, data_end: usize, whole: bool) -> Result<Headers, Sta
         sport: 0,
         dport: 0,
         icmp_type: 0,
+        forwarded: false,
     };
     match ethertype {
         ETH_P_IP => parse_v4(data, data_end, &mut headers, whole)?,
@@ -153,6 +157,7 @@ fn parse_v4(data: usize, data_end: usize, h: &mut Headers, whole: bool) -> Resul
     if fragment & 0x3fff != 0 {
         return Err(Stat::PassFragment);
     }
+    h.forwarded = fragment & IPV4_FORWARDED_MARK != 0;
     h.family = FAMILY_V4;
     h.proto = load(data, data_end, off + 9).ok_or(Stat::PassTruncated)?;
     h.src[0] = load(data, data_end, off + 12).ok_or(Stat::PassTruncated)?;

@@ -56,22 +56,28 @@ use crate::{
     manifests::{self, Endpoint, ServiceSpec},
     netns::{CONNECT_TIMEOUT, SYN_RETRANSMIT, run_in},
     routers::{Daemon, Neighbor, Router, RouterConfig},
+    scenarios::attach_pass_xdp_to,
 };
 
 pub const ROUTER_AS: u32 = 65001;
 pub const PORTER_AS: u32 = 65000;
 pub const CONTROLLER_V4: &str = "172.30.0.10";
+/// The second controller replica of [`Datacenter::with_standby`], in `ctl-b`.
+pub const STANDBY_V4: &str = "172.30.0.9";
 pub const ROUTER_LAN_V4: &str = "172.30.0.1";
 pub const CLIENT_V4: &str = "172.31.0.2";
 /// The port every pod serves HTTP on (the Services' targetPort).
 pub const POD_PORT: u16 = 80;
 
-const CONTROLLER: &str = "controller";
+/// The controller replicas' daemon names, by replica index.
+const CONTROLLERS: [&str; 2] = ["controller", "controller-b"];
+/// Their `--identity` in the leader lease (with [`Datacenter::start_replica`]).
+pub const REPLICA_IDENTITIES: [&str; 2] = ["ctl-a", "ctl-b"];
 const CONTROLLER_METRICS_PORT: u16 = 9190;
 /// The agent's default `--metrics-addr` port, in each node's namespace.
 const AGENT_METRICS_PORT: u16 = 9191;
 /// The agent's capabilities in the DaemonSet (deploy/porter.yaml), as setpriv spells them.
-pub const AGENT_CAPABILITIES: &str = "+bpf,+net_admin,+perfmon,+sys_resource,+net_raw";
+pub const AGENT_CAPABILITIES: &str = "+bpf,+net_admin,+perfmon,+net_raw";
 
 pub struct Pod {
     /// `n<node>-p<index>`, also what its server answers.
@@ -104,10 +110,17 @@ pub struct Datacenter {
     pub leaves: Vec<Router>,
     pub ctl: String,
     controller_ip: IpAddr,
+    /// The second replica's namespace and address, if the lab has one.
+    standby: Option<(String, IpAddr)>,
     pub client: String,
     pub nodes: Vec<LabNode>,
     /// The `dir:` source both binaries read.
     pub manifests: PathBuf,
+    /// Pass-everything XDP on the bridge's node ports: a veth only takes
+    /// frames a node sends with `XDP_TX` (Cluster forwarding to another
+    /// node) when its peer runs XDP too; a physical NIC needs nothing of
+    /// the sort.
+    _pass_xdp: Vec<aya::Ebpf>,
 }
 
 impl Datacenter {
@@ -127,6 +140,23 @@ impl Datacenter {
         daemon: Daemon,
         router_as: u32,
     ) -> Result<Self> {
+        Self::build(tag, pods_per_node, daemon, router_as, false)
+    }
+
+    /// Like [`Datacenter::new`], with room for a second controller replica
+    /// (`ctl-b`, [`STANDBY_V4`], a BIRD neighbour too) for leader election:
+    /// start both with [`Datacenter::start_replica`].
+    pub fn with_standby(tag: &str, pods_per_node: &[usize]) -> Result<Self> {
+        Self::build(tag, pods_per_node, Daemon::Bird, ROUTER_AS, true)
+    }
+
+    fn build(
+        tag: &str,
+        pods_per_node: &[usize],
+        daemon: Daemon,
+        router_as: u32,
+        with_standby: bool,
+    ) -> Result<Self> {
         let mut lab = Lab::new(tag)?;
         let router_ns = lab.netns("r")?;
         let ctl = lab.netns("ctl")?;
@@ -142,13 +172,25 @@ impl Datacenter {
         attach_to_lan(&lab, &router_ns, &ctl, "v-ctl")?;
         add_addr(&lab, &ctl, "eth0", &format!("{CONTROLLER_V4}/24"))?;
         add_addr(&lab, &ctl, "eth0", "fd00:30::10/64")?;
+        let mut neighbors = vec![Neighbor::new(CONTROLLER_V4.parse()?, PORTER_AS)];
+        let standby = if with_standby {
+            let ns = lab.netns("ctl-b")?;
+            attach_to_lan(&lab, &router_ns, &ns, "v-ctl-b")?;
+            add_addr(&lab, &ns, "eth0", &format!("{STANDBY_V4}/24"))?;
+            neighbors.push(Neighbor::new(STANDBY_V4.parse()?, PORTER_AS));
+            Some((ns, STANDBY_V4.parse()?))
+        } else {
+            None
+        };
 
         let mut nodes = Vec::new();
+        let mut pass_xdp = Vec::new();
         for (index, &pod_count) in pods_per_node.iter().enumerate() {
             let n = index + 1;
             let name = format!("n{n}");
             let ns = lab.netns(&name)?;
             attach_to_lan(&lab, &router_ns, &ns, &format!("v-{name}"))?;
+            pass_xdp.push(attach_pass_xdp_to(&router_ns, &format!("v-{name}"))?);
             let ip: IpAddr = format!("172.30.0.{}", 10 + n).parse()?;
             let ip6: IpAddr = format!("fd00:30::{}", 10 + n).parse()?;
             add_addr(&lab, &ns, "eth0", &format!("{ip}/24"))?;
@@ -174,7 +216,7 @@ impl Datacenter {
                 router_id: ROUTER_LAN_V4.into(),
                 local_address: ROUTER_LAN_V4.parse()?,
                 local_as: router_as,
-                neighbors: vec![Neighbor::new(CONTROLLER_V4.parse()?, PORTER_AS)],
+                neighbors,
                 graceful_restart: true,
                 passive: true,
             },
@@ -188,9 +230,11 @@ impl Datacenter {
             leaves: Vec::new(),
             ctl,
             controller_ip: CONTROLLER_V4.parse()?,
+            standby,
             client,
             nodes,
             manifests,
+            _pass_xdp: pass_xdp,
         };
         dc.write_nodes()?;
         dc.wait_pods()?;
@@ -312,9 +356,11 @@ impl Datacenter {
             leaves,
             ctl,
             controller_ip: "172.30.1.10".parse()?,
+            standby: None,
             client,
             nodes,
             manifests,
+            _pass_xdp: Vec::new(),
         };
         dc.write_nodes()?;
         dc.wait_pods()?;
@@ -421,22 +467,85 @@ impl Datacenter {
 
     /// Starts `porter-controller --source dir:<manifests>` in `ctl`.
     pub fn start_controller(&mut self) -> Result<PathBuf> {
-        let mut command = self
-            .lab
-            .command(&self.ctl, bins::binary("porter-controller")?);
+        let command = self.controller_command(0)?;
+        self.lab.spawn(CONTROLLERS[0], command)
+    }
+
+    /// Stops the controller the way a rollout would (SIGTERM).
+    pub fn stop_controller(&mut self) -> Result<()> {
+        self.stop_replica(0)
+    }
+
+    fn controller_command(&self, replica: usize) -> Result<Command> {
+        let (ns, ip) = match replica {
+            0 => (&self.ctl, self.controller_ip),
+            _ => self
+                .standby
+                .as_ref()
+                .map(|(ns, ip)| (ns, *ip))
+                .context("this lab has one controller (see Datacenter::with_standby)")?,
+        };
+        let mut command = self.lab.command(ns, bins::binary("porter-controller")?);
         command
             .arg("--source")
             .arg(format!("dir:{}", self.manifests.display()))
             .args(["--poll-interval", "100ms"])
             .arg("--metrics-addr")
-            .arg(SocketAddr::new(self.controller_ip, CONTROLLER_METRICS_PORT).to_string())
+            .arg(SocketAddr::new(ip, CONTROLLER_METRICS_PORT).to_string())
             .env("RUST_LOG", "info");
-        self.lab.spawn(CONTROLLER, command)
+        Ok(command)
     }
 
-    /// Stops the controller the way a rollout would (SIGTERM).
-    pub fn stop_controller(&mut self) -> Result<()> {
-        self.lab.stop(CONTROLLER, Duration::from_secs(5))
+    /// Starts controller replica `replica` (0 in `ctl`, 1 in `ctl-b`) with
+    /// identity [`REPLICA_IDENTITIES`]`[replica]` and a leader lease of
+    /// `lease_seconds`; returns its log.
+    pub fn start_replica(&mut self, replica: usize, lease_seconds: u64) -> Result<PathBuf> {
+        let mut command = self.controller_command(replica)?;
+        command
+            .args(["--identity", REPLICA_IDENTITIES[replica]])
+            .args(["--lease-duration", &lease_seconds.to_string()]);
+        self.lab.spawn(CONTROLLERS[replica], command)
+    }
+
+    /// Stops controller replica `replica` the way a rollout would (SIGTERM).
+    pub fn stop_replica(&mut self, replica: usize) -> Result<()> {
+        self.lab.stop(CONTROLLERS[replica], Duration::from_secs(5))
+    }
+
+    /// Kills controller replica `replica` at once (SIGKILL).
+    pub fn kill_replica(&mut self, replica: usize) -> Result<()> {
+        self.lab.kill(CONTROLLERS[replica])
+    }
+
+    /// Sends `signal` (SIGSTOP, SIGCONT) to controller replica `replica`.
+    pub fn signal_replica(&self, replica: usize, signal: i32) -> Result<()> {
+        self.lab.signal(CONTROLLERS[replica], signal)
+    }
+
+    /// The address replica `replica` peers with the router from.
+    pub fn replica_ip(&self, replica: usize) -> Option<IpAddr> {
+        match replica {
+            0 => Some(self.controller_ip),
+            _ => self.standby.as_ref().map(|(_, ip)| *ip),
+        }
+    }
+
+    /// The replica holding the controllers' leader lease now (the lease
+    /// file's holder, whether or not it expired).
+    pub fn lease_holder(&self) -> Result<Option<usize>> {
+        let path = self
+            .manifests
+            .join(porter_api::lease::CONTROLLER_LEASE_DIR)
+            .join("porter-controller");
+        let text = match std::fs::read_to_string(&path) {
+            Ok(text) => text,
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(error) => return Err(error.into()),
+        };
+        let holder = porter_api::layer2::parse_lease_file(&text).map(|lease| lease.holder);
+        Ok(REPLICA_IDENTITIES
+            .iter()
+            .position(|identity| holder.as_deref() == Some(*identity)))
     }
 
     /// `porter-agent run` for node `index`, reading the same manifests.
@@ -487,17 +596,32 @@ impl Datacenter {
 
     /// The addresses the controller wrote into the Service's status.
     pub fn service_ips(&self, namespace: &str, name: &str) -> Result<Vec<IpAddr>> {
+        let key = (namespace.to_owned(), name.to_owned());
+        Ok(self.all_service_ips()?.remove(&key).unwrap_or_default())
+    }
+
+    /// Every Service's published addresses, by (namespace, name), read in
+    /// one pass over the manifests.
+    pub fn all_service_ips(&self) -> Result<BTreeMap<(String, String), Vec<IpAddr>>> {
         let (snapshot, _) = porter_api::source::dir::load(&self.manifests)?;
         Ok(snapshot
             .services
             .iter()
-            .filter(|s| {
-                s.metadata.namespace.as_deref() == Some(namespace)
-                    && s.metadata.name.as_deref() == Some(name)
+            .map(|s| {
+                let key = (
+                    s.metadata.namespace.clone().unwrap_or_default(),
+                    s.metadata.name.clone().unwrap_or_default(),
+                );
+                let ips = s
+                    .status
+                    .as_ref()
+                    .and_then(|status| status.load_balancer.as_ref()?.ingress.clone())
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|ingress| ingress.ip?.parse().ok())
+                    .collect();
+                (key, ips)
             })
-            .filter_map(|s| s.status.as_ref()?.load_balancer.as_ref()?.ingress.clone())
-            .flatten()
-            .filter_map(|ingress| ingress.ip?.parse().ok())
             .collect())
     }
 
@@ -616,6 +740,26 @@ impl Datacenter {
             Ok(answers) => Ok(answers),
             Err(error) => Err(error.context(format!("data plane drops meanwhile: {dropped:?}"))),
         }
+    }
+
+    /// The client address of every request each pod has answered so far,
+    /// by pod, from its HTTP server's log (`<address> - - [date] "GET ..."`).
+    pub fn pod_clients(&self) -> Result<BTreeMap<String, Vec<IpAddr>>> {
+        let mut out = BTreeMap::new();
+        for pod in self.nodes.iter().flat_map(|node| &node.pods) {
+            let log = self.lab.run_dir().join(format!("http-{}.log", pod.name));
+            let text = std::fs::read_to_string(&log)
+                .with_context(|| format!("reading {}", log.display()))?;
+            let clients = text
+                .lines()
+                .filter(|line| line.contains("\"GET "))
+                .filter_map(|line| line.split_whitespace().next())
+                .map(|address| address.trim_start_matches("::ffff:").parse())
+                .collect::<Result<Vec<IpAddr>, _>>()
+                .with_context(|| format!("a client address in {}", log.display()))?;
+            out.insert(pod.name.clone(), clients);
+        }
+        Ok(out)
     }
 
     /// Every node's drop counters (`drop_*` and `revnat_failed`), per
@@ -919,6 +1063,7 @@ impl Load {
         let thread = std::thread::spawn(move || {
             crate::netns::enter(&client)?;
             let mut report = LoadReport::default();
+            let started = Instant::now();
             while !flag.load(Ordering::Relaxed) {
                 match http_get(addr) {
                     Ok(answer) => {
@@ -926,7 +1071,9 @@ impl Load {
                         report.retransmitted += usize::from(answer.connect >= SYN_RETRANSMIT);
                         *report.per_pod.entry(answer.pod).or_insert(0) += 1;
                     }
-                    Err(error) => report.failures.push(format!("{error:#}")),
+                    Err(error) => report
+                        .failures
+                        .push(format!("{:?} into the load: {error:#}", started.elapsed())),
                 }
                 std::thread::sleep(Duration::from_millis(5));
             }

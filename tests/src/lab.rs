@@ -118,13 +118,42 @@ impl Lab {
 
     /// Stops daemon `name` gracefully (SIGTERM), waiting up to `timeout`.
     pub fn stop(&mut self, name: &str, timeout: Duration) -> Result<()> {
+        let mut child = self.take(name)?;
+        terminate(&mut child, timeout);
+        Ok(())
+    }
+
+    /// Daemon `name`, no longer the lab's to stop.
+    fn take(&mut self, name: &str) -> Result<Child> {
         let index = self
             .daemons
             .iter()
             .position(|(daemon, _)| daemon == name)
             .with_context(|| format!("no daemon named {name}"))?;
-        let (_, mut child) = self.daemons.remove(index);
-        terminate(&mut child, timeout);
+        Ok(self.daemons.remove(index).1)
+    }
+
+    /// Sends `signal` (SIGSTOP, SIGCONT...) to daemon `name`.
+    pub fn signal(&self, name: &str, signal: i32) -> Result<()> {
+        let (_, child) = self
+            .daemons
+            .iter()
+            .find(|(daemon, _)| daemon == name)
+            .with_context(|| format!("no daemon named {name}"))?;
+        let pid = i32::try_from(child.id())?;
+        // SAFETY: signalling our own child; no memory effects.
+        if unsafe { libc::kill(pid, signal) } != 0 {
+            bail!("cannot signal {name}: {}", std::io::Error::last_os_error());
+        }
+        Ok(())
+    }
+
+    /// Kills daemon `name` at once (SIGKILL), as a crash or the OOM killer
+    /// would, and reaps it.
+    pub fn kill(&mut self, name: &str) -> Result<()> {
+        let mut child = self.take(name)?;
+        child.kill()?;
+        child.wait()?;
         Ok(())
     }
 

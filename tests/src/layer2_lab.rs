@@ -137,7 +137,7 @@ impl L2Lab {
         }
         let manifests = lab.run_dir().join("manifests");
         std::fs::create_dir_all(&manifests)?;
-        std::fs::write(manifests.join("cluster.yaml"), cluster(node_count))?;
+        std::fs::write(manifests.join("cluster.yaml"), cluster(node_count, "Local"))?;
         Ok(Self {
             _pass_xdp: pass_xdp,
             _servers: servers,
@@ -146,6 +146,13 @@ impl L2Lab {
             nodes,
             manifests,
         })
+    }
+
+    /// Sets the Service's `externalTrafficPolicy` (`Local` at first).
+    pub fn set_policy(&self, policy: &str) -> Result<()> {
+        let text = cluster(self.nodes.len(), policy);
+        std::fs::write(self.manifests.join("cluster.yaml"), text)?;
+        Ok(())
     }
 
     fn node(&self, name: &str) -> Result<&L2Node> {
@@ -179,7 +186,9 @@ impl L2Lab {
                 "--metrics-addr",
                 "127.0.0.1:9191",
             ])
-            .args(["--maglev-size", "251", "--max-services", "8"])
+            // M >= 100 x the Service's backends: with externalTrafficPolicy
+            // Cluster those are every node's pods.
+            .args(["--maglev-size", "1009", "--max-services", "8"])
             .arg("--bpffs")
             .arg(&node.bpffs);
         let log = self.lab.spawn(&format!("agent-{name}"), command)?;
@@ -343,10 +352,10 @@ impl L2Lab {
     }
 }
 
-/// The nodes, a dual-stack Service on both EIPs with one pod per node, and
+/// The nodes, a dual-stack Service with `policy` on both EIPs with one pod per node, and
 /// the Layer 2 pools that handed the EIPs out (with the status the
 /// controller writes, so that the agents work without one).
-fn cluster(node_count: usize) -> String {
+fn cluster(node_count: usize, policy: &str) -> String {
     let mut docs = Vec::new();
     let mut endpoints4 = Vec::new();
     let mut endpoints6 = Vec::new();
@@ -366,14 +375,16 @@ fn cluster(node_count: usize) -> String {
     docs.push(format!(
         "apiVersion: v1\nkind: Service\nmetadata:\n  name: web\n  namespace: shop\n  \
          annotations: {{lb.kubesphere.io/v1alpha1: porter}}\nspec:\n  type: LoadBalancer\n  \
-         ipFamilies: [IPv4, IPv6]\n  ipFamilyPolicy: RequireDualStack\n  \
+         externalTrafficPolicy: {policy}\n  ipFamilies: [IPv4, IPv6]\n  ipFamilyPolicy: RequireDualStack\n  \
          ports: [{{name: http, port: {PORT}, targetPort: http}}]\n\
          status:\n  loadBalancer:\n    ingress: [{{ip: {EIP}}}, {{ip: \"{EIP6}\"}}]\n"
     ));
+    // Object names are DNS-1123 subdomains: lower case.
     for (family, endpoints) in [("IPv4", &endpoints4), ("IPv6", &endpoints6)] {
+        let suffix = family.to_ascii_lowercase();
         docs.push(format!(
             "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  \
-             name: web-{family}\n  namespace: shop\n  labels: {{kubernetes.io/service-name: web}}\n\
+             name: web-{suffix}\n  namespace: shop\n  labels: {{kubernetes.io/service-name: web}}\n\
              addressType: {family}\nports: [{{name: http, port: {TARGET_PORT}, protocol: TCP}}]\n\
              endpoints:\n{}\n",
             endpoints.join("\n")

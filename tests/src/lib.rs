@@ -1,7 +1,10 @@
 //! Shared by the privileged integration tests and by `cargo xtask demo`: a lab of
 //! network namespaces that tears itself down, and helpers to find Porter's binaries.
+pub mod bfd_lab;
 pub mod bins;
+pub mod cases;
 pub mod datacenter;
+pub mod disruption;
 pub mod lab;
 pub mod layer2_lab;
 pub mod manifests;

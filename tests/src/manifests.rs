@@ -86,6 +86,8 @@ pub struct ServiceSpec<'a> {
     pub annotations: &'a [(&'a str, &'a str)],
     /// `ipFamilies: [IPv6]` (what the API server fills in for an IPv6 Service).
     pub ipv6: bool,
+    /// `externalTrafficPolicy: Cluster` instead of `Local`.
+    pub cluster: bool,
 }
 
 pub fn service(spec: &ServiceSpec) -> String {
@@ -97,9 +99,10 @@ pub fn service(spec: &ServiceSpec) -> String {
     for (key, value) in spec.annotations {
         let _ = writeln!(out, "    {key}: \"{value}\"");
     }
+    let policy = if spec.cluster { "Cluster" } else { "Local" };
     let _ = write!(
         out,
-        "spec:\n  type: LoadBalancer\n  externalTrafficPolicy: Local\n  selector:\n    app: {}\n  \
+        "spec:\n  type: LoadBalancer\n  externalTrafficPolicy: {policy}\n  selector:\n    app: {}\n  \
          ports:\n    - name: http\n      protocol: TCP\n      port: {}\n      targetPort: {}\n",
         spec.name, spec.port, spec.target_port
     );
@@ -176,6 +179,7 @@ mod tests {
                 target_port: 80,
                 annotations: &[("porter.kubesphere.io/allow-shared-ip", "k")],
                 ipv6: true,
+                cluster: false,
             })))
             .expect("a Service");
         assert_eq!(

@@ -140,6 +140,16 @@ pub fn insert_v6_extension(packet: &[u8], kind: u8) -> Vec<u8> {
     out
 }
 
+/// Turns an untagged IPv4 `packet` into what a node forwards to the node of
+/// a `Cluster` backend: Ethernet from `from` to `to`, the IPv4 header's
+/// reserved flag (the forwarded mark) set, the header checksum recomputed.
+pub fn mark_forwarded(packet: &mut [u8], to: [u8; 6], from: [u8; 6]) {
+    packet[..6].copy_from_slice(&to);
+    packet[6..12].copy_from_slice(&from);
+    packet[14 + 6] |= 0x80;
+    fix_ipv4_header_checksum(packet, 14);
+}
+
 pub fn fix_ipv4_header_checksum(packet: &mut [u8], l3: usize) {
     let ihl = usize::from(packet[l3] & 0x0f) * 4;
     packet[l3 + 10] = 0;
@@ -292,10 +302,26 @@ where
             Result = aya::programs::TestRunResult,
         >,
 {
+    test_run_with_context(program, packet, None)
+}
+
+/// [`test_run`] with the program's context (`ctx_in`) given.
+fn test_run_with_context<P>(
+    program: &P,
+    packet: &[u8],
+    ctx: Option<&[u8]>,
+) -> Result<(u32, Vec<u8>)>
+where
+    P: for<'a> aya::programs::TestRun<
+            Opts<'a> = aya::programs::TestRunOptions<'a>,
+            Result = aya::programs::TestRunResult,
+        >,
+{
     let mut out = vec![0u8; packet.len() + 512];
     let mut options = aya::programs::TestRunOptions::new();
     options.data_in = Some(packet);
     options.data_out = Some(&mut out);
+    options.ctx_in = ctx;
     let result = program.test_run(options)?;
     out.truncate(result.data_size_out as usize);
     Ok((result.return_value, out))
@@ -303,12 +329,37 @@ where
 
 /// [`test_run`] of the data plane's XDP program.
 pub fn xdp_test_run(dataplane: &mut Dataplane, packet: &[u8]) -> Result<(u32, Vec<u8>)> {
+    xdp_test_run_on(dataplane, packet, None)
+}
+
+/// [`xdp_test_run`] as if `packet` arrived on interface `ingress` (an
+/// ifindex of the calling thread's network namespace), so that FIB lookups
+/// and `XDP_TX` decisions see that interface. None: the namespace's loopback.
+pub fn xdp_test_run_on(
+    dataplane: &mut Dataplane,
+    packet: &[u8],
+    ingress: Option<u32>,
+) -> Result<(u32, Vec<u8>)> {
     let program: &mut Xdp = dataplane
         .ebpf_mut()
         .program_mut(program_names::XDP)
         .context("xdp program")?
         .try_into()?;
-    test_run(program, packet)
+    let Some(ingress) = ingress else {
+        return test_run(program, packet);
+    };
+    test_run_with_context(program, packet, Some(&xdp_context(packet.len(), ingress)))
+}
+
+/// The `struct xdp_md` BPF_PROG_TEST_RUN takes as context for a packet of
+/// `len` bytes arriving on interface `ingress`: data, data_end, data_meta,
+/// ingress_ifindex, rx_queue_index, egress_ifindex (the kernel wants
+/// data_end to be the length, the rest zero).
+pub fn xdp_context(len: usize, ingress: u32) -> Vec<u8> {
+    [0, len as u32, 0, ingress, 0, 0]
+        .iter()
+        .flat_map(|field: &u32| field.to_ne_bytes())
+        .collect()
 }
 
 /// A small data plane (M = 251, 8 services) on `lab`'s private bpffs, for

@@ -5,7 +5,7 @@ use std::{
     collections::{BTreeMap, BTreeSet},
     fmt::Write as _,
     net::IpAddr,
-    path::PathBuf,
+    path::{Path, PathBuf},
     process::Command,
     time::Duration,
 };
@@ -104,54 +104,11 @@ impl Router {
         match self.config.daemon {
             Daemon::Bird => {
                 std::fs::write(dir.join("bird.conf"), self.bird_conf())?;
-                let mut command = lab.command(&self.ns, "bird");
-                command
-                    .arg("-f")
-                    .arg("-c")
-                    .arg(dir.join("bird.conf"))
-                    .arg("-s")
-                    .arg(dir.join("bird.ctl"))
-                    .arg("-P")
-                    .arg(dir.join("bird.pid"));
-                lab.spawn(&self.name, command)?;
+                spawn_bird(lab, &self.ns, &self.name, dir)?;
             }
             Daemon::Frr => {
                 std::fs::write(dir.join("frr.conf"), self.frr_conf())?;
-                // FRR drops privileges to user frr, which must read its files.
-                let _ = Command::new("chown")
-                    .args(["-R", "frr:frr"])
-                    .arg(dir)
-                    .status();
-                let _ = Command::new("chmod")
-                    .args(["755"])
-                    .arg(dir.parent().unwrap_or(dir))
-                    .status();
-                for daemon in ["zebra", "bgpd"] {
-                    let mut command = lab.command(&self.ns, format!("/usr/lib/frr/{daemon}"));
-                    command
-                        .arg("-N")
-                        .arg(&self.name)
-                        .arg("-f")
-                        .arg(dir.join("frr.conf"))
-                        .arg("-i")
-                        .arg(dir.join(format!("{daemon}.pid")))
-                        .arg("--vty_socket")
-                        .arg(dir)
-                        .arg("-z")
-                        .arg(dir.join("zserv.api"));
-                    if daemon == "bgpd" {
-                        // No other bgpd instance may share the port; -p keeps 179
-                        // (each lab has its own namespace).
-                        command.args(["-p", "179"]);
-                    }
-                    lab.spawn(&format!("{}-{daemon}", self.name), command)?;
-                    if daemon == "zebra" {
-                        let api = dir.join("zserv.api");
-                        wait_for("zebra's API socket", Duration::from_secs(10), || {
-                            Ok(api.exists().then_some(()))
-                        })?;
-                    }
-                }
+                spawn_frr(lab, &self.ns, &self.name, dir, &["zebra", "bgpd"])?;
             }
             Daemon::Gobgp => {
                 std::fs::write(dir.join("gobgp.toml"), self.gobgp_conf())?;
@@ -364,6 +321,12 @@ impl Router {
             .with_context(|| format!("{neighbor} is not a configured neighbour"))
     }
 
+    /// FRR: starts one more daemon of this router (e.g. `bfdd`, which
+    /// bgpd reaches through zebra for `neighbor X bfd`).
+    pub fn spawn_frr_daemon(&self, lab: &mut Lab, daemon: &str) -> Result<()> {
+        spawn_frr(lab, &self.ns, &self.name, &self.dir, &[daemon])
+    }
+
     pub fn birdc(&self, lab: &Lab, args: &[&str]) -> Result<String> {
         let socket = self.dir.join("bird.ctl");
         let mut all = vec!["birdc", "-s", socket.to_str().unwrap_or_default()];
@@ -413,6 +376,69 @@ impl Router {
             .filter_map(|pair| pair[1].parse().ok())
             .collect())
     }
+}
+
+/// Starts BIRD in `ns` with `<dir>/bird.conf`, its control socket in `dir`.
+pub fn spawn_bird(lab: &mut Lab, ns: &str, name: &str, dir: &Path) -> Result<()> {
+    let mut command = lab.command(ns, "bird");
+    command
+        .arg("-f")
+        .arg("-c")
+        .arg(dir.join("bird.conf"))
+        .arg("-s")
+        .arg(dir.join("bird.ctl"))
+        .arg("-P")
+        .arg(dir.join("bird.pid"));
+    lab.spawn(name, command)?;
+    Ok(())
+}
+
+/// Starts FRR's `daemons` (zebra first) in `ns` with `<dir>/frr.conf`,
+/// their vty sockets in `dir`, as log names `<name>-<daemon>`.
+pub fn spawn_frr(lab: &mut Lab, ns: &str, name: &str, dir: &Path, daemons: &[&str]) -> Result<()> {
+    // FRR drops privileges to user frr, which must read its files.
+    let _ = Command::new("chown")
+        .args(["-R", "frr:frr"])
+        .arg(dir)
+        .status();
+    let _ = Command::new("chmod")
+        .args(["755"])
+        .arg(dir.parent().unwrap_or(dir))
+        .status();
+    for daemon in daemons {
+        let mut command = lab.command(ns, format!("/usr/lib/frr/{daemon}"));
+        command
+            .arg("-N")
+            .arg(name)
+            .arg("-f")
+            .arg(dir.join("frr.conf"))
+            .arg("-i")
+            .arg(dir.join(format!("{daemon}.pid")))
+            .arg("--vty_socket")
+            .arg(dir)
+            .arg("-z")
+            .arg(dir.join("zserv.api"));
+        match *daemon {
+            // No other bgpd instance may share the port; -p keeps 179
+            // (each lab has its own namespace).
+            "bgpd" => {
+                command.args(["-p", "179"]);
+            }
+            // bfdd's control socket defaults to one path for the machine.
+            "bfdd" => {
+                command.arg("--bfdctl").arg(dir.join("bfdd.sock"));
+            }
+            _ => {}
+        }
+        lab.spawn(&format!("{name}-{daemon}"), command)?;
+        if *daemon == "zebra" {
+            let api = dir.join("zserv.api");
+            wait_for("zebra's API socket", Duration::from_secs(10), || {
+                Ok(api.exists().then_some(()))
+            })?;
+        }
+    }
+    Ok(())
 }
 
 /// The router and speaker addresses of [`BgpLab`].

@@ -298,6 +298,7 @@ impl PodLab {
                     Ok(Backend {
                         addr: pod_ips.get(pod).context("pod index")?.parse()?,
                         port: Self::TARGET_PORT,
+                        node: None,
                     })
                 })
                 .collect::<Result<_>>()?,
@@ -356,4 +357,59 @@ pub fn attach_pass_xdp_to(ns: &str, interface: &str) -> Result<Ebpf> {
         program.attach(&interface, XdpMode::Driver)?;
         Ok(ebpf)
     })
+}
+
+/// MAC of the `up0` of [`enter_cluster_node`]'s node (172.30.0.11).
+pub const NODE_MAC: [u8; 6] = [2, 0, 0, 0, 0, 0x11];
+/// MAC of its resolved peer node 172.30.0.12.
+pub const PEER_NODE_MAC: [u8; 6] = [2, 0, 0, 0, 0, 0x12];
+
+/// Makes the calling thread a node for `Cluster` forwarding, and returns
+/// the ifindex of its uplink `up0`: in a new namespace of `lab`, node
+/// 172.30.0.11/24 on `up0` ([`NODE_MAC`]) with peer node 172.30.0.12
+/// ([`PEER_NODE_MAC`]) resolved on the same segment, node 172.30.0.13 not
+/// resolved, 172.30.9.0/24 behind router 172.30.0.1, and IP forwarding on
+/// (as on every Kubernetes node; the FIB refuses to route otherwise). XDP
+/// run from this thread then does its FIB lookups there.
+pub fn enter_cluster_node(lab: &mut Lab) -> Result<u32> {
+    let node = lab.netns("node")?;
+    let wire = lab.netns("wire")?;
+    lab.veth((&node, "up0"), (&wire, "up1"))?;
+    lab.ip(
+        &node,
+        &["link", "set", "up0", "address", "02:00:00:00:00:11"],
+    )?;
+    lab.addr(&node, "up0", "172.30.0.11/24")?;
+    for (neighbour, mac) in [
+        ("172.30.0.12", "02:00:00:00:00:12"),
+        ("172.30.0.1", "02:00:00:00:00:01"),
+    ] {
+        lab.ip(
+            &node,
+            &[
+                "neigh",
+                "replace",
+                neighbour,
+                "lladdr",
+                mac,
+                "dev",
+                "up0",
+                "nud",
+                "permanent",
+            ],
+        )?;
+    }
+    lab.ip(
+        &node,
+        &["route", "add", "172.30.9.0/24", "via", "172.30.0.1"],
+    )?;
+    lab.exec(&node, &["sysctl", "-w", "net.ipv4.ip_forward=1"])?;
+    crate::netns::enter(&node)?;
+    let name = std::ffi::CString::new("up0")?;
+    // SAFETY: a NUL-terminated name; no other effect.
+    let ifindex = unsafe { libc::if_nametoindex(name.as_ptr()) };
+    if ifindex == 0 {
+        bail!("no up0 in {node}");
+    }
+    Ok(ifindex)
 }

@@ -102,6 +102,7 @@ fn node_mode_agents_peer_with_their_own_leaf_across_two_subnets() -> Result<()> 
         target_port: 80,
         annotations: &[],
         ipv6: false,
+        cluster: false,
     };
     dc.add_service(&web, &[0, 1])?;
     // An IPv6 Service too: its EIP goes over the same IPv4 sessions, with
@@ -111,6 +112,7 @@ fn node_mode_agents_peer_with_their_own_leaf_across_two_subnets() -> Result<()> 
         name: "web6",
         annotations: &[("eip.porter.kubesphere.io/v1alpha2", "pool6")],
         ipv6: true,
+        cluster: false,
         ..web
     };
     dc.add_service(&web6, &[0, 1])?;

@@ -614,6 +614,7 @@ fn web_service(dc: &Datacenter, annotations: &[(&str, &str)]) -> Result<()> {
             target_port: POD_PORT,
             annotations: &all,
             ipv6: false,
+            cluster: false,
         }),
     )
 }

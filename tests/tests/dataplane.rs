@@ -14,7 +14,7 @@ use porter_tests::{
     lab::Lab,
     packets::{self, L4, Rng, Vlan, checked_summary},
     privilege,
-    scenarios::PodLab,
+    scenarios::{self, PodLab},
 };
 
 const XDP_DROP: u32 = 1;
@@ -44,6 +44,7 @@ fn spec(vip: &str, port: u16, proto: Protocol, pods: &[&str], target: u16) -> Se
             .map(|pod| Backend {
                 addr: ip(pod),
                 port: target,
+                node: None,
             })
             .collect(),
     }
@@ -752,5 +753,248 @@ fn end_to_end(masquerade: bool, forwarding: Forwarding) -> Result<()> {
         stats::read_stat(&pins, Stat::RevNatApplied)? > 0,
         "replies were reverse-NATed by tc"
     );
+    Ok(())
+}
+
+/// `Cluster` forwarding, from one node's point of view: this test's thread
+/// is node 172.30.0.11 of [`scenarios::enter_cluster_node`].
+struct ClusterNode {
+    bench: Bench,
+    ifindex: u32,
+}
+
+const CLUSTER_VIP: &str = "192.0.2.20";
+const LOCAL_POD: &str = "10.244.1.2";
+const REMOTE_POD: &str = "10.244.2.2";
+const IP_FLAGS: usize = 14 + 6;
+
+impl ClusterNode {
+    fn new(tag: &str) -> Result<Self> {
+        let mut bench = Bench::new(tag)?;
+        let ifindex = scenarios::enter_cluster_node(&mut bench._lab)?;
+        Ok(Self { bench, ifindex })
+    }
+
+    fn run(&mut self, packet: &[u8]) -> Result<(u32, Vec<u8>)> {
+        packets::xdp_test_run_on(&mut self.bench.dataplane, packet, Some(self.ifindex))
+    }
+
+    fn counters(&self, port: u16) -> Result<porter_common::ServiceCounters> {
+        let addr = ServiceAddr {
+            vip: ip(CLUSTER_VIP),
+            port,
+            proto: Protocol::Tcp,
+        };
+        self.bench
+            .dataplane
+            .service_counters(&addr)?
+            .context("service installed")
+    }
+}
+
+/// A TCP service on [`CLUSTER_VIP`]:`port` → `:8080` of `pods`, each
+/// `(pod, None)` on this node or `(pod, Some(node))` on another.
+fn cluster_spec(port: u16, pods: &[(&str, Option<&str>)]) -> ServiceSpec {
+    ServiceSpec {
+        addr: ServiceAddr {
+            vip: ip(CLUSTER_VIP),
+            port,
+            proto: Protocol::Tcp,
+        },
+        backends: pods
+            .iter()
+            .map(|(pod, node)| Backend {
+                addr: ip(pod),
+                port: 8080,
+                node: node.map(ip),
+            })
+            .collect(),
+    }
+}
+
+/// `packet` as a node forwards it: MACs of the hop to the backend's node,
+/// the IPv4 reserved flag set, the header checksum recomputed from scratch.
+fn forwarded(packet: &[u8]) -> Vec<u8> {
+    let mut out = packet.to_vec();
+    packets::mark_forwarded(&mut out, scenarios::PEER_NODE_MAC, scenarios::NODE_MAC);
+    out
+}
+
+fn cluster_tcp(sport: u16, port: u16, syn: bool) -> Result<Vec<u8>> {
+    packets::build(
+        ip(CLIENT4),
+        ip(CLUSTER_VIP),
+        L4::Tcp {
+            sport,
+            dport: port,
+            syn,
+        },
+        Vlan::None,
+    )
+}
+
+#[test]
+fn cluster_packets_are_forwarded_to_the_backends_node_with_only_the_macs_and_mark_changed()
+-> Result<()> {
+    if !privilege::can_run(
+        "cluster_packets_are_forwarded_to_the_backends_node_with_only_the_macs_and_mark_changed",
+    ) {
+        return Ok(());
+    }
+    let mut node = ClusterNode::new("dpfwd")?;
+    node.bench.dataplane.reconcile(&[
+        cluster_spec(80, &[(REMOTE_POD, Some("172.30.0.12"))]),
+        cluster_spec(81, &[(REMOTE_POD, Some("172.30.0.13"))]),
+        cluster_spec(82, &[(REMOTE_POD, Some("172.30.9.5"))]),
+    ])?;
+    // The SYN and the next packet (conntrack) go out of the interface they
+    // came in on, byte for byte as sent but for the MACs and the mark.
+    for (case, syn) in [("new flow", true), ("established", false)] {
+        let packet = cluster_tcp(41000, 80, syn)?;
+        let before = node.bench.stat(Stat::ForwardedRemote)?;
+        let (action, out) = node.run(&packet)?;
+        assert_eq!(action, XDP_TX, "{case}: sent back out of up0");
+        assert_eq!(out, forwarded(&packet), "{case}: exact bytes");
+        let summary = checked_summary(&out)?;
+        assert_eq!(
+            (summary.dst, summary.dport),
+            (ip(CLUSTER_VIP), 80),
+            "{case}: still addressed to the VIP"
+        );
+        assert_eq!(
+            node.bench.stat(Stat::ForwardedRemote)?,
+            before + 1,
+            "{case}"
+        );
+    }
+    let counters = node.counters(80)?;
+    assert_eq!(
+        (
+            counters.packets,
+            counters.new_flows,
+            counters.forwarded_out,
+            counters.forwarded_in
+        ),
+        (2, 1, 2, 0)
+    );
+    // A node whose MAC is not resolved, and one behind a router: dropped, counted.
+    for (port, stat) in [
+        (81, Stat::DropForwardNoNeighbour),
+        (82, Stat::DropForwardNoRoute),
+    ] {
+        let packet = cluster_tcp(41001, port, true)?;
+        let before = node.bench.stat(stat)?;
+        let (action, out) = node.run(&packet)?;
+        assert_eq!(action, XDP_DROP, "port {port}");
+        assert_eq!(out, packet, "port {port}: not modified");
+        assert_eq!(node.bench.stat(stat)?, before + 1, "port {port}: {stat:?}");
+    }
+    Ok(())
+}
+
+#[test]
+fn forwarded_packets_are_served_locally_and_never_forwarded_again() -> Result<()> {
+    if !privilege::can_run("forwarded_packets_are_served_locally_and_never_forwarded_again") {
+        return Ok(());
+    }
+    let mut node = ClusterNode::new("dprcv")?;
+    node.bench.dataplane.reconcile(&[
+        // This node's pod, as the node another node forwards to sees it.
+        cluster_spec(80, &[(LOCAL_POD, None), (REMOTE_POD, Some("172.30.0.12"))]),
+        // Only a remote pod: a forwarded packet must not go on to it.
+        cluster_spec(81, &[(REMOTE_POD, Some("172.30.0.12"))]),
+    ])?;
+
+    // Receive: a marked packet to a local pod is DNATed exactly as an
+    // unmarked one of the same flow is, the mark cleared.
+    let mut served = 0;
+    for sport in 42000..42040u16 {
+        let plain = cluster_tcp(sport, 80, true)?;
+        let marked = forwarded(&plain);
+        let (action, out) = node.run(&marked)?;
+        if action == XDP_DROP {
+            // The table picks the remote pod for this flow: refused.
+            continue;
+        }
+        assert_eq!(
+            action, XDP_PASS,
+            "to the kernel, which routes it to the pod"
+        );
+        assert_dnat(&marked, &out, &[LOCAL_POD], 8080, "forwarded in");
+        assert_eq!(out[IP_FLAGS] & 0x80, 0, "mark cleared");
+        // The same flow unmarked (conntrack: the same pod) gives the same
+        // IP packet, byte for byte.
+        let (_, plain_out) = node.run(&plain)?;
+        assert_eq!(out[12..], plain_out[12..], "as the plain packet");
+        // The pod's reply goes straight to the client from the VIP (DSR).
+        let reply = packets::build(
+            ip(LOCAL_POD),
+            ip(CLIENT4),
+            L4::Tcp {
+                sport: 8080,
+                dport: sport,
+                syn: false,
+            },
+            Vlan::None,
+        )?;
+        let replied = checked_summary(&node.bench.run_tc(&reply)?)?;
+        assert_eq!(
+            (replied.src, replied.sport, replied.dst),
+            (ip(CLUSTER_VIP), 80, ip(CLIENT4)),
+            "reply reverse-NATed on the backend's node"
+        );
+        served += 1;
+    }
+    assert!(
+        (8..=32).contains(&served),
+        "40 forwarded flows split between a local and a remote pod; {served} local"
+    );
+    let counters = node.counters(80)?;
+    assert_eq!(counters.forwarded_in, served);
+    assert_eq!(counters.forwarded_out, 0, "nothing forwarded twice");
+
+    // Loop refusal: the only backend is remote.
+    let packet = forwarded(&cluster_tcp(43000, 81, true)?);
+    let before = node.bench.stat(Stat::DropForwardLoop)?;
+    let (action, out) = node.run(&packet)?;
+    assert_eq!(action, XDP_DROP);
+    assert_eq!(out, packet, "not modified");
+    assert_eq!(node.bench.stat(Stat::DropForwardLoop)?, before + 1);
+    // The refusal was not recorded: once this node has a pod for it (the
+    // nodes agree again), the flow's retransmission is served here.
+    node.bench
+        .dataplane
+        .upsert_service(&cluster_spec(81, &[(LOCAL_POD, None)]))?;
+    let (action, out) = node.run(&packet)?;
+    assert_eq!(action, XDP_PASS);
+    assert_dnat(&packet, &out, &[LOCAL_POD], 8080, "after the tables agree");
+
+    // A flow this node forwarded itself (its conntrack names the remote
+    // pod) and that another node now forwards here: conntrack is not
+    // followed to the remote pod; the packet is served locally or refused.
+    node.bench
+        .dataplane
+        .upsert_service(&cluster_spec(81, &[(REMOTE_POD, Some("172.30.0.12"))]))?;
+    let mut local = 0;
+    for sport in 44000..44020u16 {
+        let (action, _) = node.run(&cluster_tcp(sport, 81, true)?)?;
+        assert_eq!(action, XDP_TX, "first forwarded out by this node");
+    }
+    node.bench.dataplane.upsert_service(&cluster_spec(
+        81,
+        &[(LOCAL_POD, None), (REMOTE_POD, Some("172.30.0.12"))],
+    ))?;
+    for sport in 44000..44020u16 {
+        let packet = forwarded(&cluster_tcp(sport, 81, false)?);
+        let (action, out) = node.run(&packet)?;
+        assert_ne!(action, XDP_TX, "sport {sport}: never forwarded twice");
+        if action == XDP_PASS {
+            assert_dnat(&packet, &out, &[LOCAL_POD], 8080, "served locally");
+            local += 1;
+        } else {
+            assert_eq!(action, XDP_DROP);
+        }
+    }
+    assert!(local > 0, "some of 20 flows hash to the local pod");
     Ok(())
 }

@@ -484,3 +484,59 @@ fn the_elected_node_answers_arp_and_ndp_and_a_crash_fails_over() -> Result<()> {
     neighbour_becomes(&lab, eip6, &lab.node_mac(leader6)?)?;
     Ok(())
 }
+
+#[test]
+fn the_leader_spreads_cluster_traffic_over_every_nodes_pod() -> Result<()> {
+    if !privilege::can_run("the_leader_spreads_cluster_traffic_over_every_nodes_pod") {
+        return Ok(());
+    }
+    let eip = layer2_lab::EIP;
+    let mut lab = L2Lab::new("l2cl", 3)?;
+    lab.set_policy("Cluster")?;
+    let names: Vec<String> = lab.node_names().iter().map(|n| n.to_string()).collect();
+    for name in &names {
+        lab.start(name)?;
+    }
+    lab.start_controller()?;
+    let all: Vec<&str> = names.iter().map(String::as_str).collect();
+    let leader = L2Lab::expected_leader(eip, &all)?;
+    lab.announcer_becomes(POOL, eip, leader)?;
+    lab.flush_client_neighbours()?;
+    // All traffic arrives at the leader, whose table spreads it over the
+    // pods of all three nodes (one each).
+    let mut answered: std::collections::BTreeMap<String, usize> = Default::default();
+    wait_for(
+        "every pod to answer through the leader",
+        Duration::from_secs(20),
+        || {
+            let pod = lab.request(eip, Duration::from_secs(1))?;
+            *answered.entry(pod).or_default() += 1;
+            Ok((answered.len() == all.len()).then_some(()))
+        },
+    )?;
+    for _ in 0..30 {
+        let pod = lab.request(eip, Duration::from_secs(2))?;
+        *answered.entry(pod).or_default() += 1;
+    }
+    println!("through leader {leader}: {answered:?}");
+    for name in &all {
+        assert!(
+            answered.get(&pod_of(name)).is_some_and(|&n| n > 0),
+            "{answered:?}"
+        );
+    }
+    assert_eq!(
+        lab.client_neighbour(eip)?,
+        Some(lab.node_mac(leader)?),
+        "ARP still resolves to the leader alone"
+    );
+    for name in &all {
+        let (arp, _) = lab.answered(name)?;
+        assert_eq!(
+            arp > 0,
+            *name == leader,
+            "{name} answered {arp} ARP requests"
+        );
+    }
+    Ok(())
+}

@@ -32,4 +32,10 @@ pub enum Suite {
     Agent,
     /// Layer 2 failover time after a leader crash (median of 10), and handback.
     Layer2,
+    /// Node mode with BFD: seconds until the router drops a silently cut node (median of 10,
+    /// at 300 ms x 3 and 100 ms x 3), and 60 s of CPU stress without a false alarm.
+    Failover,
+    /// Connections broken when the ECMP set changes and Porter restarts (200 held per
+    /// policy): externalTrafficPolicy Cluster against Local in the same run.
+    Disruption,
 }

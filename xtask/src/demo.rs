@@ -26,7 +26,10 @@ pub fn run(args: &DemoArgs) -> Result<()> {
     step("installing what the lab needs (Debian packages, bpffs, eBPF toolchain)");
     setup::ensure_all()?;
     step("building the eBPF object and the binaries");
-    let object = ebpf::build(&ebpf::BuildArgs { release: false })?;
+    let object = ebpf::build(&ebpf::BuildArgs {
+        release: false,
+        locked: false,
+    })?;
     println!("    eBPF object: {}", object.display());
     cmd::run(cmd::cargo().args(["build", "--quiet", "--workspace", "--bins"]))?;
 

@@ -16,6 +16,9 @@ pub struct BuildArgs {
     /// Build the agent in release mode (the eBPF object itself is always optimised).
     #[arg(long)]
     pub release: bool,
+    /// Fail if Cargo.lock would have to change (image builds).
+    #[arg(long)]
+    pub locked: bool,
 }
 
 /// Builds the agent (and with it the eBPF object); returns the object's path.
@@ -31,9 +34,13 @@ pub fn build(args: &BuildArgs) -> Result<PathBuf> {
     if args.release {
         cargo.arg("--release");
     }
+    if args.locked {
+        cargo.arg("--locked");
+    }
     eprintln!(
-        "$ cargo build --package porter-agent{}",
-        if args.release { " --release" } else { "" }
+        "$ cargo build --package porter-agent{}{}",
+        if args.release { " --release" } else { "" },
+        if args.locked { " --locked" } else { "" }
     );
     let mut child = cargo
         .stdout(Stdio::piped())

@@ -18,6 +18,7 @@ pub const TARGETS: &[&str] = &[
     "seed_toml",
     "eip_address",
     "ipam",
+    "bfd_receive",
 ];
 
 #[derive(clap::Args)]
@@ -55,10 +56,11 @@ pub fn run(args: &FuzzArgs) -> Result<()> {
             0 => "-runs=0".to_string(),
             seconds => format!("-max_total_time={seconds}"),
         };
+        let plus_nightly = format!("+{}", toolchain::nightly());
         cmd::run(
             rustup_cargo()
                 .current_dir(&root)
-                .args(["+nightly", "fuzz", "run", "-O", target])
+                .args([plus_nightly.as_str(), "fuzz", "run", "-O", target])
                 .arg(&corpus)
                 .arg(&seeds)
                 .args(["--", &budget, "-print_final_stats=1"]),
@@ -66,14 +68,14 @@ pub fn run(args: &FuzzArgs) -> Result<()> {
         .with_context(|| {
             format!(
                 "fuzz target {target} failed; a crashing input is saved in fuzz/artifacts/{target}/ \
-                 (reproduce with `cargo +nightly fuzz run {target} <file>`)"
+                 (reproduce with `cargo {plus_nightly} fuzz run {target} <file>`)"
             )
         })?;
     }
     Ok(())
 }
 
-/// The rustup proxy, which understands `+nightly` (the `$CARGO` that runs
+/// The rustup proxy, which understands `+<toolchain>` (the `$CARGO` that runs
 /// xtask is the stable toolchain's own binary, which does not).
 fn rustup_cargo() -> Command {
     Command::new("cargo")

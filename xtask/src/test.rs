@@ -21,7 +21,10 @@ pub fn run(args: &TestArgs) -> Result<()> {
     ]))?;
     // clippy compiles porter-agent, whose build script builds the eBPF object,
     // so the eBPF build comes first and fails on its own, with a clear message.
-    let object = ebpf::build(&ebpf::BuildArgs { release: false })?;
+    let object = ebpf::build(&ebpf::BuildArgs {
+        release: false,
+        locked: false,
+    })?;
     eprintln!("eBPF object: {}", object.display());
     cmd::run(cmd::cargo().args([
         "clippy",

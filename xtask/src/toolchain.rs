@@ -1,13 +1,33 @@
 //! Makes sure the eBPF toolchain is present, installing what is missing, as
-//! described in docs/toolchain.md: nightly, its rust-src, and a bpf-linker
-//! linked against nightly's own libLLVM.
+//! docs/toolchain.md describes: the pinned nightly
+//! (porter-ebpf/rust-toolchain.toml), its rust-src, and bpf-linker at a
+//! pinned version, built `--locked` against that nightly's own libLLVM.
 use std::{env, path::PathBuf, process::Command};
 
 use anyhow::{Context, Result, bail};
 
 use crate::cmd;
 
-const NIGHTLY: &str = "nightly";
+/// The pin, next to the crate it builds; porter-agent/build.rs reads it too.
+const TOOLCHAIN_FILE: &str = include_str!("../../porter-ebpf/rust-toolchain.toml");
+
+/// bpf-linker, by exact version, installed with `--locked` so that its own
+/// dependencies are the ones it was released with. To move it: change it
+/// here, run `cargo xtask build-ebpf`, then `cargo xtask test`.
+const BPF_LINKER_VERSION: &str = "0.13.0";
+
+/// The pinned nightly, e.g. `nightly-2026-05-20`.
+pub fn nightly() -> &'static str {
+    channel(TOOLCHAIN_FILE).unwrap_or("nightly")
+}
+
+/// `channel = "..."` of a rust-toolchain.toml.
+fn channel(toml: &str) -> Option<&str> {
+    toml.lines()
+        .filter_map(|line| line.trim().strip_prefix("channel"))
+        .find_map(|rest| rest.trim().strip_prefix('='))
+        .map(|value| value.trim().trim_matches('"'))
+}
 
 pub fn ensure_ebpf_toolchain() -> Result<()> {
     if cmd::stdout(Command::new("rustup").arg("--version")).is_none() {
@@ -23,11 +43,25 @@ pub fn ensure_ebpf_toolchain() -> Result<()> {
 pub fn ensure_nightly() -> Result<()> {
     let installed =
         cmd::stdout(Command::new("rustup").args(["toolchain", "list"])).unwrap_or_default();
-    if installed.lines().any(|line| line.starts_with("nightly")) {
+    if installed
+        .lines()
+        .any(|line| line.starts_with(&format!("{}-", nightly())))
+    {
         return Ok(());
     }
-    cmd::run(Command::new("rustup").args(["toolchain", "install", NIGHTLY, "--profile", "minimal"]))
-        .context("installing the nightly toolchain (needed for -Z build-std)")
+    cmd::run(Command::new("rustup").args([
+        "toolchain",
+        "install",
+        nightly(),
+        "--profile",
+        "minimal",
+    ]))
+    .with_context(|| {
+        format!(
+            "installing {} (needed for -Z build-std; pinned in porter-ebpf/rust-toolchain.toml)",
+            nightly()
+        )
+    })
 }
 
 fn ensure_rust_src() -> Result<()> {
@@ -36,32 +70,41 @@ fn ensure_rust_src() -> Result<()> {
         "list",
         "--installed",
         "--toolchain",
-        NIGHTLY,
+        nightly(),
     ]))
     .unwrap_or_default();
     if installed.lines().any(|line| line.starts_with("rust-src")) {
         return Ok(());
     }
-    cmd::run(Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", NIGHTLY]))
-        .context("adding rust-src to nightly (needed for -Z build-std=core)")
+    cmd::run(Command::new("rustup").args([
+        "component",
+        "add",
+        "rust-src",
+        "--toolchain",
+        nightly(),
+    ]))
+    .context("adding rust-src to nightly (needed for -Z build-std=core)")
 }
 
 /// bpf-linker loads libLLVM dynamically. Built against nightly's own library,
-/// it starts under `rustup run nightly` (which puts that library on the loader
-/// path) exactly when its LLVM is nightly's; after a nightly update it no
-/// longer loads, and is rebuilt.
+/// it starts under `rustup run <nightly>` (which puts that library on the
+/// loader path) exactly when its LLVM is that nightly's; after the pin moves
+/// it no longer loads, and is rebuilt, as it is when its version is not the
+/// pinned one.
 fn ensure_bpf_linker() -> Result<()> {
-    if cmd::stdout(Command::new("rustup").args(["run", NIGHTLY, "bpf-linker", "--version"]))
-        .is_some()
-    {
+    let running =
+        cmd::stdout(Command::new("rustup").args(["run", nightly(), "bpf-linker", "--version"]));
+    if running.is_some_and(|v| v.trim() == format!("bpf-linker {BPF_LINKER_VERSION}")) {
         return Ok(());
     }
-    let version = cmd::stdout(Command::new("rustc").args(["+nightly", "-vV"]))
-        .context("cannot run `rustc +nightly -vV`")?;
+    let plus_nightly = format!("+{}", nightly());
+    let version = cmd::stdout(Command::new("rustc").args([plus_nightly.as_str(), "-vV"]))
+        .with_context(|| format!("cannot run `rustc {plus_nightly} -vV`"))?;
     let llvm_major = llvm_major(&version)
         .with_context(|| format!("no `LLVM version:` line in `rustc +nightly -vV`:\n{version}"))?;
-    let sysroot = cmd::stdout(Command::new("rustc").args(["+nightly", "--print", "sysroot"]))
-        .context("cannot ask nightly for its sysroot")?;
+    let sysroot =
+        cmd::stdout(Command::new("rustc").args([plus_nightly.as_str(), "--print", "sysroot"]))
+            .context("cannot ask nightly for its sysroot")?;
     let nightly_lib = PathBuf::from(sysroot.trim()).join("lib");
     let libllvm = find_libllvm(&nightly_lib, llvm_major)?;
 
@@ -75,17 +118,13 @@ fn ensure_bpf_linker() -> Result<()> {
         .with_context(|| format!("linking {} to {}", link.display(), libllvm.display()))?;
 
     eprintln!(
-        "bpf-linker is missing or does not match nightly's LLVM {llvm_major}; building it (about a minute)"
+        "bpf-linker {BPF_LINKER_VERSION} is missing or does not match nightly's LLVM {llvm_major}; building it (about a minute)"
     );
     cmd::run(
         cmd::cargo()
-            .args([
-                "install",
-                "--force",
-                "bpf-linker",
-                "--no-default-features",
-                "--features",
-            ])
+            .args(["install", "--force", "--locked", "bpf-linker", "--version"])
+            .arg(BPF_LINKER_VERSION)
+            .args(["--no-default-features", "--features"])
             .arg(format!("llvm-{llvm_major}"))
             .env("LLVM_PREFIX", &prefix),
     )
@@ -121,6 +160,20 @@ fn find_libllvm(nightly_lib: &std::path::Path, llvm_major: u32) -> Result<PathBu
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_nightly_is_pinned_by_date() {
+        assert_eq!(
+            channel("[toolchain]\nchannel = \"nightly-2026-05-20\"\n"),
+            Some("nightly-2026-05-20")
+        );
+        let pinned = nightly();
+        let date = pinned.strip_prefix("nightly-").expect("a nightly");
+        assert!(
+            date.len() == 10 && date.split('-').all(|part| part.parse::<u32>().is_ok()),
+            "porter-ebpf/rust-toolchain.toml pins a dated nightly, not {pinned}"
+        );
+    }
 
     #[test]
     fn reads_llvm_major_from_rustc_verbose_version() {

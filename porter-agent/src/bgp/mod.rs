@@ -10,11 +10,12 @@
 //! data plane goes on serving, and the next agent (which opens with the
 //! restart flag) takes them over without a gap. Without graceful restart
 //! the routers withdraw them at once.
+pub mod bfd;
 pub mod metrics;
 pub mod wanted;
 pub mod writer;
 
-use std::{collections::BTreeMap, net::IpAddr};
+use std::{collections::BTreeMap, net::IpAddr, sync::Arc};
 
 use porter_api::{
     BgpPeerNodeStatus,
@@ -26,6 +27,7 @@ use porter_bgp::{PathTable, Speaker};
 use tracing::{error, info, warn};
 
 use self::{
+    bfd::NodeBfd,
     metrics::BgpMetrics,
     wanted::{SelectedPeer, node_bgp, node_paths, status_entry, unnegotiated_families},
     writer::PeerStatusWriter,
@@ -35,9 +37,11 @@ use crate::ServiceSpec;
 /// This node's speaker and what it last applied.
 pub struct NodeSpeaker {
     node: String,
-    writer: PeerStatusWriter,
+    writer: Arc<PeerStatusWriter>,
     metrics: BgpMetrics,
     running: Option<(SpeakerConfig, Speaker)>,
+    /// BFD beside the running speaker.
+    bfd: Option<NodeBfd>,
     peers: BTreeMap<IpAddr, SelectedPeer>,
     paths: Option<PathTable>,
     notes: Vec<Note>,
@@ -49,9 +53,10 @@ impl NodeSpeaker {
     pub fn new(node: String, writer: PeerStatusWriter, metrics: BgpMetrics) -> Self {
         Self {
             node,
-            writer,
+            writer: Arc::new(writer),
             metrics,
             running: None,
+            bfd: None,
             peers: BTreeMap::new(),
             paths: None,
             notes: Vec::new(),
@@ -105,15 +110,45 @@ impl NodeSpeaker {
             }
             sessions = speaker.peer_status().await;
         }
+        let bfd_states = self.step_bfd().await;
         self.log_notes(notes);
         self.metrics.sessions(&self.node, &sessions);
-        self.report(snapshot, &sessions).await;
+        self.metrics.bfd(
+            &self.node,
+            &bfd_states,
+            self.bfd.as_ref().map(NodeBfd::counters),
+        );
+        self.report(snapshot, &sessions, &bfd_states).await;
+    }
+
+    /// Brings the BFD sessions to the selected peers' `spec.bfd`, and
+    /// returns each session's state text by neighbour.
+    async fn step_bfd(&mut self) -> BTreeMap<IpAddr, String> {
+        let wanted: BTreeMap<IpAddr, (String, porter_bfd::PeerConfig)> = self
+            .peers
+            .iter()
+            .filter_map(|(address, peer)| Some((*address, (peer.name.clone(), peer.bfd?))))
+            .collect();
+        let Some((_, speaker)) = &self.running else {
+            return BTreeMap::new();
+        };
+        if wanted.is_empty() && self.bfd.is_none() {
+            return BTreeMap::new();
+        }
+        let bfd = self.bfd.get_or_insert_with(|| {
+            NodeBfd::start(self.node.clone(), speaker.clone(), self.writer.clone())
+        });
+        bfd.set_peers(&self.node, wanted).await;
+        bfd.states()
     }
 
     /// Stops the running speaker, if any, and starts `config`'s. Going to no
     /// speaker (the cluster left node mode) is not a restart: a Cease makes
     /// the routers drop this node's routes now.
     async fn restart(&mut self, config: Option<SpeakerConfig>) {
+        // BFD acts on the speaker it was started with; it stops after the
+        // speaker (see NodeBfd::shutdown).
+        let bfd = self.bfd.take();
         if let Some((_, old)) = self.running.take() {
             if config.is_none() {
                 for address in self.peers.keys() {
@@ -122,6 +157,9 @@ impl NodeSpeaker {
             }
             old.shutdown().await;
             info!(node = %self.node, "BGP speaker stopped");
+        }
+        if let Some(bfd) = bfd {
+            bfd.shutdown().await;
         }
         self.peers.clear();
         self.paths = None;
@@ -142,12 +180,20 @@ impl NodeSpeaker {
 
     /// Writes this node's entry of each BgpPeer's status where the
     /// snapshot shows it differs.
-    async fn report(&self, snapshot: &Snapshot, sessions: &[porter_bgp::PeerStatus]) {
+    async fn report(
+        &self,
+        snapshot: &Snapshot,
+        sessions: &[porter_bgp::PeerStatus],
+        bfd_states: &BTreeMap<IpAddr, String>,
+    ) {
         let entries: BTreeMap<String, BgpPeerNodeStatus> = sessions
             .iter()
             .filter_map(|session| {
                 let peer = self.peers.get(&session.address)?;
-                Some((peer.name.clone(), status_entry(&self.node, session)))
+                let bfd = peer
+                    .bfd
+                    .and_then(|_| bfd_states.get(&session.address).cloned());
+                Some((peer.name.clone(), status_entry(&self.node, session, bfd)))
             })
             .collect();
         for (peer, entry) in status_changes(snapshot, &self.node, &entries) {
@@ -176,6 +222,9 @@ impl NodeSpeaker {
             return;
         };
         speaker.shutdown().await;
+        if let Some(bfd) = self.bfd.take() {
+            bfd.shutdown().await;
+        }
         let why = match config.graceful_restart {
             Some(gr) => format!(
                 "porter-agent stopped; with graceful restart the router keeps this node's routes for {} s",
@@ -189,6 +238,7 @@ impl NodeSpeaker {
                 state: "Idle".to_owned(),
                 paths_announced: 0,
                 last_error: Some(why.clone()),
+                bfd: None,
             };
             if let Err(err) = self
                 .writer

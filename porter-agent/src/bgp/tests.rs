@@ -103,6 +103,48 @@ fn node_mode_selects_the_peers_whose_node_selector_matches_the_node() {
 }
 
 #[test]
+fn bfd_follows_the_peer_spec_single_hop_or_multihop_and_bad_values_are_warned() {
+    let peers = "kind: BgpPeer
+metadata: {name: plain}
+spec: {conf: {peerAs: 65011, neighborAddress: 172.30.1.1}}
+---
+kind: BgpPeer
+metadata: {name: fast}
+spec: {conf: {peerAs: 65012, neighborAddress: 172.30.1.2}, bfd: {receiveInterval: 100, transmitInterval: 100, detectMultiplier: 3}}
+---
+kind: BgpPeer
+metadata: {name: far}
+spec: {conf: {peerAs: 65013, neighborAddress: 10.9.0.1}, ebgpMultihop: {enabled: true}, bfd: {}}
+---
+kind: BgpPeer
+metadata: {name: typo}
+spec: {conf: {peerAs: 65014, neighborAddress: 172.30.1.4}, bfd: {detectMultiplier: 1}}
+";
+    let snap = snapshot(&format!("{NODES}---\n{peers}---\n{}", conf("node", None)));
+    let n1 = node_bgp(&snap, "n1", &SecretScope::default());
+    let bfd = |address: &str| n1.peers[&address.parse::<IpAddr>().expect("ip")].bfd;
+    assert_eq!(bfd("172.30.1.1"), None);
+    let fast = bfd("172.30.1.2").expect("BFD for fast");
+    assert!(!fast.key.multihop);
+    assert_eq!(
+        fast.timers.desired_min_tx,
+        std::time::Duration::from_millis(100)
+    );
+    let far = bfd("10.9.0.1").expect("BFD for far");
+    assert!(far.key.multihop, "eBGP multihop peers get multihop BFD");
+    assert_eq!(far.timers, porter_bfd::Timers::default());
+    // A bad value keeps the BGP session and says why BFD does not run.
+    assert_eq!(bfd("172.30.1.4"), None);
+    assert!(
+        n1.notes.iter().any(|n| n.warning
+            && n.message
+                .contains("BgpPeer `typo`: bfd.detectMultiplier 1 is out of range")),
+        "{:?}",
+        n1.notes
+    );
+}
+
+#[test]
 fn a_node_without_ipv4_needs_a_router_id_and_an_unknown_node_gets_nothing() {
     let snap = snapshot(&format!("{NODES}---\n{PEERS}---\n{}", conf("node", None)));
     let n2 = node_bgp(&snap, "n2", &SecretScope::default());
@@ -279,6 +321,7 @@ fn spec(vip: &str, port: u16, pods: &[&str]) -> ServiceSpec {
             .map(|pod| Backend {
                 addr: pod.parse().expect("pod"),
                 port: 80,
+                node: None,
             })
             .collect(),
     }
@@ -388,6 +431,8 @@ fn session(state: SessionState, paths: u64) -> porter_bgp::PeerStatus {
         families: Vec::new(),
         add_path: Vec::new(),
         last_error: None,
+        notifications_sent: Default::default(),
+        notifications_received: Default::default(),
     }
 }
 
@@ -410,7 +455,7 @@ metadata: {name: leaf3}
 spec: {conf: {peerAs: 65013, neighborAddress: 172.30.3.1}}
 ",
     );
-    let established = status_entry("n1", &session(SessionState::Established, 2));
+    let established = status_entry("n1", &session(SessionState::Established, 2), None);
     assert_eq!(
         established,
         BgpPeerNodeStatus {
@@ -418,9 +463,16 @@ spec: {conf: {peerAs: 65013, neighborAddress: 172.30.3.1}}
             state: "Established".into(),
             paths_announced: 2,
             last_error: None,
+            bfd: None,
         }
     );
-    let connecting = status_entry("n1", &session(SessionState::Connect, 0));
+    let with_bfd = status_entry(
+        "n1",
+        &session(SessionState::Established, 2),
+        Some("Up".into()),
+    );
+    assert_eq!(with_bfd.bfd.as_deref(), Some("Up"));
+    let connecting = status_entry("n1", &session(SessionState::Connect, 0), None);
     let entries = BTreeMap::from([
         ("leaf1".to_owned(), established),
         ("leaf3".to_owned(), connecting.clone()),
@@ -471,7 +523,7 @@ async fn the_agent_applies_its_own_bgppeer_status_entry_under_a_per_node_manager
     let writer = PeerStatusWriter::Kube(Box::new(porter_api::source::kube::KubeWriter::new(
         client, None, None,
     )));
-    let entry = status_entry("n1", &session(SessionState::Established, 2));
+    let entry = status_entry("n1", &session(SessionState::Established, 2), None);
     writer
         .write("leaf1", "n1", Some(&entry))
         .await

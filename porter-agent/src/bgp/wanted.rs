@@ -11,8 +11,8 @@ use porter_api::{
     BgpConf, BgpPeerNodeStatus, ObjectKey, SpeakerMode,
     annotations::BGP_CONF_NAME,
     bgp_config::{
-        Note, SpeakerConfig, families_not_carried, peer_from_crd, selects_node, set_password,
-        speaker_from_conf, warn,
+        Note, SpeakerConfig, bfd_peer, bfd_timers, families_not_carried, peer_from_crd,
+        selects_node, set_password, speaker_from_conf, warn,
     },
     bgp_policy::{ClusterPolicy, PeerScope, PoolPolicy, ServicePolicy, merge, only_peers},
     peer_auth::SecretScope,
@@ -32,6 +32,8 @@ pub struct SelectedPeer {
     pub config: porter_bgp::PeerConfig,
     /// What decides which of this node's paths the peer is sent.
     pub scope: PeerScope,
+    /// The BFD session with the neighbour (`spec.bfd`), if any.
+    pub bfd: Option<porter_bfd::PeerConfig>,
 }
 
 /// The node-mode BGP settings of one node.
@@ -130,12 +132,23 @@ pub fn node_bgp(snapshot: &Snapshot, node: &str, secrets: &SecretScope) -> NodeB
                 let Some(scope) = PeerScope::of(peer) else {
                     continue;
                 };
+                let bfd = match bfd_timers(peer.spec.bfd.as_ref()) {
+                    Ok(timers) => timers.map(|timers| bfd_peer(&config, timers)),
+                    Err(why) => {
+                        out.notes.push(warn(format!(
+                            "BgpPeer `{name}`: {why}; BFD does not run with {} until it is fixed",
+                            config.address
+                        )));
+                        None
+                    }
+                };
                 out.peers.insert(
                     config.address,
                     SelectedPeer {
                         name,
                         config,
                         scope,
+                        bfd,
                     },
                 );
             }
@@ -275,12 +288,18 @@ fn pool_of(snapshot: &Snapshot, vip: IpAddr) -> Option<&porter_api::Eip> {
         .map(AsRef::as_ref)
 }
 
-/// This node's `BgpPeer.status.nodes` entry for a session.
-pub fn status_entry(node: &str, status: &porter_bgp::PeerStatus) -> BgpPeerNodeStatus {
+/// This node's `BgpPeer.status.nodes` entry for a session, with the BFD
+/// state text when BFD runs with the peer.
+pub fn status_entry(
+    node: &str,
+    status: &porter_bgp::PeerStatus,
+    bfd: Option<String>,
+) -> BgpPeerNodeStatus {
     BgpPeerNodeStatus {
         node: node.to_owned(),
         state: format!("{:?}", status.state),
         paths_announced: status.paths_announced,
         last_error: status.last_error.clone(),
+        bfd,
     }
 }

@@ -2,7 +2,7 @@
 //! controller's, for whichever source the agent reads.
 use porter_api::{
     BgpPeerNodeStatus,
-    source::{StatusWriter, WriteError, dir::DirWriter, kube::KubeWriter},
+    source::{Event, StatusWriter, WriteError, dir::DirWriter, kube::KubeWriter},
 };
 
 pub enum PeerStatusWriter {
@@ -20,6 +20,14 @@ impl PeerStatusWriter {
         match self {
             PeerStatusWriter::Dir(writer) => writer.bgp_peer_status(peer, node, status).await,
             PeerStatusWriter::Kube(writer) => writer.bgp_peer_status(peer, node, status).await,
+        }
+    }
+
+    /// An Event about a BgpPeer (BFD state changes in node mode).
+    pub async fn event(&self, event: &Event) -> Result<(), WriteError> {
+        match self {
+            PeerStatusWriter::Dir(writer) => writer.event(event).await,
+            PeerStatusWriter::Kube(writer) => writer.event(event).await,
         }
     }
 }

@@ -4,17 +4,42 @@ use super::*;
 
 const NODE: &str = "n1";
 
-/// A Porter Service `shop/web` with the given ports (YAML flow list) and
-/// ingress IPs.
+/// A Porter Service `shop/<name>` with `externalTrafficPolicy: Local`, the
+/// given ports (YAML flow list) and ingress IPs.
 fn service(name: &str, ports: &str, ingress: &[&str]) -> String {
+    service_with_policy(name, ports, ingress, "Local")
+}
+
+/// As [`service`], with the given `externalTrafficPolicy` ("" leaves it unset).
+fn service_with_policy(name: &str, ports: &str, ingress: &[&str], policy: &str) -> String {
     let ingress: Vec<String> = ingress.iter().map(|ip| format!("{{ip: {ip}}}")).collect();
+    let policy = if policy.is_empty() {
+        String::new()
+    } else {
+        format!(", externalTrafficPolicy: {policy}")
+    };
     format!(
         "kind: Service
 metadata: {{name: {name}, namespace: shop, annotations: {{lb.kubesphere.io/v1alpha1: porter}}}}
-spec: {{type: LoadBalancer, ports: {ports}}}
+spec: {{type: LoadBalancer, ports: {ports}{policy}}}
 status: {{loadBalancer: {{ingress: [{}]}}}}
 ",
         ingress.join(", ")
+    )
+}
+
+/// A Node with the given InternalIPs.
+fn node(name: &str, ips: &[&str]) -> String {
+    let addresses: Vec<String> = ips
+        .iter()
+        .map(|ip| format!("{{type: InternalIP, address: \"{ip}\"}}"))
+        .collect();
+    format!(
+        "kind: Node
+metadata: {{name: {name}}}
+status: {{addresses: [{}]}}
+",
+        addresses.join(", ")
     )
 }
 
@@ -41,6 +66,9 @@ fn snapshot(docs: &[String]) -> Snapshot {
             Some("EndpointSlice") => snap
                 .endpoint_slices
                 .push(Arc::new(serde_yaml::from_value(value).expect("slice"))),
+            Some("Node") => snap
+                .nodes
+                .push(Arc::new(serde_yaml::from_value(value).expect("Node"))),
             other => panic!("unexpected kind {other:?}"),
         }
     }
@@ -318,6 +346,208 @@ fn a_cache_follows_changed_objects_and_reuses_unchanged_ones() {
     assert!(fourth.problems.is_empty());
 }
 
+/// Three nodes, pods on n1 (one), n2 (two) and n3 (one, terminating).
+fn cluster_docs(policy: &str) -> Vec<String> {
+    let endpoints = [
+        ep("10.244.2.3", "n2", "{ready: true}"),
+        ep("10.244.1.2", NODE, "{}"),
+        ep("10.244.2.2", "n2", "{}"),
+        ep("10.244.3.2", "n3", "{ready: true, terminating: true}"),
+    ];
+    vec![
+        node(NODE, &["172.30.0.11"]),
+        node("n2", &["172.30.0.12", "fd00:30::12"]),
+        node("n3", &["172.30.0.13"]),
+        service_with_policy("web", WEB, &["192.0.2.10"], policy),
+        slice(
+            "web",
+            "IPv4",
+            HTTP_8080,
+            &format!("[{}]", endpoints.join(", ")),
+        ),
+    ]
+}
+
+#[test]
+fn cluster_policy_serves_every_ready_endpoint_remote_ones_by_their_node() {
+    let want = vec![
+        "192.0.2.10:80/tcp -> 10.244.1.2:8080,10.244.2.2:8080@172.30.0.12,\
+         10.244.2.3:8080@172.30.0.12",
+    ];
+    // Unset is Cluster, the Kubernetes default.
+    for policy in ["Cluster", ""] {
+        let got = desired(&snapshot(&cluster_docs(policy)), NODE);
+        assert_eq!(rendered(&got), want, "policy {policy:?}");
+        assert!(got.problems.is_empty(), "{:?}", got.problems);
+    }
+    // Local: this node's own pod only.
+    let got = desired(&snapshot(&cluster_docs("Local")), NODE);
+    assert_eq!(rendered(&got), ["192.0.2.10:80/tcp -> 10.244.1.2:8080"]);
+    // A node without pods serves a Cluster Service too, all of it remote.
+    let got = desired(&snapshot(&cluster_docs("Cluster")), "n3");
+    assert_eq!(
+        rendered(&got),
+        [
+            "192.0.2.10:80/tcp -> 10.244.1.2:8080@172.30.0.11,10.244.2.2:8080@172.30.0.12,\
+          10.244.2.3:8080@172.30.0.12"
+        ]
+    );
+}
+
+#[test]
+fn every_node_builds_the_same_cluster_table_whatever_the_input_order() {
+    // Node n1 reads the objects in one order, n2 in the reverse order and
+    // with the slice's endpoints reversed: each must map every slot to the
+    // same pod, although each sees other pods as remote.
+    let docs = cluster_docs("Cluster");
+    let mut reversed = docs.clone();
+    reversed.reverse();
+    let endpoints = [
+        ep("10.244.2.2", "n2", "{}"),
+        ep("10.244.1.2", NODE, "{}"),
+        ep("10.244.3.2", "n3", "{ready: true, terminating: true}"),
+        ep("10.244.2.3", "n2", "{ready: true}"),
+    ];
+    reversed[0] = slice(
+        "web",
+        "IPv4",
+        HTTP_8080,
+        &format!("[{}]", endpoints.join(", ")),
+    );
+    let table = |docs: &[String], node: &str| -> Vec<String> {
+        let got = desired(&snapshot(docs), node);
+        let [spec] = got.services.as_slice() else {
+            panic!("one service on {node}: {:?}", got.services);
+        };
+        let backends: Vec<Backend> = spec.backend_set().expect("valid").into_iter().collect();
+        crate::maglev::backend_table(&backends, 1009)
+            .expect("valid size")
+            .into_iter()
+            .map(|index| backends[index as usize].table_name())
+            .collect()
+    };
+    let on_n1 = table(&docs, NODE);
+    let on_n2 = table(&reversed, "n2");
+    let on_n3 = table(&docs, "n3");
+    assert_eq!(on_n1.len(), 1009);
+    assert_eq!(on_n1, on_n2, "n1 and n2 disagree");
+    assert_eq!(on_n1, on_n3, "n1 and n3 disagree");
+    for pod in ["10.244.1.2:8080", "10.244.2.2:8080", "10.244.2.3:8080"] {
+        let share = on_n1.iter().filter(|name| *name == pod).count();
+        assert!(
+            (300..=373).contains(&share),
+            "{pod} has {share} of 1009 slots"
+        );
+    }
+}
+
+#[test]
+fn cluster_endpoints_that_cannot_be_forwarded_to_are_reported() {
+    let endpoints = [
+        ep("10.244.1.2", NODE, "{}"),
+        ep("10.244.4.2", "n4", "{}"),
+        "{addresses: [10.244.5.2]}".to_string(),
+        ep("10.244.2.2", "n2", "{}"),
+        ep("10.244.2.2", "n3", "{}"),
+    ];
+    let docs = vec![
+        node(NODE, &["172.30.0.11"]),
+        node("n2", &["172.30.0.12"]),
+        node("n3", &["172.30.0.13"]),
+        node("n4", &["fd00:30::14"]),
+        service_with_policy("web", WEB, &["192.0.2.10"], "Cluster"),
+        slice(
+            "web",
+            "IPv4",
+            HTTP_8080,
+            &format!("[{}]", endpoints.join(", ")),
+        ),
+    ];
+    let got = desired(&snapshot(&docs), NODE);
+    // The pod listed on n2 and n3 goes to n2, the first by name, on every node.
+    assert_eq!(
+        rendered(&got),
+        ["192.0.2.10:80/tcp -> 10.244.1.2:8080,10.244.2.2:8080@172.30.0.12"]
+    );
+    for problem in [
+        "node n4 has no InternalIP of the family of 192.0.2.10",
+        "an endpoint names no node",
+        "endpoint 10.244.2.2 is listed on nodes n2 and n3; it is served on n2",
+    ] {
+        assert!(
+            got.problems.iter().any(|p| p.message.contains(problem)),
+            "wanted {problem:?} in {:?}",
+            got.problems
+        );
+    }
+    // IPv6 Cluster Services are served like Local for now, and say so.
+    let v6 = vec![
+        node(NODE, &["fd00:30::11"]),
+        node("n2", &["fd00:30::12"]),
+        service_with_policy("web", WEB, &["2001:db8::10"], "Cluster"),
+        slice(
+            "web",
+            "IPv6",
+            HTTP_8080,
+            &format!(
+                "[{}, {}]",
+                ep("fd00:244:1::2", NODE, "{}"),
+                ep("fd00:244:2::2", "n2", "{}")
+            ),
+        ),
+    ];
+    let got = desired(&snapshot(&v6), NODE);
+    assert_eq!(
+        rendered(&got),
+        ["[2001:db8::10]:80/tcp -> [fd00:244:1::2]:8080"]
+    );
+    assert!(
+        got.problems.iter().any(|p| p.message.contains("IPv6")),
+        "{:?}",
+        got.problems
+    );
+}
+
+#[test]
+fn cluster_backends_on_another_segment_are_left_out_with_a_problem() {
+    let docs = cluster_docs("Cluster");
+    let mut cache = Cache::new(NODE);
+    // n2 on this node's segment: served as without a limit.
+    cache.set_on_link(Some(vec!["172.30.0.0/28".parse().expect("net")]));
+    let got = cache.desired(&snapshot(&docs));
+    assert_eq!(
+        rendered(&got),
+        [
+            "192.0.2.10:80/tcp -> 10.244.1.2:8080,10.244.2.2:8080@172.30.0.12,\
+          10.244.2.3:8080@172.30.0.12"
+        ]
+    );
+    assert!(got.problems.is_empty(), "{:?}", got.problems);
+    // n2 elsewhere: its pods are left out here, and that is reported.
+    cache.set_on_link(Some(vec!["172.30.0.0/29".parse().expect("net")]));
+    let got = cache.desired(&snapshot(&docs));
+    assert_eq!(rendered(&got), ["192.0.2.10:80/tcp -> 10.244.1.2:8080"]);
+    assert!(
+        got.problems.iter().any(|p| p
+            .message
+            .contains("node n2 (172.30.0.12) is not on this node's L2 segment")),
+        "{:?}",
+        got.problems
+    );
+}
+
+#[test]
+fn a_node_address_change_reaches_cached_cluster_services() {
+    let mut snap = snapshot(&cluster_docs("Cluster"));
+    let mut cache = Cache::new(NODE);
+    assert_eq!(cache.desired(&snap), desired(&snap, NODE));
+    let renumbered = snapshot(&[node("n2", &["172.30.0.22"])]);
+    snap.nodes[1] = Arc::clone(&renumbered.nodes[0]);
+    let after = cache.desired(&snap);
+    assert_eq!(after, desired(&snap, NODE));
+    assert!(rendered(&after)[0].contains("@172.30.0.22"), "{after:?}");
+}
+
 #[test]
 fn empty_cluster_wants_nothing() {
     assert_eq!(desired(&Snapshot::default(), NODE), Desired::default());
@@ -336,6 +566,7 @@ fn changes_touch_only_what_differs() {
             .map(|ip| Backend {
                 addr: ip.parse().expect("ip"),
                 port: 8080,
+                node: None,
             })
             .collect(),
     };

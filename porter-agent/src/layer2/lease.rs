@@ -1,22 +1,19 @@
 //! Where heartbeats and per-EIP leases live. [`FileLeases`] keeps them as
 //! files in a directory shared by the nodes (the dir source's manifest
-//! directory, or any shared path), with an exclusive `flock` around every
-//! compare-and-set, so two nodes never both acquire one lease. A Kubernetes
+//! directory, or any shared path) through porter-api's compare-and-set
+//! [`FileLeaseDir`], so two nodes never both acquire one lease. A Kubernetes
 //! implementation keeps them as `coordination.k8s.io` Leases and uses the
 //! resourceVersion for the same compare-and-set.
 use std::{
-    fs::{self, File},
     future::{Future, ready},
-    io::{self, Write},
+    io,
     net::IpAddr,
-    os::fd::AsRawFd,
-    path::{Path, PathBuf},
+    path::PathBuf,
     time::Duration,
 };
 
-use porter_api::layer2::{
-    LeaseRecord, heartbeat_file, lease_file, lease_file_text, parse_lease_file, read_lease_dir,
-};
+use porter_api::layer2::{heartbeat_file, lease_file, read_lease_dir};
+use porter_api::lease::{FileLeaseDir, FileLeaseError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum LeaseError {
@@ -67,73 +64,37 @@ pub trait LeaseStore {
 /// the epoch; `lease-<eip>` holds `<holder> <renewed ms> <duration ms>`.
 #[derive(Clone, Debug)]
 pub struct FileLeases {
-    dir: PathBuf,
+    store: FileLeaseDir,
 }
 
-impl FileLeases {
-    pub fn new(dir: impl Into<PathBuf>) -> Result<Self, LeaseError> {
-        let dir = dir.into();
-        fs::create_dir_all(&dir).map_err(|source| LeaseError::File {
-            path: dir.clone(),
-            source,
-        })?;
-        Ok(Self { dir })
-    }
-
-    fn error(&self, path: &Path) -> impl Fn(io::Error) -> LeaseError {
-        let path = path.to_owned();
-        move |source| LeaseError::File {
-            path: path.clone(),
-            source,
-        }
-    }
-
-    fn lease_path(&self, eip: IpAddr) -> PathBuf {
-        self.dir.join(lease_file(eip))
-    }
-
-    /// Holds the store's lock until dropped.
-    fn lock(&self) -> Result<File, LeaseError> {
-        let path = self.dir.join(".lock");
-        let file = File::options()
-            .create(true)
-            .append(true)
-            .open(&path)
-            .map_err(self.error(&path))?;
-        // SAFETY: flock on a descriptor we own; released when it closes.
-        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) } != 0 {
-            return Err(self.error(&path)(io::Error::last_os_error()));
-        }
-        Ok(file)
-    }
-
-    /// Writes `text` to `path` atomically (a reader sees old or new, whole).
-    fn write(&self, path: &Path, text: &str) -> Result<(), LeaseError> {
-        let temporary = path.with_extension(format!("tmp{}", std::process::id()));
-        let result = File::create(&temporary)
-            .and_then(|mut file| file.write_all(text.as_bytes()))
-            .and_then(|()| fs::rename(&temporary, path));
-        result.map_err(self.error(path))
-    }
-
-    fn read_lease(&self, eip: IpAddr) -> Result<Option<LeaseRecord>, LeaseError> {
-        let path = self.lease_path(eip);
-        match fs::read_to_string(&path) {
-            Ok(text) => Ok(parse_lease_file(&text)),
-            Err(err) if err.kind() == io::ErrorKind::NotFound => Ok(None),
-            Err(err) => Err(self.error(&path)(err)),
+impl From<FileLeaseError> for LeaseError {
+    fn from(error: FileLeaseError) -> Self {
+        LeaseError::File {
+            path: error.path,
+            source: error.source,
         }
     }
 }
 
 impl FileLeases {
+    pub fn new(dir: impl Into<PathBuf>) -> Result<Self, LeaseError> {
+        Ok(Self {
+            store: FileLeaseDir::new(dir)?,
+        })
+    }
+
     fn read_now(&self) -> Result<LeaseView, LeaseError> {
-        read_lease_dir(&self.dir).map_err(self.error(&self.dir))
+        let dir = self.store.dir();
+        read_lease_dir(dir).map_err(|source| LeaseError::File {
+            path: dir.to_owned(),
+            source,
+        })
     }
 
     fn heartbeat_now(&self, node: &str, now: Duration) -> Result<(), LeaseError> {
-        let path = self.dir.join(heartbeat_file(node));
-        self.write(&path, &now.as_millis().to_string())
+        Ok(self
+            .store
+            .write(&heartbeat_file(node), &now.as_millis().to_string())?)
     }
 
     fn acquire_now(
@@ -143,28 +104,11 @@ impl FileLeases {
         now: Duration,
         duration: Duration,
     ) -> Result<bool, LeaseError> {
-        let _lock = self.lock()?;
-        if let Some(current) = self.read_lease(eip)?
-            && current.holder != node
-            && !current.expired(now)
-        {
-            return Ok(false);
-        }
-        let text = lease_file_text(node, now, duration);
-        self.write(&self.lease_path(eip), &text)?;
-        Ok(true)
+        Ok(self.store.acquire(&lease_file(eip), node, now, duration)?)
     }
 
     fn release_now(&self, eip: IpAddr, node: &str) -> Result<(), LeaseError> {
-        let _lock = self.lock()?;
-        if self
-            .read_lease(eip)?
-            .is_some_and(|lease| lease.holder == node)
-        {
-            let path = self.lease_path(eip);
-            fs::remove_file(&path).map_err(self.error(&path))?;
-        }
-        Ok(())
+        Ok(self.store.release(&lease_file(eip), node)?)
     }
 }
 
@@ -244,7 +188,7 @@ impl LeaseStore for Leases {
 
 #[cfg(test)]
 mod tests {
-    use std::collections::BTreeMap;
+    use std::{collections::BTreeMap, fs};
 
     use super::*;
 
@@ -255,53 +199,18 @@ mod tests {
     }
 
     #[test]
-    fn a_lease_has_one_holder_until_it_expires_or_is_released() {
+    fn eip_leases_and_heartbeats_are_files_the_view_reads() {
         let (leases, dir) = store("cas");
         let eip: IpAddr = "192.0.2.10".parse().expect("address");
         let (t0, life) = (Duration::from_secs(100), Duration::from_secs(2));
         assert!(leases.acquire_now(eip, "n1", t0, life).expect("acquire"));
-        assert!(
-            !leases
-                .acquire_now(eip, "n2", t0 + Duration::from_secs(1), life)
-                .expect("cas")
-        );
-        // Renewal by the holder moves the expiry.
-        assert!(
-            leases
-                .acquire_now(eip, "n1", t0 + Duration::from_secs(1), life)
-                .expect("renew")
-        );
-        assert!(
-            !leases
-                .acquire_now(eip, "n2", t0 + Duration::from_secs(2), life)
-                .expect("cas")
-        );
-        // Expired: someone else may take it.
-        assert!(
-            leases
-                .acquire_now(eip, "n2", t0 + Duration::from_secs(3), life)
-                .expect("expired")
-        );
-        // Only the holder releases.
-        leases
-            .release_now(eip, "n1")
-            .expect("release by non-holder");
-        assert_eq!(
-            leases
-                .read_now()
-                .expect("read")
-                .leases
-                .get(&eip)
-                .map(|l| l.holder.as_str()),
-            Some("n2")
-        );
-        leases.release_now(eip, "n2").expect("release");
-        assert!(leases.read_now().expect("read").leases.is_empty());
+        assert!(!leases.acquire_now(eip, "n2", t0, life).expect("cas"));
         leases.heartbeat_now("n1", t0).expect("heartbeat");
-        assert_eq!(
-            leases.read_now().expect("read").heartbeats,
-            BTreeMap::from([("n1".to_owned(), t0)])
-        );
+        let view = leases.read_now().expect("read");
+        assert_eq!(view.leases.get(&eip).map(|l| l.holder.as_str()), Some("n1"));
+        assert_eq!(view.heartbeats, BTreeMap::from([("n1".to_owned(), t0)]));
+        leases.release_now(eip, "n1").expect("release");
+        assert!(leases.read_now().expect("read").leases.is_empty());
         let _ = fs::remove_dir_all(dir);
     }
 

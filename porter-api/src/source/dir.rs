@@ -3,8 +3,11 @@
 //! polled for changes. What the core writes goes beside them, under
 //! `PATH/status/`: one `<kind>_<namespace>_<name>.yaml` per object holding
 //! its `status` and `finalizers` (read back over the manifest on the next
-//! load, as the API server would), and Events appended to `events.jsonl`.
-//! The netns lab and standalone use run on this.
+//! load, as the API server would), and Events appended to `events.jsonl`
+//! (rotated to `events.jsonl.1` at [`EVENTS_CAP`], so it never outgrows
+//! twice that). Object names are checked as the API server checks them
+//! before they become file names, and a symlinked directory is read once
+//! however often it is linked. The netns lab and standalone use run on this.
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -25,10 +28,15 @@ use super::{Event, EventType, Regarding, Snapshot, SnapshotReceiver, StatusWrite
 use crate::annotations::{
     SEED_BGP_CONFIGMAP_NAME, SEED_BGP_CONFIGMAP_NAMESPACE, SERVICE_FINALIZER,
 };
+use crate::names::NameRule;
 use crate::{BgpConf, BgpPeer, BgpPeerNodeStatus, BgpPeerStatus, Eip, EipStatus, ObjectKey};
 
 const STATUS_DIR: &str = "status";
 const EVENTS_FILE: &str = "events.jsonl";
+/// Where `events.jsonl` goes when it reaches [`EVENTS_CAP`].
+const EVENTS_ROTATED: &str = "events.jsonl.1";
+/// `events.jsonl` is rotated before it grows past this many bytes.
+pub const EVENTS_CAP: u64 = 4 << 20;
 
 /// What the core wrote about one object.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -46,15 +54,30 @@ pub struct LoadProblem {
     pub problem: String,
 }
 
-fn status_path(root: &Path, kind: &str, namespace: &str, name: &str) -> PathBuf {
-    root.join(STATUS_DIR)
-        .join(format!("{kind}_{namespace}_{name}.yaml"))
+/// The status file of an object, or why its names cannot be part of a
+/// path (loading refuses such objects; this guards the writer too).
+fn status_path(root: &Path, kind: &str, namespace: &str, name: &str) -> Result<PathBuf, String> {
+    NameRule::of_kind(kind).check(name)?;
+    if !namespace.is_empty() {
+        NameRule::Dns1123Label.check(namespace)?;
+    }
+    Ok(root
+        .join(STATUS_DIR)
+        .join(format!("{kind}_{namespace}_{name}.yaml")))
 }
 
 fn manifest_files(root: &Path) -> std::io::Result<Vec<PathBuf>> {
+    use std::os::unix::fs::MetadataExt;
     let mut out = Vec::new();
     let mut stack = vec![root.to_path_buf()];
+    // Directories by (device, inode): a symlink back up the tree (or two
+    // links to one directory) is read once instead of looping forever.
+    let mut visited = std::collections::BTreeSet::new();
     while let Some(dir) = stack.pop() {
+        let meta = std::fs::metadata(&dir)?;
+        if !visited.insert((meta.dev(), meta.ino())) {
+            continue;
+        }
         for entry in std::fs::read_dir(&dir)? {
             let path = entry?.path();
             if path.is_dir() {
@@ -97,7 +120,7 @@ fn fingerprint(root: &Path) -> Vec<(PathBuf, Option<SystemTime>, u64)> {
 }
 
 fn read_status(root: &Path, kind: &str, namespace: &str, name: &str) -> Option<StatusFile> {
-    let text = std::fs::read_to_string(status_path(root, kind, namespace, name)).ok()?;
+    let text = std::fs::read_to_string(status_path(root, kind, namespace, name).ok()?).ok()?;
     serde_yaml::from_str(&text).ok()
 }
 
@@ -170,12 +193,52 @@ fn parse<T: serde::de::DeserializeOwned>(
     serde_yaml::from_value(value).map_err(|e| format!("invalid {kind}: {e}"))
 }
 
+/// The kinds a snapshot holds; other documents are skipped unread.
+const READ_KINDS: &[&str] = &[
+    "Service",
+    "EndpointSlice",
+    "Node",
+    "Namespace",
+    "Eip",
+    "EIP",
+    "BgpConf",
+    "BgpPeer",
+    "Secret",
+    "ConfigMap",
+];
+
+/// `metadata.name` and `metadata.namespace` as the API server checks them.
+fn check_names(kind: &str, value: &serde_yaml::Value) -> Result<(), String> {
+    let meta = value.get("metadata");
+    let field = |f: &str| meta.and_then(|m| m.get(f));
+    let name = match field("name") {
+        Some(serde_yaml::Value::String(name)) => name,
+        _ => return Err(format!("a {kind} without metadata.name")),
+    };
+    let kind = if kind == "EIP" { "Eip" } else { kind };
+    NameRule::of_kind(kind)
+        .check(name)
+        .map_err(|e| format!("{kind} metadata.name {e}; the API server would refuse it"))?;
+    match field("namespace") {
+        None | Some(serde_yaml::Value::Null) => Ok(()),
+        Some(serde_yaml::Value::String(namespace)) => {
+            NameRule::Dns1123Label.check(namespace).map_err(|e| {
+                format!("{kind} {name}: metadata.namespace {e}; the API server would refuse it")
+            })
+        }
+        Some(_) => Err(format!("{kind} {name}: metadata.namespace is not a string")),
+    }
+}
+
 fn add_object(root: &Path, snap: &mut Snapshot, value: serde_yaml::Value) -> Result<(), String> {
     let kind = value
         .get("kind")
         .and_then(|k| k.as_str())
         .ok_or("a document without `kind`")?
         .to_string();
+    if READ_KINDS.contains(&kind.as_str()) {
+        check_names(&kind, &value)?;
+    }
     match kind.as_str() {
         "Service" => {
             let mut svc: Service = parse(&kind, value)?;
@@ -269,7 +332,7 @@ pub fn start(root: PathBuf, poll: Duration) -> std::io::Result<(SnapshotReceiver
     let (first, problems) = load(&root)?;
     report(&problems);
     let (tx, rx) = watch::channel(Arc::new(first));
-    let writer = DirWriter { root: root.clone() };
+    let writer = DirWriter::new(root.clone());
     tokio::spawn(async move {
         loop {
             tokio::time::sleep(poll).await;
@@ -305,11 +368,21 @@ fn report(problems: &[LoadProblem]) {
 #[derive(Debug, Clone)]
 pub struct DirWriter {
     root: PathBuf,
+    events_cap: u64,
 }
 
 impl DirWriter {
     pub fn new(root: PathBuf) -> Self {
-        Self { root }
+        Self {
+            root,
+            events_cap: EVENTS_CAP,
+        }
+    }
+
+    /// Rotates `events.jsonl` at `bytes` instead of [`EVENTS_CAP`].
+    pub fn with_events_cap(mut self, bytes: u64) -> Self {
+        self.events_cap = bytes;
+        self
     }
 
     /// Read-modify-write of one status file; untouched when nothing changes,
@@ -321,7 +394,11 @@ impl DirWriter {
         name: &str,
         f: impl FnOnce(&mut StatusFile),
     ) -> Result<(), WriteError> {
-        let path = status_path(&self.root, kind, namespace, name);
+        let path =
+            status_path(&self.root, kind, namespace, name).map_err(|problem| WriteError::Io {
+                what: format!("the status of {kind} {namespace}/{name}"),
+                source: std::io::Error::new(std::io::ErrorKind::InvalidInput, problem),
+            })?;
         let what = || format!("{}", path.display());
         let old = read_status(&self.root, kind, namespace, name).unwrap_or_default();
         let mut new = old.clone();
@@ -437,19 +514,24 @@ impl StatusWriter for DirWriter {
             ("message", event.message.as_str()),
         ]
         .into();
+        // serde_json of a map of strings cannot fail.
+        let text = serde_json::to_string(&line).unwrap_or_default();
         let path = self.root.join(STATUS_DIR).join(EVENTS_FILE);
         let io = |source| WriteError::Io {
             what: path.display().to_string(),
             source,
         };
         std::fs::create_dir_all(self.root.join(STATUS_DIR)).map_err(io)?;
+        // One older generation is kept: the disk holds at most twice the cap.
+        if std::fs::metadata(&path).is_ok_and(|m| m.len() + text.len() as u64 + 1 > self.events_cap)
+        {
+            std::fs::rename(&path, self.root.join(STATUS_DIR).join(EVENTS_ROTATED)).map_err(io)?;
+        }
         let mut file = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(&path)
             .map_err(io)?;
-        // serde_json of a map of strings cannot fail.
-        let text = serde_json::to_string(&line).unwrap_or_default();
         writeln!(file, "{text}").map_err(io)
     }
 }

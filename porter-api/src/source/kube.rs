@@ -27,6 +27,7 @@ use crate::annotations::{
     FIELD_MANAGER, SEED_BGP_CONFIGMAP_NAME, SEED_BGP_CONFIGMAP_NAMESPACE, SERVICE_FINALIZER,
 };
 use crate::crd::CONTROLLER_STATUS_KEY;
+use crate::health::Health;
 use crate::{BgpConf, BgpPeer, BgpPeerNodeStatus, Eip, EipStatus, ObjectKey};
 
 /// Coalesces bursts of watch events into one snapshot.
@@ -66,11 +67,15 @@ impl Stores {
 
 /// Starts one reflector per kind; `managedFields` (and a node's image list)
 /// are dropped before caching, as nothing reads them and they are most of
-/// the bytes.
+/// the bytes. A watch the API server refuses (403) is an error that names
+/// the missing permission, in the log and in `/readyz`, until it succeeds:
+/// the first list never completes, so the binary would otherwise wait
+/// forever with nothing but retry warnings.
 fn reflect<K>(
     api: Api<K>,
     config: watcher::Config,
     changed: Arc<Notify>,
+    health: Health,
     strip: fn(&mut K),
 ) -> Store<K>
 where
@@ -78,6 +83,7 @@ where
     K::DynamicType: Default + Eq + Hash + Clone,
 {
     let (reader, writer) = reflector::store();
+    let kind = K::kind(&K::DynamicType::default()).into_owned();
     let stream = watcher(api, config)
         .default_backoff()
         .modify(move |o: &mut K| {
@@ -87,16 +93,46 @@ where
         .reflect(writer);
     tokio::spawn(async move {
         let mut stream = std::pin::pin!(stream);
+        let problem = format!("watch {kind}");
         while let Some(event) = stream.next().await {
             match event {
-                Ok(_) => changed.notify_one(),
-                Err(e) => {
-                    tracing::warn!(kind = %K::kind(&K::DynamicType::default()), error = %e, "watch failed; retrying with backoff")
+                Ok(_) => {
+                    health.set_problem(&problem, None);
+                    changed.notify_one();
                 }
+                Err(e) => match forbidden(&e) {
+                    Some(refusal) => {
+                        let message = format!("cannot watch {kind}s: {refusal}");
+                        tracing::error!(
+                            kind,
+                            "{message}; grant it in the service account's (Cluster)Role, see docs/install.md; retrying with backoff"
+                        );
+                        health.set_problem(&problem, Some(message));
+                    }
+                    None => {
+                        tracing::warn!(kind, error = %e, "watch failed; retrying with backoff")
+                    }
+                },
             }
         }
     });
     reader
+}
+
+/// The API server's message when it refused a list or watch for lack of
+/// permission (it names the verb, resource, group and scope).
+pub fn forbidden(error: &watcher::Error) -> Option<&str> {
+    match error {
+        watcher::Error::InitialListFailed(kube::Error::Api(status))
+        | watcher::Error::WatchStartFailed(kube::Error::Api(status))
+        | watcher::Error::WatchFailed(kube::Error::Api(status))
+            if status.code == 403 =>
+        {
+            Some(&status.message)
+        }
+        watcher::Error::WatchError(status) if status.code == 403 => Some(&status.message),
+        _ => None,
+    }
 }
 
 fn keep<K>(_: &mut K) {}
@@ -108,6 +144,8 @@ pub struct Watch {
     /// namespaced watch, so a Role in each namespace is all the RBAC it
     /// takes; empty reads none.
     pub secret_namespaces: Vec<String>,
+    /// Where a refused watch is reported (`/readyz`).
+    pub health: Health,
 }
 
 /// Starts the reflectors and returns once every store has its first full
@@ -115,28 +153,67 @@ pub struct Watch {
 pub async fn start_watching(client: Client, watch: &Watch) -> (SnapshotReceiver, Stores) {
     let changed = Arc::new(Notify::new());
     let all = watcher::Config::default();
+    let h = || watch.health.clone();
     let stores = Stores {
-        services: reflect(Api::all(client.clone()), all.clone(), changed.clone(), keep),
-        endpoint_slices: reflect(Api::all(client.clone()), all.clone(), changed.clone(), keep),
+        services: reflect(
+            Api::all(client.clone()),
+            all.clone(),
+            changed.clone(),
+            h(),
+            keep,
+        ),
+        endpoint_slices: reflect(
+            Api::all(client.clone()),
+            all.clone(),
+            changed.clone(),
+            h(),
+            keep,
+        ),
         nodes: reflect(
             Api::all(client.clone()),
             all.clone(),
             changed.clone(),
+            h(),
             |n: &mut Node| {
                 if let Some(s) = n.status.as_mut() {
                     s.images = None;
                 }
             },
         ),
-        namespaces: reflect(Api::all(client.clone()), all.clone(), changed.clone(), keep),
-        eips: reflect(Api::all(client.clone()), all.clone(), changed.clone(), keep),
-        bgp_confs: reflect(Api::all(client.clone()), all.clone(), changed.clone(), keep),
-        bgp_peers: reflect(Api::all(client.clone()), all.clone(), changed.clone(), keep),
+        namespaces: reflect(
+            Api::all(client.clone()),
+            all.clone(),
+            changed.clone(),
+            h(),
+            keep,
+        ),
+        eips: reflect(
+            Api::all(client.clone()),
+            all.clone(),
+            changed.clone(),
+            h(),
+            keep,
+        ),
+        bgp_confs: reflect(
+            Api::all(client.clone()),
+            all.clone(),
+            changed.clone(),
+            h(),
+            keep,
+        ),
+        bgp_peers: reflect(
+            Api::all(client.clone()),
+            all.clone(),
+            changed.clone(),
+            h(),
+            keep,
+        ),
         config_maps: reflect(
             Api::namespaced(client.clone(), SEED_BGP_CONFIGMAP_NAMESPACE),
             all.clone()
                 .fields(&format!("metadata.name={SEED_BGP_CONFIGMAP_NAME}")),
             changed.clone(),
+            h(),
             keep,
         ),
         secrets: watch
@@ -147,6 +224,7 @@ pub async fn start_watching(client: Client, watch: &Watch) -> (SnapshotReceiver,
                     Api::namespaced(client.clone(), ns),
                     all.clone(),
                     changed.clone(),
+                    h(),
                     |s: &mut Secret| {
                         // kubectl's last-applied annotation repeats the data
                         // in plain text; nothing reads annotations.

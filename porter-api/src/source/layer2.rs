@@ -19,12 +19,17 @@ use kube::runtime::{WatchStreamExt, reflector, watcher};
 use kube::{Api, Client};
 use tokio::sync::{oneshot, watch};
 
+use super::kube::forbidden;
 use super::{Snapshot, SnapshotReceiver};
+use crate::health::Health;
 use crate::layer2::{
     Holders, KIND_LABEL, LeaseView, holders, lease_view, next_expiry, read_lease_dir, wall_clock,
 };
 
 pub type HoldersReceiver = watch::Receiver<Arc<Holders>>;
+
+/// The `/readyz` problem of a refused Lease watch.
+const PROBLEM: &str = "watch Layer 2 Leases";
 
 /// How long a watcher sleeps when no lease can expire.
 const IDLE: Duration = Duration::from_secs(3600);
@@ -104,8 +109,10 @@ fn read_dir(dir: &Path) -> Option<LeaseView> {
 
 /// The agents' EIP Leases in `namespace`, watched. Returns once they are
 /// listed, so the first holders are complete (an empty first view would be
-/// reported as every EIP losing its node).
-pub async fn watch_kube(client: Client, namespace: &str) -> HoldersReceiver {
+/// reported as every EIP losing its node). A refused watch (403) is reported
+/// in `health`, naming the missing permission, until it succeeds.
+pub async fn watch_kube(client: Client, namespace: &str, health: &Health) -> HoldersReceiver {
+    let health = health.clone();
     let api: Api<Lease> = Api::namespaced(client, namespace);
     let config = watcher::Config::default().labels(&format!("{KIND_LABEL}=eip"));
     let (reader, writer) = reflector::store();
@@ -124,10 +131,18 @@ pub async fn watch_kube(client: Client, namespace: &str) -> HoldersReceiver {
                 event = stream.next() => match event {
                     None => return,
                     Some(Err(e)) => {
-                        tracing::warn!(error = %e, "watching the layer 2 Leases failed; retrying with backoff");
+                        match forbidden(&e) {
+                            Some(refusal) => {
+                                let message = format!("cannot watch the Layer 2 Leases: {refusal}");
+                                tracing::error!("{message}; grant it in the controller's Role, see docs/install.md; retrying with backoff");
+                                health.set_problem(PROBLEM, Some(message));
+                            }
+                            None => tracing::warn!(error = %e, "watching the layer 2 Leases failed; retrying with backoff"),
+                        }
                         continue;
                     }
                     Some(Ok(watcher::Event::InitDone)) => {
+                        health.set_problem(PROBLEM, None);
                         if let Some(listed) = listed_tx.take() {
                             let _ = listed.send(());
                         }
@@ -215,7 +230,7 @@ mod tests {
     #[tokio::test]
     async fn holders_come_from_the_eip_leases_in_the_agents_namespace() {
         let (client, log) = mock_client(leases_reply);
-        let rx = watch_kube(client, "porter-system").await;
+        let rx = watch_kube(client, "porter-system", &Health::starting()).await;
         assert_eq!(
             **rx.borrow(),
             BTreeMap::from([(ip("192.0.2.10"), "n2".to_owned())])

@@ -77,6 +77,10 @@ fn crds_translate_with_openelb_defaults() {
                 enabled: true,
                 multihop_ttl: None,
             });
+            s.ttl_security = Some(porter_api::crd::TtlSecurity {
+                enabled: true,
+                ttl_min: Some(254),
+            });
             s.afi_safis = vec![
                 AfiSafi {
                     config: Some(AfiSafiConfig {
@@ -123,6 +127,8 @@ fn crds_translate_with_openelb_defaults() {
     assert_eq!(full.remote_port, 1790);
     assert_eq!(full.md5_password.as_deref(), Some("s3cret"));
     assert_eq!(full.ebgp_multihop_ttl, Some(255));
+    assert_eq!(full.min_ttl, Some(254), "GTSM from ttlSecurity");
+    assert_eq!(plain.min_ttl, None, "no GTSM unless asked");
     assert_eq!(full.add_path_send_max, 4);
     assert_eq!(full.families, [Family::Ipv4Unicast, Family::Ipv6Unicast]);
     assert_eq!(full.local_address, Some(ip("2001:db8::2")));
@@ -411,6 +417,7 @@ fn controller_status_entries_name_the_bgppeers_it_has_sessions_with() {
                 state: "Established".into(),
                 paths_announced: 4,
                 last_error: None,
+                bfd: None,
             }
         )]
     );

@@ -1,9 +1,12 @@
 //! Address management over `Eip` pools: which Service holds which address.
 //!
 //! Pure and deterministic. The reconciler feeds it the pools and the Services
-//! and writes out what it decides. Existing holdings (from memory, or after a
-//! restart from the Services' own status) are always honoured before anything
-//! new is handed out, so no Service's address changes because of a restart.
+//! and writes out what it decides. Each pass rebuilds the book from what is
+//! published (the Services' status, then the pools' `status.used`) before
+//! anything new is handed out, so that no Service's address changes because
+//! of a restart or a failover. A new address is the lowest free one of the
+//! first pool in a fixed order: what is handed out follows from the
+//! published state alone, never from a process's history.
 
 mod pool;
 mod range;
@@ -13,7 +16,7 @@ use std::net::IpAddr;
 
 use porter_api::ObjectKey;
 
-pub use pool::{Pool, PoolState};
+pub use pool::{Claims, HeldEdit, Pool, PoolState};
 pub use range::{Family, IpRange, RangeError};
 
 use crate::compact::push_exact;
@@ -52,6 +55,10 @@ pub enum AllocError {
     #[error("requested address {0} is in no usable pool")]
     NotInPool(IpAddr),
     #[error(
+        "requested address {ip} is being taken out of pool `{pool}` by an edit of its spec.address; request an address inside the new one"
+    )]
+    Leaving { ip: IpAddr, pool: String },
+    #[error(
         "requested address {ip} is held by {holders} and cannot be shared (sharing needs the same allow-shared-ip key and no common port)"
     )]
     InUse { ip: IpAddr, holders: String },
@@ -74,17 +81,27 @@ impl Ipam {
         self.generation
     }
 
-    /// Replaces the pool set. Addresses outside every accepted pool are
-    /// released; holdings in a disabled pool stay.
-    pub fn set_pools(&mut self, pools: Vec<Pool>) {
+    /// Replaces the pool set. An edit of a pool's address is held back while
+    /// an address in use (`published` or in the book) would fall outside it
+    /// (see [`pool::accept`]). Addresses outside every accepted pool (the
+    /// pool was deleted, or refused) are released; holdings in a disabled
+    /// pool stay.
+    pub fn set_pools(&mut self, pools: Vec<Pool>, published: &[(&ObjectKey, &[IpAddr])]) {
         self.generation += 1;
-        let mut next = pool::accept(pools);
-        for (name, p) in &mut next {
-            if let Some(old) = self.pools.get(name) {
-                p.inherit_cursor(old);
+        let claims = || {
+            let mut claims = Claims::new();
+            let held = self.services.iter().map(|(k, ips)| (k, ips.as_slice()));
+            for (key, ips) in published.iter().copied().chain(held) {
+                for ip in ips {
+                    let keys = claims.entry(*ip).or_default();
+                    if !keys.contains(key) {
+                        keys.push(key.clone());
+                    }
+                }
             }
-        }
-        self.pools = next;
+            claims
+        };
+        self.pools = pool::accept(pools, &self.pools, claims);
         let orphaned: Vec<ObjectKey> = self
             .services
             .iter()
@@ -143,37 +160,42 @@ impl Ipam {
                 h.users.retain(|(k, _)| k != key);
                 if h.users.is_empty() {
                     self.holdings.remove(ip);
+                    self.freed(*ip);
                 }
             }
         }
         ips
     }
 
-    /// Keeps what `req` already holds, in memory or in its status, if it still
-    /// fits the request. Returns whether it now holds addresses. Called for
-    /// every Service before any [`Ipam::allocate`], so that new allocations
-    /// never take an address a Service already shows in its status.
-    pub fn keep_existing(&mut self, req: &ServiceRequest, labels: &NamespaceLabels) -> bool {
-        if let Some(ips) = self.services.get(&req.key).cloned() {
-            if self.fits(req, &ips, labels) {
-                // Ports or the sharing key may have changed: re-check sharing.
-                self.release(&req.key);
-                if self.can_take_all(req, &ips) {
-                    self.take(req, &ips);
-                    return true;
-                }
-                return false;
-            }
+    /// Empties the book (the pools stay), so that a pass can fill it again
+    /// from what is published. Returns what it held.
+    pub fn clear_book(&mut self) -> BTreeMap<ObjectKey, Vec<IpAddr>> {
+        self.generation += 1;
+        self.holdings.clear();
+        for pool in self.pools.values_mut() {
+            pool.full_below = 0;
+        }
+        std::mem::take(&mut self.services)
+    }
+
+    /// Forgets the pools and the book: what is decided next comes from the
+    /// published state alone, as after a restart.
+    pub fn forget(&mut self) {
+        self.clear_book();
+        self.pools.clear();
+    }
+
+    /// Gives `req` the addresses `ips` (its published ones, say) in place of
+    /// what it holds, if they fit the request and nobody else holds them in
+    /// a way that forbids sharing. Returns whether it took them.
+    pub fn keep(&mut self, req: &ServiceRequest, ips: &[IpAddr], labels: &NamespaceLabels) -> bool {
+        if self.services.contains_key(&req.key) {
             self.release(&req.key);
         }
-        if req.current.is_empty()
-            || !self.fits(req, &req.current, labels)
-            || !self.can_take_all(req, &req.current)
-        {
+        if ips.is_empty() || !self.fits(req, ips, labels) || !self.can_take_all(req, ips) {
             return false;
         }
-        let ips = req.current.clone();
-        self.take(req, &ips);
+        self.take(req, ips);
         true
     }
 
@@ -228,8 +250,9 @@ impl Ipam {
     }
 
     /// Whether `ips` satisfy the request: each in an accepted pool (disabled
-    /// is fine, it keeps what it gave), in the named pool if any, the
-    /// requested ones if any, and the families the policy allows.
+    /// is fine, it keeps what it gave) open to the Service's namespace, in
+    /// the named pool if any, the requested ones if any, and the families
+    /// the policy allows.
     fn fits(&self, req: &ServiceRequest, ips: &[IpAddr], labels: &NamespaceLabels) -> bool {
         if req.invalid_request.is_some() {
             return false;
@@ -246,11 +269,12 @@ impl Ipam {
         }
         ips.iter().all(|ip| match self.accepting_pool_of(*ip) {
             None => false,
+            // Naming the pool or the address does not open a pool
+            // reserved for other namespaces, neither to a new allocation
+            // nor to keeping one.
             Some(p) => {
                 req.pool.as_ref().is_none_or(|name| *name == p.name)
-                    && (req.pool.is_some()
-                        || !req.requested.is_empty()
-                        || p.open_to(&req.key.namespace, labels))
+                    && p.open_to(&req.key.namespace, labels)
             }
         })
     }
@@ -319,6 +343,12 @@ impl Ipam {
             return Err(AllocError::NotInPool(ip));
         }
         self.check_usable(pool, req, labels)?;
+        if !pool.offered().is_some_and(|r| r.contains(ip)) {
+            return Err(AllocError::Leaving {
+                ip,
+                pool: pool.name.clone(),
+            });
+        }
         self.shareable(req, ip)
     }
 
@@ -414,20 +444,25 @@ impl Ipam {
         })
     }
 
-    /// The first free address at or after the pool's cursor, wrapping once.
-    /// The cursor makes filling a pool linear instead of quadratic.
+    /// The lowest free address the pool offers.
     fn next_free(&mut self, name: &str) -> Option<IpAddr> {
         let pool = self.pools.get(name)?;
-        let range = pool.range?;
-        let size = range.size();
-        let start = pool.cursor % size;
-        let found = self
-            .gap_in(&range, start, size)
-            .or_else(|| self.gap_in(&range, 0, start))?;
+        let range = pool.offered()?;
+        let found = self.gap_in(&range, pool.full_below, range.size())?;
         if let Some(p) = self.pools.get_mut(name) {
-            p.cursor = found.wrapping_add(1);
+            // Everything below is in use; `found` is about to be.
+            p.full_below = found;
         }
         range.nth(found)
+    }
+
+    /// Keeps [`Pool::full_below`] true when `ip` is free again.
+    fn freed(&mut self, ip: IpAddr) {
+        for pool in self.pools.values_mut() {
+            if let Some(offset) = pool.offered().and_then(|r| r.offset_of(ip)) {
+                pool.full_below = pool.full_below.min(offset);
+            }
+        }
     }
 
     /// The first offset in `from..to` of `range` that nobody holds.

@@ -95,6 +95,36 @@ impl IpRange {
         Ok(Self::single(ip))
     }
 
+    /// Parses an `Eip.spec.address` into the addresses the pool hands out,
+    /// and the edge addresses of a CIDR it leaves out (see
+    /// `EipSpec::include_network_and_broadcast`): IPv4's network and
+    /// broadcast addresses, IPv6's Subnet-Router anycast address (RFC 4291
+    /// 2.6.1). A CIDR of fewer than 4 addresses (/31, /32, /127, /128) has
+    /// none (RFC 3021, RFC 6164); a range or a single IP is taken as written.
+    pub fn parse_pool(text: &str, include_edges: bool) -> Result<(Self, Vec<IpAddr>), RangeError> {
+        let range = Self::parse(text)?;
+        if include_edges || !text.contains('/') || range.size() < 4 {
+            return Ok((range, Vec::new()));
+        }
+        Ok(match range.family {
+            Family::V4 => (
+                Self {
+                    start: range.start + 1,
+                    end: range.end - 1,
+                    ..range
+                },
+                vec![range.first(), range.last()],
+            ),
+            Family::V6 => (
+                Self {
+                    start: range.start + 1,
+                    ..range
+                },
+                vec![range.first()],
+            ),
+        })
+    }
+
     pub fn single(ip: IpAddr) -> Self {
         Self {
             family: Family::of(ip),
@@ -114,6 +144,26 @@ impl IpRange {
 
     pub fn overlaps(&self, other: &IpRange) -> bool {
         self.family == other.family && self.start <= other.end && other.start <= self.end
+    }
+
+    /// The addresses in both, if any.
+    pub fn intersection(&self, other: &IpRange) -> Option<IpRange> {
+        self.overlaps(other).then(|| IpRange {
+            family: self.family,
+            start: self.start.max(other.start),
+            end: self.end.min(other.end),
+        })
+    }
+
+    /// Reads back a range from its first and last address, as an `Eip`'s
+    /// status shows it.
+    pub fn between(first: IpAddr, last: IpAddr) -> Option<IpRange> {
+        let (start, end) = (to_u128(first), to_u128(last));
+        (Family::of(first) == Family::of(last) && start <= end).then(|| IpRange {
+            family: Family::of(first),
+            start,
+            end,
+        })
     }
 
     pub fn first(&self) -> IpAddr {
@@ -212,6 +262,53 @@ mod tests {
     }
 
     #[test]
+    fn a_cidr_pool_leaves_out_its_edges_unless_told() {
+        let cases: &[(&str, bool, &str, &str, &[&str])] = &[
+            (
+                "10.0.0.0/24",
+                false,
+                "10.0.0.1",
+                "10.0.0.254",
+                &["10.0.0.0", "10.0.0.255"],
+            ),
+            ("10.0.0.0/24", true, "10.0.0.0", "10.0.0.255", &[]),
+            (
+                "10.0.0.7/30",
+                false,
+                "10.0.0.5",
+                "10.0.0.6",
+                &["10.0.0.4", "10.0.0.7"],
+            ),
+            ("10.0.0.0/31", false, "10.0.0.0", "10.0.0.1", &[]),
+            ("10.0.0.9/32", false, "10.0.0.9", "10.0.0.9", &[]),
+            ("10.0.0.0-10.0.0.255", false, "10.0.0.0", "10.0.0.255", &[]),
+            ("10.0.0.0", false, "10.0.0.0", "10.0.0.0", &[]),
+            (
+                "2001:db8::/64",
+                false,
+                "2001:db8::1",
+                "2001:db8::ffff:ffff:ffff:ffff",
+                &["2001:db8::"],
+            ),
+            ("2001:db8::/127", false, "2001:db8::", "2001:db8::1", &[]),
+            (
+                "2001:db8::/64",
+                true,
+                "2001:db8::",
+                "2001:db8::ffff:ffff:ffff:ffff",
+                &[],
+            ),
+        ];
+        for (text, include, first, last, edges) in cases {
+            let (r, left_out) = IpRange::parse_pool(text, *include).expect("valid");
+            assert_eq!(r.first().to_string(), *first, "{text} {include}");
+            assert_eq!(r.last().to_string(), *last, "{text} {include}");
+            let left_out: Vec<String> = left_out.iter().map(IpAddr::to_string).collect();
+            assert_eq!(left_out, *edges, "{text} {include}");
+        }
+    }
+
+    #[test]
     fn rejects_malformed_pools_with_a_reason() {
         let cases: &[(&str, RangeError)] = &[
             ("", RangeError::Syntax("".into())),
@@ -240,6 +337,28 @@ mod tests {
         // ::a00:0 is numerically 10.0.0.0 but another family.
         assert!(!r("10.0.0.0/24").overlaps(&r("::a00:0/120")));
         assert!(r("2001:db8::/64").overlaps(&r("2001:db8::ffff:ffff:ffff:ffff")));
+    }
+
+    #[test]
+    fn intersection_keeps_the_shared_addresses_only() {
+        let r = |s| IpRange::parse(s).expect("valid");
+        assert_eq!(
+            r("10.0.0.100-10.0.0.200").intersection(&r("10.0.0.150-10.0.0.250")),
+            Some(r("10.0.0.150-10.0.0.200"))
+        );
+        assert_eq!(r("10.0.0.0/24").intersection(&r("10.0.1.0/24")), None);
+        assert_eq!(r("10.0.0.0/24").intersection(&r("::a00:0/120")), None);
+    }
+
+    #[test]
+    fn between_reads_a_published_first_and_last_address() {
+        let ip = |s: &str| s.parse::<IpAddr>().expect("ip");
+        assert_eq!(
+            IpRange::between(ip("10.0.0.100"), ip("10.0.0.200")),
+            Some(IpRange::parse("10.0.0.100-10.0.0.200").expect("valid"))
+        );
+        assert_eq!(IpRange::between(ip("10.0.0.2"), ip("10.0.0.1")), None);
+        assert_eq!(IpRange::between(ip("10.0.0.1"), ip("::1")), None);
     }
 
     #[test]

@@ -49,7 +49,7 @@ fn ips(list: &[&str]) -> Vec<IpAddr> {
 
 fn ipam(pools: Vec<Pool>) -> Ipam {
     let mut i = Ipam::default();
-    i.set_pools(pools);
+    i.set_pools(pools, &[]);
     i
 }
 
@@ -67,17 +67,18 @@ fn allocate_all(i: &mut Ipam, reqs: &[ServiceRequest], labels: &NamespaceLabels)
 fn allocates_from_every_pool_syntax() {
     let cases: &[(&str, Family, &[&str])] = &[
         ("192.168.0.100", Family::V4, &["192.168.0.100"]),
+        // A CIDR leaves out its network and broadcast addresses.
         (
-            "10.0.0.0/30",
+            "10.0.0.0/29",
             Family::V4,
-            &["10.0.0.0", "10.0.0.1", "10.0.0.2"],
+            &["10.0.0.1", "10.0.0.2", "10.0.0.3"],
         ),
         (
             "10.0.0.10-10.0.0.12",
             Family::V4,
             &["10.0.0.10", "10.0.0.11", "10.0.0.12"],
         ),
-        ("2001:db8::/64", Family::V6, &["2001:db8::", "2001:db8::1"]),
+        ("2001:db8::/64", Family::V6, &["2001:db8::1", "2001:db8::2"]),
         (
             "2001:db8::5-2001:db8::6",
             Family::V6,
@@ -130,19 +131,20 @@ fn v6_64_pool_fills_without_overflow_and_reports_its_size() {
         families: vec![Family::V6],
         ..req("a/s")
     };
-    assert_eq!(i.allocate(&r, &no_labels()), Ok(ips(&["2001:db8:1::"])));
+    // The first address (Subnet-Router anycast) is left out.
+    assert_eq!(i.allocate(&r, &no_labels()), Ok(ips(&["2001:db8:1::1"])));
     let pool = i.pools().next().expect("pool");
-    assert_eq!(pool.range.map(|r| r.size()), Some(1u128 << 64));
+    assert_eq!(pool.range.map(|r| r.size()), Some((1u128 << 64) - 1));
 }
 
 #[test]
 fn overlapping_pool_is_refused_and_never_used() {
-    let older = eip("older", "10.0.0.0/24", |e| {
+    let older = eip("older", "10.0.0.0-10.0.0.255", |e| {
         e.metadata.creation_timestamp = Some(Time(
             k8s_openapi::jiff::Timestamp::from_second(1).expect("ts"),
         ))
     });
-    let newer = eip("a-newer", "10.0.0.128/25", |e| {
+    let newer = eip("a-newer", "10.0.0.128-10.0.0.255", |e| {
         e.metadata.creation_timestamp = Some(Time(
             k8s_openapi::jiff::Timestamp::from_second(2).expect("ts"),
         ))
@@ -173,13 +175,16 @@ fn overlapping_pool_is_refused_and_never_used() {
 
 #[test]
 fn disabled_pool_keeps_existing_and_gives_no_new() {
-    let mut i = ipam(vec![plain("p", "10.0.0.0/24")]);
+    let mut i = ipam(vec![plain("p", "10.0.0.0-10.0.0.255")]);
     let l = no_labels();
     let a = req("a/a");
     assert_eq!(i.allocate(&a, &l), Ok(ips(&["10.0.0.0"])));
-    i.set_pools(vec![eip("p", "10.0.0.0/24", |e| e.spec.disable = true)]);
+    i.set_pools(
+        vec![eip("p", "10.0.0.0-10.0.0.255", |e| e.spec.disable = true)],
+        &[],
+    );
     assert!(
-        i.keep_existing(&a, &l),
+        i.keep(&a, &ips(&["10.0.0.0"]), &l),
         "existing allocation survives disable"
     );
     assert_eq!(i.addresses_of(&a.key), Some(&ips(&["10.0.0.0"])[..]));
@@ -200,9 +205,9 @@ fn disabled_pool_keeps_existing_and_gives_no_new() {
 fn pool_choice_follows_namespace_then_default_then_priority() {
     let pools = || {
         vec![
-            eip("open-high", "10.0.1.0/24", |e| e.spec.priority = 5),
-            eip("open-low", "10.0.2.0/24", |e| e.spec.priority = 1),
-            eip("default", "10.0.3.0/24", |e| {
+            eip("open-high", "10.0.1.0-10.0.1.255", |e| e.spec.priority = 5),
+            eip("open-low", "10.0.2.0-10.0.2.255", |e| e.spec.priority = 1),
+            eip("default", "10.0.3.0-10.0.3.255", |e| {
                 e.metadata.annotations = Some(
                     [(
                         "eip.openelb.kubesphere.io/is-default-eip".to_string(),
@@ -211,14 +216,14 @@ fn pool_choice_follows_namespace_then_default_then_priority() {
                     .into(),
                 )
             }),
-            eip("team-b", "10.0.4.0/24", |e| {
+            eip("team-b", "10.0.4.0-10.0.4.255", |e| {
                 e.spec.namespaces = vec!["b".into()]
             }),
-            eip("team-b-pref", "10.0.5.0/24", |e| {
+            eip("team-b-pref", "10.0.5.0-10.0.5.255", |e| {
                 e.spec.namespaces = vec!["b".into()];
                 e.spec.priority = -1
             }),
-            eip("labelled", "10.0.6.0/24", |e| {
+            eip("labelled", "10.0.6.0-10.0.6.255", |e| {
                 e.spec.namespace_selector = [("tier".to_string(), "gold".to_string())].into()
             }),
         ]
@@ -274,7 +279,10 @@ fn pool_choice_follows_namespace_then_default_then_priority() {
 fn requested_address_is_validated() {
     let l = no_labels();
     let fresh = || {
-        let mut i = ipam(vec![plain("p", "10.0.0.0/24"), plain("q", "10.0.1.0/24")]);
+        let mut i = ipam(vec![
+            plain("p", "10.0.0.0-10.0.0.255"),
+            plain("q", "10.0.1.0-10.0.1.255"),
+        ]);
         assert_eq!(i.allocate(&req("a/holder"), &l), Ok(ips(&["10.0.0.0"])));
         i
     };
@@ -349,7 +357,7 @@ fn sharing_needs_same_key_and_disjoint_ports() {
         ("no key: new address", None, 443, "10.0.0.1"),
     ];
     for (name, k, port, want) in cases {
-        let mut i = ipam(vec![plain("p", "10.0.0.0/24")]);
+        let mut i = ipam(vec![plain("p", "10.0.0.0-10.0.0.255")]);
         assert_eq!(
             i.allocate(&shared("a/first", Some("k"), 80), &l),
             Ok(ips(&["10.0.0.0"]))
@@ -361,7 +369,7 @@ fn sharing_needs_same_key_and_disjoint_ports() {
         );
     }
     // Asking for a shared address explicitly follows the same rule.
-    let mut i = ipam(vec![plain("p", "10.0.0.0/24")]);
+    let mut i = ipam(vec![plain("p", "10.0.0.0-10.0.0.255")]);
     assert!(i.allocate(&shared("a/first", Some("k"), 80), &l).is_ok());
     let clash = ServiceRequest {
         requested: ips(&["10.0.0.0"]),
@@ -386,11 +394,11 @@ fn dual_stack_follows_policy() {
     let l = no_labels();
     let both = || {
         ipam(vec![
-            plain("v4", "10.0.0.0/24"),
-            plain("v6", "2001:db8::/120"),
+            plain("v4", "10.0.0.0-10.0.0.255"),
+            plain("v6", "2001:db8::-2001:db8::ff"),
         ])
     };
-    let only_v4 = || ipam(vec![plain("v4", "10.0.0.0/24")]);
+    let only_v4 = || ipam(vec![plain("v4", "10.0.0.0-10.0.0.255")]);
     let dual = |policy, families: Vec<Family>| ServiceRequest {
         policy,
         families,
@@ -444,7 +452,7 @@ fn dual_stack_follows_policy() {
 #[test]
 fn restart_rebuilds_from_status_and_changes_no_address() {
     let l = no_labels();
-    let pools = || vec![plain("p", "10.0.0.0/29")];
+    let pools = || vec![plain("p", "10.0.0.0-10.0.0.7")];
     // Before the restart: three Services got .0, .1, .2; .1's owner was
     // created last, so a naive fresh allocation would hand .0/.1 out differently.
     let with_status = |key: &str, addr: &str| ServiceRequest {
@@ -460,69 +468,385 @@ fn restart_rebuilds_from_status_and_changes_no_address() {
     let newcomer = req("a/new");
     // The reconciler keeps existing holdings for every Service first.
     for r in &reqs {
-        assert!(i.keep_existing(r, &l));
+        assert!(i.keep(r, &r.current, &l));
     }
-    assert!(!i.keep_existing(&newcomer, &l));
+    assert!(!i.keep(&newcomer, &newcomer.current, &l));
     assert_eq!(i.allocate(&newcomer, &l), Ok(ips(&["10.0.0.3"])));
     for r in &reqs {
         assert_eq!(i.addresses_of(&r.key), Some(&r.current[..]), "{}", r.key);
     }
     // A status address that is no longer in any pool is not adopted.
     let stray = with_status("a/stray", "192.0.2.9");
-    assert!(!i.keep_existing(&stray, &l));
+    assert!(!i.keep(&stray, &stray.current, &l));
     // Two Services claiming the same address: the first one seen keeps it.
     let twin = with_status("a/twin", "10.0.0.0");
-    assert!(!i.keep_existing(&twin, &l));
+    assert!(!i.keep(&twin, &twin.current, &l));
 }
 
 #[test]
 fn changing_the_request_moves_the_service() {
     let l = no_labels();
-    let mut i = ipam(vec![plain("p", "10.0.0.0/24"), plain("q", "10.0.1.0/24")]);
+    let mut i = ipam(vec![
+        plain("p", "10.0.0.0-10.0.0.255"),
+        plain("q", "10.0.1.0-10.0.1.255"),
+    ]);
     let r = req("a/s");
     assert_eq!(i.allocate(&r, &l), Ok(ips(&["10.0.0.0"])));
-    assert!(
-        i.keep_existing(&r, &l),
-        "unchanged request keeps its address"
-    );
+    let held = ips(&["10.0.0.0"]);
+    assert!(i.keep(&r, &held, &l), "unchanged request keeps its address");
     let moved = ServiceRequest {
         pool: Some("q".into()),
         ..r.clone()
     };
     assert!(
-        !i.keep_existing(&moved, &l),
+        !i.keep(&moved, &held, &l),
         "named pool changed: old address released"
     );
     assert_eq!(i.allocate(&moved, &l), Ok(ips(&["10.0.1.0"])));
     // Deleting the pool releases what it gave.
-    i.set_pools(vec![plain("p", "10.0.0.0/24")]);
+    i.set_pools(vec![plain("p", "10.0.0.0-10.0.0.255")], &[]);
     assert_eq!(i.addresses_of(&moved.key), None);
-}
-
-#[test]
-fn filling_a_pool_reuses_released_gaps_after_wrapping() {
-    let l = no_labels();
-    let mut i = ipam(vec![plain("p", "10.0.0.0/30")]);
-    for n in 0..4 {
-        assert!(i.allocate(&req(&format!("a/s{n}")), &l).is_ok());
-    }
-    i.release(&ObjectKey::new("a", "s1"));
-    assert_eq!(i.allocate(&req("a/late"), &l), Ok(ips(&["10.0.0.1"])));
 }
 
 /// Found by the `ipam` fuzz target: when a pool's address changed and a
 /// kept address now lay in another pool, it was still counted in the old
-/// one (Eip.status.used, and the sharing search).
+/// one (Eip.status.used, and the sharing search). An edit that leaves out an
+/// address in use is now held back, so the address stays in its pool and
+/// the newcomer over the old range is refused.
 #[test]
-fn kept_address_moves_to_the_pool_that_now_holds_it() {
-    let mut i = ipam(vec![plain("a", "10.0.0.0/30")]);
+fn kept_address_is_counted_in_the_pool_that_holds_it() {
+    let mut i = ipam(vec![plain("a", "10.0.0.0-10.0.0.3")]);
     let r = req("ns/svc");
     assert_eq!(i.allocate(&r, &no_labels()), Ok(ips(&["10.0.0.0"])));
-    i.set_pools(vec![plain("a", "10.0.1.0/30"), plain("b", "10.0.0.0/30")]);
+    i.set_pools(
+        vec![
+            plain("a", "10.0.1.0-10.0.1.3"),
+            plain("b", "10.0.0.0-10.0.0.3"),
+        ],
+        &[],
+    );
     assert_eq!(i.addresses_of(&r.key), Some(&ips(&["10.0.0.0"])[..]));
-    assert!(i.used_in("a").is_empty(), "{:?}", i.used_in("a"));
+    assert_eq!(i.pool_of(ip("10.0.0.0")), Some("a"));
+    assert!(i.used_in("b").is_empty(), "{:?}", i.used_in("b"));
+    let b = i.pools().find(|p| p.name == "b").expect("b");
+    assert!(matches!(&b.state, PoolState::Refused(why) if why.contains("overlaps pool `a`")));
+}
+
+fn published(reqs: &[ServiceRequest]) -> Vec<(&ObjectKey, &[IpAddr])> {
+    reqs.iter()
+        .map(|r| (&r.key, r.current.as_slice()))
+        .collect()
+}
+
+fn with_status(key: &str, addrs: &[&str]) -> ServiceRequest {
+    ServiceRequest {
+        current: ips(addrs),
+        ..req(key)
+    }
+}
+
+/// One pass as the reconciler makes it: decide the pools, fill the book
+/// from the published addresses, then allocate the rest in order.
+fn pass(i: &mut Ipam, pools: Vec<Pool>, reqs: &[ServiceRequest]) -> Vec<Vec<IpAddr>> {
+    let l = no_labels();
+    let gone: Vec<ObjectKey> = i
+        .allocations()
+        .keys()
+        .filter(|k| !reqs.iter().any(|r| r.key == **k))
+        .cloned()
+        .collect();
+    for key in gone {
+        i.release(&key);
+    }
+    i.set_pools(pools, &published(reqs));
+    i.clear_book();
+    let held: Vec<bool> = reqs.iter().map(|r| i.keep(r, &r.current, &l)).collect();
+    for (r, held) in reqs.iter().zip(held) {
+        if !held {
+            let _ = i.allocate(r, &l);
+        }
+    }
+    reqs.iter()
+        .map(|r| i.addresses_of(&r.key).unwrap_or_default().to_vec())
+        .collect()
+}
+
+#[test]
+fn the_next_address_follows_from_the_published_state_not_from_history() {
+    let l = no_labels();
+    // One replica filled the pool and saw two Services go: its search
+    // position is past the gaps.
+    let mut busy = ipam(vec![plain("p", "10.0.0.0-10.0.0.7")]);
+    for n in 0..6 {
+        assert!(busy.allocate(&req(&format!("a/s{n}")), &l).is_ok());
+    }
+    busy.release(&ObjectKey::new("a", "s1"));
+    busy.release(&ObjectKey::new("a", "s3"));
+    // Another replica only ever saw what is published now.
+    let now = [
+        with_status("a/s0", &["10.0.0.0"]),
+        with_status("a/s2", &["10.0.0.2"]),
+        with_status("a/s4", &["10.0.0.4"]),
+        with_status("a/s5", &["10.0.0.5"]),
+        req("a/new1"),
+        req("a/new2"),
+        req("a/new3"),
+    ];
+    let mut fresh = Ipam::default();
+    let from_fresh = pass(&mut fresh, vec![plain("p", "10.0.0.0-10.0.0.7")], &now);
+    let from_busy = pass(&mut busy, vec![plain("p", "10.0.0.0-10.0.0.7")], &now);
+    assert_eq!(from_fresh, from_busy);
+    // The lowest free addresses, in the Services' order.
     assert_eq!(
-        i.used_in("b").keys().copied().collect::<Vec<_>>(),
-        ips(&["10.0.0.0"])
+        from_fresh[4..],
+        [ips(&["10.0.0.1"]), ips(&["10.0.0.3"]), ips(&["10.0.0.6"])]
+    );
+}
+
+#[test]
+fn a_rebuilt_book_holds_what_is_published_not_what_was_remembered() {
+    let l = no_labels();
+    let mut i = ipam(vec![plain("p", "10.0.0.0-10.0.0.7")]);
+    // This replica chose .0 for web on its own; the leader published .3.
+    assert_eq!(i.allocate(&req("a/web"), &l), Ok(ips(&["10.0.0.0"])));
+    let now = [with_status("a/web", &["10.0.0.3"]), req("a/api")];
+    let got = pass(&mut i, vec![plain("p", "10.0.0.0-10.0.0.7")], &now);
+    assert_eq!(got, [ips(&["10.0.0.3"]), ips(&["10.0.0.0"])]);
+    assert_eq!(i.usage("p"), 2);
+}
+
+/// The example: pool .100-.200 edited to .150-.199 while a Service
+/// holds .100.
+#[test]
+fn shrinking_a_pool_under_an_address_in_use_is_held_back_until_it_is_released() {
+    let old = || plain("p", "10.0.0.100-10.0.0.200");
+    let new = || plain("p", "10.0.0.150-10.0.0.199");
+    let mut i = Ipam::default();
+    let web = [req("a/web")];
+    assert_eq!(pass(&mut i, vec![old()], &web), [ips(&["10.0.0.100"])]);
+
+    let mut now = vec![with_status("a/web", &["10.0.0.100"]), req("a/api")];
+    let got = pass(&mut i, vec![new()], &now);
+    assert_eq!(got[0], ips(&["10.0.0.100"]), "the held address stays");
+    assert_eq!(
+        got[1],
+        ips(&["10.0.0.150"]),
+        "new addresses come from inside the new range"
+    );
+    let p = i.pools().next().expect("pool");
+    assert_eq!(p.state, PoolState::Accepted);
+    assert_eq!(p.range, IpRange::parse("10.0.0.100-10.0.0.200").ok());
+    let held = p.held.as_ref().expect("edit held back");
+    assert_eq!(held.invalid, None);
+    assert_eq!(
+        held.in_the_way,
+        [(ip("10.0.0.100"), vec![ObjectKey::new("a", "web")])]
+    );
+    // Nor may a request take an address the edit removes.
+    let asked = ServiceRequest {
+        requested: ips(&["10.0.0.101"]),
+        ..req("a/asks")
+    };
+    assert_eq!(
+        i.allocate(&asked, &no_labels()),
+        Err(AllocError::Leaving {
+            ip: ip("10.0.0.101"),
+            pool: "p".into()
+        })
+    );
+
+    // web goes: the edit applies, api keeps its address.
+    now.remove(0);
+    now[0].current = ips(&["10.0.0.150"]);
+    assert_eq!(pass(&mut i, vec![new()], &now), [ips(&["10.0.0.150"])]);
+    let p = i.pools().next().expect("pool");
+    assert_eq!(p.range, IpRange::parse("10.0.0.150-10.0.0.199").ok());
+    assert_eq!(p.held, None);
+}
+
+#[test]
+fn growing_a_pool_or_moving_it_with_nothing_in_the_way_applies() {
+    let mut i = Ipam::default();
+    let web = [req("a/web")];
+    assert_eq!(
+        pass(&mut i, vec![plain("p", "10.0.0.100-10.0.0.101")], &web),
+        [ips(&["10.0.0.100"])]
+    );
+    let web = [with_status("a/web", &["10.0.0.100"])];
+    for (address, kept) in [
+        ("10.0.0.0-10.0.0.255", "10.0.0.100"),
+        ("10.0.0.100-10.0.0.100", "10.0.0.100"),
+    ] {
+        assert_eq!(
+            pass(&mut i, vec![plain("p", address)], &web),
+            [ips(&[kept])]
+        );
+        let p = i.pools().next().expect("pool");
+        assert_eq!(p.range, IpRange::parse(address).ok(), "{address}");
+        assert_eq!(p.held, None, "{address}");
+    }
+    // Moved once nothing is in it.
+    assert_eq!(
+        pass(&mut i, vec![plain("p", "10.0.9.0-10.0.9.3")], &[]),
+        Vec::<Vec<IpAddr>>::new()
+    );
+    let p = i.pools().next().expect("pool");
+    assert_eq!(p.range, IpRange::parse("10.0.9.0-10.0.9.3").ok());
+    assert_eq!(p.held, None);
+}
+
+#[test]
+fn after_a_restart_the_published_range_is_what_an_edit_is_compared_with() {
+    let edited = || {
+        eip("p", "10.0.0.150-10.0.0.199", |e| {
+            e.status = Some(porter_api::EipStatus {
+                ready: true,
+                first_ip: Some("10.0.0.100".into()),
+                last_ip: Some("10.0.0.200".into()),
+                ..Default::default()
+            })
+        })
+    };
+    let now = [with_status("a/web", &["10.0.0.100"])];
+    let mut restarted = Ipam::default();
+    assert_eq!(
+        pass(&mut restarted, vec![edited()], &now),
+        [ips(&["10.0.0.100"])]
+    );
+    let p = restarted.pools().next().expect("pool");
+    assert_eq!(p.range, IpRange::parse("10.0.0.100-10.0.0.200").ok());
+    assert!(p.held.is_some());
+    // Without a published range the edit is all there is to go by.
+    let mut blind = Ipam::default();
+    let moved = pass(&mut blind, vec![plain("p", "10.0.0.150-10.0.0.199")], &now);
+    assert_eq!(moved, [ips(&["10.0.0.150"])]);
+}
+
+#[test]
+fn an_unusable_edit_under_addresses_in_use_keeps_the_range_in_force() {
+    let now = [with_status("a/web", &["10.0.0.1"])];
+    for (edit, why) in [
+        ("10.0.0.300", "is not an IP"),
+        ("10.0.1.0-10.0.1.255", "overlaps pool `other`"),
+    ] {
+        let mut i = Ipam::default();
+        let pools = |address| {
+            vec![
+                plain("p", address),
+                eip("other", "10.0.1.0-10.0.1.255", |e| {
+                    e.metadata.creation_timestamp = Some(Time(
+                        k8s_openapi::jiff::Timestamp::from_second(1).expect("ts"),
+                    ))
+                }),
+            ]
+        };
+        pass(&mut i, pools("10.0.0.0-10.0.0.255"), &now);
+        assert_eq!(
+            pass(&mut i, pools(edit), &now),
+            [ips(&["10.0.0.1"])],
+            "{edit}"
+        );
+        let p = i.pools().find(|p| p.name == "p").expect("pool");
+        assert_eq!(p.state, PoolState::Accepted, "{edit}");
+        assert_eq!(
+            p.range,
+            IpRange::parse("10.0.0.0-10.0.0.255").ok(),
+            "{edit}"
+        );
+        let held = p.held.as_ref().expect("held");
+        assert!(
+            held.invalid.as_ref().is_some_and(|w| w.contains(why)),
+            "{edit}: {held:?}"
+        );
+    }
+    // With nothing to protect, an unusable address refuses the pool.
+    let mut i = Ipam::default();
+    pass(&mut i, vec![plain("p", "10.0.0.0-10.0.0.255")], &[]);
+    pass(&mut i, vec![plain("p", "10.0.0.300")], &[]);
+    let p = i.pools().next().expect("pool");
+    assert!(matches!(p.state, PoolState::Refused(_)));
+}
+
+#[test]
+fn disabling_a_pool_with_a_shrunk_address_keeps_every_allocation() {
+    let now = [with_status("a/web", &["10.0.0.100"])];
+    let mut i = Ipam::default();
+    pass(&mut i, vec![plain("p", "10.0.0.100-10.0.0.200")], &now);
+    let edited = eip("p", "10.0.0.150-10.0.0.199", |e| e.spec.disable = true);
+    assert_eq!(pass(&mut i, vec![edited], &now), [ips(&["10.0.0.100"])]);
+    let p = i.pools().next().expect("pool");
+    assert!(p.disabled && p.held.is_some());
+}
+
+/// docs/controller.md: a pool reserved for other namespaces is never used,
+/// not even by name. That holds for keeping an address too: a Service that
+/// names the pool, or requests the address, in another namespace does not
+/// keep what its status shows (say, from before the pool was reserved).
+#[test]
+fn keeping_an_address_checks_the_pool_namespaces_even_when_named_or_requested() {
+    let l = no_labels();
+    let reserved = || {
+        eip("p", "10.0.0.0-10.0.0.255", |e| {
+            e.spec.namespaces = vec!["blue".into()]
+        })
+    };
+    let shown = ips(&["10.0.0.7"]);
+    let named = ServiceRequest {
+        pool: Some("p".into()),
+        current: shown.clone(),
+        ..req("red/named")
+    };
+    let asked = ServiceRequest {
+        requested: shown.clone(),
+        current: shown.clone(),
+        ..req("red/asked")
+    };
+    let at_home = ServiceRequest {
+        pool: Some("p".into()),
+        current: ips(&["10.0.0.8"]),
+        ..req("blue/named")
+    };
+    let mut i = ipam(vec![reserved()]);
+    for r in [&named, &asked] {
+        assert!(!i.keep(r, &r.current, &l), "{}", r.key);
+        assert!(
+            matches!(i.allocate(r, &l), Err(AllocError::PoolNotAllowed { .. })),
+            "{}",
+            r.key
+        );
+    }
+    assert!(i.keep(&at_home, &at_home.current, &l));
+}
+
+#[test]
+fn a_cidr_pool_hands_out_neither_network_nor_broadcast_unless_told() {
+    let l = no_labels();
+    let fill = |pool: Pool| {
+        let mut i = ipam(vec![pool]);
+        (0..5)
+            .map_while(|n| i.allocate(&req(&format!("a/s{n}")), &l).ok())
+            .flatten()
+            .collect::<Vec<IpAddr>>()
+    };
+    assert_eq!(
+        fill(plain("p", "10.0.0.0/30")),
+        ips(&["10.0.0.1", "10.0.0.2"])
+    );
+    let routed = eip("p", "10.0.0.0/30", |e| {
+        e.spec.include_network_and_broadcast = true
+    });
+    assert_eq!(
+        fill(routed),
+        ips(&["10.0.0.0", "10.0.0.1", "10.0.0.2", "10.0.0.3"])
+    );
+    // Nor may they be requested.
+    let mut i = ipam(vec![plain("p", "10.0.0.0/30")]);
+    let asked = ServiceRequest {
+        requested: ips(&["10.0.0.3"]),
+        ..req("a/asks")
+    };
+    assert_eq!(
+        i.allocate(&asked, &l),
+        Err(AllocError::NotInPool(ip("10.0.0.3")))
     );
 }

@@ -12,6 +12,13 @@ fn now() -> Time {
     Time(k8s_openapi::jiff::Timestamp::from_second(1_700_000_000).expect("ts"))
 }
 
+/// A reconciler that leads: it hands out addresses.
+fn leader() -> Reconciler {
+    let mut r = Reconciler::default();
+    r.set_leading(true);
+    r
+}
+
 fn svc(name: &str, annotations: &[(&str, &str)]) -> Service {
     Service {
         metadata: ObjectMeta {
@@ -123,6 +130,13 @@ fn settle(snap: &Snapshot, plan: &Plan) -> Snapshot {
     out
 }
 
+/// The one Event of the plan with this reason.
+fn only_event<'a>(plan: &'a Plan, reason: &str) -> &'a Event {
+    let found: Vec<&Event> = plan.events.iter().filter(|e| e.reason == reason).collect();
+    assert_eq!(found.len(), 1, "{reason} in {:?}", plan.events);
+    found[0]
+}
+
 fn reasons(plan: &Plan) -> Vec<&'static str> {
     plan.events.iter().map(|e| e.reason).collect()
 }
@@ -156,7 +170,7 @@ fn seed() -> Snapshot {
 
 #[test]
 fn allocates_publishes_announces_then_stays_quiet() {
-    let mut r = Reconciler::default();
+    let mut r = leader();
     let snap = seed();
     let plan = r.plan(&snap, &now());
     assert_eq!(*plan.finalizers, [(key("web"), true)]);
@@ -195,7 +209,7 @@ fn allocates_publishes_announces_then_stays_quiet() {
 
 #[test]
 fn a_restarted_controller_keeps_every_address() {
-    let mut first = Reconciler::default();
+    let mut first = leader();
     let mut snap = seed();
     snap.services
         .insert(0, Arc::new(porter_svc("zz-older-name")));
@@ -207,7 +221,7 @@ fn a_restarted_controller_keeps_every_address() {
         .collect();
 
     // New process, Services listed in another order, plus a newcomer.
-    let mut restarted = Reconciler::default();
+    let mut restarted = leader();
     let mut shuffled = settled.clone();
     shuffled.services.reverse();
     shuffled.eips = vec![Arc::new(pool(
@@ -229,7 +243,7 @@ fn a_restarted_controller_keeps_every_address() {
 
 #[test]
 fn deletion_releases_withdraws_and_lets_the_object_go() {
-    let mut r = Reconciler::default();
+    let mut r = leader();
     let snap = seed();
     let snap = settle(&snap, &r.plan(&snap, &now()));
     let mut deleting = snap.clone();
@@ -263,7 +277,7 @@ fn deletion_releases_withdraws_and_lets_the_object_go() {
 #[test]
 fn opting_out_or_changing_type_clears_what_was_written() {
     for change in ["opt-out", "type"] {
-        let mut r = Reconciler::default();
+        let mut r = leader();
         let snap = seed();
         let snap = settle(&snap, &r.plan(&snap, &now()));
         let mut changed = snap.clone();
@@ -290,7 +304,7 @@ fn opting_out_or_changing_type_clears_what_was_written() {
 
 #[test]
 fn exhaustion_is_reported_once_and_retried_when_space_frees() {
-    let mut r = Reconciler::default();
+    let mut r = leader();
     let mut snap = seed();
     snap.eips = vec![Arc::new(pool("tiny", "192.168.0.100"))];
     let mut second = porter_svc("second");
@@ -337,7 +351,7 @@ fn exhaustion_is_reported_once_and_retried_when_space_frees() {
 
 #[test]
 fn other_load_balancers_are_left_alone() {
-    let mut r = Reconciler::default();
+    let mut r = leader();
     let mut snap = seed();
     let mut foreign = svc("metallb", &[]);
     foreign.spec.as_mut().expect("spec").load_balancer_class = Some("metallb.io/metallb".into());
@@ -363,7 +377,7 @@ fn other_load_balancers_are_left_alone() {
 
 #[test]
 fn overlapping_pool_shows_a_refused_condition() {
-    let mut r = Reconciler::default();
+    let mut r = leader();
     let mut snap = seed();
     snap.eips.push(Arc::new(pool("z-overlap", "192.168.0.101")));
     let plan = r.plan(&snap, &now());
@@ -379,11 +393,60 @@ fn overlapping_pool_shows_a_refused_condition() {
             .message
             .contains("overlaps pool `eip-sample-pool`")
     );
+    // Besides the condition, a Warning Event on the Eip, once.
+    let refused = only_event(&plan, REASON_POOL_REFUSED);
+    assert_eq!(refused.type_, EventType::Warning);
+    assert_eq!(refused.regarding, Regarding::Eip("z-overlap".into()));
+    assert_eq!(refused.message, st.conditions[0].message);
+    let again = r.plan(&settle(&snap, &plan), &now());
+    assert!(
+        again.events.iter().all(|e| e.reason != REASON_POOL_REFUSED),
+        "{:?}",
+        again.events
+    );
+}
+
+#[test]
+fn the_ready_condition_of_a_full_or_disabled_pool_says_so() {
+    let mut r = leader();
+    let mut snap = seed();
+    let ready = |plan: &Plan| {
+        let (_, st) = &plan.eip_status[0];
+        let c = &st.conditions[0];
+        (st.ready, c.reason.clone(), c.message.clone())
+    };
+    let plan = r.plan(&snap, &now());
+    assert_eq!(ready(&plan).1, "Accepted");
+    snap = settle(&snap, &plan);
+    snap.services.push(Arc::new(porter_svc("second")));
+    let plan = r.plan(&snap, &now());
+    assert_eq!(
+        ready(&plan),
+        (
+            true,
+            "Exhausted".into(),
+            "every address is in use (2 of 2); Services without one wait until one is released"
+                .into()
+        )
+    );
+    snap = settle(&snap, &plan);
+    let mut e = (*snap.eips[0]).clone();
+    e.spec.disable = true;
+    snap.eips = vec![Arc::new(e)];
+    let plan = r.plan(&snap, &now());
+    assert_eq!(
+        ready(&plan),
+        (
+            true,
+            "Disabled".into(),
+            "spec.disable is set: no new addresses are handed out; the 2 in use stay".into()
+        )
+    );
 }
 
 #[tokio::test]
 async fn apply_adds_the_finalizer_before_publishing_the_address() {
-    let mut r = Reconciler::default();
+    let mut r = leader();
     let plan = r.plan(&seed(), &now());
     let log = crate::testing::RecordingWriter::default();
     assert!(apply(&plan, &log).await.is_empty());
@@ -402,7 +465,7 @@ async fn apply_adds_the_finalizer_before_publishing_the_address() {
 
 #[test]
 fn an_endpoint_change_alone_moves_the_route_and_nothing_else() {
-    let mut r = Reconciler::default();
+    let mut r = leader();
     let snap = seed();
     let snap = settle(&snap, &r.plan(&snap, &now()));
     assert!(r.plan(&snap, &now()).ingress.is_empty());
@@ -466,7 +529,7 @@ fn later() -> Time {
 
 #[test]
 fn the_eip_status_names_the_node_announcing_each_layer2_address_and_a_change_is_an_event() {
-    let mut r = Reconciler::default();
+    let mut r = leader();
     let snap = with_holder(&layer2_seed(), Some("n1"));
     let plan = r.plan(&snap, &now());
     assert_eq!(
@@ -522,11 +585,11 @@ fn the_eip_status_names_the_node_announcing_each_layer2_address_and_a_change_is_
 
 #[test]
 fn a_new_leader_does_not_repeat_what_the_status_already_says() {
-    let mut first = Reconciler::default();
+    let mut first = leader();
     let snap = with_holder(&layer2_seed(), Some("n1"));
     let plan = first.plan(&snap, &now());
     let settled = settle(&snap, &plan);
-    let mut second = Reconciler::default();
+    let mut second = leader();
     let plan = second.plan(&settled, &later());
     assert!(layer2_events(&plan).is_empty(), "{:?}", plan.events);
     // `since` is when n1 started, not when this replica looked.
@@ -539,7 +602,7 @@ fn a_new_leader_does_not_repeat_what_the_status_already_says() {
 
 #[test]
 fn bgp_pools_name_no_announcer() {
-    let mut r = Reconciler::default();
+    let mut r = leader();
     let snap = with_holder(&seed(), Some("n1"));
     let plan = r.plan(&snap, &now());
     assert!(announcers(&plan).is_empty());
@@ -548,7 +611,7 @@ fn bgp_pools_name_no_announcer() {
 
 #[test]
 fn unreadable_pool_policy_sets_a_condition_and_the_pool_keeps_working() {
-    let mut r = Reconciler::default();
+    let mut r = leader();
     let mut snap = seed();
     let mut eip = (*snap.eips[0]).clone();
     eip.spec.bgp = Some(porter_api::crd::EipBgp {
@@ -592,9 +655,280 @@ fn unreadable_pool_policy_sets_a_condition_and_the_pool_keeps_working() {
     );
 }
 
+/// Passes come faster than the watch shows what was written: a replayed
+/// plan (woken by a BGP session change) and a pass that sees the finalizer
+/// but not yet the address both used to repeat IPAllocated, three identical
+/// Events in a Service's first second. One is sent per address change.
+#[test]
+fn ip_allocated_is_reported_once_per_address_until_it_changes() {
+    let mut r = leader();
+    let snap = seed();
+    let allocated = |plan: &Plan| {
+        plan.events
+            .iter()
+            .filter(|e| e.reason == REASON_ALLOCATED)
+            .count()
+    };
+    let first = r.plan(&snap, &now());
+    assert_eq!(allocated(&first), 1);
+    let replayed = r.plan(&snap, &now());
+    assert_eq!(*replayed.ingress, *first.ingress, "the write is retried");
+    assert_eq!(allocated(&replayed), 0, "{:?}", replayed.events);
+    // The finalizer is back from the API server, the address not yet.
+    let mut half = snap.clone();
+    half.services[0] = {
+        let mut s = (*snap.services[0]).clone();
+        s.metadata.finalizers = Some(vec![SERVICE_FINALIZER.into()]);
+        Arc::new(s)
+    };
+    let half_settled = r.plan(&half, &now());
+    assert!(
+        !half_settled.ingress.is_empty(),
+        "the address is still to publish"
+    );
+    assert_eq!(allocated(&half_settled), 0, "{:?}", half_settled.events);
+    // A new leader reports afresh.
+    r.set_leading(true);
+    assert_eq!(allocated(&r.plan(&half, &now())), 1);
+}
+
+fn ip(s: &str) -> IpAddr {
+    s.parse().expect("test IP")
+}
+
+fn with_pool(snap: &Snapshot, address: &str) -> Snapshot {
+    let mut out = snap.clone();
+    out.eips = snap
+        .eips
+        .iter()
+        .map(|e| {
+            let mut e = (**e).clone();
+            e.spec.address = address.into();
+            e.metadata.generation = e.metadata.generation.map(|g| g + 1);
+            Arc::new(e)
+        })
+        .collect();
+    out
+}
+
+fn without(snap: &Snapshot, name: &str) -> Snapshot {
+    let mut out = snap.clone();
+    out.services
+        .retain(|s| s.metadata.name.as_deref() != Some(name));
+    out
+}
+
+/// `seed()` with web published at `address` by some leader.
+fn published_web(address: &str) -> Snapshot {
+    let mut snap = seed();
+    snap.services = vec![Arc::new(crate::testing::published(
+        porter_svc("web"),
+        address,
+    ))];
+    snap
+}
+
+fn pending_condition(st: &EipStatus) -> Option<&Condition> {
+    st.conditions
+        .iter()
+        .find(|c| c.type_ == CONDITION_CHANGE_PENDING)
+}
+
+/// The example: pool .100-.200 with a Service at .100, edited to
+/// .150-.199. The Service keeps .100; the Eip says why the edit waits, in
+/// a condition and a Warning Event naming the Service; a newcomer gets an
+/// address inside the new range; once the Service is gone the edit applies.
+#[test]
+fn shrinking_a_pool_under_a_service_is_refused_until_the_service_goes() {
+    let mut r = leader();
+    let mut snap = seed();
+    snap.eips = vec![Arc::new(pool(
+        "eip-sample-pool",
+        "192.168.0.100-192.168.0.200",
+    ))];
+    let snap = settle(&snap, &r.plan(&snap, &now()));
+    assert_eq!(ingress_of(&snap, "web"), ["192.168.0.100"]);
+
+    let mut edited = with_pool(&snap, "192.168.0.150-192.168.0.199");
+    edited.services.push(Arc::new(porter_svc("newcomer")));
+    let plan = r.plan(&edited, &now());
+    assert_eq!(
+        *plan.ingress,
+        [(key("newcomer"), vec![ip("192.168.0.150")])],
+        "web is not moved"
+    );
+    let refused = only_event(&plan, REASON_CHANGE_REFUSED);
+    assert_eq!(refused.type_, EventType::Warning);
+    assert_eq!(refused.regarding, Regarding::Eip("eip-sample-pool".into()));
+    for part in [
+        "`192.168.0.150-192.168.0.199` is not applied",
+        "192.168.0.100 (default/web)",
+        "keeps 192.168.0.100-192.168.0.200",
+    ] {
+        assert!(refused.message.contains(part), "{}", refused.message);
+    }
+    let (_, st) = &plan.eip_status[0];
+    assert_eq!(
+        (st.first_ip.as_deref(), st.last_ip.as_deref(), st.ready),
+        (Some("192.168.0.100"), Some("192.168.0.200"), true)
+    );
+    let pending = pending_condition(st).expect("AddressChangePending");
+    assert_eq!(
+        (pending.status.as_str(), pending.reason.as_str()),
+        ("True", "AddressesInUse")
+    );
+    assert_eq!(pending.message, refused.message);
+
+    // Said once; a controller that starts now reads the range in force
+    // back from the status and keeps refusing.
+    let edited = settle(&edited, &plan);
+    let again = r.plan(&edited, &now());
+    assert!(again.events.is_empty(), "{:?}", again.events);
+    let mut restarted = leader();
+    let plan = restarted.plan(&edited, &now());
+    assert!(plan.ingress.is_empty(), "{:?}", plan.ingress);
+    assert_eq!(
+        restarted.ipam().addresses_of(&key("web")),
+        Some(&[ip("192.168.0.100")][..])
+    );
+
+    // web goes: the edit applies, the newcomer keeps its address.
+    let gone = without(&edited, "web");
+    let plan = r.plan(&gone, &now());
+    assert!(plan.ingress.is_empty(), "{:?}", plan.ingress);
+    assert_eq!(
+        only_event(&plan, REASON_CHANGE_APPLIED).type_,
+        EventType::Normal
+    );
+    let (_, st) = &plan.eip_status[0];
+    assert_eq!(
+        (st.first_ip.as_deref(), st.last_ip.as_deref()),
+        (Some("192.168.0.150"), Some("192.168.0.199"))
+    );
+    assert!(pending_condition(st).is_none(), "{:?}", st.conditions);
+}
+
+#[test]
+fn growing_a_pool_or_disabling_it_keeps_every_address_and_says_nothing() {
+    let mut r = leader();
+    let snap = seed();
+    let snap = settle(&snap, &r.plan(&snap, &now()));
+    for (address, disable, first) in [
+        ("192.168.0.0/24", false, "192.168.0.1"),
+        ("192.168.0.100", true, "192.168.0.100"),
+    ] {
+        let mut edited = with_pool(&snap, address);
+        let mut e = (*edited.eips[0]).clone();
+        e.spec.disable = disable;
+        edited.eips = vec![Arc::new(e)];
+        let plan = r.plan(&edited, &now());
+        assert!(plan.ingress.is_empty(), "{address}: {:?}", plan.ingress);
+        assert!(
+            plan.events.iter().all(|e| e.type_ == EventType::Normal),
+            "{address}: {:?}",
+            plan.events
+        );
+        let (_, st) = &plan.eip_status[0];
+        assert!(pending_condition(st).is_none(), "{address}");
+        assert_eq!(st.first_ip.as_deref(), Some(first));
+    }
+}
+
+/// A follower computes but hands out nothing of its own: once it leads,
+/// it writes what is published, not what it would have chosen.
+#[test]
+fn a_follower_keeps_nothing_of_its_own_into_leadership() {
+    let mut follower = Reconciler::default();
+    let snap = seed();
+    let plan = follower.plan(&snap, &now());
+    assert!(plan.ingress.is_empty() && plan.allocated == 0, "{plan:?}");
+    assert_eq!(follower.ipam().addresses_of(&key("web")), None);
+
+    // The leader of the time published .101 for web.
+    let mut published = published_web("192.168.0.101");
+    published.services.push(Arc::new(porter_svc("api")));
+    follower.plan(&published, &now());
+    follower.set_leading(true);
+    let plan = follower.plan(&published, &now());
+    assert_eq!(
+        *plan.ingress,
+        [(key("api"), vec![ip("192.168.0.100")])],
+        "web keeps its published address; api gets the one left"
+    );
+}
+
+/// A Service whose status write was lost still shows in its pool's
+/// `status.used`: a new leader gives it that address again.
+#[test]
+fn a_new_leader_adopts_what_a_pool_status_shows_for_a_service_without_status() {
+    let mut old = leader();
+    let mut snap = seed();
+    snap.services.insert(0, Arc::new(porter_svc("first")));
+    let plan = old.plan(&snap, &now());
+    assert_eq!(plan.ingress[1], (key("web"), vec![ip("192.168.0.101")]));
+    // Everything but web's status reached the API server, and `first` was
+    // deleted since: the lowest free address is no longer web's.
+    let mut lost = settle(&snap, &plan);
+    let mut web = (*lost.services[1]).clone();
+    web.status = None;
+    lost.services[1] = Arc::new(web);
+    lost.services.remove(0);
+
+    let plan = leader().plan(&lost, &now());
+    assert_eq!(*plan.ingress, [(key("web"), vec![ip("192.168.0.101")])]);
+}
+
+/// A pool written as a CIDR by an earlier version handed out its network
+/// address. Now the CIDR leaves it out, but the Service there keeps it: the
+/// change is held back like an edit, and the message says what to set.
+#[test]
+fn a_service_on_a_network_address_keeps_it_and_is_told_how_to_keep_the_pool_whole() {
+    let mut snap = published_web("192.168.0.0");
+    let mut e = pool("eip-sample-pool", "192.168.0.0/30");
+    e.status = Some(EipStatus {
+        ready: true,
+        first_ip: Some("192.168.0.0".into()),
+        last_ip: Some("192.168.0.3".into()),
+        ..Default::default()
+    });
+    snap.eips = vec![Arc::new(e)];
+    let plan = leader().plan(&snap, &now());
+    assert!(plan.ingress.is_empty(), "{:?}", plan.ingress);
+    let (_, st) = &plan.eip_status[0];
+    let pending = pending_condition(st).expect("AddressChangePending");
+    assert!(
+        pending.message.contains("spec.includeNetworkAndBroadcast"),
+        "{}",
+        pending.message
+    );
+
+    // With the field set, the pool is whole again and nothing waits.
+    let mut e = (*snap.eips[0]).clone();
+    e.spec.include_network_and_broadcast = true;
+    snap.eips = vec![Arc::new(e)];
+    let plan = leader().plan(&snap, &now());
+    assert!(plan.ingress.is_empty(), "{:?}", plan.ingress);
+    let (_, st) = &plan.eip_status[0];
+    assert!(pending_condition(st).is_none(), "{:?}", st.conditions);
+}
+
+/// A leader that loses the lease before its write lands keeps nothing of
+/// what it chose: as a follower its book is what is published.
+#[test]
+fn a_deposed_leader_forgets_what_it_chose_and_never_published() {
+    let mut r = leader();
+    let snap = seed();
+    let plan = r.plan(&snap, &now());
+    assert_eq!(*plan.ingress, [(key("web"), vec![ip("192.168.0.100")])]);
+    r.set_leading(false);
+    let plan = r.plan(&snap, &now());
+    assert_eq!(r.ipam().addresses_of(&key("web")), None);
+    assert_eq!(plan.allocated, 0);
+}
+
 #[test]
 fn a_community_the_pool_does_not_allow_is_not_sent_and_the_service_is_told() {
-    let mut r = Reconciler::default();
+    let mut r = leader();
     let mut snap = seed();
     snap.services = vec![Arc::new(svc(
         "web",

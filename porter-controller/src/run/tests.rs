@@ -6,6 +6,7 @@ use porter_api::{BgpConf, BgpConfSpec, Eip, EipSpec};
 
 use crate::bgp::{Call, Recorder};
 use crate::testing::RecordingWriter;
+use porter_api::testing::seen;
 
 fn snapshot() -> Snapshot {
     let svc = Service {
@@ -33,7 +34,7 @@ fn snapshot() -> Snapshot {
             ..Default::default()
         },
         spec: EipSpec {
-            address: "10.0.0.0/24".into(),
+            address: "10.0.0.0-10.0.0.255".into(),
             ..Default::default()
         },
         status: None,
@@ -258,7 +259,8 @@ async fn with_the_dir_source_the_announcer_is_written_beside_the_manifests() {
     let (loaded, problems) = load(&root).expect("load");
     assert!(problems.is_empty(), "{problems:?}");
     snap.eips = loaded.eips;
-    snap.layer2_holders = Arc::new([("10.0.0.0".parse().expect("ip"), "n2".to_owned())].into());
+    // The CIDR leaves out its network address: web has the next one.
+    snap.layer2_holders = Arc::new([("10.0.0.1".parse().expect("ip"), "n2".to_owned())].into());
     let writer = DirWriter::new(root.clone());
     assert_eq!(
         c.step(Arc::new(snap.clone()), true, &writer)
@@ -277,12 +279,12 @@ async fn with_the_dir_source_the_announcer_is_written_beside_the_manifests() {
             .iter()
             .map(|a| (a.address.as_str(), a.node.as_str()))
             .collect::<Vec<_>>(),
-        [("10.0.0.0", "n2")]
+        [("10.0.0.1", "n2")]
     );
     let events = std::fs::read_to_string(root.join("status/events.jsonl")).expect("events");
     assert!(
         events.lines().any(|l| l.contains("Layer2Announcing")
-            && l.contains("node n2 now answers ARP for 10.0.0.0")
+            && l.contains("node n2 now answers ARP for 10.0.0.1")
             && l.contains("Service default/web")),
         "{events}"
     );
@@ -469,6 +471,8 @@ async fn bgp_policy_reaches_the_announcer_and_bad_values_are_reported() {
 struct LiveSessions {
     sessions: Arc<std::sync::Mutex<Vec<crate::bgp::PeerStatus>>>,
     changed: Arc<tokio::sync::Notify>,
+    /// Times the speaker was abandoned (a step-down).
+    abandoned: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl LiveSessions {
@@ -485,6 +489,10 @@ impl LiveSessions {
 impl Announcer for LiveSessions {
     fn start(&mut self, _: &crate::bgp::SpeakerConfig) {}
     fn stop(&mut self) {}
+    fn abandon(&mut self) {
+        self.abandoned
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    }
     fn upsert_peer(&mut self, _: &crate::bgp::PeerConfig) {}
     fn remove_peer(&mut self, _: std::net::IpAddr) {}
     fn set_paths(&mut self, _: &crate::announce::Paths) {}
@@ -494,6 +502,27 @@ impl Announcer for LiveSessions {
     fn sessions_changed(&self) -> Arc<tokio::sync::Notify> {
         Arc::clone(&self.changed)
     }
+}
+
+/// The loop on its own task, with no resync or retry within a test: only
+/// the snapshots, the leadership and the sessions wake it.
+fn spawn_loop(
+    controller: Controller<LiveSessions>,
+    snapshots: SnapshotReceiver,
+    writer: &RecordingWriter,
+    leadership: watch::Receiver<Leadership>,
+) -> tokio::task::JoinHandle<()> {
+    let never = Duration::from_secs(3600);
+    tokio::spawn(run(
+        controller,
+        snapshots,
+        writer.clone(),
+        leadership,
+        Settings {
+            resync: never,
+            retry: never,
+        },
+    ))
 }
 
 /// Waits (a few seconds at most) until `writer` recorded `line`.
@@ -528,20 +557,13 @@ async fn a_session_coming_up_or_going_down_reaches_the_bgp_peer_status_without_a
     let sessions = LiveSessions::default();
     let writer = RecordingWriter::default();
     let (_snapshots, snapshot_rx) = watch::channel(Arc::new(snap));
-    let (_leader, leader_rx) = watch::channel(true);
-    // No resync or retry within the test: only the sessions can wake the loop.
-    let never = Duration::from_secs(3600);
+    let (_leader, leader_rx) = watch::channel(Leadership::Until {
+        until: Instant::now() + Duration::from_secs(3600),
+        term: 1,
+    });
+    // Only the sessions can wake the loop.
     let controller = Controller::new(sessions.clone(), Arc::new(Metrics::default()));
-    let task = tokio::spawn(run(
-        controller,
-        snapshot_rx,
-        writer.clone(),
-        leader_rx,
-        Settings {
-            resync: never,
-            retry: never,
-        },
-    ));
+    let task = spawn_loop(controller, snapshot_rx, &writer, leader_rx);
     assert!(
         recorded(&writer, "ingress default/web [10.0.0.0]").await,
         "the first pass ran: {:?}",
@@ -560,4 +582,245 @@ async fn a_session_coming_up_or_going_down_reaches_the_bgp_peer_status_without_a
         writer.calls()
     );
     task.abort();
+}
+
+/// The kube leader lease, the election and the loop together against a
+/// mock API server: once renewals fail for `duration - margin`, the leader
+/// closes its sessions and writes nothing more, though nobody told it the
+/// lease was lost; it stays up and leads again when the API server is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn against_the_api_server_a_failed_renewal_steps_the_leader_down() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    use crate::leader_lease::{KubeLeaderLease, elect};
+    use crate::leadership::Timing;
+
+    let down = Arc::new(AtomicBool::new(false));
+    let server = crate::leader_lease::tests::lease_server();
+    let api_down = down.clone();
+    let (client, log) = porter_api::testing::mock_client_with_status(move |request| {
+        if api_down.load(Ordering::SeqCst) {
+            return (
+                503,
+                serde_json::json!({"kind": "Status", "apiVersion": "v1",
+                "status": "Failure", "code": 503, "message": "etcd is down"}),
+            );
+        }
+        server(request)
+    });
+    let lease = KubeLeaderLease::new(client, "porter-system", "porter-controller", "ctl-a");
+    // 1.2 s lease: renewal every 200 ms, step-down 800 ms after the last one.
+    let timing = Timing::for_lease(Duration::from_millis(1200));
+    let (publish, leadership) = watch::channel(Leadership::Follower);
+    let metrics = Arc::new(Metrics::default());
+    let election = tokio::spawn(elect(lease, timing, publish, metrics.clone()));
+
+    let sessions = LiveSessions::default();
+    let writer = RecordingWriter::default();
+    let (snapshots, snapshot_rx) = watch::channel(Arc::new(snapshot()));
+    let controller = Controller::new(sessions.clone(), metrics.clone());
+    let task = spawn_loop(controller, snapshot_rx, &writer, leadership.clone());
+    assert!(
+        recorded(&writer, "ingress default/web [10.0.0.0]").await,
+        "elected, the replica writes: {:?}",
+        writer.calls()
+    );
+    assert!(metrics.render().contains("porter_controller_leader 1"));
+
+    // Renewals go to the API server, compare-and-set.
+    let renewed = || seen(&log).iter().any(|s| s.method.as_str() == "PUT");
+    for _ in 0..100 {
+        if renewed() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(renewed(), "no renewal: {:?}", seen(&log));
+
+    down.store(true, Ordering::SeqCst);
+    let cut = Instant::now();
+    let mut stepped_down = None;
+    while cut.elapsed() < Duration::from_secs(5) {
+        if sessions.abandoned.load(Ordering::SeqCst) > 0 {
+            stepped_down = Some(cut.elapsed());
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let stepped_down = stepped_down.expect("no step-down within 5 s of the API server failing");
+    // It gave up before the lease could be another's (1.2 s after the
+    // last renewal, which was at most 200 ms before the cut).
+    assert!(
+        stepped_down < timing.duration,
+        "stepped down {stepped_down:?} after the cut, lease {:?}",
+        timing.duration
+    );
+    assert!(!leadership.borrow().leads_at(Instant::now()));
+    // The loop stepped down on the deadline; the election's next attempt
+    // records it too.
+    let counted = "porter_controller_leader_step_downs_total{reason=\"expired\"} 1";
+    for _ in 0..100 {
+        if metrics.render().contains(counted) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let text = metrics.render();
+    assert!(text.contains("porter_controller_leader 0"), "{text}");
+    assert!(text.contains(counted), "{text}");
+
+    // A change now is computed but not written: a follower writes nothing.
+    let writes = writer.calls().len();
+    let mut changed = snapshot();
+    changed.services.clear();
+    snapshots.send_replace(Arc::new(changed));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(writer.calls().len(), writes, "{:?}", writer.calls());
+
+    // The process stayed up: with the API server back it leads again.
+    down.store(false, Ordering::SeqCst);
+    let back = Instant::now();
+    while writer.calls().len() == writes && back.elapsed() < Duration::from_secs(5) {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(
+        writer.calls().len() > writes,
+        "leading again, the replica writes the change it held back"
+    );
+    task.abort();
+    election.abort();
+}
+
+/// `snapshot()` with web published at `address` by some leader, and `more`
+/// Services that have nothing yet.
+fn published_at(address: &str, more: &[&str]) -> Snapshot {
+    let mut snap = snapshot();
+    let web = crate::testing::published((*snap.services[0]).clone(), address);
+    let mut services = vec![Arc::new(web)];
+    for name in more {
+        let mut other = (*snap.services[0]).clone();
+        other.metadata.name = Some((*name).into());
+        services.push(Arc::new(other));
+    }
+    snap.services = services;
+    snap
+}
+
+/// Paths (without query) and bodies of what was sent since `from`.
+fn sent_since(log: &porter_api::testing::Log, from: usize) -> Vec<(String, serde_json::Value)> {
+    porter_api::testing::seen(log)[from..]
+        .iter()
+        .map(|s| {
+            (
+                s.uri.split('?').next().unwrap_or_default().to_string(),
+                s.body.clone(),
+            )
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn against_the_api_server_a_new_leader_writes_the_published_address_not_its_own() {
+    use porter_api::source::kube::KubeWriter;
+    use porter_api::testing::{mock_client, seen};
+
+    let (client, log) = mock_client(api_reply);
+    let writer = KubeWriter::new(client, Some("porter-1".into()), None);
+    let mut c = Controller::new(Recorder::default(), Arc::new(Metrics::default()));
+    // As a follower it saw web before any address was published (the
+    // lowest free one, 10.0.0.0, is what it would have chosen).
+    c.step(Arc::new(snapshot()), false, &writer).await;
+    // Then the leader of the time published 10.0.0.7 for web.
+    let snap = published_at("10.0.0.7", &["api"]);
+    c.step(Arc::new(snap.clone()), false, &writer).await;
+    assert!(seen(&log).is_empty(), "a follower made API calls");
+
+    let step = c.step(Arc::new(snap), true, &writer).await;
+    assert_eq!(step.failed_writes, 0);
+    let sent = sent_since(&log, 0);
+    let statuses: Vec<&(String, serde_json::Value)> = sent
+        .iter()
+        .filter(|(path, _)| {
+            path.starts_with("/api/v1/namespaces/default/services/") && path.ends_with("/status")
+        })
+        .collect();
+    assert_eq!(statuses.len(), 1, "only api's status is written: {sent:?}");
+    assert_eq!(
+        statuses[0].0,
+        "/api/v1/namespaces/default/services/api/status"
+    );
+    assert_eq!(
+        statuses[0].1["status"]["loadBalancer"]["ingress"][0]["ip"],
+        "10.0.0.0"
+    );
+    let (_, eip) = sent
+        .iter()
+        .find(|(path, _)| path == "/apis/network.kubesphere.io/v1alpha2/eips/pool/status")
+        .expect("the Eip status is applied");
+    assert_eq!(
+        eip["status"]["used"],
+        serde_json::json!({"10.0.0.0": "default/api", "10.0.0.7": "default/web"})
+    );
+}
+
+/// The pool edit, as the API server sees it: no Service status is
+/// written, the Eip status keeps the range in force with a condition, and
+/// a Warning Event on the Eip names the Service in the way.
+#[tokio::test]
+async fn against_the_api_server_a_refused_pool_edit_is_a_condition_and_a_warning_on_the_eip() {
+    use porter_api::source::kube::KubeWriter;
+    use porter_api::testing::mock_client;
+
+    let (client, log) = mock_client(api_reply);
+    let writer = KubeWriter::new(client, Some("porter-0".into()), None);
+    let mut c = Controller::new(Recorder::default(), Arc::new(Metrics::default()));
+    let mut snap = published_at("10.0.0.100", &[]);
+    let mut eip = (*snap.eips[0]).clone();
+    eip.spec.address = "10.0.0.100-10.0.0.200".into();
+    eip.status = Some(porter_api::EipStatus {
+        ready: true,
+        first_ip: Some("10.0.0.100".into()),
+        last_ip: Some("10.0.0.200".into()),
+        ..Default::default()
+    });
+    // Edited before this controller started: the published range is what
+    // it compares the edit with.
+    eip.spec.address = "10.0.0.150-10.0.0.199".into();
+    snap.eips = vec![Arc::new(eip)];
+
+    let step = c.step(Arc::new(snap), true, &writer).await;
+    assert_eq!(step.failed_writes, 0);
+    let sent = sent_since(&log, 0);
+    assert!(
+        !sent
+            .iter()
+            .any(|(path, _)| path.ends_with("/services/web/status")),
+        "web is not moved: {sent:?}"
+    );
+    let (_, eip) = sent
+        .iter()
+        .find(|(path, _)| path == "/apis/network.kubesphere.io/v1alpha2/eips/pool/status")
+        .expect("the Eip status is applied");
+    assert_eq!(eip["status"]["firstIP"], "10.0.0.100");
+    assert_eq!(eip["status"]["lastIP"], "10.0.0.200");
+    let conditions = eip["status"]["conditions"].as_array().expect("conditions");
+    let pending = conditions
+        .iter()
+        .find(|c| c["type"] == "AddressChangePending")
+        .expect("AddressChangePending condition");
+    assert_eq!(pending["status"], "True");
+    assert!(
+        pending["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("10.0.0.100 (default/web)")),
+        "{pending}"
+    );
+    let (_, event) = sent
+        .iter()
+        .find(|(_, body)| body["reason"] == "AddressChangeRefused")
+        .expect("an AddressChangeRefused Event");
+    assert_eq!(event["type"], "Warning");
+    assert_eq!(event["regarding"]["kind"], "Eip");
+    assert_eq!(event["regarding"]["name"], "pool");
+    assert_eq!(event["note"], pending["message"]);
 }

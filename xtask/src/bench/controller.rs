@@ -6,8 +6,13 @@
 //! - `single_change_ms`: one EndpointSlice changes (an endpoint moves to
 //!   another node); time from the new snapshot to the updated routes, median
 //!   of several changes. Baseline in the same run: a pass with no change.
+//! - `service_change_ms`: one Service changes (a label): the address plan
+//!   runs again over every Service, rebuilding the IPAM's book from their
+//!   published statuses; median, next to the same no-change baseline.
 //! - `peak_rss_mib`: the process's high-water mark, next to the baseline
 //!   before the cluster was built.
+//! - `failover_seconds`: two replicas in the lab, the leader killed (see
+//!   the controller_failover module), next to the lease duration.
 //!
 //! Objects carry a `resourceVersion`, and each write gives its object a new
 //! one, as from the API server: the controller tells unchanged objects apart
@@ -47,6 +52,7 @@ pub fn run() -> Result<()> {
     let now = Time(k8s_openapi::jiff::Timestamp::now());
 
     let mut reconciler = Reconciler::default();
+    reconciler.set_leading(true);
     let started = Instant::now();
     let plan = reconciler.plan(&snap, &now);
     let full_sync = started.elapsed().as_secs_f64();
@@ -57,6 +63,7 @@ pub fn run() -> Result<()> {
 
     let mut idle = Vec::new();
     let mut changed = Vec::new();
+    let mut relabelled = Vec::new();
     for n in 0..CHANGES {
         let started = Instant::now();
         let plan = reconciler.plan(&snap, &now);
@@ -85,6 +92,26 @@ pub fn run() -> Result<()> {
             bail!("the moved endpoint did not change the announcement");
         }
         snap = Arc::new(next);
+        drop(plan);
+
+        // One Service changes (a label): the address plan runs again, and
+        // rebuilds the book from every Service's published status.
+        let started = Instant::now();
+        let mut next = (*snap).clone();
+        let mut svc = (*next.services[index]).clone();
+        svc.metadata
+            .labels
+            .get_or_insert_with(Default::default)
+            .insert("bench".into(), n.to_string());
+        svc.metadata.resource_version = next_version();
+        next.services[index] = Arc::new(svc);
+        let plan = reconciler.plan(&next, &now);
+        relabelled.push(started.elapsed().as_secs_f64() * 1e3);
+        if !plan.ingress.is_empty() || plan.allocated != 0 {
+            bail!("a relabelled Service changed an address");
+        }
+        drop(plan);
+        snap = Arc::new(next);
     }
 
     emit(SUITE, "10k_services", "full_sync_seconds", full_sync, "s");
@@ -105,12 +132,19 @@ pub fn run() -> Result<()> {
     emit(
         SUITE,
         "10k_services",
+        "service_change_ms",
+        median(&mut relabelled),
+        "ms",
+    );
+    emit(
+        SUITE,
+        "10k_services",
         "peak_rss_mib",
         peak_rss_mib()?,
         "MiB",
     );
     emit(SUITE, "baseline_empty", "peak_rss_mib", baseline_rss, "MiB");
-    Ok(())
+    super::controller_failover::run()
 }
 
 fn check_full(plan: &Plan) -> Result<()> {
@@ -124,7 +158,7 @@ fn check_full(plan: &Plan) -> Result<()> {
     Ok(())
 }
 
-fn median(v: &mut [f64]) -> f64 {
+pub(super) fn median(v: &mut [f64]) -> f64 {
     v.sort_by(f64::total_cmp);
     v[v.len() / 2]
 }

@@ -25,7 +25,7 @@ use porter_tests::{
     netns::{NamedClient, run_in},
     packets::{self, L4, Vlan},
     privilege,
-    scenarios::PodLab,
+    scenarios::{self, PodLab},
 };
 
 use super::{BenchArgs, emit};
@@ -33,6 +33,7 @@ use super::{BenchArgs, emit};
 const SUITE: &str = "dataplane";
 const CALLS: usize = 20_000;
 const CPU: usize = 1;
+const XDP_TX: u32 = 3;
 
 pub fn run(args: &BenchArgs) -> Result<()> {
     if !privilege::is_root() {
@@ -118,6 +119,81 @@ fn per_packet() -> Result<()> {
     }
     drop(dataplane);
     drop(lab);
+    // On a thread of its own: it becomes a node in a lab namespace.
+    std::thread::spawn(move || cluster_per_packet(baseline))
+        .join()
+        .map_err(|_| anyhow::anyhow!("the Cluster cases panicked"))?
+}
+
+/// `externalTrafficPolicy: Cluster` per packet, against the same baseline:
+/// `forward_remote` (new flows on the node that forwards them to a pod on
+/// another node: FIB lookup, MAC rewrite, mark, `XDP_TX`) and
+/// `receive_forwarded` (new flows another node forwarded, DNATed to a local
+/// pod on the pod's node), each comparable with `new_flow_tcp_syn`.
+fn cluster_per_packet(baseline: f64) -> Result<()> {
+    pin_to_cpu(CPU)?;
+    let mut lab = Lab::new("bcl")?;
+    let bpffs = lab.bpffs()?;
+    let mut dataplane = Dataplane::open(&PinLayout::new(&bpffs), DataplaneConfig::default())?;
+    let ingress = scenarios::enter_cluster_node(&mut lab)?;
+    let eip = ip(PodLab::EIP);
+    let backend = |pod: &str, node: Option<&str>| porter_agent::Backend {
+        addr: ip(pod),
+        port: PodLab::TARGET_PORT,
+        node: node.map(ip),
+    };
+    let service = |port: u16, backends: Vec<porter_agent::Backend>| porter_agent::ServiceSpec {
+        addr: porter_agent::ServiceAddr {
+            vip: eip,
+            port,
+            proto: porter_agent::Protocol::Tcp,
+        },
+        backends,
+    };
+    dataplane.reconcile(&[
+        service(80, vec![backend("10.244.2.2", Some("172.30.0.12"))]),
+        service(81, vec![backend("10.244.1.2", None)]),
+    ])?;
+    let new_flows = |port: u16, forwarded: bool| -> Result<Vec<Vec<u8>>> {
+        (0..CALLS)
+            .map(|i| {
+                let source = ip(&format!("198.51.100.{}", 1 + (i / 250) % 250));
+                let syn = L4::Tcp {
+                    sport: 1024 + (i % 60_000) as u16,
+                    dport: port,
+                    syn: true,
+                };
+                let mut packet = packets::build(source, eip, syn, Vlan::None)?;
+                if forwarded {
+                    packets::mark_forwarded(
+                        &mut packet,
+                        scenarios::NODE_MAC,
+                        scenarios::PEER_NODE_MAC,
+                    );
+                }
+                Ok(packet)
+            })
+            .collect()
+    };
+    for (case, packets) in [
+        ("forward_remote", new_flows(80, false)?),
+        ("receive_forwarded", new_flows(81, true)?),
+    ] {
+        let median = median_ns_on(&mut dataplane, program_names::XDP, &packets, Some(ingress))?;
+        emit(SUITE, case, "median_ns", median, "ns");
+        emit(SUITE, case, "net_ns", median - baseline, "ns");
+    }
+    let forwarded = porter_tests::packets::xdp_test_run_on(
+        &mut dataplane,
+        &new_flows(80, false)?[0],
+        Some(ingress),
+    )?;
+    if forwarded.0 != XDP_TX {
+        bail!(
+            "forward_remote measured a program that did not forward (action {})",
+            forwarded.0
+        );
+    }
     Ok(())
 }
 
@@ -130,16 +206,32 @@ fn udp_service() -> Result<porter_agent::ServiceSpec> {
 /// Median kernel-measured time of `CALLS` single runs of `program`, cycling
 /// through `packets`.
 fn median_ns(dataplane: &mut Dataplane, program: &str, packets: &[Vec<u8>]) -> Result<f64> {
+    median_ns_on(dataplane, program, packets, None)
+}
+
+/// [`median_ns`] with the packets arriving on interface `ingress` of the
+/// calling thread's namespace (so XDP's FIB lookups and `XDP_TX` see it).
+fn median_ns_on(
+    dataplane: &mut Dataplane,
+    program: &str,
+    packets: &[Vec<u8>],
+    ingress: Option<u32>,
+) -> Result<f64> {
     let program: &mut Xdp = dataplane
         .ebpf_mut()
         .program_mut(program)
         .with_context(|| format!("no program {program}"))?
         .try_into()?;
+    let contexts: Vec<Option<Vec<u8>>> = packets
+        .iter()
+        .map(|packet| ingress.map(|ifindex| packets::xdp_context(packet.len(), ifindex)))
+        .collect();
     let mut out = vec![0u8; 2048];
     let mut samples = Vec::with_capacity(CALLS);
     for i in 0..CALLS {
         let mut options = TestRunOptions::new();
         options.data_in = Some(&packets[i % packets.len()]);
+        options.ctx_in = contexts[i % packets.len()].as_deref();
         options.data_out = Some(&mut out);
         let result = program.test_run(options)?;
         samples.push(result.duration.as_nanos() as f64);

@@ -18,7 +18,7 @@ use porter_tests::{
     privilege,
 };
 
-use super::emit;
+use super::{emit, max, median};
 use crate::cmd;
 
 const SUITE: &str = "layer2";
@@ -69,13 +69,4 @@ pub fn run() -> Result<()> {
         "s",
     );
     Ok(())
-}
-
-fn median(samples: &mut [f64]) -> f64 {
-    samples.sort_by(f64::total_cmp);
-    samples.get(samples.len() / 2).copied().unwrap_or(f64::NAN)
-}
-
-fn max(samples: &[f64]) -> f64 {
-    samples.iter().copied().fold(f64::NAN, f64::max)
 }

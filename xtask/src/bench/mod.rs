@@ -4,7 +4,10 @@
 mod agent;
 mod bgp;
 mod controller;
+mod controller_failover;
 mod dataplane;
+mod disruption;
+mod failover;
 mod layer2;
 
 use anyhow::Result;
@@ -20,6 +23,8 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         Suite::Controller => controller::run(),
         Suite::Agent => agent::run(),
         Suite::Layer2 => layer2::run(),
+        Suite::Failover => failover::run(),
+        Suite::Disruption => disruption::run(),
     }
 }
 
@@ -37,4 +42,15 @@ pub fn emit(suite: &str, case: &str, metric: &str, value: f64, unit: &str) {
 /// forever.
 pub fn in_release(suite: &str) -> Result<()> {
     cmd::run(cmd::lab_xtask(true).args(["bench", suite]))
+}
+
+/// The median of `samples` (the upper one of an even count).
+pub fn median(samples: &mut [f64]) -> f64 {
+    samples.sort_by(f64::total_cmp);
+    samples.get(samples.len() / 2).copied().unwrap_or(f64::NAN)
+}
+
+/// The largest of `samples`.
+pub fn max(samples: &[f64]) -> f64 {
+    samples.iter().copied().fold(f64::NAN, f64::max)
 }

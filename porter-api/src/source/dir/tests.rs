@@ -323,3 +323,119 @@ fn openelb_v1alpha1_pools_are_read_in_either_kind_spelling() {
         assert!(eip.spec.disable);
     }
 }
+
+/// A name with `../` would put a status file outside `status/`: such an
+/// object is refused as the API server refuses it, and the writer will not
+/// build a path from it either.
+#[tokio::test]
+async fn names_the_api_server_refuses_are_refused_and_never_become_paths() {
+    let dir = Scratch::new();
+    dir.write(
+        "evil.yaml",
+        "apiVersion: v1\nkind: Service\nmetadata: {name: ../../escaped, namespace: shop}\nspec: {type: LoadBalancer}\n\
+         ---\nkind: Eip\nmetadata: {name: ../pool}\nspec: {address: 192.0.2.1}\n\
+         ---\nkind: Service\nmetadata: {name: web, namespace: ../..}\nspec: {type: LoadBalancer}\n\
+         ---\nkind: BgpPeer\nmetadata: {name: Tor/1}\nspec: {conf: {neighborAddress: 192.0.2.9, peerAs: 65001}}\n\
+         ---\nkind: Service\nmetadata: {namespace: shop}\nspec: {type: LoadBalancer}\n\
+         ---\nkind: Service\nmetadata: {name: web, namespace: shop}\nspec: {type: LoadBalancer}\n",
+    );
+    let (snap, problems) = load(&dir.0).expect("load");
+    assert_eq!(snap.services.len(), 1, "only shop/web is valid");
+    assert!(snap.eips.is_empty() && snap.bgp_peers.is_empty());
+    let problems: Vec<&str> = problems.iter().map(|p| p.problem.as_str()).collect();
+    assert_eq!(problems.len(), 5, "{problems:#?}");
+    assert!(
+        problems[0].contains("Service metadata.name \"../../escaped\" is not a DNS-1035 label"),
+        "{problems:#?}"
+    );
+    assert!(
+        problems[2].contains("metadata.namespace \"../..\" is not a DNS-1123 label"),
+        "{problems:#?}"
+    );
+    assert!(
+        problems[4].contains("without metadata.name"),
+        "{problems:#?}"
+    );
+
+    let w = DirWriter::new(dir.0.clone());
+    let escaped = ObjectKey::new("shop", "../../escaped");
+    let err = w
+        .service_finalizer(&escaped, true)
+        .await
+        .expect_err("no path from a bad name");
+    assert!(err.to_string().contains("not a DNS-1035 label"), "{err}");
+    let err = w
+        .eip_status("../pool", &EipStatus::default())
+        .await
+        .expect_err("no path from a bad name");
+    assert!(
+        err.to_string().contains("not a DNS-1123 subdomain"),
+        "{err}"
+    );
+    let outside: Vec<_> = std::fs::read_dir(&dir.0)
+        .expect("dir")
+        .map(|e| e.expect("entry").file_name())
+        .collect();
+    assert_eq!(
+        outside,
+        ["evil.yaml"],
+        "nothing written beside the manifests"
+    );
+    assert!(!dir.0.join("../escaped.yaml").exists());
+}
+
+/// A symlink back up the tree is followed once, not forever.
+#[test]
+fn a_symlinked_directory_loop_is_read_once() {
+    let dir = Scratch::new();
+    dir.write("seed.yaml", SEED);
+    std::fs::create_dir_all(dir.0.join("sub")).expect("sub");
+    std::fs::write(
+        dir.0.join("sub/more.yaml"),
+        "kind: Namespace\nmetadata: {name: shop}\n",
+    )
+    .expect("write");
+    std::os::unix::fs::symlink(&dir.0, dir.0.join("sub/loop")).expect("symlink");
+    std::os::unix::fs::symlink(dir.0.join("sub"), dir.0.join("again")).expect("symlink");
+    let (snap, problems) = load(&dir.0).expect("load terminates");
+    assert!(problems.is_empty(), "{problems:?}");
+    assert_eq!(snap.namespaces.len(), 1, "sub/ is read once");
+    assert_eq!(snap.eips.len(), 1, "the root is read once");
+}
+
+/// `events.jsonl` is rotated at the cap: the disk holds at most two
+/// generations, and the newest Event is always in `events.jsonl`.
+#[tokio::test]
+async fn events_are_rotated_at_the_cap() {
+    let dir = Scratch::new();
+    let cap = 1000;
+    let w = DirWriter::new(dir.0.clone()).with_events_cap(cap);
+    for i in 0..100 {
+        w.event(&Event {
+            regarding: Regarding::Eip("pool".into()),
+            type_: EventType::Normal,
+            reason: "IPAllocated",
+            message: format!("event {i}"),
+        })
+        .await
+        .expect("event");
+    }
+    let current = std::fs::read_to_string(dir.0.join("status/events.jsonl")).expect("current");
+    let older = std::fs::read_to_string(dir.0.join("status/events.jsonl.1")).expect("rotated");
+    assert!(current.len() as u64 <= cap && older.len() as u64 <= cap);
+    assert!(current.ends_with("\"message\":\"event 99\",\"reason\":\"IPAllocated\",\"regarding\":\"Eip pool\",\"type\":\"Normal\"}\n"), "{current}");
+    let first_current = current.lines().next().expect("a line");
+    let last_older = older.lines().last().expect("a line");
+    let number = |line: &str| {
+        line.split("event ")
+            .nth(1)
+            .and_then(|rest| rest.split('"').next())
+            .and_then(|n| n.parse::<u32>().ok())
+            .expect("numbered")
+    };
+    assert_eq!(
+        number(last_older) + 1,
+        number(first_current),
+        "no Event lost at the rotation"
+    );
+}

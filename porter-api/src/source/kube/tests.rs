@@ -243,6 +243,7 @@ async fn secrets_are_watched_only_in_the_namespaces_given() {
     let (client, log) = empty_lists();
     let watch = Watch {
         secret_namespaces: vec!["porter-system".into()],
+        ..Watch::default()
     };
     let (snapshots, _stores) =
         tokio::time::timeout(Duration::from_secs(20), start_watching(client, &watch))
@@ -267,4 +268,41 @@ async fn secrets_are_watched_only_in_the_namespaces_given() {
     .await
     .expect("every store is listed");
     assert_eq!(secret_requests(&log), Vec::<String>::new());
+}
+
+/// A Role trimmed of `list` on Services: the API server refuses with 403.
+/// The first list can never complete, and `/readyz` (through [`Health`])
+/// says which permission is missing instead of a bare "not ready".
+#[tokio::test]
+async fn a_refused_watch_fails_readiness_naming_the_missing_permission() {
+    const REFUSAL: &str = "services is forbidden: User \"system:serviceaccount:porter-system:porter-agent\" cannot list resource \"services\" in API group \"\" at the cluster scope";
+    let (client, _log) = crate::testing::mock_client_with_status(|request| {
+        if request.uri.starts_with("/api/v1/services") {
+            let status = json!({"apiVersion": "v1", "kind": "Status", "status": "Failure",
+                                "message": REFUSAL, "reason": "Forbidden", "code": 403});
+            return (403, status);
+        }
+        (200, cluster_reply(request))
+    });
+    let health = Health::starting();
+    let watch = Watch {
+        health: health.clone(),
+        ..Watch::default()
+    };
+    let waiting = tokio::spawn(async move { start_watching(client, &watch).await });
+    let reason = tokio::time::timeout(Duration::from_secs(20), async {
+        loop {
+            if let Err(why) = health.readiness()
+                && why != "starting"
+            {
+                return why;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("the refusal is reported");
+    assert_eq!(reason, format!("cannot watch Services: {REFUSAL}"));
+    assert!(!waiting.is_finished(), "the first snapshot lacks Services");
+    waiting.abort();
 }

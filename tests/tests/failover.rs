@@ -1,0 +1,497 @@
+//! Controller failover in the data-centre lab (tests/src/datacenter.rs)
+//! with two controller replicas electing a leader through the `dir:`
+//! source's file lease: what the router sees when the leader dies, freezes
+//! or loses the lease store, and that no Service's address moves.
+//!
+//! The lease is 4 s, and the BgpPeer's hold time 3 s: below the lease, so
+//! the router drops a frozen leader's session before a successor may take
+//! the lease (docs/controller.md, High availability).
+//!
+//! `cargo test -p porter-tests --test failover [-- NAME...]`.
+use std::{
+    collections::BTreeMap,
+    fs::File,
+    net::{IpAddr, SocketAddr},
+    os::fd::AsRawFd,
+    process::ExitCode,
+    thread,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, Result, bail, ensure};
+use porter_tests::{
+    cases::{Case, Suite},
+    datacenter::{Datacenter, POD_PORT, samples_dir},
+    lab::wait_for,
+    manifests::{self, ServiceSpec},
+};
+
+const NS: &str = "default";
+const POOL: &str = "lab-v4";
+const POOL_ANNOTATION: &str = "eip.porter.kubesphere.io/v1alpha2";
+/// The replicas' leader lease, seconds.
+const LEASE: u64 = 4;
+const WAIT: Duration = Duration::from_secs(30);
+const WEB_PORT: u16 = 8088;
+
+struct Ctx {
+    dc: Datacenter,
+    web: IpAddr,
+}
+
+const CASES: &[(&str, Case<Ctx>)] = &[
+    ("leader_kill_loses_no_request", leader_kill),
+    ("leader_stop_hands_over_at_once", leader_stop),
+    ("lease_store_partition_closes_within_the_lease", partition),
+    ("frozen_leader_steps_down_on_waking", frozen_leader),
+    ("failover_keeps_addresses", failover_keeps_addresses),
+];
+
+fn main() -> ExitCode {
+    Suite {
+        name: "failover",
+        cases: CASES,
+        setup,
+        describe: |ctx| ctx.dc.describe(),
+    }
+    .main()
+}
+
+fn setup() -> Result<Ctx> {
+    let mut dc = Datacenter::with_standby("failover", &[1, 1, 1])?;
+    let bgp = std::fs::read_to_string(samples_dir().join("bgp.yaml"))?;
+    let short_hold = bgp.replace("holdTime: 90", "holdTime: 3");
+    ensure!(
+        short_hold != bgp,
+        "the sample BgpPeer no longer sets holdTime: 90"
+    );
+    dc.apply("bgp.yaml", &short_hold)?;
+    dc.apply("pools.yaml", &manifests::eip(POOL, "192.168.2.0/25"))?;
+    for index in 0..dc.nodes.len() {
+        dc.start_agent(index)?;
+    }
+    // Replica 0 first, so that it leads; then its standby.
+    dc.start_replica(0, LEASE)?;
+    wait_for("replica 0 to lead", WAIT, || {
+        Ok((dc.lease_holder()? == Some(0) && established(&dc, 0)?).then_some(()))
+    })?;
+    dc.start_replica(1, LEASE)?;
+    let nodes: Vec<usize> = (0..dc.nodes.len()).collect();
+    dc.add_service(&service("web", WEB_PORT), &nodes)?;
+    let web = dc.wait_service_ip(NS, "web", WAIT)?;
+    dc.wait_next_hops(web, &dc.hops_of(web, &nodes), WAIT)?;
+    wait_for("a first answer from web", WAIT, || {
+        dc.request(SocketAddr::new(web, WEB_PORT)).map(Some)
+    })?;
+    Ok(Ctx { dc, web })
+}
+
+fn service(name: &str, port: u16) -> ServiceSpec<'_> {
+    ServiceSpec {
+        namespace: NS,
+        name,
+        port,
+        target_port: POD_PORT,
+        annotations: &[(POOL_ANNOTATION, POOL)],
+        ipv6: false,
+        cluster: false,
+    }
+}
+
+/// Whether the router has replica `replica`'s session Established.
+fn established(dc: &Datacenter, replica: usize) -> Result<bool> {
+    let ip = dc.replica_ip(replica).context("no such replica")?;
+    dc.router.established(&dc.lab, ip)
+}
+
+/// The replicas the router has an Established session with.
+fn announcing(dc: &Datacenter) -> Result<Vec<usize>> {
+    let mut up = Vec::new();
+    for replica in 0..2 {
+        if established(dc, replica)? {
+            up.push(replica);
+        }
+    }
+    Ok(up)
+}
+
+/// The replica that holds the lease and whose session is up.
+fn leader(dc: &Datacenter) -> Result<usize> {
+    wait_for("a leader announcing", WAIT, || {
+        Ok(dc
+            .lease_holder()?
+            .filter(|&r| established(dc, r).unwrap_or(false)))
+    })
+}
+
+fn log_of(dc: &Datacenter, replica: usize) -> String {
+    let name = ["controller.log", "controller-b.log"][replica];
+    std::fs::read_to_string(dc.lab.run_dir().join(name)).unwrap_or_default()
+}
+
+/// SIGKILL of the leader under load: the router keeps routing (graceful
+/// restart) until the standby takes the lease and announces; no request
+/// fails. Returns the failover time (kill -> successor Established).
+fn leader_kill(ctx: &mut Ctx) -> Result<Duration> {
+    let dc = &mut ctx.dc;
+    let addr = SocketAddr::new(ctx.web, WEB_PORT);
+    let hops = sorted(dc.hops_of(ctx.web, &[0, 1, 2]));
+    let old = leader(dc)?;
+    let new = 1 - old;
+    let load = dc.load(addr);
+    thread::sleep(Duration::from_millis(300));
+    let killed = Instant::now();
+    println!("     killing replica {old} 300ms into the load");
+    dc.kill_replica(old)?;
+    let mut gaps = Vec::new();
+    let failover = loop {
+        let routed = dc.next_hops(ctx.web)?;
+        if routed != hops {
+            gaps.push((killed.elapsed(), routed));
+        }
+        if established(dc, new)? {
+            break killed.elapsed();
+        }
+        ensure!(killed.elapsed() < WAIT, "replica {new} never took over");
+        thread::sleep(Duration::from_millis(50));
+    };
+    thread::sleep(Duration::from_secs(1));
+    let after = dc.next_hops(ctx.web)?;
+    let report = load.stop()?;
+    ensure!(
+        gaps.is_empty(),
+        "the router lost routes during the failover: {gaps:?}"
+    );
+    ensure!(
+        after == hops,
+        "after the failover the router routes via {after:?}"
+    );
+    report.ensure_lossless("across the leader's kill")?;
+    ensure!(
+        dc.service_ips(NS, "web")? == vec![ctx.web],
+        "the Service's IP changed"
+    );
+    println!(
+        "     {} requests, none lost; failover {failover:?} (lease {LEASE} s)",
+        report.ok
+    );
+    // Back as a follower, for the next cases.
+    dc.start_replica(old, LEASE)?;
+    Ok(failover)
+}
+
+/// SIGTERM of the leader, as a rollout stops a pod: it gives the lease up,
+/// so the standby leads at once instead of after the lease; no request
+/// fails meanwhile.
+fn leader_stop(ctx: &mut Ctx) -> Result<Duration> {
+    let dc = &mut ctx.dc;
+    let addr = SocketAddr::new(ctx.web, WEB_PORT);
+    let old = leader(dc)?;
+    let new = 1 - old;
+    let load = dc.load(addr);
+    thread::sleep(Duration::from_millis(300));
+    let stopped = Instant::now();
+    dc.stop_replica(old)?;
+    wait_for("the standby to announce", WAIT, || {
+        Ok(established(dc, new)?.then_some(()))
+    })?;
+    let handover = stopped.elapsed();
+    let report = load.stop()?;
+    report.ensure_lossless("across the leader's stop")?;
+    ensure!(
+        handover < Duration::from_secs(LEASE),
+        "replica {new} took {handover:?} to lead: the lease ({LEASE} s) was waited out, not given up"
+    );
+    println!(
+        "     replica {new} announced {handover:?} after replica {old} was stopped (lease {LEASE} s); \
+         {} requests, none lost",
+        report.ok
+    );
+    dc.start_replica(old, LEASE)?;
+    Ok(handover)
+}
+
+/// Holds the lease directory's lock, as a lease store cut off would: no
+/// renewal succeeds, though the leader runs on.
+struct LeaseStoreCut {
+    /// Held (locked) until dropped.
+    _lock: File,
+}
+
+impl LeaseStoreCut {
+    fn start(dc: &Datacenter) -> Result<Self> {
+        let path = dc
+            .manifests
+            .join(porter_api::lease::CONTROLLER_LEASE_DIR)
+            .join(".lock");
+        let file = File::options().create(true).append(true).open(&path)?;
+        // SAFETY: flock on a descriptor we own; released when it closes.
+        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) } != 0 {
+            bail!("cannot lock {}", path.display());
+        }
+        Ok(Self { _lock: file })
+    }
+}
+
+/// The lease store out of reach while the leader runs: it notices on its
+/// own that it cannot renew, and closes its session within the lease
+/// duration (the router keeps its routes by graceful restart, so no
+/// request fails); once the store is back, one replica leads, and the
+/// router never has two controllers' sessions up.
+fn partition(ctx: &mut Ctx) -> Result<Duration> {
+    let dc = &ctx.dc;
+    let addr = SocketAddr::new(ctx.web, WEB_PORT);
+    let old = leader(dc)?;
+    let load = dc.load(addr);
+    let cut = LeaseStoreCut::start(dc)?;
+    let started = Instant::now();
+    let closed = loop {
+        if !established(dc, old)? {
+            break started.elapsed();
+        }
+        ensure!(
+            started.elapsed() < Duration::from_secs(3 * LEASE),
+            "replica {old} kept its session up without its lease"
+        );
+        thread::sleep(Duration::from_millis(50));
+    };
+    ensure!(
+        closed < Duration::from_secs(LEASE),
+        "replica {old} closed its session {closed:?} after the cut, later than the {LEASE} s lease"
+    );
+    // The election says why once its attempt in flight gives up.
+    wait_for("the old leader to say why it stepped down", WAIT, || {
+        Ok(log_of(dc, old).contains("leadership lost").then_some(()))
+    })?;
+    // Past the lease: nobody may lead, nobody announces.
+    while started.elapsed() < Duration::from_secs(LEASE + 1) {
+        let up = announcing(dc)?;
+        ensure!(up.is_empty(), "announcing without a lease: {up:?}");
+        thread::sleep(Duration::from_millis(100));
+    }
+    drop(cut);
+    let back = Instant::now();
+    let next = leader(dc)?;
+    while back.elapsed() < Duration::from_secs(3) {
+        let up = announcing(dc)?;
+        ensure!(up.len() <= 1, "two controllers announce at once: {up:?}");
+        thread::sleep(Duration::from_millis(100));
+    }
+    let report = load.stop()?;
+    report.ensure_lossless("across the lease store's partition")?;
+    println!(
+        "     replica {old} closed its session {closed:?} after the cut (lease {LEASE} s); \
+         replica {next} leads after it; {} requests, none lost",
+        report.ok
+    );
+    Ok(closed)
+}
+
+/// SIGSTOP of the leader past its lease, then SIGCONT: the router drops the
+/// frozen session (hold time below the lease) before the standby takes
+/// over; the old leader, on waking, finds its deadline passed, closes what
+/// it had and stays a follower: it never announces again, and the router
+/// never has two controllers' sessions up.
+fn frozen_leader(ctx: &mut Ctx) -> Result<Duration> {
+    let dc = &ctx.dc;
+    let old = leader(dc)?;
+    let new = 1 - old;
+    dc.signal_replica(old, libc::SIGSTOP)?;
+    let frozen = Instant::now();
+    let mut overlaps = Vec::new();
+    let mut dropped = None;
+    let handover = loop {
+        let up = announcing(dc)?;
+        if !up.contains(&old) && dropped.is_none() {
+            dropped = Some(frozen.elapsed());
+        }
+        if up.len() > 1 {
+            overlaps.push(frozen.elapsed());
+        }
+        if up.contains(&new) {
+            break frozen.elapsed();
+        }
+        if frozen.elapsed() > WAIT {
+            // Let it run before failing, or the lab's teardown waits on it.
+            let _ = dc.signal_replica(old, libc::SIGCONT);
+            bail!("replica {new} never took over from the frozen replica {old}");
+        }
+        thread::sleep(Duration::from_millis(50));
+    };
+    // Frozen past its lease, then woken.
+    while frozen.elapsed() < Duration::from_secs(LEASE + 2) {
+        if announcing(dc)?.len() > 1 {
+            overlaps.push(frozen.elapsed());
+        }
+        thread::sleep(Duration::from_millis(100));
+    }
+    dc.signal_replica(old, libc::SIGCONT)?;
+    let woke = Instant::now();
+    // Several connect-retry intervals: a stale speaker would be back.
+    while woke.elapsed() < Duration::from_secs(4) {
+        let up = announcing(dc)?;
+        ensure!(
+            up == vec![new],
+            "{:?} after waking replica {old}: the router has sessions with {up:?}",
+            woke.elapsed()
+        );
+        thread::sleep(Duration::from_millis(100));
+    }
+    ensure!(
+        overlaps.is_empty(),
+        "two controllers announced at once at {overlaps:?} after the freeze"
+    );
+    let text = log_of(dc, old);
+    ensure!(
+        text.contains("leadership lost") || text.contains("leadership changed leader=false"),
+        "replica {old} did not step down on waking"
+    );
+    let hops = sorted(dc.hops_of(ctx.web, &[0, 1, 2]));
+    dc.wait_next_hops(ctx.web, &hops, WAIT)?;
+    println!(
+        "     router dropped the frozen leader after {dropped:?}, replica {new} announced after \
+         {handover:?} (lease {LEASE} s, hold time 3 s)"
+    );
+    Ok(handover)
+}
+
+/// A tiny deterministic generator (xorshift), seeded from the clock and
+/// printed, so a failing run can be told apart and repeated by hand.
+struct Random(u64);
+
+impl Random {
+    fn below(&mut self, n: u64) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0 % n.max(1)
+    }
+}
+
+/// Every Service's published address, by name; fails when one address is
+/// held by two Services.
+fn addresses(dc: &Datacenter, names: &[String]) -> Result<BTreeMap<String, IpAddr>> {
+    let published = dc.all_service_ips()?;
+    let mut holders: BTreeMap<IpAddr, &(String, String)> = BTreeMap::new();
+    for (key, ips) in &published {
+        for &ip in ips {
+            if let Some(other) = holders.insert(ip, key) {
+                bail!("{ip} is held by both {other:?} and {key:?}");
+            }
+        }
+    }
+    Ok(names
+        .iter()
+        .filter_map(|name| {
+            let ips = published.get(&(NS.to_owned(), name.clone()))?;
+            Some((name.clone(), *ips.first()?))
+        })
+        .collect())
+}
+
+/// Records every Service's first address and fails when one changes.
+fn check_stable(
+    dc: &Datacenter,
+    names: &[String],
+    first: &mut BTreeMap<String, IpAddr>,
+) -> Result<()> {
+    for (name, ip) in addresses(dc, names)? {
+        let was = *first.entry(name.clone()).or_insert(ip);
+        ensure!(was == ip, "Service {name} moved from {was} to {ip}");
+    }
+    Ok(())
+}
+
+fn add(dc: &Datacenter, name: &str) -> Result<()> {
+    // Endpoints on one node: the addresses are what this case watches.
+    dc.add_service(&service(name, 9000), &[0])
+}
+
+fn remove(dc: &Datacenter, name: &str) -> Result<()> {
+    dc.delete(&format!("svc-{name}.yaml"))?;
+    dc.delete(&format!("endpoints-{NS}-{name}.yaml"))
+}
+
+/// 50 Services, some released and reallocated; then the leader killed at
+/// random moments 20 times while Services come and go. No Service's
+/// address ever changes while it exists; no address is held by two.
+fn failover_keeps_addresses(ctx: &mut Ctx) -> Result<Duration> {
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_nanos() as u64
+        | 1;
+    println!("     seed {seed}");
+    let mut random = Random(seed);
+    let started = Instant::now();
+    let mut live: Vec<String> = (0..50).map(|i| format!("s{i}")).collect();
+    for name in &live {
+        add(&ctx.dc, name)?;
+    }
+    let mut first = BTreeMap::new();
+    let all_have_addresses = |dc: &Datacenter, live: &[String]| -> Result<Option<()>> {
+        Ok((addresses(dc, live)?.len() == live.len()).then_some(()))
+    };
+    wait_for("addresses for 50 Services", WAIT, || {
+        all_have_addresses(&ctx.dc, &live)
+    })?;
+    check_stable(&ctx.dc, &live, &mut first)?;
+    // Release ten and let new Services take the addresses.
+    for name in live.drain(..10) {
+        remove(&ctx.dc, &name)?;
+        first.remove(&name);
+    }
+    for i in 0..10 {
+        let name = format!("r{i}");
+        add(&ctx.dc, &name)?;
+        live.push(name);
+    }
+    wait_for("addresses for the reallocated Services", WAIT, || {
+        all_have_addresses(&ctx.dc, &live)
+    })?;
+    check_stable(&ctx.dc, &live, &mut first)?;
+
+    let mut created = 0;
+    for round in 0..20 {
+        let old = leader(&ctx.dc)?;
+        // Churn, then the kill at a random moment inside it.
+        let kill_after = random.below(4);
+        for step in 0..4 {
+            if step == kill_after {
+                ctx.dc.kill_replica(old)?;
+            }
+            if random.below(2) == 0 && live.len() > 40 {
+                let gone = live.remove(random.below(live.len() as u64) as usize);
+                remove(&ctx.dc, &gone)?;
+                first.remove(&gone);
+            } else {
+                let name = format!("c{created}");
+                created += 1;
+                add(&ctx.dc, &name)?;
+                live.push(name);
+            }
+            check_stable(&ctx.dc, &live, &mut first).with_context(|| format!("round {round}"))?;
+            thread::sleep(Duration::from_millis(random.below(400)));
+        }
+        ctx.dc.start_replica(old, LEASE)?;
+        // The successor takes over and serves the churn.
+        let dc = &ctx.dc;
+        wait_for("every live Service addressed", WAIT, || {
+            check_stable(dc, &live, &mut first)?;
+            all_have_addresses(dc, &live)
+        })
+        .with_context(|| format!("round {round}"))?;
+    }
+    println!(
+        "     20 leader kills, {created} Services created meanwhile, {} live: no address moved",
+        live.len()
+    );
+    for name in &live {
+        remove(&ctx.dc, name)?;
+    }
+    Ok(started.elapsed())
+}
+
+fn sorted(mut hops: Vec<IpAddr>) -> Vec<IpAddr> {
+    hops.sort();
+    hops
+}

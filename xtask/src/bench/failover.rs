@@ -1,0 +1,128 @@
+//! The failover suite: how long a router keeps a dead node's next hop, in
+//! node mode with BFD (the lab of `porter_tests::bfd_lab`).
+//!
+//! Each round silences node n1 (every packet on its link dropped, no link
+//! down, no Kubernetes change) and times, from the leaf's side, until n1 is
+//! no longer a next hop of the EIP; then the link heals and the route comes
+//! back. Ten rounds at 300 ms × 3 (the default) and ten at 100 ms × 3; the
+//! median is reported with the configured detection time (interval × 3) as
+//! the same-run baseline: a router cannot do better than that on average
+//! minus one interval, and every millisecond beyond it is reaction time.
+//!
+//! Then, at the default timers, no false alarms: both cores are kept busy
+//! for 60 s (two spinning threads that stop by themselves) while the leaf's
+//! route is polled; the leaf's BFD down events and the polls that found n1
+//! missing are reported (both should be 0).
+//!
+//! Central (ADD-PATH) mode has no data-plane liveness check yet, so it has
+//! no case here (docs/bfd.md).
+use std::{
+    thread,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Result, bail};
+use porter_tests::{bfd_lab::NodeBfdLab, privilege};
+
+use super::{emit, max, median};
+use crate::cmd;
+
+const SUITE: &str = "failover";
+const ROUNDS: usize = 10;
+
+pub fn run() -> Result<()> {
+    if !privilege::is_root() {
+        bail!("the failover benchmark builds network namespaces and loads BPF: run it as root");
+    }
+    cmd::run(cmd::cargo().args([
+        "build",
+        "-p",
+        "porter-agent",
+        "-p",
+        "porter-controller",
+        "--bins",
+    ]))?;
+    for interval_ms in [300u64, 100] {
+        let interval = Duration::from_millis(interval_ms);
+        let lab = NodeBfdLab::start("failover", interval)?;
+        let mut samples = Vec::new();
+        for round in 0..ROUNDS {
+            let gone = lab.time_silent_cut()?.as_secs_f64();
+            let back = lab.heal()?.as_secs_f64();
+            eprintln!(
+                "{interval_ms} ms x 3, round {round}: withdrawn after {gone:.3} s, back after {back:.3} s"
+            );
+            samples.push(gone);
+        }
+        // The case name is for the default timers.
+        let case = match interval_ms {
+            300 => "node".to_owned(),
+            _ => format!("node_{interval_ms}ms_x3"),
+        };
+        let detection = (interval * 3).as_secs_f64();
+        let value = median(&mut samples);
+        emit(SUITE, &case, "seconds_to_withdraw", value, "s");
+        emit(SUITE, &case, "seconds_to_withdraw_max", max(&samples), "s");
+        emit(SUITE, &case, "detection_time_seconds", detection, "s");
+        emit(
+            SUITE,
+            &case,
+            "ratio_vs_detection_time",
+            value / detection,
+            "ratio",
+        );
+        if interval_ms == 300 {
+            cpu_stress(&lab)?;
+        }
+    }
+    Ok(())
+}
+
+const STRESS: Duration = Duration::from_secs(60);
+
+/// 60 s of both cores busy: BFD at 300 ms × 3 must not go down.
+fn cpu_stress(lab: &NodeBfdLab) -> Result<()> {
+    let downs_before = lab.leaf_bfd_downs()?;
+    let until = Instant::now() + STRESS;
+    let burners: Vec<_> = (0..2)
+        .map(|_| {
+            thread::spawn(move || {
+                let mut x = 0u64;
+                while Instant::now() < until {
+                    x = std::hint::black_box(x.wrapping_mul(6364136223846793005).wrapping_add(1));
+                }
+            })
+        })
+        .collect();
+    let (mut polls, mut missing) = (0u64, 0u64);
+    while Instant::now() < until {
+        polls += 1;
+        if !lab.leaf_hops()?.contains(&lab.n1) {
+            missing += 1;
+        }
+        thread::sleep(Duration::from_millis(100));
+    }
+    for burner in burners {
+        let _ = burner.join();
+    }
+    let downs = lab.leaf_bfd_downs()?.saturating_sub(downs_before);
+    eprintln!(
+        "cpu stress {STRESS:?}: {downs} BFD down events, {missing} of {polls} polls without n1"
+    );
+    emit(
+        SUITE,
+        "node_cpu_stress",
+        "bfd_down_events",
+        downs as f64,
+        "count",
+    );
+    emit(
+        SUITE,
+        "node_cpu_stress",
+        "polls_without_next_hop",
+        missing as f64,
+        "count",
+    );
+    emit(SUITE, "node_cpu_stress", "polls", polls as f64, "count");
+    Ok(())
+}
