@@ -65,9 +65,13 @@ impl Default for Metrics {
             registry: Registry::with_prefix("porter"),
         };
         // Every reason's counter starts at 0, so that increase() and the
-        // PorterAllocationFailing alert see the first failure too.
+        // alerts on them (PorterAllocationFailing, PorterLeadershipLost) see
+        // the first event too.
         for reason in FAILURE_KINDS {
             let _created = m.failures.get_or_create(&label("reason", reason));
+        }
+        for reason in STEP_DOWN_REASONS {
+            let _created = m.step_downs.get_or_create(&label("reason", reason));
         }
         let registry = &mut m.registry;
         registry.register(
@@ -144,6 +148,10 @@ impl Default for Metrics {
     }
 }
 
+/// The `reason` values of `porter_controller_leader_step_downs_total`:
+/// no renewal in time, or another replica holds the lease.
+const STEP_DOWN_REASONS: [&str; 2] = ["expired", "taken"];
+
 fn label(k: &str, v: impl ToString) -> Labels {
     vec![(k.to_string(), v.to_string())]
 }
@@ -155,9 +163,10 @@ impl Metrics {
     }
 
     pub fn stepped_down(&self, why: &StepDown) {
+        let [expired, taken] = STEP_DOWN_REASONS;
         let reason = match why {
-            StepDown::Expired { .. } => "expired",
-            StepDown::Taken(_) => "taken",
+            StepDown::Expired { .. } => expired,
+            StepDown::Taken(_) => taken,
         };
         self.step_downs
             .get_or_create(&label("reason", reason))
@@ -282,7 +291,7 @@ mod tests {
     }
 
     #[test]
-    fn every_allocation_failure_reason_is_exported_from_zero() {
+    fn every_reason_an_alert_counts_is_exported_from_zero() {
         // increase() sees no change in a series that first appears at 1:
         // the alert on failures needs each series before the first failure.
         let text = Metrics::default().render();
@@ -290,6 +299,14 @@ mod tests {
             assert!(
                 text.contains(&format!(
                     "porter_allocation_failures_total{{reason=\"{reason}\"}} 0\n"
+                )),
+                "{reason} missing from:\n{text}"
+            );
+        }
+        for reason in STEP_DOWN_REASONS {
+            assert!(
+                text.contains(&format!(
+                    "porter_controller_leader_step_downs_total{{reason=\"{reason}\"}} 0\n"
                 )),
                 "{reason} missing from:\n{text}"
             );
