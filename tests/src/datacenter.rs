@@ -567,6 +567,31 @@ impl Datacenter {
         Ok(command)
     }
 
+    /// Starts every node's agent and the controller, and waits until the
+    /// router has its BGP session with the controller Established.
+    pub fn start_porter(&mut self, within: Duration) -> Result<()> {
+        for index in 0..self.nodes.len() {
+            self.start_agent(index)?;
+        }
+        self.start_controller()?;
+        self.wait_controller_session(within)
+    }
+
+    /// Waits until the router has its BGP session with the controller
+    /// Established.
+    pub fn wait_controller_session(&self, within: Duration) -> Result<()> {
+        wait_for(
+            "the router's BGP session with the controller",
+            within,
+            || {
+                Ok(self
+                    .router
+                    .established(&self.lab, self.controller_ip)?
+                    .then_some(()))
+            },
+        )
+    }
+
     /// Starts the agent of node `index` and waits for its data plane.
     pub fn start_agent(&mut self, index: usize) -> Result<PathBuf> {
         let command = self.agent_command(index)?;

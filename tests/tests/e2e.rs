@@ -16,7 +16,7 @@ use std::{
 use anyhow::{Context, Result, ensure};
 use porter_tests::{
     cases::{Case, Suite},
-    datacenter::{CONTROLLER_V4, Datacenter, per_node, samples_dir},
+    datacenter::{Datacenter, per_node, samples_dir},
     disruption,
     lab::wait_for,
     manifests::{self, ServiceSpec},
@@ -78,14 +78,7 @@ fn setup() -> Result<Ctx> {
         manifests::eip(POOL_TINY, "192.168.9.1"),
     ];
     dc.apply("pools.yaml", &pools.join("---\n"))?;
-    for index in 0..dc.nodes.len() {
-        dc.start_agent(index)?;
-    }
-    dc.start_controller()?;
-    let controller: IpAddr = CONTROLLER_V4.parse()?;
-    wait_for("BIRD's session with the controller", WAIT, || {
-        Ok(dc.router.established(&dc.lab, controller)?.then_some(()))
-    })?;
+    dc.start_porter(WAIT)?;
     Ok(Ctx { dc, web: None })
 }
 
@@ -228,10 +221,7 @@ fn controller_restart(ctx: &mut Ctx) -> Result<Duration> {
     let started = Instant::now();
     ctx.dc.start_controller()?;
     let dc = &ctx.dc;
-    let controller: IpAddr = CONTROLLER_V4.parse()?;
-    wait_for("BIRD's session with the restarted controller", WAIT, || {
-        Ok(dc.router.established(&dc.lab, controller)?.then_some(()))
-    })?;
+    dc.wait_controller_session(WAIT)?;
     let convergence = started.elapsed();
     // After End-of-RIB the stale routes are gone or refreshed: same hops.
     thread::sleep(Duration::from_secs(1));

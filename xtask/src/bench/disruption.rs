@@ -5,14 +5,12 @@
 //! controller restarts (`porter_tests::disruption`). Prints, per event and
 //! policy, `{"suite":"disruption","case":EVENT_POLICY,"metric":"broken_connections",
 //! "value":N,"held":..}`; `Local` is the same run's baseline.
-use std::{net::IpAddr, time::Duration};
+use std::time::Duration;
 
 use anyhow::{Result, bail};
 use porter_tests::{
-    datacenter::{CONTROLLER_V4, Datacenter, samples_dir},
-    disruption,
-    lab::wait_for,
-    manifests, privilege,
+    datacenter::{Datacenter, samples_dir},
+    disruption, manifests, privilege,
 };
 
 use crate::cmd;
@@ -29,14 +27,7 @@ pub fn run() -> Result<()> {
     let mut dc = Datacenter::new("bdis", &[1, 2, 3])?;
     dc.apply_file(&samples_dir().join("bgp.yaml"))?;
     dc.apply("pools.yaml", &manifests::eip(POOL, "192.168.2.0/28"))?;
-    for index in 0..dc.nodes.len() {
-        dc.start_agent(index)?;
-    }
-    dc.start_controller()?;
-    let controller: IpAddr = CONTROLLER_V4.parse()?;
-    wait_for("BIRD's session with the controller", WAIT, || {
-        Ok(dc.router.established(&dc.lab, controller)?.then_some(()))
-    })?;
+    dc.start_porter(WAIT)?;
     let (outcomes, _) = disruption::run(
         &mut dc,
         "default",
