@@ -186,6 +186,16 @@ impl<T: Ord> Allowed<T> {
         }
     }
 
+    /// The values it admits; each other one is named in `refused`.
+    fn keep(&self, values: &[T], refused: &mut Vec<String>, name: impl Fn(&T) -> String) -> Vec<T>
+    where
+        T: Copy,
+    {
+        let (kept, left_out): (Vec<T>, Vec<T>) = values.iter().partition(|v| self.admits(v));
+        refused.extend(left_out.iter().map(name));
+        kept
+    }
+
     fn read<'a>(
         values: impl IntoIterator<Item = &'a str>,
         parse: impl Fn(&str) -> Result<T, porter_bgp::CommunityError>,
@@ -240,30 +250,16 @@ impl ServiceAllowance {
     /// value it refuses.
     fn admit(&self, service: &ServicePolicy) -> (ServicePolicy, Vec<String>) {
         let mut refused = Vec::new();
-        let communities = service
+        let communities = self
             .communities
-            .iter()
-            .copied()
-            .filter(|c| {
-                let ok = self.communities.admits(c);
-                if !ok {
-                    refused.push(format!("community {}:{}", c >> 16, c & 0xFFFF));
-                }
-                ok
-            })
-            .collect();
-        let large_communities = service
-            .large_communities
-            .iter()
-            .copied()
-            .filter(|l| {
-                let ok = self.large_communities.admits(l);
-                if !ok {
-                    refused.push(format!("large community {}:{}:{}", l.0, l.1, l.2));
-                }
-                ok
-            })
-            .collect();
+            .keep(&service.communities, &mut refused, |c| {
+                format!("community {}:{}", c >> 16, c & 0xFFFF)
+            });
+        let large_communities =
+            self.large_communities
+                .keep(&service.large_communities, &mut refused, |l| {
+                    format!("large community {}:{}:{}", l.0, l.1, l.2)
+                });
         let local_pref = service.local_pref.filter(|pref| {
             if !self.local_pref {
                 refused.push(format!("local-pref {pref}"));
