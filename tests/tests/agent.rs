@@ -242,7 +242,13 @@ fn agent_programs_follows_edits_restarts_hitlessly_and_cleans_up() -> Result<()>
         || Ok((lab.backend_count(&http)? == Some(1)).then_some(())),
     )
     .with_context(|| format!("edit made {:?} ago", edited.elapsed()))?;
-    assert_eq!(lab.backends(&http)?, pod2_only);
+    // The flip comes first and the freed backend slot right after it, so
+    // the backend list is read once the agent has also done that.
+    wait_for(
+        "the removed backend's slot to be freed",
+        Duration::from_secs(1),
+        || Ok((lab.backends(&http)? == pod2_only).then_some(())),
+    )?;
     let answers = lab.pods.spread(PodLab::EIP, 80, 20)?;
     assert_eq!(answers.get("pod2"), Some(&20), "{answers:?}");
     std::fs::write(lab.manifests.join("web.yaml"), manifests(&PodLab::POD_IPS))?;
