@@ -85,7 +85,11 @@ mod tests {
     fn only_a_false_condition_withdraws() {
         let cases = [
             ("no status at all", Node::default(), false),
-            ("only the kubelet's Ready", node(&[("Ready", "True")]), false),
+            (
+                "only the kubelet's Ready",
+                node(&[("Ready", "True")]),
+                false,
+            ),
             ("agent says True", node(&[(CONDITION, "True")]), false),
             ("agent says Unknown", node(&[(CONDITION, "Unknown")]), false),
             (
@@ -105,7 +109,10 @@ mod tests {
             .status
             .and_then(|s| s.conditions)
             .unwrap_or_default();
-        merge(&mut conditions, condition(false, "NewerPinLayout", "roll forward"));
+        merge(
+            &mut conditions,
+            condition(false, "NewerPinLayout", "roll forward"),
+        );
         let summary: Vec<(&str, &str)> = conditions
             .iter()
             .map(|c| (c.type_.as_str(), c.status.as_str()))

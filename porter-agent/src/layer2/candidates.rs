@@ -214,7 +214,7 @@ mod tests {
             eips: vec![pool("l2", "layer2", &[("172.30.0.100", "shop/web")])],
             ..Snapshot::default()
         };
-        let leaders: Vec<&String> = candidates(&snapshot).values().flatten().collect();
+        let leaders: Vec<String> = candidates(&snapshot).into_values().flatten().collect();
         assert_eq!(leaders, ["n1"]);
     }
 

@@ -458,7 +458,11 @@ fn a_node_condition_is_merged_over_the_manifest_and_replaced_by_type() {
     let seen = node(&dir.0);
     assert!(node_dataplane::withdrawn(&seen), "{seen:?}");
     let status = seen.status.clone().unwrap_or_default();
-    assert_eq!(status.addresses.unwrap_or_default().len(), 1, "addresses kept");
+    assert_eq!(
+        status.addresses.unwrap_or_default().len(),
+        1,
+        "addresses kept"
+    );
     let types: Vec<String> = status
         .conditions
         .unwrap_or_default()
@@ -467,10 +471,16 @@ fn a_node_condition_is_merged_over_the_manifest_and_replaced_by_type() {
         .collect();
     assert_eq!(types, ["Ready=True", "PorterDataplaneReady=False"]);
     writer
-        .node_condition("n1", &node_dataplane::condition(true, "DataplaneReady", "ok"))
+        .node_condition(
+            "n1",
+            &node_dataplane::condition(true, "DataplaneReady", "ok"),
+        )
         .expect("write");
     let seen = node(&dir.0);
-    assert!(!node_dataplane::withdrawn(&seen), "a True condition returns the node");
+    assert!(
+        !node_dataplane::withdrawn(&seen),
+        "a True condition returns the node"
+    );
     assert_eq!(
         seen.status
             .as_ref()
