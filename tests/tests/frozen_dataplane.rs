@@ -132,8 +132,7 @@ fn expect_restored(ctx: &mut Ctx) -> Result<Duration> {
     let last = dc
         .events()?
         .into_iter()
-        .filter(|(_, regarding, _)| *regarding == node)
-        .next_back()
+        .rfind(|(_, regarding, _)| *regarding == node)
         .map(|(reason, _, _)| reason);
     ensure!(
         last.as_deref() == Some("DataplaneReady"),
