@@ -150,11 +150,6 @@ impl Agent {
         self
     }
 
-    /// The verdict of the last pass.
-    pub fn verdict(&self) -> &Verdict {
-        &self.verdict
-    }
-
     /// Publishes the verdict on this node's object in `snapshot`.
     pub async fn publish_verdict(&mut self, snapshot: &Snapshot) {
         let Some(publisher) = &mut self.publisher else {
