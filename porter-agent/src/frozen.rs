@@ -93,10 +93,8 @@ impl Judge {
         {
             return frozen(
                 Reason::MapWriteFailed,
-                format!(
-                    "map writes failed in {} passes in a row: {error}",
-                    self.failed_write_passes
-                ),
+                // The count stays out: the verdict changes only with its cause.
+                format!("map writes failed in {WRITE_FAILURES_TO_FREEZE} passes in a row: {error}"),
             );
         }
         if attached {
@@ -242,6 +240,11 @@ mod tests {
             reason(&verdict),
             Some(Reason::MapWriteFailed),
             "{verdict:?}"
+        );
+        assert_eq!(
+            judge.judge(&[write_failure()], true),
+            verdict,
+            "a failure that goes on is the same verdict, not news at every pass"
         );
         assert_eq!(judge.judge(&[], true), Verdict::Ready);
         assert_eq!(
