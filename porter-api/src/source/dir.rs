@@ -3,7 +3,9 @@
 //! polled for changes. What the core writes goes beside them, under
 //! `PATH/status/`: one `<kind>_<namespace>_<name>.yaml` per object holding
 //! its `status` and `finalizers` (read back over the manifest on the next
-//! load, as the API server would), and Events appended to `events.jsonl`
+//! load, as the API server would; a Node's conditions are merged by type,
+//! so its agent's data plane condition joins the manifest's), and Events
+//! appended to `events.jsonl`
 //! (rotated to `events.jsonl.1` at [`EVENTS_CAP`], so it never outgrows
 //! twice that). Object names are checked as the API server checks them
 //! before they become file names, and a symlinked directory is read once
