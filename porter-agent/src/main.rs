@@ -35,7 +35,10 @@ use tracing::{error, info};
     long_about = "Porter node agent. Loads the XDP (ingress) and tc (reply) programs onto the \
                   node's uplinks, pins them and their maps under --bpffs, and keeps the maps \
                   serving this node's ready endpoints of every Porter Service. Stopping it leaves \
-                  the data plane serving; the next agent adopts it. `porter-agent cleanup` \
+                  the data plane serving; the next agent adopts it. An agent that cannot \
+                  program its node (pins of a newer agent, maps of other sizes) sets the Node \
+                  condition PorterDataplaneReady=False, which withdraws the node's paths, and \
+                  fails /readyz saying why. `porter-agent cleanup` \
                   removes everything it installed; `porter-agent inspect` shows the pinned state. \
                   With BgpConf `speakerMode: node` it also announces this node's EIPs over BGP \
                   to the BgpPeers whose nodeSelector matches the node (docs/bgp-policy.md)."
