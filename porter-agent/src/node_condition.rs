@@ -56,6 +56,13 @@ pub fn change(
     if written.map(said).as_ref() == Some(&wanted) {
         return None;
     }
+    // A restarted agent finds its predecessor's word, and keeps it (and its
+    // transition time) when it has nothing new to say.
+    let unchanged = published
+        .is_some_and(|p| said(p) == wanted && p.message.as_deref() == Some(message.as_str()));
+    if written.is_none() && unchanged {
+        return None;
+    }
     let was_frozen = [written, published]
         .into_iter()
         .flatten()
@@ -165,7 +172,20 @@ mod tests {
         assert_eq!(
             event_of(change("n1", &newer, None, Some(&frozen_cond))),
             None,
-            "a restarted agent in the same state rewrites, without a second Warning"
+            "a restarted agent in the same state, saying it otherwise, rewrites without a second Warning"
+        );
+        let same_words =
+            node_dataplane::condition(false, "NewerPinLayout", "NewerPinLayout happened; do this");
+        assert_eq!(
+            change("n1", &newer, None, Some(&same_words)),
+            None,
+            "nor writes at all when it has nothing new to say"
+        );
+        let ready_words = change("n1", &Verdict::Ready, None, None).expect("a change");
+        assert_eq!(
+            change("n1", &Verdict::Ready, None, Some(&ready_words.condition)),
+            None,
+            "a restarted working agent leaves True as it is"
         );
         assert_eq!(change("n1", &newer, Some(&frozen_cond), None), None);
         assert_eq!(
