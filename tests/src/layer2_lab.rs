@@ -175,6 +175,17 @@ impl L2Lab {
         election::choose(eip.parse()?, alive.iter().copied(), |_| true).context("no candidate")
     }
 
+    /// Starts every node's agent, then the controller; returns the nodes'
+    /// names.
+    pub fn start_porter(&mut self) -> Result<Vec<String>> {
+        let names: Vec<String> = self.node_names().iter().map(|n| n.to_string()).collect();
+        for name in &names {
+            self.start(name)?;
+        }
+        self.start_controller()?;
+        Ok(names)
+    }
+
     /// Starts `porter-agent run` on node `name`, reading the cluster from
     /// the shared manifest directory, and waits until its data plane is ready.
     pub fn start(&mut self, name: &str) -> Result<()> {

@@ -342,11 +342,7 @@ fn neighbour_becomes(lab: &L2Lab, ip: &str, mac: &str) -> Result<()> {
 fn the_elected_node_answers_arp_and_ndp_and_a_crash_fails_over() -> Result<()> {
     let (eip4, eip6) = (layer2_lab::EIP, layer2_lab::EIP6);
     let mut lab = L2Lab::new("l2lab", 3)?;
-    let names: Vec<String> = lab.node_names().iter().map(|n| n.to_string()).collect();
-    for name in &names {
-        lab.start(name)?;
-    }
-    lab.start_controller()?;
+    let names = lab.start_porter()?;
     let all: Vec<&str> = names.iter().map(String::as_str).collect();
     let leader4 = L2Lab::expected_leader(layer2_lab::EIP, &all)?;
     let leader6 = L2Lab::expected_leader(layer2_lab::EIP6, &all)?;
@@ -489,11 +485,7 @@ fn the_elected_node_answers_arp_and_ndp_and_a_crash_fails_over() -> Result<()> {
 fn a_leader_whose_data_plane_is_frozen_hands_its_address_over() -> Result<()> {
     let eip = layer2_lab::EIP;
     let mut lab = L2Lab::new("l2frozen", 2)?;
-    let names: Vec<String> = lab.node_names().iter().map(|n| n.to_string()).collect();
-    for name in &names {
-        lab.start(name)?;
-    }
-    lab.start_controller()?;
+    let names = lab.start_porter()?;
     let all: Vec<&str> = names.iter().map(String::as_str).collect();
     let leader = L2Lab::expected_leader(eip, &all)?;
     let other = *all.iter().find(|n| **n != leader).context("two nodes")?;
@@ -534,11 +526,7 @@ fn the_leader_spreads_cluster_traffic_over_every_nodes_pod() -> Result<()> {
     let eip = layer2_lab::EIP;
     let mut lab = L2Lab::new("l2cl", 3)?;
     lab.set_policy("Cluster")?;
-    let names: Vec<String> = lab.node_names().iter().map(|n| n.to_string()).collect();
-    for name in &names {
-        lab.start(name)?;
-    }
-    lab.start_controller()?;
+    let names = lab.start_porter()?;
     let all: Vec<&str> = names.iter().map(String::as_str).collect();
     let leader = L2Lab::expected_leader(eip, &all)?;
     lab.announcer_becomes(POOL, eip, leader)?;
