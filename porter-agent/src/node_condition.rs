@@ -260,13 +260,9 @@ mod tests {
         assert_eq!(conditions[0]["message"], "NewerPinLayout happened; do this");
         let event = &requests[1];
         assert_eq!(event.method, http::Method::POST);
-        assert!(
-            event
-                .uri
-                .starts_with("/apis/events.k8s.io/v1/namespaces/default/events"),
-            "{}",
-            event.uri
-        );
+        // Events about cluster-scoped objects go to `default`, as the kubelet's.
+        let events_of_default = "/apis/events.k8s.io/v1/namespaces/default/events";
+        assert!(event.uri.starts_with(events_of_default), "{}", event.uri);
         assert_eq!(event.body["type"], "Warning");
         assert_eq!(event.body["reason"], REASON_FROZEN);
         assert_eq!(event.body["regarding"]["kind"], "Node");
