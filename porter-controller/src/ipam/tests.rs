@@ -30,6 +30,7 @@ fn req(ns_name: &str) -> ServiceRequest {
         requested: vec![],
         invalid_request: None,
         sharing_key: None,
+        sharing_terms: SharingTerms::default(),
         ports: [("TCP".to_string(), 80)].into(),
         families: vec![Family::V4],
         policy: FamilyPolicy::SingleStack,
