@@ -319,7 +319,9 @@ fn check_ipam(ipam: &Ipam, requests: &BTreeMap<ObjectKey, ServiceRequest>) {
             key.is_some() && reqs.iter().all(|r| r.sharing_key.as_ref() == key),
             "{ip} is given to {keys:?} without a common sharing key"
         );
-        let pool = ipam.pools().find(|p| p.range.is_some_and(|r| r.contains(ip)));
+        let pool = ipam
+            .pools()
+            .find(|p| p.range.is_some_and(|r| r.contains(ip)));
         let cross_namespace = pool.is_some_and(|p| p.cross_namespace);
         for (i, a) in reqs.iter().enumerate() {
             for b in &reqs[i + 1..] {

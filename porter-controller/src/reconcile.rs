@@ -11,10 +11,10 @@ use ipnet::IpNet;
 use k8s_openapi::api::core::v1::{Namespace, Service};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use porter_api::annotations::{BGP_CONF_NAME, SERVICE_FINALIZER};
-use porter_api::layer2::PROTOCOL_LAYER2;
 use porter_api::bgp_policy::{
     self, ClusterPolicy, PeerScope, PolicyError, PoolPolicy, ServicePolicy,
 };
+use porter_api::layer2::PROTOCOL_LAYER2;
 use porter_api::source::{Event, EventType, Regarding, Snapshot, StatusWriter, WriteError};
 use porter_api::{BgpConf, BgpPeer, Eip, EipStatus, ObjectKey};
 
@@ -700,7 +700,12 @@ fn layer2_node_addresses(snap: &Snapshot) -> NodeAddresses {
     }
     snap.nodes
         .iter()
-        .filter_map(|n| Some((n.metadata.name.as_deref()?, n.status.as_ref()?.addresses.as_ref()?)))
+        .filter_map(|n| {
+            Some((
+                n.metadata.name.as_deref()?,
+                n.status.as_ref()?.addresses.as_ref()?,
+            ))
+        })
         .flat_map(|(name, addresses)| {
             addresses
                 .iter()

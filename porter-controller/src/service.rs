@@ -226,6 +226,25 @@ mod tests {
     }
 
     #[test]
+    fn reads_what_sharing_depends_on() {
+        let mut spec = lb(None);
+        spec.external_traffic_policy = Some("Local".into());
+        spec.selector = Some([("app".to_string(), "web".to_string())].into());
+        let local = request(&svc(&[], spec)).sharing_terms;
+        assert!(local.local);
+        assert_eq!(local.selector.get("app").map(String::as_str), Some("web"));
+        let cluster = request(&svc(&[], lb(None))).sharing_terms;
+        assert_eq!(cluster, SharingTerms::default());
+        let v4: IpAddr = "10.0.0.1".parse().expect("IP");
+        assert!(
+            local
+                .incompatible(&cluster, v4)
+                .is_some_and(|why| why.contains("externalTrafficPolicy differs"))
+        );
+        assert_eq!(cluster.incompatible(&cluster, v4), None);
+    }
+
+    #[test]
     fn bad_requested_ip_is_reported_not_dropped() {
         let mut spec = lb(None);
         spec.load_balancer_ip = Some("10.0.0.300".into());

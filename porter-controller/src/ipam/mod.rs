@@ -339,12 +339,13 @@ impl Ipam {
                 .iter()
                 .any(|(_, ports)| ports.iter().any(|p| req.ports.contains(p)))
         };
-        let Some(sharing) = sharing.filter(|_| !port_clash()) else {
-            return Err(AllocError::InUse {
-                ip,
-                holders: holders(),
-            });
+        let in_use = || AllocError::InUse {
+            ip,
+            holders: holders(),
         };
+        let sharing = sharing.ok_or_else(in_use)?;
+        // The namespace first: another tenant's address is refused as
+        // such, whatever its ports.
         let cross_namespace = self.pools.get(&h.pool).is_some_and(|p| p.cross_namespace);
         let why = if !cross_namespace
             && others.iter().any(|(k, _)| k.namespace != req.key.namespace)
@@ -353,6 +354,8 @@ impl Ipam {
                 "they are in another namespace, and pool `{}` does not allow sharing across namespaces (spec.sharing.crossNamespace)",
                 h.pool
             ))
+        } else if port_clash() {
+            return Err(in_use());
         } else {
             sharing.terms.incompatible(&req.sharing_terms, ip)
         };

@@ -11,8 +11,8 @@ use porter_api::annotations::DEFAULT_EIP;
 use porter_api::layer2::PROTOCOL_LAYER2;
 use porter_api::{Eip, ObjectKey};
 
-use super::{NamespaceLabels, NodeAddresses};
 use super::range::{Family, IpRange};
+use super::{NamespaceLabels, NodeAddresses};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PoolState {
@@ -189,7 +189,7 @@ pub(super) fn accept(
             .and_then(|p| p.range)
             .or(pool.published);
         match prior {
-            Some(prior) if pool.wanted() == Some(prior) => staying.push((pool, None)),
+            Some(prior) if pool.wanted() == Some(prior) => staying.push((pool, Some(prior))),
             Some(prior) => {
                 let in_the_way = outside(&claims, prior, pool.wanted());
                 if in_the_way.is_empty() {
