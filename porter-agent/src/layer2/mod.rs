@@ -41,6 +41,9 @@ pub struct Layer2<S> {
     metrics: Layer2Metrics,
     /// What this node answers for now, for announcements in flight.
     answering: tokio::sync::watch::Sender<BTreeSet<IpAddr>>,
+    /// EIPs left unanswered because they are a host's address, as last
+    /// logged: a warning when one appears, not every round.
+    host_addresses: BTreeSet<IpAddr>,
 }
 
 impl<S: LeaseStore> Layer2<S> {
@@ -50,7 +53,22 @@ impl<S: LeaseStore> Layer2<S> {
             announcer: Arc::new(announcer),
             metrics,
             answering: tokio::sync::watch::Sender::new(BTreeSet::new()),
+            host_addresses: BTreeSet::new(),
         }
+    }
+
+    /// Takes the EIPs that are a host's address (`hosts`) out of
+    /// `candidates`: no node answers ARP/NDP for them. Warns once per EIP.
+    pub fn refuse_host_addresses(
+        &mut self,
+        candidates: &mut BTreeMap<IpAddr, BTreeSet<String>>,
+        hosts: &BTreeSet<IpAddr>,
+    ) {
+        let refused = candidates::without_host_addresses(candidates, hosts);
+        for eip in refused.difference(&self.host_addresses) {
+            warn!(%eip, "a Layer 2 EIP is a node's own address: not answering ARP/NDP for it (take it out of its Eip's spec.address)");
+        }
+        self.host_addresses = refused;
     }
 
     /// Whether this node answered for any EIP after the last round.
