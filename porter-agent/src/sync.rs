@@ -166,7 +166,9 @@ impl Agent {
         // this node's own on the segments it answers on.
         match interfaces::addresses_on(self.attached.keys().map(String::as_str)) {
             Ok(local) => hosts.extend(local),
-            Err(err) => warn!(error = %err, "cannot read this node's addresses; Layer 2 EIPs are checked against the Nodes' only"),
+            Err(err) => {
+                warn!(error = %err, "cannot read this node's addresses; Layer 2 EIPs are checked against the Nodes' only")
+            }
         }
         layer2.refuse_host_addresses(&mut candidates, &hosts);
         let choices = layer2::candidates::interface_choices(snapshot);

@@ -266,7 +266,10 @@ mod tests {
             refused,
             BTreeSet::from([ip("172.30.0.101"), ip("172.30.0.102")])
         );
-        assert_eq!(got.keys().copied().collect::<Vec<_>>(), [ip("172.30.0.100")]);
+        assert_eq!(
+            got.keys().copied().collect::<Vec<_>>(),
+            [ip("172.30.0.100")]
+        );
     }
 
     #[test]
