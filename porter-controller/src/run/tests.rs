@@ -719,6 +719,36 @@ fn sent_since(log: &porter_api::testing::Log, from: usize) -> Vec<(String, serde
         .collect()
 }
 
+/// One pass of a fresh leader over `snap` against the mock API server:
+/// what it sent, all of it accepted.
+async fn lead_once(snap: Snapshot) -> Vec<(String, serde_json::Value)> {
+    use porter_api::source::kube::KubeWriter;
+    use porter_api::testing::mock_client;
+
+    let (client, log) = mock_client(api_reply);
+    let writer = KubeWriter::new(client, Some("porter-0".into()), None);
+    let mut c = Controller::new(Recorder::default(), Arc::new(Metrics::default()));
+    let step = c.step(Arc::new(snap), true, &writer).await;
+    assert_eq!(step.failed_writes, 0);
+    sent_since(&log, 0)
+}
+
+/// The body of the `pool` Eip's status write in `sent`, which web's status
+/// must not be in.
+fn pool_status_without_web(sent: &[(String, serde_json::Value)]) -> &serde_json::Value {
+    assert!(
+        !sent
+            .iter()
+            .any(|(path, _)| path.ends_with("/services/web/status")),
+        "web's address was written: {sent:?}"
+    );
+    let (_, eip) = sent
+        .iter()
+        .find(|(path, _)| path == "/apis/network.kubesphere.io/v1alpha2/eips/pool/status")
+        .expect("the Eip status is applied");
+    eip
+}
+
 #[tokio::test]
 async fn against_the_api_server_a_new_leader_writes_the_published_address_not_its_own() {
     use porter_api::source::kube::KubeWriter;
@@ -768,12 +798,6 @@ async fn against_the_api_server_a_new_leader_writes_the_published_address_not_it
 /// a Warning Event on the Eip names the Service in the way.
 #[tokio::test]
 async fn against_the_api_server_a_refused_pool_edit_is_a_condition_and_a_warning_on_the_eip() {
-    use porter_api::source::kube::KubeWriter;
-    use porter_api::testing::mock_client;
-
-    let (client, log) = mock_client(api_reply);
-    let writer = KubeWriter::new(client, Some("porter-0".into()), None);
-    let mut c = Controller::new(Recorder::default(), Arc::new(Metrics::default()));
     let mut snap = published_at("10.0.0.100", &[]);
     let mut eip = (*snap.eips[0]).clone();
     eip.spec.address = "10.0.0.100-10.0.0.200".into();
@@ -788,19 +812,9 @@ async fn against_the_api_server_a_refused_pool_edit_is_a_condition_and_a_warning
     eip.spec.address = "10.0.0.150-10.0.0.199".into();
     snap.eips = vec![Arc::new(eip)];
 
-    let step = c.step(Arc::new(snap), true, &writer).await;
-    assert_eq!(step.failed_writes, 0);
-    let sent = sent_since(&log, 0);
-    assert!(
-        !sent
-            .iter()
-            .any(|(path, _)| path.ends_with("/services/web/status")),
-        "web is not moved: {sent:?}"
-    );
-    let (_, eip) = sent
-        .iter()
-        .find(|(path, _)| path == "/apis/network.kubesphere.io/v1alpha2/eips/pool/status")
-        .expect("the Eip status is applied");
+    let sent = lead_once(snap).await;
+    // web is not moved.
+    let eip = pool_status_without_web(&sent);
     assert_eq!(eip["status"]["firstIP"], "10.0.0.100");
     assert_eq!(eip["status"]["lastIP"], "10.0.0.200");
     let conditions = eip["status"]["conditions"].as_array().expect("conditions");
@@ -910,31 +924,15 @@ async fn against_the_api_server_a_sharing_key_does_not_reach_across_namespaces()
 /// Warning Event naming the node, and hands out nothing.
 #[tokio::test]
 async fn against_the_api_server_a_layer2_pool_over_a_node_address_is_refused() {
-    use porter_api::source::kube::KubeWriter;
-    use porter_api::testing::mock_client;
-
     let mut snap = snapshot();
     let mut eip = (*snap.eips[0]).clone();
     eip.spec.protocol = Some("layer2".into());
     snap.eips = vec![Arc::new(eip)];
     snap.nodes = vec![Arc::new(crate::testing::node("n1", "True", &["10.0.0.11"]))];
 
-    let (client, log) = mock_client(api_reply);
-    let writer = KubeWriter::new(client, Some("porter-0".into()), None);
-    let mut c = Controller::new(Recorder::default(), Arc::new(Metrics::default()));
-    let step = c.step(Arc::new(snap), true, &writer).await;
-    assert_eq!(step.failed_writes, 0);
-    let sent = sent_since(&log, 0);
-    assert!(
-        !sent
-            .iter()
-            .any(|(path, _)| path.ends_with("/services/web/status")),
-        "web got an address from a refused pool: {sent:?}"
-    );
-    let (_, eip) = sent
-        .iter()
-        .find(|(path, _)| path == "/apis/network.kubesphere.io/v1alpha2/eips/pool/status")
-        .expect("the Eip status is applied");
+    let sent = lead_once(snap).await;
+    // web gets no address from a refused pool.
+    let eip = pool_status_without_web(&sent);
     assert_eq!(eip["status"]["ready"], false);
     let conditions = eip["status"]["conditions"].as_array().expect("conditions");
     let ready = conditions
