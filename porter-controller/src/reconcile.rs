@@ -15,6 +15,7 @@ use porter_api::bgp_policy::{
     self, ClusterPolicy, PeerScope, PolicyError, PoolPolicy, ServicePolicy,
 };
 use porter_api::layer2::PROTOCOL_LAYER2;
+use porter_api::service::ingress_ips;
 use porter_api::source::{Event, EventType, Regarding, Snapshot, StatusWriter, WriteError};
 use porter_api::{BgpConf, BgpPeer, Eip, EipStatus, ObjectKey};
 
@@ -407,7 +408,7 @@ impl Reconciler {
             self.ipam.release(&key);
             self.failed.remove(&key);
             if has_finalizer {
-                if !service::deleting(svc) && !service::published(svc).is_empty() {
+                if !service::deleting(svc) && !ingress_ips(svc).is_empty() {
                     ingress.push((key.clone(), Vec::new()));
                 }
                 finalizers.push((key, false));

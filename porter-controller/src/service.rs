@@ -7,6 +7,7 @@ use std::net::IpAddr;
 use k8s_openapi::api::core::v1::{Service, ServiceSpec};
 use porter_api::ObjectKey;
 use porter_api::annotations::{ALLOW_SHARED_IP, EIP_POOL, EIP_REQUEST};
+use porter_api::service::ingress_ips;
 
 use crate::ipam::Family;
 
@@ -101,18 +102,6 @@ pub fn deleting(svc: &Service) -> bool {
     svc.metadata.deletion_timestamp.is_some()
 }
 
-/// The addresses in `status.loadBalancer.ingress`.
-pub fn published(svc: &Service) -> Vec<IpAddr> {
-    svc.status
-        .as_ref()
-        .and_then(|s| s.load_balancer.as_ref())
-        .and_then(|lb| lb.ingress.as_ref())
-        .into_iter()
-        .flatten()
-        .filter_map(|i| i.ip.as_deref()?.parse().ok())
-        .collect()
-}
-
 pub fn request(svc: &Service) -> ServiceRequest {
     let annotations = svc.metadata.annotations.as_ref();
     let default_spec = ServiceSpec::default();
@@ -178,7 +167,7 @@ pub fn request(svc: &Service) -> ServiceRequest {
         ports,
         families,
         policy,
-        current: published(svc),
+        current: ingress_ips(svc),
     }
 }
 

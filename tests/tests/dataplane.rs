@@ -13,7 +13,6 @@ use porter_common::{Stat, program_names};
 use porter_tests::{
     lab::Lab,
     packets::{self, L4, Rng, Vlan, checked_summary},
-    privilege,
     scenarios::{self, PodLab},
 };
 
@@ -149,10 +148,8 @@ fn assert_dnat(input: &[u8], out: &[u8], pods: &[&str], target: u16, case: &str)
 }
 
 #[test]
+#[cfg_attr(not(privileged), ignore = "needs root: network namespaces and BPF")]
 fn service_packets_are_translated_with_valid_checksums() -> Result<()> {
-    if !privilege::can_run("service_packets_are_translated_with_valid_checksums") {
-        return Ok(());
-    }
     let mut bench = Bench::new("dpnat")?;
     let cases: Vec<(&str, Vec<u8>, &[&str], u16)> = vec![
         (
@@ -244,12 +241,8 @@ fn service_packets_are_translated_with_valid_checksums() -> Result<()> {
 }
 
 #[test]
+#[cfg_attr(not(privileged), ignore = "needs root: network namespaces and BPF")]
 fn conntrack_keeps_flows_and_maglev_swaps_move_only_removed_backends_flows() -> Result<()> {
-    if !privilege::can_run(
-        "conntrack_keeps_flows_and_maglev_swaps_move_only_removed_backends_flows",
-    ) {
-        return Ok(());
-    }
     let mut bench = Bench::new("dpct")?;
     let service = ServiceAddr {
         vip: ip(VIP4),
@@ -324,10 +317,8 @@ fn conntrack_keeps_flows_and_maglev_swaps_move_only_removed_backends_flows() -> 
 }
 
 #[test]
+#[cfg_attr(not(privileged), ignore = "needs root: network namespaces and BPF")]
 fn eip_traffic_is_answered_dropped_or_passed_untouched() -> Result<()> {
-    if !privilege::can_run("eip_traffic_is_answered_dropped_or_passed_untouched") {
-        return Ok(());
-    }
     let mut bench = Bench::new("dpeip")?;
 
     for (case, src, vip) in [("v4", CLIENT4, VIP4), ("v6", CLIENT6, VIP6)] {
@@ -422,10 +413,8 @@ fn assert_revnat(input: &[u8], out: &[u8], vip: &str, port: u16, case: &str) {
 }
 
 #[test]
+#[cfg_attr(not(privileged), ignore = "needs root: network namespaces and BPF")]
 fn replies_are_reverse_translated_by_tc() -> Result<()> {
-    if !privilege::can_run("replies_are_reverse_translated_by_tc") {
-        return Ok(());
-    }
     let mut bench = Bench::new("dptc")?;
     let cases = [
         ("v4 tcp", CLIENT4, VIP4, Protocol::Tcp, 80, 8080),
@@ -496,10 +485,8 @@ fn replies_are_reverse_translated_by_tc() -> Result<()> {
 }
 
 #[test]
+#[cfg_attr(not(privileged), ignore = "needs root: network namespaces and BPF")]
 fn a_backend_that_becomes_shared_keeps_replying_for_its_open_flows() -> Result<()> {
-    if !privilege::can_run("a_backend_that_becomes_shared_keeps_replying_for_its_open_flows") {
-        return Ok(());
-    }
     let mut bench = Bench::new("dpsh")?;
     const POD: &str = "10.244.1.9";
     // A service takes an id and leaves it free below the next one's.
@@ -531,10 +518,8 @@ fn a_backend_that_becomes_shared_keeps_replying_for_its_open_flows() -> Result<(
 }
 
 #[test]
+#[cfg_attr(not(privileged), ignore = "needs root: network namespaces and BPF")]
 fn bpftool_shows_map_field_names() -> Result<()> {
-    if !privilege::can_run("bpftool_shows_map_field_names") {
-        return Ok(());
-    }
     let bench = Bench::new("dpbtf")?;
     for (map, field) in [
         (porter_common::map_names::SERVICES, "table_base"),
@@ -552,10 +537,8 @@ fn bpftool_shows_map_field_names() -> Result<()> {
 }
 
 #[test]
+#[cfg_attr(not(privileged), ignore = "needs root: network namespaces and BPF")]
 fn random_and_malformed_packets_are_never_modified() -> Result<()> {
-    if !privilege::can_run("random_and_malformed_packets_are_never_modified") {
-        return Ok(());
-    }
     let mut bench = Bench::new("dprand")?;
     let mut rng = Rng::new(0x5eed);
     let templates = [
@@ -626,10 +609,8 @@ fn random_and_malformed_packets_are_never_modified() -> Result<()> {
 /// Client → node (XDP + tc) → two pods, without and with the MASQUERADE rule
 /// for the pod subnet that Calico and flannel install on nodes.
 #[test]
+#[cfg_attr(not(privileged), ignore = "needs root: network namespaces and BPF")]
 fn end_to_end_through_the_node_to_local_pods() -> Result<()> {
-    if !privilege::can_run("end_to_end_through_the_node_to_local_pods") {
-        return Ok(());
-    }
     // Redirect (measurement only) is not run with MASQUERADE: bypassing
     // netfilter on the way in is exactly what makes replies get masqueraded.
     for (masquerade, forwarding) in [
@@ -834,13 +815,9 @@ fn cluster_tcp(sport: u16, port: u16, syn: bool) -> Result<Vec<u8>> {
 }
 
 #[test]
+#[cfg_attr(not(privileged), ignore = "needs root: network namespaces and BPF")]
 fn cluster_packets_are_forwarded_to_the_backends_node_with_only_the_macs_and_mark_changed()
 -> Result<()> {
-    if !privilege::can_run(
-        "cluster_packets_are_forwarded_to_the_backends_node_with_only_the_macs_and_mark_changed",
-    ) {
-        return Ok(());
-    }
     let mut node = ClusterNode::new("dpfwd")?;
     node.bench.dataplane.reconcile(&[
         cluster_spec(80, &[(REMOTE_POD, Some("172.30.0.12"))]),
@@ -893,10 +870,8 @@ fn cluster_packets_are_forwarded_to_the_backends_node_with_only_the_macs_and_mar
 }
 
 #[test]
+#[cfg_attr(not(privileged), ignore = "needs root: network namespaces and BPF")]
 fn forwarded_packets_are_served_locally_and_never_forwarded_again() -> Result<()> {
-    if !privilege::can_run("forwarded_packets_are_served_locally_and_never_forwarded_again") {
-        return Ok(());
-    }
     let mut node = ClusterNode::new("dprcv")?;
     node.bench.dataplane.reconcile(&[
         // This node's pod, as the node another node forwards to sees it.
