@@ -32,9 +32,7 @@ pub fn holding(ips: &[IpAddr]) -> io::Result<Vec<String>> {
     Ok(names)
 }
 
-/// The addresses of the interfaces named in `names`. Only those: kube-proxy
-/// in IPVS mode, say, puts every LoadBalancer address on a dummy
-/// interface of every node, and those are not the node's own.
+/// The addresses of the interfaces named in `names`.
 pub fn addresses_on<'a>(names: impl IntoIterator<Item = &'a str>) -> io::Result<Vec<IpAddr>> {
     let names: Vec<&str> = names.into_iter().collect();
     Ok(local_addresses()?

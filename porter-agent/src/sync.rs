@@ -161,15 +161,7 @@ impl Agent {
         if candidates.is_empty() && !layer2.answering() {
             return;
         }
-        let mut hosts = layer2::candidates::node_addresses(snapshot);
-        // Answers go out of the attached uplinks: their addresses are
-        // this node's own on the segments it answers on.
-        match interfaces::addresses_on(self.attached.keys().map(String::as_str)) {
-            Ok(local) => hosts.extend(local),
-            Err(err) => {
-                warn!(error = %err, "cannot read this node's addresses; Layer 2 EIPs are checked against the Nodes' only")
-            }
-        }
+        let hosts = layer2::host_addresses(snapshot, self.attached.keys().map(String::as_str));
         layer2.refuse_host_addresses(&mut candidates, &hosts);
         let choices = layer2::candidates::interface_choices(snapshot);
         if let Err(err) = layer2.step(dataplane, &candidates, &choices).await {

@@ -4,6 +4,7 @@
 pub mod announce;
 pub mod candidates;
 pub mod election;
+pub mod gateways;
 pub mod kube_lease;
 pub mod lease;
 pub mod link;
@@ -17,6 +18,7 @@ use std::{
     time::Duration,
 };
 
+use porter_api::source::Snapshot;
 use tracing::warn;
 
 use crate::{Dataplane, DataplaneError};
@@ -137,6 +139,30 @@ impl<S: LeaseStore> Layer2<S> {
         dataplane.set_l2_answers(&answers, round.valid_for)?;
         Ok(round)
     }
+}
+
+/// The addresses no Layer 2 EIP may be answered for on this node: every
+/// Node's, those of this node's `uplinks` (the attached interfaces, which
+/// the answers go out of; not every interface: kube-proxy in IPVS mode puts
+/// each LoadBalancer address on a dummy one), and its gateways.
+pub fn host_addresses<'a>(
+    snapshot: &Snapshot,
+    uplinks: impl IntoIterator<Item = &'a str>,
+) -> BTreeSet<IpAddr> {
+    let mut hosts = candidates::node_addresses(snapshot);
+    match crate::interfaces::addresses_on(uplinks) {
+        Ok(local) => hosts.extend(local),
+        Err(err) => {
+            warn!(error = %err, "cannot read this node's addresses; Layer 2 EIPs are not checked against them")
+        }
+    }
+    match gateways::gateways() {
+        Ok(routers) => hosts.extend(routers),
+        Err(err) => {
+            warn!(error = %err, "cannot read this node's routes; Layer 2 EIPs are not checked against its gateways")
+        }
+    }
+    hosts
 }
 
 /// The interface `choice` names; when it cannot be resolved, the choice
