@@ -71,6 +71,29 @@ pub mod program_names {
     pub const XDP_EMPTY: &str = "porter_xdp_empty";
     /// tc classifier that rewrites replies from backends back to `VIP:port`.
     pub const TC_REVNAT: &str = "porter_tc_revnat";
+    /// XDP program returning `XDP_TX`: the packet-rate benchmark's generator
+    /// (BPF_PROG_TEST_RUN with live frames).
+    pub const XDP_TX: &str = "porter_xdp_tx";
+    /// XDP program that counts (`Stat::PacketsSeen`) and drops: the
+    /// packet-rate benchmark's receiving pod.
+    pub const XDP_SINK: &str = "porter_xdp_sink";
+}
+
+/// The packet-rate benchmark's generated frames (see the `porter_xdp_tx`
+/// program): Ethernet + IPv4 + UDP with no checksum, whose payload holds a
+/// copy of those headers. The kernel hands the generator recycled frames
+/// that the path under test has rewritten (DNAT, TTL, MACs), so the
+/// generator restores the headers from the copy before each send.
+pub mod pktgen {
+    /// Bytes of Ethernet, IPv4 (no options) and UDP headers.
+    pub const HEADER_BYTES: usize = 42;
+    /// Where the copy of the headers starts.
+    pub const TEMPLATE_OFFSET: usize = 64;
+    /// The frame's length: headers, then payload up to the copy's end.
+    pub const FRAME_BYTES: usize = TEMPLATE_OFFSET + HEADER_BYTES;
+    /// Low bits of the UDP source port the generator randomises per frame,
+    /// so the load is 2^FLOW_BITS flows.
+    pub const FLOW_BITS: u32 = 6;
 }
 
 /// Compile-time capacities of the maps (userspace may resize some at load).

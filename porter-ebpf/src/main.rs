@@ -14,6 +14,8 @@
 //!   forwards it again (see `forward_remote`).
 //! - `porter_tc_revnat` (tc): rewrites replies from a backend back to `VIP:port`.
 //! - `porter_xdp_empty`: passes everything; the benchmark's baseline.
+//! - `porter_xdp_tx`, `porter_xdp_sink`: the packet-rate benchmark's
+//!   generator and receiving pod (see `bench`).
 //!
 //! Why translated packets are passed to the kernel rather than redirected to
 //! the pod's interface: the node's netfilter then sees both directions of
@@ -27,6 +29,7 @@
 #![no_std]
 #![no_main]
 
+mod bench;
 mod csum;
 mod l2;
 mod parse;

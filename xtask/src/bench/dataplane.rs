@@ -10,6 +10,8 @@
 //! One call per run matters: with `repeat > 1` the kernel feeds the rewritten
 //! packet back in, which would measure something else.
 //!
+//! Lab packet rate (`lab_udp_pps`): see `packet_rate`.
+//!
 //! Lab throughput: TCP connections per second (connect, read the server's
 //! greeting, close) from a client namespace to a service with two pods on a
 //! node, through Porter (XDP + tc) and through iptables DNAT rules shaped
@@ -19,6 +21,8 @@ use std::{
     time::{Duration, Instant},
 };
 
+mod packet_rate;
+
 use anyhow::{Context, Result, bail};
 use aya::programs::{TestRun, TestRunOptions, Xdp};
 use porter_agent::{Dataplane, DataplaneConfig, Forwarding, PinLayout};
@@ -27,7 +31,7 @@ use porter_tests::{
     lab::Lab,
     netns::{NamedClient, run_in},
     packets::{self, L4, Vlan},
-    privilege,
+    pktgen, privilege,
     scenarios::{self, PodLab},
 };
 
@@ -46,6 +50,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     if args.per_packet_only {
         return Ok(());
     }
+    packet_rate::run(Duration::from_secs(args.seconds))?;
     throughput(Duration::from_secs(args.seconds))
 }
 
@@ -54,7 +59,7 @@ fn ip(text: &str) -> IpAddr {
 }
 
 fn per_packet() -> Result<()> {
-    pin_to_cpu(CPU)?;
+    pktgen::pin_to_cpu(CPU)?;
     let mut lab = Lab::new("bench")?;
     let bpffs = lab.bpffs()?;
     let mut dataplane = Dataplane::open(&PinLayout::new(&bpffs), DataplaneConfig::default())?;
@@ -136,7 +141,7 @@ fn per_packet() -> Result<()> {
 /// `receive_forwarded` (new flows another node forwarded, DNATed to a local
 /// pod on the pod's node), each comparable with `new_flow_tcp_syn`.
 fn cluster_per_packet(baseline: Timings) -> Result<()> {
-    pin_to_cpu(CPU)?;
+    pktgen::pin_to_cpu(CPU)?;
     let mut lab = Lab::new("bcl")?;
     let bpffs = lab.bpffs()?;
     let mut dataplane = Dataplane::open(&PinLayout::new(&bpffs), DataplaneConfig::default())?;
@@ -267,28 +272,13 @@ fn timings_on(
     Ok(Timings::of(samples))
 }
 
-fn pin_to_cpu(cpu: usize) -> Result<()> {
-    // SAFETY: a zeroed cpu_set_t is valid; CPU_SET writes inside it.
-    unsafe {
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        libc::CPU_SET(cpu, &mut set);
-        if libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &set) != 0 {
-            bail!(
-                "cannot pin to CPU {cpu}: {}",
-                std::io::Error::last_os_error()
-            );
-        }
-    }
-    Ok(())
-}
-
 /// Rounds of alternating measurements; the median of each side is
 /// reported, so load from elsewhere on the machine hits both alike.
 const ROUNDS: usize = 5;
 
 fn throughput(duration: Duration) -> Result<()> {
     let mut iptables_lab = PodLab::new("bipt")?;
-    install_kube_proxy_like_dnat(&iptables_lab)?;
+    install_kube_proxy_like_dnat(&iptables_lab, "tcp", 80)?;
     let mut kernel_lab = PodLab::new("bxdp")?;
     let mut redirect_lab = PodLab::new("bred")?;
     // Equal footing: redirect needs XDP on the pods' veths, so all get it.
@@ -375,8 +365,9 @@ fn throughput(duration: Duration) -> Result<()> {
 }
 
 /// kube-proxy's shape: a service chain picking an endpoint chain at random,
-/// each endpoint chain a DNAT.
-fn install_kube_proxy_like_dnat(lab: &PodLab) -> Result<()> {
+/// each endpoint chain a DNAT (and the node's conntrack behind it), for
+/// `EIP:port/proto` to the pods' target port.
+fn install_kube_proxy_like_dnat(lab: &PodLab, proto: &str, port: u16) -> Result<()> {
     let ipt = |args: &[&str]| -> Result<()> {
         let mut full = vec!["iptables", "-t", "nat"];
         full.extend_from_slice(args);
@@ -387,15 +378,16 @@ fn install_kube_proxy_like_dnat(lab: &PodLab) -> Result<()> {
         ipt(&["-N", chain])?;
     }
     let eip = format!("{}/32", PodLab::EIP);
+    let port = port.to_string();
     ipt(&[
         "-A",
         "PREROUTING",
         "-d",
         &eip,
         "-p",
-        "tcp",
+        proto,
         "--dport",
-        "80",
+        &port,
         "-j",
         "KUBE-SVC-BENCH",
     ])?;
@@ -419,7 +411,7 @@ fn install_kube_proxy_like_dnat(lab: &PodLab) -> Result<()> {
             "-A",
             &chain,
             "-p",
-            "tcp",
+            proto,
             "-j",
             "DNAT",
             "--to-destination",
