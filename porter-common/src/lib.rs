@@ -27,14 +27,18 @@ pub mod map_names {
     pub const BACKENDS: &str = "PORTER_BACKENDS";
     /// Array of backend ids: every service owns two Maglev tables of M slots.
     pub const MAGLEV: &str = "PORTER_MAGLEV";
-    /// LRU hash: client-side [`crate::FlowKey`] → [`crate::CtValue`].
+    /// LRU hash: client-side [`crate::FlowKey4`] → [`crate::CtValue`] (IPv4 flows).
     pub const CONNTRACK: &str = "PORTER_CT";
+    /// LRU hash: client-side [`crate::FlowKey6`] → [`crate::CtValue`] (IPv6 flows).
+    pub const CONNTRACK6: &str = "PORTER_CT6";
     /// Hash: [`crate::BackendKey`] → [`crate::RevNatValue`], kept by
     /// userspace: how replies from a backend are rewritten.
     pub const BACKEND_REVNAT: &str = "PORTER_BE_REVNAT";
-    /// LRU hash: backend-side (reply) [`crate::FlowKey`] → [`crate::RevNatValue`],
+    /// LRU hash: backend-side (reply) [`crate::FlowKey4`] → [`crate::RevNatValue`],
     /// only for flows to backends that serve several services ([`crate::BACKEND_SHARED`]).
     pub const REVNAT: &str = "PORTER_REVNAT";
+    /// [`REVNAT`]'s IPv6 twin, keyed by [`crate::FlowKey6`].
+    pub const REVNAT6: &str = "PORTER_REVNAT6";
     /// Per-CPU array of [`crate::ServiceCounters`], indexed by service id.
     pub const SERVICE_COUNTERS: &str = "PORTER_SVC_STATS";
 
@@ -56,8 +60,10 @@ pub mod map_names {
         BACKENDS,
         MAGLEV,
         CONNTRACK,
+        CONNTRACK6,
         BACKEND_REVNAT,
         REVNAT,
+        REVNAT6,
         SERVICE_COUNTERS,
         L2_LEADS,
     ];
@@ -219,17 +225,29 @@ pub struct BackendKey {
     pub family: u8,
 }
 
-/// A 5-tuple as seen in one direction.
+/// An IPv4 5-tuple as seen in one direction: 16 bytes, so IPv4 flows (most
+/// of them) hash and compare 16 bytes per lookup, not 40.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub struct FlowKey {
+pub struct FlowKey4 {
+    pub src: u32,
+    pub dst: u32,
+    pub sport: u16,
+    pub dport: u16,
+    pub proto: u8,
+    pub _pad: [u8; 3],
+}
+
+/// An IPv6 5-tuple as seen in one direction.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct FlowKey6 {
     pub src: [u32; 4],
     pub dst: [u32; 4],
     pub sport: u16,
     pub dport: u16,
     pub proto: u8,
-    pub family: u8,
-    pub _pad: [u8; 2],
+    pub _pad: [u8; 3],
 }
 
 /// Conntrack entry of a flow toward a service.
@@ -368,7 +386,8 @@ mod pod {
     unsafe impl aya::Pod for VipKey {}
     unsafe impl aya::Pod for BackendValue {}
     unsafe impl aya::Pod for BackendKey {}
-    unsafe impl aya::Pod for FlowKey {}
+    unsafe impl aya::Pod for FlowKey4 {}
+    unsafe impl aya::Pod for FlowKey6 {}
     unsafe impl aya::Pod for CtValue {}
     unsafe impl aya::Pod for RevNatValue {}
     unsafe impl aya::Pod for ServiceCounters {}
@@ -388,7 +407,8 @@ mod tests {
         assert_eq!(size_of::<VipKey>(), 20);
         assert_eq!(size_of::<BackendValue>(), 40);
         assert_eq!(size_of::<BackendKey>(), 20);
-        assert_eq!(size_of::<FlowKey>(), 40);
+        assert_eq!(size_of::<FlowKey4>(), 16);
+        assert_eq!(size_of::<FlowKey6>(), 40);
         assert_eq!(size_of::<CtValue>(), 24);
         assert_eq!(size_of::<RevNatValue>(), 24);
         assert_eq!(size_of::<L2Key>(), 24);
