@@ -122,8 +122,8 @@ pub mod config {
     /// Translated packets go to the kernel, which routes them to the pod.
     pub const FORWARD_KERNEL: u32 = 0;
     /// Translated packets are redirected straight to the pod's interface
-    /// (FIB lookup in XDP), bypassing the node's netfilter. For measurement:
-    /// see porter-ebpf's docs for why it is not the default.
+    /// (FIB lookup in XDP), bypassing the node's netfilter: see porter-ebpf's
+    /// docs for where that is correct, and why it is not the default.
     pub const FORWARD_REDIRECT: u32 = 1;
 }
 

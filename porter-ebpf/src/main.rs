@@ -17,15 +17,19 @@
 //! - `porter_xdp_tx`, `porter_xdp_sink`: the packet-rate benchmark's
 //!   generator and receiving pod (see `bench`).
 //!
-//! Why translated packets are passed to the kernel rather than redirected to
-//! the pod's interface: the node's netfilter then sees both directions of
-//! every flow as client <-> pod, so the node's own rules keep working on
+//! Why translated packets are passed to the kernel by default rather than
+//! redirected to the pod's interface (`config::FORWARD_REDIRECT`, the agent's
+//! `--forwarding redirect`): the node's netfilter then sees both directions
+//! of every flow as client <-> pod, so the node's own rules keep working on
 //! service traffic (NetworkPolicy of iptables-based CNIs, conntrack-based
 //! INVALID drops, and a MASQUERADE rule for the pod subnet, which leaves the
 //! replies alone because the flow's first packet came from the client).
-//! Redirecting would skip the routing and netfilter cost, but the replies
-//! would then look like new pod-to-outside flows and be masqueraded, and
-//! veth targets only take redirected frames when the pod side runs XDP too.
+//! Redirecting skips the routing and netfilter cost (the packet-rate bench
+//! measures it), but netfilter then sees no request: replies look like new
+//! pod-to-outside flows and are masqueraded where the node masquerades pod
+//! traffic, NetworkPolicy in netfilter never sees the requests, and a veth
+//! only takes redirected frames when its pod side runs XDP too. None of that
+//! can be detected from the node, so redirect is the operator's choice.
 #![no_std]
 #![no_main]
 

@@ -762,7 +762,7 @@ fn end_to_end_through_the_node_to_local_pods() -> Result<()> {
     if !privilege::can_run("end_to_end_through_the_node_to_local_pods") {
         return Ok(());
     }
-    // Redirect (measurement only) is not run with MASQUERADE: bypassing
+    // Redirect is not run with MASQUERADE (docs/design.md): bypassing
     // netfilter on the way in is exactly what makes replies get masqueraded.
     for (masquerade, forwarding) in [
         (false, Forwarding::Kernel),
