@@ -24,17 +24,20 @@ use anyhow::{Context, Result, bail};
 use aya::{
     Ebpf,
     maps::PerCpuArray,
-    programs::{TestRun, TestRunAttrs, TestRunOptions, Xdp, XdpMode},
+    programs::{TestRun, TestRunAttrs, TestRunOptions, Xdp},
 };
 use etherparse::PacketBuilder;
-use porter_agent::ebpf_object::EBPF_OBJECT;
 use porter_common::{
     Stat, map_names,
     pktgen::{FRAME_BYTES, HEADER_BYTES, TEMPLATE_OFFSET},
     program_names,
 };
 
-use crate::{netns::run_in, packets::xdp_context};
+use crate::{
+    netns::run_in,
+    packets::xdp_context,
+    scenarios::{attach_xdp_program, load_xdp_program},
+};
 
 /// Frames per BPF_PROG_TEST_RUN call: long enough that the syscall is noise.
 const FRAMES_PER_CALL: u32 = 1 << 16;
@@ -78,12 +81,11 @@ pub fn generate(
     run_in(ns, move || {
         pin_to_cpu(cpu)?;
         let ifindex = ifindex(&interface)?;
-        let mut ebpf = Ebpf::load(EBPF_OBJECT)?;
+        let mut ebpf = load_xdp_program(program_names::XDP_TX)?;
         let program: &mut Xdp = ebpf
             .program_mut(program_names::XDP_TX)
-            .context("no generator XDP program")?
+            .context("loaded just now")?
             .try_into()?;
-        program.load()?;
         let context = xdp_context(frame.len(), ifindex);
         let start = Instant::now();
         let mut sent = 0u64;
@@ -109,18 +111,9 @@ pub struct Sink {
 
 impl Sink {
     pub fn attach(ns: &str, interface: &str) -> Result<Self> {
-        let interface = interface.to_owned();
-        let ebpf = run_in(ns, move || {
-            let mut ebpf = Ebpf::load(EBPF_OBJECT)?;
-            let program: &mut Xdp = ebpf
-                .program_mut(program_names::XDP_SINK)
-                .context("no sink XDP program")?
-                .try_into()?;
-            program.load()?;
-            program.attach(&interface, XdpMode::Driver)?;
-            Ok(ebpf)
-        })?;
-        Ok(Self { ebpf })
+        Ok(Self {
+            ebpf: attach_xdp_program(ns, interface, program_names::XDP_SINK)?,
+        })
     }
 
     /// Frames received so far, all CPUs together.

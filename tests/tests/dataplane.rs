@@ -339,13 +339,7 @@ fn a_flow_keeps_its_backend_when_its_packets_arrive_on_another_cpu() -> Result<(
     }
     // A table large enough for a third backend (at least 100x the backends).
     let mut lab = Lab::new("dpcpu")?;
-    let pins = PinLayout::new(&lab.bpffs()?);
-    let config = DataplaneConfig {
-        maglev_size: 1009,
-        max_services: 8,
-        ..DataplaneConfig::default()
-    };
-    let dataplane = Dataplane::open(&pins, config)?;
+    let (pins, dataplane) = packets::test_dataplane_sized(&mut lab, 1009)?;
     let mut bench = Bench {
         _lab: lab,
         pins,
