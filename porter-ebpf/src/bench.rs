@@ -44,7 +44,12 @@ fn restore_headers(data: usize, data_end: usize) -> Option<()> {
     let random = unsafe { bpf_get_prandom_u32() } as u8;
     let mask = ((1u32 << FLOW_BITS) - 1) as u8;
     let low: u8 = load(data, data_end, SPORT_LOW_BYTE)?;
-    store(data, data_end, SPORT_LOW_BYTE, (low & !mask) | (random & mask))
+    store(
+        data,
+        data_end,
+        SPORT_LOW_BYTE,
+        (low & !mask) | (random & mask),
+    )
 }
 
 /// The receiving pod: counts each frame in `Stat::PacketsSeen` of its own

@@ -55,9 +55,9 @@ use aya_ebpf::{
 use flow::Flow;
 use parse::{Headers, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP, load, store};
 use porter_common::{
-    BACKEND_REMOTE, BACKEND_SHARED, BackendKey, BackendValue, CtValue, FAMILY_V4, FlowKey4, FlowKey6,
-    IPV4_FORWARDED_MARK, L2Key, L2Value, RevNatValue, ServiceCounters, ServiceKey, ServiceValue,
-    Stat, VIP_FILTER_SLOTS, VipKey, config, limits, vip_filter_slot,
+    BACKEND_REMOTE, BACKEND_SHARED, BackendKey, BackendValue, CtValue, FAMILY_V4, FlowKey4,
+    FlowKey6, IPV4_FORWARDED_MARK, L2Key, L2Value, RevNatValue, ServiceCounters, ServiceKey,
+    ServiceValue, Stat, VIP_FILTER_SLOTS, VipKey, config, limits, vip_filter_slot,
 };
 
 // BTF-defined maps: `bpftool map dump` shows their field names. They carry
@@ -258,7 +258,10 @@ fn l2_lead(key: &L2Key) -> Option<L2Value> {
 /// remote backend is ignored for it, and a remote pick is refused (and not
 /// recorded, so the flow is served once the nodes' tables agree again).
 #[inline(always)]
-fn choose_backend<F: Flow>(h: &Headers, service: &ServiceValue) -> Result<(BackendValue, bool), Stat> {
+fn choose_backend<F: Flow>(
+    h: &Headers,
+    service: &ServiceValue,
+) -> Result<(BackendValue, bool), Stat> {
     let flow = F::new(&h.src, &h.dst, h.sport, h.dport, h.proto);
     // The tick-granular clock: a refresh once a second needs no more, and it
     // is a memory read, where the precise clock reads the TSC.
