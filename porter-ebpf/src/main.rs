@@ -4,7 +4,8 @@
 //! - `porter_xdp` (uplink ingress): matches `VIP:port/proto`, keeps flows on
 //!   their backend through conntrack, picks new flows' backends from the
 //!   service's Maglev table, DNATs to the backend and passes the packet to the
-//!   kernel, which routes it to the pod. Answers ICMP echo to a VIP, drops
+//!   kernel, which routes it to the pod (or, with redirect forwarding,
+//!   redirects it to the pod's interface itself). Answers ICMP echo to a VIP, drops
 //!   traffic to a VIP port no service uses.
 //!   In Layer 2 mode it also answers ARP requests and neighbour
 //!   solicitations for the EIPs this node leads (see `l2`).
