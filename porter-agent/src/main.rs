@@ -5,7 +5,7 @@ use std::{net::SocketAddr, path::PathBuf, time::Duration};
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use porter_agent::{
-    DataplaneConfig, PinLayout,
+    DataplaneConfig, Forwarding, PinLayout,
     bgp::NodeSpeaker,
     inspect,
     layer2::{
@@ -107,6 +107,13 @@ struct RunArgs {
     /// maps are first pinned.
     #[arg(long, default_value_t = porter_common::limits::DEFAULT_MAX_SERVICES)]
     max_services: u32,
+    /// How translated packets reach a local pod. `redirect` skips the node's
+    /// routing and netfilter (more packets per second per CPU) but is
+    /// correct only where the node neither masquerades pod traffic
+    /// nor enforces NetworkPolicy in netfilter, and the pods' interfaces take
+    /// XDP-redirected frames (veth: the pod side runs XDP). See docs/design.md.
+    #[arg(long, value_enum, default_value = "kernel", env = "PORTER_FORWARDING")]
+    forwarding: Forwarding,
     /// Namespaces to read BgpPeer password Secrets from, comma-separated:
     /// set it only for `speakerMode: node` with `authPasswordSecretRef`. The
     /// first is where a reference without a namespace points. Default: none,
@@ -146,7 +153,7 @@ async fn run(args: RunArgs) -> Result<()> {
         config: DataplaneConfig {
             maglev_size: args.maglev_size,
             max_services: args.max_services,
-            ..DataplaneConfig::default()
+            forwarding: args.forwarding,
         },
         resync: args.resync_interval,
     };
