@@ -500,6 +500,7 @@ impl StatusWriter for DirWriter {
             Regarding::Service(k) => format!("Service {k}"),
             Regarding::Eip(n) => format!("Eip {n}"),
             Regarding::BgpPeer(n) => format!("BgpPeer {n}"),
+            Regarding::Node(n) => format!("Node {n}"),
         };
         let line: BTreeMap<&str, &str> = [
             ("regarding", regarding.as_str()),

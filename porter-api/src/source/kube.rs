@@ -322,6 +322,16 @@ impl KubeWriter {
                     .and_then(|s| s.bgp_peers.get(&ObjectRef::new(name)).and_then(|o| o.uid())),
                 ..Default::default()
             },
+            Regarding::Node(name) => ObjectReference {
+                api_version: Some("v1".into()),
+                kind: Some("Node".into()),
+                name: Some(name.clone()),
+                uid: self
+                    .stores
+                    .as_ref()
+                    .and_then(|s| s.nodes.get(&ObjectRef::new(name)).and_then(|o| o.uid())),
+                ..Default::default()
+            },
         }
     }
 }

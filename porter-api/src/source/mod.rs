@@ -79,6 +79,8 @@ pub enum Regarding {
     Service(ObjectKey),
     Eip(String),
     BgpPeer(String),
+    /// A Node, by name (the controller's node liveness check).
+    Node(String),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
