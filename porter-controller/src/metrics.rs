@@ -346,3 +346,25 @@ mod tests {
         }
     }
 }
+#[cfg(test)]
+mod node_check_tests {
+    use super::*;
+
+    #[test]
+    fn node_check_states_and_withdrawals_are_exported() {
+        let metrics = Metrics::default();
+        metrics.node_check([("n1", NodeState::Down), ("n2", NodeState::Unchecked)]);
+        metrics.node_withdrawn("n1");
+        let text = metrics.render();
+        for line in [
+            "porter_node_check_state{node=\"n1\",state=\"down\"} 1\n",
+            "porter_node_check_state{node=\"n2\",state=\"unchecked\"} 1\n",
+            "porter_node_withdrawals_total{node=\"n1\"} 1\n",
+        ] {
+            assert!(text.contains(line), "missing {line} in\n{text}");
+        }
+        // A node no longer checked leaves the states.
+        metrics.node_check([("n2", NodeState::Up)]);
+        assert!(!metrics.render().contains("node=\"n1\",state"));
+    }
+}

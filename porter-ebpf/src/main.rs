@@ -137,7 +137,7 @@ fn xdp_decide(ctx: &XdpContext) -> (u32, Stat) {
         }
         Err(stat) => return (xdp_action::XDP_PASS, stat),
     };
-    if let Some(answered) = probe::answer(data, data_end, &h) {
+    if let Some(answered) = probe::answer(ctx, data, data_end, &h) {
         return answered;
     }
     // Solicitations go to a multicast address, not to the EIP, so they are

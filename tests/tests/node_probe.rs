@@ -1,23 +1,31 @@
 //! The node liveness probe (central mode), answered by the XDP program
 //! itself, through BPF_PROG_TEST_RUN: exact reply bytes (addresses, ports
-//! and MACs swapped, the kind turned to reply, checksums valid), and every
+//! and MACs swapped, the kind turned to reply, the checksum computed
+//! afresh), and every
 //! near miss passed untouched.
 use std::net::IpAddr;
 
-use anyhow::{Context, Result};
+use std::process::Command;
+
+use anyhow::{Context, Result, ensure};
 use etherparse::PacketBuilder;
-use porter_agent::stats;
+use porter_agent::{Dataplane, PinLayout, stats};
 use porter_common::{Stat, probe};
 use porter_tests::{
     lab::Lab,
     packets::{self, CLIENT_MAC, NODE_MAC, checked_summary},
-    privilege,
+    privilege, scenarios,
 };
 
 const XDP_PASS: u32 = 2;
 const XDP_TX: u32 = 3;
 const CONTROLLER_PORT: u16 = 41_234;
 const TOKEN: u64 = 0x1122_3344_5566_7788;
+/// This node's addresses (see [`node`]).
+const NODE4: &str = "172.30.0.11";
+const NODE6: &str = "fd00:30::11";
+/// Another node on its segment.
+const PEER4: &str = "172.30.0.12";
 
 fn ip(text: &str) -> IpAddr {
     text.parse().expect("test address")
@@ -68,6 +76,27 @@ fn expected_reply(controller: IpAddr, node: IpAddr) -> Result<Vec<u8>> {
     )
 }
 
+/// A data plane run as on node [`NODE4`] / [`NODE6`] of
+/// `scenarios::enter_cluster_node` (this thread enters its namespace, with
+/// IP forwarding on, as on every Kubernetes node), and its uplink.
+fn node(lab: &mut Lab) -> Result<(PinLayout, Dataplane, u32)> {
+    let (pins, dataplane) = packets::test_dataplane(lab)?;
+    let uplink = scenarios::enter_cluster_node(lab)?;
+    // Commands started from this thread run in the node's namespace.
+    for args in [
+        &["ip", "addr", "add", "fd00:30::11/64", "dev", "up0", "nodad"][..],
+        &["sysctl", "-qw", "net.ipv6.conf.all.forwarding=1"],
+    ] {
+        let status = Command::new(args[0]).args(&args[1..]).status()?;
+        ensure!(status.success(), "{args:?}: {status}");
+    }
+    Ok((pins, dataplane, uplink))
+}
+
+fn run(dataplane: &mut Dataplane, uplink: u32, frame: &[u8]) -> Result<(u32, Vec<u8>)> {
+    packets::xdp_test_run_on(dataplane, frame, Some(uplink))
+}
+
 /// Offset of the UDP checksum in an untagged frame.
 fn udp_check_offset(frame: &[u8]) -> usize {
     let l3 = if frame[12..14] == [0x08, 0x00] {
@@ -84,13 +113,13 @@ fn probes_are_answered_in_xdp_with_exact_bytes() -> Result<()> {
         return Ok(());
     }
     let mut lab = Lab::new("probe")?;
-    let (pins, mut dataplane) = packets::test_dataplane(&mut lab)?;
+    let (pins, mut dataplane, uplink) = node(&mut lab)?;
     let cases = [
-        ("v4", ip("172.30.0.10"), ip("172.30.0.11")),
-        ("v6", ip("fd00:30::10"), ip("fd00:30::11")),
+        ("v4", ip("172.30.0.10"), ip(NODE4)),
+        ("v6", ip("fd00:30::10"), ip(NODE6)),
     ];
     for (case, controller, node) in cases {
-        let (action, out) = packets::xdp_test_run(&mut dataplane, &request(controller, node)?)?;
+        let (action, out) = run(&mut dataplane, uplink, &request(controller, node)?)?;
         assert_eq!(action, XDP_TX, "{case}: a probe is answered in XDP");
         assert_eq!(
             out,
@@ -103,17 +132,23 @@ fn probes_are_answered_in_xdp_with_exact_bytes() -> Result<()> {
         assert_eq!(token, Some(TOKEN), "{case}: the controller reads its reply");
     }
 
-    // An IPv4 probe without a UDP checksum gets a reply without one.
-    let (controller, node) = (ip("172.30.0.10"), ip("172.30.0.11"));
-    let mut unchecked = request(controller, node)?;
-    let at = udp_check_offset(&unchecked);
-    unchecked[at..at + 2].copy_from_slice(&[0, 0]);
-    let mut wanted = expected_reply(controller, node)?;
-    wanted[at..at + 2].copy_from_slice(&[0, 0]);
-    let (action, out) = packets::xdp_test_run(&mut dataplane, &unchecked)?;
-    assert_eq!((action, out), (XDP_TX, wanted), "checksum 0 stays 0");
+    // A request with any checksum (none, or only the pseudo-header part,
+    // as a veth or an offloading NIC delivers it) gets a full one back.
+    let (controller, node) = (ip("172.30.0.10"), ip(NODE4));
+    let wanted = expected_reply(controller, node)?;
+    for check in [[0, 0], [0x12, 0x34]] {
+        let mut partial = request(controller, node)?;
+        let at = udp_check_offset(&partial);
+        partial[at..at + 2].copy_from_slice(&check);
+        let (action, out) = run(&mut dataplane, uplink, &partial)?;
+        assert_eq!(
+            (action, &out),
+            (XDP_TX, &wanted),
+            "request checksum {check:?}"
+        );
+    }
 
-    assert_eq!(stats::read_stat(&pins, Stat::ProbeAnswered)?, 3);
+    assert_eq!(stats::read_stat(&pins, Stat::ProbeAnswered)?, 4);
     Ok(())
 }
 
@@ -123,8 +158,8 @@ fn near_miss_probes_pass_untouched() -> Result<()> {
         return Ok(());
     }
     let mut lab = Lab::new("probemiss")?;
-    let (pins, mut dataplane) = packets::test_dataplane(&mut lab)?;
-    let (controller, node) = (ip("172.30.0.10"), ip("172.30.0.11"));
+    let (pins, mut dataplane, uplink) = node(&mut lab)?;
+    let (controller, node) = (ip("172.30.0.10"), ip(NODE4));
     let macs = (CLIENT_MAC, NODE_MAC);
     let good = probe::request(TOKEN);
     let mut reply = good;
@@ -153,9 +188,20 @@ fn near_miss_probes_pass_untouched() -> Result<()> {
             "frame cut in the payload",
             whole[..whole.len() - 4].to_vec(),
         ),
+        // Another node's address (a frame a switch flooded): never answered
+        // for it, or a live node would stand in for a dead one.
+        (
+            "another node's address",
+            udp_frame(
+                macs,
+                (controller, CONTROLLER_PORT),
+                (ip(PEER4), probe::PORT),
+                &good,
+            )?,
+        ),
     ];
     for (case, frame) in cases {
-        let (action, out) = packets::xdp_test_run(&mut dataplane, &frame)?;
+        let (action, out) = run(&mut dataplane, uplink, &frame)?;
         assert_eq!(action, XDP_PASS, "{case}: passed");
         assert_eq!(out, frame, "{case}: untouched");
     }
