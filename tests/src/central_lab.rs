@@ -151,6 +151,16 @@ impl CentralLab {
             .collect())
     }
 
+    /// Waits until the controller's check has seen node `index` answer
+    /// (state `up`): only such a node is withdrawn when it goes silent.
+    pub fn wait_checked(&self, index: usize) -> Result<()> {
+        let node = &self.dc.nodes[index].name;
+        let up = node_state_metric(node, "up");
+        wait_for(&format!("{node} checked (up)"), WAIT, || {
+            Ok((self.controller_metric(&up)? == Some(1.0)).then_some(()))
+        })
+    }
+
     /// The controller's `/metrics` text.
     pub fn controller_metrics(&self) -> Result<String> {
         let url = format!("http://{CONTROLLER_V4}:{CONTROLLER_METRICS_PORT}/metrics");
@@ -165,4 +175,9 @@ impl CentralLab {
             .find(|line| line.starts_with(prefix))
             .and_then(|line| line.rsplit(' ').next()?.parse().ok()))
     }
+}
+
+/// The `porter_node_check_state` series of `node` in `state`.
+pub fn node_state_metric(node: &str, state: &str) -> String {
+    format!("porter_node_check_state{{node=\"{node}\",state=\"{state}\"}}")
 }

@@ -18,7 +18,7 @@ use anyhow::{Context, Result, ensure};
 use porter_common::probe;
 use porter_tests::{
     cases::{Case, Suite},
-    central_lab::CentralLab,
+    central_lab::{CentralLab, node_state_metric},
     datacenter::Datacenter,
     lab::wait_for,
 };
@@ -68,10 +68,6 @@ fn filter_probes(dc: &Datacenter, index: usize, on: bool) -> Result<()> {
     Ok(())
 }
 
-fn state_metric(node: &str, state: &str) -> String {
-    format!("porter_node_check_state{{node=\"{node}\",state=\"{state}\"}}")
-}
-
 fn withdrawals(lab: &CentralLab, node: &str) -> Result<f64> {
     let prefix = format!("porter_node_withdrawals_total{{node=\"{node}\"}}");
     Ok(lab.controller_metric(&prefix)?.unwrap_or(0.0))
@@ -91,15 +87,13 @@ fn never_answered_stays(lab: &mut CentralLab) -> Result<Duration> {
             .then_some(()))
     })?;
     ensure!(
-        lab.controller_metric(&state_metric(&n3, "unchecked"))? == Some(1.0),
+        lab.controller_metric(&node_state_metric(&n3, "unchecked"))? == Some(1.0),
         "n3's metric is not `unchecked`"
     );
     let all = lab.hops_of(&[0, 1, 2]);
     ensure!(lab.hops()? == all, "n3 left the route: {:?}", lab.hops()?);
     filter_probes(&lab.dc, FILTERED, false)?;
-    wait_for("n3 checked (up)", WAIT, || {
-        Ok((lab.controller_metric(&state_metric(&n3, "up"))? == Some(1.0)).then_some(()))
-    })?;
+    lab.wait_checked(FILTERED)?;
     ensure!(lab.hops()? == all, "the paths changed: {:?}", lab.hops()?);
     ensure!(
         lab.events("NodeUnreachable")?.is_empty(),
@@ -113,9 +107,7 @@ fn never_answered_stays(lab: &mut CentralLab) -> Result<Duration> {
 /// controller says why, and requests keep being served by the others.
 fn silent_cut(lab: &mut CentralLab) -> Result<Duration> {
     // Only a node the check has seen answer is withdrawn (see above).
-    wait_for("n1 checked (up)", WAIT, || {
-        Ok((lab.controller_metric(&state_metric("n1", "up"))? == Some(1.0)).then_some(()))
-    })?;
+    lab.wait_checked(0)?;
     let took = lab.time_silent_cut(0)?;
     println!("silent cut of n1: the router dropped its next hop after {took:?}");
     ensure!(
@@ -133,7 +125,7 @@ fn silent_cut(lab: &mut CentralLab) -> Result<Duration> {
         "NodeUnreachable Events: {events:?}"
     );
     wait_for("n1's withdrawal counted and its state down", WAIT, || {
-        let down = lab.controller_metric(&state_metric("n1", "down"))? == Some(1.0);
+        let down = lab.controller_metric(&node_state_metric("n1", "down"))? == Some(1.0);
         Ok((down && withdrawals(lab, "n1")? == 1.0).then_some(()))
     })
     .with_context(|| lab.controller_metrics().unwrap_or_default())?;

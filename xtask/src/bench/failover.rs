@@ -14,15 +14,20 @@
 //! route is polled; the leaf's BFD down events and the polls that found n1
 //! missing are reported (both should be 0).
 //!
-//! Central (ADD-PATH) mode has no data-plane liveness check yet, so it has
-//! no case here (docs/bfd.md).
+//! Central (ADD-PATH) mode (case `central`, the lab of
+//! `porter_tests::central_lab`): the controller's node liveness check at its
+//! defaults (300 ms × 3, 5 s hold). Each round cuts node n1's bridge port
+//! (no link down, no Kubernetes change) and times, from the router's side
+//! (BIRD's kernel route), until n1 is no longer a next hop of the EIP; then
+//! the port comes back and the route returns after the hold. Same rounds,
+//! same baseline (the detection time) as node mode.
 use std::{
     thread,
     time::{Duration, Instant},
 };
 
 use anyhow::{Result, bail};
-use porter_tests::{bfd_lab::NodeBfdLab, privilege};
+use porter_tests::{bfd_lab::NodeBfdLab, central_lab::CentralLab, privilege};
 
 use super::{emit, max, median};
 use crate::cmd;
@@ -75,6 +80,42 @@ pub fn run() -> Result<()> {
             cpu_stress(&lab)?;
         }
     }
+    central()
+}
+
+/// porter-controller's defaults: --node-check-interval 300ms ×
+/// --node-check-multiplier 3.
+const CENTRAL_DETECTION: Duration = Duration::from_millis(900);
+
+/// Ten silent cuts of n1 in central mode, at the check's default timers.
+fn central() -> Result<()> {
+    let lab = CentralLab::start("failover-central", |_| Ok(()))?;
+    let mut samples = Vec::new();
+    for round in 0..ROUNDS {
+        lab.wait_checked(0)?;
+        let gone = lab.time_silent_cut(0)?.as_secs_f64();
+        let back = lab.heal(0)?.as_secs_f64();
+        eprintln!(
+            "central, round {round}: withdrawn after {gone:.3} s, back after {back:.3} s (5 s hold)"
+        );
+        samples.push(gone);
+    }
+XX, "seconds_to_withdraw", value, "s");
+    emit(
+        SUITE,
+        "central",
+        "seconds_to_withdraw_max",
+        max(&samples),
+        "s",
+    );
+    emit(SUITE, "central", "detection_time_seconds", detection, "s");
+    emit(
+        SUITE,
+        "central",
+        "ratio_vs_detection_time",
+        value / detection,
+        "ratio",
+    );
     Ok(())
 }
 
