@@ -100,7 +100,9 @@ fn central() -> Result<()> {
         );
         samples.push(gone);
     }
-XX, "seconds_to_withdraw", value, "s");
+    let detection = CENTRAL_DETECTION.as_secs_f64();
+    let value = median(&mut samples);
+    emit(SUITE, "central", "seconds_to_withdraw", value, "s");
     emit(
         SUITE,
         "central",
