@@ -15,8 +15,10 @@
 //!   once, after the detection time, and stays announced.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
+
+use porter_common::probe;
 
 use porter_api::source::{Event, EventType, Regarding};
 
@@ -159,6 +161,15 @@ impl Transition {
             message,
         })
     }
+}
+
+/// The node address a datagram received on the probe socket answers for:
+/// a well-formed reply from the probe port carrying our `token`. None for
+/// anything else (stray traffic, another controller's replies, garbage).
+pub fn answer_from(from: SocketAddr, payload: &[u8], token: u64) -> Option<IpAddr> {
+    let ours = from.port() == probe::PORT && probe::reply_token(payload) == Some(token);
+    // A v4-mapped source (dual-stack socket) is the node's IPv4 address.
+    ours.then(|| from.ip().to_canonical())
 }
 
 #[derive(Debug, Clone)]

@@ -18,7 +18,7 @@ use tokio::sync::{Notify, watch};
 use tokio::time::MissedTickBehavior;
 
 use crate::metrics::Metrics;
-use crate::node_check::{NodeCheck, Timing, Transition};
+use crate::node_check::{NodeCheck, Timing, Transition, answer_from};
 
 /// The controller's side of a running check.
 pub struct NodeChecker {
@@ -199,13 +199,10 @@ fn answered(
             return Vec::new();
         }
     };
-    let ours = from.port() == probe::PORT && probe::reply_token(&buf[..len]) == Some(token);
-    if !ours {
-        return Vec::new();
+    match answer_from(from, &buf[..len], token) {
+        Some(node) => check.answer(node, Instant::now()),
+        None => Vec::new(),
     }
-    // A v4-mapped source (dual-stack socket) is the node's IPv4 address.
-    let from = from.ip().to_canonical();
-    check.answer(from, Instant::now())
 }
 
 async fn until(deadline: Option<Instant>) {
