@@ -20,7 +20,7 @@ use porter_tests::{
     cases::{Case, Suite},
     central_lab::{CentralLab, node_state_metric},
     datacenter::Datacenter,
-    lab::wait_for,
+    lab::{wait_for, with_cores_busy},
 };
 
 /// The check's defaults (porter-controller --help).
@@ -206,21 +206,7 @@ fn agent_restart(lab: &mut CentralLab) -> Result<Duration> {
 fn cpu_stress(lab: &mut CentralLab) -> Result<Duration> {
     let started = Instant::now();
     let events_before = lab.events("NodeUnreachable")?.len();
-    let until = Instant::now() + STRESS;
-    let burners: Vec<_> = (0..2)
-        .map(|_| {
-            thread::spawn(move || {
-                let mut x = 0u64;
-                while Instant::now() < until {
-                    x = std::hint::black_box(x.wrapping_mul(6364136223846793005).wrapping_add(1));
-                }
-            })
-        })
-        .collect();
-    let watched = watch_hops(lab, STRESS);
-    for burner in burners {
-        let _ = burner.join();
-    }
+    let watched = with_cores_busy(Instant::now() + STRESS, || watch_hops(lab, STRESS));
     let (polls, missing) = watched?;
     println!("cpu stress {STRESS:?}: {missing} of {polls} polls without a node");
     ensure!(missing == 0, "a next hop went missing under CPU stress");

@@ -27,7 +27,7 @@ use std::{
 };
 
 use anyhow::{Result, bail};
-use porter_tests::{bfd_lab::NodeBfdLab, central_lab::CentralLab, privilege};
+use porter_tests::{bfd_lab::NodeBfdLab, central_lab::CentralLab, lab::with_cores_busy, privilege};
 
 use super::{emit, max, median};
 use crate::cmd;
@@ -127,27 +127,17 @@ const STRESS: Duration = Duration::from_secs(60);
 fn cpu_stress(lab: &NodeBfdLab) -> Result<()> {
     let downs_before = lab.leaf_bfd_downs()?;
     let until = Instant::now() + STRESS;
-    let burners: Vec<_> = (0..2)
-        .map(|_| {
-            thread::spawn(move || {
-                let mut x = 0u64;
-                while Instant::now() < until {
-                    x = std::hint::black_box(x.wrapping_mul(6364136223846793005).wrapping_add(1));
-                }
-            })
-        })
-        .collect();
-    let (mut polls, mut missing) = (0u64, 0u64);
-    while Instant::now() < until {
-        polls += 1;
-        if !lab.leaf_hops()?.contains(&lab.n1) {
-            missing += 1;
+    let (polls, missing) = with_cores_busy(until, || -> Result<(u64, u64)> {
+        let (mut polls, mut missing) = (0u64, 0u64);
+        while Instant::now() < until {
+            polls += 1;
+            if !lab.leaf_hops()?.contains(&lab.n1) {
+                missing += 1;
+            }
+            thread::sleep(Duration::from_millis(100));
         }
-        thread::sleep(Duration::from_millis(100));
-    }
-    for burner in burners {
-        let _ = burner.join();
-    }
+        Ok((polls, missing))
+    })?;
     let downs = lab.leaf_bfd_downs()?.saturating_sub(downs_before);
     eprintln!(
         "cpu stress {STRESS:?}: {downs} BFD down events, {missing} of {polls} polls without n1"
