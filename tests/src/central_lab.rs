@@ -32,11 +32,13 @@ pub struct CentralLab {
 }
 
 impl CentralLab {
-    /// Builds the lab and starts Porter. `before_controller` runs once the
+    /// Builds the lab and starts Porter, the controller with `controller_args`
+    /// added (e.g. other check timers). `before_controller` runs once the
     /// agents are up and before the controller starts (e.g. to put a
     /// filter in the probes' way).
     pub fn start(
         tag: &str,
+        controller_args: &[&str],
         before_controller: impl FnOnce(&Datacenter) -> Result<()>,
     ) -> Result<Self> {
         let mut dc = Datacenter::new(tag, &[1, 1, 1])?;
@@ -47,7 +49,7 @@ impl CentralLab {
             dc.start_agent(index)?;
         }
         before_controller(&dc)?;
-        dc.start_controller()?;
+        dc.start_controller_with(controller_args)?;
         dc.wait_controller_session(WAIT)?;
         let nodes: Vec<usize> = (0..dc.nodes.len()).collect();
         dc.add_service(

@@ -47,7 +47,7 @@ fn main() -> ExitCode {
     Suite {
         name: "central_health",
         cases: CASES,
-        setup: || CentralLab::start("central", |dc| filter_probes(dc, FILTERED, true)),
+        setup: || CentralLab::start("central", &[], |dc| filter_probes(dc, FILTERED, true)),
         describe: |lab| lab.dc.describe(),
     }
     .main()
