@@ -31,6 +31,8 @@ pub struct NodeChecker {
 
 /// What the task shares with [`NodeChecker`].
 struct Outputs {
+    /// The [`NodeCheck::version`] last published.
+    published: u64,
     withdrawn: watch::Sender<BTreeSet<String>>,
     transitions: Arc<Mutex<Vec<Transition>>>,
     changed: Arc<Notify>,
@@ -53,6 +55,7 @@ impl NodeChecker {
         let transitions = Arc::new(Mutex::new(Vec::new()));
         let changed = Arc::new(Notify::new());
         let outputs = Outputs {
+            published: 0,
             withdrawn: withdrawn_tx,
             transitions: Arc::clone(&transitions),
             changed: Arc::clone(&changed),
@@ -151,7 +154,7 @@ async fn run(
     sockets: Sockets,
     token: u64,
     mut targets: watch::Receiver<BTreeMap<String, IpAddr>>,
-    outputs: Outputs,
+    mut outputs: Outputs,
 ) {
     let request = probe::request(token);
     let mut send = tokio::time::interval(check.timing().interval);
@@ -213,18 +216,23 @@ async fn until(deadline: Option<Instant>) {
 }
 
 impl Outputs {
-    /// Publishes the withdrawn nodes, logs and queues the transitions, and
-    /// wakes the controller when there is news.
-    fn publish(&self, check: &NodeCheck, transitions: Vec<Transition>) {
-        let withdrawn = check.withdrawn();
-        let moved = self.withdrawn.send_if_modified(|current| {
-            let modified = *current != withdrawn;
-            if modified {
-                *current = withdrawn;
-            }
-            modified
-        });
-        self.metrics.node_check(check.states());
+    /// Publishes the withdrawn nodes and the states' metrics when a state
+    /// changed, logs and queues the transitions, and wakes the controller
+    /// when there is news.
+    fn publish(&mut self, check: &NodeCheck, transitions: Vec<Transition>) {
+        let mut moved = false;
+        if check.version() != self.published {
+            self.published = check.version();
+            let withdrawn = check.withdrawn();
+            moved = self.withdrawn.send_if_modified(|current| {
+                let modified = *current != withdrawn;
+                if modified {
+                    *current = withdrawn;
+                }
+                modified
+            });
+            self.metrics.node_check(check.states());
+        }
         for transition in &transitions {
             log(transition);
             if let Transition::Unreachable { node, .. } = transition {
