@@ -19,7 +19,6 @@ use porter_tests::{
     datacenter::{Datacenter, per_node},
     lab::wait_for,
     manifests::{self, ServiceSpec},
-    privilege,
 };
 
 const WAIT: Duration = Duration::from_secs(60);
@@ -87,10 +86,8 @@ fn wait_routes(
 }
 
 #[test]
+#[cfg_attr(not(privileged), ignore = "needs root: network namespaces and BPF")]
 fn node_mode_agents_peer_with_their_own_leaf_across_two_subnets() -> Result<()> {
-    if !privilege::can_run("node_mode_agents_peer_with_their_own_leaf_across_two_subnets") {
-        return Ok(());
-    }
     // Rack 1: n1 with 1 pod; rack 2: n2 with 3 pods.
     let mut dc = Datacenter::fabric("nodemode", &[1, 3])?;
     dc.apply("bgp.yaml", &bgp_manifests(&dc))?;

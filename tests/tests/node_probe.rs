@@ -14,7 +14,7 @@ use porter_common::{Stat, probe};
 use porter_tests::{
     lab::Lab,
     packets::{self, CLIENT_MAC, NODE_MAC, checked_summary},
-    privilege, scenarios,
+    scenarios,
 };
 
 const XDP_PASS: u32 = 2;
@@ -108,10 +108,8 @@ fn udp_check_offset(frame: &[u8]) -> usize {
 }
 
 #[test]
+#[cfg_attr(not(privileged), ignore = "needs root: network namespaces and BPF")]
 fn probes_are_answered_in_xdp_with_exact_bytes() -> Result<()> {
-    if !privilege::can_run("probes_are_answered_in_xdp_with_exact_bytes") {
-        return Ok(());
-    }
     let mut lab = Lab::new("probe")?;
     let (pins, mut dataplane, uplink) = node(&mut lab)?;
     let cases = [
@@ -153,10 +151,8 @@ fn probes_are_answered_in_xdp_with_exact_bytes() -> Result<()> {
 }
 
 #[test]
+#[cfg_attr(not(privileged), ignore = "needs root: network namespaces and BPF")]
 fn near_miss_probes_pass_untouched() -> Result<()> {
-    if !privilege::can_run("near_miss_probes_pass_untouched") {
-        return Ok(());
-    }
     let mut lab = Lab::new("probemiss")?;
     let (pins, mut dataplane, uplink) = node(&mut lab)?;
     let (controller, node) = (ip("172.30.0.10"), ip(NODE4));
