@@ -60,28 +60,34 @@ pub fn run() -> Result<()> {
             );
             samples.push(gone);
         }
-        // The case name is for the default timers.
-        let case = match interval_ms {
-            300 => "node".to_owned(),
-            _ => format!("node_{interval_ms}ms_x3"),
-        };
-        let detection = (interval * 3).as_secs_f64();
-        let value = median(&mut samples);
-        emit(SUITE, &case, "seconds_to_withdraw", value, "s");
-        emit(SUITE, &case, "seconds_to_withdraw_max", max(&samples), "s");
-        emit(SUITE, &case, "detection_time_seconds", detection, "s");
-        emit(
-            SUITE,
-            &case,
-            "ratio_vs_detection_time",
-            value / detection,
-            "ratio",
-        );
+        emit_withdrawals("node", interval_ms, &mut samples);
         if interval_ms == 300 {
             cpu_stress(&lab)?;
         }
     }
     central()
+}
+
+/// The median and max of one mode's `samples` at `interval_ms` × 3, with
+/// the detection time as the baseline. The case names (`node`,
+/// `central`) are for the default timers; others get theirs appended.
+fn emit_withdrawals(mode: &str, interval_ms: u64, samples: &mut [f64]) {
+    let case = match interval_ms {
+        300 => mode.to_owned(),
+        _ => format!("{mode}_{interval_ms}ms_x3"),
+    };
+    let detection = (Duration::from_millis(interval_ms) * 3).as_secs_f64();
+    let value = median(samples);
+    emit(SUITE, &case, "seconds_to_withdraw", value, "s");
+    emit(SUITE, &case, "seconds_to_withdraw_max", max(samples), "s");
+    emit(SUITE, &case, "detection_time_seconds", detection, "s");
+    emit(
+        SUITE,
+        &case,
+        "ratio_vs_detection_time",
+        value / detection,
+        "ratio",
+    );
 }
 
 /// Ten silent cuts of n1 in central mode at the check's defaults
@@ -101,22 +107,7 @@ fn central() -> Result<()> {
             );
             samples.push(gone);
         }
-        let case = match interval_ms {
-            300 => "central".to_owned(),
-            _ => format!("central_{interval_ms}ms_x3"),
-        };
-        let detection = (Duration::from_millis(interval_ms) * 3).as_secs_f64();
-        let value = median(&mut samples);
-        emit(SUITE, &case, "seconds_to_withdraw", value, "s");
-        emit(SUITE, &case, "seconds_to_withdraw_max", max(&samples), "s");
-        emit(SUITE, &case, "detection_time_seconds", detection, "s");
-        emit(
-            SUITE,
-            &case,
-            "ratio_vs_detection_time",
-            value / detection,
-            "ratio",
-        );
+        emit_withdrawals("central", interval_ms, &mut samples);
     }
     Ok(())
 }
