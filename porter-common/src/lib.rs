@@ -139,6 +139,47 @@ pub fn vip_filter_slot(addr: &[u32; 4]) -> u32 {
     folded & (VIP_FILTER_SLOTS - 1)
 }
 
+/// The controller's node liveness probe (central mode): a UDP datagram to a
+/// node's InternalIP that the node's XDP program answers itself, so that an
+/// answer proves the node's data plane forwards, not only that a process runs.
+///
+/// Payload, [`probe::LEN`] bytes: [`probe::MAGIC`], a kind byte
+/// ([`probe::REQUEST`] or [`probe::REPLY`]), three zero bytes, and the
+/// sender's 8-byte token, echoed unchanged. The reply is the request with
+/// addresses and ports swapped and the kind turned to `REPLY`, so a reply
+/// is never answered again, even by the sender's own node's program.
+pub mod probe {
+    /// The BFD echo port (RFC 5881): what a firewall between controller and
+    /// nodes must let through for BFD-style checks.
+    pub const PORT: u16 = 3785;
+    pub const MAGIC: [u8; 4] = *b"PRBE";
+    pub const REQUEST: u8 = 1;
+    pub const REPLY: u8 = 2;
+    /// Payload bytes; the UDP length is exactly 8 more.
+    pub const LEN: usize = 16;
+    const KIND: usize = 4;
+    const TOKEN: usize = 8;
+
+    /// A request carrying `token`.
+    pub fn request(token: u64) -> [u8; LEN] {
+        let mut payload = [0u8; LEN];
+        payload[..KIND].copy_from_slice(&MAGIC);
+        payload[KIND] = REQUEST;
+        payload[TOKEN..].copy_from_slice(&token.to_be_bytes());
+        payload
+    }
+
+    /// The token of a well-formed reply; None for anything else.
+    pub fn reply_token(payload: &[u8]) -> Option<u64> {
+        let payload: &[u8; LEN] = payload.try_into().ok()?;
+        let well_formed = payload[..KIND] == MAGIC
+            && payload[KIND] == REPLY
+            && payload[KIND + 1..TOKEN] == [0, 0, 0];
+        let token: [u8; 8] = payload[TOKEN..].try_into().ok()?;
+        well_formed.then_some(u64::from_be_bytes(token))
+    }
+}
+
 pub const FAMILY_V4: u8 = 4;
 pub const FAMILY_V6: u8 = 6;
 pub const PROTO_TCP: u8 = 6;
@@ -368,6 +409,7 @@ stats! {
     DropForwardLoop = 18 => "drop_forward_loop", "Dropped: forwarded here by another node, but this node's table picks a backend on yet another node (never forwarded twice).";
     DropForwardNoNeighbour = 19 => "drop_forward_no_neighbour", "Dropped: the link-layer address of a remote backend's node is not resolved yet.";
     DropForwardNoRoute = 20 => "drop_forward_no_route", "Dropped: a remote backend's node is behind a router (not on this L2 segment), has no route, or this node does not forward IP (net.ipv4.ip_forward=0).";
+    ProbeAnswered = 21 => "probe_answered", "The controller's node liveness probes (central mode) answered in XDP.";
 }
 
 impl Stat {
@@ -419,6 +461,23 @@ mod tests {
     fn stat_indices_are_dense() {
         for (position, stat) in Stat::ALL.iter().enumerate() {
             assert_eq!(stat.index() as usize, position);
+        }
+    }
+
+    #[test]
+    fn a_probe_reply_yields_its_token_and_nothing_else_does() {
+        let mut reply = probe::request(0x0102_0304_0506_0708);
+        assert_eq!(probe::reply_token(&reply), None, "a request is no reply");
+        reply[4] = probe::REPLY;
+        assert_eq!(probe::reply_token(&reply), Some(0x0102_0304_0506_0708));
+        assert_eq!(probe::reply_token(&reply[..15]), None, "short");
+        let mut long = [0u8; 17];
+        long[..16].copy_from_slice(&reply);
+        assert_eq!(probe::reply_token(&long), None, "long");
+        for byte in [0, 3, 5, 7] {
+            let mut bad = reply;
+            bad[byte] ^= 0x40;
+            assert_eq!(probe::reply_token(&bad), None, "byte {byte} altered");
         }
     }
 }

@@ -234,6 +234,8 @@ pub struct RouteTable {
     conflicts: HashMap<IpAddr, Vec<String>>,
     /// Disagreements that appeared in the last update, for Events.
     new_conflicts: Vec<(IpAddr, String)>,
+    /// The nodes the liveness check withdrew, as of the last update.
+    withdrawn: BTreeSet<String>,
 }
 
 /// The inputs of one update.
@@ -249,6 +251,9 @@ pub struct Inputs<'a, P: Fn(IpAddr) -> Option<&'a str>> {
     pub policy: &'a Policy,
     /// Changes whenever `policy` does.
     pub policy_generation: u64,
+    /// Nodes whose data plane failed the liveness check (central mode,
+    /// see `crate::node_check`): they offer no next hop until it holds again.
+    pub withdrawn: &'a BTreeSet<String>,
 }
 
 /// Slices in `old` and not in `new` (as identities), and the reverse. Of
@@ -298,9 +303,14 @@ impl RouteTable {
             nodes,
             policy,
             policy_generation,
+            withdrawn,
         } = inputs;
         self.new_conflicts.clear();
         let mut dirty: BTreeSet<IpAddr> = BTreeSet::new();
+        if *withdrawn != self.withdrawn {
+            self.withdrawn = withdrawn.clone();
+            dirty.extend(self.users.keys());
+        }
         if !same_objects(&self.last_nodes, nodes) {
             self.last_nodes = remember(nodes);
             let infos = node_infos(nodes.iter().map(|n| n.as_ref()));
@@ -423,6 +433,9 @@ impl RouteTable {
             let Some(info) = self.nodes.get(node) else {
                 continue;
             };
+            if self.withdrawn.contains(node) {
+                continue;
+            }
             if !pool.node_selector.matches(&info.labels) {
                 continue;
             }
@@ -495,6 +508,21 @@ impl RouteTable {
         }
     }
 
+    /// The nodes to check in central mode: every Ready node with serving
+    /// endpoints of an allocated Service, withdrawn or not (a withdrawn
+    /// node is checked so that it can come back), with its first
+    /// `InternalIP`.
+    pub fn checked_nodes(&self) -> BTreeMap<String, IpAddr> {
+        self.services
+            .values()
+            .flat_map(|served| served.nodes.iter())
+            .filter_map(|(node, _)| {
+                let addr = self.nodes.get(node)?.addrs.first()?;
+                Some((node.to_string(), *addr))
+            })
+            .collect()
+    }
+
     /// The Services using `eip`.
     pub fn users(&self, eip: &IpAddr) -> impl Iterator<Item = &ObjectKey> {
         self.users.get(eip).into_iter().flatten()
@@ -532,6 +560,7 @@ mod tests {
             nodes,
             policy,
             policy_generation,
+            withdrawn: &BTreeSet::new(),
         })
     }
 
@@ -578,6 +607,69 @@ mod tests {
             .iter()
             .map(|(p, hops)| (p.to_string(), hops.iter().map(|h| h.to_string()).collect()))
             .collect()
+    }
+
+    #[test]
+    fn withdrawn_nodes_offer_no_hop_but_stay_checked() {
+        let nodes: Vec<Arc<Node>> = [
+            node("n1", "True", &["192.168.1.1"]),
+            node("n2", "True", &["192.168.1.2", "fd00::2"]),
+            node("n3", "True", &["192.168.1.3"]),
+        ]
+        .into_iter()
+        .map(Arc::new)
+        .collect();
+        let slices = [Arc::new(slice(
+            "web",
+            &[("n1", Some(true)), ("n2", Some(true))],
+        ))];
+        let allocations = [(ObjectKey::new("ns", "web"), vec![ip("10.0.0.1")])].into();
+        let policy = Policy::default();
+        let mut table = RouteTable::default();
+        let mut pass = |withdrawn: &BTreeSet<String>| {
+            let changed = table.update(Inputs {
+                allocations: &allocations,
+                generation: 0,
+                pool_of: |_| Some("pool"),
+                slices: &slices,
+                nodes: &nodes,
+                policy: &policy,
+                policy_generation: 0,
+                withdrawn,
+            });
+            let hops: Vec<IpAddr> = table
+                .paths()
+                .values()
+                .flat_map(|h| h.keys().copied())
+                .collect();
+            (changed.len(), hops, table.checked_nodes())
+        };
+        let checked: BTreeMap<String, IpAddr> = [
+            ("n1".to_string(), ip("192.168.1.1")),
+            ("n2".to_string(), ip("192.168.1.2")),
+        ]
+        .into();
+        let none = BTreeSet::new();
+        let n2 = ["n2".to_string()].into();
+        assert_eq!(
+            pass(&none),
+            (
+                1,
+                vec![ip("192.168.1.1"), ip("192.168.1.2")],
+                checked.clone()
+            )
+        );
+        assert_eq!(
+            pass(&n2),
+            (1, vec![ip("192.168.1.1")], checked.clone()),
+            "n2's path goes; n2 is still checked"
+        );
+        assert_eq!(pass(&n2), (0, vec![ip("192.168.1.1")], checked.clone()));
+        assert_eq!(
+            pass(&none),
+            (1, vec![ip("192.168.1.1"), ip("192.168.1.2")], checked),
+            "back"
+        );
     }
 
     #[test]

@@ -10,7 +10,10 @@
 //!   parser (annotations, sharing keys) and the IPAM;
 //! - `ipam`: pools and requests decoded from the bytes, checked after every
 //!   operation: no address given twice unless legitimately shared, every
-//!   allocation inside an accepted pool, no panic on huge or overlapping pools.
+//!   allocation inside an accepted pool, no panic on huge or overlapping pools;
+//! - `probe_reply`: datagrams arriving on the node liveness check's socket
+//!   count as a node's answer only when they are exactly a reply to our
+//!   probe, and never make a node Up that did not answer.
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 use std::path::Path;
@@ -24,7 +27,47 @@ use porter_api::{Eip, EipSpec, ObjectKey};
 
 use crate::bgp;
 use crate::ipam::{Family, IpRange, Ipam, NamespaceLabels, Pool, PoolState};
+use crate::node_check::{self, NodeCheck, State, Timing};
 use crate::service::{self, FamilyPolicy, ServiceRequest, SharingTerms};
+
+/// First byte: the source (0-2: the three checked nodes' probe port, else
+/// a node's other port); the rest: the datagram.
+pub fn probe_reply(data: &[u8]) {
+    const TOKEN: u64 = 0x0123_4567_89ab_cdef;
+    let Some((&source, payload)) = data.split_first() else {
+        return;
+    };
+    let nodes: [IpAddr; 3] = [
+        IpAddr::from([10, 0, 0, 1]),
+        IpAddr::from([0xfd00, 0, 0, 0, 0, 0, 0, 2]),
+        IpAddr::from([0, 0, 0, 0, 0, 0xffff, 0x0a00, 3]),
+    ];
+    let addr = nodes[usize::from(source) % nodes.len()];
+    let port = if source < 3 {
+        porter_common::probe::PORT
+    } else {
+        u16::from(source)
+    };
+    let mut reply = porter_common::probe::request(TOKEN);
+    reply[4] = porter_common::probe::REPLY;
+    let answered = node_check::answer_from((addr, port).into(), payload, TOKEN);
+    let exact = port == porter_common::probe::PORT && payload == reply;
+    assert_eq!(answered.is_some(), exact, "{payload:?} from port {port}");
+    let start = std::time::Instant::now();
+    let mut check = NodeCheck::new(Timing::default());
+    let targets = nodes
+        .iter()
+        .enumerate()
+        .map(|(i, ip)| (format!("n{i}"), ip.to_canonical()))
+        .collect();
+    check.set_targets(&targets, start);
+    if let Some(from) = answered {
+        check.answer(from, start);
+    }
+    let up = check.states().filter(|(_, s)| *s == State::Up).count();
+    assert_eq!(up, usize::from(exact), "{payload:?}");
+    assert!(check.withdrawn().is_empty());
+}
 
 pub fn eip_address(data: &[u8]) {
     let Ok(text) = std::str::from_utf8(data) else {
@@ -409,5 +452,10 @@ mod tests {
     #[test]
     fn ipam_seeds() {
         replay("ipam", ipam);
+    }
+
+    #[test]
+    fn probe_reply_seeds() {
+        replay("probe_reply", probe_reply);
     }
 }

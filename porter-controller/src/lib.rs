@@ -15,6 +15,8 @@ pub mod layer2_status;
 pub mod leader_lease;
 pub mod leadership;
 pub mod metrics;
+pub mod node_check;
+pub mod node_check_runtime;
 pub use porter_api::peer_auth;
 pub mod reconcile;
 pub mod run;

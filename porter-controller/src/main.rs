@@ -15,6 +15,8 @@ use porter_controller::bgp_speaker::SpeakerAnnouncer;
 use porter_controller::leader_lease::{FileLeaderLease, KubeLeaderLease, run_elected};
 use porter_controller::leadership::{Leadership, Timing};
 use porter_controller::metrics::Metrics;
+use porter_controller::node_check::Timing as NodeCheckTiming;
+use porter_controller::node_check_runtime::NodeChecker;
 use porter_controller::peer_auth::SecretScope;
 use porter_controller::run::{Controller, Settings, run};
 use tokio::sync::watch;
@@ -97,6 +99,32 @@ struct Args {
     /// watch Secrets there.
     #[arg(long, value_delimiter = ',', env = "PORTER_SECRET_NAMESPACES")]
     secret_namespaces: Vec<String>,
+    /// Central mode (speakerMode: controller): the leader sends a liveness
+    /// probe (UDP to port 3785) to the InternalIP of every node it announces
+    /// paths through this often; the node's XDP program answers it. BFD's
+    /// default. See docs/bfd.md.
+    #[arg(long, default_value = "300ms", value_parser = parse_check_interval)]
+    node_check_interval: Duration,
+    /// Unanswered probes in a row after which a node's paths are withdrawn
+    /// (2-255). With the interval, the detection time: 300ms x 3 = 0.9 s.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(2..=255))]
+    node_check_multiplier: u32,
+    /// How long a withdrawn node must answer without a gap before its paths
+    /// are announced again.
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    node_check_hold: Duration,
+    /// Turns the node liveness check off: nodes leave the paths only when
+    /// Kubernetes says so (NotReady, endpoints gone).
+    #[arg(long)]
+    no_node_check: bool,
+}
+
+fn parse_check_interval(s: &str) -> Result<Duration, String> {
+    let interval = parse_duration(s)?;
+    if interval < Duration::from_millis(10) || interval > Duration::from_secs(60) {
+        return Err(format!("`{s}`: must be 10ms to 60s"));
+    }
+    Ok(interval)
 }
 
 #[derive(clap::Subcommand, Debug)]
@@ -132,8 +160,24 @@ async fn main() -> Result<()> {
     let scope = SecretScope::new(secret_namespaces)
         .or_else(|| SecretScope::new(vec![args.lease_namespace.clone()]))
         .unwrap_or_default();
-    let controller = Controller::new(SpeakerAnnouncer::spawn(), metrics.clone())
+    let mut controller = Controller::new(SpeakerAnnouncer::spawn(), metrics.clone())
         .with_secret_scope(scope.clone());
+    if !args.no_node_check {
+        let timing = NodeCheckTiming {
+            interval: args.node_check_interval,
+            multiplier: args.node_check_multiplier,
+            hold: args.node_check_hold,
+        };
+        let checker = NodeChecker::spawn(timing, metrics.clone())
+            .context("cannot open a UDP socket for the node liveness check")?;
+        tracing::info!(
+            interval = ?timing.interval,
+            multiplier = timing.multiplier,
+            hold = ?timing.hold,
+            "node liveness check on (central mode, leader only)"
+        );
+        controller = controller.with_node_check(checker);
+    }
     let settings = Settings {
         resync: args.resync_interval,
         retry: args.retry_interval,
@@ -210,6 +254,24 @@ mod tests {
             .expect("valid flags");
         assert_eq!(args.source, Source::Dir("/tmp/x".into()));
         assert!(Args::try_parse_from(["porter-controller", "--source", "etcd"]).is_err());
+        let defaults = Args::try_parse_from(["porter-controller"]).expect("defaults");
+        assert_eq!(
+            (
+                defaults.node_check_interval,
+                defaults.node_check_multiplier,
+                defaults.node_check_hold,
+                defaults.no_node_check
+            ),
+            (Duration::from_millis(300), 3, Duration::from_secs(5), false)
+        );
+        for bad in [
+            ["--node-check-interval", "5ms"],
+            ["--node-check-interval", "2m"],
+            ["--node-check-multiplier", "1"],
+        ] {
+            let parsed = Args::try_parse_from(["porter-controller", bad[0], bad[1]]);
+            assert!(parsed.is_err(), "{bad:?} accepted");
+        }
         let uninstall = Args::try_parse_from(["porter-controller", "uninstall", "--force"])
             .expect("the uninstall command");
         assert!(matches!(uninstall.command, Some(Command::Uninstall(u)) if u.force));

@@ -15,6 +15,7 @@ use crate::announce::Paths;
 use crate::bgp::PeerStatus;
 use crate::ipam::Ipam;
 use crate::leadership::StepDown;
+use crate::node_check::State as NodeState;
 use crate::reconcile::{FAILURE_KINDS, Plan};
 
 type Labels = Vec<(String, String)>;
@@ -37,6 +38,8 @@ pub struct Metrics {
     reconcile_seconds: Histogram,
     leader: Gauge,
     step_downs: Family<Labels, Counter>,
+    node_check_state: Family<Labels, Gauge>,
+    node_withdrawals: Family<Labels, Counter>,
     /// Prefixes per peer for (paths version, peers), counted once per
     /// change rather than on every pass.
     scoped: Mutex<Option<ScopedCounts>>,
@@ -62,6 +65,8 @@ impl Default for Metrics {
             reconcile_seconds: Histogram::new(exponential_buckets(0.0005, 2.0, 16)),
             leader: Gauge::default(),
             step_downs: Family::default(),
+            node_check_state: Family::default(),
+            node_withdrawals: Family::default(),
             registry: Registry::with_prefix("porter"),
         };
         // Every reason's counter starts at 0, so that increase() and the
@@ -144,6 +149,16 @@ impl Default for Metrics {
             "Times this replica gave leadership up, by reason (expired: no renewal in time; taken: another replica holds the lease)",
             m.step_downs.clone(),
         );
+        registry.register(
+            "node_check_state",
+            "Central mode: 1 for each checked node, with the state of its data-plane liveness check (up, down, recovering: withdrawn; unchecked: never answered since it became a target, kept announced)",
+            m.node_check_state.clone(),
+        );
+        registry.register(
+            "node_withdrawals",
+            "Central mode: times a node's paths were withdrawn because it stopped answering the liveness probe",
+            m.node_withdrawals.clone(),
+        );
         m
     }
 }
@@ -170,6 +185,24 @@ impl Metrics {
         };
         self.step_downs
             .get_or_create(&label("reason", reason))
+            .inc();
+    }
+
+    /// Every checked node's state; nodes no longer checked disappear.
+    pub fn node_check<'a>(&self, states: impl IntoIterator<Item = (&'a str, NodeState)>) {
+        self.node_check_state.clear();
+        for (node, state) in states {
+            let labels = vec![
+                ("node".to_owned(), node.to_owned()),
+                ("state".to_owned(), state.name().to_owned()),
+            ];
+            self.node_check_state.get_or_create(&labels).set(1);
+        }
+    }
+
+    pub fn node_withdrawn(&self, node: &str) {
+        self.node_withdrawals
+            .get_or_create(&label("node", node))
             .inc();
     }
 
@@ -311,5 +344,27 @@ mod tests {
                 "{reason} missing from:\n{text}"
             );
         }
+    }
+}
+#[cfg(test)]
+mod node_check_tests {
+    use super::*;
+
+    #[test]
+    fn node_check_states_and_withdrawals_are_exported() {
+        let metrics = Metrics::default();
+        metrics.node_check([("n1", NodeState::Down), ("n2", NodeState::Unchecked)]);
+        metrics.node_withdrawn("n1");
+        let text = metrics.render();
+        for line in [
+            "porter_node_check_state{node=\"n1\",state=\"down\"} 1\n",
+            "porter_node_check_state{node=\"n2\",state=\"unchecked\"} 1\n",
+            "porter_node_withdrawals_total{node=\"n1\"} 1\n",
+        ] {
+            assert!(text.contains(line), "missing {line} in\n{text}");
+        }
+        // A node no longer checked leaves the states.
+        metrics.node_check([("n2", NodeState::Up)]);
+        assert!(!metrics.render().contains("node=\"n1\",state"));
     }
 }

@@ -64,6 +64,9 @@ pub struct Plan {
     pub failures: Vec<&'static str>,
     /// Layer 2 addresses in use that no node answers ARP/NDP for.
     pub layer2_unanswered: usize,
+    /// The nodes the liveness check probes in central mode, with the
+    /// address to probe (see [`RouteTable::checked_nodes`]).
+    pub checked_nodes: Arc<BTreeMap<String, IpAddr>>,
 }
 
 #[derive(Debug, Default)]
@@ -103,6 +106,10 @@ pub struct Reconciler {
     /// Last invalid-annotation message per Service, so that
     /// BgpPolicyInvalid is sent once per message.
     policy_reported: HashMap<ObjectKey, String>,
+    /// Nodes the liveness check withdrew (see [`Self::set_withdrawn`]).
+    withdrawn: BTreeSet<String>,
+    /// The routes' checked nodes, refreshed when the paths change.
+    checked_nodes: Option<Arc<BTreeMap<String, IpAddr>>>,
 }
 
 /// The inputs of the last pass, by identity (see [`crate::identity`]).
@@ -209,6 +216,12 @@ impl Reconciler {
         &self.ipam
     }
 
+    /// The nodes whose data plane failed the liveness check: the next
+    /// passes announce no path through them.
+    pub fn set_withdrawn(&mut self, withdrawn: BTreeSet<String>) {
+        self.withdrawn = withdrawn;
+    }
+
     pub fn set_secret_scope(&mut self, scope: SecretScope) {
         self.secret_scope = scope;
     }
@@ -229,6 +242,7 @@ impl Reconciler {
         self.allocated_reported.clear();
         self.pool_warnings.clear();
         self.routes = RouteTable::default();
+        self.checked_nodes = None;
         self.paths_version += 1;
         self.last_addresses = None;
         self.layer2.forget();
@@ -284,10 +298,18 @@ impl Reconciler {
             nodes: &snap.nodes,
             policy: &self.policy,
             policy_generation: self.policy_generation,
+            withdrawn: &self.withdrawn,
         });
         if !changed.is_empty() {
             self.paths_version += 1;
+            self.checked_nodes = None;
         }
+        // Serving nodes change only with the paths (or the withdrawn set,
+        // which changes the paths too): a pass without either reuses them.
+        plan.checked_nodes = Arc::clone(
+            self.checked_nodes
+                .get_or_insert_with(|| Arc::new(self.routes.checked_nodes())),
+        );
         plan.paths = self.routes.paths().clone();
         plan.paths_version = self.paths_version;
         self.announcement_events(&changed, &mut plan.events);

@@ -2,6 +2,8 @@
 //! together. Every replica computes; only the leader writes and announces,
 //! so a follower is hot and takes over with one pass.
 
+use std::collections::BTreeMap;
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -15,8 +17,12 @@ use crate::bgp::{Announcer, BgpDriver, Note, status_entries};
 use crate::leader_lease::until;
 use crate::leadership::Leadership;
 use crate::metrics::Metrics;
+use crate::node_check_runtime::NodeChecker;
 use crate::peer_auth::SecretScope;
 use crate::reconcile::{Reconciler, apply};
+
+/// The node check's targets when this replica must not check.
+static NO_NODES: BTreeMap<String, IpAddr> = BTreeMap::new();
 
 pub struct Settings {
     /// Full pass even without a change: retries failed writes and catches drift.
@@ -38,6 +44,8 @@ pub struct Controller<A: Announcer> {
     announcer: A,
     metrics: Arc<Metrics>,
     was_leader: bool,
+    /// Central mode's node liveness check, when enabled.
+    node_check: Option<NodeChecker>,
 }
 
 impl<A: Announcer> Controller<A> {
@@ -48,7 +56,20 @@ impl<A: Announcer> Controller<A> {
             announcer,
             metrics,
             was_leader: false,
+            node_check: None,
         }
+    }
+
+    /// Checks the announced nodes' data planes and withdraws the nodes
+    /// that stop answering (see [`crate::node_check`]).
+    pub fn with_node_check(mut self, check: NodeChecker) -> Self {
+        self.node_check = Some(check);
+        self
+    }
+
+    /// Notified when the node check has news for a pass; never without one.
+    pub fn node_check_changed(&self) -> Option<Arc<tokio::sync::Notify>> {
+        self.node_check.as_ref().map(NodeChecker::changed)
     }
 
     /// Where BgpPeer password Secrets are read (default: porter-system).
@@ -93,7 +114,29 @@ impl<A: Announcer> Controller<A> {
         self.lead(leader);
         let started = Instant::now();
         let now = Time(k8s_openapi::jiff::Timestamp::now());
+        if let Some(check) = &self.node_check {
+            self.reconciler.set_withdrawn(check.withdrawn());
+        }
         let plan = self.reconciler.plan(&snap, &now);
+        // Only a leader with a speaker (central mode) checks: a follower
+        // announces nothing, and in node mode the routers see the nodes.
+        let checking = leader && plan.bgp.speaker.is_some();
+        let node_events = match &self.node_check {
+            Some(check) => {
+                check.set_targets(if checking {
+                    &plan.checked_nodes
+                } else {
+                    &NO_NODES
+                });
+                let timing = check.timing();
+                check
+                    .take_transitions()
+                    .iter()
+                    .filter_map(|t| t.event(&timing))
+                    .collect()
+            }
+            None => Vec::new(),
+        };
         // The rest of the step reads only the BgpPeers. The snapshot itself
         // goes now: the objects the writes below replace (each comes back
         // through the watch while the step runs) are then freed as they come
@@ -113,6 +156,12 @@ impl<A: Announcer> Controller<A> {
             for e in apply(&plan, writer).await {
                 step.failed_writes += 1;
                 tracing::warn!(error = %e, "write failed; retrying");
+            }
+            for event in &node_events {
+                step.writes += 1;
+                if let Err(e) = writer.event(event).await {
+                    tracing::warn!(error = %e, "cannot write an Event");
+                }
             }
             let notes = self.bgp.configure(plan.bgp.clone(), &mut self.announcer);
             step.writes += report(notes, writer).await;
@@ -199,6 +248,7 @@ pub async fn run<A: Announcer, W: StatusWriter>(
     let mut leader_open = true;
     let mut term = None;
     let sessions_changed = controller.announcer().sessions_changed();
+    let node_check_changed = controller.node_check_changed();
     loop {
         let snap = snapshots.borrow_and_update().clone();
         let now_term = leader.borrow_and_update().term_at(Instant::now());
@@ -228,6 +278,8 @@ pub async fn run<A: Announcer, W: StatusWriter>(
                 // A pass without a cluster change costs little, and it brings
                 // the BgpPeer status and the metrics to the sessions.
                 () = sessions_changed.notified() => break,
+                // A node withdrawn or back: a pass announces it at once.
+                () = notified(node_check_changed.as_deref()) => break,
                 () = &mut resync => break,
                 () = until(deadline), if term.is_some() => {
                     if leader.borrow().term_at(Instant::now()) != term {
@@ -236,6 +288,13 @@ pub async fn run<A: Announcer, W: StatusWriter>(
                 }
             }
         }
+    }
+}
+
+async fn notified(notify: Option<&tokio::sync::Notify>) {
+    match notify {
+        Some(notify) => notify.notified().await,
+        None => std::future::pending().await,
     }
 }
 

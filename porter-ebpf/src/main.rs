@@ -39,6 +39,7 @@ mod csum;
 mod flow;
 mod l2;
 mod parse;
+mod probe;
 
 use aya_ebpf::{
     bindings::{
@@ -141,6 +142,9 @@ fn xdp_decide(ctx: &XdpContext) -> (u32, Stat) {
         }
         Err(stat) => return (xdp_action::XDP_PASS, stat),
     };
+    if let Some(answered) = probe::answer(ctx, data, data_end, &h) {
+        return answered;
+    }
     // Solicitations go to a multicast address, not to the EIP, so they are
     // looked at before the VIP filter; one compare for all other traffic.
     if h.icmp_type == l2::NEIGHBOR_SOLICIT

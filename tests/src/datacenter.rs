@@ -467,7 +467,13 @@ impl Datacenter {
 
     /// Starts `porter-controller --source dir:<manifests>` in `ctl`.
     pub fn start_controller(&mut self) -> Result<PathBuf> {
-        let command = self.controller_command(0)?;
+        self.start_controller_with(&[])
+    }
+
+    /// [`Datacenter::start_controller`] with `args` added to its command line.
+    pub fn start_controller_with(&mut self, args: &[&str]) -> Result<PathBuf> {
+        let mut command = self.controller_command(0)?;
+        command.args(args);
         self.lab.spawn(CONTROLLERS[0], command)
     }
 

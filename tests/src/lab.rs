@@ -263,3 +263,24 @@ pub fn wait_for<T>(
         None => bail!("timed out after {timeout:?} waiting for {what}"),
     }
 }
+
+/// Runs `work` while two threads keep both cores of the CI machine busy
+/// until `until`; the threads stop by themselves then, and are joined
+/// before this returns.
+pub fn with_cores_busy<T>(until: Instant, work: impl FnOnce() -> T) -> T {
+    let burners: Vec<_> = (0..2)
+        .map(|_| {
+            thread::spawn(move || {
+                let mut x = 0u64;
+                while Instant::now() < until {
+                    x = std::hint::black_box(x.wrapping_mul(6364136223846793005).wrapping_add(1));
+                }
+            })
+        })
+        .collect();
+    let result = work();
+    for burner in burners {
+        let _ = burner.join();
+    }
+    result
+}

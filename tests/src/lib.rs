@@ -3,6 +3,7 @@
 pub mod bfd_lab;
 pub mod bins;
 pub mod cases;
+pub mod central_lab;
 pub mod datacenter;
 pub mod disruption;
 pub mod lab;

@@ -19,6 +19,7 @@ pub const TARGETS: &[&str] = &[
     "eip_address",
     "ipam",
     "bfd_receive",
+    "probe_reply",
 ];
 
 #[derive(clap::Args)]

@@ -79,7 +79,8 @@ pub enum Regarding {
     Service(ObjectKey),
     Eip(String),
     BgpPeer(String),
-    /// A Node, by name: what its agent says about its data plane.
+    /// A Node, by name: what its agent says about its data plane, or what
+    /// the controller's liveness check found.
     Node(String),
 }
 

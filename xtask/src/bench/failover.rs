@@ -14,15 +14,21 @@
 //! route is polled; the leaf's BFD down events and the polls that found n1
 //! missing are reported (both should be 0).
 //!
-//! Central (ADD-PATH) mode has no data-plane liveness check yet, so it has
-//! no case here (docs/bfd.md).
+//! Central (ADD-PATH) mode (case `central`, the lab of
+//! `porter_tests::central_lab`): the controller's node liveness check at its
+//! defaults (300 ms × 3, 5 s hold). Each round cuts node n1's bridge port
+//! (no link down, no Kubernetes change) and times, from the router's side
+//! (BIRD's kernel route), until n1 is no longer a next hop of the EIP; then
+//! the port comes back and the route returns after the hold. Same rounds,
+//! same baseline (the detection time) as node mode, at 300 ms × 3 and at
+//! 100 ms × 3 (`central_100ms_x3`).
 use std::{
     thread,
     time::{Duration, Instant},
 };
 
 use anyhow::{Result, bail};
-use porter_tests::{bfd_lab::NodeBfdLab, privilege};
+use porter_tests::{bfd_lab::NodeBfdLab, central_lab::CentralLab, lab::with_cores_busy, privilege};
 
 use super::{emit, max, median};
 use crate::cmd;
@@ -54,26 +60,54 @@ pub fn run() -> Result<()> {
             );
             samples.push(gone);
         }
-        // The case name is for the default timers.
-        let case = match interval_ms {
-            300 => "node".to_owned(),
-            _ => format!("node_{interval_ms}ms_x3"),
-        };
-        let detection = (interval * 3).as_secs_f64();
-        let value = median(&mut samples);
-        emit(SUITE, &case, "seconds_to_withdraw", value, "s");
-        emit(SUITE, &case, "seconds_to_withdraw_max", max(&samples), "s");
-        emit(SUITE, &case, "detection_time_seconds", detection, "s");
-        emit(
-            SUITE,
-            &case,
-            "ratio_vs_detection_time",
-            value / detection,
-            "ratio",
-        );
+        emit_withdrawals("node", interval_ms, &mut samples);
         if interval_ms == 300 {
             cpu_stress(&lab)?;
         }
+    }
+    central()
+}
+
+/// The median and max of one mode's `samples` at `interval_ms` × 3, with
+/// the detection time as the baseline. The case names (`node`,
+/// `central`) are for the default timers; others get theirs appended.
+fn emit_withdrawals(mode: &str, interval_ms: u64, samples: &mut [f64]) {
+    let case = match interval_ms {
+        300 => mode.to_owned(),
+        _ => format!("{mode}_{interval_ms}ms_x3"),
+    };
+    let detection = (Duration::from_millis(interval_ms) * 3).as_secs_f64();
+    let value = median(samples);
+    emit(SUITE, &case, "seconds_to_withdraw", value, "s");
+    emit(SUITE, &case, "seconds_to_withdraw_max", max(samples), "s");
+    emit(SUITE, &case, "detection_time_seconds", detection, "s");
+    emit(
+        SUITE,
+        &case,
+        "ratio_vs_detection_time",
+        value / detection,
+        "ratio",
+    );
+}
+
+/// Ten silent cuts of n1 in central mode at the check's defaults
+/// (`--node-check-interval 300ms`, `--node-check-multiplier 3`, case
+/// `central`), and ten at 100 ms × 3 (case `central_100ms_x3`).
+fn central() -> Result<()> {
+    for interval_ms in [300u64, 100] {
+        let interval = format!("--node-check-interval={interval_ms}ms");
+        let lab = CentralLab::start("failover-central", &[&interval], |_| Ok(()))?;
+        let mut samples = Vec::new();
+        for round in 0..ROUNDS {
+            lab.wait_checked(0)?;
+            let gone = lab.time_silent_cut(0)?.as_secs_f64();
+            let back = lab.heal(0)?.as_secs_f64();
+            eprintln!(
+                "central {interval_ms} ms x 3, round {round}: withdrawn after {gone:.3} s, back after {back:.3} s (5 s hold)"
+            );
+            samples.push(gone);
+        }
+        emit_withdrawals("central", interval_ms, &mut samples);
     }
     Ok(())
 }
@@ -84,27 +118,17 @@ const STRESS: Duration = Duration::from_secs(60);
 fn cpu_stress(lab: &NodeBfdLab) -> Result<()> {
     let downs_before = lab.leaf_bfd_downs()?;
     let until = Instant::now() + STRESS;
-    let burners: Vec<_> = (0..2)
-        .map(|_| {
-            thread::spawn(move || {
-                let mut x = 0u64;
-                while Instant::now() < until {
-                    x = std::hint::black_box(x.wrapping_mul(6364136223846793005).wrapping_add(1));
-                }
-            })
-        })
-        .collect();
-    let (mut polls, mut missing) = (0u64, 0u64);
-    while Instant::now() < until {
-        polls += 1;
-        if !lab.leaf_hops()?.contains(&lab.n1) {
-            missing += 1;
+    let (polls, missing) = with_cores_busy(until, || -> Result<(u64, u64)> {
+        let (mut polls, mut missing) = (0u64, 0u64);
+        while Instant::now() < until {
+            polls += 1;
+            if !lab.leaf_hops()?.contains(&lab.n1) {
+                missing += 1;
+            }
+            thread::sleep(Duration::from_millis(100));
         }
-        thread::sleep(Duration::from_millis(100));
-    }
-    for burner in burners {
-        let _ = burner.join();
-    }
+        Ok((polls, missing))
+    })?;
     let downs = lab.leaf_bfd_downs()?.saturating_sub(downs_before);
     eprintln!(
         "cpu stress {STRESS:?}: {downs} BFD down events, {missing} of {polls} polls without n1"
