@@ -3,7 +3,9 @@
 //!
 //! A Porter Service with an allocated EIP (in `status.loadBalancer.ingress`)
 //! becomes one data plane service per (EIP, port). Its backends are the
-//! endpoints of its EndpointSlices that are ready and not terminating, at
+//! endpoints of its EndpointSlices that are ready, or terminating and still
+//! serving (those are marked draining: they keep their flows and take new
+//! ones only when no other backend is left, see `maglev::backend_table`), at
 //! the target port the slice names for that Service port (which is how named
 //! `targetPort`s resolve: kube fills the slice's ports per pod):
 //! - `externalTrafficPolicy: Local`: those that run on this node. A service
@@ -29,7 +31,7 @@ use k8s_openapi::{
 };
 use porter_api::{
     ObjectKey,
-    service::{endpoint_serving, ingress_ips, opted_in, slice_service},
+    service::{EndpointState, endpoint_state, ingress_ips, opted_in, slice_service},
     source::Snapshot,
 };
 
@@ -331,22 +333,29 @@ fn serving_backends(
     let family = if vip.is_ipv4() { "IPv4" } else { "IPv6" };
     // By address and port: a pod listed on two nodes (a stale slice) is
     // placed on the first node by name, the same choice on every node.
-    let mut chosen: BTreeMap<(IpAddr, u16), (&str, Option<IpAddr>)> = BTreeMap::new();
+    let mut chosen: BTreeMap<(IpAddr, u16), Placed<'_>> = BTreeMap::new();
     for slice in slices.iter().filter(|s| s.address_type == family) {
         let slice_name = slice.metadata.name.as_deref().unwrap_or_default();
-        let mut found: Vec<(IpAddr, &str, Option<IpAddr>)> = Vec::new();
-        for ep in slice
-            .endpoints
-            .iter()
-            .flatten()
-            .filter(|ep| endpoint_serving(ep))
-        {
-            let Some(placed) = placement(ep.node_name.as_deref(), scope, vip, problem) else {
+        let mut found: Vec<(IpAddr, Placed<'_>)> = Vec::new();
+        for ep in slice.endpoints.iter().flatten() {
+            let draining = match endpoint_state(ep) {
+                EndpointState::Ready => false,
+                EndpointState::Draining => true,
+                EndpointState::Out => continue,
+            };
+            let Some((node, via)) = placement(ep.node_name.as_deref(), scope, vip, problem) else {
                 continue;
             };
             for text in &ep.addresses {
                 match text.parse::<IpAddr>() {
-                    Ok(ip) if ip.is_ipv4() == vip.is_ipv4() => found.push((ip, placed.0, placed.1)),
+                    Ok(ip) if ip.is_ipv4() == vip.is_ipv4() => found.push((
+                        ip,
+                        Placed {
+                            node,
+                            via,
+                            draining,
+                        },
+                    )),
                     _ => problem(format!(
                         "EndpointSlice {slice_name}: endpoint address {text:?} is not an {family} address"
                     )),
@@ -366,24 +375,38 @@ fn serving_backends(
             ));
             continue;
         };
-        for (addr, node_name, via) in found {
-            let entry = chosen.entry((addr, target)).or_insert((node_name, via));
-            if entry.0 != node_name {
-                let first = entry.0.min(node_name);
+        for (addr, placed) in found {
+            let entry = chosen.entry((addr, target)).or_insert(placed);
+            if entry.node != placed.node {
+                let first = entry.node.min(placed.node);
                 problem(format!(
                     "endpoint {addr} is listed on nodes {} and {}; it is served on {first}",
-                    entry.0, node_name
+                    entry.node, placed.node
                 ));
-                if node_name < entry.0 {
-                    *entry = (node_name, via);
+                if placed.node < entry.node {
+                    *entry = placed;
                 }
             }
         }
     }
     chosen
         .into_iter()
-        .map(|((addr, port), (_, node))| Backend { addr, port, node })
+        .map(|((addr, port), placed)| Backend {
+            addr,
+            port,
+            node: placed.via,
+            draining: placed.draining,
+        })
         .collect()
+}
+
+/// Where a found endpoint runs, and whether it drains.
+#[derive(Clone, Copy)]
+struct Placed<'a> {
+    node: &'a str,
+    /// None: this node; Some: the node's address to forward to.
+    via: Option<IpAddr>,
+    draining: bool,
 }
 
 /// Where an endpoint on node `node_name` is served from this node: its node's

@@ -72,6 +72,11 @@ pub struct Backend {
     /// (`externalTrafficPolicy: Cluster`), where its packets are forwarded;
     /// shown as `ip:port@node`.
     pub node: Option<IpAddr>,
+    /// A terminating pod that still serves (KEP-1669): it keeps its slot,
+    /// so the flows conntrack pins to it go on, but it is left out of the
+    /// Maglev table while the service has a backend that is not draining.
+    /// Last in the order, so the two states of one pod sort side by side.
+    pub draining: bool,
 }
 
 impl Backend {
@@ -80,6 +85,20 @@ impl Backend {
             addr,
             port,
             node: None,
+            draining: false,
+        }
+    }
+
+    /// This pod in either state, as a range of the backend order: a pod that
+    /// turns draining is the same endpoint and keeps its backend id.
+    pub fn either_state(&self) -> std::ops::RangeInclusive<Backend> {
+        let ready = Backend {
+            draining: false,
+            ..*self
+        };
+        ready..=Backend {
+            draining: true,
+            ..*self
         }
     }
 
@@ -96,10 +115,13 @@ impl Backend {
 impl fmt::Display for Backend {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.table_name())?;
-        match self.node {
-            Some(node) => write!(f, "@{node}"),
-            None => Ok(()),
+        if let Some(node) = self.node {
+            write!(f, "@{node}")?;
         }
+        if self.draining {
+            f.write_str(" (draining)")?;
+        }
+        Ok(())
     }
 }
 
@@ -241,10 +263,13 @@ impl Backend {
         } else {
             None
         };
+        // The maps do not say which backends are draining (the tables do):
+        // an adopted service is rewritten once the agent knows.
         Some(Self {
             addr: decode_ip(value.family, value.addr)?,
             port: u16::from_be(value.port),
             node,
+            draining: false,
         })
     }
 }

@@ -299,6 +299,7 @@ impl PodLab {
                         addr: pod_ips.get(pod).context("pod index")?.parse()?,
                         port: Self::TARGET_PORT,
                         node: None,
+                        draining: false,
                     })
                 })
                 .collect::<Result<_>>()?,

@@ -45,6 +45,7 @@ fn spec(vip: &str, port: u16, proto: Protocol, pods: &[&str], target: u16) -> Se
                 addr: ip(pod),
                 port: target,
                 node: None,
+                draining: false,
             })
             .collect(),
     }
@@ -320,6 +321,78 @@ fn conntrack_keeps_flows_and_maglev_swaps_move_only_removed_backends_flows() -> 
         pins.iter()
             .any(|s| s.addr == service && s.backends.len() == 1)
     );
+    Ok(())
+}
+
+/// A terminating pod (KEP-1669) keeps the flows it has, takes no new one
+/// while another pod is ready, and takes new ones again once every pod of
+/// the service is terminating.
+#[test]
+fn a_draining_pod_keeps_its_flows_and_takes_new_ones_only_when_alone() -> Result<()> {
+    if !privilege::can_run("a_draining_pod_keeps_its_flows_and_takes_new_ones_only_when_alone") {
+        return Ok(());
+    }
+    let mut bench = Bench::new("dpdrain")?;
+    let packet = |sport: u16, syn: bool| {
+        packets::build(
+            ip(CLIENT4),
+            ip(VIP4),
+            L4::Tcp {
+                sport,
+                dport: 80,
+                syn,
+            },
+            Vlan::None,
+        )
+    };
+    let pod_of = |bench: &mut Bench, sport: u16, syn: bool, case: &str| -> Result<IpAddr> {
+        let packet = packet(sport, syn)?;
+        let (action, out) = bench.run(&packet)?;
+        assert_eq!(action, XDP_PASS, "{case}");
+        Ok(assert_dnat(&packet, &out, &PODS4, 8080, case))
+    };
+    let mut held = Vec::new();
+    for sport in 21000..21100u16 {
+        held.push((sport, pod_of(&mut bench, sport, true, "new flow")?));
+    }
+    let draining = |which: &[bool]| {
+        let mut spec = spec(VIP4, 80, Protocol::Tcp, &PODS4, 8080);
+        for (backend, &draining) in spec.backends.iter_mut().zip(which) {
+            backend.draining = draining;
+        }
+        spec
+    };
+    // The first pod terminates.
+    bench.dataplane.upsert_service(&draining(&[true, false]))?;
+    let on_draining = held.iter().filter(|(_, pod)| *pod == ip(PODS4[0])).count();
+    assert!(
+        on_draining > 20,
+        "{on_draining} of 100 flows on the first pod"
+    );
+    for &(sport, pod) in &held {
+        assert_eq!(
+            pod_of(&mut bench, sport, false, "established")?,
+            pod,
+            "an established flow kept its pod"
+        );
+    }
+    for sport in 22000..22100u16 {
+        assert_eq!(
+            pod_of(&mut bench, sport, true, "new flow while draining")?,
+            ip(PODS4[1]),
+            "a new flow went to the ready pod"
+        );
+    }
+    // The survivor terminates too: new flows go to both again.
+    bench.dataplane.upsert_service(&draining(&[true, true]))?;
+    let mut new_pods = std::collections::BTreeSet::new();
+    for sport in 23000..23100u16 {
+        new_pods.insert(pod_of(&mut bench, sport, true, "new flow, all draining")?);
+    }
+    assert_eq!(new_pods.len(), 2, "both draining pods take new flows");
+    for &(sport, pod) in &held {
+        assert_eq!(pod_of(&mut bench, sport, false, "established")?, pod);
+    }
     Ok(())
 }
 
@@ -807,6 +880,7 @@ fn cluster_spec(port: u16, pods: &[(&str, Option<&str>)]) -> ServiceSpec {
                 addr: ip(pod),
                 port: 8080,
                 node: node.map(ip),
+                draining: false,
             })
             .collect(),
     }

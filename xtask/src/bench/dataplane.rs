@@ -141,6 +141,7 @@ fn cluster_per_packet(baseline: f64) -> Result<()> {
         addr: ip(pod),
         port: PodLab::TARGET_PORT,
         node: node.map(ip),
+        draining: false,
     };
     let service = |port: u16, backends: Vec<porter_agent::Backend>| porter_agent::ServiceSpec {
         addr: porter_agent::ServiceAddr {
