@@ -33,7 +33,7 @@
 //! fd00:30:k::1k, its Node's second InternalIP), the client fd00:31::2;
 //! every BGP session is IPv4 and carries both families.
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, BTreeSet},
     io::{Read, Write},
     net::{IpAddr, SocketAddr, TcpStream},
     path::{Path, PathBuf},
@@ -85,6 +85,8 @@ pub struct Pod {
     pub ns: String,
     pub ip: IpAddr,
     pub ip6: IpAddr,
+    /// Its veth's end on the node.
+    host_side: String,
 }
 
 pub struct LabNode {
@@ -96,6 +98,8 @@ pub struct LabNode {
     /// This node's own bpffs (as a node has its own kernel).
     pub bpffs: PathBuf,
     pub pods: Vec<Pod>,
+    /// The number the next pod started here gets (pods are never renumbered).
+    next_pod: usize,
     ready: bool,
     /// The Node object's labels (`rack: "<k>"` in a fabric).
     labels: Vec<(String, String)>,
@@ -425,6 +429,39 @@ impl Datacenter {
         self.write_nodes()
     }
 
+    /// Starts `count` new pods on node `index` under new numbers (and
+    /// addresses), as a rollout's new ReplicaSet would; returns their names.
+    /// They serve HTTP at once; endpoints are the caller's to publish.
+    pub fn add_pods(&mut self, index: usize, count: usize) -> Result<Vec<String>> {
+        let node = self.nodes.get_mut(index).context("no such node")?;
+        let mut names = Vec::new();
+        for _ in 0..count {
+            let pod = add_pod(&mut self.lab, &node.ns, index + 1, node.next_pod)?;
+            node.next_pod += 1;
+            names.push(pod.name.clone());
+            node.pods.push(pod);
+        }
+        Ok(names)
+    }
+
+    /// Takes pods `names` of node `index` away for good, as the kubelet does
+    /// once a terminating pod has stopped: its server stops and its veth
+    /// goes, so nothing answers at its address any more.
+    pub fn remove_pods(&mut self, index: usize, names: &[String]) -> Result<()> {
+        let node = self.nodes.get_mut(index).context("no such node")?;
+        let (gone, kept) = std::mem::take(&mut node.pods)
+            .into_iter()
+            .partition(|pod| names.contains(&pod.name));
+        node.pods = kept;
+        for pod in gone {
+            self.lab
+                .stop(&format!("http-{}", pod.name), Duration::from_secs(5))?;
+            self.lab
+                .ip(&node.ns, &["link", "del", pod.host_side.as_str()])?;
+        }
+        Ok(())
+    }
+
     /// Every pod (both families) of the given nodes, as ready endpoints.
     pub fn endpoints_on(&self, nodes: &[usize]) -> Vec<Endpoint> {
         nodes
@@ -436,6 +473,7 @@ impl Datacenter {
                         address,
                         node: node.name.clone(),
                         ready: true,
+                        terminating: false,
                     })
                 })
             })
@@ -805,6 +843,26 @@ impl Datacenter {
         Ok(drops)
     }
 
+    /// The pod addresses that any node's data plane holds as backends of
+    /// TCP service `addr` (read from the pinned maps, as `inspect` does).
+    pub fn installed_backends(&self, addr: SocketAddr) -> Result<BTreeSet<IpAddr>> {
+        let mut out = BTreeSet::new();
+        for node in &self.nodes {
+            let pins = PinLayout::new(&node.bpffs);
+            if !pins.map(map_names::SERVICES).exists() {
+                continue;
+            }
+            let state = porter_agent::inspect::read(&pins)?;
+            for service in state.services {
+                let here = (service.addr.vip, service.addr.port, service.addr.proto);
+                if here == (addr.ip(), addr.port(), porter_agent::Protocol::Tcp) {
+                    out.extend(service.backends.iter().map(|backend| backend.addr));
+                }
+            }
+        }
+        Ok(out)
+    }
+
     /// Starts requests from the client in a loop until the returned load is stopped.
     pub fn load(&self, addr: SocketAddr) -> Load {
         Load::start(self.client.clone(), addr)
@@ -938,6 +996,7 @@ fn finish_node(
         ip6,
         bpffs,
         pods,
+        next_pod: pod_count + 1,
         ready: true,
         labels,
     })
@@ -1009,7 +1068,13 @@ fn add_pod(lab: &mut Lab, node_ns: &str, n: usize, p: usize) -> Result<Pod> {
         .arg("--directory")
         .arg(&www);
     lab.spawn(&format!("http-{name}"), server)?;
-    Ok(Pod { name, ns, ip, ip6 })
+    Ok(Pod {
+        name,
+        ns,
+        ip,
+        ip6,
+        host_side,
+    })
 }
 
 /// One answered `GET /`.
