@@ -21,7 +21,6 @@ use std::{
     sync::Arc,
 };
 
-use ipnet::IpNet;
 use k8s_openapi::{
     api::{
         core::v1::{Service, ServicePort},
@@ -75,9 +74,6 @@ pub struct Cache {
     /// The Nodes' addresses at the last call: `Cluster` backends depend on
     /// them, so entries are read again when they change.
     node_addresses: NodeAddresses,
-    /// This node's connected subnets, when known: a `Cluster` backend on a
-    /// node outside them is left out (see [`Cache::set_on_link`]).
-    on_link: Option<Vec<IpNet>>,
 }
 
 /// Each Node's `InternalIP`s, by name.
@@ -92,7 +88,6 @@ enum Scope<'a> {
     Cluster {
         node: &'a str,
         addresses: &'a NodeAddresses,
-        on_link: Option<&'a [IpNet]>,
     },
 }
 
@@ -115,17 +110,6 @@ impl Cache {
             node: node.to_owned(),
             services: BTreeMap::new(),
             node_addresses: NodeAddresses::new(),
-            on_link: None,
-        }
-    }
-
-    /// Limits `Cluster` backends to nodes in `subnets` (this node's
-    /// connected subnets): packets reach another node by a MAC rewrite
-    /// only, and forwarding across subnets is not built yet. None: no limit.
-    pub fn set_on_link(&mut self, subnets: Option<Vec<IpNet>>) {
-        if subnets != self.on_link {
-            self.services.clear();
-            self.on_link = subnets;
         }
     }
 
@@ -159,7 +143,6 @@ impl Cache {
                         Scope::Cluster {
                             node: &self.node,
                             addresses: &self.node_addresses,
-                            on_link: self.on_link.as_deref(),
                         },
                     ),
                 },
@@ -420,11 +403,7 @@ fn placement<'a>(
 ) -> Option<(&'a str, Option<IpAddr>)> {
     match *scope {
         Scope::Local { node } => (node_name == Some(node)).then_some((node, None)),
-        Scope::Cluster {
-            node,
-            addresses,
-            on_link,
-        } => {
+        Scope::Cluster { node, addresses } => {
             let Some(name) = node_name else {
                 problem(
                     "an endpoint names no node, so it cannot be forwarded to; it is left out"
@@ -440,17 +419,9 @@ fn placement<'a>(
                 .into_iter()
                 .flatten()
                 .find(|ip| ip.is_ipv4() == vip.is_ipv4());
-            let off_link = |address: &IpAddr| {
-                on_link.is_some_and(|nets| !nets.iter().any(|net| net.contains(address)))
-            };
+            // On this node's segment or behind a router alike: XDP rewrites
+            // the MACs or encapsulates, as the FIB says.
             match address {
-                Some(address) if off_link(address) => {
-                    problem(format!(
-                        "node {name} ({address}) is not on this node's L2 segment and forwarding \
-                         across subnets is not built yet: its endpoints are left out here"
-                    ));
-                    None
-                }
                 Some(&address) => Some((name, Some(address))),
                 None => {
                     problem(format!(

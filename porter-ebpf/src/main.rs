@@ -28,6 +28,7 @@
 #![no_main]
 
 mod csum;
+mod encap;
 mod l2;
 mod parse;
 
@@ -111,6 +112,11 @@ fn count(stat: Stat) {
 #[xdp]
 pub fn porter_xdp(ctx: XdpContext) -> u32 {
     count(Stat::PacketsSeen);
+    // An encapsulated packet for a VIP becomes its inner one, marked (encap.rs).
+    if let Err(stat) = encap::decapsulate(&ctx, is_vip_v4) {
+        count(stat);
+        return xdp_action::XDP_DROP;
+    }
     let (action, stat) = xdp_decide(&ctx);
     count(stat);
     action
@@ -238,6 +244,16 @@ fn xdp_decide(ctx: &XdpContext) -> (u32, Stat) {
         return (action, Stat::Redirected);
     }
     (xdp_action::XDP_PASS, Stat::Forwarded)
+}
+
+#[inline(always)]
+fn is_vip_v4(addr: u32) -> bool {
+    let vip = VipKey {
+        addr: [addr, 0, 0, 0],
+        family: FAMILY_V4,
+        _pad: [0; 3],
+    };
+    VIPS.get_ptr(&vip).is_some()
 }
 
 #[inline(always)]
@@ -446,7 +462,10 @@ fn forward_remote(
     // router: that needs encapsulation, not a MAC rewrite.
     // SAFETY: a plain u32 the helper wrote.
     let next_hop = unsafe { fib.__bindgen_anon_4.ipv4_dst };
-    if rc != BPF_FIB_LKUP_RET_SUCCESS as i64 || next_hop != backend.node[0] {
+    if rc == BPF_FIB_LKUP_RET_SUCCESS as i64 && next_hop != backend.node[0] {
+        return encap::forward(ctx, h, backend);
+    }
+    if rc != BPF_FIB_LKUP_RET_SUCCESS as i64 {
         return (xdp_action::XDP_DROP, Stat::DropForwardNoRoute);
     }
     if mark_forwarded(data, data_end, h, &fib).is_none() {
@@ -464,12 +483,7 @@ fn forward_remote(
 /// the hop to the backend's node.
 #[inline(always)]
 fn mark_forwarded(data: usize, data_end: usize, h: &Headers, fib: &FibParams) -> Option<()> {
-    let flags: u16 = load(data, data_end, h.l3_off + 6)?;
-    let marked = flags | IPV4_FORWARDED_MARK.to_be();
-    let ip_check: u16 = load(data, data_end, h.l3_off + 10)?;
-    let check = csum::apply(ip_check, csum::add_word(0, flags, marked));
-    store(data, data_end, h.l3_off + 6, marked)?;
-    store(data, data_end, h.l3_off + 10, check)?;
+    encap::set_mark(data, data_end, h.l3_off)?;
     store(data, data_end, 0, fib.dmac)?;
     store(data, data_end, 6, fib.smac)
 }
@@ -621,6 +635,7 @@ pub fn porter_tc_revnat(ctx: TcContext) -> i32 {
     }
     match revnat_rewrite(&ctx, &h, &revnat) {
         Ok(()) => {
+            encap::clamp_syn_ack(&ctx, &h, revnat.vip, revnat.port);
             count(Stat::RevNatApplied);
             TC_ACT_OK as i32
         }

@@ -150,6 +150,77 @@ pub fn mark_forwarded(packet: &mut [u8], to: [u8; 6], from: [u8; 6]) {
     fix_ipv4_header_checksum(packet, 14);
 }
 
+/// `packet` (Ethernet and IPv4, untagged) inside an outer IPv4 header from
+/// `outer_src` to `outer_dst` (IPIP: protocol 4, the inner TOS, don't
+/// fragment, TTL 64, ID 0), framed `from` → `to`: what a node sends to a
+/// backend's node behind a router.
+pub fn encapsulate(
+    packet: &[u8],
+    (to, from): ([u8; 6], [u8; 6]),
+    (outer_src, outer_dst): ([u8; 4], [u8; 4]),
+) -> Vec<u8> {
+    let inner = &packet[14..];
+    let total = u16::try_from(inner.len() + 20).unwrap_or(u16::MAX);
+    let mut out = Vec::with_capacity(packet.len() + 20);
+    out.extend_from_slice(&to);
+    out.extend_from_slice(&from);
+    out.extend_from_slice(&0x0800u16.to_be_bytes());
+    out.extend_from_slice(&[0x45, inner[1]]);
+    out.extend_from_slice(&total.to_be_bytes());
+    out.extend_from_slice(&[0, 0, 0x40, 0, 64, 4, 0, 0]);
+    out.extend_from_slice(&outer_src);
+    out.extend_from_slice(&outer_dst);
+    fix_ipv4_header_checksum(&mut out, 14);
+    out.extend_from_slice(inner);
+    out
+}
+
+/// The inner packet of an [`encapsulate`]d one, framed as the outer was,
+/// after checking the outer header's checksum from scratch.
+pub fn decapsulated(packet: &[u8]) -> Result<Vec<u8>> {
+    if packet.len() < 34 || packet[23] != 4 {
+        bail!("not IPIP");
+    }
+    if fold(sum(&packet[14..34])) != 0xffff {
+        bail!("bad outer IPv4 header checksum");
+    }
+    let mut out = packet[..14].to_vec();
+    out.extend_from_slice(&packet[34..]);
+    Ok(out)
+}
+
+/// An IPv4 TCP SYN (or, with `syn_ack`, SYN-ACK) from `src` to `dst` whose
+/// only option is MSS `mss`; [`tcp_mss`] reads it back.
+pub fn tcp_v4_with_mss(
+    (src, sport): ([u8; 4], u16),
+    (dst, dport): ([u8; 4], u16),
+    syn_ack: bool,
+    mss: u16,
+) -> Result<Vec<u8>> {
+    let tcp = PacketBuilder::ethernet2(CLIENT_MAC, NODE_MAC)
+        .ipv4(src, dst, 64)
+        .tcp(sport, dport, 1000, 64_000)
+        .syn();
+    let tcp = if syn_ack { tcp.ack(1) } else { tcp };
+    let mut out = Vec::new();
+    tcp.options(&[etherparse::TcpOptionElement::MaximumSegmentSize(mss)])
+        .map_err(|err| anyhow::anyhow!("{err:?}"))?
+        .write(&mut out, &[])?;
+    Ok(out)
+}
+
+/// The MSS option of an untagged IPv4 TCP packet, if it carries one.
+pub fn tcp_mss(packet: &[u8]) -> Option<u16> {
+    let sliced = SlicedPacket::from_ethernet(packet).ok()?;
+    let Some(TransportSlice::Tcp(tcp)) = sliced.transport else {
+        return None;
+    };
+    tcp.options_iterator().find_map(|option| match option {
+        Ok(etherparse::TcpOptionElement::MaximumSegmentSize(mss)) => Some(mss),
+        _ => None,
+    })
+}
+
 pub fn fix_ipv4_header_checksum(packet: &mut [u8], l3: usize) {
     let ihl = usize::from(packet[l3] & 0x0f) * 4;
     packet[l3 + 10] = 0;

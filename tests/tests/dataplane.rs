@@ -919,7 +919,7 @@ fn cluster_packets_are_forwarded_to_the_backends_node_with_only_the_macs_and_mar
     node.bench.dataplane.reconcile(&[
         cluster_spec(80, &[(REMOTE_POD, Some("172.30.0.12"))]),
         cluster_spec(81, &[(REMOTE_POD, Some("172.30.0.13"))]),
-        cluster_spec(82, &[(REMOTE_POD, Some("172.30.9.5"))]),
+        cluster_spec(83, &[(REMOTE_POD, Some("10.99.0.5"))]),
     ])?;
     // The SYN and the next packet (conntrack) go out of the interface they
     // came in on, byte for byte as sent but for the MACs and the mark.
@@ -951,10 +951,11 @@ fn cluster_packets_are_forwarded_to_the_backends_node_with_only_the_macs_and_mar
         ),
         (2, 1, 2, 0)
     );
-    // A node whose MAC is not resolved, and one behind a router: dropped, counted.
+    // A node whose MAC is not resolved, and one without a route: dropped,
+    // counted.
     for (port, stat) in [
         (81, Stat::DropForwardNoNeighbour),
-        (82, Stat::DropForwardNoRoute),
+        (83, Stat::DropForwardNoRoute),
     ] {
         let packet = cluster_tcp(41001, port, true)?;
         let before = node.bench.stat(stat)?;
@@ -1070,5 +1071,131 @@ fn forwarded_packets_are_served_locally_and_never_forwarded_again() -> Result<()
         }
     }
     assert!(local > 0, "some of 20 flows hash to the local pod");
+    Ok(())
+}
+
+/// Router 172.30.0.1 of [`scenarios::enter_cluster_node`], resolved.
+const ROUTER_MAC: [u8; 6] = [2, 0, 0, 0, 0, 0x01];
+const NODE_V4: [u8; 4] = [172, 30, 0, 11];
+const FAR_NODE_V4: [u8; 4] = [172, 30, 9, 5];
+
+/// Across subnets: a packet for a pod on a node behind a router leaves in
+/// an IPIP header from this node to that node; the receiving node takes it
+/// off and serves it as any forwarded packet (never forwarding it again),
+/// and its pod's SYN-ACK is clamped so that the client's full-size
+/// segments still fit the link once encapsulated.
+#[test]
+fn cluster_packets_cross_subnets_in_ipip_and_syn_acks_are_clamped() -> Result<()> {
+    if !privilege::can_run("cluster_packets_cross_subnets_in_ipip_and_syn_acks_are_clamped") {
+        return Ok(());
+    }
+    let mut node = ClusterNode::new("dpipip")?;
+    node.bench.dataplane.reconcile(&[
+        cluster_spec(80, &[(LOCAL_POD, None)]),
+        cluster_spec(81, &[(REMOTE_POD, Some("172.30.0.12"))]),
+        cluster_spec(82, &[(REMOTE_POD, Some("172.30.9.5"))]),
+    ])?;
+    // Forward: the packet as sent, behind an outer header, to the router.
+    for (case, syn) in [("new flow", true), ("established", false)] {
+        let packet = cluster_tcp(45000, 82, syn)?;
+        let before = node.bench.stat(Stat::ForwardedRemote)?;
+        let (action, out) = node.run(&packet)?;
+        assert_eq!(action, XDP_TX, "{case}: sent back out of up0");
+        let want = packets::encapsulate(
+            &packet,
+            (ROUTER_MAC, scenarios::NODE_MAC),
+            (NODE_V4, FAR_NODE_V4),
+        );
+        assert_eq!(out, want, "{case}: exact bytes");
+        let inner = packets::decapsulated(&out)?;
+        assert_eq!(inner[14..], packet[14..], "{case}: inner packet untouched");
+        checked_summary(&inner)?;
+        assert_eq!(
+            node.bench.stat(Stat::ForwardedRemote)?,
+            before + 1,
+            "{case}"
+        );
+    }
+    assert_eq!(node.counters(82)?.forwarded_out, 2);
+
+    // Receive: decapsulated, then DNATed to the local pod exactly as the
+    // marked packet of the same flow from a node on the segment is.
+    let tunnel = |packet: &[u8]| {
+        packets::encapsulate(
+            packet,
+            (scenarios::PEER_NODE_MAC, scenarios::NODE_MAC),
+            (FAR_NODE_V4, NODE_V4),
+        )
+    };
+    for sport in 46000..46010u16 {
+        let plain = cluster_tcp(sport, 80, true)?;
+        let (action, out) = node.run(&tunnel(&plain))?;
+        assert_eq!(
+            action, XDP_PASS,
+            "to the kernel, which routes it to the pod"
+        );
+        assert_dnat(&plain, &out, &[LOCAL_POD], 8080, "decapsulated");
+        assert_eq!(out[IP_FLAGS] & 0x80, 0, "mark cleared");
+        let (_, marked_out) = node.run(&forwarded(&plain))?;
+        assert_eq!(out, marked_out, "as the marked packet of the flow");
+    }
+    assert_eq!(node.counters(80)?.forwarded_in, 20);
+
+    // Loop refusal: an encapsulated packet whose only backend is remote.
+    let before = node.bench.stat(Stat::DropForwardLoop)?;
+    let (action, _) = node.run(&tunnel(&cluster_tcp(46100, 81, true)?))?;
+    assert_eq!(action, XDP_DROP, "never forwarded again");
+    assert_eq!(node.bench.stat(Stat::DropForwardLoop)?, before + 1);
+    assert_eq!(node.counters(81)?.forwarded_out, 0);
+
+    // IPIP that is not for a VIP is not ours: untouched.
+    let other = tunnel(&packets::build(
+        ip(CLIENT4),
+        ip("198.51.100.99"),
+        tcp(46200, 80),
+        Vlan::None,
+    )?);
+    assert_eq!(node.run(&other)?, (XDP_PASS, other.clone()));
+
+    // MSS: the SYN-ACK of a flow whose SYN came encapsulated is clamped to
+    // up0's MTU (1500) less 60; one whose SYN came marked on the segment is not.
+    let client = ([198, 51, 100, 7], 47000);
+    let vip = ([192, 0, 2, 20], 80);
+    let pod = ([10, 244, 1, 2], 8080);
+    for (case, encapsulated, want) in [
+        ("encapsulated", true, 1440),
+        ("on the segment", false, 1460),
+    ] {
+        let client = (client.0, client.1 + u16::from(encapsulated));
+        let syn = packets::tcp_v4_with_mss(client, vip, false, 1460)?;
+        let arriving = if encapsulated {
+            tunnel(&syn)
+        } else {
+            forwarded(&syn)
+        };
+        let (action, out) = node.run(&arriving)?;
+        assert_eq!(action, XDP_PASS, "{case}");
+        assert_eq!(
+            packets::tcp_mss(&out),
+            Some(1460),
+            "{case}: the SYN is left alone"
+        );
+        let syn_ack = packets::tcp_v4_with_mss(pod, client, true, 1460)?;
+        // Twice: a retransmitted SYN-ACK is clamped too.
+        for _ in 0..2 {
+            let replied = node.bench.run_tc(&syn_ack)?;
+            let summary = checked_summary(&replied)?;
+            assert_eq!(
+                (summary.src, summary.sport),
+                (ip(CLUSTER_VIP), 80),
+                "{case}"
+            );
+            assert_eq!(
+                packets::tcp_mss(&replied),
+                Some(want),
+                "{case}: SYN-ACK MSS"
+            );
+        }
+    }
     Ok(())
 }

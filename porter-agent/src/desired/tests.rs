@@ -531,34 +531,6 @@ fn cluster_endpoints_that_cannot_be_forwarded_to_are_reported() {
 }
 
 #[test]
-fn cluster_backends_on_another_segment_are_left_out_with_a_problem() {
-    let docs = cluster_docs("Cluster");
-    let mut cache = Cache::new(NODE);
-    // n2 on this node's segment: served as without a limit.
-    cache.set_on_link(Some(vec!["172.30.0.0/28".parse().expect("net")]));
-    let got = cache.desired(&snapshot(&docs));
-    assert_eq!(
-        rendered(&got),
-        [
-            "192.0.2.10:80/tcp -> 10.244.1.2:8080,10.244.2.2:8080@172.30.0.12,\
-          10.244.2.3:8080@172.30.0.12,10.244.3.2:8080@172.30.0.13 (draining)"
-        ]
-    );
-    assert!(got.problems.is_empty(), "{:?}", got.problems);
-    // n2 elsewhere: its pods are left out here, and that is reported.
-    cache.set_on_link(Some(vec!["172.30.0.0/29".parse().expect("net")]));
-    let got = cache.desired(&snapshot(&docs));
-    assert_eq!(rendered(&got), ["192.0.2.10:80/tcp -> 10.244.1.2:8080"]);
-    assert!(
-        got.problems.iter().any(|p| p
-            .message
-            .contains("node n2 (172.30.0.12) is not on this node's L2 segment")),
-        "{:?}",
-        got.problems
-    );
-}
-
-#[test]
 fn a_node_address_change_reaches_cached_cluster_services() {
     let mut snap = snapshot(&cluster_docs("Cluster"));
     let mut cache = Cache::new(NODE);

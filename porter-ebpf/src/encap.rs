@@ -1,0 +1,301 @@
+//! IPIP encapsulation for `externalTrafficPolicy: Cluster` across subnets.
+//!
+//! When the backend's node is behind a router, a MAC rewrite cannot reach
+//! it: the packet would be routed by its destination, the VIP. So the
+//! forwarding node puts an outer IPv4 header in front (from its own
+//! address to the backend's node, protocol 4) and the backend's node takes
+//! it off in XDP, before its kernel sees the packet, so no tunnel module or
+//! device is needed on either side.
+//!
+//! IPIP rather than GUE: 20 bytes instead of 28, no UDP port to reserve on
+//! every node, and nothing for the receiver to check but the protocol and
+//! the inner VIP. GUE's advantages (a UDP source port for the fabric's ECMP
+//! hash, and passing firewalls that drop protocol 4) matter little between
+//! the nodes of one cluster, whose fabric must already carry pod traffic.
+//!
+//! - The outer header is the forwarded mark: the receiver decapsulates and
+//!   sets the inner header's mark, so the rest of the program serves it as
+//!   any forwarded packet (a local pod, or dropped: never forwarded again).
+//! - MSS: the client sends its segments to the pod through the tunnel, so
+//!   the pod's SYN-ACK is clamped (by tc, on the pod's node, for flows whose
+//!   SYN arrived encapsulated) to the uplink's MTU less the headers and the
+//!   outer header. The SYN is left alone: the pod's segments go straight
+//!   back to the client (DSR), never through the tunnel. The MSS option is
+//!   looked for where every common stack puts it, first.
+use aya_ebpf::{
+    bindings::{
+        BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_SUCCESS, BPF_FIB_LOOKUP_SRC,
+        bpf_fib_lookup as FibParams, xdp_action,
+    },
+    btf_maps::LruHashMap,
+    helpers::generated::{bpf_check_mtu, bpf_fib_lookup, bpf_redirect, bpf_xdp_adjust_head},
+    macros::btf_map,
+    programs::{TcContext, XdpContext},
+};
+use porter_common::{BackendValue, FAMILY_V4, FlowKey, IPV4_FORWARDED_MARK, Stat};
+
+use crate::{
+    csum,
+    parse::{ETH_P_IP, Headers, IPPROTO_TCP, load, store},
+};
+
+pub const IPPROTO_IPIP: u8 = 4;
+const ETH_HLEN: usize = 14;
+/// The outer IPv4 header, without options.
+const OUTER_LEN: usize = 20;
+/// What an MSS leaves out of the link MTU here: the inner IPv4 and TCP
+/// headers (no options) and the outer header.
+const MSS_OVERHEAD: u32 = 20 + 20 + OUTER_LEN as u32;
+const TCP_SYN: u8 = 0x02;
+const TCP_ACK: u8 = 0x10;
+const TCP_OPT_MSS: u8 = 2;
+const IPV4_DONT_FRAGMENT: u16 = 0x4000;
+const OUTER_TTL: u8 = 64;
+const AF_INET: u8 = 2;
+
+/// Flows whose SYN arrived encapsulated: the MSS to clamp their SYN-ACKs
+/// to. Kept (an LRU) for retransmitted SYN-ACKs. Not pinned: a SYN-ACK in
+/// flight while the agent replaces the program merely goes unclamped.
+#[btf_map(name = "PORTER_ENCAP")]
+static ENCAP_SYNS: LruHashMap<FlowKey, u32, 16384> = LruHashMap::new();
+
+/// Sets the forwarded mark on the IPv4 header at `l3_off`, keeping its
+/// checksum valid.
+#[inline(always)]
+pub fn set_mark(data: usize, data_end: usize, l3_off: usize) -> Option<()> {
+    let flags: u16 = load(data, data_end, l3_off + 6)?;
+    let marked = flags | IPV4_FORWARDED_MARK.to_be();
+    let ip_check: u16 = load(data, data_end, l3_off + 10)?;
+    store(data, data_end, l3_off + 6, marked)?;
+    store(
+        data,
+        data_end,
+        l3_off + 10,
+        csum::apply(ip_check, csum::add_word(0, flags, marked)),
+    )
+}
+
+/// Sends the packet to the node of `backend`, which the FIB puts behind a
+/// router, inside an outer IPv4 header from this node to that node.
+#[inline(always)]
+pub fn forward(ctx: &XdpContext, h: &Headers, backend: &BackendValue) -> (u32, Stat) {
+    let (data, data_end) = (ctx.data(), ctx.data_end());
+    // A VLAN-tagged uplink would need its tags kept in front: not built.
+    if h.family != FAMILY_V4 || h.l3_off != ETH_HLEN {
+        return (xdp_action::XDP_DROP, Stat::DropForwardNoRoute);
+    }
+    // One load each, with its own early return: a tuple of Options lets
+    // LLVM read a value on the path where its load failed, which the
+    // verifier rejects.
+    let Some(tot_len) = load::<u16>(data, data_end, ETH_HLEN + 2) else {
+        return (xdp_action::XDP_DROP, Stat::DropRewriteFailed);
+    };
+    let Some(tos) = load::<u8>(data, data_end, ETH_HLEN + 1) else {
+        return (xdp_action::XDP_DROP, Stat::DropRewriteFailed);
+    };
+    let Some(outer_len) = u16::from_be(tot_len).checked_add(OUTER_LEN as u16) else {
+        return (xdp_action::XDP_DROP, Stat::DropForwardNoRoute);
+    };
+    // SAFETY: a plain C struct; all zeros is a valid request.
+    let mut fib: FibParams = unsafe { core::mem::zeroed() };
+    fib.family = AF_INET;
+    fib.l4_protocol = IPPROTO_IPIP;
+    fib.ifindex = ctx.ingress_ifindex() as u32;
+    fib.__bindgen_anon_1.tot_len = outer_len;
+    fib.__bindgen_anon_4.ipv4_dst = backend.node[0];
+    // SAFETY: the helper reads and writes `fib`, which lives on our stack.
+    // SRC: the kernel also picks this node's address toward the node.
+    let rc = unsafe {
+        bpf_fib_lookup(
+            ctx.ctx.cast(),
+            &mut fib,
+            core::mem::size_of::<FibParams>() as i32,
+            BPF_FIB_LOOKUP_SRC,
+        )
+    };
+    if rc == BPF_FIB_LKUP_RET_NO_NEIGH as i64 {
+        return (xdp_action::XDP_DROP, Stat::DropForwardNoNeighbour);
+    }
+    // Anything else, too big for the link once encapsulated included
+    // (TCP's segments fit: see the module docs on the MSS).
+    if rc != BPF_FIB_LKUP_RET_SUCCESS as i64 {
+        return (xdp_action::XDP_DROP, Stat::DropForwardNoRoute);
+    }
+    // SAFETY: a plain u32 the helper wrote.
+    let src = unsafe { fib.__bindgen_anon_3.ipv4_src };
+    let outer = outer_header(tos, outer_len, src, backend.node[0]);
+    // SAFETY: the helper only moves the packet's start; pointers are re-read.
+    if unsafe { bpf_xdp_adjust_head(ctx.ctx, -(OUTER_LEN as i32)) } != 0 {
+        return (xdp_action::XDP_DROP, Stat::DropRewriteFailed);
+    }
+    let (data, data_end) = (ctx.data(), ctx.data_end());
+    let written = store(data, data_end, 0, fib.dmac)
+        .and_then(|()| store(data, data_end, 6, fib.smac))
+        .and_then(|()| store(data, data_end, 12, ETH_P_IP.to_be()))
+        .and_then(|()| store(data, data_end, ETH_HLEN, outer));
+    if written.is_none() {
+        return (xdp_action::XDP_DROP, Stat::DropRewriteFailed);
+    }
+    if fib.ifindex == ctx.ingress_ifindex() as u32 {
+        return (xdp_action::XDP_TX, Stat::ForwardedRemote);
+    }
+    // SAFETY: no memory effects beyond the redirect decision.
+    let action = unsafe { bpf_redirect(fib.ifindex, 0) } as u32;
+    (action, Stat::ForwardedRemote)
+}
+
+/// An outer IPv4 header (addresses as read from memory) with its checksum.
+#[inline(always)]
+fn outer_header(tos: u8, total_len: u16, src: u32, dst: u32) -> [u8; OUTER_LEN] {
+    let mut header = [0u8; OUTER_LEN];
+    header[0] = 0x45;
+    header[1] = tos;
+    header[2..4].copy_from_slice(&total_len.to_be_bytes());
+    header[6..8].copy_from_slice(&IPV4_DONT_FRAGMENT.to_be_bytes());
+    header[8] = OUTER_TTL;
+    header[9] = IPPROTO_IPIP;
+    header[12..16].copy_from_slice(&src.to_ne_bytes());
+    header[16..20].copy_from_slice(&dst.to_ne_bytes());
+    let mut sum = 0u32;
+    for i in 0..OUTER_LEN / 2 {
+        sum += u16::from_be_bytes([header[2 * i], header[2 * i + 1]]) as u32;
+    }
+    sum = (sum & 0xffff) + (sum >> 16);
+    sum = (sum & 0xffff) + (sum >> 16);
+    header[10..12].copy_from_slice(&(!(sum as u16)).to_be_bytes());
+    header
+}
+
+/// Takes the outer header off an IPIP packet whose inner packet goes to a
+/// VIP (`is_vip`), and marks the inner one forwarded; anything else is left
+/// alone. Runs before the program parses the packet. Err: the packet was
+/// changed half-way and must be dropped.
+#[inline(always)]
+pub fn decapsulate(ctx: &XdpContext, is_vip: impl Fn(u32) -> bool) -> Result<(), Stat> {
+    let (data, data_end) = (ctx.data(), ctx.data_end());
+    // Two loads settle it for every other packet.
+    if load::<u16>(data, data_end, 12) != Some(ETH_P_IP.to_be())
+        || load::<u8>(data, data_end, ETH_HLEN + 9) != Some(IPPROTO_IPIP)
+    {
+        return Ok(());
+    }
+    let inner = ETH_HLEN + OUTER_LEN;
+    // An outer header with options, or a fragment of one, goes to the
+    // kernel, as does an inner packet that is not IPv4 to a VIP.
+    if load::<u8>(data, data_end, ETH_HLEN) != Some(0x45)
+        || load::<u16>(data, data_end, ETH_HLEN + 6).is_none_or(|f| u16::from_be(f) & 0x3fff != 0)
+    {
+        return Ok(());
+    }
+    let Some(inner_version_ihl) = load::<u8>(data, data_end, inner) else {
+        return Ok(());
+    };
+    let Some(inner_dst) = load::<u32>(data, data_end, inner + 16) else {
+        return Ok(());
+    };
+    if inner_version_ihl >> 4 != 4 || !is_vip(inner_dst) {
+        return Ok(());
+    }
+    record_syn(ctx, data, data_end, inner, inner_version_ihl);
+    let Some(ethernet) = load::<[u8; ETH_HLEN]>(data, data_end, 0) else {
+        return Ok(());
+    };
+    set_mark(data, data_end, inner).ok_or(Stat::DropRewriteFailed)?;
+    store(data, data_end, OUTER_LEN, ethernet).ok_or(Stat::DropRewriteFailed)?;
+    // SAFETY: the helper only moves the packet's start; pointers are re-read.
+    if unsafe { bpf_xdp_adjust_head(ctx.ctx, OUTER_LEN as i32) } != 0 {
+        return Err(Stat::DropRewriteFailed);
+    }
+    Ok(())
+}
+
+/// Remembers an encapsulated TCP SYN's flow, with the MSS its SYN-ACK must
+/// not exceed: the MTU of the interface it came in on, less the headers.
+#[inline(always)]
+fn record_syn(ctx: &XdpContext, data: usize, data_end: usize, inner: usize, version_ihl: u8) {
+    // Constant offsets keep the verifier's bounds: an inner header with
+    // options (rare) goes unrecorded.
+    if version_ihl != 0x45 {
+        return;
+    }
+    let tcp = inner + 20;
+    if load::<u8>(data, data_end, inner + 9) != Some(IPPROTO_TCP)
+        || load::<u8>(data, data_end, tcp + 13)
+            .is_none_or(|flags| flags & (TCP_SYN | TCP_ACK) != TCP_SYN)
+    {
+        return;
+    }
+    let Some(src) = load::<u32>(data, data_end, inner + 12) else {
+        return;
+    };
+    let Some(dst) = load::<u32>(data, data_end, inner + 16) else {
+        return;
+    };
+    let Some(ports) = load::<[u16; 2]>(data, data_end, tcp) else {
+        return;
+    };
+    let mut mtu: u32 = 0;
+    // SAFETY: writes `mtu` only. Interface 0: the one the packet came in on.
+    if unsafe { bpf_check_mtu(ctx.ctx.cast(), 0, &mut mtu, 0, 0) } < 0 || mtu <= MSS_OVERHEAD {
+        return;
+    }
+    let flow = FlowKey {
+        src: [src, 0, 0, 0],
+        dst: [dst, 0, 0, 0],
+        sport: ports[0],
+        dport: ports[1],
+        proto: IPPROTO_TCP,
+        family: FAMILY_V4,
+        _pad: [0; 2],
+    };
+    // A full LRU evicts the oldest; that SYN-ACK then goes unclamped.
+    let _ = ENCAP_SYNS.insert(&flow, &(mtu - MSS_OVERHEAD), 0);
+}
+
+/// Clamps the MSS of a SYN-ACK that tc has just reverse-NATed to
+/// `vip:port` (`h` as before the rewrite), when its SYN arrived
+/// encapsulated. Errors leave the packet as it was.
+#[inline(always)]
+pub fn clamp_syn_ack(ctx: &TcContext, h: &Headers, vip: [u32; 4], port: u16) {
+    if h.proto != IPPROTO_TCP || h.family != FAMILY_V4 {
+        return;
+    }
+    match ctx.load::<u8>(h.l4_off + 13) {
+        Ok(flags) if flags & (TCP_SYN | TCP_ACK) == (TCP_SYN | TCP_ACK) => {}
+        _ => return,
+    }
+    let flow = FlowKey {
+        src: h.dst,
+        dst: vip,
+        sport: h.dport,
+        dport: port,
+        proto: h.proto,
+        family: h.family,
+        _pad: [0; 2],
+    };
+    // SAFETY: copied out at once.
+    let Some(limit) = ENCAP_SYNS.get_ptr(&flow).map(|limit| unsafe { *limit }) else {
+        return;
+    };
+    let Ok(data_offset) = ctx.load::<u8>(h.l4_off + 12) else {
+        return;
+    };
+    let Ok(option) = ctx.load::<[u8; 4]>(h.l4_off + 20) else {
+        return;
+    };
+    if data_offset >> 4 < 6 || option[0] != TCP_OPT_MSS || option[1] != 4 {
+        return;
+    }
+    let mss = u16::from_be_bytes([option[2], option[3]]);
+    if u32::from(mss) <= limit {
+        return;
+    }
+    let (old, new) = (mss.to_be(), (limit as u16).to_be());
+    let check_off = h.l4_off + 16;
+    if ctx
+        .l4_csum_replace(check_off, old as u64, new as u64, 2)
+        .is_ok()
+    {
+        let _ = ctx.store(h.l4_off + 22, &new, 0);
+    }
+}
