@@ -47,7 +47,7 @@ use std::{
 };
 
 use anyhow::{Context, Result, bail};
-use porter_agent::{PinLayout, stats::read_global_stats};
+use porter_agent::{PinLayout, inspect::ServiceState, stats::read_global_stats};
 use porter_common::{Stat, map_names};
 
 use crate::{
@@ -260,6 +260,7 @@ impl Datacenter {
         enable_routing(&lab, &router_ns)?;
         connect_client(&lab, &router_ns, &client)?;
         let mut nodes = Vec::new();
+        let mut pass_xdp = Vec::new();
         let mut spine_neighbors = Vec::new();
         let mut leaves = Vec::new();
         for (index, &pod_count) in pods_per_rack.iter().enumerate() {
@@ -304,9 +305,22 @@ impl Datacenter {
                 add_addr(&lab, &ctl, "eth0", "172.30.1.10/24")?;
                 lab.ip(&ctl, &["route", "add", "default", "via", &leaf_ip])?;
             }
+            // The racks reach each other through the spine, as the nodes
+            // of one cluster do (Cluster traffic crosses racks in IPIP).
+            lab.ip(
+                &router_ns,
+                &[
+                    "route",
+                    "add",
+                    &format!("172.30.{k}.0/24"),
+                    "via",
+                    &uplink.to_string(),
+                ],
+            )?;
             let name = format!("n{k}");
             let ns = lab.netns(&name)?;
             attach_to_lan(&lab, &leaf_ns, &ns, &format!("v-{name}"))?;
+            pass_xdp.push(attach_pass_xdp_to(&leaf_ns, &format!("v-{name}"))?);
             let ip: IpAddr = format!("172.30.{k}.{}", 10 + k).parse()?;
             let ip6: IpAddr = format!("fd00:30:{k}::{}", 10 + k).parse()?;
             add_addr(&lab, &ns, "eth0", &format!("{ip}/24"))?;
@@ -364,7 +378,7 @@ impl Datacenter {
             client,
             nodes,
             manifests,
-            _pass_xdp: Vec::new(),
+            _pass_xdp: pass_xdp,
         };
         dc.write_nodes()?;
         dc.wait_pods()?;
@@ -843,24 +857,47 @@ impl Datacenter {
         Ok(drops)
     }
 
-    /// The pod addresses that any node's data plane holds as backends of
-    /// TCP service `addr` (read from the pinned maps, as `inspect` does).
-    pub fn installed_backends(&self, addr: SocketAddr) -> Result<BTreeSet<IpAddr>> {
-        let mut out = BTreeSet::new();
+    /// TCP service `addr` as each node's data plane holds it (read from the
+    /// pinned maps, as `inspect` does), by node name; nodes without it are
+    /// left out.
+    fn installed(&self, addr: SocketAddr) -> Result<BTreeMap<String, ServiceState>> {
+        let mut out = BTreeMap::new();
         for node in &self.nodes {
             let pins = PinLayout::new(&node.bpffs);
             if !pins.map(map_names::SERVICES).exists() {
                 continue;
             }
             let state = porter_agent::inspect::read(&pins)?;
-            for service in state.services {
-                let here = (service.addr.vip, service.addr.port, service.addr.proto);
-                if here == (addr.ip(), addr.port(), porter_agent::Protocol::Tcp) {
-                    out.extend(service.backends.iter().map(|backend| backend.addr));
-                }
+            let wanted = (addr.ip(), addr.port(), porter_agent::Protocol::Tcp);
+            if let Some(service) = state
+                .services
+                .into_iter()
+                .find(|s| (s.addr.vip, s.addr.port, s.addr.proto) == wanted)
+            {
+                out.insert(node.name.clone(), service);
             }
         }
         Ok(out)
+    }
+
+    /// The pod addresses that any node's data plane holds as backends of
+    /// TCP service `addr`.
+    pub fn installed_backends(&self, addr: SocketAddr) -> Result<BTreeSet<IpAddr>> {
+        Ok(self
+            .installed(addr)?
+            .values()
+            .flat_map(|service| service.backends.iter().map(|backend| backend.addr))
+            .collect())
+    }
+
+    /// The packets each node has forwarded to another node for TCP service
+    /// `addr` (`Cluster`), by node name.
+    pub fn forwarded_out(&self, addr: SocketAddr) -> Result<BTreeMap<String, u64>> {
+        Ok(self
+            .installed(addr)?
+            .into_iter()
+            .map(|(node, service)| (node, service.counters.forwarded_out))
+            .collect())
     }
 
     /// Starts requests from the client in a loop until the returned load is stopped.
