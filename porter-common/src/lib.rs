@@ -323,10 +323,10 @@ stats! {
     Redirected = 14 => "redirected", "Translated and redirected to the backend's interface (redirect mode).";
     ArpAnswered = 15 => "arp_answered", "ARP requests for a led Layer 2 EIP answered in XDP.";
     NdpAnswered = 16 => "ndp_answered", "IPv6 neighbour solicitations for a led Layer 2 EIP answered in XDP.";
-    ForwardedRemote = 17 => "forwarded_remote", "Sent on, unchanged but marked, to the node of a backend on another node.";
+    ForwardedRemote = 17 => "forwarded_remote", "Sent on to the node of a backend on another node: unchanged but marked on its segment, in IPIP behind a router.";
     DropForwardLoop = 18 => "drop_forward_loop", "Dropped: forwarded here by another node, but this node's table picks a backend on yet another node (never forwarded twice).";
     DropForwardNoNeighbour = 19 => "drop_forward_no_neighbour", "Dropped: the link-layer address of a remote backend's node is not resolved yet.";
-    DropForwardNoRoute = 20 => "drop_forward_no_route", "Dropped: a remote backend's node is behind a router (not on this L2 segment), has no route, or this node does not forward IP (net.ipv4.ip_forward=0).";
+    DropForwardNoRoute = 20 => "drop_forward_no_route", "Dropped: a remote backend's node has no route, this node does not forward IP (net.ipv4.ip_forward=0), or the packet does not fit the link once encapsulated (or came in VLAN-tagged).";
 }
 
 impl Stat {

@@ -10,8 +10,9 @@
 //!   solicitations for the EIPs this node leads (see `l2`).
 //!   For `externalTrafficPolicy: Cluster`, a backend may run on another
 //!   node: the packet is then sent on unchanged but marked, with a MAC
-//!   rewrite, to that node, whose program DNATs it to the pod and never
-//!   forwards it again (see `forward_remote`).
+//!   rewrite, to that node (in IPIP when it is behind a router, see
+//!   `encap`), whose program DNATs it to the pod and never forwards it
+//!   again (see `forward_remote`).
 //! - `porter_tc_revnat` (tc): rewrites replies from a backend back to `VIP:port`.
 //! - `porter_xdp_empty`: passes everything; the benchmark's baseline.
 //!
@@ -420,8 +421,9 @@ fn dnat(data: usize, data_end: usize, h: &Headers, backend: &BackendValue) -> Op
 
 /// Sends the packet, unchanged but for the MACs and the forwarded mark, to
 /// the node of a remote backend, which DNATs it to the pod and answers the
-/// client itself. The node must be on this node's L2 segment (no MTU cost):
-/// the FIB says how to reach it and the neighbour table gives its MAC.
+/// client itself. On this node's L2 segment (no MTU cost) the FIB says how
+/// to reach it and the neighbour table gives its MAC; behind a router it
+/// goes in IPIP (`encap::forward`).
 #[inline(always)]
 fn forward_remote(
     ctx: &XdpContext,
