@@ -136,6 +136,13 @@ pub fn forward(ctx: &XdpContext, h: &Headers, backend: &BackendValue) -> (u32, S
     if written.is_none() {
         return (xdp_action::XDP_DROP, Stat::DropRewriteFailed);
     }
+    to_next_hop(ctx, &fib)
+}
+
+/// Sends a frame addressed to the FIB's next hop out of the interface the
+/// FIB chose: `XDP_TX` when that is the one it came in on.
+#[inline(always)]
+pub fn to_next_hop(ctx: &XdpContext, fib: &FibParams) -> (u32, Stat) {
     if fib.ifindex == ctx.ingress_ifindex() as u32 {
         return (xdp_action::XDP_TX, Stat::ForwardedRemote);
     }

@@ -473,12 +473,7 @@ fn forward_remote(
     if mark_forwarded(data, data_end, h, &fib).is_none() {
         return (xdp_action::XDP_DROP, Stat::DropRewriteFailed);
     }
-    if fib.ifindex == ctx.ingress_ifindex() as u32 {
-        return (xdp_action::XDP_TX, Stat::ForwardedRemote);
-    }
-    // SAFETY: no memory effects beyond the redirect decision.
-    let action = unsafe { bpf_redirect(fib.ifindex, 0) } as u32;
-    (action, Stat::ForwardedRemote)
+    encap::to_next_hop(ctx, &fib)
 }
 
 /// Sets the forwarded mark (IPv4 header checksum updated) and the MACs of
