@@ -96,23 +96,14 @@ pub fn forward(ctx: &XdpContext, h: &Headers, backend: &BackendValue) -> (u32, S
     let Some(outer_len) = u16::from_be(tot_len).checked_add(OUTER_LEN as u16) else {
         return (xdp_action::XDP_DROP, Stat::DropForwardNoRoute);
     };
-    // SAFETY: a plain C struct; all zeros is a valid request.
-    let mut fib: FibParams = unsafe { core::mem::zeroed() };
-    fib.family = AF_INET;
-    fib.l4_protocol = IPPROTO_IPIP;
-    fib.ifindex = ctx.ingress_ifindex() as u32;
-    fib.__bindgen_anon_1.tot_len = outer_len;
-    fib.__bindgen_anon_4.ipv4_dst = backend.node[0];
-    // SAFETY: the helper reads and writes `fib`, which lives on our stack.
     // SRC: the kernel also picks this node's address toward the node.
-    let rc = unsafe {
-        bpf_fib_lookup(
-            ctx.ctx.cast(),
-            &mut fib,
-            core::mem::size_of::<FibParams>() as i32,
-            BPF_FIB_LOOKUP_SRC,
-        )
-    };
+    let (rc, fib) = fib_to_node(
+        ctx,
+        backend.node[0],
+        (IPPROTO_IPIP, 0, 0),
+        outer_len,
+        BPF_FIB_LOOKUP_SRC,
+    );
     if rc == BPF_FIB_LKUP_RET_NO_NEIGH as i64 {
         return (xdp_action::XDP_DROP, Stat::DropForwardNoNeighbour);
     }
@@ -137,6 +128,39 @@ pub fn forward(ctx: &XdpContext, h: &Headers, backend: &BackendValue) -> (u32, S
         return (xdp_action::XDP_DROP, Stat::DropRewriteFailed);
     }
     to_next_hop(ctx, &fib)
+}
+
+/// The kernel's route from this node toward node address `node` (as read
+/// from memory), for an IPv4 packet of `tot_len` bytes (checked against the
+/// MTU) with `(protocol, source port, destination port)` for its multipath
+/// hash: the helper's return code and its answer.
+#[inline(always)]
+pub fn fib_to_node(
+    ctx: &XdpContext,
+    node: u32,
+    (proto, sport, dport): (u8, u16, u16),
+    tot_len: u16,
+    flags: u32,
+) -> (i64, FibParams) {
+    // SAFETY: a plain C struct; all zeros is a valid request.
+    let mut fib: FibParams = unsafe { core::mem::zeroed() };
+    fib.family = AF_INET;
+    fib.l4_protocol = proto;
+    fib.sport = sport;
+    fib.dport = dport;
+    fib.ifindex = ctx.ingress_ifindex() as u32;
+    fib.__bindgen_anon_1.tot_len = tot_len;
+    fib.__bindgen_anon_4.ipv4_dst = node;
+    // SAFETY: the helper reads and writes `fib`, which lives on our stack.
+    let rc = unsafe {
+        bpf_fib_lookup(
+            ctx.ctx.cast(),
+            &mut fib,
+            core::mem::size_of::<FibParams>() as i32,
+            flags,
+        )
+    };
+    (rc, fib)
 }
 
 /// Sends a frame addressed to the FIB's next hop out of the interface the

@@ -439,24 +439,13 @@ fn forward_remote(
     let Some(tot_len) = load::<u16>(data, data_end, h.l3_off + 2) else {
         return (xdp_action::XDP_DROP, Stat::DropRewriteFailed);
     };
-    // SAFETY: a plain C struct; all zeros is a valid request.
-    let mut fib: FibParams = unsafe { core::mem::zeroed() };
-    fib.family = AF_INET;
-    fib.l4_protocol = h.proto;
-    fib.sport = h.sport;
-    fib.dport = h.dport;
-    fib.ifindex = ctx.ingress_ifindex() as u32;
-    fib.__bindgen_anon_1.tot_len = u16::from_be(tot_len);
-    fib.__bindgen_anon_4.ipv4_dst = backend.node[0];
-    // SAFETY: the helper reads and writes `fib`, which lives on our stack.
-    let rc = unsafe {
-        bpf_fib_lookup(
-            ctx.ctx.cast(),
-            &mut fib,
-            core::mem::size_of::<FibParams>() as i32,
-            0,
-        )
-    };
+    let (rc, fib) = encap::fib_to_node(
+        ctx,
+        backend.node[0],
+        (h.proto, h.sport, h.dport),
+        u16::from_be(tot_len),
+        0,
+    );
     if rc == BPF_FIB_LKUP_RET_NO_NEIGH as i64 {
         return (xdp_action::XDP_DROP, Stat::DropForwardNoNeighbour);
     }
