@@ -245,13 +245,6 @@ fn service_items(
         return items;
     }
     let local = is_local_policy(svc);
-    if !local && eips.iter().any(IpAddr::is_ipv6) {
-        items.push(Item::Problem(
-            "externalTrafficPolicy Cluster is not forwarded between nodes for IPv6 yet: its \
-             IPv6 EIPs are served like Local, by each node's own pods"
-                .into(),
-        ));
-    }
     let slices: Vec<&EndpointSlice> = slices.iter().map(|slice| slice.as_ref()).collect();
     let ports = svc.spec.as_ref().and_then(|s| s.ports.as_ref());
     for port in ports.into_iter().flatten() {
@@ -261,7 +254,7 @@ fn service_items(
         };
         for &vip in &eips {
             let mut problem = |message: String| items.push(Item::Problem(message));
-            let scope = if local || vip.is_ipv6() {
+            let scope = if local {
                 Scope::Local { node }
             } else {
                 cluster

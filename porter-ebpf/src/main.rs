@@ -113,12 +113,15 @@ fn count(stat: Stat) {
 #[xdp]
 pub fn porter_xdp(ctx: XdpContext) -> u32 {
     count(Stat::PacketsSeen);
-    // An encapsulated packet for a VIP becomes its inner one, marked (encap.rs).
-    if let Err(stat) = encap::decapsulate(&ctx, is_vip_v4) {
-        count(stat);
-        return xdp_action::XDP_DROP;
-    }
-    let (action, stat) = xdp_decide(&ctx);
+    // An encapsulated packet for a VIP becomes its inner one (encap.rs).
+    let forwarded = match encap::decapsulate(&ctx, is_vip) {
+        Ok(forwarded) => forwarded,
+        Err(stat) => {
+            count(stat);
+            return xdp_action::XDP_DROP;
+        }
+    };
+    let (action, stat) = xdp_decide(&ctx, forwarded);
     count(stat);
     action
 }
@@ -129,10 +132,14 @@ pub fn porter_xdp_empty(_ctx: XdpContext) -> u32 {
 }
 
 #[inline(always)]
-fn xdp_decide(ctx: &XdpContext) -> (u32, Stat) {
+fn xdp_decide(ctx: &XdpContext, decapsulated: bool) -> (u32, Stat) {
     let (data, data_end) = (ctx.data(), ctx.data_end());
     let h = match parse::parse(data, data_end) {
-        Ok(h) => h,
+        // IPv6 has no header bit for the mark: decapsulation is the mark.
+        Ok(h) => Headers {
+            forwarded: h.forwarded || decapsulated,
+            ..h
+        },
         // ARP is not IP; only this (rare) path looks further.
         Err(Stat::PassNotIp) => {
             return match l2::answer_arp(ctx, l2_lead) {
@@ -248,10 +255,10 @@ fn xdp_decide(ctx: &XdpContext) -> (u32, Stat) {
 }
 
 #[inline(always)]
-fn is_vip_v4(addr: u32) -> bool {
+fn is_vip(family: u8, addr: &[u32; 4]) -> bool {
     let vip = VipKey {
-        addr: [addr, 0, 0, 0],
-        family: FAMILY_V4,
+        addr: *addr,
+        family,
         _pad: [0; 3],
     };
     VIPS.get_ptr(&vip).is_some()
@@ -432,16 +439,17 @@ fn forward_remote(
     h: &Headers,
     backend: &BackendValue,
 ) -> (u32, Stat) {
-    // The agent installs remote backends for IPv4 services only.
+    // No header bit to mark an IPv6 packet with: always encapsulated.
     if h.family != FAMILY_V4 {
-        return (xdp_action::XDP_DROP, Stat::DropForwardNoRoute);
+        return encap::forward(ctx, h, backend);
     }
     let Some(tot_len) = load::<u16>(data, data_end, h.l3_off + 2) else {
         return (xdp_action::XDP_DROP, Stat::DropRewriteFailed);
     };
     let (rc, fib) = encap::fib_to_node(
         ctx,
-        backend.node[0],
+        FAMILY_V4,
+        &backend.node,
         (h.proto, h.sport, h.dport),
         u16::from_be(tot_len),
         0,

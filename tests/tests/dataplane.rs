@@ -853,8 +853,16 @@ impl ClusterNode {
     }
 
     fn counters(&self, port: u16) -> Result<porter_common::ServiceCounters> {
+        self.counters_of(CLUSTER_VIP, port)
+    }
+
+    fn counters6(&self, port: u16) -> Result<porter_common::ServiceCounters> {
+        self.counters_of(CLUSTER_VIP6, port)
+    }
+
+    fn counters_of(&self, vip: &str, port: u16) -> Result<porter_common::ServiceCounters> {
         let addr = ServiceAddr {
-            vip: ip(CLUSTER_VIP),
+            vip: ip(vip),
             port,
             proto: Protocol::Tcp,
         };
@@ -1076,8 +1084,8 @@ fn forwarded_packets_are_served_locally_and_never_forwarded_again() -> Result<()
 
 /// Router 172.30.0.1 of [`scenarios::enter_cluster_node`], resolved.
 const ROUTER_MAC: [u8; 6] = [2, 0, 0, 0, 0, 0x01];
-const NODE_V4: [u8; 4] = [172, 30, 0, 11];
-const FAR_NODE_V4: [u8; 4] = [172, 30, 9, 5];
+const NODE_V4: &str = "172.30.0.11";
+const FAR_NODE_V4: &str = "172.30.9.5";
 
 /// Across subnets: a packet for a pod on a node behind a router leaves in
 /// an IPIP header from this node to that node; the receiving node takes it
@@ -1104,7 +1112,7 @@ fn cluster_packets_cross_subnets_in_ipip_and_syn_acks_are_clamped() -> Result<()
         let want = packets::encapsulate(
             &packet,
             (ROUTER_MAC, scenarios::NODE_MAC),
-            (NODE_V4, FAR_NODE_V4),
+            (ip(NODE_V4), ip(FAR_NODE_V4)),
         );
         assert_eq!(out, want, "{case}: exact bytes");
         let inner = packets::decapsulated(&out)?;
@@ -1124,7 +1132,7 @@ fn cluster_packets_cross_subnets_in_ipip_and_syn_acks_are_clamped() -> Result<()
         packets::encapsulate(
             packet,
             (scenarios::PEER_NODE_MAC, scenarios::NODE_MAC),
-            (FAR_NODE_V4, NODE_V4),
+            (ip(FAR_NODE_V4), ip(NODE_V4)),
         )
     };
     for sport in 46000..46010u16 {
@@ -1159,15 +1167,15 @@ fn cluster_packets_cross_subnets_in_ipip_and_syn_acks_are_clamped() -> Result<()
 
     // MSS: the SYN-ACK of a flow whose SYN came encapsulated is clamped to
     // up0's MTU (1500) less 60; one whose SYN came marked on the segment is not.
-    let client = ([198, 51, 100, 7], 47000);
-    let vip = ([192, 0, 2, 20], 80);
-    let pod = ([10, 244, 1, 2], 8080);
+    let client = (ip(CLIENT4), 47000);
+    let vip = (ip(CLUSTER_VIP), 80);
+    let pod = (ip(LOCAL_POD), 8080);
     for (case, encapsulated, want) in [
         ("encapsulated", true, 1440),
         ("on the segment", false, 1460),
     ] {
         let client = (client.0, client.1 + u16::from(encapsulated));
-        let syn = packets::tcp_v4_with_mss(client, vip, false, 1460)?;
+        let syn = packets::tcp_with_mss(client, vip, false, 1460)?;
         let arriving = if encapsulated {
             tunnel(&syn)
         } else {
@@ -1180,7 +1188,7 @@ fn cluster_packets_cross_subnets_in_ipip_and_syn_acks_are_clamped() -> Result<()
             Some(1460),
             "{case}: the SYN is left alone"
         );
-        let syn_ack = packets::tcp_v4_with_mss(pod, client, true, 1460)?;
+        let syn_ack = packets::tcp_with_mss(pod, client, true, 1460)?;
         // Twice: a retransmitted SYN-ACK is clamped too.
         for _ in 0..2 {
             let replied = node.bench.run_tc(&syn_ack)?;
@@ -1197,5 +1205,99 @@ fn cluster_packets_cross_subnets_in_ipip_and_syn_acks_are_clamped() -> Result<()
             );
         }
     }
+    Ok(())
+}
+
+const CLUSTER_VIP6: &str = "2001:db8::20";
+const LOCAL_POD6: &str = "fd00:244:1::2";
+const REMOTE_POD6: &str = "fd00:244:2::2";
+
+/// A TCP service on [`CLUSTER_VIP6`]:`port` → `:8080`, as [`cluster_spec`].
+fn cluster_spec6(port: u16, pods: &[(&str, Option<&str>)]) -> ServiceSpec {
+    let mut spec = cluster_spec(port, pods);
+    spec.addr.vip = ip(CLUSTER_VIP6);
+    spec
+}
+
+/// IPv6 has no spare header bit for the mark, so every forwarded IPv6
+/// packet travels in IPv6: to a node on the segment and behind a router
+/// alike; the receiving node serves it as a forwarded packet (never
+/// forwarding it again), and clamps the SYN-ACK by the 40-byte header.
+#[test]
+fn ipv6_cluster_packets_travel_in_ipv6_and_are_served_as_forwarded() -> Result<()> {
+    if !privilege::can_run("ipv6_cluster_packets_travel_in_ipv6_and_are_served_as_forwarded") {
+        return Ok(());
+    }
+    let mut node = ClusterNode::new("dpip6")?;
+    node.bench.dataplane.reconcile(&[
+        cluster_spec6(80, &[(REMOTE_POD6, Some("fd00:30::12"))]),
+        cluster_spec6(81, &[(REMOTE_POD6, Some("fd00:30:9::5"))]),
+        cluster_spec6(82, &[(LOCAL_POD6, None)]),
+        cluster_spec6(83, &[(REMOTE_POD6, Some("fd00:30::12"))]),
+    ])?;
+    let tcp6 = |sport: u16, port: u16, syn: bool| {
+        packets::build(
+            ip(CLIENT6),
+            ip(CLUSTER_VIP6),
+            L4::Tcp {
+                sport,
+                dport: port,
+                syn,
+            },
+            Vlan::None,
+        )
+    };
+    // Forward: on the segment to the peer's MAC, behind the router to its.
+    for (port, node_ip, mac) in [
+        (80, "fd00:30::12", scenarios::PEER_NODE_MAC),
+        (81, "fd00:30:9::5", ROUTER_MAC),
+    ] {
+        for syn in [true, false] {
+            let packet = tcp6(48000, port, syn)?;
+            let (action, out) = node.run(&packet)?;
+            assert_eq!(action, XDP_TX, "port {port}");
+            let want = packets::encapsulate(
+                &packet,
+                (mac, scenarios::NODE_MAC),
+                (ip("fd00:30::11"), ip(node_ip)),
+            );
+            assert_eq!(out, want, "port {port}, syn {syn}: exact bytes");
+            checked_summary(&packets::decapsulated(&out)?)?;
+        }
+        assert_eq!(node.counters6(port)?.forwarded_out, 2);
+    }
+
+    // Receive: the same bytes as the plain packet of the flow gives.
+    let tunnel = |packet: &[u8]| {
+        packets::encapsulate(
+            packet,
+            (packets::NODE_MAC, packets::CLIENT_MAC),
+            (ip("fd00:30::12"), ip("fd00:30::11")),
+        )
+    };
+    for sport in 48100..48110u16 {
+        let plain = tcp6(sport, 82, true)?;
+        let (action, out) = node.run(&tunnel(&plain))?;
+        assert_eq!(action, XDP_PASS);
+        assert_dnat(&plain, &out, &[LOCAL_POD6], 8080, "decapsulated");
+        let (_, plain_out) = node.run(&plain)?;
+        assert_eq!(out, plain_out, "as the plain packet of the flow");
+    }
+    assert_eq!(node.counters6(82)?.forwarded_in, 10);
+
+    // Loop refusal: its only pod is remote.
+    let before = node.bench.stat(Stat::DropForwardLoop)?;
+    let (action, _) = node.run(&tunnel(&tcp6(48200, 83, true)?))?;
+    assert_eq!(action, XDP_DROP, "never forwarded again");
+    assert_eq!(node.bench.stat(Stat::DropForwardLoop)?, before + 1);
+
+    // MSS: 1500 less 100 (IPv6, TCP and the outer IPv6 header).
+    let client = (ip(CLIENT6), 48300);
+    let syn = packets::tcp_with_mss(client, (ip(CLUSTER_VIP6), 82), false, 1440)?;
+    assert_eq!(node.run(&tunnel(&syn))?.0, XDP_PASS);
+    let syn_ack = packets::tcp_with_mss((ip(LOCAL_POD6), 8080), client, true, 1440)?;
+    let replied = node.bench.run_tc(&syn_ack)?;
+    checked_summary(&replied)?;
+    assert_eq!(packets::tcp_mss(&replied), Some(1400));
     Ok(())
 }

@@ -186,7 +186,7 @@ fn cluster_per_packet(baseline: f64) -> Result<()> {
             packets::encapsulate(
                 packet,
                 (scenarios::NODE_MAC, scenarios::PEER_NODE_MAC),
-                ([172, 30, 9, 5], [172, 30, 0, 11]),
+                (ip("172.30.9.5"), ip("172.30.0.11")),
             )
         })
         .collect();
