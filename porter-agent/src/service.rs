@@ -7,7 +7,8 @@ use std::{
 };
 
 use porter_common::{
-    BACKEND_REMOTE, BackendValue, FAMILY_V4, FAMILY_V6, PROTO_TCP, PROTO_UDP, ServiceKey, VipKey,
+    BACKEND_DRAINING, BACKEND_REMOTE, BackendValue, FAMILY_V4, FAMILY_V6, PROTO_TCP, PROTO_UDP,
+    ServiceKey, VipKey,
 };
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -243,10 +244,13 @@ impl ServiceAddr {
 impl Backend {
     pub fn value(&self, service_id: u32) -> BackendValue {
         let (family, addr) = encode_ip(self.addr);
-        let (flags, node) = match self.node {
+        let (mut flags, node) = match self.node {
             Some(node) => (BACKEND_REMOTE, encode_ip(node).1),
             None => (0, [0; 4]),
         };
+        if self.draining {
+            flags |= BACKEND_DRAINING;
+        }
         BackendValue {
             addr,
             port: self.port.to_be(),
@@ -263,13 +267,11 @@ impl Backend {
         } else {
             None
         };
-        // The maps do not say which backends are draining (the tables do):
-        // an adopted service is rewritten once the agent knows.
         Some(Self {
             addr: decode_ip(value.family, value.addr)?,
             port: u16::from_be(value.port),
             node,
-            draining: false,
+            draining: value.flags & BACKEND_DRAINING != 0,
         })
     }
 }
@@ -317,6 +319,14 @@ mod tests {
         // The table name leaves the node out: every node names it alike.
         assert_eq!(remote.table_name(), backend.table_name());
         assert_eq!(remote.to_string(), "10.244.1.5:8080@172.30.0.12");
+        // Draining is recorded, so an adopting agent reads it back.
+        let draining = Backend {
+            draining: true,
+            ..remote
+        };
+        let value = draining.value(3);
+        assert_eq!(value.flags, BACKEND_REMOTE | BACKEND_DRAINING);
+        assert_eq!(Backend::from_value(&value), Some(draining));
     }
 
     #[test]

@@ -159,7 +159,7 @@ pub struct BackendValue {
     /// Target port, network byte order.
     pub port: u16,
     pub family: u8,
-    /// [`BACKEND_SHARED`], [`BACKEND_REMOTE`], or 0.
+    /// [`BACKEND_SHARED`], [`BACKEND_REMOTE`], [`BACKEND_DRAINING`], or 0.
     pub flags: u8,
     /// The service this backend id belongs to; a conntrack entry whose
     /// backend id was reused by another service is treated as stale.
@@ -178,6 +178,13 @@ pub const BACKEND_SHARED: u8 = 1;
 /// packets are forwarded, unchanged, to [`BackendValue::node`], which DNATs
 /// them to the pod and sends the replies itself.
 pub const BACKEND_REMOTE: u8 = 2;
+
+/// The pod is terminating but still serving (KEP-1669): it keeps the flows
+/// conntrack pins to it and has no Maglev slot while another backend of
+/// the service is ready. A bare SYN whose tuple conntrack still pins to it
+/// (the client reused the port of a closed connection) is a new flow, and
+/// is picked from the table again.
+pub const BACKEND_DRAINING: u8 = 4;
 
 /// The IPv4 header's reserved flag bit (of the flags/fragment-offset word,
 /// network order), which RFC 791 requires to be zero: set on a packet one

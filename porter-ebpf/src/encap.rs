@@ -52,8 +52,8 @@ const OUTER_LEN: usize = 20;
 /// The outer IPv6 header, without extension headers.
 const OUTER6_LEN: usize = 40;
 const AF_INET6: u8 = 10;
-const TCP_SYN: u8 = 0x02;
-const TCP_ACK: u8 = 0x10;
+pub const TCP_SYN: u8 = 0x02;
+pub const TCP_ACK: u8 = 0x10;
 const TCP_OPT_MSS: u8 = 2;
 const IPV4_DONT_FRAGMENT: u16 = 0x4000;
 const ETH_P_IPV6: u16 = 0x86dd;

@@ -48,9 +48,9 @@ use aya_ebpf::{
 };
 use parse::{Headers, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP, load, store};
 use porter_common::{
-    BACKEND_REMOTE, BACKEND_SHARED, BackendKey, BackendValue, CtValue, FAMILY_V4, FlowKey,
-    IPV4_FORWARDED_MARK, L2Key, L2Value, RevNatValue, ServiceCounters, ServiceKey, ServiceValue,
-    Stat, VIP_FILTER_SLOTS, VipKey, config, limits, vip_filter_slot,
+    BACKEND_DRAINING, BACKEND_REMOTE, BACKEND_SHARED, BackendKey, BackendValue, CtValue, FAMILY_V4,
+    FlowKey, IPV4_FORWARDED_MARK, L2Key, L2Value, RevNatValue, ServiceCounters, ServiceKey,
+    ServiceValue, Stat, VIP_FILTER_SLOTS, VipKey, config, limits, vip_filter_slot,
 };
 
 // BTF-defined maps: `bpftool map dump` shows their field names. They carry
@@ -222,7 +222,13 @@ fn xdp_decide(ctx: &XdpContext, decapsulated: bool) -> (u32, Stat) {
         family: h.family,
         _pad: [0; 2],
     };
-    let (backend, new_flow) = match choose_backend(&flow, &service, h.forwarded) {
+    // Read only when conntrack names a draining pod.
+    let bare_syn = || {
+        h.proto == IPPROTO_TCP
+            && load::<u8>(data, data_end, h.l4_off + 13)
+                .is_some_and(|flags| flags & (encap::TCP_SYN | encap::TCP_ACK) == encap::TCP_SYN)
+    };
+    let (backend, new_flow) = match choose_backend(&flow, &service, h.forwarded, bare_syn) {
         Ok(chosen) => chosen,
         Err(stat) => return (xdp_action::XDP_DROP, stat),
     };
@@ -286,6 +292,7 @@ fn choose_backend(
     flow: &FlowKey,
     service: &ServiceValue,
     forwarded: bool,
+    bare_syn: impl Fn() -> bool,
 ) -> Result<(BackendValue, bool), Stat> {
     let now = unsafe { bpf_ktime_get_ns() };
     if let Some(ct) = CONNTRACK.get_ptr_mut(flow) {
@@ -295,7 +302,11 @@ fn choose_backend(
             if let Some(backend) = BACKENDS.get(entry.backend_id) {
                 let backend = *backend;
                 let refused = forwarded && backend.flags & BACKEND_REMOTE != 0;
-                if backend.family != 0 && backend.service_id == service.id && !refused {
+                // A new connection on the tuple of a closed one (reused
+                // client port) to a terminating pod: picked anew (KEP-1669).
+                let reopened = backend.flags & BACKEND_DRAINING != 0 && bare_syn();
+                if backend.family != 0 && backend.service_id == service.id && !refused && !reopened
+                {
                     if now.wrapping_sub(entry.last_seen_ns) > REFRESH_NS {
                         unsafe { (*ct).last_seen_ns = now };
                         record_revnat(flow, &backend, service.id);

@@ -383,6 +383,18 @@ fn a_draining_pod_keeps_its_flows_and_takes_new_ones_only_when_alone() -> Result
             "a new flow went to the ready pod"
         );
     }
+    // A new connection that reuses the client port of a closed one to the
+    // draining pod (its conntrack entry lingers) is a new flow too.
+    let (reused, _) = *held
+        .iter()
+        .find(|(_, pod)| *pod == ip(PODS4[0]))
+        .context("a flow on the draining pod")?;
+    assert_eq!(
+        pod_of(&mut bench, reused, true, "SYN on a reused port")?,
+        ip(PODS4[1]),
+        "a SYN on a reused port went to the ready pod"
+    );
+    held.retain(|(sport, _)| *sport != reused);
     // The survivor terminates too: new flows go to both again.
     bench.dataplane.upsert_service(&draining(&[true, true]))?;
     let mut new_pods = std::collections::BTreeSet::new();
