@@ -40,7 +40,7 @@ use porter_common::{BackendValue, FAMILY_V4, FAMILY_V6, FlowKey, IPV4_FORWARDED_
 
 use crate::{
     csum,
-    parse::{ETH_P_IP, Headers, IPPROTO_TCP, load, store},
+    parse::{ETH_P_IP, ETH_P_IPV6, Headers, IPPROTO_TCP, load, store},
 };
 
 pub const IPPROTO_IPIP: u8 = 4;
@@ -56,7 +56,6 @@ pub const TCP_SYN: u8 = 0x02;
 pub const TCP_ACK: u8 = 0x10;
 const TCP_OPT_MSS: u8 = 2;
 const IPV4_DONT_FRAGMENT: u16 = 0x4000;
-const ETH_P_IPV6: u16 = 0x86dd;
 const OUTER_TTL: u8 = 64;
 const AF_INET: u8 = 2;
 
