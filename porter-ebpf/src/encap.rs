@@ -23,9 +23,10 @@
 //! - MSS: the client sends its segments to the pod through the tunnel, so
 //!   the pod's SYN-ACK is clamped (by tc, on the pod's node, for flows whose
 //!   SYN arrived encapsulated) to the uplink's MTU less the headers and the
-//!   outer header (`mss_overhead`). The SYN is left alone: the pod's segments go straight
-//!   back to the client (DSR), never through the tunnel. The MSS option is
-//!   looked for where every common stack puts it, first.
+//!   outer header (`mss_overhead`). The SYN is left alone: the pod's
+//!   segments go straight back to the client (DSR), never through the
+//!   tunnel. The MSS option is looked for where every common stack puts
+//!   it, first.
 use aya_ebpf::{
     bindings::{
         BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_SUCCESS, BPF_FIB_LOOKUP_SRC,
