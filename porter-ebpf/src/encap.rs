@@ -326,9 +326,11 @@ fn decapsulate_v4(ctx: &XdpContext, is_vip: impl Fn(u8, &[u32; 4]) -> bool) -> R
     let (data, data_end) = (ctx.data(), ctx.data_end());
     let inner = ETH_HLEN + OUTER_LEN;
     // An outer header with options, or a fragment of one, goes to the
-    // kernel, as does an inner packet that is not IPv4 to a VIP.
+    // kernel, as does an inner packet that is not IPv4 to a VIP, and a
+    // packet shorter or longer than its headers say.
     if load::<u8>(data, data_end, ETH_HLEN) != Some(0x45)
         || load::<u16>(data, data_end, ETH_HLEN + 6).is_none_or(|f| u16::from_be(f) & 0x3fff != 0)
+        || !lengths_agree(data, data_end, ETH_HLEN + 2, inner + 2, OUTER_LEN, 0)
     {
         return Ok(false);
     }
@@ -357,6 +359,18 @@ fn decapsulate_v4(ctx: &XdpContext, is_vip: impl Fn(u8, &[u32; 4]) -> bool) -> R
 fn decapsulate_v6(ctx: &XdpContext, is_vip: impl Fn(u8, &[u32; 4]) -> bool) -> Result<bool, Stat> {
     let (data, data_end) = (ctx.data(), ctx.data_end());
     let inner = ETH_HLEN + OUTER6_LEN;
+    // Payload lengths: the outer one covers the inner header, and the
+    // frame holds exactly that much.
+    if !lengths_agree(
+        data,
+        data_end,
+        ETH_HLEN + 4,
+        inner + 4,
+        OUTER6_LEN,
+        OUTER6_LEN,
+    ) {
+        return Ok(false);
+    }
     let Some(inner_version) = load::<u8>(data, data_end, inner) else {
         return Ok(false);
     };
@@ -372,6 +386,33 @@ fn decapsulate_v6(ctx: &XdpContext, is_vip: impl Fn(u8, &[u32; 4]) -> bool) -> R
         return Ok(false);
     };
     strip(ctx, ethernet, OUTER6_LEN)
+}
+
+/// Whether the frame is as long as the outer length field at `outer_at`
+/// says, and the inner length field at `inner_at` says the rest. IPv4
+/// length fields count their own header: `outer_extra` 20 (the outer
+/// header), `outer_header` 0. IPv6 payload lengths do not: 40 and 40.
+#[inline(always)]
+fn lengths_agree(
+    data: usize,
+    data_end: usize,
+    outer_at: usize,
+    inner_at: usize,
+    outer_extra: usize,
+    outer_header: usize,
+) -> bool {
+    let Some(outer) = load::<u16>(data, data_end, outer_at) else {
+        return false;
+    };
+    let Some(inner) = load::<u16>(data, data_end, inner_at) else {
+        return false;
+    };
+    let outer = u16::from_be(outer) as usize;
+    // Opaque to LLVM: told the frame's length, it would drop the bounds
+    // checks of later loads, which the verifier needs to see.
+    let frame = core::hint::black_box(data_end - data);
+    frame.checked_sub(ETH_HLEN + outer_header) == Some(outer)
+        && u16::from_be(inner) as usize + outer_extra == outer
 }
 
 /// Takes `outer` bytes off after the Ethernet header `ethernet`.

@@ -705,6 +705,39 @@ fn random_and_malformed_packets_are_never_modified() -> Result<()> {
         checked += 1;
     }
     assert!(checked >= 90_000, "checked {checked} packets");
+    // Encapsulated service packets cut short anywhere, or padded: never
+    // taken apart, passed untouched.
+    for (inner, outer) in [
+        (
+            packets::build(ip(CLIENT4), ip(VIP4), tcp(40000, 80), Vlan::None)?,
+            ("172.30.0.12", "172.30.0.11"),
+        ),
+        (
+            packets::build(ip(CLIENT6), ip(VIP6), tcp(40000, 80), Vlan::None)?,
+            ("fd00:30::12", "fd00:30::11"),
+        ),
+    ] {
+        let whole = packets::encapsulate(
+            &inner,
+            (packets::NODE_MAC, packets::CLIENT_MAC),
+            (ip(outer.0), ip(outer.1)),
+        );
+        let mut padded = whole.clone();
+        padded.extend_from_slice(&[0; 4]);
+        for packet in (14..whole.len())
+            .map(|len| whole[..len].to_vec())
+            .chain([padded])
+        {
+            let (action, out) = bench.run(&packet)?;
+            assert_eq!(
+                (action, &out),
+                (XDP_PASS, &packet),
+                "{} of {} bytes",
+                packet.len(),
+                whole.len()
+            );
+        }
+    }
     Ok(())
 }
 
