@@ -57,9 +57,13 @@ pub enum Forwarding {
     /// Correct with the node's own rules; see porter-ebpf's docs.
     #[default]
     Kernel,
-    /// Redirect from XDP to the pod's interface, past netfilter. Only for
-    /// measurement: replies get masqueraded where the node masquerades pod
-    /// traffic, and veth pods only take redirected frames if they run XDP.
+    /// Redirect from XDP to the pod's interface, past the node's routing and
+    /// netfilter. Correct only where the node does not masquerade pod
+    /// traffic (replies would be, since netfilter never saw the request) and
+    /// enforces no NetworkPolicy in netfilter (it sees no request), and only
+    /// for pods whose interface takes redirected frames (veth: its pod side
+    /// runs XDP). Falls back to the kernel while the pod's neighbour entry
+    /// is unresolved.
     Redirect,
 }
 

@@ -10,8 +10,8 @@ use std::{
 
 use aya::maps::{Array, HashMap, Map, MapData, MapError, PerCpuArray};
 use porter_common::{
-    BackendKey, BackendValue, CtValue, FlowKey, L2Key, L2Value, RevNatValue, ServiceCounters,
-    ServiceKey, ServiceValue, Stat, map_names,
+    BackendKey, BackendValue, CtValue, FlowKey4, FlowKey6, L2Key, L2Value, RevNatValue,
+    ServiceCounters, ServiceKey, ServiceValue, Stat, map_names,
 };
 
 use crate::{
@@ -94,10 +94,14 @@ pub fn read(pins: &PinLayout) -> Result<PinnedState, InspectError> {
         open(pins, map_names::BACKENDS, Map::Array)?;
     let (counters, _): (PerCpuArray<MapData, ServiceCounters>, _) =
         open(pins, map_names::SERVICE_COUNTERS, Map::PerCpuArray)?;
-    let (conntrack, conntrack_cap): (HashMap<MapData, FlowKey, CtValue>, _) =
+    let (conntrack, conntrack_cap): (HashMap<MapData, FlowKey4, CtValue>, _) =
         open(pins, map_names::CONNTRACK, Map::LruHashMap)?;
-    let (revnat, revnat_cap): (HashMap<MapData, FlowKey, RevNatValue>, _) =
+    let (conntrack6, conntrack6_cap): (HashMap<MapData, FlowKey6, CtValue>, _) =
+        open(pins, map_names::CONNTRACK6, Map::LruHashMap)?;
+    let (revnat, revnat_cap): (HashMap<MapData, FlowKey4, RevNatValue>, _) =
         open(pins, map_names::REVNAT, Map::LruHashMap)?;
+    let (revnat6, revnat6_cap): (HashMap<MapData, FlowKey6, RevNatValue>, _) =
+        open(pins, map_names::REVNAT6, Map::LruHashMap)?;
     let (backend_revnat, backend_revnat_cap): (HashMap<MapData, BackendKey, RevNatValue>, _) =
         open(pins, map_names::BACKEND_REVNAT, Map::HashMap)?;
 
@@ -151,9 +155,19 @@ pub fn read(pins: &PinLayout) -> Result<PinnedState, InspectError> {
             conntrack_cap,
         ),
         occupancy(
+            map_names::CONNTRACK6,
+            count(conntrack6.keys(), map_names::CONNTRACK6)?,
+            conntrack6_cap,
+        ),
+        occupancy(
             map_names::REVNAT,
             count(revnat.keys(), map_names::REVNAT)?,
             revnat_cap,
+        ),
+        occupancy(
+            map_names::REVNAT6,
+            count(revnat6.keys(), map_names::REVNAT6)?,
+            revnat6_cap,
         ),
         occupancy(
             map_names::BACKEND_REVNAT,

@@ -30,6 +30,16 @@ pub fn holding(ips: &[IpAddr]) -> io::Result<Vec<String>> {
     Ok(names)
 }
 
+/// The addresses of the interfaces named in `names`.
+pub fn addresses_on<'a>(names: impl IntoIterator<Item = &'a str>) -> io::Result<Vec<IpAddr>> {
+    let names: Vec<&str> = names.into_iter().collect();
+    Ok(local_addresses()?
+        .into_iter()
+        .filter(|local| names.contains(&local.name.as_str()))
+        .map(|local| local.ip)
+        .collect())
+}
+
 /// Whether an interface of that name exists in this network namespace.
 pub fn exists(name: &str) -> bool {
     let Ok(name) = std::ffi::CString::new(name) else {
@@ -126,6 +136,17 @@ status: {addresses: [{type: InternalIP, address: 172.31.0.9}]}",
             vec!["172.31.0.1".parse::<IpAddr>().expect("ip")]
         );
         assert!(node_internal_ips(&snapshot, "n3").is_empty());
+    }
+
+    #[test]
+    fn addresses_on_names_only_the_interfaces_asked_for() {
+        let lo = addresses_on(["lo"]).expect("getifaddrs");
+        assert!(lo.contains(&IpAddr::from([127, 0, 0, 1])), "{lo:?}");
+        assert!(
+            addresses_on(["no-such-interface"])
+                .expect("getifaddrs")
+                .is_empty()
+        );
     }
 
     #[test]

@@ -5,7 +5,7 @@ use std::{net::SocketAddr, path::PathBuf, time::Duration};
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use porter_agent::{
-    DataplaneConfig, PinLayout,
+    DataplaneConfig, Forwarding, PinLayout,
     bgp::{NodeSpeaker, writer::PeerStatusWriter},
     inspect,
     layer2::{
@@ -20,6 +20,7 @@ use porter_agent::{
     xdp_attach::{self, XdpModePreference},
 };
 use porter_api::annotations::PORTER_NAMESPACE;
+use porter_api::cli::{init_logging, parse_duration};
 use porter_api::metrics_http::{Health, serve_with_health};
 use porter_api::peer_auth::SecretScope;
 use porter_api::source::{SnapshotReceiver, SourceArg, dir, kube as kube_source};
@@ -102,6 +103,13 @@ struct RunArgs {
     /// maps are first pinned.
     #[arg(long, default_value_t = porter_common::limits::DEFAULT_MAX_SERVICES)]
     max_services: u32,
+    /// How translated packets reach a local pod. `redirect` skips the node's
+    /// routing and netfilter (more packets per second per CPU) but is
+    /// correct only where the node neither masquerades pod traffic
+    /// nor enforces NetworkPolicy in netfilter, and the pods' interfaces take
+    /// XDP-redirected frames (veth: the pod side runs XDP). See docs/design.md.
+    #[arg(long, value_enum, default_value = "kernel", env = "PORTER_FORWARDING")]
+    forwarding: Forwarding,
     /// Namespaces to read BgpPeer password Secrets from, comma-separated:
     /// set it only for `speakerMode: node` with `authPasswordSecretRef`. The
     /// first is where a reference without a namespace points. Default: none,
@@ -118,31 +126,9 @@ struct RunArgs {
     pins: PinArgs,
 }
 
-fn parse_duration(text: &str) -> Result<Duration, String> {
-    let (number, unit) = text.split_at(
-        text.find(|c: char| !c.is_ascii_digit())
-            .unwrap_or(text.len()),
-    );
-    let value: u64 = number
-        .parse()
-        .map_err(|_| format!("`{text}` is not a duration like 30s, 500ms or 2m"))?;
-    match unit {
-        "ms" => Ok(Duration::from_millis(value)),
-        "s" | "" => Ok(Duration::from_secs(value)),
-        "m" => Ok(Duration::from_secs(value * 60)),
-        _ => Err(format!("`{text}`: unit must be ms, s or m")),
-    }
-}
-
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+    init_logging();
     match Cli::parse().command {
         Command::Run(args) => run(args).await,
         Command::Cleanup(args) => cleanup(&PinLayout::new(&args.bpffs)),
@@ -163,7 +149,7 @@ async fn run(args: RunArgs) -> Result<()> {
         config: DataplaneConfig {
             maglev_size: args.maglev_size,
             max_services: args.max_services,
-            ..DataplaneConfig::default()
+            forwarding: args.forwarding,
         },
         resync: args.resync_interval,
     };

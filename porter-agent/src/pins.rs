@@ -8,9 +8,9 @@ use std::path::{Path, PathBuf};
 /// Bump when a pinned map's key, value, size or flags change incompatibly
 /// (10: the Maglev array became mmap-able; 11: backends carry their node,
 /// service counters count forwarded packets).
-pub const PIN_LAYOUT_VERSION: u32 = 11;
+pub const PIN_LAYOUT_VERSION: u32 = 12;
 
-/// Paths under one bpffs directory, e.g. `/sys/fs/bpf/porter/v11/...`.
+/// Paths under one bpffs directory, e.g. `/sys/fs/bpf/porter/v12/...`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PinLayout {
     root: PathBuf,
@@ -81,11 +81,11 @@ mod tests {
         let layout = PinLayout::new(Path::new("/sys/fs/bpf"));
         assert_eq!(
             layout.xdp_link("eth0"),
-            Path::new("/sys/fs/bpf/porter/v11/links/xdp-eth0")
+            Path::new("/sys/fs/bpf/porter/v12/links/xdp-eth0")
         );
         assert_eq!(
             layout.map("PORTER_STATS"),
-            Path::new("/sys/fs/bpf/porter/v11/maps/PORTER_STATS")
+            Path::new("/sys/fs/bpf/porter/v12/maps/PORTER_STATS")
         );
         assert!(layout.maps_dir().starts_with(layout.root()));
     }

@@ -157,10 +157,12 @@ impl Agent {
         if self.attached.is_empty() {
             return;
         }
-        let candidates = layer2::candidates::candidates(snapshot);
+        let mut candidates = layer2::candidates::candidates(snapshot);
         if candidates.is_empty() && !layer2.answering() {
             return;
         }
+        let hosts = layer2::host_addresses(snapshot, self.attached.keys().map(String::as_str));
+        layer2.refuse_host_addresses(&mut candidates, &hosts);
         let choices = layer2::candidates::interface_choices(snapshot);
         if let Err(err) = layer2.step(dataplane, &candidates, &choices).await {
             warn!(error = %err, "layer 2 round failed; answers lapse with the lease");

@@ -17,7 +17,7 @@ use crate::peer_auth::{self, SecretScope};
 use crate::source::Snapshot;
 use crate::{BgpPeer, BgpPeerNodeStatus};
 
-pub const DEFAULT_LISTEN_PORT: u16 = 17900;
+pub use porter_bgp::DEFAULT_LISTEN_PORT;
 pub const DEFAULT_REMOTE_PORT: u16 = 179;
 pub const DEFAULT_HOLD_TIME: u16 = 90;
 pub const DEFAULT_CONNECT_RETRY: u16 = 30;

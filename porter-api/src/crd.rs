@@ -80,11 +80,28 @@ pub struct EipSpec {
     /// addresses from this pool automatically (together with `namespaces`).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub namespace_selector: BTreeMap<String, String>,
+    /// Who may share this pool's addresses (`porter.kubesphere.io/allow-shared-ip`).
+    /// Unset: only Services of one namespace share an address.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sharing: Option<EipSharing>,
     /// BGP advertisement policy for every address of this pool (see
     /// docs/bgp-policy.md). Values that cannot be read set the
     /// `BgpPolicyInvalid` condition; the rest of the policy still applies.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bgp: Option<EipBgp>,
+}
+
+/// `Eip.spec.sharing`: how far a sharing key reaches.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct EipSharing {
+    /// Let Services of different namespaces (among those the pool is open
+    /// to) share an address under one sharing key. Off by default: a
+    /// sharing key then only joins Services of one namespace, so nobody
+    /// who learns a key can attach a Service of theirs to another
+    /// tenant's address.
+    #[serde(default)]
+    pub cross_namespace: bool,
 }
 
 /// `Eip.spec.bgp`: what the pool's paths carry and where they go. Field

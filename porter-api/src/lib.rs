@@ -5,6 +5,7 @@
 pub mod annotations;
 pub mod bgp_config;
 pub mod bgp_policy;
+pub mod cli;
 pub mod crd;
 pub mod health;
 pub mod layer2;

@@ -17,7 +17,7 @@ use netgauze_bgp_pkt::{
 };
 use netgauze_iana::address_family::AddressType;
 
-use crate::{Family, codec::notification_code};
+use crate::{Family, codec::notification_code, policy::AS_TRANS};
 
 /// RFC 4271 section 8.2.2 states.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -47,7 +47,6 @@ const OPEN_HOLD_TIME: Duration = Duration::from_secs(240);
 const STABLE_KEEPALIVES: u32 = 3;
 /// Longest reconnect backoff.
 const MAX_BACKOFF: Duration = Duration::from_secs(120);
-const AS_TRANS: u16 = 23456;
 
 /// What the FSM needs to know about both ends.
 #[derive(Clone, Debug)]

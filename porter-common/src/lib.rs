@@ -27,14 +27,18 @@ pub mod map_names {
     pub const BACKENDS: &str = "PORTER_BACKENDS";
     /// Array of backend ids: every service owns two Maglev tables of M slots.
     pub const MAGLEV: &str = "PORTER_MAGLEV";
-    /// LRU hash: client-side [`crate::FlowKey`] → [`crate::CtValue`].
+    /// LRU hash: client-side [`crate::FlowKey4`] → [`crate::CtValue`] (IPv4 flows).
     pub const CONNTRACK: &str = "PORTER_CT";
+    /// LRU hash: client-side [`crate::FlowKey6`] → [`crate::CtValue`] (IPv6 flows).
+    pub const CONNTRACK6: &str = "PORTER_CT6";
     /// Hash: [`crate::BackendKey`] → [`crate::RevNatValue`], kept by
     /// userspace: how replies from a backend are rewritten.
     pub const BACKEND_REVNAT: &str = "PORTER_BE_REVNAT";
-    /// LRU hash: backend-side (reply) [`crate::FlowKey`] → [`crate::RevNatValue`],
+    /// LRU hash: backend-side (reply) [`crate::FlowKey4`] → [`crate::RevNatValue`],
     /// only for flows to backends that serve several services ([`crate::BACKEND_SHARED`]).
     pub const REVNAT: &str = "PORTER_REVNAT";
+    /// [`REVNAT`]'s IPv6 twin, keyed by [`crate::FlowKey6`].
+    pub const REVNAT6: &str = "PORTER_REVNAT6";
     /// Per-CPU array of [`crate::ServiceCounters`], indexed by service id.
     pub const SERVICE_COUNTERS: &str = "PORTER_SVC_STATS";
 
@@ -56,8 +60,10 @@ pub mod map_names {
         BACKENDS,
         MAGLEV,
         CONNTRACK,
+        CONNTRACK6,
         BACKEND_REVNAT,
         REVNAT,
+        REVNAT6,
         SERVICE_COUNTERS,
         L2_LEADS,
     ];
@@ -71,6 +77,29 @@ pub mod program_names {
     pub const XDP_EMPTY: &str = "porter_xdp_empty";
     /// tc classifier that rewrites replies from backends back to `VIP:port`.
     pub const TC_REVNAT: &str = "porter_tc_revnat";
+    /// XDP program returning `XDP_TX`: the packet-rate benchmark's generator
+    /// (BPF_PROG_TEST_RUN with live frames).
+    pub const XDP_TX: &str = "porter_xdp_tx";
+    /// XDP program that counts (`Stat::PacketsSeen`) and drops: the
+    /// packet-rate benchmark's receiving pod.
+    pub const XDP_SINK: &str = "porter_xdp_sink";
+}
+
+/// The packet-rate benchmark's generated frames (see the `porter_xdp_tx`
+/// program): Ethernet + IPv4 + UDP with no checksum, whose payload holds a
+/// copy of those headers. The kernel hands the generator recycled frames
+/// that the path under test has rewritten (DNAT, TTL, MACs), so the
+/// generator restores the headers from the copy before each send.
+pub mod pktgen {
+    /// Bytes of Ethernet, IPv4 (no options) and UDP headers.
+    pub const HEADER_BYTES: usize = 42;
+    /// Where the copy of the headers starts.
+    pub const TEMPLATE_OFFSET: usize = 64;
+    /// The frame's length: headers, then payload up to the copy's end.
+    pub const FRAME_BYTES: usize = TEMPLATE_OFFSET + HEADER_BYTES;
+    /// Low bits of the UDP source port the generator randomises per frame,
+    /// so the load is 2^FLOW_BITS flows.
+    pub const FLOW_BITS: u32 = 6;
 }
 
 /// Compile-time capacities of the maps (userspace may resize some at load).
@@ -93,8 +122,8 @@ pub mod config {
     /// Translated packets go to the kernel, which routes them to the pod.
     pub const FORWARD_KERNEL: u32 = 0;
     /// Translated packets are redirected straight to the pod's interface
-    /// (FIB lookup in XDP), bypassing the node's netfilter. For measurement:
-    /// see porter-ebpf's docs for why it is not the default.
+    /// (FIB lookup in XDP), bypassing the node's netfilter: see porter-ebpf's
+    /// docs for where that is correct, and why it is not the default.
     pub const FORWARD_REDIRECT: u32 = 1;
 }
 
@@ -203,17 +232,29 @@ pub struct BackendKey {
     pub family: u8,
 }
 
-/// A 5-tuple as seen in one direction.
+/// An IPv4 5-tuple as seen in one direction: 16 bytes, so IPv4 flows (most
+/// of them) hash and compare 16 bytes per lookup, not 40.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub struct FlowKey {
+pub struct FlowKey4 {
+    pub src: u32,
+    pub dst: u32,
+    pub sport: u16,
+    pub dport: u16,
+    pub proto: u8,
+    pub _pad: [u8; 3],
+}
+
+/// An IPv6 5-tuple as seen in one direction.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct FlowKey6 {
     pub src: [u32; 4],
     pub dst: [u32; 4],
     pub sport: u16,
     pub dport: u16,
     pub proto: u8,
-    pub family: u8,
-    pub _pad: [u8; 2],
+    pub _pad: [u8; 3],
 }
 
 /// Conntrack entry of a flow toward a service.
@@ -352,7 +393,8 @@ mod pod {
     unsafe impl aya::Pod for VipKey {}
     unsafe impl aya::Pod for BackendValue {}
     unsafe impl aya::Pod for BackendKey {}
-    unsafe impl aya::Pod for FlowKey {}
+    unsafe impl aya::Pod for FlowKey4 {}
+    unsafe impl aya::Pod for FlowKey6 {}
     unsafe impl aya::Pod for CtValue {}
     unsafe impl aya::Pod for RevNatValue {}
     unsafe impl aya::Pod for ServiceCounters {}
@@ -372,7 +414,8 @@ mod tests {
         assert_eq!(size_of::<VipKey>(), 20);
         assert_eq!(size_of::<BackendValue>(), 40);
         assert_eq!(size_of::<BackendKey>(), 20);
-        assert_eq!(size_of::<FlowKey>(), 40);
+        assert_eq!(size_of::<FlowKey4>(), 16);
+        assert_eq!(size_of::<FlowKey6>(), 40);
         assert_eq!(size_of::<CtValue>(), 24);
         assert_eq!(size_of::<RevNatValue>(), 24);
         assert_eq!(size_of::<L2Key>(), 24);

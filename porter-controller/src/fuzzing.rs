@@ -17,12 +17,14 @@ use std::path::Path;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use porter_api::annotations::DEFAULT_EIP;
+use porter_api::crd::EipSharing;
+use porter_api::layer2::PROTOCOL_LAYER2;
 use porter_api::source::{Snapshot, dir};
 use porter_api::{Eip, EipSpec, ObjectKey};
 
 use crate::bgp;
 use crate::ipam::{Family, IpRange, Ipam, NamespaceLabels, Pool, PoolState};
-use crate::service::{self, FamilyPolicy, ServiceRequest};
+use crate::service::{self, FamilyPolicy, ServiceRequest, SharingTerms};
 
 pub fn eip_address(data: &[u8]) {
     let Ok(text) = std::str::from_utf8(data) else {
@@ -157,6 +159,9 @@ impl Choices<'_> {
 const POOL_NAMES: &[&str] = &["a", "b", "c", "d"];
 const NAMESPACES: &[&str] = &["red", "blue", "green"];
 const SHARING_KEYS: &[Option<&str>] = &[None, Some("k1"), Some("k2")];
+const SELECTORS: &[Option<&str>] = &[None, Some("web"), Some("api")];
+/// Node addresses, inside the pools `Choices::ip` makes.
+const NODE_ADDRESSES: &[&str] = &["10.0.1.7", "fd00::3"];
 const PORTS: &[(&str, i32)] = &[("TCP", 80), ("TCP", 443), ("UDP", 53)];
 
 fn pool(c: &mut Choices) -> Pool {
@@ -192,6 +197,10 @@ fn pool(c: &mut Choices) -> Pool {
                 Vec::new()
             },
             include_network_and_broadcast: c.flag(),
+            protocol: c.flag().then(|| PROTOCOL_LAYER2.to_string()),
+            sharing: Some(EipSharing {
+                cross_namespace: c.flag(),
+            }),
             ..EipSpec::default()
         },
         status: None,
@@ -221,6 +230,13 @@ fn request(c: &mut Choices) -> ServiceRequest {
         requested: (0..c.below(3)).map(|_| c.ip()).collect(),
         invalid_request: None,
         sharing_key: c.pick(SHARING_KEYS).map(str::to_string),
+        sharing_terms: SharingTerms {
+            local: c.flag(),
+            selector: c
+                .pick(SELECTORS)
+                .map(|app| [("app".to_string(), app.to_string())].into())
+                .unwrap_or_default(),
+        },
         ports,
         families,
         policy,
@@ -237,7 +253,15 @@ pub fn ipam(data: &[u8]) {
     let mut requests: BTreeMap<ObjectKey, ServiceRequest> = BTreeMap::new();
     while !c.0.is_empty() {
         match c.below(8) {
-            0 => ipam.set_pools((0..c.below(5)).map(|_| pool(&mut c)).collect(), &[]),
+            0 => {
+                let nodes = NODE_ADDRESSES
+                    .iter()
+                    .filter(|_| c.flag())
+                    .filter_map(|ip| Some((ip.parse().ok()?, "node".to_string())))
+                    .collect();
+                ipam.set_node_addresses(nodes);
+                ipam.set_pools((0..c.below(5)).map(|_| pool(&mut c)).collect(), &[]);
+            }
             1 => {
                 let key = ObjectKey::new(*c.pick(NAMESPACES), format!("svc{}", c.below(6)));
                 ipam.release(&key);
@@ -295,8 +319,25 @@ fn check_ipam(ipam: &Ipam, requests: &BTreeMap<ObjectKey, ServiceRequest>) {
             key.is_some() && reqs.iter().all(|r| r.sharing_key.as_ref() == key),
             "{ip} is given to {keys:?} without a common sharing key"
         );
+        let pool = ipam
+            .pools()
+            .find(|p| p.range.is_some_and(|r| r.contains(ip)));
+        let cross_namespace = pool.is_some_and(|p| p.cross_namespace);
         for (i, a) in reqs.iter().enumerate() {
             for b in &reqs[i + 1..] {
+                assert!(
+                    cross_namespace || a.key.namespace == b.key.namespace,
+                    "{ip} is shared across namespaces by {} and {}",
+                    a.key,
+                    b.key
+                );
+                assert_eq!(
+                    a.sharing_terms.incompatible(&b.sharing_terms, ip),
+                    None,
+                    "{ip} is shared by incompatible {} and {}",
+                    a.key,
+                    b.key
+                );
                 assert!(
                     !a.ports.iter().any(|p| b.ports.contains(p)),
                     "{ip} is shared by {} and {} on a common port",

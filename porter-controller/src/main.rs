@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use clap::Parser;
+use porter_api::cli::{init_logging, parse_duration};
 use porter_api::lease::{CONTROLLER_LEASE_DIR, FileLeaseDir};
 use porter_api::metrics_http::{Health, serve_with_health};
 use porter_api::source::{SourceArg as Source, dir, kube as kube_source, layer2};
@@ -32,19 +33,6 @@ fn parse_lease_name(s: &str) -> Result<String, String> {
         Err(format!(
             "`{s}`: use letters, digits, `-`, `.` and `_` only (a Lease name and a file name)"
         ))
-    }
-}
-
-fn parse_duration(s: &str) -> Result<Duration, String> {
-    let (number, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
-    let n: u64 = number
-        .parse()
-        .map_err(|_| format!("`{s}` is not a duration like 500ms, 5s or 2m"))?;
-    match unit {
-        "ms" => Ok(Duration::from_millis(n)),
-        "s" | "" => Ok(Duration::from_secs(n)),
-        "m" => Ok(Duration::from_secs(n * 60)),
-        _ => Err(format!("`{s}`: unit must be ms, s or m")),
     }
 }
 
@@ -120,12 +108,7 @@ enum Command {
 
 #[tokio::main]
 async fn main() -> Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .init();
+    init_logging();
     let args = Args::parse();
     if let Some(Command::Uninstall(uninstall)) = args.command {
         return porter_controller::uninstall::run(uninstall).await;
@@ -227,10 +210,6 @@ mod tests {
             .expect("valid flags");
         assert_eq!(args.source, Source::Dir("/tmp/x".into()));
         assert!(Args::try_parse_from(["porter-controller", "--source", "etcd"]).is_err());
-        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
-        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
-        assert!(parse_duration("fast").is_err());
-        assert!(parse_duration("5h").is_err());
         let uninstall = Args::try_parse_from(["porter-controller", "uninstall", "--force"])
             .expect("the uninstall command");
         assert!(matches!(uninstall.command, Some(Command::Uninstall(u)) if u.force));

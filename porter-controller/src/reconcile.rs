@@ -14,13 +14,15 @@ use porter_api::annotations::{BGP_CONF_NAME, SERVICE_FINALIZER};
 use porter_api::bgp_policy::{
     self, ClusterPolicy, PeerScope, PolicyError, PoolPolicy, ServicePolicy,
 };
+use porter_api::layer2::PROTOCOL_LAYER2;
+use porter_api::service::ingress_ips;
 use porter_api::source::{Event, EventType, Regarding, Snapshot, StatusWriter, WriteError};
 use porter_api::{BgpConf, BgpPeer, Eip, EipStatus, ObjectKey};
 
 use crate::announce::{Inputs, Paths, Policy, RouteTable};
 use crate::bgp::{self, BgpDesired};
 use crate::identity::{Seen, remember, same_objects};
-use crate::ipam::{HeldEdit, Ipam, NamespaceLabels, Pool, PoolState};
+use crate::ipam::{HeldEdit, Ipam, NamespaceLabels, NodeAddresses, Pool, PoolState};
 use crate::layer2_status::Layer2Status;
 use crate::peer_auth::SecretScope;
 use crate::service::{self, ServiceRequest};
@@ -91,6 +93,8 @@ pub struct Reconciler {
     layer2: Layer2Status,
     /// Where BgpPeer password Secrets are read.
     secret_scope: SecretScope,
+    /// The nodes' addresses the IPAM last checked Layer 2 pools against.
+    node_addresses: NodeAddresses,
     /// The BGP policy, read again when its inputs change.
     policy: Policy,
     policy_generation: u64,
@@ -237,11 +241,19 @@ impl Reconciler {
         // the old ones, whose Weaks may hold the allocations of many
         // replaced objects (see crate::identity).
         let inputs = self.last_inputs.update(snap);
+        // The nodes' addresses, not the Nodes: a Node's status changes at
+        // every heartbeat, its addresses hardly ever.
+        let node_addresses = layer2_node_addresses(snap);
+        let nodes_moved = node_addresses != self.node_addresses;
+        if nodes_moved {
+            self.node_addresses.clone_from(&node_addresses);
+            self.ipam.set_node_addresses(node_addresses);
+        }
         let mut plan = match &self.last_addresses {
             // Nothing the address plan depends on changed (the sources keep
             // an unchanged object's Arc): the last one stands. This is what
             // keeps an EndpointSlice change cheap at 10,000 Services.
-            Some(addresses) if !inputs.addresses() => addresses.replay(),
+            Some(addresses) if !inputs.addresses() && !nodes_moved => addresses.replay(),
             _ => {
                 // The old memo goes before the new plan is made.
                 self.last_addresses = None;
@@ -396,7 +408,7 @@ impl Reconciler {
             self.ipam.release(&key);
             self.failed.remove(&key);
             if has_finalizer {
-                if !service::deleting(svc) && !service::published(svc).is_empty() {
+                if !service::deleting(svc) && !ingress_ips(svc).is_empty() {
                     ingress.push((key.clone(), Vec::new()));
                 }
                 finalizers.push((key, false));
@@ -676,6 +688,33 @@ fn used_by_pools(
 }
 
 /// What an `Eip` whose edit is held back says, in its condition and Event.
+/// Every address of every Node (InternalIP, ExternalIP), when a Layer 2
+/// pool exists to check them against; none otherwise, so that a cluster
+/// without one pays nothing.
+fn layer2_node_addresses(snap: &Snapshot) -> NodeAddresses {
+    let layer2 = snap
+        .eips
+        .iter()
+        .any(|e| e.spec.protocol.as_deref() == Some(PROTOCOL_LAYER2));
+    if !layer2 {
+        return NodeAddresses::new();
+    }
+    snap.nodes
+        .iter()
+        .filter_map(|n| {
+            Some((
+                n.metadata.name.as_deref()?,
+                n.status.as_ref()?.addresses.as_ref()?,
+            ))
+        })
+        .flat_map(|(name, addresses)| {
+            addresses
+                .iter()
+                .filter_map(move |a| Some((a.address.trim().parse().ok()?, name.to_string())))
+        })
+        .collect()
+}
+
 fn held_message(pool: &Pool, held: &HeldEdit) -> String {
     const NAMED: usize = 5;
     let mut in_the_way: Vec<String> = held
@@ -730,22 +769,25 @@ fn join(ips: &[IpAddr]) -> String {
 
 /// The kinds of allocation failure, the `reason` of
 /// `porter_allocation_failures_total`: invalid request, no pool, exhausted,
-/// requested address unavailable.
-pub const FAILURE_KINDS: [&str; 4] = [
+/// requested address unavailable, sharing refused (another namespace,
+/// incompatible Services).
+pub const FAILURE_KINDS: [&str; 5] = [
     "invalid_request",
     "no_pool",
     "exhausted",
     "requested_unavailable",
+    "sharing_refused",
 ];
 
 fn failure_kind(e: &crate::ipam::AllocError) -> &'static str {
     use crate::ipam::AllocError::*;
-    let [invalid, no_pool, exhausted, unavailable] = FAILURE_KINDS;
+    let [invalid, no_pool, exhausted, unavailable, sharing] = FAILURE_KINDS;
     match e {
         InvalidRequest(_) | FamilyNotWanted(_) => invalid,
         PoolNotFound(_) | PoolUnusable { .. } | PoolNotAllowed { .. } | NoPool(_) => no_pool,
         Exhausted { .. } => exhausted,
         NotInPool(_) | InUse { .. } | Leaving { .. } => unavailable,
+        SharingRefused { .. } => sharing,
     }
 }
 

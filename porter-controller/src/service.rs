@@ -1,11 +1,13 @@
 //! What a Service asks of Porter, read from its spec and annotations. Pure:
 //! the IPAM works on [`ServiceRequest`]s, never on API objects.
 
+use std::collections::BTreeMap;
 use std::net::IpAddr;
 
 use k8s_openapi::api::core::v1::{Service, ServiceSpec};
 use porter_api::ObjectKey;
 use porter_api::annotations::{ALLOW_SHARED_IP, EIP_POOL, EIP_REQUEST};
+use porter_api::service::ingress_ips;
 
 use crate::ipam::Family;
 
@@ -20,6 +22,57 @@ pub enum FamilyPolicy {
 /// no (protocol, port) pair is in both.
 pub type Port = (String, i32);
 
+/// What the Services sharing one address must agree on, besides their key,
+/// so that every node announced for the address serves all of its ports
+/// (see [`SharingTerms::compatible`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SharingTerms {
+    /// `externalTrafficPolicy: Local`.
+    pub local: bool,
+    /// `spec.selector`; empty for a Service without one.
+    pub selector: BTreeMap<String, String>,
+}
+
+impl SharingTerms {
+    /// Why Services with `self` and `other` cannot share `ip`, if they
+    /// cannot.
+    ///
+    /// An address is announced through every node with ready endpoints of
+    /// any of its Services, and a node serves only what it can: a `Local`
+    /// port only with pods of that Service on the node. So `Local` Services
+    /// share only when they select the same pods (the same non-empty
+    /// selector, as MetalLB asks), and never with a `Cluster` one. `Cluster`
+    /// Services share freely: every node forwards each `Cluster` port to
+    /// its pods wherever they run, except on IPv6, which the agents serve
+    /// like `Local` for now.
+    pub fn incompatible(&self, other: &Self, ip: IpAddr) -> Option<String> {
+        if self.local != other.local {
+            return Some(
+                "their externalTrafficPolicy differs (Local and Cluster Services do not share an address)"
+                    .into(),
+            );
+        }
+        if !self.local && !ip.is_ipv6() {
+            return None;
+        }
+        let policy = if self.local {
+            "externalTrafficPolicy: Local"
+        } else {
+            "externalTrafficPolicy: Cluster on IPv6 (served on the nodes of its own pods)"
+        };
+        if self.selector.is_empty() || other.selector.is_empty() {
+            return Some(format!(
+                "{policy} Services share an address only with the same spec.selector, and one has none"
+            ));
+        }
+        (self.selector != other.selector).then(|| {
+            format!(
+                "{policy} Services share an address only with the same spec.selector (their pods must run on the same nodes)"
+            )
+        })
+    }
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct ServiceRequest {
     pub key: ObjectKey,
@@ -31,6 +84,8 @@ pub struct ServiceRequest {
     /// until it is fixed.
     pub invalid_request: Option<String>,
     pub sharing_key: Option<String>,
+    /// What an address shared under `sharing_key` must agree with.
+    pub sharing_terms: SharingTerms,
     /// Sorted, without duplicates.
     pub ports: Vec<Port>,
     /// Families in preference order.
@@ -45,18 +100,6 @@ pub use porter_api::service::opted_in;
 /// Whether the Service is going away (its finalizer is what keeps it here).
 pub fn deleting(svc: &Service) -> bool {
     svc.metadata.deletion_timestamp.is_some()
-}
-
-/// The addresses in `status.loadBalancer.ingress`.
-pub fn published(svc: &Service) -> Vec<IpAddr> {
-    svc.status
-        .as_ref()
-        .and_then(|s| s.load_balancer.as_ref())
-        .and_then(|lb| lb.ingress.as_ref())
-        .into_iter()
-        .flatten()
-        .filter_map(|i| i.ip.as_deref()?.parse().ok())
-        .collect()
 }
 
 pub fn request(svc: &Service) -> ServiceRequest {
@@ -117,10 +160,14 @@ pub fn request(svc: &Service) -> ServiceRequest {
         requested,
         invalid_request: (!invalid.is_empty()).then(|| invalid.join(",")),
         sharing_key: ALLOW_SHARED_IP.get(annotations).map(str::to_string),
+        sharing_terms: SharingTerms {
+            local: spec.external_traffic_policy.as_deref() == Some("Local"),
+            selector: spec.selector.clone().unwrap_or_default(),
+        },
         ports,
         families,
         policy,
-        current: published(svc),
+        current: ingress_ips(svc),
     }
 }
 
@@ -165,6 +212,25 @@ mod tests {
         assert_eq!(r.pool.as_deref(), Some("pool-a"));
         assert_eq!(r.sharing_key.as_deref(), Some("k"));
         assert!(r.ports.contains(&("TCP".into(), 80)) && r.ports.contains(&("UDP".into(), 53)));
+    }
+
+    #[test]
+    fn reads_what_sharing_depends_on() {
+        let mut spec = lb(None);
+        spec.external_traffic_policy = Some("Local".into());
+        spec.selector = Some([("app".to_string(), "web".to_string())].into());
+        let local = request(&svc(&[], spec)).sharing_terms;
+        assert!(local.local);
+        assert_eq!(local.selector.get("app").map(String::as_str), Some("web"));
+        let cluster = request(&svc(&[], lb(None))).sharing_terms;
+        assert_eq!(cluster, SharingTerms::default());
+        let v4: IpAddr = "10.0.0.1".parse().expect("IP");
+        assert!(
+            local
+                .incompatible(&cluster, v4)
+                .is_some_and(|why| why.contains("externalTrafficPolicy differs"))
+        );
+        assert_eq!(cluster.incompatible(&cluster, v4), None);
     }
 
     #[test]

@@ -37,7 +37,7 @@ use aya_ebpf::{
     macros::btf_map,
     programs::{TcContext, XdpContext},
 };
-use porter_common::{BackendValue, FAMILY_V4, FAMILY_V6, FlowKey, IPV4_FORWARDED_MARK, Stat};
+use porter_common::{BackendValue, FAMILY_V4, FAMILY_V6, FlowKey6, IPV4_FORWARDED_MARK, Stat};
 
 use crate::{
     csum,
@@ -60,11 +60,27 @@ const IPV4_DONT_FRAGMENT: u16 = 0x4000;
 const OUTER_TTL: u8 = 64;
 const AF_INET: u8 = 2;
 
-/// Flows whose SYN arrived encapsulated: the MSS to clamp their SYN-ACKs
-/// to. Kept (an LRU) for retransmitted SYN-ACKs. Not pinned: a SYN-ACK in
-/// flight while the agent replaces the program merely goes unclamped.
+/// Flows whose SYN arrived encapsulated (keyed by [`syn_key`]): the MSS to
+/// clamp their SYN-ACKs to. Kept (an LRU) for retransmitted SYN-ACKs. Not
+/// pinned: a SYN-ACK in flight while the agent replaces the program merely
+/// goes unclamped.
 #[btf_map(name = "PORTER_ENCAP")]
-static ENCAP_SYNS: LruHashMap<FlowKey, u32, 16384> = LruHashMap::new();
+static ENCAP_SYNS: LruHashMap<FlowKey6, u32, 16384> = LruHashMap::new();
+
+/// A TCP flow `src:sport -> dst:dport` of either family, as
+/// [`ENCAP_SYNS`] keys it: IPv4 addresses in the first word, the family
+/// in the first pad byte (so no IPv4 flow meets an IPv6 one).
+#[inline(always)]
+fn syn_key(family: u8, (src, sport): ([u32; 4], u16), (dst, dport): ([u32; 4], u16)) -> FlowKey6 {
+    FlowKey6 {
+        src,
+        dst,
+        sport,
+        dport,
+        proto: IPPROTO_TCP,
+        _pad: [family, 0, 0],
+    }
+}
 
 /// Sets the forwarded mark on the IPv4 header at `l3_off`, keeping its
 /// checksum valid.
@@ -458,15 +474,7 @@ fn record_syn(ctx: &XdpContext, family: u8, proto_at: usize, src_at: usize, tcp:
     {
         return;
     }
-    let flow = FlowKey {
-        src,
-        dst,
-        sport: ports[0],
-        dport: ports[1],
-        proto: IPPROTO_TCP,
-        family,
-        _pad: [0; 2],
-    };
+    let flow = syn_key(family, (src, ports[0]), (dst, ports[1]));
     // A full LRU evicts the oldest; that SYN-ACK then goes unclamped.
     let _ = ENCAP_SYNS.insert(&flow, &(mtu - mss_overhead(family)), 0);
 }
@@ -483,15 +491,7 @@ pub fn clamp_syn_ack(ctx: &TcContext, h: &Headers, vip: [u32; 4], port: u16) {
         Ok(flags) if flags & (TCP_SYN | TCP_ACK) == (TCP_SYN | TCP_ACK) => {}
         _ => return,
     }
-    let flow = FlowKey {
-        src: h.dst,
-        dst: vip,
-        sport: h.dport,
-        dport: port,
-        proto: h.proto,
-        family: h.family,
-        _pad: [0; 2],
-    };
+    let flow = syn_key(h.family, (h.dst, h.dport), (vip, port));
     // SAFETY: copied out at once.
     let Some(limit) = ENCAP_SYNS.get_ptr(&flow).map(|limit| unsafe { *limit }) else {
         return;

@@ -4,7 +4,8 @@
 //! - `porter_xdp` (uplink ingress): matches `VIP:port/proto`, keeps flows on
 //!   their backend through conntrack, picks new flows' backends from the
 //!   service's Maglev table, DNATs to the backend and passes the packet to the
-//!   kernel, which routes it to the pod. Answers ICMP echo to a VIP, drops
+//!   kernel, which routes it to the pod (or, with redirect forwarding,
+//!   redirects it to the pod's interface itself). Answers ICMP echo to a VIP, drops
 //!   traffic to a VIP port no service uses.
 //!   In Layer 2 mode it also answers ARP requests and neighbour
 //!   solicitations for the EIPs this node leads (see `l2`).
@@ -15,21 +16,29 @@
 //!   again (see `forward_remote`).
 //! - `porter_tc_revnat` (tc): rewrites replies from a backend back to `VIP:port`.
 //! - `porter_xdp_empty`: passes everything; the benchmark's baseline.
+//! - `porter_xdp_tx`, `porter_xdp_sink`: the packet-rate benchmark's
+//!   generator and receiving pod (see `bench`).
 //!
-//! Why translated packets are passed to the kernel rather than redirected to
-//! the pod's interface: the node's netfilter then sees both directions of
-//! every flow as client <-> pod, so the node's own rules keep working on
+//! Why translated packets are passed to the kernel by default rather than
+//! redirected to the pod's interface (`config::FORWARD_REDIRECT`, the agent's
+//! `--forwarding redirect`): the node's netfilter then sees both directions
+//! of every flow as client <-> pod, so the node's own rules keep working on
 //! service traffic (NetworkPolicy of iptables-based CNIs, conntrack-based
 //! INVALID drops, and a MASQUERADE rule for the pod subnet, which leaves the
 //! replies alone because the flow's first packet came from the client).
-//! Redirecting would skip the routing and netfilter cost, but the replies
-//! would then look like new pod-to-outside flows and be masqueraded, and
-//! veth targets only take redirected frames when the pod side runs XDP too.
+//! Redirecting skips the routing and netfilter cost (the packet-rate bench
+//! measures it), but netfilter then sees no request: replies look like new
+//! pod-to-outside flows and are masqueraded where the node masquerades pod
+//! traffic, NetworkPolicy in netfilter never sees the requests, and a veth
+//! only takes redirected frames when its pod side runs XDP too. None of that
+//! can be detected from the node, so redirect is the operator's choice.
 #![no_std]
 #![no_main]
 
+mod bench;
 mod csum;
 mod encap;
+mod flow;
 mod l2;
 mod parse;
 
@@ -38,19 +47,20 @@ use aya_ebpf::{
         BPF_F_MARK_MANGLED_0, BPF_F_MMAPABLE, BPF_F_PSEUDO_HDR, BPF_FIB_LKUP_RET_NO_NEIGH,
         BPF_FIB_LKUP_RET_SUCCESS, TC_ACT_OK, TC_ACT_SHOT, bpf_fib_lookup as FibParams, xdp_action,
     },
-    btf_maps::{Array, HashMap, LruHashMap, PerCpuArray},
+    btf_maps::{Array, HashMap, PerCpuArray},
     helpers::{
         bpf_ktime_get_ns,
-        generated::{bpf_fib_lookup, bpf_redirect},
+        generated::{bpf_fib_lookup, bpf_ktime_get_coarse_ns, bpf_redirect},
     },
     macros::{btf_map, classifier, xdp},
     programs::{TcContext, XdpContext},
 };
+use flow::Flow;
 use parse::{Headers, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP, load, store};
 use porter_common::{
     BACKEND_DRAINING, BACKEND_REMOTE, BACKEND_SHARED, BackendKey, BackendValue, CtValue, FAMILY_V4,
-    FlowKey, IPV4_FORWARDED_MARK, L2Key, L2Value, RevNatValue, ServiceCounters, ServiceKey,
-    ServiceValue, Stat, VIP_FILTER_SLOTS, VipKey, config, limits, vip_filter_slot,
+    FlowKey4, FlowKey6, IPV4_FORWARDED_MARK, L2Key, L2Value, RevNatValue, ServiceCounters,
+    ServiceKey, ServiceValue, Stat, VIP_FILTER_SLOTS, VipKey, config, limits, vip_filter_slot,
 };
 
 // BTF-defined maps: `bpftool map dump` shows their field names. They carry
@@ -58,7 +68,6 @@ use porter_common::{
 // directory (see `porter_common::map_names::ALL`).
 const MAX_SERVICES: usize = limits::DEFAULT_MAX_SERVICES as usize;
 const MAX_BACKENDS: usize = limits::MAX_BACKENDS as usize;
-const CONNTRACK_ENTRIES: usize = limits::CONNTRACK_ENTRIES as usize;
 
 #[btf_map(name = "PORTER_CONFIG")]
 static CONFIG: Array<u32, { config::SLOTS as usize }> = Array::new();
@@ -83,12 +92,8 @@ static MAGLEV: Array<
     { MAX_SERVICES * limits::DEFAULT_MAGLEV_SIZE as usize },
     { BPF_F_MMAPABLE as usize },
 > = Array::new();
-#[btf_map(name = "PORTER_CT")]
-static CONNTRACK: LruHashMap<FlowKey, CtValue, CONNTRACK_ENTRIES> = LruHashMap::new();
 #[btf_map(name = "PORTER_BE_REVNAT")]
 static BACKEND_REVNAT: HashMap<BackendKey, RevNatValue, MAX_BACKENDS> = HashMap::new();
-#[btf_map(name = "PORTER_REVNAT")]
-static REVNAT: LruHashMap<FlowKey, RevNatValue, CONNTRACK_ENTRIES> = LruHashMap::new();
 #[btf_map(name = "PORTER_SVC_STATS")]
 static SERVICE_STATS: PerCpuArray<ServiceCounters, MAX_SERVICES> = PerCpuArray::new();
 #[btf_map(name = "PORTER_L2_LEADS")]
@@ -213,22 +218,18 @@ fn xdp_decide(ctx: &XdpContext, decapsulated: bool) -> (u32, Stat) {
     };
     // SAFETY: map values stay valid for the program's run (RCU).
     let service = unsafe { *service };
-    let flow = FlowKey {
-        src: h.src,
-        dst: h.dst,
-        sport: h.sport,
-        dport: h.dport,
-        proto: h.proto,
-        family: h.family,
-        _pad: [0; 2],
-    };
     // Read only when conntrack names a draining pod.
     let bare_syn = || {
         h.proto == IPPROTO_TCP
             && load::<u8>(data, data_end, h.l4_off + 13)
                 .is_some_and(|flags| flags & (encap::TCP_SYN | encap::TCP_ACK) == encap::TCP_SYN)
     };
-    let (backend, new_flow) = match choose_backend(&flow, &service, h.forwarded, bare_syn) {
+    let chosen = if h.family == FAMILY_V4 {
+        choose_backend::<FlowKey4>(&h, &service, bare_syn)
+    } else {
+        choose_backend::<FlowKey6>(&h, &service, bare_syn)
+    };
+    let (backend, new_flow) = match chosen {
         Ok(chosen) => chosen,
         Err(stat) => return (xdp_action::XDP_DROP, stat),
     };
@@ -288,20 +289,23 @@ fn l2_lead(key: &L2Key) -> Option<L2Value> {
 /// remote backend is ignored for it, and a remote pick is refused (and not
 /// recorded, so the flow is served once the nodes' tables agree again).
 #[inline(always)]
-fn choose_backend(
-    flow: &FlowKey,
+fn choose_backend<F: Flow>(
+    h: &Headers,
     service: &ServiceValue,
-    forwarded: bool,
     bare_syn: impl Fn() -> bool,
 ) -> Result<(BackendValue, bool), Stat> {
-    let now = unsafe { bpf_ktime_get_ns() };
-    if let Some(ct) = CONNTRACK.get_ptr_mut(flow) {
+    let flow = F::new(&h.src, &h.dst, h.sport, h.dport, h.proto);
+    // The tick-granular clock: a refresh once a second needs no more, and it
+    // is a memory read, where the precise clock reads the TSC.
+    // SAFETY: no memory effects.
+    let now = unsafe { bpf_ktime_get_coarse_ns() };
+    if let Some(ct) = F::conntrack().get_ptr_mut(&flow) {
         // SAFETY: valid for this run; a racing update at worst loses a refresh.
         let entry = unsafe { *ct };
         if entry.service_id == service.id {
             if let Some(backend) = BACKENDS.get(entry.backend_id) {
                 let backend = *backend;
-                let refused = forwarded && backend.flags & BACKEND_REMOTE != 0;
+                let refused = h.forwarded && backend.flags & BACKEND_REMOTE != 0;
                 // A new connection on the tuple of a closed one (reused
                 // client port) to a terminating pod: picked anew (KEP-1669).
                 let reopened = backend.flags & BACKEND_DRAINING != 0 && bare_syn();
@@ -309,7 +313,7 @@ fn choose_backend(
                 {
                     if now.wrapping_sub(entry.last_seen_ns) > REFRESH_NS {
                         unsafe { (*ct).last_seen_ns = now };
-                        record_revnat(flow, &backend, service.id);
+                        record_revnat::<F>(h, &backend, service.id);
                     }
                     return Ok((backend, false));
                 }
@@ -319,14 +323,14 @@ fn choose_backend(
     if service.backend_count == 0 || service.table_size == 0 {
         return Err(Stat::DropNoBackend);
     }
-    let slot = service.table_base + flow_hash(flow) % service.table_size;
+    let slot = service.table_base + flow.hash() % service.table_size;
     let pair = MAGLEV.get(slot / 2).ok_or(Stat::DropNoBackend)?;
     let backend_id = if slot & 1 == 0 { pair[0] } else { pair[1] };
     let backend = *BACKENDS.get(backend_id).ok_or(Stat::DropNoBackend)?;
     if backend.family == 0 || backend.service_id != service.id {
         return Err(Stat::DropNoBackend);
     }
-    if forwarded && backend.flags & BACKEND_REMOTE != 0 {
+    if h.forwarded && backend.flags & BACKEND_REMOTE != 0 {
         return Err(Stat::DropForwardLoop);
     }
     let entry = CtValue {
@@ -336,62 +340,28 @@ fn choose_backend(
         last_seen_ns: now,
     };
     // A full LRU evicts the oldest flow; failure only costs the next packet a lookup.
-    let _ = CONNTRACK.insert(flow, &entry, 0);
-    record_revnat(flow, &backend, service.id);
+    let _ = F::conntrack().insert(&flow, &entry, 0);
+    record_revnat::<F>(h, &backend, service.id);
     Ok((backend, true))
 }
 
 /// Per-flow reverse NAT, needed only when the backend serves several
 /// services; otherwise tc maps replies back by the backend's address alone.
 #[inline(always)]
-fn record_revnat(flow: &FlowKey, backend: &BackendValue, service_id: u32) {
+fn record_revnat<F: Flow>(h: &Headers, backend: &BackendValue, service_id: u32) {
     // Shared and local only: a remote backend's replies leave from its node.
     if backend.flags & (BACKEND_SHARED | BACKEND_REMOTE) != BACKEND_SHARED {
         return;
     }
-    let reply = FlowKey {
-        src: backend.addr,
-        dst: flow.src,
-        sport: backend.port,
-        dport: flow.sport,
-        proto: flow.proto,
-        family: flow.family,
-        _pad: [0; 2],
-    };
+    let reply = F::new(&backend.addr, &h.src, backend.port, h.sport, h.proto);
     let value = RevNatValue {
-        vip: flow.dst,
-        port: flow.dport,
+        vip: h.dst,
+        port: h.dport,
         flags: 0,
         _pad: 0,
         service_id,
     };
-    let _ = REVNAT.insert(&reply, &value, 0);
-}
-
-/// A flow hash over the 5-tuple (murmur3-style mixing of its words).
-#[inline(always)]
-fn flow_hash(flow: &FlowKey) -> u32 {
-    let mut hash: u32 = 0x9747_b28c;
-    let mut mix = |word: u32| {
-        let mut k = word.wrapping_mul(0xcc9e_2d51);
-        k = k.rotate_left(15).wrapping_mul(0x1b87_3593);
-        hash ^= k;
-        hash = hash
-            .rotate_left(13)
-            .wrapping_mul(5)
-            .wrapping_add(0xe654_6b64);
-    };
-    for i in 0..4 {
-        mix(flow.src[i]);
-        mix(flow.dst[i]);
-    }
-    mix(((flow.sport as u32) << 16) | flow.dport as u32);
-    mix(flow.proto as u32);
-    hash ^= hash >> 16;
-    hash = hash.wrapping_mul(0x85eb_ca6b);
-    hash ^= hash >> 13;
-    hash = hash.wrapping_mul(0xc2b2_ae35);
-    hash ^ (hash >> 16)
+    let _ = F::revnat().insert(&reply, &value, 0);
 }
 
 /// Rewrites destination address and port to the backend's, updating the IPv4
@@ -598,41 +568,28 @@ pub fn porter_tc_revnat(ctx: TcContext) -> i32 {
     };
     // SAFETY: copied out at once.
     let mut revnat = unsafe { *by_backend };
-    let by_flow = if revnat.flags & BACKEND_SHARED != 0 {
-        let flow = FlowKey {
-            src: h.src,
-            dst: h.dst,
-            sport: h.sport,
-            dport: h.dport,
-            proto: h.proto,
-            family: h.family,
-            _pad: [0; 2],
-        };
-        REVNAT.get_ptr(&flow)
-    } else {
+    let v4 = h.family == FAMILY_V4;
+    let by_flow = if revnat.flags & BACKEND_SHARED == 0 {
         None
+    } else if v4 {
+        revnat_by_flow::<FlowKey4>(&h)
+    } else {
+        revnat_by_flow::<FlowKey6>(&h)
     };
     match by_flow {
         // Recorded by XDP for exactly this flow.
-        Some(by_flow) => revnat = unsafe { *by_flow },
+        Some(by_flow) => revnat = by_flow,
         // Only replies of flows XDP translated: the pod may also be reached
         // directly (routed pod networks), and those replies must keep its
         // address. For a shared backend whose flow has no entry (it began
         // before the backend was shared), the backend's value names the
         // service it served first, and conntrack confirms it.
         None => {
-            let forward = FlowKey {
-                src: h.dst,
-                dst: revnat.vip,
-                sport: h.dport,
-                dport: revnat.port,
-                proto: h.proto,
-                family: h.family,
-                _pad: [0; 2],
+            let translated = if v4 {
+                translated::<FlowKey4>(&h, &revnat)
+            } else {
+                translated::<FlowKey6>(&h, &revnat)
             };
-            let translated = CONNTRACK
-                .get_ptr(&forward)
-                .is_some_and(|ct| unsafe { (*ct).service_id } == revnat.service_id);
             if !translated {
                 return TC_ACT_OK as i32;
             }
@@ -650,6 +607,23 @@ pub fn porter_tc_revnat(ctx: TcContext) -> i32 {
             TC_ACT_SHOT as i32
         }
     }
+}
+
+/// The reverse NAT XDP recorded for the flow of reply `h`, if any.
+#[inline(always)]
+fn revnat_by_flow<F: Flow>(h: &Headers) -> Option<RevNatValue> {
+    let flow = F::new(&h.src, &h.dst, h.sport, h.dport, h.proto);
+    // SAFETY: copied out at once.
+    F::revnat().get_ptr(&flow).map(|value| unsafe { *value })
+}
+
+/// Whether XDP translated the flow that reply `h` answers, to `revnat`'s service.
+#[inline(always)]
+fn translated<F: Flow>(h: &Headers, revnat: &RevNatValue) -> bool {
+    let forward = F::new(&h.dst, &revnat.vip, h.dport, revnat.port, h.proto);
+    F::conntrack()
+        .get_ptr(&forward)
+        .is_some_and(|ct| unsafe { (*ct).service_id } == revnat.service_id)
 }
 
 /// Uses the skb helpers, which know whether the L4 checksum is complete or

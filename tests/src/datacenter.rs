@@ -900,6 +900,19 @@ impl Datacenter {
             .collect())
     }
 
+    /// One counter of node `index`'s data plane (0 when its agent never ran).
+    pub fn dataplane_stat(&self, index: usize, stat: Stat) -> Result<u64> {
+        let node = self.nodes.get(index).context("no such node")?;
+        let pins = PinLayout::new(&node.bpffs);
+        if !pins.map(map_names::STATS).exists() {
+            return Ok(0);
+        }
+        Ok(read_global_stats(&pins)?
+            .into_iter()
+            .find(|(s, _)| *s == stat)
+            .map_or(0, |(_, value)| value))
+    }
+
     /// Starts requests from the client in a loop until the returned load is stopped.
     pub fn load(&self, addr: SocketAddr) -> Load {
         Load::start(self.client.clone(), addr)

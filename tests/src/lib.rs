@@ -12,6 +12,7 @@ pub mod monitoring;
 pub mod netns;
 pub mod netns_runtime;
 pub mod packets;
+pub mod pktgen;
 pub mod privilege;
 pub mod routers;
 pub mod scenarios;

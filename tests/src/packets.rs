@@ -461,9 +461,15 @@ pub fn xdp_context(len: usize, ingress: u32) -> Vec<u8> {
 /// A small data plane (M = 251, 8 services) on `lab`'s private bpffs, for
 /// BPF_PROG_TEST_RUN tests.
 pub fn test_dataplane(lab: &mut Lab) -> Result<(PinLayout, Dataplane)> {
+    test_dataplane_sized(lab, 251)
+}
+
+/// [`test_dataplane`] with Maglev tables of `maglev_size` slots (at least
+/// 100 per backend).
+pub fn test_dataplane_sized(lab: &mut Lab, maglev_size: u32) -> Result<(PinLayout, Dataplane)> {
     let pins = PinLayout::new(&lab.bpffs()?);
     let config = DataplaneConfig {
-        maglev_size: 251,
+        maglev_size,
         max_services: 8,
         ..DataplaneConfig::default()
     };

@@ -347,17 +347,33 @@ pub fn attach_pass_xdp(ns: &str) -> Result<Ebpf> {
 
 /// [`attach_pass_xdp`] on `interface`.
 pub fn attach_pass_xdp_to(ns: &str, interface: &str) -> Result<Ebpf> {
+    attach_xdp_program(ns, interface, program_names::XDP_EMPTY)
+}
+
+/// Attaches XDP `program` of Porter's object (with maps of its own,
+/// unpinned) to `ns`'s `interface`; detached when dropped.
+pub fn attach_xdp_program(ns: &str, interface: &str, program: &'static str) -> Result<Ebpf> {
     let interface = interface.to_owned();
     run_in(ns, move || {
-        let mut ebpf = Ebpf::load(EBPF_OBJECT)?;
-        let program: &mut Xdp = ebpf
-            .program_mut(program_names::XDP_EMPTY)
-            .context("no empty XDP program")?
+        let mut ebpf = load_xdp_program(program)?;
+        let xdp: &mut Xdp = ebpf
+            .program_mut(program)
+            .context("loaded just now")?
             .try_into()?;
-        program.load()?;
-        program.attach(&interface, XdpMode::Driver)?;
+        xdp.attach(&interface, XdpMode::Driver)?;
         Ok(ebpf)
     })
+}
+
+/// Porter's object with its XDP `program` loaded (not attached).
+pub fn load_xdp_program(program: &str) -> Result<Ebpf> {
+    let mut ebpf = Ebpf::load(EBPF_OBJECT)?;
+    let xdp: &mut Xdp = ebpf
+        .program_mut(program)
+        .with_context(|| format!("no XDP program {program}"))?
+        .try_into()?;
+    xdp.load()?;
+    Ok(ebpf)
 }
 
 /// MAC of the `up0` of [`enter_cluster_node`]'s node (172.30.0.11).

@@ -25,7 +25,6 @@ use porter_tests::{
     bins,
     lab::wait_for,
     netns::{enter, run_in},
-    privilege,
     scenarios::{PodLab, spawn_agent},
 };
 
@@ -189,10 +188,8 @@ impl AgentLab {
 }
 
 #[test]
+#[cfg_attr(not(privileged), ignore = "needs root: network namespaces and BPF")]
 fn agent_programs_follows_edits_restarts_hitlessly_and_cleans_up() -> Result<()> {
-    if !privilege::can_run("agent_programs_follows_edits_restarts_hitlessly_and_cleans_up") {
-        return Ok(());
-    }
     let mut lab = AgentLab::new()?;
     let log = lab.start_agent()?;
     assert!(
@@ -527,10 +524,8 @@ impl UdpStream {
 
 /// A missing interface is a clear, retried error, not a crash.
 #[test]
+#[cfg_attr(not(privileged), ignore = "needs root: network namespaces and BPF")]
 fn missing_interface_is_reported_and_retried() -> Result<()> {
-    if !privilege::can_run("missing_interface_is_reported_and_retried") {
-        return Ok(());
-    }
     let mut lab = porter_tests::scenarios::SingleNodeLab::new("missif")?;
     let manifests = lab.lab.run_dir().join("manifests");
     std::fs::create_dir_all(&manifests)?;

@@ -18,7 +18,6 @@ use porter_tests::{
     lab::{Lab, wait_for},
     netns,
     netns_runtime::NetnsRuntime,
-    privilege,
     routers::{BgpLab, ROUTER_V4, ROUTER_V6, SPEAKER_V4, SPEAKER_V6, spawn_bird, spawn_frr},
 };
 
@@ -369,10 +368,8 @@ fn bad_packets_are_dropped_and_counted(lab: &BfdLab, porter: &PorterBfd) -> Resu
 }
 
 #[test]
+#[cfg_attr(not(privileged), ignore = "needs root: network namespaces and BPF")]
 fn bird_single_hop_and_multihop() -> Result<()> {
-    if !privilege::can_run("bird_single_hop_and_multihop") {
-        return Ok(());
-    }
     interop(
         "bfd-bird",
         |lab| {
@@ -385,10 +382,8 @@ fn bird_single_hop_and_multihop() -> Result<()> {
 }
 
 #[test]
+#[cfg_attr(not(privileged), ignore = "needs root: network namespaces and BPF")]
 fn frr_bfdd_single_hop_and_multihop() -> Result<()> {
-    if !privilege::can_run("frr_bfdd_single_hop_and_multihop") {
-        return Ok(());
-    }
     interop(
         "bfd-frr",
         |lab| {

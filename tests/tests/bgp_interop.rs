@@ -17,7 +17,6 @@ use porter_bgp::{Family, GracefulRestart, PeerConfig, SessionState, Speaker, Spe
 use porter_tests::{
     lab::{Lab, wait_for},
     netns_runtime::NetnsRuntime,
-    privilege,
     routers::{BgpLab, Daemon, Neighbor, ROUTER_V4, Router, RouterConfig, SPEAKER_V4},
 };
 
@@ -228,36 +227,28 @@ fn interop(daemon: Daemon) -> Result<()> {
 }
 
 #[test]
+#[cfg_attr(not(privileged), ignore = "needs root: network namespaces and BPF")]
 fn bird_interop() -> Result<()> {
-    if !privilege::can_run("bird_interop") {
-        return Ok(());
-    }
     interop(Daemon::Bird)
 }
 
 #[test]
+#[cfg_attr(not(privileged), ignore = "needs root: network namespaces and BPF")]
 fn frr_interop() -> Result<()> {
-    if !privilege::can_run("frr_interop") {
-        return Ok(());
-    }
     interop(Daemon::Frr)
 }
 
 #[test]
+#[cfg_attr(not(privileged), ignore = "needs root: network namespaces and BPF")]
 fn gobgp_interop() -> Result<()> {
-    if !privilege::can_run("gobgp_interop") {
-        return Ok(());
-    }
     interop(Daemon::Gobgp)
 }
 
 /// Passive mode: the speaker listens on the seed's port 17900 with an MD5
 /// key for its configured peer, and BIRD connects to it.
 #[test]
+#[cfg_attr(not(privileged), ignore = "needs root: network namespaces and BPF")]
 fn bird_connects_to_passive_speaker_with_md5() -> Result<()> {
-    if !privilege::can_run("bird_connects_to_passive_speaker_with_md5") {
-        return Ok(());
-    }
     let mut lab = BgpLab::new("passive")?;
     let ns = lab.router_ns.clone();
     let router = Router::start(
@@ -303,10 +294,8 @@ fn bird_connects_to_passive_speaker_with_md5() -> Result<()> {
 /// eBGP multihop: with the router two hops away, the default eBGP TTL of 1
 /// never reaches it; a multihop TTL of 2 establishes.
 #[test]
+#[cfg_attr(not(privileged), ignore = "needs root: network namespaces and BPF")]
 fn ebgp_multihop_ttl_reaches_a_router_two_hops_away() -> Result<()> {
-    if !privilege::can_run("ebgp_multihop_ttl_reaches_a_router_two_hops_away") {
-        return Ok(());
-    }
     let mut lab = Lab::new("multihop")?;
     let router_ns = lab.netns("r")?;
     let middle = lab.netns("mid")?;

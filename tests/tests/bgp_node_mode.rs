@@ -24,7 +24,6 @@ use porter_tests::{
     lab::wait_for,
     manifests::{self, ServiceSpec},
     netns::{NamedClient, NamedServer, run_in},
-    privilege,
 };
 
 const WAIT: Duration = Duration::from_secs(60);
@@ -92,10 +91,8 @@ fn wait_routes(
 }
 
 #[test]
+#[cfg_attr(not(privileged), ignore = "needs root: network namespaces and BPF")]
 fn node_mode_agents_peer_with_their_own_leaf_across_two_subnets() -> Result<()> {
-    if !privilege::can_run("node_mode_agents_peer_with_their_own_leaf_across_two_subnets") {
-        return Ok(());
-    }
     // Rack 1: n1 with 1 pod; rack 2: n2 with 3 pods.
     let mut dc = Datacenter::fabric("nodemode", &[1, 3])?;
     dc.apply("bgp.yaml", &bgp_manifests(&dc))?;
@@ -266,10 +263,8 @@ const ECHO_PORT: u16 = 7100;
 const TRANSFER_BYTES: usize = 1 << 20;
 
 #[test]
+#[cfg_attr(not(privileged), ignore = "needs root: network namespaces and BPF")]
 fn cluster_flows_cross_racks_in_ipip_and_full_size_transfers_complete() -> Result<()> {
-    if !privilege::can_run("cluster_flows_cross_racks_in_ipip_and_full_size_transfers_complete") {
-        return Ok(());
-    }
     // Rack 1: n1 with 1 pod; rack 2: n2 with 3 pods.
     let mut dc = Datacenter::fabric("ipip", &[1, 3])?;
     dc.apply("bgp.yaml", &bgp_manifests(&dc))?;

@@ -21,7 +21,6 @@ use porter_tests::{
     datacenter::{CONTROLLER_V4, Datacenter, POD_PORT, PORTER_AS, ROUTER_LAN_V4},
     lab::{Lab, wait_for},
     manifests::{self, ServiceSpec},
-    privilege,
     routers::{BgpLab, Daemon, LabSpeaker, Neighbor, ROUTER_V4, Router, RouterConfig, SPEAKER_V4},
 };
 use serde_json::Value;
@@ -264,18 +263,14 @@ fn policy_attributes_reach(daemon: Daemon) -> Result<()> {
 }
 
 #[test]
+#[cfg_attr(not(privileged), ignore = "needs root: network namespaces and BPF")]
 fn frr_receives_communities_and_local_pref() -> Result<()> {
-    if !privilege::can_run("frr_receives_communities_and_local_pref") {
-        return Ok(());
-    }
     policy_attributes_reach(Daemon::Frr)
 }
 
 #[test]
+#[cfg_attr(not(privileged), ignore = "needs root: network namespaces and BPF")]
 fn bird_receives_communities_and_local_pref() -> Result<()> {
-    if !privilege::can_run("bird_receives_communities_and_local_pref") {
-        return Ok(());
-    }
     policy_attributes_reach(Daemon::Bird)
 }
 
@@ -418,18 +413,14 @@ fn weighted_ecmp(transitive: bool) -> Result<()> {
 }
 
 #[test]
+#[cfg_attr(not(privileged), ignore = "needs root: network namespaces and BPF")]
 fn frr_weighted_ecmp_from_transitive_link_bandwidth() -> Result<()> {
-    if !privilege::can_run("frr_weighted_ecmp_from_transitive_link_bandwidth") {
-        return Ok(());
-    }
     weighted_ecmp(true)
 }
 
 #[test]
+#[cfg_attr(not(privileged), ignore = "needs root: network namespaces and BPF")]
 fn frr_weighted_ecmp_from_non_transitive_link_bandwidth() -> Result<()> {
-    if !privilege::can_run("frr_weighted_ecmp_from_non_transitive_link_bandwidth") {
-        return Ok(());
-    }
     weighted_ecmp(false)
 }
 
@@ -498,10 +489,8 @@ fn spine_sees(transitive: bool) -> Result<Vec<String>> {
 /// can weight leaves by endpoints too. The non-transitive form stops at the
 /// leaf (RFC 4360), and spines split evenly across leaves.
 #[test]
+#[cfg_attr(not(privileged), ignore = "needs root: network namespaces and BPF")]
 fn frr_leaf_passes_transitive_link_bandwidth_to_its_spine_as_the_sum() -> Result<()> {
-    if !privilege::can_run("frr_leaf_passes_transitive_link_bandwidth_to_its_spine_as_the_sum") {
-        return Ok(());
-    }
     let transitive = spine_sees(true)?;
     ensure!(
         transitive == ["LB:65001:500000000 (4.000 Gbps)"],
@@ -518,10 +507,8 @@ fn frr_leaf_passes_transitive_link_bandwidth_to_its_spine_as_the_sum() -> Result
 /// IPv6 paths (MP_REACH) carry the same extended community: FRR weights
 /// them 1:3 as well.
 #[test]
+#[cfg_attr(not(privileged), ignore = "needs root: network namespaces and BPF")]
 fn frr_weighted_ecmp_for_ipv6() -> Result<()> {
-    if !privilege::can_run("frr_weighted_ecmp_for_ipv6") {
-        return Ok(());
-    }
     let mut lab = BgpLab::new("lb6")?;
     let router = router(&mut lab, Daemon::Frr, ROUTER_AS)?;
     let speaker = speaker(&lab, ROUTER_AS)?;
@@ -537,10 +524,8 @@ fn frr_weighted_ecmp_for_ipv6() -> Result<()> {
 /// Node mode: an agent announces its EIPs with next hop self, and the
 /// router installs them through the agent's own address on that link.
 #[test]
+#[cfg_attr(not(privileged), ignore = "needs root: network namespaces and BPF")]
 fn frr_routes_next_hop_self_through_the_node_speaker() -> Result<()> {
-    if !privilege::can_run("frr_routes_next_hop_self_through_the_node_speaker") {
-        return Ok(());
-    }
     let mut lab = BgpLab::new("nhself")?;
     let router = router(&mut lab, Daemon::Frr, ROUTER_AS)?;
     let speaker = speaker(&lab, ROUTER_AS)?;
@@ -654,10 +639,8 @@ const SPLIT_REQUESTS: usize = 6000;
 /// equally (within ±10 %). The Service's `link-bandwidth: off` annotation
 /// then brings back plain per-node ECMP.
 #[test]
+#[cfg_attr(not(privileged), ignore = "needs root: network namespaces and BPF")]
 fn controller_weighted_ecmp_through_frr_splits_requests_per_pod() -> Result<()> {
-    if !privilege::can_run("controller_weighted_ecmp_through_frr_splits_requests_per_pod") {
-        return Ok(());
-    }
     let mut dc = Datacenter::with_router("polsplit", &[1, 3], Daemon::Frr, ROUTER_AS)?;
     dc.apply("bgp.yaml", &bgp_objects(ROUTER_AS))?;
     dc.apply("pools.yaml", &pool_object(&[]))?;
@@ -768,17 +751,13 @@ fn controller_policy_reaches(daemon: Daemon) -> Result<()> {
 }
 
 #[test]
+#[cfg_attr(not(privileged), ignore = "needs root: network namespaces and BPF")]
 fn controller_policy_reaches_frr() -> Result<()> {
-    if !privilege::can_run("controller_policy_reaches_frr") {
-        return Ok(());
-    }
     controller_policy_reaches(Daemon::Frr)
 }
 
 #[test]
+#[cfg_attr(not(privileged), ignore = "needs root: network namespaces and BPF")]
 fn controller_policy_reaches_bird() -> Result<()> {
-    if !privilege::can_run("controller_policy_reaches_bird") {
-        return Ok(());
-    }
     controller_policy_reaches(Daemon::Bird)
 }

@@ -8,14 +8,11 @@ use anyhow::{Context, Result};
 use porter_tests::{
     datacenter::{CONTROLLER_V4, Datacenter, PORTER_AS, ROUTER_AS, ROUTER_LAN_V4, samples_dir},
     lab::wait_for,
-    privilege,
 };
 
 #[test]
+#[cfg_attr(not(privileged), ignore = "needs root: network namespaces and BPF")]
 fn controller_announces_the_service_ip_to_bird_with_ecmp() -> Result<()> {
-    if !privilege::can_run("controller_announces_the_service_ip_to_bird_with_ecmp") {
-        return Ok(());
-    }
     let mut dc = Datacenter::new("ctlbgp", &[1, 1, 1])?;
     for sample in ["eip.yaml", "bgp.yaml", "service.yaml"] {
         dc.apply_file(&samples_dir().join(sample))?;
@@ -55,10 +52,8 @@ fn controller_announces_the_service_ip_to_bird_with_ecmp() -> Result<()> {
 /// value: no session. The right value, changed in place: the same
 /// controller re-keys the session and the route is installed.
 #[test]
+#[cfg_attr(not(privileged), ignore = "needs root: network namespaces and BPF")]
 fn controller_keys_the_bird_session_with_a_password_from_a_secret() -> Result<()> {
-    if !privilege::can_run("controller_keys_the_bird_session_with_a_password_from_a_secret") {
-        return Ok(());
-    }
     const PASSWORD: &str = "md5-from-a-secret";
     const WRONG: &str = "not-the-password";
     let mut dc = Datacenter::new("ctlmd5", &[1])?;

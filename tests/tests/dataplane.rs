@@ -13,7 +13,7 @@ use porter_common::{Stat, program_names};
 use porter_tests::{
     lab::Lab,
     packets::{self, L4, Rng, Vlan, checked_summary},
-    privilege,
+    pktgen,
     scenarios::{self, PodLab},
 };
 
@@ -150,10 +150,8 @@ fn assert_dnat(input: &[u8], out: &[u8], pods: &[&str], target: u16, case: &str)
 }
 
 #[test]
+#[cfg_attr(not(privileged), ignore = "needs root: network namespaces and BPF")]
 fn service_packets_are_translated_with_valid_checksums() -> Result<()> {
-    if !privilege::can_run("service_packets_are_translated_with_valid_checksums") {
-        return Ok(());
-    }
     let mut bench = Bench::new("dpnat")?;
     let cases: Vec<(&str, Vec<u8>, &[&str], u16)> = vec![
         (
@@ -245,12 +243,8 @@ fn service_packets_are_translated_with_valid_checksums() -> Result<()> {
 }
 
 #[test]
+#[cfg_attr(not(privileged), ignore = "needs root: network namespaces and BPF")]
 fn conntrack_keeps_flows_and_maglev_swaps_move_only_removed_backends_flows() -> Result<()> {
-    if !privilege::can_run(
-        "conntrack_keeps_flows_and_maglev_swaps_move_only_removed_backends_flows",
-    ) {
-        return Ok(());
-    }
     let mut bench = Bench::new("dpct")?;
     let service = ServiceAddr {
         vip: ip(VIP4),
@@ -328,10 +322,8 @@ fn conntrack_keeps_flows_and_maglev_swaps_move_only_removed_backends_flows() -> 
 /// while another pod is ready, and takes new ones again once every pod of
 /// the service is terminating.
 #[test]
+#[cfg_attr(not(privileged), ignore = "needs root: network namespaces and BPF")]
 fn a_draining_pod_keeps_its_flows_and_takes_new_ones_only_when_alone() -> Result<()> {
-    if !privilege::can_run("a_draining_pod_keeps_its_flows_and_takes_new_ones_only_when_alone") {
-        return Ok(());
-    }
     let mut bench = Bench::new("dpdrain")?;
     let packet = |sport: u16, syn: bool| {
         packets::build(
@@ -408,11 +400,131 @@ fn a_draining_pod_keeps_its_flows_and_takes_new_ones_only_when_alone() -> Result
     Ok(())
 }
 
+/// Conntrack keeps per-CPU LRU lists, but one hash table: a flow whose
+/// packets arrive on another CPU (another RX queue, or RPS) finds the entry
+/// its first packet made, so it keeps its backend even once the Maglev
+/// table would pick another for it.
 #[test]
-fn eip_traffic_is_answered_dropped_or_passed_untouched() -> Result<()> {
-    if !privilege::can_run("eip_traffic_is_answered_dropped_or_passed_untouched") {
+#[cfg_attr(not(privileged), ignore = "needs root: network namespaces and BPF")]
+fn a_flow_keeps_its_backend_when_its_packets_arrive_on_another_cpu() -> Result<()> {
+    let cpus = std::thread::available_parallelism()?.get();
+    if cpus < 2 {
+        println!("SKIP a_flow_keeps_its_backend_when_its_packets_arrive_on_another_cpu: one CPU");
         return Ok(());
     }
+    // A table large enough for a third backend (at least 100x the backends).
+    let mut lab = Lab::new("dpcpu")?;
+    let (pins, dataplane) = packets::test_dataplane_sized(&mut lab, 1009)?;
+    let mut bench = Bench {
+        _lab: lab,
+        pins,
+        dataplane,
+    };
+    bench
+        .dataplane
+        .reconcile(&[spec(VIP4, 80, Protocol::Tcp, &PODS4, 8080)])?;
+    let service = ServiceAddr {
+        vip: ip(VIP4),
+        port: 80,
+        proto: Protocol::Tcp,
+    };
+    let flows: Vec<u16> = (30000..30090).collect();
+    let on_cpu = |bench: &mut Bench, cpu: usize, syn: bool| -> Result<Vec<IpAddr>> {
+        std::thread::scope(|scope| {
+            scope
+                .spawn(|| {
+                    pktgen::pin_to_cpu(cpu)?;
+                    flows
+                        .iter()
+                        .map(|&sport| {
+                            let l4 = L4::Tcp {
+                                sport,
+                                dport: 80,
+                                syn,
+                            };
+                            let packet = packets::build(ip(CLIENT4), ip(VIP4), l4, Vlan::None)?;
+                            let (_, out) = bench.run(&packet)?;
+                            Ok(assert_dnat(&packet, &out, &PODS4, 8080, "cross-CPU"))
+                        })
+                        .collect()
+                })
+                .join()
+                .map_err(|_| anyhow::anyhow!("CPU {cpu} thread panicked"))?
+        })
+    };
+    let first = on_cpu(&mut bench, 0, true)?;
+    // A third pod takes a third of the table: the flows on its slots
+    // would move to it if their conntrack entries were not found.
+    let pods = [PODS4[0], PODS4[1], "10.244.1.4"];
+    bench
+        .dataplane
+        .upsert_service(&spec(VIP4, 80, Protocol::Tcp, &pods, 8080))?;
+    let later = on_cpu(&mut bench, 1, false)?;
+    assert_eq!(later, first, "every flow kept its backend on the other CPU");
+    let counters = bench
+        .dataplane
+        .service_counters(&service)?
+        .context("installed")?;
+    assert_eq!(
+        counters.new_flows,
+        flows.len() as u64,
+        "the second packets were no new flows"
+    );
+    Ok(())
+}
+
+/// IPv4 and IPv6 flows live in separate conntrack maps (IPv4 with a 16-byte
+/// key): flows whose addresses have the same leading words and whose ports
+/// are equal keep apart.
+#[test]
+#[cfg_attr(not(privileged), ignore = "needs root: network namespaces and BPF")]
+fn v4_and_v6_flows_sharing_ports_do_not_collide() -> Result<()> {
+    // The IPv6 addresses begin with the IPv4 ones' bytes, the rest zero: in
+    // one map keyed by address words, the two flows would share a key.
+    let (vip6, client6) = ("c000:20a::", "c633:6407::");
+    let mut lab = Lab::new("dpfam")?;
+    let (_pins, mut dataplane) = packets::test_dataplane(&mut lab)?;
+    dataplane.reconcile(&[
+        spec(VIP4, 80, Protocol::Tcp, &PODS4, 8080),
+        spec(vip6, 80, Protocol::Tcp, &PODS6, 8080),
+    ])?;
+    let mut backends = Vec::new();
+    for syn in [true, false] {
+        for (client, vip, pods) in [(CLIENT4, VIP4, &PODS4), (client6, vip6, &PODS6)] {
+            let l4 = L4::Tcp {
+                sport: 40000,
+                dport: 80,
+                syn,
+            };
+            let packet = packets::build(ip(client), ip(vip), l4, Vlan::None)?;
+            let (_, out) = packets::xdp_test_run(&mut dataplane, &packet)?;
+            backends.push(assert_dnat(&packet, &out, pods, 8080, vip));
+        }
+    }
+    assert_eq!(
+        backends[..2],
+        backends[2..],
+        "each flow kept its own backend"
+    );
+    for vip in [VIP4, vip6] {
+        let addr = ServiceAddr {
+            vip: ip(vip),
+            port: 80,
+            proto: Protocol::Tcp,
+        };
+        let counters = dataplane.service_counters(&addr)?.context("installed")?;
+        assert_eq!(
+            (counters.new_flows, counters.packets),
+            (1, 2),
+            "{vip}: one flow of two packets"
+        );
+    }
+    Ok(())
+}
+
+#[test]
+#[cfg_attr(not(privileged), ignore = "needs root: network namespaces and BPF")]
+fn eip_traffic_is_answered_dropped_or_passed_untouched() -> Result<()> {
     let mut bench = Bench::new("dpeip")?;
 
     for (case, src, vip) in [("v4", CLIENT4, VIP4), ("v6", CLIENT6, VIP6)] {
@@ -507,10 +619,8 @@ fn assert_revnat(input: &[u8], out: &[u8], vip: &str, port: u16, case: &str) {
 }
 
 #[test]
+#[cfg_attr(not(privileged), ignore = "needs root: network namespaces and BPF")]
 fn replies_are_reverse_translated_by_tc() -> Result<()> {
-    if !privilege::can_run("replies_are_reverse_translated_by_tc") {
-        return Ok(());
-    }
     let mut bench = Bench::new("dptc")?;
     let cases = [
         ("v4 tcp", CLIENT4, VIP4, Protocol::Tcp, 80, 8080),
@@ -581,10 +691,8 @@ fn replies_are_reverse_translated_by_tc() -> Result<()> {
 }
 
 #[test]
+#[cfg_attr(not(privileged), ignore = "needs root: network namespaces and BPF")]
 fn a_backend_that_becomes_shared_keeps_replying_for_its_open_flows() -> Result<()> {
-    if !privilege::can_run("a_backend_that_becomes_shared_keeps_replying_for_its_open_flows") {
-        return Ok(());
-    }
     let mut bench = Bench::new("dpsh")?;
     const POD: &str = "10.244.1.9";
     // A service takes an id and leaves it free below the next one's.
@@ -616,10 +724,8 @@ fn a_backend_that_becomes_shared_keeps_replying_for_its_open_flows() -> Result<(
 }
 
 #[test]
+#[cfg_attr(not(privileged), ignore = "needs root: network namespaces and BPF")]
 fn bpftool_shows_map_field_names() -> Result<()> {
-    if !privilege::can_run("bpftool_shows_map_field_names") {
-        return Ok(());
-    }
     let bench = Bench::new("dpbtf")?;
     for (map, field) in [
         (porter_common::map_names::SERVICES, "table_base"),
@@ -637,10 +743,8 @@ fn bpftool_shows_map_field_names() -> Result<()> {
 }
 
 #[test]
+#[cfg_attr(not(privileged), ignore = "needs root: network namespaces and BPF")]
 fn random_and_malformed_packets_are_never_modified() -> Result<()> {
-    if !privilege::can_run("random_and_malformed_packets_are_never_modified") {
-        return Ok(());
-    }
     let mut bench = Bench::new("dprand")?;
     let mut rng = Rng::new(0x5eed);
     let templates = [
@@ -744,11 +848,9 @@ fn random_and_malformed_packets_are_never_modified() -> Result<()> {
 /// Client → node (XDP + tc) → two pods, without and with the MASQUERADE rule
 /// for the pod subnet that Calico and flannel install on nodes.
 #[test]
+#[cfg_attr(not(privileged), ignore = "needs root: network namespaces and BPF")]
 fn end_to_end_through_the_node_to_local_pods() -> Result<()> {
-    if !privilege::can_run("end_to_end_through_the_node_to_local_pods") {
-        return Ok(());
-    }
-    // Redirect (measurement only) is not run with MASQUERADE: bypassing
+    // Redirect is not run with MASQUERADE (docs/design.md): bypassing
     // netfilter on the way in is exactly what makes replies get masqueraded.
     for (masquerade, forwarding) in [
         (false, Forwarding::Kernel),
@@ -961,13 +1063,9 @@ fn cluster_tcp(sport: u16, port: u16, syn: bool) -> Result<Vec<u8>> {
 }
 
 #[test]
+#[cfg_attr(not(privileged), ignore = "needs root: network namespaces and BPF")]
 fn cluster_packets_are_forwarded_to_the_backends_node_with_only_the_macs_and_mark_changed()
 -> Result<()> {
-    if !privilege::can_run(
-        "cluster_packets_are_forwarded_to_the_backends_node_with_only_the_macs_and_mark_changed",
-    ) {
-        return Ok(());
-    }
     let mut node = ClusterNode::new("dpfwd")?;
     node.bench.dataplane.reconcile(&[
         cluster_spec(80, &[(REMOTE_POD, Some("172.30.0.12"))]),
@@ -1021,10 +1119,8 @@ fn cluster_packets_are_forwarded_to_the_backends_node_with_only_the_macs_and_mar
 }
 
 #[test]
+#[cfg_attr(not(privileged), ignore = "needs root: network namespaces and BPF")]
 fn forwarded_packets_are_served_locally_and_never_forwarded_again() -> Result<()> {
-    if !privilege::can_run("forwarded_packets_are_served_locally_and_never_forwarded_again") {
-        return Ok(());
-    }
     let mut node = ClusterNode::new("dprcv")?;
     node.bench.dataplane.reconcile(&[
         // This node's pod, as the node another node forwards to sees it.
@@ -1138,10 +1234,8 @@ const FAR_NODE_V4: &str = "172.30.9.5";
 /// and its pod's SYN-ACK is clamped so that the client's full-size
 /// segments still fit the link once encapsulated.
 #[test]
+#[cfg_attr(not(privileged), ignore = "needs root: network namespaces and BPF")]
 fn cluster_packets_cross_subnets_in_ipip_and_syn_acks_are_clamped() -> Result<()> {
-    if !privilege::can_run("cluster_packets_cross_subnets_in_ipip_and_syn_acks_are_clamped") {
-        return Ok(());
-    }
     let mut node = ClusterNode::new("dpipip")?;
     node.bench.dataplane.reconcile(&[
         cluster_spec(80, &[(LOCAL_POD, None)]),
@@ -1269,10 +1363,8 @@ fn cluster_spec6(port: u16, pods: &[(&str, Option<&str>)]) -> ServiceSpec {
 /// alike; the receiving node serves it as a forwarded packet (never
 /// forwarding it again), and clamps the SYN-ACK by the 40-byte header.
 #[test]
+#[cfg_attr(not(privileged), ignore = "needs root: network namespaces and BPF")]
 fn ipv6_cluster_packets_travel_in_ipv6_and_are_served_as_forwarded() -> Result<()> {
-    if !privilege::can_run("ipv6_cluster_packets_travel_in_ipv6_and_are_served_as_forwarded") {
-        return Ok(());
-    }
     let mut node = ClusterNode::new("dpip6")?;
     node.bench.dataplane.reconcile(&[
         cluster_spec6(80, &[(REMOTE_POD6, Some("fd00:30::12"))]),

@@ -24,7 +24,6 @@ use porter_tests::{
     lab::{Lab, wait_for},
     layer2_lab::{self, L2Lab, POOL, POOL6, pod_of},
     packets::{self, checked_summary},
-    privilege,
 };
 
 const XDP_PASS: u32 = 2;
@@ -170,10 +169,8 @@ fn advertisement(with_option: bool) -> Result<Vec<u8>> {
 }
 
 #[test]
+#[cfg_attr(not(privileged), ignore = "needs root: network namespaces and BPF")]
 fn arp_requests_for_led_eips_are_answered_and_others_pass() -> Result<()> {
-    if !privilege::can_run("arp_requests_for_led_eips_are_answered_and_others_pass") {
-        return Ok(());
-    }
     let mut bench = Bench::new("l2arp")?;
 
     let expected_reply = |vlan| {
@@ -265,10 +262,8 @@ fn arp_requests_for_led_eips_are_answered_and_others_pass() -> Result<()> {
 }
 
 #[test]
+#[cfg_attr(not(privileged), ignore = "needs root: network namespaces and BPF")]
 fn neighbour_solicitations_for_led_eips_are_answered_and_others_pass() -> Result<()> {
-    if !privilege::can_run("neighbour_solicitations_for_led_eips_are_answered_and_others_pass") {
-        return Ok(());
-    }
     let mut bench = Bench::new("l2ndp")?;
 
     // Multicast, with the source link-layer option: answered with the
@@ -343,10 +338,8 @@ fn neighbour_becomes(lab: &L2Lab, ip: &str, mac: &str) -> Result<()> {
 }
 
 #[test]
+#[cfg_attr(not(privileged), ignore = "needs root: network namespaces and BPF")]
 fn the_elected_node_answers_arp_and_ndp_and_a_crash_fails_over() -> Result<()> {
-    if !privilege::can_run("the_elected_node_answers_arp_and_ndp_and_a_crash_fails_over") {
-        return Ok(());
-    }
     let (eip4, eip6) = (layer2_lab::EIP, layer2_lab::EIP6);
     let mut lab = L2Lab::new("l2lab", 3)?;
     let names: Vec<String> = lab.node_names().iter().map(|n| n.to_string()).collect();
@@ -486,10 +479,8 @@ fn the_elected_node_answers_arp_and_ndp_and_a_crash_fails_over() -> Result<()> {
 }
 
 #[test]
+#[cfg_attr(not(privileged), ignore = "needs root: network namespaces and BPF")]
 fn the_leader_spreads_cluster_traffic_over_every_nodes_pod() -> Result<()> {
-    if !privilege::can_run("the_leader_spreads_cluster_traffic_over_every_nodes_pod") {
-        return Ok(());
-    }
     let eip = layer2_lab::EIP;
     let mut lab = L2Lab::new("l2cl", 3)?;
     lab.set_policy("Cluster")?;

@@ -1,13 +1,11 @@
 //! The agent attaches the XDP program, the program counts real packets, the
 //! attachment survives an agent restart with its counters, and `cleanup`
 //! removes everything.
-use porter_tests::{privilege, scenarios::SingleNodeLab};
+use porter_tests::scenarios::SingleNodeLab;
 
 #[test]
+#[cfg_attr(not(privileged), ignore = "needs root: network namespaces and BPF")]
 fn agent_attaches_counts_survives_restart_and_cleans_up() -> anyhow::Result<()> {
-    if !privilege::can_run("agent_attaches_counts_survives_restart_and_cleans_up") {
-        return Ok(());
-    }
     let mut lab = SingleNodeLab::new("attach")?;
     let log = lab.start_agent()?;
     assert!(lab.xdp_attached()?, "XDP is attached to the node's eth0");

@@ -17,6 +17,10 @@ pub struct BenchArgs {
     /// measured 5 times).
     #[arg(long, default_value_t = 2)]
     pub seconds: u64,
+    /// `dataplane` only: run the per-packet cases alone, without the labs (seconds, not
+    /// minutes; for comparing one hot-path change against another).
+    #[arg(long)]
+    pub per_packet_only: bool,
 }
 
 #[derive(Clone, Copy, Debug, clap::ValueEnum)]

@@ -80,6 +80,38 @@ pub fn interface_choices(snapshot: &Snapshot) -> BTreeMap<IpAddr, String> {
     choices
 }
 
+/// Every address of every Node (InternalIP, ExternalIP, ...): no Layer 2
+/// EIP may be one, or its leader would take that node's traffic.
+pub fn node_addresses(snapshot: &Snapshot) -> BTreeSet<IpAddr> {
+    snapshot
+        .nodes
+        .iter()
+        .filter_map(|node| node.status.as_ref()?.addresses.as_ref())
+        .flatten()
+        .filter_map(|address| address.address.trim().parse().ok())
+        .collect()
+}
+
+/// Takes the EIPs that are a host's address (`hosts`: the nodes', this
+/// node's own) out of `candidates`, so that no node ever answers ARP/NDP
+/// for them, and returns them. The controller refuses such pools; this
+/// holds even when it did not know the address (an interface's address
+/// that no Node lists, an older controller).
+pub fn without_host_addresses(
+    candidates: &mut BTreeMap<IpAddr, BTreeSet<String>>,
+    hosts: &BTreeSet<IpAddr>,
+) -> BTreeSet<IpAddr> {
+    let refused: BTreeSet<IpAddr> = candidates
+        .keys()
+        .filter(|eip| hosts.contains(eip))
+        .copied()
+        .collect();
+    for eip in &refused {
+        candidates.remove(eip);
+    }
+    refused
+}
+
 fn node_ready(node: &Node) -> bool {
     node.status
         .as_ref()
@@ -196,6 +228,48 @@ mod tests {
             ])
         );
         assert!(interface_choices(&snapshot).is_empty());
+    }
+
+    #[test]
+    fn an_eip_that_is_a_host_address_is_never_a_candidate() {
+        let mut n1 = (*node("n1", true)).clone();
+        n1.status
+            .get_or_insert_default()
+            .addresses
+            .get_or_insert_default()
+            .push(k8s_openapi::api::core::v1::NodeAddress {
+                type_: "InternalIP".into(),
+                address: "172.30.0.101".into(),
+            });
+        let snapshot = Snapshot {
+            nodes: vec![Arc::new(n1)],
+            endpoint_slices: vec![slice("web", &[("n1", true)])],
+            eips: vec![pool(
+                "l2",
+                "layer2",
+                &[
+                    ("172.30.0.100", "shop/web"),
+                    ("172.30.0.101", "shop/web"),
+                    ("172.30.0.102", "shop/web"),
+                ],
+            )],
+            ..Snapshot::default()
+        };
+        let ip = |text: &str| text.parse::<IpAddr>().expect("address");
+        let mut hosts = node_addresses(&snapshot);
+        assert_eq!(hosts, BTreeSet::from([ip("172.30.0.101")]));
+        // This node's own interface address, which no Node lists.
+        hosts.insert(ip("172.30.0.102"));
+        let mut got = candidates(&snapshot);
+        let refused = without_host_addresses(&mut got, &hosts);
+        assert_eq!(
+            refused,
+            BTreeSet::from([ip("172.30.0.101"), ip("172.30.0.102")])
+        );
+        assert_eq!(
+            got.keys().copied().collect::<Vec<_>>(),
+            [ip("172.30.0.100")]
+        );
     }
 
     #[test]

@@ -4,6 +4,7 @@
 pub mod announce;
 pub mod candidates;
 pub mod election;
+pub mod gateways;
 pub mod kube_lease;
 pub mod lease;
 pub mod link;
@@ -17,6 +18,7 @@ use std::{
     time::Duration,
 };
 
+use porter_api::source::Snapshot;
 use tracing::warn;
 
 use crate::{Dataplane, DataplaneError};
@@ -41,6 +43,9 @@ pub struct Layer2<S> {
     metrics: Layer2Metrics,
     /// What this node answers for now, for announcements in flight.
     answering: tokio::sync::watch::Sender<BTreeSet<IpAddr>>,
+    /// EIPs left unanswered because they are a host's address, as last
+    /// logged: a warning when one appears, not every round.
+    host_addresses: BTreeSet<IpAddr>,
 }
 
 impl<S: LeaseStore> Layer2<S> {
@@ -50,7 +55,22 @@ impl<S: LeaseStore> Layer2<S> {
             announcer: Arc::new(announcer),
             metrics,
             answering: tokio::sync::watch::Sender::new(BTreeSet::new()),
+            host_addresses: BTreeSet::new(),
         }
+    }
+
+    /// Takes the EIPs that are a host's address (`hosts`) out of
+    /// `candidates`: no node answers ARP/NDP for them. Warns once per EIP.
+    pub fn refuse_host_addresses(
+        &mut self,
+        candidates: &mut BTreeMap<IpAddr, BTreeSet<String>>,
+        hosts: &BTreeSet<IpAddr>,
+    ) {
+        let refused = candidates::without_host_addresses(candidates, hosts);
+        for eip in refused.difference(&self.host_addresses) {
+            warn!(%eip, "a Layer 2 EIP is a node's own address: not answering ARP/NDP for it (take it out of its Eip's spec.address)");
+        }
+        self.host_addresses = refused;
     }
 
     /// Whether this node answered for any EIP after the last round.
@@ -119,6 +139,30 @@ impl<S: LeaseStore> Layer2<S> {
         dataplane.set_l2_answers(&answers, round.valid_for)?;
         Ok(round)
     }
+}
+
+/// The addresses no Layer 2 EIP may be answered for on this node: every
+/// Node's, those of this node's `uplinks` (the attached interfaces, which
+/// the answers go out of; not every interface: kube-proxy in IPVS mode puts
+/// each LoadBalancer address on a dummy one), and its gateways.
+pub fn host_addresses<'a>(
+    snapshot: &Snapshot,
+    uplinks: impl IntoIterator<Item = &'a str>,
+) -> BTreeSet<IpAddr> {
+    let mut hosts = candidates::node_addresses(snapshot);
+    match crate::interfaces::addresses_on(uplinks) {
+        Ok(local) => hosts.extend(local),
+        Err(err) => {
+            warn!(error = %err, "cannot read this node's addresses; Layer 2 EIPs are not checked against them")
+        }
+    }
+    match gateways::gateways() {
+        Ok(routers) => hosts.extend(routers),
+        Err(err) => {
+            warn!(error = %err, "cannot read this node's routes; Layer 2 EIPs are not checked against its gateways")
+        }
+    }
+    hosts
 }
 
 /// The interface `choice` names; when it cannot be resolved, the choice

@@ -20,18 +20,30 @@ pub use pool::{Claims, HeldEdit, Pool, PoolState};
 pub use range::{Family, IpRange, RangeError};
 
 use crate::compact::push_exact;
-use crate::service::{FamilyPolicy, Port, ServiceRequest};
+use crate::service::{FamilyPolicy, Port, ServiceRequest, SharingTerms};
 
 /// Labels of each namespace, for `Eip.spec.namespaceSelector`.
 pub type NamespaceLabels = BTreeMap<String, BTreeMap<String, String>>;
+
+/// Node name by address: what a Layer 2 pool must never hand out.
+pub type NodeAddresses = BTreeMap<IpAddr, String>;
 
 /// Who holds one address.
 #[derive(Debug, Clone, Default, PartialEq)]
 struct Holding {
     pool: String,
-    sharing_key: Option<String>,
+    /// Boxed: most addresses are not shared, and 10,000 holdings stay small.
+    sharing: Option<Box<Sharing>>,
     /// Usually one; a Vec keeps 10,000 holdings small.
     users: Vec<(ObjectKey, Vec<Port>)>,
+}
+
+/// The key an address is shared under, and the terms of its first holder,
+/// which every other holder agrees with.
+#[derive(Debug, Clone, PartialEq)]
+struct Sharing {
+    key: String,
+    terms: SharingTerms,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -62,6 +74,14 @@ pub enum AllocError {
         "requested address {ip} is held by {holders} and cannot be shared (sharing needs the same allow-shared-ip key and no common port)"
     )]
     InUse { ip: IpAddr, holders: String },
+    #[error(
+        "address {ip} is shared under this allow-shared-ip key by {holders}, but cannot be shared with this Service: {why}; use another key, or make the Services compatible"
+    )]
+    SharingRefused {
+        ip: IpAddr,
+        holders: String,
+        why: String,
+    },
     #[error("{0} addresses were requested but the Service's ipFamilies do not include {0}")]
     FamilyNotWanted(Family),
 }
@@ -71,6 +91,8 @@ pub struct Ipam {
     pools: BTreeMap<String, Pool>,
     holdings: BTreeMap<IpAddr, Holding>,
     services: BTreeMap<ObjectKey, Vec<IpAddr>>,
+    /// The nodes' addresses, which no Layer 2 pool may contain.
+    nodes: NodeAddresses,
     generation: u64,
 }
 
@@ -79,6 +101,13 @@ impl Ipam {
     /// equal allocations, which lets the route table skip unchanged work.
     pub fn generation(&self) -> u64 {
         self.generation
+    }
+
+    /// The nodes' addresses, for the next [`Ipam::set_pools`]: a Layer 2
+    /// pool that contains one is refused, since its leader would answer
+    /// ARP/NDP for a node.
+    pub fn set_node_addresses(&mut self, nodes: NodeAddresses) {
+        self.nodes = nodes;
     }
 
     /// Replaces the pool set. An edit of a pool's address is held back while
@@ -101,7 +130,7 @@ impl Ipam {
             }
             claims
         };
-        self.pools = pool::accept(pools, &self.pools, claims);
+        self.pools = pool::accept(pools, &self.pools, &self.nodes, claims);
         let orphaned: Vec<ObjectKey> = self
             .services
             .iter()
@@ -283,27 +312,60 @@ impl Ipam {
         ips.iter().all(|ip| self.shareable(req, *ip).is_ok())
     }
 
-    /// Whether `req` may use `ip` given its current holders.
+    /// Whether `req` may use `ip` given its current holders: the same
+    /// sharing key, no port in common, the same namespace (unless the pool
+    /// allows more) and compatible terms.
     fn shareable(&self, req: &ServiceRequest, ip: IpAddr) -> Result<(), AllocError> {
         let Some(h) = self.holdings.get(&ip) else {
             return Ok(());
         };
         let others: Vec<_> = h.users.iter().filter(|(k, _)| *k != req.key).collect();
-        let ok = others.is_empty()
-            || (req.sharing_key.is_some()
-                && h.sharing_key == req.sharing_key
-                && others
-                    .iter()
-                    .all(|(_, ports)| !ports.iter().any(|p| req.ports.contains(p))));
-        if ok {
-            Ok(())
-        } else {
-            let holders = others
+        if others.is_empty() {
+            return Ok(());
+        }
+        let holders = || {
+            others
                 .iter()
                 .map(|(k, _)| k.to_string())
                 .collect::<Vec<_>>()
-                .join(", ");
-            Err(AllocError::InUse { ip, holders })
+                .join(", ")
+        };
+        let sharing = h
+            .sharing
+            .as_deref()
+            .filter(|s| req.sharing_key.as_ref() == Some(&s.key));
+        let port_clash = || {
+            others
+                .iter()
+                .any(|(_, ports)| ports.iter().any(|p| req.ports.contains(p)))
+        };
+        let in_use = || AllocError::InUse {
+            ip,
+            holders: holders(),
+        };
+        let sharing = sharing.ok_or_else(in_use)?;
+        // The namespace first: another tenant's address is refused as
+        // such, whatever its ports.
+        let cross_namespace = self.pools.get(&h.pool).is_some_and(|p| p.cross_namespace);
+        let why = if !cross_namespace
+            && others.iter().any(|(k, _)| k.namespace != req.key.namespace)
+        {
+            Some(format!(
+                "they are in another namespace, and pool `{}` does not allow sharing across namespaces (spec.sharing.crossNamespace)",
+                h.pool
+            ))
+        } else if port_clash() {
+            return Err(in_use());
+        } else {
+            sharing.terms.incompatible(&req.sharing_terms, ip)
+        };
+        match why {
+            None => Ok(()),
+            Some(why) => Err(AllocError::SharingRefused {
+                ip,
+                holders: holders(),
+                why,
+            }),
         }
     }
 
@@ -316,7 +378,12 @@ impl Ipam {
                 .unwrap_or_default();
             let h = self.holdings.entry(*ip).or_insert_with(|| Holding {
                 pool,
-                sharing_key: req.sharing_key.clone(),
+                sharing: req.sharing_key.as_ref().map(|key| {
+                    Box::new(Sharing {
+                        key: key.clone(),
+                        terms: req.sharing_terms.clone(),
+                    })
+                }),
                 users: Vec::new(),
             });
             h.users.retain(|(k, _)| *k != req.key);
@@ -420,17 +487,30 @@ impl Ipam {
             return Err(AllocError::NoPool(family));
         }
         let names: Vec<String> = candidates.iter().map(|p| p.name.clone()).collect();
-        // Sharing first: an address already given to the same key, in pool order.
-        if req.sharing_key.is_some() {
+        // Sharing first: an address already given to the same key, in pool
+        // order. One the key names but whose holders refuse this Service
+        // (another namespace, incompatible terms) is an error, not a reason
+        // to hand out a second address: the owner asked for one shared IP.
+        if let Some(key) = &req.sharing_key {
+            let mut refused = None;
             for name in &names {
-                let shared = self.holdings.iter().find(|(ip, h)| {
+                let same_key = self.holdings.iter().filter(|(ip, h)| {
                     h.pool == *name
                         && Family::of(**ip) == family
-                        && self.shareable(req, **ip).is_ok()
+                        && h.sharing.as_ref().is_some_and(|s| s.key == *key)
                 });
-                if let Some((ip, _)) = shared {
-                    return Ok(*ip);
+                for (ip, _) in same_key {
+                    match self.shareable(req, *ip) {
+                        Ok(()) => return Ok(*ip),
+                        Err(e @ AllocError::SharingRefused { .. }) => {
+                            refused.get_or_insert(e);
+                        }
+                        Err(_) => {}
+                    }
                 }
+            }
+            if let Some(refused) = refused {
+                return Err(refused);
             }
         }
         for name in &names {

@@ -8,10 +8,11 @@ use std::net::IpAddr;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use porter_api::annotations::DEFAULT_EIP;
+use porter_api::layer2::PROTOCOL_LAYER2;
 use porter_api::{Eip, ObjectKey};
 
-use super::NamespaceLabels;
 use super::range::{Family, IpRange};
+use super::{NamespaceLabels, NodeAddresses};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PoolState {
@@ -36,6 +37,11 @@ pub struct Pool {
     pub priority: i32,
     pub namespaces: Vec<String>,
     pub namespace_selector: BTreeMap<String, String>,
+    /// `spec.sharing.crossNamespace`: Services of different namespaces may
+    /// share an address.
+    pub cross_namespace: bool,
+    /// `protocol: layer2`: a node's address must not be in its range.
+    pub layer2: bool,
     pub is_default: bool,
     /// Creation time: on overlap the older pool is kept.
     pub created: Option<Time>,
@@ -88,6 +94,8 @@ impl Pool {
             priority: eip.spec.priority,
             namespaces: eip.spec.namespaces.clone(),
             namespace_selector: eip.spec.namespace_selector.clone(),
+            cross_namespace: eip.spec.sharing.as_ref().is_some_and(|s| s.cross_namespace),
+            layer2: eip.spec.protocol.as_deref() == Some(PROTOCOL_LAYER2),
             is_default: DEFAULT_EIP
                 .get(eip.metadata.annotations.as_ref())
                 .is_some_and(|v| v.eq_ignore_ascii_case("true")),
@@ -161,10 +169,14 @@ fn published_range(eip: &Eip) -> Option<IpRange> {
 ///   edit of another can take addresses from under them. Among themselves
 ///   the older pool wins (ties by name).
 ///
+/// - A Layer 2 pool that contains a node's address is refused as an overlap
+///   is: its leader would answer ARP/NDP for that node and take its traffic.
+///
 /// `claims` is asked for only when some pool is edited.
 pub(super) fn accept(
     pools: Vec<Pool>,
     previous: &BTreeMap<String, Pool>,
+    nodes: &NodeAddresses,
     claims: impl FnOnce() -> Claims,
 ) -> BTreeMap<String, Pool> {
     let claims = LazyCell::new(claims);
@@ -177,7 +189,7 @@ pub(super) fn accept(
             .and_then(|p| p.range)
             .or(pool.published);
         match prior {
-            Some(prior) if pool.wanted() == Some(prior) => staying.push((pool, None)),
+            Some(prior) if pool.wanted() == Some(prior) => staying.push((pool, Some(prior))),
             Some(prior) => {
                 let in_the_way = outside(&claims, prior, pool.wanted());
                 if in_the_way.is_empty() {
@@ -214,9 +226,12 @@ pub(super) fn accept(
     let mut out = BTreeMap::new();
     for (mut pool, prior) in staying.into_iter().chain(others) {
         if let (PoolState::Accepted, Some(range)) = (&pool.state, pool.range)
-            && let Some((other, _)) = accepted.iter().find(|(_, r)| r.overlaps(&range))
+            && let Some(why) = accepted
+                .iter()
+                .find(|(_, r)| r.overlaps(&range))
+                .map(|(other, _)| overlap(other))
+                .or_else(|| node_inside(&pool, range, nodes))
         {
-            let why = overlap(other);
             pool.held = None;
             pool.state = PoolState::Refused(why.clone());
             // Refusing the pool would take away every address it holds:
@@ -228,7 +243,10 @@ pub(super) fn accept(
                         invalid: Some(why),
                         in_the_way,
                         wanted: pool.wanted(),
-                        offer: pool.wanted().and_then(|w| prior.intersection(&w)),
+                        offer: pool
+                            .wanted()
+                            .and_then(|w| prior.intersection(&w))
+                            .filter(|offer| node_inside(&pool, *offer, nodes).is_none()),
                     });
                     pool.range = Some(prior);
                     pool.state = PoolState::Accepted;
@@ -254,6 +272,17 @@ pub(super) fn accept(
         }
     }
     out
+}
+
+/// Why a Layer 2 pool may not hold `range`: the first node address in it.
+fn node_inside(pool: &Pool, range: IpRange, nodes: &NodeAddresses) -> Option<String> {
+    if !pool.layer2 {
+        return None;
+    }
+    let (ip, node) = nodes.range(range.first()..=range.last()).next()?;
+    Some(format!(
+        "the Layer 2 pool contains {ip}, an address of node `{node}`, which its leader would answer ARP/NDP for; take it out of spec.address"
+    ))
 }
 
 fn overlap(other: &str) -> String {

@@ -30,6 +30,7 @@ fn req(ns_name: &str) -> ServiceRequest {
         requested: vec![],
         invalid_request: None,
         sharing_key: None,
+        sharing_terms: SharingTerms::default(),
         ports: [("TCP".to_string(), 80)].into(),
         families: vec![Family::V4],
         policy: FamilyPolicy::SingleStack,
@@ -849,4 +850,255 @@ fn a_cidr_pool_hands_out_neither_network_nor_broadcast_unless_told() {
         i.allocate(&asked, &l),
         Err(AllocError::NotInPool(ip("10.0.0.3")))
     );
+}
+
+/// A Service sharing under `key` on `port`, `Local` or not, selecting `app`.
+fn sharer(ns_name: &str, key: &str, port: i32, local: bool, app: Option<&str>) -> ServiceRequest {
+    ServiceRequest {
+        sharing_key: Some(key.into()),
+        sharing_terms: SharingTerms {
+            local,
+            selector: app
+                .map(|a| [("app".to_string(), a.to_string())].into())
+                .unwrap_or_default(),
+        },
+        ports: [("TCP".to_string(), port)].into(),
+        ..req(ns_name)
+    }
+}
+
+#[test]
+fn a_sharing_key_joins_services_of_one_namespace_unless_the_pool_allows_more() {
+    let l = no_labels();
+    let owner = sharer("shop/web", "front", 80, false, Some("web"));
+    let same_ns = sharer("shop/api", "front", 8080, false, Some("api"));
+    let intruder = sharer("other/steal", "front", 8080, false, Some("x"));
+    let scoped = || ipam(vec![plain("p", "10.0.0.0-10.0.0.255")]);
+
+    let mut i = scoped();
+    assert_eq!(i.allocate(&owner, &l), Ok(ips(&["10.0.0.0"])));
+    assert_eq!(i.allocate(&same_ns, &l), Ok(ips(&["10.0.0.0"])));
+    // Another namespace that knows the key is refused, and gets no other
+    // address either: its owner asked to share.
+    let refused = i.allocate(&intruder, &l);
+    assert!(
+        matches!(&refused, Err(AllocError::SharingRefused { ip, holders, why })
+            if *ip == self::ip("10.0.0.0")
+                && holders.contains("shop/web")
+                && why.contains("spec.sharing.crossNamespace")),
+        "{refused:?}"
+    );
+    assert_eq!(i.addresses_of(&intruder.key), None);
+    // Asking for the address by name is refused the same way.
+    let asking = ServiceRequest {
+        requested: ips(&["10.0.0.0"]),
+        ..intruder.clone()
+    };
+    assert!(matches!(
+        i.allocate(&asking, &l),
+        Err(AllocError::SharingRefused { .. })
+    ));
+    // Nor may it keep the address after a restart, if it had published it.
+    assert!(!i.keep(&intruder, &ips(&["10.0.0.0"]), &l));
+    assert_eq!(i.used_in("p")[&ip("10.0.0.0")].len(), 2);
+
+    // A pool that allows it lets the namespaces share.
+    let mut open = ipam(vec![eip("p", "10.0.0.0-10.0.0.255", |e| {
+        e.spec.sharing = Some(porter_api::crd::EipSharing {
+            cross_namespace: true,
+        });
+    })]);
+    assert_eq!(open.allocate(&owner, &l), Ok(ips(&["10.0.0.0"])));
+    assert_eq!(open.allocate(&intruder, &l), Ok(ips(&["10.0.0.0"])));
+}
+
+#[test]
+fn services_share_an_address_only_when_every_announced_node_serves_all_of_them() {
+    let l = no_labels();
+    let v4 = || ipam(vec![plain("p", "10.0.0.0-10.0.0.255")]);
+    let v6 = || ipam(vec![plain("p", "2001:db8::-2001:db8::ff")]);
+    let v6_req = |r: ServiceRequest| ServiceRequest {
+        families: vec![Family::V6],
+        ..r
+    };
+    type Case = (
+        &'static str,
+        fn() -> Ipam,
+        ServiceRequest,
+        ServiceRequest,
+        bool,
+    );
+    let cases: Vec<Case> = vec![
+        (
+            "Cluster, different selectors: every node forwards both",
+            v4,
+            sharer("ns/a", "k", 80, false, Some("web")),
+            sharer("ns/b", "k", 8080, false, Some("api")),
+            true,
+        ),
+        (
+            "Local, the same selector: the same pods, the same nodes",
+            v4,
+            sharer("ns/a", "k", 80, true, Some("web")),
+            sharer("ns/b", "k", 8080, true, Some("web")),
+            true,
+        ),
+        (
+            "Local, different selectors: pods on different nodes",
+            v4,
+            sharer("ns/a", "k", 80, true, Some("web")),
+            sharer("ns/b", "k", 8080, true, Some("api")),
+            false,
+        ),
+        (
+            "Local without a selector: its endpoints can be anywhere",
+            v4,
+            sharer("ns/a", "k", 80, true, None),
+            sharer("ns/b", "k", 8080, true, None),
+            false,
+        ),
+        (
+            "Local and Cluster",
+            v4,
+            sharer("ns/a", "k", 80, false, Some("web")),
+            sharer("ns/b", "k", 8080, true, Some("web")),
+            false,
+        ),
+        (
+            "Cluster on IPv6 is served like Local: different selectors",
+            v6,
+            v6_req(sharer("ns/a", "k", 80, false, Some("web"))),
+            v6_req(sharer("ns/b", "k", 8080, false, Some("api"))),
+            false,
+        ),
+        (
+            "Cluster on IPv6, the same selector",
+            v6,
+            v6_req(sharer("ns/a", "k", 80, false, Some("web"))),
+            v6_req(sharer("ns/b", "k", 8080, false, Some("web"))),
+            true,
+        ),
+    ];
+    for (name, pools, first, second, shares) in cases {
+        let mut i = pools();
+        let got = i.allocate(&first, &l).expect(name);
+        let outcome = i.allocate(&second, &l);
+        if shares {
+            assert_eq!(outcome, Ok(got), "{name}");
+        } else {
+            assert!(
+                matches!(&outcome, Err(AllocError::SharingRefused { why, .. }) if why.contains("externalTrafficPolicy")),
+                "{name}: {outcome:?}"
+            );
+            assert_eq!(i.addresses_of(&second.key), None, "{name}");
+        }
+    }
+}
+
+#[test]
+fn of_two_incompatible_services_publishing_one_address_the_older_keeps_it() {
+    // Shared before this rule existed: the older keeps the address, the
+    // younger is refused (and told why) rather than left half served.
+    let older = ServiceRequest {
+        current: ips(&["10.0.0.0"]),
+        ..sharer("ns/web", "k", 80, true, Some("web"))
+    };
+    let younger = ServiceRequest {
+        current: ips(&["10.0.0.0"]),
+        ..sharer("ns/api", "k", 8080, true, Some("api"))
+    };
+    let mut i = Ipam::default();
+    let got = pass(
+        &mut i,
+        vec![plain("p", "10.0.0.0-10.0.0.255")],
+        &[older, younger.clone()],
+    );
+    assert_eq!(got, [ips(&["10.0.0.0"]), vec![]]);
+    assert!(matches!(
+        i.allocate(&younger, &no_labels()),
+        Err(AllocError::SharingRefused { .. })
+    ));
+}
+
+fn layer2(name: &str, address: &str) -> Pool {
+    eip(name, address, |e| {
+        e.spec.protocol = Some("layer2".into());
+    })
+}
+
+fn nodes(list: &[(&str, &str)]) -> NodeAddresses {
+    list.iter()
+        .map(|(ip, node)| (self::ip(ip), node.to_string()))
+        .collect()
+}
+
+#[test]
+fn a_layer2_pool_that_contains_a_node_address_is_refused() {
+    let mut i = Ipam::default();
+    i.set_node_addresses(nodes(&[("10.0.0.11", "n1"), ("10.0.1.5", "n2")]));
+    i.set_pools(
+        vec![
+            layer2("l2-bad", "10.0.0.0/24"),
+            layer2("l2-good", "10.0.2.0/24"),
+            // BGP pools are routed, never answered for on a segment.
+            plain("bgp", "10.0.1.0/24"),
+        ],
+        &[],
+    );
+    let state = |name: &str| {
+        i.pools()
+            .find(|p| p.name == name)
+            .map(|p| p.state.clone())
+            .expect("pool")
+    };
+    assert!(
+        matches!(state("l2-bad"), PoolState::Refused(why)
+            if why.contains("10.0.0.11") && why.contains("`n1`")),
+        "{:?}",
+        state("l2-bad")
+    );
+    assert_eq!(state("l2-good"), PoolState::Accepted);
+    assert_eq!(state("bgp"), PoolState::Accepted);
+    let asking = ServiceRequest {
+        requested: ips(&["10.0.0.11"]),
+        ..req("ns/s")
+    };
+    assert_eq!(
+        i.allocate(&asking, &no_labels()),
+        Err(AllocError::NotInPool(ip("10.0.0.11")))
+    );
+}
+
+#[test]
+fn a_node_that_joins_inside_a_layer2_pool_in_use_stops_new_allocations_only() {
+    let pools = || vec![layer2("l2", "10.0.0.0-10.0.0.15")];
+    let mut i = Ipam::default();
+    let web = req("ns/web");
+    i.set_pools(pools(), &[]);
+    assert_eq!(i.allocate(&web, &no_labels()), Ok(ips(&["10.0.0.0"])));
+    i.set_node_addresses(nodes(&[("10.0.0.9", "n3")]));
+    i.set_pools(pools(), &[]);
+    // Refusing the pool outright would take its Services' addresses: it
+    // stays in force, says why, and hands out nothing new.
+    assert_eq!(i.addresses_of(&web.key), Some(&ips(&["10.0.0.0"])[..]));
+    let pool = i.pools().next().expect("pool");
+    let held = pool.held.as_ref().expect("held");
+    assert!(
+        held.invalid
+            .as_deref()
+            .is_some_and(|w| w.contains("10.0.0.9")),
+        "{held:?}"
+    );
+    assert_eq!(pool.offered(), None);
+    assert!(matches!(
+        i.allocate(&req("ns/new"), &no_labels()),
+        Err(AllocError::Exhausted { .. } | AllocError::NoPool(_))
+    ));
+    // Once the Service goes, the pool is refused outright.
+    i.release(&web.key);
+    i.set_pools(pools(), &[]);
+    assert!(matches!(
+        i.pools().next().map(|p| &p.state),
+        Some(PoolState::Refused(_))
+    ));
 }

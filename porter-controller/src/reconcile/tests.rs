@@ -966,3 +966,43 @@ fn a_community_the_pool_does_not_allow_is_not_sent_and_the_service_is_told() {
             .all(|e| e.reason != porter_api::bgp_policy::REASON_CONFLICT)
     );
 }
+
+/// A node whose address lands inside a Layer 2 pool: only the Nodes
+/// changed, yet the pool is checked again (the address plan is otherwise
+/// replayed while Services and Eips stay); a heartbeat alone replans
+/// nothing.
+#[test]
+fn a_node_address_inside_a_layer2_pool_is_seen_without_a_service_or_eip_change() {
+    let mut r = leader();
+    let mut snap = seed();
+    snap.services = vec![];
+    let mut l2 = pool("lan", "192.168.1.100-192.168.1.110");
+    l2.spec.protocol = Some("layer2".into());
+    snap.eips = vec![Arc::new(l2)];
+    let plan = r.plan(&snap, &now());
+    assert!(!reasons(&plan).contains(&REASON_POOL_REFUSED), "{plan:?}");
+    let settled = settle(&snap, &plan);
+    // A heartbeat: new Node objects, the same addresses.
+    let mut beat = settled.clone();
+    beat.nodes = vec![
+        Arc::new(node("n1", "192.168.1.1")),
+        Arc::new(node("n2", "192.168.1.2")),
+    ];
+    let quiet = r.plan(&beat, &now());
+    assert!(
+        quiet.eip_status.is_empty() && quiet.events.is_empty(),
+        "{quiet:?}"
+    );
+    // n3 joins with an address in the pool.
+    let mut joined = beat.clone();
+    joined.nodes.push(Arc::new(node("n3", "192.168.1.105")));
+    let refused = r.plan(&joined, &now());
+    let event = only_event(&refused, REASON_POOL_REFUSED);
+    assert!(
+        event.message.contains("192.168.1.105") && event.message.contains("`n3`"),
+        "{}",
+        event.message
+    );
+    let (_, status) = &refused.eip_status[0];
+    assert!(!status.ready);
+}

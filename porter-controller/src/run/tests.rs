@@ -719,6 +719,36 @@ fn sent_since(log: &porter_api::testing::Log, from: usize) -> Vec<(String, serde
         .collect()
 }
 
+/// One pass of a fresh leader over `snap` against the mock API server:
+/// what it sent, all of it accepted.
+async fn lead_once(snap: Snapshot) -> Vec<(String, serde_json::Value)> {
+    use porter_api::source::kube::KubeWriter;
+    use porter_api::testing::mock_client;
+
+    let (client, log) = mock_client(api_reply);
+    let writer = KubeWriter::new(client, Some("porter-0".into()), None);
+    let mut c = Controller::new(Recorder::default(), Arc::new(Metrics::default()));
+    let step = c.step(Arc::new(snap), true, &writer).await;
+    assert_eq!(step.failed_writes, 0);
+    sent_since(&log, 0)
+}
+
+/// The body of the `pool` Eip's status write in `sent`, which web's status
+/// must not be in.
+fn pool_status_without_web(sent: &[(String, serde_json::Value)]) -> &serde_json::Value {
+    assert!(
+        !sent
+            .iter()
+            .any(|(path, _)| path.ends_with("/services/web/status")),
+        "web's address was written: {sent:?}"
+    );
+    let (_, eip) = sent
+        .iter()
+        .find(|(path, _)| path == "/apis/network.kubesphere.io/v1alpha2/eips/pool/status")
+        .expect("the Eip status is applied");
+    eip
+}
+
 #[tokio::test]
 async fn against_the_api_server_a_new_leader_writes_the_published_address_not_its_own() {
     use porter_api::source::kube::KubeWriter;
@@ -768,12 +798,6 @@ async fn against_the_api_server_a_new_leader_writes_the_published_address_not_it
 /// a Warning Event on the Eip names the Service in the way.
 #[tokio::test]
 async fn against_the_api_server_a_refused_pool_edit_is_a_condition_and_a_warning_on_the_eip() {
-    use porter_api::source::kube::KubeWriter;
-    use porter_api::testing::mock_client;
-
-    let (client, log) = mock_client(api_reply);
-    let writer = KubeWriter::new(client, Some("porter-0".into()), None);
-    let mut c = Controller::new(Recorder::default(), Arc::new(Metrics::default()));
     let mut snap = published_at("10.0.0.100", &[]);
     let mut eip = (*snap.eips[0]).clone();
     eip.spec.address = "10.0.0.100-10.0.0.200".into();
@@ -788,19 +812,9 @@ async fn against_the_api_server_a_refused_pool_edit_is_a_condition_and_a_warning
     eip.spec.address = "10.0.0.150-10.0.0.199".into();
     snap.eips = vec![Arc::new(eip)];
 
-    let step = c.step(Arc::new(snap), true, &writer).await;
-    assert_eq!(step.failed_writes, 0);
-    let sent = sent_since(&log, 0);
-    assert!(
-        !sent
-            .iter()
-            .any(|(path, _)| path.ends_with("/services/web/status")),
-        "web is not moved: {sent:?}"
-    );
-    let (_, eip) = sent
-        .iter()
-        .find(|(path, _)| path == "/apis/network.kubesphere.io/v1alpha2/eips/pool/status")
-        .expect("the Eip status is applied");
+    let sent = lead_once(snap).await;
+    // web is not moved.
+    let eip = pool_status_without_web(&sent);
     assert_eq!(eip["status"]["firstIP"], "10.0.0.100");
     assert_eq!(eip["status"]["lastIP"], "10.0.0.200");
     let conditions = eip["status"]["conditions"].as_array().expect("conditions");
@@ -823,4 +837,120 @@ async fn against_the_api_server_a_refused_pool_edit_is_a_condition_and_a_warning
     assert_eq!(event["regarding"]["kind"], "Eip");
     assert_eq!(event["regarding"]["name"], "pool");
     assert_eq!(event["note"], pending["message"]);
+}
+
+/// `snapshot()`'s Service, renamed to `namespace/name`, sharing under `key`
+/// on `port`.
+fn sharing(namespace: &str, name: &str, key: &str, port: i32) -> Service {
+    let mut svc = (*snapshot().services[0]).clone();
+    svc.metadata.namespace = Some(namespace.into());
+    svc.metadata.name = Some(name.into());
+    if let Some(annotations) = &mut svc.metadata.annotations {
+        annotations.insert(
+            porter_api::annotations::ALLOW_SHARED_IP.key.to_string(),
+            key.into(),
+        );
+    }
+    if let Some(spec) = &mut svc.spec {
+        spec.ports = Some(vec![k8s_openapi::api::core::v1::ServicePort {
+            port,
+            ..Default::default()
+        }]);
+    }
+    svc
+}
+
+/// Issue 16: a Service of another namespace that knows a sharing key gets
+/// no address, and its owner a Warning Event saying why; the pool's
+/// `spec.sharing.crossNamespace` lets it share.
+#[tokio::test]
+async fn against_the_api_server_a_sharing_key_does_not_reach_across_namespaces() {
+    use porter_api::source::kube::KubeWriter;
+    use porter_api::testing::mock_client;
+
+    let web = crate::testing::published(sharing("default", "web", "front", 80), "10.0.0.7");
+    let intruder = sharing("other", "steal", "front", 8080);
+    let mut snap = snapshot();
+    snap.services = vec![Arc::new(web), Arc::new(intruder)];
+
+    let (client, log) = mock_client(api_reply);
+    let writer = KubeWriter::new(client, Some("porter-0".into()), None);
+    let mut c = Controller::new(Recorder::default(), Arc::new(Metrics::default()));
+    let step = c.step(Arc::new(snap.clone()), true, &writer).await;
+    assert_eq!(step.failed_writes, 0);
+    let sent = sent_since(&log, 0);
+    assert!(
+        !sent
+            .iter()
+            .any(|(path, _)| path.ends_with("/services/steal/status")),
+        "the other namespace's Service got an address: {sent:?}"
+    );
+    let (path, event) = sent
+        .iter()
+        .find(|(_, body)| body["reason"] == "AllocationFailed")
+        .expect("an AllocationFailed Event");
+    assert_eq!(path, "/apis/events.k8s.io/v1/namespaces/other/events");
+    assert_eq!(event["type"], "Warning");
+    assert_eq!(event["regarding"]["name"], "steal");
+    let note = event["note"].as_str().unwrap_or_default();
+    assert!(
+        note.contains("10.0.0.7")
+            && note.contains("default/web")
+            && note.contains("spec.sharing.crossNamespace"),
+        "{note}"
+    );
+
+    // The pool's owner opens it: the Service shares the address.
+    let mut eip = (*snap.eips[0]).clone();
+    eip.spec.sharing = Some(porter_api::crd::EipSharing {
+        cross_namespace: true,
+    });
+    snap.eips = vec![Arc::new(eip)];
+    let from = porter_api::testing::seen(&log).len();
+    c.step(Arc::new(snap), true, &writer).await;
+    let sent = sent_since(&log, from);
+    let (_, status) = sent
+        .iter()
+        .find(|(path, _)| path == "/api/v1/namespaces/other/services/steal/status")
+        .expect("the Service's status is written");
+    assert_eq!(
+        status["status"]["loadBalancer"]["ingress"][0]["ip"],
+        "10.0.0.7"
+    );
+}
+
+/// Issue 16: a Layer 2 pool whose range holds a node's address is refused
+/// (its leader would answer ARP for the node), with a condition and a
+/// Warning Event naming the node, and hands out nothing.
+#[tokio::test]
+async fn against_the_api_server_a_layer2_pool_over_a_node_address_is_refused() {
+    let mut snap = snapshot();
+    let mut eip = (*snap.eips[0]).clone();
+    eip.spec.protocol = Some("layer2".into());
+    snap.eips = vec![Arc::new(eip)];
+    snap.nodes = vec![Arc::new(crate::testing::node("n1", "True", &["10.0.0.11"]))];
+
+    let sent = lead_once(snap).await;
+    // web gets no address from a refused pool.
+    let eip = pool_status_without_web(&sent);
+    assert_eq!(eip["status"]["ready"], false);
+    let conditions = eip["status"]["conditions"].as_array().expect("conditions");
+    let ready = conditions
+        .iter()
+        .find(|c| c["type"] == "Ready")
+        .expect("Ready condition");
+    assert_eq!(ready["status"], "False");
+    assert_eq!(ready["reason"], "Refused");
+    let message = ready["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains("10.0.0.11") && message.contains("`n1`"),
+        "{message}"
+    );
+    let (_, event) = sent
+        .iter()
+        .find(|(_, body)| body["reason"] == "PoolRefused")
+        .expect("a PoolRefused Event");
+    assert_eq!(event["type"], "Warning");
+    assert_eq!(event["regarding"]["kind"], "Eip");
+    assert_eq!(event["note"], ready["message"]);
 }

@@ -3,9 +3,14 @@
 //! Per-packet cost: each case runs the XDP program through BPF_PROG_TEST_RUN
 //! with `repeat = 1`, call after call, on one pinned CPU; the kernel's own
 //! timing of each run is collected and the median reported, minus the median
-//! of the empty XDP program measured the same way in the same run (`net_ns`).
+//! of the empty XDP program measured the same way in the same run (`net_ns`),
+//! and the mean minus the empty program's mean (`mean_net_ns`): the median
+//! hides the tail (an LRU insert that evicts costs far more than one that
+//! does not), and the mean is what a CPU pays per packet.
 //! One call per run matters: with `repeat > 1` the kernel feeds the rewritten
 //! packet back in, which would measure something else.
+//!
+//! Lab packet rate (`lab_udp_pps`): see `packet_rate`.
 //!
 //! Lab throughput: TCP connections per second (connect, read the server's
 //! greeting, close) from a client namespace to a service with two pods on a
@@ -16,6 +21,8 @@ use std::{
     time::{Duration, Instant},
 };
 
+mod packet_rate;
+
 use anyhow::{Context, Result, bail};
 use aya::programs::{TestRun, TestRunOptions, Xdp};
 use porter_agent::{Dataplane, DataplaneConfig, Forwarding, PinLayout};
@@ -24,11 +31,11 @@ use porter_tests::{
     lab::Lab,
     netns::{NamedClient, run_in},
     packets::{self, L4, Vlan},
-    privilege,
+    pktgen, privilege,
     scenarios::{self, PodLab},
 };
 
-use super::{BenchArgs, emit};
+use super::{BenchArgs, emit, median};
 
 const SUITE: &str = "dataplane";
 const CALLS: usize = 20_000;
@@ -40,6 +47,10 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         bail!("the dataplane benchmark loads BPF and builds network namespaces: run it as root");
     }
     per_packet()?;
+    if args.per_packet_only {
+        return Ok(());
+    }
+    packet_rate::run(Duration::from_secs(args.seconds))?;
     throughput(Duration::from_secs(args.seconds))
 }
 
@@ -48,7 +59,7 @@ fn ip(text: &str) -> IpAddr {
 }
 
 fn per_packet() -> Result<()> {
-    pin_to_cpu(CPU)?;
+    pktgen::pin_to_cpu(CPU)?;
     let mut lab = Lab::new("bench")?;
     let bpffs = lab.bpffs()?;
     let mut dataplane = Dataplane::open(&PinLayout::new(&bpffs), DataplaneConfig::default())?;
@@ -100,12 +111,13 @@ fn per_packet() -> Result<()> {
         })
         .collect::<Result<_>>()?;
 
-    let baseline = median_ns(
+    let baseline = timings(
         &mut dataplane,
         program_names::XDP_EMPTY,
         std::slice::from_ref(&non_service),
     )?;
-    emit(SUITE, "empty_program", "median_ns", baseline, "ns");
+    emit(SUITE, "empty_program", "median_ns", baseline.median, "ns");
+    emit(SUITE, "empty_program", "mean_ns", baseline.mean, "ns");
     let cases: [(&str, &[Vec<u8>]); 4] = [
         ("non_service", std::slice::from_ref(&non_service)),
         ("new_flow_tcp_syn", &new_flows),
@@ -113,9 +125,7 @@ fn per_packet() -> Result<()> {
         ("udp", std::slice::from_ref(&udp)),
     ];
     for (case, packets) in cases {
-        let median = median_ns(&mut dataplane, program_names::XDP, packets)?;
-        emit(SUITE, case, "median_ns", median, "ns");
-        emit(SUITE, case, "net_ns", median - baseline, "ns");
+        timings(&mut dataplane, program_names::XDP, packets)?.emit_net(case, &baseline);
     }
     drop(dataplane);
     drop(lab);
@@ -133,8 +143,8 @@ fn per_packet() -> Result<()> {
 /// the same across subnets: `forward_remote_encap` (the node is behind a
 /// router: a second FIB lookup, IPIP header pushed) and
 /// `receive_encapsulated` (IPIP header taken off, then as `receive_forwarded`).
-fn cluster_per_packet(baseline: f64) -> Result<()> {
-    pin_to_cpu(CPU)?;
+fn cluster_per_packet(baseline: Timings) -> Result<()> {
+    pktgen::pin_to_cpu(CPU)?;
     let mut lab = Lab::new("bcl")?;
     let bpffs = lab.bpffs()?;
     let mut dataplane = Dataplane::open(&PinLayout::new(&bpffs), DataplaneConfig::default())?;
@@ -196,9 +206,8 @@ fn cluster_per_packet(baseline: f64) -> Result<()> {
         ("forward_remote_encap", new_flows(82, false)?),
         ("receive_encapsulated", tunnelled),
     ] {
-        let median = median_ns_on(&mut dataplane, program_names::XDP, &packets, Some(ingress))?;
-        emit(SUITE, case, "median_ns", median, "ns");
-        emit(SUITE, case, "net_ns", median - baseline, "ns");
+        timings_on(&mut dataplane, program_names::XDP, &packets, Some(ingress))?
+            .emit_net(case, &baseline);
     }
     for (case, port) in [("forward_remote", 80), ("forward_remote_encap", 82)] {
         let forwarded = porter_tests::packets::xdp_test_run_on(
@@ -222,20 +231,44 @@ fn udp_service() -> Result<porter_agent::ServiceSpec> {
     Ok(service)
 }
 
-/// Median kernel-measured time of `CALLS` single runs of `program`, cycling
-/// through `packets`.
-fn median_ns(dataplane: &mut Dataplane, program: &str, packets: &[Vec<u8>]) -> Result<f64> {
-    median_ns_on(dataplane, program, packets, None)
+/// Kernel-measured times of single runs of one program.
+#[derive(Clone, Copy)]
+struct Timings {
+    median: f64,
+    mean: f64,
 }
 
-/// [`median_ns`] with the packets arriving on interface `ingress` of the
+impl Timings {
+    fn of(mut samples: Vec<f64>) -> Self {
+        let mean = samples.iter().sum::<f64>() / samples.len().max(1) as f64;
+        Self {
+            median: median(&mut samples),
+            mean,
+        }
+    }
+
+    /// Prints the raw median and both net costs (minus `baseline`).
+    fn emit_net(&self, case: &str, baseline: &Timings) {
+        emit(SUITE, case, "median_ns", self.median, "ns");
+        emit(SUITE, case, "net_ns", self.median - baseline.median, "ns");
+        emit(SUITE, case, "mean_net_ns", self.mean - baseline.mean, "ns");
+    }
+}
+
+/// Kernel-measured times of `CALLS` single runs of `program`, cycling
+/// through `packets`.
+fn timings(dataplane: &mut Dataplane, program: &str, packets: &[Vec<u8>]) -> Result<Timings> {
+    timings_on(dataplane, program, packets, None)
+}
+
+/// [`timings`] with the packets arriving on interface `ingress` of the
 /// calling thread's namespace (so XDP's FIB lookups and `XDP_TX` see it).
-fn median_ns_on(
+fn timings_on(
     dataplane: &mut Dataplane,
     program: &str,
     packets: &[Vec<u8>],
     ingress: Option<u32>,
-) -> Result<f64> {
+) -> Result<Timings> {
     let program: &mut Xdp = dataplane
         .ebpf_mut()
         .program_mut(program)
@@ -255,22 +288,7 @@ fn median_ns_on(
         let result = program.test_run(options)?;
         samples.push(result.duration.as_nanos() as f64);
     }
-    Ok(median(samples))
-}
-
-fn pin_to_cpu(cpu: usize) -> Result<()> {
-    // SAFETY: a zeroed cpu_set_t is valid; CPU_SET writes inside it.
-    unsafe {
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        libc::CPU_SET(cpu, &mut set);
-        if libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &set) != 0 {
-            bail!(
-                "cannot pin to CPU {cpu}: {}",
-                std::io::Error::last_os_error()
-            );
-        }
-    }
-    Ok(())
+    Ok(Timings::of(samples))
 }
 
 /// Rounds of alternating measurements; the median of each side is
@@ -279,7 +297,7 @@ const ROUNDS: usize = 5;
 
 fn throughput(duration: Duration) -> Result<()> {
     let mut iptables_lab = PodLab::new("bipt")?;
-    install_kube_proxy_like_dnat(&iptables_lab)?;
+    install_kube_proxy_like_dnat(&iptables_lab, "tcp", 80)?;
     let mut kernel_lab = PodLab::new("bxdp")?;
     let mut redirect_lab = PodLab::new("bred")?;
     // Equal footing: redirect needs XDP on the pods' veths, so all get it.
@@ -304,7 +322,11 @@ fn throughput(duration: Duration) -> Result<()> {
         kernel.push(connections_per_second(&kernel_lab, duration)?);
         redirect.push(connections_per_second(&redirect_lab, duration)?);
     }
-    let (iptables, kernel, redirect) = (median(iptables), median(kernel), median(redirect));
+    let (iptables, kernel, redirect) = (
+        median(&mut iptables),
+        median(&mut kernel),
+        median(&mut redirect),
+    );
     emit(
         SUITE,
         "lab_tcp_connect_iptables",
@@ -361,14 +383,10 @@ fn throughput(duration: Duration) -> Result<()> {
     Ok(())
 }
 
-fn median(mut samples: Vec<f64>) -> f64 {
-    samples.sort_by(f64::total_cmp);
-    samples.get(samples.len() / 2).copied().unwrap_or(0.0)
-}
-
 /// kube-proxy's shape: a service chain picking an endpoint chain at random,
-/// each endpoint chain a DNAT.
-fn install_kube_proxy_like_dnat(lab: &PodLab) -> Result<()> {
+/// each endpoint chain a DNAT (and the node's conntrack behind it), for
+/// `EIP:port/proto` to the pods' target port.
+fn install_kube_proxy_like_dnat(lab: &PodLab, proto: &str, port: u16) -> Result<()> {
     let ipt = |args: &[&str]| -> Result<()> {
         let mut full = vec!["iptables", "-t", "nat"];
         full.extend_from_slice(args);
@@ -379,15 +397,16 @@ fn install_kube_proxy_like_dnat(lab: &PodLab) -> Result<()> {
         ipt(&["-N", chain])?;
     }
     let eip = format!("{}/32", PodLab::EIP);
+    let port = port.to_string();
     ipt(&[
         "-A",
         "PREROUTING",
         "-d",
         &eip,
         "-p",
-        "tcp",
+        proto,
         "--dport",
-        "80",
+        &port,
         "-j",
         "KUBE-SVC-BENCH",
     ])?;
@@ -411,7 +430,7 @@ fn install_kube_proxy_like_dnat(lab: &PodLab) -> Result<()> {
             "-A",
             &chain,
             "-p",
-            "tcp",
+            proto,
             "-j",
             "DNAT",
             "--to-destination",
