@@ -6,7 +6,7 @@ use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use porter_agent::{
     DataplaneConfig, Forwarding, PinLayout,
-    bgp::{NodeSpeaker, writer::PeerStatusWriter},
+    bgp::NodeSpeaker,
     inspect,
     layer2::{
         Layer2,
@@ -17,6 +17,7 @@ use porter_agent::{
     },
     metrics::Metrics,
     sync::{self, Agent, Backoff, Settings},
+    writer::ClusterWriter,
     xdp_attach::{self, XdpModePreference},
 };
 use porter_api::annotations::PORTER_NAMESPACE;
@@ -34,7 +35,10 @@ use tracing::{error, info};
     long_about = "Porter node agent. Loads the XDP (ingress) and tc (reply) programs onto the \
                   node's uplinks, pins them and their maps under --bpffs, and keeps the maps \
                   serving this node's ready endpoints of every Porter Service. Stopping it leaves \
-                  the data plane serving; the next agent adopts it. `porter-agent cleanup` \
+                  the data plane serving; the next agent adopts it. An agent that cannot \
+                  program its node (pins of a newer agent, maps of other sizes) sets the Node \
+                  condition PorterDataplaneReady=False, which withdraws the node's paths, and \
+                  fails /readyz saying why. `porter-agent cleanup` \
                   removes everything it installed; `porter-agent inspect` shows the pinned state. \
                   With BgpConf `speakerMode: node` it also announces this node's EIPs over BGP \
                   to the BgpPeers whose nodeSelector matches the node (docs/bgp-policy.md)."
@@ -178,6 +182,7 @@ async fn run(args: RunArgs) -> Result<()> {
     let node = settings.node.clone();
     let mut agent = Agent::new(settings, metrics.clone())
         .with_health(health)
+        .with_node_condition(status_writer.clone())
         .with_bgp(
             NodeSpeaker::new(node.clone(), status_writer, metrics.bgp.clone())
                 .with_secret_scope(secrets),
@@ -210,18 +215,14 @@ async fn connect(
     secrets: &SecretScope,
     layer2_namespace: &str,
     health: &Health,
-) -> Result<(SnapshotReceiver, Leases, PeerStatusWriter)> {
+) -> Result<(SnapshotReceiver, Leases, ClusterWriter)> {
     match source {
         SourceArg::Dir(path) => {
             let (snapshots, writer) = dir::start(path.clone(), poll)
                 .with_context(|| format!("cannot read manifests in {}", path.display()))?;
             info!(dir = %path.display(), "reading the cluster from manifests");
             let leases = FileLeases::new(path.join("layer2-leases"))?;
-            Ok((
-                snapshots,
-                Leases::File(leases),
-                PeerStatusWriter::Dir(writer),
-            ))
+            Ok((snapshots, Leases::File(leases), ClusterWriter::Dir(writer)))
         }
         SourceArg::Kube => {
             let mut backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(30));
@@ -250,7 +251,7 @@ async fn connect(
                 .await
                 .0,
                 leases,
-                PeerStatusWriter::Kube(Box::new(writer)),
+                ClusterWriter::Kube(Box::new(writer)),
             ))
         }
     }

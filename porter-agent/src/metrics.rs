@@ -14,6 +14,7 @@ use tracing::debug;
 use crate::{
     PinLayout,
     bgp::metrics::BgpMetrics,
+    frozen::{Reason, Verdict},
     inspect::{self, PinnedState},
     layer2::metrics::Layer2Metrics,
     xdp_attach::Attachment,
@@ -62,6 +63,8 @@ pub struct Metrics {
     desired_services: Gauge,
     problems: Gauge,
     sync_seconds: Gauge<f64, AtomicU64>,
+    dataplane_ready: Gauge,
+    dataplane_frozen: Family<Labels, Gauge>,
     /// Layer 2 mode's own metrics (rounds record into a clone).
     pub layer2: Layer2Metrics,
     /// Node-mode BGP sessions, as `porter_bgp_*`.
@@ -79,6 +82,8 @@ impl Default for Metrics {
             desired_services: Gauge::default(),
             problems: Gauge::default(),
             sync_seconds: Gauge::default(),
+            dataplane_ready: Gauge::default(),
+            dataplane_frozen: Family::default(),
             layer2: Layer2Metrics::default(),
             bgp: BgpMetrics::default(),
         };
@@ -86,6 +91,11 @@ impl Default for Metrics {
             let _created = metrics
                 .sync_errors
                 .get_or_create(&labels(&[("stage", stage.label())]));
+        }
+        for reason in Reason::ALL {
+            let _created = metrics
+                .dataplane_frozen
+                .get_or_create(&labels(&[("reason", reason.as_str())]));
         }
         metrics
     }
@@ -107,6 +117,19 @@ impl Metrics {
         self.problems
             .set(i64::try_from(problems).unwrap_or(i64::MAX));
         self.sync_seconds.set(seconds);
+    }
+
+    /// The data plane's verdict: `dataplane_ready` 1 once programmed and
+    /// attached, and `dataplane_frozen` 1 for the reason it cannot be.
+    pub fn dataplane(&self, verdict: &Verdict) {
+        self.dataplane_ready
+            .set(i64::from(*verdict == Verdict::Ready));
+        for reason in Reason::ALL {
+            let frozen = matches!(verdict, Verdict::Frozen { reason: r, .. } if *r == reason);
+            self.dataplane_frozen
+                .get_or_create(&labels(&[("reason", reason.as_str())]))
+                .set(i64::from(frozen));
+        }
     }
 
     /// `mode` is `driver` or `generic` (or `unknown` when the kernel would not say).
@@ -135,6 +158,16 @@ impl Metrics {
             "xdp_attached",
             "1 for each interface the XDP program is attached to, with the mode in use (driver or generic)",
             self.xdp_mode.clone(),
+        );
+        registry.register(
+            "dataplane_ready",
+            "1 while this node's data plane is programmed and attached; 0 while starting or frozen",
+            self.dataplane_ready.clone(),
+        );
+        registry.register(
+            "dataplane_frozen",
+            "1 for the reason this node's data plane cannot be programmed (its paths are then withdrawn), by reason",
+            self.dataplane_frozen.clone(),
         );
         registry.register(
             "desired_services",

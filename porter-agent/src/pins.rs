@@ -3,12 +3,22 @@
 //! The layout is versioned: aya reuses a pinned map by name without checking
 //! that its layout still matches, so an incompatible change of any map must
 //! bump [`PIN_LAYOUT_VERSION`] and thereby start from fresh maps.
+//!
+//! Which layouts have pins here is marked outside any layout, in a form that
+//! never changes (`<bpffs>/porter/layouts/v<N>`, one empty directory per
+//! layout, created before that layout's first pin), so that an agent can
+//! tell that a newer one's pins are in place, whatever that newer layout
+//! looks like, and refuse to run over them (docs/agent.md, "Pin layouts").
 use std::path::{Path, PathBuf};
 
 /// Bump when a pinned map's key, value, size or flags change incompatibly
 /// (10: the Maglev array became mmap-able; 11: backends carry their node,
 /// service counters count forwarded packets).
 pub const PIN_LAYOUT_VERSION: u32 = 12;
+
+/// The marker directory under `porter/`. Never rename it, nor the `v<N>`
+/// form of its entries: older and newer agents read it.
+const MARKERS: &str = "layouts";
 
 /// Paths under one bpffs directory, e.g. `/sys/fs/bpf/porter/v12/...`.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -54,6 +64,43 @@ impl PinLayout {
         self.maps_dir().join(name)
     }
 
+    /// The marker of layout `version`: present while its pins may be.
+    pub fn marker(&self, version: u32) -> PathBuf {
+        self.root.join(MARKERS).join(format!("v{version}"))
+    }
+
+    /// Marks the current layout as having pins here; done before the
+    /// first of them is created.
+    pub fn mark(&self) -> std::io::Result<()> {
+        std::fs::create_dir_all(self.marker(PIN_LAYOUT_VERSION))
+    }
+
+    /// Removes the marker of the layout whose directory `layout_dir` was
+    /// (once its pins are gone); a missing marker is fine.
+    pub fn unmark(&self, layout_dir: &Path) {
+        if let Some(version) = layout_dir.file_name().and_then(version_of) {
+            let _ = std::fs::remove_dir(self.marker(version));
+        }
+    }
+
+    /// The layout versions with pins here: marked ones, and the `v<N>`
+    /// directories of agents from before the markers.
+    pub fn present_versions(&self) -> Vec<u32> {
+        [self.root.clone(), self.root.join(MARKERS)]
+            .iter()
+            .filter_map(|dir| std::fs::read_dir(dir).ok())
+            .flat_map(|entries| entries.flatten())
+            .filter_map(|entry| version_of(&entry.file_name()))
+            .collect()
+    }
+
+    /// The newest layout present that is newer than this agent's: a newer
+    /// agent's data plane, which this one cannot adopt (a layout changes
+    /// only incompatibly).
+    pub fn newer_version(&self) -> Option<u32> {
+        newest_above(self.present_versions(), PIN_LAYOUT_VERSION)
+    }
+
     /// The directories of older layout versions, newest first.
     pub fn older_versions(&self) -> Vec<PathBuf> {
         let Ok(entries) = std::fs::read_dir(&self.root) else {
@@ -62,14 +109,22 @@ impl PinLayout {
         let mut older: Vec<(u32, PathBuf)> = entries
             .flatten()
             .filter_map(|entry| {
-                let name = entry.file_name();
-                let version: u32 = name.to_str()?.strip_prefix('v')?.parse().ok()?;
+                let version = version_of(&entry.file_name())?;
                 (version < PIN_LAYOUT_VERSION).then(|| (version, entry.path()))
             })
             .collect();
         older.sort_by_key(|(version, _)| std::cmp::Reverse(*version));
         older.into_iter().map(|(_, path)| path).collect()
     }
+}
+
+/// `v<N>` → N.
+fn version_of(name: &std::ffi::OsStr) -> Option<u32> {
+    name.to_str()?.strip_prefix('v')?.parse().ok()
+}
+
+fn newest_above(versions: impl IntoIterator<Item = u32>, own: u32) -> Option<u32> {
+    versions.into_iter().filter(|&v| v > own).max()
 }
 
 #[cfg(test)]
@@ -102,6 +157,40 @@ mod tests {
         std::fs::remove_dir_all(&bpffs)?;
         let names: Vec<_> = found.iter().filter_map(|p| p.file_name()).collect();
         assert_eq!(names, ["v8", "v2", "v1"]);
+        Ok(())
+    }
+
+    #[test]
+    fn only_a_newer_layout_counts_as_newer() {
+        assert_eq!(newest_above([3, 12, 11, 14], 11), Some(14));
+        assert_eq!(newest_above([11, 10], 11), None);
+        assert_eq!(newest_above([], 11), None);
+    }
+
+    #[test]
+    fn a_newer_layout_is_seen_by_its_marker_or_its_directory() -> std::io::Result<()> {
+        let bpffs = std::env::temp_dir().join(format!("porter-marks-{}", std::process::id()));
+        let layout = PinLayout::new(&bpffs);
+        layout.mark()?;
+        std::fs::create_dir_all(layout.versioned())?;
+        std::fs::create_dir_all(layout.root().join(format!("v{}", PIN_LAYOUT_VERSION - 1)))?;
+        let own_and_older = layout.newer_version();
+        // A future layout may look different: only its marker is certain.
+        std::fs::create_dir_all(layout.marker(PIN_LAYOUT_VERSION + 2))?;
+        let marked = layout.newer_version();
+        std::fs::remove_dir(layout.marker(PIN_LAYOUT_VERSION + 2))?;
+        // An agent from before the markers left only its directory.
+        std::fs::create_dir_all(layout.root().join(format!("v{}", PIN_LAYOUT_VERSION + 1)))?;
+        let unmarked = layout.newer_version();
+        std::fs::remove_dir_all(&bpffs)?;
+        assert_eq!(own_and_older, None);
+        assert_eq!(marked, Some(PIN_LAYOUT_VERSION + 2));
+        assert_eq!(unmarked, Some(PIN_LAYOUT_VERSION + 1));
+        assert_eq!(
+            layout.marker(7),
+            bpffs.join("porter/layouts/v7"),
+            "the marker's place never changes"
+        );
         Ok(())
     }
 }

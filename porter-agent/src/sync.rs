@@ -14,6 +14,7 @@ use std::{
 };
 
 use porter_api::metrics_http::Health;
+use porter_api::node_dataplane;
 use porter_api::source::{Snapshot, SnapshotReceiver};
 use tracing::{error, info, warn};
 
@@ -21,13 +22,20 @@ use crate::{
     Dataplane, DataplaneConfig, DataplaneError, PinLayout, ServiceSpec,
     bgp::NodeSpeaker,
     desired::{self, Desired},
+    frozen::{Judge, Verdict},
     interfaces,
     layer2::{self, Layer2, lease::Leases},
     maglev,
     metrics::{self, Metrics, Stage},
     neighbours,
-    xdp_attach::XdpModePreference,
+    node_condition::Publisher,
+    pins::PIN_LAYOUT_VERSION,
+    writer::ClusterWriter,
+    xdp_attach::{AttachError, XdpModePreference},
 };
+
+/// The `/readyz` problem of a frozen data plane.
+const FROZEN_PROBLEM: &str = "dataplane";
 
 #[derive(Clone, Debug)]
 pub struct Settings {
@@ -43,6 +51,13 @@ pub struct Settings {
 
 #[derive(Debug, thiserror::Error)]
 pub enum SyncError {
+    #[error(
+        "pins of pin layout v{found} (a newer porter-agent's) are under {}; this agent \
+         (layout v{own}) cannot adopt them, and leaves them and the program on the uplinks \
+         as they are",
+        root.display()
+    )]
+    NewerLayout { found: u32, own: u32, root: PathBuf },
     #[error("cannot load the data plane: {0}")]
     Open(#[source] Box<DataplaneError>),
     #[error(
@@ -71,7 +86,7 @@ pub enum SyncError {
 impl SyncError {
     fn stage(&self) -> Stage {
         match self {
-            SyncError::Open(_) => Stage::Open,
+            SyncError::NewerLayout { .. } | SyncError::Open(_) => Stage::Open,
             SyncError::NoInterface { .. } | SyncError::Addresses(_) => Stage::Interface,
             SyncError::MissingInterface(_) | SyncError::Attach { .. } => Stage::Attach,
             SyncError::Program { .. } => Stage::Program,
@@ -100,6 +115,11 @@ pub struct Agent {
     health: Health,
     /// Nodes that `Cluster` traffic is forwarded to, kept resolved.
     neighbour_probes: neighbours::Probes,
+    /// Whether the data plane can be programmed, judged at every pass.
+    judge: Judge,
+    verdict: Verdict,
+    /// Where the verdict is published (the Node condition), when connected.
+    publisher: Option<Publisher>,
 }
 
 impl Agent {
@@ -117,7 +137,30 @@ impl Agent {
             served: Vec::new(),
             health: Health::starting(),
             neighbour_probes: neighbours::Probes::default(),
+            judge: Judge::default(),
+            verdict: Verdict::Starting,
+            publisher: None,
         }
+    }
+
+    /// Publishes whether the data plane can be programmed as the Node's
+    /// condition, through `writer`.
+    pub fn with_node_condition(mut self, writer: ClusterWriter) -> Self {
+        self.publisher = Some(Publisher::new(self.settings.node.clone(), writer));
+        self
+    }
+
+    /// Publishes the verdict on this node's object in `snapshot`.
+    pub async fn publish_verdict(&mut self, snapshot: &Snapshot) {
+        let Some(publisher) = &mut self.publisher else {
+            return;
+        };
+        let node = snapshot
+            .nodes
+            .iter()
+            .find(|n| n.metadata.name.as_deref() == Some(self.settings.node.as_str()));
+        let published = node.and_then(|n| node_dataplane::published(n));
+        publisher.publish(&self.verdict, published).await;
     }
 
     /// Reports readiness through `health` (served at `/readyz`).
@@ -177,11 +220,11 @@ impl Agent {
     /// node's first packet already finds its services. Every failure is
     /// counted; the first one is returned so that the caller backs off.
     pub fn sync(&mut self, snapshot: &Snapshot) -> Result<(), SyncError> {
-        let mut first_error = None;
+        let mut errors = Vec::new();
         let mut record = |err: SyncError, metrics: &Metrics| {
             metrics.sync_error(err.stage());
             error!(error = %err, "sync step failed; retrying with backoff");
-            first_error.get_or_insert(err);
+            errors.push(err);
         };
         let started = Instant::now();
         let wanted = self.desired.desired(snapshot);
@@ -206,8 +249,41 @@ impl Agent {
                 Err(err) => record(err, &self.metrics),
             }
         }
+        let verdict = self.judge.judge(
+            &errors,
+            self.dataplane.is_some() && !self.attached.is_empty(),
+        );
+        self.set_verdict(verdict);
         self.served = self.served(wanted.services);
-        first_error.map_or(Ok(()), Err)
+        let mut errors = errors.into_iter();
+        errors.next().map_or(Ok(()), Err)
+    }
+
+    /// Reports a new verdict: readiness, metric and log. (The Node
+    /// condition follows in [`Self::publish_verdict`].)
+    fn set_verdict(&mut self, verdict: Verdict) {
+        if verdict == self.verdict {
+            return;
+        }
+        self.metrics.dataplane(&verdict);
+        match &verdict {
+            Verdict::Frozen { reason, message } => {
+                error!(node = %self.settings.node, reason = reason.as_str(), pins = %self.pins.root().display(),
+                    "{message}");
+                self.health.set_problem(
+                    FROZEN_PROBLEM,
+                    Some(format!("{}: {message}", reason.as_str())),
+                );
+            }
+            Verdict::Ready => {
+                if self.verdict.is_frozen() {
+                    info!(node = %self.settings.node, "the data plane is programmed again; the node's paths return");
+                }
+                self.health.set_problem(FROZEN_PROBLEM, None);
+            }
+            Verdict::Starting => self.health.set_problem(FROZEN_PROBLEM, None),
+        }
+        self.verdict = verdict;
     }
 
     /// The `wanted` services that the data plane holds, when it is attached
@@ -217,7 +293,7 @@ impl Agent {
         let Some(dataplane) = &self.dataplane else {
             return Vec::new();
         };
-        if self.attached.is_empty() {
+        if self.attached.is_empty() || self.verdict.is_frozen() {
             return Vec::new();
         }
         let installed: std::collections::BTreeSet<_> =
@@ -232,6 +308,19 @@ impl Agent {
         let dataplane = match &mut self.dataplane {
             Some(dataplane) => dataplane,
             None => {
+                if let Some(found) = self.pins.newer_version() {
+                    return Err(SyncError::NewerLayout {
+                        found,
+                        own: PIN_LAYOUT_VERSION,
+                        root: self.pins.root().to_owned(),
+                    });
+                }
+                self.pins.mark().map_err(|source| {
+                    SyncError::Open(Box::new(DataplaneError::Attach(AttachError::PinDir {
+                        path: self.pins.marker(PIN_LAYOUT_VERSION),
+                        source,
+                    })))
+                })?;
                 let dataplane = Dataplane::open(&self.pins, self.settings.config)
                     .map_err(|err| SyncError::Open(Box::new(err)))?;
                 info!(
@@ -419,6 +508,7 @@ pub async fn run(
                 }
                 Err(_) => backoff.failed(),
             };
+            agent.publish_verdict(&snapshot).await;
             agent.bgp_round(&snapshot).await;
             next_sync = tokio::time::Instant::now() + wait;
             sync_due = false;

@@ -250,7 +250,10 @@ pub fn remove_abandoned_layouts(pins: &PinLayout) {
         }
         let mut report = CleanupReport::default();
         match remove_tree(&version, &mut report) {
-            Ok(()) => info!(layout = %version.display(), "removed the pins of an older agent"),
+            Ok(()) => {
+                pins.unmark(&version);
+                info!(layout = %version.display(), "removed the pins of an older agent")
+            }
             Err(err) => {
                 warn!(layout = %version.display(), error = %err, "cannot remove the pins of an older agent")
             }

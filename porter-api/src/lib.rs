@@ -12,6 +12,7 @@ pub mod layer2;
 pub mod lease;
 pub mod metrics_http;
 pub mod names;
+pub mod node_dataplane;
 pub mod peer_auth;
 pub mod service;
 pub mod source;

@@ -488,8 +488,8 @@ fn rbac_is_least_privilege() {
         "BgpPeer passwords need one Role on Secrets: {secret_readers:?}"
     );
     // The agent only reads, except the Leases that guard Layer 2 leadership,
-    // its entry in BgpPeer status (node mode), which it only patches, and
-    // the BFD Events it creates (node mode).
+    // its entry in BgpPeer status (node mode) and its Node's data plane
+    // condition, which it only patches, and the Events it creates.
     let bound_to_agent: Vec<String> = bundle_of::<ClusterRoleBinding>("ClusterRoleBinding")
         .into_iter()
         .map(|b| (b.role_ref.name, b.subjects.unwrap_or_default()))
@@ -522,6 +522,7 @@ fn rbac_is_least_privilege() {
         ("watch", "network.kubesphere.io", "bgppeers"),
         ("watch", "", "nodes"),
         ("patch", "network.kubesphere.io", "bgppeers/status"),
+        ("patch", "", "nodes/status"),
         ("create", "events.k8s.io", "events"),
     ] {
         assert!(
@@ -542,11 +543,12 @@ fn rbac_is_least_privilege() {
             let only_leases = only("leases", "coordination.k8s.io");
             let only_peer_status = only("bgppeers/status", "network.kubesphere.io");
             let only_events = only("events", "events.k8s.io");
+            let only_node_status = only("nodes/status", "");
             for verb in &rule.verbs {
                 assert!(
                     ["get", "list", "watch"].contains(&verb.as_str())
                         || only_leases
-                        || (only_peer_status && verb == "patch")
+                        || ((only_peer_status || only_node_status) && verb == "patch")
                         || (only_events && verb == "create"),
                     "the agent may {verb} through role {role}"
                 );

@@ -152,11 +152,14 @@ fn node_infos<'a>(nodes: impl IntoIterator<Item = &'a Node>) -> HashMap<Arc<str>
         .collect()
 }
 
+/// Ready to the kubelet, and not withdrawn by its agent (a data plane it
+/// cannot program serves stale state; see `porter_api::node_dataplane`).
 fn node_ready(node: &Node) -> bool {
     node.status
         .as_ref()
         .and_then(|s| s.conditions.as_ref())
         .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+        && !porter_api::node_dataplane::withdrawn(node)
 }
 
 /// The next hop a node offers for an EIP: its address of the same family,
@@ -674,6 +677,34 @@ mod tests {
         for (name, allocs, slices, expected) in cases {
             assert_eq!(compute(&allocs, &slices, &nodes), want(&expected), "{name}");
         }
+    }
+
+    /// A node whose agent publishes PorterDataplaneReady=False offers no
+    /// path; True, or no condition at all (an agent that predates it), do.
+    #[test]
+    fn a_node_whose_agent_says_its_data_plane_is_frozen_is_withdrawn() {
+        let with = |name: &str, ip: &str, dataplane: Option<bool>| {
+            let mut n = node(name, "True", &[ip]);
+            if let (Some(ready), Some(status)) = (dataplane, n.status.as_mut()) {
+                status.conditions.get_or_insert_with(Vec::new).push(
+                    porter_api::node_dataplane::condition(ready, "Why", "what to do"),
+                );
+            }
+            n
+        };
+        let nodes = [
+            with("n1", "192.168.1.1", Some(false)),
+            with("n2", "192.168.1.2", Some(true)),
+            with("n3", "192.168.1.3", None),
+        ];
+        let slices = [slice(
+            "web",
+            &[("n1", Some(true)), ("n2", Some(true)), ("n3", Some(true))],
+        )];
+        assert_eq!(
+            compute(&[("web", &["10.0.0.1"])], &slices, &nodes),
+            want(&[("10.0.0.1/32", &["192.168.1.2", "192.168.1.3"])])
+        );
     }
 
     /// An incremental update must land exactly where a fresh computation does.

@@ -38,6 +38,10 @@ pub const POOL: &str = "lan";
 pub const POOL6: &str = "lan6";
 const TARGET_PORT: u16 = 8080;
 
+/// The agents' Maglev size M: at least 100 x the Service's backends (with
+/// externalTrafficPolicy Cluster those are every node's pods).
+pub const MAGLEV_SIZE: u32 = 1009;
+
 pub struct L2Node {
     /// Short name, also the node name in elections: `n1`, `n2`, ...
     pub name: String,
@@ -171,9 +175,32 @@ impl L2Lab {
         election::choose(eip.parse()?, alive.iter().copied(), |_| true).context("no candidate")
     }
 
+    /// Starts every node's agent, then the controller; returns the nodes'
+    /// names.
+    pub fn start_porter(&mut self) -> Result<Vec<String>> {
+        let names: Vec<String> = self.node_names().iter().map(|n| n.to_string()).collect();
+        for name in &names {
+            self.start(name)?;
+        }
+        self.start_controller()?;
+        Ok(names)
+    }
+
     /// Starts `porter-agent run` on node `name`, reading the cluster from
     /// the shared manifest directory, and waits until its data plane is ready.
     pub fn start(&mut self, name: &str) -> Result<()> {
+        let log = self.spawn_agent(name, MAGLEV_SIZE)?;
+        wait_for(&format!("{name} ready"), Duration::from_secs(10), || {
+            Ok(std::fs::read_to_string(&log)?
+                .contains("data plane ready")
+                .then_some(()))
+        })
+        .with_context(|| std::fs::read_to_string(&log).unwrap_or_default())
+    }
+
+    /// Starts the agent of node `name` with Maglev size `maglev_size`,
+    /// without waiting for its data plane; returns its log.
+    pub fn spawn_agent(&mut self, name: &str, maglev_size: u32) -> Result<PathBuf> {
         let node = self.node(name)?;
         let mut command = self.lab.command(&node.ns, bins::binary("porter-agent")?);
         command
@@ -186,18 +213,15 @@ impl L2Lab {
                 "--metrics-addr",
                 "127.0.0.1:9191",
             ])
-            // M >= 100 x the Service's backends: with externalTrafficPolicy
-            // Cluster those are every node's pods.
-            .args(["--maglev-size", "1009", "--max-services", "8"])
+            .args([
+                "--maglev-size",
+                &maglev_size.to_string(),
+                "--max-services",
+                "8",
+            ])
             .arg("--bpffs")
             .arg(&node.bpffs);
-        let log = self.lab.spawn(&format!("agent-{name}"), command)?;
-        wait_for(&format!("{name} ready"), Duration::from_secs(10), || {
-            Ok(std::fs::read_to_string(&log)?
-                .contains("data plane ready")
-                .then_some(()))
-        })
-        .with_context(|| std::fs::read_to_string(&log).unwrap_or_default())
+        self.lab.spawn(&format!("agent-{name}"), command)
     }
 
     /// Starts `porter-controller` on the shared manifest directory, as

@@ -22,7 +22,7 @@ use porter_bgp::Speaker;
 use tokio::{sync::mpsc, task::JoinHandle};
 use tracing::{info, warn};
 
-use super::writer::PeerStatusWriter;
+use crate::writer::ClusterWriter;
 
 /// Event reason: the BFD session with the peer went down.
 pub const REASON_BFD_DOWN: &str = "BfdDown";
@@ -45,7 +45,7 @@ pub struct NodeBfd {
 
 impl NodeBfd {
     /// Starts the BFD task; its state changes act on `speaker`.
-    pub fn start(node: String, speaker: Speaker, writer: Arc<PeerStatusWriter>) -> Self {
+    pub fn start(node: String, speaker: Speaker, writer: Arc<ClusterWriter>) -> Self {
         let (bfd, events) = Bfd::start();
         let names = Arc::new(Mutex::new(BTreeMap::new()));
         let watcher = tokio::spawn(watch(events, node, speaker, writer, names.clone()));
@@ -145,7 +145,7 @@ async fn watch(
     mut events: mpsc::UnboundedReceiver<PeerEvent>,
     node: String,
     speaker: Speaker,
-    writer: Arc<PeerStatusWriter>,
+    writer: Arc<ClusterWriter>,
     names: Arc<Mutex<BTreeMap<IpAddr, String>>>,
 ) {
     while let Some(event) = events.recv().await {

@@ -13,7 +13,6 @@
 pub mod bfd;
 pub mod metrics;
 pub mod wanted;
-pub mod writer;
 
 use std::{collections::BTreeMap, net::IpAddr, sync::Arc};
 
@@ -30,14 +29,13 @@ use self::{
     bfd::NodeBfd,
     metrics::BgpMetrics,
     wanted::{SelectedPeer, node_bgp, node_paths, status_entry, unnegotiated_families},
-    writer::PeerStatusWriter,
 };
-use crate::ServiceSpec;
+use crate::{ServiceSpec, writer::ClusterWriter};
 
 /// This node's speaker and what it last applied.
 pub struct NodeSpeaker {
     node: String,
-    writer: Arc<PeerStatusWriter>,
+    writer: Arc<ClusterWriter>,
     metrics: BgpMetrics,
     running: Option<(SpeakerConfig, Speaker)>,
     /// BFD beside the running speaker.
@@ -50,7 +48,7 @@ pub struct NodeSpeaker {
 }
 
 impl NodeSpeaker {
-    pub fn new(node: String, writer: PeerStatusWriter, metrics: BgpMetrics) -> Self {
+    pub fn new(node: String, writer: ClusterWriter, metrics: BgpMetrics) -> Self {
         Self {
             node,
             writer: Arc::new(writer),

@@ -11,9 +11,8 @@ use porter_bgp::{LinkBandwidth, NEXT_HOP_SELF_V4, NEXT_HOP_SELF_V6, PathAttribut
 use super::{
     metrics::BgpMetrics,
     wanted::{node_bgp, node_paths, status_entry, unnegotiated_families},
-    writer::PeerStatusWriter,
 };
-use crate::{Backend, Protocol, ServiceAddr, ServiceSpec};
+use crate::{Backend, Protocol, ServiceAddr, ServiceSpec, writer::ClusterWriter};
 
 fn snapshot(yaml: &str) -> Snapshot {
     let mut snap = Snapshot::default();
@@ -521,7 +520,7 @@ async fn the_agent_applies_its_own_bgppeer_status_entry_under_a_per_node_manager
             "spec": {"conf": {"peerAs": 65011, "neighborAddress": "172.30.1.1"}},
         })
     });
-    let writer = PeerStatusWriter::Kube(Box::new(porter_api::source::kube::KubeWriter::new(
+    let writer = ClusterWriter::Kube(Box::new(porter_api::source::kube::KubeWriter::new(
         client, None, None,
     )));
     let entry = status_entry("n1", &session(SessionState::Established, 2), None);
@@ -641,7 +640,7 @@ spec: {{as: 65000, speakerMode: node, listenPort: -1}}
     };
     let mut speaker = super::NodeSpeaker::new(
         "n1".into(),
-        PeerStatusWriter::Dir(porter_api::source::dir::DirWriter::new(dir.clone())),
+        ClusterWriter::Dir(porter_api::source::dir::DirWriter::new(dir.clone())),
         BgpMetrics::default(),
     );
     let served = [spec("192.0.2.1", 80, &["10.244.1.2", "10.244.1.3"])];

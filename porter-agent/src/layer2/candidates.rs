@@ -112,11 +112,14 @@ pub fn without_host_addresses(
     refused
 }
 
+/// Ready to the kubelet, and not withdrawn by its agent: a node whose data
+/// plane cannot be programmed must not answer for an EIP.
 fn node_ready(node: &Node) -> bool {
     node.status
         .as_ref()
         .and_then(|s| s.conditions.as_ref())
         .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+        && !porter_api::node_dataplane::withdrawn(node)
 }
 
 fn slice_service(slice: &EndpointSlice) -> Option<ObjectKey> {
@@ -228,6 +231,23 @@ mod tests {
             ])
         );
         assert!(interface_choices(&snapshot).is_empty());
+    }
+
+    #[test]
+    fn a_node_whose_data_plane_is_frozen_leads_nothing() {
+        let frozen = yaml(&format!(
+            "metadata: {{name: n2}}\nstatus: {{conditions: [{{type: Ready, status: \"True\"}}, \
+             {{type: {}, status: \"False\"}}]}}",
+            porter_api::node_dataplane::CONDITION
+        ));
+        let snapshot = Snapshot {
+            nodes: vec![node("n1", true), frozen],
+            endpoint_slices: vec![slice("web", &[("n1", true), ("n2", true)])],
+            eips: vec![pool("l2", "layer2", &[("172.30.0.100", "shop/web")])],
+            ..Snapshot::default()
+        };
+        let leaders: Vec<String> = candidates(&snapshot).into_values().flatten().collect();
+        assert_eq!(leaders, ["n1"]);
     }
 
     #[test]

@@ -3,7 +3,9 @@
 //! polled for changes. What the core writes goes beside them, under
 //! `PATH/status/`: one `<kind>_<namespace>_<name>.yaml` per object holding
 //! its `status` and `finalizers` (read back over the manifest on the next
-//! load, as the API server would), and Events appended to `events.jsonl`
+//! load, as the API server would; a Node's conditions are merged by type,
+//! so its agent's data plane condition joins the manifest's), and Events
+//! appended to `events.jsonl`
 //! (rotated to `events.jsonl.1` at [`EVENTS_CAP`], so it never outgrows
 //! twice that). Object names are checked as the API server checks them
 //! before they become file names, and a symlinked directory is read once
@@ -17,8 +19,8 @@ use std::time::{Duration, SystemTime};
 
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::{
-    ConfigMap, LoadBalancerIngress, LoadBalancerStatus, Namespace, Node, Secret, Service,
-    ServiceStatus,
+    ConfigMap, LoadBalancerIngress, LoadBalancerStatus, Namespace, Node, NodeCondition, NodeStatus,
+    Secret, Service, ServiceStatus,
 };
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use serde::{Deserialize, Serialize};
@@ -29,6 +31,7 @@ use crate::annotations::{
     SEED_BGP_CONFIGMAP_NAME, SEED_BGP_CONFIGMAP_NAMESPACE, SERVICE_FINALIZER,
 };
 use crate::names::NameRule;
+use crate::node_dataplane;
 use crate::{BgpConf, BgpPeer, BgpPeerNodeStatus, BgpPeerStatus, Eip, EipStatus, ObjectKey};
 
 const STATUS_DIR: &str = "status";
@@ -138,6 +141,26 @@ fn overlay_status<S: serde::de::DeserializeOwned>(
     }
     if !file.finalizers.is_empty() {
         *finalizers = Some(file.finalizers.clone());
+    }
+}
+
+/// A Node's status file holds only the conditions written for it (its
+/// agent's [`node_dataplane::CONDITION`]): they are merged by type over the
+/// manifest's, as the API server merges a node status patch, so that the
+/// manifest keeps its addresses and the kubelet's `Ready`.
+fn overlay_node_conditions(file: &StatusFile, node: &mut Node) {
+    let Some(written) = file
+        .status
+        .clone()
+        .and_then(|v| serde_yaml::from_value::<NodeStatus>(v).ok())
+        .and_then(|s| s.conditions)
+    else {
+        return;
+    };
+    let status = node.status.get_or_insert_with(NodeStatus::default);
+    let conditions = status.conditions.get_or_insert_with(Vec::new);
+    for condition in written {
+        node_dataplane::merge(conditions, condition);
     }
 }
 
@@ -251,7 +274,14 @@ fn add_object(root: &Path, snap: &mut Snapshot, value: serde_yaml::Value) -> Res
         "EndpointSlice" => snap
             .endpoint_slices
             .push(Arc::new(parse::<EndpointSlice>(&kind, value)?)),
-        "Node" => snap.nodes.push(Arc::new(parse::<Node>(&kind, value)?)),
+        "Node" => {
+            let mut node: Node = parse(&kind, value)?;
+            let name = node.metadata.name.clone().unwrap_or_default();
+            if let Some(f) = read_status(root, "Node", "", &name) {
+                overlay_node_conditions(&f, &mut node);
+            }
+            snap.nodes.push(Arc::new(node));
+        }
         "Namespace" => snap
             .namespaces
             .push(Arc::new(parse::<Namespace>(&kind, value)?)),
@@ -429,6 +459,23 @@ fn to_value<T: Serialize>(what: &str, v: &T) -> Result<serde_yaml::Value, WriteE
     })
 }
 
+impl DirWriter {
+    /// Sets the node's condition of `condition`'s type in its status file,
+    /// which loading merges over the Node's manifest.
+    pub fn node_condition(&self, node: &str, condition: &NodeCondition) -> Result<(), WriteError> {
+        let mut status: NodeStatus = read_status(&self.root, "Node", "", node)
+            .and_then(|f| f.status)
+            .and_then(|v| serde_yaml::from_value(v).ok())
+            .unwrap_or_default();
+        node_dataplane::merge(
+            status.conditions.get_or_insert_with(Vec::new),
+            condition.clone(),
+        );
+        let value = to_value("Node status", &status)?;
+        self.update("Node", "", node, |f| f.status = Some(value))
+    }
+}
+
 impl StatusWriter for DirWriter {
     async fn service_ingress(
         &self,
@@ -500,6 +547,7 @@ impl StatusWriter for DirWriter {
             Regarding::Service(k) => format!("Service {k}"),
             Regarding::Eip(n) => format!("Eip {n}"),
             Regarding::BgpPeer(n) => format!("BgpPeer {n}"),
+            Regarding::Node(n) => format!("Node {n}"),
         };
         let line: BTreeMap<&str, &str> = [
             ("regarding", regarding.as_str()),

@@ -9,7 +9,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Node, ObjectReference, Secret, Service};
+use k8s_openapi::api::core::v1::{
+    ConfigMap, Namespace, Node, NodeCondition, ObjectReference, Secret, Service,
+};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::events::v1::Event as KubeEvent;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
@@ -322,7 +324,38 @@ impl KubeWriter {
                     .and_then(|s| s.bgp_peers.get(&ObjectRef::new(name)).and_then(|o| o.uid())),
                 ..Default::default()
             },
+            // The kubelet's convention, which `kubectl describe node` looks
+            // Events up by: a Node's uid in an Event is its name.
+            Regarding::Node(name) => ObjectReference {
+                api_version: Some("v1".into()),
+                kind: Some("Node".into()),
+                name: Some(name.clone()),
+                uid: Some(name.clone()),
+                ..Default::default()
+            },
         }
+    }
+}
+
+impl KubeWriter {
+    /// Sets the node's [`crate::node_dataplane::CONDITION`] to `condition`, leaving
+    /// its other conditions alone: a strategic merge patch of
+    /// `nodes/status`, which merges conditions by type (as the kubelet's
+    /// and node-problem-detector's own updates do).
+    pub async fn node_condition(
+        &self,
+        node: &str,
+        condition: &NodeCondition,
+    ) -> Result<(), WriteError> {
+        let api: Api<Node> = Api::all(self.client.clone());
+        let patch = json!({"status": {"conditions": [condition]}});
+        api.patch_status(node, &PatchParams::default(), &Patch::Strategic(patch))
+            .await
+            .map(drop)
+            .map_err(api_error(format!(
+                "condition {} of Node {node}",
+                condition.type_
+            )))
     }
 }
 

@@ -79,6 +79,8 @@ pub enum Regarding {
     Service(ObjectKey),
     Eip(String),
     BgpPeer(String),
+    /// A Node, by name: what its agent says about its data plane.
+    Node(String),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

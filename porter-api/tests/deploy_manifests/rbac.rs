@@ -204,7 +204,7 @@ async fn uninstall_calls() -> Vec<Call> {
 
 /// What an agent asks: the same watches without Secrets (it reads them only
 /// when given --secret-namespaces, for node mode), its node's BgpPeer
-/// status entry, and its Layer 2 Leases (porter-agent's `KubeLeases`: get,
+/// status entry, its Node's data plane condition, and its Layer 2 Leases (porter-agent's `KubeLeases`: get,
 /// create or compare-and-set replace, list, delete on release).
 async fn agent_calls() -> Vec<Call> {
     let (client, log) = mock_client(reply);
@@ -213,6 +213,9 @@ async fn agent_calls() -> Vec<Call> {
     let _ = writer.bgp_peer_status("tor", "node-1", None).await;
     // Node mode: BfdDown and BfdUp Events on the BgpPeer.
     let _ = writer.event(&event()).await;
+    // Its node's data plane condition (a frozen data plane is withdrawn).
+    let frozen = porter_api::node_dataplane::condition(false, "NewerPinLayout", "roll forward");
+    let _ = writer.node_condition("node-1", &frozen).await;
     let mut calls = calls_once_watching(&log).await;
     let lease = Some("porter-l2-192.0.2.10");
     for verb in ["get", "create", "update", "delete"] {

@@ -439,3 +439,54 @@ async fn events_are_rotated_at_the_cap() {
         "no Event lost at the rotation"
     );
 }
+
+#[test]
+fn a_node_condition_is_merged_over_the_manifest_and_replaced_by_type() {
+    let dir = Scratch::new();
+    dir.write(
+        "node.yaml",
+        "apiVersion: v1\nkind: Node\nmetadata: {name: n1}\nstatus:\n  addresses: [{type: InternalIP, address: 10.0.0.1}]\n  conditions: [{type: Ready, status: \"True\"}]\n",
+    );
+    let writer = DirWriter::new(dir.0.clone());
+    let frozen = node_dataplane::condition(false, "NewerPinLayout", "roll forward");
+    writer.node_condition("n1", &frozen).expect("write");
+    let node = |root: &Path| {
+        let (snap, problems) = load(root).expect("load");
+        assert!(problems.is_empty(), "{problems:?}");
+        Arc::clone(&snap.nodes[0])
+    };
+    let seen = node(&dir.0);
+    assert!(node_dataplane::withdrawn(&seen), "{seen:?}");
+    let status = seen.status.clone().unwrap_or_default();
+    assert_eq!(
+        status.addresses.unwrap_or_default().len(),
+        1,
+        "addresses kept"
+    );
+    let types: Vec<String> = status
+        .conditions
+        .unwrap_or_default()
+        .into_iter()
+        .map(|c| format!("{}={}", c.type_, c.status))
+        .collect();
+    assert_eq!(types, ["Ready=True", "PorterDataplaneReady=False"]);
+    writer
+        .node_condition(
+            "n1",
+            &node_dataplane::condition(true, "DataplaneReady", "ok"),
+        )
+        .expect("write");
+    let seen = node(&dir.0);
+    assert!(
+        !node_dataplane::withdrawn(&seen),
+        "a True condition returns the node"
+    );
+    assert_eq!(
+        seen.status
+            .as_ref()
+            .and_then(|s| s.conditions.as_ref())
+            .map(Vec::len),
+        Some(2),
+        "one condition per type"
+    );
+}
