@@ -556,8 +556,10 @@ impl Dataplane {
             };
             let mut next_backends = BTreeMap::new();
             for backend in &wanted {
-                let id = match installed.backends.get(backend) {
-                    Some(&id) => id,
+                // A pod that turns draining (or back) keeps its id, so the
+                // flows conntrack pins to it go on.
+                let id = match installed.backends.range(backend.either_state()).next() {
+                    Some((_, &id)) => id,
                     None => {
                         // Ids taken earlier in this batch lie below the cursor.
                         let id = free_id(

@@ -3,7 +3,9 @@
 //!
 //! A Porter Service with an allocated EIP (in `status.loadBalancer.ingress`)
 //! becomes one data plane service per (EIP, port). Its backends are the
-//! endpoints of its EndpointSlices that are ready and not terminating, at
+//! endpoints of its EndpointSlices that are ready, or terminating and still
+//! serving (those are marked draining: they keep their flows and take new
+//! ones only when no other backend is left, see `maglev::backend_table`), at
 //! the target port the slice names for that Service port (which is how named
 //! `targetPort`s resolve: kube fills the slice's ports per pod):
 //! - `externalTrafficPolicy: Local`: those that run on this node. A service
@@ -19,7 +21,6 @@ use std::{
     sync::Arc,
 };
 
-use ipnet::IpNet;
 use k8s_openapi::{
     api::{
         core::v1::{Service, ServicePort},
@@ -29,7 +30,7 @@ use k8s_openapi::{
 };
 use porter_api::{
     ObjectKey,
-    service::{endpoint_serving, ingress_ips, opted_in, slice_service},
+    service::{EndpointState, endpoint_state, ingress_ips, opted_in, slice_service},
     source::Snapshot,
 };
 
@@ -73,9 +74,6 @@ pub struct Cache {
     /// The Nodes' addresses at the last call: `Cluster` backends depend on
     /// them, so entries are read again when they change.
     node_addresses: NodeAddresses,
-    /// This node's connected subnets, when known: a `Cluster` backend on a
-    /// node outside them is left out (see [`Cache::set_on_link`]).
-    on_link: Option<Vec<IpNet>>,
 }
 
 /// Each Node's `InternalIP`s, by name.
@@ -90,7 +88,6 @@ enum Scope<'a> {
     Cluster {
         node: &'a str,
         addresses: &'a NodeAddresses,
-        on_link: Option<&'a [IpNet]>,
     },
 }
 
@@ -113,17 +110,6 @@ impl Cache {
             node: node.to_owned(),
             services: BTreeMap::new(),
             node_addresses: NodeAddresses::new(),
-            on_link: None,
-        }
-    }
-
-    /// Limits `Cluster` backends to nodes in `subnets` (this node's
-    /// connected subnets): packets reach another node by a MAC rewrite
-    /// only, and forwarding across subnets is not built yet. None: no limit.
-    pub fn set_on_link(&mut self, subnets: Option<Vec<IpNet>>) {
-        if subnets != self.on_link {
-            self.services.clear();
-            self.on_link = subnets;
         }
     }
 
@@ -157,7 +143,6 @@ impl Cache {
                         Scope::Cluster {
                             node: &self.node,
                             addresses: &self.node_addresses,
-                            on_link: self.on_link.as_deref(),
                         },
                     ),
                 },
@@ -260,13 +245,6 @@ fn service_items(
         return items;
     }
     let local = is_local_policy(svc);
-    if !local && eips.iter().any(IpAddr::is_ipv6) {
-        items.push(Item::Problem(
-            "externalTrafficPolicy Cluster is not forwarded between nodes for IPv6 yet: its \
-             IPv6 EIPs are served like Local, by each node's own pods"
-                .into(),
-        ));
-    }
     let slices: Vec<&EndpointSlice> = slices.iter().map(|slice| slice.as_ref()).collect();
     let ports = svc.spec.as_ref().and_then(|s| s.ports.as_ref());
     for port in ports.into_iter().flatten() {
@@ -276,7 +254,7 @@ fn service_items(
         };
         for &vip in &eips {
             let mut problem = |message: String| items.push(Item::Problem(message));
-            let scope = if local || vip.is_ipv6() {
+            let scope = if local {
                 Scope::Local { node }
             } else {
                 cluster
@@ -331,22 +309,29 @@ fn serving_backends(
     let family = if vip.is_ipv4() { "IPv4" } else { "IPv6" };
     // By address and port: a pod listed on two nodes (a stale slice) is
     // placed on the first node by name, the same choice on every node.
-    let mut chosen: BTreeMap<(IpAddr, u16), (&str, Option<IpAddr>)> = BTreeMap::new();
+    let mut chosen: BTreeMap<(IpAddr, u16), Placed<'_>> = BTreeMap::new();
     for slice in slices.iter().filter(|s| s.address_type == family) {
         let slice_name = slice.metadata.name.as_deref().unwrap_or_default();
-        let mut found: Vec<(IpAddr, &str, Option<IpAddr>)> = Vec::new();
-        for ep in slice
-            .endpoints
-            .iter()
-            .flatten()
-            .filter(|ep| endpoint_serving(ep))
-        {
-            let Some(placed) = placement(ep.node_name.as_deref(), scope, vip, problem) else {
+        let mut found: Vec<(IpAddr, Placed<'_>)> = Vec::new();
+        for ep in slice.endpoints.iter().flatten() {
+            let draining = match endpoint_state(ep) {
+                EndpointState::Ready => false,
+                EndpointState::Draining => true,
+                EndpointState::Out => continue,
+            };
+            let Some((node, via)) = placement(ep.node_name.as_deref(), scope, vip, problem) else {
                 continue;
             };
             for text in &ep.addresses {
                 match text.parse::<IpAddr>() {
-                    Ok(ip) if ip.is_ipv4() == vip.is_ipv4() => found.push((ip, placed.0, placed.1)),
+                    Ok(ip) if ip.is_ipv4() == vip.is_ipv4() => found.push((
+                        ip,
+                        Placed {
+                            node,
+                            via,
+                            draining,
+                        },
+                    )),
                     _ => problem(format!(
                         "EndpointSlice {slice_name}: endpoint address {text:?} is not an {family} address"
                     )),
@@ -366,24 +351,38 @@ fn serving_backends(
             ));
             continue;
         };
-        for (addr, node_name, via) in found {
-            let entry = chosen.entry((addr, target)).or_insert((node_name, via));
-            if entry.0 != node_name {
-                let first = entry.0.min(node_name);
+        for (addr, placed) in found {
+            let entry = chosen.entry((addr, target)).or_insert(placed);
+            if entry.node != placed.node {
+                let first = entry.node.min(placed.node);
                 problem(format!(
                     "endpoint {addr} is listed on nodes {} and {}; it is served on {first}",
-                    entry.0, node_name
+                    entry.node, placed.node
                 ));
-                if node_name < entry.0 {
-                    *entry = (node_name, via);
+                if placed.node < entry.node {
+                    *entry = placed;
                 }
             }
         }
     }
     chosen
         .into_iter()
-        .map(|((addr, port), (_, node))| Backend { addr, port, node })
+        .map(|((addr, port), placed)| Backend {
+            addr,
+            port,
+            node: placed.via,
+            draining: placed.draining,
+        })
         .collect()
+}
+
+/// Where a found endpoint runs, and whether it drains.
+#[derive(Clone, Copy)]
+struct Placed<'a> {
+    node: &'a str,
+    /// None: this node; Some: the node's address to forward to.
+    via: Option<IpAddr>,
+    draining: bool,
 }
 
 /// Where an endpoint on node `node_name` is served from this node: its node's
@@ -397,11 +396,7 @@ fn placement<'a>(
 ) -> Option<(&'a str, Option<IpAddr>)> {
     match *scope {
         Scope::Local { node } => (node_name == Some(node)).then_some((node, None)),
-        Scope::Cluster {
-            node,
-            addresses,
-            on_link,
-        } => {
+        Scope::Cluster { node, addresses } => {
             let Some(name) = node_name else {
                 problem(
                     "an endpoint names no node, so it cannot be forwarded to; it is left out"
@@ -417,17 +412,9 @@ fn placement<'a>(
                 .into_iter()
                 .flatten()
                 .find(|ip| ip.is_ipv4() == vip.is_ipv4());
-            let off_link = |address: &IpAddr| {
-                on_link.is_some_and(|nets| !nets.iter().any(|net| net.contains(address)))
-            };
+            // On this node's segment or behind a router alike: XDP rewrites
+            // the MACs or encapsulates, as the FIB says.
             match address {
-                Some(address) if off_link(address) => {
-                    problem(format!(
-                        "node {name} ({address}) is not on this node's L2 segment and forwarding \
-                         across subnets is not built yet: its endpoints are left out here"
-                    ));
-                    None
-                }
                 Some(&address) => Some((name, Some(address))),
                 None => {
                     problem(format!(

@@ -376,11 +376,13 @@ mod tests {
                         addr: "10.244.1.2".parse().expect("ip"),
                         port: 8080,
                         node: None,
+                        draining: false,
                     },
                     Backend {
                         addr: "10.244.2.2".parse().expect("ip"),
                         port: 8080,
                         node: Some("172.30.0.12".parse().expect("ip")),
+                        draining: false,
                     },
                 ],
                 counters: ServiceCounters {

@@ -3,8 +3,6 @@
 //! router sends EIP traffic to, since the EIP's next hop is that address).
 use std::{ffi::CStr, io, net::IpAddr};
 
-use ipnet::IpNet;
-
 use porter_api::source::Snapshot;
 
 /// The node's `InternalIP`s, as the Node object in `snapshot` lists them.
@@ -42,17 +40,6 @@ pub fn addresses_on<'a>(names: impl IntoIterator<Item = &'a str>) -> io::Result<
         .collect())
 }
 
-/// The subnets of this namespace's addresses: what is on-link, reachable
-/// without a router (loopback left out).
-pub fn connected_subnets() -> io::Result<Vec<IpNet>> {
-    Ok(local_addresses()?
-        .into_iter()
-        .filter(|local| !local.ip.is_loopback())
-        .filter_map(|local| IpNet::new(local.ip, local.prefix).ok())
-        .map(|net| net.trunc())
-        .collect())
-}
-
 /// Whether an interface of that name exists in this network namespace.
 pub fn exists(name: &str) -> bool {
     let Ok(name) = std::ffi::CString::new(name) else {
@@ -62,11 +49,10 @@ pub fn exists(name: &str) -> bool {
     unsafe { libc::if_nametoindex(name.as_ptr()) != 0 }
 }
 
-/// An address of an interface, with its prefix length.
+/// An address of an interface.
 struct LocalAddress {
     name: String,
     ip: IpAddr,
-    prefix: u8,
 }
 
 /// Every address of this network namespace.
@@ -89,14 +75,9 @@ fn local_addresses() -> io::Result<Vec<LocalAddress>> {
         let name = unsafe { CStr::from_ptr(entry.ifa_name) }
             .to_string_lossy()
             .into_owned();
-        // SAFETY: non-null sockaddrs owned by the list (checked inside).
-        let (ip, mask) = unsafe { (sockaddr_ip(entry.ifa_addr), sockaddr_ip(entry.ifa_netmask)) };
-        if let Some(ip) = ip {
-            let prefix = mask.map_or(0, |mask| match mask {
-                IpAddr::V4(mask) => u32::from(mask).count_ones() as u8,
-                IpAddr::V6(mask) => u128::from(mask).count_ones() as u8,
-            });
-            out.push(LocalAddress { name, ip, prefix });
+        // SAFETY: a non-null sockaddr owned by the list (checked inside).
+        if let Some(ip) = unsafe { sockaddr_ip(entry.ifa_addr) } {
+            out.push(LocalAddress { name, ip });
         }
     }
     // SAFETY: `head` came from getifaddrs and is freed once.

@@ -104,8 +104,15 @@ pub fn build<N: AsRef<[u8]>>(names: &[N], size: u32) -> Result<Vec<u32>, MaglevE
 /// whichever node each runs on: slot `i` holds an index into `backends`.
 /// The table is built over the backends sorted by (address, port) and named
 /// `ip:port`, which is what makes it cluster-wide.
+///
+/// Draining backends (terminating pods) get no slot while any backend is
+/// not draining; when every one is, they all take new flows, as kube-proxy
+/// does. Every node sees the same conditions, so this too is cluster-wide.
 pub fn backend_table(backends: &[Backend], size: u32) -> Result<Vec<u32>, MaglevError> {
-    let mut order: Vec<usize> = (0..backends.len()).collect();
+    let all_draining = backends.iter().all(|backend| backend.draining);
+    let mut order: Vec<usize> = (0..backends.len())
+        .filter(|&i| all_draining || !backends[i].draining)
+        .collect();
     order.sort_by_key(|&i| (backends[i].addr, backends[i].port));
     let names: Vec<String> = order.iter().map(|&i| backends[i].table_name()).collect();
     Ok(build(&names, size)?
@@ -262,5 +269,31 @@ mod tests {
             })
         );
         assert!(build::<String>(&[], 251).expect("valid").is_empty());
+    }
+
+    fn pods(count: usize) -> Vec<Backend> {
+        (0..count)
+            .map(|i| Backend::local(format!("10.244.0.{}", i + 1).parse().expect("ip"), 8080))
+            .collect()
+    }
+
+    #[test]
+    fn draining_backends_get_no_slot_until_every_one_drains() {
+        let mut backends = pods(3);
+        let before = backend_table(&backends, 1009).expect("table");
+        backends[1].draining = true;
+        let table = backend_table(&backends, 1009).expect("table");
+        assert!(
+            table.iter().all(|&i| i != 1),
+            "a draining pod took new flows"
+        );
+        // The table of the others alone (Maglev keeps their slots, bar
+        // about 1%), by index into the same slice.
+        let without = backend_table(&[backends[0], backends[2]], 1009).expect("table");
+        let map_back = |i: u32| if i == 0 { 0 } else { 2 };
+        assert_eq!(table, without.into_iter().map(map_back).collect::<Vec<_>>());
+        // No ready pod left: every draining one takes new flows again.
+        backends.iter_mut().for_each(|b| b.draining = true);
+        assert_eq!(backend_table(&backends, 1009).expect("table"), before);
     }
 }

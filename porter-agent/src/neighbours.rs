@@ -99,6 +99,7 @@ mod tests {
                     addr: IpAddr::from([10, 244, 0, i as u8 + 1]),
                     port: 8080,
                     node: node.map(|n| n.parse().expect("ip")),
+                    draining: false,
                 })
                 .collect(),
         }

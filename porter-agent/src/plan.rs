@@ -272,6 +272,7 @@ mod tests {
                         addr: ip.parse().expect("ip"),
                         port: *port,
                         node: None,
+                        draining: false,
                     },
                     *id,
                 )

@@ -7,7 +7,8 @@ use std::{
 };
 
 use porter_common::{
-    BACKEND_REMOTE, BackendValue, FAMILY_V4, FAMILY_V6, PROTO_TCP, PROTO_UDP, ServiceKey, VipKey,
+    BACKEND_DRAINING, BACKEND_REMOTE, BackendValue, FAMILY_V4, FAMILY_V6, PROTO_TCP, PROTO_UDP,
+    ServiceKey, VipKey,
 };
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -72,6 +73,11 @@ pub struct Backend {
     /// (`externalTrafficPolicy: Cluster`), where its packets are forwarded;
     /// shown as `ip:port@node`.
     pub node: Option<IpAddr>,
+    /// A terminating pod that still serves (KEP-1669): it keeps its slot,
+    /// so the flows conntrack pins to it go on, but it is left out of the
+    /// Maglev table while the service has a backend that is not draining.
+    /// Last in the order, so the two states of one pod sort side by side.
+    pub draining: bool,
 }
 
 impl Backend {
@@ -80,6 +86,20 @@ impl Backend {
             addr,
             port,
             node: None,
+            draining: false,
+        }
+    }
+
+    /// This pod in either state, as a range of the backend order: a pod that
+    /// turns draining is the same endpoint and keeps its backend id.
+    pub fn either_state(&self) -> std::ops::RangeInclusive<Backend> {
+        let ready = Backend {
+            draining: false,
+            ..*self
+        };
+        ready..=Backend {
+            draining: true,
+            ..*self
         }
     }
 
@@ -96,10 +116,13 @@ impl Backend {
 impl fmt::Display for Backend {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.table_name())?;
-        match self.node {
-            Some(node) => write!(f, "@{node}"),
-            None => Ok(()),
+        if let Some(node) = self.node {
+            write!(f, "@{node}")?;
         }
+        if self.draining {
+            f.write_str(" (draining)")?;
+        }
+        Ok(())
     }
 }
 
@@ -221,10 +244,13 @@ impl ServiceAddr {
 impl Backend {
     pub fn value(&self, service_id: u32) -> BackendValue {
         let (family, addr) = encode_ip(self.addr);
-        let (flags, node) = match self.node {
+        let (mut flags, node) = match self.node {
             Some(node) => (BACKEND_REMOTE, encode_ip(node).1),
             None => (0, [0; 4]),
         };
+        if self.draining {
+            flags |= BACKEND_DRAINING;
+        }
         BackendValue {
             addr,
             port: self.port.to_be(),
@@ -245,6 +271,7 @@ impl Backend {
             addr: decode_ip(value.family, value.addr)?,
             port: u16::from_be(value.port),
             node,
+            draining: value.flags & BACKEND_DRAINING != 0,
         })
     }
 }
@@ -292,6 +319,14 @@ mod tests {
         // The table name leaves the node out: every node names it alike.
         assert_eq!(remote.table_name(), backend.table_name());
         assert_eq!(remote.to_string(), "10.244.1.5:8080@172.30.0.12");
+        // Draining is recorded, so an adopting agent reads it back.
+        let draining = Backend {
+            draining: true,
+            ..remote
+        };
+        let value = draining.value(3);
+        assert_eq!(value.flags, BACKEND_REMOTE | BACKEND_DRAINING);
+        assert_eq!(Backend::from_value(&value), Some(draining));
     }
 
     #[test]

@@ -227,11 +227,6 @@ impl Agent {
             errors.push(err);
         };
         let started = Instant::now();
-        match interfaces::connected_subnets() {
-            Ok(subnets) => self.desired.set_on_link(Some(subnets)),
-            Err(err) => warn!(error = %err, "cannot read this node's subnets; Cluster backends \
-                on other segments are kept, and their packets dropped (drop_forward_no_route)"),
-        }
         let wanted = self.desired.desired(snapshot);
         self.report_problems(&wanted);
         match self.program(&wanted) {

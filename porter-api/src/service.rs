@@ -2,7 +2,7 @@
 //! agent must agree on: a node is announced for an EIP exactly when its agent
 //! has something to forward the EIP's traffic to.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
 use k8s_openapi::api::core::v1::Service;
@@ -49,37 +49,77 @@ pub fn slice_service(slice: &EndpointSlice) -> Option<ObjectKey> {
     ))
 }
 
-/// Whether an endpoint should receive new traffic: ready and not
-/// terminating. The API defines an unset `ready` as ready and an unset
-/// `terminating` as not terminating.
-pub fn endpoint_serving(endpoint: &Endpoint) -> bool {
-    let conditions = endpoint.conditions.as_ref();
-    let ready = conditions.and_then(|c| c.ready).unwrap_or(true);
-    let terminating = conditions.and_then(|c| c.terminating).unwrap_or(false);
-    ready && !terminating
+/// What an endpoint may be sent (KEP-1669 conditions).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EndpointState {
+    /// Ready and not terminating: takes new flows.
+    Ready,
+    /// Terminating but still serving: keeps the flows it has, and takes new
+    /// ones only where no ready endpoint is left (as kube-proxy does).
+    Draining,
+    /// Neither: gets nothing.
+    Out,
 }
 
-/// Serving endpoints per node in the slices of one Service: the `k` that
-/// weights a node's path (docs/bgp-policy.md). A dual-stack Service lists
-/// each pod once per address family, so a node's count is the largest of
-/// its families' counts, not their sum.
+/// The state of an endpoint. The API defines an unset `ready` as ready, an
+/// unset `terminating` as not terminating, and an unset `serving` as the
+/// value of `ready`.
+pub fn endpoint_state(endpoint: &Endpoint) -> EndpointState {
+    let conditions = endpoint.conditions.as_ref();
+    let ready = conditions.and_then(|c| c.ready);
+    let terminating = conditions.and_then(|c| c.terminating).unwrap_or(false);
+    let serving = conditions.and_then(|c| c.serving).or(ready).unwrap_or(true);
+    match (terminating, ready.unwrap_or(true), serving) {
+        (false, true, _) => EndpointState::Ready,
+        (true, _, true) => EndpointState::Draining,
+        _ => EndpointState::Out,
+    }
+}
+
+/// The endpoints per node in the slices of one Service that take new flows:
+/// the `k` that weights a node's path (docs/bgp-policy.md), and the nodes
+/// the controller announces. Those are the ready endpoints; in an address
+/// family without any, the serving terminating ones, which then take new
+/// flows (the agent's tables fall back the same way), so that a Service
+/// whose every pod is terminating stays reachable until its pods stop
+/// serving. A dual-stack Service lists each pod once per address family,
+/// so a node's count is the largest of its families' counts, not their sum.
 pub fn serving_endpoints_by_node<'a>(
     slices: impl IntoIterator<Item = &'a EndpointSlice>,
 ) -> BTreeMap<&'a str, u32> {
-    let mut per_family: BTreeMap<(&'a str, &'a str), u32> = BTreeMap::new();
+    // Per (family, node): (ready, draining).
+    let mut per_family: BTreeMap<(&'a str, &'a str), (u32, u32)> = BTreeMap::new();
     for slice in slices {
         for ep in slice.endpoints.iter().flatten() {
-            if let (true, Some(node)) = (endpoint_serving(ep), ep.node_name.as_deref()) {
-                *per_family
-                    .entry((node, slice.address_type.as_str()))
-                    .or_default() += 1;
+            let Some(node) = ep.node_name.as_deref() else {
+                continue;
+            };
+            let counts = per_family
+                .entry((slice.address_type.as_str(), node))
+                .or_default();
+            match endpoint_state(ep) {
+                EndpointState::Ready => counts.0 += 1,
+                EndpointState::Draining => counts.1 += 1,
+                EndpointState::Out => {}
             }
         }
     }
+    let families_with_ready: BTreeSet<&str> = per_family
+        .iter()
+        .filter(|(_, (ready, _))| *ready > 0)
+        .map(|((family, _), _)| *family)
+        .collect();
     let mut out: BTreeMap<&str, u32> = BTreeMap::new();
-    for ((node, _), count) in per_family {
-        let k = out.entry(node).or_default();
-        *k = (*k).max(count);
+    for ((family, node), (ready, draining)) in per_family {
+        let count = if families_with_ready.contains(family) {
+            ready
+        } else {
+            draining
+        };
+        if count > 0 {
+            let k = out.entry(node).or_default();
+            *k = (*k).max(count);
+        }
     }
     out
 }
@@ -157,31 +197,40 @@ mod tests {
     }
 
     #[test]
-    fn serving_means_ready_and_not_terminating() {
-        let ep = |ready, terminating| Endpoint {
+    fn ready_draining_or_out_from_the_three_conditions() {
+        use EndpointState::{Draining, Out, Ready};
+        let ep = |ready, serving, terminating| Endpoint {
             conditions: Some(EndpointConditions {
                 ready,
+                serving,
                 terminating,
-                serving: None,
             }),
             ..Default::default()
         };
+        // (ready, serving, terminating) -> state
         let cases = [
-            (None, None, true),
-            (Some(true), None, true),
-            (Some(true), Some(false), true),
-            (Some(false), None, false),
-            (Some(true), Some(true), false),
-            (None, Some(true), false),
+            ((None, None, None), Ready),
+            ((Some(true), None, None), Ready),
+            ((Some(true), Some(true), Some(false)), Ready),
+            ((Some(false), None, None), Out),
+            ((Some(false), Some(false), Some(false)), Out),
+            // What the endpoints controller writes for a terminating pod
+            // that still passes its readiness probe, and one that fails it.
+            ((Some(false), Some(true), Some(true)), Draining),
+            ((Some(false), Some(false), Some(true)), Out),
+            // Without `serving` (older writers), `ready` stands for it.
+            ((Some(true), None, Some(true)), Draining),
+            ((None, None, Some(true)), Draining),
+            ((Some(false), None, Some(true)), Out),
         ];
-        for (ready, terminating, want) in cases {
+        for ((ready, serving, terminating), want) in cases {
             assert_eq!(
-                endpoint_serving(&ep(ready, terminating)),
+                endpoint_state(&ep(ready, serving, terminating)),
                 want,
-                "ready={ready:?} terminating={terminating:?}"
+                "ready={ready:?} serving={serving:?} terminating={terminating:?}"
             );
         }
-        assert!(endpoint_serving(&Endpoint::default()));
+        assert_eq!(endpoint_state(&Endpoint::default()), Ready);
     }
 
     #[test]
@@ -214,5 +263,64 @@ mod tests {
         let counts = serving_endpoints_by_node([&v4, &more_v4, &v6]);
         assert_eq!(counts, BTreeMap::from([("n1", 1), ("n2", 3)]));
         assert!(serving_endpoints_by_node([]).is_empty());
+    }
+
+    fn endpoint(node: &str, ready: bool, terminating: bool) -> Endpoint {
+        Endpoint {
+            node_name: Some(node.into()),
+            conditions: Some(EndpointConditions {
+                ready: Some(ready && !terminating),
+                serving: Some(ready),
+                terminating: Some(terminating),
+            }),
+            ..Default::default()
+        }
+    }
+
+    fn slice_of(family: &str, eps: Vec<Endpoint>) -> EndpointSlice {
+        EndpointSlice {
+            address_type: family.into(),
+            endpoints: Some(eps),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn terminating_endpoints_count_only_where_no_ready_one_is_left() {
+        // n1 rolls: its old pod terminates while n2 still has a ready one.
+        // n1 is announced no more (new flows go to n2's pod).
+        let rolling = slice_of(
+            "IPv4",
+            vec![
+                endpoint("n1", true, true),
+                endpoint("n2", true, false),
+                endpoint("n3", false, true),
+            ],
+        );
+        assert_eq!(
+            serving_endpoints_by_node([&rolling]),
+            BTreeMap::from([("n2", 1)])
+        );
+        // Every pod terminates: the serving ones keep the Service reachable;
+        // the one that stopped serving (n3) does not count.
+        let all_terminating = slice_of(
+            "IPv4",
+            vec![
+                endpoint("n1", true, true),
+                endpoint("n1", true, true),
+                endpoint("n2", true, true),
+                endpoint("n3", false, true),
+            ],
+        );
+        assert_eq!(
+            serving_endpoints_by_node([&all_terminating]),
+            BTreeMap::from([("n1", 2), ("n2", 1)])
+        );
+        // The fallback is per family: IPv6 has a ready pod, IPv4 none.
+        let v6 = slice_of("IPv6", vec![endpoint("n3", true, false)]);
+        assert_eq!(
+            serving_endpoints_by_node([&all_terminating, &v6]),
+            BTreeMap::from([("n1", 2), ("n2", 1), ("n3", 1)])
+        );
     }
 }

@@ -229,7 +229,7 @@ pub struct BackendValue {
     /// Target port, network byte order.
     pub port: u16,
     pub family: u8,
-    /// [`BACKEND_SHARED`], [`BACKEND_REMOTE`], or 0.
+    /// [`BACKEND_SHARED`], [`BACKEND_REMOTE`], [`BACKEND_DRAINING`], or 0.
     pub flags: u8,
     /// The service this backend id belongs to; a conntrack entry whose
     /// backend id was reused by another service is treated as stale.
@@ -248,6 +248,13 @@ pub const BACKEND_SHARED: u8 = 1;
 /// packets are forwarded, unchanged, to [`BackendValue::node`], which DNATs
 /// them to the pod and sends the replies itself.
 pub const BACKEND_REMOTE: u8 = 2;
+
+/// The pod is terminating but still serving (KEP-1669): it keeps the flows
+/// conntrack pins to it and has no Maglev slot while another backend of
+/// the service is ready. A bare SYN whose tuple conntrack still pins to it
+/// (the client reused the port of a closed connection) is a new flow, and
+/// is picked from the table again.
+pub const BACKEND_DRAINING: u8 = 4;
 
 /// The IPv4 header's reserved flag bit (of the flags/fragment-offset word,
 /// network order), which RFC 791 requires to be zero: set on a packet one
@@ -405,10 +412,10 @@ stats! {
     Redirected = 14 => "redirected", "Translated and redirected to the backend's interface (redirect mode).";
     ArpAnswered = 15 => "arp_answered", "ARP requests for a led Layer 2 EIP answered in XDP.";
     NdpAnswered = 16 => "ndp_answered", "IPv6 neighbour solicitations for a led Layer 2 EIP answered in XDP.";
-    ForwardedRemote = 17 => "forwarded_remote", "Sent on, unchanged but marked, to the node of a backend on another node.";
+    ForwardedRemote = 17 => "forwarded_remote", "Sent on to the node of a backend on another node: unchanged but marked on its segment, in IPIP behind a router.";
     DropForwardLoop = 18 => "drop_forward_loop", "Dropped: forwarded here by another node, but this node's table picks a backend on yet another node (never forwarded twice).";
     DropForwardNoNeighbour = 19 => "drop_forward_no_neighbour", "Dropped: the link-layer address of a remote backend's node is not resolved yet.";
-    DropForwardNoRoute = 20 => "drop_forward_no_route", "Dropped: a remote backend's node is behind a router (not on this L2 segment), has no route, or this node does not forward IP (net.ipv4.ip_forward=0).";
+    DropForwardNoRoute = 20 => "drop_forward_no_route", "Dropped: a remote backend's node has no route, this node does not forward IP (net.ipv4.ip_forward=0), or the packet does not fit the link once encapsulated (or came in VLAN-tagged).";
     ProbeAnswered = 21 => "probe_answered", "The controller's node liveness probes (central mode) answered in XDP.";
 }
 

@@ -375,7 +375,7 @@ fn check_ipam(ipam: &Ipam, requests: &BTreeMap<ObjectKey, ServiceRequest>) {
                     b.key
                 );
                 assert_eq!(
-                    a.sharing_terms.incompatible(&b.sharing_terms, ip),
+                    a.sharing_terms.incompatible(&b.sharing_terms),
                     None,
                     "{ip} is shared by incompatible {} and {}",
                     a.key,

@@ -43,23 +43,18 @@ impl SharingTerms {
     /// share only when they select the same pods (the same non-empty
     /// selector, as MetalLB asks), and never with a `Cluster` one. `Cluster`
     /// Services share freely: every node forwards each `Cluster` port to
-    /// its pods wherever they run, except on IPv6, which the agents serve
-    /// like `Local` for now.
-    pub fn incompatible(&self, other: &Self, ip: IpAddr) -> Option<String> {
+    /// its pods wherever they run (IPv4 and IPv6 alike).
+    pub fn incompatible(&self, other: &Self) -> Option<String> {
         if self.local != other.local {
             return Some(
                 "their externalTrafficPolicy differs (Local and Cluster Services do not share an address)"
                     .into(),
             );
         }
-        if !self.local && !ip.is_ipv6() {
+        if !self.local {
             return None;
         }
-        let policy = if self.local {
-            "externalTrafficPolicy: Local"
-        } else {
-            "externalTrafficPolicy: Cluster on IPv6 (served on the nodes of its own pods)"
-        };
+        let policy = "externalTrafficPolicy: Local";
         if self.selector.is_empty() || other.selector.is_empty() {
             return Some(format!(
                 "{policy} Services share an address only with the same spec.selector, and one has none"
@@ -224,13 +219,12 @@ mod tests {
         assert_eq!(local.selector.get("app").map(String::as_str), Some("web"));
         let cluster = request(&svc(&[], lb(None))).sharing_terms;
         assert_eq!(cluster, SharingTerms::default());
-        let v4: IpAddr = "10.0.0.1".parse().expect("IP");
         assert!(
             local
-                .incompatible(&cluster, v4)
+                .incompatible(&cluster)
                 .is_some_and(|why| why.contains("externalTrafficPolicy differs"))
         );
-        assert_eq!(cluster.incompatible(&cluster, v4), None);
+        assert_eq!(cluster.incompatible(&cluster), None);
     }
 
     #[test]

@@ -11,8 +11,9 @@
 //!   solicitations for the EIPs this node leads (see `l2`).
 //!   For `externalTrafficPolicy: Cluster`, a backend may run on another
 //!   node: the packet is then sent on unchanged but marked, with a MAC
-//!   rewrite, to that node, whose program DNATs it to the pod and never
-//!   forwards it again (see `forward_remote`).
+//!   rewrite, to that node (in IPIP when it is behind a router, see
+//!   `encap`), whose program DNATs it to the pod and never forwards it
+//!   again (see `forward_remote`).
 //! - `porter_tc_revnat` (tc): rewrites replies from a backend back to `VIP:port`.
 //! - `porter_xdp_empty`: passes everything; the benchmark's baseline.
 //! - `porter_xdp_tx`, `porter_xdp_sink`: the packet-rate benchmark's
@@ -36,6 +37,7 @@
 
 mod bench;
 mod csum;
+mod encap;
 mod flow;
 mod l2;
 mod parse;
@@ -57,9 +59,9 @@ use aya_ebpf::{
 use flow::Flow;
 use parse::{Headers, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP, load, store};
 use porter_common::{
-    BACKEND_REMOTE, BACKEND_SHARED, BackendKey, BackendValue, CtValue, FAMILY_V4, FlowKey4,
-    FlowKey6, IPV4_FORWARDED_MARK, L2Key, L2Value, RevNatValue, ServiceCounters, ServiceKey,
-    ServiceValue, Stat, VIP_FILTER_SLOTS, VipKey, config, limits, vip_filter_slot,
+    BACKEND_DRAINING, BACKEND_REMOTE, BACKEND_SHARED, BackendKey, BackendValue, CtValue, FAMILY_V4,
+    FlowKey4, FlowKey6, IPV4_FORWARDED_MARK, L2Key, L2Value, RevNatValue, ServiceCounters,
+    ServiceKey, ServiceValue, Stat, VIP_FILTER_SLOTS, VipKey, config, limits, vip_filter_slot,
 };
 
 // BTF-defined maps: `bpftool map dump` shows their field names. They carry
@@ -117,7 +119,15 @@ fn count(stat: Stat) {
 #[xdp]
 pub fn porter_xdp(ctx: XdpContext) -> u32 {
     count(Stat::PacketsSeen);
-    let (action, stat) = xdp_decide(&ctx);
+    // An encapsulated packet for a VIP becomes its inner one (encap.rs).
+    let forwarded = match encap::decapsulate(&ctx, is_vip) {
+        Ok(forwarded) => forwarded,
+        Err(stat) => {
+            count(stat);
+            return xdp_action::XDP_DROP;
+        }
+    };
+    let (action, stat) = xdp_decide(&ctx, forwarded);
     count(stat);
     action
 }
@@ -128,10 +138,14 @@ pub fn porter_xdp_empty(_ctx: XdpContext) -> u32 {
 }
 
 #[inline(always)]
-fn xdp_decide(ctx: &XdpContext) -> (u32, Stat) {
+fn xdp_decide(ctx: &XdpContext, decapsulated: bool) -> (u32, Stat) {
     let (data, data_end) = (ctx.data(), ctx.data_end());
     let h = match parse::parse(data, data_end) {
-        Ok(h) => h,
+        // IPv6 has no header bit for the mark: decapsulation is the mark.
+        Ok(h) => Headers {
+            forwarded: h.forwarded || decapsulated,
+            ..h
+        },
         // ARP is not IP; only this (rare) path looks further.
         Err(Stat::PassNotIp) => {
             return match l2::answer_arp(ctx, l2_lead) {
@@ -208,10 +222,16 @@ fn xdp_decide(ctx: &XdpContext) -> (u32, Stat) {
     };
     // SAFETY: map values stay valid for the program's run (RCU).
     let service = unsafe { *service };
+    // Read only when conntrack names a draining pod.
+    let bare_syn = || {
+        h.proto == IPPROTO_TCP
+            && load::<u8>(data, data_end, h.l4_off + 13)
+                .is_some_and(|flags| flags & (encap::TCP_SYN | encap::TCP_ACK) == encap::TCP_SYN)
+    };
     let chosen = if h.family == FAMILY_V4 {
-        choose_backend::<FlowKey4>(&h, &service)
+        choose_backend::<FlowKey4>(&h, &service, bare_syn)
     } else {
-        choose_backend::<FlowKey6>(&h, &service)
+        choose_backend::<FlowKey6>(&h, &service, bare_syn)
     };
     let (backend, new_flow) = match chosen {
         Ok(chosen) => chosen,
@@ -246,6 +266,16 @@ fn xdp_decide(ctx: &XdpContext) -> (u32, Stat) {
 }
 
 #[inline(always)]
+fn is_vip(family: u8, addr: &[u32; 4]) -> bool {
+    let vip = VipKey {
+        addr: *addr,
+        family,
+        _pad: [0; 3],
+    };
+    VIPS.get_ptr(&vip).is_some()
+}
+
+#[inline(always)]
 fn l2_lead(key: &L2Key) -> Option<L2Value> {
     // SAFETY: copied out at once; map values stay valid for the run (RCU).
     let lead = unsafe { *L2_LEADS.get_ptr(key)? };
@@ -266,6 +296,7 @@ fn l2_lead(key: &L2Key) -> Option<L2Value> {
 fn choose_backend<F: Flow>(
     h: &Headers,
     service: &ServiceValue,
+    bare_syn: impl Fn() -> bool,
 ) -> Result<(BackendValue, bool), Stat> {
     let flow = F::new(&h.src, &h.dst, h.sport, h.dport, h.proto);
     // The tick-granular clock: a refresh once a second needs no more, and it
@@ -279,7 +310,11 @@ fn choose_backend<F: Flow>(
             if let Some(backend) = BACKENDS.get(entry.backend_id) {
                 let backend = *backend;
                 let refused = h.forwarded && backend.flags & BACKEND_REMOTE != 0;
-                if backend.family != 0 && backend.service_id == service.id && !refused {
+                // A new connection on the tuple of a closed one (reused
+                // client port) to a terminating pod: picked anew (KEP-1669).
+                let reopened = backend.flags & BACKEND_DRAINING != 0 && bare_syn();
+                if backend.family != 0 && backend.service_id == service.id && !refused && !reopened
+                {
                     if now.wrapping_sub(entry.last_seen_ns) > REFRESH_NS {
                         unsafe { (*ct).last_seen_ns = now };
                         record_revnat::<F>(h, &backend, service.id);
@@ -378,8 +413,9 @@ fn dnat(data: usize, data_end: usize, h: &Headers, backend: &BackendValue) -> Op
 
 /// Sends the packet, unchanged but for the MACs and the forwarded mark, to
 /// the node of a remote backend, which DNATs it to the pod and answers the
-/// client itself. The node must be on this node's L2 segment (no MTU cost):
-/// the FIB says how to reach it and the neighbour table gives its MAC.
+/// client itself. On this node's L2 segment (no MTU cost) the FIB says how
+/// to reach it and the neighbour table gives its MAC; behind a router it
+/// goes in IPIP (`encap::forward`).
 #[inline(always)]
 fn forward_remote(
     ctx: &XdpContext,
@@ -388,31 +424,21 @@ fn forward_remote(
     h: &Headers,
     backend: &BackendValue,
 ) -> (u32, Stat) {
-    // The agent installs remote backends for IPv4 services only.
+    // No header bit to mark an IPv6 packet with: always encapsulated.
     if h.family != FAMILY_V4 {
-        return (xdp_action::XDP_DROP, Stat::DropForwardNoRoute);
+        return encap::forward(ctx, h, backend);
     }
     let Some(tot_len) = load::<u16>(data, data_end, h.l3_off + 2) else {
         return (xdp_action::XDP_DROP, Stat::DropRewriteFailed);
     };
-    // SAFETY: a plain C struct; all zeros is a valid request.
-    let mut fib: FibParams = unsafe { core::mem::zeroed() };
-    fib.family = AF_INET;
-    fib.l4_protocol = h.proto;
-    fib.sport = h.sport;
-    fib.dport = h.dport;
-    fib.ifindex = ctx.ingress_ifindex() as u32;
-    fib.__bindgen_anon_1.tot_len = u16::from_be(tot_len);
-    fib.__bindgen_anon_4.ipv4_dst = backend.node[0];
-    // SAFETY: the helper reads and writes `fib`, which lives on our stack.
-    let rc = unsafe {
-        bpf_fib_lookup(
-            ctx.ctx.cast(),
-            &mut fib,
-            core::mem::size_of::<FibParams>() as i32,
-            0,
-        )
-    };
+    let (rc, fib) = encap::fib_to_node(
+        ctx,
+        FAMILY_V4,
+        &backend.node,
+        (h.proto, h.sport, h.dport),
+        u16::from_be(tot_len),
+        0,
+    );
     if rc == BPF_FIB_LKUP_RET_NO_NEIGH as i64 {
         return (xdp_action::XDP_DROP, Stat::DropForwardNoNeighbour);
     }
@@ -420,30 +446,23 @@ fn forward_remote(
     // router: that needs encapsulation, not a MAC rewrite.
     // SAFETY: a plain u32 the helper wrote.
     let next_hop = unsafe { fib.__bindgen_anon_4.ipv4_dst };
-    if rc != BPF_FIB_LKUP_RET_SUCCESS as i64 || next_hop != backend.node[0] {
+    if rc == BPF_FIB_LKUP_RET_SUCCESS as i64 && next_hop != backend.node[0] {
+        return encap::forward(ctx, h, backend);
+    }
+    if rc != BPF_FIB_LKUP_RET_SUCCESS as i64 {
         return (xdp_action::XDP_DROP, Stat::DropForwardNoRoute);
     }
     if mark_forwarded(data, data_end, h, &fib).is_none() {
         return (xdp_action::XDP_DROP, Stat::DropRewriteFailed);
     }
-    if fib.ifindex == ctx.ingress_ifindex() as u32 {
-        return (xdp_action::XDP_TX, Stat::ForwardedRemote);
-    }
-    // SAFETY: no memory effects beyond the redirect decision.
-    let action = unsafe { bpf_redirect(fib.ifindex, 0) } as u32;
-    (action, Stat::ForwardedRemote)
+    encap::to_next_hop(ctx, &fib)
 }
 
 /// Sets the forwarded mark (IPv4 header checksum updated) and the MACs of
 /// the hop to the backend's node.
 #[inline(always)]
 fn mark_forwarded(data: usize, data_end: usize, h: &Headers, fib: &FibParams) -> Option<()> {
-    let flags: u16 = load(data, data_end, h.l3_off + 6)?;
-    let marked = flags | IPV4_FORWARDED_MARK.to_be();
-    let ip_check: u16 = load(data, data_end, h.l3_off + 10)?;
-    let check = csum::apply(ip_check, csum::add_word(0, flags, marked));
-    store(data, data_end, h.l3_off + 6, marked)?;
-    store(data, data_end, h.l3_off + 10, check)?;
+    encap::set_mark(data, data_end, h.l3_off)?;
     store(data, data_end, 0, fib.dmac)?;
     store(data, data_end, 6, fib.smac)
 }
@@ -582,6 +601,7 @@ pub fn porter_tc_revnat(ctx: TcContext) -> i32 {
     }
     match revnat_rewrite(&ctx, &h, &revnat) {
         Ok(()) => {
+            encap::clamp_syn_ack(&ctx, &h, revnat.vip, revnat.port);
             count(Stat::RevNatApplied);
             TC_ACT_OK as i32
         }

@@ -33,7 +33,7 @@
 //! fd00:30:k::1k, its Node's second InternalIP), the client fd00:31::2;
 //! every BGP session is IPv4 and carries both families.
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, BTreeSet},
     io::{Read, Write},
     net::{IpAddr, SocketAddr, TcpStream},
     path::{Path, PathBuf},
@@ -47,7 +47,7 @@ use std::{
 };
 
 use anyhow::{Context, Result, bail};
-use porter_agent::{PinLayout, stats::read_global_stats};
+use porter_agent::{PinLayout, inspect::ServiceState, stats::read_global_stats};
 use porter_common::{Stat, map_names};
 
 use crate::{
@@ -85,6 +85,8 @@ pub struct Pod {
     pub ns: String,
     pub ip: IpAddr,
     pub ip6: IpAddr,
+    /// Its veth's end on the node.
+    host_side: String,
 }
 
 pub struct LabNode {
@@ -96,6 +98,8 @@ pub struct LabNode {
     /// This node's own bpffs (as a node has its own kernel).
     pub bpffs: PathBuf,
     pub pods: Vec<Pod>,
+    /// The number the next pod started here gets (pods are never renumbered).
+    next_pod: usize,
     ready: bool,
     /// The Node object's labels (`rack: "<k>"` in a fabric).
     labels: Vec<(String, String)>,
@@ -256,6 +260,7 @@ impl Datacenter {
         enable_routing(&lab, &router_ns)?;
         connect_client(&lab, &router_ns, &client)?;
         let mut nodes = Vec::new();
+        let mut pass_xdp = Vec::new();
         let mut spine_neighbors = Vec::new();
         let mut leaves = Vec::new();
         for (index, &pod_count) in pods_per_rack.iter().enumerate() {
@@ -300,9 +305,22 @@ impl Datacenter {
                 add_addr(&lab, &ctl, "eth0", "172.30.1.10/24")?;
                 lab.ip(&ctl, &["route", "add", "default", "via", &leaf_ip])?;
             }
+            // The racks reach each other through the spine, as the nodes
+            // of one cluster do (Cluster traffic crosses racks in IPIP).
+            lab.ip(
+                &router_ns,
+                &[
+                    "route",
+                    "add",
+                    &format!("172.30.{k}.0/24"),
+                    "via",
+                    &uplink.to_string(),
+                ],
+            )?;
             let name = format!("n{k}");
             let ns = lab.netns(&name)?;
             attach_to_lan(&lab, &leaf_ns, &ns, &format!("v-{name}"))?;
+            pass_xdp.push(attach_pass_xdp_to(&leaf_ns, &format!("v-{name}"))?);
             let ip: IpAddr = format!("172.30.{k}.{}", 10 + k).parse()?;
             let ip6: IpAddr = format!("fd00:30:{k}::{}", 10 + k).parse()?;
             add_addr(&lab, &ns, "eth0", &format!("{ip}/24"))?;
@@ -360,7 +378,7 @@ impl Datacenter {
             client,
             nodes,
             manifests,
-            _pass_xdp: Vec::new(),
+            _pass_xdp: pass_xdp,
         };
         dc.write_nodes()?;
         dc.wait_pods()?;
@@ -425,6 +443,39 @@ impl Datacenter {
         self.write_nodes()
     }
 
+    /// Starts `count` new pods on node `index` under new numbers (and
+    /// addresses), as a rollout's new ReplicaSet would; returns their names.
+    /// They serve HTTP at once; endpoints are the caller's to publish.
+    pub fn add_pods(&mut self, index: usize, count: usize) -> Result<Vec<String>> {
+        let node = self.nodes.get_mut(index).context("no such node")?;
+        let mut names = Vec::new();
+        for _ in 0..count {
+            let pod = add_pod(&mut self.lab, &node.ns, index + 1, node.next_pod)?;
+            node.next_pod += 1;
+            names.push(pod.name.clone());
+            node.pods.push(pod);
+        }
+        Ok(names)
+    }
+
+    /// Takes pods `names` of node `index` away for good, as the kubelet does
+    /// once a terminating pod has stopped: its server stops and its veth
+    /// goes, so nothing answers at its address any more.
+    pub fn remove_pods(&mut self, index: usize, names: &[String]) -> Result<()> {
+        let node = self.nodes.get_mut(index).context("no such node")?;
+        let (gone, kept) = std::mem::take(&mut node.pods)
+            .into_iter()
+            .partition(|pod| names.contains(&pod.name));
+        node.pods = kept;
+        for pod in gone {
+            self.lab
+                .stop(&format!("http-{}", pod.name), Duration::from_secs(5))?;
+            self.lab
+                .ip(&node.ns, &["link", "del", pod.host_side.as_str()])?;
+        }
+        Ok(())
+    }
+
     /// Every pod (both families) of the given nodes, as ready endpoints.
     pub fn endpoints_on(&self, nodes: &[usize]) -> Vec<Endpoint> {
         nodes
@@ -436,6 +487,7 @@ impl Datacenter {
                         address,
                         node: node.name.clone(),
                         ready: true,
+                        terminating: false,
                     })
                 })
             })
@@ -811,6 +863,49 @@ impl Datacenter {
         Ok(drops)
     }
 
+    /// TCP service `addr` as each node's data plane holds it (read from the
+    /// pinned maps, as `inspect` does), by node name; nodes without it are
+    /// left out.
+    fn installed(&self, addr: SocketAddr) -> Result<BTreeMap<String, ServiceState>> {
+        let mut out = BTreeMap::new();
+        for node in &self.nodes {
+            let pins = PinLayout::new(&node.bpffs);
+            if !pins.map(map_names::SERVICES).exists() {
+                continue;
+            }
+            let state = porter_agent::inspect::read(&pins)?;
+            let wanted = (addr.ip(), addr.port(), porter_agent::Protocol::Tcp);
+            if let Some(service) = state
+                .services
+                .into_iter()
+                .find(|s| (s.addr.vip, s.addr.port, s.addr.proto) == wanted)
+            {
+                out.insert(node.name.clone(), service);
+            }
+        }
+        Ok(out)
+    }
+
+    /// The pod addresses that any node's data plane holds as backends of
+    /// TCP service `addr`.
+    pub fn installed_backends(&self, addr: SocketAddr) -> Result<BTreeSet<IpAddr>> {
+        Ok(self
+            .installed(addr)?
+            .values()
+            .flat_map(|service| service.backends.iter().map(|backend| backend.addr))
+            .collect())
+    }
+
+    /// The packets each node has forwarded to another node for TCP service
+    /// `addr` (`Cluster`), by node name.
+    pub fn forwarded_out(&self, addr: SocketAddr) -> Result<BTreeMap<String, u64>> {
+        Ok(self
+            .installed(addr)?
+            .into_iter()
+            .map(|(node, service)| (node, service.counters.forwarded_out))
+            .collect())
+    }
+
     /// One counter of node `index`'s data plane (0 when its agent never ran).
     pub fn dataplane_stat(&self, index: usize, stat: Stat) -> Result<u64> {
         let node = self.nodes.get(index).context("no such node")?;
@@ -957,6 +1052,7 @@ fn finish_node(
         ip6,
         bpffs,
         pods,
+        next_pod: pod_count + 1,
         ready: true,
         labels,
     })
@@ -1028,7 +1124,13 @@ fn add_pod(lab: &mut Lab, node_ns: &str, n: usize, p: usize) -> Result<Pod> {
         .arg("--directory")
         .arg(&www);
     lab.spawn(&format!("http-{name}"), server)?;
-    Ok(Pod { name, ns, ip, ip6 })
+    Ok(Pod {
+        name,
+        ns,
+        ip,
+        ip6,
+        host_side,
+    })
 }
 
 /// One answered `GET /`.

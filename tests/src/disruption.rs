@@ -2,9 +2,16 @@
 //! idle long-lived TCP connections held from the client to a
 //! `externalTrafficPolicy: Cluster` and a `Local` Service (a [`NamedServer`]
 //! on every pod, one pod port per Service) through the router's ECMP, while
-//! a node is drained (NotReady, its pods running) and rejoins, every agent
-//! restarts and the controller restarts. After each event every connection
-//! exchanges a line and must still reach the pod that greeted it.
+//! a node is drained (NotReady, its pods running) and rejoins, the pods on
+//! one node roll, every agent restarts and the controller restarts. After
+//! each event every connection whose pod still exists exchanges a line and
+//! must still reach the pod that greeted it.
+//!
+//! The roll is a rollout's step on one node: new pods start and turn ready
+//! while the old ones terminate but still serve (KEP-1669), which is
+//! checked on its own (`pods_terminating`: the old pods keep their
+//! connections, and no new connection reaches them); then the old pods are
+//! gone (`pods_roll`: their connections are counted `gone`, not broken).
 use std::{
     collections::BTreeSet,
     net::{IpAddr, SocketAddr},
@@ -33,6 +40,8 @@ pub struct Outcome {
     pub timeouts: usize,
     /// Answered by another pod, or failed otherwise.
     pub other: usize,
+    /// Held to a pod that the event took away: not counted as broken.
+    pub gone: usize,
 }
 
 impl Outcome {
@@ -50,6 +59,7 @@ impl Outcome {
             "held": self.held,
             "resets": self.resets,
             "timeouts": self.timeouts,
+            "gone": self.gone,
         })
     }
 }
@@ -59,6 +69,8 @@ struct Held {
     policy: &'static str,
     addr: SocketAddr,
     connections: Vec<NamedClient>,
+    /// Connections dropped during the current event because their pod went.
+    gone: usize,
 }
 
 impl Held {
@@ -72,6 +84,14 @@ impl Held {
         })?;
         self.connections.extend(fresh);
         Ok(())
+    }
+
+    /// Forgets the connections to pods `pods` (which are gone).
+    fn forget(&mut self, pods: &[String]) {
+        let before = self.connections.len();
+        self.connections
+            .retain(|connection| !pods.contains(&connection.server));
+        self.gone += before - self.connections.len();
     }
 
     /// One exchange on every connection: each must still reach the pod it
@@ -105,6 +125,36 @@ impl Held {
     }
 }
 
+/// The pods whose `count` new connections to `addr` greeted from the
+/// client (one per connection, with repeats); the connections are closed.
+fn greetings(client: &str, addr: SocketAddr, count: usize) -> Result<Vec<String>> {
+    run_in(client, move || {
+        (0..count)
+            .map(|_| NamedClient::connect(addr).map(|c| c.server))
+            .collect::<Result<Vec<_>>>()
+    })
+}
+
+/// Writes both Services' EndpointSlices: every pod of the lab, those at
+/// `terminating` addresses as terminating and still serving.
+fn publish(dc: &Datacenter, namespace: &str, terminating: &BTreeSet<IpAddr>) -> Result<()> {
+    let nodes: Vec<usize> = (0..dc.nodes.len()).collect();
+    let mut endpoints = dc.endpoints_on(&nodes);
+    for endpoint in &mut endpoints {
+        endpoint.terminating = terminating.contains(&endpoint.address);
+    }
+    for (name, _, _, port) in SERVICES {
+        dc.apply(
+            &format!("endpoints-{namespace}-{name}.yaml"),
+            &manifests::endpoint_slice(namespace, name, false, port, &endpoints),
+        )?;
+    }
+    Ok(())
+}
+
+/// The node whose pods roll: n3, with three pods.
+const ROLLED: usize = 2;
+
 /// The two Services held: name, policy, `Cluster`?, pod port. One port per
 /// Service: two connections from one client port to two EIPs must not
 /// meet as one 4-tuple at a pod (no SNAT tells them apart).
@@ -126,19 +176,19 @@ pub fn run(
 ) -> Result<(Vec<Outcome>, Duration)> {
     let nodes: Vec<usize> = (0..dc.nodes.len()).collect();
     let pods: usize = dc.nodes.iter().map(|node| node.pods.len()).sum();
-    let mut servers = Vec::new();
+    // Each pod's servers, by pod name.
+    let mut servers: Vec<(String, NamedServer)> = Vec::new();
     for pod in dc.nodes.iter().flat_map(|node| &node.pods) {
         for (_, _, _, port) in SERVICES {
-            servers.push(NamedServer::start(&pod.ns, port, &pod.name)?);
+            servers.push((
+                pod.name.clone(),
+                NamedServer::start(&pod.ns, port, &pod.name)?,
+            ));
         }
     }
+    publish(dc, namespace, &BTreeSet::new())?;
     let mut held = Vec::new();
     for (name, policy, cluster, port) in SERVICES {
-        let endpoints = dc.endpoints_on(&nodes);
-        dc.apply(
-            &format!("endpoints-{namespace}-{name}.yaml"),
-            &manifests::endpoint_slice(namespace, name, false, port, &endpoints),
-        )?;
         let spec = ServiceSpec {
             namespace,
             name,
@@ -156,17 +206,17 @@ pub fn run(
         // reaches every pod.
         let client = dc.client.clone();
         wait_for(&format!("every pod behind {name}"), wait, || {
-            let greeted = run_in(&client, move || {
-                (0..40)
-                    .map(|_| NamedClient::connect(addr).map(|c| c.server))
-                    .collect::<Result<BTreeSet<_>>>()
-            });
-            Ok(greeted.ok().filter(|greeted| greeted.len() == pods))
+            let greeted = greetings(&client, addr, 40);
+            Ok(greeted
+                .ok()
+                .map(BTreeSet::from_iter)
+                .filter(|greeted: &BTreeSet<String>| greeted.len() == pods))
         })?;
         held.push(Held {
             policy,
             addr,
             connections: Vec::new(),
+            gone: 0,
         });
     }
     let eips: Vec<IpAddr> = held.iter().map(|service| service.addr.ip()).collect();
@@ -202,6 +252,26 @@ pub fn run(
                 dc.set_node_ready(2, true)?;
                 hops(dc, &[0, 1, 2])?;
             }
+            "pods_roll" => {
+                let old = start_roll(dc, namespace, &mut servers, &held, wait)?;
+                for service in &mut held {
+                    let before = service.connections.len();
+                    let (resets, timeouts, other) = service.exchange("pods_terminating");
+                    outcomes.push(Outcome {
+                        event: "pods_terminating",
+                        policy: service.policy,
+                        held: before,
+                        resets,
+                        timeouts,
+                        other,
+                        gone: 0,
+                    });
+                }
+                finish_roll(dc, namespace, &mut servers, &old, &held, wait)?;
+                for service in &mut held {
+                    service.forget(&old);
+                }
+            }
             "agent_restart" => {
                 for index in 0..dc.nodes.len() {
                     dc.stop_agent(index)?;
@@ -229,6 +299,7 @@ pub fn run(
                 resets,
                 timeouts,
                 other,
+                gone: std::mem::take(&mut service.gone),
             });
         }
     }
@@ -242,10 +313,107 @@ pub fn run(
     Ok((outcomes, slowest))
 }
 
-/// The events, in order: node 3 drained and back, every agent, the controller.
-const EVENTS: [&str; 4] = [
+/// The events, in order: node 3 drained and back, node 3's pods roll,
+/// every agent, the controller.
+const EVENTS: [&str; 5] = [
     "node_leaves",
     "node_joins",
+    "pods_roll",
     "agent_restart",
     "controller_restart",
 ];
+
+/// The first half of a roll on node [`ROLLED`]: as many new pods as it has
+/// start and are published ready, its old ones terminating (still
+/// serving). Returns once new connections reach every ready pod, and
+/// fails if any new connection reaches a terminating one. Returns the old
+/// pods' names.
+fn start_roll(
+    dc: &mut Datacenter,
+    namespace: &str,
+    servers: &mut Vec<(String, NamedServer)>,
+    held: &[Held],
+    wait: Duration,
+) -> Result<Vec<String>> {
+    let node = dc.nodes.get(ROLLED).context("no node to roll")?;
+    let old: Vec<String> = node.pods.iter().map(|pod| pod.name.clone()).collect();
+    let old_ips: BTreeSet<IpAddr> = node.pods.iter().map(|pod| pod.ip).collect();
+    let fresh = dc.add_pods(ROLLED, old.len())?;
+    for pod in dc.nodes[ROLLED]
+        .pods
+        .iter()
+        .filter(|pod| fresh.contains(&pod.name))
+    {
+        for (_, _, _, port) in SERVICES {
+            servers.push((
+                pod.name.clone(),
+                NamedServer::start(&pod.ns, port, &pod.name)?,
+            ));
+        }
+    }
+    publish(dc, namespace, &old_ips)?;
+    let ready: BTreeSet<String> = dc
+        .nodes
+        .iter()
+        .flat_map(|node| &node.pods)
+        .map(|pod| pod.name.clone())
+        .filter(|name| !old.contains(name))
+        .collect();
+    let client = dc.client.clone();
+    for addr in held.iter().map(|service| service.addr) {
+        wait_for(
+            &format!("new connections to {addr} on the ready pods"),
+            wait,
+            || {
+                let greeted = greetings(&client, addr, 40).ok();
+                Ok(greeted
+                    .map(BTreeSet::from_iter)
+                    .filter(|greeted: &BTreeSet<String>| *greeted == ready))
+            },
+        )?;
+        let strays: Vec<String> = greetings(&client, addr, 100)?
+            .into_iter()
+            .filter(|pod| old.contains(pod))
+            .collect();
+        if !strays.is_empty() {
+            bail!(
+                "{} of 100 new connections to {addr} reached terminating pods: {strays:?}",
+                strays.len()
+            );
+        }
+    }
+    Ok(old)
+}
+
+/// The second half of a roll: the old pods are gone (their servers stop,
+/// their addresses leave the EndpointSlices). Returns once no node's data
+/// plane holds them as backends any more.
+fn finish_roll(
+    dc: &mut Datacenter,
+    namespace: &str,
+    servers: &mut Vec<(String, NamedServer)>,
+    old: &[String],
+    held: &[Held],
+    wait: Duration,
+) -> Result<()> {
+    let old_ips: BTreeSet<IpAddr> = dc.nodes[ROLLED]
+        .pods
+        .iter()
+        .filter(|pod| old.contains(&pod.name))
+        .map(|pod| pod.ip)
+        .collect();
+    servers.retain(|(pod, _)| !old.contains(pod));
+    dc.remove_pods(ROLLED, old)?;
+    publish(dc, namespace, &BTreeSet::new())?;
+    for service in held {
+        wait_for(
+            &format!("the old pods out of every data plane's {}", service.addr),
+            wait,
+            || {
+                let installed = dc.installed_backends(service.addr)?;
+                Ok(installed.is_disjoint(&old_ips).then_some(()))
+            },
+        )?;
+    }
+    Ok(())
+}

@@ -40,7 +40,11 @@ pub fn labelled_node(
 pub struct Endpoint {
     pub address: IpAddr,
     pub node: String,
+    /// Passes its readiness probe (`serving`; also `ready` unless terminating).
     pub ready: bool,
+    /// Being deleted (KEP-1669): `ready` is then false, `serving` says
+    /// whether it still answers.
+    pub terminating: bool,
 }
 
 /// The EndpointSlice of Service `namespace/service` for one address family
@@ -69,8 +73,13 @@ pub fn endpoint_slice(
     for e in mine {
         let _ = writeln!(
             out,
-            "  - addresses: [\"{}\"]\n    nodeName: {}\n    conditions:\n      ready: {}",
-            e.address, e.node, e.ready
+            "  - addresses: [\"{}\"]\n    nodeName: {}\n    conditions:\n      ready: {}\n      \
+             serving: {}\n      terminating: {}",
+            e.address,
+            e.node,
+            e.ready && !e.terminating,
+            e.ready,
+            e.terminating
         );
     }
     out
@@ -155,11 +164,13 @@ mod tests {
                 address: "10.244.1.2".parse().unwrap(),
                 node: "n1".into(),
                 ready: true,
+                terminating: false,
             },
             Endpoint {
                 address: "fd00:244:1::2".parse().unwrap(),
                 node: "n1".into(),
                 ready: false,
+                terminating: false,
             },
         ];
         let v4: k8s_openapi::api::discovery::v1::EndpointSlice =

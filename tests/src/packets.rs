@@ -150,6 +150,102 @@ pub fn mark_forwarded(packet: &mut [u8], to: [u8; 6], from: [u8; 6]) {
     fix_ipv4_header_checksum(packet, 14);
 }
 
+/// `packet` (Ethernet and IP, untagged) inside an outer header of its
+/// family from `outer_src` to `outer_dst`, framed `from` → `to`: what a
+/// node sends to a backend's node. IPv4 in IPv4 (protocol 4, the inner
+/// TOS, don't fragment, TTL 64, ID 0) or IPv6 in IPv6 (next header 41, the
+/// inner traffic class, no flow label, hop limit 64).
+pub fn encapsulate(
+    packet: &[u8],
+    (to, from): ([u8; 6], [u8; 6]),
+    (outer_src, outer_dst): (IpAddr, IpAddr),
+) -> Vec<u8> {
+    let inner = &packet[14..];
+    let mut out = Vec::with_capacity(packet.len() + 40);
+    out.extend_from_slice(&to);
+    out.extend_from_slice(&from);
+    match (outer_src, outer_dst) {
+        (IpAddr::V4(src), IpAddr::V4(dst)) => {
+            let total = u16::try_from(inner.len() + 20).unwrap_or(u16::MAX);
+            out.extend_from_slice(&0x0800u16.to_be_bytes());
+            out.extend_from_slice(&[0x45, inner[1]]);
+            out.extend_from_slice(&total.to_be_bytes());
+            out.extend_from_slice(&[0, 0, 0x40, 0, 64, 4, 0, 0]);
+            out.extend_from_slice(&src.octets());
+            out.extend_from_slice(&dst.octets());
+            fix_ipv4_header_checksum(&mut out, 14);
+        }
+        (src, dst) => {
+            let (src, dst) = (v6_octets(src), v6_octets(dst));
+            let payload = u16::try_from(inner.len()).unwrap_or(u16::MAX);
+            out.extend_from_slice(&0x86ddu16.to_be_bytes());
+            out.extend_from_slice(&[inner[0], inner[1] & 0xf0, 0, 0]);
+            out.extend_from_slice(&payload.to_be_bytes());
+            out.extend_from_slice(&[41, 64]);
+            out.extend_from_slice(&src);
+            out.extend_from_slice(&dst);
+        }
+    }
+    out.extend_from_slice(inner);
+    out
+}
+
+fn v6_octets(ip: IpAddr) -> [u8; 16] {
+    match ip {
+        IpAddr::V6(ip) => ip.octets(),
+        IpAddr::V4(ip) => ip.to_ipv6_mapped().octets(),
+    }
+}
+
+/// The inner packet of an [`encapsulate`]d one, framed as the outer was,
+/// after checking an outer IPv4 header's checksum from scratch.
+pub fn decapsulated(packet: &[u8]) -> Result<Vec<u8>> {
+    let outer = match (packet.get(12..14), packet.get(23), packet.get(20)) {
+        (Some([0x08, 0x00]), Some(4), _) => {
+            if fold(sum(&packet[14..34])) != 0xffff {
+                bail!("bad outer IPv4 header checksum");
+            }
+            20
+        }
+        (Some([0x86, 0xdd]), _, Some(41)) => 40,
+        _ => bail!("not IP in IP"),
+    };
+    let mut out = packet[..14].to_vec();
+    out.extend_from_slice(packet.get(14 + outer..).context("truncated")?);
+    Ok(out)
+}
+
+/// A TCP SYN (or, with `syn_ack`, SYN-ACK) from `src` to `dst` whose only
+/// option is MSS `mss`; [`tcp_mss`] reads it back.
+pub fn tcp_with_mss(
+    (src, sport): (IpAddr, u16),
+    (dst, dport): (IpAddr, u16),
+    syn_ack: bool,
+    mss: u16,
+) -> Result<Vec<u8>> {
+    let tcp = eth_ip(PacketBuilder::ethernet2(CLIENT_MAC, NODE_MAC), src, dst)?
+        .tcp(sport, dport, 1000, 64_000)
+        .syn();
+    let tcp = if syn_ack { tcp.ack(1) } else { tcp };
+    let mut out = Vec::new();
+    tcp.options(&[etherparse::TcpOptionElement::MaximumSegmentSize(mss)])
+        .map_err(|err| anyhow::anyhow!("{err:?}"))?
+        .write(&mut out, &[])?;
+    Ok(out)
+}
+
+/// The MSS option of an untagged TCP packet, if it carries one.
+pub fn tcp_mss(packet: &[u8]) -> Option<u16> {
+    let sliced = SlicedPacket::from_ethernet(packet).ok()?;
+    let Some(TransportSlice::Tcp(tcp)) = sliced.transport else {
+        return None;
+    };
+    tcp.options_iterator().find_map(|option| match option {
+        Ok(etherparse::TcpOptionElement::MaximumSegmentSize(mss)) => Some(mss),
+        _ => None,
+    })
+}
+
 pub fn fix_ipv4_header_checksum(packet: &mut [u8], l3: usize) {
     let ihl = usize::from(packet[l3] & 0x0f) * 4;
     packet[l3 + 10] = 0;

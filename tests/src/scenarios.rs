@@ -299,6 +299,7 @@ impl PodLab {
                         addr: pod_ips.get(pod).context("pod index")?.parse()?,
                         port: Self::TARGET_PORT,
                         node: None,
+                        draining: false,
                     })
                 })
                 .collect::<Result<_>>()?,
@@ -382,10 +383,11 @@ pub const PEER_NODE_MAC: [u8; 6] = [2, 0, 0, 0, 0, 0x12];
 
 /// Makes the calling thread a node for `Cluster` forwarding, and returns
 /// the ifindex of its uplink `up0`: in a new namespace of `lab`, node
-/// 172.30.0.11/24 on `up0` ([`NODE_MAC`]) with peer node 172.30.0.12
-/// ([`PEER_NODE_MAC`]) resolved on the same segment, node 172.30.0.13 not
-/// resolved, 172.30.9.0/24 behind router 172.30.0.1, and IP forwarding on
-/// (as on every Kubernetes node; the FIB refuses to route otherwise). XDP
+/// 172.30.0.11/24 and fd00:30::11/64 on `up0` ([`NODE_MAC`]) with peer node
+/// 172.30.0.12 / fd00:30::12 ([`PEER_NODE_MAC`]) resolved on the same
+/// segment, node 172.30.0.13 not resolved, 172.30.9.0/24 and fd00:30:9::/64
+/// behind router 172.30.0.1 / fd00:30::1, and IP forwarding on (as on
+/// every Kubernetes node; the FIB refuses to route otherwise). XDP
 /// run from this thread then does its FIB lookups there.
 pub fn enter_cluster_node(lab: &mut Lab) -> Result<u32> {
     let node = lab.netns("node")?;
@@ -396,9 +398,15 @@ pub fn enter_cluster_node(lab: &mut Lab) -> Result<u32> {
         &["link", "set", "up0", "address", "02:00:00:00:00:11"],
     )?;
     lab.addr(&node, "up0", "172.30.0.11/24")?;
+    lab.ip(
+        &node,
+        &["addr", "add", "fd00:30::11/64", "dev", "up0", "nodad"],
+    )?;
     for (neighbour, mac) in [
         ("172.30.0.12", "02:00:00:00:00:12"),
         ("172.30.0.1", "02:00:00:00:00:01"),
+        ("fd00:30::12", "02:00:00:00:00:12"),
+        ("fd00:30::1", "02:00:00:00:00:01"),
     ] {
         lab.ip(
             &node,
@@ -419,7 +427,12 @@ pub fn enter_cluster_node(lab: &mut Lab) -> Result<u32> {
         &node,
         &["route", "add", "172.30.9.0/24", "via", "172.30.0.1"],
     )?;
+    lab.ip(
+        &node,
+        &["-6", "route", "add", "fd00:30:9::/64", "via", "fd00:30::1"],
+    )?;
     lab.exec(&node, &["sysctl", "-w", "net.ipv4.ip_forward=1"])?;
+    lab.exec(&node, &["sysctl", "-w", "net.ipv6.conf.all.forwarding=1"])?;
     crate::netns::enter(&node)?;
     let name = std::ffi::CString::new("up0")?;
     // SAFETY: a NUL-terminated name; no other effect.

@@ -8,6 +8,10 @@
 //! for an IPv6 Service carried by the same IPv4 sessions); when a node's
 //! endpoints go, its leaf's route goes; an agent restart keeps its routes
 //! (graceful restart) and its traffic.
+//!
+//! A `Cluster` Service in the same fabric: a node forwards a flow whose pod
+//! runs in the other rack in IPIP (the racks are different subnets), and
+//! full-size transfers complete both ways on such flows.
 use std::{
     collections::BTreeMap,
     net::{IpAddr, SocketAddr},
@@ -19,6 +23,7 @@ use porter_tests::{
     datacenter::{Datacenter, per_node},
     lab::wait_for,
     manifests::{self, ServiceSpec},
+    netns::{NamedClient, NamedServer, run_in},
 };
 
 const WAIT: Duration = Duration::from_secs(60);
@@ -249,5 +254,102 @@ fn node_mode_agents_peer_with_their_own_leaf_across_two_subnets() -> Result<()> 
             .collect();
         Ok(nodes.is_empty().then_some(()))
     })?;
+    Ok(())
+}
+
+/// The port the `Cluster` Service's pods serve a [`NamedServer`] on.
+const ECHO_PORT: u16 = 7100;
+/// What each cross-rack connection sends and gets echoed back.
+const TRANSFER_BYTES: usize = 1 << 20;
+
+#[test]
+#[cfg_attr(not(privileged), ignore = "needs root: network namespaces and BPF")]
+fn cluster_flows_cross_racks_in_ipip_and_full_size_transfers_complete() -> Result<()> {
+    // Rack 1: n1 with 1 pod; rack 2: n2 with 3 pods.
+    let mut dc = Datacenter::fabric("ipip", &[1, 3])?;
+    dc.apply("bgp.yaml", &bgp_manifests(&dc))?;
+    dc.apply("pool.yaml", &manifests::eip("pool", "192.168.2.0/28"))?;
+    let _servers = dc
+        .nodes
+        .iter()
+        .flat_map(|node| &node.pods)
+        .map(|pod| NamedServer::start(&pod.ns, ECHO_PORT, &pod.name))
+        .collect::<Result<Vec<_>>>()?;
+    dc.apply(
+        "endpoints-default-echo.yaml",
+        &manifests::endpoint_slice(NS, "echo", false, ECHO_PORT, &dc.endpoints_on(&[0, 1])),
+    )?;
+    let echo = ServiceSpec {
+        namespace: NS,
+        name: "echo",
+        port: ECHO_PORT,
+        target_port: ECHO_PORT,
+        annotations: &[],
+        ipv6: false,
+        cluster: true,
+    };
+    dc.apply("svc-echo.yaml", &manifests::service(&echo))?;
+    dc.start_controller()?;
+    for index in 0..dc.nodes.len() {
+        dc.start_agent(index)?;
+    }
+    let eip = dc.wait_service_ip(NS, "echo", WAIT)?;
+    let leaf_uplinks: Vec<IpAddr> = ["172.29.1.2", "172.29.2.2"]
+        .iter()
+        .map(|a| a.parse())
+        .collect::<Result<_, _>>()?;
+    wait_routes(&dc, &dc.router, eip, &leaf_uplinks)?;
+
+    // New connections until each rack's node has forwarded one to the
+    // other rack: its forwarded counter moves while the connection opens.
+    let addr = SocketAddr::new(eip, ECHO_PORT);
+    let client = dc.client.clone();
+    let mut crossed: BTreeMap<String, NamedClient> = BTreeMap::new();
+    let mut opened = 0;
+    wait_for("a flow forwarded across racks by each node", WAIT, || {
+        let before = dc.forwarded_out(addr)?;
+        let connection = run_in(&client, move || NamedClient::connect(addr))?;
+        opened += 1;
+        let after = dc.forwarded_out(addr)?;
+        let forwarder = after
+            .into_iter()
+            .find(|(node, count)| before.get(node).is_some_and(|was| was < count));
+        if let Some((node, _)) = forwarder {
+            crossed.entry(node).or_insert(connection);
+        }
+        Ok((crossed.len() == dc.nodes.len()).then_some(()))
+    })
+    .with_context(|| dc.describe())?;
+    println!("{opened} connections opened to find one crossing from each rack");
+
+    // 1 MiB each way on each: the client's segments go through the tunnel
+    // (their size set by the pod's clamped SYN-ACK), the pod's go straight
+    // back to the client.
+    let payload: String = (0..TRANSFER_BYTES)
+        .map(|i| char::from(b'a' + (i % 26) as u8))
+        .collect();
+    for (forwarder, connection) in &mut crossed {
+        let started = std::time::Instant::now();
+        let echoed = connection
+            .echo(&payload)
+            .with_context(|| format!("1 MiB through {forwarder} to {}", connection.server))?;
+        ensure!(
+            echoed == format!("{}:{payload}", connection.server),
+            "the echo through {forwarder} to {} came back altered ({} bytes)",
+            connection.server,
+            echoed.len()
+        );
+        println!(
+            "1 MiB each way, forwarded by {forwarder} to {}: {:?}",
+            connection.server,
+            started.elapsed()
+        );
+    }
+    let drops: BTreeMap<String, u64> = dc
+        .dataplane_drops()?
+        .into_iter()
+        .filter(|(stat, count)| stat.contains("forward") && *count > 0)
+        .collect();
+    ensure!(drops.is_empty(), "forwarding drops: {drops:?}");
     Ok(())
 }

@@ -45,6 +45,7 @@ fn spec(vip: &str, port: u16, proto: Protocol, pods: &[&str], target: u16) -> Se
                 addr: ip(pod),
                 port: target,
                 node: None,
+                draining: false,
             })
             .collect(),
     }
@@ -314,6 +315,88 @@ fn conntrack_keeps_flows_and_maglev_swaps_move_only_removed_backends_flows() -> 
         pins.iter()
             .any(|s| s.addr == service && s.backends.len() == 1)
     );
+    Ok(())
+}
+
+/// A terminating pod (KEP-1669) keeps the flows it has, takes no new one
+/// while another pod is ready, and takes new ones again once every pod of
+/// the service is terminating.
+#[test]
+#[cfg_attr(not(privileged), ignore = "needs root: network namespaces and BPF")]
+fn a_draining_pod_keeps_its_flows_and_takes_new_ones_only_when_alone() -> Result<()> {
+    let mut bench = Bench::new("dpdrain")?;
+    let packet = |sport: u16, syn: bool| {
+        packets::build(
+            ip(CLIENT4),
+            ip(VIP4),
+            L4::Tcp {
+                sport,
+                dport: 80,
+                syn,
+            },
+            Vlan::None,
+        )
+    };
+    let pod_of = |bench: &mut Bench, sport: u16, syn: bool, case: &str| -> Result<IpAddr> {
+        let packet = packet(sport, syn)?;
+        let (action, out) = bench.run(&packet)?;
+        assert_eq!(action, XDP_PASS, "{case}");
+        Ok(assert_dnat(&packet, &out, &PODS4, 8080, case))
+    };
+    let mut held = Vec::new();
+    for sport in 21000..21100u16 {
+        held.push((sport, pod_of(&mut bench, sport, true, "new flow")?));
+    }
+    let draining = |which: &[bool]| {
+        let mut spec = spec(VIP4, 80, Protocol::Tcp, &PODS4, 8080);
+        for (backend, &draining) in spec.backends.iter_mut().zip(which) {
+            backend.draining = draining;
+        }
+        spec
+    };
+    // The first pod terminates.
+    bench.dataplane.upsert_service(&draining(&[true, false]))?;
+    let on_draining = held.iter().filter(|(_, pod)| *pod == ip(PODS4[0])).count();
+    assert!(
+        on_draining > 20,
+        "{on_draining} of 100 flows on the first pod"
+    );
+    for &(sport, pod) in &held {
+        assert_eq!(
+            pod_of(&mut bench, sport, false, "established")?,
+            pod,
+            "an established flow kept its pod"
+        );
+    }
+    for sport in 22000..22100u16 {
+        assert_eq!(
+            pod_of(&mut bench, sport, true, "new flow while draining")?,
+            ip(PODS4[1]),
+            "a new flow went to the ready pod"
+        );
+    }
+    // A new connection that reuses the client port of a closed one to the
+    // draining pod (its conntrack entry lingers) is a new flow too.
+    let (reused, _) = *held
+        .iter()
+        .find(|(_, pod)| *pod == ip(PODS4[0]))
+        .context("a flow on the draining pod")?;
+    assert_eq!(
+        pod_of(&mut bench, reused, true, "SYN on a reused port")?,
+        ip(PODS4[1]),
+        "a SYN on a reused port went to the ready pod"
+    );
+    held.retain(|(sport, _)| *sport != reused);
+    // The survivor terminates too: new flows go to both again.
+    bench.dataplane.upsert_service(&draining(&[true, true]))?;
+    let mut new_pods = std::collections::BTreeSet::new();
+    for sport in 23000..23100u16 {
+        new_pods.insert(pod_of(&mut bench, sport, true, "new flow, all draining")?);
+    }
+    assert_eq!(new_pods.len(), 2, "both draining pods take new flows");
+    for &(sport, pod) in &held {
+        assert_eq!(pod_of(&mut bench, sport, false, "established")?, pod);
+    }
     Ok(())
 }
 
@@ -726,6 +809,39 @@ fn random_and_malformed_packets_are_never_modified() -> Result<()> {
         checked += 1;
     }
     assert!(checked >= 90_000, "checked {checked} packets");
+    // Encapsulated service packets cut short anywhere, or padded: never
+    // taken apart, passed untouched.
+    for (inner, outer) in [
+        (
+            packets::build(ip(CLIENT4), ip(VIP4), tcp(40000, 80), Vlan::None)?,
+            ("172.30.0.12", "172.30.0.11"),
+        ),
+        (
+            packets::build(ip(CLIENT6), ip(VIP6), tcp(40000, 80), Vlan::None)?,
+            ("fd00:30::12", "fd00:30::11"),
+        ),
+    ] {
+        let whole = packets::encapsulate(
+            &inner,
+            (packets::NODE_MAC, packets::CLIENT_MAC),
+            (ip(outer.0), ip(outer.1)),
+        );
+        let mut padded = whole.clone();
+        padded.extend_from_slice(&[0; 4]);
+        for packet in (14..whole.len())
+            .map(|len| whole[..len].to_vec())
+            .chain([padded])
+        {
+            let (action, out) = bench.run(&packet)?;
+            assert_eq!(
+                (action, &out),
+                (XDP_PASS, &packet),
+                "{} of {} bytes",
+                packet.len(),
+                whole.len()
+            );
+        }
+    }
     Ok(())
 }
 
@@ -884,8 +1000,16 @@ impl ClusterNode {
     }
 
     fn counters(&self, port: u16) -> Result<porter_common::ServiceCounters> {
+        self.counters_of(CLUSTER_VIP, port)
+    }
+
+    fn counters6(&self, port: u16) -> Result<porter_common::ServiceCounters> {
+        self.counters_of(CLUSTER_VIP6, port)
+    }
+
+    fn counters_of(&self, vip: &str, port: u16) -> Result<porter_common::ServiceCounters> {
         let addr = ServiceAddr {
-            vip: ip(CLUSTER_VIP),
+            vip: ip(vip),
             port,
             proto: Protocol::Tcp,
         };
@@ -911,6 +1035,7 @@ fn cluster_spec(port: u16, pods: &[(&str, Option<&str>)]) -> ServiceSpec {
                 addr: ip(pod),
                 port: 8080,
                 node: node.map(ip),
+                draining: false,
             })
             .collect(),
     }
@@ -945,7 +1070,7 @@ fn cluster_packets_are_forwarded_to_the_backends_node_with_only_the_macs_and_mar
     node.bench.dataplane.reconcile(&[
         cluster_spec(80, &[(REMOTE_POD, Some("172.30.0.12"))]),
         cluster_spec(81, &[(REMOTE_POD, Some("172.30.0.13"))]),
-        cluster_spec(82, &[(REMOTE_POD, Some("172.30.9.5"))]),
+        cluster_spec(83, &[(REMOTE_POD, Some("10.99.0.5"))]),
     ])?;
     // The SYN and the next packet (conntrack) go out of the interface they
     // came in on, byte for byte as sent but for the MACs and the mark.
@@ -977,10 +1102,11 @@ fn cluster_packets_are_forwarded_to_the_backends_node_with_only_the_macs_and_mar
         ),
         (2, 1, 2, 0)
     );
-    // A node whose MAC is not resolved, and one behind a router: dropped, counted.
+    // A node whose MAC is not resolved, and one without a route: dropped,
+    // counted.
     for (port, stat) in [
         (81, Stat::DropForwardNoNeighbour),
-        (82, Stat::DropForwardNoRoute),
+        (83, Stat::DropForwardNoRoute),
     ] {
         let packet = cluster_tcp(41001, port, true)?;
         let before = node.bench.stat(stat)?;
@@ -1094,5 +1220,221 @@ fn forwarded_packets_are_served_locally_and_never_forwarded_again() -> Result<()
         }
     }
     assert!(local > 0, "some of 20 flows hash to the local pod");
+    Ok(())
+}
+
+/// Router 172.30.0.1 of [`scenarios::enter_cluster_node`], resolved.
+const ROUTER_MAC: [u8; 6] = [2, 0, 0, 0, 0, 0x01];
+const NODE_V4: &str = "172.30.0.11";
+const FAR_NODE_V4: &str = "172.30.9.5";
+
+/// Across subnets: a packet for a pod on a node behind a router leaves in
+/// an IPIP header from this node to that node; the receiving node takes it
+/// off and serves it as any forwarded packet (never forwarding it again),
+/// and its pod's SYN-ACK is clamped so that the client's full-size
+/// segments still fit the link once encapsulated.
+#[test]
+#[cfg_attr(not(privileged), ignore = "needs root: network namespaces and BPF")]
+fn cluster_packets_cross_subnets_in_ipip_and_syn_acks_are_clamped() -> Result<()> {
+    let mut node = ClusterNode::new("dpipip")?;
+    node.bench.dataplane.reconcile(&[
+        cluster_spec(80, &[(LOCAL_POD, None)]),
+        cluster_spec(81, &[(REMOTE_POD, Some("172.30.0.12"))]),
+        cluster_spec(82, &[(REMOTE_POD, Some("172.30.9.5"))]),
+    ])?;
+    // Forward: the packet as sent, behind an outer header, to the router.
+    for (case, syn) in [("new flow", true), ("established", false)] {
+        let packet = cluster_tcp(45000, 82, syn)?;
+        let before = node.bench.stat(Stat::ForwardedRemote)?;
+        let (action, out) = node.run(&packet)?;
+        assert_eq!(action, XDP_TX, "{case}: sent back out of up0");
+        let want = packets::encapsulate(
+            &packet,
+            (ROUTER_MAC, scenarios::NODE_MAC),
+            (ip(NODE_V4), ip(FAR_NODE_V4)),
+        );
+        assert_eq!(out, want, "{case}: exact bytes");
+        let inner = packets::decapsulated(&out)?;
+        assert_eq!(inner[14..], packet[14..], "{case}: inner packet untouched");
+        checked_summary(&inner)?;
+        assert_eq!(
+            node.bench.stat(Stat::ForwardedRemote)?,
+            before + 1,
+            "{case}"
+        );
+    }
+    assert_eq!(node.counters(82)?.forwarded_out, 2);
+
+    // Receive: decapsulated, then DNATed to the local pod exactly as the
+    // marked packet of the same flow from a node on the segment is.
+    let tunnel = |packet: &[u8]| {
+        packets::encapsulate(
+            packet,
+            (scenarios::PEER_NODE_MAC, scenarios::NODE_MAC),
+            (ip(FAR_NODE_V4), ip(NODE_V4)),
+        )
+    };
+    for sport in 46000..46010u16 {
+        let plain = cluster_tcp(sport, 80, true)?;
+        let (action, out) = node.run(&tunnel(&plain))?;
+        assert_eq!(
+            action, XDP_PASS,
+            "to the kernel, which routes it to the pod"
+        );
+        assert_dnat(&plain, &out, &[LOCAL_POD], 8080, "decapsulated");
+        assert_eq!(out[IP_FLAGS] & 0x80, 0, "mark cleared");
+        let (_, marked_out) = node.run(&forwarded(&plain))?;
+        assert_eq!(out, marked_out, "as the marked packet of the flow");
+    }
+    assert_eq!(node.counters(80)?.forwarded_in, 20);
+
+    // Loop refusal: an encapsulated packet whose only backend is remote.
+    let before = node.bench.stat(Stat::DropForwardLoop)?;
+    let (action, _) = node.run(&tunnel(&cluster_tcp(46100, 81, true)?))?;
+    assert_eq!(action, XDP_DROP, "never forwarded again");
+    assert_eq!(node.bench.stat(Stat::DropForwardLoop)?, before + 1);
+    assert_eq!(node.counters(81)?.forwarded_out, 0);
+
+    // IPIP that is not for a VIP is not ours: untouched.
+    let other = tunnel(&packets::build(
+        ip(CLIENT4),
+        ip("198.51.100.99"),
+        tcp(46200, 80),
+        Vlan::None,
+    )?);
+    assert_eq!(node.run(&other)?, (XDP_PASS, other.clone()));
+
+    // MSS: the SYN-ACK of a flow whose SYN came encapsulated is clamped to
+    // up0's MTU (1500) less 60; one whose SYN came marked on the segment is not.
+    let client = (ip(CLIENT4), 47000);
+    let vip = (ip(CLUSTER_VIP), 80);
+    let pod = (ip(LOCAL_POD), 8080);
+    for (case, encapsulated, want) in [
+        ("encapsulated", true, 1440),
+        ("on the segment", false, 1460),
+    ] {
+        let client = (client.0, client.1 + u16::from(encapsulated));
+        let syn = packets::tcp_with_mss(client, vip, false, 1460)?;
+        let arriving = if encapsulated {
+            tunnel(&syn)
+        } else {
+            forwarded(&syn)
+        };
+        let (action, out) = node.run(&arriving)?;
+        assert_eq!(action, XDP_PASS, "{case}");
+        assert_eq!(
+            packets::tcp_mss(&out),
+            Some(1460),
+            "{case}: the SYN is left alone"
+        );
+        let syn_ack = packets::tcp_with_mss(pod, client, true, 1460)?;
+        // Twice: a retransmitted SYN-ACK is clamped too.
+        for _ in 0..2 {
+            let replied = node.bench.run_tc(&syn_ack)?;
+            let summary = checked_summary(&replied)?;
+            assert_eq!(
+                (summary.src, summary.sport),
+                (ip(CLUSTER_VIP), 80),
+                "{case}"
+            );
+            assert_eq!(
+                packets::tcp_mss(&replied),
+                Some(want),
+                "{case}: SYN-ACK MSS"
+            );
+        }
+    }
+    Ok(())
+}
+
+const CLUSTER_VIP6: &str = "2001:db8::20";
+const LOCAL_POD6: &str = "fd00:244:1::2";
+const REMOTE_POD6: &str = "fd00:244:2::2";
+
+/// A TCP service on [`CLUSTER_VIP6`]:`port` → `:8080`, as [`cluster_spec`].
+fn cluster_spec6(port: u16, pods: &[(&str, Option<&str>)]) -> ServiceSpec {
+    let mut spec = cluster_spec(port, pods);
+    spec.addr.vip = ip(CLUSTER_VIP6);
+    spec
+}
+
+/// IPv6 has no spare header bit for the mark, so every forwarded IPv6
+/// packet travels in IPv6: to a node on the segment and behind a router
+/// alike; the receiving node serves it as a forwarded packet (never
+/// forwarding it again), and clamps the SYN-ACK by the 40-byte header.
+#[test]
+#[cfg_attr(not(privileged), ignore = "needs root: network namespaces and BPF")]
+fn ipv6_cluster_packets_travel_in_ipv6_and_are_served_as_forwarded() -> Result<()> {
+    let mut node = ClusterNode::new("dpip6")?;
+    node.bench.dataplane.reconcile(&[
+        cluster_spec6(80, &[(REMOTE_POD6, Some("fd00:30::12"))]),
+        cluster_spec6(81, &[(REMOTE_POD6, Some("fd00:30:9::5"))]),
+        cluster_spec6(82, &[(LOCAL_POD6, None)]),
+        cluster_spec6(83, &[(REMOTE_POD6, Some("fd00:30::12"))]),
+    ])?;
+    let tcp6 = |sport: u16, port: u16, syn: bool| {
+        packets::build(
+            ip(CLIENT6),
+            ip(CLUSTER_VIP6),
+            L4::Tcp {
+                sport,
+                dport: port,
+                syn,
+            },
+            Vlan::None,
+        )
+    };
+    // Forward: on the segment to the peer's MAC, behind the router to its.
+    for (port, node_ip, mac) in [
+        (80, "fd00:30::12", scenarios::PEER_NODE_MAC),
+        (81, "fd00:30:9::5", ROUTER_MAC),
+    ] {
+        for syn in [true, false] {
+            let packet = tcp6(48000, port, syn)?;
+            let (action, out) = node.run(&packet)?;
+            assert_eq!(action, XDP_TX, "port {port}");
+            let want = packets::encapsulate(
+                &packet,
+                (mac, scenarios::NODE_MAC),
+                (ip("fd00:30::11"), ip(node_ip)),
+            );
+            assert_eq!(out, want, "port {port}, syn {syn}: exact bytes");
+            checked_summary(&packets::decapsulated(&out)?)?;
+        }
+        assert_eq!(node.counters6(port)?.forwarded_out, 2);
+    }
+
+    // Receive: the same bytes as the plain packet of the flow gives.
+    let tunnel = |packet: &[u8]| {
+        packets::encapsulate(
+            packet,
+            (packets::NODE_MAC, packets::CLIENT_MAC),
+            (ip("fd00:30::12"), ip("fd00:30::11")),
+        )
+    };
+    for sport in 48100..48110u16 {
+        let plain = tcp6(sport, 82, true)?;
+        let (action, out) = node.run(&tunnel(&plain))?;
+        assert_eq!(action, XDP_PASS);
+        assert_dnat(&plain, &out, &[LOCAL_POD6], 8080, "decapsulated");
+        let (_, plain_out) = node.run(&plain)?;
+        assert_eq!(out, plain_out, "as the plain packet of the flow");
+    }
+    assert_eq!(node.counters6(82)?.forwarded_in, 10);
+
+    // Loop refusal: its only pod is remote.
+    let before = node.bench.stat(Stat::DropForwardLoop)?;
+    let (action, _) = node.run(&tunnel(&tcp6(48200, 83, true)?))?;
+    assert_eq!(action, XDP_DROP, "never forwarded again");
+    assert_eq!(node.bench.stat(Stat::DropForwardLoop)?, before + 1);
+
+    // MSS: 1500 less 100 (IPv6, TCP and the outer IPv6 header).
+    let client = (ip(CLIENT6), 48300);
+    let syn = packets::tcp_with_mss(client, (ip(CLUSTER_VIP6), 82), false, 1440)?;
+    assert_eq!(node.run(&tunnel(&syn))?.0, XDP_PASS);
+    let syn_ack = packets::tcp_with_mss((ip(LOCAL_POD6), 8080), client, true, 1440)?;
+    let replied = node.bench.run_tc(&syn_ack)?;
+    checked_summary(&replied)?;
+    assert_eq!(packets::tcp_mss(&replied), Some(1400));
     Ok(())
 }

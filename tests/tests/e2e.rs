@@ -53,6 +53,10 @@ const CASES: &[(&str, Case<Ctx>)] = &[
     ("ipv6_eip_end_to_end", ipv6_end_to_end),
     ("exhausted_pool_reports_and_others_work", exhausted_pool),
     ("cluster_policy_spreads_over_every_pod", cluster_spread),
+    (
+        "cluster_policy_spreads_over_every_pod_ipv6",
+        cluster_spread_v6,
+    ),
     ("cluster_flows_survive_ecmp_changes", disruption),
     (
         "metrics_lint_clean_and_monitoring_reads_only_real_metrics",
@@ -446,22 +450,36 @@ fn exhausted_pool(ctx: &mut Ctx) -> Result<Duration> {
 ///     that pod's node, so each pod gets about a sixth, where `Local`
 ///     splits per node. Every pod sees the client's own address.
 fn cluster_spread(ctx: &mut Ctx) -> Result<Duration> {
+    spread_over_every_pod(ctx, false)
+}
+
+/// 10b. The same over IPv6, where every forwarded packet travels in IPv6.
+fn cluster_spread_v6(ctx: &mut Ctx) -> Result<Duration> {
+    spread_over_every_pod(ctx, true)
+}
+
+fn spread_over_every_pod(ctx: &mut Ctx, ipv6: bool) -> Result<Duration> {
     const REQUESTS: usize = 600;
     let dc = &ctx.dc;
     let nodes = all_nodes(dc);
     let started = Instant::now();
+    let (name, port, pool, client) = if ipv6 {
+        ("spread6", 8091, POOL_V6, "fd00:31::2")
+    } else {
+        ("spread", 8090, POOL_V4, porter_tests::datacenter::CLIENT_V4)
+    };
     let spec = ServiceSpec {
         namespace: NS,
-        name: "spread",
-        port: 8090,
+        name,
+        port,
         target_port: porter_tests::datacenter::POD_PORT,
-        annotations: &[(POOL_ANNOTATION, POOL_V4)],
-        ipv6: false,
+        annotations: &[(POOL_ANNOTATION, pool)],
+        ipv6,
         cluster: true,
     };
     dc.add_service(&spec, &nodes)?;
-    let ip = dc.wait_service_ip(NS, "spread", WAIT)?;
-    let addr = SocketAddr::new(ip, 8090);
+    let ip = dc.wait_service_ip(NS, name, WAIT)?;
+    let addr = SocketAddr::new(ip, port);
     let convergence = first_answer(dc, addr, started)?;
     dc.wait_next_hops(ip, &dc.hops_of(ip, &nodes), WAIT)?;
     let pods: Vec<String> = dc
@@ -488,7 +506,7 @@ fn cluster_spread(ctx: &mut Ctx) -> Result<Duration> {
         );
     }
     // The pods saw the client itself, not a node: no SNAT on the way.
-    let client: IpAddr = porter_tests::datacenter::CLIENT_V4.parse()?;
+    let client: IpAddr = client.parse()?;
     let clients_after = dc.pod_clients()?;
     let mut seen = 0;
     for (pod, clients) in &clients_after {
@@ -505,7 +523,7 @@ fn cluster_spread(ctx: &mut Ctx) -> Result<Duration> {
         seen >= REQUESTS,
         "the pods logged {seen} requests, fewer than {REQUESTS}"
     );
-    remove_service(dc, "spread")?;
+    remove_service(dc, name)?;
     Ok(convergence)
 }
 

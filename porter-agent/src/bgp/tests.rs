@@ -321,6 +321,7 @@ fn spec(vip: &str, port: u16, pods: &[&str]) -> ServiceSpec {
                 addr: pod.parse().expect("pod"),
                 port: 80,
                 node: None,
+                draining: false,
             })
             .collect(),
     }

@@ -101,19 +101,27 @@ fn desired_services_from_cluster_state() {
     let remote = ep("10.244.9.9", "n2", "{ready: true}");
     let not_ready = ep("10.244.1.4", NODE, "{ready: false}");
     let terminating = ep("10.244.1.5", NODE, "{ready: true, terminating: true}");
+    let stopped = ep(
+        "10.244.1.6",
+        NODE,
+        "{ready: false, serving: false, terminating: true}",
+    );
     let cases: Vec<(&str, Vec<String>, Vec<&str>)> = vec![
         (
-            "named targetPort resolves through the slice; only local ready endpoints",
+            "named targetPort resolves through the slice; local ready endpoints, and the \
+             serving terminating one draining",
             vec![
                 service("web", WEB, &["192.0.2.10"]),
                 slice(
                     "web",
                     "IPv4",
                     HTTP_8080,
-                    &format!("[{local_a}, {local_b}, {remote}, {not_ready}, {terminating}]"),
+                    &format!(
+                        "[{local_a}, {local_b}, {remote}, {not_ready}, {terminating}, {stopped}]"
+                    ),
                 ),
             ],
-            vec!["192.0.2.10:80/tcp -> 10.244.1.2:8080,10.244.1.3:8080"],
+            vec!["192.0.2.10:80/tcp -> 10.244.1.2:8080,10.244.1.3:8080,10.244.1.5:8080 (draining)"],
         ),
         (
             "no EIP allocated yet: nothing to serve",
@@ -132,7 +140,21 @@ fn desired_services_from_cluster_state() {
             vec![],
         ),
         (
-            "no local endpoint: left out",
+            "no local endpoint that serves: left out",
+            vec![
+                service("web", WEB, &["192.0.2.10"]),
+                slice(
+                    "web",
+                    "IPv4",
+                    HTTP_8080,
+                    &format!("[{remote}, {not_ready}, {stopped}]"),
+                ),
+            ],
+            vec![],
+        ),
+        (
+            // Its flows go on; the table falls back to it for new ones.
+            "no local ready endpoint: the terminating one keeps the service",
             vec![
                 service("web", WEB, &["192.0.2.10"]),
                 slice(
@@ -142,7 +164,7 @@ fn desired_services_from_cluster_state() {
                     &format!("[{remote}, {terminating}]"),
                 ),
             ],
-            vec![],
+            vec!["192.0.2.10:80/tcp -> 10.244.1.5:8080 (draining)"],
         ),
         (
             "numeric targetPort without slice ports; UDP; unset targetPort is the port",
@@ -372,7 +394,7 @@ fn cluster_docs(policy: &str) -> Vec<String> {
 fn cluster_policy_serves_every_ready_endpoint_remote_ones_by_their_node() {
     let want = vec![
         "192.0.2.10:80/tcp -> 10.244.1.2:8080,10.244.2.2:8080@172.30.0.12,\
-         10.244.2.3:8080@172.30.0.12",
+         10.244.2.3:8080@172.30.0.12,10.244.3.2:8080@172.30.0.13 (draining)",
     ];
     // Unset is Cluster, the Kubernetes default.
     for policy in ["Cluster", ""] {
@@ -389,7 +411,7 @@ fn cluster_policy_serves_every_ready_endpoint_remote_ones_by_their_node() {
         rendered(&got),
         [
             "192.0.2.10:80/tcp -> 10.244.1.2:8080@172.30.0.11,10.244.2.2:8080@172.30.0.12,\
-          10.244.2.3:8080@172.30.0.12"
+          10.244.2.3:8080@172.30.0.12,10.244.3.2:8080 (draining)"
         ]
     );
 }
@@ -480,7 +502,7 @@ fn cluster_endpoints_that_cannot_be_forwarded_to_are_reported() {
             got.problems
         );
     }
-    // IPv6 Cluster Services are served like Local for now, and say so.
+    // IPv6 Cluster Services are forwarded too, to the node's IPv6 address.
     let v6 = vec![
         node(NODE, &["fd00:30::11"]),
         node("n2", &["fd00:30::12"]),
@@ -499,41 +521,9 @@ fn cluster_endpoints_that_cannot_be_forwarded_to_are_reported() {
     let got = desired(&snapshot(&v6), NODE);
     assert_eq!(
         rendered(&got),
-        ["[2001:db8::10]:80/tcp -> [fd00:244:1::2]:8080"]
-    );
-    assert!(
-        got.problems.iter().any(|p| p.message.contains("IPv6")),
-        "{:?}",
-        got.problems
-    );
-}
-
-#[test]
-fn cluster_backends_on_another_segment_are_left_out_with_a_problem() {
-    let docs = cluster_docs("Cluster");
-    let mut cache = Cache::new(NODE);
-    // n2 on this node's segment: served as without a limit.
-    cache.set_on_link(Some(vec!["172.30.0.0/28".parse().expect("net")]));
-    let got = cache.desired(&snapshot(&docs));
-    assert_eq!(
-        rendered(&got),
-        [
-            "192.0.2.10:80/tcp -> 10.244.1.2:8080,10.244.2.2:8080@172.30.0.12,\
-          10.244.2.3:8080@172.30.0.12"
-        ]
+        ["[2001:db8::10]:80/tcp -> [fd00:244:1::2]:8080,[fd00:244:2::2]:8080@fd00:30::12"]
     );
     assert!(got.problems.is_empty(), "{:?}", got.problems);
-    // n2 elsewhere: its pods are left out here, and that is reported.
-    cache.set_on_link(Some(vec!["172.30.0.0/29".parse().expect("net")]));
-    let got = cache.desired(&snapshot(&docs));
-    assert_eq!(rendered(&got), ["192.0.2.10:80/tcp -> 10.244.1.2:8080"]);
-    assert!(
-        got.problems.iter().any(|p| p
-            .message
-            .contains("node n2 (172.30.0.12) is not on this node's L2 segment")),
-        "{:?}",
-        got.problems
-    );
 }
 
 #[test]
@@ -567,6 +557,7 @@ fn changes_touch_only_what_differs() {
                 addr: ip.parse().expect("ip"),
                 port: 8080,
                 node: None,
+                draining: false,
             })
             .collect(),
     };

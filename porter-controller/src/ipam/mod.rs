@@ -357,7 +357,7 @@ impl Ipam {
         } else if port_clash() {
             return Err(in_use());
         } else {
-            sharing.terms.incompatible(&req.sharing_terms, ip)
+            sharing.terms.incompatible(&req.sharing_terms)
         };
         match why {
             None => Ok(()),

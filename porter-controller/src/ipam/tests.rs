@@ -965,11 +965,11 @@ fn services_share_an_address_only_when_every_announced_node_serves_all_of_them()
             false,
         ),
         (
-            "Cluster on IPv6 is served like Local: different selectors",
+            "Cluster on IPv6 is forwarded too: different selectors share",
             v6,
             v6_req(sharer("ns/a", "k", 80, false, Some("web"))),
             v6_req(sharer("ns/b", "k", 8080, false, Some("api"))),
-            false,
+            true,
         ),
         (
             "Cluster on IPv6, the same selector",

@@ -139,7 +139,10 @@ fn per_packet() -> Result<()> {
 /// `forward_remote` (new flows on the node that forwards them to a pod on
 /// another node: FIB lookup, MAC rewrite, mark, `XDP_TX`) and
 /// `receive_forwarded` (new flows another node forwarded, DNATed to a local
-/// pod on the pod's node), each comparable with `new_flow_tcp_syn`.
+/// pod on the pod's node), each comparable with `new_flow_tcp_syn`; and
+/// the same across subnets: `forward_remote_encap` (the node is behind a
+/// router: a second FIB lookup, IPIP header pushed) and
+/// `receive_encapsulated` (IPIP header taken off, then as `receive_forwarded`).
 fn cluster_per_packet(baseline: Timings) -> Result<()> {
     pktgen::pin_to_cpu(CPU)?;
     let mut lab = Lab::new("bcl")?;
@@ -151,6 +154,7 @@ fn cluster_per_packet(baseline: Timings) -> Result<()> {
         addr: ip(pod),
         port: PodLab::TARGET_PORT,
         node: node.map(ip),
+        draining: false,
     };
     let service = |port: u16, backends: Vec<porter_agent::Backend>| porter_agent::ServiceSpec {
         addr: porter_agent::ServiceAddr {
@@ -163,6 +167,7 @@ fn cluster_per_packet(baseline: Timings) -> Result<()> {
     dataplane.reconcile(&[
         service(80, vec![backend("10.244.2.2", Some("172.30.0.12"))]),
         service(81, vec![backend("10.244.1.2", None)]),
+        service(82, vec![backend("10.244.2.2", Some("172.30.9.5"))]),
     ])?;
     let new_flows = |port: u16, forwarded: bool| -> Result<Vec<Vec<u8>>> {
         (0..CALLS)
@@ -185,23 +190,37 @@ fn cluster_per_packet(baseline: Timings) -> Result<()> {
             })
             .collect()
     };
+    let tunnelled: Vec<Vec<u8>> = new_flows(81, false)?
+        .iter()
+        .map(|packet| {
+            packets::encapsulate(
+                packet,
+                (scenarios::NODE_MAC, scenarios::PEER_NODE_MAC),
+                (ip("172.30.9.5"), ip("172.30.0.11")),
+            )
+        })
+        .collect();
     for (case, packets) in [
         ("forward_remote", new_flows(80, false)?),
         ("receive_forwarded", new_flows(81, true)?),
+        ("forward_remote_encap", new_flows(82, false)?),
+        ("receive_encapsulated", tunnelled),
     ] {
         timings_on(&mut dataplane, program_names::XDP, &packets, Some(ingress))?
             .emit_net(case, &baseline);
     }
-    let forwarded = porter_tests::packets::xdp_test_run_on(
-        &mut dataplane,
-        &new_flows(80, false)?[0],
-        Some(ingress),
-    )?;
-    if forwarded.0 != XDP_TX {
-        bail!(
-            "forward_remote measured a program that did not forward (action {})",
-            forwarded.0
-        );
+    for (case, port) in [("forward_remote", 80), ("forward_remote_encap", 82)] {
+        let forwarded = porter_tests::packets::xdp_test_run_on(
+            &mut dataplane,
+            &new_flows(port, false)?[0],
+            Some(ingress),
+        )?;
+        if forwarded.0 != XDP_TX {
+            bail!(
+                "{case} measured a program that did not forward (action {})",
+                forwarded.0
+            );
+        }
     }
     Ok(())
 }
