@@ -5,9 +5,7 @@
 //! near miss passed untouched.
 use std::net::IpAddr;
 
-use std::process::Command;
-
-use anyhow::{Context, Result, ensure};
+use anyhow::{Context, Result};
 use etherparse::PacketBuilder;
 use porter_agent::{Dataplane, PinLayout, stats};
 use porter_common::{Stat, probe};
@@ -82,14 +80,6 @@ fn expected_reply(controller: IpAddr, node: IpAddr) -> Result<Vec<u8>> {
 fn node(lab: &mut Lab) -> Result<(PinLayout, Dataplane, u32)> {
     let (pins, dataplane) = packets::test_dataplane(lab)?;
     let uplink = scenarios::enter_cluster_node(lab)?;
-    // Commands started from this thread run in the node's namespace.
-    for args in [
-        &["ip", "addr", "add", "fd00:30::11/64", "dev", "up0", "nodad"][..],
-        &["sysctl", "-qw", "net.ipv6.conf.all.forwarding=1"],
-    ] {
-        let status = Command::new(args[0]).args(&args[1..]).status()?;
-        ensure!(status.success(), "{args:?}: {status}");
-    }
     Ok((pins, dataplane, uplink))
 }
 
