@@ -504,13 +504,20 @@ fn a_leader_whose_data_plane_is_frozen_hands_its_address_over() -> Result<()> {
     );
     neighbour_becomes(&lab, eip, &lab.node_mac(other)?)?;
     lab.announcer_becomes(POOL, eip, other)?;
-    let events = lab.events()?;
-    assert!(
-        events
-            .iter()
-            .any(|e| e.contains("DataplaneFrozen") && e.contains(&format!("Node {leader}"))),
-        "no DataplaneFrozen Event on Node {leader} in {events:#?}"
-    );
+    // The agent writes its Event beside its lease round, not before it.
+    let mut events = Vec::new();
+    wait_for(
+        "a DataplaneFrozen Event on the frozen leader's Node",
+        Duration::from_secs(10),
+        || {
+            events = lab.events()?;
+            Ok(events
+                .iter()
+                .any(|e| e.contains("DataplaneFrozen") && e.contains(&format!("Node {leader}")))
+                .then_some(()))
+        },
+    )
+    .with_context(|| format!("events: {events:#?}"))?;
 
     lab.lab
         .stop(&format!("agent-{leader}"), Duration::from_secs(2))?;
