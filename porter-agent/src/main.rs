@@ -10,10 +10,10 @@ use porter_agent::{
     inspect,
     layer2::{
         Layer2,
-        announce::Announcer,
+        announce::FrameSender,
         kube_lease::KubeLeases,
         lease::{FileLeases, Leases},
-        speaker::{Speaker, Timing},
+        lease_rounds::{LeaseRounds, Timing},
     },
     metrics::Metrics,
     sync::{self, Agent, Backoff, Settings},
@@ -187,10 +187,10 @@ async fn run(args: RunArgs) -> Result<()> {
             NodeSpeaker::new(node.clone(), status_writer, metrics.bgp.clone())
                 .with_secret_scope(secrets),
         );
-    match Announcer::open() {
-        Ok(announcer) => {
-            let speaker = Speaker::new(node, Timing::default(), leases);
-            agent = agent.with_layer2(Layer2::new(speaker, announcer, metrics.layer2.clone()));
+    match FrameSender::open() {
+        Ok(frames) => {
+            let rounds = LeaseRounds::new(node, Timing::default(), leases);
+            agent = agent.with_layer2(Layer2::new(rounds, frames, metrics.layer2.clone()));
         }
         Err(err) => {
             error!(error = %err, "Layer 2 mode is off: cannot open an AF_PACKET socket (the agent needs CAP_NET_RAW)");

@@ -103,11 +103,11 @@ fn icmpv6_checksum(src: Ipv6Addr, dst: Ipv6Addr, message: &[u8]) -> u16 {
 
 /// An AF_PACKET socket that sends whole Ethernet frames out of interfaces
 /// of the network namespace it was opened in.
-pub struct Announcer {
+pub struct FrameSender {
     socket: OwnedFd,
 }
 
-impl Announcer {
+impl FrameSender {
     /// Needs CAP_NET_RAW.
     pub fn open() -> io::Result<Self> {
         // Protocol 0: send only, never receives.

@@ -7,9 +7,9 @@ pub mod election;
 pub mod gateways;
 pub mod kube_lease;
 pub mod lease;
+pub mod lease_rounds;
 pub mod link;
 pub mod metrics;
-pub mod speaker;
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -22,10 +22,10 @@ use porter_api::source::Snapshot;
 use tracing::warn;
 
 use crate::{Dataplane, DataplaneError};
-use announce::Announcer;
+use announce::FrameSender;
 use lease::{LeaseError, LeaseStore};
+use lease_rounds::{LeaseRounds, Round};
 use metrics::Layer2Metrics;
-use speaker::{Round, Speaker};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Layer2Error {
@@ -35,11 +35,11 @@ pub enum Layer2Error {
     Dataplane(#[from] DataplaneError),
 }
 
-/// The Layer 2 side of an agent: runs [`Speaker`] rounds, programs the data
+/// The Layer 2 side of an agent: runs [`LeaseRounds`] rounds, programs the data
 /// plane with their outcome, and announces takeovers in the background.
 pub struct Layer2<S> {
-    speaker: Speaker<S>,
-    announcer: Arc<Announcer>,
+    rounds: LeaseRounds<S>,
+    frames: Arc<FrameSender>,
     metrics: Layer2Metrics,
     /// What this node answers for now, for announcements in flight.
     answering: tokio::sync::watch::Sender<BTreeSet<IpAddr>>,
@@ -49,10 +49,10 @@ pub struct Layer2<S> {
 }
 
 impl<S: LeaseStore> Layer2<S> {
-    pub fn new(speaker: Speaker<S>, announcer: Announcer, metrics: Layer2Metrics) -> Self {
+    pub fn new(rounds: LeaseRounds<S>, frames: FrameSender, metrics: Layer2Metrics) -> Self {
         Self {
-            speaker,
-            announcer: Arc::new(announcer),
+            rounds,
+            frames: Arc::new(frames),
             metrics,
             answering: tokio::sync::watch::Sender::new(BTreeSet::new()),
             host_addresses: BTreeSet::new(),
@@ -80,7 +80,7 @@ impl<S: LeaseStore> Layer2<S> {
 
     /// How often [`Self::step`] must run.
     pub fn round_interval(&self) -> Duration {
-        self.speaker.timing().round_interval()
+        self.rounds.timing().round_interval()
     }
 
     /// One round for `candidates` (Layer 2 EIP → candidate nodes), each EIP
@@ -108,12 +108,11 @@ impl<S: LeaseStore> Layer2<S> {
         if !round.takeovers.is_empty() {
             let links = dataplane.l2_interfaces();
             let eips = round.takeovers.clone();
-            let (announcer, metrics) = (self.announcer.clone(), self.metrics.clone());
+            let (frames, metrics) = (self.frames.clone(), self.metrics.clone());
             let answering = self.answering.subscribe();
             tokio::spawn(async move {
                 let still_led = |eip| answering.borrow().contains(&eip);
-                metrics
-                    .gratuitous_sent(announcer.announce_takeover(&links, &eips, still_led).await);
+                metrics.gratuitous_sent(frames.announce_takeover(&links, &eips, still_led).await);
             });
         }
         Ok(round)
@@ -125,7 +124,7 @@ impl<S: LeaseStore> Layer2<S> {
         candidates: &BTreeMap<IpAddr, BTreeSet<String>>,
         choices: &BTreeMap<IpAddr, String>,
     ) -> Result<Round, Layer2Error> {
-        let round = self.speaker.round(candidates, wall_clock()).await?;
+        let round = self.rounds.round(candidates, wall_clock()).await?;
         let answers: BTreeMap<IpAddr, Option<String>> = round
             .answer
             .iter()

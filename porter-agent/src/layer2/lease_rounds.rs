@@ -57,14 +57,14 @@ pub struct Round {
     pub leaders: BTreeMap<IpAddr, String>,
 }
 
-pub struct Speaker<S> {
+pub struct LeaseRounds<S> {
     node: String,
     timing: Timing,
     store: S,
     answered: BTreeSet<IpAddr>,
 }
 
-impl<S: LeaseStore> Speaker<S> {
+impl<S: LeaseStore> LeaseRounds<S> {
     pub fn new(node: impl Into<String>, timing: Timing, store: S) -> Self {
         Self {
             node: node.into(),
@@ -142,9 +142,9 @@ mod tests {
         let nodes = ["n1", "n2", "n3"];
         let candidates = BTreeMap::from([(eip, nodes.iter().map(|n| n.to_string()).collect())]);
         let timing = Timing::default();
-        let mut speakers: Vec<Speaker<FileLeases>> = nodes
+        let mut speakers: Vec<LeaseRounds<FileLeases>> = nodes
             .iter()
-            .map(|n| Speaker::new(*n, timing, FileLeases::new(&dir).expect("dir")))
+            .map(|n| LeaseRounds::new(*n, timing, FileLeases::new(&dir).expect("dir")))
             .collect();
         let ms = Duration::from_millis;
         let mut now = Duration::from_secs(1_000);
