@@ -33,7 +33,7 @@ use crate::{
     layer2::link::{InterfaceError, L2Interface},
     maglev,
     mmap_array::MmapArray,
-    plan::{self, Desired, Plan, PlannedService},
+    plan::{self, Plan, PlannedService, SharedMaps},
     service::{Backend, ServiceAddr, ServiceSpec, SpecError},
     stats,
     xdp_attach::{self, AttachError, Attachment, XdpModePreference},
@@ -190,7 +190,7 @@ pub struct Dataplane {
     /// Who uses each entry of the shared maps, per `installed`.
     plan: Plan,
     /// What the backend and reverse-NAT maps hold (in use, not free slots).
-    written: Desired,
+    written: SharedMaps,
 }
 
 impl Dataplane {
@@ -265,7 +265,7 @@ impl Dataplane {
             config,
             installed: BTreeMap::new(),
             plan: Plan::default(),
-            written: Desired::default(),
+            written: SharedMaps::default(),
         };
         dataplane.read_back()?;
         Ok(dataplane)
@@ -636,7 +636,7 @@ impl Dataplane {
     /// Brings the shared maps under `keys` to the plan: writes what
     /// differs, and with `remove`, frees what the plan does not name.
     fn write(&mut self, keys: &plan::Keys, remove: bool) -> Result<(), DataplaneError> {
-        let plan = self.plan.desired(keys, &self.written.revnat);
+        let plan = self.plan.contents(keys, &self.written.revnat);
         let written = &mut self.written;
         let backends = &mut ArraySlots {
             array: &mut self.backends,

@@ -21,7 +21,7 @@ pub struct PlannedService<'a> {
 /// The wanted contents of the maps that follow from the set of services
 /// (all but the services and their Maglev tables, which are written first).
 #[derive(Debug, Default, PartialEq, Eq)]
-pub struct Desired {
+pub struct SharedMaps {
     pub backends: BTreeMap<u32, BackendValue>,
     pub revnat: BTreeMap<BackendKey, RevNatValue>,
     /// Services per VIP.
@@ -145,8 +145,8 @@ impl Plan {
     /// What the maps should hold under `keys` (backend entries follow from
     /// backend addresses, so `keys.backend_ids` is not needed here), given
     /// the reverse-NAT entries written now.
-    pub fn desired(&self, keys: &Keys, written: &BTreeMap<BackendKey, RevNatValue>) -> Desired {
-        let mut desired = Desired::default();
+    pub fn contents(&self, keys: &Keys, written: &BTreeMap<BackendKey, RevNatValue>) -> SharedMaps {
+        let mut wanted = SharedMaps::default();
         for key in &keys.backend_keys {
             let Some(users) = self.users.get(key) else {
                 continue;
@@ -155,7 +155,7 @@ impl Plan {
             for (&service_id, user) in users {
                 let mut value = user.backend.value(service_id);
                 value.flags |= flags;
-                desired.backends.insert(user.backend_id, value);
+                wanted.backends.insert(user.backend_id, value);
             }
             // Replies of flows from before the backend became shared have
             // no per-flow entry and fall back to this one, so it keeps naming
@@ -173,7 +173,7 @@ impl Plan {
             }
             if let Some((&service_id, first)) = named.or_else(|| users.iter().next()) {
                 let (_, vip) = encode_ip(first.addr.vip);
-                desired.revnat.insert(
+                wanted.revnat.insert(
                     *key,
                     RevNatValue {
                         vip,
@@ -187,15 +187,15 @@ impl Plan {
         }
         for vip in &keys.vips {
             if let Some(&services) = self.vips.get(vip) {
-                desired.vips.insert(*vip, services);
+                wanted.vips.insert(*vip, services);
             }
         }
         for slot in &keys.vip_filter {
             if let Some(&vips) = self.vip_filter.get(slot) {
-                desired.vip_filter.insert(*slot, vips);
+                wanted.vip_filter.insert(*slot, vips);
             }
         }
-        desired
+        wanted
     }
 }
 
@@ -281,15 +281,15 @@ mod tests {
     }
 
     /// Everything the plan of `services` wants, planned from scratch.
-    fn desired<'a>(services: impl IntoIterator<Item = PlannedService<'a>>) -> Desired {
+    fn contents<'a>(services: impl IntoIterator<Item = PlannedService<'a>>) -> SharedMaps {
         let plan = Plan::of(services);
-        plan.desired(&plan.keys(), &BTreeMap::new())
+        plan.contents(&plan.keys(), &BTreeMap::new())
     }
 
     #[test]
     fn a_backend_of_one_service_maps_back_by_address() {
         let pods = backends(&[("10.0.0.1", 8080, 0), ("10.0.0.2", 8080, 1)]);
-        let plan = desired([PlannedService {
+        let plan = contents([PlannedService {
             addr: addr("192.0.2.1", 80),
             id: 3,
             backends: &pods,
@@ -313,7 +313,7 @@ mod tests {
         // Two service ports onto one target port: replies need per-flow state.
         let http = backends(&[("10.0.0.1", 8080, 0)]);
         let alt = backends(&[("10.0.0.1", 8080, 1), ("10.0.0.2", 8080, 2)]);
-        let plan = desired([
+        let plan = contents([
             PlannedService {
                 addr: addr("192.0.2.1", 8080),
                 id: 5,
@@ -351,11 +351,11 @@ mod tests {
             backends: &backends(&[("10.0.0.1", 8080, 1)]),
         };
         let mut plan = Plan::of([first]);
-        let mut written = Desired::default();
+        let mut written = SharedMaps::default();
         let mut step = |plan: &Plan, changed: PlannedService<'_>| {
             let mut keys = Keys::default();
             keys.add(changed);
-            let wanted = plan.desired(&keys, &written.revnat);
+            let wanted = plan.contents(&keys, &written.revnat);
             apply_all(&mut written, &wanted, &keys);
             let revnat = *written.revnat.values().next().expect("one backend address");
             (revnat.service_id, revnat.flags)
@@ -394,7 +394,7 @@ mod tests {
         }
     }
 
-    fn apply_all(written: &mut Desired, wanted: &Desired, keys: &Keys) {
+    fn apply_all(written: &mut SharedMaps, wanted: &SharedMaps, keys: &Keys) {
         apply(&mut written.backends, &wanted.backends, &keys.backend_ids);
         apply(&mut written.revnat, &wanted.revnat, &keys.backend_keys);
         apply(&mut written.vips, &wanted.vips, &keys.vips);
@@ -431,7 +431,7 @@ mod tests {
         ];
         let mut plan = Plan::default();
         let mut live: BTreeMap<ServiceAddr, PlannedService<'_>> = BTreeMap::new();
-        let mut written = Desired::default();
+        let mut written = SharedMaps::default();
         for (before, after) in steps {
             let mut keys = Keys::default();
             if live.remove(&before.addr).is_some() {
@@ -443,15 +443,15 @@ mod tests {
                 keys.add(after);
                 live.insert(after.addr, after);
             }
-            let wanted = plan.desired(&keys, &written.revnat);
+            let wanted = plan.contents(&keys, &written.revnat);
             apply_all(&mut written, &wanted, &keys);
             assert_eq!(
                 written,
-                desired(live.values().copied()),
+                contents(live.values().copied()),
                 "after {}",
                 after.addr
             );
         }
-        assert_eq!(written, Desired::default());
+        assert_eq!(written, SharedMaps::default());
     }
 }
