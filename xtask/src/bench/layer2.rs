@@ -12,7 +12,7 @@
 use std::time::{Duration, Instant};
 
 use anyhow::{Result, bail};
-use porter_agent::layer2::speaker::Timing;
+use porter_agent::layer2::lease_rounds::Timing;
 use porter_tests::{
     layer2_lab::{EIP, L2Lab, pod_of},
     privilege,
