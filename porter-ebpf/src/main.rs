@@ -57,7 +57,9 @@ use aya_ebpf::{
     programs::{TcContext, XdpContext},
 };
 use flow::Flow;
-use parse::{Headers, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP, load, store};
+use parse::{
+    Headers, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP, load, store, swap_ends,
+};
 use porter_common::{
     BACKEND_DRAINING, BACKEND_REMOTE, BACKEND_SHARED, BackendKey, BackendValue, CtValue, FAMILY_V4,
     FlowKey4, FlowKey6, IPV4_FORWARDED_MARK, L2Key, L2Value, RevNatValue, ServiceCounters,
@@ -519,19 +521,8 @@ fn redirect(
 #[inline(always)]
 fn echo_reply(data: usize, data_end: usize, h: &Headers) -> Option<()> {
     let reply: u8 = if h.family == FAMILY_V4 { 0 } else { 129 };
-    let macs: [u8; 12] = load(data, data_end, 0)?;
-    let mut swapped = [0u8; 12];
-    swapped[..6].copy_from_slice(&macs[6..]);
-    swapped[6..].copy_from_slice(&macs[..6]);
-    store(data, data_end, 0, swapped)?;
     // Swapping source and destination leaves every sum unchanged.
-    if h.family == FAMILY_V4 {
-        store(data, data_end, h.l3_off + 12, h.dst[0])?;
-        store(data, data_end, h.l3_off + 16, h.src[0])?;
-    } else {
-        store(data, data_end, h.l3_off + 8, h.dst)?;
-        store(data, data_end, h.l3_off + 24, h.src)?;
-    }
+    swap_ends(data, data_end, h)?;
     let type_code: [u8; 2] = load(data, data_end, h.l4_off)?;
     let new_type_code = [reply, type_code[1]];
     let check: u16 = load(data, data_end, h.l4_off + 2)?;

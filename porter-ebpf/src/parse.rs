@@ -58,6 +58,26 @@ pub fn store<T: Copy>(data: usize, data_end: usize, off: usize, value: T) -> Opt
     Some(())
 }
 
+/// Swaps the MACs and the IP addresses of `h`'s packet in place, the first
+/// step of every reply the program sends back out of the interface it came
+/// in on (ICMP echo, the node liveness probe).
+#[inline(always)]
+pub fn swap_ends(data: usize, data_end: usize, h: &Headers) -> Option<()> {
+    let macs: [u8; 12] = load(data, data_end, 0)?;
+    let mut swapped = [0u8; 12];
+    swapped[..6].copy_from_slice(&macs[6..]);
+    swapped[6..].copy_from_slice(&macs[..6]);
+    store(data, data_end, 0, swapped)?;
+    if h.family == FAMILY_V4 {
+        store(data, data_end, h.l3_off + 12, h.dst[0])?;
+        store(data, data_end, h.l3_off + 16, h.src[0])?;
+    } else {
+        store(data, data_end, h.l3_off + 8, h.dst)?;
+        store(data, data_end, h.l3_off + 24, h.src)?;
+    }
+    Some(())
+}
+
 /// The headers of one packet, as far as the data plane cares.
 #[derive(Clone, Copy)]
 pub struct Headers {

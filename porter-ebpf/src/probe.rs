@@ -20,7 +20,7 @@ use aya_ebpf::{
 use porter_common::{FAMILY_V4, Stat, probe};
 
 use crate::csum;
-use crate::parse::{Headers, IPPROTO_UDP, load, store};
+use crate::parse::{Headers, IPPROTO_UDP, store, swap_ends};
 
 const UDP_HEADER: usize = 8;
 /// The UDP header and the payload.
@@ -133,18 +133,7 @@ fn addressed_here(ctx: &XdpContext, h: &Headers) -> bool {
 /// carry into the reply.
 #[inline(always)]
 fn turn_around(data: usize, data_end: usize, h: &Headers, datagram: &Datagram) -> Option<()> {
-    let macs: [u8; 12] = load(data, data_end, 0)?;
-    let mut swapped = [0u8; 12];
-    swapped[..6].copy_from_slice(&macs[6..]);
-    swapped[6..].copy_from_slice(&macs[..6]);
-    store(data, data_end, 0, swapped)?;
-    if h.family == FAMILY_V4 {
-        store(data, data_end, h.l3_off + 12, h.dst[0])?;
-        store(data, data_end, h.l3_off + 16, h.src[0])?;
-    } else {
-        store(data, data_end, h.l3_off + 8, h.dst)?;
-        store(data, data_end, h.l3_off + 24, h.src)?;
-    }
+    swap_ends(data, data_end, h)?;
     let (sport, dport) = (h.sport.to_ne_bytes(), h.dport.to_ne_bytes());
     for i in 0..2 {
         datagram.set(i, dport[i]);
