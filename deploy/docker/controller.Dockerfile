@@ -11,7 +11,9 @@
 
 # No defaults: a tag can be moved to other bytes, a digest cannot, so the
 # build refuses to start without both (and the build stage checks they are
-# digests).
+# digests). `cargo xtask images` passes bases it makes from Debian packages
+# (a debootstrap system with cc, and distroless' packages), pinned by their
+# local digests, and builds this file with buildah (docs/install.md).
 ARG RUST_IMAGE
 ARG RUNTIME_IMAGE
 

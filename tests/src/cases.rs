@@ -17,6 +17,19 @@ use crate::privilege;
 /// One case: what it measured (a convergence or failover time).
 pub type Case<C> = fn(&mut C) -> Result<Duration>;
 
+/// The error of a case that cannot run here, and why (reported as
+/// skipped, not failed).
+#[derive(Debug)]
+pub struct Skipped(pub String);
+
+impl std::fmt::Display for Skipped {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "skipped: {}", self.0)
+    }
+}
+
+impl std::error::Error for Skipped {}
+
 /// A suite: its cases, how to build the shared lab, and how to describe
 /// the lab when a case fails.
 pub struct Suite<C: 'static> {
@@ -66,6 +79,7 @@ impl<C> Suite<C> {
         };
         println!("lab ready in {:?}", started.elapsed());
         let mut failed = Vec::new();
+        let mut skipped = 0;
         let total = selected.len();
         for (name, case) in selected {
             let case_started = Instant::now();
@@ -74,6 +88,10 @@ impl<C> Suite<C> {
                     "ok   {name}: converged in {convergence:?} (case {:?})",
                     case_started.elapsed()
                 ),
+                Err(error) if error.is::<Skipped>() => {
+                    println!("skip {name}: {error}");
+                    skipped += 1;
+                }
                 Err(error) => {
                     println!("FAIL {name}: {error:#}");
                     println!("---- the lab at the failure:\n{}", (self.describe)(&ctx));
@@ -83,10 +101,14 @@ impl<C> Suite<C> {
         }
         println!("{} cases took {:?}", self.name, started.elapsed());
         // The plain summary CI readers look for, as cargo's harness would print it.
+        let skipped_note = match skipped {
+            0 => String::new(),
+            n => format!(", {n} skipped"),
+        };
         println!(
-            "{}: {} passed, {} failed",
+            "{}: {} passed, {} failed{skipped_note}",
             self.name,
-            total - failed.len(),
+            total - failed.len() - skipped,
             failed.len()
         );
         if failed.is_empty() {

@@ -57,6 +57,7 @@ use crate::{
     netns::{CONNECT_TIMEOUT, SYN_RETRANSMIT, run_in},
     routers::{Daemon, Neighbor, Router, RouterConfig},
     scenarios::attach_pass_xdp_to,
+    workloads,
 };
 
 pub const ROUTER_AS: u32 = 65001;
@@ -76,8 +77,6 @@ pub const REPLICA_IDENTITIES: [&str; 2] = ["ctl-a", "ctl-b"];
 const CONTROLLER_METRICS_PORT: u16 = 9190;
 /// The agent's default `--metrics-addr` port, in each node's namespace.
 const AGENT_METRICS_PORT: u16 = 9191;
-/// The agent's capabilities in the DaemonSet (deploy/porter.yaml), as setpriv spells them.
-pub const AGENT_CAPABILITIES: &str = "+bpf,+net_admin,+perfmon,+net_raw";
 
 pub struct Pod {
     /// `n<node>-p<index>`, also what its server answers.
@@ -529,6 +528,11 @@ impl Datacenter {
         self.lab.spawn(CONTROLLERS[0], command)
     }
 
+    /// Starts `command` as the controller (see [`crate::from_images`]).
+    pub fn start_controller_as(&mut self, command: Command) -> Result<PathBuf> {
+        self.lab.spawn(CONTROLLERS[0], command)
+    }
+
     /// Stops the controller the way a rollout would (SIGTERM).
     pub fn stop_controller(&mut self) -> Result<()> {
         self.stop_replica(0)
@@ -609,11 +613,16 @@ impl Datacenter {
     /// `porter-agent run` for node `index`, reading the same manifests.
     pub fn agent_command(&self, index: usize) -> Result<Command> {
         let node = self.nodes.get(index).context("no such node")?;
-        // Exactly the capabilities deploy/porter.yaml gives the DaemonSet,
-        // so the lab proves the agent needs nothing more.
+        // Exactly the capabilities deploy/porter.yaml gives the DaemonSet
+        // (read from it), so the lab proves the agent needs nothing more.
+        let capabilities: Vec<String> = workloads::container(workloads::AGENT)?
+            .capabilities
+            .iter()
+            .map(|name| format!("+{}", name.to_ascii_lowercase()))
+            .collect();
         let mut command = self.lab.command(&node.ns, "setpriv");
         command
-            .arg(format!("--bounding-set=-all,{AGENT_CAPABILITIES}"))
+            .arg(format!("--bounding-set=-all,{}", capabilities.join(",")))
             .arg(bins::binary("porter-agent")?)
             .args(["run", "--node-name", &node.name, "--interface", "eth0"])
             .args(["--poll-interval", "100ms"])
@@ -653,6 +662,12 @@ impl Datacenter {
     /// Starts the agent of node `index` and waits for its data plane.
     pub fn start_agent(&mut self, index: usize) -> Result<PathBuf> {
         let command = self.agent_command(index)?;
+        self.start_agent_as(index, command)
+    }
+
+    /// Starts `command` as the agent of node `index` (see
+    /// [`crate::from_images`]) and waits for its data plane.
+    pub fn start_agent_as(&mut self, index: usize, command: Command) -> Result<PathBuf> {
         let name = agent_name(index);
         let log = self.lab.spawn(&name, command)?;
         wait_for(

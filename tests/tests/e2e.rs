@@ -16,9 +16,10 @@ use std::{
 use anyhow::{Context, Result, ensure};
 use porter_common::Stat;
 use porter_tests::{
-    cases::{Case, Suite},
+    cases::{Case, Skipped, Suite},
     datacenter::{Datacenter, per_node, samples_dir},
     disruption,
+    from_images::{FromImages, Images},
     lab::wait_for,
     manifests::{self, ServiceSpec},
     monitoring::{
@@ -62,6 +63,7 @@ const CASES: &[(&str, Case<Ctx>)] = &[
         "metrics_lint_clean_and_monitoring_reads_only_real_metrics",
         metrics_and_monitoring,
     ),
+    ("porter_from_its_images_serves_through_ecmp", from_images),
 ];
 
 fn main() -> ExitCode {
@@ -630,4 +632,58 @@ fn check_monitoring_against(scrapes: &[(String, String)]) -> Result<()> {
         scrapes.len()
     );
     Ok(())
+}
+
+/// 14. Porter as a cluster runs it: every agent and the controller from the
+///     images `cargo xtask images` built (their root filesystems mounted),
+///     each with its workload's args, environment, user, capabilities,
+///     read-only root and mounts from deploy/porter.yaml
+///     (porter_tests::from_images). A new Service is served by every node
+///     through BIRD's ECMP. A wrong path or entrypoint, a library missing
+///     from the image, or a user or capability set the binary cannot work
+///     with fails here. Afterwards the lab's own binaries run again.
+fn from_images(ctx: &mut Ctx) -> Result<Duration> {
+    let images = Images::from_env().ok_or_else(|| {
+        Skipped(
+            "PORTER_AGENT_IMAGE and PORTER_CONTROLLER_IMAGE are unset (`cargo xtask test` \
+             builds the images and sets them; `cargo xtask images` prints them)"
+                .into(),
+        )
+    })?;
+    let mounted = FromImages::mount(&images, &ctx.dc)?;
+    let served = serve_from(&mounted, &mut ctx.dc);
+    // The lab's own binaries again, whatever happened, for the next cases.
+    let dc = &mut ctx.dc;
+    let restored = (0..dc.nodes.len())
+        .try_for_each(|index| {
+            dc.stop_agent(index)?;
+            dc.start_agent(index).map(drop)
+        })
+        .and_then(|()| {
+            dc.stop_controller()?;
+            dc.start_controller()?;
+            dc.wait_controller_session(WAIT)
+        });
+    drop(mounted);
+    let convergence = served?;
+    restored?;
+    Ok(convergence)
+}
+
+fn serve_from(
+    mounted: &FromImages,
+    dc: &mut porter_tests::datacenter::Datacenter,
+) -> Result<Duration> {
+    mounted.start(dc, WAIT)?;
+    let nodes = all_nodes(dc);
+    let started = Instant::now();
+    add_service(dc, "imaged", 8088, &nodes, &[(POOL_ANNOTATION, POOL_V4)])?;
+    let ip = dc.wait_service_ip(NS, "imaged", WAIT)?;
+    let addr = SocketAddr::new(ip, 8088);
+    let convergence = first_answer(dc, addr, started)?;
+    dc.wait_next_hops(ip, &dc.hops_of(ip, &nodes), WAIT)?;
+    expect_spread_eventually(dc, addr, &nodes)?;
+    remove_service(dc, "imaged")?;
+    dc.wait_next_hops(ip, &[], WAIT)?;
+    Ok(convergence)
 }

@@ -8,6 +8,7 @@ mod demo;
 mod ebpf;
 mod fuzz;
 mod gen_crds;
+mod images;
 #[cfg(not(feature = "lab"))]
 mod relaunch;
 mod setup;
@@ -33,7 +34,8 @@ enum Task {
     /// Install what the eBPF build needs (nightly, rust-src, bpf-linker), build
     /// the eBPF object, and print its path.
     BuildEbpf(ebpf::BuildArgs),
-    /// setup, fmt, the eBPF build, clippy, then every test (privileged ones when root).
+    /// setup, fmt, the eBPF build, clippy, the images (root), then every test (privileged
+    /// ones when root).
     Test(test::TestArgs),
     /// Build everything and show Porter working in a network-namespace lab (needs root).
     Demo(args::DemoArgs),
@@ -42,6 +44,9 @@ enum Task {
     /// Install the Debian packages, bpffs mount and eBPF toolchain that `test` and
     /// `demo` need (both run this first).
     Setup,
+    /// Build porter-agent's and porter-controller's images with buildah from
+    /// deploy/docker/, on bases made from Debian packages; print names and sizes (needs root).
+    Images,
     /// Regenerate deploy/crds/*.yaml from porter-api's CRD types.
     GenCrds,
     /// Coverage-guided fuzzing of the parsers (cargo-fuzz, nightly), N seconds per target.
@@ -63,6 +68,7 @@ fn main() -> Result<()> {
         #[cfg(not(feature = "lab"))]
         Task::Demo(_) | Task::Bench(_) => relaunch::with_lab_feature(),
         Task::Setup => setup::ensure_all(),
+        Task::Images => images::run(),
         Task::GenCrds => gen_crds::run(),
         Task::Fuzz(args) => fuzz::run(&args),
     }

@@ -34,6 +34,11 @@ pub const DEBIAN_PACKAGES: &[&str] = &[
     // promtool: the tests lint /metrics and check and unit-test the alerts
     // in deploy/monitoring.
     "prometheus",
+    // `cargo xtask images`: buildah builds the images and mounts them for
+    // the e2e case that runs Porter from them; debootstrap makes the build
+    // stage's base image.
+    "buildah",
+    "debootstrap",
 ];
 
 pub fn ensure_all() -> Result<()> {

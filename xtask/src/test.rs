@@ -1,7 +1,7 @@
 //! `cargo xtask test`: everything CI checks, in the order that fails fastest.
 use anyhow::Result;
 
-use crate::{cmd, ebpf, setup};
+use crate::{cmd, ebpf, images, setup};
 
 #[derive(clap::Args)]
 pub struct TestArgs {
@@ -39,13 +39,17 @@ pub fn run(args: &TestArgs) -> Result<()> {
     // uses the same feature set so nothing is compiled twice.
     // The privileged tests start the binaries themselves.
     cmd::run(cmd::cargo().args(["build", "--workspace", "--all-features", "--bins"]))?;
-    if !setup::is_root() {
-        eprintln!("not root: privileged tests (netns, BPF) will print SKIP and pass");
+    let mut test = cmd::cargo();
+    test.args(["test", "--workspace", "--all-features"]);
+    if setup::is_root() {
+        // The images, for the e2e case that runs Porter from them.
+        images::build()?;
+        test.env("PORTER_AGENT_IMAGE", images::AGENT)
+            .env("PORTER_CONTROLLER_IMAGE", images::CONTROLLER);
+    } else {
+        eprintln!(
+            "not root: no images, and privileged tests (netns, BPF) will print SKIP and pass"
+        );
     }
-    cmd::run(
-        cmd::cargo()
-            .args(["test", "--workspace", "--all-features"])
-            .arg("--")
-            .args(&args.cargo_test_args),
-    )
+    cmd::run(test.arg("--").args(&args.cargo_test_args))
 }
