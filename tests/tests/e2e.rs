@@ -652,28 +652,14 @@ fn from_images(ctx: &mut Ctx) -> Result<Duration> {
     })?;
     let mounted = FromImages::mount(&images, &ctx.dc)?;
     let served = serve_from(&mounted, &mut ctx.dc);
-    // The lab's own binaries again, whatever happened, for the next cases.
-    let dc = &mut ctx.dc;
-    let restored = (0..dc.nodes.len())
-        .try_for_each(|index| {
-            dc.stop_agent(index)?;
-            dc.start_agent(index).map(drop)
-        })
-        .and_then(|()| {
-            dc.stop_controller()?;
-            dc.start_controller()?;
-            dc.wait_controller_session(WAIT)
-        });
+    let restored = run_lab_binaries_again(&mut ctx.dc);
     drop(mounted);
     let convergence = served?;
     restored?;
     Ok(convergence)
 }
 
-fn serve_from(
-    mounted: &FromImages,
-    dc: &mut porter_tests::datacenter::Datacenter,
-) -> Result<Duration> {
+fn serve_from(mounted: &FromImages, dc: &mut Datacenter) -> Result<Duration> {
     mounted.start(dc, WAIT)?;
     let nodes = all_nodes(dc);
     let started = Instant::now();
@@ -686,4 +672,17 @@ fn serve_from(
     remove_service(dc, "imaged")?;
     dc.wait_next_hops(ip, &[], WAIT)?;
     Ok(convergence)
+}
+
+/// The lab's own binaries in place of whatever runs (from the images, or
+/// nothing where one of them failed to start), for the cases after.
+fn run_lab_binaries_again(dc: &mut Datacenter) -> Result<()> {
+    for index in 0..dc.nodes.len() {
+        // Nothing to stop where the image's agent never started.
+        let _ = dc.stop_agent(index);
+        dc.start_agent(index)?;
+    }
+    let _ = dc.stop_controller();
+    dc.start_controller()?;
+    dc.wait_controller_session(WAIT)
 }

@@ -45,7 +45,9 @@ pub fn run() -> Result<()> {
 /// Builds both images (names [`AGENT`] and [`CONTROLLER`]).
 pub fn build() -> Result<()> {
     let started = Instant::now();
-    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("..")
+        .canonicalize()?;
     let bases = bases::ensure(&repo.join("target/images"))?;
     let volumes = toolchain_volumes()?;
     for (dockerfile, image) in [("agent", AGENT), ("controller", CONTROLLER)] {
