@@ -8,6 +8,7 @@ pub mod ebpf_object;
 pub mod frozen;
 pub mod inspect;
 pub mod interfaces;
+pub mod l2_interface;
 pub mod layer2;
 pub mod maglev;
 pub mod metrics;
@@ -20,7 +21,6 @@ pub mod service;
 pub mod stats;
 pub mod sync;
 pub mod writer;
-pub mod xdp_attach;
 pub mod xdp_mode;
 
 pub use pins::PinLayout;

@@ -21,17 +21,17 @@ use tracing::{error, info, warn};
 use crate::{
     Dataplane, DataplaneConfig, DataplaneError, PinLayout, ServiceSpec,
     bgp::NodeSpeaker,
+    dataplane::attach::{AttachError, XdpModePreference},
     desired::{self, Desired},
     frozen::{Judge, Verdict},
     interfaces,
-    layer2::{self, Layer2, lease::Leases},
+    layer2::{self, Layer2, leases::Leases},
     maglev,
     metrics::{self, Metrics, Stage},
     neighbours,
     node_condition::Publisher,
     pins::PIN_LAYOUT_VERSION,
     writer::ClusterWriter,
-    xdp_attach::{AttachError, XdpModePreference},
 };
 
 /// The `/readyz` problem of a frozen data plane.

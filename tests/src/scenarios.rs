@@ -14,7 +14,7 @@ use aya::{
 };
 use porter_agent::{
     Backend, Dataplane, DataplaneConfig, PinLayout, Protocol, ServiceAddr, ServiceSpec,
-    ebpf_object::EBPF_OBJECT, stats, xdp_attach::XdpModePreference,
+    dataplane::attach::XdpModePreference, ebpf_object::EBPF_OBJECT, stats,
 };
 use porter_common::{Stat, program_names};
 
