@@ -26,7 +26,7 @@ pub mod xdp_mode;
 pub use pins::PinLayout;
 
 pub use dataplane::{Dataplane, DataplaneConfig, DataplaneError, Forwarding};
-pub use service::{Backend, Protocol, ServiceAddr, ServiceSpec};
+pub use service::{Backend, LocalService, Protocol, ServiceAddr};
 
 /// Default Maglev table size M (a prime).
 pub const DEFAULT_MAGLEV_SIZE: u32 = porter_common::limits::DEFAULT_MAGLEV_SIZE;

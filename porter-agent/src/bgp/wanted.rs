@@ -21,7 +21,7 @@ use porter_api::{
 };
 use porter_bgp::{Family, NEXT_HOP_SELF_V4, NEXT_HOP_SELF_V6, PathTable};
 
-use crate::{ServiceSpec, interfaces::node_internal_ips};
+use crate::{LocalService, interfaces::node_internal_ips};
 
 /// One BgpPeer that selects this node.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -211,7 +211,7 @@ fn default_conf(snapshot: &Snapshot) -> Option<&BgpConf> {
 /// `peerSelector` picks. A pool whose `nodeSelector` leaves this node out
 /// is not announced from it. Policy values that cannot be read are left
 /// out here; the controller reports them (Eip condition, Service Events).
-pub fn node_paths(snapshot: &Snapshot, node: &NodeBgp, served: &[ServiceSpec]) -> PathTable {
+pub fn node_paths(snapshot: &Snapshot, node: &NodeBgp, served: &[LocalService]) -> PathTable {
     // Distinct endpoints per EIP, over every port and every Service that
     // shares it: a pod serving two ports is one endpoint.
     let mut endpoints: BTreeMap<IpAddr, BTreeSet<IpAddr>> = BTreeMap::new();

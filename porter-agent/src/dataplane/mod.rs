@@ -33,7 +33,7 @@ use crate::{
     maglev,
     mmap_array::MmapArray,
     plan::{self, Plan, PlannedService, SharedMaps},
-    service::{Backend, ServiceAddr, ServiceSpec},
+    service::{Backend, LocalService, ServiceAddr},
 };
 use attach::AttachError;
 use error::map_err;
@@ -161,10 +161,10 @@ impl Dataplane {
     }
 
     /// The services installed now, backends sorted.
-    pub fn services(&self) -> Vec<ServiceSpec> {
+    pub fn services(&self) -> Vec<LocalService> {
         self.installed
             .iter()
-            .map(|(addr, installed)| ServiceSpec {
+            .map(|(addr, installed)| LocalService {
                 addr: *addr,
                 backends: installed.backends.keys().copied().collect(),
             })
@@ -172,7 +172,7 @@ impl Dataplane {
     }
 
     /// Makes the maps serve exactly `desired`: upserts each, removes the rest.
-    pub fn reconcile(&mut self, desired: &[ServiceSpec]) -> Result<(), DataplaneError> {
+    pub fn reconcile(&mut self, desired: &[LocalService]) -> Result<(), DataplaneError> {
         let wanted: BTreeSet<ServiceAddr> = desired.iter().map(|spec| spec.addr).collect();
         let stale: Vec<ServiceAddr> = self
             .installed
@@ -189,7 +189,7 @@ impl Dataplane {
     }
 
     /// Installs `spec`, or changes its backends. A no-op when nothing changed.
-    pub fn upsert_service(&mut self, spec: &ServiceSpec) -> Result<(), DataplaneError> {
+    pub fn upsert_service(&mut self, spec: &LocalService) -> Result<(), DataplaneError> {
         self.upsert_services(std::slice::from_ref(spec))
     }
 
@@ -198,7 +198,7 @@ impl Dataplane {
     /// written. Only the entries of the shared maps that the changed
     /// services touch are planned and written, so one change costs the same
     /// whatever else is installed.
-    pub fn upsert_services(&mut self, specs: &[ServiceSpec]) -> Result<(), DataplaneError> {
+    pub fn upsert_services(&mut self, specs: &[LocalService]) -> Result<(), DataplaneError> {
         let changed = self.changed_services(specs)?;
         if changed.is_empty() {
             return Ok(());
@@ -216,7 +216,7 @@ impl Dataplane {
     /// are to be installed, with ids for what is new.
     fn changed_services(
         &self,
-        specs: &[ServiceSpec],
+        specs: &[LocalService],
     ) -> Result<BTreeMap<ServiceAddr, Installed>, DataplaneError> {
         let mut used_ids: BTreeSet<u32> = self.installed.values().map(|i| i.id).collect();
         // Ids only get taken during one call, so the lowest free one never
