@@ -21,7 +21,7 @@ use porter_tests::{
     datacenter::{Datacenter, per_node, samples_dir},
     disruption,
     lab::wait_for,
-    manifests::{self, ServiceSpec},
+    manifests::{self, ServiceManifest},
     monitoring::{
         as_prometheus_text, dashboard, dashboard_expressions, metrics_read_by, promtool,
         rule_expressions, series_names,
@@ -96,7 +96,7 @@ fn add_service(
     nodes: &[usize],
     annotations: &[(&str, &str)],
 ) -> Result<()> {
-    let spec = ServiceSpec {
+    let spec = ServiceManifest {
         namespace: NS,
         name,
         port,
@@ -318,8 +318,8 @@ fn shared_ip(ctx: &mut Ctx) -> Result<Duration> {
         port: u16,
         annotations: &'a [(&'a str, &'a str)],
         cluster: bool,
-    ) -> ServiceSpec<'a> {
-        ServiceSpec {
+    ) -> ServiceManifest<'a> {
+        ServiceManifest {
             namespace: NS,
             name,
             port,
@@ -483,7 +483,7 @@ fn spread_over_every_pod(ctx: &mut Ctx, ipv6: bool) -> Result<Duration> {
     } else {
         ("spread", 8090, POOL_V4, porter_tests::datacenter::CLIENT_V4)
     };
-    let spec = ServiceSpec {
+    let spec = ServiceManifest {
         namespace: NS,
         name,
         port,
