@@ -464,12 +464,12 @@ fn describe(target: Option<&IntOrString>) -> String {
 /// What to change to get from the `installed` services to the `desired`
 /// ones: only services that are new or whose backends changed are rewritten.
 #[derive(Debug, Default, PartialEq, Eq)]
-pub struct Changes<'a> {
+pub struct ServiceChanges<'a> {
     pub upserts: Vec<&'a LocalService>,
     pub removals: Vec<ServiceAddr>,
 }
 
-impl Changes<'_> {
+impl ServiceChanges<'_> {
     pub fn is_empty(&self) -> bool {
         self.upserts.is_empty() && self.removals.is_empty()
     }
@@ -477,13 +477,13 @@ impl Changes<'_> {
 
 /// Both sides' backends must be sorted and deduplicated, as
 /// [`desired`] and `Dataplane::services` give them.
-pub fn changes<'a>(installed: &[LocalService], desired: &'a [LocalService]) -> Changes<'a> {
+pub fn changes<'a>(installed: &[LocalService], desired: &'a [LocalService]) -> ServiceChanges<'a> {
     let now: BTreeMap<ServiceAddr, &[Backend]> = installed
         .iter()
         .map(|spec| (spec.addr, spec.backends.as_slice()))
         .collect();
     let wanted: BTreeSet<ServiceAddr> = desired.iter().map(|spec| spec.addr).collect();
-    Changes {
+    ServiceChanges {
         upserts: desired
             .iter()
             .filter(|spec| now.get(&spec.addr) != Some(&spec.backends.as_slice()))
