@@ -224,7 +224,7 @@ fn backend_key(backend: &Backend, service: ServiceAddr) -> BackendKey {
 
 /// Entries to write and keys to delete to turn `current` into `wanted`.
 #[derive(Debug, PartialEq, Eq)]
-pub struct Changes<K, V> {
+pub struct MapChanges<K, V> {
     pub upserts: Vec<(K, V)>,
     pub removals: Vec<K>,
 }
@@ -236,8 +236,8 @@ pub fn diff<'k, K: Ord + Copy + 'k, V: PartialEq + Copy>(
     current: &BTreeMap<K, V>,
     wanted: &BTreeMap<K, V>,
     part: impl IntoIterator<Item = &'k K>,
-) -> Changes<K, V> {
-    Changes {
+) -> MapChanges<K, V> {
+    MapChanges {
         upserts: wanted
             .iter()
             .filter(|(key, value)| current.get(key) != Some(value))
@@ -374,7 +374,7 @@ mod tests {
         // 5 lies outside the part looked at: left alone.
         assert_eq!(
             diff(&current, &wanted, &[1, 2, 3, 4]),
-            Changes {
+            MapChanges {
                 upserts: vec![(3, 'x'), (4, 'd')],
                 removals: vec![1],
             }
