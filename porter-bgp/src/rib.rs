@@ -219,7 +219,7 @@ type Nlri = (IpNet, Option<u32>);
 
 /// The difference between two Adj-RIB-Outs, grouped the way UPDATEs carry it.
 #[derive(Debug, Default, PartialEq, Eq)]
-pub struct Changes {
+pub struct RibChanges {
     /// Next hop and attributes → NLRIs to announce with them. A path whose
     /// attributes changed is announced again under the same path id, which
     /// replaces it at the peer (implicit withdraw).
@@ -227,7 +227,7 @@ pub struct Changes {
     pub withdraw: Vec<Nlri>,
 }
 
-impl Changes {
+impl RibChanges {
     pub fn is_empty(&self) -> bool {
         self.announce.is_empty() && self.withdraw.is_empty()
     }
@@ -252,8 +252,8 @@ impl AdjRibOut {
     }
 
     /// Makes `desired` the new Adj-RIB-Out and returns what changed.
-    pub fn update(&mut self, desired: BTreeMap<IpNet, Paths>, policy: &SendPolicy) -> Changes {
-        let mut changes = Changes::default();
+    pub fn update(&mut self, desired: BTreeMap<IpNet, Paths>, policy: &SendPolicy) -> RibChanges {
+        let mut changes = RibChanges::default();
         let nlri_id = |prefix: &IpNet, id: u32| {
             let add_path = policy
                 .family(family_of(prefix))
@@ -479,7 +479,7 @@ pub fn end_of_rib(family: Family) -> BgpMessage {
 
 /// The UPDATEs that carry `changes`: withdrawals first (so a peer limited in
 /// paths never holds old and new at once), then one run of UPDATEs per next hop and attribute set.
-pub fn encode(changes: &Changes, policy: &SendPolicy) -> Vec<BgpMessage> {
+pub fn encode(changes: &RibChanges, policy: &SendPolicy) -> Vec<BgpMessage> {
     let mut messages = Vec::new();
     for family in [Family::Ipv4Unicast, Family::Ipv6Unicast] {
         let nlris: Vec<Nlri> = changes
@@ -567,7 +567,7 @@ mod tests {
         }
     }
 
-    fn sync(rib: &mut AdjRibOut, routes: &SharedPaths, policy: &SendPolicy) -> Changes {
+    fn sync(rib: &mut AdjRibOut, routes: &SharedPaths, policy: &SendPolicy) -> RibChanges {
         let (desired, _) = desired_paths(routes, policy);
         rib.update(desired, policy)
     }
