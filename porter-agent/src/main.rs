@@ -18,7 +18,7 @@ use porter_agent::{
         leases::Leases,
     },
     metrics::Metrics,
-    sync::{self, Agent, Backoff, Settings},
+    sync::{self, Agent, AgentSettings, Backoff},
     writer::ClusterWriter,
 };
 use porter_api::annotations::PORTER_NAMESPACE;
@@ -146,7 +146,7 @@ async fn main() -> Result<()> {
 }
 
 async fn run(args: RunArgs) -> Result<()> {
-    let settings = Settings {
+    let settings = AgentSettings {
         node: args.node_name,
         interfaces: args.interfaces,
         xdp_mode: args.xdp_mode,

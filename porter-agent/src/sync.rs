@@ -38,7 +38,7 @@ use crate::{
 const FROZEN_PROBLEM: &str = "dataplane";
 
 #[derive(Clone, Debug)]
-pub struct Settings {
+pub struct AgentSettings {
     pub node: String,
     /// Empty: the interface that holds the node's InternalIP.
     pub interfaces: Vec<String>,
@@ -95,7 +95,7 @@ impl SyncError {
 }
 
 pub struct Agent {
-    settings: Settings,
+    settings: AgentSettings,
     pins: PinLayout,
     metrics: Metrics,
     dataplane: Option<Dataplane>,
@@ -123,7 +123,7 @@ pub struct Agent {
 }
 
 impl Agent {
-    pub fn new(settings: Settings, metrics: Metrics) -> Self {
+    pub fn new(settings: AgentSettings, metrics: Metrics) -> Self {
         Self {
             pins: PinLayout::new(&settings.bpffs),
             desired: desired::Cache::new(&settings.node),
