@@ -32,7 +32,7 @@ use crate::{
     l2_interface::L2Interface,
     maglev,
     mmap_array::MmapArray,
-    plan::{self, Plan, PlannedService, SharedMaps},
+    plan::{self, PlannedService, SharedMapPlan, SharedMaps},
     service::{Backend, LocalService, ServiceAddr},
 };
 use attach::AttachError;
@@ -70,7 +70,7 @@ pub struct Dataplane {
     l2_interfaces: BTreeMap<String, L2Interface>,
     installed: BTreeMap<ServiceAddr, Installed>,
     /// Who uses each entry of the shared maps, per `installed`.
-    plan: Plan,
+    plan: SharedMapPlan,
     /// What the backend and reverse-NAT maps hold (in use, not free slots).
     written: SharedMaps,
 }
@@ -144,7 +144,7 @@ impl Dataplane {
             pins: pins.clone(),
             config,
             installed: BTreeMap::new(),
-            plan: Plan::default(),
+            plan: SharedMapPlan::default(),
             written: SharedMaps::default(),
         };
         dataplane.read_back()?;
@@ -390,7 +390,7 @@ impl Dataplane {
     /// Rebuilds the plan from what is installed and brings every entry of
     /// the shared maps to it, freeing what no service names.
     fn resync_shared(&mut self) -> Result<(), DataplaneError> {
-        self.plan = Plan::of(
+        self.plan = SharedMapPlan::of(
             self.installed
                 .iter()
                 .map(|(addr, installed)| planned(addr, installed)),
