@@ -29,7 +29,7 @@ use crate::bgp;
 use crate::ip_family::IpFamily;
 use crate::ipam::{IpRange, Ipam, NamespaceLabels, Pool, PoolState};
 use crate::node_check::{self, NodeCheck, State, Timing};
-use crate::service::{self, FamilyPolicy, ServiceRequest, SharingTerms};
+use crate::service::{self, IpFamilyPolicy, ServiceRequest, SharingTerms};
 
 /// First byte: the source (0-2: the three checked nodes' probe port, else
 /// a node's other port); the rest: the datagram.
@@ -258,9 +258,9 @@ fn request(c: &mut Choices) -> ServiceRequest {
         _ => vec![IpFamily::V4, IpFamily::V6],
     };
     let policy = match (families.len(), c.flag()) {
-        (1, _) => FamilyPolicy::SingleStack,
-        (_, true) => FamilyPolicy::RequireDualStack,
-        (_, false) => FamilyPolicy::PreferDualStack,
+        (1, _) => IpFamilyPolicy::SingleStack,
+        (_, true) => IpFamilyPolicy::RequireDualStack,
+        (_, false) => IpFamilyPolicy::PreferDualStack,
     };
     let mut ports: Vec<(String, i32)> = PORTS
         .iter()

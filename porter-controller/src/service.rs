@@ -12,7 +12,7 @@ use porter_api::service::ingress_ips;
 use crate::ip_family::IpFamily;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum FamilyPolicy {
+pub enum IpFamilyPolicy {
     SingleStack,
     PreferDualStack,
     RequireDualStack,
@@ -85,7 +85,7 @@ pub struct ServiceRequest {
     pub ports: Vec<Port>,
     /// Families in preference order.
     pub families: Vec<IpFamily>,
-    pub policy: FamilyPolicy,
+    pub policy: IpFamilyPolicy,
     /// Addresses in `status.loadBalancer.ingress`: what a previous run gave it.
     pub current: Vec<IpAddr>,
 }
@@ -115,9 +115,9 @@ pub fn request(svc: &Service) -> ServiceRequest {
         }
     }
     let policy = match spec.ip_family_policy.as_deref() {
-        Some("PreferDualStack") => FamilyPolicy::PreferDualStack,
-        Some("RequireDualStack") => FamilyPolicy::RequireDualStack,
-        _ => FamilyPolicy::SingleStack,
+        Some("PreferDualStack") => IpFamilyPolicy::PreferDualStack,
+        Some("RequireDualStack") => IpFamilyPolicy::RequireDualStack,
+        _ => IpFamilyPolicy::SingleStack,
     };
     let mut families: Vec<IpFamily> = Vec::new();
     for f in spec.ip_families.iter().flatten() {
@@ -138,7 +138,7 @@ pub fn request(svc: &Service) -> ServiceRequest {
                 .map_or(IpFamily::V4, |ip| IpFamily::of(*ip)),
         );
     }
-    if policy != FamilyPolicy::SingleStack && families.len() == 1 {
+    if policy != IpFamilyPolicy::SingleStack && families.len() == 1 {
         let other = if families[0] == IpFamily::V4 {
             IpFamily::V6
         } else {
@@ -146,7 +146,7 @@ pub fn request(svc: &Service) -> ServiceRequest {
         };
         families.push(other);
     }
-    if policy == FamilyPolicy::SingleStack {
+    if policy == IpFamilyPolicy::SingleStack {
         families.truncate(1);
     }
     let mut ports: Vec<Port> = spec
@@ -209,7 +209,7 @@ mod tests {
         ));
         assert_eq!(r.key.to_string(), "shop/web");
         assert_eq!(r.families, [IpFamily::V6, IpFamily::V4]);
-        assert_eq!(r.policy, FamilyPolicy::RequireDualStack);
+        assert_eq!(r.policy, IpFamilyPolicy::RequireDualStack);
         assert_eq!(r.requested.len(), 2);
         assert_eq!(r.invalid_request, None);
         assert_eq!(r.pool.as_deref(), Some("pool-a"));

@@ -22,7 +22,7 @@ pub use range::{IpRange, RangeError};
 use crate::ip_family::IpFamily;
 
 use crate::compact::push_exact;
-use crate::service::{FamilyPolicy, Port, ServiceRequest, SharingTerms};
+use crate::service::{IpFamilyPolicy, Port, ServiceRequest, SharingTerms};
 
 /// Labels of each namespace, for `Eip.spec.namespaceSelector`.
 pub type NamespaceLabels = BTreeMap<String, BTreeMap<String, String>>;
@@ -253,7 +253,7 @@ impl Ipam {
                 .find(|ip| IpFamily::of(**ip) == *family);
             let result = match wanted {
                 Some(ip) => self.check_requested(req, *ip, labels).map(|()| *ip),
-                None if !req.requested.is_empty() && req.policy == FamilyPolicy::SingleStack => {
+                None if !req.requested.is_empty() && req.policy == IpFamilyPolicy::SingleStack => {
                     continue;
                 }
                 None => self.pick(req, *family, labels),
@@ -269,7 +269,7 @@ impl Ipam {
             }
         }
         let complete = match req.policy {
-            FamilyPolicy::RequireDualStack => first_error.is_none(),
+            IpFamilyPolicy::RequireDualStack => first_error.is_none(),
             _ => !got.is_empty(),
         };
         if complete {
@@ -295,7 +295,7 @@ impl Ipam {
         if families.len() != ips.len() || !families.iter().all(|f| req.families.contains(f)) {
             return false;
         }
-        if req.policy == FamilyPolicy::RequireDualStack && families.len() < req.families.len() {
+        if req.policy == IpFamilyPolicy::RequireDualStack && families.len() < req.families.len() {
             return false;
         }
         if !req.requested.is_empty() && !req.requested.iter().all(|r| ips.contains(r)) {

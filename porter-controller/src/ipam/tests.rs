@@ -33,7 +33,7 @@ fn req(ns_name: &str) -> ServiceRequest {
         sharing_terms: SharingTerms::default(),
         ports: [("TCP".to_string(), 80)].into(),
         families: vec![IpFamily::V4],
-        policy: FamilyPolicy::SingleStack,
+        policy: IpFamilyPolicy::SingleStack,
         current: vec![],
     }
 }
@@ -409,8 +409,8 @@ fn dual_stack_follows_policy() {
         families,
         ..req("a/s")
     };
-    use FamilyPolicy::*;
     use IpFamily::{V4, V6};
+    use IpFamilyPolicy::*;
     let cases: Vec<(&str, Ipam, ServiceRequest, Outcome)> = vec![
         (
             "single v6",
