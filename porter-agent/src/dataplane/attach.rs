@@ -327,15 +327,7 @@ impl Dataplane {
             .pins
             .links_dir()
             .join(format!("tc-{direction}-{interface}"));
-        let program: &mut SchedClassifier = self
-            .ebpf
-            .program_mut(program_names::TC_REVNAT)
-            .ok_or(AttachError::MissingProgram)?
-            .try_into()
-            .map_err(|source| DataplaneError::Program {
-                name: program_names::TC_REVNAT,
-                source,
-            })?;
+        let program = tc_program(&mut self.ebpf)?;
         let tc_err = |source| DataplaneError::Tc {
             interface: interface.to_owned(),
             source,
@@ -386,4 +378,15 @@ impl Dataplane {
         info!(interface, direction, pin = %path.display(), "attached tc reverse NAT");
         Ok(())
     }
+}
+
+/// The reverse-NAT program of the loaded object.
+pub(super) fn tc_program(ebpf: &mut Ebpf) -> Result<&mut SchedClassifier, DataplaneError> {
+    ebpf.program_mut(program_names::TC_REVNAT)
+        .ok_or(AttachError::MissingProgram)?
+        .try_into()
+        .map_err(|source| DataplaneError::Program {
+            name: program_names::TC_REVNAT,
+            source,
+        })
 }

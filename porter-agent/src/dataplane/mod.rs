@@ -19,7 +19,6 @@ use std::collections::{BTreeMap, BTreeSet};
 use aya::{
     Ebpf,
     maps::{Array, HashMap, MapData, MapError, PerCpuArray},
-    programs::SchedClassifier,
 };
 use porter_common::{
     BackendKey, BackendValue, L2Key, L2Value, RevNatValue, ServiceCounters, ServiceKey,
@@ -35,7 +34,6 @@ use crate::{
     plan::{self, PlannedService, SharedMapPlan, SharedMaps},
     service::{Backend, LocalService, ServiceAddr},
 };
-use attach::AttachError;
 use error::map_err;
 use mirror::{ArraySlots, ignore_missing, sync_map};
 use service_ids::free_id;
@@ -87,14 +85,7 @@ impl Dataplane {
                 .map_max_entries(map_names::VIPS, config.max_services)
                 .map_max_entries(map_names::SERVICE_COUNTERS, config.max_services);
         })?;
-        let tc: &mut SchedClassifier = ebpf
-            .program_mut(program_names::TC_REVNAT)
-            .ok_or(AttachError::MissingProgram)?
-            .try_into()
-            .map_err(|source| DataplaneError::Program {
-                name: program_names::TC_REVNAT,
-                source,
-            })?;
+        let tc = attach::tc_program(&mut ebpf)?;
         attach::retry_interrupted_load(|| tc.load()).map_err(|source| DataplaneError::Program {
             name: program_names::TC_REVNAT,
             source,
