@@ -44,8 +44,8 @@ pub struct SentPath {
     pub attributes: Arc<PathAttributes>,
 }
 
-/// Paths of one prefix: path id → path.
-type Paths = BTreeMap<u32, SentPath>;
+/// PrefixPaths of one prefix: path id → path.
+type PrefixPaths = BTreeMap<u32, SentPath>;
 
 /// 4096 − header (19) − withdrawn length (2) − attribute length (2), less room
 /// for the largest fixed attribute set we send (ORIGIN, AS_PATH, AS4_PATH,
@@ -63,7 +63,7 @@ fn nlri_budget(path: &SentPath) -> usize {
 pub struct FamilyPolicy {
     /// ADD-PATH send was negotiated: NLRIs carry path ids.
     pub add_path: bool,
-    /// Paths per prefix: send-max with ADD-PATH, else 1.
+    /// PrefixPaths per prefix: send-max with ADD-PATH, else 1.
     pub max_paths: usize,
 }
 
@@ -140,7 +140,7 @@ pub struct Omitted {
     pub paths_over_limit: usize,
     /// Next hops of the other address family than their prefix (not supported).
     pub next_hop_family_mismatch: usize,
-    /// Paths scoped to other peers.
+    /// PrefixPaths scoped to other peers.
     pub scoped_to_other_peers: usize,
     /// Next hop self (the unspecified address) where neither the session
     /// nor the peer's `next_hop_self` has an address of that family.
@@ -152,7 +152,7 @@ pub struct Omitted {
 pub fn desired_paths(
     routes: &SharedPaths,
     policy: &SendPolicy,
-) -> (BTreeMap<IpNet, Paths>, Omitted) {
+) -> (BTreeMap<IpNet, PrefixPaths>, Omitted) {
     let mut omitted = Omitted::default();
     let mut out = BTreeMap::new();
     for (prefix, next_hops) in routes {
@@ -160,7 +160,7 @@ pub fn desired_paths(
             omitted.family_not_negotiated += 1;
             continue;
         };
-        let mut paths = Paths::new();
+        let mut paths = PrefixPaths::new();
         let in_scope: Vec<_> = next_hops
             .iter()
             .filter(|(_, attributes)| policy::applies_to(attributes, policy.peer))
@@ -236,7 +236,7 @@ impl RibChanges {
 /// What one peer has been sent.
 #[derive(Debug, Default)]
 pub struct AdjRibOut {
-    sent: BTreeMap<IpNet, Paths>,
+    sent: BTreeMap<IpNet, PrefixPaths>,
 }
 
 impl AdjRibOut {
@@ -252,7 +252,7 @@ impl AdjRibOut {
     }
 
     /// Makes `desired` the new Adj-RIB-Out and returns what changed.
-    pub fn update(&mut self, desired: BTreeMap<IpNet, Paths>, policy: &SendPolicy) -> RibChanges {
+    pub fn update(&mut self, desired: BTreeMap<IpNet, PrefixPaths>, policy: &SendPolicy) -> RibChanges {
         let mut changes = RibChanges::default();
         let nlri_id = |prefix: &IpNet, id: u32| {
             let add_path = policy
