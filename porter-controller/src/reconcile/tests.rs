@@ -1,11 +1,11 @@
 use super::*;
 use std::sync::Arc;
 
-use k8s_openapi::api::core::v1::{
-    LoadBalancerIngress, LoadBalancerStatus, Node, Service, ServicePort, ServiceSpec, ServiceStatus,
-};
+use k8s_openapi::api::core::v1::{Node, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, ObjectMeta};
+use porter_api::service::ingress_status;
+use porter_api::testing::{load_balancer_on_80, service_in};
 use porter_api::{Eip, EipSpec};
 
 fn now() -> Time {
@@ -20,28 +20,7 @@ fn leader() -> Reconciler {
 }
 
 fn svc(name: &str, annotations: &[(&str, &str)]) -> Service {
-    Service {
-        metadata: ObjectMeta {
-            name: Some(name.into()),
-            namespace: Some("default".into()),
-            annotations: Some(
-                annotations
-                    .iter()
-                    .map(|(k, v)| (k.to_string(), v.to_string()))
-                    .collect(),
-            ),
-            ..Default::default()
-        },
-        spec: Some(ServiceSpec {
-            type_: Some("LoadBalancer".into()),
-            ports: Some(vec![ServicePort {
-                port: 80,
-                ..Default::default()
-            }]),
-            ..Default::default()
-        }),
-        status: None,
-    }
+    service_in("default", name, annotations, load_balancer_on_80())
 }
 
 fn porter_svc(name: &str) -> Service {
@@ -86,19 +65,7 @@ fn settle(snap: &Snapshot, plan: &Plan) -> Snapshot {
             let mut s = (**s).clone();
             let k = ObjectKey::of(&s.metadata);
             for (_, ips) in plan.ingress.iter().filter(|(p, _)| *p == k) {
-                s.status = Some(ServiceStatus {
-                    load_balancer: Some(LoadBalancerStatus {
-                        ingress: Some(
-                            ips.iter()
-                                .map(|ip| LoadBalancerIngress {
-                                    ip: Some(ip.to_string()),
-                                    ..Default::default()
-                                })
-                                .collect(),
-                        ),
-                    }),
-                    conditions: None,
-                });
+                s.status = Some(ingress_status(ips));
             }
             for (_, add) in plan.finalizers.iter().filter(|(p, _)| *p == k) {
                 let f = s.metadata.finalizers.get_or_insert_with(Vec::new);
@@ -355,15 +322,7 @@ fn other_load_balancers_are_left_alone() {
     let mut snap = seed();
     let mut foreign = svc("metallb", &[]);
     foreign.spec.as_mut().expect("spec").load_balancer_class = Some("metallb.io/metallb".into());
-    foreign.status = Some(ServiceStatus {
-        load_balancer: Some(LoadBalancerStatus {
-            ingress: Some(vec![LoadBalancerIngress {
-                ip: Some("192.168.0.100".into()),
-                ..Default::default()
-            }]),
-        }),
-        conditions: None,
-    });
+    foreign.status = Some(ingress_status(&["192.168.0.100".parse().expect("ip")]));
     snap.services.push(Arc::new(foreign));
     let plan = r.plan(&snap, &now());
     let touched: BTreeSet<String> = plan
