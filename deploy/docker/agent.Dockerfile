@@ -30,11 +30,14 @@ RUN for image in "$RUST_IMAGE" "$RUNTIME_IMAGE"; do \
 WORKDIR /src
 COPY . .
 # --locked here and in the eBPF build: the build fails if a Cargo.lock would
-# have to change.
+# have to change. build-ebpf installs the eBPF toolchain, then builds
+# porter-agent (`cargo build --release --locked -p porter-agent`, whose build
+# script compiles the eBPF object): the binary copied below is that build's.
+# (A second `cargo build` here, run outside xtask, would compile every
+# dependency a second time.)
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target \
     cargo run --locked --package xtask -- build-ebpf --release --locked \
-    && cargo build --release --locked -p porter-agent \
     && install -D target/release/porter-agent /out/porter-agent
 
 # The agent runs as root with CAP_BPF, CAP_NET_ADMIN, CAP_PERFMON and
