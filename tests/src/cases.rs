@@ -24,7 +24,7 @@ pub struct Skipped(pub String);
 
 impl std::fmt::Display for Skipped {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "skipped: {}", self.0)
+        f.write_str(&self.0)
     }
 }
 
