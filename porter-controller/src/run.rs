@@ -19,6 +19,7 @@ use crate::leadership::Leadership;
 use crate::metrics::Metrics;
 use crate::node_check_runtime::NodeChecker;
 use crate::peer_auth::SecretScope;
+use crate::reachability::ReachabilityPublisher;
 use crate::reconcile::{Reconciler, apply};
 
 /// The node check's targets when this replica must not check.
@@ -46,6 +47,8 @@ pub struct Controller<A: Announcer> {
     was_leader: bool,
     /// Central mode's node liveness check, when enabled.
     node_check: Option<NodeChecker>,
+    /// Its states, published on the Nodes.
+    reachability: ReachabilityPublisher,
 }
 
 impl<A: Announcer> Controller<A> {
@@ -57,6 +60,7 @@ impl<A: Announcer> Controller<A> {
             metrics,
             was_leader: false,
             node_check: None,
+            reachability: ReachabilityPublisher::default(),
         }
     }
 
@@ -94,6 +98,7 @@ impl<A: Announcer> Controller<A> {
             // everything: its predecessor's state is unknown.
             self.reconciler.set_leading(leader);
             self.bgp.reset();
+            self.reachability.forget();
             self.was_leader = leader;
         }
     }
@@ -137,6 +142,13 @@ impl<A: Announcer> Controller<A> {
             }
             None => Vec::new(),
         };
+        let reachable = if leader {
+            let states = self.node_check.as_ref().map(NodeChecker::states);
+            self.reachability
+                .changes(&snap.nodes, &states.unwrap_or_default())
+        } else {
+            Vec::new()
+        };
         // The rest of the step reads only the BgpPeers. The snapshot itself
         // goes now: the objects the writes below replace (each comes back
         // through the watch while the step runs) are then freed as they come
@@ -161,6 +173,16 @@ impl<A: Announcer> Controller<A> {
                 step.writes += 1;
                 if let Err(e) = writer.event(event).await {
                     tracing::warn!(error = %e, "cannot write an Event");
+                }
+            }
+            for (node, state) in reachable {
+                step.writes += 1;
+                match writer.node_condition(&node, &state.condition()).await {
+                    Ok(()) => self.reachability.wrote(node, state),
+                    Err(e) => {
+                        step.failed_writes += 1;
+                        tracing::warn!(error = %e, "write failed; retrying");
+                    }
                 }
             }
             let notes = self.bgp.configure(plan.bgp.clone(), &mut self.announcer);

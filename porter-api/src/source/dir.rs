@@ -477,6 +477,14 @@ impl DirWriter {
 }
 
 impl StatusWriter for DirWriter {
+    async fn node_condition(
+        &self,
+        node: &str,
+        condition: &NodeCondition,
+    ) -> Result<(), WriteError> {
+        DirWriter::node_condition(self, node, condition)
+    }
+
     async fn service_ingress(
         &self,
         service: &ObjectKey,
