@@ -136,6 +136,14 @@ enum Command {
     /// Why each address of a Service is, or is not, announced through
     /// each node and sent to each peer (reads --source, writes nothing;
     /// see docs/troubleshooting.md).
+    ///
+    /// For each address: its pool and why that pool; for every node
+    /// `announced`, or the word for why not (NoReadyEndpoint, UnknownNode,
+    /// NotReady, DataplaneFrozen, NoInternalIP, LivenessWithdrawn,
+    /// PoolNodeSelector), from the predicates the controller announces by;
+    /// for every BgpPeer its sessions and whether each path was sent
+    /// (PoolPeerSelector, PeerNodeSelector, SessionDown). Exits non-zero
+    /// when the Service does not exist.
     Explain(porter_controller::explain::cli::ExplainArgs),
 }
 

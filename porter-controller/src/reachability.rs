@@ -5,7 +5,7 @@
 //! Pure: which conditions to write, given the check's states and what the
 //! Nodes show. Written only on a change.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::Node;
@@ -25,53 +25,28 @@ pub fn reachability(state: Option<State>) -> Reachability {
     }
 }
 
-/// What this leader wrote and the Nodes may not show yet.
-#[derive(Debug, Default)]
-pub struct ReachabilityPublisher {
-    written: HashMap<String, Reachability>,
-}
-
-impl ReachabilityPublisher {
-    /// A new leadership term starts from what the Nodes show.
-    pub fn forget(&mut self) {
-        self.written.clear();
-    }
-
-    /// The nodes whose condition must change, with what it must say: the
-    /// check's state where it differs from what the Node shows and from
-    /// what was written last. A Node that has never had the condition gets
-    /// none while it is not checked (node mode, the check off, no path).
-    pub fn changes(
-        &mut self,
-        nodes: &[Arc<Node>],
-        states: &BTreeMap<String, State>,
-    ) -> Vec<(String, Reachability)> {
-        let mut changes = Vec::new();
-        let mut awaited = HashMap::new();
-        for node in nodes {
-            let Some(name) = node.metadata.name.as_deref() else {
-                continue;
-            };
+/// The nodes whose condition must change, with what it must say: the
+/// check's state where the Node shows another. A Node that has never had
+/// the condition gets none while it is not checked (node mode, the check
+/// off, no path). Read from the Nodes at each pass rather than remembered,
+/// so a write that was lost (another writer of the Node's status won a
+/// race) is made again; one the watch has not brought back yet may be
+/// repeated, which changes nothing.
+pub fn changes(
+    nodes: &[Arc<Node>],
+    states: &BTreeMap<String, State>,
+) -> Vec<(String, Reachability)> {
+    nodes
+        .iter()
+        .filter_map(|node| {
+            let name = node.metadata.name.as_deref()?;
             let wanted = reachability(states.get(name).copied());
             let shown = published(node);
-            if shown == Some(wanted) || (shown.is_none() && wanted == Reachability::NotChecked) {
-                continue;
-            }
-            if self.written.get(name) != Some(&wanted) {
-                changes.push((name.to_owned(), wanted));
-            } else {
-                // Written, not back through the watch yet.
-                awaited.insert(name.to_owned(), wanted);
-            }
-        }
-        self.written = awaited;
-        changes
-    }
-
-    /// `node`'s condition now says `state`.
-    pub fn wrote(&mut self, node: String, state: Reachability) {
-        self.written.insert(node, state);
-    }
+            let unchanged =
+                shown == Some(wanted) || (shown.is_none() && wanted == Reachability::NotChecked);
+            (!unchanged).then(|| (name.to_owned(), wanted))
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -106,31 +81,19 @@ mod tests {
     }
 
     #[test]
-    fn written_once_per_change_and_never_on_a_node_that_was_never_checked() {
-        let mut publisher = ReachabilityPublisher::default();
+    fn written_where_the_node_says_otherwise_and_never_on_a_node_never_checked() {
         let states: BTreeMap<String, State> = [("n1".to_string(), State::Down)].into();
         let nodes = [showing("n1", Some(Reachability::Up)), showing("n2", None)];
         assert_eq!(
-            publisher.changes(&nodes, &states),
+            changes(&nodes, &states),
             [("n1".to_string(), Reachability::Down)],
             "n2 is not checked and never was: nothing to say"
         );
-        publisher.wrote("n1".into(), Reachability::Down);
-        assert!(
-            publisher.changes(&nodes, &states).is_empty(),
-            "written, the watch has not caught up: not again"
-        );
         let caught_up = [showing("n1", Some(Reachability::Down)), showing("n2", None)];
-        assert!(publisher.changes(&caught_up, &states).is_empty());
+        assert!(changes(&caught_up, &states).is_empty(), "nothing new");
         // The check stops (node mode, or n1 has no path left): n1 says so.
         assert_eq!(
-            publisher.changes(&caught_up, &BTreeMap::new()),
-            [("n1".to_string(), Reachability::NotChecked)]
-        );
-        // A new leader's first pass, and a failed write, write again.
-        publisher.forget();
-        assert_eq!(
-            publisher.changes(&caught_up, &BTreeMap::new()),
+            changes(&caught_up, &BTreeMap::new()),
             [("n1".to_string(), Reachability::NotChecked)]
         );
     }

@@ -19,7 +19,7 @@ use crate::leadership::Leadership;
 use crate::metrics::Metrics;
 use crate::node_check_runtime::NodeChecker;
 use crate::peer_auth::SecretScope;
-use crate::reachability::ReachabilityPublisher;
+use crate::reachability;
 use crate::reconcile::{Reconciler, apply};
 
 /// The node check's targets when this replica must not check.
@@ -47,8 +47,6 @@ pub struct Controller<A: Announcer> {
     was_leader: bool,
     /// Central mode's node liveness check, when enabled.
     node_check: Option<NodeChecker>,
-    /// Its states, published on the Nodes.
-    reachability: ReachabilityPublisher,
 }
 
 impl<A: Announcer> Controller<A> {
@@ -60,7 +58,6 @@ impl<A: Announcer> Controller<A> {
             metrics,
             was_leader: false,
             node_check: None,
-            reachability: ReachabilityPublisher::default(),
         }
     }
 
@@ -98,7 +95,6 @@ impl<A: Announcer> Controller<A> {
             // everything: its predecessor's state is unknown.
             self.reconciler.set_leading(leader);
             self.bgp.reset();
-            self.reachability.forget();
             self.was_leader = leader;
         }
     }
@@ -142,10 +138,10 @@ impl<A: Announcer> Controller<A> {
             }
             None => Vec::new(),
         };
+        // The check's states, published on the Nodes (by the leader only).
         let reachable = if leader {
             let states = self.node_check.as_ref().map(NodeChecker::states);
-            self.reachability
-                .changes(&snap.nodes, &states.unwrap_or_default())
+            reachability::changes(&snap.nodes, &states.unwrap_or_default())
         } else {
             Vec::new()
         };
@@ -177,12 +173,9 @@ impl<A: Announcer> Controller<A> {
             }
             for (node, state) in reachable {
                 step.writes += 1;
-                match writer.node_condition(&node, &state.condition()).await {
-                    Ok(()) => self.reachability.wrote(node, state),
-                    Err(e) => {
-                        step.failed_writes += 1;
-                        tracing::warn!(error = %e, "write failed; retrying");
-                    }
+                if let Err(e) = writer.node_condition(&node, &state.condition()).await {
+                    step.failed_writes += 1;
+                    tracing::warn!(error = %e, "write failed; retrying");
                 }
             }
             let notes = self.bgp.configure(plan.bgp.clone(), &mut self.announcer);

@@ -14,12 +14,8 @@ use porter_api::source::{Snapshot, SourceArg, dir, kube as kube_source, layer2};
 
 use super::{Standing, explain};
 
-/// Says why each address of a Service is, or is not, announced through
-/// each node and sent to each BGP peer: its pool and why that pool; per
-/// node announced, or the reason it is not (NotReady, NoReadyEndpoint,
-/// DataplaneFrozen, LivenessWithdrawn, PoolNodeSelector, ...); per peer
-/// the session and whether each path was sent. Reads the state the
-/// controller reads, from --source; writes nothing.
+/// The arguments of `porter-controller explain` (its help is the
+/// subcommand's, in main.rs).
 #[derive(clap::Args, Debug)]
 pub struct ExplainArgs {
     /// The Service, as `namespace/name` (or `name` in `default`).

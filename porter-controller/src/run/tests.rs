@@ -956,10 +956,10 @@ async fn against_the_api_server_a_layer2_pool_over_a_node_address_is_refused() {
 }
 
 /// A node still showing the liveness check's `Down` from an earlier leader
-/// while nothing checks it any more: the leader corrects it once, a
-/// follower never writes it.
+/// while nothing checks it any more: the leader corrects it until the Node
+/// shows it, a follower never writes it.
 #[tokio::test]
-async fn the_leader_publishes_a_nodes_liveness_state_once_per_change() {
+async fn the_leader_publishes_a_nodes_liveness_state_where_it_changed() {
     use porter_api::node_reachability::Reachability;
     let mut c = Controller::new(Recorder::default(), Arc::new(Metrics::default()));
     let writer = RecordingWriter::default();
@@ -984,10 +984,21 @@ async fn the_leader_publishes_a_nodes_liveness_state_once_per_change() {
     c.step(snap.clone(), false, &writer).await;
     assert!(conditions(&writer).is_empty(), "a follower writes nothing");
     c.step(snap.clone(), true, &writer).await;
-    c.step(snap.clone(), true, &writer).await;
     assert_eq!(
         conditions(&writer),
         ["node n1 PorterNodeReachable Unknown NotChecked"],
-        "once, and nothing on n2, which never had the condition"
+        "nothing on n2, which never had the condition"
     );
+    // Once the Node shows it, nothing more.
+    let mut fixed = (*snap).clone();
+    let mut n1 = (*fixed.nodes[0]).clone();
+    if let Some(status) = n1.status.as_mut() {
+        porter_api::node_dataplane::merge(
+            status.conditions.get_or_insert_with(Vec::new),
+            Reachability::NotChecked.condition(),
+        );
+    }
+    fixed.nodes[0] = Arc::new(n1);
+    c.step(Arc::new(fixed), true, &writer).await;
+    assert_eq!(conditions(&writer).len(), 1, "{:?}", conditions(&writer));
 }
