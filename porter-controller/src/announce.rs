@@ -356,6 +356,9 @@ pub struct RouteTable {
     /// The nodes with serving endpoints that offer no path, and why, for
     /// each EIP that has any (most have none).
     excluded: HashMap<IpAddr, Box<[Excluded]>>,
+    /// The nodes whose path went in the last update because their last
+    /// endpoint did, for Events.
+    departed: Vec<(IpAddr, Arc<str>)>,
 }
 
 /// The inputs of one update.
@@ -503,6 +506,8 @@ impl RouteTable {
         }
 
         let mut changed = BTreeSet::new();
+        // Next hops that went, for `departed`.
+        let mut gone: Vec<(IpAddr, IpAddr)> = Vec::new();
         for eip in dirty {
             let pool = pool_of(eip).and_then(|name| policy.pools.get(name));
             let paths = self.paths_of(eip, pool, policy);
@@ -516,6 +521,14 @@ impl RouteTable {
             if unchanged {
                 continue;
             }
+            if let Some(current) = current {
+                gone.extend(
+                    current
+                        .keys()
+                        .filter(|hop| paths.get(hop).is_none())
+                        .map(|hop| (eip, *hop)),
+                );
+            }
             let all = Arc::make_mut(&mut self.paths);
             if paths.is_empty() {
                 all.remove(&prefix);
@@ -524,7 +537,49 @@ impl RouteTable {
             }
             changed.insert(eip);
         }
+        self.departed = self.departures(&gone);
         changed
+    }
+
+    /// The nodes whose path of an EIP went in this update because they
+    /// have no serving endpoint left (those that have one are in
+    /// [`Self::excluded`], with their reason). A node is found by its next
+    /// hop among the nodes that can be one; a hop whose node cannot be one
+    /// any more is left unnamed here (NotReady, gone: without endpoints it
+    /// has no line in the Event; `explain` still names it).
+    fn departures(&self, gone: &[(IpAddr, IpAddr)]) -> Vec<(IpAddr, Arc<str>)> {
+        if gone.is_empty() {
+            return Vec::new();
+        }
+        // The node behind each next hop, per EIP family: one pass over the
+        // nodes, not one per hop (a NotReady node can take 10,000 paths).
+        let families = [IpAddr::from([0u8; 4]), IpAddr::from([0u16; 8])];
+        let by_hop: HashMap<(Family, IpAddr), &Arc<str>> = self
+            .nodes
+            .iter()
+            .filter_map(|(node, standing)| Some((node, standing.as_ref().ok()?)))
+            .flat_map(|(node, info)| {
+                families.iter().filter_map(move |sample| {
+                    Some(((Family::of(*sample), next_hop(&info.addrs, *sample)?), node))
+                })
+            })
+            .collect();
+        gone.iter()
+            .filter_map(|(eip, hop)| {
+                let node = by_hop.get(&(Family::of(*eip), *hop))?;
+                let explained = self.excluded(eip).iter().any(|(n, _)| n == *node);
+                (!explained).then(|| (*eip, Arc::clone(node)))
+            })
+            .collect()
+    }
+
+    /// The nodes whose path of `eip` went in the last update because no
+    /// serving endpoint is left on them (`NoReadyEndpoint`).
+    pub fn departed(&self, eip: &IpAddr) -> impl Iterator<Item = &Arc<str>> {
+        self.departed
+            .iter()
+            .filter(move |(e, _)| e == eip)
+            .map(|(_, node)| node)
     }
 
     /// One EIP's paths: one per Ready node with serving endpoints of its

@@ -647,14 +647,20 @@ impl Reconciler {
             // paths were decided with (`porter-controller explain` tells
             // more).
             let excluded = self.routes.excluded(ip);
-            let not_through = if excluded.is_empty() {
+            let left_out: Vec<String> = excluded
+                .iter()
+                .map(|(node, why)| (node, *why))
+                .chain(
+                    self.routes
+                        .departed(ip)
+                        .map(|node| (node, Exclusion::NoReadyEndpoint)),
+                )
+                .map(|(node, why)| format!("{node} ({})", why.word()))
+                .collect();
+            let not_through = if left_out.is_empty() {
                 String::new()
             } else {
-                let nodes: Vec<String> = excluded
-                    .iter()
-                    .map(|(node, why)| format!("{node} ({})", why.word()))
-                    .collect();
-                format!("; not through {}", nodes.join(", "))
+                format!("; not through {}", left_out.join(", "))
             };
             let message = match paths.get(&IpNet::from(*ip)) {
                 Some(hops) => format!(
@@ -673,7 +679,7 @@ impl Reconciler {
                         .collect::<Vec<_>>()
                         .join(", ")
                 ),
-                None if excluded.is_empty() => format!(
+                None if left_out.is_empty() => format!(
                     "{ip} withdrawn: no node has a ready endpoint of its Service(s) ({})",
                     Exclusion::NoReadyEndpoint.word()
                 ),

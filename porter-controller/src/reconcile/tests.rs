@@ -483,15 +483,16 @@ fn an_endpoint_change_alone_moves_the_route_and_nothing_else() {
     assert!(
         plan.events[0]
             .message
-            .ends_with("next hop(s) 192.168.1.2 (1 endpoint(s))"),
-        "the Event names each next hop's weight: {}",
+            .ends_with("next hop(s) 192.168.1.2 (1 endpoint(s)); not through n1 (NoReadyEndpoint)"),
+        "the Event names each next hop's weight, and the node that went and why: {}",
         plan.events[0].message
     );
     assert!(plan.ingress.is_empty() && plan.finalizers.is_empty() && plan.eip_status.is_empty());
 }
 
 /// The Announced Event names the nodes with endpoints that are left out,
-/// by the reason word explain gives, and only when the paths change.
+/// and those whose path went with their last endpoint, by the reason word
+/// explain gives, and only when the paths change.
 #[test]
 fn announced_events_say_in_a_word_why_a_node_with_endpoints_is_left_out() {
     let mut r = leader();
@@ -522,7 +523,14 @@ fn announced_events_say_in_a_word_why_a_node_with_endpoints_is_left_out() {
     idle.endpoint_slices = vec![Arc::new(slice("web", &[]))];
     assert_eq!(
         only_event(&r.plan(&idle, &now()), REASON_ANNOUNCED).message,
-        "192.168.0.100 withdrawn: no node has a ready endpoint of its Service(s) (NoReadyEndpoint)"
+        "192.168.0.100 withdrawn; not through n1 (NoReadyEndpoint), n2 (NoReadyEndpoint)"
+    );
+    // Gone from the Event once said: they have no endpoint to leave out.
+    let mut back = idle.clone();
+    back.endpoint_slices = vec![Arc::new(slice("web", &["n2"]))];
+    assert_eq!(
+        only_event(&r.plan(&back, &now()), REASON_ANNOUNCED).message,
+        "192.168.0.100 announced with next hop(s) 192.168.1.2 (1 endpoint(s))"
     );
 }
 
