@@ -20,7 +20,9 @@ use porter_bgp::{PathAttributes, PathTable, Speaker};
 use tokio::sync::Notify;
 
 use crate::announce::Paths;
-use crate::bgp::{Announcer, PeerConfig, PeerStatus, SpeakerConfig, sessions_differ};
+use porter_bgp::{PeerConfig, PeerStatus, SpeakerConfig};
+
+use crate::bgp::{Announcer, sessions_differ};
 
 /// How often peer status is refreshed and a failed start retried.
 const TICK: Duration = Duration::from_secs(1);

@@ -11,6 +11,7 @@ pub mod explain;
 #[doc(hidden)]
 pub mod fuzzing;
 mod identity;
+pub mod ip_family;
 pub mod ipam;
 pub mod layer2_status;
 pub mod leader_lease;

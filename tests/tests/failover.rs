@@ -23,7 +23,7 @@ use porter_tests::{
     cases::{Case, Suite},
     datacenter::{Datacenter, POD_PORT, samples_dir},
     lab::wait_for,
-    manifests::{self, ServiceSpec},
+    manifests::{self, ServiceManifest},
 };
 
 const NS: &str = "default";
@@ -91,8 +91,8 @@ fn setup() -> Result<Ctx> {
     Ok(Ctx { dc, web })
 }
 
-fn service(name: &str, port: u16) -> ServiceSpec<'_> {
-    ServiceSpec {
+fn service(name: &str, port: u16) -> ServiceManifest<'_> {
+    ServiceManifest {
         namespace: NS,
         name,
         port,
