@@ -554,19 +554,22 @@ impl RouteTable {
         // The node behind each next hop, per EIP family: one pass over the
         // nodes, not one per hop (a NotReady node can take 10,000 paths).
         let families = [IpAddr::from([0u8; 4]), IpAddr::from([0u16; 8])];
-        let by_hop: HashMap<(Family, IpAddr), &Arc<str>> = self
+        let by_hop: HashMap<(IpFamily, IpAddr), &Arc<str>> = self
             .nodes
             .iter()
             .filter_map(|(node, standing)| Some((node, standing.as_ref().ok()?)))
             .flat_map(|(node, info)| {
                 families.iter().filter_map(move |sample| {
-                    Some(((Family::of(*sample), next_hop(&info.addrs, *sample)?), node))
+                    Some((
+                        (IpFamily::of(*sample), next_hop(&info.addrs, *sample)?),
+                        node,
+                    ))
                 })
             })
             .collect();
         gone.iter()
             .filter_map(|(eip, hop)| {
-                let node = by_hop.get(&(Family::of(*eip), *hop))?;
+                let node = by_hop.get(&(IpFamily::of(*eip), *hop))?;
                 let explained = self.excluded(eip).iter().any(|(n, _)| n == *node);
                 (!explained).then(|| (*eip, Arc::clone(node)))
             })
