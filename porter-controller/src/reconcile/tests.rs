@@ -1,10 +1,11 @@
 use super::*;
 use std::sync::Arc;
 
-use k8s_openapi::api::core::v1::{Node, Service, ServicePort, ServiceSpec};
+use k8s_openapi::api::core::v1::{Node, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, ObjectMeta};
 use porter_api::service::ingress_status;
+use porter_api::testing::{load_balancer_on_80, service_in};
 use porter_api::{Eip, EipSpec};
 
 fn now() -> Time {
@@ -19,28 +20,7 @@ fn leader() -> Reconciler {
 }
 
 fn svc(name: &str, annotations: &[(&str, &str)]) -> Service {
-    Service {
-        metadata: ObjectMeta {
-            name: Some(name.into()),
-            namespace: Some("default".into()),
-            annotations: Some(
-                annotations
-                    .iter()
-                    .map(|(k, v)| (k.to_string(), v.to_string()))
-                    .collect(),
-            ),
-            ..Default::default()
-        },
-        spec: Some(ServiceSpec {
-            type_: Some("LoadBalancer".into()),
-            ports: Some(vec![ServicePort {
-                port: 80,
-                ..Default::default()
-            }]),
-            ..Default::default()
-        }),
-        status: None,
-    }
+    service_in("default", name, annotations, load_balancer_on_80())
 }
 
 fn porter_svc(name: &str) -> Service {
