@@ -252,7 +252,11 @@ impl AdjRibOut {
     }
 
     /// Makes `desired` the new Adj-RIB-Out and returns what changed.
-    pub fn update(&mut self, desired: BTreeMap<IpNet, PrefixPaths>, policy: &SendPolicy) -> RibChanges {
+    pub fn update(
+        &mut self,
+        desired: BTreeMap<IpNet, PrefixPaths>,
+        policy: &SendPolicy,
+    ) -> RibChanges {
         let mut changes = RibChanges::default();
         let nlri_id = |prefix: &IpNet, id: u32| {
             let add_path = policy

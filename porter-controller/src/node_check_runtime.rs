@@ -18,12 +18,13 @@ use tokio::sync::{Notify, watch};
 use tokio::time::MissedTickBehavior;
 
 use crate::metrics::Metrics;
-use crate::node_check::{NodeCheck, Timing, Transition, answer_from};
+use crate::node_check::{NodeCheck, State, Timing, Transition, answer_from};
 
 /// The controller's side of a running check.
 pub struct NodeChecker {
     targets: watch::Sender<BTreeMap<String, IpAddr>>,
     withdrawn: watch::Receiver<BTreeSet<String>>,
+    states: watch::Receiver<BTreeMap<String, State>>,
     transitions: Arc<Mutex<Vec<Transition>>>,
     changed: Arc<Notify>,
     timing: Timing,
@@ -34,6 +35,9 @@ struct Outputs {
     /// The [`NodeCheck::version`] last published.
     published: u64,
     withdrawn: watch::Sender<BTreeSet<String>>,
+    /// Every target's state, for the leader's `PorterNodeReachable`
+    /// condition (see `crate::reachability`).
+    states: watch::Sender<BTreeMap<String, State>>,
     transitions: Arc<Mutex<Vec<Transition>>>,
     changed: Arc<Notify>,
     metrics: Arc<Metrics>,
@@ -52,11 +56,13 @@ impl NodeChecker {
         };
         let (targets, targets_rx) = watch::channel(BTreeMap::new());
         let (withdrawn_tx, withdrawn) = watch::channel(BTreeSet::new());
+        let (states_tx, states) = watch::channel(BTreeMap::new());
         let transitions = Arc::new(Mutex::new(Vec::new()));
         let changed = Arc::new(Notify::new());
         let outputs = Outputs {
             published: 0,
             withdrawn: withdrawn_tx,
+            states: states_tx,
             transitions: Arc::clone(&transitions),
             changed: Arc::clone(&changed),
             metrics,
@@ -73,6 +79,7 @@ impl NodeChecker {
         Ok(Self {
             targets,
             withdrawn,
+            states,
             transitions,
             changed,
             timing,
@@ -97,6 +104,11 @@ impl NodeChecker {
     /// The nodes withdrawn now.
     pub fn withdrawn(&self) -> BTreeSet<String> {
         self.withdrawn.borrow().clone()
+    }
+
+    /// Every target's state now.
+    pub fn states(&self) -> BTreeMap<String, State> {
+        self.states.borrow().clone()
     }
 
     /// The transitions since the last call, to report.
@@ -232,6 +244,19 @@ impl Outputs {
                 modified
             });
             self.metrics.node_check(check.states());
+            let states: BTreeMap<String, State> = check
+                .states()
+                .map(|(node, state)| (node.to_owned(), state))
+                .collect();
+            // A state that withdraws nothing new (down to recovering) still
+            // changes what the leader publishes on the Node.
+            moved |= self.states.send_if_modified(|current| {
+                let modified = *current != states;
+                if modified {
+                    *current = states;
+                }
+                modified
+            });
         }
         for transition in &transitions {
             log(transition);
