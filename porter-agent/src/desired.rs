@@ -1,5 +1,5 @@
 //! What this node's data plane should serve, from the cluster state. Pure:
-//! a [`Snapshot`] and the node's name in, [`ServiceSpec`]s out.
+//! a [`Snapshot`] and the node's name in, [`LocalService`]s out.
 //!
 //! A Porter Service with an allocated EIP (in `status.loadBalancer.ingress`)
 //! becomes one data plane service per (EIP, port). Its backends are the
@@ -34,7 +34,7 @@ use porter_api::{
     source::Snapshot,
 };
 
-use crate::service::{Backend, Protocol, ServiceAddr, ServiceSpec};
+use crate::service::{Backend, LocalService, Protocol, ServiceAddr};
 
 /// Something in the cluster state that keeps (part of) a Service from being
 /// served here, said so that an operator can fix it.
@@ -53,7 +53,7 @@ impl fmt::Display for Problem {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Desired {
     /// Sorted by address; backends sorted and deduplicated.
-    pub services: Vec<ServiceSpec>,
+    pub services: Vec<LocalService>,
     pub problems: Vec<Problem>,
 }
 
@@ -180,7 +180,7 @@ impl Cache {
         }
         out.services = claimed
             .into_iter()
-            .map(|(addr, (_, backends))| ServiceSpec {
+            .map(|(addr, (_, backends))| LocalService {
                 addr,
                 backends: backends.iter().copied().collect(),
             })
@@ -464,12 +464,12 @@ fn describe(target: Option<&IntOrString>) -> String {
 /// What to change to get from the `installed` services to the `desired`
 /// ones: only services that are new or whose backends changed are rewritten.
 #[derive(Debug, Default, PartialEq, Eq)]
-pub struct Changes<'a> {
-    pub upserts: Vec<&'a ServiceSpec>,
+pub struct ServiceChanges<'a> {
+    pub upserts: Vec<&'a LocalService>,
     pub removals: Vec<ServiceAddr>,
 }
 
-impl Changes<'_> {
+impl ServiceChanges<'_> {
     pub fn is_empty(&self) -> bool {
         self.upserts.is_empty() && self.removals.is_empty()
     }
@@ -477,13 +477,13 @@ impl Changes<'_> {
 
 /// Both sides' backends must be sorted and deduplicated, as
 /// [`desired`] and `Dataplane::services` give them.
-pub fn changes<'a>(installed: &[ServiceSpec], desired: &'a [ServiceSpec]) -> Changes<'a> {
+pub fn changes<'a>(installed: &[LocalService], desired: &'a [LocalService]) -> ServiceChanges<'a> {
     let now: BTreeMap<ServiceAddr, &[Backend]> = installed
         .iter()
         .map(|spec| (spec.addr, spec.backends.as_slice()))
         .collect();
     let wanted: BTreeSet<ServiceAddr> = desired.iter().map(|spec| spec.addr).collect();
-    Changes {
+    ServiceChanges {
         upserts: desired
             .iter()
             .filter(|spec| now.get(&spec.addr) != Some(&spec.backends.as_slice()))

@@ -203,7 +203,7 @@ fn read_l2_leads(map: &HashMap<MapData, L2Key, L2Value>) -> Result<Vec<L2Lead>, 
         };
         leads.push(L2Lead {
             eip,
-            interface: crate::layer2::link::name_of(key.ifindex)
+            interface: crate::l2_interface::name_of(key.ifindex)
                 .unwrap_or_else(|| format!("ifindex {}", key.ifindex)),
             mac: value.mac,
             answering: value.expires_ns > now,

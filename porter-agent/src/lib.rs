@@ -8,6 +8,7 @@ pub mod ebpf_object;
 pub mod frozen;
 pub mod inspect;
 pub mod interfaces;
+pub mod l2_interface;
 pub mod layer2;
 pub mod maglev;
 pub mod metrics;
@@ -20,13 +21,12 @@ pub mod service;
 pub mod stats;
 pub mod sync;
 pub mod writer;
-pub mod xdp_attach;
 pub mod xdp_mode;
 
 pub use pins::PinLayout;
 
 pub use dataplane::{Dataplane, DataplaneConfig, DataplaneError, Forwarding};
-pub use service::{Backend, Protocol, ServiceAddr, ServiceSpec};
+pub use service::{Backend, LocalService, Protocol, ServiceAddr};
 
 /// Default Maglev table size M (a prime).
 pub const DEFAULT_MAGLEV_SIZE: u32 = porter_common::limits::DEFAULT_MAGLEV_SIZE;

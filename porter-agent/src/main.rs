@@ -7,18 +7,19 @@ use clap::{Parser, Subcommand};
 use porter_agent::{
     DataplaneConfig, Forwarding, PinLayout,
     bgp::NodeSpeaker,
+    dataplane::attach::{self, XdpModePreference},
     inspect,
     layer2::{
         Layer2,
         announce::FrameSender,
         kube_lease::KubeLeases,
-        lease::{FileLeases, Leases},
+        lease::FileLeases,
         lease_rounds::{LeaseRounds, Timing},
+        leases::Leases,
     },
     metrics::Metrics,
-    sync::{self, Agent, Backoff, Settings},
+    sync::{self, Agent, AgentSettings, Backoff},
     writer::ClusterWriter,
-    xdp_attach::{self, XdpModePreference},
 };
 use porter_api::annotations::PORTER_NAMESPACE;
 use porter_api::cli::{init_logging, parse_duration};
@@ -145,7 +146,7 @@ async fn main() -> Result<()> {
 }
 
 async fn run(args: RunArgs) -> Result<()> {
-    let settings = Settings {
+    let settings = AgentSettings {
         node: args.node_name,
         interfaces: args.interfaces,
         xdp_mode: args.xdp_mode,
@@ -291,7 +292,7 @@ fn shutdown_signal() -> Result<Shutdown> {
 }
 
 fn cleanup(pins: &PinLayout) -> Result<()> {
-    let report = xdp_attach::cleanup(pins)
+    let report = attach::cleanup(pins)
         .with_context(|| format!("removing pins under {}", pins.root().display()))?;
     if report.removed_pins.is_empty() {
         info!(dir = %pins.root().display(), "nothing to clean up");

@@ -14,10 +14,10 @@ use tracing::debug;
 use crate::{
     PinLayout,
     bgp::metrics::BgpMetrics,
+    dataplane::attach::Attachment,
     frozen::{Reason, Verdict},
     inspect::{self, PinnedState},
     layer2::metrics::Layer2Metrics,
-    xdp_attach::Attachment,
 };
 
 type Labels = Vec<(String, String)>;

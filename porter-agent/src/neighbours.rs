@@ -16,7 +16,7 @@ use std::{
 
 use tracing::warn;
 
-use crate::service::ServiceSpec;
+use crate::service::LocalService;
 
 /// The discard service (RFC 863): nothing listens there, and nothing answers
 /// but, at most, a rate-limited ICMP port unreachable.
@@ -34,7 +34,7 @@ impl Probes {
     /// The nodes of `services`' remote backends that are due for a probe at
     /// `now`: new ones, and ones last probed [`PROBE_EVERY`] ago. Nodes no
     /// longer forwarded to are forgotten. Pure; the caller sends.
-    pub fn due(&mut self, services: &[ServiceSpec], now: Instant) -> Vec<IpAddr> {
+    pub fn due(&mut self, services: &[LocalService], now: Instant) -> Vec<IpAddr> {
         let mut next = BTreeMap::new();
         let mut due = Vec::new();
         let nodes = services
@@ -85,8 +85,8 @@ mod tests {
     use super::*;
     use crate::service::{Backend, Protocol, ServiceAddr};
 
-    fn spec(port: u16, nodes: &[Option<&str>]) -> ServiceSpec {
-        ServiceSpec {
+    fn spec(port: u16, nodes: &[Option<&str>]) -> LocalService {
+        LocalService {
             addr: ServiceAddr {
                 vip: "192.0.2.10".parse().expect("ip"),
                 port,

@@ -69,7 +69,7 @@ struct User {
 /// per-flow entry, and the address keeps mapping to the service it served
 /// alone (for flows from before it became shared).
 #[derive(Debug, Default)]
-pub struct Plan {
+pub struct SharedMapPlan {
     /// Users of each backend address, by service id (a service lists an
     /// address once).
     users: BTreeMap<BackendKey, BTreeMap<u32, User>>,
@@ -79,7 +79,7 @@ pub struct Plan {
     vip_filter: BTreeMap<u32, u32>,
 }
 
-impl Plan {
+impl SharedMapPlan {
     pub fn of<'a>(services: impl IntoIterator<Item = PlannedService<'a>>) -> Self {
         let mut plan = Self::default();
         services.into_iter().for_each(|service| plan.add(service));
@@ -224,7 +224,7 @@ fn backend_key(backend: &Backend, service: ServiceAddr) -> BackendKey {
 
 /// Entries to write and keys to delete to turn `current` into `wanted`.
 #[derive(Debug, PartialEq, Eq)]
-pub struct Changes<K, V> {
+pub struct MapChanges<K, V> {
     pub upserts: Vec<(K, V)>,
     pub removals: Vec<K>,
 }
@@ -236,8 +236,8 @@ pub fn diff<'k, K: Ord + Copy + 'k, V: PartialEq + Copy>(
     current: &BTreeMap<K, V>,
     wanted: &BTreeMap<K, V>,
     part: impl IntoIterator<Item = &'k K>,
-) -> Changes<K, V> {
-    Changes {
+) -> MapChanges<K, V> {
+    MapChanges {
         upserts: wanted
             .iter()
             .filter(|(key, value)| current.get(key) != Some(value))
@@ -282,7 +282,7 @@ mod tests {
 
     /// Everything the plan of `services` wants, planned from scratch.
     fn contents<'a>(services: impl IntoIterator<Item = PlannedService<'a>>) -> SharedMaps {
-        let plan = Plan::of(services);
+        let plan = SharedMapPlan::of(services);
         plan.contents(&plan.keys(), &BTreeMap::new())
     }
 
@@ -350,9 +350,9 @@ mod tests {
             id: 2,
             backends: &backends(&[("10.0.0.1", 8080, 1)]),
         };
-        let mut plan = Plan::of([first]);
+        let mut plan = SharedMapPlan::of([first]);
         let mut written = SharedMaps::default();
-        let mut step = |plan: &Plan, changed: PlannedService<'_>| {
+        let mut step = |plan: &SharedMapPlan, changed: PlannedService<'_>| {
             let mut keys = Keys::default();
             keys.add(changed);
             let wanted = plan.contents(&keys, &written.revnat);
@@ -374,7 +374,7 @@ mod tests {
         // 5 lies outside the part looked at: left alone.
         assert_eq!(
             diff(&current, &wanted, &[1, 2, 3, 4]),
-            Changes {
+            MapChanges {
                 upserts: vec![(3, 'x'), (4, 'd')],
                 removals: vec![1],
             }
@@ -429,7 +429,7 @@ mod tests {
             (service(c, 2, &c1), service(c, 2, &empty)),
             (service(a, 0, &a2), service(a, 0, &empty)),
         ];
-        let mut plan = Plan::default();
+        let mut plan = SharedMapPlan::default();
         let mut live: BTreeMap<ServiceAddr, PlannedService<'_>> = BTreeMap::new();
         let mut written = SharedMaps::default();
         for (before, after) in steps {

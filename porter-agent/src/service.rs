@@ -128,7 +128,7 @@ impl fmt::Display for Backend {
 
 /// A service and its backends on this node.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ServiceSpec {
+pub struct LocalService {
     pub addr: ServiceAddr,
     pub backends: Vec<Backend>,
 }
@@ -147,7 +147,7 @@ pub enum SpecError {
     },
 }
 
-impl ServiceSpec {
+impl LocalService {
     /// The backends, deduplicated and sorted (the order Maglev is built in).
     pub fn backend_set(&self) -> Result<BTreeSet<Backend>, SpecError> {
         if self.addr.port == 0 {
@@ -280,8 +280,8 @@ impl Backend {
 mod tests {
     use super::*;
 
-    fn service(vip: &str, backends: &[(&str, u16)]) -> ServiceSpec {
-        ServiceSpec {
+    fn service(vip: &str, backends: &[(&str, u16)]) -> LocalService {
+        LocalService {
             addr: ServiceAddr {
                 vip: vip.parse().expect("test ip"),
                 port: 80,

@@ -19,26 +19,26 @@ use porter_api::source::{Snapshot, SnapshotReceiver};
 use tracing::{error, info, warn};
 
 use crate::{
-    Dataplane, DataplaneConfig, DataplaneError, PinLayout, ServiceSpec,
+    Dataplane, DataplaneConfig, DataplaneError, LocalService, PinLayout,
     bgp::NodeSpeaker,
+    dataplane::attach::{AttachError, XdpModePreference},
     desired::{self, Desired},
     frozen::{Judge, Verdict},
     interfaces,
-    layer2::{self, Layer2, lease::Leases},
+    layer2::{self, Layer2, leases::Leases},
     maglev,
     metrics::{self, Metrics, Stage},
     neighbours,
     node_condition::Publisher,
     pins::PIN_LAYOUT_VERSION,
     writer::ClusterWriter,
-    xdp_attach::{AttachError, XdpModePreference},
 };
 
 /// The `/readyz` problem of a frozen data plane.
 const FROZEN_PROBLEM: &str = "dataplane";
 
 #[derive(Clone, Debug)]
-pub struct Settings {
+pub struct AgentSettings {
     pub node: String,
     /// Empty: the interface that holds the node's InternalIP.
     pub interfaces: Vec<String>,
@@ -95,7 +95,7 @@ impl SyncError {
 }
 
 pub struct Agent {
-    settings: Settings,
+    settings: AgentSettings,
     pins: PinLayout,
     metrics: Metrics,
     dataplane: Option<Dataplane>,
@@ -110,7 +110,7 @@ pub struct Agent {
     bgp: Option<NodeSpeaker>,
     /// The wanted services the data plane holds and is attached for: what
     /// node mode announces.
-    served: Vec<ServiceSpec>,
+    served: Vec<LocalService>,
     /// `/readyz`: ready once the data plane is attached to an interface.
     health: Health,
     /// Nodes that `Cluster` traffic is forwarded to, kept resolved.
@@ -123,7 +123,7 @@ pub struct Agent {
 }
 
 impl Agent {
-    pub fn new(settings: Settings, metrics: Metrics) -> Self {
+    pub fn new(settings: AgentSettings, metrics: Metrics) -> Self {
         Self {
             pins: PinLayout::new(&settings.bpffs),
             desired: desired::Cache::new(&settings.node),
@@ -289,7 +289,7 @@ impl Agent {
     /// The `wanted` services that the data plane holds, when it is attached
     /// somewhere: announcing anything else would draw traffic that nothing
     /// here forwards.
-    fn served(&self, wanted: Vec<ServiceSpec>) -> Vec<ServiceSpec> {
+    fn served(&self, wanted: Vec<LocalService>) -> Vec<LocalService> {
         let Some(dataplane) = &self.dataplane else {
             return Vec::new();
         };
@@ -406,7 +406,7 @@ impl Agent {
 /// written does not hold up the others; the first such error is returned.
 pub fn apply(
     dataplane: &mut Dataplane,
-    wanted: &[ServiceSpec],
+    wanted: &[LocalService],
 ) -> Result<(usize, usize), SyncError> {
     let installed = dataplane.services();
     let changes = desired::changes(&installed, wanted);

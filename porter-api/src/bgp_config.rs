@@ -71,19 +71,21 @@ pub fn fresh_notes(now: &[Note], before: &[Note]) -> Vec<Note> {
         .collect()
 }
 
-pub fn info(message: impl Into<String>) -> Note {
-    Note {
-        warning: false,
-        message: message.into(),
-        event: None,
+impl Note {
+    pub fn info(message: impl Into<String>) -> Self {
+        Self {
+            warning: false,
+            message: message.into(),
+            event: None,
+        }
     }
-}
 
-pub fn warn(message: impl Into<String>) -> Note {
-    Note {
-        warning: true,
-        message: message.into(),
-        event: None,
+    pub fn warning(message: impl Into<String>) -> Self {
+        Self {
+            warning: true,
+            message: message.into(),
+            event: None,
+        }
     }
 }
 
@@ -93,7 +95,7 @@ fn warn_peer(peer: &str, reason: &'static str, message: String) -> Note {
             peer: peer.to_string(),
             reason,
         }),
-        ..warn(format!("BgpPeer `{peer}`: {message}"))
+        ..Note::warning(format!("BgpPeer `{peer}`: {message}"))
     }
 }
 
@@ -183,7 +185,7 @@ pub fn speaker_from_conf(
         (Some(Ok(id)), _) => id,
         (None, Some(id)) => id,
         (Some(Err(_)), _) | (None, None) => {
-            return Err(warn(format!(
+            return Err(Note::warning(format!(
                 "BgpConf default: routerId {:?} is not an IPv4 address; set one (the controller is not tied to a node, so it cannot borrow a node's address)",
                 spec.router_id.as_deref().unwrap_or("")
             )));
@@ -195,7 +197,7 @@ pub fn speaker_from_conf(
         Some(p) => match u16::try_from(p) {
             Ok(p) => Some(p),
             Err(_) => {
-                notes.push(warn(format!(
+                notes.push(Note::warning(format!(
                     "BgpConf default: listenPort {p} is out of range; not listening"
                 )));
                 None
@@ -212,7 +214,7 @@ pub fn speaker_from_conf(
     if !gr.enabled && gr.restart_time.is_some() {
         // OpenELB's meaning (off unless enabled), but a restart time says
         // the user wanted it on: say so rather than ignore it.
-        notes.push(warn(
+        notes.push(Note::warning(
             "BgpConf default: gracefulRestart.restartTime is set but enabled is not true, so \
              graceful restart is off and a controller restart withdraws every route; set \
              gracefulRestart.enabled: true",
@@ -330,7 +332,7 @@ pub fn bfd_session(
     match bfd_timers(bfd) {
         Ok(timers) => timers.map(|timers| bfd_peer(config, timers)),
         Err(why) => {
-            notes.push(warn(format!(
+            notes.push(Note::warning(format!(
                 "BgpPeer `{name}`: {why}; BFD does not run with {} until it is fixed",
                 config.address
             )));
@@ -373,7 +375,7 @@ pub fn peer_from_crd(peer: &BgpPeer) -> Result<(PeerConfig, Vec<Note>), String> 
         .and_then(|t| t.config)
         .unwrap_or_default();
     if timers.keepalive_interval.is_some() {
-        notes.push(info("timers.config.keepaliveInterval does not apply: the speaker sends keepalives at a third of the hold time"));
+        notes.push(Note::info("timers.config.keepaliveInterval does not apply: the speaker sends keepalives at a third of the hold time"));
     }
     let mut families = Vec::new();
     let mut send_max = None;
@@ -388,7 +390,7 @@ pub fn peer_from_crd(peer: &BgpPeer) -> Result<(PeerConfig, Vec<Note>), String> 
                         families.push(f);
                     }
                 }
-                _ => notes.push(warn(format!(
+                _ => notes.push(Note::warning(format!(
                     "afiSafis family {}/{} is not supported; only IPv4/IPv6 unicast",
                     c.family.afi, c.family.safi
                 ))),

@@ -5,7 +5,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
-use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::core::v1::{LoadBalancerIngress, LoadBalancerStatus, Service, ServiceStatus};
 use k8s_openapi::api::discovery::v1::{Endpoint, EndpointSlice};
 
 use crate::ObjectKey;
@@ -37,6 +37,24 @@ pub fn ingress_ips(svc: &Service) -> Vec<IpAddr> {
         .flatten()
         .filter_map(|i| i.ip.as_deref()?.trim().parse().ok())
         .collect()
+}
+
+/// The status that publishes `ips` as a Service's addresses (the
+/// controller's write; [`ingress_ips`] reads it back).
+pub fn ingress_status(ips: &[IpAddr]) -> ServiceStatus {
+    ServiceStatus {
+        load_balancer: Some(LoadBalancerStatus {
+            ingress: Some(
+                ips.iter()
+                    .map(|ip| LoadBalancerIngress {
+                        ip: Some(ip.to_string()),
+                        ..Default::default()
+                    })
+                    .collect(),
+            ),
+        }),
+        conditions: None,
+    }
 }
 
 /// The Service an EndpointSlice belongs to (its `kubernetes.io/service-name`

@@ -44,8 +44,8 @@ pub struct SentPath {
     pub attributes: Arc<PathAttributes>,
 }
 
-/// Paths of one prefix: path id → path.
-type Paths = BTreeMap<u32, SentPath>;
+/// PrefixPaths of one prefix: path id → path.
+type PrefixPaths = BTreeMap<u32, SentPath>;
 
 /// 4096 − header (19) − withdrawn length (2) − attribute length (2), less room
 /// for the largest fixed attribute set we send (ORIGIN, AS_PATH, AS4_PATH,
@@ -63,7 +63,7 @@ fn nlri_budget(path: &SentPath) -> usize {
 pub struct FamilyPolicy {
     /// ADD-PATH send was negotiated: NLRIs carry path ids.
     pub add_path: bool,
-    /// Paths per prefix: send-max with ADD-PATH, else 1.
+    /// PrefixPaths per prefix: send-max with ADD-PATH, else 1.
     pub max_paths: usize,
 }
 
@@ -140,7 +140,7 @@ pub struct Omitted {
     pub paths_over_limit: usize,
     /// Next hops of the other address family than their prefix (not supported).
     pub next_hop_family_mismatch: usize,
-    /// Paths scoped to other peers.
+    /// PrefixPaths scoped to other peers.
     pub scoped_to_other_peers: usize,
     /// Next hop self (the unspecified address) where neither the session
     /// nor the peer's `next_hop_self` has an address of that family.
@@ -152,7 +152,7 @@ pub struct Omitted {
 pub fn desired_paths(
     routes: &SharedPaths,
     policy: &SendPolicy,
-) -> (BTreeMap<IpNet, Paths>, Omitted) {
+) -> (BTreeMap<IpNet, PrefixPaths>, Omitted) {
     let mut omitted = Omitted::default();
     let mut out = BTreeMap::new();
     for (prefix, next_hops) in routes {
@@ -160,7 +160,7 @@ pub fn desired_paths(
             omitted.family_not_negotiated += 1;
             continue;
         };
-        let mut paths = Paths::new();
+        let mut paths = PrefixPaths::new();
         let in_scope: Vec<_> = next_hops
             .iter()
             .filter(|(_, attributes)| policy::applies_to(attributes, policy.peer))
@@ -219,7 +219,7 @@ type Nlri = (IpNet, Option<u32>);
 
 /// The difference between two Adj-RIB-Outs, grouped the way UPDATEs carry it.
 #[derive(Debug, Default, PartialEq, Eq)]
-pub struct Changes {
+pub struct RibChanges {
     /// Next hop and attributes → NLRIs to announce with them. A path whose
     /// attributes changed is announced again under the same path id, which
     /// replaces it at the peer (implicit withdraw).
@@ -227,7 +227,7 @@ pub struct Changes {
     pub withdraw: Vec<Nlri>,
 }
 
-impl Changes {
+impl RibChanges {
     pub fn is_empty(&self) -> bool {
         self.announce.is_empty() && self.withdraw.is_empty()
     }
@@ -236,7 +236,7 @@ impl Changes {
 /// What one peer has been sent.
 #[derive(Debug, Default)]
 pub struct AdjRibOut {
-    sent: BTreeMap<IpNet, Paths>,
+    sent: BTreeMap<IpNet, PrefixPaths>,
 }
 
 impl AdjRibOut {
@@ -252,8 +252,12 @@ impl AdjRibOut {
     }
 
     /// Makes `desired` the new Adj-RIB-Out and returns what changed.
-    pub fn update(&mut self, desired: BTreeMap<IpNet, Paths>, policy: &SendPolicy) -> Changes {
-        let mut changes = Changes::default();
+    pub fn update(
+        &mut self,
+        desired: BTreeMap<IpNet, PrefixPaths>,
+        policy: &SendPolicy,
+    ) -> RibChanges {
+        let mut changes = RibChanges::default();
         let nlri_id = |prefix: &IpNet, id: u32| {
             let add_path = policy
                 .family(family_of(prefix))
@@ -479,7 +483,7 @@ pub fn end_of_rib(family: Family) -> BgpMessage {
 
 /// The UPDATEs that carry `changes`: withdrawals first (so a peer limited in
 /// paths never holds old and new at once), then one run of UPDATEs per next hop and attribute set.
-pub fn encode(changes: &Changes, policy: &SendPolicy) -> Vec<BgpMessage> {
+pub fn encode(changes: &RibChanges, policy: &SendPolicy) -> Vec<BgpMessage> {
     let mut messages = Vec::new();
     for family in [Family::Ipv4Unicast, Family::Ipv6Unicast] {
         let nlris: Vec<Nlri> = changes
@@ -567,7 +571,7 @@ mod tests {
         }
     }
 
-    fn sync(rib: &mut AdjRibOut, routes: &SharedPaths, policy: &SendPolicy) -> Changes {
+    fn sync(rib: &mut AdjRibOut, routes: &SharedPaths, policy: &SendPolicy) -> RibChanges {
         let (desired, _) = desired_paths(routes, policy);
         rib.update(desired, policy)
     }

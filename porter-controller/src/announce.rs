@@ -21,7 +21,7 @@ use porter_api::service::serving_endpoints_by_node;
 
 use crate::compact::push_exact;
 use crate::identity::{Seen, is, remember, same_objects};
-use crate::ipam::Family;
+use crate::ip_family::IpFamily;
 
 /// EIP (as a host prefix) → its paths. An EIP with no path is absent, which
 /// is what withdraws it.
@@ -167,7 +167,7 @@ fn node_ready(node: &Node) -> bool {
 fn next_hop(addrs: &[IpAddr], eip: IpAddr) -> Option<IpAddr> {
     addrs
         .iter()
-        .find(|a| Family::of(**a) == Family::of(eip))
+        .find(|a| IpFamily::of(**a) == IpFamily::of(eip))
         .or(addrs.first())
         .copied()
 }

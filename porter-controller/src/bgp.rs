@@ -18,14 +18,12 @@ use tokio::sync::Notify;
 
 use crate::announce::Paths;
 
-pub use porter_api::bgp_config::{
+use porter_api::bgp_config::{
     DEFAULT_CONNECT_RETRY, DEFAULT_HOLD_TIME, DEFAULT_LISTEN_PORT, DEFAULT_REMOTE_PORT,
-    DEFAULT_RESTART_TIME, Family, GracefulRestart, Note, PeerConfig, PeerEvent,
-    REASON_AUTH_IN_SPEC, REASON_AUTH_UNAVAILABLE, REASON_FAMILY_NOT_CARRIED, SpeakerConfig,
-    bfd_session, families_not_carried, fresh_notes, graceful_restart, info, own_family,
-    peer_from_crd, set_password, speaker_from_conf, warn,
+    DEFAULT_RESTART_TIME, Note, PeerConfig, SpeakerConfig, bfd_session, families_not_carried,
+    fresh_notes, graceful_restart, own_family, peer_from_crd, set_password, speaker_from_conf,
 };
-pub use porter_bgp::PeerStatus;
+use porter_bgp::PeerStatus;
 
 /// The controller's entries of `BgpPeer.status.nodes` (key
 /// [`CONTROLLER_STATUS_KEY`]), by BgpPeer name: one for each BgpPeer the
@@ -167,7 +165,7 @@ pub fn desired(snap: &Snapshot, scope: &SecretScope) -> BgpDesired {
     let peers = snap.bgp_peers.iter().map(|p| p.as_ref());
     let mut out = from_crds(conf, peers, &snap.secrets, scope);
     if seed.is_some() {
-        out.notes.push(warn(
+        out.notes.push(Note::warning(
             "both BgpConf/BgpPeer objects and the ConfigMap porter-system/bgp-cfg exist; \
              the CRDs win and bgp-cfg is ignored (delete it to silence this)",
         ));
@@ -185,13 +183,13 @@ pub fn from_crds<'a>(
     for conf in confs {
         let name = conf.metadata.name.as_deref().unwrap_or_default();
         if name != BGP_CONF_NAME {
-            out.notes.push(warn(format!(
+            out.notes.push(Note::warning(format!(
                 "BgpConf `{name}` is ignored: only `{BGP_CONF_NAME}` is read"
             )));
             continue;
         }
         if conf.spec.speaker_mode() == SpeakerMode::Node {
-            out.notes.push(info(
+            out.notes.push(Note::info(
                 "BgpConf default: speakerMode is node, so the agents announce their own \
                  nodes' paths and the controller runs no BGP speaker (it keeps IPAM and status)",
             ));
@@ -219,7 +217,7 @@ pub fn from_crds<'a>(
                 }
                 match out.peers.entry(cfg.address) {
                     std::collections::btree_map::Entry::Occupied(_) => {
-                        out.notes.push(warn(format!(
+                        out.notes.push(Note::warning(format!(
                             "BgpPeer `{name}`: neighbour {} is configured twice; this one is ignored",
                             cfg.address
                         )))
@@ -238,7 +236,7 @@ pub fn from_crds<'a>(
             }
             Err(why) => out
                 .notes
-                .push(warn(format!("BgpPeer `{name}` is ignored: {why}"))),
+                .push(Note::warning(format!("BgpPeer `{name}` is ignored: {why}"))),
         }
     }
     out
@@ -250,7 +248,7 @@ pub fn from_seed_toml(text: &str) -> BgpDesired {
     let doc: toml::Table = match text.parse() {
         Ok(d) => d,
         Err(e) => {
-            out.notes.push(warn(format!("ConfigMap porter-system/bgp-cfg is not valid TOML, so no BGP is configured from it: {e}")));
+            out.notes.push(Note::warning(format!("ConfigMap porter-system/bgp-cfg is not valid TOML, so no BGP is configured from it: {e}")));
             return out;
         }
     };
@@ -264,7 +262,7 @@ pub fn from_seed_toml(text: &str) -> BgpDesired {
                     } else {
                         "it is not a setting Porter knows"
                     };
-                    out.notes.push(info(format!(
+                    out.notes.push(Note::info(format!(
                         "bgp-cfg: [porter-config] {k} does not apply: {why}"
                     )));
                 }
@@ -274,7 +272,7 @@ pub fn from_seed_toml(text: &str) -> BgpDesired {
                     seed_neighbor(n, &mut out);
                 }
             }
-            other => out.notes.push(info(format!(
+            other => out.notes.push(Note::info(format!(
                 "bgp-cfg: [{other}] does not apply to Porter's announce-only speaker"
             ))),
         }
@@ -301,7 +299,7 @@ fn seed_global(value: &toml::Value, out: &mut BgpDesired) {
                     p => u16::try_from(p).ok(),
                 })
             }
-            other => out.notes.push(info(format!(
+            other => out.notes.push(Note::info(format!(
                 "bgp-cfg: [global.config] {other} does not apply"
             ))),
         }
@@ -314,7 +312,7 @@ fn seed_global(value: &toml::Value, out: &mut BgpDesired) {
         .filter(|k| *k != "config")
     {
         out.notes
-            .push(info(format!("bgp-cfg: [global.{k}] does not apply")));
+            .push(Note::info(format!("bgp-cfg: [global.{k}] does not apply")));
     }
     match (local_as, router_id) {
         (Some(local_as), Some(router_id)) => {
@@ -325,7 +323,7 @@ fn seed_global(value: &toml::Value, out: &mut BgpDesired) {
                 graceful_restart: Some(graceful_restart(DEFAULT_RESTART_TIME)),
             })
         }
-        _ => out.notes.push(warn(
+        _ => out.notes.push(Note::warning(
             "bgp-cfg: [global.config] needs a valid `as` and `router-id`; no BGP speaker runs",
         )),
     }
@@ -343,7 +341,7 @@ fn seed_neighbor(n: &toml::Value, out: &mut BgpDesired) {
         .and_then(|a| a.as_integer())
         .and_then(|a| u32::try_from(a).ok());
     let (Some(address), Some(remote_as)) = (address, remote_as) else {
-        out.notes.push(warn("bgp-cfg: a [[neighbors]] entry lacks a valid neighbor-address or peer-as; it is ignored"));
+        out.notes.push(Note::warning("bgp-cfg: a [[neighbors]] entry lacks a valid neighbor-address or peer-as; it is ignored"));
         return;
     };
     let send_max = n
@@ -354,7 +352,7 @@ fn seed_neighbor(n: &toml::Value, out: &mut BgpDesired) {
         .map_or(0, |s| s.clamp(0, u8::MAX.into()) as u8);
     for (k, _) in n.as_table().into_iter().flatten() {
         if !["config", "add-paths", "neighbor-address", "peer-as"].contains(&k.as_str()) {
-            out.notes.push(info(format!(
+            out.notes.push(Note::info(format!(
                 "bgp-cfg: neighbour {address}: {k} does not apply"
             )));
         }
@@ -563,8 +561,8 @@ pub fn established(address: IpAddr) -> PeerStatus {
         messages_received: 0,
         updates_sent: 0,
         paths_announced: 0,
-        families: vec![Family::Ipv4Unicast],
-        add_path: vec![Family::Ipv4Unicast],
+        families: vec![porter_bgp::Family::Ipv4Unicast],
+        add_path: vec![porter_bgp::Family::Ipv4Unicast],
         last_error: None,
         notifications_sent: Default::default(),
         notifications_received: Default::default(),

@@ -22,9 +22,9 @@ use porter_bgp::{PathAttributes, PathTable, Speaker};
 use tokio::sync::{Notify, mpsc};
 
 use crate::announce::Paths;
-use crate::bgp::{
-    Announcer, BfdSessions, PeerConfig, PeerStatus, SpeakerConfig, long_lived, sessions_differ,
-};
+use porter_bgp::{PeerConfig, PeerStatus, SpeakerConfig};
+
+use crate::bgp::{Announcer, BfdSessions, long_lived, sessions_differ};
 
 /// How often peer status is refreshed and a failed start retried.
 const TICK: Duration = Duration::from_secs(1);

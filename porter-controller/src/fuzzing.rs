@@ -26,9 +26,10 @@ use porter_api::source::{Snapshot, dir};
 use porter_api::{Eip, EipSpec, ObjectKey};
 
 use crate::bgp;
-use crate::ipam::{Family, IpRange, Ipam, NamespaceLabels, Pool, PoolState};
+use crate::ip_family::IpFamily;
+use crate::ipam::{IpRange, Ipam, NamespaceLabels, Pool, PoolState};
 use crate::node_check::{self, NodeCheck, State, Timing};
-use crate::service::{self, FamilyPolicy, ServiceRequest, SharingTerms};
+use crate::service::{self, IpFamilyPolicy, ServiceRequest, SharingTerms};
 
 /// First byte: the source (0-2: the three checked nodes' probe port, else
 /// a node's other port); the rest: the datagram.
@@ -77,12 +78,12 @@ pub fn eip_address(data: &[u8]) {
         return;
     };
     assert!(range.start <= range.end, "{text:?} gave {range:?}");
-    if range.family == Family::V4 {
+    if range.family == IpFamily::V4 {
         assert!(range.end <= u128::from(u32::MAX), "{text:?} gave {range:?}");
     }
     assert!(range.size() >= 1);
     for ip in [range.first(), range.last()] {
-        assert_eq!(Family::of(ip), range.family);
+        assert_eq!(IpFamily::of(ip), range.family);
         assert!(range.contains(ip), "{text:?}: {ip} outside {range:?}");
     }
     assert_eq!(range.nth(0), Some(range.first()));
@@ -252,14 +253,14 @@ fn pool(c: &mut Choices) -> Pool {
 
 fn request(c: &mut Choices) -> ServiceRequest {
     let families = match c.below(3) {
-        0 => vec![Family::V4],
-        1 => vec![Family::V6],
-        _ => vec![Family::V4, Family::V6],
+        0 => vec![IpFamily::V4],
+        1 => vec![IpFamily::V6],
+        _ => vec![IpFamily::V4, IpFamily::V6],
     };
     let policy = match (families.len(), c.flag()) {
-        (1, _) => FamilyPolicy::SingleStack,
-        (_, true) => FamilyPolicy::RequireDualStack,
-        (_, false) => FamilyPolicy::PreferDualStack,
+        (1, _) => IpFamilyPolicy::SingleStack,
+        (_, true) => IpFamilyPolicy::RequireDualStack,
+        (_, false) => IpFamilyPolicy::PreferDualStack,
     };
     let mut ports: Vec<(String, i32)> = PORTS
         .iter()
@@ -341,7 +342,7 @@ fn check_ipam(ipam: &Ipam, requests: &BTreeMap<ObjectKey, ServiceRequest>) {
     }
     let mut holders: BTreeMap<IpAddr, Vec<&ObjectKey>> = BTreeMap::new();
     for (key, ips) in ipam.allocations() {
-        let families: BTreeSet<Family> = ips.iter().map(|ip| Family::of(*ip)).collect();
+        let families: BTreeSet<IpFamily> = ips.iter().map(|ip| IpFamily::of(*ip)).collect();
         assert_eq!(families.len(), ips.len(), "{key} holds {ips:?}");
         for ip in ips {
             assert!(

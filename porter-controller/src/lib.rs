@@ -10,6 +10,7 @@ mod compact;
 #[doc(hidden)]
 pub mod fuzzing;
 mod identity;
+pub mod ip_family;
 pub mod ipam;
 pub mod layer2_status;
 pub mod leader_lease;

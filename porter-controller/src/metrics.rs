@@ -12,11 +12,11 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
 use crate::announce::Paths;
-use crate::bgp::PeerStatus;
 use crate::ipam::Ipam;
 use crate::leadership::StepDown;
 use crate::node_check::State as NodeState;
 use crate::reconcile::{FAILURE_KINDS, Plan};
+use porter_bgp::PeerStatus;
 
 type Labels = Vec<(String, String)>;
 /// (paths version, peers, prefixes per peer).

@@ -913,7 +913,7 @@ pub fn eip_status(
         pool_size: i64::try_from(size).unwrap_or(i64::MAX),
         first_ip: pool.range.map(|r| r.first().to_string()),
         last_ip: pool.range.map(|r| r.last().to_string()),
-        v4: pool.family() == Some(crate::ipam::Family::V4),
+        v4: pool.family() == Some(crate::ip_family::IpFamily::V4),
         ready,
         used,
         // Set by the Layer 2 pass; kept here so that an unchanged pool compares equal.

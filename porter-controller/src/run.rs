@@ -13,7 +13,9 @@ use porter_api::crd::CONTROLLER_STATUS_KEY;
 use porter_api::source::{Event, EventType, Regarding, Snapshot, SnapshotReceiver, StatusWriter};
 use tokio::sync::watch;
 
-use crate::bgp::{Announcer, BgpDriver, Note, status_entries};
+use porter_api::bgp_config::Note;
+
+use crate::bgp::{Announcer, BgpDriver, status_entries};
 use crate::leader_lease::until;
 use crate::leadership::Leadership;
 use crate::metrics::Metrics;

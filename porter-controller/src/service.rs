@@ -9,10 +9,10 @@ use porter_api::ObjectKey;
 use porter_api::annotations::{ALLOW_SHARED_IP, EIP_POOL, EIP_REQUEST};
 use porter_api::service::ingress_ips;
 
-use crate::ipam::Family;
+use crate::ip_family::IpFamily;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum FamilyPolicy {
+pub enum IpFamilyPolicy {
     SingleStack,
     PreferDualStack,
     RequireDualStack,
@@ -84,8 +84,8 @@ pub struct ServiceRequest {
     /// Sorted, without duplicates.
     pub ports: Vec<Port>,
     /// Families in preference order.
-    pub families: Vec<Family>,
-    pub policy: FamilyPolicy,
+    pub families: Vec<IpFamily>,
+    pub policy: IpFamilyPolicy,
     /// Addresses in `status.loadBalancer.ingress`: what a previous run gave it.
     pub current: Vec<IpAddr>,
 }
@@ -115,30 +115,38 @@ pub fn request(svc: &Service) -> ServiceRequest {
         }
     }
     let policy = match spec.ip_family_policy.as_deref() {
-        Some("PreferDualStack") => FamilyPolicy::PreferDualStack,
-        Some("RequireDualStack") => FamilyPolicy::RequireDualStack,
-        _ => FamilyPolicy::SingleStack,
+        Some("PreferDualStack") => IpFamilyPolicy::PreferDualStack,
+        Some("RequireDualStack") => IpFamilyPolicy::RequireDualStack,
+        _ => IpFamilyPolicy::SingleStack,
     };
-    let mut families: Vec<Family> = Vec::new();
+    let mut families: Vec<IpFamily> = Vec::new();
     for f in spec.ip_families.iter().flatten() {
-        let f = if f == "IPv6" { Family::V6 } else { Family::V4 };
+        let f = if f == "IPv6" {
+            IpFamily::V6
+        } else {
+            IpFamily::V4
+        };
         if !families.contains(&f) {
             families.push(f);
         }
     }
     // The API server fills ipFamilies; an object from a manifest may lack it.
     if families.is_empty() {
-        families.push(requested.first().map_or(Family::V4, |ip| Family::of(*ip)));
+        families.push(
+            requested
+                .first()
+                .map_or(IpFamily::V4, |ip| IpFamily::of(*ip)),
+        );
     }
-    if policy != FamilyPolicy::SingleStack && families.len() == 1 {
-        let other = if families[0] == Family::V4 {
-            Family::V6
+    if policy != IpFamilyPolicy::SingleStack && families.len() == 1 {
+        let other = if families[0] == IpFamily::V4 {
+            IpFamily::V6
         } else {
-            Family::V4
+            IpFamily::V4
         };
         families.push(other);
     }
-    if policy == FamilyPolicy::SingleStack {
+    if policy == IpFamilyPolicy::SingleStack {
         families.truncate(1);
     }
     let mut ports: Vec<Port> = spec
@@ -200,8 +208,8 @@ mod tests {
             spec,
         ));
         assert_eq!(r.key.to_string(), "shop/web");
-        assert_eq!(r.families, [Family::V6, Family::V4]);
-        assert_eq!(r.policy, FamilyPolicy::RequireDualStack);
+        assert_eq!(r.families, [IpFamily::V6, IpFamily::V4]);
+        assert_eq!(r.policy, IpFamilyPolicy::RequireDualStack);
         assert_eq!(r.requested.len(), 2);
         assert_eq!(r.invalid_request, None);
         assert_eq!(r.pool.as_deref(), Some("pool-a"));
@@ -234,6 +242,6 @@ mod tests {
         let r = request(&svc(&[], spec));
         assert!(r.requested.is_empty());
         assert_eq!(r.invalid_request.as_deref(), Some("10.0.0.300"));
-        assert_eq!(r.families, [Family::V4]);
+        assert_eq!(r.families, [IpFamily::V4]);
     }
 }

@@ -3,13 +3,11 @@
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 
-use k8s_openapi::api::core::v1::{
-    LoadBalancerIngress, LoadBalancerStatus, Node, NodeAddress, NodeCondition, NodeStatus, Service,
-    ServiceStatus,
-};
+use k8s_openapi::api::core::v1::{Node, NodeAddress, NodeCondition, NodeStatus, Service};
 use k8s_openapi::api::discovery::v1::{Endpoint, EndpointConditions, EndpointSlice};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use porter_api::annotations::{SERVICE_FINALIZER, SERVICE_NAME_LABEL};
+use porter_api::service::ingress_status;
 use porter_api::source::{Event, StatusWriter, WriteError};
 use porter_api::{EipStatus, ObjectKey};
 
@@ -17,15 +15,7 @@ use porter_api::{EipStatus, ObjectKey};
 /// with Porter's finalizer and the address in its status.
 pub fn published(mut svc: Service, address: &str) -> Service {
     svc.metadata.finalizers = Some(vec![SERVICE_FINALIZER.into()]);
-    svc.status = Some(ServiceStatus {
-        load_balancer: Some(LoadBalancerStatus {
-            ingress: Some(vec![LoadBalancerIngress {
-                ip: Some(address.into()),
-                ..Default::default()
-            }]),
-        }),
-        conditions: None,
-    });
+    svc.status = Some(ingress_status(&[address.parse().expect("an IP address")]));
     svc
 }
 

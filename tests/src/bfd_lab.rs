@@ -12,7 +12,7 @@ use anyhow::{Context, Result, ensure};
 use crate::{
     datacenter::Datacenter,
     lab::wait_for,
-    manifests::{self, ServiceSpec},
+    manifests::{self, ServiceManifest},
 };
 
 const WAIT: Duration = Duration::from_secs(60);
@@ -45,7 +45,7 @@ impl NodeBfdLab {
             ),
         )?;
         dc.apply("pool.yaml", &manifests::eip("pool", "192.168.2.0/28"))?;
-        let web = ServiceSpec {
+        let web = ServiceManifest {
             namespace: NS,
             name: "web",
             port: 8088,

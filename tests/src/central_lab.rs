@@ -13,7 +13,7 @@ use anyhow::{Result, ensure};
 use crate::{
     datacenter::{CONTROLLER_V4, Datacenter, POD_PORT, samples_dir},
     lab::wait_for,
-    manifests::{self, ServiceSpec},
+    manifests::{self, ServiceManifest},
 };
 
 pub const NS: &str = "default";
@@ -53,7 +53,7 @@ impl CentralLab {
         dc.wait_controller_session(WAIT)?;
         let nodes: Vec<usize> = (0..dc.nodes.len()).collect();
         dc.add_service(
-            &ServiceSpec {
+            &ServiceManifest {
                 namespace: NS,
                 name: "web",
                 port: WEB_PORT,

@@ -53,7 +53,7 @@ use porter_common::{Stat, map_names};
 use crate::{
     bins,
     lab::{Lab, wait_for},
-    manifests::{self, Endpoint, ServiceSpec},
+    manifests::{self, Endpoint, ServiceManifest},
     netns::{CONNECT_TIMEOUT, SYN_RETRANSMIT, run_in},
     routers::{Daemon, Neighbor, Router, RouterConfig},
     scenarios::attach_pass_xdp_to,
@@ -567,7 +567,7 @@ impl Datacenter {
 
     /// Writes Service `spec` as `svc-<name>.yaml`, its EndpointSlices first,
     /// with its pods on the nodes of `nodes` (indices).
-    pub fn add_service(&self, spec: &ServiceSpec, nodes: &[usize]) -> Result<()> {
+    pub fn add_service(&self, spec: &ServiceManifest, nodes: &[usize]) -> Result<()> {
         self.set_endpoints(spec.namespace, spec.name, &self.endpoints_on(nodes))?;
         self.apply(
             &format!("svc-{}.yaml", spec.name),

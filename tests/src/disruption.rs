@@ -24,7 +24,7 @@ use anyhow::{Context, Result, bail};
 use crate::{
     datacenter::{CONTROLLER_V4, Datacenter},
     lab::wait_for,
-    manifests::{self, ServiceSpec},
+    manifests::{self, ServiceManifest},
     netns::{NamedClient, NamedServer, run_in},
 };
 
@@ -189,7 +189,7 @@ pub fn run(
     publish(dc, namespace, &BTreeSet::new())?;
     let mut held = Vec::new();
     for (name, policy, cluster, port) in SERVICES {
-        let spec = ServiceSpec {
+        let spec = ServiceManifest {
             namespace,
             name,
             port,

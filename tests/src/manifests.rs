@@ -86,7 +86,7 @@ pub fn endpoint_slice(
 }
 
 /// A Service of type LoadBalancer that opts in to Porter, one TCP port.
-pub struct ServiceSpec<'a> {
+pub struct ServiceManifest<'a> {
     pub namespace: &'a str,
     pub name: &'a str,
     pub port: u16,
@@ -99,7 +99,7 @@ pub struct ServiceSpec<'a> {
     pub cluster: bool,
 }
 
-pub fn service(spec: &ServiceSpec) -> String {
+pub fn service(spec: &ServiceManifest) -> String {
     let mut out = format!(
         "apiVersion: v1\nkind: Service\nmetadata:\n  name: {}\n  namespace: {}\n  annotations:\n    \
          lb.kubesphere.io/v1alpha1: porter\n",
@@ -183,7 +183,7 @@ mod tests {
                 .expect("an empty EndpointSlice");
         assert!(empty.endpoints.unwrap_or_default().is_empty());
         let s: k8s_openapi::api::core::v1::Service =
-            serde_yaml::from_value(yaml(&service(&ServiceSpec {
+            serde_yaml::from_value(yaml(&service(&ServiceManifest {
                 namespace: "default",
                 name: "web",
                 port: 8088,

@@ -13,8 +13,8 @@ use aya::{
     programs::{Xdp, XdpMode},
 };
 use porter_agent::{
-    Backend, Dataplane, DataplaneConfig, PinLayout, Protocol, ServiceAddr, ServiceSpec,
-    ebpf_object::EBPF_OBJECT, stats, xdp_attach::XdpModePreference,
+    Backend, Dataplane, DataplaneConfig, LocalService, PinLayout, Protocol, ServiceAddr,
+    dataplane::attach::XdpModePreference, ebpf_object::EBPF_OBJECT, stats,
 };
 use porter_common::{Stat, program_names};
 
@@ -279,14 +279,14 @@ impl PodLab {
 
     /// The service `eip:port/tcp` ([`Self::EIP`] or [`Self::EIP6`]) with the
     /// given pods (indices) as backends, in the EIP's family.
-    pub fn service(eip: &str, port: u16, pods: &[usize]) -> Result<ServiceSpec> {
+    pub fn service(eip: &str, port: u16, pods: &[usize]) -> Result<LocalService> {
         let vip: IpAddr = eip.parse()?;
         let pod_ips = if vip.is_ipv4() {
             Self::POD_IPS
         } else {
             Self::POD_IPS6
         };
-        Ok(ServiceSpec {
+        Ok(LocalService {
             addr: ServiceAddr {
                 vip,
                 port,

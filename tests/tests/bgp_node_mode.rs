@@ -22,7 +22,7 @@ use anyhow::{Context, Result, ensure};
 use porter_tests::{
     datacenter::{Datacenter, per_node},
     lab::wait_for,
-    manifests::{self, ServiceSpec},
+    manifests::{self, ServiceManifest},
     netns::{NamedClient, NamedServer, run_in},
 };
 
@@ -97,7 +97,7 @@ fn node_mode_agents_peer_with_their_own_leaf_across_two_subnets() -> Result<()> 
     let mut dc = Datacenter::fabric("nodemode", &[1, 3])?;
     dc.apply("bgp.yaml", &bgp_manifests(&dc))?;
     dc.apply("pool.yaml", &manifests::eip("pool", "192.168.2.0/28"))?;
-    let web = ServiceSpec {
+    let web = ServiceManifest {
         namespace: NS,
         name: "web",
         port: PORT,
@@ -110,7 +110,7 @@ fn node_mode_agents_peer_with_their_own_leaf_across_two_subnets() -> Result<()> 
     // An IPv6 Service too: its EIP goes over the same IPv4 sessions, with
     // each node's IPv6 InternalIP as next hop.
     dc.apply("pool6.yaml", &manifests::eip("pool6", "fd00:40::/124"))?;
-    let web6 = ServiceSpec {
+    let web6 = ServiceManifest {
         name: "web6",
         annotations: &[("eip.porter.kubesphere.io/v1alpha2", "pool6")],
         ipv6: true,
@@ -279,7 +279,7 @@ fn cluster_flows_cross_racks_in_ipip_and_full_size_transfers_complete() -> Resul
         "endpoints-default-echo.yaml",
         &manifests::endpoint_slice(NS, "echo", false, ECHO_PORT, &dc.endpoints_on(&[0, 1])),
     )?;
-    let echo = ServiceSpec {
+    let echo = ServiceManifest {
         namespace: NS,
         name: "echo",
         port: ECHO_PORT,

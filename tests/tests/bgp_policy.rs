@@ -20,7 +20,7 @@ use porter_bgp::{
 use porter_tests::{
     datacenter::{CONTROLLER_V4, Datacenter, POD_PORT, PORTER_AS, ROUTER_LAN_V4},
     lab::{Lab, wait_for},
-    manifests::{self, ServiceSpec},
+    manifests::{self, ServiceManifest},
     routers::{BgpLab, Daemon, LabSpeaker, Neighbor, ROUTER_V4, Router, RouterConfig, SPEAKER_V4},
 };
 use serde_json::Value;
@@ -592,7 +592,7 @@ fn web_service(dc: &Datacenter, annotations: &[(&str, &str)]) -> Result<()> {
     all.extend_from_slice(annotations);
     dc.apply(
         "svc-web.yaml",
-        &manifests::service(&ServiceSpec {
+        &manifests::service(&ServiceManifest {
             namespace: NS,
             name: "web",
             port: SERVICE_PORT,

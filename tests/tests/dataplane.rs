@@ -6,8 +6,8 @@ use std::net::IpAddr;
 use anyhow::{Context, Result};
 use aya::programs::SchedClassifier;
 use porter_agent::{
-    Backend, Dataplane, DataplaneConfig, Forwarding, PinLayout, Protocol, ServiceAddr, ServiceSpec,
-    stats,
+    Backend, Dataplane, DataplaneConfig, Forwarding, LocalService, PinLayout, Protocol,
+    ServiceAddr, stats,
 };
 use porter_common::{Stat, program_names};
 use porter_tests::{
@@ -32,8 +32,8 @@ fn ip(text: &str) -> IpAddr {
     text.parse().expect("test address")
 }
 
-fn spec(vip: &str, port: u16, proto: Protocol, pods: &[&str], target: u16) -> ServiceSpec {
-    ServiceSpec {
+fn spec(vip: &str, port: u16, proto: Protocol, pods: &[&str], target: u16) -> LocalService {
+    LocalService {
         addr: ServiceAddr {
             vip: ip(vip),
             port,
@@ -1022,8 +1022,8 @@ impl ClusterNode {
 
 /// A TCP service on [`CLUSTER_VIP`]:`port` → `:8080` of `pods`, each
 /// `(pod, None)` on this node or `(pod, Some(node))` on another.
-fn cluster_spec(port: u16, pods: &[(&str, Option<&str>)]) -> ServiceSpec {
-    ServiceSpec {
+fn cluster_spec(port: u16, pods: &[(&str, Option<&str>)]) -> LocalService {
+    LocalService {
         addr: ServiceAddr {
             vip: ip(CLUSTER_VIP),
             port,
@@ -1352,7 +1352,7 @@ const LOCAL_POD6: &str = "fd00:244:1::2";
 const REMOTE_POD6: &str = "fd00:244:2::2";
 
 /// A TCP service on [`CLUSTER_VIP6`]:`port` → `:8080`, as [`cluster_spec`].
-fn cluster_spec6(port: u16, pods: &[(&str, Option<&str>)]) -> ServiceSpec {
+fn cluster_spec6(port: u16, pods: &[(&str, Option<&str>)]) -> LocalService {
     let mut spec = cluster_spec(port, pods);
     spec.addr.vip = ip(CLUSTER_VIP6);
     spec

@@ -1,8 +1,9 @@
 //! End to end: the controller, three agents, BIRD and a client in the
 //! data-centre lab (tests/src/datacenter.rs), driven through the manifests
 //! a cluster would hold. One lab is shared by all cases (building it is the
-//! slow part); each case leaves it as it found it and prints its measured
-//! convergence time.
+//! slow part); each case sets up what it needs (the cases on Service `web`
+//! create it when an earlier case has not), leaves the lab as it found it
+//! and prints its measured convergence time, so any case runs alone.
 //!
 //! `cargo test -p porter-tests --test e2e [-- NAME...]` runs the cases whose
 //! name contains one of the NAMEs (all by default); `-- --list` lists them.
@@ -20,7 +21,7 @@ use porter_tests::{
     datacenter::{Datacenter, per_node, samples_dir},
     disruption,
     lab::wait_for,
-    manifests::{self, ServiceSpec},
+    manifests::{self, ServiceManifest},
     monitoring::{
         as_prometheus_text, dashboard, dashboard_expressions, metrics_read_by, promtool,
         rule_expressions, series_names,
@@ -35,10 +36,10 @@ const POOL_LAN: &str = "lan";
 const WAIT: Duration = Duration::from_secs(30);
 const POOL_ANNOTATION: &str = "eip.porter.kubesphere.io/v1alpha2";
 
-/// State carried between cases.
+/// The shared lab, and what the cases left in it.
 struct Ctx {
     dc: Datacenter,
-    /// The external IP of Service `web` (cases 1 to 6).
+    /// The external IP of Service `web` while it exists (cases 1 to 6 use it).
     web: Option<IpAddr>,
 }
 
@@ -95,7 +96,7 @@ fn add_service(
     nodes: &[usize],
     annotations: &[(&str, &str)],
 ) -> Result<()> {
-    let spec = ServiceSpec {
+    let spec = ServiceManifest {
         namespace: NS,
         name,
         port,
@@ -139,13 +140,19 @@ fn expect_spread(dc: &Datacenter, addr: SocketAddr, count: usize, nodes: &[usize
     Ok(())
 }
 
-fn web(ctx: &Ctx) -> Result<SocketAddr> {
-    let ip = ctx.web.context("Service web has no IP (case 1 failed)")?;
+/// Service `web` with a pod on every node, served by all of them: made
+/// here unless an earlier case left it.
+fn web(ctx: &mut Ctx) -> Result<SocketAddr> {
+    let ip = match ctx.web {
+        Some(ip) => ip,
+        None => create_web(ctx)?.0,
+    };
     Ok(SocketAddr::new(ip, 8088))
 }
 
-/// 1. Service creation -> first successful request through its EIP.
-fn new_service_is_reachable(ctx: &mut Ctx) -> Result<Duration> {
+/// Creates Service `web` and waits until every node serves it; returns its
+/// IP and the time to its first answer.
+fn create_web(ctx: &mut Ctx) -> Result<(IpAddr, Duration)> {
     let dc = &ctx.dc;
     let nodes = all_nodes(dc);
     let started = Instant::now();
@@ -156,7 +163,15 @@ fn new_service_is_reachable(ctx: &mut Ctx) -> Result<Duration> {
     dc.wait_next_hops(ip, &dc.hops_of(ip, &nodes), WAIT)?;
     // Each agent programs the Service on its own schedule.
     expect_spread_eventually(dc, SocketAddr::new(ip, 8088), &nodes)?;
-    Ok(convergence)
+    Ok((ip, convergence))
+}
+
+/// 1. Service creation -> first successful request through its EIP.
+fn new_service_is_reachable(ctx: &mut Ctx) -> Result<Duration> {
+    if ctx.web.is_some() {
+        delete_service(ctx)?;
+    }
+    Ok(create_web(ctx)?.1)
 }
 
 /// 2. All pods of n3 gone: n3's path is withdrawn, the rest serve.
@@ -303,8 +318,8 @@ fn shared_ip(ctx: &mut Ctx) -> Result<Duration> {
         port: u16,
         annotations: &'a [(&'a str, &'a str)],
         cluster: bool,
-    ) -> ServiceSpec<'a> {
-        ServiceSpec {
+    ) -> ServiceManifest<'a> {
+        ServiceManifest {
             namespace: NS,
             name,
             port,
@@ -468,7 +483,7 @@ fn spread_over_every_pod(ctx: &mut Ctx, ipv6: bool) -> Result<Duration> {
     } else {
         ("spread", 8090, POOL_V4, porter_tests::datacenter::CLIENT_V4)
     };
-    let spec = ServiceSpec {
+    let spec = ServiceManifest {
         namespace: NS,
         name,
         port,

@@ -29,7 +29,7 @@ use porter_tests::{
     cases::{Case, Suite},
     datacenter::{Datacenter, POD_PORT, http_get, samples_dir},
     lab::wait_for,
-    manifests::{self, ServiceSpec},
+    manifests::{self, ServiceManifest},
     netns::{NamedClient, NamedServer, enter, run_in},
 };
 
@@ -102,8 +102,8 @@ fn setup() -> Result<Ctx> {
     Ok(Ctx { dc, web })
 }
 
-fn service(name: &str, port: u16) -> ServiceSpec<'_> {
-    ServiceSpec {
+fn service(name: &str, port: u16) -> ServiceManifest<'_> {
+    ServiceManifest {
         namespace: NS,
         name,
         port,
@@ -597,7 +597,7 @@ fn leader_node_dies(ctx: &mut Ctx) -> Result<Duration> {
             NamedServer::start(&pod.ns, HOLD_PORT, &pod.name)?,
         ));
     }
-    let hold_spec = ServiceSpec {
+    let hold_spec = ServiceManifest {
         target_port: HOLD_PORT,
         cluster: true,
         ..service(HOLD, HOLD_PORT)

@@ -20,7 +20,7 @@ use porter_tests::{
     cases::{Case, Suite},
     datacenter::{Datacenter, POD_PORT, samples_dir},
     lab::{run, wait_for},
-    manifests::{self, ServiceSpec},
+    manifests::{self, ServiceManifest},
 };
 
 const NS: &str = "default";
@@ -56,7 +56,7 @@ fn setup() -> Result<Ctx> {
     dc.apply("pools.yaml", &manifests::eip(POOL, "192.168.2.0/28"))?;
     dc.start_porter(WAIT)?;
     dc.add_service(
-        &ServiceSpec {
+        &ServiceManifest {
             namespace: NS,
             name: "web",
             port: 8080,

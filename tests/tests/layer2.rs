@@ -14,10 +14,8 @@ use anyhow::{Context, Result};
 use etherparse::{Icmpv6Type, PacketBuilder, icmpv6::NeighborAdvertisementHeader};
 use porter_agent::{
     Dataplane,
-    layer2::{
-        announce::{TAKEOVER_COPIES, TAKEOVER_INTERVAL},
-        link::L2Interface,
-    },
+    l2_interface::L2Interface,
+    layer2::announce::{TAKEOVER_COPIES, TAKEOVER_INTERVAL},
 };
 use porter_common::Stat;
 use porter_tests::{

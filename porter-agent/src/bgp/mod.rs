@@ -30,7 +30,7 @@ use self::{
     metrics::BgpMetrics,
     wanted::{SelectedPeer, node_bgp, node_paths, status_entry, unnegotiated_families},
 };
-use crate::{ServiceSpec, writer::ClusterWriter};
+use crate::{LocalService, writer::ClusterWriter};
 
 /// This node's speaker and what it last applied.
 pub struct NodeSpeaker {
@@ -70,7 +70,7 @@ impl NodeSpeaker {
     /// Brings the speaker to `snapshot` with `served` (the services the data
     /// plane serves now), then reports the sessions. Idle outside node mode,
     /// apart from removing this node's stale status entries.
-    pub async fn step(&mut self, snapshot: &Snapshot, served: &[ServiceSpec]) {
+    pub async fn step(&mut self, snapshot: &Snapshot, served: &[LocalService]) {
         let mut wanted = node_bgp(snapshot, &self.node, &self.secrets);
         let mut notes = std::mem::take(&mut wanted.notes);
         if self.running.as_ref().map(|(c, _)| c) != wanted.speaker.as_ref() {

@@ -12,7 +12,7 @@ use super::{
     metrics::BgpMetrics,
     wanted::{node_bgp, node_paths, status_entry, unnegotiated_families},
 };
-use crate::{Backend, Protocol, ServiceAddr, ServiceSpec, writer::ClusterWriter};
+use crate::{Backend, LocalService, Protocol, ServiceAddr, writer::ClusterWriter};
 
 fn snapshot(yaml: &str) -> Snapshot {
     let mut snap = Snapshot::default();
@@ -308,8 +308,8 @@ fn controller_mode_or_no_bgpconf_runs_no_node_speaker() {
     }
 }
 
-fn spec(vip: &str, port: u16, pods: &[&str]) -> ServiceSpec {
-    ServiceSpec {
+fn spec(vip: &str, port: u16, pods: &[&str]) -> LocalService {
+    LocalService {
         addr: ServiceAddr {
             vip: vip.parse().expect("vip"),
             port,

@@ -12,7 +12,7 @@ use porter_api::{
     annotations::BGP_CONF_NAME,
     bgp_config::{
         Note, SpeakerConfig, bfd_session, families_not_carried, peer_from_crd, selects_node,
-        set_password, speaker_from_conf, warn,
+        set_password, speaker_from_conf,
     },
     bgp_policy::{ClusterPolicy, PeerScope, PoolPolicy, ServicePolicy, merge, only_peers},
     peer_auth::SecretScope,
@@ -21,7 +21,7 @@ use porter_api::{
 };
 use porter_bgp::{Family, NEXT_HOP_SELF_V4, NEXT_HOP_SELF_V6, PathTable};
 
-use crate::{ServiceSpec, interfaces::node_internal_ips};
+use crate::{LocalService, interfaces::node_internal_ips};
 
 /// One BgpPeer that selects this node.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -69,7 +69,7 @@ pub fn node_bgp(snapshot: &Snapshot, node: &str, secrets: &SecretScope) -> NodeB
         .iter()
         .find(|n| n.metadata.name.as_deref() == Some(node))
     else {
-        out.notes.push(warn(format!(
+        out.notes.push(Note::warning(format!(
             "speakerMode is node, but there is no Node object named {node}, so its BgpPeers \
              cannot be selected; check --node-name"
         )));
@@ -123,7 +123,7 @@ pub fn node_bgp(snapshot: &Snapshot, node: &str, secrets: &SecretScope) -> NodeB
                 out.notes
                     .extend(other_family_unannounced(node, &name, &config, &addresses));
                 if let Some(first) = out.peers.get(&config.address) {
-                    out.notes.push(warn(format!(
+                    out.notes.push(Note::warning(format!(
                         "BgpPeer `{name}`: neighbour {} is also BgpPeer `{}`; this one is ignored",
                         config.address, first.name
                     )));
@@ -145,7 +145,7 @@ pub fn node_bgp(snapshot: &Snapshot, node: &str, secrets: &SecretScope) -> NodeB
             }
             Err(why) => out
                 .notes
-                .push(warn(format!("BgpPeer `{name}` is ignored: {why}"))),
+                .push(Note::warning(format!("BgpPeer `{name}` is ignored: {why}"))),
         }
     }
     out
@@ -172,7 +172,7 @@ fn other_family_unannounced(
             let needed =
                 config.address.is_ipv4() != ipv4 && !addresses.iter().any(|a| a.is_ipv4() == ipv4);
             needed.then(|| {
-                warn(format!(
+                Note::warning(format!(
                     "BgpPeer `{peer}`: {name} EIPs are not announced from node {node} to {}: \
                      over an {session} session their next hop is the node's own {name} \
                      address, and Node {node} has no {name} InternalIP; give the node one \
@@ -202,7 +202,7 @@ fn default_conf(snapshot: &Snapshot) -> Option<&BgpConf> {
 /// `peerSelector` picks. A pool whose `nodeSelector` leaves this node out
 /// is not announced from it. Policy values that cannot be read are left
 /// out here; the controller reports them (Eip condition, Service Events).
-pub fn node_paths(snapshot: &Snapshot, node: &NodeBgp, served: &[ServiceSpec]) -> PathTable {
+pub fn node_paths(snapshot: &Snapshot, node: &NodeBgp, served: &[LocalService]) -> PathTable {
     // Distinct endpoints per EIP, over every port and every Service that
     // shares it: a pod serving two ports is one endpoint.
     let mut endpoints: BTreeMap<IpAddr, BTreeSet<IpAddr>> = BTreeMap::new();

@@ -545,7 +545,7 @@ fn empty_cluster_wants_nothing() {
 
 #[test]
 fn changes_touch_only_what_differs() {
-    let spec = |port: u16, backends: &[&str]| ServiceSpec {
+    let spec = |port: u16, backends: &[&str]| LocalService {
         addr: ServiceAddr {
             vip: "192.0.2.10".parse().expect("ip"),
             port,
@@ -568,8 +568,8 @@ fn changes_touch_only_what_differs() {
     // (name, installed, wanted, ports upserted, ports removed)
     type Case = (
         &'static str,
-        Vec<ServiceSpec>,
-        Vec<ServiceSpec>,
+        Vec<LocalService>,
+        Vec<LocalService>,
         Vec<u16>,
         Vec<u16>,
     );

@@ -15,7 +15,7 @@ use std::{
 
 use tracing::{debug, warn};
 
-use super::link::L2Interface;
+use crate::l2_interface::L2Interface;
 
 /// How many times a takeover is announced, and how far apart.
 pub const TAKEOVER_COPIES: u32 = 5;

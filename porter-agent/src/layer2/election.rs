@@ -99,7 +99,7 @@ pub struct Decision {
 
 /// Everything a decision depends on.
 #[derive(Clone, Debug)]
-pub struct Inputs<'a> {
+pub struct ElectionInputs<'a> {
     pub node: &'a str,
     /// Layer 2 EIP → its candidate nodes.
     pub candidates: &'a BTreeMap<IpAddr, BTreeSet<String>>,
@@ -112,7 +112,7 @@ pub struct Inputs<'a> {
     pub now: Duration,
 }
 
-impl Inputs<'_> {
+impl ElectionInputs<'_> {
     fn alive(&self, node: &str) -> bool {
         // Our own liveness is not in question: we are the one deciding.
         node == self.node
@@ -124,7 +124,7 @@ impl Inputs<'_> {
 }
 
 /// Decides which EIPs this node answers for and which leases it writes.
-pub fn decide(inputs: &Inputs<'_>) -> Decision {
+pub fn decide(inputs: &ElectionInputs<'_>) -> Decision {
     let mut decision = Decision::default();
     for (&eip, candidates) in inputs.candidates {
         let chosen = choose(eip, candidates.iter().map(String::as_str), |node| {

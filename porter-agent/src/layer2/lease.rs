@@ -144,48 +144,6 @@ impl LeaseStore for FileLeases {
     }
 }
 
-/// The store an agent runs with: files for the dir source, Leases for kube.
-pub enum Leases {
-    File(FileLeases),
-    Kube(Box<super::kube_lease::KubeLeases>),
-}
-
-impl LeaseStore for Leases {
-    async fn read(&self) -> Result<LeaseView, LeaseError> {
-        match self {
-            Leases::File(store) => store.read().await,
-            Leases::Kube(store) => store.read().await,
-        }
-    }
-
-    async fn heartbeat(&self, node: &str, now: Duration) -> Result<(), LeaseError> {
-        match self {
-            Leases::File(store) => store.heartbeat(node, now).await,
-            Leases::Kube(store) => store.heartbeat(node, now).await,
-        }
-    }
-
-    async fn acquire(
-        &self,
-        eip: IpAddr,
-        node: &str,
-        now: Duration,
-        duration: Duration,
-    ) -> Result<bool, LeaseError> {
-        match self {
-            Leases::File(store) => store.acquire(eip, node, now, duration).await,
-            Leases::Kube(store) => store.acquire(eip, node, now, duration).await,
-        }
-    }
-
-    async fn release(&self, eip: IpAddr, node: &str) -> Result<(), LeaseError> {
-        match self {
-            Leases::File(store) => store.release(eip, node).await,
-            Leases::Kube(store) => store.release(eip, node).await,
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use std::{collections::BTreeMap, fs};

@@ -11,7 +11,7 @@ use std::{
 use tracing::info;
 
 use super::{
-    election::{Inputs, LeaseWrite, decide},
+    election::{ElectionInputs, LeaseWrite, decide},
     lease::{LeaseError, LeaseStore},
 };
 
@@ -88,7 +88,7 @@ impl<S: LeaseStore> LeaseRounds<S> {
     ) -> Result<Round, LeaseError> {
         self.store.heartbeat(&self.node, now).await?;
         let view = self.store.read().await?;
-        let decision = decide(&Inputs {
+        let decision = decide(&ElectionInputs {
             node: &self.node,
             candidates,
             heartbeats: &view.heartbeats,

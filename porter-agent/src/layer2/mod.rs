@@ -8,7 +8,7 @@ pub mod gateways;
 pub mod kube_lease;
 pub mod lease;
 pub mod lease_rounds;
-pub mod link;
+pub mod leases;
 pub mod metrics;
 
 use std::{
@@ -21,7 +21,7 @@ use std::{
 use porter_api::source::Snapshot;
 use tracing::warn;
 
-use crate::{Dataplane, DataplaneError};
+use crate::{Dataplane, DataplaneError, l2_interface};
 use announce::FrameSender;
 use lease::{LeaseError, LeaseStore};
 use lease_rounds::{LeaseRounds, Round};
@@ -168,7 +168,7 @@ pub fn host_addresses<'a>(
 /// itself, which matches no interface: the EIP is answered nowhere rather
 /// than on a NIC the operator did not ask for.
 fn interface_for(eip: IpAddr, choice: &str) -> String {
-    link::resolve_choice(choice).unwrap_or_else(|err| {
+    l2_interface::resolve_choice(choice).unwrap_or_else(|err| {
         warn!(%eip, error = %err, "cannot resolve the pool's interface; not answering for the EIP");
         choice.to_owned()
     })

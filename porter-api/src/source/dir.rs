@@ -19,8 +19,7 @@ use std::time::{Duration, SystemTime};
 
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::{
-    ConfigMap, LoadBalancerIngress, LoadBalancerStatus, Namespace, Node, NodeCondition, NodeStatus,
-    Secret, Service, ServiceStatus,
+    ConfigMap, Namespace, Node, NodeCondition, NodeStatus, Secret, Service,
 };
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use serde::{Deserialize, Serialize};
@@ -32,6 +31,7 @@ use crate::annotations::{
 };
 use crate::names::NameRule;
 use crate::node_dataplane;
+use crate::service::ingress_status;
 use crate::{BgpConf, BgpPeer, BgpPeerNodeStatus, BgpPeerStatus, Eip, EipStatus, ObjectKey};
 
 const STATUS_DIR: &str = "status";
@@ -482,21 +482,7 @@ impl StatusWriter for DirWriter {
         service: &ObjectKey,
         ingress: &[IpAddr],
     ) -> Result<(), WriteError> {
-        let status = ServiceStatus {
-            load_balancer: Some(LoadBalancerStatus {
-                ingress: Some(
-                    ingress
-                        .iter()
-                        .map(|ip| LoadBalancerIngress {
-                            ip: Some(ip.to_string()),
-                            ..Default::default()
-                        })
-                        .collect(),
-                ),
-            }),
-            conditions: None,
-        };
-        let value = to_value("Service status", &status)?;
+        let value = to_value("Service status", &ingress_status(ingress))?;
         self.update("Service", &service.namespace, &service.name, |f| {
             f.status = Some(value)
         })

@@ -1,10 +1,14 @@
 use super::*;
 use ipnet::IpNet;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use porter_api::bgp_config::{
+    PeerEvent, REASON_AUTH_IN_SPEC, REASON_AUTH_UNAVAILABLE, REASON_FAMILY_NOT_CARRIED,
+};
 use porter_api::crd::{
     AddPaths, AddPathsConfig, AfiSafi, AfiSafiConfig, EbgpMultihop, PeerConf, Transport,
 };
 use porter_api::{BgpConfSpec, BgpPeerSpec};
+use porter_bgp::Family;
 
 use crate::peer_auth::SecretScope;
 use k8s_openapi::api::core::v1::Secret;

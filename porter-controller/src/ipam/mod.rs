@@ -17,10 +17,12 @@ use std::net::IpAddr;
 use porter_api::ObjectKey;
 
 pub use pool::{Claims, HeldEdit, Pool, PoolState};
-pub use range::{Family, IpRange, RangeError};
+pub use range::{IpRange, RangeError};
+
+use crate::ip_family::IpFamily;
 
 use crate::compact::push_exact;
-use crate::service::{FamilyPolicy, Port, ServiceRequest, SharingTerms};
+use crate::service::{IpFamilyPolicy, Port, ServiceRequest, SharingTerms};
 
 /// Labels of each namespace, for `Eip.spec.namespaceSelector`.
 pub type NamespaceLabels = BTreeMap<String, BTreeMap<String, String>>;
@@ -61,9 +63,9 @@ pub enum AllocError {
     )]
     PoolNotAllowed { pool: String, namespace: String },
     #[error("no {0} pool is open to this Service; create an Eip or mark one default")]
-    NoPool(Family),
+    NoPool(IpFamily),
     #[error("no free {family} address in pool(s) {pools}; it is retried when one frees up")]
-    Exhausted { family: Family, pools: String },
+    Exhausted { family: IpFamily, pools: String },
     #[error("requested address {0} is in no usable pool")]
     NotInPool(IpAddr),
     #[error(
@@ -83,7 +85,7 @@ pub enum AllocError {
         why: String,
     },
     #[error("{0} addresses were requested but the Service's ipFamilies do not include {0}")]
-    FamilyNotWanted(Family),
+    FamilyNotWanted(IpFamily),
 }
 
 #[derive(Debug, Default, Clone)]
@@ -238,17 +240,20 @@ impl Ipam {
             return Err(AllocError::InvalidRequest(bad.clone()));
         }
         for ip in &req.requested {
-            if !req.families.contains(&Family::of(*ip)) {
-                return Err(AllocError::FamilyNotWanted(Family::of(*ip)));
+            if !req.families.contains(&IpFamily::of(*ip)) {
+                return Err(AllocError::FamilyNotWanted(IpFamily::of(*ip)));
             }
         }
         let mut got = Vec::new();
         let mut first_error = None;
         for family in &req.families {
-            let wanted = req.requested.iter().find(|ip| Family::of(**ip) == *family);
+            let wanted = req
+                .requested
+                .iter()
+                .find(|ip| IpFamily::of(**ip) == *family);
             let result = match wanted {
                 Some(ip) => self.check_requested(req, *ip, labels).map(|()| *ip),
-                None if !req.requested.is_empty() && req.policy == FamilyPolicy::SingleStack => {
+                None if !req.requested.is_empty() && req.policy == IpFamilyPolicy::SingleStack => {
                     continue;
                 }
                 None => self.pick(req, *family, labels),
@@ -264,7 +269,7 @@ impl Ipam {
             }
         }
         let complete = match req.policy {
-            FamilyPolicy::RequireDualStack => first_error.is_none(),
+            IpFamilyPolicy::RequireDualStack => first_error.is_none(),
             _ => !got.is_empty(),
         };
         if complete {
@@ -286,11 +291,11 @@ impl Ipam {
         if req.invalid_request.is_some() {
             return false;
         }
-        let families: BTreeSet<Family> = ips.iter().map(|ip| Family::of(*ip)).collect();
+        let families: BTreeSet<IpFamily> = ips.iter().map(|ip| IpFamily::of(*ip)).collect();
         if families.len() != ips.len() || !families.iter().all(|f| req.families.contains(f)) {
             return false;
         }
-        if req.policy == FamilyPolicy::RequireDualStack && families.len() < req.families.len() {
+        if req.policy == IpFamilyPolicy::RequireDualStack && families.len() < req.families.len() {
             return false;
         }
         if !req.requested.is_empty() && !req.requested.iter().all(|r| ips.contains(r)) {
@@ -446,7 +451,7 @@ impl Ipam {
     fn candidates(
         &self,
         req: &ServiceRequest,
-        family: Family,
+        family: IpFamily,
         labels: &NamespaceLabels,
     ) -> Result<Vec<&Pool>, AllocError> {
         if let Some(name) = &req.pool {
@@ -479,7 +484,7 @@ impl Ipam {
     fn pick(
         &mut self,
         req: &ServiceRequest,
-        family: Family,
+        family: IpFamily,
         labels: &NamespaceLabels,
     ) -> Result<IpAddr, AllocError> {
         let candidates = self.candidates(req, family, labels)?;
@@ -496,7 +501,7 @@ impl Ipam {
             for name in &names {
                 let same_key = self.holdings.iter().filter(|(ip, h)| {
                     h.pool == *name
-                        && Family::of(**ip) == family
+                        && IpFamily::of(**ip) == family
                         && h.sharing.as_ref().is_some_and(|s| s.key == *key)
                 });
                 for (ip, _) in same_key {

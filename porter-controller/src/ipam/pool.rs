@@ -11,8 +11,9 @@ use porter_api::annotations::DEFAULT_EIP;
 use porter_api::layer2::PROTOCOL_LAYER2;
 use porter_api::{Eip, ObjectKey};
 
-use super::range::{Family, IpRange};
+use super::range::IpRange;
 use super::{NamespaceLabels, NodeAddresses};
+use crate::ip_family::IpFamily;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PoolState {
@@ -108,7 +109,7 @@ impl Pool {
         }
     }
 
-    pub fn family(&self) -> Option<Family> {
+    pub fn family(&self) -> Option<IpFamily> {
         self.range.map(|r| r.family)
     }
 

@@ -5,34 +5,12 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use ipnet::IpNet;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum Family {
-    V4,
-    V6,
-}
-
-impl Family {
-    pub fn of(ip: IpAddr) -> Self {
-        match ip {
-            IpAddr::V4(_) => Family::V4,
-            IpAddr::V6(_) => Family::V6,
-        }
-    }
-}
-
-impl std::fmt::Display for Family {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Family::V4 => "IPv4",
-            Family::V6 => "IPv6",
-        })
-    }
-}
+use crate::ip_family::IpFamily;
 
 /// An inclusive interval of addresses of one family.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct IpRange {
-    pub family: Family,
+    pub family: IpFamily,
     pub start: u128,
     pub end: u128,
 }
@@ -54,11 +32,11 @@ pub fn to_u128(ip: IpAddr) -> u128 {
     }
 }
 
-fn from_u128(family: Family, value: u128) -> IpAddr {
+fn from_u128(family: IpFamily, value: u128) -> IpAddr {
     match family {
         // Values of a V4 range never exceed u32::MAX: they come from to_u128 of a V4 address.
-        Family::V4 => IpAddr::V4(Ipv4Addr::from(value as u32)),
-        Family::V6 => IpAddr::V6(Ipv6Addr::from(value)),
+        IpFamily::V4 => IpAddr::V4(Ipv4Addr::from(value as u32)),
+        IpFamily::V6 => IpAddr::V6(Ipv6Addr::from(value)),
     }
 }
 
@@ -70,7 +48,7 @@ impl IpRange {
         if let Some((a, b)) = text.split_once('-') {
             let a: IpAddr = a.trim().parse().map_err(|_| syntax())?;
             let b: IpAddr = b.trim().parse().map_err(|_| syntax())?;
-            if Family::of(a) != Family::of(b) {
+            if IpFamily::of(a) != IpFamily::of(b) {
                 return Err(RangeError::MixedFamilies(text.to_string()));
             }
             let (start, end) = (to_u128(a), to_u128(b));
@@ -78,7 +56,7 @@ impl IpRange {
                 return Err(RangeError::Reversed(text.to_string()));
             }
             return Ok(Self {
-                family: Family::of(a),
+                family: IpFamily::of(a),
                 start,
                 end,
             });
@@ -86,7 +64,7 @@ impl IpRange {
         if text.contains('/') {
             let net: IpNet = text.parse().map_err(|_| syntax())?;
             return Ok(Self {
-                family: Family::of(net.addr()),
+                family: IpFamily::of(net.addr()),
                 start: to_u128(net.network()),
                 end: to_u128(net.broadcast()),
             });
@@ -107,7 +85,7 @@ impl IpRange {
             return Ok((range, Vec::new()));
         }
         Ok(match range.family {
-            Family::V4 => (
+            IpFamily::V4 => (
                 Self {
                     start: range.start + 1,
                     end: range.end - 1,
@@ -115,7 +93,7 @@ impl IpRange {
                 },
                 vec![range.first(), range.last()],
             ),
-            Family::V6 => (
+            IpFamily::V6 => (
                 Self {
                     start: range.start + 1,
                     ..range
@@ -127,7 +105,7 @@ impl IpRange {
 
     pub fn single(ip: IpAddr) -> Self {
         Self {
-            family: Family::of(ip),
+            family: IpFamily::of(ip),
             start: to_u128(ip),
             end: to_u128(ip),
         }
@@ -139,7 +117,7 @@ impl IpRange {
     }
 
     pub fn contains(&self, ip: IpAddr) -> bool {
-        Family::of(ip) == self.family && (self.start..=self.end).contains(&to_u128(ip))
+        IpFamily::of(ip) == self.family && (self.start..=self.end).contains(&to_u128(ip))
     }
 
     pub fn overlaps(&self, other: &IpRange) -> bool {
@@ -159,8 +137,8 @@ impl IpRange {
     /// status shows it.
     pub fn between(first: IpAddr, last: IpAddr) -> Option<IpRange> {
         let (start, end) = (to_u128(first), to_u128(last));
-        (Family::of(first) == Family::of(last) && start <= end).then(|| IpRange {
-            family: Family::of(first),
+        (IpFamily::of(first) == IpFamily::of(last) && start <= end).then(|| IpRange {
+            family: IpFamily::of(first),
             start,
             end,
         })
@@ -191,62 +169,62 @@ mod tests {
 
     #[test]
     fn parses_every_pool_syntax_and_sizes_it() {
-        let cases: &[(&str, Family, &str, &str, u128)] = &[
+        let cases: &[(&str, IpFamily, &str, &str, u128)] = &[
             (
                 "192.168.0.100",
-                Family::V4,
+                IpFamily::V4,
                 "192.168.0.100",
                 "192.168.0.100",
                 1,
             ),
-            ("10.0.0.0/24", Family::V4, "10.0.0.0", "10.0.0.255", 256),
-            ("10.0.0.7/24", Family::V4, "10.0.0.0", "10.0.0.255", 256),
+            ("10.0.0.0/24", IpFamily::V4, "10.0.0.0", "10.0.0.255", 256),
+            ("10.0.0.7/24", IpFamily::V4, "10.0.0.0", "10.0.0.255", 256),
             (
                 "10.0.0.10-10.0.0.20",
-                Family::V4,
+                IpFamily::V4,
                 "10.0.0.10",
                 "10.0.0.20",
                 11,
             ),
             (
                 " 10.0.0.1 - 10.0.0.1 ",
-                Family::V4,
+                IpFamily::V4,
                 "10.0.0.1",
                 "10.0.0.1",
                 1,
             ),
             (
                 "0.0.0.0/0",
-                Family::V4,
+                IpFamily::V4,
                 "0.0.0.0",
                 "255.255.255.255",
                 1 << 32,
             ),
-            ("2001:db8::1", Family::V6, "2001:db8::1", "2001:db8::1", 1),
+            ("2001:db8::1", IpFamily::V6, "2001:db8::1", "2001:db8::1", 1),
             (
                 "2001:db8::/64",
-                Family::V6,
+                IpFamily::V6,
                 "2001:db8::",
                 "2001:db8::ffff:ffff:ffff:ffff",
                 1 << 64,
             ),
             (
                 "2001:db8::/32",
-                Family::V6,
+                IpFamily::V6,
                 "2001:db8::",
                 "2001:db8:ffff:ffff:ffff:ffff:ffff:ffff",
                 1 << 96,
             ),
             (
                 "::/0",
-                Family::V6,
+                IpFamily::V6,
                 "::",
                 "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff",
                 u128::MAX,
             ),
             (
                 "2001:db8::a-2001:db8::f",
-                Family::V6,
+                IpFamily::V6,
                 "2001:db8::a",
                 "2001:db8::f",
                 6,

@@ -32,8 +32,8 @@ fn req(ns_name: &str) -> ServiceRequest {
         sharing_key: None,
         sharing_terms: SharingTerms::default(),
         ports: [("TCP".to_string(), 80)].into(),
-        families: vec![Family::V4],
-        policy: FamilyPolicy::SingleStack,
+        families: vec![IpFamily::V4],
+        policy: IpFamilyPolicy::SingleStack,
         current: vec![],
     }
 }
@@ -66,23 +66,27 @@ fn allocate_all(i: &mut Ipam, reqs: &[ServiceRequest], labels: &NamespaceLabels)
 
 #[test]
 fn allocates_from_every_pool_syntax() {
-    let cases: &[(&str, Family, &[&str])] = &[
-        ("192.168.0.100", Family::V4, &["192.168.0.100"]),
+    let cases: &[(&str, IpFamily, &[&str])] = &[
+        ("192.168.0.100", IpFamily::V4, &["192.168.0.100"]),
         // A CIDR leaves out its network and broadcast addresses.
         (
             "10.0.0.0/29",
-            Family::V4,
+            IpFamily::V4,
             &["10.0.0.1", "10.0.0.2", "10.0.0.3"],
         ),
         (
             "10.0.0.10-10.0.0.12",
-            Family::V4,
+            IpFamily::V4,
             &["10.0.0.10", "10.0.0.11", "10.0.0.12"],
         ),
-        ("2001:db8::/64", Family::V6, &["2001:db8::1", "2001:db8::2"]),
+        (
+            "2001:db8::/64",
+            IpFamily::V6,
+            &["2001:db8::1", "2001:db8::2"],
+        ),
         (
             "2001:db8::5-2001:db8::6",
-            Family::V6,
+            IpFamily::V6,
             &["2001:db8::5", "2001:db8::6"],
         ),
     ];
@@ -112,7 +116,7 @@ fn exhausted_pool_fails_with_reason_then_succeeds_when_space_frees() {
     assert_eq!(
         err,
         AllocError::Exhausted {
-            family: Family::V4,
+            family: IpFamily::V4,
             pools: "tiny".into()
         }
     );
@@ -129,7 +133,7 @@ fn exhausted_pool_fails_with_reason_then_succeeds_when_space_frees() {
 fn v6_64_pool_fills_without_overflow_and_reports_its_size() {
     let mut i = ipam(vec![plain("v6", "2001:db8:1::/64")]);
     let r = ServiceRequest {
-        families: vec![Family::V6],
+        families: vec![IpFamily::V6],
         ..req("a/s")
     };
     // The first address (Subnet-Router anycast) is left out.
@@ -191,7 +195,7 @@ fn disabled_pool_keeps_existing_and_gives_no_new() {
     assert_eq!(i.addresses_of(&a.key), Some(&ips(&["10.0.0.0"])[..]));
     assert_eq!(
         i.allocate(&req("a/b"), &l),
-        Err(AllocError::NoPool(Family::V4))
+        Err(AllocError::NoPool(IpFamily::V4))
     );
     let asked = ServiceRequest {
         requested: ips(&["10.0.0.9"]),
@@ -329,7 +333,7 @@ fn requested_address_is_validated() {
         (
             "family the Service does not use",
             asking("2001:db8::1"),
-            Err(AllocError::FamilyNotWanted(Family::V6)),
+            Err(AllocError::FamilyNotWanted(IpFamily::V6)),
         ),
     ];
     for (name, r, want) in cases {
@@ -400,13 +404,13 @@ fn dual_stack_follows_policy() {
         ])
     };
     let only_v4 = || ipam(vec![plain("v4", "10.0.0.0-10.0.0.255")]);
-    let dual = |policy, families: Vec<Family>| ServiceRequest {
+    let dual = |policy, families: Vec<IpFamily>| ServiceRequest {
         policy,
         families,
         ..req("a/s")
     };
-    use Family::{V4, V6};
-    use FamilyPolicy::*;
+    use IpFamily::{V4, V6};
+    use IpFamilyPolicy::*;
     let cases: Vec<(&str, Ipam, ServiceRequest, Outcome)> = vec![
         (
             "single v6",
@@ -918,7 +922,7 @@ fn services_share_an_address_only_when_every_announced_node_serves_all_of_them()
     let v4 = || ipam(vec![plain("p", "10.0.0.0-10.0.0.255")]);
     let v6 = || ipam(vec![plain("p", "2001:db8::-2001:db8::ff")]);
     let v6_req = |r: ServiceRequest| ServiceRequest {
-        families: vec![Family::V6],
+        families: vec![IpFamily::V6],
         ..r
     };
     type Case = (

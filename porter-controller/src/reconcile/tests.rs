@@ -1,11 +1,10 @@
 use super::*;
 use std::sync::Arc;
 
-use k8s_openapi::api::core::v1::{
-    LoadBalancerIngress, LoadBalancerStatus, Node, Service, ServicePort, ServiceSpec, ServiceStatus,
-};
+use k8s_openapi::api::core::v1::{Node, Service, ServicePort, ServiceSpec};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use porter_api::service::ingress_status;
 use porter_api::{Eip, EipSpec};
 
 fn now() -> Time {
@@ -86,19 +85,7 @@ fn settle(snap: &Snapshot, plan: &Plan) -> Snapshot {
             let mut s = (**s).clone();
             let k = ObjectKey::of(&s.metadata);
             for (_, ips) in plan.ingress.iter().filter(|(p, _)| *p == k) {
-                s.status = Some(ServiceStatus {
-                    load_balancer: Some(LoadBalancerStatus {
-                        ingress: Some(
-                            ips.iter()
-                                .map(|ip| LoadBalancerIngress {
-                                    ip: Some(ip.to_string()),
-                                    ..Default::default()
-                                })
-                                .collect(),
-                        ),
-                    }),
-                    conditions: None,
-                });
+                s.status = Some(ingress_status(ips));
             }
             for (_, add) in plan.finalizers.iter().filter(|(p, _)| *p == k) {
                 let f = s.metadata.finalizers.get_or_insert_with(Vec::new);
@@ -355,15 +342,7 @@ fn other_load_balancers_are_left_alone() {
     let mut snap = seed();
     let mut foreign = svc("metallb", &[]);
     foreign.spec.as_mut().expect("spec").load_balancer_class = Some("metallb.io/metallb".into());
-    foreign.status = Some(ServiceStatus {
-        load_balancer: Some(LoadBalancerStatus {
-            ingress: Some(vec![LoadBalancerIngress {
-                ip: Some("192.168.0.100".into()),
-                ..Default::default()
-            }]),
-        }),
-        conditions: None,
-    });
+    foreign.status = Some(ingress_status(&["192.168.0.100".parse().expect("ip")]));
     snap.services.push(Arc::new(foreign));
     let plan = r.plan(&snap, &now());
     let touched: BTreeSet<String> = plan

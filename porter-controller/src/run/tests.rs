@@ -469,7 +469,7 @@ async fn bgp_policy_reaches_the_announcer_and_bad_values_are_reported() {
 /// Sessions that a test changes under a running loop.
 #[derive(Clone, Default)]
 struct LiveSessions {
-    sessions: Arc<std::sync::Mutex<Vec<crate::bgp::PeerStatus>>>,
+    sessions: Arc<std::sync::Mutex<Vec<porter_bgp::PeerStatus>>>,
     changed: Arc<tokio::sync::Notify>,
     /// Times the speaker was abandoned (a step-down).
     abandoned: Arc<std::sync::atomic::AtomicUsize>,
@@ -487,16 +487,16 @@ impl LiveSessions {
 }
 
 impl Announcer for LiveSessions {
-    fn start(&mut self, _: &crate::bgp::SpeakerConfig) {}
+    fn start(&mut self, _: &porter_bgp::SpeakerConfig) {}
     fn stop(&mut self) {}
     fn abandon(&mut self) {
         self.abandoned
             .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
     }
-    fn upsert_peer(&mut self, _: &crate::bgp::PeerConfig) {}
+    fn upsert_peer(&mut self, _: &porter_bgp::PeerConfig) {}
     fn remove_peer(&mut self, _: std::net::IpAddr) {}
     fn set_paths(&mut self, _: &crate::announce::Paths) {}
-    fn peer_status(&self) -> Vec<crate::bgp::PeerStatus> {
+    fn peer_status(&self) -> Vec<porter_bgp::PeerStatus> {
         self.sessions.lock().map(|s| s.clone()).unwrap_or_default()
     }
     fn sessions_changed(&self) -> Arc<tokio::sync::Notify> {

@@ -24,15 +24,13 @@ use std::{
 use anyhow::{Result, bail};
 use k8s_openapi::{
     api::{
-        core::v1::{
-            LoadBalancerIngress, LoadBalancerStatus, Service, ServicePort, ServiceSpec,
-            ServiceStatus,
-        },
+        core::v1::{Service, ServicePort, ServiceSpec},
         discovery::v1::{Endpoint, EndpointPort, EndpointSlice},
     },
     apimachinery::pkg::apis::meta::v1::ObjectMeta,
 };
 use porter_agent::{Dataplane, DataplaneConfig, PinLayout, desired, sync};
+use porter_api::service::ingress_status;
 use porter_api::{
     annotations::{LB, SERVICE_NAME_LABEL},
     source::Snapshot,
@@ -155,15 +153,7 @@ fn cluster(services: u32) -> Snapshot {
                 }]),
                 ..Default::default()
             }),
-            status: Some(ServiceStatus {
-                load_balancer: Some(LoadBalancerStatus {
-                    ingress: Some(vec![LoadBalancerIngress {
-                        ip: Some(eip.to_string()),
-                        ..Default::default()
-                    }]),
-                }),
-                ..Default::default()
-            }),
+            status: Some(ingress_status(&[eip.into()])),
         }));
         let endpoints = (0..BACKENDS).map(|j| pod_ip(i * BACKENDS + j)).collect();
         snapshot

@@ -26,11 +26,11 @@ use std::time::Instant;
 
 use anyhow::{Result, bail};
 use k8s_openapi::api::core::v1::{
-    LoadBalancerIngress, LoadBalancerStatus, Node, NodeAddress, NodeCondition, NodeStatus, Service,
-    ServicePort, ServiceSpec, ServiceStatus,
+    Node, NodeAddress, NodeCondition, NodeStatus, Service, ServicePort, ServiceSpec,
 };
 use k8s_openapi::api::discovery::v1::{Endpoint, EndpointConditions, EndpointSlice};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
+use porter_api::service::ingress_status;
 use porter_api::source::Snapshot;
 use porter_api::{Eip, EipSpec};
 use porter_controller::reconcile::{Plan, Reconciler};
@@ -297,19 +297,7 @@ fn settle(snap: Arc<Snapshot>, plan: &Plan) -> Arc<Snapshot> {
         let key = porter_api::ObjectKey::of(&s.metadata);
         if let Some(ips) = ingress.get(&key) {
             let s = Arc::make_mut(s);
-            s.status = Some(ServiceStatus {
-                load_balancer: Some(LoadBalancerStatus {
-                    ingress: Some(
-                        ips.iter()
-                            .map(|ip| LoadBalancerIngress {
-                                ip: Some(ip.to_string()),
-                                ..Default::default()
-                            })
-                            .collect(),
-                    ),
-                }),
-                conditions: None,
-            });
+            s.status = Some(ingress_status(ips));
             s.metadata.finalizers = Some(vec![porter_api::annotations::SERVICE_FINALIZER.into()]);
             s.metadata.resource_version = next_version();
         }

@@ -14,7 +14,7 @@ use anyhow::{Result, bail};
 use porter_tests::{
     datacenter::{Datacenter, POD_PORT, samples_dir},
     lab::wait_for,
-    manifests::{self, ServiceSpec},
+    manifests::{self, ServiceManifest},
     privilege,
 };
 
@@ -52,7 +52,7 @@ pub fn run() -> Result<()> {
         let killed = Instant::now();
         dc.kill_replica(leader)?;
         dc.add_service(
-            &ServiceSpec {
+            &ServiceManifest {
                 namespace: "default",
                 name: &name,
                 port: 8080,

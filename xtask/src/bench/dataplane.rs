@@ -156,7 +156,7 @@ fn cluster_per_packet(baseline: Timings) -> Result<()> {
         node: node.map(ip),
         draining: false,
     };
-    let service = |port: u16, backends: Vec<porter_agent::Backend>| porter_agent::ServiceSpec {
+    let service = |port: u16, backends: Vec<porter_agent::Backend>| porter_agent::LocalService {
         addr: porter_agent::ServiceAddr {
             vip: eip,
             port,
@@ -225,7 +225,7 @@ fn cluster_per_packet(baseline: Timings) -> Result<()> {
     Ok(())
 }
 
-fn udp_service() -> Result<porter_agent::ServiceSpec> {
+fn udp_service() -> Result<porter_agent::LocalService> {
     let mut service = PodLab::service(PodLab::EIP, 53, &[0, 1])?;
     service.addr.proto = porter_agent::Protocol::Udp;
     Ok(service)

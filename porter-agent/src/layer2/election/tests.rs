@@ -92,7 +92,7 @@ fn the_chosen_node_acquires_a_free_lease_then_answers_and_renews() {
     let beats = heartbeats(&NODES, secs(100));
     let mut leases = BTreeMap::new();
     let decide_at = |node, leases: &BTreeMap<IpAddr, LeaseRecord>| {
-        decide(&Inputs {
+        decide(&ElectionInputs {
             node,
             candidates: &candidates,
             heartbeats: &beats,
@@ -133,7 +133,7 @@ fn a_dead_leader_is_replaced_only_after_its_lease_expires() {
     let leases = BTreeMap::from([(ip(eip), lease(leader, secs(100)))]);
     let successor = ranking(ip(eip), NODES)[1];
     let at = |now| {
-        decide(&Inputs {
+        decide(&ElectionInputs {
             node: successor,
             candidates: &candidates,
             heartbeats: &beats,
@@ -164,7 +164,7 @@ fn a_node_that_is_no_longer_chosen_releases_at_once_and_stops_answering() {
     let candidates = candidates(&[eip], &remaining);
     let beats = heartbeats(&NODES, secs(100));
     let leases = BTreeMap::from([(ip(eip), lease(leader, secs(100)))]);
-    let decision = decide(&Inputs {
+    let decision = decide(&ElectionInputs {
         node: leader,
         candidates: &candidates,
         heartbeats: &beats,
@@ -187,7 +187,7 @@ fn leases_of_eips_that_are_gone_are_released() {
     let candidates = BTreeMap::new();
     let beats = BTreeMap::new();
     let leases = BTreeMap::from([(eip, lease("n1", secs(100)))]);
-    let decision = decide(&Inputs {
+    let decision = decide(&ElectionInputs {
         node: "n1",
         candidates: &candidates,
         heartbeats: &beats,
@@ -211,7 +211,7 @@ fn no_two_nodes_ever_answer_for_one_eip_at_the_same_time() {
             for view in [&NODES[..], &NODES[..1], &NODES[1..], &NODES[2..]] {
                 let candidates = candidates(&[eip], view);
                 let beats = heartbeats(view, secs(100));
-                let decision = decide(&Inputs {
+                let decision = decide(&ElectionInputs {
                     node,
                     candidates: &candidates,
                     heartbeats: &beats,

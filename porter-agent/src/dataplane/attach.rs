@@ -1,5 +1,6 @@
-//! Loading the eBPF object with pinned maps, and attaching the XDP program to
-//! interfaces through pinned links, so that the data plane outlives the agent.
+//! Loading the eBPF object with pinned maps, and attaching the XDP program
+//! (ingress) and the tc reverse-NAT program (uplink egress) to interfaces
+//! through pinned links, so that the data plane outlives the agent.
 //!
 //! A restarted or upgraded agent finds the pinned link and swaps its own
 //! program in atomically (`bpf_link_update`), so no packet sees a detached
@@ -9,16 +10,20 @@ use std::{fmt, fs, io, path::PathBuf};
 use aya::{
     Ebpf, EbpfLoader,
     programs::{
-        ProgramError, Xdp, XdpMode,
+        ProgramError, SchedClassifier, TcAttachType, Xdp, XdpMode,
         links::{FdLink, LinkError, PinnedLink},
+        tc,
         xdp::XdpLink,
     },
 };
+use porter_common::program_names;
 use tracing::{info, warn};
 
+use super::{Dataplane, DataplaneError};
 use crate::{
     PinLayout,
     ebpf_object::{EBPF_OBJECT, XDP_PROGRAM},
+    l2_interface::L2Interface,
 };
 
 /// Which XDP mode the operator asks for.
@@ -290,4 +295,98 @@ fn remove_tree(dir: &std::path::Path, report: &mut CleanupReport) -> io::Result<
         }
     }
     fs::remove_dir(dir)
+}
+
+impl Dataplane {
+    /// Attaches the XDP program to `interface` through a pinned link.
+    pub fn attach_xdp(
+        &mut self,
+        interface: &str,
+        mode: XdpModePreference,
+    ) -> Result<Attachment, DataplaneError> {
+        let link = L2Interface::lookup(interface)?;
+        let attachment = attach_xdp(&mut self.ebpf, &self.pins, interface, mode)?;
+        self.l2_interfaces.insert(interface.to_owned(), link);
+        Ok(attachment)
+    }
+
+    /// Attaches the reverse-NAT program to the egress of uplink `interface`
+    /// through a pinned TCX link, replacing an earlier agent's program in place.
+    ///
+    /// Why uplink egress: XDP passes translated packets to the kernel, so the
+    /// node's netfilter sees both directions of every flow as client <-> pod.
+    /// A MASQUERADE rule for the pod subnet (Calico natOutgoing, flannel)
+    /// decides on a flow's first packet, which comes from the client, so the
+    /// replies keep the pod's address until they leave here, where they
+    /// become `VIP:port`. (Had XDP redirected past netfilter, a reply would
+    /// look like a new pod-to-outside flow and be masqueraded before reaching
+    /// this hook.)
+    pub fn attach_tc_egress(&mut self, interface: &str) -> Result<(), DataplaneError> {
+        let direction = "egress";
+        let path = self
+            .pins
+            .links_dir()
+            .join(format!("tc-{direction}-{interface}"));
+        let program = tc_program(&mut self.ebpf)?;
+        let tc_err = |source| DataplaneError::Tc {
+            interface: interface.to_owned(),
+            source,
+        };
+        adopt_older_link(&self.pins, &path).map_err(|source| AttachError::AdoptLink {
+            path: path.clone(),
+            source,
+        })?;
+        if path.exists() {
+            let pinned = PinnedLink::from_pin(&path).map_err(|source| DataplaneError::TcLink {
+                path: path.clone(),
+                source,
+            })?;
+            let link =
+                FdLink::from(pinned)
+                    .try_into()
+                    .map_err(|source| DataplaneError::TcLink {
+                        path: path.clone(),
+                        source,
+                    })?;
+            program.attach_to_link(link).map_err(tc_err)?;
+            info!(
+                interface,
+                direction, "replaced the program on the pinned tc link"
+            );
+            remove_abandoned_layouts(&self.pins);
+            return Ok(());
+        }
+        // Without TCX, aya falls back to a netlink filter, which needs the
+        // qdisc; that attach then succeeds, and the check below says why it
+        // is not enough.
+        let _ = tc::qdisc_add_clsact(interface);
+        let id = program
+            .attach(interface, TcAttachType::Egress)
+            .map_err(tc_err)?;
+        // Only a TCX attachment is a bpf link, which can be pinned.
+        let link: FdLink = program
+            .take_link(id)
+            .map_err(tc_err)?
+            .try_into()
+            .map_err(|_| DataplaneError::TcxMissing {
+                interface: interface.to_owned(),
+            })?;
+        link.pin(&path).map_err(|source| DataplaneError::TcPin {
+            path: path.clone(),
+            source,
+        })?;
+        info!(interface, direction, pin = %path.display(), "attached tc reverse NAT");
+        Ok(())
+    }
+}
+
+/// The reverse-NAT program of the loaded object.
+pub(super) fn tc_program(ebpf: &mut Ebpf) -> Result<&mut SchedClassifier, DataplaneError> {
+    ebpf.program_mut(program_names::TC_REVNAT)
+        .ok_or(AttachError::MissingProgram)?
+        .try_into()
+        .map_err(|source| DataplaneError::Program {
+            name: program_names::TC_REVNAT,
+            source,
+        })
 }
