@@ -234,6 +234,7 @@ impl<A: Announcer> Controller<A> {
             step.writes += report(notes, writer).await;
         }
         let sessions = self.announcer.peer_status();
+        self.metrics.bfd(&self.announcer.bfd_states());
         if leader {
             // The controller's own entry in each BgpPeer's status; in node
             // mode the speaker is stopped, so stale entries are removed.
