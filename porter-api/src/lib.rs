@@ -14,6 +14,7 @@ pub mod lease;
 pub mod metrics_http;
 pub mod names;
 pub mod node_dataplane;
+pub mod node_reachability;
 pub mod peer_auth;
 pub mod service;
 pub mod source;

@@ -6,17 +6,27 @@
 use std::sync::{Arc, Mutex};
 
 use http::{Method, Request, Response};
-use k8s_openapi::api::core::v1::{Service, ServiceSpec};
+use k8s_openapi::api::core::v1::{Service, ServicePort, ServiceSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::Client;
 use kube::client::Body;
 
 /// The Service `shop/web` with these annotations and `spec`, no status.
 pub fn service(annotations: &[(&str, &str)], spec: ServiceSpec) -> Service {
+    service_in("shop", "web", annotations, spec)
+}
+
+/// The Service `namespace/name` with these annotations and `spec`, no status.
+pub fn service_in(
+    namespace: &str,
+    name: &str,
+    annotations: &[(&str, &str)],
+    spec: ServiceSpec,
+) -> Service {
     Service {
         metadata: ObjectMeta {
-            name: Some("web".into()),
-            namespace: Some("shop".into()),
+            name: Some(name.into()),
+            namespace: Some(namespace.into()),
             annotations: Some(
                 annotations
                     .iter()
@@ -27,6 +37,17 @@ pub fn service(annotations: &[(&str, &str)], spec: ServiceSpec) -> Service {
         },
         spec: Some(spec),
         status: None,
+    }
+}
+
+/// A `type: LoadBalancer` spec with one port, 80.
+pub fn load_balancer_on_80() -> ServiceSpec {
+    ServiceSpec {
+        ports: Some(vec![ServicePort {
+            port: 80,
+            ..Default::default()
+        }]),
+        ..load_balancer(None)
     }
 }
 

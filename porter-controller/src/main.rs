@@ -49,7 +49,8 @@ struct Args {
     /// Where the cluster state comes from: `kube` (the API server, from the
     /// in-cluster config or KUBECONFIG) or `dir:PATH` (a directory of YAML
     /// manifests, watched; status and events are written to PATH/status/).
-    #[arg(long, default_value = "kube", env = "PORTER_SOURCE")]
+    /// `explain` reads the same.
+    #[arg(long, default_value = "kube", env = "PORTER_SOURCE", global = true)]
     source: Source,
     /// Address to serve Prometheus metrics on, at /metrics, and the probes:
     /// /healthz (the process answers) and /readyz (the cluster state is
@@ -143,14 +144,37 @@ enum Command {
     /// Remove Porter's finalizer (and the addresses it set) from every
     /// Service, before deleting Porter; see docs/install.md.
     Uninstall(porter_controller::uninstall::UninstallArgs),
+    /// Why each address of a Service is, or is not, announced through
+    /// each node and sent to each peer (reads --source, writes nothing;
+    /// see docs/troubleshooting.md).
+    ///
+    /// For each address: its pool and why that pool; for every node
+    /// `announced`, or the word for why not (NoReadyEndpoint, UnknownNode,
+    /// NotReady, DataplaneFrozen, NoInternalIP, LivenessWithdrawn,
+    /// PoolNodeSelector), from the predicates the controller announces by;
+    /// for every BgpPeer its sessions and whether each path was sent
+    /// (PoolPeerSelector, PeerNodeSelector, SessionDown). Exits non-zero
+    /// when the Service does not exist.
+    Explain(porter_controller::explain::cli::ExplainArgs),
 }
 
 #[tokio::main]
 async fn main() -> Result<()> {
     init_logging();
     let args = Args::parse();
-    if let Some(Command::Uninstall(uninstall)) = args.command {
-        return porter_controller::uninstall::run(uninstall).await;
+    match args.command {
+        Some(Command::Uninstall(uninstall)) => {
+            return porter_controller::uninstall::run(uninstall).await;
+        }
+        Some(Command::Explain(explain)) => {
+            return porter_controller::explain::cli::run(
+                explain,
+                &args.source,
+                &args.layer2_namespace,
+            )
+            .await;
+        }
+        None => {}
     }
     if args.lease_duration < 2 {
         bail!("--lease-duration must be at least 2 seconds");
@@ -292,6 +316,18 @@ mod tests {
         let uninstall = Args::try_parse_from(["porter-controller", "uninstall", "--force"])
             .expect("the uninstall command");
         assert!(matches!(uninstall.command, Some(Command::Uninstall(u)) if u.force));
+        let explain = Args::try_parse_from([
+            "porter-controller",
+            "explain",
+            "shop/web",
+            "--source",
+            "dir:/x",
+        ])
+        .expect("the explain command, --source after it");
+        assert_eq!(explain.source, Source::Dir("/x".into()));
+        assert!(
+            matches!(explain.command, Some(Command::Explain(e)) if e.service.to_string() == "shop/web")
+        );
         assert!(parse_lease_name("porter-controller").is_ok());
         for bad in ["", "..", "a/b", "a b"] {
             assert!(parse_lease_name(bad).is_err(), "{bad:?} accepted");

@@ -18,7 +18,7 @@ use tokio::sync::{Notify, watch};
 use tokio::time::MissedTickBehavior;
 
 use crate::metrics::Metrics;
-use crate::node_check::{NodeCheck, Timing, Transition, answer_from};
+use crate::node_check::{NodeCheck, State, Timing, Transition, answer_from};
 
 /// The controller's side of a running check.
 pub struct NodeChecker {
@@ -26,6 +26,7 @@ pub struct NodeChecker {
     /// Whether this replica leads: only the leader exports the states.
     leading: watch::Sender<bool>,
     withdrawn: watch::Receiver<BTreeSet<String>>,
+    states: watch::Receiver<BTreeMap<String, State>>,
     transitions: Arc<Mutex<Vec<Transition>>>,
     changed: Arc<Notify>,
     timing: Timing,
@@ -36,6 +37,9 @@ struct Outputs {
     /// The [`NodeCheck::version`] last published.
     published: u64,
     withdrawn: watch::Sender<BTreeSet<String>>,
+    /// Every target's state, for the leader's `PorterNodeReachable`
+    /// condition (see `crate::reachability`).
+    states: watch::Sender<BTreeMap<String, State>>,
     transitions: Arc<Mutex<Vec<Transition>>>,
     changed: Arc<Notify>,
     metrics: Arc<Metrics>,
@@ -57,12 +61,14 @@ impl NodeChecker {
         };
         let (targets, targets_rx) = watch::channel(BTreeMap::new());
         let (withdrawn_tx, withdrawn) = watch::channel(BTreeSet::new());
+        let (states_tx, states) = watch::channel(BTreeMap::new());
         let transitions = Arc::new(Mutex::new(Vec::new()));
         let changed = Arc::new(Notify::new());
         let (leading, leading_rx) = watch::channel(false);
         let outputs = Outputs {
             published: 0,
             withdrawn: withdrawn_tx,
+            states: states_tx,
             transitions: Arc::clone(&transitions),
             changed: Arc::clone(&changed),
             metrics,
@@ -81,6 +87,7 @@ impl NodeChecker {
             targets,
             leading,
             withdrawn,
+            states,
             transitions,
             changed,
             timing,
@@ -114,6 +121,11 @@ impl NodeChecker {
     /// The nodes withdrawn now.
     pub fn withdrawn(&self) -> BTreeSet<String> {
         self.withdrawn.borrow().clone()
+    }
+
+    /// Every target's state now.
+    pub fn states(&self) -> BTreeMap<String, State> {
+        self.states.borrow().clone()
     }
 
     /// The transitions since the last call, to report.
@@ -253,6 +265,19 @@ impl Outputs {
                 modified
             });
             self.export_states(check);
+            let states: BTreeMap<String, State> = check
+                .states()
+                .map(|(node, state)| (node.to_owned(), state))
+                .collect();
+            // A state that withdraws nothing new (down to recovering) still
+            // changes what the leader publishes on the Node.
+            moved |= self.states.send_if_modified(|current| {
+                let modified = *current != states;
+                if modified {
+                    *current = states;
+                }
+                modified
+            });
         }
         for transition in &transitions {
             log(transition);

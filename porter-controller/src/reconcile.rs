@@ -8,24 +8,22 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 use ipnet::IpNet;
-use k8s_openapi::api::core::v1::{Namespace, Service};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use porter_api::annotations::{BGP_CONF_NAME, SERVICE_FINALIZER};
-use porter_api::bgp_policy::{
-    self, ClusterPolicy, PeerScope, PolicyError, PoolPolicy, ServicePolicy,
-};
+use porter_api::bgp_policy::{self, ClusterPolicy, PeerScope, PoolPolicy, ServicePolicy};
 use porter_api::layer2::PROTOCOL_LAYER2;
 use porter_api::service::ingress_ips;
 use porter_api::source::{Event, EventType, Regarding, Snapshot, StatusWriter, WriteError};
-use porter_api::{BgpConf, BgpPeer, Eip, EipStatus, ObjectKey};
+use porter_api::{EipStatus, ObjectKey};
 
-use crate::announce::{Inputs, Paths, Policy, RouteTable};
+use crate::announce::{Exclusion, Inputs, Paths, Policy, RouteTable, Verdict};
 use crate::bgp::{self, BgpDesired};
-use crate::identity::{Seen, remember, same_objects};
-use crate::ipam::{HeldEdit, Ipam, NamespaceLabels, NodeAddresses, Pool, PoolState};
+use crate::ipam::{Ipam, NamespaceLabels, NodeAddresses, Pool, PoolState};
 use crate::layer2_status::Layer2Status;
 use crate::peer_auth::SecretScope;
 use crate::service::{self, ServiceRequest};
+use memo::{Changed, LastInputs, Memo};
+use pool_status::{eip_status, held_message, join_errors};
 
 pub const REASON_ALLOCATED: &str = "IPAllocated";
 pub const REASON_FAILED: &str = "AllocationFailed";
@@ -112,97 +110,8 @@ pub struct Reconciler {
     checked_nodes: Option<Arc<BTreeMap<String, IpAddr>>>,
 }
 
-/// The inputs of the last pass, by identity (see [`crate::identity`]).
-#[derive(Debug, Default)]
-struct LastInputs {
-    services: Vec<Seen<Service>>,
-    eips: Vec<Seen<Eip>>,
-    namespaces: Vec<Seen<Namespace>>,
-    confs: Vec<Seen<BgpConf>>,
-    peers: Vec<Seen<BgpPeer>>,
-}
-
-/// Which inputs changed since the last pass.
-#[derive(Debug, Clone, Copy)]
-struct Changed {
-    services: bool,
-    eips: bool,
-    namespaces: bool,
-    confs: bool,
-    peers: bool,
-}
-
-impl Changed {
-    /// What the address plan reads.
-    fn addresses(self) -> bool {
-        self.services || self.eips || self.namespaces
-    }
-
-    /// What the BGP policy reads.
-    fn policy(self) -> bool {
-        self.services || self.eips || self.confs || self.peers
-    }
-}
-
-impl LastInputs {
-    /// Compares `snap` with the last pass's inputs and remembers it in
-    /// their place. Each list is compared once per pass, for both the
-    /// address plan and the policy: a comparison reads every object.
-    fn update(&mut self, snap: &Snapshot) -> Changed {
-        fn track<T: kube::Resource>(last: &mut Vec<Seen<T>>, now: &[Arc<T>]) -> bool {
-            let changed = !same_objects(last, now);
-            if changed {
-                *last = remember(now);
-            }
-            changed
-        }
-        Changed {
-            services: track(&mut self.services, &snap.services),
-            eips: track(&mut self.eips, &snap.eips),
-            namespaces: track(&mut self.namespaces, &snap.namespaces),
-            confs: track(&mut self.confs, &snap.bgp_confs),
-            peers: track(&mut self.peers, &snap.bgp_peers),
-        }
-    }
-}
-
-/// The part of an address plan a rerun on the same inputs would produce
-/// again: the writes, and the IPAllocated events that come with published
-/// addresses. AllocationFailed is reported once per reason, so a rerun has
-/// none, and nothing new was allocated.
-#[derive(Debug)]
-struct Memo {
-    ingress: Arc<[(ObjectKey, Vec<IpAddr>)]>,
-    finalizers: Arc<[(ObjectKey, bool)]>,
-    eip_status: Vec<(String, Arc<EipStatus>)>,
-}
-
-impl Memo {
-    fn of(plan: &Plan) -> Self {
-        Self {
-            ingress: Arc::clone(&plan.ingress),
-            finalizers: Arc::clone(&plan.finalizers),
-            eip_status: plan.eip_status.clone(),
-        }
-    }
-
-    fn replay(&self) -> Plan {
-        Plan {
-            ingress: Arc::clone(&self.ingress),
-            finalizers: Arc::clone(&self.finalizers),
-            eip_status: self.eip_status.clone(),
-            events: self
-                .ingress
-                .iter()
-                .filter_map(|(key, ips)| allocated_event(key, ips))
-                .collect(),
-            ..Plan::default()
-        }
-    }
-}
-
 /// The event that goes with publishing `ips` as a Service's addresses.
-fn allocated_event(key: &ObjectKey, ips: &[IpAddr]) -> Option<Event> {
+pub(super) fn allocated_event(key: &ObjectKey, ips: &[IpAddr]) -> Option<Event> {
     (!ips.is_empty()).then(|| Event {
         regarding: Regarding::Service(key.clone()),
         type_: EventType::Normal,
@@ -214,6 +123,16 @@ fn allocated_event(key: &ObjectKey, ips: &[IpAddr]) -> Option<Event> {
 impl Reconciler {
     pub fn ipam(&self) -> &Ipam {
         &self.ipam
+    }
+
+    /// Every node's part in `eip`'s paths as of the last pass, decided by
+    /// the predicates the paths were (see [`RouteTable::verdicts`]).
+    pub fn verdicts(&self, eip: IpAddr) -> BTreeMap<String, Verdict> {
+        let pool = self
+            .ipam
+            .pool_of(eip)
+            .and_then(|name| self.policy.pools.get(name));
+        self.routes.verdicts(eip, pool, &self.policy)
     }
 
     /// The nodes whose data plane failed the liveness check: the next
@@ -394,16 +313,7 @@ impl Reconciler {
     fn plan_addresses(&mut self, snap: &Snapshot, now: &Time) -> Plan {
         let mut plan = Plan::default();
         let (mut ingress, mut finalizers) = (Vec::new(), Vec::new());
-        let labels: NamespaceLabels = snap
-            .namespaces
-            .iter()
-            .filter_map(|n| {
-                Some((
-                    n.metadata.name.clone()?,
-                    n.metadata.labels.clone().unwrap_or_default(),
-                ))
-            })
-            .collect();
+        let labels = namespace_labels(snap);
 
         // With each Service's place in the snapshot, for the sort below.
         let mut active: Vec<(Option<Time>, usize, ServiceRequest, bool)> =
@@ -642,9 +552,28 @@ impl Reconciler {
         // 96-byte slots at 10,000 Services.
         events.reserve_exact(changed.iter().map(|ip| self.routes.users(ip).count()).sum());
         for ip in changed {
+            // The nodes with endpoints left out, by the reason word the
+            // paths were decided with (`porter-controller explain` tells
+            // more).
+            let excluded = self.routes.excluded(ip);
+            let left_out: Vec<String> = excluded
+                .iter()
+                .map(|(node, why)| (node, *why))
+                .chain(
+                    self.routes
+                        .departed(ip)
+                        .map(|node| (node, Exclusion::NoReadyEndpoint)),
+                )
+                .map(|(node, why)| format!("{node} ({})", why.word()))
+                .collect();
+            let not_through = if left_out.is_empty() {
+                String::new()
+            } else {
+                format!("; not through {}", left_out.join(", "))
+            };
             let message = match paths.get(&IpNet::from(*ip)) {
                 Some(hops) => format!(
-                    "{ip} announced with next hop(s) {}",
+                    "{ip} announced with next hop(s) {}{not_through}",
                     hops.iter()
                         .map(|(hop, attributes)| match attributes.link_bandwidth {
                             // The weight a router gives the path: its ready endpoints.
@@ -659,9 +588,11 @@ impl Reconciler {
                         .collect::<Vec<_>>()
                         .join(", ")
                 ),
-                None => format!(
-                    "{ip} withdrawn: no Ready node has a ready endpoint (that the pool's spec.bgp.nodeSelector admits)"
+                None if left_out.is_empty() => format!(
+                    "{ip} withdrawn: no node has a ready endpoint of its Service(s) ({})",
+                    Exclusion::NoReadyEndpoint.word()
                 ),
+                None => format!("{ip} withdrawn{not_through}"),
             };
             for key in self.routes.users(ip) {
                 events.push(Event {
@@ -684,6 +615,19 @@ impl Reconciler {
             }
         }
     }
+}
+
+/// Each namespace's labels, for the pools' `namespaceSelector`.
+pub fn namespace_labels(snap: &Snapshot) -> NamespaceLabels {
+    snap.namespaces
+        .iter()
+        .filter_map(|n| {
+            Some((
+                n.metadata.name.clone()?,
+                n.metadata.labels.clone().unwrap_or_default(),
+            ))
+        })
+        .collect()
 }
 
 /// The addresses the pools' `status.used` show for the Services of
@@ -737,51 +681,6 @@ fn layer2_node_addresses(snap: &Snapshot) -> NodeAddresses {
         .collect()
 }
 
-fn held_message(pool: &Pool, held: &HeldEdit) -> String {
-    const NAMED: usize = 5;
-    let mut in_the_way: Vec<String> = held
-        .in_the_way
-        .iter()
-        .take(NAMED)
-        .map(|(ip, keys)| {
-            let keys: Vec<String> = keys.iter().map(ObjectKey::to_string).collect();
-            format!("{ip} ({})", keys.join(", "))
-        })
-        .collect();
-    if held.in_the_way.len() > NAMED {
-        in_the_way.push(format!("and {} more", held.in_the_way.len() - NAMED));
-    }
-    let range = pool
-        .range
-        .map(|r| format!("{}-{}", r.first(), r.last()))
-        .unwrap_or_default();
-    let why = match &held.invalid {
-        Some(why) => why.clone(),
-        None if held.in_the_way.iter().any(|(ip, _)| pool.edges.contains(ip)) => {
-            "addresses in use would fall outside it (a CIDR leaves out its network and broadcast addresses unless spec.includeNetworkAndBroadcast is true)".into()
-        }
-        None => "addresses in use would fall outside it".into(),
-    };
-    let offer = match pool.offered() {
-        Some(r) if r.first() == r.last() => format!("new addresses come only from {}", r.first()),
-        Some(r) => format!("new addresses come only from {}-{}", r.first(), r.last()),
-        None => "no new addresses are handed out from it".into(),
-    };
-    format!(
-        "spec.address `{}` is not applied: {why}. The pool keeps {range} while addresses it would lose are in use: {}; {offer}. The change applies once they are released",
-        pool.address,
-        in_the_way.join(", ")
-    )
-}
-
-fn join_errors(errors: &[PolicyError]) -> String {
-    errors
-        .iter()
-        .map(PolicyError::to_string)
-        .collect::<Vec<_>>()
-        .join("; ")
-}
-
 fn join(ips: &[IpAddr]) -> String {
     ips.iter()
         .map(IpAddr::to_string)
@@ -813,118 +712,6 @@ fn failure_kind(e: &crate::ipam::AllocError) -> &'static str {
     }
 }
 
-/// The Ready condition: status, reason and a message that says what is
-/// true. A disabled or full pool is still Ready (valid and in force, keeping
-/// what it gave); its reason says why it gives nothing new.
-fn ready_condition(pool: &Pool, used: usize, size: u128) -> (bool, &'static str, String) {
-    match &pool.state {
-        PoolState::Refused(why) => (false, "Refused", why.clone()),
-        PoolState::Accepted if pool.disabled => (
-            true,
-            "Disabled",
-            format!("spec.disable is set: no new addresses are handed out; the {used} in use stay"),
-        ),
-        PoolState::Accepted if used as u128 >= size => (
-            true,
-            "Exhausted",
-            format!(
-                "every address is in use ({used} of {size}); Services without one wait until one is released"
-            ),
-        ),
-        PoolState::Accepted => (true, "Accepted", "addresses can be allocated".to_string()),
-    }
-}
-
-/// The status an `Eip` should show. The Ready condition keeps its transition
-/// time while its status stays the same, so an unchanged pool is not rewritten.
-pub fn eip_status(
-    pool: &Pool,
-    ipam: &Ipam,
-    prev: Option<&EipStatus>,
-    generation: Option<i64>,
-    policy_errors: &[PolicyError],
-    now: &Time,
-) -> EipStatus {
-    let used: BTreeMap<String, String> = ipam
-        .used_in(&pool.name)
-        .into_iter()
-        .map(|(ip, users)| {
-            (
-                ip.to_string(),
-                users
-                    .iter()
-                    .map(|k| k.to_string())
-                    .collect::<Vec<_>>()
-                    .join(";"),
-            )
-        })
-        .collect();
-    let size = pool.range.map_or(0, |r| r.size());
-    let (ready, reason, message) = ready_condition(pool, used.len(), size);
-    let status_word = if ready { "True" } else { "False" };
-    // A condition keeps its transition time while its status stays.
-    let since = |type_: &str, status: &str| {
-        prev.and_then(|p| p.conditions.iter().find(|c| c.type_ == type_))
-            .filter(|c| c.status == status)
-            .map_or_else(|| now.clone(), |c| c.last_transition_time.clone())
-    };
-    let transition = since("Ready", status_word);
-    let mut conditions = vec![Condition {
-        type_: "Ready".into(),
-        status: status_word.into(),
-        reason: reason.into(),
-        message,
-        last_transition_time: transition,
-        observed_generation: generation,
-    }];
-    // Only while an edit waits, as the pool itself keeps working.
-    if let Some(held) = &pool.held {
-        conditions.push(Condition {
-            type_: CONDITION_CHANGE_PENDING.into(),
-            status: "True".into(),
-            reason: if held.invalid.is_some() {
-                "AddressUnusable"
-            } else {
-                "AddressesInUse"
-            }
-            .into(),
-            message: held_message(pool, held),
-            last_transition_time: since(CONDITION_CHANGE_PENDING, "True"),
-            observed_generation: generation,
-        });
-    }
-    // Only while something is wrong, as the pool itself keeps working.
-    if !policy_errors.is_empty() {
-        conditions.push(Condition {
-            type_: bgp_policy::REASON_INVALID.into(),
-            status: "True".into(),
-            reason: "UnreadableValues".into(),
-            message: format!(
-                "{}; these values are left out and the rest of spec.bgp applies",
-                join_errors(policy_errors)
-            ),
-            last_transition_time: since(bgp_policy::REASON_INVALID, "True"),
-            observed_generation: generation,
-        });
-    }
-    EipStatus {
-        occupied: size > 0 && used.len() as u128 >= size,
-        usage: used.len() as i64,
-        pool_size: i64::try_from(size).unwrap_or(i64::MAX),
-        first_ip: pool.range.map(|r| r.first().to_string()),
-        last_ip: pool.range.map(|r| r.last().to_string()),
-        v4: pool.family() == Some(crate::ip_family::IpFamily::V4),
-        ready,
-        used,
-        // Set by the Layer 2 pass; kept here so that an unchanged pool compares equal.
-        layer2_announcers: prev
-            .map(|p| p.layer2_announcers.clone())
-            .unwrap_or_default(),
-        layer2_nodes: prev.map(|p| p.layer2_nodes.clone()).unwrap_or_default(),
-        conditions,
-    }
-}
-
 /// Writes a plan out. A finalizer is added before the address is published
 /// and removed after it is cleared, so a deletion can never skip the release.
 /// Errors are collected, not fatal: the next pass retries what is still off.
@@ -953,5 +740,7 @@ pub async fn apply<W: StatusWriter>(plan: &Plan, writer: &W) -> Vec<WriteError> 
     errors
 }
 
+mod memo;
+mod pool_status;
 #[cfg(test)]
 mod tests;

@@ -22,6 +22,7 @@ use crate::metrics::Metrics;
 use crate::node_check::Transition;
 use crate::node_check_runtime::NodeChecker;
 use crate::peer_auth::SecretScope;
+use crate::reachability;
 use crate::reconcile::{Reconciler, apply};
 
 /// The node check's targets when this replica must not check.
@@ -181,6 +182,13 @@ impl<A: Announcer> Controller<A> {
         }
         let plan = self.reconciler.plan(&snap, &now);
         let node_events = self.node_events(leader, plan.bgp.speaker.is_some(), &plan.checked_nodes);
+        // The check's states, published on the Nodes (by the leader only).
+        let reachable = if leader {
+            let states = self.node_check.as_ref().map(NodeChecker::states);
+            reachability::changes(&snap.nodes, &states.unwrap_or_default())
+        } else {
+            Vec::new()
+        };
         // The rest of the step reads only the BgpPeers. The snapshot itself
         // goes now: the objects the writes below replace (each comes back
         // through the watch while the step runs) are then freed as they come
@@ -208,6 +216,13 @@ impl<A: Announcer> Controller<A> {
                 step.writes += 1;
                 if let Err(e) = writer.event(event).await {
                     tracing::warn!(error = %e, "cannot write an Event");
+                }
+            }
+            for (node, state) in reachable {
+                step.writes += 1;
+                if let Err(e) = writer.node_condition(&node, &state.condition()).await {
+                    step.failed_writes += 1;
+                    tracing::warn!(error = %e, "write failed; retrying");
                 }
             }
             let notes = self.bgp.configure(plan.bgp.clone(), &mut self.announcer);
