@@ -26,7 +26,7 @@ use porter_api::{ObjectKey, SpeakerMode, node_dataplane};
 
 use crate::announce::{Exclusion, Verdict};
 use crate::ipam::PoolChoice;
-use crate::reconcile::{Reconciler, namespace_labels};
+use crate::reconcile::{Reconciler, join, namespace_labels};
 use crate::service;
 
 /// Everything `explain` says about one Service.
@@ -305,13 +305,6 @@ fn peer_lines(snap: &Snapshot, nodes: &[NodeLine], bgp: BgpMode) -> Vec<PeerLine
             })
         })
         .collect()
-}
-
-fn join(ips: &[IpAddr]) -> String {
-    ips.iter()
-        .map(IpAddr::to_string)
-        .collect::<Vec<_>>()
-        .join(", ")
 }
 
 #[cfg(test)]

@@ -9,7 +9,7 @@ use anyhow::{Context, Result, bail};
 use clap::Parser;
 use porter_api::cli::{init_logging, parse_duration};
 use porter_api::lease::{CONTROLLER_LEASE_DIR, FileLeaseDir};
-use porter_api::metrics_http::{Health, serve_with_health};
+use porter_api::metrics_http::spawn_server;
 use porter_api::source::{SourceArg as Source, dir, kube as kube_source, layer2};
 use porter_controller::bgp_speaker::SpeakerAnnouncer;
 use porter_controller::leader_lease::{FileLeaderLease, KubeLeaderLease, run_elected};
@@ -180,15 +180,9 @@ async fn main() -> Result<()> {
         bail!("--lease-duration must be at least 2 seconds");
     }
     let metrics = Arc::new(Metrics::default());
-    let listener = porter_api::metrics_http::bind(args.metrics_addr)
-        .with_context(|| format!("cannot listen on --metrics-addr {}", args.metrics_addr))?;
     let served = metrics.clone();
-    let health = Health::starting();
-    tokio::spawn(serve_with_health(
-        listener,
-        move || served.render(),
-        health.clone(),
-    ));
+    let health = spawn_server(args.metrics_addr, move || served.render())
+        .with_context(|| format!("cannot listen on --metrics-addr {}", args.metrics_addr))?;
     tracing::info!(addr = %args.metrics_addr, "metrics at /metrics, probes at /healthz and /readyz");
     let mut secret_namespaces = args.secret_namespaces.clone();
     secret_namespaces.retain(|n| !n.trim().is_empty());

@@ -681,7 +681,8 @@ fn layer2_node_addresses(snap: &Snapshot) -> NodeAddresses {
         .collect()
 }
 
-fn join(ips: &[IpAddr]) -> String {
+/// Addresses for a message: `a, b`.
+pub(crate) fn join(ips: &[IpAddr]) -> String {
     ips.iter()
         .map(IpAddr::to_string)
         .collect::<Vec<_>>()
