@@ -3,6 +3,7 @@
 //! that the controller and the agent both read through.
 
 pub mod annotations;
+pub mod bgp_bfd;
 pub mod bgp_config;
 pub mod bgp_policy;
 pub mod cli;

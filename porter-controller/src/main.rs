@@ -100,9 +100,11 @@ struct Args {
     /// watch Secrets there.
     #[arg(long, value_delimiter = ',', env = "PORTER_SECRET_NAMESPACES")]
     secret_namespaces: Vec<String>,
-    /// Central mode (speakerMode: controller): the leader sends a liveness
-    /// probe (UDP to port 3785) to the InternalIP of every node it announces
-    /// paths through this often; the node's XDP program answers it. BFD's
+    /// Central mode (speakerMode: controller): every replica sends a
+    /// liveness probe (UDP to port 3785) to the InternalIP of every node
+    /// announced as a next hop this often; the node's XDP program answers
+    /// it. The leader withdraws the nodes that stop answering; a follower
+    /// only keeps track, so that it knows them when it leads. BFD's
     /// default. See docs/bfd.md.
     #[arg(long, default_value = "300ms", value_parser = parse_check_interval)]
     node_check_interval: Duration,
@@ -118,6 +120,15 @@ struct Args {
     /// Kubernetes says so (NotReady, endpoints gone).
     #[arg(long)]
     no_node_check: bool,
+    /// Graceful restart as RFC 4724 alone, for routers without long-lived
+    /// graceful restart (RFC 9494): the routers keep a silent leader's
+    /// routes for the restart time, merged with its successor's. By
+    /// default only the lease's worth of it is sent as the restart time,
+    /// the rest as the long-lived stale time, so that a dead leader's paths
+    /// stop counting once the lease has passed (docs/bfd.md, "When the
+    /// leader's node dies").
+    #[arg(long)]
+    classic_graceful_restart: bool,
 }
 
 fn parse_check_interval(s: &str) -> Result<Duration, String> {
@@ -178,8 +189,14 @@ async fn main() -> Result<()> {
     let scope = SecretScope::new(secret_namespaces)
         .or_else(|| SecretScope::new(vec![args.lease_namespace.clone()]))
         .unwrap_or_default();
-    let mut controller = Controller::new(SpeakerAnnouncer::spawn(), metrics.clone())
-        .with_secret_scope(scope.clone());
+    let mut controller = Controller::new(
+        SpeakerAnnouncer::spawn(
+            (!args.classic_graceful_restart)
+                .then(|| u16::try_from(args.lease_duration).unwrap_or(u16::MAX)),
+        ),
+        metrics.clone(),
+    )
+    .with_secret_scope(scope.clone());
     if !args.no_node_check {
         let timing = NodeCheckTiming {
             interval: args.node_check_interval,
@@ -192,7 +209,7 @@ async fn main() -> Result<()> {
             interval = ?timing.interval,
             multiplier = timing.multiplier,
             hold = ?timing.hold,
-            "node liveness check on (central mode, leader only)"
+            "node liveness check on (central mode; the leader acts on it)"
         );
         controller = controller.with_node_check(checker);
     }

@@ -23,6 +23,8 @@ use crate::node_check::{NodeCheck, State, Timing, Transition, answer_from};
 /// The controller's side of a running check.
 pub struct NodeChecker {
     targets: watch::Sender<BTreeMap<String, IpAddr>>,
+    /// Whether this replica leads: only the leader exports the states.
+    leading: watch::Sender<bool>,
     withdrawn: watch::Receiver<BTreeSet<String>>,
     states: watch::Receiver<BTreeMap<String, State>>,
     transitions: Arc<Mutex<Vec<Transition>>>,
@@ -41,6 +43,9 @@ struct Outputs {
     transitions: Arc<Mutex<Vec<Transition>>>,
     changed: Arc<Notify>,
     metrics: Arc<Metrics>,
+    /// The states are exported only while this replica leads; a follower's
+    /// would stand beside the leader's with other values.
+    leading: watch::Receiver<bool>,
 }
 
 impl NodeChecker {
@@ -59,6 +64,7 @@ impl NodeChecker {
         let (states_tx, states) = watch::channel(BTreeMap::new());
         let transitions = Arc::new(Mutex::new(Vec::new()));
         let changed = Arc::new(Notify::new());
+        let (leading, leading_rx) = watch::channel(false);
         let outputs = Outputs {
             published: 0,
             withdrawn: withdrawn_tx,
@@ -66,6 +72,7 @@ impl NodeChecker {
             transitions: Arc::clone(&transitions),
             changed: Arc::clone(&changed),
             metrics,
+            leading: leading_rx,
         };
         // Tells our answers from anything else arriving on the socket.
         let token = RandomState::new().hash_one((std::process::id(), Instant::now()));
@@ -78,6 +85,7 @@ impl NodeChecker {
         ));
         Ok(Self {
             targets,
+            leading,
             withdrawn,
             states,
             transitions,
@@ -97,6 +105,15 @@ impl NodeChecker {
             if modified {
                 current.clone_from(targets);
             }
+            modified
+        });
+    }
+
+    /// Whether this replica leads (exports the states' metrics).
+    pub fn set_leading(&self, leading: bool) {
+        self.leading.send_if_modified(|current| {
+            let modified = *current != leading;
+            *current = leading;
             modified
         });
     }
@@ -192,6 +209,10 @@ async fn run(
                 check.set_targets(&targets, Instant::now());
                 Vec::new()
             }
+            Ok(()) = outputs.leading.changed() => {
+                outputs.export_states(&check);
+                Vec::new()
+            }
         };
         outputs.publish(&check, transitions);
     }
@@ -243,7 +264,7 @@ impl Outputs {
                 }
                 modified
             });
-            self.metrics.node_check(check.states());
+            self.export_states(check);
             let states: BTreeMap<String, State> = check
                 .states()
                 .map(|(node, state)| (node.to_owned(), state))
@@ -260,9 +281,6 @@ impl Outputs {
         }
         for transition in &transitions {
             log(transition);
-            if let Transition::Unreachable { node, .. } = transition {
-                self.metrics.node_withdrawn(node);
-            }
         }
         let news = !transitions.is_empty();
         if news && let Ok(mut queue) = self.transitions.lock() {
@@ -270,6 +288,16 @@ impl Outputs {
         }
         if moved || news {
             self.changed.notify_one();
+        }
+    }
+}
+
+impl Outputs {
+    fn export_states(&mut self, check: &NodeCheck) {
+        if *self.leading.borrow_and_update() {
+            self.metrics.node_check(check.states());
+        } else {
+            self.metrics.node_check([]);
         }
     }
 }
