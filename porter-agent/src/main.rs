@@ -23,7 +23,7 @@ use porter_agent::{
 };
 use porter_api::annotations::PORTER_NAMESPACE;
 use porter_api::cli::{init_logging, parse_duration};
-use porter_api::metrics_http::{Health, serve_with_health};
+use porter_api::metrics_http::{Health, spawn_server};
 use porter_api::peer_auth::SecretScope;
 use porter_api::source::{SnapshotReceiver, SourceArg, dir, kube as kube_source};
 use tracing::{error, info};
@@ -160,15 +160,9 @@ async fn run(args: RunArgs) -> Result<()> {
     };
     let pins = PinLayout::new(&settings.bpffs);
     let metrics = Metrics::default();
-    let listener = porter_api::metrics_http::bind(args.metrics_addr)
-        .with_context(|| format!("cannot listen on --metrics-addr {}", args.metrics_addr))?;
     let served = metrics.clone();
-    let health = Health::starting();
-    tokio::spawn(serve_with_health(
-        listener,
-        move || served.render(&pins),
-        health.clone(),
-    ));
+    let health = spawn_server(args.metrics_addr, move || served.render(&pins))
+        .with_context(|| format!("cannot listen on --metrics-addr {}", args.metrics_addr))?;
     info!(addr = %args.metrics_addr, node = %settings.node, "metrics served at /metrics");
 
     let mut secret_namespaces = args.secret_namespaces.clone();

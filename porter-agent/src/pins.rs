@@ -14,14 +14,16 @@ use std::path::{Path, PathBuf};
 /// Bump when a pinned map's key, value, size or flags change incompatibly
 /// (10: the Maglev array became mmap-able; 11: backends carry their node,
 /// service counters count forwarded packets; 12: IPv6 conntrack and reverse
-/// NAT in maps of their own; 13: the global counters gained `probe_answered`).
-pub const PIN_LAYOUT_VERSION: u32 = 13;
+/// NAT in maps of their own; 13: the global counters gained `probe_answered`;
+/// 14: backends and conntrack entries carry the service installation's
+/// epoch, and the settings keep the last one).
+pub const PIN_LAYOUT_VERSION: u32 = 14;
 
 /// The marker directory under `porter/`. Never rename it, nor the `v<N>`
 /// form of its entries: older and newer agents read it.
 const MARKERS: &str = "layouts";
 
-/// Paths under one bpffs directory, e.g. `/sys/fs/bpf/porter/v13/...`.
+/// Paths under one bpffs directory, e.g. `/sys/fs/bpf/porter/v14/...`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PinLayout {
     root: PathBuf,
@@ -137,11 +139,11 @@ mod tests {
         let layout = PinLayout::new(Path::new("/sys/fs/bpf"));
         assert_eq!(
             layout.xdp_link("eth0"),
-            Path::new("/sys/fs/bpf/porter/v13/links/xdp-eth0")
+            Path::new("/sys/fs/bpf/porter/v14/links/xdp-eth0")
         );
         assert_eq!(
             layout.map("PORTER_STATS"),
-            Path::new("/sys/fs/bpf/porter/v13/maps/PORTER_STATS")
+            Path::new("/sys/fs/bpf/porter/v14/maps/PORTER_STATS")
         );
         assert!(layout.maps_dir().starts_with(layout.root()));
     }

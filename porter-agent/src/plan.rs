@@ -14,6 +14,8 @@ use crate::service::{Backend, ServiceAddr, encode_ip};
 pub struct PlannedService<'a> {
     pub addr: ServiceAddr,
     pub id: u32,
+    /// The installation's [`porter_common::BackendValue::epoch`].
+    pub epoch: u32,
     /// Backends and their ids.
     pub backends: &'a BTreeMap<Backend, u32>,
 }
@@ -56,6 +58,7 @@ impl Keys {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct User {
     addr: ServiceAddr,
+    epoch: u32,
     backend: Backend,
     backend_id: u32,
 }
@@ -95,6 +98,7 @@ impl SharedMapPlan {
                     service.id,
                     User {
                         addr: service.addr,
+                        epoch: service.epoch,
                         backend: *backend,
                         backend_id,
                     },
@@ -153,7 +157,7 @@ impl SharedMapPlan {
             };
             let flags = if users.len() > 1 { BACKEND_SHARED } else { 0 };
             for (&service_id, user) in users {
-                let mut value = user.backend.value(service_id);
+                let mut value = user.backend.value(service_id, user.epoch);
                 value.flags |= flags;
                 wanted.backends.insert(user.backend_id, value);
             }
@@ -292,13 +296,14 @@ mod tests {
         let plan = contents([PlannedService {
             addr: addr("192.0.2.1", 80),
             id: 3,
+            epoch: 103,
             backends: &pods,
         }]);
         assert_eq!(plan.backends.len(), 2);
         assert!(
             plan.backends
                 .values()
-                .all(|b| b.flags == 0 && b.service_id == 3)
+                .all(|b| b.flags == 0 && b.service_id == 3 && b.epoch == 103)
         );
         assert_eq!(plan.revnat.len(), 2);
         assert!(
@@ -317,11 +322,13 @@ mod tests {
             PlannedService {
                 addr: addr("192.0.2.1", 8080),
                 id: 5,
+                epoch: 105,
                 backends: &alt,
             },
             PlannedService {
                 addr: addr("192.0.2.1", 80),
                 id: 4,
+                epoch: 104,
                 backends: &http,
             },
         ]);
@@ -343,11 +350,13 @@ mod tests {
         let first = PlannedService {
             addr: addr("192.0.2.1", 80),
             id: 5,
+            epoch: 105,
             backends: &backends(&[("10.0.0.1", 8080, 0)]),
         };
         let newcomer = PlannedService {
             addr: addr("192.0.2.2", 80),
             id: 2,
+            epoch: 102,
             backends: &backends(&[("10.0.0.1", 8080, 1)]),
         };
         let mut plan = SharedMapPlan::of([first]);
@@ -418,7 +427,12 @@ mod tests {
         let c1 = backends(&[("10.0.0.3", 80, 3)]);
         let a2 = backends(&[("10.0.0.2", 8080, 1), ("10.0.0.4", 8080, 4)]);
         let empty = BTreeMap::new();
-        let service = |addr, id, backends| PlannedService { addr, id, backends };
+        let service = |addr, id, backends| PlannedService {
+            addr,
+            id,
+            epoch: id + 100,
+            backends,
+        };
         // (before, after) per step; an empty backend map stands for "absent".
         let steps = [
             (service(a, 0, &empty), service(a, 0, &a1)),

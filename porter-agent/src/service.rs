@@ -242,7 +242,9 @@ impl ServiceAddr {
 }
 
 impl Backend {
-    pub fn value(&self, service_id: u32) -> BackendValue {
+    /// The backend's map value as a backend of service `service_id`'s
+    /// installation `epoch`.
+    pub fn value(&self, service_id: u32, epoch: u32) -> BackendValue {
         let (family, addr) = encode_ip(self.addr);
         let (mut flags, node) = match self.node {
             Some(node) => (BACKEND_REMOTE, encode_ip(node).1),
@@ -258,6 +260,7 @@ impl Backend {
             flags,
             service_id,
             node,
+            epoch,
         }
     }
 
@@ -303,7 +306,7 @@ mod tests {
             assert_eq!(ServiceAddr::from_key(&key), Some(spec.addr));
         }
         let backend = Backend::local("10.244.1.5".parse().expect("ip"), 8080);
-        let value = backend.value(3);
+        let value = backend.value(3, 7);
         assert_eq!(value.addr[0].to_ne_bytes(), [10, 244, 1, 5]);
         assert_eq!(value.addr[1..], [0, 0, 0]);
         assert_eq!((value.flags, value.node), (0, [0; 4]));
@@ -312,7 +315,7 @@ mod tests {
             node: Some("172.30.0.12".parse().expect("ip")),
             ..backend
         };
-        let value = remote.value(3);
+        let value = remote.value(3, 7);
         assert_eq!(value.flags, BACKEND_REMOTE);
         assert_eq!(value.node[0].to_ne_bytes(), [172, 30, 0, 12]);
         assert_eq!(Backend::from_value(&value), Some(remote));
@@ -324,7 +327,7 @@ mod tests {
             draining: true,
             ..remote
         };
-        let value = draining.value(3);
+        let value = draining.value(3, 7);
         assert_eq!(value.flags, BACKEND_REMOTE | BACKEND_DRAINING);
         assert_eq!(Backend::from_value(&value), Some(draining));
     }

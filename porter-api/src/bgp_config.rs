@@ -35,6 +35,7 @@ pub fn graceful_restart(restart_time: u16) -> GracefulRestart {
     GracefulRestart {
         restart_time,
         restarting: true,
+        long_lived_stale_time: None,
     }
 }
 
@@ -316,6 +317,27 @@ pub fn bfd_peer(config: &PeerConfig, timers: porter_bfd::Timers) -> porter_bfd::
         },
         local: config.local_address,
         timers,
+    }
+}
+
+/// The BFD session BgpPeer `name`'s `spec.bfd` asks for with the neighbour
+/// of `config`, if any. A value out of range is a warning in `notes`, and
+/// the BGP session runs without BFD until it is fixed.
+pub fn bfd_session(
+    name: &str,
+    bfd: Option<&BfdSpec>,
+    config: &PeerConfig,
+    notes: &mut Vec<Note>,
+) -> Option<porter_bfd::PeerConfig> {
+    match bfd_timers(bfd) {
+        Ok(timers) => timers.map(|timers| bfd_peer(config, timers)),
+        Err(why) => {
+            notes.push(Note::warning(format!(
+                "BgpPeer `{name}`: {why}; BFD does not run with {} until it is fixed",
+                config.address
+            )));
+            None
+        }
     }
 }
 

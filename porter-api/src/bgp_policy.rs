@@ -593,6 +593,50 @@ impl PeerScope {
     }
 }
 
+/// Why a peer is not sent a path of a pool through some node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PeerSkip {
+    /// The pool's `spec.bgp.peerSelector` does not select the peer.
+    PoolPeerSelector,
+    /// The BgpPeer's `nodeSelector` does not match the node.
+    PeerNodeSelector,
+}
+
+impl PeerSkip {
+    /// The short word `porter-controller explain` and the Events use.
+    pub fn word(self) -> &'static str {
+        match self {
+            PeerSkip::PoolPeerSelector => "PoolPeerSelector",
+            PeerSkip::PeerNodeSelector => "PeerNodeSelector",
+        }
+    }
+
+    pub fn explain(self) -> &'static str {
+        match self {
+            PeerSkip::PoolPeerSelector => {
+                "the pool's spec.bgp.peerSelector does not select this BgpPeer"
+            }
+            PeerSkip::PeerNodeSelector => "the BgpPeer's spec.nodeSelector does not match the node",
+        }
+    }
+}
+
+/// Whether `peer` is sent a path of `pool` through a node with
+/// `node_labels`, or why not: the one predicate of [`only_peers`].
+pub fn peer_takes(
+    pool: &PoolPolicy,
+    peer: &PeerScope,
+    node_labels: &BTreeMap<String, String>,
+) -> Result<(), PeerSkip> {
+    if !pool.peer_selector.matches(&peer.labels) {
+        return Err(PeerSkip::PoolPeerSelector);
+    }
+    if !peer.node_selector.matches(node_labels) {
+        return Err(PeerSkip::PeerNodeSelector);
+    }
+    Ok(())
+}
+
 /// The peers a path of `pool` through a node with `node_labels` goes to:
 /// those the pool's `peerSelector` selects and whose `nodeSelector` matches
 /// the node. `None` when that is every peer, which lets the speaker share
@@ -604,7 +648,7 @@ pub fn only_peers(
 ) -> Option<BTreeSet<IpAddr>> {
     let chosen: BTreeSet<IpAddr> = peers
         .iter()
-        .filter(|p| pool.peer_selector.matches(&p.labels) && p.node_selector.matches(node_labels))
+        .filter(|p| peer_takes(pool, p, node_labels).is_ok())
         .map(|p| p.address)
         .collect();
     let all = peers.iter().all(|p| chosen.contains(&p.address));

@@ -3,6 +3,7 @@
 //! that the controller and the agent both read through.
 
 pub mod annotations;
+pub mod bgp_bfd;
 pub mod bgp_config;
 pub mod bgp_policy;
 pub mod cli;
@@ -13,6 +14,7 @@ pub mod lease;
 pub mod metrics_http;
 pub mod names;
 pub mod node_dataplane;
+pub mod node_reachability;
 pub mod peer_auth;
 pub mod service;
 pub mod source;

@@ -86,12 +86,17 @@ fn bind_exactly(addr: SocketAddr) -> std::io::Result<TcpListener> {
     TcpListener::from_std(socket.into())
 }
 
-/// [`serve`] with the default [`Limits`].
-pub async fn serve_with_health<F>(listener: TcpListener, render: F, health: Health)
+/// Listens on `addr` ([`bind`]) and serves the routes above with the default
+/// [`Limits`] in a task of its own, as both binaries do; returns the
+/// [`Health`] (starting) that `/healthz` and `/readyz` report.
+pub fn spawn_server<F>(addr: SocketAddr, render: F) -> std::io::Result<Health>
 where
     F: Fn() -> String + Send + Sync + 'static,
 {
-    serve(listener, render, health, Limits::default()).await;
+    let listener = bind(addr)?;
+    let health = Health::starting();
+    tokio::spawn(serve(listener, render, health.clone(), Limits::default()));
+    Ok(health)
 }
 
 /// Answers the routes above until the task is dropped. `render` runs on the

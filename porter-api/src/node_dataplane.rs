@@ -18,12 +18,17 @@ pub const REASON_READY: &str = "DataplaneReady";
 
 /// The agent's published condition on `node`, if any.
 pub fn published(node: &Node) -> Option<&NodeCondition> {
+    condition_of(node, CONDITION)
+}
+
+/// `node`'s condition of type `type_`, if it has one.
+pub fn condition_of<'a>(node: &'a Node, type_: &str) -> Option<&'a NodeCondition> {
     node.status
         .as_ref()?
         .conditions
         .as_ref()?
         .iter()
-        .find(|c| c.type_ == CONDITION)
+        .find(|c| c.type_ == type_)
 }
 
 /// Whether the node's agent says its data plane cannot serve. Absent or
@@ -36,13 +41,23 @@ pub fn withdrawn(node: &Node) -> bool {
 /// The condition an agent publishes: `True` with [`REASON_READY`], or
 /// `False` with why (`reason`, CamelCase) and what to do (`message`).
 pub fn condition(ready: bool, reason: &str, message: &str) -> NodeCondition {
+    new_condition(
+        CONDITION,
+        if ready { "True" } else { "False" },
+        reason,
+        message,
+    )
+}
+
+/// A Node condition as Porter writes them: only when its state changes, so
+/// now is both its transition and its heartbeat.
+pub fn new_condition(type_: &str, status: &str, reason: &str, message: &str) -> NodeCondition {
     let now = Time(k8s_openapi::jiff::Timestamp::now());
     NodeCondition {
-        type_: CONDITION.to_owned(),
-        status: if ready { "True" } else { "False" }.to_owned(),
+        type_: type_.to_owned(),
+        status: status.to_owned(),
         reason: Some(reason.to_owned()),
         message: Some(message.to_owned()),
-        // Written only when the state changes, so now is the transition.
         last_transition_time: Some(now.clone()),
         last_heartbeat_time: Some(now),
     }

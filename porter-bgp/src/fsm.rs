@@ -7,7 +7,9 @@ use netgauze_bgp_pkt::{
     BgpMessage,
     capabilities::{
         AddPathAddressFamily, AddPathCapability, BgpCapability, FourOctetAsCapability,
-        GracefulRestartAddressFamily, GracefulRestartCapability, MultiProtocolExtensionsCapability,
+        GracefulRestartAddressFamily, GracefulRestartCapability,
+        LongLivedGracefulRestartAddressFamily, LongLivedGracefulRestartCapability,
+        MultiProtocolExtensionsCapability,
     },
     notification::{
         BgpNotificationMessage, CeaseError, FiniteStateMachineError, HoldTimerExpiredError,
@@ -61,6 +63,9 @@ pub struct FsmConfig {
     pub add_path_send_max: u8,
     /// Graceful restart time in seconds, when enabled.
     pub graceful_restart: Option<u16>,
+    /// Long-lived stale time in seconds (RFC 9494), when enabled; only
+    /// with `graceful_restart`.
+    pub long_lived_stale_time: Option<u32>,
     /// Set the restart flag (R) in the first OPEN: this speaker has just
     /// (re)started and peers may hold its routes as stale.
     pub restarting: bool,
@@ -515,6 +520,25 @@ impl Fsm {
                         .collect::<Vec<_>>(),
                 ),
             ));
+            if let Some(stale_time) = config.long_lived_stale_time {
+                // F bit as above; the peer caps the stale time with its own.
+                capabilities.push(BgpCapability::LongLivedGracefulRestart(
+                    LongLivedGracefulRestartCapability::new(
+                        config
+                            .families
+                            .iter()
+                            .map(|family| {
+                                LongLivedGracefulRestartAddressFamily::new(
+                                    true,
+                                    address_type(*family),
+                                    stale_time
+                                        .min(LongLivedGracefulRestartAddressFamily::MAX_STALE_TIME),
+                                )
+                            })
+                            .collect::<Vec<_>>(),
+                    ),
+                ));
+            }
             self.sent_restart_flag = true;
         }
         BgpOpenMessage::new(
@@ -658,6 +682,7 @@ mod tests {
             families: vec![Family::Ipv4Unicast, Family::Ipv6Unicast],
             add_path_send_max: 4,
             graceful_restart: Some(120),
+            long_lived_stale_time: None,
             restarting: true,
             jitter_seed: 7,
         }
@@ -767,6 +792,55 @@ mod tests {
             open.capabilities().iter().any(
                 |c| matches!(c, BgpCapability::GracefulRestartCapability(gr) if !gr.restart())
             )
+        );
+    }
+
+    #[test]
+    fn long_lived_graceful_restart_is_offered_per_family_with_its_stale_time() {
+        let mut fsm = Fsm::new(FsmConfig {
+            graceful_restart: Some(0),
+            long_lived_stale_time: Some(120),
+            ..config(false)
+        });
+        fsm.handle(Event::Start);
+        let actions = fsm.handle(Event::TcpEstablished);
+        let Some(BgpMessage::Open(open)) = sent(&actions).first().copied() else {
+            panic!("OPEN");
+        };
+        let caps = open.capabilities();
+        assert!(
+            caps.iter().any(
+                |c| matches!(c, BgpCapability::GracefulRestartCapability(gr) if gr.time() == 0)
+            )
+        );
+        let llgr: Vec<(AddressType, u32, bool)> = caps
+            .iter()
+            .filter_map(|c| match c {
+                BgpCapability::LongLivedGracefulRestart(llgr) => Some(llgr),
+                _ => None,
+            })
+            .flat_map(|llgr| llgr.address_families().iter())
+            .map(|af| (af.address_type(), af.stale_time(), af.forwarding_state()))
+            .collect();
+        assert_eq!(
+            llgr,
+            vec![
+                (AddressType::Ipv4Unicast, 120, true),
+                (AddressType::Ipv6Unicast, 120, true)
+            ]
+        );
+        // Without it, only RFC 4724's capability.
+        let mut plain = Fsm::new(config(false));
+        plain.handle(Event::Start);
+        let actions = plain.handle(Event::TcpEstablished);
+        let Some(BgpMessage::Open(open)) = sent(&actions).first().copied() else {
+            panic!("OPEN");
+        };
+        assert!(
+            !open
+                .capabilities()
+                .iter()
+                .any(|c| matches!(c, BgpCapability::LongLivedGracefulRestart(_)))
         );
     }
 

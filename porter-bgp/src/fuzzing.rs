@@ -115,6 +115,7 @@ fn session_in(state: State) -> Fsm {
         families: vec![Family::Ipv4Unicast, Family::Ipv6Unicast],
         add_path_send_max: 4,
         graceful_restart: Some(120),
+        long_lived_stale_time: None,
         restarting: false,
         jitter_seed: 0,
     });

@@ -62,6 +62,12 @@ pub struct GracefulRestart {
     /// Set the restart flag in the first OPEN to each peer: this speaker
     /// instance follows an earlier one whose routes the peers may still hold.
     pub restarting: bool,
+    /// RFC 9494 long-lived graceful restart: after the restart time, peers
+    /// keep our routes for this many seconds more (≤ 16,777,215), marked
+    /// LLGR_STALE and less preferred than any route without it, so that a
+    /// fresh path to the same prefix (from another speaker) replaces them
+    /// while they still carry the traffic nothing else can.
+    pub long_lived_stale_time: Option<u32>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -135,6 +135,10 @@ impl Speaker {
             families: peer.families.clone(),
             add_path_send_max: peer.add_path_send_max,
             graceful_restart: config.graceful_restart.as_ref().map(|gr| gr.restart_time),
+            long_lived_stale_time: config
+                .graceful_restart
+                .as_ref()
+                .and_then(|gr| gr.long_lived_stale_time),
             restarting: config
                 .graceful_restart
                 .as_ref()

@@ -118,7 +118,10 @@ pub mod limits {
 pub mod config {
     /// Slot of the forwarding mode: [`FORWARD_KERNEL`] or [`FORWARD_REDIRECT`].
     pub const FORWARD: u32 = 0;
-    pub const SLOTS: u32 = 1;
+    /// Slot of the last [`crate::BackendValue::epoch`] the agents handed
+    /// out, so that a restarted agent never hands one out again.
+    pub const LAST_EPOCH: u32 = 1;
+    pub const SLOTS: u32 = 2;
     /// Translated packets go to the kernel, which routes them to the pod.
     pub const FORWARD_KERNEL: u32 = 0;
     /// Translated packets are redirected straight to the pod's interface
@@ -237,6 +240,13 @@ pub struct BackendValue {
     /// With [`BACKEND_REMOTE`]: the address of the node the pod runs on
     /// (its `InternalIP`), where packets for it are forwarded. Zero otherwise.
     pub node: [u32; 4],
+    /// Names the installation of the service (its address, from install to
+    /// removal) this backend id belongs to; never reused on a node. A
+    /// conntrack entry records it, and is followed only while its backend
+    /// still carries it: then the flow's service is still installed at the
+    /// address the entry's key names, so a packet of an established flow
+    /// needs no service lookup.
+    pub epoch: u32,
 }
 
 /// This `addr:port/proto` serves more than one service, so its replies
@@ -304,9 +314,13 @@ pub struct FlowKey6 {
 pub struct CtValue {
     pub backend_id: u32,
     pub service_id: u32,
-    /// `bpf_ktime_get_ns` when the flow was first seen and last refreshed.
-    pub created_ns: u64,
-    pub last_seen_ns: u64,
+    /// The backend's [`BackendValue::epoch`] when the flow was recorded.
+    pub epoch: u32,
+    pub _pad: u32,
+    /// `bpf_ktime_get_coarse_ns` when the flow's per-flow reverse NAT was
+    /// last written: only for flows to a [`BACKEND_SHARED`] backend, 0 for
+    /// the others (they have none to keep).
+    pub refreshed_ns: u64,
 }
 
 /// How to rewrite a reply from a backend: its source becomes `vip:port`.
@@ -454,7 +468,7 @@ mod tests {
         assert_eq!(size_of::<ServiceKey>(), 20);
         assert_eq!(size_of::<ServiceValue>(), 16);
         assert_eq!(size_of::<VipKey>(), 20);
-        assert_eq!(size_of::<BackendValue>(), 40);
+        assert_eq!(size_of::<BackendValue>(), 44);
         assert_eq!(size_of::<BackendKey>(), 20);
         assert_eq!(size_of::<FlowKey4>(), 16);
         assert_eq!(size_of::<FlowKey6>(), 40);

@@ -15,7 +15,7 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 use porter_api::ObjectKey;
 use porter_api::annotations::SERVICE_NAME_LABEL;
 use porter_api::bgp_policy::{
-    self, ClusterPolicy, PathAttributes, PeerScope, PoolPolicy, ServicePolicy,
+    self, ClusterPolicy, PathAttributes, PeerScope, PeerSkip, PoolPolicy, ServicePolicy,
 };
 use porter_api::service::serving_endpoints_by_node;
 
@@ -99,7 +99,7 @@ pub struct Policy {
 /// name shared with `known` where it has that node.
 fn ready_nodes<'a>(
     slices: impl IntoIterator<Item = &'a EndpointSlice>,
-    known: &HashMap<Arc<str>, NodeInfo>,
+    known: &HashMap<Arc<str>, Standing>,
 ) -> Box<[(Arc<str>, u32)]> {
     // The same predicate and count the agent programs its node with.
     serving_endpoints_by_node(slices)
@@ -122,6 +122,62 @@ fn owner(slice: &EndpointSlice) -> Option<(&str, &str)> {
     ))
 }
 
+/// Why a node offers no path for an EIP. Each is one of the predicates
+/// [`RouteTable`] decides the paths with, and `porter-controller explain`
+/// and the `Announced` Events report the same value: there is no second
+/// copy of the rules.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Exclusion {
+    /// No serving endpoint of a Service using the EIP on the node.
+    NoReadyEndpoint,
+    /// An endpoint names a node that has no Node object.
+    UnknownNode,
+    /// The kubelet's `Ready` condition is not `True`.
+    NotReady,
+    /// Its agent publishes `PorterDataplaneReady=False`.
+    DataplaneFrozen,
+    /// No `InternalIP` to be a next hop.
+    NoInternalIp,
+    /// The leader's liveness check withdrew it (central mode).
+    LivenessWithdrawn,
+    /// The pool's `spec.bgp.nodeSelector` does not admit it.
+    PoolNodeSelector,
+}
+
+impl Exclusion {
+    /// The short word Events and `explain` use.
+    pub fn word(self) -> &'static str {
+        match self {
+            Exclusion::NoReadyEndpoint => "NoReadyEndpoint",
+            Exclusion::UnknownNode => "UnknownNode",
+            Exclusion::NotReady => "NotReady",
+            Exclusion::DataplaneFrozen => "DataplaneFrozen",
+            Exclusion::NoInternalIp => "NoInternalIP",
+            Exclusion::LivenessWithdrawn => "LivenessWithdrawn",
+            Exclusion::PoolNodeSelector => "PoolNodeSelector",
+        }
+    }
+
+    /// What it means, in a sentence.
+    pub fn explain(self) -> &'static str {
+        match self {
+            Exclusion::NoReadyEndpoint => {
+                "no ready (or, where no pod is ready, serving) endpoint of a Service using the address runs on it"
+            }
+            Exclusion::UnknownNode => "an endpoint names this node, but there is no such Node",
+            Exclusion::NotReady => "its Ready condition is not True",
+            Exclusion::DataplaneFrozen => {
+                "its agent cannot program the data plane (condition PorterDataplaneReady=False)"
+            }
+            Exclusion::NoInternalIp => "it has no InternalIP to be a next hop",
+            Exclusion::LivenessWithdrawn => {
+                "the leader's liveness check withdrew it (condition PorterNodeReachable=False)"
+            }
+            Exclusion::PoolNodeSelector => "the pool's spec.bgp.nodeSelector does not admit it",
+        }
+    }
+}
+
 /// What a Ready node offers as a next hop: its `InternalIP`s, and its labels
 /// for the node selectors.
 #[derive(Debug, Clone, PartialEq)]
@@ -130,36 +186,96 @@ struct NodeInfo {
     labels: BTreeMap<String, String>,
 }
 
-/// Each Ready node with an `InternalIP`, by name.
-fn node_infos<'a>(nodes: impl IntoIterator<Item = &'a Node>) -> HashMap<Arc<str>, NodeInfo> {
+/// A node that can be a next hop, or why it cannot be one for any EIP.
+type Standing = Result<NodeInfo, Exclusion>;
+
+/// Every named node's standing, by name.
+fn node_infos<'a>(nodes: impl IntoIterator<Item = &'a Node>) -> HashMap<Arc<str>, Standing> {
     nodes
         .into_iter()
-        .filter(|n| node_ready(n))
-        .filter_map(|n| {
-            let name: Arc<str> = n.metadata.name.as_deref()?.into();
-            let addrs: Vec<IpAddr> = n
-                .status
-                .as_ref()?
-                .addresses
-                .iter()
-                .flatten()
-                .filter(|a| a.type_ == "InternalIP")
-                .filter_map(|a| a.address.parse().ok())
-                .collect();
-            let labels = n.metadata.labels.clone().unwrap_or_default();
-            (!addrs.is_empty()).then_some((name, NodeInfo { addrs, labels }))
-        })
+        .filter_map(|n| Some((n.metadata.name.as_deref()?.into(), standing(n))))
         .collect()
 }
 
-/// Ready to the kubelet, and not withdrawn by its agent (a data plane it
-/// cannot program serves stale state; see `porter_api::node_dataplane`).
-fn node_ready(node: &Node) -> bool {
-    node.status
-        .as_ref()
+/// Ready to the kubelet, not withdrawn by its agent (a data plane it cannot
+/// program serves stale state; see `porter_api::node_dataplane`), and with
+/// an `InternalIP`.
+fn standing(node: &Node) -> Standing {
+    let status = node.status.as_ref();
+    let ready = status
         .and_then(|s| s.conditions.as_ref())
-        .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
-        && !porter_api::node_dataplane::withdrawn(node)
+        .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
+    if !ready {
+        return Err(Exclusion::NotReady);
+    }
+    if porter_api::node_dataplane::withdrawn(node) {
+        return Err(Exclusion::DataplaneFrozen);
+    }
+    let addrs: Vec<IpAddr> = status
+        .and_then(|s| s.addresses.as_ref())
+        .into_iter()
+        .flatten()
+        .filter(|a| a.type_ == "InternalIP")
+        .filter_map(|a| a.address.parse().ok())
+        .collect();
+    if addrs.is_empty() {
+        return Err(Exclusion::NoInternalIp);
+    }
+    let labels = node.metadata.labels.clone().unwrap_or_default();
+    Ok(NodeInfo { addrs, labels })
+}
+
+/// The next hop `node` offers for `eip` of `pool`, or why it offers none:
+/// the one chain of predicates the paths and their explanation share.
+fn hop_through<'a>(
+    nodes: &'a HashMap<Arc<str>, Standing>,
+    withdrawn: &BTreeSet<String>,
+    node: &str,
+    eip: IpAddr,
+    pool: &PoolPolicy,
+) -> Result<(&'a NodeInfo, IpAddr), Exclusion> {
+    let info = match nodes.get(node) {
+        Some(standing) => standing.as_ref().map_err(|why| *why)?,
+        None => return Err(Exclusion::UnknownNode),
+    };
+    if withdrawn.contains(node) {
+        return Err(Exclusion::LivenessWithdrawn);
+    }
+    if !pool.node_selector.matches(&info.labels) {
+        return Err(Exclusion::PoolNodeSelector);
+    }
+    let hop = next_hop(&info.addrs, eip).ok_or(Exclusion::NoInternalIp)?;
+    Ok((info, hop))
+}
+
+/// A node with serving endpoints that offers no path, and why.
+pub type Excluded = (Arc<str>, Exclusion);
+
+/// One node's part in an EIP's paths.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    Announced {
+        hop: IpAddr,
+        /// Serving endpoints on the node, summed over the EIP's Services.
+        endpoints: u32,
+        /// Each BgpPeer's address, and whether the path goes to it.
+        peers: Vec<(IpAddr, Result<(), PeerSkip>)>,
+    },
+    Excluded(Exclusion),
+}
+
+/// Serving endpoints per node, summed over the Services using an EIP.
+fn endpoints_of<'a>(
+    users: &[ObjectKey],
+    services: &'a HashMap<ObjectKey, Served>,
+) -> BTreeMap<&'a str, u32> {
+    let mut endpoints: BTreeMap<&str, u32> = BTreeMap::new();
+    for served in users.iter().filter_map(|k| services.get(k)) {
+        for (node, k) in &served.nodes {
+            *endpoints.entry(node).or_default() += k;
+        }
+    }
+    endpoints
 }
 
 /// The next hop a node offers for an EIP: its address of the same family,
@@ -220,7 +336,8 @@ pub struct RouteTable {
     /// `None` before the first update.
     last_allocations: Option<u64>,
     last_policy: Option<u64>,
-    nodes: HashMap<Arc<str>, NodeInfo>,
+    /// Every named node, with why it can be no next hop where it cannot.
+    nodes: HashMap<Arc<str>, Standing>,
     /// Every Service's slices, allocated or not; they stay alive here until
     /// removed, so a removed slice's identity is never reused meanwhile and
     /// its owner can still be read to unfile it.
@@ -236,6 +353,12 @@ pub struct RouteTable {
     new_conflicts: Vec<(IpAddr, String)>,
     /// The nodes the liveness check withdrew, as of the last update.
     withdrawn: BTreeSet<String>,
+    /// The nodes with serving endpoints that offer no path, and why, for
+    /// each EIP that has any (most have none).
+    excluded: HashMap<IpAddr, Box<[Excluded]>>,
+    /// The nodes whose path went in the last update because their last
+    /// endpoint did, for Events.
+    departed: Vec<(IpAddr, Arc<str>)>,
 }
 
 /// The inputs of one update.
@@ -383,6 +506,8 @@ impl RouteTable {
         }
 
         let mut changed = BTreeSet::new();
+        // Next hops that went, for `departed`.
+        let mut gone: Vec<(IpAddr, IpAddr)> = Vec::new();
         for eip in dirty {
             let pool = pool_of(eip).and_then(|name| policy.pools.get(name));
             let paths = self.paths_of(eip, pool, policy);
@@ -396,6 +521,14 @@ impl RouteTable {
             if unchanged {
                 continue;
             }
+            if let Some(current) = current {
+                gone.extend(
+                    current
+                        .keys()
+                        .filter(|hop| paths.get(hop).is_none())
+                        .map(|hop| (eip, *hop)),
+                );
+            }
             let all = Arc::make_mut(&mut self.paths);
             if paths.is_empty() {
                 all.remove(&prefix);
@@ -404,7 +537,52 @@ impl RouteTable {
             }
             changed.insert(eip);
         }
+        self.departed = self.departures(&gone);
         changed
+    }
+
+    /// The nodes whose path of an EIP went in this update because they
+    /// have no serving endpoint left (those that have one are in
+    /// [`Self::excluded`], with their reason). A node is found by its next
+    /// hop among the nodes that can be one; a hop whose node cannot be one
+    /// any more is left unnamed here (NotReady, gone: without endpoints it
+    /// has no line in the Event; `explain` still names it).
+    fn departures(&self, gone: &[(IpAddr, IpAddr)]) -> Vec<(IpAddr, Arc<str>)> {
+        if gone.is_empty() {
+            return Vec::new();
+        }
+        // The node behind each next hop, per EIP family: one pass over the
+        // nodes, not one per hop (a NotReady node can take 10,000 paths).
+        let families = [IpAddr::from([0u8; 4]), IpAddr::from([0u16; 8])];
+        let by_hop: HashMap<(IpFamily, IpAddr), &Arc<str>> = self
+            .nodes
+            .iter()
+            .filter_map(|(node, standing)| Some((node, standing.as_ref().ok()?)))
+            .flat_map(|(node, info)| {
+                families.iter().filter_map(move |sample| {
+                    Some((
+                        (IpFamily::of(*sample), next_hop(&info.addrs, *sample)?),
+                        node,
+                    ))
+                })
+            })
+            .collect();
+        gone.iter()
+            .filter_map(|(eip, hop)| {
+                let node = by_hop.get(&(IpFamily::of(*eip), *hop))?;
+                let explained = self.excluded(eip).iter().any(|(n, _)| n == *node);
+                (!explained).then(|| (*eip, Arc::clone(node)))
+            })
+            .collect()
+    }
+
+    /// The nodes whose path of `eip` went in the last update because no
+    /// serving endpoint is left on them (`NoReadyEndpoint`).
+    pub fn departed(&self, eip: &IpAddr) -> impl Iterator<Item = &Arc<str>> {
+        self.departed
+            .iter()
+            .filter(move |(e, _)| e == eip)
+            .map(|(_, node)| node)
     }
 
     /// One EIP's paths: one per Ready node with serving endpoints of its
@@ -415,12 +593,7 @@ impl RouteTable {
         let pool = pool.unwrap_or(&default_pool);
         let no_policy = ServicePolicy::default();
         let users = self.users.get(&eip).map(Vec::as_slice).unwrap_or_default();
-        let mut endpoints: BTreeMap<&str, u32> = BTreeMap::new();
-        for served in users.iter().filter_map(|k| self.services.get(k)) {
-            for (node, k) in &served.nodes {
-                *endpoints.entry(node).or_default() += k;
-            }
-        }
+        let endpoints = endpoints_of(users, &self.services);
         let (merged, conflicts) = bgp_policy::merge(
             pool,
             users
@@ -429,18 +602,14 @@ impl RouteTable {
             &policy.cluster,
         );
         let mut paths = Vec::new();
+        let mut excluded = Vec::new();
         for (node, k) in endpoints {
-            let Some(info) = self.nodes.get(node) else {
-                continue;
-            };
-            if self.withdrawn.contains(node) {
-                continue;
-            }
-            if !pool.node_selector.matches(&info.labels) {
-                continue;
-            }
-            let Some(hop) = next_hop(&info.addrs, eip) else {
-                continue;
+            let (info, hop) = match hop_through(&self.nodes, &self.withdrawn, node, eip, pool) {
+                Ok(through) => through,
+                Err(why) => {
+                    excluded.push((Arc::from(node), why));
+                    continue;
+                }
             };
             let mut attributes = merged.attributes(k);
             attributes.only_peers = bgp_policy::only_peers(pool, &policy.peers, &info.labels);
@@ -461,7 +630,18 @@ impl RouteTable {
         } else {
             self.conflicts.insert(eip, conflicts);
         }
+        if excluded.is_empty() {
+            self.excluded.remove(&eip);
+        } else {
+            self.excluded.insert(eip, excluded.into());
+        }
         paths.into_iter().collect()
+    }
+
+    /// The nodes with serving endpoints for `eip` that offer no path, and
+    /// why, as of the last update.
+    pub fn excluded(&self, eip: &IpAddr) -> &[Excluded] {
+        self.excluded.get(eip).map_or(&[], |e| e)
     }
 
     /// What the Services sharing an EIP started to disagree on in the last
@@ -517,7 +697,7 @@ impl RouteTable {
             .values()
             .flat_map(|served| served.nodes.iter())
             .filter_map(|(node, _)| {
-                let addr = self.nodes.get(node)?.addrs.first()?;
+                let addr = self.nodes.get(node)?.as_ref().ok()?.addrs.first()?;
                 Some((node.to_string(), *addr))
             })
             .collect()
@@ -526,6 +706,47 @@ impl RouteTable {
     /// The Services using `eip`.
     pub fn users(&self, eip: &IpAddr) -> impl Iterator<Item = &ObjectKey> {
         self.users.get(eip).into_iter().flatten()
+    }
+
+    /// Every node's part in `eip`'s paths as of the last update, by the
+    /// predicates the paths were decided with: the node's next hop and the
+    /// peers it goes to, or why it offers none. Every known Node, and every
+    /// node an endpoint names.
+    pub fn verdicts(
+        &self,
+        eip: IpAddr,
+        pool: Option<&PoolPolicy>,
+        policy: &Policy,
+    ) -> BTreeMap<String, Verdict> {
+        let default_pool = PoolPolicy::default();
+        let pool = pool.unwrap_or(&default_pool);
+        let users = self.users.get(&eip).map(Vec::as_slice).unwrap_or_default();
+        let endpoints = endpoints_of(users, &self.services);
+        let named = self
+            .nodes
+            .keys()
+            .map(|n| &**n)
+            .chain(endpoints.keys().copied());
+        named
+            .map(|node| {
+                let verdict = match endpoints.get(node) {
+                    None => Verdict::Excluded(Exclusion::NoReadyEndpoint),
+                    Some(k) => match hop_through(&self.nodes, &self.withdrawn, node, eip, pool) {
+                        Err(why) => Verdict::Excluded(why),
+                        Ok((info, hop)) => Verdict::Announced {
+                            hop,
+                            endpoints: *k,
+                            peers: policy
+                                .peers
+                                .iter()
+                                .map(|p| (p.address, bgp_policy::peer_takes(pool, p, &info.labels)))
+                                .collect(),
+                        },
+                    },
+                };
+                (node.to_string(), verdict)
+            })
+            .collect()
     }
 }
 

@@ -12,7 +12,7 @@ use porter_api::annotations::BGP_CONF_NAME;
 use porter_api::bgp_policy::peer_policy;
 use porter_api::crd::CONTROLLER_STATUS_KEY;
 use porter_api::peer_auth::SecretScope;
-use porter_api::source::Snapshot;
+use porter_api::source::{Event, Snapshot};
 use porter_api::{BgpConf, BgpPeer, BgpPeerNodeStatus, SpeakerMode};
 use tokio::sync::Notify;
 
@@ -20,8 +20,8 @@ use crate::announce::Paths;
 
 use porter_api::bgp_config::{
     DEFAULT_CONNECT_RETRY, DEFAULT_HOLD_TIME, DEFAULT_LISTEN_PORT, DEFAULT_REMOTE_PORT,
-    DEFAULT_RESTART_TIME, Note, PeerConfig, SpeakerConfig, families_not_carried, fresh_notes,
-    graceful_restart, own_family, peer_from_crd, set_password, speaker_from_conf,
+    DEFAULT_RESTART_TIME, Note, PeerConfig, SpeakerConfig, bfd_session, families_not_carried,
+    fresh_notes, graceful_restart, own_family, peer_from_crd, set_password, speaker_from_conf,
 };
 use porter_bgp::PeerStatus;
 
@@ -31,6 +31,7 @@ use porter_bgp::PeerStatus;
 pub fn status_entries(
     snap: &Snapshot,
     sessions: &[PeerStatus],
+    bfd: &BTreeMap<IpAddr, String>,
 ) -> BTreeMap<String, BgpPeerNodeStatus> {
     snap.bgp_peers
         .iter()
@@ -45,7 +46,11 @@ pub fn status_entries(
                     state: format!("{:?}", session.state),
                     paths_announced: session.paths_announced,
                     last_error: session.last_error.clone(),
-                    bfd: None,
+                    bfd: peer
+                        .spec
+                        .bfd
+                        .as_ref()
+                        .and_then(|_| bfd.get(&address).cloned()),
                 },
             ))
         })
@@ -58,6 +63,28 @@ pub fn status_entries(
 pub fn sessions_differ(before: &[PeerStatus], after: &[PeerStatus]) -> bool {
     let shown = |s: &PeerStatus| (s.address, s.state, s.paths_announced, s.last_error.clone());
     !before.iter().map(shown).eq(after.iter().map(shown))
+}
+
+/// How the controller's sessions ask the routers to keep its routes when
+/// it goes silent: for the lease (`lease_seconds`) as RFC 4724's restart
+/// time, then, for the rest of the configured restart time, as RFC 9494's
+/// long-lived stale time. During the restart time the routes are stale
+/// but as good as fresh ones, so a successor that announces within the
+/// lease (a handover) has its paths merged with them, with no moment of a
+/// partial ECMP set. After it they are `LLGR_STALE`, which a router prefers
+/// any other path to: when a leader died, its successor is a different BGP
+/// neighbour, and its paths then replace the dead leader's instead of being
+/// merged with them (a dead node among them would stay a next hop for the
+/// whole restart time). See docs/bfd.md, "When the leader's node dies".
+pub fn long_lived(mut config: SpeakerConfig, lease_seconds: u16) -> SpeakerConfig {
+    if let Some(gr) = &mut config.graceful_restart
+        && gr.long_lived_stale_time.is_none()
+    {
+        let restart = lease_seconds.min(gr.restart_time);
+        gr.long_lived_stale_time = Some(u32::from(gr.restart_time - restart));
+        gr.restart_time = restart;
+    }
+    config
 }
 
 /// The controller's view of a BGP speaker. porter-bgp's `Speaker` is adapted
@@ -87,7 +114,22 @@ pub trait Announcer: Send {
     fn sessions_changed(&self) -> Arc<Notify> {
         Arc::new(Notify::new())
     }
+    /// The BFD sessions to run beside the BGP sessions (BgpPeers with
+    /// `spec.bfd`), by neighbour, with the BgpPeer's name. None by default.
+    fn set_bfd(&mut self, _sessions: &BfdSessions) {}
+    /// Each BFD session's `BgpPeer.status.nodes[].bfd` text, by neighbour.
+    fn bfd_states(&self) -> BTreeMap<IpAddr, String> {
+        BTreeMap::new()
+    }
+    /// The Events BFD changes caused since the last call (`BfdDown`,
+    /// `BfdUp`), to write; [`Self::sessions_changed`] is notified with them.
+    fn take_bfd_events(&self) -> Vec<Event> {
+        Vec::new()
+    }
 }
+
+/// BFD sessions by neighbour address, with their BgpPeer's name.
+pub type BfdSessions = BTreeMap<IpAddr, (String, porter_bfd::PeerConfig)>;
 
 /// The BGP settings the cluster asks for.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -98,6 +140,8 @@ pub struct BgpDesired {
     /// Peers whose password cannot be read now: a running session keeps
     /// the key it has, and none is started without one.
     pub held: BTreeSet<IpAddr>,
+    /// BFD beside the sessions of BgpPeers with `spec.bfd`.
+    pub bfd: BfdSessions,
     pub notes: Vec<Note>,
 }
 
@@ -171,14 +215,6 @@ pub fn from_crds<'a>(
                     out.held.insert(cfg.address);
                     continue;
                 }
-                if peer.spec.bfd.is_some() {
-                    // The router's session is with the controller, not with
-                    // the nodes whose paths it carries; see docs/bfd.md.
-                    out.notes.push(Note::warning(format!(
-                        "BgpPeer `{name}`: spec.bfd applies in speakerMode node; the \
-                         controller's own session runs without BFD"
-                    )));
-                }
                 match out.peers.entry(cfg.address) {
                     std::collections::btree_map::Entry::Occupied(_) => {
                         out.notes.push(Note::warning(format!(
@@ -187,6 +223,13 @@ pub fn from_crds<'a>(
                         )))
                     }
                     std::collections::btree_map::Entry::Vacant(v) => {
+                        // The controller's own session: it tells the router
+                        // at once that a leader died (see docs/bfd.md).
+                        if let Some(bfd) =
+                            bfd_session(name, peer.spec.bfd.as_ref(), &cfg, &mut out.notes)
+                        {
+                            out.bfd.insert(cfg.address, (name.to_owned(), bfd));
+                        }
                         v.insert(cfg);
                     }
                 }
@@ -351,6 +394,7 @@ pub struct BgpDriver {
     family_notes: Vec<Note>,
     /// ...and the (paths, peers) versions they were found for.
     family_checked: Option<(u64, u64)>,
+    bfd: BfdSessions,
 }
 
 impl BgpDriver {
@@ -370,6 +414,7 @@ impl BgpDriver {
         self.notes = std::mem::take(&mut desired.notes);
         if desired.speaker != self.speaker {
             self.peers.clear();
+            self.bfd.clear();
             self.peers_version += 1;
             self.paths = None;
             match &desired.speaker {
@@ -398,6 +443,10 @@ impl BgpDriver {
                 self.peers.insert(address, peer);
                 self.peers_version += 1;
             }
+        }
+        if desired.bfd != self.bfd {
+            announcer.set_bfd(&desired.bfd);
+            self.bfd = desired.bfd;
         }
         fresh
     }

@@ -16,13 +16,15 @@ use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use porter_api::bgp_bfd::SpeakerBfd;
+use porter_api::source::Event;
 use porter_bgp::{PathAttributes, PathTable, Speaker};
-use tokio::sync::Notify;
+use tokio::sync::{Notify, mpsc};
 
 use crate::announce::Paths;
 use porter_bgp::{PeerConfig, PeerStatus, SpeakerConfig};
 
-use crate::bgp::{Announcer, sessions_differ};
+use crate::bgp::{Announcer, BfdSessions, long_lived, sessions_differ};
 
 /// How often peer status is refreshed and a failed start retried.
 const TICK: Duration = Duration::from_secs(1);
@@ -40,6 +42,8 @@ struct Desired {
     paths_set: bool,
     /// Stopped by [`Announcer::abandon`]: sessions close without a Cease.
     abandoned: bool,
+    /// BFD beside the sessions; started with them (once the paths are set).
+    bfd: BfdSessions,
 }
 
 impl Desired {
@@ -54,7 +58,12 @@ struct Shared {
     desired: Mutex<Desired>,
     wake: Notify,
     status: Mutex<Vec<PeerStatus>>,
-    /// Tells the controller's loop that `status` changed.
+    /// Each BFD session's state text, by neighbour.
+    bfd_states: Mutex<BTreeMap<IpAddr, String>>,
+    /// Events of BFD changes, not yet taken by the controller's loop.
+    bfd_events: Mutex<Vec<Event>>,
+    /// Tells the controller's loop that `status`, `bfd_states` or
+    /// `bfd_events` changed.
     status_changed: Arc<Notify>,
 }
 
@@ -64,13 +73,30 @@ struct Shared {
 pub struct SpeakerAnnouncer {
     shared: Arc<Shared>,
     task: tokio::task::JoinHandle<()>,
+    /// Graceful restart as [`long_lived`] makes it for this lease (seconds);
+    /// else RFC 4724's alone.
+    long_lived: Option<u16>,
 }
 
 impl SpeakerAnnouncer {
-    pub fn spawn() -> Self {
+    pub fn spawn(long_lived: Option<u16>) -> Self {
         let shared = Arc::new(Shared::default());
-        let task = tokio::spawn(drive(Arc::clone(&shared)));
-        Self { shared, task }
+        let (events, mut queued) = mpsc::unbounded_channel();
+        let queue = Arc::clone(&shared);
+        tokio::spawn(async move {
+            while let Some(event) = queued.recv().await {
+                if let Ok(mut events) = queue.bfd_events.lock() {
+                    events.push(event);
+                }
+                queue.status_changed.notify_one();
+            }
+        });
+        let task = tokio::spawn(drive(Arc::clone(&shared), events));
+        Self {
+            shared,
+            task,
+            long_lived,
+        }
     }
 
     fn change(&self, f: impl FnOnce(&mut Desired)) {
@@ -91,13 +117,17 @@ impl Drop for SpeakerAnnouncer {
 
 impl Announcer for SpeakerAnnouncer {
     fn start(&mut self, config: &SpeakerConfig) {
-        let config = config.clone();
+        let config = match self.long_lived {
+            Some(lease) => long_lived(config.clone(), lease),
+            None => config.clone(),
+        };
         self.change(|d| {
             d.speaker = Some(config);
             d.abandoned = false;
             // A new speaker starts with no sessions: the driver re-adds the
             // peers the controller configures next, once it has the paths.
             d.peers.clear();
+            d.bfd.clear();
             d.paths_set = false;
         });
     }
@@ -107,6 +137,7 @@ impl Announcer for SpeakerAnnouncer {
             d.speaker = None;
             d.abandoned = false;
             d.peers.clear();
+            d.bfd.clear();
             d.replace_paths(PathTable::default());
         });
     }
@@ -116,6 +147,7 @@ impl Announcer for SpeakerAnnouncer {
             d.speaker = None;
             d.abandoned = true;
             d.peers.clear();
+            d.bfd.clear();
             d.replace_paths(PathTable::default());
         });
     }
@@ -163,6 +195,27 @@ impl Announcer for SpeakerAnnouncer {
     fn sessions_changed(&self) -> Arc<Notify> {
         Arc::clone(&self.shared.status_changed)
     }
+
+    fn set_bfd(&mut self, sessions: &BfdSessions) {
+        let sessions = sessions.clone();
+        self.change(|d| d.bfd = sessions);
+    }
+
+    fn bfd_states(&self) -> BTreeMap<IpAddr, String> {
+        self.shared
+            .bfd_states
+            .lock()
+            .map(|s| s.clone())
+            .unwrap_or_default()
+    }
+
+    fn take_bfd_events(&self) -> Vec<Event> {
+        self.shared
+            .bfd_events
+            .lock()
+            .map(|mut events| std::mem::take(&mut *events))
+            .unwrap_or_default()
+    }
 }
 
 /// What is running now.
@@ -172,9 +225,11 @@ struct Applied {
     peers: BTreeMap<IpAddr, PeerConfig>,
     /// The [`Desired::paths_version`] the speaker has.
     paths_version: Option<u64>,
+    /// BFD beside the running speaker's sessions.
+    bfd: Option<SpeakerBfd>,
 }
 
-async fn drive(shared: Arc<Shared>) {
+async fn drive(shared: Arc<Shared>, bfd_events: mpsc::UnboundedSender<Event>) {
     let mut applied = Applied::default();
     let mut tick = tokio::time::interval(TICK);
     loop {
@@ -187,12 +242,19 @@ async fn drive(shared: Arc<Shared>) {
             Ok(d) => (
                 d.speaker.clone(),
                 d.abandoned,
-                d.paths_set.then(|| d.peers.clone()),
+                d.paths_set.then(|| (d.peers.clone(), d.bfd.clone())),
                 (d.paths_version, Arc::clone(&d.paths)),
             ),
             Err(_) => return,
         };
-        apply(&mut applied, (speaker, abandoned), peers, paths).await;
+        apply(
+            &mut applied,
+            (speaker, abandoned),
+            peers,
+            paths,
+            &bfd_events,
+        )
+        .await;
         let status = match &applied.speaker {
             Some((_, speaker)) => speaker.peer_status().await,
             None => Vec::new(),
@@ -203,16 +265,32 @@ async fn drive(shared: Arc<Shared>) {
             }
             *slot = status;
         }
+        let bfd_states = applied
+            .bfd
+            .as_ref()
+            .map(SpeakerBfd::states)
+            .unwrap_or_default();
+        if let Ok(mut slot) = shared.bfd_states.lock()
+            && *slot != bfd_states
+        {
+            *slot = bfd_states;
+            shared.status_changed.notify_one();
+        }
     }
 }
 
 async fn apply(
     applied: &mut Applied,
     (speaker, abandoned): (Option<SpeakerConfig>, bool),
-    peers: Option<BTreeMap<IpAddr, PeerConfig>>,
+    peers: Option<(BTreeMap<IpAddr, PeerConfig>, BfdSessions)>,
     (paths_version, paths): (u64, Arc<PathTable>),
+    bfd_events: &mpsc::UnboundedSender<Event>,
 ) {
     if applied.speaker.as_ref().map(|(c, _)| c) != speaker.as_ref() {
+        // BFD acts on the speaker it was started with, and stops after it
+        // (see SpeakerBfd::shutdown): a router that sees BFD go down while
+        // the BGP session is still up would drop our routes.
+        let bfd = applied.bfd.take();
         if let Some((_, old)) = applied.speaker.take() {
             if speaker.is_none() && !abandoned {
                 // Switched off, not restarting nor handing over: a Cease
@@ -223,6 +301,9 @@ async fn apply(
                 }
             }
             old.shutdown().await;
+        }
+        if let Some(bfd) = bfd {
+            bfd.shutdown().await;
         }
         applied.peers.clear();
         applied.paths_version = None;
@@ -244,7 +325,7 @@ async fn apply(
         speaker.set_paths(PathTable::clone(&paths)).await;
         applied.paths_version = Some(paths_version);
     }
-    let Some(peers) = peers else {
+    let Some((peers, bfd)) = peers else {
         return;
     };
     let gone: Vec<IpAddr> = applied
@@ -263,6 +344,16 @@ async fn apply(
             applied.peers.insert(address, peer);
         }
     }
+    if bfd.is_empty() && applied.bfd.is_none() {
+        return;
+    }
+    applied
+        .bfd
+        .get_or_insert_with(|| {
+            SpeakerBfd::start("the controller".into(), speaker.clone(), bfd_events.clone())
+        })
+        .set_peers(bfd)
+        .await;
 }
 
 #[cfg(test)]
@@ -288,7 +379,7 @@ mod tests {
         passive.passive = true;
         router.upsert_peer(passive).await;
 
-        let mut announcer = SpeakerAnnouncer::spawn();
+        let mut announcer = SpeakerAnnouncer::spawn(Some(15));
         announcer.start(&SpeakerConfig {
             local_as: 65000,
             router_id: Ipv4Addr::new(127, 0, 0, 2),

@@ -5,6 +5,7 @@ pub mod announce;
 pub mod bgp;
 pub mod bgp_speaker;
 mod compact;
+pub mod explain;
 /// Entry points for the fuzz targets in fuzz/; not a stable API.
 #[cfg(any(test, feature = "fuzzing"))]
 #[doc(hidden)]
@@ -19,6 +20,7 @@ pub mod metrics;
 pub mod node_check;
 pub mod node_check_runtime;
 pub use porter_api::peer_auth;
+pub mod reachability;
 pub mod reconcile;
 pub mod run;
 pub mod service;

@@ -9,7 +9,7 @@ use anyhow::{Context, Result, bail};
 use clap::Parser;
 use porter_api::cli::{init_logging, parse_duration};
 use porter_api::lease::{CONTROLLER_LEASE_DIR, FileLeaseDir};
-use porter_api::metrics_http::{Health, serve_with_health};
+use porter_api::metrics_http::spawn_server;
 use porter_api::source::{SourceArg as Source, dir, kube as kube_source, layer2};
 use porter_controller::bgp_speaker::SpeakerAnnouncer;
 use porter_controller::leader_lease::{FileLeaderLease, KubeLeaderLease, run_elected};
@@ -49,7 +49,8 @@ struct Args {
     /// Where the cluster state comes from: `kube` (the API server, from the
     /// in-cluster config or KUBECONFIG) or `dir:PATH` (a directory of YAML
     /// manifests, watched; status and events are written to PATH/status/).
-    #[arg(long, default_value = "kube", env = "PORTER_SOURCE")]
+    /// `explain` reads the same.
+    #[arg(long, default_value = "kube", env = "PORTER_SOURCE", global = true)]
     source: Source,
     /// Address to serve Prometheus metrics on, at /metrics, and the probes:
     /// /healthz (the process answers) and /readyz (the cluster state is
@@ -99,9 +100,11 @@ struct Args {
     /// watch Secrets there.
     #[arg(long, value_delimiter = ',', env = "PORTER_SECRET_NAMESPACES")]
     secret_namespaces: Vec<String>,
-    /// Central mode (speakerMode: controller): the leader sends a liveness
-    /// probe (UDP to port 3785) to the InternalIP of every node it announces
-    /// paths through this often; the node's XDP program answers it. BFD's
+    /// Central mode (speakerMode: controller): every replica sends a
+    /// liveness probe (UDP to port 3785) to the InternalIP of every node
+    /// announced as a next hop this often; the node's XDP program answers
+    /// it. The leader withdraws the nodes that stop answering; a follower
+    /// only keeps track, so that it knows them when it leads. BFD's
     /// default. See docs/bfd.md.
     #[arg(long, default_value = "300ms", value_parser = parse_check_interval)]
     node_check_interval: Duration,
@@ -117,6 +120,15 @@ struct Args {
     /// Kubernetes says so (NotReady, endpoints gone).
     #[arg(long)]
     no_node_check: bool,
+    /// Graceful restart as RFC 4724 alone, for routers without long-lived
+    /// graceful restart (RFC 9494): the routers keep a silent leader's
+    /// routes for the restart time, merged with its successor's. By
+    /// default only the lease's worth of it is sent as the restart time,
+    /// the rest as the long-lived stale time, so that a dead leader's paths
+    /// stop counting once the lease has passed (docs/bfd.md, "When the
+    /// leader's node dies").
+    #[arg(long)]
+    classic_graceful_restart: bool,
 }
 
 fn parse_check_interval(s: &str) -> Result<Duration, String> {
@@ -132,36 +144,59 @@ enum Command {
     /// Remove Porter's finalizer (and the addresses it set) from every
     /// Service, before deleting Porter; see docs/install.md.
     Uninstall(porter_controller::uninstall::UninstallArgs),
+    /// Why each address of a Service is, or is not, announced through
+    /// each node and sent to each peer (reads --source, writes nothing;
+    /// see docs/troubleshooting.md).
+    ///
+    /// For each address: its pool and why that pool; for every node
+    /// `announced`, or the word for why not (NoReadyEndpoint, UnknownNode,
+    /// NotReady, DataplaneFrozen, NoInternalIP, LivenessWithdrawn,
+    /// PoolNodeSelector), from the predicates the controller announces by;
+    /// for every BgpPeer its sessions and whether each path was sent
+    /// (PoolPeerSelector, PeerNodeSelector, SessionDown). Exits non-zero
+    /// when the Service does not exist.
+    Explain(porter_controller::explain::cli::ExplainArgs),
 }
 
 #[tokio::main]
 async fn main() -> Result<()> {
     init_logging();
     let args = Args::parse();
-    if let Some(Command::Uninstall(uninstall)) = args.command {
-        return porter_controller::uninstall::run(uninstall).await;
+    match args.command {
+        Some(Command::Uninstall(uninstall)) => {
+            return porter_controller::uninstall::run(uninstall).await;
+        }
+        Some(Command::Explain(explain)) => {
+            return porter_controller::explain::cli::run(
+                explain,
+                &args.source,
+                &args.layer2_namespace,
+            )
+            .await;
+        }
+        None => {}
     }
     if args.lease_duration < 2 {
         bail!("--lease-duration must be at least 2 seconds");
     }
     let metrics = Arc::new(Metrics::default());
-    let listener = porter_api::metrics_http::bind(args.metrics_addr)
-        .with_context(|| format!("cannot listen on --metrics-addr {}", args.metrics_addr))?;
     let served = metrics.clone();
-    let health = Health::starting();
-    tokio::spawn(serve_with_health(
-        listener,
-        move || served.render(),
-        health.clone(),
-    ));
+    let health = spawn_server(args.metrics_addr, move || served.render())
+        .with_context(|| format!("cannot listen on --metrics-addr {}", args.metrics_addr))?;
     tracing::info!(addr = %args.metrics_addr, "metrics at /metrics, probes at /healthz and /readyz");
     let mut secret_namespaces = args.secret_namespaces.clone();
     secret_namespaces.retain(|n| !n.trim().is_empty());
     let scope = SecretScope::new(secret_namespaces)
         .or_else(|| SecretScope::new(vec![args.lease_namespace.clone()]))
         .unwrap_or_default();
-    let mut controller = Controller::new(SpeakerAnnouncer::spawn(), metrics.clone())
-        .with_secret_scope(scope.clone());
+    let mut controller = Controller::new(
+        SpeakerAnnouncer::spawn(
+            (!args.classic_graceful_restart)
+                .then(|| u16::try_from(args.lease_duration).unwrap_or(u16::MAX)),
+        ),
+        metrics.clone(),
+    )
+    .with_secret_scope(scope.clone());
     if !args.no_node_check {
         let timing = NodeCheckTiming {
             interval: args.node_check_interval,
@@ -174,7 +209,7 @@ async fn main() -> Result<()> {
             interval = ?timing.interval,
             multiplier = timing.multiplier,
             hold = ?timing.hold,
-            "node liveness check on (central mode, leader only)"
+            "node liveness check on (central mode; the leader acts on it)"
         );
         controller = controller.with_node_check(checker);
     }
@@ -275,6 +310,18 @@ mod tests {
         let uninstall = Args::try_parse_from(["porter-controller", "uninstall", "--force"])
             .expect("the uninstall command");
         assert!(matches!(uninstall.command, Some(Command::Uninstall(u)) if u.force));
+        let explain = Args::try_parse_from([
+            "porter-controller",
+            "explain",
+            "shop/web",
+            "--source",
+            "dir:/x",
+        ])
+        .expect("the explain command, --source after it");
+        assert_eq!(explain.source, Source::Dir("/x".into()));
+        assert!(
+            matches!(explain.command, Some(Command::Explain(e)) if e.service.to_string() == "shop/web")
+        );
         assert!(parse_lease_name("porter-controller").is_ok());
         for bad in ["", "..", "a/b", "a b"] {
             assert!(parse_lease_name(bad).is_err(), "{bad:?} accepted");

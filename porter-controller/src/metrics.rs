@@ -32,6 +32,7 @@ pub struct Metrics {
     peer_prefixes: Family<Labels, Gauge>,
     peer_paths: Family<Labels, Gauge>,
     peer_notifications: Family<Labels, Counter>,
+    bfd_up: Family<Labels, Gauge>,
     prefixes: Gauge,
     paths: Gauge,
     layer2_unanswered: Gauge,
@@ -58,6 +59,7 @@ impl Default for Metrics {
             peer_prefixes: Family::default(),
             peer_paths: Family::default(),
             peer_notifications: Family::default(),
+            bfd_up: Family::default(),
             scoped: Mutex::default(),
             prefixes: Gauge::default(),
             layer2_unanswered: Gauge::default(),
@@ -118,6 +120,11 @@ impl Default for Metrics {
             "bgp_notifications",
             "BGP NOTIFICATIONs by peer, direction (sent, received), code and subcode (RFC 4271 section 4.5), since the peer was configured",
             m.peer_notifications.clone(),
+        );
+        registry.register(
+            "bgp_bfd_up",
+            "1 while the BFD session beside the BGP session to the peer (spec.bfd) is Up",
+            m.bfd_up.clone(),
         );
         registry.register(
             "announced_prefixes",
@@ -197,6 +204,16 @@ impl Metrics {
                 ("state".to_owned(), state.name().to_owned()),
             ];
             self.node_check_state.get_or_create(&labels).set(1);
+        }
+    }
+
+    /// The BFD sessions' states (`BgpPeer.status` text) by neighbour.
+    pub fn bfd(&self, states: &std::collections::BTreeMap<IpAddr, String>) {
+        self.bfd_up.clear();
+        for (address, state) in states {
+            self.bfd_up
+                .get_or_create(&label("peer", address))
+                .set(i64::from(state == "Up"));
         }
     }
 
@@ -355,11 +372,13 @@ mod node_check_tests {
         let metrics = Metrics::default();
         metrics.node_check([("n1", NodeState::Down), ("n2", NodeState::Unchecked)]);
         metrics.node_withdrawn("n1");
+        metrics.bfd(&[("192.168.1.1".parse().expect("ip"), "Up".to_owned())].into());
         let text = metrics.render();
         for line in [
             "porter_node_check_state{node=\"n1\",state=\"down\"} 1\n",
             "porter_node_check_state{node=\"n2\",state=\"unchecked\"} 1\n",
             "porter_node_withdrawals_total{node=\"n1\"} 1\n",
+            "porter_bgp_bfd_up{peer=\"192.168.1.1\"} 1\n",
         ] {
             assert!(text.contains(line), "missing {line} in\n{text}");
         }

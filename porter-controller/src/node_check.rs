@@ -9,7 +9,7 @@
 //!   detection time, for `hold`; only then are the paths announced again, so
 //!   that a flapping link does not flap the routers' ECMP sets with it.
 //! - **Unchecked**: a node that has not answered since it became a target
-//!   (start-up, a new leader, a new node) is never withdrawn: the check
+//!   (start-up, a new node) is never withdrawn: the check
 //!   cannot tell a dead node from one it cannot reach (a wrong address, a
 //!   filter in between, an agent that has not attached yet). It is reported
 //!   once, after the detection time, and stays announced.
@@ -110,6 +110,15 @@ pub enum Transition {
 }
 
 impl Transition {
+    pub fn node(&self) -> &str {
+        match self {
+            Transition::FirstAnswer { node, .. }
+            | Transition::NeverAnswered { node, .. }
+            | Transition::Unreachable { node, .. }
+            | Transition::Reachable { node, .. } => node,
+        }
+    }
+
     /// The Event on the Node that reports it; none for a first answer
     /// (the log says it).
     pub fn event(&self, timing: &Timing) -> Option<Event> {

@@ -18,12 +18,15 @@ use tokio::sync::{Notify, watch};
 use tokio::time::MissedTickBehavior;
 
 use crate::metrics::Metrics;
-use crate::node_check::{NodeCheck, Timing, Transition, answer_from};
+use crate::node_check::{NodeCheck, State, Timing, Transition, answer_from};
 
 /// The controller's side of a running check.
 pub struct NodeChecker {
     targets: watch::Sender<BTreeMap<String, IpAddr>>,
+    /// Whether this replica leads: only the leader exports the states.
+    leading: watch::Sender<bool>,
     withdrawn: watch::Receiver<BTreeSet<String>>,
+    states: watch::Receiver<BTreeMap<String, State>>,
     transitions: Arc<Mutex<Vec<Transition>>>,
     changed: Arc<Notify>,
     timing: Timing,
@@ -34,9 +37,15 @@ struct Outputs {
     /// The [`NodeCheck::version`] last published.
     published: u64,
     withdrawn: watch::Sender<BTreeSet<String>>,
+    /// Every target's state, for the leader's `PorterNodeReachable`
+    /// condition (see `crate::reachability`).
+    states: watch::Sender<BTreeMap<String, State>>,
     transitions: Arc<Mutex<Vec<Transition>>>,
     changed: Arc<Notify>,
     metrics: Arc<Metrics>,
+    /// The states are exported only while this replica leads; a follower's
+    /// would stand beside the leader's with other values.
+    leading: watch::Receiver<bool>,
 }
 
 impl NodeChecker {
@@ -52,14 +61,18 @@ impl NodeChecker {
         };
         let (targets, targets_rx) = watch::channel(BTreeMap::new());
         let (withdrawn_tx, withdrawn) = watch::channel(BTreeSet::new());
+        let (states_tx, states) = watch::channel(BTreeMap::new());
         let transitions = Arc::new(Mutex::new(Vec::new()));
         let changed = Arc::new(Notify::new());
+        let (leading, leading_rx) = watch::channel(false);
         let outputs = Outputs {
             published: 0,
             withdrawn: withdrawn_tx,
+            states: states_tx,
             transitions: Arc::clone(&transitions),
             changed: Arc::clone(&changed),
             metrics,
+            leading: leading_rx,
         };
         // Tells our answers from anything else arriving on the socket.
         let token = RandomState::new().hash_one((std::process::id(), Instant::now()));
@@ -72,7 +85,9 @@ impl NodeChecker {
         ));
         Ok(Self {
             targets,
+            leading,
             withdrawn,
+            states,
             transitions,
             changed,
             timing,
@@ -94,9 +109,23 @@ impl NodeChecker {
         });
     }
 
+    /// Whether this replica leads (exports the states' metrics).
+    pub fn set_leading(&self, leading: bool) {
+        self.leading.send_if_modified(|current| {
+            let modified = *current != leading;
+            *current = leading;
+            modified
+        });
+    }
+
     /// The nodes withdrawn now.
     pub fn withdrawn(&self) -> BTreeSet<String> {
         self.withdrawn.borrow().clone()
+    }
+
+    /// Every target's state now.
+    pub fn states(&self) -> BTreeMap<String, State> {
+        self.states.borrow().clone()
     }
 
     /// The transitions since the last call, to report.
@@ -180,6 +209,10 @@ async fn run(
                 check.set_targets(&targets, Instant::now());
                 Vec::new()
             }
+            Ok(()) = outputs.leading.changed() => {
+                outputs.export_states(&check);
+                Vec::new()
+            }
         };
         outputs.publish(&check, transitions);
     }
@@ -231,13 +264,23 @@ impl Outputs {
                 }
                 modified
             });
-            self.metrics.node_check(check.states());
+            self.export_states(check);
+            let states: BTreeMap<String, State> = check
+                .states()
+                .map(|(node, state)| (node.to_owned(), state))
+                .collect();
+            // A state that withdraws nothing new (down to recovering) still
+            // changes what the leader publishes on the Node.
+            moved |= self.states.send_if_modified(|current| {
+                let modified = *current != states;
+                if modified {
+                    *current = states;
+                }
+                modified
+            });
         }
         for transition in &transitions {
             log(transition);
-            if let Transition::Unreachable { node, .. } = transition {
-                self.metrics.node_withdrawn(node);
-            }
         }
         let news = !transitions.is_empty();
         if news && let Ok(mut queue) = self.transitions.lock() {
@@ -245,6 +288,16 @@ impl Outputs {
         }
         if moved || news {
             self.changed.notify_one();
+        }
+    }
+}
+
+impl Outputs {
+    fn export_states(&mut self, check: &NodeCheck) {
+        if *self.leading.borrow_and_update() {
+            self.metrics.node_check(check.states());
+        } else {
+            self.metrics.node_check([]);
         }
     }
 }

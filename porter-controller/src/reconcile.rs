@@ -16,7 +16,7 @@ use porter_api::service::ingress_ips;
 use porter_api::source::{Event, EventType, Regarding, Snapshot, StatusWriter, WriteError};
 use porter_api::{EipStatus, ObjectKey};
 
-use crate::announce::{Inputs, Paths, Policy, RouteTable};
+use crate::announce::{Exclusion, Inputs, Paths, Policy, RouteTable, Verdict};
 use crate::bgp::{self, BgpDesired};
 use crate::ipam::{Ipam, NamespaceLabels, NodeAddresses, Pool, PoolState};
 use crate::layer2_status::Layer2Status;
@@ -123,6 +123,16 @@ pub(super) fn allocated_event(key: &ObjectKey, ips: &[IpAddr]) -> Option<Event> 
 impl Reconciler {
     pub fn ipam(&self) -> &Ipam {
         &self.ipam
+    }
+
+    /// Every node's part in `eip`'s paths as of the last pass, decided by
+    /// the predicates the paths were (see [`RouteTable::verdicts`]).
+    pub fn verdicts(&self, eip: IpAddr) -> BTreeMap<String, Verdict> {
+        let pool = self
+            .ipam
+            .pool_of(eip)
+            .and_then(|name| self.policy.pools.get(name));
+        self.routes.verdicts(eip, pool, &self.policy)
     }
 
     /// The nodes whose data plane failed the liveness check: the next
@@ -303,16 +313,7 @@ impl Reconciler {
     fn plan_addresses(&mut self, snap: &Snapshot, now: &Time) -> Plan {
         let mut plan = Plan::default();
         let (mut ingress, mut finalizers) = (Vec::new(), Vec::new());
-        let labels: NamespaceLabels = snap
-            .namespaces
-            .iter()
-            .filter_map(|n| {
-                Some((
-                    n.metadata.name.clone()?,
-                    n.metadata.labels.clone().unwrap_or_default(),
-                ))
-            })
-            .collect();
+        let labels = namespace_labels(snap);
 
         // With each Service's place in the snapshot, for the sort below.
         let mut active: Vec<(Option<Time>, usize, ServiceRequest, bool)> =
@@ -551,9 +552,28 @@ impl Reconciler {
         // 96-byte slots at 10,000 Services.
         events.reserve_exact(changed.iter().map(|ip| self.routes.users(ip).count()).sum());
         for ip in changed {
+            // The nodes with endpoints left out, by the reason word the
+            // paths were decided with (`porter-controller explain` tells
+            // more).
+            let excluded = self.routes.excluded(ip);
+            let left_out: Vec<String> = excluded
+                .iter()
+                .map(|(node, why)| (node, *why))
+                .chain(
+                    self.routes
+                        .departed(ip)
+                        .map(|node| (node, Exclusion::NoReadyEndpoint)),
+                )
+                .map(|(node, why)| format!("{node} ({})", why.word()))
+                .collect();
+            let not_through = if left_out.is_empty() {
+                String::new()
+            } else {
+                format!("; not through {}", left_out.join(", "))
+            };
             let message = match paths.get(&IpNet::from(*ip)) {
                 Some(hops) => format!(
-                    "{ip} announced with next hop(s) {}",
+                    "{ip} announced with next hop(s) {}{not_through}",
                     hops.iter()
                         .map(|(hop, attributes)| match attributes.link_bandwidth {
                             // The weight a router gives the path: its ready endpoints.
@@ -568,9 +588,11 @@ impl Reconciler {
                         .collect::<Vec<_>>()
                         .join(", ")
                 ),
-                None => format!(
-                    "{ip} withdrawn: no Ready node has a ready endpoint (that the pool's spec.bgp.nodeSelector admits)"
+                None if left_out.is_empty() => format!(
+                    "{ip} withdrawn: no node has a ready endpoint of its Service(s) ({})",
+                    Exclusion::NoReadyEndpoint.word()
                 ),
+                None => format!("{ip} withdrawn{not_through}"),
             };
             for key in self.routes.users(ip) {
                 events.push(Event {
@@ -593,6 +615,19 @@ impl Reconciler {
             }
         }
     }
+}
+
+/// Each namespace's labels, for the pools' `namespaceSelector`.
+pub fn namespace_labels(snap: &Snapshot) -> NamespaceLabels {
+    snap.namespaces
+        .iter()
+        .filter_map(|n| {
+            Some((
+                n.metadata.name.clone()?,
+                n.metadata.labels.clone().unwrap_or_default(),
+            ))
+        })
+        .collect()
 }
 
 /// The addresses the pools' `status.used` show for the Services of
@@ -646,7 +681,8 @@ fn layer2_node_addresses(snap: &Snapshot) -> NodeAddresses {
         .collect()
 }
 
-fn join(ips: &[IpAddr]) -> String {
+/// Addresses for a message: `a, b`.
+pub(crate) fn join(ips: &[IpAddr]) -> String {
     ips.iter()
         .map(IpAddr::to_string)
         .collect::<Vec<_>>()

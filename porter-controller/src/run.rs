@@ -19,8 +19,10 @@ use crate::bgp::{Announcer, BgpDriver, status_entries};
 use crate::leader_lease::until;
 use crate::leadership::Leadership;
 use crate::metrics::Metrics;
+use crate::node_check::Transition;
 use crate::node_check_runtime::NodeChecker;
 use crate::peer_auth::SecretScope;
+use crate::reachability;
 use crate::reconcile::{Reconciler, apply};
 
 /// The node check's targets when this replica must not check.
@@ -48,6 +50,9 @@ pub struct Controller<A: Announcer> {
     was_leader: bool,
     /// Central mode's node liveness check, when enabled.
     node_check: Option<NodeChecker>,
+    /// A follower's latest node-check news by node, for the Events it
+    /// writes when it leads (see [`Controller::node_events`]).
+    heard_while_following: BTreeMap<String, Transition>,
 }
 
 impl<A: Announcer> Controller<A> {
@@ -59,6 +64,7 @@ impl<A: Announcer> Controller<A> {
             metrics,
             was_leader: false,
             node_check: None,
+            heard_while_following: BTreeMap::new(),
         }
     }
 
@@ -97,7 +103,62 @@ impl<A: Announcer> Controller<A> {
             self.reconciler.set_leading(leader);
             self.bgp.reset();
             self.was_leader = leader;
+            if !leader {
+                self.heard_while_following.clear();
+                // The last term's BFD news is not this replica's to report
+                // any more.
+                self.announcer.take_bfd_events();
+            }
         }
+    }
+
+    /// Sets the node check's targets and collects its news as Events to
+    /// write, each with the node it withdraws (for the metric).
+    ///
+    /// Every replica in central mode checks, so that a new leader knows
+    /// from its first pass which nodes are down: when the leader's own node
+    /// dies, that node must not be announced again by its successor. Only
+    /// the leader acts: it alone announces, writes Events and exports the
+    /// states. A follower keeps the latest news of each node, and the
+    /// Events of what still holds are written when it leads (a node it
+    /// found down, or one that never answered, has had no Event from the
+    /// replica that led then, which may be the node that died). In node
+    /// mode nothing is checked: the routers see the nodes.
+    fn node_events(
+        &mut self,
+        leader: bool,
+        central: bool,
+        nodes: &BTreeMap<String, IpAddr>,
+    ) -> Vec<(Event, Option<String>)> {
+        let Some(check) = &self.node_check else {
+            return Vec::new();
+        };
+        check.set_targets(if central { nodes } else { &NO_NODES });
+        check.set_leading(leader);
+        let news = check.take_transitions();
+        let timing = check.timing();
+        if !leader {
+            for transition in news {
+                self.heard_while_following
+                    .insert(transition.node().to_owned(), transition);
+            }
+            return Vec::new();
+        }
+        let withdrawn = check.withdrawn();
+        let still_holds = |t: &Transition| match t {
+            Transition::Unreachable { node, .. } => withdrawn.contains(node),
+            Transition::NeverAnswered { .. } => true,
+            Transition::FirstAnswer { .. } | Transition::Reachable { .. } => false,
+        };
+        std::mem::take(&mut self.heard_while_following)
+            .into_values()
+            .filter(|t| still_holds(t))
+            .chain(news)
+            .filter_map(|t| {
+                let node = matches!(t, Transition::Unreachable { .. }).then(|| t.node().to_owned());
+                t.event(&timing).map(|event| (event, node))
+            })
+            .collect()
     }
 
     /// Ends a leadership term at once, without a pass: the BGP sessions
@@ -120,24 +181,13 @@ impl<A: Announcer> Controller<A> {
             self.reconciler.set_withdrawn(check.withdrawn());
         }
         let plan = self.reconciler.plan(&snap, &now);
-        // Only a leader with a speaker (central mode) checks: a follower
-        // announces nothing, and in node mode the routers see the nodes.
-        let checking = leader && plan.bgp.speaker.is_some();
-        let node_events = match &self.node_check {
-            Some(check) => {
-                check.set_targets(if checking {
-                    &plan.checked_nodes
-                } else {
-                    &NO_NODES
-                });
-                let timing = check.timing();
-                check
-                    .take_transitions()
-                    .iter()
-                    .filter_map(|t| t.event(&timing))
-                    .collect()
-            }
-            None => Vec::new(),
+        let node_events = self.node_events(leader, plan.bgp.speaker.is_some(), &plan.checked_nodes);
+        // The check's states, published on the Nodes (by the leader only).
+        let reachable = if leader {
+            let states = self.node_check.as_ref().map(NodeChecker::states);
+            reachability::changes(&snap.nodes, &states.unwrap_or_default())
+        } else {
+            Vec::new()
         };
         // The rest of the step reads only the BgpPeers. The snapshot itself
         // goes now: the objects the writes below replace (each comes back
@@ -159,14 +209,30 @@ impl<A: Announcer> Controller<A> {
                 step.failed_writes += 1;
                 tracing::warn!(error = %e, "write failed; retrying");
             }
-            for event in &node_events {
+            for (event, withdrawn) in &node_events {
+                if let Some(node) = withdrawn {
+                    self.metrics.node_withdrawn(node);
+                }
                 step.writes += 1;
                 if let Err(e) = writer.event(event).await {
                     tracing::warn!(error = %e, "cannot write an Event");
                 }
             }
+            for (node, state) in reachable {
+                step.writes += 1;
+                if let Err(e) = writer.node_condition(&node, &state.condition()).await {
+                    step.failed_writes += 1;
+                    tracing::warn!(error = %e, "write failed; retrying");
+                }
+            }
             let notes = self.bgp.configure(plan.bgp.clone(), &mut self.announcer);
             step.writes += report(notes, writer).await;
+            for event in self.announcer.take_bfd_events() {
+                step.writes += 1;
+                if let Err(e) = writer.event(&event).await {
+                    tracing::warn!(error = %e, "cannot write an Event");
+                }
+            }
             if self
                 .bgp
                 .paths(&plan.paths, plan.paths_version, &mut self.announcer)
@@ -183,10 +249,11 @@ impl<A: Announcer> Controller<A> {
             step.writes += report(notes, writer).await;
         }
         let sessions = self.announcer.peer_status();
+        self.metrics.bfd(&self.announcer.bfd_states());
         if leader {
             // The controller's own entry in each BgpPeer's status; in node
             // mode the speaker is stopped, so stale entries are removed.
-            let entries = status_entries(&peers, &sessions);
+            let entries = status_entries(&peers, &sessions, &self.announcer.bfd_states());
             for (peer, entry) in status_changes(&peers, CONTROLLER_STATUS_KEY, &entries) {
                 step.writes += 1;
                 if let Err(e) = writer

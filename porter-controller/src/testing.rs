@@ -117,6 +117,12 @@ impl StatusWriter for RecordingWriter {
         Ok(())
     }
 
+    async fn node_condition(&self, node: &str, c: &NodeCondition) -> Result<(), WriteError> {
+        let reason = c.reason.as_deref().unwrap_or("-");
+        self.record(format!("node {node} {} {} {reason}", c.type_, c.status));
+        Ok(())
+    }
+
     async fn bgp_peer_status(
         &self,
         peer: &str,

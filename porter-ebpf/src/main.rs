@@ -102,8 +102,10 @@ static SERVICE_STATS: PerCpuArray<ServiceCounters, MAX_SERVICES> = PerCpuArray::
 #[btf_map(name = "PORTER_L2_LEADS")]
 static L2_LEADS: HashMap<L2Key, L2Value, { limits::L2_LEADS as usize }> = HashMap::new();
 
-/// Conntrack and reverse-NAT entries are refreshed at most this often, so an
-/// established flow costs lookups, not writes.
+/// The per-flow reverse NAT of a flow to a shared backend is written again
+/// at most this often (in case its LRU dropped it), so an established flow
+/// costs lookups, not writes. Other flows have nothing to refresh: lookups
+/// keep their conntrack entries in the LRU.
 const REFRESH_NS: u64 = 1_000_000_000;
 const TCP_CHECK_OFF: usize = 16;
 const UDP_CHECK_OFF: usize = 6;
@@ -181,66 +183,41 @@ fn xdp_decide(ctx: &XdpContext, decapsulated: bool) -> (u32, Stat) {
     {
         return (xdp_action::XDP_PASS, Stat::PassNotService);
     }
-    let vip = VipKey {
-        addr: h.dst,
-        family: h.family,
-        _pad: [0; 3],
-    };
-    let (service, is_vip) = if h.proto == IPPROTO_TCP || h.proto == IPPROTO_UDP {
-        let key = ServiceKey {
-            addr: h.dst,
-            port: h.dport,
-            proto: h.proto,
-            family: h.family,
-        };
-        match SERVICES.get_ptr(&key) {
-            Some(service) => (Some(service), true),
-            None => (None, VIPS.get_ptr(&vip).is_some()),
-        }
-    } else {
-        (None, VIPS.get_ptr(&vip).is_some())
-    };
-    if !is_vip {
-        // Another address in a filter slot that a VIP uses.
-        return (xdp_action::XDP_PASS, Stat::PassNotService);
-    }
-    let Some(service) = service else {
-        let is_icmp = (h.family == FAMILY_V4 && h.proto == IPPROTO_ICMP)
-            || (h.family != FAMILY_V4 && h.proto == IPPROTO_ICMPV6);
-        if !is_icmp {
-            // An EIP is not a local address: passed, this would loop back
-            // to the router until its TTL ran out.
-            return (xdp_action::XDP_DROP, Stat::DropUnknownPort);
-        }
-        let echo_request = if h.family == FAMILY_V4 { 8 } else { 128 };
-        if h.icmp_type != echo_request {
-            // Errors (e.g. fragmentation needed) and other ICMP pass untouched.
-            return (xdp_action::XDP_PASS, Stat::PassIcmp);
-        }
-        return match echo_reply(data, data_end, &h) {
-            Some(()) => (xdp_action::XDP_TX, Stat::EchoReplied),
-            None => (xdp_action::XDP_DROP, Stat::DropRewriteFailed),
-        };
-    };
-    // SAFETY: map values stay valid for the program's run (RCU).
-    let service = unsafe { *service };
     // Read only when conntrack names a draining pod.
     let bare_syn = || {
         h.proto == IPPROTO_TCP
             && load::<u8>(data, data_end, h.l4_off + 13)
                 .is_some_and(|flags| flags & (encap::TCP_SYN | encap::TCP_ACK) == encap::TCP_SYN)
     };
-    let chosen = if h.family == FAMILY_V4 {
-        choose_backend::<FlowKey4>(&h, &service, bare_syn)
+    // Established flows first: their conntrack entry names everything the
+    // rewrite needs, so they skip the service lookup.
+    let tracked = if h.proto != IPPROTO_TCP && h.proto != IPPROTO_UDP {
+        None
+    } else if h.family == FAMILY_V4 {
+        tracked::<FlowKey4>(&h, bare_syn)
     } else {
-        choose_backend::<FlowKey6>(&h, &service, bare_syn)
+        tracked::<FlowKey6>(&h, bare_syn)
     };
-    let (backend, new_flow) = match chosen {
-        Ok(chosen) => chosen,
-        Err(stat) => return (xdp_action::XDP_DROP, stat),
+    let (backend, service_id, new_flow) = match tracked {
+        Some((backend, service_id)) => (backend, service_id, false),
+        None => {
+            let service = match service_of(data, data_end, &h) {
+                Ok(service) => service,
+                Err(verdict) => return verdict,
+            };
+            let picked = if h.family == FAMILY_V4 {
+                pick_backend::<FlowKey4>(&h, &service)
+            } else {
+                pick_backend::<FlowKey6>(&h, &service)
+            };
+            match picked {
+                Ok(backend) => (backend, service.id, true),
+                Err(stat) => return (xdp_action::XDP_DROP, stat),
+            }
+        }
     };
     let remote = backend.flags & BACKEND_REMOTE != 0;
-    if let Some(counters) = SERVICE_STATS.get_ptr_mut(service.id) {
+    if let Some(counters) = SERVICE_STATS.get_ptr_mut(service_id) {
         // SAFETY: per-CPU slot, only this CPU writes it.
         unsafe {
             (*counters).packets += 1;
@@ -286,49 +263,107 @@ fn l2_lead(key: &L2Key) -> Option<L2Value> {
     (now < lead.expires_ns).then_some(lead)
 }
 
-/// The flow's backend: from conntrack while that backend still exists,
-/// otherwise from the Maglev table (then recorded). Returns whether the flow
-/// is new, or the reason to drop the packet.
-///
-/// A packet `forwarded` here by another node is served only by a local
-/// backend, so it is never forwarded twice: a conntrack entry naming a
-/// remote backend is ignored for it, and a remote pick is refused (and not
-/// recorded, so the flow is served once the nodes' tables agree again).
+/// The service of `h`'s address, port and protocol; or, for a packet to a
+/// service address that no service takes, what becomes of it: answered
+/// (ICMP echo), passed (other ICMP) or dropped.
 #[inline(always)]
-fn choose_backend<F: Flow>(
-    h: &Headers,
-    service: &ServiceValue,
-    bare_syn: impl Fn() -> bool,
-) -> Result<(BackendValue, bool), Stat> {
-    let flow = F::new(&h.src, &h.dst, h.sport, h.dport, h.proto);
-    // The tick-granular clock: a refresh once a second needs no more, and it
-    // is a memory read, where the precise clock reads the TSC.
-    // SAFETY: no memory effects.
-    let now = unsafe { bpf_ktime_get_coarse_ns() };
-    if let Some(ct) = F::conntrack().get_ptr_mut(&flow) {
-        // SAFETY: valid for this run; a racing update at worst loses a refresh.
-        let entry = unsafe { *ct };
-        if entry.service_id == service.id {
-            if let Some(backend) = BACKENDS.get(entry.backend_id) {
-                let backend = *backend;
-                let refused = h.forwarded && backend.flags & BACKEND_REMOTE != 0;
-                // A new connection on the tuple of a closed one (reused
-                // client port) to a terminating pod: picked anew (KEP-1669).
-                let reopened = backend.flags & BACKEND_DRAINING != 0 && bare_syn();
-                if backend.family != 0 && backend.service_id == service.id && !refused && !reopened
-                {
-                    if now.wrapping_sub(entry.last_seen_ns) > REFRESH_NS {
-                        unsafe { (*ct).last_seen_ns = now };
-                        record_revnat::<F>(h, &backend, service.id);
-                    }
-                    return Ok((backend, false));
-                }
-            }
+fn service_of(data: usize, data_end: usize, h: &Headers) -> Result<ServiceValue, (u32, Stat)> {
+    if h.proto == IPPROTO_TCP || h.proto == IPPROTO_UDP {
+        let key = ServiceKey {
+            addr: h.dst,
+            port: h.dport,
+            proto: h.proto,
+            family: h.family,
+        };
+        if let Some(service) = SERVICES.get_ptr(&key) {
+            // SAFETY: map values stay valid for the program's run (RCU).
+            return Ok(unsafe { *service });
         }
     }
+    Err(not_a_service(data, data_end, h))
+}
+
+/// What becomes of a packet to a filtered address that no service takes.
+#[inline(always)]
+fn not_a_service(data: usize, data_end: usize, h: &Headers) -> (u32, Stat) {
+    if !is_vip(h.family, &h.dst) {
+        // Another address in a filter slot that a VIP uses.
+        return (xdp_action::XDP_PASS, Stat::PassNotService);
+    }
+    let is_icmp = (h.family == FAMILY_V4 && h.proto == IPPROTO_ICMP)
+        || (h.family != FAMILY_V4 && h.proto == IPPROTO_ICMPV6);
+    if !is_icmp {
+        // An EIP is not a local address: passed, this would loop back
+        // to the router until its TTL ran out.
+        return (xdp_action::XDP_DROP, Stat::DropUnknownPort);
+    }
+    let echo_request = if h.family == FAMILY_V4 { 8 } else { 128 };
+    if h.icmp_type != echo_request {
+        // Errors (e.g. fragmentation needed) and other ICMP pass untouched.
+        return (xdp_action::XDP_PASS, Stat::PassIcmp);
+    }
+    match echo_reply(data, data_end, h) {
+        Some(()) => (xdp_action::XDP_TX, Stat::EchoReplied),
+        None => (xdp_action::XDP_DROP, Stat::DropRewriteFailed),
+    }
+}
+
+/// The backend conntrack keeps the flow of `h` on, with the flow's
+/// service; None when the flow is new to this node or its entry is stale.
+///
+/// An entry is followed only while its backend id still carries the epoch
+/// it recorded: the installation of the service that made the entry, at
+/// the address and port the entry's key names, is then still in place
+/// (its backends are freed when it is removed, and epochs are never
+/// reused), so no service lookup is needed.
+///
+/// A packet `forwarded` here by another node is served only by a local
+/// backend, so it is never forwarded twice: an entry naming a remote
+/// backend is ignored for it (and the pick then refuses it, see
+/// [`pick_backend`]).
+#[inline(always)]
+fn tracked<F: Flow>(h: &Headers, bare_syn: impl Fn() -> bool) -> Option<(BackendValue, u32)> {
+    let flow = F::new(&h.src, &h.dst, h.sport, h.dport, h.proto);
+    let ct = F::conntrack().get_ptr_mut(&flow)?;
+    // SAFETY: valid for this run; a racing update at worst loses a refresh.
+    let entry = unsafe { *ct };
+    let backend = *BACKENDS.get(entry.backend_id)?;
+    let refused = h.forwarded && backend.flags & BACKEND_REMOTE != 0;
+    // A new connection on the tuple of a closed one (reused client port)
+    // to a terminating pod: picked anew (KEP-1669).
+    let reopened = backend.flags & BACKEND_DRAINING != 0 && bare_syn();
+    if backend.family == 0 || backend.epoch != entry.epoch || refused || reopened {
+        return None;
+    }
+    if backend.flags & BACKEND_SHARED != 0 {
+        let now = coarse_now();
+        if now.wrapping_sub(entry.refreshed_ns) > REFRESH_NS {
+            unsafe { (*ct).refreshed_ns = now };
+            record_revnat::<F>(h, &backend, entry.service_id);
+        }
+    }
+    Some((backend, entry.service_id))
+}
+
+/// The tick-granular clock: a refresh once a second needs no more, and it
+/// is a memory read, where the precise clock reads the TSC. Read only for
+/// flows to shared backends, the only ones with something to refresh.
+#[inline(always)]
+fn coarse_now() -> u64 {
+    // SAFETY: no memory effects.
+    unsafe { bpf_ktime_get_coarse_ns() }
+}
+
+/// A new flow's backend, from `service`'s Maglev table, recorded in
+/// conntrack; or the reason to drop the packet. A packet forwarded here
+/// by another node must not be forwarded again: a remote pick is refused,
+/// and not recorded, so the flow is served once the nodes' tables agree.
+#[inline(always)]
+fn pick_backend<F: Flow>(h: &Headers, service: &ServiceValue) -> Result<BackendValue, Stat> {
     if service.backend_count == 0 || service.table_size == 0 {
         return Err(Stat::DropNoBackend);
     }
+    let flow = F::new(&h.src, &h.dst, h.sport, h.dport, h.proto);
     let slot = service.table_base + flow.hash() % service.table_size;
     let pair = MAGLEV.get(slot / 2).ok_or(Stat::DropNoBackend)?;
     let backend_id = if slot & 1 == 0 { pair[0] } else { pair[1] };
@@ -342,13 +377,16 @@ fn choose_backend<F: Flow>(
     let entry = CtValue {
         backend_id,
         service_id: service.id,
-        created_ns: now,
-        last_seen_ns: now,
+        epoch: backend.epoch,
+        _pad: 0,
+        // Never refreshed: a flow to a shared backend refreshes its reverse
+        // NAT on its next packet, and no other flow reads the clock.
+        refreshed_ns: 0,
     };
     // A full LRU evicts the oldest flow; failure only costs the next packet a lookup.
     let _ = F::conntrack().insert(&flow, &entry, 0);
     record_revnat::<F>(h, &backend, service.id);
-    Ok((backend, true))
+    Ok(backend)
 }
 
 /// Per-flow reverse NAT, needed only when the backend serves several

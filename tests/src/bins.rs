@@ -32,3 +32,21 @@ pub fn agent_inspect(lab: &Lab, ns: &str, bpffs: &Path) -> Result<String> {
     let bpffs = bpffs.display().to_string();
     lab.exec(ns, &[&agent, "inspect", "--bpffs", &bpffs])
 }
+
+/// `porter-controller explain <service>` against the `dir:` source
+/// `manifests`, as an operator runs it; its output.
+pub fn controller_explain(manifests: &Path, service: &str) -> Result<String> {
+    let source = format!("dir:{}", manifests.display());
+    let out = std::process::Command::new(binary("porter-controller")?)
+        .args(["explain", service, "--source", &source])
+        .output()?;
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    if !out.status.success() {
+        bail!(
+            "porter-controller explain {service} failed ({}): {text}{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(text)
+}

@@ -90,23 +90,10 @@ impl CentralLab {
         hops
     }
 
-    /// Cuts node `index` off the LAN, or reconnects it: its bridge port
-    /// goes to the disabled state, which drops every frame to and from it,
-    /// while every link stays up, the bridge keeps its ports (and so its
-    /// MAC address: taking a port out can change it, and the controller's
-    /// UPDATEs would then go to a stale MAC) and no Kubernetes object
-    /// changes. This is a node that died, as the controller and router see
-    /// it. (A filter inside the node would not do: its XDP program answers
-    /// the probes before the node's netfilter sees them.)
+    /// Cuts node `index` off the LAN, or reconnects it
+    /// ([`Datacenter::silence`]).
     pub fn silence(&self, index: usize, on: bool) -> Result<()> {
-        let port = format!("v-{}", self.dc.nodes[index].name);
-        // Port states (STP is off): 0 disabled, 3 forwarding.
-        let state = if on { "0" } else { "3" };
-        self.dc.lab.exec(
-            &self.dc.router_ns,
-            &["bridge", "link", "set", "dev", &port, "state", state],
-        )?;
-        Ok(())
+        self.dc.silence(index, on)
     }
 
     /// Cuts node `index` and times, from the router's side (its kernel

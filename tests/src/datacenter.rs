@@ -104,6 +104,17 @@ pub struct LabNode {
     labels: Vec<(String, String)>,
 }
 
+/// Where the lab's controller replicas run.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Replicas {
+    /// One, in its own namespace `ctl`.
+    One,
+    /// Two, in `ctl` and `ctl-b`.
+    WithStandby,
+    /// Two: the first on node n1, the second in `ctl-b`.
+    FirstOnNode,
+}
+
 pub struct Datacenter {
     pub lab: Lab,
     /// The router the client sits behind (the spine in a fabric).
@@ -111,6 +122,8 @@ pub struct Datacenter {
     pub router_ns: String,
     /// A fabric's leaves, leaf `k` serving rack `k + 1`; none otherwise.
     pub leaves: Vec<Router>,
+    /// The namespace controller replica 0 runs in (node n1's with
+    /// [`Datacenter::with_standby_on_node`]).
     pub ctl: String,
     controller_ip: IpAddr,
     /// The second replica's namespace and address, if the lab has one.
@@ -143,14 +156,36 @@ impl Datacenter {
         daemon: Daemon,
         router_as: u32,
     ) -> Result<Self> {
-        Self::build(tag, pods_per_node, daemon, router_as, false)
+        Self::build(tag, pods_per_node, daemon, router_as, Replicas::One)
     }
 
     /// Like [`Datacenter::new`], with room for a second controller replica
     /// (`ctl-b`, [`STANDBY_V4`], a BIRD neighbour too) for leader election:
     /// start both with [`Datacenter::start_replica`].
     pub fn with_standby(tag: &str, pods_per_node: &[usize]) -> Result<Self> {
-        Self::build(tag, pods_per_node, Daemon::Bird, ROUTER_AS, true)
+        Self::build(
+            tag,
+            pods_per_node,
+            Daemon::Bird,
+            ROUTER_AS,
+            Replicas::WithStandby,
+        )
+    }
+
+    /// Like [`Datacenter::with_standby`], but replica 0 runs on node n1 (in
+    /// its namespace, peering with the router from n1's address), as a
+    /// controller pod shares a node with the traffic it announces: when n1
+    /// dies, the router loses a next hop and that replica together. BIRD
+    /// runs BFD with both replicas, a BFD failure taken as a graceful
+    /// restart (`bfd graceful`), as docs/bfd.md asks of the router.
+    pub fn with_standby_on_node(tag: &str, pods_per_node: &[usize]) -> Result<Self> {
+        Self::build(
+            tag,
+            pods_per_node,
+            Daemon::Bird,
+            ROUTER_AS,
+            Replicas::FirstOnNode,
+        )
     }
 
     fn build(
@@ -158,11 +193,10 @@ impl Datacenter {
         pods_per_node: &[usize],
         daemon: Daemon,
         router_as: u32,
-        with_standby: bool,
+        replicas: Replicas,
     ) -> Result<Self> {
         let mut lab = Lab::new(tag)?;
         let router_ns = lab.netns("r")?;
-        let ctl = lab.netns("ctl")?;
         let client = lab.netns("cl")?;
         enable_routing(&lab, &router_ns)?;
         lab.ip(&router_ns, &["link", "add", "lan", "type", "bridge"])?;
@@ -172,15 +206,28 @@ impl Datacenter {
 
         connect_client(&lab, &router_ns, &client)?;
 
-        attach_to_lan(&lab, &router_ns, &ctl, "v-ctl")?;
-        add_addr(&lab, &ctl, "eth0", &format!("{CONTROLLER_V4}/24"))?;
-        add_addr(&lab, &ctl, "eth0", "fd00:30::10/64")?;
-        let mut neighbors = vec![Neighbor::new(CONTROLLER_V4.parse()?, PORTER_AS)];
-        let standby = if with_standby {
+        let own_namespace = replicas != Replicas::FirstOnNode;
+        // The lab where a controller's node can die runs BFD with the
+        // controllers as docs/bfd.md asks ("When the leader's node dies").
+        let bfd_graceful = replicas == Replicas::FirstOnNode;
+        let ctl = if own_namespace {
+            let ctl = lab.netns("ctl")?;
+            attach_to_lan(&lab, &router_ns, &ctl, "v-ctl")?;
+            add_addr(&lab, &ctl, "eth0", &format!("{CONTROLLER_V4}/24"))?;
+            add_addr(&lab, &ctl, "eth0", "fd00:30::10/64")?;
+            ctl
+        } else {
+            String::new()
+        };
+        let mut neighbors = Vec::new();
+        let standby = if replicas != Replicas::One {
             let ns = lab.netns("ctl-b")?;
             attach_to_lan(&lab, &router_ns, &ns, "v-ctl-b")?;
             add_addr(&lab, &ns, "eth0", &format!("{STANDBY_V4}/24"))?;
-            neighbors.push(Neighbor::new(STANDBY_V4.parse()?, PORTER_AS));
+            neighbors.push(Neighbor {
+                bfd_graceful,
+                ..Neighbor::new(STANDBY_V4.parse()?, PORTER_AS)
+            });
             Some((ns, STANDBY_V4.parse()?))
         } else {
             None
@@ -211,6 +258,17 @@ impl Datacenter {
             )?);
         }
 
+        let (ctl, controller_ip) = match nodes.first() {
+            Some(n1) if !own_namespace => (n1.ns.clone(), n1.ip),
+            _ => (ctl, CONTROLLER_V4.parse()?),
+        };
+        neighbors.insert(
+            0,
+            Neighbor {
+                bfd_graceful,
+                ..Neighbor::new(controller_ip, PORTER_AS)
+            },
+        );
         let router = Router::start(
             &mut lab,
             &router_ns,
@@ -232,7 +290,7 @@ impl Datacenter {
             router_ns,
             leaves: Vec::new(),
             ctl,
-            controller_ip: CONTROLLER_V4.parse()?,
+            controller_ip,
             standby,
             client,
             nodes,
@@ -595,6 +653,15 @@ impl Datacenter {
     /// The replica holding the controllers' leader lease now (the lease
     /// file's holder, whether or not it expired).
     pub fn lease_holder(&self) -> Result<Option<usize>> {
+        let holder = self.lease()?.map(|lease| lease.holder);
+        Ok(REPLICA_IDENTITIES
+            .iter()
+            .position(|identity| holder.as_deref() == Some(*identity)))
+    }
+
+    /// The controllers' leader lease as its file says now (holder, last
+    /// renewal, duration), if there is one.
+    pub fn lease(&self) -> Result<Option<porter_api::layer2::LeaseRecord>> {
         let path = self
             .manifests
             .join(porter_api::lease::CONTROLLER_LEASE_DIR)
@@ -604,10 +671,27 @@ impl Datacenter {
             Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(error) => return Err(error.into()),
         };
-        let holder = porter_api::layer2::parse_lease_file(&text).map(|lease| lease.holder);
-        Ok(REPLICA_IDENTITIES
-            .iter()
-            .position(|identity| holder.as_deref() == Some(*identity)))
+        Ok(porter_api::layer2::parse_lease_file(&text))
+    }
+
+    /// Cuts node `index` off the LAN (`on`), or reconnects it: its bridge
+    /// port goes to the disabled state, which drops every frame to and from
+    /// it, while every link stays up, the bridge keeps its
+    /// ports (and so its MAC address: taking a port out can change it, and
+    /// the controller's UPDATEs would then go to a stale MAC) and no
+    /// Kubernetes object changes. This is a node that died, as the
+    /// controllers and the router see it. (A filter inside the node would
+    /// not do: its XDP program answers the probes before the node's
+    /// netfilter sees them.)
+    pub fn silence(&self, index: usize, on: bool) -> Result<()> {
+        let port = format!("v-{}", self.nodes[index].name);
+        // Port states (STP is off): 0 disabled, 3 forwarding.
+        let state = if on { "0" } else { "3" };
+        self.lab.exec(
+            &self.router_ns,
+            &["bridge", "link", "set", "dev", &port, "state", state],
+        )?;
+        Ok(())
     }
 
     /// `porter-agent run` for node `index`, reading the same manifests.

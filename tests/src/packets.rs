@@ -468,11 +468,16 @@ pub fn test_dataplane(lab: &mut Lab) -> Result<(PinLayout, Dataplane)> {
 /// 100 per backend).
 pub fn test_dataplane_sized(lab: &mut Lab, maglev_size: u32) -> Result<(PinLayout, Dataplane)> {
     let pins = PinLayout::new(&lab.bpffs()?);
-    let config = DataplaneConfig {
+    let dataplane = Dataplane::open(&pins, test_config(maglev_size))?;
+    Ok((pins, dataplane))
+}
+
+/// The configuration of [`test_dataplane_sized`], e.g. to open its pins
+/// again as a restarted agent would.
+pub fn test_config(maglev_size: u32) -> DataplaneConfig {
+    DataplaneConfig {
         maglev_size,
         max_services: 8,
         ..DataplaneConfig::default()
-    };
-    let dataplane = Dataplane::open(&pins, config)?;
-    Ok((pins, dataplane))
+    }
 }

@@ -35,6 +35,11 @@ pub struct Neighbor {
     pub port: Option<u16>,
     /// eBGP multihop: the neighbour is this many hops away.
     pub multihop: Option<u8>,
+    /// BIRD only: BFD with the neighbour (300 ms × 3), its failure taken as
+    /// a graceful restart (`bfd graceful`, RFC 5882 section 4.3: the
+    /// neighbour's BFD shares its fate with its BGP), as docs/bfd.md asks
+    /// for the controller's sessions.
+    pub bfd_graceful: bool,
 }
 
 impl Neighbor {
@@ -45,6 +50,7 @@ impl Neighbor {
             md5_password: None,
             port: None,
             multihop: None,
+            bfd_graceful: false,
         }
     }
 }
@@ -149,6 +155,9 @@ impl Router {
              protocol kernel {{ ipv6 {{ export where source = RTS_BGP; import none; }}; merge paths on; }}\n",
             c.router_id
         );
+        if c.neighbors.iter().any(|n| n.bfd_graceful) {
+            conf.push_str("protocol bfd { interface \"*\" { interval 300 ms; multiplier 3; }; }\n");
+        }
         for (index, neighbor) in c.neighbors.iter().enumerate() {
             let _ = write!(
                 conf,
@@ -164,6 +173,9 @@ impl Router {
             }
             if let Some(hops) = neighbor.multihop {
                 let _ = writeln!(conf, "  multihop {hops};");
+            }
+            if neighbor.bfd_graceful {
+                conf.push_str("  bfd graceful;\n");
             }
             if c.graceful_restart {
                 conf.push_str("  graceful restart on;\n");

@@ -68,6 +68,7 @@ impl PorterSpeaker {
                 graceful_restart: Some(GracefulRestart {
                     restart_time: 120,
                     restarting,
+                    long_lived_stale_time: None,
                 }),
             },
         )

@@ -5,7 +5,9 @@
 //!
 //! The cases share one lab and run in order: a node the controller could
 //! never reach stays announced; a silent cut; the recovery after the hold;
-//! an agent restart under load; 60 s of CPU stress on both cores.
+//! an agent restart under load; 60 s of CPU stress on both cores; and
+//! `porter-controller explain` naming why a cut node and a NotReady one are
+//! not announced (it runs on its own too).
 //!
 //! `cargo test -p porter-tests --test central_health [-- NAME...]`.
 use std::{
@@ -17,6 +19,7 @@ use std::{
 use anyhow::{Context, Result, ensure};
 use porter_common::probe;
 use porter_tests::{
+    bins::controller_explain,
     cases::{Case, Suite},
     central_lab::{CentralLab, node_state_metric},
     datacenter::Datacenter,
@@ -41,6 +44,10 @@ const CASES: &[(&str, Case<CentralLab>)] = &[
     ("paths_return_after_the_hold", recovery),
     ("agent_restart_under_load_withdraws_nothing", agent_restart),
     ("cpu_stress_withdraws_nothing", cpu_stress),
+    (
+        "explain_names_why_each_node_is_not_announced",
+        explain_names_the_reasons,
+    ),
 ];
 
 fn main() -> ExitCode {
@@ -215,5 +222,42 @@ fn cpu_stress(lab: &mut CentralLab) -> Result<Duration> {
         "withdrawn under stress: {:?}",
         lab.events("NodeUnreachable")?
     );
+    Ok(started.elapsed())
+}
+
+/// The line of `node` in `porter-controller explain`'s node list.
+fn explained(lab: &CentralLab, node: &str) -> Result<String> {
+    let text = controller_explain(&lab.dc.manifests, "default/web")?;
+    text.lines()
+        .find(|line| line.trim_start().starts_with(&format!("{node} ")))
+        .map(str::to_owned)
+        .with_context(|| format!("no line for {node} in:\n{text}"))
+}
+
+/// `porter-controller explain` run against the running lab names why a
+/// node is not announced: n1 cut off (the leader's liveness check withdrew
+/// it, as its PorterNodeReachable condition says) and n2 NotReady; and it
+/// says announced again once both are back.
+fn explain_names_the_reasons(lab: &mut CentralLab) -> Result<Duration> {
+    let started = Instant::now();
+    lab.wait_checked(0)?;
+    lab.time_silent_cut(0)?;
+    lab.dc.set_node_ready(1, false)?;
+    lab.dc.wait_next_hops(lab.web, &lab.hops_of(&[2]), WAIT)?;
+    let n1 = wait_for("explain to name the liveness check for n1", WAIT, || {
+        let line = explained(lab, "n1")?;
+        Ok((line.contains("LivenessWithdrawn") && line.contains(": Down")).then_some(line))
+    })?;
+    let n2 = explained(lab, "n2")?;
+    ensure!(n2.contains("NotReady"), "n2: {n2}");
+    println!("     explain says:\n{n1}\n{n2}");
+    let n3 = explained(lab, "n3")?;
+    ensure!(n3.contains("announced"), "n3: {n3}");
+    lab.dc.set_node_ready(1, true)?;
+    lab.heal(0)?;
+    wait_for("explain to say n1 is announced and up again", WAIT, || {
+        let line = explained(lab, "n1")?;
+        Ok((line.contains("announced") && line.contains("liveness Up")).then_some(line))
+    })?;
     Ok(started.elapsed())
 }

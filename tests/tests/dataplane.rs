@@ -522,6 +522,64 @@ fn v4_and_v6_flows_sharing_ports_do_not_collide() -> Result<()> {
     Ok(())
 }
 
+/// An established flow skips the service lookup: its conntrack entry is
+/// followed while its backend carries the epoch it recorded. A removed
+/// service whose ids a later service takes (here after an agent restart,
+/// which must not hand the epoch out again) leaves its flows nowhere: their
+/// packets are dropped as to an unused port, never sent to the other
+/// service's pods.
+#[test]
+#[cfg_attr(not(privileged), ignore = "needs root: network namespaces and BPF")]
+fn a_removed_services_flows_never_reach_the_service_that_takes_its_ids() -> Result<()> {
+    let mut lab = Lab::new("dpepo")?;
+    let (pins, mut dataplane) = packets::test_dataplane(&mut lab)?;
+    // A second port keeps the VIP a VIP, so its packets reach conntrack.
+    // Installed first, so the removed service has the last epoch, the one
+    // a restarted agent that forgot it would hand out again.
+    let kept = spec(VIP4, 443, Protocol::Tcp, &["10.244.9.9"], 8443);
+    dataplane.reconcile(&[kept.clone(), spec(VIP4, 80, Protocol::Tcp, &PODS4, 8080)])?;
+    let packet = |syn| {
+        let l4 = L4::Tcp {
+            sport: 40000,
+            dport: 80,
+            syn,
+        };
+        packets::build(ip(CLIENT4), ip(VIP4), l4, Vlan::None)
+    };
+    let (_, out) = packets::xdp_test_run(&mut dataplane, &packet(true)?)?;
+    assert_dnat(
+        &packet(true)?,
+        &out,
+        &PODS4,
+        8080,
+        "the flow's first packet",
+    );
+    let (_, out) = packets::xdp_test_run(&mut dataplane, &packet(false)?)?;
+    assert_dnat(&packet(false)?, &out, &PODS4, 8080, "established");
+
+    dataplane.reconcile(std::slice::from_ref(&kept))?;
+    drop(dataplane);
+    let mut dataplane = Dataplane::open(&pins, packets::test_config(251))?;
+    let other_pods = ["10.244.7.2", "10.244.7.3"];
+    dataplane.reconcile(&[
+        kept,
+        spec("192.0.2.77", 80, Protocol::Tcp, &other_pods, 8080),
+    ])?;
+    let drops = stats::read_stat(&pins, Stat::DropUnknownPort)?;
+    let (action, out) = packets::xdp_test_run(&mut dataplane, &packet(false)?)?;
+    assert_eq!(
+        (action, out),
+        (XDP_DROP, packet(false)?),
+        "a packet of the removed service's flow is dropped untouched"
+    );
+    assert_eq!(
+        stats::read_stat(&pins, Stat::DropUnknownPort)?,
+        drops + 1,
+        "as to a port no service uses"
+    );
+    Ok(())
+}
+
 #[test]
 #[cfg_attr(not(privileged), ignore = "needs root: network namespaces and BPF")]
 fn eip_traffic_is_answered_dropped_or_passed_untouched() -> Result<()> {

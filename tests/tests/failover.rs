@@ -3,9 +3,15 @@
 //! source's file lease: what the router sees when the leader dies, freezes
 //! or loses the lease store, and that no Service's address moves.
 //!
-//! The lease is 4 s, and the BgpPeer's hold time 3 s: below the lease, so
-//! the router drops a frozen leader's session before a successor may take
-//! the lease (docs/controller.md, High availability).
+//! The lease is 4 s, the BgpPeer's hold time 9 s and its BFD 300 ms × 3
+//! (BIRD: `bfd graceful`): BFD, not the hold timer, is what makes the
+//! router drop a frozen or dead leader's session before a successor may
+//! take the lease (docs/bfd.md, "When the leader's node dies"). The
+//! controllers advertise long-lived graceful restart, so the router keeps
+//! the dead leader's paths, stale, until the successor's replace them.
+//!
+//! Replica 0 runs on node n1 (Datacenter::with_standby_on_node), so that
+//! `leader_node_dies_silently` can take a leader and a next hop down at once.
 //!
 //! `cargo test -p porter-tests --test failover [-- NAME...]`.
 use std::{
@@ -21,9 +27,10 @@ use std::{
 use anyhow::{Context, Result, bail, ensure};
 use porter_tests::{
     cases::{Case, Suite},
-    datacenter::{Datacenter, POD_PORT, samples_dir},
+    datacenter::{Datacenter, POD_PORT, http_get, samples_dir},
     lab::wait_for,
     manifests::{self, ServiceManifest},
+    netns::{NamedClient, NamedServer, enter, run_in},
 };
 
 const NS: &str = "default";
@@ -45,6 +52,7 @@ const CASES: &[(&str, Case<Ctx>)] = &[
     ("lease_store_partition_closes_within_the_lease", partition),
     ("frozen_leader_steps_down_on_waking", frozen_leader),
     ("failover_keeps_addresses", failover_keeps_addresses),
+    ("leader_node_dies_silently", leader_node_dies),
 ];
 
 fn main() -> ExitCode {
@@ -58,14 +66,17 @@ fn main() -> ExitCode {
 }
 
 fn setup() -> Result<Ctx> {
-    let mut dc = Datacenter::with_standby("failover", &[1, 1, 1])?;
+    let mut dc = Datacenter::with_standby_on_node("failover", &[1, 1, 1])?;
     let bgp = std::fs::read_to_string(samples_dir().join("bgp.yaml"))?;
-    let short_hold = bgp.replace("holdTime: 90", "holdTime: 3");
-    ensure!(
-        short_hold != bgp,
-        "the sample BgpPeer no longer sets holdTime: 90"
+    let with_bfd = bgp.replace("holdTime: 90", "holdTime: 9").replace(
+        "    neighborAddress: 172.30.0.1\n",
+        "    neighborAddress: 172.30.0.1\n  bfd: {}\n",
     );
-    dc.apply("bgp.yaml", &short_hold)?;
+    ensure!(
+        with_bfd.contains("holdTime: 9\n") && with_bfd.contains("bfd: {}"),
+        "the sample BgpPeer no longer sets holdTime: 90 and neighborAddress: 172.30.0.1"
+    );
+    dc.apply("bgp.yaml", &with_bfd)?;
     dc.apply("pools.yaml", &manifests::eip(POOL, "192.168.2.0/25"))?;
     for index in 0..dc.nodes.len() {
         dc.start_agent(index)?;
@@ -102,6 +113,13 @@ fn service(name: &str, port: u16) -> ServiceManifest<'_> {
         cluster: false,
     }
 }
+
+/// The `Cluster` Service whose long-lived connections
+/// `leader_node_dies_silently` holds, and its port (on every pod too).
+const HOLD: &str = "hold";
+const HOLD_PORT: u16 = 7100;
+/// Connections held through the leader's node's death.
+const HELD: usize = 24;
 
 /// Whether the router has replica `replica`'s session Established.
 fn established(dc: &Datacenter, replica: usize) -> Result<bool> {
@@ -294,7 +312,7 @@ fn partition(ctx: &mut Ctx) -> Result<Duration> {
 }
 
 /// SIGSTOP of the leader past its lease, then SIGCONT: the router drops the
-/// frozen session (hold time below the lease) before the standby takes
+/// frozen session (BFD) before the standby takes
 /// over; the old leader, on waking, finds its deadline passed, closes what
 /// it had and stays a follower: it never announces again, and the router
 /// never has two controllers' sessions up.
@@ -356,7 +374,7 @@ fn frozen_leader(ctx: &mut Ctx) -> Result<Duration> {
     dc.wait_next_hops(ctx.web, &hops, WAIT)?;
     println!(
         "     router dropped the frozen leader after {dropped:?}, replica {new} announced after \
-         {handover:?} (lease {LEASE} s, hold time 3 s)"
+         {handover:?} (lease {LEASE} s, BFD 300 ms x 3)"
     );
     Ok(handover)
 }
@@ -500,4 +518,302 @@ fn failover_keeps_addresses(ctx: &mut Ctx) -> Result<Duration> {
 fn sorted(mut hops: Vec<IpAddr>) -> Vec<IpAddr> {
     hops.sort();
     hops
+}
+
+/// New requests from the client, each on a new connection, each timed from
+/// its start (a request to a dead next hop fails a connect timeout later).
+struct Requests {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: thread::JoinHandle<Result<Vec<(Instant, bool)>>>,
+}
+
+impl Requests {
+    fn start(client: String, addr: SocketAddr) -> Self {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = thread::spawn(move || {
+            enter(&client)?;
+            let mut made = Vec::new();
+            while !flag.load(std::sync::atomic::Ordering::Relaxed) {
+                let started = Instant::now();
+                made.push((started, http_get(addr).is_ok()));
+                thread::sleep(Duration::from_millis(5));
+            }
+            Ok(made)
+        });
+        Self { stop, thread }
+    }
+
+    fn stop(self) -> Result<Vec<(Instant, bool)>> {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.thread
+            .join()
+            .map_err(|_| anyhow::anyhow!("the request thread panicked"))?
+    }
+}
+
+/// Makes replica 0 (on node n1) the leader, with replica 1 following and
+/// checking n1: a SIGTERM of replica 1 hands the lease over at once.
+fn lead_from_n1(dc: &mut Datacenter) -> Result<()> {
+    if leader(dc)? == 1 {
+        dc.stop_replica(1)?;
+        wait_for("replica 0 to lead", WAIT, || {
+            Ok((dc.lease_holder()? == Some(0) && established(dc, 0)?).then_some(()))
+        })?;
+        dc.start_replica(1, LEASE)?;
+    }
+    // The follower must know n1 answers: only a node it has heard from can
+    // be found dead (one it never heard stays announced, unchecked).
+    wait_for(
+        "replica 1 to hear n1 answer its liveness probe",
+        WAIT,
+        || {
+            Ok(log_of(dc, 1)
+                .lines()
+                .any(|line| line.contains("checked from now on") && line.contains("n1"))
+                .then_some(()))
+        },
+    )
+}
+
+/// The node hosting the leader (n1, also a next hop of every Service) dies
+/// silently: its port stops forwarding and the leader process freezes,
+/// with no Kubernetes change. The router must keep routing to n2 and n3
+/// throughout (it holds the dead leader's paths as long-lived stale,
+/// replaced by the successor's), and lose n1's next hop once the dead
+/// leader's paths turn long-lived stale after noticing the death (BFD,
+/// `bfd graceful`; the restart time is the lease) and the successor
+/// announces without n1: it already knows n1 is down, as every replica
+/// checks the nodes. The times are printed (docs/bfd.md quotes them). Long-lived connections to pods on n2 and n3
+/// survive; new requests fail only while the router still sends some to n1.
+fn leader_node_dies(ctx: &mut Ctx) -> Result<Duration> {
+    let dc = &mut ctx.dc;
+    lead_from_n1(dc)?;
+    let nodes: Vec<usize> = (0..dc.nodes.len()).collect();
+    let mut servers: Vec<(String, NamedServer)> = Vec::new();
+    for pod in dc.nodes.iter().flat_map(|node| &node.pods) {
+        servers.push((
+            pod.name.clone(),
+            NamedServer::start(&pod.ns, HOLD_PORT, &pod.name)?,
+        ));
+    }
+    let hold_spec = ServiceManifest {
+        target_port: HOLD_PORT,
+        cluster: true,
+        ..service(HOLD, HOLD_PORT)
+    };
+    // The pods' port is HOLD_PORT, not the lab's HTTP port.
+    let endpoints = dc.endpoints_on(&nodes);
+    dc.apply(
+        &format!("endpoints-{NS}-{HOLD}.yaml"),
+        &manifests::endpoint_slice(NS, HOLD, false, HOLD_PORT, &endpoints),
+    )?;
+    dc.apply(&format!("svc-{HOLD}.yaml"), &manifests::service(&hold_spec))?;
+    let hold = dc.wait_service_ip(NS, HOLD, WAIT)?;
+    dc.wait_next_hops(hold, &dc.hops_of(hold, &nodes), WAIT)?;
+    let result = die_and_judge(ctx, hold);
+    let dc = &mut ctx.dc;
+    // The lab as the other cases expect it, whatever happened: n1 back,
+    // its replica awake (it steps down on waking), the Service gone.
+    let _ = dc.signal_replica(0, libc::SIGCONT);
+    let _ = dc.silence(0, false);
+    drop(servers);
+    remove(dc, HOLD)?;
+    let all = sorted(dc.hops_of(ctx.web, &nodes));
+    dc.wait_next_hops(ctx.web, &all, WAIT)?;
+    result
+}
+
+fn die_and_judge(ctx: &mut Ctx, hold: IpAddr) -> Result<Duration> {
+    let dc = &ctx.dc;
+    let web = SocketAddr::new(ctx.web, WEB_PORT);
+    let client = dc.client.clone();
+    let hold_addr = SocketAddr::new(hold, HOLD_PORT);
+    // Every path answers once first (as in setup: the lab's first
+    // neighbour resolutions are not what this case measures).
+    let mut greeted = std::collections::BTreeSet::new();
+    let mut last_error = String::new();
+    wait_for("a greeting from every pod of hold", WAIT, || {
+        let from = run_in(&client, move || {
+            NamedClient::connect(hold_addr).map(|c| c.server)
+        });
+        match from {
+            Ok(pod) => {
+                greeted.insert(pod);
+            }
+            Err(error) => last_error = format!("{error:#}"),
+        }
+        Ok((greeted.len() == dc.nodes.len()).then_some(()))
+    })
+    .with_context(|| format!("greeted by {greeted:?}; last error: {last_error}"))?;
+    let mut held = run_in(&client, move || {
+        (0..HELD)
+            .map(|_| NamedClient::connect(hold_addr))
+            .collect::<Result<Vec<_>>>()
+    })?;
+    for connection in &mut held {
+        let echo = connection.echo("before")?;
+        ensure!(echo == format!("{}:before", connection.server), "{echo}");
+    }
+    let survivors =
+        |held: &[NamedClient]| held.iter().filter(|c| !c.server.starts_with("n1-")).count();
+    let others = sorted(dc.hops_of(ctx.web, &[1, 2]));
+    let n1 = dc.nodes[0].ip;
+    let unreachable_before = node_events(dc, "NodeUnreachable", "n1")?;
+    let requests = Requests::start(client.clone(), web);
+    thread::sleep(Duration::from_millis(500));
+
+    dc.silence(0, true)?;
+    dc.signal_replica(0, libc::SIGSTOP)?;
+    let cut = Instant::now();
+    let cut_wall = std::time::SystemTime::now();
+    // The lease file's times (since the epoch) on this test's clock.
+    let at = |since_epoch: Duration| {
+        let wall = std::time::UNIX_EPOCH + since_epoch;
+        match wall.duration_since(cut_wall) {
+            Ok(after) => cut + after,
+            Err(before) => cut - before.duration(),
+        }
+    };
+    let lease = dc.lease()?.context("no leader lease")?;
+    ensure!(
+        lease.holder == "ctl-a",
+        "replica 0 did not hold the lease at the cut: {lease:?}"
+    );
+    // The earliest moment a successor may lead.
+    let expiry = at(lease.expires());
+    let mut taken = None;
+
+    let mut lost_others = Vec::new();
+    let mut successor = None;
+    // When the router's session with the dead leader went down (its BFD).
+    let mut noticed = None;
+    let gone = loop {
+        let hops = dc.next_hops(ctx.web)?;
+        if !others.iter().all(|hop| hops.contains(hop)) {
+            lost_others.push((cut.elapsed(), hops.clone()));
+        }
+        if successor.is_none() && established(dc, 1)? {
+            successor = Some(Instant::now());
+        }
+        if noticed.is_none() && !established(dc, 0)? {
+            noticed = Some(Instant::now());
+        }
+        // The successor's first record: when its winning attempt began.
+        if taken.is_none()
+            && let Some(record) = dc.lease()?.filter(|record| record.holder == "ctl-b")
+        {
+            taken = Some(at(record.renewed));
+        }
+        if !hops.contains(&n1) {
+            break Instant::now();
+        }
+        ensure!(
+            cut.elapsed() < WAIT,
+            "the router still routes via n1 {WAIT:?} after its death: {hops:?}"
+        );
+        thread::sleep(Duration::from_millis(20));
+    };
+    // Steady afterwards: n1 does not come back, nothing else goes.
+    let steady = Instant::now();
+    while steady.elapsed() < Duration::from_secs(2) {
+        let hops = dc.next_hops(ctx.web)?;
+        if hops != others {
+            lost_others.push((cut.elapsed(), hops));
+        }
+        thread::sleep(Duration::from_millis(50));
+    }
+    let made = requests.stop()?;
+    let mut broken = (0, 0);
+    let mut kept = 0;
+    for connection in held.iter_mut().filter(|c| !c.server.starts_with("n1-")) {
+        let want = format!("{}:after", connection.server);
+        match connection.echo("after") {
+            Ok(echo) if echo == want => kept += 1,
+            Ok(_) => broken.1 += 1,
+            Err(error) => match error
+                .downcast_ref::<std::io::Error>()
+                .map(std::io::Error::kind)
+            {
+                Some(std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {
+                    broken.1 += 1
+                }
+                _ => broken.0 += 1,
+            },
+        }
+    }
+    let failed_late: Vec<Duration> = made
+        .iter()
+        .filter(|(started, ok)| !ok && *started >= gone)
+        .map(|(started, _)| started.duration_since(cut))
+        .collect();
+    let failed = made.iter().filter(|(_, ok)| !ok).count();
+    let answered_meanwhile = made
+        .iter()
+        .filter(|(started, ok)| *ok && *started >= cut && *started < gone)
+        .count();
+    let unreachable = node_events(dc, "NodeUnreachable", "n1")?;
+    let taken = taken.context("replica 1 never took the lease")?;
+    let noticed = noticed.context("the router never noticed the leader's death")?;
+    let gone_after = gone - cut;
+    println!(
+        "     n1 (and leader replica 0 on it) died; its lease expired {:?} later, replica 1 \
+         took it {:?} after that and was Established {:?} after the cut; the router noticed \
+         the death {:?} after it and dropped n1 {gone_after:?} after it, {:?} after replica 1 \
+         took the lease (lease {LEASE} s)",
+        expiry.saturating_duration_since(cut),
+        taken.saturating_duration_since(expiry),
+        successor.map(|at| at - cut),
+        noticed - cut,
+        gone.saturating_duration_since(taken),
+    );
+    println!(
+        "     {} new requests ({failed} failed, all started while n1 was a next hop; \
+         {answered_meanwhile} answered meanwhile); {kept} of {} held connections to n2/n3 \
+         kept, {} reset, {} timed out",
+        made.len(),
+        survivors(&held),
+        broken.0,
+        broken.1
+    );
+    ensure!(
+        lost_others.is_empty(),
+        "the router lost n2 or n3 meanwhile: {lost_others:?}"
+    );
+    // The timing is printed above, not judged here: docs/bfd.md says what
+    // bounds it. n1 must go, and only once the successor announces.
+    ensure!(
+        successor.is_some_and(|up| up <= gone),
+        "n1 left the route before replica 1 announced: the router had no path to n1's \
+         replacement meanwhile"
+    );
+    ensure!(
+        failed_late.is_empty(),
+        "new requests failed after n1 left the route, started at {failed_late:?} after the cut"
+    );
+    ensure!(
+        answered_meanwhile > 0,
+        "no request was answered between the cut and n1's withdrawal"
+    );
+    ensure!(
+        broken == (0, 0) && kept == survivors(&held),
+        "held connections to pods on n2/n3 broke: {} reset, {} timed out",
+        broken.0,
+        broken.1
+    );
+    ensure!(
+        unreachable > unreachable_before,
+        "the new leader wrote no NodeUnreachable Event for n1"
+    );
+    Ok(gone_after)
+}
+
+/// How many `reason` Events name node `node`.
+fn node_events(dc: &Datacenter, reason: &str, node: &str) -> Result<usize> {
+    let regarding = format!("Node {node}");
+    Ok(dc
+        .events()?
+        .iter()
+        .filter(|(r, about, _)| r == reason && *about == regarding)
+        .count())
 }

@@ -1,195 +1,24 @@
-//! BFD for node mode: one porter-bfd task beside the node's speaker, with a
-//! session to every selected BgpPeer that has `spec.bfd`. When a session
-//! that was Up goes Down, the BGP session to that peer goes down at once
-//! (porter-bgp's `peer_unreachable`), a Warning Event names the peer and the
-//! diagnostic, and the log says the same; when BFD comes back Up, a BGP
-//! session waiting to reconnect connects at once. A peer that says AdminDown is
-//! stopping its BFD on purpose (RFC 5882 section 3.2): BGP is left alone.
-//! On the way out BFD stops after BGP, so that routers keep the routes
-//! under graceful restart (see [`NodeBfd::shutdown`]).
-use std::{
-    collections::BTreeMap,
-    net::IpAddr,
-    sync::{Arc, Mutex},
-};
+//! Node mode's BFD: porter-api's [`SpeakerBfd`] beside the node's speaker,
+//! its Events written as the agent writes any.
+use std::sync::Arc;
 
-use porter_api::{
-    bgp_config::bfd_state_text,
-    source::{Event, EventType, Regarding},
-};
-use porter_bfd::{Bfd, Diag, PeerEvent, State};
+use porter_api::bgp_bfd::SpeakerBfd;
 use porter_bgp::Speaker;
-use tokio::{sync::mpsc, task::JoinHandle};
-use tracing::{info, warn};
+use tokio::sync::mpsc;
+use tracing::warn;
 
 use crate::writer::ClusterWriter;
 
-/// Event reason: the BFD session with the peer went down.
-pub const REASON_BFD_DOWN: &str = "BfdDown";
-/// Event reason: the BFD session with the peer came up.
-pub const REASON_BFD_UP: &str = "BfdUp";
-
-/// How long BFD keeps running after the BGP sessions closed (see
-/// [`NodeBfd::shutdown`]).
-const BGP_CLOSE_FIRST: std::time::Duration = std::time::Duration::from_millis(200);
-
-/// The BFD sessions of this node and the task that acts on their changes.
-pub struct NodeBfd {
-    bfd: Bfd,
-    /// What each session was last configured with, by neighbour address.
-    peers: BTreeMap<IpAddr, porter_bfd::PeerConfig>,
-    /// BgpPeer names by neighbour address, for Events and logs.
-    names: Arc<Mutex<BTreeMap<IpAddr, String>>>,
-    watcher: JoinHandle<()>,
-}
-
-impl NodeBfd {
-    /// Starts the BFD task; its state changes act on `speaker`.
-    pub fn start(node: String, speaker: Speaker, writer: Arc<ClusterWriter>) -> Self {
-        let (bfd, events) = Bfd::start();
-        let names = Arc::new(Mutex::new(BTreeMap::new()));
-        let watcher = tokio::spawn(watch(events, node, speaker, writer, names.clone()));
-        Self {
-            bfd,
-            peers: BTreeMap::new(),
-            names,
-            watcher,
-        }
-    }
-
-    /// Brings the sessions to `wanted` (neighbour → BgpPeer name and BFD
-    /// settings); sessions not in it end with AdminDown.
-    pub async fn set_peers(
-        &mut self,
-        node: &str,
-        wanted: BTreeMap<IpAddr, (String, porter_bfd::PeerConfig)>,
-    ) {
-        let gone: Vec<IpAddr> = self
-            .peers
-            .keys()
-            .filter(|address| !wanted.contains_key(address))
-            .copied()
-            .collect();
-        for address in gone {
-            if let Some(config) = self.peers.remove(&address) {
-                self.bfd.remove_peer(config.key);
+/// Starts BFD for `node`'s speaker; its Events go to `writer`.
+pub fn start(node: &str, speaker: Speaker, writer: Arc<ClusterWriter>) -> SpeakerBfd {
+    let (events, mut queued) = mpsc::unbounded_channel();
+    let owner = node.to_owned();
+    tokio::spawn(async move {
+        while let Some(event) = queued.recv().await {
+            if let Err(error) = writer.event(&event).await {
+                warn!(node = %owner, %error, "cannot write the BFD Event");
             }
         }
-        if let Ok(mut names) = self.names.lock() {
-            *names = wanted
-                .iter()
-                .map(|(address, (name, _))| (*address, name.clone()))
-                .collect();
-        }
-        for (address, (name, config)) in wanted {
-            if self.peers.get(&address) == Some(&config) {
-                continue;
-            }
-            // A hop-mode change is a new session; drop the old one first.
-            if let Some(old) = self.peers.remove(&address)
-                && old.key != config.key
-            {
-                self.bfd.remove_peer(old.key);
-            }
-            match self.bfd.upsert_peer(config).await {
-                Ok(()) => {
-                    self.peers.insert(address, config);
-                }
-                // Retried at the next step (the address may not be up yet).
-                Err(error) => warn!(node, peer = %name, neighbor = %address, %error,
-                    "cannot start BFD with the neighbour; retrying"),
-            }
-        }
-    }
-
-    /// The `BgpPeer.status.nodes[].bfd` text of each session, by neighbour.
-    pub fn states(&self) -> BTreeMap<IpAddr, String> {
-        self.bfd
-            .status()
-            .into_iter()
-            .map(|status| {
-                (
-                    status.key.remote,
-                    bfd_state_text(status.state, status.local_diag),
-                )
-            })
-            .collect()
-    }
-
-    pub fn counters(&self) -> Arc<porter_bfd::Counters> {
-        self.bfd.counters()
-    }
-
-    /// Ends every session with AdminDown. Call it after the speaker has
-    /// closed its BGP sessions: a router that sees the BGP connection close
-    /// first treats it as a graceful restart and keeps the node's routes,
-    /// while one that sees BFD go down on an Established session resets it
-    /// and drops them (FRR does, even for AdminDown). The pause gives the
-    /// router time to read the close before the AdminDown arrives.
-    pub async fn shutdown(self) {
-        self.watcher.abort();
-        tokio::time::sleep(BGP_CLOSE_FIRST).await;
-        self.bfd.shutdown().await;
-    }
-}
-
-/// Whether a state change means the neighbour is unreachable: Up to Down,
-/// unless the neighbour said AdminDown.
-pub fn takes_bgp_down(event: &PeerEvent) -> bool {
-    event.change.from == State::Up
-        && event.change.to == State::Down
-        && event.remote_state != State::AdminDown
-}
-
-async fn watch(
-    mut events: mpsc::UnboundedReceiver<PeerEvent>,
-    node: String,
-    speaker: Speaker,
-    writer: Arc<ClusterWriter>,
-    names: Arc<Mutex<BTreeMap<IpAddr, String>>>,
-) {
-    while let Some(event) = events.recv().await {
-        let address = event.key.remote;
-        let name = names
-            .lock()
-            .ok()
-            .and_then(|names| names.get(&address).cloned())
-            .unwrap_or_else(|| address.to_string());
-        let why = if event.change.diag == Diag::NeighborSignaledSessionDown {
-            format!("the neighbour signaled down ({})", event.remote_diag)
-        } else {
-            event.change.diag.to_string()
-        };
-        let (type_, reason, message) = if takes_bgp_down(&event) {
-            let message =
-                format!("BFD with {address} went down on node {node}: {why}; BGP session reset");
-            warn!(node, peer = %name, neighbor = %address, %why, "BFD down: taking the BGP session down");
-            speaker
-                .peer_unreachable(address, format!("BFD down: {why}"))
-                .await;
-            (EventType::Warning, REASON_BFD_DOWN, message)
-        } else if event.change.to == State::Up {
-            info!(node, peer = %name, neighbor = %address, "BFD up");
-            // A BGP session reset by BFD reconnects now, not after its backoff.
-            speaker.peer_reachable(address).await;
-            (
-                EventType::Normal,
-                REASON_BFD_UP,
-                format!("BFD with {address} is up on node {node}"),
-            )
-        } else {
-            info!(node, peer = %name, neighbor = %address, from = %event.change.from,
-                to = %event.change.to, %why, "BFD state changed");
-            continue;
-        };
-        let event = Event {
-            regarding: Regarding::BgpPeer(name.clone()),
-            type_,
-            reason,
-            message,
-        };
-        if let Err(error) = writer.event(&event).await {
-            warn!(node, peer = %name, %error, "cannot write the BFD Event");
-        }
-    }
+    });
+    SpeakerBfd::start(format!("node {node}"), speaker, events)
 }

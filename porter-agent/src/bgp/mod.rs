@@ -18,6 +18,7 @@ use std::{collections::BTreeMap, net::IpAddr, sync::Arc};
 
 use porter_api::{
     BgpPeerNodeStatus,
+    bgp_bfd::SpeakerBfd,
     bgp_config::{Note, SpeakerConfig, fresh_notes, status_changes},
     peer_auth::SecretScope,
     source::Snapshot,
@@ -26,7 +27,6 @@ use porter_bgp::{PathTable, Speaker};
 use tracing::{error, info, warn};
 
 use self::{
-    bfd::NodeBfd,
     metrics::BgpMetrics,
     wanted::{SelectedPeer, node_bgp, node_paths, status_entry, unnegotiated_families},
 };
@@ -39,7 +39,7 @@ pub struct NodeSpeaker {
     metrics: BgpMetrics,
     running: Option<(SpeakerConfig, Speaker)>,
     /// BFD beside the running speaker.
-    bfd: Option<NodeBfd>,
+    bfd: Option<SpeakerBfd>,
     peers: BTreeMap<IpAddr, SelectedPeer>,
     paths: Option<PathTable>,
     notes: Vec<Note>,
@@ -114,7 +114,7 @@ impl NodeSpeaker {
         self.metrics.bfd(
             &self.node,
             &bfd_states,
-            self.bfd.as_ref().map(NodeBfd::counters),
+            self.bfd.as_ref().map(SpeakerBfd::counters),
         );
         self.report(snapshot, &sessions, &bfd_states).await;
     }
@@ -133,10 +133,10 @@ impl NodeSpeaker {
         if wanted.is_empty() && self.bfd.is_none() {
             return BTreeMap::new();
         }
-        let bfd = self.bfd.get_or_insert_with(|| {
-            NodeBfd::start(self.node.clone(), speaker.clone(), self.writer.clone())
-        });
-        bfd.set_peers(&self.node, wanted).await;
+        let bfd = self
+            .bfd
+            .get_or_insert_with(|| bfd::start(&self.node, speaker.clone(), self.writer.clone()));
+        bfd.set_peers(wanted).await;
         bfd.states()
     }
 
@@ -145,7 +145,7 @@ impl NodeSpeaker {
     /// the routers drop this node's routes now.
     async fn restart(&mut self, config: Option<SpeakerConfig>) {
         // BFD acts on the speaker it was started with; it stops after the
-        // speaker (see NodeBfd::shutdown).
+        // speaker (see SpeakerBfd::shutdown).
         let bfd = self.bfd.take();
         if let Some((_, old)) = self.running.take() {
             if config.is_none() {

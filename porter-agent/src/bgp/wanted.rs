@@ -11,8 +11,8 @@ use porter_api::{
     BgpConf, BgpPeerNodeStatus, ObjectKey, SpeakerMode,
     annotations::BGP_CONF_NAME,
     bgp_config::{
-        Note, SpeakerConfig, bfd_peer, bfd_timers, families_not_carried, peer_from_crd,
-        selects_node, set_password, speaker_from_conf,
+        Note, SpeakerConfig, bfd_session, families_not_carried, peer_from_crd, selects_node,
+        set_password, speaker_from_conf,
     },
     bgp_policy::{ClusterPolicy, PeerScope, PoolPolicy, ServicePolicy, merge, only_peers},
     peer_auth::SecretScope,
@@ -132,16 +132,7 @@ pub fn node_bgp(snapshot: &Snapshot, node: &str, secrets: &SecretScope) -> NodeB
                 let Some(scope) = PeerScope::of(peer) else {
                     continue;
                 };
-                let bfd = match bfd_timers(peer.spec.bfd.as_ref()) {
-                    Ok(timers) => timers.map(|timers| bfd_peer(&config, timers)),
-                    Err(why) => {
-                        out.notes.push(Note::warning(format!(
-                            "BgpPeer `{name}`: {why}; BFD does not run with {} until it is fixed",
-                            config.address
-                        )));
-                        None
-                    }
-                };
+                let bfd = bfd_session(&name, peer.spec.bfd.as_ref(), &config, &mut out.notes);
                 out.peers.insert(
                     config.address,
                     SelectedPeer {

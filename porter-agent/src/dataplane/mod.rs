@@ -46,6 +46,8 @@ pub(crate) use layer2_answers::monotonic_ns;
 #[derive(Clone, Debug)]
 struct Installed {
     id: u32,
+    /// Its backends' [`BackendValue::epoch`]: names this installation.
+    epoch: u32,
     /// Which of the service's two tables is live.
     active: u32,
     backends: BTreeMap<Backend, u32>,
@@ -64,6 +66,10 @@ pub struct Dataplane {
     maglev: MmapArray,
     service_stats: PerCpuArray<MapData, ServiceCounters>,
     l2_leads: HashMap<MapData, L2Key, L2Value>,
+    /// The settings the programs read; it also keeps the last epoch.
+    settings: Array<MapData, u32>,
+    /// The last epoch handed out (see [`BackendValue::epoch`]).
+    last_epoch: u32,
     /// Interfaces XDP was attached to, by name: where Layer 2 answers go out.
     l2_interfaces: BTreeMap<String, L2Interface>,
     installed: BTreeMap<ServiceAddr, Installed>,
@@ -121,7 +127,12 @@ impl Dataplane {
         settings
             .set(porter_common::config::FORWARD, mode, 0)
             .map_err(map_err(map_names::CONFIG))?;
+        let last_epoch = settings
+            .get(&porter_common::config::LAST_EPOCH, 0)
+            .map_err(map_err(map_names::CONFIG))?;
         let mut dataplane = Self {
+            settings,
+            last_epoch,
             services: take(&mut ebpf, map_names::SERVICES)?,
             vips: take(&mut ebpf, map_names::VIPS)?,
             vip_filter: take(&mut ebpf, map_names::VIP_FILTER)?,
@@ -206,7 +217,7 @@ impl Dataplane {
     /// The services of `specs` that differ from what is installed, as they
     /// are to be installed, with ids for what is new.
     fn changed_services(
-        &self,
+        &mut self,
         specs: &[LocalService],
     ) -> Result<BTreeMap<ServiceAddr, Installed>, DataplaneError> {
         let mut used_ids: BTreeSet<u32> = self.installed.values().map(|i| i.id).collect();
@@ -241,6 +252,7 @@ impl Dataplane {
                     next_service = id + 1;
                     Installed {
                         id,
+                        epoch: self.next_epoch(),
                         // The first table written is buffer 0: "flip" from 1.
                         active: 1,
                         backends: BTreeMap::new(),
@@ -279,6 +291,11 @@ impl Dataplane {
     /// Writes `changed` (from [`Self::changed_services`]): new backends,
     /// each service's spare table and its flip, then frees what is left.
     fn install(&mut self, changed: BTreeMap<ServiceAddr, Installed>) -> Result<(), DataplaneError> {
+        // Kept before any backend carries a new epoch, so that no later
+        // agent hands it out again.
+        self.settings
+            .set(porter_common::config::LAST_EPOCH, self.last_epoch, 0)
+            .map_err(map_err(map_names::CONFIG))?;
         let mut keys = plan::Keys::default();
         for (addr, after) in &changed {
             match self.installed.get(addr) {
@@ -408,33 +425,50 @@ impl Dataplane {
         Ok(())
     }
 
+    /// A new installation's epoch, never handed out before on this node.
+    fn next_epoch(&mut self) -> u32 {
+        self.last_epoch = self.last_epoch.wrapping_add(1);
+        self.last_epoch
+    }
+
     /// Rebuilds `installed` from the pinned maps (after an agent restart).
     fn read_back(&mut self) -> Result<(), DataplaneError> {
-        let mut by_service: BTreeMap<u32, BTreeMap<Backend, u32>> = BTreeMap::new();
+        // Backends and their ids, and their epoch, by service id.
+        let mut by_service: BTreeMap<u32, (u32, BTreeMap<Backend, u32>)> = BTreeMap::new();
         for (id, entry) in self.backends.iter().enumerate() {
             let value = entry.map_err(map_err(map_names::BACKENDS))?;
             // Free slots (family 0) decode to None.
             if let Some(backend) = Backend::from_value(&value) {
                 let id = id as u32;
                 self.written.backends.insert(id, value);
-                by_service
-                    .entry(value.service_id)
-                    .or_default()
-                    .insert(backend, id);
+                // Epochs are handed out in order: none above the last kept.
+                self.last_epoch = self.last_epoch.max(value.epoch);
+                let (epoch, backends) = by_service.entry(value.service_id).or_default();
+                *epoch = value.epoch;
+                backends.insert(backend, id);
             }
         }
-        for entry in self.services.iter() {
-            let (key, value) = entry.map_err(map_err(map_names::SERVICES))?;
+        let pinned: Vec<(ServiceKey, ServiceValue)> = self
+            .services
+            .iter()
+            .collect::<Result<_, _>>()
+            .map_err(map_err(map_names::SERVICES))?;
+        for (key, value) in pinned {
             let Some(addr) = ServiceAddr::from_key(&key) else {
                 continue;
             };
             let active = u32::from(value.table_base != self.config.table_base(value.id, 0));
-            let backends = by_service.remove(&value.id).unwrap_or_default();
+            let (epoch, backends) = match by_service.remove(&value.id) {
+                Some(found) => found,
+                // No backend names its epoch: a fresh one serves as well.
+                None => (self.next_epoch(), BTreeMap::new()),
+            };
             debug!(service = %addr, backends = backends.len(), "found pinned service");
             self.installed.insert(
                 addr,
                 Installed {
                     id: value.id,
+                    epoch,
                     active,
                     backends,
                 },
@@ -467,12 +501,14 @@ const FREE_BACKEND: BackendValue = BackendValue {
     flags: 0,
     service_id: 0,
     node: [0; 4],
+    epoch: 0,
 };
 
 fn planned<'a>(addr: &ServiceAddr, installed: &'a Installed) -> PlannedService<'a> {
     PlannedService {
         addr: *addr,
         id: installed.id,
+        epoch: installed.epoch,
         backends: &installed.backends,
     }
 }

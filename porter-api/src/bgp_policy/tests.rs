@@ -376,6 +376,31 @@ fn cluster_policy_defaults_to_link_bandwidth_on() {
     assert!(ClusterPolicy::from_conf(Some(&yaml)).link_bandwidth);
 }
 
+/// Each reason a peer is not sent a node's path, as explain shows it.
+#[test]
+fn peer_takes_names_the_selector_that_keeps_a_path_from_a_peer() {
+    let peer = PeerScope {
+        address: "10.0.0.1".parse().expect("test IP"),
+        labels: labels(&[("fabric", "blue")]),
+        node_selector: Selector::from_labels(&labels(&[("rack", "1")])),
+    };
+    let pool = |fabric: &str| PoolPolicy {
+        peer_selector: Selector::from_labels(&labels(&[("fabric", fabric)])),
+        ..Default::default()
+    };
+    let rack1 = labels(&[("rack", "1")]);
+    let rack2 = labels(&[("rack", "2")]);
+    assert_eq!(peer_takes(&pool("blue"), &peer, &rack1), Ok(()));
+    assert_eq!(
+        peer_takes(&pool("red"), &peer, &rack1),
+        Err(PeerSkip::PoolPeerSelector)
+    );
+    assert_eq!(
+        peer_takes(&pool("blue"), &peer, &rack2),
+        Err(PeerSkip::PeerNodeSelector)
+    );
+}
+
 #[test]
 fn only_peers_from_pool_peer_selector_and_peer_node_selectors() {
     let peer = |addr: &str, l: &[(&str, &str)], nodes: &[(&str, &str)]| PeerScope {

@@ -181,7 +181,12 @@ async fn the_ipv6_wildcard_takes_both_families() {
         return;
     };
     let port = listener.local_addr().expect("addr").port();
-    tokio::spawn(serve_with_health(listener, String::new, Health::starting()));
+    tokio::spawn(serve(
+        listener,
+        String::new,
+        Health::starting(),
+        Limits::default(),
+    ));
     for ip in ["127.0.0.1", "::1"] {
         let addr = SocketAddr::new(ip.parse().expect("ip"), port);
         if ip == "::1" && TcpStream::connect(addr).await.is_err() {

@@ -463,6 +463,22 @@ impl DirWriter {
     /// Sets the node's condition of `condition`'s type in its status file,
     /// which loading merges over the Node's manifest.
     pub fn node_condition(&self, node: &str, condition: &NodeCondition) -> Result<(), WriteError> {
+        // The agent (PorterDataplaneReady) and the leader controller
+        // (PorterNodeReachable) write one Node's status file from separate
+        // processes: one read-modify-write at a time, so neither drops the
+        // other's condition.
+        let lock_path = self.root.join(STATUS_DIR).join(".node-status.lock");
+        let io = |source| WriteError::Io {
+            what: lock_path.display().to_string(),
+            source,
+        };
+        std::fs::create_dir_all(self.root.join(STATUS_DIR)).map_err(io)?;
+        let lock = std::fs::File::options()
+            .create(true)
+            .append(true)
+            .open(&lock_path)
+            .map_err(io)?;
+        lock.lock().map_err(io)?;
         let mut status: NodeStatus = read_status(&self.root, "Node", "", node)
             .and_then(|f| f.status)
             .and_then(|v| serde_yaml::from_value(v).ok())
@@ -477,6 +493,14 @@ impl DirWriter {
 }
 
 impl StatusWriter for DirWriter {
+    async fn node_condition(
+        &self,
+        node: &str,
+        condition: &NodeCondition,
+    ) -> Result<(), WriteError> {
+        DirWriter::node_condition(self, node, condition)
+    }
+
     async fn service_ingress(
         &self,
         service: &ObjectKey,

@@ -412,6 +412,14 @@ pub fn peer_status_patch(status: Option<&BgpPeerNodeStatus>) -> serde_json::Valu
 }
 
 impl StatusWriter for KubeWriter {
+    async fn node_condition(
+        &self,
+        node: &str,
+        condition: &NodeCondition,
+    ) -> Result<(), WriteError> {
+        KubeWriter::node_condition(self, node, condition).await
+    }
+
     async fn service_ingress(
         &self,
         service: &ObjectKey,

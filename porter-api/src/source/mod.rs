@@ -14,7 +14,7 @@ use std::path::PathBuf;
 use std::str::FromStr;
 use std::sync::Arc;
 
-use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Node, Secret, Service};
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Node, NodeCondition, Secret, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 
 use crate::{BgpConf, BgpPeer, BgpPeerNodeStatus, Eip, EipStatus, ObjectKey};
@@ -134,6 +134,13 @@ pub trait StatusWriter: Send + Sync {
         status: &EipStatus,
     ) -> impl Future<Output = Result<(), WriteError>> + Send;
     fn event(&self, event: &Event) -> impl Future<Output = Result<(), WriteError>> + Send;
+    /// Sets one condition of `node`'s status (the one of its type), leaving
+    /// the others alone.
+    fn node_condition(
+        &self,
+        node: &str,
+        condition: &NodeCondition,
+    ) -> impl Future<Output = Result<(), WriteError>> + Send;
     /// Sets (`Some`) or removes (`None`) one speaker's entry in
     /// `BgpPeer.status.nodes`, keyed by `key` (a node name, or
     /// [`crate::crd::CONTROLLER_STATUS_KEY`]); the other speakers' entries

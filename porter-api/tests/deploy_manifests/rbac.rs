@@ -147,6 +147,9 @@ async fn controller_calls() -> Vec<Call> {
         .bgp_peer_status("tor", porter_api::crd::CONTROLLER_STATUS_KEY, None)
         .await;
     let _ = writer.event(&event()).await;
+    // The liveness check's state on a Node (central mode, docs/bfd.md).
+    let down = porter_api::node_reachability::Reachability::Down.condition();
+    let _ = writer.node_condition("node-1", &down).await;
     let mut calls = calls_once_watching(&log).await;
     calls.extend(uninstall_calls().await);
     // Leader election (porter-controller's leader_lease, through

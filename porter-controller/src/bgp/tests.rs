@@ -411,7 +411,7 @@ fn controller_status_entries_name_the_bgppeers_it_has_sessions_with() {
         ..established(ip("192.168.1.1"))
     };
     let sessions = [session];
-    let entries = status_entries(&snap, &sessions);
+    let entries = status_entries(&snap, &sessions, &BTreeMap::new());
     assert_eq!(
         entries.into_iter().collect::<Vec<_>>(),
         [(
@@ -563,4 +563,96 @@ fn eips_of_a_family_a_session_does_not_carry_are_warned_about_once() {
     // IPv6 paths scoped to other peers are not meant for it.
     let scoped: Paths = [path("2001:db8::1/128", "fd00::11", Some("fd00::1"))].into();
     assert_eq!(driver.family_notes(&snap, &scoped, 4), []);
+}
+
+#[test]
+fn long_lived_keeps_the_routes_for_the_lease_then_as_long_lived_stale() {
+    let speaker = SpeakerConfig {
+        local_as: 65000,
+        router_id: Ipv4Addr::new(10, 0, 0, 1),
+        listen: None,
+        graceful_restart: Some(graceful_restart(300)),
+    };
+    let gr = long_lived(speaker.clone(), 15)
+        .graceful_restart
+        .expect("still graceful");
+    assert_eq!(
+        (gr.restart_time, gr.long_lived_stale_time, gr.restarting),
+        (15, Some(285), true),
+        "kept as long as configured in all"
+    );
+    // A restart time below the lease is all restart time; applied twice (a
+    // restart of the same settings) it changes nothing more; without
+    // graceful restart there is nothing to keep.
+    let short = long_lived(speaker.clone(), 600)
+        .graceful_restart
+        .expect("graceful");
+    assert_eq!(
+        (short.restart_time, short.long_lived_stale_time),
+        (300, Some(0))
+    );
+    assert_eq!(
+        long_lived(long_lived(speaker.clone(), 15), 15),
+        long_lived(speaker.clone(), 15)
+    );
+    let off = SpeakerConfig {
+        graceful_restart: None,
+        ..speaker
+    };
+    assert_eq!(long_lived(off.clone(), 15), off);
+}
+
+#[test]
+fn spec_bfd_runs_bfd_beside_the_controllers_own_session() {
+    let confs = [conf("default", Some("10.0.0.1"))];
+    let peers = [
+        peer("fast", "192.168.1.1", |s| {
+            s.bfd = Some(porter_api::crd::BfdSpec {
+                transmit_interval: Some(100),
+                ..Default::default()
+            })
+        }),
+        peer("plain", "192.168.1.2", |_| {}),
+        peer("wrong", "192.168.1.3", |s| {
+            s.bfd = Some(porter_api::crd::BfdSpec {
+                detect_multiplier: Some(1),
+                ..Default::default()
+            })
+        }),
+    ];
+    let d = from_crds(&confs, &peers, &[], &SecretScope::default());
+    let (name, fast) = &d.bfd[&ip("192.168.1.1")];
+    assert_eq!(name, "fast");
+    assert_eq!(
+        (fast.key.remote, fast.key.multihop),
+        (ip("192.168.1.1"), false)
+    );
+    assert_eq!(
+        fast.timers.desired_min_tx,
+        std::time::Duration::from_millis(100)
+    );
+    assert_eq!(d.bfd.len(), 1, "no bfd block, or a bad one: no BFD");
+    assert!(
+        d.peers.contains_key(&ip("192.168.1.3")),
+        "a bad bfd block leaves the BGP session running"
+    );
+    assert!(d.notes.iter().any(|n| {
+        n.warning
+            && n.message
+                .contains("BgpPeer `wrong`: bfd.detectMultiplier 1 is out of range")
+    }));
+
+    // The BFD state shows in the controller's status entry of that peer.
+    let snap = Snapshot {
+        bgp_peers: peers.iter().cloned().map(Arc::new).collect(),
+        ..Default::default()
+    };
+    let sessions = [
+        established(ip("192.168.1.1")),
+        established(ip("192.168.1.2")),
+    ];
+    let states = BTreeMap::from([(ip("192.168.1.1"), "Up".to_owned())]);
+    let entries = status_entries(&snap, &sessions, &states);
+    assert_eq!(entries["fast"].bfd.as_deref(), Some("Up"));
+    assert_eq!(entries["plain"].bfd, None);
 }

@@ -88,6 +88,27 @@ pub enum AllocError {
     FamilyNotWanted(IpFamily),
 }
 
+/// Why an address a Service holds comes from its pool, in the terms of the
+/// rules that hand addresses out (see [`Ipam::allocate`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PoolChoice {
+    /// The Service requested the address (annotation or
+    /// `spec.loadBalancerIP`).
+    Requested,
+    /// Shared under the Service's `allow-shared-ip` key with these Services.
+    Shared { key: String, with: Vec<ObjectKey> },
+    /// The Service names the pool by annotation.
+    Named,
+    /// The pool is reserved for the Service's namespace (`namespaces` or
+    /// `namespaceSelector`), which comes first, by priority.
+    Reserved { priority: i32 },
+    /// The default pool (`eip.porter.kubesphere.io/is-default-eip`), which
+    /// comes after the pools reserved for the namespace.
+    Default,
+    /// A pool open to every namespace, last, by priority.
+    Open { priority: i32 },
+}
+
 #[derive(Debug, Default, Clone)]
 pub struct Ipam {
     pools: BTreeMap<String, Pool>,
@@ -166,6 +187,40 @@ impl Ipam {
 
     pub fn allocations(&self) -> &BTreeMap<ObjectKey, Vec<IpAddr>> {
         &self.services
+    }
+
+    /// Why `req`'s address `ip` is from its pool, and which pool: the
+    /// request's own words first (the address, a sharing key, the pool's
+    /// name), else the pool order of an automatic allocation.
+    pub fn pool_choice(&self, req: &ServiceRequest, ip: IpAddr) -> Option<(&Pool, PoolChoice)> {
+        let holding = self.holdings.get(&ip)?;
+        let pool = self.pools.get(&holding.pool)?;
+        let shared_with: Vec<ObjectKey> = holding
+            .users
+            .iter()
+            .map(|(k, _)| k.clone())
+            .filter(|k| *k != req.key)
+            .collect();
+        let choice = match (&req.sharing_key, &holding.sharing) {
+            _ if req.requested.contains(&ip) => PoolChoice::Requested,
+            (Some(key), Some(sharing)) if sharing.key == *key && !shared_with.is_empty() => {
+                PoolChoice::Shared {
+                    key: key.clone(),
+                    with: shared_with,
+                }
+            }
+            _ if req.pool.is_some() => PoolChoice::Named,
+            _ => match tier(pool) {
+                0 => PoolChoice::Reserved {
+                    priority: pool.priority,
+                },
+                1 => PoolChoice::Default,
+                _ => PoolChoice::Open {
+                    priority: pool.priority,
+                },
+            },
+        };
+        Some((pool, choice))
     }
 
     /// Addresses of `pool` in use.

@@ -1106,3 +1106,74 @@ fn a_node_that_joins_inside_a_layer2_pool_in_use_stops_new_allocations_only() {
         Some(PoolState::Refused(_))
     ));
 }
+
+/// Every reason explain gives for a Service's pool, each from the rule that
+/// made the choice.
+#[test]
+fn pool_choice_says_which_rule_chose_the_pool() {
+    let default = |e: &mut Eip| {
+        e.metadata.annotations = Some(
+            [(
+                "eip.porter.kubesphere.io/is-default-eip".to_string(),
+                "true".to_string(),
+            )]
+            .into(),
+        )
+    };
+    let pools = vec![
+        eip("open", "10.0.1.0-10.0.1.255", |e| e.spec.priority = 3),
+        eip("default", "10.0.3.0-10.0.3.255", default),
+        eip("team-b", "10.0.4.0-10.0.4.255", |e| {
+            e.spec.namespaces = vec!["b".into()];
+            e.spec.priority = 2
+        }),
+    ];
+    let mut i = ipam(pools);
+    let labels = no_labels();
+    let shared = |name: &str, port: i32| ServiceRequest {
+        sharing_key: Some("k".into()),
+        ports: [("TCP".to_string(), port)].into(),
+        ..req(name)
+    };
+    let cases: Vec<(ServiceRequest, PoolChoice)> = vec![
+        (req("b/s"), PoolChoice::Reserved { priority: 2 }),
+        (req("x/s"), PoolChoice::Default),
+        (
+            ServiceRequest {
+                pool: Some("open".into()),
+                ..req("x/named")
+            },
+            PoolChoice::Named,
+        ),
+        (
+            ServiceRequest {
+                requested: ips(&["10.0.1.9"]),
+                ..req("x/asked")
+            },
+            PoolChoice::Requested,
+        ),
+        (shared("x/first", 80), PoolChoice::Default),
+        (
+            shared("x/second", 81),
+            PoolChoice::Shared {
+                key: "k".into(),
+                with: vec![ObjectKey::new("x", "first")],
+            },
+        ),
+    ];
+    for (r, want) in cases {
+        let got = i.allocate(&r, &labels).expect("allocated");
+        let (pool, choice) = i.pool_choice(&r, got[0]).expect("held");
+        assert_eq!(choice, want, "{}", r.key);
+        assert_eq!(i.pool_of(got[0]), Some(pool.name.as_str()));
+    }
+    // Without a default pool, an open one, by priority.
+    let mut i = ipam(vec![eip("open", "10.0.1.0-10.0.1.255", |e| {
+        e.spec.priority = 3
+    })]);
+    let got = i.allocate(&req("x/s"), &labels).expect("allocated");
+    assert_eq!(
+        i.pool_choice(&req("x/s"), got[0]).map(|(_, c)| c),
+        Some(PoolChoice::Open { priority: 3 })
+    );
+}

@@ -442,11 +442,55 @@ fn an_endpoint_change_alone_moves_the_route_and_nothing_else() {
     assert!(
         plan.events[0]
             .message
-            .ends_with("next hop(s) 192.168.1.2 (1 endpoint(s))"),
-        "the Event names each next hop's weight: {}",
+            .ends_with("next hop(s) 192.168.1.2 (1 endpoint(s)); not through n1 (NoReadyEndpoint)"),
+        "the Event names each next hop's weight, and the node that went and why: {}",
         plan.events[0].message
     );
     assert!(plan.ingress.is_empty() && plan.finalizers.is_empty() && plan.eip_status.is_empty());
+}
+
+/// The Announced Event names the nodes with endpoints that are left out,
+/// and those whose path went with their last endpoint, by the reason word
+/// explain gives, and only when the paths change.
+#[test]
+fn announced_events_say_in_a_word_why_a_node_with_endpoints_is_left_out() {
+    let mut r = leader();
+    let snap = seed();
+    let snap = settle(&snap, &r.plan(&snap, &now()));
+    let mut n2_down = snap.clone();
+    n2_down.nodes = vec![
+        Arc::new(node("n1", "192.168.1.1")),
+        Arc::new(crate::testing::node("n2", "False", &["192.168.1.2"])),
+    ];
+    let plan = r.plan(&n2_down, &now());
+    assert_eq!(
+        only_event(&plan, REASON_ANNOUNCED).message,
+        "192.168.0.100 announced with next hop(s) 192.168.1.1 (1 endpoint(s)); not through n2 (NotReady)"
+    );
+    assert!(
+        !reasons(&r.plan(&n2_down, &now())).contains(&REASON_ANNOUNCED),
+        "no change, no Event"
+    );
+    r.set_withdrawn(["n1".to_string()].into());
+    assert_eq!(
+        only_event(&r.plan(&n2_down, &now()), REASON_ANNOUNCED).message,
+        "192.168.0.100 withdrawn; not through n1 (LivenessWithdrawn), n2 (NotReady)"
+    );
+    let mut r = leader();
+    let snap = settle(&snap, &r.plan(&snap, &now()));
+    let mut idle = snap.clone();
+    idle.endpoint_slices = vec![Arc::new(slice("web", &[]))];
+    assert_eq!(
+        only_event(&r.plan(&idle, &now()), REASON_ANNOUNCED).message,
+        "192.168.0.100 withdrawn; not through n1 (NoReadyEndpoint), n2 (NoReadyEndpoint)"
+    );
+    // Gone from the Event once said: they have no endpoint to leave out.
+    let mut back = idle.clone();
+    back.endpoint_slices = vec![Arc::new(slice("web", &["n2"]))];
+    assert_eq!(
+        only_event(&r.plan(&back, &now()), REASON_ANNOUNCED).message,
+        "192.168.0.100 announced with next hop(s) 192.168.1.2 (1 endpoint(s))"
+    );
 }
 
 fn layer2_seed() -> Snapshot {

@@ -954,3 +954,51 @@ async fn against_the_api_server_a_layer2_pool_over_a_node_address_is_refused() {
     assert_eq!(event["regarding"]["kind"], "Eip");
     assert_eq!(event["note"], ready["message"]);
 }
+
+/// A node still showing the liveness check's `Down` from an earlier leader
+/// while nothing checks it any more: the leader corrects it until the Node
+/// shows it, a follower never writes it.
+#[tokio::test]
+async fn the_leader_publishes_a_nodes_liveness_state_where_it_changed() {
+    use porter_api::node_reachability::Reachability;
+    let mut c = Controller::new(Recorder::default(), Arc::new(Metrics::default()));
+    let writer = RecordingWriter::default();
+    let mut stale = crate::testing::node("n1", "True", &["192.168.1.1"]);
+    if let Some(status) = stale.status.as_mut() {
+        porter_api::node_dataplane::merge(
+            status.conditions.get_or_insert_with(Vec::new),
+            Reachability::Down.condition(),
+        );
+    }
+    let never = crate::testing::node("n2", "True", &["192.168.1.2"]);
+    let snap = Arc::new(Snapshot {
+        nodes: vec![Arc::new(stale), Arc::new(never)],
+        ..snapshot()
+    });
+    let conditions = |w: &RecordingWriter| -> Vec<String> {
+        w.calls()
+            .into_iter()
+            .filter(|c| c.starts_with("node "))
+            .collect()
+    };
+    c.step(snap.clone(), false, &writer).await;
+    assert!(conditions(&writer).is_empty(), "a follower writes nothing");
+    c.step(snap.clone(), true, &writer).await;
+    assert_eq!(
+        conditions(&writer),
+        ["node n1 PorterNodeReachable Unknown NotChecked"],
+        "nothing on n2, which never had the condition"
+    );
+    // Once the Node shows it, nothing more.
+    let mut fixed = (*snap).clone();
+    let mut n1 = (*fixed.nodes[0]).clone();
+    if let Some(status) = n1.status.as_mut() {
+        porter_api::node_dataplane::merge(
+            status.conditions.get_or_insert_with(Vec::new),
+            Reachability::NotChecked.condition(),
+        );
+    }
+    fixed.nodes[0] = Arc::new(n1);
+    c.step(Arc::new(fixed), true, &writer).await;
+    assert_eq!(conditions(&writer).len(), 1, "{:?}", conditions(&writer));
+}
