@@ -18,69 +18,11 @@ use porter_api::bgp_policy::{
     self, ClusterPolicy, PathAttributes, PeerScope, PeerSkip, PoolPolicy, ServicePolicy,
 };
 use porter_api::service::serving_endpoints_by_node;
+use porter_bgp::{NextHops, PathTable};
 
 use crate::compact::push_exact;
 use crate::identity::{Seen, is, remember, same_objects};
 use crate::ip_family::IpFamily;
-
-/// EIP (as a host prefix) → its paths. An EIP with no path is absent, which
-/// is what withdraws it.
-pub type Paths = BTreeMap<IpNet, NextHops>;
-
-/// One EIP's paths: next hop → attributes, sorted by next hop. A boxed
-/// slice rather than a map, and equal attributes one shared allocation (see
-/// [`RouteTable`]): 10,000 EIPs with a few paths each stay small.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct NextHops(Box<[(IpAddr, Arc<PathAttributes>)]>);
-
-impl NextHops {
-    pub fn iter(&self) -> impl Iterator<Item = (&IpAddr, &Arc<PathAttributes>)> {
-        self.0.iter().map(|(hop, attributes)| (hop, attributes))
-    }
-
-    pub fn keys(&self) -> impl Iterator<Item = &IpAddr> {
-        self.0.iter().map(|(hop, _)| hop)
-    }
-
-    pub fn values(&self) -> impl Iterator<Item = &Arc<PathAttributes>> {
-        self.0.iter().map(|(_, attributes)| attributes)
-    }
-
-    pub fn get(&self, hop: &IpAddr) -> Option<&Arc<PathAttributes>> {
-        self.0
-            .binary_search_by(|(h, _)| h.cmp(hop))
-            .ok()
-            .map(|at| &self.0[at].1)
-    }
-
-    pub fn len(&self) -> usize {
-        self.0.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
-    }
-}
-
-impl FromIterator<(IpAddr, Arc<PathAttributes>)> for NextHops {
-    /// The last attributes given for a next hop win.
-    fn from_iter<I: IntoIterator<Item = (IpAddr, Arc<PathAttributes>)>>(iter: I) -> Self {
-        let map: BTreeMap<IpAddr, Arc<PathAttributes>> = iter.into_iter().collect();
-        Self(map.into_iter().collect())
-    }
-}
-
-impl std::ops::Index<&IpAddr> for NextHops {
-    type Output = Arc<PathAttributes>;
-
-    /// Panics when `hop` is not a next hop, as a map's index does.
-    fn index(&self, hop: &IpAddr) -> &Self::Output {
-        match self.get(hop) {
-            Some(attributes) => attributes,
-            None => panic!("{hop} is not a next hop"),
-        }
-    }
-}
 
 /// What the paths' attributes depend on besides endpoints and nodes, read
 /// from the cluster when those objects change (see `Reconciler`).
@@ -345,7 +287,7 @@ pub struct RouteTable {
     services: HashMap<ObjectKey, Served>,
     /// Services using each EIP; usually one, more when shared.
     users: HashMap<IpAddr, Vec<ObjectKey>>,
-    paths: Arc<Paths>,
+    paths: Arc<PathTable>,
     interner: Interner,
     /// What the Services sharing each EIP disagree on, as last reported.
     conflicts: HashMap<IpAddr, Vec<String>>,
@@ -409,7 +351,7 @@ fn diff<'a>(
 }
 
 impl RouteTable {
-    pub fn paths(&self) -> &Arc<Paths> {
+    pub fn paths(&self) -> &Arc<PathTable> {
         &self.paths
     }
 
@@ -1109,7 +1051,7 @@ mod tests {
             (allocations(&[]), vec![], vec![n1.clone()], plain.clone()),
         ];
         let mut live = RouteTable::default();
-        let mut last: Paths = Paths::new();
+        let mut last: PathTable = PathTable::new();
         let (mut generation, mut pg) = (0, 0);
         for (n, (allocs, slices, nodes, policy)) in steps.iter().enumerate() {
             // A new generation whenever the allocations or the policy differ

@@ -49,7 +49,7 @@ fn peer(name: &str, address: &str, f: impl FnOnce(&mut BgpPeerSpec)) -> BgpPeer 
 }
 
 /// One path for `prefix` via `hop`, for every peer or only for `only`.
-fn path(prefix: &str, hop: &str, only: Option<&str>) -> (IpNet, crate::announce::NextHops) {
+fn path(prefix: &str, hop: &str, only: Option<&str>) -> (IpNet, porter_bgp::NextHops) {
     let attributes = porter_api::bgp_policy::PathAttributes {
         only_peers: only.map(|p| [ip(p)].into()),
         ..Default::default()
@@ -327,7 +327,7 @@ fn driver_changes_only_what_changed() {
     assert_eq!(rec.calls, [Call::Remove(ip("192.168.1.2"))]);
     rec.calls.clear();
 
-    let paths: Paths = [path("10.9.0.1/32", "192.168.0.10", None)].into();
+    let paths: PathTable = [path("10.9.0.1/32", "192.168.0.10", None)].into();
     assert!(driver.paths(&paths, 1, &mut rec));
     assert!(
         !driver.paths(&paths, 1, &mut rec),
@@ -384,7 +384,7 @@ fn node_mode_stops_the_controller_speaker_and_controller_mode_restarts_it() {
     driver.configure(desired, &mut rec);
     assert_eq!(rec.calls, [Call::Stop]);
     rec.calls.clear();
-    let paths: Paths = [path("10.9.0.1/32", "192.168.0.10", None)].into();
+    let paths: PathTable = [path("10.9.0.1/32", "192.168.0.10", None)].into();
     assert!(
         !driver.paths(&paths, 7, &mut rec),
         "no announcements in node mode"
@@ -527,9 +527,9 @@ fn eips_of_a_family_a_session_does_not_carry_are_warned_about_once() {
         bgp_peers: peers.iter().cloned().map(Arc::new).collect(),
         ..Default::default()
     };
-    let v4_only: Paths = [path("192.0.2.1/32", "10.0.0.11", None)].into();
+    let v4_only: PathTable = [path("192.0.2.1/32", "10.0.0.11", None)].into();
     assert_eq!(driver.family_notes(&snap, &v4_only, 1), []);
-    let dual: Paths = [
+    let dual: PathTable = [
         path("192.0.2.1/32", "10.0.0.11", None),
         path("2001:db8::1/128", "fd00::11", None),
     ]
@@ -554,14 +554,14 @@ fn eips_of_a_family_a_session_does_not_carry_are_warned_about_once() {
         })
     );
     // Said once while it holds, even when the paths change again.
-    let more: Paths = [
+    let more: PathTable = [
         path("2001:db8::1/128", "fd00::11", None),
         path("2001:db8::2/128", "fd00::12", None),
     ]
     .into();
     assert_eq!(driver.family_notes(&snap, &more, 3), []);
     // IPv6 paths scoped to other peers are not meant for it.
-    let scoped: Paths = [path("2001:db8::1/128", "fd00::11", Some("fd00::1"))].into();
+    let scoped: PathTable = [path("2001:db8::1/128", "fd00::11", Some("fd00::1"))].into();
     assert_eq!(driver.family_notes(&snap, &scoped, 4), []);
 }
 

@@ -412,7 +412,7 @@ async fn bgp_policy_reaches_the_announcer_and_bad_values_are_reported() {
             LinkBandwidthPolicy::Transitive
         ]
     );
-    let paths: Vec<&crate::announce::Paths> = c
+    let paths: Vec<&porter_bgp::PathTable> = c
         .announcer()
         .calls
         .iter()
@@ -495,7 +495,7 @@ impl Announcer for LiveSessions {
     }
     fn upsert_peer(&mut self, _: &porter_bgp::PeerConfig) {}
     fn remove_peer(&mut self, _: std::net::IpAddr) {}
-    fn set_paths(&mut self, _: &crate::announce::Paths) {}
+    fn set_paths(&mut self, _: &porter_bgp::PathTable) {}
     fn peer_status(&self) -> Vec<porter_bgp::PeerStatus> {
         self.sessions.lock().map(|s| s.clone()).unwrap_or_default()
     }
