@@ -16,7 +16,8 @@ use porter_api::service::ingress_ips;
 use porter_api::source::{Event, EventType, Regarding, Snapshot, StatusWriter, WriteError};
 use porter_api::{EipStatus, ObjectKey};
 
-use crate::announce::{Exclusion, Inputs, Policy, RouteTable, Verdict};
+use crate::announce::incremental::RouteTable;
+use crate::announce::{Exclusion, Inputs, Policy, Verdict};
 use crate::bgp::{self, BgpDesired};
 use crate::ipam::{Ipam, NamespaceLabels, NodeAddresses, Pool, PoolState};
 use crate::layer2_status::Layer2Status;
