@@ -88,7 +88,7 @@ fn crds_translate_with_openelb_defaults() {
             s.afi_safis = vec![
                 AfiSafi {
                     config: Some(AfiSafiConfig {
-                        family: porter_api::crd::Family {
+                        family: porter_api::crd::AfiSafiFamily {
                             afi: "AFI_IP".into(),
                             safi: "SAFI_UNICAST".into(),
                         },
@@ -100,7 +100,7 @@ fn crds_translate_with_openelb_defaults() {
                 },
                 AfiSafi {
                     config: Some(AfiSafiConfig {
-                        family: porter_api::crd::Family {
+                        family: porter_api::crd::AfiSafiFamily {
                             afi: "AFI_IP6".into(),
                             safi: "SAFI_UNICAST".into(),
                         },
