@@ -563,7 +563,7 @@ pub struct AfiSafi {
 #[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct AfiSafiConfig {
-    pub family: Family,
+    pub family: AfiSafiFamily,
     #[serde(default = "enabled_by_default")]
     pub enabled: bool,
 }
@@ -572,9 +572,11 @@ fn enabled_by_default() -> bool {
     true
 }
 
+// The address family an `AfiSafi` names; porter-bgp's `Family` is what it
+// becomes once read. The doc comment below is the CRD's description.
 /// GoBGP spelling: `afi: AFI_IP | AFI_IP6`, `safi: SAFI_UNICAST`.
 #[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
-pub struct Family {
+pub struct AfiSafiFamily {
     pub afi: String,
     pub safi: String,
 }

@@ -18,6 +18,8 @@ pub const MULTIHOP_PORT: u16 = 4784;
 /// Sent on every packet; required on received single-hop packets (GTSM, RFC 5082).
 pub const TTL: u8 = 255;
 const SOURCE_PORTS: std::ops::RangeInclusive<u16> = 49152..=65535;
+/// An int socket option switched on.
+const ON: libc::c_int = 1;
 
 fn udp(family: IpAddr) -> io::Result<Socket> {
     let domain = match family {
@@ -27,25 +29,6 @@ fn udp(family: IpAddr) -> io::Result<Socket> {
     let socket = Socket::new(domain, Type::DGRAM, Some(Protocol::UDP))?;
     socket.set_nonblocking(true)?;
     Ok(socket)
-}
-
-fn set_int_option(socket: &Socket, level: libc::c_int, name: libc::c_int) -> io::Result<()> {
-    let one: libc::c_int = 1;
-    // SAFETY: a valid fd and a c_int option value of the right size.
-    let rc = unsafe {
-        libc::setsockopt(
-            socket.as_raw_fd(),
-            level,
-            name,
-            (&raw const one).cast(),
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
-    }
 }
 
 /// A socket on `port` of every address of `family`'s kind, reporting TTLs.
@@ -59,9 +42,9 @@ pub fn receiver(ipv6: bool, port: u16) -> io::Result<UdpSocket> {
     if ipv6 {
         // The IPv4 socket takes IPv4; no mapped addresses here.
         socket.set_only_v6(true)?;
-        set_int_option(&socket, libc::IPPROTO_IPV6, libc::IPV6_RECVHOPLIMIT)?;
+        porter_sockopt::set(&socket, libc::IPPROTO_IPV6, libc::IPV6_RECVHOPLIMIT, &ON)?;
     } else {
-        set_int_option(&socket, libc::IPPROTO_IP, libc::IP_RECVTTL)?;
+        porter_sockopt::set(&socket, libc::IPPROTO_IP, libc::IP_RECVTTL, &ON)?;
     }
     socket.bind(&SockAddr::from(SocketAddr::new(any, port)))?;
     UdpSocket::from_std(socket.into())

@@ -338,12 +338,14 @@ mod tests {
             link_bandwidth: Some(crate::LinkBandwidth::for_endpoints(2, false)),
             ..crate::PathAttributes::default()
         });
-        let routes: rib::SharedPaths = [("1.1.1.0/24", "10.0.0.1"), ("fd00:1::/64", "fd00::1")]
+        let routes: crate::PathTable = [("1.1.1.0/24", "10.0.0.1"), ("fd00:1::/64", "fd00::1")]
             .iter()
             .map(|(net, hop)| {
                 (
                     net.parse().expect("prefix"),
-                    [(hop.parse().expect("hop"), attributes.clone())].into(),
+                    [(hop.parse().expect("hop"), attributes.clone())]
+                        .into_iter()
+                        .collect(),
                 )
             })
             .collect();

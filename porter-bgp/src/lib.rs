@@ -5,6 +5,7 @@
 //! - [`codec`]: framing and NOTIFICATION mapping over netgauze-bgp-pkt;
 //! - `fsm`: the RFC 4271 state machine, pure (events in, actions out);
 //! - `policy`: per-path attributes and per-peer policy, pure;
+//! - `path_table`: the desired paths, shared from the caller to every session;
 //! - `rib`: per-peer Adj-RIB-Out, diffing and UPDATE packing, pure;
 //! - `session`: one tokio task per peer doing the I/O and timers;
 //! - `speaker`: the public handle, the listener and the peer table.
@@ -15,6 +16,7 @@ mod fsm;
 #[doc(hidden)]
 pub mod fuzzing;
 mod log_limit;
+mod path_table;
 mod policy;
 mod rib;
 mod session;
@@ -28,12 +30,13 @@ use std::{
 };
 
 pub use fsm::{State as SessionState, backoff};
+pub use path_table::{NextHops, PathTable};
 pub use policy::{
     CommunityError, DEFAULT_LOCAL_PREF, LinkBandwidth, LinkBandwidthPolicy, MAX_COMMUNITIES,
     MAX_LARGE_COMMUNITIES, PathAttributes, PeerPolicy, applies_to, parse_community,
     parse_large_community,
 };
-pub use rib::{PathTable, Routes, path_id};
+pub use rib::{Routes, path_id};
 pub use speaker::Speaker;
 
 /// Next hop self: a path with this next hop is sent with the session's own

@@ -22,19 +22,12 @@ use netgauze_bgp_pkt::{
 };
 
 use crate::{
-    Family,
+    Family, PathTable,
     policy::{self, AS_TRANS, PathAttributes, PeerPolicy},
 };
 
 /// Desired state without attributes: prefix → next hops that serve it.
 pub type Routes = BTreeMap<IpNet, BTreeSet<IpAddr>>;
-
-/// Desired state with attributes: prefix → next hop → its path's attributes.
-pub type PathTable = BTreeMap<IpNet, BTreeMap<IpAddr, PathAttributes>>;
-
-/// The desired state as sessions share it: attributes behind `Arc`s, so a
-/// peer whose policy changes nothing sends them without copying.
-pub type SharedPaths = BTreeMap<IpNet, BTreeMap<IpAddr, Arc<PathAttributes>>>;
 
 /// One path as a peer is sent it: next hop and the attributes after the
 /// peer's policy. UPDATEs group NLRIs by this.
@@ -150,7 +143,7 @@ pub struct Omitted {
 /// The paths this peer should have. Next hops are taken in address order, so
 /// a peer limited to N paths always gets the same N.
 pub fn desired_paths(
-    routes: &SharedPaths,
+    routes: &PathTable,
     policy: &SendPolicy,
 ) -> (BTreeMap<IpNet, PrefixPaths>, Omitted) {
     let mut omitted = Omitted::default();
@@ -551,7 +544,7 @@ mod tests {
         text.parse().expect("test prefix")
     }
 
-    fn routes(entries: &[(&str, &[&str])]) -> SharedPaths {
+    fn routes(entries: &[(&str, &[&str])]) -> PathTable {
         let plain = Arc::new(PathAttributes::default());
         entries
             .iter()
@@ -571,7 +564,7 @@ mod tests {
         }
     }
 
-    fn sync(rib: &mut AdjRibOut, routes: &SharedPaths, policy: &SendPolicy) -> RibChanges {
+    fn sync(rib: &mut AdjRibOut, routes: &PathTable, policy: &SendPolicy) -> RibChanges {
         let (desired, _) = desired_paths(routes, policy);
         rib.update(desired, policy)
     }
@@ -617,7 +610,7 @@ mod tests {
                 vec![(net("1.1.1.1/32"), Some(path_id(ip("10.0.0.3"))))]
             )])
         );
-        let changes = sync(&mut rib, &SharedPaths::new(), &policy);
+        let changes = sync(&mut rib, &PathTable::new(), &policy);
         assert_eq!(
             changes.withdraw.len(),
             2,
@@ -754,7 +747,7 @@ mod tests {
     fn many_prefixes_pack_into_few_updates_that_fit() {
         let policy = policy(true, 4);
         let plain = Arc::new(PathAttributes::default());
-        let mut desired = SharedPaths::new();
+        let mut desired = PathTable::new();
         for index in 0..10_000u32 {
             let prefix = IpNet::V4(
                 ipnet::Ipv4Net::new(Ipv4Addr::from(0x0a00_0000 + index), 32).expect("/32"),
@@ -808,11 +801,11 @@ mod tests {
                 PathAttributeValue::MpReach(MpReach::Ipv6Unicast { .. })
             )));
         }
-        let withdraw = encode(&sync(&mut rib, &SharedPaths::new(), &policy), &policy);
+        let withdraw = encode(&sync(&mut rib, &PathTable::new(), &policy), &policy);
         assert_eq!(withdraw.len(), 1, "both paths in one MP_UNREACH");
     }
 
-    fn with(attributes: PathAttributes, entries: &[(&str, &[&str])]) -> SharedPaths {
+    fn with(attributes: PathAttributes, entries: &[(&str, &[&str])]) -> PathTable {
         let attributes = Arc::new(attributes);
         entries
             .iter()

@@ -20,11 +20,11 @@ use tokio_util::codec::Framed;
 use tracing::{debug, info, warn};
 
 use crate::{
-    Family, PeerConfig, PeerPolicy, PeerStatus, SessionState,
+    Family, PathTable, PeerConfig, PeerPolicy, PeerStatus, SessionState,
     codec::{DecodeError, WireCodec, notification_code},
     fsm::{Action, Event, Fsm, FsmConfig, Negotiated, Timer},
     log_limit::LogLimit,
-    rib::{self, AdjRibOut, FamilyPolicy, SendPolicy, SharedPaths},
+    rib::{self, AdjRibOut, FamilyPolicy, SendPolicy},
     socket::{self, ConnectOptions},
 };
 
@@ -62,7 +62,7 @@ pub struct Session {
     timers: HashMap<Timer, Instant>,
     rib: AdjRibOut,
     policy: Option<SendPolicy>,
-    routes: watch::Receiver<Arc<SharedPaths>>,
+    routes: watch::Receiver<Arc<PathTable>>,
     status: Arc<Mutex<SharedStatus>>,
     established_at: Option<Instant>,
     /// A write failed or stalled; the FSM hears of it as a lost connection.
@@ -126,7 +126,7 @@ impl Session {
     pub fn new(
         peer: PeerConfig,
         fsm_config: FsmConfig,
-        routes: watch::Receiver<Arc<SharedPaths>>,
+        routes: watch::Receiver<Arc<PathTable>>,
         status: Arc<Mutex<SharedStatus>>,
     ) -> Self {
         let local_as = fsm_config.local_as;

@@ -44,21 +44,7 @@ pub fn set_md5(socket: &impl AsRawFd, peer: IpAddr, key: &[u8]) -> io::Result<()
     }
     sig.keylen = key.len() as u16;
     sig.key[..key.len()].copy_from_slice(key);
-    // SAFETY: sig is a properly sized, initialised tcp_md5sig for TCP_MD5SIG.
-    let rc = unsafe {
-        libc::setsockopt(
-            socket.as_raw_fd(),
-            libc::IPPROTO_TCP,
-            libc::TCP_MD5SIG,
-            (&raw const sig).cast(),
-            std::mem::size_of::<TcpMd5Sig>() as libc::socklen_t,
-        )
-    };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
-    }
+    porter_sockopt::set(socket, libc::IPPROTO_TCP, libc::TCP_MD5SIG, &sig)
 }
 
 /// Options for one peer's connections.
@@ -94,22 +80,7 @@ pub fn set_min_ttl(socket: &impl AsRawFd, peer: IpAddr, min: Option<u8>) -> io::
         IpAddr::V4(_) => (libc::IPPROTO_IP, libc::IP_MINTTL),
         IpAddr::V6(_) => (libc::IPPROTO_IPV6, IPV6_MINHOPCOUNT),
     };
-    let value = libc::c_int::from(min);
-    // SAFETY: an int option, passed with its size.
-    let rc = unsafe {
-        libc::setsockopt(
-            socket.as_raw_fd(),
-            level,
-            option,
-            (&raw const value).cast(),
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
-    }
+    porter_sockopt::set(socket, level, option, &libc::c_int::from(min))
 }
 
 pub async fn connect(peer: SocketAddr, options: &ConnectOptions) -> io::Result<TcpStream> {

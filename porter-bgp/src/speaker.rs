@@ -19,7 +19,7 @@ use tracing::{info, warn};
 use crate::{
     BgpError, PathAttributes, PathTable, PeerConfig, PeerStatus, SpeakerConfig,
     fsm::{FsmConfig, cease},
-    rib::SharedPaths,
+    policy::Sanitized,
     session::{self, Command, STOP_TIMEOUT, Session},
     socket,
 };
@@ -33,7 +33,7 @@ struct Peer {
 
 struct Inner {
     config: SpeakerConfig,
-    routes: watch::Sender<Arc<SharedPaths>>,
+    routes: watch::Sender<Arc<PathTable>>,
     peers: AsyncMutex<HashMap<IpAddr, Peer>>,
     listener: Option<Arc<TcpListener>>,
     accept_task: Mutex<Option<JoinHandle<()>>>,
@@ -54,7 +54,7 @@ impl Speaker {
             )),
             None => None,
         };
-        let (routes, _) = watch::channel(Arc::new(SharedPaths::new()));
+        let (routes, _) = watch::channel(Arc::new(PathTable::new()));
         let speaker = Speaker {
             inner: Arc::new(Inner {
                 config,
@@ -215,7 +215,7 @@ impl Speaker {
     /// attributes.
     pub async fn set_routes(&self, routes: BTreeMap<IpNet, BTreeSet<IpAddr>>) {
         let plain = Arc::new(PathAttributes::default());
-        let paths: SharedPaths = routes
+        let paths: PathTable = routes
             .into_iter()
             .filter(|(_, next_hops)| !next_hops.is_empty())
             .map(|(prefix, next_hops)| {
@@ -235,34 +235,46 @@ impl Speaker {
     /// attributes (as shaped by the peer's [`crate::PeerPolicy`]) changed is
     /// re-announced under the same path id; an unchanged one is not sent.
     /// Attributes are sanitised first (see [`PathAttributes::sanitized`]);
-    /// what had to be fixed is logged.
+    /// what had to be fixed is logged. Attributes already in bounds are
+    /// kept as the caller's allocation (see [`crate::NextHops`]).
     ///
     /// A next hop of [`crate::NEXT_HOP_SELF_V4`] / [`crate::NEXT_HOP_SELF_V6`]
     /// is sent as each session's own address (the per-node speaker mode).
     pub async fn set_paths(&self, paths: PathTable) {
-        let mut shared = SharedPaths::new();
+        // Next hops by truncated prefix, in the order given: where two
+        // prefixes truncate to one, the later one's attributes win.
+        let mut merged: BTreeMap<IpNet, Vec<(IpAddr, Arc<PathAttributes>)>> = BTreeMap::new();
+        // Each distinct allocation sanitised once. Keyed by address, which
+        // stays unique while `paths` (borrowed below) holds every one.
+        let mut sanitized: HashMap<*const PathAttributes, (Arc<PathAttributes>, Vec<Sanitized>)> =
+            HashMap::new();
         // One warning per call, not one per path: a pool's bad attributes
         // would otherwise repeat for every address in it.
         let mut fixed_paths = 0usize;
         let mut example = None;
-        for (prefix, next_hops) in paths {
+        for (prefix, next_hops) in &paths {
             if next_hops.is_empty() {
                 continue;
             }
-            let entry: &mut BTreeMap<IpAddr, Arc<PathAttributes>> =
-                shared.entry(prefix.trunc()).or_default();
-            for (next_hop, attributes) in next_hops {
-                let (attributes, fixed) = attributes.sanitized();
+            let entry = merged.entry(prefix.trunc()).or_default();
+            for (next_hop, attributes) in next_hops.iter() {
+                let (attributes, fixed) = sanitized
+                    .entry(Arc::as_ptr(attributes))
+                    .or_insert_with(|| sanitize(attributes));
                 if !fixed.is_empty() {
                     fixed_paths += 1;
-                    example.get_or_insert((prefix, next_hop, fixed));
+                    example.get_or_insert_with(|| (*prefix, *next_hop, fixed.clone()));
                 }
-                entry.insert(next_hop, Arc::new(attributes));
+                entry.push((*next_hop, Arc::clone(attributes)));
             }
         }
         if let Some((prefix, next_hop, fixed)) = example {
             warn!(paths = fixed_paths, %prefix, %next_hop, ?fixed, "path attributes were out of bounds and have been fixed (first example shown)");
         }
+        let shared: PathTable = merged
+            .into_iter()
+            .map(|(prefix, next_hops)| (prefix, next_hops.into_iter().collect()))
+            .collect();
         self.inner.routes.send_replace(Arc::new(shared));
     }
 
@@ -381,5 +393,16 @@ async fn accept_loop(listener: Arc<TcpListener>, speaker: std::sync::Weak<Inner>
                 }
             }
         }
+    }
+}
+
+/// `attributes` within bounds, with what had to be fixed: the same
+/// allocation when nothing changes.
+fn sanitize(attributes: &Arc<PathAttributes>) -> (Arc<PathAttributes>, Vec<Sanitized>) {
+    let (within, fixed) = PathAttributes::clone(attributes).sanitized();
+    if within == **attributes {
+        (Arc::clone(attributes), fixed)
+    } else {
+        (Arc::new(within), fixed)
     }
 }

@@ -6,6 +6,7 @@
 use std::{
     collections::{BTreeMap, BTreeSet},
     net::{IpAddr, Ipv4Addr, SocketAddr},
+    sync::Arc,
     time::Duration,
 };
 
@@ -402,7 +403,12 @@ async fn attribute_changes_are_sent_in_place_and_policy_changes_keep_the_session
     let table = |a: PathAttributes, b: PathAttributes| -> PathTable {
         BTreeMap::from([(
             "192.0.2.10/32".parse().expect("prefix"),
-            BTreeMap::from([(ip("172.30.0.11"), a), (ip("172.30.0.12"), b)]),
+            [
+                (ip("172.30.0.11"), Arc::new(a)),
+                (ip("172.30.0.12"), Arc::new(b)),
+            ]
+            .into_iter()
+            .collect(),
         )])
     };
     let (a, b) = (

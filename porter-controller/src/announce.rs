@@ -4,10 +4,14 @@
 //! communities and LOCAL_PREF from the pool and the Services, link bandwidth
 //! from the node's ready endpoint count, and the peers it goes to.
 //! Pure; the BGP layer turns the difference between two results into UPDATEs.
+//!
+//! [`compute`] is that function, written plainly. [`incremental::RouteTable`]
+//! is the same function kept up to date from one update to the next, which
+//! is what the controller runs; every cache is there.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::IpAddr;
-use std::sync::{Arc, Weak};
+use std::sync::Arc;
 
 use ipnet::IpNet;
 use k8s_openapi::api::core::v1::Node;
@@ -18,69 +22,11 @@ use porter_api::bgp_policy::{
     self, ClusterPolicy, PathAttributes, PeerScope, PeerSkip, PoolPolicy, ServicePolicy,
 };
 use porter_api::service::serving_endpoints_by_node;
+use porter_bgp::PathTable;
 
-use crate::compact::push_exact;
-use crate::identity::{Seen, is, remember, same_objects};
 use crate::ip_family::IpFamily;
 
-/// EIP (as a host prefix) → its paths. An EIP with no path is absent, which
-/// is what withdraws it.
-pub type Paths = BTreeMap<IpNet, NextHops>;
-
-/// One EIP's paths: next hop → attributes, sorted by next hop. A boxed
-/// slice rather than a map, and equal attributes one shared allocation (see
-/// [`RouteTable`]): 10,000 EIPs with a few paths each stay small.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct NextHops(Box<[(IpAddr, Arc<PathAttributes>)]>);
-
-impl NextHops {
-    pub fn iter(&self) -> impl Iterator<Item = (&IpAddr, &Arc<PathAttributes>)> {
-        self.0.iter().map(|(hop, attributes)| (hop, attributes))
-    }
-
-    pub fn keys(&self) -> impl Iterator<Item = &IpAddr> {
-        self.0.iter().map(|(hop, _)| hop)
-    }
-
-    pub fn values(&self) -> impl Iterator<Item = &Arc<PathAttributes>> {
-        self.0.iter().map(|(_, attributes)| attributes)
-    }
-
-    pub fn get(&self, hop: &IpAddr) -> Option<&Arc<PathAttributes>> {
-        self.0
-            .binary_search_by(|(h, _)| h.cmp(hop))
-            .ok()
-            .map(|at| &self.0[at].1)
-    }
-
-    pub fn len(&self) -> usize {
-        self.0.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
-    }
-}
-
-impl FromIterator<(IpAddr, Arc<PathAttributes>)> for NextHops {
-    /// The last attributes given for a next hop win.
-    fn from_iter<I: IntoIterator<Item = (IpAddr, Arc<PathAttributes>)>>(iter: I) -> Self {
-        let map: BTreeMap<IpAddr, Arc<PathAttributes>> = iter.into_iter().collect();
-        Self(map.into_iter().collect())
-    }
-}
-
-impl std::ops::Index<&IpAddr> for NextHops {
-    type Output = Arc<PathAttributes>;
-
-    /// Panics when `hop` is not a next hop, as a map's index does.
-    fn index(&self, hop: &IpAddr) -> &Self::Output {
-        match self.get(hop) {
-            Some(attributes) => attributes,
-            None => panic!("{hop} is not a next hop"),
-        }
-    }
-}
+pub mod incremental;
 
 /// What the paths' attributes depend on besides endpoints and nodes, read
 /// from the cluster when those objects change (see `Reconciler`).
@@ -94,13 +40,16 @@ pub struct Policy {
     pub peers: Vec<PeerScope>,
 }
 
+/// Nodes with serving endpoints of one Service, with how many, sorted by
+/// node (a boxed slice: 10,000 of these are kept).
+type ServingNodes = Box<[(Arc<str>, u32)]>;
+
 /// Each node with a serving endpoint in these slices of one Service, with
-/// how many. Sorted by node (a boxed slice: 10,000 of these are kept), each
-/// name shared with `known` where it has that node.
+/// how many, each name shared with `known` where it has that node.
 fn ready_nodes<'a>(
     slices: impl IntoIterator<Item = &'a EndpointSlice>,
     known: &HashMap<Arc<str>, Standing>,
-) -> Box<[(Arc<str>, u32)]> {
+) -> ServingNodes {
     // The same predicate and count the agent programs its node with.
     serving_endpoints_by_node(slices)
         .into_iter()
@@ -264,16 +213,14 @@ pub enum Verdict {
     Excluded(Exclusion),
 }
 
-/// Serving endpoints per node, summed over the Services using an EIP.
+/// Serving endpoints per node, summed over the Services using an EIP
+/// (each given as its [`ready_nodes`]).
 fn endpoints_of<'a>(
-    users: &[ObjectKey],
-    services: &'a HashMap<ObjectKey, Served>,
+    services: impl IntoIterator<Item = &'a [(Arc<str>, u32)]>,
 ) -> BTreeMap<&'a str, u32> {
     let mut endpoints: BTreeMap<&str, u32> = BTreeMap::new();
-    for served in users.iter().filter_map(|k| services.get(k)) {
-        for (node, k) in &served.nodes {
-            *endpoints.entry(node).or_default() += k;
-        }
+    for (node, k) in services.into_iter().flatten() {
+        *endpoints.entry(node).or_default() += k;
     }
     endpoints
 }
@@ -286,79 +233,6 @@ fn next_hop(addrs: &[IpAddr], eip: IpAddr) -> Option<IpAddr> {
         .find(|a| IpFamily::of(**a) == IpFamily::of(eip))
         .or(addrs.first())
         .copied()
-}
-
-/// One allocated Service's part in the paths, as of the last update.
-#[derive(Debug, Default)]
-struct Served {
-    eips: Box<[IpAddr]>,
-    /// Nodes with their serving endpoint counts.
-    nodes: Box<[(Arc<str>, u32)]>,
-}
-
-/// Equal attribute sets, shared: most paths differ only in their endpoint
-/// count, so a cluster has a handful of distinct sets, not one per path.
-#[derive(Debug, Default)]
-struct Interner {
-    sets: BTreeSet<Arc<PathAttributes>>,
-    /// Size after the last sweep; the next sweep is due at twice that.
-    swept: usize,
-}
-
-impl Interner {
-    fn get(&mut self, attributes: PathAttributes) -> Arc<PathAttributes> {
-        if let Some(shared) = self.sets.get(&attributes) {
-            return Arc::clone(shared);
-        }
-        if self.sets.len() >= 2 * self.swept.max(64) {
-            // Sets only the interner still holds are no path's any more.
-            self.sets.retain(|s| Arc::strong_count(s) > 1);
-            self.swept = self.sets.len();
-        }
-        let shared = Arc::new(attributes);
-        self.sets.insert(Arc::clone(&shared));
-        shared
-    }
-}
-
-/// The paths, kept up to date incrementally. An update finds the
-/// EndpointSlices that changed by identity (sources share unchanged objects),
-/// recomputes only their Services and only the EIPs those use; a change of
-/// the nodes, of the allocations or of the policy walks every Service. A
-/// fresh table's first update is the plain function of (allocations,
-/// EndpointSlices, Nodes, policy).
-#[derive(Debug, Default)]
-pub struct RouteTable {
-    /// The last inputs, by identity (see [`crate::identity`]); the slices
-    /// as `Weak`s, through which [`diff`] reads a removed one's owner.
-    last_nodes: Vec<Seen<Node>>,
-    last_slices: Vec<Weak<EndpointSlice>>,
-    /// `None` before the first update.
-    last_allocations: Option<u64>,
-    last_policy: Option<u64>,
-    /// Every named node, with why it can be no next hop where it cannot.
-    nodes: HashMap<Arc<str>, Standing>,
-    /// Every Service's slices, allocated or not; they stay alive here until
-    /// removed, so a removed slice's identity is never reused meanwhile and
-    /// its owner can still be read to unfile it.
-    slices: HashMap<ObjectKey, Vec<Arc<EndpointSlice>>>,
-    services: HashMap<ObjectKey, Served>,
-    /// Services using each EIP; usually one, more when shared.
-    users: HashMap<IpAddr, Vec<ObjectKey>>,
-    paths: Arc<Paths>,
-    interner: Interner,
-    /// What the Services sharing each EIP disagree on, as last reported.
-    conflicts: HashMap<IpAddr, Vec<String>>,
-    /// Disagreements that appeared in the last update, for Events.
-    new_conflicts: Vec<(IpAddr, String)>,
-    /// The nodes the liveness check withdrew, as of the last update.
-    withdrawn: BTreeSet<String>,
-    /// The nodes with serving endpoints that offer no path, and why, for
-    /// each EIP that has any (most have none).
-    excluded: HashMap<IpAddr, Box<[Excluded]>>,
-    /// The nodes whose path went in the last update because their last
-    /// endpoint did, for Events.
-    departed: Vec<(IpAddr, Arc<str>)>,
 }
 
 /// The inputs of one update.
@@ -378,382 +252,118 @@ pub struct Inputs<'a, P: Fn(IpAddr) -> Option<&'a str>> {
     /// see `crate::node_check`): they offer no next hop until it holds again.
     pub withdrawn: &'a BTreeSet<String>,
 }
-
-/// Slices in `old` and not in `new` (as identities), and the reverse. Of
-/// the removed ones, only those still alive: the table keeps every slice it
-/// filed under a Service, so those are the ones it has to unfile.
-fn diff<'a>(
-    old: &[Weak<EndpointSlice>],
-    new: &'a [Arc<EndpointSlice>],
-) -> (Vec<Arc<EndpointSlice>>, Vec<&'a Arc<EndpointSlice>>) {
-    if old.len() == new.len() {
-        // Sources keep their order while nothing is added or removed, so a
-        // positional comparison finds the handful of replaced objects.
-        let changed: Vec<usize> = (0..old.len()).filter(|i| !is(&old[*i], &new[*i])).collect();
-        return (
-            changed.iter().filter_map(|i| old[*i].upgrade()).collect(),
-            changed.iter().map(|i| &new[*i]).collect(),
-        );
-    }
-    let old_ptrs: HashSet<*const EndpointSlice> = old.iter().map(Weak::as_ptr).collect();
-    let new_ptrs: HashSet<*const EndpointSlice> = new.iter().map(Arc::as_ptr).collect();
-    (
-        old.iter()
-            .filter(|w| !new_ptrs.contains(&w.as_ptr()))
-            .filter_map(Weak::upgrade)
-            .collect(),
-        new.iter()
-            .filter(|s| !old_ptrs.contains(&Arc::as_ptr(s)))
-            .collect(),
-    )
+/// One EIP's paths as decided from its Services and the nodes, with what
+/// else the deciding found.
+struct EipPaths {
+    /// One per node that offers a next hop.
+    hops: Vec<(IpAddr, PathAttributes)>,
+    /// The nodes with serving endpoints that offer none, and why.
+    excluded: Vec<Excluded>,
+    /// What the Services sharing the EIP disagree on.
+    conflicts: Vec<String>,
 }
 
-impl RouteTable {
-    pub fn paths(&self) -> &Arc<Paths> {
-        &self.paths
-    }
-
-    /// Brings the paths up to date and returns the EIPs whose paths changed.
-    pub fn update<'a, P: Fn(IpAddr) -> Option<&'a str>>(
-        &mut self,
-        inputs: Inputs<'a, P>,
-    ) -> BTreeSet<IpAddr> {
-        let Inputs {
-            allocations,
-            generation,
-            pool_of,
-            slices,
-            nodes,
-            policy,
-            policy_generation,
-            withdrawn,
-        } = inputs;
-        self.new_conflicts.clear();
-        let mut dirty: BTreeSet<IpAddr> = BTreeSet::new();
-        if *withdrawn != self.withdrawn {
-            self.withdrawn = withdrawn.clone();
-            dirty.extend(self.users.keys());
-        }
-        if !same_objects(&self.last_nodes, nodes) {
-            self.last_nodes = remember(nodes);
-            let infos = node_infos(nodes.iter().map(|n| n.as_ref()));
-            if infos != self.nodes {
-                // Served node names stay valid; their addresses and labels
-                // feed every path.
-                self.nodes = infos;
-                dirty.extend(self.users.keys());
-            }
-        }
-        if self.last_policy != Some(policy_generation) {
-            self.last_policy = Some(policy_generation);
-            dirty.extend(self.users.keys());
-        }
-
-        let mut touched: BTreeSet<ObjectKey> = BTreeSet::new();
-        let (removed, added) = diff(&self.last_slices, slices);
-        for gone in removed {
-            // Filed under its owner when added; an object's labels cannot
-            // change, so that is where it still is.
-            let Some((ns, name)) = owner(&gone) else {
-                continue;
-            };
-            let key = ObjectKey::new(ns, name);
-            if let Some(list) = self.slices.get_mut(&key) {
-                list.retain(|s| !Arc::ptr_eq(s, &gone));
-                if list.is_empty() {
-                    self.slices.remove(&key);
-                }
-            }
-            touched.insert(key);
-        }
-        for slice in added {
-            if let Some((ns, name)) = owner(slice) {
-                let key = ObjectKey::new(ns, name);
-                // The allocation's copy of the names, where there is one.
-                let key = allocations
-                    .get_key_value(&key)
-                    .map_or(key, |(shared, _)| shared.clone());
-                push_exact(self.slices.entry(key.clone()).or_default(), slice.clone());
-                touched.insert(key);
-            }
-        }
-        self.last_slices = slices.iter().map(Arc::downgrade).collect();
-
-        if self.last_allocations != Some(generation) {
-            self.last_allocations = Some(generation);
-            let gone: Vec<ObjectKey> = self
-                .services
-                .keys()
-                .filter(|k| !allocations.contains_key(*k))
-                .cloned()
-                .collect();
-            for key in gone {
-                if let Some(old) = self.services.remove(&key) {
-                    self.forget_user(&key, &old.eips, &mut dirty);
-                }
-            }
-            for (key, eips) in allocations {
-                let same_eips = self.services.get(key).is_some_and(|s| *s.eips == eips[..]);
-                if !same_eips || touched.remove(key) {
-                    self.serve(key, eips, &mut dirty);
-                }
-            }
-        }
-        for key in touched {
-            if let Some(eips) = allocations.get(&key) {
-                self.serve(&key, eips, &mut dirty);
-            }
-        }
-
-        let mut changed = BTreeSet::new();
-        // Next hops that went, for `departed`.
-        let mut gone: Vec<(IpAddr, IpAddr)> = Vec::new();
-        for eip in dirty {
-            let pool = pool_of(eip).and_then(|name| policy.pools.get(name));
-            let paths = self.paths_of(eip, pool, policy);
-            let prefix = IpNet::from(eip);
-            let current = self.paths.get(&prefix);
-            let unchanged = if paths.is_empty() {
-                current.is_none()
-            } else {
-                current == Some(&paths)
-            };
-            if unchanged {
+/// One EIP's paths: one per Ready node with serving endpoints of its
+/// Services (`users`, with `endpoints` summed over them) that the pool's
+/// node selector admits, weighted by those endpoints.
+fn eip_paths(
+    eip: IpAddr,
+    pool: &PoolPolicy,
+    policy: &Policy,
+    users: &[ObjectKey],
+    endpoints: BTreeMap<&str, u32>,
+    nodes: &HashMap<Arc<str>, Standing>,
+    withdrawn: &BTreeSet<String>,
+) -> EipPaths {
+    let no_policy = ServicePolicy::default();
+    let (merged, conflicts) = bgp_policy::merge(
+        pool,
+        users
+            .iter()
+            .map(|k| (k, policy.services.get(k).unwrap_or(&no_policy))),
+        &policy.cluster,
+    );
+    let mut hops = Vec::new();
+    let mut excluded = Vec::new();
+    for (node, k) in endpoints {
+        let (info, hop) = match hop_through(nodes, withdrawn, node, eip, pool) {
+            Ok(through) => through,
+            Err(why) => {
+                excluded.push((Arc::from(node), why));
                 continue;
             }
-            if let Some(current) = current {
-                gone.extend(
-                    current
-                        .keys()
-                        .filter(|hop| paths.get(hop).is_none())
-                        .map(|hop| (eip, *hop)),
-                );
-            }
-            let all = Arc::make_mut(&mut self.paths);
-            if paths.is_empty() {
-                all.remove(&prefix);
-            } else {
-                all.insert(prefix, paths);
-            }
-            changed.insert(eip);
-        }
-        self.departed = self.departures(&gone);
-        changed
-    }
-
-    /// The nodes whose path of an EIP went in this update because they
-    /// have no serving endpoint left (those that have one are in
-    /// [`Self::excluded`], with their reason). A node is found by its next
-    /// hop among the nodes that can be one; a hop whose node cannot be one
-    /// any more is left unnamed here (NotReady, gone: without endpoints it
-    /// has no line in the Event; `explain` still names it).
-    fn departures(&self, gone: &[(IpAddr, IpAddr)]) -> Vec<(IpAddr, Arc<str>)> {
-        if gone.is_empty() {
-            return Vec::new();
-        }
-        // The node behind each next hop, per EIP family: one pass over the
-        // nodes, not one per hop (a NotReady node can take 10,000 paths).
-        let families = [IpAddr::from([0u8; 4]), IpAddr::from([0u16; 8])];
-        let by_hop: HashMap<(IpFamily, IpAddr), &Arc<str>> = self
-            .nodes
-            .iter()
-            .filter_map(|(node, standing)| Some((node, standing.as_ref().ok()?)))
-            .flat_map(|(node, info)| {
-                families.iter().filter_map(move |sample| {
-                    Some((
-                        (IpFamily::of(*sample), next_hop(&info.addrs, *sample)?),
-                        node,
-                    ))
-                })
-            })
-            .collect();
-        gone.iter()
-            .filter_map(|(eip, hop)| {
-                let node = by_hop.get(&(IpFamily::of(*eip), *hop))?;
-                let explained = self.excluded(eip).iter().any(|(n, _)| n == *node);
-                (!explained).then(|| (*eip, Arc::clone(node)))
-            })
-            .collect()
-    }
-
-    /// The nodes whose path of `eip` went in the last update because no
-    /// serving endpoint is left on them (`NoReadyEndpoint`).
-    pub fn departed(&self, eip: &IpAddr) -> impl Iterator<Item = &Arc<str>> {
-        self.departed
-            .iter()
-            .filter(move |(e, _)| e == eip)
-            .map(|(_, node)| node)
-    }
-
-    /// One EIP's paths: one per Ready node with serving endpoints of its
-    /// Services that the pool's node selector admits, weighted by the
-    /// endpoints there summed over those Services.
-    fn paths_of(&mut self, eip: IpAddr, pool: Option<&PoolPolicy>, policy: &Policy) -> NextHops {
-        let default_pool = PoolPolicy::default();
-        let pool = pool.unwrap_or(&default_pool);
-        let no_policy = ServicePolicy::default();
-        let users = self.users.get(&eip).map(Vec::as_slice).unwrap_or_default();
-        let endpoints = endpoints_of(users, &self.services);
-        let (merged, conflicts) = bgp_policy::merge(
-            pool,
-            users
-                .iter()
-                .map(|k| (k, policy.services.get(k).unwrap_or(&no_policy))),
-            &policy.cluster,
-        );
-        let mut paths = Vec::new();
-        let mut excluded = Vec::new();
-        for (node, k) in endpoints {
-            let (info, hop) = match hop_through(&self.nodes, &self.withdrawn, node, eip, pool) {
-                Ok(through) => through,
-                Err(why) => {
-                    excluded.push((Arc::from(node), why));
-                    continue;
-                }
-            };
-            let mut attributes = merged.attributes(k);
-            attributes.only_peers = bgp_policy::only_peers(pool, &policy.peers, &info.labels);
-            paths.push((hop, self.interner.get(attributes)));
-        }
-        let reported = self
-            .conflicts
-            .get(&eip)
-            .map(Vec::as_slice)
-            .unwrap_or_default();
-        for conflict in &conflicts {
-            if !reported.contains(conflict) {
-                self.new_conflicts.push((eip, conflict.clone()));
-            }
-        }
-        if conflicts.is_empty() {
-            self.conflicts.remove(&eip);
-        } else {
-            self.conflicts.insert(eip, conflicts);
-        }
-        if excluded.is_empty() {
-            self.excluded.remove(&eip);
-        } else {
-            self.excluded.insert(eip, excluded.into());
-        }
-        paths.into_iter().collect()
-    }
-
-    /// The nodes with serving endpoints for `eip` that offer no path, and
-    /// why, as of the last update.
-    pub fn excluded(&self, eip: &IpAddr) -> &[Excluded] {
-        self.excluded.get(eip).map_or(&[], |e| e)
-    }
-
-    /// What the Services sharing an EIP started to disagree on in the last
-    /// update.
-    pub fn new_conflicts(&self) -> &[(IpAddr, String)] {
-        &self.new_conflicts
-    }
-
-    /// Recomputes one allocated Service's serving nodes and marks its EIPs.
-    fn serve(&mut self, key: &ObjectKey, eips: &[IpAddr], dirty: &mut BTreeSet<IpAddr>) {
-        let nodes = ready_nodes(
-            self.slices
-                .get(key)
-                .into_iter()
-                .flatten()
-                .map(|s| s.as_ref()),
-            &self.nodes,
-        );
-        let served = Served {
-            eips: eips.into(),
-            nodes,
         };
-        if let Some(old) = self.services.insert(key.clone(), served) {
-            self.forget_user(key, &old.eips, dirty);
-        }
-        for eip in eips {
-            let users = self.users.entry(*eip).or_default();
-            if !users.contains(key) {
-                push_exact(users, key.clone());
-            }
-            dirty.insert(*eip);
-        }
+        let mut attributes = merged.attributes(k);
+        attributes.only_peers = bgp_policy::only_peers(pool, &policy.peers, &info.labels);
+        hops.push((hop, attributes));
     }
-
-    fn forget_user(&mut self, key: &ObjectKey, eips: &[IpAddr], dirty: &mut BTreeSet<IpAddr>) {
-        for eip in eips {
-            if let Some(users) = self.users.get_mut(eip) {
-                users.retain(|k| k != key);
-                if users.is_empty() {
-                    self.users.remove(eip);
-                }
-                dirty.insert(*eip);
-            }
-        }
-    }
-
-    /// The nodes to check in central mode: every Ready node with serving
-    /// endpoints of an allocated Service, withdrawn or not (a withdrawn
-    /// node is checked so that it can come back), with its first
-    /// `InternalIP`.
-    pub fn checked_nodes(&self) -> BTreeMap<String, IpAddr> {
-        self.services
-            .values()
-            .flat_map(|served| served.nodes.iter())
-            .filter_map(|(node, _)| {
-                let addr = self.nodes.get(node)?.as_ref().ok()?.addrs.first()?;
-                Some((node.to_string(), *addr))
-            })
-            .collect()
-    }
-
-    /// The Services using `eip`.
-    pub fn users(&self, eip: &IpAddr) -> impl Iterator<Item = &ObjectKey> {
-        self.users.get(eip).into_iter().flatten()
-    }
-
-    /// Every node's part in `eip`'s paths as of the last update, by the
-    /// predicates the paths were decided with: the node's next hop and the
-    /// peers it goes to, or why it offers none. Every known Node, and every
-    /// node an endpoint names.
-    pub fn verdicts(
-        &self,
-        eip: IpAddr,
-        pool: Option<&PoolPolicy>,
-        policy: &Policy,
-    ) -> BTreeMap<String, Verdict> {
-        let default_pool = PoolPolicy::default();
-        let pool = pool.unwrap_or(&default_pool);
-        let users = self.users.get(&eip).map(Vec::as_slice).unwrap_or_default();
-        let endpoints = endpoints_of(users, &self.services);
-        let named = self
-            .nodes
-            .keys()
-            .map(|n| &**n)
-            .chain(endpoints.keys().copied());
-        named
-            .map(|node| {
-                let verdict = match endpoints.get(node) {
-                    None => Verdict::Excluded(Exclusion::NoReadyEndpoint),
-                    Some(k) => match hop_through(&self.nodes, &self.withdrawn, node, eip, pool) {
-                        Err(why) => Verdict::Excluded(why),
-                        Ok((info, hop)) => Verdict::Announced {
-                            hop,
-                            endpoints: *k,
-                            peers: policy
-                                .peers
-                                .iter()
-                                .map(|p| (p.address, bgp_policy::peer_takes(pool, p, &info.labels)))
-                                .collect(),
-                        },
-                    },
-                };
-                (node.to_string(), verdict)
-            })
-            .collect()
+    EipPaths {
+        hops,
+        excluded,
+        conflicts,
     }
 }
 
+/// The paths of (allocations, EndpointSlices, Nodes, policy, withdrawn
+/// nodes), computed from scratch: the reference that
+/// [`incremental::RouteTable`] keeps up to date without recomputing
+/// everything (the generations in `inputs` are not read).
+pub fn compute<'a, P: Fn(IpAddr) -> Option<&'a str>>(inputs: &Inputs<'a, P>) -> PathTable {
+    let nodes = node_infos(inputs.nodes.iter().map(|n| n.as_ref()));
+    let mut slices: HashMap<ObjectKey, Vec<&EndpointSlice>> = HashMap::new();
+    for slice in inputs.slices {
+        if let Some((ns, name)) = owner(slice) {
+            slices
+                .entry(ObjectKey::new(ns, name))
+                .or_default()
+                .push(slice);
+        }
+    }
+    let mut served: HashMap<&ObjectKey, ServingNodes> = HashMap::new();
+    let mut users: BTreeMap<IpAddr, Vec<ObjectKey>> = BTreeMap::new();
+    for (key, eips) in inputs.allocations {
+        let of_service = slices.get(key).into_iter().flatten().copied();
+        served.insert(key, ready_nodes(of_service, &nodes));
+        for eip in eips {
+            let users = users.entry(*eip).or_default();
+            if !users.contains(key) {
+                users.push(key.clone());
+            }
+        }
+    }
+    let default_pool = PoolPolicy::default();
+    let mut paths = PathTable::new();
+    for (eip, users) in &users {
+        let pool = (inputs.pool_of)(*eip)
+            .and_then(|name| inputs.policy.pools.get(name))
+            .unwrap_or(&default_pool);
+        let endpoints = endpoints_of(users.iter().filter_map(|k| served.get(k)).map(|n| &**n));
+        let decided = eip_paths(
+            *eip,
+            pool,
+            inputs.policy,
+            users,
+            endpoints,
+            &nodes,
+            inputs.withdrawn,
+        );
+        if !decided.hops.is_empty() {
+            let hops = decided
+                .hops
+                .into_iter()
+                .map(|(hop, attributes)| (hop, Arc::new(attributes)))
+                .collect();
+            paths.insert(IpNet::from(*eip), hops);
+        }
+    }
+    paths
+}
 #[cfg(test)]
 mod tests {
+    use super::incremental::RouteTable;
     use super::*;
     use crate::testing::{node, slice as slice_in};
+    use porter_bgp::NextHops;
 
     fn slice(service: &str, eps: &[(&str, Option<bool>)]) -> EndpointSlice {
         slice_in("ns", service, eps)
@@ -785,7 +395,8 @@ mod tests {
         })
     }
 
-    fn compute(
+    /// One update of a fresh table: each EIP's next hops, as text.
+    fn next_hops_by_eip(
         allocs: &[(&str, &[&str])],
         slices: &[EndpointSlice],
         nodes: &[Node],
@@ -988,7 +599,11 @@ mod tests {
             ),
         ];
         for (name, allocs, slices, expected) in cases {
-            assert_eq!(compute(&allocs, &slices, &nodes), want(&expected), "{name}");
+            assert_eq!(
+                next_hops_by_eip(&allocs, &slices, &nodes),
+                want(&expected),
+                "{name}"
+            );
         }
     }
 
@@ -1015,7 +630,7 @@ mod tests {
             &[("n1", Some(true)), ("n2", Some(true)), ("n3", Some(true))],
         )];
         assert_eq!(
-            compute(&[("web", &["10.0.0.1"])], &slices, &nodes),
+            next_hops_by_eip(&[("web", &["10.0.0.1"])], &slices, &nodes),
             want(&[("10.0.0.1/32", &["192.168.1.2", "192.168.1.3"])])
         );
     }
@@ -1109,7 +724,7 @@ mod tests {
             (allocations(&[]), vec![], vec![n1.clone()], plain.clone()),
         ];
         let mut live = RouteTable::default();
-        let mut last: Paths = Paths::new();
+        let mut last: PathTable = PathTable::new();
         let (mut generation, mut pg) = (0, 0);
         for (n, (allocs, slices, nodes, policy)) in steps.iter().enumerate() {
             // A new generation whenever the allocations or the policy differ
@@ -1121,14 +736,21 @@ mod tests {
                 pg += 1;
             }
             let changed = update(&mut live, allocs, generation, slices, nodes, policy, pg);
-            let mut fresh = RouteTable::default();
-            update(&mut fresh, allocs, 0, slices, nodes, policy, 0);
-            assert_eq!(live.paths(), fresh.paths(), "step {n}");
+            let fresh = compute(&Inputs {
+                allocations: allocs,
+                generation: 0,
+                pool_of: |_| Some("pool"),
+                slices,
+                nodes,
+                policy,
+                policy_generation: 0,
+                withdrawn: &BTreeSet::new(),
+            });
+            assert_eq!(**live.paths(), fresh, "step {n}");
             let really: BTreeSet<IpAddr> = fresh
-                .paths()
                 .keys()
                 .chain(last.keys())
-                .filter(|p| fresh.paths().get(*p) != last.get(*p))
+                .filter(|p| fresh.get(*p) != last.get(*p))
                 .map(|p| p.addr())
                 .collect();
             assert_eq!(changed, really, "step {n}: reported changes");

@@ -16,7 +16,7 @@ use porter_api::source::{Event, Snapshot};
 use porter_api::{BgpConf, BgpPeer, BgpPeerNodeStatus, SpeakerMode};
 use tokio::sync::Notify;
 
-use crate::announce::Paths;
+use porter_bgp::PathTable;
 
 use porter_api::bgp_config::{
     DEFAULT_CONNECT_RETRY, DEFAULT_HOLD_TIME, DEFAULT_LISTEN_PORT, DEFAULT_REMOTE_PORT,
@@ -106,7 +106,7 @@ pub trait Announcer: Send {
     fn upsert_peer(&mut self, peer: &PeerConfig);
     fn remove_peer(&mut self, address: IpAddr);
     /// The complete desired paths; the speaker sends only the difference.
-    fn set_paths(&mut self, paths: &Paths);
+    fn set_paths(&mut self, paths: &PathTable);
     fn peer_status(&self) -> Vec<PeerStatus>;
     /// Notified when [`Self::peer_status`] changes in what is shown (see
     /// [`sessions_differ`]), so that the loop reports a session that went
@@ -455,7 +455,12 @@ impl BgpDriver {
     /// sent paths of a family they do not carry (see
     /// [`families_not_carried`]). `bgp_peers` names the sessions. Looked at
     /// again only when the paths or the sessions changed.
-    pub fn family_notes(&mut self, bgp_peers: &Snapshot, paths: &Paths, version: u64) -> Vec<Note> {
+    pub fn family_notes(
+        &mut self,
+        bgp_peers: &Snapshot,
+        paths: &PathTable,
+        version: u64,
+    ) -> Vec<Note> {
         let checked = Some((version, self.peers_version));
         if self.family_checked == checked {
             return Vec::new();
@@ -486,7 +491,12 @@ impl BgpDriver {
 
     /// Sends `paths` unless this `version` of them was sent already;
     /// returns whether it did.
-    pub fn paths(&mut self, paths: &Paths, version: u64, announcer: &mut dyn Announcer) -> bool {
+    pub fn paths(
+        &mut self,
+        paths: &PathTable,
+        version: u64,
+        announcer: &mut dyn Announcer,
+    ) -> bool {
         if self.speaker.is_none() || self.paths == Some(version) {
             return false;
         }
@@ -513,7 +523,7 @@ pub enum Call {
     Abandon,
     Upsert(PeerConfig),
     Remove(IpAddr),
-    Paths(Paths),
+    Paths(PathTable),
 }
 
 #[cfg(test)]
@@ -538,7 +548,7 @@ impl Announcer for Recorder {
         self.calls.push(Call::Remove(address));
     }
 
-    fn set_paths(&mut self, paths: &Paths) {
+    fn set_paths(&mut self, paths: &PathTable) {
         self.calls.push(Call::Paths(paths.clone()));
     }
 

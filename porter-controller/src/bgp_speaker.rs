@@ -18,10 +18,9 @@ use std::time::Duration;
 
 use porter_api::bgp_bfd::SpeakerBfd;
 use porter_api::source::Event;
-use porter_bgp::{PathAttributes, PathTable, Speaker};
+use porter_bgp::{PathTable, Speaker};
 use tokio::sync::{Notify, mpsc};
 
-use crate::announce::Paths;
 use porter_bgp::{PeerConfig, PeerStatus, SpeakerConfig};
 
 use crate::bgp::{Announcer, BfdSessions, long_lived, sessions_differ};
@@ -165,19 +164,11 @@ impl Announcer for SpeakerAnnouncer {
         });
     }
 
-    fn set_paths(&mut self, paths: &Paths) {
-        // The speaker keeps its own copy; the controller's shared table must
-        // not be held here (its next change would copy it whole).
-        let paths: PathTable = paths
-            .iter()
-            .map(|(prefix, hops)| {
-                let hops = hops
-                    .iter()
-                    .map(|(hop, attributes)| (*hop, PathAttributes::clone(attributes)))
-                    .collect();
-                (*prefix, hops)
-            })
-            .collect();
+    fn set_paths(&mut self, paths: &PathTable) {
+        // The speaker keeps its own copy, which shares the attributes; the
+        // controller's shared table must not be held here (its next change
+        // would copy it whole).
+        let paths = paths.clone();
         self.change(|d| {
             d.replace_paths(paths);
             d.paths_set = true;
@@ -401,7 +392,7 @@ mod tests {
             "a session was opened before the paths were set: {:?}",
             announcer.peer_status()
         );
-        announcer.set_paths(&Paths::default());
+        announcer.set_paths(&PathTable::default());
         // Waiting on the change notifications alone sees the session come
         // up: the controller's loop relies on them.
         let changed = announcer.sessions_changed();

@@ -11,11 +11,11 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
-use crate::announce::Paths;
 use crate::ipam::Ipam;
 use crate::leadership::StepDown;
 use crate::node_check::State as NodeState;
 use crate::reconcile::{FAILURE_KINDS, Plan};
+use porter_bgp::PathTable;
 use porter_bgp::PeerStatus;
 
 type Labels = Vec<(String, String)>;
@@ -276,7 +276,7 @@ impl Metrics {
     }
 
     /// For each of `peers`, the prefixes with at least one path for it.
-    fn prefixes_per_peer(&self, paths: &Paths, version: u64, peers: &[IpAddr]) -> Vec<i64> {
+    fn prefixes_per_peer(&self, paths: &PathTable, version: u64, peers: &[IpAddr]) -> Vec<i64> {
         let Ok(mut cache) = self.scoped.lock() else {
             return vec![0; peers.len()];
         };

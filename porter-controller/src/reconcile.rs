@@ -16,7 +16,8 @@ use porter_api::service::ingress_ips;
 use porter_api::source::{Event, EventType, Regarding, Snapshot, StatusWriter, WriteError};
 use porter_api::{EipStatus, ObjectKey};
 
-use crate::announce::{Exclusion, Inputs, Paths, Policy, RouteTable, Verdict};
+use crate::announce::incremental::RouteTable;
+use crate::announce::{Exclusion, Inputs, Policy, Verdict};
 use crate::bgp::{self, BgpDesired};
 use crate::ipam::{Ipam, NamespaceLabels, NodeAddresses, Pool, PoolState};
 use crate::layer2_status::Layer2Status;
@@ -24,6 +25,7 @@ use crate::peer_auth::SecretScope;
 use crate::service::{self, ServiceRequest};
 use memo::{Changed, LastInputs, Memo};
 use pool_status::{eip_status, held_message, join_errors};
+use porter_bgp::PathTable;
 
 pub const REASON_ALLOCATED: &str = "IPAllocated";
 pub const REASON_FAILED: &str = "AllocationFailed";
@@ -51,7 +53,7 @@ pub struct Plan {
     /// every address in use).
     pub eip_status: Vec<(String, Arc<EipStatus>)>,
     pub events: Vec<Event>,
-    pub paths: Arc<Paths>,
+    pub paths: Arc<PathTable>,
     /// Changes whenever `paths` does. Hold on to this, not to `paths`: a
     /// kept `paths` makes the next change copy the whole table.
     pub paths_version: u64,

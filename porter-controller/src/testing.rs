@@ -1,5 +1,7 @@
-//! Fixtures and fakes shared by the unit tests.
+//! Fixtures and fakes shared by the unit tests: one typed builder per kind
+//! (Services come from `porter_api::testing`), which a test adjusts.
 
+use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 
@@ -7,9 +9,10 @@ use k8s_openapi::api::core::v1::{Node, NodeAddress, NodeCondition, NodeStatus, S
 use k8s_openapi::api::discovery::v1::{Endpoint, EndpointConditions, EndpointSlice};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use porter_api::annotations::{SERVICE_FINALIZER, SERVICE_NAME_LABEL};
+use porter_api::crd::PeerConf;
 use porter_api::service::ingress_status;
 use porter_api::source::{Event, StatusWriter, WriteError};
-use porter_api::{EipStatus, ObjectKey};
+use porter_api::{BgpConf, BgpConfSpec, BgpPeer, BgpPeerSpec, Eip, EipSpec, EipStatus, ObjectKey};
 
 /// `svc` as a leader leaves it once it has published `address` for it:
 /// with Porter's finalizer and the address in its status.
@@ -76,6 +79,66 @@ pub fn slice(namespace: &str, service: &str, eps: &[(&str, Option<bool>)]) -> En
                 .collect(),
         ),
         ports: None,
+    }
+}
+
+/// Labels (or a selector's `matchLabels`) from pairs.
+pub fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+/// The pool (Eip) `name` over `address`, no BGP policy, no status.
+pub fn eip(name: &str, address: &str) -> Eip {
+    Eip {
+        metadata: ObjectMeta {
+            name: Some(name.into()),
+            ..Default::default()
+        },
+        spec: EipSpec {
+            address: address.into(),
+            ..Default::default()
+        },
+        status: None,
+    }
+}
+
+/// The BgpConf `name`: AS 65000, with this router id.
+pub fn bgp_conf(name: &str, router_id: Option<&str>) -> BgpConf {
+    BgpConf {
+        metadata: ObjectMeta {
+            name: Some(name.into()),
+            ..Default::default()
+        },
+        spec: BgpConfSpec {
+            as_number: 65000,
+            router_id: router_id.map(str::to_string),
+            ..Default::default()
+        },
+    }
+}
+
+/// The BgpPeer `name`: AS 65001 at `address`, the rest of its spec as `f`
+/// leaves it, no status.
+pub fn bgp_peer(name: &str, address: &str, f: impl FnOnce(&mut BgpPeerSpec)) -> BgpPeer {
+    let mut spec = BgpPeerSpec {
+        conf: PeerConf {
+            peer_as: 65001,
+            neighbor_address: address.into(),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    f(&mut spec);
+    BgpPeer {
+        metadata: ObjectMeta {
+            name: Some(name.into()),
+            ..Default::default()
+        },
+        spec,
+        status: None,
     }
 }
 

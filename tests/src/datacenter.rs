@@ -201,8 +201,8 @@ impl Datacenter {
         enable_routing(&lab, &router_ns)?;
         lab.ip(&router_ns, &["link", "add", "lan", "type", "bridge"])?;
         lab.ip(&router_ns, &["link", "set", "lan", "up"])?;
-        add_addr(&lab, &router_ns, "lan", "172.30.0.1/24")?;
-        add_addr(&lab, &router_ns, "lan", "fd00:30::1/64")?;
+        lab.addr(&router_ns, "lan", "172.30.0.1/24")?;
+        lab.addr(&router_ns, "lan", "fd00:30::1/64")?;
 
         connect_client(&lab, &router_ns, &client)?;
 
@@ -213,8 +213,8 @@ impl Datacenter {
         let ctl = if own_namespace {
             let ctl = lab.netns("ctl")?;
             attach_to_lan(&lab, &router_ns, &ctl, "v-ctl")?;
-            add_addr(&lab, &ctl, "eth0", &format!("{CONTROLLER_V4}/24"))?;
-            add_addr(&lab, &ctl, "eth0", "fd00:30::10/64")?;
+            lab.addr(&ctl, "eth0", &format!("{CONTROLLER_V4}/24"))?;
+            lab.addr(&ctl, "eth0", "fd00:30::10/64")?;
             ctl
         } else {
             String::new()
@@ -223,7 +223,7 @@ impl Datacenter {
         let standby = if replicas != Replicas::One {
             let ns = lab.netns("ctl-b")?;
             attach_to_lan(&lab, &router_ns, &ns, "v-ctl-b")?;
-            add_addr(&lab, &ns, "eth0", &format!("{STANDBY_V4}/24"))?;
+            lab.addr(&ns, "eth0", &format!("{STANDBY_V4}/24"))?;
             neighbors.push(Neighbor {
                 bfd_graceful,
                 ..Neighbor::new(STANDBY_V4.parse()?, PORTER_AS)
@@ -237,16 +237,11 @@ impl Datacenter {
         let mut pass_xdp = Vec::new();
         for (index, &pod_count) in pods_per_node.iter().enumerate() {
             let n = index + 1;
-            let name = format!("n{n}");
-            let ns = lab.netns(&name)?;
-            attach_to_lan(&lab, &router_ns, &ns, &format!("v-{name}"))?;
-            pass_xdp.push(attach_pass_xdp_to(&router_ns, &format!("v-{name}"))?);
             let ip: IpAddr = format!("172.30.0.{}", 10 + n).parse()?;
             let ip6: IpAddr = format!("fd00:30::{}", 10 + n).parse()?;
-            add_addr(&lab, &ns, "eth0", &format!("{ip}/24"))?;
-            add_addr(&lab, &ns, "eth0", &format!("{ip6}/64"))?;
-            lab.ip(&ns, &["route", "add", "default", "via", ROUTER_LAN_V4])?;
-            lab.ip(&ns, &["-6", "route", "add", "default", "via", "fd00:30::1"])?;
+            let gateways = (ROUTER_LAN_V4, "fd00:30::1");
+            let (ns, xdp) = join_lan(&mut lab, &router_ns, n, (ip, ip6), gateways)?;
+            pass_xdp.push(xdp);
             nodes.push(finish_node(
                 &mut lab,
                 n,
@@ -283,8 +278,7 @@ impl Datacenter {
             },
         )?;
         let manifests = lab.run_dir().join("cluster");
-        std::fs::create_dir_all(&manifests)?;
-        let dc = Self {
+        Self {
             lab,
             router,
             router_ns,
@@ -296,10 +290,8 @@ impl Datacenter {
             nodes,
             manifests,
             _pass_xdp: pass_xdp,
-        };
-        dc.write_nodes()?;
-        dc.wait_pods()?;
-        Ok(dc)
+        }
+        .ready()
     }
 
     /// The routed fabric of the module docs: node `k` (with
@@ -326,23 +318,17 @@ impl Datacenter {
             enable_routing(&lab, &leaf_ns)?;
             let uplink: IpAddr = format!("172.29.{k}.2").parse()?;
             lab.veth((&router_ns, &format!("v-l{k}")), (&leaf_ns, "uplink"))?;
-            add_addr(
-                &lab,
-                &router_ns,
-                &format!("v-l{k}"),
-                &format!("172.29.{k}.1/24"),
-            )?;
-            add_addr(&lab, &leaf_ns, "uplink", &format!("{uplink}/24"))?;
+            lab.addr(&router_ns, &format!("v-l{k}"), &format!("172.29.{k}.1/24"))?;
+            lab.addr(&leaf_ns, "uplink", &format!("{uplink}/24"))?;
             // IPv6 rides the IPv4 sessions (MP-BGP); FRR needs a global
             // IPv6 address on the link to announce an IPv6 next hop (it
             // sends it with the link-local one, which the spine installs).
-            add_addr(
-                &lab,
+            lab.addr(
                 &router_ns,
                 &format!("v-l{k}"),
                 &format!("fd00:29:{k}::1/64"),
             )?;
-            add_addr(&lab, &leaf_ns, "uplink", &format!("fd00:29:{k}::2/64"))?;
+            lab.addr(&leaf_ns, "uplink", &format!("fd00:29:{k}::2/64"))?;
             for (family, spine) in [
                 ("-4", format!("172.29.{k}.1")),
                 ("-6", format!("fd00:29:{k}::1")),
@@ -355,11 +341,11 @@ impl Datacenter {
             lab.ip(&leaf_ns, &["link", "add", "lan", "type", "bridge"])?;
             lab.ip(&leaf_ns, &["link", "set", "lan", "up"])?;
             let leaf_ip = format!("172.30.{k}.1");
-            add_addr(&lab, &leaf_ns, "lan", &format!("{leaf_ip}/24"))?;
-            add_addr(&lab, &leaf_ns, "lan", &format!("fd00:30:{k}::1/64"))?;
+            lab.addr(&leaf_ns, "lan", &format!("{leaf_ip}/24"))?;
+            lab.addr(&leaf_ns, "lan", &format!("fd00:30:{k}::1/64"))?;
             if k == 1 {
                 attach_to_lan(&lab, &leaf_ns, &ctl, "v-ctl")?;
-                add_addr(&lab, &ctl, "eth0", "172.30.1.10/24")?;
+                lab.addr(&ctl, "eth0", "172.30.1.10/24")?;
                 lab.ip(&ctl, &["route", "add", "default", "via", &leaf_ip])?;
             }
             // The racks reach each other through the spine, as the nodes
@@ -374,17 +360,12 @@ impl Datacenter {
                     &uplink.to_string(),
                 ],
             )?;
-            let name = format!("n{k}");
-            let ns = lab.netns(&name)?;
-            attach_to_lan(&lab, &leaf_ns, &ns, &format!("v-{name}"))?;
-            pass_xdp.push(attach_pass_xdp_to(&leaf_ns, &format!("v-{name}"))?);
             let ip: IpAddr = format!("172.30.{k}.{}", 10 + k).parse()?;
             let ip6: IpAddr = format!("fd00:30:{k}::{}", 10 + k).parse()?;
-            add_addr(&lab, &ns, "eth0", &format!("{ip}/24"))?;
-            add_addr(&lab, &ns, "eth0", &format!("{ip6}/64"))?;
-            lab.ip(&ns, &["route", "add", "default", "via", &leaf_ip])?;
             let leaf_ip6 = format!("fd00:30:{k}::1");
-            lab.ip(&ns, &["-6", "route", "add", "default", "via", &leaf_ip6])?;
+            let gateways = (leaf_ip.as_str(), leaf_ip6.as_str());
+            let (ns, xdp) = join_lan(&mut lab, &leaf_ns, k, (ip, ip6), gateways)?;
+            pass_xdp.push(xdp);
             let labels = vec![("rack".to_owned(), k.to_string())];
             nodes.push(finish_node(&mut lab, k, ns, ip, ip6, pod_count, labels)?);
             let leaf_as = 65010 + u32::try_from(k)?;
@@ -423,8 +404,7 @@ impl Datacenter {
             },
         )?;
         let manifests = lab.run_dir().join("cluster");
-        std::fs::create_dir_all(&manifests)?;
-        let dc = Self {
+        Self {
             lab,
             router,
             router_ns,
@@ -436,10 +416,17 @@ impl Datacenter {
             nodes,
             manifests,
             _pass_xdp: pass_xdp,
-        };
-        dc.write_nodes()?;
-        dc.wait_pods()?;
-        Ok(dc)
+        }
+        .ready()
+    }
+
+    /// The last step of every constructor: the cluster directory with the
+    /// Node manifests in it, and every pod answering.
+    fn ready(self) -> Result<Self> {
+        std::fs::create_dir_all(&self.manifests)?;
+        self.write_nodes()?;
+        self.wait_pods()?;
+        Ok(self)
     }
 
     /// Waits until every pod's HTTP server answers inside its node.
@@ -1112,10 +1099,10 @@ fn enable_routing(lab: &Lab, ns: &str) -> Result<()> {
 /// The client namespace behind `router_ns`, on 172.31.0.0/24 and fd00:31::/64.
 fn connect_client(lab: &Lab, router_ns: &str, client: &str) -> Result<()> {
     lab.veth((router_ns, "v-cl"), (client, "eth0"))?;
-    add_addr(lab, router_ns, "v-cl", "172.31.0.1/24")?;
-    add_addr(lab, router_ns, "v-cl", "fd00:31::1/64")?;
-    add_addr(lab, client, "eth0", &format!("{CLIENT_V4}/24"))?;
-    add_addr(lab, client, "eth0", "fd00:31::2/64")?;
+    lab.addr(router_ns, "v-cl", "172.31.0.1/24")?;
+    lab.addr(router_ns, "v-cl", "fd00:31::1/64")?;
+    lab.addr(client, "eth0", &format!("{CLIENT_V4}/24"))?;
+    lab.addr(client, "eth0", "fd00:31::2/64")?;
     lab.ip(client, &["route", "add", "default", "via", "172.31.0.1"])?;
     lab.ip(
         client,
@@ -1161,21 +1148,33 @@ fn agent_name(index: usize) -> String {
     format!("agent-n{}", index + 1)
 }
 
-fn add_addr(lab: &Lab, ns: &str, interface: &str, cidr: &str) -> Result<()> {
-    // nodad: IPv6 addresses are usable at once instead of after DAD.
-    let mut args = vec!["addr", "add", cidr, "dev", interface];
-    if cidr.contains(':') {
-        args.push("nodad");
-    }
-    lab.ip(ns, &args)?;
-    Ok(())
-}
-
 /// Connects `ns`'s `eth0` to the router's bridge through port `port`.
 fn attach_to_lan(lab: &Lab, router_ns: &str, ns: &str, port: &str) -> Result<()> {
     lab.veth((router_ns, port), (ns, "eth0"))?;
     lab.ip(router_ns, &["link", "set", port, "master", "lan"])?;
     Ok(())
+}
+
+/// Node `n`'s namespace on `lan_ns`'s bridge, behind port `v-n<n>` with
+/// the pass-everything XDP program on it (see `Datacenter::_pass_xdp`):
+/// `ip`/24 and `ip6`/64 on its eth0, default routes through `gateways`.
+fn join_lan(
+    lab: &mut Lab,
+    lan_ns: &str,
+    n: usize,
+    (ip, ip6): (IpAddr, IpAddr),
+    (gateway, gateway6): (&str, &str),
+) -> Result<(String, aya::Ebpf)> {
+    let name = format!("n{n}");
+    let ns = lab.netns(&name)?;
+    let port = format!("v-{name}");
+    attach_to_lan(lab, lan_ns, &ns, &port)?;
+    let pass_xdp = attach_pass_xdp_to(lan_ns, &port)?;
+    lab.addr(&ns, "eth0", &format!("{ip}/24"))?;
+    lab.addr(&ns, "eth0", &format!("{ip6}/64"))?;
+    lab.ip(&ns, &["route", "add", "default", "via", gateway])?;
+    lab.ip(&ns, &["-6", "route", "add", "default", "via", gateway6])?;
+    Ok((ns, pass_xdp))
 }
 
 /// Pod `p` of node `n`: its own namespace behind a veth, addresses
@@ -1189,8 +1188,8 @@ fn add_pod(lab: &mut Lab, node_ns: &str, n: usize, p: usize) -> Result<Pod> {
     let (gateway, gateway6) = (format!("10.244.{n}.1"), format!("fd00:244:{n}::1"));
     let ip: IpAddr = format!("10.244.{n}.{}", p + 1).parse()?;
     let ip6: IpAddr = format!("fd00:244:{n}::{}", p + 1).parse()?;
-    add_addr(lab, node_ns, &host_side, &format!("{gateway}/32"))?;
-    add_addr(lab, node_ns, &host_side, &format!("{gateway6}/128"))?;
+    lab.addr(node_ns, &host_side, &format!("{gateway}/32"))?;
+    lab.addr(node_ns, &host_side, &format!("{gateway6}/128"))?;
     lab.ip(
         node_ns,
         &["route", "add", &format!("{ip}/32"), "dev", &host_side],
@@ -1206,8 +1205,8 @@ fn add_pod(lab: &mut Lab, node_ns: &str, n: usize, p: usize) -> Result<Pod> {
             &host_side,
         ],
     )?;
-    add_addr(lab, &ns, "eth0", &format!("{ip}/32"))?;
-    add_addr(lab, &ns, "eth0", &format!("{ip6}/128"))?;
+    lab.addr(&ns, "eth0", &format!("{ip}/32"))?;
+    lab.addr(&ns, "eth0", &format!("{ip6}/128"))?;
     lab.ip(&ns, &["route", "add", &gateway, "dev", "eth0"])?;
     lab.ip(&ns, &["route", "add", "default", "via", &gateway])?;
     lab.ip(&ns, &["-6", "route", "add", &gateway6, "dev", "eth0"])?;

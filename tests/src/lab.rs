@@ -79,7 +79,12 @@ impl Lab {
 
     /// Adds `cidr` (e.g. `10.0.0.1/24`) to `interface` in `ns`.
     pub fn addr(&self, ns: &str, interface: &str, cidr: &str) -> Result<()> {
-        self.ip(ns, &["addr", "add", cidr, "dev", interface])?;
+        // nodad: IPv6 addresses are usable at once instead of after DAD.
+        let mut args = vec!["addr", "add", cidr, "dev", interface];
+        if cidr.contains(':') {
+            args.push("nodad");
+        }
+        self.ip(ns, &args)?;
         Ok(())
     }
 

@@ -82,7 +82,7 @@ impl L2Lab {
         let client = lab.netns("cl")?;
         plug(&lab, &switch, &client, "pc")?;
         lab.addr(&client, "eth0", "172.30.0.2/24")?;
-        add_addr6(&lab, &client, "eth0", "fd00:30::2/64")?;
+        lab.addr(&client, "eth0", "fd00:30::2/64")?;
         // Full checksums, as from a wire.
         lab.exec(&client, &["ethtool", "-K", "eth0", "tx", "off"])?;
 
@@ -97,7 +97,7 @@ impl L2Lab {
             // veth only takes the node's XDP_TX answers when its peer runs XDP.
             pass_xdp.push(attach_pass_xdp_to(&switch, &port)?);
             lab.addr(&ns, "eth0", &format!("172.30.0.1{i}/24"))?;
-            add_addr6(&lab, &ns, "eth0", &format!("fd00:30::1{i}/64"))?;
+            lab.addr(&ns, "eth0", &format!("fd00:30::1{i}/64"))?;
             lab.exec(
                 &ns,
                 &[
@@ -118,8 +118,8 @@ impl L2Lab {
                 &pod,
                 &["route", "add", "default", "via", &format!("10.244.{i}.1")],
             )?;
-            add_addr6(&lab, &ns, "vp", &format!("fd00:244:{i}::1/64"))?;
-            add_addr6(&lab, &pod, "eth0", &format!("fd00:244:{i}::2/64"))?;
+            lab.addr(&ns, "vp", &format!("fd00:244:{i}::1/64"))?;
+            lab.addr(&pod, "eth0", &format!("fd00:244:{i}::2/64"))?;
             lab.ip(
                 &pod,
                 &[
@@ -435,10 +435,5 @@ pub fn pod_of(node: &str) -> String {
 fn plug(lab: &Lab, switch: &str, ns: &str, port: &str) -> Result<()> {
     lab.veth((ns, "eth0"), (switch, port))?;
     lab.ip(switch, &["link", "set", port, "master", "br0"])?;
-    Ok(())
-}
-
-fn add_addr6(lab: &Lab, ns: &str, interface: &str, cidr: &str) -> Result<()> {
-    lab.ip(ns, &["-6", "addr", "add", cidr, "dev", interface, "nodad"])?;
     Ok(())
 }

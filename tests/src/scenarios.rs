@@ -39,11 +39,7 @@ const AGENT: &str = "agent";
 impl SingleNodeLab {
     pub fn new(tag: &str) -> Result<Self> {
         let mut lab = Lab::new(tag)?;
-        let client = lab.netns("cl")?;
-        let node = lab.netns("n1")?;
-        lab.veth((&client, "eth0"), (&node, "eth0"))?;
-        lab.addr(&client, "eth0", "172.31.0.2/24")?;
-        lab.addr(&node, "eth0", "172.31.0.1/24")?;
+        let (client, node) = client_and_node(&mut lab)?;
         let bpffs = lab.bpffs()?;
         Ok(Self {
             lab,
@@ -172,13 +168,9 @@ impl PodLab {
 
     pub fn new(tag: &str) -> Result<Self> {
         let mut lab = Lab::new(tag)?;
-        let client = lab.netns("cl")?;
-        let node = lab.netns("n1")?;
-        lab.veth((&client, "eth0"), (&node, "eth0"))?;
-        lab.addr(&client, "eth0", "172.31.0.2/24")?;
-        lab.addr(&node, "eth0", "172.31.0.1/24")?;
-        add_addr6(&lab, &client, "eth0", "fd00:31::2/64")?;
-        add_addr6(&lab, &node, "eth0", "fd00:31::1/64")?;
+        let (client, node) = client_and_node(&mut lab)?;
+        lab.addr(&client, "eth0", "fd00:31::2/64")?;
+        lab.addr(&node, "eth0", "fd00:31::1/64")?;
         for (eip, via) in [
             (format!("{}/32", Self::EIP), "172.31.0.1"),
             (format!("{}/128", Self::EIP6), "fd00:31::1"),
@@ -207,8 +199,8 @@ impl PodLab {
             lab.addr(&pod, "eth0", &format!("{pod_ip}/24"))?;
             lab.ip(&pod, &["route", "add", "default", "via", &gateway])?;
             let gateway6 = format!("fd00:244:{}::1", index + 1);
-            add_addr6(&lab, &node, &host_side, &format!("{gateway6}/64"))?;
-            add_addr6(&lab, &pod, "eth0", &format!("{}/64", Self::POD_IPS6[index]))?;
+            lab.addr(&node, &host_side, &format!("{gateway6}/64"))?;
+            lab.addr(&pod, "eth0", &format!("{}/64", Self::POD_IPS6[index]))?;
             lab.ip(&pod, &["-6", "route", "add", "default", "via", &gateway6])?;
             servers.push(NamedServer::start(
                 &pod,
@@ -333,10 +325,14 @@ impl PodLab {
     }
 }
 
-/// IPv6 addresses without duplicate address detection, usable at once.
-fn add_addr6(lab: &Lab, ns: &str, interface: &str, cidr: &str) -> Result<()> {
-    lab.ip(ns, &["-6", "addr", "add", cidr, "dev", interface, "nodad"])?;
-    Ok(())
+/// The client and the node, eth0 to eth0: 172.31.0.2/24 and 172.31.0.1/24.
+fn client_and_node(lab: &mut Lab) -> Result<(String, String)> {
+    let client = lab.netns("cl")?;
+    let node = lab.netns("n1")?;
+    lab.veth((&client, "eth0"), (&node, "eth0"))?;
+    lab.addr(&client, "eth0", "172.31.0.2/24")?;
+    lab.addr(&node, "eth0", "172.31.0.1/24")?;
+    Ok((client, node))
 }
 
 /// Puts Porter's pass-everything XDP program on `ns`'s eth0 (with maps of

@@ -9,6 +9,7 @@
 use std::{
     collections::{BTreeMap, BTreeSet},
     net::{IpAddr, Ipv4Addr, SocketAddr},
+    sync::Arc,
     time::Duration,
 };
 
@@ -59,7 +60,9 @@ fn community(asn: u16, value: u16) -> u32 {
 fn two_paths(prefix: &Prefix, a: PathAttributes, b: PathAttributes) -> Result<PathTable> {
     Ok(BTreeMap::from([(
         prefix.net.parse()?,
-        BTreeMap::from([(ip(prefix.a), a), (ip(prefix.b), b)]),
+        [(ip(prefix.a), Arc::new(a)), (ip(prefix.b), Arc::new(b))]
+            .into_iter()
+            .collect(),
     )]))
 }
 
@@ -532,13 +535,15 @@ fn frr_routes_next_hop_self_through_the_node_speaker() -> Result<()> {
     speaker.wait_established(&lab.lab, &router, SETTLE)?;
     speaker.set_paths(BTreeMap::from([(
         V4.net.parse()?,
-        BTreeMap::from([(
+        [(
             NEXT_HOP_SELF_V4,
-            PathAttributes {
+            Arc::new(PathAttributes {
                 link_bandwidth: Some(LinkBandwidth::for_endpoints(2, true)),
                 ..PathAttributes::default()
-            },
-        )]),
+            }),
+        )]
+        .into_iter()
+        .collect(),
     )]))?;
     let expected = BTreeSet::from([ip(SPEAKER_V4)]);
     wait_for("the route via the node speaker", SETTLE, || {

@@ -1,4 +1,4 @@
-use std::{collections::BTreeMap, net::IpAddr, path::Path};
+use std::{collections::BTreeMap, net::IpAddr, path::Path, sync::Arc};
 
 use porter_api::{
     BgpPeerNodeStatus,
@@ -263,17 +263,22 @@ fn eips_of_a_family_a_session_does_not_carry_are_warned_about() {
     let n1 = node_bgp(&snap, "n1", &SecretScope::default());
     let net = |text: &str| text.parse::<ipnet::IpNet>().expect("prefix");
     let ip = |text: &str| text.parse::<IpAddr>().expect("ip");
-    let mut paths = porter_bgp::PathTable::from([
-        (
-            net("192.0.2.1/32"),
-            BTreeMap::from([(NEXT_HOP_SELF_V4, PathAttributes::default())]),
-        ),
-        (
-            net("2001:db8::1/128"),
-            BTreeMap::from([(NEXT_HOP_SELF_V6, PathAttributes::default())]),
-        ),
-    ]);
-    let notes = unnegotiated_families("n1", &n1, &paths);
+    let paths = |attributes: PathAttributes| {
+        let attributes = Arc::new(attributes);
+        porter_bgp::PathTable::from([
+            (
+                net("192.0.2.1/32"),
+                [(NEXT_HOP_SELF_V4, Arc::clone(&attributes))]
+                    .into_iter()
+                    .collect(),
+            ),
+            (
+                net("2001:db8::1/128"),
+                [(NEXT_HOP_SELF_V6, attributes)].into_iter().collect(),
+            ),
+        ])
+    };
+    let notes = unnegotiated_families("n1", &n1, &paths(PathAttributes::default()));
     assert_eq!(notes.len(), 1, "{notes:?}");
     assert!(notes[0].warning);
     assert!(
@@ -285,10 +290,11 @@ fn eips_of_a_family_a_session_does_not_carry_are_warned_about() {
         "{notes:?}"
     );
     // Scoped to the dual-stack peers only (a pool's peerSelector): no warning.
-    for attributes in paths.values_mut().flat_map(|hops| hops.values_mut()) {
-        attributes.only_peers = Some([ip("172.30.1.1"), ip("fd00::1")].into());
-    }
-    assert_eq!(unnegotiated_families("n1", &n1, &paths), []);
+    let scoped = PathAttributes {
+        only_peers: Some([ip("172.30.1.1"), ip("fd00::1")].into()),
+        ..PathAttributes::default()
+    };
+    assert_eq!(unnegotiated_families("n1", &n1, &paths(scoped)), []);
 }
 
 #[test]
@@ -389,8 +395,9 @@ fn node_paths_are_next_hop_self_weighted_by_local_endpoints_with_the_pool_policy
     let rendered: Vec<(String, IpAddr, PathAttributes)> = paths
         .iter()
         .flat_map(|(prefix, hops)| {
-            hops.iter()
-                .map(move |(hop, attributes)| (prefix.to_string(), *hop, attributes.clone()))
+            hops.iter().map(move |(hop, attributes)| {
+                (prefix.to_string(), *hop, PathAttributes::clone(attributes))
+            })
         })
         .collect();
     assert_eq!(

@@ -4,6 +4,7 @@
 use std::{
     collections::{BTreeMap, BTreeSet},
     net::IpAddr,
+    sync::Arc,
 };
 
 use ipnet::IpNet;
@@ -245,7 +246,10 @@ pub fn node_paths(snapshot: &Snapshot, node: &NodeBgp, served: &[LocalService]) 
         } else {
             NEXT_HOP_SELF_V6
         };
-        paths.insert(IpNet::from(vip), BTreeMap::from([(next_hop, attributes)]));
+        paths.insert(
+            IpNet::from(vip),
+            [(next_hop, Arc::new(attributes))].into_iter().collect(),
+        );
     }
     paths
 }
@@ -256,7 +260,7 @@ pub fn unnegotiated_families(node: &str, bgp: &NodeBgp, paths: &PathTable) -> Ve
     let each_path = || {
         paths
             .iter()
-            .flat_map(|(prefix, hops)| hops.values().map(move |attributes| (prefix, attributes)))
+            .flat_map(|(prefix, hops)| hops.values().map(move |attributes| (prefix, &**attributes)))
     };
     bgp.peers
         .values()

@@ -4,52 +4,16 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use porter_api::bgp_config::{
     PeerEvent, REASON_AUTH_IN_SPEC, REASON_AUTH_UNAVAILABLE, REASON_FAMILY_NOT_CARRIED,
 };
-use porter_api::crd::{
-    AddPaths, AddPathsConfig, AfiSafi, AfiSafiConfig, EbgpMultihop, PeerConf, Transport,
-};
-use porter_api::{BgpConfSpec, BgpPeerSpec};
+use porter_api::crd::{AddPaths, AddPathsConfig, AfiSafi, AfiSafiConfig, EbgpMultihop, Transport};
 use porter_bgp::Family;
 
 use crate::peer_auth::SecretScope;
+use crate::testing::{bgp_conf, bgp_peer};
 use k8s_openapi::api::core::v1::Secret;
 use std::sync::Arc;
 
-fn conf(name: &str, router_id: Option<&str>) -> BgpConf {
-    BgpConf {
-        metadata: ObjectMeta {
-            name: Some(name.into()),
-            ..Default::default()
-        },
-        spec: BgpConfSpec {
-            as_number: 65000,
-            router_id: router_id.map(str::to_string),
-            ..Default::default()
-        },
-    }
-}
-
-fn peer(name: &str, address: &str, f: impl FnOnce(&mut BgpPeerSpec)) -> BgpPeer {
-    let mut spec = BgpPeerSpec {
-        conf: PeerConf {
-            peer_as: 65001,
-            neighbor_address: address.into(),
-            ..Default::default()
-        },
-        ..Default::default()
-    };
-    f(&mut spec);
-    BgpPeer {
-        metadata: ObjectMeta {
-            name: Some(name.into()),
-            ..Default::default()
-        },
-        spec,
-        status: None,
-    }
-}
-
 /// One path for `prefix` via `hop`, for every peer or only for `only`.
-fn path(prefix: &str, hop: &str, only: Option<&str>) -> (IpNet, crate::announce::NextHops) {
+fn path(prefix: &str, hop: &str, only: Option<&str>) -> (IpNet, porter_bgp::NextHops) {
     let attributes = porter_api::bgp_policy::PathAttributes {
         only_peers: only.map(|p| [ip(p)].into()),
         ..Default::default()
@@ -67,10 +31,10 @@ fn ip(s: &str) -> IpAddr {
 
 #[test]
 fn crds_translate_with_openelb_defaults() {
-    let confs = [conf("default", Some("10.0.0.1"))];
+    let confs = [bgp_conf("default", Some("10.0.0.1"))];
     let peers = [
-        peer("plain", "192.168.1.1", |_| {}),
-        peer("full", "2001:db8::1", |s| {
+        bgp_peer("plain", "192.168.1.1", |_| {}),
+        bgp_peer("full", "2001:db8::1", |s| {
             s.conf.auth_password = Some("s3cret".into());
             s.transport = Some(Transport {
                 passive_mode: true,
@@ -88,7 +52,7 @@ fn crds_translate_with_openelb_defaults() {
             s.afi_safis = vec![
                 AfiSafi {
                     config: Some(AfiSafiConfig {
-                        family: porter_api::crd::Family {
+                        family: porter_api::crd::AfiSafiFamily {
                             afi: "AFI_IP".into(),
                             safi: "SAFI_UNICAST".into(),
                         },
@@ -100,7 +64,7 @@ fn crds_translate_with_openelb_defaults() {
                 },
                 AfiSafi {
                     config: Some(AfiSafiConfig {
-                        family: porter_api::crd::Family {
+                        family: porter_api::crd::AfiSafiFamily {
                             afi: "AFI_IP6".into(),
                             safi: "SAFI_UNICAST".into(),
                         },
@@ -153,7 +117,7 @@ fn crds_translate_with_openelb_defaults() {
 fn a_restart_time_without_enabled_leaves_graceful_restart_off_and_says_so() {
     // OpenELB's meaning: off unless enabled. The restart time shows intent,
     // so the user is told instead of silently ignored.
-    let mut conf = conf("default", Some("10.0.0.1"));
+    let mut conf = bgp_conf("default", Some("10.0.0.1"));
     conf.spec.graceful_restart = Some(porter_api::crd::GracefulRestart {
         enabled: false,
         restart_time: Some(300),
@@ -183,13 +147,16 @@ fn a_restart_time_without_enabled_leaves_graceful_restart_off_and_says_so() {
 
 #[test]
 fn bad_crds_are_refused_with_a_note() {
-    let confs = [conf("default", None), conf("other", Some("10.0.0.1"))];
+    let confs = [
+        bgp_conf("default", None),
+        bgp_conf("other", Some("10.0.0.1")),
+    ];
     let peers = [
-        peer("bad", "not-an-ip", |_| {}),
-        peer("a", "192.168.1.1", |s| {
+        bgp_peer("bad", "not-an-ip", |_| {}),
+        bgp_peer("a", "192.168.1.1", |s| {
             s.node_selector = [("rack".to_string(), "1".to_string())].into()
         }),
-        peer("b", "192.168.1.1", |_| {}),
+        bgp_peer("b", "192.168.1.1", |_| {}),
     ];
     let d = from_crds(&confs, &peers, &[], &SecretScope::default());
     assert_eq!(d.speaker, None);
@@ -269,8 +236,8 @@ fn crds_win_over_the_seed_configmap_with_a_warning() {
         2,
         "the seed alone configures BGP"
     );
-    snap.bgp_confs = vec![Arc::new(conf("default", Some("10.0.0.1")))];
-    snap.bgp_peers = vec![Arc::new(peer("p", "192.168.9.9", |_| {}))];
+    snap.bgp_confs = vec![Arc::new(bgp_conf("default", Some("10.0.0.1")))];
+    snap.bgp_peers = vec![Arc::new(bgp_peer("p", "192.168.9.9", |_| {}))];
     let d = desired(&snap, &SecretScope::default());
     assert_eq!(
         d.peers.keys().copied().collect::<Vec<_>>(),
@@ -287,11 +254,11 @@ fn crds_win_over_the_seed_configmap_with_a_warning() {
 fn driver_changes_only_what_changed() {
     let mut rec = Recorder::default();
     let mut driver = BgpDriver::default();
-    let confs = [conf("default", Some("10.0.0.1"))];
-    let a = peer("a", "192.168.1.1", |_| {});
-    let b = peer("b", "192.168.1.2", |_| {});
-    let b2 = peer("b", "192.168.1.2", |s| s.conf.peer_as = 65099);
-    let c = peer("c", "192.168.1.3", |_| {});
+    let confs = [bgp_conf("default", Some("10.0.0.1"))];
+    let a = bgp_peer("a", "192.168.1.1", |_| {});
+    let b = bgp_peer("b", "192.168.1.2", |_| {});
+    let b2 = bgp_peer("b", "192.168.1.2", |s| s.conf.peer_as = 65099);
+    let c = bgp_peer("c", "192.168.1.3", |_| {});
 
     driver.configure(
         from_crds(&confs, [&a, &b], &[], &SecretScope::default()),
@@ -327,7 +294,7 @@ fn driver_changes_only_what_changed() {
     assert_eq!(rec.calls, [Call::Remove(ip("192.168.1.2"))]);
     rec.calls.clear();
 
-    let paths: Paths = [path("10.9.0.1/32", "192.168.0.10", None)].into();
+    let paths: PathTable = [path("10.9.0.1/32", "192.168.0.10", None)].into();
     assert!(driver.paths(&paths, 1, &mut rec));
     assert!(
         !driver.paths(&paths, 1, &mut rec),
@@ -338,7 +305,7 @@ fn driver_changes_only_what_changed() {
     rec.calls.clear();
     driver.configure(
         from_crds(
-            &[conf("default", Some("10.0.0.2"))],
+            &[bgp_conf("default", Some("10.0.0.2"))],
             [&a, &c],
             &[],
             &SecretScope::default(),
@@ -356,11 +323,11 @@ fn driver_changes_only_what_changed() {
 fn node_mode_stops_the_controller_speaker_and_controller_mode_restarts_it() {
     let mut rec = Recorder::default();
     let mut driver = BgpDriver::default();
-    let controller_mode = [conf("default", Some("10.0.0.1"))];
-    let mut node_mode = conf("default", Some("10.0.0.1"));
+    let controller_mode = [bgp_conf("default", Some("10.0.0.1"))];
+    let mut node_mode = bgp_conf("default", Some("10.0.0.1"));
     node_mode.spec.speaker_mode = Some(SpeakerMode::Node);
     let node_mode = [node_mode];
-    let a = peer("a", "192.168.1.1", |s| {
+    let a = bgp_peer("a", "192.168.1.1", |s| {
         s.node_selector = [("rack".to_string(), "1".to_string())].into()
     });
 
@@ -384,7 +351,7 @@ fn node_mode_stops_the_controller_speaker_and_controller_mode_restarts_it() {
     driver.configure(desired, &mut rec);
     assert_eq!(rec.calls, [Call::Stop]);
     rec.calls.clear();
-    let paths: Paths = [path("10.9.0.1/32", "192.168.0.10", None)].into();
+    let paths: PathTable = [path("10.9.0.1/32", "192.168.0.10", None)].into();
     assert!(
         !driver.paths(&paths, 7, &mut rec),
         "no announcements in node mode"
@@ -401,8 +368,8 @@ fn node_mode_stops_the_controller_speaker_and_controller_mode_restarts_it() {
 fn controller_status_entries_name_the_bgppeers_it_has_sessions_with() {
     let snap = Snapshot {
         bgp_peers: vec![
-            std::sync::Arc::new(peer("up", "192.168.1.1", |_| {})),
-            std::sync::Arc::new(peer("unknown", "192.168.1.2", |_| {})),
+            std::sync::Arc::new(bgp_peer("up", "192.168.1.1", |_| {})),
+            std::sync::Arc::new(bgp_peer("unknown", "192.168.1.2", |_| {})),
         ],
         ..Default::default()
     };
@@ -447,16 +414,16 @@ fn auth_secret(value: &str) -> Arc<Secret> {
 
 #[test]
 fn a_secret_password_keys_only_its_peer_and_a_missing_one_starts_nothing() {
-    let confs = [conf("default", Some("10.0.0.1"))];
+    let confs = [bgp_conf("default", Some("10.0.0.1"))];
     let scope = SecretScope::default();
-    let a = peer("a", "192.168.1.1", |s| {
+    let a = bgp_peer("a", "192.168.1.1", |s| {
         s.conf.auth_password_secret_ref = Some(porter_api::crd::SecretKeyRef {
             name: "bgp-auth".into(),
             key: "password".into(),
             namespace: None,
         })
     });
-    let b = peer("b", "192.168.1.2", |_| {});
+    let b = bgp_peer("b", "192.168.1.2", |_| {});
     let upserts = |rec: &Recorder| -> Vec<(IpAddr, Option<String>)> {
         rec.calls
             .iter()
@@ -514,9 +481,9 @@ fn a_secret_password_keys_only_its_peer_and_a_missing_one_starts_nothing() {
 #[test]
 fn eips_of_a_family_a_session_does_not_carry_are_warned_about_once() {
     // `plain` has no afiSafis: its IPv4 session carries IPv4 only.
-    let peers = [peer("plain", "192.168.1.1", |_| {})];
+    let peers = [bgp_peer("plain", "192.168.1.1", |_| {})];
     let desired = from_crds(
-        &[conf("default", Some("10.0.0.1"))],
+        &[bgp_conf("default", Some("10.0.0.1"))],
         &peers,
         &[],
         &SecretScope::default(),
@@ -527,9 +494,9 @@ fn eips_of_a_family_a_session_does_not_carry_are_warned_about_once() {
         bgp_peers: peers.iter().cloned().map(Arc::new).collect(),
         ..Default::default()
     };
-    let v4_only: Paths = [path("192.0.2.1/32", "10.0.0.11", None)].into();
+    let v4_only: PathTable = [path("192.0.2.1/32", "10.0.0.11", None)].into();
     assert_eq!(driver.family_notes(&snap, &v4_only, 1), []);
-    let dual: Paths = [
+    let dual: PathTable = [
         path("192.0.2.1/32", "10.0.0.11", None),
         path("2001:db8::1/128", "fd00::11", None),
     ]
@@ -554,14 +521,14 @@ fn eips_of_a_family_a_session_does_not_carry_are_warned_about_once() {
         })
     );
     // Said once while it holds, even when the paths change again.
-    let more: Paths = [
+    let more: PathTable = [
         path("2001:db8::1/128", "fd00::11", None),
         path("2001:db8::2/128", "fd00::12", None),
     ]
     .into();
     assert_eq!(driver.family_notes(&snap, &more, 3), []);
     // IPv6 paths scoped to other peers are not meant for it.
-    let scoped: Paths = [path("2001:db8::1/128", "fd00::11", Some("fd00::1"))].into();
+    let scoped: PathTable = [path("2001:db8::1/128", "fd00::11", Some("fd00::1"))].into();
     assert_eq!(driver.family_notes(&snap, &scoped, 4), []);
 }
 
@@ -604,16 +571,16 @@ fn long_lived_keeps_the_routes_for_the_lease_then_as_long_lived_stale() {
 
 #[test]
 fn spec_bfd_runs_bfd_beside_the_controllers_own_session() {
-    let confs = [conf("default", Some("10.0.0.1"))];
+    let confs = [bgp_conf("default", Some("10.0.0.1"))];
     let peers = [
-        peer("fast", "192.168.1.1", |s| {
+        bgp_peer("fast", "192.168.1.1", |s| {
             s.bfd = Some(porter_api::crd::BfdSpec {
                 transmit_interval: Some(100),
                 ..Default::default()
             })
         }),
-        peer("plain", "192.168.1.2", |_| {}),
-        peer("wrong", "192.168.1.3", |s| {
+        bgp_peer("plain", "192.168.1.2", |_| {}),
+        bgp_peer("wrong", "192.168.1.3", |s| {
             s.bfd = Some(porter_api::crd::BfdSpec {
                 detect_multiplier: Some(1),
                 ..Default::default()

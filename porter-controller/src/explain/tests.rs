@@ -1,54 +1,70 @@
 use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::{Node, Service};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+use porter_api::crd::EipBgp;
 use porter_api::node_dataplane;
-use porter_api::{BgpConf, BgpPeer, Eip};
-use serde_json::{Value, json};
+use porter_api::testing::{load_balancer, load_balancer_on_80, service_in};
+use porter_api::{BgpPeer, BgpPeerNodeStatus, BgpPeerStatus, Eip, SpeakerMode};
 
 use super::*;
-use crate::testing::{node, published, slice};
+use crate::testing::{bgp_conf, bgp_peer, eip, labels, node, published, slice};
 
 fn now() -> Time {
     Time(k8s_openapi::jiff::Timestamp::from_second(1_700_000_000).expect("ts"))
 }
 
-fn from<T: serde::de::DeserializeOwned>(v: Value) -> T {
-    serde_json::from_value(v).expect("test object")
-}
+const OPTED_IN: (&str, &str) = ("lb.kubesphere.io/v1alpha1", "porter");
 
 /// `shop/web`, opted in, with `address` published (as a leader left it).
-fn web(address: &str, extra: Value) -> Arc<Service> {
-    let mut spec = json!({"type": "LoadBalancer", "ports": [{"port": 80}]});
-    if let (Some(spec), Some(extra)) = (spec.as_object_mut(), extra.as_object()) {
-        spec.extend(extra.clone());
-    }
-    let svc: Service = from(json!({
-        "metadata": {"name": "web", "namespace": "shop",
-                     "annotations": {"lb.kubesphere.io/v1alpha1": "porter"}},
-        "spec": spec,
-    }));
-    Arc::new(published(svc, address))
+fn web(address: &str, external_traffic_policy: Option<&str>) -> Arc<Service> {
+    let mut spec = load_balancer_on_80();
+    spec.external_traffic_policy = external_traffic_policy.map(str::to_string);
+    Arc::new(published(
+        service_in("shop", "web", &[OPTED_IN], spec),
+        address,
+    ))
 }
 
-fn pool(bgp: Value) -> Arc<Eip> {
-    Arc::new(from(json!({
-        "metadata": {"name": "pool"},
-        "spec": {"address": "10.0.0.0-10.0.0.9", "bgp": bgp},
-    })))
+/// The pool `pool`, 10.0.0.0-10.0.0.9, with this BGP policy.
+fn pool(bgp: Option<EipBgp>) -> Arc<Eip> {
+    let mut pool = eip("pool", "10.0.0.0-10.0.0.9");
+    pool.spec.bgp = bgp;
+    Arc::new(pool)
 }
 
+/// A selector matching these labels.
+fn selecting(pairs: &[(&str, &str)]) -> Option<LabelSelector> {
+    Some(LabelSelector {
+        match_labels: Some(labels(pairs)),
+        ..Default::default()
+    })
+}
+
+/// BgpPeer `name` at `addr` with these labels and `nodeSelector`, and these
+/// sessions in its status.
 fn peer(
     name: &str,
     addr: &str,
-    labels: Value,
-    node_selector: Value,
-    sessions: Value,
+    peer_labels: &[(&str, &str)],
+    node_selector: &[(&str, &str)],
+    sessions: Vec<BgpPeerNodeStatus>,
 ) -> Arc<BgpPeer> {
-    Arc::new(from(json!({
-        "metadata": {"name": name, "labels": labels},
-        "spec": {"conf": {"peerAs": 65001, "neighborAddress": addr}, "nodeSelector": node_selector},
-        "status": {"nodes": sessions},
-    })))
+    let mut peer = bgp_peer(name, addr, |spec| {
+        spec.node_selector = labels(node_selector)
+    });
+    peer.metadata.labels = Some(labels(peer_labels));
+    peer.status = Some(BgpPeerStatus { nodes: sessions });
+    Arc::new(peer)
+}
+
+/// A session of `node`'s speaker in this state.
+fn session(node: &str, state: &str) -> BgpPeerNodeStatus {
+    BgpPeerNodeStatus {
+        node: node.into(),
+        state: state.into(),
+        ..Default::default()
+    }
 }
 
 fn with_condition(mut n: Node, condition: k8s_openapi::api::core::v1::NodeCondition) -> Node {
@@ -58,13 +74,8 @@ fn with_condition(mut n: Node, condition: k8s_openapi::api::core::v1::NodeCondit
     n
 }
 
-fn labelled(mut n: Node, labels: &[(&str, &str)]) -> Node {
-    n.metadata.labels = Some(
-        labels
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect(),
-    );
+fn labelled(mut n: Node, pairs: &[(&str, &str)]) -> Node {
+    n.metadata.labels = Some(labels(pairs));
     n
 }
 
@@ -82,7 +93,7 @@ fn cluster() -> Snapshot {
     ];
     let zone = |n: Node| labelled(n, &[("zone", "a")]);
     Snapshot {
-        services: vec![web("10.0.0.1", json!({"externalTrafficPolicy": "Local"}))],
+        services: vec![web("10.0.0.1", Some("Local"))],
         endpoint_slices: vec![Arc::new(slice("shop", "web", &endpoints))],
         nodes: [
             zone(node("announced", "True", &["192.168.1.1"])),
@@ -105,9 +116,10 @@ fn cluster() -> Snapshot {
         .into_iter()
         .map(Arc::new)
         .collect(),
-        eips: vec![pool(
-            json!({"nodeSelector": {"matchLabels": {"zone": "a"}}}),
-        )],
+        eips: vec![pool(Some(EipBgp {
+            node_selector: selecting(&[("zone", "a")]),
+            ..Default::default()
+        }))],
         ..Default::default()
     }
 }
@@ -197,42 +209,25 @@ fn the_announced_nodes_are_the_next_hops_of_the_controllers_paths() {
 #[test]
 fn each_peer_says_whether_each_path_was_sent_and_why_not() {
     let mut snap = cluster();
-    snap.eips = vec![pool(
-        json!({"peerSelector": {"matchLabels": {"fabric": "blue"}}}),
-    )];
-    let up = json!([{"node": "controller", "state": "Established", "pathsAnnounced": 1}]);
-    let active =
-        json!([{"node": "controller", "state": "Active", "lastError": "connection refused"}]);
+    snap.eips = vec![pool(Some(EipBgp {
+        peer_selector: selecting(&[("fabric", "blue")]),
+        ..Default::default()
+    }))];
+    let up = vec![BgpPeerNodeStatus {
+        paths_announced: 1,
+        ..session("controller", "Established")
+    }];
+    let active = vec![BgpPeerNodeStatus {
+        last_error: Some("connection refused".into()),
+        ..session("controller", "Active")
+    }];
+    let blue = [("fabric", "blue")];
     snap.bgp_peers = vec![
-        peer(
-            "tor-a",
-            "10.9.0.1",
-            json!({"fabric": "blue"}),
-            json!({"zone": "a"}),
-            up.clone(),
-        ),
-        peer(
-            "tor-b",
-            "10.9.0.2",
-            json!({"fabric": "blue"}),
-            json!({"zone": "b"}),
-            up.clone(),
-        ),
-        peer("red", "10.9.0.3", json!({"fabric": "red"}), json!({}), up),
-        peer(
-            "down",
-            "10.9.0.4",
-            json!({"fabric": "blue"}),
-            json!({}),
-            active,
-        ),
-        peer(
-            "silent",
-            "10.9.0.5",
-            json!({"fabric": "blue"}),
-            json!({}),
-            json!([]),
-        ),
+        peer("tor-a", "10.9.0.1", &blue, &[("zone", "a")], up.clone()),
+        peer("tor-b", "10.9.0.2", &blue, &[("zone", "b")], up.clone()),
+        peer("red", "10.9.0.3", &[("fabric", "red")], &[], up),
+        peer("down", "10.9.0.4", &blue, &[], active),
+        peer("silent", "10.9.0.5", &blue, &[], vec![]),
     ];
     let e = explain(&snap, &key(), &now());
     assert_eq!(e.bgp, BgpMode::Controller);
@@ -276,16 +271,18 @@ fn each_peer_says_whether_each_path_was_sent_and_why_not() {
 #[test]
 fn in_node_mode_each_path_goes_over_its_own_nodes_session() {
     let mut snap = cluster();
-    snap.bgp_confs = vec![Arc::new(from::<BgpConf>(json!({
-        "metadata": {"name": "default"},
-        "spec": {"as": 65000, "speakerMode": "node"},
-    })))];
+    let mut conf = bgp_conf("default", None);
+    conf.spec.speaker_mode = Some(SpeakerMode::Node);
+    snap.bgp_confs = vec![Arc::new(conf)];
     snap.bgp_peers = vec![peer(
         "tor",
         "10.9.0.1",
-        json!({}),
-        json!({}),
-        json!([{"node": "announced", "state": "Established"}, {"node": "controller", "state": "Idle"}]),
+        &[],
+        &[],
+        vec![
+            session("announced", "Established"),
+            session("controller", "Idle"),
+        ],
     )];
     let e = explain(&snap, &key(), &now());
     assert_eq!(e.bgp, BgpMode::Node);
@@ -296,7 +293,7 @@ fn in_node_mode_each_path_goes_over_its_own_nodes_session() {
 #[test]
 fn a_layer2_address_names_its_leader_among_the_announced_nodes() {
     let mut snap = cluster();
-    let mut lan: Eip = (*pool(json!(null))).clone();
+    let mut lan: Eip = (*pool(None)).clone();
     lan.spec.protocol = Some("layer2".into());
     snap.eips = vec![Arc::new(lan)];
     snap.endpoint_slices = vec![Arc::new(slice(
@@ -331,13 +328,13 @@ fn a_layer2_address_names_its_leader_among_the_announced_nodes() {
 fn a_service_without_an_address_says_what_an_allocation_would() {
     let mut snap = cluster();
     // No status: the pool is full of someone else.
-    let other: Service = from(json!({
-        "metadata": {"name": "other", "namespace": "shop",
-                     "annotations": {"lb.kubesphere.io/v1alpha1": "porter",
-                                     "eip.porter.kubesphere.io/v1alpha1": "10.0.0.1"}},
-        "spec": {"type": "LoadBalancer", "ports": [{"port": 80}]},
-    }));
-    snap.services = vec![web("10.0.0.1", json!({})), Arc::new(other)];
+    let other = service_in(
+        "shop",
+        "other",
+        &[OPTED_IN, ("eip.porter.kubesphere.io/v1alpha1", "10.0.0.1")],
+        load_balancer_on_80(),
+    );
+    snap.services = vec![web("10.0.0.1", None), Arc::new(other)];
     let e = explain(&snap, &ObjectKey::new("shop", "other"), &now());
     match &e.standing {
         Standing::NoAddress { why, published } => {
@@ -351,11 +348,8 @@ fn a_service_without_an_address_says_what_an_allocation_would() {
 #[test]
 fn a_service_porter_does_not_serve_says_so() {
     let mut snap = cluster();
-    let plain: Service = from(json!({
-        "metadata": {"name": "plain", "namespace": "shop"},
-        "spec": {"type": "LoadBalancer"},
-    }));
-    let mut gone = (*web("10.0.0.1", json!({}))).clone();
+    let plain = service_in("shop", "plain", &[], load_balancer(None));
+    let mut gone = (*web("10.0.0.1", None)).clone();
     gone.metadata.name = Some("gone".into());
     gone.metadata.deletion_timestamp = Some(now());
     snap.services.extend([Arc::new(plain), Arc::new(gone)]);

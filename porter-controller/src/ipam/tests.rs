@@ -1,19 +1,9 @@
 use super::*;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
-use porter_api::{Eip, EipSpec};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use porter_api::Eip;
 
 fn eip(name: &str, address: &str, f: impl FnOnce(&mut Eip)) -> Pool {
-    let mut e = Eip {
-        metadata: ObjectMeta {
-            name: Some(name.into()),
-            ..Default::default()
-        },
-        spec: EipSpec {
-            address: address.into(),
-            ..Default::default()
-        },
-        status: None,
-    };
+    let mut e = crate::testing::eip(name, address);
     f(&mut e);
     Pool::from_eip(&e)
 }

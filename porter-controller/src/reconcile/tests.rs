@@ -3,10 +3,10 @@ use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::{Node, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, ObjectMeta};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use porter_api::Eip;
 use porter_api::service::ingress_status;
 use porter_api::testing::{load_balancer_on_80, service_in};
-use porter_api::{Eip, EipSpec};
 
 fn now() -> Time {
     Time(k8s_openapi::jiff::Timestamp::from_second(1_700_000_000).expect("ts"))
@@ -28,18 +28,9 @@ fn porter_svc(name: &str) -> Service {
 }
 
 fn pool(name: &str, address: &str) -> Eip {
-    Eip {
-        metadata: ObjectMeta {
-            name: Some(name.into()),
-            generation: Some(1),
-            ..Default::default()
-        },
-        spec: EipSpec {
-            address: address.into(),
-            ..Default::default()
-        },
-        status: None,
-    }
+    let mut pool = crate::testing::eip(name, address);
+    pool.metadata.generation = Some(1);
+    pool
 }
 
 fn node(name: &str, ip: &str) -> Node {

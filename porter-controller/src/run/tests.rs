@@ -1,59 +1,22 @@
 use super::*;
 
-use k8s_openapi::api::core::v1::{Service, ServiceSpec};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-use porter_api::{BgpConf, BgpConfSpec, Eip, EipSpec};
+use k8s_openapi::api::core::v1::Service;
 
 use crate::bgp::{Call, Recorder};
-use crate::testing::RecordingWriter;
-use porter_api::testing::seen;
+use crate::testing::{RecordingWriter, bgp_conf, bgp_peer, eip};
+use porter_api::testing::{load_balancer, seen, service_in};
 
 fn snapshot() -> Snapshot {
-    let svc = Service {
-        metadata: ObjectMeta {
-            name: Some("web".into()),
-            namespace: Some("default".into()),
-            annotations: Some(
-                [(
-                    "lb.kubesphere.io/v1alpha1".to_string(),
-                    "porter".to_string(),
-                )]
-                .into(),
-            ),
-            ..Default::default()
-        },
-        spec: Some(ServiceSpec {
-            type_: Some("LoadBalancer".into()),
-            ..Default::default()
-        }),
-        status: None,
-    };
-    let eip = Eip {
-        metadata: ObjectMeta {
-            name: Some("pool".into()),
-            ..Default::default()
-        },
-        spec: EipSpec {
-            address: "10.0.0.0-10.0.0.255".into(),
-            ..Default::default()
-        },
-        status: None,
-    };
-    let conf = BgpConf {
-        metadata: ObjectMeta {
-            name: Some("default".into()),
-            ..Default::default()
-        },
-        spec: BgpConfSpec {
-            as_number: 65000,
-            router_id: Some("10.0.0.1".into()),
-            ..Default::default()
-        },
-    };
+    let svc = service_in(
+        "default",
+        "web",
+        &[("lb.kubesphere.io/v1alpha1", "porter")],
+        load_balancer(None),
+    );
     Snapshot {
         services: vec![Arc::new(svc)],
-        eips: vec![Arc::new(eip)],
-        bgp_confs: vec![Arc::new(conf)],
+        eips: vec![Arc::new(eip("pool", "10.0.0.0-10.0.0.255"))],
+        bgp_confs: vec![Arc::new(bgp_conf("default", Some("10.0.0.1")))],
         ..Default::default()
     }
 }
@@ -296,8 +259,7 @@ async fn with_the_dir_source_the_announcer_is_written_beside_the_manifests() {
 /// metrics, and unreadable values reported once while the rest applies.
 #[tokio::test]
 async fn bgp_policy_reaches_the_announcer_and_bad_values_are_reported() {
-    use porter_api::BgpPeer;
-    use porter_api::crd::{EipBgp, LinkBandwidthMode, PeerConf, PeerPolicySpec, ServiceAttributes};
+    use porter_api::crd::{EipBgp, LinkBandwidthMode, PeerPolicySpec, ServiceAttributes};
     use porter_bgp::{LinkBandwidth, LinkBandwidthPolicy};
 
     let mut snap = snapshot();
@@ -331,27 +293,16 @@ async fn bgp_policy_reaches_the_announcer_and_bad_values_are_reported() {
         "web",
         &[("n1", ready), ("n2", ready), ("n2", ready), ("n2", ready)],
     ))];
-    let peer = |name: &str, address: &str, rack: Option<&str>, mode| BgpPeer {
-        metadata: ObjectMeta {
-            name: Some(name.into()),
-            ..Default::default()
-        },
-        spec: porter_api::BgpPeerSpec {
-            conf: PeerConf {
-                peer_as: 65001,
-                neighbor_address: address.into(),
-                ..Default::default()
-            },
-            node_selector: rack
+    let peer = |name: &str, address: &str, rack: Option<&str>, mode| {
+        bgp_peer(name, address, |spec| {
+            spec.node_selector = rack
                 .map(|n| [("kubernetes.io/hostname".to_string(), n.to_string())].into())
-                .unwrap_or_default(),
-            policy: Some(PeerPolicySpec {
+                .unwrap_or_default();
+            spec.policy = Some(PeerPolicySpec {
                 send_communities: None,
                 link_bandwidth: Some(mode),
-            }),
-            ..Default::default()
-        },
-        status: None,
+            });
+        })
     };
     let mut n1 = (*snap.nodes[0]).clone();
     n1.metadata.labels = Some([("kubernetes.io/hostname".to_string(), "n1".to_string())].into());
@@ -412,7 +363,7 @@ async fn bgp_policy_reaches_the_announcer_and_bad_values_are_reported() {
             LinkBandwidthPolicy::Transitive
         ]
     );
-    let paths: Vec<&crate::announce::Paths> = c
+    let paths: Vec<&porter_bgp::PathTable> = c
         .announcer()
         .calls
         .iter()
@@ -495,7 +446,7 @@ impl Announcer for LiveSessions {
     }
     fn upsert_peer(&mut self, _: &porter_bgp::PeerConfig) {}
     fn remove_peer(&mut self, _: std::net::IpAddr) {}
-    fn set_paths(&mut self, _: &crate::announce::Paths) {}
+    fn set_paths(&mut self, _: &porter_bgp::PathTable) {}
     fn peer_status(&self) -> Vec<porter_bgp::PeerStatus> {
         self.sessions.lock().map(|s| s.clone()).unwrap_or_default()
     }
@@ -539,21 +490,7 @@ async fn recorded(writer: &RecordingWriter, line: &str) -> bool {
 #[tokio::test]
 async fn a_session_coming_up_or_going_down_reaches_the_bgp_peer_status_without_a_resync() {
     let mut snap = snapshot();
-    snap.bgp_peers = vec![Arc::new(porter_api::BgpPeer {
-        metadata: ObjectMeta {
-            name: Some("tor".into()),
-            ..Default::default()
-        },
-        spec: porter_api::BgpPeerSpec {
-            conf: porter_api::crd::PeerConf {
-                peer_as: 65001,
-                neighbor_address: "10.0.0.254".into(),
-                ..Default::default()
-            },
-            ..Default::default()
-        },
-        status: None,
-    })];
+    snap.bgp_peers = vec![Arc::new(bgp_peer("tor", "10.0.0.254", |_| {}))];
     let sessions = LiveSessions::default();
     let writer = RecordingWriter::default();
     let (_snapshots, snapshot_rx) = watch::channel(Arc::new(snap));
