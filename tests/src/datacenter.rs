@@ -175,17 +175,15 @@ impl Datacenter {
     /// Like [`Datacenter::with_standby`], but replica 0 runs on node n1 (in
     /// its namespace, peering with the router from n1's address), as a
     /// controller pod shares a node with the traffic it announces: when n1
-    /// dies, the router loses a next hop and that replica together. BIRD
-    /// runs BFD with both replicas, a BFD failure taken as a graceful
-    /// restart (`bfd graceful`), as docs/bfd.md asks of the router.
-    pub fn with_standby_on_node(tag: &str, pods_per_node: &[usize]) -> Result<Self> {
-        Self::build(
-            tag,
-            pods_per_node,
-            Daemon::Bird,
-            ROUTER_AS,
-            Replicas::FirstOnNode,
-        )
+    /// dies, the router loses a next hop and that replica together. The
+    /// router (`daemon`: BIRD or FRR) runs BFD with both replicas, a BFD
+    /// failure taken as a graceful restart, as docs/bfd.md asks of it.
+    pub fn with_standby_on_node(
+        tag: &str,
+        pods_per_node: &[usize],
+        daemon: Daemon,
+    ) -> Result<Self> {
+        Self::build(tag, pods_per_node, daemon, ROUTER_AS, Replicas::FirstOnNode)
     }
 
     fn build(

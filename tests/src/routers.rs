@@ -10,7 +10,7 @@ use std::{
     time::Duration,
 };
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
 use porter_bgp::{PathTable, PeerConfig, PeerStatus, SessionState, Speaker, SpeakerConfig};
 
 use crate::{
@@ -35,10 +35,11 @@ pub struct Neighbor {
     pub port: Option<u16>,
     /// eBGP multihop: the neighbour is this many hops away.
     pub multihop: Option<u8>,
-    /// BIRD only: BFD with the neighbour (300 ms × 3), its failure taken as
-    /// a graceful restart (`bfd graceful`, RFC 5882 section 4.3: the
-    /// neighbour's BFD shares its fate with its BGP), as docs/bfd.md asks
-    /// for the controller's sessions.
+    /// BFD with the neighbour (300 ms × 3), its failure taken as a graceful
+    /// restart (RFC 5882 section 4.3: the neighbour's BFD shares its fate
+    /// with its BGP), as docs/bfd.md asks for the controller's sessions:
+    /// BIRD's `bfd graceful`, FRR's `bfd check-control-plane-failure`.
+    /// BIRD and FRR only.
     pub bfd_graceful: bool,
 }
 
@@ -114,7 +115,7 @@ impl Router {
             }
             Daemon::Frr => {
                 std::fs::write(dir.join("frr.conf"), self.frr_conf())?;
-                spawn_frr(lab, &self.ns, &self.name, dir, &["zebra", "bgpd"])?;
+                spawn_frr(lab, &self.ns, &self.name, dir, self.frr_daemons())?;
             }
             Daemon::Gobgp => {
                 std::fs::write(dir.join("gobgp.toml"), self.gobgp_conf())?;
@@ -131,12 +132,22 @@ impl Router {
         Ok(())
     }
 
+    /// FRR's daemons for this config, in start order: bfdd only for BFD.
+    fn frr_daemons(&self) -> &'static [&'static str] {
+        if self.config.neighbors.iter().any(|n| n.bfd_graceful) {
+            &["zebra", "bfdd", "bgpd"]
+        } else {
+            &["zebra", "bgpd"]
+        }
+    }
+
     /// Stops the daemon the way an operator restart would, and starts it again.
     pub fn restart(&self, lab: &mut Lab) -> Result<()> {
         match self.config.daemon {
             Daemon::Frr => {
-                lab.stop(&format!("{}-bgpd", self.name), Duration::from_secs(5))?;
-                lab.stop(&format!("{}-zebra", self.name), Duration::from_secs(5))?;
+                for daemon in self.frr_daemons().iter().rev() {
+                    lab.stop(&format!("{}-{daemon}", self.name), Duration::from_secs(5))?;
+                }
                 let _ = std::fs::remove_file(self.dir.join("zserv.api"));
             }
             _ => lab.stop(&self.name, Duration::from_secs(5))?,
@@ -200,7 +211,11 @@ impl Router {
             c.local_as, c.router_id
         );
         if c.graceful_restart {
-            conf.push_str(" bgp graceful-restart\n");
+            // Long-lived graceful restart helper too (RFC 9494), as BIRD is
+            // by default: FRR's is off until a stale time is set.
+            conf.push_str(
+                " bgp graceful-restart\n bgp long-lived-graceful-restart stale-time 3600\n",
+            );
         }
         for neighbor in &c.neighbors {
             let _ = writeln!(
@@ -216,6 +231,13 @@ impl Router {
             }
             if let Some(hops) = neighbor.multihop {
                 let _ = writeln!(conf, " neighbor {} ebgp-multihop {hops}", neighbor.address);
+            }
+            if neighbor.bfd_graceful {
+                let _ = writeln!(
+                    conf,
+                    " neighbor {0} bfd\n neighbor {0} bfd check-control-plane-failure",
+                    neighbor.address
+                );
             }
             if c.passive {
                 let _ = writeln!(conf, " neighbor {} passive", neighbor.address);
@@ -294,6 +316,24 @@ impl Router {
                 let out = self.gobgp(lab, &["neighbor", &neighbor.to_string()])?;
                 out.to_lowercase().contains("bgp state = established")
             }
+        })
+    }
+
+    /// Whether the router's BFD session with `neighbor` is Up (BIRD, FRR).
+    pub fn bfd_up(&self, lab: &Lab, neighbor: IpAddr) -> Result<bool> {
+        Ok(match self.config.daemon {
+            Daemon::Bird => self
+                .birdc(lab, &["show", "bfd", "sessions"])?
+                .lines()
+                .any(|line| {
+                    let mut words = line.split_whitespace();
+                    words.next() == Some(&neighbor.to_string()) && line.contains(" Up ")
+                }),
+            Daemon::Frr => {
+                let out = self.vtysh(lab, &format!("show bfd peer {neighbor}"))?;
+                out.contains("Status: up")
+            }
+            Daemon::Gobgp => bail!("GoBGP runs no BFD"),
         })
     }
 

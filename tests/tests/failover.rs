@@ -11,7 +11,8 @@
 //! the dead leader's paths, stale, until the successor's replace them.
 //!
 //! Replica 0 runs on node n1 (Datacenter::with_standby_on_node), so that
-//! `leader_node_dies_silently` can take a leader and a next hop down at once.
+//! `leader_node_dies_silently` can take a leader and a next hop down at once;
+//! `leader_node_dies_silently_frr` does the same with FRR on the router.
 //!
 //! `cargo test -p porter-tests --test failover [-- NAME...]`.
 use std::{
@@ -31,6 +32,7 @@ use porter_tests::{
     lab::wait_for,
     manifests::{self, ServiceManifest},
     netns::{NamedClient, NamedServer, enter, run_in},
+    routers::Daemon,
 };
 
 const NS: &str = "default";
@@ -53,6 +55,7 @@ const CASES: &[(&str, Case<Ctx>)] = &[
     ("frozen_leader_steps_down_on_waking", frozen_leader),
     ("failover_keeps_addresses", failover_keeps_addresses),
     ("leader_node_dies_silently", leader_node_dies),
+    ("leader_node_dies_silently_frr", leader_node_dies_frr),
 ];
 
 fn main() -> ExitCode {
@@ -66,7 +69,12 @@ fn main() -> ExitCode {
 }
 
 fn setup() -> Result<Ctx> {
-    let mut dc = Datacenter::with_standby_on_node("failover", &[1, 1, 1])?;
+    lab_with("failover", Daemon::Bird)
+}
+
+/// The lab of this suite with `daemon` on the router.
+fn lab_with(tag: &str, daemon: Daemon) -> Result<Ctx> {
+    let mut dc = Datacenter::with_standby_on_node(tag, &[1, 1, 1], daemon)?;
     let bgp = std::fs::read_to_string(samples_dir().join("bgp.yaml"))?;
     let with_bfd = bgp.replace("holdTime: 90", "holdTime: 9").replace(
         "    neighborAddress: 172.30.0.1\n",
@@ -624,6 +632,17 @@ fn leader_node_dies(ctx: &mut Ctx) -> Result<Duration> {
     result
 }
 
+/// [`leader_node_dies`] with FRR 8.4 on the router, in a lab of its own.
+/// FRR has no `bfd graceful`: with `bfd check-control-plane-failure` it
+/// ignores the BFD failure of a neighbour whose C bit is clear, as
+/// Porter's is, and its hold timer (9 s, above the lease) decides; it
+/// then drops the dead leader's paths, n1's with them, while the
+/// successor's carry n2 and n3 (docs/bfd.md).
+fn leader_node_dies_frr(_: &mut Ctx) -> Result<Duration> {
+    let mut frr = lab_with("failover-frr", Daemon::Frr)?;
+    leader_node_dies(&mut frr)
+}
+
 fn die_and_judge(ctx: &mut Ctx, hold: IpAddr) -> Result<Duration> {
     let dc = &ctx.dc;
     let web = SocketAddr::new(ctx.web, WEB_PORT);
@@ -660,6 +679,14 @@ fn die_and_judge(ctx: &mut Ctx, hold: IpAddr) -> Result<Duration> {
     let others = sorted(dc.hops_of(ctx.web, &[1, 2]));
     let n1 = dc.nodes[0].ip;
     let unreachable_before = node_events(dc, "NodeUnreachable", "n1")?;
+    // The router must watch the leader with BFD before the cut, or what is
+    // measured is its hold timer.
+    let leader_ip = dc.replica_ip(0).context("no replica 0")?;
+    wait_for(
+        "the router's BFD session with replica 0 to be Up",
+        WAIT,
+        || Ok(dc.router.bfd_up(&dc.lab, leader_ip)?.then_some(())),
+    )?;
     let requests = Requests::start(client.clone(), web);
     thread::sleep(Duration::from_millis(500));
 
