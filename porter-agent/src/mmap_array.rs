@@ -13,12 +13,12 @@ use std::{
 use aya::maps::MapData;
 
 /// A shared, writable mapping of an mmap-able array map whose values are
-/// `[u32; 2]`, seen as one run of `u32` slots (element `i` holds slots `2i`
-/// and `2i + 1`).
+/// `[u16; 4]`, seen as one run of `u16` slots (element `i` holds slots `4i`
+/// to `4i + 3`).
 pub struct MmapArray {
     /// Kept open for as long as it is mapped.
     _map: MapData,
-    base: NonNull<u32>,
+    base: NonNull<u16>,
     /// Bytes mapped.
     len: usize,
     slots: usize,
@@ -31,10 +31,10 @@ unsafe impl Sync for MmapArray {}
 
 impl MmapArray {
     /// Maps the first `slots` slots of `map`, which must have been created
-    /// with `BPF_F_MMAPABLE`, 8-byte values and at least `slots / 2` entries.
+    /// with `BPF_F_MMAPABLE`, 8-byte values and at least `slots / 4` entries.
     pub fn new(map: MapData, slots: usize) -> io::Result<Self> {
         let len = slots
-            .checked_mul(size_of::<u32>())
+            .checked_mul(size_of::<u16>())
             .ok_or_else(|| io::Error::from_raw_os_error(libc::E2BIG))?;
         if len == 0 {
             return Err(io::Error::from_raw_os_error(libc::EINVAL));
@@ -55,7 +55,7 @@ impl MmapArray {
         if ptr == libc::MAP_FAILED {
             return Err(io::Error::last_os_error());
         }
-        let base = NonNull::new(ptr.cast::<u32>())
+        let base = NonNull::new(ptr.cast::<u16>())
             .ok_or_else(|| io::Error::other("mmap returned a null pointer"))?;
         Ok(Self {
             _map: map,
@@ -68,7 +68,7 @@ impl MmapArray {
     /// Sets slots `start..start + values.len()` to `values`, and makes the
     /// stores visible before any later map update (the one that publishes
     /// the table to the XDP program).
-    pub fn write(&mut self, start: u32, values: &[u32]) -> io::Result<()> {
+    pub fn write(&mut self, start: u32, values: &[u16]) -> io::Result<()> {
         let start = start as usize;
         if start.saturating_add(values.len()) > self.slots {
             return Err(io::Error::new(
@@ -82,7 +82,7 @@ impl MmapArray {
         }
         // SAFETY: `start + values.len() <= slots`, all inside the mapping,
         // which nothing else in this process aliases. Slots are aligned
-        // u32s, each of which a concurrent reader sees whole, before or
+        // u16s, each of which a concurrent reader sees whole, before or
         // after the copy (and the table written is not the live one).
         unsafe {
             std::ptr::copy_nonoverlapping(

@@ -16,14 +16,15 @@ use std::path::{Path, PathBuf};
 /// service counters count forwarded packets; 12: IPv6 conntrack and reverse
 /// NAT in maps of their own; 13: the global counters gained `probe_answered`;
 /// 14: backends and conntrack entries carry the service installation's
-/// epoch, and the settings keep the last one).
-pub const PIN_LAYOUT_VERSION: u32 = 14;
+/// epoch, and the settings keep the last one; 15: Maglev slots are 16 bits,
+/// four to an element).
+pub const PIN_LAYOUT_VERSION: u32 = 15;
 
 /// The marker directory under `porter/`. Never rename it, nor the `v<N>`
 /// form of its entries: older and newer agents read it.
 const MARKERS: &str = "layouts";
 
-/// Paths under one bpffs directory, e.g. `/sys/fs/bpf/porter/v14/...`.
+/// Paths under one bpffs directory, e.g. `/sys/fs/bpf/porter/v15/...`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PinLayout {
     root: PathBuf,
@@ -139,11 +140,11 @@ mod tests {
         let layout = PinLayout::new(Path::new("/sys/fs/bpf"));
         assert_eq!(
             layout.xdp_link("eth0"),
-            Path::new("/sys/fs/bpf/porter/v14/links/xdp-eth0")
+            Path::new("/sys/fs/bpf/porter/v15/links/xdp-eth0")
         );
         assert_eq!(
             layout.map("PORTER_STATS"),
-            Path::new("/sys/fs/bpf/porter/v14/maps/PORTER_STATS")
+            Path::new("/sys/fs/bpf/porter/v15/maps/PORTER_STATS")
         );
         assert!(layout.maps_dir().starts_with(layout.root()));
     }

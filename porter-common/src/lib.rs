@@ -25,7 +25,8 @@ pub mod map_names {
     pub const VIP_FILTER: &str = "PORTER_VIP_FILTER";
     /// Array: backend id → [`crate::BackendValue`]; `family == 0` marks a free id.
     pub const BACKENDS: &str = "PORTER_BACKENDS";
-    /// Array of backend ids: every service owns two Maglev tables of M slots.
+    /// Array of backend ids ([`crate::MaglevSlot`]s, four to an element):
+    /// every service owns two Maglev tables of M slots.
     pub const MAGLEV: &str = "PORTER_MAGLEV";
     /// LRU hash: client-side [`crate::FlowKey4`] → [`crate::CtValue`] (IPv4 flows).
     pub const CONNTRACK: &str = "PORTER_CT";
@@ -108,11 +109,22 @@ pub mod limits {
     pub const DEFAULT_MAGLEV_SIZE: u32 = 65_537;
     /// Default number of services (each owns two Maglev tables).
     pub const DEFAULT_MAX_SERVICES: u32 = 64;
+    /// Backend ids are below it, so a Maglev slot holds one in 16 bits.
     pub const MAX_BACKENDS: u32 = 65_536;
     pub const CONNTRACK_ENTRIES: u32 = 262_144;
     /// Layer 2 EIPs this node may lead at once, summed over interfaces.
     pub const L2_LEADS: u32 = 4_096;
+    /// A [`crate::MaglevSlot`] per 2 bytes of each 8-byte element of
+    /// [`crate::map_names::MAGLEV`] (the kernel spaces array values 8 bytes
+    /// apart).
+    pub const MAGLEV_SLOTS_PER_ENTRY: u32 = 4;
 }
+
+/// A Maglev table slot: a backend id. 16 bits rather than 32 halve the
+/// table (128 KiB at the default M), whose random reads are a new flow's
+/// cache misses.
+pub type MaglevSlot = u16;
+const _: () = assert!(limits::MAX_BACKENDS <= MaglevSlot::MAX as u32 + 1);
 
 /// Settings in [`map_names::CONFIG`].
 pub mod config {

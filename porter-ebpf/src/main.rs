@@ -62,8 +62,9 @@ use parse::{
 };
 use porter_common::{
     BACKEND_DRAINING, BACKEND_REMOTE, BACKEND_SHARED, BackendKey, BackendValue, CtValue, FAMILY_V4,
-    FlowKey4, FlowKey6, IPV4_FORWARDED_MARK, L2Key, L2Value, RevNatValue, ServiceCounters,
-    ServiceKey, ServiceValue, Stat, VIP_FILTER_SLOTS, VipKey, config, limits, vip_filter_slot,
+    FlowKey4, FlowKey6, IPV4_FORWARDED_MARK, L2Key, L2Value, MaglevSlot, RevNatValue,
+    ServiceCounters, ServiceKey, ServiceValue, Stat, VIP_FILTER_SLOTS, VipKey, config, limits,
+    limits::MAGLEV_SLOTS_PER_ENTRY, vip_filter_slot,
 };
 
 // BTF-defined maps: `bpftool map dump` shows their field names. They carry
@@ -85,14 +86,17 @@ static VIP_FILTER: Array<u32, { VIP_FILTER_SLOTS as usize }> = Array::new();
 #[btf_map(name = "PORTER_BACKENDS")]
 static BACKENDS: Array<BackendValue, MAX_BACKENDS> = Array::new();
 /// Userspace sizes it at load: two tables of M slots per service. Slots are
-/// packed two to an element: the kernel spaces array values 8 bytes apart,
-/// so a 4-byte slot per element would leave half the memory (and half of
-/// each cache line a new flow's lookup pulls in) as padding. Userspace
-/// writes a table with one copy into a memory mapping, hence mmap-able.
+/// packed four to an element: the kernel spaces array values 8 bytes apart,
+/// so a slot per element would leave most of the memory (and of each cache
+/// line a new flow's lookup pulls in) as padding. Userspace writes a table
+/// with one copy into a memory mapping, hence mmap-able.
 #[btf_map(name = "PORTER_MAGLEV")]
 static MAGLEV: Array<
-    [u32; 2],
-    { MAX_SERVICES * limits::DEFAULT_MAGLEV_SIZE as usize },
+    [MaglevSlot; MAGLEV_SLOTS_PER_ENTRY as usize],
+    {
+        (MAX_SERVICES * 2 * limits::DEFAULT_MAGLEV_SIZE as usize)
+            .div_ceil(MAGLEV_SLOTS_PER_ENTRY as usize)
+    },
     { BPF_F_MMAPABLE as usize },
 > = Array::new();
 #[btf_map(name = "PORTER_BE_REVNAT")]
@@ -365,8 +369,10 @@ fn pick_backend<F: Flow>(h: &Headers, service: &ServiceValue) -> Result<BackendV
     }
     let flow = F::new(&h.src, &h.dst, h.sport, h.dport, h.proto);
     let slot = service.table_base + flow.hash() % service.table_size;
-    let pair = MAGLEV.get(slot / 2).ok_or(Stat::DropNoBackend)?;
-    let backend_id = if slot & 1 == 0 { pair[0] } else { pair[1] };
+    let slots = MAGLEV
+        .get(slot / MAGLEV_SLOTS_PER_ENTRY)
+        .ok_or(Stat::DropNoBackend)?;
+    let backend_id = u32::from(slots[(slot % MAGLEV_SLOTS_PER_ENTRY) as usize]);
     let backend = *BACKENDS.get(backend_id).ok_or(Stat::DropNoBackend)?;
     if backend.family == 0 || backend.service_id != service.id {
         return Err(Stat::DropNoBackend);

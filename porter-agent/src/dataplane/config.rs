@@ -1,4 +1,6 @@
 //! What the data plane is opened with.
+use porter_common::limits::MAGLEV_SLOTS_PER_ENTRY;
+
 /// Sizes fixed when the maps are first created (and pinned).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct DataplaneConfig {
@@ -38,9 +40,13 @@ impl Default for DataplaneConfig {
 }
 
 impl DataplaneConfig {
-    /// Two tables of M slots per service, two slots per map element.
+    /// Two tables of M slots per service, [`MAGLEV_SLOTS_PER_ENTRY`] slots
+    /// per map element.
     pub(super) fn maglev_entries(&self) -> u32 {
-        self.max_services.saturating_mul(self.maglev_size)
+        self.max_services
+            .saturating_mul(2)
+            .saturating_mul(self.maglev_size)
+            .div_ceil(MAGLEV_SLOTS_PER_ENTRY)
     }
 
     pub(super) fn table_base(&self, service_id: u32, buffer: u32) -> u32 {

@@ -21,8 +21,8 @@ use aya::{
     maps::{Array, HashMap, MapData, MapError, PerCpuArray},
 };
 use porter_common::{
-    BackendKey, BackendValue, L2Key, L2Value, RevNatValue, ServiceCounters, ServiceKey,
-    ServiceValue, VipKey, map_names, program_names,
+    BackendKey, BackendValue, L2Key, L2Value, MaglevSlot, RevNatValue, ServiceCounters, ServiceKey,
+    ServiceValue, VipKey, limits::MAGLEV_SLOTS_PER_ENTRY, map_names, program_names,
 };
 use tracing::{debug, info};
 
@@ -115,8 +115,10 @@ impl Dataplane {
             });
         }
         let maglev = match maglev_map {
-            aya::maps::Map::Array(data) => MmapArray::new(data, 2 * found as usize)
-                .map_err(|source| DataplaneError::MaglevMap { source })?,
+            aya::maps::Map::Array(data) => {
+                MmapArray::new(data, (MAGLEV_SLOTS_PER_ENTRY * found) as usize)
+                    .map_err(|source| DataplaneError::MaglevMap { source })?
+            }
             _ => return Err(DataplaneError::MissingMap(map_names::MAGLEV)),
         };
         let mut settings: Array<MapData, u32> = take(&mut ebpf, map_names::CONFIG)?;
@@ -316,9 +318,10 @@ impl Dataplane {
             let backends: Vec<Backend> = installed.backends.keys().copied().collect();
             let ids: Vec<u32> = installed.backends.values().copied().collect();
             let table = maglev::backend_table(&backends, self.config.maglev_size)?;
-            let slots: Vec<u32> = table
+            // Backend ids fit a slot: they are below MAX_BACKENDS.
+            let slots: Vec<MaglevSlot> = table
                 .iter()
-                .map(|&index| ids.get(index as usize).copied().unwrap_or_default())
+                .map(|&index| ids.get(index as usize).map_or(0, |&id| id as MaglevSlot))
                 .collect();
             let spare = 1 - installed.active;
             let base = self.config.table_base(installed.id, spare);
