@@ -163,6 +163,8 @@ pub fn vip_filter_slot(addr: &[u32; 4]) -> u32 {
 /// sender's 8-byte token, echoed unchanged. The reply is the request with
 /// addresses and ports swapped and the kind turned to `REPLY`, so a reply
 /// is never answered again, even by the sender's own node's program.
+pub mod wire;
+
 pub mod probe {
     /// The BFD echo port (RFC 5881): what a firewall between controller and
     /// nodes must let through for BFD-style checks.
@@ -422,7 +424,7 @@ macro_rules! stats {
 
 stats! {
     PacketsSeen = 0 => "packets_seen", "Every packet the XDP program saw.";
-    PassNotIp = 1 => "pass_not_ip", "Passed: not IPv4/IPv6 (ARP, LLDP, ...).";
+    PassNotIp = 1 => "pass_not_ip", "Passed: not IPv4/IPv6 (ARP, LLDP, ...), or an IP EtherType over a header of another version.";
     PassTruncated = 2 => "pass_truncated", "Passed: headers shorter than they claim.";
     PassFragment = 3 => "pass_fragment", "Passed: an IP fragment.";
     PassUnknownHeader = 4 => "pass_unknown_header", "Passed: an IPv6 extension header we do not walk, or too many.";

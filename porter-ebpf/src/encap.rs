@@ -37,28 +37,30 @@ use aya_ebpf::{
     macros::btf_map,
     programs::{TcContext, XdpContext},
 };
-use porter_common::{BackendValue, FAMILY_V4, FAMILY_V6, FlowKey6, IPV4_FORWARDED_MARK, Stat};
+use porter_common::{
+    BackendValue, FAMILY_V4, FAMILY_V6, FlowKey6, IPV4_FORWARDED_MARK, Stat,
+    wire::{
+        AF_INET, AF_INET6, ETH_HLEN, ETH_P_IP, ETH_P_IPV6, ETH_SRC_OFF, ETH_TYPE_OFF, IPPROTO_IPIP,
+        IPPROTO_IPV6, IPPROTO_TCP, ipv4, ipv6, tcp,
+    },
+};
 
 use crate::{
     csum,
-    parse::{ETH_P_IP, ETH_P_IPV6, Headers, IPPROTO_TCP, load, store},
+    parse::{Headers, load, store},
 };
 
-pub const IPPROTO_IPIP: u8 = 4;
-/// IPv6 in IPv6 (RFC 2473).
-pub const IPPROTO_IPV6: u8 = 41;
-const ETH_HLEN: usize = 14;
 /// The outer IPv4 header, without options.
-const OUTER_LEN: usize = 20;
+const OUTER_LEN: usize = ipv4::LEN;
 /// The outer IPv6 header, without extension headers.
-const OUTER6_LEN: usize = 40;
-const AF_INET6: u8 = 10;
+const OUTER6_LEN: usize = ipv6::LEN;
 pub const TCP_SYN: u8 = 0x02;
 pub const TCP_ACK: u8 = 0x10;
 const TCP_OPT_MSS: u8 = 2;
 const IPV4_DONT_FRAGMENT: u16 = 0x4000;
 const OUTER_TTL: u8 = 64;
-const AF_INET: u8 = 2;
+/// The MSS option's kind and length bytes, then its value.
+const MSS_OPTION_VALUE: usize = 2;
 
 /// Flows whose SYN arrived encapsulated (keyed by [`syn_key`]): the MSS to
 /// clamp their SYN-ACKs to. Kept (an LRU) for retransmitted SYN-ACKs. Not
@@ -86,14 +88,14 @@ fn syn_key(family: u8, (src, sport): ([u32; 4], u16), (dst, dport): ([u32; 4], u
 /// checksum valid.
 #[inline(always)]
 pub fn set_mark(data: usize, data_end: usize, l3_off: usize) -> Option<()> {
-    let flags: u16 = load(data, data_end, l3_off + 6)?;
+    let flags: u16 = load(data, data_end, l3_off + ipv4::FRAG)?;
     let marked = flags | IPV4_FORWARDED_MARK.to_be();
-    let ip_check: u16 = load(data, data_end, l3_off + 10)?;
-    store(data, data_end, l3_off + 6, marked)?;
+    let ip_check: u16 = load(data, data_end, l3_off + ipv4::CHECKSUM)?;
+    store(data, data_end, l3_off + ipv4::FRAG, marked)?;
     store(
         data,
         data_end,
-        l3_off + 10,
+        l3_off + ipv4::CHECKSUM,
         csum::apply(ip_check, csum::add_word(0, flags, marked)),
     )
 }
@@ -103,9 +105,9 @@ pub fn set_mark(data: usize, data_end: usize, l3_off: usize) -> Option<()> {
 #[inline(always)]
 fn mss_overhead(family: u8) -> u32 {
     if family == FAMILY_V4 {
-        (20 + 20 + OUTER_LEN) as u32
+        (ipv4::LEN + tcp::LEN + OUTER_LEN) as u32
     } else {
-        (40 + 20 + OUTER6_LEN) as u32
+        (ipv6::LEN + tcp::LEN + OUTER6_LEN) as u32
     }
 }
 
@@ -131,10 +133,10 @@ fn forward_v4(ctx: &XdpContext, backend: &BackendValue) -> (u32, Stat) {
     // One load each, with its own early return: a tuple of Options lets
     // LLVM read a value on the path where its load failed, which the
     // verifier rejects.
-    let Some(tot_len) = load::<u16>(data, data_end, ETH_HLEN + 2) else {
+    let Some(tot_len) = load::<u16>(data, data_end, ETH_HLEN + ipv4::TOTAL_LEN) else {
         return (xdp_action::XDP_DROP, Stat::DropRewriteFailed);
     };
-    let Some(tos) = load::<u8>(data, data_end, ETH_HLEN + 1) else {
+    let Some(tos) = load::<u8>(data, data_end, ETH_HLEN + ipv4::TOS) else {
         return (xdp_action::XDP_DROP, Stat::DropRewriteFailed);
     };
     let Some(outer_len) = u16::from_be(tot_len).checked_add(OUTER_LEN as u16) else {
@@ -153,8 +155,8 @@ fn forward_v4(ctx: &XdpContext, backend: &BackendValue) -> (u32, Stat) {
     }
     let (data, data_end) = (ctx.data(), ctx.data_end());
     let written = store(data, data_end, 0, fib.dmac)
-        .and_then(|()| store(data, data_end, 6, fib.smac))
-        .and_then(|()| store(data, data_end, 12, ETH_P_IP.to_be()))
+        .and_then(|()| store(data, data_end, ETH_SRC_OFF, fib.smac))
+        .and_then(|()| store(data, data_end, ETH_TYPE_OFF, ETH_P_IP.to_be()))
         .and_then(|()| store(data, data_end, ETH_HLEN, outer));
     if written.is_none() {
         return (xdp_action::XDP_DROP, Stat::DropRewriteFailed);
@@ -165,14 +167,14 @@ fn forward_v4(ctx: &XdpContext, backend: &BackendValue) -> (u32, Stat) {
 #[inline(always)]
 fn forward_v6(ctx: &XdpContext, backend: &BackendValue) -> (u32, Stat) {
     let (data, data_end) = (ctx.data(), ctx.data_end());
-    let Some(payload_len) = load::<u16>(data, data_end, ETH_HLEN + 4) else {
+    let Some(payload_len) = load::<u16>(data, data_end, ETH_HLEN + ipv6::PAYLOAD_LEN) else {
         return (xdp_action::XDP_DROP, Stat::DropRewriteFailed);
     };
     let Some(first_word) = load::<u32>(data, data_end, ETH_HLEN) else {
         return (xdp_action::XDP_DROP, Stat::DropRewriteFailed);
     };
     // The outer payload is the whole inner packet.
-    let Some(inner_len) = u16::from_be(payload_len).checked_add(40) else {
+    let Some(inner_len) = u16::from_be(payload_len).checked_add(ipv6::LEN as u16) else {
         return (xdp_action::XDP_DROP, Stat::DropForwardNoRoute);
     };
     let Some(outer_len) = inner_len.checked_add(OUTER6_LEN as u16) else {
@@ -193,13 +195,21 @@ fn forward_v6(ctx: &XdpContext, backend: &BackendValue) -> (u32, Stat) {
     let (data, data_end) = (ctx.data(), ctx.data_end());
     let l3 = ETH_HLEN;
     let written = store(data, data_end, 0, fib.dmac)
-        .and_then(|()| store(data, data_end, 6, fib.smac))
-        .and_then(|()| store(data, data_end, 12, ETH_P_IPV6.to_be()))
+        .and_then(|()| store(data, data_end, ETH_SRC_OFF, fib.smac))
+        .and_then(|()| store(data, data_end, ETH_TYPE_OFF, ETH_P_IPV6.to_be()))
         .and_then(|()| store(data, data_end, l3, version_class.to_be()))
-        .and_then(|()| store(data, data_end, l3 + 4, inner_len.to_be()))
-        .and_then(|()| store(data, data_end, l3 + 6, [IPPROTO_IPV6, OUTER_TTL]))
-        .and_then(|()| store(data, data_end, l3 + 8, src))
-        .and_then(|()| store(data, data_end, l3 + 24, backend.node));
+        .and_then(|()| store(data, data_end, l3 + ipv6::PAYLOAD_LEN, inner_len.to_be()))
+        // Next header and hop limit, side by side.
+        .and_then(|()| {
+            store(
+                data,
+                data_end,
+                l3 + ipv6::NEXT_HEADER,
+                [IPPROTO_IPV6, OUTER_TTL],
+            )
+        })
+        .and_then(|()| store(data, data_end, l3 + ipv6::SRC, src))
+        .and_then(|()| store(data, data_end, l3 + ipv6::DST, backend.node));
     if written.is_none() {
         return (xdp_action::XDP_DROP, Stat::DropRewriteFailed);
     }
@@ -319,16 +329,16 @@ fn outer_header(tos: u8, total_len: u16, src: u32, dst: u32) -> [u8; OUTER_LEN] 
 pub fn decapsulate(ctx: &XdpContext, is_vip: impl Fn(u8, &[u32; 4]) -> bool) -> Result<bool, Stat> {
     let (data, data_end) = (ctx.data(), ctx.data_end());
     // Two loads settle it for every other packet.
-    let Some(ethertype) = load::<u16>(data, data_end, 12) else {
+    let Some(ethertype) = load::<u16>(data, data_end, ETH_TYPE_OFF) else {
         return Ok(false);
     };
     if ethertype == ETH_P_IP.to_be() {
-        if load::<u8>(data, data_end, ETH_HLEN + 9) != Some(IPPROTO_IPIP) {
+        if load::<u8>(data, data_end, ETH_HLEN + ipv4::PROTOCOL) != Some(IPPROTO_IPIP) {
             return Ok(false);
         }
         decapsulate_v4(ctx, is_vip)
     } else if ethertype == ETH_P_IPV6.to_be() {
-        if load::<u8>(data, data_end, ETH_HLEN + 6) != Some(IPPROTO_IPV6) {
+        if load::<u8>(data, data_end, ETH_HLEN + ipv6::NEXT_HEADER) != Some(IPPROTO_IPV6) {
             return Ok(false);
         }
         decapsulate_v6(ctx, is_vip)
@@ -344,16 +354,24 @@ fn decapsulate_v4(ctx: &XdpContext, is_vip: impl Fn(u8, &[u32; 4]) -> bool) -> R
     // An outer header with options, or a fragment of one, goes to the
     // kernel, as does an inner packet that is not IPv4 to a VIP, and a
     // packet shorter or longer than its headers say.
-    if load::<u8>(data, data_end, ETH_HLEN) != Some(0x45)
-        || load::<u16>(data, data_end, ETH_HLEN + 6).is_none_or(|f| u16::from_be(f) & 0x3fff != 0)
-        || !lengths_agree(data, data_end, ETH_HLEN + 2, inner + 2, OUTER_LEN, 0)
+    if load::<u8>(data, data_end, ETH_HLEN) != Some(ipv4::VERSION_IHL_NO_OPTIONS)
+        || load::<u16>(data, data_end, ETH_HLEN + ipv4::FRAG)
+            .is_none_or(|f| u16::from_be(f) & ipv4::FRAGMENT_MASK != 0)
+        || !lengths_agree(
+            data,
+            data_end,
+            ETH_HLEN + ipv4::TOTAL_LEN,
+            inner + ipv4::TOTAL_LEN,
+            OUTER_LEN,
+            0,
+        )
     {
         return Ok(false);
     }
     let Some(inner_version_ihl) = load::<u8>(data, data_end, inner) else {
         return Ok(false);
     };
-    let Some(inner_dst) = load::<u32>(data, data_end, inner + 16) else {
+    let Some(inner_dst) = load::<u32>(data, data_end, inner + ipv4::DST) else {
         return Ok(false);
     };
     if inner_version_ihl >> 4 != 4 || !is_vip(FAMILY_V4, &[inner_dst, 0, 0, 0]) {
@@ -361,8 +379,14 @@ fn decapsulate_v4(ctx: &XdpContext, is_vip: impl Fn(u8, &[u32; 4]) -> bool) -> R
     }
     // Constant offsets keep the verifier's bounds: an inner header with
     // options (rare) goes unrecorded.
-    if inner_version_ihl == 0x45 {
-        record_syn(ctx, FAMILY_V4, inner + 9, inner + 12, inner + 20);
+    if inner_version_ihl == ipv4::VERSION_IHL_NO_OPTIONS {
+        record_syn(
+            ctx,
+            FAMILY_V4,
+            inner + ipv4::PROTOCOL,
+            inner + ipv4::SRC,
+            inner + ipv4::LEN,
+        );
     }
     let Some(ethernet) = load::<[u8; ETH_HLEN]>(data, data_end, 0) else {
         return Ok(false);
@@ -380,8 +404,8 @@ fn decapsulate_v6(ctx: &XdpContext, is_vip: impl Fn(u8, &[u32; 4]) -> bool) -> R
     if !lengths_agree(
         data,
         data_end,
-        ETH_HLEN + 4,
-        inner + 4,
+        ETH_HLEN + ipv6::PAYLOAD_LEN,
+        inner + ipv6::PAYLOAD_LEN,
         OUTER6_LEN,
         OUTER6_LEN,
     ) {
@@ -390,14 +414,20 @@ fn decapsulate_v6(ctx: &XdpContext, is_vip: impl Fn(u8, &[u32; 4]) -> bool) -> R
     let Some(inner_version) = load::<u8>(data, data_end, inner) else {
         return Ok(false);
     };
-    let Some(inner_dst) = load::<[u32; 4]>(data, data_end, inner + 24) else {
+    let Some(inner_dst) = load::<[u32; 4]>(data, data_end, inner + ipv6::DST) else {
         return Ok(false);
     };
     if inner_version >> 4 != 6 || !is_vip(FAMILY_V6, &inner_dst) {
         return Ok(false);
     }
     // Only TCP right after the fixed header is recorded (constant offsets).
-    record_syn(ctx, FAMILY_V6, inner + 6, inner + 8, inner + 40);
+    record_syn(
+        ctx,
+        FAMILY_V6,
+        inner + ipv6::NEXT_HEADER,
+        inner + ipv6::SRC,
+        inner + ipv6::LEN,
+    );
     let Some(ethernet) = load::<[u8; ETH_HLEN]>(data, data_end, 0) else {
         return Ok(false);
     };
@@ -448,15 +478,15 @@ fn strip(ctx: &XdpContext, ethernet: [u8; ETH_HLEN], outer: usize) -> Result<boo
 /// must not exceed: the MTU of the interface it came in on, less the
 /// headers.
 #[inline(always)]
-fn record_syn(ctx: &XdpContext, family: u8, proto_at: usize, src_at: usize, tcp: usize) {
+fn record_syn(ctx: &XdpContext, family: u8, proto_at: usize, src_at: usize, tcp_at: usize) {
     let (data, data_end) = (ctx.data(), ctx.data_end());
     if load::<u8>(data, data_end, proto_at) != Some(IPPROTO_TCP)
-        || load::<u8>(data, data_end, tcp + 13)
+        || load::<u8>(data, data_end, tcp_at + tcp::FLAGS)
             .is_none_or(|flags| flags & (TCP_SYN | TCP_ACK) != TCP_SYN)
     {
         return;
     }
-    let Some(ports) = load::<[u16; 2]>(data, data_end, tcp) else {
+    let Some(ports) = load::<[u16; 2]>(data, data_end, tcp_at) else {
         return;
     };
     let addresses = if family == FAMILY_V4 {
@@ -487,7 +517,7 @@ pub fn clamp_syn_ack(ctx: &TcContext, h: &Headers, vip: [u32; 4], port: u16) {
     if h.proto != IPPROTO_TCP {
         return;
     }
-    match ctx.load::<u8>(h.l4_off + 13) {
+    match ctx.load::<u8>(h.l4_off + tcp::FLAGS) {
         Ok(flags) if flags & (TCP_SYN | TCP_ACK) == (TCP_SYN | TCP_ACK) => {}
         _ => return,
     }
@@ -496,10 +526,10 @@ pub fn clamp_syn_ack(ctx: &TcContext, h: &Headers, vip: [u32; 4], port: u16) {
     let Some(limit) = ENCAP_SYNS.get_ptr(&flow).map(|limit| unsafe { *limit }) else {
         return;
     };
-    let Ok(data_offset) = ctx.load::<u8>(h.l4_off + 12) else {
+    let Ok(data_offset) = ctx.load::<u8>(h.l4_off + tcp::DATA_OFFSET) else {
         return;
     };
-    let Ok(option) = ctx.load::<[u8; 4]>(h.l4_off + 20) else {
+    let Ok(option) = ctx.load::<[u8; 4]>(h.l4_off + tcp::OPTIONS) else {
         return;
     };
     if data_offset >> 4 < 6 || option[0] != TCP_OPT_MSS || option[1] != 4 {
@@ -510,11 +540,11 @@ pub fn clamp_syn_ack(ctx: &TcContext, h: &Headers, vip: [u32; 4], port: u16) {
         return;
     }
     let (old, new) = (mss.to_be(), (limit as u16).to_be());
-    let check_off = h.l4_off + 16;
+    let check_off = h.l4_off + tcp::CHECKSUM;
     if ctx
         .l4_csum_replace(check_off, old as u64, new as u64, 2)
         .is_ok()
     {
-        let _ = ctx.store(h.l4_off + 22, &new, 0);
+        let _ = ctx.store(h.l4_off + tcp::OPTIONS + MSS_OPTION_VALUE, &new, 0);
     }
 }

@@ -7,13 +7,12 @@
 use aya_ebpf::{
     bindings::xdp_action, helpers::generated::bpf_xdp_adjust_tail, programs::XdpContext,
 };
-use porter_common::{FAMILY_V4, FAMILY_V6, L2Key, L2Value};
+use porter_common::{
+    FAMILY_V4, FAMILY_V6, L2Key, L2Value,
+    wire::{ETH_P_ARP, ETH_SRC_OFF, IPPROTO_ICMPV6, ND_NEIGHBOR_ADVERT, icmp, ipv6},
+};
 
 use crate::parse::{self, Headers, load, store};
-
-pub const ETH_P_ARP: u16 = 0x0806;
-pub const NEIGHBOR_SOLICIT: u8 = 135;
-const NEIGHBOR_ADVERT: u8 = 136;
 /// htype Ethernet, ptype IPv4, hlen 6, plen 4, operation request.
 const ARP_REQUEST_HEADER: [u8; 8] = [0, 1, 8, 0, 6, 4, 0, 1];
 const ARP_REPLY: [u8; 2] = [0, 2];
@@ -26,6 +25,12 @@ const OPT_TARGET_LL_ADDR: [u8; 2] = [2, 1];
 const ND_LEN: usize = 24;
 const ND_LEN_WITH_LL_OPTION: usize = 32;
 const NDP_HOP_LIMIT: u8 = 255;
+/// Offsets in a neighbour solicitation or advertisement (RFC 4861 4.3,
+/// 4.4): the flags of an advertisement, the target address, and the first
+/// option.
+const ND_FLAGS: usize = 4;
+const ND_TARGET: usize = 8;
+const ND_OPTION: usize = 24;
 
 /// Turns an ARP request for a led EIP into its reply. None: not ours, and
 /// nothing was written.
@@ -53,11 +58,11 @@ pub fn answer_arp(ctx: &XdpContext, lookup: impl Fn(&L2Key) -> Option<L2Value>) 
         family: FAMILY_V4,
         _pad: [0; 3],
     })?;
-    let requester: [u8; 6] = load(data, data_end, 6)?;
+    let requester: [u8; 6] = load(data, data_end, ETH_SRC_OFF)?;
     // The whole request was read above, so these writes are in bounds.
     let written = (|| {
         store(data, data_end, 0, requester)?;
-        store(data, data_end, 6, lead.mac)?;
+        store(data, data_end, ETH_SRC_OFF, lead.mac)?;
         store(data, data_end, off + 6, ARP_REPLY)?;
         store(data, data_end, off + 8, lead.mac)?;
         store(data, data_end, off + 14, target_ip)?;
@@ -81,12 +86,12 @@ pub fn answer_ns(
     let (data, data_end) = (ctx.data(), ctx.data_end());
     // RFC 4861 7.1.1: hop limit 255 (it cannot have crossed a router), code 0,
     // at least 24 bytes. NDP never carries extension headers in practice.
-    if h.family != FAMILY_V6 || h.l4_off != h.l3_off + 40 {
+    if h.family != FAMILY_V6 || h.l4_off != h.l3_off + ipv6::LEN {
         return None;
     }
-    let hop_limit: u8 = load(data, data_end, h.l3_off + 7)?;
-    let code: u8 = load(data, data_end, h.l4_off + 1)?;
-    let icmp_len = u16::from_be(load(data, data_end, h.l3_off + 4)?) as usize;
+    let hop_limit: u8 = load(data, data_end, h.l3_off + ipv6::HOP_LIMIT)?;
+    let code: u8 = load(data, data_end, h.l4_off + icmp::CODE)?;
+    let icmp_len = u16::from_be(load(data, data_end, h.l3_off + ipv6::PAYLOAD_LEN)?) as usize;
     if hop_limit != NDP_HOP_LIMIT || code != 0 || icmp_len < ND_LEN {
         return None;
     }
@@ -95,14 +100,14 @@ pub fn answer_ns(
     if h.src == [0; 4] {
         return None;
     }
-    let target: [u32; 4] = load(data, data_end, h.l4_off + 8)?;
+    let target: [u32; 4] = load(data, data_end, h.l4_off + ND_TARGET)?;
     let lead = lookup(&L2Key {
         addr: target,
         ifindex: ctx.ingress_ifindex() as u32,
         family: FAMILY_V6,
         _pad: [0; 3],
     })?;
-    let requester: [u8; 6] = load(data, data_end, 6)?;
+    let requester: [u8; 6] = load(data, data_end, ETH_SRC_OFF)?;
     // A solicitation without options is unicast (neighbour unreachability
     // detection), where the target address option may be left out; the
     // answer keeps the request's size, so it never has to grow.
@@ -122,20 +127,30 @@ pub fn answer_ns(
     let (data, data_end) = (ctx.data(), ctx.data_end());
     let written = (|| {
         store(data, data_end, 0, requester)?;
-        store(data, data_end, 6, lead.mac)?;
+        store(data, data_end, ETH_SRC_OFF, lead.mac)?;
         store(data, data_end, h.l3_off, u32::to_be(0x6000_0000))?;
-        store(data, data_end, h.l3_off + 4, u16::to_be(reply_len as u16))?;
-        store(data, data_end, h.l3_off + 7, NDP_HOP_LIMIT)?;
-        store(data, data_end, h.l3_off + 8, target)?;
-        store(data, data_end, h.l3_off + 24, h.src)?;
-        store(data, data_end, h.l4_off, [NEIGHBOR_ADVERT, 0])?;
-        store(data, data_end, h.l4_off + 4, NA_FLAGS)?;
+        store(
+            data,
+            data_end,
+            h.l3_off + ipv6::PAYLOAD_LEN,
+            u16::to_be(reply_len as u16),
+        )?;
+        store(data, data_end, h.l3_off + ipv6::HOP_LIMIT, NDP_HOP_LIMIT)?;
+        store(data, data_end, h.l3_off + ipv6::SRC, target)?;
+        store(data, data_end, h.l3_off + ipv6::DST, h.src)?;
+        store(data, data_end, h.l4_off, [ND_NEIGHBOR_ADVERT, 0])?;
+        store(data, data_end, h.l4_off + ND_FLAGS, NA_FLAGS)?;
         if reply_len == ND_LEN_WITH_LL_OPTION {
-            store(data, data_end, h.l4_off + 24, OPT_TARGET_LL_ADDR)?;
-            store(data, data_end, h.l4_off + 26, lead.mac)?;
+            store(data, data_end, h.l4_off + ND_OPTION, OPT_TARGET_LL_ADDR)?;
+            store(
+                data,
+                data_end,
+                h.l4_off + ND_OPTION + OPT_TARGET_LL_ADDR.len(),
+                lead.mac,
+            )?;
         }
         let check = na_checksum(&target, &h.src, reply_len, &lead.mac);
-        store(data, data_end, h.l4_off + 2, check)
+        store(data, data_end, h.l4_off + icmp::CHECKSUM, check)
     })();
     Some(match written {
         Some(()) => xdp_action::XDP_TX,
@@ -155,8 +170,8 @@ fn na_checksum(src: &[u32; 4], dst: &[u32; 4], len: usize, mac: &[u8; 6]) -> u16
         // The target appears twice: as the source and in the message.
         sum += 2 * halves(src[i]) + halves(dst[i]);
     }
-    sum += word([0, len as u8]) + word([0, crate::parse::IPPROTO_ICMPV6]);
-    sum += word([NEIGHBOR_ADVERT, 0]) + word([NA_FLAGS[0], NA_FLAGS[1]]);
+    sum += word([0, len as u8]) + word([0, IPPROTO_ICMPV6]);
+    sum += word([ND_NEIGHBOR_ADVERT, 0]) + word([NA_FLAGS[0], NA_FLAGS[1]]);
     if len == ND_LEN_WITH_LL_OPTION {
         sum += word(OPT_TARGET_LL_ADDR)
             + word([mac[0], mac[1]])

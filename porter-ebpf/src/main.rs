@@ -57,14 +57,17 @@ use aya_ebpf::{
     programs::{TcContext, XdpContext},
 };
 use flow::Flow;
-use parse::{
-    Headers, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP, load, store, swap_ends,
-};
+use parse::{Headers, load, store, swap_ends};
 use porter_common::{
     BACKEND_DRAINING, BACKEND_REMOTE, BACKEND_SHARED, BackendKey, BackendValue, CtValue, FAMILY_V4,
     FlowKey4, FlowKey6, IPV4_FORWARDED_MARK, L2Key, L2Value, MaglevSlot, RevNatValue,
     ServiceCounters, ServiceKey, ServiceValue, Stat, VIP_FILTER_SLOTS, VipKey, config, limits,
-    limits::MAGLEV_SLOTS_PER_ENTRY, vip_filter_slot,
+    limits::MAGLEV_SLOTS_PER_ENTRY,
+    vip_filter_slot,
+    wire::{
+        AF_INET, AF_INET6, ETH_SRC_OFF, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP,
+        L4_DST_PORT, ND_NEIGHBOR_SOLICIT, icmp, ipv4, ipv6, tcp, udp,
+    },
 };
 
 // BTF-defined maps: `bpftool map dump` shows their field names. They carry
@@ -111,10 +114,6 @@ static L2_LEADS: HashMap<L2Key, L2Value, { limits::L2_LEADS as usize }> = HashMa
 /// costs lookups, not writes. Other flows have nothing to refresh: lookups
 /// keep their conntrack entries in the LRU.
 const REFRESH_NS: u64 = 1_000_000_000;
-const TCP_CHECK_OFF: usize = 16;
-const UDP_CHECK_OFF: usize = 6;
-const AF_INET: u8 = 2;
-const AF_INET6: u8 = 10;
 
 #[inline(always)]
 fn count(stat: Stat) {
@@ -169,7 +168,7 @@ fn xdp_decide(ctx: &XdpContext, decapsulated: bool) -> (u32, Stat) {
     }
     // Solicitations go to a multicast address, not to the EIP, so they are
     // looked at before the VIP filter; one compare for all other traffic.
-    if h.icmp_type == l2::NEIGHBOR_SOLICIT
+    if h.icmp_type == ND_NEIGHBOR_SOLICIT
         && h.proto == IPPROTO_ICMPV6
         && let Some(action) = l2::answer_ns(ctx, &h, l2_lead)
     {
@@ -190,7 +189,7 @@ fn xdp_decide(ctx: &XdpContext, decapsulated: bool) -> (u32, Stat) {
     // Read only when conntrack names a draining pod.
     let bare_syn = || {
         h.proto == IPPROTO_TCP
-            && load::<u8>(data, data_end, h.l4_off + 13)
+            && load::<u8>(data, data_end, h.l4_off + tcp::FLAGS)
                 .is_some_and(|flags| flags & (encap::TCP_SYN | encap::TCP_ACK) == encap::TCP_SYN)
     };
     // Established flows first: their conntrack entry names everything the
@@ -301,7 +300,11 @@ fn not_a_service(data: usize, data_end: usize, h: &Headers) -> (u32, Stat) {
         // to the router until its TTL ran out.
         return (xdp_action::XDP_DROP, Stat::DropUnknownPort);
     }
-    let echo_request = if h.family == FAMILY_V4 { 8 } else { 128 };
+    let echo_request = if h.family == FAMILY_V4 {
+        icmp::ECHO_REQUEST
+    } else {
+        icmp::V6_ECHO_REQUEST
+    };
     if h.icmp_type != echo_request {
         // Errors (e.g. fragmentation needed) and other ICMP pass untouched.
         return (xdp_action::XDP_PASS, Stat::PassIcmp);
@@ -420,31 +423,36 @@ fn record_revnat<F: Flow>(h: &Headers, backend: &BackendValue, service_id: u32) 
 fn dnat(data: usize, data_end: usize, h: &Headers, backend: &BackendValue) -> Option<()> {
     let check_off = h.l4_off
         + if h.proto == IPPROTO_TCP {
-            TCP_CHECK_OFF
+            tcp::CHECKSUM
         } else {
-            UDP_CHECK_OFF
+            udp::CHECKSUM
         };
     let old_check: u16 = load(data, data_end, check_off)?;
     let mut acc = csum::add_word(0, h.dport, backend.port);
     if h.family == FAMILY_V4 {
         let (old, new) = (h.dst[0], backend.addr[0]);
-        let ip_check: u16 = load(data, data_end, h.l3_off + 10)?;
+        let ip_check: u16 = load(data, data_end, h.l3_off + ipv4::CHECKSUM)?;
         let mut ip_acc = csum::add_u32(0, old, new);
         if h.forwarded {
             // The mark has done its job; the pod gets a plain packet.
-            let flags: u16 = load(data, data_end, h.l3_off + 6)?;
+            let flags: u16 = load(data, data_end, h.l3_off + ipv4::FRAG)?;
             let cleared = flags & !IPV4_FORWARDED_MARK.to_be();
             ip_acc = csum::add_word(ip_acc, flags, cleared);
-            store(data, data_end, h.l3_off + 6, cleared)?;
+            store(data, data_end, h.l3_off + ipv4::FRAG, cleared)?;
         }
-        store(data, data_end, h.l3_off + 10, csum::apply(ip_check, ip_acc))?;
-        store(data, data_end, h.l3_off + 16, new)?;
+        store(
+            data,
+            data_end,
+            h.l3_off + ipv4::CHECKSUM,
+            csum::apply(ip_check, ip_acc),
+        )?;
+        store(data, data_end, h.l3_off + ipv4::DST, new)?;
         acc = csum::add_u32(acc, old, new);
     } else {
-        store(data, data_end, h.l3_off + 24, backend.addr)?;
+        store(data, data_end, h.l3_off + ipv6::DST, backend.addr)?;
         acc = csum::add_addr(acc, &h.dst, &backend.addr);
     }
-    store(data, data_end, h.l4_off + 2, backend.port)?;
+    store(data, data_end, h.l4_off + L4_DST_PORT, backend.port)?;
     // An IPv4 UDP checksum of 0 means "none" and must stay 0; a computed 0 is sent as 0xffff.
     let udp = h.proto == IPPROTO_UDP;
     if !(udp && h.family == FAMILY_V4 && old_check == 0) {
@@ -474,7 +482,7 @@ fn forward_remote(
     if h.family != FAMILY_V4 {
         return encap::forward(ctx, h, backend);
     }
-    let Some(tot_len) = load::<u16>(data, data_end, h.l3_off + 2) else {
+    let Some(tot_len) = load::<u16>(data, data_end, h.l3_off + ipv4::TOTAL_LEN) else {
         return (xdp_action::XDP_DROP, Stat::DropRewriteFailed);
     };
     let (rc, fib) = encap::fib_to_node(
@@ -510,7 +518,7 @@ fn forward_remote(
 fn mark_forwarded(data: usize, data_end: usize, h: &Headers, fib: &FibParams) -> Option<()> {
     encap::set_mark(data, data_end, h.l3_off)?;
     store(data, data_end, 0, fib.dmac)?;
-    store(data, data_end, 6, fib.smac)
+    store(data, data_end, ETH_SRC_OFF, fib.smac)
 }
 
 /// Redirect mode: routes the translated packet in XDP (FIB lookup) and
@@ -533,12 +541,14 @@ fn redirect(
     fib.ifindex = ctx.ingress_ifindex() as u32;
     if h.family == FAMILY_V4 {
         fib.family = AF_INET;
-        fib.__bindgen_anon_1.tot_len = u16::from_be(load(data, data_end, h.l3_off + 2)?);
+        fib.__bindgen_anon_1.tot_len =
+            u16::from_be(load(data, data_end, h.l3_off + ipv4::TOTAL_LEN)?);
         fib.__bindgen_anon_3.ipv4_src = h.src[0];
         fib.__bindgen_anon_4.ipv4_dst = backend.addr[0];
     } else {
         fib.family = AF_INET6;
-        fib.__bindgen_anon_1.tot_len = u16::from_be(load(data, data_end, h.l3_off + 4)?) + 40;
+        fib.__bindgen_anon_1.tot_len =
+            u16::from_be(load(data, data_end, h.l3_off + ipv6::PAYLOAD_LEN)?) + ipv6::LEN as u16;
         fib.__bindgen_anon_3.ipv6_src = h.src;
         fib.__bindgen_anon_4.ipv6_dst = backend.addr;
     }
@@ -555,7 +565,7 @@ fn redirect(
         return None;
     }
     store(data, data_end, 0, fib.dmac)?;
-    store(data, data_end, 6, fib.smac)?;
+    store(data, data_end, ETH_SRC_OFF, fib.smac)?;
     // SAFETY: no memory effects beyond the redirect decision.
     Some(unsafe { bpf_redirect(fib.ifindex, 0) } as u32)
 }
@@ -564,19 +574,28 @@ fn redirect(
 /// if a write fails, which the parse's bounds checks rule out.
 #[inline(always)]
 fn echo_reply(data: usize, data_end: usize, h: &Headers) -> Option<()> {
-    let reply: u8 = if h.family == FAMILY_V4 { 0 } else { 129 };
+    let reply: u8 = if h.family == FAMILY_V4 {
+        icmp::ECHO_REPLY
+    } else {
+        icmp::V6_ECHO_REPLY
+    };
     // Swapping source and destination leaves every sum unchanged.
     swap_ends(data, data_end, h)?;
     let type_code: [u8; 2] = load(data, data_end, h.l4_off)?;
     let new_type_code = [reply, type_code[1]];
-    let check: u16 = load(data, data_end, h.l4_off + 2)?;
+    let check: u16 = load(data, data_end, h.l4_off + icmp::CHECKSUM)?;
     let acc = csum::add_word(
         0,
         u16::from_ne_bytes(type_code),
         u16::from_ne_bytes(new_type_code),
     );
     store(data, data_end, h.l4_off, new_type_code)?;
-    store(data, data_end, h.l4_off + 2, csum::apply(check, acc))?;
+    store(
+        data,
+        data_end,
+        h.l4_off + icmp::CHECKSUM,
+        csum::apply(check, acc),
+    )?;
     Some(())
 }
 
@@ -671,9 +690,9 @@ fn translated<F: Flow>(h: &Headers, revnat: &RevNatValue) -> bool {
 fn revnat_rewrite(ctx: &TcContext, h: &Headers, revnat: &RevNatValue) -> Result<(), i64> {
     let check_off = h.l4_off
         + if h.proto == IPPROTO_TCP {
-            TCP_CHECK_OFF
+            tcp::CHECKSUM
         } else {
-            UDP_CHECK_OFF
+            udp::CHECKSUM
         };
     let mangled_0 = if h.proto == IPPROTO_UDP {
         BPF_F_MARK_MANGLED_0 as u64
@@ -684,14 +703,14 @@ fn revnat_rewrite(ctx: &TcContext, h: &Headers, revnat: &RevNatValue) -> Result<
     if h.family == FAMILY_V4 {
         let (old, new) = (h.src[0], revnat.vip[0]);
         ctx.l4_csum_replace(check_off, old as u64, new as u64, pseudo | 4)?;
-        ctx.l3_csum_replace(h.l3_off + 10, old as u64, new as u64, 4)?;
-        ctx.store(h.l3_off + 12, &new, 0)?;
+        ctx.l3_csum_replace(h.l3_off + ipv4::CHECKSUM, old as u64, new as u64, 4)?;
+        ctx.store(h.l3_off + ipv4::SRC, &new, 0)?;
     } else {
         for i in 0..4 {
             let (old, new) = (h.src[i], revnat.vip[i]);
             ctx.l4_csum_replace(check_off, old as u64, new as u64, pseudo | 4)?;
         }
-        ctx.store(h.l3_off + 8, &revnat.vip, 0)?;
+        ctx.store(h.l3_off + ipv6::SRC, &revnat.vip, 0)?;
     }
     ctx.l4_csum_replace(check_off, h.sport as u64, revnat.port as u64, mangled_0 | 2)?;
     ctx.store(h.l4_off, &revnat.port, 0)?;

@@ -7,17 +7,17 @@
 //! past.
 use core::mem::size_of;
 
-use porter_common::{FAMILY_V4, FAMILY_V6, IPV4_FORWARDED_MARK, Stat};
+use porter_common::{
+    FAMILY_V4, FAMILY_V6, IPV4_FORWARDED_MARK, Stat,
+    wire::{
+        ETH_HLEN, ETH_P_8021AD, ETH_P_8021Q, ETH_P_IP, ETH_P_IPV6, ETH_TYPE_OFF, IPPROTO_ICMP,
+        IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP, L4_DST_PORT, icmp, ipv4, ipv6,
+        ipv6_ext::{AUTHENTICATION, DESTINATION_OPTIONS, FRAGMENT, HOP_BY_HOP, ROUTING},
+        tcp, udp,
+    },
+};
 
-pub const ETH_P_IP: u16 = 0x0800;
-pub const ETH_P_IPV6: u16 = 0x86dd;
-const ETH_P_8021Q: u16 = 0x8100;
-const ETH_P_8021AD: u16 = 0x88a8;
-pub const IPPROTO_ICMP: u8 = 1;
-pub const IPPROTO_ICMPV6: u8 = 58;
-pub const IPPROTO_TCP: u8 = 6;
-pub const IPPROTO_UDP: u8 = 17;
-const ETH_HLEN: usize = 14;
+const VLAN_TAG_LEN: usize = 4;
 const MAX_VLAN_TAGS: usize = 2;
 const MAX_V6_EXT_HEADERS: usize = 4;
 /// Offsets never exceed this, which keeps the verifier's ranges small.
@@ -69,11 +69,11 @@ pub fn swap_ends(data: usize, data_end: usize, h: &Headers) -> Option<()> {
     swapped[6..].copy_from_slice(&macs[..6]);
     store(data, data_end, 0, swapped)?;
     if h.family == FAMILY_V4 {
-        store(data, data_end, h.l3_off + 12, h.dst[0])?;
-        store(data, data_end, h.l3_off + 16, h.src[0])?;
+        store(data, data_end, h.l3_off + ipv4::SRC, h.dst[0])?;
+        store(data, data_end, h.l3_off + ipv4::DST, h.src[0])?;
     } else {
-        store(data, data_end, h.l3_off + 8, h.dst)?;
-        store(data, data_end, h.l3_off + 24, h.src)?;
+        store(data, data_end, h.l3_off + ipv6::SRC, h.dst)?;
+        store(data, data_end, h.l3_off + ipv6::DST, h.src)?;
     }
     Some(())
 }
@@ -103,14 +103,16 @@ pub struct Headers {
 /// The EtherType after up to two VLAN tags, and the offset of what it names.
 #[inline(always)]
 pub fn link_layer(data: usize, data_end: usize) -> Result<(u16, usize), Stat> {
-    let mut ethertype = u16::from_be(load::<u16>(data, data_end, 12).ok_or(Stat::PassTruncated)?);
+    let mut ethertype =
+        u16::from_be(load::<u16>(data, data_end, ETH_TYPE_OFF).ok_or(Stat::PassTruncated)?);
     let mut off = ETH_HLEN;
     for _ in 0..MAX_VLAN_TAGS {
         if ethertype != ETH_P_8021Q && ethertype != ETH_P_8021AD {
             break;
         }
+        // A tag is the TCI (2 bytes), then the EtherType it carries.
         ethertype = u16::from_be(load::<u16>(data, data_end, off + 2).ok_or(Stat::PassTruncated)?);
-        off += 4;
+        off += VLAN_TAG_LEN;
     }
     Ok((ethertype, off))
 }
@@ -158,30 +160,31 @@ fn parse_inner(data: usize, data_end: usize, whole: bool) -> Result<Headers, Sta
 fn parse_v4(data: usize, data_end: usize, h: &mut Headers, whole: bool) -> Result<(), Stat> {
     let off = h.l3_off;
     // One check for the fixed header; the field loads below fall inside it.
-    if data + off + 20 > data_end {
+    if data + off + ipv4::LEN > data_end {
         return Err(Stat::PassTruncated);
     }
     let version_ihl: u8 = load(data, data_end, off).ok_or(Stat::PassTruncated)?;
     if version_ihl >> 4 != 4 {
-        return Err(Stat::PassTruncated);
+        return Err(Stat::PassNotIp);
     }
     let ihl = ((version_ihl & 0x0f) as usize) * 4;
     let total_len =
-        u16::from_be(load(data, data_end, off + 2).ok_or(Stat::PassTruncated)?) as usize;
-    if ihl < 20 || total_len < ihl || (whole && data + off + total_len > data_end) {
+        u16::from_be(load(data, data_end, off + ipv4::TOTAL_LEN).ok_or(Stat::PassTruncated)?)
+            as usize;
+    if ihl < ipv4::LEN || total_len < ihl || (whole && data + off + total_len > data_end) {
         return Err(Stat::PassTruncated);
     }
     // More-fragments flag or a fragment offset: only the first fragment has
     // ports, and the rest cannot be matched, so none of them are touched.
-    let fragment = u16::from_be(load(data, data_end, off + 6).ok_or(Stat::PassTruncated)?);
-    if fragment & 0x3fff != 0 {
+    let fragment = u16::from_be(load(data, data_end, off + ipv4::FRAG).ok_or(Stat::PassTruncated)?);
+    if fragment & ipv4::FRAGMENT_MASK != 0 {
         return Err(Stat::PassFragment);
     }
     h.forwarded = fragment & IPV4_FORWARDED_MARK != 0;
     h.family = FAMILY_V4;
-    h.proto = load(data, data_end, off + 9).ok_or(Stat::PassTruncated)?;
-    h.src[0] = load(data, data_end, off + 12).ok_or(Stat::PassTruncated)?;
-    h.dst[0] = load(data, data_end, off + 16).ok_or(Stat::PassTruncated)?;
+    h.proto = load(data, data_end, off + ipv4::PROTOCOL).ok_or(Stat::PassTruncated)?;
+    h.src[0] = load(data, data_end, off + ipv4::SRC).ok_or(Stat::PassTruncated)?;
+    h.dst[0] = load(data, data_end, off + ipv4::DST).ok_or(Stat::PassTruncated)?;
     h.l4_off = off + ihl;
     Ok(())
 }
@@ -189,33 +192,33 @@ fn parse_v4(data: usize, data_end: usize, h: &mut Headers, whole: bool) -> Resul
 #[inline(always)]
 fn parse_v6(data: usize, data_end: usize, h: &mut Headers, whole: bool) -> Result<(), Stat> {
     let off = h.l3_off;
-    if data + off + 40 > data_end {
+    if data + off + ipv6::LEN > data_end {
         return Err(Stat::PassTruncated);
     }
     let version: u8 = load(data, data_end, off).ok_or(Stat::PassTruncated)?;
     if version >> 4 != 6 {
-        return Err(Stat::PassTruncated);
+        return Err(Stat::PassNotIp);
     }
-    h.src = load(data, data_end, off + 8).ok_or(Stat::PassTruncated)?;
-    h.dst = load(data, data_end, off + 24).ok_or(Stat::PassTruncated)?;
+    h.src = load(data, data_end, off + ipv6::SRC).ok_or(Stat::PassTruncated)?;
+    h.dst = load(data, data_end, off + ipv6::DST).ok_or(Stat::PassTruncated)?;
     h.family = FAMILY_V6;
-    let mut next: u8 = load(data, data_end, off + 6).ok_or(Stat::PassTruncated)?;
-    let mut l4_off = off + 40;
+    let mut next: u8 = load(data, data_end, off + ipv6::NEXT_HEADER).ok_or(Stat::PassTruncated)?;
+    let mut l4_off = off + ipv6::LEN;
     for _ in 0..MAX_V6_EXT_HEADERS {
         let length = match next {
             // Hop-by-hop, routing, destination options: (len + 1) * 8 bytes.
-            0 | 43 | 60 => {
+            HOP_BY_HOP | ROUTING | DESTINATION_OPTIONS => {
                 let ext: [u8; 2] = load(data, data_end, l4_off).ok_or(Stat::PassTruncated)?;
                 next = ext[0];
                 (ext[1] as usize + 1) * 8
             }
             // Authentication header: (len + 2) * 4 bytes.
-            51 => {
+            AUTHENTICATION => {
                 let ext: [u8; 2] = load(data, data_end, l4_off).ok_or(Stat::PassTruncated)?;
                 next = ext[0];
                 (ext[1] as usize + 2) * 4
             }
-            44 => return Err(Stat::PassFragment),
+            FRAGMENT => return Err(Stat::PassFragment),
             _ => break,
         };
         l4_off += length;
@@ -223,15 +226,19 @@ fn parse_v6(data: usize, data_end: usize, h: &mut Headers, whole: bool) -> Resul
             return Err(Stat::PassUnknownHeader);
         }
     }
-    if matches!(next, 0 | 43 | 60 | 51 | 44) {
+    if matches!(
+        next,
+        HOP_BY_HOP | ROUTING | DESTINATION_OPTIONS | AUTHENTICATION | FRAGMENT
+    ) {
         return Err(Stat::PassUnknownHeader);
     }
     // A payload that is really there (jumbograms, length 0, pass). Checked
     // last: done first, it lets the compiler drop bounds checks the verifier
     // cannot prove on its own.
     let payload_len =
-        u16::from_be(load(data, data_end, off + 4).ok_or(Stat::PassTruncated)?) as usize;
-    if payload_len == 0 || (whole && data + off + 40 + payload_len > data_end) {
+        u16::from_be(load(data, data_end, off + ipv6::PAYLOAD_LEN).ok_or(Stat::PassTruncated)?)
+            as usize;
+    if payload_len == 0 || (whole && data + off + ipv6::LEN + payload_len > data_end) {
         return Err(Stat::PassTruncated);
     }
     h.proto = next;
@@ -247,15 +254,19 @@ fn parse_l4(data: usize, data_end: usize, h: &mut Headers) -> Result<(), Stat> {
     match h.proto {
         IPPROTO_TCP | IPPROTO_UDP => {
             // TCP: ports through the checksum, the whole fixed header.
-            let needed = if h.proto == IPPROTO_TCP { 20 } else { 8 };
+            let needed = if h.proto == IPPROTO_TCP {
+                tcp::LEN
+            } else {
+                udp::LEN
+            };
             if data + h.l4_off + needed > data_end {
                 return Err(Stat::PassTruncated);
             }
             h.sport = load(data, data_end, h.l4_off).ok_or(Stat::PassTruncated)?;
-            h.dport = load(data, data_end, h.l4_off + 2).ok_or(Stat::PassTruncated)?;
+            h.dport = load(data, data_end, h.l4_off + L4_DST_PORT).ok_or(Stat::PassTruncated)?;
         }
         IPPROTO_ICMP | IPPROTO_ICMPV6 => {
-            if data + h.l4_off + 8 > data_end {
+            if data + h.l4_off + icmp::LEN > data_end {
                 return Err(Stat::PassTruncated);
             }
             h.icmp_type = load(data, data_end, h.l4_off).ok_or(Stat::PassTruncated)?;

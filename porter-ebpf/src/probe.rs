@@ -17,17 +17,18 @@ use aya_ebpf::{
     helpers::generated::bpf_fib_lookup,
     programs::XdpContext,
 };
-use porter_common::{FAMILY_V4, Stat, probe};
+use porter_common::{
+    FAMILY_V4, Stat, probe,
+    wire::{AF_INET, AF_INET6, IPPROTO_UDP, udp},
+};
 
 use crate::csum;
-use crate::parse::{Headers, IPPROTO_UDP, store, swap_ends};
+use crate::parse::{Headers, store, swap_ends};
 
-const UDP_HEADER: usize = 8;
+const UDP_HEADER: usize = udp::LEN;
 /// The UDP header and the payload.
 const DATAGRAM: usize = UDP_HEADER + probe::LEN;
 const KIND: usize = UDP_HEADER + 4;
-const AF_INET: u8 = 2;
-const AF_INET6: u8 = 10;
 
 /// The datagram's bytes, all of them checked to be in the packet by one
 /// bounds check on one pointer, which the verifier follows for every
@@ -74,7 +75,7 @@ pub fn answer(ctx: &XdpContext, data: usize, data_end: usize, h: &Headers) -> Op
         return None;
     }
     let datagram = Datagram::at(data, data_end, h.l4_off)?;
-    let request = datagram.word(4) == (DATAGRAM as u16).to_be()
+    let request = datagram.word(udp::LENGTH) == (DATAGRAM as u16).to_be()
         && datagram.byte(UDP_HEADER) == probe::MAGIC[0]
         && datagram.byte(UDP_HEADER + 1) == probe::MAGIC[1]
         && datagram.byte(UDP_HEADER + 2) == probe::MAGIC[2]
@@ -140,11 +141,11 @@ fn turn_around(data: usize, data_end: usize, h: &Headers, datagram: &Datagram) -
         datagram.set(2 + i, sport[i]);
     }
     datagram.set(KIND, probe::REPLY);
-    datagram.set(6, 0);
-    datagram.set(7, 0);
+    datagram.set(udp::CHECKSUM, 0);
+    datagram.set(udp::CHECKSUM + 1, 0);
     let check = udp_checksum(h, datagram).to_ne_bytes();
-    datagram.set(6, check[0]);
-    datagram.set(7, check[1]);
+    datagram.set(udp::CHECKSUM, check[0]);
+    datagram.set(udp::CHECKSUM + 1, check[1]);
     Some(())
 }
 

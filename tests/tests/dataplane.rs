@@ -661,6 +661,20 @@ fn eip_traffic_is_answered_dropped_or_passed_untouched() -> Result<()> {
         assert_eq!(action, XDP_PASS, "{case}: passes");
         assert_eq!(&out, packet, "{case}: unmodified");
     }
+    // An IPv4 EtherType over a header of version 6 passes too, counted as
+    // not IP (it is not short).
+    let mut wrong_version = service_syn.clone();
+    wrong_version[14] = 0x65;
+    let not_ip = bench.stat(Stat::PassNotIp)?;
+    let truncated = bench.stat(Stat::PassTruncated)?;
+    let (action, out) = bench.run(&wrong_version)?;
+    assert_eq!(action, XDP_PASS, "wrong IP version: passes");
+    assert_eq!(out, wrong_version, "wrong IP version: unmodified");
+    assert_eq!(
+        (bench.stat(Stat::PassNotIp)?, bench.stat(Stat::PassTruncated)?),
+        (not_ip + 1, truncated),
+        "wrong IP version: counted as pass_not_ip"
+    );
     Ok(())
 }
 

@@ -13,6 +13,7 @@ use std::{
     time::Duration,
 };
 
+use porter_common::wire::{ETH_P_ARP, ETH_P_IPV6, IPPROTO_ICMPV6, ND_NEIGHBOR_ADVERT};
 use tracing::{debug, warn};
 
 use crate::l2_interface::L2Interface;
@@ -25,10 +26,6 @@ const BROADCAST: [u8; 6] = [0xff; 6];
 /// ff02::1, all nodes, and its multicast MAC.
 const ALL_NODES: Ipv6Addr = Ipv6Addr::new(0xff02, 0, 0, 0, 0, 0, 0, 1);
 const ALL_NODES_MAC: [u8; 6] = [0x33, 0x33, 0, 0, 0, 1];
-const ETH_P_ARP: u16 = 0x0806;
-const ETH_P_IPV6: u16 = 0x86dd;
-const ICMPV6: u8 = 58;
-const NEIGHBOR_ADVERT: u8 = 136;
 /// Override only: unsolicited, and it replaces cached addresses (RFC 4861 7.2.6).
 const NA_OVERRIDE: u8 = 0x20;
 
@@ -56,7 +53,7 @@ pub fn gratuitous_arp(mac: [u8; 6], ip: Ipv4Addr) -> Vec<u8> {
 
 /// An unsolicited neighbour advertisement of `ip` at `mac` to all nodes.
 pub fn unsolicited_na(mac: [u8; 6], ip: Ipv6Addr) -> Vec<u8> {
-    let mut icmp = vec![NEIGHBOR_ADVERT, 0, 0, 0, NA_OVERRIDE, 0, 0, 0];
+    let mut icmp = vec![ND_NEIGHBOR_ADVERT, 0, 0, 0, NA_OVERRIDE, 0, 0, 0];
     icmp.extend_from_slice(&ip.octets());
     icmp.extend_from_slice(&[2, 1]);
     icmp.extend_from_slice(&mac);
@@ -66,7 +63,7 @@ pub fn unsolicited_na(mac: [u8; 6], ip: Ipv6Addr) -> Vec<u8> {
     let mut frame = ethernet(ALL_NODES_MAC, mac, ETH_P_IPV6);
     frame.extend_from_slice(&[0x60, 0, 0, 0]);
     frame.extend_from_slice(&(icmp.len() as u16).to_be_bytes());
-    frame.extend_from_slice(&[ICMPV6, 255]);
+    frame.extend_from_slice(&[IPPROTO_ICMPV6, 255]);
     frame.extend_from_slice(&ip.octets());
     frame.extend_from_slice(&ALL_NODES.octets());
     frame.extend_from_slice(&icmp);
@@ -93,7 +90,7 @@ fn icmpv6_checksum(src: Ipv6Addr, dst: Ipv6Addr, message: &[u8]) -> u16 {
     add(&src.octets());
     add(&dst.octets());
     add(&(message.len() as u32).to_be_bytes());
-    add(&[0, 0, 0, ICMPV6]);
+    add(&[0, 0, 0, IPPROTO_ICMPV6]);
     add(message);
     while sum > 0xffff {
         sum = (sum & 0xffff) + (sum >> 16);
