@@ -33,20 +33,20 @@ use aya_ebpf::{
         bpf_fib_lookup as FibParams, xdp_action,
     },
     btf_maps::LruHashMap,
-    helpers::generated::{bpf_check_mtu, bpf_fib_lookup, bpf_redirect, bpf_xdp_adjust_head},
+    helpers::generated::{bpf_check_mtu, bpf_redirect, bpf_xdp_adjust_head},
     macros::btf_map,
     programs::{TcContext, XdpContext},
 };
 use porter_common::{
     BackendValue, FAMILY_V4, FAMILY_V6, FlowKey6, IPV4_FORWARDED_MARK, Stat,
     wire::{
-        AF_INET, AF_INET6, ETH_HLEN, ETH_P_IP, ETH_P_IPV6, ETH_SRC_OFF, ETH_TYPE_OFF, IPPROTO_IPIP,
-        IPPROTO_IPV6, IPPROTO_TCP, ipv4, ipv6, tcp,
+        ETH_HLEN, ETH_P_IP, ETH_P_IPV6, ETH_SRC_OFF, ETH_TYPE_OFF, IPPROTO_IPIP, IPPROTO_IPV6,
+        IPPROTO_TCP, ipv4, ipv6, tcp,
     },
 };
 
 use crate::{
-    csum,
+    csum, fib,
     parse::{Headers, load, store},
 };
 
@@ -227,13 +227,16 @@ fn route_outer(
     outer_len: u16,
 ) -> Result<FibParams, Stat> {
     // SRC: the kernel also picks this node's address toward the node.
-    let (rc, fib) = fib_to_node(
+    let (rc, fib) = fib::lookup(
         ctx,
-        family,
-        node,
-        (proto, 0, 0),
-        outer_len,
-        BPF_FIB_LOOKUP_SRC,
+        &fib::Query {
+            family,
+            src: None,
+            dst: node,
+            l4: (proto, 0, 0),
+            tot_len: outer_len,
+            flags: BPF_FIB_LOOKUP_SRC,
+        },
     );
     if rc == BPF_FIB_LKUP_RET_NO_NEIGH as i64 {
         return Err(Stat::DropForwardNoNeighbour);
@@ -244,45 +247,6 @@ fn route_outer(
         return Err(Stat::DropForwardNoRoute);
     }
     Ok(fib)
-}
-
-/// The kernel's route from this node toward node address `node` (as read
-/// from memory) of `family`, for a packet of `tot_len` bytes (checked
-/// against the MTU) with `(protocol, source port, destination port)` for
-/// its multipath hash: the helper's return code and its answer.
-#[inline(always)]
-pub fn fib_to_node(
-    ctx: &XdpContext,
-    family: u8,
-    node: &[u32; 4],
-    (proto, sport, dport): (u8, u16, u16),
-    tot_len: u16,
-    flags: u32,
-) -> (i64, FibParams) {
-    // SAFETY: a plain C struct; all zeros is a valid request.
-    let mut fib: FibParams = unsafe { core::mem::zeroed() };
-    fib.l4_protocol = proto;
-    fib.sport = sport;
-    fib.dport = dport;
-    fib.ifindex = ctx.ingress_ifindex() as u32;
-    fib.__bindgen_anon_1.tot_len = tot_len;
-    if family == FAMILY_V4 {
-        fib.family = AF_INET;
-        fib.__bindgen_anon_4.ipv4_dst = node[0];
-    } else {
-        fib.family = AF_INET6;
-        fib.__bindgen_anon_4.ipv6_dst = *node;
-    }
-    // SAFETY: the helper reads and writes `fib`, which lives on our stack.
-    let rc = unsafe {
-        bpf_fib_lookup(
-            ctx.ctx.cast(),
-            &mut fib,
-            core::mem::size_of::<FibParams>() as i32,
-            flags,
-        )
-    };
-    (rc, fib)
 }
 
 /// Sends a frame addressed to the FIB's next hop out of the interface the

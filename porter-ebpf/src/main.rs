@@ -38,6 +38,7 @@
 mod bench;
 mod csum;
 mod encap;
+mod fib;
 mod flow;
 mod l2;
 mod parse;
@@ -51,7 +52,7 @@ use aya_ebpf::{
     btf_maps::{Array, HashMap, PerCpuArray},
     helpers::{
         bpf_ktime_get_ns,
-        generated::{bpf_fib_lookup, bpf_ktime_get_coarse_ns, bpf_redirect},
+        generated::{bpf_ktime_get_coarse_ns, bpf_redirect},
     },
     macros::{btf_map, classifier, xdp},
     programs::{TcContext, XdpContext},
@@ -65,8 +66,8 @@ use porter_common::{
     limits::MAGLEV_SLOTS_PER_ENTRY,
     vip_filter_slot,
     wire::{
-        AF_INET, AF_INET6, ETH_SRC_OFF, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP,
-        L4_DST_PORT, ND_NEIGHBOR_SOLICIT, icmp, ipv4, ipv6, tcp, udp,
+        ETH_SRC_OFF, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP, L4_DST_PORT,
+        ND_NEIGHBOR_SOLICIT, icmp, ipv4, ipv6, tcp, udp,
     },
 };
 
@@ -485,13 +486,16 @@ fn forward_remote(
     let Some(tot_len) = load::<u16>(data, data_end, h.l3_off + ipv4::TOTAL_LEN) else {
         return (xdp_action::XDP_DROP, Stat::DropRewriteFailed);
     };
-    let (rc, fib) = encap::fib_to_node(
+    let (rc, fib) = fib::lookup(
         ctx,
-        FAMILY_V4,
-        &backend.node,
-        (h.proto, h.sport, h.dport),
-        u16::from_be(tot_len),
-        0,
+        &fib::Query {
+            family: FAMILY_V4,
+            src: None,
+            dst: &backend.node,
+            l4: (h.proto, h.sport, h.dport),
+            tot_len: u16::from_be(tot_len),
+            flags: 0,
+        },
     );
     if rc == BPF_FIB_LKUP_RET_NO_NEIGH as i64 {
         return (xdp_action::XDP_DROP, Stat::DropForwardNoNeighbour);
@@ -533,34 +537,22 @@ fn redirect(
     h: &Headers,
     backend: &BackendValue,
 ) -> Option<u32> {
-    // SAFETY: a plain C struct; all zeros is a valid request.
-    let mut fib: FibParams = unsafe { core::mem::zeroed() };
-    fib.l4_protocol = h.proto;
-    fib.sport = h.sport;
-    fib.dport = backend.port;
-    fib.ifindex = ctx.ingress_ifindex() as u32;
-    if h.family == FAMILY_V4 {
-        fib.family = AF_INET;
-        fib.__bindgen_anon_1.tot_len =
-            u16::from_be(load(data, data_end, h.l3_off + ipv4::TOTAL_LEN)?);
-        fib.__bindgen_anon_3.ipv4_src = h.src[0];
-        fib.__bindgen_anon_4.ipv4_dst = backend.addr[0];
+    let tot_len = if h.family == FAMILY_V4 {
+        u16::from_be(load(data, data_end, h.l3_off + ipv4::TOTAL_LEN)?)
     } else {
-        fib.family = AF_INET6;
-        fib.__bindgen_anon_1.tot_len =
-            u16::from_be(load(data, data_end, h.l3_off + ipv6::PAYLOAD_LEN)?) + ipv6::LEN as u16;
-        fib.__bindgen_anon_3.ipv6_src = h.src;
-        fib.__bindgen_anon_4.ipv6_dst = backend.addr;
-    }
-    // SAFETY: the helper reads and writes `fib`, which lives on our stack.
-    let rc = unsafe {
-        bpf_fib_lookup(
-            ctx.ctx.cast(),
-            &mut fib,
-            core::mem::size_of::<FibParams>() as i32,
-            0,
-        )
+        u16::from_be(load(data, data_end, h.l3_off + ipv6::PAYLOAD_LEN)?) + ipv6::LEN as u16
     };
+    let (rc, fib) = fib::lookup(
+        ctx,
+        &fib::Query {
+            family: h.family,
+            src: Some(&h.src),
+            dst: &backend.addr,
+            l4: (h.proto, h.sport, backend.port),
+            tot_len,
+            flags: 0,
+        },
+    );
     if rc != BPF_FIB_LKUP_RET_SUCCESS as i64 {
         return None;
     }

@@ -13,17 +13,16 @@
 //! port, and XDP sees frames before the stack drops those for another
 //! host's MAC, so without it a live node would answer for a dead one.
 use aya_ebpf::{
-    bindings::{BPF_FIB_LKUP_RET_NOT_FWDED, bpf_fib_lookup as FibParams, xdp_action},
-    helpers::generated::bpf_fib_lookup,
+    bindings::{BPF_FIB_LKUP_RET_NOT_FWDED, xdp_action},
     programs::XdpContext,
 };
 use porter_common::{
     FAMILY_V4, Stat, probe,
-    wire::{AF_INET, AF_INET6, IPPROTO_UDP, udp},
+    wire::{IPPROTO_UDP, udp},
 };
 
-use crate::csum;
-use crate::parse::{Headers, store, swap_ends};
+use crate::parse::{Headers, swap_ends};
+use crate::{csum, fib};
 
 const UDP_HEADER: usize = udp::LEN;
 /// The UDP header and the payload.
@@ -100,30 +99,17 @@ pub fn answer(ctx: &XdpContext, data: usize, data_end: usize, h: &Headers) -> Op
 /// the controller probes, so it is ignored there.
 #[inline(always)]
 fn addressed_here(ctx: &XdpContext, h: &Headers) -> bool {
-    // SAFETY: a plain C struct; all zeros is a valid request.
-    let mut fib: FibParams = unsafe { core::mem::zeroed() };
-    fib.l4_protocol = IPPROTO_UDP;
-    fib.sport = h.sport;
-    fib.dport = h.dport;
-    fib.ifindex = ctx.ingress_ifindex() as u32;
-    if h.family == FAMILY_V4 {
-        fib.family = AF_INET;
-        fib.__bindgen_anon_3.ipv4_src = h.src[0];
-        fib.__bindgen_anon_4.ipv4_dst = h.dst[0];
-    } else {
-        fib.family = AF_INET6;
-        fib.__bindgen_anon_3.ipv6_src = h.src;
-        fib.__bindgen_anon_4.ipv6_dst = h.dst;
-    }
-    // SAFETY: the helper reads and writes `fib`, which lives on our stack.
-    let rc = unsafe {
-        bpf_fib_lookup(
-            ctx.ctx.cast(),
-            &mut fib,
-            core::mem::size_of::<FibParams>() as i32,
-            0,
-        )
-    };
+    let (rc, _) = fib::lookup(
+        ctx,
+        &fib::Query {
+            family: h.family,
+            src: Some(&h.src),
+            dst: &h.dst,
+            l4: (IPPROTO_UDP, h.sport, h.dport),
+            tot_len: 0,
+            flags: 0,
+        },
+    );
     rc == BPF_FIB_LKUP_RET_NOT_FWDED as i64
 }
 
