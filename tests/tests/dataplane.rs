@@ -671,7 +671,10 @@ fn eip_traffic_is_answered_dropped_or_passed_untouched() -> Result<()> {
     assert_eq!(action, XDP_PASS, "wrong IP version: passes");
     assert_eq!(out, wrong_version, "wrong IP version: unmodified");
     assert_eq!(
-        (bench.stat(Stat::PassNotIp)?, bench.stat(Stat::PassTruncated)?),
+        (
+            bench.stat(Stat::PassNotIp)?,
+            bench.stat(Stat::PassTruncated)?
+        ),
         (not_ip + 1, truncated),
         "wrong IP version: counted as pass_not_ip"
     );
