@@ -24,6 +24,8 @@ pub mod reachability;
 pub mod reconcile;
 pub mod run;
 pub mod service;
-#[cfg(test)]
-mod testing;
+/// Fixtures for the unit tests and the controller benchmark; not a stable API.
+#[cfg(any(test, feature = "testing"))]
+#[doc(hidden)]
+pub mod testing;
 pub mod uninstall;

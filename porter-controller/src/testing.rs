@@ -1,7 +1,9 @@
 //! Fixtures and fakes shared by the unit tests: one typed builder per kind
-//! (Services come from `porter_api::testing`), which a test adjusts.
+//! (Services come from `porter_api::testing`), which a test adjusts, and
+//! [`after_writes`], the API server's side of a plan (also used by the
+//! controller benchmark, through the `testing` feature).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 
@@ -11,8 +13,70 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use porter_api::annotations::{SERVICE_FINALIZER, SERVICE_NAME_LABEL};
 use porter_api::crd::PeerConf;
 use porter_api::service::ingress_status;
-use porter_api::source::{Event, StatusWriter, WriteError};
+use porter_api::source::{Event, Snapshot, StatusWriter, WriteError};
 use porter_api::{BgpConf, BgpConfSpec, BgpPeer, BgpPeerSpec, Eip, EipSpec, EipStatus, ObjectKey};
+
+use crate::reconcile::Plan;
+
+/// What the API server holds after `plan`'s writes: each Service with the
+/// addresses and finalizer the plan writes (a deleting Service goes once
+/// its last finalizer does), each Eip with its new status, every written
+/// object with a new `resourceVersion`. Objects change in place where
+/// nothing else holds them, as a reflector replaces them one by one (the
+/// controller benchmark's clusters are large).
+pub fn after_writes(snap: Arc<Snapshot>, plan: &Plan) -> Arc<Snapshot> {
+    let mut snap = Arc::unwrap_or_clone(snap);
+    let ingress: HashMap<&ObjectKey, &Vec<IpAddr>> =
+        plan.ingress.iter().map(|(key, ips)| (key, ips)).collect();
+    let finalizers: HashMap<&ObjectKey, bool> = plan
+        .finalizers
+        .iter()
+        .map(|(key, add)| (key, *add))
+        .collect();
+    snap.services.retain_mut(|s| {
+        let key = ObjectKey::of(&s.metadata);
+        let (ips, add) = (ingress.get(&key), finalizers.get(&key));
+        if ips.is_some() || add.is_some() {
+            let s = Arc::make_mut(s);
+            if let Some(ips) = ips {
+                s.status = Some(ingress_status(ips));
+            }
+            if let Some(add) = add {
+                let held = s.metadata.finalizers.get_or_insert_with(Vec::new);
+                held.retain(|f| f != SERVICE_FINALIZER);
+                if *add {
+                    held.push(SERVICE_FINALIZER.into());
+                }
+            }
+            bump(&mut s.metadata);
+        }
+        let finalized = s.metadata.finalizers.as_ref().is_none_or(Vec::is_empty);
+        !(crate::service::deleting(s) && finalized)
+    });
+    for (name, status) in &plan.eip_status {
+        if let Some(eip) = snap
+            .eips
+            .iter_mut()
+            .find(|e| e.metadata.name.as_ref() == Some(name))
+        {
+            let eip = Arc::make_mut(eip);
+            eip.status = Some((**status).clone());
+            bump(&mut eip.metadata);
+        }
+    }
+    Arc::new(snap)
+}
+
+/// A new `resourceVersion`, as the API server gives every write: only its
+/// difference from the old one matters to a reader.
+fn bump(meta: &mut ObjectMeta) {
+    let old: u64 = meta
+        .resource_version
+        .as_deref()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    meta.resource_version = Some((old + 1).to_string());
+}
 
 /// `svc` as a leader leaves it once it has published `address` for it:
 /// with Porter's finalizer and the address in its status.

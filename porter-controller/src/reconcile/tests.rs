@@ -48,44 +48,7 @@ fn key(name: &str) -> ObjectKey {
 
 /// What the API server would hold after the plan's writes.
 fn settle(snap: &Snapshot, plan: &Plan) -> Snapshot {
-    let mut out = snap.clone();
-    out.services = snap
-        .services
-        .iter()
-        .filter_map(|s| {
-            let mut s = (**s).clone();
-            let k = ObjectKey::of(&s.metadata);
-            for (_, ips) in plan.ingress.iter().filter(|(p, _)| *p == k) {
-                s.status = Some(ingress_status(ips));
-            }
-            for (_, add) in plan.finalizers.iter().filter(|(p, _)| *p == k) {
-                let f = s.metadata.finalizers.get_or_insert_with(Vec::new);
-                f.retain(|x| x != SERVICE_FINALIZER);
-                if *add {
-                    f.push(SERVICE_FINALIZER.into());
-                }
-            }
-            let finalized = s.metadata.finalizers.as_ref().is_none_or(|f| f.is_empty());
-            // A deleted object goes once its last finalizer is removed.
-            (!(service::deleting(&s) && finalized)).then(|| Arc::new(s))
-        })
-        .collect();
-    out.eips = snap
-        .eips
-        .iter()
-        .map(|e| {
-            let mut e = (**e).clone();
-            for (_, st) in plan
-                .eip_status
-                .iter()
-                .filter(|(n, _)| Some(n) == e.metadata.name.as_ref())
-            {
-                e.status = Some((**st).clone());
-            }
-            Arc::new(e)
-        })
-        .collect();
-    out
+    Arc::unwrap_or_clone(crate::testing::after_writes(Arc::new(snap.clone()), plan))
 }
 
 /// The one Event of the plan with this reason.

@@ -30,10 +30,10 @@ use k8s_openapi::api::core::v1::{
 };
 use k8s_openapi::api::discovery::v1::{Endpoint, EndpointConditions, EndpointSlice};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
-use porter_api::service::ingress_status;
 use porter_api::source::Snapshot;
 use porter_api::{Eip, EipSpec};
 use porter_controller::reconcile::{Plan, Reconciler};
+use porter_controller::testing::after_writes;
 
 use super::emit;
 
@@ -57,7 +57,7 @@ pub fn run() -> Result<()> {
     let plan = reconciler.plan(&snap, &now);
     let full_sync = started.elapsed().as_secs_f64();
     check_full(&plan)?;
-    snap = settle(snap, &plan);
+    snap = after_writes(snap, &plan);
     drop(plan);
     reconciler.plan(&snap, &now);
 
@@ -278,40 +278,4 @@ fn cluster() -> Arc<Snapshot> {
         eips: vec![Arc::new(eip)],
         ..Default::default()
     })
-}
-
-/// The cluster after the first pass's status writes, as the API server would
-/// show it, while the plan is still held (as the loop holds it while it
-/// writes). Objects are updated in place where nothing else holds them, as a
-/// reflector replaces them one by one instead of keeping two clusters; the
-/// loop lets go of the snapshot it planned from before it writes
-/// (`run::Controller::step`), so nothing else does.
-fn settle(snap: Arc<Snapshot>, plan: &Plan) -> Arc<Snapshot> {
-    let mut snap = Arc::unwrap_or_clone(snap);
-    let ingress: std::collections::HashMap<_, _> = plan
-        .ingress
-        .iter()
-        .map(|(k, ips)| (k.clone(), ips))
-        .collect();
-    for s in &mut snap.services {
-        let key = porter_api::ObjectKey::of(&s.metadata);
-        if let Some(ips) = ingress.get(&key) {
-            let s = Arc::make_mut(s);
-            s.status = Some(ingress_status(ips));
-            s.metadata.finalizers = Some(vec![porter_api::annotations::SERVICE_FINALIZER.into()]);
-            s.metadata.resource_version = next_version();
-        }
-    }
-    for (name, status) in &plan.eip_status {
-        if let Some(e) = snap
-            .eips
-            .iter_mut()
-            .find(|e| e.metadata.name.as_ref() == Some(name))
-        {
-            let e = Arc::make_mut(e);
-            e.status = Some((**status).clone());
-            e.metadata.resource_version = next_version();
-        }
-    }
-    Arc::new(snap)
 }
