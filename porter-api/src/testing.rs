@@ -6,8 +6,12 @@
 use std::sync::{Arc, Mutex};
 
 use http::{Method, Request, Response};
-use k8s_openapi::api::core::v1::{Service, ServicePort, ServiceSpec};
+use k8s_openapi::api::core::v1::{
+    Node, NodeAddress, NodeStatus, Service, ServicePort, ServiceSpec,
+};
+use k8s_openapi::api::discovery::v1::{Endpoint, EndpointConditions, EndpointPort, EndpointSlice};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::Client;
 use kube::client::Body;
 
@@ -56,6 +60,95 @@ pub fn load_balancer(class: Option<&str>) -> ServiceSpec {
     ServiceSpec {
         type_: Some("LoadBalancer".into()),
         load_balancer_class: class.map(str::to_string),
+        ..Default::default()
+    }
+}
+
+/// Port `port` of a Service, named `name`, over `protocol` ("TCP",
+/// "UDP"), to `target` (None: the same port).
+pub fn service_port(
+    name: &str,
+    port: i32,
+    target: Option<IntOrString>,
+    protocol: &str,
+) -> ServicePort {
+    ServicePort {
+        name: Some(name.into()),
+        port,
+        target_port: target,
+        protocol: Some(protocol.into()),
+        ..Default::default()
+    }
+}
+
+/// A Node with these InternalIPs, and nothing else.
+pub fn node_with_ips(name: &str, internal_ips: &[&str]) -> Node {
+    Node {
+        metadata: ObjectMeta {
+            name: Some(name.into()),
+            ..Default::default()
+        },
+        spec: None,
+        status: Some(NodeStatus {
+            addresses: Some(
+                internal_ips
+                    .iter()
+                    .map(|ip| NodeAddress {
+                        type_: "InternalIP".into(),
+                        address: ip.to_string(),
+                    })
+                    .collect(),
+            ),
+            ..Default::default()
+        }),
+    }
+}
+
+/// The EndpointSlice `namespace/name` of Service `service` (its
+/// `kubernetes.io/service-name` label), of address type `family` ("IPv4",
+/// "IPv6"), with these ports and endpoints.
+pub fn endpoint_slice(
+    (namespace, name): (&str, &str),
+    service: &str,
+    family: &str,
+    ports: Vec<EndpointPort>,
+    endpoints: Vec<Endpoint>,
+) -> EndpointSlice {
+    EndpointSlice {
+        metadata: ObjectMeta {
+            name: Some(name.into()),
+            namespace: Some(namespace.into()),
+            labels: Some(
+                [(
+                    crate::annotations::SERVICE_NAME_LABEL.to_string(),
+                    service.to_string(),
+                )]
+                .into(),
+            ),
+            ..Default::default()
+        },
+        address_type: family.into(),
+        endpoints: Some(endpoints),
+        ports: Some(ports),
+    }
+}
+
+/// An endpoint at `address` on node `node`.
+pub fn endpoint(address: &str, node: &str, conditions: EndpointConditions) -> Endpoint {
+    Endpoint {
+        addresses: vec![address.into()],
+        node_name: Some(node.into()),
+        conditions: Some(conditions),
+        ..Default::default()
+    }
+}
+
+/// A named EndpointSlice port over `protocol`.
+pub fn endpoint_port(name: &str, port: i32, protocol: &str) -> EndpointPort {
+    EndpointPort {
+        name: Some(name.into()),
+        port: Some(port),
+        protocol: Some(protocol.into()),
         ..Default::default()
     }
 }

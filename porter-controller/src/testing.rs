@@ -8,9 +8,9 @@ use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 
 use k8s_openapi::api::core::v1::{Node, NodeAddress, NodeCondition, NodeStatus, Service};
-use k8s_openapi::api::discovery::v1::{Endpoint, EndpointConditions, EndpointSlice};
+use k8s_openapi::api::discovery::v1::{EndpointConditions, EndpointSlice};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-use porter_api::annotations::{SERVICE_FINALIZER, SERVICE_NAME_LABEL};
+use porter_api::annotations::SERVICE_FINALIZER;
 use porter_api::crd::PeerConf;
 use porter_api::service::ingress_status;
 use porter_api::source::{Event, Snapshot, StatusWriter, WriteError};
@@ -121,29 +121,25 @@ pub fn node(name: &str, ready: &str, addrs: &[&str]) -> Node {
 
 /// `eps`: (node, ready) per endpoint; `None` leaves `ready` unset.
 pub fn slice(namespace: &str, service: &str, eps: &[(&str, Option<bool>)]) -> EndpointSlice {
-    EndpointSlice {
-        metadata: ObjectMeta {
-            name: Some(format!("{service}-abc")),
-            namespace: Some(namespace.into()),
-            labels: Some([(SERVICE_NAME_LABEL.to_string(), service.to_string())].into()),
-            ..Default::default()
-        },
-        address_type: "IPv4".into(),
-        endpoints: Some(
-            eps.iter()
-                .map(|(n, ready)| Endpoint {
-                    node_name: Some(n.to_string()),
-                    conditions: Some(EndpointConditions {
-                        ready: *ready,
-                        ..Default::default()
-                    }),
-                    addresses: vec!["10.244.0.5".into()],
-                    ..Default::default()
-                })
-                .collect(),
-        ),
-        ports: None,
-    }
+    let endpoints = eps
+        .iter()
+        .map(|(node, ready)| {
+            let conditions = EndpointConditions {
+                ready: *ready,
+                ..Default::default()
+            };
+            porter_api::testing::endpoint("10.244.0.5", node, conditions)
+        })
+        .collect();
+    let mut slice = porter_api::testing::endpoint_slice(
+        (namespace, &format!("{service}-abc")),
+        service,
+        "IPv4",
+        Vec::new(),
+        endpoints,
+    );
+    slice.ports = None;
+    slice
 }
 
 /// Labels (or a selector's `matchLabels`) from pairs.

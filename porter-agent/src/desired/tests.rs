@@ -1,75 +1,90 @@
 use std::sync::Arc;
 
+use k8s_openapi::api::core::v1::{Node, Service, ServicePort};
+use k8s_openapi::api::discovery::v1::{Endpoint, EndpointConditions, EndpointPort, EndpointSlice};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use porter_api::annotations::LB;
+use porter_api::service::ingress_status;
+use porter_api::testing::{
+    endpoint, endpoint_port, endpoint_slice, load_balancer, node_with_ips, service_in, service_port,
+};
+
 use super::*;
 
 const NODE: &str = "n1";
 
-/// A Porter Service `shop/<name>` with `externalTrafficPolicy: Local`, the
-/// given ports (YAML flow list) and ingress IPs.
-fn service(name: &str, ports: &str, ingress: &[&str]) -> String {
+/// One object of a test cluster, shared as a source shares it.
+#[derive(Clone)]
+enum Doc {
+    Service(Arc<Service>),
+    Slice(Arc<EndpointSlice>),
+    Node(Arc<Node>),
+}
+
+/// A Porter Service `shop/<name>` with `externalTrafficPolicy: Local`, these
+/// ports and ingress IPs.
+fn service(name: &str, ports: Vec<ServicePort>, ingress: &[&str]) -> Doc {
     service_with_policy(name, ports, ingress, "Local")
 }
 
 /// As [`service`], with the given `externalTrafficPolicy` ("" leaves it unset).
-fn service_with_policy(name: &str, ports: &str, ingress: &[&str], policy: &str) -> String {
-    let ingress: Vec<String> = ingress.iter().map(|ip| format!("{{ip: {ip}}}")).collect();
-    let policy = if policy.is_empty() {
-        String::new()
-    } else {
-        format!(", externalTrafficPolicy: {policy}")
-    };
-    format!(
-        "kind: Service
-metadata: {{name: {name}, namespace: shop, annotations: {{lb.kubesphere.io/v1alpha1: porter}}}}
-spec: {{type: LoadBalancer, ports: {ports}{policy}}}
-status: {{loadBalancer: {{ingress: [{}]}}}}
-",
-        ingress.join(", ")
-    )
+fn service_with_policy(name: &str, ports: Vec<ServicePort>, ingress: &[&str], policy: &str) -> Doc {
+    let mut spec = load_balancer(None);
+    spec.ports = Some(ports);
+    spec.external_traffic_policy = (!policy.is_empty()).then(|| policy.to_string());
+    let mut svc = service_in("shop", name, &[(LB.key, "porter")], spec);
+    let ips: Vec<IpAddr> = ingress
+        .iter()
+        .map(|ip| ip.parse().expect("an IP"))
+        .collect();
+    svc.status = Some(ingress_status(&ips));
+    Doc::Service(Arc::new(svc))
 }
 
 /// A Node with the given InternalIPs.
-fn node(name: &str, ips: &[&str]) -> String {
-    let addresses: Vec<String> = ips
-        .iter()
-        .map(|ip| format!("{{type: InternalIP, address: \"{ip}\"}}"))
-        .collect();
-    format!(
-        "kind: Node
-metadata: {{name: {name}}}
-status: {{addresses: [{}]}}
-",
-        addresses.join(", ")
-    )
+fn node(name: &str, ips: &[&str]) -> Doc {
+    Doc::Node(Arc::new(node_with_ips(name, ips)))
 }
 
-/// An EndpointSlice of `shop/<service>`; `endpoints` and `ports` are YAML flow lists.
-fn slice(service: &str, family: &str, ports: &str, endpoints: &str) -> String {
-    format!(
-        "kind: EndpointSlice
-metadata: {{name: {service}-abc, namespace: shop, labels: {{kubernetes.io/service-name: {service}}}}}
-addressType: {family}
-ports: {ports}
-endpoints: {endpoints}
-"
-    )
+/// The EndpointSlice `shop/<service>-abc` of `shop/<service>`.
+fn slice(service: &str, family: &str, ports: Vec<EndpointPort>, endpoints: Vec<Endpoint>) -> Doc {
+    Doc::Slice(Arc::new(endpoint_slice(
+        ("shop", &format!("{service}-abc")),
+        service,
+        family,
+        ports,
+        endpoints,
+    )))
 }
 
-fn snapshot(docs: &[String]) -> Snapshot {
+/// `doc`, a Service, annotated for another load balancer than Porter.
+fn opted_out(doc: Doc) -> Doc {
+    let Doc::Service(svc) = doc else {
+        panic!("not a Service");
+    };
+    let mut svc = Arc::unwrap_or_clone(svc);
+    svc.metadata.annotations = Some([(LB.key.to_string(), "metallb".to_string())].into());
+    Doc::Service(Arc::new(svc))
+}
+
+/// `doc`, a slice, under another name or namespace.
+fn moved(doc: Doc, namespace: &str, name: &str) -> Doc {
+    let Doc::Slice(slice) = doc else {
+        panic!("not a slice");
+    };
+    let mut slice = Arc::unwrap_or_clone(slice);
+    slice.metadata.namespace = Some(namespace.into());
+    slice.metadata.name = Some(name.into());
+    Doc::Slice(Arc::new(slice))
+}
+
+fn snapshot(docs: &[Doc]) -> Snapshot {
     let mut snap = Snapshot::default();
     for doc in docs {
-        let value: serde_yaml::Value = serde_yaml::from_str(doc).expect("test YAML");
-        match value.get("kind").and_then(|k| k.as_str()) {
-            Some("Service") => snap
-                .services
-                .push(Arc::new(serde_yaml::from_value(value).expect("Service"))),
-            Some("EndpointSlice") => snap
-                .endpoint_slices
-                .push(Arc::new(serde_yaml::from_value(value).expect("slice"))),
-            Some("Node") => snap
-                .nodes
-                .push(Arc::new(serde_yaml::from_value(value).expect("Node"))),
-            other => panic!("unexpected kind {other:?}"),
+        match doc.clone() {
+            Doc::Service(svc) => snap.services.push(svc),
+            Doc::Slice(slice) => snap.endpoint_slices.push(slice),
+            Doc::Node(node) => snap.nodes.push(node),
         }
     }
     snap
@@ -87,38 +102,81 @@ fn rendered(desired: &Desired) -> Vec<String> {
         .collect()
 }
 
-const WEB: &str = "[{name: http, port: 80, targetPort: http}]";
-const HTTP_8080: &str = "[{name: http, port: 8080}]";
+/// `http: 80` to the pods' port named `http`.
+fn web() -> Vec<ServicePort> {
+    vec![service_port(
+        "http",
+        80,
+        Some(IntOrString::String("http".into())),
+        "TCP",
+    )]
+}
 
-fn ep(ip: &str, node: &str, conditions: &str) -> String {
-    format!("{{addresses: [{ip}], nodeName: {node}, conditions: {conditions}}}")
+/// The slice port `http: 8080`.
+fn http_8080() -> Vec<EndpointPort> {
+    vec![endpoint_port("http", 8080, "TCP")]
+}
+
+fn conditions(
+    ready: Option<bool>,
+    serving: Option<bool>,
+    terminating: Option<bool>,
+) -> EndpointConditions {
+    EndpointConditions {
+        ready,
+        serving,
+        terminating,
+    }
+}
+
+/// No conditions given (ready, for Kubernetes).
+fn unset() -> EndpointConditions {
+    conditions(None, None, None)
+}
+
+fn ready(ready: bool) -> EndpointConditions {
+    conditions(Some(ready), None, None)
+}
+
+/// Terminating but still serving.
+fn terminating() -> EndpointConditions {
+    conditions(Some(true), None, Some(true))
+}
+
+fn ep(ip: &str, node: &str, conditions: EndpointConditions) -> Endpoint {
+    endpoint(ip, node, conditions)
 }
 
 #[test]
 fn desired_services_from_cluster_state() {
-    let local_a = ep("10.244.1.2", NODE, "{ready: true}");
-    let local_b = ep("10.244.1.3", NODE, "{}");
-    let remote = ep("10.244.9.9", "n2", "{ready: true}");
-    let not_ready = ep("10.244.1.4", NODE, "{ready: false}");
-    let terminating = ep("10.244.1.5", NODE, "{ready: true, terminating: true}");
+    let local_a = ep("10.244.1.2", NODE, ready(true));
+    let local_b = ep("10.244.1.3", NODE, unset());
+    let remote = ep("10.244.9.9", "n2", ready(true));
+    let not_ready = ep("10.244.1.4", NODE, ready(false));
+    let terminating = ep("10.244.1.5", NODE, terminating());
     let stopped = ep(
         "10.244.1.6",
         NODE,
-        "{ready: false, serving: false, terminating: true}",
+        conditions(Some(false), Some(false), Some(true)),
     );
-    let cases: Vec<(&str, Vec<String>, Vec<&str>)> = vec![
+    let cases: Vec<(&str, Vec<Doc>, Vec<&str>)> = vec![
         (
             "named targetPort resolves through the slice; local ready endpoints, and the \
              serving terminating one draining",
             vec![
-                service("web", WEB, &["192.0.2.10"]),
+                service("web", web(), &["192.0.2.10"]),
                 slice(
                     "web",
                     "IPv4",
-                    HTTP_8080,
-                    &format!(
-                        "[{local_a}, {local_b}, {remote}, {not_ready}, {terminating}, {stopped}]"
-                    ),
+                    http_8080(),
+                    vec![
+                        local_a.clone(),
+                        local_b.clone(),
+                        remote.clone(),
+                        not_ready.clone(),
+                        terminating.clone(),
+                        stopped.clone(),
+                    ],
                 ),
             ],
             vec!["192.0.2.10:80/tcp -> 10.244.1.2:8080,10.244.1.3:8080,10.244.1.5:8080 (draining)"],
@@ -126,28 +184,28 @@ fn desired_services_from_cluster_state() {
         (
             "no EIP allocated yet: nothing to serve",
             vec![
-                service("web", WEB, &[]),
-                slice("web", "IPv4", HTTP_8080, &format!("[{local_a}]")),
+                service("web", web(), &[]),
+                slice("web", "IPv4", http_8080(), vec![local_a.clone()]),
             ],
             vec![],
         ),
         (
             "not opted in",
             vec![
-                service("web", WEB, &["192.0.2.10"]).replace("porter}", "metallb}"),
-                slice("web", "IPv4", HTTP_8080, &format!("[{local_a}]")),
+                opted_out(service("web", web(), &["192.0.2.10"])),
+                slice("web", "IPv4", http_8080(), vec![local_a.clone()]),
             ],
             vec![],
         ),
         (
             "no local endpoint that serves: left out",
             vec![
-                service("web", WEB, &["192.0.2.10"]),
+                service("web", web(), &["192.0.2.10"]),
                 slice(
                     "web",
                     "IPv4",
-                    HTTP_8080,
-                    &format!("[{remote}, {not_ready}, {stopped}]"),
+                    http_8080(),
+                    vec![remote.clone(), not_ready.clone(), stopped.clone()],
                 ),
             ],
             vec![],
@@ -156,12 +214,12 @@ fn desired_services_from_cluster_state() {
             // Its flows go on; the table falls back to it for new ones.
             "no local ready endpoint: the terminating one keeps the service",
             vec![
-                service("web", WEB, &["192.0.2.10"]),
+                service("web", web(), &["192.0.2.10"]),
                 slice(
                     "web",
                     "IPv4",
-                    HTTP_8080,
-                    &format!("[{remote}, {terminating}]"),
+                    http_8080(),
+                    vec![remote.clone(), terminating.clone()],
                 ),
             ],
             vec!["192.0.2.10:80/tcp -> 10.244.1.5:8080 (draining)"],
@@ -171,10 +229,13 @@ fn desired_services_from_cluster_state() {
             vec![
                 service(
                     "dns",
-                    "[{name: dns, port: 53, targetPort: 5353, protocol: UDP}, {name: m, port: 9100}]",
+                    vec![
+                        service_port("dns", 53, Some(IntOrString::Int(5353)), "UDP"),
+                        service_port("m", 9100, None, "TCP"),
+                    ],
                     &["192.0.2.11"],
                 ),
-                slice("dns", "IPv4", "[]", &format!("[{local_a}]")),
+                slice("dns", "IPv4", vec![], vec![local_a.clone()]),
             ],
             vec![
                 "192.0.2.11:53/udp -> 10.244.1.2:5353",
@@ -186,14 +247,20 @@ fn desired_services_from_cluster_state() {
             vec![
                 service(
                     "dual",
-                    "[{name: a, port: 80, targetPort: web}, {name: b, port: 80, targetPort: web, protocol: UDP}]",
+                    vec![
+                        service_port("a", 80, Some(IntOrString::String("web".into())), "TCP"),
+                        service_port("b", 80, Some(IntOrString::String("web".into())), "UDP"),
+                    ],
                     &["192.0.2.12"],
                 ),
                 slice(
                     "dual",
                     "IPv4",
-                    "[{name: b, port: 7000, protocol: UDP}, {name: a, port: 8000, protocol: TCP}]",
-                    &format!("[{local_a}]"),
+                    vec![
+                        endpoint_port("b", 7000, "UDP"),
+                        endpoint_port("a", 8000, "TCP"),
+                    ],
+                    vec![local_a.clone()],
                 ),
             ],
             vec![
@@ -204,15 +271,18 @@ fn desired_services_from_cluster_state() {
         (
             "dual stack: each EIP gets the slice of its family",
             vec![
-                service("web", WEB, &["192.0.2.10", "2001:db8::10"]),
-                slice("web", "IPv4", HTTP_8080, &format!("[{local_a}]")),
-                slice(
-                    "web",
-                    "IPv6",
-                    HTTP_8080,
-                    &format!("[{}]", ep("fd00::2", NODE, "{}")),
-                )
-                .replace("web-abc", "web-v6"),
+                service("web", web(), &["192.0.2.10", "2001:db8::10"]),
+                slice("web", "IPv4", http_8080(), vec![local_a.clone()]),
+                moved(
+                    slice(
+                        "web",
+                        "IPv6",
+                        http_8080(),
+                        vec![ep("fd00::2", NODE, unset())],
+                    ),
+                    "shop",
+                    "web-v6",
+                ),
             ],
             vec![
                 "192.0.2.10:80/tcp -> 10.244.1.2:8080",
@@ -222,20 +292,26 @@ fn desired_services_from_cluster_state() {
         (
             "endpoints of several slices are merged",
             vec![
-                service("web", WEB, &["192.0.2.10"]),
-                slice("web", "IPv4", HTTP_8080, &format!("[{local_a}]")),
-                slice("web", "IPv4", HTTP_8080, &format!("[{local_b}]"))
-                    .replace("web-abc", "web-def"),
+                service("web", web(), &["192.0.2.10"]),
+                slice("web", "IPv4", http_8080(), vec![local_a.clone()]),
+                moved(
+                    slice("web", "IPv4", http_8080(), vec![local_b.clone()]),
+                    "shop",
+                    "web-def",
+                ),
             ],
             vec!["192.0.2.10:80/tcp -> 10.244.1.2:8080,10.244.1.3:8080"],
         ),
         (
             "slices of another Service or namespace are ignored",
             vec![
-                service("web", WEB, &["192.0.2.10"]),
-                slice("api", "IPv4", HTTP_8080, &format!("[{local_a}]")),
-                slice("web", "IPv4", HTTP_8080, &format!("[{local_b}]"))
-                    .replace("namespace: shop", "namespace: other"),
+                service("web", web(), &["192.0.2.10"]),
+                slice("api", "IPv4", http_8080(), vec![local_a.clone()]),
+                moved(
+                    slice("web", "IPv4", http_8080(), vec![local_b.clone()]),
+                    "other",
+                    "web-abc",
+                ),
             ],
             vec![],
         ),
@@ -248,13 +324,13 @@ fn desired_services_from_cluster_state() {
 
 #[test]
 fn problems_are_reported_and_the_rest_is_served() {
-    let local = ep("10.244.1.2", NODE, "{}");
-    let cases: Vec<(&str, Vec<String>, Vec<&str>, &str)> = vec![
+    let local = ep("10.244.1.2", NODE, unset());
+    let cases: Vec<(&str, Vec<Doc>, Vec<&str>, &str)> = vec![
         (
             "named targetPort the slice does not list",
             vec![
-                service("web", WEB, &["192.0.2.10"]),
-                slice("web", "IPv4", "[]", &format!("[{local}]")),
+                service("web", web(), &["192.0.2.10"]),
+                slice("web", "IPv4", vec![], vec![local.clone()]),
             ],
             vec![],
             "targetPort \"http\"",
@@ -264,10 +340,13 @@ fn problems_are_reported_and_the_rest_is_served() {
             vec![
                 service(
                     "web",
-                    "[{name: s, port: 90, protocol: SCTP}, {name: t, port: 91}]",
+                    vec![
+                        service_port("s", 90, None, "SCTP"),
+                        service_port("t", 91, None, "TCP"),
+                    ],
                     &["192.0.2.10"],
                 ),
-                slice("web", "IPv4", "[]", &format!("[{local}]")),
+                slice("web", "IPv4", vec![], vec![local.clone()]),
             ],
             vec!["192.0.2.10:91/tcp -> 10.244.1.2:91"],
             "SCTP",
@@ -275,14 +354,14 @@ fn problems_are_reported_and_the_rest_is_served() {
         (
             "two Services on one EIP:port: the first by name wins",
             vec![
-                service("b-web", WEB, &["192.0.2.10"]),
-                slice("b-web", "IPv4", HTTP_8080, &format!("[{local}]")),
-                service("a-web", WEB, &["192.0.2.10"]),
+                service("b-web", web(), &["192.0.2.10"]),
+                slice("b-web", "IPv4", http_8080(), vec![local.clone()]),
+                service("a-web", web(), &["192.0.2.10"]),
                 slice(
                     "a-web",
                     "IPv4",
-                    HTTP_8080,
-                    &format!("[{}]", ep("10.244.1.7", NODE, "{}")),
+                    http_8080(),
+                    vec![ep("10.244.1.7", NODE, unset())],
                 ),
             ],
             vec!["192.0.2.10:80/tcp -> 10.244.1.7:8080"],
@@ -291,12 +370,12 @@ fn problems_are_reported_and_the_rest_is_served() {
         (
             "an endpoint address of the wrong family",
             vec![
-                service("web", WEB, &["192.0.2.10"]),
+                service("web", web(), &["192.0.2.10"]),
                 slice(
                     "web",
                     "IPv4",
-                    HTTP_8080,
-                    &format!("[{}, {local}]", ep("fd00::1", NODE, "{}")),
+                    http_8080(),
+                    vec![ep("fd00::1", NODE, unset()), local.clone()],
                 ),
             ],
             vec!["192.0.2.10:80/tcp -> 10.244.1.2:8080"],
@@ -318,22 +397,12 @@ fn problems_are_reported_and_the_rest_is_served() {
 fn a_cache_follows_changed_objects_and_reuses_unchanged_ones() {
     // Each step replaces objects by new Arcs (as a source does on a change)
     // and keeps the others; the warm cache must give what a cold one gives.
-    let local = |ip: &str| ep(ip, NODE, "{}");
+    let local = |ip: &str| ep(ip, NODE, unset());
     let docs = vec![
-        service("b-web", WEB, &["192.0.2.10"]),
-        slice(
-            "b-web",
-            "IPv4",
-            HTTP_8080,
-            &format!("[{}]", local("10.244.1.2")),
-        ),
-        service("a-web", WEB, &["192.0.2.11"]),
-        slice(
-            "a-web",
-            "IPv4",
-            HTTP_8080,
-            &format!("[{}]", local("10.244.1.3")),
-        ),
+        service("b-web", web(), &["192.0.2.10"]),
+        slice("b-web", "IPv4", http_8080(), vec![local("10.244.1.2")]),
+        service("a-web", web(), &["192.0.2.11"]),
+        slice("a-web", "IPv4", http_8080(), vec![local("10.244.1.3")]),
     ];
     let mut snap = snapshot(&docs);
     let mut cache = Cache::new(NODE);
@@ -345,8 +414,8 @@ fn a_cache_follows_changed_objects_and_reuses_unchanged_ones() {
     let moved = snapshot(&[slice(
         "b-web",
         "IPv4",
-        HTTP_8080,
-        &format!("[{}]", local("10.244.1.9")),
+        http_8080(),
+        vec![local("10.244.1.9")],
     )]);
     snap.endpoint_slices[0] = Arc::clone(&moved.endpoint_slices[0]);
     let second = cache.desired(&snap);
@@ -354,7 +423,7 @@ fn a_cache_follows_changed_objects_and_reuses_unchanged_ones() {
     assert_ne!(second, first);
 
     // a-web moves onto b-web's EIP: the conflict is reported as from scratch.
-    let conflicting = snapshot(&[service("a-web", WEB, &["192.0.2.10"])]);
+    let conflicting = snapshot(&[service("a-web", web(), &["192.0.2.10"])]);
     snap.services[1] = Arc::clone(&conflicting.services[0]);
     let third = cache.desired(&snap);
     assert_eq!(third, desired(&snap, NODE));
@@ -369,24 +438,19 @@ fn a_cache_follows_changed_objects_and_reuses_unchanged_ones() {
 }
 
 /// Three nodes, pods on n1 (one), n2 (two) and n3 (one, terminating).
-fn cluster_docs(policy: &str) -> Vec<String> {
+fn cluster_docs(policy: &str) -> Vec<Doc> {
     let endpoints = [
-        ep("10.244.2.3", "n2", "{ready: true}"),
-        ep("10.244.1.2", NODE, "{}"),
-        ep("10.244.2.2", "n2", "{}"),
-        ep("10.244.3.2", "n3", "{ready: true, terminating: true}"),
+        ep("10.244.2.3", "n2", ready(true)),
+        ep("10.244.1.2", NODE, unset()),
+        ep("10.244.2.2", "n2", unset()),
+        ep("10.244.3.2", "n3", terminating()),
     ];
     vec![
         node(NODE, &["172.30.0.11"]),
         node("n2", &["172.30.0.12", "fd00:30::12"]),
         node("n3", &["172.30.0.13"]),
-        service_with_policy("web", WEB, &["192.0.2.10"], policy),
-        slice(
-            "web",
-            "IPv4",
-            HTTP_8080,
-            &format!("[{}]", endpoints.join(", ")),
-        ),
+        service_with_policy("web", web(), &["192.0.2.10"], policy),
+        slice("web", "IPv4", http_8080(), endpoints.to_vec()),
     ]
 }
 
@@ -425,18 +489,13 @@ fn every_node_builds_the_same_cluster_table_whatever_the_input_order() {
     let mut reversed = docs.clone();
     reversed.reverse();
     let endpoints = [
-        ep("10.244.2.2", "n2", "{}"),
-        ep("10.244.1.2", NODE, "{}"),
-        ep("10.244.3.2", "n3", "{ready: true, terminating: true}"),
-        ep("10.244.2.3", "n2", "{ready: true}"),
+        ep("10.244.2.2", "n2", unset()),
+        ep("10.244.1.2", NODE, unset()),
+        ep("10.244.3.2", "n3", terminating()),
+        ep("10.244.2.3", "n2", ready(true)),
     ];
-    reversed[0] = slice(
-        "web",
-        "IPv4",
-        HTTP_8080,
-        &format!("[{}]", endpoints.join(", ")),
-    );
-    let table = |docs: &[String], node: &str| -> Vec<String> {
+    reversed[0] = slice("web", "IPv4", http_8080(), endpoints.to_vec());
+    let table = |docs: &[Doc], node: &str| -> Vec<String> {
         let got = desired(&snapshot(docs), node);
         let [spec] = got.services.as_slice() else {
             panic!("one service on {node}: {:?}", got.services);
@@ -466,24 +525,22 @@ fn every_node_builds_the_same_cluster_table_whatever_the_input_order() {
 #[test]
 fn cluster_endpoints_that_cannot_be_forwarded_to_are_reported() {
     let endpoints = [
-        ep("10.244.1.2", NODE, "{}"),
-        ep("10.244.4.2", "n4", "{}"),
-        "{addresses: [10.244.5.2]}".to_string(),
-        ep("10.244.2.2", "n2", "{}"),
-        ep("10.244.2.2", "n3", "{}"),
+        ep("10.244.1.2", NODE, unset()),
+        ep("10.244.4.2", "n4", unset()),
+        Endpoint {
+            node_name: None,
+            ..ep("10.244.5.2", NODE, unset())
+        },
+        ep("10.244.2.2", "n2", unset()),
+        ep("10.244.2.2", "n3", unset()),
     ];
     let docs = vec![
         node(NODE, &["172.30.0.11"]),
         node("n2", &["172.30.0.12"]),
         node("n3", &["172.30.0.13"]),
         node("n4", &["fd00:30::14"]),
-        service_with_policy("web", WEB, &["192.0.2.10"], "Cluster"),
-        slice(
-            "web",
-            "IPv4",
-            HTTP_8080,
-            &format!("[{}]", endpoints.join(", ")),
-        ),
+        service_with_policy("web", web(), &["192.0.2.10"], "Cluster"),
+        slice("web", "IPv4", http_8080(), endpoints.to_vec()),
     ];
     let got = desired(&snapshot(&docs), NODE);
     // The pod listed on n2 and n3 goes to n2, the first by name, on every node.
@@ -506,16 +563,15 @@ fn cluster_endpoints_that_cannot_be_forwarded_to_are_reported() {
     let v6 = vec![
         node(NODE, &["fd00:30::11"]),
         node("n2", &["fd00:30::12"]),
-        service_with_policy("web", WEB, &["2001:db8::10"], "Cluster"),
+        service_with_policy("web", web(), &["2001:db8::10"], "Cluster"),
         slice(
             "web",
             "IPv6",
-            HTTP_8080,
-            &format!(
-                "[{}, {}]",
-                ep("fd00:244:1::2", NODE, "{}"),
-                ep("fd00:244:2::2", "n2", "{}")
-            ),
+            http_8080(),
+            vec![
+                ep("fd00:244:1::2", NODE, unset()),
+                ep("fd00:244:2::2", "n2", unset()),
+            ],
         ),
     ];
     let got = desired(&snapshot(&v6), NODE);
