@@ -89,34 +89,21 @@ pub fn published(mut svc: Service, address: &str) -> Service {
 /// A node with the `Ready` condition set to `ready`, these InternalIPs and an
 /// ExternalIP that must never be used as a next hop.
 pub fn node(name: &str, ready: &str, addrs: &[&str]) -> Node {
-    Node {
-        metadata: ObjectMeta {
-            name: Some(name.into()),
-            ..Default::default()
-        },
-        spec: None,
-        status: Some(NodeStatus {
-            conditions: Some(vec![NodeCondition {
-                type_: "Ready".into(),
-                status: ready.into(),
-                ..Default::default()
-            }]),
-            addresses: Some(
-                addrs
-                    .iter()
-                    .map(|a| NodeAddress {
-                        type_: "InternalIP".into(),
-                        address: a.to_string(),
-                    })
-                    .chain([NodeAddress {
-                        type_: "ExternalIP".into(),
-                        address: "203.0.113.1".into(),
-                    }])
-                    .collect(),
-            ),
-            ..Default::default()
-        }),
-    }
+    let mut node = porter_api::testing::node_with_ips(name, addrs);
+    let status = node.status.get_or_insert_with(NodeStatus::default);
+    status.conditions = Some(vec![NodeCondition {
+        type_: "Ready".into(),
+        status: ready.into(),
+        ..Default::default()
+    }]);
+    status
+        .addresses
+        .get_or_insert_with(Vec::new)
+        .push(NodeAddress {
+            type_: "ExternalIP".into(),
+            address: "203.0.113.1".into(),
+        });
+    node
 }
 
 /// `eps`: (node, ready) per endpoint; `None` leaves `ready` unset.
