@@ -24,10 +24,9 @@ use porter_common::{
 use crate::parse::{Headers, swap_ends};
 use crate::{csum, fib};
 
-const UDP_HEADER: usize = udp::LEN;
 /// The UDP header and the payload.
-const DATAGRAM: usize = UDP_HEADER + probe::LEN;
-const KIND: usize = UDP_HEADER + 4;
+const DATAGRAM: usize = udp::LEN + probe::LEN;
+const KIND: usize = udp::LEN + 4;
 
 /// The datagram's bytes, all of them checked to be in the packet by one
 /// bounds check on one pointer, which the verifier follows for every
@@ -75,10 +74,10 @@ pub fn answer(ctx: &XdpContext, data: usize, data_end: usize, h: &Headers) -> Op
     }
     let datagram = Datagram::at(data, data_end, h.l4_off)?;
     let request = datagram.word(udp::LENGTH) == (DATAGRAM as u16).to_be()
-        && datagram.byte(UDP_HEADER) == probe::MAGIC[0]
-        && datagram.byte(UDP_HEADER + 1) == probe::MAGIC[1]
-        && datagram.byte(UDP_HEADER + 2) == probe::MAGIC[2]
-        && datagram.byte(UDP_HEADER + 3) == probe::MAGIC[3]
+        && datagram.byte(udp::LEN) == probe::MAGIC[0]
+        && datagram.byte(udp::LEN + 1) == probe::MAGIC[1]
+        && datagram.byte(udp::LEN + 2) == probe::MAGIC[2]
+        && datagram.byte(udp::LEN + 3) == probe::MAGIC[3]
         && datagram.byte(KIND) == probe::REQUEST
         && datagram.byte(KIND + 1) == 0
         && datagram.byte(KIND + 2) == 0

@@ -176,8 +176,8 @@ impl Datacenter {
     /// its namespace, peering with the router from n1's address), as a
     /// controller pod shares a node with the traffic it announces: when n1
     /// dies, the router loses a next hop and that replica together. The
-    /// router (`daemon`: BIRD or FRR) runs BFD with both replicas, a BFD
-    /// failure taken as a graceful restart, as docs/bfd.md asks of it.
+    /// router (`daemon`: BIRD or FRR) runs BFD with both replicas, set up
+    /// as docs/bfd.md asks of it (see [`crate::routers::Neighbor`]).
     pub fn with_standby_on_node(
         tag: &str,
         pods_per_node: &[usize],

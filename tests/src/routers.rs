@@ -35,10 +35,12 @@ pub struct Neighbor {
     pub port: Option<u16>,
     /// eBGP multihop: the neighbour is this many hops away.
     pub multihop: Option<u8>,
-    /// BFD with the neighbour (300 ms × 3), its failure taken as a graceful
-    /// restart (RFC 5882 section 4.3: the neighbour's BFD shares its fate
-    /// with its BGP), as docs/bfd.md asks for the controller's sessions:
-    /// BIRD's `bfd graceful`, FRR's `bfd check-control-plane-failure`.
+    /// BFD with the neighbour (300 ms × 3), configured as docs/bfd.md asks
+    /// for the controller's sessions (RFC 5882 section 4.3: the
+    /// neighbour's BFD shares its fate with its BGP). BIRD: `bfd graceful`,
+    /// a BFD failure is a graceful restart. FRR: `bfd
+    /// check-control-plane-failure`, with which FRR 8.4 ignores the failure
+    /// of a neighbour whose C bit is clear and lets the hold timer decide.
     /// BIRD and FRR only.
     pub bfd_graceful: bool,
 }
@@ -322,13 +324,15 @@ impl Router {
     /// Whether the router's BFD session with `neighbor` is Up (BIRD, FRR).
     pub fn bfd_up(&self, lab: &Lab, neighbor: IpAddr) -> Result<bool> {
         Ok(match self.config.daemon {
-            Daemon::Bird => self
-                .birdc(lab, &["show", "bfd", "sessions"])?
-                .lines()
-                .any(|line| {
-                    let mut words = line.split_whitespace();
-                    words.next() == Some(&neighbor.to_string()) && line.contains(" Up ")
-                }),
+            Daemon::Bird => {
+                let neighbor = neighbor.to_string();
+                self.birdc(lab, &["show", "bfd", "sessions"])?
+                    .lines()
+                    .any(|line| {
+                        line.split_whitespace().next() == Some(neighbor.as_str())
+                            && line.contains(" Up ")
+                    })
+            }
             Daemon::Frr => {
                 let out = self.vtysh(lab, &format!("show bfd peer {neighbor}"))?;
                 out.contains("Status: up")

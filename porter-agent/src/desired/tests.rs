@@ -143,18 +143,14 @@ fn terminating() -> EndpointConditions {
     conditions(Some(true), None, Some(true))
 }
 
-fn ep(ip: &str, node: &str, conditions: EndpointConditions) -> Endpoint {
-    endpoint(ip, node, conditions)
-}
-
 #[test]
 fn desired_services_from_cluster_state() {
-    let local_a = ep("10.244.1.2", NODE, ready(true));
-    let local_b = ep("10.244.1.3", NODE, unset());
-    let remote = ep("10.244.9.9", "n2", ready(true));
-    let not_ready = ep("10.244.1.4", NODE, ready(false));
-    let terminating = ep("10.244.1.5", NODE, terminating());
-    let stopped = ep(
+    let local_a = endpoint("10.244.1.2", NODE, ready(true));
+    let local_b = endpoint("10.244.1.3", NODE, unset());
+    let remote = endpoint("10.244.9.9", "n2", ready(true));
+    let not_ready = endpoint("10.244.1.4", NODE, ready(false));
+    let terminating = endpoint("10.244.1.5", NODE, terminating());
+    let stopped = endpoint(
         "10.244.1.6",
         NODE,
         conditions(Some(false), Some(false), Some(true)),
@@ -278,7 +274,7 @@ fn desired_services_from_cluster_state() {
                         "web",
                         "IPv6",
                         http_8080(),
-                        vec![ep("fd00::2", NODE, unset())],
+                        vec![endpoint("fd00::2", NODE, unset())],
                     ),
                     "shop",
                     "web-v6",
@@ -324,7 +320,7 @@ fn desired_services_from_cluster_state() {
 
 #[test]
 fn problems_are_reported_and_the_rest_is_served() {
-    let local = ep("10.244.1.2", NODE, unset());
+    let local = endpoint("10.244.1.2", NODE, unset());
     let cases: Vec<(&str, Vec<Doc>, Vec<&str>, &str)> = vec![
         (
             "named targetPort the slice does not list",
@@ -361,7 +357,7 @@ fn problems_are_reported_and_the_rest_is_served() {
                     "a-web",
                     "IPv4",
                     http_8080(),
-                    vec![ep("10.244.1.7", NODE, unset())],
+                    vec![endpoint("10.244.1.7", NODE, unset())],
                 ),
             ],
             vec!["192.0.2.10:80/tcp -> 10.244.1.7:8080"],
@@ -375,7 +371,7 @@ fn problems_are_reported_and_the_rest_is_served() {
                     "web",
                     "IPv4",
                     http_8080(),
-                    vec![ep("fd00::1", NODE, unset()), local.clone()],
+                    vec![endpoint("fd00::1", NODE, unset()), local.clone()],
                 ),
             ],
             vec!["192.0.2.10:80/tcp -> 10.244.1.2:8080"],
@@ -397,7 +393,7 @@ fn problems_are_reported_and_the_rest_is_served() {
 fn a_cache_follows_changed_objects_and_reuses_unchanged_ones() {
     // Each step replaces objects by new Arcs (as a source does on a change)
     // and keeps the others; the warm cache must give what a cold one gives.
-    let local = |ip: &str| ep(ip, NODE, unset());
+    let local = |ip: &str| endpoint(ip, NODE, unset());
     let docs = vec![
         service("b-web", web(), &["192.0.2.10"]),
         slice("b-web", "IPv4", http_8080(), vec![local("10.244.1.2")]),
@@ -440,10 +436,10 @@ fn a_cache_follows_changed_objects_and_reuses_unchanged_ones() {
 /// Three nodes, pods on n1 (one), n2 (two) and n3 (one, terminating).
 fn cluster_docs(policy: &str) -> Vec<Doc> {
     let endpoints = [
-        ep("10.244.2.3", "n2", ready(true)),
-        ep("10.244.1.2", NODE, unset()),
-        ep("10.244.2.2", "n2", unset()),
-        ep("10.244.3.2", "n3", terminating()),
+        endpoint("10.244.2.3", "n2", ready(true)),
+        endpoint("10.244.1.2", NODE, unset()),
+        endpoint("10.244.2.2", "n2", unset()),
+        endpoint("10.244.3.2", "n3", terminating()),
     ];
     vec![
         node(NODE, &["172.30.0.11"]),
@@ -489,10 +485,10 @@ fn every_node_builds_the_same_cluster_table_whatever_the_input_order() {
     let mut reversed = docs.clone();
     reversed.reverse();
     let endpoints = [
-        ep("10.244.2.2", "n2", unset()),
-        ep("10.244.1.2", NODE, unset()),
-        ep("10.244.3.2", "n3", terminating()),
-        ep("10.244.2.3", "n2", ready(true)),
+        endpoint("10.244.2.2", "n2", unset()),
+        endpoint("10.244.1.2", NODE, unset()),
+        endpoint("10.244.3.2", "n3", terminating()),
+        endpoint("10.244.2.3", "n2", ready(true)),
     ];
     reversed[0] = slice("web", "IPv4", http_8080(), endpoints.to_vec());
     let table = |docs: &[Doc], node: &str| -> Vec<String> {
@@ -525,14 +521,14 @@ fn every_node_builds_the_same_cluster_table_whatever_the_input_order() {
 #[test]
 fn cluster_endpoints_that_cannot_be_forwarded_to_are_reported() {
     let endpoints = [
-        ep("10.244.1.2", NODE, unset()),
-        ep("10.244.4.2", "n4", unset()),
+        endpoint("10.244.1.2", NODE, unset()),
+        endpoint("10.244.4.2", "n4", unset()),
         Endpoint {
             node_name: None,
-            ..ep("10.244.5.2", NODE, unset())
+            ..endpoint("10.244.5.2", NODE, unset())
         },
-        ep("10.244.2.2", "n2", unset()),
-        ep("10.244.2.2", "n3", unset()),
+        endpoint("10.244.2.2", "n2", unset()),
+        endpoint("10.244.2.2", "n3", unset()),
     ];
     let docs = vec![
         node(NODE, &["172.30.0.11"]),
@@ -569,8 +565,8 @@ fn cluster_endpoints_that_cannot_be_forwarded_to_are_reported() {
             "IPv6",
             http_8080(),
             vec![
-                ep("fd00:244:1::2", NODE, unset()),
-                ep("fd00:244:2::2", "n2", unset()),
+                endpoint("fd00:244:1::2", NODE, unset()),
+                endpoint("fd00:244:2::2", "n2", unset()),
             ],
         ),
     ];
