@@ -66,21 +66,31 @@ pub fn sessions_differ(before: &[PeerStatus], after: &[PeerStatus]) -> bool {
 }
 
 /// How the controller's sessions ask the routers to keep its routes when
-/// it goes silent: for the lease (`lease_seconds`) as RFC 4724's restart
-/// time, then, for the rest of the configured restart time, as RFC 9494's
-/// long-lived stale time. During the restart time the routes are stale
-/// but as good as fresh ones, so a successor that announces within the
-/// lease (a handover) has its paths merged with them, with no moment of a
-/// partial ECMP set. After it they are `LLGR_STALE`, which a router prefers
-/// any other path to: when a leader died, its successor is a different BGP
-/// neighbour, and its paths then replace the dead leader's instead of being
-/// merged with them (a dead node among them would stay a next hop for the
-/// whole restart time). See docs/bfd.md, "When the leader's node dies".
-pub fn long_lived(mut config: SpeakerConfig, lease_seconds: u16) -> SpeakerConfig {
+/// it goes silent: for `restart_seconds` as RFC 4724's restart time, then,
+/// for the rest of the configured restart time, as RFC 9494's long-lived
+/// stale time. During the restart time the routes are stale but as good as
+/// fresh ones, so a session that comes straight back has its paths merged
+/// with them, with no moment of a partial ECMP set. After it they are
+/// `LLGR_STALE`, which a router prefers any fresh path to. Every replica
+/// announces the same paths (the leader and its standbys, see
+/// crate::leadership), so a dead replica's paths are soon replaced by the
+/// others' instead of merged with them: a dead node among them (the dead
+/// replica's own, whose withdrawal it cannot send) stops being a next hop
+/// once the restart time is over. When every replica is silent (the lease
+/// store, or the API server, out of reach), the routers keep all their
+/// paths, long-lived stale. See docs/bfd.md, "When the leader's node dies".
+/// The restart time the controller's sessions ask for by default, seconds
+/// (`--restart-time`, see [`long_lived`]). Short, as a dead replica's
+/// paths stay next hops for it; not zero, so that a session that comes
+/// straight back (a speaker restarted for new settings) is merged rather
+/// than replaced one path at a time.
+pub const RESTART_SECONDS: u16 = 1;
+
+pub fn long_lived(mut config: SpeakerConfig, restart_seconds: u16) -> SpeakerConfig {
     if let Some(gr) = &mut config.graceful_restart
         && gr.long_lived_stale_time.is_none()
     {
-        let restart = lease_seconds.min(gr.restart_time);
+        let restart = restart_seconds.min(gr.restart_time);
         gr.long_lived_stale_time = Some(u32::from(gr.restart_time - restart));
         gr.restart_time = restart;
     }
@@ -399,9 +409,18 @@ pub struct BgpDriver {
 
 impl BgpDriver {
     /// Forgets what was applied, so that the next calls re-send everything
-    /// (after winning leadership).
+    /// (after the sessions were closed).
     pub fn reset(&mut self) {
         *self = Self::default();
+    }
+
+    /// Forgets which notes were reported, so that the next calls report
+    /// them all again (a new leader writes their Events afresh), and keeps
+    /// the sessions.
+    pub fn forget_notes(&mut self) {
+        self.notes.clear();
+        self.family_notes.clear();
+        self.family_checked = None;
     }
 
     /// Returns notes that are new since the last call, for logging once.

@@ -72,8 +72,8 @@ struct Shared {
 pub struct SpeakerAnnouncer {
     shared: Arc<Shared>,
     task: tokio::task::JoinHandle<()>,
-    /// Graceful restart as [`long_lived`] makes it for this lease (seconds);
-    /// else RFC 4724's alone.
+    /// Graceful restart as [`long_lived`] makes it for this restart time
+    /// (seconds); else RFC 4724's alone.
     long_lived: Option<u16>,
 }
 
@@ -117,7 +117,7 @@ impl Drop for SpeakerAnnouncer {
 impl Announcer for SpeakerAnnouncer {
     fn start(&mut self, config: &SpeakerConfig) {
         let config = match self.long_lived {
-            Some(lease) => long_lived(config.clone(), lease),
+            Some(restart) => long_lived(config.clone(), restart),
             None => config.clone(),
         };
         self.change(|d| {

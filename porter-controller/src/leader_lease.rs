@@ -17,7 +17,7 @@ use porter_api::layer2::{lease_record, wall_clock};
 use porter_api::lease::{FileLeaseDir, compare_and_set, try_acquire};
 use tokio::sync::watch;
 
-use crate::leadership::{Attempt, Election, Leadership, StepDown, Timing, Transition};
+use crate::leadership::{Attempt, Election, Leadership, Role, StepDown, Timing, Transition};
 use crate::metrics::Metrics;
 
 /// One attempt to take or renew the lease at wall-clock `now` (since the
@@ -158,7 +158,9 @@ pub async fn elect<L: LeaderLease>(
         // Only a change of term wakes the controller's loop; a renewal
         // just moves the deadline it reads at each pass.
         publish.send_if_modified(|published| {
-            let changed = published.term_at(now) != leadership.term_at(now);
+            // Renewals move the deadlines only: the loop reads them afresh.
+            let roles = |l: &Leadership| (l.role_at(now), l.term_at(now));
+            let changed = roles(published) != roles(&leadership);
             *published = leadership;
             changed
         });
@@ -193,11 +195,17 @@ pub async fn elect<L: LeaderLease>(
         };
         let now = Instant::now();
         if let Attempt::Failed(error) = &attempt {
-            match election.leadership().deadline() {
-                Some(deadline) if now < deadline => tracing::warn!(
+            let leadership = election.leadership();
+            match (leadership.role_at(now), leadership.deadline()) {
+                (Role::Leader { .. }, Some(deadline)) => tracing::warn!(
                     %error,
                     steps_down_in = ?deadline - now,
                     "cannot renew the leader lease; leading on until the deadline"
+                ),
+                (Role::Standby { .. }, Some(deadline)) => tracing::warn!(
+                    %error,
+                    silent_in = ?deadline - now,
+                    "cannot reach the leader election lease; announcing on as a standby until the deadline"
                 ),
                 _ => tracing::warn!(
                     %error,
@@ -271,7 +279,14 @@ fn report(transition: &Transition, timing: Timing) {
         Transition::SteppedDown(StepDown::Taken(holder)) => tracing::error!(
             %holder,
             "leadership lost: another replica holds the lease; stepping down \
-             (BGP sessions closed, writes stopped) and staying up as a follower"
+             (writes stopped) and announcing on as a standby"
+        ),
+        Transition::Silenced { since_answer } => tracing::error!(
+            ?since_answer,
+            lease = ?timing.duration,
+            "no answer from the leader election lease in time: this standby's view may be \
+             stale, so it stops announcing (BGP sessions closed, routes kept by the routers' \
+             graceful restart) until the lease store answers again"
         ),
     }
 }

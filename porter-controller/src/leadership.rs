@@ -7,10 +7,16 @@
 //!   until `t + duration - margin`. Counting from the start of the attempt,
 //!   not its end, is what the lease record says: its renew time is stamped
 //!   when the attempt is made.
-//! - a failed attempt changes nothing by itself; leadership simply runs
-//!   out at that deadline unless a later renewal succeeds. This is how a
-//!   loss is observed even when the lease store never answers.
-//! - the lease found held by another replica ends leadership at once.
+//! - the lease found held by another replica ends leadership at once, and
+//!   makes this replica a standby until `t + duration - margin`: it runs
+//!   BGP with the same paths as the leader (so that no path has to arrive
+//!   when it takes over, or when the leader's node dies), but writes
+//!   nothing.
+//! - a failed attempt changes nothing by itself; leadership, or standby,
+//!   simply runs out at that deadline unless a later attempt succeeds. This
+//!   is how a loss is observed even when the lease store never answers, and
+//!   why a replica cut off from the lease store (and so, in a cluster, from
+//!   the API server it reads its view from) stops announcing.
 //!
 //! The margin covers what a successor's view can differ by (clock skew
 //! between the replicas, which read the lease's wall-clock times) and the
@@ -70,18 +76,62 @@ pub enum StepDown {
 pub enum Transition {
     Elected,
     SteppedDown(StepDown),
+    /// A standby heard nothing from the lease store for `duration - margin`:
+    /// it stops announcing.
+    Silenced {
+        since_answer: Duration,
+    },
 }
 
-/// Whether and until when this replica may lead.
+/// What a replica does in a pass. `contact` counts the times it started
+/// announcing: the same number at two passes means it announced all along
+/// in between (standby to leader and back included); another one means it
+/// fell silent in between, if only while frozen, and its sessions must
+/// start afresh.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    /// Writes status and Events, and runs BGP.
+    Leader { contact: u64 },
+    /// Runs BGP with the paths the leader's published state gives, and
+    /// writes nothing (hot standby).
+    Standby { contact: u64 },
+    /// Neither: the lease store has not answered lately, so this replica
+    /// cannot tell that its view of the cluster is current.
+    Silent,
+}
+
+impl Role {
+    pub fn leads(self) -> bool {
+        matches!(self, Role::Leader { .. })
+    }
+
+    /// The contact this replica announces in, if it announces.
+    pub fn contact(self) -> Option<u64> {
+        match self {
+            Role::Leader { contact } | Role::Standby { contact } => Some(contact),
+            Role::Silent => None,
+        }
+    }
+}
+
+/// Whether and until when this replica may lead, or announce.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Leadership {
+    /// Silent: no answer from the lease store within the deadline.
     #[default]
     Follower,
+    /// Another replica leads; this one announces too until `until` unless
+    /// the lease store answers again.
+    Standby { until: Instant, contact: u64 },
     /// Leader until `until` unless renewed; every pass checks it at the
     /// time it is made. `term` counts elections: a replica that lost its
     /// lease and won it again (a frozen process waking up) is in a new
     /// term, and starts it from a clean state.
-    Until { until: Instant, term: u64 },
+    Until {
+        until: Instant,
+        term: u64,
+        contact: u64,
+    },
 }
 
 impl Leadership {
@@ -89,10 +139,10 @@ impl Leadership {
         matches!(self, Leadership::Until { until, .. } if now < *until)
     }
 
-    /// When leadership runs out, if it is held.
+    /// When the role (leader or standby) runs out, if there is one.
     pub fn deadline(&self) -> Option<Instant> {
         match self {
-            Leadership::Until { until, .. } => Some(*until),
+            Leadership::Until { until, .. } | Leadership::Standby { until, .. } => Some(*until),
             Leadership::Follower => None,
         }
     }
@@ -100,8 +150,16 @@ impl Leadership {
     /// The term this replica leads in at `now`, if it leads.
     pub fn term_at(&self, now: Instant) -> Option<u64> {
         match self {
-            Leadership::Until { until, term } if now < *until => Some(*term),
+            Leadership::Until { until, term, .. } if now < *until => Some(*term),
             _ => None,
+        }
+    }
+
+    pub fn role_at(&self, now: Instant) -> Role {
+        match *self {
+            Leadership::Until { until, contact, .. } if now < until => Role::Leader { contact },
+            Leadership::Standby { until, contact } if now < until => Role::Standby { contact },
+            _ => Role::Silent,
         }
     }
 }
@@ -112,8 +170,12 @@ pub struct Election {
     leadership: Leadership,
     /// Start of the last attempt that held the lease.
     renewed: Option<Instant>,
+    /// Start of the last attempt the lease store answered.
+    answered: Option<Instant>,
     /// Elections won so far.
     terms: u64,
+    /// Times this replica started announcing so far.
+    contacts: u64,
 }
 
 impl Election {
@@ -122,7 +184,9 @@ impl Election {
             timing,
             leadership: Leadership::Follower,
             renewed: None,
+            answered: None,
             terms: 0,
+            contacts: 0,
         }
     }
 
@@ -134,15 +198,33 @@ impl Election {
         self.leadership
     }
 
-    /// Ends a leadership whose deadline has passed at `now`.
+    /// Ends a role whose deadline has passed at `now`.
     pub fn tick(&mut self, now: Instant) -> Option<Transition> {
+        let since = |at: Option<Instant>| at.map(|at| now - at).unwrap_or_default();
         match self.leadership {
             Leadership::Until { until, .. } if now >= until => {
                 self.leadership = Leadership::Follower;
-                let since_renewal = self.renewed.map(|r| now - r).unwrap_or_default();
+                let since_renewal = since(self.renewed);
                 Some(Transition::SteppedDown(StepDown::Expired { since_renewal }))
             }
+            Leadership::Standby { until, .. } if now >= until => {
+                self.leadership = Leadership::Follower;
+                let since_answer = since(self.answered);
+                Some(Transition::Silenced { since_answer })
+            }
             _ => None,
+        }
+    }
+
+    /// The contact number of a role that starts or goes on now: the
+    /// current one while announcing, a new one after silence.
+    fn contact(&mut self) -> u64 {
+        match self.leadership {
+            Leadership::Until { contact, .. } | Leadership::Standby { contact, .. } => contact,
+            Leadership::Follower => {
+                self.contacts += 1;
+                self.contacts
+            }
         }
     }
 
@@ -154,16 +236,36 @@ impl Election {
         now: Instant,
     ) -> Option<Transition> {
         let expired = self.tick(now);
-        match attempt {
+        let until = started + self.timing.duration.saturating_sub(self.timing.margin);
+        let holder = match attempt {
+            Attempt::Failed(_) => return expired,
             Attempt::Held => {
-                let until = started + self.timing.duration.saturating_sub(self.timing.margin);
                 self.renewed = Some(started);
-                if now >= until {
-                    // The answer came too late to lead on.
-                    return expired;
+                None
+            }
+            Attempt::HeldBy(holder) => Some(holder),
+        };
+        self.answered = Some(started);
+        let was_leader = matches!(self.leadership, Leadership::Until { .. });
+        if now >= until {
+            // The answer came too late to act on.
+            return match holder {
+                Some(holder) if was_leader => {
+                    self.leadership = Leadership::Follower;
+                    Some(Transition::SteppedDown(StepDown::Taken(holder.clone())))
                 }
+                _ => expired,
+            };
+        }
+        let contact = self.contact();
+        match holder {
+            None => {
                 if let Leadership::Until { term, .. } = self.leadership {
-                    self.leadership = Leadership::Until { until, term };
+                    self.leadership = Leadership::Until {
+                        until,
+                        term,
+                        contact,
+                    };
                     return None;
                 }
                 // A renewal that lands after the deadline passed starts a
@@ -172,17 +274,18 @@ impl Election {
                 self.leadership = Leadership::Until {
                     until,
                     term: self.terms,
+                    contact,
                 };
                 expired.or(Some(Transition::Elected))
             }
-            Attempt::HeldBy(holder) => {
-                if self.leadership == Leadership::Follower {
-                    return expired;
+            Some(holder) => {
+                self.leadership = Leadership::Standby { until, contact };
+                if was_leader {
+                    Some(Transition::SteppedDown(StepDown::Taken(holder.clone())))
+                } else {
+                    expired
                 }
-                self.leadership = Leadership::Follower;
-                Some(Transition::SteppedDown(StepDown::Taken(holder.clone())))
             }
-            Attempt::Failed(_) => expired,
         }
     }
 
@@ -290,5 +393,84 @@ mod tests {
             Some(Transition::SteppedDown(StepDown::Taken("b".into())))
         );
         assert!(!e.leadership().leads_at(t0 + secs(2)));
+        // It announces on as a standby, with the sessions it had.
+        assert_eq!(
+            e.leadership().role_at(t0 + secs(2)),
+            Role::Standby { contact: 1 }
+        );
+    }
+
+    #[test]
+    fn a_replica_that_hears_of_a_leader_announces_as_a_standby_until_the_deadline() {
+        let (mut e, t0) = election();
+        assert_eq!(e.leadership().role_at(t0), Role::Silent);
+        assert_eq!(e.record(t0, &Attempt::HeldBy("b".into()), t0), None);
+        // 15 s lease, 5 s margin, as a leader's own deadline.
+        assert_eq!(e.leadership().deadline(), Some(t0 + secs(10)));
+        assert_eq!(
+            e.leadership().role_at(t0 + secs(9)),
+            Role::Standby { contact: 1 }
+        );
+        // Each answer moves the deadline; the sessions go on.
+        assert_eq!(
+            e.record(t0 + secs(2), &Attempt::HeldBy("b".into()), t0 + secs(2)),
+            None
+        );
+        assert_eq!(e.leadership().deadline(), Some(t0 + secs(12)));
+        assert_eq!(e.leadership().role_at(t0 + secs(11)).contact(), Some(1));
+        // Elected: a new term, but the same contact: the standby's sessions
+        // carry on into the leadership, so no path has to arrive.
+        assert_eq!(
+            e.record(t0 + secs(4), &Attempt::Held, t0 + secs(4)),
+            Some(Transition::Elected)
+        );
+        assert_eq!(
+            e.leadership().role_at(t0 + secs(4)),
+            Role::Leader { contact: 1 }
+        );
+        assert_eq!(e.leadership().term_at(t0 + secs(4)), Some(1));
+    }
+
+    #[test]
+    fn a_standby_cut_off_from_the_lease_store_falls_silent_and_starts_afresh() {
+        let (mut e, t0) = election();
+        e.record(t0, &Attempt::HeldBy("b".into()), t0);
+        let refused = Attempt::Failed("connection refused".into());
+        assert_eq!(e.record(t0 + secs(5), &refused, t0 + secs(5)), None);
+        assert!(matches!(
+            e.leadership().role_at(t0 + secs(5)),
+            Role::Standby { .. }
+        ));
+        assert_eq!(
+            e.tick(t0 + secs(10)),
+            Some(Transition::Silenced {
+                since_answer: secs(10)
+            })
+        );
+        assert_eq!(e.leadership().role_at(t0 + secs(10)), Role::Silent);
+        // Heard again: announcing again, as a new contact.
+        e.record(t0 + secs(12), &Attempt::HeldBy("b".into()), t0 + secs(12));
+        assert_eq!(e.leadership().role_at(t0 + secs(12)).contact(), Some(2));
+        // An answer that arrives after its own deadline is no contact.
+        let (mut late, t1) = election();
+        assert_eq!(
+            late.record(t1, &Attempt::HeldBy("b".into()), t1 + secs(11)),
+            None
+        );
+        assert_eq!(late.leadership().role_at(t1 + secs(11)), Role::Silent);
+    }
+
+    #[test]
+    fn a_leader_frozen_past_its_deadline_starts_a_new_contact() {
+        let (mut e, t0) = election();
+        e.record(t0, &Attempt::Held, t0);
+        assert_eq!(e.leadership().role_at(t0).contact(), Some(1));
+        // Frozen from 1 s to 30 s: whatever it finds on waking, its
+        // sessions must start afresh.
+        e.record(t0 + secs(30), &Attempt::HeldBy("b".into()), t0 + secs(30));
+        assert_eq!(
+            e.leadership().role_at(t0 + secs(30)),
+            Role::Standby { contact: 2 }
+        );
     }
 }

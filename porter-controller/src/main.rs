@@ -87,10 +87,11 @@ struct Args {
     identity: Option<String>,
     /// Seconds a leader holds the lease without renewing it. The leader
     /// renews every sixth of it; when no renewal has succeeded for two
-    /// thirds of it, the leader steps down by itself (closes its BGP
-    /// sessions, stops writing) and stays up as a follower. A failover
-    /// takes at most this long plus one renewal interval; BGP graceful
-    /// restart keeps the routes meanwhile.
+    /// thirds of it, the leader steps down by itself (stops writing, and
+    /// closes its BGP sessions). The other replicas announce as standbys
+    /// while the lease store answers them, with the same deadline, so a
+    /// failover moves no route; the writes resume within this long plus
+    /// one renewal interval.
     #[arg(long, default_value_t = 15)]
     lease_duration: u64,
     /// Namespaces to read Secrets from (BgpPeer `authPasswordSecretRef`),
@@ -103,9 +104,9 @@ struct Args {
     /// Central mode (speakerMode: controller): every replica sends a
     /// liveness probe (UDP to port 3785) to the InternalIP of every node
     /// announced as a next hop this often; the node's XDP program answers
-    /// it. The leader withdraws the nodes that stop answering; a follower
-    /// only keeps track, so that it knows them when it leads. BFD's
-    /// default. See docs/bfd.md.
+    /// it. Every replica that announces (the leader and its standbys)
+    /// withdraws the nodes that stop answering; the leader alone writes
+    /// their Events and Node conditions. BFD's default. See docs/bfd.md.
     #[arg(long, default_value = "300ms", value_parser = parse_check_interval)]
     node_check_interval: Duration,
     /// Unanswered probes in a row after which a node's paths are withdrawn
@@ -121,14 +122,24 @@ struct Args {
     #[arg(long)]
     no_node_check: bool,
     /// Graceful restart as RFC 4724 alone, for routers without long-lived
-    /// graceful restart (RFC 9494): the routers keep a silent leader's
-    /// routes for the restart time, merged with its successor's. By
-    /// default only the lease's worth of it is sent as the restart time,
-    /// the rest as the long-lived stale time, so that a dead leader's paths
-    /// stop counting once the lease has passed (docs/bfd.md, "When the
+    /// graceful restart (RFC 9494): the routers keep a silent replica's
+    /// routes for the restart time, merged with the other replicas'. By
+    /// default --restart-time of it is sent as the restart time, the rest
+    /// as the long-lived stale time, so that a dead replica's paths stop
+    /// counting soon after its routers notice (docs/bfd.md, "When the
     /// leader's node dies").
     #[arg(long)]
     classic_graceful_restart: bool,
+    /// Seconds of graceful restart the routers keep a silent replica's
+    /// paths as good as fresh ones (RFC 4724's restart time; 0-4095), before
+    /// they count as long-lived stale. With two or more replicas keep it
+    /// short: the other replicas announce the same paths, and a dead
+    /// replica's node stays a next hop for this long after the routers
+    /// notice. With one replica, set it to how long a restart takes (the
+    /// lease, say), so that a restarted replica's paths are merged with the
+    /// stale ones instead of replacing them one next hop at a time.
+    #[arg(long, default_value_t = porter_controller::bgp::RESTART_SECONDS, value_parser = clap::value_parser!(u16).range(0..=4095))]
+    restart_time: u16,
 }
 
 fn parse_check_interval(s: &str) -> Result<Duration, String> {
@@ -190,10 +201,7 @@ async fn main() -> Result<()> {
         .or_else(|| SecretScope::new(vec![args.lease_namespace.clone()]))
         .unwrap_or_default();
     let mut controller = Controller::new(
-        SpeakerAnnouncer::spawn(
-            (!args.classic_graceful_restart)
-                .then(|| u16::try_from(args.lease_duration).unwrap_or(u16::MAX)),
-        ),
+        SpeakerAnnouncer::spawn((!args.classic_graceful_restart).then_some(args.restart_time)),
         metrics.clone(),
     )
     .with_secret_scope(scope.clone());
@@ -299,10 +307,12 @@ mod tests {
             ),
             (Duration::from_millis(300), 3, Duration::from_secs(5), false)
         );
+        assert_eq!(defaults.restart_time, 1);
         for bad in [
             ["--node-check-interval", "5ms"],
             ["--node-check-interval", "2m"],
             ["--node-check-multiplier", "1"],
+            ["--restart-time", "4096"],
         ] {
             let parsed = Args::try_parse_from(["porter-controller", bad[0], bad[1]]);
             assert!(parsed.is_err(), "{bad:?} accepted");

@@ -38,6 +38,7 @@ pub struct Metrics {
     layer2_unanswered: Gauge,
     reconcile_seconds: Histogram,
     leader: Gauge,
+    announcing: Gauge,
     step_downs: Family<Labels, Counter>,
     node_check_state: Family<Labels, Gauge>,
     node_withdrawals: Family<Labels, Counter>,
@@ -66,6 +67,7 @@ impl Default for Metrics {
             paths: Gauge::default(),
             reconcile_seconds: Histogram::new(exponential_buckets(0.0005, 2.0, 16)),
             leader: Gauge::default(),
+            announcing: Gauge::default(),
             step_downs: Family::default(),
             node_check_state: Family::default(),
             node_withdrawals: Family::default(),
@@ -148,8 +150,13 @@ impl Default for Metrics {
         );
         registry.register(
             "controller_leader",
-            "1 while this replica holds the leader lease (writes and announces)",
+            "1 while this replica holds the leader lease (writes status and Events, and announces)",
             m.leader.clone(),
+        );
+        registry.register(
+            "controller_announcing",
+            "1 while this replica runs its BGP sessions: as the leader, or as a standby the lease store answered within the lease",
+            m.announcing.clone(),
         );
         registry.register(
             "controller_leader_step_downs",
@@ -182,6 +189,11 @@ impl Metrics {
     /// Whether this replica leads now (see [`crate::leader_lease::elect`]).
     pub fn set_leader(&self, leads: bool) {
         self.leader.set(i64::from(leads));
+    }
+
+    /// Whether this replica runs its BGP sessions now.
+    pub fn set_announcing(&self, announcing: bool) {
+        self.announcing.set(i64::from(announcing));
     }
 
     pub fn stepped_down(&self, why: &StepDown) {

@@ -1,6 +1,8 @@
 //! The loop that ties a source, the reconciler, a writer and the speaker
-//! together. Every replica computes; only the leader writes and announces,
-//! so a follower is hot and takes over with one pass.
+//! together. Every replica computes; only the leader writes. The leader and
+//! every standby in touch with the lease store announce the same paths (the
+//! standby's come from the leader's published state), so a standby is hot:
+//! it takes over with one pass and no path has to reach the routers.
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -17,7 +19,7 @@ use porter_api::bgp_config::Note;
 
 use crate::bgp::{Announcer, BgpDriver, status_entries};
 use crate::leader_lease::until;
-use crate::leadership::Leadership;
+use crate::leadership::{Leadership, Role};
 use crate::metrics::Metrics;
 use crate::node_check::Transition;
 use crate::node_check_runtime::NodeChecker;
@@ -48,6 +50,8 @@ pub struct Controller<A: Announcer> {
     announcer: A,
     metrics: Arc<Metrics>,
     was_leader: bool,
+    /// The contact (see [`Role`]) the sessions run in, while they run.
+    speaking: Option<u64>,
     /// Central mode's node liveness check, when enabled.
     node_check: Option<NodeChecker>,
     /// A follower's latest node-check news by node, for the Events it
@@ -63,6 +67,7 @@ impl<A: Announcer> Controller<A> {
             announcer,
             metrics,
             was_leader: false,
+            speaking: None,
             node_check: None,
             heard_while_following: BTreeMap::new(),
         }
@@ -90,36 +95,49 @@ impl<A: Announcer> Controller<A> {
         &self.announcer
     }
 
+    /// Starts or stops the sessions. A replica that falls silent, even for
+    /// a moment it did not see (frozen past its deadline: a new contact),
+    /// closes them before anything else, so the routers hold its routes by
+    /// graceful restart and it never announces a view it could not check.
+    fn speak(&mut self, contact: Option<u64>) {
+        if self.speaking.is_some() && contact != self.speaking {
+            tracing::info!("announcing stopped: BGP sessions closed");
+            self.announcer.abandon();
+            self.bgp.reset();
+        }
+        if contact.is_some() && self.speaking != contact {
+            tracing::info!("announcing");
+        }
+        self.speaking = contact;
+        self.metrics.set_announcing(contact.is_some());
+    }
+
     fn lead(&mut self, leader: bool) {
         if leader != self.was_leader {
             tracing::info!(leader, "leadership changed");
-            if !leader {
-                // Given up (or lost): the sessions close before anything
-                // else, so the routers hold our routes for the successor.
-                self.announcer.abandon();
-            }
-            // A new leader rebuilds from the published state and re-sends
-            // everything: its predecessor's state is unknown.
+            // A new leader rebuilds from the published state: its
+            // predecessor's state is unknown. It reports afresh too.
             self.reconciler.set_leading(leader);
-            self.bgp.reset();
+            self.bgp.forget_notes();
             self.was_leader = leader;
             if !leader {
                 self.heard_while_following.clear();
-                // The last term's BFD news is not this replica's to report
-                // any more.
-                self.announcer.take_bfd_events();
             }
+        }
+        if !leader {
+            // BFD news is the leader's to report; a new leader starts from
+            // the sessions' states, not from old news.
+            self.announcer.take_bfd_events();
         }
     }
 
     /// Sets the node check's targets and collects its news as Events to
     /// write, each with the node it withdraws (for the metric).
     ///
-    /// Every replica in central mode checks, so that a new leader knows
-    /// from its first pass which nodes are down: when the leader's own node
-    /// dies, that node must not be announced again by its successor. Only
-    /// the leader acts: it alone announces, writes Events and exports the
-    /// states. A follower keeps the latest news of each node, and the
+    /// Every replica in central mode checks, and leaves the nodes that stop
+    /// answering out of what it announces (the standbys announce too): when
+    /// the leader's own node dies, its standby has already withdrawn it.
+    /// Only the leader writes Events and exports the states. A follower keeps the latest news of each node, and the
     /// Events of what still holds are written when it leads (a node it
     /// found down, or one that never answered, has had no Event from the
     /// replica that led then, which may be the node that died). In node
@@ -161,19 +179,26 @@ impl<A: Announcer> Controller<A> {
             .collect()
     }
 
-    /// Ends a leadership term at once, without a pass: the BGP sessions
-    /// close and nothing more is written until the next term.
-    pub fn resign(&mut self) {
+    /// Ends a leadership term at once, without a pass: nothing more is
+    /// written until the next term, and the sessions close unless `role`
+    /// announces on in the same contact (a leader the lease was taken from
+    /// while it could reach the lease store goes on as a standby).
+    pub fn resign(&mut self, role: Role) {
+        self.speak(role.contact());
         self.lead(false);
     }
 
-    /// One pass over `snap`. Writes and BGP only when `leader`.
+    /// One pass over `snap`, in `role`: writes only as the leader, BGP as the
+    /// leader or a standby.
     pub async fn step<W: StatusWriter>(
         &mut self,
         snap: Arc<Snapshot>,
-        leader: bool,
+        role: Role,
         writer: &W,
     ) -> Step {
+        let leader = role.leads();
+        let speaking = role.contact().is_some();
+        self.speak(role.contact());
         self.lead(leader);
         let started = Instant::now();
         let now = Time(k8s_openapi::jiff::Timestamp::now());
@@ -225,12 +250,16 @@ impl<A: Announcer> Controller<A> {
                     tracing::warn!(error = %e, "write failed; retrying");
                 }
             }
+        }
+        if speaking {
             let notes = self.bgp.configure(plan.bgp.clone(), &mut self.announcer);
-            step.writes += report(notes, writer).await;
-            for event in self.announcer.take_bfd_events() {
-                step.writes += 1;
-                if let Err(e) = writer.event(&event).await {
-                    tracing::warn!(error = %e, "cannot write an Event");
+            step.writes += report(notes, leader.then_some(writer)).await;
+            if leader {
+                for event in self.announcer.take_bfd_events() {
+                    step.writes += 1;
+                    if let Err(e) = writer.event(&event).await {
+                        tracing::warn!(error = %e, "cannot write an Event");
+                    }
                 }
             }
             if self
@@ -246,7 +275,7 @@ impl<A: Announcer> Controller<A> {
             let notes = self
                 .bgp
                 .family_notes(&peers, &plan.paths, plan.paths_version);
-            step.writes += report(notes, writer).await;
+            step.writes += report(notes, leader.then_some(writer)).await;
         }
         let sessions = self.announcer.peer_status();
         self.metrics.bfd(&self.announcer.bfd_states());
@@ -276,9 +305,9 @@ impl<A: Announcer> Controller<A> {
 }
 
 /// Logs each note, and writes the Warning Event a note asks for on its
-/// BgpPeer; returns how many Events it wrote. Notes are reported once, so a
-/// lost Event is not retried.
-async fn report<W: StatusWriter>(notes: Vec<Note>, writer: &W) -> usize {
+/// BgpPeer when there is a `writer` (the leader's); returns how many Events
+/// it wrote. Notes are reported once, so a lost Event is not retried.
+async fn report<W: StatusWriter>(notes: Vec<Note>, writer: Option<&W>) -> usize {
     let mut events = 0;
     for note in notes {
         if note.warning {
@@ -286,7 +315,7 @@ async fn report<W: StatusWriter>(notes: Vec<Note>, writer: &W) -> usize {
         } else {
             tracing::info!("{}", note.message);
         }
-        if let Some(about) = note.event {
+        if let (Some(about), Some(writer)) = (note.event, writer) {
             events += 1;
             let event = Event {
                 regarding: Regarding::BgpPeer(about.peer),
@@ -302,10 +331,10 @@ async fn report<W: StatusWriter>(notes: Vec<Note>, writer: &W) -> usize {
     events
 }
 
-/// Runs until the source goes away. Leads while `leader` says so at the
-/// moment of each pass, and steps down at the deadline it gives even if no
-/// word comes from the election (a frozen or starved process wakes up
-/// past it).
+/// Runs until the source goes away. Leads, or announces as a standby,
+/// while `leader` says so at the moment of each pass, and stops at the
+/// deadline it gives even if no word comes from the election (a frozen or
+/// starved process wakes up past it).
 pub async fn run<A: Announcer, W: StatusWriter>(
     mut controller: Controller<A>,
     mut snapshots: SnapshotReceiver,
@@ -320,13 +349,16 @@ pub async fn run<A: Announcer, W: StatusWriter>(
     let node_check_changed = controller.node_check_changed();
     loop {
         let snap = snapshots.borrow_and_update().clone();
-        let now_term = leader.borrow_and_update().term_at(Instant::now());
+        let now = Instant::now();
+        let leadership = *leader.borrow_and_update();
+        let now_term = leadership.term_at(now);
+        let role = leadership.role_at(now);
         if term.is_some() && now_term != term {
             // Lost, or lost and won again (a new term starts clean).
-            controller.resign();
+            controller.resign(role);
         }
         term = now_term;
-        let step = controller.step(snap, term.is_some(), &writer).await;
+        let step = controller.step(snap, role, &writer).await;
         let wait = if step.failed_writes > 0 {
             settings.retry
         } else {
@@ -337,7 +369,7 @@ pub async fn run<A: Announcer, W: StatusWriter>(
         loop {
             // Renewals move the deadline without a notification (a pass per
             // renewal would cost a full reconcile); read it afresh.
-            let deadline = leader.borrow().deadline().filter(|_| term.is_some());
+            let deadline = leader.borrow().deadline().filter(|_| role != Role::Silent);
             tokio::select! {
                 r = snapshots.changed() => if r.is_err() { return } else { break },
                 r = leader.changed(), if leader_open => {
@@ -350,8 +382,8 @@ pub async fn run<A: Announcer, W: StatusWriter>(
                 // A node withdrawn or back: a pass announces it at once.
                 () = notified(node_check_changed.as_deref()) => break,
                 () = &mut resync => break,
-                () = until(deadline), if term.is_some() => {
-                    if leader.borrow().term_at(Instant::now()) != term {
+                () = until(deadline), if role != Role::Silent => {
+                    if leader.borrow().role_at(Instant::now()) != role {
                         break;
                     }
                 }

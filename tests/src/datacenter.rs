@@ -207,7 +207,7 @@ impl Datacenter {
         let own_namespace = replicas != Replicas::FirstOnNode;
         // The lab where a controller's node can die runs BFD with the
         // controllers as docs/bfd.md asks ("When the leader's node dies").
-        let bfd_graceful = replicas == Replicas::FirstOnNode;
+        let bfd = replicas == Replicas::FirstOnNode;
         let ctl = if own_namespace {
             let ctl = lab.netns("ctl")?;
             attach_to_lan(&lab, &router_ns, &ctl, "v-ctl")?;
@@ -223,7 +223,7 @@ impl Datacenter {
             attach_to_lan(&lab, &router_ns, &ns, "v-ctl-b")?;
             lab.addr(&ns, "eth0", &format!("{STANDBY_V4}/24"))?;
             neighbors.push(Neighbor {
-                bfd_graceful,
+                bfd,
                 ..Neighbor::new(STANDBY_V4.parse()?, PORTER_AS)
             });
             Some((ns, STANDBY_V4.parse()?))
@@ -258,7 +258,7 @@ impl Datacenter {
         neighbors.insert(
             0,
             Neighbor {
-                bfd_graceful,
+                bfd,
                 ..Neighbor::new(controller_ip, PORTER_AS)
             },
         );

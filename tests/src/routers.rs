@@ -36,13 +36,13 @@ pub struct Neighbor {
     /// eBGP multihop: the neighbour is this many hops away.
     pub multihop: Option<u8>,
     /// BFD with the neighbour (300 ms × 3), configured as docs/bfd.md asks
-    /// for the controller's sessions (RFC 5882 section 4.3: the
-    /// neighbour's BFD shares its fate with its BGP). BIRD: `bfd graceful`,
-    /// a BFD failure is a graceful restart. FRR: `bfd
-    /// check-control-plane-failure`, with which FRR 8.4 ignores the failure
-    /// of a neighbour whose C bit is clear and lets the hold timer decide.
-    /// BIRD and FRR only.
-    pub bfd_graceful: bool,
+    /// for the controller replicas' sessions. BIRD: `bfd graceful`, a BFD
+    /// failure is a graceful restart (the replica's paths stay for the
+    /// short restart time, then only as long-lived stale). FRR: `neighbor X
+    /// bfd`, a BFD failure takes the session down (FRR 8.4 has no graceful
+    /// mode, and with `check-control-plane-failure` it would ignore the
+    /// failure of a neighbour whose C bit is clear). BIRD and FRR only.
+    pub bfd: bool,
 }
 
 impl Neighbor {
@@ -53,7 +53,7 @@ impl Neighbor {
             md5_password: None,
             port: None,
             multihop: None,
-            bfd_graceful: false,
+            bfd: false,
         }
     }
 }
@@ -136,7 +136,7 @@ impl Router {
 
     /// FRR's daemons for this config, in start order: bfdd only for BFD.
     fn frr_daemons(&self) -> &'static [&'static str] {
-        if self.config.neighbors.iter().any(|n| n.bfd_graceful) {
+        if self.config.neighbors.iter().any(|n| n.bfd) {
             &["zebra", "bfdd", "bgpd"]
         } else {
             &["zebra", "bgpd"]
@@ -168,7 +168,7 @@ impl Router {
              protocol kernel {{ ipv6 {{ export where source = RTS_BGP; import none; }}; merge paths on; }}\n",
             c.router_id
         );
-        if c.neighbors.iter().any(|n| n.bfd_graceful) {
+        if c.neighbors.iter().any(|n| n.bfd) {
             conf.push_str("protocol bfd { interface \"*\" { interval 300 ms; multiplier 3; }; }\n");
         }
         for (index, neighbor) in c.neighbors.iter().enumerate() {
@@ -187,7 +187,7 @@ impl Router {
             if let Some(hops) = neighbor.multihop {
                 let _ = writeln!(conf, "  multihop {hops};");
             }
-            if neighbor.bfd_graceful {
+            if neighbor.bfd {
                 conf.push_str("  bfd graceful;\n");
             }
             if c.graceful_restart {
@@ -234,12 +234,8 @@ impl Router {
             if let Some(hops) = neighbor.multihop {
                 let _ = writeln!(conf, " neighbor {} ebgp-multihop {hops}", neighbor.address);
             }
-            if neighbor.bfd_graceful {
-                let _ = writeln!(
-                    conf,
-                    " neighbor {0} bfd\n neighbor {0} bfd check-control-plane-failure",
-                    neighbor.address
-                );
+            if neighbor.bfd {
+                let _ = writeln!(conf, " neighbor {} bfd", neighbor.address);
             }
             if c.passive {
                 let _ = writeln!(conf, " neighbor {} passive", neighbor.address);

@@ -533,22 +533,22 @@ fn eips_of_a_family_a_session_does_not_carry_are_warned_about_once() {
 }
 
 #[test]
-fn long_lived_keeps_the_routes_for_the_lease_then_as_long_lived_stale() {
+fn long_lived_keeps_the_routes_for_the_restart_time_then_as_long_lived_stale() {
     let speaker = SpeakerConfig {
         local_as: 65000,
         router_id: Ipv4Addr::new(10, 0, 0, 1),
         listen: None,
         graceful_restart: Some(graceful_restart(300)),
     };
-    let gr = long_lived(speaker.clone(), 15)
+    let gr = long_lived(speaker.clone(), RESTART_SECONDS)
         .graceful_restart
         .expect("still graceful");
     assert_eq!(
         (gr.restart_time, gr.long_lived_stale_time, gr.restarting),
-        (15, Some(285), true),
+        (1, Some(299), true),
         "kept as long as configured in all"
     );
-    // A restart time below the lease is all restart time; applied twice (a
+    // A configured restart time below the asked one is all restart time; applied twice (a
     // restart of the same settings) it changes nothing more; without
     // graceful restart there is nothing to keep.
     let short = long_lived(speaker.clone(), 600)
@@ -559,14 +559,14 @@ fn long_lived_keeps_the_routes_for_the_lease_then_as_long_lived_stale() {
         (300, Some(0))
     );
     assert_eq!(
-        long_lived(long_lived(speaker.clone(), 15), 15),
-        long_lived(speaker.clone(), 15)
+        long_lived(long_lived(speaker.clone(), 1), 1),
+        long_lived(speaker.clone(), 1)
     );
     let off = SpeakerConfig {
         graceful_restart: None,
         ..speaker
     };
-    assert_eq!(long_lived(off.clone(), 15), off);
+    assert_eq!(long_lived(off.clone(), 1), off);
 }
 
 #[test]

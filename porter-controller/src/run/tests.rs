@@ -6,6 +6,10 @@ use crate::bgp::{Call, Recorder};
 use crate::testing::{RecordingWriter, bgp_conf, bgp_peer, eip};
 use porter_api::testing::{load_balancer, seen, service_in};
 
+const LEAD: Role = Role::Leader { contact: 1 };
+const STANDBY: Role = Role::Standby { contact: 1 };
+const SILENT: Role = Role::Silent;
+
 fn snapshot() -> Snapshot {
     let svc = service_in(
         "default",
@@ -22,17 +26,30 @@ fn snapshot() -> Snapshot {
 }
 
 #[tokio::test]
-async fn only_the_leader_writes_and_announces() {
+async fn only_the_leader_writes_and_a_silent_replica_runs_no_bgp() {
     let mut c = Controller::new(Recorder::default(), Arc::new(Metrics::default()));
     let writer = RecordingWriter::default();
     let snap = snapshot();
 
-    let follower = c.step(Arc::new(snap.clone()), false, &writer).await;
+    let follower = c.step(Arc::new(snap.clone()), SILENT, &writer).await;
     assert_eq!(follower, Step::default());
     assert!(writer.calls().is_empty(), "a follower writes nothing");
-    assert!(c.announcer().calls.is_empty(), "a follower runs no BGP");
+    assert!(
+        c.announcer().calls.is_empty(),
+        "a silent replica runs no BGP"
+    );
 
-    let leader = c.step(Arc::new(snap.clone()), true, &writer).await;
+    let standby = c.step(Arc::new(snap.clone()), STANDBY, &writer).await;
+    assert_eq!(standby, Step::default());
+    assert!(writer.calls().is_empty(), "a standby writes nothing");
+    assert!(
+        matches!(c.announcer().calls.first(), Some(Call::Start(_))),
+        "a standby runs BGP: {:?}",
+        c.announcer().calls
+    );
+    let mut c = Controller::new(Recorder::default(), Arc::new(Metrics::default()));
+
+    let leader = c.step(Arc::new(snap.clone()), LEAD, &writer).await;
     assert_eq!(leader.failed_writes, 0);
     let calls = writer.calls();
     assert!(
@@ -52,8 +69,8 @@ async fn only_the_leader_writes_and_announces() {
     // The follower that computed the same state hands over the same address.
     let mut standby = Controller::new(Recorder::default(), Arc::new(Metrics::default()));
     let w2 = RecordingWriter::default();
-    standby.step(Arc::new(snap.clone()), false, &w2).await;
-    standby.step(Arc::new(snap.clone()), true, &w2).await;
+    standby.step(Arc::new(snap.clone()), SILENT, &w2).await;
+    standby.step(Arc::new(snap.clone()), LEAD, &w2).await;
     assert!(
         w2.calls()
             .contains(&"ingress default/web [10.0.0.0]".to_string())
@@ -64,7 +81,7 @@ async fn only_the_leader_writes_and_announces() {
 async fn metrics_report_pools_and_allocations() {
     let metrics = Arc::new(Metrics::default());
     let mut c = Controller::new(Recorder::default(), metrics.clone());
-    c.step(Arc::new(snapshot()), true, &RecordingWriter::default())
+    c.step(Arc::new(snapshot()), LEAD, &RecordingWriter::default())
         .await;
     let text = metrics.render();
     for line in [
@@ -102,7 +119,7 @@ async fn against_the_api_server_a_follower_sends_nothing_and_the_leader_applies(
     let snap = snapshot();
 
     assert_eq!(
-        c.step(Arc::new(snap.clone()), false, &writer).await,
+        c.step(Arc::new(snap.clone()), SILENT, &writer).await,
         Step::default()
     );
     assert!(
@@ -111,7 +128,7 @@ async fn against_the_api_server_a_follower_sends_nothing_and_the_leader_applies(
         seen(&log)
     );
 
-    let step = c.step(Arc::new(snap.clone()), true, &writer).await;
+    let step = c.step(Arc::new(snap.clone()), LEAD, &writer).await;
     assert_eq!(step.failed_writes, 0);
     let calls: Vec<(String, String)> = seen(&log)
         .iter()
@@ -164,7 +181,7 @@ async fn against_the_api_server_a_layer2_takeover_is_applied_to_the_eip_status_a
         let before = seen(&log).len();
         snap.layer2_holders = Arc::new([(ip, node.to_owned())].into());
         assert_eq!(
-            c.step(Arc::new(snap.clone()), true, &writer)
+            c.step(Arc::new(snap.clone()), LEAD, &writer)
                 .await
                 .failed_writes,
             0
@@ -226,7 +243,7 @@ async fn with_the_dir_source_the_announcer_is_written_beside_the_manifests() {
     snap.layer2_holders = Arc::new([("10.0.0.1".parse().expect("ip"), "n2".to_owned())].into());
     let writer = DirWriter::new(root.clone());
     assert_eq!(
-        c.step(Arc::new(snap.clone()), true, &writer)
+        c.step(Arc::new(snap.clone()), LEAD, &writer)
             .await
             .failed_writes,
         0
@@ -332,8 +349,8 @@ async fn bgp_policy_reaches_the_announcer_and_bad_values_are_reported() {
     };
     let mut c = Controller::new(recorder, metrics.clone());
     let writer = RecordingWriter::default();
-    c.step(Arc::new(snap.clone()), true, &writer).await;
-    c.step(Arc::new(snap.clone()), true, &writer).await;
+    c.step(Arc::new(snap.clone()), LEAD, &writer).await;
+    c.step(Arc::new(snap.clone()), LEAD, &writer).await;
 
     let invalid = writer
         .calls()
@@ -497,6 +514,7 @@ async fn a_session_coming_up_or_going_down_reaches_the_bgp_peer_status_without_a
     let (_leader, leader_rx) = watch::channel(Leadership::Until {
         until: Instant::now() + Duration::from_secs(3600),
         term: 1,
+        contact: 1,
     });
     // Only the sessions can wake the loop.
     let controller = Controller::new(sessions.clone(), Arc::new(Metrics::default()));
@@ -665,7 +683,7 @@ async fn lead_once(snap: Snapshot) -> Vec<(String, serde_json::Value)> {
     let (client, log) = mock_client(api_reply);
     let writer = KubeWriter::new(client, Some("porter-0".into()), None);
     let mut c = Controller::new(Recorder::default(), Arc::new(Metrics::default()));
-    let step = c.step(Arc::new(snap), true, &writer).await;
+    let step = c.step(Arc::new(snap), LEAD, &writer).await;
     assert_eq!(step.failed_writes, 0);
     sent_since(&log, 0)
 }
@@ -696,13 +714,13 @@ async fn against_the_api_server_a_new_leader_writes_the_published_address_not_it
     let mut c = Controller::new(Recorder::default(), Arc::new(Metrics::default()));
     // As a follower it saw web before any address was published (the
     // lowest free one, 10.0.0.0, is what it would have chosen).
-    c.step(Arc::new(snapshot()), false, &writer).await;
+    c.step(Arc::new(snapshot()), SILENT, &writer).await;
     // Then the leader of the time published 10.0.0.7 for web.
     let snap = published_at("10.0.0.7", &["api"]);
-    c.step(Arc::new(snap.clone()), false, &writer).await;
+    c.step(Arc::new(snap.clone()), SILENT, &writer).await;
     assert!(seen(&log).is_empty(), "a follower made API calls");
 
-    let step = c.step(Arc::new(snap), true, &writer).await;
+    let step = c.step(Arc::new(snap), LEAD, &writer).await;
     assert_eq!(step.failed_writes, 0);
     let sent = sent_since(&log, 0);
     let statuses: Vec<&(String, serde_json::Value)> = sent
@@ -813,7 +831,7 @@ async fn against_the_api_server_a_sharing_key_does_not_reach_across_namespaces()
     let (client, log) = mock_client(api_reply);
     let writer = KubeWriter::new(client, Some("porter-0".into()), None);
     let mut c = Controller::new(Recorder::default(), Arc::new(Metrics::default()));
-    let step = c.step(Arc::new(snap.clone()), true, &writer).await;
+    let step = c.step(Arc::new(snap.clone()), LEAD, &writer).await;
     assert_eq!(step.failed_writes, 0);
     let sent = sent_since(&log, 0);
     assert!(
@@ -844,7 +862,7 @@ async fn against_the_api_server_a_sharing_key_does_not_reach_across_namespaces()
     });
     snap.eips = vec![Arc::new(eip)];
     let from = porter_api::testing::seen(&log).len();
-    c.step(Arc::new(snap), true, &writer).await;
+    c.step(Arc::new(snap), LEAD, &writer).await;
     let sent = sent_since(&log, from);
     let (_, status) = sent
         .iter()
@@ -918,9 +936,9 @@ async fn the_leader_publishes_a_nodes_liveness_state_where_it_changed() {
             .filter(|c| c.starts_with("node "))
             .collect()
     };
-    c.step(snap.clone(), false, &writer).await;
+    c.step(snap.clone(), SILENT, &writer).await;
     assert!(conditions(&writer).is_empty(), "a follower writes nothing");
-    c.step(snap.clone(), true, &writer).await;
+    c.step(snap.clone(), LEAD, &writer).await;
     assert_eq!(
         conditions(&writer),
         ["node n1 PorterNodeReachable Unknown NotChecked"],
@@ -936,6 +954,103 @@ async fn the_leader_publishes_a_nodes_liveness_state_where_it_changed() {
         );
     }
     fixed.nodes[0] = Arc::new(n1);
-    c.step(Arc::new(fixed), true, &writer).await;
+    c.step(Arc::new(fixed), LEAD, &writer).await;
     assert_eq!(conditions(&writer).len(), 1, "{:?}", conditions(&writer));
+}
+
+/// A snapshot whose Service `web` has `address` published and a ready
+/// endpoint on each of `nodes`, with a BgpPeer: what a standby needs to
+/// announce.
+fn served(address: &str, nodes: &[&str]) -> Snapshot {
+    let mut snap = published_at(address, &[]);
+    snap.nodes = nodes
+        .iter()
+        .enumerate()
+        .map(|(i, n)| {
+            Arc::new(crate::testing::node(
+                n,
+                "True",
+                &[&format!("192.168.1.{}", i + 1)],
+            ))
+        })
+        .collect();
+    let endpoints: Vec<(&str, Option<bool>)> = nodes.iter().map(|n| (*n, Some(true))).collect();
+    snap.endpoint_slices = vec![Arc::new(crate::testing::slice(
+        "default", "web", &endpoints,
+    ))];
+    snap.bgp_peers = vec![Arc::new(bgp_peer("tor", "172.30.0.1", |_| {}))];
+    snap
+}
+
+fn paths_sent(c: &Controller<Recorder>) -> Vec<porter_bgp::PathTable> {
+    c.announcer()
+        .calls
+        .iter()
+        .filter_map(|c| match c {
+            Call::Paths(p) => Some(p.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+/// A standby announces what the leader published, never an address of its
+/// own choosing; elected, it keeps its sessions and sends no path again;
+/// silenced, it closes them, and starts afresh when heard again.
+#[tokio::test]
+async fn a_standby_announces_the_published_paths_and_keeps_its_sessions_when_elected() {
+    let mut c = Controller::new(Recorder::default(), Arc::new(Metrics::default()));
+    let writer = RecordingWriter::default();
+    let unpublished = Snapshot {
+        services: snapshot().services,
+        ..served("10.0.0.7", &["n1", "n2"])
+    };
+    c.step(Arc::new(unpublished), STANDBY, &writer).await;
+    let sent = paths_sent(&c);
+    assert!(
+        sent.iter().all(|p| p.is_empty()),
+        "nothing published, nothing announced: {sent:?}"
+    );
+
+    let snap = served("10.0.0.7", &["n1", "n2"]);
+    c.step(Arc::new(snap.clone()), STANDBY, &writer).await;
+    let sent = paths_sent(&c);
+    let last = sent.last().expect("paths sent");
+    let prefix: ipnet::IpNet = "10.0.0.7/32".parse().expect("prefix");
+    let hops: Vec<IpAddr> = last[&prefix].keys().copied().collect();
+    assert_eq!(
+        hops,
+        [
+            "192.168.1.1".parse::<IpAddr>().expect("ip"),
+            "192.168.1.2".parse().expect("ip")
+        ],
+        "the published address, via both nodes"
+    );
+    assert!(writer.calls().is_empty(), "a standby writes nothing");
+
+    let before = c.announcer().calls.len();
+    c.step(Arc::new(snap.clone()), LEAD, &writer).await;
+    let after: Vec<&Call> = c.announcer().calls[before..].iter().collect();
+    assert!(
+        after
+            .iter()
+            .all(|call| matches!(call, Call::Paths(p) if *p == *last)),
+        "elected, the standby keeps its sessions and its paths: {after:?}"
+    );
+
+    // Silent (no answer from the lease store): the sessions close at once.
+    c.step(Arc::new(snap.clone()), SILENT, &writer).await;
+    assert_eq!(c.announcer().calls.last(), Some(&Call::Abandon));
+    // Heard again, in a new contact: a fresh start.
+    c.step(Arc::new(snap), Role::Standby { contact: 2 }, &writer)
+        .await;
+    assert!(
+        c.announcer()
+            .calls
+            .iter()
+            .filter(|call| matches!(call, Call::Start(_)))
+            .count()
+            == 2,
+        "{:?}",
+        c.announcer().calls
+    );
 }
