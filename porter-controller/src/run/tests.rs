@@ -441,6 +441,8 @@ struct LiveSessions {
     changed: Arc<tokio::sync::Notify>,
     /// Times the speaker was abandoned (a step-down).
     abandoned: Arc<std::sync::atomic::AtomicUsize>,
+    /// Times the speaker was started.
+    started: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl LiveSessions {
@@ -455,7 +457,10 @@ impl LiveSessions {
 }
 
 impl Announcer for LiveSessions {
-    fn start(&mut self, _: &porter_bgp::SpeakerConfig) {}
+    fn start(&mut self, _: &porter_bgp::SpeakerConfig) {
+        self.started
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    }
     fn stop(&mut self) {}
     fn abandon(&mut self) {
         self.abandoned
@@ -1053,4 +1058,93 @@ async fn a_standby_announces_the_published_paths_and_keeps_its_sessions_when_ele
         "{:?}",
         c.announcer().calls
     );
+}
+
+/// Two replicas electing through one mock API server: the second announces
+/// as a standby (its speaker runs, it writes nothing); when the leader
+/// stops renewing (a crash), the standby takes the lease and writes,
+/// without ever closing its sessions.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn against_the_api_server_a_standby_announces_and_takes_over_without_a_restart() {
+    use std::sync::atomic::Ordering;
+
+    use crate::leader_lease::{KubeLeaderLease, elect};
+    use crate::leadership::Timing;
+
+    let server = Arc::new(std::sync::Mutex::new(
+        crate::leader_lease::tests::lease_server(),
+    ));
+    let replica = |identity: &str| {
+        let server = Arc::clone(&server);
+        let (client, _) = porter_api::testing::mock_client_with_status(move |request| {
+            let server = server.lock().expect("the lease server");
+            server(request)
+        });
+        KubeLeaderLease::new(client, "porter-system", "porter-controller", identity)
+    };
+    // 1.2 s lease: renewal every 200 ms.
+    let timing = Timing::for_lease(Duration::from_millis(1200));
+    let (_snapshots, snapshot_rx) = watch::channel(Arc::new(snapshot()));
+    let start = |identity: &str| {
+        let (publish, leadership) = watch::channel(Leadership::Follower);
+        let metrics = Arc::new(Metrics::default());
+        let election = tokio::spawn(elect(replica(identity), timing, publish, metrics.clone()));
+        let sessions = LiveSessions::default();
+        let writer = RecordingWriter::default();
+        let controller = Controller::new(sessions.clone(), metrics.clone());
+        let task = spawn_loop(controller, snapshot_rx.clone(), &writer, leadership);
+        (election, task, sessions, writer, metrics)
+    };
+    let (a_election, a_task, _, a_writer, _) = start("ctl-a");
+    assert!(
+        recorded(&a_writer, "ingress default/web [10.0.0.0]").await,
+        "ctl-a leads and writes: {:?}",
+        a_writer.calls()
+    );
+    let (b_election, b_task, b_sessions, b_writer, b_metrics) = start("ctl-b");
+    let announcing = || b_sessions.started.load(Ordering::SeqCst) > 0;
+    for _ in 0..200 {
+        if announcing() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(announcing(), "the standby never started its speaker");
+    let text = b_metrics.render();
+    assert!(text.contains("porter_controller_announcing 1"), "{text}");
+    assert!(text.contains("porter_controller_leader 0"), "{text}");
+    assert!(b_writer.calls().is_empty(), "a standby writes nothing");
+
+    // ctl-a crashes: no renewal, no release.
+    a_election.abort();
+    a_task.abort();
+    let crashed = Instant::now();
+    let mut took_over = None;
+    while crashed.elapsed() < Duration::from_secs(5) {
+        if b_writer
+            .calls()
+            .iter()
+            .any(|c| c.starts_with("bgppeer ") || c.starts_with("ingress "))
+        {
+            took_over = Some(crashed.elapsed());
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let took_over = took_over.expect("the standby never wrote after the leader crashed");
+    assert!(
+        took_over >= timing.duration / 2,
+        "the standby led {took_over:?} after the crash, before the lease could expire"
+    );
+    assert!(b_metrics.render().contains("porter_controller_leader 1"));
+    assert_eq!(
+        (
+            b_sessions.started.load(Ordering::SeqCst),
+            b_sessions.abandoned.load(Ordering::SeqCst)
+        ),
+        (1, 0),
+        "the standby's sessions carried on into its leadership"
+    );
+    b_task.abort();
+    b_election.abort();
 }
