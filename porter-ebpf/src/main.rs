@@ -109,6 +109,10 @@ static BACKEND_REVNAT: HashMap<BackendKey, RevNatValue, MAX_BACKENDS> = HashMap:
 static SERVICE_STATS: PerCpuArray<ServiceCounters, MAX_SERVICES> = PerCpuArray::new();
 #[btf_map(name = "PORTER_L2_LEADS")]
 static L2_LEADS: HashMap<L2Key, L2Value, { limits::L2_LEADS as usize }> = HashMap::new();
+/// Redirect mode's next hop to a pod address, per CPU (see [`redirect`]).
+/// Not pinned: a cache, which a new program may start empty.
+#[btf_map(name = "PORTER_HOP_CACHE")]
+static HOP_CACHE: PerCpuArray<CachedHop, { HOP_CACHE_SLOTS as usize }> = PerCpuArray::new();
 
 /// The per-flow reverse NAT of a flow to a shared backend is written again
 /// at most this often (in case its LRU dropped it), so an established flow
@@ -525,10 +529,34 @@ fn mark_forwarded(data: usize, data_end: usize, h: &Headers, fib: &FibParams) ->
     store(data, data_end, ETH_SRC_OFF, fib.smac)
 }
 
+/// A pod address's next hop as the FIB gave it, `checked_ns` when.
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct CachedHop {
+    addr: [u32; 4],
+    checked_ns: u64,
+    ifindex: u32,
+    /// The longest packet the FIB let through (it checks the route's MTU):
+    /// a longer one is asked about again, and the FIB refuses it if it does
+    /// not fit, so that the kernel answers with its ICMP error.
+    fits: u16,
+    dmac: [u8; 6],
+    smac: [u8; 6],
+}
+
+/// Slots of [`HOP_CACHE`], by a hash of the pod address (a power of two).
+const HOP_CACHE_SLOTS: u32 = 256;
+/// How long a cached next hop is used before the FIB is asked again: a
+/// pod's route or MAC changing (its neighbour entry replaced) is followed
+/// within this.
+const HOP_TRUST_NS: u64 = 1_000_000_000;
+
 /// Redirect mode: routes the translated packet in XDP (FIB lookup) and
 /// sends it out of the backend's interface. None (pass to the kernel) when
 /// the kernel must do it, e.g. while the pod's neighbour entry is missing.
 /// Unlike the kernel, it leaves the TTL alone: the mode exists to measure.
+/// The FIB's answer for a pod is kept per CPU for [`HOP_TRUST_NS`]: the
+/// lookup costs as much as the rest of an established flow's path.
 #[inline(always)]
 fn redirect(
     ctx: &XdpContext,
@@ -542,6 +570,36 @@ fn redirect(
     } else {
         u16::from_be(load(data, data_end, h.l3_off + ipv6::PAYLOAD_LEN)?) + ipv6::LEN as u16
     };
+    let a = backend.addr;
+    let slot = (a[0] ^ a[1] ^ a[2] ^ a[3]).wrapping_mul(0x9e37_79b1) >> 24;
+    let hop = HOP_CACHE.get_ptr_mut(slot & (HOP_CACHE_SLOTS - 1))?;
+    // SAFETY: this CPU's slot; nothing else runs on this CPU meanwhile.
+    let hop = unsafe { &mut *hop };
+    // SAFETY: reads the clock, nothing else.
+    let now = unsafe { bpf_ktime_get_coarse_ns() };
+    if hop.addr != a
+        || hop.checked_ns == 0
+        || now.wrapping_sub(hop.checked_ns) >= HOP_TRUST_NS
+        || tot_len > hop.fits
+    {
+        *hop = ask_fib(ctx, h, backend, tot_len)?;
+        hop.checked_ns = now;
+    }
+    store(data, data_end, 0, hop.dmac)?;
+    store(data, data_end, ETH_SRC_OFF, hop.smac)?;
+    // SAFETY: no memory effects beyond the redirect decision.
+    Some(unsafe { bpf_redirect(hop.ifindex, 0) } as u32)
+}
+
+/// The FIB's next hop to `backend` for this packet, None unless it can be
+/// sent from XDP.
+#[inline(always)]
+fn ask_fib(
+    ctx: &XdpContext,
+    h: &Headers,
+    backend: &BackendValue,
+    tot_len: u16,
+) -> Option<CachedHop> {
     let (rc, fib) = fib::lookup(
         ctx,
         &fib::Query {
@@ -556,10 +614,14 @@ fn redirect(
     if rc != BPF_FIB_LKUP_RET_SUCCESS as i64 {
         return None;
     }
-    store(data, data_end, 0, fib.dmac)?;
-    store(data, data_end, ETH_SRC_OFF, fib.smac)?;
-    // SAFETY: no memory effects beyond the redirect decision.
-    Some(unsafe { bpf_redirect(fib.ifindex, 0) } as u32)
+    Some(CachedHop {
+        addr: backend.addr,
+        checked_ns: 0,
+        ifindex: fib.ifindex,
+        fits: tot_len,
+        dmac: fib.dmac,
+        smac: fib.smac,
+    })
 }
 
 /// Turns an echo request into its reply in place (for XDP_TX). None only

@@ -1051,6 +1051,77 @@ fn end_to_end(masquerade: bool, forwarding: Forwarding) -> Result<()> {
     Ok(())
 }
 
+/// Redirect mode keeps each pod's next hop (interface, MACs) per CPU for a
+/// second rather than asking the FIB for every packet: when a pod's MAC
+/// changes and the node's neighbour entry follows, connections reach the
+/// pod again once that second is over, through the redirect (not the
+/// kernel's path).
+#[test]
+#[cfg_attr(not(privileged), ignore = "needs root: network namespaces and BPF")]
+fn redirect_follows_a_pod_whose_mac_changes() -> Result<()> {
+    let mut lab = PodLab::new("rdmac")?;
+    lab.enable_pod_xdp()?;
+    let config = DataplaneConfig {
+        maglev_size: 251,
+        max_services: 4,
+        forwarding: Forwarding::Redirect,
+    };
+    let pins = PinLayout::new(&lab.bpffs);
+    let mut dataplane = lab.start_dataplane(config)?;
+    dataplane.upsert_service(&PodLab::service(PodLab::EIP, 80, &[0])?)?;
+    let answers = lab.spread(PodLab::EIP, 80, 20)?;
+    assert_eq!(answers.get("pod1"), Some(&20), "{answers:?}");
+
+    // The pod's interface gets a new MAC (down and up: its routes go with
+    // it), and the node learns it.
+    let pod = lab.pods[0].clone();
+    let new_mac = "02:00:00:00:99:01";
+    for args in [
+        &["link", "set", "eth0", "down"][..],
+        &["link", "set", "eth0", "address", new_mac],
+        &["link", "set", "eth0", "up"],
+        &["route", "add", "default", "via", "10.244.1.1"],
+    ] {
+        lab.lab.ip(&pod, args)?;
+    }
+    lab.lab.ip(
+        &lab.node,
+        &[
+            "neigh",
+            "replace",
+            PodLab::POD_IPS[0],
+            "lladdr",
+            new_mac,
+            "dev",
+            "vp1",
+            "nud",
+            "reachable",
+        ],
+    )?;
+    let changed = std::time::Instant::now();
+    let redirected = stats::read_stat(&pins, Stat::Redirected)?;
+    // Connections fail while the old MAC is still used, then succeed.
+    let mut reached = None;
+    while changed.elapsed() < std::time::Duration::from_secs(10) {
+        if lab
+            .connect(PodLab::EIP, 80)
+            .is_ok_and(|c| c.server == "pod1")
+        {
+            reached = Some(changed.elapsed());
+            break;
+        }
+    }
+    let reached = reached.context("the pod was never reached at its new MAC")?;
+    let answers = lab.spread(PodLab::EIP, 80, 20)?;
+    assert_eq!(answers.get("pod1"), Some(&20), "{answers:?}");
+    assert!(
+        stats::read_stat(&pins, Stat::Redirected)? > redirected,
+        "the packets to the new MAC were redirected"
+    );
+    println!("pod reached at its new MAC {reached:?} after the change");
+    Ok(())
+}
+
 /// `Cluster` forwarding, from one node's point of view: this test's thread
 /// is node 172.30.0.11 of [`scenarios::enter_cluster_node`].
 struct ClusterNode {
