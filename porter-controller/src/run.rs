@@ -137,11 +137,12 @@ impl<A: Announcer> Controller<A> {
     /// Every replica in central mode checks, and leaves the nodes that stop
     /// answering out of what it announces (the standbys announce too): when
     /// the leader's own node dies, its standby has already withdrawn it.
-    /// Only the leader writes Events and exports the states. A follower keeps the latest news of each node, and the
-    /// Events of what still holds are written when it leads (a node it
-    /// found down, or one that never answered, has had no Event from the
-    /// replica that led then, which may be the node that died). In node
-    /// mode nothing is checked: the routers see the nodes.
+    /// Only the leader writes Events and exports the states. Another
+    /// replica keeps the latest news of each node, and the Events of what
+    /// still holds are written when it leads (a node it found down, or one
+    /// that never answered, has had no Event from the replica that led
+    /// then, which may be the node that died). In node mode nothing is
+    /// checked: the routers see the nodes.
     fn node_events(
         &mut self,
         leader: bool,
