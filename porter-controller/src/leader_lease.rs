@@ -155,10 +155,9 @@ pub async fn elect<L: LeaderLease>(
     let publish = |election: &Election, now: Instant| {
         let leadership = election.leadership();
         metrics.set_leader(leadership.leads_at(now));
-        // Only a change of term wakes the controller's loop; a renewal
-        // just moves the deadline it reads at each pass.
+        // Only a change of role or term wakes the controller's loop; a
+        // renewal just moves the deadline it reads at each pass.
         publish.send_if_modified(|published| {
-            // Renewals move the deadlines only: the loop reads them afresh.
             let roles = |l: &Leadership| (l.role_at(now), l.term_at(now));
             let changed = roles(published) != roles(&leadership);
             *published = leadership;

@@ -577,13 +577,9 @@ fn redirect(
     let hop = unsafe { &mut *hop };
     // SAFETY: reads the clock, nothing else.
     let now = unsafe { bpf_ktime_get_coarse_ns() };
-    if hop.addr != a
-        || hop.checked_ns == 0
-        || now.wrapping_sub(hop.checked_ns) >= HOP_TRUST_NS
-        || tot_len > hop.fits
-    {
-        *hop = ask_fib(ctx, h, backend, tot_len)?;
-        hop.checked_ns = now;
+    // An empty slot (all zeros) names no pod address.
+    if hop.addr != a || now.wrapping_sub(hop.checked_ns) >= HOP_TRUST_NS || tot_len > hop.fits {
+        *hop = ask_fib(ctx, h, backend, tot_len, now)?;
     }
     store(data, data_end, 0, hop.dmac)?;
     store(data, data_end, ETH_SRC_OFF, hop.smac)?;
@@ -591,14 +587,15 @@ fn redirect(
     Some(unsafe { bpf_redirect(hop.ifindex, 0) } as u32)
 }
 
-/// The FIB's next hop to `backend` for this packet, None unless it can be
-/// sent from XDP.
+/// The FIB's next hop to `backend` for this packet, asked at `now`; None
+/// unless it can be sent from XDP.
 #[inline(always)]
 fn ask_fib(
     ctx: &XdpContext,
     h: &Headers,
     backend: &BackendValue,
     tot_len: u16,
+    now: u64,
 ) -> Option<CachedHop> {
     let (rc, fib) = fib::lookup(
         ctx,
@@ -616,7 +613,7 @@ fn ask_fib(
     }
     Some(CachedHop {
         addr: backend.addr,
-        checked_ns: 0,
+        checked_ns: now,
         ifindex: fib.ifindex,
         fits: tot_len,
         dmac: fib.dmac,

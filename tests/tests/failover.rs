@@ -187,6 +187,17 @@ fn takes_over(dc: &Datacenter, replica: usize, since: Instant) -> Result<Duratio
     }
 }
 
+/// Waits until the router's BFD session with `replica` is Up: a case that
+/// cuts or freezes the replica before that measures the hold timer.
+fn bfd_watches(dc: &Datacenter, replica: usize) -> Result<()> {
+    let ip = dc.replica_ip(replica).context("no such replica")?;
+    wait_for(
+        &format!("the router's BFD session with replica {replica} to be Up"),
+        WAIT,
+        || Ok(dc.router.bfd_up(&dc.lab, ip)?.then_some(())),
+    )
+}
+
 fn log_of(dc: &Datacenter, replica: usize) -> String {
     let name = ["controller.log", "controller-b.log"][replica];
     std::fs::read_to_string(dc.lab.run_dir().join(name)).unwrap_or_default()
@@ -370,14 +381,7 @@ fn frozen_leader(ctx: &mut Ctx) -> Result<Duration> {
     let old = leader(dc)?;
     let new = 1 - old;
     let hops = sorted(dc.hops_of(ctx.web, &[0, 1, 2]));
-    // The router must watch the leader with BFD before the freeze, or what
-    // is measured is its hold timer.
-    let old_ip = dc.replica_ip(old).context("no such replica")?;
-    wait_for(
-        "the router's BFD session with the leader to be Up",
-        WAIT,
-        || Ok(dc.router.bfd_up(&dc.lab, old_ip)?.then_some(())),
-    )?;
+    bfd_watches(dc, old)?;
     dc.signal_replica(old, libc::SIGSTOP)?;
     let frozen = Instant::now();
     let mut gaps = Vec::new();
@@ -733,14 +737,7 @@ fn die_and_judge(ctx: &mut Ctx, hold: IpAddr) -> Result<Duration> {
     let others = sorted(dc.hops_of(ctx.web, &[1, 2]));
     let n1 = dc.nodes[0].ip;
     let unreachable_before = node_events(dc, "NodeUnreachable", "n1")?;
-    // The router must watch the leader with BFD before the cut, or what is
-    // measured is its hold timer.
-    let leader_ip = dc.replica_ip(0).context("no replica 0")?;
-    wait_for(
-        "the router's BFD session with replica 0 to be Up",
-        WAIT,
-        || Ok(dc.router.bfd_up(&dc.lab, leader_ip)?.then_some(())),
-    )?;
+    bfd_watches(dc, 0)?;
     let requests = Requests::start(client.clone(), web);
     thread::sleep(Duration::from_millis(500));
 
