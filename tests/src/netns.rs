@@ -166,6 +166,11 @@ impl NamedClient {
         })
     }
 
+    /// How long an echo waits for its reply (2 s from `connect`).
+    pub fn set_reply_timeout(&self, timeout: Duration) -> Result<()> {
+        Ok(self.writer.set_read_timeout(Some(timeout))?)
+    }
+
     /// Sends `line` and returns the echo (`<server>:<line>`).
     pub fn echo(&mut self, line: &str) -> Result<String> {
         writeln!(self.writer, "{line}")?;
