@@ -172,7 +172,7 @@ pub fn set_password(
 
 /// The speaker settings of the `default` BgpConf. `default_router_id` is
 /// used when the BgpConf sets none (an agent passes its node's IPv4
-/// InternalIP; the controller, tied to no node, passes `None`).
+/// InternalIP; a controller replica its `--router-id`).
 pub fn speaker_from_conf(
     spec: &BgpConfSpec,
     default_router_id: Option<Ipv4Addr>,
@@ -186,7 +186,7 @@ pub fn speaker_from_conf(
         (None, Some(id)) => id,
         (Some(Err(_)), _) | (None, None) => {
             return Err(Note::warning(format!(
-                "BgpConf default: routerId {:?} is not an IPv4 address; set one (the controller is not tied to a node, so it cannot borrow a node's address)",
+                "BgpConf default: routerId {:?} is not an IPv4 address, and this speaker has no IPv4 address of its own to use instead (porter-controller's --router-id, a node's InternalIP for an agent); set one",
                 spec.router_id.as_deref().unwrap_or("")
             )));
         }

@@ -260,9 +260,11 @@ pub struct BgpConfSpec {
     /// Our AS number.
     #[serde(rename = "as")]
     pub as_number: u32,
-    /// Our BGP identifier, an IPv4 address. Required in controller mode:
-    /// the controller is not tied to one node, so it cannot borrow a node's
-    /// address. In node mode each agent defaults to its node's InternalIP.
+    /// Our BGP identifier, an IPv4 address. When unset, each controller
+    /// replica uses its own (`--router-id`: the deploy manifest passes its
+    /// node's address), and in node mode each agent its node's InternalIP.
+    /// Leave it unset with more than one controller replica: set, it is
+    /// shared, and a router sees two sessions with one identifier.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub router_id: Option<String>,
     /// Port to accept passive sessions on; 17900 when unset (the seed's

@@ -155,9 +155,20 @@ pub struct BgpDesired {
     pub notes: Vec<Note>,
 }
 
+/// What a replica brings of its own to the cluster's BGP settings.
+#[derive(Clone, Debug, Default)]
+pub struct LocalSettings {
+    /// Where BgpPeer password Secrets are read.
+    pub secrets: SecretScope,
+    /// The BGP identifier when BgpConf `default` sets no `routerId`
+    /// (`--router-id`): the replica's own, so that no two replicas show
+    /// the routers one identifier.
+    pub router_id: Option<Ipv4Addr>,
+}
+
 /// BgpConf/BgpPeer when there are any, else the seed's ConfigMap.
-/// Passwords come from `snap.secrets` within `scope`.
-pub fn desired(snap: &Snapshot, scope: &SecretScope) -> BgpDesired {
+/// Passwords come from `snap.secrets` within `local.secrets`.
+pub fn desired(snap: &Snapshot, local: &LocalSettings) -> BgpDesired {
     let seed = snap.config_maps.first().map(|cm| {
         let data = cm.data.clone().unwrap_or_default();
         let text = data
@@ -173,7 +184,7 @@ pub fn desired(snap: &Snapshot, scope: &SecretScope) -> BgpDesired {
     }
     let conf = snap.bgp_confs.iter().map(|c| c.as_ref());
     let peers = snap.bgp_peers.iter().map(|p| p.as_ref());
-    let mut out = from_crds(conf, peers, &snap.secrets, scope);
+    let mut out = from_crds(conf, peers, &snap.secrets, local);
     if seed.is_some() {
         out.notes.push(Note::warning(
             "both BgpConf/BgpPeer objects and the ConfigMap porter-system/bgp-cfg exist; \
@@ -187,7 +198,7 @@ pub fn from_crds<'a>(
     confs: impl IntoIterator<Item = &'a BgpConf>,
     peers: impl IntoIterator<Item = &'a BgpPeer>,
     secrets: &[Arc<Secret>],
-    scope: &SecretScope,
+    local: &LocalSettings,
 ) -> BgpDesired {
     let mut out = BgpDesired::default();
     for conf in confs {
@@ -205,7 +216,7 @@ pub fn from_crds<'a>(
             ));
             return out;
         }
-        match speaker_from_conf(&conf.spec, None) {
+        match speaker_from_conf(&conf.spec, local.router_id) {
             Ok((speaker, notes)) => {
                 out.speaker = Some(speaker);
                 out.notes.extend(notes);
@@ -221,7 +232,7 @@ pub fn from_crds<'a>(
                     message: format!("BgpPeer `{name}`: {}", n.message),
                     ..n
                 }));
-                if !set_password(&mut cfg, peer, secrets, scope, &mut out.notes) {
+                if !set_password(&mut cfg, peer, secrets, &local.secrets, &mut out.notes) {
                     out.held.insert(cfg.address);
                     continue;
                 }

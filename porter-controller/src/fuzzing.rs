@@ -126,7 +126,7 @@ pub fn manifests(data: &[u8]) {
     let root = Path::new("/nonexistent/porter-fuzz");
     let mut snap = Snapshot::default();
     dir::load_text(root, &root.join("manifests.yaml"), text, &mut snap);
-    bgp::desired(&snap, &crate::peer_auth::SecretScope::default());
+    bgp::desired(&snap, &bgp::LocalSettings::default());
     let mut labels = NamespaceLabels::new();
     for ns in &snap.namespaces {
         labels.insert(

@@ -1,7 +1,7 @@
 //! `porter-controller`: EIP allocation for LoadBalancer Services and their
 //! BGP announcements. See docs/controller.md.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -11,6 +11,7 @@ use porter_api::cli::{init_logging, parse_duration};
 use porter_api::lease::{CONTROLLER_LEASE_DIR, FileLeaseDir};
 use porter_api::metrics_http::spawn_server;
 use porter_api::source::{SourceArg as Source, dir, kube as kube_source, layer2};
+use porter_controller::bgp::LocalSettings;
 use porter_controller::bgp_speaker::SpeakerAnnouncer;
 use porter_controller::leader_lease::{FileLeaderLease, KubeLeaderLease, run_elected};
 use porter_controller::leadership::{Leadership, Timing};
@@ -140,6 +141,22 @@ struct Args {
     /// stale ones instead of replacing them one next hop at a time.
     #[arg(long, default_value_t = porter_controller::bgp::RESTART_SECONDS, value_parser = clap::value_parser!(u16).range(0..=4095))]
     restart_time: u16,
+    /// This replica's BGP identifier when BgpConf `default` sets no
+    /// routerId: the first IPv4 address of a comma-separated list (IPv6
+    /// addresses are skipped). The deploy manifest passes the Pod's
+    /// addresses (`status.podIPs`, its node's under hostNetwork), so that
+    /// each replica has its own and no router sees two sessions with one
+    /// identifier.
+    #[arg(long, env = "PORTER_ROUTER_ID", value_delimiter = ',')]
+    router_id: Vec<IpAddr>,
+}
+
+/// `--router-id`'s identifier: a BGP identifier is four bytes.
+fn first_ipv4(addresses: &[IpAddr]) -> Option<Ipv4Addr> {
+    addresses.iter().find_map(|address| match address {
+        IpAddr::V4(v4) => Some(*v4),
+        IpAddr::V6(_) => None,
+    })
 }
 
 fn parse_check_interval(s: &str) -> Result<Duration, String> {
@@ -204,7 +221,10 @@ async fn main() -> Result<()> {
         SpeakerAnnouncer::spawn((!args.classic_graceful_restart).then_some(args.restart_time)),
         metrics.clone(),
     )
-    .with_secret_scope(scope.clone());
+    .with_local_settings(LocalSettings {
+        secrets: scope.clone(),
+        router_id: first_ipv4(&args.router_id),
+    });
     if !args.no_node_check {
         let timing = NodeCheckTiming {
             interval: args.node_check_interval,
@@ -308,11 +328,22 @@ mod tests {
             (Duration::from_millis(300), 3, Duration::from_secs(5), false)
         );
         assert_eq!(defaults.restart_time, 1);
+        // `status.podIPs` of a dual-stack Pod, IPv6 first: the IPv4 one.
+        let dual = Args::try_parse_from(["porter-controller", "--router-id", "fd00::7,10.0.0.7"])
+            .expect("a list of addresses");
+        assert_eq!(
+            first_ipv4(&dual.router_id),
+            Some(Ipv4Addr::new(10, 0, 0, 7))
+        );
+        let v6 = Args::try_parse_from(["porter-controller", "--router-id", "fd00::7"])
+            .expect("an IPv6 address alone");
+        assert_eq!(first_ipv4(&v6.router_id), None);
         for bad in [
             ["--node-check-interval", "5ms"],
             ["--node-check-interval", "2m"],
             ["--node-check-multiplier", "1"],
             ["--restart-time", "4096"],
+            ["--router-id", "node-1"],
         ] {
             let parsed = Args::try_parse_from(["porter-controller", bad[0], bad[1]]);
             assert!(parsed.is_err(), "{bad:?} accepted");

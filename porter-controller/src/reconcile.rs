@@ -21,7 +21,6 @@ use crate::announce::{Exclusion, Inputs, Policy, Verdict};
 use crate::bgp::{self, BgpDesired};
 use crate::ipam::{Ipam, NamespaceLabels, NodeAddresses, Pool, PoolState};
 use crate::layer2_status::Layer2Status;
-use crate::peer_auth::SecretScope;
 use crate::service::{self, ServiceRequest};
 use memo::{Changed, LastInputs, Memo};
 use pool_status::{eip_status, held_message, join_errors};
@@ -94,8 +93,8 @@ pub struct Reconciler {
     last_addresses: Option<Memo>,
     /// Which node announces each Layer 2 address, as last reported.
     layer2: Layer2Status,
-    /// Where BgpPeer password Secrets are read.
-    secret_scope: SecretScope,
+    /// Password Secrets' scope and the fallback BGP identifier.
+    local: bgp::LocalSettings,
     /// The nodes' addresses the IPAM last checked Layer 2 pools against.
     node_addresses: NodeAddresses,
     /// The BGP policy, read again when its inputs change.
@@ -143,8 +142,8 @@ impl Reconciler {
         self.withdrawn = withdrawn;
     }
 
-    pub fn set_secret_scope(&mut self, scope: SecretScope) {
-        self.secret_scope = scope;
+    pub fn set_local_settings(&mut self, local: bgp::LocalSettings) {
+        self.local = local;
     }
 
     /// Leads (hands out addresses; the caller writes the plans) or follows.
@@ -241,7 +240,7 @@ impl Reconciler {
             &mut plan.eip_status,
             &mut plan.events,
         );
-        plan.bgp = bgp::desired(snap, &self.secret_scope);
+        plan.bgp = bgp::desired(snap, &self.local);
         plan
     }
 

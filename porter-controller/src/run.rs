@@ -17,13 +17,12 @@ use tokio::sync::watch;
 
 use porter_api::bgp_config::Note;
 
-use crate::bgp::{Announcer, BgpDriver, status_entries};
+use crate::bgp::{Announcer, BgpDriver, LocalSettings, status_entries};
 use crate::leader_lease::until;
 use crate::leadership::{Leadership, Role};
 use crate::metrics::Metrics;
 use crate::node_check::Transition;
 use crate::node_check_runtime::NodeChecker;
-use crate::peer_auth::SecretScope;
 use crate::reachability;
 use crate::reconcile::{Reconciler, apply};
 
@@ -85,9 +84,10 @@ impl<A: Announcer> Controller<A> {
         self.node_check.as_ref().map(NodeChecker::changed)
     }
 
-    /// Where BgpPeer password Secrets are read (default: porter-system).
-    pub fn with_secret_scope(mut self, scope: SecretScope) -> Self {
-        self.reconciler.set_secret_scope(scope);
+    /// Where BgpPeer password Secrets are read (default: porter-system),
+    /// and the BGP identifier when BgpConf sets none (default: none).
+    pub fn with_local_settings(mut self, local: LocalSettings) -> Self {
+        self.reconciler.set_local_settings(local);
         self
     }
 

@@ -597,6 +597,9 @@ impl Datacenter {
             .args(["--poll-interval", "100ms"])
             .arg("--metrics-addr")
             .arg(SocketAddr::new(ip, CONTROLLER_METRICS_PORT).to_string())
+            // As the deploy manifest's `status.podIPs`: the replica's own
+            // address is its BGP identifier (the samples set no routerId).
+            .env("PORTER_ROUTER_ID", ip.to_string())
             .env("RUST_LOG", "info");
         Ok(command)
     }

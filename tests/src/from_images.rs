@@ -79,13 +79,24 @@ impl FromImages {
                 }
                 mounts.push((node.bpffs.clone(), inside.clone()));
             }
-            let env = resolve_env(spec, &node.name, &format!("porter-agent-{}", node.name))?;
+            let pod = Pod {
+                node: &node.name,
+                name: &format!("porter-agent-{}", node.name),
+                addresses: &node.ip.to_string(),
+            };
+            let env = resolve_env(spec, &pod)?;
             let command = rootfs.command(&node.ns, spec, &lab_args(spec)?, &env, &mounts)?;
             dc.stop_agent(index)?;
             dc.start_agent_as(index, command)?;
         }
         let (rootfs, spec) = &self.controller;
-        let env = resolve_env(spec, "ctl", "porter-controller-0")?;
+        let address = dc.replica_ip(0).context("the lab has no controller")?;
+        let pod = Pod {
+            node: "ctl",
+            name: "porter-controller-0",
+            addresses: &address.to_string(),
+        };
+        let env = resolve_env(spec, &pod)?;
         let command = rootfs.command(&dc.ctl, spec, &lab_args(spec)?, &env, &cluster)?;
         dc.stop_controller()?;
         dc.start_controller_as(command)?;
@@ -106,17 +117,26 @@ fn lab_args(spec: &Container) -> Result<Vec<String>> {
     Ok(args)
 }
 
+/// What the downward API would say of a lab's stand-in for a Pod.
+struct Pod<'a> {
+    node: &'a str,
+    name: &'a str,
+    /// `status.podIPs`: under hostNetwork, the node's addresses.
+    addresses: &'a str,
+}
+
 /// The container's environment with the Pod's fields filled in.
-fn resolve_env(spec: &Container, node: &str, pod: &str) -> Result<Vec<(String, String)>> {
+fn resolve_env(spec: &Container, pod: &Pod) -> Result<Vec<(String, String)>> {
     spec.env
         .iter()
         .map(|(name, value)| {
             let value = match value {
                 EnvValue::Literal(value) => value.clone(),
                 EnvValue::Field(field) => match field.as_str() {
-                    "spec.nodeName" => node.to_owned(),
+                    "spec.nodeName" => pod.node.to_owned(),
                     "metadata.namespace" => POD_NAMESPACE.to_owned(),
-                    "metadata.name" => pod.to_owned(),
+                    "metadata.name" => pod.name.to_owned(),
+                    "status.podIPs" => pod.addresses.to_owned(),
                     other => bail!("env {name}: the lab has no value for field {other}"),
                 },
             };

@@ -4,7 +4,7 @@
 use std::{
     collections::{BTreeMap, BTreeSet},
     fmt::Write as _,
-    net::IpAddr,
+    net::{IpAddr, Ipv4Addr},
     path::{Path, PathBuf},
     process::Command,
     time::Duration,
@@ -315,6 +315,36 @@ impl Router {
                 out.to_lowercase().contains("bgp state = established")
             }
         })
+    }
+
+    /// The BGP identifier `neighbor` sent in its OPEN, as the daemon shows it
+    /// (None before a session came up).
+    pub fn neighbor_router_id(&self, lab: &Lab, neighbor: IpAddr) -> Result<Option<Ipv4Addr>> {
+        let (out, label) = match self.config.daemon {
+            Daemon::Bird => {
+                let index = self.neighbor_index(neighbor)?;
+                let protocol = format!("n{index}");
+                let out = self.birdc(lab, &["show", "protocols", "all", &protocol])?;
+                (out, "Neighbor ID:")
+            }
+            Daemon::Frr => (
+                self.vtysh(lab, &format!("show bgp neighbors {neighbor}"))?,
+                "remote router ID",
+            ),
+            Daemon::Gobgp => (
+                self.gobgp(lab, &["neighbor", &neighbor.to_string()])?,
+                "remote router ID",
+            ),
+        };
+        Ok(out.lines().find_map(|line| {
+            let (_, after) = line.split_once(label)?;
+            after
+                .trim_start()
+                .split(|c: char| c == ',' || c.is_whitespace())
+                .next()?
+                .parse()
+                .ok()
+        }))
     }
 
     /// Whether the router's BFD session with `neighbor` is Up (BIRD, FRR).

@@ -97,6 +97,15 @@ fn lab_with(tag: &str, daemon: Daemon) -> Result<Ctx> {
         Ok((dc.lease_holder()? == Some(0) && established(&dc, 0)?).then_some(()))
     })?;
     rejoin(&mut dc, 1)?;
+    // BgpConf sets no routerId: each replica shows its own address.
+    for replica in [0, 1] {
+        let ip = dc.replica_ip(replica).context("no such replica")?;
+        let id = dc.router.neighbor_router_id(&dc.lab, ip)?;
+        ensure!(
+            id.map(IpAddr::V4) == Some(ip),
+            "replica {replica} at {ip} opened its session with BGP identifier {id:?}"
+        );
+    }
     let nodes: Vec<usize> = (0..dc.nodes.len()).collect();
     dc.add_service(&service("web", WEB_PORT), &nodes)?;
     let web = dc.wait_service_ip(NS, "web", WAIT)?;

@@ -7,7 +7,6 @@ use porter_api::bgp_config::{
 use porter_api::crd::{AddPaths, AddPathsConfig, AfiSafi, AfiSafiConfig, EbgpMultihop, Transport};
 use porter_bgp::Family;
 
-use crate::peer_auth::SecretScope;
 use crate::testing::{bgp_conf, bgp_peer};
 use k8s_openapi::api::core::v1::Secret;
 use std::sync::Arc;
@@ -75,7 +74,7 @@ fn crds_translate_with_openelb_defaults() {
             ];
         }),
     ];
-    let d = from_crds(&confs, &peers, &[], &SecretScope::default());
+    let d = from_crds(&confs, &peers, &[], &LocalSettings::default());
     let speaker = d.speaker.expect("speaker");
     assert_eq!(speaker.local_as, 65000);
     assert_eq!(speaker.listen.map(|l| l.port()), Some(DEFAULT_LISTEN_PORT));
@@ -122,7 +121,7 @@ fn a_restart_time_without_enabled_leaves_graceful_restart_off_and_says_so() {
         enabled: false,
         restart_time: Some(300),
     });
-    let d = from_crds(&[conf.clone()], &[], &[], &SecretScope::default());
+    let d = from_crds(&[conf.clone()], &[], &[], &LocalSettings::default());
     assert_eq!(d.speaker.expect("speaker").graceful_restart, None);
     assert!(
         d.notes
@@ -135,7 +134,7 @@ fn a_restart_time_without_enabled_leaves_graceful_restart_off_and_says_so() {
         enabled: true,
         restart_time: Some(300),
     });
-    let d = from_crds(&[conf], &[], &[], &SecretScope::default());
+    let d = from_crds(&[conf], &[], &[], &LocalSettings::default());
     assert_eq!(
         d.speaker
             .and_then(|s| s.graceful_restart)
@@ -158,7 +157,7 @@ fn bad_crds_are_refused_with_a_note() {
         }),
         bgp_peer("b", "192.168.1.1", |_| {}),
     ];
-    let d = from_crds(&confs, &peers, &[], &SecretScope::default());
+    let d = from_crds(&confs, &peers, &[], &LocalSettings::default());
     assert_eq!(d.speaker, None);
     let text: Vec<&str> = d.notes.iter().map(|n| n.message.as_str()).collect();
     let has = |s: &str| text.iter().any(|t| t.contains(s));
@@ -167,6 +166,44 @@ fn bad_crds_are_refused_with_a_note() {
     assert!(has("BgpPeer `bad` is ignored: neighborAddress"), "{text:?}");
     assert!(has("configured twice"), "{text:?}");
     assert_eq!(d.peers.len(), 1);
+}
+
+#[test]
+fn a_replica_uses_its_own_router_id_unless_the_bgpconf_sets_one() {
+    let own = LocalSettings {
+        router_id: Some(Ipv4Addr::new(172, 30, 0, 10)),
+        ..Default::default()
+    };
+    let router_id = |conf: BgpConf, local: &LocalSettings| {
+        from_crds(&[conf], &[], &[], local)
+            .speaker
+            .map(|s| s.router_id)
+    };
+    assert_eq!(
+        router_id(bgp_conf("default", None), &own),
+        own.router_id,
+        "unset in the BgpConf: the replica's own"
+    );
+    assert_eq!(
+        router_id(bgp_conf("default", Some("10.0.0.1")), &own),
+        Some(Ipv4Addr::new(10, 0, 0, 1)),
+        "set in the BgpConf: shared by every replica, as configured"
+    );
+    let neither = from_crds(
+        &[bgp_conf("default", None)],
+        &[],
+        &[],
+        &LocalSettings::default(),
+    );
+    assert_eq!(neither.speaker, None);
+    assert!(
+        neither
+            .notes
+            .iter()
+            .any(|n| n.warning && n.message.contains("--router-id")),
+        "{:?}",
+        neither.notes
+    );
 }
 
 const SEED_TOML: &str = r#"
@@ -232,13 +269,13 @@ fn crds_win_over_the_seed_configmap_with_a_warning() {
         ..Default::default()
     };
     assert_eq!(
-        desired(&snap, &SecretScope::default()).peers.len(),
+        desired(&snap, &LocalSettings::default()).peers.len(),
         2,
         "the seed alone configures BGP"
     );
     snap.bgp_confs = vec![Arc::new(bgp_conf("default", Some("10.0.0.1")))];
     snap.bgp_peers = vec![Arc::new(bgp_peer("p", "192.168.9.9", |_| {}))];
-    let d = desired(&snap, &SecretScope::default());
+    let d = desired(&snap, &LocalSettings::default());
     assert_eq!(
         d.peers.keys().copied().collect::<Vec<_>>(),
         [ip("192.168.9.9")]
@@ -261,7 +298,7 @@ fn driver_changes_only_what_changed() {
     let c = bgp_peer("c", "192.168.1.3", |_| {});
 
     driver.configure(
-        from_crds(&confs, [&a, &b], &[], &SecretScope::default()),
+        from_crds(&confs, [&a, &b], &[], &LocalSettings::default()),
         &mut rec,
     );
     assert!(matches!(rec.calls[0], Call::Start(_)));
@@ -269,7 +306,7 @@ fn driver_changes_only_what_changed() {
     rec.calls.clear();
 
     driver.configure(
-        from_crds(&confs, [&a, &b2, &c], &[], &SecretScope::default()),
+        from_crds(&confs, [&a, &b2, &c], &[], &LocalSettings::default()),
         &mut rec,
     );
     let changed: Vec<_> = rec
@@ -288,7 +325,7 @@ fn driver_changes_only_what_changed() {
     rec.calls.clear();
 
     driver.configure(
-        from_crds(&confs, [&a, &c], &[], &SecretScope::default()),
+        from_crds(&confs, [&a, &c], &[], &LocalSettings::default()),
         &mut rec,
     );
     assert_eq!(rec.calls, [Call::Remove(ip("192.168.1.2"))]);
@@ -308,7 +345,7 @@ fn driver_changes_only_what_changed() {
             &[bgp_conf("default", Some("10.0.0.2"))],
             [&a, &c],
             &[],
-            &SecretScope::default(),
+            &LocalSettings::default(),
         ),
         &mut rec,
     );
@@ -332,13 +369,13 @@ fn node_mode_stops_the_controller_speaker_and_controller_mode_restarts_it() {
     });
 
     driver.configure(
-        from_crds(&controller_mode, [&a], &[], &SecretScope::default()),
+        from_crds(&controller_mode, [&a], &[], &LocalSettings::default()),
         &mut rec,
     );
     assert!(matches!(rec.calls[..], [Call::Start(_), Call::Upsert(_)]));
     rec.calls.clear();
 
-    let desired = from_crds(&node_mode, [&a], &[], &SecretScope::default());
+    let desired = from_crds(&node_mode, [&a], &[], &LocalSettings::default());
     assert_eq!((desired.speaker.clone(), desired.peers.len()), (None, 0));
     assert!(
         desired
@@ -358,7 +395,7 @@ fn node_mode_stops_the_controller_speaker_and_controller_mode_restarts_it() {
     );
 
     driver.configure(
-        from_crds(&controller_mode, [&a], &[], &SecretScope::default()),
+        from_crds(&controller_mode, [&a], &[], &LocalSettings::default()),
         &mut rec,
     );
     assert!(matches!(rec.calls[..], [Call::Start(_), Call::Upsert(_)]));
@@ -415,7 +452,7 @@ fn auth_secret(value: &str) -> Arc<Secret> {
 #[test]
 fn a_secret_password_keys_only_its_peer_and_a_missing_one_starts_nothing() {
     let confs = [bgp_conf("default", Some("10.0.0.1"))];
-    let scope = SecretScope::default();
+    let scope = LocalSettings::default();
     let a = bgp_peer("a", "192.168.1.1", |s| {
         s.conf.auth_password_secret_ref = Some(porter_api::crd::SecretKeyRef {
             name: "bgp-auth".into(),
@@ -486,7 +523,7 @@ fn eips_of_a_family_a_session_does_not_carry_are_warned_about_once() {
         &[bgp_conf("default", Some("10.0.0.1"))],
         &peers,
         &[],
-        &SecretScope::default(),
+        &LocalSettings::default(),
     );
     let mut driver = BgpDriver::default();
     driver.configure(desired, &mut Recorder::default());
@@ -587,7 +624,7 @@ fn spec_bfd_runs_bfd_beside_the_controllers_own_session() {
             })
         }),
     ];
-    let d = from_crds(&confs, &peers, &[], &SecretScope::default());
+    let d = from_crds(&confs, &peers, &[], &LocalSettings::default());
     let (name, fast) = &d.bfd[&ip("192.168.1.1")];
     assert_eq!(name, "fast");
     assert_eq!(
