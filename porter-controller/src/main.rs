@@ -147,13 +147,32 @@ struct Args {
     /// addresses (`status.podIPs`, its node's under hostNetwork), so that
     /// each replica has its own and no router sees two sessions with one
     /// identifier.
-    #[arg(long, env = "PORTER_ROUTER_ID", value_delimiter = ',')]
-    router_id: Vec<IpAddr>,
+    #[arg(long, env = "PORTER_ROUTER_ID", value_parser = parse_addresses)]
+    router_id: Option<Addresses>,
+}
+
+/// `--router-id`'s addresses.
+#[derive(Clone, Debug, PartialEq)]
+struct Addresses(Vec<IpAddr>);
+
+/// A comma-separated list; empty items name nothing, so that an env var
+/// filled from a Pod field that is still empty starts the replica (with
+/// no identifier of its own) instead of failing it.
+fn parse_addresses(s: &str) -> Result<Addresses, String> {
+    s.split(',')
+        .map(str::trim)
+        .filter(|item| !item.is_empty())
+        .map(|item| {
+            item.parse()
+                .map_err(|_| format!("{item:?} is not an IP address"))
+        })
+        .collect::<Result<_, _>>()
+        .map(Addresses)
 }
 
 /// `--router-id`'s identifier: a BGP identifier is four bytes.
-fn first_ipv4(addresses: &[IpAddr]) -> Option<Ipv4Addr> {
-    addresses.iter().find_map(|address| match address {
+fn first_ipv4(addresses: Option<&Addresses>) -> Option<Ipv4Addr> {
+    addresses?.0.iter().find_map(|address| match address {
         IpAddr::V4(v4) => Some(*v4),
         IpAddr::V6(_) => None,
     })
@@ -223,7 +242,7 @@ async fn main() -> Result<()> {
     )
     .with_local_settings(LocalSettings {
         secrets: scope.clone(),
-        router_id: first_ipv4(&args.router_id),
+        router_id: first_ipv4(args.router_id.as_ref()),
     });
     if !args.no_node_check {
         let timing = NodeCheckTiming {
@@ -237,7 +256,7 @@ async fn main() -> Result<()> {
             interval = ?timing.interval,
             multiplier = timing.multiplier,
             hold = ?timing.hold,
-            "node liveness check on (central mode; the leader acts on it)"
+            "node liveness check on (central mode: this replica leaves the nodes that stop answering out of what it announces)"
         );
         controller = controller.with_node_check(checker);
     }
@@ -332,18 +351,21 @@ mod tests {
         let dual = Args::try_parse_from(["porter-controller", "--router-id", "fd00::7,10.0.0.7"])
             .expect("a list of addresses");
         assert_eq!(
-            first_ipv4(&dual.router_id),
+            first_ipv4(dual.router_id.as_ref()),
             Some(Ipv4Addr::new(10, 0, 0, 7))
         );
-        let v6 = Args::try_parse_from(["porter-controller", "--router-id", "fd00::7"])
-            .expect("an IPv6 address alone");
-        assert_eq!(first_ipv4(&v6.router_id), None);
+        for none in ["fd00::7", "", " , "] {
+            let parsed = Args::try_parse_from(["porter-controller", "--router-id", none])
+                .expect("no IPv4 address is no error");
+            assert_eq!(first_ipv4(parsed.router_id.as_ref()), None, "{none:?}");
+        }
         for bad in [
             ["--node-check-interval", "5ms"],
             ["--node-check-interval", "2m"],
             ["--node-check-multiplier", "1"],
             ["--restart-time", "4096"],
             ["--router-id", "node-1"],
+            ["--router-id", "10.0.0.7,node-1"],
         ] {
             let parsed = Args::try_parse_from(["porter-controller", bad[0], bad[1]]);
             assert!(parsed.is_err(), "{bad:?} accepted");
