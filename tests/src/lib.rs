@@ -19,4 +19,5 @@ pub mod pktgen;
 pub mod privilege;
 pub mod routers;
 pub mod scenarios;
+pub mod standby_lab;
 pub mod workloads;

@@ -347,21 +347,42 @@ impl Router {
         }))
     }
 
-    /// Whether the router's BFD session with `neighbor` is Up (BIRD, FRR).
-    pub fn bfd_up(&self, lab: &Lab, neighbor: IpAddr) -> Result<bool> {
+    /// How long the router's BFD session with `neighbor` waits before it
+    /// declares the neighbour down (BIRD, FRR), once the session is Up;
+    /// None before. Right after Up it can still be the slow start's (the
+    /// neighbour sends at 1 s until its poll sequence lowers that).
+    pub fn bfd_detection_time(&self, lab: &Lab, neighbor: IpAddr) -> Result<Option<Duration>> {
         Ok(match self.config.daemon {
             Daemon::Bird => {
+                // `IP address  Interface  State  Since  Interval  Timeout`,
+                // the last two in seconds.
                 let neighbor = neighbor.to_string();
-                self.birdc(lab, &["show", "bfd", "sessions"])?
-                    .lines()
-                    .any(|line| {
-                        line.split_whitespace().next() == Some(neighbor.as_str())
-                            && line.contains(" Up ")
-                    })
+                let out = self.birdc(lab, &["show", "bfd", "sessions"])?;
+                out.lines()
+                    .map(|line| line.split_whitespace().collect::<Vec<_>>())
+                    .find(|fields| fields.first() == Some(&neighbor.as_str()))
+                    .filter(|fields| fields.contains(&"Up"))
+                    .and_then(|fields| fields.last()?.parse::<f64>().ok())
+                    .map(Duration::from_secs_f64)
             }
             Daemon::Frr => {
-                let out = self.vtysh(lab, &format!("show bfd peer {neighbor}"))?;
-                out.contains("Status: up")
+                let out = self.vtysh(lab, &format!("show bfd peer {neighbor} json"))?;
+                let peer: serde_json::Value = serde_json::from_str(&out)
+                    .with_context(|| format!("FRR's BFD peer {neighbor}: {out}"))?;
+                let ms = |key: &str| peer.get(key).and_then(serde_json::Value::as_u64);
+                // RFC 5880 6.8.4: the remote's multiplier times the slower of
+                // what we ask to receive and what it sends at.
+                match (
+                    peer.get("status").and_then(serde_json::Value::as_str),
+                    ms("remote-detect-multiplier"),
+                    ms("receive-interval"),
+                    ms("remote-transmit-interval"),
+                ) {
+                    (Some("up"), Some(multiplier), Some(rx), Some(tx)) => {
+                        Some(Duration::from_millis(multiplier * rx.max(tx)))
+                    }
+                    _ => None,
+                }
             }
             Daemon::Gobgp => bail!("GoBGP runs no BFD"),
         })

@@ -1,4 +1,4 @@
-//! Controller failover in the data-centre lab (tests/src/datacenter.rs)
+//! Controller failover in the data-centre lab of tests/src/standby_lab.rs
 //! with two controller replicas electing a leader through the `dir:`
 //! source's file lease: what the router sees when the leader dies, freezes
 //! or loses the lease store, and that no Service's address moves.
@@ -30,25 +30,17 @@ use std::{
 use anyhow::{Context, Result, bail, ensure};
 use porter_tests::{
     cases::{Case, Suite},
-    datacenter::{Datacenter, POD_PORT, http_get, samples_dir},
+    datacenter::{Datacenter, http_get},
     lab::wait_for,
     manifests::{self, ServiceManifest},
     netns::{NamedClient, NamedServer, enter, run_in},
     routers::Daemon,
+    standby_lab::{
+        LEASE, NS, StandbyLab as Ctx, WAIT, WEB_PORT, announcing, answered_by_every_pod,
+        bfd_watches, established, kill_leader_node, lead_from_n1, leader, log_of, rejoin,
+        revive_leader_node, service,
+    },
 };
-
-const NS: &str = "default";
-const POOL: &str = "lab-v4";
-const POOL_ANNOTATION: &str = "eip.porter.kubesphere.io/v1alpha2";
-/// The replicas' leader lease, seconds.
-const LEASE: u64 = 4;
-const WAIT: Duration = Duration::from_secs(30);
-const WEB_PORT: u16 = 8088;
-
-struct Ctx {
-    dc: Datacenter,
-    web: IpAddr,
-}
 
 const CASES: &[(&str, Case<Ctx>)] = &[
     ("leader_kill_loses_no_request", leader_kill),
@@ -71,75 +63,7 @@ fn main() -> ExitCode {
 }
 
 fn setup() -> Result<Ctx> {
-    lab_with("failover", Daemon::Bird)
-}
-
-/// The lab of this suite with `daemon` on the router.
-fn lab_with(tag: &str, daemon: Daemon) -> Result<Ctx> {
-    let mut dc = Datacenter::with_standby_on_node(tag, &[1, 1, 1], daemon)?;
-    let bgp = std::fs::read_to_string(samples_dir().join("bgp.yaml"))?;
-    let with_bfd = bgp.replace("holdTime: 90", "holdTime: 9").replace(
-        "    neighborAddress: 172.30.0.1\n",
-        "    neighborAddress: 172.30.0.1\n  bfd: {}\n",
-    );
-    ensure!(
-        with_bfd.contains("holdTime: 9\n") && with_bfd.contains("bfd: {}"),
-        "the sample BgpPeer no longer sets holdTime: 90 and neighborAddress: 172.30.0.1"
-    );
-    dc.apply("bgp.yaml", &with_bfd)?;
-    dc.apply("pools.yaml", &manifests::eip(POOL, "192.168.2.0/25"))?;
-    for index in 0..dc.nodes.len() {
-        dc.start_agent(index)?;
-    }
-    // Replica 0 first, so that it leads; then its standby.
-    dc.start_replica(0, LEASE)?;
-    wait_for("replica 0 to lead", WAIT, || {
-        Ok((dc.lease_holder()? == Some(0) && established(&dc, 0)?).then_some(()))
-    })?;
-    rejoin(&mut dc, 1)?;
-    // BgpConf sets no routerId: each replica shows its own address.
-    for replica in [0, 1] {
-        let ip = dc.replica_ip(replica).context("no such replica")?;
-        let id = dc.router.neighbor_router_id(&dc.lab, ip)?;
-        ensure!(
-            id.map(IpAddr::V4) == Some(ip),
-            "replica {replica} at {ip} opened its session with BGP identifier {id:?}"
-        );
-    }
-    let nodes: Vec<usize> = (0..dc.nodes.len()).collect();
-    dc.add_service(&service("web", WEB_PORT), &nodes)?;
-    let web = dc.wait_service_ip(NS, "web", WAIT)?;
-    dc.wait_next_hops(web, &dc.hops_of(web, &nodes), WAIT)?;
-    answered_by_every_pod(&dc, SocketAddr::new(web, WEB_PORT))?;
-    Ok(Ctx { dc, web })
-}
-
-/// Waits until every pod (one per node) has answered a request to `addr`
-/// once, so that a case counts the requests its failover loses, not those of
-/// a Service's first moments (its data plane being programmed, the lab's
-/// first neighbour resolutions).
-fn answered_by_every_pod(dc: &Datacenter, addr: SocketAddr) -> Result<()> {
-    let mut answered = std::collections::BTreeSet::new();
-    wait_for(
-        &format!("an answer from every pod behind {addr}"),
-        WAIT,
-        || {
-            answered.insert(dc.request(addr)?);
-            Ok((answered.len() == dc.nodes.len()).then_some(()))
-        },
-    )
-}
-
-fn service(name: &str, port: u16) -> ServiceManifest<'_> {
-    ServiceManifest {
-        namespace: NS,
-        name,
-        port,
-        target_port: POD_PORT,
-        annotations: &[(POOL_ANNOTATION, POOL)],
-        ipv6: false,
-        cluster: false,
-    }
+    Ctx::start("failover", Daemon::Bird)
 }
 
 /// The `Cluster` Service whose long-lived connections
@@ -148,42 +72,6 @@ const HOLD: &str = "hold";
 const HOLD_PORT: u16 = 7100;
 /// Connections held through the leader's node's death.
 const HELD: usize = 24;
-
-/// Whether the router has replica `replica`'s session Established.
-fn established(dc: &Datacenter, replica: usize) -> Result<bool> {
-    let ip = dc.replica_ip(replica).context("no such replica")?;
-    dc.router.established(&dc.lab, ip)
-}
-
-/// The replicas the router has an Established session with.
-fn announcing(dc: &Datacenter) -> Result<Vec<usize>> {
-    let mut up = Vec::new();
-    for replica in 0..2 {
-        if established(dc, replica)? {
-            up.push(replica);
-        }
-    }
-    Ok(up)
-}
-
-/// The replica that holds the lease and whose session is up.
-fn leader(dc: &Datacenter) -> Result<usize> {
-    wait_for("a leader announcing", WAIT, || {
-        Ok(dc
-            .lease_holder()?
-            .filter(|&r| established(dc, r).unwrap_or(false)))
-    })
-}
-
-/// Starts `replica` (again) and waits until it announces as a standby.
-fn rejoin(dc: &mut Datacenter, replica: usize) -> Result<()> {
-    dc.start_replica(replica, LEASE)?;
-    wait_for(
-        "the restarted replica to announce as a standby",
-        WAIT,
-        || Ok(established(dc, replica)?.then_some(())),
-    )
-}
 
 /// Waits until `replica` holds the lease, failing if its session goes
 /// down meanwhile; returns when it took it, after `since`.
@@ -203,22 +91,6 @@ fn takes_over(dc: &Datacenter, replica: usize, since: Instant) -> Result<Duratio
         );
         thread::sleep(Duration::from_millis(50));
     }
-}
-
-/// Waits until the router's BFD session with `replica` is Up: a case that
-/// cuts or freezes the replica before that measures the hold timer.
-fn bfd_watches(dc: &Datacenter, replica: usize) -> Result<()> {
-    let ip = dc.replica_ip(replica).context("no such replica")?;
-    wait_for(
-        &format!("the router's BFD session with replica {replica} to be Up"),
-        WAIT,
-        || Ok(dc.router.bfd_up(&dc.lab, ip)?.then_some(())),
-    )
-}
-
-fn log_of(dc: &Datacenter, replica: usize) -> String {
-    let name = ["controller.log", "controller-b.log"][replica];
-    std::fs::read_to_string(dc.lab.run_dir().join(name)).unwrap_or_default()
 }
 
 /// SIGKILL of the leader under load: the standby announces all along, so
@@ -725,31 +597,6 @@ impl Requests {
     }
 }
 
-/// Makes replica 0 (on node n1) the leader, with replica 1 its standby,
-/// announcing and checking n1: a SIGTERM of replica 1 hands the lease over
-/// at once.
-fn lead_from_n1(dc: &mut Datacenter) -> Result<()> {
-    if leader(dc)? == 1 {
-        dc.stop_replica(1)?;
-        wait_for("replica 0 to lead", WAIT, || {
-            Ok((dc.lease_holder()? == Some(0) && established(dc, 0)?).then_some(()))
-        })?;
-        rejoin(dc, 1)?;
-    }
-    // The standby must know n1 answers: only a node it has heard from can
-    // be found dead (one it never heard stays announced, unchecked).
-    wait_for(
-        "replica 1 to hear n1 answer its liveness probe",
-        WAIT,
-        || {
-            Ok(log_of(dc, 1)
-                .lines()
-                .any(|line| line.contains("checked from now on") && line.contains("n1"))
-                .then_some(()))
-        },
-    )
-}
-
 /// The node hosting the leader (n1, also a next hop of every Service) dies
 /// silently: its port stops forwarding and the leader process freezes,
 /// with no Kubernetes change. The router must keep routing to n2 and n3
@@ -789,8 +636,7 @@ fn leader_node_dies(ctx: &mut Ctx) -> Result<Duration> {
     let dc = &mut ctx.dc;
     // The lab as the other cases expect it, whatever happened: n1 back,
     // its replica awake (it steps down on waking), the Service gone.
-    let _ = dc.signal_replica(0, libc::SIGCONT);
-    let _ = dc.silence(0, false);
+    let _ = revive_leader_node(dc);
     drop(servers);
     remove(dc, HOLD)?;
     let all = sorted(dc.hops_of(ctx.web, &nodes));
@@ -803,7 +649,7 @@ fn leader_node_dies(ctx: &mut Ctx) -> Result<Duration> {
 /// dead leader's session down at once, paths and all, and the standby's
 /// carry n2 and n3 (docs/bfd.md).
 fn leader_node_dies_frr(_: &mut Ctx) -> Result<Duration> {
-    let mut frr = lab_with("failover-frr", Daemon::Frr)?;
+    let mut frr = Ctx::start("failover-frr", Daemon::Frr)?;
     leader_node_dies(&mut frr)
 }
 
@@ -865,8 +711,7 @@ fn die_and_judge(ctx: &mut Ctx, hold: IpAddr) -> Result<Duration> {
     let echoes = Echoes::start(probes);
     thread::sleep(Duration::from_millis(500));
 
-    dc.silence(0, true)?;
-    dc.signal_replica(0, libc::SIGSTOP)?;
+    kill_leader_node(dc)?;
     let cut = Instant::now();
     let cut_wall = std::time::SystemTime::now();
     // The lease file's times (since the epoch) on this test's clock.
