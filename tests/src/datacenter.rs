@@ -63,6 +63,9 @@ use crate::{
 pub const ROUTER_AS: u32 = 65001;
 pub const PORTER_AS: u32 = 65000;
 pub const CONTROLLER_V4: &str = "172.30.0.10";
+/// `--restart-time` of a lone controller: the lease's default, as
+/// docs/controller.md suggests, well over a restart in the lab.
+const SINGLE_REPLICA_RESTART_SECONDS: &str = "15";
 /// The second controller replica of [`Datacenter::with_standby`], in `ctl-b`.
 pub const STANDBY_V4: &str = "172.30.0.9";
 pub const ROUTER_LAN_V4: &str = "172.30.0.1";
@@ -567,6 +570,13 @@ impl Datacenter {
     /// [`Datacenter::start_controller`] with `args` added to its command line.
     pub fn start_controller_with(&mut self, args: &[&str]) -> Result<PathBuf> {
         let mut command = self.controller_command(0)?;
+        // One replica, as docs/controller.md says to run it: no standby
+        // carries its paths while it restarts, so the routers keep them as
+        // good as fresh for as long as a restart takes. With the 1 s meant
+        // for replicas with a standby they would turn long-lived stale
+        // during a restart, which BIRD re-exports one path at a time (a
+        // momentary rehash that resets `Local` flows).
+        command.args(["--restart-time", SINGLE_REPLICA_RESTART_SECONDS]);
         command.args(args);
         self.lab.spawn(CONTROLLERS[0], command)
     }
