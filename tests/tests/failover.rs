@@ -523,8 +523,6 @@ fn sorted(mut hops: Vec<IpAddr>) -> Vec<IpAddr> {
     hops
 }
 
-/// New requests from the client, each on a new connection, each timed from
-/// its start (a request to a dead next hop fails a connect timeout later).
 /// Echoes on connections, in turn, on a thread of their own until stopped:
 /// when each started, and whether it was answered. A connection whose echo
 /// goes unanswered is dropped (its next reply would be this one's).
@@ -567,6 +565,8 @@ impl Echoes {
     }
 }
 
+/// New requests from the client, each on a new connection, each timed from
+/// its start (a request to a dead next hop fails a connect timeout later).
 struct Requests {
     stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
     thread: thread::JoinHandle<Result<Vec<(Instant, bool)>>>,
