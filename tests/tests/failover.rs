@@ -523,77 +523,78 @@ fn sorted(mut hops: Vec<IpAddr>) -> Vec<IpAddr> {
     hops
 }
 
-/// Echoes on connections, in turn, on a thread of their own until stopped:
-/// when each started, and whether it was answered. A connection whose echo
-/// goes unanswered is dropped (its next reply would be this one's).
-struct Echoes {
-    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
-    thread: thread::JoinHandle<Vec<(Instant, bool)>>,
-}
-
-impl Echoes {
-    fn start(mut connections: Vec<NamedClient>) -> Self {
-        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let flag = stop.clone();
-        let thread = thread::spawn(move || {
-            let mut made = Vec::new();
-            let mut next = 0;
-            while !flag.load(std::sync::atomic::Ordering::Relaxed) && !connections.is_empty() {
-                next %= connections.len();
-                let started = Instant::now();
-                let connection = &mut connections[next];
-                let want = format!("{}:meanwhile", connection.server);
-                let answered = connection.echo("meanwhile").is_ok_and(|echo| echo == want);
-                made.push((started, answered));
-                if answered {
-                    next += 1;
-                } else {
-                    connections.swap_remove(next);
-                }
-                thread::sleep(Duration::from_millis(20));
-            }
-            made
-        });
-        Self { stop, thread }
-    }
-
-    fn stop(self) -> Result<Vec<(Instant, bool)>> {
-        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
-        self.thread
-            .join()
-            .map_err(|_| anyhow::anyhow!("the echo thread panicked"))
-    }
-}
-
-/// New requests from the client, each on a new connection, each timed from
-/// its start (a request to a dead next hop fails a connect timeout later).
-struct Requests {
+/// Attempts made one after another on a thread of their own until stopped:
+/// when each started, and whether it succeeded.
+struct Attempts {
     stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
     thread: thread::JoinHandle<Result<Vec<(Instant, bool)>>>,
 }
 
-impl Requests {
-    fn start(client: String, addr: SocketAddr) -> Self {
+impl Attempts {
+    /// Runs `prepare` on the thread, then `attempt` every `pause` until
+    /// stopped or until it has nothing left to try (None).
+    fn start(
+        prepare: impl FnOnce() -> Result<()> + Send + 'static,
+        pause: Duration,
+        mut attempt: impl FnMut() -> Option<bool> + Send + 'static,
+    ) -> Self {
         let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let flag = stop.clone();
         let thread = thread::spawn(move || {
-            enter(&client)?;
+            prepare()?;
             let mut made = Vec::new();
             while !flag.load(std::sync::atomic::Ordering::Relaxed) {
                 let started = Instant::now();
-                made.push((started, http_get(addr).is_ok()));
-                thread::sleep(Duration::from_millis(5));
+                let Some(ok) = attempt() else { break };
+                made.push((started, ok));
+                thread::sleep(pause);
             }
             Ok(made)
         });
         Self { stop, thread }
     }
 
+    /// New requests from the client, each on a new connection, each timed
+    /// from its start (a request to a dead next hop fails a connect timeout
+    /// later).
+    fn requests(client: String, addr: SocketAddr) -> Self {
+        Self::start(
+            move || enter(&client),
+            Duration::from_millis(5),
+            move || Some(http_get(addr).is_ok()),
+        )
+    }
+
+    /// Echoes on `connections`, in turn. A connection whose echo goes
+    /// unanswered is dropped (its next reply would be this one's).
+    fn echoes(mut connections: Vec<NamedClient>) -> Self {
+        let mut next = 0;
+        Self::start(
+            || Ok(()),
+            Duration::from_millis(20),
+            move || {
+                if connections.is_empty() {
+                    return None;
+                }
+                next %= connections.len();
+                let connection = &mut connections[next];
+                let want = format!("{}:meanwhile", connection.server);
+                let answered = connection.echo("meanwhile").is_ok_and(|echo| echo == want);
+                if answered {
+                    next += 1;
+                } else {
+                    connections.swap_remove(next);
+                }
+                Some(answered)
+            },
+        )
+    }
+
     fn stop(self) -> Result<Vec<(Instant, bool)>> {
         self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
         self.thread
             .join()
-            .map_err(|_| anyhow::anyhow!("the request thread panicked"))?
+            .map_err(|_| anyhow::anyhow!("an attempts thread panicked"))?
     }
 }
 
@@ -707,8 +708,8 @@ fn die_and_judge(ctx: &mut Ctx, hold: IpAddr) -> Result<Duration> {
     let n1 = dc.nodes[0].ip;
     let unreachable_before = node_events(dc, "NodeUnreachable", "n1")?;
     bfd_watches(dc, 0)?;
-    let requests = Requests::start(client.clone(), web);
-    let echoes = Echoes::start(probes);
+    let requests = Attempts::requests(client.clone(), web);
+    let echoes = Attempts::echoes(probes);
     thread::sleep(Duration::from_millis(500));
 
     kill_leader_node(dc)?;
