@@ -170,6 +170,17 @@ pub fn set_password(
     }
 }
 
+/// The BGP identifier of a configuration that names `configured` (or none),
+/// on a speaker whose own is `default`: the configured one wins, so that a
+/// configuration which sets one behaves the same everywhere; None when the
+/// configured one is not an IPv4 address, or neither exists.
+pub fn router_id(configured: Option<&str>, default: Option<Ipv4Addr>) -> Option<Ipv4Addr> {
+    match configured.map(str::parse::<Ipv4Addr>) {
+        Some(parsed) => parsed.ok(),
+        None => default,
+    }
+}
+
 /// The speaker settings of the `default` BgpConf. `default_router_id` is
 /// used when the BgpConf sets none (an agent passes its node's IPv4
 /// InternalIP; a controller replica its `--router-id`).
@@ -178,18 +189,11 @@ pub fn speaker_from_conf(
     default_router_id: Option<Ipv4Addr>,
 ) -> Result<(SpeakerConfig, Vec<Note>), Note> {
     let mut notes = Vec::new();
-    let router_id = match (
-        spec.router_id.as_deref().map(str::parse::<Ipv4Addr>),
-        default_router_id,
-    ) {
-        (Some(Ok(id)), _) => id,
-        (None, Some(id)) => id,
-        (Some(Err(_)), _) | (None, None) => {
-            return Err(Note::warning(format!(
-                "BgpConf default: routerId {:?} is not an IPv4 address, and this speaker has no IPv4 address of its own to use instead (porter-controller's --router-id, a node's InternalIP for an agent); set one",
-                spec.router_id.as_deref().unwrap_or("")
-            )));
-        }
+    let Some(router_id) = router_id(spec.router_id.as_deref(), default_router_id) else {
+        return Err(Note::warning(format!(
+            "BgpConf default: routerId {:?} is not an IPv4 address, and this speaker has no IPv4 address of its own to use instead (porter-controller's --router-id, a node's InternalIP for an agent); set one",
+            spec.router_id.as_deref().unwrap_or("")
+        )));
     };
     let listen = match spec.listen_port {
         None => Some(DEFAULT_LISTEN_PORT),

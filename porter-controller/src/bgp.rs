@@ -19,7 +19,7 @@ use tokio::sync::Notify;
 use porter_bgp::PathTable;
 
 use porter_api::bgp_config::{
-    DEFAULT_CONNECT_RETRY, DEFAULT_HOLD_TIME, DEFAULT_LISTEN_PORT, DEFAULT_REMOTE_PORT,
+    self, DEFAULT_CONNECT_RETRY, DEFAULT_HOLD_TIME, DEFAULT_LISTEN_PORT, DEFAULT_REMOTE_PORT,
     DEFAULT_RESTART_TIME, Note, PeerConfig, SpeakerConfig, bfd_session, families_not_carried,
     fresh_notes, graceful_restart, own_family, peer_from_crd, set_password, speaker_from_conf,
 };
@@ -176,7 +176,7 @@ pub fn desired(snap: &Snapshot, local: &LocalSettings) -> BgpDesired {
             .or_else(|| data.values().next())
             .cloned()
             .unwrap_or_default();
-        from_seed_toml(&text)
+        from_seed_toml(&text, local.router_id)
     });
     let have_crds = !snap.bgp_confs.is_empty() || !snap.bgp_peers.is_empty();
     if !have_crds {
@@ -264,7 +264,9 @@ pub fn from_crds<'a>(
 }
 
 /// The seed's GoBGP-style TOML. Every key is either used or explained.
-pub fn from_seed_toml(text: &str) -> BgpDesired {
+/// `router_id` is the replica's own (`--router-id`), used when the TOML sets
+/// no `router-id`, as with BgpConf.
+pub fn from_seed_toml(text: &str, router_id: Option<Ipv4Addr>) -> BgpDesired {
     let mut out = BgpDesired::default();
     let doc: toml::Table = match text.parse() {
         Ok(d) => d,
@@ -275,7 +277,7 @@ pub fn from_seed_toml(text: &str) -> BgpDesired {
     };
     for (key, value) in &doc {
         match key.as_str() {
-            "global" => seed_global(value, &mut out),
+            "global" => seed_global(value, router_id, &mut out),
             "porter-config" => {
                 for (k, _) in value.as_table().into_iter().flatten() {
                     let why = if k == "using-port-forward" {
@@ -301,7 +303,7 @@ pub fn from_seed_toml(text: &str) -> BgpDesired {
     out
 }
 
-fn seed_global(value: &toml::Value, out: &mut BgpDesired) {
+fn seed_global(value: &toml::Value, own_router_id: Option<Ipv4Addr>, out: &mut BgpDesired) {
     let config = value
         .get("config")
         .and_then(|c| c.as_table())
@@ -313,7 +315,8 @@ fn seed_global(value: &toml::Value, out: &mut BgpDesired) {
     for (k, v) in &config {
         match k.as_str() {
             "as" => local_as = v.as_integer().and_then(|a| u32::try_from(a).ok()),
-            "router-id" => router_id = v.as_str().and_then(|r| r.parse::<Ipv4Addr>().ok()),
+            // A value that is not a string is as wrong as one that does not parse.
+            "router-id" => router_id = Some(v.as_str().unwrap_or_default().to_owned()),
             "port" => {
                 port = v.as_integer().and_then(|p| match p {
                     p if p < 0 => None,
@@ -335,7 +338,10 @@ fn seed_global(value: &toml::Value, out: &mut BgpDesired) {
         out.notes
             .push(Note::info(format!("bgp-cfg: [global.{k}] does not apply")));
     }
-    match (local_as, router_id) {
+    match (
+        local_as,
+        bgp_config::router_id(router_id.as_deref(), own_router_id),
+    ) {
         (Some(local_as), Some(router_id)) => {
             out.speaker = Some(SpeakerConfig {
                 local_as,
@@ -345,7 +351,9 @@ fn seed_global(value: &toml::Value, out: &mut BgpDesired) {
             })
         }
         _ => out.notes.push(Note::warning(
-            "bgp-cfg: [global.config] needs a valid `as` and `router-id`; no BGP speaker runs",
+            "bgp-cfg: [global.config] needs a valid `as`, and a `router-id` that is an IPv4 address \
+             (or none, where this replica has an identifier of its own: porter-controller \
+             --router-id); no BGP speaker runs",
         )),
     }
 }

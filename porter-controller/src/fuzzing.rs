@@ -112,7 +112,7 @@ pub fn seed_toml(data: &[u8]) {
     let Ok(text) = std::str::from_utf8(data) else {
         return;
     };
-    let desired = bgp::from_seed_toml(text);
+    let desired = bgp::from_seed_toml(text, None);
     for (address, peer) in &desired.peers {
         assert_eq!(*address, peer.address);
     }

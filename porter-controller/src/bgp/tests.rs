@@ -228,7 +228,7 @@ const SEED_TOML: &str = r#"
 
 #[test]
 fn seed_toml_translates_and_explains_what_does_not_apply() {
-    let d = from_seed_toml(SEED_TOML);
+    let d = from_seed_toml(SEED_TOML, None);
     let s = d.speaker.expect("speaker");
     assert_eq!(
         (s.local_as, s.router_id),
@@ -250,10 +250,46 @@ fn seed_toml_translates_and_explains_what_does_not_apply() {
         "{text:?}"
     );
     assert!(
-        from_seed_toml("[global").notes[0]
+        from_seed_toml("[global", None).notes[0]
             .message
             .contains("not valid TOML")
     );
+}
+
+#[test]
+fn the_seed_takes_the_replicas_own_router_id_when_it_sets_none() {
+    let own = Some(Ipv4Addr::new(172, 30, 0, 10));
+    let without = SEED_TOML.replace("router-id = \"10.0.255.254\"", "");
+    let router_id = |text: &str, own| from_seed_toml(text, own).speaker.map(|s| s.router_id);
+    assert_eq!(
+        router_id(&without, own),
+        own,
+        "unset in the seed: the replica's own"
+    );
+    assert_eq!(
+        router_id(SEED_TOML, own),
+        Some(Ipv4Addr::new(10, 0, 255, 254)),
+        "set in the seed: as configured"
+    );
+    let bad = SEED_TOML.replace("\"10.0.255.254\"", "\"spine-1\"");
+    for (text, own, case) in [
+        (without.as_str(), None, "neither"),
+        (
+            bad.as_str(),
+            own,
+            "not an address, which the replica's own does not paper over",
+        ),
+    ] {
+        let d = from_seed_toml(text, own);
+        assert_eq!(d.speaker, None, "{case}");
+        assert!(
+            d.notes
+                .iter()
+                .any(|n| n.warning && n.message.contains("--router-id")),
+            "{case}: {:?}",
+            d.notes
+        );
+    }
 }
 
 #[test]
