@@ -378,9 +378,16 @@ pub fn peer_from_crd(peer: &BgpPeer) -> Result<(PeerConfig, Vec<Note>), String> 
         .clone()
         .and_then(|t| t.config)
         .unwrap_or_default();
-    if timers.keepalive_interval.is_some() {
-        notes.push(Note::info("timers.config.keepaliveInterval does not apply: the speaker sends keepalives at a third of the hold time"));
-    }
+    let keepalive = match timers.keepalive_interval {
+        Some(0) => {
+            notes.push(Note::warning(
+                "timers.config.keepaliveInterval 0 is ignored: keepalives go out at a third of \
+                 the hold time (a hold time of 0 turns them off)",
+            ));
+            None
+        }
+        interval => interval,
+    };
     let mut families = Vec::new();
     let mut send_max = None;
     for a in &spec.afi_safis {
@@ -420,6 +427,7 @@ pub fn peer_from_crd(peer: &BgpPeer) -> Result<(PeerConfig, Vec<Note>), String> 
             remote_port: transport.remote_port.unwrap_or(DEFAULT_REMOTE_PORT),
             passive: transport.passive_mode,
             hold_time: timers.hold_time.unwrap_or(DEFAULT_HOLD_TIME),
+            keepalive,
             connect_retry: Duration::from_secs(
                 timers.connect_retry.unwrap_or(DEFAULT_CONNECT_RETRY).into(),
             ),

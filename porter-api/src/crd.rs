@@ -545,7 +545,9 @@ pub struct TimersConfig {
     /// Seconds; 90 when unset.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hold_time: Option<u16>,
-    /// Seconds; a third of the hold time when unset.
+    /// Seconds between KEEPALIVEs: a third of the hold time when unset or
+    /// longer, and at least 1. 1 bounds how long a BIRD 2.0 router takes to
+    /// act on a dead controller replica's expired restart time (docs/bfd.md).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub keepalive_interval: Option<u16>,
     /// Seconds between connection attempts; 30 when unset.

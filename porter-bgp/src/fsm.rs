@@ -58,6 +58,8 @@ pub struct FsmConfig {
     pub remote_as: u32,
     pub passive: bool,
     pub hold_time: u16,
+    /// Seconds between KEEPALIVEs where fewer than a third of the hold time.
+    pub keepalive: Option<u16>,
     pub connect_retry: Duration,
     pub families: Vec<Family>,
     pub add_path_send_max: u8,
@@ -168,6 +170,19 @@ pub fn backoff(base: Duration, failures: u32, seed: u64) -> Duration {
         .rotate_left(29);
     let jitter = 0.75 + 0.25 * (mixed % 1000) as f64 / 1000.0;
     capped.mul_f64(jitter)
+}
+
+/// Time between KEEPALIVEs on a session whose negotiated hold time is
+/// `hold` seconds: a third of it (RFC 4271 section 4.4), or `configured`
+/// when that is shorter, and never under a second (the RFC's floor). None
+/// when the hold time is 0: no keepalives at all.
+pub fn keepalive_interval(hold: u16, configured: Option<u16>) -> Option<Duration> {
+    if hold == 0 {
+        return None;
+    }
+    let third = hold / 3;
+    let seconds = configured.map_or(third, |c| c.min(third)).max(1);
+    Some(Duration::from_secs(seconds.into()))
 }
 
 impl Fsm {
@@ -337,7 +352,9 @@ impl Fsm {
             }
             (State::OpenConfirm | State::Established, Event::TimerExpired(Timer::Keepalive)) => {
                 actions.push(Action::Send(BgpMessage::KeepAlive));
-                if let Some(interval) = self.keepalive_interval() {
+                if let Some(hold) = self.negotiated.as_ref().map(|n| n.hold_time)
+                    && let Some(interval) = keepalive_interval(hold, self.config.keepalive)
+                {
                     actions.push(Action::StartTimer(Timer::Keepalive, interval));
                 }
             }
@@ -407,18 +424,11 @@ impl Fsm {
         )
     }
 
-    fn keepalive_interval(&self) -> Option<Duration> {
-        let hold = self.negotiated.as_ref()?.hold_time;
-        (hold > 0).then(|| Duration::from_secs(u64::from(hold / 3).max(1)))
-    }
-
     fn arm_session_timers(&self, actions: &mut Vec<Action>, hold_time: u16) {
         self.restart_hold(actions, hold_time);
-        if hold_time > 0 {
-            let interval = Duration::from_secs(u64::from(hold_time / 3).max(1));
-            actions.push(Action::StartTimer(Timer::Keepalive, interval));
-        } else {
-            actions.push(Action::StopTimer(Timer::Keepalive));
+        match keepalive_interval(hold_time, self.config.keepalive) {
+            Some(interval) => actions.push(Action::StartTimer(Timer::Keepalive, interval)),
+            None => actions.push(Action::StopTimer(Timer::Keepalive)),
         }
     }
 
@@ -678,6 +688,7 @@ mod tests {
             remote_as: 65001,
             passive,
             hold_time: 90,
+            keepalive: None,
             connect_retry: Duration::from_secs(1),
             families: vec![Family::Ipv4Unicast, Family::Ipv6Unicast],
             add_path_send_max: 4,
@@ -855,6 +866,45 @@ mod tests {
         assert!(actions.iter().any(|a| matches!(a, Action::SessionDown(_))));
         assert_eq!(fsm.state(), State::Idle);
         assert!(fsm.last_error().is_some_and(|e| e.contains("hold timer")));
+    }
+
+    #[test]
+    fn keepalives_go_out_at_a_third_of_the_hold_time_or_the_shorter_configured_interval() {
+        let secs = |s: u64| Some(Duration::from_secs(s));
+        assert_eq!(keepalive_interval(90, None), secs(30));
+        assert_eq!(keepalive_interval(9, Some(1)), secs(1));
+        assert_eq!(
+            keepalive_interval(9, Some(10)),
+            secs(3),
+            "never longer than a third"
+        );
+        assert_eq!(keepalive_interval(3, None), secs(1));
+        assert_eq!(
+            keepalive_interval(30, Some(0)),
+            secs(1),
+            "never under a second"
+        );
+        assert_eq!(keepalive_interval(0, Some(1)), None, "hold time 0: none");
+
+        // The session arms its timer with it, and re-arms it after each KEEPALIVE.
+        let mut fsm = Fsm::new(FsmConfig {
+            keepalive: Some(1),
+            ..config(false)
+        });
+        fsm.handle(Event::Start);
+        fsm.handle(Event::TcpEstablished);
+        let armed = |actions: &[Action]| {
+            actions.contains(&Action::StartTimer(
+                Timer::Keepalive,
+                Duration::from_secs(1),
+            ))
+        };
+        assert!(armed(
+            &fsm.handle(Event::Message(peer_open(65001, 9, true)))
+        ));
+        let actions = fsm.handle(Event::TimerExpired(Timer::Keepalive));
+        assert_eq!(sent(&actions), vec![&BgpMessage::KeepAlive]);
+        assert!(armed(&actions), "{actions:?}");
     }
 
     #[test]

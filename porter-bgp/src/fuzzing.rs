@@ -111,6 +111,7 @@ fn session_in(state: State) -> Fsm {
         remote_as: PEER_AS,
         passive: false,
         hold_time: 90,
+        keepalive: None,
         connect_retry: Duration::from_secs(1),
         families: vec![Family::Ipv4Unicast, Family::Ipv6Unicast],
         add_path_send_max: 4,

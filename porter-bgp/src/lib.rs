@@ -91,6 +91,11 @@ pub struct PeerConfig {
     pub passive: bool,
     /// Proposed hold time in seconds (0, or ≥ 3).
     pub hold_time: u16,
+    /// Seconds between KEEPALIVEs, where fewer than a third of the
+    /// negotiated hold time (never under 1). A router whose main loop only
+    /// acts on some timers when woken (BIRD 2.0, docs/bfd.md) acts sooner
+    /// on a session that hears from us more often.
+    pub keepalive: Option<u16>,
     /// Base of the reconnect backoff.
     pub connect_retry: Duration,
     pub md5_password: Option<String>,
@@ -125,6 +130,7 @@ impl PeerConfig {
             remote_port: 179,
             passive: false,
             hold_time: 90,
+            keepalive: None,
             connect_retry: Duration::from_secs(5),
             md5_password: None,
             ebgp_multihop_ttl: None,

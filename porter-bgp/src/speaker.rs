@@ -131,6 +131,7 @@ impl Speaker {
                 }
                 hold => hold,
             },
+            keepalive: peer.keepalive,
             connect_retry: peer.connect_retry,
             families: peer.families.clone(),
             add_path_send_max: peer.add_path_send_max,

@@ -394,6 +394,7 @@ fn seed_neighbor(n: &toml::Value, out: &mut BgpDesired) {
             remote_port: DEFAULT_REMOTE_PORT,
             passive: false,
             hold_time: DEFAULT_HOLD_TIME,
+            keepalive: None,
             connect_retry: Duration::from_secs(DEFAULT_CONNECT_RETRY.into()),
             md5_password: None,
             ebgp_multihop_ttl: None,

@@ -169,6 +169,46 @@ fn bad_crds_are_refused_with_a_note() {
 }
 
 #[test]
+fn keepalive_interval_is_honoured_and_zero_refused_with_a_warning() {
+    let with_keepalive = |name: &str, address: &str, seconds: u16| {
+        bgp_peer(name, address, move |s| {
+            s.timers = Some(porter_api::crd::Timers {
+                config: Some(porter_api::crd::TimersConfig {
+                    hold_time: Some(9),
+                    keepalive_interval: Some(seconds),
+                    connect_retry: None,
+                }),
+            });
+        })
+    };
+    let peers = [
+        with_keepalive("fast", "192.168.1.1", 1),
+        with_keepalive("zero", "192.168.1.2", 0),
+        bgp_peer("unset", "192.168.1.3", |_| {}),
+    ];
+    let d = from_crds(
+        &[bgp_conf("default", Some("10.0.0.1"))],
+        &peers,
+        &[],
+        &LocalSettings::default(),
+    );
+    let keepalive = |address: &str| d.peers[&ip(address)].keepalive;
+    assert_eq!(keepalive("192.168.1.1"), Some(1));
+    assert_eq!(keepalive("192.168.1.2"), None, "0 means the default");
+    assert_eq!(keepalive("192.168.1.3"), None);
+    let warnings: Vec<&str> = d
+        .notes
+        .iter()
+        .filter(|n| n.warning)
+        .map(|n| n.message.as_str())
+        .collect();
+    assert!(
+        matches!(warnings.as_slice(), [w] if w.contains("BgpPeer `zero`") && w.contains("keepaliveInterval 0")),
+        "{warnings:?}"
+    );
+}
+
+#[test]
 fn a_replica_uses_its_own_router_id_unless_the_bgpconf_sets_one() {
     let own = LocalSettings {
         router_id: Some(Ipv4Addr::new(172, 30, 0, 10)),
