@@ -4,8 +4,10 @@
 //! to the router, with BFD on their sessions. Used by `--test failover` and
 //! `cargo xtask bench failover` (case `leader_node`).
 //!
-//! The lease is [`LEASE`] s, the BgpPeer's hold time 9 s and its BFD
-//! 300 ms × 3 (BIRD: `bfd graceful`; FRR: `neighbor X bfd`).
+//! The lease is [`LEASE`] s, the BgpPeer's hold time 9 s with a KEEPALIVE
+//! every second (which bounds BIRD 2.0's delay in acting on an expired
+//! restart time, docs/bfd.md) and its BFD 300 ms × 3 (BIRD: `bfd graceful`;
+//! FRR: `neighbor X bfd`).
 use std::{
     collections::BTreeSet,
     net::{IpAddr, SocketAddr},
@@ -41,10 +43,12 @@ impl StandbyLab {
     pub fn start(tag: &str, daemon: Daemon) -> Result<Self> {
         let mut dc = Datacenter::with_standby_on_node(tag, &[1, 1, 1], daemon)?;
         let bgp = std::fs::read_to_string(samples_dir().join("bgp.yaml"))?;
-        let with_bfd = bgp.replace("holdTime: 90", "holdTime: 9").replace(
-            "    neighborAddress: 172.30.0.1\n",
-            "    neighborAddress: 172.30.0.1\n  bfd: {}\n",
-        );
+        let with_bfd = bgp
+            .replace("holdTime: 90", "holdTime: 9\n      keepaliveInterval: 1")
+            .replace(
+                "    neighborAddress: 172.30.0.1\n",
+                "    neighborAddress: 172.30.0.1\n  bfd: {}\n",
+            );
         ensure!(
             with_bfd.contains("holdTime: 9\n") && with_bfd.contains("bfd: {}"),
             "the sample BgpPeer no longer sets holdTime: 90 and neighborAddress: 172.30.0.1"

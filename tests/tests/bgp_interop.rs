@@ -4,7 +4,8 @@
 //! BIRD and FRR, RIB for GoBGP, which installs nothing itself); an IPv6 prefix
 //! with v6 next hops works; a withdraw removes the route; a router restart
 //! re-establishes and re-announces; a graceful restart of our speaker keeps
-//! the routes throughout; a wrong MD5 password does not establish.
+//! the routes throughout; a wrong MD5 password does not establish. With
+//! BIRD: KEEPALIVEs as often as `keepaliveInterval` asks.
 use std::{
     collections::{BTreeMap, BTreeSet},
     net::{IpAddr, Ipv4Addr},
@@ -243,6 +244,55 @@ fn frr_interop() -> Result<()> {
 #[cfg_attr(not(privileged), ignore = "needs root: network namespaces and BPF")]
 fn gobgp_interop() -> Result<()> {
     interop(Daemon::Gobgp)
+}
+
+/// `keepalive`: the speaker sends BIRD a KEEPALIVE every second when asked
+/// to, and every third of the hold time (3 s here) by default, counted as
+/// the data segments its session's socket sends while no UPDATE is due.
+/// BIRD 2.0 acts on some timers only when something wakes it, which a
+/// KEEPALIVE every second bounds (docs/bfd.md).
+#[test]
+#[cfg_attr(not(privileged), ignore = "needs root: network namespaces and BPF")]
+fn keepalives_go_to_bird_as_often_as_configured() -> Result<()> {
+    let mut lab = BgpLab::new("keepalive")?;
+    let router = lab.start_router(Daemon::Bird, Some(PASSWORD), true, true)?;
+    let speaker = PorterSpeaker::start(&lab.speaker_ns, false)?;
+    // The data segments the speaker's session to the router has sent.
+    let sent = || -> Result<u64> {
+        let shown = lab
+            .lab
+            .exec(&lab.speaker_ns, &["ss", "-tin", "dst", ROUTER_V4])?;
+        shown
+            .split_whitespace()
+            .find_map(|field| field.strip_prefix("data_segs_out:"))
+            .and_then(|count| count.parse().ok())
+            .with_context(|| format!("no data_segs_out in {shown}"))
+    };
+    // KEEPALIVEs (nothing else is sent) over 6 s of a session with `keepalive`.
+    let keepalives_in_6s = |keepalive: Option<u16>| -> Result<u64> {
+        speaker.upsert(PeerConfig {
+            keepalive,
+            ..peer(PASSWORD)
+        })?;
+        wait_established(&lab, &router, &speaker)?;
+        let before = sent()?;
+        std::thread::sleep(Duration::from_secs(6));
+        Ok(sent()? - before)
+    };
+    let every_second = keepalives_in_6s(Some(1))?;
+    let default = keepalives_in_6s(None)?;
+    eprintln!(
+        "KEEPALIVEs in 6 s: {every_second} with keepaliveInterval 1, {default} by default (hold time 9 s)"
+    );
+    ensure!(
+        (5..=7).contains(&every_second),
+        "{every_second} KEEPALIVEs in 6 s with one a second"
+    );
+    ensure!(
+        (1..=3).contains(&default),
+        "{default} KEEPALIVEs in 6 s with one every 3 s"
+    );
+    speaker.stop()
 }
 
 /// Passive mode: the speaker listens on the seed's port 17900 with an MD5
