@@ -28,6 +28,11 @@ fn ip(s: &str) -> IpAddr {
     s.parse().expect("test IP")
 }
 
+/// Whether one of `notes` is a warning that says `text`.
+fn warns(notes: &[Note], text: &str) -> bool {
+    notes.iter().any(|n| n.warning && n.message.contains(text))
+}
+
 #[test]
 fn crds_translate_with_openelb_defaults() {
     let confs = [bgp_conf("default", Some("10.0.0.1"))];
@@ -124,9 +129,7 @@ fn a_restart_time_without_enabled_leaves_graceful_restart_off_and_says_so() {
     let d = from_crds(&[conf.clone()], &[], &[], &LocalSettings::default());
     assert_eq!(d.speaker.expect("speaker").graceful_restart, None);
     assert!(
-        d.notes
-            .iter()
-            .any(|n| n.warning && n.message.contains("gracefulRestart.enabled: true")),
+        warns(&d.notes, "gracefulRestart.enabled: true"),
         "{:?}",
         d.notes
     );
@@ -236,14 +239,7 @@ fn a_replica_uses_its_own_router_id_unless_the_bgpconf_sets_one() {
         &LocalSettings::default(),
     );
     assert_eq!(neither.speaker, None);
-    assert!(
-        neither
-            .notes
-            .iter()
-            .any(|n| n.warning && n.message.contains("--router-id")),
-        "{:?}",
-        neither.notes
-    );
+    assert!(warns(&neither.notes, "--router-id"), "{:?}", neither.notes);
 }
 
 const SEED_TOML: &str = r#"
@@ -322,13 +318,7 @@ fn the_seed_takes_the_replicas_own_router_id_when_it_sets_none() {
     ] {
         let d = from_seed_toml(text, own);
         assert_eq!(d.speaker, None, "{case}");
-        assert!(
-            d.notes
-                .iter()
-                .any(|n| n.warning && n.message.contains("--router-id")),
-            "{case}: {:?}",
-            d.notes
-        );
+        assert!(warns(&d.notes, "--router-id"), "{case}: {:?}", d.notes);
     }
 }
 
@@ -356,11 +346,7 @@ fn crds_win_over_the_seed_configmap_with_a_warning() {
         d.peers.keys().copied().collect::<Vec<_>>(),
         [ip("192.168.9.9")]
     );
-    assert!(
-        d.notes
-            .iter()
-            .any(|n| n.warning && n.message.contains("the CRDs win"))
-    );
+    assert!(warns(&d.notes, "the CRDs win"), "{:?}", d.notes);
 }
 
 #[test]
